@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Sets up stylebatch on a fresh Debian/Ubuntu machine. Safe and quick to re-run.
+#
+#   scripts/setup.sh          ffmpeg, the sample clip, .venv/ with the worker, the operator and MPI
+#   scripts/setup.sh --test   all of the above, plus test tools: Azurite (npm), pytest, kmock, Helm SDK
+#
+# Afterwards .venv/bin/stylebatch is the CLI.
+set -euo pipefail
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$repo"
+with_tests=0
+for arg in "$@"; do
+  case "$arg" in
+    --test) with_tests=1 ;;
+    *) echo "usage: scripts/setup.sh [--test]" >&2; exit 2 ;;
+  esac
+done
+
+say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
+as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+
+# --- system packages: only what is missing, so a re-run does not touch apt at all ---
+need=()
+command -v ffmpeg >/dev/null && command -v ffprobe >/dev/null || need+=(ffmpeg)
+[ -f /usr/share/doc/opencv-doc/examples/data/Megamind.avi ] || need+=(opencv-doc)
+python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
+if [ "$with_tests" = 1 ]; then
+  command -v node >/dev/null || need+=(nodejs)
+  command -v npm >/dev/null || need+=(npm)
+fi
+if [ ${#need[@]} -gt 0 ]; then
+  say "installing ${need[*]} (apt)"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+# --- Python: one virtual environment, torch pinned by constraints.txt ---
+if [ ! -x .venv/bin/python ]; then
+  say "creating .venv"
+  python3 -m venv .venv
+fi
+extras="worker,operator"
+[ "$with_tests" = 1 ] && extras="$extras,test"
+stamp=".venv/.stylebatch-$(cat pyproject.toml constraints.txt | sha256sum | cut -c1-16)-$extras"
+if [ ! -f "$stamp" ]; then
+  say "installing Python packages (.[${extras}], torch pinned in constraints.txt)"
+  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -m pip install -q -c constraints.txt -e ".[${extras}]"
+  rm -f .venv/.stylebatch-*
+  touch "$stamp"
+fi
+
+# --- Azurite, the real Azure Storage emulator, for the blob tests ---
+if [ "$with_tests" = 1 ] && [ ! -x .cache/azurite/node_modules/.bin/azurite-blob ]; then
+  say "installing Azurite (npm)"
+  mkdir -p .cache/azurite
+  npm install --silent --no-audit --no-fund --prefix .cache/azurite azurite@3 >/dev/null
+fi
+
+# --- the sample clip: a real cartoon clip (opencv-doc) with a synthesized soundtrack ---
+if [ ! -s samples/sample.mp4 ]; then
+  say "making samples/sample.mp4"
+  mkdir -p samples
+  ffmpeg -v error -y -i /usr/share/doc/opencv-doc/examples/data/Megamind.avi \
+    -f lavfi -i "aevalsrc=0.2*sin(2*PI*(220+110*floor(mod(t\,2)))*t)+0.1*sin(2*PI*330*t):s=48000:c=stereo" \
+    -map 0:v -map 1:a -t 6 -c:v libx264 -pix_fmt yuv420p -crf 18 -c:a aac -b:a 128k -shortest \
+    samples/sample.part.mp4
+  mv samples/sample.part.mp4 samples/sample.mp4
+fi
+
+say "ready: .venv/bin/stylebatch"

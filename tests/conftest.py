@@ -1,0 +1,3 @@
+"""Shared fixtures live in plugin modules next to this file, one per concern."""
+
+pytest_plugins = ["azurite_fixture", "clips"]

@@ -1,0 +1,3 @@
+from stylebatch.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,65 @@
+"""Progress lines: how stylize ranks report frames done, read by `stylebatch run` and the operator.
+
+Each rank prints one line now and then on stdout; mpiexec gathers every rank's stdout on the
+launcher, so the launcher's log holds everyone's progress. Pure Python: the operator imports it
+without torch.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Iterable
+
+PREFIX = "STYLEBATCH_PROGRESS "
+
+
+@dataclass(frozen=True)
+class RankProgress:
+    rank: int
+    ranks: int  # world size
+    done: int  # frames of this rank's share that are stylized (resumed parts included)
+    share: int  # frames this rank owns
+    frames: int  # frames in the whole video
+
+
+def format_line(p: RankProgress) -> str:
+    return PREFIX + json.dumps(
+        {"rank": p.rank, "ranks": p.ranks, "done": p.done, "share": p.share, "frames": p.frames},
+        separators=(",", ":"),
+    )
+
+
+def parse_line(line: str) -> RankProgress | None:
+    """The progress in a log line, or None for any other line (or a garbled one)."""
+    start = line.find(PREFIX)
+    if start < 0:
+        return None
+    try:
+        d = json.loads(line[start + len(PREFIX):])
+        return RankProgress(int(d["rank"]), int(d["ranks"]), int(d["done"]), int(d["share"]), int(d["frames"]))
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+@dataclass(frozen=True)
+class Total:
+    done: int
+    frames: int
+
+    @property
+    def percent(self) -> float:
+        return 100.0 * self.done / self.frames if self.frames else 0.0
+
+
+def aggregate(lines: Iterable[str]) -> Total | None:
+    """Frames done over all ranks, from the latest line of each rank. None if no rank reported."""
+    latest: dict[int, RankProgress] = {}
+    for line in lines:
+        p = parse_line(line)
+        if p is not None:
+            latest[p.rank] = p
+    if not latest:
+        return None
+    frames = max(p.frames for p in latest.values())
+    return Total(done=min(frames, sum(p.done for p in latest.values())), frames=frames)

@@ -1,0 +1,1 @@
+"""Azurite fixture: filled in by the storage work."""

@@ -1,0 +1,1 @@
+"""Test clips made with ffmpeg: filled in by the pipeline work."""

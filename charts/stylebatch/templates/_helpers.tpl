@@ -1,0 +1,64 @@
+{{/* Name of the release's objects: the release name, with the chart name unless it already has it. */}}
+{{- define "stylebatch.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 50 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 50 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "stylebatch.selectorLabels" -}}
+app.kubernetes.io/name: {{ .Chart.Name }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "stylebatch.labels" -}}
+{{ include "stylebatch.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/part-of: stylebatch
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{- end -}}
+
+{{- define "stylebatch.operatorSelectorLabels" -}}
+{{ include "stylebatch.selectorLabels" . }}
+app.kubernetes.io/component: operator
+{{- end -}}
+
+{{- define "stylebatch.operatorServiceAccount" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (printf "%s-operator" (include "stylebatch.fullname" .)) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "stylebatch.jobServiceAccount" -}}
+{{- default (printf "%s-job" (include "stylebatch.fullname" .)) .Values.jobs.serviceAccount.name -}}
+{{- end -}}
+
+{{/* registry/repository:tag, the tag defaulting to the chart's appVersion. Call with (list $ .Values.x.image suffix). */}}
+{{- define "stylebatch.image" -}}
+{{- $root := index . 0 -}}
+{{- $image := index . 1 -}}
+{{- $ref := printf "%s:%s" $image.repository (default $root.Chart.AppVersion $image.tag) -}}
+{{- if $root.Values.imageRegistry -}}
+{{- printf "%s/%s" (trimSuffix "/" $root.Values.imageRegistry) $ref -}}
+{{- else -}}
+{{- $ref -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Namespaces the job ServiceAccount lives in: the release namespace and every watched one. */}}
+{{- define "stylebatch.jobNamespaces" -}}
+{{- prepend .Values.operator.watchNamespaces .Release.Namespace | uniq | toJson -}}
+{{- end -}}
+
+{{/* imagePullSecrets as a JSON list of {"name": ...}, the shape of a pod spec's field. */}}
+{{- define "stylebatch.imagePullSecrets" -}}
+{{- $secrets := list -}}
+{{- range .Values.imagePullSecrets -}}
+{{- $secrets = append $secrets (dict "name" .) -}}
+{{- end -}}
+{{- toJson $secrets -}}
+{{- end -}}

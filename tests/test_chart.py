@@ -1,0 +1,245 @@
+"""The Helm chart, linted and rendered by Helm itself (helm-python-sdk: Helm 4 as a library), for
+the default values and each variant in charts/stylebatch/ci/, with every object checked against the
+Kubernetes JSON schemas and against what the operator and the images expect."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import tomllib
+from pathlib import Path
+
+import helm_python as helm
+import kubernetes_validate
+import pytest
+import yaml
+
+from stylebatch_operator import rbac
+
+ROOT = Path(__file__).resolve().parent.parent
+CHART = ROOT / "charts" / "stylebatch"
+_spec = importlib.util.spec_from_file_location("render_manifests", ROOT / "scripts" / "render-manifests.py")
+render_manifests = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(render_manifests)
+
+VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+VARIANTS = {"default": {}} | {
+    path.name.removesuffix("-values.yaml"): yaml.safe_load(path.read_text())
+    for path in sorted((CHART / "ci").glob("*-values.yaml"))
+}
+MIN_KUBE = re.search(r"(\d+\.\d+)", yaml.safe_load((CHART / "Chart.yaml").read_text())["kubeVersion"]).group(1)
+KUBE_VERSIONS = [MIN_KUBE, kubernetes_validate.latest_version()]
+NAMESPACE = "media"
+
+
+def render(variant: str = "default", namespace: str = NAMESPACE) -> list[dict]:
+    return render_manifests.render_objects(VARIANTS[variant], namespace=namespace)
+
+
+def one(objects: list[dict], kind: str) -> dict:
+    found = [obj for obj in objects if obj["kind"] == kind]
+    assert len(found) == 1, f"expected one {kind}, got {len(found)}"
+    return found[0]
+
+
+def operator_container(objects: list[dict]) -> dict:
+    return one(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+
+
+def env(objects: list[dict]) -> dict[str, str]:
+    return {e["name"]: e["value"] for e in operator_container(objects)["env"]}
+
+
+def test_variants_cover_aks_namespaced_and_kind():
+    assert {"default", "aks", "namespaced", "kind"} <= VARIANTS.keys()
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_chart_lints_clean(variant):
+    report = helm.lint(CHART, VARIANTS[variant], strict=True, namespace=NAMESPACE)
+    problems = [m for m in report["messages"] if m["severity"] >= 2]  # 2 warning, 3 error
+    assert not problems and not report["errors"], problems or report["errors"]
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_every_rendered_object_is_valid_kubernetes(variant):
+    objects = render(variant)
+    assert {"Deployment", "ServiceAccount"} <= {obj["kind"] for obj in objects}
+    for obj in objects:
+        if obj["apiVersion"].split("/")[0].endswith("monitoring.coreos.com"):
+            continue  # no published JSON schema; test_pod_monitor_targets_the_operator checks it
+        for version in KUBE_VERSIONS:
+            kubernetes_validate.validate(obj, version, strict=True)
+
+
+def test_crd_is_the_styletransferjob_api_and_valid():
+    with helm.Chart.load(CHART) as chart:
+        crds = [yaml.safe_load(crd["data"]) for crd in chart.crds]
+    assert len(crds) == 1
+    crd = crds[0]
+    for version in KUBE_VERSIONS:
+        kubernetes_validate.validate(crd, version, strict=True)
+    names = crd["spec"]["names"]
+    assert (crd["spec"]["group"], names["kind"], names["plural"]) == ("stylebatch.io", "StyleTransferJob", "styletransferjobs")
+    assert "stj" in names["shortNames"]
+
+
+def test_operator_deployment_is_single_and_hardened():
+    deployment = one(render(), "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    # kopf standalone: never two operators at once, not even during an upgrade.
+    assert deployment["spec"]["replicas"] == 1 and deployment["spec"]["strategy"] == {"type": "Recreate"}
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert container["securityContext"] == {
+        "allowPrivilegeEscalation": False, "privileged": False, "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True, "capabilities": {"drop": ["ALL"]},
+    }
+    assert {"cpu", "memory"} <= container["resources"]["requests"].keys()
+    assert "memory" in container["resources"]["limits"]
+    # The only writable path is an emptyDir, bounded.
+    assert [m["mountPath"] for m in container["volumeMounts"]] == ["/tmp"]
+    assert pod["volumes"][0]["emptyDir"]["sizeLimit"]
+
+
+def test_operator_runs_as_the_image_user():
+    user = re.findall(r"^USER (\d+):(\d+)$", (ROOT / "Dockerfile.operator").read_text(), re.M)[-1]
+    context = one(render(), "Deployment")["spec"]["template"]["spec"]["securityContext"]
+    assert (str(context["runAsUser"]), str(context["runAsGroup"])) == user
+
+
+def test_liveness_probe_targets_the_port_the_operator_listens_on():
+    container = operator_container(render())
+    assert container["command"] == ["stylebatch", "operator"]
+    port = int(next(a for a in container["args"] if a.startswith("--liveness-port=")).split("=")[1])
+    probe = container["livenessProbe"]["httpGet"]
+    named = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert probe["path"] == "/healthz" and named[probe["port"]] == port
+
+
+def test_cluster_wide_install_grants_exactly_the_operators_rules():
+    objects = render()
+    role, binding = one(objects, "ClusterRole"), one(objects, "ClusterRoleBinding")
+    assert role["rules"] == rbac.RULES + getattr(rbac, "CLUSTER_RULES", [])
+    assert not [obj for obj in objects if obj["kind"] in ("Role", "RoleBinding")]
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    account = one([o for o in objects if o["kind"] == "ServiceAccount" and "operator" in o["metadata"]["name"]],
+                  "ServiceAccount")
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account["metadata"]["name"],
+                                    "namespace": NAMESPACE}]
+    assert one(objects, "Deployment")["spec"]["template"]["spec"]["serviceAccountName"] == account["metadata"]["name"]
+    assert not [a for a in operator_container(objects)["args"] if a.startswith("--namespace")]
+
+
+def test_namespaced_install_grants_rules_only_in_the_watched_namespaces():
+    objects = render("namespaced")
+    watched = VARIANTS["namespaced"]["operator"]["watchNamespaces"]
+    roles = {o["metadata"]["namespace"]: o for o in objects if o["kind"] == "Role"}
+    bindings = {o["metadata"]["namespace"]: o for o in objects if o["kind"] == "RoleBinding"}
+    assert sorted(roles) == sorted(bindings) == sorted(watched)
+    assert all(role["rules"] == rbac.RULES for role in roles.values())
+    cluster_rules = getattr(rbac, "CLUSTER_RULES", [])
+    cluster_roles = [o for o in objects if o["kind"] == "ClusterRole"]
+    assert [r["rules"] for r in cluster_roles] == ([cluster_rules] if cluster_rules else [])
+    args = operator_container(objects)["args"]
+    assert [a.split("=", 1)[1] for a in args if a.startswith("--namespace=")] == watched
+    # Job pods in each watched namespace need their ServiceAccount there.
+    job_accounts = {o["metadata"]["namespace"] for o in objects
+                    if o["kind"] == "ServiceAccount" and o["metadata"]["name"] == env(objects)["STYLEBATCH_JOB_SERVICE_ACCOUNT"]}
+    assert job_accounts == {NAMESPACE, *watched}
+
+
+def test_rbac_never_reaches_secrets_or_wildcards():
+    for variant in VARIANTS:
+        for obj in render(variant):
+            for rule in obj.get("rules", []):
+                assert "*" not in rule["verbs"] + rule["resources"] + rule["apiGroups"], rule
+                assert "secrets" not in rule["resources"], rule
+
+
+def test_aks_values_reach_the_operator_as_job_defaults():
+    values = VARIANTS["aks"]
+    defaults = env(render("aks"))
+    assert defaults["STYLEBATCH_WORKER_IMAGE"] == f"{values['imageRegistry']}/stylebatch-worker:{VERSION}"
+    assert json.loads(defaults["STYLEBATCH_DEFAULT_NODE_SELECTOR"]) == values["jobs"]["nodeSelector"]
+    assert json.loads(defaults["STYLEBATCH_DEFAULT_TOLERATIONS"]) == values["jobs"]["tolerations"]
+    assert json.loads(defaults["STYLEBATCH_WORKER_RESOURCES"]) == values["jobs"]["resources"]
+    assert int(defaults["STYLEBATCH_DEFAULT_WORKERS"]) == values["jobs"]["workers"]
+    assert int(defaults["STYLEBATCH_DEFAULT_GPUS_PER_WORKER"]) == values["jobs"]["gpusPerWorker"]
+    assert defaults["STYLEBATCH_WORKLOAD_IDENTITY"] == "true"
+    assert defaults["STYLEBATCH_STORAGE_ACCOUNT"] == values["storage"]["account"]
+    assert defaults["STYLEBATCH_STORAGE_SECRET"] == ""
+    assert operator_container(render("aks"))["image"] == f"{values['imageRegistry']}/stylebatch-operator:{VERSION}"
+
+
+def test_kind_values_run_jobs_on_cpus():
+    defaults = env(render("kind"))
+    assert defaults["STYLEBATCH_DEFAULT_GPUS_PER_WORKER"] == "0"
+    assert defaults["STYLEBATCH_WORKER_IMAGE"] == f"stylebatch-worker:{VERSION}"  # loaded into kind, no registry
+    assert defaults["STYLEBATCH_STORAGE_SECRET"] == VARIANTS["kind"]["storage"]["existingSecret"]
+
+
+def test_workload_identity_goes_on_the_job_service_account_without_api_token():
+    objects = render("aks")
+    name = env(objects)["STYLEBATCH_JOB_SERVICE_ACCOUNT"]
+    account = next(o for o in objects if o["kind"] == "ServiceAccount" and o["metadata"]["name"] == name)
+    client_id = VARIANTS["aks"]["storage"]["workloadIdentity"]["clientId"]
+    assert account["metadata"]["annotations"]["azure.workload.identity/client-id"] == client_id
+    assert account["automountServiceAccountToken"] is False
+    # Secret-based storage: the job account carries no identity.
+    default_account = next(o for o in render() if o["kind"] == "ServiceAccount" and o["metadata"]["name"] == name)
+    assert "azure.workload.identity/client-id" not in default_account["metadata"].get("annotations", {})
+
+
+def test_chart_never_renders_secret_material():
+    for variant in VARIANTS:
+        assert not [o for o in render(variant) if o["kind"] == "Secret"]
+    text = "\n".join(p.read_text() for p in CHART.rglob("*") if p.is_file())
+    assert not re.search(r"AccountKey=[A-Za-z0-9+/]{20,}|[?&]sig=[A-Za-z0-9%]{10,}", text)
+
+
+@pytest.mark.parametrize("values,complaint", [
+    ({"jobs": {"workers": 0}}, "/jobs/workers"),
+    ({"jobs": {"gpusPerWorker": -1}}, "/jobs/gpusPerWorker"),
+    ({"operator": {"watchNamespaces": ["Media_A"]}}, "/operator/watchNamespaces/0"),
+    ({"storage": {"auth": "workloadIdentity"}}, "/storage"),  # needs account and clientId
+    ({"storage": {"auth": "accountKey"}}, "/storage/auth"),
+    ({"storage": {"connectionString": "DefaultEndpointsProtocol=https"}}, "connectionString"),
+    ({"jobs": {"nodeSelector": {"stylebatch.io/gpu": True}}}, "/jobs/nodeSelector"),
+    ({"workers": 4}, "workers"),  # a misplaced key, not silently ignored
+])
+def test_values_schema_rejects_mistakes(values, complaint):
+    with helm.Chart.load(CHART) as chart, pytest.raises(helm.HelmValuesError, match=re.escape(complaint)):
+        chart.render(values, name="stylebatch", namespace=NAMESPACE)
+
+
+def test_pod_monitor_is_off_by_default_and_targets_the_operator_when_on():
+    assert not [o for o in render() if o["kind"] == "PodMonitor"]
+    objects = render("aks")
+    monitor = one(objects, "PodMonitor")
+    pod = one(objects, "Deployment")["spec"]["template"]
+    assert monitor["apiVersion"] == VARIANTS["aks"]["podMonitor"]["apiVersion"]
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+    ports = {p["name"] for p in pod["spec"]["containers"][0]["ports"]}
+    assert {e["port"] for e in monitor["spec"]["podMetricsEndpoints"]} <= ports
+
+
+def test_chart_version_follows_the_package():
+    with helm.Chart.load(CHART) as chart:
+        meta = chart.metadata
+    assert meta["version"] == meta["appVersion"] == VERSION
+    images = yaml.safe_load(meta["annotations"]["artifacthub.io/images"])
+    rendered = [operator_container(render())["image"], env(render())["STYLEBATCH_WORKER_IMAGE"]]
+    assert sorted(i["image"] for i in images) == sorted(rendered)
+
+
+def test_notes_say_how_to_finish_the_install():
+    notes = render_manifests.render()["NOTES.txt"]
+    # Rendered without a cluster there is no MPIJob API: the notes must say what to install.
+    assert "Kubeflow MPI Operator" in notes and "mpi-operator" in notes
+    assert "kubectl get stj" in notes
+    assert "create secret generic stylebatch-storage" in notes
+    aks = render_manifests.render(VARIANTS["aks"])["NOTES.txt"]
+    assert "workload identity" in aks and "create secret" not in aks

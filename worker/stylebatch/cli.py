@@ -7,19 +7,121 @@ and `stylebatch styles` starts fast.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
+from typing import NoReturn
 
 from stylebatch import __version__
 from stylebatch.errors import StylebatchError
 
 
+class _Parser(argparse.ArgumentParser):
+    """Bad flags end like every other error: one `stylebatch: error:` line, exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"stylebatch: error: {' '.join(message.split())} (see `{self.prog} --help`)", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    return value
+
+
+def _crf(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must not be negative")
+    return value
+
+
+def _strength(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be between 0 and 1")
+    return value
+
+
+def _max_side(text: str) -> int:
+    value = _positive(text)
+    if value < 32:
+        raise argparse.ArgumentTypeError(f"{text!r} is too small (at least 32)")
+    return value
+
+
+def _encoder_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("encoding")
+    g.add_argument("--codec", help="h264 (default; vp9 for .webm, mjpeg for .avi), hevc, vp9, h264_nvenc, "
+                                   "hevc_nvenc, mjpeg")
+    rc = g.add_mutually_exclusive_group()
+    rc.add_argument("--crf", type=_crf, help="constant quality (lower is better; default 18 for h264)")
+    rc.add_argument("--bitrate", help="target bitrate instead of --crf, e.g. 4M or 800k")
+    g.add_argument("--preset", help="encoder speed preset, e.g. medium (x264/x265), good (vp9), p5 (nvenc)")
+    g.add_argument("--chunk-frames", type=_positive, default=None,
+                   help="frames per chunk, the unit of work and of resume (default 120)")
+
+
+def _model_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("style")
+    g.add_argument("--style", help="built-in style name or index (see `stylebatch styles`), a blend, "
+                                   "or a .pth weights file (path or blob URI)")
+    g.add_argument("--strength", type=_strength, default=1.0, help="0 keeps the picture, 1 is full style")
+    g.add_argument("--max-side", type=_max_side, default=None,
+                   help="stylize at most this many pixels on the long side (output keeps its size)")
+    g.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    g.add_argument("--batch-size", type=_positive, default=None, help="frames per model call")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="stylebatch",
         description="Batch neural style transfer for videos: locally, or across GPU pods on Kubernetes.",
     )
     parser.add_argument("--version", action="version", version=f"stylebatch {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="stylize a video end to end: preprocess, stylize on N ranks, postprocess")
+    run.add_argument("input", help="video file or blob URI (az://container/path, https://...)")
+    run.add_argument("-o", "--output", required=True, help="output file or blob URI; its extension picks "
+                                                            "the container (.mp4 .mov .m4v .mkv .webm .avi)")
+    run.add_argument("--workers", type=_positive, default=None,
+                     help="MPI ranks to run locally (default: one per GPU, or by CPU cores)")
+    run.add_argument("--work", help="work dir (folder or blob prefix); re-use one to resume (default: temp)")
+    run.add_argument("--keep-work", action="store_true", help="keep the work dir after success")
+    _model_flags(run)
+    _encoder_flags(run)
+    run.set_defaults(handler="stylebatch.run:run")
+
+    styles = sub.add_parser("styles", help="list the built-in styles")
+    styles.set_defaults(handler="stylebatch.run:list_styles")
+
+    pre = sub.add_parser("preprocess", help="stage 1: copy and probe the input, write the work dir's manifest")
+    pre.add_argument("input")
+    pre.add_argument("--work", required=True)
+    pre.add_argument("-o", "--output", required=True)
+    _encoder_flags(pre)
+    pre.set_defaults(handler="stylebatch.preprocess:run")
+
+    sty = sub.add_parser("stylize", help="stage 2 (under mpiexec): stylize this rank's chunks into parts")
+    sty.add_argument("--work", required=True)
+    _model_flags(sty)
+    sty.set_defaults(handler="stylebatch.stylize:run")
+
+    post = sub.add_parser("postprocess", help="stage 3: mux the parts and the sound, publish the output")
+    post.add_argument("--work", required=True)
+    post.add_argument("-o", "--output", help="override the output recorded by preprocess")
+    post.set_defaults(handler="stylebatch.postprocess:run")
 
     op = sub.add_parser("operator", help="run the StyleTransferJob Kubernetes operator (kopf)")
     op.add_argument("--namespace", action="append", default=[],
@@ -28,6 +130,23 @@ def build_parser() -> argparse.ArgumentParser:
                     help="port of the /healthz liveness endpoint (default: 8080)")
     op.set_defaults(handler="stylebatch_operator.main:run")
     return parser
+
+
+class _LogFormat(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        level = "" if record.levelno < logging.WARNING else record.levelname.lower() + ": "
+        return f"stylebatch: {level}{record.getMessage()}"
+
+
+def _setup_logging(command: str) -> None:
+    if command == "operator":
+        return  # kopf configures its own logging
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_LogFormat())
+    root = logging.getLogger("stylebatch")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+    root.propagate = False
 
 
 def _call(target: str, args: argparse.Namespace) -> int:
@@ -39,10 +158,11 @@ def _call(target: str, args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _setup_logging(args.command)
     try:
         return _call(args.handler, args)
     except StylebatchError as exc:
-        print(f"stylebatch: error: {exc}", file=sys.stderr)
+        print(f"stylebatch: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("stylebatch: interrupted", file=sys.stderr)

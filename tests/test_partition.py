@@ -1,0 +1,50 @@
+"""partition() and the chunk grid: every item exactly once, contiguous, balanced."""
+
+from __future__ import annotations
+
+import pytest
+
+from stylebatch.partition import chunk_bounds, part_name, partition
+
+
+@pytest.mark.parametrize("n_ranks", [1, 2, 3, 4, 5, 7, 8, 16, 33])
+def test_every_item_exactly_once_contiguous_and_balanced(n_ranks: int) -> None:
+    for n_items in list(range(0, 70)) + [99, 100, 101, 1000, 1001]:
+        ranges = [partition(n_items, n_ranks, r) for r in range(n_ranks)]
+        assert ranges[0][0] == 0 and ranges[-1][1] == n_items
+        for (_, end), (start, _) in zip(ranges, ranges[1:]):
+            assert end == start  # contiguous and in rank order: nothing dropped, nothing twice
+        covered = [i for s, e in ranges for i in range(s, e)]
+        assert covered == list(range(n_items))
+        sizes = [e - s for s, e in ranges]
+        assert max(sizes) - min(sizes) <= 1
+        assert sizes == sorted(sizes, reverse=True)  # the remainder goes to the first ranks
+
+
+def test_more_ranks_than_items_leaves_the_last_ranks_empty() -> None:
+    assert [partition(3, 5, r) for r in range(5)] == [(0, 1), (1, 2), (2, 3), (3, 3), (3, 3)]
+    assert [partition(0, 2, r) for r in range(2)] == [(0, 0), (0, 0)]
+    assert partition(1, 1, 0) == (0, 1)
+
+
+@pytest.mark.parametrize("args", [(5, 0, 0), (5, 2, 2), (5, 2, -1), (-1, 2, 0)])
+def test_bad_arguments_are_refused(args: tuple[int, int, int]) -> None:
+    with pytest.raises(ValueError):
+        partition(*args)
+
+
+def test_chunk_grid_covers_every_frame_with_a_short_last_chunk() -> None:
+    assert chunk_bounds(0, 10) == []
+    assert chunk_bounds(1, 10) == [(0, 1)]
+    assert chunk_bounds(25, 10) == [(0, 10), (10, 20), (20, 25)]
+    for n in range(0, 60):
+        for k in (1, 2, 7, 60):
+            grid = chunk_bounds(n, k)
+            assert [i for s, e in grid for i in range(s, e)] == list(range(n))
+            assert all(e - s == k for s, e in grid[:-1])
+
+
+def test_part_names_sort_in_frame_order() -> None:
+    names = [part_name(s, e, ".mkv") for s, e in chunk_bounds(2500, 120)]
+    assert names == sorted(names)
+    assert part_name(0, 120, ".mkv") == "000000000-000000120.mkv"

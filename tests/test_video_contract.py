@@ -1,0 +1,170 @@
+"""The video contract, end to end through `stylebatch run` on clips made by the real ffmpeg CLI:
+same frame count, identical timestamps, same display size, sound kept without re-encoding."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+from clips import (FAST_STYLE, audio_md5, count_frames, decode_rgb, display_size, format_name, frame_pts,
+                   streams, stylebatch, video_stream)
+
+pytestmark = pytest.mark.slow
+
+
+def stylize(src: Path, out: Path, *flags: str) -> Path:
+    result = stylebatch("run", src, "-o", out, "--workers", "1", *FAST_STYLE, *flags)
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    return out
+
+
+def assert_same_timing(src: Path, out: Path) -> None:
+    assert count_frames(out) == count_frames(src)
+    assert frame_pts(out) == frame_pts(src)
+
+
+def test_mp4_keeps_frames_timestamps_size_and_audio_bytes(clip, tmp_path: Path) -> None:
+    src = clip("in.mp4", size=(96, 64), frames=30, audio=("aac",))
+    out = stylize(src, tmp_path / "out.mp4", "--chunk-frames", "8")
+    assert_same_timing(src, out)
+    assert display_size(out) == (96, 64)
+    assert audio_md5(out, 0) == audio_md5(src, 0)
+    assert "mp4" in format_name(out)
+    # the frames were really repainted
+    assert np.abs(decode_rgb(out).astype(int) - decode_rgb(src).astype(int)).mean() > 10
+
+
+def test_strength_zero_gives_back_the_input_frames_in_order(clip, tmp_path: Path) -> None:
+    """With strength 0 the net's output is the input: the frames must match one to one."""
+    src = clip("index.mp4", size=(64, 48), frames=24, index_colors=True, extra=("-g", "5"))
+    out = stylize(src, tmp_path / "out.mp4", "--strength", "0", "--chunk-frames", "7", "--crf", "10")
+    a, b = decode_rgb(src).astype(int), decode_rgb(out).astype(int)
+    assert a.shape == b.shape
+    per_frame = np.abs(a - b).mean(axis=(1, 2, 3))
+    assert per_frame.max() < 4, per_frame
+
+
+def test_vfr_stays_vfr_with_exact_timestamps(clip, tmp_path: Path) -> None:
+    src = clip("vfr.mp4", frames=20, vfr=True)
+    intervals = {round(float(b) - float(a), 4) for a, b in zip(frame_pts(src)[:-1], frame_pts(src)[1:])}
+    assert len(intervals) > 1  # the clip really is variable frame rate
+    out = stylize(src, tmp_path / "out.mp4", "--chunk-frames", "6")
+    assert_same_timing(src, out)
+
+
+def test_odd_size_comes_out_the_same_size(clip, tmp_path: Path) -> None:
+    """4:2:0 needs even sizes: an odd-sized 4:2:0 source (FFV1 can hold one) comes out 4:4:4."""
+    src = clip("odd.mkv", size=(97, 55), frames=10, codec="ffv1")
+    assert display_size(src) == (97, 55)
+    out = stylize(src, tmp_path / "out.mp4")
+    assert display_size(out) == (97, 55)
+    assert video_stream(out)["pix_fmt"] == "yuv444p"
+    assert count_frames(out) == 10
+
+
+def test_rotated_video_comes_out_upright_with_the_same_display_size(clip, tmp_path: Path) -> None:
+    src = clip("rot.mp4", size=(80, 48), frames=10, rotate=90, audio=("aac",))
+    assert display_size(src) == (48, 80)
+    out = stylize(src, tmp_path / "out.mp4", "--strength", "0", "--crf", "10")
+    v = video_stream(out)
+    assert (v["width"], v["height"]) == (48, 80)
+    assert not any("rotation" in sd for sd in v.get("side_data_list", []))
+    # strength 0: the upright output matches what a player shows for the rotated input
+    ours, theirs = decode_rgb(out).astype(int), decode_rgb(src).astype(int)
+    assert np.abs(ours - theirs).mean() < 6
+    assert np.abs(ours[:, ::-1, ::-1] - theirs).mean() > 20  # upside down would be far off
+    assert_same_timing(src, out)
+
+
+def test_video_without_audio(clip, tmp_path: Path) -> None:
+    src = clip("silent.mp4", frames=10)
+    out = stylize(src, tmp_path / "out.mp4")
+    assert [s["codec_type"] for s in streams(out)] == ["video"]
+    assert_same_timing(src, out)
+
+
+@pytest.mark.parametrize("pix_fmt", ["yuv420p10le", "yuv444p"])
+def test_10bit_and_444_are_kept(clip, tmp_path: Path, pix_fmt: str) -> None:
+    src = clip(f"{pix_fmt}.mp4", frames=10, pix_fmt=pix_fmt)
+    out = stylize(src, tmp_path / "out.mp4")
+    assert video_stream(out)["pix_fmt"] == pix_fmt
+    assert_same_timing(src, out)
+
+
+def test_mjpeg_avi_with_pcm(clip, tmp_path: Path) -> None:
+    src = clip("in.avi", frames=12, codec="mjpeg", pix_fmt="yuvj420p", audio=("pcm",))
+    out = stylize(src, tmp_path / "out.avi")
+    assert "avi" in format_name(out)
+    assert video_stream(out)["codec_name"] == "mjpeg"
+    assert audio_md5(out, 0) == audio_md5(src, 0)
+    assert_same_timing(src, out)
+
+
+def test_webm_vp9_with_opus(clip, tmp_path: Path) -> None:
+    src = clip("in.webm", frames=12, codec="libvpx-vp9", audio=("opus",))
+    out = stylize(src, tmp_path / "out.webm")
+    assert format_name(out).startswith("matroska,webm")
+    assert [s["codec_name"] for s in streams(out)] == ["vp9", "opus"]
+    assert audio_md5(out, 0) == audio_md5(src, 0)
+    assert_same_timing(src, out)
+
+
+def test_mkv_with_two_audio_tracks_keeps_both(clip, tmp_path: Path) -> None:
+    src = clip("two.mkv", frames=12, audio=("aac", "mp3"))
+    out = stylize(src, tmp_path / "out.mkv")
+    assert [s["codec_name"] for s in streams(out)] == ["h264", "aac", "mp3"]
+    assert audio_md5(out, 0) == audio_md5(src, 0)
+    assert audio_md5(out, 1) == audio_md5(src, 1)
+    assert_same_timing(src, out)
+
+
+def test_one_frame_video(clip, tmp_path: Path) -> None:
+    src = clip("one.mp4", frames=1)
+    out = stylize(src, tmp_path / "out.mp4")
+    assert_same_timing(src, out)
+
+
+def test_60_fps(clip, tmp_path: Path) -> None:
+    src = clip("sixty.mp4", frames=30, fps=60, audio=("aac",))
+    out = stylize(src, tmp_path / "out.mp4", "--chunk-frames", "10")
+    assert_same_timing(src, out)
+    assert Fraction(video_stream(out)["avg_frame_rate"]) == 60
+
+
+def test_awkward_file_names(clip, tmp_path: Path) -> None:
+    src = clip("in.mp4", size=(96, 64), frames=30, audio=("aac",))
+    odd = tmp_path / "my clip 'quoted' \"dq\"; rm -rf x; Ünïcødé 動画.mp4"
+    odd.write_bytes(src.read_bytes())
+    out = stylize(odd, tmp_path / "out; 'é' \"名\" now.mp4", "--chunk-frames", "16")
+    assert_same_timing(src, out)
+
+
+@pytest.mark.parametrize("ext, fmt, vcodec, acodec", [
+    (".mkv", "matroska", "h264", "aac"),
+    (".webm", "matroska,webm", "vp9", "opus"),  # webm takes no aac: re-encoded as opus
+    (".mov", "mov", "h264", "aac"),
+])
+def test_output_container_follows_the_extension(clip, tmp_path: Path, ext, fmt, vcodec, acodec) -> None:
+    src = clip("in.mp4", size=(96, 64), frames=30, audio=("aac",))
+    result = stylebatch("run", src, "-o", tmp_path / f"out{ext}", "--workers", "1", *FAST_STYLE)
+    assert result.returncode == 0, result.stderr
+    out = tmp_path / f"out{ext}"
+    assert format_name(out).startswith(fmt)
+    assert [s["codec_name"] for s in streams(out)] == [vcodec, acodec]
+    assert count_frames(out) == count_frames(src)
+    # Matroska counts in milliseconds, and when a copied audio track starts before zero (AAC priming)
+    # it shifts every stream: the reference is then the input stream-copied by the ffmpeg CLI.
+    ref = src
+    if ext == ".mkv":
+        ref = tmp_path / f"ref{ext}"
+        subprocess.run(["ffmpeg", "-v", "error", "-i", src, "-c", "copy", ref], check=True)
+    assert np.allclose([float(t) for t in frame_pts(out)], [float(t) for t in frame_pts(ref)], atol=0.0011)
+    if ext == ".webm":
+        assert re.search(r"audio stream \d+: aac cannot go into webm", result.stderr)
+    else:
+        assert audio_md5(out, 0) == audio_md5(src, 0)

@@ -1,0 +1,195 @@
+"""Encoder settings from the output's extension and the user's flags, and writing one part."""
+
+from __future__ import annotations
+
+import re
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+
+from stylebatch.errors import StylebatchError
+from stylebatch.manifest import EncoderSettings
+
+CONTAINERS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska", ".webm": "webm", ".avi": "avi"}
+CODEC_ALIASES = {
+    "h264": "libx264", "x264": "libx264", "avc": "libx264", "libx264": "libx264",
+    "hevc": "libx265", "h265": "libx265", "x265": "libx265", "libx265": "libx265",
+    "vp9": "libvpx-vp9", "libvpx-vp9": "libvpx-vp9",
+    "nvenc": "h264_nvenc", "h264_nvenc": "h264_nvenc", "hevc_nvenc": "hevc_nvenc",
+    "mjpeg": "mjpeg",
+}
+_ALL = set(CODEC_ALIASES.values())
+ALLOWED = {
+    "mp4": {"libx264", "libx265", "libvpx-vp9", "h264_nvenc", "hevc_nvenc"},
+    "mov": {"libx264", "libx265", "h264_nvenc", "hevc_nvenc", "mjpeg"},
+    "matroska": _ALL,
+    "webm": {"libvpx-vp9"},
+    "avi": {"mjpeg"},  # AVI has no presentation timestamps: intra-only keeps every frame exact
+}
+DEFAULT_CODEC = {"mp4": "libx264", "mov": "libx264", "matroska": "libx264", "webm": "libvpx-vp9", "avi": "mjpeg"}
+# crf/quality scale per encoder: (default, low, high)
+QUALITY = {
+    "libx264": (18, 0, 51), "libx265": (20, 0, 51), "libvpx-vp9": (30, 0, 63),
+    "h264_nvenc": (20, 0, 51), "hevc_nvenc": (22, 0, 51), "mjpeg": (3, 2, 31),
+}
+_X26X_PRESETS = ["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow", "placebo"]
+PRESETS = {
+    "libx264": _X26X_PRESETS, "libx265": _X26X_PRESETS,
+    "libvpx-vp9": ["realtime", "good", "best"],
+    "h264_nvenc": [f"p{i}" for i in range(1, 8)], "hevc_nvenc": [f"p{i}" for i in range(1, 8)],
+    "mjpeg": [],
+}
+DEFAULT_PRESET = {"libx264": "medium", "libx265": "medium", "libvpx-vp9": "good", "h264_nvenc": "p5", "hevc_nvenc": "p5"}
+PART_EXT = ".mkv"  # parts are Matroska whatever the final container: it holds every codec above
+# Matroska counts in milliseconds; capping the rate the encoder is told keeps part timestamps distinct.
+_MAX_PART_RATE = Fraction(500)
+
+
+def container_for(output_name: str) -> str:
+    ext = Path(output_name).suffix.lower()
+    if ext not in CONTAINERS:
+        raise StylebatchError(
+            f"output {output_name!r} needs one of the extensions {', '.join(sorted(CONTAINERS))}")
+    return CONTAINERS[ext]
+
+
+def parse_bitrate(text: str) -> int:
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kKmMgG]?)\s*(?:bps|b)?\s*", text)
+    if not m:
+        raise StylebatchError(f"bad --bitrate {text!r}: use e.g. 4M, 800k or 2500000")
+    value = float(m.group(1)) * {"": 1, "k": 1e3, "m": 1e6, "g": 1e9}[m.group(2).lower()]
+    if not 1e3 <= value <= 1e10:
+        raise StylebatchError(f"bad --bitrate {text!r}: must be between 1k and 10G")
+    return int(value)
+
+
+def choose_settings(output_name: str, *, codec: str | None = None, crf: int | None = None,
+                    bitrate: str | None = None, preset: str | None = None) -> EncoderSettings:
+    """Validated encoder settings (pix_fmt is decided later, from the source)."""
+    container = container_for(output_name)
+    if codec is None:
+        enc = DEFAULT_CODEC[container]
+    else:
+        enc = CODEC_ALIASES.get(codec.lower())
+        if enc is None:
+            raise StylebatchError(f"unknown --codec {codec!r}: use one of {', '.join(sorted(CODEC_ALIASES))}")
+    if enc not in ALLOWED[container]:
+        raise StylebatchError(f"--codec {codec} cannot go into {Path(output_name).suffix} "
+                              f"(use {', '.join(sorted(ALLOWED[container]))})")
+    if crf is not None and bitrate is not None:
+        raise StylebatchError("--crf and --bitrate exclude each other: give one")
+    default_q, low, high = QUALITY[enc]
+    if crf is not None and not low <= crf <= high:
+        raise StylebatchError(f"bad --crf {crf}: {enc} takes {low} to {high}")
+    rate = parse_bitrate(bitrate) if bitrate is not None else None
+    if preset is not None and preset not in PRESETS[enc]:
+        choices = ", ".join(PRESETS[enc]) or "none"
+        raise StylebatchError(f"bad --preset {preset!r} for {enc}: choices are {choices}")
+    return EncoderSettings(codec=enc, pix_fmt="", container=container,
+                           crf=None if rate is not None else (crf if crf is not None else default_q),
+                           bitrate=rate, preset=preset or DEFAULT_PRESET.get(enc))
+
+
+def source_layout(pix_fmt: str) -> tuple[str, int]:
+    """(chroma, bits) of a pixel format: chroma is 420, 422 or 444."""
+    fmt = av.VideoFormat(pix_fmt, 16, 16)
+    bits = max(c.bits for c in fmt.components)
+    if fmt.is_rgb or len(fmt.components) < 3:
+        return "444" if fmt.is_rgb else "420", bits
+    w, h = fmt.components[1].width, fmt.components[1].height
+    return ("444" if (w, h) == (16, 16) else "422" if h == 16 else "420"), bits
+
+
+def choose_pix_fmt(codec: str, source_pix_fmt: str, width: int, height: int) -> str:
+    """Keep the source's chroma and depth where the encoder can; odd sizes need 4:4:4 (or 4:2:2 with
+    an even width) because subsampled chroma rounds the picture size to even."""
+    chroma, bits = source_layout(source_pix_fmt)
+    if width % 2 or (height % 2 and chroma != "422"):
+        chroma = "444"
+    supported = {f.name for f in (av.Codec(codec, "w").video_formats or [])}
+    deep = bits > 8
+    candidates = {
+        ("420", True): ["yuv420p10le", "p010le"], ("422", True): ["yuv422p10le"],
+        ("444", True): ["yuv444p10le", "yuv444p16le"],
+    }.get((chroma, deep), []) + [f"yuv{chroma}p", f"yuvj{chroma}p"]
+    if codec == "mjpeg":  # full-range flavours are what every MJPEG decoder expects
+        candidates = [f"yuvj{chroma}p", f"yuv{chroma}p"]
+    if chroma == "422":
+        candidates += ["yuv444p"]
+    for name in candidates:
+        if name in supported:
+            return name
+    raise StylebatchError(f"{codec} cannot encode a {width}x{height} picture exactly (needs {chroma} chroma)")
+
+
+def open_encoder_options(s: EncoderSettings) -> dict[str, str]:
+    opts: dict[str, str] = {}
+    c = s.codec
+    if c in ("libx264", "libx265"):
+        if s.crf is not None:
+            opts["crf"] = str(s.crf)
+        opts["preset"] = s.preset or "medium"
+        if c == "libx265":
+            opts["x265-params"] = "log-level=error"
+    elif c == "libvpx-vp9":
+        opts.update({"deadline": s.preset or "good", "cpu-used": "8" if s.preset == "realtime" else "4",
+                     "row-mt": "1"})
+        if s.crf is not None:
+            opts.update({"crf": str(s.crf), "b": "0"})
+    elif c.endswith("_nvenc"):
+        opts["preset"] = s.preset or "p5"
+        if s.crf is not None:
+            opts.update({"rc": "vbr", "cq": str(s.crf), "b": "0"})
+    return opts
+
+
+class PartWriter:
+    """Encodes upright RGB frames into one part file: a fresh encoder, so it starts on a keyframe
+    and every GOP is closed inside it."""
+
+    def __init__(self, path: Path, s: EncoderSettings, width: int, height: int,
+                 frame_rate: Fraction, color: dict, threads: int = 0, sar: tuple[int, int] | None = None) -> None:
+        self.container = av.open(str(path), "w", format="matroska")
+        rate = min(frame_rate, _MAX_PART_RATE)
+        self.stream = self.container.add_stream(s.codec, rate=rate, options=open_encoder_options(s))
+        cc = self.stream.codec_context
+        cc.width, cc.height, cc.pix_fmt = width, height, s.pix_fmt
+        cc.time_base = 1 / rate
+        cc.thread_count = threads
+        if sar:
+            cc.sample_aspect_ratio = Fraction(*sar)
+        if s.bitrate is not None:
+            cc.bit_rate = s.bitrate
+        if s.codec == "mjpeg":
+            cc.qscale = True
+            cc.global_quality = s.crf * 118  # FF_QP2LAMBDA: the same scale as ffmpeg's -q:v
+        self.full_range = s.pix_fmt.startswith("yuvj") or s.codec == "mjpeg"
+        self.matrix = color["matrix"]
+        cc.colorspace = color["space"]
+        cc.color_range = 2 if self.full_range else 1
+        if color.get("primaries") not in (None, 2):
+            cc.color_primaries = color["primaries"]
+        if color.get("trc") not in (None, 2):
+            cc.color_trc = color["trc"]
+        self.count = 0
+
+    def write(self, frames: np.ndarray) -> None:
+        for rgb in frames:
+            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(
+                format=self.stream.codec_context.pix_fmt, dst_colorspace=self.matrix,
+                dst_color_range="JPEG" if self.full_range else "MPEG")
+            frame.pts = self.count
+            self.count += 1
+            self.container.mux(self.stream.encode(frame))
+
+    def close(self) -> None:
+        self.container.mux(self.stream.encode(None))
+        self.container.close()
+
+    def abort(self) -> None:
+        try:
+            self.container.close()
+        except Exception:  # noqa: BLE001 - a half-written temp file is deleted by the caller anyway
+            pass

@@ -1,0 +1,27 @@
+"""How the frames are cut into chunks, and how chunks are shared among ranks."""
+
+from __future__ import annotations
+
+
+def partition(n_items: int, n_ranks: int, rank: int) -> tuple[int, int]:
+    """The contiguous range [start, end) of items that `rank` of `n_ranks` owns.
+
+    Sizes differ by at most one; the remainder goes to the first ranks; every item belongs to
+    exactly one rank. Ranks beyond the item count get an empty range.
+    """
+    if n_items < 0 or n_ranks < 1 or not 0 <= rank < n_ranks:
+        raise ValueError(f"bad partition: {n_items} items, {n_ranks} ranks, rank {rank}")
+    base, extra = divmod(n_items, n_ranks)
+    start = rank * base + min(rank, extra)
+    return start, start + base + (1 if rank < extra else 0)
+
+
+def chunk_bounds(n_frames: int, chunk_frames: int) -> list[tuple[int, int]]:
+    """The global chunk grid: [start, end) frame ranges of `chunk_frames`, the last one shorter."""
+    if chunk_frames < 1:
+        raise ValueError("chunk_frames must be at least 1")
+    return [(s, min(s + chunk_frames, n_frames)) for s in range(0, n_frames, chunk_frames)]
+
+
+def part_name(start: int, end: int, ext: str) -> str:
+    return f"{start:09d}-{end:09d}{ext}"

@@ -1,0 +1,208 @@
+"""Stage 3: mux the parts (stream copy) with the source's sound into OUTPUT, timestamps exactly restored.
+
+pts of presentation index p is the manifest's pts[p]; the decode timestamp of decode position j is
+pts[j - D], D being the reorder delay of the B-frames. Everything is written to a local temp file
+and published atomically, so OUTPUT is only ever the finished video.
+"""
+
+from __future__ import annotations
+
+import argparse
+import heapq
+import logging
+import tempfile
+from fractions import Fraction
+from pathlib import Path
+from typing import Iterator
+
+import av
+
+from stylebatch.encoder import ALLOWED, PART_EXT, container_for
+from stylebatch.errors import StylebatchError
+from stylebatch.manifest import PARTS_DIR, Manifest, read_manifest
+from stylebatch.partition import chunk_bounds, part_name
+
+log = logging.getLogger(__name__)
+
+AUDIO_COPY = {
+    "mp4": {"aac", "mp3", "ac3", "eac3", "opus", "flac", "alac"},
+    "mov": {"aac", "mp3", "ac3", "eac3", "alac", "pcm_s16le", "pcm_s16be", "pcm_s24le", "pcm_s24be", "pcm_f32le"},
+    "matroska": {"aac", "mp3", "mp2", "ac3", "eac3", "dts", "truehd", "opus", "vorbis", "flac", "alac",
+                 "pcm_s16le", "pcm_s24le", "pcm_s32le", "pcm_f32le", "wavpack", "tta"},
+    "webm": {"opus", "vorbis"},
+    "avi": {"mp3", "mp2", "ac3", "pcm_s16le", "pcm_u8", "pcm_s24le"},
+}
+AUDIO_TRANSCODE = {"mp4": "aac", "mov": "aac", "matroska": "libopus", "webm": "libopus", "avi": "libmp3lame"}
+SUBTITLE_COPY = {
+    "mp4": {"mov_text"}, "mov": {"mov_text"}, "webm": {"webvtt"}, "avi": set(),
+    "matroska": {"subrip", "ass", "ssa", "webvtt", "hdmv_pgs_subtitle", "dvd_subtitle"},
+}
+_CONTAINER_META_SKIP = {"encoder", "major_brand", "minor_version", "compatible_brands"}
+
+
+def run(args: argparse.Namespace) -> int:
+    from stylebatch.storage import location
+
+    work = location(args.work)
+    m = read_manifest(work)
+    out = location(args.output or m.output)
+    container = container_for(out.name)
+    if m.encoder.codec not in ALLOWED[container]:
+        raise StylebatchError(f"the parts are {m.encoder.codec}, which cannot go into {Path(out.name).suffix}")
+    chunks = chunk_bounds(m.frames, m.chunk_frames)
+    parts_dir = work.child(PARTS_DIR)
+    have = set(parts_dir.list()) if parts_dir.exists() else set()
+    missing = [c for c in chunks if part_name(*c, PART_EXT) not in have]
+    if missing:
+        raise StylebatchError(f"work dir {work.display} lacks the stylized frames {_ranges(missing)} "
+                              f"of {m.frames}: run stylize again")
+    with tempfile.TemporaryDirectory(prefix="stylebatch-post-") as tmp_dir:
+        tmp = Path(tmp_dir)
+        parts = []
+        for c in chunks:
+            loc = parts_dir.child(part_name(*c, PART_EXT))
+            if loc.is_local():
+                parts.append(Path(loc.local_path()))
+            else:
+                parts.append(tmp / loc.name)
+                loc.download(parts[-1])
+        source = None
+        if m.audio or m.subtitles:
+            src = work.child(m.source)
+            source = Path(src.local_path()) if src.is_local() else tmp / m.source
+            if not src.is_local():
+                src.download(source)
+        result = tmp / ("output" + Path(out.name).suffix.lower())
+        mux(m, chunks, parts, source, result, container)
+        out.upload(result)
+    log.info("wrote %s (%d frames)", out.display, m.frames)
+    return 0
+
+
+def _ranges(chunks: list[tuple[int, int]]) -> str:
+    merged: list[list[int]] = []
+    for s, e in chunks:
+        if merged and merged[-1][1] == s:
+            merged[-1][1] = e
+        else:
+            merged.append([s, e])
+    return ", ".join(f"{s}-{e - 1}" for s, e in merged)
+
+
+def _part_packets(path: Path) -> tuple[av.container.InputContainer, list[av.Packet]]:
+    c = av.open(str(path))
+    return c, [p for p in c.demux(c.streams.video[0]) if p.size]
+
+
+def _presentation_ranks(packets: list[av.Packet], expected: int, path: Path) -> list[int]:
+    if len(packets) != expected or any(p.pts is None for p in packets):
+        raise StylebatchError(f"part {path.name} is damaged ({len(packets)} frames, expected {expected}): "
+                              f"delete it and run stylize again")
+    order = sorted(range(len(packets)), key=lambda j: packets[j].pts)
+    ranks = [0] * len(packets)
+    for p, j in enumerate(order):
+        ranks[j] = p
+    return ranks
+
+
+def _reorder_delay(chunks: list[tuple[int, int]], parts: list[Path]) -> int:
+    delay = 0
+    for (s, e), path in zip(chunks, parts):
+        c, packets = _part_packets(path)
+        with c:
+            ranks = _presentation_ranks(packets, e - s, path)
+        delay = max(delay, max(j - p for j, p in enumerate(ranks)))
+    return delay
+
+
+def _video_packets(m: Manifest, chunks, parts, out_stream) -> Iterator[tuple[float, int, av.Packet]]:
+    pts, tb, n = m.pts, Fraction(*m.time_base), m.frames
+    delay = _reorder_delay(chunks, parts)
+    first_duration = pts[1] - pts[0] if n > 1 else m.last_duration
+    j = 0
+    for (s, e), path in zip(chunks, parts):
+        c, packets = _part_packets(path)
+        with c:
+            for packet, rank in zip(packets, _presentation_ranks(packets, e - s, path)):
+                p = s + rank
+                packet.stream = out_stream
+                packet.time_base = tb
+                packet.pts = pts[p]
+                packet.dts = pts[j - delay] if j >= delay else pts[0] - (delay - j) * first_duration
+                packet.duration = (pts[p + 1] if p + 1 < n else pts[p] + m.last_duration) - pts[p]
+                yield float(packet.dts * tb), 0, packet
+                j += 1
+
+
+def _copied_packets(source: av.container.InputContainer, streams: dict[int, av.stream.Stream]):
+    if not streams:
+        return
+    for packet in source.demux([source.streams[i] for i in streams]):
+        if packet.dts is None or not packet.size:
+            continue
+        out_stream = streams[packet.stream.index]
+        t = float(packet.dts * packet.time_base)
+        packet.stream = out_stream
+        yield t, 1, packet
+
+
+def _transcoded_packets(path: Path, index: int, out_stream) -> Iterator[tuple[float, int, av.Packet]]:
+    with av.open(str(path)) as src:
+        for frame in src.decode(src.streams[index]):
+            for packet in out_stream.encode(frame):
+                yield float(packet.pts * packet.time_base), 2, packet
+        for packet in out_stream.encode(None):
+            yield float(packet.pts * packet.time_base), 2, packet
+
+
+def mux(m: Manifest, chunks, parts: list[Path], source: Path | None, result: Path, container: str) -> None:
+    options = {"movflags": "+faststart"} if container in ("mp4", "mov") else {}
+    with av.open(str(parts[0])) as first, av.open(str(result), "w", format=container, options=options) as out:
+        video = out.add_stream_from_template(first.streams.video[0])
+        video.time_base = Fraction(*m.time_base)
+        streams: list[Iterator] = [_video_packets(m, chunks, parts, video)]
+        src = av.open(str(source)) if source is not None else None
+        try:
+            if src is not None:
+                streams += _add_source_streams(m, src, source, out, container)
+            for _, _, packet in heapq.merge(*streams, key=lambda item: (item[0], item[1])):
+                out.mux(packet)
+        finally:
+            if src is not None:
+                src.close()
+
+
+def _add_source_streams(m: Manifest, src, source: Path, out, container: str) -> list[Iterator]:
+    for key, value in src.metadata.items():
+        if key.lower() not in _CONTAINER_META_SKIP:
+            out.metadata[key] = value
+    copies: dict[int, av.stream.Stream] = {}
+    transcodes: list[Iterator] = []
+    for a in m.audio:
+        in_s = src.streams[a["index"]]
+        if a["codec"] in AUDIO_COPY[container]:
+            copies[in_s.index] = out_s = out.add_stream_from_template(in_s)
+        else:
+            target = AUDIO_TRANSCODE[container]
+            log.info("audio stream %d: %s cannot go into %s: re-encoding it as %s",
+                     in_s.index, a["codec"], container, target)
+            rate = 48000 if target == "libopus" else (a["sample_rate"] or 48000)
+            out_s = out.add_stream(target, rate=rate)
+            out_s.layout = in_s.codec_context.layout
+            transcodes.append(_transcoded_packets(source, in_s.index, out_s))
+        _copy_stream_meta(in_s, out_s)
+    for s in m.subtitles:
+        in_s = src.streams[s["index"]]
+        if s["codec"] in SUBTITLE_COPY[container]:
+            copies[in_s.index] = out_s = out.add_stream_from_template(in_s)
+            _copy_stream_meta(in_s, out_s)
+        else:
+            log.warning("subtitle stream %d (%s) cannot go into %s: left out", in_s.index, s["codec"], container)
+    return [_copied_packets(src, copies)] + transcodes
+
+
+def _copy_stream_meta(in_s, out_s) -> None:
+    for key in ("language", "title", "handler_name"):
+        if key in in_s.metadata:
+            out_s.metadata[key] = in_s.metadata[key]
+    out_s.disposition = in_s.disposition

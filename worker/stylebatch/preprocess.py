@@ -1,0 +1,98 @@
+"""Stage 1: copy the input into the work dir, probe it, decide the encoder, write manifest.json last."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+
+from stylebatch import __version__
+from stylebatch.encoder import choose_pix_fmt, choose_settings
+from stylebatch.errors import StylebatchError
+from stylebatch.manifest import MANIFEST_NAME, EncoderSettings, Manifest
+from stylebatch.video import probe
+
+log = logging.getLogger(__name__)
+DEFAULT_CHUNK_FRAMES = 120
+
+
+def settings_from_args(args: argparse.Namespace, output_name: str) -> EncoderSettings:
+    if args.chunk_frames is not None and args.chunk_frames < 1:
+        raise StylebatchError(f"bad --chunk-frames {args.chunk_frames}: must be at least 1")
+    return choose_settings(output_name, codec=args.codec, crf=args.crf, bitrate=args.bitrate, preset=args.preset)
+
+
+def source_name(input_name: str) -> str:
+    ext = Path(input_name).suffix.lower()
+    return "source" + (ext if re.fullmatch(r"\.[a-z0-9]{1,8}", ext) else "")
+
+
+def output_uri(output) -> str:
+    """The output as stored in the manifest: absolute for local paths, as given for blob URIs."""
+    return str(output.local_path()) if output.is_local() else output.uri
+
+
+def run(args: argparse.Namespace) -> int:
+    from stylebatch.storage import location
+
+    src, out, work = location(args.input), location(args.output), location(args.work)
+    settings = settings_from_args(args, out.name)
+    chunk_frames = args.chunk_frames or DEFAULT_CHUNK_FRAMES
+    if _reuse_existing(work, src, out, settings, chunk_frames):
+        return 0
+    if not src.exists():
+        raise StylebatchError(f"input not found: {src.display}")
+    with tempfile.TemporaryDirectory(prefix="stylebatch-pre-") as tmp:
+        if src.is_local():
+            local = Path(src.local_path())
+            if local.is_dir():
+                raise StylebatchError(f"input is a folder, not a video: {src.display}")
+        else:
+            local = Path(tmp) / source_name(src.name)
+            log.info("downloading %s", src.display)
+            src.download(local)
+        if local.stat().st_size == 0:
+            raise StylebatchError(f"input is an empty file: {src.display}")
+        info = probe(local, src.display)
+        width, height = info.display_size
+        settings.pix_fmt = choose_pix_fmt(settings.codec, info.pix_fmt, width, height)
+        name = source_name(src.name)
+        work.child(name).upload(local)
+    manifest = Manifest(
+        input=src.display, output=output_uri(out), source=name, frames=len(info.pts),
+        time_base=(info.time_base.numerator, info.time_base.denominator), pts=info.pts,
+        last_duration=info.last_duration, keyframes=info.keyframes, pts_reliable=info.pts_reliable,
+        frame_rate=(info.frame_rate.numerator, info.frame_rate.denominator), video_stream=info.video_stream,
+        coded_width=info.coded_width, coded_height=info.coded_height, rotation=info.rotation,
+        display_width=width, display_height=height, pix_fmt=info.pix_fmt, color=info.color,
+        audio=info.audio, subtitles=info.subtitles, encoder=settings, chunk_frames=chunk_frames,
+        stylebatch_version=__version__, extra={"sample_aspect_ratio": info.sample_aspect_ratio},
+    )
+    work.child(MANIFEST_NAME).write_bytes(manifest.to_json().encode())
+    log.info("preprocessed %s: %d frames, %dx%d, %s %s, %d audio stream(s), chunks of %d frames",
+             src.display, manifest.frames, width, height, settings.codec, settings.pix_fmt,
+             len(info.audio), chunk_frames)
+    return 0
+
+
+def _reuse_existing(work, src, out, settings: EncoderSettings, chunk_frames: int) -> bool:
+    """A work dir that preprocess already finished for the same job is reused (resume)."""
+    if not work.child(MANIFEST_NAME).exists():
+        return False
+    from stylebatch.manifest import read_manifest
+
+    m = read_manifest(work)
+    old = asdict(m.encoder)
+    new = asdict(settings)
+    old.pop("pix_fmt"), new.pop("pix_fmt")
+    if m.input != src.display or old != new or m.chunk_frames != chunk_frames:
+        raise StylebatchError(f"work dir {work.display} holds another job (input {m.input}, "
+                              f"{m.encoder.codec}, chunks of {m.chunk_frames}): use a fresh --work")
+    if m.output != output_uri(out):
+        m.output = output_uri(out)
+        work.child(MANIFEST_NAME).write_bytes(m.to_json().encode())
+    log.info("work dir %s already preprocessed: resuming", work.display)
+    return True

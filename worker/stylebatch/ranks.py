@@ -1,0 +1,68 @@
+"""Who am I in the MPI job: rank, world size and ranks on this node, from the launcher's environment."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class World:
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+    local_size: int = 1
+    comm: Any = None  # mpi4py COMM_WORLD when under mpiexec, else None
+
+    def abort(self, code: int) -> None:
+        """End every rank now, so no rank waits for a job that already failed."""
+        if self.comm is not None and self.size > 1:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            self.comm.Abort(code)
+
+
+def _env_int(*names: str) -> int | None:
+    for name in names:
+        value = os.environ.get(name)
+        if value not in (None, "") and value.lstrip("-").isdigit():
+            return int(value)
+    return None
+
+
+def detect() -> World:
+    rank = _env_int("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK")
+    size = _env_int("PMI_SIZE", "OMPI_COMM_WORLD_SIZE")
+    if rank is None:
+        return World()
+    world = World(rank=rank, size=size or 1)
+    try:
+        from mpi4py import MPI  # initialising MPI is collective: every rank does it here, at start
+
+        comm = MPI.COMM_WORLD
+        world.comm, world.rank, world.size = comm, comm.Get_rank(), comm.Get_size()
+        node = comm.Split_type(MPI.COMM_TYPE_SHARED)
+        world.local_rank, world.local_size = node.Get_rank(), node.Get_size()
+        return world
+    except Exception as exc:  # noqa: BLE001 - without mpi4py the launcher's variables still say enough
+        log.warning("mpi4py unavailable (%s): ranks are not aborted together on failure", exc)
+    world.local_rank = _env_int("MPI_LOCALRANKID", "OMPI_COMM_WORLD_LOCAL_RANK") or 0
+    world.local_size = _env_int("MPI_LOCALNRANKS", "OMPI_COMM_WORLD_LOCAL_SIZE") or 1
+    return world
+
+
+def cpu_count() -> int:
+    """CPUs this process may use: the affinity mask and, in a container, the cgroup CPU quota."""
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        quota, period = open("/sys/fs/cgroup/cpu.max").read().split()
+        if quota != "max":
+            n = min(n, max(1, int(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, n)

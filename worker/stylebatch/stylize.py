@@ -1,0 +1,241 @@
+"""Stage 2, one MPI rank: stylize this rank's chunks into encoded parts in the work dir.
+
+Decode, model and encode run in three threads joined by small queues, so the model never waits
+on the CPU work around it. Parts already in the work dir are skipped (resume).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import queue
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from fractions import Fraction
+from pathlib import Path
+from typing import Callable, Iterable
+
+from stylebatch.encoder import PART_EXT, PartWriter
+from stylebatch.errors import StylebatchError
+from stylebatch.manifest import PARTS_DIR, Manifest, read_manifest
+from stylebatch.partition import chunk_bounds, part_name, partition
+from stylebatch.progress import RankProgress, format_line
+from stylebatch.ranks import World, cpu_count, detect
+from stylebatch.video import ChunkReader
+
+log = logging.getLogger(__name__)
+REPORT_EVERY_S = 3.0
+_DONE = object()
+
+
+def run(args: argparse.Namespace) -> int:
+    world = detect()
+    try:
+        return stylize(args, world)
+    except StylebatchError as exc:
+        if world.size > 1:
+            print(f"stylebatch: error: {exc}", file=sys.stderr, flush=True)
+            world.abort(exc.exit_code)
+        raise
+    except BaseException:
+        if world.size > 1:
+            traceback.print_exc()
+            world.abort(1)
+        raise
+
+
+class Progress:
+    """This rank's progress lines on stdout: now and then, and always at the start and the end."""
+
+    def __init__(self, world: World, share: int, done: int, frames: int) -> None:
+        self.world, self.share, self.done, self.frames = world, share, done, frames
+        self._lock = threading.Lock()
+        self._last = 0.0
+
+    def add(self, n: int) -> None:
+        with self._lock:
+            self.done += n
+        self.report()
+
+    def report(self, force: bool = False) -> None:
+        with self._lock:
+            now = time.monotonic()
+            if not force and now - self._last < REPORT_EVERY_S:
+                return
+            self._last = now
+            line = format_line(RankProgress(self.world.rank, self.world.size, self.done, self.share, self.frames))
+        print(line, flush=True)
+
+
+def stylize(args: argparse.Namespace, world: World) -> int:
+    from stylebatch.storage import location
+
+    work = location(args.work)
+    m = read_manifest(work)
+    chunks = chunk_bounds(m.frames, m.chunk_frames)
+    first, last = partition(len(chunks), world.size, world.rank)
+    mine = chunks[first:last]
+    have = set(work.child(PARTS_DIR).list()) if work.child(PARTS_DIR).exists() else set()
+    todo = [c for c in mine if part_name(*c, PART_EXT) not in have]
+    share = sum(e - s for s, e in mine)
+    progress = Progress(world, share, share - sum(e - s for s, e in todo), m.frames)
+    progress.report(force=True)
+    if todo:
+        threads = max(1, cpu_count() // world.local_size)
+        log.info("rank %d/%d: %d of its %d chunks to stylize (%d threads)",
+                 world.rank, world.size, len(todo), len(mine), threads)
+        with tempfile.TemporaryDirectory(prefix="stylebatch-rank-") as tmp:
+            stylizer = _load(args, world, threads, Path(tmp))
+            source = _local_source(work, m, Path(tmp))
+            reader = ChunkReader(source, m, threads=threads)
+            try:
+                batch = args.batch_size or (8 if stylizer.device.type == "cuda" else 4)
+
+                def publish(chunk: tuple[int, int], path: Path) -> None:
+                    work.child(PARTS_DIR, part_name(*chunk, PART_EXT)).upload(path)
+                    path.unlink()
+
+                def open_part(chunk: tuple[int, int]) -> tuple[PartWriter, Path]:
+                    path = Path(tmp) / part_name(*chunk, PART_EXT)
+                    return PartWriter(path, m.encoder, m.display_width, m.display_height,
+                                      Fraction(*m.frame_rate), m.color, threads,
+                                      _sar(m)), path
+
+                run_pipeline(todo, lambda c: reader.read(*c, batch), stylizer, open_part, publish, progress)
+            finally:
+                reader.close()
+    progress.report(force=True)
+    return 0
+
+
+def _sar(m: Manifest) -> tuple[int, int] | None:
+    sar = m.extra.get("sample_aspect_ratio")
+    if not sar:
+        return None
+    return (sar[1], sar[0]) if m.rotation in (90, 270) else (sar[0], sar[1])
+
+
+def _load(args: argparse.Namespace, world: World, threads: int, tmp: Path):
+    import torch
+
+    from stylebatch.models import DEFAULT_STYLE, load_stylizer
+
+    torch.set_num_threads(threads)
+    if args.device != "cpu" and torch.cuda.is_available() and torch.cuda.device_count() > 1:
+        torch.cuda.set_device(world.local_rank % torch.cuda.device_count())
+    style = resolve_style(args.style or DEFAULT_STYLE, tmp)
+    return load_stylizer(style, device=args.device, strength=args.strength, max_side=args.max_side)
+
+
+def resolve_style(style: str, tmp: Path) -> str:
+    """A built-in style as is; a weights file as a local path (downloaded first if it is a blob)."""
+    if "://" not in style and not style.lower().endswith((".pth", ".pt", ".model")):
+        return style
+    from stylebatch.storage import location
+
+    loc = location(style)
+    if loc.is_local():
+        if not loc.exists():
+            raise StylebatchError(f"style weights not found: {loc.display}")
+        return str(loc.local_path())
+    local = tmp / ("style-" + os.path.basename(loc.name or "weights.pth"))
+    loc.download(local)
+    return str(local)
+
+
+def _local_source(work, m: Manifest, tmp: Path) -> Path:
+    src = work.child(m.source)
+    if src.is_local():
+        if not src.exists():
+            raise StylebatchError(f"work dir {work.display} lacks its {m.source}: run preprocess again")
+        return Path(src.local_path())
+    local = tmp / m.source
+    src.download(local)
+    return local
+
+
+class _Stopped(Exception):
+    pass
+
+
+def run_pipeline(todo: Iterable[tuple[int, int]], read: Callable, stylizer, open_part: Callable,
+                 publish: Callable, progress: Progress) -> None:
+    """decode thread -> model (this thread) -> encode thread; the first failure stops all three."""
+    q_in: queue.Queue = queue.Queue(maxsize=3)
+    q_out: queue.Queue = queue.Queue(maxsize=3)
+    stop = threading.Event()
+    failures: list[BaseException] = []
+
+    def put(q: queue.Queue, item) -> None:
+        while True:
+            if stop.is_set():
+                raise _Stopped
+            try:
+                return q.put(item, timeout=0.1)
+            except queue.Full:
+                pass
+
+    def get(q: queue.Queue):
+        while True:
+            if stop.is_set():
+                raise _Stopped
+            try:
+                return q.get(timeout=0.1)
+            except queue.Empty:
+                pass
+
+    def guarded(fn: Callable) -> Callable:
+        def body() -> None:
+            try:
+                fn()
+            except _Stopped:
+                pass
+            except BaseException as exc:  # noqa: BLE001 - handed to the main thread
+                failures.append(exc)
+                stop.set()
+        return body
+
+    def decode() -> None:
+        for chunk in todo:
+            for frames in read(chunk):
+                put(q_in, (chunk, frames))
+            put(q_in, (chunk, None))
+        put(q_in, _DONE)
+
+    def encode() -> None:
+        writer = None
+        try:
+            while (item := get(q_out)) is not _DONE:
+                chunk, frames = item
+                if frames is None:
+                    writer.close()
+                    publish(chunk, path)
+                    writer = None
+                    continue
+                if writer is None:
+                    writer, path = open_part(chunk)
+                writer.write(frames)
+                progress.add(len(frames))
+        finally:
+            if writer is not None:
+                writer.abort()
+
+    def model() -> None:
+        while (item := get(q_in)) is not _DONE:
+            chunk, frames = item
+            put(q_out, (chunk, None if frames is None else stylizer(frames)))
+        put(q_out, _DONE)
+
+    workers = [threading.Thread(target=guarded(f), name=f"stylebatch-{f.__name__}", daemon=True)
+               for f in (decode, encode)]
+    for t in workers:
+        t.start()
+    guarded(model)()
+    for t in workers:
+        t.join()
+    if failures:
+        raise failures[0]

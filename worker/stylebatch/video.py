@@ -1,0 +1,231 @@
+"""Reading the source video with PyAV: probing it once, and decoding any chunk of upright RGB frames."""
+
+from __future__ import annotations
+
+import bisect
+import logging
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, Iterator
+
+import av
+import numpy as np
+
+from stylebatch.errors import StylebatchError
+
+log = logging.getLogger(__name__)
+
+# AVColorSpace codes -> the matrix swscale converts with; the same matrix is used both ways.
+_MATRIX = {1: "itu709", 4: "fcc", 5: "itu601", 6: "itu601", 7: "smpte240m", 9: "bt2020", 10: "bt2020"}
+_SPACE = {"itu709": 1, "fcc": 4, "itu601": 6, "smpte240m": 7, "bt2020": 9}
+
+
+@dataclass
+class Probe:
+    """What one full decode of the source tells: the manifest's facts about the video."""
+
+    video_stream: int
+    time_base: Fraction
+    pts: list[int]
+    keyframes: list[int]
+    pts_reliable: bool
+    last_duration: int
+    frame_rate: Fraction
+    coded_width: int
+    coded_height: int
+    rotation: int
+    pix_fmt: str
+    color: dict[str, Any]
+    sample_aspect_ratio: tuple[int, int] | None
+    audio: list[dict[str, Any]] = field(default_factory=list)
+    subtitles: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def display_size(self) -> tuple[int, int]:
+        if self.rotation in (90, 270):
+            return self.coded_height, self.coded_width
+        return self.coded_width, self.coded_height
+
+
+def open_video(path: Path, label: str) -> av.container.InputContainer:
+    try:
+        return av.open(str(path), metadata_errors="ignore")
+    except FileNotFoundError:
+        raise StylebatchError(f"input not found: {label}") from None
+    except (av.FFmpegError, OSError, UnicodeDecodeError, ValueError) as exc:
+        raise StylebatchError(f"{label} is not a readable video ({_reason(exc)})") from None
+
+
+def video_stream(container: av.container.InputContainer, label: str) -> av.VideoStream:
+    for s in container.streams.video:
+        if not s.disposition & av.stream.Disposition.attached_pic:  # cover art is not the video
+            return s
+    kinds = "audio only" if container.streams.audio else "no streams"
+    raise StylebatchError(f"{label} has no video stream ({kinds})")
+
+
+def _reason(exc: BaseException) -> str:
+    text = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+    return " ".join(str(text).split())
+
+
+def _rotation(frame: av.VideoFrame) -> int:
+    try:
+        angle = float(frame.rotation or 0)
+    except (AttributeError, TypeError, ValueError):
+        return 0
+    quarter = round(angle / 90) % 4
+    if abs(angle - round(angle / 90) * 90) > 1:
+        log.warning("display rotation of %.1f degrees is not a multiple of 90: ignored", angle)
+        return 0
+    return quarter * 90
+
+
+def probe(path: Path, label: str) -> Probe:
+    """Decode the whole video once: exact pts of every frame, and one-line errors for anything broken."""
+    with open_video(path, label) as container:
+        vs = video_stream(container, label)
+        vs.thread_type = "AUTO"
+        expected = vs.frames
+        pts: list[int | None] = []
+        keyframes: list[int] = []
+        first: av.VideoFrame | None = None
+        last_duration = 0
+        try:
+            for frame in container.decode(vs):
+                if first is None:
+                    first = frame
+                if frame.key_frame:
+                    keyframes.append(len(pts))
+                pts.append(frame.pts)
+                last_duration = frame.duration or 0
+        except (av.FFmpegError, OSError, ValueError) as exc:
+            raise StylebatchError(f"{label} is truncated or corrupt ({_reason(exc)})") from None
+        if first is None:
+            raise StylebatchError(f"{label} has no decodable video frames (empty or corrupt)")
+        if expected and len(pts) < expected:
+            raise StylebatchError(f"{label} is truncated or corrupt (decoded {len(pts)} of {expected} frames)")
+        tb = vs.time_base or Fraction(1, 90000)
+        rate = vs.average_rate or vs.guessed_rate or Fraction(25)
+        reliable = all(p is not None for p in pts) and all(a < b for a, b in zip(pts, pts[1:]))
+        if reliable:
+            exact: list[int] = pts  # type: ignore[assignment]
+        else:
+            log.warning("the video's timestamps are missing or out of order: writing it at %s fps", float(rate))
+            step = max(1, round(1 / (rate * tb)))
+            exact = [i * step for i in range(len(pts))]
+        if last_duration <= 0:
+            last_duration = exact[-1] - exact[-2] if len(exact) > 1 else max(1, round(1 / (rate * tb)))
+        if not keyframes or keyframes[0] != 0:
+            keyframes.insert(0, 0)
+        sar = vs.sample_aspect_ratio
+        return Probe(
+            video_stream=vs.index, time_base=tb, pts=exact, keyframes=keyframes, pts_reliable=reliable,
+            last_duration=last_duration, frame_rate=rate, coded_width=first.width, coded_height=first.height,
+            rotation=_rotation(first), pix_fmt=first.format.name, color=_color(first),
+            sample_aspect_ratio=(sar.numerator, sar.denominator) if sar and sar != 1 else None,
+            audio=[_audio_summary(a) for a in container.streams.audio],
+            subtitles=[{"index": s.index, "codec": s.codec_context.codec.canonical_name,
+                        "language": s.metadata.get("language")} for s in container.streams.subtitles],
+        )
+
+
+def _color(frame: av.VideoFrame) -> dict[str, Any]:
+    space = int(frame.colorspace or 2)
+    matrix = _MATRIX.get(space) or ("itu709" if frame.height >= 720 else "itu601")
+    return {"matrix": matrix, "space": _SPACE[matrix] if space not in _MATRIX else space,
+            "range": int(frame.color_range or 0), "primaries": int(frame.color_primaries or 2),
+            "trc": int(frame.color_trc or 2)}
+
+
+def _audio_summary(a: av.AudioStream) -> dict[str, Any]:
+    cc = a.codec_context
+    return {"index": a.index, "codec": cc.codec.canonical_name, "channels": cc.channels, "sample_rate": cc.sample_rate,
+            "language": a.metadata.get("language")}
+
+
+class ChunkReader:
+    """Upright RGB frames of any presentation range, by seeking to a keyframe and matching pts.
+
+    Consecutive ranges continue the same decode without seeking.
+    """
+
+    def __init__(self, path: Path, manifest, threads: int = 0) -> None:
+        self.path, self.m, self.threads = path, manifest, threads
+        self.k = (manifest.rotation // 90) % 4
+        self.full_range = manifest.color.get("range") == 2
+        self._container = None
+        self._frames: Iterator[av.VideoFrame] | None = None
+        self._next = -1  # presentation index of the next frame self._frames yields
+        self._pending: av.VideoFrame | None = None  # a frame read ahead while seeking
+
+    def close(self) -> None:
+        if self._container is not None:
+            self._container.close()
+            self._container = None
+
+    def _open(self) -> av.VideoStream:
+        self.close()
+        self._container = open_video(self.path, self.m.input)
+        vs = self._container.streams[self.m.video_stream]
+        vs.thread_type = "AUTO"
+        vs.codec_context.thread_count = self.threads
+        return vs
+
+    def _decode(self, vs: av.VideoStream) -> Iterator[av.VideoFrame]:
+        try:
+            yield from self._container.decode(vs)
+        except (av.FFmpegError, OSError, ValueError) as exc:
+            raise StylebatchError(f"cannot decode {self.m.input} ({_reason(exc)})") from None
+
+    def _position(self, start: int, seek: bool) -> None:
+        vs = self._open()
+        if seek and self.m.pts_reliable and start > 0:
+            key = self.m.keyframes[bisect.bisect_right(self.m.keyframes, start) - 1]
+            self._container.seek(self.m.pts[key], stream=vs, backward=True)
+        self._frames = self._decode(vs)
+        if not self.m.pts_reliable:  # find frames by counting from the start
+            for _ in range(start):
+                next(self._frames, None)
+            self._next = start
+            return
+        target = self.m.pts[start]
+        for frame in self._frames:
+            if frame.pts is None or frame.pts > target:
+                break  # the seek overshot or the stream is odd: decode from the start instead
+            if frame.pts == target:
+                self._pending = frame
+                self._next = start
+                return
+        if seek:
+            return self._position(start, seek=False)
+        raise StylebatchError(f"{self.m.input}: frame {start} (pts {target}) is missing on decode")
+
+    def read(self, start: int, end: int, batch: int) -> Iterator[np.ndarray]:
+        """Batches (at most `batch` frames, uint8 [B,H,W,3]) of the frames [start, end), upright."""
+        self._pending = None
+        if self._next != start or self._frames is None:
+            self._position(start, seek=True)
+        w, h = self.m.display_width, self.m.display_height
+        buf = np.empty((min(batch, end - start), h, w, 3), np.uint8)
+        n = 0
+        for index in range(start, end):
+            frame = self._pending or next(self._frames, None)
+            self._pending = None
+            if frame is None:
+                raise StylebatchError(f"{self.m.input}: decoding ended at frame {index} of {self.m.frames}")
+            if self.m.pts_reliable and frame.pts != self.m.pts[index]:
+                raise StylebatchError(
+                    f"{self.m.input}: frame {index} decodes with pts {frame.pts}, expected {self.m.pts[index]}")
+            rgb = frame.to_ndarray(format="rgb24", src_colorspace=self.m.color["matrix"],
+                                   src_color_range="JPEG" if self.full_range else "MPEG")
+            buf[n] = np.rot90(rgb, self.k) if self.k else rgb
+            n += 1
+            if n == len(buf):
+                yield buf
+                buf = np.empty((min(batch, end - index - 1), h, w, 3), np.uint8) if index + 1 < end else buf
+                n = 0
+        self._next = end
+        if n:
+            yield buf[:n]

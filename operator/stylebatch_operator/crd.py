@@ -1,0 +1,250 @@
+"""The StyleTransferJob CustomResourceDefinition, as data.
+
+The schema lives here (not only in the chart's YAML) so that the operator applies the same defaults
+the API server does. charts/stylebatch/crds/styletransferjobs.yaml is generated from it:
+
+    python -m stylebatch_operator.crd > charts/stylebatch/crds/styletransferjobs.yaml
+
+and a test fails when the two drift apart.
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+from typing import Any
+
+import yaml
+
+from stylebatch_operator.names import GROUP, KIND, MAX_NAME_LENGTH, PLURAL, SHORT_NAMES, SINGULAR, VERSION
+
+DEFAULT_STYLE = "lavender-gold"  # the worker's stylebatch.models.DEFAULT_STYLE (a test keeps them equal)
+DEFAULT_IMAGE = "ghcr.io/stylebatch/stylebatch-worker:0.1.0"
+PHASES = ["Pending", "Preprocessing", "Stylizing", "Postprocessing", "Succeeded", "Failed"]
+
+
+def _str(description: str, **extra: Any) -> dict[str, Any]:
+    # Bounded lengths and sizes keep the CEL rules' estimated cost within the API server's budget.
+    return {"type": "string", "description": description, "maxLength": 253, **extra}
+
+
+def _text(description: str, **extra: Any) -> dict[str, Any]:
+    """A status string: written by the operator, no CEL rule reads it."""
+    return {"type": "string", "description": description, **extra}
+
+
+def _int(description: str, **extra: Any) -> dict[str, Any]:
+    return {"type": "integer", "description": description, **extra}
+
+
+def _obj(description: str, properties: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    return {"type": "object", "description": description, "properties": properties, **extra}
+
+
+_TOLERATION = _obj("A Kubernetes toleration.", {
+    "key": _str("Taint key."),
+    "operator": _str("Exists or Equal.", enum=["Exists", "Equal"]),
+    "value": _str("Taint value (with Equal)."),
+    "effect": _str("Taint effect; empty matches all.", enum=["NoSchedule", "PreferNoSchedule", "NoExecute"]),
+    "tolerationSeconds": _int("How long a NoExecute taint is tolerated.", format="int64"),
+})
+
+SPEC_SCHEMA: dict[str, Any] = _obj(
+    "What to stylize, where to write it, and the GPU pool to run on. Immutable once created.",
+    {
+        "input": _str("Video to stylize: az://container/path.mp4 or an https:// blob URL.", minLength=1, maxLength=2048),
+        "output": _str("Where to write the finished video (same forms as input).", minLength=1, maxLength=2048),
+        "style": _str("A built-in style name (see `stylebatch styles`), an index 0-25, a blend "
+                      "name:0.5,other:0.5, or the URI of fast_neural_style .pth weights.",
+                      minLength=1, maxLength=2048, default=DEFAULT_STYLE),
+        "strength": {"type": "number", "minimum": 0, "maximum": 1, "default": 1.0,
+                     "description": "How much of the style to apply, 0 (none) to 1 (full)."},
+        "workers": _int("Number of worker pods of the MPIJob.", minimum=1, maximum=64, default=1),
+        "gpusPerWorker": _int("GPUs per worker pod (one MPI rank each); 0 runs on CPUs (kind, CI).",
+                              minimum=0, maximum=8, default=1),
+        "image": _str("The stylebatch worker image.", minLength=1, maxLength=512, default=DEFAULT_IMAGE),
+        "imagePullPolicy": _str("Pull policy of every pod.", enum=["Always", "IfNotPresent", "Never"],
+                                default="IfNotPresent"),
+        "imagePullSecrets": {"type": "array", "description": "Secrets to pull the image with.",
+                             "maxItems": 8,
+                             "items": _obj("A Secret name.", {"name": _str("Secret name.")},
+                                           required=["name"])},
+        "storage": _obj(
+            "Credentials for blob storage, by reference only: a Secret, or a service account "
+            "federated with Azure workload identity.",
+            {
+                "secretName": _str("Secret with AZURE_STORAGE_CONNECTION_STRING, or with AZURE_STORAGE_ACCOUNT "
+                                   "and AZURE_STORAGE_SAS_TOKEN.", minLength=1),
+                "serviceAccountName": _str("Service account federated with a managed identity "
+                                           "(workload identity).", minLength=1),
+                "accountName": _str("Storage account name; required with serviceAccountName.", minLength=1),
+            },
+            **{"x-kubernetes-validations": [
+                {"rule": "has(self.secretName) != has(self.serviceAccountName)",
+                 "message": "set exactly one of secretName and serviceAccountName"},
+                {"rule": "!has(self.serviceAccountName) || has(self.accountName)",
+                 "message": "accountName is required with serviceAccountName"},
+            ]},
+        ),
+        "workDir": _str("Where intermediate parts go; default: <output's folder>/.stylebatch-work/"
+                        "<namespace>/<name>-<uid>/.", minLength=1, maxLength=2048),
+        "encoder": _obj(
+            "Output encoder settings; unset fields use the worker's defaults.",
+            {
+                "codec": _str("Video codec: h264, hevc, vp9, h264_nvenc, hevc_nvenc or mjpeg.", minLength=1, maxLength=32),
+                "crf": _int("Constant rate factor (quality); excludes bitrate.", minimum=0, maximum=63),
+                "bitrate": _str("Target bitrate such as 8M or 2500k; excludes crf.", pattern=r"^[0-9]+(\.[0-9]+)?[kKmMgG]?$",
+                           maxLength=16),
+                "preset": _str("Encoder speed preset, e.g. medium.", minLength=1),
+            },
+            **{"x-kubernetes-validations": [
+                {"rule": "!(has(self.crf) && has(self.bitrate))", "message": "set crf or bitrate, not both"},
+            ]},
+        ),
+        "processing": _obj("Processing size and batching.", {
+            "maxSide": _int("Stylize at most this many pixels on the long side (upscaled back).", minimum=32),
+            "batchSize": _int("Frames per GPU batch.", minimum=1),
+            "chunkFrames": _int("Frames per part: the unit of work and of resume.", minimum=1),
+        }),
+        "scheduling": _obj(
+            "Where the GPU workers run. Workers with GPUs always tolerate sku=gpu:NoSchedule and "
+            "nvidia.com/gpu:NoSchedule, the taints of AKS GPU pools.",
+            {
+                "nodeSelector": {"type": "object", "maxProperties": 32,
+                                 "additionalProperties": {"type": "string", "maxLength": 253},
+                                 "description": "Node labels the workers must match."},
+                "tolerations": {"type": "array", "maxItems": 32, "items": _TOLERATION,
+                                "description": "Extra tolerations for the workers."},
+                "spot": {"type": "boolean", "default": False,
+                         "description": "Allow spot / low-priority nodes (tolerate kubernetes.azure.com/"
+                                        "scalesetpriority=spot:NoSchedule); an evicted worker is retried."},
+            },
+        ),
+        "activeDeadlineSeconds": _int("Time limit of the whole job, from its start.", minimum=60,
+                                      default=21600, format="int64"),
+        "retries": _int("How many failed stages may be retried, in total.", minimum=0, maximum=10, default=3),
+    },
+    required=["input", "output", "storage"],
+    **{"x-kubernetes-validations": [
+        {"rule": "self == oldSelf",
+         "message": "spec is immutable once the job is created; delete and re-create the job to change it"},
+    ]},
+)
+
+_CONDITION = _obj("Standard Kubernetes condition.", {
+    "type": _text("Running, Succeeded, Failed or SpecChangeRejected."),
+    "status": _text("True, False or Unknown.", enum=["True", "False", "Unknown"]),
+    "reason": _text("One-word CamelCase reason."),
+    "message": _text("Human-readable detail."),
+    "lastTransitionTime": _text("When status last changed.", format="date-time"),
+    "observedGeneration": _int("metadata.generation the condition was set from.", format="int64"),
+}, required=["type", "status"])
+
+_STAGE_COUNTS = {stage: _int(f"{stage} attempts.") for stage in ("preprocess", "stylize", "postprocess")}
+_STAGE_NAMES = {stage: _text(f"Latest {stage} child.") for stage in ("preprocess", "stylize", "postprocess")}
+
+STATUS_SCHEMA: dict[str, Any] = _obj("Observed state, written by the operator.", {
+    "phase": _text("Where the job is.", enum=PHASES),
+    "conditions": {"type": "array", "items": _CONDITION, "x-kubernetes-list-type": "map",
+                   "x-kubernetes-list-map-keys": ["type"], "description": "Standard conditions."},
+    "observedGeneration": _int("metadata.generation last acted on.", format="int64"),
+    "acceptedGeneration": _int("metadata.generation whose spec the job runs with.", format="int64"),
+    "acceptedSpec": {"type": "object", "x-kubernetes-preserve-unknown-fields": True,
+                     "description": "The spec the job started with; later changes are not applied."},
+    "startTime": _text("When the operator accepted the job.", format="date-time"),
+    "completionTime": _text("When the job succeeded or failed.", format="date-time"),
+    "outputURI": _text("The output (any SAS token removed)."),
+    "workDir": _text("The work dir (any SAS token removed)."),
+    "attempts": _obj("Attempts started per stage.", _STAGE_COUNTS),
+    "retries": _int("Retries used, out of spec.retries."),
+    "children": _obj("The latest child of each stage.", _STAGE_NAMES),
+    "progress": _obj("Frames stylized, from the ranks' progress lines.", {
+        "framesDone": _int("Frames stylized, resumed ones included."),
+        "framesTotal": _int("Frames in the video."),
+        "percent": _int("framesDone / framesTotal, rounded down."),
+        "summary": _text("For kubectl get: 42% (420/1000)."),
+        "updateTime": _text("When it was read.", format="date-time"),
+    }),
+    "failure": _obj("The latest failed child.", {
+        "stage": _text("Stage that failed."),
+        "attempt": _int("Its attempt."),
+        "child": _text("Kind/name of the failed child."),
+        "reason": _text("The child's reason."),
+        "message": _text("The child's message."),
+    }),
+})
+
+
+def crd() -> dict[str, Any]:
+    """The CustomResourceDefinition (apiextensions.k8s.io/v1)."""
+    schema = {
+        "type": "object",
+        "description": "Repaints every frame of a video in the style of a painting, across GPU pods.",
+        "properties": {
+            "apiVersion": {"type": "string"},
+            "kind": {"type": "string"},
+            "metadata": {"type": "object"},
+            "spec": copy.deepcopy(SPEC_SCHEMA),
+            "status": copy.deepcopy(STATUS_SCHEMA),
+        },
+        "required": ["spec"],
+        "x-kubernetes-validations": [
+            {"rule": f"size(self.metadata.name) <= {MAX_NAME_LENGTH}",
+             "message": f"name must be at most {MAX_NAME_LENGTH} characters: child names add suffixes"},
+        ],
+    }
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{PLURAL}.{GROUP}", "labels": {"app.kubernetes.io/name": "stylebatch"}},
+        "spec": {
+            "group": GROUP,
+            "scope": "Namespaced",
+            "names": {"kind": KIND, "listKind": f"{KIND}List", "plural": PLURAL, "singular": SINGULAR,
+                      "shortNames": list(SHORT_NAMES), "categories": ["stylebatch"]},
+            "versions": [{
+                "name": VERSION,
+                "served": True,
+                "storage": True,
+                "subresources": {"status": {}},
+                "schema": {"openAPIV3Schema": schema},
+                "additionalPrinterColumns": [
+                    {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+                    {"name": "Progress", "type": "string", "jsonPath": ".status.progress.summary"},
+                    {"name": "Style", "type": "string", "jsonPath": ".spec.style"},
+                    {"name": "Workers", "type": "integer", "jsonPath": ".spec.workers"},
+                    {"name": "GPUs", "type": "integer", "jsonPath": ".spec.gpusPerWorker", "priority": 1},
+                    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+                ],
+            }],
+        },
+    }
+
+
+def openapi_schema() -> dict[str, Any]:
+    return crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+
+
+def apply_defaults(value: Any, schema: dict[str, Any]) -> Any:
+    """A copy of `value` with the schema's defaults filled in, as the API server does on write."""
+    if isinstance(value, dict) and schema.get("type") == "object":
+        out = dict(value)
+        for key, sub in (schema.get("properties") or {}).items():
+            if key not in out and "default" in sub:
+                out[key] = copy.deepcopy(sub["default"])
+            if key in out:
+                out[key] = apply_defaults(out[key], sub)
+        return out
+    if isinstance(value, list) and "items" in schema:
+        return [apply_defaults(item, schema["items"]) for item in value]
+    return value
+
+
+def to_yaml() -> str:
+    header = ("# Generated by `python -m stylebatch_operator.crd`; edit operator/stylebatch_operator/crd.py"
+              " instead.\n")
+    return header + yaml.safe_dump(crd(), sort_keys=False, width=110)
+
+
+if __name__ == "__main__":
+    sys.stdout.write(to_yaml())

@@ -1,0 +1,182 @@
+"""What to do next, from a StyleTransferJob and the children observed for it. No I/O.
+
+Level-triggered: the answer depends only on the job's status (what the operator recorded) and the
+current child, so an operator restarted at any point, or one that sees the same state twice, makes
+the same decision again, and creating a child that already exists just adopts it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from stylebatch_operator.names import CHILD_KIND, POSTPROCESS, PREPROCESS, STAGES, STYLIZE, child_name
+from stylebatch_operator.observe import FAILED, SUCCEEDED, child_state, failed_pod_detail
+from stylebatch_operator.spec import accepted_spec, spec_problems
+from stylebatch_operator.uris import strip_secrets
+
+PENDING, SUCCEEDED_PHASE, FAILED_PHASE = "Pending", "Succeeded", "Failed"
+PHASE_OF_STAGE = {PREPROCESS: "Preprocessing", STYLIZE: "Stylizing", POSTPROCESS: "Postprocessing"}
+STAGE_OF_PHASE = {phase: stage for stage, phase in PHASE_OF_STAGE.items()} | {PENDING: PREPROCESS}
+TERMINAL_PHASES = (SUCCEEDED_PHASE, FAILED_PHASE)
+
+# Action kinds
+START = "Start"  # accept the job: record its spec and start time
+CREATE = "Create"  # create the current stage's child (first time, or again when it went missing)
+ADVANCE = "Advance"  # the current stage succeeded: create the next stage's child
+RETRY = "Retry"  # the current child failed and the budget allows: create the next attempt
+SUCCEED = "Succeed"
+FAIL = "Fail"
+REJECT_SPEC_CHANGE = "RejectSpecChange"  # the spec changed after the start: report it, apply nothing
+SPEC_RESTORED = "SpecRestored"  # the spec is back to the accepted one
+WAIT = "Wait"  # the current child is running
+NOTHING = "Nothing"  # the job is over
+
+SPEC_CHANGE_CONDITION = "SpecChangeRejected"
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A failed child, as status.failure shows it."""
+    stage: str
+    attempt: int
+    child: str  # Kind/name
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Action:
+    kind: str
+    stage: str | None = None  # the stage of the child to create, or the one that failed
+    attempt: int = 0
+    reason: str = ""  # CamelCase, for the Event and the condition
+    message: str = ""
+    failure: Failure | None = None
+    deadline_seconds: int | None = None  # time left for a child to create
+
+    @property
+    def creates(self) -> tuple[str, int] | None:
+        """(stage, attempt) of the child this action creates, if any."""
+        if self.kind in (CREATE, ADVANCE, RETRY) and self.stage is not None:
+            return self.stage, self.attempt
+        return None
+
+
+def decide(stj: dict[str, Any], children: dict[str, dict[str, Any]], *, now: datetime,
+           pods: list[dict[str, Any]] = ()) -> Action:
+    """children: observed child objects by name; only the current stage's current attempt matters.
+    pods: the current child's pods, which say more about a failure than the child does."""
+    status = stj.get("status") or {}
+    if status.get("phase") in TERMINAL_PHASES:
+        return Action(NOTHING)
+    if not status.get("acceptedSpec"):
+        problems = spec_problems(stj)
+        if problems:
+            return Action(FAIL, reason="InvalidSpec", message="; ".join(problems))
+        return Action(START, reason="Accepted", message=_accepted_message(stj))
+
+    spec_action = _spec_change(stj, status)
+    if spec_action is not None:
+        return spec_action
+
+    spec = accepted_spec(stj)
+    stage, attempt, name = current_child(stj)
+    kind_name = f"{CHILD_KIND[stage]} {name}"
+    left = seconds_left(stj, now)
+    child = children.get(name)
+
+    if child is None:
+        if left <= 0:
+            return _deadline_failure(stage, None)
+        if (status.get("children") or {}).get(stage) == name:
+            return Action(CREATE, stage, attempt, "ChildMissing",
+                          f"{kind_name} is gone; creating it again", deadline_seconds=left)
+        return Action(CREATE, stage, attempt, f"{stage.capitalize()}Started",
+                      f"created {kind_name}", deadline_seconds=left)
+
+    state = child_state(child)
+    if state.state == SUCCEEDED:
+        if stage == POSTPROCESS:
+            return Action(SUCCEED, reason="Succeeded", message=f"wrote {strip_secrets(spec['output'])}")
+        if left <= 0:
+            return _deadline_failure(stage, None)
+        following = STAGES[STAGES.index(stage) + 1]
+        return Action(ADVANCE, following, 1, f"{stage.capitalize()}Succeeded",
+                      f"{kind_name} succeeded; created {CHILD_KIND[following]} "
+                      f"{child_name(stj['metadata']['name'], following, 1)}", deadline_seconds=left)
+    if state.state == FAILED:
+        detail = failed_pod_detail(list(pods))
+        message = "; ".join(m for m in (state.message, detail) if m)
+        failure = Failure(stage, attempt, f"{CHILD_KIND[stage]}/{name}", state.reason, message)
+        if state.reason == "DeadlineExceeded" or left <= 0:
+            return _deadline_failure(stage, failure)
+        used, budget = int(status.get("retries") or 0), int(spec["retries"])
+        what = f"{kind_name} failed: {_reason_text(failure)}"
+        if used < budget:
+            resume = " (only the missing parts are stylized again)" if stage == STYLIZE else ""
+            return Action(RETRY, stage, attempt + 1, "Retrying",
+                          f"{what}; retry {used + 1} of {budget}: created {CHILD_KIND[stage]} "
+                          f"{child_name(stj['metadata']['name'], stage, attempt + 1)}{resume}",
+                          failure=failure, deadline_seconds=left)
+        return Action(FAIL, stage, attempt, "RetriesExhausted",
+                      f"{what}; no retries left (spec.retries: {budget})", failure=failure)
+    if left <= 0:
+        return _deadline_failure(stage, None)
+    return Action(WAIT, stage, attempt)
+
+
+def current_child(stj: dict[str, Any]) -> tuple[str, int, str]:
+    """(stage, attempt, name) of the child the job is at, as its status records it."""
+    status = stj.get("status") or {}
+    stage = STAGE_OF_PHASE.get(status.get("phase") or PENDING, PREPROCESS)
+    attempt = (status.get("attempts") or {}).get(stage) or 1
+    return stage, attempt, child_name(stj["metadata"]["name"], stage, attempt)
+
+
+def seconds_left(stj: dict[str, Any], now: datetime) -> int:
+    """Seconds until the job's deadline (spec.activeDeadlineSeconds from status.startTime)."""
+    status = stj.get("status") or {}
+    start = parse_time(status.get("startTime")) or now
+    deadline = start + timedelta(seconds=int(accepted_spec(stj)["activeDeadlineSeconds"]))
+    return int((deadline - now).total_seconds())
+
+
+def parse_time(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def _spec_change(stj: dict[str, Any], status: dict[str, Any]) -> Action | None:
+    changed = (stj.get("spec") or {}) != status["acceptedSpec"]
+    generation = stj["metadata"].get("generation")
+    reported = next((c for c in status.get("conditions") or [] if c.get("type") == SPEC_CHANGE_CONDITION), None)
+    reported_true = reported is not None and reported.get("status") == "True"
+    if changed and not (reported_true and reported.get("observedGeneration") == generation):
+        return Action(REJECT_SPEC_CHANGE, reason=SPEC_CHANGE_CONDITION,
+                      message=f"spec changed (generation {generation}) after the job started with generation "
+                              f"{status.get('acceptedGeneration')}: the change is not applied; delete and "
+                              "re-create the job to run with a different spec")
+    if not changed and reported_true:
+        return Action(SPEC_RESTORED, reason="SpecRestored", message="spec is back to the one the job started with")
+    return None
+
+
+def _deadline_failure(stage: str, failure: Failure | None) -> Action:
+    detail = f" ({_reason_text(failure)})" if failure else ""
+    return Action(FAIL, stage, 0, "DeadlineExceeded",
+                  f"spec.activeDeadlineSeconds passed during {stage}{detail}", failure=failure)
+
+
+def _reason_text(failure: Failure) -> str:
+    return f"{failure.reason}: {failure.message}" if failure.message else failure.reason
+
+
+def _accepted_message(stj: dict[str, Any]) -> str:
+    spec = accepted_spec(stj)
+    gpus = spec["gpusPerWorker"]
+    where = f"{gpus} GPU{'s' if gpus != 1 else ''} each" if gpus else "CPUs"
+    return (f"stylizing {strip_secrets(spec['input'])} into {strip_secrets(spec['output'])} with style "
+            f"{strip_secrets(spec['style'])} on {spec['workers']} worker{'s' if spec['workers'] != 1 else ''} ({where})")

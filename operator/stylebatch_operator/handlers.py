@@ -1,0 +1,141 @@
+"""kopf glue: one timer per active StyleTransferJob runs `reconcile`, which observes, calls the
+pure `decide`, and carries out the action (create a child, patch status, post an Event)."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timezone
+from typing import Any
+
+import kopf
+from stylebatch.progress import Total, aggregate
+
+from stylebatch_operator import decide as d
+from stylebatch_operator.kube import ApiError, Kube
+from stylebatch_operator.manifests import build_child
+from stylebatch_operator.names import (
+    CHILD_KIND, GROUP, LABEL_ATTEMPT, LABEL_JOB, LABEL_STAGE, MPI_LABEL_ROLE, PLURAL, STYLIZE, VERSION,
+    is_controlled_by,
+)
+from stylebatch_operator.observe import FAILED, child_state
+from stylebatch_operator.status import event_for, progress_patch, status_patch
+
+KIND = "StyleTransferJob"
+LOG_TAIL_LINES = 2000  # several lines per rank: enough to find every rank's latest one
+LOG_LIMIT_BYTES = 1 << 20
+
+
+def build_registry(*, interval: float) -> kopf.OperatorRegistry:
+    """The operator's handlers; `interval`: seconds between two reconciliations of a job (progress
+    is read as often)."""
+    registry = kopf.OperatorRegistry()
+    kopf.on.startup(registry=registry)(_connect)
+    kopf.on.login(registry=registry)(_login)
+    kopf.on.cleanup(registry=registry)(_disconnect)
+    kopf.timer(GROUP, VERSION, PLURAL, id="reconcile", interval=interval, when=_active,
+               registry=registry)(_reconcile_timer)
+    return registry
+
+
+async def _connect(memo: kopf.Memo, **_: Any) -> None:
+    if getattr(memo, "kube", None) is None:
+        memo.kube = await Kube.from_environment()
+        memo.own_kube = True
+
+
+async def _login(memo: kopf.Memo, **_: Any) -> kopf.ConnectionInfo:
+    """kopf talks to the same server, with the same credentials, as the operator's own client."""
+    await _connect(memo)
+    return await memo.kube.connection_info()
+
+
+async def _disconnect(memo: kopf.Memo, **_: Any) -> None:
+    if getattr(memo, "own_kube", False):
+        await memo.kube.close()
+
+
+def _active(status: dict[str, Any], **_: Any) -> bool:
+    return status.get("phase") not in d.TERMINAL_PHASES
+
+
+async def _reconcile_timer(namespace: str, name: str, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
+    await reconcile(memo.kube, namespace, name, logger)
+
+
+async def reconcile(kube: Kube, namespace: str, name: str, logger: logging.Logger,
+                    now: datetime | None = None) -> d.Action:
+    # Read fresh rather than trust the watch's copy: a status patched a moment ago must count.
+    stj = await kube.get(KIND, namespace, name)
+    if stj is None or stj["metadata"].get("deletionTimestamp"):
+        return d.Action(d.NOTHING)
+    now = now or datetime.now(timezone.utc)
+    status = stj.get("status") or {}
+
+    children: dict[str, dict[str, Any]] = {}
+    pods: list[dict[str, Any]] = []
+    stage = attempt = child = None
+    if status.get("acceptedSpec") and status.get("phase") not in d.TERMINAL_PHASES:
+        stage, attempt, child_name = d.current_child(stj)
+        child = await kube.get(CHILD_KIND[stage], namespace, child_name)
+        if child is not None:
+            children[child_name] = child
+            if child_state(child).state == FAILED:
+                pods = await kube.list("Pod", namespace, _pod_labels(name, stage, attempt))
+
+    action = d.decide(stj, children, now=now, pods=pods)
+    if action.creates is not None:
+        await _create_child(kube, stj, action, logger)
+
+    patch: dict[str, Any] = {}
+    if stage == STYLIZE and child is not None:
+        total = await _read_progress(kube, namespace, name, attempt, logger)
+        patch |= progress_patch(total, status, now) or {}
+        stj = {**stj, "status": {**status, **patch}}
+    patch |= status_patch(stj, action, now) or {}
+    if patch:
+        await kube.patch_status(KIND, namespace, name, patch)
+    event = event_for(action)
+    if event is not None:
+        type_, reason, message = event
+        kopf.event(stj, type=type_, reason=reason, message=message)
+        logger.info("%s: %s", reason, message)
+    return action
+
+
+async def _create_child(kube: Kube, stj: dict[str, Any], action: d.Action, logger: logging.Logger) -> None:
+    stage, attempt = action.creates  # type: ignore[misc]
+    manifest = build_child(stj, stage, attempt, action.deadline_seconds)
+    kind, name = manifest["kind"], manifest["metadata"]["name"]
+    try:
+        await kube.create(manifest)
+        return
+    except ApiError as exc:
+        if exc.status != 409:
+            raise kopf.TemporaryError(f"could not create {kind} {name}: {exc}", delay=30) from None
+    # It exists: made by this operator before a restart (or by an earlier attempt at this step).
+    existing = await kube.get(kind, manifest["metadata"]["namespace"], name)
+    if existing is not None and is_controlled_by(existing, stj):
+        logger.info("adopted the existing %s %s", kind, name)
+        return
+    raise kopf.TemporaryError(f"{kind} {name} exists but does not belong to this job; waiting for it to go", delay=30)
+
+
+async def _read_progress(kube: Kube, namespace: str, name: str, attempt: int | None,
+                         logger: logging.Logger) -> Total | None:
+    """Every rank prints progress lines; mpiexec gathers them in the launcher pod's log."""
+    labels = {**_pod_labels(name, STYLIZE, attempt), MPI_LABEL_ROLE: "launcher"}
+    try:
+        pods = await kube.list("Pod", namespace, labels)
+        started = [p for p in pods if (p.get("status") or {}).get("phase") in ("Running", "Succeeded", "Failed")]
+        if not started:
+            return None
+        launcher = max(started, key=lambda p: p["metadata"].get("creationTimestamp") or "")
+        text = await kube.pod_log(namespace, launcher["metadata"]["name"], "launcher", LOG_TAIL_LINES, LOG_LIMIT_BYTES)
+    except ApiError as exc:
+        logger.debug("no progress from the launcher yet: %s", exc)
+        return None
+    return aggregate(text.splitlines())
+
+
+def _pod_labels(name: str, stage: str, attempt: int | None) -> dict[str, str]:
+    return {LABEL_JOB: name, LABEL_STAGE: stage, LABEL_ATTEMPT: str(attempt)}

@@ -1,0 +1,117 @@
+"""A small async Kubernetes API client over plain dicts, for any API server URL.
+
+kubernetes_asyncio supplies the authentication (in-cluster service account or kubeconfig) and the
+HTTP plumbing; objects stay plain JSON dicts, as the pure modules expect them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import kopf
+from kubernetes_asyncio import client, config
+
+# kind -> (apiVersion, plural)
+RESOURCES = {
+    "StyleTransferJob": ("stylebatch.io/v1alpha1", "styletransferjobs"),
+    "Job": ("batch/v1", "jobs"),
+    "MPIJob": ("kubeflow.org/v2beta1", "mpijobs"),
+    "Pod": ("v1", "pods"),
+}
+_JSON = {200: "object", 201: "object"}
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(f"{status} {reason}")
+        self.status = status
+        self.reason = reason
+
+
+def path(kind: str, namespace: str, name: str | None = None, subresource: str | None = None) -> str:
+    api_version, plural = RESOURCES[kind]
+    root = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
+    parts = [root, "namespaces", namespace, plural, name, subresource]
+    return "/".join(p for p in parts if p)
+
+
+class Kube:
+    def __init__(self, api: client.ApiClient) -> None:
+        self._api = api
+
+    @classmethod
+    async def from_environment(cls) -> Kube:
+        """The pod's service account in a cluster; the current kubeconfig context elsewhere."""
+        cfg = client.Configuration()
+        try:
+            config.load_incluster_config(client_configuration=cfg)
+        except config.ConfigException:
+            await config.load_kube_config(client_configuration=cfg)
+        return cls(client.ApiClient(cfg))
+
+    @classmethod
+    def for_url(cls, url: str) -> Kube:
+        """An unauthenticated client for a given server (a test's mock server)."""
+        return cls(client.ApiClient(client.Configuration(host=url.rstrip("/"))))
+
+    async def close(self) -> None:
+        await self._api.close()
+
+    async def connection_info(self) -> kopf.ConnectionInfo:
+        """The same server and credentials for kopf's own API calls (its login handler)."""
+        cfg = self._api.configuration
+        header = await cfg.get_api_key_with_prefix("BearerToken")  # refreshes an expiring token
+        scheme, _, token = (header or "").rpartition(" ")
+        return kopf.ConnectionInfo(
+            server=cfg.host, ca_path=cfg.ssl_ca_cert, insecure=not cfg.verify_ssl,
+            scheme=scheme or None, token=token or None,
+            certificate_path=cfg.cert_file, private_key_path=cfg.key_file, proxy_url=cfg.proxy,
+        )
+
+    async def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        """The object, or None when there is none."""
+        try:
+            return await self._call("GET", path(kind, namespace, name))
+        except ApiError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    async def create(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """Creates the object; raises ApiError(409) when it already exists."""
+        return await self._call("POST", path(obj["kind"], obj["metadata"]["namespace"]), body=obj)
+
+    async def list(self, kind: str, namespace: str, labels: dict[str, str]) -> list[dict[str, Any]]:
+        selector = ",".join(f"{k}={v}" for k, v in labels.items())
+        result = await self._call("GET", path(kind, namespace), query={"labelSelector": selector})
+        # Filtered again here: a selector a server ignored must not mix in other objects.
+        return [item for item in result.get("items") or []
+                if all((item.get("metadata", {}).get("labels") or {}).get(k) == v for k, v in labels.items())]
+
+    async def patch_status(self, kind: str, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
+        return await self._call("PATCH", path(kind, namespace, name, "status"), body={"status": patch},
+                                content_type="application/merge-patch+json")
+
+    async def pod_log(self, namespace: str, pod: str, container: str, tail_lines: int, limit_bytes: int) -> str:
+        response = await self._api.call_api(
+            path("Pod", namespace, pod, "log"), "GET",
+            query_params=[("container", container), ("tailLines", str(tail_lines)), ("limitBytes", str(limit_bytes))],
+            header_params={"Accept": "text/plain"}, auth_settings=["BearerToken"], _preload_content=False)
+        try:
+            text = await response.text()
+            if not 200 <= response.status <= 299:
+                raise ApiError(response.status, response.reason or "")
+            return text
+        finally:
+            response.release()
+
+    async def _call(self, method: str, url: str, *, body: Any = None, query: dict[str, str] | None = None,
+                    content_type: str = "application/json") -> dict[str, Any]:
+        try:
+            return await self._api.call_api(
+                url, method, query_params=list((query or {}).items()), body=body,
+                header_params={"Accept": "application/json", "Content-Type": content_type},
+                response_types_map=_JSON, auth_settings=["BearerToken"], _return_http_data_only=True)
+        except client.ApiException as exc:
+            # Only the status and reason: the response body can echo the request.
+            raise ApiError(exc.status, exc.reason or "") from None

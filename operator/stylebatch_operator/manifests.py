@@ -1,0 +1,213 @@
+"""The children of a StyleTransferJob as plain dicts: the preprocess Job, the stylize MPIJob and the
+postprocess Job. Pure functions of the job (and of the attempt and the time left)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from stylebatch_operator.names import (
+    MPI_API_VERSION, POSTPROCESS, PREPROCESS, STYLIZE, child_labels, child_name, owner_reference,
+)
+from stylebatch_operator.spec import accepted_spec
+from stylebatch_operator.uris import work_dir as derived_work_dir
+
+# The worker image's non-root user, and the sshd set up for it as the MPI operator expects for
+# non-root MPICH images: its own config, listening on 2222.
+RUN_AS_USER = 1000
+SSH_AUTH_MOUNT_PATH = "/home/mpiuser/.ssh"
+SSHD_COMMAND = ["/usr/sbin/sshd", "-De", "-f", "/home/mpiuser/.sshd_config"]
+SSHD_PORT = 2222
+HOSTFILE = "/etc/mpi/hostfile"  # written by the MPI operator
+
+# Taints of AKS GPU node pools: the one AKS docs recommend (sku=gpu) and the NVIDIA device plugin's.
+GPU_TOLERATIONS = [
+    {"key": "sku", "operator": "Equal", "value": "gpu", "effect": "NoSchedule"},
+    {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
+]
+SPOT_TOLERATION = {"key": "kubernetes.azure.com/scalesetpriority", "operator": "Equal", "value": "spot",
+                   "effect": "NoSchedule"}
+WORKLOAD_IDENTITY_LABEL = "azure.workload.identity/use"
+
+
+def work_dir(stj: dict[str, Any]) -> str:
+    spec, meta = accepted_spec(stj), stj["metadata"]
+    return spec.get("workDir") or derived_work_dir(spec["output"], meta["namespace"], meta["name"], meta["uid"])
+
+
+def build_preprocess_job(stj: dict[str, Any], attempt: int = 1, deadline_seconds: int | None = None) -> dict[str, Any]:
+    spec = accepted_spec(stj)
+    args = ["preprocess", spec["input"], "--work", work_dir(stj), "-o", spec["output"]]
+    encoder = spec.get("encoder") or {}
+    for field, flag in (("codec", "--codec"), ("crf", "--crf"), ("bitrate", "--bitrate"), ("preset", "--preset")):
+        if field in encoder:
+            args += [flag, str(encoder[field])]
+    if "chunkFrames" in (spec.get("processing") or {}):
+        args += ["--chunk-frames", str(spec["processing"]["chunkFrames"])]
+    return _job(stj, PREPROCESS, attempt, args, deadline_seconds)
+
+
+def build_postprocess_job(stj: dict[str, Any], attempt: int = 1, deadline_seconds: int | None = None) -> dict[str, Any]:
+    return _job(stj, POSTPROCESS, attempt, ["postprocess", "--work", work_dir(stj)], deadline_seconds)
+
+
+def build_mpijob(stj: dict[str, Any], attempt: int = 1, deadline_seconds: int | None = None) -> dict[str, Any]:
+    spec = accepted_spec(stj)
+    name = child_name(stj["metadata"]["name"], STYLIZE, attempt)
+    labels = child_labels(stj["metadata"]["name"], STYLIZE, attempt)
+    gpus = spec["gpusPerWorker"]
+    slots = max(gpus, 1)  # one rank per GPU; one rank per worker on CPUs
+    return {
+        "apiVersion": MPI_API_VERSION,
+        "kind": "MPIJob",
+        "metadata": _metadata(stj, name, labels),
+        "spec": {
+            "slotsPerWorker": slots,
+            "mpiImplementation": "MPICH",
+            "sshAuthMountPath": SSH_AUTH_MOUNT_PATH,
+            "launcherCreationPolicy": "WaitForWorkersReady",
+            "runPolicy": {
+                # Running: workers go away when done, the launcher pod stays for its log (progress).
+                "cleanPodPolicy": "Running",
+                # The operator retries a failed MPIJob itself, against the job's retry budget.
+                "backoffLimit": 0,
+                "activeDeadlineSeconds": _deadline(spec, deadline_seconds),
+            },
+            "mpiReplicaSpecs": {
+                "Launcher": {"replicas": 1, "restartPolicy": "Never",
+                             "template": _launcher_template(stj, spec, labels, spec["workers"] * slots)},
+                "Worker": {"replicas": spec["workers"], "restartPolicy": "Never",
+                           "template": _worker_template(stj, spec, labels)},
+            },
+        },
+    }
+
+
+BUILDERS = {PREPROCESS: build_preprocess_job, STYLIZE: build_mpijob, POSTPROCESS: build_postprocess_job}
+
+
+def build_child(stj: dict[str, Any], stage: str, attempt: int, deadline_seconds: int | None = None) -> dict[str, Any]:
+    return BUILDERS[stage](stj, attempt, deadline_seconds)
+
+
+def stylize_args(stj: dict[str, Any], ranks: int) -> list[str]:
+    spec = accepted_spec(stj)
+    args = ["mpiexec", "-n", str(ranks), "-f", HOSTFILE,
+            "stylebatch", "stylize", "--work", work_dir(stj), "--style", spec["style"],
+            "--strength", _number(spec["strength"]),
+            "--device", "cuda" if spec["gpusPerWorker"] > 0 else "cpu"]
+    processing = spec.get("processing") or {}
+    if "maxSide" in processing:
+        args += ["--max-side", str(processing["maxSide"])]
+    if "batchSize" in processing:
+        args += ["--batch-size", str(processing["batchSize"])]
+    return args
+
+
+def _job(stj: dict[str, Any], stage: str, attempt: int, args: list[str], deadline_seconds: int | None) -> dict[str, Any]:
+    spec = accepted_spec(stj)
+    name = child_name(stj["metadata"]["name"], stage, attempt)
+    labels = child_labels(stj["metadata"]["name"], stage, attempt)
+    container = _container(spec, stage, ["stylebatch", *args])
+    container["resources"] = {"requests": {"cpu": "500m", "memory": "1Gi"}}
+    pod_spec = _pod_spec(spec, [container], restart_policy="Never")
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": _metadata(stj, name, labels),
+        "spec": {
+            "backoffLimit": 0,  # retried by the operator, against the job's retry budget
+            "activeDeadlineSeconds": _deadline(spec, deadline_seconds),
+            "template": {"metadata": {"labels": _pod_labels(spec, labels)}, "spec": pod_spec},
+        },
+    }
+
+
+def _launcher_template(stj: dict[str, Any], spec: dict[str, Any], labels: dict[str, str], ranks: int) -> dict[str, Any]:
+    container = _container(spec, "launcher", stylize_args(stj, ranks))
+    container["resources"] = {"requests": {"cpu": "100m", "memory": "256Mi"}}
+    return {"metadata": {"labels": _pod_labels(spec, labels)}, "spec": _pod_spec(spec, [container])}
+
+
+def _worker_template(stj: dict[str, Any], spec: dict[str, Any], labels: dict[str, str]) -> dict[str, Any]:
+    container = _container(spec, "worker", None)
+    container["command"] = list(SSHD_COMMAND)
+    container["readinessProbe"] = {"tcpSocket": {"port": SSHD_PORT}, "initialDelaySeconds": 2, "periodSeconds": 5}
+    gpus = spec["gpusPerWorker"]
+    if gpus > 0:
+        container["resources"] = {"limits": {"nvidia.com/gpu": gpus}}
+    # torch shares tensors between processes through /dev/shm, which is 64 MiB by default
+    container["volumeMounts"] = [{"name": "dshm", "mountPath": "/dev/shm"}]
+    pod_spec = _pod_spec(spec, [container])
+    pod_spec["volumes"] = [{"name": "dshm", "emptyDir": {"medium": "Memory"}}]
+    scheduling = spec.get("scheduling") or {}
+    tolerations = [*(GPU_TOLERATIONS if gpus > 0 else []), *(scheduling.get("tolerations") or [])]
+    if scheduling.get("spot"):
+        tolerations.append(SPOT_TOLERATION)
+    if tolerations:
+        pod_spec["tolerations"] = [dict(t) for t in tolerations]
+    if scheduling.get("nodeSelector"):
+        pod_spec["nodeSelector"] = dict(scheduling["nodeSelector"])
+    return {"metadata": {"labels": _pod_labels(spec, labels)}, "spec": pod_spec}
+
+
+def _container(spec: dict[str, Any], name: str, args: list[str] | None) -> dict[str, Any]:
+    container: dict[str, Any] = {
+        "name": name,
+        "image": spec["image"],
+        "imagePullPolicy": spec["imagePullPolicy"],
+        "env": _storage_env(spec) + [{"name": "PYTHONUNBUFFERED", "value": "1"}],
+        # A failed stage's last log lines (`stylebatch: error: ...`) become the failure's message.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "securityContext": {"allowPrivilegeEscalation": False},
+    }
+    if args is not None:
+        container["args"] = args
+    return container
+
+
+def _storage_env(spec: dict[str, Any]) -> list[dict[str, Any]]:
+    """Credentials by reference only: the values never pass through the operator."""
+    storage = spec["storage"]
+    if storage.get("serviceAccountName"):
+        return [{"name": "AZURE_STORAGE_ACCOUNT", "value": storage["accountName"]}]
+    secret = storage["secretName"]
+    # Whichever the Secret holds: a connection string, or an account name and a SAS token.
+    return [{"name": key, "valueFrom": {"secretKeyRef": {"name": secret, "key": key, "optional": True}}}
+            for key in ("AZURE_STORAGE_CONNECTION_STRING", "AZURE_STORAGE_ACCOUNT", "AZURE_STORAGE_SAS_TOKEN")]
+
+
+def _pod_spec(spec: dict[str, Any], containers: list[dict[str, Any]], restart_policy: str | None = None) -> dict[str, Any]:
+    pod: dict[str, Any] = {
+        "containers": containers,
+        "securityContext": {"runAsNonRoot": True, "runAsUser": RUN_AS_USER, "runAsGroup": RUN_AS_USER,
+                            "fsGroup": RUN_AS_USER},
+    }
+    if restart_policy:
+        pod["restartPolicy"] = restart_policy
+    if spec["storage"].get("serviceAccountName"):
+        pod["serviceAccountName"] = spec["storage"]["serviceAccountName"]
+    if spec.get("imagePullSecrets"):
+        pod["imagePullSecrets"] = [{"name": s["name"]} for s in spec["imagePullSecrets"]]
+    return pod
+
+
+def _pod_labels(spec: dict[str, Any], labels: dict[str, str]) -> dict[str, str]:
+    out = dict(labels)
+    if spec["storage"].get("serviceAccountName"):
+        out[WORKLOAD_IDENTITY_LABEL] = "true"  # the workload identity webhook injects the token
+    return out
+
+
+def _metadata(stj: dict[str, Any], name: str, labels: dict[str, str]) -> dict[str, Any]:
+    return {"name": name, "namespace": stj["metadata"]["namespace"], "labels": dict(labels),
+            "ownerReferences": [owner_reference(stj)]}
+
+
+def _deadline(spec: dict[str, Any], deadline_seconds: int | None) -> int:
+    """A child never outlives the job's own deadline."""
+    total = int(spec["activeDeadlineSeconds"])
+    return max(1, min(total, int(deadline_seconds))) if deadline_seconds is not None else total
+
+
+def _number(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else str(x)

@@ -1,0 +1,68 @@
+"""Who is who: the custom resource's API coordinates, the stages, and the names, labels and owner
+references of the children a StyleTransferJob creates."""
+
+from __future__ import annotations
+
+from typing import Any
+
+GROUP = "stylebatch.io"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "StyleTransferJob"
+PLURAL = "styletransferjobs"
+SINGULAR = "styletransferjob"
+SHORT_NAMES = ["stj"]
+
+MPI_API_VERSION = "kubeflow.org/v2beta1"
+MPI_PLURAL = "mpijobs"
+
+MANAGED_BY = "stylebatch"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+LABEL_JOB = f"{GROUP}/job"
+LABEL_STAGE = f"{GROUP}/stage"
+LABEL_ATTEMPT = f"{GROUP}/attempt"
+
+# The MPI operator's labels on the pods of an MPIJob.
+MPI_LABEL_JOB_NAME = "training.kubeflow.org/job-name"
+MPI_LABEL_ROLE = "training.kubeflow.org/job-role"
+
+PREPROCESS, STYLIZE, POSTPROCESS = "preprocess", "stylize", "postprocess"
+STAGES = (PREPROCESS, STYLIZE, POSTPROCESS)
+CHILD_KIND = {PREPROCESS: "Job", STYLIZE: "MPIJob", POSTPROCESS: "Job"}
+
+# Children append "-postprocess-NN", and the MPI operator appends "-launcher" / "-worker-NNN" to
+# the MPIJob's name; pod names and hostnames must stay within 63 characters.
+MAX_NAME_LENGTH = 40
+
+
+def child_name(job_name: str, stage: str, attempt: int) -> str:
+    """Deterministic, so that a restarted operator finds (or re-creates) exactly the same child."""
+    return f"{job_name}-{stage}-{attempt}"
+
+
+def child_labels(job_name: str, stage: str, attempt: int) -> dict[str, str]:
+    return {
+        LABEL_MANAGED_BY: MANAGED_BY,
+        LABEL_JOB: job_name,
+        LABEL_STAGE: stage,
+        LABEL_ATTEMPT: str(attempt),
+    }
+
+
+def owner_reference(stj: dict[str, Any]) -> dict[str, Any]:
+    """Makes Kubernetes delete the child with its StyleTransferJob."""
+    meta = stj["metadata"]
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "name": meta["name"],
+        "uid": meta["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def is_controlled_by(obj: dict[str, Any], stj: dict[str, Any]) -> bool:
+    uid = stj["metadata"]["uid"]
+    return any(ref.get("uid") == uid and ref.get("controller")
+               for ref in obj.get("metadata", {}).get("ownerReferences") or [])

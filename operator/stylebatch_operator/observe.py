@@ -1,0 +1,59 @@
+"""What a child's status says: running, succeeded, or failed and why."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from stylebatch_operator.uris import redact
+
+RUNNING, SUCCEEDED, FAILED = "Running", "Succeeded", "Failed"
+
+
+@dataclass(frozen=True)
+class ChildState:
+    state: str  # RUNNING, SUCCEEDED or FAILED
+    reason: str = ""
+    message: str = ""
+
+
+def child_state(child: dict[str, Any]) -> ChildState:
+    """From the terminal conditions only: a batch Job's Complete/Failed (not SuccessCriteriaMet or
+    FailureTarget, which come while pods still terminate), an MPIJob's Succeeded/Failed (the MPI
+    operator reports an evicted worker as Failed with reason MPIJobEvicted)."""
+    success = "Succeeded" if child.get("kind") == "MPIJob" else "Complete"
+    conditions = {c.get("type"): c for c in (child.get("status") or {}).get("conditions") or []}
+    if _true(conditions.get(success)):
+        return ChildState(SUCCEEDED, conditions[success].get("reason", ""), "")
+    if _true(conditions.get("Failed")):
+        c = conditions["Failed"]
+        return ChildState(FAILED, c.get("reason") or "Failed", redact(c.get("message") or ""))
+    return ChildState(RUNNING)
+
+
+def failed_pod_detail(pods: list[dict[str, Any]]) -> str:
+    """The most telling line from the child's failed pods: an eviction, or the container's
+    termination message (its last log lines, thanks to FallbackToLogsOnError), redacted."""
+    failed = [p for p in pods if (p.get("status") or {}).get("phase") == "Failed"]
+    failed.sort(key=lambda p: p.get("metadata", {}).get("creationTimestamp") or "")
+    for pod in reversed(failed):
+        status = pod["status"]
+        if status.get("reason"):  # Evicted, DeadlineExceeded, ...
+            return redact(f"pod {pod['metadata'].get('name')}: {status['reason']}: {status.get('message', '')}".rstrip(": "))
+        for cs in status.get("containerStatuses") or []:
+            terminated = (cs.get("state") or {}).get("terminated") or {}
+            message = (terminated.get("message") or "").strip()
+            if message:
+                return redact(_last_lines(message))
+            if terminated.get("reason"):
+                return f"pod {pod['metadata'].get('name')}: {terminated['reason']} (exit code {terminated.get('exitCode')})"
+    return ""
+
+
+def _last_lines(text: str, lines: int = 3, limit: int = 500) -> str:
+    tail = " | ".join(line.strip() for line in text.strip().splitlines()[-lines:] if line.strip())
+    return tail[-limit:]
+
+
+def _true(condition: dict[str, Any] | None) -> bool:
+    return bool(condition) and condition.get("status") == "True"

@@ -1,0 +1,24 @@
+"""Exactly the permissions the operator uses, for the chart's Role/ClusterRole (a chart test compares).
+
+RULES go in a Role in each watched namespace, or in a ClusterRole when the operator watches all
+namespaces. Nothing cluster-scoped: kopf's scanning is off (main.operator_settings), so kopf reads
+API discovery once at startup (allowed to every authenticated user) and watches neither CRDs nor
+namespaces. No Secrets: credentials reach the pods by reference, never through the operator.
+"""
+
+from __future__ import annotations
+
+RULES: list[dict[str, list[str]]] = [
+    # kopf watches jobs, patches its annotations and finalizer; the operator reads them fresh
+    {"apiGroups": ["stylebatch.io"], "resources": ["styletransferjobs"],
+     "verbs": ["get", "list", "watch", "patch"]},
+    {"apiGroups": ["stylebatch.io"], "resources": ["styletransferjobs/status"], "verbs": ["patch"]},
+    # ownerReferences with blockOwnerDeletion need update on the owner's finalizers
+    {"apiGroups": ["stylebatch.io"], "resources": ["styletransferjobs/finalizers"], "verbs": ["update"]},
+    {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["get", "create"]},
+    {"apiGroups": ["kubeflow.org"], "resources": ["mpijobs"], "verbs": ["get", "create"]},
+    # a failed child's pods say why; the MPIJob launcher's log holds the ranks' progress lines
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]},
+    {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},
+    {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
+]

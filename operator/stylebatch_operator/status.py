@@ -1,0 +1,125 @@
+"""What an action writes into the job's status (a JSON merge patch), which Event it posts, and the
+progress read from the ranks. No I/O."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from stylebatch.progress import Total
+
+from stylebatch_operator.decide import (
+    ADVANCE, CREATE, FAIL, PHASE_OF_STAGE, REJECT_SPEC_CHANGE, RETRY, SPEC_CHANGE_CONDITION, SPEC_RESTORED,
+    START, SUCCEED, Action, PENDING, FAILED_PHASE, SUCCEEDED_PHASE,
+)
+from stylebatch_operator.manifests import work_dir
+from stylebatch_operator.names import CHILD_KIND, STYLIZE, child_name
+from stylebatch_operator.uris import strip_secrets
+
+RUNNING, SUCCEEDED, FAILED = "Running", "Succeeded", "Failed"
+
+
+def iso(now: datetime) -> str:
+    return now.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def status_patch(stj: dict[str, Any], action: Action, now: datetime) -> dict[str, Any] | None:
+    """The status fields the action changes; None when it changes nothing."""
+    status = stj.get("status") or {}
+    generation = stj["metadata"].get("generation")
+    conditions = list(status.get("conditions") or [])
+
+    def cond(type_: str, value: str, reason: str, message: str = "") -> None:
+        nonlocal conditions
+        conditions = set_condition(conditions, type_, value, reason, message, generation, now)
+
+    patch: dict[str, Any] = {}
+    if action.kind == START:
+        spec = stj.get("spec") or {}
+        patch.update(phase=PENDING, acceptedSpec=spec, acceptedGeneration=generation, startTime=iso(now),
+                     outputURI=strip_secrets(spec["output"]), workDir=strip_secrets(work_dir(stj)),
+                     attempts={}, retries=0, children={})
+        cond(RUNNING, "False", PENDING, "about to create the preprocess Job")
+        cond(SUCCEEDED, "False", PENDING)
+        cond(FAILED, "False", PENDING)
+    elif action.creates is not None:
+        stage, attempt = action.creates
+        name = child_name(stj["metadata"]["name"], stage, attempt)
+        phase = PHASE_OF_STAGE[stage]
+        patch.update(phase=phase, attempts={stage: attempt}, children={stage: name})
+        cond(RUNNING, "True", phase, f"{CHILD_KIND[stage]} {name} (attempt {attempt})")
+        cond(SUCCEEDED, "False", phase)
+        if action.kind == RETRY:
+            patch["retries"] = int(status.get("retries") or 0) + 1
+        if action.kind == ADVANCE and status.get("phase") == PHASE_OF_STAGE[STYLIZE]:
+            done = _finished_progress(status, now)
+            if done:
+                patch["progress"] = done
+    elif action.kind == SUCCEED:
+        patch.update(phase=SUCCEEDED_PHASE, completionTime=iso(now))
+        cond(RUNNING, "False", SUCCEEDED_PHASE, action.message)
+        cond(SUCCEEDED, "True", SUCCEEDED_PHASE, action.message)
+        cond(FAILED, "False", SUCCEEDED_PHASE)
+    elif action.kind == FAIL:
+        patch.update(phase=FAILED_PHASE, completionTime=iso(now))
+        cond(RUNNING, "False", action.reason, action.message)
+        cond(SUCCEEDED, "False", action.reason)
+        cond(FAILED, "True", action.reason, action.message)
+    elif action.kind == REJECT_SPEC_CHANGE:
+        cond(SPEC_CHANGE_CONDITION, "True", "SpecImmutable", action.message)
+    elif action.kind == SPEC_RESTORED:
+        cond(SPEC_CHANGE_CONDITION, "False", action.reason, action.message)
+    else:
+        return None
+    if action.failure is not None:
+        f = action.failure
+        patch["failure"] = {"stage": f.stage, "attempt": f.attempt, "child": f.child,
+                            "reason": f.reason, "message": f.message}
+    patch["conditions"] = conditions
+    patch["observedGeneration"] = generation
+    return patch
+
+
+def event_for(action: Action) -> tuple[str, str, str] | None:
+    """(type, reason, message) of the Event the action posts; every transition posts one."""
+    if action.kind in (START, CREATE, ADVANCE, SUCCEED, SPEC_RESTORED):
+        type_ = "Warning" if action.reason == "ChildMissing" else "Normal"
+        return type_, action.reason, action.message
+    if action.kind in (RETRY, FAIL, REJECT_SPEC_CHANGE):
+        return "Warning", action.reason, action.message
+    return None
+
+
+def progress_patch(total: Total | None, status: dict[str, Any], now: datetime) -> dict[str, Any] | None:
+    """status.progress from the ranks' latest progress lines; None when nothing new was read."""
+    if total is None or total.frames <= 0:
+        return None
+    progress = _progress(total.done, total.frames)
+    previous = {k: v for k, v in (status.get("progress") or {}).items() if k != "updateTime"}
+    if previous == progress:
+        return None
+    return {"progress": {**progress, "updateTime": iso(now)}}
+
+
+def set_condition(conditions: list[dict[str, Any]], type_: str, status: str, reason: str, message: str,
+                  generation: int | None, now: datetime) -> list[dict[str, Any]]:
+    """conditions with `type_` set; lastTransitionTime moves only when the status does."""
+    old = next((c for c in conditions if c.get("type") == type_), None)
+    new = {"type": type_, "status": status, "reason": reason, "message": message,
+           "lastTransitionTime": old["lastTransitionTime"] if old and old.get("status") == status
+           and old.get("lastTransitionTime") else iso(now)}
+    if generation is not None:
+        new["observedGeneration"] = generation
+    return [new if c is old else c for c in conditions] if old else [*conditions, new]
+
+
+def _progress(done: int, frames: int) -> dict[str, Any]:
+    percent = 100 * done // frames
+    return {"framesDone": done, "framesTotal": frames, "percent": percent,
+            "summary": f"{percent}% ({done}/{frames})"}
+
+
+def _finished_progress(status: dict[str, Any], now: datetime) -> dict[str, Any] | None:
+    """Stylize succeeded, so every frame is done, whatever the last progress line said."""
+    frames = (status.get("progress") or {}).get("framesTotal")
+    return {**_progress(frames, frames), "updateTime": iso(now)} if frames else None

@@ -1,0 +1,47 @@
+"""Storage URIs as the operator handles them: the derived work dir, and URIs and messages made safe
+to show (a URI may carry a SAS token in its query string; status, events and logs never show it)."""
+
+from __future__ import annotations
+
+import posixpath
+import re
+from urllib.parse import urlsplit, urlunsplit
+
+WORK_DIR_NAME = ".stylebatch-work"
+
+
+def strip_secrets(uri: str) -> str:
+    """The URI without its query string (where Azure puts SAS tokens) and without user:password@."""
+    if "://" not in uri:
+        return uri.split("?", 1)[0]
+    parts = urlsplit(uri)
+    netloc = parts.netloc.rsplit("@", 1)[-1]
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def work_dir(output: str, namespace: str, name: str, uid: str) -> str:
+    """Next to the output: <output's folder>/.stylebatch-work/<namespace>/<name>-<uid[:8]>/.
+
+    The uid keeps a re-created job with the same name from resuming its predecessor's parts. A SAS
+    query string on the output is kept: the pods need it to reach the work dir.
+    """
+    leaf = f"{WORK_DIR_NAME}/{namespace}/{name}-{uid[:8]}/"
+    if "://" not in output:
+        base, _, query = output.partition("?")
+        path = posixpath.join(posixpath.dirname(base), leaf)
+        return f"{path}?{query}" if query else path
+    parts = urlsplit(output)
+    folder = posixpath.dirname(parts.path)
+    path = posixpath.join(folder if folder else "/", leaf)
+    return urlunsplit((parts.scheme, parts.netloc, path, parts.query, ""))
+
+
+_URI_QUERY = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s?'\"]*)\?[^\s'\"]*")
+_SECRET_PAIR = re.compile(r"\b(AccountKey|SharedAccessSignature|SharedAccessKey|sig|se|sv|sp)=[^;&\s'\"]+",
+                          re.IGNORECASE)
+
+
+def redact(text: str) -> str:
+    """A message from a child (a Job condition, a pod's last log lines) made safe for status and events."""
+    text = _URI_QUERY.sub(r"\1?<redacted>", text)
+    return _SECRET_PAIR.sub(r"\1=<redacted>", text)

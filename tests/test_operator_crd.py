@@ -1,0 +1,132 @@
+"""The StyleTransferJob CRD: a valid, structural CustomResourceDefinition; the chart's copy is the
+generated one; the sample job a user copies validates against it; bad specs are refused."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+from stylebatch_operator.crd import DEFAULT_IMAGE, DEFAULT_STYLE, apply_defaults, crd, openapi_schema, to_yaml
+
+REPO = Path(__file__).resolve().parent.parent
+CHART_CRD = REPO / "charts" / "stylebatch" / "crds" / "styletransferjobs.yaml"
+EXAMPLE = REPO / "manifests" / "examples" / "job.yaml"
+
+
+def walk(schema: dict[str, Any], path: str = ""):
+    yield path, schema
+    for key, sub in (schema.get("properties") or {}).items():
+        yield from walk(sub, f"{path}.{key}")
+    if isinstance(schema.get("items"), dict):
+        yield from walk(schema["items"], f"{path}[]")
+    if isinstance(schema.get("additionalProperties"), dict):
+        yield from walk(schema["additionalProperties"], f"{path}{{}}")
+
+
+def validator() -> jsonschema.Validator:
+    return jsonschema.Draft7Validator(openapi_schema())
+
+
+def example() -> dict[str, Any]:
+    return yaml.safe_load(EXAMPLE.read_text())
+
+
+@pytest.mark.parametrize("version", ["1.29", "1.33"])
+def test_crd_is_a_valid_customresourcedefinition(version):
+    kubernetes_validate.validate(crd(), version, strict=True)
+
+
+def test_chart_crd_is_the_generated_one():
+    assert CHART_CRD.read_text() == to_yaml(), \
+        "regenerate: python -m stylebatch_operator.crd > charts/stylebatch/crds/styletransferjobs.yaml"
+
+
+def test_schema_is_structural():
+    for path, node in walk(openapi_schema()):
+        assert node.get("type") or node.get("x-kubernetes-preserve-unknown-fields"), f"{path} has no type"
+        assert not ("properties" in node and "additionalProperties" in node), path
+        if "properties" in node:
+            assert node["type"] == "object", path
+    assert openapi_schema()["properties"]["metadata"] == {"type": "object"}
+
+
+def test_every_default_is_valid_for_its_field():
+    for path, node in walk(openapi_schema()):
+        if "default" in node:
+            sub = {k: v for k, v in node.items() if k != "default"}
+            assert jsonschema.Draft7Validator(sub).is_valid(node["default"]), path
+
+
+def test_served_with_status_subresource_short_name_and_columns():
+    spec = crd()["spec"]
+    assert (spec["scope"], spec["names"]["kind"], spec["names"]["shortNames"]) == \
+        ("Namespaced", "StyleTransferJob", ["stj"])
+    (version,) = spec["versions"]
+    assert version["served"] and version["storage"] and version["subresources"] == {"status": {}}
+    columns = {c["name"]: c["jsonPath"] for c in version["additionalPrinterColumns"]}
+    assert columns == {"Phase": ".status.phase", "Progress": ".status.progress.summary", "Style": ".spec.style",
+                       "Workers": ".spec.workers", "GPUs": ".spec.gpusPerWorker",
+                       "Age": ".metadata.creationTimestamp"}
+    # every spec/status column reads a field the schema declares (else it would always be empty)
+    for json_path in columns.values():
+        if json_path.startswith(".metadata."):
+            continue
+        node = version["schema"]["openAPIV3Schema"]
+        for part in json_path.strip(".").split("."):
+            assert part in node["properties"], json_path
+            node = node["properties"][part]
+
+
+def test_spec_is_immutable_and_the_name_short_enough_for_child_names():
+    schema = openapi_schema()
+    assert {"rule": "self == oldSelf", "message": schema["properties"]["spec"]["x-kubernetes-validations"][0]["message"]} \
+        in schema["properties"]["spec"]["x-kubernetes-validations"]
+    assert schema["x-kubernetes-validations"][0]["rule"] == "size(self.metadata.name) <= 40"
+
+
+def test_example_job_validates_and_defaults_to_a_fresh_aks_gpu_pool():
+    job = example()
+    assert (job["apiVersion"], job["kind"]) == ("stylebatch.io/v1alpha1", "StyleTransferJob")
+    defaulted = apply_defaults(job, openapi_schema())
+    validator().validate(defaulted)
+    spec = defaulted["spec"]
+    assert spec["input"].startswith("az://") and spec["output"].startswith("az://")
+    assert (spec["workers"], spec["gpusPerWorker"], spec["style"]) == (2, 1, DEFAULT_STYLE)
+    assert spec["storage"] == {"secretName": "stylebatch-storage"}
+    assert (spec["image"], spec["imagePullPolicy"]) == (DEFAULT_IMAGE, "IfNotPresent")
+    assert spec["scheduling"] == {"spot": False}
+    minimal = apply_defaults({"spec": {"input": "az://a/b.mp4", "output": "az://a/c.mp4",
+                                       "storage": {"secretName": "s"}}}, openapi_schema())["spec"]
+    assert (minimal["workers"], minimal["gpusPerWorker"], minimal["retries"], minimal["activeDeadlineSeconds"]) == \
+        (1, 1, 3, 21600)
+
+
+@pytest.mark.parametrize("change, field", [
+    ({"workers": 0}, "workers"),
+    ({"gpusPerWorker": -1}, "gpusPerWorker"),
+    ({"imagePullPolicy": "Sometimes"}, "imagePullPolicy"),
+    ({"strength": 2}, "strength"),
+    ({"encoder": {"bitrate": "fast"}}, "bitrate"),
+    ({"retries": 11}, "retries"),
+    ({"input": ""}, "input"),
+    ({"output": None}, "output"),
+])
+def test_bad_specs_are_refused(change, field):
+    job = copy.deepcopy(example())
+    job["spec"].update(change)
+    if change.get("output", "") is None:
+        del job["spec"]["output"]
+    errors = list(validator().iter_errors(apply_defaults(job, openapi_schema())))
+    assert errors and any(field in "/".join(map(str, e.path)) + e.message for e in errors)
+
+
+def test_default_style_is_the_workers_default():
+    pytest.importorskip("torch")
+    from stylebatch.models import DEFAULT_STYLE as WORKER_DEFAULT
+    assert DEFAULT_STYLE == WORKER_DEFAULT

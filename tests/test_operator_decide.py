@@ -1,0 +1,210 @@
+"""decide(): what the operator does next, from a StyleTransferJob and its observed child, in every
+state, on every kind of failure, and after a restart. Pure: no server, no kopf."""
+
+from __future__ import annotations
+
+import copy
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from stylebatch_operator.crd import SPEC_SCHEMA, apply_defaults
+from stylebatch_operator.decide import (
+    ADVANCE, CREATE, FAIL, NOTHING, REJECT_SPEC_CHANGE, RETRY, SPEC_RESTORED, START, SUCCEED, WAIT, decide,
+)
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "manifests" / "examples" / "job.yaml"
+NOW = datetime(2026, 5, 1, 12, 0, tzinfo=timezone.utc)
+STARTED = "2026-05-01T11:00:00Z"  # an hour before NOW; the example's deadline is two hours
+
+
+def stj(phase: str | None = None, *, attempts: dict[str, int] | None = None, used: int = 0,
+        children: dict[str, str] | None = None, **spec: Any) -> dict[str, Any]:
+    """The sample job as the API server stores it, with a status as the operator would have left it."""
+    obj = yaml.safe_load(EXAMPLE.read_text())
+    obj["metadata"].update(namespace="media", uid="0123456789abcdef", generation=1)
+    obj["spec"] = apply_defaults({**obj["spec"], **spec}, SPEC_SCHEMA)
+    if phase is not None:
+        obj["status"] = {"phase": phase, "acceptedSpec": copy.deepcopy(obj["spec"]), "acceptedGeneration": 1,
+                         "startTime": STARTED, "attempts": attempts or {}, "retries": used,
+                         "children": children or {}, "conditions": []}
+    return obj
+
+
+def job(name: str, *conditions: tuple[str, str, str]) -> dict[str, Any]:
+    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name},
+            "status": {"conditions": [{"type": t, "status": "True", "reason": r, "message": m}
+                                      for t, r, m in conditions]}}
+
+
+def mpijob(name: str, *conditions: tuple[str, str, str]) -> dict[str, Any]:
+    return {**job(name, *conditions), "apiVersion": "kubeflow.org/v2beta1", "kind": "MPIJob"}
+
+
+COMPLETE = ("Complete", "", "")
+MPI_SUCCEEDED = ("Succeeded", "MPIJobSucceeded", "MPIJob media/x successfully completed.")
+BACKOFF = ("Failed", "BackoffLimitExceeded", "Job has reached the specified backoff limit")
+EVICTED = ("Failed", "MPIJobEvicted", "1/2 workers are evicted")
+
+PRE1, PRE2 = "orangutan-preprocess-1", "orangutan-preprocess-2"
+STY1, STY2, STY4 = "orangutan-stylize-1", "orangutan-stylize-2", "orangutan-stylize-4"
+POST1 = "orangutan-postprocess-1"
+
+# (case, job, observed children, expected (kind, stage, attempt, reason))
+CASES = [
+    ("new job is accepted", stj(), [], (START, None, 0, "Accepted")),
+    ("accepted job creates its preprocess Job", stj("Pending"), [], (CREATE, "preprocess", 1, "PreprocessStarted")),
+    ("preprocess running: wait", stj("Preprocessing", attempts={"preprocess": 1}, children={"preprocess": PRE1}),
+     [job(PRE1)], (WAIT, "preprocess", 1, "")),
+    ("preprocess done: MPIJob next",
+     stj("Preprocessing", attempts={"preprocess": 1}), [job(PRE1, COMPLETE)], (ADVANCE, "stylize", 1, "PreprocessSucceeded")),
+    ("stylize running: wait", stj("Stylizing", attempts={"preprocess": 1, "stylize": 1}),
+     [mpijob(STY1, ("Running", "MPIJobRunning", ""))], (WAIT, "stylize", 1, "")),
+    ("stylize done: postprocess next", stj("Stylizing", attempts={"stylize": 1}),
+     [mpijob(STY1, MPI_SUCCEEDED)], (ADVANCE, "postprocess", 1, "StylizeSucceeded")),
+    ("postprocess done: Succeeded", stj("Postprocessing", attempts={"postprocess": 1}),
+     [job(POST1, COMPLETE)], (SUCCEED, None, 0, "Succeeded")),
+    ("failed preprocess with budget left: retry", stj("Preprocessing", attempts={"preprocess": 1}),
+     [job(PRE1, BACKOFF)], (RETRY, "preprocess", 2, "Retrying")),
+    ("evicted spot worker: retry the MPIJob", stj("Stylizing", attempts={"stylize": 1}),
+     [mpijob(STY1, EVICTED)], (RETRY, "stylize", 2, "Retrying")),
+    ("budget spent: Failed", stj("Stylizing", attempts={"stylize": 4}, used=3),
+     [mpijob(STY4, EVICTED)], (FAIL, "stylize", 4, "RetriesExhausted")),
+    ("no retries at all: first failure is final", stj("Preprocessing", attempts={"preprocess": 1}, retries=0),
+     [job(PRE1, BACKOFF)], (FAIL, "preprocess", 1, "RetriesExhausted")),
+    ("child hit its deadline: no retry", stj("Preprocessing", attempts={"preprocess": 1}),
+     [job(PRE1, ("Failed", "DeadlineExceeded", "Job was active longer than specified deadline"))],
+     (FAIL, "preprocess", 0, "DeadlineExceeded")),
+    ("job deadline passed while running", stj("Stylizing", attempts={"stylize": 1}, activeDeadlineSeconds=1800),
+     [mpijob(STY1)], (FAIL, "stylize", 0, "DeadlineExceeded")),
+    ("job deadline passed between stages", stj("Preprocessing", attempts={"preprocess": 1}, activeDeadlineSeconds=3600),
+     [job(PRE1, COMPLETE)], (FAIL, "preprocess", 0, "DeadlineExceeded")),
+    ("Job still terminating pods (FailureTarget): wait", stj("Preprocessing", attempts={"preprocess": 1}),
+     [job(PRE1, ("FailureTarget", "BackoffLimitExceeded", ""))], (WAIT, "preprocess", 1, "")),
+    ("Job success criteria met, pods still finishing: wait", stj("Postprocessing", attempts={"postprocess": 1}),
+     [job(POST1, ("SuccessCriteriaMet", "CompletionsReached", ""))], (WAIT, "postprocess", 1, "")),
+    ("restart mid-retry: follows the recorded attempt, not attempt 1",
+     stj("Stylizing", attempts={"stylize": 2}, used=1), [mpijob(STY1, EVICTED), mpijob(STY2)], (WAIT, "stylize", 2, "")),
+    ("restart after the status moved on but before the child was made: create it",
+     stj("Stylizing", attempts={"stylize": 2}, used=1), [mpijob(STY1, EVICTED)], (CREATE, "stylize", 2, "StylizeStarted")),
+    ("child deleted behind the operator's back: make it again",
+     stj("Stylizing", attempts={"stylize": 1}, children={"stylize": STY1}), [], (CREATE, "stylize", 1, "ChildMissing")),
+    ("restart before the status recorded the next stage: same step again",
+     stj("Preprocessing", attempts={"preprocess": 1}), [job(PRE1, COMPLETE), mpijob(STY1)], (ADVANCE, "stylize", 1, "PreprocessSucceeded")),
+    ("retried preprocess succeeds", stj("Preprocessing", attempts={"preprocess": 2}, used=1),
+     [job(PRE1, BACKOFF), job(PRE2, COMPLETE)], (ADVANCE, "stylize", 1, "PreprocessSucceeded")),
+    ("Succeeded job: nothing more", stj("Succeeded"), [], (NOTHING, None, 0, "")),
+    ("Failed job: nothing more", stj("Failed"), [job(PRE1, BACKOFF)], (NOTHING, None, 0, "")),
+]
+
+
+@pytest.mark.parametrize("case, obj, children, expected", CASES, ids=[c[0] for c in CASES])
+def test_next_step(case, obj, children, expected):
+    action = decide(obj, {c["metadata"]["name"]: c for c in children}, now=NOW)
+    assert (action.kind, action.stage, action.attempt, action.reason) == expected
+
+
+def test_retry_reports_the_childs_reason_and_the_budget():
+    action = decide(stj("Stylizing", attempts={"stylize": 1}, used=1),
+                    {STY1: mpijob(STY1, EVICTED)}, now=NOW)
+    assert action.failure is not None
+    assert (action.failure.stage, action.failure.child, action.failure.reason) == \
+        ("stylize", f"MPIJob/{STY1}", "MPIJobEvicted")
+    assert "1/2 workers are evicted" in action.message
+    assert "retry 2 of 3" in action.message and STY2 in action.message
+
+
+def test_exhausted_budget_names_the_stage_child_and_reason():
+    action = decide(stj("Preprocessing", attempts={"preprocess": 4}, used=3),
+                    {"orangutan-preprocess-4": job("orangutan-preprocess-4", BACKOFF)}, now=NOW)
+    assert action.kind == FAIL
+    assert action.failure.child == "Job/orangutan-preprocess-4"
+    assert "BackoffLimitExceeded" in action.message and "no retries left" in action.message
+
+
+def test_failed_pod_detail_joins_the_reason_and_loses_its_secrets():
+    pod = {"metadata": {"name": "orangutan-preprocess-1-x7k2p", "creationTimestamp": "2026-05-01T11:01:00Z"},
+           "status": {"phase": "Failed", "containerStatuses": [{"state": {"terminated": {
+               "exitCode": 2, "reason": "Error",
+               "message": "reading input\nstylebatch: error: cannot read "
+                          "https://acct.blob.core.windows.net/videos/a.mp4?sv=2024&sig=SECRET: 403\n"}}}]}}
+    action = decide(stj("Preprocessing", attempts={"preprocess": 1}), {PRE1: job(PRE1, BACKOFF)},
+                    now=NOW, pods=[pod])
+    assert "stylebatch: error: cannot read https://acct.blob.core.windows.net/videos/a.mp4" in action.failure.message
+    assert "SECRET" not in action.failure.message and "SECRET" not in action.message
+
+
+def test_evicted_pod_is_named_in_the_failure():
+    pod = {"metadata": {"name": "orangutan-stylize-1-worker-1"},
+           "status": {"phase": "Failed", "reason": "Evicted", "message": "The node was low on resource: memory."}}
+    action = decide(stj("Stylizing", attempts={"stylize": 1}), {STY1: mpijob(STY1, ("Failed", "BackoffLimitExceeded", ""))},
+                    now=NOW, pods=[pod])
+    assert "orangutan-stylize-1-worker-1: Evicted" in action.failure.message
+
+
+def test_children_get_the_time_left_until_the_jobs_deadline():
+    action = decide(stj("Preprocessing", attempts={"preprocess": 1}), {PRE1: job(PRE1, COMPLETE)}, now=NOW)
+    assert action.deadline_seconds == 3600  # 7200 s deadline, started an hour ago
+
+
+@pytest.mark.parametrize("spec, problem", [
+    ({"storage": {}}, "exactly one of secretName and serviceAccountName"),
+    ({"storage": {"secretName": "s", "serviceAccountName": "sa", "accountName": "a"}}, "exactly one"),
+    ({"storage": {"serviceAccountName": "sa"}}, "accountName is required"),
+    ({"workers": 0}, "spec.workers"),
+    ({"input": ""}, "spec.input is required"),
+    ({"encoder": {"crf": 20, "bitrate": "4M"}}, "crf or bitrate"),
+])
+def test_a_spec_the_cluster_let_through_fails_instead_of_running(spec, problem):
+    action = decide(stj(**spec), {}, now=NOW)
+    assert (action.kind, action.reason) == (FAIL, "InvalidSpec")
+    assert problem in action.message
+
+
+def test_a_name_too_long_for_child_names_fails():
+    obj = stj()
+    obj["metadata"]["name"] = "x" * 41
+    action = decide(obj, {}, now=NOW)
+    assert action.kind == FAIL and "longer than 40" in action.message
+
+
+class TestSpecChangeAfterStart:
+    def changed(self, reported_generation: int | None = None) -> dict[str, Any]:
+        obj = stj("Stylizing", attempts={"stylize": 1})
+        obj["spec"]["workers"] = 8
+        obj["metadata"]["generation"] = 2
+        if reported_generation is not None:
+            obj["status"]["conditions"] = [{"type": "SpecChangeRejected", "status": "True",
+                                            "observedGeneration": reported_generation}]
+        return obj
+
+    def test_is_reported_once_per_generation(self):
+        action = decide(self.changed(), {STY1: mpijob(STY1)}, now=NOW)
+        assert (action.kind, action.reason) == (REJECT_SPEC_CHANGE, "SpecChangeRejected")
+        assert "generation 2" in action.message and "not applied" in action.message
+
+    def test_then_the_job_goes_on_with_the_accepted_spec(self):
+        obj = self.changed(reported_generation=2)
+        action = decide(obj, {STY1: mpijob(STY1, MPI_SUCCEEDED)}, now=NOW)
+        assert (action.kind, action.stage) == (ADVANCE, "postprocess")
+
+    def test_a_further_change_is_reported_again(self):
+        obj = self.changed(reported_generation=2)
+        obj["metadata"]["generation"] = 3
+        assert decide(obj, {STY1: mpijob(STY1)}, now=NOW).kind == REJECT_SPEC_CHANGE
+
+    def test_reverting_it_clears_the_report(self):
+        obj = self.changed(reported_generation=2)
+        obj["spec"] = copy.deepcopy(obj["status"]["acceptedSpec"])
+        obj["metadata"]["generation"] = 3
+        assert decide(obj, {STY1: mpijob(STY1)}, now=NOW).kind == SPEC_RESTORED
+
+
+def test_deadline_is_counted_from_the_start():
+    obj = stj("Stylizing", attempts={"stylize": 1})
+    later = NOW + timedelta(seconds=3599)
+    assert decide(obj, {STY1: mpijob(STY1)}, now=later).kind == WAIT
+    assert decide(obj, {STY1: mpijob(STY1)}, now=later + timedelta(seconds=1)).reason == "DeadlineExceeded"

@@ -1,0 +1,180 @@
+"""What the operator writes into a StyleTransferJob's status and Events, and the URIs it shows:
+conditions in the standard shape, progress from the ranks' lines, and never a secret. Pure."""
+
+from __future__ import annotations
+
+import copy
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from stylebatch.progress import RankProgress, aggregate, format_line
+from stylebatch_operator.crd import SPEC_SCHEMA, apply_defaults
+from stylebatch_operator.decide import (
+    ADVANCE, CREATE, FAIL, REJECT_SPEC_CHANGE, RETRY, START, SUCCEED, WAIT, Action, Failure,
+)
+from stylebatch_operator.status import event_for, progress_patch, set_condition, status_patch
+from stylebatch_operator.uris import redact, strip_secrets, work_dir
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "manifests" / "examples" / "job.yaml"
+T0 = datetime(2026, 5, 1, 12, 0, tzinfo=timezone.utc)
+SAS = "sv=2024-05-04&ss=b&srt=co&sp=rwl&se=2026-06-01&sig=S3CR3T%2Bsig"
+
+
+def stj(**spec: Any) -> dict[str, Any]:
+    obj = yaml.safe_load(EXAMPLE.read_text())
+    obj["metadata"].update(namespace="media", uid="0123456789abcdef", generation=1)
+    obj["spec"] = apply_defaults({**obj["spec"], **spec}, SPEC_SCHEMA)
+    return obj
+
+
+def apply(obj: dict[str, Any], patch: dict[str, Any] | None) -> dict[str, Any]:
+    """The status after a JSON merge patch, as the API server stores it."""
+    obj = copy.deepcopy(obj)
+    status = obj.setdefault("status", {})
+    for key, value in (patch or {}).items():
+        if isinstance(value, dict) and isinstance(status.get(key), dict):
+            status[key] = {**status[key], **value}
+        else:
+            status[key] = value
+    return obj
+
+
+def conditions(obj: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {c["type"]: c for c in obj["status"]["conditions"]}
+
+
+def test_accepting_records_the_spec_start_and_a_safe_output_uri():
+    obj = stj(output=f"https://acct.blob.core.windows.net/videos/out/clip.mp4?{SAS}")
+    patch = status_patch(obj, Action(START, reason="Accepted"), T0)
+    assert patch["phase"] == "Pending"
+    assert patch["acceptedSpec"] == obj["spec"] and patch["acceptedGeneration"] == 1
+    assert patch["startTime"] == "2026-05-01T12:00:00Z"
+    assert patch["outputURI"] == "https://acct.blob.core.windows.net/videos/out/clip.mp4"
+    assert patch["workDir"] == "https://acct.blob.core.windows.net/videos/out/.stylebatch-work/media/orangutan-01234567/"
+    assert "sig=" not in str({k: v for k, v in patch.items() if k != "acceptedSpec"})
+    assert {c["type"]: c["status"] for c in patch["conditions"]} == {"Running": "False", "Succeeded": "False",
+                                                                      "Failed": "False"}
+
+
+def test_a_whole_run_moves_phase_conditions_and_counters():
+    obj = stj()
+    obj = apply(obj, status_patch(obj, Action(START, reason="Accepted"), T0))
+    obj = apply(obj, status_patch(obj, Action(CREATE, "preprocess", 1, "PreprocessStarted"), T0))
+    assert obj["status"]["phase"] == "Preprocessing"
+    assert obj["status"]["children"] == {"preprocess": "orangutan-preprocess-1"}
+    running_since = conditions(obj)["Running"]["lastTransitionTime"]
+
+    t1 = T0 + timedelta(minutes=3)
+    obj = apply(obj, status_patch(obj, Action(ADVANCE, "stylize", 1, "PreprocessSucceeded"), t1))
+    assert obj["status"]["phase"] == "Stylizing"
+    assert conditions(obj)["Running"]["lastTransitionTime"] == running_since  # still True: no transition
+    assert conditions(obj)["Running"]["message"] == "MPIJob orangutan-stylize-1 (attempt 1)"
+
+    failure = Failure("stylize", 1, "MPIJob/orangutan-stylize-1", "MPIJobEvicted", "1/2 workers are evicted")
+    obj = apply(obj, status_patch(obj, Action(RETRY, "stylize", 2, "Retrying", "...", failure=failure), t1))
+    assert obj["status"]["retries"] == 1
+    assert obj["status"]["attempts"] == {"preprocess": 1, "stylize": 2}
+    assert obj["status"]["failure"]["reason"] == "MPIJobEvicted"
+
+    obj = apply(obj, progress_patch(aggregate([format_line(RankProgress(0, 2, 30, 50, 100))]), obj["status"], t1))
+    obj = apply(obj, status_patch(obj, Action(ADVANCE, "postprocess", 1, "StylizeSucceeded"), t1))
+    assert obj["status"]["progress"]["framesDone"] == 100 and obj["status"]["progress"]["percent"] == 100
+
+    t2 = t1 + timedelta(minutes=1)
+    obj = apply(obj, status_patch(obj, Action(SUCCEED, reason="Succeeded", message="wrote az://videos/x.mp4"), t2))
+    c = conditions(obj)
+    assert obj["status"]["phase"] == "Succeeded" and obj["status"]["completionTime"] == "2026-05-01T12:04:00Z"
+    assert (c["Succeeded"]["status"], c["Running"]["status"], c["Failed"]["status"]) == ("True", "False", "False")
+    assert c["Succeeded"]["lastTransitionTime"] == "2026-05-01T12:04:00Z"
+    assert all(cond["observedGeneration"] == 1 for cond in c.values())
+    assert obj["status"]["observedGeneration"] == 1
+
+
+def test_failure_sets_failed_condition_with_the_reason():
+    obj = stj()
+    obj = apply(obj, status_patch(obj, Action(START), T0))
+    failure = Failure("preprocess", 4, "Job/orangutan-preprocess-4", "BackoffLimitExceeded", "stylebatch: error: x")
+    patch = status_patch(obj, Action(FAIL, "preprocess", 4, "RetriesExhausted", "Job ... failed", failure=failure), T0)
+    obj = apply(obj, patch)
+    assert obj["status"]["phase"] == "Failed"
+    assert conditions(obj)["Failed"]["status"] == "True"
+    assert conditions(obj)["Failed"]["reason"] == "RetriesExhausted"
+    assert obj["status"]["failure"] == {"stage": "preprocess", "attempt": 4, "child": "Job/orangutan-preprocess-4",
+                                        "reason": "BackoffLimitExceeded", "message": "stylebatch: error: x"}
+
+
+def test_rejected_spec_change_is_a_condition_with_the_new_generation():
+    obj = stj()
+    obj = apply(obj, status_patch(obj, Action(START), T0))
+    obj["metadata"]["generation"] = 2
+    obj = apply(obj, status_patch(obj, Action(REJECT_SPEC_CHANGE, reason="SpecChangeRejected", message="m"), T0))
+    assert conditions(obj)["SpecChangeRejected"]["status"] == "True"
+    assert conditions(obj)["SpecChangeRejected"]["observedGeneration"] == 2
+    assert obj["status"]["acceptedGeneration"] == 1 and obj["status"]["observedGeneration"] == 2
+
+
+def test_waiting_writes_nothing_and_posts_no_event():
+    assert status_patch(stj(), Action(WAIT, "stylize", 1), T0) is None
+    assert event_for(Action(WAIT, "stylize", 1)) is None
+
+
+@pytest.mark.parametrize("action, type_", [
+    (Action(START, reason="Accepted"), "Normal"),
+    (Action(CREATE, "preprocess", 1, "PreprocessStarted"), "Normal"),
+    (Action(CREATE, "stylize", 1, "ChildMissing"), "Warning"),
+    (Action(ADVANCE, "stylize", 1, "PreprocessSucceeded"), "Normal"),
+    (Action(RETRY, "stylize", 2, "Retrying"), "Warning"),
+    (Action(FAIL, "stylize", 4, "RetriesExhausted"), "Warning"),
+    (Action(REJECT_SPEC_CHANGE, reason="SpecChangeRejected"), "Warning"),
+    (Action(SUCCEED, reason="Succeeded"), "Normal"),
+])
+def test_every_transition_posts_an_event(action, type_):
+    assert event_for(action)[:2] == (type_, action.reason)
+
+
+def test_condition_transition_time_moves_only_with_its_status():
+    first = set_condition([], "Running", "True", "Preprocessing", "", 1, T0)
+    same = set_condition(first, "Running", "True", "Stylizing", "", 1, T0 + timedelta(minutes=5))
+    flipped = set_condition(same, "Running", "False", "Succeeded", "", 1, T0 + timedelta(minutes=9))
+    assert same[0]["lastTransitionTime"] == first[0]["lastTransitionTime"] and same[0]["reason"] == "Stylizing"
+    assert flipped[0]["lastTransitionTime"] == "2026-05-01T12:09:00Z"
+    assert len(flipped) == 1
+
+
+def test_progress_sums_the_ranks_latest_lines():
+    lines = [format_line(RankProgress(0, 2, 10, 60, 120)), "ffmpeg noise",
+             format_line(RankProgress(1, 2, 25, 60, 120)), format_line(RankProgress(0, 2, 20, 60, 120))]
+    patch = progress_patch(aggregate(lines), {}, T0)
+    assert patch["progress"] == {"framesDone": 45, "framesTotal": 120, "percent": 37, "summary": "37% (45/120)",
+                                 "updateTime": "2026-05-01T12:00:00Z"}
+
+
+def test_unchanged_or_missing_progress_writes_nothing():
+    total = aggregate([format_line(RankProgress(0, 1, 5, 10, 10))])
+    first = progress_patch(total, {}, T0)
+    assert progress_patch(total, first, T0 + timedelta(seconds=10)) is None
+    assert progress_patch(None, first, T0) is None
+
+
+@pytest.mark.parametrize("output, expected", [
+    ("az://videos/out/clip.mp4", "az://videos/out/.stylebatch-work/media/job-0123abcd/"),
+    ("az://videos/clip.mp4", "az://videos/.stylebatch-work/media/job-0123abcd/"),
+    (f"https://acct.blob.core.windows.net/videos/clip.mp4?{SAS}",
+     f"https://acct.blob.core.windows.net/videos/.stylebatch-work/media/job-0123abcd/?{SAS}"),
+    ("/data/out/clip.mp4", "/data/out/.stylebatch-work/media/job-0123abcd/"),
+])
+def test_work_dir_sits_next_to_the_output_and_keeps_its_sas_for_the_pods(output, expected):
+    assert work_dir(output, "media", "job", "0123abcdef") == expected
+
+
+def test_shown_uris_and_messages_lose_their_secrets():
+    assert strip_secrets(f"https://user:pw@acct.blob.core.windows.net/v/a.mp4?{SAS}") == \
+        "https://acct.blob.core.windows.net/v/a.mp4"
+    text = redact(f"GET https://acct.blob.core.windows.net/v/a.mp4?{SAS} failed; "
+                  "DefaultEndpointsProtocol=https;AccountName=acct;AccountKey=abc123==;EndpointSuffix=x")
+    assert "S3CR3T" not in text and "abc123" not in text
+    assert "https://acct.blob.core.windows.net/v/a.mp4?<redacted>" in text and "AccountName=acct" in text

@@ -1,0 +1,223 @@
+"""manifests/: the plain `kubectl apply -f manifests/` install, rendered from the chart (and never
+drifting from it), the examples users copy, and what scripts/kind-e2e.sh and docs/deploy-aks.md apply."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import subprocess
+from pathlib import Path
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+MANIFESTS = ROOT / "manifests"
+CHART = ROOT / "charts" / "stylebatch"
+KIND_SCRIPT = ROOT / "scripts" / "kind-e2e.sh"
+GUIDE = ROOT / "docs" / "deploy-aks.md"
+_spec = importlib.util.spec_from_file_location("render_manifests", ROOT / "scripts" / "render-manifests.py")
+render_manifests = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(render_manifests)
+
+
+def load(path: Path) -> list[dict]:
+    return [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+
+
+def crd_schema() -> dict:
+    (crd,) = load(CHART / "crds" / "styletransferjobs.yaml")
+    return crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+
+
+def validate(obj: dict) -> None:
+    if obj["kind"] == "StyleTransferJob":
+        jsonschema.validate(obj, crd_schema())
+    else:
+        kubernetes_validate.validate(obj, kubernetes_validate.latest_version(), strict=True)
+
+
+def test_manifests_are_the_rendered_chart():
+    expected = render_manifests.plain_manifests()
+    committed = {str(p.relative_to(MANIFESTS)): p.read_text()
+                 for p in [*MANIFESTS.glob("*.yaml"), *MANIFESTS.glob("examples/*.yaml")]}
+    assert committed.keys() == expected.keys(), "run scripts/render-manifests.py"
+    stale = [path for path in expected if committed[path] != expected[path]]
+    assert not stale, f"out of date (run scripts/render-manifests.py): {stale}"
+
+
+def test_render_script_check_mode_agrees():
+    result = subprocess.run([str(ROOT / ".venv" / "bin" / "python"), "scripts/render-manifests.py", "--check"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+
+
+def test_example_job_is_the_charts():
+    assert (MANIFESTS / "examples" / "job.yaml").read_text() == (CHART / "examples" / "job.yaml").read_text()
+
+
+def test_apply_order_creates_namespace_and_crd_before_the_operator():
+    kinds = [obj["kind"] for path in sorted(MANIFESTS.glob("*.yaml")) for obj in load(path)]
+    assert kinds[0] == "Namespace" and kinds[1] == "CustomResourceDefinition"
+    assert kinds[-1] == "Deployment" and "ClusterRole" in kinds and "ServiceAccount" in kinds
+
+
+def test_plain_install_lands_in_its_own_namespace():
+    (namespace,) = load(MANIFESTS / "00-namespace.yaml")
+    cluster_scoped = {"Namespace", "CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding"}
+    for path in MANIFESTS.glob("[0-9]*.yaml"):
+        for obj in load(path):
+            if obj["kind"] not in cluster_scoped:
+                assert obj["metadata"]["namespace"] == namespace["metadata"]["name"], (path.name, obj["kind"])
+    # Plain manifests are not a Helm release and must not claim to be one.
+    text = "".join(p.read_text() for p in MANIFESTS.glob("[0-9]*.yaml"))
+    assert "managed-by: Helm" not in text and "helm.sh/chart" not in text
+
+
+@pytest.mark.parametrize("path", sorted(str(p.relative_to(MANIFESTS)) for p in MANIFESTS.rglob("*.yaml")))
+def test_every_manifest_is_valid(path):
+    objects = load(MANIFESTS / path)
+    assert objects
+    for obj in objects:
+        validate(obj)
+
+
+def test_example_job_matches_the_storage_secret_example_and_the_chart():
+    (job,) = load(MANIFESTS / "examples" / "job.yaml")
+    (secret,) = load(MANIFESTS / "examples" / "storage-secret.yaml")
+    defaults = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert job["spec"]["storage"]["secretName"] == secret["metadata"]["name"] == defaults["storage"]["existingSecret"]
+    assert re.fullmatch(r"az://[a-z0-9-]{3,63}/.+", job["spec"]["input"])
+
+
+def test_storage_secret_example_has_placeholders_only_and_the_keys_pods_read():
+    (secret,) = load(MANIFESTS / "examples" / "storage-secret.yaml")
+    data = secret["stringData"]
+    assert set(data) == {"AZURE_STORAGE_ACCOUNT", "AZURE_STORAGE_SAS_TOKEN"}
+    assert all(value.startswith("<") and value.endswith(">") for value in data.values())
+    assert "AZURE_STORAGE_CONNECTION_STRING" in (MANIFESTS / "examples" / "storage-secret.yaml").read_text()
+
+
+# --- scripts/kind-e2e.sh and what it applies -------------------------------------------------------
+
+def test_kind_script_is_valid_bash_and_says_where_it_can_run():
+    subprocess.run(["bash", "-n", str(KIND_SCRIPT)], check=True, timeout=30)
+    head = KIND_SCRIPT.read_text()[:1200]
+    assert "internet" in head and "CANNOT run on this" in head
+    assert "set -euo pipefail" in KIND_SCRIPT.read_text()
+
+
+def test_kind_script_only_uses_files_that_exist():
+    text = KIND_SCRIPT.read_text()
+    for path in set(re.findall(r"\b((?:manifests|charts|scripts)/[\w./-]+\.(?:yaml|sh|py))\b", text)):
+        assert (ROOT / path).exists(), path
+    for dockerfile in re.findall(r"-f (Dockerfile\.\w+)", text):
+        assert (ROOT / dockerfile).exists()
+
+
+def test_kind_script_loads_the_images_the_chart_runs():
+    text = KIND_SCRIPT.read_text()
+    version = render_manifests.yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"]
+    tag = re.search(r'--set jobs\.image\.tag="\$VERSION(-\w+)"', text).group(1)
+    values = yaml.safe_load((CHART / "ci" / "kind-values.yaml").read_text())
+    values.setdefault("jobs", {}).setdefault("image", {})["tag"] = version + tag
+    objects = render_manifests.render_objects(values)
+    deployment = next(o for o in objects if o["kind"] == "Deployment")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    built = {line.split(":")[0]: line for line in (
+        re.search(r"^OPERATOR_IMAGE=(\S+)", text, re.M).group(1).replace("$VERSION", version),
+        re.search(r"^WORKER_IMAGE=(\S+)", text, re.M).group(1).replace("$VERSION", version))}
+    assert container["image"] == built["stylebatch-operator"]
+    assert env["STYLEBATCH_WORKER_IMAGE"] == built["stylebatch-worker"]
+    assert container["imagePullPolicy"] == "Never", "kind-loaded images are not in any registry"
+    assert "--build-arg VARIANT=cpu" in text and env["STYLEBATCH_DEFAULT_GPUS_PER_WORKER"] == "0"
+
+
+def test_kind_azurite_is_reachable_where_the_job_secret_points():
+    text = KIND_SCRIPT.read_text()
+    objects = load(MANIFESTS / "kind" / "azurite.yaml")
+    deployment = next(o for o in objects if o["kind"] == "Deployment")
+    service = next(o for o in objects if o["kind"] == "Service")
+    pod = deployment["spec"]["template"]
+    assert service["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
+    (port,) = service["spec"]["ports"]
+    container = pod["spec"]["containers"][0]
+    assert {"name": port["targetPort"], "containerPort": port["port"]} in container["ports"]
+    assert f"--blobPort {port['port']}" in " ".join(container["command"])
+    endpoint = re.search(r'^endpoint="(\S+)"', text, re.M).group(1)
+    assert endpoint == f"http://{service['metadata']['name']}.$NS.svc.cluster.local:{port['port']}/devstoreaccount1"
+    assert f"svc/{service['metadata']['name']}" in text
+    # The account key: random per cluster, from a Secret, never in a file of this repository.
+    key_ref = container["env"][0]["valueFrom"]["secretKeyRef"]
+    assert key_ref["name"] in text and "/dev/urandom" in text
+    assert not re.search(r"AccountKey=[A-Za-z0-9+/]{20,}", text + (MANIFESTS / "kind" / "azurite.yaml").read_text())
+    assert re.search(r":\d+\.\d+\.\d+$", container["image"]), "pin the emulator"
+
+
+def test_kind_job_is_the_example_made_to_run_on_cpus():
+    # Replays the script's edit of the example job, then validates it against the CRD.
+    code = re.search(r'\$PY - "\$WORKER_IMAGE" > "\$work/job.yaml" <<\'EOF\'\n(.*?)\nEOF\n', KIND_SCRIPT.read_text(), re.S)
+    result = subprocess.run([str(ROOT / ".venv" / "bin" / "python"), "-", "stylebatch-worker:0.0.0-cpu"],
+                            input=code.group(1), cwd=ROOT, capture_output=True, text=True, timeout=60, check=True)
+    job = yaml.safe_load(result.stdout)
+    validate(job)
+    assert job["spec"]["gpusPerWorker"] == 0 and job["spec"]["image"] == "stylebatch-worker:0.0.0-cpu"
+    assert job["spec"]["storage"] == {"secretName": "stylebatch-storage"}
+    assert "secret generic stylebatch-storage" in KIND_SCRIPT.read_text()
+
+
+# --- docs/deploy-aks.md and manifests/aks/ --------------------------------------------------------
+
+def guide_blocks(lang: str) -> list[str]:
+    return re.findall(rf"```{lang}\n(.*?)```", GUIDE.read_text(), re.S)
+
+
+def test_device_plugin_runs_on_every_gpu_pool_the_guide_creates():
+    pools = [block for block in guide_blocks("bash") if "az aks nodepool add" in block]
+    assert len(pools) >= 2, "a GPU pool and a spot GPU pool"
+    (daemonset,) = [o for o in load(MANIFESTS / "aks" / "nvidia-device-plugin.yaml") if o["kind"] == "DaemonSet"]
+    pod = daemonset["spec"]["template"]["spec"]
+    tolerated = {(t["key"], t.get("value"), t["effect"]) for t in pod["tolerations"] if t["operator"] == "Equal"}
+    tolerated_keys = {t["key"] for t in pod["tolerations"] if t["operator"] == "Exists"}
+    for pool in pools:
+        labels = dict(kv.split("=") for kv in re.search(r"--labels (\S+)", pool).group(1).split(","))
+        assert pod["nodeSelector"].items() <= labels.items()
+        taints = re.search(r"--node-taints (\S+)", pool).group(1).split(",")
+        if "--priority Spot" in pool:
+            taints.append("kubernetes.azure.com/scalesetpriority=spot:NoSchedule")  # added by AKS
+        for taint in taints:
+            key, value_effect = taint.split("=")
+            value, effect = value_effect.split(":")
+            assert (key, value, effect) in tolerated or key in tolerated_keys, taint
+
+
+GUIDE_VARS = {"ACR": "stylebatchacr", "DATA_ACCOUNT": "stylebatchdata", "NS": "stylebatch", "VERSION": "0.1.0",
+              "CLIENT_ID": "00000000-0000-0000-0000-000000000000"}
+
+
+def guide_file(name: str) -> str:
+    """A file the guide writes with `cat > name <<EOF`, its shell variables expanded."""
+    body = re.search(rf"cat > {re.escape(name)} <<EOF\n(.*?)\nEOF\n", GUIDE.read_text(), re.S).group(1)
+    return re.sub(r"\$(\w+)", lambda m: GUIDE_VARS[m.group(1)], body)
+
+
+def test_guide_values_install_cleanly():
+    values = yaml.safe_load(guide_file("stylebatch-values.yaml"))
+    for obj in render_manifests.render_objects(values):
+        validate(obj)
+    assert "helm upgrade --install stylebatch charts/stylebatch --namespace $NS -f stylebatch-values.yaml" in GUIDE.read_text()
+
+
+def test_guide_job_runs_as_the_federated_service_account():
+    job = yaml.safe_load(guide_file("orangutan.yaml"))
+    validate(job)
+    account = job["spec"]["storage"]["serviceAccountName"]
+    values = yaml.safe_load(guide_file("stylebatch-values.yaml"))
+    objects = render_manifests.render_objects(values, namespace=job["metadata"]["namespace"])
+    (sa,) = [o for o in objects if o["kind"] == "ServiceAccount" and o["metadata"]["name"] == account]
+    assert sa["metadata"]["annotations"]["azure.workload.identity/client-id"] == GUIDE_VARS["CLIENT_ID"]
+    assert f"--subject system:serviceaccount:$NS:{account}" in GUIDE.read_text()
+    assert job["spec"]["image"] == f"{GUIDE_VARS['ACR']}.azurecr.io/stylebatch-worker:{GUIDE_VARS['VERSION']}"

@@ -89,7 +89,7 @@ def plain_manifests() -> dict[str, str]:
     """Path under manifests/ -> content, exactly as committed."""
     rendered = render()
     files = {
-        "00-namespace.yaml": HEADER.format(what="the namespace the manifests install into") + NAMESPACE_YAML,
+        "00-namespace.yaml": HEADER.format(what="plus the namespace its objects install into") + NAMESPACE_YAML,
         "10-crd.yaml": HEADER.format(what="crds/") + crd_text(),
     }
     for out, templates in LAYOUT.items():

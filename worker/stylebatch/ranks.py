@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +25,7 @@ class World:
         if self.comm is not None and self.size > 1:
             sys.stdout.flush()
             sys.stderr.flush()
+            time.sleep(0.5)  # let mpiexec forward this rank's last lines: Abort kills its I/O at once
             self.comm.Abort(code)
 
 

@@ -61,11 +61,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         _run_stages(args, work_ns, work, Path(style_dir))
     except BaseException:
-        from stylebatch.manifest import MANIFEST_NAME
-
-        if owned_tmp and not work.child(MANIFEST_NAME).exists():
-            shutil.rmtree(owned_tmp, ignore_errors=True)  # nothing done yet worth resuming
-        else:
+        if owned_tmp and not _has_parts(work):
+            shutil.rmtree(owned_tmp, ignore_errors=True)  # nothing stylized yet: nothing worth resuming
+        elif _has_parts(work) or args.work:
             log.warning("work dir kept at %s: run again with --work %s to resume", work.display, work.display)
         raise
     finally:
@@ -75,6 +73,15 @@ def run(args: argparse.Namespace) -> int:
     else:
         work.delete_tree()
     return 0
+
+
+def _has_parts(work) -> bool:
+    from stylebatch.manifest import PARTS_DIR
+
+    try:
+        return bool(work.child(PARTS_DIR).list())
+    except StylebatchError:
+        return False
 
 
 def _run_stages(args: argparse.Namespace, ns: argparse.Namespace, work, style_dir: Path) -> None:

@@ -7,9 +7,11 @@ on the CPU work around it. Parts already in the work dir are skipped (resume).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import logging
 import os
 import queue
+import shutil
 import sys
 import tempfile
 import threading
@@ -34,18 +36,33 @@ _DONE = object()
 
 def run(args: argparse.Namespace) -> int:
     world = detect()
+    tmp = _rank_tmp(args.work, world.rank)
     try:
-        return stylize(args, world)
+        return stylize(args, world, tmp)
     except StylebatchError as exc:
         if world.size > 1:
             print(f"stylebatch: error: {exc}", file=sys.stderr, flush=True)
+            shutil.rmtree(tmp, ignore_errors=True)
             world.abort(exc.exit_code)
         raise
     except BaseException:
         if world.size > 1:
             traceback.print_exc()
+            shutil.rmtree(tmp, ignore_errors=True)
             world.abort(1)
         raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _rank_tmp(work: str, rank: int) -> Path:
+    """This rank's local scratch folder. Its name is fixed per work dir and rank, so what a killed
+    rank left behind is cleared by the next run instead of piling up."""
+    key = hashlib.sha1(work.encode()).hexdigest()[:12]
+    tmp = Path(tempfile.gettempdir()) / f"stylebatch-rank-{key}-{rank}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    return tmp
 
 
 class Progress:
@@ -71,7 +88,7 @@ class Progress:
         print(line, flush=True)
 
 
-def stylize(args: argparse.Namespace, world: World) -> int:
+def stylize(args: argparse.Namespace, world: World, tmp: Path) -> int:
     from stylebatch.storage import location
 
     work = location(args.work)
@@ -88,26 +105,23 @@ def stylize(args: argparse.Namespace, world: World) -> int:
         threads = max(1, cpu_count() // world.local_size)
         log.info("rank %d/%d: %d of its %d chunks to stylize (%d threads)",
                  world.rank, world.size, len(todo), len(mine), threads)
-        with tempfile.TemporaryDirectory(prefix="stylebatch-rank-") as tmp:
-            stylizer = _load(args, world, threads, Path(tmp))
-            source = _local_source(work, m, Path(tmp))
-            reader = ChunkReader(source, m, threads=threads)
-            try:
-                batch = args.batch_size or (8 if stylizer.device.type == "cuda" else 4)
+        stylizer = _load(args, world, threads, tmp)
+        reader = ChunkReader(_local_source(work, m, tmp), m, threads=threads)
+        try:
+            batch = args.batch_size or (8 if stylizer.device.type == "cuda" else 4)
 
-                def publish(chunk: tuple[int, int], path: Path) -> None:
-                    work.child(PARTS_DIR, part_name(*chunk, PART_EXT)).upload(path)
-                    path.unlink()
+            def publish(chunk: tuple[int, int], path: Path) -> None:
+                work.child(PARTS_DIR, part_name(*chunk, PART_EXT)).upload(path)
+                path.unlink()
 
-                def open_part(chunk: tuple[int, int]) -> tuple[PartWriter, Path]:
-                    path = Path(tmp) / part_name(*chunk, PART_EXT)
-                    return PartWriter(path, m.encoder, m.display_width, m.display_height,
-                                      Fraction(*m.frame_rate), m.color, threads,
-                                      _sar(m)), path
+            def open_part(chunk: tuple[int, int]) -> tuple[PartWriter, Path]:
+                path = tmp / part_name(*chunk, PART_EXT)
+                return PartWriter(path, m.encoder, m.display_width, m.display_height, Fraction(*m.frame_rate),
+                                  m.color, threads, _sar(m)), path
 
-                run_pipeline(todo, lambda c: reader.read(*c, batch), stylizer, open_part, publish, progress)
-            finally:
-                reader.close()
+            run_pipeline(todo, lambda c: reader.read(*c, batch), stylizer, open_part, publish, progress)
+        finally:
+            reader.close()
     progress.report(force=True)
     return 0
 

@@ -1,0 +1,152 @@
+"""Bad input through the real CLI: a one-line error, a non-zero exit, no traceback, and nothing at OUTPUT."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from clips import FAST_STYLE, count_frames, error_lines, make_clip, stylebatch
+
+
+@pytest.fixture()
+def place(tmp_path: Path) -> dict:
+    """An empty output folder, and a private TMPDIR so leftovers of a failed run can be seen."""
+    out_dir, tmp = tmp_path / "out", tmp_path / "tmp"
+    out_dir.mkdir()
+    tmp.mkdir()
+    return {"out": out_dir / "result.mp4", "env": dict(os.environ, TMPDIR=str(tmp)), "tmp": tmp}
+
+
+def assert_failed_cleanly(result: subprocess.CompletedProcess, output: Path, *words: str) -> str:
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr, result.stderr
+    errors = error_lines(result)
+    assert len(errors) == 1, result.stderr
+    for word in words:
+        assert word.lower() in errors[0].lower(), errors[0]
+    assert sorted(os.listdir(output.parent)) == ([output.name] if output.exists() else [])
+    return errors[0]
+
+
+@pytest.fixture(scope="module")
+def good(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_clip(tmp_path_factory.mktemp("good") / "good.mp4", frames=8, audio=("aac",))
+
+
+def _make(kind: str, folder: Path, good: Path) -> Path:
+    path = folder / {"audio-only": "song.m4a"}.get(kind, f"{kind}.mp4")
+    if kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "text":
+        path.write_text("this is not a video\n" * 50)
+    elif kind == "truncated":
+        data = good.read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+    elif kind == "audio-only":
+        subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "sine=duration=0.5", "-c:a", "aac",
+                        str(path)], check=True)
+    return path
+
+
+@pytest.mark.parametrize("kind, words", [
+    ("empty", ["empty"]),
+    ("text", ["not a readable video"]),
+    ("truncated", ["truncated.mp4"]),
+    ("audio-only", ["no video stream"]),
+    ("missing", ["not found", "missing.mp4"]),
+])
+def test_bad_input_file(kind: str, words: list[str], tmp_path: Path, place: dict, good: Path) -> None:
+    src = _make(kind, tmp_path, good)
+    result = stylebatch("run", src, "-o", place["out"], *FAST_STYLE, env=place["env"])
+    assert_failed_cleanly(result, place["out"], *words)
+    assert os.listdir(place["tmp"]) == []  # nothing worth resuming: no work dir left behind
+
+
+def test_preprocess_alone_reports_bad_input(tmp_path: Path, place: dict, good: Path) -> None:
+    src = _make("text", tmp_path, good)
+    result = stylebatch("preprocess", src, "--work", tmp_path / "w", "-o", place["out"])
+    assert_failed_cleanly(result, place["out"], "not a readable video")
+    assert not (tmp_path / "w" / "manifest.json").exists()
+
+
+def test_unknown_style(good: Path, place: dict) -> None:
+    result = stylebatch("run", good, "-o", place["out"], "--style", "no-such-style", env=place["env"])
+    assert_failed_cleanly(result, place["out"], "unknown style", "no-such-style")
+    assert os.listdir(place["tmp"]) == []
+
+
+def test_corrupt_weights_file(good: Path, tmp_path: Path, place: dict) -> None:
+    weights = tmp_path / "broken.pth"
+    weights.write_bytes(os.urandom(2048))
+    result = stylebatch("run", good, "-o", place["out"], "--style", weights, env=place["env"])
+    assert_failed_cleanly(result, place["out"], "broken.pth")
+    assert os.listdir(place["tmp"]) == []
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--crf", "99"], ["--crf"]),
+    (["--crf", "abc"], ["--crf"]),
+    (["--crf", "20", "--bitrate", "2M"], ["--bitrate", "--crf"]),
+    (["--bitrate", "lots"], ["--bitrate"]),
+    (["--preset", "warp-speed"], ["--preset"]),
+    (["--codec", "nope"], ["--codec"]),
+    (["--workers", "0"], ["--workers"]),
+    (["--max-side", "5"], ["--max-side"]),
+    (["--strength", "2"], ["--strength"]),
+    (["--device", "tpu"], ["--device"]),
+    (["--batch-size", "-1"], ["--batch-size"]),
+    (["--chunk-frames", "0"], ["--chunk-frames"]),
+])
+def test_bad_flag_values(flags: list[str], words: list[str], good: Path, place: dict) -> None:
+    result = stylebatch("run", good, "-o", place["out"], *flags, env=place["env"])
+    assert_failed_cleanly(result, place["out"], *words)
+
+
+def test_codec_that_the_container_cannot_hold(good: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out.webm"
+    result = stylebatch("run", good, "-o", out, "--codec", "h264")
+    assert_failed_cleanly(result, out, "h264", ".webm")
+
+
+def test_unknown_output_extension(good: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out.xyz"
+    assert_failed_cleanly(stylebatch("run", good, "-o", out), out, "extension")
+
+
+def test_existing_output_is_replaced_only_on_success(tmp_path: Path, place: dict, good: Path) -> None:
+    out = place["out"]
+    out.write_bytes(b"the previous result")
+    bad = _make("truncated", tmp_path, good)
+    assert_failed_cleanly(stylebatch("run", bad, "-o", out, *FAST_STYLE, env=place["env"]), out)
+    assert_failed_cleanly(stylebatch("run", good, "-o", out, "--style", "nope", env=place["env"]), out)
+    assert out.read_bytes() == b"the previous result"
+    result = stylebatch("run", good, "-o", out, *FAST_STYLE, env=place["env"])
+    assert result.returncode == 0, result.stderr
+    assert count_frames(out) == 8
+    assert os.listdir(out.parent) == [out.name]
+
+
+def test_postprocess_names_the_missing_frames_and_writes_nothing(good: Path, tmp_path: Path) -> None:
+    work, out = tmp_path / "work", tmp_path / "out" / "o.mp4"
+    out.parent.mkdir()
+    assert stylebatch("preprocess", good, "--work", work, "-o", out, "--chunk-frames", "3").returncode == 0
+    result = stylebatch("postprocess", "--work", work)
+    assert_failed_cleanly(result, out, "0-7", "stylize")
+
+
+@pytest.mark.parametrize("command", ["stylize", "postprocess"])
+def test_stage_on_a_work_dir_that_was_never_preprocessed(command: str, tmp_path: Path) -> None:
+    result = stylebatch(command, "--work", tmp_path / "nowhere")
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert len(error_lines(result)) == 1 and "preprocess" in error_lines(result)[0]
+
+
+@pytest.mark.azurite
+def test_missing_blob(azure_env, place: dict) -> None:
+    uri = f"az://{azure_env.container}/no/such/video.mp4"
+    result = stylebatch("run", uri, "-o", place["out"], *FAST_STYLE, env={**azure_env.env, **place["env"],
+                        "AZURE_STORAGE_CONNECTION_STRING": azure_env.env["AZURE_STORAGE_CONNECTION_STRING"]})
+    error = assert_failed_cleanly(result, place["out"], "not found")
+    assert "video.mp4" in error

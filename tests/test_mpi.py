@@ -1,0 +1,118 @@
+"""Real MPI ranks (mpiexec from the pip mpich package) running `stylebatch stylize`, and resume."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from clips import FAST_STYLE, count_frames, error_lines, frame_pts, stylebatch
+
+from stylebatch.progress import parse_line
+
+pytestmark = [pytest.mark.mpi, pytest.mark.slow]
+BIN = Path(sys.executable).parent
+MPIEXEC = BIN / "mpiexec"
+
+
+def mpi_stylize(n: int, work: Path, *flags: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    """Exactly the operator's pod command: mpiexec -n N stylebatch stylize --work W ..."""
+    return subprocess.run([str(MPIEXEC), "-n", str(n), str(BIN / "stylebatch"), "stylize", "--work", str(work),
+                           *FAST_STYLE, *flags], capture_output=True, text=True, timeout=timeout)
+
+
+def last_progress(stdout: str) -> dict[int, object]:
+    latest = {}
+    for line in stdout.splitlines():
+        p = parse_line(line)
+        if p is not None:
+            latest[p.rank] = p
+    return latest
+
+
+def parts(work: Path) -> dict[str, tuple[int, int]]:
+    """part name -> (inode, mtime_ns): equal means the file was not rewritten."""
+    return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in sorted((work / "parts").iterdir())}
+
+
+@pytest.fixture()
+def preprocessed(clip, tmp_path: Path) -> tuple[Path, Path, Path]:
+    src = clip("mpi.mp4", size=(96, 64), frames=30, audio=("aac",), extra=("-g", "7"))
+    work, out = tmp_path / "work", tmp_path / "out.mp4"
+    result = stylebatch("preprocess", src, "--work", work, "-o", out, "--chunk-frames", "6")
+    assert result.returncode == 0, result.stderr
+    return src, work, out
+
+
+def test_two_ranks_share_the_chunks_then_resume_redoes_only_the_missing_part(preprocessed) -> None:
+    src, work, out = preprocessed
+    result = mpi_stylize(2, work)
+    assert result.returncode == 0, result.stderr
+    progress = last_progress(result.stdout)
+    # 5 chunks of 6 frames: rank 0 owns 3 chunks, rank 1 owns 2, and each finished its own share
+    assert {r: (p.done, p.share, p.ranks, p.frames) for r, p in progress.items()} == {
+        0: (18, 18, 2, 30), 1: (12, 12, 2, 30)}
+    first = parts(work)
+    assert list(first) == [f"{s:09d}-{min(s + 6, 30):09d}.mkv" for s in range(0, 30, 6)]
+
+    assert stylebatch("postprocess", "--work", work).returncode == 0
+    assert count_frames(out) == 30 and frame_pts(out) == frame_pts(src)
+
+    # resume with a different rank count: only the deleted part is stylized again
+    (work / "parts" / "000000012-000000018.mkv").unlink()
+    result = mpi_stylize(3, work)
+    assert result.returncode == 0, result.stderr
+    again = parts(work)
+    assert set(again) == set(first)
+    changed = {name for name in first if again[name] != first[name]}
+    assert changed == {"000000012-000000018.mkv"}
+    progress = last_progress(result.stdout)
+    assert sum(p.done for p in progress.values()) == 30  # resumed parts count as done
+
+    out.unlink()
+    result = stylebatch("postprocess", "--work", work)
+    assert result.returncode == 0, result.stderr
+    assert count_frames(out) == 30 and frame_pts(out) == frame_pts(src)
+
+
+def test_more_ranks_than_chunks(clip, tmp_path: Path) -> None:
+    src = clip("short.mp4", frames=8)
+    work = tmp_path / "work"
+    assert stylebatch("preprocess", src, "--work", work, "-o", tmp_path / "o.mp4", "--chunk-frames", "4"
+                      ).returncode == 0
+    result = mpi_stylize(3, work)
+    assert result.returncode == 0, result.stderr
+    progress = last_progress(result.stdout)
+    assert {r: p.share for r, p in progress.items()} == {0: 4, 1: 4, 2: 0}
+    assert len(parts(work)) == 2
+
+
+def test_a_failing_rank_fails_the_job(preprocessed) -> None:
+    """The source in the work dir is cut short after preprocess: the rank that decodes past the cut
+    fails, and mpiexec exits non-zero (no rank left waiting)."""
+    _, work, _ = preprocessed
+    source = work / "source.mp4"
+    source.write_bytes(source.read_bytes()[: source.stat().st_size // 2])
+    result = mpi_stylize(2, work, timeout=120)
+    assert result.returncode != 0
+    assert error_lines(result) or "Traceback" in result.stderr
+
+
+def test_unknown_style_fails_every_rank_with_one_line(preprocessed) -> None:
+    _, work, _ = preprocessed
+    result = subprocess.run([str(MPIEXEC), "-n", "2", str(BIN / "stylebatch"), "stylize", "--work", str(work),
+                             "--style", "no-such-style"], capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert error_lines(result) and all("no-such-style" in line for line in error_lines(result))
+    assert "Traceback" not in result.stderr
+    assert not (work / "parts").exists() or not any((work / "parts").iterdir())
+
+
+def test_run_with_two_workers(clip, tmp_path: Path) -> None:
+    src = clip("mpi.mp4", size=(96, 64), frames=30, audio=("aac",), extra=("-g", "7"))
+    out = tmp_path / "out.mp4"
+    result = stylebatch("run", src, "-o", out, "--workers", "2", "--chunk-frames", "8", *FAST_STYLE)
+    assert result.returncode == 0, result.stderr
+    assert "on 2 rank(s)" in result.stderr
+    assert count_frames(out) == 30 and frame_pts(out) == frame_pts(src)

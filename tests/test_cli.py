@@ -1,0 +1,152 @@
+"""The CLI a user runs: `stylebatch styles`, `stylebatch run` (progress, work dir, resume), and the full
+blob round trip against Azurite."""
+
+from __future__ import annotations
+
+import io
+import os
+import pty
+import subprocess
+import sys
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from clips import FAST_STYLE, audio_md5, count_frames, frame_pts, stylebatch
+
+from stylebatch.monitor import Monitor
+from stylebatch.progress import RankProgress, format_line
+
+
+def test_styles_lists_every_builtin_style_and_marks_the_default() -> None:
+    from stylebatch.models import DEFAULT_STYLE, list_styles
+
+    result = stylebatch("styles")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    styles = list_styles()
+    assert len(lines) == len(styles)
+    for line, style in zip(lines, styles):
+        assert style.name in line and style.description in line
+    marked = [line for line in lines if "(default)" in line]
+    assert len(marked) == 1 and DEFAULT_STYLE in marked[0]
+
+
+@pytest.mark.parametrize("command", [[], ["run"], ["preprocess"], ["stylize"], ["postprocess"]])
+def test_help(command: list[str]) -> None:
+    result = stylebatch(*command, "--help")
+    assert result.returncode == 0 and "usage:" in result.stdout
+
+
+def test_monitor_sums_ranks_and_counts_speed_only_for_new_frames() -> None:
+    out = io.StringIO()
+    m = Monitor(frames=100, stream=out, tty=True)
+    assert m.line(format_line(RankProgress(0, 2, 30, 50, 100)))  # 30 frames were already done (resume)
+    assert m.line(format_line(RankProgress(1, 2, 0, 50, 100)))
+    assert not m.line("some other log line")
+    assert (m.done, m.resumed) == (30, 30)
+    m.line(format_line(RankProgress(1, 2, 20, 50, 100)))
+    assert m.done == 50
+    assert "50/100 frames (50%)" in m.status()
+    m.show(final=True)
+    assert out.getvalue().endswith("\n") and "[###############" in out.getvalue()
+
+
+@pytest.mark.slow
+def test_run_draws_a_progress_bar_on_a_tty(clip, tmp_path: Path) -> None:
+    src = clip("in.mp4", size=(96, 64), frames=30, audio=("aac",))
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "stylebatch", "run", str(src), "-o", str(tmp_path / "o.mp4"),
+                             "--chunk-frames", "8", *FAST_STYLE], stderr=follower, stdout=subprocess.DEVNULL)
+    os.close(follower)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        seen += chunk
+    assert proc.wait(timeout=120) == 0
+    text = seen.decode(errors="replace")
+    assert "\r" in text and "] 30/30 frames (100%)" in text and "ETA" in text
+
+
+@pytest.mark.slow
+def test_run_logs_progress_lines_when_not_a_tty_and_removes_its_temp_work_dir(clip, tmp_path: Path) -> None:
+    src = clip("in.mp4", size=(96, 64), frames=30, audio=("aac",))
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    result = stylebatch("run", src, "-o", tmp_path / "o.mp4", *FAST_STYLE, env=dict(os.environ, TMPDIR=str(tmp)))
+    assert result.returncode == 0, result.stderr
+    assert "stylize: 30/30 frames (100%)" in result.stderr
+    assert "\r" not in result.stderr and "STYLEBATCH_PROGRESS" not in result.stderr
+    assert os.listdir(tmp) == []
+
+
+@pytest.mark.slow
+def test_keep_work_then_resume_with_work(clip, tmp_path: Path) -> None:
+    src = clip("in.mp4", size=(96, 64), frames=30, audio=("aac",))
+    work, out = tmp_path / "work", tmp_path / "o.mp4"
+    result = stylebatch("run", src, "-o", out, "--work", work, "--keep-work", "--chunk-frames", "8", *FAST_STYLE)
+    assert result.returncode == 0, result.stderr
+    assert (work / "manifest.json").exists()
+    parts = sorted((work / "parts").iterdir())
+    assert len(parts) == 4
+    parts[0].unlink()
+    out.unlink()
+    result = stylebatch("run", src, "-o", out, "--work", work, "--chunk-frames", "8", *FAST_STYLE)
+    assert result.returncode == 0, result.stderr
+    assert "resuming" in result.stderr
+    assert "1 of its 4 chunks to stylize" in result.stderr  # the other three parts were reused
+    assert count_frames(out) == 30 and frame_pts(out) == frame_pts(src)
+    assert not work.exists()  # removed after success without --keep-work
+
+
+@pytest.mark.slow
+@pytest.mark.azurite
+def test_blob_round_trip(azure_env, clip, tmp_path: Path) -> None:
+    """az:// in, az:// out, and the work dir on blob storage too, as the pods use it."""
+    from stylebatch.storage import location
+
+    src = clip("in.mp4", size=(96, 64), frames=30, audio=("aac",))
+    base = f"az://{azure_env.container}"
+    location(f"{base}/uploads/my clip.mp4").upload(src)
+    result = stylebatch("run", f"{base}/uploads/my clip.mp4", "-o", f"{base}/done/styled.mp4",
+                        "--work", f"{base}/work/job1", "--workers", "2", "--chunk-frames", "8", *FAST_STYLE,
+                        env=azure_env.env)
+    assert result.returncode == 0, result.stderr
+    out = tmp_path / "styled.mp4"
+    location(f"{base}/done/styled.mp4").download(out)
+    assert count_frames(out) == 30 and frame_pts(out) == frame_pts(src)
+    assert audio_md5(out, 0) == audio_md5(src, 0)
+    assert location(f"{base}/work/job1").list() == []  # the work dir is removed after success
+
+
+@pytest.mark.slow
+@pytest.mark.azurite
+def test_sas_urls_are_never_printed(azure_env, clip, tmp_path: Path) -> None:
+    from azure.storage.blob import ContainerSasPermissions, generate_container_sas
+
+    from stylebatch.storage import location
+
+    az = azure_env.azurite
+    sas = generate_container_sas(az.account, azure_env.container, account_key=az.key,
+                                 permission=ContainerSasPermissions(read=True, write=True, delete=True,
+                                                                    list=True, create=True, add=True),
+                                 expiry=datetime.now(timezone.utc) + timedelta(hours=1))
+    base = f"{az.endpoint}/{azure_env.container}"
+    src = clip("in.mp4", size=(96, 64), frames=30, audio=("aac",))
+    location(f"{base}/in.mp4?{sas}").upload(src)
+    env = {k: v for k, v in azure_env.env.items() if k != "AZURE_STORAGE_CONNECTION_STRING"}  # the SAS only
+    result = stylebatch("run", f"{base}/in.mp4?{sas}", "-o", f"{base}/out.mkv?{sas}", *FAST_STYLE, env=env)
+    assert result.returncode == 0, result.stderr
+    signature = [p for p in sas.split("&") if p.startswith("sig=")][0]
+    assert signature not in result.stderr + result.stdout
+    out = tmp_path / "out.mkv"
+    location(f"{base}/out.mkv?{sas}").download(out)
+    assert count_frames(out) == 30
+    # and a missing blob behind a SAS is an error that names it without the SAS
+    result = stylebatch("run", f"{base}/missing.mp4?{sas}", "-o", tmp_path / "x.mp4", env=env)
+    assert result.returncode != 0 and signature not in result.stderr and "missing.mp4" in result.stderr

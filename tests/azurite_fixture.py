@@ -1,1 +1,137 @@
-"""Azurite fixture: filled in by the storage work."""
+"""Azurite, the real Azure Storage emulator, for every test that touches blob storage.
+
+`azurite` (session): one blob service on 127.0.0.1 at a free port, stopped at the end.
+`azure_env` (function): AZURE_STORAGE_CONNECTION_STRING pointing at it, a fresh container, and an
+`env` dict for subprocesses (`stylebatch run az://<container>/in.mp4 ...`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+import shutil
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+import uuid
+from typing import Iterator
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+ACCOUNT = "devstoreaccount1"
+# Azurite's well-known development key: public, documented, useless outside the emulator.
+KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+STORAGE_ENV_VARS = (
+    "AZURE_STORAGE_CONNECTION_STRING",
+    "AZURE_STORAGE_ACCOUNT",
+    "AZURE_STORAGE_KEY",
+    "AZURE_STORAGE_SAS_TOKEN",
+    "AZURE_STORAGE_BLOB_ENDPOINT",
+)
+
+
+@dataclasses.dataclass
+class Azurite:
+    port: int
+    account: str = ACCOUNT
+    key: str = KEY
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}/{self.account}"
+
+    @property
+    def connection_string(self) -> str:
+        return (
+            f"DefaultEndpointsProtocol=http;AccountName={self.account};AccountKey={self.key};"
+            f"BlobEndpoint={self.endpoint};"
+        )
+
+    def service_client(self):  # -> azure.storage.blob.BlobServiceClient
+        from azure.storage.blob import BlobServiceClient
+
+        return BlobServiceClient.from_connection_string(self.connection_string)
+
+    def new_container(self, prefix: str = "test") -> str:
+        """Create a container with a unique name and return the name."""
+        name = f"{prefix}-{uuid.uuid4().hex[:12]}"
+        self.service_client().create_container(name)
+        return name
+
+
+@dataclasses.dataclass
+class AzureEnv:
+    azurite: Azurite
+    container: str
+    env: dict[str, str]
+
+
+def _azurite_binary() -> str:
+    local = REPO / ".cache" / "azurite" / "node_modules" / ".bin" / "azurite-blob"
+    if local.exists():
+        return str(local)
+    found = shutil.which("azurite-blob")
+    if found:
+        return found
+    pytest.fail(
+        "Azurite (the Azure Storage emulator) is not installed: run scripts/setup.sh --test "
+        f"(it installs {local.relative_to(REPO)})",
+        pytrace=False,
+    )
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _answers(endpoint: str) -> bool:
+    try:
+        urllib.request.urlopen(f"{endpoint}?comp=list", timeout=1)
+    except urllib.error.HTTPError:
+        return True  # an unsigned request is refused, but the service is up
+    except OSError:
+        return False
+    return True
+
+
+@pytest.fixture(scope="session")
+def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Azurite]:
+    binary = _azurite_binary()
+    workdir = tmp_path_factory.mktemp("azurite")
+    server = Azurite(port=_free_port())
+    log_path = workdir / "azurite.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [binary, "--blobHost", "127.0.0.1", "--blobPort", str(server.port),
+             "--location", str(workdir / "data"), "--skipApiVersionCheck", "--loose", "--silent"],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while not _answers(server.endpoint):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                output = log_path.read_text(errors="replace")[-2000:]
+                pytest.fail(f"Azurite did not start on port {server.port}:\n{output}", pytrace=False)
+            time.sleep(0.1)
+        yield server
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture
+def azure_env(azurite: Azurite, monkeypatch: pytest.MonkeyPatch) -> AzureEnv:
+    for name in STORAGE_ENV_VARS:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", azurite.connection_string)
+    return AzureEnv(azurite=azurite, container=azurite.new_container(), env=dict(os.environ))

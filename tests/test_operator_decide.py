@@ -13,7 +13,7 @@ import yaml
 
 from stylebatch_operator.crd import SPEC_SCHEMA, apply_defaults
 from stylebatch_operator.decide import (
-    ADVANCE, CREATE, FAIL, NOTHING, REJECT_SPEC_CHANGE, RETRY, SPEC_RESTORED, START, SUCCEED, WAIT, decide,
+    ADOPT, ADVANCE, CREATE, FAIL, NOTHING, REJECT_SPEC_CHANGE, RETRY, SPEC_RESTORED, START, SUCCEED, WAIT, decide,
 )
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "manifests" / "examples" / "job.yaml"
@@ -30,7 +30,9 @@ def stj(phase: str | None = None, *, attempts: dict[str, int] | None = None, use
     if phase is not None:
         obj["status"] = {"phase": phase, "acceptedSpec": copy.deepcopy(obj["spec"]), "acceptedGeneration": 1,
                          "startTime": STARTED, "attempts": attempts or {}, "retries": used,
-                         "children": children or {}, "conditions": []}
+                         "children": children if children is not None else
+                         {stage: f"orangutan-{stage}-{n}" for stage, n in (attempts or {}).items()},
+                         "conditions": []}
     return obj
 
 
@@ -88,8 +90,10 @@ CASES = [
      [job(POST1, ("SuccessCriteriaMet", "CompletionsReached", ""))], (WAIT, "postprocess", 1, "")),
     ("restart mid-retry: follows the recorded attempt, not attempt 1",
      stj("Stylizing", attempts={"stylize": 2}, used=1), [mpijob(STY1, EVICTED), mpijob(STY2)], (WAIT, "stylize", 2, "")),
-    ("restart after the status moved on but before the child was made: create it",
-     stj("Stylizing", attempts={"stylize": 2}, used=1), [mpijob(STY1, EVICTED)], (CREATE, "stylize", 2, "StylizeStarted")),
+    ("recorded child gone (deleted by hand): create it again",
+     stj("Stylizing", attempts={"stylize": 2}, used=1), [mpijob(STY1, EVICTED)], (CREATE, "stylize", 2, "ChildMissing")),
+    ("child exists but the status never recorded it (crash after create): adopt it",
+     stj("Pending"), [job(PRE1)], (ADOPT, "preprocess", 1, "PreprocessStarted")),
     ("child deleted behind the operator's back: make it again",
      stj("Stylizing", attempts={"stylize": 1}, children={"stylize": STY1}), [], (CREATE, "stylize", 1, "ChildMissing")),
     ("restart before the status recorded the next stage: same step again",

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import re
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +16,11 @@ import pytest
 import yaml
 
 from stylebatch_operator.crd import SPEC_SCHEMA, apply_defaults
+from stylebatch_operator.decide import START, Action
 from stylebatch_operator.manifests import (
     build_child, build_mpijob, build_postprocess_job, build_preprocess_job,
 )
+from stylebatch_operator.status import status_patch
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "manifests" / "examples" / "job.yaml"
@@ -219,6 +222,18 @@ def test_a_spec_changed_after_start_does_not_reach_new_children():
     mpijob = build_mpijob(job)
     assert mpijob["spec"]["mpiReplicaSpecs"]["Worker"]["replicas"] == 2
     assert "red-ember" not in str(mpijob)
+
+
+def test_children_of_a_started_job_still_get_the_sas_the_status_leaves_out():
+    sas = "sv=2024&sp=rwl&sig=S3CR3T"
+    job = stj(input=f"https://acct.blob.core.windows.net/videos/in.mp4?{sas}",
+              output=f"https://acct.blob.core.windows.net/videos/out.mp4?{sas}")
+    job["status"] = status_patch(job, Action(START), datetime(2026, 5, 1, tzinfo=timezone.utc))
+    assert "S3CR3T" not in str(job["status"])
+    args = build_preprocess_job(job)["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[1:6] == ["preprocess", f"https://acct.blob.core.windows.net/videos/in.mp4?{sas}", "--work",
+                         f"https://acct.blob.core.windows.net/videos/.stylebatch-work/media/orangutan-01234567/?{sas}",
+                         "-o"]
 
 
 def _templates(child: dict[str, Any]) -> list[dict[str, Any]]:

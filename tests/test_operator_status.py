@@ -14,7 +14,7 @@ import yaml
 from stylebatch.progress import RankProgress, aggregate, format_line
 from stylebatch_operator.crd import SPEC_SCHEMA, apply_defaults
 from stylebatch_operator.decide import (
-    ADVANCE, CREATE, FAIL, REJECT_SPEC_CHANGE, RETRY, START, SUCCEED, WAIT, Action, Failure,
+    ADOPT, ADVANCE, CREATE, FAIL, REJECT_SPEC_CHANGE, RETRY, START, SUCCEED, WAIT, Action, Failure,
 )
 from stylebatch_operator.status import event_for, progress_patch, set_condition, status_patch
 from stylebatch_operator.uris import redact, strip_secrets, work_dir
@@ -51,11 +51,12 @@ def test_accepting_records_the_spec_start_and_a_safe_output_uri():
     obj = stj(output=f"https://acct.blob.core.windows.net/videos/out/clip.mp4?{SAS}")
     patch = status_patch(obj, Action(START, reason="Accepted"), T0)
     assert patch["phase"] == "Pending"
-    assert patch["acceptedSpec"] == obj["spec"] and patch["acceptedGeneration"] == 1
+    assert patch["acceptedSpec"] == {**obj["spec"], "output": "https://acct.blob.core.windows.net/videos/out/clip.mp4"}
+    assert patch["acceptedGeneration"] == 1
     assert patch["startTime"] == "2026-05-01T12:00:00Z"
     assert patch["outputURI"] == "https://acct.blob.core.windows.net/videos/out/clip.mp4"
     assert patch["workDir"] == "https://acct.blob.core.windows.net/videos/out/.stylebatch-work/media/orangutan-01234567/"
-    assert "sig=" not in str({k: v for k, v in patch.items() if k != "acceptedSpec"})
+    assert "sig=" not in str(patch) and "S3CR3T" not in str(patch)
     assert {c["type"]: c["status"] for c in patch["conditions"]} == {"Running": "False", "Succeeded": "False",
                                                                       "Failed": "False"}
 
@@ -94,6 +95,15 @@ def test_a_whole_run_moves_phase_conditions_and_counters():
     assert obj["status"]["observedGeneration"] == 1
 
 
+def test_adopting_records_the_child_like_creating_it():
+    obj = stj()
+    obj = apply(obj, status_patch(obj, Action(START), T0))
+    adopted = apply(obj, status_patch(obj, Action(ADOPT, "preprocess", 1, "PreprocessStarted"), T0))
+    created = apply(obj, status_patch(obj, Action(CREATE, "preprocess", 1, "PreprocessStarted"), T0))
+    assert adopted["status"] == created["status"]
+    assert adopted["status"]["children"] == {"preprocess": "orangutan-preprocess-1"}
+
+
 def test_failure_sets_failed_condition_with_the_reason():
     obj = stj()
     obj = apply(obj, status_patch(obj, Action(START), T0))
@@ -126,6 +136,7 @@ def test_waiting_writes_nothing_and_posts_no_event():
     (Action(START, reason="Accepted"), "Normal"),
     (Action(CREATE, "preprocess", 1, "PreprocessStarted"), "Normal"),
     (Action(CREATE, "stylize", 1, "ChildMissing"), "Warning"),
+    (Action(ADOPT, "preprocess", 1, "PreprocessStarted"), "Normal"),
     (Action(ADVANCE, "stylize", 1, "PreprocessSucceeded"), "Normal"),
     (Action(RETRY, "stylize", 2, "Retrying"), "Warning"),
     (Action(FAIL, "stylize", 4, "RetriesExhausted"), "Warning"),

@@ -13,7 +13,7 @@ from typing import Any
 
 from stylebatch_operator.names import CHILD_KIND, POSTPROCESS, PREPROCESS, STAGES, STYLIZE, child_name
 from stylebatch_operator.observe import FAILED, SUCCEEDED, child_state, failed_pod_detail
-from stylebatch_operator.spec import accepted_spec, spec_problems
+from stylebatch_operator.spec import accepted_spec, shown_spec, spec_problems
 from stylebatch_operator.uris import strip_secrets
 
 PENDING, SUCCEEDED_PHASE, FAILED_PHASE = "Pending", "Succeeded", "Failed"
@@ -24,6 +24,7 @@ TERMINAL_PHASES = (SUCCEEDED_PHASE, FAILED_PHASE)
 # Action kinds
 START = "Start"  # accept the job: record its spec and start time
 CREATE = "Create"  # create the current stage's child (first time, or again when it went missing)
+ADOPT = "Adopt"  # the current stage's child exists but the status does not record it yet
 ADVANCE = "Advance"  # the current stage succeeded: create the next stage's child
 RETRY = "Retry"  # the current child failed and the budget allows: create the next attempt
 SUCCEED = "Succeed"
@@ -62,6 +63,13 @@ class Action:
         if self.kind in (CREATE, ADVANCE, RETRY) and self.stage is not None:
             return self.stage, self.attempt
         return None
+
+    @property
+    def records(self) -> tuple[str, int] | None:
+        """(stage, attempt) of the child the status is to show as current, if it changes."""
+        if self.kind == ADOPT and self.stage is not None:
+            return self.stage, self.attempt
+        return self.creates
 
 
 def decide(stj: dict[str, Any], children: dict[str, dict[str, Any]], *, now: datetime,
@@ -124,6 +132,8 @@ def decide(stj: dict[str, Any], children: dict[str, dict[str, Any]], *, now: dat
                       f"{what}; no retries left (spec.retries: {budget})", failure=failure)
     if left <= 0:
         return _deadline_failure(stage, None)
+    if (status.get("children") or {}).get(stage) != name:  # made just before a restart
+        return Action(ADOPT, stage, attempt, f"{stage.capitalize()}Started", f"adopted the existing {kind_name}")
     return Action(WAIT, stage, attempt)
 
 
@@ -150,7 +160,7 @@ def parse_time(value: str | None) -> datetime | None:
 
 
 def _spec_change(stj: dict[str, Any], status: dict[str, Any]) -> Action | None:
-    changed = (stj.get("spec") or {}) != status["acceptedSpec"]
+    changed = shown_spec(stj.get("spec") or {}) != status["acceptedSpec"]
     generation = stj["metadata"].get("generation")
     reported = next((c for c in status.get("conditions") or [] if c.get("type") == SPEC_CHANGE_CONDITION), None)
     reported_true = reported is not None and reported.get("status") == "True"

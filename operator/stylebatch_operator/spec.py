@@ -7,14 +7,33 @@ from typing import Any
 
 from stylebatch_operator.crd import SPEC_SCHEMA, apply_defaults
 from stylebatch_operator.names import MAX_NAME_LENGTH
+from stylebatch_operator.uris import strip_secrets
+
+# Fields holding URIs, whose query string may carry a SAS token.
+URI_FIELDS = ("input", "output", "style", "workDir")
+
+
+def shown_spec(spec: dict[str, Any]) -> dict[str, Any]:
+    """The spec as status.acceptedSpec records it: URIs without their SAS tokens."""
+    return {k: strip_secrets(v) if k in URI_FIELDS and isinstance(v, str) else v for k, v in spec.items()}
 
 
 def accepted_spec(stj: dict[str, Any]) -> dict[str, Any]:
-    """Once the job has started, a later spec change is never applied: children are built from
-    the spec recorded in status.acceptedSpec."""
-    status = stj.get("status") or {}
-    raw = status.get("acceptedSpec") or stj.get("spec") or {}
-    return apply_defaults(raw, SPEC_SCHEMA)
+    """The spec children are built from, CRD defaults filled in.
+
+    Once the job has started, a later spec change is never applied: this is status.acceptedSpec.
+    It holds no SAS tokens, so a URI comes from the live spec when it points at the same place.
+    """
+    live = stj.get("spec") or {}
+    accepted = (stj.get("status") or {}).get("acceptedSpec")
+    if not accepted:
+        return apply_defaults(live, SPEC_SCHEMA)
+    spec = dict(accepted)
+    for field in URI_FIELDS:
+        value = live.get(field)
+        if isinstance(value, str) and strip_secrets(value) == spec.get(field):
+            spec[field] = value
+    return apply_defaults(spec, SPEC_SCHEMA)
 
 
 def spec_problems(stj: dict[str, Any]) -> list[str]:

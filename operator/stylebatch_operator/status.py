@@ -9,11 +9,12 @@ from typing import Any
 from stylebatch.progress import Total
 
 from stylebatch_operator.decide import (
-    ADVANCE, CREATE, FAIL, PHASE_OF_STAGE, REJECT_SPEC_CHANGE, RETRY, SPEC_CHANGE_CONDITION, SPEC_RESTORED,
+    ADOPT, ADVANCE, CREATE, FAIL, PHASE_OF_STAGE, REJECT_SPEC_CHANGE, RETRY, SPEC_CHANGE_CONDITION, SPEC_RESTORED,
     START, SUCCEED, Action, PENDING, FAILED_PHASE, SUCCEEDED_PHASE,
 )
 from stylebatch_operator.manifests import work_dir
 from stylebatch_operator.names import CHILD_KIND, STYLIZE, child_name
+from stylebatch_operator.spec import shown_spec
 from stylebatch_operator.uris import strip_secrets
 
 RUNNING, SUCCEEDED, FAILED = "Running", "Succeeded", "Failed"
@@ -36,14 +37,14 @@ def status_patch(stj: dict[str, Any], action: Action, now: datetime) -> dict[str
     patch: dict[str, Any] = {}
     if action.kind == START:
         spec = stj.get("spec") or {}
-        patch.update(phase=PENDING, acceptedSpec=spec, acceptedGeneration=generation, startTime=iso(now),
+        patch.update(phase=PENDING, acceptedSpec=shown_spec(spec), acceptedGeneration=generation, startTime=iso(now),
                      outputURI=strip_secrets(spec["output"]), workDir=strip_secrets(work_dir(stj)),
                      attempts={}, retries=0, children={})
         cond(RUNNING, "False", PENDING, "about to create the preprocess Job")
         cond(SUCCEEDED, "False", PENDING)
         cond(FAILED, "False", PENDING)
-    elif action.creates is not None:
-        stage, attempt = action.creates
+    elif action.records is not None:
+        stage, attempt = action.records
         name = child_name(stj["metadata"]["name"], stage, attempt)
         phase = PHASE_OF_STAGE[stage]
         patch.update(phase=phase, attempts={stage: attempt}, children={stage: name})
@@ -82,7 +83,7 @@ def status_patch(stj: dict[str, Any], action: Action, now: datetime) -> dict[str
 
 def event_for(action: Action) -> tuple[str, str, str] | None:
     """(type, reason, message) of the Event the action posts; every transition posts one."""
-    if action.kind in (START, CREATE, ADVANCE, SUCCEED, SPEC_RESTORED):
+    if action.kind in (START, CREATE, ADOPT, ADVANCE, SUCCEED, SPEC_RESTORED):
         type_ = "Warning" if action.reason == "ChildMissing" else "Normal"
         return type_, action.reason, action.message
     if action.kind in (RETRY, FAIL, REJECT_SPEC_CHANGE):

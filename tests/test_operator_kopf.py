@@ -1,0 +1,451 @@
+"""The real operator (kopf, stylebatch_operator.main.serve) driving StyleTransferJobs end to end.
+
+No kube-apiserver can run here: kmock's Kubernetes emulator stands in for it, made a little more
+faithful (see ApiServer). The test plays the other controllers: it marks Jobs and MPIJobs complete
+or failed the way the job controller and the MPI operator do, and serves the launcher pod's log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import itertools
+import logging
+import socket
+import threading
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import aiohttp
+import jsonpatch
+import kmock
+import pytest
+
+from stylebatch.progress import RankProgress, format_line
+from stylebatch_operator.crd import openapi_schema, apply_defaults
+from stylebatch_operator.kube import Kube
+from stylebatch_operator.manifests import build_mpijob
+from stylebatch_operator.main import serve
+from stylebatch_operator.rbac import RULES
+
+pytestmark = pytest.mark.timeout(60)
+
+NS = "media"
+STJ = "/apis/stylebatch.io/v1alpha1/namespaces/media/styletransferjobs"
+JOBS = "/apis/batch/v1/namespaces/media/jobs"
+MPIJOBS = "/apis/kubeflow.org/v2beta1/namespaces/media/mpijobs"
+PODS = "/api/v1/namespaces/media/pods"
+INTERVAL = 0.1  # seconds between reconciliations (10 s in production)
+SAS = "sv=2024-05-04&sp=rwl&sig=S3CR3T"
+
+
+class ApiServer(kmock.KubernetesEmulator):
+    """kmock's emulator, plus what a real API server does and kopf relies on: uid, generateName,
+    resourceVersion on every write, generation bumped by spec changes, and 422 (not 500) when a
+    JSON patch's resourceVersion test fails."""
+
+    _versions = itertools.count(1)
+
+    async def _handle(self, request: kmock.Request) -> Any:
+        if request.action == kmock.action.CREATE and isinstance(request.data, dict):
+            meta = request.data.setdefault("metadata", {})
+            if not meta.get("name") and meta.get("generateName"):
+                meta["name"] = meta["generateName"] + uuid.uuid4().hex[:5]
+            meta.update(uid=str(uuid.uuid4()), generation=1, resourceVersion=str(next(self._versions)),
+                        creationTimestamp="2026-05-01T12:00:00Z")
+        elif request.action == kmock.action.UPDATE:
+            version = str(next(self._versions))
+            if isinstance(request.data, list):
+                request.data.append({"op": "replace", "path": "/metadata/resourceVersion", "value": version})
+            elif isinstance(request.data, dict):
+                meta = request.data.setdefault("metadata", {})
+                meta["resourceVersion"] = version
+                if "spec" in request.data and request.subresource is None:
+                    current = self.objects[request.resource, request.namespace, request.name]
+                    meta["generation"] = current["metadata"]["generation"] + 1
+        try:
+            return await super()._handle(request)
+        except jsonpatch.JsonPatchTestFailed as exc:
+            raise kmock.KubernetesError(status=422, reason="Invalid", message=str(exc)) from None
+
+
+@contextlib.asynccontextmanager
+async def api_server() -> AsyncIterator[ApiServer]:
+    async with ApiServer() as api, kmock.Server(api):
+        verbs = {"get", "list", "watch", "create", "patch", "update", "delete"}
+        for key, kind, namespaced, subresources in [
+            ("stylebatch.io/v1alpha1/styletransferjobs", "StyleTransferJob", True, {"status"}),
+            ("batch/v1/jobs", "Job", True, {"status"}),
+            ("kubeflow.org/v2beta1/mpijobs", "MPIJob", True, {"status"}),
+            ("v1/pods", "Pod", True, {"status", "log"}),
+            ("v1/events", "Event", True, set()),
+            ("v1/namespaces", "Namespace", False, set()),
+            ("apiextensions.k8s.io/v1/customresourcedefinitions", "CustomResourceDefinition", False, set()),
+        ]:
+            api.resources[key] = kmock.ResourceInfo(kind=kind, namespaced=namespaced, verbs=verbs,
+                                                    subresources=subresources)
+        api.launcher_log = ""
+        api[kmock.resource("v1/pods"), kmock.subresource("log")] << (lambda: api.launcher_log.encode())
+        yield api
+
+
+@contextlib.asynccontextmanager
+async def operator(api: ApiServer, **options: Any) -> AsyncIterator[None]:
+    """The operator as `stylebatch operator --namespace media` runs it, until the block ends.
+
+    In its own thread and event loop, as in production: when kopf stops, it cancels every task
+    of its loop, which must not include the mock server's."""
+    stop, ready = threading.Event(), threading.Event()
+    failure: list[BaseException] = []
+
+    async def main() -> None:
+        kube = Kube.for_url(str(api.url))
+        try:
+            await serve(namespaces=[NS], interval=INTERVAL, kube=kube, stop_flag=stop, ready_flag=ready, **options)
+        finally:
+            await kube.close()
+
+    def thread_main() -> None:
+        try:
+            asyncio.run(main())
+        except BaseException as exc:  # reported in the test's thread
+            failure.append(exc)
+
+    errors = ErrorLog()
+    logging.getLogger("kopf").addHandler(errors)
+    thread = threading.Thread(target=thread_main, name="operator", daemon=True)
+    thread.start()
+    try:
+        assert await asyncio.to_thread(ready.wait, 10), "the operator did not start"
+        yield
+    finally:
+        stop.set()
+        await asyncio.to_thread(thread.join, 20)
+        logging.getLogger("kopf").removeHandler(errors)
+        assert not thread.is_alive(), "the operator did not stop"
+        assert not failure, failure
+    assert errors.messages == [], "the operator logged errors"
+
+
+class ErrorLog(logging.Handler):
+    """A handler that failed, an API call kopf gave up on: nothing a clean run logs."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+async def eventually(check: Callable[[], Any], timeout: float = 10) -> Any:
+    """check()'s first truthy result; fails the test after `timeout` seconds."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        with contextlib.suppress(KeyError, IndexError, TypeError):
+            if result := check():
+                return result
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"not true within {timeout}s: {inspect.getsource(check).strip()}")
+        await asyncio.sleep(0.02)
+
+
+def run(scenario: Callable[[], Awaitable[None]]) -> None:
+    asyncio.run(asyncio.wait_for(scenario(), 50))
+
+
+# --- the user's side ---------------------------------------------------------------------------
+
+async def apply_job(api: ApiServer, name: str = "orangutan", **spec: Any) -> None:
+    """kubectl apply: the API server fills in the CRD's defaults."""
+    body = {"apiVersion": "stylebatch.io/v1alpha1", "kind": "StyleTransferJob",
+            "metadata": {"name": name, "namespace": NS},
+            "spec": {"input": "az://videos/orangutan.mp4", "output": "az://videos/out/orangutan.mp4",
+                     "workers": 2, "storage": {"secretName": "stylebatch-storage"}, **spec}}
+    resp = await api.post(STJ, json=apply_defaults(body, openapi_schema()))
+    assert resp.status == 200, await resp.text()
+
+
+def job(api: ApiServer, name: str = "orangutan") -> dict[str, Any]:
+    return api.objects["stylebatch.io/v1alpha1/styletransferjobs", NS, name].raw
+
+
+def status(api: ApiServer, name: str = "orangutan") -> dict[str, Any]:
+    return job(api, name).get("status") or {}
+
+
+def phases(api: ApiServer, name: str = "orangutan") -> list[str]:
+    """Every phase the job went through, in order."""
+    seen: list[str] = []
+    for version in api.objects["stylebatch.io/v1alpha1/styletransferjobs", NS, name].history:
+        phase = version and (version.get("status") or {}).get("phase")
+        if phase and (not seen or seen[-1] != phase):
+            seen.append(phase)
+    return seen
+
+
+def events(api: ApiServer, name: str = "orangutan") -> list[tuple[str, str, str]]:
+    return [(e["type"], e["reason"], e["message"]) for (res, _, _), e in api.objects.items()
+            if res.plural == "events" and not e.deleted and e["involvedObject"]["name"] == name]
+
+
+def child(api: ApiServer, kind: str, name: str) -> dict[str, Any]:
+    resource = {"Job": "batch/v1/jobs", "MPIJob": "kubeflow.org/v2beta1/mpijobs"}[kind]
+    return api.objects[resource, NS, name].raw
+
+
+def creates(api: ApiServer, collection: str) -> list[str]:
+    """Names of the objects POSTed to a collection, duplicates included."""
+    return [r.data["metadata"]["name"] for r in api if r.method == "POST" and str(r.url.path) == collection]
+
+
+# --- the other controllers' side ---------------------------------------------------------------
+
+async def finish(api: ApiServer, collection: str, name: str, ok: bool = True, reason: str = "",
+                 message: str = "") -> None:
+    """What the job controller (Complete/Failed) or the MPI operator (Succeeded/Failed) writes."""
+    kind_ok = "Succeeded" if "mpijobs" in collection else "Complete"
+    condition = {"type": kind_ok if ok else "Failed", "status": "True", "reason": reason, "message": message}
+    resp = await api.patch(f"{collection}/{name}/status", json={"status": {"conditions": [condition]}},
+                           headers={"Content-Type": "application/merge-patch+json"})
+    assert resp.status == 200, await resp.text()
+
+
+async def start_launcher(api: ApiServer, mpijob: str, attempt: int) -> None:
+    """The MPI operator's launcher pod, carrying the pod template's labels."""
+    labels = {**child(api, "MPIJob", mpijob)["spec"]["mpiReplicaSpecs"]["Launcher"]["template"]["metadata"]["labels"],
+              "training.kubeflow.org/job-name": mpijob, "training.kubeflow.org/job-role": "launcher"}
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": f"{mpijob}-launcher-abcde", "namespace": NS,
+                                                           "labels": labels},
+           "status": {"phase": "Running"}}
+    assert (await api.post(PODS, json=pod)).status == 200
+
+
+def ranks_report(api: ApiServer, *done: int, share: int = 50, frames: int = 100) -> None:
+    api.launcher_log += "".join(format_line(RankProgress(r, len(done), d, share, frames)) + "\n"
+                                for r, d in enumerate(done))
+
+
+# --- scenarios ---------------------------------------------------------------------------------
+
+def test_a_job_goes_from_apply_to_succeeded_with_progress_conditions_and_events():
+    async def scenario() -> None:
+        async with api_server() as api, operator(api):
+            await apply_job(api, output=f"https://acct.blob.core.windows.net/videos/out/orangutan.mp4?{SAS}")
+
+            pre = await eventually(lambda: child(api, "Job", "orangutan-preprocess-1"))
+            assert pre["metadata"]["ownerReferences"][0]["uid"] == job(api)["metadata"]["uid"]
+            await eventually(lambda: status(api)["phase"] == "Preprocessing")
+            await finish(api, JOBS, "orangutan-preprocess-1")
+
+            mpijob = await eventually(lambda: child(api, "MPIJob", "orangutan-stylize-1"))
+            assert mpijob["spec"]["mpiReplicaSpecs"]["Worker"]["replicas"] == 2
+            await start_launcher(api, "orangutan-stylize-1", 1)
+            ranks_report(api, 10, 30)
+            await eventually(lambda: status(api)["progress"]["summary"] == "40% (40/100)")
+            ranks_report(api, 35, 40)
+            await eventually(lambda: status(api)["progress"]["framesDone"] == 75)
+            await finish(api, MPIJOBS, "orangutan-stylize-1", reason="MPIJobSucceeded")
+
+            await eventually(lambda: child(api, "Job", "orangutan-postprocess-1"))
+            await finish(api, JOBS, "orangutan-postprocess-1")
+            await eventually(lambda: status(api)["phase"] == "Succeeded")
+            await eventually(lambda: events(api)[-1][1] == "Succeeded")
+
+            s = status(api)
+            assert phases(api) == ["Pending", "Preprocessing", "Stylizing", "Postprocessing", "Succeeded"]
+            conditions = {c["type"]: (c["status"], c["observedGeneration"]) for c in s["conditions"]}
+            assert conditions == {"Running": ("False", 1), "Succeeded": ("True", 1), "Failed": ("False", 1)}
+            assert s["progress"]["percent"] == 100 and s["observedGeneration"] == 1
+            assert s["outputURI"] == "https://acct.blob.core.windows.net/videos/out/orangutan.mp4"
+            assert s["startTime"] and s["completionTime"]
+            assert [reason for _, reason, _ in events(api)] == [
+                "Accepted", "PreprocessStarted", "PreprocessSucceeded", "StylizeSucceeded", "Succeeded"]
+            assert "S3CR3T" not in str(s) and "S3CR3T" not in str(events(api))
+            # exactly one of each child, however many times the operator looked
+            assert creates(api, JOBS) == ["orangutan-preprocess-1", "orangutan-postprocess-1"]
+            assert creates(api, MPIJOBS) == ["orangutan-stylize-1"]
+            # and the children still get the SAS token to reach the storage
+            assert SAS in str(child(api, "Job", "orangutan-postprocess-1")["spec"])
+            assert_requests_allowed_by_rbac(api)
+    run(scenario)
+
+
+def test_an_evicted_spot_worker_is_retried_and_only_the_mpijob_runs_again():
+    async def scenario() -> None:
+        async with api_server() as api, operator(api):
+            await apply_job(api, scheduling={"spot": True})
+            await eventually(lambda: child(api, "Job", "orangutan-preprocess-1"))
+            await finish(api, JOBS, "orangutan-preprocess-1")
+            first = await eventually(lambda: child(api, "MPIJob", "orangutan-stylize-1"))
+            await finish(api, MPIJOBS, "orangutan-stylize-1", ok=False, reason="MPIJobEvicted",
+                         message="1/2 workers are evicted")
+
+            second = await eventually(lambda: child(api, "MPIJob", "orangutan-stylize-2"))
+            s = await eventually(lambda: status(api)["retries"] == 1 and status(api))
+            assert s["phase"] == "Stylizing" and s["attempts"]["stylize"] == 2
+            assert (s["failure"]["child"], s["failure"]["reason"]) == ("MPIJob/orangutan-stylize-1", "MPIJobEvicted")
+            retry = await eventually(lambda: [e for e in events(api) if e[1] == "Retrying"])
+            assert retry[0][0] == "Warning" and "1/2 workers are evicted" in retry[0][2]
+            # same work dir: the new attempt resumes from the parts already stylized
+            assert _launcher_args(first)[-12:] == _launcher_args(second)[-12:]
+
+            await finish(api, MPIJOBS, "orangutan-stylize-2")
+            await eventually(lambda: child(api, "Job", "orangutan-postprocess-1"))
+            await finish(api, JOBS, "orangutan-postprocess-1")
+            await eventually(lambda: status(api)["phase"] == "Succeeded")
+            assert creates(api, JOBS) == ["orangutan-preprocess-1", "orangutan-postprocess-1"]
+    run(scenario)
+
+
+def test_a_stage_that_keeps_failing_spends_the_budget_then_fails_the_job_with_its_reason():
+    async def scenario() -> None:
+        async with api_server() as api, operator(api):
+            await apply_job(api, retries=1)
+            for attempt in (1, 2):
+                name = f"orangutan-preprocess-{attempt}"
+                await eventually(lambda: child(api, "Job", name))
+                pod = {"apiVersion": "v1", "kind": "Pod",
+                       "metadata": {"name": f"{name}-x7k2p", "namespace": NS,
+                                    "labels": child(api, "Job", name)["spec"]["template"]["metadata"]["labels"]},
+                       "status": {"phase": "Failed", "containerStatuses": [{"state": {"terminated": {
+                           "exitCode": 2, "message": "stylebatch: error: cannot read "
+                                                     f"https://acct.blob.core.windows.net/v/o.mp4?{SAS}: 403\n"}}}]}}
+                assert (await api.post(PODS, json=pod)).status == 200
+                await finish(api, JOBS, name, ok=False, reason="BackoffLimitExceeded",
+                             message="Job has reached the specified backoff limit")
+
+            await eventually(lambda: status(api)["phase"] == "Failed")
+            s = status(api)
+            failed = {c["type"]: c for c in s["conditions"]}["Failed"]
+            assert (failed["status"], failed["reason"]) == ("True", "RetriesExhausted")
+            assert "stylebatch: error: cannot read https://acct.blob.core.windows.net/v/o.mp4" in failed["message"]
+            assert (s["failure"]["stage"], s["failure"]["reason"]) == ("preprocess", "BackoffLimitExceeded")
+            warning = await eventually(lambda: [e for e in events(api) if e[1] == "RetriesExhausted"])
+            assert warning[0][0] == "Warning" and "BackoffLimitExceeded" in warning[0][2]
+            assert "S3CR3T" not in str(s) and "S3CR3T" not in str(events(api))
+            await asyncio.sleep(5 * INTERVAL)
+            assert creates(api, JOBS) == ["orangutan-preprocess-1", "orangutan-preprocess-2"]
+            assert creates(api, MPIJOBS) == []
+    run(scenario)
+
+
+def test_a_restarted_operator_carries_on_without_duplicates_or_starting_over():
+    async def scenario() -> None:
+        async with api_server() as api:
+            async with operator(api):
+                await apply_job(api)
+                await eventually(lambda: child(api, "Job", "orangutan-preprocess-1"))
+                await finish(api, JOBS, "orangutan-preprocess-1")
+                await eventually(lambda: status(api)["phase"] == "Stylizing")
+            # operator down: the MPIJob finishes meanwhile
+            await finish(api, MPIJOBS, "orangutan-stylize-1")
+            async with operator(api):
+                await eventually(lambda: child(api, "Job", "orangutan-postprocess-1"))
+                await finish(api, JOBS, "orangutan-postprocess-1")
+                await eventually(lambda: status(api)["phase"] == "Succeeded")
+            assert creates(api, JOBS) == ["orangutan-preprocess-1", "orangutan-postprocess-1"]
+            assert creates(api, MPIJOBS) == ["orangutan-stylize-1"]
+            assert [r for _, r, _ in events(api)].count("Accepted") == 1
+    run(scenario)
+
+
+def test_a_child_created_just_before_a_crash_is_adopted_not_duplicated():
+    async def scenario() -> None:
+        async with api_server() as api:
+            async with operator(api):
+                await apply_job(api)
+                await eventually(lambda: child(api, "Job", "orangutan-preprocess-1"))
+            # while no operator runs: the preprocess Job completes, and the MPIJob appears as a
+            # crashed operator would have left it (created, but not yet noted in the job's status)
+            await finish(api, JOBS, "orangutan-preprocess-1")
+            assert (await api.post(MPIJOBS, json=build_mpijob(job(api)))).status == 200
+            assert status(api)["phase"] == "Preprocessing"
+
+            async with operator(api):
+                await eventually(lambda: status(api)["phase"] == "Stylizing")
+                await eventually(lambda: events(api)[-1][1] == "PreprocessSucceeded")
+            assert creates(api, MPIJOBS) == ["orangutan-stylize-1"] * 2  # the second POST got 409: adopted
+            assert len([key for key in api.objects if key[0].plural == "mpijobs"]) == 1
+            assert status(api)["children"]["stylize"] == "orangutan-stylize-1"
+    run(scenario)
+
+
+def test_deleting_a_job_releases_it_and_leaves_its_children_to_the_garbage_collector():
+    async def scenario() -> None:
+        async with api_server() as api, operator(api):
+            await apply_job(api)
+            pre = await eventually(lambda: child(api, "Job", "orangutan-preprocess-1"))
+            assert job(api)["metadata"]["finalizers"] == ["stylebatch.io/operator"]
+            (await api.delete(f"{STJ}/orangutan")).release()
+            await eventually(lambda: api.objects["stylebatch.io/v1alpha1/styletransferjobs", NS, "orangutan"].deleted)
+            requests_after = len(list(api))
+            await asyncio.sleep(5 * INTERVAL)
+            assert not [r for r in list(api)[requests_after:] if "orangutan" in str(r.url.path)]
+            # Kubernetes deletes the children: they are controlled by the deleted job
+            owner = pre["metadata"]["ownerReferences"][0]
+            assert (owner["kind"], owner["controller"], owner["blockOwnerDeletion"]) == ("StyleTransferJob", True, True)
+    run(scenario)
+
+
+def test_a_spec_change_after_the_start_is_reported_and_not_applied():
+    async def scenario() -> None:
+        async with api_server() as api, operator(api):
+            await apply_job(api)
+            await eventually(lambda: child(api, "Job", "orangutan-preprocess-1"))
+            resp = await api.patch(f"{STJ}/orangutan", json={"spec": {"workers": 8, "style": "red-ember"}},
+                                   headers={"Content-Type": "application/merge-patch+json"})
+            assert resp.status == 200
+            rejected = await eventually(lambda: {c["type"]: c for c in status(api)["conditions"]}["SpecChangeRejected"])
+            assert (rejected["status"], rejected["observedGeneration"]) == ("True", 2)
+            warning = await eventually(lambda: [e for e in events(api) if e[1] == "SpecChangeRejected"])
+            assert warning[0][0] == "Warning" and "not applied" in warning[0][2]
+            await finish(api, JOBS, "orangutan-preprocess-1")
+            mpijob = await eventually(lambda: child(api, "MPIJob", "orangutan-stylize-1"))
+            assert mpijob["spec"]["mpiReplicaSpecs"]["Worker"]["replicas"] == 2
+            assert "red-ember" not in str(mpijob) and "lavender-gold" in str(mpijob)
+    run(scenario)
+
+
+def test_liveness_endpoint_answers_while_the_operator_runs():
+    async def scenario() -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        async with api_server() as api, operator(api, liveness_port=port):
+            async with aiohttp.ClientSession() as session:
+                async def healthy() -> bool:
+                    with contextlib.suppress(aiohttp.ClientError):
+                        async with session.get(f"http://127.0.0.1:{port}/healthz") as resp:
+                            return resp.status == 200
+                    return False
+                for _ in range(100):
+                    if await healthy():
+                        break
+                    await asyncio.sleep(0.05)
+                assert await healthy()
+    run(scenario)
+
+
+def _launcher_args(mpijob: dict[str, Any]) -> list[str]:
+    return mpijob["spec"]["mpiReplicaSpecs"]["Launcher"]["template"]["spec"]["containers"][0]["args"]
+
+
+def assert_requests_allowed_by_rbac(api: ApiServer) -> None:
+    """Every API request the operator made (kopf's and its own) is allowed by rbac.RULES."""
+    allowed = {(group, resource, verb) for rule in RULES for group in rule["apiGroups"]
+               for resource in rule["resources"] for verb in rule["verbs"]}
+    used = set()
+    for r in api:
+        if (r.headers.get("User-Agent") or "").startswith("kmock/") or not (r.resource and r.resource.plural):
+            continue  # the test's own requests; API discovery (allowed to everyone)
+        assert r.namespace == NS, f"cluster-scoped request {r.method} {r.url.path}"
+        resource = f"{r.resource.plural}/{r.subresource}" if r.subresource else r.resource.plural
+        verb = {"POST": "create", "PATCH": "patch", "PUT": "update", "DELETE": "delete"}.get(r.method.value) or (
+            "watch" if r.params.get("watch") == "true" else "get" if r.name else "list")
+        used.add((r.resource.group, resource, verb))
+    assert used - allowed == set()
+    assert {("", "pods/log", "get"), ("batch", "jobs", "create"), ("", "events", "create"),
+            ("stylebatch.io", "styletransferjobs/status", "patch")} <= used

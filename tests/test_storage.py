@@ -288,7 +288,8 @@ def test_clients_are_cached_per_account_and_credential(azure_env, azurite, no_st
     b = storage.location(f"az://{azure_env.container}/sub/b.mp4")
     url = storage.location(f"{azurite.endpoint}/{azure_env.container}/c.mp4")  # same account: same credential
     assert storage.service_client(a) is storage.service_client(b) is storage.service_client(url)
-    with_sas = storage.location(f"{azurite.endpoint}/{azure_env.container}/c.mp4?{container_sas(azurite, azure_env.container)}")
+    sas = container_sas(azurite, azure_env.container)
+    with_sas = storage.location(f"{azurite.endpoint}/{azure_env.container}/c.mp4?{sas}")
     assert storage.service_client(with_sas) is not storage.service_client(a)
 
 
@@ -565,6 +566,23 @@ def test_connection_refused_is_one_line(no_storage_env, monkeypatch: pytest.Monk
         f"cannot reach blob storage at 127.0.0.1:{port} to read "
         f"http://127.0.0.1:{port}/devstoreaccount1/videos/in.mp4: connection refused"
     )
+
+
+def test_malformed_account_key_is_named_without_quoting_it(no_storage_env) -> None:
+    no_storage_env.setenv("AZURE_STORAGE_CONNECTION_STRING",
+                          "AccountName=devstoreaccount1;AccountKey=SeCrEt*not-base64!;"
+                          "BlobEndpoint=http://127.0.0.1:10000/devstoreaccount1")
+    assert error_of(storage.location("az://videos/in.mp4").read_bytes) == (
+        "cannot sign requests for az://videos/in.mp4: the account key in AZURE_STORAGE_CONNECTION_STRING is malformed")
+
+
+def test_azurite_missing_fails_with_the_setup_command(monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path) -> None:
+    import azurite_fixture
+
+    monkeypatch.setattr(azurite_fixture, "REPO", tmp_path)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(pytest.fail.Exception, match=r"run scripts/setup.sh --test"):
+        azurite_fixture._azurite_binary()
 
 
 def test_reading_a_folder_is_an_error(tmp_path: pathlib.Path) -> None:

@@ -594,7 +594,9 @@ def _parse_connection_string(text: str) -> tuple[str, str, str, str]:
     for item in text.strip().split(";"):
         key, sep, value = item.partition("=")
         if item.strip() and not sep:
-            raise StylebatchError("AZURE_STORAGE_CONNECTION_STRING is malformed: expected Key=Value pairs separated by ';'")
+            raise StylebatchError(
+                "AZURE_STORAGE_CONNECTION_STRING is malformed: expected Key=Value pairs separated by ';'"
+            )
         if sep:
             fields[key.strip().lower()] = value.strip()
     if fields.get("usedevelopmentstorage", "").lower() == "true":
@@ -697,7 +699,12 @@ def _blob_errors(loc: BlobLocation, action: str) -> Iterator[None]:
     try:
         yield
     except az.ClientAuthenticationError as exc:
-        if exc.status_code is None:  # raised by an azure-identity credential, before any request
+        if exc.status_code is None:  # raised before any request: signing failed, or no token
+            cred = resolve_credential(loc)
+            if cred.kind != "identity":
+                raise StylebatchError(
+                    f"cannot sign requests for {loc.display}: the account key in {cred.source} is malformed"
+                ) from None
             raise StylebatchError(
                 f"could not get a token from an Azure identity (DefaultAzureCredential) for {loc.display}"
                 f"{_entra_reason(str(exc))}: {_CREDENTIAL_HELP}"
@@ -724,8 +731,10 @@ def _blob_errors(loc: BlobLocation, action: str) -> Iterator[None]:
     except az.AzureError as exc:
         raise StylebatchError(f"cannot {action} {loc.display}: {type(exc).__name__}") from None
     except ValueError as exc:
-        # The SDK validates some inputs (e.g. a malformed account key) with ValueError.
-        raise StylebatchError(f"cannot {action} {loc.display}: invalid storage credentials or settings ({type(exc).__name__})") from None
+        # The SDK rejects some inputs (e.g. a malformed endpoint or setting) with ValueError.
+        raise StylebatchError(
+            f"cannot {action} {loc.display}: invalid storage credentials or settings ({type(exc).__name__})"
+        ) from None
 
 
 def _entra_reason(text: str) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import functools
 import math
+import numbers
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,7 +82,7 @@ class Stylizer:
         self.net, self.name, self.device, self.dtype = net, name, device, dtype
         self.style_weights, self.strength, self.max_side = style_weights, strength, max_side
 
-    def _net(self, x: torch.Tensor) -> torch.Tensor:
+    def _stylize(self, x: torch.Tensor) -> torch.Tensor:
         """0..1 in, 0..1 out, any H and W."""
         h, w = x.shape[-2:]
         # the net halves the size twice: reflect-pad to a multiple of 4, crop back after
@@ -113,10 +114,10 @@ class Stylizer:
             if self.max_side and max(h, w) > self.max_side:
                 scale = (self.max_side // 4 * 4) / max(h, w)
                 small = (max(MIN_SIDE, 4 * round(h * scale / 4)), max(MIN_SIDE, 4 * round(w * scale / 4)))
-                y = self._net(F.interpolate(x, size=small, mode="area"))
+                y = self._stylize(F.interpolate(x, size=small, mode="area"))
                 y = F.interpolate(y, size=(h, w), mode="bilinear", align_corners=False)
             else:
-                y = self._net(x)
+                y = self._stylize(x)
             if self.strength < 1.0:
                 y = torch.lerp(x, y, self.strength)
             out = y.mul_(255).round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
@@ -132,14 +133,16 @@ def load_stylizer(style: str, *, device: str = "auto", strength: float = 1.0, ma
     half = dev.type == "cuda" if half is None else half
     if half and dev.type != "cuda":
         raise StylebatchError("half precision needs a CUDA device; leave half unset on cpu")
-    if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0.0 <= strength <= 1.0:
+    if isinstance(strength, bool) or not isinstance(strength, numbers.Real) or not 0.0 <= strength <= 1.0:
         raise StylebatchError(f"strength must be between 0 and 1, got {strength!r}")
-    if max_side is not None and (isinstance(max_side, bool) or not isinstance(max_side, int) or max_side < 32):
+    if max_side is not None and (isinstance(max_side, bool) or not isinstance(max_side, numbers.Integral)
+                                 or max_side < 32):
         raise StylebatchError(f"max_side must be a whole number of pixels, at least 32, got {max_side!r}")
     dtype = torch.float16 if half else torch.float32
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True  # every frame of a video has the same size
-    options = dict(device=dev, dtype=dtype, strength=float(strength), max_side=max_side)
+    options = dict(device=dev, dtype=dtype, strength=float(strength),
+                   max_side=None if max_side is None else int(max_side))
 
     blend = _builtin_blend(style)
     if blend is not None:

@@ -150,3 +150,35 @@ def test_sas_urls_are_never_printed(azure_env, clip, tmp_path: Path) -> None:
     # and a missing blob behind a SAS is an error that names it without the SAS
     result = stylebatch("run", f"{base}/missing.mp4?{sas}", "-o", tmp_path / "x.mp4", env=env)
     assert result.returncode != 0 and signature not in result.stderr and "missing.mp4" in result.stderr
+
+
+@pytest.mark.slow
+def test_without_mpiexec_one_worker_runs_in_process_and_more_is_an_error(clip, tmp_path: Path, monkeypatch,
+                                                                          capsys) -> None:
+    """mpiexec is hidden by patching its lookup (it is installed here): the run stays in this process."""
+    import stylebatch.run as run_module
+    from stylebatch.cli import main
+
+    monkeypatch.setattr(run_module, "find_mpiexec", lambda: None)
+    src = clip("in.mp4", size=(96, 64), frames=30, audio=("aac",))
+    assert main(["run", str(src), "-o", str(tmp_path / "o.mp4"), "--workers", "1", *FAST_STYLE]) == 0
+    assert count_frames(tmp_path / "o.mp4") == 30 and frame_pts(tmp_path / "o.mp4") == frame_pts(src)
+    capsys.readouterr()
+    assert main(["run", str(src), "-o", str(tmp_path / "p.mp4"), "--workers", "2", *FAST_STYLE]) == 2
+    assert "stylebatch: error: --workers 2 needs mpiexec" in capsys.readouterr().err
+    assert not (tmp_path / "p.mp4").exists()
+
+
+def test_device_cuda_without_a_gpu_is_a_one_line_error(tmp_path: Path) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    src = tmp_path / "x.mp4"
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=64x48:rate=10", "-frames:v", "3",
+                    str(src)], check=True)
+    result = stylebatch("run", src, "-o", tmp_path / "o.mp4", "--device", "cuda")
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert [line for line in result.stderr.splitlines() if line.startswith("stylebatch: error:")] == [
+        "stylebatch: error: --device cuda: no GPU is visible here (use --device cpu or auto)"]
+    assert not (tmp_path / "o.mp4").exists()

@@ -208,3 +208,35 @@ def test_every_chunk_decodes_exactly_its_frames(clip, tmp_path: Path, name: str,
     reader.close()
     expected = [sequential[i] for s, e in [(5, 9), (9, 14), (2, 3), (20, 23)] for i in range(s, e)]
     assert np.array_equal(np.concatenate(got), np.stack(expected))
+
+
+@pytest.mark.parametrize("ext, flags, codec", [
+    (".mp4", ["--codec", "hevc", "--bitrate", "300k", "--preset", "ultrafast"], "hevc"),
+    (".mkv", ["--codec", "vp9", "--crf", "40", "--preset", "realtime"], "vp9"),
+    (".mov", ["--codec", "mjpeg", "--crf", "5"], "mjpeg"),
+])
+def test_encoder_flags(clip, tmp_path: Path, ext: str, flags: list[str], codec: str) -> None:
+    src = clip("in.mp4", size=(96, 64), frames=30, audio=("aac",))
+    out = stylize(src, tmp_path / f"out{ext}", "--chunk-frames", "16", *flags)
+    assert video_stream(out)["codec_name"] == codec
+    assert count_frames(out) == 30
+    if ext != ".mkv":
+        assert frame_pts(out) == frame_pts(src)
+
+
+def test_subtitles_are_kept_where_the_container_takes_them(clip, tmp_path: Path) -> None:
+    srt = tmp_path / "subs.srt"
+    srt.write_text("1\n00:00:00,000 --> 00:00:00,300\nhello\n\n2\n00:00:00,300 --> 00:00:00,600\nworld\n")
+    plain = clip("in.mkv", frames=18, audio=("aac",))
+    src = tmp_path / "subbed.mkv"
+    subprocess.run(["ffmpeg", "-v", "error", "-i", plain, "-i", srt, "-map", "0", "-map", "1", "-c", "copy",
+                    "-c:s", "srt", src], check=True)
+    out = stylize(src, tmp_path / "out.mkv")
+    assert [s["codec_name"] for s in streams(out)] == ["h264", "aac", "subrip"]
+    text = subprocess.run(["ffmpeg", "-v", "error", "-i", out, "-map", "0:s", "-f", "srt", "-"],
+                          capture_output=True, text=True, check=True).stdout
+    assert "hello" in text and "world" in text
+    result = stylebatch("run", src, "-o", tmp_path / "out.mp4", "--workers", "1", *FAST_STYLE)
+    assert result.returncode == 0, result.stderr
+    assert "subtitle stream 2 (subrip) cannot go into mp4: left out" in result.stderr
+    assert [s["codec_name"] for s in streams(tmp_path / "out.mp4")] == ["h264", "aac"]

@@ -122,6 +122,11 @@ class _StyleCheck(threading.Thread):
             from stylebatch.models import DEFAULT_STYLE, load_stylizer
             from stylebatch.stylize import resolve_style
 
+            if self.args.device == "cuda":
+                import torch
+
+                if not torch.cuda.is_available():
+                    raise StylebatchError("--device cuda: no GPU is visible here (use --device cpu or auto)")
             self.style = resolve_style(self.args.style or DEFAULT_STYLE, self.style_dir)
             load_stylizer(self.style, device="cpu", strength=self.args.strength, max_side=self.args.max_side)
             if self.workers is None:

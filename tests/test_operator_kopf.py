@@ -7,26 +7,34 @@ or failed the way the job controller and the MPI operator do, and serves the lau
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import inspect
 import itertools
 import logging
+import os
+import signal
 import socket
+import sys
 import threading
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import jsonpatch
 import kmock
 import pytest
+import yaml
 
+from stylebatch.errors import StylebatchError
 from stylebatch.progress import RankProgress, format_line
 from stylebatch_operator.crd import openapi_schema, apply_defaults
 from stylebatch_operator.kube import Kube
 from stylebatch_operator.manifests import build_mpijob
+from stylebatch_operator import main
 from stylebatch_operator.main import serve
 from stylebatch_operator.rbac import RULES
 
@@ -411,26 +419,80 @@ def test_a_spec_change_after_the_start_is_reported_and_not_applied():
 
 def test_liveness_endpoint_answers_while_the_operator_runs():
     async def scenario() -> None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+        port = free_port()
         async with api_server() as api, operator(api, liveness_port=port):
-            async with aiohttp.ClientSession() as session:
-                async def healthy() -> bool:
-                    with contextlib.suppress(aiohttp.ClientError):
-                        async with session.get(f"http://127.0.0.1:{port}/healthz") as resp:
-                            return resp.status == 200
-                    return False
-                for _ in range(100):
-                    if await healthy():
-                        break
-                    await asyncio.sleep(0.05)
-                assert await healthy()
+            await until_healthy(port, timeout=10)
     run(scenario)
+
+
+def test_stylebatch_operator_command_runs_with_the_kubeconfig_and_stops_cleanly_on_sigterm(tmp_path):
+    async def scenario() -> None:
+        port = free_port()
+        async with api_server() as api:
+            kubeconfig = tmp_path / "kubeconfig"
+            kubeconfig.write_text(yaml.safe_dump({
+                "apiVersion": "v1", "kind": "Config", "current-context": "kmock",
+                "clusters": [{"name": "kmock", "cluster": {"server": str(api.url).rstrip("/")}}],
+                "users": [{"name": "tester", "user": {"token": "t0k3n"}}],
+                "contexts": [{"name": "kmock", "context": {"cluster": "kmock", "user": "tester"}}]}))
+            env = {k: v for k, v in os.environ.items() if not k.startswith("KUBERNETES_")}
+            env.update(KUBECONFIG=str(kubeconfig), STYLEBATCH_OPERATOR_INTERVAL="0.2")
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "stylebatch", "operator", "--namespace", NS, "--liveness-port", str(port),
+                env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+            try:
+                await until_healthy(port, timeout=20)
+                await apply_job(api)
+                await eventually(lambda: child(api, "Job", "orangutan-preprocess-1"), timeout=20)
+            finally:
+                proc.send_signal(signal.SIGTERM)
+                output = (await asyncio.wait_for(proc.communicate(), 20))[0].decode()
+            assert proc.returncode == 0, output
+            assert "PreprocessStarted: created Job orangutan-preprocess-1" in output
+            assert "Traceback" not in output and "Unclosed" not in output, output
+            # kopf and the operator's own client both authenticate as the kubeconfig says
+            agents = {r.headers.get("User-Agent", "").split("/")[0]: r.headers.get("Authorization")
+                      for r in api if not r.headers.get("User-Agent", "").startswith("kmock/")}
+            assert agents == {"kopf": "Bearer t0k3n", "OpenAPI-Generator": "Bearer t0k3n"}
+    run(scenario)
+
+
+def test_a_bad_reconcile_interval_is_a_one_line_error(monkeypatch):
+    monkeypatch.setenv("STYLEBATCH_OPERATOR_INTERVAL", "soon")
+    with pytest.raises(StylebatchError, match="STYLEBATCH_OPERATOR_INTERVAL must be a number of seconds"):
+        main.run(argparse.Namespace(namespace=[], liveness_port=8080))
+
+
+async def until_healthy(port: int, timeout: float) -> None:
+    """Until http://127.0.0.1:<port>/healthz answers 200."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    async with aiohttp.ClientSession() as session:
+        while True:
+            with contextlib.suppress(aiohttp.ClientError):
+                async with session.get(f"http://127.0.0.1:{port}/healthz") as resp:
+                    if resp.status == 200:
+                        return
+            assert asyncio.get_running_loop().time() < deadline, "no /healthz"
+            await asyncio.sleep(0.05)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def _launcher_args(mpijob: dict[str, Any]) -> list[str]:
     return mpijob["spec"]["mpiReplicaSpecs"]["Launcher"]["template"]["spec"]["containers"][0]["args"]
+
+
+def test_the_documented_rbac_is_the_one_the_operator_uses():
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "operator.md").read_text()
+    table = doc.split("### RBAC", 1)[1]
+    rows = [[cell.strip().strip("`") for cell in line.strip("|").split("|")]
+            for line in table.splitlines() if line.startswith("| `")]
+    documented = [(group.strip('"'), resource, sorted(verbs.split(", "))) for group, resource, verbs in rows]
+    assert documented == [(r["apiGroups"][0], r["resources"][0], sorted(r["verbs"])) for r in RULES]
 
 
 def assert_requests_allowed_by_rbac(api: ApiServer) -> None:

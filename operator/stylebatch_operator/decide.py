@@ -89,52 +89,59 @@ def decide(stj: dict[str, Any], children: dict[str, dict[str, Any]], *, now: dat
     if spec_action is not None:
         return spec_action
 
-    spec = accepted_spec(stj)
     stage, attempt, name = current_child(stj)
-    kind_name = f"{CHILD_KIND[stage]} {name}"
     left = seconds_left(stj, now)
     child = children.get(name)
-
+    recorded = (status.get("children") or {}).get(stage) == name
     if child is None:
         if left <= 0:
             return _deadline_failure(stage, None)
-        if (status.get("children") or {}).get(stage) == name:
-            return Action(CREATE, stage, attempt, "ChildMissing",
-                          f"{kind_name} is gone; creating it again", deadline_seconds=left)
-        return Action(CREATE, stage, attempt, f"{stage.capitalize()}Started",
-                      f"created {kind_name}", deadline_seconds=left)
-
+        return _create(stage, attempt, name, recorded, left)
     state = child_state(child)
-    if state.state == SUCCEEDED:
-        if stage == POSTPROCESS:
-            return Action(SUCCEED, reason="Succeeded", message=f"wrote {strip_secrets(spec['output'])}")
-        if left <= 0:
-            return _deadline_failure(stage, None)
-        following = STAGES[STAGES.index(stage) + 1]
-        return Action(ADVANCE, following, 1, f"{stage.capitalize()}Succeeded",
-                      f"{kind_name} succeeded; created {CHILD_KIND[following]} "
-                      f"{child_name(stj['metadata']['name'], following, 1)}", deadline_seconds=left)
     if state.state == FAILED:
-        detail = failed_pod_detail(list(pods))
-        message = "; ".join(m for m in (state.message, detail) if m)
-        failure = Failure(stage, attempt, f"{CHILD_KIND[stage]}/{name}", state.reason, message)
+        failure = Failure(stage, attempt, f"{CHILD_KIND[stage]}/{name}", state.reason,
+                          "; ".join(m for m in (state.message, failed_pod_detail(list(pods))) if m))
         if state.reason == "DeadlineExceeded" or left <= 0:
             return _deadline_failure(stage, failure)
-        used, budget = int(status.get("retries") or 0), int(spec["retries"])
-        what = f"{kind_name} failed: {_reason_text(failure)}"
-        if used < budget:
-            resume = " (only the missing parts are stylized again)" if stage == STYLIZE else ""
-            return Action(RETRY, stage, attempt + 1, "Retrying",
-                          f"{what}; retry {used + 1} of {budget}: created {CHILD_KIND[stage]} "
-                          f"{child_name(stj['metadata']['name'], stage, attempt + 1)}{resume}",
-                          failure=failure, deadline_seconds=left)
-        return Action(FAIL, stage, attempt, "RetriesExhausted",
-                      f"{what}; no retries left (spec.retries: {budget})", failure=failure)
+        return _retry_or_fail(stj, failure, left)
+    if state.state == SUCCEEDED and stage == POSTPROCESS:
+        return Action(SUCCEED, reason="Succeeded", message=f"wrote {strip_secrets(accepted_spec(stj)['output'])}")
     if left <= 0:
         return _deadline_failure(stage, None)
-    if (status.get("children") or {}).get(stage) != name:  # made just before a restart
-        return Action(ADOPT, stage, attempt, f"{stage.capitalize()}Started", f"adopted the existing {kind_name}")
+    if state.state == SUCCEEDED:
+        following = STAGES[STAGES.index(stage) + 1]
+        return Action(ADVANCE, following, 1, f"{stage.capitalize()}Succeeded",
+                      f"{CHILD_KIND[stage]} {name} succeeded; created {CHILD_KIND[following]} "
+                      f"{child_name(stj['metadata']['name'], following, 1)}", deadline_seconds=left)
+    if not recorded:  # made just before a restart, before the status said so
+        return Action(ADOPT, stage, attempt, f"{stage.capitalize()}Started",
+                      f"adopted the existing {CHILD_KIND[stage]} {name}")
     return Action(WAIT, stage, attempt)
+
+
+def _create(stage: str, attempt: int, name: str, recorded: bool, left: int) -> Action:
+    kind_name = f"{CHILD_KIND[stage]} {name}"
+    if recorded:  # it was there: someone deleted it
+        return Action(CREATE, stage, attempt, "ChildMissing", f"{kind_name} is gone; creating it again",
+                      deadline_seconds=left)
+    return Action(CREATE, stage, attempt, f"{stage.capitalize()}Started", f"created {kind_name}",
+                  deadline_seconds=left)
+
+
+def _retry_or_fail(stj: dict[str, Any], failure: Failure, left: int) -> Action:
+    used = int((stj.get("status") or {}).get("retries") or 0)
+    budget = int(accepted_spec(stj)["retries"])
+    kind = CHILD_KIND[failure.stage]
+    what = f"{kind} {failure.child.split('/', 1)[1]} failed: {_reason_text(failure)}"
+    if used >= budget:
+        return Action(FAIL, failure.stage, failure.attempt, "RetriesExhausted",
+                      f"{what}; no retries left (spec.retries: {budget})", failure=failure)
+    attempt = failure.attempt + 1
+    resume = " (only the missing parts are stylized again)" if failure.stage == STYLIZE else ""
+    return Action(RETRY, failure.stage, attempt, "Retrying",
+                  f"{what}; retry {used + 1} of {budget}: created {kind} "
+                  f"{child_name(stj['metadata']['name'], failure.stage, attempt)}{resume}",
+                  failure=failure, deadline_seconds=left)
 
 
 def current_child(stj: dict[str, Any]) -> tuple[str, int, str]:

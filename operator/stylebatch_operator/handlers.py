@@ -14,13 +14,12 @@ from stylebatch_operator import decide as d
 from stylebatch_operator.kube import ApiError, Kube
 from stylebatch_operator.manifests import build_child
 from stylebatch_operator.names import (
-    CHILD_KIND, GROUP, LABEL_ATTEMPT, LABEL_JOB, LABEL_STAGE, MPI_LABEL_ROLE, PLURAL, STYLIZE, VERSION,
+    CHILD_KIND, GROUP, KIND, LABEL_ATTEMPT, LABEL_JOB, LABEL_STAGE, MPI_LABEL_ROLE, PLURAL, STYLIZE, VERSION,
     is_controlled_by,
 )
 from stylebatch_operator.observe import FAILED, child_state
 from stylebatch_operator.status import event_for, progress_patch, status_patch
 
-KIND = "StyleTransferJob"
 LOG_TAIL_LINES = 2000  # several lines per rank: enough to find every rank's latest one
 LOG_LIMIT_BYTES = 1 << 20
 
@@ -70,25 +69,15 @@ async def reconcile(kube: Kube, namespace: str, name: str, logger: logging.Logge
         return d.Action(d.NOTHING)
     now = now or datetime.now(timezone.utc)
     status = stj.get("status") or {}
+    child, pods = await _observe(kube, stj)
 
-    children: dict[str, dict[str, Any]] = {}
-    pods: list[dict[str, Any]] = []
-    stage = attempt = child = None
-    if status.get("acceptedSpec") and status.get("phase") not in d.TERMINAL_PHASES:
-        stage, attempt, child_name = d.current_child(stj)
-        child = await kube.get(CHILD_KIND[stage], namespace, child_name)
-        if child is not None:
-            children[child_name] = child
-            if child_state(child).state == FAILED:
-                pods = await kube.list("Pod", namespace, _pod_labels(name, stage, attempt))
-
-    action = d.decide(stj, children, now=now, pods=pods)
+    action = d.decide(stj, {child["metadata"]["name"]: child} if child else {}, now=now, pods=pods)
     if action.creates is not None:
         await _create_child(kube, stj, action, logger)
 
     patch: dict[str, Any] = {}
-    if stage == STYLIZE and child is not None:
-        total = await _read_progress(kube, namespace, name, attempt, logger)
+    if child is not None and child["kind"] == CHILD_KIND[STYLIZE]:
+        total = await _read_progress(kube, child, logger)
         patch |= progress_patch(total, status, now) or {}
         stj = {**stj, "status": {**status, **patch}}
     patch |= status_patch(stj, action, now) or {}
@@ -100,6 +89,19 @@ async def reconcile(kube: Kube, namespace: str, name: str, logger: logging.Logge
         kopf.event(stj, type=type_, reason=reason, message=message)
         logger.info("%s: %s", reason, message)
     return action
+
+
+async def _observe(kube: Kube, stj: dict[str, Any]) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+    """The child the job is at (None if there is none yet), and its pods if it failed."""
+    status = stj.get("status") or {}
+    if not status.get("acceptedSpec") or status.get("phase") in d.TERMINAL_PHASES:
+        return None, []
+    stage, attempt, name = d.current_child(stj)
+    namespace = stj["metadata"]["namespace"]
+    child = await kube.get(CHILD_KIND[stage], namespace, name)
+    if child is None or child_state(child).state != FAILED:
+        return child, []
+    return child, await kube.list("Pod", namespace, _pod_labels(child))
 
 
 async def _create_child(kube: Kube, stj: dict[str, Any], action: d.Action, logger: logging.Logger) -> None:
@@ -120,10 +122,10 @@ async def _create_child(kube: Kube, stj: dict[str, Any], action: d.Action, logge
     raise kopf.TemporaryError(f"{kind} {name} exists but does not belong to this job; waiting for it to go", delay=30)
 
 
-async def _read_progress(kube: Kube, namespace: str, name: str, attempt: int | None,
-                         logger: logging.Logger) -> Total | None:
+async def _read_progress(kube: Kube, mpijob: dict[str, Any], logger: logging.Logger) -> Total | None:
     """Every rank prints progress lines; mpiexec gathers them in the launcher pod's log."""
-    labels = {**_pod_labels(name, STYLIZE, attempt), MPI_LABEL_ROLE: "launcher"}
+    namespace = mpijob["metadata"]["namespace"]
+    labels = {**_pod_labels(mpijob), MPI_LABEL_ROLE: "launcher"}
     try:
         pods = await kube.list("Pod", namespace, labels)
         started = [p for p in pods if (p.get("status") or {}).get("phase") in ("Running", "Succeeded", "Failed")]
@@ -137,5 +139,7 @@ async def _read_progress(kube: Kube, namespace: str, name: str, attempt: int | N
     return aggregate(text.splitlines())
 
 
-def _pod_labels(name: str, stage: str, attempt: int | None) -> dict[str, str]:
-    return {LABEL_JOB: name, LABEL_STAGE: stage, LABEL_ATTEMPT: str(attempt)}
+def _pod_labels(child: dict[str, Any]) -> dict[str, str]:
+    """The labels the child's pod templates give its pods."""
+    labels = child["metadata"].get("labels") or {}
+    return {key: labels.get(key, "") for key in (LABEL_JOB, LABEL_STAGE, LABEL_ATTEMPT)}

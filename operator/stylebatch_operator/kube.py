@@ -19,6 +19,7 @@ RESOURCES = {
     "Pod": ("v1", "pods"),
 }
 _JSON = {200: "object", 201: "object"}
+TIMEOUT = 10  # seconds per request: a stuck call must not hold a reconciliation forever
 
 
 class ApiError(Exception):
@@ -96,7 +97,8 @@ class Kube:
         response = await self._api.call_api(
             path("Pod", namespace, pod, "log"), "GET",
             query_params=[("container", container), ("tailLines", str(tail_lines)), ("limitBytes", str(limit_bytes))],
-            header_params={"Accept": "text/plain"}, auth_settings=["BearerToken"], _preload_content=False)
+            header_params={"Accept": "text/plain"}, auth_settings=["BearerToken"], _preload_content=False,
+            _request_timeout=TIMEOUT)
         try:
             text = await response.text()
             if not 200 <= response.status <= 299:
@@ -111,7 +113,8 @@ class Kube:
             return await self._api.call_api(
                 url, method, query_params=list((query or {}).items()), body=body,
                 header_params={"Accept": "application/json", "Content-Type": content_type},
-                response_types_map=_JSON, auth_settings=["BearerToken"], _return_http_data_only=True)
+                response_types_map=_JSON, auth_settings=["BearerToken"], _return_http_data_only=True,
+                _request_timeout=TIMEOUT)
         except client.ApiException as exc:
             # Only the status and reason: the response body can echo the request.
             raise ApiError(exc.status, exc.reason or "") from None

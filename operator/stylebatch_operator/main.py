@@ -58,6 +58,9 @@ def operator_settings() -> kopf.OperatorSettings:
     settings.persistence.finalizer = "stylebatch.io/operator"
     # Discovery once at startup; no watching of CRDs or namespaces (and no cluster-wide RBAC for it).
     settings.scanning.disabled = True
+    # On exit or deletion, let a reconciliation in flight finish its step (create + status patch)
+    # rather than abandon it halfway; idle timers stop at once.
+    settings.background.instant_exit_timeout = 10.0
     # Events are the operator's own transitions, not kopf's routine log lines.
     settings.posting.level = logging.WARNING
     settings.posting.reporting_component = "stylebatch-operator"

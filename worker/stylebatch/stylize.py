@@ -1,7 +1,6 @@
-"""Stage 2, one MPI rank: stylize this rank's chunks into encoded parts in the work dir.
+"""Stage 2, one MPI rank: stylize this rank's share of the chunks into encoded parts in the work dir.
 
-Decode, model and encode run in three threads joined by small queues, so the model never waits
-on the CPU work around it. Parts already in the work dir are skipped (resume).
+Parts already in the work dir are skipped (resume); a failing rank aborts the whole MPI job.
 """
 
 from __future__ import annotations
@@ -10,28 +9,22 @@ import argparse
 import hashlib
 import logging
 import os
-import queue
 import shutil
 import sys
 import tempfile
-import threading
-import time
 import traceback
 from fractions import Fraction
 from pathlib import Path
-from typing import Callable, Iterable
 
 from stylebatch.encoder import PART_EXT, PartWriter
 from stylebatch.errors import StylebatchError
 from stylebatch.manifest import PARTS_DIR, Manifest, read_manifest
 from stylebatch.partition import chunk_bounds, part_name, partition
-from stylebatch.progress import RankProgress, format_line
+from stylebatch.pipeline import Progress, run_pipeline
 from stylebatch.ranks import World, cpu_count, detect
 from stylebatch.video import ChunkReader
 
 log = logging.getLogger(__name__)
-REPORT_EVERY_S = 3.0
-_DONE = object()
 
 
 def run(args: argparse.Namespace) -> int:
@@ -41,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
         return stylize(args, world, tmp)
     except StylebatchError as exc:
         if world.size > 1:
-            print(f"stylebatch: error: {exc}", file=sys.stderr, flush=True)
+            print(f"stylebatch: error: {' '.join(str(exc).split())}", file=sys.stderr, flush=True)
             shutil.rmtree(tmp, ignore_errors=True)
             world.abort(exc.exit_code)
         raise
@@ -63,29 +56,6 @@ def _rank_tmp(work: str, rank: int) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     return tmp
-
-
-class Progress:
-    """This rank's progress lines on stdout: now and then, and always at the start and the end."""
-
-    def __init__(self, world: World, share: int, done: int, frames: int) -> None:
-        self.world, self.share, self.done, self.frames = world, share, done, frames
-        self._lock = threading.Lock()
-        self._last = 0.0
-
-    def add(self, n: int) -> None:
-        with self._lock:
-            self.done += n
-        self.report()
-
-    def report(self, force: bool = False) -> None:
-        with self._lock:
-            now = time.monotonic()
-            if not force and now - self._last < REPORT_EVERY_S:
-                return
-            self._last = now
-            line = format_line(RankProgress(self.world.rank, self.world.size, self.done, self.share, self.frames))
-        print(line, flush=True)
 
 
 def stylize(args: argparse.Namespace, world: World, tmp: Path) -> int:
@@ -170,86 +140,3 @@ def _local_source(work, m: Manifest, tmp: Path) -> Path:
     local = tmp / m.source
     src.download(local)
     return local
-
-
-class _Stopped(Exception):
-    pass
-
-
-def run_pipeline(todo: Iterable[tuple[int, int]], read: Callable, stylizer, open_part: Callable,
-                 publish: Callable, progress: Progress) -> None:
-    """decode thread -> model (this thread) -> encode thread; the first failure stops all three."""
-    q_in: queue.Queue = queue.Queue(maxsize=3)
-    q_out: queue.Queue = queue.Queue(maxsize=3)
-    stop = threading.Event()
-    failures: list[BaseException] = []
-
-    def put(q: queue.Queue, item) -> None:
-        while True:
-            if stop.is_set():
-                raise _Stopped
-            try:
-                return q.put(item, timeout=0.1)
-            except queue.Full:
-                pass
-
-    def get(q: queue.Queue):
-        while True:
-            if stop.is_set():
-                raise _Stopped
-            try:
-                return q.get(timeout=0.1)
-            except queue.Empty:
-                pass
-
-    def guarded(fn: Callable) -> Callable:
-        def body() -> None:
-            try:
-                fn()
-            except _Stopped:
-                pass
-            except BaseException as exc:  # noqa: BLE001 - handed to the main thread
-                failures.append(exc)
-                stop.set()
-        return body
-
-    def decode() -> None:
-        for chunk in todo:
-            for frames in read(chunk):
-                put(q_in, (chunk, frames))
-            put(q_in, (chunk, None))
-        put(q_in, _DONE)
-
-    def encode() -> None:
-        writer = None
-        try:
-            while (item := get(q_out)) is not _DONE:
-                chunk, frames = item
-                if frames is None:
-                    writer.close()
-                    publish(chunk, path)
-                    writer = None
-                    continue
-                if writer is None:
-                    writer, path = open_part(chunk)
-                writer.write(frames)
-                progress.add(len(frames))
-        finally:
-            if writer is not None:
-                writer.abort()
-
-    def model() -> None:
-        while (item := get(q_in)) is not _DONE:
-            chunk, frames = item
-            put(q_out, (chunk, None if frames is None else stylizer(frames)))
-        put(q_out, _DONE)
-
-    workers = [threading.Thread(target=guarded(f), name=f"stylebatch-{f.__name__}", daemon=True)
-               for f in (decode, encode)]
-    for t in workers:
-        t.start()
-    guarded(model)()
-    for t in workers:
-        t.join()
-    if failures:
-        raise failures[0]

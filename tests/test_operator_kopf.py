@@ -16,6 +16,7 @@ import logging
 import os
 import signal
 import socket
+import subprocess
 import sys
 import threading
 import uuid
@@ -107,11 +108,12 @@ async def operator(api: ApiServer, **options: Any) -> AsyncIterator[None]:
     of its loop, which must not include the mock server's."""
     stop, ready = threading.Event(), threading.Event()
     failure: list[BaseException] = []
+    options = {"namespaces": [NS], "interval": INTERVAL, **options}
 
     async def main() -> None:
         kube = Kube.for_url(str(api.url))
         try:
-            await serve(namespaces=[NS], interval=INTERVAL, kube=kube, stop_flag=stop, ready_flag=ready, **options)
+            await serve(kube=kube, stop_flag=stop, ready_flag=ready, **options)
         finally:
             await kube.close()
 
@@ -255,6 +257,9 @@ def test_a_job_goes_from_apply_to_succeeded_with_progress_conditions_and_events(
             await eventually(lambda: status(api)["progress"]["summary"] == "40% (40/100)")
             ranks_report(api, 35, 40)
             await eventually(lambda: status(api)["progress"]["framesDone"] == 75)
+            log_reads = [r for r in api if r.subresource == "log"]
+            assert {str(r.url.path) for r in log_reads} == {f"{PODS}/orangutan-stylize-1-launcher-abcde/log"}
+            assert log_reads[0].params == {"container": "launcher", "tailLines": "1000"}  # bounded reads
             await finish(api, MPIJOBS, "orangutan-stylize-1", reason="MPIJobSucceeded")
 
             await eventually(lambda: child(api, "Job", "orangutan-postprocess-1"))
@@ -277,6 +282,8 @@ def test_a_job_goes_from_apply_to_succeeded_with_progress_conditions_and_events(
             assert creates(api, MPIJOBS) == ["orangutan-stylize-1"]
             # and the children still get the SAS token to reach the storage
             assert SAS in str(child(api, "Job", "orangutan-postprocess-1")["spec"])
+            # a finished job holds no finalizer: deleting it never waits for the operator
+            await eventually(lambda: not job(api)["metadata"].get("finalizers"))
             assert_requests_allowed_by_rbac(api)
     run(scenario)
 
@@ -417,6 +424,16 @@ def test_a_spec_change_after_the_start_is_reported_and_not_applied():
     run(scenario)
 
 
+def test_watching_all_namespaces_finds_jobs_in_any_of_them():
+    async def scenario() -> None:
+        async with api_server() as api, operator(api, namespaces=[]):
+            await apply_job(api)
+            await eventually(lambda: child(api, "Job", "orangutan-preprocess-1"))
+            watches = {str(r.url.path) for r in api if r.params.get("watch") == "true"}
+            assert "/apis/stylebatch.io/v1alpha1/styletransferjobs" in watches
+    run(scenario)
+
+
 def test_liveness_endpoint_answers_while_the_operator_runs():
     async def scenario() -> None:
         port = free_port()
@@ -455,6 +472,14 @@ def test_stylebatch_operator_command_runs_with_the_kubeconfig_and_stops_cleanly_
                       for r in api if not r.headers.get("User-Agent", "").startswith("kmock/")}
             assert agents == {"kopf": "Bearer t0k3n", "OpenAPI-Generator": "Bearer t0k3n"}
     run(scenario)
+
+
+def test_the_operator_never_imports_torch_or_the_workers_heavy_modules():
+    code = ("import sys, stylebatch.cli, stylebatch_operator.main, stylebatch_operator.handlers; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'numpy', 'av') "
+            "or m.startswith('stylebatch.') and m not in ('stylebatch.cli', 'stylebatch.errors', 'stylebatch.progress')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
 
 
 def test_a_bad_reconcile_interval_is_a_one_line_error(monkeypatch):

@@ -20,8 +20,9 @@ from stylebatch_operator.names import (
 from stylebatch_operator.observe import FAILED, child_state
 from stylebatch_operator.status import event_for, progress_patch, status_patch
 
-LOG_TAIL_LINES = 2000  # several lines per rank: enough to find every rank's latest one
-LOG_LIMIT_BYTES = 1 << 20
+# Enough of the launcher's log to hold every rank's latest progress line. (No limitBytes: the
+# server would cut the newest lines, not the oldest.)
+LOG_TAIL_MIN_LINES, LOG_TAIL_LINES_PER_RANK = 1000, 20
 
 
 def build_registry(*, interval: float) -> kopf.OperatorRegistry:
@@ -132,7 +133,10 @@ async def _read_progress(kube: Kube, mpijob: dict[str, Any], logger: logging.Log
         if not started:
             return None
         launcher = max(started, key=lambda p: p["metadata"].get("creationTimestamp") or "")
-        text = await kube.pod_log(namespace, launcher["metadata"]["name"], "launcher", LOG_TAIL_LINES, LOG_LIMIT_BYTES)
+        spec = mpijob["spec"]
+        ranks = int(spec.get("slotsPerWorker") or 1) * int(spec["mpiReplicaSpecs"]["Worker"].get("replicas") or 1)
+        tail = max(LOG_TAIL_MIN_LINES, LOG_TAIL_LINES_PER_RANK * ranks)
+        text = await kube.pod_log(namespace, launcher["metadata"]["name"], "launcher", tail)
     except ApiError as exc:
         logger.debug("no progress from the launcher yet: %s", exc)
         return None

@@ -93,10 +93,10 @@ class Kube:
         return await self._call("PATCH", path(kind, namespace, name, "status"), body={"status": patch},
                                 content_type="application/merge-patch+json")
 
-    async def pod_log(self, namespace: str, pod: str, container: str, tail_lines: int, limit_bytes: int) -> str:
+    async def pod_log(self, namespace: str, pod: str, container: str, tail_lines: int) -> str:
         response = await self._api.call_api(
             path("Pod", namespace, pod, "log"), "GET",
-            query_params=[("container", container), ("tailLines", str(tail_lines)), ("limitBytes", str(limit_bytes))],
+            query_params=[("container", container), ("tailLines", str(tail_lines))],
             header_params={"Accept": "text/plain"}, auth_settings=["BearerToken"], _preload_content=False,
             _request_timeout=TIMEOUT)
         try:

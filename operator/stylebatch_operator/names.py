@@ -14,7 +14,6 @@ SINGULAR = "styletransferjob"
 SHORT_NAMES = ["stj"]
 
 MPI_API_VERSION = "kubeflow.org/v2beta1"
-MPI_PLURAL = "mpijobs"
 
 MANAGED_BY = "stylebatch"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
@@ -22,8 +21,7 @@ LABEL_JOB = f"{GROUP}/job"
 LABEL_STAGE = f"{GROUP}/stage"
 LABEL_ATTEMPT = f"{GROUP}/attempt"
 
-# The MPI operator's labels on the pods of an MPIJob.
-MPI_LABEL_JOB_NAME = "training.kubeflow.org/job-name"
+# The MPI operator's label on the pods of an MPIJob that says launcher or worker.
 MPI_LABEL_ROLE = "training.kubeflow.org/job-role"
 
 PREPROCESS, STYLIZE, POSTPROCESS = "preprocess", "stylize", "postprocess"

@@ -179,8 +179,7 @@ def _storage_env(spec: dict[str, Any]) -> list[dict[str, Any]]:
 def _pod_spec(spec: dict[str, Any], containers: list[dict[str, Any]], restart_policy: str | None = None) -> dict[str, Any]:
     pod: dict[str, Any] = {
         "containers": containers,
-        "securityContext": {"runAsNonRoot": True, "runAsUser": RUN_AS_USER, "runAsGroup": RUN_AS_USER,
-                            "fsGroup": RUN_AS_USER},
+        "securityContext": {"runAsNonRoot": True, "runAsUser": RUN_AS_USER, "runAsGroup": RUN_AS_USER},
     }
     if restart_policy:
         pod["restartPolicy"] = restart_policy

@@ -15,6 +15,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from stylebatch.cli import build_parser
 from stylebatch_operator.crd import SPEC_SCHEMA, apply_defaults
 from stylebatch_operator.decide import START, Action
 from stylebatch_operator.manifests import (
@@ -128,6 +129,22 @@ def test_mpijob_runs_stylize_under_mpich_across_every_gpu():
     assert worker["containers"][0]["resources"]["limits"] == {"nvidia.com/gpu": 4}
     assert {"key": "sku", "operator": "Equal", "value": "gpu", "effect": "NoSchedule"} in worker["tolerations"]
     assert worker["containers"][0]["readinessProbe"]["tcpSocket"]["port"] == 2222
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_every_pod_command_is_one_the_worker_cli_accepts(variant):
+    parser = build_parser()
+    job = stj(**VARIANTS[variant])
+    pre = build_preprocess_job(job)["spec"]["template"]["spec"]["containers"][0]["args"]
+    post = build_postprocess_job(job)["spec"]["template"]["spec"]["containers"][0]["args"]
+    launcher = build_mpijob(job)["spec"]["mpiReplicaSpecs"]["Launcher"]["template"]["spec"]["containers"][0]["args"]
+    stylize = launcher[launcher.index("stylebatch"):]
+    for argv in (pre, stylize, post):
+        assert argv[0] == "stylebatch"
+        args = parser.parse_args(argv[1:])
+        assert args.command == argv[1] and args.work == argv[argv.index("--work") + 1]
+    args = parser.parse_args(stylize[1:])
+    assert (args.style, args.strength) == (job["spec"]["style"], job["spec"]["strength"])
 
 
 def test_cpu_fallback_asks_for_no_gpu_and_tolerates_no_gpu_taint():

@@ -96,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("-o", "--output", required=True, help="output file or blob URI; its extension picks "
                                                             "the container (.mp4 .mov .m4v .mkv .webm .avi)")
     run.add_argument("--workers", type=_positive, default=None,
-                     help="MPI ranks to run locally (default: one per GPU, or by CPU cores)")
+                     help="MPI ranks to run locally (default: one per GPU, else one per CPU core, at most 4)")
     run.add_argument("--work", help="work dir (folder or blob prefix); re-use one to resume (default: temp)")
     run.add_argument("--keep-work", action="store_true", help="keep the work dir after success")
     _model_flags(run)

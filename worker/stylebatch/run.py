@@ -30,13 +30,16 @@ def list_styles(args: argparse.Namespace) -> int:
 
 
 def default_workers(device: str) -> int:
-    """One rank per GPU; on CPU one rank per 4 cores (torch uses the cores of its rank well)."""
+    """One rank per GPU. On CPU, one rank per core up to 4 (then more threads per rank): torch
+    scales poorly across threads, and on 2 cores 2 ranks x 1 thread ran 1.3x faster end to end than
+    1 rank x 2 threads (benchmarks/bench_pipeline.py). The cap bounds memory: each rank holds a model
+    and its own frame batches."""
     if device != "cpu":
         import torch
 
         if torch.cuda.is_available():
             return max(1, torch.cuda.device_count())
-    return max(1, cpu_count() // 4)
+    return max(1, min(cpu_count(), 4))
 
 
 def find_mpiexec() -> str | None:

@@ -89,14 +89,15 @@ def test_run_logs_progress_lines_when_not_a_tty_and_removes_its_temp_work_dir(cl
 def test_keep_work_then_resume_with_work(clip, tmp_path: Path) -> None:
     src = clip("in.mp4", size=(96, 64), frames=30, audio=("aac",))
     work, out = tmp_path / "work", tmp_path / "o.mp4"
-    result = stylebatch("run", src, "-o", out, "--work", work, "--keep-work", "--chunk-frames", "8", *FAST_STYLE)
+    result = stylebatch("run", src, "-o", out, "--work", work, "--keep-work", "--chunk-frames", "8", "--workers", "1",
+                        *FAST_STYLE)
     assert result.returncode == 0, result.stderr
     assert (work / "manifest.json").exists()
     parts = sorted((work / "parts").iterdir())
     assert len(parts) == 4
     parts[0].unlink()
     out.unlink()
-    result = stylebatch("run", src, "-o", out, "--work", work, "--chunk-frames", "8", *FAST_STYLE)
+    result = stylebatch("run", src, "-o", out, "--work", work, "--chunk-frames", "8", "--workers", "1", *FAST_STYLE)
     assert result.returncode == 0, result.stderr
     assert "resuming" in result.stderr
     assert "1 of its 4 chunks to stylize" in result.stderr  # the other three parts were reused

@@ -97,7 +97,10 @@ def test_keep_work_then_resume_with_work(clip, tmp_path: Path) -> None:
     assert len(parts) == 4
     parts[0].unlink()
     out.unlink()
-    result = stylebatch("run", src, "-o", out, "--work", work, "--chunk-frames", "8", "--workers", "1", *FAST_STYLE)
+    # a different chunk size cannot reuse the parts; left out, the work dir's own is used
+    result = stylebatch("run", src, "-o", out, "--work", work, "--chunk-frames", "10", *FAST_STYLE)
+    assert result.returncode != 0 and "--chunk-frames" in result.stderr and (work / "manifest.json").exists()
+    result = stylebatch("run", src, "-o", out, "--work", work, "--workers", "1", *FAST_STYLE)
     assert result.returncode == 0, result.stderr
     assert "resuming" in result.stderr
     assert "1 of its 4 chunks to stylize" in result.stderr  # the other three parts were reused

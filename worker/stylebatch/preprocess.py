@@ -6,7 +6,6 @@ import argparse
 import logging
 import re
 import tempfile
-from dataclasses import asdict
 from pathlib import Path
 
 from stylebatch import __version__
@@ -41,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     src, out, work = location(args.input), location(args.output), location(args.work)
     settings = settings_from_args(args, out.name)
     chunk_frames = args.chunk_frames or DEFAULT_CHUNK_FRAMES
-    if _reuse_existing(work, src, out, settings, chunk_frames):
+    if _reuse_existing(work, src, out, args, settings):
         return 0
     if not src.exists():
         raise StylebatchError(f"input not found: {src.display}")
@@ -78,19 +77,28 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _reuse_existing(work, src, out, settings: EncoderSettings, chunk_frames: int) -> bool:
-    """A work dir that preprocess already finished for the same job is reused (resume)."""
+def _reuse_existing(work, src, out, args: argparse.Namespace, settings: EncoderSettings) -> bool:
+    """A work dir that preprocess already finished for the same job is reused (resume). Flags left
+    out take the work dir's values; flags given must agree with them, since the parts depend on them."""
     if not work.child(MANIFEST_NAME).exists():
         return False
+    from stylebatch.encoder import ALLOWED
     from stylebatch.manifest import read_manifest
 
     m = read_manifest(work)
-    old = asdict(m.encoder)
-    new = asdict(settings)
-    old.pop("pix_fmt"), new.pop("pix_fmt")
-    if m.input != src.display or old != new or m.chunk_frames != chunk_frames:
-        raise StylebatchError(f"work dir {work.display} holds another job (input {m.input}, "
-                              f"{m.encoder.codec}, chunks of {m.chunk_frames}): use a fresh --work")
+    given = {"input": (src.display, m.input),
+             "--chunk-frames": (args.chunk_frames, m.chunk_frames),
+             "--codec": (settings.codec if args.codec else None, m.encoder.codec),
+             "--crf": (args.crf, m.encoder.crf),
+             "--bitrate": (settings.bitrate if args.bitrate else None, m.encoder.bitrate),
+             "--preset": (args.preset, m.encoder.preset)}
+    differ = [name for name, (new, old) in given.items() if new is not None and new != old]
+    if differ:
+        raise StylebatchError(f"work dir {work.display} holds a job with another {', '.join(differ)} "
+                              f"(input {m.input}): use a fresh --work, or the same settings to resume")
+    if m.encoder.codec not in ALLOWED[settings.container]:
+        raise StylebatchError(f"work dir {work.display} holds {m.encoder.codec} parts, which cannot go into "
+                              f"{Path(out.name).suffix}: use a fresh --work")
     if m.output != output_uri(out):
         m.output = output_uri(out)
         work.child(MANIFEST_NAME).write_bytes(m.to_json().encode())

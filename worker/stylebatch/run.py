@@ -171,10 +171,15 @@ def _stylize(stylize_args: list[str], workers: int, frames: int) -> None:
 
     reader = threading.Thread(target=forward_stderr, daemon=True)
     reader.start()
-    for line in proc.stdout:
-        if not monitor.line(line) and line.strip():
-            monitor.passthrough(line)
-    code = proc.wait()
+    try:
+        for line in proc.stdout:
+            if not monitor.line(line) and line.strip():
+                monitor.passthrough(line)
+        code = proc.wait()
+    finally:
+        if proc.poll() is None:  # interrupted: take the ranks down with us
+            proc.terminate()
+            proc.wait()
     reader.join()
     monitor.show(final=True)
     if code != 0:

@@ -115,10 +115,24 @@ def _reorder_delay(chunks: list[tuple[int, int]], parts: list[Path]) -> int:
     return delay
 
 
-def _video_packets(m: Manifest, chunks, parts, out_stream) -> Iterator[tuple[float, int, av.Packet]]:
-    pts, tb, n = m.pts, Fraction(*m.time_base), m.frames
+def timeline(m: Manifest, container: str) -> tuple[Fraction, list[int], int]:
+    """(time base, pts of every frame, last frame's duration) as the output will carry them: the
+    source's own, except in AVI, which counts frames at a constant rate (VFR gets rounded to it)."""
+    tb = Fraction(*m.time_base)
+    if container != "avi":
+        return tb, m.pts, m.last_duration
+    tick = 1 / Fraction(*m.frame_rate)
+    pts: list[int] = []
+    for t in m.pts:
+        pts.append(max(round((t - m.pts[0]) * tb / tick), pts[-1] + 1 if pts else 0))
+    return tick, pts, 1
+
+
+def _video_packets(m: Manifest, chunks, parts, out_stream, container: str) -> Iterator[tuple[float, int, av.Packet]]:
+    tb, pts, last_duration = timeline(m, container)
+    n = m.frames
     delay = _reorder_delay(chunks, parts)
-    first_duration = pts[1] - pts[0] if n > 1 else m.last_duration
+    first_duration = pts[1] - pts[0] if n > 1 else last_duration
     j = 0
     for (s, e), path in zip(chunks, parts):
         c, packets = _part_packets(path)
@@ -129,7 +143,7 @@ def _video_packets(m: Manifest, chunks, parts, out_stream) -> Iterator[tuple[flo
                 packet.time_base = tb
                 packet.pts = pts[p]
                 packet.dts = pts[j - delay] if j >= delay else pts[0] - (delay - j) * first_duration
-                packet.duration = (pts[p + 1] if p + 1 < n else pts[p] + m.last_duration) - pts[p]
+                packet.duration = (pts[p + 1] if p + 1 < n else pts[p] + last_duration) - pts[p]
                 yield float(packet.dts * tb), 0, packet
                 j += 1
 
@@ -157,10 +171,12 @@ def _transcoded_packets(path: Path, index: int, out_stream) -> Iterator[tuple[fl
 
 def mux(m: Manifest, chunks, parts: list[Path], source: Path | None, result: Path, container: str) -> None:
     options = {"movflags": "+faststart"} if container in ("mp4", "mov") else {}
+    if container == "avi":  # AVI counts frames: shifting timestamps to avoid negative ones would round them
+        options["avoid_negative_ts"] = "disabled"
     with av.open(str(parts[0])) as first, av.open(str(result), "w", format=container, options=options) as out:
         video = out.add_stream_from_template(first.streams.video[0])
-        video.time_base = Fraction(*m.time_base)
-        streams: list[Iterator] = [_video_packets(m, chunks, parts, video)]
+        video.time_base = timeline(m, container)[0]
+        streams: list[Iterator] = [_video_packets(m, chunks, parts, video, container)]
         src = av.open(str(source)) if source is not None else None
         try:
             if src is not None:

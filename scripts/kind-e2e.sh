@@ -74,14 +74,12 @@ step "6/10 the chart (CPU defaults from ci/kind-values.yaml)"
 helm upgrade --install stylebatch charts/stylebatch --kube-context "$CTX" --namespace "$NS" \
   -f charts/stylebatch/ci/kind-values.yaml --set jobs.image.tag="$VERSION-cpu" --wait --timeout 5m
 
-step "7/10 the sample job, made to run here: CPU worker image, no GPUs, the Azurite Secret"
-$PY - "$WORKER_IMAGE" > "$work/job.yaml" <<'EOF'
-import sys, yaml
+step "7/10 the sample job as it is: the chart's kind values make it run here (CPU image, no GPUs, the Azurite Secret)"
+$PY - > "$work/job.yaml" <<'EOF'
+import yaml
 job = yaml.safe_load(open("manifests/examples/job.yaml"))
 job["metadata"]["name"] = "e2e-sample"
-job["spec"].update(image=sys.argv[1], imagePullPolicy="IfNotPresent", workers=2, gpusPerWorker=0,
-                   storage={"secretName": "stylebatch-storage"})
-job["spec"].pop("scheduling", None)
+job["spec"].pop("scheduling", None)  # no spot pools on kind
 print(yaml.safe_dump(job, sort_keys=False))
 EOF
 read -r input output < <($PY -c 'import sys, yaml; s = yaml.safe_load(open(sys.argv[1]))["spec"]; print(s["input"], s["output"])' "$work/job.yaml")
@@ -114,7 +112,11 @@ deadline=$((SECONDS + TIMEOUT_S))
 while :; do
   phase=$(k -n "$NS" get stj e2e-sample -o jsonpath='{.status.phase}')
   echo "  ${phase:-Pending} $(k -n "$NS" get stj e2e-sample -o jsonpath='{.status.progress.summary}')"
-  [ "$phase" = Succeeded ] && break
+  if [ "$phase" = Succeeded ]; then
+    ran=$(k -n "$NS" get stj e2e-sample -o jsonpath='{.status.effectiveSpec.image}')
+    [ "$ran" = "$WORKER_IMAGE" ] || { echo "kind-e2e: the job ran $ran, not the chart's $WORKER_IMAGE" >&2; exit 1; }
+    break
+  fi
   if [ "$phase" = Failed ] || [ "$SECONDS" -ge "$deadline" ]; then
     k -n "$NS" describe stj e2e-sample
     k -n "$NS" get pods -o wide

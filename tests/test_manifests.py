@@ -13,6 +13,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from stylebatch_operator.settings import Settings, from_environment
+from stylebatch_operator.spec import resolve, spec_problems
+
 ROOT = Path(__file__).resolve().parent.parent
 MANIFESTS = ROOT / "manifests"
 CHART = ROOT / "charts" / "stylebatch"
@@ -30,6 +33,13 @@ def load(path: Path) -> list[dict]:
 def crd_schema() -> dict:
     (crd,) = load(CHART / "crds" / "styletransferjobs.yaml")
     return crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+
+
+def operator_settings(objects: list[dict]) -> Settings:
+    """The settings the operator Deployment among `objects` starts with."""
+    (deployment,) = [o for o in objects if o["kind"] == "Deployment"]
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    return from_environment({e["name"]: e["value"] for e in container["env"]})
 
 
 def validate(obj: dict) -> None:
@@ -84,11 +94,14 @@ def test_every_manifest_is_valid(path):
         validate(obj)
 
 
-def test_example_job_matches_the_storage_secret_example_and_the_chart():
+def test_example_job_runs_with_the_plain_installs_defaults_and_the_example_secret():
     (job,) = load(MANIFESTS / "examples" / "job.yaml")
     (secret,) = load(MANIFESTS / "examples" / "storage-secret.yaml")
-    defaults = yaml.safe_load((CHART / "values.yaml").read_text())
-    assert job["spec"]["storage"]["secretName"] == secret["metadata"]["name"] == defaults["storage"]["existingSecret"]
+    settings = operator_settings(load(MANIFESTS / "30-operator.yaml"))  # kubectl apply -f manifests/
+    assert spec_problems(job, settings) == []
+    spec = resolve(job["spec"], settings)
+    assert spec["storage"] == {"secretName": secret["metadata"]["name"]}
+    assert (spec["workers"], spec["gpusPerWorker"]) == (2, 1)
     assert re.fullmatch(r"az://[a-z0-9-]{3,63}/.+", job["spec"]["input"])
 
 
@@ -157,16 +170,24 @@ def test_kind_azurite_is_reachable_where_the_job_secret_points():
     assert re.search(r":\d+\.\d+\.\d+$", container["image"]), "pin the emulator"
 
 
-def test_kind_job_is_the_example_made_to_run_on_cpus():
-    # Replays the script's edit of the example job, then validates it against the CRD.
-    code = re.search(r'\$PY - "\$WORKER_IMAGE" > "\$work/job.yaml" <<\'EOF\'\n(.*?)\nEOF\n', KIND_SCRIPT.read_text(), re.S)
-    result = subprocess.run([str(ROOT / ".venv" / "bin" / "python"), "-", "stylebatch-worker:0.0.0-cpu"],
+def test_kind_job_is_the_example_run_on_cpus_by_the_charts_kind_defaults():
+    # Replays the script's edit of the example job, validates it against the CRD, and resolves it
+    # with the settings the kind install gives the operator.
+    text = KIND_SCRIPT.read_text()
+    code = re.search(r'\$PY - > "\$work/job.yaml" <<\'EOF\'\n(.*?)\nEOF\n', text, re.S)
+    result = subprocess.run([str(ROOT / ".venv" / "bin" / "python"), "-"],
                             input=code.group(1), cwd=ROOT, capture_output=True, text=True, timeout=60, check=True)
     job = yaml.safe_load(result.stdout)
     validate(job)
-    assert job["spec"]["gpusPerWorker"] == 0 and job["spec"]["image"] == "stylebatch-worker:0.0.0-cpu"
-    assert job["spec"]["storage"] == {"secretName": "stylebatch-storage"}
-    assert "secret generic stylebatch-storage" in KIND_SCRIPT.read_text()
+    values = yaml.safe_load((CHART / "ci" / "kind-values.yaml").read_text())
+    version = yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"]
+    tag = re.search(r'--set jobs\.image\.tag="\$VERSION(-\w+)"', text).group(1)
+    values["jobs"]["image"] = {"repository": "stylebatch-worker", "tag": version + tag}
+    spec = resolve(job["spec"], operator_settings(render_manifests.render_objects(values, namespace="stylebatch")))
+    assert spec["gpusPerWorker"] == 0 and spec["image"] == f"stylebatch-worker:{version}-cpu"
+    assert spec["imagePullPolicy"] == "Never" and spec["storage"] == {"secretName": "stylebatch-storage"}
+    assert "scheduling" not in job["spec"]
+    assert "secret generic stylebatch-storage" in text
 
 
 # --- docs/deploy-aks.md and manifests/aks/ --------------------------------------------------------
@@ -211,13 +232,17 @@ def test_guide_values_install_cleanly():
     assert "helm upgrade --install stylebatch charts/stylebatch --namespace $NS -f stylebatch-values.yaml" in GUIDE.read_text()
 
 
-def test_guide_job_runs_as_the_federated_service_account():
+def test_guide_job_runs_as_the_federated_service_account_from_the_charts_defaults():
     job = yaml.safe_load(guide_file("orangutan.yaml"))
     validate(job)
-    account = job["spec"]["storage"]["serviceAccountName"]
     values = yaml.safe_load(guide_file("stylebatch-values.yaml"))
     objects = render_manifests.render_objects(values, namespace=job["metadata"]["namespace"])
+    spec = resolve(job["spec"], operator_settings(objects))
+    account = spec["serviceAccountName"]
+    assert spec["storage"] == {"serviceAccountName": account, "accountName": GUIDE_VARS["DATA_ACCOUNT"]}
     (sa,) = [o for o in objects if o["kind"] == "ServiceAccount" and o["metadata"]["name"] == account]
     assert sa["metadata"]["annotations"]["azure.workload.identity/client-id"] == GUIDE_VARS["CLIENT_ID"]
     assert f"--subject system:serviceaccount:$NS:{account}" in GUIDE.read_text()
-    assert job["spec"]["image"] == f"{GUIDE_VARS['ACR']}.azurecr.io/stylebatch-worker:{GUIDE_VARS['VERSION']}"
+    assert spec["image"] == f"{GUIDE_VARS['ACR']}.azurecr.io/stylebatch-worker:{GUIDE_VARS['VERSION']}"
+    assert (spec["workers"], spec["gpusPerWorker"]) == (2, 1)
+    assert spec["scheduling"]["nodeSelector"] == {"stylebatch.io/gpu": "true"} and spec["scheduling"]["spot"]

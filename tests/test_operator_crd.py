@@ -12,7 +12,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from stylebatch_operator.crd import DEFAULT_IMAGE, DEFAULT_STYLE, apply_defaults, crd, openapi_schema, to_yaml
+from stylebatch_operator.crd import DEFAULT_STYLE, SPEC_SCHEMA, apply_defaults, crd, openapi_schema, to_yaml
 
 REPO = Path(__file__).resolve().parent.parent
 CHART_CRD = REPO / "charts" / "stylebatch" / "crds" / "styletransferjobs.yaml"
@@ -49,7 +49,8 @@ def test_chart_crd_is_the_generated_one():
 
 def test_schema_is_structural():
     for path, node in walk(openapi_schema()):
-        assert node.get("type") or node.get("x-kubernetes-preserve-unknown-fields"), f"{path} has no type"
+        assert node.get("type") or node.get("x-kubernetes-preserve-unknown-fields") \
+            or node.get("x-kubernetes-int-or-string"), f"{path} has no type"
         assert not ("properties" in node and "additionalProperties" in node), path
         if "properties" in node:
             assert node["type"] == "object", path
@@ -71,14 +72,17 @@ def test_served_with_status_subresource_short_name_and_columns():
     assert version["served"] and version["storage"] and version["subresources"] == {"status": {}}
     columns = {c["name"]: c["jsonPath"] for c in version["additionalPrinterColumns"]}
     assert columns == {"Phase": ".status.phase", "Progress": ".status.progress.summary", "Style": ".spec.style",
-                       "Workers": ".spec.workers", "GPUs": ".spec.gpusPerWorker",
+                       "Workers": ".status.effectiveSpec.workers", "GPUs": ".status.effectiveSpec.gpusPerWorker",
                        "Age": ".metadata.creationTimestamp"}
-    # every spec/status column reads a field the schema declares (else it would always be empty)
+    # every spec/status column reads a field the schema declares or keeps (else it would always be empty)
     for json_path in columns.values():
         if json_path.startswith(".metadata."):
             continue
         node = version["schema"]["openAPIV3Schema"]
         for part in json_path.strip(".").split("."):
+            if node.get("x-kubernetes-preserve-unknown-fields"):
+                assert part in SPEC_SCHEMA["properties"], json_path  # effectiveSpec: a spec
+                break
             assert part in node["properties"], json_path
             node = node["properties"][part]
 
@@ -90,27 +94,28 @@ def test_spec_is_immutable_and_the_name_short_enough_for_child_names():
     assert schema["x-kubernetes-validations"][0]["rule"] == "size(self.metadata.name) <= 40"
 
 
-def test_example_job_validates_and_defaults_to_a_fresh_aks_gpu_pool():
+def test_example_job_validates_and_leaves_the_cluster_wide_settings_to_the_operator():
     job = example()
     assert (job["apiVersion"], job["kind"]) == ("stylebatch.io/v1alpha1", "StyleTransferJob")
     defaulted = apply_defaults(job, openapi_schema())
     validator().validate(defaulted)
     spec = defaulted["spec"]
     assert spec["input"].startswith("az://") and spec["output"].startswith("az://")
-    assert (spec["workers"], spec["gpusPerWorker"], spec["style"]) == (2, 1, DEFAULT_STYLE)
-    assert spec["storage"] == {"secretName": "stylebatch-storage"}
-    assert (spec["image"], spec["imagePullPolicy"]) == (DEFAULT_IMAGE, "IfNotPresent")
-    assert spec["scheduling"] == {"spot": False}
-    minimal = apply_defaults({"spec": {"input": "az://a/b.mp4", "output": "az://a/c.mp4",
-                                       "storage": {"secretName": "s"}}}, openapi_schema())["spec"]
-    assert (minimal["workers"], minimal["gpusPerWorker"], minimal["retries"], minimal["activeDeadlineSeconds"]) == \
-        (1, 1, 3, 21600)
+    assert spec["style"] == DEFAULT_STYLE and spec["scheduling"] == {"spot": False}
+    # what the chart's values decide is not the CRD's to fill in, or they could never apply
+    assert not {"image", "imagePullPolicy", "imagePullSecrets", "workers", "gpusPerWorker", "resources",
+                "storage"} & spec.keys()
+    minimal = apply_defaults({"spec": {"input": "az://a/b.mp4", "output": "az://a/c.mp4"}}, openapi_schema())
+    validator().validate(minimal)  # no storage: allowed, the operator may have a default
+    assert minimal["spec"] == {"input": "az://a/b.mp4", "output": "az://a/c.mp4", "style": DEFAULT_STYLE,
+                               "strength": 1.0, "activeDeadlineSeconds": 21600, "retries": 3}
 
 
 @pytest.mark.parametrize("change, field", [
     ({"workers": 0}, "workers"),
     ({"gpusPerWorker": -1}, "gpusPerWorker"),
     ({"imagePullPolicy": "Sometimes"}, "imagePullPolicy"),
+    ({"resources": {"requests": {"cpu": True}}}, "cpu"),
     ({"strength": 2}, "strength"),
     ({"encoder": {"bitrate": "fast"}}, "bitrate"),
     ({"retries": 11}, "retries"),

@@ -15,10 +15,14 @@ from stylebatch_operator.crd import SPEC_SCHEMA, apply_defaults
 from stylebatch_operator.decide import (
     ADOPT, ADVANCE, CREATE, FAIL, NOTHING, REJECT_SPEC_CHANGE, RETRY, SPEC_RESTORED, START, SUCCEED, WAIT, decide,
 )
+from stylebatch_operator.settings import Settings
+from stylebatch_operator.spec import resolve
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "manifests" / "examples" / "job.yaml"
 NOW = datetime(2026, 5, 1, 12, 0, tzinfo=timezone.utc)
 STARTED = "2026-05-01T11:00:00Z"  # an hour before NOW; the example's deadline is two hours
+# The operator as the chart's default values set it up.
+SETTINGS = Settings(workers=2, storage_secret="stylebatch-storage", job_service_account="stylebatch-job")
 
 
 def stj(phase: str | None = None, *, attempts: dict[str, int] | None = None, used: int = 0,
@@ -29,6 +33,7 @@ def stj(phase: str | None = None, *, attempts: dict[str, int] | None = None, use
     obj["spec"] = apply_defaults({**obj["spec"], **spec}, SPEC_SCHEMA)
     if phase is not None:
         obj["status"] = {"phase": phase, "acceptedSpec": copy.deepcopy(obj["spec"]), "acceptedGeneration": 1,
+                         "effectiveSpec": resolve(obj["spec"], SETTINGS),
                          "startTime": STARTED, "attempts": attempts or {}, "retries": used,
                          "children": children if children is not None else
                          {stage: f"orangutan-{stage}-{n}" for stage, n in (attempts or {}).items()},
@@ -107,7 +112,7 @@ CASES = [
 
 @pytest.mark.parametrize("case, obj, children, expected", CASES, ids=[c[0] for c in CASES])
 def test_next_step(case, obj, children, expected):
-    action = decide(obj, {c["metadata"]["name"]: c for c in children}, now=NOW)
+    action = decide(obj, {c["metadata"]["name"]: c for c in children}, now=NOW, settings=SETTINGS)
     assert (action.kind, action.stage, action.attempt, action.reason) == expected
 
 
@@ -163,7 +168,7 @@ def test_children_get_the_time_left_until_the_jobs_deadline():
     ({"encoder": {"crf": 20, "bitrate": "4M"}}, "crf or bitrate"),
 ])
 def test_a_spec_the_cluster_let_through_fails_instead_of_running(spec, problem):
-    action = decide(stj(**spec), {}, now=NOW)
+    action = decide(stj(**spec), {}, now=NOW, settings=SETTINGS)
     assert (action.kind, action.reason) == (FAIL, "InvalidSpec")
     assert problem in action.message
 
@@ -171,7 +176,7 @@ def test_a_spec_the_cluster_let_through_fails_instead_of_running(spec, problem):
 def test_a_name_too_long_for_child_names_fails():
     obj = stj()
     obj["metadata"]["name"] = "x" * 41
-    action = decide(obj, {}, now=NOW)
+    action = decide(obj, {}, now=NOW, settings=SETTINGS)
     assert action.kind == FAIL and "longer than 40" in action.message
 
 
@@ -212,3 +217,37 @@ def test_deadline_is_counted_from_the_start():
     later = NOW + timedelta(seconds=3599)
     assert decide(obj, {STY1: mpijob(STY1)}, now=later).kind == WAIT
     assert decide(obj, {STY1: mpijob(STY1)}, now=later + timedelta(seconds=1)).reason == "DeadlineExceeded"
+
+
+# --- the operator's defaults -----------------------------------------------------------------------
+
+def test_a_job_without_storage_takes_the_operators_default_and_says_so():
+    action = decide(stj(), {}, now=NOW, settings=SETTINGS)
+    assert action.kind == START
+    assert action.spec["storage"] == {"secretName": "stylebatch-storage"}
+    assert (action.spec["workers"], action.spec["gpusPerWorker"]) == (2, 1)
+    assert "on 2 workers (1 GPU each)" in action.message
+    assert action.message.endswith("from the operator's defaults: image, imagePullPolicy, workers, gpusPerWorker, "
+                                   "storage")
+
+
+def test_a_job_without_storage_fails_at_once_when_the_operator_has_no_default_either():
+    action = decide(stj(), {}, now=NOW, settings=Settings())
+    assert (action.kind, action.reason) == (FAIL, "InvalidSpec")
+    assert action.message.startswith("no storage credentials: the job sets no spec.storage and the operator has "
+                                     "no default")
+    assert "chart with storage.existingSecret or storage.auth=workloadIdentity" in action.message
+
+
+def test_a_job_with_its_own_storage_needs_no_default():
+    own = {"serviceAccountName": "media-identity", "accountName": "mediastore"}
+    action = decide(stj(storage=own, workers=4), {}, now=NOW, settings=Settings())
+    assert action.kind == START and action.spec["storage"] == own and action.spec["workers"] == 4
+    assert "from the operator's defaults: image, imagePullPolicy, gpusPerWorker" in action.message
+
+
+def test_deadline_and_budget_come_from_the_recorded_effective_spec():
+    obj = stj("Stylizing", attempts={"stylize": 1}, used=1)  # the spec says 3 retries and 7200 s
+    obj["status"]["effectiveSpec"].update(retries=1, activeDeadlineSeconds=3600)
+    assert decide(obj, {STY1: mpijob(STY1, EVICTED)}, now=NOW - timedelta(seconds=1)).reason == "RetriesExhausted"
+    assert decide(obj, {STY1: mpijob(STY1)}, now=NOW).reason == "DeadlineExceeded"

@@ -38,6 +38,7 @@ from stylebatch_operator.manifests import build_mpijob
 from stylebatch_operator import main
 from stylebatch_operator.main import serve
 from stylebatch_operator.rbac import RULES
+from stylebatch_operator.settings import Settings
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -108,7 +109,7 @@ async def operator(api: ApiServer, **options: Any) -> AsyncIterator[None]:
     of its loop, which must not include the mock server's."""
     stop, ready = threading.Event(), threading.Event()
     failure: list[BaseException] = []
-    options = {"namespaces": [NS], "interval": INTERVAL, **options}
+    options = {"namespaces": [NS], "settings": Settings(interval=INTERVAL), **options}
 
     async def main() -> None:
         kube = Kube.for_url(str(api.url))
@@ -174,6 +175,7 @@ async def apply_job(api: ApiServer, name: str = "orangutan", **spec: Any) -> Non
             "metadata": {"name": name, "namespace": NS},
             "spec": {"input": "az://videos/orangutan.mp4", "output": "az://videos/out/orangutan.mp4",
                      "workers": 2, "storage": {"secretName": "stylebatch-storage"}, **spec}}
+    body["spec"] = {k: v for k, v in body["spec"].items() if v is not None}  # None: leave the field out
     resp = await api.post(STJ, json=apply_defaults(body, openapi_schema()))
     assert resp.status == 200, await resp.text()
 
@@ -434,11 +436,76 @@ def test_watching_all_namespaces_finds_jobs_in_any_of_them():
     run(scenario)
 
 
-def test_liveness_endpoint_answers_while_the_operator_runs():
+def test_liveness_and_metrics_endpoints_report_jobs_frames_and_retries():
     async def scenario() -> None:
         port = free_port()
         async with api_server() as api, operator(api, liveness_port=port):
             await until_healthy(port, timeout=10)
+            await apply_job(api)
+            await eventually(lambda: child(api, "Job", "orangutan-preprocess-1"))
+            await finish(api, JOBS, "orangutan-preprocess-1")
+            await eventually(lambda: child(api, "MPIJob", "orangutan-stylize-1"))
+            await finish(api, MPIJOBS, "orangutan-stylize-1", ok=False, reason="MPIJobEvicted", message="evicted")
+            await eventually(lambda: child(api, "MPIJob", "orangutan-stylize-2"))
+            await start_launcher(api, "orangutan-stylize-2", 2)
+            ranks_report(api, 10, 30)
+            await eventually(lambda: status(api)["progress"]["framesDone"] == 40)
+            metrics = await eventually_scraped(port, lambda m: m["stylebatch_frames_stylized_total"] == 40)
+            assert metrics['stylebatch_jobs{phase="Stylizing"}'] == 1
+            assert metrics['stylebatch_jobs{phase="Pending"}'] == 0
+            assert metrics['stylebatch_child_retries_total{stage="stylize"}'] == 1
+            assert metrics['stylebatch_child_retries_total{stage="preprocess"}'] == 0
+
+            await finish(api, MPIJOBS, "orangutan-stylize-2")
+            await eventually(lambda: child(api, "Job", "orangutan-postprocess-1"))
+            await finish(api, JOBS, "orangutan-postprocess-1")
+            metrics = await eventually_scraped(port, lambda m: m['stylebatch_jobs{phase="Succeeded"}'] == 1)
+            assert metrics["stylebatch_frames_stylized_total"] == 100  # stylize's success completes the count
+            assert metrics['stylebatch_jobs{phase="Stylizing"}'] == 0
+
+            await eventually(lambda: not job(api)["metadata"].get("finalizers"))
+            (await api.delete(f"{STJ}/orangutan")).release()
+            metrics = await eventually_scraped(port, lambda m: m['stylebatch_jobs{phase="Succeeded"}'] == 0)
+            assert metrics["stylebatch_frames_stylized_total"] == 100  # a counter: never goes down
+    run(scenario)
+
+
+def test_the_operators_defaults_apply_to_a_job_that_leaves_them_out():
+    async def scenario() -> None:
+        settings = Settings(interval=INTERVAL, workers=3, gpus_per_worker=0, worker_image="registry.local/worker:9",
+                            storage_secret="team-storage", job_service_account="stylebatch-job",
+                            node_selector={"pool": "cpu"})
+        async with api_server() as api, operator(api, settings=settings):
+            await apply_job(api, workers=None, storage=None)
+            await eventually(lambda: child(api, "Job", "orangutan-preprocess-1"))
+            effective = status(api)["effectiveSpec"]
+            assert (effective["workers"], effective["gpusPerWorker"], effective["storage"]) == \
+                (3, 0, {"secretName": "team-storage"})
+            accepted = [m for _, reason, m in events(api) if reason == "Accepted"]
+            assert accepted[0].endswith("on 3 workers (CPUs); from the operator's defaults: image, imagePullPolicy, "
+                                        "workers, gpusPerWorker, storage, scheduling.nodeSelector")
+            await finish(api, JOBS, "orangutan-preprocess-1")
+            mpijob = await eventually(lambda: child(api, "MPIJob", "orangutan-stylize-1"))
+            worker = mpijob["spec"]["mpiReplicaSpecs"]["Worker"]
+            assert worker["replicas"] == 3 and worker["template"]["spec"]["nodeSelector"] == {"pool": "cpu"}
+            assert worker["template"]["spec"]["containers"][0]["image"] == "registry.local/worker:9"
+            assert worker["template"]["spec"]["serviceAccountName"] == "stylebatch-job"
+            assert "team-storage" in str(worker)
+    run(scenario)
+
+
+def test_a_job_with_no_storage_credentials_anywhere_fails_at_once():
+    async def scenario() -> None:
+        async with api_server() as api, operator(api):  # an operator installed without a storage default
+            await apply_job(api, storage=None)
+            await eventually(lambda: status(api)["phase"] == "Failed")
+            failed = {c["type"]: c for c in status(api)["conditions"]}["Failed"]
+            assert (failed["status"], failed["reason"]) == ("True", "InvalidSpec")
+            assert failed["message"].startswith("no storage credentials")
+            warning = await eventually(lambda: [e for e in events(api) if e[1] == "InvalidSpec"])
+            assert warning[0][0] == "Warning" and "no storage credentials" in warning[0][2]
+            await asyncio.sleep(5 * INTERVAL)
+            assert creates(api, JOBS) == [] and creates(api, MPIJOBS) == []
     run(scenario)
 
 
@@ -499,6 +566,29 @@ async def until_healthy(port: int, timeout: float) -> None:
                         return
             assert asyncio.get_running_loop().time() < deadline, "no /healthz"
             await asyncio.sleep(0.05)
+
+
+async def scrape(port: int) -> dict[str, float]:
+    """GET /metrics, parsed: every sample by name and labels, each declared by a # TYPE line."""
+    async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{port}/metrics") as resp:
+        assert resp.status == 200 and resp.content_type == "text/plain"
+        text = await resp.text()
+    declared = {line.split()[2] for line in text.splitlines() if line.startswith("# TYPE ")}
+    samples = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            assert name.split("{")[0] in declared, line
+            samples[name] = float(value)
+    return samples
+
+
+async def eventually_scraped(port: int, check: Callable[[dict[str, float]], bool]) -> dict[str, float]:
+    deadline = asyncio.get_running_loop().time() + 10
+    while not check(metrics := await scrape(port)):
+        assert asyncio.get_running_loop().time() < deadline, metrics
+        await asyncio.sleep(0.05)
+    return metrics
 
 
 def free_port() -> int:

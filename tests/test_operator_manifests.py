@@ -1,6 +1,7 @@
 """Every manifest the operator creates, checked against the real schemas: Jobs against the Kubernetes
 JSON schemas (kubernetes-validate, strict), MPIJobs against the MPI operator's CRD schema (with
-nothing the API server would prune), and what each pod runs, mounts and may schedule on."""
+nothing the API server would prune), and what each pod runs, mounts, may schedule on, and may not do
+(the restricted Pod Security Standard, no API token)."""
 
 from __future__ import annotations
 
@@ -17,10 +18,11 @@ import yaml
 
 from stylebatch.cli import build_parser
 from stylebatch_operator.crd import SPEC_SCHEMA, apply_defaults
-from stylebatch_operator.decide import START, Action
+from stylebatch_operator.decide import ADVANCE, START, decide
 from stylebatch_operator.manifests import (
-    build_child, build_mpijob, build_postprocess_job, build_preprocess_job,
+    RUN_AS_USER, build_child, build_mpijob, build_postprocess_job, build_preprocess_job,
 )
+from stylebatch_operator.settings import Settings
 from stylebatch_operator.status import status_patch
 
 REPO = Path(__file__).resolve().parent.parent
@@ -28,12 +30,25 @@ EXAMPLE = REPO / "manifests" / "examples" / "job.yaml"
 MPIJOB_CRD = REPO.parent / "shared" / "k8s" / "mpijobs.kubeflow.org.crd.yaml"
 K8S_VERSIONS = ["1.29", "1.33"]  # oldest AKS version with GA CEL validation rules, and a recent one
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+T0 = datetime(2026, 5, 1, tzinfo=timezone.utc)
+# The operator as the chart's default values set it up.
+SETTINGS = Settings(workers=2, storage_secret="stylebatch-storage", job_service_account="stylebatch-job")
+# ... and as an AKS install sets it up (ci/aks-values.yaml, plus a pull secret).
+AKS = Settings(worker_image="stylebatchacr.azurecr.io/stylebatch-worker:0.1.0", image_pull_secrets=("acr",),
+               workers=4, worker_resources={"requests": {"cpu": "3", "memory": "12Gi"}},
+               node_selector={"stylebatch.io/gpu": "true"},
+               tolerations=({"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},),
+               job_service_account="stylebatch-job", storage_account="stylebatchdata", workload_identity=True)
 
 
-def stj(name: str = "orangutan", **spec: Any) -> dict[str, Any]:
+def stj(name: str = "orangutan", settings: Settings = SETTINGS, **spec: Any) -> dict[str, Any]:
+    """The sample job as the API server stores it, accepted by an operator with `settings`."""
     obj = yaml.safe_load(EXAMPLE.read_text())
     obj["metadata"].update(name=name, namespace="media", uid="0123456789abcdef-uid", generation=1)
     obj["spec"] = apply_defaults({**obj["spec"], **spec}, SPEC_SCHEMA)
+    action = decide(obj, {}, now=T0, settings=settings)
+    assert action.kind == START, action.message
+    obj["status"] = status_patch(obj, action, T0)
     return obj
 
 
@@ -72,6 +87,10 @@ VARIANTS = {
                                  "tolerations": [{"key": "team", "operator": "Equal", "value": "media",
                                                   "effect": "NoSchedule"}]}},
     "workload identity": {"storage": {"serviceAccountName": "stylebatch-storage", "accountName": "mediastore"}},
+    "aks defaults": {"settings": AKS},
+    "aks defaults, job overrides": {"settings": AKS, "workers": 1, "gpusPerWorker": 0, "image": "mine:1",
+                                    "resources": {"requests": {"cpu": "1"}, "limits": {"memory": "2Gi"}},
+                                    "storage": {"secretName": "team-storage"}, "scheduling": {"nodeSelector": {}}},
     "all options": {"workDir": "az://scratch/work/", "imagePullSecrets": [{"name": "acr"}],
                     "processing": {"maxSide": 720, "batchSize": 8, "chunkFrames": 240},
                     "encoder": {"codec": "hevc", "bitrate": "8M", "preset": "slow"}, "strength": 0.6},
@@ -233,7 +252,6 @@ def test_children_never_outlive_the_jobs_deadline():
 
 def test_a_spec_changed_after_start_does_not_reach_new_children():
     job = stj()
-    job["status"] = {"acceptedSpec": copy.deepcopy(job["spec"])}
     job["spec"]["workers"] = 9
     job["spec"]["style"] = "red-ember"
     mpijob = build_mpijob(job)
@@ -245,12 +263,134 @@ def test_children_of_a_started_job_still_get_the_sas_the_status_leaves_out():
     sas = "sv=2024&sp=rwl&sig=S3CR3T"
     job = stj(input=f"https://acct.blob.core.windows.net/videos/in.mp4?{sas}",
               output=f"https://acct.blob.core.windows.net/videos/out.mp4?{sas}")
-    job["status"] = status_patch(job, Action(START), datetime(2026, 5, 1, tzinfo=timezone.utc))
     assert "S3CR3T" not in str(job["status"])
     args = build_preprocess_job(job)["spec"]["template"]["spec"]["containers"][0]["args"]
     assert args[1:6] == ["preprocess", f"https://acct.blob.core.windows.net/videos/in.mp4?{sas}", "--work",
                          f"https://acct.blob.core.windows.net/videos/.stylebatch-work/media/orangutan-01234567/?{sas}",
                          "-o"]
+
+
+# --- hardening --------------------------------------------------------------------------------------
+
+RESTRICTED_VOLUMES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim",
+                      "projected", "secret"}
+
+
+def restricted_violations(pod: dict[str, Any]) -> list[str]:
+    """What the "restricted" Pod Security Standard refuses in a pod spec (Kubernetes 1.29+ rules)."""
+    found = []
+    context = pod.get("securityContext") or {}
+    for flag in ("hostNetwork", "hostPID", "hostIPC"):
+        if pod.get(flag):
+            found.append(flag)
+    found += [f"volume {v['name']}" for v in pod.get("volumes") or [] if not set(v) - {"name"} <= RESTRICTED_VOLUMES]
+    for c in [*(pod.get("initContainers") or []), *pod["containers"]]:
+        sc = c.get("securityContext") or {}
+        if sc.get("privileged"):
+            found.append(f"{c['name']}: privileged")
+        if sc.get("allowPrivilegeEscalation") is not False:
+            found.append(f"{c['name']}: allowPrivilegeEscalation is not false")
+        if "ALL" not in (sc.get("capabilities") or {}).get("drop", []):
+            found.append(f"{c['name']}: capabilities not dropped")
+        if set((sc.get("capabilities") or {}).get("add", [])) - {"NET_BIND_SERVICE"}:
+            found.append(f"{c['name']}: capabilities added")
+        if not sc.get("runAsNonRoot", context.get("runAsNonRoot")):
+            found.append(f"{c['name']}: may run as root")
+        if sc.get("runAsUser", context.get("runAsUser")) == 0:
+            found.append(f"{c['name']}: runAsUser 0")
+        seccomp = (sc.get("seccompProfile") or context.get("seccompProfile") or {}).get("type")
+        if seccomp not in ("RuntimeDefault", "Localhost"):
+            found.append(f"{c['name']}: seccomp {seccomp}")
+        if any(port.get("hostPort") for port in c.get("ports") or []):
+            found.append(f"{c['name']}: hostPort")
+    return found
+
+
+def test_the_restricted_check_catches_what_baseline_would_let_through():
+    pod = build_preprocess_job(stj())["spec"]["template"]["spec"]
+    assert restricted_violations(pod) == []
+    loose = copy.deepcopy(pod)
+    del loose["securityContext"]["seccompProfile"]
+    loose["containers"][0]["securityContext"] = {"allowPrivilegeEscalation": True}
+    loose["volumes"] = [{"name": "host", "hostPath": {"path": "/"}}]
+    assert restricted_violations(loose) == ["volume host", "preprocess: allowPrivilegeEscalation is not false",
+                                            "preprocess: capabilities not dropped", "preprocess: seccomp None"]
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_every_pod_is_hardened_to_the_restricted_standard_without_an_api_token(variant):
+    job = stj(**VARIANTS[variant])
+    for child in (build_preprocess_job(job), build_mpijob(job), build_postprocess_job(job)):
+        for template in _templates(child):
+            pod = template["spec"]
+            assert restricted_violations(pod) == []
+            assert pod["automountServiceAccountToken"] is False
+            # the worker image's mpiuser, whose home holds the ssh keys and the sshd config
+            assert pod["securityContext"] == {"runAsNonRoot": True, "runAsUser": RUN_AS_USER,
+                                              "runAsGroup": RUN_AS_USER, "seccompProfile": {"type": "RuntimeDefault"}}
+            for container in pod["containers"]:
+                assert container["securityContext"] == {"allowPrivilegeEscalation": False,
+                                                        "capabilities": {"drop": ["ALL"]}}
+
+
+def test_pods_run_as_the_job_service_account_or_the_federated_one():
+    with_secret = build_preprocess_job(stj())["spec"]["template"]
+    assert with_secret["spec"]["serviceAccountName"] == "stylebatch-job"  # created by the chart, no token
+    assert "azure.workload.identity/use" not in with_secret["metadata"]["labels"]
+    no_account = build_preprocess_job(stj(settings=Settings(storage_secret="s")))["spec"]["template"]["spec"]
+    assert "serviceAccountName" not in no_account and no_account["automountServiceAccountToken"] is False
+    for template in _templates(build_mpijob(stj(settings=AKS))):  # the chart's workload identity default
+        assert template["spec"]["serviceAccountName"] == "stylebatch-job"
+        assert template["metadata"]["labels"]["azure.workload.identity/use"] == "true"
+        env = {e["name"]: e for c in template["spec"]["containers"] for e in c["env"]}
+        assert env["AZURE_STORAGE_ACCOUNT"] == {"name": "AZURE_STORAGE_ACCOUNT", "value": "stylebatchdata"}
+
+
+def test_the_operators_defaults_reach_the_pods():
+    job = stj(settings=AKS)
+    mpijob = build_mpijob(job)
+    worker = mpijob["spec"]["mpiReplicaSpecs"]["Worker"]
+    pod = worker["template"]["spec"]
+    assert worker["replicas"] == 4
+    assert pod["containers"][0]["resources"] == {"requests": {"cpu": "3", "memory": "12Gi"},
+                                                 "limits": {"nvidia.com/gpu": 1}}
+    assert pod["nodeSelector"] == {"stylebatch.io/gpu": "true"}
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
+    for child in (build_preprocess_job(job), mpijob, build_postprocess_job(job)):
+        for template in _templates(child):
+            assert template["spec"]["imagePullSecrets"] == [{"name": "acr"}]
+            assert {c["image"] for c in template["spec"]["containers"]} == {AKS.worker_image}
+    # the launcher and the Jobs run on the system pool: no GPU pool selector for them
+    launcher = mpijob["spec"]["mpiReplicaSpecs"]["Launcher"]["template"]["spec"]
+    assert "nodeSelector" not in launcher and "nodeSelector" not in build_preprocess_job(job)["spec"]["template"]["spec"]
+
+
+def test_a_jobs_own_fields_override_the_operators_defaults():
+    job = stj(**VARIANTS["aks defaults, job overrides"])
+    worker = build_mpijob(job)["spec"]["mpiReplicaSpecs"]["Worker"]
+    pod = worker["template"]["spec"]
+    assert worker["replicas"] == 1 and pod["containers"][0]["image"] == "mine:1"
+    assert pod["containers"][0]["resources"] == {"requests": {"cpu": "1"}, "limits": {"memory": "2Gi"}}
+    assert "nodeSelector" not in pod  # {} in the job: no selector, not the default's
+    assert pod["tolerations"] == [dict(AKS.tolerations[0])]  # not set in the job: the default's
+    env = {e["name"]: e for e in pod["containers"][0]["env"]}
+    assert env["AZURE_STORAGE_CONNECTION_STRING"]["valueFrom"]["secretKeyRef"]["name"] == "team-storage"
+    assert pod["serviceAccountName"] == "stylebatch-job"  # not the federated one's label either:
+    assert "azure.workload.identity/use" not in worker["template"]["metadata"]["labels"]
+
+
+def test_operator_settings_changed_after_the_start_do_not_reach_new_children():
+    job = stj(settings=AKS)
+    # the operator restarts with other settings (a helm upgrade): the next stage's child keeps the old ones
+    other = Settings(worker_image="other:2", workers=8, storage_secret="other", node_selector={"pool": "b"})
+    done = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "orangutan-preprocess-1"},
+            "status": {"conditions": [{"type": "Complete", "status": "True"}]}}
+    job["status"].update(phase="Preprocessing", attempts={"preprocess": 1}, children={"preprocess": "orangutan-preprocess-1"})
+    action = decide(job, {"orangutan-preprocess-1": done}, now=T0, settings=other)
+    assert action.kind == ADVANCE
+    mpijob = build_child(job, *action.creates, action.deadline_seconds)
+    assert mpijob["spec"]["mpiReplicaSpecs"]["Worker"]["replicas"] == 4
+    assert "other" not in str(mpijob) and AKS.worker_image in str(mpijob)
 
 
 def _templates(child: dict[str, Any]) -> list[dict[str, Any]]:

@@ -16,6 +16,8 @@ from stylebatch_operator.crd import SPEC_SCHEMA, apply_defaults
 from stylebatch_operator.decide import (
     ADOPT, ADVANCE, CREATE, FAIL, REJECT_SPEC_CHANGE, RETRY, START, SUCCEED, WAIT, Action, Failure,
 )
+from stylebatch_operator.settings import Settings
+from stylebatch_operator.spec import resolve
 from stylebatch_operator.status import event_for, progress_patch, set_condition, status_patch
 from stylebatch_operator.uris import redact, strip_secrets, work_dir
 
@@ -29,6 +31,11 @@ def stj(**spec: Any) -> dict[str, Any]:
     obj["metadata"].update(namespace="media", uid="0123456789abcdef", generation=1)
     obj["spec"] = apply_defaults({**obj["spec"], **spec}, SPEC_SCHEMA)
     return obj
+
+
+def accept(obj: dict[str, Any]) -> Action:
+    """What decide() returns for a new job, with the chart's default storage."""
+    return Action(START, reason="Accepted", spec=resolve(obj["spec"], Settings(storage_secret="stylebatch-storage")))
 
 
 def apply(obj: dict[str, Any], patch: dict[str, Any] | None) -> dict[str, Any]:
@@ -49,9 +56,12 @@ def conditions(obj: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def test_accepting_records_the_spec_start_and_a_safe_output_uri():
     obj = stj(output=f"https://acct.blob.core.windows.net/videos/out/clip.mp4?{SAS}")
-    patch = status_patch(obj, Action(START, reason="Accepted"), T0)
+    patch = status_patch(obj, accept(obj), T0)
     assert patch["phase"] == "Pending"
     assert patch["acceptedSpec"] == {**obj["spec"], "output": "https://acct.blob.core.windows.net/videos/out/clip.mp4"}
+    # what it runs with: the operator's defaults filled in, at this moment, once
+    assert patch["effectiveSpec"] == {**accept(obj).spec, "output": "https://acct.blob.core.windows.net/videos/out/clip.mp4"}
+    assert patch["effectiveSpec"]["storage"] == {"secretName": "stylebatch-storage"}
     assert patch["acceptedGeneration"] == 1
     assert patch["startTime"] == "2026-05-01T12:00:00Z"
     assert patch["outputURI"] == "https://acct.blob.core.windows.net/videos/out/clip.mp4"
@@ -63,7 +73,7 @@ def test_accepting_records_the_spec_start_and_a_safe_output_uri():
 
 def test_a_whole_run_moves_phase_conditions_and_counters():
     obj = stj()
-    obj = apply(obj, status_patch(obj, Action(START, reason="Accepted"), T0))
+    obj = apply(obj, status_patch(obj, accept(obj), T0))
     obj = apply(obj, status_patch(obj, Action(CREATE, "preprocess", 1, "PreprocessStarted"), T0))
     assert obj["status"]["phase"] == "Preprocessing"
     assert obj["status"]["children"] == {"preprocess": "orangutan-preprocess-1"}
@@ -97,7 +107,7 @@ def test_a_whole_run_moves_phase_conditions_and_counters():
 
 def test_adopting_records_the_child_like_creating_it():
     obj = stj()
-    obj = apply(obj, status_patch(obj, Action(START), T0))
+    obj = apply(obj, status_patch(obj, accept(obj), T0))
     adopted = apply(obj, status_patch(obj, Action(ADOPT, "preprocess", 1, "PreprocessStarted"), T0))
     created = apply(obj, status_patch(obj, Action(CREATE, "preprocess", 1, "PreprocessStarted"), T0))
     assert adopted["status"] == created["status"]
@@ -106,7 +116,7 @@ def test_adopting_records_the_child_like_creating_it():
 
 def test_failure_sets_failed_condition_with_the_reason():
     obj = stj()
-    obj = apply(obj, status_patch(obj, Action(START), T0))
+    obj = apply(obj, status_patch(obj, accept(obj), T0))
     failure = Failure("preprocess", 4, "Job/orangutan-preprocess-4", "BackoffLimitExceeded", "stylebatch: error: x")
     patch = status_patch(obj, Action(FAIL, "preprocess", 4, "RetriesExhausted", "Job ... failed", failure=failure), T0)
     obj = apply(obj, patch)
@@ -119,7 +129,7 @@ def test_failure_sets_failed_condition_with_the_reason():
 
 def test_rejected_spec_change_is_a_condition_with_the_new_generation():
     obj = stj()
-    obj = apply(obj, status_patch(obj, Action(START), T0))
+    obj = apply(obj, status_patch(obj, accept(obj), T0))
     obj["metadata"]["generation"] = 2
     obj = apply(obj, status_patch(obj, Action(REJECT_SPEC_CHANGE, reason="SpecChangeRejected", message="m"), T0))
     assert conditions(obj)["SpecChangeRejected"]["status"] == "True"

@@ -1,7 +1,9 @@
 """The StyleTransferJob CustomResourceDefinition, as data.
 
 The schema lives here (not only in the chart's YAML) so that the operator applies the same defaults
-the API server does. charts/stylebatch/crds/styletransferjobs.yaml is generated from it:
+the API server does. Fields whose defaults are cluster-wide settings (image, workers, GPUs,
+scheduling, storage: the chart's values) have none here: the operator fills them in
+(stylebatch_operator.settings, stylebatch_operator.spec.resolve). charts/stylebatch/crds/styletransferjobs.yaml is generated from it:
 
     python -m stylebatch_operator.crd > charts/stylebatch/crds/styletransferjobs.yaml
 
@@ -19,7 +21,6 @@ import yaml
 from stylebatch_operator.names import GROUP, KIND, MAX_NAME_LENGTH, PLURAL, SHORT_NAMES, SINGULAR, VERSION
 
 DEFAULT_STYLE = "lavender-gold"  # the worker's stylebatch.models.DEFAULT_STYLE (a test keeps them equal)
-DEFAULT_IMAGE = "ghcr.io/stylebatch/stylebatch-worker:0.1.0"
 PHASES = ["Pending", "Preprocessing", "Stylizing", "Postprocessing", "Succeeded", "Failed"]
 
 
@@ -49,6 +50,10 @@ _TOLERATION = _obj("A Kubernetes toleration.", {
     "tolerationSeconds": _int("How long a NoExecute taint is tolerated.", format="int64"),
 })
 
+_QUANTITIES = {"type": "object", "maxProperties": 8, "description": "Resource name to quantity, e.g. cpu: \"4\".",
+               "additionalProperties": {"x-kubernetes-int-or-string": True, "anyOf": [
+                   {"type": "integer"}, {"type": "string", "maxLength": 64}]}}
+
 SPEC_SCHEMA: dict[str, Any] = _obj(
     "What to stylize, where to write it, and the GPU pool to run on. Immutable once created.",
     {
@@ -59,19 +64,28 @@ SPEC_SCHEMA: dict[str, Any] = _obj(
                       minLength=1, maxLength=2048, default=DEFAULT_STYLE),
         "strength": {"type": "number", "minimum": 0, "maximum": 1, "default": 1.0,
                      "description": "How much of the style to apply, 0 (none) to 1 (full)."},
-        "workers": _int("Number of worker pods of the MPIJob.", minimum=1, maximum=64, default=1),
-        "gpusPerWorker": _int("GPUs per worker pod (one MPI rank each); 0 runs on CPUs (kind, CI).",
-                              minimum=0, maximum=8, default=1),
-        "image": _str("The stylebatch worker image.", minLength=1, maxLength=512, default=DEFAULT_IMAGE),
-        "imagePullPolicy": _str("Pull policy of every pod.", enum=["Always", "IfNotPresent", "Never"],
-                                default="IfNotPresent"),
-        "imagePullSecrets": {"type": "array", "description": "Secrets to pull the image with.",
+        "workers": _int("Number of worker pods of the MPIJob. Default: the operator's (chart value "
+                        "jobs.workers).", minimum=1, maximum=64),
+        "gpusPerWorker": _int("GPUs per worker pod (one MPI rank each); 0 runs on CPUs (kind, CI). Default: "
+                              "the operator's (chart value jobs.gpusPerWorker).", minimum=0, maximum=8),
+        "image": _str("The stylebatch worker image. Default: the operator's (chart value jobs.image).",
+                      minLength=1, maxLength=512),
+        "imagePullPolicy": _str("Pull policy of every pod. Default: the operator's (chart value imagePullPolicy).",
+                                enum=["Always", "IfNotPresent", "Never"]),
+        "imagePullSecrets": {"type": "array", "description": "Secrets to pull the image with. Default: the "
+                             "operator's (chart value imagePullSecrets).",
                              "maxItems": 8,
                              "items": _obj("A Secret name.", {"name": _str("Secret name.")},
                                            required=["name"])},
+        "resources": _obj(
+            "CPU and memory of each worker pod (its GPUs come from gpusPerWorker). Default: the "
+            "operator's (chart value jobs.resources).",
+            {"requests": _QUANTITIES, "limits": _QUANTITIES},
+        ),
         "storage": _obj(
             "Credentials for blob storage, by reference only: a Secret, or a service account "
-            "federated with Azure workload identity.",
+            "federated with Azure workload identity. Default: the operator's (chart values storage.*); "
+            "a job with neither fails at once.",
             {
                 "secretName": _str("Secret with AZURE_STORAGE_CONNECTION_STRING, or with AZURE_STORAGE_ACCOUNT "
                                    "and AZURE_STORAGE_SAS_TOKEN.", minLength=1),
@@ -112,9 +126,11 @@ SPEC_SCHEMA: dict[str, Any] = _obj(
             {
                 "nodeSelector": {"type": "object", "maxProperties": 32,
                                  "additionalProperties": {"type": "string", "maxLength": 253},
-                                 "description": "Node labels the workers must match."},
+                                 "description": "Node labels the workers must match. Default: the operator's "
+                                                "(chart value jobs.nodeSelector); a job's replaces it."},
                 "tolerations": {"type": "array", "maxItems": 32, "items": _TOLERATION,
-                                "description": "Extra tolerations for the workers."},
+                                "description": "Tolerations for the workers. Default: the operator's (chart "
+                                               "value jobs.tolerations); a job's replace them."},
                 "spot": {"type": "boolean", "default": False,
                          "description": "Allow spot / low-priority nodes (tolerate kubernetes.azure.com/"
                                         "scalesetpriority=spot:NoSchedule); an evicted worker is retried."},
@@ -124,7 +140,7 @@ SPEC_SCHEMA: dict[str, Any] = _obj(
                                       default=21600, format="int64"),
         "retries": _int("How many failed stages may be retried, in total.", minimum=0, maximum=10, default=3),
     },
-    required=["input", "output", "storage"],
+    required=["input", "output"],
     **{"x-kubernetes-validations": [
         {"rule": "self == oldSelf",
          "message": "spec is immutable once the job is created; delete and re-create the job to change it"},
@@ -151,6 +167,10 @@ STATUS_SCHEMA: dict[str, Any] = _obj("Observed state, written by the operator.",
     "acceptedGeneration": _int("metadata.generation whose spec the job runs with.", format="int64"),
     "acceptedSpec": {"type": "object", "x-kubernetes-preserve-unknown-fields": True,
                      "description": "The spec the job started with; later changes are not applied."},
+    "effectiveSpec": {"type": "object", "x-kubernetes-preserve-unknown-fields": True,
+                      "description": "What the job runs with: acceptedSpec over the operator's defaults at the "
+                                     "start, plus serviceAccountName, the pods' service account. Later changes "
+                                     "of the operator's settings are not applied."},
     "startTime": _text("When the operator accepted the job.", format="date-time"),
     "completionTime": _text("When the job succeeded or failed.", format="date-time"),
     "outputURI": _text("The output (any SAS token removed)."),
@@ -212,8 +232,9 @@ def crd() -> dict[str, Any]:
                     {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
                     {"name": "Progress", "type": "string", "jsonPath": ".status.progress.summary"},
                     {"name": "Style", "type": "string", "jsonPath": ".spec.style"},
-                    {"name": "Workers", "type": "integer", "jsonPath": ".spec.workers"},
-                    {"name": "GPUs", "type": "integer", "jsonPath": ".spec.gpusPerWorker", "priority": 1},
+                    {"name": "Workers", "type": "integer", "jsonPath": ".status.effectiveSpec.workers"},
+                    {"name": "GPUs", "type": "integer", "jsonPath": ".status.effectiveSpec.gpusPerWorker",
+                     "priority": 1},
                     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
                 ],
             }],

@@ -13,7 +13,8 @@ from typing import Any
 
 from stylebatch_operator.names import CHILD_KIND, POSTPROCESS, PREPROCESS, STAGES, STYLIZE, child_name
 from stylebatch_operator.observe import FAILED, SUCCEEDED, child_state, failed_pod_detail
-from stylebatch_operator.spec import accepted_spec, shown_spec, spec_problems
+from stylebatch_operator.settings import Settings
+from stylebatch_operator.spec import effective_spec, from_defaults, resolve, shown_spec, spec_problems
 from stylebatch_operator.uris import strip_secrets
 
 PENDING, SUCCEEDED_PHASE, FAILED_PHASE = "Pending", "Succeeded", "Failed"
@@ -56,6 +57,7 @@ class Action:
     message: str = ""
     failure: Failure | None = None
     deadline_seconds: int | None = None  # time left for a child to create
+    spec: dict[str, Any] | None = None  # START: the effective spec the job is accepted with
 
     @property
     def creates(self) -> tuple[str, int] | None:
@@ -73,17 +75,20 @@ class Action:
 
 
 def decide(stj: dict[str, Any], children: dict[str, dict[str, Any]], *, now: datetime,
-           pods: list[dict[str, Any]] = ()) -> Action:
+           pods: list[dict[str, Any]] = (), settings: Settings = Settings()) -> Action:
     """children: observed child objects by name; only the current stage's current attempt matters.
-    pods: the current child's pods, which say more about a failure than the child does."""
+    pods: the current child's pods, which say more about a failure than the child does.
+    settings: the operator's defaults, read only when the job is accepted."""
     status = stj.get("status") or {}
     if status.get("phase") in TERMINAL_PHASES:
         return Action(NOTHING)
     if not status.get("acceptedSpec"):
-        problems = spec_problems(stj)
+        problems = spec_problems(stj, settings)
         if problems:
             return Action(FAIL, reason="InvalidSpec", message="; ".join(problems))
-        return Action(START, reason="Accepted", message=_accepted_message(stj))
+        spec = resolve(stj.get("spec") or {}, settings)
+        return Action(START, reason="Accepted", message=_accepted_message(spec, from_defaults(stj.get("spec") or {}, settings)),
+                      spec=spec)
 
     spec_action = _spec_change(stj, status)
     if spec_action is not None:
@@ -105,7 +110,7 @@ def decide(stj: dict[str, Any], children: dict[str, dict[str, Any]], *, now: dat
             return _deadline_failure(stage, failure)
         return _retry_or_fail(stj, failure, left)
     if state.state == SUCCEEDED and stage == POSTPROCESS:
-        return Action(SUCCEED, reason="Succeeded", message=f"wrote {strip_secrets(accepted_spec(stj)['output'])}")
+        return Action(SUCCEED, reason="Succeeded", message=f"wrote {strip_secrets(effective_spec(stj)['output'])}")
     if left <= 0:
         return _deadline_failure(stage, None)
     if state.state == SUCCEEDED:
@@ -130,7 +135,7 @@ def _create(stage: str, attempt: int, name: str, recorded: bool, left: int) -> A
 
 def _retry_or_fail(stj: dict[str, Any], failure: Failure, left: int) -> Action:
     used = int((stj.get("status") or {}).get("retries") or 0)
-    budget = int(accepted_spec(stj)["retries"])
+    budget = int(effective_spec(stj)["retries"])
     kind = CHILD_KIND[failure.stage]
     what = f"{kind} {failure.child.split('/', 1)[1]} failed: {_reason_text(failure)}"
     if used >= budget:
@@ -156,7 +161,7 @@ def seconds_left(stj: dict[str, Any], now: datetime) -> int:
     """Seconds until the job's deadline (spec.activeDeadlineSeconds from status.startTime)."""
     status = stj.get("status") or {}
     start = parse_time(status.get("startTime")) or now
-    deadline = start + timedelta(seconds=int(accepted_spec(stj)["activeDeadlineSeconds"]))
+    deadline = start + timedelta(seconds=int(effective_spec(stj)["activeDeadlineSeconds"]))
     return int((deadline - now).total_seconds())
 
 
@@ -191,9 +196,10 @@ def _reason_text(failure: Failure) -> str:
     return f"{failure.reason}: {failure.message}" if failure.message else failure.reason
 
 
-def _accepted_message(stj: dict[str, Any]) -> str:
-    spec = accepted_spec(stj)
+def _accepted_message(spec: dict[str, Any], defaulted: list[str]) -> str:
     gpus = spec["gpusPerWorker"]
     where = f"{gpus} GPU{'s' if gpus != 1 else ''} each" if gpus else "CPUs"
-    return (f"stylizing {strip_secrets(spec['input'])} into {strip_secrets(spec['output'])} with style "
-            f"{strip_secrets(spec['style'])} on {spec['workers']} worker{'s' if spec['workers'] != 1 else ''} ({where})")
+    message = (f"stylizing {strip_secrets(spec['input'])} into {strip_secrets(spec['output'])} with style "
+               f"{strip_secrets(spec['style'])} on {spec['workers']} worker{'s' if spec['workers'] != 1 else ''} "
+               f"({where})")
+    return f"{message}; from the operator's defaults: {', '.join(defaulted)}" if defaulted else message

@@ -1,5 +1,7 @@
 """kopf glue: one timer per active StyleTransferJob runs `reconcile`, which observes, calls the
-pure `decide`, and carries out the action (create a child, patch status, post an Event)."""
+pure `decide`, and carries out the action (create a child, patch status, post an Event); a watch
+handler keeps the metrics' view of every job. The memo holds the API client (`kube`), the
+operator's settings (`settings`) and the metrics (`metrics`)."""
 
 from __future__ import annotations
 
@@ -13,11 +15,13 @@ from stylebatch.progress import Total, aggregate
 from stylebatch_operator import decide as d
 from stylebatch_operator.kube import ApiError, Kube
 from stylebatch_operator.manifests import build_child
+from stylebatch_operator.metrics import Metrics
 from stylebatch_operator.names import (
     CHILD_KIND, GROUP, KIND, LABEL_ATTEMPT, LABEL_JOB, LABEL_STAGE, MPI_LABEL_ROLE, PLURAL, STYLIZE, VERSION,
     is_controlled_by,
 )
 from stylebatch_operator.observe import FAILED, child_state
+from stylebatch_operator.settings import Settings
 from stylebatch_operator.status import event_for, progress_patch, status_patch
 
 # Enough of the launcher's log to hold every rank's latest progress line. (No limitBytes: the
@@ -34,6 +38,7 @@ def build_registry(*, interval: float) -> kopf.OperatorRegistry:
     kopf.on.cleanup(registry=registry)(_disconnect)
     kopf.timer(GROUP, VERSION, PLURAL, id="reconcile", interval=interval, when=_active,
                registry=registry)(_reconcile_timer)
+    kopf.on.event(GROUP, VERSION, PLURAL, id="metrics", registry=registry)(_count)
     return registry
 
 
@@ -41,6 +46,7 @@ async def _connect(memo: kopf.Memo, **_: Any) -> None:
     if getattr(memo, "kube", None) is None:
         memo.kube = await Kube.from_environment()
         memo.own_kube = True
+    memo.started = True  # /healthz answers from now on
 
 
 async def _login(memo: kopf.Memo, **_: Any) -> kopf.ConnectionInfo:
@@ -59,11 +65,19 @@ def _active(status: dict[str, Any], **_: Any) -> bool:
 
 
 async def _reconcile_timer(namespace: str, name: str, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
-    await reconcile(memo.kube, namespace, name, logger)
+    await reconcile(memo.kube, namespace, name, logger, settings=memo.settings, metrics=memo.metrics)
 
 
-async def reconcile(kube: Kube, namespace: str, name: str, logger: logging.Logger,
-                    now: datetime | None = None) -> d.Action:
+async def _count(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    key = (body.metadata.namespace or "", body.metadata.name or "")
+    if type == "DELETED":
+        memo.metrics.forget_job(key)
+    else:
+        memo.metrics.observe_job(key, dict(body.get("status") or {}))
+
+
+async def reconcile(kube: Kube, namespace: str, name: str, logger: logging.Logger, now: datetime | None = None,
+                    *, settings: Settings = Settings(), metrics: Metrics | None = None) -> d.Action:
     # Read fresh rather than trust the watch's copy: a status patched a moment ago must count.
     stj = await kube.get(KIND, namespace, name)
     if stj is None or stj["metadata"].get("deletionTimestamp"):
@@ -72,7 +86,8 @@ async def reconcile(kube: Kube, namespace: str, name: str, logger: logging.Logge
     status = stj.get("status") or {}
     child, pods = await _observe(kube, stj)
 
-    action = d.decide(stj, {child["metadata"]["name"]: child} if child else {}, now=now, pods=pods)
+    action = d.decide(stj, {child["metadata"]["name"]: child} if child else {}, now=now, pods=pods,
+                      settings=settings)
     if action.creates is not None:
         await _create_child(kube, stj, action, logger)
 
@@ -84,6 +99,8 @@ async def reconcile(kube: Kube, namespace: str, name: str, logger: logging.Logge
     patch |= status_patch(stj, action, now) or {}
     if patch:
         await kube.patch_status(KIND, namespace, name, patch)
+    if metrics is not None:
+        metrics.observe_action(action)
     event = event_for(action)
     if event is not None:
         type_, reason, message = event

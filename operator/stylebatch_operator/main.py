@@ -1,4 +1,6 @@
-"""`stylebatch operator`: runs the kopf operator, namespaced or cluster-wide, with a liveness endpoint."""
+"""`stylebatch operator`: runs the kopf operator, namespaced or cluster-wide, with /healthz and
+/metrics on one port. Its settings (job defaults, reconcile interval) come from STYLEBATCH_*
+environment variables, read once here (stylebatch_operator.settings)."""
 
 from __future__ import annotations
 
@@ -11,41 +13,46 @@ from typing import Any
 
 import kopf
 
-from stylebatch.errors import StylebatchError
-
+from stylebatch_operator import web
 from stylebatch_operator.handlers import build_registry
 from stylebatch_operator.kube import Kube
-
-DEFAULT_INTERVAL = 10.0  # seconds between reconciliations of a job; progress is read as often
-INTERVAL_ENV = "STYLEBATCH_OPERATOR_INTERVAL"
+from stylebatch_operator.metrics import Metrics
+from stylebatch_operator.settings import Settings, from_environment
 
 
 def run(args: argparse.Namespace) -> int:
     namespaces = list(args.namespace or [])
-    interval = _interval(os.environ.get(INTERVAL_ENV))
+    settings = from_environment(os.environ)  # a malformed variable stops here, in one line
     kopf.configure(verbose=False)
-    logging.getLogger("stylebatch_operator").setLevel(logging.INFO)
+    log = logging.getLogger("stylebatch_operator")
+    log.setLevel(logging.INFO)
     where = f"namespaces {', '.join(namespaces)}" if namespaces else "all namespaces"
-    logging.getLogger("stylebatch_operator").info(
-        "watching StyleTransferJobs in %s; liveness on :%d/healthz", where, args.liveness_port)
-    asyncio.run(serve(namespaces=namespaces, liveness_port=args.liveness_port, interval=interval))
+    log.info("watching StyleTransferJobs in %s; /healthz and /metrics on :%d", where, args.liveness_port)
+    log.info("%s", settings.summary())
+    asyncio.run(serve(namespaces=namespaces, liveness_port=args.liveness_port, settings=settings))
     return 0
 
 
 async def serve(*, namespaces: Collection[str] = (), liveness_port: int | None = None,
-                interval: float = DEFAULT_INTERVAL, kube: Kube | None = None, **kopf_options: Any) -> None:
-    """The operator until it is stopped. kube: the API client (default: from the environment);
-    kopf_options: passed to kopf.operator (a test's vault, stop_flag, ready_flag)."""
-    await kopf.operator(
-        registry=build_registry(interval=interval),
-        settings=operator_settings(),
-        standalone=True,  # a single replica: no peering objects, no peering RBAC
-        clusterwide=not namespaces,
-        namespaces=list(namespaces),
-        liveness_endpoint=f"http://0.0.0.0:{liveness_port}/healthz" if liveness_port else None,
-        memo=kopf.Memo(kube=kube),
-        **kopf_options,
-    )
+                settings: Settings = Settings(), kube: Kube | None = None, **kopf_options: Any) -> None:
+    """The operator until it is stopped. liveness_port: where /healthz and /metrics are served
+    (none: not served); kube: the API client (default: from the environment); kopf_options: passed
+    to kopf.operator (a test's vault, stop_flag, ready_flag)."""
+    memo = kopf.Memo(kube=kube, settings=settings, metrics=Metrics(), started=False)
+    runner = await web.start(liveness_port, memo.metrics, lambda: memo.started) if liveness_port else None
+    try:
+        await kopf.operator(
+            registry=build_registry(interval=settings.interval),
+            settings=operator_settings(),
+            standalone=True,  # a single replica: no peering objects, no peering RBAC
+            clusterwide=not namespaces,
+            namespaces=list(namespaces),
+            memo=memo,
+            **kopf_options,
+        )
+    finally:
+        if runner is not None:
+            await runner.cleanup()
 
 
 def operator_settings() -> kopf.OperatorSettings:
@@ -65,15 +72,3 @@ def operator_settings() -> kopf.OperatorSettings:
     settings.posting.level = logging.WARNING
     settings.posting.reporting_component = "stylebatch-operator"
     return settings
-
-
-def _interval(value: str | None) -> float:
-    if not value:
-        return DEFAULT_INTERVAL
-    try:
-        seconds = float(value)
-    except ValueError:
-        seconds = -1.0
-    if not 0 < seconds <= 30:
-        raise StylebatchError(f"{INTERVAL_ENV} must be a number of seconds between 0 and 30, got {value!r}")
-    return seconds

@@ -1,19 +1,29 @@
 """The children of a StyleTransferJob as plain dicts: the preprocess Job, the stylize MPIJob and the
-postprocess Job. Pure functions of the job (and of the attempt and the time left)."""
+postprocess Job. Pure functions of the job (and of the attempt and the time left), built from its
+effective spec (status.effectiveSpec once it has started).
+
+Every pod is hardened the same way: non-root (the worker image's mpiuser), no privilege
+escalation, no capabilities, the runtime's default seccomp profile, and no Kubernetes API token.
+That is the "restricted" Pod Security Standard; the worker's sshd (port 2222, as mpiuser) and
+MPICH's Hydra (ssh, then unprivileged TCP) need nothing more."""
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from stylebatch_operator.names import (
     MPI_API_VERSION, POSTPROCESS, PREPROCESS, STYLIZE, child_labels, child_name, owner_reference,
 )
-from stylebatch_operator.spec import accepted_spec
+from stylebatch_operator.spec import SERVICE_ACCOUNT, effective_spec
 from stylebatch_operator.uris import work_dir as derived_work_dir
 
 # The worker image's non-root user, and the sshd set up for it as the MPI operator expects for
 # non-root MPICH images: its own config, listening on 2222.
 RUN_AS_USER = 1000
+POD_SECURITY_CONTEXT = {"runAsNonRoot": True, "runAsUser": RUN_AS_USER, "runAsGroup": RUN_AS_USER,
+                        "seccompProfile": {"type": "RuntimeDefault"}}
+CONTAINER_SECURITY_CONTEXT = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
 SSH_AUTH_MOUNT_PATH = "/home/mpiuser/.ssh"
 SSHD_COMMAND = ["/usr/sbin/sshd", "-De", "-f", "/home/mpiuser/.sshd_config"]
 SSHD_PORT = 2222
@@ -29,13 +39,14 @@ SPOT_TOLERATION = {"key": "kubernetes.azure.com/scalesetpriority", "operator": "
 WORKLOAD_IDENTITY_LABEL = "azure.workload.identity/use"
 
 
-def work_dir(stj: dict[str, Any]) -> str:
-    spec, meta = accepted_spec(stj), stj["metadata"]
+def work_dir(stj: dict[str, Any], spec: dict[str, Any] | None = None) -> str:
+    """spec.workDir, or one next to the output; `spec`: the effective spec (default: the job's)."""
+    spec, meta = spec or effective_spec(stj), stj["metadata"]
     return spec.get("workDir") or derived_work_dir(spec["output"], meta["namespace"], meta["name"], meta["uid"])
 
 
 def build_preprocess_job(stj: dict[str, Any], attempt: int = 1, deadline_seconds: int | None = None) -> dict[str, Any]:
-    spec = accepted_spec(stj)
+    spec = effective_spec(stj)
     args = ["preprocess", spec["input"], "--work", work_dir(stj), "-o", spec["output"]]
     encoder = spec.get("encoder") or {}
     for field, flag in (("codec", "--codec"), ("crf", "--crf"), ("bitrate", "--bitrate"), ("preset", "--preset")):
@@ -51,7 +62,7 @@ def build_postprocess_job(stj: dict[str, Any], attempt: int = 1, deadline_second
 
 
 def build_mpijob(stj: dict[str, Any], attempt: int = 1, deadline_seconds: int | None = None) -> dict[str, Any]:
-    spec = accepted_spec(stj)
+    spec = effective_spec(stj)
     name = child_name(stj["metadata"]["name"], STYLIZE, attempt)
     labels = child_labels(stj["metadata"]["name"], STYLIZE, attempt)
     gpus = spec["gpusPerWorker"]
@@ -90,7 +101,7 @@ def build_child(stj: dict[str, Any], stage: str, attempt: int, deadline_seconds:
 
 
 def stylize_args(stj: dict[str, Any], ranks: int) -> list[str]:
-    spec = accepted_spec(stj)
+    spec = effective_spec(stj)
     args = ["mpiexec", "-n", str(ranks), "-f", HOSTFILE,
             "stylebatch", "stylize", "--work", work_dir(stj), "--style", spec["style"],
             "--strength", _number(spec["strength"]),
@@ -104,7 +115,7 @@ def stylize_args(stj: dict[str, Any], ranks: int) -> list[str]:
 
 
 def _job(stj: dict[str, Any], stage: str, attempt: int, args: list[str], deadline_seconds: int | None) -> dict[str, Any]:
-    spec = accepted_spec(stj)
+    spec = effective_spec(stj)
     name = child_name(stj["metadata"]["name"], stage, attempt)
     labels = child_labels(stj["metadata"]["name"], stage, attempt)
     container = _container(spec, stage, ["stylebatch", *args])
@@ -133,8 +144,13 @@ def _worker_template(stj: dict[str, Any], spec: dict[str, Any], labels: dict[str
     container["command"] = list(SSHD_COMMAND)
     container["readinessProbe"] = {"tcpSocket": {"port": SSHD_PORT}, "initialDelaySeconds": 2, "periodSeconds": 5}
     gpus = spec["gpusPerWorker"]
+    resources = {kind: dict(quantities) for kind, quantities in (spec.get("resources") or {}).items() if quantities}
     if gpus > 0:
-        container["resources"] = {"limits": {"nvidia.com/gpu": gpus}}
+        resources["limits"] = {**resources.get("limits", {}), "nvidia.com/gpu": gpus}
+    else:
+        resources.get("limits", {}).pop("nvidia.com/gpu", None)
+    if resources:
+        container["resources"] = resources
     # torch shares tensors between processes through /dev/shm, which is 64 MiB by default
     container["volumeMounts"] = [{"name": "dshm", "mountPath": "/dev/shm"}]
     pod_spec = _pod_spec(spec, [container])
@@ -158,7 +174,7 @@ def _container(spec: dict[str, Any], name: str, args: list[str] | None) -> dict[
         "env": _storage_env(spec) + [{"name": "PYTHONUNBUFFERED", "value": "1"}],
         # A failed stage's last log lines (`stylebatch: error: ...`) become the failure's message.
         "terminationMessagePolicy": "FallbackToLogsOnError",
-        "securityContext": {"allowPrivilegeEscalation": False},
+        "securityContext": copy.deepcopy(CONTAINER_SECURITY_CONTEXT),
     }
     if args is not None:
         container["args"] = args
@@ -179,12 +195,15 @@ def _storage_env(spec: dict[str, Any]) -> list[dict[str, Any]]:
 def _pod_spec(spec: dict[str, Any], containers: list[dict[str, Any]], restart_policy: str | None = None) -> dict[str, Any]:
     pod: dict[str, Any] = {
         "containers": containers,
-        "securityContext": {"runAsNonRoot": True, "runAsUser": RUN_AS_USER, "runAsGroup": RUN_AS_USER},
+        "securityContext": copy.deepcopy(POD_SECURITY_CONTEXT),
+        # No pod of a job talks to the Kubernetes API (the MPI operator's launcher reaches the workers
+        # over ssh). Workload identity still works: its webhook mounts its own projected token.
+        "automountServiceAccountToken": False,
     }
     if restart_policy:
         pod["restartPolicy"] = restart_policy
-    if spec["storage"].get("serviceAccountName"):
-        pod["serviceAccountName"] = spec["storage"]["serviceAccountName"]
+    if spec.get(SERVICE_ACCOUNT):
+        pod["serviceAccountName"] = spec[SERVICE_ACCOUNT]
     if spec.get("imagePullSecrets"):
         pod["imagePullSecrets"] = [{"name": s["name"]} for s in spec["imagePullSecrets"]]
     return pod

@@ -1,44 +1,97 @@
-"""The spec a job runs with: the one it was accepted with, CRD defaults filled in, checked for what
-the CRD's schema cannot check when a cluster does not enforce its CEL rules."""
+"""The spec a job runs with (its effective spec): the job's own fields over the operator's
+defaults, then the CRD's defaults, checked for what the CRD's schema cannot check.
+
+It is worked out once, when the job is accepted, and recorded in status.effectiveSpec: a later
+change of the job's spec or of the operator's settings never reaches a job that has started.
+"""
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from stylebatch_operator.crd import SPEC_SCHEMA, apply_defaults
 from stylebatch_operator.names import MAX_NAME_LENGTH
+from stylebatch_operator.settings import Settings
 from stylebatch_operator.uris import strip_secrets
 
 # Fields holding URIs, whose query string may carry a SAS token.
 URI_FIELDS = ("input", "output", "style", "workDir")
+# Fields a job may leave to the operator's defaults (scheduling's nodeSelector and tolerations too).
+DEFAULTED_FIELDS = ("image", "imagePullPolicy", "imagePullSecrets", "workers", "gpusPerWorker", "resources",
+                    "storage")
+DEFAULTED_SCHEDULING_FIELDS = ("nodeSelector", "tolerations")
+# Only in status.effectiveSpec: the service account every pod of the job runs as.
+SERVICE_ACCOUNT = "serviceAccountName"
+
+_BUILT_IN = Settings()
 
 
 def shown_spec(spec: dict[str, Any]) -> dict[str, Any]:
-    """The spec as status.acceptedSpec records it: URIs without their SAS tokens."""
+    """The spec as the status records it: URIs without their SAS tokens."""
     return {k: strip_secrets(v) if k in URI_FIELDS and isinstance(v, str) else v for k, v in spec.items()}
 
 
-def accepted_spec(stj: dict[str, Any]) -> dict[str, Any]:
-    """The spec children are built from, CRD defaults filled in.
+def resolve(spec: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    """The effective spec: each field the job sets wins as a whole (a job's nodeSelector or
+    tolerations replace the default ones, they are not merged); each field it leaves out comes from
+    the operator's settings, then from the CRD's defaults. Fields with no value anywhere (storage,
+    when the operator has no default) stay out: spec_problems names them."""
+    out = copy.deepcopy(spec)
+    defaults = settings.job_defaults()
+    scheduling_defaults = defaults.pop("scheduling", {})
+    for key, value in defaults.items():
+        out.setdefault(key, value)
+    if scheduling_defaults:
+        scheduling = dict(out.get("scheduling") or {})
+        for key, value in scheduling_defaults.items():
+            scheduling.setdefault(key, value)
+        out["scheduling"] = scheduling
+    # Workload identity: the pods run as the federated service account. Otherwise the operator's
+    # job service account (no API token, no identity), or the namespace's default one.
+    account = (out.get("storage") or {}).get("serviceAccountName") or settings.job_service_account
+    out.pop(SERVICE_ACCOUNT, None)
+    if account:
+        out[SERVICE_ACCOUNT] = account
+    return apply_defaults(out, SPEC_SCHEMA)
 
-    Once the job has started, a later spec change is never applied: this is status.acceptedSpec.
-    It holds no SAS tokens, so a URI comes from the live spec when it points at the same place.
+
+def from_defaults(spec: dict[str, Any], settings: Settings) -> list[str]:
+    """The fields the job leaves to the operator's settings, for the Accepted event."""
+    defaults = settings.job_defaults()
+    taken = [f for f in DEFAULTED_FIELDS if f not in spec and f in defaults]
+    scheduling = spec.get("scheduling") or {}
+    taken += [f"scheduling.{f}" for f in DEFAULTED_SCHEDULING_FIELDS
+              if f not in scheduling and f in defaults.get("scheduling", {})]
+    return taken
+
+
+def effective_spec(stj: dict[str, Any], settings: Settings | None = None) -> dict[str, Any]:
+    """The spec children are built from.
+
+    Once the job has started this is status.effectiveSpec, whatever the spec or the operator's
+    settings say now. It holds no SAS tokens, so a URI comes from the live spec when it points at
+    the same place. Before the start (or for a job started by an operator that did not record it)
+    it is worked out from the spec and `settings` (default: the built-in ones).
     """
     live = stj.get("spec") or {}
-    accepted = (stj.get("status") or {}).get("acceptedSpec")
-    if not accepted:
-        return apply_defaults(live, SPEC_SCHEMA)
-    spec = dict(accepted)
+    status = stj.get("status") or {}
+    recorded = status.get("effectiveSpec") or status.get("acceptedSpec")
+    if not recorded:
+        return resolve(live, settings or _BUILT_IN)
+    spec = dict(recorded)
     for field in URI_FIELDS:
         value = live.get(field)
         if isinstance(value, str) and strip_secrets(value) == spec.get(field):
             spec[field] = value
-    return apply_defaults(spec, SPEC_SCHEMA)
+    if status.get("effectiveSpec"):
+        return apply_defaults(spec, SPEC_SCHEMA)
+    return resolve(spec, _BUILT_IN)  # accepted before effectiveSpec existed: no operator defaults then
 
 
-def spec_problems(stj: dict[str, Any]) -> list[str]:
+def spec_problems(stj: dict[str, Any], settings: Settings) -> list[str]:
     """Why this job cannot run, in words; empty when it can."""
-    spec = apply_defaults(stj.get("spec") or {}, SPEC_SCHEMA)
+    spec = resolve(stj.get("spec") or {}, settings)
     problems = []
     name = stj.get("metadata", {}).get("name", "")
     if len(name) > MAX_NAME_LENGTH:
@@ -46,8 +99,12 @@ def spec_problems(stj: dict[str, Any]) -> list[str]:
     for field in ("input", "output"):
         if not isinstance(spec.get(field), str) or not spec[field].strip():
             problems.append(f"spec.{field} is required")
-    storage = spec.get("storage") or {}
-    if bool(storage.get("secretName")) == bool(storage.get("serviceAccountName")):
+    storage = spec.get("storage")
+    if storage is None:
+        problems.append("no storage credentials: the job sets no spec.storage and the operator has no default; "
+                        "set spec.storage.secretName (or serviceAccountName and accountName), or install the "
+                        "chart with storage.existingSecret or storage.auth=workloadIdentity")
+    elif bool(storage.get("secretName")) == bool(storage.get("serviceAccountName")):
         problems.append("spec.storage needs exactly one of secretName and serviceAccountName")
     elif storage.get("serviceAccountName") and not storage.get("accountName"):
         problems.append("spec.storage.accountName is required with serviceAccountName")

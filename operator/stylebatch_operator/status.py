@@ -36,9 +36,12 @@ def status_patch(stj: dict[str, Any], action: Action, now: datetime) -> dict[str
 
     patch: dict[str, Any] = {}
     if action.kind == START:
-        spec = stj.get("spec") or {}
-        patch.update(phase=PENDING, acceptedSpec=shown_spec(spec), acceptedGeneration=generation, startTime=iso(now),
-                     outputURI=strip_secrets(spec["output"]), workDir=strip_secrets(work_dir(stj)),
+        if action.spec is None:
+            raise ValueError("a START action carries the effective spec")
+        spec, effective = stj.get("spec") or {}, action.spec
+        patch.update(phase=PENDING, acceptedSpec=shown_spec(spec), effectiveSpec=shown_spec(effective),
+                     acceptedGeneration=generation, startTime=iso(now),
+                     outputURI=strip_secrets(effective["output"]), workDir=strip_secrets(work_dir(stj, effective)),
                      attempts={}, retries=0, children={})
         cond(RUNNING, "False", PENDING, "about to create the preprocess Job")
         cond(SUCCEEDED, "False", PENDING)

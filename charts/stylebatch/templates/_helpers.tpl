@@ -33,8 +33,15 @@ app.kubernetes.io/component: operator
 {{- end -}}
 {{- end -}}
 
+{{/* The job pods' ServiceAccount; "" (the namespace's default) when not created and not named. */}}
 {{- define "stylebatch.jobServiceAccount" -}}
+{{- if .Values.jobs.serviceAccount.create -}}
 {{- default (printf "%s-job" (include "stylebatch.fullname" .)) .Values.jobs.serviceAccount.name -}}
+{{- else if and (eq .Values.storage.auth "workloadIdentity") (not .Values.jobs.serviceAccount.name) -}}
+{{- fail "jobs.serviceAccount.name is required with storage.auth=workloadIdentity when jobs.serviceAccount.create is false" -}}
+{{- else -}}
+{{- .Values.jobs.serviceAccount.name -}}
+{{- end -}}
 {{- end -}}
 
 {{/* registry/repository:tag, the tag defaulting to the chart's appVersion. Call with (list $ .Values.x.image suffix). */}}

@@ -1,0 +1,204 @@
+"""The operator's own settings: cluster-wide defaults for every StyleTransferJob, read once at
+startup from STYLEBATCH_* environment variables (the chart sets them from its values). Pure: the
+caller passes the environment in.
+
+A job's own spec fields always win over these defaults; `stylebatch_operator.spec.resolve` merges
+them, and the result is recorded in the job's status when it starts, so a later change of these
+settings never reaches a job that is already running.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from stylebatch.errors import StylebatchError
+
+# The worker image of this release: what a job runs when neither it nor the operator's settings
+# name one. tests/test_operator_settings.py keeps it equal to the chart's default.
+DEFAULT_IMAGE = "ghcr.io/stylebatch/stylebatch-worker:0.1.0"
+DEFAULT_INTERVAL = 10.0  # seconds between reconciliations of a job; progress is read as often
+MAX_INTERVAL = 30.0
+PULL_POLICIES = ("Always", "IfNotPresent", "Never")
+MAX_WORKERS, MAX_GPUS = 64, 8  # the CRD's bounds on spec.workers and spec.gpusPerWorker
+
+# Environment variable names (the chart's templates/deployment.yaml sets every one of them).
+WORKER_IMAGE = "STYLEBATCH_WORKER_IMAGE"
+IMAGE_PULL_POLICY = "STYLEBATCH_IMAGE_PULL_POLICY"
+IMAGE_PULL_SECRETS = "STYLEBATCH_IMAGE_PULL_SECRETS"
+DEFAULT_WORKERS = "STYLEBATCH_DEFAULT_WORKERS"
+DEFAULT_GPUS_PER_WORKER = "STYLEBATCH_DEFAULT_GPUS_PER_WORKER"
+WORKER_RESOURCES = "STYLEBATCH_WORKER_RESOURCES"
+DEFAULT_NODE_SELECTOR = "STYLEBATCH_DEFAULT_NODE_SELECTOR"
+DEFAULT_TOLERATIONS = "STYLEBATCH_DEFAULT_TOLERATIONS"
+JOB_SERVICE_ACCOUNT = "STYLEBATCH_JOB_SERVICE_ACCOUNT"
+STORAGE_SECRET = "STYLEBATCH_STORAGE_SECRET"
+STORAGE_ACCOUNT = "STYLEBATCH_STORAGE_ACCOUNT"
+WORKLOAD_IDENTITY = "STYLEBATCH_WORKLOAD_IDENTITY"
+INTERVAL = "STYLEBATCH_OPERATOR_INTERVAL"
+ENV_VARS = (WORKER_IMAGE, IMAGE_PULL_POLICY, IMAGE_PULL_SECRETS, DEFAULT_WORKERS, DEFAULT_GPUS_PER_WORKER,
+            WORKER_RESOURCES, DEFAULT_NODE_SELECTOR, DEFAULT_TOLERATIONS, JOB_SERVICE_ACCOUNT, STORAGE_SECRET,
+            STORAGE_ACCOUNT, WORKLOAD_IDENTITY, INTERVAL)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Defaults for jobs, and how often the operator looks at each one.
+
+    The JSON-valued fields hold plain JSON (dicts and lists); nothing here mutates them, and
+    `job_defaults()` hands out copies.
+    """
+
+    worker_image: str = DEFAULT_IMAGE
+    image_pull_policy: str = "IfNotPresent"
+    image_pull_secrets: tuple[str, ...] = ()
+    workers: int = 1
+    gpus_per_worker: int = 1
+    worker_resources: Mapping[str, Any] = field(default_factory=dict)  # {requests: {...}, limits: {...}}
+    node_selector: Mapping[str, str] = field(default_factory=dict)
+    tolerations: tuple[Mapping[str, Any], ...] = ()
+    job_service_account: str = ""  # every job pod's service account; "" leaves the namespace's default
+    storage_secret: str = ""  # default storage: a Secret in the job's namespace ...
+    storage_account: str = ""  # ... or, with workload_identity, this account through job_service_account
+    workload_identity: bool = False
+    interval: float = DEFAULT_INTERVAL
+
+    def job_defaults(self) -> dict[str, Any]:
+        """The spec fields a job gets when it leaves them out (scheduling's as a nested dict)."""
+        defaults: dict[str, Any] = {
+            "image": self.worker_image,
+            "imagePullPolicy": self.image_pull_policy,
+            "workers": self.workers,
+            "gpusPerWorker": self.gpus_per_worker,
+        }
+        if self.image_pull_secrets:
+            defaults["imagePullSecrets"] = [{"name": name} for name in self.image_pull_secrets]
+        if self.worker_resources:
+            defaults["resources"] = json.loads(json.dumps(self.worker_resources))
+        storage = self.default_storage()
+        if storage:
+            defaults["storage"] = storage
+        scheduling: dict[str, Any] = {}
+        if self.node_selector:
+            scheduling["nodeSelector"] = dict(self.node_selector)
+        if self.tolerations:
+            scheduling["tolerations"] = [dict(t) for t in self.tolerations]
+        if scheduling:
+            defaults["scheduling"] = scheduling
+        return defaults
+
+    def default_storage(self) -> dict[str, str] | None:
+        if self.workload_identity:
+            return {"serviceAccountName": self.job_service_account, "accountName": self.storage_account}
+        if self.storage_secret:
+            return {"secretName": self.storage_secret}
+        return None
+
+    def summary(self) -> str:
+        """One log line: names and numbers only, never a credential (there is none here)."""
+        storage = ("workload identity (service account "
+                   f"{self.job_service_account}, account {self.storage_account})" if self.workload_identity
+                   else f"Secret {self.storage_secret}" if self.storage_secret else "none (each job names its own)")
+        gpus = f"{self.gpus_per_worker} GPU(s) each" if self.gpus_per_worker else "CPUs only"
+        return (f"job defaults: image {self.worker_image}, {self.workers} worker(s), {gpus}, "
+                f"storage {storage}")
+
+
+def from_environment(env: Mapping[str, str]) -> Settings:
+    """Settings from STYLEBATCH_* variables; unset or empty ones keep the built-in defaults.
+
+    Raises StylebatchError with a one-line message naming the variable when one is malformed, so
+    that a wrong chart value stops the operator at startup instead of failing every job later.
+    """
+    def text(name: str) -> str:
+        return (env.get(name) or "").strip()
+
+    kwargs: dict[str, Any] = {}
+    if text(WORKER_IMAGE):
+        kwargs["worker_image"] = text(WORKER_IMAGE)
+    if text(IMAGE_PULL_POLICY):
+        if text(IMAGE_PULL_POLICY) not in PULL_POLICIES:
+            raise _bad(IMAGE_PULL_POLICY, f"must be one of {', '.join(PULL_POLICIES)}")
+        kwargs["image_pull_policy"] = text(IMAGE_PULL_POLICY)
+    if text(DEFAULT_WORKERS):
+        kwargs["workers"] = _int(DEFAULT_WORKERS, text(DEFAULT_WORKERS), 1, MAX_WORKERS)
+    if text(DEFAULT_GPUS_PER_WORKER):
+        kwargs["gpus_per_worker"] = _int(DEFAULT_GPUS_PER_WORKER, text(DEFAULT_GPUS_PER_WORKER), 0, MAX_GPUS)
+
+    secrets = _json(IMAGE_PULL_SECRETS, text(IMAGE_PULL_SECRETS), [])
+    if not isinstance(secrets, list):
+        raise _bad(IMAGE_PULL_SECRETS, 'must be a JSON list such as [{"name": "acr"}]')
+    names = []
+    for item in secrets:
+        name = item.get("name") if isinstance(item, dict) else item
+        if not isinstance(name, str) or not name:
+            raise _bad(IMAGE_PULL_SECRETS, 'must be a JSON list such as [{"name": "acr"}]')
+        names.append(name)
+    kwargs["image_pull_secrets"] = tuple(names)
+
+    resources = _json(WORKER_RESOURCES, text(WORKER_RESOURCES), {})
+    if not isinstance(resources, dict) or not set(resources) <= {"requests", "limits"} or not all(
+            isinstance(v, dict) and all(isinstance(q, (str, int, float)) for q in v.values())
+            for v in resources.values()):
+        raise _bad(WORKER_RESOURCES, 'must be a JSON object such as {"requests": {"cpu": "4", "memory": "16Gi"}}')
+    kwargs["worker_resources"] = resources
+
+    selector = _json(DEFAULT_NODE_SELECTOR, text(DEFAULT_NODE_SELECTOR), {})
+    if not isinstance(selector, dict) or not all(isinstance(v, str) for v in selector.values()):
+        raise _bad(DEFAULT_NODE_SELECTOR, 'must be a JSON object of strings such as {"stylebatch.io/gpu": "true"}')
+    kwargs["node_selector"] = selector
+
+    tolerations = _json(DEFAULT_TOLERATIONS, text(DEFAULT_TOLERATIONS), [])
+    if not isinstance(tolerations, list) or not all(isinstance(t, dict) for t in tolerations):
+        raise _bad(DEFAULT_TOLERATIONS, "must be a JSON list of tolerations (objects)")
+    kwargs["tolerations"] = tuple(tolerations)
+
+    kwargs["job_service_account"] = text(JOB_SERVICE_ACCOUNT)
+    kwargs["storage_secret"] = text(STORAGE_SECRET)
+    kwargs["storage_account"] = text(STORAGE_ACCOUNT)
+    flag = text(WORKLOAD_IDENTITY).lower()
+    if flag not in ("", "true", "false"):
+        raise _bad(WORKLOAD_IDENTITY, f"must be true or false, got {flag!r}")
+    kwargs["workload_identity"] = flag == "true"
+    if kwargs["workload_identity"]:
+        missing = [name for name, key in ((STORAGE_ACCOUNT, "storage_account"),
+                                          (JOB_SERVICE_ACCOUNT, "job_service_account")) if not kwargs[key]]
+        if missing:
+            raise _bad(WORKLOAD_IDENTITY, f"is true but {' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} empty")
+        if kwargs["storage_secret"]:
+            raise _bad(WORKLOAD_IDENTITY, f"is true and {STORAGE_SECRET} is set: choose one way to reach storage")
+
+    if text(INTERVAL):
+        try:
+            seconds = float(text(INTERVAL))
+        except ValueError:
+            seconds = -1.0
+        if not 0 < seconds <= MAX_INTERVAL:
+            raise _bad(INTERVAL, f"must be a number of seconds between 0 and {MAX_INTERVAL:g}, got {text(INTERVAL)!r}")
+        kwargs["interval"] = seconds
+    return Settings(**kwargs)
+
+
+def _json(name: str, value: str, empty: Any) -> Any:
+    if not value:
+        return empty
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise _bad(name, f"is not valid JSON ({exc.msg} at character {exc.pos})") from None
+
+
+def _int(name: str, value: str, low: int, high: int) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = low - 1
+    if not low <= number <= high:
+        raise _bad(name, f"must be a whole number from {low} to {high}, got {value!r}")
+    return number
+
+
+def _bad(name: str, problem: str) -> StylebatchError:
+    return StylebatchError(f"{name} {problem}")

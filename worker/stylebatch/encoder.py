@@ -8,6 +8,7 @@ from pathlib import Path
 
 import av
 import numpy as np
+from av.video.reformatter import VideoReformatter
 
 from stylebatch.errors import StylebatchError
 from stylebatch.manifest import EncoderSettings
@@ -174,12 +175,20 @@ class PartWriter:
         if color.get("trc") not in (None, 2):
             cc.color_trc = color["trc"]
         self.count = 0
+        # One RGB frame and one converter for the whole part: a fresh 1080p frame per picture costs
+        # more in page faults than the colour conversion itself.
+        self._sws = VideoReformatter()
+        self._rgb = av.VideoFrame(width, height, "rgb24")
+        plane = self._rgb.planes[0]
+        self._rgb_view = np.frombuffer(plane, np.uint8).reshape(height, plane.line_size)[:, :width * 3] \
+            .reshape(height, width, 3)
 
     def write(self, frames: np.ndarray) -> None:
         for rgb in frames:
-            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(
-                format=self.stream.codec_context.pix_fmt, dst_colorspace=self.matrix,
-                dst_color_range="JPEG" if self.full_range else "MPEG")
+            np.copyto(self._rgb_view, rgb)
+            frame = self._sws.reformat(self._rgb, format=self.stream.codec_context.pix_fmt,
+                                       dst_colorspace=self.matrix,
+                                       dst_color_range="JPEG" if self.full_range else "MPEG")
             frame.pts = self.count
             self.count += 1
             self.container.mux(self.stream.encode(frame))

@@ -11,6 +11,7 @@ from typing import Any, Iterator
 
 import av
 import numpy as np
+from av.video.reformatter import VideoReformatter
 
 from stylebatch.errors import StylebatchError
 
@@ -159,6 +160,7 @@ class ChunkReader:
         self._frames: Iterator[av.VideoFrame] | None = None
         self._next = -1  # presentation index of the next frame self._frames yields
         self._pending: av.VideoFrame | None = None  # a frame read ahead while seeking
+        self._sws = VideoReformatter()  # one converter for all frames, not one per frame
 
     def close(self) -> None:
         if self._container is not None:
@@ -218,8 +220,8 @@ class ChunkReader:
             if self.m.pts_reliable and frame.pts != self.m.pts[index]:
                 raise StylebatchError(
                     f"{self.m.input}: frame {index} decodes with pts {frame.pts}, expected {self.m.pts[index]}")
-            rgb = frame.to_ndarray(format="rgb24", src_colorspace=self.m.color["matrix"],
-                                   src_color_range="JPEG" if self.full_range else "MPEG")
+            rgb = self._sws.reformat(frame, format="rgb24", src_colorspace=self.m.color["matrix"],
+                                     src_color_range="JPEG" if self.full_range else "MPEG").to_ndarray()
             buf[n] = np.rot90(rgb, self.k) if self.k else rgb
             n += 1
             if n == len(buf):

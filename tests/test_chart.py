@@ -16,6 +16,9 @@ import pytest
 import yaml
 
 from stylebatch_operator import rbac
+from stylebatch_operator.metrics import Metrics
+from stylebatch_operator.settings import from_environment
+from stylebatch_operator.web import application
 
 ROOT = Path(__file__).resolve().parent.parent
 CHART = ROOT / "charts" / "stylebatch"
@@ -209,21 +212,56 @@ def test_chart_never_renders_secret_material():
     ({"storage": {"connectionString": "DefaultEndpointsProtocol=https"}}, "connectionString"),
     ({"jobs": {"nodeSelector": {"stylebatch.io/gpu": True}}}, "/jobs/nodeSelector"),
     ({"workers": 4}, "workers"),  # a misplaced key, not silently ignored
+    ({"operator": {"reconcileIntervalSeconds": 0}}, "/operator/reconcileIntervalSeconds"),
+    ({"operator": {"reconcileIntervalSeconds": 31}}, "/operator/reconcileIntervalSeconds"),
 ])
 def test_values_schema_rejects_mistakes(values, complaint):
     with helm.Chart.load(CHART) as chart, pytest.raises(helm.HelmValuesError, match=re.escape(complaint)):
         chart.render(values, name="stylebatch", namespace=NAMESPACE)
 
 
-def test_pod_monitor_is_off_by_default_and_targets_the_operator_when_on():
+def test_pod_monitor_is_off_by_default_and_scrapes_what_the_operator_serves_when_on():
     assert not [o for o in render() if o["kind"] == "PodMonitor"]
     objects = render("aks")
     monitor = one(objects, "PodMonitor")
     pod = one(objects, "Deployment")["spec"]["template"]
     assert monitor["apiVersion"] == VARIANTS["aks"]["podMonitor"]["apiVersion"]
     assert monitor["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
-    ports = {p["name"] for p in pod["spec"]["containers"][0]["ports"]}
-    assert {e["port"] for e in monitor["spec"]["podMetricsEndpoints"]} <= ports
+    container = pod["spec"]["containers"][0]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+    # the named port is the one the operator serves on, and the path one of its routes
+    assert ports[endpoint["port"]] == int(next(a for a in container["args"] if a.startswith("--liveness-port="))
+                                          .split("=")[1])
+    served = {r.resource.canonical for r in application(Metrics(), lambda: True).router.routes()}
+    assert endpoint["path"] in served and container["livenessProbe"]["httpGet"]["path"] in served
+
+
+def test_reconcile_interval_reaches_the_operator():
+    assert from_environment(env(render())).interval == 10
+    values = {"operator": {"reconcileIntervalSeconds": 2.5}}
+    assert from_environment(env(render_manifests.render_objects(values, namespace=NAMESPACE))).interval == 2.5
+
+
+def test_every_variant_starts_the_operator_with_valid_settings():
+    for variant in VARIANTS:
+        settings = from_environment(env(render(variant)))  # raises on anything the operator refuses
+        assert settings.default_storage(), variant  # every install gives jobs a way to storage
+
+
+def test_job_service_account_can_be_brought_along_or_left_to_the_namespace():
+    def accounts(values: dict) -> tuple[str, list[str]]:
+        objects = render_manifests.render_objects(values, namespace=NAMESPACE)
+        name = env(objects)["STYLEBATCH_JOB_SERVICE_ACCOUNT"]
+        created = [o["metadata"]["name"] for o in objects
+                   if o["kind"] == "ServiceAccount" and o["metadata"]["labels"]["app.kubernetes.io/component"] == "job"]
+        return name, created
+    assert accounts({}) == ("stylebatch-job", ["stylebatch-job"])
+    assert accounts({"jobs": {"serviceAccount": {"create": False}}}) == ("", [])  # the namespace's default
+    assert accounts({"jobs": {"serviceAccount": {"create": False, "name": "media-jobs"}}}) == ("media-jobs", [])
+    aks = {**VARIANTS["aks"], "jobs": {**VARIANTS["aks"]["jobs"], "serviceAccount": {"create": False}}}
+    with helm.Chart.load(CHART) as chart, pytest.raises(helm.HelmRenderError, match="jobs.serviceAccount.name is required"):
+        chart.render(aks, name="stylebatch", namespace=NAMESPACE)
 
 
 def test_chart_version_follows_the_package():

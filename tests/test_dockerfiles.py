@@ -256,3 +256,16 @@ def test_no_stage_needs_the_ffmpeg_command_line_tool():
                           p.read_text())]
     installs_ffmpeg = re.search(r"apt-get install[^&]*\bffmpeg\b", runs(parse("Dockerfile.worker")))
     assert not calls or installs_ffmpeg, f"{calls} run the ffmpeg CLI, which the worker image lacks"
+
+
+def test_worker_image_needs_nothing_the_hardened_job_pods_take_away():
+    final = final_stage(parse("Dockerfile.worker"))
+    context = mpi.POD_SECURITY_CONTEXT
+    assert [ins.args for ins in final if ins.op == "USER"][-1] == f"{context['runAsUser']}:{context['runAsGroup']}"
+    # Pods drop every capability and set no_new_privs (allowPrivilegeEscalation: false), which void
+    # file capabilities and setuid bits: nothing in the image may rely on them.
+    assert not re.search(r"\bsetcap\b|chmod [^&;\n]*(\b[ugo]*\+[rwx]*s|\b[0-7]?[4-7][0-7]{3}\b)", runs(final))
+    # The non-root sshd binds an unprivileged port and writes no pid file; Hydra's ranks start over
+    # ssh as the same user: no capability, no root.
+    sshd = _heredoc(f"{MPI_HOME}/.sshd_config")
+    assert int(sshd["Port"]) >= 1024 and sshd["PidFile"] == "none"

@@ -13,7 +13,7 @@ from typing import Any
 
 from stylebatch_operator.names import CHILD_KIND, POSTPROCESS, PREPROCESS, STAGES, STYLIZE, child_name
 from stylebatch_operator.observe import FAILED, SUCCEEDED, child_state, failed_pod_detail
-from stylebatch_operator.settings import Settings
+from stylebatch_operator.settings import BUILT_IN, Settings
 from stylebatch_operator.spec import effective_spec, from_defaults, resolve, shown_spec, spec_problems
 from stylebatch_operator.uris import strip_secrets
 
@@ -75,7 +75,7 @@ class Action:
 
 
 def decide(stj: dict[str, Any], children: dict[str, dict[str, Any]], *, now: datetime,
-           pods: list[dict[str, Any]] = (), settings: Settings = Settings()) -> Action:
+           pods: list[dict[str, Any]] = (), settings: Settings = BUILT_IN) -> Action:
     """children: observed child objects by name; only the current stage's current attempt matters.
     pods: the current child's pods, which say more about a failure than the child does.
     settings: the operator's defaults, read only when the job is accepted."""
@@ -86,9 +86,9 @@ def decide(stj: dict[str, Any], children: dict[str, dict[str, Any]], *, now: dat
         problems = spec_problems(stj, settings)
         if problems:
             return Action(FAIL, reason="InvalidSpec", message="; ".join(problems))
-        spec = resolve(stj.get("spec") or {}, settings)
-        return Action(START, reason="Accepted", message=_accepted_message(spec, from_defaults(stj.get("spec") or {}, settings)),
-                      spec=spec)
+        own = stj.get("spec") or {}
+        spec = resolve(own, settings)
+        return Action(START, reason="Accepted", message=_accepted_message(spec, from_defaults(own, settings)), spec=spec)
 
     spec_action = _spec_change(stj, status)
     if spec_action is not None:

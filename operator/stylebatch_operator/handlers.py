@@ -21,7 +21,7 @@ from stylebatch_operator.names import (
     is_controlled_by,
 )
 from stylebatch_operator.observe import FAILED, child_state
-from stylebatch_operator.settings import Settings
+from stylebatch_operator.settings import BUILT_IN, Settings
 from stylebatch_operator.status import event_for, progress_patch, status_patch
 
 # Enough of the launcher's log to hold every rank's latest progress line. (No limitBytes: the
@@ -77,7 +77,7 @@ async def _count(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -
 
 
 async def reconcile(kube: Kube, namespace: str, name: str, logger: logging.Logger, now: datetime | None = None,
-                    *, settings: Settings = Settings(), metrics: Metrics | None = None) -> d.Action:
+                    *, settings: Settings = BUILT_IN, metrics: Metrics | None = None) -> d.Action:
     # Read fresh rather than trust the watch's copy: a status patched a moment ago must count.
     stj = await kube.get(KIND, namespace, name)
     if stj is None or stj["metadata"].get("deletionTimestamp"):

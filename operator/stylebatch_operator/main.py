@@ -17,7 +17,7 @@ from stylebatch_operator import web
 from stylebatch_operator.handlers import build_registry
 from stylebatch_operator.kube import Kube
 from stylebatch_operator.metrics import Metrics
-from stylebatch_operator.settings import Settings, from_environment
+from stylebatch_operator.settings import BUILT_IN, Settings, from_environment
 
 
 def run(args: argparse.Namespace) -> int:
@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def serve(*, namespaces: Collection[str] = (), liveness_port: int | None = None,
-                settings: Settings = Settings(), kube: Kube | None = None, **kopf_options: Any) -> None:
+                settings: Settings = BUILT_IN, kube: Kube | None = None, **kopf_options: Any) -> None:
     """The operator until it is stopped. liveness_port: where /healthz and /metrics are served
     (none: not served); kube: the API client (default: from the environment); kopf_options: passed
     to kopf.operator (a test's vault, stop_flag, ready_flag)."""

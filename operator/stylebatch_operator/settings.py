@@ -106,6 +106,9 @@ class Settings:
                 f"storage {storage}")
 
 
+BUILT_IN = Settings()  # an operator started with no STYLEBATCH_* variables
+
+
 def from_environment(env: Mapping[str, str]) -> Settings:
     """Settings from STYLEBATCH_* variables; unset or empty ones keep the built-in defaults.
 
@@ -166,7 +169,8 @@ def from_environment(env: Mapping[str, str]) -> Settings:
         missing = [name for name, key in ((STORAGE_ACCOUNT, "storage_account"),
                                           (JOB_SERVICE_ACCOUNT, "job_service_account")) if not kwargs[key]]
         if missing:
-            raise _bad(WORKLOAD_IDENTITY, f"is true but {' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} empty")
+            verb = "is" if len(missing) == 1 else "are"
+            raise _bad(WORKLOAD_IDENTITY, f"is true but {' and '.join(missing)} {verb} empty")
         if kwargs["storage_secret"]:
             raise _bad(WORKLOAD_IDENTITY, f"is true and {STORAGE_SECRET} is set: choose one way to reach storage")
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from stylebatch_operator.crd import SPEC_SCHEMA, apply_defaults
 from stylebatch_operator.names import MAX_NAME_LENGTH
-from stylebatch_operator.settings import Settings
+from stylebatch_operator.settings import BUILT_IN, Settings
 from stylebatch_operator.uris import strip_secrets
 
 # Fields holding URIs, whose query string may carry a SAS token.
@@ -23,8 +23,6 @@ DEFAULTED_FIELDS = ("image", "imagePullPolicy", "imagePullSecrets", "workers", "
 DEFAULTED_SCHEDULING_FIELDS = ("nodeSelector", "tolerations")
 # Only in status.effectiveSpec: the service account every pod of the job runs as.
 SERVICE_ACCOUNT = "serviceAccountName"
-
-_BUILT_IN = Settings()
 
 
 def shown_spec(spec: dict[str, Any]) -> dict[str, Any]:
@@ -78,7 +76,7 @@ def effective_spec(stj: dict[str, Any], settings: Settings | None = None) -> dic
     status = stj.get("status") or {}
     recorded = status.get("effectiveSpec") or status.get("acceptedSpec")
     if not recorded:
-        return resolve(live, settings or _BUILT_IN)
+        return resolve(live, settings or BUILT_IN)
     spec = dict(recorded)
     for field in URI_FIELDS:
         value = live.get(field)
@@ -86,7 +84,7 @@ def effective_spec(stj: dict[str, Any], settings: Settings | None = None) -> dic
             spec[field] = value
     if status.get("effectiveSpec"):
         return apply_defaults(spec, SPEC_SCHEMA)
-    return resolve(spec, _BUILT_IN)  # accepted before effectiveSpec existed: no operator defaults then
+    return resolve(spec, BUILT_IN)  # accepted before effectiveSpec existed: no operator defaults then
 
 
 def spec_problems(stj: dict[str, Any], settings: Settings) -> list[str]:

@@ -49,8 +49,7 @@ def test_chart_crd_is_the_generated_one():
 
 def test_schema_is_structural():
     for path, node in walk(openapi_schema()):
-        assert node.get("type") or node.get("x-kubernetes-preserve-unknown-fields") \
-            or node.get("x-kubernetes-int-or-string"), f"{path} has no type"
+        assert node.get("type") or node.get("x-kubernetes-preserve-unknown-fields"), f"{path} has no type"
         assert not ("properties" in node and "additionalProperties" in node), path
         if "properties" in node:
             assert node["type"] == "object", path
@@ -115,7 +114,8 @@ def test_example_job_validates_and_leaves_the_cluster_wide_settings_to_the_opera
     ({"workers": 0}, "workers"),
     ({"gpusPerWorker": -1}, "gpusPerWorker"),
     ({"imagePullPolicy": "Sometimes"}, "imagePullPolicy"),
-    ({"resources": {"requests": {"cpu": True}}}, "cpu"),
+    ({"resources": {"requests": {"cpu": 4}}}, "cpu"),  # quantities are strings: "4"
+    ({"resources": {"requests": {"memory": "16 GB"}}}, "memory"),
     ({"strength": 2}, "strength"),
     ({"encoder": {"bitrate": "fast"}}, "bitrate"),
     ({"retries": 11}, "retries"),
@@ -129,6 +129,13 @@ def test_bad_specs_are_refused(change, field):
         del job["spec"]["output"]
     errors = list(validator().iter_errors(apply_defaults(job, openapi_schema())))
     assert errors and any(field in "/".join(map(str, e.path)) + e.message for e in errors)
+
+
+def test_worker_resources_take_kubernetes_quantities():
+    job = copy.deepcopy(example())
+    job["spec"]["resources"] = {"requests": {"cpu": "500m", "memory": "16Gi", "ephemeral-storage": "1e3"},
+                                "limits": {"memory": "1.5Gi"}}
+    validator().validate(apply_defaults(job, openapi_schema()))
 
 
 def test_default_style_is_the_workers_default():

@@ -50,9 +50,12 @@ _TOLERATION = _obj("A Kubernetes toleration.", {
     "tolerationSeconds": _int("How long a NoExecute taint is tolerated.", format="int64"),
 })
 
-_QUANTITIES = {"type": "object", "maxProperties": 8, "description": "Resource name to quantity, e.g. cpu: \"4\".",
-               "additionalProperties": {"x-kubernetes-int-or-string": True, "anyOf": [
-                   {"type": "integer"}, {"type": "string", "maxLength": 64}]}}
+# Kubernetes quantities, as strings (cpu: "4", memory: 16Gi): a bounded string keeps the spec's CEL
+# rule cheap, where an int-or-string could not carry a maxLength.
+QUANTITY_PATTERN = (r"^[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([KMGTPE]i|[numkMGTPE]|[eE][+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+))?$")
+_QUANTITIES = {"type": "object", "maxProperties": 8,
+               "description": "Resource name to quantity, as a string: cpu: \"4\", memory: 16Gi.",
+               "additionalProperties": _str("A quantity.", maxLength=64, pattern=QUANTITY_PATTERN)}
 
 SPEC_SCHEMA: dict[str, Any] = _obj(
     "What to stylize, where to write it, and the GPU pool to run on. Immutable once created.",

@@ -154,8 +154,8 @@ def audio_md5(path: Path, index: int) -> str:
 def decode_rgb(path: Path) -> np.ndarray:
     """Every frame as RGB [N, H, W, 3], upright, decoded by the ffmpeg CLI (which applies rotation)."""
     w, h = display_size(path)
-    raw = subprocess.run(["ffmpeg", "-v", "error", "-i", str(path), "-map", "0:v:0", "-fps_mode", "passthrough", "-f", "rawvideo",
-                          "-pix_fmt", "rgb24", "-"], check=True, capture_output=True).stdout
+    raw = subprocess.run(["ffmpeg", "-v", "error", "-i", str(path), "-map", "0:v:0", "-fps_mode", "passthrough",
+                          "-f", "rawvideo", "-pix_fmt", "rgb24", "-"], check=True, capture_output=True).stdout
     return np.frombuffer(raw, np.uint8).reshape(-1, h, w, 3)
 
 

@@ -52,6 +52,12 @@ def test_monitor_sums_ranks_and_counts_speed_only_for_new_frames() -> None:
     assert out.getvalue().endswith("\n") and "[###############" in out.getvalue()
 
 
+def test_monitor_reads_records_of_two_ranks_glued_on_one_line() -> None:
+    m = Monitor(frames=40, stream=io.StringIO(), tty=False)
+    assert m.line(format_line(RankProgress(0, 2, 5, 20, 40)) + format_line(RankProgress(1, 2, 7, 20, 40)) + "\n")
+    assert m.done == 12
+
+
 @pytest.mark.slow
 def test_run_draws_a_progress_bar_on_a_tty(clip, tmp_path: Path) -> None:
     src = clip("in.mp4", size=(96, 64), frames=30, audio=("aac",))

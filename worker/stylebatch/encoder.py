@@ -35,14 +35,16 @@ QUALITY = {
     "libx264": (18, 0, 51), "libx265": (20, 0, 51), "libvpx-vp9": (30, 0, 63),
     "h264_nvenc": (20, 0, 51), "hevc_nvenc": (22, 0, 51), "mjpeg": (3, 2, 31),
 }
-_X26X_PRESETS = ["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow", "placebo"]
+_X26X_PRESETS = [
+    "ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow", "placebo"]
 PRESETS = {
     "libx264": _X26X_PRESETS, "libx265": _X26X_PRESETS,
     "libvpx-vp9": ["realtime", "good", "best"],
     "h264_nvenc": [f"p{i}" for i in range(1, 8)], "hevc_nvenc": [f"p{i}" for i in range(1, 8)],
     "mjpeg": [],
 }
-DEFAULT_PRESET = {"libx264": "medium", "libx265": "medium", "libvpx-vp9": "good", "h264_nvenc": "p5", "hevc_nvenc": "p5"}
+DEFAULT_PRESET = {
+    "libx264": "medium", "libx265": "medium", "libvpx-vp9": "good", "h264_nvenc": "p5", "hevc_nvenc": "p5"}
 PART_EXT = ".mkv"  # parts are Matroska whatever the final container: it holds every codec above
 # Matroska counts in milliseconds; capping the rate the encoder is told keeps part timestamps distinct.
 _MAX_PART_RATE = Fraction(500)

@@ -7,7 +7,7 @@ import sys
 import time
 from typing import TextIO
 
-from stylebatch.progress import RankProgress, parse_line
+from stylebatch.progress import PREFIX, RankProgress, parse_line
 
 log = logging.getLogger("stylebatch.run")
 
@@ -37,16 +37,17 @@ class Monitor:
         return min(self.frames, sum(p.done for p in self.latest.values()))
 
     def line(self, text: str) -> bool:
-        """Feed one line of the ranks' stdout; True if it was a progress line."""
-        p = parse_line(text)
-        if p is None:
-            return False
-        first_of_rank = p.rank not in self.latest
-        self.latest[p.rank] = p
-        if first_of_rank:  # a rank's first line counts the parts it found already done
-            self.resumed = (self.resumed or 0) + p.done
-        self.show()
-        return True
+        """Feed one line of the ranks' stdout; True if it held progress (several ranks' records
+        glued together on one line are read too)."""
+        records = [parse_line(PREFIX + piece) for piece in text.split(PREFIX)[1:]]
+        records = [p for p in records if p is not None]
+        for p in records:
+            if p.rank not in self.latest:  # a rank's first line counts the parts it found already done
+                self.resumed = (self.resumed or 0) + p.done
+            self.latest[p.rank] = p
+        if records:
+            self.show()
+        return bool(records)
 
     def status(self) -> str:
         elapsed = max(1e-6, time.monotonic() - self.start)

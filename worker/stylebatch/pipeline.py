@@ -4,6 +4,7 @@ never waits on the CPU work around it; and the progress lines a rank prints."""
 from __future__ import annotations
 
 import queue
+import sys
 import threading
 import time
 from typing import Callable, Iterable
@@ -35,7 +36,10 @@ class Progress:
                 return
             self._last = now
             line = format_line(RankProgress(self.world.rank, self.world.size, self.done, self.share, self.frames))
-        print(line, flush=True)
+        # one write per line: print() writes the newline separately, and mpiexec may slip another
+        # rank's output in between
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
 
 
 class _Stopped(Exception):

@@ -59,10 +59,9 @@ def run(args: argparse.Namespace) -> int:
     else:
         owned_tmp = tempfile.mkdtemp(prefix="stylebatch-work-")
         work = location(owned_tmp)
-    work_ns = argparse.Namespace(**vars(args), work_uri=work.uri)
     style_dir = tempfile.mkdtemp(prefix="stylebatch-style-")
     try:
-        _run_stages(args, work_ns, work, Path(style_dir))
+        _run_stages(args, work, Path(style_dir))
     except BaseException:
         if owned_tmp and not _has_parts(work):
             shutil.rmtree(owned_tmp, ignore_errors=True)  # nothing stylized yet: nothing worth resuming
@@ -87,27 +86,26 @@ def _has_parts(work) -> bool:
         return False
 
 
-def _run_stages(args: argparse.Namespace, ns: argparse.Namespace, work, style_dir: Path) -> None:
+def _run_stages(args: argparse.Namespace, work, style_dir: Path) -> None:
     from stylebatch import postprocess, preprocess
+    from stylebatch.manifest import read_manifest
 
     style_check = _StyleCheck(args, style_dir)
     style_check.start()  # loading the model (torch import, weights) overlaps preprocess
-    preprocess.run(argparse.Namespace(input=args.input, output=args.output, work=ns.work_uri, codec=args.codec,
-                                      crf=args.crf, bitrate=args.bitrate, preset=args.preset,
-                                      chunk_frames=args.chunk_frames))
+    preprocess.run(argparse.Namespace(input=args.input, output=args.output, work=work.uri,
+                                      codec=args.codec, crf=args.crf, bitrate=args.bitrate,
+                                      preset=args.preset, chunk_frames=args.chunk_frames))
     style, workers = style_check.result()
-    from stylebatch.manifest import read_manifest
-
     frames = read_manifest(work).frames
     log.info("stylizing %d frames on %d rank(s), style %s", frames, workers, Path(style).name)
-    stylize_args = ["--work", ns.work_uri, "--style", style, "--strength", str(args.strength),
+    stylize_args = ["--work", work.uri, "--style", style, "--strength", str(args.strength),
                     "--device", args.device]
     if args.max_side:
         stylize_args += ["--max-side", str(args.max_side)]
     if args.batch_size:
         stylize_args += ["--batch-size", str(args.batch_size)]
     _stylize(stylize_args, workers, frames)
-    postprocess.run(argparse.Namespace(work=ns.work_uri, output=args.output))
+    postprocess.run(argparse.Namespace(work=work.uri, output=args.output))
 
 
 class _StyleCheck(threading.Thread):

@@ -34,7 +34,8 @@ def run(args: argparse.Namespace) -> int:
         return stylize(args, world, tmp)
     except StylebatchError as exc:
         if world.size > 1:
-            print(f"stylebatch: error: {' '.join(str(exc).split())}", file=sys.stderr, flush=True)
+            sys.stderr.write(f"stylebatch: error: {' '.join(str(exc).split())}\n")  # one write: one line
+            sys.stderr.flush()
             shutil.rmtree(tmp, ignore_errors=True)
             world.abort(exc.exit_code)
         raise

@@ -142,7 +142,8 @@ def _color(frame: av.VideoFrame) -> dict[str, Any]:
 
 def _audio_summary(a: av.AudioStream) -> dict[str, Any]:
     cc = a.codec_context
-    return {"index": a.index, "codec": cc.codec.canonical_name, "channels": cc.channels, "sample_rate": cc.sample_rate,
+    return {"index": a.index, "codec": cc.codec.canonical_name, "channels": cc.channels,
+            "sample_rate": cc.sample_rate,
             "language": a.metadata.get("language")}
 
 

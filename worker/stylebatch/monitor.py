@@ -7,7 +7,7 @@ import sys
 import time
 from typing import TextIO
 
-from stylebatch.progress import PREFIX, RankProgress, parse_line
+from stylebatch.progress import RankProgress, parse_records
 
 log = logging.getLogger("stylebatch.run")
 
@@ -39,8 +39,7 @@ class Monitor:
     def line(self, text: str) -> bool:
         """Feed one line of the ranks' stdout; True if it held progress (several ranks' records
         glued together on one line are read too)."""
-        records = [parse_line(PREFIX + piece) for piece in text.split(PREFIX)[1:]]
-        records = [p for p in records if p is not None]
+        records = parse_records(text)
         for p in records:
             if p.rank not in self.latest:  # a rank's first line counts the parts it found already done
                 self.resumed = (self.resumed or 0) + p.done

@@ -31,15 +31,20 @@ def format_line(p: RankProgress) -> str:
 
 
 def parse_line(line: str) -> RankProgress | None:
-    """The progress in a log line, or None for any other line (or a garbled one)."""
-    start = line.find(PREFIX)
-    if start < 0:
-        return None
-    try:
-        d = json.loads(line[start + len(PREFIX):])
-        return RankProgress(int(d["rank"]), int(d["ranks"]), int(d["done"]), int(d["share"]), int(d["frames"]))
-    except (ValueError, KeyError, TypeError):
-        return None
+    """The first progress record in a log line, or None for any other line (or a garbled one)."""
+    return next(iter(parse_records(line)), None)
+
+
+def parse_records(line: str) -> list[RankProgress]:
+    """Every progress record in a log line. mpiexec can glue two ranks' lines into one."""
+    records = []
+    for piece in line.split(PREFIX)[1:]:
+        try:
+            d, _ = json.JSONDecoder().raw_decode(piece.strip())
+            records.append(RankProgress(int(d["rank"]), int(d["ranks"]), int(d["done"]), int(d["share"]), int(d["frames"])))
+        except (ValueError, KeyError, TypeError):
+            continue
+    return records
 
 
 @dataclass(frozen=True)
@@ -56,8 +61,7 @@ def aggregate(lines: Iterable[str]) -> Total | None:
     """Frames done over all ranks, from the latest line of each rank. None if no rank reported."""
     latest: dict[int, RankProgress] = {}
     for line in lines:
-        p = parse_line(line)
-        if p is not None:
+        for p in parse_records(line):
             latest[p.rank] = p
     if not latest:
         return None

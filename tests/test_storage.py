@@ -509,9 +509,12 @@ def test_identity_over_plain_http_is_refused(no_storage_env) -> None:
 
 @pytest.mark.azurite
 def test_secrets_never_reach_logs_errors_or_reprs(
-    azure_env, azurite, no_storage_env, caplog: pytest.LogCaptureFixture
+    azure_env, azurite, no_storage_env, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     caplog.set_level(logging.DEBUG)
+    caplog.set_level(logging.DEBUG, logger="stylebatch")
+    # an in-process CLI run earlier in the session points "stylebatch" at stderr only
+    monkeypatch.setattr(logging.getLogger("stylebatch"), "propagate", True)
     container = azure_env.container
     sas = container_sas(azurite, container)
     signature = urllib.parse.parse_qs(sas)["sig"][0]

@@ -127,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     op.add_argument("--namespace", action="append", default=[],
                     help="namespace to watch (repeatable); default: all namespaces")
     op.add_argument("--liveness-port", type=int, default=8080,
-                    help="port of the /healthz liveness endpoint (default: 8080)")
+                    help="port serving /healthz (liveness) and /metrics (Prometheus) (default: 8080)")
     op.set_defaults(handler="stylebatch_operator.main:run")
     return parser
 

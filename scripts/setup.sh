@@ -4,7 +4,8 @@
 #   scripts/setup.sh          ffmpeg, the sample clip, .venv/ with the worker, the operator and MPI
 #   scripts/setup.sh --test   all of the above, plus test tools: Azurite (npm), pytest, kmock, Helm SDK
 #
-# Afterwards .venv/bin/stylebatch is the CLI.
+# Afterwards .venv/bin/stylebatch is the CLI. TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+# installs the same pinned torch without CUDA libraries (PyPI's Linux wheel carries them).
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -46,6 +47,10 @@ stamp=".venv/.stylebatch-$(cat pyproject.toml constraints.txt | sha256sum | cut 
 if [ ! -f "$stamp" ]; then
   say "installing Python packages (.[${extras}], torch pinned in constraints.txt)"
   .venv/bin/python -m pip install -q --upgrade pip
+  if [ -n "${TORCH_INDEX_URL:-}" ]; then
+    # e.g. https://download.pytorch.org/whl/cpu: the same pinned version without the CUDA libraries
+    .venv/bin/python -m pip install -q -c constraints.txt --index-url "$TORCH_INDEX_URL" torch
+  fi
   .venv/bin/python -m pip install -q -c constraints.txt -e ".[${extras}]"
   rm -f .venv/.stylebatch-*
   touch "$stamp"

@@ -23,24 +23,22 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
-def _positive(text: str) -> int:
+def _whole(text: str, least: int) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    if value < least:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least {least}")
     return value
+
+
+def _positive(text: str) -> int:
+    return _whole(text, 1)
 
 
 def _crf(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must not be negative")
-    return value
+    return _whole(text, 0)
 
 
 def _strength(text: str) -> float:
@@ -54,10 +52,7 @@ def _strength(text: str) -> float:
 
 
 def _max_side(text: str) -> int:
-    value = _positive(text)
-    if value < 32:
-        raise argparse.ArgumentTypeError(f"{text!r} is too small (at least 32)")
-    return value
+    return _whole(text, 32)
 
 
 def _encoder_flags(p: argparse.ArgumentParser) -> None:

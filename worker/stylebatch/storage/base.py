@@ -1,0 +1,93 @@
+"""The Location interface both backends implement, and the path rules they share."""
+
+from __future__ import annotations
+
+import abc
+import ipaddress
+import os
+import pathlib
+from typing import Iterable
+
+from stylebatch.errors import StylebatchError
+
+
+class Location(abc.ABC):
+    """A file, or a folder-like prefix holding files. Immutable and hashable; see the backends."""
+
+    uri: str
+    display: str
+    name: str
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.display!r})"
+
+    def __str__(self) -> str:
+        return self.display
+
+    @abc.abstractmethod
+    def child(self, *parts: str) -> Location:
+        """The location below this one: child("parts", "000.mkv") == child("parts/000.mkv")."""
+
+    @abc.abstractmethod
+    def exists(self) -> bool:
+        """True if a file is here, or if this is a prefix with at least one file under it."""
+
+    @abc.abstractmethod
+    def size(self) -> int:
+        """Size of the file in bytes."""
+
+    @abc.abstractmethod
+    def list(self) -> list[str]:
+        """Sorted '/'-separated names of every file under this prefix, relative to it; [] if none."""
+
+    @abc.abstractmethod
+    def read_bytes(self) -> bytes:
+        """The whole file: for small files such as manifests."""
+
+    @abc.abstractmethod
+    def write_bytes(self, data: bytes) -> None:
+        """Replace the file atomically."""
+
+    @abc.abstractmethod
+    def download(self, local_path: str | os.PathLike[str]) -> None:
+        """Stream the file to local_path (created atomically, parent folders included)."""
+
+    @abc.abstractmethod
+    def upload(self, local_path: str | os.PathLike[str]) -> None:
+        """Stream local_path here; readers see the old file or the whole new one."""
+
+    @abc.abstractmethod
+    def delete(self) -> None:
+        """Delete the file; a missing one is fine."""
+
+    @abc.abstractmethod
+    def delete_tree(self) -> None:
+        """Delete every file under this prefix (not a file at exactly this location)."""
+
+    def is_local(self) -> bool:
+        return False
+
+    def local_path(self) -> pathlib.Path | None:
+        return None
+
+    def _child_segments(self, parts: tuple[str, ...]) -> list[str]:
+        return split_path(parts, f"bad path below {self.display}: '.' and '..' are not allowed")
+
+
+def split_path(parts: Iterable[str], error: str) -> list[str]:
+    """The non-empty '/'-separated segments of parts; StylebatchError(error) if one is '.' or '..'."""
+    found = [s for part in parts for s in part.split("/") if s]
+    if any(s in (".", "..") for s in found):
+        raise StylebatchError(error)
+    return found
+
+
+def is_path_style(host: str) -> bool:
+    """Azurite and other emulators put the account in the path: an IP, localhost or a bare service name."""
+    if host == "localhost" or "." not in host:
+        return True
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True

@@ -1,0 +1,161 @@
+"""Locations in Azure Blob Storage: a blob, or a prefix of blobs."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import dataclasses
+import logging
+import mimetypes
+import os
+import pathlib
+import urllib.parse
+from typing import IO, Any, Iterator
+
+from stylebatch import storage
+from stylebatch.errors import StylebatchError
+from stylebatch.storage.base import Location
+from stylebatch.storage.clients import service_client
+from stylebatch.storage.errors import blob_errors, local_errors
+from stylebatch.storage.files import atomic_file, open_source
+from stylebatch.storage.scrub import printable
+
+log = logging.getLogger("stylebatch.storage")
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class BlobLocation(Location):
+    """A blob, or a prefix of blobs. account/endpoint are None for az:// (taken from the environment)."""
+
+    uri: str = dataclasses.field(compare=False)
+    container: str = ""
+    blob: str = ""  # "" for the whole container; never starts or ends with "/"
+    account: str | None = None
+    endpoint: str | None = None  # e.g. https://acct.blob.core.windows.net or http://127.0.0.1:10000/acct
+    sas: str | None = None
+
+    @property
+    def display(self) -> str:  # type: ignore[override]
+        return printable(self._address(self.blob))
+
+    @property
+    def name(self) -> str:  # type: ignore[override]
+        return self.blob.rsplit("/", 1)[-1] if self.blob else self.container
+
+    def child(self, *parts: str) -> BlobLocation:
+        blob = "/".join([*filter(None, [self.blob]), *self._child_segments(parts)])
+        uri = self._address(blob) + (f"?{self.sas}" if self.sas else "")
+        return dataclasses.replace(self, uri=uri, blob=blob)
+
+    def exists(self) -> bool:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        with blob_errors(self, "check"):
+            if self.blob and self._blob_client().exists():
+                return True
+            try:
+                return next(self._walk(results_per_page=1), None) is not None
+            except ResourceNotFoundError:  # no container
+                return False
+
+    def size(self) -> int:
+        with blob_errors(self, "read"):
+            return int(self._blob_client().get_blob_properties().size)
+
+    def list(self) -> list[str]:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        cut = len(self._prefix())
+        with blob_errors(self, "list"):
+            try:
+                return sorted(props.name[cut:] for props in self._walk())
+            except ResourceNotFoundError:  # a missing container holds no files, like a missing folder
+                return []
+
+    def read_bytes(self) -> bytes:
+        with blob_errors(self, "read"):
+            return self._blob_client().download_blob().readall()
+
+    def write_bytes(self, data: bytes) -> None:
+        log.debug("writing %d bytes to %s", len(data), self.display)
+        with blob_errors(self, "write"):
+            self._upload(data, len(data))
+
+    def download(self, local_path: str | os.PathLike[str]) -> None:
+        dest = pathlib.Path(local_path)
+        log.debug("downloading %s to %s", self.display, printable(str(dest)))
+        with local_errors(printable(str(dest)), "write"), blob_errors(self, "download"):
+            stream = self._blob_client().download_blob(max_concurrency=storage.settings.max_concurrency)
+            with atomic_file(dest) as out:
+                stream.readinto(out)
+
+    def upload(self, local_path: str | os.PathLike[str]) -> None:
+        source = pathlib.Path(local_path)
+        source_display = printable(str(source))
+        log.debug("uploading %s to %s", source_display, self.display)
+        reader = open_source(source, source_display)
+        # Outside blob_errors: the SDK reads the file itself, so read errors surface from it.
+        with reader, local_errors(source_display, "read"), blob_errors(self, "upload"):
+            self._upload(reader, os.fstat(reader.fileno()).st_size)
+
+    def delete(self) -> None:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        with blob_errors(self, "delete"), contextlib.suppress(ResourceNotFoundError):
+            self._blob_client().delete_blob(delete_snapshots="include")
+
+    def delete_tree(self) -> None:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        def delete(name: str) -> None:
+            with contextlib.suppress(ResourceNotFoundError):
+                container.delete_blob(name, delete_snapshots="include")
+
+        with blob_errors(self, "delete"):
+            container = self._container_client()
+            try:
+                names = [props.name for props in self._walk()]
+            except ResourceNotFoundError:
+                return
+            log.debug("deleting %d blobs under %s", len(names), self.display)
+            with concurrent.futures.ThreadPoolExecutor(max(1, storage.settings.max_concurrency)) as pool:
+                for _ in pool.map(delete, names):
+                    pass
+
+    def _address(self, blob: str) -> str:
+        """The URI of blob in this container, without the SAS."""
+        if self.endpoint is None:
+            return f"az://{self.container}/{blob}"
+        return f"{self.endpoint}/{self.container}/{urllib.parse.quote(blob)}"
+
+    def _prefix(self) -> str:
+        return f"{self.blob}/" if self.blob else ""
+
+    def _walk(self, **kwargs: Any) -> Iterator[Any]:
+        """Committed blobs under the prefix, minus the directory markers of ADLS Gen2 accounts."""
+        for props in self._container_client().list_blobs(
+            name_starts_with=self._prefix(), include=["metadata"], **kwargs
+        ):
+            if (props.metadata or {}).get("hdi_isfolder") != "true":
+                yield props
+
+    def _upload(self, data: bytes | IO[bytes], length: int) -> None:
+        from azure.storage.blob import ContentSettings
+
+        content_type = mimetypes.guess_type(self.blob)[0] or "application/octet-stream"
+        # A block blob appears only when its block list is committed: readers never see a partial one.
+        self._blob_client().upload_blob(
+            data,
+            length=length,
+            overwrite=True,
+            max_concurrency=storage.settings.max_concurrency,
+            content_settings=ContentSettings(content_type=content_type),
+        )
+
+    def _container_client(self) -> Any:
+        return service_client(self).get_container_client(self.container)
+
+    def _blob_client(self) -> Any:
+        if not self.blob:
+            raise StylebatchError(f"{self.display} is a container, not a file")
+        return service_client(self).get_blob_client(self.container, self.blob)

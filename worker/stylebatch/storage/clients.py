@@ -1,0 +1,96 @@
+"""BlobServiceClients: one per account endpoint, credential and transfer tuning, reused."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+from typing import TYPE_CHECKING, Any
+
+from stylebatch import storage
+from stylebatch.errors import StylebatchError
+from stylebatch.storage.credentials import CREDENTIAL_HELP, resolve_credential
+
+if TYPE_CHECKING:
+    from stylebatch.storage.blob import BlobLocation
+
+_MiB = 1024 * 1024
+
+# Handed to azure-core as its HTTP logger, which would log every request's URL and headers at INFO.
+# Built directly rather than with getLogger, so no logging configuration can ever switch it on.
+_AZURE_HTTP_LOG = logging.Logger("stylebatch.storage.azure_http", level=logging.CRITICAL + 1)
+_AZURE_HTTP_LOG.disabled = True
+
+
+@dataclasses.dataclass(frozen=True)
+class TransferSettings:
+    """Blob transfer tuning. Files above max_single_put_size go up as staged blocks (committed at
+    the end, so still atomic); downloads above max_single_get_size come down in ranged chunks."""
+
+    max_concurrency: int = 4
+    max_single_put_size: int = 64 * _MiB
+    max_block_size: int = 8 * _MiB
+    max_single_get_size: int = 32 * _MiB
+    max_chunk_get_size: int = 8 * _MiB
+    retry_total: int = 3
+    retry_backoff_s: int = 2
+    connection_timeout_s: float = 20.0
+    read_timeout_s: float = 120.0
+
+
+def service_client(loc: BlobLocation) -> Any:
+    """The BlobServiceClient for loc's account and credential, created once and reused."""
+    cred = resolve_credential(loc)
+    if cred.kind == "identity" and not cred.endpoint.startswith("https://"):
+        raise StylebatchError(
+            f"cannot use an Azure identity over plain http for {loc.display}: {CREDENTIAL_HELP}"
+        )
+    return _service_client(cred.endpoint, cred.account, cred.kind, cred.secret, storage.settings)
+
+
+def clear_client_cache() -> None:
+    """Forget cached clients and the cached Azure identity (after the environment changed)."""
+    _service_client.cache_clear()
+    _default_azure_credential.cache_clear()
+
+
+@functools.lru_cache(maxsize=32)
+def _service_client(endpoint: str, account: str, kind: str, secret: str | None, tuning: TransferSettings) -> Any:
+    from azure.core.credentials import AzureNamedKeyCredential, AzureSasCredential
+    from azure.storage.blob import BlobServiceClient, ExponentialRetry
+
+    credential: Any
+    if kind == "sas":
+        credential = AzureSasCredential(secret or "")
+    elif kind == "key":
+        credential = AzureNamedKeyCredential(account, secret or "")
+    else:
+        credential = _default_azure_credential()
+    return BlobServiceClient(
+        endpoint,
+        credential=credential,
+        logging_enable=False,  # the storage policy's own request logging can leak a SAS signature
+        logger=_AZURE_HTTP_LOG,
+        retry_policy=ExponentialRetry(
+            initial_backoff=tuning.retry_backoff_s, increment_base=2,
+            retry_total=tuning.retry_total, random_jitter_range=1,
+        ),
+        connection_timeout=tuning.connection_timeout_s,
+        read_timeout=tuning.read_timeout_s,
+        max_single_put_size=tuning.max_single_put_size,
+        max_block_size=tuning.max_block_size,
+        max_single_get_size=tuning.max_single_get_size,
+        max_chunk_get_size=tuning.max_chunk_get_size,
+    )
+
+
+@functools.lru_cache(maxsize=1)
+def _default_azure_credential() -> Any:
+    from azure.identity import DefaultAzureCredential
+
+    # On failure the chain logs a multi-line WARNING listing every credential it tried; we report
+    # the failure ourselves, in one line. A logger the application configured is left alone.
+    chain_log = logging.getLogger("azure.identity._credentials.chained")
+    if chain_log.level == logging.NOTSET:
+        chain_log.setLevel(logging.ERROR)
+    return DefaultAzureCredential()

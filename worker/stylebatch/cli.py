@@ -64,7 +64,7 @@ def _encoder_flags(p: argparse.ArgumentParser) -> None:
     rc.add_argument("--bitrate", help="target bitrate instead of --crf, e.g. 4M or 800k")
     g.add_argument("--preset", help="encoder speed preset, e.g. medium (x264/x265), good (vp9), p5 (nvenc)")
     g.add_argument("--chunk-frames", type=_positive, default=None,
-                   help="frames per chunk, the unit of work and of resume (default 120)")
+                   help="frames per chunk, the unit of work and of resume (default: 24 to 120, aiming at 16 chunks)")
 
 
 def _model_flags(p: argparse.ArgumentParser) -> None:

@@ -16,6 +16,16 @@ def partition(n_items: int, n_ranks: int, rank: int) -> tuple[int, int]:
     return start, start + base + (1 if rank < extra else 0)
 
 
+MIN_CHUNK_FRAMES, MAX_CHUNK_FRAMES, TARGET_CHUNKS = 24, 120, 16
+
+
+def default_chunk_frames(n_frames: int) -> int:
+    """Frames per chunk when the user gives none: enough chunks (16) that up to 16 ranks all get
+    work and none lags far behind on a short clip, but no chunk under 24 frames (every part starts
+    with a keyframe) or over 120 (the work a pre-empted rank loses)."""
+    return max(MIN_CHUNK_FRAMES, min(MAX_CHUNK_FRAMES, -(-n_frames // TARGET_CHUNKS)))
+
+
 def chunk_bounds(n_frames: int, chunk_frames: int) -> list[tuple[int, int]]:
     """The global chunk grid: [start, end) frame ranges of `chunk_frames`, the last one shorter."""
     if chunk_frames < 1:

@@ -12,10 +12,10 @@ from stylebatch import __version__
 from stylebatch.encoder import choose_pix_fmt, choose_settings
 from stylebatch.errors import StylebatchError
 from stylebatch.manifest import MANIFEST_NAME, EncoderSettings, Manifest
+from stylebatch.partition import default_chunk_frames
 from stylebatch.video import probe
 
 log = logging.getLogger(__name__)
-DEFAULT_CHUNK_FRAMES = 120
 
 
 def settings_from_args(args: argparse.Namespace, output_name: str) -> EncoderSettings:
@@ -39,7 +39,6 @@ def run(args: argparse.Namespace) -> int:
 
     src, out, work = location(args.input), location(args.output), location(args.work)
     settings = settings_from_args(args, out.name)
-    chunk_frames = args.chunk_frames or DEFAULT_CHUNK_FRAMES
     if _reuse_existing(work, src, out, args, settings):
         return 0
     if not src.exists():
@@ -56,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
         if local.stat().st_size == 0:
             raise StylebatchError(f"input is an empty file: {src.display}")
         info = probe(local, src.display)
+        chunk_frames = args.chunk_frames or default_chunk_frames(len(info.pts))
         width, height = info.display_size
         settings.pix_fmt = choose_pix_fmt(settings.codec, info.pix_fmt, width, height)
         name = source_name(src.name)

@@ -401,3 +401,11 @@ def _templates(child: dict[str, Any]) -> list[dict[str, Any]]:
 
 def _containers(child: dict[str, Any]) -> list[dict[str, Any]]:
     return [c for t in _templates(child) for c in t["spec"]["containers"]]
+
+
+def test_a_toleration_given_twice_appears_once():
+    """The AKS defaults list the GPU taint the operator adds itself; the pod must not repeat it."""
+    for variant in VARIANTS.values():
+        for replica in build_mpijob(stj(**variant))["spec"]["mpiReplicaSpecs"].values():
+            tolerations = replica["template"]["spec"].get("tolerations", [])
+            assert len(tolerations) == len({tuple(sorted(t.items())) for t in tolerations})

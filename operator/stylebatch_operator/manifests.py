@@ -160,7 +160,7 @@ def _worker_template(stj: dict[str, Any], spec: dict[str, Any], labels: dict[str
     if scheduling.get("spot"):
         tolerations.append(SPOT_TOLERATION)
     if tolerations:
-        pod_spec["tolerations"] = [dict(t) for t in tolerations]
+        pod_spec["tolerations"] = _unique(tolerations)
     if scheduling.get("nodeSelector"):
         pod_spec["nodeSelector"] = dict(scheduling["nodeSelector"])
     return {"metadata": {"labels": _pod_labels(spec, labels)}, "spec": pod_spec}
@@ -229,3 +229,12 @@ def _deadline(spec: dict[str, Any], deadline_seconds: int | None) -> int:
 
 def _number(x: float) -> str:
     return str(int(x)) if float(x).is_integer() else str(x)
+
+
+def _unique(tolerations: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The built-in GPU/spot tolerations and the ones a user lists often overlap: keep each once."""
+    seen: list[dict[str, Any]] = []
+    for t in tolerations:
+        if dict(t) not in seen:
+            seen.append(dict(t))
+    return seen

@@ -17,6 +17,7 @@ from stylebatch_operator.decide import (
 )
 from stylebatch_operator.settings import Settings
 from stylebatch_operator.spec import resolve
+from stylebatch_operator.status import event_for, status_patch
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "manifests" / "examples" / "job.yaml"
 NOW = datetime(2026, 5, 1, 12, 0, tzinfo=timezone.utc)
@@ -51,6 +52,7 @@ def mpijob(name: str, *conditions: tuple[str, str, str]) -> dict[str, Any]:
     return {**job(name, *conditions), "apiVersion": "kubeflow.org/v2beta1", "kind": "MPIJob"}
 
 
+PHASES = {"preprocess": "Preprocessing", "stylize": "Stylizing", "postprocess": "Postprocessing"}
 COMPLETE = ("Complete", "", "")
 MPI_SUCCEEDED = ("Succeeded", "MPIJobSucceeded", "MPIJob media/x successfully completed.")
 BACKOFF = ("Failed", "BackoffLimitExceeded", "Job has reached the specified backoff limit")
@@ -146,6 +148,49 @@ def test_failed_pod_detail_joins_the_reason_and_loses_its_secrets():
     assert "SECRET" not in action.failure.message and "SECRET" not in action.message
 
 
+def failed_pod(name: str, exit_code: int, message: str = "", reason: str = "Error",
+               pod_reason: str | None = None) -> dict[str, Any]:
+    status: dict[str, Any] = {"phase": "Failed", "containerStatuses": [{"state": {"terminated": {
+        "exitCode": exit_code, "reason": reason, "message": message}}}]}
+    if pod_reason:
+        status["reason"] = pod_reason
+    return {"metadata": {"name": name, "creationTimestamp": "2026-05-01T11:01:00Z"}, "status": status}
+
+
+USER_ERROR_LOG = "reading input\nstylebatch: error: --codec vp9 cannot go into .mp4 (use .webm or .mkv)\n"
+
+
+@pytest.mark.parametrize("case, stage, child, pod, expected", [
+    ("user error (exit 2) in preprocess: Failed at once", "preprocess", job(PRE1, BACKOFF),
+     failed_pod(PRE1 + "-x", 2, USER_ERROR_LOG), (FAIL, "InvalidInput")),
+    ("user error in the stylize launcher: Failed at once", "stylize", mpijob(STY1, ("Failed", "MPIJobFailed", "")),
+     failed_pod(STY1 + "-launcher-x", 2, "stylebatch: error: unknown style 'starry'"), (FAIL, "InvalidInput")),
+    ("crash (exit 1): retried", "preprocess", job(PRE1, BACKOFF),
+     failed_pod(PRE1 + "-x", 1, "Traceback ...\nRuntimeError: boom"), (RETRY, "Retrying")),
+    ("OOMKilled: retried", "preprocess", job(PRE1, BACKOFF),
+     failed_pod(PRE1 + "-x", 137, "", reason="OOMKilled"), (RETRY, "Retrying")),
+    ("evicted pod: retried", "preprocess", job(PRE1, BACKOFF),
+     failed_pod(PRE1 + "-x", 2, "", pod_reason="Evicted"), (RETRY, "Retrying")),
+], ids=lambda v: v if isinstance(v, str) else "")
+def test_user_errors_are_not_retried(case, stage, child, pod, expected):
+    obj = stj(PHASES[stage], attempts={stage: 1})
+    action = decide(obj, {child["metadata"]["name"]: child}, now=NOW, pods=[pod])
+    assert (action.kind, action.reason) == expected
+
+
+def test_a_user_error_fails_with_the_workers_one_line_message():
+    pod = failed_pod(PRE1 + "-x", 2, USER_ERROR_LOG)
+    action = decide(stj("Preprocessing", attempts={"preprocess": 1}), {PRE1: job(PRE1, BACKOFF)}, now=NOW, pods=[pod])
+    line = "stylebatch: error: --codec vp9 cannot go into .mp4 (use .webm or .mkv)"
+    assert action.failure.reason == "InvalidInput" and action.failure.message == line
+    assert line in action.message and "not retried" in action.message
+    patch = status_patch(stj("Preprocessing", attempts={"preprocess": 1}), action, NOW)
+    assert patch["phase"] == "Failed" and patch["failure"]["message"] == line
+    failed = next(c for c in patch["conditions"] if c["type"] == "Failed")
+    assert failed["status"] == "True" and failed["reason"] == "InvalidInput" and line in failed["message"]
+    assert event_for(action) == ("Warning", "InvalidInput", action.message)
+
+
 def test_evicted_pod_is_named_in_the_failure():
     pod = {"metadata": {"name": "orangutan-stylize-1-worker-1"},
            "status": {"phase": "Failed", "reason": "Evicted", "message": "The node was low on resource: memory."}}
@@ -166,11 +211,26 @@ def test_children_get_the_time_left_until_the_jobs_deadline():
     ({"workers": 0}, "spec.workers"),
     ({"input": ""}, "spec.input is required"),
     ({"encoder": {"crf": 20, "bitrate": "4M"}}, "crf or bitrate"),
+    ({"output": "az://videos/out/clip.gif"}, "must end in one of .mp4 .mov .m4v .mkv .webm .avi"),
+    ({"output": "https://acct.blob.core.windows.net/videos/out?sv=1&sig=S3CR3T"}, "(got no extension)"),
+    ({"input": "/data/in.mp4"}, "spec.input '/data/in.mp4' is not a blob URI"),
+    ({"output": "out.mp4"}, "spec.output 'out.mp4' is not a blob URI"),
+    ({"style": "./mosaic.pth"}, "spec.style './mosaic.pth' looks like a weights file but is not a blob URI"),
 ])
 def test_a_spec_the_cluster_let_through_fails_instead_of_running(spec, problem):
     action = decide(stj(**spec), {}, now=NOW, settings=SETTINGS)
     assert (action.kind, action.reason) == (FAIL, "InvalidSpec")
-    assert problem in action.message
+    assert problem in action.message and "S3CR3T" not in action.message
+
+
+@pytest.mark.parametrize("spec", [
+    {"output": "az://videos/out/clip.WEBM", "style": "mosaic"},
+    {"output": "https://acct.blob.core.windows.net/videos/out/clip.mkv?sv=1&sig=x", "style": "candy:0.5,mosaic:0.5"},
+    {"style": "https://ops.blob.core.windows.net/styles/starry.pth"},
+    {"style": "az://styles/starry.pth", "input": "http://azurite:10000/devstoreaccount1/videos/in.mp4"},
+])
+def test_blob_uris_and_supported_containers_are_accepted(spec):
+    assert decide(stj(**spec), {}, now=NOW, settings=SETTINGS).kind == START
 
 
 def test_a_name_too_long_for_child_names_fails():

@@ -328,7 +328,7 @@ def test_a_stage_that_keeps_failing_spends_the_budget_then_fails_the_job_with_it
                        "metadata": {"name": f"{name}-x7k2p", "namespace": NS,
                                     "labels": child(api, "Job", name)["spec"]["template"]["metadata"]["labels"]},
                        "status": {"phase": "Failed", "containerStatuses": [{"state": {"terminated": {
-                           "exitCode": 2, "message": "stylebatch: error: cannot read "
+                           "exitCode": 1, "message": "stylebatch: error: cannot read "
                                                      f"https://acct.blob.core.windows.net/v/o.mp4?{SAS}: 403\n"}}}]}}
                 assert (await api.post(PODS, json=pod)).status == 200
                 await finish(api, JOBS, name, ok=False, reason="BackoffLimitExceeded",
@@ -346,6 +346,35 @@ def test_a_stage_that_keeps_failing_spends_the_budget_then_fails_the_job_with_it
             await asyncio.sleep(5 * INTERVAL)
             assert creates(api, JOBS) == ["orangutan-preprocess-1", "orangutan-preprocess-2"]
             assert creates(api, MPIJOBS) == []
+    run(scenario)
+
+
+def test_a_user_error_fails_the_job_at_once_without_a_retry():
+    async def scenario() -> None:
+        async with api_server() as api, operator(api):
+            await apply_job(api, retries=3)
+            name = "orangutan-preprocess-1"
+            await eventually(lambda: child(api, "Job", name))
+            line = "stylebatch: error: --codec vp9 cannot go into .mp4 (use .webm or .mkv)"
+            pod = {"apiVersion": "v1", "kind": "Pod",
+                   "metadata": {"name": f"{name}-x7k2p", "namespace": NS,
+                                "labels": child(api, "Job", name)["spec"]["template"]["metadata"]["labels"]},
+                   "status": {"phase": "Failed", "containerStatuses": [{"state": {"terminated": {
+                       "exitCode": 2, "reason": "Error", "message": f"probing input\n{line}\n"}}}]}}
+            assert (await api.post(PODS, json=pod)).status == 200
+            await finish(api, JOBS, name, ok=False, reason="BackoffLimitExceeded",
+                         message="Job has reached the specified backoff limit")
+
+            await eventually(lambda: status(api)["phase"] == "Failed")
+            s = status(api)
+            failed = {c["type"]: c for c in s["conditions"]}["Failed"]
+            assert (failed["status"], failed["reason"]) == ("True", "InvalidInput") and line in failed["message"]
+            assert (s["failure"]["reason"], s["failure"]["message"]) == ("InvalidInput", line)
+            assert s["retries"] == 0
+            warning = await eventually(lambda: [e for e in events(api) if e[1] == "InvalidInput"])
+            assert warning[0][0] == "Warning" and line in warning[0][2]
+            await asyncio.sleep(5 * INTERVAL)
+            assert creates(api, JOBS) == [name]
     run(scenario)
 
 

@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from stylebatch_operator.names import CHILD_KIND, POSTPROCESS, PREPROCESS, STAGES, STYLIZE, child_name
-from stylebatch_operator.observe import FAILED, SUCCEEDED, child_state, failed_pod_detail
+from stylebatch_operator.observe import FAILED, SUCCEEDED, child_state, failed_pod_detail, user_error
 from stylebatch_operator.settings import BUILT_IN, Settings
 from stylebatch_operator.spec import effective_spec, from_defaults, resolve, shown_spec, spec_problems
 from stylebatch_operator.uris import strip_secrets
@@ -36,6 +36,7 @@ WAIT = "Wait"  # the current child is running
 NOTHING = "Nothing"  # the job is over
 
 SPEC_CHANGE_CONDITION = "SpecChangeRejected"
+INVALID_INPUT = "InvalidInput"  # the worker exited with its user-error code: Failed at once, no retry
 
 
 @dataclass(frozen=True)
@@ -104,6 +105,11 @@ def decide(stj: dict[str, Any], children: dict[str, dict[str, Any]], *, now: dat
         return _create(stage, attempt, name, recorded, left)
     state = child_state(child)
     if state.state == FAILED:
+        invalid = user_error(list(pods))
+        if invalid is not None:  # the worker said the input is wrong: another attempt would say so again
+            failure = Failure(stage, attempt, f"{CHILD_KIND[stage]}/{name}", INVALID_INPUT, invalid)
+            return Action(FAIL, stage, attempt, INVALID_INPUT,
+                          f"{CHILD_KIND[stage]} {name} failed: {invalid} (not retried)", failure=failure)
         failure = Failure(stage, attempt, f"{CHILD_KIND[stage]}/{name}", state.reason,
                           "; ".join(m for m in (state.message, failed_pod_detail(list(pods))) if m))
         if state.reason == "DeadlineExceeded" or left <= 0:

@@ -50,6 +50,30 @@ def failed_pod_detail(pods: list[dict[str, Any]]) -> str:
     return ""
 
 
+USER_ERROR_EXIT_CODE = 2  # the worker's exit code for a user error (stylebatch.errors.StylebatchError)
+USER_ERROR_PREFIX = "stylebatch: error:"
+
+
+def user_error(pods: list[dict[str, Any]]) -> str | None:
+    """The worker's one-line `stylebatch: error: ...` when a failed pod's container exited with
+    code 2: bad input, an unknown style, a codec the container cannot hold. Running it again would
+    fail the same way. None for anything else (exit code 1, an eviction, OOMKilled), which is worth
+    a retry."""
+    for pod in pods:
+        status = pod.get("status") or {}
+        if status.get("phase") != "Failed" or status.get("reason"):  # evicted: not the worker's verdict
+            continue
+        for cs in status.get("containerStatuses") or []:
+            terminated = (cs.get("state") or {}).get("terminated") or {}
+            if terminated.get("exitCode") != USER_ERROR_EXIT_CODE or terminated.get("reason") == "OOMKilled":
+                continue
+            lines = [line.strip() for line in (terminated.get("message") or "").splitlines() if line.strip()]
+            errors = [line for line in lines if line.startswith(USER_ERROR_PREFIX)]
+            line = errors[-1] if errors else (lines[-1] if lines else f"{USER_ERROR_PREFIX} exit code 2")
+            return redact(line)[:500]
+    return None
+
+
 def _last_lines(text: str, lines: int = 3, limit: int = 500) -> str:
     tail = " | ".join(line.strip() for line in text.strip().splitlines()[-lines:] if line.strip())
     return tail[-limit:]

@@ -8,7 +8,9 @@ change of the job's spec or of the operator's settings never reaches a job that 
 from __future__ import annotations
 
 import copy
+import posixpath
 from typing import Any
+from urllib.parse import urlsplit
 
 from stylebatch_operator.crd import SPEC_SCHEMA, apply_defaults
 from stylebatch_operator.names import MAX_NAME_LENGTH
@@ -23,6 +25,11 @@ DEFAULTED_FIELDS = ("image", "imagePullPolicy", "imagePullSecrets", "workers", "
 DEFAULTED_SCHEDULING_FIELDS = ("nodeSelector", "tolerations")
 # Only in status.effectiveSpec: the service account every pod of the job runs as.
 SERVICE_ACCOUNT = "serviceAccountName"
+# What a pod can reach: blob URIs (http:// for an emulator such as Azurite), never a local path.
+BLOB_SCHEMES = ("az://", "https://", "http://")
+# The containers the worker writes (stylebatch.encoder.CONTAINERS).
+OUTPUT_EXTENSIONS = (".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi")
+WEIGHTS_EXTENSIONS = (".pth", ".pt", ".model")
 
 
 def shown_spec(spec: dict[str, Any]) -> dict[str, Any]:
@@ -97,6 +104,7 @@ def spec_problems(stj: dict[str, Any], settings: Settings) -> list[str]:
     for field in ("input", "output"):
         if not isinstance(spec.get(field), str) or not spec[field].strip():
             problems.append(f"spec.{field} is required")
+    problems += uri_problems(spec)
     storage = spec.get("storage")
     if storage is None:
         problems.append("no storage credentials: the job sets no spec.storage and the operator has no default; "
@@ -114,3 +122,36 @@ def spec_problems(stj: dict[str, Any], settings: Settings) -> list[str]:
     if "crf" in encoder and "bitrate" in encoder:
         problems.append("spec.encoder: set crf or bitrate, not both")
     return problems
+
+
+def uri_problems(spec: dict[str, Any]) -> list[str]:
+    """What is wrong with the job's URIs, found without the worker: local paths, and an output
+    container the worker cannot write."""
+    problems = []
+    for field in ("input", "output", "workDir"):
+        value = spec.get(field)
+        if isinstance(value, str) and value.strip() and not _is_blob_uri(value):
+            problems.append(f"spec.{field} {strip_secrets(value)!r} is not a blob URI: write "
+                            "az://container/path or https://account.blob.core.windows.net/container/path")
+    output = spec.get("output")
+    if isinstance(output, str) and output.strip() and _is_blob_uri(output):
+        path = urlsplit(strip_secrets(output.strip())).path
+        ext = posixpath.splitext(path)[1].lower()
+        if ext not in OUTPUT_EXTENSIONS:
+            problems.append(f"spec.output {strip_secrets(output)!r} must end in one of {' '.join(OUTPUT_EXTENSIONS)} "
+                            f"(got {ext or 'no extension'})")
+    style = spec.get("style")
+    if isinstance(style, str) and _looks_like_weights(style) and not _is_blob_uri(style):
+        problems.append(f"spec.style {strip_secrets(style)!r} looks like a weights file but is not a blob URI: "
+                        "write az://container/x.pth or https://account.blob.core.windows.net/container/x.pth, "
+                        "or give a built-in style name (`stylebatch styles`)")
+    return problems
+
+
+def _is_blob_uri(value: str) -> bool:
+    return value.strip().lower().startswith(BLOB_SCHEMES)
+
+
+def _looks_like_weights(style: str) -> bool:
+    path = style.strip().split("?", 1)[0]
+    return "/" in path or "\\" in path or path.lower().endswith(WEIGHTS_EXTENSIONS)

@@ -240,6 +240,14 @@ def test_a_name_too_long_for_child_names_fails():
     assert action.kind == FAIL and "longer than 40" in action.message
 
 
+def test_a_field_the_crd_added_later_is_not_a_spec_change():
+    """A job accepted before keepWorkDir existed: the API server now defaults it in the live spec."""
+    obj = stj("Stylizing", attempts={"stylize": 1})
+    obj["status"]["acceptedSpec"].pop("keepWorkDir")
+    obj["spec"]["keepWorkDir"] = False
+    assert decide(obj, {STY1: mpijob(STY1)}, now=NOW).kind == WAIT
+
+
 class TestSpecChangeAfterStart:
     def changed(self, reported_generation: int | None = None) -> dict[str, Any]:
         obj = stj("Stylizing", attempts={"stylize": 1})

@@ -82,6 +82,7 @@ def pruned_fields(value: Any, schema: dict[str, Any], path: str = "") -> list[st
 
 VARIANTS = {
     "example": {},
+    "keep work dir": {"keepWorkDir": True},
     "cpu fallback": {"gpusPerWorker": 0, "workers": 3},
     "spot pool": {"scheduling": {"spot": True, "nodeSelector": {"agentpool": "gpuspot"},
                                  "tolerations": [{"key": "team", "operator": "Equal", "value": "media",
@@ -191,10 +192,16 @@ def test_preprocess_and_postprocess_run_the_worker_stages():
         "-o", "az://videos/stylized/orangutan-lavender-gold.mp4",
         "--codec", "hevc", "--bitrate", "8M", "--preset", "slow", "--chunk-frames", "240"]
     assert post["spec"]["template"]["spec"]["containers"][0]["args"] == [
-        "stylebatch", "postprocess", "--work", "az://scratch/work/"]
+        "stylebatch", "postprocess", "--work", "az://scratch/work/", "--delete-work"]
     for job in (pre, post):
         assert job["spec"]["backoffLimit"] == 0 and job["spec"]["template"]["spec"]["restartPolicy"] == "Never"
         assert job["spec"]["template"]["spec"]["imagePullSecrets"] == [{"name": "acr"}]
+
+
+def test_postprocess_deletes_the_work_dir_unless_the_job_keeps_it():
+    args = lambda **spec: build_postprocess_job(stj(**spec))["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args()[-1] == "--delete-work" and args(keepWorkDir=False)[-1] == "--delete-work"
+    assert "--delete-work" not in args(keepWorkDir=True)
 
 
 def test_storage_credentials_are_references_never_values():

@@ -150,7 +150,7 @@ def test_defaults_fill_every_field_the_job_leaves_out():
                        "spot": False},
         "serviceAccountName": "stylebatch-job",
         # the CRD's own defaults, which the API server fills in too
-        "style": "lavender-gold", "strength": 1.0, "activeDeadlineSeconds": 21600, "retries": 3,
+        "style": "lavender-gold", "strength": 1.0, "activeDeadlineSeconds": 21600, "retries": 3, "keepWorkDir": False,
     }
 
 

@@ -104,7 +104,10 @@ SPEC_SCHEMA: dict[str, Any] = _obj(
             ]},
         ),
         "workDir": _str("Where intermediate parts go; default: <output's folder>/.stylebatch-work/"
-                        "<namespace>/<name>-<uid>/.", minLength=1, maxLength=2048),
+                        "<namespace>/<name>-<first 8 characters of the uid>/.", minLength=1, maxLength=2048),
+        "keepWorkDir": {"type": "boolean", "default": False,
+                        "description": "Keep the work dir's parts after the video is published (for debugging). "
+                                       "By default postprocess deletes stylebatch's own files from it."},
         "encoder": _obj(
             "Output encoder settings; unset fields use the worker's defaults.",
             {

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from stylebatch_operator.crd import SPEC_SCHEMA, apply_defaults
 from stylebatch_operator.names import CHILD_KIND, POSTPROCESS, PREPROCESS, STAGES, STYLIZE, child_name
 from stylebatch_operator.observe import FAILED, SUCCEEDED, child_state, failed_pod_detail, user_error
 from stylebatch_operator.settings import BUILT_IN, Settings
@@ -178,7 +179,10 @@ def parse_time(value: str | None) -> datetime | None:
 
 
 def _spec_change(stj: dict[str, Any], status: dict[str, Any]) -> Action | None:
-    changed = shown_spec(stj.get("spec") or {}) != status["acceptedSpec"]
+    # Both with the CRD's defaults: a field added to the CRD later (defaulted by the API server in
+    # the live spec, absent from an older acceptedSpec) is not a change.
+    changed = (apply_defaults(shown_spec(stj.get("spec") or {}), SPEC_SCHEMA)
+               != apply_defaults(status["acceptedSpec"], SPEC_SCHEMA))
     generation = stj["metadata"].get("generation")
     reported = next((c for c in status.get("conditions") or [] if c.get("type") == SPEC_CHANGE_CONDITION), None)
     reported_true = reported is not None and reported.get("status") == "True"

@@ -58,7 +58,10 @@ def build_preprocess_job(stj: dict[str, Any], attempt: int = 1, deadline_seconds
 
 
 def build_postprocess_job(stj: dict[str, Any], attempt: int = 1, deadline_seconds: int | None = None) -> dict[str, Any]:
-    return _job(stj, POSTPROCESS, attempt, ["postprocess", "--work", work_dir(stj)], deadline_seconds)
+    args = ["postprocess", "--work", work_dir(stj)]
+    if not effective_spec(stj).get("keepWorkDir"):
+        args.append("--delete-work")  # only stylebatch's own files, after the video is published
+    return _job(stj, POSTPROCESS, attempt, args, deadline_seconds)
 
 
 def build_mpijob(stj: dict[str, Any], attempt: int = 1, deadline_seconds: int | None = None) -> dict[str, Any]:

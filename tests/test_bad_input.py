@@ -150,3 +150,50 @@ def test_missing_blob(azure_env, place: dict) -> None:
                         "AZURE_STORAGE_CONNECTION_STRING": azure_env.env["AZURE_STORAGE_CONNECTION_STRING"]})
     error = assert_failed_cleanly(result, place["out"], "not found")
     assert "video.mp4" in error
+
+
+def test_work_dir_with_other_files_is_refused_and_kept(good: Path, place: dict, tmp_path: Path) -> None:
+    work = tmp_path / "mine"
+    work.mkdir()
+    (work / "notes.txt").write_text("my own file")
+    result = stylebatch("run", good, "-o", place["out"], "--work", work, *FAST_STYLE, env=place["env"])
+    assert_failed_cleanly(result, place["out"], "holds other files", "empty or new folder")
+    assert sorted(os.listdir(work)) == ["notes.txt"]
+    result = stylebatch("preprocess", good, "--work", work, "-o", place["out"])
+    assert_failed_cleanly(result, place["out"], "holds other files")
+    assert sorted(os.listdir(work)) == ["notes.txt"]
+
+
+def test_work_dot_holding_the_input_is_refused_and_nothing_is_deleted(good: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "here"
+    folder.mkdir()
+    (folder / "in.mp4").write_bytes(good.read_bytes())
+    result = stylebatch("run", "in.mp4", "-o", "out.mp4", "--work", ".", *FAST_STYLE, cwd=folder)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert len(error_lines(result)) == 1 and "contains" in error_lines(result)[0] and "in.mp4" in result.stderr
+    assert sorted(os.listdir(folder)) == ["in.mp4"]
+    # the output inside the work dir is refused the same way
+    result = stylebatch("run", good, "-o", folder / "sub" / "out.mp4", "--work", folder, cwd=folder)
+    assert result.returncode == 2 and "contains" in error_lines(result)[0]
+    assert sorted(os.listdir(folder)) == ["in.mp4"]
+
+
+def test_a_file_as_work_dir_is_refused(good: Path, place: dict, tmp_path: Path) -> None:
+    work = tmp_path / "work.txt"
+    work.write_text("x")
+    result = stylebatch("preprocess", good, "--work", work, "-o", place["out"])
+    assert_failed_cleanly(result, place["out"], "is a file")
+    assert work.read_text() == "x"
+
+
+@pytest.mark.azurite
+def test_a_container_with_other_blobs_as_work_dir_is_refused(azure_env, good: Path, place: dict) -> None:
+    from stylebatch.storage import location
+
+    base = f"az://{azure_env.container}"
+    location(f"{base}/videos/holiday.mp4").write_bytes(b"precious")
+    env = {**azure_env.env, **place["env"]}
+    for work in (f"{base}/", f"{base}/videos"):
+        result = stylebatch("run", good, "-o", place["out"], "--work", work, *FAST_STYLE, env=env)
+        assert_failed_cleanly(result, place["out"], "holds other files")
+    assert location(f"{base}/videos/holiday.mp4").read_bytes() == b"precious"

@@ -192,3 +192,33 @@ def test_device_cuda_without_a_gpu_is_a_one_line_error(tmp_path: Path) -> None:
     assert [line for line in result.stderr.splitlines() if line.startswith("stylebatch: error:")] == [
         "stylebatch: error: --device cuda: no GPU is visible here (use --device cpu or auto)"]
     assert not (tmp_path / "o.mp4").exists()
+
+
+@pytest.mark.slow
+def test_only_stylebatch_files_are_deleted_from_a_work_dir(clip, tmp_path: Path) -> None:
+    src = clip("in.mp4", size=(64, 48), frames=8)
+    work, out = tmp_path / "work", tmp_path / "o.mp4"
+    args = ("run", src, "-o", out, "--work", work, "--workers", "1", "--chunk-frames", "4", *FAST_STYLE)
+    assert stylebatch(*args, "--keep-work").returncode == 0
+    (work / "notes.txt").write_text("mine")  # the user's own file, added to a stylebatch work dir
+    out.unlink()
+    result = stylebatch(*args)
+    assert result.returncode == 0, result.stderr
+    assert count_frames(out) == 8
+    assert sorted(os.listdir(work)) == ["notes.txt"] and (work / "notes.txt").read_text() == "mine"
+
+
+def test_postprocess_delete_work_removes_only_its_files_after_publishing(clip, tmp_path: Path) -> None:
+    src = clip("in.mp4", size=(64, 48), frames=8)
+    work, out = tmp_path / "work", tmp_path / "o.mp4"
+    assert stylebatch("preprocess", src, "--work", work, "-o", out).returncode == 0
+    assert stylebatch("stylize", "--work", work, *FAST_STYLE).returncode == 0
+    (work / "keep.txt").write_text("mine")
+    result = stylebatch("postprocess", "--work", work, "--delete-work")
+    assert result.returncode == 0, result.stderr
+    assert count_frames(out) == 8
+    assert sorted(os.listdir(work)) == ["keep.txt"]
+    # without the flag the work dir stays whole
+    work2 = tmp_path / "work2"
+    assert stylebatch("run", src, "-o", tmp_path / "p.mp4", "--work", work2, "--keep-work", *FAST_STYLE).returncode == 0
+    assert (work2 / "manifest.json").exists()

@@ -116,6 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     post = sub.add_parser("postprocess", help="stage 3: mux the parts and the sound, publish the output")
     post.add_argument("--work", required=True)
     post.add_argument("-o", "--output", help="override the output recorded by preprocess")
+    post.add_argument("--delete-work", action="store_true",
+                      help="after the output is published, delete the files stylebatch wrote into the work dir")
     post.set_defaults(handler="stylebatch.postprocess:run")
 
     op = sub.add_parser("operator", help="run the StyleTransferJob Kubernetes operator (kopf)")

@@ -19,7 +19,7 @@ import av
 
 from stylebatch.encoder import ALLOWED, PART_EXT, container_for
 from stylebatch.errors import StylebatchError
-from stylebatch.manifest import PARTS_DIR, Manifest, read_manifest
+from stylebatch.manifest import PARTS_DIR, Manifest, delete_work, read_manifest
 from stylebatch.partition import chunk_bounds, part_name
 
 log = logging.getLogger(__name__)
@@ -76,6 +76,9 @@ def run(args: argparse.Namespace) -> int:
         mux(m, chunks, parts, source, result, container)
         out.upload(result)
     log.info("wrote %s (%d frames)", out.display, m.frames)
+    if getattr(args, "delete_work", False):
+        delete_work(work)
+        log.info("deleted stylebatch's files in work dir %s", work.display)
     return 0
 
 

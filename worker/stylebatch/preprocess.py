@@ -11,7 +11,7 @@ from pathlib import Path
 from stylebatch import __version__
 from stylebatch.encoder import choose_pix_fmt, choose_settings
 from stylebatch.errors import StylebatchError
-from stylebatch.manifest import MANIFEST_NAME, EncoderSettings, Manifest
+from stylebatch.manifest import MANIFEST_NAME, EncoderSettings, Manifest, check_work
 from stylebatch.partition import default_chunk_frames
 from stylebatch.video import probe
 
@@ -39,6 +39,7 @@ def run(args: argparse.Namespace) -> int:
 
     src, out, work = location(args.input), location(args.output), location(args.work)
     settings = settings_from_args(args, out.name)
+    check_work(work, src, out)
     if _reuse_existing(work, src, out, args, settings):
         return 0
     if not src.exists():

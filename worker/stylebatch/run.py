@@ -51,11 +51,14 @@ def run(args: argparse.Namespace) -> int:
     from stylebatch.preprocess import settings_from_args
     from stylebatch.storage import location
 
+    from stylebatch.manifest import check_work, delete_work
+
     out = location(args.output)
     settings_from_args(args, out.name)  # every flag is checked before any work starts
     owned_tmp = None
     if args.work:
         work = location(args.work)
+        check_work(work, location(args.input), out)
     else:
         owned_tmp = tempfile.mkdtemp(prefix="stylebatch-work-")
         work = location(owned_tmp)
@@ -73,7 +76,9 @@ def run(args: argparse.Namespace) -> int:
     if args.keep_work:
         log.info("work dir kept at %s", work.display)
     else:
-        work.delete_tree()
+        delete_work(work)  # only what stylebatch wrote there, never the user's own files
+        if owned_tmp:
+            shutil.rmtree(owned_tmp, ignore_errors=True)
     return 0
 
 
@@ -105,7 +110,7 @@ def _run_stages(args: argparse.Namespace, work, style_dir: Path) -> None:
     if args.batch_size:
         stylize_args += ["--batch-size", str(args.batch_size)]
     _stylize(stylize_args, workers, frames)
-    postprocess.run(argparse.Namespace(work=work.uri, output=args.output))
+    postprocess.run(argparse.Namespace(work=work.uri, output=args.output, delete_work=False))
 
 
 class _StyleCheck(threading.Thread):

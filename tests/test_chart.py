@@ -277,7 +277,9 @@ def test_notes_say_how_to_finish_the_install():
     notes = render_manifests.render()["NOTES.txt"]
     # Rendered without a cluster there is no MPIJob API: the notes must say what to install.
     assert "Kubeflow MPI Operator" in notes and "mpi-operator" in notes
-    assert "kubectl get stj" in notes
+    # Every command names the release namespace, where the storage Secret and the job ServiceAccount are.
+    assert "kubectl -n stylebatch get stj" in notes and "kubectl -n stylebatch apply -f job.yaml" in notes
+    assert "kubectl get stj" not in notes and "kubectl apply -f job" not in notes and "kubectl create" not in notes
     assert "create secret generic stylebatch-storage" in notes
     aks = render_manifests.render(VARIANTS["aks"])["NOTES.txt"]
     assert "workload identity" in aks and "create secret" not in aks

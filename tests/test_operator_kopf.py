@@ -584,6 +584,17 @@ def test_a_bad_reconcile_interval_is_a_one_line_error(monkeypatch):
         main.run(argparse.Namespace(namespace=[], liveness_port=8080))
 
 
+def test_no_credentials_is_a_one_line_error_and_a_non_zero_exit(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KUBERNETES_")}
+    env.update(KUBECONFIG=str(tmp_path / "missing"), HOME=str(tmp_path))
+    proc = subprocess.run([sys.executable, "-m", "stylebatch", "operator", "--namespace", NS],
+                          env=env, capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("stylebatch: error: no Kubernetes credentials: "), proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+
+
 async def until_healthy(port: int, timeout: float) -> None:
     """Until http://127.0.0.1:<port>/healthz answers 200."""
     deadline = asyncio.get_running_loop().time() + timeout

@@ -6,10 +6,12 @@ HTTP plumbing; objects stay plain JSON dicts, as the pure modules expect them.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import kopf
 from kubernetes_asyncio import client, config
+from stylebatch.errors import StylebatchError
 
 # kind -> (apiVersion, plural)
 RESOURCES = {
@@ -43,12 +45,7 @@ class Kube:
     @classmethod
     async def from_environment(cls) -> Kube:
         """The pod's service account in a cluster; the current kubeconfig context elsewhere."""
-        cfg = client.Configuration()
-        try:
-            config.load_incluster_config(client_configuration=cfg)
-        except config.ConfigException:
-            await config.load_kube_config(client_configuration=cfg)
-        return cls(client.ApiClient(cfg))
+        return cls(client.ApiClient(await load_configuration()))
 
     @classmethod
     def for_url(cls, url: str) -> Kube:
@@ -118,3 +115,27 @@ class Kube:
         except client.ApiException as exc:
             # Only the status and reason: the response body can echo the request.
             raise ApiError(exc.status, exc.reason or "") from None
+
+
+async def load_configuration() -> client.Configuration:
+    """The pod's service account in a cluster, the current kubeconfig context elsewhere; a one-line
+    StylebatchError when there is neither (kopf would otherwise retry for ever, with tracebacks)."""
+    cfg = client.Configuration()
+    try:
+        config.load_incluster_config(client_configuration=cfg)
+        return cfg
+    except config.ConfigException as exc:
+        in_cluster = str(exc)
+
+    def missing(why: str) -> StylebatchError:
+        return StylebatchError(f"no Kubernetes credentials: not in a cluster ({' '.join(in_cluster.split())}) "
+                               f"and {' '.join(why.split())}; set KUBECONFIG or run in a pod")
+
+    paths = os.path.expanduser(os.environ.get("KUBECONFIG") or "~/.kube/config").split(os.pathsep)
+    if not any(os.path.isfile(os.path.expanduser(path)) for path in paths if path):
+        raise missing(f"no kubeconfig at {os.pathsep.join(paths)}")
+    try:
+        await config.load_kube_config(client_configuration=cfg)
+    except (config.ConfigException, OSError, TypeError, ValueError, KeyError) as exc:
+        raise missing(f"no usable kubeconfig ({str(exc) or type(exc).__name__})") from None
+    return cfg

@@ -15,7 +15,7 @@ import kopf
 
 from stylebatch_operator import web
 from stylebatch_operator.handlers import build_registry
-from stylebatch_operator.kube import Kube
+from stylebatch_operator.kube import Kube, load_configuration
 from stylebatch_operator.metrics import Metrics
 from stylebatch_operator.settings import BUILT_IN, Settings, from_environment
 
@@ -23,6 +23,7 @@ from stylebatch_operator.settings import BUILT_IN, Settings, from_environment
 def run(args: argparse.Namespace) -> int:
     namespaces = list(args.namespace or [])
     settings = from_environment(os.environ)  # a malformed variable stops here, in one line
+    asyncio.run(load_configuration())  # so do missing credentials, before kopf starts retrying
     kopf.configure(verbose=False)
     log = logging.getLogger("stylebatch_operator")
     log.setLevel(logging.INFO)

@@ -12,7 +12,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from clips import FAST_STYLE, audio_md5, count_frames, frame_pts, stylebatch
+from clips import FAST_STYLE, audio_md5, count_frames, error_lines, frame_pts, stylebatch
 
 from stylebatch.monitor import Monitor
 from stylebatch.progress import RankProgress, format_line
@@ -222,3 +222,28 @@ def test_postprocess_delete_work_removes_only_its_files_after_publishing(clip, t
     work2 = tmp_path / "work2"
     assert stylebatch("run", src, "-o", tmp_path / "p.mp4", "--work", work2, "--keep-work", *FAST_STYLE).returncode == 0
     assert (work2 / "manifest.json").exists()
+
+
+@pytest.mark.slow
+def test_resume_with_another_style_is_refused_and_the_same_style_resumes(clip, tmp_path: Path) -> None:
+    src = clip("in.mp4", size=(64, 48), frames=8)
+    work, out = tmp_path / "work", tmp_path / "o.mp4"
+    assert stylebatch("preprocess", src, "--work", work, "-o", out, "--chunk-frames", "4").returncode == 0
+    assert stylebatch("stylize", "--work", work, *FAST_STYLE).returncode == 0
+    first = sorted((work / "parts").iterdir())
+    first[0].unlink()
+    for flags, words in [(["--style", "ink-wash", "--max-side", "48"], ["lavender-gold", "ink-wash"]),
+                         (["--style", "lavender-gold", "--max-side", "64"], ["max side 48", "max side 64"]),
+                         ([*FAST_STYLE, "--strength", "0.5"], ["strength 1", "strength 0.5"])]:
+        result = stylebatch("stylize", "--work", work, *flags)
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+        assert len(error_lines(result)) == 1 and "delete its parts/" in result.stderr
+        assert all(w in error_lines(result)[0] for w in words), result.stderr
+        assert len(list((work / "parts").iterdir())) == 1
+    # run passes the same check, as one line
+    result = stylebatch("run", src, "-o", out, "--work", work, "--workers", "2", "--style", "2", "--max-side", "48")
+    assert result.returncode == 2 and "Traceback" not in result.stderr and not out.exists()
+    assert len(error_lines(result)) == 1 and "ink-wash" in error_lines(result)[0]
+    result = stylebatch("run", src, "-o", out, "--work", work, "--workers", "1", *FAST_STYLE)
+    assert result.returncode == 0, result.stderr
+    assert count_frames(out) == 8

@@ -158,6 +158,12 @@ def load_stylizer(style: str, *, device: str = "auto", strength: float = 1.0, ma
                           "or give the path of a fast_neural_style .pth file")
 
 
+def builtin_style_name(style: str) -> str | None:
+    """The resolved name of a built-in style or blend (e.g. "3" -> its name), None for a weights file."""
+    blend = _builtin_blend(style)
+    return None if blend is None else blend[0]
+
+
 def _builtin_blend(style: str) -> tuple[str, torch.Tensor] | None:
     """Display name and 26 style weights summing to 1, or None when `style` mentions no built-in."""
     parts = [p.partition(":") for p in style.split(",")]

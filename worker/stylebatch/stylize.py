@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -18,7 +19,7 @@ from pathlib import Path
 
 from stylebatch.encoder import PART_EXT, PartWriter
 from stylebatch.errors import StylebatchError
-from stylebatch.manifest import PARTS_DIR, Manifest, read_manifest
+from stylebatch.manifest import PARTS_DIR, STYLIZE_NAME, Manifest, read_manifest
 from stylebatch.partition import chunk_bounds, part_name, partition
 from stylebatch.pipeline import Progress, run_pipeline
 from stylebatch.ranks import World, cpu_count, detect
@@ -60,6 +61,7 @@ def _rank_tmp(work: str, rank: int) -> Path:
 
 
 def stylize(args: argparse.Namespace, world: World, tmp: Path) -> int:
+    from stylebatch.models import DEFAULT_STYLE
     from stylebatch.storage import location
 
     work = location(args.work)
@@ -69,6 +71,8 @@ def stylize(args: argparse.Namespace, world: World, tmp: Path) -> int:
     mine = chunks[first:last]
     have = set(work.child(PARTS_DIR).list()) if work.child(PARTS_DIR).exists() else set()
     todo = [c for c in mine if part_name(*c, PART_EXT) not in have]
+    style = resolve_style(args.style or DEFAULT_STYLE, tmp)
+    check_settings(work, settings_record(style, args.strength, args.max_side), bool(have))
     share = sum(e - s for s, e in mine)
     progress = Progress(world, share, share - sum(e - s for s, e in todo), m.frames)
     progress.report(force=True)
@@ -76,7 +80,7 @@ def stylize(args: argparse.Namespace, world: World, tmp: Path) -> int:
         threads = max(1, cpu_count() // world.local_size)
         log.info("rank %d/%d: %d of its %d chunks to stylize (%d threads)",
                  world.rank, world.size, len(todo), len(mine), threads)
-        stylizer = _load(args, world, threads, tmp)
+        stylizer = _load(args, world, threads, style)
         reader = ChunkReader(_local_source(work, m, tmp), m, threads=threads)
         try:
             batch = args.batch_size or (8 if stylizer.device.type == "cuda" else 4)
@@ -104,16 +108,57 @@ def _sar(m: Manifest) -> tuple[int, int] | None:
     return (sar[1], sar[0]) if m.rotation in (90, 270) else (sar[0], sar[1])
 
 
-def _load(args: argparse.Namespace, world: World, threads: int, tmp: Path):
+def _load(args: argparse.Namespace, world: World, threads: int, style: str):
     import torch
 
-    from stylebatch.models import DEFAULT_STYLE, load_stylizer
+    from stylebatch.models import load_stylizer
 
     torch.set_num_threads(threads)
     if args.device != "cpu" and torch.cuda.is_available() and torch.cuda.device_count() > 1:
         torch.cuda.set_device(world.local_rank % torch.cuda.device_count())
-    style = resolve_style(args.style or DEFAULT_STYLE, tmp)
     return load_stylizer(style, device=args.device, strength=args.strength, max_side=args.max_side)
+
+
+def settings_record(style: str, strength: float, max_side: int | None) -> dict:
+    """What decides how a part looks, normalized: a built-in style or blend by its resolved name, a
+    weights file by the sha256 of its bytes."""
+    from stylebatch.models import builtin_style_name
+
+    name = builtin_style_name(style)
+    if name is not None:
+        key = name
+    else:
+        path = Path(style)
+        try:
+            digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        except OSError as exc:
+            raise StylebatchError(f"cannot read style weights {style}: {exc.strerror or exc}") from None
+        key, name = f"sha256:{digest}", f"{path.name} (sha256 {digest[:12]})"
+    return {"style": key, "style_name": name, "strength": float(strength), "max_side": max_side}
+
+
+def describe_settings(r: dict) -> str:
+    size = f", max side {r['max_side']}" if r.get("max_side") else ", full size"
+    return f"{r.get('style_name') or r.get('style')} (strength {r.get('strength'):g}{size})"
+
+
+def check_settings(work, record: dict, has_parts: bool) -> None:
+    """Refuse to add parts stylized differently from the parts already in the work dir; otherwise
+    record these settings (every rank writes the same bytes, so ranks need no coordination)."""
+    loc = work.child(STYLIZE_NAME)
+    if loc.exists():
+        try:
+            old = json.loads(loc.read_bytes())
+        except ValueError:
+            old = None
+        same = isinstance(old, dict) and all(old.get(k) == record[k] for k in ("style", "strength", "max_side"))
+        if same:
+            return
+        if has_parts and isinstance(old, dict):
+            raise StylebatchError(f"work dir {work.display} has parts stylized with {describe_settings(old)}, "
+                                  f"not {describe_settings(record)}: use another --work, or delete its "
+                                  f"{PARTS_DIR}/")
+    loc.write_bytes(json.dumps(record, sort_keys=True).encode())
 
 
 def resolve_style(style: str, tmp: Path) -> str:

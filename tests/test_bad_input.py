@@ -173,7 +173,7 @@ def test_work_dot_holding_the_input_is_refused_and_nothing_is_deleted(good: Path
     assert len(error_lines(result)) == 1 and "contains" in error_lines(result)[0] and "in.mp4" in result.stderr
     assert sorted(os.listdir(folder)) == ["in.mp4"]
     # the output inside the work dir is refused the same way
-    result = stylebatch("run", good, "-o", folder / "sub" / "out.mp4", "--work", folder, cwd=folder)
+    result = stylebatch("run", good, "-o", folder / "out.mp4", "--work", folder, cwd=folder)
     assert result.returncode == 2 and "contains" in error_lines(result)[0]
     assert sorted(os.listdir(folder)) == ["in.mp4"]
 
@@ -197,3 +197,58 @@ def test_a_container_with_other_blobs_as_work_dir_is_refused(azure_env, good: Pa
         result = stylebatch("run", good, "-o", place["out"], "--work", work, *FAST_STYLE, env=env)
         assert_failed_cleanly(result, place["out"], "holds other files")
     assert location(f"{base}/videos/holiday.mp4").read_bytes() == b"precious"
+
+
+def test_manifest_records_absolute_paths_and_resume_compares_resolved_inputs(good: Path, tmp_path: Path) -> None:
+    import json
+
+    (tmp_path / "in.mp4").write_bytes(good.read_bytes())
+    (tmp_path / "out").mkdir()
+    args = ("--work", "work", "-o", "out/o.mp4")
+    assert stylebatch("preprocess", "in.mp4", *args, cwd=tmp_path).returncode == 0
+    m = json.loads((tmp_path / "work" / "manifest.json").read_text())
+    assert m["output"] == str((tmp_path / "out" / "o.mp4").resolve())
+    assert m["input"] == str((tmp_path / "in.mp4").resolve())
+    # the same input by another spelling resumes; another input does not
+    result = stylebatch("preprocess", tmp_path / "out" / ".." / "in.mp4", *args, cwd=tmp_path)
+    assert result.returncode == 0 and "resuming" in result.stderr, result.stderr
+    result = stylebatch("preprocess", good, *args, cwd=tmp_path)
+    assert result.returncode == 2 and "another input" in error_lines(result)[0]
+
+
+@pytest.mark.parametrize("output, words", [
+    ("nowhere/o.mp4", ["does not exist"]),
+    ("in.mp4", ["is the input"]),
+    ("folder.mp4", ["is a folder"]),
+])
+@pytest.mark.parametrize("command", ["run", "preprocess"])
+def test_output_that_cannot_be_written_is_refused_before_any_work(command: str, output: str, words: list[str],
+                                                                  good: Path, tmp_path: Path) -> None:
+    (tmp_path / "in.mp4").write_bytes(good.read_bytes())
+    (tmp_path / "folder.mp4").mkdir()
+    result = stylebatch(command, "in.mp4", "-o", output, "--work", "w", cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert len(error_lines(result)) == 1 and all(w in error_lines(result)[0] for w in words), result.stderr
+    assert sorted(os.listdir(tmp_path)) == ["folder.mp4", "in.mp4"]  # no work dir, no output
+    assert (tmp_path / "in.mp4").read_bytes() == good.read_bytes()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
+def test_unwritable_output_folder_is_refused(good: Path, tmp_path: Path) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        result = stylebatch("run", good, "-o", locked / "o.mp4")
+        assert result.returncode == 2 and "not writable" in error_lines(result)[0]
+    finally:
+        locked.chmod(0o700)
+
+
+@pytest.mark.azurite
+def test_missing_output_container_is_refused_before_any_work(azure_env, good: Path, tmp_path: Path) -> None:
+    result = stylebatch("run", good, "-o", "az://no-such-container/o.mp4", "--work", tmp_path / "w",
+                        env=azure_env.env)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert "no container 'no-such-container'" in error_lines(result)[0]
+    assert not (tmp_path / "w").exists()

@@ -31,7 +31,29 @@ def source_name(input_name: str) -> str:
 
 def output_uri(output) -> str:
     """The output as stored in the manifest: absolute for local paths, as given for blob URIs."""
-    return str(output.local_path()) if output.is_local() else output.uri
+    return str(output.local_path().resolve()) if output.is_local() else output.uri
+
+
+def input_name(src) -> str:
+    """The input as the manifest records it (and resume compares it): the resolved path of a local
+    file, the display URI (never a SAS) of a blob."""
+    if src.is_local():
+        from stylebatch.storage.scrub import printable
+
+        return printable(str(src.local_path().resolve()))
+    return src.display
+
+
+def check_places(src, out, work) -> None:
+    """Everything about where the job reads and writes, checked before any work: the output can be
+    written, it is not the input, and the work dir holds neither and no foreign files."""
+    from stylebatch.manifest import _inside
+
+    if _inside(src, out):
+        raise StylebatchError(f"the output {out.display} is the input: give another output")
+    out.check_writable()
+    if work is not None:
+        check_work(work, src, out)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -39,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
 
     src, out, work = location(args.input), location(args.output), location(args.work)
     settings = settings_from_args(args, out.name)
-    check_work(work, src, out)
+    check_places(src, out, work)
     if _reuse_existing(work, src, out, args, settings):
         return 0
     if not src.exists():
@@ -62,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
         name = source_name(src.name)
         work.child(name).upload(local)
     manifest = Manifest(
-        input=src.display, output=output_uri(out), source=name, frames=len(info.pts),
+        input=input_name(src), output=output_uri(out), source=name, frames=len(info.pts),
         time_base=(info.time_base.numerator, info.time_base.denominator), pts=info.pts,
         last_duration=info.last_duration, keyframes=info.keyframes, pts_reliable=info.pts_reliable,
         frame_rate=(info.frame_rate.numerator, info.frame_rate.denominator), video_stream=info.video_stream,
@@ -87,7 +109,7 @@ def _reuse_existing(work, src, out, args: argparse.Namespace, settings: EncoderS
     from stylebatch.manifest import read_manifest
 
     m = read_manifest(work)
-    given = {"input": (src.display, m.input),
+    given = {"input": (input_name(src), m.input),
              "--chunk-frames": (args.chunk_frames, m.chunk_frames),
              "--codec": (settings.codec if args.codec else None, m.encoder.codec),
              "--crf": (args.crf, m.encoder.crf),

@@ -48,17 +48,17 @@ def find_mpiexec() -> str | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from stylebatch.preprocess import settings_from_args
+    from stylebatch.preprocess import check_places, settings_from_args
     from stylebatch.storage import location
 
-    from stylebatch.manifest import check_work, delete_work
+    from stylebatch.manifest import delete_work
 
     out = location(args.output)
     settings_from_args(args, out.name)  # every flag is checked before any work starts
     owned_tmp = None
+    check_places(location(args.input), out, location(args.work) if args.work else None)
     if args.work:
         work = location(args.work)
-        check_work(work, location(args.input), out)
     else:
         owned_tmp = tempfile.mkdtemp(prefix="stylebatch-work-")
         work = location(owned_tmp)

@@ -64,6 +64,11 @@ class Location(abc.ABC):
     def delete_tree(self) -> None:
         """Delete every file under this prefix (not a file at exactly this location)."""
 
+    @abc.abstractmethod
+    def check_writable(self) -> None:
+        """A cheap check that a file can be written here (local: the parent folder exists and is
+        writable; blob: the container exists); a one-line StylebatchError if not."""
+
     def is_local(self) -> bool:
         return False
 

@@ -122,6 +122,34 @@ class BlobLocation(Location):
                 for _ in pool.map(delete, names):
                     pass
 
+    def check_writable(self) -> None:
+        with blob_errors(self, "check"):
+            if not self._container_exists():
+                raise StylebatchError(f"cannot write {self.display}: there is no container "
+                                      f"{self.container!r} in this storage account")
+        if not self.blob:
+            raise StylebatchError(f"{self.display} is a container, not a file")
+
+    def _container_exists(self) -> bool:
+        """True unless the container is known to be missing. A SAS scoped to the container may not
+        read its properties: then listing tells, and if that is denied too, the upload will."""
+        from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
+
+        container = self._container_client()
+        try:
+            return bool(container.exists())
+        except HttpResponseError as exc:
+            if exc.status_code != 403:
+                raise
+        try:
+            next(iter(container.list_blobs(name_starts_with=self.blob, results_per_page=1)), None)
+        except ResourceNotFoundError:
+            return False
+        except HttpResponseError as exc:
+            if exc.status_code != 403:
+                raise
+        return True
+
     def _address(self, blob: str) -> str:
         """The URI of blob in this container, without the SAS."""
         if self.endpoint is None:

@@ -71,6 +71,16 @@ class LocalLocation(Location):
         with local_errors(self.display, "delete"):
             shutil.rmtree(self.path)
 
+    def check_writable(self) -> None:
+        parent = self.path.absolute().parent
+        if self.path.is_dir():
+            raise StylebatchError(f"{self.display} is a folder, not a file")
+        if not parent.is_dir():
+            raise StylebatchError(f"cannot write {self.display}: the folder {printable(str(parent))} does not exist")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise StylebatchError(f"cannot write {self.display}: the folder {printable(str(parent))} "
+                                  f"is not writable")
+
     def is_local(self) -> bool:
         return True
 

@@ -252,3 +252,20 @@ def test_missing_output_container_is_refused_before_any_work(azure_env, good: Pa
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     assert "no container 'no-such-container'" in error_lines(result)[0]
     assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize("command", ["run", "preprocess"])
+def test_nvenc_without_an_nvidia_gpu_is_a_one_line_error(command: str, good: Path, place: dict) -> None:
+    import av
+
+    try:
+        ctx = av.CodecContext.create("h264_nvenc", "w")
+        ctx.width, ctx.height, ctx.pix_fmt = 256, 256, "yuv420p"
+        ctx.open()
+        pytest.skip("this machine can run NVENC")
+    except av.FFmpegError:
+        pass
+    work = place["tmp"] / "w"
+    result = stylebatch(command, good, "-o", place["out"], "--work", work, "--codec", "h264_nvenc", env=place["env"])
+    assert_failed_cleanly(result, place["out"], "encoder h264_nvenc is not available on this machine")
+    assert not work.exists()

@@ -127,6 +127,28 @@ def choose_pix_fmt(codec: str, source_pix_fmt: str, width: int, height: int) -> 
     raise StylebatchError(f"{codec} cannot encode a {width}x{height} picture exactly (needs {chroma} chroma)")
 
 
+def check_encoder(codec: str) -> None:
+    """Open the encoder once on a tiny frame, so one that this machine cannot run (NVENC without an
+    NVIDIA GPU/driver, an encoder missing from this FFmpeg build) fails before any work starts."""
+    try:
+        ctx = av.CodecContext.create(codec, "w")
+        formats = ctx.codec.video_formats or []
+        ctx.width, ctx.height = 256, 256
+        ctx.pix_fmt = formats[0].name if formats else "yuv420p"
+        ctx.time_base = Fraction(1, 25)
+        if codec == "libx265":
+            ctx.options = {"x265-params": "log-level=error"}
+        ctx.open()
+    except Exception as exc:  # noqa: BLE001 - any failure here means: cannot encode with it
+        hint = " (no NVIDIA GPU/driver?)" if "nvenc" in codec else ""
+        raise StylebatchError(f"encoder {codec} is not available on this machine{hint}: "
+                              f"{_av_reason(exc)}") from None
+
+
+def _av_reason(exc: Exception) -> str:
+    return " ".join(str(getattr(exc, "strerror", None) or exc).split()) or type(exc).__name__
+
+
 def open_encoder_options(s: EncoderSettings) -> dict[str, str]:
     opts: dict[str, str] = {}
     c = s.codec
@@ -154,6 +176,14 @@ class PartWriter:
 
     def __init__(self, path: Path, s: EncoderSettings, width: int, height: int,
                  frame_rate: Fraction, color: dict, threads: int = 0, sar: tuple[int, int] | None = None) -> None:
+        self.codec = s.codec
+        try:
+            self._open(path, s, width, height, frame_rate, color, threads, sar)
+        except av.FFmpegError as exc:
+            raise StylebatchError(f"encoder {s.codec} failed to open: {_av_reason(exc)}") from None
+
+    def _open(self, path: Path, s: EncoderSettings, width: int, height: int,
+              frame_rate: Fraction, color: dict, threads: int, sar: tuple[int, int] | None) -> None:
         self.container = av.open(str(path), "w", format="matroska")
         rate = min(frame_rate, _MAX_PART_RATE)
         self.stream = self.container.add_stream(s.codec, rate=rate, options=open_encoder_options(s))
@@ -186,6 +216,12 @@ class PartWriter:
             .reshape(height, width, 3)
 
     def write(self, frames: np.ndarray) -> None:
+        try:
+            self._write(frames)
+        except av.FFmpegError as exc:
+            raise StylebatchError(f"encoder {self.codec} failed: {_av_reason(exc)}") from None
+
+    def _write(self, frames: np.ndarray) -> None:
         for rgb in frames:
             np.copyto(self._rgb_view, rgb)
             frame = self._sws.reformat(self._rgb, format=self.stream.codec_context.pix_fmt,
@@ -196,8 +232,11 @@ class PartWriter:
             self.container.mux(self.stream.encode(frame))
 
     def close(self) -> None:
-        self.container.mux(self.stream.encode(None))
-        self.container.close()
+        try:
+            self.container.mux(self.stream.encode(None))
+            self.container.close()
+        except av.FFmpegError as exc:
+            raise StylebatchError(f"encoder {self.codec} failed: {_av_reason(exc)}") from None
 
     def abort(self) -> None:
         try:

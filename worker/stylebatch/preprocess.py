@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 
 from stylebatch import __version__
-from stylebatch.encoder import choose_pix_fmt, choose_settings
+from stylebatch.encoder import check_encoder, choose_pix_fmt, choose_settings
 from stylebatch.errors import StylebatchError
 from stylebatch.manifest import MANIFEST_NAME, EncoderSettings, Manifest, check_work
 from stylebatch.partition import default_chunk_frames
@@ -21,7 +21,10 @@ log = logging.getLogger(__name__)
 def settings_from_args(args: argparse.Namespace, output_name: str) -> EncoderSettings:
     if args.chunk_frames is not None and args.chunk_frames < 1:
         raise StylebatchError(f"bad --chunk-frames {args.chunk_frames}: must be at least 1")
-    return choose_settings(output_name, codec=args.codec, crf=args.crf, bitrate=args.bitrate, preset=args.preset)
+    settings = choose_settings(output_name, codec=args.codec, crf=args.crf, bitrate=args.bitrate,
+                               preset=args.preset)
+    check_encoder(settings.codec)
+    return settings
 
 
 def source_name(input_name: str) -> str:

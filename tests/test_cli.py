@@ -247,3 +247,12 @@ def test_resume_with_another_style_is_refused_and_the_same_style_resumes(clip, t
     result = stylebatch("run", src, "-o", out, "--work", work, "--workers", "1", *FAST_STYLE)
     assert result.returncode == 0, result.stderr
     assert count_frames(out) == 8
+
+
+
+def test_more_workers_than_chunks_start_one_rank_per_chunk(clip, tmp_path: Path) -> None:
+    src = clip("in.mp4", size=(96, 64), frames=30)
+    result = stylebatch("run", src, "-o", tmp_path / "o.mp4", "--workers", "8", "--chunk-frames", "15", *FAST_STYLE)
+    assert result.returncode == 0, result.stderr
+    assert "2 chunk(s) of work: running 2 rank(s), not 8" in result.stderr
+    assert count_frames(tmp_path / "o.mp4") == 30

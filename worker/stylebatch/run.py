@@ -94,6 +94,7 @@ def _has_parts(work) -> bool:
 def _run_stages(args: argparse.Namespace, work, style_dir: Path) -> None:
     from stylebatch import postprocess, preprocess
     from stylebatch.manifest import read_manifest
+    from stylebatch.partition import chunk_bounds
 
     style_check = _StyleCheck(args, style_dir)
     style_check.start()  # loading the model (torch import, weights) overlaps preprocess
@@ -101,7 +102,11 @@ def _run_stages(args: argparse.Namespace, work, style_dir: Path) -> None:
                                       codec=args.codec, crf=args.crf, bitrate=args.bitrate,
                                       preset=args.preset, chunk_frames=args.chunk_frames))
     style, workers = style_check.result()
-    frames = read_manifest(work).frames
+    m = read_manifest(work)
+    frames, chunks = m.frames, len(chunk_bounds(m.frames, m.chunk_frames))
+    if workers > chunks:
+        log.info("%d chunk(s) of work: running %d rank(s), not %d", chunks, chunks, workers)
+        workers = chunks
     log.info("stylizing %d frames on %d rank(s), style %s", frames, workers, Path(style).name)
     stylize_args = ["--work", work.uri, "--style", style, "--strength", str(args.strength),
                     "--device", args.device]

@@ -22,6 +22,7 @@ CODEC_ALIASES = {
     "mjpeg": "mjpeg",
 }
 _ALL = set(CODEC_ALIASES.values())
+FLAG_NAME = {"libx264": "h264", "libx265": "hevc", "libvpx-vp9": "vp9"}  # what users type for --codec
 ALLOWED = {
     "mp4": {"libx264", "libx265", "libvpx-vp9", "h264_nvenc", "hevc_nvenc"},
     "mov": {"libx264", "libx265", "h264_nvenc", "hevc_nvenc", "mjpeg"},
@@ -80,7 +81,7 @@ def choose_settings(output_name: str, *, codec: str | None = None, crf: int | No
             raise StylebatchError(f"unknown --codec {codec!r}: use one of {', '.join(sorted(CODEC_ALIASES))}")
     if enc not in ALLOWED[container]:
         raise StylebatchError(f"--codec {codec} cannot go into {Path(output_name).suffix} "
-                              f"(use {', '.join(sorted(ALLOWED[container]))})")
+                              f"(use {', '.join(sorted(FLAG_NAME.get(e, e) for e in ALLOWED[container]))})")
     if crf is not None and bitrate is not None:
         raise StylebatchError("--crf and --bitrate exclude each other: give one")
     default_q, low, high = QUALITY[enc]

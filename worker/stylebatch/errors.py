@@ -1,7 +1,40 @@
-"""The one exception type a user ever sees: a one-line message and a non-zero exit."""
+"""The error types a user (or a Python caller) ever sees: a one-line message and an exit code that
+is a contract (stylebatch.contract): 2 means retrying cannot help, 75 means it can."""
+
+from __future__ import annotations
+
+from stylebatch.contract import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_TERMINATED, EXIT_TRANSIENT
 
 
 class StylebatchError(Exception):
-    """Bad input or a failed step, explained in one line. The CLI prints it without a traceback."""
+    """Bad input or a failed step, explained in one line. The CLI prints it without a traceback.
 
-    exit_code = 2
+    Raised as is, it means bad input (exit code 2); the subclasses say more."""
+
+    exit_code = EXIT_BAD_INPUT
+
+
+class BadInput(StylebatchError):
+    """The input, the settings or a place given cannot work: retrying the same request cannot help."""
+
+    exit_code = EXIT_BAD_INPUT
+
+
+class TransientError(StylebatchError):
+    """Storage unreachable, a 5xx after the SDK's retries, a timeout, a token failure: retry later."""
+
+    exit_code = EXIT_TRANSIENT
+
+
+class Interrupted(StylebatchError):
+    """Stopped by a signal (SIGINT: 130, SIGTERM: 143); the work dir can be resumed."""
+
+    exit_code = EXIT_INTERRUPTED
+
+    def __init__(self, message: str, exit_code: int = EXIT_INTERRUPTED) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+__all__ = ["StylebatchError", "BadInput", "TransientError", "Interrupted",
+           "EXIT_BAD_INPUT", "EXIT_TRANSIENT", "EXIT_INTERRUPTED", "EXIT_TERMINATED"]

@@ -13,7 +13,8 @@ import yaml
 
 from stylebatch_operator.crd import SPEC_SCHEMA, apply_defaults
 from stylebatch_operator.decide import (
-    ADOPT, ADVANCE, CREATE, FAIL, NOTHING, REJECT_SPEC_CHANGE, RETRY, SPEC_RESTORED, START, SUCCEED, WAIT, decide,
+    ADMIT, ADOPT, ADVANCE, CREATE, FAIL, NOTHING, QUEUE, REJECT_SPEC_CHANGE, RETRY, SPEC_RESTORED, START, SUCCEED, WAIT,
+    decide,
 )
 from stylebatch_operator.settings import Settings
 from stylebatch_operator.spec import resolve
@@ -319,3 +320,57 @@ def test_deadline_and_budget_come_from_the_recorded_effective_spec():
     obj["status"]["effectiveSpec"].update(retries=1, activeDeadlineSeconds=3600)
     assert decide(obj, {STY1: mpijob(STY1, EVICTED)}, now=NOW - timedelta(seconds=1)).reason == "RetriesExhausted"
     assert decide(obj, {STY1: mpijob(STY1)}, now=NOW).reason == "DeadlineExceeded"
+
+
+# --- Kueue -------------------------------------------------------------------------------------------
+
+def suspended(child: dict[str, Any]) -> dict[str, Any]:
+    """As the operator creates a child with a queueName, before Kueue admits it."""
+    if child["kind"] == "MPIJob":
+        return {**child, "spec": {"runPolicy": {"suspend": True}}}
+    return {**child, "spec": {"suspend": True}}
+
+
+def apply(obj: dict[str, Any], action, now: datetime) -> dict[str, Any]:
+    """The job with the action's status patch merged in (a JSON merge patch: None deletes)."""
+    patch = status_patch(obj, action, now) or {}
+    merged = {**obj["status"], **patch}
+    return {**obj, "status": {k: v for k, v in merged.items() if v is not None}}
+
+
+def test_a_child_waiting_for_kueue_is_queued_then_admitted_and_the_wait_does_not_count_against_the_deadline():
+    obj = stj("Stylizing", attempts={"stylize": 1}, queueName="gpu-spot")  # an hour left at NOW
+    action = decide(obj, {STY1: suspended(mpijob(STY1))}, now=NOW)
+    assert (action.kind, action.reason) == (QUEUE, "Queued")
+    assert "MPIJob orangutan-stylize-1 waits for Kueue to admit it in LocalQueue gpu-spot" in action.message
+    assert event_for(action)[:2] == ("Normal", "Queued")
+    obj = apply(obj, action, NOW)
+    conditions = {c["type"]: (c["status"], c["reason"]) for c in obj["status"]["conditions"]}
+    assert conditions == {"Queued": ("True", "WaitingForAdmission"), "Admitted": ("False", "WaitingForAdmission")}
+
+    # five hours in the queue: far past the two-hour deadline counted from the start, yet no failure
+    later = NOW + timedelta(hours=5)
+    assert decide(obj, {STY1: suspended(mpijob(STY1))}, now=later).kind == WAIT
+    action = decide(obj, {STY1: mpijob(STY1)}, now=later)  # Kueue unsuspended it
+    assert (action.kind, action.reason) == (ADMIT, "Admitted") and "after 18000s" in action.message
+    obj = apply(obj, action, later)
+    assert obj["status"]["queuedSeconds"] == 5 * 3600 and "queuedSince" not in obj["status"]
+    conditions = {c["type"]: (c["status"], c["reason"]) for c in obj["status"]["conditions"]}
+    assert conditions == {"Queued": ("False", "Admitted"), "Admitted": ("True", "Admitted")}
+
+    # the hour that was left is still there, and no more
+    assert decide(obj, {STY1: mpijob(STY1)}, now=later + timedelta(seconds=3599)).kind == WAIT
+    assert decide(obj, {STY1: mpijob(STY1)}, now=later + timedelta(seconds=3600)).reason == "DeadlineExceeded"
+    # and the next child gets it
+    done = decide(obj, {STY1: mpijob(STY1, MPI_SUCCEEDED)}, now=later + timedelta(seconds=600))
+    assert (done.kind, done.deadline_seconds) == (ADVANCE, 3000)
+
+
+def test_a_child_suspended_again_by_a_preemption_is_queued_again_and_the_waits_add_up():
+    obj = stj("Preprocessing", attempts={"preprocess": 1})
+    obj["status"]["queuedSeconds"] = 600
+    action = decide(obj, {PRE1: suspended(job(PRE1))}, now=NOW)
+    assert action.kind == QUEUE
+    obj = apply(obj, action, NOW)
+    obj = apply(obj, decide(obj, {PRE1: job(PRE1)}, now=NOW + timedelta(seconds=60)), NOW + timedelta(seconds=60))
+    assert obj["status"]["queuedSeconds"] == 660

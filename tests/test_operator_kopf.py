@@ -317,6 +317,43 @@ def test_an_evicted_spot_worker_is_retried_and_only_the_mpijob_runs_again():
     run(scenario)
 
 
+def test_with_kueue_every_child_waits_suspended_until_admitted_and_the_status_says_queued_then_admitted():
+    async def scenario() -> None:
+        async with api_server() as api, operator(api):
+            await apply_job(api, queueName="gpu-spot")
+            pre = await eventually(lambda: child(api, "Job", "orangutan-preprocess-1"))
+            assert pre["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu-spot" and pre["spec"]["suspend"]
+            queued = await eventually(lambda: {c["type"]: c for c in status(api)["conditions"]}["Queued"])
+            assert queued["status"] == "True" and "Job orangutan-preprocess-1 waits for Kueue" in queued["message"]
+            await admit(api, JOBS, "orangutan-preprocess-1")
+            await eventually(lambda: {c["type"]: c["status"] for c in status(api)["conditions"]}["Admitted"] == "True")
+            await finish(api, JOBS, "orangutan-preprocess-1")
+
+            mpijob = await eventually(lambda: child(api, "MPIJob", "orangutan-stylize-1"))
+            assert mpijob["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu-spot"
+            assert mpijob["spec"]["runPolicy"]["suspend"] is True  # launcher and workers admitted together
+            await eventually(lambda: status(api).get("queuedSince"))
+            conditions = {c["type"]: c["status"] for c in status(api)["conditions"]}
+            assert (conditions["Queued"], conditions["Admitted"], status(api)["phase"]) == ("True", "False", "Stylizing")
+            assert not [r for r in api if r.subresource == "log"]  # no launcher to read while queued
+            await admit(api, MPIJOBS, "orangutan-stylize-1")
+            await eventually(lambda: "queuedSince" not in status(api))
+            assert status(api)["queuedSeconds"] >= 0
+            reasons = [reason for _, reason, _ in events(api)]
+            assert reasons == ["Accepted", "PreprocessStarted", "Queued", "Admitted", "PreprocessSucceeded", "Queued",
+                               "Admitted"]
+            assert_requests_allowed_by_rbac(api)
+    run(scenario)
+
+
+async def admit(api: ApiServer, collection: str, name: str) -> None:
+    """What Kueue does once the workload fits its ClusterQueue's quota: unsuspend it."""
+    spec = {"runPolicy": {"suspend": False}} if "mpijobs" in collection else {"suspend": False}
+    resp = await api.patch(f"{collection}/{name}", json={"spec": spec},
+                           headers={"Content-Type": "application/merge-patch+json"})
+    assert resp.status == 200, await resp.text()
+
+
 def test_a_stage_that_keeps_failing_spends_the_budget_then_fails_the_job_with_its_reason():
     async def scenario() -> None:
         async with api_server() as api, operator(api):

@@ -88,6 +88,7 @@ VARIANTS = {
                                  "tolerations": [{"key": "team", "operator": "Equal", "value": "media",
                                                   "effect": "NoSchedule"}]}},
     "workload identity": {"storage": {"serviceAccountName": "stylebatch-storage", "accountName": "mediastore"}},
+    "kueue": {"queueName": "gpu-spot"},
     "aks defaults": {"settings": AKS},
     "aks defaults, job overrides": {"settings": AKS, "workers": 1, "gpusPerWorker": 0, "image": "mine:1",
                                     "resources": {"requests": {"cpu": "1"}, "limits": {"memory": "2Gi"}},
@@ -239,6 +240,22 @@ def test_children_are_owned_labelled_and_named_by_job_stage_and_attempt():
         for template in _templates(child):
             assert labels.items() <= template["metadata"]["labels"].items()
         assert build_child(job, stage, 2) == child  # deterministic: a restart builds the very same object
+
+
+def test_with_a_queue_every_child_carries_the_kueue_label_and_starts_suspended_until_admitted():
+    for job in (stj(queueName="gpu-spot"), stj(settings=Settings(**{**SETTINGS.__dict__, "queue_name": "gpu-spot"}))):
+        for stage in ("preprocess", "stylize", "postprocess"):
+            child = build_child(job, stage, 1)
+            assert child["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu-spot"
+            holder = child["spec"]["runPolicy"] if child["kind"] == "MPIJob" else child["spec"]
+            assert holder["suspend"] is True, stage
+    # the job's own queue wins over the operator's default
+    assert build_mpijob(stj(settings=Settings(**{**SETTINGS.__dict__, "queue_name": "gpu-spot"}),
+                            queueName="on-demand"))["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "on-demand"
+    # without Kueue: no label, nothing suspended (a suspended child would never start)
+    for stage in ("preprocess", "stylize", "postprocess"):
+        child = build_child(stj(), stage, 1)
+        assert "kueue.x-k8s.io/queue-name" not in child["metadata"]["labels"] and "suspend" not in str(child)
 
 
 def test_longest_allowed_name_keeps_every_generated_name_a_dns_label():

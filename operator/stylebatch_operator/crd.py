@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from stylebatch_operator.names import GROUP, KIND, MAX_NAME_LENGTH, PLURAL, SHORT_NAMES, SINGULAR, VERSION
+from stylebatch_operator.names import DNS_LABEL_PATTERN, GROUP, KIND, MAX_NAME_LENGTH, PLURAL, SHORT_NAMES, SINGULAR, VERSION
 
 DEFAULT_STYLE = "lavender-gold"  # the worker's stylebatch.models.DEFAULT_STYLE (a test keeps them equal)
 PHASES = ["Pending", "Preprocessing", "Stylizing", "Postprocessing", "Succeeded", "Failed"]
@@ -142,7 +142,14 @@ SPEC_SCHEMA: dict[str, Any] = _obj(
                                         "scalesetpriority=spot:NoSchedule); an evicted worker is retried."},
             },
         ),
-        "activeDeadlineSeconds": _int("Time limit of the whole job, from its start.", minimum=60,
+        "queueName": _str("Kueue LocalQueue (in the job's namespace) to submit the children to: they carry the "
+                          "kueue.x-k8s.io/queue-name label and are created suspended, and Kueue starts each once "
+                          "it admits it, the MPIJob's launcher and workers at once. Time spent waiting for "
+                          "admission does not count against activeDeadlineSeconds. Default: the operator's "
+                          "(chart value jobs.queueName); none: no Kueue.", minLength=1, maxLength=63,
+                          pattern=f"^{DNS_LABEL_PATTERN}$"),
+        "activeDeadlineSeconds": _int("Time limit of the whole job, from its start, not counting the time its "
+                                      "children wait for Kueue to admit them.", minimum=60,
                                       default=21600, format="int64"),
         "retries": _int("How many failed stages may be retried, in total.", minimum=0, maximum=10, default=3),
     },
@@ -154,7 +161,7 @@ SPEC_SCHEMA: dict[str, Any] = _obj(
 )
 
 _CONDITION = _obj("Standard Kubernetes condition.", {
-    "type": _text("Running, Succeeded, Failed or SpecChangeRejected."),
+    "type": _text("Running, Succeeded, Failed, Queued, Admitted or SpecChangeRejected."),
     "status": _text("True, False or Unknown.", enum=["True", "False", "Unknown"]),
     "reason": _text("One-word CamelCase reason."),
     "message": _text("Human-readable detail."),
@@ -178,6 +185,10 @@ STATUS_SCHEMA: dict[str, Any] = _obj("Observed state, written by the operator.",
                                      "start, plus serviceAccountName, the pods' service account. Later changes "
                                      "of the operator's settings are not applied."},
     "startTime": _text("When the operator accepted the job.", format="date-time"),
+    "queuedSeconds": _int("Seconds the children waited for Kueue to admit them, before the current wait; "
+                          "added to the deadline.", format="int64"),
+    "queuedSince": _text("When the current child began to wait for admission (suspended); unset once it "
+                         "is admitted.", format="date-time"),
     "completionTime": _text("When the job succeeded or failed.", format="date-time"),
     "outputURI": _text("The output (any SAS token removed)."),
     "workDir": _text("The work dir (any SAS token removed)."),

@@ -13,7 +13,7 @@ from typing import Any
 
 from stylebatch_operator.crd import SPEC_SCHEMA, apply_defaults
 from stylebatch_operator.names import CHILD_KIND, POSTPROCESS, PREPROCESS, STAGES, STYLIZE, child_name
-from stylebatch_operator.observe import FAILED, SUCCEEDED, child_state, failed_pod_detail, user_error
+from stylebatch_operator.observe import FAILED, SUCCEEDED, child_state, failed_pod_detail, is_suspended, user_error
 from stylebatch_operator.settings import BUILT_IN, Settings
 from stylebatch_operator.spec import effective_spec, from_defaults, resolve, shown_spec, spec_problems
 from stylebatch_operator.uris import strip_secrets
@@ -33,6 +33,8 @@ SUCCEED = "Succeed"
 FAIL = "Fail"
 REJECT_SPEC_CHANGE = "RejectSpecChange"  # the spec changed after the start: report it, apply nothing
 SPEC_RESTORED = "SpecRestored"  # the spec is back to the accepted one
+QUEUE = "Queue"  # the current child is suspended: it waits for Kueue to admit it
+ADMIT = "Admit"  # the current child, which waited, is admitted (unsuspended)
 WAIT = "Wait"  # the current child is running
 NOTHING = "Nothing"  # the job is over
 
@@ -128,7 +130,24 @@ def decide(stj: dict[str, Any], children: dict[str, dict[str, Any]], *, now: dat
     if not recorded:  # made just before a restart, before the status said so
         return Action(ADOPT, stage, attempt, f"{stage.capitalize()}Started",
                       f"adopted the existing {CHILD_KIND[stage]} {name}")
-    return Action(WAIT, stage, attempt)
+    return _admission(stj, stage, attempt, child, now) or Action(WAIT, stage, attempt)
+
+
+def _admission(stj: dict[str, Any], stage: str, attempt: int, child: dict[str, Any], now: datetime) -> Action | None:
+    """QUEUE when the running child is suspended (waiting for Kueue) and the status does not say so
+    yet; ADMIT when it was waiting and runs now."""
+    status = stj["status"]
+    kind_name = f"{CHILD_KIND[stage]} {child['metadata']['name']}"
+    queue = effective_spec(stj).get("queueName")
+    where = f" in LocalQueue {queue}" if queue else ""
+    since = parse_time(status.get("queuedSince"))
+    if is_suspended(child) and since is None:
+        return Action(QUEUE, stage, attempt, "Queued", f"{kind_name} waits for Kueue to admit it{where}; the "
+                      "deadline does not run meanwhile")
+    if not is_suspended(child) and since is not None:
+        waited = max(0, int((now - since).total_seconds()))
+        return Action(ADMIT, stage, attempt, "Admitted", f"Kueue admitted {kind_name}{where} after {waited}s")
+    return None
 
 
 def _create(stage: str, attempt: int, name: str, recorded: bool, left: int) -> Action:
@@ -165,11 +184,21 @@ def current_child(stj: dict[str, Any]) -> tuple[str, int, str]:
 
 
 def seconds_left(stj: dict[str, Any], now: datetime) -> int:
-    """Seconds until the job's deadline (spec.activeDeadlineSeconds from status.startTime)."""
+    """Seconds until the job's deadline: spec.activeDeadlineSeconds from status.startTime, plus the
+    time its children waited for Kueue to admit them (status.queuedSeconds, and the current wait
+    since status.queuedSince, which so does not shorten it)."""
+    return int((deadline(stj, now) - now).total_seconds())
+
+
+def deadline(stj: dict[str, Any], now: datetime) -> datetime:
+    """When the job runs out of time, as of `now`."""
     status = stj.get("status") or {}
     start = parse_time(status.get("startTime")) or now
-    deadline = start + timedelta(seconds=int(effective_spec(stj)["activeDeadlineSeconds"]))
-    return int((deadline - now).total_seconds())
+    queued = timedelta(seconds=int(status.get("queuedSeconds") or 0))
+    since = parse_time(status.get("queuedSince"))
+    if since is not None:
+        queued += max(now - since, timedelta(0))
+    return start + queued + timedelta(seconds=int(effective_spec(stj)["activeDeadlineSeconds"]))
 
 
 def parse_time(value: str | None) -> datetime | None:

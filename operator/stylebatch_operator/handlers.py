@@ -20,7 +20,7 @@ from stylebatch_operator.names import (
     CHILD_KIND, GROUP, KIND, LABEL_ATTEMPT, LABEL_JOB, LABEL_STAGE, MPI_LABEL_ROLE, PLURAL, STYLIZE, VERSION,
     is_controlled_by,
 )
-from stylebatch_operator.observe import FAILED, child_state
+from stylebatch_operator.observe import FAILED, child_state, is_suspended
 from stylebatch_operator.settings import BUILT_IN, Settings
 from stylebatch_operator.status import event_for, progress_patch, status_patch
 
@@ -92,7 +92,7 @@ async def reconcile(kube: Kube, namespace: str, name: str, logger: logging.Logge
         await _create_child(kube, stj, action, logger)
 
     patch: dict[str, Any] = {}
-    if child is not None and child["kind"] == CHILD_KIND[STYLIZE]:
+    if child is not None and child["kind"] == CHILD_KIND[STYLIZE] and not is_suspended(child):
         total = await _read_progress(kube, child, logger)
         patch |= progress_patch(total, status, now) or {}
         stj = {**stj, "status": {**status, **patch}}

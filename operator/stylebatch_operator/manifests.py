@@ -13,7 +13,7 @@ import copy
 from typing import Any
 
 from stylebatch_operator.names import (
-    MPI_API_VERSION, POSTPROCESS, PREPROCESS, STYLIZE, child_labels, child_name, owner_reference,
+    KUEUE_QUEUE_LABEL, MPI_API_VERSION, POSTPROCESS, PREPROCESS, STYLIZE, child_labels, child_name, owner_reference,
 )
 from stylebatch_operator.spec import SERVICE_ACCOUNT, effective_spec
 from stylebatch_operator.uris import work_dir as derived_work_dir
@@ -73,7 +73,7 @@ def build_mpijob(stj: dict[str, Any], attempt: int = 1, deadline_seconds: int | 
     return {
         "apiVersion": MPI_API_VERSION,
         "kind": "MPIJob",
-        "metadata": _metadata(stj, name, labels),
+        "metadata": _metadata(stj, spec, name, labels),
         "spec": {
             "slotsPerWorker": slots,
             "mpiImplementation": "MPICH",
@@ -85,6 +85,9 @@ def build_mpijob(stj: dict[str, Any], attempt: int = 1, deadline_seconds: int | 
                 # The operator retries a failed MPIJob itself, against the job's retry budget.
                 "backoffLimit": 0,
                 "activeDeadlineSeconds": _deadline(spec, deadline_seconds),
+                # Kueue admits the launcher and all the workers at once, then unsuspends it; the MPI
+                # operator resets its start time (and so its deadline) when it resumes.
+                **({"suspend": True} if spec.get("queueName") else {}),
             },
             "mpiReplicaSpecs": {
                 "Launcher": {"replicas": 1, "restartPolicy": "Never",
@@ -127,10 +130,12 @@ def _job(stj: dict[str, Any], stage: str, attempt: int, args: list[str], deadlin
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
-        "metadata": _metadata(stj, name, labels),
+        "metadata": _metadata(stj, spec, name, labels),
         "spec": {
             "backoffLimit": 0,  # retried by the operator, against the job's retry budget
             "activeDeadlineSeconds": _deadline(spec, deadline_seconds),
+            # With Kueue: created suspended, started once admitted (its deadline counts from then).
+            **({"suspend": True} if spec.get("queueName") else {}),
             "template": {"metadata": {"labels": _pod_labels(spec, labels)}, "spec": pod_spec},
         },
     }
@@ -219,8 +224,9 @@ def _pod_labels(spec: dict[str, Any], labels: dict[str, str]) -> dict[str, str]:
     return out
 
 
-def _metadata(stj: dict[str, Any], name: str, labels: dict[str, str]) -> dict[str, Any]:
-    return {"name": name, "namespace": stj["metadata"]["namespace"], "labels": dict(labels),
+def _metadata(stj: dict[str, Any], spec: dict[str, Any], name: str, labels: dict[str, str]) -> dict[str, Any]:
+    labels = {**labels, KUEUE_QUEUE_LABEL: spec["queueName"]} if spec.get("queueName") else dict(labels)
+    return {"name": name, "namespace": stj["metadata"]["namespace"], "labels": labels,
             "ownerReferences": [owner_reference(stj)]}
 
 

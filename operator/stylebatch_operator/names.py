@@ -21,6 +21,11 @@ LABEL_JOB = f"{GROUP}/job"
 LABEL_STAGE = f"{GROUP}/stage"
 LABEL_ATTEMPT = f"{GROUP}/attempt"
 
+# Kueue's label naming the LocalQueue a workload (a Job, an MPIJob) is submitted to.
+KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+# A DNS-1123 label: the form of a LocalQueue's name (and of a label value that names an object).
+DNS_LABEL_PATTERN = r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?"
+
 # The MPI operator's label on the pods of an MPIJob that says launcher or worker.
 MPI_LABEL_ROLE = "training.kubeflow.org/job-role"
 

@@ -31,6 +31,14 @@ def child_state(child: dict[str, Any]) -> ChildState:
     return ChildState(RUNNING)
 
 
+def is_suspended(child: dict[str, Any]) -> bool:
+    """Created suspended for Kueue (or suspended again by a Kueue preemption): a batch Job's
+    spec.suspend, an MPIJob's spec.runPolicy.suspend. Kueue unsuspends it when it admits it."""
+    spec = child.get("spec") or {}
+    holder = spec.get("runPolicy") or {} if child.get("kind") == "MPIJob" else spec
+    return bool(holder.get("suspend"))
+
+
 def failed_pod_detail(pods: list[dict[str, Any]]) -> str:
     """The most telling line from the child's failed pods: an eviction, or the container's
     termination message (its last log lines, thanks to FallbackToLogsOnError), redacted."""

@@ -10,11 +10,14 @@ settings never reaches a job that is already running.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from stylebatch.errors import StylebatchError
+
+from stylebatch_operator.names import DNS_LABEL_PATTERN
 
 # The worker image of this release: what a job runs when neither it nor the operator's settings
 # name one. tests/test_operator_settings.py keeps it equal to the chart's default.
@@ -37,10 +40,11 @@ JOB_SERVICE_ACCOUNT = "STYLEBATCH_JOB_SERVICE_ACCOUNT"
 STORAGE_SECRET = "STYLEBATCH_STORAGE_SECRET"
 STORAGE_ACCOUNT = "STYLEBATCH_STORAGE_ACCOUNT"
 WORKLOAD_IDENTITY = "STYLEBATCH_WORKLOAD_IDENTITY"
+DEFAULT_QUEUE_NAME = "STYLEBATCH_DEFAULT_QUEUE_NAME"
 INTERVAL = "STYLEBATCH_OPERATOR_INTERVAL"
 ENV_VARS = (WORKER_IMAGE, IMAGE_PULL_POLICY, IMAGE_PULL_SECRETS, DEFAULT_WORKERS, DEFAULT_GPUS_PER_WORKER,
             WORKER_RESOURCES, DEFAULT_NODE_SELECTOR, DEFAULT_TOLERATIONS, JOB_SERVICE_ACCOUNT, STORAGE_SECRET,
-            STORAGE_ACCOUNT, WORKLOAD_IDENTITY, INTERVAL)
+            STORAGE_ACCOUNT, WORKLOAD_IDENTITY, DEFAULT_QUEUE_NAME, INTERVAL)
 
 
 @dataclass(frozen=True)
@@ -63,6 +67,7 @@ class Settings:
     storage_secret: str = ""  # default storage: a Secret in the job's namespace ...
     storage_account: str = ""  # ... or, with workload_identity, this account through job_service_account
     workload_identity: bool = False
+    queue_name: str = ""  # Kueue LocalQueue of every job that names none; "": no Kueue
     interval: float = DEFAULT_INTERVAL
 
     def job_defaults(self) -> dict[str, Any]:
@@ -73,6 +78,8 @@ class Settings:
             "workers": self.workers,
             "gpusPerWorker": self.gpus_per_worker,
         }
+        if self.queue_name:
+            defaults["queueName"] = self.queue_name
         if self.image_pull_secrets:
             defaults["imagePullSecrets"] = [{"name": name} for name in self.image_pull_secrets]
         if self.worker_resources:
@@ -173,6 +180,12 @@ def from_environment(env: Mapping[str, str]) -> Settings:
             raise _bad(WORKLOAD_IDENTITY, f"is true but {' and '.join(missing)} {verb} empty")
         if kwargs["storage_secret"]:
             raise _bad(WORKLOAD_IDENTITY, f"is true and {STORAGE_SECRET} is set: choose one way to reach storage")
+
+    if text(DEFAULT_QUEUE_NAME):
+        if not re.fullmatch(DNS_LABEL_PATTERN, text(DEFAULT_QUEUE_NAME)):
+            raise _bad(DEFAULT_QUEUE_NAME, f"must be a LocalQueue name (lower-case letters, digits and -), "
+                                           f"got {text(DEFAULT_QUEUE_NAME)!r}")
+        kwargs["queue_name"] = text(DEFAULT_QUEUE_NAME)
 
     if text(INTERVAL):
         try:

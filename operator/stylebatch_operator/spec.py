@@ -21,7 +21,7 @@ from stylebatch_operator.uris import strip_secrets
 URI_FIELDS = ("input", "output", "style", "workDir")
 # Fields a job may leave to the operator's defaults (scheduling's nodeSelector and tolerations too).
 DEFAULTED_FIELDS = ("image", "imagePullPolicy", "imagePullSecrets", "workers", "gpusPerWorker", "resources",
-                    "storage")
+                    "storage", "queueName")
 DEFAULTED_SCHEDULING_FIELDS = ("nodeSelector", "tolerations")
 # Only in status.effectiveSpec: the service account every pod of the job runs as.
 SERVICE_ACCOUNT = "serviceAccountName"

@@ -9,8 +9,8 @@ from typing import Any
 from stylebatch.progress import Total
 
 from stylebatch_operator.decide import (
-    ADOPT, ADVANCE, CREATE, FAIL, PHASE_OF_STAGE, REJECT_SPEC_CHANGE, RETRY, SPEC_CHANGE_CONDITION, SPEC_RESTORED,
-    START, SUCCEED, Action, PENDING, FAILED_PHASE, SUCCEEDED_PHASE,
+    ADMIT, ADOPT, ADVANCE, CREATE, FAIL, QUEUE, PHASE_OF_STAGE, REJECT_SPEC_CHANGE, RETRY, SPEC_CHANGE_CONDITION, SPEC_RESTORED,
+    START, SUCCEED, Action, PENDING, FAILED_PHASE, SUCCEEDED_PHASE, parse_time,
 )
 from stylebatch_operator.manifests import work_dir
 from stylebatch_operator.names import CHILD_KIND, STYLIZE, child_name
@@ -18,6 +18,7 @@ from stylebatch_operator.spec import shown_spec
 from stylebatch_operator.uris import strip_secrets
 
 RUNNING, SUCCEEDED, FAILED = "Running", "Succeeded", "Failed"
+QUEUED, ADMITTED = "Queued", "Admitted"  # Kueue admission of the current child
 
 
 def iso(now: datetime) -> str:
@@ -69,6 +70,16 @@ def status_patch(stj: dict[str, Any], action: Action, now: datetime) -> dict[str
         cond(RUNNING, "False", action.reason, action.message)
         cond(SUCCEEDED, "False", action.reason)
         cond(FAILED, "True", action.reason, action.message)
+    elif action.kind == QUEUE:
+        patch["queuedSince"] = iso(now)
+        cond(QUEUED, "True", "WaitingForAdmission", action.message)
+        cond(ADMITTED, "False", "WaitingForAdmission", action.message)
+    elif action.kind == ADMIT:
+        since = parse_time(status.get("queuedSince")) or now
+        waited = max(0, int((now - since).total_seconds()))
+        patch.update(queuedSince=None, queuedSeconds=int(status.get("queuedSeconds") or 0) + waited)
+        cond(QUEUED, "False", ADMITTED, action.message)
+        cond(ADMITTED, "True", ADMITTED, action.message)
     elif action.kind == REJECT_SPEC_CHANGE:
         cond(SPEC_CHANGE_CONDITION, "True", "SpecImmutable", action.message)
     elif action.kind == SPEC_RESTORED:
@@ -86,7 +97,7 @@ def status_patch(stj: dict[str, Any], action: Action, now: datetime) -> dict[str
 
 def event_for(action: Action) -> tuple[str, str, str] | None:
     """(type, reason, message) of the Event the action posts; every transition posts one."""
-    if action.kind in (START, CREATE, ADOPT, ADVANCE, SUCCEED, SPEC_RESTORED):
+    if action.kind in (START, CREATE, ADOPT, ADVANCE, SUCCEED, SPEC_RESTORED, QUEUE, ADMIT):
         type_ = "Warning" if action.reason == "ChildMissing" else "Normal"
         return type_, action.reason, action.message
     if action.kind in (RETRY, FAIL, REJECT_SPEC_CHANGE):

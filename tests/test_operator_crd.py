@@ -4,6 +4,7 @@ generated one; the sample job a user copies validates against it; bad specs are 
 from __future__ import annotations
 
 import copy
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,9 @@ import pytest
 import yaml
 
 from stylebatch_operator.crd import DEFAULT_STYLE, SPEC_SCHEMA, apply_defaults, crd, openapi_schema, to_yaml
+from stylebatch_operator.decide import decide
+from stylebatch_operator.settings import Settings
+from stylebatch_operator.status import status_patch
 
 REPO = Path(__file__).resolve().parent.parent
 CHART_CRD = REPO / "charts" / "stylebatch" / "crds" / "styletransferjobs.yaml"
@@ -70,8 +74,9 @@ def test_served_with_status_subresource_short_name_and_columns():
     (version,) = spec["versions"]
     assert version["served"] and version["storage"] and version["subresources"] == {"status": {}}
     columns = {c["name"]: c["jsonPath"] for c in version["additionalPrinterColumns"]}
-    assert columns == {"Phase": ".status.phase", "Progress": ".status.progress.summary", "Style": ".spec.style",
-                       "Workers": ".status.effectiveSpec.workers", "GPUs": ".status.effectiveSpec.gpusPerWorker",
+    assert columns == {"Phase": ".status.phase", "Progress": ".status.progress.summary",
+                       "Style": ".status.effectiveSpec.style", "Workers": ".status.effectiveSpec.workers",
+                       "GPUs": ".status.effectiveSpec.gpusPerWorker", "Queue": ".status.effectiveSpec.queueName",
                        "Age": ".metadata.creationTimestamp"}
     # every spec/status column reads a field the schema declares or keeps (else it would always be empty)
     for json_path in columns.values():
@@ -143,3 +148,28 @@ def test_default_style_is_the_workers_default():
     pytest.importorskip("torch")
     from stylebatch.models import DEFAULT_STYLE as WORKER_DEFAULT
     assert DEFAULT_STYLE == WORKER_DEFAULT
+
+
+def test_kubectl_get_never_shows_a_sas_token():
+    """Every printer column, read from a job whose URIs all carry a SAS token, once the operator
+    has accepted it (what `kubectl get stj -o wide` prints)."""
+    sas = "sv=2024-05-04&sp=r&sig=S3CR3T"
+    job = {"apiVersion": "stylebatch.io/v1alpha1", "kind": "StyleTransferJob",
+           "metadata": {"name": "orangutan", "namespace": "media", "uid": "u1", "generation": 1,
+                        "creationTimestamp": "2026-05-01T12:00:00Z"},
+           "spec": apply_defaults({"input": f"https://a.blob.core.windows.net/v/in.mp4?{sas}",
+                                   "output": f"https://a.blob.core.windows.net/v/out.mp4?{sas}",
+                                   "style": f"https://a.blob.core.windows.net/styles/mine.pth?{sas}",
+                                   "workDir": f"https://a.blob.core.windows.net/v/work/?{sas}",
+                                   "storage": {"secretName": "s"}, "queueName": "gpu"}, SPEC_SCHEMA)}
+    now = datetime(2026, 5, 1, 12, tzinfo=timezone.utc)
+    action = decide(job, {}, now=now, settings=Settings())
+    job["status"] = status_patch(job, action, now)
+    shown = {}
+    for column in crd()["spec"]["versions"][0]["additionalPrinterColumns"]:
+        value: Any = job
+        for part in column["jsonPath"].strip(".").split("."):
+            value = (value or {}).get(part)
+        shown[column["name"]] = value
+    assert shown["Style"] == "https://a.blob.core.windows.net/styles/mine.pth" and shown["Queue"] == "gpu"
+    assert "S3CR3T" not in str(shown)

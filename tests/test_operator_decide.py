@@ -297,7 +297,7 @@ def test_a_job_without_storage_takes_the_operators_default_and_says_so():
     assert (action.spec["workers"], action.spec["gpusPerWorker"]) == (2, 1)
     assert "on 2 workers (1 GPU each)" in action.message
     assert action.message.endswith("from the operator's defaults: image, imagePullPolicy, workers, gpusPerWorker, "
-                                   "storage")
+                                   "resources, storage")
 
 
 def test_a_job_without_storage_fails_at_once_when_the_operator_has_no_default_either():

@@ -14,6 +14,7 @@ import inspect
 import itertools
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -32,12 +33,12 @@ import yaml
 
 from stylebatch.errors import StylebatchError
 from stylebatch.progress import RankProgress, format_line
-from stylebatch_operator.crd import openapi_schema, apply_defaults
+from stylebatch_operator.crd import apply_defaults, crd, openapi_schema
 from stylebatch_operator.kube import Kube
 from stylebatch_operator.manifests import build_mpijob
 from stylebatch_operator import main
 from stylebatch_operator.main import serve
-from stylebatch_operator.rbac import RULES
+from stylebatch_operator.rbac import CLUSTER_RULES, RULES
 from stylebatch_operator.settings import Settings
 
 pytestmark = pytest.mark.timeout(60)
@@ -82,7 +83,9 @@ class ApiServer(kmock.KubernetesEmulator):
 
 
 @contextlib.asynccontextmanager
-async def api_server() -> AsyncIterator[ApiServer]:
+async def api_server(install_crd: dict[str, Any] | None = None) -> AsyncIterator[ApiServer]:
+    """kmock with the resources the operator uses; install_crd: a StyleTransferJob CRD to serve
+    (the operator command checks it at startup)."""
     async with ApiServer() as api, kmock.Server(api):
         verbs = {"get", "list", "watch", "create", "patch", "update", "delete"}
         for key, kind, namespaced, subresources in [
@@ -97,6 +100,9 @@ async def api_server() -> AsyncIterator[ApiServer]:
             api.resources[key] = kmock.ResourceInfo(kind=kind, namespaced=namespaced, verbs=verbs,
                                                     subresources=subresources)
         api.launcher_log = ""
+        if install_crd:  # as `helm install` (or kubectl apply) leaves it
+            resp = await api.post("/apis/apiextensions.k8s.io/v1/customresourcedefinitions", json=install_crd)
+            assert resp.status == 200, await resp.text()
         api[kmock.resource("v1/pods"), kmock.subresource("log")] << (lambda: api.launcher_log.encode())
         yield api
 
@@ -339,10 +345,8 @@ def test_with_kueue_every_child_waits_suspended_until_admitted_and_the_status_sa
             await admit(api, MPIJOBS, "orangutan-stylize-1")
             await eventually(lambda: "queuedSince" not in status(api))
             assert status(api)["queuedSeconds"] >= 0
-            reasons = [reason for _, reason, _ in events(api)]
-            assert reasons == ["Accepted", "PreprocessStarted", "Queued", "Admitted", "PreprocessSucceeded", "Queued",
-                               "Admitted"]
-            assert_requests_allowed_by_rbac(api)
+            await eventually(lambda: [reason for _, reason, _ in events(api)] == [
+                "Accepted", "PreprocessStarted", "Queued", "Admitted", "PreprocessSucceeded", "Queued", "Admitted"])
     run(scenario)
 
 
@@ -549,7 +553,7 @@ def test_the_operators_defaults_apply_to_a_job_that_leaves_them_out():
                 (3, 0, {"secretName": "team-storage"})
             accepted = [m for _, reason, m in events(api) if reason == "Accepted"]
             assert accepted[0].endswith("on 3 workers (CPUs); from the operator's defaults: image, imagePullPolicy, "
-                                        "workers, gpusPerWorker, storage, scheduling.nodeSelector")
+                                        "workers, gpusPerWorker, resources, storage, scheduling.nodeSelector")
             await finish(api, JOBS, "orangutan-preprocess-1")
             mpijob = await eventually(lambda: child(api, "MPIJob", "orangutan-stylize-1"))
             worker = mpijob["spec"]["mpiReplicaSpecs"]["Worker"]
@@ -575,18 +579,34 @@ def test_a_job_with_no_storage_credentials_anywhere_fails_at_once():
     run(scenario)
 
 
+def kubeconfig_env(api: ApiServer, tmp_path: Path) -> dict[str, str]:
+    """The environment of `stylebatch operator` run outside a cluster, with a kubeconfig for kmock."""
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "kmock",
+        "clusters": [{"name": "kmock", "cluster": {"server": str(api.url).rstrip("/")}}],
+        "users": [{"name": "tester", "user": {"token": "t0k3n"}}],
+        "contexts": [{"name": "kmock", "context": {"cluster": "kmock", "user": "tester"}}]}))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KUBERNETES_")}
+    env.update(KUBECONFIG=str(kubeconfig), STYLEBATCH_OPERATOR_INTERVAL="0.2")
+    return env
+
+
+def older_crd() -> dict[str, Any]:
+    """The CRD of an earlier release: no spec.queueName, no status.queuedSince/queuedSeconds."""
+    old = crd()
+    old["metadata"]["annotations"]["stylebatch.io/release"] = "0.0.9"
+    schema = old["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]
+    del schema["spec"]["properties"]["queueName"]
+    del schema["status"]["properties"]["queuedSince"], schema["status"]["properties"]["queuedSeconds"]
+    return old
+
+
 def test_stylebatch_operator_command_runs_with_the_kubeconfig_and_stops_cleanly_on_sigterm(tmp_path):
     async def scenario() -> None:
         port = free_port()
-        async with api_server() as api:
-            kubeconfig = tmp_path / "kubeconfig"
-            kubeconfig.write_text(yaml.safe_dump({
-                "apiVersion": "v1", "kind": "Config", "current-context": "kmock",
-                "clusters": [{"name": "kmock", "cluster": {"server": str(api.url).rstrip("/")}}],
-                "users": [{"name": "tester", "user": {"token": "t0k3n"}}],
-                "contexts": [{"name": "kmock", "context": {"cluster": "kmock", "user": "tester"}}]}))
-            env = {k: v for k, v in os.environ.items() if not k.startswith("KUBERNETES_")}
-            env.update(KUBECONFIG=str(kubeconfig), STYLEBATCH_OPERATOR_INTERVAL="0.2")
+        async with api_server(install_crd=crd()) as api:
+            env = kubeconfig_env(api, tmp_path)
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "stylebatch", "operator", "--namespace", NS, "--liveness-port", str(port),
                 env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
@@ -607,10 +627,64 @@ def test_stylebatch_operator_command_runs_with_the_kubeconfig_and_stops_cleanly_
     run(scenario)
 
 
+def test_an_operator_refuses_to_start_in_one_line_when_the_installed_crd_is_older(tmp_path):
+    async def scenario() -> None:
+        async with api_server(install_crd=older_crd()) as api:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "stylebatch", "operator", "--namespace", NS, env=kubeconfig_env(api, tmp_path),
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+            out, err = await asyncio.wait_for(proc.communicate(), 30)
+            assert proc.returncode == 2, err
+            lines = err.decode().strip().splitlines()
+            assert len(lines) == 1 and not out, err
+            assert lines[0] == (
+                "stylebatch: error: the installed CustomResourceDefinition styletransferjobs.stylebatch.io (stylebatch "
+                "0.0.9) is older than this operator (stylebatch 0.1.0): it lacks spec.queueName, status.queuedSeconds, "
+                "status.queuedSince; Helm does not upgrade CRDs: kubectl apply --server-side -f "
+                "charts/stylebatch/crds/ (from this release's chart)")
+            # it never started watching or acting
+            assert not [r for r in api if r.params.get("watch") == "true" or r.method == "POST"
+                        and not (r.headers.get("User-Agent") or "").startswith("kmock/")]
+    run(scenario)
+
+
+@pytest.mark.parametrize("installed, complaint", [
+    (None, "the CustomResourceDefinition styletransferjobs.stylebatch.io is not installed: kubectl apply "
+           "--server-side -f charts/stylebatch/crds/"),
+    ("older", "lacks spec.queueName, status.queuedSeconds, status.queuedSince"),
+])
+def test_the_startup_check_names_what_the_installed_crd_lacks(installed, complaint):
+    async def scenario() -> None:
+        async with api_server(install_crd=older_crd() if installed else None) as api:
+            kube = Kube.for_url(str(api.url))
+            try:
+                with pytest.raises(StylebatchError, match=re.escape(complaint)) as err:
+                    await main.check_installed_crd(kube)
+                assert err.value.exit_code == 2
+            finally:
+                await kube.close()
+    run(scenario)
+
+
+def test_the_startup_check_passes_this_releases_crd_and_a_newer_one():
+    async def scenario() -> None:
+        newer = crd()
+        newer["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["future"] = {
+            "type": "string"}
+        for installed in (crd(), newer):
+            async with api_server(install_crd=installed) as api:
+                kube = Kube.for_url(str(api.url))
+                try:
+                    await main.check_installed_crd(kube)
+                finally:
+                    await kube.close()
+    run(scenario)
+
+
 def test_the_operator_never_imports_torch_or_the_workers_heavy_modules():
     code = ("import sys, stylebatch.cli, stylebatch_operator.main, stylebatch_operator.handlers; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'numpy', 'av') "
-            "or m.startswith('stylebatch.') and m not in ('stylebatch.cli', 'stylebatch.errors', 'stylebatch.progress')))")
+            "or m.startswith('stylebatch.') and m not in ('stylebatch.cli', 'stylebatch.contract', 'stylebatch.errors', 'stylebatch.progress')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
@@ -684,7 +758,7 @@ def test_the_documented_rbac_is_the_one_the_operator_uses():
     rows = [[cell.strip().strip("`") for cell in line.strip("|").split("|")]
             for line in table.splitlines() if line.startswith("| `")]
     documented = [(group.strip('"'), resource, sorted(verbs.split(", "))) for group, resource, verbs in rows]
-    assert documented == [(r["apiGroups"][0], r["resources"][0], sorted(r["verbs"])) for r in RULES]
+    assert documented == [(r["apiGroups"][0], r["resources"][0], sorted(r["verbs"])) for r in RULES + CLUSTER_RULES]
 
 
 def assert_requests_allowed_by_rbac(api: ApiServer) -> None:

@@ -147,7 +147,7 @@ def test_mpijob_runs_stylize_under_mpich_across_every_gpu():
         "--style", "lavender-gold", "--strength", "0.5", "--device", "cuda", "--max-side", "720", "--batch-size", "8"]
     assert "nvidia.com/gpu" not in str(launcher)  # the launcher needs no GPU
     worker = worker_spec["template"]["spec"]
-    assert worker["containers"][0]["resources"]["limits"] == {"nvidia.com/gpu": 4}
+    assert worker["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 4
     assert {"key": "sku", "operator": "Equal", "value": "gpu", "effect": "NoSchedule"} in worker["tolerations"]
     assert worker["containers"][0]["readinessProbe"]["tcpSocket"]["port"] == 2222
 
@@ -433,3 +433,47 @@ def test_a_toleration_given_twice_appears_once():
         for replica in build_mpijob(stj(**variant))["spec"]["mpiReplicaSpecs"].values():
             tolerations = replica["template"]["spec"].get("tolerations", [])
             assert len(tolerations) == len({tuple(sorted(t.items())) for t in tolerations})
+
+
+# --- resources, /dev/shm and scratch -------------------------------------------------------------
+
+@pytest.mark.parametrize("settings", [SETTINGS, Settings(storage_secret="s")], ids=["chart defaults", "built-in defaults"])
+def test_every_pod_requests_and_caps_cpu_memory_and_local_disk_by_default(settings):
+    job = stj(settings=settings)
+    for stage in ("preprocess", "stylize", "postprocess"):
+        for container in _containers(build_child(job, stage, 1)):
+            resources = container["resources"]
+            for kind in ("requests", "limits"):
+                assert {"cpu", "memory", "ephemeral-storage"} <= resources[kind].keys(), (stage, container["name"], kind)
+
+
+def test_the_chart_sizes_each_kind_of_pod_and_a_job_sizes_its_workers():
+    settings = Settings(stage_resources={"requests": {"cpu": "2"}, "limits": {"memory": "8Gi"}},
+                        launcher_resources={"requests": {"cpu": "50m"}}, scratch_size="100Gi", shm_size="16Gi",
+                        storage_secret="s")
+    job = stj(settings=settings, resources={"requests": {"cpu": "7", "memory": "30Gi"}})
+    assert _containers(build_preprocess_job(job))[0]["resources"] == {"requests": {"cpu": "2"},
+                                                                      "limits": {"memory": "8Gi"}}
+    launcher, worker = _containers(build_mpijob(job))
+    assert launcher["resources"] == {"requests": {"cpu": "50m"}}
+    assert worker["resources"]["requests"] == {"cpu": "7", "memory": "30Gi"}
+    volumes = {v["name"]: v["emptyDir"] for v in build_mpijob(job)["spec"]["mpiReplicaSpecs"]["Worker"]["template"]
+               ["spec"]["volumes"]}
+    assert volumes == {"dshm": {"medium": "Memory", "sizeLimit": "16Gi"}, "scratch": {"sizeLimit": "100Gi"}}
+
+
+@pytest.mark.parametrize("stage", ["preprocess", "stylize", "postprocess"])
+def test_shm_is_a_capped_memory_volume_and_scratch_a_capped_emptydir_where_tmpdir_points(stage):
+    child = build_child(stj(), stage, 1)
+    for template in _templates(child):
+        pod = template["spec"]
+        volumes = {v["name"]: v for v in pod.get("volumes") or []}
+        for container in pod["containers"]:
+            env = {e["name"]: e.get("value") for e in container["env"]}
+            assert env["TMPDIR"] == "/tmp"  # mpiexec hands the launcher's to the ranks
+            mounts = {m["mountPath"]: m["name"] for m in container.get("volumeMounts") or []}
+            if container["name"] == "launcher":
+                continue  # runs mpiexec only
+            assert volumes[mounts["/tmp"]]["emptyDir"] == {"sizeLimit": "50Gi"}
+            if container["name"] == "worker":
+                assert volumes[mounts["/dev/shm"]]["emptyDir"] == {"medium": "Memory", "sizeLimit": "4Gi"}

@@ -47,6 +47,11 @@ def test_default_chart_values_are_the_operators_built_in_defaults_plus_storage()
     assert (chart.workers, chart.gpus_per_worker) == (2, 1)
     assert (chart.storage_secret, chart.workload_identity) == ("stylebatch-storage", False)
     assert chart.job_service_account == "stylebatch-job"
+    # every pod is sized the same way with or without the chart
+    assert (chart.worker_resources, chart.stage_resources, chart.launcher_resources, chart.scratch_size,
+            chart.shm_size) == (built_in.worker_resources, built_in.stage_resources, built_in.launcher_resources,
+                                built_in.scratch_size, built_in.shm_size)
+    assert chart.queue_name == built_in.queue_name == ""
 
 
 def test_aks_values_become_the_job_defaults():
@@ -98,6 +103,11 @@ def test_malformed_json_names_the_variable_in_one_line(name):
     ({s.DEFAULT_TOLERATIONS: '{"key": "sku"}'}, "STYLEBATCH_DEFAULT_TOLERATIONS must be a JSON list"),
     ({s.DEFAULT_NODE_SELECTOR: '{"stylebatch.io/gpu": true}'}, "STYLEBATCH_DEFAULT_NODE_SELECTOR must be a JSON object of strings"),
     ({s.WORKER_RESOURCES: '{"cpu": "4"}'}, "STYLEBATCH_WORKER_RESOURCES must be a JSON object such as"),
+    ({s.STAGE_RESOURCES: '{"limits": {"memory": "lots"}}'}, "STYLEBATCH_STAGE_RESOURCES must be a JSON object such as"),
+    ({s.LAUNCHER_RESOURCES: '[]'}, "STYLEBATCH_LAUNCHER_RESOURCES must be a JSON object such as"),
+    ({s.SCRATCH_SIZE: "50 GB"}, "STYLEBATCH_SCRATCH_SIZE must be a Kubernetes quantity such as 8Gi, got '50 GB'"),
+    ({s.SHM_SIZE: "-"}, "STYLEBATCH_SHM_SIZE must be a Kubernetes quantity"),
+    ({s.DEFAULT_QUEUE_NAME: "GPU_Queue"}, "STYLEBATCH_DEFAULT_QUEUE_NAME must be a LocalQueue name"),
     ({s.IMAGE_PULL_SECRETS: '[{"nom": "acr"}]'}, "STYLEBATCH_IMAGE_PULL_SECRETS must be a JSON list"),
     ({s.DEFAULT_WORKERS: "0"}, "STYLEBATCH_DEFAULT_WORKERS must be a whole number from 1 to 64, got '0'"),
     ({s.DEFAULT_GPUS_PER_WORKER: "one"}, "STYLEBATCH_DEFAULT_GPUS_PER_WORKER must be a whole number from 0 to 8"),
@@ -149,6 +159,8 @@ def test_defaults_fill_every_field_the_job_leaves_out():
                        "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
                        "spot": False},
         "serviceAccountName": "stylebatch-job",
+        # what no spec field sets: the other pods' resources, scratch and /dev/shm sizes
+        "pods": AKS.pod_defaults(),
         # the CRD's own defaults, which the API server fills in too
         "style": "lavender-gold", "strength": 1.0, "activeDeadlineSeconds": 21600, "retries": 3, "keepWorkDir": False,
     }

@@ -14,12 +14,21 @@ from __future__ import annotations
 
 import copy
 import sys
+from importlib import metadata
 from typing import Any
 
 import yaml
 
-from stylebatch_operator.names import DNS_LABEL_PATTERN, GROUP, KIND, MAX_NAME_LENGTH, PLURAL, SHORT_NAMES, SINGULAR, VERSION
+from stylebatch_operator.names import (
+    DNS_LABEL_PATTERN, GROUP, KIND, MAX_NAME_LENGTH, PLURAL, QUANTITY_PATTERN, SHORT_NAMES, SINGULAR, VERSION,
+)
 
+CRD_NAME = f"{PLURAL}.{GROUP}"
+# The release that generated the CRD (the package's version, which tests/test_chart.py keeps equal
+# to the chart's), on the CRD: `kubectl get crd styletransferjobs.stylebatch.io -o
+# jsonpath='{.metadata.annotations.stylebatch\.io/release}'`.
+RELEASE_ANNOTATION = f"{GROUP}/release"
+RELEASE = metadata.version("stylebatch")
 DEFAULT_STYLE = "lavender-gold"  # the worker's stylebatch.models.DEFAULT_STYLE (a test keeps them equal)
 PHASES = ["Pending", "Preprocessing", "Stylizing", "Postprocessing", "Succeeded", "Failed"]
 
@@ -52,7 +61,6 @@ _TOLERATION = _obj("A Kubernetes toleration.", {
 
 # Kubernetes quantities, as strings (cpu: "4", memory: 16Gi): a bounded string keeps the spec's CEL
 # rule cheap, where an int-or-string could not carry a maxLength.
-QUANTITY_PATTERN = (r"^[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([KMGTPE]i|[numkMGTPE]|[eE][+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+))?$")
 _QUANTITIES = {"type": "object", "maxProperties": 8,
                "description": "Resource name to quantity, as a string: cpu: \"4\", memory: 16Gi.",
                "additionalProperties": _str("A quantity.", maxLength=64, pattern=QUANTITY_PATTERN)}
@@ -233,7 +241,8 @@ def crd() -> dict[str, Any]:
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
-        "metadata": {"name": f"{PLURAL}.{GROUP}", "labels": {"app.kubernetes.io/name": "stylebatch"}},
+        "metadata": {"name": CRD_NAME, "labels": {"app.kubernetes.io/name": "stylebatch"},
+                     "annotations": {RELEASE_ANNOTATION: RELEASE}},
         "spec": {
             "group": GROUP,
             "scope": "Namespaced",
@@ -248,15 +257,46 @@ def crd() -> dict[str, Any]:
                 "additionalPrinterColumns": [
                     {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
                     {"name": "Progress", "type": "string", "jsonPath": ".status.progress.summary"},
-                    {"name": "Style", "type": "string", "jsonPath": ".spec.style"},
+                    # what the job runs with, from the status: a style given as a URI shows no SAS token
+                    {"name": "Style", "type": "string", "jsonPath": ".status.effectiveSpec.style"},
                     {"name": "Workers", "type": "integer", "jsonPath": ".status.effectiveSpec.workers"},
                     {"name": "GPUs", "type": "integer", "jsonPath": ".status.effectiveSpec.gpusPerWorker",
+                     "priority": 1},
+                    {"name": "Queue", "type": "string", "jsonPath": ".status.effectiveSpec.queueName",
                      "priority": 1},
                     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
                 ],
             }],
         },
     }
+
+
+def field_paths(schema: dict[str, Any], prefix: str = "") -> set[str]:
+    """Every field a schema declares, as dotted paths (spec.encoder.crf; [] for list items, {} for
+    map values)."""
+    paths = set()
+    for key, sub in (schema.get("properties") or {}).items():
+        path = f"{prefix}.{key}" if prefix else key
+        paths |= {path} | field_paths(sub, path)
+    if isinstance(schema.get("items"), dict):
+        paths |= field_paths(schema["items"], f"{prefix}[]")
+    if isinstance(schema.get("additionalProperties"), dict):
+        paths |= field_paths(schema["additionalProperties"], f"{prefix}{{}}")
+    return paths
+
+
+def missing_fields(installed: dict[str, Any]) -> list[str]:
+    """The fields this operator reads or writes that an installed CRD (from the API server) does
+    not declare: for a missing spec field users cannot set it, a missing status field is pruned
+    from every status the operator writes. Empty when the installed CRD is this one or newer."""
+    versions = [v for v in (installed.get("spec") or {}).get("versions") or [] if v.get("name") == VERSION]
+    schema = versions[0].get("schema", {}).get("openAPIV3Schema", {}) if versions else {}
+    return sorted(field_paths(openapi_schema()) - field_paths(schema))
+
+
+def installed_release(installed: dict[str, Any]) -> str:
+    """The stylebatch release that generated an installed CRD (its annotation), or "unknown"."""
+    return ((installed.get("metadata") or {}).get("annotations") or {}).get(RELEASE_ANNOTATION) or "unknown"
 
 
 def openapi_schema() -> dict[str, Any]:

@@ -20,6 +20,7 @@ RESOURCES = {
     "MPIJob": ("kubeflow.org/v2beta1", "mpijobs"),
     "Pod": ("v1", "pods"),
 }
+CLUSTER_RESOURCES = {"CustomResourceDefinition": ("apiextensions.k8s.io/v1", "customresourcedefinitions")}
 _JSON = {200: "object", 201: "object"}
 TIMEOUT = 10  # seconds per request: a stuck call must not hold a reconciliation forever
 
@@ -70,6 +71,16 @@ class Kube:
         """The object, or None when there is none."""
         try:
             return await self._call("GET", path(kind, namespace, name))
+        except ApiError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    async def get_cluster_scoped(self, kind: str, name: str) -> dict[str, Any] | None:
+        """A cluster-scoped object (a CRD), or None when there is none."""
+        api_version, plural = CLUSTER_RESOURCES[kind]
+        try:
+            return await self._call("GET", f"/apis/{api_version}/{plural}/{name}")
         except ApiError as exc:
             if exc.status == 404:
                 return None

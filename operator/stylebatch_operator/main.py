@@ -13,17 +13,23 @@ from typing import Any
 
 import kopf
 
+from stylebatch.errors import BadInput, TransientError
+
 from stylebatch_operator import web
+from stylebatch_operator.crd import CRD_NAME, RELEASE, installed_release, missing_fields
 from stylebatch_operator.handlers import build_registry
-from stylebatch_operator.kube import Kube, load_configuration
+from stylebatch_operator.kube import ApiError, Kube
 from stylebatch_operator.metrics import Metrics
 from stylebatch_operator.settings import BUILT_IN, Settings, from_environment
+
+
+UPGRADE_CRD = "kubectl apply --server-side -f charts/stylebatch/crds/ (from this release's chart)"
 
 
 def run(args: argparse.Namespace) -> int:
     namespaces = list(args.namespace or [])
     settings = from_environment(os.environ)  # a malformed variable stops here, in one line
-    asyncio.run(load_configuration())  # so do missing credentials, before kopf starts retrying
+    asyncio.run(check_installed_crd())  # so do missing credentials and an older CRD, before kopf starts
     kopf.configure(verbose=False)
     log = logging.getLogger("stylebatch_operator")
     log.setLevel(logging.INFO)
@@ -54,6 +60,35 @@ async def serve(*, namespaces: Collection[str] = (), liveness_port: int | None =
     finally:
         if runner is not None:
             await runner.cleanup()
+
+
+async def check_installed_crd(kube: Kube | None = None) -> None:
+    """Refuses to start, in one line, when the installed StyleTransferJob CRD lacks fields this
+    operator uses (Helm installs crds/ once and never upgrades them); also when there is none, or
+    no Kubernetes credentials. kube: the client (default: from the environment)."""
+    own = kube is None
+    kube = kube or await Kube.from_environment()
+    try:
+        installed = await kube.get_cluster_scoped("CustomResourceDefinition", CRD_NAME)
+    except ApiError as exc:
+        if exc.status in (401, 403):
+            raise BadInput(f"cannot read the CustomResourceDefinition {CRD_NAME} ({exc}): the operator's "
+                           "ClusterRole needs get on it (the chart grants it)") from None
+        raise TransientError(f"cannot read the CustomResourceDefinition {CRD_NAME} ({exc}); retrying "
+                             "helps once the API server answers") from None
+    except (OSError, asyncio.TimeoutError) as exc:
+        raise TransientError(f"cannot reach the Kubernetes API server ({type(exc).__name__}: {exc})") from None
+    finally:
+        if own:
+            await kube.close()
+    if installed is None:
+        raise BadInput(f"the CustomResourceDefinition {CRD_NAME} is not installed: {UPGRADE_CRD}")
+    missing = missing_fields(installed)
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise BadInput(f"the installed CustomResourceDefinition {CRD_NAME} (stylebatch "
+                       f"{installed_release(installed)}) is older than this operator (stylebatch {RELEASE}): it "
+                       f"lacks {shown}; Helm does not upgrade CRDs: {UPGRADE_CRD}")
 
 
 def operator_settings() -> kopf.OperatorSettings:

@@ -15,7 +15,8 @@ from typing import Any
 from stylebatch_operator.names import (
     KUEUE_QUEUE_LABEL, MPI_API_VERSION, POSTPROCESS, PREPROCESS, STYLIZE, child_labels, child_name, owner_reference,
 )
-from stylebatch_operator.spec import SERVICE_ACCOUNT, effective_spec
+from stylebatch_operator.settings import BUILT_IN
+from stylebatch_operator.spec import POD_DEFAULTS, SERVICE_ACCOUNT, effective_spec
 from stylebatch_operator.uris import work_dir as derived_work_dir
 
 # The worker image's non-root user, and the sshd set up for it as the MPI operator expects for
@@ -37,6 +38,9 @@ GPU_TOLERATIONS = [
 SPOT_TOLERATION = {"key": "kubernetes.azure.com/scalesetpriority", "operator": "Equal", "value": "spot",
                    "effect": "NoSchedule"}
 WORKLOAD_IDENTITY_LABEL = "azure.workload.identity/use"
+# Local scratch of preprocess, postprocess and the workers (the input, parts, the output before
+# upload): an emptyDir on /tmp, which TMPDIR points at, capped by the scratch size.
+SCRATCH_PATH = "/tmp"
 
 
 def work_dir(stj: dict[str, Any], spec: dict[str, Any] | None = None) -> str:
@@ -125,8 +129,9 @@ def _job(stj: dict[str, Any], stage: str, attempt: int, args: list[str], deadlin
     name = child_name(stj["metadata"]["name"], stage, attempt)
     labels = child_labels(stj["metadata"]["name"], stage, attempt)
     container = _container(spec, stage, ["stylebatch", *args])
-    container["resources"] = {"requests": {"cpu": "500m", "memory": "1Gi"}}
+    container["resources"] = copy.deepcopy(_pod_defaults(spec)["stageResources"])
     pod_spec = _pod_spec(spec, [container], restart_policy="Never")
+    _add_scratch(spec, pod_spec)
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -143,7 +148,7 @@ def _job(stj: dict[str, Any], stage: str, attempt: int, args: list[str], deadlin
 
 def _launcher_template(stj: dict[str, Any], spec: dict[str, Any], labels: dict[str, str], ranks: int) -> dict[str, Any]:
     container = _container(spec, "launcher", stylize_args(stj, ranks))
-    container["resources"] = {"requests": {"cpu": "100m", "memory": "256Mi"}}
+    container["resources"] = copy.deepcopy(_pod_defaults(spec)["launcherResources"])
     return {"metadata": {"labels": _pod_labels(spec, labels)}, "spec": _pod_spec(spec, [container])}
 
 
@@ -159,10 +164,12 @@ def _worker_template(stj: dict[str, Any], spec: dict[str, Any], labels: dict[str
         resources.get("limits", {}).pop("nvidia.com/gpu", None)
     if resources:
         container["resources"] = resources
-    # torch shares tensors between processes through /dev/shm, which is 64 MiB by default
+    # torch shares tensors between processes through /dev/shm, which is 64 MiB by default; in
+    # memory, so it counts against the memory limit, and capped.
     container["volumeMounts"] = [{"name": "dshm", "mountPath": "/dev/shm"}]
     pod_spec = _pod_spec(spec, [container])
-    pod_spec["volumes"] = [{"name": "dshm", "emptyDir": {"medium": "Memory"}}]
+    pod_spec["volumes"] = [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": _pod_defaults(spec)["shmSize"]}}]
+    _add_scratch(spec, pod_spec)
     scheduling = spec.get("scheduling") or {}
     tolerations = [*(GPU_TOLERATIONS if gpus > 0 else []), *(scheduling.get("tolerations") or [])]
     if scheduling.get("spot"):
@@ -179,7 +186,10 @@ def _container(spec: dict[str, Any], name: str, args: list[str] | None) -> dict[
         "name": name,
         "image": spec["image"],
         "imagePullPolicy": spec["imagePullPolicy"],
-        "env": _storage_env(spec) + [{"name": "PYTHONUNBUFFERED", "value": "1"}],
+        # TMPDIR: the scratch emptyDir (the launcher's mpiexec hands its environment to the ranks,
+        # which run over ssh on the workers).
+        "env": _storage_env(spec) + [{"name": "PYTHONUNBUFFERED", "value": "1"},
+                                     {"name": "TMPDIR", "value": SCRATCH_PATH}],
         # A failed stage's last log lines (`stylebatch: error: ...`) become the failure's message.
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "securityContext": copy.deepcopy(CONTAINER_SECURITY_CONTEXT),
@@ -187,6 +197,20 @@ def _container(spec: dict[str, Any], name: str, args: list[str] | None) -> dict[
     if args is not None:
         container["args"] = args
     return container
+
+
+def _pod_defaults(spec: dict[str, Any]) -> dict[str, Any]:
+    """The operator's pod defaults the job started with (built-in ones for a job accepted before
+    they were recorded)."""
+    return {**BUILT_IN.pod_defaults(), **(spec.get(POD_DEFAULTS) or {})}
+
+
+def _add_scratch(spec: dict[str, Any], pod_spec: dict[str, Any]) -> None:
+    """/tmp as an emptyDir capped at the scratch size, in every container."""
+    pod_spec.setdefault("volumes", []).append(
+        {"name": "scratch", "emptyDir": {"sizeLimit": _pod_defaults(spec)["scratchSize"]}})
+    for container in pod_spec["containers"]:
+        container.setdefault("volumeMounts", []).append({"name": "scratch", "mountPath": SCRATCH_PATH})
 
 
 def _storage_env(spec: dict[str, Any]) -> list[dict[str, Any]]:

@@ -21,6 +21,9 @@ LABEL_JOB = f"{GROUP}/job"
 LABEL_STAGE = f"{GROUP}/stage"
 LABEL_ATTEMPT = f"{GROUP}/attempt"
 
+# A Kubernetes quantity (cpu: "4", memory: 16Gi, ephemeral-storage: 20Gi).
+QUANTITY_PATTERN = (r"^[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([KMGTPE]i|[numkMGTPE]|[eE][+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+))?$")
+
 # Kueue's label naming the LocalQueue a workload (a Job, an MPIJob) is submitted to.
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 # A DNS-1123 label: the form of a LocalQueue's name (and of a label value that names an object).

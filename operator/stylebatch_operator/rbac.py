@@ -1,12 +1,16 @@
 """Exactly the permissions the operator uses, for the chart's Role/ClusterRole (a chart test compares).
 
 RULES go in a Role in each watched namespace, or in a ClusterRole when the operator watches all
-namespaces. Nothing cluster-scoped: kopf's scanning is off (main.operator_settings), so kopf reads
-API discovery once at startup (allowed to every authenticated user) and watches neither CRDs nor
-namespaces. No Secrets: credentials reach the pods by reference, never through the operator.
+namespaces. CLUSTER_RULES, always in a ClusterRole: reading the StyleTransferJob CRD (that one only)
+at startup, to refuse to run against an older one. Nothing else cluster-scoped: kopf's scanning is
+off (main.operator_settings), so kopf reads API discovery once at startup (allowed to every
+authenticated user) and watches neither CRDs nor namespaces. No Secrets: credentials reach the pods
+by reference, never through the operator.
 """
 
 from __future__ import annotations
+
+from stylebatch_operator.crd import CRD_NAME
 
 RULES: list[dict[str, list[str]]] = [
     # kopf watches jobs, patches its annotations and finalizer; the operator reads them fresh
@@ -21,4 +25,9 @@ RULES: list[dict[str, list[str]]] = [
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]},
     {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
+]
+
+CLUSTER_RULES: list[dict[str, list[str]]] = [
+    {"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"], "resourceNames": [CRD_NAME],
+     "verbs": ["get"]},
 ]

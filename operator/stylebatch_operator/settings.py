@@ -17,7 +17,7 @@ from typing import Any
 
 from stylebatch.errors import StylebatchError
 
-from stylebatch_operator.names import DNS_LABEL_PATTERN
+from stylebatch_operator.names import DNS_LABEL_PATTERN, QUANTITY_PATTERN
 
 # The worker image of this release: what a job runs when neither it nor the operator's settings
 # name one. tests/test_operator_settings.py keeps it equal to the chart's default.
@@ -25,6 +25,18 @@ DEFAULT_IMAGE = "ghcr.io/stylebatch/stylebatch-worker:0.1.0"
 DEFAULT_INTERVAL = 10.0  # seconds between reconciliations of a job; progress is read as often
 MAX_INTERVAL = 30.0
 PULL_POLICIES = ("Always", "IfNotPresent", "Never")
+# What each pod of a job asks for unless the chart says otherwise: CPU, memory and local disk
+# (ephemeral-storage, which the scratch emptyDir counts against), requested and capped. A worker
+# fits an AKS NC4as_T4_v3 GPU node (4 vCPUs, 28 GiB); preprocess and postprocess hold the whole
+# input, or every part and the output, in their scratch.
+DEFAULT_WORKER_RESOURCES = {"requests": {"cpu": "3", "memory": "12Gi", "ephemeral-storage": "20Gi"},
+                            "limits": {"cpu": "4", "memory": "24Gi", "ephemeral-storage": "60Gi"}}
+DEFAULT_STAGE_RESOURCES = {"requests": {"cpu": "1", "memory": "2Gi", "ephemeral-storage": "10Gi"},
+                           "limits": {"cpu": "2", "memory": "4Gi", "ephemeral-storage": "60Gi"}}
+DEFAULT_LAUNCHER_RESOURCES = {"requests": {"cpu": "100m", "memory": "256Mi", "ephemeral-storage": "100Mi"},
+                              "limits": {"cpu": "1", "memory": "512Mi", "ephemeral-storage": "1Gi"}}
+DEFAULT_SCRATCH_SIZE = "50Gi"  # sizeLimit of /tmp (TMPDIR), an emptyDir, in preprocess, postprocess and workers
+DEFAULT_SHM_SIZE = "4Gi"  # sizeLimit of the workers' /dev/shm, a memory emptyDir (counts as memory)
 MAX_WORKERS, MAX_GPUS = 64, 8  # the CRD's bounds on spec.workers and spec.gpusPerWorker
 
 # Environment variable names (the chart's templates/deployment.yaml sets every one of them).
@@ -34,6 +46,10 @@ IMAGE_PULL_SECRETS = "STYLEBATCH_IMAGE_PULL_SECRETS"
 DEFAULT_WORKERS = "STYLEBATCH_DEFAULT_WORKERS"
 DEFAULT_GPUS_PER_WORKER = "STYLEBATCH_DEFAULT_GPUS_PER_WORKER"
 WORKER_RESOURCES = "STYLEBATCH_WORKER_RESOURCES"
+STAGE_RESOURCES = "STYLEBATCH_STAGE_RESOURCES"
+LAUNCHER_RESOURCES = "STYLEBATCH_LAUNCHER_RESOURCES"
+SCRATCH_SIZE = "STYLEBATCH_SCRATCH_SIZE"
+SHM_SIZE = "STYLEBATCH_SHM_SIZE"
 DEFAULT_NODE_SELECTOR = "STYLEBATCH_DEFAULT_NODE_SELECTOR"
 DEFAULT_TOLERATIONS = "STYLEBATCH_DEFAULT_TOLERATIONS"
 JOB_SERVICE_ACCOUNT = "STYLEBATCH_JOB_SERVICE_ACCOUNT"
@@ -44,7 +60,13 @@ DEFAULT_QUEUE_NAME = "STYLEBATCH_DEFAULT_QUEUE_NAME"
 INTERVAL = "STYLEBATCH_OPERATOR_INTERVAL"
 ENV_VARS = (WORKER_IMAGE, IMAGE_PULL_POLICY, IMAGE_PULL_SECRETS, DEFAULT_WORKERS, DEFAULT_GPUS_PER_WORKER,
             WORKER_RESOURCES, DEFAULT_NODE_SELECTOR, DEFAULT_TOLERATIONS, JOB_SERVICE_ACCOUNT, STORAGE_SECRET,
-            STORAGE_ACCOUNT, WORKLOAD_IDENTITY, DEFAULT_QUEUE_NAME, INTERVAL)
+            STORAGE_ACCOUNT, WORKLOAD_IDENTITY, DEFAULT_QUEUE_NAME, STAGE_RESOURCES, LAUNCHER_RESOURCES,
+            SCRATCH_SIZE, SHM_SIZE, INTERVAL)
+
+
+def _copy(value: Any) -> Any:
+    """A deep copy of plain JSON."""
+    return json.loads(json.dumps(value))
 
 
 @dataclass(frozen=True)
@@ -60,7 +82,13 @@ class Settings:
     image_pull_secrets: tuple[str, ...] = ()
     workers: int = 1
     gpus_per_worker: int = 1
-    worker_resources: Mapping[str, Any] = field(default_factory=dict)  # {requests: {...}, limits: {...}}
+    # {requests: {...}, limits: {...}} of the MPI workers (a job's spec.resources wins), of the
+    # preprocess and postprocess Jobs' pods, and of the MPIJob's launcher
+    worker_resources: Mapping[str, Any] = field(default_factory=lambda: _copy(DEFAULT_WORKER_RESOURCES))
+    stage_resources: Mapping[str, Any] = field(default_factory=lambda: _copy(DEFAULT_STAGE_RESOURCES))
+    launcher_resources: Mapping[str, Any] = field(default_factory=lambda: _copy(DEFAULT_LAUNCHER_RESOURCES))
+    scratch_size: str = DEFAULT_SCRATCH_SIZE
+    shm_size: str = DEFAULT_SHM_SIZE
     node_selector: Mapping[str, str] = field(default_factory=dict)
     tolerations: tuple[Mapping[str, Any], ...] = ()
     job_service_account: str = ""  # every job pod's service account; "" leaves the namespace's default
@@ -83,7 +111,7 @@ class Settings:
         if self.image_pull_secrets:
             defaults["imagePullSecrets"] = [{"name": name} for name in self.image_pull_secrets]
         if self.worker_resources:
-            defaults["resources"] = json.loads(json.dumps(self.worker_resources))
+            defaults["resources"] = _copy(self.worker_resources)
         storage = self.default_storage()
         if storage:
             defaults["storage"] = storage
@@ -95,6 +123,12 @@ class Settings:
         if scheduling:
             defaults["scheduling"] = scheduling
         return defaults
+
+    def pod_defaults(self) -> dict[str, Any]:
+        """What every job records in status.effectiveSpec.pods when it starts: the resources of the
+        pods that spec.resources does not cover, and the sizes of the scratch and /dev/shm."""
+        return {"stageResources": _copy(self.stage_resources), "launcherResources": _copy(self.launcher_resources),
+                "scratchSize": self.scratch_size, "shmSize": self.shm_size}
 
     def default_storage(self) -> dict[str, str] | None:
         if self.workload_identity:
@@ -148,12 +182,15 @@ def from_environment(env: Mapping[str, str]) -> Settings:
         names.append(name)
     kwargs["image_pull_secrets"] = tuple(names)
 
-    resources = _json(WORKER_RESOURCES, text(WORKER_RESOURCES), {})
-    if not isinstance(resources, dict) or not set(resources) <= {"requests", "limits"} or not all(
-            isinstance(v, dict) and all(isinstance(q, (str, int, float)) for q in v.values())
-            for v in resources.values()):
-        raise _bad(WORKER_RESOURCES, 'must be a JSON object such as {"requests": {"cpu": "4", "memory": "16Gi"}}')
-    kwargs["worker_resources"] = resources
+    for name, key in ((WORKER_RESOURCES, "worker_resources"), (STAGE_RESOURCES, "stage_resources"),
+                      (LAUNCHER_RESOURCES, "launcher_resources")):
+        if text(name):
+            kwargs[key] = _resources(name, text(name))
+    for name, key in ((SCRATCH_SIZE, "scratch_size"), (SHM_SIZE, "shm_size")):
+        if text(name):
+            if not re.fullmatch(QUANTITY_PATTERN, text(name)):
+                raise _bad(name, f"must be a Kubernetes quantity such as 8Gi, got {text(name)!r}")
+            kwargs[key] = text(name)
 
     selector = _json(DEFAULT_NODE_SELECTOR, text(DEFAULT_NODE_SELECTOR), {})
     if not isinstance(selector, dict) or not all(isinstance(v, str) for v in selector.values()):
@@ -196,6 +233,16 @@ def from_environment(env: Mapping[str, str]) -> Settings:
             raise _bad(INTERVAL, f"must be a number of seconds between 0 and {MAX_INTERVAL:g}, got {text(INTERVAL)!r}")
         kwargs["interval"] = seconds
     return Settings(**kwargs)
+
+
+def _resources(name: str, value: str) -> dict[str, Any]:
+    resources = _json(name, value, {})
+    if not isinstance(resources, dict) or not set(resources) <= {"requests", "limits"} or not all(
+            isinstance(v, dict) and all(isinstance(q, (str, int, float)) and re.fullmatch(QUANTITY_PATTERN, str(q))
+                                        for q in v.values())
+            for v in resources.values()):
+        raise _bad(name, 'must be a JSON object such as {"requests": {"cpu": "4", "memory": "16Gi"}}')
+    return resources
 
 
 def _json(name: str, value: str, empty: Any) -> Any:

@@ -23,8 +23,11 @@ URI_FIELDS = ("input", "output", "style", "workDir")
 DEFAULTED_FIELDS = ("image", "imagePullPolicy", "imagePullSecrets", "workers", "gpusPerWorker", "resources",
                     "storage", "queueName")
 DEFAULTED_SCHEDULING_FIELDS = ("nodeSelector", "tolerations")
-# Only in status.effectiveSpec: the service account every pod of the job runs as.
+# Only in status.effectiveSpec: the service account every pod of the job runs as, and the
+# operator's pod defaults (Settings.pod_defaults: resources of the Jobs' pods and of the launcher,
+# scratch and /dev/shm sizes).
 SERVICE_ACCOUNT = "serviceAccountName"
+POD_DEFAULTS = "pods"
 # What a pod can reach: blob URIs (http:// for an emulator such as Azurite), never a local path.
 BLOB_SCHEMES = ("az://", "https://", "http://")
 # The containers the worker writes (stylebatch.encoder.CONTAINERS).
@@ -58,6 +61,7 @@ def resolve(spec: dict[str, Any], settings: Settings) -> dict[str, Any]:
     out.pop(SERVICE_ACCOUNT, None)
     if account:
         out[SERVICE_ACCOUNT] = account
+    out[POD_DEFAULTS] = settings.pod_defaults()
     return apply_defaults(out, SPEC_SCHEMA)
 
 

@@ -75,9 +75,10 @@ def test_served_with_status_subresource_short_name_and_columns():
     assert version["served"] and version["storage"] and version["subresources"] == {"status": {}}
     columns = {c["name"]: c["jsonPath"] for c in version["additionalPrinterColumns"]}
     assert columns == {"Phase": ".status.phase", "Progress": ".status.progress.summary",
-                       "Style": ".status.effectiveSpec.style", "Workers": ".status.effectiveSpec.workers",
+                       "Style": ".status.effectiveSpec.style", "Reason": ".status.reason",
+                       "Workers": ".status.effectiveSpec.workers",
                        "GPUs": ".status.effectiveSpec.gpusPerWorker", "Queue": ".status.effectiveSpec.queueName",
-                       "Age": ".metadata.creationTimestamp"}
+                       "Age": ".metadata.creationTimestamp", "Message": ".status.message"}
     # every spec/status column reads a field the schema declares or keeps (else it would always be empty)
     for json_path in columns.values():
         if json_path.startswith(".metadata."):
@@ -173,3 +174,54 @@ def test_kubectl_get_never_shows_a_sas_token():
         shown[column["name"]] = value
     assert shown["Style"] == "https://a.blob.core.windows.net/styles/mine.pth" and shown["Queue"] == "gpu"
     assert "S3CR3T" not in str(shown)
+
+
+def cel_rules_refuse(obj: dict[str, Any], old: dict[str, Any] | None = None) -> list[str]:
+    """The messages of the CRD's top-level and spec x-kubernetes-validations rules that `obj` breaks,
+    evaluated with a CEL implementation (cel-python) as the API server evaluates them."""
+    import celpy
+    env = celpy.Environment()
+    schema = openapi_schema()
+    broken = []
+    for scope, node, value, old_value in [("", schema, obj, old),
+                                          ("spec", schema["properties"]["spec"], obj["spec"], (old or {}).get("spec"))]:
+        for rule in node.get("x-kubernetes-validations") or []:
+            if "oldSelf" in rule["rule"] and old_value is None:
+                continue  # transition rules apply to updates only
+            activation = {"self": celpy.json_to_cel(value)}
+            if old_value is not None:
+                activation["oldSelf"] = celpy.json_to_cel(old_value)
+            if not env.program(env.compile(rule["rule"])).evaluate(activation):
+                broken.append(rule["message"])
+    return broken
+
+
+@pytest.mark.parametrize("name, accepted", [
+    ("orangutan", True),
+    ("promo-2024", True),
+    ("a", True),
+    ("x" * 40, True),
+    ("2024-promo", False),  # a Job could be named so, the MPI Operator's pods not
+    ("trip.v2", False),
+    ("Orangutan", False),
+    ("promo-", False),
+    ("x" * 41, False),
+])
+def test_the_crd_refuses_names_the_mpi_operator_cannot_use(name, accepted):
+    job = apply_defaults(example(), openapi_schema())
+    job["metadata"]["name"] = name
+    broken = cel_rules_refuse(job)
+    if accepted:
+        assert broken == []
+    else:
+        assert len(broken) == 1
+        assert "DNS-1035" in broken[0] or "at most 40" in broken[0]
+
+
+def test_the_spec_rules_hold_for_the_example_and_refuse_a_change():
+    job = apply_defaults(example(), openapi_schema())
+    assert cel_rules_refuse(job, old=job) == []
+    changed = copy.deepcopy(job)
+    changed["spec"]["workers"] = 8
+    assert cel_rules_refuse(changed, old=job) == [
+        "spec is immutable once the job is created; delete and re-create the job to change it"]

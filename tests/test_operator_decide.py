@@ -58,6 +58,7 @@ COMPLETE = ("Complete", "", "")
 MPI_SUCCEEDED = ("Succeeded", "MPIJobSucceeded", "MPIJob media/x successfully completed.")
 BACKOFF = ("Failed", "BackoffLimitExceeded", "Job has reached the specified backoff limit")
 EVICTED = ("Failed", "MPIJobEvicted", "1/2 workers are evicted")
+MPI_FAILED = ("Failed", "MPIJobFailed", "launcher failed")
 
 PRE1, PRE2 = "orangutan-preprocess-1", "orangutan-preprocess-2"
 STY1, STY2, STY4 = "orangutan-stylize-1", "orangutan-stylize-2", "orangutan-stylize-4"
@@ -79,10 +80,12 @@ CASES = [
      [job(POST1, COMPLETE)], (SUCCEED, None, 0, "Succeeded")),
     ("failed preprocess with budget left: retry", stj("Preprocessing", attempts={"preprocess": 1}),
      [job(PRE1, BACKOFF)], (RETRY, "preprocess", 2, "Retrying")),
-    ("evicted spot worker: retry the MPIJob", stj("Stylizing", attempts={"stylize": 1}),
-     [mpijob(STY1, EVICTED)], (RETRY, "stylize", 2, "Retrying")),
+    ("evicted spot worker: retry the MPIJob, not counted", stj("Stylizing", attempts={"stylize": 1}),
+     [mpijob(STY1, EVICTED)], (RETRY, "stylize", 2, "Disrupted")),
     ("budget spent: Failed", stj("Stylizing", attempts={"stylize": 4}, used=3),
-     [mpijob(STY4, EVICTED)], (FAIL, "stylize", 4, "RetriesExhausted")),
+     [mpijob(STY4, MPI_FAILED)], (FAIL, "stylize", 4, "RetriesExhausted")),
+    ("budget spent, then a worker is evicted: still retried", stj("Stylizing", attempts={"stylize": 4}, used=3),
+     [mpijob(STY4, EVICTED)], (RETRY, "stylize", 5, "Disrupted")),
     ("no retries at all: first failure is final", stj("Preprocessing", attempts={"preprocess": 1}, retries=0),
      [job(PRE1, BACKOFF)], (FAIL, "preprocess", 1, "RetriesExhausted")),
     ("child hit its deadline: no retry", stj("Preprocessing", attempts={"preprocess": 1}),
@@ -121,12 +124,22 @@ def test_next_step(case, obj, children, expected):
 
 def test_retry_reports_the_childs_reason_and_the_budget():
     action = decide(stj("Stylizing", attempts={"stylize": 1}, used=1),
-                    {STY1: mpijob(STY1, EVICTED)}, now=NOW)
+                    {STY1: mpijob(STY1, MPI_FAILED)}, now=NOW)
     assert action.failure is not None
     assert (action.failure.stage, action.failure.child, action.failure.reason) == \
-        ("stylize", f"MPIJob/{STY1}", "MPIJobEvicted")
-    assert "1/2 workers are evicted" in action.message
+        ("stylize", f"MPIJob/{STY1}", "MPIJobFailed")
+    assert "launcher failed" in action.message
     assert "retry 2 of 3" in action.message and STY2 in action.message
+
+
+def test_an_eviction_is_retried_without_spending_the_budget_and_the_status_counts_it_apart():
+    obj = stj("Stylizing", attempts={"stylize": 1}, used=1)
+    action = decide(obj, {STY1: mpijob(STY1, EVICTED)}, now=NOW)
+    assert (action.kind, action.reason, action.counted) == (RETRY, "Disrupted", False)
+    assert "1/2 workers are evicted" in action.message and "not counted against spec.retries" in action.message
+    patch = status_patch(obj, action, NOW)
+    assert "retries" not in patch and patch["disruptions"] == 1 and patch["attempts"] == {"stylize": 2}
+    assert event_for(action) == ("Warning", "Disrupted", action.message)
 
 
 def test_exhausted_budget_names_the_stage_child_and_reason():
@@ -170,8 +183,8 @@ USER_ERROR_LOG = "reading input\nstylebatch: error: --codec vp9 cannot go into .
      failed_pod(PRE1 + "-x", 1, "Traceback ...\nRuntimeError: boom"), (RETRY, "Retrying")),
     ("OOMKilled: retried", "preprocess", job(PRE1, BACKOFF),
      failed_pod(PRE1 + "-x", 137, "", reason="OOMKilled"), (RETRY, "Retrying")),
-    ("evicted pod: retried", "preprocess", job(PRE1, BACKOFF),
-     failed_pod(PRE1 + "-x", 2, "", pod_reason="Evicted"), (RETRY, "Retrying")),
+    ("evicted pod: retried, not counted", "preprocess", job(PRE1, BACKOFF),
+     failed_pod(PRE1 + "-x", 2, "", pod_reason="Evicted"), (RETRY, "Disrupted")),
 ], ids=lambda v: v if isinstance(v, str) else "")
 def test_user_errors_are_not_retried(case, stage, child, pod, expected):
     obj = stj(PHASES[stage], attempts={stage: 1})
@@ -318,7 +331,7 @@ def test_a_job_with_its_own_storage_needs_no_default():
 def test_deadline_and_budget_come_from_the_recorded_effective_spec():
     obj = stj("Stylizing", attempts={"stylize": 1}, used=1)  # the spec says 3 retries and 7200 s
     obj["status"]["effectiveSpec"].update(retries=1, activeDeadlineSeconds=3600)
-    assert decide(obj, {STY1: mpijob(STY1, EVICTED)}, now=NOW - timedelta(seconds=1)).reason == "RetriesExhausted"
+    assert decide(obj, {STY1: mpijob(STY1, MPI_FAILED)}, now=NOW - timedelta(seconds=1)).reason == "RetriesExhausted"
     assert decide(obj, {STY1: mpijob(STY1)}, now=NOW).reason == "DeadlineExceeded"
 
 
@@ -374,3 +387,43 @@ def test_a_child_suspended_again_by_a_preemption_is_queued_again_and_the_waits_a
     obj = apply(obj, action, NOW)
     obj = apply(obj, decide(obj, {PRE1: job(PRE1)}, now=NOW + timedelta(seconds=60)), NOW + timedelta(seconds=60))
     assert obj["status"]["queuedSeconds"] == 660
+
+
+@pytest.mark.parametrize("name", ["2024-promo", "trip.v2", "Orangutan"])
+def test_a_name_the_mpi_operator_would_refuse_fails_before_any_child_is_made(name):
+    obj = stj()
+    obj["metadata"]["name"] = name
+    action = decide(obj, {}, now=NOW, settings=SETTINGS)
+    assert (action.kind, action.reason) == (FAIL, "InvalidSpec")
+    assert f"name {name!r} must start with a lowercase letter" in action.message
+    assert "DNS-1035" in action.message and "<name>-stylize-1-worker-0" in action.message
+
+
+def pod_gone_with_its_node(name: str) -> dict[str, Any]:
+    """A worker whose node was deleted outright (a spot VM reclaimed): the pod GC marks it."""
+    return {"metadata": {"name": name}, "status": {"phase": "Failed", "conditions": [
+        {"type": "DisruptionTarget", "status": "True", "reason": "DeletionByPodGC",
+         "message": "PodGC: node no longer exists"}]}}
+
+
+@pytest.mark.parametrize("case, pod, expected", [
+    ("worker's node vanished", pod_gone_with_its_node(STY1 + "-worker-1"), (RETRY, "Disrupted", False)),
+    ("preempted worker", {"metadata": {"name": STY1 + "-worker-0"}, "status": {
+        "phase": "Failed", "conditions": [{"type": "DisruptionTarget", "status": "True",
+                                           "reason": "PreemptionByScheduler"}]}}, (RETRY, "Disrupted", False)),
+    ("launcher crashed", failed_pod(STY1 + "-launcher-x", 1, "RuntimeError: boom"), (RETRY, "Retrying", True)),
+    ("storage outage (exit 75)", failed_pod(STY1 + "-launcher-x", 75, "stylebatch: error: storage unreachable"),
+     (RETRY, "Retrying", True)),
+], ids=lambda v: v if isinstance(v, str) else "")
+def test_a_disrupted_mpijob_is_retried_without_counting_its_own_failures_are(case, pod, expected):
+    obj = stj("Stylizing", attempts={"stylize": 1})
+    action = decide(obj, {STY1: mpijob(STY1, MPI_FAILED)}, now=NOW, pods=[pod])
+    assert (action.kind, action.reason, action.counted) == expected
+
+
+def test_a_storage_outage_with_no_retries_left_fails_with_retries_exhausted_not_invalid_input():
+    obj = stj("Preprocessing", attempts={"preprocess": 4}, used=3)
+    pod = failed_pod("orangutan-preprocess-4-x", 75, "stylebatch: error: storage unreachable: 503")
+    action = decide(obj, {"orangutan-preprocess-4": job("orangutan-preprocess-4", BACKOFF)}, now=NOW, pods=[pod])
+    assert (action.kind, action.reason) == (FAIL, "RetriesExhausted")
+    assert "storage unreachable" in action.message

@@ -21,6 +21,7 @@ import subprocess
 import sys
 import threading
 import uuid
+from datetime import datetime, timezone
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -65,7 +66,7 @@ class ApiServer(kmock.KubernetesEmulator):
             if not meta.get("name") and meta.get("generateName"):
                 meta["name"] = meta["generateName"] + uuid.uuid4().hex[:5]
             meta.update(uid=str(uuid.uuid4()), generation=1, resourceVersion=str(next(self._versions)),
-                        creationTimestamp="2026-05-01T12:00:00Z")
+                        creationTimestamp=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
         elif request.action == kmock.action.UPDATE:
             version = str(next(self._versions))
             if isinstance(request.data, list):
@@ -209,9 +210,15 @@ def events(api: ApiServer, name: str = "orangutan") -> list[tuple[str, str, str]
             if res.plural == "events" and not e.deleted and e["involvedObject"]["name"] == name]
 
 
+RESOURCES = {"Job": "batch/v1/jobs", "MPIJob": "kubeflow.org/v2beta1/mpijobs"}
+
+
 def child(api: ApiServer, kind: str, name: str) -> dict[str, Any]:
-    resource = {"Job": "batch/v1/jobs", "MPIJob": "kubeflow.org/v2beta1/mpijobs"}[kind]
-    return api.objects[resource, NS, name].raw
+    return api.objects[RESOURCES[kind], NS, name].raw
+
+
+def gone(api: ApiServer, kind: str, name: str) -> bool:
+    return api.objects[RESOURCES[kind], NS, name].deleted
 
 
 def creates(api: ApiServer, collection: str) -> list[str]:
@@ -307,11 +314,13 @@ def test_an_evicted_spot_worker_is_retried_and_only_the_mpijob_runs_again():
                          message="1/2 workers are evicted")
 
             second = await eventually(lambda: child(api, "MPIJob", "orangutan-stylize-2"))
-            s = await eventually(lambda: status(api)["retries"] == 1 and status(api))
+            s = await eventually(lambda: status(api).get("disruptions") == 1 and status(api))
             assert s["phase"] == "Stylizing" and s["attempts"]["stylize"] == 2
+            assert s["retries"] == 0  # an eviction is not the job's failure: the budget is untouched
             assert (s["failure"]["child"], s["failure"]["reason"]) == ("MPIJob/orangutan-stylize-1", "MPIJobEvicted")
-            retry = await eventually(lambda: [e for e in events(api) if e[1] == "Retrying"])
+            retry = await eventually(lambda: [e for e in events(api) if e[1] == "Disrupted"])
             assert retry[0][0] == "Warning" and "1/2 workers are evicted" in retry[0][2]
+            assert "not counted against spec.retries" in retry[0][2]
             # same work dir: the new attempt resumes from the parts already stylized
             assert _launcher_args(first)[-12:] == _launcher_args(second)[-12:]
 
@@ -777,3 +786,127 @@ def assert_requests_allowed_by_rbac(api: ApiServer) -> None:
     assert used - allowed == set()
     assert {("", "pods/log", "get"), ("batch", "jobs", "create"), ("", "events", "create"),
             ("stylebatch.io", "styletransferjobs/status", "patch")} <= used
+
+
+# --- a child that cannot start -----------------------------------------------------------------
+
+EVENTS = "/api/v1/namespaces/media/events"
+GRACE = 1.0  # seconds a permanent stall may last here (2 minutes by default)
+
+
+async def add_pod(api: ApiServer, kind: str, child_name: str, suffix: str, status: dict[str, Any],
+                  role: str | None = None) -> str:
+    """A pod of the child, as its controller makes it (the template's labels), with this status."""
+    spec = (await eventually(lambda: child(api, kind, child_name)))["spec"]
+    template = spec["template"] if kind == "Job" else spec["mpiReplicaSpecs"][role.capitalize()]["template"]
+    labels = {**template["metadata"]["labels"], **({"training.kubeflow.org/job-role": role} if role else {})}
+    name = f"{child_name}-{suffix}"
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": NS, "labels": labels},
+           "status": status}
+    assert (await api.post(PODS, json=pod)).status == 200
+    return name
+
+
+def waiting(container: str, reason: str, message: str) -> dict[str, Any]:
+    return {"phase": "Pending", "containerStatuses": [{"name": container, "ready": False,
+                                                       "state": {"waiting": {"reason": reason, "message": message}}}]}
+
+
+UNSCHEDULABLE = {"phase": "Pending", "conditions": [{
+    "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+    "message": "0/3 nodes are available: 3 node(s) didn't match Pod's node affinity/selector. "
+               "preemption: 0/3 nodes are available: 3 Preemption is not helpful for scheduling."}]}
+
+
+async def child_event(api: ApiServer, kind: str, child_name: str, reason: str, message: str) -> None:
+    """An Event the Job controller or the MPI Operator posts about its object."""
+    obj = await eventually(lambda: child(api, kind, child_name))
+    event = {"apiVersion": "v1", "kind": "Event", "metadata": {"name": f"{child_name}.{uuid.uuid4().hex[:8]}",
+                                                                "namespace": NS},
+             "involvedObject": {"kind": kind, "name": child_name, "namespace": NS, "uid": obj["metadata"]["uid"]},
+             "type": "Warning", "reason": reason, "message": message}
+    assert (await api.post(EVENTS, json=event)).status == 200
+
+
+def condition(api: ApiServer, type_: str) -> dict[str, Any]:
+    return {c["type"]: c for c in status(api).get("conditions") or []}[type_]
+
+
+def deletes(api: ApiServer, collection: str) -> list[str]:
+    return [str(r.url.path).rsplit("/", 1)[1] for r in api
+            if r.method == "DELETE" and str(r.url.path).startswith(collection + "/")]
+
+
+async def to_stylize(api: ApiServer) -> None:
+    await eventually(lambda: child(api, "Job", "orangutan-preprocess-1"))
+    await finish(api, JOBS, "orangutan-preprocess-1")
+    await eventually(lambda: child(api, "MPIJob", "orangutan-stylize-1"))
+
+
+async def missing_secret(api: ApiServer) -> None:
+    await add_pod(api, "Job", "orangutan-preprocess-1", "x7k2p",
+                  waiting("preprocess", "CreateContainerConfigError", 'secret "stylebatch-storage" not found'))
+
+
+async def invalid_image(api: ApiServer) -> None:
+    await add_pod(api, "Job", "orangutan-preprocess-1", "x7k2p",
+                  waiting("preprocess", "InvalidImageName", 'Failed to apply default image tag "Reg/Worker:1"'))
+
+
+async def missing_service_account(api: ApiServer) -> None:
+    await child_event(api, "Job", "orangutan-preprocess-1", "FailedCreate",
+                      'Error creating: pods "orangutan-preprocess-1-" is forbidden: error looking up service '
+                      'account media/stylebatch-job: serviceaccount "stylebatch-job" not found')
+
+
+async def mpijob_refused(api: ApiServer) -> None:
+    await to_stylize(api)
+    await child_event(api, "MPIJob", "orangutan-stylize-1", "ValidationError",
+                      "Found validation errors: spec.mpiReplicaSpecs[Worker].replicas: Invalid value")
+
+
+async def no_mpi_operator(api: ApiServer) -> None:
+    await to_stylize(api)  # and nobody ever writes its status
+
+
+# (case, what happens, child kind and name, the reason, words in the message)
+PERMANENT = [
+    ("missing Secret", missing_secret, "Job", "orangutan-preprocess-1", "CreateContainerConfigError",
+     'secret "stylebatch-storage" not found'),
+    ("invalid image name", invalid_image, "Job", "orangutan-preprocess-1", "InvalidImageName", "Reg/Worker:1"),
+    ("missing ServiceAccount", missing_service_account, "Job", "orangutan-preprocess-1", "FailedCreate",
+     'serviceaccount "stylebatch-job" not found'),
+    ("MPIJob refused", mpijob_refused, "MPIJob", "orangutan-stylize-1", "MPIJobRefused",
+     "the MPI Operator refused the MPIJob: Found validation errors"),
+    ("no MPI Operator", no_mpi_operator, "MPIJob", "orangutan-stylize-1", "NoMPIOperator",
+     "is the Kubeflow MPI Operator (kubeflow.org/v2beta1) installed"),
+]
+
+
+@pytest.mark.parametrize("case, happen, kind, name, reason, words", PERMANENT, ids=[c[0] for c in PERMANENT])
+def test_a_child_that_can_never_start_is_shown_at_once_then_fails_the_job_and_is_deleted(
+        case, happen, kind, name, reason, words):
+    async def scenario() -> None:
+        settings = Settings(interval=INTERVAL, stall_grace_seconds=GRACE)
+        async with api_server() as api, operator(api, settings=settings):
+            await apply_job(api)
+            await happen(api)
+            stalled = await eventually(lambda: condition(api, "Stalled")["status"] == "True"
+                                       and condition(api, "Stalled"))
+            assert stalled["reason"] == reason and words in stalled["message"]
+            assert f"the job fails in {GRACE:.0f}s unless this is fixed" in stalled["message"]
+            assert (status(api)["reason"], status(api)["message"]) == (reason, stalled["message"])  # kubectl get
+            warning = await eventually(lambda: [e for e in events(api) if e[1] == reason])
+            assert warning[0][0] == "Warning" and words in warning[0][2]
+
+            await eventually(lambda: status(api)["phase"] == "Failed", timeout=GRACE + 10)
+            failed = condition(api, "Failed")
+            assert failed["reason"] == reason and words in failed["message"]
+            assert status(api)["failure"]["reason"] == reason and status(api)["retries"] == 0
+            await eventually(lambda: [e for e in events(api) if e[1] == reason and "the job fails" not in e[2]])
+            collection = JOBS if kind == "Job" else MPIJOBS
+            assert deletes(api, collection) == [name]  # no pod keeps pulling or waiting
+            assert gone(api, kind, name)
+            await asyncio.sleep(5 * INTERVAL)
+            assert len(creates(api, collection)) == 1  # not retried: it would stall the same way
+    run(scenario)

@@ -27,7 +27,9 @@ from stylebatch_operator.status import status_patch
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "manifests" / "examples" / "job.yaml"
-MPIJOB_CRD = REPO.parent / "shared" / "k8s" / "mpijobs.kubeflow.org.crd.yaml"
+# Next to the checkout (/work/main -> /work/shared), also from a worktree one level deeper.
+MPIJOB_CRD = next((p for p in (REPO.parent / "shared", REPO.parent.parent / "shared")
+                   if (p / "k8s").is_dir()), REPO.parent / "shared") / "k8s" / "mpijobs.kubeflow.org.crd.yaml"
 K8S_VERSIONS = ["1.29", "1.33"]  # oldest AKS version with GA CEL validation rules, and a recent one
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 T0 = datetime(2026, 5, 1, tzinfo=timezone.utc)
@@ -477,3 +479,25 @@ def test_shm_is_a_capped_memory_volume_and_scratch_a_capped_emptydir_where_tmpdi
             assert volumes[mounts["/tmp"]]["emptyDir"] == {"sizeLimit": "50Gi"}
             if container["name"] == "worker":
                 assert volumes[mounts["/dev/shm"]]["emptyDir"] == {"medium": "Memory", "sizeLimit": "4Gi"}
+
+
+def test_jobs_fail_at_once_on_bad_input_and_ignore_disruptions():
+    """podFailurePolicy: the worker's bad-input exit code ends the Job (no second pod would do
+    better); a pod lost to an eviction, preemption or a vanished node is replaced without failing it."""
+    for build, container in ((build_preprocess_job, "preprocess"), (build_postprocess_job, "postprocess")):
+        job = build(stj())
+        assert job["spec"]["backoffLimit"] == 0 and job["spec"]["template"]["spec"]["restartPolicy"] == "Never"
+        assert job["spec"]["podFailurePolicy"] == {"rules": [
+            {"action": "FailJob", "onExitCodes": {"containerName": container, "operator": "In", "values": [2]}},
+            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+        ]}
+        assert job["spec"]["template"]["spec"]["containers"][0]["name"] == container
+        kubernetes_validate.validate(job, K8S_VERSIONS[-1], strict=True)
+
+
+def test_no_pod_of_a_job_is_evicted_by_the_cluster_autoscaler():
+    mpijob = build_mpijob(stj())
+    templates = [build_preprocess_job(stj())["spec"]["template"], build_postprocess_job(stj())["spec"]["template"],
+                 *(mpijob["spec"]["mpiReplicaSpecs"][role]["template"] for role in ("Launcher", "Worker"))]
+    for template in templates:
+        assert template["metadata"]["annotations"] == {"cluster-autoscaler.kubernetes.io/safe-to-evict": "false"}

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from stylebatch.progress import RankProgress, aggregate, format_line
+from stylebatch.progress import RankProgress, format_line, latest_by_rank
 from stylebatch_operator.crd import SPEC_SCHEMA, apply_defaults
 from stylebatch_operator.decide import (
     ADOPT, ADVANCE, CREATE, FAIL, REJECT_SPEC_CHANGE, RETRY, START, SUCCEED, WAIT, Action, Failure,
@@ -91,7 +91,7 @@ def test_a_whole_run_moves_phase_conditions_and_counters():
     assert obj["status"]["attempts"] == {"preprocess": 1, "stylize": 2}
     assert obj["status"]["failure"]["reason"] == "MPIJobEvicted"
 
-    obj = apply(obj, progress_patch(aggregate([format_line(RankProgress(0, 2, 30, 50, 100))]), obj["status"], t1))
+    obj = apply(obj, progress_patch(latest_by_rank([format_line(RankProgress(0, 2, 30, 50, 100))]), obj["status"], 2, t1))
     obj = apply(obj, status_patch(obj, Action(ADVANCE, "postprocess", 1, "StylizeSucceeded"), t1))
     assert obj["status"]["progress"]["framesDone"] == 100 and obj["status"]["progress"]["percent"] == 100
 
@@ -169,16 +169,40 @@ def test_condition_transition_time_moves_only_with_its_status():
 def test_progress_sums_the_ranks_latest_lines():
     lines = [format_line(RankProgress(0, 2, 10, 60, 120)), "ffmpeg noise",
              format_line(RankProgress(1, 2, 25, 60, 120)), format_line(RankProgress(0, 2, 20, 60, 120))]
-    patch = progress_patch(aggregate(lines), {}, T0)
+    patch = progress_patch(latest_by_rank(lines), {}, 1, T0)
     assert patch["progress"] == {"framesDone": 45, "framesTotal": 120, "percent": 37, "summary": "37% (45/120)",
+                                 "attempt": 1, "ranks": [20, 25], "advanceTime": "2026-05-01T12:00:00Z",
                                  "updateTime": "2026-05-01T12:00:00Z"}
 
 
 def test_unchanged_or_missing_progress_writes_nothing():
-    total = aggregate([format_line(RankProgress(0, 1, 5, 10, 10))])
-    first = progress_patch(total, {}, T0)
-    assert progress_patch(total, first, T0 + timedelta(seconds=10)) is None
-    assert progress_patch(None, first, T0) is None
+    latest = latest_by_rank([format_line(RankProgress(0, 1, 5, 10, 10))])
+    first = progress_patch(latest, {}, 1, T0)
+    assert progress_patch(latest, first, 1, T0 + timedelta(seconds=10)) is None
+    assert progress_patch(None, first, 1, T0) is None
+
+
+def test_progress_never_goes_back_when_a_finished_rank_drops_out_of_the_log_tail():
+    status = progress_patch(latest_by_rank([format_line(RankProgress(0, 2, 50, 50, 100)),
+                                            format_line(RankProgress(1, 2, 20, 50, 100))]), {}, 1, T0)
+    # rank 0 is done and silent; 1000 lines of rank 1 later, only rank 1 is in the tail
+    later = progress_patch(latest_by_rank([format_line(RankProgress(1, 2, 30, 50, 100))]), status, 1,
+                           T0 + timedelta(seconds=10))
+    assert later["progress"]["summary"] == "80% (80/100)" and later["progress"]["ranks"] == [50, 30]
+    assert later["progress"]["advanceTime"] == "2026-05-01T12:00:10Z"
+
+
+def test_the_progress_clock_stops_when_no_frame_is_added_and_restarts_with_a_new_attempt():
+    line = [format_line(RankProgress(0, 1, 5, 10, 10))]
+    first = progress_patch(latest_by_rank(line), {}, 1, T0)
+    # nothing new, or only an older line read again: advanceTime stays
+    stale = progress_patch(latest_by_rank([format_line(RankProgress(0, 1, 3, 10, 10))]), first, 1,
+                           T0 + timedelta(minutes=5))
+    assert stale is None
+    # a new attempt's launcher, before its first line: the clock starts again, counts start over
+    retried = progress_patch({}, first, 2, T0 + timedelta(minutes=6))
+    assert retried["progress"]["attempt"] == 2 and retried["progress"]["ranks"] == []
+    assert retried["progress"]["advanceTime"] == "2026-05-01T12:06:00Z"
 
 
 @pytest.mark.parametrize("output, expected", [

@@ -20,7 +20,8 @@ from typing import Any
 import yaml
 
 from stylebatch_operator.names import (
-    DNS_LABEL_PATTERN, GROUP, KIND, MAX_NAME_LENGTH, PLURAL, QUANTITY_PATTERN, SHORT_NAMES, SINGULAR, VERSION,
+    DNS_LABEL_PATTERN, GROUP, KIND, MAX_NAME_LENGTH, NAME_PATTERN, NAME_RULE_MESSAGE, PLURAL, QUANTITY_PATTERN,
+    SHORT_NAMES, SINGULAR, VERSION,
 )
 
 CRD_NAME = f"{PLURAL}.{GROUP}"
@@ -159,7 +160,11 @@ SPEC_SCHEMA: dict[str, Any] = _obj(
         "activeDeadlineSeconds": _int("Time limit of the whole job, from its start, not counting the time its "
                                       "children wait for Kueue to admit them.", minimum=60,
                                       default=21600, format="int64"),
-        "retries": _int("How many failed stages may be retried, in total.", minimum=0, maximum=10, default=3),
+        "retries": _int("How many failed stages may be retried, in total (a disruption such as an evicted "
+                        "spot worker is retried without counting).", minimum=0, maximum=10, default=3),
+        "progressTimeoutSeconds": _int("End and retry a stylize attempt that adds no frame for this long (it "
+                                       "resumes from the parts already done). Default: the operator's (chart "
+                                       "value jobs.progressTimeoutSeconds, 600).", minimum=60, format="int64"),
     },
     required=["input", "output"],
     **{"x-kubernetes-validations": [
@@ -169,7 +174,7 @@ SPEC_SCHEMA: dict[str, Any] = _obj(
 )
 
 _CONDITION = _obj("Standard Kubernetes condition.", {
-    "type": _text("Running, Succeeded, Failed, Queued, Admitted or SpecChangeRejected."),
+    "type": _text("Running, Succeeded, Failed, Stalled, Queued, Admitted or SpecChangeRejected."),
     "status": _text("True, False or Unknown.", enum=["True", "False", "Unknown"]),
     "reason": _text("One-word CamelCase reason."),
     "message": _text("Human-readable detail."),
@@ -182,6 +187,9 @@ _STAGE_NAMES = {stage: _text(f"Latest {stage} child.") for stage in ("preprocess
 
 STATUS_SCHEMA: dict[str, Any] = _obj("Observed state, written by the operator.", {
     "phase": _text("Where the job is.", enum=PHASES),
+    "reason": _text("What is wrong now, in one CamelCase word (Stalled's or Failed's reason), or what "
+                    "the last retry was for; empty while all is well."),
+    "message": _text("The same in words."),
     "conditions": {"type": "array", "items": _CONDITION, "x-kubernetes-list-type": "map",
                    "x-kubernetes-list-map-keys": ["type"], "description": "Standard conditions."},
     "observedGeneration": _int("metadata.generation last acted on.", format="int64"),
@@ -202,6 +210,7 @@ STATUS_SCHEMA: dict[str, Any] = _obj("Observed state, written by the operator.",
     "workDir": _text("The work dir (any SAS token removed)."),
     "attempts": _obj("Attempts started per stage.", _STAGE_COUNTS),
     "retries": _int("Retries used, out of spec.retries."),
+    "disruptions": _int("Retries after a disruption (an evicted pod, a vanished node): not counted in retries."),
     "children": _obj("The latest child of each stage.", _STAGE_NAMES),
     "progress": _obj("Frames stylized, from the ranks' progress lines.", {
         "framesDone": _int("Frames stylized, resumed ones included."),
@@ -209,6 +218,11 @@ STATUS_SCHEMA: dict[str, Any] = _obj("Observed state, written by the operator.",
         "percent": _int("framesDone / framesTotal, rounded down."),
         "summary": _text("For kubectl get: 42% (420/1000)."),
         "updateTime": _text("When it was read.", format="date-time"),
+        "attempt": _int("The stylize attempt the counts are from."),
+        "ranks": {"type": "array", "items": {"type": "integer"},
+                  "description": "Highest frames done per rank in this attempt: the count never goes down."},
+        "advanceTime": _text("When the count last rose (or the attempt's launcher started): the progress "
+                             "timeout runs from here.", format="date-time"),
     }),
     "failure": _obj("The latest failed child.", {
         "stage": _text("Stage that failed."),
@@ -236,6 +250,7 @@ def crd() -> dict[str, Any]:
         "x-kubernetes-validations": [
             {"rule": f"size(self.metadata.name) <= {MAX_NAME_LENGTH}",
              "message": f"name must be at most {MAX_NAME_LENGTH} characters: child names add suffixes"},
+            {"rule": f"self.metadata.name.matches('{NAME_PATTERN}')", "message": f"name {NAME_RULE_MESSAGE}"},
         ],
     }
     return {
@@ -259,12 +274,14 @@ def crd() -> dict[str, Any]:
                     {"name": "Progress", "type": "string", "jsonPath": ".status.progress.summary"},
                     # what the job runs with, from the status: a style given as a URI shows no SAS token
                     {"name": "Style", "type": "string", "jsonPath": ".status.effectiveSpec.style"},
+                    {"name": "Reason", "type": "string", "jsonPath": ".status.reason"},
                     {"name": "Workers", "type": "integer", "jsonPath": ".status.effectiveSpec.workers"},
                     {"name": "GPUs", "type": "integer", "jsonPath": ".status.effectiveSpec.gpusPerWorker",
                      "priority": 1},
                     {"name": "Queue", "type": "string", "jsonPath": ".status.effectiveSpec.queueName",
                      "priority": 1},
                     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+                    {"name": "Message", "type": "string", "jsonPath": ".status.message", "priority": 1},
                 ],
             }],
         },

@@ -7,13 +7,15 @@ the same decision again, and creating a child that already exists just adopts it
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
 from stylebatch_operator.crd import SPEC_SCHEMA, apply_defaults
 from stylebatch_operator.names import CHILD_KIND, POSTPROCESS, PREPROCESS, STAGES, STYLIZE, child_name
-from stylebatch_operator.observe import FAILED, SUCCEEDED, child_state, failed_pod_detail, is_suspended, user_error
+from stylebatch_operator.observe import (
+    FAILED, RUNNING, SUCCEEDED, Stall, child_state, disruption, failed_pod_detail, is_suspended, stall, user_error,
+)
 from stylebatch_operator.settings import BUILT_IN, Settings
 from stylebatch_operator.spec import effective_spec, from_defaults, resolve, shown_spec, spec_problems
 from stylebatch_operator.uris import strip_secrets
@@ -35,11 +37,16 @@ REJECT_SPEC_CHANGE = "RejectSpecChange"  # the spec changed after the start: rep
 SPEC_RESTORED = "SpecRestored"  # the spec is back to the accepted one
 QUEUE = "Queue"  # the current child is suspended: it waits for Kueue to admit it
 ADMIT = "Admit"  # the current child, which waited, is admitted (unsuspended)
+STALL = "Stall"  # the current child's pods cannot start (yet): say why
+UNSTALL = "Unstall"  # they started after all
 WAIT = "Wait"  # the current child is running
 NOTHING = "Nothing"  # the job is over
 
 SPEC_CHANGE_CONDITION = "SpecChangeRejected"
+STALLED_CONDITION = "Stalled"
+PROGRESS_STALLED = "ProgressStalled"  # stylize went without a new frame for the progress timeout
 INVALID_INPUT = "InvalidInput"  # the worker exited with its user-error code: Failed at once, no retry
+DISRUPTED = "Disrupted"  # a pod was evicted or lost its node: retried without spending spec.retries
 
 
 @dataclass(frozen=True)
@@ -62,6 +69,8 @@ class Action:
     failure: Failure | None = None
     deadline_seconds: int | None = None  # time left for a child to create
     spec: dict[str, Any] | None = None  # START: the effective spec the job is accepted with
+    counted: bool = True  # RETRY: spends one of spec.retries (a disruption does not)
+    deletes: tuple[tuple[str, str], ...] = ()  # (kind, name) of children to delete first: no pod outlives it
 
     @property
     def creates(self) -> tuple[str, int] | None:
@@ -79,10 +88,13 @@ class Action:
 
 
 def decide(stj: dict[str, Any], children: dict[str, dict[str, Any]], *, now: datetime,
-           pods: list[dict[str, Any]] = (), settings: Settings = BUILT_IN) -> Action:
+           pods: list[dict[str, Any]] = (), events: list[dict[str, Any]] = (),
+           settings: Settings = BUILT_IN) -> Action:
     """children: observed child objects by name; only the current stage's current attempt matters.
-    pods: the current child's pods, which say more about a failure than the child does.
-    settings: the operator's defaults, read only when the job is accepted."""
+    pods: the current child's pods, which say more about a failure (or a start that does not
+    happen) than the child does; events: the current child's own Events (FailedCreate, the MPI
+    Operator's ValidationError). settings: the operator's defaults (read when the job is accepted),
+    the stall grace period and the progress timeout."""
     status = stj.get("status") or {}
     if status.get("phase") in TERMINAL_PHASES:
         return Action(NOTHING)
@@ -117,11 +129,20 @@ def decide(stj: dict[str, Any], children: dict[str, dict[str, Any]], *, now: dat
                           "; ".join(m for m in (state.message, failed_pod_detail(list(pods))) if m))
         if state.reason == "DeadlineExceeded" or left <= 0:
             return _deadline_failure(stage, failure)
+        disrupted = disruption(child, list(pods))
+        if disrupted is not None:  # not the job's fault: the input would have been fine
+            return _retry(stj, failure, left, DISRUPTED, f"disrupted ({disrupted}), not counted against spec.retries",
+                          counted=False)
         return _retry_or_fail(stj, failure, left)
     if state.state == SUCCEEDED and stage == POSTPROCESS:
         return Action(SUCCEED, reason="Succeeded", message=f"wrote {strip_secrets(effective_spec(stj)['output'])}")
+    live = ((CHILD_KIND[stage], name),) if state.state == RUNNING else ()
     if left <= 0:
-        return _deadline_failure(stage, None)
+        return _deadline_failure(stage, None, live)
+    if state.state == RUNNING and not is_suspended(child):  # a child waiting for Kueue is not stuck
+        stuck = _stuck(stj, stage, attempt, child, list(pods), list(events), now, settings)
+        if stuck is not None:
+            return stuck
     if state.state == SUCCEEDED:
         following = STAGES[STAGES.index(stage) + 1]
         return Action(ADVANCE, following, 1, f"{stage.capitalize()}Succeeded",
@@ -162,17 +183,24 @@ def _create(stage: str, attempt: int, name: str, recorded: bool, left: int) -> A
 def _retry_or_fail(stj: dict[str, Any], failure: Failure, left: int) -> Action:
     used = int((stj.get("status") or {}).get("retries") or 0)
     budget = int(effective_spec(stj)["retries"])
-    kind = CHILD_KIND[failure.stage]
-    what = f"{kind} {failure.child.split('/', 1)[1]} failed: {_reason_text(failure)}"
     if used >= budget:
         return Action(FAIL, failure.stage, failure.attempt, "RetriesExhausted",
-                      f"{what}; no retries left (spec.retries: {budget})", failure=failure)
+                      f"{_failed_text(failure)}; no retries left (spec.retries: {budget})", failure=failure)
+    return _retry(stj, failure, left, "Retrying", f"retry {used + 1} of {budget}")
+
+
+def _retry(stj: dict[str, Any], failure: Failure, left: int, reason: str, which: str, *,
+           counted: bool = True) -> Action:
     attempt = failure.attempt + 1
     resume = " (only the missing parts are stylized again)" if failure.stage == STYLIZE else ""
-    return Action(RETRY, failure.stage, attempt, "Retrying",
-                  f"{what}; retry {used + 1} of {budget}: created {kind} "
+    return Action(RETRY, failure.stage, attempt, reason,
+                  f"{_failed_text(failure)}; {which}: created {CHILD_KIND[failure.stage]} "
                   f"{child_name(stj['metadata']['name'], failure.stage, attempt)}{resume}",
-                  failure=failure, deadline_seconds=left)
+                  failure=failure, deadline_seconds=left, counted=counted)
+
+
+def _failed_text(failure: Failure) -> str:
+    return f"{CHILD_KIND[failure.stage]} {failure.child.split('/', 1)[1]} failed: {_reason_text(failure)}"
 
 
 def current_child(stj: dict[str, Any]) -> tuple[str, int, str]:
@@ -225,10 +253,53 @@ def _spec_change(stj: dict[str, Any], status: dict[str, Any]) -> Action | None:
     return None
 
 
-def _deadline_failure(stage: str, failure: Failure | None) -> Action:
+def _deadline_failure(stage: str, failure: Failure | None, deletes: tuple[tuple[str, str], ...] = ()) -> Action:
     detail = f" ({_reason_text(failure)})" if failure else ""
     return Action(FAIL, stage, 0, "DeadlineExceeded",
-                  f"spec.activeDeadlineSeconds passed during {stage}{detail}", failure=failure)
+                  f"spec.activeDeadlineSeconds passed during {stage}{detail}", failure=failure, deletes=deletes)
+
+
+def _stuck(stj: dict[str, Any], stage: str, attempt: int, child: dict[str, Any], pods: list[dict[str, Any]],
+           events: list[dict[str, Any]], now: datetime, settings: Settings) -> Action | None:
+    """A running child that does not get going: its pods cannot start (Stalled, and after the grace
+    period Failed when waiting cannot help), or stylize stopped advancing (the attempt is retried)."""
+    name = child["metadata"]["name"]
+    kind_name = f"{CHILD_KIND[stage]} {name}"
+    live = ((CHILD_KIND[stage], name),)
+    status = stj.get("status") or {}
+    created = parse_time(child["metadata"].get("creationTimestamp")) or now
+    found = stall(child, pods, events, (now - created).total_seconds(), settings.stall_grace_seconds)
+    reported = next((c for c in status.get("conditions") or [] if c.get("type") == STALLED_CONDITION), None)
+    reported_true = reported is not None and reported.get("status") == "True"
+    if found is not None:
+        since = parse_time(reported.get("lastTransitionTime")) if reported_true else None
+        if found.permanent and since is not None and (now - since).total_seconds() >= settings.stall_grace_seconds:
+            failure = Failure(stage, attempt, f"{CHILD_KIND[stage]}/{name}", found.reason, found.message)
+            return Action(FAIL, stage, attempt, found.reason, f"{kind_name} cannot start: {found.message}",
+                          failure=failure, deletes=live)
+        message = _stall_message(kind_name, found, settings)
+        if not (reported_true and (reported.get("reason"), reported.get("message")) == (found.reason, message)):
+            return Action(STALL, stage, attempt, found.reason, message)
+        return None
+    if reported_true:
+        return Action(UNSTALL, stage, attempt, "Unstalled", f"{kind_name} is running")
+    if stage != STYLIZE:
+        return None
+    progress = status.get("progress") or {}
+    timeout = float(effective_spec(stj).get("progressTimeoutSeconds") or settings.progress_timeout_seconds)
+    advanced = parse_time(progress.get("advanceTime"))
+    if progress.get("attempt") != attempt or advanced is None or (now - advanced).total_seconds() < timeout:
+        return None
+    failure = Failure(stage, attempt, f"{CHILD_KIND[stage]}/{name}", PROGRESS_STALLED,
+                      f"no frame stylized for {timeout:.0f}s (at {progress.get('summary') or 'no progress yet'})")
+    action = _retry_or_fail(stj, failure, seconds_left(stj, now))
+    return replace(action, deletes=live)
+
+
+def _stall_message(kind_name: str, found: Stall, settings: Settings) -> str:
+    then = (f"the job fails in {settings.stall_grace_seconds:.0f}s unless this is fixed" if found.permanent
+            else "waiting; the time counts against spec.activeDeadlineSeconds")
+    return f"{kind_name} cannot start: {found.message} ({then})"
 
 
 def _reason_text(failure: Failure) -> str:

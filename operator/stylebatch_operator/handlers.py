@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 import kopf
-from stylebatch.progress import Total, aggregate
+from stylebatch.progress import RankProgress, latest_by_rank
 
 from stylebatch_operator import decide as d
 from stylebatch_operator.kube import ApiError, Kube
@@ -20,7 +20,8 @@ from stylebatch_operator.names import (
     CHILD_KIND, GROUP, KIND, LABEL_ATTEMPT, LABEL_JOB, LABEL_STAGE, MPI_LABEL_ROLE, PLURAL, STYLIZE, VERSION,
     is_controlled_by,
 )
-from stylebatch_operator.observe import FAILED, child_state, is_suspended
+from stylebatch_operator.observe import RUNNING, SUCCEEDED, child_state, is_suspended
+
 from stylebatch_operator.settings import BUILT_IN, Settings
 from stylebatch_operator.status import event_for, progress_patch, status_patch
 
@@ -84,18 +85,23 @@ async def reconcile(kube: Kube, namespace: str, name: str, logger: logging.Logge
         return d.Action(d.NOTHING)
     now = now or datetime.now(timezone.utc)
     status = stj.get("status") or {}
-    child, pods = await _observe(kube, stj)
+    child, pods, events = await _observe(kube, stj)
 
-    action = d.decide(stj, {child["metadata"]["name"]: child} if child else {}, now=now, pods=pods,
+    patch: dict[str, Any] = {}
+    if (child is not None and child["kind"] == CHILD_KIND[STYLIZE] and child_state(child).state == RUNNING
+            and not is_suspended(child)):  # no launcher log while it waits for Kueue
+        latest = await _read_progress(kube, child, pods, logger)
+        patch |= progress_patch(latest, status, d.current_child(stj)[1], now) or {}
+        stj = {**stj, "status": {**status, **patch}}
+    action = d.decide(stj, {child["metadata"]["name"]: child} if child else {}, now=now, pods=pods, events=events,
                       settings=settings)
+    for kind, child_name in action.deletes:  # before the status says so: a failed delete is tried again
+        if await kube.delete(kind, namespace, child_name):
+            logger.info("deleted %s %s", kind, child_name)
     if action.creates is not None:
         await _create_child(kube, stj, action, logger)
 
-    patch: dict[str, Any] = {}
-    if child is not None and child["kind"] == CHILD_KIND[STYLIZE] and not is_suspended(child):
-        total = await _read_progress(kube, child, logger)
-        patch |= progress_patch(total, status, now) or {}
-        stj = {**stj, "status": {**status, **patch}}
+
     patch |= status_patch(stj, action, now) or {}
     if patch:
         await kube.patch_status(KIND, namespace, name, patch)
@@ -109,17 +115,25 @@ async def reconcile(kube: Kube, namespace: str, name: str, logger: logging.Logge
     return action
 
 
-async def _observe(kube: Kube, stj: dict[str, Any]) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
-    """The child the job is at (None if there is none yet), and its pods if it failed."""
+async def _observe(kube: Kube, stj: dict[str, Any]) -> tuple[dict[str, Any] | None, list[dict[str, Any]],
+                                                             list[dict[str, Any]]]:
+    """The child the job is at (None if there is none yet), its pods unless it succeeded, and its
+    own Events when it has no pods to show (a Job that cannot create them, an MPIJob the MPI
+    Operator refused or never saw)."""
     status = stj.get("status") or {}
     if not status.get("acceptedSpec") or status.get("phase") in d.TERMINAL_PHASES:
-        return None, []
+        return None, [], []
     stage, attempt, name = d.current_child(stj)
     namespace = stj["metadata"]["namespace"]
     child = await kube.get(CHILD_KIND[stage], namespace, name)
-    if child is None or child_state(child).state != FAILED:
-        return child, []
-    return child, await kube.list("Pod", namespace, _pod_labels(child))
+    if child is None or child_state(child).state == SUCCEEDED or is_suspended(child):
+        return child, [], []
+    pods = await kube.list("Pod", namespace, _pod_labels(child))
+    events: list[dict[str, Any]] = []
+    if not pods and child_state(child).state == RUNNING:
+        events = await kube.list("Event", namespace, {}, {"involvedObject.name": name,
+                                                          "involvedObject.uid": child["metadata"].get("uid", "")})
+    return child, pods, events
 
 
 async def _create_child(kube: Kube, stj: dict[str, Any], action: d.Action, logger: logging.Logger) -> None:
@@ -140,24 +154,25 @@ async def _create_child(kube: Kube, stj: dict[str, Any], action: d.Action, logge
     raise kopf.TemporaryError(f"{kind} {name} exists but does not belong to this job; waiting for it to go", delay=30)
 
 
-async def _read_progress(kube: Kube, mpijob: dict[str, Any], logger: logging.Logger) -> Total | None:
-    """Every rank prints progress lines; mpiexec gathers them in the launcher pod's log."""
+async def _read_progress(kube: Kube, mpijob: dict[str, Any], pods: list[dict[str, Any]],
+                         logger: logging.Logger) -> dict[int, RankProgress] | None:
+    """Every rank prints progress lines; mpiexec gathers them in the launcher pod's log. None when
+    the launcher has not started."""
     namespace = mpijob["metadata"]["namespace"]
-    labels = {**_pod_labels(mpijob), MPI_LABEL_ROLE: "launcher"}
+    started = [p for p in pods if (p["metadata"].get("labels") or {}).get(MPI_LABEL_ROLE) == "launcher"
+               and (p.get("status") or {}).get("phase") in ("Running", "Succeeded", "Failed")]
+    if not started:
+        return None
+    launcher = max(started, key=lambda p: p["metadata"].get("creationTimestamp") or "")
+    spec = mpijob["spec"]
+    ranks = int(spec.get("slotsPerWorker") or 1) * int(spec["mpiReplicaSpecs"]["Worker"].get("replicas") or 1)
+    tail = max(LOG_TAIL_MIN_LINES, LOG_TAIL_LINES_PER_RANK * ranks)
     try:
-        pods = await kube.list("Pod", namespace, labels)
-        started = [p for p in pods if (p.get("status") or {}).get("phase") in ("Running", "Succeeded", "Failed")]
-        if not started:
-            return None
-        launcher = max(started, key=lambda p: p["metadata"].get("creationTimestamp") or "")
-        spec = mpijob["spec"]
-        ranks = int(spec.get("slotsPerWorker") or 1) * int(spec["mpiReplicaSpecs"]["Worker"].get("replicas") or 1)
-        tail = max(LOG_TAIL_MIN_LINES, LOG_TAIL_LINES_PER_RANK * ranks)
         text = await kube.pod_log(namespace, launcher["metadata"]["name"], "launcher", tail)
     except ApiError as exc:
         logger.debug("no progress from the launcher yet: %s", exc)
-        return None
-    return aggregate(text.splitlines())
+        return {}
+    return latest_by_rank(text.splitlines())
 
 
 def _pod_labels(child: dict[str, Any]) -> dict[str, str]:

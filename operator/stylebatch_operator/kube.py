@@ -19,6 +19,7 @@ RESOURCES = {
     "Job": ("batch/v1", "jobs"),
     "MPIJob": ("kubeflow.org/v2beta1", "mpijobs"),
     "Pod": ("v1", "pods"),
+    "Event": ("v1", "events"),
 }
 CLUSTER_RESOURCES = {"CustomResourceDefinition": ("apiextensions.k8s.io/v1", "customresourcedefinitions")}
 _JSON = {200: "object", 201: "object"}
@@ -90,12 +91,27 @@ class Kube:
         """Creates the object; raises ApiError(409) when it already exists."""
         return await self._call("POST", path(obj["kind"], obj["metadata"]["namespace"]), body=obj)
 
-    async def list(self, kind: str, namespace: str, labels: dict[str, str]) -> list[dict[str, Any]]:
-        selector = ",".join(f"{k}={v}" for k, v in labels.items())
-        result = await self._call("GET", path(kind, namespace), query={"labelSelector": selector})
+    async def list(self, kind: str, namespace: str, labels: dict[str, str],
+                   fields: dict[str, str] | None = None) -> list[dict[str, Any]]:
+        """Objects with these labels and (dotted path -> value) fields."""
+        query = {"labelSelector": ",".join(f"{k}={v}" for k, v in labels.items())}
+        if fields:
+            query["fieldSelector"] = ",".join(f"{k}={v}" for k, v in fields.items())
+        result = await self._call("GET", path(kind, namespace), query=query)
         # Filtered again here: a selector a server ignored must not mix in other objects.
         return [item for item in result.get("items") or []
-                if all((item.get("metadata", {}).get("labels") or {}).get(k) == v for k, v in labels.items())]
+                if all((item.get("metadata", {}).get("labels") or {}).get(k) == v for k, v in labels.items())
+                and all(_field(item, k) == v for k, v in (fields or {}).items())]
+
+    async def delete(self, kind: str, namespace: str, name: str) -> bool:
+        """Deletes the object and, in the background, what it owns (its pods); False if it was gone."""
+        try:
+            await self._call("DELETE", path(kind, namespace, name), query={"propagationPolicy": "Background"})
+        except ApiError as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
 
     async def patch_status(self, kind: str, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
         return await self._call("PATCH", path(kind, namespace, name, "status"), body={"status": patch},
@@ -126,6 +142,12 @@ class Kube:
         except client.ApiException as exc:
             # Only the status and reason: the response body can echo the request.
             raise ApiError(exc.status, exc.reason or "") from None
+
+
+def _field(obj: dict[str, Any], dotted: str) -> Any:
+    for part in dotted.split("."):
+        obj = obj.get(part) if isinstance(obj, dict) else None
+    return obj
 
 
 async def load_configuration() -> client.Configuration:

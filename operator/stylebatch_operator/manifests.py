@@ -12,6 +12,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from stylebatch.contract import EXIT_BAD_INPUT
+
 from stylebatch_operator.names import (
     KUEUE_QUEUE_LABEL, MPI_API_VERSION, POSTPROCESS, PREPROCESS, STYLIZE, child_labels, child_name, owner_reference,
 )
@@ -41,6 +43,8 @@ WORKLOAD_IDENTITY_LABEL = "azure.workload.identity/use"
 # Local scratch of preprocess, postprocess and the workers (the input, parts, the output before
 # upload): an emptyDir on /tmp, which TMPDIR points at, capped by the scratch size.
 SCRATCH_PATH = "/tmp"
+# The cluster autoscaler must not evict a running stage to shrink a pool: the work would start over.
+POD_ANNOTATIONS = {"cluster-autoscaler.kubernetes.io/safe-to-evict": "false"}
 
 
 def work_dir(stj: dict[str, Any], spec: dict[str, Any] | None = None) -> str:
@@ -132,16 +136,23 @@ def _job(stj: dict[str, Any], stage: str, attempt: int, args: list[str], deadlin
     container["resources"] = copy.deepcopy(_pod_defaults(spec)["stageResources"])
     pod_spec = _pod_spec(spec, [container], restart_policy="Never")
     _add_scratch(spec, pod_spec)
+    # The worker's bad-input exit code fails the Job at once (another pod would say the same); a pod
+    # lost to a disruption (eviction, preemption, its node gone) is replaced without counting.
+    failure_policy = {"rules": [
+        {"action": "FailJob", "onExitCodes": {"containerName": stage, "operator": "In", "values": [EXIT_BAD_INPUT]}},
+        {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+    ]}
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": _metadata(stj, spec, name, labels),
         "spec": {
             "backoffLimit": 0,  # retried by the operator, against the job's retry budget
+            "podFailurePolicy": failure_policy,
             "activeDeadlineSeconds": _deadline(spec, deadline_seconds),
             # With Kueue: created suspended, started once admitted (its deadline counts from then).
             **({"suspend": True} if spec.get("queueName") else {}),
-            "template": {"metadata": {"labels": _pod_labels(spec, labels)}, "spec": pod_spec},
+            "template": {"metadata": _pod_metadata(spec, labels), "spec": pod_spec},
         },
     }
 
@@ -149,7 +160,7 @@ def _job(stj: dict[str, Any], stage: str, attempt: int, args: list[str], deadlin
 def _launcher_template(stj: dict[str, Any], spec: dict[str, Any], labels: dict[str, str], ranks: int) -> dict[str, Any]:
     container = _container(spec, "launcher", stylize_args(stj, ranks))
     container["resources"] = copy.deepcopy(_pod_defaults(spec)["launcherResources"])
-    return {"metadata": {"labels": _pod_labels(spec, labels)}, "spec": _pod_spec(spec, [container])}
+    return {"metadata": _pod_metadata(spec, labels), "spec": _pod_spec(spec, [container])}
 
 
 def _worker_template(stj: dict[str, Any], spec: dict[str, Any], labels: dict[str, str]) -> dict[str, Any]:
@@ -178,7 +189,7 @@ def _worker_template(stj: dict[str, Any], spec: dict[str, Any], labels: dict[str
         pod_spec["tolerations"] = _unique(tolerations)
     if scheduling.get("nodeSelector"):
         pod_spec["nodeSelector"] = dict(scheduling["nodeSelector"])
-    return {"metadata": {"labels": _pod_labels(spec, labels)}, "spec": pod_spec}
+    return {"metadata": _pod_metadata(spec, labels), "spec": pod_spec}
 
 
 def _container(spec: dict[str, Any], name: str, args: list[str] | None) -> dict[str, Any]:
@@ -241,11 +252,11 @@ def _pod_spec(spec: dict[str, Any], containers: list[dict[str, Any]], restart_po
     return pod
 
 
-def _pod_labels(spec: dict[str, Any], labels: dict[str, str]) -> dict[str, str]:
+def _pod_metadata(spec: dict[str, Any], labels: dict[str, str]) -> dict[str, Any]:
     out = dict(labels)
     if spec["storage"].get("serviceAccountName"):
         out[WORKLOAD_IDENTITY_LABEL] = "true"  # the workload identity webhook injects the token
-    return out
+    return {"labels": out, "annotations": dict(POD_ANNOTATIONS)}
 
 
 def _metadata(stj: dict[str, Any], spec: dict[str, Any], name: str, labels: dict[str, str]) -> dict[str, Any]:

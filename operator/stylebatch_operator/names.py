@@ -39,6 +39,12 @@ CHILD_KIND = {PREPROCESS: "Job", STYLIZE: "MPIJob", POSTPROCESS: "Job"}
 # Children append "-postprocess-NN", and the MPI operator appends "-launcher" / "-worker-NNN" to
 # the MPIJob's name; pod names and hostnames must stay within 63 characters.
 MAX_NAME_LENGTH = 40
+# ... and the MPI operator's pod names (<name>-stylize-1-worker-0) must be DNS-1035 labels, as must
+# the Services it makes for them: a lowercase letter first, then lowercase letters, digits and '-',
+# no '-' at the end. A name such as 2024-promo or trip.v2 is fine for a Job but not for an MPIJob.
+NAME_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+NAME_RULE_MESSAGE = ("must start with a lowercase letter and hold only lowercase letters, digits and '-' "
+                     "(a DNS-1035 label): the MPI Operator names its pods <name>-stylize-1-worker-0")
 
 
 def child_name(job_name: str, stage: str, attempt: int) -> str:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from stylebatch.contract import ERROR_PREFIX, EXIT_BAD_INPUT
+
 from stylebatch_operator.uris import redact
 
 RUNNING, SUCCEEDED, FAILED = "Running", "Succeeded", "Failed"
@@ -58,27 +60,51 @@ def failed_pod_detail(pods: list[dict[str, Any]]) -> str:
     return ""
 
 
-USER_ERROR_EXIT_CODE = 2  # the worker's exit code for a user error (stylebatch.errors.StylebatchError)
-USER_ERROR_PREFIX = "stylebatch: error:"
+USER_ERROR_PREFIX = ERROR_PREFIX.strip()
 
 
 def user_error(pods: list[dict[str, Any]]) -> str | None:
     """The worker's one-line `stylebatch: error: ...` when a failed pod's container exited with
-    code 2: bad input, an unknown style, a codec the container cannot hold. Running it again would
-    fail the same way. None for anything else (exit code 1, an eviction, OOMKilled), which is worth
-    a retry."""
+    its bad-input code (stylebatch.contract.EXIT_BAD_INPUT): bad input, an unknown style, a codec
+    the container cannot hold. Running it again would fail the same way. None for anything else
+    (the transient code 75, a crash, an eviction, OOMKilled), which is worth a retry."""
     for pod in pods:
         status = pod.get("status") or {}
         if status.get("phase") != "Failed" or status.get("reason"):  # evicted: not the worker's verdict
             continue
         for cs in status.get("containerStatuses") or []:
             terminated = (cs.get("state") or {}).get("terminated") or {}
-            if terminated.get("exitCode") != USER_ERROR_EXIT_CODE or terminated.get("reason") == "OOMKilled":
+            if terminated.get("exitCode") != EXIT_BAD_INPUT or terminated.get("reason") == "OOMKilled":
                 continue
             lines = [line.strip() for line in (terminated.get("message") or "").splitlines() if line.strip()]
             errors = [line for line in lines if line.startswith(USER_ERROR_PREFIX)]
-            line = errors[-1] if errors else (lines[-1] if lines else f"{USER_ERROR_PREFIX} exit code 2")
+            line = errors[-1] if errors else (lines[-1] if lines else f"{USER_ERROR_PREFIX} exit code {EXIT_BAD_INPUT}")
             return redact(line)[:500]
+    return None
+
+
+# A pod's status.reason, or its DisruptionTarget condition, when something outside the job ended it.
+DISRUPTION_REASONS = ("Evicted", "Preempting", "NodeLost", "Shutdown", "Terminated", "NodeShutdown")
+
+
+def disruption(child: dict[str, Any], pods: list[dict[str, Any]]) -> str | None:
+    """Why a failed child's pods were taken away from it (an eviction, a spot VM reclaimed, a node
+    deleted outright, preemption), or None when the child failed of its own accord. The MPI
+    Operator says MPIJobEvicted; otherwise a pod says so with its reason or its DisruptionTarget
+    condition (set by the eviction API, the scheduler's preemption, the pod GC of a vanished node)."""
+    failed = next((c for c in (child.get("status") or {}).get("conditions") or []
+                   if c.get("type") == "Failed" and c.get("status") == "True"), {})
+    if failed.get("reason") == "MPIJobEvicted":
+        return redact(failed.get("message") or "a worker was evicted")
+    for pod in pods:
+        name, status = pod.get("metadata", {}).get("name"), pod.get("status") or {}
+        target = next((c for c in status.get("conditions") or []
+                       if c.get("type") == "DisruptionTarget" and c.get("status") == "True"), None)
+        if target is not None:
+            return redact(f"pod {name}: {target.get('reason') or 'DisruptionTarget'}: {target.get('message') or ''}"
+                          .rstrip(": "))
+        if status.get("reason") in DISRUPTION_REASONS:
+            return redact(f"pod {name}: {status['reason']}: {status.get('message') or ''}".rstrip(": "))
     return None
 
 
@@ -89,3 +115,65 @@ def _last_lines(text: str, lines: int = 3, limit: int = 500) -> str:
 
 def _true(condition: dict[str, Any] | None) -> bool:
     return bool(condition) and condition.get("status") == "True"
+
+
+@dataclass(frozen=True)
+class Stall:
+    """Why a running child's pods do not start, as the Stalled condition shows it."""
+    reason: str  # CamelCase: the kubelet's, the scheduler's or the controller's own word
+    message: str
+    permanent: bool  # waiting cannot help: the job fails after the operator's grace period
+
+
+# Container waiting reasons that never go away by themselves, and those that may.
+PERMANENT_WAITING = ("InvalidImageName", "CreateContainerConfigError", "ErrImageNeverPull")
+TRANSIENT_WAITING = ("ErrImagePull", "ImagePullBackOff", "CreateContainerError", "RunContainerError")
+# A FailedCreate that may clear up (quota freed, an admission webhook back): the rest are permanent.
+TRANSIENT_CREATE = ("exceeded quota", "failed calling webhook", "Internal error", "the server is currently unable")
+NO_MPI_OPERATOR = "NoMPIOperator"
+MPIJOB_REFUSED = "MPIJobRefused"
+
+
+def stall(child: dict[str, Any], pods: list[dict[str, Any]], events: list[dict[str, Any]],
+          age_seconds: float, grace_seconds: float) -> Stall | None:
+    """What keeps a running child from running: a pod waiting on its image or its configuration, a
+    pod the scheduler cannot place, a Job that cannot create its pods, an MPIJob the MPI Operator
+    refused or never picked up (no status `grace_seconds` after its creation). None when nothing
+    is wrong. Permanent causes come first. `events`: the child's own Events."""
+    found = [s for s in (_pod_stall(p) for p in pods) if s] + [s for s in (_event_stall(e) for e in events) if s]
+    if not found and child.get("kind") == "MPIJob" and not child.get("status") and age_seconds >= grace_seconds:
+        found.append(Stall(NO_MPI_OPERATOR, f"no MPI Operator has picked up MPIJob {child['metadata']['name']} "
+                                            f"in {age_seconds:.0f}s: is the Kubeflow MPI Operator (kubeflow.org/v2beta1) "
+                                            "installed and running?", True))
+    found.sort(key=lambda s: not s.permanent)
+    return found[0] if found else None
+
+
+def _pod_stall(pod: dict[str, Any]) -> Stall | None:
+    status, name = pod.get("status") or {}, pod.get("metadata", {}).get("name")
+    if status.get("phase") not in (None, "Pending", "Running"):
+        return None
+    found = []
+    for cs in [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]:
+        waiting = (cs.get("state") or {}).get("waiting") or {}
+        reason = waiting.get("reason") or ""
+        if reason in PERMANENT_WAITING or reason in TRANSIENT_WAITING:
+            message = redact(f"pod {name}: container {cs.get('name')}: {waiting.get('message') or reason}")
+            found.append(Stall(reason, message[:1000], reason in PERMANENT_WAITING))
+    scheduled = next((c for c in status.get("conditions") or [] if c.get("type") == "PodScheduled"), {})
+    if scheduled.get("status") == "False" and scheduled.get("reason") == "Unschedulable":
+        found.append(Stall("Unschedulable", redact(f"pod {name}: {scheduled.get('message') or 'Unschedulable'}")[:1000],
+                           False))
+    found.sort(key=lambda s: not s.permanent)
+    return found[0] if found else None
+
+
+def _event_stall(event: dict[str, Any]) -> Stall | None:
+    if event.get("type") != "Warning":
+        return None
+    message = redact(event.get("message") or "")[:1000]
+    if event.get("reason") == "FailedCreate":
+        return Stall("FailedCreate", message, not any(t in message for t in TRANSIENT_CREATE))
+    if event.get("reason") == "ValidationError":  # the MPI Operator's word for an MPIJob it will not run
+        return Stall(MPIJOB_REFUSED, f"the MPI Operator refused the MPIJob: {message}", True)
+    return None

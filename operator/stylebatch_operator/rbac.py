@@ -19,12 +19,14 @@ RULES: list[dict[str, list[str]]] = [
     {"apiGroups": ["stylebatch.io"], "resources": ["styletransferjobs/status"], "verbs": ["patch"]},
     # ownerReferences with blockOwnerDeletion need update on the owner's finalizers
     {"apiGroups": ["stylebatch.io"], "resources": ["styletransferjobs/finalizers"], "verbs": ["update"]},
-    {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["get", "create"]},
-    {"apiGroups": ["kubeflow.org"], "resources": ["mpijobs"], "verbs": ["get", "create"]},
-    # a failed child's pods say why; the MPIJob launcher's log holds the ranks' progress lines
+    # delete: a child still running when the job ends (deadline, a permanent stall) or is retried
+    {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["get", "create", "delete"]},
+    {"apiGroups": ["kubeflow.org"], "resources": ["mpijobs"], "verbs": ["get", "create", "delete"]},
+    # a child's pods say why it fails or cannot start; the MPIJob launcher's log holds the ranks' progress lines
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]},
     {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},
-    {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
+    # list: a child's own Events (a Job's FailedCreate, the MPI Operator's ValidationError)
+    {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "list"]},
 ]
 
 CLUSTER_RULES: list[dict[str, list[str]]] = [

@@ -24,6 +24,9 @@ from stylebatch_operator.names import DNS_LABEL_PATTERN, QUANTITY_PATTERN
 DEFAULT_IMAGE = "ghcr.io/stylebatch/stylebatch-worker:0.1.0"
 DEFAULT_INTERVAL = 10.0  # seconds between reconciliations of a job; progress is read as often
 MAX_INTERVAL = 30.0
+DEFAULT_STALL_GRACE = 120.0  # seconds a permanent stall (a missing Secret, a refused MPIJob) may last
+DEFAULT_PROGRESS_TIMEOUT = 600.0  # seconds stylize may go without a frame before the attempt is retried
+MAX_SECONDS = 86400.0
 PULL_POLICIES = ("Always", "IfNotPresent", "Never")
 # What each pod of a job asks for unless the chart says otherwise: CPU, memory and local disk
 # (ephemeral-storage, which the scratch emptyDir counts against), requested and capped. A worker
@@ -58,10 +61,12 @@ STORAGE_ACCOUNT = "STYLEBATCH_STORAGE_ACCOUNT"
 WORKLOAD_IDENTITY = "STYLEBATCH_WORKLOAD_IDENTITY"
 DEFAULT_QUEUE_NAME = "STYLEBATCH_DEFAULT_QUEUE_NAME"
 INTERVAL = "STYLEBATCH_OPERATOR_INTERVAL"
+STALL_GRACE = "STYLEBATCH_STALL_GRACE_SECONDS"
+PROGRESS_TIMEOUT = "STYLEBATCH_PROGRESS_TIMEOUT_SECONDS"
 ENV_VARS = (WORKER_IMAGE, IMAGE_PULL_POLICY, IMAGE_PULL_SECRETS, DEFAULT_WORKERS, DEFAULT_GPUS_PER_WORKER,
             WORKER_RESOURCES, DEFAULT_NODE_SELECTOR, DEFAULT_TOLERATIONS, JOB_SERVICE_ACCOUNT, STORAGE_SECRET,
             STORAGE_ACCOUNT, WORKLOAD_IDENTITY, DEFAULT_QUEUE_NAME, STAGE_RESOURCES, LAUNCHER_RESOURCES,
-            SCRATCH_SIZE, SHM_SIZE, INTERVAL)
+            SCRATCH_SIZE, SHM_SIZE, INTERVAL, STALL_GRACE, PROGRESS_TIMEOUT)
 
 
 def _copy(value: Any) -> Any:
@@ -97,6 +102,8 @@ class Settings:
     workload_identity: bool = False
     queue_name: str = ""  # Kueue LocalQueue of every job that names none; "": no Kueue
     interval: float = DEFAULT_INTERVAL
+    stall_grace_seconds: float = DEFAULT_STALL_GRACE  # then a permanent stall fails the job
+    progress_timeout_seconds: float = DEFAULT_PROGRESS_TIMEOUT  # a job's spec.progressTimeoutSeconds wins
 
     def job_defaults(self) -> dict[str, Any]:
         """The spec fields a job gets when it leaves them out (scheduling's as a nested dict)."""
@@ -232,6 +239,9 @@ def from_environment(env: Mapping[str, str]) -> Settings:
         if not 0 < seconds <= MAX_INTERVAL:
             raise _bad(INTERVAL, f"must be a number of seconds between 0 and {MAX_INTERVAL:g}, got {text(INTERVAL)!r}")
         kwargs["interval"] = seconds
+    for name, key in ((STALL_GRACE, "stall_grace_seconds"), (PROGRESS_TIMEOUT, "progress_timeout_seconds")):
+        if text(name):
+            kwargs[key] = _seconds(name, text(name))
     return Settings(**kwargs)
 
 
@@ -243,6 +253,16 @@ def _resources(name: str, value: str) -> dict[str, Any]:
             for v in resources.values()):
         raise _bad(name, 'must be a JSON object such as {"requests": {"cpu": "4", "memory": "16Gi"}}')
     return resources
+
+
+def _seconds(name: str, value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not 0 < seconds <= MAX_SECONDS:
+        raise _bad(name, f"must be a number of seconds between 0 and {MAX_SECONDS:g}, got {value!r}")
+    return seconds
 
 
 def _json(name: str, value: str, empty: Any) -> Any:

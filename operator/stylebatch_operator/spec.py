@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import copy
 import posixpath
+import re
 from typing import Any
 from urllib.parse import urlsplit
 
 from stylebatch_operator.crd import SPEC_SCHEMA, apply_defaults
-from stylebatch_operator.names import MAX_NAME_LENGTH
+from stylebatch_operator.names import MAX_NAME_LENGTH, NAME_PATTERN, NAME_RULE_MESSAGE
 from stylebatch_operator.settings import BUILT_IN, Settings
 from stylebatch_operator.uris import strip_secrets
 
@@ -105,6 +106,8 @@ def spec_problems(stj: dict[str, Any], settings: Settings) -> list[str]:
     name = stj.get("metadata", {}).get("name", "")
     if len(name) > MAX_NAME_LENGTH:
         problems.append(f"name {name!r} is longer than {MAX_NAME_LENGTH} characters")
+    if not re.match(NAME_PATTERN, name):
+        problems.append(f"name {name!r} {NAME_RULE_MESSAGE}")
     for field in ("input", "output"):
         if not isinstance(spec.get(field), str) or not spec[field].strip():
             problems.append(f"spec.{field} is required")

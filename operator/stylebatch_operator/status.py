@@ -6,11 +6,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from stylebatch.progress import Total
+from stylebatch.progress import RankProgress
 
 from stylebatch_operator.decide import (
-    ADMIT, ADOPT, ADVANCE, CREATE, FAIL, QUEUE, PHASE_OF_STAGE, REJECT_SPEC_CHANGE, RETRY, SPEC_CHANGE_CONDITION, SPEC_RESTORED,
-    START, SUCCEED, Action, PENDING, FAILED_PHASE, SUCCEEDED_PHASE, parse_time,
+    ADMIT, ADOPT, ADVANCE, CREATE, FAIL, QUEUE, PHASE_OF_STAGE, REJECT_SPEC_CHANGE, RETRY, SPEC_CHANGE_CONDITION,
+    SPEC_RESTORED, STALL, STALLED_CONDITION, START, SUCCEED, UNSTALL, Action, PENDING, FAILED_PHASE, SUCCEEDED_PHASE,
+    parse_time,
 )
 from stylebatch_operator.manifests import work_dir
 from stylebatch_operator.names import CHILD_KIND, STYLIZE, child_name
@@ -54,19 +55,33 @@ def status_patch(stj: dict[str, Any], action: Action, now: datetime) -> dict[str
         patch.update(phase=phase, attempts={stage: attempt}, children={stage: name})
         cond(RUNNING, "True", phase, f"{CHILD_KIND[stage]} {name} (attempt {attempt})")
         cond(SUCCEEDED, "False", phase)
-        if action.kind == RETRY:
+        if _stalled(conditions):  # a new child starts with a clean slate
+            cond(STALLED_CONDITION, "False", "Started", f"created {CHILD_KIND[stage]} {name}")
+        patch.update(reason=action.reason if action.kind == RETRY else "",
+                     message=action.message if action.kind == RETRY else "")
+        if action.kind == RETRY and action.counted:
             patch["retries"] = int(status.get("retries") or 0) + 1
+        elif action.kind == RETRY:
+            patch["disruptions"] = int(status.get("disruptions") or 0) + 1
         if action.kind == ADVANCE and status.get("phase") == PHASE_OF_STAGE[STYLIZE]:
             done = _finished_progress(status, now)
             if done:
                 patch["progress"] = done
+    elif action.kind == STALL:
+        cond(STALLED_CONDITION, "True", action.reason, action.message)
+        patch.update(reason=action.reason, message=action.message)
+    elif action.kind == UNSTALL:
+        cond(STALLED_CONDITION, "False", action.reason, action.message)
+        patch.update(reason="", message="")
     elif action.kind == SUCCEED:
-        patch.update(phase=SUCCEEDED_PHASE, completionTime=iso(now))
+        patch.update(phase=SUCCEEDED_PHASE, completionTime=iso(now), reason="", message="")
         cond(RUNNING, "False", SUCCEEDED_PHASE, action.message)
         cond(SUCCEEDED, "True", SUCCEEDED_PHASE, action.message)
         cond(FAILED, "False", SUCCEEDED_PHASE)
     elif action.kind == FAIL:
-        patch.update(phase=FAILED_PHASE, completionTime=iso(now))
+        patch.update(phase=FAILED_PHASE, completionTime=iso(now), reason=action.reason, message=action.message)
+        if _stalled(conditions):
+            cond(STALLED_CONDITION, "False", action.reason, "the job failed")
         cond(RUNNING, "False", action.reason, action.message)
         cond(SUCCEEDED, "False", action.reason)
         cond(FAILED, "True", action.reason, action.message)
@@ -97,23 +112,43 @@ def status_patch(stj: dict[str, Any], action: Action, now: datetime) -> dict[str
 
 def event_for(action: Action) -> tuple[str, str, str] | None:
     """(type, reason, message) of the Event the action posts; every transition posts one."""
-    if action.kind in (START, CREATE, ADOPT, ADVANCE, SUCCEED, SPEC_RESTORED, QUEUE, ADMIT):
+    if action.kind in (START, CREATE, ADOPT, ADVANCE, SUCCEED, SPEC_RESTORED, QUEUE, ADMIT, UNSTALL):
         type_ = "Warning" if action.reason == "ChildMissing" else "Normal"
         return type_, action.reason, action.message
-    if action.kind in (RETRY, FAIL, REJECT_SPEC_CHANGE):
+    if action.kind in (RETRY, FAIL, REJECT_SPEC_CHANGE, STALL):
         return "Warning", action.reason, action.message
     return None
 
 
-def progress_patch(total: Total | None, status: dict[str, Any], now: datetime) -> dict[str, Any] | None:
-    """status.progress from the ranks' latest progress lines; None when nothing new was read."""
-    if total is None or total.frames <= 0:
+def progress_patch(latest: dict[int, RankProgress] | None, status: dict[str, Any], attempt: int,
+                   now: datetime) -> dict[str, Any] | None:
+    """status.progress from the ranks' latest progress lines (`latest`: by rank; None when the
+    launcher has not started). It never goes down within an attempt: each rank's highest count is
+    kept in progress.ranks, so a rank that finished early and dropped out of the launcher's log
+    tail still counts. progress.advanceTime is when the count last rose (or the attempt's launcher
+    was first seen): the progress timeout runs from it. None when nothing changed."""
+    if latest is None:
         return None
-    progress = _progress(total.done, total.frames)
-    previous = {k: v for k, v in (status.get("progress") or {}).items() if k != "updateTime"}
-    if previous == progress:
+    previous = status.get("progress") or {}
+    same = previous.get("attempt") == attempt
+    ranks = [int(n) for n in previous.get("ranks") or []] if same else []
+    frames = int(previous.get("framesTotal") or 0) if same else 0
+    for p in latest.values():
+        ranks += [0] * (p.rank + 1 - len(ranks))
+        ranks[p.rank] = max(ranks[p.rank], p.done)
+        frames = max(frames, p.frames)
+    progress: dict[str, Any] = {"attempt": attempt, "ranks": ranks}
+    if frames > 0:
+        progress.update(_progress(min(frames, sum(ranks)), frames))
+    advanced = not same or sum(ranks) > sum(int(n) for n in previous.get("ranks") or [])
+    progress["advanceTime"] = iso(now) if advanced else previous.get("advanceTime")
+    if all(previous.get(k) == v for k, v in progress.items()):
         return None
     return {"progress": {**progress, "updateTime": iso(now)}}
+
+
+def _stalled(conditions: list[dict[str, Any]]) -> bool:
+    return any(c.get("type") == STALLED_CONDITION and c.get("status") == "True" for c in conditions)
 
 
 def set_condition(conditions: list[dict[str, Any]], type_: str, status: str, reason: str, message: str,

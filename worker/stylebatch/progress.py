@@ -57,12 +57,18 @@ class Total:
         return 100.0 * self.done / self.frames if self.frames else 0.0
 
 
-def aggregate(lines: Iterable[str]) -> Total | None:
-    """Frames done over all ranks, from the latest line of each rank. None if no rank reported."""
+def latest_by_rank(lines: Iterable[str]) -> dict[int, RankProgress]:
+    """The latest progress record of each rank that reported."""
     latest: dict[int, RankProgress] = {}
     for line in lines:
         for p in parse_records(line):
             latest[p.rank] = p
+    return latest
+
+
+def aggregate(lines: Iterable[str]) -> Total | None:
+    """Frames done over all ranks, from the latest line of each rank. None if no rank reported."""
+    latest = latest_by_rank(lines)
     if not latest:
         return None
     frames = max(p.frames for p in latest.values())

@@ -13,8 +13,8 @@ import yaml
 
 from stylebatch_operator.crd import SPEC_SCHEMA, apply_defaults
 from stylebatch_operator.decide import (
-    ADMIT, ADOPT, ADVANCE, CREATE, FAIL, NOTHING, QUEUE, REJECT_SPEC_CHANGE, RETRY, SPEC_RESTORED, START, SUCCEED, WAIT,
-    decide,
+    ADMIT, ADOPT, ADVANCE, CREATE, FAIL, NOTHING, QUEUE, REJECT_SPEC_CHANGE, RETRY, SPEC_RESTORED, STALL, START,
+    SUCCEED, UNSTALL, WAIT, decide,
 )
 from stylebatch_operator.settings import Settings
 from stylebatch_operator.spec import resolve
@@ -427,3 +427,84 @@ def test_a_storage_outage_with_no_retries_left_fails_with_retries_exhausted_not_
     action = decide(obj, {"orangutan-preprocess-4": job("orangutan-preprocess-4", BACKOFF)}, now=NOW, pods=[pod])
     assert (action.kind, action.reason) == (FAIL, "RetriesExhausted")
     assert "storage unreachable" in action.message
+
+
+# --- a child that cannot start -------------------------------------------------------------------
+
+def pending_pod(reason: str, message: str = "") -> dict[str, Any]:
+    return {"metadata": {"name": PRE1 + "-x"}, "status": {"phase": "Pending", "containerStatuses": [
+        {"name": "preprocess", "state": {"waiting": {"reason": reason, "message": message}}}]}}
+
+
+def warning(reason: str, message: str) -> dict[str, Any]:
+    return {"type": "Warning", "reason": reason, "message": message}
+
+
+UNSCHEDULABLE = {"metadata": {"name": PRE1 + "-x"}, "status": {"phase": "Pending", "conditions": [
+    {"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+     "message": "0/2 nodes are available: 2 node(s) had untolerated taint {sku: gpu}."}]}}
+
+# (case, pods, events, Stalled reason, permanent)
+STALLS = [
+    ("image pull error", [pending_pod("ErrImagePull", "manifest unknown")], [], "ErrImagePull", False),
+    ("image pull back-off", [pending_pod("ImagePullBackOff", "Back-off pulling image")], [], "ImagePullBackOff", False),
+    ("invalid image name", [pending_pod("InvalidImageName", "couldn't parse image")], [], "InvalidImageName", True),
+    ("missing Secret key", [pending_pod("CreateContainerConfigError",
+                                        "couldn't find key AZURE_X in Secret media/s")], [],
+     "CreateContainerConfigError", True),
+    ("unschedulable (no GPU node yet)", [UNSCHEDULABLE], [], "Unschedulable", False),
+    ("quota exceeded", [], [warning("FailedCreate", 'pods "x" is forbidden: exceeded quota: gpu, requested: '
+                                                    "nvidia.com/gpu=1")], "FailedCreate", False),
+    ("admission refused", [], [warning("FailedCreate", 'admission webhook "policy" denied the request')],
+     "FailedCreate", True),
+    ("permanent cause shown before a transient one", [UNSCHEDULABLE, pending_pod("InvalidImageName")], [],
+     "InvalidImageName", True),
+]
+
+
+@pytest.mark.parametrize("case, pods, events, reason, permanent", STALLS, ids=[c[0] for c in STALLS])
+def test_a_child_that_cannot_start_is_reported_stalled_at_the_first_look(case, pods, events, reason, permanent):
+    obj = stj("Preprocessing", attempts={"preprocess": 1})
+    action = decide(obj, {PRE1: job(PRE1)}, now=NOW, pods=pods, events=events, settings=SETTINGS)
+    assert (action.kind, action.reason) == (STALL, reason)
+    assert ("the job fails in 120s unless this is fixed" in action.message) == permanent
+    patch = status_patch(obj, action, NOW)
+    stalled = next(c for c in patch["conditions"] if c["type"] == "Stalled")
+    assert (stalled["status"], stalled["reason"], stalled["message"]) == ("True", reason, action.message)
+    assert (patch["reason"], patch["message"]) == (reason, action.message)
+    assert event_for(action) == ("Warning", reason, action.message)
+
+    # the same again: nothing new to say; after the grace period a permanent cause fails the job
+    obj["status"].update(patch)
+    later = NOW + timedelta(seconds=SETTINGS.stall_grace_seconds)
+    again = decide(obj, {PRE1: job(PRE1)}, now=later, pods=pods, events=events, settings=SETTINGS)
+    if permanent:
+        assert (again.kind, again.reason, again.deletes) == (FAIL, reason, (("Job", PRE1),))
+        assert again.failure.reason == reason
+    else:
+        assert again.kind == WAIT
+
+
+def test_the_pods_starting_clear_the_stall():
+    obj = stj("Preprocessing", attempts={"preprocess": 1})
+    obj["status"].update(status_patch(obj, decide(obj, {PRE1: job(PRE1)}, now=NOW, pods=[UNSCHEDULABLE]), NOW))
+    running = {"metadata": {"name": PRE1 + "-x"}, "status": {"phase": "Running"}}
+    action = decide(obj, {PRE1: job(PRE1)}, now=NOW, pods=[running])
+    assert (action.kind, action.reason) == (UNSTALL, "Unstalled")
+    assert event_for(action)[:2] == ("Normal", "Unstalled")
+
+
+def test_an_mpijob_without_a_status_or_pods_is_reported_only_after_the_grace_period():
+    obj = stj("Stylizing", attempts={"stylize": 1})
+    silent = {**mpijob(STY1), "status": {}}
+    silent["metadata"] = {"name": STY1, "creationTimestamp": "2026-05-01T11:59:00Z"}  # a minute ago
+    assert decide(obj, {STY1: silent}, now=NOW, settings=SETTINGS).kind == WAIT
+    late = decide(obj, {STY1: silent}, now=NOW + timedelta(seconds=60), settings=SETTINGS)
+    assert (late.kind, late.reason) == (STALL, "NoMPIOperator")
+
+
+def test_a_child_waiting_for_kueue_is_not_stalled():
+    obj = stj("Stylizing", attempts={"stylize": 1}, queueName="gpu")
+    silent = {**suspended(mpijob(STY1)), "status": {}}
+    silent["metadata"] = {"name": STY1, "creationTimestamp": "2026-05-01T10:00:00Z"}
+    assert decide(obj, {STY1: silent}, now=NOW, settings=SETTINGS).kind == QUEUE

@@ -910,3 +910,82 @@ def test_a_child_that_can_never_start_is_shown_at_once_then_fails_the_job_and_is
             await asyncio.sleep(5 * INTERVAL)
             assert len(creates(api, collection)) == 1  # not retried: it would stall the same way
     run(scenario)
+
+
+def test_a_transient_stall_is_shown_but_does_not_fail_the_job_and_clears_when_the_pods_start():
+    async def scenario() -> None:
+        settings = Settings(interval=INTERVAL, stall_grace_seconds=GRACE)
+        async with api_server() as api, operator(api, settings=settings):
+            await apply_job(api)
+            await to_stylize(api)
+            # the GPU pool scales from zero: the workers wait for a node, then for their image
+            worker = await add_pod(api, "MPIJob", "orangutan-stylize-1", "worker-0", UNSCHEDULABLE, role="worker")
+            stalled = await eventually(lambda: condition(api, "Stalled")["status"] == "True"
+                                       and condition(api, "Stalled"))
+            assert stalled["reason"] == "Unschedulable" and "0/3 nodes are available" in stalled["message"]
+            assert "waiting; the time counts against spec.activeDeadlineSeconds" in stalled["message"]
+            await eventually(lambda: [e for e in events(api) if e[1] == "Unschedulable" and e[0] == "Warning"])
+            resp = await api.patch(f"{PODS}/{worker}/status", json={"status": {
+                **waiting("worker", "ImagePullBackOff", 'Back-off pulling image "acr.io/stylebatch-worker:1"'),
+                "conditions": [{"type": "PodScheduled", "status": "True"}]}},
+                headers={"Content-Type": "application/merge-patch+json"})
+            assert resp.status == 200
+            await eventually(lambda: condition(api, "Stalled")["reason"] == "ImagePullBackOff")
+            await asyncio.sleep(GRACE + 10 * INTERVAL)  # longer than a permanent stall may last
+            assert status(api)["phase"] == "Stylizing" and not deletes(api, MPIJOBS)
+
+            resp = await api.patch(f"{PODS}/{worker}/status", json={"status": {
+                "phase": "Running", "containerStatuses": [{"name": "worker", "ready": True,
+                                                           "state": {"running": {}}}]}},
+                headers={"Content-Type": "application/merge-patch+json"})
+            assert resp.status == 200
+            cleared = await eventually(lambda: condition(api, "Stalled")["status"] == "False"
+                                       and condition(api, "Stalled"))
+            assert cleared["reason"] == "Unstalled" and status(api)["reason"] == ""
+            await eventually(lambda: [e for e in events(api) if e[1] == "Unstalled" and e[0] == "Normal"])
+            await finish(api, MPIJOBS, "orangutan-stylize-1")
+            await eventually(lambda: child(api, "Job", "orangutan-postprocess-1"))
+    run(scenario)
+
+
+def test_a_stylize_that_stops_advancing_is_ended_and_retried_and_its_progress_never_falls():
+    async def scenario() -> None:
+        settings = Settings(interval=INTERVAL, progress_timeout_seconds=1.5)
+        async with api_server() as api, operator(api, settings=settings):
+            await apply_job(api)
+            await to_stylize(api)
+            first = child(api, "MPIJob", "orangutan-stylize-1")
+            await start_launcher(api, "orangutan-stylize-1", 1)
+            ranks_report(api, 50, 20)  # rank 0 has finished its share
+            await eventually(lambda: status(api)["progress"]["framesDone"] == 70)
+            # the launcher's log tail now holds only rank 1's lines (rank 0 fell out of it)
+            api.launcher_log = format_line(RankProgress(1, 2, 30, 50, 100)) + "\n"
+            await eventually(lambda: status(api)["progress"]["framesDone"] == 80)
+            seen = [v["status"]["progress"]["framesDone"] for v in
+                    api.objects["stylebatch.io/v1alpha1/styletransferjobs", NS, "orangutan"].history
+                    if v and "framesDone" in ((v.get("status") or {}).get("progress") or {})]
+            assert seen == sorted(seen)  # never backwards
+            # then nothing moves (a network partition: mpiexec hangs)
+            second = await eventually(lambda: child(api, "MPIJob", "orangutan-stylize-2"), timeout=15)
+            assert deletes(api, MPIJOBS) == ["orangutan-stylize-1"] and gone(api, "MPIJob", "orangutan-stylize-1")
+            s = await eventually(lambda: status(api)["retries"] == 1 and status(api))
+            assert s["failure"]["reason"] == "ProgressStalled"
+            assert "no frame stylized for 2s (at 80% (80/100))" in s["failure"]["message"]
+            retry = await eventually(lambda: [e for e in events(api) if e[1] == "Retrying"])
+            assert "ProgressStalled" in retry[0][2] and "only the missing parts are stylized again" in retry[0][2]
+            assert _launcher_args(second)[-12:] == _launcher_args(first)[-12:]  # same work dir: resumes
+    run(scenario)
+
+
+def test_a_job_past_its_deadline_deletes_its_running_mpijob():
+    async def scenario() -> None:
+        async with api_server() as api, operator(api):
+            await apply_job(api, activeDeadlineSeconds=3)
+            await to_stylize(api)
+            await start_launcher(api, "orangutan-stylize-1", 1)
+            await eventually(lambda: status(api)["phase"] == "Failed", timeout=15)
+            assert condition(api, "Failed")["reason"] == "DeadlineExceeded"
+            assert deletes(api, MPIJOBS) == ["orangutan-stylize-1"]  # no GPU pod keeps running
+            assert gone(api, "MPIJob", "orangutan-stylize-1")
+            assert_requests_allowed_by_rbac(api)
+    run(scenario)

@@ -138,10 +138,10 @@ def stall(child: dict[str, Any], pods: list[dict[str, Any]], events: list[dict[s
           age_seconds: float, grace_seconds: float) -> Stall | None:
     """What keeps a running child from running: a pod waiting on its image or its configuration, a
     pod the scheduler cannot place, a Job that cannot create its pods, an MPIJob the MPI Operator
-    refused or never picked up (no status `grace_seconds` after its creation). None when nothing
+    refused or never picked up (no status and no pods `grace_seconds` after its creation). None when nothing
     is wrong. Permanent causes come first. `events`: the child's own Events."""
     found = [s for s in (_pod_stall(p) for p in pods) if s] + [s for s in (_event_stall(e) for e in events) if s]
-    if not found and child.get("kind") == "MPIJob" and not child.get("status") and age_seconds >= grace_seconds:
+    if not (found or pods) and child.get("kind") == "MPIJob" and not child.get("status") and age_seconds >= grace_seconds:
         found.append(Stall(NO_MPI_OPERATOR, f"no MPI Operator has picked up MPIJob {child['metadata']['name']} "
                                             f"in {age_seconds:.0f}s: is the Kubeflow MPI Operator (kubeflow.org/v2beta1) "
                                             "installed and running?", True))

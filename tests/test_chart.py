@@ -92,7 +92,7 @@ def test_operator_deployment_is_single_and_hardened():
     deployment = one(render(), "Deployment")
     pod = deployment["spec"]["template"]["spec"]
     container = pod["containers"][0]
-    # kopf standalone: never two operators at once, not even during an upgrade.
+    # one pod; and never two acting at once, not even during an upgrade (the Lease)
     assert deployment["spec"]["replicas"] == 1 and deployment["spec"]["strategy"] == {"type": "Recreate"}
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
@@ -105,6 +105,20 @@ def test_operator_deployment_is_single_and_hardened():
     # The only writable path is an emptyDir, bounded.
     assert [m["mountPath"] for m in container["volumeMounts"]] == ["/tmp"]
     assert pod["volumes"][0]["emptyDir"]["sizeLimit"]
+
+
+@pytest.mark.parametrize("variant", ["default", "namespaced"])
+def test_operator_replicas_share_one_lease_in_the_release_namespace_which_they_may_take(variant):
+    objects = render_manifests.render_objects({**VARIANTS[variant], "operator": {
+        **VARIANTS[variant].get("operator", {}), "replicas": 2}}, namespace=NAMESPACE)
+    assert one(objects, "Deployment")["spec"]["replicas"] == 2
+    lease = from_environment(env(objects)).lease()
+    assert (lease.namespace, lease.name) == (NAMESPACE, "stylebatch-operator")
+    roles = [o for o in objects if o["kind"] == "Role" and o["metadata"]["name"].endswith("-leader")]
+    assert [(r["metadata"]["namespace"], r["rules"]) for r in roles] == [(NAMESPACE, rbac.LEASE_RULES)]
+    (binding,) = [o for o in objects if o["kind"] == "RoleBinding" and o["metadata"]["name"].endswith("-leader")]
+    assert binding["roleRef"]["name"] == roles[0]["metadata"]["name"]
+    assert binding["subjects"][0]["name"] == one(objects, "Deployment")["spec"]["template"]["spec"]["serviceAccountName"]
 
 
 def test_operator_runs_as_the_image_user():
@@ -126,7 +140,8 @@ def test_cluster_wide_install_grants_exactly_the_operators_rules():
     objects = render()
     role, binding = one(objects, "ClusterRole"), one(objects, "ClusterRoleBinding")
     assert role["rules"] == rbac.RULES + getattr(rbac, "CLUSTER_RULES", [])
-    assert not [obj for obj in objects if obj["kind"] in ("Role", "RoleBinding")]
+    assert not [obj for obj in objects if obj["kind"] in ("Role", "RoleBinding")
+                and not obj["metadata"]["name"].endswith("-leader")]  # the Lease's, in the release namespace
     assert binding["roleRef"]["name"] == role["metadata"]["name"]
     account = one([o for o in objects if o["kind"] == "ServiceAccount" and "operator" in o["metadata"]["name"]],
                   "ServiceAccount")
@@ -139,8 +154,10 @@ def test_cluster_wide_install_grants_exactly_the_operators_rules():
 def test_namespaced_install_grants_rules_only_in_the_watched_namespaces():
     objects = render("namespaced")
     watched = VARIANTS["namespaced"]["operator"]["watchNamespaces"]
-    roles = {o["metadata"]["namespace"]: o for o in objects if o["kind"] == "Role"}
-    bindings = {o["metadata"]["namespace"]: o for o in objects if o["kind"] == "RoleBinding"}
+    roles = {o["metadata"]["namespace"]: o for o in objects
+             if o["kind"] == "Role" and not o["metadata"]["name"].endswith("-leader")}
+    bindings = {o["metadata"]["namespace"]: o for o in objects
+                if o["kind"] == "RoleBinding" and not o["metadata"]["name"].endswith("-leader")}
     assert sorted(roles) == sorted(bindings) == sorted(watched)
     assert all(role["rules"] == rbac.RULES for role in roles.values())
     cluster_rules = getattr(rbac, "CLUSTER_RULES", [])

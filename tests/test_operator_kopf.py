@@ -39,8 +39,8 @@ from stylebatch_operator.kube import Kube
 from stylebatch_operator.manifests import build_mpijob
 from stylebatch_operator import main
 from stylebatch_operator.main import serve
-from stylebatch_operator.rbac import CLUSTER_RULES, RULES
-from stylebatch_operator.settings import Settings
+from stylebatch_operator.rbac import CLUSTER_RULES, LEASE_RULES, RULES
+from stylebatch_operator.settings import LeaseConfig, Settings
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -96,6 +96,7 @@ async def api_server(install_crd: dict[str, Any] | None = None) -> AsyncIterator
             ("v1/pods", "Pod", True, {"status", "log"}),
             ("v1/events", "Event", True, set()),
             ("v1/namespaces", "Namespace", False, set()),
+            ("coordination.k8s.io/v1/leases", "Lease", True, set()),
             ("apiextensions.k8s.io/v1/customresourcedefinitions", "CustomResourceDefinition", False, set()),
         ]:
             api.resources[key] = kmock.ResourceInfo(kind=kind, namespaced=namespaced, verbs=verbs,
@@ -109,8 +110,11 @@ async def api_server(install_crd: dict[str, Any] | None = None) -> AsyncIterator
 
 
 @contextlib.asynccontextmanager
-async def operator(api: ApiServer, **options: Any) -> AsyncIterator[None]:
-    """The operator as `stylebatch operator --namespace media` runs it, until the block ends.
+async def operator(api: ApiServer, standby: bool = False, agent: str = "", **options: Any
+                   ) -> AsyncIterator[threading.Event]:
+    """The operator as `stylebatch operator --namespace media` runs it, until the block ends; yields
+    the flag kopf sets once it runs. standby: do not wait for that (a second replica waits for the
+    Lease); agent: the User-Agent of the operator's own requests, to tell replicas apart.
 
     In its own thread and event loop, as in production: when kopf stops, it cancels every task
     of its loop, which must not include the mock server's."""
@@ -120,6 +124,8 @@ async def operator(api: ApiServer, **options: Any) -> AsyncIterator[None]:
 
     async def main() -> None:
         kube = Kube.for_url(str(api.url))
+        if agent:
+            kube._api.user_agent = agent
         try:
             await serve(kube=kube, stop_flag=stop, ready_flag=ready, **options)
         finally:
@@ -136,8 +142,8 @@ async def operator(api: ApiServer, **options: Any) -> AsyncIterator[None]:
     thread = threading.Thread(target=thread_main, name="operator", daemon=True)
     thread.start()
     try:
-        assert await asyncio.to_thread(ready.wait, 10), "the operator did not start"
-        yield
+        assert standby or await asyncio.to_thread(ready.wait, 10), "the operator did not start"
+        yield ready
     finally:
         stop.set()
         await asyncio.to_thread(thread.join, 20)
@@ -365,6 +371,74 @@ async def admit(api: ApiServer, collection: str, name: str) -> None:
     resp = await api.patch(f"{collection}/{name}", json={"spec": spec},
                            headers={"Content-Type": "application/merge-patch+json"})
     assert resp.status == 200, await resp.text()
+
+
+LEASES = "/apis/coordination.k8s.io/v1/namespaces/media/leases"
+FAST_LEASE = {"lease_seconds": 2, "renew_seconds": 0.3, "retry_seconds": 0.2}
+
+
+def lease(api: ApiServer) -> dict[str, Any]:
+    return api.objects["coordination.k8s.io/v1/leases", NS, "stylebatch-operator"].raw
+
+
+def test_of_two_operators_only_the_lease_holder_acts_and_the_other_takes_over_when_it_stops():
+    async def scenario() -> None:
+        a, b = (LeaseConfig("stylebatch-operator", NS, identity=f"operator-{x}", **FAST_LEASE) for x in "ab")
+        async with api_server() as api, contextlib.AsyncExitStack() as b_stack:
+            async with operator(api, lease=a, agent="operator-a"):
+                b_running = await b_stack.enter_async_context(operator(api, lease=b, agent="operator-b", standby=True))
+                await apply_job(api)
+                await eventually(lambda: child(api, "Job", "orangutan-preprocess-1"))
+                await asyncio.sleep(10 * INTERVAL)
+                assert lease(api)["spec"]["holderIdentity"] == "operator-a" and not b_running.is_set()
+                by_b = {str(r.url.path) for r in api if r.headers.get("User-Agent") == "operator-b"}
+                assert by_b and by_b <= {LEASES, f"{LEASES}/stylebatch-operator"}  # only looks at the Lease
+                # one kopf watches the jobs: the standby's has not started
+                assert len([r for r in api if r.params.get("watch") == "true" and str(r.url.path) == STJ]) == 1
+            # a stopped (a rollout, a drained node) and handed the Lease back: b takes over at once
+            assert await asyncio.to_thread(b_running.wait, 5), "the standby did not take over"
+            assert lease(api)["spec"]["holderIdentity"] == "operator-b"
+            await finish(api, JOBS, "orangutan-preprocess-1")
+            await eventually(lambda: child(api, "MPIJob", "orangutan-stylize-1"))
+            assert {r.headers.get("User-Agent") for r in api if r.method == "POST" and str(r.url.path) == MPIJOBS} \
+                == {"operator-b"}
+            assert creates(api, JOBS) == ["orangutan-preprocess-1"]  # nothing done twice
+            assert lease(api)["spec"]["leaseTransitions"] == 1
+            assert_requests_allowed_by_rbac(api, stylized=False)
+    run(scenario)
+
+
+def test_a_lease_left_by_a_crashed_operator_is_taken_once_it_expires():
+    async def scenario() -> None:
+        async with api_server() as api:
+            now = "2026-05-01T12:00:00.000000Z"
+            stale = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                     "metadata": {"name": "stylebatch-operator", "namespace": NS},
+                     "spec": {"holderIdentity": "crashed", "leaseDurationSeconds": 2, "acquireTime": now,
+                              "renewTime": now, "leaseTransitions": 4}}
+            assert (await api.post(LEASES, json=stale)).status == 200
+            config = LeaseConfig("stylebatch-operator", NS, identity="operator-a", **FAST_LEASE)
+            started = asyncio.get_running_loop().time()
+            async with operator(api, lease=config, standby=True) as running:
+                await apply_job(api)
+                assert await asyncio.to_thread(running.wait, 10)
+                waited = asyncio.get_running_loop().time() - started
+                # not before the crashed holder's lease ran out, as this operator's clock measures it
+                assert waited >= 2
+                await eventually(lambda: child(api, "Job", "orangutan-preprocess-1"))
+                spec = lease(api)["spec"]
+                assert (spec["holderIdentity"], spec["leaseTransitions"]) == ("operator-a", 5)
+    run(scenario)
+
+
+def test_kopf_watches_end_before_azures_load_balancer_drops_an_idle_connection():
+    async def scenario() -> None:
+        async with api_server() as api, operator(api):
+            await apply_job(api)
+            await eventually(lambda: child(api, "Job", "orangutan-preprocess-1"))
+            watches = [r for r in api if r.params.get("watch") == "true"]
+            assert watches and all(0 < int(r.params["timeoutSeconds"]) < 240 for r in watches)
+    run(scenario)
 
 
 def test_a_stage_that_keeps_failing_spends_the_budget_then_fails_the_job_with_its_reason():
@@ -767,12 +841,12 @@ def test_the_documented_rbac_is_the_one_the_operator_uses():
     rows = [[cell.strip().strip("`") for cell in line.strip("|").split("|")]
             for line in table.splitlines() if line.startswith("| `")]
     documented = [(group.strip('"'), resource, sorted(verbs.split(", "))) for group, resource, verbs in rows]
-    assert documented == [(r["apiGroups"][0], r["resources"][0], sorted(r["verbs"])) for r in RULES + CLUSTER_RULES]
+    assert documented == [(r["apiGroups"][0], r["resources"][0], sorted(r["verbs"])) for r in RULES + CLUSTER_RULES + LEASE_RULES]
 
 
-def assert_requests_allowed_by_rbac(api: ApiServer) -> None:
+def assert_requests_allowed_by_rbac(api: ApiServer, stylized: bool = True) -> None:
     """Every API request the operator made (kopf's and its own) is allowed by rbac.RULES."""
-    allowed = {(group, resource, verb) for rule in RULES for group in rule["apiGroups"]
+    allowed = {(group, resource, verb) for rule in RULES + LEASE_RULES for group in rule["apiGroups"]
                for resource in rule["resources"] for verb in rule["verbs"]}
     used = set()
     for r in api:
@@ -784,8 +858,9 @@ def assert_requests_allowed_by_rbac(api: ApiServer) -> None:
             "watch" if r.params.get("watch") == "true" else "get" if r.name else "list")
         used.add((r.resource.group, resource, verb))
     assert used - allowed == set()
-    assert {("", "pods/log", "get"), ("batch", "jobs", "create"), ("", "events", "create"),
+    assert {("batch", "jobs", "create"), ("", "events", "create"),
             ("stylebatch.io", "styletransferjobs/status", "patch")} <= used
+    assert not stylized or ("", "pods/log", "get") in used
 
 
 # --- a child that cannot start -----------------------------------------------------------------

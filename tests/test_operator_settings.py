@@ -108,6 +108,7 @@ def test_malformed_json_names_the_variable_in_one_line(name):
     ({s.SCRATCH_SIZE: "50 GB"}, "STYLEBATCH_SCRATCH_SIZE must be a Kubernetes quantity such as 8Gi, got '50 GB'"),
     ({s.SHM_SIZE: "-"}, "STYLEBATCH_SHM_SIZE must be a Kubernetes quantity"),
     ({s.DEFAULT_QUEUE_NAME: "GPU_Queue"}, "STYLEBATCH_DEFAULT_QUEUE_NAME must be a LocalQueue name"),
+    ({s.LEASE_NAMESPACE: "Media Team"}, "STYLEBATCH_LEASE_NAMESPACE must be a Kubernetes name, got 'Media Team'"),
     ({s.IMAGE_PULL_SECRETS: '[{"nom": "acr"}]'}, "STYLEBATCH_IMAGE_PULL_SECRETS must be a JSON list"),
     ({s.DEFAULT_WORKERS: "0"}, "STYLEBATCH_DEFAULT_WORKERS must be a whole number from 1 to 64, got '0'"),
     ({s.DEFAULT_GPUS_PER_WORKER: "one"}, "STYLEBATCH_DEFAULT_GPUS_PER_WORKER must be a whole number from 0 to 8"),

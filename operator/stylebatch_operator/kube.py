@@ -20,6 +20,7 @@ RESOURCES = {
     "MPIJob": ("kubeflow.org/v2beta1", "mpijobs"),
     "Pod": ("v1", "pods"),
     "Event": ("v1", "events"),
+    "Lease": ("coordination.k8s.io/v1", "leases"),
 }
 CLUSTER_RESOURCES = {"CustomResourceDefinition": ("apiextensions.k8s.io/v1", "customresourcedefinitions")}
 _JSON = {200: "object", 201: "object"}
@@ -116,6 +117,12 @@ class Kube:
     async def patch_status(self, kind: str, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
         return await self._call("PATCH", path(kind, namespace, name, "status"), body={"status": patch},
                                 content_type="application/merge-patch+json")
+
+    async def patch_json(self, kind: str, namespace: str, name: str, operations: list[dict[str, Any]]) -> dict[str, Any]:
+        """A JSON patch (RFC 6902): with a leading test of metadata.resourceVersion, an optimistic
+        write that fails (422) when the object changed meanwhile."""
+        return await self._call("PATCH", path(kind, namespace, name), body=operations,
+                                content_type="application/json-patch+json")
 
     async def pod_log(self, namespace: str, pod: str, container: str, tail_lines: int) -> str:
         response = await self._api.call_api(

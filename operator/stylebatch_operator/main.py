@@ -19,10 +19,13 @@ from stylebatch_operator import web
 from stylebatch_operator.crd import CRD_NAME, RELEASE, installed_release, missing_fields
 from stylebatch_operator.handlers import build_registry
 from stylebatch_operator.kube import ApiError, Kube
+from stylebatch_operator.leader import Elector
 from stylebatch_operator.metrics import Metrics
-from stylebatch_operator.settings import BUILT_IN, Settings, from_environment
+from stylebatch_operator.settings import BUILT_IN, LeaseConfig, Settings, from_environment
 
 
+# kopf's API timeouts, in seconds: below the 4-minute idle timeout of Azure load balancers.
+WATCH_SERVER_TIMEOUT, WATCH_CLIENT_TIMEOUT, CONNECT_TIMEOUT, REQUEST_TIMEOUT = 180, 210, 30, 60
 UPGRADE_CRD = "kubectl apply --server-side -f charts/stylebatch/crds/ (from this release's chart)"
 
 
@@ -41,25 +44,71 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def serve(*, namespaces: Collection[str] = (), liveness_port: int | None = None,
-                settings: Settings = BUILT_IN, kube: Kube | None = None, **kopf_options: Any) -> None:
+                settings: Settings = BUILT_IN, kube: Kube | None = None, lease: LeaseConfig | None = None,
+                **kopf_options: Any) -> None:
     """The operator until it is stopped. liveness_port: where /healthz and /metrics are served
-    (none: not served); kube: the API client (default: from the environment); kopf_options: passed
-    to kopf.operator (a test's vault, stop_flag, ready_flag)."""
-    memo = kopf.Memo(kube=kube, settings=settings, metrics=Metrics(), started=False)
-    runner = await web.start(liveness_port, memo.metrics, lambda: memo.started) if liveness_port else None
+    (none: not served); kube: the API client (default: from the environment); lease: take this
+    Lease first and act only while holding it (default: settings.lease(), none when the settings
+    name no Lease namespace); kopf_options: passed to kopf.operator (a test's vault, stop_flag,
+    ready_flag).
+
+    Raises TransientError when the Lease is lost while running: the process exits with 75 and
+    its restart stands by for the Lease again."""
+    lease = lease or settings.lease()
+    own_kube = kube is None and lease is not None
+    if own_kube:
+        kube = await Kube.from_environment()
+    memo = kopf.Memo(kube=kube, settings=settings, metrics=Metrics(), started=False, standby=lease is not None)
+    # /healthz is fine while standing by: a standby is healthy, it just does not act
+    runner = (await web.start(liveness_port, memo.metrics, lambda: memo.started or memo.standby)
+              if liveness_port else None)
+    elector = Elector(kube, lease) if lease is not None else None
+    outer_stop = kopf_options.pop("stop_flag", None)
     try:
-        await kopf.operator(
-            registry=build_registry(interval=settings.interval),
-            settings=operator_settings(),
-            standalone=True,  # a single replica: no peering objects, no peering RBAC
-            clusterwide=not namespaces,
-            namespaces=list(namespaces),
-            memo=memo,
-            **kopf_options,
-        )
+        if elector is not None and not await elector.acquire(lambda: _is_set(outer_stop)):
+            return  # stopped while standing by
+        memo.standby = False
+        lost, stop = asyncio.Event(), asyncio.Event()
+        watchers = [asyncio.create_task(_relay(outer_stop, lost, stop))]
+        if elector is not None:
+            watchers.append(asyncio.create_task(elector.hold(lost)))
+        try:
+            await kopf.operator(
+                registry=build_registry(interval=settings.interval),
+                settings=operator_settings(),
+                standalone=True,  # one operator at a time by the Lease, not by kopf's peering
+                clusterwide=not namespaces,
+                namespaces=list(namespaces),
+                memo=memo,
+                stop_flag=stop,
+                **kopf_options,
+            )
+        finally:
+            for task in watchers:
+                task.cancel()
+            await asyncio.gather(*watchers, return_exceptions=True)
+        if lost.is_set():
+            raise TransientError(f"lost the Lease {lease.namespace}/{lease.name} (not renewed for "
+                                 f"{lease.lease_seconds:g}s): stopped acting so that another operator can")
     finally:
+        if elector is not None:
+            await elector.release()
+        if own_kube:
+            await kube.close()
         if runner is not None:
             await runner.cleanup()
+
+
+def _is_set(flag: Any) -> bool:
+    return flag is not None and flag.is_set()
+
+
+async def _relay(outer_stop: Any, lost: asyncio.Event, stop: asyncio.Event) -> None:
+    """Sets `stop` (kopf's stop flag) when the caller's flag (an asyncio or threading Event) is set
+    or the Lease is lost."""
+    while not (_is_set(outer_stop) or lost.is_set()):
+        await asyncio.sleep(0.1)
+    stop.set()
 
 
 async def check_installed_crd(kube: Kube | None = None) -> None:
@@ -107,4 +156,13 @@ def operator_settings() -> kopf.OperatorSettings:
     # Events are the operator's own transitions, not kopf's routine log lines.
     settings.posting.level = logging.WARNING
     settings.posting.reporting_component = "stylebatch-operator"
+    # Azure's load balancers (AKS's API server endpoint included) drop a TCP connection idle for 4
+    # minutes without telling either end: a quiet watch would hang, and the operator would miss
+    # every change. The server ends each watch after WATCH_SERVER_TIMEOUT and kopf watches again; a
+    # connection dropped silently is given up after WATCH_CLIENT_TIMEOUT.
+    settings.watching.server_timeout = WATCH_SERVER_TIMEOUT
+    settings.watching.client_timeout = WATCH_CLIENT_TIMEOUT
+    settings.watching.connect_timeout = CONNECT_TIMEOUT
+    settings.networking.connect_timeout = CONNECT_TIMEOUT
+    settings.networking.request_timeout = REQUEST_TIMEOUT
     return settings

@@ -28,6 +28,7 @@ QUANTITY_PATTERN = (r"^[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([KMGTPE]i|[numkMGTPE]|[
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 # A DNS-1123 label: the form of a LocalQueue's name (and of a label value that names an object).
 DNS_LABEL_PATTERN = r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?"
+DNS_SUBDOMAIN_PATTERN = r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?"  # most objects' names
 
 # The MPI operator's label on the pods of an MPIJob that says launcher or worker.
 MPI_LABEL_ROLE = "training.kubeflow.org/job-role"

@@ -33,3 +33,8 @@ CLUSTER_RULES: list[dict[str, list[str]]] = [
     {"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"], "resourceNames": [CRD_NAME],
      "verbs": ["get"]},
 ]
+
+# In the operator's own namespace: the Lease that makes one operator act at a time (leader.py).
+LEASE_RULES: list[dict[str, list[str]]] = [
+    {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "patch"]},
+]

@@ -10,18 +10,22 @@ settings never reaches a job that is already running.
 from __future__ import annotations
 
 import json
+import os
 import re
+import secrets
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from stylebatch.errors import StylebatchError
 
-from stylebatch_operator.names import DNS_LABEL_PATTERN, QUANTITY_PATTERN
+from stylebatch_operator.names import DNS_LABEL_PATTERN, DNS_SUBDOMAIN_PATTERN, QUANTITY_PATTERN
 
 # The worker image of this release: what a job runs when neither it nor the operator's settings
 # name one. tests/test_operator_settings.py keeps it equal to the chart's default.
 DEFAULT_IMAGE = "ghcr.io/stylebatch/stylebatch-worker:0.1.0"
+DEFAULT_LEASE_NAME = "stylebatch-operator"
 DEFAULT_INTERVAL = 10.0  # seconds between reconciliations of a job; progress is read as often
 MAX_INTERVAL = 30.0
 DEFAULT_STALL_GRACE = 120.0  # seconds a permanent stall (a missing Secret, a refused MPIJob) may last
@@ -60,13 +64,37 @@ STORAGE_SECRET = "STYLEBATCH_STORAGE_SECRET"
 STORAGE_ACCOUNT = "STYLEBATCH_STORAGE_ACCOUNT"
 WORKLOAD_IDENTITY = "STYLEBATCH_WORKLOAD_IDENTITY"
 DEFAULT_QUEUE_NAME = "STYLEBATCH_DEFAULT_QUEUE_NAME"
+LEASE_NAMESPACE = "STYLEBATCH_LEASE_NAMESPACE"
+LEASE_NAME = "STYLEBATCH_LEASE_NAME"
 INTERVAL = "STYLEBATCH_OPERATOR_INTERVAL"
 STALL_GRACE = "STYLEBATCH_STALL_GRACE_SECONDS"
 PROGRESS_TIMEOUT = "STYLEBATCH_PROGRESS_TIMEOUT_SECONDS"
 ENV_VARS = (WORKER_IMAGE, IMAGE_PULL_POLICY, IMAGE_PULL_SECRETS, DEFAULT_WORKERS, DEFAULT_GPUS_PER_WORKER,
             WORKER_RESOURCES, DEFAULT_NODE_SELECTOR, DEFAULT_TOLERATIONS, JOB_SERVICE_ACCOUNT, STORAGE_SECRET,
             STORAGE_ACCOUNT, WORKLOAD_IDENTITY, DEFAULT_QUEUE_NAME, STAGE_RESOURCES, LAUNCHER_RESOURCES,
-            SCRATCH_SIZE, SHM_SIZE, INTERVAL, STALL_GRACE, PROGRESS_TIMEOUT)
+            SCRATCH_SIZE, SHM_SIZE, LEASE_NAMESPACE, LEASE_NAME, INTERVAL, STALL_GRACE, PROGRESS_TIMEOUT)
+
+
+# The Lease (stylebatch_operator.leader): timings as Kubernetes' own controllers use them.
+LEASE_SECONDS = 15.0  # a holder that has not renewed for this long is presumed gone
+RENEW_SECONDS = 5.0  # the holder renews this often
+RETRY_SECONDS = 2.0  # a standby looks this often
+
+
+def default_identity() -> str:
+    """The pod's name (its hostname, or POD_NAME when set) plus a random suffix: two processes
+    never share an identity."""
+    return f"{os.environ.get('POD_NAME') or socket.gethostname()}-{secrets.token_hex(3)}"
+
+
+@dataclass(frozen=True)
+class LeaseConfig:
+    name: str
+    namespace: str
+    identity: str = field(default_factory=default_identity)
+    lease_seconds: float = LEASE_SECONDS
+    renew_seconds: float = RENEW_SECONDS
+    retry_seconds: float = RETRY_SECONDS
 
 
 def _copy(value: Any) -> Any:
@@ -104,6 +132,10 @@ class Settings:
     interval: float = DEFAULT_INTERVAL
     stall_grace_seconds: float = DEFAULT_STALL_GRACE  # then a permanent stall fails the job
     progress_timeout_seconds: float = DEFAULT_PROGRESS_TIMEOUT  # a job's spec.progressTimeoutSeconds wins
+    # The Lease that makes one operator act at a time (leader.py); no namespace: none, one operator
+    # acts on its own (a developer's, or a single replica that never overlaps another)
+    lease_namespace: str = ""
+    lease_name: str = DEFAULT_LEASE_NAME
 
     def job_defaults(self) -> dict[str, Any]:
         """The spec fields a job gets when it leaves them out (scheduling's as a nested dict)."""
@@ -136,6 +168,9 @@ class Settings:
         pods that spec.resources does not cover, and the sizes of the scratch and /dev/shm."""
         return {"stageResources": _copy(self.stage_resources), "launcherResources": _copy(self.launcher_resources),
                 "scratchSize": self.scratch_size, "shmSize": self.shm_size}
+
+    def lease(self) -> LeaseConfig | None:
+        return LeaseConfig(self.lease_name, self.lease_namespace) if self.lease_namespace else None
 
     def default_storage(self) -> dict[str, str] | None:
         if self.workload_identity:
@@ -230,6 +265,12 @@ def from_environment(env: Mapping[str, str]) -> Settings:
             raise _bad(DEFAULT_QUEUE_NAME, f"must be a LocalQueue name (lower-case letters, digits and -), "
                                            f"got {text(DEFAULT_QUEUE_NAME)!r}")
         kwargs["queue_name"] = text(DEFAULT_QUEUE_NAME)
+
+    for name, key in ((LEASE_NAMESPACE, "lease_namespace"), (LEASE_NAME, "lease_name")):
+        if text(name):
+            if not re.fullmatch(DNS_LABEL_PATTERN if name == LEASE_NAMESPACE else DNS_SUBDOMAIN_PATTERN, text(name)):
+                raise _bad(name, f"must be a Kubernetes name, got {text(name)!r}")
+            kwargs[key] = text(name)
 
     if text(INTERVAL):
         try:

@@ -69,9 +69,14 @@ def _encoder_flags(p: argparse.ArgumentParser) -> None:
 
 def _model_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("style")
-    g.add_argument("--style", help="built-in style name or index (see `stylebatch styles`), a blend, "
-                                   "or a .pth weights file (path or blob URI)")
-    g.add_argument("--strength", type=_strength, default=1.0, help="0 keeps the picture, 1 is full style")
+    g.add_argument("--style", help="built-in style name or index (see `stylebatch styles`), a painting to "
+                                   "imitate (.jpg .png .webp), a .pth weights file (paths or blob URIs), "
+                                   "or a blend such as starry.jpg:0.7,lavender-gold:0.3")
+    g.add_argument("--strength", type=_strength, default=1.0,
+                   help="0 keeps the picture, 1 is full style (a painting: from the video's own style to the "
+                        "painting's)")
+    g.add_argument("--keep-colors", action="store_true",
+                   help="keep the video's own colours: transfer only the style's brightness and strokes")
     g.add_argument("--max-side", type=_max_side, default=None,
                    help="stylize at most this many pixels on the long side (output keeps its size)")
     g.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")

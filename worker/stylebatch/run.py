@@ -107,13 +107,17 @@ def _run_stages(args: argparse.Namespace, work, style_dir: Path) -> None:
     if workers > chunks:
         log.info("%d chunk(s) of work: running %d rank(s), not %d", chunks, chunks, workers)
         workers = chunks
-    log.info("stylizing %d frames on %d rank(s), style %s", frames, workers, Path(style).name)
+    from stylebatch.models import parse_style, style_label
+
+    log.info("stylizing %d frames on %d rank(s), style %s", frames, workers, style_label(parse_style(style)))
     stylize_args = ["--work", work.uri, "--style", style, "--strength", str(args.strength),
                     "--device", args.device]
     if args.max_side:
         stylize_args += ["--max-side", str(args.max_side)]
     if args.batch_size:
         stylize_args += ["--batch-size", str(args.batch_size)]
+    if args.keep_colors:
+        stylize_args += ["--keep-colors"]
     _stylize(stylize_args, workers, frames)
     postprocess.run(argparse.Namespace(work=work.uri, output=args.output, delete_work=False))
 
@@ -139,7 +143,8 @@ class _StyleCheck(threading.Thread):
                 if not torch.cuda.is_available():
                     raise StylebatchError("--device cuda: no GPU is visible here (use --device cpu or auto)")
             self.style = resolve_style(self.args.style or DEFAULT_STYLE, self.style_dir)
-            load_stylizer(self.style, device="cpu", strength=self.args.strength, max_side=self.args.max_side)
+            load_stylizer(self.style, device="cpu", strength=self.args.strength, max_side=self.args.max_side,
+                          keep_colors=self.args.keep_colors)
             if self.workers is None:
                 self.workers = default_workers(self.args.device)
         except BaseException as exc:  # noqa: BLE001 - re-raised in the main thread

@@ -72,7 +72,8 @@ def stylize(args: argparse.Namespace, world: World, tmp: Path) -> int:
     have = set(work.child(PARTS_DIR).list()) if work.child(PARTS_DIR).exists() else set()
     todo = [c for c in mine if part_name(*c, PART_EXT) not in have]
     style = resolve_style(args.style or DEFAULT_STYLE, tmp)
-    check_settings(work, settings_record(style, args.strength, args.max_side), bool(have))
+    keep_colors = getattr(args, "keep_colors", False)
+    check_settings(work, settings_record(style, args.strength, args.max_side, keep_colors), bool(have))
     share = sum(e - s for s, e in mine)
     progress = Progress(world, share, share - sum(e - s for s, e in todo), m.frames)
     progress.report(force=True)
@@ -80,9 +81,9 @@ def stylize(args: argparse.Namespace, world: World, tmp: Path) -> int:
         threads = max(1, cpu_count() // world.local_size)
         log.info("rank %d/%d: %d of its %d chunks to stylize (%d threads)",
                  world.rank, world.size, len(todo), len(mine), threads)
-        stylizer = _load(args, world, threads, style)
         reader = ChunkReader(_local_source(work, m, tmp), m, threads=threads)
         try:
+            stylizer = _load(args, world, threads, style, _own_frame(reader, m, style, args.strength))
             batch = args.batch_size or (8 if stylizer.device.type == "cuda" else 4)
 
             def publish(chunk: tuple[int, int], path: Path) -> None:
@@ -108,7 +109,18 @@ def _sar(m: Manifest) -> tuple[int, int] | None:
     return (sar[1], sar[0]) if m.rotation in (90, 270) else (sar[0], sar[1])
 
 
-def _load(args: argparse.Namespace, world: World, threads: int, style: str):
+def _own_frame(reader: ChunkReader, m: Manifest, style: str, strength: float):
+    """The video's own look for --strength below 1 with a painting: its middle frame (the same on
+    every rank, so every rank paints with the same style vector), or None when not needed."""
+    from stylebatch.models import IMAGE_KIND, parse_style
+
+    if strength >= 1.0 or all(p.kind != IMAGE_KIND for p in parse_style(style)):
+        return None
+    middle = m.frames // 2
+    return next(reader.read(middle, middle + 1, 1))[0].copy()
+
+
+def _load(args: argparse.Namespace, world: World, threads: int, style: str, own_frame=None):
     import torch
 
     from stylebatch.models import load_stylizer
@@ -116,30 +128,39 @@ def _load(args: argparse.Namespace, world: World, threads: int, style: str):
     torch.set_num_threads(threads)
     if args.device != "cpu" and torch.cuda.is_available() and torch.cuda.device_count() > 1:
         torch.cuda.set_device(world.local_rank % torch.cuda.device_count())
-    return load_stylizer(style, device=args.device, strength=args.strength, max_side=args.max_side)
+    return load_stylizer(style, device=args.device, strength=args.strength, max_side=args.max_side,
+                         keep_colors=getattr(args, "keep_colors", False), own_frame=own_frame)
 
 
-def settings_record(style: str, strength: float, max_side: int | None) -> dict:
-    """What decides how a part looks, normalized: a built-in style or blend by its resolved name, a
-    weights file by the sha256 of its bytes."""
-    from stylebatch.models import builtin_style_name
+def settings_record(style: str, strength: float, max_side: int | None, keep_colors: bool = False) -> dict:
+    """What decides how a part looks, normalized: built-in styles by their resolved names, files
+    (paintings, .pth weights) by the sha256 of their bytes, so resuming with another painting that has
+    the same file name is refused."""
+    from stylebatch.models import BUILTIN_KIND, parse_style
 
-    name = builtin_style_name(style)
-    if name is not None:
-        key = name
-    else:
-        path = Path(style)
-        try:
-            digest = hashlib.sha256(path.read_bytes()).hexdigest()
-        except OSError as exc:
-            raise StylebatchError(f"cannot read style weights {style}: {exc.strerror or exc}") from None
-        key, name = f"sha256:{digest}", f"{path.name} (sha256 {digest[:12]})"
-    return {"style": key, "style_name": name, "strength": float(strength), "max_side": max_side}
+    keys, names = [], []
+    parts = parse_style(style)
+    for p in parts:
+        if p.kind == BUILTIN_KIND:
+            key = name = p.ref
+        else:
+            path = Path(p.ref)
+            try:
+                digest = hashlib.sha256(path.read_bytes()).hexdigest()
+            except OSError as exc:
+                raise StylebatchError(f"cannot read style file {path.name}: {exc.strerror or exc}") from None
+            key, name = f"sha256:{digest}", f"{path.name} (sha256 {digest[:12]})"
+        weight = f":{p.weight:.6g}" if len(parts) > 1 else ""
+        keys.append(key + weight)
+        names.append(name + weight)
+    return {"style": ",".join(keys), "style_name": ",".join(names), "strength": float(strength),
+            "max_side": max_side, "keep_colors": bool(keep_colors)}
 
 
 def describe_settings(r: dict) -> str:
     size = f", max side {r['max_side']}" if r.get("max_side") else ", full size"
-    return f"{r.get('style_name') or r.get('style')} (strength {r.get('strength'):g}{size})"
+    colors = ", own colours" if r.get("keep_colors") else ""
+    return f"{r.get('style_name') or r.get('style')} (strength {r.get('strength'):g}{size}{colors})"
 
 
 def check_settings(work, record: dict, has_parts: bool) -> None:
@@ -151,7 +172,8 @@ def check_settings(work, record: dict, has_parts: bool) -> None:
             old = json.loads(loc.read_bytes())
         except ValueError:
             old = None
-        same = isinstance(old, dict) and all(old.get(k) == record[k] for k in ("style", "strength", "max_side"))
+        same = isinstance(old, dict) and all(old.get(k) == record[k] for k in ("style", "strength", "max_side")) \
+            and bool(old.get("keep_colors")) == record["keep_colors"]
         if same:
             return
         if has_parts and isinstance(old, dict):
@@ -162,19 +184,29 @@ def check_settings(work, record: dict, has_parts: bool) -> None:
 
 
 def resolve_style(style: str, tmp: Path) -> str:
-    """A built-in style as is; a weights file as a local path (downloaded first if it is a blob)."""
-    if "://" not in style and not style.lower().endswith((".pth", ".pt", ".model")):
-        return style
+    """The style with every file in it (painting or .pth, local path or blob URI) made a local path:
+    blobs are downloaded into `tmp` once, like weights files. Built-in styles stay as they are."""
+    from stylebatch.models import BUILTIN_KIND, parse_style
     from stylebatch.storage import location
 
-    loc = location(style)
-    if loc.is_local():
-        if not loc.exists():
-            raise StylebatchError(f"style weights not found: {loc.display}")
-        return str(loc.local_path())
-    local = tmp / ("style-" + os.path.basename(loc.name or "weights.pth"))
-    loc.download(local)
-    return str(local)
+    parts = parse_style(style)
+    if all(p.kind == BUILTIN_KIND for p in parts):
+        return style
+    resolved = []
+    for i, p in enumerate(parts):
+        ref = p.ref
+        if p.kind != BUILTIN_KIND:
+            loc = location(ref)
+            if loc.is_local():
+                if not loc.exists():
+                    raise StylebatchError(f"style file not found: {loc.display}")
+                ref = str(loc.local_path())
+            else:
+                local = tmp / f"style-{i}-{os.path.basename(loc.name or 'style')}"
+                loc.download(local)
+                ref = str(local)
+        resolved.append(ref if len(parts) == 1 else f"{ref}:{p.weight:.9g}")
+    return ",".join(resolved)
 
 
 def _local_source(work, m: Manifest, tmp: Path) -> Path:

@@ -1,0 +1,173 @@
+"""A painting as the style: bad style images, blends, strength, keep-colors, resume, and a real clip."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import struct
+import subprocess
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from clips import audio_md5, count_frames, decode_rgb, error_lines, frame_pts, stylebatch
+from PIL import Image
+
+from stylebatch.errors import BadInput, StylebatchError
+from stylebatch.models import load_stylizer, parse_style
+from stylebatch.paintings import read_style_image
+
+DATA = Path("/usr/share/doc/opencv-doc/examples/data")
+STARRY = DATA / "starry_night.jpg"
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG whose header claims width x height and whose pixel data is a few bytes: a decompression bomb."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+
+
+def make_bad(kind: str, folder: Path) -> Path:
+    path = folder / {"gif": "anim.gif", "text": "notes.jpg", "bomb": "bomb.png", "big": "huge.png",
+                     "truncated-png": "cut.png", "tiny": "tiny.png", "empty": "empty.webp"}.get(kind, f"{kind}.jpg")
+    if kind == "text":
+        path.write_text("not a picture\n" * 20)
+    elif kind == "truncated":
+        path.write_bytes(STARRY.read_bytes()[:STARRY.stat().st_size // 2])
+    elif kind == "truncated-png":
+        Image.open(STARRY).save(folder / "whole.png")
+        data = (folder / "whole.png").read_bytes()
+        path.write_bytes(data[:len(data) // 2])
+    elif kind == "tiny":
+        Image.new("RGB", (1, 1), "red").save(path)
+    elif kind == "bomb":
+        path.write_bytes(png_header(30000, 30000))
+    elif kind == "big":
+        path.write_bytes(png_header(9000, 9000))  # under Pillow's own bomb limit, over ours
+    elif kind == "gif":
+        Image.new("RGB", (64, 64), "blue").save(path)
+    elif kind == "empty":
+        path.write_bytes(b"")
+    return path
+
+
+BAD_IMAGES = [
+    ("text", "not a JPEG, PNG or WebP image"),
+    ("gif", "not a JPEG, PNG or WebP image"),
+    ("empty", "not a JPEG, PNG or WebP image"),
+    ("truncated", "truncated"),
+    ("truncated-png", "cannot be decoded"),
+    ("tiny", "1x1 pixels"),
+    ("bomb", "decompression bomb"),
+    ("big", "9000x9000 pixels, more than the 64 megapixels"),
+    ("missing", "not found"),
+]
+
+
+@pytest.mark.parametrize("kind, problem", BAD_IMAGES)
+def test_every_bad_style_image_is_one_line_naming_file_and_problem(tmp_path, kind, problem):
+    path = make_bad(kind, tmp_path)
+    with pytest.raises(BadInput) as info:
+        read_style_image(path)
+    message = str(info.value)
+    assert path.name in message and problem in message and "\n" not in message, message
+
+
+@pytest.mark.parametrize("kind", ["bomb", "truncated", "tiny"])
+def test_bad_style_image_stops_a_run_before_any_output(tmp_path, kind):
+    """Through the real CLI: exit code 2, exactly one error line, no traceback, no output, no work dir."""
+    video = tmp_path / "in.mp4"
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=64x48:rate=10", "-frames:v", "3",
+                    "-pix_fmt", "yuv420p", str(video)], check=True)
+    out = tmp_path / "out" / "result.mp4"
+    out.parent.mkdir()
+    result = stylebatch("run", video, "-o", out, "--style", make_bad(kind, tmp_path), "--work", tmp_path / "w")
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert len(error_lines(result)) == 1 and make_bad(kind, tmp_path).name in error_lines(result)[0]
+    assert list(out.parent.iterdir()) == [] and not (tmp_path / "w" / "parts").exists()
+
+
+@pytest.mark.parametrize("spec, kinds, weights", [
+    ("starry.jpg", ["painting"], [1.0]),
+    ("az://styles/Starry Night.WEBP", ["painting"], [1.0]),
+    ("https://acct.blob.core.windows.net/styles/s.png?sv=1&sig=x:3,lavender-gold:1", ["painting", "builtin"],
+     [0.75, 0.25]),
+    ("starry.jpg:0.7,lavender-gold:0.3", ["painting", "builtin"], [0.7, 0.3]),
+    ("a.jpg:1,b.png:1,3", ["painting", "painting", "builtin"], [1 / 3] * 3),
+    ("candy.pth:2,12:2", ["weights", "builtin"], [0.5, 0.5]),
+])
+def test_style_specs_name_paintings_weights_and_builtins(spec, kinds, weights):
+    parts = parse_style(spec)
+    assert [p.kind for p in parts] == kinds
+    np.testing.assert_allclose([p.weight for p in parts], weights)
+
+
+@pytest.fixture(scope="module")
+def photo() -> np.ndarray:
+    return np.array(Image.open(DATA / "fruits.jpg").convert("RGB").resize((96, 72)))[None]
+
+
+def test_strength_blend_and_keep_colors_with_a_painting(photo):
+    full = load_stylizer(str(STARRY), device="cpu")(photo).astype(np.float32)
+    assert np.abs(full - photo).mean() > 25
+    # strength moves the style vector towards the photo's own: a smaller change than the painting's
+    half = load_stylizer(str(STARRY), device="cpu", strength=0.5, own_frame=photo[0])(photo).astype(np.float32)
+    assert 5 < np.abs(half - photo).mean() < np.abs(full - photo).mean()
+    # a blend across the two networks mixes their pictures by weight
+    builtin = load_stylizer("lavender-gold", device="cpu")(photo).astype(np.float32)
+    mixed = load_stylizer(f"{STARRY}:0.7,lavender-gold:0.3", device="cpu")(photo).astype(np.float32)
+    assert np.abs(mixed - (0.7 * full + 0.3 * builtin)).max() <= 1
+    # keep-colors: the photo's chroma, the painting's brightness
+    kept = load_stylizer(str(STARRY), device="cpu", keep_colors=True)(photo).astype(np.float32)
+    luma = np.array([0.299, 0.587, 0.114], np.float32)
+    chroma = lambda x: x - (x @ luma)[..., None]  # noqa: E731
+    assert np.abs(chroma(kept) - chroma(photo.astype(np.float32))).mean() < 3
+    assert np.abs(kept @ luma - full @ luma).mean() < 3
+    assert np.abs(chroma(full) - chroma(photo.astype(np.float32))).mean() > 15
+
+
+def test_resume_refuses_another_painting_with_the_same_name(tmp_path):
+    from stylebatch.storage import location
+    from stylebatch.stylize import check_settings, settings_record
+
+    work = location(tmp_path / "work")
+    (tmp_path / "work").mkdir()
+    painting = tmp_path / "style.jpg"
+    shutil.copy(STARRY, painting)
+    first = settings_record(str(painting), 1.0, None)
+    check_settings(work, first, has_parts=False)
+    assert json.loads((tmp_path / "work" / "stylize.json").read_bytes())["style"].startswith("sha256:")
+    check_settings(work, settings_record(str(painting), 1.0, None), has_parts=True)  # same bytes: resumes
+    Image.open(DATA / "fruits.jpg").save(painting)
+    with pytest.raises(StylebatchError, match="style.jpg"):
+        check_settings(work, settings_record(str(painting), 1.0, None), has_parts=True)
+    with pytest.raises(StylebatchError, match="own colours"):
+        check_settings(work, settings_record(str(STARRY), 1.0, None, keep_colors=True), has_parts=True)
+
+
+def colour_histogram(frames: np.ndarray) -> np.ndarray:
+    """A normalized 3-D RGB histogram with 6 bins per channel."""
+    bins = (frames.reshape(-1, 3) // 43).astype(np.int64)
+    counts = np.bincount(bins[:, 0] * 36 + bins[:, 1] * 6 + bins[:, 2], minlength=216).astype(np.float64)
+    return counts / counts.sum()
+
+
+def test_painting_on_a_real_clip_moves_its_colours_toward_the_painting_and_keeps_the_video_contract(tmp_path):
+    """A real film clip (opencv-doc's Megamind.avi, 10 frames) with a soundtrack, painted like Starry Night."""
+    video, out = tmp_path / "megamind.mp4", tmp_path / "starry.mp4"
+    subprocess.run(["ffmpeg", "-v", "error", "-i", str(DATA / "Megamind.avi"), "-f", "lavfi", "-i",
+                    "sine=frequency=440:sample_rate=48000:duration=1", "-map", "0:v", "-map", "1:a",
+                    "-frames:v", "10", "-vf", "scale=128:-2", "-c:v", "libx264", "-crf", "12", "-pix_fmt",
+                    "yuv420p", "-c:a", "aac", "-shortest", str(video)], check=True)
+    result = stylebatch("run", video, "-o", out, "--style", STARRY, "--workers", "1")
+    assert result.returncode == 0, result.stderr
+    assert count_frames(out) == count_frames(video) == 10
+    assert frame_pts(out) == frame_pts(video)
+    assert audio_md5(out, 0) == audio_md5(video, 0)
+    painting = colour_histogram(np.asarray(Image.open(STARRY).convert("RGB")))
+    before = np.abs(colour_histogram(decode_rgb(video)) - painting).sum()
+    after = np.abs(colour_histogram(decode_rgb(out)) - painting).sum()
+    assert after < 0.6 * before, (before, after)

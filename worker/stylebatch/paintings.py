@@ -1,0 +1,81 @@
+"""Style images ("make it look like this painting"): read once, checked, turned into a style vector.
+
+A style image is a JPEG, PNG or WebP file. Anything else, a truncated file, a picture smaller than
+`MIN_SIDE` or larger than `MAX_PIXELS` (a decompression bomb is refused from its header, before any
+pixel is decoded) is a one-line `BadInput`.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from stylebatch.errors import BadInput
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+FORMATS = ("JPEG", "PNG", "WEBP")
+MIN_SIDE = 16  # a few pixels hold no style
+MAX_PIXELS = 64_000_000  # bigger than any painting scan worth using; beyond this is a decompression bomb
+
+
+def is_image_name(name: str) -> bool:
+    return name.lower().rsplit("?", 1)[0].endswith(IMAGE_SUFFIXES)
+
+
+def read_style_image(path: str | Path, label: str | None = None) -> np.ndarray:
+    """The whole picture, upright (EXIF), transparency over white, as uint8 RGB [H, W, 3]."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    path = Path(path)
+    label = label or f"style image {path.name}"
+    if not path.is_file():
+        raise BadInput(f"{label} not found" if not path.exists() else f"{label} is not a file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path, formats=FORMATS) as img:
+                w, h = img.size
+                if w * h > MAX_PIXELS:
+                    raise BadInput(f"{label} is {w}x{h} pixels, more than the {MAX_PIXELS // 1_000_000} "
+                                   "megapixels a style image may have; scale it down")
+                if min(w, h) < MIN_SIDE:
+                    raise BadInput(f"{label} is {w}x{h} pixels; both sides need at least {MIN_SIDE}")
+                img.load()
+                img = ImageOps.exif_transpose(img)
+                if img.mode in ("RGBA", "LA", "P", "PA"):
+                    img = img.convert("RGBA")
+                    img = Image.alpha_composite(Image.new("RGBA", img.size, (255, 255, 255, 255)), img)
+                return np.asarray(img.convert("RGB"))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise BadInput(f"{label} has too many pixels (a decompression bomb?); at most "
+                       f"{MAX_PIXELS // 1_000_000} megapixels") from None
+    except UnidentifiedImageError:
+        raise BadInput(f"{label} is not a JPEG, PNG or WebP image") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        why = "truncated" if "truncated" in str(exc) or isinstance(exc, EOFError) else "corrupt"
+        raise BadInput(f"{label} cannot be decoded ({why}): {' '.join(str(exc).split())[:120]}") from None
+
+
+def square(image: np.ndarray, size: int) -> np.ndarray:
+    """Center-crop to a square and resize to size x size (Lanczos): what the style predictor expects."""
+    from PIL import Image
+
+    h, w = image.shape[:2]
+    side = min(h, w)
+    top, left = (h - side) // 2, (w - side) // 2
+    crop = Image.fromarray(np.ascontiguousarray(image[top:top + side, left:left + side]))
+    return np.array(crop.resize((size, size), Image.LANCZOS))
+
+
+def style_vector(image: np.ndarray):
+    """The 100-number style vector of a uint8 RGB picture (on the CPU in float32, so every rank that
+    computes it gets the same numbers), as a torch tensor [100]."""
+    import torch
+
+    from stylebatch.arbitrary import PREDICT_SIZE, load_predictor
+
+    x = torch.from_numpy(square(image, PREDICT_SIZE)).permute(2, 0, 1)[None].float() / 255
+    with torch.inference_mode():
+        return load_predictor()(x)[0].clone()

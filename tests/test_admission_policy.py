@@ -1,0 +1,159 @@
+"""Tenant restrictions: the chart's ValidatingAdmissionPolicy, rendered by Helm (helm-python-sdk),
+checked against the Kubernetes schemas (kubernetes-validate), and its CEL expressions evaluated
+with cel-python against jobs an admin allows and jobs it refuses: no API server can run here, so
+cel-python stands in for the API server's CEL."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from pathlib import Path
+from typing import Any
+
+import celpy
+import helm_python as helm
+import kubernetes_validate
+import pytest
+import yaml
+
+from stylebatch_operator.crd import SPEC_SCHEMA, apply_defaults
+
+ROOT = Path(__file__).resolve().parent.parent
+CHART = ROOT / "charts" / "stylebatch"
+_spec = importlib.util.spec_from_file_location("render_manifests", ROOT / "scripts" / "render-manifests.py")
+render_manifests = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(render_manifests)
+
+# An admin's values: one registry, the team's Secrets and identity, at most 4 GPUs a job (the
+# chart's defaults: 2 workers, 1 GPU each).
+RESTRICTED = {"admissionPolicy": {
+    "enabled": True, "allowedImages": ["stylebatchacr.azurecr.io/stylebatch-worker:"],
+    "allowedSecrets": ["stylebatch-storage", "acr-pull"], "allowedServiceAccounts": ["stylebatch-job"],
+    "maxGpusPerJob": 4, "namespaceSelector": {"matchLabels": {"stylebatch.io/tenant": "true"}}}}
+
+
+def policy_objects(values: dict[str, Any]) -> list[dict[str, Any]]:
+    return [o for o in render_manifests.render_objects(values, namespace="stylebatch")
+            if o["apiVersion"].startswith("admissionregistration.k8s.io/")]
+
+
+def job(**spec: Any) -> dict[str, Any]:
+    """A job as the API server has it when validating admission runs: after the CRD's defaults."""
+    own = {"input": "az://videos/in.mp4", "output": "az://videos/out.mp4", **spec}
+    return {"apiVersion": "stylebatch.io/v1alpha1", "kind": "StyleTransferJob",
+            "metadata": {"name": "orangutan", "namespace": "media"}, "spec": apply_defaults(own, SPEC_SCHEMA)}
+
+
+def admit(policy: dict[str, Any], obj: dict[str, Any]) -> list[str]:
+    """What the API server answers a CREATE of obj: the failed validations' messages (none: allowed)."""
+    env = celpy.Environment()
+
+    def evaluate(expression: str, activation: dict[str, Any]) -> Any:
+        return env.program(env.compile(expression)).evaluate(activation)
+
+    activation: dict[str, Any] = {"object": celpy.json_to_cel(obj)}
+    variables = {v["name"]: evaluate(v["expression"], activation) for v in policy["spec"].get("variables", [])}
+    activation["variables"] = celpy.celtypes.MapType(
+        {celpy.celtypes.StringType(k): v for k, v in variables.items()})
+    messages = []
+    for rule in policy["spec"]["validations"]:
+        if not bool(evaluate(rule["expression"], activation)):
+            messages.append(str(evaluate(rule["messageExpression"], activation)))
+    return messages
+
+
+def test_the_policy_is_off_by_default():
+    assert policy_objects({}) == []
+
+
+@pytest.mark.parametrize("version", ["1.30", kubernetes_validate.latest_version()])
+def test_the_policy_and_its_binding_are_valid_kubernetes_objects(version):
+    objects = policy_objects(RESTRICTED)
+    assert [o["kind"] for o in objects] == ["ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"]
+    for obj in objects:
+        kubernetes_validate.validate(obj, version, strict=True)
+    policy, binding = objects
+    assert binding["spec"]["policyName"] == policy["metadata"]["name"]
+    assert binding["spec"]["validationActions"] == ["Deny"]
+    assert binding["spec"]["matchResources"]["namespaceSelector"] == {"matchLabels": {"stylebatch.io/tenant": "true"}}
+    (rule,) = policy["spec"]["matchConstraints"]["resourceRules"]
+    # only on create: the spec never changes afterwards, and the operator's own patches pass
+    assert (rule["apiGroups"], rule["resources"], rule["operations"]) == (["stylebatch.io"], ["styletransferjobs"],
+                                                                          ["CREATE"])
+
+
+ACR = "stylebatchacr.azurecr.io/stylebatch-worker:0.2.0"
+ALLOWED = [
+    ("everything left to the operator's defaults", job()),
+    ("the allowed registry and Secrets", job(image=ACR, storage={"secretName": "stylebatch-storage"},
+                                             imagePullSecrets=[{"name": "acr-pull"}])),
+    ("the allowed workload identity", job(storage={"serviceAccountName": "stylebatch-job", "accountName": "data"})),
+    ("4 GPUs exactly", job(workers=2, gpusPerWorker=2)),
+    ("a CPU-only job", job(workers=16, gpusPerWorker=0)),
+]
+REFUSED = [
+    ("another registry", job(image="docker.io/someone/miner:latest"),
+     "spec.image docker.io/someone/miner:latest is not allowed in this cluster: images must start with one of "
+     "stylebatchacr.azurecr.io/stylebatch-worker:"),
+    ("a look-alike of the allowed image", job(image="stylebatchacr.azurecr.io/stylebatch-worker-evil:1"),
+     "spec.image stylebatchacr.azurecr.io/stylebatch-worker-evil:1 is not allowed"),
+    ("another team's storage Secret", job(storage={"secretName": "finance-storage"}),
+     "spec.storage.secretName finance-storage is not allowed in this cluster: use one of stylebatch-storage, acr-pull"),
+    ("another pull Secret", job(imagePullSecrets=[{"name": "acr-pull"}, {"name": "prod-registry"}]),
+     "spec.imagePullSecrets names a Secret that is not allowed in this cluster"),
+    ("another identity", job(storage={"serviceAccountName": "admin-identity", "accountName": "data"}),
+     "spec.storage.serviceAccountName admin-identity is not allowed in this cluster: use one of stylebatch-job"),
+    ("too many GPUs", job(workers=8, gpusPerWorker=1),
+     "the job asks for 8 GPUs (workers x gpusPerWorker); at most 4 per job in this cluster"),
+    ("too many GPUs with the default worker count", job(gpusPerWorker=4),
+     "the job asks for 8 GPUs (workers x gpusPerWorker)"),
+]
+
+
+@pytest.mark.parametrize("case, obj", ALLOWED, ids=[c[0] for c in ALLOWED])
+def test_jobs_within_the_restrictions_are_admitted(case, obj):
+    (policy, _) = policy_objects(RESTRICTED)
+    assert admit(policy, obj) == []
+
+
+@pytest.mark.parametrize("case, obj, message", REFUSED, ids=[c[0] for c in REFUSED])
+def test_jobs_outside_the_restrictions_are_refused_with_a_message_saying_why(case, obj, message):
+    (policy, _) = policy_objects(RESTRICTED)
+    messages = admit(policy, obj)
+    assert len(messages) == 1 and messages[0].startswith(message), messages
+
+
+def test_only_the_restrictions_an_admin_sets_are_enforced():
+    (policy, _) = policy_objects({"admissionPolicy": {"enabled": True, "maxGpusPerJob": 2}})
+    assert len(policy["spec"]["validations"]) == 1
+    assert admit(policy, job(image="docker.io/anything:1", storage={"secretName": "any"})) == []
+    assert admit(policy, job(workers=3)) == ["the job asks for 3 GPUs (workers x gpusPerWorker); at most 2 per job "
+                                             "in this cluster"]
+
+
+def test_the_gpu_limit_counts_unset_fields_with_the_charts_defaults():
+    values = {**RESTRICTED, "jobs": {"workers": 4, "gpusPerWorker": 2}}
+    (policy, _) = policy_objects(values)
+    assert admit(policy, job()) == ["the job asks for 8 GPUs (workers x gpusPerWorker); at most 4 per job in this "
+                                    "cluster"]
+
+
+@pytest.mark.parametrize("values, complaint", [
+    ({"admissionPolicy": {"enabled": True}}, "set at least one of allowedImages"),
+    ({"admissionPolicy": {"enabled": True, "maxGpusPerJob": -1}}, "/admissionPolicy/maxGpusPerJob"),
+    ({"admissionPolicy": {"enabled": True, "allowedSecrets": ["Not A Name"]}}, "/admissionPolicy/allowedSecrets/0"),
+    ({"admissionPolicy": {"enabled": True, "maxGpusPerJob": 4, "validationActions": ["Block"]}},
+     "/admissionPolicy/validationActions/0"),
+])
+def test_restrictions_that_cannot_work_are_refused_at_install(values, complaint):
+    with helm.Chart.load(CHART) as chart, pytest.raises((helm.HelmValuesError, helm.HelmRenderError),
+                                                        match=re.escape(complaint)):
+        chart.render(values, name="stylebatch", namespace="stylebatch")
+
+
+def test_the_documented_example_values_render_the_documented_policy():
+    doc = (ROOT / "docs" / "operator.md").read_text()
+    example = doc.split("## Tenant restrictions", 1)[1].split("```yaml", 1)[1].split("```", 1)[0]
+    (policy, binding) = policy_objects(yaml.safe_load(example))
+    assert admit(policy, job(image="docker.io/someone/miner:latest"))
+    assert admit(policy, job()) == []

@@ -103,6 +103,20 @@ def build_parser() -> argparse.ArgumentParser:
     _encoder_flags(run)
     run.set_defaults(handler="stylebatch.run:run")
 
+    prev = sub.add_parser("preview", help="one frame (or a photo) in many styles, labelled, on one sheet")
+    prev.add_argument("input", help="video or image (.jpg .png .webp), file or blob URI")
+    prev.add_argument("-o", "--output", required=True, help="the sheet: .png, .jpg or .webp (file or blob URI)")
+    prev.add_argument("--at", help="time of the frame, seconds or [hh:]mm:ss (default: the middle of the video)")
+    prev.add_argument("--style", action="append",
+                      help="styles to show, comma-separated (one tile each; a value with weights, "
+                           "a:0.7,b:0.3, is one blend); repeatable. Default: the 26 built-ins")
+    prev.add_argument("--all", action="store_true", help="the 26 built-ins as well as the --style ones")
+    prev.add_argument("--tile", type=_max_side, default=256, help="long side of each tile in pixels (default 256)")
+    prev.add_argument("--columns", type=_positive, default=None, help="tiles per row (default: about 16:9)")
+    prev.add_argument("--keep-colors", action="store_true", help="keep the frame's own colours in every tile")
+    prev.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    prev.set_defaults(handler="stylebatch.preview:run")
+
     styles = sub.add_parser("styles", help="list the built-in styles")
     styles.set_defaults(handler="stylebatch.run:list_styles")
 

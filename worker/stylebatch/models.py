@@ -198,7 +198,7 @@ class Stylizer:
 
             self.own_vector = style_vector(frames[0])
         with torch.inference_mode():
-            host = torch.from_numpy(np.ascontiguousarray(frames))
+            host = torch.from_numpy(np.ascontiguousarray(frames) if frames.flags.writeable else frames.copy())
             if self.device.type == "cuda":
                 host = host.pin_memory()
             # NHWC permuted to NCHW is exactly channels_last, which the GPU wants; the CPU wants plain NCHW

@@ -1,0 +1,69 @@
+"""`stylebatch preview`: the sheet's layout (one labelled tile per style), style choice, frame choice."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from clips import decode_rgb, error_lines, make_clip, stylebatch
+from PIL import Image
+
+from stylebatch.errors import BadInput
+from stylebatch.models import list_styles, load_stylizer
+from stylebatch.preview import LABEL_HEIGHT, chosen_styles, draw_label, fit, grab_frame, grid, parse_time
+
+STARRY = "/usr/share/doc/opencv-doc/examples/data/starry_night.jpg"
+BUILTINS = [s.name for s in list_styles()]
+
+
+def test_sheet_has_one_labelled_tile_per_style_in_order(tmp_path):
+    photo = tmp_path / "photo.png"
+    Image.open("/usr/share/doc/opencv-doc/examples/data/fruits.jpg").save(photo)
+    sheet_path = tmp_path / "sheet.png"
+    result = stylebatch("preview", photo, "-o", sheet_path, "--style", f"ink-wash,{STARRY}", "--tile", "64",
+                        "--columns", "2")
+    assert result.returncode == 0, result.stderr
+    sheet = np.asarray(Image.open(sheet_path).convert("RGB")).astype(np.int16)
+    small = fit(np.asarray(Image.open(photo).convert("RGB")), 64)
+    h, w = small.shape[:2]
+    assert max(h, w) == 64
+    size, boxes = grid(3, w, h, columns=2)
+    assert sheet.shape == (size[1], size[0], 3) and len(boxes) == 3
+    expected = [("original", small)] + [(s.name, s(small[None])[0]) for s in
+                                        (load_stylizer("ink-wash", device="cpu"), load_stylizer(STARRY, device="cpu"))]
+    assert [name for name, _ in expected] == ["original", "ink-wash", "starry_night"]
+    for (name, tile), (x, y) in zip(expected, boxes):
+        assert np.abs(sheet[y:y + h, x:x + w] - tile).max() <= 1, name
+        label = sheet[y + h:y + h + LABEL_HEIGHT, x:x + w]
+        np.testing.assert_array_equal(label, np.asarray(draw_label(name, w)))  # the style's own name
+        assert (label < 128).any()  # text is drawn
+    assert {tuple(b) for b in boxes} == {(boxes[0][0], boxes[0][1]), (boxes[1][0], boxes[0][1]),
+                                         (boxes[0][0], boxes[2][1])}  # 2 columns, 2 rows
+
+
+@pytest.mark.parametrize("values, everything, expected", [
+    (None, False, BUILTINS),
+    (["ink-wash,starry.jpg"], False, ["ink-wash", "starry.jpg"]),
+    (["starry.jpg:0.7,lavender-gold:0.3"], False, ["starry.jpg:0.7,lavender-gold:0.3"]),
+    (["a.jpg", "b.pth"], True, BUILTINS + ["a.jpg", "b.pth"]),
+])
+def test_chosen_styles(values, everything, expected):
+    assert chosen_styles(values, everything) == expected
+
+
+@pytest.mark.parametrize("text, seconds", [("12", 12), ("12.5", 12.5), ("1:02", 62), ("00:00:12", 12),
+                                           ("1:00:00.5", 3600.5)])
+def test_times(text, seconds):
+    assert parse_time(text) == seconds
+
+
+def test_frame_at_a_time_and_bad_times(tmp_path):
+    video = make_clip(tmp_path / "colors.mp4", frames=12, fps=10, index_colors=True)
+    frames = decode_rgb(video)
+    for at, index in ((0.0, 0), (0.3, 3), (0.75, 7)):
+        got = grab_frame(video, "colors.mp4", at)
+        assert np.abs(got.astype(np.int16) - frames[index]).mean() < 3, at
+    with pytest.raises(BadInput, match="past the end"):
+        grab_frame(video, "colors.mp4", 30.0)
+    result = stylebatch("preview", video, "-o", tmp_path / "s.png", "--at", "soon")
+    assert result.returncode == 2 and len(error_lines(result)) == 1 and "--at 'soon'" in result.stderr
+    assert not (tmp_path / "s.png").exists()

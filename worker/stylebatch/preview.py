@@ -1,0 +1,176 @@
+"""`stylebatch preview`: one frame (or a photo) in many styles, labelled, on one sheet to choose from.
+
+Fast by design: one frame, each style run once at the tile's size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from stylebatch.errors import BadInput
+
+ORIGINAL = "original"
+LABEL_HEIGHT, GAP = 18, 6
+SHEET_SUFFIXES = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
+
+
+def parse_time(text: str) -> float:
+    """"12", "12.5", "1:02", "00:00:12.5" -> seconds."""
+    if not re.fullmatch(r"(\d+:){0,2}\d+(\.\d+)?", text.strip()):
+        raise BadInput(f"--at {text!r} is not a time; write seconds (12.5) or [hh:]mm:ss (00:00:12)")
+    seconds = 0.0
+    for field in text.strip().split(":"):
+        seconds = seconds * 60 + float(field)
+    return seconds
+
+
+def chosen_styles(values: list[str] | None, everything: bool) -> list[str]:
+    """Each --style value is a comma list of styles (one tile each), unless it has weights (a:0.7,b:0.3):
+    then it is one blend. No --style, or --all: the 26 built-ins, then the styles given."""
+    from stylebatch.models import list_styles
+
+    given = []
+    for value in values or []:
+        given += [value] if re.search(r":\s*[0-9.]+\s*(,|$)", value) else [v for v in value.split(",") if v.strip()]
+    builtins = [s.name for s in list_styles()] if everything or not given else []
+    return builtins + given
+
+
+def grab_frame(path: Path, label: str, at: float | None) -> np.ndarray:
+    """The upright RGB frame shown at `at` seconds (default: the middle of the video)."""
+    import av
+
+    from stylebatch.video import _rotation, open_video, video_stream
+
+    with open_video(path, label) as container:
+        vs = video_stream(container, label)
+        duration = float(vs.duration * vs.time_base) if vs.duration and vs.time_base else \
+            (container.duration / 1e6 if container.duration else None)
+        target = at if at is not None else (duration / 2 if duration else 0.0)
+        if at is not None and at > 0 and vs.time_base:
+            container.seek(int(at / vs.time_base), stream=vs, backward=True)
+        picked = None
+        try:
+            for frame in container.decode(vs):
+                if picked is not None and frame.time is not None and frame.time > target + 1e-6:
+                    break
+                picked = frame
+        except (av.FFmpegError, OSError, ValueError):
+            if picked is None:
+                raise BadInput(f"{label} is truncated or corrupt: no frame decodes") from None
+        if picked is None:
+            raise BadInput(f"{label} has no decodable video frames")
+        if at is not None and picked.time is not None and at > picked.time + 1.0:
+            raise BadInput(f"--at {at:g}s is past the end of {label} (its last frame is at {picked.time:.2f}s)")
+        rgb = picked.to_ndarray(format="rgb24")
+        k = _rotation(picked) // 90
+        return np.ascontiguousarray(np.rot90(rgb, k)) if k else rgb
+
+
+def read_input(path: Path, label: str, at: float | None) -> np.ndarray:
+    from stylebatch.paintings import is_image_name, read_style_image
+
+    if is_image_name(path.name):
+        return read_style_image(path, label=label)
+    return grab_frame(path, label, at)
+
+
+def fit(frame: np.ndarray, tile: int) -> np.ndarray:
+    """Scaled (never up) so the long side is at most `tile`, both sides even and at least 16."""
+    from PIL import Image
+
+    h, w = frame.shape[:2]
+    scale = min(1.0, tile / max(h, w))
+    size = (max(16, round(w * scale / 2) * 2), max(16, round(h * scale / 2) * 2))
+    return np.array(Image.fromarray(frame).resize(size, Image.LANCZOS)) if size != (w, h) else frame
+
+
+def grid(count: int, tile_w: int, tile_h: int, columns: int | None = None) -> tuple[tuple[int, int], list]:
+    """Sheet size and each tile's (x, y) for `count` labelled tiles, about 16:9 overall."""
+    columns = columns or max(1, min(count, round(math.sqrt(count * 16 / 9 * (tile_h + LABEL_HEIGHT) / tile_w))))
+    rows = -(-count // columns)
+    cell_w, cell_h = tile_w + GAP, tile_h + LABEL_HEIGHT + GAP
+    boxes = [(GAP + (i % columns) * cell_w, GAP + (i // columns) * cell_h) for i in range(count)]
+    return (GAP + columns * cell_w, GAP + rows * cell_h), boxes
+
+
+def draw_label(text: str, width: int):
+    """The label strip under a tile: the style's name in black on white (Pillow's built-in font)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    strip = Image.new("RGB", (width, LABEL_HEIGHT), "white")
+    font = ImageFont.load_default()
+    while len(text) > 1 and ImageDraw.Draw(strip).textlength(text, font=font) > width - 4:
+        text = text[:-2] + "…"
+    ImageDraw.Draw(strip).text((2, 3), text, fill="black", font=font)
+    return strip
+
+
+def make_sheet(tiles: list[tuple[str, np.ndarray]], columns: int | None = None):
+    """One picture: each (label, image) tile with its label underneath, in reading order."""
+    from PIL import Image
+
+    th, tw = tiles[0][1].shape[:2]
+    size, boxes = grid(len(tiles), tw, th, columns)
+    sheet = Image.new("RGB", size, (236, 236, 236))
+    for (label, image), (x, y) in zip(tiles, boxes):
+        sheet.paste(Image.fromarray(image), (x, y))
+        sheet.paste(draw_label(label, tw), (x, y + th))
+    return sheet
+
+
+def render(frame: np.ndarray, styles: list[str], tile: int, device: str, keep_colors: bool = False,
+           columns: int | None = None):
+    """The sheet for a frame: the original first, then each style (file styles as local paths)."""
+    from stylebatch.models import load_stylizer
+
+    small = fit(frame, tile)
+    tiles = [(ORIGINAL, small)]
+    for style in styles:
+        stylizer = load_stylizer(style, device=device, keep_colors=keep_colors)
+        tiles.append((stylizer.name, stylizer(small[None])[0]))
+    return make_sheet(tiles, columns)
+
+
+def run(args: argparse.Namespace) -> int:
+    from stylebatch.storage import location
+    from stylebatch.stylize import resolve_style
+
+    out = location(args.output)
+    suffix = Path(out.name or "").suffix.lower()
+    if suffix not in SHEET_SUFFIXES:
+        raise BadInput(f"-o {out.display}: the sheet is a picture; end its name in {', '.join(SHEET_SUFFIXES)}")
+    at = parse_time(args.at) if args.at is not None else None
+    src = location(args.input)
+    with tempfile.TemporaryDirectory(prefix="stylebatch-preview-") as tmp:
+        if src.is_local():
+            if not src.exists():
+                raise BadInput(f"input not found: {src.display}")
+            local = Path(src.local_path())
+        else:
+            local = Path(tmp) / (src.name or "input")
+            src.download(local)
+        frame = read_input(local, src.display, at)
+        styles = [resolve_style(s, Path(tmp)) for s in chosen_styles(args.style, args.all)]
+        sheet = render(frame, styles, args.tile, args.device, args.keep_colors, args.columns)
+        result = Path(tmp) / f"sheet{suffix}"
+        sheet.save(result, SHEET_SUFFIXES[suffix], **({"quality": 85} if suffix != ".png" else {}))
+        out.upload(result) if not out.is_local() else _publish(result, Path(out.local_path()))
+    print(f"{out.display}: {len(styles)} style(s)")
+    return 0
+
+
+def _publish(src: Path, dst: Path) -> None:
+    import shutil
+
+    if not dst.parent.is_dir():
+        raise BadInput(f"cannot write {dst}: folder {dst.parent} does not exist")
+    part = dst.with_name(f".{dst.name}.part")
+    shutil.copyfile(src, part)
+    part.replace(dst)  # atomic: a half-written sheet never appears under its name

@@ -14,7 +14,7 @@ import yaml
 from stylebatch_operator.crd import SPEC_SCHEMA, apply_defaults
 from stylebatch_operator.decide import (
     ADMIT, ADOPT, ADVANCE, CREATE, FAIL, NOTHING, QUEUE, REJECT_SPEC_CHANGE, RETRY, SPEC_RESTORED, STALL, START,
-    SUCCEED, UNSTALL, WAIT, decide,
+    SUCCEED, UNSTALL, WAIT, CLEAN_UP, EXPIRE, cleanup_due, decide,
 )
 from stylebatch_operator.settings import Settings
 from stylebatch_operator.spec import resolve
@@ -508,3 +508,39 @@ def test_a_child_waiting_for_kueue_is_not_stalled():
     silent = {**suspended(mpijob(STY1)), "status": {}}
     silent["metadata"] = {"name": STY1, "creationTimestamp": "2026-05-01T10:00:00Z"}
     assert decide(obj, {STY1: silent}, now=NOW, settings=SETTINGS).kind == QUEUE
+
+
+# --- what a finished job leaves behind -----------------------------------------------------------
+
+def finished(phase: str, **cleanup: int) -> dict[str, Any]:
+    obj = stj(phase, attempts={"preprocess": 1, "stylize": 2, "postprocess": 1}, used=1,
+              cleanup={"childrenAfterSucceededSeconds": 0, **cleanup})
+    obj["status"]["effectiveSpec"]["cleanup"] = obj["spec"]["cleanup"]
+    obj["status"]["completionTime"] = "2026-05-01T11:30:00Z"  # half an hour before NOW
+    return obj
+
+
+ALL_CHILDREN = (("Job", PRE1), ("MPIJob", STY1), ("MPIJob", STY2), ("Job", POST1))
+
+
+@pytest.mark.parametrize("case, obj, expected", [
+    ("succeeded: every child goes at once", finished("Succeeded"), (CLEAN_UP, ALL_CHILDREN)),
+    ("succeeded, children kept an hour", finished("Succeeded", childrenAfterSucceededSeconds=3600), (NOTHING, ())),
+    ("failed: children kept for their logs", finished("Failed"), (NOTHING, ())),
+    ("failed, children go after 10 minutes", finished("Failed", childrenAfterFailedSeconds=600),
+     (CLEAN_UP, ALL_CHILDREN)),
+    ("the job itself expires after 20 minutes", finished("Failed", jobAfterFinishedSeconds=1200), (EXPIRE, ())),
+], ids=lambda v: v if isinstance(v, str) else "")
+def test_a_finished_job_cleans_up_as_spec_cleanup_says(case, obj, expected):
+    action = decide(obj, {}, now=NOW)
+    assert (action.kind, action.deletes) == expected
+
+
+def test_children_are_deleted_once_then_the_job_waits_for_its_own_ttl():
+    obj = finished("Succeeded", jobAfterFinishedSeconds=7200)
+    action = decide(obj, {}, now=NOW)
+    obj["status"].update(status_patch(obj, action, NOW))
+    assert obj["status"]["childrenDeleted"] is True
+    assert decide(obj, {}, now=NOW).kind == NOTHING
+    assert cleanup_due(obj) == (EXPIRE, datetime(2026, 5, 1, 13, 30, tzinfo=timezone.utc))
+    assert decide(obj, {}, now=NOW + timedelta(hours=1, minutes=30)).kind == EXPIRE

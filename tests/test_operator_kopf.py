@@ -283,10 +283,10 @@ def test_a_job_goes_from_apply_to_succeeded_with_progress_conditions_and_events(
             assert log_reads[0].params == {"container": "launcher", "tailLines": "1000"}  # bounded reads
             await finish(api, MPIJOBS, "orangutan-stylize-1", reason="MPIJobSucceeded")
 
-            await eventually(lambda: child(api, "Job", "orangutan-postprocess-1"))
+            post = await eventually(lambda: child(api, "Job", "orangutan-postprocess-1"))
+            assert SAS in str(post["spec"])  # the children still get the SAS token to reach the storage
             await finish(api, JOBS, "orangutan-postprocess-1")
             await eventually(lambda: status(api)["phase"] == "Succeeded")
-            await eventually(lambda: events(api)[-1][1] == "Succeeded")
 
             s = status(api)
             assert phases(api) == ["Pending", "Preprocessing", "Stylizing", "Postprocessing", "Succeeded"]
@@ -295,14 +295,20 @@ def test_a_job_goes_from_apply_to_succeeded_with_progress_conditions_and_events(
             assert s["progress"]["percent"] == 100 and s["observedGeneration"] == 1
             assert s["outputURI"] == "https://acct.blob.core.windows.net/videos/out/orangutan.mp4"
             assert s["startTime"] and s["completionTime"]
+            # the finished children go at once (spec.cleanup's default), the job stays
+            await eventually(lambda: status(api).get("childrenDeleted"))
+            assert sorted(deletes(api, JOBS)) == ["orangutan-postprocess-1", "orangutan-preprocess-1"]
+            assert deletes(api, MPIJOBS) == ["orangutan-stylize-1"] and gone(api, "MPIJob", "orangutan-stylize-1")
+            await eventually(lambda: events(api)[-1][1] == "ChildrenDeleted")
             assert [reason for _, reason, _ in events(api)] == [
-                "Accepted", "PreprocessStarted", "PreprocessSucceeded", "StylizeSucceeded", "Succeeded"]
+                "Accepted", "PreprocessStarted", "PreprocessSucceeded", "StylizeSucceeded", "Succeeded",
+                "ChildrenDeleted"]
+            await asyncio.sleep(5 * INTERVAL)
+            assert not job(api)["metadata"].get("deletionTimestamp") and status(api)["phase"] == "Succeeded"
             assert "S3CR3T" not in str(s) and "S3CR3T" not in str(events(api))
             # exactly one of each child, however many times the operator looked
             assert creates(api, JOBS) == ["orangutan-preprocess-1", "orangutan-postprocess-1"]
             assert creates(api, MPIJOBS) == ["orangutan-stylize-1"]
-            # and the children still get the SAS token to reach the storage
-            assert SAS in str(child(api, "Job", "orangutan-postprocess-1")["spec"])
             # a finished job holds no finalizer: deleting it never waits for the operator
             await eventually(lambda: not job(api)["metadata"].get("finalizers"))
             assert_requests_allowed_by_rbac(api)
@@ -1063,4 +1069,44 @@ def test_a_job_past_its_deadline_deletes_its_running_mpijob():
             assert deletes(api, MPIJOBS) == ["orangutan-stylize-1"]  # no GPU pod keeps running
             assert gone(api, "MPIJob", "orangutan-stylize-1")
             assert_requests_allowed_by_rbac(api)
+    run(scenario)
+
+
+# --- after the end -------------------------------------------------------------------------------
+
+def test_a_failed_job_is_resumed_by_a_new_job_naming_its_work_dir():
+    """The documented rerun: the failed job's status.workDir as the new job's spec.workDir, so the
+    parts already stylized are reused (the worker resumes from the work dir's manifest)."""
+    async def scenario() -> None:
+        async with api_server() as api, operator(api):
+            await apply_job(api, retries=0)
+            await to_stylize(api)
+            await finish(api, MPIJOBS, "orangutan-stylize-1", ok=False, reason="MPIJobFailed", message="launcher failed")
+            await eventually(lambda: status(api)["phase"] == "Failed")
+            work = status(api)["workDir"]
+            assert work == f"az://videos/out/.stylebatch-work/media/orangutan-{job(api)['metadata']['uid'][:8]}/"
+            failed_args = _launcher_args(child(api, "MPIJob", "orangutan-stylize-1"))
+            assert not gone(api, "MPIJob", "orangutan-stylize-1")  # a failed job's children stay for their logs
+
+            await apply_job(api, name="orangutan-again", workDir=work)
+            pre = await eventually(lambda: child(api, "Job", "orangutan-again-preprocess-1"))
+            assert pre["spec"]["template"]["spec"]["containers"][0]["args"][3:5] == ["--work", work]
+            await finish(api, JOBS, "orangutan-again-preprocess-1")
+            again = await eventually(lambda: child(api, "MPIJob", "orangutan-again-stylize-1"))
+            assert _launcher_args(again)[-12:] == failed_args[-12:]  # same work dir, same stylize command
+            assert status(api, "orangutan-again")["workDir"] == work
+    run(scenario)
+
+
+def test_a_finished_job_is_deleted_after_its_ttl():
+    async def scenario() -> None:
+        async with api_server() as api, operator(api):
+            await apply_job(api, retries=0, cleanup={"childrenAfterSucceededSeconds": 0, "jobAfterFinishedSeconds": 1})
+            await eventually(lambda: child(api, "Job", "orangutan-preprocess-1"))
+            await finish(api, JOBS, "orangutan-preprocess-1", ok=False, reason="BackoffLimitExceeded")
+            await eventually(lambda: status(api)["phase"] == "Failed")
+            await eventually(lambda: api.objects["stylebatch.io/v1alpha1/styletransferjobs", NS, "orangutan"].deleted,
+                             timeout=10)
+            assert not deletes(api, JOBS)  # a failed job's children went with it (owner references), not before
+            assert_requests_allowed_by_rbac(api, stylized=False)
     run(scenario)

@@ -160,6 +160,7 @@ def test_defaults_fill_every_field_the_job_leaves_out():
                        "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
                        "spot": False},
         "serviceAccountName": "stylebatch-job",
+        "cleanup": {"childrenAfterSucceededSeconds": 0},
         # what no spec field sets: the other pods' resources, scratch and /dev/shm sizes
         "pods": AKS.pod_defaults(),
         # the CRD's own defaults, which the API server fills in too

@@ -117,6 +117,21 @@ SPEC_SCHEMA: dict[str, Any] = _obj(
         "keepWorkDir": {"type": "boolean", "default": False,
                         "description": "Keep the work dir's parts after the video is published (for debugging). "
                                        "By default postprocess deletes stylebatch's own files from it."},
+        "cleanup": _obj(
+            "When the operator deletes what a finished job leaves behind. Unset: kept.",
+            {
+                "childrenAfterSucceededSeconds": _int(
+                    "Delete the children (Jobs, MPIJob, their pods) this long after the job succeeded.",
+                    minimum=0, default=0, format="int64"),
+                "childrenAfterFailedSeconds": _int(
+                    "Delete the children this long after the job failed; unset: kept, for their logs, until "
+                    "the job is deleted.", minimum=0, format="int64"),
+                "jobAfterFinishedSeconds": _int(
+                    "Delete the StyleTransferJob itself (and so its children) this long after it succeeded or "
+                    "failed; unset: kept.", minimum=0, format="int64"),
+            },
+            default={},
+        ),
         "encoder": _obj(
             "Output encoder settings; unset fields use the worker's defaults.",
             {
@@ -210,6 +225,7 @@ STATUS_SCHEMA: dict[str, Any] = _obj("Observed state, written by the operator.",
     "workDir": _text("The work dir (any SAS token removed)."),
     "attempts": _obj("Attempts started per stage.", _STAGE_COUNTS),
     "retries": _int("Retries used, out of spec.retries."),
+    "childrenDeleted": {"type": "boolean", "description": "The finished job's children were deleted (spec.cleanup)."},
     "disruptions": _int("Retries after a disruption (an evicted pod, a vanished node): not counted in retries."),
     "children": _obj("The latest child of each stage.", _STAGE_NAMES),
     "progress": _obj("Frames stylized, from the ranks' progress lines.", {

@@ -40,6 +40,8 @@ ADMIT = "Admit"  # the current child, which waited, is admitted (unsuspended)
 STALL = "Stall"  # the current child's pods cannot start (yet): say why
 UNSTALL = "Unstall"  # they started after all
 WAIT = "Wait"  # the current child is running
+CLEAN_UP = "CleanUp"  # the job is over and spec.cleanup says its children go now
+EXPIRE = "Expire"  # the job is over and spec.cleanup says it goes now (its children with it)
 NOTHING = "Nothing"  # the job is over
 
 SPEC_CHANGE_CONDITION = "SpecChangeRejected"
@@ -97,7 +99,7 @@ def decide(stj: dict[str, Any], children: dict[str, dict[str, Any]], *, now: dat
     the stall grace period and the progress timeout."""
     status = stj.get("status") or {}
     if status.get("phase") in TERMINAL_PHASES:
-        return Action(NOTHING)
+        return _cleanup(stj, now)
     if not status.get("acceptedSpec"):
         problems = spec_problems(stj, settings)
         if problems:
@@ -169,6 +171,42 @@ def _admission(stj: dict[str, Any], stage: str, attempt: int, child: dict[str, A
         waited = max(0, int((now - since).total_seconds()))
         return Action(ADMIT, stage, attempt, "Admitted", f"Kueue admitted {kind_name}{where} after {waited}s")
     return None
+
+
+def _cleanup(stj: dict[str, Any], now: datetime) -> Action:
+    """A finished job's children, then the job itself, go when spec.cleanup says (measured from
+    status.completionTime); NOTHING until then, and after."""
+    due = cleanup_due(stj)
+    if due is None or now < due[1]:
+        return Action(NOTHING)
+    if due[0] == EXPIRE:
+        return Action(EXPIRE, reason="Expired", message="deleted after spec.cleanup.jobAfterFinishedSeconds")
+    deletes = all_children(stj)
+    return Action(CLEAN_UP, reason="ChildrenDeleted", message="deleted the finished children "
+                  + ", ".join(f"{kind} {name}" for kind, name in deletes), deletes=deletes)
+
+
+def cleanup_due(stj: dict[str, Any]) -> tuple[str, datetime] | None:
+    """(CLEAN_UP or EXPIRE, when) of the next clean-up a finished job waits for; None when there
+    is nothing (more) to do. The operator keeps looking at the job until then."""
+    status = stj.get("status") or {}
+    finished = parse_time(status.get("completionTime"))
+    if status.get("phase") not in TERMINAL_PHASES or finished is None or not status.get("acceptedSpec"):
+        return None
+    cleanup = effective_spec(stj).get("cleanup") or {}
+    field = "childrenAfterSucceededSeconds" if status["phase"] == SUCCEEDED_PHASE else "childrenAfterFailedSeconds"
+    if cleanup.get(field) is not None and not status.get("childrenDeleted") and all_children(stj):
+        return CLEAN_UP, finished + timedelta(seconds=int(cleanup[field]))
+    if cleanup.get("jobAfterFinishedSeconds") is not None:
+        return EXPIRE, finished + timedelta(seconds=int(cleanup["jobAfterFinishedSeconds"]))
+    return None
+
+
+def all_children(stj: dict[str, Any]) -> tuple[tuple[str, str], ...]:
+    """(kind, name) of every child the job made: each attempt of each stage it reached."""
+    attempts = (stj.get("status") or {}).get("attempts") or {}
+    return tuple((CHILD_KIND[stage], child_name(stj["metadata"]["name"], stage, n))
+                 for stage in STAGES for n in range(1, int(attempts.get(stage) or 0) + 1))
 
 
 def _create(stage: str, attempt: int, name: str, recorded: bool, left: int) -> Action:

@@ -61,8 +61,10 @@ async def _disconnect(memo: kopf.Memo, **_: Any) -> None:
         await memo.kube.close()
 
 
-def _active(status: dict[str, Any], **_: Any) -> bool:
-    return status.get("phase") not in d.TERMINAL_PHASES
+def _active(body: kopf.Body, **_: Any) -> bool:
+    """Running, or finished with a clean-up still to come."""
+    stj = {"metadata": dict(body.metadata), "spec": dict(body.spec), "status": dict(body.status)}
+    return (stj["status"].get("phase") not in d.TERMINAL_PHASES) or d.cleanup_due(stj) is not None
 
 
 async def _reconcile_timer(namespace: str, name: str, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
@@ -100,6 +102,8 @@ async def reconcile(kube: Kube, namespace: str, name: str, logger: logging.Logge
             logger.info("deleted %s %s", kind, child_name)
     if action.creates is not None:
         await _create_child(kube, stj, action, logger)
+    if action.kind == d.EXPIRE:
+        await kube.delete(KIND, namespace, name)  # Kubernetes deletes its children (owner references)
 
 
     patch |= status_patch(stj, action, now) or {}

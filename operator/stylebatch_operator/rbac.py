@@ -15,11 +15,12 @@ from stylebatch_operator.crd import CRD_NAME
 RULES: list[dict[str, list[str]]] = [
     # kopf watches jobs, patches its annotations and finalizer; the operator reads them fresh
     {"apiGroups": ["stylebatch.io"], "resources": ["styletransferjobs"],
-     "verbs": ["get", "list", "watch", "patch"]},
+     "verbs": ["get", "list", "watch", "patch", "delete"]},  # delete: spec.cleanup.jobAfterFinishedSeconds
     {"apiGroups": ["stylebatch.io"], "resources": ["styletransferjobs/status"], "verbs": ["patch"]},
     # ownerReferences with blockOwnerDeletion need update on the owner's finalizers
     {"apiGroups": ["stylebatch.io"], "resources": ["styletransferjobs/finalizers"], "verbs": ["update"]},
-    # delete: a child still running when the job ends (deadline, a permanent stall) or is retried
+    # delete: a child still running when the job ends (deadline, a permanent stall) or is retried,
+    # and finished children (spec.cleanup)
     {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["get", "create", "delete"]},
     {"apiGroups": ["kubeflow.org"], "resources": ["mpijobs"], "verbs": ["get", "create", "delete"]},
     # a child's pods say why it fails or cannot start; the MPIJob launcher's log holds the ranks' progress lines

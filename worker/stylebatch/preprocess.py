@@ -33,8 +33,9 @@ def source_name(input_name: str) -> str:
 
 
 def output_uri(output) -> str:
-    """The output as stored in the manifest: absolute for local paths, as given for blob URIs."""
-    return str(output.local_path().resolve()) if output.is_local() else output.uri
+    """The output as stored in the manifest: absolute for local paths; for blobs the URI without its
+    query string, so no SAS token is ever written to the work dir (stages take it from the environment)."""
+    return str(output.local_path().resolve()) if output.is_local() else output.address
 
 
 def input_name(src) -> str:

@@ -98,7 +98,7 @@ def _run_stages(args: argparse.Namespace, work, style_dir: Path) -> None:
 
     style_check = _StyleCheck(args, style_dir)
     style_check.start()  # loading the model (torch import, weights) overlaps preprocess
-    preprocess.run(argparse.Namespace(input=args.input, output=args.output, work=work.uri,
+    preprocess.run(argparse.Namespace(input=args.input, output=args.output, work=work.address,
                                       codec=args.codec, crf=args.crf, bitrate=args.bitrate,
                                       preset=args.preset, chunk_frames=args.chunk_frames))
     style, workers = style_check.result()
@@ -110,7 +110,7 @@ def _run_stages(args: argparse.Namespace, work, style_dir: Path) -> None:
     from stylebatch.models import parse_style, style_label
 
     log.info("stylizing %d frames on %d rank(s), style %s", frames, workers, style_label(parse_style(style)))
-    stylize_args = ["--work", work.uri, "--style", style, "--strength", str(args.strength),
+    stylize_args = ["--work", work.address, "--style", style, "--strength", str(args.strength),
                     "--device", args.device]
     if args.max_side:
         stylize_args += ["--max-side", str(args.max_side)]
@@ -119,7 +119,7 @@ def _run_stages(args: argparse.Namespace, work, style_dir: Path) -> None:
     if args.keep_colors:
         stylize_args += ["--keep-colors"]
     _stylize(stylize_args, workers, frames)
-    postprocess.run(argparse.Namespace(work=work.uri, output=args.output, delete_work=False))
+    postprocess.run(argparse.Namespace(work=work.address, output=args.output, delete_work=False))
 
 
 class _StyleCheck(threading.Thread):
@@ -169,7 +169,10 @@ def _stylize(stylize_args: list[str], workers: int, frames: int) -> None:
         stylize(build_parser().parse_args(["stylize", *stylize_args]))
         return
     cmd = [mpiexec, "-n", str(workers), sys.executable, "-m", "stylebatch", "stylize", *stylize_args]
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    from stylebatch.storage.credentials import carried_sas_env
+
+    # A SAS from a URL reaches the ranks in their environment, never in their (world-readable) arguments.
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **carried_sas_env())
     monitor = Monitor(frames)
     errors: list[str] = []
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,

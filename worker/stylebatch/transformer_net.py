@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from stylebatch.errors import StylebatchError
+from stylebatch.weights_file import check_finite, check_unpacked_size
 
 
 class TransformerNet(nn.Module):
@@ -121,6 +122,7 @@ def load_transformer_net(path: str | Path) -> TransformerNet:
         raise StylebatchError(f"style file not found: {path}")
     if not path.is_file():
         raise StylebatchError(f"style file {path} is not a file")
+    check_unpacked_size(path)  # before torch unpacks anything: a zip bomb costs nothing
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch.load fails in many ways (pickle, zip, EOF, KeyError) with pages of text
@@ -141,5 +143,6 @@ def load_transformer_net(path: str | Path) -> TransformerNet:
         raise StylebatchError(
             f"style file {path} is not a fast_neural_style TransformerNet state dict "
             f"({len(missing)} missing, {len(unexpected)} unexpected, {len(wrong)} mis-shaped keys; {first})")
+    check_finite(state, path)
     net.load_state_dict({k: v.float() for k, v in state.items()})
     return net.eval().requires_grad_(False)

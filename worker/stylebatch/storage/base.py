@@ -18,6 +18,13 @@ class Location(abc.ABC):
     display: str
     name: str
 
+    @property
+    def address(self) -> str:
+        """The location as a URI without any secret (no SAS query string): what may be stored in a
+        work dir, passed in arguments, or given to location() in a later stage, which then takes the
+        credential from the environment (or from a SAS URL given earlier: storage.credentials)."""
+        return self.uri
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.display!r})"
 
@@ -67,7 +74,8 @@ class Location(abc.ABC):
     @abc.abstractmethod
     def check_writable(self) -> None:
         """A cheap check that a file can be written here (local: the parent folder exists and is
-        writable; blob: the container exists); a one-line StylebatchError if not."""
+        writable; blob: the container exists and the credential may write this blob, proven by
+        staging a block nobody can see); a one-line StylebatchError if not."""
 
     def is_local(self) -> bool:
         return False

@@ -10,17 +10,20 @@ import mimetypes
 import os
 import pathlib
 import urllib.parse
+import uuid
 from typing import IO, Any, Iterator
 
 from stylebatch import storage
 from stylebatch.errors import StylebatchError
 from stylebatch.storage.base import Location
 from stylebatch.storage.clients import service_client
+from stylebatch.storage.credentials import resolve_credential, sas_scope, sas_write_problem
 from stylebatch.storage.errors import blob_errors, local_errors
 from stylebatch.storage.files import atomic_file, open_source
 from stylebatch.storage.scrub import printable
 
 log = logging.getLogger("stylebatch.storage")
+WRITE_CHECK = ".stylebatch-write-check"  # marker blobs of the pre-flight write check, deleted at once
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
@@ -37,6 +40,10 @@ class BlobLocation(Location):
     @property
     def display(self) -> str:  # type: ignore[override]
         return printable(self._address(self.blob))
+
+    @property
+    def address(self) -> str:
+        return self._address(self.blob)
 
     @property
     def name(self) -> str:  # type: ignore[override]
@@ -129,6 +136,40 @@ class BlobLocation(Location):
                                       f"{self.container!r} in this storage account")
         if not self.blob:
             raise StylebatchError(f"{self.display} is a container, not a file")
+        self._probe_write()
+
+    def _probe_write(self) -> None:
+        """Prove the credential may write here before any work: a SAS token must grant write and not
+        have expired; then a small marker blob is created next to the blob and deleted again (skipped
+        for a SAS that grants this one blob only, where the token's own fields are all there is)."""
+        from azure.core.exceptions import ClientAuthenticationError, HttpResponseError, ResourceExistsError
+
+        cred = resolve_credential(self)
+        if cred.kind == "sas":
+            problem = sas_write_problem(cred.secret or "")
+            if problem:
+                raise StylebatchError(f"cannot write {self.display}: the SAS token ({cred.source}) {problem}")
+            if sas_scope(cred.secret or "") in ("b", "bs", "bv"):
+                return
+        folder = self.blob.rpartition("/")[0]
+        marker = dataclasses.replace(self, blob=f"{folder}/{WRITE_CHECK}" if folder else WRITE_CHECK)
+        marker = dataclasses.replace(marker, blob=f"{marker.blob}-{uuid.uuid4().hex[:12]}")
+        with blob_errors(self, "write"):
+            try:
+                marker._blob_client().upload_blob(b"", overwrite=False)
+            except ResourceExistsError:
+                pass
+            except (ClientAuthenticationError, HttpResponseError) as exc:
+                if exc.status_code not in (401, 403):
+                    raise
+                raise StylebatchError(
+                    f"cannot write {self.display}: the storage credential ({cred.source}) does not allow writing "
+                    f"there (read-only, expired or revoked); give one with write permission") from None
+            try:
+                marker._blob_client().delete_blob()
+            except HttpResponseError as exc:
+                log.warning("could not delete the write check %s (%s): delete it yourself",
+                            marker.display, exc.status_code)
 
     def _container_exists(self) -> bool:
         """True unless the container is known to be missing. A SAS scoped to the container may not

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from stylebatch import storage
 from stylebatch.errors import StylebatchError
-from stylebatch.storage.credentials import CREDENTIAL_HELP, resolve_credential
+from stylebatch.storage.credentials import CREDENTIAL_HELP, forget_url_sas, resolve_credential
 
 if TYPE_CHECKING:
     from stylebatch.storage.blob import BlobLocation
@@ -49,7 +49,9 @@ def service_client(loc: BlobLocation) -> Any:
 
 
 def clear_client_cache() -> None:
-    """Forget cached clients and the cached Azure identity (after the environment changed)."""
+    """Forget cached clients, the cached Azure identity and the SAS tokens of URLs given so far
+    (after the environment changed)."""
+    forget_url_sas()
     _service_client.cache_clear()
     _default_azure_credential.cache_clear()
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime
+import json
 import os
 import urllib.parse
 from typing import TYPE_CHECKING
@@ -33,29 +35,156 @@ class BlobCredential:
 
 
 def resolve_credential(loc: BlobLocation) -> BlobCredential:
-    """Pick the credential for loc, in the documented order (first match wins)."""
+    """Pick the credential for loc, in the documented order (first match wins).
+
+    A credential from the environment is only ever sent to its own account's endpoint:
+    https://ACCOUNT.blob.core.windows.net, the connection string's endpoint, or the one
+    AZURE_STORAGE_BLOB_ENDPOINT names. A URL that names the account on any other host gets a
+    one-line StylebatchError, never the credential (nor an Azure identity's token)."""
     env = os.environ
     override = env.get("AZURE_STORAGE_BLOB_ENDPOINT", "").strip().rstrip("/") or None
     if loc.sas and loc.endpoint and loc.account:
         return BlobCredential(loc.endpoint, loc.account, "sas", "the URL", loc.sas)
+    carried = carried_sas(loc)
+    if carried and loc.endpoint and loc.account:
+        return BlobCredential(loc.endpoint, loc.account, "sas", "the URL", carried)
     if env.get("AZURE_STORAGE_CONNECTION_STRING", "").strip():
         account, endpoint, kind, secret = _parse_connection_string(env["AZURE_STORAGE_CONNECTION_STRING"])
         if loc.account in (None, account):
-            endpoint = loc.endpoint or override or endpoint
-            return BlobCredential(endpoint, account, kind, "AZURE_STORAGE_CONNECTION_STRING", secret)
+            source = "AZURE_STORAGE_CONNECTION_STRING"
+            endpoint = _own_endpoint(loc, account, source, override or endpoint, endpoint)
+            return BlobCredential(endpoint, account, kind, source, secret)
     account = env.get("AZURE_STORAGE_ACCOUNT", "").strip()
     if account and loc.account in (None, account):
-        endpoint = loc.endpoint or override or f"https://{account}.blob.core.windows.net"
+        kind, source, secret = "identity", "DefaultAzureCredential", None
         if env.get("AZURE_STORAGE_SAS_TOKEN", "").strip():
-            sas = env["AZURE_STORAGE_SAS_TOKEN"].strip().lstrip("?")
-            return BlobCredential(endpoint, account, "sas", "AZURE_STORAGE_SAS_TOKEN", sas)
-        if env.get("AZURE_STORAGE_KEY", "").strip():
-            return BlobCredential(endpoint, account, "key", "AZURE_STORAGE_KEY", env["AZURE_STORAGE_KEY"].strip())
-        return BlobCredential(endpoint, account, "identity", "DefaultAzureCredential")
+            kind, source, secret = "sas", "AZURE_STORAGE_SAS_TOKEN", env["AZURE_STORAGE_SAS_TOKEN"].strip().lstrip("?")
+        elif env.get("AZURE_STORAGE_KEY", "").strip():
+            kind, source, secret = "key", "AZURE_STORAGE_KEY", env["AZURE_STORAGE_KEY"].strip()
+        endpoint = _own_endpoint(loc, account, source, override or azure_endpoint(account))
+        return BlobCredential(endpoint, account, kind, source, secret)
     if loc.account and loc.endpoint:
         # A URL names its account; a workload or managed identity may still have access to it.
-        return BlobCredential(loc.endpoint, loc.account, "identity", "DefaultAzureCredential")
+        endpoint = _own_endpoint(loc, loc.account, "DefaultAzureCredential", override or azure_endpoint(loc.account))
+        return BlobCredential(endpoint, loc.account, "identity", "DefaultAzureCredential")
     raise StylebatchError(f"no storage account configured for {loc.display}: {CREDENTIAL_HELP}")
+
+
+# --- SAS tokens given in URLs, carried to later stages in memory and in the environment, never on disk ---
+
+CARRIED_SAS_ENV = "STYLEBATCH_URL_SAS"
+_carried: dict[tuple[str, str, str, bool], str] = {}
+
+
+def remember_url_sas(loc: BlobLocation) -> None:
+    """Remember the SAS of a URL the user gave, for the blobs it grants: one blob (sr=b), a folder
+    (sr=d), or the URL's container (a container or account SAS). Work-dir records store URIs
+    without their query; a URI read back from them finds its SAS here (or in CARRIED_SAS_ENV)."""
+    if not (loc.sas and loc.endpoint):
+        return
+    scope = sas_scope(loc.sas)
+    prefix, exact = {"b": (loc.blob, True), "bs": (loc.blob, True), "bv": (loc.blob, True),
+                     "d": (loc.blob, False)}.get(scope, ("", False))
+    _carried[(_endpoint_key(loc.endpoint), loc.container, prefix, exact)] = loc.sas
+
+
+def forget_url_sas() -> None:
+    """Forget the SAS tokens of URLs given so far in this process."""
+    _carried.clear()
+
+
+def carried_sas(loc: BlobLocation) -> str | None:
+    """The SAS of a URL given earlier (this process, or the stage that started it) that grants loc;
+    the most specific one when several do."""
+    if not loc.endpoint:
+        return None
+    found: tuple[int, str] | None = None
+    for (endpoint, container, prefix, exact), sas in _all_carried().items():
+        if endpoint != _endpoint_key(loc.endpoint) or container != loc.container:
+            continue
+        if loc.blob == prefix or (not exact and (not prefix or loc.blob.startswith(prefix + "/"))):
+            if found is None or len(prefix) > found[0]:
+                found = (len(prefix), sas)
+    return found[1] if found else None
+
+
+def carried_sas_env() -> dict[str, str]:
+    """Environment for a child stage process (the stylize ranks): the SAS tokens of URLs given so far."""
+    entries = _all_carried()
+    if not entries:
+        return {}
+    return {CARRIED_SAS_ENV: json.dumps([[*key, sas] for key, sas in entries.items()])}
+
+
+def _all_carried() -> dict[tuple[str, str, str, bool], str]:
+    entries: dict[tuple[str, str, str, bool], str] = {}
+    try:
+        for endpoint, container, prefix, exact, sas in json.loads(os.environ.get(CARRIED_SAS_ENV) or "[]"):
+            entries[(str(endpoint), str(container), str(prefix), bool(exact))] = str(sas)
+    except (ValueError, TypeError):
+        raise StylebatchError(f"{CARRIED_SAS_ENV} is malformed (it is set by stylebatch run for its ranks)") from None
+    return {**entries, **_carried}
+
+
+def _endpoint_key(endpoint: str) -> str:
+    parts = urllib.parse.urlsplit(endpoint.strip())
+    scheme = parts.scheme.lower()
+    port = parts.port or {"https": 443, "http": 80}.get(scheme)
+    return f"{scheme}://{(parts.hostname or '').lower().rstrip('.')}:{port}{parts.path.rstrip('/')}"
+
+
+def sas_scope(sas: str) -> str:
+    """What a SAS token grants: its sr field (b blob, c container, d folder), "" for an account SAS."""
+    return urllib.parse.parse_qs(sas.lstrip("?")).get("sr", [""])[0]
+
+
+def sas_write_problem(sas: str, now: datetime.datetime | None = None) -> str | None:
+    """Why a SAS token cannot write, read from its own fields (sp permissions, se expiry); None if
+    nothing tells. The signature is never looked at or quoted."""
+    fields = urllib.parse.parse_qs(sas.lstrip("?"))
+    permissions = fields.get("sp", [None])[0]
+    if permissions is not None and "w" not in permissions:
+        return f"does not allow writing (its permissions are sp={permissions!r}; writing needs w)"
+    expiry = fields.get("se", [None])[0]
+    if expiry:
+        try:
+            when = datetime.datetime.fromisoformat(expiry.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=datetime.timezone.utc)
+        if when <= (now or datetime.datetime.now(datetime.timezone.utc)):
+            return f"expired at {expiry}"
+    return None
+
+
+def azure_endpoint(account: str) -> str:
+    """The public Azure endpoint of a storage account."""
+    return f"https://{account}.blob.core.windows.net"
+
+
+def same_endpoint(a: str, b: str) -> bool:
+    """True if two endpoint URLs name the same service: scheme, host, port (default ones filled in)
+    and path compared, letter case of scheme and host ignored."""
+    try:
+        return _endpoint_key(a) == _endpoint_key(b)
+    except ValueError:
+        return False
+
+
+def _own_endpoint(loc: BlobLocation, account: str, source: str, default: str, *more: str) -> str:
+    """The endpoint a credential for `account` goes to: `default` for az:// locations; for a URL, its
+    own endpoint if that is one of the account's own (`default`, `more`, the public Azure one)."""
+    if loc.endpoint is None:
+        return default
+    own = [default, *more, azure_endpoint(account)]
+    if any(same_endpoint(loc.endpoint, e) for e in own if e):
+        return loc.endpoint
+    raise StylebatchError(
+        f"refusing to send the credentials of storage account {account!r} ({source}) to {loc.endpoint}, "
+        f"which is not that account's endpoint ({default}): use the account's own URL, put a SAS token "
+        f"in the URL, or name an emulator's endpoint in AZURE_STORAGE_BLOB_ENDPOINT"
+    )
 
 
 def _parse_connection_string(text: str) -> tuple[str, str, str, str]:

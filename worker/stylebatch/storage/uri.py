@@ -10,6 +10,7 @@ import urllib.parse
 from stylebatch.errors import StylebatchError
 from stylebatch.storage.base import Location, is_path_style, split_path
 from stylebatch.storage.blob import BlobLocation
+from stylebatch.storage.credentials import remember_url_sas
 from stylebatch.storage.local import LocalLocation
 from stylebatch.storage.scrub import printable, scrub_uri
 
@@ -85,8 +86,10 @@ def _parse_blob_url(uri: str) -> BlobLocation:
     container = urllib.parse.unquote(segments.pop(0)) if segments else ""
     _check_container(container, safe)
     blob = _blob_name(urllib.parse.unquote("/".join(segments)), safe)
-    return BlobLocation(uri=uri, container=container, blob=blob, account=account,
-                        endpoint=endpoint, sas=_sas_from_query(parts.query, safe))
+    loc = BlobLocation(uri=uri, container=container, blob=blob, account=account,
+                       endpoint=endpoint, sas=_sas_from_query(parts.query, safe))
+    remember_url_sas(loc)  # later stages find it by the URI without its query: never stored on disk
+    return loc
 
 
 def _sas_from_query(query: str, safe: str) -> str | None:

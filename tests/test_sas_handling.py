@@ -1,0 +1,156 @@
+"""SAS tokens given in URLs: they work for every stage, are never written to the work dir, and a token
+that cannot write the output is found before any work."""
+
+from __future__ import annotations
+
+import urllib.parse
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from clips import FAST_STYLE, count_frames, error_lines, stylebatch
+
+from stylebatch import storage
+from stylebatch.errors import StylebatchError
+
+
+def sas(azurite, container: str, *, permissions: str = "racwdl", hours: float = 1, blob: str | None = None,
+        key: str | None = None) -> str:
+    """A container SAS (or a blob SAS when blob is given) with the given permission letters."""
+    from azure.storage.blob import (BlobSasPermissions, ContainerSasPermissions, generate_blob_sas,
+                                    generate_container_sas)
+
+    expiry = datetime.now(timezone.utc) + timedelta(hours=hours)
+    if blob is not None:
+        return generate_blob_sas(azurite.account, container, blob, account_key=key or azurite.key,
+                                 permission=BlobSasPermissions.from_string(permissions), expiry=expiry)
+    return generate_container_sas(azurite.account, container, account_key=key or azurite.key,
+                                  permission=ContainerSasPermissions.from_string(permissions), expiry=expiry)
+
+
+def only_the_sas(azure_env) -> dict[str, str]:
+    """The subprocess environment without the connection string: the SAS in the URLs is all there is."""
+    return {k: v for k, v in azure_env.env.items() if k != "AZURE_STORAGE_CONNECTION_STRING"}
+
+
+@pytest.fixture(autouse=True)
+def fresh_clients() -> None:
+    storage.clear_client_cache()
+
+
+@pytest.mark.slow
+@pytest.mark.azurite
+@pytest.mark.parametrize("work_on", ["blob", "local"])
+def test_a_sas_given_in_urls_works_in_every_stage_and_is_never_written_to_the_work_dir(
+    work_on: str, azure_env, clip, tmp_path: Path
+) -> None:
+    az, container = azure_env.azurite, azure_env.container
+    token = sas(az, container)
+    signature = urllib.parse.parse_qs(token)["sig"][0]
+    base = f"{az.endpoint}/{container}"
+    src = clip("in.mp4", size=(64, 48), frames=8)
+    storage.location(f"{base}/in.mp4?{token}").upload(src)
+    work = f"{base}/work/job1?{token}" if work_on == "blob" else str(tmp_path / "work")
+    # two ranks: the stylize processes need the work dir's SAS too, and get it without a command line
+    result = stylebatch("run", f"{base}/in.mp4?{token}", "-o", f"{base}/out.mp4?{token}", "--work", work,
+                        "--keep-work", "--workers", "2", "--chunk-frames", "4", *FAST_STYLE,
+                        env=only_the_sas(azure_env))
+    assert result.returncode == 0, result.stderr
+    out = tmp_path / "out.mp4"
+    storage.location(f"{base}/out.mp4?{token}").download(out)
+    assert count_frames(out) == 8
+    kept = storage.location(work)
+    names = kept.list()
+    assert "manifest.json" in names and any(n.startswith("parts/") for n in names)
+    for name in names:
+        data = kept.child(name).read_bytes()
+        for secret in (signature.encode(), urllib.parse.quote(signature, safe="").encode(), b"sig="):
+            assert secret not in data, f"{name} holds the SAS"
+    manifest = kept.child("manifest.json").read_bytes().decode()
+    assert f'"output":"{base}/out.mp4"' in manifest
+
+
+@pytest.mark.azurite
+@pytest.mark.parametrize("case, token_of, problem", [
+    ("read-only container SAS", lambda az, c: sas(az, c, permissions="rl"),
+     "does not allow writing (its permissions are sp='rl'; writing needs w)"),
+    ("expired SAS", lambda az, c: sas(az, c, hours=-1), "expired at "),
+    ("read-only blob SAS", lambda az, c: sas(az, c, permissions="r", blob="out.mp4"),
+     "does not allow writing (its permissions are sp='r'; writing needs w)"),
+    ("revoked SAS (signed with another key)", lambda az, c: sas(az, c, key="bm90IHRoZSBrZXk="),
+     "the storage credential (the URL) does not allow writing there (read-only, expired or revoked)"),
+])
+def test_an_output_sas_that_cannot_write_is_found_in_the_preflight_checks(
+    case: str, token_of, problem: str, azure_env, clip, tmp_path: Path
+) -> None:
+    az, container = azure_env.azurite, azure_env.container
+    url = f"{az.endpoint}/{container}/out.mp4"
+    result = stylebatch("run", clip("in.mp4", size=(64, 48), frames=8), "-o", f"{url}?{token_of(az, container)}",
+                        "--work", tmp_path / "work", *FAST_STYLE, env=only_the_sas(azure_env), timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert error_lines(result) == [f"stylebatch: error: cannot write {url}: {error_lines(result)[0].split(': ', 3)[3]}"]
+    assert problem in error_lines(result)[0]
+    assert "stylizing" not in result.stderr and "preprocessed" not in result.stderr  # before any work
+    assert not (tmp_path / "work").exists()
+    assert [b.name for b in az.service_client().get_container_client(container).list_blobs()] == []
+
+
+@pytest.mark.azurite
+def test_the_write_check_passes_for_writable_credentials_and_leaves_nothing_behind(azure_env) -> None:
+    az, container = azure_env.azurite, azure_env.container
+    for uri in (f"az://{container}/done/out.mp4",  # the connection string's key
+                f"{az.endpoint}/{container}/done/out.mp4?{sas(az, container, permissions='cw')}",  # no delete
+                f"{az.endpoint}/{container}/out.mp4?{sas(az, container, permissions='cw', blob='out.mp4')}"):
+        storage.location(uri).check_writable()
+    listed = [b.name for b in az.service_client().get_container_client(container).list_blobs()]
+    assert all(".stylebatch-write-check" in name for name in listed)  # only where delete is not granted
+
+
+def test_a_sas_is_judged_by_its_own_fields_without_quoting_its_signature() -> None:
+    from stylebatch.storage.credentials import sas_write_problem
+
+    now = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    assert sas_write_problem("sv=2023-11-03&sp=racwdl&se=2026-01-02T00:00:00Z&sig=AbC", now) is None
+    assert sas_write_problem("sp=rl&se=2026-01-02T00:00:00Z&sig=AbC", now) == \
+        "does not allow writing (its permissions are sp='rl'; writing needs w)"
+    assert sas_write_problem("?sp=rw&se=2025-12-31&sig=AbC", now) == "expired at 2025-12-31"
+    assert sas_write_problem("sig=AbC&si=policy", now) is None  # a stored access policy: only the service knows
+
+
+@pytest.mark.parametrize("granted, asked, carried", [
+    ("https://acct.blob.core.windows.net/videos/in.mp4?sr=c&sp=rl&sig=C",
+     "https://acct.blob.core.windows.net/videos/work/manifest.json", True),
+    ("https://acct.blob.core.windows.net/videos/out.mp4?sr=b&sp=w&sig=B",
+     "https://acct.blob.core.windows.net/videos/out.mp4", True),
+    ("https://acct.blob.core.windows.net/videos/out.mp4?sr=b&sp=w&sig=B",
+     "https://acct.blob.core.windows.net/videos/out.mp4.bak", False),
+    ("https://acct.blob.core.windows.net/videos/jobs?sr=d&sdd=1&sp=rw&sig=D",
+     "https://acct.blob.core.windows.net/videos/jobs/1/manifest.json", True),
+    ("https://acct.blob.core.windows.net/videos/jobs?sr=d&sdd=1&sp=rw&sig=D",
+     "https://acct.blob.core.windows.net/videos/jobs2/manifest.json", False),
+    ("https://acct.blob.core.windows.net/videos/in.mp4?sr=c&sp=rl&sig=C",
+     "https://acct.blob.core.windows.net/other/in.mp4", False),
+    ("https://acct.blob.core.windows.net/videos/in.mp4?sr=c&sp=rl&sig=C",
+     "https://evil.blob.core.windows.net/videos/in.mp4", False),
+])
+def test_a_url_without_its_sas_finds_the_sas_given_for_it_earlier(granted: str, asked: str, carried: bool,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a later stage does with a URI read back from the work dir (stored without its query)."""
+    from stylebatch.storage.credentials import CARRIED_SAS_ENV, carried_sas, carried_sas_env
+
+    storage.location(granted)
+    expected = granted.partition("?")[2] if carried else None
+    assert carried_sas(storage.location(asked)) == expected
+    env = carried_sas_env()  # what `stylebatch run` hands its stylize ranks
+    storage.clear_client_cache()
+    assert carried_sas(storage.location(asked)) is None
+    monkeypatch.setenv(CARRIED_SAS_ENV, env[CARRIED_SAS_ENV])
+    assert carried_sas(storage.location(asked)) == expected
+
+
+def test_a_carried_sas_never_overrides_the_urls_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    storage.location("https://acct.blob.core.windows.net/videos/in.mp4?sr=c&sp=rl&sig=OLD")
+    loc = storage.location("https://acct.blob.core.windows.net/videos/out.mp4?sr=b&sp=w&sig=NEW")
+    assert storage.resolve_credential(loc).secret == "sr=b&sp=w&sig=NEW"
+    with pytest.raises(StylebatchError):
+        storage.location("https://acct.blob.core.windows.net/videos/x.mp4?sp=r")  # not a SAS: refused as before

@@ -315,6 +315,37 @@ def test_a_job_goes_from_apply_to_succeeded_with_progress_conditions_and_events(
     run(scenario)
 
 
+def test_the_launcher_log_is_read_only_while_stylizing_and_no_more_often_than_progress_needs():
+    async def scenario() -> None:
+        def log_reads() -> int:
+            return len([r for r in api if r.subresource == "log"])
+
+        def reconciliations() -> int:
+            return len([r for r in api if r.method == "GET" and str(r.url.path) == f"{STJ}/orangutan"])
+
+        settings = Settings(interval=INTERVAL, progress_interval=1.0)
+        async with api_server() as api, operator(api, settings=settings):
+            await apply_job(api)
+            await eventually(lambda: child(api, "Job", "orangutan-preprocess-1"))
+            await asyncio.sleep(10 * INTERVAL)
+            await finish(api, JOBS, "orangutan-preprocess-1")
+            await eventually(lambda: child(api, "MPIJob", "orangutan-stylize-1"))
+            assert log_reads() == 0  # nothing to read before stylize
+            await start_launcher(api, "orangutan-stylize-1", 1)
+            ranks_report(api, 10, 30)
+            await eventually(lambda: status(api)["progress"]["framesDone"] == 40)
+            reads, looks = log_reads(), reconciliations()
+            await asyncio.sleep(2.5)
+            assert reconciliations() - looks >= 10  # looked at the job every 0.1 s ...
+            assert log_reads() - reads <= 3  # ... and read its log once a second
+            await finish(api, MPIJOBS, "orangutan-stylize-1")
+            await eventually(lambda: child(api, "Job", "orangutan-postprocess-1"))
+            reads = log_reads()
+            await asyncio.sleep(15 * INTERVAL)
+            assert log_reads() == reads  # nor after stylize
+    run(scenario)
+
+
 def test_an_evicted_spot_worker_is_retried_and_only_the_mpijob_runs_again():
     async def scenario() -> None:
         async with api_server() as api, operator(api):

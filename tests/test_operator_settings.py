@@ -52,6 +52,7 @@ def test_default_chart_values_are_the_operators_built_in_defaults_plus_storage()
             chart.shm_size) == (built_in.worker_resources, built_in.stage_resources, built_in.launcher_resources,
                                 built_in.scratch_size, built_in.shm_size)
     assert chart.queue_name == built_in.queue_name == ""
+    assert chart.progress_read_seconds() == built_in.progress_read_seconds() == 30
 
 
 def test_aks_values_become_the_job_defaults():
@@ -108,6 +109,7 @@ def test_malformed_json_names_the_variable_in_one_line(name):
     ({s.SCRATCH_SIZE: "50 GB"}, "STYLEBATCH_SCRATCH_SIZE must be a Kubernetes quantity such as 8Gi, got '50 GB'"),
     ({s.SHM_SIZE: "-"}, "STYLEBATCH_SHM_SIZE must be a Kubernetes quantity"),
     ({s.DEFAULT_QUEUE_NAME: "GPU_Queue"}, "STYLEBATCH_DEFAULT_QUEUE_NAME must be a LocalQueue name"),
+    ({s.PROGRESS_INTERVAL: "600"}, "STYLEBATCH_PROGRESS_INTERVAL must be at most 300 seconds, got '600'"),
     ({s.LEASE_NAMESPACE: "Media Team"}, "STYLEBATCH_LEASE_NAMESPACE must be a Kubernetes name, got 'Media Team'"),
     ({s.IMAGE_PULL_SECRETS: '[{"nom": "acr"}]'}, "STYLEBATCH_IMAGE_PULL_SECRETS must be a JSON list"),
     ({s.DEFAULT_WORKERS: "0"}, "STYLEBATCH_DEFAULT_WORKERS must be a whole number from 1 to 64, got '0'"),

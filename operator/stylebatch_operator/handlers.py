@@ -68,19 +68,26 @@ def _active(body: kopf.Body, **_: Any) -> bool:
 
 
 async def _reconcile_timer(namespace: str, name: str, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
-    await reconcile(memo.kube, namespace, name, logger, settings=memo.settings, metrics=memo.metrics)
+    if getattr(memo, "progress_reads", None) is None:
+        memo.progress_reads = {}
+    await reconcile(memo.kube, namespace, name, logger, settings=memo.settings, metrics=memo.metrics,
+                    progress_reads=memo.progress_reads)
 
 
 async def _count(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     key = (body.metadata.namespace or "", body.metadata.name or "")
     if type == "DELETED":
         memo.metrics.forget_job(key)
+        (getattr(memo, "progress_reads", None) or {}).pop(key, None)
     else:
         memo.metrics.observe_job(key, dict(body.get("status") or {}))
 
 
 async def reconcile(kube: Kube, namespace: str, name: str, logger: logging.Logger, now: datetime | None = None,
-                    *, settings: Settings = BUILT_IN, metrics: Metrics | None = None) -> d.Action:
+                    *, settings: Settings = BUILT_IN, metrics: Metrics | None = None,
+                    progress_reads: dict[tuple[str, str], datetime] | None = None) -> d.Action:
+    """progress_reads: when each job's launcher log was last read, so that it is read at most every
+    settings.progress_read_seconds() (None: at every reconciliation)."""
     # Read fresh rather than trust the watch's copy: a status patched a moment ago must count.
     stj = await kube.get(KIND, namespace, name)
     if stj is None or stj["metadata"].get("deletionTimestamp"):
@@ -91,7 +98,8 @@ async def reconcile(kube: Kube, namespace: str, name: str, logger: logging.Logge
 
     patch: dict[str, Any] = {}
     if (child is not None and child["kind"] == CHILD_KIND[STYLIZE] and child_state(child).state == RUNNING
-            and not is_suspended(child)):  # no launcher log while it waits for Kueue
+            and not is_suspended(child)  # no launcher log while it waits for Kueue
+            and _progress_due(progress_reads, (namespace, name), now, settings.progress_read_seconds())):
         latest = await _read_progress(kube, child, pods, logger)
         patch |= progress_patch(latest, status, d.current_child(stj)[1], now) or {}
         stj = {**stj, "status": {**status, **patch}}
@@ -117,6 +125,17 @@ async def reconcile(kube: Kube, namespace: str, name: str, logger: logging.Logge
         kopf.event(stj, type=type_, reason=reason, message=message)
         logger.info("%s: %s", reason, message)
     return action
+
+
+def _progress_due(reads: dict[tuple[str, str], datetime] | None, key: tuple[str, str], now: datetime,
+                  every: float) -> bool:
+    """Whether the job's progress is to be read now (and if so, notes that it is)."""
+    if reads is not None:
+        last = reads.get(key)
+        if last is not None and (now - last).total_seconds() < every:
+            return False
+        reads[key] = now
+    return True
 
 
 async def _observe(kube: Kube, stj: dict[str, Any]) -> tuple[dict[str, Any] | None, list[dict[str, Any]],

@@ -28,6 +28,8 @@ DEFAULT_IMAGE = "ghcr.io/stylebatch/stylebatch-worker:0.1.0"
 DEFAULT_LEASE_NAME = "stylebatch-operator"
 DEFAULT_INTERVAL = 10.0  # seconds between reconciliations of a job; progress is read as often
 MAX_INTERVAL = 30.0
+PROGRESS_EVERY = 3  # reconciliations per read of the launcher's log, unless STYLEBATCH_PROGRESS_INTERVAL says
+MAX_PROGRESS_INTERVAL = 300.0
 DEFAULT_STALL_GRACE = 120.0  # seconds a permanent stall (a missing Secret, a refused MPIJob) may last
 DEFAULT_PROGRESS_TIMEOUT = 600.0  # seconds stylize may go without a frame before the attempt is retried
 MAX_SECONDS = 86400.0
@@ -67,12 +69,14 @@ DEFAULT_QUEUE_NAME = "STYLEBATCH_DEFAULT_QUEUE_NAME"
 LEASE_NAMESPACE = "STYLEBATCH_LEASE_NAMESPACE"
 LEASE_NAME = "STYLEBATCH_LEASE_NAME"
 INTERVAL = "STYLEBATCH_OPERATOR_INTERVAL"
+PROGRESS_INTERVAL = "STYLEBATCH_PROGRESS_INTERVAL"
 STALL_GRACE = "STYLEBATCH_STALL_GRACE_SECONDS"
 PROGRESS_TIMEOUT = "STYLEBATCH_PROGRESS_TIMEOUT_SECONDS"
 ENV_VARS = (WORKER_IMAGE, IMAGE_PULL_POLICY, IMAGE_PULL_SECRETS, DEFAULT_WORKERS, DEFAULT_GPUS_PER_WORKER,
             WORKER_RESOURCES, DEFAULT_NODE_SELECTOR, DEFAULT_TOLERATIONS, JOB_SERVICE_ACCOUNT, STORAGE_SECRET,
             STORAGE_ACCOUNT, WORKLOAD_IDENTITY, DEFAULT_QUEUE_NAME, STAGE_RESOURCES, LAUNCHER_RESOURCES,
-            SCRATCH_SIZE, SHM_SIZE, LEASE_NAMESPACE, LEASE_NAME, INTERVAL, STALL_GRACE, PROGRESS_TIMEOUT)
+            SCRATCH_SIZE, SHM_SIZE, LEASE_NAMESPACE, LEASE_NAME, INTERVAL, PROGRESS_INTERVAL, STALL_GRACE,
+            PROGRESS_TIMEOUT)
 
 
 # The Lease (stylebatch_operator.leader): timings as Kubernetes' own controllers use them.
@@ -130,6 +134,9 @@ class Settings:
     workload_identity: bool = False
     queue_name: str = ""  # Kueue LocalQueue of every job that names none; "": no Kueue
     interval: float = DEFAULT_INTERVAL
+    # Seconds between two reads of a stylizing job's launcher log (its progress); None: every
+    # PROGRESS_EVERY-th reconciliation (30 s by default). The launcher's log is the largest read.
+    progress_interval: float | None = None
     stall_grace_seconds: float = DEFAULT_STALL_GRACE  # then a permanent stall fails the job
     progress_timeout_seconds: float = DEFAULT_PROGRESS_TIMEOUT  # a job's spec.progressTimeoutSeconds wins
     # The Lease that makes one operator act at a time (leader.py); no namespace: none, one operator
@@ -168,6 +175,9 @@ class Settings:
         pods that spec.resources does not cover, and the sizes of the scratch and /dev/shm."""
         return {"stageResources": _copy(self.stage_resources), "launcherResources": _copy(self.launcher_resources),
                 "scratchSize": self.scratch_size, "shmSize": self.shm_size}
+
+    def progress_read_seconds(self) -> float:
+        return self.progress_interval if self.progress_interval is not None else PROGRESS_EVERY * self.interval
 
     def lease(self) -> LeaseConfig | None:
         return LeaseConfig(self.lease_name, self.lease_namespace) if self.lease_namespace else None
@@ -280,6 +290,11 @@ def from_environment(env: Mapping[str, str]) -> Settings:
         if not 0 < seconds <= MAX_INTERVAL:
             raise _bad(INTERVAL, f"must be a number of seconds between 0 and {MAX_INTERVAL:g}, got {text(INTERVAL)!r}")
         kwargs["interval"] = seconds
+    if text(PROGRESS_INTERVAL):
+        seconds = _seconds(PROGRESS_INTERVAL, text(PROGRESS_INTERVAL))
+        if seconds > MAX_PROGRESS_INTERVAL:
+            raise _bad(PROGRESS_INTERVAL, f"must be at most {MAX_PROGRESS_INTERVAL:g} seconds, got {text(PROGRESS_INTERVAL)!r}")
+        kwargs["progress_interval"] = seconds
     for name, key in ((STALL_GRACE, "stall_grace_seconds"), (PROGRESS_TIMEOUT, "progress_timeout_seconds")):
         if text(name):
             kwargs[key] = _seconds(name, text(name))

@@ -335,9 +335,10 @@ def test_the_launcher_log_is_read_only_while_stylizing_and_no_more_often_than_pr
             ranks_report(api, 10, 30)
             await eventually(lambda: status(api)["progress"]["framesDone"] == 40)
             reads, looks = log_reads(), reconciliations()
-            await asyncio.sleep(2.5)
-            assert reconciliations() - looks >= 10  # looked at the job every 0.1 s ...
-            assert log_reads() - reads <= 3  # ... and read its log once a second
+            await asyncio.sleep(3)
+            # read once a second at most, however often the operator looked at the job (every 0.1 s;
+            # fewer on a busy machine), where it used to read at every look
+            assert log_reads() - reads <= 4 < reconciliations() - looks
             await finish(api, MPIJOBS, "orangutan-stylize-1")
             await eventually(lambda: child(api, "Job", "orangutan-postprocess-1"))
             reads = log_reads()

@@ -51,6 +51,13 @@ def _strength(text: str) -> float:
     return value
 
 
+def _temporal_strength(text: str) -> float:
+    value = _strength(text)
+    if value > 0.95:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at most 0.95 (1 would freeze the picture)")
+    return value
+
+
 def _max_side(text: str) -> int:
     return _whole(text, 32)
 
@@ -81,6 +88,12 @@ def _model_flags(p: argparse.ArgumentParser) -> None:
                    help="stylize at most this many pixels on the long side (output keeps its size)")
     g.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     g.add_argument("--batch-size", type=_positive, default=None, help="frames per model call")
+    g.add_argument("--temporal", choices=["on", "off"], default=None,
+                   help="on: blend each frame with the previous one moved along the optical flow, so texture "
+                        "holds still (default: off)")
+    g.add_argument("--temporal-strength", type=_temporal_strength, default=None,
+                   help="0..0.95: how much of the previous frame is kept where the motion is trusted "
+                        "(default 0.6)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -138,6 +151,13 @@ def build_parser() -> argparse.ArgumentParser:
     post.add_argument("--delete-work", action="store_true",
                       help="after the output is published, delete the files stylebatch wrote into the work dir")
     post.set_defaults(handler="stylebatch.postprocess:run")
+
+    qual = sub.add_parser("quality", help="how much a stylized video flickers: its warping error against "
+                                          "the input's (Lai et al. 2018)")
+    qual.add_argument("input", help="the original video (file or blob URI): its motion is the reference")
+    qual.add_argument("output", help="the stylized video (same frames)")
+    qual.add_argument("--json", action="store_true", help="one JSON object instead of text")
+    qual.set_defaults(handler="stylebatch.quality:cli")
 
     op = sub.add_parser("operator", help="run the StyleTransferJob Kubernetes operator (kopf)")
     op.add_argument("--namespace", action="append", default=[],

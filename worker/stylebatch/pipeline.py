@@ -47,8 +47,12 @@ class _Stopped(Exception):
 
 
 def run_pipeline(todo: Iterable[tuple[int, int]], read: Callable, stylizer, open_part: Callable,
-                 publish: Callable, progress: Progress) -> None:
-    """decode thread -> model (this thread) -> encode thread; the first failure stops all three."""
+                 publish: Callable, progress: Progress, finish: Callable | None = None) -> None:
+    """decode thread -> model (this thread) -> encode thread; the first failure stops all three.
+
+    read(chunk) yields the chunk's items (in the decode thread); stylizer(item) maps each (in this
+    thread); finish(item) turns a stylized item into the uint8 frames to encode (in the encode
+    thread; default: the item is those frames). An item that finishes as no frames is not encoded."""
     q_in: queue.Queue = queue.Queue(maxsize=3)
     q_out: queue.Queue = queue.Queue(maxsize=3)
     stop = threading.Event()
@@ -99,6 +103,10 @@ def run_pipeline(todo: Iterable[tuple[int, int]], read: Callable, stylizer, open
                     writer.close()
                     publish(chunk, path)
                     writer = None
+                    continue
+                if finish is not None:
+                    frames = finish(frames)
+                if not len(frames):
                     continue
                 if writer is None:
                     writer, path = open_part(chunk)

@@ -118,6 +118,10 @@ def _run_stages(args: argparse.Namespace, work, style_dir: Path) -> None:
         stylize_args += ["--batch-size", str(args.batch_size)]
     if args.keep_colors:
         stylize_args += ["--keep-colors"]
+    if args.temporal:
+        stylize_args += ["--temporal", args.temporal]
+    if args.temporal_strength is not None:
+        stylize_args += ["--temporal-strength", str(args.temporal_strength)]
     _stylize(stylize_args, workers, frames)
     postprocess.run(argparse.Namespace(work=work.address, output=args.output, delete_work=False))
 

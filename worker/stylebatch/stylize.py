@@ -73,7 +73,8 @@ def stylize(args: argparse.Namespace, world: World, tmp: Path) -> int:
     todo = [c for c in mine if part_name(*c, PART_EXT) not in have]
     style = resolve_style(args.style or DEFAULT_STYLE, tmp)
     keep_colors = getattr(args, "keep_colors", False)
-    check_settings(work, settings_record(style, args.strength, args.max_side, keep_colors), bool(have))
+    temporal = temporal_settings(args)
+    check_settings(work, settings_record(style, args.strength, args.max_side, keep_colors, *temporal), bool(have))
     share = sum(e - s for s, e in mine)
     progress = Progress(world, share, share - sum(e - s for s, e in todo), m.frames)
     progress.report(force=True)
@@ -81,7 +82,10 @@ def stylize(args: argparse.Namespace, world: World, tmp: Path) -> int:
         threads = max(1, cpu_count() // world.local_size)
         log.info("rank %d/%d: %d of its %d chunks to stylize (%d threads)",
                  world.rank, world.size, len(todo), len(mine), threads)
-        reader = ChunkReader(_local_source(work, m, tmp), m, threads=threads)
+        from stylebatch.temporal_defaults import warmup_frames
+
+        warmup = warmup_frames(m.chunk_frames) if temporal[0] == "on" else 0
+        reader = ChunkReader(_local_source(work, m, tmp), m, threads=threads, keep=warmup)
         try:
             stylizer = _load(args, world, threads, style, _own_frame(reader, m, style, args.strength))
             batch = args.batch_size or (8 if stylizer.device.type == "cuda" else 4)
@@ -95,7 +99,15 @@ def stylize(args: argparse.Namespace, world: World, tmp: Path) -> int:
                 return PartWriter(path, m.encoder, m.display_width, m.display_height, Fraction(*m.frame_rate),
                                   m.color, threads, _sar(m)), path
 
-            run_pipeline(todo, lambda c: reader.read(*c, batch), stylizer, open_part, publish, progress)
+            if temporal[0] == "on":
+                from stylebatch.temporal import TemporalChunks
+
+                steady = TemporalChunks(strength=temporal[1], warmup=warmup)
+                run_pipeline(todo, lambda c: steady.read(reader.read, *c, batch),
+                             lambda item: steady.stylize(stylizer, item), open_part, publish, progress,
+                             finish=steady.finish)
+            else:
+                run_pipeline(todo, lambda c: reader.read(*c, batch), stylizer, open_part, publish, progress)
         finally:
             reader.close()
     progress.report(force=True)
@@ -132,7 +144,17 @@ def _load(args: argparse.Namespace, world: World, threads: int, style: str, own_
                          keep_colors=getattr(args, "keep_colors", False), own_frame=own_frame)
 
 
-def settings_record(style: str, strength: float, max_side: int | None, keep_colors: bool = False) -> dict:
+def temporal_settings(args) -> tuple[str, float]:
+    """(--temporal, --temporal-strength) with their defaults applied."""
+    from stylebatch.temporal_defaults import DEFAULT_MODE, DEFAULT_STRENGTH
+
+    mode = getattr(args, "temporal", None) or DEFAULT_MODE
+    strength = getattr(args, "temporal_strength", None)
+    return mode, float(DEFAULT_STRENGTH if strength is None else strength)
+
+
+def settings_record(style: str, strength: float, max_side: int | None, keep_colors: bool = False,
+                    temporal: str = "off", temporal_strength: float = 0.0) -> dict:
     """What decides how a part looks, normalized: built-in styles by their resolved names, files
     (paintings, .pth weights) by the sha256 of their bytes, so resuming with another painting that has
     the same file name is refused."""
@@ -154,13 +176,16 @@ def settings_record(style: str, strength: float, max_side: int | None, keep_colo
         keys.append(key + weight)
         names.append(name + weight)
     return {"style": ",".join(keys), "style_name": ",".join(names), "strength": float(strength),
-            "max_side": max_side, "keep_colors": bool(keep_colors)}
+            "max_side": max_side, "keep_colors": bool(keep_colors), "temporal": temporal,
+            "temporal_strength": float(temporal_strength) if temporal == "on" else 0.0}
 
 
 def describe_settings(r: dict) -> str:
     size = f", max side {r['max_side']}" if r.get("max_side") else ", full size"
     colors = ", own colours" if r.get("keep_colors") else ""
-    return f"{r.get('style_name') or r.get('style')} (strength {r.get('strength'):g}{size}{colors})"
+    steady = (f", temporal on at {r['temporal_strength']:g}" if r.get("temporal") == "on"
+              else ", temporal off")
+    return f"{r.get('style_name') or r.get('style')} (strength {r.get('strength'):g}{size}{colors}{steady})"
 
 
 def check_settings(work, record: dict, has_parts: bool) -> None:
@@ -172,8 +197,9 @@ def check_settings(work, record: dict, has_parts: bool) -> None:
             old = json.loads(loc.read_bytes())
         except ValueError:
             old = None
-        same = isinstance(old, dict) and all(old.get(k) == record[k] for k in ("style", "strength", "max_side")) \
-            and bool(old.get("keep_colors")) == record["keep_colors"]
+        legacy = {"keep_colors": False, "temporal": "off", "temporal_strength": 0.0}  # older records lack these
+        same = isinstance(old, dict) and all(old.get(k, legacy.get(k)) == record[k] for k in (
+            "style", "strength", "max_side", "keep_colors", "temporal", "temporal_strength"))
         if same:
             return
         if has_parts and isinstance(old, dict):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+import collections
 import logging
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -150,10 +151,11 @@ def _audio_summary(a: av.AudioStream) -> dict[str, Any]:
 class ChunkReader:
     """Upright RGB frames of any presentation range, by seeking to a keyframe and matching pts.
 
-    Consecutive ranges continue the same decode without seeking.
+    Consecutive ranges continue the same decode without seeking; with `keep`, so does a range that
+    starts up to `keep` frames before the previous one ended (those frames are kept after decoding).
     """
 
-    def __init__(self, path: Path, manifest, threads: int = 0) -> None:
+    def __init__(self, path: Path, manifest, threads: int = 0, keep: int = 0) -> None:
         self.path, self.m, self.threads = path, manifest, threads
         self.k = (manifest.rotation // 90) % 4
         self.full_range = manifest.color.get("range") == 2
@@ -162,6 +164,7 @@ class ChunkReader:
         self._next = -1  # presentation index of the next frame self._frames yields
         self._pending: av.VideoFrame | None = None  # a frame read ahead while seeking
         self._sws = VideoReformatter()  # one converter for all frames, not one per frame
+        self._recent: collections.deque[tuple[int, np.ndarray]] = collections.deque(maxlen=keep)
 
     def close(self) -> None:
         if self._container is not None:
@@ -206,13 +209,34 @@ class ChunkReader:
         raise StylebatchError(f"{self.m.input}: frame {start} (pts {target}) is missing on decode")
 
     def read(self, start: int, end: int, batch: int) -> Iterator[np.ndarray]:
-        """Batches (at most `batch` frames, uint8 [B,H,W,3]) of the frames [start, end), upright."""
-        self._pending = None
-        if self._next != start or self._frames is None:
-            self._position(start, seek=True)
+        """Batches (at most `batch` frames, uint8 [B,H,W,3]) of the frames [start, end), upright.
+
+        A range that starts up to `keep` frames before where the previous one ended (a chunk's
+        temporal warm-up) is served from the frames just decoded, without seeking."""
         w, h = self.m.display_width, self.m.display_height
         buf = np.empty((min(batch, end - start), h, w, 3), np.uint8)
         n = 0
+        for index, rgb in self._upright(start, end):
+            buf[n] = rgb
+            n += 1
+            if n == len(buf):
+                yield buf
+                buf = np.empty((min(batch, end - index - 1), h, w, 3), np.uint8) if index + 1 < end else buf
+                n = 0
+        if n:
+            yield buf[:n]
+
+    def _upright(self, start: int, end: int) -> Iterator[tuple[int, np.ndarray]]:
+        recent = [f for i, f in self._recent if start <= i < self._next]
+        if self._frames is not None and self._next - len(recent) == start and len(recent) == self._next - start:
+            for offset, frame in enumerate(recent[:end - start]):
+                yield start + offset, frame
+            start = self._next
+            if start >= end:
+                return
+        self._pending = None
+        if self._next != start or self._frames is None:
+            self._position(start, seek=True)
         for index in range(start, end):
             frame = self._pending or next(self._frames, None)
             self._pending = None
@@ -223,12 +247,8 @@ class ChunkReader:
                     f"{self.m.input}: frame {index} decodes with pts {frame.pts}, expected {self.m.pts[index]}")
             rgb = self._sws.reformat(frame, format="rgb24", src_colorspace=self.m.color["matrix"],
                                      src_color_range="JPEG" if self.full_range else "MPEG").to_ndarray()
-            buf[n] = np.rot90(rgb, self.k) if self.k else rgb
-            n += 1
-            if n == len(buf):
-                yield buf
-                buf = np.empty((min(batch, end - index - 1), h, w, 3), np.uint8) if index + 1 < end else buf
-                n = 0
-        self._next = end
-        if n:
-            yield buf[:n]
+            rgb = np.rot90(rgb, self.k) if self.k else rgb
+            self._next = index + 1
+            if self._recent.maxlen:
+                self._recent.append((index, rgb))
+            yield index, rgb

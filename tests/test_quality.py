@@ -1,0 +1,107 @@
+"""`stylebatch quality`: the warping error (Lai et al. 2018) tells a flickering video from a steady one."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+from clips import error_lines, make_clip, stylebatch
+
+from stylebatch.flow import FlowEstimator, visible, warp
+from stylebatch.quality import measure
+
+
+def _texture(h: int = 120, w: int = 200, seed: int = 0) -> np.ndarray:
+    """A smooth, richly textured RGB image: what optical flow can follow."""
+    rng = np.random.default_rng(seed)
+    noise = rng.integers(0, 256, (h // 4, w // 4, 3), dtype=np.uint8)
+    return cv2.resize(cv2.GaussianBlur(noise, (0, 0), 1.0), (w, h), interpolation=cv2.INTER_CUBIC)
+
+
+def _panning(frames: int = 12, step: int = 2) -> list[np.ndarray]:
+    """A camera panning right by `step` pixels a frame over a larger scene."""
+    scene = _texture(120, 200 + frames * step)
+    return [np.ascontiguousarray(scene[:, i * step:i * step + 200]) for i in range(frames)]
+
+
+def _static(frames: int = 12) -> list[np.ndarray]:
+    scene = _texture()
+    return [scene.copy() for _ in range(frames)]
+
+
+def _restyle(frame: np.ndarray) -> np.ndarray:
+    """A deterministic per-pixel 'style': the same input pixel always gives the same output pixel."""
+    return np.ascontiguousarray(255 - frame[..., ::-1])
+
+
+def _flicker(frames: list[np.ndarray], amount: int = 40, seed: int = 1) -> list[np.ndarray]:
+    """Each frame restyled plus its own noise: what per-frame stylization does to texture."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for f in frames:
+        noise = rng.integers(-amount, amount + 1, f.shape)
+        out.append(np.clip(_restyle(f).astype(int) + noise, 0, 255).astype(np.uint8))
+    return out
+
+
+def test_flow_recovers_a_known_pan_and_warping_undoes_it():
+    a, b = _panning(2, step=3)
+    flow = FlowEstimator()(b, a)  # b's pixels -> a: the scene moved left, so +3 px in x
+    inner = flow[20:-20, 20:-20]
+    assert np.median(inner[..., 0]) == pytest.approx(3.0, abs=0.25)
+    assert np.median(np.abs(inner[..., 1])) < 0.25
+    mask = visible(flow, FlowEstimator()(a, b))
+    moved = warp(a, flow).astype(int)
+    assert np.abs(moved - b.astype(int))[mask].mean() < 3
+    assert mask[:, :-10].mean() > 0.9  # only the strip entering at the right edge is new
+
+
+@pytest.mark.parametrize("scene", [_static, _panning], ids=["static scene", "panning camera"])
+def test_a_steady_stylization_scores_near_the_input_and_a_flickering_one_far_above(scene):
+    frames = scene()
+    steady = measure(frames, [_restyle(f) for f in frames])
+    flickering = measure(frames, _flicker(frames))
+    assert steady.short_ratio < 1.5
+    assert flickering.short_ratio > 4 * steady.short_ratio
+    assert flickering.short_output.error > 0.005  # ~ (40/255)^2 / 3 of noise variance, clearly visible
+    assert flickering.long_output.error > 4 * steady.long_output.error
+    assert steady.frames == flickering.frames == len(frames)
+    assert steady.short_output.pairs == len(frames) - 1
+
+
+def test_the_figure_does_not_depend_on_resolution():
+    frames = _panning()
+    rng = np.random.default_rng(2)
+    # flicker in blobs a few pixels wide, as a style's strokes are, so it survives scaling
+    blobs = [cv2.resize(rng.normal(0, 30, (15, 25, 3)).astype(np.float32), (200, 120)) for _ in frames]
+    output = [np.clip(_restyle(f) + b, 0, 255).astype(np.uint8) for f, b in zip(frames, blobs)]
+
+    def at(width: int, video: list[np.ndarray]) -> list[np.ndarray]:
+        return [cv2.resize(f, (width, width * 3 // 5), interpolation=cv2.INTER_CUBIC) for f in video]
+
+    small, large = (measure(at(w, frames), at(w, output)) for w in (480, 1280))
+    assert large.short_output.error == pytest.approx(small.short_output.error, rel=0.2)
+
+
+def test_quality_on_real_videos_prints_both_figures_and_their_ratio(tmp_path):
+    src = make_clip(tmp_path / "in.mp4", size=(96, 64), frames=10)
+    same = stylebatch("quality", src, src)
+    assert same.returncode == 0, same.stderr
+    assert "short-term" in same.stdout and "long-term" in same.stdout and "ratio 1.00x" in same.stdout
+    noisy = tmp_path / "noisy.mp4"
+    make_clip(noisy, size=(96, 64), frames=10, extra=("-vf", "noise=alls=60:allf=t"))
+    result = stylebatch("quality", src, noisy, "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["frames"] == 10 and report["short_ratio"] > 3
+
+
+def test_quality_refuses_videos_of_different_lengths_in_one_line(tmp_path):
+    a = make_clip(tmp_path / "a.mp4", frames=6)
+    b = make_clip(tmp_path / "b.mp4", frames=4)
+    result = stylebatch("quality", a, b)
+    assert result.returncode == 2
+    assert len(error_lines(result)) == 1 and "fewer frames" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -1,0 +1,12 @@
+"""--temporal's defaults, importable without OpenCV or torch (the CLI and the operator read them)."""
+
+MODES = ("on", "off")
+DEFAULT_MODE = "off"
+DEFAULT_STRENGTH = 0.6  # weight of the moved previous output where the flow is trusted
+MAX_WARMUP = 6  # frames stylized before a chunk's first frame: 0.6 ** 6, ~5% of the history, is left out
+
+
+def warmup_frames(chunk_frames: int) -> int:
+    """Warm-up frames per chunk: 6, fewer for short chunks so they cost at most ~1/8 more model time
+    (a chunk of 24 frames gets 3: its first frame then misses 0.6 ** 3, ~22%, of the history)."""
+    return max(2, min(MAX_WARMUP, chunk_frames // 8))

@@ -114,7 +114,8 @@ def test_example_job_validates_and_leaves_the_cluster_wide_settings_to_the_opera
     validator().validate(minimal)  # no storage: allowed, the operator may have a default
     assert minimal["spec"] == {"input": "az://a/b.mp4", "output": "az://a/c.mp4", "style": DEFAULT_STYLE,
                                "strength": 1.0, "activeDeadlineSeconds": 21600, "retries": 3,
-                               "keepWorkDir": False, "cleanup": {"childrenAfterSucceededSeconds": 0}}
+                               "keepWorkDir": False, "keepColors": False,
+                               "cleanup": {"childrenAfterSucceededSeconds": 0}}
 
 
 @pytest.mark.parametrize("change, field", [

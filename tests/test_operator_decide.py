@@ -229,7 +229,9 @@ def test_children_get_the_time_left_until_the_jobs_deadline():
     ({"output": "https://acct.blob.core.windows.net/videos/out?sv=1&sig=S3CR3T"}, "(got no extension)"),
     ({"input": "/data/in.mp4"}, "spec.input '/data/in.mp4' is not a blob URI"),
     ({"output": "out.mp4"}, "spec.output 'out.mp4' is not a blob URI"),
-    ({"style": "./mosaic.pth"}, "spec.style './mosaic.pth' looks like a weights file but is not a blob URI"),
+    ({"style": "./mosaic.pth"}, "spec.style './mosaic.pth' looks like a painting or weights file but is not a blob URI"),
+    ({"style": "starry.jpg"}, "spec.style 'starry.jpg' looks like a painting or weights file but is not a blob URI"),
+    ({"style": "lavender-gold:0.3,starry.webp:0.7"}, "spec.style 'starry.webp' looks like a painting"),
 ])
 def test_a_spec_the_cluster_let_through_fails_instead_of_running(spec, problem):
     action = decide(stj(**spec), {}, now=NOW, settings=SETTINGS)
@@ -242,6 +244,8 @@ def test_a_spec_the_cluster_let_through_fails_instead_of_running(spec, problem):
     {"output": "https://acct.blob.core.windows.net/videos/out/clip.mkv?sv=1&sig=x", "style": "candy:0.5,mosaic:0.5"},
     {"style": "https://ops.blob.core.windows.net/styles/starry.pth"},
     {"style": "az://styles/starry.pth", "input": "http://azurite:10000/devstoreaccount1/videos/in.mp4"},
+    {"style": "az://styles/starry.jpg"},
+    {"style": "https://ops.blob.core.windows.net/styles/starry.png?sv=1&sig=x:0.7,lavender-gold:0.3"},
 ])
 def test_blob_uris_and_supported_containers_are_accepted(spec):
     assert decide(stj(**spec), {}, now=NOW, settings=SETTINGS).kind == START

@@ -97,7 +97,8 @@ VARIANTS = {
                                     "storage": {"secretName": "team-storage"}, "scheduling": {"nodeSelector": {}}},
     "all options": {"workDir": "az://scratch/work/", "imagePullSecrets": [{"name": "acr"}],
                     "processing": {"maxSide": 720, "batchSize": 8, "chunkFrames": 240},
-                    "encoder": {"codec": "hevc", "bitrate": "8M", "preset": "slow"}, "strength": 0.6},
+                    "encoder": {"codec": "hevc", "bitrate": "8M", "preset": "slow"}, "strength": 0.6,
+                    "style": "az://styles/starry.jpg:0.7,lavender-gold:0.3", "keepColors": True},
 }
 
 
@@ -168,6 +169,7 @@ def test_every_pod_command_is_one_the_worker_cli_accepts(variant):
         assert args.command == argv[1] and args.work == argv[argv.index("--work") + 1]
     args = parser.parse_args(stylize[1:])
     assert (args.style, args.strength) == (job["spec"]["style"], job["spec"]["strength"])
+    assert args.keep_colors == job["spec"].get("keepColors", False)
 
 
 def test_cpu_fallback_asks_for_no_gpu_and_tolerates_no_gpu_taint():

@@ -167,6 +167,7 @@ def test_defaults_fill_every_field_the_job_leaves_out():
         "pods": AKS.pod_defaults(),
         # the CRD's own defaults, which the API server fills in too
         "style": "lavender-gold", "strength": 1.0, "activeDeadlineSeconds": 21600, "retries": 3, "keepWorkDir": False,
+        "keepColors": False,
     }
 
 

@@ -71,9 +71,13 @@ SPEC_SCHEMA: dict[str, Any] = _obj(
     {
         "input": _str("Video to stylize: az://container/path.mp4 or an https:// blob URL.", minLength=1, maxLength=2048),
         "output": _str("Where to write the finished video (same forms as input).", minLength=1, maxLength=2048),
-        "style": _str("A built-in style name (see `stylebatch styles`), an index 0-25, a blend "
-                      "name:0.5,other:0.5, or the URI of fast_neural_style .pth weights.",
+        "style": _str("A built-in style name (see `stylebatch styles`), an index 0-25, the blob URI of a "
+                      "painting to imitate (.jpg .png .webp) or of fast_neural_style .pth weights, or a "
+                      "blend of them: az://styles/starry.jpg:0.7,lavender-gold:0.3.",
                       minLength=1, maxLength=2048, default=DEFAULT_STYLE),
+        "keepColors": {"type": "boolean", "default": False,
+                       "description": "Keep the video's own colours: only the style's brightness and strokes "
+                                      "are transferred."},
         "strength": {"type": "number", "minimum": 0, "maximum": 1, "default": 1.0,
                      "description": "How much of the style to apply, 0 (none) to 1 (full)."},
         "workers": _int("Number of worker pods of the MPIJob. Default: the operator's (chart value "

@@ -125,6 +125,8 @@ def stylize_args(stj: dict[str, Any], ranks: int) -> list[str]:
         args += ["--max-side", str(processing["maxSide"])]
     if "batchSize" in processing:
         args += ["--batch-size", str(processing["batchSize"])]
+    if spec.get("keepColors"):
+        args.append("--keep-colors")
     return args
 
 

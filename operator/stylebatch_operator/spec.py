@@ -13,6 +13,8 @@ import re
 from typing import Any
 from urllib.parse import urlsplit
 
+from stylebatch.contract import is_style_file, split_style_term
+
 from stylebatch_operator.crd import SPEC_SCHEMA, apply_defaults
 from stylebatch_operator.names import MAX_NAME_LENGTH, NAME_PATTERN, NAME_RULE_MESSAGE
 from stylebatch_operator.settings import BUILT_IN, Settings
@@ -33,7 +35,6 @@ POD_DEFAULTS = "pods"
 BLOB_SCHEMES = ("az://", "https://", "http://")
 # The containers the worker writes (stylebatch.encoder.CONTAINERS).
 OUTPUT_EXTENSIONS = (".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi")
-WEIGHTS_EXTENSIONS = (".pth", ".pt", ".model")
 
 
 def shown_spec(spec: dict[str, Any]) -> dict[str, Any]:
@@ -148,17 +149,14 @@ def uri_problems(spec: dict[str, Any]) -> list[str]:
             problems.append(f"spec.output {strip_secrets(output)!r} must end in one of {' '.join(OUTPUT_EXTENSIONS)} "
                             f"(got {ext or 'no extension'})")
     style = spec.get("style")
-    if isinstance(style, str) and _looks_like_weights(style) and not _is_blob_uri(style):
-        problems.append(f"spec.style {strip_secrets(style)!r} looks like a weights file but is not a blob URI: "
-                        "write az://container/x.pth or https://account.blob.core.windows.net/container/x.pth, "
-                        "or give a built-in style name (`stylebatch styles`)")
+    for term in style.split(",") if isinstance(style, str) else []:
+        ref = split_style_term(term)[0]
+        if is_style_file(ref) and not _is_blob_uri(ref):
+            problems.append(f"spec.style {strip_secrets(ref)!r} looks like a painting or weights file but is not a "
+                            "blob URI: write az://container/starry.jpg or https://account.blob.core.windows.net/"
+                            "container/x.pth, or give a built-in style name (`stylebatch styles`)")
     return problems
 
 
 def _is_blob_uri(value: str) -> bool:
     return value.strip().lower().startswith(BLOB_SCHEMES)
-
-
-def _looks_like_weights(style: str) -> bool:
-    path = style.strip().split("?", 1)[0]
-    return "/" in path or "\\" in path or path.lower().endswith(WEIGHTS_EXTENSIONS)

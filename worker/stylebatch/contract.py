@@ -7,6 +7,8 @@ already a contract and do not change.
 
 from __future__ import annotations
 
+import re
+
 ERROR_PREFIX = "stylebatch: error: "  # every failure ends in exactly one line starting with this
 
 EXIT_OK = 0
@@ -16,3 +18,21 @@ EXIT_INTERRUPTED = 130  # SIGINT (Ctrl-C): 128 + 2
 EXIT_TERMINATED = 143  # SIGTERM (kill, timeout, docker stop, Kubernetes): 128 + 15
 
 RETRYABLE_EXIT_CODES = frozenset({EXIT_TRANSIENT})
+
+# --style: a built-in name, a painting to imitate or fast_neural_style weights (files by these
+# suffixes, or any path/URI), or a blend of them: "starry.jpg:0.7,lavender-gold:0.3".
+STYLE_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+STYLE_WEIGHTS_SUFFIXES = (".pth", ".pt", ".model")
+_WEIGHT = re.compile(r"\s*([-+0-9.eE]+|nan|inf)?\s*", re.I)
+
+
+def split_style_term(term: str) -> tuple[str, str]:
+    """"name:0.5" -> ("name", "0.5"); a URI's own colons ("az://c/x.jpg") are not a weight."""
+    head, sep, tail = term.rpartition(":")
+    return (head.strip(), tail) if sep and _WEIGHT.fullmatch(tail) else (term.strip(), "")
+
+
+def is_style_file(ref: str) -> bool:
+    """A painting or weights file (a path or URI), not a built-in name."""
+    path = ref.strip().split("?", 1)[0].lower()
+    return "/" in path or "\\" in path or path.endswith(STYLE_IMAGE_SUFFIXES + STYLE_WEIGHTS_SUFFIXES)

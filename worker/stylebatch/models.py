@@ -11,7 +11,6 @@ import copy
 import functools
 import math
 import numbers
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from stylebatch.contract import is_style_file, split_style_term
 from stylebatch.errors import BadInput, StylebatchError
 from stylebatch.multistyle import NUM_STYLES, load_multistyle26
 from stylebatch.paintings import is_image_name
@@ -76,7 +76,6 @@ def list_styles() -> list[Style]:
 
 
 IMAGE_KIND, WEIGHTS_KIND, BUILTIN_KIND = "painting", "weights", "builtin"
-WEIGHTS_SUFFIXES = (".pth", ".pt", ".model")
 
 
 @dataclass(frozen=True)
@@ -101,7 +100,7 @@ def parse_style(style: str) -> list[StylePart]:
             kind, ref = BUILTIN_KIND, builtin.name
         elif is_image_name(ref):
             kind = IMAGE_KIND
-        elif ref.lower().endswith(WEIGHTS_SUFFIXES) or "/" in ref or (ref and Path(ref).expanduser().exists()):
+        elif is_style_file(ref) or (ref and Path(ref).expanduser().exists()):
             kind = WEIGHTS_KIND
         else:
             where = f" in {style!r}" if "," in style else ""
@@ -122,12 +121,11 @@ def parse_style(style: str) -> list[StylePart]:
 
 
 def _split_weight(token: str) -> tuple[str, str]:
-    """"name:0.5" -> ("name", "0.5"); a URI's own colons ("az://c/x.jpg") are not weights."""
+    """"name:0.5" -> ("name", "0.5"), and "name:lots" too when name is a built-in (a bad weight)."""
     head, sep, tail = token.rpartition(":")
-    if sep and (_builtin(head) is not None or not tail or re.fullmatch(r"\s*[-+0-9.eE]+\s*|\s*nan\s*|\s*inf\s*",
-                                                                        tail, re.I)):
+    if sep and _builtin(head) is not None:
         return head.strip(), tail
-    return token, ""
+    return split_style_term(token)
 
 
 def style_label(parts: list[StylePart]) -> str:

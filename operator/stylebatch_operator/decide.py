@@ -1,8 +1,11 @@
 """What to do next, from a StyleTransferJob and the children observed for it. No I/O.
 
-Level-triggered: the answer depends only on the job's status (what the operator recorded) and the
-current child, so an operator restarted at any point, or one that sees the same state twice, makes
-the same decision again, and creating a child that already exists just adopts it.
+Level-triggered: the answer depends only on the job's status (what the operator recorded), the
+current child, its pods and Events, and the time, so an operator restarted at any point, or one
+that sees the same state twice, makes the same decision again; creating a child that already exists
+just adopts it, deleting one that is gone is a no-op. Timers (the stall grace period, the progress
+timeout, clean-up) run from times the status records (a condition's lastTransitionTime,
+progress.advanceTime, completionTime), never from the operator's memory.
 """
 
 from __future__ import annotations

@@ -1,5 +1,7 @@
-"""kopf glue: one timer per active StyleTransferJob runs `reconcile`, which observes, calls the
-pure `decide`, and carries out the action (create a child, patch status, post an Event); a watch
+"""kopf glue: one timer per active StyleTransferJob (running, or finished with a clean-up to come)
+runs `reconcile`, which observes (the current child, its pods, its Events when it has no pods, the
+launcher's log), calls the pure `decide`, and carries out the action (delete a child, create one,
+patch status, post an Event, delete the job); a watch
 handler keeps the metrics' view of every job. The memo holds the API client (`kube`), the
 operator's settings (`settings`) and the metrics (`metrics`)."""
 

@@ -96,7 +96,8 @@ VARIANTS = {
                                     "resources": {"requests": {"cpu": "1"}, "limits": {"memory": "2Gi"}},
                                     "storage": {"secretName": "team-storage"}, "scheduling": {"nodeSelector": {}}},
     "all options": {"workDir": "az://scratch/work/", "imagePullSecrets": [{"name": "acr"}],
-                    "processing": {"maxSide": 720, "batchSize": 8, "chunkFrames": 240},
+                    "processing": {"maxSide": 720, "batchSize": 8, "chunkFrames": 240, "temporal": "on",
+                                   "temporalStrength": 0.7},
                     "encoder": {"codec": "hevc", "bitrate": "8M", "preset": "slow"}, "strength": 0.6,
                     "style": "az://styles/starry.jpg:0.7,lavender-gold:0.3", "keepColors": True},
 }
@@ -130,6 +131,13 @@ def test_the_schema_checks_catch_a_misspelled_field(mpijob_schema):
     job["spec"]["backofLimit"] = 0
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(job, K8S_VERSIONS[-1], strict=True)
+
+
+def test_a_jobs_temporal_settings_reach_the_stylize_ranks():
+    args = build_mpijob(stj(processing={"temporal": "on", "temporalStrength": 0.7}))[
+        "spec"]["mpiReplicaSpecs"]["Launcher"]["template"]["spec"]["containers"][0]["args"]
+    assert args[args.index("--temporal") + 1] == "on"
+    assert args[args.index("--temporal-strength") + 1] == "0.7"
 
 
 def test_mpijob_runs_stylize_under_mpich_across_every_gpu():

@@ -19,6 +19,9 @@ from typing import Any
 
 import yaml
 
+from stylebatch.temporal_defaults import DEFAULT_MODE as TEMPORAL_DEFAULT
+from stylebatch.temporal_defaults import DEFAULT_STRENGTH as TEMPORAL_STRENGTH
+from stylebatch.temporal_defaults import MODES as TEMPORAL_MODES
 from stylebatch_operator.names import (
     DNS_LABEL_PATTERN, GROUP, KIND, MAX_NAME_LENGTH, NAME_PATTERN, NAME_RULE_MESSAGE, PLURAL, QUANTITY_PATTERN,
     SHORT_NAMES, SINGULAR, VERSION,
@@ -153,6 +156,12 @@ SPEC_SCHEMA: dict[str, Any] = _obj(
             "maxSide": _int("Stylize at most this many pixels on the long side (upscaled back).", minimum=32),
             "batchSize": _int("Frames per GPU batch.", minimum=1),
             "chunkFrames": _int("Frames per part: the unit of work and of resume.", minimum=1),
+            "temporal": _str("on: blend each frame with the previous one moved along the optical flow, so "
+                             f"texture holds still (`stylebatch run --temporal`). Default {TEMPORAL_DEFAULT}.",
+                             enum=list(TEMPORAL_MODES)),
+            "temporalStrength": {"type": "number", "minimum": 0, "maximum": 0.95,
+                                 "description": "With temporal on: how much of the previous frame is kept "
+                                                f"where the motion is trusted (default {TEMPORAL_STRENGTH})."},
         }),
         "scheduling": _obj(
             "Where the GPU workers run. Workers with GPUs always tolerate sku=gpu:NoSchedule and "

@@ -127,6 +127,10 @@ def stylize_args(stj: dict[str, Any], ranks: int) -> list[str]:
         args += ["--batch-size", str(processing["batchSize"])]
     if spec.get("keepColors"):
         args.append("--keep-colors")
+    if "temporal" in processing:
+        args += ["--temporal", processing["temporal"]]
+    if "temporalStrength" in processing:
+        args += ["--temporal-strength", _number(processing["temporalStrength"])]
     return args
 
 

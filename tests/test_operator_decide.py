@@ -548,3 +548,29 @@ def test_children_are_deleted_once_then_the_job_waits_for_its_own_ttl():
     assert decide(obj, {}, now=NOW).kind == NOTHING
     assert cleanup_due(obj) == (EXPIRE, datetime(2026, 5, 1, 13, 30, tzinfo=timezone.utc))
     assert decide(obj, {}, now=NOW + timedelta(hours=1, minutes=30)).kind == EXPIRE
+
+
+def stylizing_since(advanced: str, **spec: Any) -> dict[str, Any]:
+    obj = stj("Stylizing", attempts={"stylize": 1}, **spec)
+    obj["status"]["progress"] = {"attempt": 1, "ranks": [40, 40], "framesDone": 80, "framesTotal": 100,
+                                 "summary": "80% (80/100)", "advanceTime": advanced}
+    return obj
+
+
+@pytest.mark.parametrize("case, obj, settings, expected", [
+    ("a frame 9 minutes ago: wait", stylizing_since("2026-05-01T11:51:00Z"), SETTINGS, (WAIT, "", ())),
+    ("no frame for 10 minutes: the MPIJob is deleted and retried", stylizing_since("2026-05-01T11:50:00Z"), SETTINGS,
+     (RETRY, "Retrying", (("MPIJob", STY1),))),
+    ("the job's own timeout wins", stylizing_since("2026-05-01T11:58:00Z", progressTimeoutSeconds=120), SETTINGS,
+     (RETRY, "Retrying", (("MPIJob", STY1),))),
+    ("never shorter than three reads of the log", stylizing_since("2026-05-01T11:58:00Z", progressTimeoutSeconds=120),
+     Settings(progress_interval=60.0), (WAIT, "", ())),
+    ("no retries left: Failed, and the MPIJob deleted", stylizing_since("2026-05-01T11:50:00Z", retries=0), SETTINGS,
+     (FAIL, "RetriesExhausted", (("MPIJob", STY1),))),
+], ids=lambda v: v if isinstance(v, str) else "")
+def test_a_stylize_without_a_new_frame_for_the_progress_timeout_is_ended(case, obj, settings, expected):
+    action = decide(obj, {STY1: mpijob(STY1)}, now=NOW, settings=settings)
+    assert (action.kind, action.reason, action.deletes) == expected
+    if action.failure is not None:
+        assert action.failure.reason == "ProgressStalled"
+        assert "no frame stylized for" in action.failure.message and "80% (80/100)" in action.failure.message

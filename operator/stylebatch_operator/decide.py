@@ -328,6 +328,7 @@ def _stuck(stj: dict[str, Any], stage: str, attempt: int, child: dict[str, Any],
         return None
     progress = status.get("progress") or {}
     timeout = float(effective_spec(stj).get("progressTimeoutSeconds") or settings.progress_timeout_seconds)
+    timeout = max(timeout, 3 * settings.progress_read_seconds())  # several reads, however rarely the log is read
     advanced = parse_time(progress.get("advanceTime"))
     if progress.get("attempt") != attempt or advanced is None or (now - advanced).total_seconds() < timeout:
         return None

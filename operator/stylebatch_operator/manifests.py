@@ -19,6 +19,7 @@ from stylebatch_operator.names import (
 )
 from stylebatch_operator.settings import BUILT_IN
 from stylebatch_operator.spec import POD_DEFAULTS, SERVICE_ACCOUNT, effective_spec
+from stylebatch_operator.uris import strip_secrets
 from stylebatch_operator.uris import work_dir as derived_work_dir
 
 # The worker image's non-root user, and the sshd set up for it as the MPI operator expects for
@@ -50,12 +51,15 @@ POD_ANNOTATIONS = {"cluster-autoscaler.kubernetes.io/safe-to-evict": "false"}
 def work_dir(stj: dict[str, Any], spec: dict[str, Any] | None = None) -> str:
     """spec.workDir, or one next to the output; `spec`: the effective spec (default: the job's)."""
     spec, meta = spec or effective_spec(stj), stj["metadata"]
-    return spec.get("workDir") or derived_work_dir(spec["output"], meta["namespace"], meta["name"], meta["uid"])
+    return strip_secrets(spec.get("workDir")
+                         or derived_work_dir(spec["output"], meta["namespace"], meta["name"], meta["uid"]))
 
 
 def build_preprocess_job(stj: dict[str, Any], attempt: int = 1, deadline_seconds: int | None = None) -> dict[str, Any]:
     spec = effective_spec(stj)
-    args = ["preprocess", spec["input"], "--work", work_dir(stj), "-o", spec["output"]]
+    # No SAS token in any pod argument (anyone who can list pods reads them): the pods take their
+    # credentials from the storage Secret's environment variables.
+    args = ["preprocess", strip_secrets(spec["input"]), "--work", work_dir(stj), "-o", strip_secrets(spec["output"])]
     encoder = spec.get("encoder") or {}
     for field, flag in (("codec", "--codec"), ("crf", "--crf"), ("bitrate", "--bitrate"), ("preset", "--preset")):
         if field in encoder:
@@ -117,7 +121,7 @@ def build_child(stj: dict[str, Any], stage: str, attempt: int, deadline_seconds:
 def stylize_args(stj: dict[str, Any], ranks: int) -> list[str]:
     spec = effective_spec(stj)
     args = ["mpiexec", "-n", str(ranks), "-f", HOSTFILE,
-            "stylebatch", "stylize", "--work", work_dir(stj), "--style", spec["style"],
+            "stylebatch", "stylize", "--work", work_dir(stj), "--style", strip_secrets(spec["style"]),
             "--strength", _number(spec["strength"]),
             "--device", "cuda" if spec["gpusPerWorker"] > 0 else "cpu"]
     processing = spec.get("processing") or {}

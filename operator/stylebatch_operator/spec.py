@@ -18,7 +18,7 @@ from stylebatch.contract import is_style_file, split_style_term
 from stylebatch_operator.crd import SPEC_SCHEMA, apply_defaults
 from stylebatch_operator.names import MAX_NAME_LENGTH, NAME_PATTERN, NAME_RULE_MESSAGE
 from stylebatch_operator.settings import BUILT_IN, Settings
-from stylebatch_operator.uris import strip_secrets
+from stylebatch_operator.uris import sas_problem, strip_secrets
 
 # Fields holding URIs, whose query string may carry a SAS token.
 URI_FIELDS = ("input", "output", "style", "workDir")
@@ -136,6 +136,11 @@ def uri_problems(spec: dict[str, Any]) -> list[str]:
     """What is wrong with the job's URIs, found without the worker: local paths, and an output
     container the worker cannot write."""
     problems = []
+    for field in URI_FIELDS:
+        value = spec.get(field)
+        problem = sas_problem(field, value) if isinstance(value, str) else None
+        if problem:
+            problems.append(problem)
     for field in ("input", "output", "workDir"):
         value = spec.get(field)
         if isinstance(value, str) and value.strip() and not _is_blob_uri(value):

@@ -22,18 +22,26 @@ def strip_secrets(uri: str) -> str:
 def work_dir(output: str, namespace: str, name: str, uid: str) -> str:
     """Next to the output: <output's folder>/.stylebatch-work/<namespace>/<name>-<uid[:8]>/.
 
-    The uid keeps a re-created job with the same name from resuming its predecessor's parts. A SAS
-    query string on the output is kept: the pods need it to reach the work dir.
+    The uid keeps a re-created job with the same name from resuming its predecessor's parts. Never a
+    query string: the pods take SAS tokens from the storage Secret, not from their arguments.
     """
     leaf = f"{WORK_DIR_NAME}/{namespace}/{name}-{uid[:8]}/"
-    if "://" not in output:
-        base, _, query = output.partition("?")
-        path = posixpath.join(posixpath.dirname(base), leaf)
-        return f"{path}?{query}" if query else path
-    parts = urlsplit(output)
+    base = strip_secrets(output)
+    if "://" not in base:
+        return posixpath.join(posixpath.dirname(base), leaf)
+    parts = urlsplit(base)
     folder = posixpath.dirname(parts.path)
-    path = posixpath.join(folder if folder else "/", leaf)
-    return urlunsplit((parts.scheme, parts.netloc, path, parts.query, ""))
+    return urlunsplit((parts.scheme, parts.netloc, posixpath.join(folder if folder else "/", leaf), "", ""))
+
+
+def sas_problem(field: str, uri: str) -> str | None:
+    """Why a spec URI cannot be used: a query string (where Azure puts SAS tokens) would put a secret
+    in the job's spec and its pods' arguments, which anyone who may list them can read."""
+    if "?" not in uri:
+        return None
+    return (f"spec.{field} {strip_secrets(uri)!r} carries a query string (a SAS token?): give the URL without it "
+            "and put the SAS token in the storage Secret (keys AZURE_STORAGE_ACCOUNT and AZURE_STORAGE_SAS_TOKEN, "
+            "named by spec.storage.secretName), which reaches the pods as environment variables")
 
 
 _URI_QUERY = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s?'\"]*)\?[^\s'\"]*")

@@ -1,12 +1,13 @@
 """Azurite, the real Azure Storage emulator, for every test that touches blob storage.
 
-`azurite` (session): one blob service on 127.0.0.1 at a free port, stopped at the end.
+`azurite` (session): the blob and queue services on 127.0.0.1 at free ports, stopped at the end.
 `azure_env` (function): AZURE_STORAGE_CONNECTION_STRING pointing at it, a fresh container, and an
 `env` dict for subprocesses (`stylebatch run az://<container>/in.mp4 ...`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import pathlib
@@ -37,6 +38,7 @@ STORAGE_ENV_VARS = (
 @dataclasses.dataclass
 class Azurite:
     port: int
+    queue_port: int = 0
     account: str = ACCOUNT
     key: str = KEY
 
@@ -45,11 +47,20 @@ class Azurite:
         return f"http://127.0.0.1:{self.port}/{self.account}"
 
     @property
+    def queue_endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.queue_port}/{self.account}"
+
+    @property
     def connection_string(self) -> str:
         return (
             f"DefaultEndpointsProtocol=http;AccountName={self.account};AccountKey={self.key};"
-            f"BlobEndpoint={self.endpoint};"
+            f"BlobEndpoint={self.endpoint};QueueEndpoint={self.queue_endpoint};"
         )
+
+    def queue_client(self, name: str):  # -> azure.storage.queue.QueueClient, messages as given
+        from azure.storage.queue import QueueClient
+
+        return QueueClient.from_connection_string(self.connection_string, name)
 
     def service_client(self):  # -> azure.storage.blob.BlobServiceClient
         from azure.storage.blob import BlobServiceClient
@@ -70,11 +81,11 @@ class AzureEnv:
     env: dict[str, str]
 
 
-def _azurite_binary() -> str:
-    local = REPO / ".cache" / "azurite" / "node_modules" / ".bin" / "azurite-blob"
+def _azurite_binary(service: str = "blob") -> str:
+    local = REPO / ".cache" / "azurite" / "node_modules" / ".bin" / f"azurite-{service}"
     if local.exists():
         return str(local)
-    found = shutil.which("azurite-blob")
+    found = shutil.which(f"azurite-{service}")
     if found:
         return found
     pytest.fail(
@@ -102,24 +113,34 @@ def _answers(endpoint: str) -> bool:
 
 @pytest.fixture(scope="session")
 def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Azurite]:
-    binary = _azurite_binary()
     workdir = tmp_path_factory.mktemp("azurite")
-    server = Azurite(port=_free_port())
-    log_path = workdir / "azurite.log"
+    server = Azurite(port=_free_port(), queue_port=_free_port())
+    with contextlib.ExitStack() as stack:
+        for service, port, endpoint in (("blob", server.port, server.endpoint),
+                                        ("queue", server.queue_port, server.queue_endpoint)):
+            stack.enter_context(_service(service, port, endpoint, workdir))
+        yield server
+
+
+@contextlib.contextmanager
+def _service(service: str, port: int, endpoint: str, workdir: pathlib.Path) -> Iterator[None]:
+    """One Azurite service (azurite-blob, azurite-queue) until the block ends."""
+    binary = _azurite_binary(service)
+    log_path = workdir / f"azurite-{service}.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            [binary, "--blobHost", "127.0.0.1", "--blobPort", str(server.port),
-             "--location", str(workdir / "data"), "--skipApiVersionCheck", "--loose", "--silent"],
+            [binary, f"--{service}Host", "127.0.0.1", f"--{service}Port", str(port),
+             "--location", str(workdir / f"data-{service}"), "--skipApiVersionCheck", "--loose", "--silent"],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         )
     try:
         deadline = time.monotonic() + 60
-        while not _answers(server.endpoint):
+        while not _answers(endpoint):
             if proc.poll() is not None or time.monotonic() > deadline:
                 output = log_path.read_text(errors="replace")[-2000:]
-                pytest.fail(f"Azurite did not start on port {server.port}:\n{output}", pytrace=False)
+                pytest.fail(f"Azurite's {service} service did not start on port {port}:\n{output}", pytrace=False)
             time.sleep(0.1)
-        yield server
+        yield
     finally:
         proc.terminate()
         try:

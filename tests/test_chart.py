@@ -76,16 +76,17 @@ def test_every_rendered_object_is_valid_kubernetes(variant):
             kubernetes_validate.validate(obj, version, strict=True)
 
 
-def test_crd_is_the_styletransferjob_api_and_valid():
+def test_crds_are_the_styletransferjob_and_videowatch_apis_and_valid():
     with helm.Chart.load(CHART) as chart:
-        crds = [yaml.safe_load(crd["data"]) for crd in chart.crds]
-    assert len(crds) == 1
-    crd = crds[0]
-    for version in KUBE_VERSIONS:
-        kubernetes_validate.validate(crd, version, strict=True)
-    names = crd["spec"]["names"]
-    assert (crd["spec"]["group"], names["kind"], names["plural"]) == ("stylebatch.io", "StyleTransferJob", "styletransferjobs")
-    assert "stj" in names["shortNames"]
+        crds = {yaml.safe_load(crd["data"])["spec"]["names"]["kind"]: yaml.safe_load(crd["data"]) for crd in chart.crds}
+    assert crds.keys() == {"StyleTransferJob", "VideoWatch"}
+    for crd in crds.values():
+        for version in KUBE_VERSIONS:
+            kubernetes_validate.validate(crd, version, strict=True)
+    for kind, plural, short in (("StyleTransferJob", "styletransferjobs", "stj"), ("VideoWatch", "videowatches", "vw")):
+        names = crds[kind]["spec"]["names"]
+        assert (crds[kind]["spec"]["group"], names["plural"]) == ("stylebatch.io", plural)
+        assert short in names["shortNames"]
 
 
 def test_operator_deployment_is_single_and_hardened():

@@ -30,8 +30,8 @@ def load(path: Path) -> list[dict]:
     return [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
 
 
-def crd_schema() -> dict:
-    (crd,) = load(CHART / "crds" / "styletransferjobs.yaml")
+def crd_schema(file: str = "styletransferjobs.yaml") -> dict:
+    (crd,) = load(CHART / "crds" / file)
     return crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
 
 
@@ -45,6 +45,8 @@ def operator_settings(objects: list[dict]) -> Settings:
 def validate(obj: dict) -> None:
     if obj["kind"] == "StyleTransferJob":
         jsonschema.validate(obj, crd_schema())
+    elif obj["kind"] == "VideoWatch":
+        jsonschema.validate(obj, crd_schema("videowatches.yaml"))
     else:
         kubernetes_validate.validate(obj, kubernetes_validate.latest_version(), strict=True)
 

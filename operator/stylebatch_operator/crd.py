@@ -265,53 +265,65 @@ STATUS_SCHEMA: dict[str, Any] = _obj("Observed state, written by the operator.",
 
 def crd() -> dict[str, Any]:
     """The CustomResourceDefinition (apiextensions.k8s.io/v1)."""
-    schema = {
-        "type": "object",
-        "description": "Repaints every frame of a video in the style of a painting, across GPU pods.",
-        "properties": {
-            "apiVersion": {"type": "string"},
-            "kind": {"type": "string"},
-            "metadata": {"type": "object"},
-            "spec": copy.deepcopy(SPEC_SCHEMA),
-            "status": copy.deepcopy(STATUS_SCHEMA),
-        },
-        "required": ["spec"],
-        "x-kubernetes-validations": [
+    return definition(
+        KIND, PLURAL, SINGULAR, SHORT_NAMES,
+        "Repaints every frame of a video in the style of a painting, across GPU pods.",
+        SPEC_SCHEMA, STATUS_SCHEMA,
+        [
             {"rule": f"size(self.metadata.name) <= {MAX_NAME_LENGTH}",
              "message": f"name must be at most {MAX_NAME_LENGTH} characters: child names add suffixes"},
             {"rule": f"self.metadata.name.matches('{NAME_PATTERN}')", "message": f"name {NAME_RULE_MESSAGE}"},
         ],
+        [
+            {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+            {"name": "Progress", "type": "string", "jsonPath": ".status.progress.summary"},
+            # what the job runs with, from the status: a style given as a URI shows no SAS token
+            {"name": "Style", "type": "string", "jsonPath": ".status.effectiveSpec.style"},
+            {"name": "Reason", "type": "string", "jsonPath": ".status.reason"},
+            {"name": "Workers", "type": "integer", "jsonPath": ".status.effectiveSpec.workers"},
+            {"name": "GPUs", "type": "integer", "jsonPath": ".status.effectiveSpec.gpusPerWorker", "priority": 1},
+            {"name": "Queue", "type": "string", "jsonPath": ".status.effectiveSpec.queueName", "priority": 1},
+            {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+            {"name": "Message", "type": "string", "jsonPath": ".status.message", "priority": 1},
+        ],
+    )
+
+
+def definition(kind: str, plural: str, singular: str, short_names: list[str], description: str,
+               spec: dict[str, Any], status: dict[str, Any], rules: list[dict[str, str]],
+               columns: list[dict[str, Any]]) -> dict[str, Any]:
+    """A namespaced stylebatch.io CustomResourceDefinition with one version and a status subresource
+    (also stylebatch_operator.videowatch_crd's)."""
+    schema = {
+        "type": "object",
+        "description": description,
+        "properties": {
+            "apiVersion": {"type": "string"},
+            "kind": {"type": "string"},
+            "metadata": {"type": "object"},
+            "spec": copy.deepcopy(spec),
+            "status": copy.deepcopy(status),
+        },
+        "required": ["spec"],
+        "x-kubernetes-validations": rules,
     }
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
-        "metadata": {"name": CRD_NAME, "labels": {"app.kubernetes.io/name": "stylebatch"},
+        "metadata": {"name": f"{plural}.{GROUP}", "labels": {"app.kubernetes.io/name": "stylebatch"},
                      "annotations": {RELEASE_ANNOTATION: RELEASE}},
         "spec": {
             "group": GROUP,
             "scope": "Namespaced",
-            "names": {"kind": KIND, "listKind": f"{KIND}List", "plural": PLURAL, "singular": SINGULAR,
-                      "shortNames": list(SHORT_NAMES), "categories": ["stylebatch"]},
+            "names": {"kind": kind, "listKind": f"{kind}List", "plural": plural, "singular": singular,
+                      "shortNames": list(short_names), "categories": ["stylebatch"]},
             "versions": [{
                 "name": VERSION,
                 "served": True,
                 "storage": True,
                 "subresources": {"status": {}},
                 "schema": {"openAPIV3Schema": schema},
-                "additionalPrinterColumns": [
-                    {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
-                    {"name": "Progress", "type": "string", "jsonPath": ".status.progress.summary"},
-                    # what the job runs with, from the status: a style given as a URI shows no SAS token
-                    {"name": "Style", "type": "string", "jsonPath": ".status.effectiveSpec.style"},
-                    {"name": "Reason", "type": "string", "jsonPath": ".status.reason"},
-                    {"name": "Workers", "type": "integer", "jsonPath": ".status.effectiveSpec.workers"},
-                    {"name": "GPUs", "type": "integer", "jsonPath": ".status.effectiveSpec.gpusPerWorker",
-                     "priority": 1},
-                    {"name": "Queue", "type": "string", "jsonPath": ".status.effectiveSpec.queueName",
-                     "priority": 1},
-                    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
-                    {"name": "Message", "type": "string", "jsonPath": ".status.message", "priority": 1},
-                ],
+                "additionalPrinterColumns": columns,
             }],
         },
     }
@@ -364,10 +376,11 @@ def apply_defaults(value: Any, schema: dict[str, Any]) -> Any:
     return value
 
 
-def to_yaml() -> str:
-    header = ("# Generated by `python -m stylebatch_operator.crd`; edit operator/stylebatch_operator/crd.py"
-              " instead.\n")
-    return header + yaml.safe_dump(crd(), sort_keys=False, width=110)
+def to_yaml(obj: dict[str, Any] | None = None, module: str = "crd") -> str:
+    """The CRD as the chart holds it (default: this one; `module` names where `obj` is made)."""
+    header = (f"# Generated by `python -m stylebatch_operator.{module}`; edit "
+              f"operator/stylebatch_operator/{module}.py instead.\n")
+    return header + yaml.safe_dump(obj or crd(), sort_keys=False, width=110)
 
 
 if __name__ == "__main__":

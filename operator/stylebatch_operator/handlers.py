@@ -14,7 +14,7 @@ from typing import Any
 import kopf
 from stylebatch.progress import RankProgress, latest_by_rank
 
-from stylebatch_operator import decide as d
+from stylebatch_operator import decide as d, videowatch_handlers
 from stylebatch_operator.kube import ApiError, Kube
 from stylebatch_operator.manifests import build_child
 from stylebatch_operator.metrics import Metrics
@@ -42,6 +42,7 @@ def build_registry(*, interval: float) -> kopf.OperatorRegistry:
     kopf.timer(GROUP, VERSION, PLURAL, id="reconcile", interval=interval, when=_active,
                registry=registry)(_reconcile_timer)
     kopf.on.event(GROUP, VERSION, PLURAL, id="metrics", registry=registry)(_count)
+    videowatch_handlers.register(registry, interval=interval)
     return registry
 
 

@@ -16,6 +16,7 @@ from stylebatch.errors import StylebatchError
 # kind -> (apiVersion, plural)
 RESOURCES = {
     "StyleTransferJob": ("stylebatch.io/v1alpha1", "styletransferjobs"),
+    "VideoWatch": ("stylebatch.io/v1alpha1", "videowatches"),
     "Job": ("batch/v1", "jobs"),
     "MPIJob": ("kubeflow.org/v2beta1", "mpijobs"),
     "Pod": ("v1", "pods"),

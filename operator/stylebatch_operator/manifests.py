@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from stylebatch.contract import EXIT_BAD_INPUT
+from stylebatch.contract import EXIT_BAD_INPUT, JOB_ENV
 
 from stylebatch_operator.names import (
     KUEUE_QUEUE_LABEL, MPI_API_VERSION, POSTPROCESS, PREPROCESS, STYLIZE, child_labels, child_name, owner_reference,
@@ -142,7 +142,7 @@ def _job(stj: dict[str, Any], stage: str, attempt: int, args: list[str], deadlin
     spec = effective_spec(stj)
     name = child_name(stj["metadata"]["name"], stage, attempt)
     labels = child_labels(stj["metadata"]["name"], stage, attempt)
-    container = _container(spec, stage, ["stylebatch", *args])
+    container = _container(stj, spec, stage, ["stylebatch", *args])
     container["resources"] = copy.deepcopy(_pod_defaults(spec)["stageResources"])
     pod_spec = _pod_spec(spec, [container], restart_policy="Never")
     _add_scratch(spec, pod_spec)
@@ -168,13 +168,13 @@ def _job(stj: dict[str, Any], stage: str, attempt: int, args: list[str], deadlin
 
 
 def _launcher_template(stj: dict[str, Any], spec: dict[str, Any], labels: dict[str, str], ranks: int) -> dict[str, Any]:
-    container = _container(spec, "launcher", stylize_args(stj, ranks))
+    container = _container(stj, spec, "launcher", stylize_args(stj, ranks))
     container["resources"] = copy.deepcopy(_pod_defaults(spec)["launcherResources"])
     return {"metadata": _pod_metadata(spec, labels), "spec": _pod_spec(spec, [container])}
 
 
 def _worker_template(stj: dict[str, Any], spec: dict[str, Any], labels: dict[str, str]) -> dict[str, Any]:
-    container = _container(spec, "worker", None)
+    container = _container(stj, spec, "worker", None)
     container["command"] = list(SSHD_COMMAND)
     container["readinessProbe"] = {"tcpSocket": {"port": SSHD_PORT}, "initialDelaySeconds": 2, "periodSeconds": 5}
     gpus = spec["gpusPerWorker"]
@@ -202,15 +202,17 @@ def _worker_template(stj: dict[str, Any], spec: dict[str, Any], labels: dict[str
     return {"metadata": _pod_metadata(spec, labels), "spec": pod_spec}
 
 
-def _container(spec: dict[str, Any], name: str, args: list[str] | None) -> dict[str, Any]:
+def _container(stj: dict[str, Any], spec: dict[str, Any], name: str, args: list[str] | None) -> dict[str, Any]:
     container: dict[str, Any] = {
         "name": name,
         "image": spec["image"],
         "imagePullPolicy": spec["imagePullPolicy"],
         # TMPDIR: the scratch emptyDir (the launcher's mpiexec hands its environment to the ranks,
-        # which run over ssh on the workers).
+        # which run over ssh on the workers). JOB_ENV: the blobs the job writes carry its name, so
+        # that no VideoWatch takes them for uploads.
         "env": _storage_env(spec) + [{"name": "PYTHONUNBUFFERED", "value": "1"},
-                                     {"name": "TMPDIR", "value": SCRATCH_PATH}],
+                                     {"name": "TMPDIR", "value": SCRATCH_PATH},
+                                     {"name": JOB_ENV, "value": stj["metadata"]["name"]}],
         # A failed stage's last log lines (`stylebatch: error: ...`) become the failure's message.
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "securityContext": copy.deepcopy(CONTAINER_SECURITY_CONTEXT),

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from stylebatch.trigger import JOB_NAME_LENGTH
+
 GROUP = "stylebatch.io"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
@@ -13,6 +15,12 @@ PLURAL = "styletransferjobs"
 SINGULAR = "styletransferjob"
 SHORT_NAMES = ["stj"]
 
+# A VideoWatch makes a StyleTransferJob for every video uploaded to a blob prefix.
+WATCH_KIND = "VideoWatch"
+WATCH_PLURAL = "videowatches"
+WATCH_SINGULAR = "videowatch"
+WATCH_SHORT_NAMES = ["vw"]
+
 MPI_API_VERSION = "kubeflow.org/v2beta1"
 
 MANAGED_BY = "stylebatch"
@@ -20,6 +28,7 @@ LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 LABEL_JOB = f"{GROUP}/job"
 LABEL_STAGE = f"{GROUP}/stage"
 LABEL_ATTEMPT = f"{GROUP}/attempt"
+LABEL_WATCH = f"{GROUP}/watch"  # on the StyleTransferJobs a VideoWatch made
 
 # A Kubernetes quantity (cpu: "4", memory: 16Gi, ephemeral-storage: 20Gi).
 QUANTITY_PATTERN = (r"^[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([KMGTPE]i|[numkMGTPE]|[eE][+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+))?$")
@@ -39,7 +48,7 @@ CHILD_KIND = {PREPROCESS: "Job", STYLIZE: "MPIJob", POSTPROCESS: "Job"}
 
 # Children append "-postprocess-NN", and the MPI operator appends "-launcher" / "-worker-NNN" to
 # the MPIJob's name; pod names and hostnames must stay within 63 characters.
-MAX_NAME_LENGTH = 40
+MAX_NAME_LENGTH = JOB_NAME_LENGTH  # 40; the names a VideoWatch gives its jobs fit too
 # ... and the MPI operator's pod names (<name>-stylize-1-worker-0) must be DNS-1035 labels, as must
 # the Services it makes for them: a lowercase letter first, then lowercase letters, digits and '-',
 # no '-' at the end. A name such as 2024-promo or trip.v2 is fine for a Job but not for an MPIJob.
@@ -62,12 +71,12 @@ def child_labels(job_name: str, stage: str, attempt: int) -> dict[str, str]:
     }
 
 
-def owner_reference(stj: dict[str, Any]) -> dict[str, Any]:
-    """Makes Kubernetes delete the child with its StyleTransferJob."""
+def owner_reference(stj: dict[str, Any], kind: str = KIND) -> dict[str, Any]:
+    """Makes Kubernetes delete the child with its StyleTransferJob (or a job with its VideoWatch)."""
     meta = stj["metadata"]
     return {
         "apiVersion": API_VERSION,
-        "kind": KIND,
+        "kind": kind,
         "name": meta["name"],
         "uid": meta["uid"],
         "controller": True,

@@ -15,7 +15,11 @@ from stylebatch_operator.crd import CRD_NAME
 RULES: list[dict[str, list[str]]] = [
     # kopf watches jobs, patches its annotations and finalizer; the operator reads them fresh
     {"apiGroups": ["stylebatch.io"], "resources": ["styletransferjobs"],
-     "verbs": ["get", "list", "watch", "patch", "delete"]},  # delete: spec.cleanup.jobAfterFinishedSeconds
+     "verbs": ["get", "list", "watch", "patch", "delete", "create"]},  # delete: spec.cleanup.jobAfterFinishedSeconds;
+    # create: a VideoWatch's jobs. VideoWatches: watched like jobs; their status holds the counts
+    {"apiGroups": ["stylebatch.io"], "resources": ["videowatches"], "verbs": ["get", "list", "watch", "patch"]},
+    {"apiGroups": ["stylebatch.io"], "resources": ["videowatches/status"], "verbs": ["patch"]},
+    {"apiGroups": ["stylebatch.io"], "resources": ["videowatches/finalizers"], "verbs": ["update"]},
     {"apiGroups": ["stylebatch.io"], "resources": ["styletransferjobs/status"], "verbs": ["patch"]},
     # ownerReferences with blockOwnerDeletion need update on the owner's finalizers
     {"apiGroups": ["stylebatch.io"], "resources": ["styletransferjobs/finalizers"], "verbs": ["update"]},

@@ -41,14 +41,18 @@ def _crf(text: str) -> int:
     return _whole(text, 0)
 
 
-def _strength(text: str) -> float:
+def _number(text: str, low: float, high: float, unit: str = "") -> float:
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be between 0 and 1")
+    if not low <= value <= high:
+        raise argparse.ArgumentTypeError(f"{text!r} must be between {low:g} and {high:g}{unit}")
     return value
+
+
+def _strength(text: str) -> float:
+    return _number(text, 0.0, 1.0)
 
 
 def _temporal_strength(text: str) -> float:
@@ -56,6 +60,10 @@ def _temporal_strength(text: str) -> float:
     if value > 0.95:
         raise argparse.ArgumentTypeError(f"{text!r} must be at most 0.95 (1 would freeze the picture)")
     return value
+
+
+def _seconds(text: str) -> float:
+    return _number(text, 0.1, 86400, " seconds")
 
 
 def _max_side(text: str) -> int:
@@ -96,6 +104,27 @@ def _model_flags(p: argparse.ArgumentParser) -> None:
                         "(default 0.6)")
 
 
+def _run_flags(p: argparse.ArgumentParser) -> None:
+    """The flags of `run` that `watch` passes on to it."""
+    p.add_argument("--workers", type=_positive, default=None,
+                   help="MPI ranks to run locally (default: one per GPU, else one per CPU core, at most 4)")
+    _model_flags(p)
+    _encoder_flags(p)
+
+
+def run_flags_argv(args: argparse.Namespace) -> list[str]:
+    """The run flags (_run_flags) that args sets to other than their defaults, as command-line words."""
+    parser = argparse.ArgumentParser(add_help=False)
+    _run_flags(parser)
+    argv: list[str] = []
+    for action in parser._actions:
+        value = getattr(args, action.dest, action.default)
+        if value is None or value == action.default:
+            continue
+        argv += [action.option_strings[-1]] if action.nargs == 0 else [action.option_strings[-1], str(value)]
+    return argv
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="stylebatch",
@@ -108,12 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("input", help="video file or blob URI (az://container/path, https://...)")
     run.add_argument("-o", "--output", required=True, help="output file or blob URI; its extension picks "
                                                             "the container (.mp4 .mov .m4v .mkv .webm .avi)")
-    run.add_argument("--workers", type=_positive, default=None,
-                     help="MPI ranks to run locally (default: one per GPU, else one per CPU core, at most 4)")
     run.add_argument("--work", help="work dir (folder or blob prefix); re-use one to resume (default: temp)")
     run.add_argument("--keep-work", action="store_true", help="keep the work dir after success")
-    _model_flags(run)
-    _encoder_flags(run)
+    _run_flags(run)
     run.set_defaults(handler="stylebatch.run:run")
 
     prev = sub.add_parser("preview", help="one frame (or a photo) in many styles, labelled, on one sheet")
@@ -129,6 +155,19 @@ def build_parser() -> argparse.ArgumentParser:
     prev.add_argument("--keep-colors", action="store_true", help="keep the frame's own colours in every tile")
     prev.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     prev.set_defaults(handler="stylebatch.preview:run")
+
+    watch = sub.add_parser("watch", help="stylize every video in a folder or blob prefix, and every new one, "
+                                         "exactly once")
+    watch.add_argument("source", help="folder or blob prefix to watch (az://container/prefix, https://...)")
+    watch.add_argument("-o", "--output", required=True,
+                       help="folder or blob prefix for the outputs: same relative path and name as the video")
+    watch.add_argument("--ext", help="output extension (default: the video's own when stylebatch writes it, "
+                                     "else .mp4)")
+    watch.add_argument("--once", action="store_true", help="stylize what is there now, then exit")
+    watch.add_argument("--interval", type=_seconds, default=10.0, help="seconds between listings (default: 10)")
+    watch.add_argument("--min-size", type=_positive, default=1, help="ignore files smaller than this many bytes")
+    _run_flags(watch)
+    watch.set_defaults(handler="stylebatch.watch:run")
 
     styles = sub.add_parser("styles", help="list the built-in styles")
     styles.set_defaults(handler="stylebatch.run:list_styles")

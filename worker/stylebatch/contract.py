@@ -36,3 +36,8 @@ def is_style_file(ref: str) -> bool:
     """A painting or weights file (a path or URI), not a built-in name."""
     path = ref.strip().split("?", 1)[0].lower()
     return "/" in path or "\\" in path or path.endswith(STYLE_IMAGE_SUFFIXES + STYLE_WEIGHTS_SUFFIXES)
+
+# Outputs name the job that wrote them, so that a watch never takes them for new uploads: every
+# blob the worker writes while JOB_ENV is set carries metadata OUTPUT_TAG=<job> (stylebatch.trigger).
+JOB_ENV = "STYLEBATCH_JOB"
+OUTPUT_TAG = "stylebatchjob"  # blob metadata keys are C# identifiers: letters, digits, underscores

@@ -3,12 +3,25 @@
 from __future__ import annotations
 
 import abc
+import dataclasses
 import ipaddress
 import os
 import pathlib
-from typing import Iterable
+from typing import Iterable, Mapping
 
 from stylebatch.errors import StylebatchError
+
+
+@dataclasses.dataclass(frozen=True)
+class FileInfo:
+    """A file as a listing shows it. etag: changes whenever the content may have (a blob's ETag; a
+    local file's size and modification time); modified: seconds since the epoch."""
+
+    name: str  # relative to the listed prefix, '/'-separated
+    size: int
+    etag: str
+    modified: float
+    metadata: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
 
 class Location(abc.ABC):
@@ -46,6 +59,10 @@ class Location(abc.ABC):
     @abc.abstractmethod
     def list(self) -> list[str]:
         """Sorted '/'-separated names of every file under this prefix, relative to it; [] if none."""
+
+    @abc.abstractmethod
+    def list_info(self) -> list[FileInfo]:
+        """Like list(), with each file's size, ETag, modification time and metadata."""
 
     @abc.abstractmethod
     def read_bytes(self) -> bytes:

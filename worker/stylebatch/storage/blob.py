@@ -15,7 +15,8 @@ from typing import IO, Any, Iterator
 
 from stylebatch import storage
 from stylebatch.errors import StylebatchError
-from stylebatch.storage.base import Location
+from stylebatch.contract import JOB_ENV, OUTPUT_TAG
+from stylebatch.storage.base import FileInfo, Location
 from stylebatch.storage.clients import service_client
 from stylebatch.storage.credentials import resolve_credential, sas_scope, sas_write_problem
 from stylebatch.storage.errors import blob_errors, local_errors
@@ -78,6 +79,47 @@ class BlobLocation(Location):
                 return sorted(props.name[cut:] for props in self._walk())
             except ResourceNotFoundError:  # a missing container holds no files, like a missing folder
                 return []
+
+    def list_info(self) -> list[FileInfo]:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        with blob_errors(self, "list"):
+            try:
+                return sorted((self._info(props) for props in self._walk()), key=lambda i: i.name)
+            except ResourceNotFoundError:
+                return []
+
+    def list_page(self, token: str | None, page_size: int) -> tuple[list[FileInfo], str | None]:
+        """One page of list_info (at most page_size files, in name order) from a continuation token
+        (None: from the start), and the token of the next page (None: that was the last)."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        with blob_errors(self, "list"):
+            try:
+                pages = self._container_client().list_blobs(
+                    name_starts_with=self._prefix(), include=["metadata"], results_per_page=page_size,
+                ).by_page(continuation_token=token)
+                page = next(pages, [])
+                infos = [self._info(p) for p in page if (p.metadata or {}).get("hdi_isfolder") != "true"]
+                return infos, pages.continuation_token or None
+            except ResourceNotFoundError:
+                return [], None
+
+    def info(self) -> FileInfo | None:
+        """This blob's size, ETag and metadata as they are now; None when there is no such blob."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        with blob_errors(self, "read"):
+            try:
+                props = self._blob_client().get_blob_properties()
+            except ResourceNotFoundError:
+                return None
+        return FileInfo(self.blob, int(props.size), str(props.etag), props.last_modified.timestamp(),
+                        dict(props.metadata or {}))
+
+    def _info(self, props: Any) -> FileInfo:
+        return FileInfo(props.name[len(self._prefix()):], int(props.size), str(props.etag),
+                        props.last_modified.timestamp(), dict(props.metadata or {}))
 
     def read_bytes(self) -> bytes:
         with blob_errors(self, "read"):
@@ -219,6 +261,7 @@ class BlobLocation(Location):
             overwrite=True,
             max_concurrency=storage.settings.max_concurrency,
             content_settings=ContentSettings(content_type=content_type),
+            metadata=job_tag(),
         )
 
     def _container_client(self) -> Any:
@@ -228,3 +271,10 @@ class BlobLocation(Location):
         if not self.blob:
             raise StylebatchError(f"{self.display} is a container, not a file")
         return service_client(self).get_blob_client(self.container, self.blob)
+
+
+def job_tag() -> dict[str, str] | None:
+    """The metadata that marks a blob as written by a job (stylebatch.contract.OUTPUT_TAG), so that
+    a watch never takes it for an upload; None outside a job."""
+    job = os.environ.get(JOB_ENV, "").strip()
+    return {OUTPUT_TAG: job} if job else None

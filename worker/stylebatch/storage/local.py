@@ -9,7 +9,7 @@ import shutil
 from typing import Iterator
 
 from stylebatch.errors import StylebatchError
-from stylebatch.storage.base import Location
+from stylebatch.storage.base import FileInfo, Location
 from stylebatch.storage.errors import local_errors, os_error
 from stylebatch.storage.files import PARTIAL, atomic_file, copy_file
 from stylebatch.storage.scrub import printable
@@ -42,6 +42,16 @@ class LocalLocation(Location):
 
     def list(self) -> list[str]:
         return sorted(self._files())
+
+    def list_info(self) -> list[FileInfo]:
+        infos = []
+        for name in self.list():
+            try:
+                st = (self.path / name).stat()
+            except FileNotFoundError:  # deleted since the walk
+                continue
+            infos.append(FileInfo(name, st.st_size, f"{st.st_size}-{st.st_mtime_ns}", st.st_mtime))
+        return infos
 
     def read_bytes(self) -> bytes:
         with local_errors(self.display, "read"):

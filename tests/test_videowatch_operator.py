@@ -1,0 +1,253 @@
+"""VideoWatch end to end: the real operator (kopf, as `stylebatch operator` runs it) against kmock's
+Kubernetes emulator and Azurite's blob and queue services.
+
+Event Grid cannot run here, so the tests play it: they upload blobs to Azurite, then put the
+BlobCreated events Event Grid would publish on the storage queue, base64-encoded as Event Grid does
+for storage queues (duplicates, the create of an empty blob before its commit, events for outputs,
+for other prefixes and for text files, and messages that are no events at all)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator
+from datetime import datetime, timezone
+from typing import Any
+
+import aiohttp
+import kmock
+import pytest
+from azure.storage.blob import BlobBlock
+
+import test_operator_kopf as k
+from stylebatch.contract import OUTPUT_TAG
+from stylebatch_operator.settings import Settings
+from stylebatch_operator.videowatch_crd import openapi_schema
+from stylebatch_operator.crd import apply_defaults
+
+pytestmark = [pytest.mark.timeout(120), pytest.mark.azurite]
+
+NS = k.NS
+WATCHES = f"/apis/stylebatch.io/v1alpha1/namespaces/{NS}/videowatches"
+SETTINGS = Settings(interval=k.INTERVAL, storage_secret="stylebatch-storage")
+TEMPLATE = {"style": "lavender-gold", "workers": 1, "gpusPerWorker": 0}
+
+
+@contextlib.asynccontextmanager
+async def api_server() -> AsyncIterator[k.ApiServer]:
+    async with k.api_server() as api:
+        api.resources["stylebatch.io/v1alpha1/videowatches"] = kmock.ResourceInfo(
+            kind="VideoWatch", namespaced=True, subresources={"status"},
+            verbs={"get", "list", "watch", "create", "patch", "update", "delete"})
+        yield api
+
+
+async def apply_watch(api: k.ApiServer, container: str, name: str = "uploads", **spec: Any) -> None:
+    body = {"apiVersion": "stylebatch.io/v1alpha1", "kind": "VideoWatch", "metadata": {"name": name, "namespace": NS},
+            "spec": {"source": f"az://{container}/incoming", "output": "az://stylized/{path}-{style}.mp4",
+                     "template": TEMPLATE, **spec}}
+    resp = await api.post(WATCHES, json=apply_defaults(body, openapi_schema()))
+    assert resp.status == 200, await resp.text()
+
+
+def watch_status(api: k.ApiServer, name: str = "uploads") -> dict[str, Any]:
+    return api.objects["stylebatch.io/v1alpha1/videowatches", NS, name].raw.get("status") or {}
+
+
+def jobs(api: k.ApiServer) -> dict[str, dict[str, Any]]:
+    return {key[2]: obj.raw for key, obj in api.objects.items()
+            if key[0].plural == "styletransferjobs" and not obj.deleted}
+
+
+def inputs(api: k.ApiServer) -> list[str]:
+    return sorted(j["spec"]["input"].rsplit("/", 1)[-1] for j in jobs(api).values())
+
+
+def job_posts(api: k.ApiServer) -> list[str]:
+    return k.creates(api, f"/apis/stylebatch.io/v1alpha1/namespaces/{NS}/styletransferjobs")
+
+
+async def set_phase(api: k.ApiServer, name: str, phase: str) -> None:
+    """What the job's own reconciliation would write when it ends (re-applied until it sticks: the
+    operator's reconcile of the job may be mid-flight)."""
+    path = f"/apis/stylebatch.io/v1alpha1/namespaces/{NS}/styletransferjobs/{name}/status"
+    for _ in range(50):
+        resp = await api.patch(path, json={"status": {"phase": phase}},
+                               headers={"Content-Type": "application/merge-patch+json"})
+        assert resp.status == 200, await resp.text()
+        await asyncio.sleep(0.3)
+        if jobs(api)[name].get("status", {}).get("phase") == phase:
+            return
+    raise AssertionError(f"{name} did not stay {phase}")
+
+
+def blob_created(container: str, blob: str, etag: str, size: int, api: str = "PutBlockList",
+                 account: str = "devstoreaccount1") -> str:
+    """A BlobCreated event in the Event Grid schema, as Event Grid puts it on a storage queue."""
+    event = {
+        "topic": f"/subscriptions/0000/resourceGroups/media/providers/Microsoft.Storage/storageAccounts/{account}",
+        "subject": f"/blobServices/default/containers/{container}/blobs/{blob}",
+        "eventType": "Microsoft.Storage.BlobCreated",
+        "eventTime": datetime.now(timezone.utc).isoformat().replace("+00:00", "Z"),
+        "id": f"evt-{blob}-{etag}", "dataVersion": "", "metadataVersion": "1",
+        "data": {"api": api, "clientRequestId": "c", "requestId": "r", "eTag": etag, "contentType": "video/mp4",
+                 "contentLength": size, "blobType": "BlockBlob",
+                 "url": f"https://{account}.blob.core.windows.net/{container}/{blob}",
+                 "sequencer": "00000000000004420000000000028963"},
+    }
+    return base64.b64encode(json.dumps(event).encode()).decode()
+
+
+class Storage:
+    """The test's side of Azurite: upload blobs, publish their events."""
+
+    def __init__(self, azure_env: Any, queue: str) -> None:
+        self.container = azure_env.container
+        self.blobs = azure_env.azurite.service_client().get_container_client(self.container)
+        self.queue = azure_env.azurite.queue_client(queue)
+        self.poison = azure_env.azurite.queue_client(f"{queue}-poison")
+        self.queue.create_queue()
+
+    def upload(self, blob: str, data: bytes = b"\x00\x00\x00\x18ftypmp42 video bytes", **metadata: str) -> str:
+        return self.blobs.get_blob_client(blob).upload_blob(data, overwrite=True, metadata=metadata or None)["etag"]
+
+    def publish(self, blob: str, etag: str, size: int, api: str = "PutBlockList") -> None:
+        self.queue.send_message(blob_created(self.container, blob, etag, size, api))
+
+    def messages_left(self, queue: Any) -> list[str]:
+        return [m.content for m in queue.peek_messages(max_messages=32)]
+
+
+def test_queue_mode_gives_each_video_exactly_one_job_across_duplicates_restarts_and_poison(azure_env):
+    store = Storage(azure_env, "uploads")
+    cat = store.upload("incoming/cat.mp4")
+    dog = store.upload("incoming/holiday/dog.mov")
+    # an uploader that creates the blob empty, then commits its blocks: two events, one video
+    empty = store.upload("incoming/late.mp4", b"")
+    store.blobs.get_blob_client("incoming/late.mp4").stage_block("b1", b"late video bytes")
+    late = store.blobs.get_blob_client("incoming/late.mp4").commit_block_list([BlobBlock("b1")])["etag"]
+    output = store.upload("incoming/old-output.mp4", **{OUTPUT_TAG: "cat-0123456789"})  # written by a job
+    text = store.upload("incoming/readme.txt")
+    other = store.upload("elsewhere/fish.mp4")
+    flaky = store.upload("incoming/flaky.mp4")
+
+    # a message that already failed twice (its earlier deliveries are played here, before the
+    # others arrive: each receive without a delete is a failed delivery, as when a create fails)
+    store.queue.send_message(blob_created(store.container, "incoming/flaky.mp4", flaky, 36))
+    for _ in range(2):
+        assert len(list(store.queue.receive_messages(visibility_timeout=1))) == 1
+        time.sleep(1.2)
+    store.publish("incoming/cat.mp4", cat, 36)
+    store.publish("incoming/cat.mp4", cat, 36)  # Event Grid delivers at least once
+    store.publish("incoming/holiday/dog.mov", dog, 36, api="PutBlob")
+    store.publish("incoming/late.mp4", empty, 0, api="PutBlob")
+    store.publish("incoming/late.mp4", late, 16)
+    store.publish("incoming/late.mp4", late, 16, api="FlushFile")  # not a commit
+    store.publish("incoming/old-output.mp4", output, 36)
+    store.publish("incoming/readme.txt", text, 36)
+    store.publish("elsewhere/fish.mp4", other, 36)
+    store.queue.send_message("this is not an event")
+
+    async def scenario() -> None:
+        port = k.free_port()
+        async with api_server() as api:
+            async with k.operator(api, settings=SETTINGS, liveness_port=port):
+                await apply_watch(api, store.container, mode="queue",
+                                  queue={"name": "uploads", "maxDeliveries": 2, "visibilityTimeoutSeconds": 10},
+                                  sweepIntervalSeconds=0)
+                await k.eventually(lambda: inputs(api) == ["cat.mp4", "dog.mov", "late.mp4"], timeout=20)
+                await k.eventually(lambda: not store.messages_left(store.queue), timeout=20)
+                poisoned = sorted(store.messages_left(store.poison))
+                assert len(poisoned) == 2 and "this is not an event" in poisoned
+                await k.eventually(lambda: watch_status(api).get("jobs", {}).get("created") == 3)
+                metrics = await scrape(port)
+
+            by_input = {j["spec"]["input"].rsplit("/", 1)[-1]: j for j in jobs(api).values()}
+            late_job = by_input["late.mp4"]
+            assert late_job["metadata"]["annotations"]["stylebatch.io/source-etag"] == late  # the committed one
+            cat_job = by_input["cat.mp4"]
+            assert cat_job["spec"]["input"] == f"az://{store.container}/incoming/cat.mp4"
+            assert by_input["dog.mov"]["spec"]["output"] == "az://stylized/holiday/dog-lavender-gold.mp4"
+            owner = cat_job["metadata"]["ownerReferences"][0]
+            watch = api.objects["stylebatch.io/v1alpha1/videowatches", NS, "uploads"].raw
+            assert (owner["kind"], owner["uid"], owner["controller"]) == ("VideoWatch", watch["metadata"]["uid"], True)
+            assert cat_job["metadata"]["labels"]["stylebatch.io/watch"] == "uploads"
+            assert cat_job["spec"]["style"] == "lavender-gold" and cat_job["spec"]["workers"] == 1
+            reasons = [r for _, r, _ in k.events(api, "uploads")]
+            assert reasons.count("JobCreated") == 3 and reasons.count("PoisonMessage") == 2
+            watched = 'namespace="media",watch="uploads"'
+            assert metrics[f'stylebatch_watch_jobs_created_total{{{watched}}}'] == 3
+            assert metrics[f'stylebatch_watch_poison_messages_total{{{watched}}}'] == 2
+            assert metrics[f'stylebatch_watch_duplicates_dropped_total{{{watched}}}'] == 1
+            assert metrics[f'stylebatch_watch_events_received_total{{{watched},source="queue"}}'] == 11
+            assert metrics[f'stylebatch_watch_upload_to_job_seconds_count{{{watched}}}'] == 3
+            s = watch_status(api)
+            assert s["videosSeen"] == 3 and s["lastMessageTime"] and s["lastError"] == ""
+
+            # the operator is down while more events arrive: a redelivered one and a new video
+            bird = store.upload("incoming/bird.mp4")
+            store.publish("incoming/cat.mp4", cat, 36)
+            store.publish("incoming/bird.mp4", bird, 36)
+            async with k.operator(api, settings=SETTINGS):
+                await k.eventually(lambda: inputs(api) == ["bird.mp4", "cat.mp4", "dog.mov", "late.mp4"], timeout=20)
+                await k.eventually(lambda: not store.messages_left(store.queue), timeout=20)
+                await k.eventually(lambda: watch_status(api)["jobs"]["created"] == 4)
+            assert sorted(job_posts(api)) == sorted(set(job_posts(api))) and len(job_posts(api)) == 4
+            used = k.requests_allowed_by_rbac(api)
+            assert {("stylebatch.io", "styletransferjobs", "create"), ("stylebatch.io", "videowatches/status", "patch"),
+                    ("stylebatch.io", "videowatches", "watch")} <= used
+    k.run(scenario)
+
+
+def test_poll_mode_lists_in_pages_waits_for_stable_blobs_and_keeps_to_max_concurrent_jobs(azure_env):
+    store = Storage(azure_env, "unused")
+    for name in ("a.mp4", "b.mp4", "c.mp4"):
+        store.upload(f"incoming/{name}")
+    store.upload("incoming/readme.txt")
+    store.upload("incoming/stylized-a.mp4", **{OUTPUT_TAG: "a-0123456789"})
+    store.upload("incoming/partial.mp4", b"")  # created, not committed yet
+
+    async def scenario() -> None:
+        async with api_server() as api, k.operator(api, settings=SETTINGS):
+            await apply_watch(api, store.container, mode="poll", maxConcurrentJobs=2,
+                              poll={"intervalSeconds": 1, "pageSize": 2, "maxSecondsPerPoll": 1})
+            await k.eventually(lambda: len(jobs(api)) == 2, timeout=20)
+            await k.eventually(lambda: watch_status(api).get("waiting") == 1, timeout=20)
+            await asyncio.sleep(2.5)  # two more polls: still two, the third waits for a free slot
+            assert len(jobs(api)) == 2
+            first = sorted(jobs(api))
+            await set_phase(api, first[0], "Succeeded")
+            await k.eventually(lambda: inputs(api) == ["a.mp4", "b.mp4", "c.mp4"], timeout=20)
+
+            store.upload("incoming/partial.mp4", b"now it has content")  # the commit
+            await set_phase(api, first[1], "Failed")
+            await k.eventually(lambda: inputs(api) == ["a.mp4", "b.mp4", "c.mp4", "partial.mp4"], timeout=20)
+            await k.eventually(lambda: watch_status(api).get("jobs") == {
+                "created": 4, "running": 2, "succeeded": 1, "failed": 1}, timeout=20)
+            s = watch_status(api)
+            assert s["videosSeen"] == 4 and s["lastPollTime"] and s["lastError"] == ""
+            await asyncio.sleep(2.5)  # more polls find the same blobs: nothing new
+            assert len(job_posts(api)) == 4
+    k.run(scenario)
+
+
+def test_a_watch_that_cannot_work_says_why_in_its_status_and_an_event(azure_env):
+    async def scenario() -> None:
+        async with api_server() as api, k.operator(api, settings=SETTINGS):
+            # what the CRD's CEL rule refuses, on a server that did not check it
+            await apply_watch(api, azure_env.container, output=f"az://{azure_env.container}/incoming/out/{{path}}.mp4")
+            error = await k.eventually(lambda: watch_status(api).get("lastError"))
+            assert "inside the watched source" in error
+            await k.eventually(lambda: [e for e in k.events(api, "uploads") if e[1] == "InvalidSpec"])
+            assert jobs(api) == {}
+    k.run(scenario)
+
+
+async def scrape(port: int) -> dict[str, float]:
+    async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{port}/metrics") as resp:
+        text = await resp.text()
+    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+            if line and not line.startswith("#")}

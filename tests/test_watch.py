@@ -1,0 +1,177 @@
+"""`stylebatch watch`: every video in a folder or blob prefix stylized exactly once, across restarts,
+never its own outputs, never a file still being written. The real CLI on real clips, locally and on
+Azurite; the stylizing itself is `stylebatch run` (tiny clips, --max-side 48, one rank)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from clips import FAST_STYLE, count_frames, error_lines, stylebatch
+from stylebatch import watch as watch_mod
+from stylebatch.contract import OUTPUT_TAG
+from stylebatch.storage import location
+from stylebatch.trigger import Filters
+
+pytestmark = pytest.mark.slow
+FLAGS = [*FAST_STYLE, "--workers", "1", "--interval", "0.2", "--once"]
+
+
+def outputs(folder: Path) -> list[str]:
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()
+                  and ".stylebatch-watch" not in p.parts)
+
+
+def started(result) -> list[str]:
+    return [line for line in result.stderr.splitlines() if line.startswith("stylebatch: started ")]
+
+
+def test_watch_once_on_a_folder_stylizes_each_video_once_and_then_only_new_ones(clip, tmp_path):
+    src, dest = tmp_path / "in", tmp_path / "out"
+    (src / "holiday").mkdir(parents=True)
+    shutil.copy(clip("a.mp4", frames=4), src / "a.mp4")
+    shutil.copy(clip("b.mov", frames=3, size=(48, 32)), src / "holiday" / "b.mov")
+    (src / "notes.txt").write_text("not a video")
+
+    first = stylebatch("watch", src, "-o", dest, *FLAGS)
+    assert first.returncode == 0, first.stderr
+    assert outputs(dest) == ["a.mp4", "holiday/b.mov"]
+    assert count_frames(dest / "holiday" / "b.mov") == 3
+    assert len(started(first)) == 2 and first.stderr.count("stylebatch: finished ") == 2
+
+    second = stylebatch("watch", src, "-o", dest, *FLAGS)
+    assert second.returncode == 0, second.stderr
+    assert started(second) == [] and "nothing new" in second.stderr
+    assert outputs(dest) == ["a.mp4", "holiday/b.mov"]
+
+    shutil.copy(clip("a.mp4", frames=4), src / "c.mp4")
+    third = stylebatch("watch", src, "-o", dest, *FLAGS, "--ext", "mkv")
+    assert third.returncode == 0, third.stderr
+    assert [line.split(" -> ")[0] for line in started(third)] == [f"stylebatch: started {src / 'c.mp4'}"]
+    assert outputs(dest) == ["a.mp4", "c.mkv", "holiday/b.mov"]
+
+
+def test_watch_once_on_azurite_stylizes_each_blob_once_and_never_its_outputs(clip, azure_env):
+    blobs = azure_env.azurite.service_client().get_container_client(azure_env.container)
+    for name, path in [("in/a.mp4", clip("a.mp4", frames=4)), ("in/b.mp4", clip("a.mp4", frames=4))]:
+        blobs.upload_blob(name, path.read_bytes())
+    blobs.upload_blob("in/readme.txt", b"not a video")
+    # the outputs go inside the watched prefix: they must still never be taken for uploads
+    source, dest = f"az://{azure_env.container}/in", f"az://{azure_env.container}/in/stylized"
+
+    first = stylebatch("watch", source, "-o", dest, *FLAGS, env=azure_env.env)
+    assert first.returncode == 0, first.stderr
+    names = sorted(b.name for b in blobs.list_blobs(name_starts_with="in/stylized/", include=["metadata"])
+                   if ".stylebatch-watch" not in b.name)
+    assert names == ["in/stylized/a.mp4", "in/stylized/b.mp4"]
+    tag = blobs.get_blob_client("in/stylized/a.mp4").get_blob_properties().metadata[OUTPUT_TAG]
+    assert tag.startswith("a-") and len(started(first)) == 2
+
+    second = stylebatch("watch", source, "-o", dest, *FLAGS, env=azure_env.env)
+    assert second.returncode == 0 and started(second) == [], second.stderr
+
+    blobs.upload_blob("in/c.mp4", clip("a.mp4", frames=4).read_bytes())
+    third = stylebatch("watch", source, "-o", dest, *FLAGS, env=azure_env.env)
+    assert third.returncode == 0, third.stderr
+    assert len(started(third)) == 1 and "in/c.mp4" in started(third)[0]
+    outs = [b.name for b in blobs.list_blobs(name_starts_with="in/stylized/") if ".stylebatch-watch" not in b.name]
+    assert sorted(outs) == ["in/stylized/a.mp4", "in/stylized/b.mp4", "in/stylized/c.mp4"]
+
+
+def test_a_failed_video_is_reported_skipped_and_retried_on_the_next_start(clip, tmp_path):
+    src, dest = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    (src / "broken.mp4").write_bytes(b"\x00" * 2000)  # not a video at all
+    (src / "notes.txt").write_text("not a video either")
+
+    first = stylebatch("watch", src, "-o", dest, *FLAGS)
+    assert first.returncode == 2
+    assert "1 of 1 video(s) failed" in error_lines(first)[0] and "broken.mp4" in error_lines(first)[0]
+    assert len(error_lines(first)) == 1 and "Traceback" not in first.stderr
+    assert "stylebatch: warning: failed " in first.stderr and outputs(dest) == []
+
+    shutil.copy(clip("a.mp4", frames=4), src / "broken.mp4")  # fixed (a new version of the file)
+    second = stylebatch("watch", src, "-o", dest, *FLAGS)
+    assert second.returncode == 0, second.stderr
+    assert [line.split(" -> ")[0].rsplit("/", 1)[-1] for line in started(second)] == ["broken.mp4"]
+    assert outputs(dest) == ["broken.mp4"]
+
+
+# --- the loop itself, with a stand-in for `stylebatch run` (which the tests above run for real) ---
+
+def make_watch(src: Path, dest: Path, made: list[str]) -> watch_mod.Watch:
+    def stylize(input_uri: str, output_uri: str) -> None:
+        made.append(Path(input_uri).name)
+        Path(output_uri).parent.mkdir(parents=True, exist_ok=True)
+        Path(output_uri).write_bytes(Path(input_uri).read_bytes())
+
+    return watch_mod.Watch(location(str(src)), location(str(dest)), None, Filters(), stylize)
+
+
+def test_a_file_still_being_written_waits_until_two_listings_agree(tmp_path):
+    src, dest, made = tmp_path / "in", tmp_path / "out", []
+    src.mkdir()
+    w = make_watch(src, dest, made)
+    growing = src / "big.mp4"
+    growing.write_bytes(b"x" * 100)
+    assert w.poll() == []
+    growing.write_bytes(b"x" * 200)  # still being copied
+    assert w.poll() == []
+    ready = w.poll()
+    assert [v.input.name for v in ready] == ["big.mp4"]
+    w.process(ready[0])
+    assert made == ["big.mp4"] and w.poll() == []
+
+
+def test_outputs_inside_the_watched_folder_never_trigger_and_the_same_folder_is_refused(tmp_path):
+    src, made = tmp_path / "in", []
+    src.mkdir()
+    (src / "a.mp4").write_bytes(b"video")
+    w = make_watch(src, src / "stylized", made)
+    for _ in range(3):
+        for video in w.poll():
+            w.process(video)
+    assert made == ["a.mp4"] and (src / "stylized" / "a.mp4").exists()
+    with pytest.raises(Exception, match="is the watched"):
+        make_watch(src, src, made)
+
+
+def test_without_once_new_videos_are_picked_up_while_it_keeps_watching(clip, tmp_path):
+    src, dest, made = tmp_path / "in", tmp_path / "out", []
+    src.mkdir()
+    (src / "a.mp4").write_bytes(b"one")
+    w = make_watch(src, dest, made)
+    thread = threading.Thread(target=w.forever, args=(0.05,), daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while made != ["a.mp4"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    (src / "b.mp4").write_bytes(b"two")
+    while made != ["a.mp4", "b.mp4"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert made == ["a.mp4", "b.mp4"]
+    records = [json.loads(p.read_text()) for p in (dest / ".stylebatch-watch").iterdir()]
+    assert sorted(Path(r["output"]).name for r in records) == ["a.mp4", "b.mp4"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--ext", "gif"], "--ext .gif"),
+    (["--crf", "-1"], "--crf"),
+    (["--interval", "0"], "--interval"),
+])
+def test_bad_watch_flags_are_one_line_errors(tmp_path, args, message):
+    (tmp_path / "in").mkdir()
+    result = stylebatch("watch", tmp_path / "in", "-o", tmp_path / "out", "--once", *args)
+    assert result.returncode == 2 and len(error_lines(result)) == 1 and message in error_lines(result)[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_watching_a_file_is_refused(tmp_path):
+    (tmp_path / "a.mp4").write_bytes(b"x")
+    result = stylebatch("watch", tmp_path / "a.mp4", "-o", tmp_path / "out", "--once")
+    assert result.returncode == 2 and "is not a folder" in error_lines(result)[0]

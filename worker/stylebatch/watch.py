@@ -1,0 +1,217 @@
+"""`stylebatch watch SOURCE -o DEST`: stylize every video in SOURCE (a folder or blob prefix), the
+ones there now and every new one, into DEST at the same relative path, each exactly once.
+
+- Exactly once across restarts: a record per finished video in DEST/.stylebatch-watch/, named by
+  stylebatch.trigger.job_name (source account, container, name and ETag; a local file's "ETag" is
+  its size and modification time), as the operator names its jobs. A re-upload is a new video.
+- Never its own outputs: blobs it writes carry the job's tag (stylebatch.contract.OUTPUT_TAG), a DEST
+  inside SOURCE is left out of the listing, and hidden names (".x") never count.
+- Files still being written wait: a video counts once two listings in a row show the same size and
+  ETag (trigger.Stability), so even `--once` lists twice, a moment apart.
+- A failed video is reported and skipped; nothing is recorded, so the next start tries it again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import posixpath
+import time
+from collections.abc import Callable, Iterator
+from datetime import datetime, timezone
+
+from stylebatch import trigger
+from stylebatch.contract import EXIT_TRANSIENT, JOB_ENV
+from stylebatch.errors import StylebatchError, TransientError
+from stylebatch.storage import BlobLocation, Location, location
+from stylebatch.storage.base import FileInfo
+
+log = logging.getLogger(__name__)
+RECORD_DIR = ".stylebatch-watch"
+ONCE_SETTLE_S = 5.0  # the most --once waits between its two listings
+DEFAULT_EXT = ".mp4"
+
+
+def run(args: argparse.Namespace, stylize: Callable[[str, str], None] | None = None) -> int:
+    """stylize(input_uri, output_uri): how one video is stylized (default: `stylebatch run` with the
+    watch's run flags)."""
+    watch = Watch(location(args.source), location(args.output), _extension(args.ext),
+                  trigger.Filters.of(min_size=args.min_size), stylize or _runner(args))
+    if args.once:
+        return watch.once(min(args.interval, ONCE_SETTLE_S))
+    log.info("watching %s every %gs; outputs in %s (Ctrl-C to stop)", watch.source.display, args.interval,
+             watch.dest.display)
+    watch.forever(args.interval)
+    return 0
+
+
+def _extension(ext: str | None) -> str | None:
+    from stylebatch.encoder import CONTAINERS
+
+    if ext is None:
+        return None
+    ext = ext.lower() if ext.startswith(".") else f".{ext.lower()}"
+    if ext not in CONTAINERS:
+        raise StylebatchError(f"--ext {ext}: stylebatch writes {' '.join(CONTAINERS)}")
+    return ext
+
+
+def _runner(args: argparse.Namespace) -> Callable[[str, str], None]:
+    """`stylebatch run INPUT -o OUTPUT` with the run flags given to watch, parsed by run's own parser."""
+    from stylebatch.cli import build_parser, run_flags_argv
+    from stylebatch.run import run as run_video
+
+    flags = run_flags_argv(args)
+    build_parser().parse_args(["run", "in.mp4", "-o", "out.mp4", *flags])  # bad flags stop here, before any work
+
+    def stylize(input_uri: str, output_uri: str) -> None:
+        run_video(build_parser().parse_args(["run", input_uri, "-o", output_uri, *flags]))
+
+    return stylize
+
+
+class Watch:
+    def __init__(self, source: Location, dest: Location, ext: str | None, filters: trigger.Filters,
+                 stylize: Callable[[str, str], None]) -> None:
+        self.source, self.dest, self.ext, self.filters, self.stylize = source, dest, ext, filters, stylize
+        self.stability = trigger.Stability()
+        self.failed: dict[str, StylebatchError] = {}
+        self.excluded = _inside(dest, source)  # DEST within SOURCE: its files are outputs, never inputs
+        if self.excluded == "":
+            raise StylebatchError(f"the output prefix {dest.display} is the watched {source.display}: "
+                                  "give a separate folder or prefix")
+        self._check_places()
+
+    def _check_places(self) -> None:
+        src = self.source.local_path()
+        if src is not None and not src.is_dir():
+            raise StylebatchError(f"{self.source.display} is not a folder: watch a folder or a blob prefix")
+        out = self.dest.local_path()
+        if out is not None:
+            out.mkdir(parents=True, exist_ok=True)
+        self.dest.child("probe").check_writable()
+
+    def once(self, settle: float) -> int:
+        """Everything there now (and stable), then return: 0, or the exit code of a failure."""
+        self.poll()
+        time.sleep(settle)
+        ready = self.poll()
+        for video in ready:
+            self.process(video)
+        if self.failed:
+            code = EXIT_TRANSIENT if any(e.exit_code == EXIT_TRANSIENT for e in self.failed.values()) else 2
+            first = next(iter(self.failed))
+            error = StylebatchError(f"{len(self.failed)} of {len(ready)} video(s) failed ({first}: "
+                                    f"{self.failed[first]}); they are tried again on the next start")
+            error.exit_code = code
+            raise error
+        if not ready:
+            log.info("nothing new in %s", self.source.display)
+        return 0
+
+    def forever(self, interval: float) -> None:
+        while True:
+            try:
+                for video in self.poll():
+                    self.process(video)
+            except TransientError as exc:  # storage away for a while: keep watching
+                log.warning("%s; trying again in %gs", exc, interval)
+            time.sleep(interval)
+
+    def poll(self) -> list[Video]:
+        """The videos that are stable, not done, and not failed in this run."""
+        infos = {i.name: i for i in self.source.list_info() if not self._excluded(i.name)}
+        candidates = {name: i for name, i in infos.items()
+                      if trigger.skip_reason(name, i.size, i.metadata, self.filters) is None}
+        ready = self.stability.observe({n: (i.size, i.etag) for n, i in candidates.items()})
+        done = self._done()
+        videos = [self._video(candidates[name]) for name in ready]
+        return [v for v in videos if v.key not in done and v.key not in self.failed]
+
+    def process(self, video: Video) -> None:
+        log.info("started %s -> %s", video.input.display, video.output.display)
+        began = time.monotonic()
+        try:
+            out = video.output.local_path()
+            if out is not None:
+                out.parent.mkdir(parents=True, exist_ok=True)  # the video's own subfolder
+            with _job_env(video.key):
+                self.stylize(video.input.uri, video.output.uri)
+            self._record(video)
+        except StylebatchError as exc:
+            self.failed[video.key] = exc
+            log.warning("failed %s: %s (skipped; tried again on the next start)", video.input.display,
+                        " ".join(str(exc).split()))
+            return
+        log.info("finished %s -> %s (%.1fs)", video.input.display, video.output.display, time.monotonic() - began)
+
+    def _video(self, info: FileInfo) -> Video:
+        account, container, prefix = _identity(self.source)
+        key = trigger.job_name(account, container, posixpath.join(prefix, info.name), info.etag)
+        stem, ext = posixpath.splitext(info.name)
+        from stylebatch.encoder import CONTAINERS
+
+        out_ext = self.ext or (ext.lower() if ext.lower() in CONTAINERS else DEFAULT_EXT)
+        return Video(key, info, self.source.child(info.name), self.dest.child(stem + out_ext))
+
+    def _excluded(self, name: str) -> bool:
+        return self.excluded is not None and (name + "/").startswith(self.excluded + "/")
+
+    def _done(self) -> set[str]:
+        return {posixpath.splitext(n)[0] for n in self.dest.child(RECORD_DIR).list() if n.endswith(".json")}
+
+    def _record(self, video: Video) -> None:
+        record = {"input": video.input.display, "output": video.output.display, "size": video.info.size,
+                  "etag": video.info.etag, "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        self.dest.child(RECORD_DIR, f"{video.key}.json").write_bytes(json.dumps(record, indent=1).encode())
+
+
+@dataclasses.dataclass(frozen=True)
+class Video:
+    key: str  # trigger.job_name of the source blob or file: the record's name
+    info: FileInfo
+    input: Location
+    output: Location
+
+
+@contextlib.contextmanager
+def _job_env(key: str) -> Iterator[None]:
+    """While a video is stylized, the blobs written carry its key (stylebatch.contract.OUTPUT_TAG)."""
+    before = os.environ.get(JOB_ENV)
+    os.environ[JOB_ENV] = key
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(JOB_ENV, None)
+        else:
+            os.environ[JOB_ENV] = before
+
+
+def _identity(source: Location) -> tuple[str, str, str]:
+    """(account, container, prefix) as job names use them; a local folder has neither account nor
+    container, and its path is left out so that moving the folder (and DEST with it) changes nothing."""
+    if isinstance(source, BlobLocation):
+        from stylebatch.storage import resolve_credential
+
+        return resolve_credential(source).account, source.container, source.blob
+    return "", "", ""
+
+
+def _inside(dest: Location, source: Location) -> str | None:
+    """dest's path below source ('' when they are the same place), or None when it is not inside."""
+    if dest.is_local() != source.is_local():
+        return None
+    if dest.is_local():
+        d, s = dest.local_path().resolve(), source.local_path().resolve()  # type: ignore[union-attr]
+        if d == s:
+            return ""
+        return d.relative_to(s).as_posix() if d.is_relative_to(s) else None
+    d_uri, s_uri = dest.display.rstrip("/"), source.display.rstrip("/")
+    if d_uri == s_uri:
+        return ""
+    return d_uri[len(s_uri) + 1:] if d_uri.startswith(s_uri + "/") else None

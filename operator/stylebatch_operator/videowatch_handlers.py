@@ -14,6 +14,7 @@ import asyncio
 import dataclasses
 import logging
 import time
+import urllib.parse
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
@@ -242,7 +243,7 @@ class _Round:
             self.metrics.duplicates[self.key] += 1
             return
         manifest = vw.job_manifest(self.watch, self.spec, blob, etag, name=name, uploaded=uploaded)
-        if await asyncio.to_thread(self._output_done, manifest["spec"]["output"], name):
+        if await asyncio.to_thread(self._output_done, manifest["spec"]["output"], name, self.source):
             self.state.known.add(name)
             self.metrics.duplicates[self.key] += 1
             return
@@ -270,11 +271,15 @@ class _Round:
         self.logger.info("%s", text)
 
     @staticmethod
-    def _output_done(output: str, name: str) -> bool:
+    def _output_done(output: str, name: str, source: Any) -> bool:
+        """Whether the output exists and was written by job `name`. An az:// output is looked up in
+        the source's account when the source names one (the operator has no account setting)."""
         from stylebatch.storage import BlobLocation, location
 
         try:
             loc = location(output)
+            if isinstance(loc, BlobLocation) and loc.account is None and source.endpoint:
+                loc = location(f"{source.endpoint}/{loc.container}/{urllib.parse.quote(loc.blob)}")
             info = loc.info() if isinstance(loc, BlobLocation) else None
         except StylebatchError:
             return False  # cannot tell (no access to the output's account): the job name still dedupes

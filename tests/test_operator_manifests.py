@@ -528,3 +528,14 @@ def test_no_pod_of_a_job_is_evicted_by_the_cluster_autoscaler():
                  *(mpijob["spec"]["mpiReplicaSpecs"][role]["template"] for role in ("Launcher", "Worker"))]
     for template in templates:
         assert template["metadata"]["annotations"] == {"cluster-autoscaler.kubernetes.io/safe-to-evict": "false"}
+
+
+@pytest.mark.parametrize("stage", ["preprocess", "stylize", "postprocess"])
+def test_every_pod_names_its_job_so_the_blobs_it_writes_never_look_like_uploads(stage):
+    from stylebatch.contract import JOB_ENV
+
+    job = stj()
+    for template in _templates(build_child(job, stage, 1)):
+        for container in template["spec"]["containers"]:
+            env = {e["name"]: e.get("value") for e in container["env"]}
+            assert env[JOB_ENV] == job["metadata"]["name"], container["name"]

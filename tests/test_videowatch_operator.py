@@ -211,26 +211,41 @@ def test_poll_mode_lists_in_pages_waits_for_stable_blobs_and_keeps_to_max_concur
     store.upload("incoming/partial.mp4", b"")  # created, not committed yet
 
     async def scenario() -> None:
-        async with api_server() as api, k.operator(api, settings=SETTINGS):
-            await apply_watch(api, store.container, mode="poll", maxConcurrentJobs=2,
-                              poll={"intervalSeconds": 1, "pageSize": 2, "maxSecondsPerPoll": 1})
-            await k.eventually(lambda: len(jobs(api)) == 2, timeout=20)
-            await k.eventually(lambda: watch_status(api).get("waiting") == 1, timeout=20)
-            await asyncio.sleep(2.5)  # two more polls: still two, the third waits for a free slot
-            assert len(jobs(api)) == 2
-            first = sorted(jobs(api))
-            await set_phase(api, first[0], "Succeeded")
-            await k.eventually(lambda: inputs(api) == ["a.mp4", "b.mp4", "c.mp4"], timeout=20)
+        async with api_server() as api:
+            async with k.operator(api, settings=SETTINGS):
+                await apply_watch(api, store.container, mode="poll", maxConcurrentJobs=2,
+                                  output=f"az://{store.container}/stylized/{{path}}-{{style}}.mp4",
+                                  poll={"intervalSeconds": 1, "pageSize": 2, "maxSecondsPerPoll": 1})
+                await k.eventually(lambda: len(jobs(api)) == 2, timeout=20)
+                await k.eventually(lambda: watch_status(api).get("waiting") == 1, timeout=20)
+                await asyncio.sleep(2.5)  # two more polls: still two, the third waits for a free slot
+                assert len(jobs(api)) == 2
+                first = sorted(jobs(api))
+                await set_phase(api, first[0], "Succeeded")
+                await k.eventually(lambda: inputs(api) == ["a.mp4", "b.mp4", "c.mp4"], timeout=20)
 
-            store.upload("incoming/partial.mp4", b"now it has content")  # the commit
-            await set_phase(api, first[1], "Failed")
-            await k.eventually(lambda: inputs(api) == ["a.mp4", "b.mp4", "c.mp4", "partial.mp4"], timeout=20)
-            await k.eventually(lambda: watch_status(api).get("jobs") == {
-                "created": 4, "running": 2, "succeeded": 1, "failed": 1}, timeout=20)
-            s = watch_status(api)
-            assert s["videosSeen"] == 4 and s["lastPollTime"] and s["lastError"] == ""
-            await asyncio.sleep(2.5)  # more polls find the same blobs: nothing new
-            assert len(job_posts(api)) == 4
+                store.upload("incoming/partial.mp4", b"now it has content")  # the commit
+                await set_phase(api, first[1], "Failed")
+                await k.eventually(lambda: inputs(api) == ["a.mp4", "b.mp4", "c.mp4", "partial.mp4"], timeout=20)
+                await k.eventually(lambda: watch_status(api).get("jobs") == {
+                    "created": 4, "running": 2, "succeeded": 1, "failed": 1}, timeout=20)
+                s = watch_status(api)
+                assert s["videosSeen"] == 4 and s["lastPollTime"] and s["lastError"] == ""
+                await asyncio.sleep(2.5)  # more polls find the same blobs: nothing new
+                assert len(job_posts(api)) == 4
+
+            # a finished job deleted (by hand, or by a TTL) leaves its tagged output behind: a restarted
+            # operator, which no longer knows the job, finds the output and makes no second job
+            done = first[0]
+            output = jobs(api)[done]["spec"]["output"]
+            assert output.startswith(f"az://{store.container}/stylized/")
+            store.upload(output.split("/", 3)[3], **{OUTPUT_TAG: done})  # what its postprocess wrote
+            resp = await api.delete(f"/apis/stylebatch.io/v1alpha1/namespaces/{NS}/styletransferjobs/{done}")
+            assert resp.status == 200, await resp.text()
+            async with k.operator(api, settings=SETTINGS):
+                await k.eventually(lambda: watch_status(api).get("jobs", {}).get("running") == 2)
+                await asyncio.sleep(3.5)  # three polls: every blob stable again
+            assert len(job_posts(api)) == 4 and done not in jobs(api) and len(jobs(api)) == 3
     k.run(scenario)
 
 

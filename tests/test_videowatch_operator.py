@@ -249,6 +249,29 @@ def test_poll_mode_lists_in_pages_waits_for_stable_blobs_and_keeps_to_max_concur
     k.run(scenario)
 
 
+def test_the_sweep_finds_a_video_whose_event_never_came_and_suspend_holds_new_jobs_back(azure_env):
+    store = Storage(azure_env, "sweep")
+    store.upload("incoming/lost.mp4")  # Event Grid never delivered its event
+    path = f"{WATCHES}/uploads"
+
+    async def scenario() -> None:
+        async with api_server() as api, k.operator(api, settings=SETTINGS):
+            await apply_watch(api, store.container, mode="queue", queue={"name": "sweep"}, suspend=True,
+                              sweepIntervalSeconds=1, poll={"pageSize": 10, "maxSecondsPerPoll": 1})
+            await k.eventually(lambda: watch_status(api).get("waiting") == 1, timeout=20)
+            etag = store.upload("incoming/new.mp4")
+            store.publish("incoming/new.mp4", etag, 36)
+            await asyncio.sleep(2.5)
+            assert jobs(api) == {} and len(store.messages_left(store.queue)) == 1  # held back, not lost
+            resp = await api.patch(path, json={"spec": {"suspend": False}},
+                                   headers={"Content-Type": "application/merge-patch+json"})
+            assert resp.status == 200, await resp.text()
+            await k.eventually(lambda: inputs(api) == ["lost.mp4", "new.mp4"], timeout=20)
+            await k.eventually(lambda: not store.messages_left(store.queue))
+            assert len(job_posts(api)) == 2
+    k.run(scenario)
+
+
 def test_a_watch_that_cannot_work_says_why_in_its_status_and_an_event(azure_env):
     async def scenario() -> None:
         async with api_server() as api, k.operator(api, settings=SETTINGS):

@@ -89,7 +89,8 @@ _JOB_COUNTS = {
 }
 
 WATCH_STATUS_SCHEMA: dict[str, Any] = _obj("Observed state, written by the operator.", {
-    "videosSeen": _int("Distinct uploads (blob versions) found that count, from events and listings."),
+    "videosSeen": _int("Distinct uploads (blob versions) that counted and got their job, however many events "
+                       "each had; the ones still waiting for a slot are in waiting."),
     "jobs": _obj("The watch's StyleTransferJobs.", _JOB_COUNTS),
     "waiting": _int("Videos found that wait for a free slot (maxConcurrentJobs) or for suspend to end."),
     "lastPollTime": _text("When the prefix was last listed to the end.", format="date-time"),

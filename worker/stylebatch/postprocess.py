@@ -8,8 +8,12 @@ and published atomically, so OUTPUT is only ever the finished video.
 from __future__ import annotations
 
 import argparse
+import errno
 import heapq
 import logging
+import os
+import secrets
+import shutil
 import tempfile
 from fractions import Fraction
 from pathlib import Path
@@ -19,8 +23,10 @@ import av
 
 from stylebatch.encoder import ALLOWED, PART_EXT, container_for
 from stylebatch.errors import StylebatchError
-from stylebatch.manifest import PARTS_DIR, Manifest, delete_work, read_manifest
+from stylebatch.manifest import PARTS_DIR, Manifest, read_manifest
+from stylebatch.workdir import delete_work, hold
 from stylebatch.partition import chunk_bounds, part_name
+from stylebatch.storage.scrub import printable
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +50,13 @@ def run(args: argparse.Namespace) -> int:
     from stylebatch.storage import location
 
     work = location(args.work)
+    with hold(work):
+        return _postprocess(work, args)
+
+
+def _postprocess(work, args: argparse.Namespace) -> int:
+    from stylebatch.storage import location
+
     m = read_manifest(work)
     out = location(args.output or m.output)
     container = container_for(out.name)
@@ -56,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
     if missing:
         raise StylebatchError(f"work dir {work.display} lacks the stylized frames {_ranges(missing)} "
                               f"of {m.frames}: run stylize again")
+    check_timeline(m, container)
     with tempfile.TemporaryDirectory(prefix="stylebatch-post-") as tmp_dir:
         tmp = Path(tmp_dir)
         parts = []
@@ -72,14 +86,72 @@ def run(args: argparse.Namespace) -> int:
             source = Path(src.local_path()) if src.is_local() else tmp / m.source
             if not src.is_local():
                 src.download(source)
-        result = tmp / ("output" + Path(out.name).suffix.lower())
-        mux(m, chunks, parts, source, result, container)
-        out.upload(result)
+        # A local output is built next to itself (the space it needs is where the user looks, and
+        # publishing is a rename); a blob output in the temp folder, then uploaded.
+        folder = out.local_path().absolute().parent if out.is_local() else tmp
+        where = (f"the output's folder {printable(str(folder))}" if out.is_local() else
+                 f"the temp folder {printable(tempfile.gettempdir())} (set TMPDIR to a roomier one)")
+        need = sum(p.stat().st_size for p in parts) + (source.stat().st_size if source else 0)
+        _check_space(folder, need, where)
+        result = folder / f".{out.name[:200]}.{secrets.token_hex(4)}.partial"
+        try:
+            mux(m, chunks, parts, source, result, container)
+            if out.is_local():
+                _publish_local(result, out)
+            else:
+                out.upload(result)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise StylebatchError(f"no space left in {where} to build {out.display} (it needs about "
+                                      f"{_mb(need)}): free some space and run postprocess again") from None
+            raise StylebatchError(f"cannot write {out.display}: {exc.strerror or exc}") from None
+        except av.error.FFmpegError as exc:
+            raise StylebatchError(f"cannot write {out.display}: {exc}") from None
+        finally:
+            result.unlink(missing_ok=True)
     log.info("wrote %s (%d frames)", out.display, m.frames)
     if getattr(args, "delete_work", False):
         delete_work(work)
         log.info("deleted stylebatch's files in work dir %s", work.display)
     return 0
+
+
+def _mb(n: int) -> str:
+    return f"{max(1, round(n / 1e6))} MB"
+
+
+def _check_space(folder: Path, need: int, where: str) -> None:
+    """Refuse before muxing if the output (about the size of the parts and the sound) cannot fit."""
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return
+    if free < need:
+        raise StylebatchError(f"not enough space in {where} to build the output: it needs about {_mb(need)}, "
+                              f"{_mb(free)} is free")
+
+
+def _publish_local(result: Path, out) -> None:
+    with open(result, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(result, out.local_path())
+
+
+AVI_MAX_SKIP = 60000  # FFmpeg's AVI muxer refuses a jump of more frames than this between two frames
+
+
+def check_timeline(m: Manifest, container: str) -> None:
+    """An output container that cannot hold the input's timestamps is refused (at preprocess, before
+    any work): AVI counts frames at a constant rate, so a long gap becomes too many skipped frames."""
+    if container != "avi":
+        return
+    pts = timeline(m, container)[1]
+    for i in range(1, len(pts)):
+        if pts[i] - pts[i - 1] > AVI_MAX_SKIP:
+            gap = float((m.pts[i] - m.pts[i - 1]) * Fraction(*m.time_base))
+            raise StylebatchError(f"the input jumps {gap:.0f} s between frames {i - 1} and {i}: AVI counts frames "
+                                  f"and cannot hold a gap of more than {AVI_MAX_SKIP} frames; choose a .mkv, .mp4 "
+                                  f"or .mov output")
 
 
 def _ranges(chunks: list[tuple[int, int]]) -> str:

@@ -11,8 +11,10 @@ from pathlib import Path
 from stylebatch import __version__
 from stylebatch.encoder import check_encoder, choose_pix_fmt, choose_settings
 from stylebatch.errors import StylebatchError
-from stylebatch.manifest import MANIFEST_NAME, EncoderSettings, Manifest, check_work
+from stylebatch.manifest import MANIFEST_NAME, EncoderSettings, Manifest
+from stylebatch.workdir import check_work, claim_work, hold, inside
 from stylebatch.partition import default_chunk_frames
+from stylebatch.postprocess import check_timeline
 from stylebatch.video import probe
 
 log = logging.getLogger(__name__)
@@ -51,9 +53,7 @@ def input_name(src) -> str:
 def check_places(src, out, work) -> None:
     """Everything about where the job reads and writes, checked before any work: the output can be
     written, it is not the input, and the work dir holds neither and no foreign files."""
-    from stylebatch.manifest import _inside
-
-    if _inside(src, out):
+    if inside(src, out):
         raise StylebatchError(f"the output {out.display} is the input: give another output")
     out.check_writable()
     if work is not None:
@@ -66,15 +66,22 @@ def run(args: argparse.Namespace) -> int:
     src, out, work = location(args.input), location(args.output), location(args.work)
     settings = settings_from_args(args, out.name)
     check_places(src, out, work)
-    if _reuse_existing(work, src, out, args, settings):
-        return 0
+    claim_work(work, source_name(src.name))
+    with hold(work):
+        return _preprocess(src, out, work, args, settings)
+
+
+def _preprocess(src, out, work, args: argparse.Namespace, settings: EncoderSettings) -> int:
     if not src.exists():
         raise StylebatchError(f"input not found: {src.display}")
+    if src.is_local() and Path(src.local_path()).is_dir():
+        raise StylebatchError(f"input is a folder, not a video: {src.display}")
+    identity = src.identity()
+    if _reuse_existing(work, src, out, args, settings, identity):
+        return 0
     with tempfile.TemporaryDirectory(prefix="stylebatch-pre-") as tmp:
         if src.is_local():
             local = Path(src.local_path())
-            if local.is_dir():
-                raise StylebatchError(f"input is a folder, not a video: {src.display}")
         else:
             local = Path(tmp) / source_name(src.name)
             log.info("downloading %s", src.display)
@@ -86,17 +93,19 @@ def run(args: argparse.Namespace) -> int:
         width, height = info.display_size
         settings.pix_fmt = choose_pix_fmt(settings.codec, info.pix_fmt, width, height)
         name = source_name(src.name)
+        manifest = Manifest(
+            input=input_name(src), output=output_uri(out), source=name, frames=len(info.pts),
+            time_base=(info.time_base.numerator, info.time_base.denominator), pts=info.pts,
+            last_duration=info.last_duration, keyframes=info.keyframes, pts_reliable=info.pts_reliable,
+            frame_rate=(info.frame_rate.numerator, info.frame_rate.denominator), video_stream=info.video_stream,
+            coded_width=info.coded_width, coded_height=info.coded_height, rotation=info.rotation,
+            display_width=width, display_height=height, pix_fmt=info.pix_fmt, color=info.color,
+            audio=info.audio, subtitles=info.subtitles, encoder=settings, chunk_frames=chunk_frames,
+            stylebatch_version=__version__, input_identity=identity,
+            extra={"sample_aspect_ratio": info.sample_aspect_ratio},
+        )
+        check_timeline(manifest, settings.container)  # before any work
         work.child(name).upload(local)
-    manifest = Manifest(
-        input=input_name(src), output=output_uri(out), source=name, frames=len(info.pts),
-        time_base=(info.time_base.numerator, info.time_base.denominator), pts=info.pts,
-        last_duration=info.last_duration, keyframes=info.keyframes, pts_reliable=info.pts_reliable,
-        frame_rate=(info.frame_rate.numerator, info.frame_rate.denominator), video_stream=info.video_stream,
-        coded_width=info.coded_width, coded_height=info.coded_height, rotation=info.rotation,
-        display_width=width, display_height=height, pix_fmt=info.pix_fmt, color=info.color,
-        audio=info.audio, subtitles=info.subtitles, encoder=settings, chunk_frames=chunk_frames,
-        stylebatch_version=__version__, extra={"sample_aspect_ratio": info.sample_aspect_ratio},
-    )
     work.child(MANIFEST_NAME).write_bytes(manifest.to_json().encode())
     log.info("preprocessed %s: %d frames, %dx%d, %s %s, %d audio stream(s), chunks of %d frames",
              src.display, manifest.frames, width, height, settings.codec, settings.pix_fmt,
@@ -104,9 +113,10 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _reuse_existing(work, src, out, args: argparse.Namespace, settings: EncoderSettings) -> bool:
+def _reuse_existing(work, src, out, args: argparse.Namespace, settings: EncoderSettings, identity: dict) -> bool:
     """A work dir that preprocess already finished for the same job is reused (resume). Flags left
-    out take the work dir's values; flags given must agree with them, since the parts depend on them."""
+    out take the work dir's values; flags given must agree with them, since the parts depend on them;
+    the input must be the same bytes (its identity() unchanged)."""
     if not work.child(MANIFEST_NAME).exists():
         return False
     from stylebatch.encoder import ALLOWED
@@ -123,9 +133,17 @@ def _reuse_existing(work, src, out, args: argparse.Namespace, settings: EncoderS
     if differ:
         raise StylebatchError(f"work dir {work.display} holds a job with another {', '.join(differ)} "
                               f"(input {m.input}): use a fresh --work, or the same settings to resume")
+    changed = [k for k in ("size", "stamp", "ends_sha256") if m.input_identity.get(k) != identity[k]]
+    if changed:
+        what = {"size": "its size", "stamp": "its modification time" if src.is_local() else "its ETag",
+                "ends_sha256": "its bytes"}
+        raise StylebatchError(f"the input {src.display} changed since work dir {work.display} was made from it "
+                              f"({', '.join(what[k] for k in changed)}): use a fresh --work to stylize the "
+                              f"new video")
     if m.encoder.codec not in ALLOWED[settings.container]:
         raise StylebatchError(f"work dir {work.display} holds {m.encoder.codec} parts, which cannot go into "
                               f"{Path(out.name).suffix}: use a fresh --work")
+    check_timeline(m, settings.container)
     if m.output != output_uri(out):
         m.output = output_uri(out)
         work.child(MANIFEST_NAME).write_bytes(m.to_json().encode())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -68,3 +69,40 @@ def cpu_count() -> int:
     except (OSError, ValueError):
         pass
     return max(1, n)
+
+
+# MPICH's mpiexec ends a failed job with a banner ("BAD TERMINATION ... EXIT CODE: 9 ...") that says
+# nothing a user can act on: the launcher keeps it out of sight and says what happened instead.
+HYDRA_BANNER = re.compile(r"^(=+\s*$|=   |YOUR APPLICATION TERMINATED|This typically refers|Please see the FAQ)")
+_KILLED = re.compile(r"EXIT CODE: 9\b|KILLED BY SIGNAL: 9\b|\(signal 9\)")
+
+
+def killed_by_sigkill(banner: list[str]) -> bool:
+    return any(_KILLED.search(line) for line in banner)
+
+
+def oom_kills() -> int | None:
+    """How many processes the kernel's out-of-memory killer ended in this process's memory cgroup
+    (v2 memory.events or v1 memory.oom_control), or None where that cannot be read."""
+    try:
+        lines = open("/proc/self/cgroup").read().splitlines()
+    except OSError:
+        return None
+    candidates = []
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        path = path.lstrip("/")
+        if controllers == "":
+            candidates += [os.path.join("/sys/fs/cgroup", path, "memory.events"), "/sys/fs/cgroup/memory.events"]
+        elif "memory" in controllers.split(","):
+            candidates += [os.path.join("/sys/fs/cgroup/memory", path, "memory.oom_control"),
+                           "/sys/fs/cgroup/memory/memory.oom_control"]
+    for candidate in candidates:
+        try:
+            for entry in open(candidate).read().splitlines():
+                key, _, value = entry.partition(" ")
+                if key == "oom_kill" and value.strip().isdigit():
+                    return int(value)
+        except OSError:
+            continue
+    return None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import shutil
@@ -12,12 +13,12 @@ import tempfile
 import threading
 from pathlib import Path
 
-from stylebatch.errors import StylebatchError
+from stylebatch.contract import ERROR_PREFIX, EXIT_TRANSIENT
+from stylebatch.errors import Interrupted, StylebatchError, TransientError
 from stylebatch.monitor import Monitor
-from stylebatch.ranks import cpu_count
+from stylebatch.ranks import HYDRA_BANNER, cpu_count, killed_by_sigkill, oom_kills
 
 log = logging.getLogger(__name__)
-ERROR_PREFIX = "stylebatch: error: "
 
 
 def list_styles(args: argparse.Namespace) -> int:
@@ -48,37 +49,40 @@ def find_mpiexec() -> str | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from stylebatch.preprocess import check_places, settings_from_args
+    from stylebatch import signals
+    from stylebatch.preprocess import check_places, input_name, output_uri, settings_from_args, source_name
     from stylebatch.storage import location
+    from stylebatch.workdir import claim_work, default_work_dir, delete_work, hold
 
-    from stylebatch.manifest import delete_work
-
-    out = location(args.output)
+    src, out = location(args.input), location(args.output)
     settings_from_args(args, out.name)  # every flag is checked before any work starts
-    owned_tmp = None
-    check_places(location(args.input), out, location(args.work) if args.work else None)
+    check_places(src, out, location(args.work) if args.work else None)
     if args.work:
         work = location(args.work)
+        resume = f"run again with --work {work.display} to resume"
     else:
-        owned_tmp = tempfile.mkdtemp(prefix="stylebatch-work-")
-        work = location(owned_tmp)
-    style_dir = tempfile.mkdtemp(prefix="stylebatch-style-")
+        work = location(default_work_dir(input_name(src), src.identity(), output_uri(out)))
+        resume = "run the same command again to resume"
+    claim_work(work, source_name(src.name))
+    scratch = Path(tempfile.mkdtemp(prefix="stylebatch-run-"))  # private (0700): style, rank scratch, MPI
     try:
-        _run_stages(args, work, Path(style_dir))
+        with hold(work):
+            _run_stages(args, work, scratch)
+            if args.keep_work:
+                log.info("work dir kept at %s", work.display)
+            else:
+                delete_work(work)  # only what the work dir's records list, never the user's own files
+    except KeyboardInterrupt:
+        raise Interrupted(f"interrupted by {signals.cause()}: {_state(work)}: {resume}",
+                          signals.exit_code()) from None
     except BaseException:
-        if owned_tmp and not _has_parts(work):
-            shutil.rmtree(owned_tmp, ignore_errors=True)  # nothing stylized yet: nothing worth resuming
-        elif _has_parts(work) or args.work:
-            log.warning("work dir kept at %s: run again with --work %s to resume", work.display, work.display)
+        if not args.work and not _has_parts(work):
+            _forget(work)  # nothing stylized yet: nothing worth resuming
+        elif _has_parts(work):
+            log.warning("work dir kept at %s: %s", work.display, resume)
         raise
     finally:
-        shutil.rmtree(style_dir, ignore_errors=True)
-    if args.keep_work:
-        log.info("work dir kept at %s", work.display)
-    else:
-        delete_work(work)  # only what stylebatch wrote there, never the user's own files
-        if owned_tmp:
-            shutil.rmtree(owned_tmp, ignore_errors=True)
+        shutil.rmtree(scratch, ignore_errors=True)
     return 0
 
 
@@ -91,12 +95,33 @@ def _has_parts(work) -> bool:
         return False
 
 
-def _run_stages(args: argparse.Namespace, work, style_dir: Path) -> None:
+def _state(work) -> str:
+    """The work dir's state in a few words, for the line an interrupted run ends with."""
+    from stylebatch.manifest import PARTS_DIR, read_manifest
+    from stylebatch.partition import chunk_bounds
+
+    try:
+        m = read_manifest(work)
+        done = len(work.child(PARTS_DIR).list())
+    except StylebatchError:
+        return f"work dir {work.display} kept (the input was not fully read yet)"
+    return f"work dir {work.display} kept with {done} of {len(chunk_bounds(m.frames, m.chunk_frames))} chunks stylized"
+
+
+def _forget(work) -> None:
+    from stylebatch.workdir import delete_work, hold
+
+    with contextlib.suppress(StylebatchError), hold(work):
+        delete_work(work)
+
+
+def _run_stages(args: argparse.Namespace, work, scratch: Path) -> None:
     from stylebatch import postprocess, preprocess
     from stylebatch.manifest import read_manifest
     from stylebatch.partition import chunk_bounds
+    from stylebatch.workdir import lock_token
 
-    style_check = _StyleCheck(args, style_dir)
+    style_check = _StyleCheck(args, scratch)
     style_check.start()  # loading the model (torch import, weights) overlaps preprocess
     preprocess.run(argparse.Namespace(input=args.input, output=args.output, work=work.address,
                                       codec=args.codec, crf=args.crf, bitrate=args.bitrate,
@@ -122,7 +147,7 @@ def _run_stages(args: argparse.Namespace, work, style_dir: Path) -> None:
         stylize_args += ["--temporal", args.temporal]
     if args.temporal_strength is not None:
         stylize_args += ["--temporal-strength", str(args.temporal_strength)]
-    _stylize(stylize_args, workers, frames)
+    _stylize(stylize_args, workers, frames, lock_token(work), scratch)
     postprocess.run(argparse.Namespace(work=work.address, output=args.output, delete_work=False))
 
 
@@ -162,7 +187,7 @@ class _StyleCheck(threading.Thread):
         return self.style, self.workers
 
 
-def _stylize(stylize_args: list[str], workers: int, frames: int) -> None:
+def _stylize(stylize_args: list[str], workers: int, frames: int, token: str | None, scratch: Path) -> None:
     mpiexec = find_mpiexec()
     if mpiexec is None:
         if workers > 1:
@@ -174,18 +199,27 @@ def _stylize(stylize_args: list[str], workers: int, frames: int) -> None:
         return
     cmd = [mpiexec, "-n", str(workers), sys.executable, "-m", "stylebatch", "stylize", *stylize_args]
     from stylebatch.storage.credentials import carried_sas_env
+    from stylebatch.workdir import LOCK_ENV
 
     # A SAS from a URL reaches the ranks in their environment, never in their (world-readable) arguments.
-    env = dict(os.environ, PYTHONUNBUFFERED="1", **carried_sas_env())
+    # The ranks' scratch goes into the run's private folder (removed however the run ends), and so
+    # does the topology file MPICH's proxy would otherwise leave in /tmp when a rank aborts: with
+    # HWLOC_XMLFILE set it writes none (the ranks then read the topology themselves).
+    env = dict(os.environ, PYTHONUNBUFFERED="1", TMPDIR=str(scratch), HWLOC_XMLFILE=str(scratch / "no-topology.xml"),
+               **carried_sas_env(), **({LOCK_ENV: token} if token else {}))
     monitor = Monitor(frames)
     errors: list[str] = []
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                            errors="replace")
+    banner: list[str] = []
+    ooms = oom_kills()
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env, errors="replace")  # stdin: a `while read` loop's list
 
     def forward_stderr() -> None:
         for line in proc.stderr:
             if line.startswith(ERROR_PREFIX):
                 errors.append(line[len(ERROR_PREFIX):].strip())
+            elif HYDRA_BANNER.match(line):
+                banner.append(line)
             elif line.strip():
                 monitor.passthrough(line)
 
@@ -193,16 +227,28 @@ def _stylize(stylize_args: list[str], workers: int, frames: int) -> None:
     reader.start()
     try:
         for line in proc.stdout:
-            if not monitor.line(line) and line.strip():
+            if HYDRA_BANNER.match(line):
+                banner.append(line)
+            elif not monitor.line(line) and line.strip():
                 monitor.passthrough(line)
         code = proc.wait()
     finally:
-        if proc.poll() is None:  # interrupted: take the ranks down with us
+        if proc.poll() is None:  # interrupted: take the ranks down with us, and reap mpiexec
             proc.terminate()
-            proc.wait()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
     reader.join()
     monitor.show(final=True)
     if code != 0:
-        if errors:
-            raise StylebatchError(errors[0])
+        if errors:  # what the failing rank said; its exit code says whether a retry can help
+            raise (TransientError if code == EXIT_TRANSIENT else StylebatchError)(errors[0])
+        if killed_by_sigkill(banner):
+            after = oom_kills()
+            if ooms is None or after is None or after > ooms:
+                raise StylebatchError("a rank ran out of memory (the kernel killed it); try --max-side or "
+                                      "--batch-size 1")
+            raise StylebatchError("a rank was killed (signal 9) from outside stylebatch")
         raise StylebatchError(f"stylize failed on one of {workers} rank(s) (exit code {code})")

@@ -6,6 +6,7 @@ Parts already in the work dir are skipped (resume); a failing rank aborts the wh
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import logging
@@ -13,9 +14,11 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 import traceback
 from fractions import Fraction
 from pathlib import Path
+from typing import Iterator
 
 from stylebatch.encoder import PART_EXT, PartWriter
 from stylebatch.errors import StylebatchError
@@ -30,34 +33,71 @@ log = logging.getLogger(__name__)
 
 def run(args: argparse.Namespace) -> int:
     world = detect()
-    tmp = _rank_tmp(args.work, world.rank)
+    tmp = _rank_tmp(world.rank)
     try:
-        return stylize(args, world, tmp)
+        with _work_lock(args.work, world):
+            return stylize(args, world, tmp)
     except StylebatchError as exc:
         if world.size > 1:
             sys.stderr.write(f"stylebatch: error: {' '.join(str(exc).split())}\n")  # one write: one line
-            sys.stderr.flush()
-            shutil.rmtree(tmp, ignore_errors=True)
-            world.abort(exc.exit_code)
+            _abort(world, tmp, exc.exit_code)
+        raise
+    except (SystemExit, KeyboardInterrupt):  # a signal (the launcher's, or Ctrl-C): no traceback
         raise
     except BaseException:
         if world.size > 1:
             traceback.print_exc()
-            shutil.rmtree(tmp, ignore_errors=True)
-            world.abort(1)
+            _abort(world, tmp, 1)
         raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _rank_tmp(work: str, rank: int) -> Path:
-    """This rank's local scratch folder. Its name is fixed per work dir and rank, so what a killed
-    rank left behind is cleared by the next run instead of piling up."""
-    key = hashlib.sha1(work.encode()).hexdigest()[:12]
-    tmp = Path(tempfile.gettempdir()) / f"stylebatch-rank-{key}-{rank}"
+def _abort(world: World, tmp: Path, code: int) -> None:
+    """End every rank of the job now; this one exits without reporting anything twice."""
+    sys.stderr.flush()
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    return tmp
+    world.abort(code)
+    os._exit(code)  # MPI_Abort may return before it takes this process down
+
+
+@contextlib.contextmanager
+def _work_lock(work_uri: str, world: World) -> Iterator[None]:
+    """The work dir's lock for the whole stage. Ranks started by `stylebatch run` work under the run's
+    lock (its token is in their environment); under a bare mpiexec (the operator's MPIJob) rank 0
+    takes it, tells the others whether it got it, and lets go only after every rank is done."""
+    from stylebatch.storage import location
+    from stylebatch.workdir import LOCK_ENV, hold
+
+    work = location(work_uri)
+    if world.size == 1 or os.environ.get(LOCK_ENV) or world.comm is None:
+        if world.rank == 0 or os.environ.get(LOCK_ENV):
+            with hold(work):
+                yield
+        else:
+            yield  # without mpi4py the ranks cannot wait for rank 0: rank 0 holds the lock alone
+        return
+    with contextlib.ExitStack() as stack:
+        failure = None
+        if world.rank == 0:
+            try:
+                stack.enter_context(hold(work))
+            except StylebatchError as exc:
+                failure = exc
+        code = world.comm.bcast(failure.exit_code if failure else 0, root=0)
+        if failure is not None:
+            raise failure
+        if code:
+            time.sleep(60)  # rank 0 reports why and aborts the job, this rank included
+            raise SystemExit(code)
+        yield
+        world.comm.Barrier()  # rank 0 lets go of the lock only when every rank is done
+
+
+def _rank_tmp(rank: int) -> Path:
+    """This rank's private scratch folder (mode 0700, an unpredictable name), removed on every way
+    out; under `stylebatch run` it lies in the run's own private folder (TMPDIR), removed by the run."""
+    return Path(tempfile.mkdtemp(prefix=f"stylebatch-rank{rank}-"))
 
 
 def stylize(args: argparse.Namespace, world: World, tmp: Path) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import hashlib
 import ipaddress
 import os
 import pathlib
@@ -22,6 +23,25 @@ class FileInfo:
     etag: str
     modified: float
     metadata: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+
+class LockBusy(Exception):
+    """Another process holds the lock; holder is what it recorded about itself (host, pid, started)."""
+
+    def __init__(self, holder: dict) -> None:
+        super().__init__("lock busy")
+        self.holder = holder
+
+
+class HeldLock(abc.ABC):
+    """An exclusive lock this process holds, until release(). token lets helpers (MPI ranks) prove
+    that they work for the holder (Location.lock_held_by)."""
+
+    token: str
+
+    @abc.abstractmethod
+    def release(self) -> None:
+        """Let go and remove the lock file (a waiter then locks a new one); never raises."""
 
 
 class Location(abc.ABC):
@@ -94,6 +114,20 @@ class Location(abc.ABC):
         writable; blob: the container exists and the credential may write this blob, proven by
         staging a block nobody can see); a one-line StylebatchError if not."""
 
+    @abc.abstractmethod
+    def identity(self) -> dict[str, str | int]:
+        """What tells this file's bytes from others without reading them all: size, modification
+        time (local) or ETag (blob), and the sha256 of its first and last MiB."""
+
+    @abc.abstractmethod
+    def lock(self, holder: dict[str, str]) -> HeldLock:
+        """Take the exclusive lock whose file is this location, recording holder (str values) in it;
+        LockBusy at once, naming the holder, if another process has it."""
+
+    @abc.abstractmethod
+    def lock_held_by(self, token: str) -> bool:
+        """True if the lock at this location is held now by the holder whose token this is."""
+
     def is_local(self) -> bool:
         return False
 
@@ -121,3 +155,13 @@ def is_path_style(host: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+IDENTITY_SPAN = 1024 * 1024  # identity() hashes this many bytes at each end of the file
+
+
+def identity_record(size: int, stamp: str, head: bytes, tail: bytes) -> dict[str, str | int]:
+    """The identity() both backends return: size, stamp, and the sha256 of the first and last span."""
+    digest = hashlib.sha256(head)
+    digest.update(tail)
+    return {"size": size, "stamp": stamp, "ends_sha256": digest.hexdigest()}

@@ -9,6 +9,7 @@ import logging
 import mimetypes
 import os
 import pathlib
+import threading
 import urllib.parse
 import uuid
 from typing import IO, Any, Iterator
@@ -16,7 +17,7 @@ from typing import IO, Any, Iterator
 from stylebatch import storage
 from stylebatch.errors import StylebatchError
 from stylebatch.contract import JOB_ENV, OUTPUT_TAG
-from stylebatch.storage.base import FileInfo, Location
+from stylebatch.storage.base import IDENTITY_SPAN, FileInfo, HeldLock, Location, LockBusy, identity_record
 from stylebatch.storage.clients import service_client
 from stylebatch.storage.credentials import resolve_credential, sas_scope, sas_write_problem
 from stylebatch.storage.errors import blob_errors, local_errors
@@ -213,6 +214,68 @@ class BlobLocation(Location):
                 log.warning("could not delete the write check %s (%s): delete it yourself",
                             marker.display, exc.status_code)
 
+    def identity(self) -> dict[str, str | int]:
+        from azure.core import MatchConditions
+
+        with blob_errors(self, "read"):
+            client = self._blob_client()
+            props = client.get_blob_properties()
+            size, etag = int(props.size), str(props.etag)
+
+            def read(offset: int) -> bytes:
+                if size == 0:
+                    return b""
+                return client.download_blob(offset=offset, length=min(IDENTITY_SPAN, size - offset),
+                                            etag=etag, match_condition=MatchConditions.IfNotModified).readall()
+
+            return identity_record(size, f"etag:{etag}", read(0), read(max(0, size - IDENTITY_SPAN)))
+
+    def lock(self, holder: dict[str, str]) -> HeldLock:
+        """A blob lease on this blob (created empty if missing), renewed by a thread until release().
+        A lease whose holder died is never broken: it expires LEASE_S seconds after its last renewal."""
+        from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
+
+        client = self._blob_client()
+        with blob_errors(self, "lock"):
+            for _ in range(3):
+                try:
+                    lease = client.acquire_lease(lease_duration=LEASE_S)
+                    break
+                except ResourceNotFoundError:
+                    with contextlib.suppress(ResourceExistsError):
+                        client.upload_blob(b"", overwrite=False)
+                except HttpResponseError as exc:
+                    if exc.status_code != 409:  # 409: LeaseAlreadyPresent
+                        raise
+                    raise LockBusy(self._lock_holder(client)) from None
+            else:
+                raise StylebatchError(f"cannot lock {self.display}: it keeps disappearing")
+            public = {k: v for k, v in holder.items() if k != "token"}
+            client.set_blob_metadata({k: printable(str(v)).encode("ascii", "replace").decode() for k, v in
+                                      public.items()}, lease=lease)
+        return _BlobLease(self, lease)
+
+    def lock_held_by(self, token: str) -> bool:
+        from azure.core.exceptions import HttpResponseError
+        from azure.storage.blob import BlobLeaseClient
+
+        with blob_errors(self, "check the lock"):
+            try:
+                BlobLeaseClient(self._blob_client(), lease_id=token).renew()
+            except HttpResponseError as exc:
+                if exc.status_code in (404, 409, 412):
+                    return False
+                raise
+        return True
+
+    def _lock_holder(self, client: Any) -> dict:
+        from azure.core.exceptions import AzureError
+
+        try:
+            return dict(client.get_blob_properties().metadata or {})
+        except AzureError:
+            return {}
+
     def _container_exists(self) -> bool:
         """True unless the container is known to be missing. A SAS scoped to the container may not
         read its properties: then listing tells, and if that is denied too, the upload will."""
@@ -278,3 +341,37 @@ def job_tag() -> dict[str, str] | None:
     a watch never takes it for an upload; None outside a job."""
     job = os.environ.get(JOB_ENV, "").strip()
     return {OUTPUT_TAG: job} if job else None
+
+
+LEASE_S = 60  # the longest finite blob lease; renewed every LEASE_S / 4 seconds
+
+
+class _BlobLease(HeldLock):
+    def __init__(self, loc: BlobLocation, lease: Any) -> None:
+        self.loc, self.lease, self.token = loc, lease, lease.id
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._renew, daemon=True, name="stylebatch-lease")
+        self._thread.start()
+
+    def _renew(self) -> None:
+        from azure.core.exceptions import AzureError
+
+        while not self._stop.wait(LEASE_S / 4):
+            try:
+                self.lease.renew()
+            except AzureError as exc:
+                log.warning("could not renew the lease on %s (%s): another run may take the work dir "
+                            "if this goes on", self.loc.display, type(exc).__name__)
+
+    def release(self) -> None:
+        from azure.core.exceptions import AzureError
+
+        if self._stop.is_set():
+            return
+        self._stop.set()
+        self._thread.join()
+        try:
+            self.loc._blob_client().delete_blob(lease=self.lease)
+        except AzureError as exc:
+            log.warning("could not release the lease on %s (%s): it expires within %d s",
+                        self.loc.display, type(exc).__name__, LEASE_S)

@@ -7,7 +7,7 @@ import re
 import urllib.parse
 from typing import TYPE_CHECKING, Iterator
 
-from stylebatch.errors import StylebatchError
+from stylebatch.errors import StylebatchError, TransientError
 from stylebatch.storage.credentials import CREDENTIAL_HELP, resolve_credential
 from stylebatch.storage.scrub import one_line
 
@@ -42,7 +42,26 @@ def blob_errors(loc: BlobLocation, action: str) -> Iterator[None]:
     try:
         yield
     except (AzureError, ValueError) as exc:
-        raise StylebatchError(_blob_message(exc, loc, action)) from None
+        raise blob_error(exc, loc, action) from None
+
+
+def blob_error(exc: Exception, loc: BlobLocation, action: str) -> StylebatchError:
+    """The one-line error for a failed blob call: TransientError (exit 75) where retrying later can
+    help (unreachable, timed out, 5xx/408/429 after the SDK's retries, no token from the identity),
+    a plain StylebatchError (exit 2) where it cannot (denied, not found, malformed settings)."""
+    return (TransientError if _transient(exc, loc) else StylebatchError)(_blob_message(exc, loc, action))
+
+
+def _transient(exc: Exception, loc: BlobLocation) -> bool:
+    from azure.core import exceptions as az
+
+    if isinstance(exc, az.ClientAuthenticationError):
+        return exc.status_code is None and resolve_credential(loc).kind == "identity"  # no token (yet)
+    if isinstance(exc, (az.ServiceRequestError, az.ServiceResponseError)):
+        return True
+    if isinstance(exc, az.HttpResponseError):
+        return exc.status_code is not None and (exc.status_code >= 500 or exc.status_code in (408, 429))
+    return False
 
 
 def _blob_message(exc: Exception, loc: BlobLocation, action: str) -> str:

@@ -35,6 +35,15 @@ def atomic_file(dest: pathlib.Path) -> Iterator[IO[bytes]]:
         raise
 
 
+def partials_of(dest: pathlib.Path) -> list[pathlib.Path]:
+    """The temp files atomic_file left for dest (a write that was killed), and no other file."""
+    pattern = re.compile(re.escape(f".{dest.name[:200]}.") + r"[0-9a-f]{8}\.partial")
+    try:
+        return [p for p in dest.parent.iterdir() if pattern.fullmatch(p.name)]
+    except OSError:
+        return []
+
+
 def open_source(source: pathlib.Path, display: str) -> IO[bytes]:
     """Open a local file to copy or upload; a StylebatchError naming display if it can't be read."""
     with local_errors(display, "read"):

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import fcntl
+import json
 import os
 import pathlib
 import shutil
 from typing import Iterator
 
 from stylebatch.errors import StylebatchError
-from stylebatch.storage.base import FileInfo, Location
+from stylebatch.storage.base import IDENTITY_SPAN, FileInfo, HeldLock, Location, LockBusy, identity_record
 from stylebatch.storage.errors import local_errors, os_error
 from stylebatch.storage.files import PARTIAL, atomic_file, copy_file
 from stylebatch.storage.scrub import printable
@@ -91,6 +93,48 @@ class LocalLocation(Location):
             raise StylebatchError(f"cannot write {self.display}: the folder {printable(str(parent))} "
                                   f"is not writable")
 
+    def identity(self) -> dict[str, str | int]:
+        with local_errors(self.display, "read"):
+            self._require_file()
+            with open(self.path, "rb") as f:
+                st = os.fstat(f.fileno())
+                head = f.read(IDENTITY_SPAN)
+                f.seek(max(0, st.st_size - IDENTITY_SPAN))
+                tail = f.read(IDENTITY_SPAN)
+        return identity_record(st.st_size, f"mtime_ns:{st.st_mtime_ns}", head, tail)
+
+    def lock(self, holder: dict[str, str]) -> HeldLock:
+        """flock(2) on this file: the kernel lets go when the holder dies, however it dies."""
+        with local_errors(self.display, "lock"):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            while True:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    busy = LockBusy(_read_holder(fd))
+                    os.close(fd)
+                    raise busy from None
+                if _same_file(fd, self.path):
+                    break
+                os.close(fd)  # the holder deleted the file as we opened it: lock the new one
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(holder).encode(), 0)
+        return _FileLock(fd, self.path, holder["token"])
+
+    def lock_held_by(self, token: str) -> bool:
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return False  # nobody holds it
+        except BlockingIOError:
+            return _read_holder(fd).get("token") == token
+        finally:
+            os.close(fd)
+
     def is_local(self) -> bool:
         return True
 
@@ -110,3 +154,34 @@ class LocalLocation(Location):
     def _raise_walk_error(self, exc: OSError) -> None:
         if not isinstance(exc, (FileNotFoundError, NotADirectoryError)):
             raise os_error(exc, self.display, "list")
+
+
+def _read_holder(fd: int) -> dict:
+    try:
+        holder = json.loads(os.pread(fd, 4096, 0) or b"{}")
+    except (OSError, ValueError):
+        return {}
+    return holder if isinstance(holder, dict) else {}
+
+
+def _same_file(fd: int, path: pathlib.Path) -> bool:
+    try:
+        a, b = os.fstat(fd), os.stat(path, follow_symlinks=False)
+    except OSError:
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+class _FileLock(HeldLock):
+    def __init__(self, fd: int, path: pathlib.Path, token: str) -> None:
+        self.fd, self.path, self.token = fd, path, token
+
+    def release(self) -> None:
+        if self.fd < 0:
+            return
+        try:
+            self.path.unlink()  # while still locked: whoever locks the old file next sees it is gone
+        except OSError:
+            pass
+        os.close(self.fd)  # closing the only descriptor drops the flock
+        self.fd = -1

@@ -1,0 +1,154 @@
+"""Exit codes that mean something: 75 where retrying later can help (storage unreachable, 5xx after
+the SDK's retries, timeouts, no token), 2 where it cannot, and a rank the kernel killed for memory
+named as such."""
+
+from __future__ import annotations
+
+import dataclasses
+import http.server
+import os
+import socket
+import subprocess
+import sys
+import threading
+import uuid
+from pathlib import Path
+
+import pytest
+from clips import error_lines, make_clip
+
+from stylebatch import storage
+from stylebatch.contract import EXIT_BAD_INPUT, EXIT_TRANSIENT
+
+STORAGE_VARS = ("AZURE_STORAGE_CONNECTION_STRING", "AZURE_STORAGE_ACCOUNT", "AZURE_STORAGE_KEY",
+                "AZURE_STORAGE_SAS_TOKEN", "AZURE_STORAGE_BLOB_ENDPOINT")
+KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+
+
+class _Answer(http.server.BaseHTTPRequestHandler):
+    """A fake blob endpoint: 'status' answers every request with that HTTP status; 'hang' never answers."""
+
+    mode = "503"
+
+    def _reply(self) -> None:
+        if self.mode == "hang":
+            threading.Event().wait(5)
+            return
+        self.send_response(int(self.mode))
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    do_GET = do_HEAD = do_PUT = do_DELETE = _reply
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def _server(mode: str) -> http.server.ThreadingHTTPServer:
+    handler = type("Handler", (_Answer,), {"mode": mode})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture()
+def quick_storage(monkeypatch: pytest.MonkeyPatch):
+    """No SDK retries and a short read timeout (the seam the module documents), a clean environment."""
+    for name in STORAGE_VARS:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(storage, "settings", dataclasses.replace(storage.settings, retry_total=0,
+                                                                 read_timeout_s=1, connection_timeout_s=2))
+    storage.clear_client_cache()
+    yield monkeypatch
+    storage.clear_client_cache()
+
+
+@pytest.mark.parametrize("case, code, words", [
+    ("connection refused", EXIT_TRANSIENT, ["cannot reach blob storage", "connection refused"]),
+    ("HTTP 503", EXIT_TRANSIENT, ["HTTP 503"]),
+    ("HTTP 500", EXIT_TRANSIENT, ["HTTP 500"]),
+    ("no answer (timeout)", EXIT_TRANSIENT, ["cannot reach blob storage"]),
+    ("no token from the identity", EXIT_TRANSIENT, ["could not get a token"]),
+    ("HTTP 403", EXIT_BAD_INPUT, ["access denied"]),
+    ("HTTP 404", EXIT_BAD_INPUT, ["not found"]),
+])
+def test_storage_failures_exit_75_when_a_retry_can_help_and_2_when_not(case: str, code: int, words: list[str],
+                                                                      quick_storage, tmp_path: Path, capsys) -> None:
+    from stylebatch.cli import main
+
+    server = None
+    if case == "connection refused":
+        endpoint = f"http://127.0.0.1:{_closed_port()}/devstoreaccount1"
+    elif case == "no token from the identity":
+        endpoint = f"https://127.0.0.1:{_closed_port()}/myacct"
+        for name, value in {"AZURE_STORAGE_ACCOUNT": "myacct", "AZURE_STORAGE_BLOB_ENDPOINT": endpoint,
+                            "AZURE_TOKEN_CREDENTIALS": "WorkloadIdentityCredential",
+                            "AZURE_CLIENT_ID": str(uuid.uuid4()), "AZURE_TENANT_ID": str(uuid.uuid4()),
+                            "AZURE_FEDERATED_TOKEN_FILE": str(tmp_path / "not-mounted")}.items():
+            quick_storage.setenv(name, value)
+    else:
+        server = _server("hang" if case.startswith("no answer") else case.split()[-1])
+        endpoint = f"http://127.0.0.1:{server.server_address[1]}/devstoreaccount1"
+    if case != "no token from the identity":
+        quick_storage.setenv("AZURE_STORAGE_CONNECTION_STRING",
+                             f"AccountName=devstoreaccount1;AccountKey={KEY};BlobEndpoint={endpoint}")
+    try:
+        result = main(["preprocess", "az://videos/in.mp4", "--work", str(tmp_path / "w"), "-o",
+                       str(tmp_path / "o.mp4")])
+    finally:
+        if server is not None:
+            server.shutdown()
+    err = capsys.readouterr().err
+    assert result == code, err
+    lines = error_lines(subprocess.CompletedProcess([], 0, "", err))
+    assert len(lines) == 1 and all(w in lines[0] for w in words), err
+
+
+def _memory_cgroup(limit: int) -> Path | None:
+    """A fresh cgroup v1 memory group with this limit, or None where this machine cannot make one."""
+    root = Path("/sys/fs/cgroup/memory")
+    group = root / f"stylebatch-test-{uuid.uuid4().hex[:8]}"
+    try:
+        group.mkdir()
+        (group / "memory.limit_in_bytes").write_text(str(limit))
+    except OSError:
+        return None
+    return group
+
+
+@pytest.mark.slow
+@pytest.mark.mpi
+def test_a_rank_the_kernel_kills_for_memory_is_named_with_what_to_try(tmp_path: Path) -> None:
+    """A real out-of-memory kill: the run goes into a memory cgroup too small for a rank stylizing
+    720p frames at full size, and the kernel's OOM killer ends the rank."""
+    group = _memory_cgroup(900 * 1024 * 1024)
+    if group is None:
+        pytest.skip("cannot make a memory cgroup here (needs root and cgroup v1 memory)")
+    src = make_clip(tmp_path / "big.mp4", size=(1280, 720), frames=4)
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "stylebatch", "run", str(src), "-o", str(tmp_path / "o.mp4"), "--workers", "1",
+             "--batch-size", "4", "--style", "lavender-gold"],
+            capture_output=True, text=True, timeout=600,
+            preexec_fn=lambda: (group / "cgroup.procs").write_text(str(os.getpid())))
+    finally:
+        for _ in range(50):
+            try:
+                group.rmdir()
+                break
+            except OSError:
+                import time
+
+                time.sleep(0.1)
+    assert result.returncode == EXIT_BAD_INPUT and "Traceback" not in result.stderr, result.stderr
+    assert error_lines(result) == ["stylebatch: error: a rank ran out of memory (the kernel killed it); "
+                                   "try --max-side or --batch-size 1"], result.stderr
+    assert "BAD TERMINATION" not in result.stderr + result.stdout and "EXIT CODE" not in result.stderr
+    assert not (tmp_path / "o.mp4").exists()

@@ -1,0 +1,196 @@
+"""The worker under faults a user meets: batch loops over stdin, signals, planted scratch paths, full
+disks, odd timestamps, and the exit codes that tell a retry from a lost cause."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+from clips import FAST_STYLE, count_frames, error_lines, stylebatch
+
+pytestmark = pytest.mark.slow
+
+
+def test_a_shell_loop_over_a_list_stylizes_every_video(clip, tmp_path: Path) -> None:
+    """`while read f; do stylebatch run "$f" ...; done < list`: nothing may eat the rest of the list."""
+    videos = [clip(f"v{i}.mp4", size=(64, 48), frames=4 + i) for i in range(3)]
+    (tmp_path / "list").write_text("".join(f"{v}\n" for v in videos))
+    (tmp_path / "out").mkdir()
+    run = " ".join(map(shlex.quote, [sys.executable, "-m", "stylebatch", "run"]))
+    script = (f'while read f; do {run} "$f" -o "{tmp_path}/out/$(basename "$f")" --workers 1 '
+              f'{" ".join(FAST_STYLE)} || exit 1; done < "{tmp_path}/list"')
+    result = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert sorted(os.listdir(tmp_path / "out")) == ["v0.mp4", "v1.mp4", "v2.mp4"], result.stderr
+    assert [count_frames(tmp_path / "out" / v.name) for v in videos] == [4, 5, 6]
+
+
+# --- signals and scratch space ---
+
+def _wait_for(check, proc: subprocess.Popen, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert proc.poll() is None, f"the run ended first: {proc.communicate()}"
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def _processes_mentioning(text: str) -> list[str]:
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in cmdline:
+            found.append(cmdline)
+    return found
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_stops_the_ranks_says_where_the_work_is_and_the_same_command_resumes(sig: int, code: int, clip,
+                                                                                        tmp_path: Path) -> None:
+    """A run without --work, stopped like `kill`/`timeout`/Kubernetes (SIGTERM) or Ctrl-C (SIGINT)."""
+    src = clip("long.mp4", size=(64, 48), frames=120)
+    cache, tmp, out = tmp_path / "cache", tmp_path / "tmp", tmp_path / "o.mp4"
+    tmp.mkdir()
+    env = dict(os.environ, XDG_CACHE_HOME=str(cache), TMPDIR=str(tmp))
+    cmd = [sys.executable, "-m", "stylebatch", "run", str(src), "-o", str(out), "--workers", "2",
+           "--chunk-frames", "6", *FAST_STYLE]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        _wait_for(lambda: any(cache.rglob("parts/*.mkv")), proc)
+        scratch = [p for p in tmp.rglob("*") if p.is_dir()]
+        assert scratch and all(p.stat().st_mode & 0o077 == 0 for p in scratch), scratch  # private while it runs
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == code and "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.startswith("stylebatch: error:")]
+    assert len(lines) == 1, err
+    work = next(cache.rglob("stylebatch-work.json")).parent
+    assert "interrupted" in lines[0] and str(work) in lines[0] and "run the same command again" in lines[0], lines
+    assert os.listdir(tmp) == []  # no scratch and no copy of the input left behind
+    assert _processes_mentioning(str(work)) == []  # mpiexec and every rank are gone
+    done = sorted(p.name for p in (work / "parts").iterdir())
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "resuming" in result.stderr and count_frames(out) == 120
+    redone = sum(int(n) for n in re.findall(r": (\d+) of its \d+ chunks to stylize", result.stderr))
+    assert redone == 20 - len(done)  # the parts made before were kept
+    assert not work.exists()  # the default work dir goes after success
+
+
+@pytest.mark.parametrize("plant", ["file", "symlink to a folder"])
+def test_something_planted_at_an_old_predictable_scratch_path_cannot_break_a_run(plant: str, clip,
+                                                                               tmp_path: Path) -> None:
+    src = clip("in.mp4", size=(64, 48), frames=8)
+    work, tmp, elsewhere = tmp_path / "work", tmp_path / "tmp", tmp_path / "elsewhere"
+    tmp.mkdir()
+    elsewhere.mkdir()
+    (elsewhere / "keep.txt").write_text("not yours")
+    assert stylebatch("preprocess", src, "--work", work, "-o", tmp_path / "o.mp4").returncode == 0
+    old = tmp / f"stylebatch-rank-{hashlib.sha1(str(work).encode()).hexdigest()[:12]}-0"  # stylebatch <= 0.x
+    if plant == "file":
+        old.write_text("planted")
+    else:
+        old.symlink_to(elsewhere)
+    result = stylebatch("stylize", "--work", work, *FAST_STYLE, env=dict(os.environ, TMPDIR=str(tmp)))
+    assert result.returncode == 0, result.stderr
+    assert sorted(os.listdir(tmp)) == [old.name]
+    assert sorted(os.listdir(elsewhere)) == ["keep.txt"]
+
+
+@pytest.mark.mpi
+def test_failed_mpi_runs_leave_no_hydra_topology_files_in_tmp(clip) -> None:
+    """MPICH's proxy writes /tmp/hydra_hwloc_xmlfile_* and leaves it when a rank aborts. /tmp is a
+    fresh tmpfs in a private mount namespace here, so other processes' files cannot confuse the count."""
+    if subprocess.run(["unshare", "-r", "-m", "true"], capture_output=True).returncode != 0:
+        pytest.skip("no user/mount namespaces here (unshare -r -m)")
+    root = Path(tempfile.mkdtemp(dir="/var/tmp", prefix="stylebatch-test-"))
+    try:
+        src = root / "in.mp4"
+        src.write_bytes(clip("in.mp4", size=(64, 48), frames=12).read_bytes())
+        work = root / "work"
+        assert stylebatch("preprocess", src, "--work", work, "-o", root / "o.mp4", "--chunk-frames", "6",
+                          ).returncode == 0
+        source = work / "source.mp4"
+        source.write_bytes(source.read_bytes()[:2000])  # every rank fails to decode and the job aborts
+        run = " ".join(map(shlex.quote, [sys.executable, "-m", "stylebatch", "run", str(src), "-o", str(root / "o.mp4"),
+                                         "--work", str(work), "--workers", "2", *FAST_STYLE]))
+        script = f"mount -t tmpfs none /tmp && cd / && TMPDIR=/tmp {run}; echo rc=$?; ls -A /tmp"
+        result = subprocess.run(["unshare", "-r", "-m", "sh", "-c", script], capture_output=True, text=True,
+                                timeout=300)
+        assert "rc=2" in result.stdout, result.stdout + result.stderr
+        assert result.stdout.strip().endswith("rc=2"), result.stdout  # nothing left in /tmp
+    finally:
+        import shutil
+
+        shutil.rmtree(root, ignore_errors=True)
+
+
+# --- one-line errors where tracebacks were ---
+
+def _gap_clip(path: Path, gap_s: int) -> Path:
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=64x48:rate=30", "-frames:v", "8",
+                    "-vf", f"settb=1/1000,setpts='(N/30+if(gte(N,4),{gap_s},0))/TB'", "-fps_mode", "passthrough",
+                    "-c:v", "libx264", str(path)], check=True)
+    return path
+
+
+@pytest.mark.parametrize("command", ["run", "preprocess"])
+def test_an_avi_output_that_cannot_hold_a_long_gap_is_refused_at_preprocess(command: str, tmp_path: Path) -> None:
+    src = _gap_clip(tmp_path / "gap.mkv", 100_000)  # 3 million frames of nothing at 30 fps
+    work = tmp_path / "work"
+    result = stylebatch(command, src, "-o", tmp_path / "o.avi", "--work", work, *FAST_STYLE[:2] * (command == "run"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    lines = error_lines(result)
+    assert len(lines) == 1 and "gap" in lines[0] and ".mkv" in lines[0], result.stderr
+    assert not (work / "manifest.json").exists() and not (tmp_path / "o.avi").exists()
+    assert "stylize" not in result.stderr  # found before any stylizing
+    # the same clip into a container that keeps timestamps is fine
+    assert stylebatch("preprocess", src, "-o", tmp_path / "o.mkv", "--work", tmp_path / "w2").returncode == 0
+
+
+def _in_small_tmpfs(folder: Path, size: str, command: list[str], env: dict) -> subprocess.CompletedProcess:
+    """command with a tmpfs of `size` mounted on folder (a private mount namespace: no root needed)."""
+    script = f"mount -t tmpfs -o size={size} none {shlex.quote(str(folder))} && exec " + shlex.join(command)
+    return subprocess.run(["unshare", "-r", "-m", "sh", "-c", script], capture_output=True, text=True, env=env,
+                          timeout=300)
+
+
+@pytest.mark.parametrize("full", ["output folder", pytest.param("TMPDIR", marks=pytest.mark.azurite)])
+def test_postprocess_without_space_for_the_output_says_where_and_how_much(full: str, clip, tmp_path: Path,
+                                                                        request) -> None:
+    if subprocess.run(["unshare", "-r", "-m", "true"], capture_output=True).returncode != 0:
+        pytest.skip("no user/mount namespaces here (unshare -r -m)")
+    src = clip("in.mp4", size=(96, 64), frames=24, audio=("aac",))
+    small, work = tmp_path / "small", tmp_path / "work"
+    small.mkdir()
+    env = dict(os.environ)
+    if full == "output folder":
+        out = str(small / "o.mp4")
+    else:
+        azure_env = request.getfixturevalue("azure_env")
+        env, out = dict(azure_env.env, TMPDIR=str(small)), f"az://{azure_env.container}/o.mp4"
+    assert stylebatch("preprocess", src, "--work", work, "-o", tmp_path / "o.mp4").returncode == 0
+    assert stylebatch("stylize", "--work", work, *FAST_STYLE).returncode == 0
+    result = _in_small_tmpfs(small, "24k", [sys.executable, "-m", "stylebatch", "postprocess", "--work", str(work),
+                                            "-o", out], env)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    lines = error_lines(result)
+    assert len(lines) == 1 and "space" in lines[0] and str(small) in lines[0] and "MB" in lines[0], result.stderr
+    assert sorted(os.listdir(work / "parts"))  # the work is all still there to try again

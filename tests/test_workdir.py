@@ -1,0 +1,244 @@
+"""A work dir is stylebatch's only when stylebatch made it: foreign folders and prefixes are refused,
+and only the files the work dir's own records list are ever deleted."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from clips import FAST_STYLE, count_frames, error_lines, stylebatch
+
+# A user's folder whose names look like a work dir's: none of it may be taken over or deleted.
+USER_FILES = {
+    "parts/deep/thesis.tex": b"\\section{years of work}",
+    "source.mp4": b"my own recording",
+    "stylize.json": b'{"mine": true}',
+    "manifest.json": b'{"format_version": 1}',
+}
+
+
+def write_files(root: Path, files: dict[str, bytes]) -> None:
+    for name, data in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(data)
+
+
+def read_files(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("name", sorted(USER_FILES))
+@pytest.mark.parametrize("command", ["run", "preprocess"])
+def test_a_folder_stylebatch_did_not_make_is_refused_and_left_as_it_was(command: str, name: str, clip,
+                                                                        tmp_path: Path) -> None:
+    src = clip("in.mp4", size=(64, 48), frames=8)
+    work = tmp_path / "mine"
+    write_files(work, {name: USER_FILES[name]})
+    result = stylebatch(command, src, "-o", tmp_path / "o.mp4", "--work", work, *(FAST_STYLE if command == "run"
+                                                                                   else ()))
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert len(error_lines(result)) == 1 and "holds other files" in error_lines(result)[0]
+    assert read_files(work) == {name: USER_FILES[name]}
+    assert not (tmp_path / "o.mp4").exists()
+
+
+@pytest.mark.parametrize("command", [["stylize", *FAST_STYLE], ["postprocess"], ["postprocess", "--delete-work"]])
+def test_later_stages_refuse_a_folder_stylebatch_did_not_make(command: list[str], tmp_path: Path) -> None:
+    write_files(tmp_path / "w", USER_FILES)
+    result = stylebatch(command[0], "--work", tmp_path / "w", *command[1:])
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert len(error_lines(result)) == 1 and "not made by stylebatch" in error_lines(result)[0]
+    assert read_files(tmp_path / "w") == USER_FILES
+
+
+def _blob_tree(prefix) -> dict[str, bytes]:
+    return {name: prefix.child(name).read_bytes() for name in prefix.list()}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["local", pytest.param("blob", marks=pytest.mark.azurite)])
+def test_delete_work_removes_only_the_files_its_records_list(backend: str, clip, tmp_path: Path,
+                                                             request) -> None:
+    """A user's files put into a stylebatch work dir (even under parts/) survive --delete-work."""
+    from stylebatch.storage import location
+
+    src = clip("in.mp4", size=(64, 48), frames=8)
+    env = None
+    if backend == "local":
+        work_uri = str(tmp_path / "work")
+    else:
+        azure_env = request.getfixturevalue("azure_env")
+        env, work_uri = azure_env.env, f"az://{azure_env.container}/jobs/one"
+    out = tmp_path / "o.mp4"
+    assert stylebatch("preprocess", src, "--work", work_uri, "-o", out, "--chunk-frames", "4", env=env).returncode == 0
+    assert stylebatch("stylize", "--work", work_uri, *FAST_STYLE, env=env).returncode == 0
+    work = location(work_uri)
+    mine = {"parts/deep/thesis.tex": b"thesis", "parts/000000000-000000004.mkv.bak": b"backup",
+            "source.txt": b"notes", "source.mov": b"my own recording"}
+    for name, data in mine.items():
+        work.child(name).write_bytes(data)
+    result = stylebatch("postprocess", "--work", work_uri, "--delete-work", env=env)
+    assert result.returncode == 0, result.stderr
+    assert count_frames(out) == 8
+    left = read_files(Path(work_uri)) if backend == "local" else _blob_tree(work)
+    assert left == mine
+
+
+@pytest.mark.slow
+def test_a_run_resumed_in_a_work_dir_keeps_the_users_files(clip, tmp_path: Path) -> None:
+    src = clip("in.mp4", size=(64, 48), frames=8)
+    work, out = tmp_path / "work", tmp_path / "o.mp4"
+    args = ("run", src, "-o", out, "--work", work, "--workers", "1", "--chunk-frames", "4", *FAST_STYLE)
+    assert stylebatch(*args, "--keep-work").returncode == 0
+    assert sorted(os.listdir(work)) == ["manifest.json", "parts", "source.mp4", "stylebatch-work.json",
+                                        "stylize.json"]
+    write_files(work, {"parts/deep/thesis.tex": b"thesis", "notes.txt": b"mine"})
+    out.unlink()
+    result = stylebatch(*args)
+    assert result.returncode == 0, result.stderr
+    assert read_files(work) == {"parts/deep/thesis.tex": b"thesis", "notes.txt": b"mine"}
+
+
+# --- one writer per work dir ---
+
+def _wait_for_lock_holder(read_holder, proc: subprocess.Popen, timeout: float = 120) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        holder = read_holder()
+        if holder.get("pid") == str(proc.pid):
+            return holder
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.05)
+    raise AssertionError("the first run never took the work dir's lock")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["local", pytest.param("blob", marks=pytest.mark.azurite)])
+def test_a_second_run_on_a_busy_work_dir_fails_at_once_naming_the_first(backend: str, clip, tmp_path: Path,
+                                                                         request) -> None:
+    """Two runs, two inputs, one work dir: the second is refused (75) while the first finishes right."""
+    import json
+    import socket
+
+    from stylebatch.storage import location
+
+    first, second = clip("a.mp4", size=(64, 48), frames=24), clip("b.mp4", size=(64, 48), frames=12)
+    env = dict(os.environ)
+    if backend == "local":
+        work = str(tmp_path / "work")
+
+        def holder() -> dict:
+            try:
+                return json.loads((tmp_path / "work" / "stylebatch.lock").read_text() or "{}")
+            except (OSError, ValueError):
+                return {}
+    else:
+        azure_env = request.getfixturevalue("azure_env")
+        env, work = azure_env.env, f"az://{azure_env.container}/work"
+
+        def holder() -> dict:
+            lock = location(f"{work}/stylebatch.lock")
+            try:
+                return dict(lock._blob_client().get_blob_properties().metadata or {})
+            except Exception:  # noqa: BLE001 - not there yet
+                return {}
+    run_a = subprocess.Popen([sys.executable, "-m", "stylebatch", "run", str(first), "-o", str(tmp_path / "a.mp4"),
+                              "--work", work, "--workers", "2", "--chunk-frames", "6", *FAST_STYLE],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        _wait_for_lock_holder(holder, run_a)
+        started = time.monotonic()
+        result = stylebatch("run", second, "-o", tmp_path / "b.mp4", "--work", work, *FAST_STYLE, env=env)
+        assert time.monotonic() - started < 30  # at once, not after waiting for the first
+        assert run_a.poll() is None, "the first run ended before the second was tried: make its clip longer"
+        assert result.returncode == 75 and "Traceback" not in result.stderr, result.stderr
+        assert len(error_lines(result)) == 1, result.stderr
+        line = error_lines(result)[0]
+        assert "in use" in line and f"pid {run_a.pid}" in line and socket.gethostname() in line, line
+        _, err = run_a.communicate(timeout=300)
+    finally:
+        if run_a.poll() is None:
+            run_a.kill()
+            run_a.communicate()
+    assert run_a.returncode == 0, err
+    assert count_frames(tmp_path / "a.mp4") == 24 and not (tmp_path / "b.mp4").exists()
+    assert location(work).list() == []  # the first run cleaned up after itself, its lock included
+
+
+@pytest.mark.mpi
+def test_ranks_under_a_bare_mpiexec_refuse_a_work_dir_locked_by_another_stage(clip, tmp_path: Path) -> None:
+    """The operator's MPIJob runs `mpiexec -n N stylebatch stylize`: rank 0 takes the lock for all."""
+    from stylebatch.storage import location
+
+    src = clip("in.mp4", size=(64, 48), frames=8)
+    work = tmp_path / "work"
+    assert stylebatch("preprocess", src, "--work", work, "-o", tmp_path / "o.mp4").returncode == 0
+    lock = location(work / "stylebatch.lock").lock({"host": "pod-7", "pid": "4242", "started": "then",
+                                                    "token": "t"})
+    try:
+        bin_dir = Path(sys.executable).parent
+        result = subprocess.run([str(bin_dir / "mpiexec"), "-n", "2", str(bin_dir / "stylebatch"), "stylize",
+                                 "--work", str(work), *FAST_STYLE], capture_output=True, text=True, timeout=120,
+                                stdin=subprocess.DEVNULL)
+    finally:
+        lock.release()
+    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
+    lines = error_lines(result)
+    assert len(lines) == 1 and "in use" in lines[0] and "host pod-7, pid 4242" in lines[0], result.stderr
+    assert not (work / "parts").exists()
+
+
+# --- a changed input is not resumed ---
+
+def _replace_keeping_size(path: Path, other: Path) -> None:
+    """Put other's bytes at path, padded or cut to path's size (the same size, other content)."""
+    size, data = path.stat().st_size, other.read_bytes()
+    path.write_bytes((data + b"\0" * size)[:size])
+
+
+@pytest.mark.parametrize("change, words", [
+    ("other video", ["its size", "its bytes"]),
+    ("same size, other bytes", ["(its bytes)"]),
+    ("touched", ["its modification time"]),
+])
+def test_a_replaced_input_is_not_resumed(change: str, words: list[str], clip, tmp_path: Path) -> None:
+    first, second = clip("a.mp4", size=(64, 48), frames=8), clip("b.mp4", size=(64, 48), frames=12)
+    src, work, out = tmp_path / "in.mp4", tmp_path / "work", tmp_path / "o.mp4"
+    src.write_bytes(first.read_bytes())
+    assert stylebatch("preprocess", src, "--work", work, "-o", out).returncode == 0
+    manifest, mtime = (work / "manifest.json").read_bytes(), src.stat().st_mtime_ns
+    if change == "other video":
+        src.write_bytes(second.read_bytes())
+    elif change == "same size, other bytes":
+        _replace_keeping_size(src, second)
+        os.utime(src, ns=(src.stat().st_atime_ns, mtime))  # even the modification time is the same
+    else:
+        os.utime(src, ns=(src.stat().st_atime_ns, src.stat().st_mtime_ns + 5_000_000_000))
+    for command in (["preprocess", src, "--work", work, "-o", out],
+                    ["run", src, "--work", work, "-o", out, *FAST_STYLE]):
+        result = stylebatch(*command)
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+        assert len(error_lines(result)) == 1, result.stderr
+        line = error_lines(result)[0]
+        assert "changed since work dir" in line and all(w in line for w in words), line
+    assert (work / "manifest.json").read_bytes() == manifest and not out.exists()
+
+
+@pytest.mark.azurite
+def test_a_replaced_input_blob_is_not_resumed(azure_env, clip, tmp_path: Path) -> None:
+    from stylebatch.storage import location
+
+    first = clip("a.mp4", size=(64, 48), frames=8)
+    blob, work = f"az://{azure_env.container}/in.mp4", f"az://{azure_env.container}/work"
+    location(blob).upload(first)
+    args = ("preprocess", blob, "--work", work, "-o", tmp_path / "o.mp4")
+    assert stylebatch(*args, env=azure_env.env).returncode == 0
+    result = stylebatch(*args, env=azure_env.env)
+    assert result.returncode == 0 and "resuming" in result.stderr, result.stderr
+    location(blob).upload(first)  # the same bytes again: a new ETag
+    result = stylebatch(*args, env=azure_env.env)
+    assert result.returncode == 2 and "its ETag" in error_lines(result)[0], result.stderr

@@ -1,0 +1,245 @@
+"""A work dir is stylebatch's only when stylebatch made it.
+
+The first file stylebatch writes into a new (or empty) work dir is its owner record, OWNER_NAME,
+holding a random id and the names of the top-level files stylebatch writes there. A work dir is
+resumed only if it holds that record; any other non-empty folder or blob prefix is refused. When
+done, stylebatch deletes only what its own records list: the owner record's files, the manifest,
+stylize.json and the parts the manifest's chunk grid names (plus the temp files of their atomic
+local writes). A user's file that happens to sit in the work dir, whatever its name, is never touched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import os
+import secrets
+import socket
+from typing import Iterator
+
+from stylebatch.errors import StylebatchError, TransientError
+
+OWNER_NAME = "stylebatch-work.json"
+LOCK_NAME = "stylebatch.lock"
+MANIFEST_NAME = "manifest.json"
+STYLIZE_NAME = "stylize.json"
+PARTS_DIR = "parts"
+_FRESH = "give an empty or new folder for --work"
+
+
+def _top_level_names(work) -> list[str]:
+    if work.is_local():
+        path = work.local_path()
+        if path.is_file():
+            raise StylebatchError(f"work dir {work.display} is a file: give a folder (empty or new)")
+        if not path.is_dir():
+            return []
+        try:
+            return sorted(p.name + ("/x" if p.is_dir() else "") for p in path.iterdir())
+        except OSError as exc:
+            raise StylebatchError(f"cannot read work dir {work.display}: {exc.strerror or exc}") from None
+    return work.list()
+
+
+def inside(loc, folder) -> bool:
+    """True if loc is folder itself or lies below it (same backend, resolved paths)."""
+    if loc.is_local() != folder.is_local():
+        return False
+    if loc.is_local():
+        a, b = loc.local_path().resolve(), folder.local_path().resolve()
+        return a == b or b in a.parents
+    if (loc.container, loc.account, loc.endpoint) != (folder.container, folder.account, folder.endpoint):
+        return False
+    return not folder.blob or loc.blob == folder.blob or loc.blob.startswith(folder.blob + "/")
+
+
+def read_owner(work) -> dict | None:
+    """The owner record of work, or None if stylebatch did not make it."""
+    loc = work.child(OWNER_NAME)
+    if not loc.exists():
+        return None
+    try:
+        record = json.loads(loc.read_bytes())
+    except ValueError:
+        record = None
+    if not (isinstance(record, dict) and record.get("owner") == "stylebatch" and isinstance(record.get("id"), str)
+            and isinstance(record.get("files"), list)):
+        raise StylebatchError(f"work dir {work.display} has a damaged {OWNER_NAME}: {_FRESH}")
+    return record
+
+
+def check_work(work, *others) -> None:
+    """Refuse a work dir that stylebatch did not make (any non-empty folder or prefix without the
+    owner record), or that holds the input or the output. Writes nothing."""
+    for other in others:
+        if other is not None and inside(other, work):
+            raise StylebatchError(f"work dir {work.display} contains {other.display}: {_FRESH} "
+                                  f"(stylebatch deletes its work dir's files when done)")
+    names = _top_level_names(work)
+    if OWNER_NAME in names:
+        read_owner(work)
+        return
+    if names:
+        first = names[0].partition("/")[0]
+        made = " (made by an older stylebatch or by hand: no owner record)" if MANIFEST_NAME in names else ""
+        raise StylebatchError(f"work dir {work.display} holds other files ({first}...){made}: {_FRESH}")
+
+
+def claim_work(work, *files: str) -> dict:
+    """Make work a stylebatch work dir if it is not one yet (the owner record is written first, so
+    nothing stylebatch writes is ever unlisted), and list `files` (top-level names) in the record."""
+    record = read_owner(work)
+    if record is None:
+        check_work(work)
+        record = {"owner": "stylebatch", "id": secrets.token_hex(16), "host": socket.gethostname(),
+                  "created": _now(), "files": []}
+    missing = [f for f in files if f not in record["files"]]
+    if missing or not work.child(OWNER_NAME).exists():
+        record["files"] = record["files"] + missing
+        work.child(OWNER_NAME).write_bytes(json.dumps(record, sort_keys=True).encode())
+    return record
+
+
+def require_owned(work) -> dict:
+    """The owner record of a work dir a later stage works in; a one-line error if there is none."""
+    record = read_owner(work)
+    if record is not None:
+        return record
+    if work.child(MANIFEST_NAME).exists():
+        raise StylebatchError(f"work dir {work.display} was not made by stylebatch (no {OWNER_NAME}): "
+                              f"run preprocess into a fresh --work")
+    raise StylebatchError(f"no {MANIFEST_NAME} in work dir {work.display}: run `stylebatch preprocess` first")
+
+
+def own_files(work) -> list[str]:
+    """Every file the work dir's own records list, the owner record last (so that a half-deleted
+    work dir still reads as stylebatch's), whether or not it exists."""
+    record = read_owner(work)
+    if record is None:
+        return []
+    names = [MANIFEST_NAME, STYLIZE_NAME, *record["files"]]
+    manifest = work.child(MANIFEST_NAME)
+    if manifest.exists():
+        from stylebatch.encoder import PART_EXT
+        from stylebatch.manifest import Manifest
+        from stylebatch.partition import chunk_bounds, part_name
+
+        m = Manifest.from_json(manifest.read_bytes())
+        names += [f"{PARTS_DIR}/{part_name(s, e, PART_EXT)}" for s, e in chunk_bounds(m.frames, m.chunk_frames)]
+        if m.source not in names:
+            names.append(m.source)
+    names.remove(MANIFEST_NAME)
+    return [n for n in dict.fromkeys(names) if n not in (OWNER_NAME, LOCK_NAME)] + [MANIFEST_NAME, OWNER_NAME]
+
+
+def delete_work(work) -> None:
+    """Delete the files the work dir's records list and nothing else; refuse a work dir stylebatch
+    did not make. The lock file goes when the lock is let go; a local work dir left empty then too."""
+    require_owned(work)
+    held = _HELD.get(work.display)
+    names = own_files(work)
+    local = work.is_local()
+    for name in names:
+        loc = work.child(name)
+        if local:
+            from stylebatch.storage.files import partials_of
+
+            for temp in partials_of(loc.local_path()):
+                with contextlib.suppress(OSError):
+                    temp.unlink()
+        loc.delete()
+    if held is not None:
+        held.delete = True
+    else:
+        _remove_if_empty(work)
+
+
+def _remove_if_empty(work) -> None:
+    if work.is_local():
+        path = work.local_path()
+        for folder in (path / PARTS_DIR, path):
+            with contextlib.suppress(OSError):
+                os.rmdir(folder)  # only if empty
+
+
+def default_work_dir(*key: object) -> str:
+    """The work dir of `stylebatch run` without --work: $XDG_CACHE_HOME/stylebatch/work/<hash of key>
+    (~/.cache when unset). The key is the input (name and identity) and the output, so running the
+    same command again finds the work of an interrupted run, and a changed input gets a fresh one."""
+    import hashlib
+    import pathlib
+
+    cache = pathlib.Path(os.environ.get("XDG_CACHE_HOME") or pathlib.Path.home() / ".cache") / "stylebatch"
+    try:
+        cache.mkdir(mode=0o700, parents=True, exist_ok=True)
+        (cache / "work").mkdir(mode=0o700, exist_ok=True)
+    except OSError as exc:
+        raise StylebatchError(f"cannot make a work dir in {cache}: {exc.strerror or exc}: give one with --work") from None
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
+    return str(cache / "work" / digest[:24])
+
+
+# --- one writer per work dir ---
+
+LOCK_ENV = "STYLEBATCH_WORK_LOCK"  # the holder's token, handed to the MPI ranks that work for it
+
+
+class _Held:
+    def __init__(self, lock) -> None:
+        self.lock, self.delete = lock, False
+
+
+_HELD: dict[str, _Held] = {}  # work dir display -> the lock this process holds on it
+
+
+def lock_token(work) -> str | None:
+    """The token of the lock this process holds on work (for the ranks it starts), if any."""
+    held = _HELD.get(work.display)
+    return held.lock.token if held else None
+
+
+@contextlib.contextmanager
+def hold(work) -> Iterator[None]:
+    """Hold the work dir's exclusive lock for a whole stage: one writer per work dir. Re-entrant in
+    one process; a process given LOCK_ENV (an MPI rank of a run) works under its launcher's lock
+    instead. Another holder: a TransientError at once, naming it (retrying once it ends can work)."""
+    if work.display in _HELD:
+        yield
+        return
+    loc = work.child(LOCK_NAME)
+    token = os.environ.get(LOCK_ENV)
+    if token:
+        if not loc.lock_held_by(token):
+            raise StylebatchError(f"work dir {work.display} is not locked by the run that started this "
+                                  f"process ({LOCK_ENV} is stale): run the stage again")
+        yield
+        return
+    require_owned(work)
+    holder = {"host": socket.gethostname(), "pid": str(os.getpid()), "started": _now(),
+              "token": secrets.token_hex(16)}
+    from stylebatch.storage.base import LockBusy
+
+    try:
+        lock = loc.lock(holder)
+    except LockBusy as busy:
+        raise TransientError(f"work dir {work.display} is in use by another stylebatch "
+                             f"({_describe(busy.holder)}): wait for it to end, or use another --work") from None
+    held = _HELD[work.display] = _Held(lock)
+    try:
+        yield
+    finally:
+        del _HELD[work.display]
+        lock.release()
+        if held.delete:
+            _remove_if_empty(work)
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def _describe(holder: dict) -> str:
+    if not holder.get("pid"):
+        return "holder unknown"
+    return f"host {holder.get('host', '?')}, pid {holder['pid']}, since {holder.get('started', '?')}"

@@ -118,7 +118,12 @@ class Storage:
         self.queue.send_message(blob_created(self.container, blob, etag, size, api))
 
     def messages_left(self, queue: Any) -> list[str]:
-        return [m.content for m in queue.peek_messages(max_messages=32)]
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            return [m.content for m in queue.peek_messages(max_messages=32)]
+        except ResourceNotFoundError:  # the operator makes the poison queue when it first needs it
+            return []
 
 
 def test_queue_mode_gives_each_video_exactly_one_job_across_duplicates_restarts_and_poison(azure_env):
@@ -246,6 +251,36 @@ def test_poll_mode_lists_in_pages_waits_for_stable_blobs_and_keeps_to_max_concur
                 await k.eventually(lambda: watch_status(api).get("jobs", {}).get("running") == 2)
                 await asyncio.sleep(3.5)  # three polls: every blob stable again
             assert len(job_posts(api)) == 4 and done not in jobs(api) and len(jobs(api)) == 3
+    k.run(scenario)
+
+
+def test_a_message_whose_job_cannot_be_created_is_retried_then_moved_to_the_poison_queue(azure_env, monkeypatch):
+    store = Storage(azure_env, "refused")
+    etag = store.upload("incoming/refused.mp4")
+    store.publish("incoming/refused.mp4", etag, 36)
+    handle = k.ApiServer._handle
+
+    async def refuse_jobs(self: k.ApiServer, request: kmock.Request) -> Any:
+        """The API server (an admission policy, say) refuses every StyleTransferJob."""
+        if request.action == kmock.action.CREATE and request.resource and \
+                request.resource.plural == "styletransferjobs":
+            raise kmock.KubernetesError(status=403, reason="Forbidden", message="denied by policy")
+        return await handle(self, request)
+
+    monkeypatch.setattr(k.ApiServer, "_handle", refuse_jobs)
+
+    async def scenario() -> None:
+        async with api_server() as api, k.operator(api, settings=SETTINGS):
+            # a visibility timeout shorter than the CRD allows (10 s), so that redeliveries come quickly
+            await apply_watch(api, store.container, mode="queue", sweepIntervalSeconds=0,
+                              queue={"name": "refused", "maxDeliveries": 2, "visibilityTimeoutSeconds": 1})
+            error = await k.eventually(lambda: watch_status(api).get("lastError"), timeout=20)
+            assert "403" in error
+            await k.eventually(lambda: len(store.messages_left(store.poison)) == 1, timeout=30)
+            assert store.messages_left(store.queue) == [] and jobs(api) == {}
+            assert len(job_posts(api)) == 2  # one try per delivery, then the poison queue
+            poison = await k.eventually(lambda: [e for e in k.events(api, "uploads") if e[1] == "PoisonMessage"])
+            assert "delivered 3 times" in poison[0][2]
     k.run(scenario)
 
 

@@ -15,6 +15,7 @@ import pytest
 from clips import FAST_STYLE, count_frames, error_lines, stylebatch
 from stylebatch import watch as watch_mod
 from stylebatch.contract import OUTPUT_TAG
+from stylebatch.errors import Interrupted
 from stylebatch.storage import location
 from stylebatch.trigger import Filters
 
@@ -111,6 +112,20 @@ def make_watch(src: Path, dest: Path, made: list[str]) -> watch_mod.Watch:
         Path(output_uri).write_bytes(Path(input_uri).read_bytes())
 
     return watch_mod.Watch(location(str(src)), location(str(dest)), None, Filters(), stylize)
+
+
+def test_an_interrupted_video_stops_the_watch_and_is_not_recorded(tmp_path):
+    src, dest = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    (src / "a.mp4").write_bytes(b"video")
+
+    def stylize(input_uri: str, output_uri: str) -> None:
+        raise Interrupted("stopped by SIGTERM", 143)
+
+    w = watch_mod.Watch(location(str(src)), location(str(dest)), None, Filters(), stylize)
+    with pytest.raises(Interrupted):
+        w.once(0)
+    assert not (dest / ".stylebatch-watch").exists() or not list((dest / ".stylebatch-watch").iterdir())
 
 
 def test_a_file_still_being_written_waits_until_two_listings_agree(tmp_path):

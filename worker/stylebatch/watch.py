@@ -26,7 +26,7 @@ from datetime import datetime, timezone
 
 from stylebatch import trigger
 from stylebatch.contract import EXIT_TRANSIENT, JOB_ENV
-from stylebatch.errors import StylebatchError, TransientError
+from stylebatch.errors import Interrupted, StylebatchError, TransientError
 from stylebatch.storage import BlobLocation, Location, location
 from stylebatch.storage.base import FileInfo
 
@@ -142,6 +142,8 @@ class Watch:
             with _job_env(video.key):
                 self.stylize(video.input.uri, video.output.uri)
             self._record(video)
+        except Interrupted:
+            raise  # Ctrl-C or SIGTERM stops the watch, not just this video
         except StylebatchError as exc:
             self.failed[video.key] = exc
             log.warning("failed %s: %s (skipped; tried again on the next start)", video.input.display,

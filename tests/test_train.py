@@ -1,0 +1,83 @@
+"""`stylebatch train-style` through the real CLI: a tiny run whose loss falls and whose weights load,
+an interrupted run that resumes from its checkpoint, and bad input as one line."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from clips import error_lines, make_clip, stylebatch
+from PIL import Image
+
+from stylebatch.models import load_stylizer
+
+STARRY = "/usr/share/doc/opencv-doc/examples/data/starry_night.jpg"
+TINY = ["--size", "32", "--batch-size", "1", "--lr", "0.01", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def content(tmp_path_factory) -> list[str]:
+    """A clip and a folder with a photo: both kinds of content a user gives."""
+    folder = tmp_path_factory.mktemp("content")
+    clip = make_clip(folder / "clip.mp4", size=(96, 64), frames=6)
+    photos = folder / "photos"
+    photos.mkdir()
+    Image.open("/usr/share/doc/opencv-doc/examples/data/fruits.jpg").resize((120, 100)).save(photos / "fruits.png")
+    return ["--content", str(clip), "--content", str(photos)]
+
+
+def test_tiny_training_lowers_the_loss_and_writes_weights_that_load(tmp_path, content):
+    out = tmp_path / "starry.pth"
+    result = stylebatch("train-style", STARRY, "-o", out, "--steps", "8", *TINY, *content, timeout=900)
+    assert result.returncode == 0, result.stderr
+    first, last = map(float, re.search(r"loss (\S+) at step 1, (\S+) over the last", result.stdout).groups())
+    assert last < 0.9 * first, result.stdout
+    assert "steps/s" in result.stderr and "ETA" in result.stderr  # the progress line
+    assert not Path(f"{out}.ckpt").exists()  # the checkpoint goes once the weights are written
+    frame = np.asarray(Image.open("/usr/share/doc/opencv-doc/examples/data/fruits.jpg").convert("RGB"))[None, :64, :80]
+    painted = load_stylizer(str(out), device="cpu")(np.ascontiguousarray(frame))
+    assert painted.shape == frame.shape and np.abs(painted.astype(np.int16) - frame).mean() > 5
+
+
+def test_interrupted_training_saves_a_checkpoint_and_the_same_command_resumes(tmp_path, content):
+    out = tmp_path / "resumed.pth"
+    ckpt = Path(f"{out}.ckpt")
+    cmd = [sys.executable, "-m", "stylebatch", "train-style", STARRY, "-o", str(out), *TINY, *content,
+           "--checkpoint-every", "2"]
+    proc = subprocess.Popen([*cmd, "--steps", "500"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 600
+    while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 130, stderr
+    assert len([line for line in stderr.splitlines() if line.startswith("stylebatch: error:")]) == 1
+    assert "run the same command again to resume" in stderr and "Traceback" not in stderr
+    saved = torch.load(ckpt, weights_only=True)
+    assert saved["step"] >= 2 and len(saved["history"]) == saved["step"] and not out.exists()
+    result = subprocess.run([*cmd, "--steps", str(saved["step"] + 2)], capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr
+    assert f"resuming from {ckpt.name} at step {saved['step']}" in result.stderr
+    assert f"{saved['step'] + 2} steps" in result.stdout and out.exists() and not ckpt.exists()
+
+
+@pytest.mark.parametrize("args, words", [
+    (["-o", "{tmp}/x.pth"], ["--content"]),
+    (["-o", "{tmp}/x.png", "--content", "{tmp}"], ["must end in .pth"]),
+    (["-o", "{tmp}/nowhere/x.pth", "--content", "{tmp}"], ["does not exist"]),
+    (["-o", "az://styles/x.pth", "--content", "{tmp}"], ["writes a local file"]),
+    (["-o", "{tmp}/x.pth", "--content", "{tmp}/missing.mp4"], ["content not found"]),
+    (["-o", "{tmp}/x.pth", "--content", "{tmp}"], ["holds no .jpg, .png or .webp pictures"]),
+])
+def test_bad_training_input_is_one_line(tmp_path, args, words):
+    result = stylebatch("train-style", STARRY, *[a.format(tmp=tmp_path) for a in args], "--steps", "1")
+    assert result.returncode == 2 and len(error_lines(result)) == 1, result.stderr
+    assert all(w in error_lines(result)[0] for w in words), result.stderr
+    assert not list(tmp_path.glob("*.pth"))

@@ -1,0 +1,272 @@
+"""`stylebatch train-style`: train a fast_neural_style TransformerNet (Johnson et al., 2016) for one
+painting, loadable by `--style style.pth`.
+
+Content images are the user's own: frames sampled from their videos and the photos in their folders,
+as random crops with random flips. Losses: VGG19 features (stylebatch.vgg) of the output against the
+content image's (relu2_2) and Gram matrices against the painting's (relu1_1..relu4_1), plus a little
+total variation. Mixed precision (bfloat16 autocast) on a GPU. A checkpoint next to the output
+(`<output>.ckpt`) is written every --checkpoint-every steps and on Ctrl-C/SIGTERM; the same command
+resumes from it, and it is deleted once the weights are written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import logging
+import math
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from stylebatch.errors import BadInput, Interrupted, StylebatchError
+
+log = logging.getLogger(__name__)
+MAX_CONTENT = 400  # content images kept in memory
+FRAMES_PER_VIDEO = 48
+# Loss weights for Caffe-preprocessed VGG19 features (0..255 inputs): tuned so that style dominates
+# early and the content still reads (docs/painting-styles.md).
+CONTENT_WEIGHT, STYLE_WEIGHT, TV_WEIGHT = 1.0, 10.0, 1e-2
+
+
+def sample_video(path: Path, count: int, side: int) -> list[np.ndarray]:
+    """Up to `count` frames spread evenly over the video, upright, short side `side`."""
+    import av
+
+    from stylebatch.video import _rotation, open_video, video_stream
+
+    frames = []
+    with open_video(path, path.name) as container:
+        vs = video_stream(container, path.name)
+        total = vs.frames or 0
+        step = max(1, total // count) if total else 1
+        try:
+            for i, frame in enumerate(container.decode(vs)):
+                if i % step == 0:
+                    k = _rotation(frame) // 90
+                    rgb = frame.to_ndarray(format="rgb24")
+                    frames.append(_short_side(np.rot90(rgb, k) if k else rgb, side))
+                    if len(frames) >= count:
+                        break
+        except (av.FFmpegError, OSError, ValueError):
+            if not frames:
+                raise BadInput(f"content video {path.name} does not decode") from None
+    return frames
+
+
+def _short_side(image: np.ndarray, side: int) -> np.ndarray:
+    from PIL import Image
+
+    h, w = image.shape[:2]
+    scale = side / min(h, w)
+    size = (max(side, round(w * scale)), max(side, round(h * scale)))
+    return np.array(Image.fromarray(np.ascontiguousarray(image)).resize(size, Image.LANCZOS))
+
+
+def content_files(source: str) -> tuple[Path, list[Path]]:
+    """A content source and, for a folder, its pictures; a missing source or an empty folder is BadInput."""
+    from stylebatch.paintings import is_image_name
+
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise BadInput(f"content not found: {source}")
+    if not path.is_dir():
+        return path, []
+    pictures = sorted(p for p in path.rglob("*") if p.is_file() and is_image_name(p.name))
+    if not pictures:
+        raise BadInput(f"content folder {source} holds no .jpg, .png or .webp pictures")
+    return path, pictures
+
+
+def load_content(sources: list[str], size: int) -> list[np.ndarray]:
+    """Frames from videos and pictures from folders (recursively), each with short side ~1.25 x size."""
+    from stylebatch.paintings import is_image_name, read_style_image
+
+    side, images = math.ceil(size * 1.25), []
+    for source in sources:
+        path, pictures = content_files(source)
+        if path.is_dir():
+            images += [_short_side(read_style_image(p, label=f"content image {p.name}"), side)
+                       for p in pictures[:MAX_CONTENT]]
+        elif is_image_name(path.name):
+            images.append(_short_side(read_style_image(path, label=f"content image {path.name}"), side))
+        else:
+            images += sample_video(path, FRAMES_PER_VIDEO, side)
+    if not images:
+        raise BadInput("no content images: give --content with your videos or folders of photos")
+    rng = np.random.default_rng(0)
+    return [images[i] for i in rng.permutation(len(images))[:MAX_CONTENT]]
+
+
+def crops(images: list[np.ndarray], batch: int, size: int, rng: np.random.Generator) -> np.ndarray:
+    """A batch of random size x size crops, each flipped left-right half of the time."""
+    out = np.empty((batch, size, size, 3), np.uint8)
+    for b in range(batch):
+        image = images[rng.integers(len(images))]
+        top, left = rng.integers(image.shape[0] - size + 1), rng.integers(image.shape[1] - size + 1)
+        crop = image[top:top + size, left:left + size]
+        out[b] = crop[:, ::-1] if rng.random() < 0.5 else crop
+    return out
+
+
+def settings_key(painting: Path, size: int, args: argparse.Namespace) -> str:
+    """What a checkpoint must match to be resumed: the painting's bytes and the training settings."""
+    digest = hashlib.sha256(painting.read_bytes()).hexdigest()
+    return f"{digest}:{size}:{args.batch_size}:{args.style_weight}:{args.content_weight}:{args.lr}"
+
+
+class Bar:
+    """step/steps, losses, steps/s, ETA: one rewritten line on a terminal, a log line now and then otherwise."""
+
+    def __init__(self, steps: int, first: int) -> None:
+        self.steps, self.first, self.start = steps, first, time.monotonic()
+        self.tty, self.last = sys.stderr.isatty(), 0.0
+
+    def show(self, step: int, losses: dict[str, float], final: bool = False) -> None:
+        now = time.monotonic()
+        if not final and now - self.last < (0.2 if self.tty else 10.0):
+            return
+        self.last = now
+        rate = (step - self.first) / max(now - self.start, 1e-9)
+        eta = (self.steps - step) / rate if rate > 0 else float("inf")
+        parts = " ".join(f"{k} {v:.4g}" for k, v in losses.items())
+        eta_text = time.strftime("%H:%M:%S", time.gmtime(eta)) if math.isfinite(eta) else "--:--:--"
+        line = f"step {step}/{self.steps} {parts} {rate:.2f} steps/s ETA {eta_text}"
+        if self.tty:
+            sys.stderr.write(f"\r{line}\033[K" + ("\n" if final else ""))
+            sys.stderr.flush()
+        else:
+            log.info("%s", line)
+
+
+def train(args: argparse.Namespace, painting: Path, output: Path) -> list[float]:
+    """Train and write the weights to `output`; returns the loss of every step (resumed steps included)."""
+    import contextlib
+    import signal
+
+    import torch
+    import torch.nn.functional as F
+
+    from stylebatch.models import _device
+    from stylebatch.paintings import read_style_image
+    from stylebatch.transformer_net import TransformerNet
+    from stylebatch.vgg import CONTENT_LAYER, STYLE_LAYERS, gram, load_vgg19
+
+    size, batch = args.size, args.batch_size
+    args.style_weight = STYLE_WEIGHT if args.style_weight is None else args.style_weight
+    args.content_weight = CONTENT_WEIGHT if args.content_weight is None else args.content_weight
+    style_image = _short_side(read_style_image(painting), size)
+    images = load_content(args.content, size)
+    dev = _device(args.device)
+    torch.manual_seed(args.seed)
+    net = TransformerNet().to(dev).train()
+    opt = torch.optim.Adam(net.parameters(), args.lr)
+    vgg = load_vgg19().to(dev)
+    with torch.no_grad():
+        p = torch.from_numpy(style_image).permute(2, 0, 1)[None].float().to(dev)
+        targets = [gram(f) for f in vgg(p, STYLE_LAYERS).values()]
+    key, ckpt, step, history = settings_key(painting, size, args), _checkpoint(output), 0, []
+    if ckpt.exists():
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)
+        if state.get("key") != key:
+            raise BadInput(f"{ckpt} is from training another painting or other settings: delete it, or write "
+                           "to another -o")
+        net.load_state_dict(state["net"])
+        opt.load_state_dict(state["optimizer"])
+        step, history = int(state["step"]), list(state["history"])
+        log.info("resuming from %s at step %d", ckpt.name, step)
+
+    def save() -> None:
+        part = ckpt.with_name(ckpt.name + ".part")
+        torch.save({"key": key, "step": step, "history": history, "net": net.state_dict(),
+                    "optimizer": opt.state_dict()}, part)
+        part.replace(ckpt)
+
+    stop: list[int] = []
+    handlers = {sig: signal.signal(sig, lambda signum, frame: stop.append(signum))
+                for sig in (signal.SIGINT, signal.SIGTERM)}
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else contextlib.nullcontext()
+    rng, bar, diverged = np.random.default_rng(args.seed + step), Bar(args.steps, step), 0
+    try:
+        while step < args.steps and not stop:
+            x = torch.from_numpy(crops(images, batch, size, rng)).to(dev).permute(0, 3, 1, 2).float()
+            with amp:
+                y = net(x)
+                fy = vgg(y, STYLE_LAYERS + (CONTENT_LAYER,))
+                with torch.no_grad():
+                    fx = vgg(x, (CONTENT_LAYER,))
+            content = F.mse_loss(fy[CONTENT_LAYER].float(), fx[CONTENT_LAYER].float())
+            style = sum(F.mse_loss(gram(fy[name]), t.expand(batch, -1, -1)) for name, t in zip(STYLE_LAYERS, targets))
+            tv = (y[..., 1:, :] - y[..., :-1, :]).abs().mean() + (y[..., 1:] - y[..., :-1]).abs().mean()
+            loss = args.content_weight * content + args.style_weight * style + TV_WEIGHT * tv
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            norm = torch.nn.utils.clip_grad_norm_(net.parameters(), float("inf"))  # measures only
+            if not (torch.isfinite(loss) and torch.isfinite(norm)):  # skip a bad step; a run of them: lr too high
+                diverged += 1
+                if diverged >= 3:
+                    raise StylebatchError(f"training diverged at step {step + 1} (the loss is not finite): "
+                                          f"run again with a lower --lr than {args.lr:g}")
+                continue
+            diverged = 0
+            opt.step()
+            step += 1
+            history.append(float(loss.detach()))
+            bar.show(step, {"loss": history[-1], "content": args.content_weight * float(content.detach()),
+                            "style": args.style_weight * float(style.detach())}, final=step == args.steps)
+            if step % args.checkpoint_every == 0 and step < args.steps:
+                save()
+        if stop:
+            save()
+            code = 143 if stop[0] == signal.SIGTERM else 130
+            raise Interrupted(f"training stopped at step {step} of {args.steps}; run the same command again "
+                              f"to resume from {ckpt}", exit_code=code)
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    part = output.with_name(f".{output.name}.part")
+    torch.save({k: v.detach().cpu().float() for k, v in net.state_dict().items()}, part)
+    part.replace(output)  # atomic: never a half-written .pth under its name
+    ckpt.unlink(missing_ok=True)
+    return history
+
+
+def _checkpoint(output: Path) -> Path:
+    return output.with_name(output.name + ".ckpt")
+
+
+def run(args: argparse.Namespace) -> int:
+    from stylebatch.contract import STYLE_WEIGHTS_SUFFIXES
+    from stylebatch.storage import location
+
+    output = Path(args.output).expanduser()
+    if "://" in args.output:
+        raise BadInput(f"-o {args.output}: train-style writes a local file (with its checkpoint beside it); "
+                       "copy it to blob storage afterwards")
+    if not output.name.lower().endswith(STYLE_WEIGHTS_SUFFIXES):
+        raise BadInput(f"-o {args.output}: the weights file must end in .pth (or .pt, .model)")
+    if not output.parent.is_dir():
+        raise BadInput(f"-o {args.output}: folder {output.parent} does not exist")
+    if not args.content:
+        raise BadInput("no content images: give --content with your videos or folders of photos "
+                       "(repeatable)")
+    for source in args.content:
+        content_files(source)  # before any slow start-up
+    src = location(args.painting)
+    with tempfile.TemporaryDirectory(prefix="stylebatch-train-") as tmp:
+        if src.is_local():
+            painting = Path(src.local_path())
+        else:
+            painting = Path(tmp) / f"painting-{os.path.basename(src.name or 'style.jpg')}"
+            src.download(painting)
+        history = train(args, painting, output)
+    tail = history[-max(1, len(history) // 4):]
+    print(f"{output}: {len(history)} steps, loss {history[0]:.4g} at step 1, {sum(tail) / len(tail):.4g} "
+          f"over the last {len(tail)}; use it with --style {output}")
+    return 0
+
+

@@ -1,6 +1,7 @@
-"""The image recipes, checked as far as a machine without a container engine allows: what they
-copy exists and is not ignored, what they install is pinned the README's way, what they start exists,
-and the worker's sshd setup matches what the Kubeflow MPI Operator mounts and runs."""
+"""The image recipes, checked without a container engine: what they copy exists and is not ignored,
+what they install is pinned the README's way, what they start exists, and the worker's sshd setup
+matches what the Kubeflow MPI Operator mounts and runs. (The rehearsal tier, tests/rehearsal/,
+builds both images and runs whole jobs through them.)"""
 
 from __future__ import annotations
 
@@ -138,10 +139,34 @@ def test_worker_torch_comes_from_the_pytorch_index_for_gpu_and_cpu():
     worker = parse("Dockerfile.worker")
     script = runs(worker)
     assert re.search(r"^torch==\d", CONSTRAINTS, re.M), "constraints.txt must pin torch"
-    assert 'gpu) index="https://download.pytorch.org/whl/$TORCH_CUDA"' in script
-    assert 'cpu) index="https://download.pytorch.org/whl/cpu"' in script
-    assert re.fullmatch(r"cu\d{3}", arg_default(worker, "TORCH_CUDA"))
+    assert 'gpu) index="${TORCH_INDEX_URL:-https://download.pytorch.org/whl/cu128}"' in script
+    assert 'cpu) index="${TORCH_INDEX_URL:-https://download.pytorch.org/whl/cpu}"' in script
+    assert arg_default(worker, "TORCH_INDEX_URL") == "", "empty: the variant's PyTorch index"
     assert arg_default(worker, "VARIANT") == "gpu"
+
+
+@pytest.mark.parametrize("dockerfile", IMAGES)
+def test_only_torch_comes_from_the_torch_index_and_pip_keeps_its_own_configuration(dockerfile):
+    # --index-url would replace the index pip is configured with (a mirror, a proxy): never used.
+    script = runs(parse(dockerfile))
+    assert "--index-url" not in script.replace("--extra-index-url", "")
+    extra = [c for c in re.split(r"&&|\n", script) if "--extra-index-url" in c]
+    assert all(re.search(r"--no-deps\b.*\btorch$", c.strip()) for c in extra), extra
+    # pip's own configuration comes as a build secret on every pip run, never as an ARG or ENV (a
+    # token in an index URL would stay in the image's history)
+    pip_runs = [ins.args for ins in parse(dockerfile) if ins.op == "RUN" and "pip install" in ins.args]
+    assert pip_runs and all("--mount=type=secret,id=pip.conf,target=/etc/pip.conf" in r for r in pip_runs)
+    declared = [ins.args for ins in parse(dockerfile) if ins.op in ("ARG", "ENV")]
+    assert not [d for d in declared if re.search(r"PIP_(INDEX|EXTRA|CERT|FIND|TRUSTED|PROXY)", d)]
+
+
+@pytest.mark.parametrize("dockerfile", IMAGES)
+def test_recipes_build_offline_with_the_engines_own_dockerfile_syntax(dockerfile):
+    # `# syntax=` makes BuildKit pull a frontend image first; heredocs need that newer frontend.
+    text = (ROOT / dockerfile).read_text()
+    assert not re.search(r"^#\s*syntax\s*=", text, re.M | re.I)
+    assert not [ins for ins in parse(dockerfile) if "<<" in ins.args]
+    assert arg_default(parse(dockerfile), "PYTHON_IMAGE"), "the base is a build argument"
 
 
 def test_each_image_installs_its_own_extra_and_the_operator_never_gets_torch():
@@ -209,9 +234,12 @@ def test_worker_image_runs_the_cli_under_an_init():
     assert "PATH=/opt/venv/bin:$PATH" in env
 
 
-def _heredoc(target: str) -> dict[str, str]:
+def _copied(target: str) -> dict[str, str]:
+    """The file the worker image installs at `target`, as `Key value` settings."""
     ins = next(i for i in parse("Dockerfile.worker") if i.op == "COPY" and i.args.endswith(f" {target}"))
-    return {k: v for k, _, v in (line.strip().partition(" ") for line in ins.heredoc.splitlines()) if k}
+    source = ROOT / shlex.split(ins.args)[0]
+    return {k: v for k, _, v in (line.strip().partition(" ") for line in source.read_text().splitlines())
+            if k and not k.startswith("#")}
 
 
 def test_worker_image_matches_the_mpijob_the_operator_builds():
@@ -220,14 +248,17 @@ def test_worker_image_matches_the_mpijob_the_operator_builds():
     assert re.search(rf"useradd --uid {mpi.RUN_AS_USER} .*--home-dir {home} ", runs(final))
     assert [ins.args for ins in final if ins.op == "WORKDIR"][-1] == home
     config = mpi.SSHD_COMMAND[mpi.SSHD_COMMAND.index("-f") + 1]
-    assert int(_heredoc(config)["Port"]) == mpi.SSHD_PORT
+    assert int(_copied(config)["Port"]) == mpi.SSHD_PORT
+    # the workers' command is the package's stylebatch-sshd, installed into the image's venv
+    script = Path(mpi.SSHD_COMMAND[0])
+    assert script.parent == Path("/opt/venv/bin") and script.name in PYPROJECT["project"]["scripts"]
     assert [ins.args for ins in final if ins.op == "EXPOSE"] == [str(mpi.SSHD_PORT)]
     # The operator passes whole command lines (`mpiexec ...`, `stylebatch preprocess ...`) as args.
     assert [ins.args for ins in final if ins.op == "ENTRYPOINT"][-1] == '["/usr/bin/tini", "--"]'
 
 
 def test_sshd_runs_unprivileged_with_the_job_key():
-    sshd = _heredoc(f"{MPI_HOME}/.sshd_config")
+    sshd = _copied(f"{MPI_HOME}/.sshd_config")
     assert int(sshd["Port"]) >= 1024, "a non-root sshd cannot bind a privileged port"
     # The MPI Operator mounts its Secret (private key as id_rsa) at sshAuthMountPath, read-only, root-owned.
     assert sshd["HostKey"] == f"{MPI_HOME}/.ssh/id_rsa"
@@ -237,14 +268,14 @@ def test_sshd_runs_unprivileged_with_the_job_key():
     assert sshd["AllowUsers"] == "mpiuser"
     assert sshd["SetEnv"].startswith("PATH=/opt/venv/bin:"), "ranks started over ssh need the venv"
     # The MPI Operator's default worker command is a bare `sshd -De`: it must read the same config.
-    assert _heredoc("/etc/ssh/sshd_config.d/stylebatch.conf") == {"Include": f"{MPI_HOME}/.sshd_config"}
-    assert "rm -rf /var/lib/apt/lists/* /etc/ssh/ssh_host_*" in runs(parse("Dockerfile.worker")), \
+    assert _copied("/etc/ssh/sshd_config.d/stylebatch.conf") == {"Include": f"{MPI_HOME}/.sshd_config"}
+    assert "/etc/ssh/ssh_host_*" in runs(parse("Dockerfile.worker")), \
         "host keys baked into the image would be shared by every cluster"
 
 
 def test_launcher_ssh_client_reaches_the_workers_sshd():
-    client = _heredoc("/etc/ssh/ssh_config.d/stylebatch.conf")
-    assert client["Port"] == _heredoc(f"{MPI_HOME}/.sshd_config")["Port"]
+    client = _copied("/etc/ssh/ssh_config.d/stylebatch.conf")
+    assert client["Port"] == _copied(f"{MPI_HOME}/.sshd_config")["Port"]
     assert client["StrictHostKeyChecking"] == "no" and client["UserKnownHostsFile"] == "/dev/null"
 
 
@@ -267,5 +298,5 @@ def test_worker_image_needs_nothing_the_hardened_job_pods_take_away():
     assert not re.search(r"\bsetcap\b|chmod [^&;\n]*(\b[ugo]*\+[rwx]*s|\b[0-7]?[4-7][0-7]{3}\b)", runs(final))
     # The non-root sshd binds an unprivileged port and writes no pid file; Hydra's ranks start over
     # ssh as the same user: no capability, no root.
-    sshd = _heredoc(f"{MPI_HOME}/.sshd_config")
+    sshd = _copied(f"{MPI_HOME}/.sshd_config")
     assert int(sshd["Port"]) >= 1024 and sshd["PidFile"] == "none"

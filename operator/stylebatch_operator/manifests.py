@@ -3,7 +3,8 @@ postprocess Job. Pure functions of the job (and of the attempt and the time left
 effective spec (status.effectiveSpec once it has started).
 
 Every pod is hardened the same way: non-root (the worker image's mpiuser), no privilege
-escalation, no capabilities, the runtime's default seccomp profile, and no Kubernetes API token.
+escalation, no capabilities, the runtime's default seccomp profile, a read-only root filesystem
+(the stages write locally only to the scratch emptyDir on /tmp), and no Kubernetes API token.
 That is the "restricted" Pod Security Standard; the worker's sshd (port 2222, as mpiuser) and
 MPICH's Hydra (ssh, then unprivileged TCP) need nothing more."""
 
@@ -27,9 +28,11 @@ from stylebatch_operator.uris import work_dir as derived_work_dir
 RUN_AS_USER = 1000
 POD_SECURITY_CONTEXT = {"runAsNonRoot": True, "runAsUser": RUN_AS_USER, "runAsGroup": RUN_AS_USER,
                         "seccompProfile": {"type": "RuntimeDefault"}}
-CONTAINER_SECURITY_CONTEXT = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+CONTAINER_SECURITY_CONTEXT = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
+                              "readOnlyRootFilesystem": True}
 SSH_AUTH_MOUNT_PATH = "/home/mpiuser/.ssh"
-SSHD_COMMAND = ["/usr/sbin/sshd", "-De", "-f", "/home/mpiuser/.sshd_config"]
+# stylebatch-sshd: sshd, but a worker stopped while its ranks run exits non-zero (pod Failed, not Succeeded).
+SSHD_COMMAND = ["/opt/venv/bin/stylebatch-sshd", "-De", "-f", "/home/mpiuser/.sshd_config"]
 SSHD_PORT = 2222
 HOSTFILE = "/etc/mpi/hostfile"  # written by the MPI operator
 

@@ -583,3 +583,41 @@ def test_a_stylize_without_a_new_frame_for_the_progress_timeout_is_ended(case, o
     if action.failure is not None:
         assert action.failure.reason == "ProgressStalled"
         assert "no frame stylized for" in action.failure.message and "80% (80/100)" in action.failure.message
+
+
+# The launcher's log when a rank dies (MPICH's Hydra, as `mpiexec` prints it), and when a rank
+# reported its own error first.
+MPICH_RANK_KILLED = """rank 0: 40/72 frames
+===================================================================================
+=   BAD TERMINATION OF ONE OF YOUR APPLICATION PROCESSES
+=   PID 4678 RUNNING AT orangutan-stylize-1-worker-1.orangutan-stylize-1-worker.media.svc
+=   EXIT CODE: 9
+=   CLEANING UP REMAINING PROCESSES
+=   YOU CAN IGNORE THE BELOW CLEANUP MESSAGES
+===================================================================================
+YOUR APPLICATION TERMINATED WITH THE EXIT STRING: Terminated (signal 15)
+This typically refers to a problem with your application.
+Please see the FAQ page for debugging suggestions
+"""
+
+
+LAUNCHER_CASES = [
+    ("a rank killed: which process, on which worker, and how", MPICH_RANK_KILLED,
+     ["PID 4678 RUNNING AT orangutan-stylize-1-worker-1.orangutan-stylize-1-worker.media.svc", "EXIT CODE: 9",
+      "Terminated (signal 15)"], ["This typically refers", "FAQ page"]),
+    ("a rank's own error line comes first",
+     "stylebatch: error: rank 1: cannot write part 3: disk full\n" + MPICH_RANK_KILLED.replace("EXIT CODE: 9", "EXIT CODE: 2"),
+     ["stylebatch: error: rank 1: cannot write part 3: disk full", "EXIT CODE: 2"], ["FAQ page"]),
+    ("no MPI report: the last lines, as before", "loading\nRuntimeError: boom\n", ["loading | RuntimeError: boom"], []),
+]
+
+
+@pytest.mark.parametrize("case, log, kept, dropped", LAUNCHER_CASES, ids=[c[0] for c in LAUNCHER_CASES])
+def test_a_failed_launcher_reports_which_rank_failed_and_how(case, log, kept, dropped):
+    pod = failed_pod(STY1 + "-launcher-x7k2p", 15 if "signal 15" in log else 1, log)
+    action = decide(stj("Stylizing", attempts={"stylize": 1}), {STY1: mpijob(STY1, ("Failed", "BackoffLimitExceeded/", ""))},
+                    now=NOW, pods=[pod], settings=SETTINGS)
+    for text in kept:
+        assert text in action.failure.message, action.failure.message
+    for text in dropped:
+        assert text not in action.failure.message

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,7 +55,7 @@ def failed_pod_detail(pods: list[dict[str, Any]]) -> str:
             terminated = (cs.get("state") or {}).get("terminated") or {}
             message = (terminated.get("message") or "").strip()
             if message:
-                return redact(_last_lines(message))
+                return redact(_telling_lines(message))
             if terminated.get("reason"):
                 return f"pod {pod['metadata'].get('name')}: {terminated['reason']} (exit code {terminated.get('exitCode')})"
     return ""
@@ -108,9 +109,24 @@ def disruption(child: dict[str, Any], pods: list[dict[str, Any]]) -> str | None:
     return None
 
 
-def _last_lines(text: str, lines: int = 3, limit: int = 500) -> str:
-    tail = " | ".join(line.strip() for line in text.strip().splitlines()[-lines:] if line.strip())
-    return tail[-limit:]
+# MPICH's report when a rank fails ends with the same lines for every failure; the lines above them
+# say which process failed, on which host (the worker pod), and how.
+_MPICH_FACT = re.compile(r"^=\s+((?:RANK \d+ )?PID \d+ RUNNING AT \S+|EXIT CODE: -?\d+|KILLED BY SIGNAL: .+?)\s*$")
+_MPICH_EXIT_STRING = "YOUR APPLICATION TERMINATED WITH THE EXIT STRING:"
+_MPICH_GENERIC = ("This typically refers to a problem with your application.",
+                  "Please see the FAQ page for debugging suggestions")
+
+
+def _telling_lines(text: str, lines: int = 3, limit: int = 500) -> str:
+    """A failed container's last log lines, or, for an MPI launcher, the rank that failed and how
+    (with the worker's own `stylebatch: error:` line when a rank printed one)."""
+    kept = [line.strip() for line in text.strip().splitlines() if line.strip() and line.strip() not in _MPICH_GENERIC]
+    facts = [match.group(1) for line in kept if (match := _MPICH_FACT.match(line))]
+    facts += [line[len(_MPICH_EXIT_STRING):].strip() for line in kept if line.startswith(_MPICH_EXIT_STRING)]
+    if facts:
+        errors = [line for line in kept if line.startswith(USER_ERROR_PREFIX)]
+        return " | ".join([*errors[-1:], "an MPI rank failed: " + ", ".join(facts)])[-limit:]
+    return " | ".join(kept[-lines:])[-limit:]
 
 
 def _true(condition: dict[str, Any] | None) -> bool:

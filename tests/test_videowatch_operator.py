@@ -324,3 +324,16 @@ async def scrape(port: int) -> dict[str, float]:
         text = await resp.text()
     return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
             if line and not line.startswith("#")}
+
+
+@pytest.mark.parametrize("error, shown", [
+    ("The specified queue does not exist.\nRequestId:1\nTime:2026\nErrorCode:QueueNotFound\nContent: <?xml ...>",
+     "The specified queue does not exist."),
+    ("cannot list https://acct.blob.core.windows.net/videos?sv=2024&sig=S3CR3T: 403",
+     "cannot list https://acct.blob.core.windows.net/videos?<redacted> 403"),
+    ("", "ValueError"),
+])
+def test_errors_reach_status_events_and_logs_on_one_line_without_secrets(error, shown):
+    from stylebatch_operator.videowatch_handlers import _one_line
+
+    assert _one_line(ValueError(error)) == shown

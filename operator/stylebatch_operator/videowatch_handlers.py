@@ -27,6 +27,7 @@ from stylebatch_operator.kube import ApiError, Kube
 from stylebatch_operator.metrics import Metrics
 from stylebatch_operator.names import GROUP, KIND, LABEL_WATCH, VERSION, WATCH_KIND, WATCH_PLURAL
 from stylebatch_operator.settings import Settings
+from stylebatch_operator.uris import redact
 
 if TYPE_CHECKING:
     from stylebatch.storage.base import FileInfo
@@ -89,7 +90,7 @@ async def tick(kube: Kube, namespace: str, name: str, logger: logging.Logger, *,
         try:
             await run.go()
         except (StylebatchError, ApiError, AzureError) as exc:  # storage or queue away: said in the status
-            error = " ".join(str(exc).split())
+            error = _one_line(exc)
         error = error or run.error
         counts["running"] += run.created
     created = int((status.get("jobs") or {}).get("created") or 0) + state.new_created
@@ -156,7 +157,7 @@ class _Round:
             except (StylebatchError, ApiError, AzureError) as exc:
                 # Left in the queue: it comes back after the visibility timeout, and goes to the
                 # poison queue once it has been delivered too often.
-                self.error = f"queue message {message.id}: {' '.join(str(exc).split())}"
+                self.error = f"queue message {message.id}: {_one_line(exc)}"
                 self.logger.warning("%s", self.error)
             self.state.last_message = _now()
 
@@ -284,6 +285,13 @@ class _Round:
         except StylebatchError:
             return False  # cannot tell (no access to the output's account): the job name still dedupes
         return info is not None and trigger.output_of(info.metadata) == name
+
+
+def _one_line(exc: BaseException) -> str:
+    """An error for status, events and logs: its first line (the Azure SDK's go on with the
+    response's XML), any SAS or key in it redacted."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return redact(lines[0] if lines else type(exc).__name__)
 
 
 def _now() -> str:

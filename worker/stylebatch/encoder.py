@@ -11,6 +11,7 @@ import numpy as np
 from av.video.reformatter import VideoReformatter
 
 from stylebatch.errors import StylebatchError
+from stylebatch.memory import codec_threads
 from stylebatch.manifest import EncoderSettings
 
 CONTAINERS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska", ".webm": "webm", ".avi": "avi"}
@@ -191,7 +192,7 @@ class PartWriter:
         cc = self.stream.codec_context
         cc.width, cc.height, cc.pix_fmt = width, height, s.pix_fmt
         cc.time_base = 1 / rate
-        cc.thread_count = threads
+        cc.thread_count = codec_threads(width, height, threads)
         if sar:
             cc.sample_aspect_ratio = Fraction(*sar)
         if s.bitrate is not None:
@@ -223,11 +224,18 @@ class PartWriter:
             raise StylebatchError(f"encoder {self.codec} failed: {_av_reason(exc)}") from None
 
     def _write(self, frames: np.ndarray) -> None:
+        """Frames smaller than the part (stylized at --max-side and decoded that small) are scaled up
+        here, in the colour conversion: the only place a full-size frame exists."""
+        cc = self.stream.codec_context
         for rgb in frames:
-            np.copyto(self._rgb_view, rgb)
-            frame = self._sws.reformat(self._rgb, format=self.stream.codec_context.pix_fmt,
-                                       dst_colorspace=self.matrix,
-                                       dst_color_range="JPEG" if self.full_range else "MPEG")
+            if rgb.shape[:2] == self._rgb_view.shape[:2]:
+                np.copyto(self._rgb_view, rgb)
+                source, scale = self._rgb, {}
+            else:
+                source = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+                scale = {"width": cc.width, "height": cc.height, "interpolation": "BICUBIC"}
+            frame = self._sws.reformat(source, format=cc.pix_fmt, dst_colorspace=self.matrix,
+                                       dst_color_range="JPEG" if self.full_range else "MPEG", **scale)
             frame.pts = self.count
             self.count += 1
             self.container.mux(self.stream.encode(frame))

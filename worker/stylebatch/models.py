@@ -204,9 +204,8 @@ class Stylizer:
             if self.device.type == "cpu":
                 x = x.contiguous()
             small = x
-            if self.max_side and max(h, w) > self.max_side:
-                scale = (self.max_side // 4 * 4) / max(h, w)
-                size = (max(MIN_SIDE, 4 * round(h * scale / 4)), max(MIN_SIDE, 4 * round(w * scale / 4)))
+            size = working_size(h, w, self.max_side)
+            if size != (h, w):
                 small = F.interpolate(x, size=size, mode="area")
             y = None
             for p in self.painters:
@@ -230,6 +229,15 @@ def keep_colors(painted: torch.Tensor, original: torch.Tensor) -> torch.Tensor:
     luma = torch.tensor(_LUMA, device=painted.device, dtype=painted.dtype).view(1, 3, 1, 1)
     shift = (painted * luma).sum(1, keepdim=True) - (original * luma).sum(1, keepdim=True)
     return (original + shift).clamp_(0, 1)
+
+
+def working_size(height: int, width: int, max_side: int | None) -> tuple[int, int]:
+    """(height, width) frames are stylized at: their own, or scaled so the long side is max_side
+    rounded down to a multiple of 4 (each side a multiple of 4, at least MIN_SIDE)."""
+    if not max_side or max(height, width) <= max_side:
+        return height, width
+    scale = (max_side // 4 * 4) / max(height, width)
+    return max(MIN_SIDE, 4 * round(height * scale / 4)), max(MIN_SIDE, 4 * round(width * scale / 4))
 
 
 def load_stylizer(style: str, *, device: str = "auto", strength: float = 1.0, max_side: int | None = None,

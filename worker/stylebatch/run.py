@@ -15,6 +15,7 @@ from pathlib import Path
 
 from stylebatch.contract import ERROR_PREFIX, EXIT_TRANSIENT
 from stylebatch.errors import Interrupted, StylebatchError, TransientError
+from stylebatch.memory import on_gpu, ranks_that_fit
 from stylebatch.monitor import Monitor
 from stylebatch.ranks import HYDRA_BANNER, cpu_count, killed_by_sigkill, oom_kills
 
@@ -132,6 +133,11 @@ def _run_stages(args: argparse.Namespace, work, scratch: Path) -> None:
     if workers > chunks:
         log.info("%d chunk(s) of work: running %d rank(s), not %d", chunks, chunks, workers)
         workers = chunks
+    fit = ranks_that_fit(m, args.max_side, args.batch_size, on_gpu(args.device))  # before any stylize
+    if workers > fit:
+        log.info("memory for %d rank(s) of %dx%d frames: running %d, not %d", fit, m.display_width,
+                 m.display_height, fit, workers)
+        workers = fit
     from stylebatch.models import parse_style, style_label
 
     log.info("stylizing %d frames on %d rank(s), style %s", frames, workers, style_label(parse_style(style)))

@@ -22,6 +22,7 @@ from typing import Iterator
 
 from stylebatch.encoder import PART_EXT, PartWriter
 from stylebatch.errors import StylebatchError
+from stylebatch.memory import default_batch, on_gpu, ranks_that_fit
 from stylebatch.manifest import PARTS_DIR, STYLIZE_NAME, Manifest, read_manifest
 from stylebatch.partition import chunk_bounds, part_name, partition
 from stylebatch.pipeline import Progress, run_pipeline
@@ -119,16 +120,19 @@ def stylize(args: argparse.Namespace, world: World, tmp: Path) -> int:
     progress = Progress(world, share, share - sum(e - s for s, e in todo), m.frames)
     progress.report(force=True)
     if todo:
+        # Pre-flight: this machine's ranks together must fit its memory (one line naming --max-side if not).
+        ranks_that_fit(m, args.max_side, args.batch_size, on_gpu(args.device), ranks_here=world.local_size)
         threads = max(1, cpu_count() // world.local_size)
         log.info("rank %d/%d: %d of its %d chunks to stylize (%d threads)",
                  world.rank, world.size, len(todo), len(mine), threads)
         from stylebatch.temporal_defaults import warmup_frames
 
         warmup = warmup_frames(m.chunk_frames) if temporal[0] == "on" else 0
-        reader = ChunkReader(_local_source(work, m, tmp), m, threads=threads, keep=warmup)
+        reader = ChunkReader(_local_source(work, m, tmp), m, threads=threads, keep=warmup,
+                             size=decode_size(m, args.max_side, args.strength, keep_colors))
         try:
             stylizer = _load(args, world, threads, style, _own_frame(reader, m, style, args.strength))
-            batch = args.batch_size or (8 if stylizer.device.type == "cuda" else 4)
+            batch = args.batch_size or default_batch(stylizer.device.type == "cuda")
 
             def publish(chunk: tuple[int, int], path: Path) -> None:
                 work.child(PARTS_DIR, part_name(*chunk, PART_EXT)).upload(path)
@@ -152,6 +156,26 @@ def stylize(args: argparse.Namespace, world: World, tmp: Path) -> int:
             reader.close()
     progress.report(force=True)
     return 0
+
+
+# Up to this many pixels a frame stays full size through stylize when the result is blended with it
+# (--strength below 1, --keep-colors), so the original's detail survives; above, it is blended at
+# the stylized size too, and memory stays bounded by what is stylized.
+FULL_SIZE_BLEND_PIXELS = 3840 * 2160
+
+
+def decode_size(m: Manifest, max_side: int | None, strength: float, keep_colors: bool) -> tuple[int, int] | None:
+    """(width, height) to decode frames at, or None for the display size. With --max-side, frames are
+    scaled down in the decoder to the size they are stylized at and scaled up again only in the
+    encoder, so no full-size frame is held anywhere else."""
+    from stylebatch.models import working_size
+
+    height, width = working_size(m.display_height, m.display_width, max_side)
+    if (width, height) == (m.display_width, m.display_height):
+        return None
+    if (strength < 1.0 or keep_colors) and m.display_width * m.display_height <= FULL_SIZE_BLEND_PIXELS:
+        return None
+    return width, height
 
 
 def _sar(m: Manifest) -> tuple[int, int] | None:

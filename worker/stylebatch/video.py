@@ -15,6 +15,7 @@ import numpy as np
 from av.video.reformatter import VideoReformatter
 
 from stylebatch.errors import StylebatchError
+from stylebatch.memory import codec_threads
 
 log = logging.getLogger(__name__)
 
@@ -155,8 +156,12 @@ class ChunkReader:
     starts up to `keep` frames before the previous one ended (those frames are kept after decoding).
     """
 
-    def __init__(self, path: Path, manifest, threads: int = 0, keep: int = 0) -> None:
+    def __init__(self, path: Path, manifest, threads: int = 0, keep: int = 0,
+                 size: tuple[int, int] | None = None) -> None:
+        """size: (width, height) of the upright frames to produce, scaled in the decoder's colour
+        conversion (so no full-size RGB frame is ever made); default the display size."""
         self.path, self.m, self.threads = path, manifest, threads
+        self.size = size or (manifest.display_width, manifest.display_height)
         self.k = (manifest.rotation // 90) % 4
         self.full_range = manifest.color.get("range") == 2
         self._container = None
@@ -176,7 +181,7 @@ class ChunkReader:
         self._container = open_video(self.path, self.m.input)
         vs = self._container.streams[self.m.video_stream]
         vs.thread_type = "AUTO"
-        vs.codec_context.thread_count = self.threads
+        vs.codec_context.thread_count = codec_threads(self.m.coded_width, self.m.coded_height, self.threads)
         return vs
 
     def _decode(self, vs: av.VideoStream) -> Iterator[av.VideoFrame]:
@@ -213,7 +218,7 @@ class ChunkReader:
 
         A range that starts up to `keep` frames before where the previous one ended (a chunk's
         temporal warm-up) is served from the frames just decoded, without seeking."""
-        w, h = self.m.display_width, self.m.display_height
+        w, h = self.size
         buf = np.empty((min(batch, end - start), h, w, 3), np.uint8)
         n = 0
         for index, rgb in self._upright(start, end):
@@ -245,7 +250,9 @@ class ChunkReader:
             if self.m.pts_reliable and frame.pts != self.m.pts[index]:
                 raise StylebatchError(
                     f"{self.m.input}: frame {index} decodes with pts {frame.pts}, expected {self.m.pts[index]}")
-            rgb = self._sws.reformat(frame, format="rgb24", src_colorspace=self.m.color["matrix"],
+            width, height = self.size if self.k % 2 == 0 else self.size[::-1]  # the coded orientation
+            rgb = self._sws.reformat(frame, format="rgb24", width=width, height=height, interpolation="AREA",
+                                     src_colorspace=self.m.color["matrix"],
                                      src_color_range="JPEG" if self.full_range else "MPEG").to_ndarray()
             rgb = np.rot90(rgb, self.k) if self.k else rgb
             self._next = index + 1

@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="time the fast_neural_style TransformerNet (random weights) instead of --style")
     parser.add_argument("--batches", default="1,4", help="comma-separated batch sizes (default: 1,4)")
     parser.add_argument("--max-side", type=int, default=None, help="pass max_side to the stylizer")
-    parser.add_argument("--half", choices=["auto", "on", "off"], default="auto")
+    parser.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto")
     parser.add_argument("--min-seconds", type=float, default=3.0, help="time spent per row (default: 3)")
     args = parser.parse_args(argv)
 
@@ -54,15 +54,14 @@ def main(argv: list[str] | None = None) -> int:
             style = str(Path(tmp) / "random_transformer_net.pth")
             torch.save(TransformerNet().state_dict(), style)
         try:
-            stylizer = load_stylizer(style, device=args.device, max_side=args.max_side,
-                                     half={"auto": None, "on": True, "off": False}[args.half])
+            stylizer = load_stylizer(style, device=args.device, max_side=args.max_side, precision=args.precision)
         except StylebatchError as exc:
             print(f"bench_models: error: {exc}", file=sys.stderr)
             return 2
         where = torch.cuda.get_device_name(stylizer.device) if stylizer.device.type == "cuda" else (
             f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads")
         print(f"style `{'TransformerNet (fast_neural_style)' if args.transformer_net else stylizer.name}`, "
-              f"device {stylizer.device} ({where}), {stylizer.dtype}, torch {torch.__version__}"
+              f"device {stylizer.device} ({where}), {stylizer.autocast or stylizer.dtype}, torch {torch.__version__}"
               + (f", max_side {args.max_side}" if args.max_side else ""))
         print()
         print("| size | batch | frames/s | ms/frame |")

@@ -109,7 +109,7 @@ def test_keep_work_then_resume_with_work(clip, tmp_path: Path) -> None:
     result = stylebatch("run", src, "-o", out, "--work", work, "--workers", "1", *FAST_STYLE)
     assert result.returncode == 0, result.stderr
     assert "resuming" in result.stderr
-    assert "1 of its 4 chunks to stylize" in result.stderr  # the other three parts were reused
+    assert "1 of 4 chunks left to stylize" in result.stderr  # the other three parts were reused
     assert count_frames(out) == 30 and frame_pts(out) == frame_pts(src)
     assert not work.exists()  # removed after success without --keep-work
 

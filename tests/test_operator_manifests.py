@@ -97,7 +97,7 @@ VARIANTS = {
                                     "storage": {"secretName": "team-storage"}, "scheduling": {"nodeSelector": {}}},
     "all options": {"workDir": "az://scratch/work/", "imagePullSecrets": [{"name": "acr"}],
                     "processing": {"maxSide": 720, "batchSize": 8, "chunkFrames": 240, "temporal": "on",
-                                   "temporalStrength": 0.7},
+                                   "temporalStrength": 0.7, "precision": "bf16"},
                     "encoder": {"codec": "hevc", "bitrate": "8M", "preset": "slow"}, "strength": 0.6,
                     "style": "az://styles/starry.jpg:0.7,lavender-gold:0.3", "keepColors": True},
 }

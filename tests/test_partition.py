@@ -1,36 +1,10 @@
-"""partition() and the chunk grid: every item exactly once, contiguous, balanced."""
+"""The chunk grid: every frame in exactly one chunk, and the default chunk size."""
 
 from __future__ import annotations
 
 import pytest
 
-from stylebatch.partition import chunk_bounds, default_chunk_frames, part_name, partition
-
-
-@pytest.mark.parametrize("n_ranks", [1, 2, 3, 4, 5, 7, 8, 16, 33])
-def test_every_item_exactly_once_contiguous_and_balanced(n_ranks: int) -> None:
-    for n_items in list(range(0, 70)) + [99, 100, 101, 1000, 1001]:
-        ranges = [partition(n_items, n_ranks, r) for r in range(n_ranks)]
-        assert ranges[0][0] == 0 and ranges[-1][1] == n_items
-        for (_, end), (start, _) in zip(ranges, ranges[1:]):
-            assert end == start  # contiguous and in rank order: nothing dropped, nothing twice
-        covered = [i for s, e in ranges for i in range(s, e)]
-        assert covered == list(range(n_items))
-        sizes = [e - s for s, e in ranges]
-        assert max(sizes) - min(sizes) <= 1
-        assert sizes == sorted(sizes, reverse=True)  # the remainder goes to the first ranks
-
-
-def test_more_ranks_than_items_leaves_the_last_ranks_empty() -> None:
-    assert [partition(3, 5, r) for r in range(5)] == [(0, 1), (1, 2), (2, 3), (3, 3), (3, 3)]
-    assert [partition(0, 2, r) for r in range(2)] == [(0, 0), (0, 0)]
-    assert partition(1, 1, 0) == (0, 1)
-
-
-@pytest.mark.parametrize("args", [(5, 0, 0), (5, 2, 2), (5, 2, -1), (-1, 2, 0)])
-def test_bad_arguments_are_refused(args: tuple[int, int, int]) -> None:
-    with pytest.raises(ValueError):
-        partition(*args)
+from stylebatch.partition import chunk_bounds, default_chunk_frames, part_name
 
 
 def test_chunk_grid_covers_every_frame_with_a_short_last_chunk() -> None:

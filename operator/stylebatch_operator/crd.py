@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from stylebatch.contract import PRECISIONS
 from stylebatch.temporal_defaults import DEFAULT_MODE as TEMPORAL_DEFAULT
 from stylebatch.temporal_defaults import DEFAULT_STRENGTH as TEMPORAL_STRENGTH
 from stylebatch.temporal_defaults import MODES as TEMPORAL_MODES
@@ -156,6 +157,8 @@ SPEC_SCHEMA: dict[str, Any] = _obj(
             "maxSide": _int("Stylize at most this many pixels on the long side (upscaled back).", minimum=32),
             "batchSize": _int("Frames per GPU batch.", minimum=1),
             "chunkFrames": _int("Frames per part: the unit of work and of resume.", minimum=1),
+            "precision": _str("Model arithmetic: auto (fp16 on GPUs, bf16 on CPUs with native bf16, else fp32), "
+                              "fp32, bf16 or fp16.", enum=list(PRECISIONS)),
             "temporal": _str("on: blend each frame with the previous one moved along the optical flow, so "
                              f"texture holds still (`stylebatch run --temporal`). Default {TEMPORAL_DEFAULT}.",
                              enum=list(TEMPORAL_MODES)),

@@ -134,6 +134,8 @@ def stylize_args(stj: dict[str, Any], ranks: int) -> list[str]:
         args += ["--batch-size", str(processing["batchSize"])]
     if spec.get("keepColors"):
         args.append("--keep-colors")
+    if "precision" in processing:
+        args += ["--precision", processing["precision"]]
     if "temporal" in processing:
         args += ["--temporal", processing["temporal"]]
     if "temporalStrength" in processing:

@@ -12,6 +12,7 @@ import sys
 from typing import NoReturn
 
 from stylebatch import __version__
+from stylebatch.contract import PRECISIONS
 from stylebatch.errors import StylebatchError
 
 
@@ -96,6 +97,9 @@ def _model_flags(p: argparse.ArgumentParser) -> None:
                    help="stylize at most this many pixels on the long side (output keeps its size)")
     g.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     g.add_argument("--batch-size", type=_positive, default=None, help="frames per model call")
+    g.add_argument("--precision", choices=PRECISIONS, default=None,
+                   help="model arithmetic: auto (default) is fp16 on a GPU, bf16 on a CPU with native bf16 "
+                        "(AVX-512 BF16, AMX), else fp32")
     g.add_argument("--temporal", choices=["on", "off"], default=None,
                    help="on: blend each frame with the previous one moved along the optical flow, so texture "
                         "holds still (default: off)")

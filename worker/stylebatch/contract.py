@@ -41,3 +41,5 @@ def is_style_file(ref: str) -> bool:
 # blob the worker writes while JOB_ENV is set carries metadata OUTPUT_TAG=<job> (stylebatch.trigger).
 JOB_ENV = "STYLEBATCH_JOB"
 OUTPUT_TAG = "stylebatchjob"  # blob metadata keys are C# identifiers: letters, digits, underscores
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # --precision, spec.processing.precision

@@ -1,19 +1,6 @@
-"""How the frames are cut into chunks, and how chunks are shared among ranks."""
+"""How the frames are cut into chunks (which rank takes which: stylebatch.dispatch)."""
 
 from __future__ import annotations
-
-
-def partition(n_items: int, n_ranks: int, rank: int) -> tuple[int, int]:
-    """The contiguous range [start, end) of items that `rank` of `n_ranks` owns.
-
-    Sizes differ by at most one; the remainder goes to the first ranks; every item belongs to
-    exactly one rank. Ranks beyond the item count get an empty range.
-    """
-    if n_items < 0 or n_ranks < 1 or not 0 <= rank < n_ranks:
-        raise ValueError(f"bad partition: {n_items} items, {n_ranks} ranks, rank {rank}")
-    base, extra = divmod(n_items, n_ranks)
-    start = rank * base + min(rank, extra)
-    return start, start + base + (1 if rank < extra else 0)
 
 
 MIN_CHUNK_FRAMES, MAX_CHUNK_FRAMES, TARGET_CHUNKS = 24, 120, 16

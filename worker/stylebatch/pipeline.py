@@ -7,7 +7,7 @@ import queue
 import sys
 import threading
 import time
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 from stylebatch.progress import RankProgress, format_line
 from stylebatch.ranks import World
@@ -23,6 +23,11 @@ class Progress:
         self.world, self.share, self.done, self.frames = world, share, done, frames
         self._lock = threading.Lock()
         self._last = 0.0
+
+    def take(self, chunk: tuple[int, int]) -> None:
+        """This rank took the chunk [start, end): its share grows."""
+        with self._lock:
+            self.share += chunk[1] - chunk[0]
 
     def add(self, n: int) -> None:
         with self._lock:
@@ -52,8 +57,12 @@ def run_pipeline(todo: Iterable[tuple[int, int]], read: Callable, stylizer, open
 
     read(chunk) yields the chunk's items (in the decode thread); stylizer(item) maps each (in this
     thread); finish(item) turns a stylized item into the uint8 frames to encode (in the encode
-    thread; default: the item is those frames). An item that finishes as no frames is not encoded."""
+    thread; default: the item is those frames). An item that finishes as no frames is not encoded.
+
+    The next chunk is taken from `todo` only once the model has started on the previous one, so a
+    rank never holds more than the chunk in hand and the next (chunks are handed out on demand)."""
     q_in: queue.Queue = queue.Queue(maxsize=3)
+    ahead = threading.Semaphore(1)  # chunks taken whose first item the model has not yet started
     q_out: queue.Queue = queue.Queue(maxsize=3)
     stop = threading.Event()
     failures: list[BaseException] = []
@@ -87,8 +96,15 @@ def run_pipeline(todo: Iterable[tuple[int, int]], read: Callable, stylizer, open
                 stop.set()
         return body
 
+    def next_chunk(chunks: Iterator[tuple[int, int]]) -> tuple[int, int] | None:
+        while not ahead.acquire(timeout=0.1):
+            if stop.is_set():
+                raise _Stopped
+        return next(chunks, None)
+
     def decode() -> None:
-        for chunk in todo:
+        chunks = iter(todo)
+        while (chunk := next_chunk(chunks)) is not None:
             for frames in read(chunk):
                 put(q_in, (chunk, frames))
             put(q_in, (chunk, None))
@@ -117,8 +133,12 @@ def run_pipeline(todo: Iterable[tuple[int, int]], read: Callable, stylizer, open
                 writer.abort()
 
     def model() -> None:
+        current = None
         while (item := get(q_in)) is not _DONE:
             chunk, frames = item
+            if chunk != current:  # the model starts on a chunk: the decoder may take the next one
+                current = chunk
+                ahead.release()
             put(q_out, (chunk, None if frames is None else stylizer(frames)))
         put(q_out, _DONE)
 

@@ -149,6 +149,8 @@ def _run_stages(args: argparse.Namespace, work, scratch: Path) -> None:
         stylize_args += ["--batch-size", str(args.batch_size)]
     if args.keep_colors:
         stylize_args += ["--keep-colors"]
+    if args.precision:
+        stylize_args += ["--precision", args.precision]
     if args.temporal:
         stylize_args += ["--temporal", args.temporal]
     if args.temporal_strength is not None:

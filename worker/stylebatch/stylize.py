@@ -24,7 +24,8 @@ from stylebatch.encoder import PART_EXT, PartWriter
 from stylebatch.errors import StylebatchError
 from stylebatch.memory import default_batch, on_gpu, ranks_that_fit
 from stylebatch.manifest import PARTS_DIR, STYLIZE_NAME, Manifest, read_manifest
-from stylebatch.partition import chunk_bounds, part_name, partition
+from stylebatch.dispatch import ChunkDispenser, dispense
+from stylebatch.partition import chunk_bounds, part_name
 from stylebatch.pipeline import Progress, run_pipeline
 from stylebatch.ranks import World, cpu_count, detect
 from stylebatch.video import ChunkReader
@@ -108,23 +109,22 @@ def stylize(args: argparse.Namespace, world: World, tmp: Path) -> int:
     work = location(args.work)
     m = read_manifest(work)
     chunks = chunk_bounds(m.frames, m.chunk_frames)
-    first, last = partition(len(chunks), world.size, world.rank)
-    mine = chunks[first:last]
     have = set(work.child(PARTS_DIR).list()) if work.child(PARTS_DIR).exists() else set()
-    todo = [c for c in mine if part_name(*c, PART_EXT) not in have]
+    done = {c for c in chunks if part_name(*c, PART_EXT) in have}
+    missing = [c for c in chunks if c not in done]
     style = resolve_style(args.style or DEFAULT_STYLE, tmp)
     keep_colors = getattr(args, "keep_colors", False)
     temporal = temporal_settings(args)
     check_settings(work, settings_record(style, args.strength, args.max_side, keep_colors, *temporal), bool(have))
-    share = sum(e - s for s, e in mine)
-    progress = Progress(world, share, share - sum(e - s for s, e in todo), m.frames)
+    resumed = sum(e - s for s, e in done) if world.rank == 0 else 0  # rank 0 reports the resumed parts
+    progress = Progress(world, resumed, resumed, m.frames)
     progress.report(force=True)
-    if todo:
+    if missing:
         # Pre-flight: this machine's ranks together must fit its memory (one line naming --max-side if not).
         ranks_that_fit(m, args.max_side, args.batch_size, on_gpu(args.device), ranks_here=world.local_size)
         threads = max(1, cpu_count() // world.local_size)
-        log.info("rank %d/%d: %d of its %d chunks to stylize (%d threads)",
-                 world.rank, world.size, len(todo), len(mine), threads)
+        log.info("rank %d/%d: %d of %d chunks left to stylize, taken one at a time (%d threads)",
+                 world.rank, world.size, len(missing), len(chunks), threads)
         from stylebatch.temporal_defaults import warmup_frames
 
         warmup = warmup_frames(m.chunk_frames) if temporal[0] == "on" else 0
@@ -143,6 +143,8 @@ def stylize(args: argparse.Namespace, world: World, tmp: Path) -> int:
                 return PartWriter(path, m.encoder, m.display_width, m.display_height, Fraction(*m.frame_rate),
                                   m.color, threads, _sar(m)), path
 
+            dispenser = ChunkDispenser(world, len(chunks))
+            todo = dispense(dispenser, chunks, done, progress.take)
             if temporal[0] == "on":
                 from stylebatch.temporal import TemporalChunks
 
@@ -152,6 +154,7 @@ def stylize(args: argparse.Namespace, world: World, tmp: Path) -> int:
                              finish=steady.finish)
             else:
                 run_pipeline(todo, lambda c: reader.read(*c, batch), stylizer, open_part, publish, progress)
+            dispenser.close()  # collective, so only on success: a failing rank aborts the whole job
         finally:
             reader.close()
     progress.report(force=True)
@@ -205,7 +208,8 @@ def _load(args: argparse.Namespace, world: World, threads: int, style: str, own_
     if args.device != "cpu" and torch.cuda.is_available() and torch.cuda.device_count() > 1:
         torch.cuda.set_device(world.local_rank % torch.cuda.device_count())
     return load_stylizer(style, device=args.device, strength=args.strength, max_side=args.max_side,
-                         keep_colors=getattr(args, "keep_colors", False), own_frame=own_frame)
+                         keep_colors=getattr(args, "keep_colors", False), own_frame=own_frame,
+                         precision=getattr(args, "precision", None) or "auto")
 
 
 def temporal_settings(args) -> tuple[str, float]:

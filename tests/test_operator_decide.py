@@ -601,7 +601,20 @@ Please see the FAQ page for debugging suggestions
 """
 
 
+# ...and when a worker's pod went away mid-job (as the rehearsal tier records it)
+MPICH_WORKER_GONE = """stylebatch: rank 1/2: 6 of its 6 chunks to stylize (2 threads)
+Connection to killed-stylize-1-worker-1.killed-stylize-1-worker.media.svc closed by remote host.
+[mpiexec@killed-stylize-1-launcher] control_cb (/mpich-5.0.2/src/pm/hydra/mpiexec/pmiserv_cb.c:280): assert (!closed) failed
+[mpiexec@killed-stylize-1-launcher] HYDT_dmxu_poll_wait_for_event (/mpich-5.0.2/src/pm/hydra/lib/tools/demux/demux_poll.c:76): callback returned error status
+[mpiexec@killed-stylize-1-launcher] HYD_pmci_wait_for_completion (/mpich-5.0.2/src/pm/hydra/mpiexec/pmiserv_pmci.c:180): error waiting for event
+[mpiexec@killed-stylize-1-launcher] main (/mpich-5.0.2/src/pm/hydra/mpiexec/mpiexec.c:270): process manager error waiting for completion
+"""
+
+
 LAUNCHER_CASES = [
+    ("a worker gone mid-job: the connection to it", MPICH_WORKER_GONE,
+     ["Connection to killed-stylize-1-worker-1.killed-stylize-1-worker.media.svc closed by remote host"],
+     ["process manager error"]),
     ("a rank killed: which process, on which worker, and how", MPICH_RANK_KILLED,
      ["PID 4678 RUNNING AT orangutan-stylize-1-worker-1.orangutan-stylize-1-worker.media.svc", "EXIT CODE: 9",
       "Terminated (signal 15)"], ["This typically refers", "FAQ page"]),

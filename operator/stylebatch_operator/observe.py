@@ -110,9 +110,11 @@ def disruption(child: dict[str, Any], pods: list[dict[str, Any]]) -> str | None:
 
 
 # MPICH's report when a rank fails ends with the same lines for every failure; the lines above them
-# say which process failed, on which host (the worker pod), and how.
+# say which process failed, on which host (the worker pod), and how. A worker that went away (its
+# pod deleted, its node gone) shows as the launcher's ssh connection to it closing.
 _MPICH_FACT = re.compile(r"^=\s+((?:RANK \d+ )?PID \d+ RUNNING AT \S+|EXIT CODE: -?\d+|KILLED BY SIGNAL: .+?)\s*$")
 _MPICH_EXIT_STRING = "YOUR APPLICATION TERMINATED WITH THE EXIT STRING:"
+_SSH_FAILURE = re.compile(r"^(ssh: .+|Connection to \S+ closed by remote host\.?)$")
 _MPICH_GENERIC = ("This typically refers to a problem with your application.",
                   "Please see the FAQ page for debugging suggestions")
 
@@ -121,8 +123,14 @@ def _telling_lines(text: str, lines: int = 3, limit: int = 500) -> str:
     """A failed container's last log lines, or, for an MPI launcher, the rank that failed and how
     (with the worker's own `stylebatch: error:` line when a rank printed one)."""
     kept = [line.strip() for line in text.strip().splitlines() if line.strip() and line.strip() not in _MPICH_GENERIC]
-    facts = [match.group(1) for line in kept if (match := _MPICH_FACT.match(line))]
-    facts += [line[len(_MPICH_EXIT_STRING):].strip() for line in kept if line.startswith(_MPICH_EXIT_STRING)]
+    facts = []
+    for line in kept:
+        if match := _MPICH_FACT.match(line):
+            facts.append(match.group(1))
+        elif line.startswith(_MPICH_EXIT_STRING):
+            facts.append(line[len(_MPICH_EXIT_STRING):].strip())
+        elif _SSH_FAILURE.match(line):
+            facts.append(line)
     if facts:
         errors = [line for line in kept if line.startswith(USER_ERROR_PREFIX)]
         return " | ".join([*errors[-1:], "an MPI rank failed: " + ", ".join(facts)])[-limit:]

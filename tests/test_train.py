@@ -81,3 +81,12 @@ def test_bad_training_input_is_one_line(tmp_path, args, words):
     assert result.returncode == 2 and len(error_lines(result)) == 1, result.stderr
     assert all(w in error_lines(result)[0] for w in words), result.stderr
     assert not list(tmp_path.glob("*.pth"))
+
+
+def test_a_diverging_training_stops_with_one_line_and_writes_no_weights(tmp_path, content):
+    out = tmp_path / "wild.pth"
+    result = stylebatch("train-style", STARRY, "-o", out, "--steps", "20", "--size", "32", "--batch-size", "1",
+                        "--lr", "1e12", "--device", "cpu", *content, timeout=900)
+    assert result.returncode == 2 and len(error_lines(result)) == 1, result.stderr
+    assert "training diverged" in error_lines(result)[0] and "lower --lr" in error_lines(result)[0]
+    assert not out.exists()

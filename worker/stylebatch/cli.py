@@ -7,12 +7,14 @@ and `stylebatch styles` starts fast.
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import sys
+import tempfile
 from typing import NoReturn
 
 from stylebatch import __version__
-from stylebatch.contract import PRECISIONS
+from stylebatch.contract import EXIT_BAD_INPUT, PRECISIONS
 from stylebatch.errors import StylebatchError
 
 
@@ -251,6 +253,18 @@ def _call(target: str, args: argparse.Namespace) -> int:
     return getattr(importlib.import_module(module), func)(args) or 0
 
 
+def _temp_folder_problem(exc: OSError) -> str | None:
+    """No writable temp folder at all (a read-only root filesystem without the pods' /tmp emptyDir)
+    or a full one, in words; None for any other OSError. Running again in the same place cannot help."""
+    if isinstance(exc, FileNotFoundError) and "No usable temporary directory" in str(exc):
+        return ("no writable temp folder (TMPDIR, /tmp, /var/tmp, /usr/tmp and the current folder were tried): "
+                "mount one at /tmp (the job pods' emptyDir) or set TMPDIR")
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return (f"no space left in {exc.filename or tempfile.gettempdir()} ({exc.strerror}): "
+                "give the temp folder (/tmp, or TMPDIR) more room")
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     from stylebatch import signals
 
@@ -263,6 +277,12 @@ def main(argv: list[str] | None = None) -> int:
     except StylebatchError as exc:
         print(f"stylebatch: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:
+        problem = _temp_folder_problem(exc)
+        if problem is None:
+            raise
+        print(f"stylebatch: error: {problem}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print(f"stylebatch: error: interrupted by {signals.cause()}", file=sys.stderr)
         return signals.exit_code()

@@ -2,7 +2,8 @@
 # Sets up stylebatch on a fresh Debian/Ubuntu machine. Safe and quick to re-run.
 #
 #   scripts/setup.sh          ffmpeg, the sample clip, .venv/ with the worker, the operator and MPI
-#   scripts/setup.sh --test   all of the above, plus test tools: Azurite (npm), pytest, kmock, Helm SDK
+#   scripts/setup.sh --test   all of the above, plus test tools: Azurite (npm), pytest, kmock, Helm SDK,
+#                             and for the rehearsal tier Debian's docker.io and debootstrap
 #
 # Afterwards .venv/bin/stylebatch is the CLI. TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 # installs the same pinned torch without CUDA libraries (PyPI's Linux wheel carries them).
@@ -29,6 +30,9 @@ python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
 if [ "$with_tests" = 1 ]; then
   command -v node >/dev/null || need+=(nodejs)
   command -v npm >/dev/null || need+=(npm)
+  # the rehearsal tier (tests/rehearsal): its own docker engine, and a Debian base image made locally
+  command -v dockerd >/dev/null || [ -x /usr/sbin/dockerd ] || need+=(docker.io)
+  command -v debootstrap >/dev/null || [ -x /usr/sbin/debootstrap ] || need+=(debootstrap)
 fi
 if [ ${#need[@]} -gt 0 ]; then
   say "installing ${need[*]} (apt)"

@@ -255,6 +255,46 @@ def test_pod_monitor_is_off_by_default_and_scrapes_what_the_operator_serves_when
     assert endpoint["path"] in served and container["livenessProbe"]["httpGet"]["path"] in served
 
 
+def test_service_monitor_is_off_by_default_and_its_service_reaches_the_operators_metrics_port():
+    assert not [o for o in render() if o["kind"] in ("ServiceMonitor", "Service")]
+    objects = render("monitoring")
+    monitor, service = one(objects, "ServiceMonitor"), one(objects, "Service")
+    pod = one(objects, "Deployment")["spec"]["template"]
+    for version in KUBE_VERSIONS:
+        kubernetes_validate.validate(service, version, strict=True)
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    assert service["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
+    (endpoint,) = monitor["spec"]["endpoints"]
+    (port,) = service["spec"]["ports"]
+    assert endpoint["port"] == port["name"] and port["targetPort"] == "http"
+    assert "http" in {p["name"] for p in pod["spec"]["containers"][0]["ports"]}
+    served = {r.resource.canonical for r in application(Metrics(), lambda: True).router.routes()}
+    assert endpoint["path"] in served
+
+
+def _dashboard(objects: list[dict]) -> dict:
+    config_map = one([o for o in objects if o["metadata"]["name"].endswith("-dashboard")], "ConfigMap")
+    assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
+    return json.loads(config_map["data"]["stylebatch.json"])
+
+
+def test_grafana_dashboard_is_off_by_default_and_queries_exactly_the_metrics_the_operator_exports():
+    from stylebatch_operator.metrics import series_names
+
+    assert not [o for o in render() if o["kind"] == "ConfigMap" and o["metadata"]["name"].endswith("-dashboard")]
+    dashboard = _dashboard(render("monitoring"))
+    queries = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    used = {name for q in queries for name in re.findall(r"\bstylebatch_[a-z_]+", q)}
+    exported = series_names(Metrics())
+    assert used <= exported, used - exported  # every panel shows data: no name the operator does not export
+    families = {re.sub(r"_(total|bucket|sum|count)$", "", n) for n in exported}
+    shown = {re.sub(r"_(total|bucket|sum|count)$", "", n) for n in used}
+    assert shown == families, families - shown  # and every metric has a panel
+    assert all(p["datasource"]["uid"] == "${datasource}" for p in dashboard["panels"])
+    ids = [p["id"] for p in dashboard["panels"]]
+    assert len(ids) == len(set(ids))
+
+
 def test_reconcile_interval_reaches_the_operator():
     assert from_environment(env(render())).interval == 10
     values = {"operator": {"reconcileIntervalSeconds": 2.5}}

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
 import jsonpatch
 import kmock
 import pytest
@@ -645,8 +646,10 @@ def test_liveness_and_metrics_endpoints_report_jobs_frames_and_retries():
             metrics = await eventually_scraped(port, lambda m: m["stylebatch_frames_stylized_total"] == 40)
             assert metrics['stylebatch_jobs{phase="Stylizing"}'] == 1
             assert metrics['stylebatch_jobs{phase="Pending"}'] == 0
-            assert metrics['stylebatch_child_retries_total{stage="stylize"}'] == 1
-            assert metrics['stylebatch_child_retries_total{stage="preprocess"}'] == 0
+            assert summed(metrics, "stylebatch_child_retries_total", stage="stylize") == 1
+            assert summed(metrics, "stylebatch_child_retries_total", stage="preprocess") == 0
+            assert metrics["stylebatch_job_start_seconds_count"] == 1
+            assert metrics['stylebatch_stage_duration_seconds_count{stage="preprocess"}'] == 1
 
             await finish(api, MPIJOBS, "orangutan-stylize-2")
             await eventually(lambda: child(api, "Job", "orangutan-postprocess-1"))
@@ -654,6 +657,8 @@ def test_liveness_and_metrics_endpoints_report_jobs_frames_and_retries():
             metrics = await eventually_scraped(port, lambda m: m['stylebatch_jobs{phase="Succeeded"}'] == 1)
             assert metrics["stylebatch_frames_stylized_total"] == 100  # stylize's success completes the count
             assert metrics['stylebatch_jobs{phase="Stylizing"}'] == 0
+            assert summed(metrics, "stylebatch_stage_duration_seconds_count") == 3  # one success per stage
+            assert metrics["stylebatch_job_duration_seconds_count"] == 1
 
             await eventually(lambda: not job(api)["metadata"].get("finalizers"))
             (await api.delete(f"{STJ}/orangutan")).release()
@@ -807,7 +812,7 @@ def test_the_operator_never_imports_torch_or_the_workers_heavy_modules():
     code = ("import sys, stylebatch.cli, stylebatch_operator.main, stylebatch_operator.handlers; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'numpy', 'av') "
             "or m.startswith('stylebatch.') and m not in ('stylebatch.cli', 'stylebatch.contract', 'stylebatch.errors', 'stylebatch.progress',"
-            " 'stylebatch.temporal_defaults', 'stylebatch.trigger')))")  # pure: constants, the VideoWatch's decisions
+            " 'stylebatch.temporal_defaults', 'stylebatch.trigger', 'stylebatch.fields', 'stylebatch.requests')))")  # pure
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
@@ -843,18 +848,22 @@ async def until_healthy(port: int, timeout: float) -> None:
 
 
 async def scrape(port: int) -> dict[str, float]:
-    """GET /metrics, parsed: every sample by name and labels, each declared by a # TYPE line."""
+    """GET /metrics, parsed as Prometheus parses it: every sample by name{labels, sorted}."""
     async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{port}/metrics") as resp:
         assert resp.status == 200 and resp.content_type == "text/plain"
         text = await resp.text()
-    declared = {line.split()[2] for line in text.splitlines() if line.startswith("# TYPE ")}
     samples = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, value = line.rsplit(" ", 1)
-            assert name.split("{")[0] in declared, line
-            samples[name] = float(value)
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(s.labels.items()))
+            samples[f"{s.name}{{{labels}}}" if labels else s.name] = s.value
     return samples
+
+
+def summed(samples: dict[str, float], name: str, **labels: str) -> float:
+    """The sum of `name`'s samples that carry `labels` (whatever their other labels)."""
+    return sum(v for k, v in samples.items() if k.split("{")[0] == name
+               and all(f'{label}="{value}"' in k for label, value in labels.items()))
 
 
 async def eventually_scraped(port: int, check: Callable[[dict[str, float]], bool]) -> dict[str, float]:

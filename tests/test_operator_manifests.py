@@ -17,12 +17,16 @@ import pytest
 import yaml
 
 from stylebatch.cli import build_parser
+from stylebatch.requests import (
+    EncodingOptions, ModelOptions, PostprocessRequest, PreprocessRequest, StylizeRequest, parse_argv,
+)
 from stylebatch_operator.crd import SPEC_SCHEMA, apply_defaults
 from stylebatch_operator.decide import ADVANCE, START, decide
 from stylebatch_operator.manifests import (
-    RUN_AS_USER, build_child, build_mpijob, build_postprocess_job, build_preprocess_job,
+    RUN_AS_USER, build_child, build_mpijob, build_postprocess_job, build_preprocess_job, work_dir,
 )
 from stylebatch_operator.settings import Settings
+from stylebatch_operator.spec import effective_spec
 from stylebatch_operator.status import status_patch
 
 REPO = Path(__file__).resolve().parent.parent
@@ -164,20 +168,33 @@ def test_mpijob_runs_stylize_under_mpich_across_every_gpu():
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_every_pod_command_is_one_the_worker_cli_accepts(variant):
+def test_every_pod_command_parses_back_to_the_request_the_job_asks_for(variant):
+    """The operator writes pod commands with the worker's own request types; what a pod runs is
+    read by the worker's real CLI as exactly the request the job's spec means."""
     parser = build_parser()
     job = stj(**VARIANTS[variant])
+    spec, work = effective_spec(job), work_dir(job)
+    processing, encoder = spec.get("processing") or {}, spec.get("encoder") or {}
+    expected = {
+        "preprocess": PreprocessRequest(input=spec["input"], work=work, output=spec["output"], encoding=EncodingOptions(
+            codec=encoder.get("codec"), crf=encoder.get("crf"), bitrate=encoder.get("bitrate"),
+            preset=encoder.get("preset"), chunk_frames=processing.get("chunkFrames"))),
+        "stylize": StylizeRequest(work=work, model=ModelOptions(
+            style=spec["style"], strength=spec["strength"], max_side=processing.get("maxSide"),
+            batch_size=processing.get("batchSize"), device="cuda" if spec["gpusPerWorker"] else "cpu",
+            keep_colors=spec.get("keepColors", False), temporal=processing.get("temporal"),
+            temporal_strength=processing.get("temporalStrength"))),
+        "postprocess": PostprocessRequest(work=work, delete_work=not spec.get("keepWorkDir")),
+    }
     pre = build_preprocess_job(job)["spec"]["template"]["spec"]["containers"][0]["args"]
     post = build_postprocess_job(job)["spec"]["template"]["spec"]["containers"][0]["args"]
     launcher = build_mpijob(job)["spec"]["mpiReplicaSpecs"]["Launcher"]["template"]["spec"]["containers"][0]["args"]
     stylize = launcher[launcher.index("stylebatch"):]
     for argv in (pre, stylize, post):
         assert argv[0] == "stylebatch"
-        args = parser.parse_args(argv[1:])
-        assert args.command == argv[1] and args.work == argv[argv.index("--work") + 1]
-    args = parser.parse_args(stylize[1:])
-    assert (args.style, args.strength) == (job["spec"]["style"], job["spec"]["strength"])
-    assert args.keep_colors == job["spec"].get("keepColors", False)
+        assert parse_argv(argv[1:]) == expected[argv[1]]
+        ns = parser.parse_args(argv[1:])
+        assert ns.request.from_namespace(ns) == expected[argv[1]]
 
 
 def test_cpu_fallback_asks_for_no_gpu_and_tolerates_no_gpu_taint():

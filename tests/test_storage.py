@@ -20,6 +20,7 @@ from typing import Callable
 import pytest
 
 from stylebatch import storage
+from stylebatch.storage import tuning
 from stylebatch.errors import StylebatchError
 
 BAD_KEY = base64.b64encode(b"not the right key, but well formed" * 2).decode()
@@ -199,11 +200,11 @@ def test_failed_upload_publishes_nothing_and_keeps_the_old_object(
     root: storage.Location, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Small blocks, so the blob upload has really staged some blocks when the source fails.
-    monkeypatch.setattr(storage, "settings", dataclasses.replace(
-        storage.settings, max_single_put_size=64 * 1024, max_block_size=64 * 1024, max_concurrency=2))
+    monkeypatch.setattr(tuning, "settings", dataclasses.replace(
+        tuning.settings, max_single_put_size=64 * 1024, max_block_size=64 * 1024, max_concurrency=2))
     source = tmp_path / "video.mp4"
     source.write_bytes(os.urandom(1024 * 1024))
-    monkeypatch.setattr(storage, "_open_source", lambda path: FailingReader(path, budget=300 * 1024))
+    monkeypatch.setattr(tuning, "open_file", lambda path: FailingReader(path, budget=300 * 1024))
 
     fresh = root.child("fresh.mp4")
     message = error_of(lambda: fresh.upload(source))
@@ -253,8 +254,8 @@ def test_large_blobs_stream_through_blocks_and_ranged_gets(
     azure_env, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     chunk = 256 * 1024
-    monkeypatch.setattr(storage, "settings", dataclasses.replace(
-        storage.settings, max_single_put_size=chunk, max_block_size=chunk,
+    monkeypatch.setattr(tuning, "settings", dataclasses.replace(
+        tuning.settings, max_single_put_size=chunk, max_block_size=chunk,
         max_single_get_size=chunk, max_chunk_get_size=chunk, max_concurrency=2))
     size = 16 * 1024 * 1024
     source = tmp_path / "big.mp4"
@@ -479,7 +480,7 @@ def test_account_alone_uses_the_workload_identity(
 ) -> None:
     """AZURE_STORAGE_ACCOUNT alone → DefaultAzureCredential, which picks up the workload identity
     that the AKS webhook injects. Here its token file was never mounted: one line, no warning dump."""
-    no_storage_env.setattr(storage, "settings", dataclasses.replace(storage.settings, retry_total=0))
+    no_storage_env.setattr(tuning, "settings", dataclasses.replace(tuning.settings, retry_total=0))
     for name, value in {
         "AZURE_STORAGE_ACCOUNT": "myacct",
         "AZURE_STORAGE_BLOB_ENDPOINT": f"https://127.0.0.1:{closed_port()}/myacct",
@@ -561,7 +562,7 @@ def test_access_denied_names_the_object(azure_env, azurite, no_storage_env) -> N
 
 
 def test_connection_refused_is_one_line(no_storage_env, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(storage, "settings", dataclasses.replace(storage.settings, retry_total=0))
+    monkeypatch.setattr(tuning, "settings", dataclasses.replace(tuning.settings, retry_total=0))
     port = closed_port()
     no_storage_env.setenv("AZURE_STORAGE_CONNECTION_STRING", "UseDevelopmentStorage=true")
     no_storage_env.setenv("AZURE_STORAGE_BLOB_ENDPOINT", f"http://127.0.0.1:{port}/devstoreaccount1")

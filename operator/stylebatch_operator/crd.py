@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from stylebatch.contract import PRECISIONS
+from stylebatch.contract import DEFAULT_STYLE, PRECISIONS
 from stylebatch.temporal_defaults import DEFAULT_MODE as TEMPORAL_DEFAULT
 from stylebatch.temporal_defaults import DEFAULT_STRENGTH as TEMPORAL_STRENGTH
 from stylebatch.temporal_defaults import MODES as TEMPORAL_MODES
@@ -34,7 +34,6 @@ CRD_NAME = f"{PLURAL}.{GROUP}"
 # jsonpath='{.metadata.annotations.stylebatch\.io/release}'`.
 RELEASE_ANNOTATION = f"{GROUP}/release"
 RELEASE = metadata.version("stylebatch")
-DEFAULT_STYLE = "lavender-gold"  # the worker's stylebatch.models.DEFAULT_STYLE (a test keeps them equal)
 PHASES = ["Pending", "Preprocessing", "Stylizing", "Postprocessing", "Succeeded", "Failed"]
 
 

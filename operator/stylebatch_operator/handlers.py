@@ -121,7 +121,7 @@ async def reconcile(kube: Kube, namespace: str, name: str, logger: logging.Logge
     if patch:
         await kube.patch_status(KIND, namespace, name, patch)
     if metrics is not None:
-        metrics.observe_action(action)
+        metrics.observe_action(action, stj, child, now)
     event = event_for(action)
     if event is not None:
         type_, reason, message = event

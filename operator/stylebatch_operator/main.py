@@ -34,6 +34,8 @@ def run(args: argparse.Namespace) -> int:
     settings = from_environment(os.environ)  # a malformed variable stops here, in one line
     asyncio.run(check_installed_crd())  # so do missing credentials and an older CRD, before kopf starts
     kopf.configure(verbose=False)
+    if getattr(args, "log_format", "text") == "json":
+        json_logs()
     log = logging.getLogger("stylebatch_operator")
     log.setLevel(logging.INFO)
     where = f"namespaces {', '.join(namespaces)}" if namespaces else "all namespaces"
@@ -41,6 +43,15 @@ def run(args: argparse.Namespace) -> int:
     log.info("%s", settings.summary())
     asyncio.run(serve(namespaces=namespaces, liveness_port=args.liveness_port, settings=settings))
     return 0
+
+
+def json_logs() -> None:
+    """Every record (kopf's and ours) as one JSON object per line; a record about a job names it."""
+    from stylebatch.logs import FORMAT_ENV, JsonFormat
+
+    os.environ[FORMAT_ENV] = "json"
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(JsonFormat())
 
 
 async def serve(*, namespaces: Collection[str] = (), liveness_port: int | None = None,

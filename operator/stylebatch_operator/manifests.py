@@ -14,7 +14,9 @@ import copy
 from typing import Any
 
 from stylebatch.contract import EXIT_BAD_INPUT, JOB_ENV
-
+from stylebatch.requests import (
+    EncodingOptions, ModelOptions, PostprocessRequest, PreprocessRequest, StylizeRequest,
+)
 from stylebatch_operator.names import (
     KUEUE_QUEUE_LABEL, MPI_API_VERSION, POSTPROCESS, PREPROCESS, STYLIZE, child_labels, child_name, owner_reference,
 )
@@ -58,25 +60,44 @@ def work_dir(stj: dict[str, Any], spec: dict[str, Any] | None = None) -> str:
                          or derived_work_dir(spec["output"], meta["namespace"], meta["name"], meta["uid"]))
 
 
-def build_preprocess_job(stj: dict[str, Any], attempt: int = 1, deadline_seconds: int | None = None) -> dict[str, Any]:
+def preprocess_request(stj: dict[str, Any]) -> PreprocessRequest:
     spec = effective_spec(stj)
     # No SAS token in any pod argument (anyone who can list pods reads them): the pods take their
     # credentials from the storage Secret's environment variables.
-    args = ["preprocess", strip_secrets(spec["input"]), "--work", work_dir(stj), "-o", strip_secrets(spec["output"])]
+    return PreprocessRequest(input=strip_secrets(spec["input"]), work=work_dir(stj), output=strip_secrets(spec["output"]),
+                             encoding=encoding_options(spec))
+
+
+def stylize_request(stj: dict[str, Any]) -> StylizeRequest:
+    spec = effective_spec(stj)
+    processing = spec.get("processing") or {}
+    return StylizeRequest(work=work_dir(stj), model=ModelOptions(
+        style=strip_secrets(spec["style"]), strength=spec["strength"], keep_colors=bool(spec.get("keepColors")),
+        max_side=processing.get("maxSide"), device="cuda" if spec["gpusPerWorker"] > 0 else "cpu",
+        batch_size=processing.get("batchSize"), precision=processing.get("precision"),
+        temporal=processing.get("temporal"),
+        temporal_strength=processing.get("temporalStrength")))
+
+
+def postprocess_request(stj: dict[str, Any]) -> PostprocessRequest:
+    # --delete-work: only stylebatch's own files, after the video is published
+    return PostprocessRequest(work=work_dir(stj), delete_work=not effective_spec(stj).get("keepWorkDir"))
+
+
+def encoding_options(spec: dict[str, Any]) -> EncodingOptions:
+    """spec.encoder and spec.processing.chunkFrames as the worker's encoding flags."""
     encoder = spec.get("encoder") or {}
-    for field, flag in (("codec", "--codec"), ("crf", "--crf"), ("bitrate", "--bitrate"), ("preset", "--preset")):
-        if field in encoder:
-            args += [flag, str(encoder[field])]
-    if "chunkFrames" in (spec.get("processing") or {}):
-        args += ["--chunk-frames", str(spec["processing"]["chunkFrames"])]
-    return _job(stj, PREPROCESS, attempt, args, deadline_seconds)
+    return EncodingOptions(codec=encoder.get("codec"), crf=encoder.get("crf"), bitrate=encoder.get("bitrate"),
+                           preset=encoder.get("preset"),
+                           chunk_frames=(spec.get("processing") or {}).get("chunkFrames"))
+
+
+def build_preprocess_job(stj: dict[str, Any], attempt: int = 1, deadline_seconds: int | None = None) -> dict[str, Any]:
+    return _job(stj, PREPROCESS, attempt, preprocess_request(stj).to_argv(), deadline_seconds)
 
 
 def build_postprocess_job(stj: dict[str, Any], attempt: int = 1, deadline_seconds: int | None = None) -> dict[str, Any]:
-    args = ["postprocess", "--work", work_dir(stj)]
-    if not effective_spec(stj).get("keepWorkDir"):
-        args.append("--delete-work")  # only stylebatch's own files, after the video is published
-    return _job(stj, POSTPROCESS, attempt, args, deadline_seconds)
+    return _job(stj, POSTPROCESS, attempt, postprocess_request(stj).to_argv(), deadline_seconds)
 
 
 def build_mpijob(stj: dict[str, Any], attempt: int = 1, deadline_seconds: int | None = None) -> dict[str, Any]:
@@ -122,25 +143,8 @@ def build_child(stj: dict[str, Any], stage: str, attempt: int, deadline_seconds:
 
 
 def stylize_args(stj: dict[str, Any], ranks: int) -> list[str]:
-    spec = effective_spec(stj)
-    args = ["mpiexec", "-n", str(ranks), "-f", HOSTFILE,
-            "stylebatch", "stylize", "--work", work_dir(stj), "--style", strip_secrets(spec["style"]),
-            "--strength", _number(spec["strength"]),
-            "--device", "cuda" if spec["gpusPerWorker"] > 0 else "cpu"]
-    processing = spec.get("processing") or {}
-    if "maxSide" in processing:
-        args += ["--max-side", str(processing["maxSide"])]
-    if "batchSize" in processing:
-        args += ["--batch-size", str(processing["batchSize"])]
-    if spec.get("keepColors"):
-        args.append("--keep-colors")
-    if "precision" in processing:
-        args += ["--precision", processing["precision"]]
-    if "temporal" in processing:
-        args += ["--temporal", processing["temporal"]]
-    if "temporalStrength" in processing:
-        args += ["--temporal-strength", _number(processing["temporalStrength"])]
-    return args
+    """The launcher's command: every rank runs the same stylize request."""
+    return ["mpiexec", "-n", str(ranks), "-f", HOSTFILE, "stylebatch", *stylize_request(stj).to_argv()]
 
 
 def _job(stj: dict[str, Any], stage: str, attempt: int, args: list[str], deadline_seconds: int | None) -> dict[str, Any]:
@@ -286,10 +290,6 @@ def _deadline(spec: dict[str, Any], deadline_seconds: int | None) -> int:
     """A child never outlives the job's own deadline."""
     total = int(spec["activeDeadlineSeconds"])
     return max(1, min(total, int(deadline_seconds))) if deadline_seconds is not None else total
-
-
-def _number(x: float) -> str:
-    return str(int(x)) if float(x).is_integer() else str(x)
 
 
 def _unique(tolerations: list[dict[str, Any]]) -> list[dict[str, Any]]:

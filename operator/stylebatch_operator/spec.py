@@ -13,8 +13,7 @@ import re
 from typing import Any
 from urllib.parse import urlsplit
 
-from stylebatch.contract import is_style_file, split_style_term
-
+from stylebatch.contract import OUTPUT_EXTENSIONS, is_style_file, split_style_term
 from stylebatch_operator.crd import SPEC_SCHEMA, apply_defaults
 from stylebatch_operator.names import MAX_NAME_LENGTH, NAME_PATTERN, NAME_RULE_MESSAGE
 from stylebatch_operator.settings import BUILT_IN, Settings
@@ -33,8 +32,6 @@ SERVICE_ACCOUNT = "serviceAccountName"
 POD_DEFAULTS = "pods"
 # What a pod can reach: blob URIs (http:// for an emulator such as Azurite), never a local path.
 BLOB_SCHEMES = ("az://", "https://", "http://")
-# The containers the worker writes (stylebatch.encoder.CONTAINERS).
-OUTPUT_EXTENSIONS = (".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi")
 
 
 def shown_spec(spec: dict[str, Any]) -> dict[str, Any]:

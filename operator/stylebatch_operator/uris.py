@@ -7,7 +7,7 @@ import posixpath
 import re
 from urllib.parse import urlsplit, urlunsplit
 
-WORK_DIR_NAME = ".stylebatch-work"
+from stylebatch.contract import WORK_DIR_NAME
 
 
 def strip_secrets(uri: str) -> str:

@@ -21,7 +21,7 @@ def application(metrics: Metrics, started: Callable[[], bool]) -> aiohttp.web.Ap
         return aiohttp.web.json_response({}, status=200 if started() else 503)
 
     async def scrape(_: aiohttp.web.Request) -> aiohttp.web.Response:
-        return aiohttp.web.Response(body=metrics.render().encode(), headers={"Content-Type": CONTENT_TYPE})
+        return aiohttp.web.Response(body=metrics.render(), headers={"Content-Type": CONTENT_TYPE})
 
     app = aiohttp.web.Application()
     app.add_routes([aiohttp.web.get("/healthz", healthz), aiohttp.web.get("/metrics", scrape)])

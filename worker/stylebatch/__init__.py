@@ -1,4 +1,11 @@
-"""stylebatch: batch neural style transfer for videos, locally or on Kubernetes."""
+"""stylebatch: batch neural style transfer for videos, locally or on Kubernetes.
+
+    import stylebatch
+    result = stylebatch.stylize_video("in.mp4", "out.mp4", style="ink-wash", progress=print)
+
+The stages, over typed requests, are in stylebatch.api (preprocess, stylize, postprocess). Importing
+stylebatch imports neither torch nor PyAV. See docs/api.md.
+"""
 
 from importlib.metadata import PackageNotFoundError, version
 
@@ -6,3 +13,24 @@ try:
     __version__ = version("stylebatch")
 except PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0.0.0"
+
+from stylebatch.errors import BadInput, Interrupted, StylebatchError, TransientError  # noqa: E402
+from stylebatch.requests import (  # noqa: E402
+    EncodingOptions, ModelOptions, PostprocessRequest, PreprocessRequest, RunRequest, StylizeRequest,
+)
+
+_LAZY = {"stylize_video": "stylebatch.api", "list_styles": "stylebatch.api", "Result": "stylebatch.run"}
+
+
+def __getattr__(name: str):
+    """stylize_video, list_styles and Result, imported when first used (the operator imports this
+    package for its request types and needs none of the rest)."""
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'stylebatch' has no attribute {name!r}")
+
+__all__ = ["stylize_video", "Result", "list_styles", "StylebatchError", "BadInput", "TransientError", "Interrupted",
+           "EncodingOptions", "ModelOptions", "PreprocessRequest", "StylizeRequest", "PostprocessRequest",
+           "RunRequest", "__version__"]

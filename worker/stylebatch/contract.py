@@ -1,13 +1,16 @@
 """The contract between the worker and everything that runs it (the CLI's callers, the operator,
-scripts): exit codes and the error line. Pure: no torch, no Azure SDK, importable by the operator.
+scripts): exit codes, the error line, the output containers and codecs, the built-in style names and
+the work dir's layout. Pure: no torch, no PyAV, no Azure SDK; the operator imports it.
 
-Issue 9 grows this module (containers, codecs, style names, work-dir layout); the values here are
-already a contract and do not change.
+Every value here is the one source of its rule: the worker's flags (stylebatch.requests), the
+encoder, the operator's checks and the CRD read them from here.
 """
 
 from __future__ import annotations
 
 import re
+
+# --- exit codes and the error line ---
 
 ERROR_PREFIX = "stylebatch: error: "  # every failure ends in exactly one line starting with this
 
@@ -18,6 +21,59 @@ EXIT_INTERRUPTED = 130  # SIGINT (Ctrl-C): 128 + 2
 EXIT_TERMINATED = 143  # SIGTERM (kill, timeout, docker stop, Kubernetes): 128 + 15
 
 RETRYABLE_EXIT_CODES = frozenset({EXIT_TRANSIENT})
+
+# --- output containers and video codecs ---
+
+CONTAINERS = {".mp4": "mp4", ".mov": "mov", ".m4v": "mp4", ".mkv": "matroska", ".webm": "webm", ".avi": "avi"}
+"""Output extension -> FFmpeg muxer. The extension of the output picks the container."""
+OUTPUT_EXTENSIONS = tuple(CONTAINERS)
+
+CODEC_ALIASES = {
+    "h264": "libx264", "x264": "libx264", "avc": "libx264", "libx264": "libx264",
+    "hevc": "libx265", "h265": "libx265", "x265": "libx265", "libx265": "libx265",
+    "vp9": "libvpx-vp9", "libvpx-vp9": "libvpx-vp9",
+    "nvenc": "h264_nvenc", "h264_nvenc": "h264_nvenc", "hevc_nvenc": "hevc_nvenc",
+    "mjpeg": "mjpeg",
+}
+"""What users type for --codec (spec.encoder.codec) -> FFmpeg encoder."""
+ENCODERS = frozenset(CODEC_ALIASES.values())
+FLAG_NAME = {"libx264": "h264", "libx265": "hevc", "libvpx-vp9": "vp9"}  # the --codec name users type
+ALLOWED = {
+    "mp4": {"libx264", "libx265", "libvpx-vp9", "h264_nvenc", "hevc_nvenc"},
+    "mov": {"libx264", "libx265", "h264_nvenc", "hevc_nvenc", "mjpeg"},
+    "matroska": set(ENCODERS),
+    "webm": {"libvpx-vp9"},
+    "avi": {"mjpeg"},  # AVI has no presentation timestamps: intra-only keeps every frame exact
+}
+DEFAULT_CODEC = {"mp4": "libx264", "mov": "libx264", "matroska": "libx264", "webm": "libvpx-vp9", "avi": "mjpeg"}
+QUALITY = {  # crf/quality scale per encoder: (default, low, high)
+    "libx264": (18, 0, 51), "libx265": (20, 0, 51), "libvpx-vp9": (30, 0, 63),
+    "h264_nvenc": (20, 0, 51), "hevc_nvenc": (22, 0, 51), "mjpeg": (3, 2, 31),
+}
+_X26X_PRESETS = (
+    "ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow", "placebo")
+PRESETS = {
+    "libx264": _X26X_PRESETS, "libx265": _X26X_PRESETS,
+    "libvpx-vp9": ("realtime", "good", "best"),
+    "h264_nvenc": tuple(f"p{i}" for i in range(1, 8)), "hevc_nvenc": tuple(f"p{i}" for i in range(1, 8)),
+    "mjpeg": (),
+}
+DEFAULT_PRESET = {
+    "libx264": "medium", "libx265": "medium", "libvpx-vp9": "good", "h264_nvenc": "p5", "hevc_nvenc": "p5"}
+BITRATE_PATTERN = r"\s*(\d+(?:\.\d+)?)\s*([kKmMgG]?)\s*(?:bps|b)?\s*"  # 4M, 800k, 2500000
+
+# --- styles ---
+
+STYLE_NAMES = (
+    "pastel-gold", "ink-and-lemon", "ink-wash", "tangled-ribbons", "crimson-and-gold", "warm-brushwork",
+    "navy-honeycomb", "primary-colors", "pastel-sketch", "teal-beadwork", "terracotta", "ink-on-parchment",
+    "lavender-gold", "lime-stained-glass", "ice-wash", "pastel-tiles", "blue-streaks", "brick-grid",
+    "sepia-woodcut", "blue-gold-swirls", "red-ember", "cut-paper", "cream-crackle", "green-nocturne",
+    "indigo-on-cream", "copper-mosaic",
+)
+"""The built-in styles in index order (`--style 12` is STYLE_NAMES[12]); stylebatch.models holds
+their weights and descriptions."""
+DEFAULT_STYLE = "lavender-gold"
 
 # --style: a built-in name, a painting to imitate or fast_neural_style weights (files by these
 # suffixes, or any path/URI), or a blend of them: "starry.jpg:0.7,lavender-gold:0.3".
@@ -36,6 +92,21 @@ def is_style_file(ref: str) -> bool:
     """A painting or weights file (a path or URI), not a built-in name."""
     path = ref.strip().split("?", 1)[0].lower()
     return "/" in path or "\\" in path or path.endswith(STYLE_IMAGE_SUFFIXES + STYLE_WEIGHTS_SUFFIXES)
+
+
+DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # --precision, spec.processing.precision
+
+# --- the work dir: the only interface between the stages ---
+
+OWNER_NAME = "stylebatch-work.json"  # written first: stylebatch made this work dir, and what it wrote there
+LOCK_NAME = "stylebatch.lock"  # one writer at a time
+MANIFEST_NAME = "manifest.json"  # written last by preprocess: its existence means preprocess finished
+STYLIZE_NAME = "stylize.json"  # the style settings the parts were made with
+PARTS_DIR = "parts"  # one encoded part per chunk of frames
+PART_EXT = ".mkv"  # parts are Matroska whatever the final container: it holds every codec above
+SOURCE_STEM = "source"  # the input's byte copy: source.<input's extension>
+WORK_DIR_NAME = ".stylebatch-work"  # the operator's default work dirs live under <output's folder>/ this
 
 # Outputs name the job that wrote them, so that a watch never takes them for new uploads: every
 # blob the worker writes while JOB_ENV is set carries metadata OUTPUT_TAG=<job> (stylebatch.trigger).

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from fractions import Fraction
 from pathlib import Path
 
@@ -14,87 +13,10 @@ from stylebatch.errors import StylebatchError
 from stylebatch.memory import codec_threads
 from stylebatch.manifest import EncoderSettings
 
-CONTAINERS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska", ".webm": "webm", ".avi": "avi"}
-CODEC_ALIASES = {
-    "h264": "libx264", "x264": "libx264", "avc": "libx264", "libx264": "libx264",
-    "hevc": "libx265", "h265": "libx265", "x265": "libx265", "libx265": "libx265",
-    "vp9": "libvpx-vp9", "libvpx-vp9": "libvpx-vp9",
-    "nvenc": "h264_nvenc", "h264_nvenc": "h264_nvenc", "hevc_nvenc": "hevc_nvenc",
-    "mjpeg": "mjpeg",
-}
-_ALL = set(CODEC_ALIASES.values())
-FLAG_NAME = {"libx264": "h264", "libx265": "hevc", "libvpx-vp9": "vp9"}  # what users type for --codec
-ALLOWED = {
-    "mp4": {"libx264", "libx265", "libvpx-vp9", "h264_nvenc", "hevc_nvenc"},
-    "mov": {"libx264", "libx265", "h264_nvenc", "hevc_nvenc", "mjpeg"},
-    "matroska": _ALL,
-    "webm": {"libvpx-vp9"},
-    "avi": {"mjpeg"},  # AVI has no presentation timestamps: intra-only keeps every frame exact
-}
-DEFAULT_CODEC = {"mp4": "libx264", "mov": "libx264", "matroska": "libx264", "webm": "libvpx-vp9", "avi": "mjpeg"}
-# crf/quality scale per encoder: (default, low, high)
-QUALITY = {
-    "libx264": (18, 0, 51), "libx265": (20, 0, 51), "libvpx-vp9": (30, 0, 63),
-    "h264_nvenc": (20, 0, 51), "hevc_nvenc": (22, 0, 51), "mjpeg": (3, 2, 31),
-}
-_X26X_PRESETS = [
-    "ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow", "placebo"]
-PRESETS = {
-    "libx264": _X26X_PRESETS, "libx265": _X26X_PRESETS,
-    "libvpx-vp9": ["realtime", "good", "best"],
-    "h264_nvenc": [f"p{i}" for i in range(1, 8)], "hevc_nvenc": [f"p{i}" for i in range(1, 8)],
-    "mjpeg": [],
-}
-DEFAULT_PRESET = {
-    "libx264": "medium", "libx265": "medium", "libvpx-vp9": "good", "h264_nvenc": "p5", "hevc_nvenc": "p5"}
-PART_EXT = ".mkv"  # parts are Matroska whatever the final container: it holds every codec above
+from stylebatch.contract import PART_EXT
+
 # Matroska counts in milliseconds; capping the rate the encoder is told keeps part timestamps distinct.
 _MAX_PART_RATE = Fraction(500)
-
-
-def container_for(output_name: str) -> str:
-    ext = Path(output_name).suffix.lower()
-    if ext not in CONTAINERS:
-        raise StylebatchError(
-            f"output {output_name!r} needs one of the extensions {', '.join(sorted(CONTAINERS))}")
-    return CONTAINERS[ext]
-
-
-def parse_bitrate(text: str) -> int:
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kKmMgG]?)\s*(?:bps|b)?\s*", text)
-    if not m:
-        raise StylebatchError(f"bad --bitrate {text!r}: use e.g. 4M, 800k or 2500000")
-    value = float(m.group(1)) * {"": 1, "k": 1e3, "m": 1e6, "g": 1e9}[m.group(2).lower()]
-    if not 1e3 <= value <= 1e10:
-        raise StylebatchError(f"bad --bitrate {text!r}: must be between 1k and 10G")
-    return int(value)
-
-
-def choose_settings(output_name: str, *, codec: str | None = None, crf: int | None = None,
-                    bitrate: str | None = None, preset: str | None = None) -> EncoderSettings:
-    """Validated encoder settings (pix_fmt is decided later, from the source)."""
-    container = container_for(output_name)
-    if codec is None:
-        enc = DEFAULT_CODEC[container]
-    else:
-        enc = CODEC_ALIASES.get(codec.lower())
-        if enc is None:
-            raise StylebatchError(f"unknown --codec {codec!r}: use one of {', '.join(sorted(CODEC_ALIASES))}")
-    if enc not in ALLOWED[container]:
-        raise StylebatchError(f"--codec {codec} cannot go into {Path(output_name).suffix} "
-                              f"(use {', '.join(sorted(FLAG_NAME.get(e, e) for e in ALLOWED[container]))})")
-    if crf is not None and bitrate is not None:
-        raise StylebatchError("--crf and --bitrate exclude each other: give one")
-    default_q, low, high = QUALITY[enc]
-    if crf is not None and not low <= crf <= high:
-        raise StylebatchError(f"bad --crf {crf}: {enc} takes {low} to {high}")
-    rate = parse_bitrate(bitrate) if bitrate is not None else None
-    if preset is not None and preset not in PRESETS[enc]:
-        choices = ", ".join(PRESETS[enc]) or "none"
-        raise StylebatchError(f"bad --preset {preset!r} for {enc}: choices are {choices}")
-    return EncoderSettings(codec=enc, pix_fmt="", container=container,
-                           crf=None if rate is not None else (crf if crf is not None else default_q),
-                           bitrate=rate, preset=preset or DEFAULT_PRESET.get(enc))
 
 
 def source_layout(pix_fmt: str) -> tuple[str, int]:

@@ -9,9 +9,13 @@ from stylebatch.contract import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_TERMINATE
 class StylebatchError(Exception):
     """Bad input or a failed step, explained in one line. The CLI prints it without a traceback.
 
-    Raised as is, it means bad input (exit code 2); the subclasses say more."""
+    Raised as is, it means bad input (exit code 2), and it is one: `StylebatchError("...")` makes a
+    BadInput, so a caller's `except BadInput` catches every bad-input error, wherever it was raised."""
 
     exit_code = EXIT_BAD_INPUT
+
+    def __new__(cls, *args, **kwargs):
+        return super().__new__(BadInput if cls is StylebatchError else cls, *args, **kwargs)
 
 
 class BadInput(StylebatchError):

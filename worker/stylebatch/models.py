@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stylebatch.contract import PRECISIONS, is_style_file, split_style_term
+from stylebatch.contract import DEFAULT_STYLE, PRECISIONS, STYLE_NAMES, is_style_file, split_style_term  # noqa: F401 - DEFAULT_STYLE: part of this API
 from stylebatch.errors import BadInput, StylebatchError
 from stylebatch.multistyle import NUM_STYLES, load_multistyle26
 from stylebatch.paintings import is_image_name
@@ -35,38 +35,39 @@ class Style:
 
 # The weights came without names. These describe what each style does to a photo
 # (rendered on test photos and a film frame), not which painting it was trained on.
-_STYLES = [Style(name, index, description) for index, (name, description) in enumerate([
-    ("pastel-gold", "flat pale sky blue and golden yellow with soft dark shadows"),
-    ("ink-and-lemon", "thick black brush outlines over flat lemon yellow and white"),
-    ("ink-wash", "black ink lines over pale peach and grey washes, nearly monochrome"),
-    ("tangled-ribbons", "dense tangle of red, blue, orange and black ribbons; abstract, little of the photo survives"),
-    ("crimson-and-gold", "flat crimson, golden yellow and sky blue areas with crisp edges"),
-    ("warm-brushwork", "orange, red and lilac brushstrokes with dark contours"),
-    ("navy-honeycomb", "dark navy texture pocked with round black cells"),
-    ("primary-colors", "saturated yellow, red and royal blue on black, broad smooth shapes"),
-    ("pastel-sketch", "white paper with pink, cyan and yellow pencil-like strokes"),
-    ("teal-beadwork", "teal and white bead pattern with red patches; the photo becomes a pattern"),
-    ("terracotta", "earthy brown and burnt orange oil-paint look that keeps detail"),
-    ("ink-on-parchment", "brown ink hatching on cream paper with golden fills"),
-    ("lavender-gold", "soft lavender and golden yellow brushwork; calm and steady on video"),
-    ("lime-stained-glass", "lime green, teal and red panes with dark outlines"),
-    ("ice-wash", "pale icy blue and peach, soft and low contrast"),
-    ("pastel-tiles", "white and pastel tile fragments outlined in thin dark lines"),
-    ("blue-streaks", "blue field with diagonal olive and orange streaks"),
-    ("brick-grid", "red, orange and blue rectangles; the photo turns into a block pattern"),
-    ("sepia-woodcut", "beige and brown wood-grain lines like a sepia woodcut"),
-    ("blue-gold-swirls", "deep blue and gold swirling impasto strokes; busy texture"),
-    ("red-ember", "everything in reds with dark blue accents"),
-    ("cut-paper", "flat cut-paper shapes in sky blue, black, cream, pink and yellow"),
-    ("cream-crackle", "cream cells with black crackle veins, lavender and red accents"),
-    ("green-nocturne", "dim green-black with pale glowing highlights, soft"),
-    ("indigo-on-cream", "indigo blue brush texture on cream, like blue-and-white ceramics"),
-    ("copper-mosaic", "copper brown and slate blue mosaic texture"),
-])]
+_DESCRIPTIONS = (  # in the order of contract.STYLE_NAMES
+    "flat pale sky blue and golden yellow with soft dark shadows",
+    "thick black brush outlines over flat lemon yellow and white",
+    "black ink lines over pale peach and grey washes, nearly monochrome",
+    "dense tangle of red, blue, orange and black ribbons; abstract, little of the photo survives",
+    "flat crimson, golden yellow and sky blue areas with crisp edges",
+    "orange, red and lilac brushstrokes with dark contours",
+    "dark navy texture pocked with round black cells",
+    "saturated yellow, red and royal blue on black, broad smooth shapes",
+    "white paper with pink, cyan and yellow pencil-like strokes",
+    "teal and white bead pattern with red patches; the photo becomes a pattern",
+    "earthy brown and burnt orange oil-paint look that keeps detail",
+    "brown ink hatching on cream paper with golden fills",
+    "soft lavender and golden yellow brushwork; calm and steady on video",
+    "lime green, teal and red panes with dark outlines",
+    "pale icy blue and peach, soft and low contrast",
+    "white and pastel tile fragments outlined in thin dark lines",
+    "blue field with diagonal olive and orange streaks",
+    "red, orange and blue rectangles; the photo turns into a block pattern",
+    "beige and brown wood-grain lines like a sepia woodcut",
+    "deep blue and gold swirling impasto strokes; busy texture",
+    "everything in reds with dark blue accents",
+    "flat cut-paper shapes in sky blue, black, cream, pink and yellow",
+    "cream cells with black crackle veins, lavender and red accents",
+    "dim green-black with pale glowing highlights, soft",
+    "indigo blue brush texture on cream, like blue-and-white ceramics",
+    "copper brown and slate blue mosaic texture",
+)
+_STYLES = [Style(name, index, description)
+           for index, (name, description) in enumerate(zip(STYLE_NAMES, _DESCRIPTIONS, strict=True))]
 assert len(_STYLES) == NUM_STYLES
 _BY_NAME = {s.name: s for s in _STYLES}
 
-DEFAULT_STYLE = "lavender-gold"
 MIN_SIDE = 16  # below this the net's reflection pads run out of pixels
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from typing import TextIO
+from typing import Callable, TextIO
 
 from stylebatch.progress import RankProgress, parse_records
 
@@ -21,8 +21,10 @@ class Monitor:
     """Sums the ranks' latest progress lines; speed counts only frames stylized in this run."""
 
     def __init__(self, frames: int, stream: TextIO = sys.stderr, tty: bool | None = None,
-                 log_every_s: float = 10.0) -> None:
+                 log_every_s: float = 10.0, on_update: Callable[[int, int], None] | None = None) -> None:
+        """`on_update(done, frames)` is called with the frames done over all ranks at each report."""
         self.frames = frames
+        self.on_update = on_update
         self.stream = stream
         self.tty = stream.isatty() if tty is None else tty
         self.log_every_s = log_every_s
@@ -46,6 +48,8 @@ class Monitor:
             self.latest[p.rank] = p
         if records:
             self.show()
+            if self.on_update is not None:
+                self.on_update(self.done, self.frames)
         return bool(records)
 
     def status(self) -> str:

@@ -1,13 +1,12 @@
 """Stage 3: mux the parts (stream copy) with the source's sound into OUTPUT, timestamps exactly restored.
 
-pts of presentation index p is the manifest's pts[p]; the decode timestamp of decode position j is
-pts[j - D], D being the reorder delay of the B-frames. Everything is written to a local temp file
-and published atomically, so OUTPUT is only ever the finished video.
+Which streams are copied, re-encoded or left out, and every packet's timestamps, are decided by
+stylebatch.muxing (pure, with a worked B-frame example); this module moves the packets. Everything
+is written to a local temp file and published atomically, so OUTPUT is only ever the finished video.
 """
 
 from __future__ import annotations
 
-import argparse
 import errno
 import heapq
 import logging
@@ -21,44 +20,35 @@ from typing import Iterator
 
 import av
 
-from stylebatch.encoder import ALLOWED, PART_EXT, container_for
+from stylebatch.contract import ALLOWED, PART_EXT
+from stylebatch.encoding import container_for
 from stylebatch.errors import StylebatchError
 from stylebatch.manifest import PARTS_DIR, Manifest, read_manifest
 from stylebatch.workdir import delete_work, hold
+from stylebatch.muxing import (
+    CONTAINER_META_SKIP, audio_plan, keeps_subtitles, mux_options, packet_times, presentation_ranks, timeline,
+)
 from stylebatch.partition import chunk_bounds, part_name
+from stylebatch.requests import PostprocessRequest
 from stylebatch.storage.scrub import printable
 
 log = logging.getLogger(__name__)
 
-AUDIO_COPY = {
-    "mp4": {"aac", "mp3", "ac3", "eac3", "opus", "flac", "alac"},
-    "mov": {"aac", "mp3", "ac3", "eac3", "alac", "pcm_s16le", "pcm_s16be", "pcm_s24le", "pcm_s24be", "pcm_f32le"},
-    "matroska": {"aac", "mp3", "mp2", "ac3", "eac3", "dts", "truehd", "opus", "vorbis", "flac", "alac",
-                 "pcm_s16le", "pcm_s24le", "pcm_s32le", "pcm_f32le", "wavpack", "tta"},
-    "webm": {"opus", "vorbis"},
-    "avi": {"mp3", "mp2", "ac3", "pcm_s16le", "pcm_u8", "pcm_s24le"},
-}
-AUDIO_TRANSCODE = {"mp4": "aac", "mov": "aac", "matroska": "libopus", "webm": "libopus", "avi": "libmp3lame"}
-SUBTITLE_COPY = {
-    "mp4": {"mov_text"}, "mov": {"mov_text"}, "webm": {"webvtt"}, "avi": set(),
-    "matroska": {"subrip", "ass", "ssa", "webvtt", "hdmv_pgs_subtitle", "dvd_subtitle"},
-}
-_CONTAINER_META_SKIP = {"encoder", "major_brand", "minor_version", "compatible_brands"}
-
-
-def run(args: argparse.Namespace) -> int:
+def run(req: PostprocessRequest) -> str:
+    """Stage 3; the output's URI as shown to people (never a SAS)."""
     from stylebatch.storage import location
 
-    work = location(args.work)
+    req.validate()
+    work = location(req.work)
     with hold(work):
-        return _postprocess(work, args)
+        return _postprocess(work, req)
 
 
-def _postprocess(work, args: argparse.Namespace) -> int:
+def _postprocess(work, req: PostprocessRequest) -> str:
     from stylebatch.storage import location
 
     m = read_manifest(work)
-    out = location(args.output or m.output)
+    out = location(req.output or m.output)
     container = container_for(out.name)
     if m.encoder.codec not in ALLOWED[container]:
         raise StylebatchError(f"the parts are {m.encoder.codec}, which cannot go into {Path(out.name).suffix}")
@@ -110,10 +100,10 @@ def _postprocess(work, args: argparse.Namespace) -> int:
         finally:
             result.unlink(missing_ok=True)
     log.info("wrote %s (%d frames)", out.display, m.frames)
-    if getattr(args, "delete_work", False):
+    if req.delete_work:
         delete_work(work)
         log.info("deleted stylebatch's files in work dir %s", work.display)
-    return 0
+    return out.display
 
 
 def _mb(n: int) -> str:
@@ -145,7 +135,7 @@ def check_timeline(m: Manifest, container: str) -> None:
     any work): AVI counts frames at a constant rate, so a long gap becomes too many skipped frames."""
     if container != "avi":
         return
-    pts = timeline(m, container)[1]
+    pts = _timeline(m, container)[1]
     for i in range(1, len(pts)):
         if pts[i] - pts[i - 1] > AVI_MAX_SKIP:
             gap = float((m.pts[i] - m.pts[i - 1]) * Fraction(*m.time_base))
@@ -173,54 +163,33 @@ def _presentation_ranks(packets: list[av.Packet], expected: int, path: Path) -> 
     if len(packets) != expected or any(p.pts is None for p in packets):
         raise StylebatchError(f"part {path.name} is damaged ({len(packets)} frames, expected {expected}): "
                               f"delete it and run stylize again")
-    order = sorted(range(len(packets)), key=lambda j: packets[j].pts)
-    ranks = [0] * len(packets)
-    for p, j in enumerate(order):
-        ranks[j] = p
+    return presentation_ranks([p.pts for p in packets])
+
+
+def _part_ranks(chunks: list[tuple[int, int]], parts: list[Path]) -> list[list[int]]:
+    ranks = []
+    for (s, e), path in zip(chunks, parts):
+        c, packets = _part_packets(path)
+        with c:
+            ranks.append(_presentation_ranks(packets, e - s, path))
     return ranks
 
 
-def _reorder_delay(chunks: list[tuple[int, int]], parts: list[Path]) -> int:
-    delay = 0
-    for (s, e), path in zip(chunks, parts):
-        c, packets = _part_packets(path)
-        with c:
-            ranks = _presentation_ranks(packets, e - s, path)
-        delay = max(delay, max(j - p for j, p in enumerate(ranks)))
-    return delay
-
-
-def timeline(m: Manifest, container: str) -> tuple[Fraction, list[int], int]:
-    """(time base, pts of every frame, last frame's duration) as the output will carry them: the
-    source's own, except in AVI, which counts frames at a constant rate (VFR gets rounded to it)."""
-    tb = Fraction(*m.time_base)
-    if container != "avi":
-        return tb, m.pts, m.last_duration
-    tick = 1 / Fraction(*m.frame_rate)
-    pts: list[int] = []
-    for t in m.pts:
-        pts.append(max(round((t - m.pts[0]) * tb / tick), pts[-1] + 1 if pts else 0))
-    return tick, pts, 1
+def _timeline(m: Manifest, container: str) -> tuple[Fraction, list[int], int]:
+    return timeline(m.time_base, m.pts, m.last_duration, m.frame_rate, container)
 
 
 def _video_packets(m: Manifest, chunks, parts, out_stream, container: str) -> Iterator[tuple[float, int, av.Packet]]:
-    tb, pts, last_duration = timeline(m, container)
-    n = m.frames
-    delay = _reorder_delay(chunks, parts)
-    first_duration = pts[1] - pts[0] if n > 1 else last_duration
-    j = 0
-    for (s, e), path in zip(chunks, parts):
+    tb, pts, last_duration = _timeline(m, container)
+    times = packet_times(pts, last_duration, chunks, _part_ranks(chunks, parts))
+    for path in parts:
         c, packets = _part_packets(path)
         with c:
-            for packet, rank in zip(packets, _presentation_ranks(packets, e - s, path)):
-                p = s + rank
+            for packet in packets:
                 packet.stream = out_stream
                 packet.time_base = tb
-                packet.pts = pts[p]
-                packet.dts = pts[j - delay] if j >= delay else pts[0] - (delay - j) * first_duration
-                packet.duration = (pts[p + 1] if p + 1 < n else pts[p] + last_duration) - pts[p]
+                packet.pts, packet.dts, packet.duration = next(times)
                 yield float(packet.dts * tb), 0, packet
-                j += 1
 
 
 def _copied_packets(source: av.container.InputContainer, streams: dict[int, av.stream.Stream]):
@@ -245,12 +214,10 @@ def _transcoded_packets(path: Path, index: int, out_stream) -> Iterator[tuple[fl
 
 
 def mux(m: Manifest, chunks, parts: list[Path], source: Path | None, result: Path, container: str) -> None:
-    options = {"movflags": "+faststart"} if container in ("mp4", "mov") else {}
-    if container == "avi":  # AVI counts frames: shifting timestamps to avoid negative ones would round them
-        options["avoid_negative_ts"] = "disabled"
+    options = mux_options(container)
     with av.open(str(parts[0])) as first, av.open(str(result), "w", format=container, options=options) as out:
         video = out.add_stream_from_template(first.streams.video[0])
-        video.time_base = timeline(m, container)[0]
+        video.time_base = _timeline(m, container)[0]
         streams: list[Iterator] = [_video_packets(m, chunks, parts, video, container)]
         src = av.open(str(source)) if source is not None else None
         try:
@@ -265,26 +232,25 @@ def mux(m: Manifest, chunks, parts: list[Path], source: Path | None, result: Pat
 
 def _add_source_streams(m: Manifest, src, source: Path, out, container: str) -> list[Iterator]:
     for key, value in src.metadata.items():
-        if key.lower() not in _CONTAINER_META_SKIP:
+        if key.lower() not in CONTAINER_META_SKIP:
             out.metadata[key] = value
     copies: dict[int, av.stream.Stream] = {}
     transcodes: list[Iterator] = []
     for a in m.audio:
         in_s = src.streams[a["index"]]
-        if a["codec"] in AUDIO_COPY[container]:
+        plan = audio_plan(a["codec"], container, a["sample_rate"])
+        if plan.copy:
             copies[in_s.index] = out_s = out.add_stream_from_template(in_s)
         else:
-            target = AUDIO_TRANSCODE[container]
             log.info("audio stream %d: %s cannot go into %s: re-encoding it as %s",
-                     in_s.index, a["codec"], container, target)
-            rate = 48000 if target == "libopus" else (a["sample_rate"] or 48000)
-            out_s = out.add_stream(target, rate=rate)
+                     in_s.index, a["codec"], container, plan.encoder)
+            out_s = out.add_stream(plan.encoder, rate=plan.rate)
             out_s.layout = in_s.codec_context.layout
             transcodes.append(_transcoded_packets(source, in_s.index, out_s))
         _copy_stream_meta(in_s, out_s)
     for s in m.subtitles:
         in_s = src.streams[s["index"]]
-        if s["codec"] in SUBTITLE_COPY[container]:
+        if keeps_subtitles(s["codec"], container):
             copies[in_s.index] = out_s = out.add_stream_from_template(in_s)
             _copy_stream_meta(in_s, out_s)
         else:

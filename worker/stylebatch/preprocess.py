@@ -2,36 +2,35 @@
 
 from __future__ import annotations
 
-import argparse
 import logging
 import re
 import tempfile
 from pathlib import Path
 
 from stylebatch import __version__
-from stylebatch.encoder import check_encoder, choose_pix_fmt, choose_settings
+from stylebatch.contract import ALLOWED, SOURCE_STEM
+from stylebatch.encoder import check_encoder, choose_pix_fmt
 from stylebatch.errors import StylebatchError
 from stylebatch.manifest import MANIFEST_NAME, EncoderSettings, Manifest
 from stylebatch.workdir import check_work, claim_work, hold, inside
 from stylebatch.partition import default_chunk_frames
 from stylebatch.postprocess import check_timeline
+from stylebatch.requests import EncodingOptions, PreprocessRequest
 from stylebatch.video import probe
 
 log = logging.getLogger(__name__)
 
 
-def settings_from_args(args: argparse.Namespace, output_name: str) -> EncoderSettings:
-    if args.chunk_frames is not None and args.chunk_frames < 1:
-        raise StylebatchError(f"bad --chunk-frames {args.chunk_frames}: must be at least 1")
-    settings = choose_settings(output_name, codec=args.codec, crf=args.crf, bitrate=args.bitrate,
-                               preset=args.preset)
+def encoder_settings(encoding: EncodingOptions, output_name: str) -> EncoderSettings:
+    """The validated settings, with the encoder opened once on this machine (NVENC needs a GPU)."""
+    settings = encoding.settings(output_name)
     check_encoder(settings.codec)
     return settings
 
 
 def source_name(input_name: str) -> str:
     ext = Path(input_name).suffix.lower()
-    return "source" + (ext if re.fullmatch(r"\.[a-z0-9]{1,8}", ext) else "")
+    return SOURCE_STEM + (ext if re.fullmatch(r"\.[a-z0-9]{1,8}", ext) else "")
 
 
 def output_uri(output) -> str:
@@ -60,25 +59,28 @@ def check_places(src, out, work) -> None:
         check_work(work, src, out)
 
 
-def run(args: argparse.Namespace) -> int:
+def run(req: PreprocessRequest) -> Manifest:
+    """Stage 1: the work dir's manifest (written by this call, or found there: resume)."""
     from stylebatch.storage import location
 
-    src, out, work = location(args.input), location(args.output), location(args.work)
-    settings = settings_from_args(args, out.name)
+    req.validate()
+    src, out, work = location(req.input), location(req.output), location(req.work)
+    settings = encoder_settings(req.encoding, out.name)
     check_places(src, out, work)
     claim_work(work, source_name(src.name))
     with hold(work):
-        return _preprocess(src, out, work, args, settings)
+        return _preprocess(src, out, work, req.encoding, settings)
 
 
-def _preprocess(src, out, work, args: argparse.Namespace, settings: EncoderSettings) -> int:
+def _preprocess(src, out, work, enc: EncodingOptions, settings: EncoderSettings) -> Manifest:
     if not src.exists():
         raise StylebatchError(f"input not found: {src.display}")
     if src.is_local() and Path(src.local_path()).is_dir():
         raise StylebatchError(f"input is a folder, not a video: {src.display}")
     identity = src.identity()
-    if _reuse_existing(work, src, out, args, settings, identity):
-        return 0
+    reused = _reuse_existing(work, src, out, enc, settings, identity)
+    if reused is not None:
+        return reused
     with tempfile.TemporaryDirectory(prefix="stylebatch-pre-") as tmp:
         if src.is_local():
             local = Path(src.local_path())
@@ -89,7 +91,7 @@ def _preprocess(src, out, work, args: argparse.Namespace, settings: EncoderSetti
         if local.stat().st_size == 0:
             raise StylebatchError(f"input is an empty file: {src.display}")
         info = probe(local, src.display)
-        chunk_frames = args.chunk_frames or default_chunk_frames(len(info.pts))
+        chunk_frames = enc.chunk_frames or default_chunk_frames(len(info.pts))
         width, height = info.display_size
         settings.pix_fmt = choose_pix_fmt(settings.codec, info.pix_fmt, width, height)
         name = source_name(src.name)
@@ -110,25 +112,25 @@ def _preprocess(src, out, work, args: argparse.Namespace, settings: EncoderSetti
     log.info("preprocessed %s: %d frames, %dx%d, %s %s, %d audio stream(s), chunks of %d frames",
              src.display, manifest.frames, width, height, settings.codec, settings.pix_fmt,
              len(info.audio), chunk_frames)
-    return 0
+    return manifest
 
 
-def _reuse_existing(work, src, out, args: argparse.Namespace, settings: EncoderSettings, identity: dict) -> bool:
+def _reuse_existing(work, src, out, enc: EncodingOptions, settings: EncoderSettings,
+                    identity: dict) -> Manifest | None:
     """A work dir that preprocess already finished for the same job is reused (resume). Flags left
     out take the work dir's values; flags given must agree with them, since the parts depend on them;
     the input must be the same bytes (its identity() unchanged)."""
     if not work.child(MANIFEST_NAME).exists():
-        return False
-    from stylebatch.encoder import ALLOWED
+        return None
     from stylebatch.manifest import read_manifest
 
     m = read_manifest(work)
     given = {"input": (input_name(src), m.input),
-             "--chunk-frames": (args.chunk_frames, m.chunk_frames),
-             "--codec": (settings.codec if args.codec else None, m.encoder.codec),
-             "--crf": (args.crf, m.encoder.crf),
-             "--bitrate": (settings.bitrate if args.bitrate else None, m.encoder.bitrate),
-             "--preset": (args.preset, m.encoder.preset)}
+             "--chunk-frames": (enc.chunk_frames, m.chunk_frames),
+             "--codec": (settings.codec if enc.codec else None, m.encoder.codec),
+             "--crf": (enc.crf, m.encoder.crf),
+             "--bitrate": (settings.bitrate if enc.bitrate else None, m.encoder.bitrate),
+             "--preset": (enc.preset, m.encoder.preset)}
     differ = [name for name, (new, old) in given.items() if new is not None and new != old]
     if differ:
         raise StylebatchError(f"work dir {work.display} holds a job with another {', '.join(differ)} "
@@ -148,4 +150,4 @@ def _reuse_existing(work, src, out, args: argparse.Namespace, settings: EncoderS
         m.output = output_uri(out)
         work.child(MANIFEST_NAME).write_bytes(m.to_json().encode())
     log.info("work dir %s already preprocessed: resuming", work.display)
-    return True
+    return m

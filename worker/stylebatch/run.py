@@ -11,19 +11,25 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
+from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
+from typing import Callable
 
 from stylebatch.contract import ERROR_PREFIX, EXIT_TRANSIENT
 from stylebatch.errors import Interrupted, StylebatchError, TransientError
 from stylebatch.memory import on_gpu, ranks_that_fit
 from stylebatch.monitor import Monitor
 from stylebatch.ranks import HYDRA_BANNER, cpu_count, killed_by_sigkill, oom_kills
+from stylebatch.requests import RunRequest, StylizeRequest
 
 log = logging.getLogger(__name__)
 
 
 def list_styles(args: argparse.Namespace) -> int:
-    from stylebatch.models import DEFAULT_STYLE, list_styles as styles
+    from stylebatch.contract import DEFAULT_STYLE
+    from stylebatch.models import list_styles as styles
 
     for s in styles():
         mark = " (default)" if DEFAULT_STYLE in (s.name, str(s.index)) else ""
@@ -49,14 +55,30 @@ def find_mpiexec() -> str | None:
     return str(beside) if beside.exists() else shutil.which("mpiexec")
 
 
-def run(args: argparse.Namespace) -> int:
+@dataclass(frozen=True)
+class Result:
+    """What `run` made."""
+
+    output: str  # the output's URI or path as shown to people (never a SAS)
+    frames: int
+    duration: float  # seconds of video
+    timings: dict[str, float] = field(default_factory=dict)  # wall seconds per stage, in stage order
+
+
+Progress = Callable[[int, int], None]
+"""progress(done, frames): frames stylized so far over all ranks (resumed ones included), of the total."""
+
+
+def run(args: RunRequest, progress: Progress | None = None) -> Result:
+    """The three stages on this machine. `progress` is called now and then while stylize runs."""
     from stylebatch import signals
-    from stylebatch.preprocess import check_places, input_name, output_uri, settings_from_args, source_name
+    from stylebatch.preprocess import check_places, encoder_settings, input_name, output_uri, source_name
     from stylebatch.storage import location
     from stylebatch.workdir import claim_work, default_work_dir, delete_work, hold
 
+    args.validate()
     src, out = location(args.input), location(args.output)
-    settings_from_args(args, out.name)  # every flag is checked before any work starts
+    encoder_settings(args.encoding, out.name)  # every flag is checked before any work starts
     check_places(src, out, location(args.work) if args.work else None)
     if args.work:
         work = location(args.work)
@@ -68,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
     scratch = Path(tempfile.mkdtemp(prefix="stylebatch-run-"))  # private (0700): style, rank scratch, MPI
     try:
         with hold(work):
-            _run_stages(args, work, scratch)
+            result = _run_stages(args, work, scratch, progress)
             if args.keep_work:
                 log.info("work dir kept at %s", work.display)
             else:
@@ -84,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
         raise
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    return 0
+    return result
 
 
 def _has_parts(work) -> bool:
@@ -116,24 +138,23 @@ def _forget(work) -> None:
         delete_work(work)
 
 
-def _run_stages(args: argparse.Namespace, work, scratch: Path) -> None:
+def _run_stages(args: RunRequest, work, scratch: Path, progress: Progress | None) -> Result:
     from stylebatch import postprocess, preprocess
-    from stylebatch.manifest import read_manifest
     from stylebatch.partition import chunk_bounds
     from stylebatch.workdir import lock_token
 
     style_check = _StyleCheck(args, scratch)
     style_check.start()  # loading the model (torch import, weights) overlaps preprocess
-    preprocess.run(argparse.Namespace(input=args.input, output=args.output, work=work.address,
-                                      codec=args.codec, crf=args.crf, bitrate=args.bitrate,
-                                      preset=args.preset, chunk_frames=args.chunk_frames))
+    timings, t0 = {}, time.monotonic()
+    m = preprocess.run(args.preprocess_request(work.address))
+    timings["preprocess"], t0 = time.monotonic() - t0, time.monotonic()
     style, workers = style_check.result()
-    m = read_manifest(work)
     frames, chunks = m.frames, len(chunk_bounds(m.frames, m.chunk_frames))
     if workers > chunks:
         log.info("%d chunk(s) of work: running %d rank(s), not %d", chunks, chunks, workers)
         workers = chunks
-    fit = ranks_that_fit(m, args.max_side, args.batch_size, on_gpu(args.device))  # before any stylize
+    model = args.model
+    fit = ranks_that_fit(m, model.max_side, model.batch_size, on_gpu(model.device))  # before any stylize
     if workers > fit:
         log.info("memory for %d rank(s) of %dx%d frames: running %d, not %d", fit, m.display_width,
                  m.display_height, fit, workers)
@@ -141,49 +162,40 @@ def _run_stages(args: argparse.Namespace, work, scratch: Path) -> None:
     from stylebatch.models import parse_style, style_label
 
     log.info("stylizing %d frames on %d rank(s), style %s", frames, workers, style_label(parse_style(style)))
-    stylize_args = ["--work", work.address, "--style", style, "--strength", str(args.strength),
-                    "--device", args.device]
-    if args.max_side:
-        stylize_args += ["--max-side", str(args.max_side)]
-    if args.batch_size:
-        stylize_args += ["--batch-size", str(args.batch_size)]
-    if args.keep_colors:
-        stylize_args += ["--keep-colors"]
-    if args.precision:
-        stylize_args += ["--precision", args.precision]
-    if args.temporal:
-        stylize_args += ["--temporal", args.temporal]
-    if args.temporal_strength is not None:
-        stylize_args += ["--temporal-strength", str(args.temporal_strength)]
-    _stylize(stylize_args, workers, frames, lock_token(work), scratch)
-    postprocess.run(argparse.Namespace(work=work.address, output=args.output, delete_work=False))
+    _stylize(args.stylize_request(work.address, style), workers, frames, lock_token(work), scratch, progress)
+    timings["stylize"], t0 = time.monotonic() - t0, time.monotonic()
+    shown = postprocess.run(args.postprocess_request(work.address))
+    timings["postprocess"] = time.monotonic() - t0
+    duration = (m.pts[-1] - m.pts[0] + m.last_duration) * Fraction(*m.time_base) if m.frames else 0
+    return Result(output=shown, frames=m.frames, duration=float(duration), timings=timings)
 
 
 class _StyleCheck(threading.Thread):
     """Loads the style once in the launcher, so a bad style fails before the ranks start."""
 
-    def __init__(self, args: argparse.Namespace, style_dir: Path) -> None:
+    def __init__(self, args: RunRequest, style_dir: Path) -> None:
         super().__init__(daemon=True, name="stylebatch-style-check")
-        self.args, self.style_dir = args, style_dir
+        self.model, self.style_dir = args.model, style_dir
         self.style: str | None = None
         self.workers = args.workers
         self.error: BaseException | None = None
 
     def run(self) -> None:
         try:
-            from stylebatch.models import DEFAULT_STYLE, load_stylizer
+            from stylebatch.contract import DEFAULT_STYLE
+            from stylebatch.models import load_stylizer
             from stylebatch.stylize import resolve_style
 
-            if self.args.device == "cuda":
+            if self.model.device == "cuda":
                 import torch
 
                 if not torch.cuda.is_available():
                     raise StylebatchError("--device cuda: no GPU is visible here (use --device cpu or auto)")
-            self.style = resolve_style(self.args.style or DEFAULT_STYLE, self.style_dir)
-            load_stylizer(self.style, device="cpu", strength=self.args.strength, max_side=self.args.max_side,
-                          keep_colors=self.args.keep_colors)
+            self.style = resolve_style(self.model.style or DEFAULT_STYLE, self.style_dir)
+            load_stylizer(self.style, device="cpu", strength=self.model.strength, max_side=self.model.max_side,
+                          keep_colors=self.model.keep_colors)
             if self.workers is None:
-                self.workers = default_workers(self.args.device)
+                self.workers = default_workers(self.model.device)
         except BaseException as exc:  # noqa: BLE001 - re-raised in the main thread
             self.error = exc
 
@@ -195,17 +207,19 @@ class _StyleCheck(threading.Thread):
         return self.style, self.workers
 
 
-def _stylize(stylize_args: list[str], workers: int, frames: int, token: str | None, scratch: Path) -> None:
+def _stylize(req: StylizeRequest, workers: int, frames: int, token: str | None, scratch: Path,
+             progress: Progress | None = None) -> None:
     mpiexec = find_mpiexec()
     if mpiexec is None:
         if workers > 1:
             raise StylebatchError(f"--workers {workers} needs mpiexec (MPI), which is not installed")
-        from stylebatch.cli import build_parser
         from stylebatch.stylize import run as stylize
 
-        stylize(build_parser().parse_args(["stylize", *stylize_args]))
+        stylize(req)  # in this process: its progress lines go to stdout, `progress` hears only the end
+        if progress is not None:
+            progress(frames, frames)
         return
-    cmd = [mpiexec, "-n", str(workers), sys.executable, "-m", "stylebatch", "stylize", *stylize_args]
+    cmd = [mpiexec, "-n", str(workers), sys.executable, "-m", "stylebatch", *req.to_argv()]
     from stylebatch.storage.credentials import carried_sas_env
     from stylebatch.workdir import LOCK_ENV
 
@@ -215,7 +229,7 @@ def _stylize(stylize_args: list[str], workers: int, frames: int, token: str | No
     # HWLOC_XMLFILE set it writes none (the ranks then read the topology themselves).
     env = dict(os.environ, PYTHONUNBUFFERED="1", TMPDIR=str(scratch), HWLOC_XMLFILE=str(scratch / "no-topology.xml"),
                **carried_sas_env(), **({LOCK_ENV: token} if token else {}))
-    monitor = Monitor(frames)
+    monitor = Monitor(frames, on_update=progress)
     errors: list[str] = []
     banner: list[str] = []
     ooms = oom_kills()

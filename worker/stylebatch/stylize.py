@@ -5,7 +5,6 @@ Parts already in the work dir are skipped (resume); a failing rank aborts the wh
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import hashlib
 import json
@@ -20,7 +19,8 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Iterator
 
-from stylebatch.encoder import PART_EXT, PartWriter
+from stylebatch.contract import DEFAULT_STYLE, ERROR_PREFIX, PART_EXT
+from stylebatch.encoder import PartWriter
 from stylebatch.errors import StylebatchError
 from stylebatch.memory import default_batch, on_gpu, ranks_that_fit
 from stylebatch.manifest import PARTS_DIR, STYLIZE_NAME, Manifest, read_manifest
@@ -28,20 +28,23 @@ from stylebatch.dispatch import ChunkDispenser, dispense
 from stylebatch.partition import chunk_bounds, part_name
 from stylebatch.pipeline import Progress, run_pipeline
 from stylebatch.ranks import World, cpu_count, detect
+from stylebatch.requests import ModelOptions, StylizeRequest
 from stylebatch.video import ChunkReader
 
 log = logging.getLogger(__name__)
 
 
-def run(args: argparse.Namespace) -> int:
+def run(req: StylizeRequest) -> None:
+    """Stage 2 on this rank (all ranks of an MPI job run it with the same request)."""
+    req.validate()
     world = detect()
     tmp = _rank_tmp(world.rank)
     try:
-        with _work_lock(args.work, world):
-            return stylize(args, world, tmp)
+        with _work_lock(req.work, world):
+            stylize(req, world, tmp)
     except StylebatchError as exc:
         if world.size > 1:
-            sys.stderr.write(f"stylebatch: error: {' '.join(str(exc).split())}\n")  # one write: one line
+            sys.stderr.write(f"{ERROR_PREFIX}{' '.join(str(exc).split())}\n")  # one write: one line
             _abort(world, tmp, exc.exit_code)
         raise
     except (SystemExit, KeyboardInterrupt):  # a signal (the launcher's, or Ctrl-C): no traceback
@@ -102,26 +105,26 @@ def _rank_tmp(rank: int) -> Path:
     return Path(tempfile.mkdtemp(prefix=f"stylebatch-rank{rank}-"))
 
 
-def stylize(args: argparse.Namespace, world: World, tmp: Path) -> int:
-    from stylebatch.models import DEFAULT_STYLE
+def stylize(req: StylizeRequest, world: World, tmp: Path) -> None:
     from stylebatch.storage import location
 
-    work = location(args.work)
+    model = req.model
+    work = location(req.work)
     m = read_manifest(work)
     chunks = chunk_bounds(m.frames, m.chunk_frames)
     have = set(work.child(PARTS_DIR).list()) if work.child(PARTS_DIR).exists() else set()
     done = {c for c in chunks if part_name(*c, PART_EXT) in have}
     missing = [c for c in chunks if c not in done]
-    style = resolve_style(args.style or DEFAULT_STYLE, tmp)
-    keep_colors = getattr(args, "keep_colors", False)
-    temporal = temporal_settings(args)
-    check_settings(work, settings_record(style, args.strength, args.max_side, keep_colors, *temporal), bool(have))
+    style = resolve_style(model.style or DEFAULT_STYLE, tmp)
+    keep_colors = model.keep_colors
+    temporal = temporal_settings(model)
+    check_settings(work, settings_record(style, model.strength, model.max_side, keep_colors, *temporal), bool(have))
     resumed = sum(e - s for s, e in done) if world.rank == 0 else 0  # rank 0 reports the resumed parts
     progress = Progress(world, resumed, resumed, m.frames)
     progress.report(force=True)
     if missing:
         # Pre-flight: this machine's ranks together must fit its memory (one line naming --max-side if not).
-        ranks_that_fit(m, args.max_side, args.batch_size, on_gpu(args.device), ranks_here=world.local_size)
+        ranks_that_fit(m, model.max_side, model.batch_size, on_gpu(model.device), ranks_here=world.local_size)
         threads = max(1, cpu_count() // world.local_size)
         log.info("rank %d/%d: %d of %d chunks left to stylize, taken one at a time (%d threads)",
                  world.rank, world.size, len(missing), len(chunks), threads)
@@ -129,10 +132,10 @@ def stylize(args: argparse.Namespace, world: World, tmp: Path) -> int:
 
         warmup = warmup_frames(m.chunk_frames) if temporal[0] == "on" else 0
         reader = ChunkReader(_local_source(work, m, tmp), m, threads=threads, keep=warmup,
-                             size=decode_size(m, args.max_side, args.strength, keep_colors))
+                             size=decode_size(m, model.max_side, model.strength, keep_colors))
         try:
-            stylizer = _load(args, world, threads, style, _own_frame(reader, m, style, args.strength))
-            batch = args.batch_size or default_batch(stylizer.device.type == "cuda")
+            stylizer = _load(model, world, threads, style, _own_frame(reader, m, style, model.strength))
+            batch = model.batch_size or default_batch(stylizer.device.type == "cuda")
 
             def publish(chunk: tuple[int, int], path: Path) -> None:
                 work.child(PARTS_DIR, part_name(*chunk, PART_EXT)).upload(path)
@@ -158,7 +161,6 @@ def stylize(args: argparse.Namespace, world: World, tmp: Path) -> int:
         finally:
             reader.close()
     progress.report(force=True)
-    return 0
 
 
 # Up to this many pixels a frame stays full size through stylize when the result is blended with it
@@ -199,25 +201,24 @@ def _own_frame(reader: ChunkReader, m: Manifest, style: str, strength: float):
     return next(reader.read(middle, middle + 1, 1))[0].copy()
 
 
-def _load(args: argparse.Namespace, world: World, threads: int, style: str, own_frame=None):
+def _load(model: ModelOptions, world: World, threads: int, style: str, own_frame=None):
     import torch
 
     from stylebatch.models import load_stylizer
 
     torch.set_num_threads(threads)
-    if args.device != "cpu" and torch.cuda.is_available() and torch.cuda.device_count() > 1:
+    if model.device != "cpu" and torch.cuda.is_available() and torch.cuda.device_count() > 1:
         torch.cuda.set_device(world.local_rank % torch.cuda.device_count())
-    return load_stylizer(style, device=args.device, strength=args.strength, max_side=args.max_side,
-                         keep_colors=getattr(args, "keep_colors", False), own_frame=own_frame,
-                         precision=getattr(args, "precision", None) or "auto")
+    return load_stylizer(style, device=model.device, strength=model.strength, max_side=model.max_side,
+                         keep_colors=model.keep_colors, own_frame=own_frame, precision=model.precision or "auto")
 
 
-def temporal_settings(args) -> tuple[str, float]:
+def temporal_settings(model: ModelOptions) -> tuple[str, float]:
     """(--temporal, --temporal-strength) with their defaults applied."""
     from stylebatch.temporal_defaults import DEFAULT_MODE, DEFAULT_STRENGTH
 
-    mode = getattr(args, "temporal", None) or DEFAULT_MODE
-    strength = getattr(args, "temporal_strength", None)
+    mode = model.temporal or DEFAULT_MODE
+    strength = model.temporal_strength
     return mode, float(DEFAULT_STRENGTH if strength is None else strength)
 
 

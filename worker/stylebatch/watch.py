@@ -61,15 +61,16 @@ def _extension(ext: str | None) -> str | None:
 
 
 def _runner(args: argparse.Namespace) -> Callable[[str, str], None]:
-    """`stylebatch run INPUT -o OUTPUT` with the run flags given to watch, parsed by run's own parser."""
-    from stylebatch.cli import build_parser, run_flags_argv
+    """`stylebatch run INPUT -o OUTPUT` with the run flags given to watch (RUN_FLAGS)."""
+    from stylebatch.requests import EncodingOptions, ModelOptions, RunRequest
     from stylebatch.run import run as run_video
 
-    flags = run_flags_argv(args)
-    build_parser().parse_args(["run", "in.mp4", "-o", "out.mp4", *flags])  # bad flags stop here, before any work
+    template = RunRequest(input="in.mp4", output="out.mp4", workers=args.workers,
+                          model=ModelOptions.from_namespace(args), encoding=EncodingOptions.from_namespace(args))
+    template.validate()  # bad flags stop here, before any work
 
     def stylize(input_uri: str, output_uri: str) -> None:
-        run_video(build_parser().parse_args(["run", input_uri, "-o", output_uri, *flags]))
+        run_video(template.with_places(input_uri, output_uri))
 
     return stylize
 

@@ -18,13 +18,9 @@ import secrets
 import socket
 from typing import Iterator
 
+from stylebatch.contract import LOCK_NAME, MANIFEST_NAME, OWNER_NAME, PARTS_DIR, STYLIZE_NAME
 from stylebatch.errors import StylebatchError, TransientError
 
-OWNER_NAME = "stylebatch-work.json"
-LOCK_NAME = "stylebatch.lock"
-MANIFEST_NAME = "manifest.json"
-STYLIZE_NAME = "stylize.json"
-PARTS_DIR = "parts"
 _FRESH = "give an empty or new folder for --work"
 
 

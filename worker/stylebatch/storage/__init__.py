@@ -9,30 +9,20 @@ see the old object or the whole new one, never a half-written one. Every failure
 Blob credentials, first match wins: a SAS in the URL; AZURE_STORAGE_CONNECTION_STRING;
 AZURE_STORAGE_ACCOUNT with AZURE_STORAGE_SAS_TOKEN, else AZURE_STORAGE_KEY, else
 DefaultAzureCredential (AKS workload identity). AZURE_STORAGE_BLOB_ENDPOINT overrides the endpoint of
-az:// locations. Tune transfers by replacing the module-level `settings`.
+az:// locations. Tune transfers by replacing `stylebatch.storage.tuning.settings`.
 """
 
 from __future__ import annotations
 
-import pathlib
-from typing import IO
-
 from stylebatch.storage.base import Location
 from stylebatch.storage.blob import BlobLocation
-from stylebatch.storage.clients import TransferSettings, clear_client_cache, service_client
+from stylebatch.storage.clients import clear_client_cache, service_client
 from stylebatch.storage.credentials import BlobCredential, resolve_credential
 from stylebatch.storage.local import LocalLocation
+from stylebatch.storage.tuning import TransferSettings
 from stylebatch.storage.uri import location
 
 __all__ = [
     "BlobCredential", "BlobLocation", "LocalLocation", "Location", "TransferSettings",
-    "clear_client_cache", "location", "resolve_credential", "service_client", "settings",
+    "clear_client_cache", "location", "resolve_credential", "service_client",
 ]
-
-# The submodules look these two up here on every call, so replacing them on the package takes effect.
-settings = TransferSettings()
-
-
-def _open_source(path: pathlib.Path) -> IO[bytes]:
-    """Opens a local file to be copied or uploaded (a seam for fault-injection tests)."""
-    return open(path, "rb")

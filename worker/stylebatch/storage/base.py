@@ -8,7 +8,7 @@ import hashlib
 import ipaddress
 import os
 import pathlib
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, Protocol
 
 from stylebatch.errors import StylebatchError
 
@@ -42,6 +42,21 @@ class HeldLock(abc.ABC):
     @abc.abstractmethod
     def release(self) -> None:
         """Let go and remove the lock file (a waiter then locks a new one); never raises."""
+
+
+class BlobAddress(Protocol):
+    """Where a blob is, as credentials, clients and error messages need it: what they take instead
+    of storage.blob.BlobLocation, so that blob.py imports them and none of them imports blob.py."""
+
+    uri: str
+    container: str
+    blob: str
+    account: str | None
+    endpoint: str | None
+    sas: str | None
+
+    @property
+    def display(self) -> str: ...
 
 
 class Location(abc.ABC):

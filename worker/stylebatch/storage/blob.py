@@ -14,9 +14,9 @@ import urllib.parse
 import uuid
 from typing import IO, Any, Iterator
 
-from stylebatch import storage
 from stylebatch.errors import StylebatchError
 from stylebatch.contract import JOB_ENV, OUTPUT_TAG
+from stylebatch.storage import tuning
 from stylebatch.storage.base import IDENTITY_SPAN, FileInfo, HeldLock, Location, LockBusy, identity_record
 from stylebatch.storage.clients import service_client
 from stylebatch.storage.credentials import resolve_credential, sas_scope, sas_write_problem
@@ -135,7 +135,7 @@ class BlobLocation(Location):
         dest = pathlib.Path(local_path)
         log.debug("downloading %s to %s", self.display, printable(str(dest)))
         with local_errors(printable(str(dest)), "write"), blob_errors(self, "download"):
-            stream = self._blob_client().download_blob(max_concurrency=storage.settings.max_concurrency)
+            stream = self._blob_client().download_blob(max_concurrency=tuning.settings.max_concurrency)
             with atomic_file(dest) as out:
                 stream.readinto(out)
 
@@ -168,7 +168,7 @@ class BlobLocation(Location):
             except ResourceNotFoundError:
                 return
             log.debug("deleting %d blobs under %s", len(names), self.display)
-            with concurrent.futures.ThreadPoolExecutor(max(1, storage.settings.max_concurrency)) as pool:
+            with concurrent.futures.ThreadPoolExecutor(max(1, tuning.settings.max_concurrency)) as pool:
                 for _ in pool.map(delete, names):
                     pass
 
@@ -322,7 +322,7 @@ class BlobLocation(Location):
             data,
             length=length,
             overwrite=True,
-            max_concurrency=storage.settings.max_concurrency,
+            max_concurrency=tuning.settings.max_concurrency,
             content_settings=ContentSettings(content_type=content_type),
             metadata=job_tag(),
         )

@@ -5,16 +5,14 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from stylebatch import storage
 from stylebatch.errors import StylebatchError
 from stylebatch.storage.credentials import CREDENTIAL_HELP, forget_url_sas, resolve_credential
+from stylebatch.storage import tuning
+from stylebatch.storage.base import BlobAddress
+from stylebatch.storage.tuning import TransferSettings
 
-if TYPE_CHECKING:
-    from stylebatch.storage.blob import BlobLocation
-
-_MiB = 1024 * 1024
 
 # Handed to azure-core as its HTTP logger, which would log every request's URL and headers at INFO.
 # Built directly rather than with getLogger, so no logging configuration can ever switch it on.
@@ -22,30 +20,14 @@ _AZURE_HTTP_LOG = logging.Logger("stylebatch.storage.azure_http", level=logging.
 _AZURE_HTTP_LOG.disabled = True
 
 
-@dataclasses.dataclass(frozen=True)
-class TransferSettings:
-    """Blob transfer tuning. Files above max_single_put_size go up as staged blocks (committed at
-    the end, so still atomic); downloads above max_single_get_size come down in ranged chunks."""
-
-    max_concurrency: int = 4
-    max_single_put_size: int = 64 * _MiB
-    max_block_size: int = 8 * _MiB
-    max_single_get_size: int = 32 * _MiB
-    max_chunk_get_size: int = 8 * _MiB
-    retry_total: int = 3
-    retry_backoff_s: int = 2
-    connection_timeout_s: float = 20.0
-    read_timeout_s: float = 120.0
-
-
-def service_client(loc: BlobLocation) -> Any:
+def service_client(loc: BlobAddress) -> Any:
     """The BlobServiceClient for loc's account and credential, created once and reused."""
     cred = resolve_credential(loc)
     if cred.kind == "identity" and not cred.endpoint.startswith("https://"):
         raise StylebatchError(
             f"cannot use an Azure identity over plain http for {loc.display}: {CREDENTIAL_HELP}"
         )
-    return _service_client(cred.endpoint, cred.account, cred.kind, cred.secret, storage.settings)
+    return _service_client(cred.endpoint, cred.account, cred.kind, cred.secret, tuning.settings)
 
 
 def clear_client_cache() -> None:

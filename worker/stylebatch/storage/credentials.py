@@ -7,13 +7,10 @@ import datetime
 import json
 import os
 import urllib.parse
-from typing import TYPE_CHECKING
 
 from stylebatch.errors import StylebatchError
-from stylebatch.storage.base import is_path_style
+from stylebatch.storage.base import BlobAddress, is_path_style
 
-if TYPE_CHECKING:
-    from stylebatch.storage.blob import BlobLocation
 
 CREDENTIAL_HELP = (
     "set AZURE_STORAGE_CONNECTION_STRING, or AZURE_STORAGE_ACCOUNT with AZURE_STORAGE_SAS_TOKEN, "
@@ -34,7 +31,7 @@ class BlobCredential:
     secret: str | None = dataclasses.field(default=None, repr=False)
 
 
-def resolve_credential(loc: BlobLocation) -> BlobCredential:
+def resolve_credential(loc: BlobAddress) -> BlobCredential:
     """Pick the credential for loc, in the documented order (first match wins).
 
     A credential from the environment is only ever sent to its own account's endpoint:
@@ -76,7 +73,7 @@ CARRIED_SAS_ENV = "STYLEBATCH_URL_SAS"
 _carried: dict[tuple[str, str, str, bool], str] = {}
 
 
-def remember_url_sas(loc: BlobLocation) -> None:
+def remember_url_sas(loc: BlobAddress) -> None:
     """Remember the SAS of a URL the user gave, for the blobs it grants: one blob (sr=b), a folder
     (sr=d), or the URL's container (a container or account SAS). Work-dir records store URIs
     without their query; a URI read back from them finds its SAS here (or in CARRIED_SAS_ENV)."""
@@ -93,7 +90,7 @@ def forget_url_sas() -> None:
     _carried.clear()
 
 
-def carried_sas(loc: BlobLocation) -> str | None:
+def carried_sas(loc: BlobAddress) -> str | None:
     """The SAS of a URL given earlier (this process, or the stage that started it) that grants loc;
     the most specific one when several do."""
     if not loc.endpoint:
@@ -172,7 +169,7 @@ def same_endpoint(a: str, b: str) -> bool:
         return False
 
 
-def _own_endpoint(loc: BlobLocation, account: str, source: str, default: str, *more: str) -> str:
+def _own_endpoint(loc: BlobAddress, account: str, source: str, default: str, *more: str) -> str:
     """The endpoint a credential for `account` goes to: `default` for az:// locations; for a URL, its
     own endpoint if that is one of the account's own (`default`, `more`, the public Azure one)."""
     if loc.endpoint is None:

@@ -5,14 +5,13 @@ from __future__ import annotations
 import contextlib
 import re
 import urllib.parse
-from typing import TYPE_CHECKING, Iterator
+from typing import Iterator
 
 from stylebatch.errors import StylebatchError, TransientError
 from stylebatch.storage.credentials import CREDENTIAL_HELP, resolve_credential
 from stylebatch.storage.scrub import one_line
+from stylebatch.storage.base import BlobAddress
 
-if TYPE_CHECKING:
-    from stylebatch.storage.blob import BlobLocation
 
 
 @contextlib.contextmanager
@@ -35,7 +34,7 @@ def os_error(exc: OSError, display: str, action: str) -> StylebatchError:
 
 
 @contextlib.contextmanager
-def blob_errors(loc: BlobLocation, action: str) -> Iterator[None]:
+def blob_errors(loc: BlobAddress, action: str) -> Iterator[None]:
     """Turn azure-core exceptions into one-line messages naming loc.display, without secrets."""
     from azure.core.exceptions import AzureError
 
@@ -64,7 +63,7 @@ def _transient(exc: Exception, loc: BlobLocation) -> bool:
     return False
 
 
-def _blob_message(exc: Exception, loc: BlobLocation, action: str) -> str:
+def _blob_message(exc: Exception, loc: BlobAddress, action: str) -> str:
     from azure.core import exceptions as az
 
     denied = f"access denied to {loc.display}: check the storage credentials"
@@ -91,7 +90,7 @@ def _blob_message(exc: Exception, loc: BlobLocation, action: str) -> str:
     return f"cannot {action} {loc.display}: invalid storage credentials or settings ({type(exc).__name__})"
 
 
-def _no_authentication(exc: Exception, loc: BlobLocation) -> str:
+def _no_authentication(exc: Exception, loc: BlobAddress) -> str:
     """Raised before any request was sent: the request could not be signed, or there was no token."""
     cred = resolve_credential(loc)
     if cred.kind != "identity":

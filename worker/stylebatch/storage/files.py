@@ -9,8 +9,8 @@ import re
 import secrets
 from typing import IO, Iterator
 
-from stylebatch import storage
 from stylebatch.errors import StylebatchError
+from stylebatch.storage import tuning
 from stylebatch.storage.errors import local_errors
 from stylebatch.storage.scrub import printable
 
@@ -49,7 +49,7 @@ def open_source(source: pathlib.Path, display: str) -> IO[bytes]:
     with local_errors(display, "read"):
         if source.is_dir():
             raise StylebatchError(f"{display} is a folder, not a file")
-        return storage._open_source(source)
+        return tuning.open_file(source)
 
 
 def copy_file(source: pathlib.Path, source_display: str, dest: pathlib.Path, dest_display: str | None = None) -> None:

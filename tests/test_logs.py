@@ -1,0 +1,93 @@
+"""--log-format json: one JSON object per line, every record naming its job and rank, from the
+worker's ranks and the operator alike; the final error line stays the one plain line callers parse."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import pytest
+from clips import FAST_STYLE, make_clip, stylebatch
+
+from stylebatch.contract import ERROR_PREFIX
+from stylebatch.logs import JsonFormat
+from stylebatch.progress import PREFIX as PROGRESS_PREFIX
+
+KEYS = {"time", "level", "logger", "message", "job", "rank"}
+
+
+def records(stderr: str) -> list[dict]:
+    lines = [line for line in stderr.splitlines() if line.strip() and not line.startswith(PROGRESS_PREFIX)]
+    return [json.loads(line) for line in lines if not line.startswith(ERROR_PREFIX)]
+
+
+@pytest.mark.slow
+def test_run_logs_json_lines_from_the_launcher_and_every_rank(tmp_path: Path) -> None:
+    src = make_clip(tmp_path / "in.mp4", frames=12)
+    out = tmp_path / "out.mkv"
+    env = {k: v for k, v in os.environ.items() if k != "STYLEBATCH_LOG_FORMAT"}
+    result = stylebatch("run", src, "-o", out, "--workers", "2", "--chunk-frames", "4", *FAST_STYLE,
+                        "--log-format", "json", env=env)
+    assert result.returncode == 0, result.stderr
+    logged = records(result.stderr)  # every line parses: nothing else is written
+    assert logged and all(set(r) == KEYS for r in logged)
+    assert {r["job"] for r in logged} == {str(out)}
+    ranks = {r["rank"] for r in logged if "chunks to stylize" in r["message"]}
+    assert ranks == {0, 1}
+    assert any(r["rank"] is None and "wrote" in r["message"] for r in logged)  # the launcher's own records
+
+
+def test_the_error_line_stays_one_plain_line_in_json_mode(tmp_path: Path) -> None:
+    result = stylebatch("--log-format", "json", "run", tmp_path / "missing.mp4", "-o", tmp_path / "out.mp4")
+    assert result.returncode == 2
+    assert [line for line in result.stderr.splitlines() if line.strip()] == [
+        line for line in result.stderr.splitlines() if line.startswith(ERROR_PREFIX)]
+    assert len(result.stderr.splitlines()) == 1 and "not found" in result.stderr
+
+
+def test_an_unknown_log_format_in_the_environment_is_a_one_line_error(tmp_path: Path) -> None:
+    result = stylebatch("styles", env={**os.environ, "STYLEBATCH_LOG_FORMAT": "xml"})
+    assert result.returncode == 2 and result.stderr.startswith(ERROR_PREFIX + "bad STYLEBATCH_LOG_FORMAT 'xml'")
+
+
+def test_operator_records_about_a_job_name_it_and_tracebacks_stay_on_one_line() -> None:
+    fmt = JsonFormat()
+    about = logging.LogRecord("kopf.objects", logging.INFO, __file__, 1, "created %s", ("Job x",), None)
+    about.k8s_ref = {"namespace": "media", "name": "orangutan", "kind": "StyleTransferJob"}
+    line = json.loads(fmt.format(about))
+    assert (line["job"], line["rank"], line["message"], line["level"]) == ("media/orangutan", None, "created Job x", "info")
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        import sys
+
+        failed = logging.LogRecord("stylebatch_operator", logging.ERROR, __file__, 1, "failed", (), sys.exc_info())
+    text = fmt.format(failed)
+    assert "\n" not in text and "ValueError: boom" in json.loads(text)["exception"]
+    assert json.loads(text)["job"] is None
+
+
+def test_the_operator_in_json_mode_writes_kopfs_records_as_json_naming_the_job(capsys) -> None:
+    import kopf
+
+    from stylebatch_operator.main import json_logs
+
+    root = logging.getLogger()
+    before, level = list(root.handlers), root.level
+    try:
+        kopf.configure(verbose=False)  # what `stylebatch operator` does, then --log-format json
+        json_logs()
+        body = {"apiVersion": "stylebatch.io/v1alpha1", "kind": "StyleTransferJob",
+                "metadata": {"namespace": "media", "name": "orangutan", "uid": "u"}}
+        from kopf._core.actions.loggers import ObjectLogger
+
+        ObjectLogger(body=body, settings=kopf.OperatorSettings()).info("Accepted: starting")
+        logging.getLogger("stylebatch_operator").info("watching all namespaces")
+    finally:
+        root.handlers[:], root.level = before, level
+        os.environ.pop("STYLEBATCH_LOG_FORMAT", None)
+    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert [(r["job"], r["message"]) for r in lines] == [("media/orangutan", "Accepted: starting"),
+                                                         (None, "watching all namespaces")]

@@ -1,0 +1,68 @@
+"""The pure rules of postprocess (stylebatch.muxing): timestamps restored exactly through B-frame
+reordering, AVI's frame clock, and which audio and subtitle streams each container keeps."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import pytest
+
+from stylebatch.muxing import audio_plan, keeps_subtitles, mux_options, packet_times, presentation_ranks, timeline
+
+NTSC = [0, 1001, 2002, 3003, 4004]  # 29.97 fps in 1/30000 s
+
+
+def test_the_worked_b_frame_example() -> None:
+    # I P B B P: the P at presentation 3 is decoded second, the two Bs after it.
+    ranks = presentation_ranks([0, 3003, 1001, 2002, 4004])
+    assert ranks == [0, 3, 1, 2, 4]
+    got = list(packet_times(NTSC, 1001, [(0, 5)], [ranks]))
+    assert got == [(0, -1001, 1001), (3003, 0, 1001), (1001, 1001, 1001), (2002, 2002, 1001), (4004, 3003, 1001)]
+    dts = [d for _, d, _ in got]
+    assert dts == sorted(set(dts)) and all(d <= p for p, d, _ in got)  # what every muxer requires
+
+
+def test_parts_continue_each_others_clock_and_the_last_frame_keeps_its_own_duration() -> None:
+    pts = [0, 10, 25, 30, 50, 60]  # variable frame rate stays variable
+    chunks = [(0, 3), (3, 6)]
+    ranks = [presentation_ranks([0, 2, 1]), presentation_ranks([0, 1, 2])]  # a B-frame in the first part only
+    got = list(packet_times(pts, 7, chunks, ranks))
+    assert [p for p, _, _ in got] == [0, 25, 10, 30, 50, 60]
+    assert [d for _, d, _ in got] == [-10, 0, 10, 25, 30, 50]
+    assert [dur for _, _, dur in got] == [10, 5, 15, 20, 10, 7]
+
+
+def test_without_b_frames_dts_is_pts() -> None:
+    got = list(packet_times(NTSC, 1001, [(0, 2), (2, 5)], [[0, 1], [0, 1, 2]]))
+    assert [(p, d) for p, d, _ in got] == [(t, t) for t in NTSC]
+
+
+def test_avi_counts_frames_so_vfr_is_rounded_to_the_frame_clock_never_two_on_one_tick() -> None:
+    tb, pts, last = timeline((1, 1000), [0, 33, 40, 100, 101], 33, (30, 1), "avi")
+    assert (tb, pts, last) == (Fraction(1, 30), [0, 1, 2, 3, 4], 1)
+    assert timeline((1, 1000), [0, 33, 40], 33, (30, 1), "mp4") == (Fraction(1, 1000), [0, 33, 40], 33)
+
+
+@pytest.mark.parametrize("codec, container, rate, plan", [
+    ("aac", "mp4", 44100, (True, None, None)),
+    ("pcm_s16le", "mp4", 44100, (False, "aac", 44100)),
+    ("aac", "webm", 44100, (False, "libopus", 48000)),  # opus only at 48 kHz
+    ("flac", "avi", None, (False, "libmp3lame", 48000)),
+    ("opus", "matroska", 48000, (True, None, None)),
+])
+def test_audio_is_copied_where_the_container_takes_it_else_reencoded(codec, container, rate, plan) -> None:
+    p = audio_plan(codec, container, rate)
+    assert (p.copy, p.encoder, p.rate) == plan
+
+
+@pytest.mark.parametrize("codec, container, kept", [
+    ("mov_text", "mp4", True), ("subrip", "mp4", False), ("subrip", "matroska", True),
+    ("webvtt", "webm", True), ("mov_text", "avi", False),
+])
+def test_subtitles_are_kept_only_where_the_container_holds_them(codec, container, kept) -> None:
+    assert keeps_subtitles(codec, container) is kept
+
+
+def test_mp4_starts_playing_early_and_avi_timestamps_are_never_shifted() -> None:
+    assert mux_options("mp4") == {"movflags": "+faststart"} and mux_options("mov") == {"movflags": "+faststart"}
+    assert mux_options("avi") == {"avoid_negative_ts": "disabled"} and mux_options("matroska") == {}

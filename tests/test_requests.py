@@ -1,0 +1,126 @@
+"""The typed requests: one per stage, each field declared once (flag, help, type, check), and what
+follows from that: the CLI's flags, validation with one-line errors, and command lines that parse
+back to the same request, whether the worker's `run` or the operator wrote them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+from clips import error_lines, stylebatch
+
+from stylebatch.cli import build_parser
+from stylebatch.errors import BadInput
+from stylebatch.fields import flag
+from stylebatch.requests import (
+    EncodingOptions, ModelOptions, PostprocessRequest, PreprocessRequest, RunRequest, StylizeRequest, parse_argv,
+)
+
+REQUESTS = {
+    "preprocess, defaults": PreprocessRequest(input="az://v/in.mp4", work="az://v/work/", output="az://v/out.mkv"),
+    "preprocess, every encoding flag": PreprocessRequest(
+        input="in.mov", work="/tmp/w", output="out.mov",
+        encoding=EncodingOptions(codec="hevc", bitrate="8M", preset="slow", chunk_frames=240)),
+    "preprocess, names that look like flags": PreprocessRequest(input="-in.mp4", work="-w", output="-o.webm"),
+    "stylize, defaults": StylizeRequest(work="az://v/work/"),
+    "stylize, every model flag": StylizeRequest(work="w", model=ModelOptions(
+        style="ink-wash:0.3,terracotta:0.7", strength=0.123456789, max_side=720, device="cuda", batch_size=8)),
+    "stylize, weights by URI": StylizeRequest(work="w", model=ModelOptions(style="az://s/mosaic.pth", strength=0)),
+    "postprocess, deleting the work dir": PostprocessRequest(work="az://v/work/", delete_work=True),
+    "postprocess, another output": PostprocessRequest(work="w", output="other.avi"),
+    "run, everything": RunRequest(input="in.mp4", output="out.mp4", workers=3, work="w", keep_work=True,
+                                  model=ModelOptions(style="3", strength=0.5, max_side=64, device="cpu"),
+                                  encoding=EncodingOptions(codec="h264", crf=20, preset="fast", chunk_frames=8)),
+}
+
+
+@pytest.mark.parametrize("name", REQUESTS)
+def test_a_request_and_its_command_line_say_the_same(name: str) -> None:
+    req = REQUESTS[name].validate()
+    argv = req.to_argv()
+    assert argv[0] == req.command
+    assert parse_argv(argv) == req
+    assert type(req).from_argv(argv) == req
+    ns = build_parser().parse_args(argv)  # the CLI a user (or a pod) runs
+    assert ns.request.from_namespace(ns) == req
+
+
+def test_the_operator_style_argv_reads_as_the_user_would_write_it() -> None:
+    req = StylizeRequest(work="az://v/w/", model=ModelOptions(style="ink-wash", strength=0.5, max_side=720))
+    assert req.to_argv() == ["stylize", "--work", "az://v/w/", "--style", "ink-wash", "--strength", "0.5",
+                             "--device", "auto", "--max-side", "720"]
+
+
+@pytest.mark.parametrize("make, words", [
+    (lambda: ModelOptions(strength=2), ["--strength", "between 0 and 1"]),
+    (lambda: ModelOptions(strength="0.5"), ["--strength", "must be a number"]),
+    (lambda: ModelOptions(max_side=16), ["--max-side", "at least 32"]),
+    (lambda: ModelOptions(device="tpu"), ["--device", "auto, cpu, cuda"]),
+    (lambda: ModelOptions(batch_size=0), ["--batch-size", "at least 1"]),
+    (lambda: RunRequest(input="a.mp4", output="b.mp4", workers=0), ["--workers", "at least 1"]),
+    (lambda: RunRequest(input="a.mp4", output="b.mp4", encoding=EncodingOptions(crf=20, bitrate="4M")),
+     ["--crf", "--bitrate", "exclude"]),
+    (lambda: RunRequest(input="a.mp4", output="b.avi", encoding=EncodingOptions(codec="vp9")),
+     ["--codec vp9", ".avi"]),
+    (lambda: RunRequest(input="a.mp4", output="b.mp4", encoding=EncodingOptions(codec="divx")),
+     ["unknown --codec", "divx"]),
+    (lambda: RunRequest(input="a.mp4", output="b.txt"), ["b.txt", ".mp4"]),
+    (lambda: RunRequest(input="a.mp4"), ["--output", "required"]),
+    (lambda: PreprocessRequest(input="a.mp4", output="b.mp4"), ["--work", "required"]),
+    (lambda: StylizeRequest(work="w", model=ModelOptions(strength=float("nan"))), ["--strength"]),
+    (lambda: PostprocessRequest(work="w", output="x.gif"), ["x.gif"]),
+])
+def test_validate_refuses_a_bad_request_naming_the_flag(make, words: list[str]) -> None:
+    with pytest.raises(BadInput) as caught:
+        make().validate()
+    for word in words:
+        assert word in str(caught.value)
+
+
+def test_an_output_with_a_sas_is_judged_by_its_extension_and_the_sas_never_shown() -> None:
+    sas = "sv=2024&sp=rwl&sig=S3CR3T"
+    RunRequest(input="az://c/in.mp4", output=f"https://a.blob.core.windows.net/c/out.mkv?{sas}").validate()
+    with pytest.raises(BadInput) as caught:
+        RunRequest(input="az://c/in.mp4", output=f"https://a.blob.core.windows.net/c/out.gif?{sas}").validate()
+    assert "out.gif" in str(caught.value) and "S3CR3T" not in str(caught.value)
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["run", "in.mp4", "-o", "out.mp4", "--strength", "2"], ["--strength", "between 0 and 1"]),
+    (["run", "in.mp4", "-o", "out.mp4", "--workers", "two"], ["--workers", "not a whole number"]),
+    (["run", "in.mp4", "-o", "out.mp4", "--crf", "20", "--bitrate", "4M"], ["--bitrate", "--crf"]),
+    (["run", "in.mp4", "-o", "out.webm", "--codec", "h264"], ["--codec h264", ".webm"]),
+    (["stylize", "--work", "w", "--device", "tpu"], ["--device", "tpu"]),
+    (["postprocess"], ["--work"]),
+])
+def test_the_cli_refuses_bad_flags_in_one_line_before_any_work(argv: list[str], words: list[str]) -> None:
+    result = stylebatch(*argv)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    (line,) = error_lines(result)
+    for word in words:
+        assert word in line
+
+
+def test_a_new_option_is_one_field_and_reaches_flags_validation_and_argv() -> None:
+    @dataclass(frozen=True, kw_only=True)
+    class Grainy(StylizeRequest):
+        grain: bool = flag("--film-grain", kind=bool, help="add film grain")
+        amount: float | None = flag("--grain-amount", kind=float, help="how much",
+                                    check=lambda v: None if v < 1 else "must be below 1")
+
+    req = Grainy(work="w", grain=True, amount=0.25)
+    assert req.to_argv()[-3:] == ["--film-grain", "--grain-amount", "0.25"]
+    assert Grainy.from_argv(req.to_argv()) == req
+    with pytest.raises(BadInput, match="--grain-amount"):
+        Grainy(work="w", amount=2.0).validate()
+    with pytest.raises(BadInput, match="--grain-amount"):
+        Grainy.from_argv(["stylize", "--work", "w", "--grain-amount", "3"])
+
+
+def test_run_derives_each_stage_request_from_its_own() -> None:
+    run = REQUESTS["run, everything"]
+    assert run.preprocess_request("W") == PreprocessRequest(input="in.mp4", work="W", output="out.mp4",
+                                                            encoding=run.encoding)
+    assert run.stylize_request("W", "/tmp/style.pth") == StylizeRequest(
+        work="W", model=ModelOptions(style="/tmp/style.pth", strength=0.5, max_side=64, device="cpu"))
+    assert run.postprocess_request("W") == PostprocessRequest(work="W", output="out.mp4")

@@ -1,0 +1,81 @@
+"""The Python API: what the CLI does, as functions over typed requests (stylebatch.requests).
+
+    import stylebatch
+    result = stylebatch.stylize_video("in.mp4", "out.mp4", style="ink-wash", max_side=720,
+                                      progress=lambda done, total: print(done, "/", total))
+
+Importing this module (or `stylebatch`) imports neither torch nor PyAV; the stages do, when called.
+Every failure is a stylebatch.StylebatchError: BadInput (retrying cannot help), TransientError
+(storage unreachable, a timeout: retry), Interrupted (a signal; the work dir can be resumed).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from stylebatch.requests import (
+    EncodingOptions, ModelOptions, PostprocessRequest, PreprocessRequest, RunRequest, StylizeRequest,
+)
+
+from stylebatch.run import Progress, Result
+
+if TYPE_CHECKING:
+    from stylebatch.manifest import Manifest
+
+
+def stylize_video(input: str, output: str, *, style: str | None = None, strength: float = 1.0,
+                  max_side: int | None = None, workers: int | None = None, device: str = "auto",
+                  encoder: str | EncodingOptions | None = None, work: str | None = None, keep_work: bool = False,
+                  batch_size: int | None = None, progress: Progress | None = None) -> Result:
+    """Stylize the video `input` into `output` (paths or blob URIs; the output's extension picks the
+    container), exactly like `stylebatch run`, and return a Result: frames, duration, output, and
+    wall seconds per stage.
+
+    style: a built-in name or index (`stylebatch.list_styles()`), a blend "a:0.5,b:0.5" or .pth
+        weights; default lavender-gold. strength: 0 (none) to 1 (full). max_side: stylize at most
+        this many pixels on the long side (the output keeps its size).
+    workers: MPI ranks on this machine (default: one per GPU, else one per core up to 4).
+    device: "auto", "cpu" or "cuda". encoder: a codec name ("h264", "hevc", "vp9", ...) or
+        EncodingOptions for crf/bitrate/preset/chunk size.
+    work: the work dir; give the same one again to resume an interrupted run (default: a temp dir,
+        deleted after success). keep_work: keep it after success.
+    progress: called as progress(done, total) with the frames stylized so far, from this thread.
+
+    Raises BadInput before any work when a setting is wrong, and leaves no partial output.
+    """
+    from stylebatch.run import run
+
+    encoding = encoder if isinstance(encoder, EncodingOptions) else EncodingOptions(codec=encoder)
+    req = RunRequest(input=str(input), output=str(output), workers=workers, work=None if work is None else str(work),
+                     keep_work=keep_work, encoding=encoding,
+                     model=ModelOptions(style=style, strength=strength, max_side=max_side, device=device,
+                                        batch_size=batch_size))
+    return run(req, progress)
+
+
+def preprocess(req: PreprocessRequest) -> Manifest:
+    """Stage 1: copy and probe the input into the work dir; the work dir's manifest (resumed if there)."""
+    from stylebatch.preprocess import run
+
+    return run(req)
+
+
+def stylize(req: StylizeRequest) -> None:
+    """Stage 2 in this process (one rank; under mpiexec each rank calls it with the same request)."""
+    from stylebatch.stylize import run
+
+    run(req)
+
+
+def postprocess(req: PostprocessRequest) -> str:
+    """Stage 3: mux the parts and the sound into the output; the output as shown to people."""
+    from stylebatch.postprocess import run
+
+    return run(req)
+
+
+def list_styles() -> list:
+    """The built-in styles (name, index, description) in index order. Imports torch."""
+    from stylebatch.models import list_styles as styles
+
+    return styles()

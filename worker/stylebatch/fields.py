@@ -1,0 +1,233 @@
+"""The machinery behind stylebatch.requests: a request field carries its flag, help, type and check
+in one place, and from that one place come the argparse flags, validation and `to_argv()`.
+
+Pure (argparse and dataclasses only): the operator builds pod commands with it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass, field, fields
+from typing import Any, Callable, ClassVar, NoReturn
+
+from stylebatch.errors import BadInput
+
+Check = Callable[[Any], "str | None"]  # a problem in words ("must be at least 1"), or None
+
+
+@dataclass(frozen=True)
+class Flag:
+    """How one request field appears on the command line."""
+
+    flags: tuple[str, ...]  # ("-o", "--output"); () for a positional argument
+    help: str
+    kind: type = str  # str, int, float or bool (a switch: present means True)
+    check: Check | None = None
+    choices: tuple[str, ...] | None = None
+    required: bool = False
+    exclusive: str | None = None  # fields sharing this name exclude each other
+    metavar: str | None = None
+
+    @property
+    def name(self) -> str:
+        """How messages name the field: its long flag, or its metavar for a positional."""
+        return self.flags[-1] if self.flags else (self.metavar or "argument")
+
+
+def flag(*flags: str, help: str, kind: type = str, default: Any = None, check: Check | None = None,
+         choices: tuple[str, ...] | None = None, required: bool = False, exclusive: str | None = None,
+         metavar: str | None = None) -> Any:
+    """A request field with its flag. No flags: a positional argument (required)."""
+    meta = Flag(tuple(flags), help, kind, check, choices, required or not flags, exclusive, metavar)
+    if kind is bool:
+        default = False
+    return field(default=default, metadata={"flag": meta})
+
+
+def options(cls: type, title: str) -> Any:
+    """A request field holding a group of options shared by several requests (one argparse group)."""
+    return field(default_factory=cls, metadata={"group": title})
+
+
+def at_least(least: int) -> Check:
+    return lambda v: None if v >= least else f"must be at least {least}"
+
+
+def between(low: float, high: float) -> Check:
+    return lambda v: None if low <= v <= high else f"must be between {low:g} and {high:g}"
+
+
+_KIND_WORDS = {int: "a whole number", float: "a number"}
+
+
+class Request:
+    """Base of the frozen request dataclasses: validation, argv and argparse from the fields' Flags."""
+
+    command: ClassVar[str] = ""  # the subcommand (`stylebatch <command>`); "" for an option group
+    summary: ClassVar[str] = ""  # one line of `stylebatch --help`
+
+    def __post_init__(self) -> None:
+        for f in fields(self):  # type: ignore[arg-type]  # 1 where 1.0 is meant: the same request
+            meta, value = f.metadata.get("flag"), getattr(self, f.name)
+            if meta is not None and meta.kind is float and isinstance(value, int) and not isinstance(value, bool):
+                object.__setattr__(self, f.name, float(value))
+
+    def validate(self):
+        """Self, or BadInput naming the first bad field. Checks what needs no files, no network."""
+        for f in fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            if "group" in f.metadata:
+                value.validate()
+                continue
+            meta: Flag = f.metadata["flag"]
+            if value is None or value is False:
+                if meta.required:
+                    raise BadInput(f"{meta.name} is required")
+                continue
+            problem = _type_problem(meta, value) or (meta.check(value) if meta.check else None)
+            if problem is None and meta.choices and value not in meta.choices:
+                problem = f"must be one of {', '.join(meta.choices)}"
+            if problem:
+                raise BadInput(f"bad {meta.name} {value!r}: {problem}")
+        given: dict[str, str] = {}
+        for f in fields(self):  # type: ignore[arg-type]
+            meta = f.metadata.get("flag")
+            if meta is not None and meta.exclusive and getattr(self, f.name) not in (None, False):
+                if meta.exclusive in given:
+                    raise BadInput(f"{given[meta.exclusive]} and {meta.name} exclude each other: give one")
+                given[meta.exclusive] = meta.name
+        self.check()
+        return self
+
+    def check(self) -> None:
+        """Rules across fields, for subclasses."""
+
+    def to_argv(self) -> list[str]:
+        """The command line that parses back to this request: [command, args...]."""
+        options_: list[str] = []
+        positional: list[str] = []
+        for f, meta in _flags(type(self), self):
+            value = f.value
+            if value is None or value is False:
+                continue
+            if meta.kind is bool:
+                options_.append(meta.flags[-1])
+            elif not meta.flags:
+                positional.append(_text(value))
+            else:
+                text = _text(value)
+                options_ += [f"{meta.flags[-1]}={text}"] if text.startswith("-") else [meta.flags[0], text]
+        head = [self.command] if self.command else []
+        if any(p.startswith("-") for p in positional):  # would read as a flag: after "--", at the end
+            return [*head, *options_, "--", *positional]
+        return [*head, *positional, *options_]
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser, only: frozenset[str] | None = None) -> None:
+        """This request's flags on `parser` (`only`: just these fields): option groups as argparse groups."""
+        exclusive: dict[tuple[int, str], Any] = {}
+        for f in fields(cls):  # type: ignore[arg-type]
+            if only is not None and f.name not in only:
+                continue
+            if "group" in f.metadata:
+                group = parser.add_argument_group(f.metadata["group"])
+                _add(group, f.default_factory, exclusive)  # type: ignore[misc]
+            else:
+                _add_one(parser, f, exclusive)
+
+    @classmethod
+    def from_namespace(cls, ns: argparse.Namespace):
+        """The request argparse parsed (unvalidated: call validate())."""
+        kwargs = {}
+        for f in fields(cls):  # type: ignore[arg-type]
+            if "group" in f.metadata:
+                kwargs[f.name] = f.default_factory.from_namespace(ns)  # type: ignore[misc, union-attr]
+            else:
+                kwargs[f.name] = getattr(ns, f.name)
+        return cls(**kwargs)
+
+    @classmethod
+    def from_argv(cls, argv: list[str]):
+        """The validated request `argv` (as to_argv() makes it, command first) stands for."""
+        parser = ArgParser(prog=f"stylebatch {cls.command}")
+        cls.add_arguments(parser)
+        if not argv or argv[0] != cls.command:
+            raise BadInput(f"not a `stylebatch {cls.command}` command line: {' '.join(argv[:1])}")
+        return cls.from_namespace(parser.parse_args(argv[1:])).validate()
+
+
+class ArgParser(argparse.ArgumentParser):
+    """Bad flags end like every other error: BadInput (one `stylebatch: error:` line, exit 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise BadInput(f"{' '.join(message.split())} (see `{self.prog} --help`)")
+
+
+@dataclass
+class _Bound:
+    value: Any
+
+
+def _flags(cls: type, obj: Any = None):
+    """(field, Flag) of every flag of `cls`, option groups flattened; with `obj`, field is _Bound(value)."""
+    for f in fields(cls):
+        if "group" in f.metadata:
+            yield from _flags(f.default_factory, getattr(obj, f.name) if obj is not None else None)  # type: ignore[arg-type]
+        else:
+            yield (f if obj is None else _Bound(getattr(obj, f.name))), f.metadata["flag"]
+
+
+def _add(parser: Any, cls: type, exclusive: dict) -> None:
+    for f in fields(cls):
+        _add_one(parser, f, exclusive)
+
+
+def _add_one(parser: Any, f: dataclasses.Field, exclusive: dict) -> None:
+    meta: Flag = f.metadata["flag"]
+    target = parser
+    if meta.exclusive:
+        key = (id(parser), meta.exclusive)
+        if key not in exclusive:
+            exclusive[key] = parser.add_mutually_exclusive_group()
+        target = exclusive[key]
+    if not meta.flags:
+        target.add_argument(f.name, help=meta.help, metavar=meta.metavar or f.name.upper())
+        return
+    kwargs: dict[str, Any] = {"dest": f.name, "help": meta.help, "default": f.default}
+    if meta.kind is bool:
+        kwargs["action"] = "store_true"
+    else:
+        kwargs.update(type=converter(meta.kind, meta.check), choices=meta.choices, required=meta.required, metavar=meta.metavar)
+    target.add_argument(*meta.flags, **kwargs)
+
+
+def converter(kind: type, check: Check | None = None) -> Callable[[str], Any] | None:
+    """An argparse `type=` reading `kind` and applying `check` (None: a plain string)."""
+    if kind is str and check is None:
+        return None
+
+    def convert(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {_KIND_WORDS.get(kind, 'valid')}") from None
+        problem = check(value) if check else None
+        if problem:
+            raise argparse.ArgumentTypeError(f"{text!r} {problem}")
+        return value
+
+    return convert
+
+
+def _type_problem(meta: Flag, value: Any) -> str | None:
+    ok = {int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+          float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+          bool: lambda v: isinstance(v, bool), str: lambda v: isinstance(v, str)}[meta.kind](value)
+    return None if ok else f"must be {_KIND_WORDS.get(meta.kind, 'a ' + meta.kind.__name__)}"
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)

@@ -1,0 +1,85 @@
+"""Log records as people read them (`stylebatch: ...` lines, the default) or as log pipelines read
+them (`--log-format json`: one JSON object per line). Used by the worker's CLI and the operator.
+
+Every JSON record has time, level, logger, message, job and rank (null when there is none): job is
+STYLEBATCH_JOB (the operator sets it to namespace/name in every pod) or what the command works on,
+or the StyleTransferJob an operator record is about; rank is the MPI rank of a stylize process.
+The final `stylebatch: error: ...` line is not a log record: it stays one plain line in both
+formats, the contract callers parse (stylebatch.contract.ERROR_PREFIX).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from datetime import datetime, timezone
+
+from stylebatch.contract import JOB_ENV
+
+FORMATS = ("text", "json")
+FORMAT_ENV = "STYLEBATCH_LOG_FORMAT"  # the format when no --log-format is given (inherited by child processes)
+RANK_ENVS = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK")
+
+
+class TextFormat(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        level = "" if record.levelno < logging.WARNING else record.levelname.lower() + ": "
+        return f"stylebatch: {level}{record.getMessage()}"
+
+
+class JsonFormat(logging.Formatter):
+    """One JSON object per record, on one line (a traceback goes into "exception", escaped)."""
+
+    def __init__(self, job: str | None = None, rank: int | None = None) -> None:
+        super().__init__()
+        self.job, self.rank = job, rank
+
+    def format(self, record: logging.LogRecord) -> str:
+        ref = getattr(record, "k8s_ref", None) or {}  # kopf's per-object loggers
+        job = f"{ref['namespace']}/{ref['name']}" if ref.get("namespace") and ref.get("name") else ref.get("name")
+        out = {
+            "time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+            "job": job or self.job,
+            "rank": self.rank,
+        }
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        return json.dumps(out, ensure_ascii=False, default=str)
+
+
+def chosen(flag: str | None) -> str:
+    """The format: the flag's, else STYLEBATCH_LOG_FORMAT's, else text."""
+    value = flag or os.environ.get(FORMAT_ENV) or "text"
+    if value not in FORMATS:
+        from stylebatch.errors import BadInput
+
+        raise BadInput(f"bad {FORMAT_ENV} {value!r}: use {' or '.join(FORMATS)}")
+    return value
+
+
+def rank_from_env() -> int | None:
+    for name in RANK_ENVS:
+        value = os.environ.get(name, "")
+        if value.isdigit():
+            return int(value)
+    return None
+
+
+def formatter(fmt: str, job: str | None = None) -> logging.Formatter:
+    return JsonFormat(os.environ.get(JOB_ENV) or job, rank_from_env()) if fmt == "json" else TextFormat()
+
+
+def setup(fmt: str, job: str | None = None, logger: str = "stylebatch") -> None:
+    """Send `logger`'s records (INFO and up) to stderr in `fmt`; child processes inherit the format."""
+    os.environ[FORMAT_ENV] = fmt
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(formatter(fmt, job))
+    log = logging.getLogger(logger)
+    log.handlers[:] = [handler]
+    log.setLevel(logging.INFO)
+    log.propagate = False

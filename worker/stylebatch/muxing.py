@@ -1,0 +1,117 @@
+"""What postprocess decides before it touches a packet, as pure functions (no PyAV): which audio and
+subtitle streams each container takes as they are, which are re-encoded or left out, and every
+video packet's timestamps.
+
+Timestamps. Frame p (in presentation order) keeps the source's pts[p]. A part's packets come in
+decode order; with B-frames a packet may show a frame later than frames decoded after it, so the
+packets' presentation ranks are a permutation of the decode positions. The reorder delay D is the
+largest amount by which a packet's decode position runs ahead of its presentation rank; the packet
+at decode position j gets dts = pts[j - D] (before the first frame: pts[0] minus whole frame
+durations). dts then only grows and never passes pts, which is what every muxer requires.
+
+    frames' pts (1/30000 s):        0  1001  2002  3003  4004
+    decode order (ranks):           0     3     1     2     4      I P B B P: D = 1
+    packet pts:                     0  3003  1001  2002  4004
+    packet dts:                 -1001     0  1001  2002  3003
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Iterator, Sequence
+
+AUDIO_COPY = {
+    "mp4": {"aac", "mp3", "ac3", "eac3", "opus", "flac", "alac"},
+    "mov": {"aac", "mp3", "ac3", "eac3", "alac", "pcm_s16le", "pcm_s16be", "pcm_s24le", "pcm_s24be", "pcm_f32le"},
+    "matroska": {"aac", "mp3", "mp2", "ac3", "eac3", "dts", "truehd", "opus", "vorbis", "flac", "alac",
+                 "pcm_s16le", "pcm_s24le", "pcm_s32le", "pcm_f32le", "wavpack", "tta"},
+    "webm": {"opus", "vorbis"},
+    "avi": {"mp3", "mp2", "ac3", "pcm_s16le", "pcm_u8", "pcm_s24le"},
+}
+"""Audio codecs each container takes as they are (stream copy, bit for bit)."""
+AUDIO_TRANSCODE = {"mp4": "aac", "mov": "aac", "matroska": "libopus", "webm": "libopus", "avi": "libmp3lame"}
+"""The encoder for audio a container cannot take as it is."""
+SUBTITLE_COPY = {
+    "mp4": {"mov_text"}, "mov": {"mov_text"}, "webm": {"webvtt"}, "avi": set(),
+    "matroska": {"subrip", "ass", "ssa", "webvtt", "hdmv_pgs_subtitle", "dvd_subtitle"},
+}
+"""Subtitle codecs each container takes; other subtitle streams are left out (and said so)."""
+CONTAINER_META_SKIP = {"encoder", "major_brand", "minor_version", "compatible_brands"}  # the muxer writes its own
+OPUS_RATE = 48000  # libopus encodes at 48 kHz only
+
+
+@dataclass(frozen=True)
+class AudioPlan:
+    copy: bool
+    encoder: str | None = None  # when re-encoded
+    rate: int | None = None
+
+
+def audio_plan(codec: str, container: str, sample_rate: int | None) -> AudioPlan:
+    """Copy the audio as it is where the container takes it; else re-encode it with the
+    container's encoder, keeping its sample rate where that encoder can."""
+    if codec in AUDIO_COPY[container]:
+        return AudioPlan(copy=True)
+    encoder = AUDIO_TRANSCODE[container]
+    return AudioPlan(copy=False, encoder=encoder, rate=OPUS_RATE if encoder == "libopus" else (sample_rate or OPUS_RATE))
+
+
+def keeps_subtitles(codec: str, container: str) -> bool:
+    return codec in SUBTITLE_COPY[container]
+
+
+def mux_options(container: str) -> dict[str, str]:
+    """The muxer's options: MP4/MOV put their index first (playback starts before the download
+    ends); AVI counts frames, so shifting timestamps to avoid negative ones would round them."""
+    options = {"movflags": "+faststart"} if container in ("mp4", "mov") else {}
+    if container == "avi":
+        options["avoid_negative_ts"] = "disabled"
+    return options
+
+
+def presentation_ranks(pts: Sequence[int]) -> list[int]:
+    """Each packet's rank in presentation order, for packets in decode order (their own pts)."""
+    order = sorted(range(len(pts)), key=lambda j: pts[j])
+    ranks = [0] * len(pts)
+    for p, j in enumerate(order):
+        ranks[j] = p
+    return ranks
+
+
+def reorder_delay(ranks_per_part: Sequence[Sequence[int]]) -> int:
+    """D: how far, at most, a packet's decode position runs ahead of its presentation rank."""
+    return max((j - p for ranks in ranks_per_part for j, p in enumerate(ranks)), default=0)
+
+
+def timeline(time_base: tuple[int, int], pts: list[int], last_duration: int, frame_rate: tuple[int, int],
+             container: str) -> tuple[Fraction, list[int], int]:
+    """(time base, pts of every frame, last frame's duration) as the output will carry them: the
+    source's own, except in AVI, which counts frames at a constant rate (VFR gets rounded to it,
+    never two frames on one tick)."""
+    tb = Fraction(*time_base)
+    if container != "avi":
+        return tb, pts, last_duration
+    tick = 1 / Fraction(*frame_rate)
+    out: list[int] = []
+    for t in pts:
+        out.append(max(round((t - pts[0]) * tb / tick), out[-1] + 1 if out else 0))
+    return tick, out, 1
+
+
+def packet_times(pts: list[int], last_duration: int, chunks: Sequence[tuple[int, int]],
+                 ranks_per_part: Sequence[Sequence[int]]) -> Iterator[tuple[int, int, int]]:
+    """(pts, dts, duration) of every video packet, parts in order and each part's packets in
+    decode order; `chunks` are the parts' (first frame, end) and `ranks_per_part` their packets'
+    presentation ranks (presentation_ranks)."""
+    n = len(pts)
+    delay = reorder_delay(ranks_per_part)
+    first_duration = pts[1] - pts[0] if n > 1 else last_duration
+    j = 0
+    for (start, _), ranks in zip(chunks, ranks_per_part):
+        for rank in ranks:
+            p = start + rank
+            dts = pts[j - delay] if j >= delay else pts[0] - (delay - j) * first_duration
+            duration = (pts[p + 1] if p + 1 < n else pts[p] + last_duration) - pts[p]
+            yield pts[p], dts, duration
+            j += 1

@@ -1,0 +1,197 @@
+"""What each stage is asked to do, as typed, frozen requests: one per stage and one for `run`.
+
+Each field is declared once, with its flag, help, type and check (stylebatch.fields); the CLI's
+flags, `validate()`, `to_argv()` and `from_argv()` all come from that declaration, and the operator
+builds every pod command with `to_argv()`. Adding an option is adding one field here.
+
+    req = StylizeRequest(work="az://videos/work/", model=ModelOptions(style="ink-wash", strength=0.8))
+    req.validate().to_argv()  # ['stylize', '--work', 'az://videos/work/', '--style', 'ink-wash', ...]
+    StylizeRequest.from_argv(req.to_argv()) == req  # True
+
+Pure: no torch, no PyAV, no Azure SDK.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import PurePath, PurePosixPath
+from urllib.parse import urlsplit
+
+from stylebatch.contract import DEVICES, OUTPUT_EXTENSIONS, PRECISIONS
+from stylebatch.errors import BadInput
+from stylebatch.temporal_defaults import DEFAULT_MODE as TEMPORAL_DEFAULT
+from stylebatch.temporal_defaults import DEFAULT_STRENGTH as TEMPORAL_STRENGTH
+from stylebatch.temporal_defaults import MODES as TEMPORAL_MODES
+from stylebatch.fields import ArgParser, Request, at_least, between, flag, options
+
+MIN_MAX_SIDE = 32
+
+
+def _temporal_strength(value: float) -> str | None:
+    if not 0 <= value <= 1:
+        return "must be between 0 and 1"
+    return "must be at most 0.95 (1 would freeze the picture)" if value > 0.95 else None
+
+
+@dataclass(frozen=True, kw_only=True)
+class EncodingOptions(Request):
+    """How the output is encoded, and the unit of work. Unset fields take the container's defaults."""
+
+    codec: str | None = flag("--codec", help="h264 (default; vp9 for .webm, mjpeg for .avi), hevc, vp9, "
+                             "h264_nvenc, hevc_nvenc, mjpeg")
+    crf: int | None = flag("--crf", kind=int, check=at_least(0), exclusive="rate",
+                           help="constant quality (lower is better; default 18 for h264)")
+    bitrate: str | None = flag("--bitrate", exclusive="rate", help="target bitrate instead of --crf, e.g. 4M or 800k")
+    preset: str | None = flag("--preset", help="encoder speed preset, e.g. medium (x264/x265), good (vp9), p5 (nvenc)")
+    chunk_frames: int | None = flag("--chunk-frames", kind=int, check=at_least(1),
+                                    help="frames per chunk, the unit of work and of resume "
+                                         "(default: 24 to 120, aiming at 16 chunks)")
+
+    def settings(self, output_name: str):
+        """The manifest's EncoderSettings for an output of this name (pix_fmt left to preprocess),
+        or BadInput: a codec the container cannot hold, a crf out of the codec's range, ..."""
+        from stylebatch.encoding import choose_settings
+
+        return choose_settings(output_name, codec=self.codec, crf=self.crf, bitrate=self.bitrate,
+                               preset=self.preset)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelOptions(Request):
+    """Which style, how strongly, at what size and on which device."""
+
+    style: str | None = flag("--style", help="built-in style name or index (see `stylebatch styles`), a painting to "
+                             "imitate (.jpg .png .webp), a .pth weights file (paths or blob URIs), or a blend "
+                             "such as starry.jpg:0.7,lavender-gold:0.3; default lavender-gold")
+    strength: float = flag("--strength", kind=float, default=1.0, check=between(0, 1),
+                           help="0 keeps the picture, 1 is full style (a painting: from the video's own style "
+                                "to the painting's)")
+    keep_colors: bool = flag("--keep-colors", kind=bool, help="keep the video's own colours: transfer only the "
+                             "style's brightness and strokes")
+    device: str = flag("--device", default="auto", choices=DEVICES, help="auto (a GPU if there is one), cpu, cuda")
+    max_side: int | None = flag("--max-side", kind=int, check=at_least(MIN_MAX_SIDE),
+                                help="stylize at most this many pixels on the long side (output keeps its size)")
+    batch_size: int | None = flag("--batch-size", kind=int, check=at_least(1), help="frames per model call")
+    precision: str | None = flag("--precision", choices=PRECISIONS,
+                                 help="model arithmetic: auto (default) is fp16 on a GPU, bf16 on a CPU with native "
+                                      "bf16 (AVX-512 BF16, AMX), else fp32")
+    temporal: str | None = flag("--temporal", choices=TEMPORAL_MODES,
+                                help="on: blend each frame with the previous one moved along the optical flow, so "
+                                     f"texture holds still (default: {TEMPORAL_DEFAULT})")
+    temporal_strength: float | None = flag("--temporal-strength", kind=float, check=_temporal_strength,
+                                           help="0..0.95: how much of the previous frame is kept where the motion "
+                                                f"is trusted (default {TEMPORAL_STRENGTH:g})")
+
+
+_INPUT_HELP = "video file or blob URI (az://container/path, https://...)"
+_OUTPUT_HELP = f"output file or blob URI; its extension picks the container ({' '.join(OUTPUT_EXTENSIONS)})"
+
+
+@dataclass(frozen=True, kw_only=True)
+class PreprocessRequest(Request):
+    """Stage 1: copy and probe the input, write the work dir's manifest."""
+
+    command = "preprocess"
+    summary = "stage 1: copy and probe the input, write the work dir's manifest"
+    input: str = flag(help=_INPUT_HELP, metavar="input")
+    work: str = flag("--work", required=True, help="work dir (folder or blob prefix)")
+    output: str = flag("-o", "--output", required=True, help=_OUTPUT_HELP)
+    encoding: EncodingOptions = options(EncodingOptions, "encoding")
+
+    def check(self) -> None:
+        self.encoding.settings(_path(self.output))
+
+
+@dataclass(frozen=True, kw_only=True)
+class StylizeRequest(Request):
+    """Stage 2, on every MPI rank: stylize this rank's chunks into parts."""
+
+    command = "stylize"
+    summary = "stage 2 (under mpiexec): stylize this rank's chunks into parts"
+    work: str = flag("--work", required=True, help="work dir made by preprocess")
+    model: ModelOptions = options(ModelOptions, "style")
+
+
+@dataclass(frozen=True, kw_only=True)
+class PostprocessRequest(Request):
+    """Stage 3: mux the parts and the sound, publish the output."""
+
+    command = "postprocess"
+    summary = "stage 3: mux the parts and the sound, publish the output"
+    work: str = flag("--work", required=True, help="work dir made by preprocess and stylize")
+    output: str | None = flag("-o", "--output", help="override the output recorded by preprocess")
+    delete_work: bool = flag("--delete-work", kind=bool, help="after the output is published, delete the files "
+                             "stylebatch wrote into the work dir")
+
+    def check(self) -> None:
+        if self.output is not None:
+            from stylebatch.encoding import container_for
+
+            container_for(_path(self.output))
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunRequest(Request):
+    """The three stages chained on this machine, stylize on `workers` MPI ranks."""
+
+    command = "run"
+    summary = "stylize a video end to end: preprocess, stylize on N ranks, postprocess"
+    input: str = flag(help=_INPUT_HELP, metavar="input")
+    output: str = flag("-o", "--output", required=True, help=_OUTPUT_HELP)
+    workers: int | None = flag("--workers", kind=int, check=at_least(1),
+                               help="MPI ranks to run locally (default: one per GPU, else one per CPU core, at most 4)")
+    work: str | None = flag("--work", help="work dir (folder or blob prefix); re-use one to resume (default: temp)")
+    keep_work: bool = flag("--keep-work", kind=bool, help="keep the work dir after success")
+    model: ModelOptions = options(ModelOptions, "style")
+    encoding: EncodingOptions = options(EncodingOptions, "encoding")
+
+    def check(self) -> None:
+        self.encoding.settings(_path(self.output))
+
+    def preprocess_request(self, work: str) -> PreprocessRequest:
+        return PreprocessRequest(input=self.input, work=work, output=self.output, encoding=self.encoding)
+
+    def stylize_request(self, work: str, style: str | None = None) -> StylizeRequest:
+        """`style`: the style as resolved by the launcher (a downloaded weights file), if it differs."""
+        model = self.model if style is None else replace(self.model, style=style)
+        return StylizeRequest(work=work, model=model)
+
+    def postprocess_request(self, work: str) -> PostprocessRequest:
+        return PostprocessRequest(work=work, output=self.output)
+
+    def with_places(self, input: str, output: str) -> RunRequest:
+        """The same run for another input and output (`stylebatch watch`)."""
+        return replace(self, input=input, output=output)
+
+
+def _path(place: str) -> str:
+    """The file name of a path or URI: what its extension is read from (never a SAS query)."""
+    return PurePosixPath(urlsplit(place).path).name if "://" in place else PurePath(place).name
+
+
+RUN_FLAGS = frozenset({"workers", "model", "encoding"})  # what `watch` passes on to each run
+
+
+STAGES = (RunRequest, PreprocessRequest, StylizeRequest, PostprocessRequest)
+BY_COMMAND = {cls.command: cls for cls in STAGES}
+
+
+def add_commands(subparsers) -> None:
+    """A subcommand per request type on an argparse subparsers object; its handler is
+    `stylebatch.<command>:run`, called with the validated request."""
+    for cls in STAGES:
+        sub = subparsers.add_parser(cls.command, help=cls.summary, description=cls.__doc__)
+        cls.add_arguments(sub)
+        sub.set_defaults(request=cls, handler=f"stylebatch.{cls.command}:run")
+
+
+def parse_argv(argv: list[str]) -> Request:
+    """The validated request of a stage command line such as ['stylize', '--work', ...]."""
+    cls = BY_COMMAND.get(argv[0] if argv else "")
+    if cls is None:
+        raise BadInput(f"not a stylebatch stage command: {' '.join(argv[:1]) or '(empty)'}")
+    return cls.from_argv(argv)
+
+
+__all__ = ["EncodingOptions", "ModelOptions", "PreprocessRequest", "StylizeRequest", "PostprocessRequest",
+           "RunRequest", "Request", "ArgParser", "parse_argv", "STAGES", "MIN_MAX_SIDE"]

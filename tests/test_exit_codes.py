@@ -18,6 +18,7 @@ import pytest
 from clips import error_lines, make_clip
 
 from stylebatch import storage
+from stylebatch.storage import tuning
 from stylebatch.contract import EXIT_BAD_INPUT, EXIT_TRANSIENT
 
 STORAGE_VARS = ("AZURE_STORAGE_CONNECTION_STRING", "AZURE_STORAGE_ACCOUNT", "AZURE_STORAGE_KEY",
@@ -63,8 +64,8 @@ def quick_storage(monkeypatch: pytest.MonkeyPatch):
     """No SDK retries and a short read timeout (the seam the module documents), a clean environment."""
     for name in STORAGE_VARS:
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setattr(storage, "settings", dataclasses.replace(storage.settings, retry_total=0,
-                                                                 read_timeout_s=1, connection_timeout_s=2))
+    monkeypatch.setattr(tuning, "settings", dataclasses.replace(tuning.settings, retry_total=0,
+                                                                read_timeout_s=1, connection_timeout_s=2))
     storage.clear_client_cache()
     yield monkeypatch
     storage.clear_client_cache()

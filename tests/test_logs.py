@@ -34,7 +34,7 @@ def test_run_logs_json_lines_from_the_launcher_and_every_rank(tmp_path: Path) ->
     logged = records(result.stderr)  # every line parses: nothing else is written
     assert logged and all(set(r) == KEYS for r in logged)
     assert {r["job"] for r in logged} == {str(out)}
-    ranks = {r["rank"] for r in logged if "chunks to stylize" in r["message"]}
+    ranks = {r["rank"] for r in logged if r["logger"] == "stylebatch.stylize"}
     assert ranks == {0, 1}
     assert any(r["rank"] is None and "wrote" in r["message"] for r in logged)  # the launcher's own records
 

@@ -812,7 +812,7 @@ def test_the_operator_never_imports_torch_or_the_workers_heavy_modules():
     code = ("import sys, stylebatch.cli, stylebatch_operator.main, stylebatch_operator.handlers; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'numpy', 'av') "
             "or m.startswith('stylebatch.') and m not in ('stylebatch.cli', 'stylebatch.contract', 'stylebatch.errors', 'stylebatch.progress',"
-            " 'stylebatch.temporal_defaults', 'stylebatch.trigger', 'stylebatch.fields', 'stylebatch.requests')))")  # pure
+            " 'stylebatch.temporal_defaults', 'stylebatch.trigger', 'stylebatch.fields', 'stylebatch.requests', 'stylebatch.logs')))")  # pure
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 

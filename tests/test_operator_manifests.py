@@ -183,6 +183,7 @@ def test_every_pod_command_parses_back_to_the_request_the_job_asks_for(variant):
             style=spec["style"], strength=spec["strength"], max_side=processing.get("maxSide"),
             batch_size=processing.get("batchSize"), device="cuda" if spec["gpusPerWorker"] else "cpu",
             keep_colors=spec.get("keepColors", False), temporal=processing.get("temporal"),
+            precision=processing.get("precision"),
             temporal_strength=processing.get("temporalStrength"))),
         "postprocess": PostprocessRequest(work=work, delete_work=not spec.get("keepWorkDir")),
     }

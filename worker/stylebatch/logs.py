@@ -2,7 +2,8 @@
 them (`--log-format json`: one JSON object per line). Used by the worker's CLI and the operator.
 
 Every JSON record has time, level, logger, message, job and rank (null when there is none): job is
-STYLEBATCH_JOB (the operator sets it to namespace/name in every pod) or what the command works on,
+STYLEBATCH_JOB (the operator sets it in every pod) or what the first command worked on (`run`'s
+output, inherited by its ranks),
 or the StyleTransferJob an operator record is about; rank is the MPI rank of a stylize process.
 The final `stylebatch: error: ...` line is not a log record: it stays one plain line in both
 formats, the contract callers parse (stylebatch.contract.ERROR_PREFIX).
@@ -20,6 +21,7 @@ from stylebatch.contract import JOB_ENV
 
 FORMATS = ("text", "json")
 FORMAT_ENV = "STYLEBATCH_LOG_FORMAT"  # the format when no --log-format is given (inherited by child processes)
+LOG_JOB_ENV = "STYLEBATCH_LOG_JOB"  # the job the first stylebatch process named: its ranks log the same one
 RANK_ENVS = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK")
 
 
@@ -71,12 +73,15 @@ def rank_from_env() -> int | None:
 
 
 def formatter(fmt: str, job: str | None = None) -> logging.Formatter:
-    return JsonFormat(os.environ.get(JOB_ENV) or job, rank_from_env()) if fmt == "json" else TextFormat()
+    job = os.environ.get(JOB_ENV) or os.environ.get(LOG_JOB_ENV) or job
+    return JsonFormat(job, rank_from_env()) if fmt == "json" else TextFormat()
 
 
 def setup(fmt: str, job: str | None = None, logger: str = "stylebatch") -> None:
     """Send `logger`'s records (INFO and up) to stderr in `fmt`; child processes inherit the format."""
     os.environ[FORMAT_ENV] = fmt
+    if job and not os.environ.get(LOG_JOB_ENV):
+        os.environ[LOG_JOB_ENV] = job
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(formatter(fmt, job))
     log = logging.getLogger(logger)

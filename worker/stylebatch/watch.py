@@ -50,7 +50,7 @@ def run(args: argparse.Namespace, stylize: Callable[[str, str], None] | None = N
 
 
 def _extension(ext: str | None) -> str | None:
-    from stylebatch.encoder import CONTAINERS
+    from stylebatch.contract import CONTAINERS
 
     if ext is None:
         return None
@@ -156,7 +156,7 @@ class Watch:
         account, container, prefix = _identity(self.source)
         key = trigger.job_name(account, container, posixpath.join(prefix, info.name), info.etag)
         stem, ext = posixpath.splitext(info.name)
-        from stylebatch.encoder import CONTAINERS
+        from stylebatch.contract import CONTAINERS
 
         out_ext = self.ext or (ext.lower() if ext.lower() in CONTAINERS else DEFAULT_EXT)
         return Video(key, info, self.source.child(info.name), self.dest.child(stem + out_ext))

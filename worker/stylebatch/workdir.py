@@ -117,7 +117,7 @@ def own_files(work) -> list[str]:
     names = [MANIFEST_NAME, STYLIZE_NAME, *record["files"]]
     manifest = work.child(MANIFEST_NAME)
     if manifest.exists():
-        from stylebatch.encoder import PART_EXT
+        from stylebatch.contract import PART_EXT
         from stylebatch.manifest import Manifest
         from stylebatch.partition import chunk_bounds, part_name
 

@@ -855,7 +855,7 @@ async def scrape(port: int) -> dict[str, float]:
     samples = {}
     for family in text_string_to_metric_families(text):
         for s in family.samples:
-            labels = ",".join(f'{k}="{v}"' for k, v in sorted(s.labels.items()))
+            labels = ",".join(f'{k}="{v}"' for k, v in s.labels.items())  # as exposed
             samples[f"{s.name}{{{labels}}}" if labels else s.name] = s.value
     return samples
 

@@ -187,7 +187,8 @@ def test_queue_mode_gives_each_video_exactly_one_job_across_duplicates_restarts_
             assert metrics[f'stylebatch_watch_jobs_created_total{{{watched}}}'] == 3
             assert metrics[f'stylebatch_watch_poison_messages_total{{{watched}}}'] == 2
             assert metrics[f'stylebatch_watch_duplicates_dropped_total{{{watched}}}'] == 1
-            assert metrics[f'stylebatch_watch_events_received_total{{{watched},source="queue"}}'] == 11
+            queued = 'namespace="media",source="queue",watch="uploads"'  # prometheus_client sorts labels
+            assert metrics[f'stylebatch_watch_events_received_total{{{queued}}}'] == 11
             assert metrics[f'stylebatch_watch_upload_to_job_seconds_count{{{watched}}}'] == 3
             s = watch_status(api)
             assert s["videosSeen"] == 3 and s["lastMessageTime"] and s["lastError"] == ""

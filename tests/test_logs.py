@@ -91,3 +91,19 @@ def test_the_operator_in_json_mode_writes_kopfs_records_as_json_naming_the_job(c
     lines = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert [(r["job"], r["message"]) for r in lines] == [("media/orangutan", "Accepted: starting"),
                                                          (None, "watching all namespaces")]
+
+
+def test_the_cli_called_in_process_leaves_the_callers_environment_alone(tmp_path: Path, monkeypatch) -> None:
+    """A notebook or service that calls stylebatch in-process keeps its environment: a job name or log
+    format chosen by one call must not leak into the next call's ranks (it once named another job)."""
+    from stylebatch import logs
+    from stylebatch.cli import main
+
+    monkeypatch.delenv(logs.FORMAT_ENV, raising=False)
+    monkeypatch.delenv(logs.LOG_JOB_ENV, raising=False)
+    before = dict(os.environ)
+    src = make_clip(tmp_path / "in.mp4", frames=2)
+    assert main(["run", str(src), "-o", str(tmp_path / "o.mp4"), "--workers", "1", "--log-format", "json",
+                 *FAST_STYLE]) == 0
+    assert dict(os.environ) == before
+    assert logs.child_env() == {logs.FORMAT_ENV: "json", logs.LOG_JOB_ENV: str(tmp_path / "o.mp4")}

@@ -77,11 +77,23 @@ def formatter(fmt: str, job: str | None = None) -> logging.Formatter:
     return JsonFormat(job, rank_from_env()) if fmt == "json" else TextFormat()
 
 
+_chosen: dict[str, str] = {}  # what setup() chose in this process: child_env() hands it to child processes
+
+
+def child_env() -> dict[str, str]:
+    """The variables a stylebatch child process (an MPI rank) needs to log as this process does.
+
+    setup() never changes os.environ: a program that calls the API in-process keeps its environment."""
+    return dict(_chosen)
+
+
 def setup(fmt: str, job: str | None = None, logger: str = "stylebatch") -> None:
-    """Send `logger`'s records (INFO and up) to stderr in `fmt`; child processes inherit the format."""
-    os.environ[FORMAT_ENV] = fmt
-    if job and not os.environ.get(LOG_JOB_ENV):
-        os.environ[LOG_JOB_ENV] = job
+    """Send `logger`'s records (INFO and up) to stderr in `fmt`; child_env() carries the choice to children."""
+    _chosen.clear()
+    _chosen[FORMAT_ENV] = fmt
+    job = os.environ.get(LOG_JOB_ENV) or job
+    if job:
+        _chosen[LOG_JOB_ENV] = job
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(formatter(fmt, job))
     log = logging.getLogger(logger)

@@ -221,6 +221,7 @@ def _stylize(req: StylizeRequest, workers: int, frames: int, token: str | None, 
         return
     cmd = [mpiexec, "-n", str(workers), sys.executable, "-m", "stylebatch", *req.to_argv()]
     from stylebatch.storage.credentials import carried_sas_env
+    from stylebatch import logs
     from stylebatch.workdir import LOCK_ENV
 
     # A SAS from a URL reaches the ranks in their environment, never in their (world-readable) arguments.
@@ -228,7 +229,7 @@ def _stylize(req: StylizeRequest, workers: int, frames: int, token: str | None, 
     # does the topology file MPICH's proxy would otherwise leave in /tmp when a rank aborts: with
     # HWLOC_XMLFILE set it writes none (the ranks then read the topology themselves).
     env = dict(os.environ, PYTHONUNBUFFERED="1", TMPDIR=str(scratch), HWLOC_XMLFILE=str(scratch / "no-topology.xml"),
-               **carried_sas_env(), **({LOCK_ENV: token} if token else {}))
+               **logs.child_env(), **carried_sas_env(), **({LOCK_ENV: token} if token else {}))
     monitor = Monitor(frames, on_update=progress)
     errors: list[str] = []
     banner: list[str] = []

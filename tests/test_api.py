@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -22,28 +23,77 @@ def test_import_stylebatch_loads_neither_torch_nor_pyav_nor_the_azure_sdk() -> N
     assert result.stdout.strip() == "[]"
 
 
+# How stylize runs: on ranks under mpiexec (mpich's, beside this Python), or, where there is no
+# mpiexec (a machine without MPI: find_mpiexec is pointed at nothing, nothing else is replaced), as
+# one rank in the caller's own process.
+WAYS = {"with mpiexec": False, "in process, without mpiexec": True}
+
+
+@pytest.fixture(params=list(WAYS))
+def way(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    if WAYS[request.param]:
+        import stylebatch.run as run_module
+
+        monkeypatch.setattr(run_module, "find_mpiexec", lambda: None)
+    return request.param
+
+
 @pytest.mark.slow
-def test_stylize_video_reports_progress_up_to_the_frame_count_and_returns_the_result(tmp_path: Path) -> None:
+def test_stylize_video_reports_progress_after_every_chunk_in_the_calling_thread_and_returns_the_result(
+        way: str, tmp_path: Path) -> None:
     src = make_clip(tmp_path / "in.mp4", frames=12, fps=30)
     out = tmp_path / "out" / "styled.mkv"
     out.parent.mkdir()
-    seen: list[tuple[int, int]] = []
+    seen: list[tuple[int, int, bool]] = []
     result = stylebatch.stylize_video(src, out, style="ink-wash", strength=0.7, max_side=48, workers=1,
                                       device="cpu", encoder=EncodingOptions(chunk_frames=4),
-                                      progress=lambda done, total: seen.append((done, total)))
+                                      progress=lambda done, total: seen.append(
+                                          (done, total, threading.current_thread() is threading.main_thread())))
     assert count_frames(out) == result.frames == 12
     assert result.output == str(out) and result.duration == pytest.approx(12 / 30)
     assert list(result.timings) == ["preprocess", "stylize", "postprocess"]
     assert all(seconds > 0 for seconds in result.timings.values())
-    done = [d for d, _ in seen]
-    assert {total for _, total in seen} == {12} and done == sorted(done) and done[-1] == 12 and len(done) >= 2
+    done = [d for d, _, _ in seen]
+    assert {total for _, total, _ in seen} == {12} and done == sorted(done) and done[-1] == 12
+    assert {4, 8, 12} <= set(done)  # each chunk of 4 frames, as it is finished
+    assert all(main for _, _, main in seen)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.mp4", "out"]  # no work dir left behind
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("raised, caught, exit_code", [
+    (KeyboardInterrupt, stylebatch.Interrupted, 130),  # Ctrl-C, a notebook's stop button
+    (ValueError, ValueError, None),  # the callback's own bug reaches the caller as it is
+])
+def test_an_exception_in_the_progress_callback_stops_the_run_and_keeps_the_work_dir_to_resume(
+        way: str, raised: type, caught: type, exit_code: int | None, tmp_path: Path) -> None:
+    src = make_clip(tmp_path / "in.mp4", frames=12, fps=30)
+    out, work = tmp_path / "out.mkv", tmp_path / "work"
+
+    def stop_after_a_chunk(done: int, total: int) -> None:
+        if done >= 4:
+            raise raised("stop")
+
+    with pytest.raises(caught) as stopped:
+        stylebatch.stylize_video(src, out, style="ink-wash", max_side=48, workers=1, device="cpu", work=work,
+                                 encoder=EncodingOptions(chunk_frames=4), progress=stop_after_a_chunk)
+    if exit_code is not None:
+        assert stopped.value.exit_code == exit_code and "to resume" in str(stopped.value)
+    assert not out.exists()
+    seen: list[int] = []
+    result = stylebatch.stylize_video(src, out, style="ink-wash", max_side=48, workers=1, device="cpu", work=work,
+                                      encoder=EncodingOptions(chunk_frames=4),
+                                      progress=lambda done, total: seen.append(done))
+    assert result.frames == count_frames(out) == 12
+    assert seen[0] >= 4  # resumed: the chunk finished before the stop was not stylized again
 
 
 @pytest.mark.parametrize("kwargs, error, words", [
     ({"strength": 2}, stylebatch.BadInput, ["--strength", "between 0 and 1"]),
     ({"encoder": "vp9"}, stylebatch.BadInput, ["vp9", ".avi"]),
     ({"device": "tpu"}, stylebatch.BadInput, ["--device"]),
+    ({"precision": "fp8"}, stylebatch.BadInput, ["--precision", "fp8"]),
+    ({"temporal": "sideways"}, stylebatch.BadInput, ["--temporal", "sideways"]),
     ({"input": "missing.mp4"}, stylebatch.BadInput, ["not found", "missing.mp4"]),
 ])
 def test_bad_settings_raise_bad_input_before_any_work(kwargs: dict, error: type, words: list[str],

@@ -26,7 +26,9 @@ if TYPE_CHECKING:
 def stylize_video(input: str, output: str, *, style: str | None = None, strength: float = 1.0,
                   max_side: int | None = None, workers: int | None = None, device: str = "auto",
                   encoder: str | EncodingOptions | None = None, work: str | None = None, keep_work: bool = False,
-                  batch_size: int | None = None, progress: Progress | None = None) -> Result:
+                  batch_size: int | None = None, keep_colors: bool = False, precision: str | None = None,
+                  temporal: str | None = None, temporal_strength: float | None = None,
+                  progress: Progress | None = None) -> Result:
     """Stylize the video `input` into `output` (paths or blob URIs; the output's extension picks the
     container), exactly like `stylebatch run`, and return a Result: frames, duration, output, and
     wall seconds per stage.
@@ -39,9 +41,13 @@ def stylize_video(input: str, output: str, *, style: str | None = None, strength
         EncodingOptions for crf/bitrate/preset/chunk size.
     work: the work dir; give the same one again to resume an interrupted run (default: a temp dir,
         deleted after success). keep_work: keep it after success.
-    progress: called as progress(done, total) with the frames stylized so far, from this thread.
+    batch_size, keep_colors, precision, temporal, temporal_strength: as the flags of `stylebatch run`
+        (stylebatch.ModelOptions).
+    progress: called as progress(done, total) with the frames stylized so far, from this thread: at
+        the start, after every chunk, every few seconds between, and at the end (done == total).
 
-    Raises BadInput before any work when a setting is wrong, and leaves no partial output.
+    Raises BadInput before any work when a setting is wrong, and leaves no partial output; Ctrl-C
+    (KeyboardInterrupt, also one raised by `progress`) stops the ranks and raises Interrupted.
     """
     from stylebatch.run import run
 
@@ -49,7 +55,8 @@ def stylize_video(input: str, output: str, *, style: str | None = None, strength
     req = RunRequest(input=str(input), output=str(output), workers=workers, work=None if work is None else str(work),
                      keep_work=keep_work, encoding=encoding,
                      model=ModelOptions(style=style, strength=strength, max_side=max_side, device=device,
-                                        batch_size=batch_size))
+                                        batch_size=batch_size, keep_colors=keep_colors, precision=precision,
+                                        temporal=temporal, temporal_strength=temporal_strength))
     return run(req, progress)
 
 

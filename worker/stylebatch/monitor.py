@@ -43,14 +43,17 @@ class Monitor:
         glued together on one line are read too)."""
         records = parse_records(text)
         for p in records:
-            if p.rank not in self.latest:  # a rank's first line counts the parts it found already done
-                self.resumed = (self.resumed or 0) + p.done
-            self.latest[p.rank] = p
-        if records:
-            self.show()
-            if self.on_update is not None:
-                self.on_update(self.done, self.frames)
+            self.record(p)
         return bool(records)
+
+    def record(self, p: RankProgress) -> None:
+        """Take one rank's progress record (parsed from its line, or handed over in process)."""
+        if p.rank not in self.latest:  # a rank's first record counts the parts it found already done
+            self.resumed = (self.resumed or 0) + p.done
+        self.latest[p.rank] = p
+        self.show()
+        if self.on_update is not None:
+            self.on_update(self.done, self.frames)
 
     def status(self) -> str:
         elapsed = max(1e-6, time.monotonic() - self.start)

@@ -17,10 +17,20 @@ _DONE = object()
 
 
 class Progress:
-    """This rank's progress lines on stdout: now and then, and always at the start and the end."""
+    """This rank's progress: a record at the start, after each chunk it finishes, every
+    REPORT_EVERY_S between, and at the end.
 
-    def __init__(self, world: World, share: int, done: int, frames: int) -> None:
+    Without `sink` each record is a line on stdout (mpiexec gathers the ranks' lines on the
+    launcher). With `sink` (one rank in the caller's own process) each record is handed to
+    sink(record) instead, always in the thread that created this Progress: records made in the
+    encode thread wait until that thread calls `deliver()` (the model loop does, after each batch)."""
+
+    def __init__(self, world: World, share: int, done: int, frames: int,
+                 sink: Callable[[RankProgress], None] | None = None) -> None:
         self.world, self.share, self.done, self.frames = world, share, done, frames
+        self.sink = sink
+        self._owner = threading.get_ident()
+        self._pending: list[RankProgress] = []
         self._lock = threading.Lock()
         self._last = 0.0
 
@@ -40,11 +50,25 @@ class Progress:
             if not force and now - self._last < REPORT_EVERY_S:
                 return
             self._last = now
-            line = format_line(RankProgress(self.world.rank, self.world.size, self.done, self.share, self.frames))
+            record = RankProgress(self.world.rank, self.world.size, self.done, self.share, self.frames)
+            if self.sink is not None:
+                self._pending.append(record)
+        if self.sink is not None:
+            self.deliver()
+            return
         # one write per line: print() writes the newline separately, and mpiexec may slip another
         # rank's output in between
-        sys.stdout.write(line + "\n")
+        sys.stdout.write(format_line(record) + "\n")
         sys.stdout.flush()
+
+    def deliver(self) -> None:
+        """Hand the records made so far to the sink, when called in the owner's thread (else: later)."""
+        if self.sink is None or threading.get_ident() != self._owner:
+            return
+        with self._lock:
+            records, self._pending = self._pending, []
+        for record in records:
+            self.sink(record)
 
 
 class _Stopped(Exception):
@@ -119,6 +143,7 @@ def run_pipeline(todo: Iterable[tuple[int, int]], read: Callable, stylizer, open
                     writer.close()
                     publish(chunk, path)
                     writer = None
+                    progress.report(force=True)  # a chunk is done, for good
                     continue
                 if finish is not None:
                     frames = finish(frames)
@@ -140,6 +165,7 @@ def run_pipeline(todo: Iterable[tuple[int, int]], read: Callable, stylizer, open
                 current = chunk
                 ahead.release()
             put(q_out, (chunk, None if frames is None else stylizer(frames)))
+            progress.deliver()  # in the caller's thread: what the encoder reported since
         put(q_out, _DONE)
 
     workers = [threading.Thread(target=guarded(f), name=f"stylebatch-{f.__name__}", daemon=True)

@@ -215,9 +215,9 @@ def _stylize(req: StylizeRequest, workers: int, frames: int, token: str | None, 
             raise StylebatchError(f"--workers {workers} needs mpiexec (MPI), which is not installed")
         from stylebatch.stylize import run as stylize
 
-        stylize(req)  # in this process: its progress lines go to stdout, `progress` hears only the end
-        if progress is not None:
-            progress(frames, frames)
+        monitor = Monitor(frames, on_update=progress)
+        stylize(req, sink=monitor.record)  # one rank in this process: its records come straight here
+        monitor.show(final=True)
         return
     cmd = [mpiexec, "-n", str(workers), sys.executable, "-m", "stylebatch", *req.to_argv()]
     from stylebatch.storage.credentials import carried_sas_env

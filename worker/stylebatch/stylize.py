@@ -17,7 +17,7 @@ import time
 import traceback
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from stylebatch.contract import DEFAULT_STYLE, ERROR_PREFIX, PART_EXT
 from stylebatch.encoder import PartWriter
@@ -27,6 +27,7 @@ from stylebatch.manifest import PARTS_DIR, STYLIZE_NAME, Manifest, read_manifest
 from stylebatch.dispatch import ChunkDispenser, dispense
 from stylebatch.partition import chunk_bounds, part_name
 from stylebatch.pipeline import Progress, run_pipeline
+from stylebatch.progress import RankProgress
 from stylebatch.ranks import World, cpu_count, detect
 from stylebatch.requests import ModelOptions, StylizeRequest
 from stylebatch.video import ChunkReader
@@ -34,14 +35,17 @@ from stylebatch.video import ChunkReader
 log = logging.getLogger(__name__)
 
 
-def run(req: StylizeRequest) -> None:
-    """Stage 2 on this rank (all ranks of an MPI job run it with the same request)."""
+def run(req: StylizeRequest, sink: Callable[[RankProgress], None] | None = None) -> None:
+    """Stage 2 on this rank (all ranks of an MPI job run it with the same request).
+
+    sink: where this rank's progress records go (stylebatch.pipeline.Progress), called in this
+    thread; default: progress lines on stdout, for mpiexec to gather."""
     req.validate()
     world = detect()
     tmp = _rank_tmp(world.rank)
     try:
         with _work_lock(req.work, world):
-            stylize(req, world, tmp)
+            stylize(req, world, tmp, sink)
     except StylebatchError as exc:
         if world.size > 1:
             sys.stderr.write(f"{ERROR_PREFIX}{' '.join(str(exc).split())}\n")  # one write: one line
@@ -105,7 +109,8 @@ def _rank_tmp(rank: int) -> Path:
     return Path(tempfile.mkdtemp(prefix=f"stylebatch-rank{rank}-"))
 
 
-def stylize(req: StylizeRequest, world: World, tmp: Path) -> None:
+def stylize(req: StylizeRequest, world: World, tmp: Path,
+            sink: Callable[[RankProgress], None] | None = None) -> None:
     from stylebatch.storage import location
 
     model = req.model
@@ -120,7 +125,7 @@ def stylize(req: StylizeRequest, world: World, tmp: Path) -> None:
     temporal = temporal_settings(model)
     check_settings(work, settings_record(style, model.strength, model.max_side, keep_colors, *temporal), bool(have))
     resumed = sum(e - s for s, e in done) if world.rank == 0 else 0  # rank 0 reports the resumed parts
-    progress = Progress(world, resumed, resumed, m.frames)
+    progress = Progress(world, resumed, resumed, m.frames, sink)
     progress.report(force=True)
     if missing:
         # Pre-flight: this machine's ranks together must fit its memory (one line naming --max-side if not).

@@ -13,7 +13,8 @@ from stylebatch.cli import build_parser
 from stylebatch.errors import BadInput
 from stylebatch.fields import flag
 from stylebatch.requests import (
-    EncodingOptions, ModelOptions, PostprocessRequest, PreprocessRequest, RunRequest, StylizeRequest, parse_argv,
+    EncodingOptions, ModelOptions, PostprocessRequest, PreprocessRequest, RunRequest, StylizeRequest, TrainRequest,
+    parse_argv,
 )
 
 REQUESTS = {
@@ -31,6 +32,12 @@ REQUESTS = {
     "run, everything": RunRequest(input="in.mp4", output="out.mp4", workers=3, work="w", keep_work=True,
                                   model=ModelOptions(style="3", strength=0.5, max_side=64, device="cpu"),
                                   encoding=EncodingOptions(codec="h264", crf=20, preset="fast", chunk_frames=8)),
+    "train-style, defaults": TrainRequest(painting="starry.jpg", output="starry.pth", content=("clip.mp4",)),
+    "train-style, blobs and every setting": TrainRequest(
+        painting="az://s/starry.jpg", output="az://v/.stylebatch-work/ns/job-1234abcd.pth",
+        content=("az://v/in.mp4", "az://v/photos/a.png", "-odd.mp4"), steps=50, size=128, batch_size=2, lr=0.0005,
+        style_weight=3, content_weight=0.5, checkpoint_every=10, seed=7, device="cuda"),
+    "train-style, no content yet": TrainRequest(painting="p.png", output="p.pth"),
 }
 
 
@@ -69,6 +76,12 @@ def test_the_operator_style_argv_reads_as_the_user_would_write_it() -> None:
     (lambda: PreprocessRequest(input="a.mp4", output="b.mp4"), ["--work", "required"]),
     (lambda: StylizeRequest(work="w", model=ModelOptions(strength=float("nan"))), ["--strength"]),
     (lambda: PostprocessRequest(work="w", output="x.gif"), ["x.gif"]),
+    (lambda: TrainRequest(painting="p.jpg", output="p.pth", steps=0), ["--steps", "at least 1"]),
+    (lambda: TrainRequest(painting="p.jpg", output="p.pth", size=8), ["--size", "at least 32"]),
+    (lambda: TrainRequest(painting="p.jpg", output="p.pth", lr=0), ["--lr", "more than 0"]),
+    (lambda: TrainRequest(painting="p.jpg", output="p.pth", content=("a.mp4", 3)), ["--content", "3"]),
+    (lambda: TrainRequest(painting="p.jpg", output="p.pth", content="a.mp4"), ["--content", "tuple"]),
+    (lambda: TrainRequest(painting="p.jpg"), ["--output", "required"]),
 ])
 def test_validate_refuses_a_bad_request_naming_the_flag(make, words: list[str]) -> None:
     with pytest.raises(BadInput) as caught:

@@ -3,6 +3,7 @@ an interrupted run that resumes from its checkpoint, and bad input as one line."
 
 from __future__ import annotations
 
+import io
 import re
 import signal
 import subprocess
@@ -64,15 +65,47 @@ def test_interrupted_training_saves_a_checkpoint_and_the_same_command_resumes(tm
     assert saved["step"] >= 2 and len(saved["history"]) == saved["step"] and not out.exists()
     result = subprocess.run([*cmd, "--steps", str(saved["step"] + 2)], capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr
-    assert f"resuming from {ckpt.name} at step {saved['step']}" in result.stderr
+    assert f"resuming from {ckpt} at step {saved['step']}" in result.stderr
     assert f"{saved['step'] + 2} steps" in result.stdout and out.exists() and not ckpt.exists()
+
+
+def test_a_training_into_blob_storage_keeps_its_checkpoint_there_and_a_new_pod_resumes_it(tmp_path, azure_env):
+    """As the training Job does on Kubernetes: painting, content and weights are blobs, the checkpoint
+    is a blob beside the weights, a pod stopped by SIGTERM saves it, and the next pod continues."""
+    service, container = azure_env.azurite.service_client(), azure_env.container
+    blobs = service.get_container_client(container)
+    for name, path in (("styles/starry.jpg", STARRY), ("videos/clip.mp4", make_clip(tmp_path / "c.mp4", size=(96, 64), frames=6))):
+        blobs.upload_blob(name, Path(path).read_bytes())
+    out = f"az://{container}/work/job-1234abcd.pth"
+    cmd = [sys.executable, "-m", "stylebatch", "train-style", f"az://{container}/styles/starry.jpg", "-o", out,
+           "--content", f"az://{container}/videos/clip.mp4", *TINY, "--checkpoint-every", "2"]
+    proc = subprocess.Popen([*cmd, "--steps", "500"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=azure_env.env)
+    deadline = time.monotonic() + 600
+    while not blobs.get_blob_client("work/job-1234abcd.pth.ckpt").exists() and proc.poll() is None \
+            and time.monotonic() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 143, stderr
+    saved = torch.load(io.BytesIO(blobs.download_blob("work/job-1234abcd.pth.ckpt").readall()), weights_only=True)
+    assert saved["step"] >= 2 and not blobs.get_blob_client("work/job-1234abcd.pth").exists()
+    result = subprocess.run([*cmd, "--steps", str(saved["step"] + 2)], capture_output=True, text=True, timeout=900,
+                            env=azure_env.env)
+    assert result.returncode == 0, result.stderr
+    assert f"at step {saved['step']}" in result.stderr and f"{saved['step'] + 2} steps" in result.stdout
+    assert not blobs.get_blob_client("work/job-1234abcd.pth.ckpt").exists()
+    weights = tmp_path / "w.pth"
+    weights.write_bytes(blobs.download_blob("work/job-1234abcd.pth").readall())
+    frame = np.zeros((1, 32, 48, 3), np.uint8)
+    assert load_stylizer(str(weights), device="cpu")(frame).shape == frame.shape
 
 
 @pytest.mark.parametrize("args, words", [
     (["-o", "{tmp}/x.pth"], ["--content"]),
     (["-o", "{tmp}/x.png", "--content", "{tmp}"], ["must end in .pth"]),
     (["-o", "{tmp}/nowhere/x.pth", "--content", "{tmp}"], ["does not exist"]),
-    (["-o", "az://styles/x.pth", "--content", "{tmp}"], ["writes a local file"]),
+    (["-o", "{tmp}/x.pth", "--content", "az://videos/photos/"], ["blob URI of a video or a picture"]),
     (["-o", "{tmp}/x.pth", "--content", "{tmp}/missing.mp4"], ["content not found"]),
     (["-o", "{tmp}/x.pth", "--content", "{tmp}"], ["holds no .jpg, .png or .webp pictures"]),
 ])

@@ -64,22 +64,6 @@ def build_parser() -> argparse.ArgumentParser:
     RunRequest.add_arguments(watch, only=RUN_FLAGS)  # the flags of `run` that watch passes on to it
     watch.set_defaults(handler="stylebatch.watch:run")
 
-    tr = sub.add_parser("train-style", help="train a fast_neural_style network for a painting (best quality)")
-    tr.add_argument("painting", help="the painting (.jpg .png .webp), file or blob URI")
-    tr.add_argument("-o", "--output", required=True, help="the weights file to write (.pth), for --style")
-    tr.add_argument("--content", action="append", default=[],
-                    help="a video, picture or folder of pictures to learn on (repeatable); frames are sampled")
-    tr.add_argument("--steps", type=positive, default=4000, help="training steps (default 4000)")
-    tr.add_argument("--size", type=side, default=256, help="training crop size in pixels (default 256)")
-    tr.add_argument("--batch-size", type=positive, default=4, help="crops per step (default 4)")
-    tr.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 0.001)")
-    tr.add_argument("--style-weight", type=float, default=None, help="style loss weight (default tuned)")
-    tr.add_argument("--content-weight", type=float, default=None, help="content loss weight (default tuned)")
-    tr.add_argument("--checkpoint-every", type=positive, default=200, help="steps between checkpoints")
-    tr.add_argument("--seed", type=int, default=0)
-    tr.add_argument("--device", choices=DEVICES, default="auto")
-    tr.set_defaults(handler="stylebatch.train:run")
-
     qual = sub.add_parser("quality", help="how much a stylized video flickers: its warping error against "
                                           "the input's (Lai et al. 2018)")
     qual.add_argument("input", help="the original video (file or blob URI): its motion is the reference")

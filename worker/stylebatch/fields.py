@@ -28,6 +28,7 @@ class Flag:
     required: bool = False
     exclusive: str | None = None  # fields sharing this name exclude each other
     metavar: str | None = None
+    many: bool = False  # repeatable: the value is a tuple, one flag per item
 
     @property
     def name(self) -> str:
@@ -37,11 +38,14 @@ class Flag:
 
 def flag(*flags: str, help: str, kind: type = str, default: Any = None, check: Check | None = None,
          choices: tuple[str, ...] | None = None, required: bool = False, exclusive: str | None = None,
-         metavar: str | None = None) -> Any:
-    """A request field with its flag. No flags: a positional argument (required)."""
-    meta = Flag(tuple(flags), help, kind, check, choices, required or not flags, exclusive, metavar)
+         metavar: str | None = None, many: bool = False) -> Any:
+    """A request field with its flag. No flags: a positional argument (required). many: a
+    repeatable flag (`--content a --content b`) whose value is a tuple of `kind`, () when absent."""
+    meta = Flag(tuple(flags), help, kind, check, choices, required or not flags, exclusive, metavar, many)
     if kind is bool:
         default = False
+    if many:
+        default = ()
     return field(default=default, metadata={"flag": meta})
 
 
@@ -66,6 +70,7 @@ class Request:
 
     command: ClassVar[str] = ""  # the subcommand (`stylebatch <command>`); "" for an option group
     summary: ClassVar[str] = ""  # one line of `stylebatch --help`
+    module: ClassVar[str] = ""  # the handler's module (stylebatch.<module>), when not named as the command
 
     def __post_init__(self) -> None:
         for f in fields(self):  # type: ignore[arg-type]  # 1 where 1.0 is meant: the same request
@@ -81,15 +86,18 @@ class Request:
                 value.validate()
                 continue
             meta: Flag = f.metadata["flag"]
-            if value is None or value is False:
+            if value is None or value is False or (meta.many and value == ()):
                 if meta.required:
                     raise BadInput(f"{meta.name} is required")
                 continue
-            problem = _type_problem(meta, value) or (meta.check(value) if meta.check else None)
-            if problem is None and meta.choices and value not in meta.choices:
-                problem = f"must be one of {', '.join(meta.choices)}"
-            if problem:
-                raise BadInput(f"bad {meta.name} {value!r}: {problem}")
+            if meta.many and not isinstance(value, tuple):
+                raise BadInput(f"bad {meta.name} {value!r}: must be a tuple of values")
+            for item in value if meta.many else (value,):
+                problem = _type_problem(meta, item) or (meta.check(item) if meta.check else None)
+                if problem is None and meta.choices and item not in meta.choices:
+                    problem = f"must be one of {', '.join(meta.choices)}"
+                if problem:
+                    raise BadInput(f"bad {meta.name} {item!r}: {problem}")
         given: dict[str, str] = {}
         for f in fields(self):  # type: ignore[arg-type]
             meta = f.metadata.get("flag")
@@ -116,8 +124,9 @@ class Request:
             elif not meta.flags:
                 positional.append(_text(value))
             else:
-                text = _text(value)
-                options_ += [f"{meta.flags[-1]}={text}"] if text.startswith("-") else [meta.flags[0], text]
+                for item in value if meta.many else (value,):
+                    text = _text(item)
+                    options_ += [f"{meta.flags[-1]}={text}"] if text.startswith("-") else [meta.flags[0], text]
         head = [self.command] if self.command else []
         if any(p.startswith("-") for p in positional):  # would read as a flag: after "--", at the end
             return [*head, *options_, "--", *positional]
@@ -144,7 +153,8 @@ class Request:
             if "group" in f.metadata:
                 kwargs[f.name] = f.default_factory.from_namespace(ns)  # type: ignore[misc, union-attr]
             else:
-                kwargs[f.name] = getattr(ns, f.name)
+                value = getattr(ns, f.name)
+                kwargs[f.name] = tuple(value or ()) if f.metadata["flag"].many else value
         return cls(**kwargs)
 
     @classmethod
@@ -194,11 +204,13 @@ def _add_one(parser: Any, f: dataclasses.Field, exclusive: dict) -> None:
     if not meta.flags:
         target.add_argument(f.name, help=meta.help, metavar=meta.metavar or f.name.upper())
         return
-    kwargs: dict[str, Any] = {"dest": f.name, "help": meta.help, "default": f.default}
+    kwargs: dict[str, Any] = {"dest": f.name, "help": meta.help, "default": None if meta.many else f.default}
     if meta.kind is bool:
         kwargs["action"] = "store_true"
     else:
         kwargs.update(type=converter(meta.kind, meta.check), choices=meta.choices, required=meta.required, metavar=meta.metavar)
+        if meta.many:
+            kwargs["action"] = "append"
     target.add_argument(*meta.flags, **kwargs)
 
 

@@ -164,6 +164,39 @@ class RunRequest(Request):
         return replace(self, input=input, output=output)
 
 
+def _positive(value: float) -> str | None:
+    return None if value > 0 else "must be more than 0"
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainRequest(Request):
+    """Train a fast_neural_style network for one painting, on frames of your videos and your photos.
+    Checkpoints beside the weights (`<output>.ckpt`, a file or blob): the same command resumes."""
+
+    command = "train-style"
+    module = "train"
+    summary = "train a fast_neural_style network for a painting (best quality)"
+    painting: str = flag(help="the painting (.jpg .png .webp), file or blob URI", metavar="painting")
+    output: str = flag("-o", "--output", required=True,
+                       help="the weights file to write (.pth), file or blob URI, for --style")
+    content: tuple[str, ...] = flag("--content", many=True,
+                                    help="a video, picture or folder of pictures to learn on (file or blob URI; "
+                                         "repeatable); frames are sampled")
+    steps: int = flag("--steps", kind=int, default=4000, check=at_least(1), help="training steps (default 4000)")
+    size: int = flag("--size", kind=int, default=256, check=at_least(MIN_MAX_SIDE),
+                     help="training crop size in pixels (default 256)")
+    batch_size: int = flag("--batch-size", kind=int, default=4, check=at_least(1), help="crops per step (default 4)")
+    lr: float = flag("--lr", kind=float, default=1e-3, check=_positive, help="Adam learning rate (default 0.001)")
+    style_weight: float | None = flag("--style-weight", kind=float, check=_positive,
+                                      help="style loss weight (default tuned)")
+    content_weight: float | None = flag("--content-weight", kind=float, check=_positive,
+                                        help="content loss weight (default tuned)")
+    checkpoint_every: int = flag("--checkpoint-every", kind=int, default=200, check=at_least(1),
+                                 help="steps between checkpoints (default 200)")
+    seed: int = flag("--seed", kind=int, default=0, help="random seed of the crops and the initial weights")
+    device: str = flag("--device", default="auto", choices=DEVICES, help="auto (a GPU if there is one), cpu, cuda")
+
+
 def _path(place: str) -> str:
     """The file name of a path or URI: what its extension is read from (never a SAS query)."""
     return PurePosixPath(urlsplit(place).path).name if "://" in place else PurePath(place).name
@@ -172,17 +205,17 @@ def _path(place: str) -> str:
 RUN_FLAGS = frozenset({"workers", "model", "encoding"})  # what `watch` passes on to each run
 
 
-STAGES = (RunRequest, PreprocessRequest, StylizeRequest, PostprocessRequest)
+STAGES = (RunRequest, PreprocessRequest, StylizeRequest, PostprocessRequest, TrainRequest)
 BY_COMMAND = {cls.command: cls for cls in STAGES}
 
 
 def add_commands(subparsers) -> None:
     """A subcommand per request type on an argparse subparsers object; its handler is
-    `stylebatch.<command>:run`, called with the validated request."""
+    `stylebatch.<module or command>:run`, called with the validated request."""
     for cls in STAGES:
         sub = subparsers.add_parser(cls.command, help=cls.summary, description=cls.__doc__)
         cls.add_arguments(sub)
-        sub.set_defaults(request=cls, handler=f"stylebatch.{cls.command}:run")
+        sub.set_defaults(request=cls, handler=f"stylebatch.{cls.module or cls.command}:run")
 
 
 def parse_argv(argv: list[str]) -> Request:
@@ -194,4 +227,4 @@ def parse_argv(argv: list[str]) -> Request:
 
 
 __all__ = ["EncodingOptions", "ModelOptions", "PreprocessRequest", "StylizeRequest", "PostprocessRequest",
-           "RunRequest", "Request", "ArgParser", "parse_argv", "STAGES", "MIN_MAX_SIDE"]
+           "RunRequest", "TrainRequest", "Request", "ArgParser", "parse_argv", "STAGES", "MIN_MAX_SIDE"]

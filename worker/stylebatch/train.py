@@ -5,13 +5,13 @@ Content images are the user's own: frames sampled from their videos and the phot
 as random crops with random flips. Losses: VGG19 features (stylebatch.vgg) of the output against the
 content image's (relu2_2) and Gram matrices against the painting's (relu1_1..relu4_1), plus a little
 total variation. Mixed precision (bfloat16 autocast) on a GPU. A checkpoint next to the output
-(`<output>.ckpt`) is written every --checkpoint-every steps and on Ctrl-C/SIGTERM; the same command
-resumes from it, and it is deleted once the weights are written.
+(`<output>.ckpt`, a file or a blob like the output) is written every --checkpoint-every steps and on
+Ctrl-C/SIGTERM; the same command resumes from it (so does a retried pod on Kubernetes), and it is
+deleted once the weights are written.
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import logging
 import math
@@ -19,11 +19,14 @@ import os
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from stylebatch.errors import BadInput, Interrupted, StylebatchError
+from stylebatch.progress import TrainProgress, format_train_line
+from stylebatch.requests import TrainRequest
 
 log = logging.getLogger(__name__)
 MAX_CONTENT = 400  # content images kept in memory
@@ -113,10 +116,44 @@ def crops(images: list[np.ndarray], batch: int, size: int, rng: np.random.Genera
     return out
 
 
-def settings_key(painting: Path, size: int, args: argparse.Namespace) -> str:
+def settings_key(painting: Path, req: TrainRequest, style_weight: float, content_weight: float) -> str:
     """What a checkpoint must match to be resumed: the painting's bytes and the training settings."""
     digest = hashlib.sha256(painting.read_bytes()).hexdigest()
-    return f"{digest}:{size}:{args.batch_size}:{args.style_weight}:{args.content_weight}:{args.lr}"
+    return f"{digest}:{req.size}:{req.batch_size}:{style_weight}:{content_weight}:{req.lr}"
+
+
+class Checkpoint:
+    """`<output>.ckpt` beside the weights: a local file, or a blob with a local copy that torch reads
+    and writes (downloaded at the start when it exists, uploaded at each save)."""
+
+    def __init__(self, output: str, local: Path) -> None:
+        from stylebatch.storage import location
+
+        base, query = output.split("?", 1) if "://" in output and "?" in output else (output, "")
+        loc = location(base + ".ckpt" + (f"?{query}" if query else ""))
+        self.remote = None if loc.is_local() else loc
+        self.path = Path(loc.local_path()) if loc.is_local() else local
+        self.name = loc.display
+
+    def fetch(self) -> bool:
+        """Whether there is a checkpoint to resume from (a blob one is downloaded first)."""
+        if self.remote is not None and self.remote.exists():
+            self.remote.download(self.path)
+        return self.path.exists()
+
+    def save(self, state: dict) -> None:
+        import torch
+
+        part = self.path.with_name(self.path.name + ".part")
+        torch.save(state, part)
+        part.replace(self.path)
+        if self.remote is not None:
+            self.remote.upload(self.path)
+
+    def delete(self) -> None:
+        self.path.unlink(missing_ok=True)
+        if self.remote is not None and self.remote.exists():
+            self.remote.delete()
 
 
 class Bar:
@@ -133,9 +170,7 @@ class Bar:
         self.last = now
         rate = (step - self.first) / max(now - self.start, 1e-9)
         eta = (self.steps - step) / rate if rate > 0 else float("inf")
-        parts = " ".join(f"{k} {v:.4g}" for k, v in losses.items())
-        eta_text = time.strftime("%H:%M:%S", time.gmtime(eta)) if math.isfinite(eta) else "--:--:--"
-        line = f"step {step}/{self.steps} {parts} {rate:.2f} steps/s ETA {eta_text}"
+        line = format_train_line(TrainProgress(step, self.steps, rate, eta if math.isfinite(eta) else None), losses)
         if self.tty:
             sys.stderr.write(f"\r{line}\033[K" + ("\n" if final else ""))
             sys.stderr.flush()
@@ -143,8 +178,9 @@ class Bar:
             log.info("%s", line)
 
 
-def train(args: argparse.Namespace, painting: Path, output: Path) -> list[float]:
-    """Train and write the weights to `output`; returns the loss of every step (resumed steps included)."""
+def train(req: TrainRequest, painting: Path, output: Path, ckpt: Checkpoint) -> list[float]:
+    """Train and write the weights to the local file `output`; returns the loss of every step
+    (resumed steps included)."""
     import contextlib
     import signal
 
@@ -156,43 +192,41 @@ def train(args: argparse.Namespace, painting: Path, output: Path) -> list[float]
     from stylebatch.transformer_net import TransformerNet
     from stylebatch.vgg import CONTENT_LAYER, STYLE_LAYERS, gram, load_vgg19
 
-    size, batch = args.size, args.batch_size
-    args.style_weight = STYLE_WEIGHT if args.style_weight is None else args.style_weight
-    args.content_weight = CONTENT_WEIGHT if args.content_weight is None else args.content_weight
+    size, batch = req.size, req.batch_size
+    style_weight = STYLE_WEIGHT if req.style_weight is None else req.style_weight
+    content_weight = CONTENT_WEIGHT if req.content_weight is None else req.content_weight
     style_image = _short_side(read_style_image(painting), size)
-    images = load_content(args.content, size)
-    dev = _device(args.device)
-    torch.manual_seed(args.seed)
+    images = load_content(list(req.content), size)
+    dev = _device(req.device)
+    torch.manual_seed(req.seed)
     net = TransformerNet().to(dev).train()
-    opt = torch.optim.Adam(net.parameters(), args.lr)
+    opt = torch.optim.Adam(net.parameters(), req.lr)
     vgg = load_vgg19().to(dev)
     with torch.no_grad():
         p = torch.from_numpy(style_image).permute(2, 0, 1)[None].float().to(dev)
         targets = [gram(f) for f in vgg(p, STYLE_LAYERS).values()]
-    key, ckpt, step, history = settings_key(painting, size, args), _checkpoint(output), 0, []
-    if ckpt.exists():
-        state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    key, step, history = settings_key(painting, req, style_weight, content_weight), 0, []
+    if ckpt.fetch():
+        state = torch.load(ckpt.path, map_location="cpu", weights_only=True)
         if state.get("key") != key:
-            raise BadInput(f"{ckpt} is from training another painting or other settings: delete it, or write "
-                           "to another -o")
+            raise BadInput(f"{ckpt.name} is from training another painting or other settings: delete it, or "
+                           "write to another -o")
         net.load_state_dict(state["net"])
         opt.load_state_dict(state["optimizer"])
         step, history = int(state["step"]), list(state["history"])
         log.info("resuming from %s at step %d", ckpt.name, step)
 
     def save() -> None:
-        part = ckpt.with_name(ckpt.name + ".part")
-        torch.save({"key": key, "step": step, "history": history, "net": net.state_dict(),
-                    "optimizer": opt.state_dict()}, part)
-        part.replace(ckpt)
+        ckpt.save({"key": key, "step": step, "history": history, "net": net.state_dict(),
+                   "optimizer": opt.state_dict()})
 
     stop: list[int] = []
     handlers = {sig: signal.signal(sig, lambda signum, frame: stop.append(signum))
                 for sig in (signal.SIGINT, signal.SIGTERM)}
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else contextlib.nullcontext()
-    rng, bar, diverged = np.random.default_rng(args.seed + step), Bar(args.steps, step), 0
+    rng, bar, diverged = np.random.default_rng(req.seed + step), Bar(req.steps, step), 0
     try:
-        while step < args.steps and not stop:
+        while step < req.steps and not stop:
             x = torch.from_numpy(crops(images, batch, size, rng)).to(dev).permute(0, 3, 1, 2).float()
             with amp:
                 y = net(x)
@@ -202,7 +236,7 @@ def train(args: argparse.Namespace, painting: Path, output: Path) -> list[float]
             content = F.mse_loss(fy[CONTENT_LAYER].float(), fx[CONTENT_LAYER].float())
             style = sum(F.mse_loss(gram(fy[name]), t.expand(batch, -1, -1)) for name, t in zip(STYLE_LAYERS, targets))
             tv = (y[..., 1:, :] - y[..., :-1, :]).abs().mean() + (y[..., 1:] - y[..., :-1]).abs().mean()
-            loss = args.content_weight * content + args.style_weight * style + TV_WEIGHT * tv
+            loss = content_weight * content + style_weight * style + TV_WEIGHT * tv
             opt.zero_grad(set_to_none=True)
             loss.backward()
             norm = torch.nn.utils.clip_grad_norm_(net.parameters(), float("inf"))  # measures only
@@ -210,63 +244,79 @@ def train(args: argparse.Namespace, painting: Path, output: Path) -> list[float]
                 diverged += 1
                 if diverged >= 3:
                     raise StylebatchError(f"training diverged at step {step + 1} (the loss is not finite): "
-                                          f"run again with a lower --lr than {args.lr:g}")
+                                          f"run again with a lower --lr than {req.lr:g}")
                 continue
             diverged = 0
             opt.step()
             step += 1
             history.append(float(loss.detach()))
-            bar.show(step, {"loss": history[-1], "content": args.content_weight * float(content.detach()),
-                            "style": args.style_weight * float(style.detach())}, final=step == args.steps)
-            if step % args.checkpoint_every == 0 and step < args.steps:
+            bar.show(step, {"loss": history[-1], "content": content_weight * float(content.detach()),
+                            "style": style_weight * float(style.detach())}, final=step == req.steps)
+            if step % req.checkpoint_every == 0 and step < req.steps:
                 save()
         if stop:
             save()
             code = 143 if stop[0] == signal.SIGTERM else 130
-            raise Interrupted(f"training stopped at step {step} of {args.steps}; run the same command again "
-                              f"to resume from {ckpt}", exit_code=code)
+            raise Interrupted(f"training stopped at step {step} of {req.steps}; run the same command again "
+                              f"to resume from {ckpt.name}", exit_code=code)
     finally:
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
     part = output.with_name(f".{output.name}.part")
     torch.save({k: v.detach().cpu().float() for k, v in net.state_dict().items()}, part)
     part.replace(output)  # atomic: never a half-written .pth under its name
-    ckpt.unlink(missing_ok=True)
     return history
 
 
-def _checkpoint(output: Path) -> Path:
-    return output.with_name(output.name + ".ckpt")
-
-
-def run(args: argparse.Namespace) -> int:
+def run(req: TrainRequest) -> int:
     from stylebatch.contract import STYLE_WEIGHTS_SUFFIXES
     from stylebatch.storage import location
 
-    output = Path(args.output).expanduser()
-    if "://" in args.output:
-        raise BadInput(f"-o {args.output}: train-style writes a local file (with its checkpoint beside it); "
-                       "copy it to blob storage afterwards")
-    if not output.name.lower().endswith(STYLE_WEIGHTS_SUFFIXES):
-        raise BadInput(f"-o {args.output}: the weights file must end in .pth (or .pt, .model)")
-    if not output.parent.is_dir():
-        raise BadInput(f"-o {args.output}: folder {output.parent} does not exist")
-    if not args.content:
+    dest = location(req.output)
+    if not dest.name.lower().endswith(STYLE_WEIGHTS_SUFFIXES):
+        raise BadInput(f"-o {dest.display}: the weights file must end in .pth (or .pt, .model)")
+    if dest.is_local() and not Path(dest.local_path()).parent.is_dir():
+        raise BadInput(f"-o {dest.display}: folder {Path(dest.local_path()).parent} does not exist")
+    if not req.content:
         raise BadInput("no content images: give --content with your videos or folders of photos "
                        "(repeatable)")
-    for source in args.content:
-        content_files(source)  # before any slow start-up
-    src = location(args.painting)
+    if not dest.is_local():
+        dest.check_writable()  # before any slow start-up
     with tempfile.TemporaryDirectory(prefix="stylebatch-train-") as tmp:
+        content = [_fetched(source, Path(tmp) / f"content-{i}") for i, source in enumerate(req.content)]
+        for source in content:
+            content_files(source)
+        src = location(req.painting)
         if src.is_local():
             painting = Path(src.local_path())
         else:
             painting = Path(tmp) / f"painting-{os.path.basename(src.name or 'style.jpg')}"
             src.download(painting)
-        history = train(args, painting, output)
+        output = Path(dest.local_path()) if dest.is_local() else Path(tmp) / "style.pth"
+        ckpt = Checkpoint(req.output, Path(tmp) / "style.pth.ckpt")
+        history = train(replace(req, content=tuple(content)), painting, output, ckpt)
+        if not dest.is_local():
+            dest.upload(output)
+        ckpt.delete()
     tail = history[-max(1, len(history) // 4):]
-    print(f"{output}: {len(history)} steps, loss {history[0]:.4g} at step 1, {sum(tail) / len(tail):.4g} "
-          f"over the last {len(tail)}; use it with --style {output}")
+    print(f"{dest.display}: {len(history)} steps, loss {history[0]:.4g} at step 1, {sum(tail) / len(tail):.4g} "
+          f"over the last {len(tail)}; use it with --style {dest.display}")
     return 0
 
 
+def _fetched(source: str, folder: Path) -> str:
+    """A content source as a local path: a blob (a video or a picture) is downloaded into `folder`."""
+    from stylebatch.storage import location
+
+    loc = location(source)
+    if loc.is_local():
+        return source
+    if not loc.name or source.split("?", 1)[0].endswith("/"):
+        raise BadInput(f"--content {loc.display}: give the blob URI of a video or a picture (a blob folder "
+                       "cannot be listed for pictures)")
+    if not loc.exists():
+        raise BadInput(f"content not found: {loc.display}")
+    folder.mkdir()
+    path = folder / os.path.basename(loc.name)
+    loc.download(path)
+    return str(path)

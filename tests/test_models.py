@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 
 import numpy as np
 import pytest
@@ -349,14 +350,68 @@ def test_bf16_on_the_cpu_matches_fp32_on_real_frames():
     """--precision bf16 (what auto picks on a CPU with native bf16) against fp32 with the default style:
     at least 45 dB PSNR (52 dB measured; the busy blue-gold-swirls reaches about 43 dB)."""
     style = "lavender-gold"
-    clip = "/usr/share/doc/opencv-doc/examples/data/Megamind.avi"  # real footage, installed by setup.sh
-    raw = subprocess.run(["ffmpeg", "-v", "error", "-ss", "2", "-i", clip, "-frames:v", "2", "-vf", "scale=360:264",
-                          "-f", "rawvideo", "-pix_fmt", "rgb24", "-"], check=True, capture_output=True).stdout
-    frames = np.frombuffer(raw, np.uint8).reshape(2, 264, 360, 3).copy()
-    ref = load_stylizer(style, device="cpu", precision="fp32")(frames).astype(np.float64)
-    low = load_stylizer(style, device="cpu", precision="bf16")(frames).astype(np.float64)
-    psnr = 10 * np.log10(255 ** 2 / max(np.mean((ref - low) ** 2), 1e-12))
-    assert psnr >= 45, f"{psnr:.1f} dB"
+    frames = real_frames(2, 360, 264)
+    ref = load_stylizer(style, device="cpu", precision="fp32")(frames)
+    low = load_stylizer(style, device="cpu", precision="bf16")(frames)
+    assert psnr(ref, low) >= 45, f"{psnr(ref, low):.1f} dB"
+
+
+def real_frames(count: int, width: int, height: int) -> np.ndarray:
+    """Frames of real footage (installed by setup.sh), scaled to width x height."""
+    clip = "/usr/share/doc/opencv-doc/examples/data/Megamind.avi"
+    raw = subprocess.run(["ffmpeg", "-v", "error", "-ss", "2", "-i", clip, "-frames:v", str(count), "-vf",
+                          f"scale={width}:{height}", "-f", "rawvideo", "-pix_fmt", "rgb24", "-"],
+                         check=True, capture_output=True).stdout
+    return np.frombuffer(raw, np.uint8).reshape(count, height, width, 3).copy()
+
+
+def psnr(a: np.ndarray, b: np.ndarray, peak: float = 255.0) -> float:
+    mse = np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2)
+    return float(10 * np.log10(peak ** 2 / max(mse, 1e-12)))
+
+
+@pytest.mark.parametrize("in_channels, out_channels, height, width, bias", [
+    (128, 64, 23, 41, False), (64, 32, 10, 7, True), (32, 8, 5, 16, False), (8, 4, 4, 4, True)])
+def test_subpixel_upsample_conv_equals_upsample_then_reflection_pad_then_conv(in_channels, out_channels, height,
+                                                                              width, bias):
+    from stylebatch.fast_nets import UpsampleConv2x
+
+    gen = torch.Generator().manual_seed(in_channels + height)
+    weight = torch.randn(out_channels, in_channels, 3, 3, generator=gen) / (3 * in_channels ** 0.5)
+    b = torch.randn(out_channels, generator=gen) if bias else None
+    x = torch.randn(2, in_channels, height, width, generator=gen).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        up = torch.nn.functional.interpolate(x, scale_factor=2, mode="nearest")
+        plain = torch.nn.functional.conv2d(torch.nn.functional.pad(up, [1] * 4, mode="reflect"), weight, b)
+        fast = UpsampleConv2x(weight, b)(x)
+    assert fast.shape == plain.shape
+    assert psnr(fast.numpy(), plain.numpy(), peak=float(plain.abs().max())) >= 100
+
+
+def test_the_fast_transformer_net_paints_real_frames_within_45_db_of_the_published_layers(user_net):
+    """The CPU runs a .pth through fast_nets.FastTransformerNet (sub-pixel upsampling, dropped biases,
+    folded scaling, channels-last, its own instance norm); it must match pytorch/examples' layers."""
+    net = TransformerNet().eval()
+    net.load_state_dict(user_net.state_dict())
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # trained nets have non-trivial norm scales and conv biases: so must this one
+        for name, p in net.named_parameters():
+            if re.search(r"in\d\.(weight|bias)$", name):
+                p.copy_(torch.rand(p.shape, generator=gen) + 0.5 if name.endswith("weight")
+                        else torch.randn(p.shape, generator=gen) * 0.3)
+            elif name.endswith("conv2d.bias") and not name.startswith("deconv3"):
+                p.copy_(torch.randn(p.shape, generator=gen))
+    frames = real_frames(2, 202, 114)  # not multiples of 4: the stylizer pads and crops
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "net.pth")
+        torch.save(net.state_dict(), path)
+        fast = load_stylizer(path, device="cpu", precision="fp32")(frames)
+    with torch.inference_mode():
+        x = torch.from_numpy(frames).permute(0, 3, 1, 2).float()
+        x = torch.nn.functional.pad(x, [0, 2, 0, 2], mode="reflect")
+        published = net(x)[..., :114, :202].clamp(0, 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    assert published.std() > 20  # a picture, not a flat field
+    assert psnr(fast, published) >= 45, f"{psnr(fast, published):.1f} dB"
 
 
 def test_auto_precision_is_fp32_on_a_cpu_without_native_bf16():

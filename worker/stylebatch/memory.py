@@ -76,8 +76,10 @@ def on_gpu(device: str) -> bool:
 
 
 def default_batch(gpu: bool) -> int:
-    """Frames per model call when --batch-size is not given."""
-    return 8 if gpu else 4
+    """Frames per model call when --batch-size is not given. On a CPU one frame at a time is fastest
+    (a batch of 4 ran TransformerNet about 20% slower per frame at 640x360: its activations no longer
+    fit the caches) and keeps a rank's memory to one frame's activations (docs/benchmarks.md)."""
+    return 8 if gpu else 1
 
 
 def ranks_that_fit(m, max_side: int | None, batch_size: int | None, gpu: bool, ranks_here: int = 1) -> int:

@@ -14,7 +14,7 @@ import yaml
 from stylebatch_operator.crd import SPEC_SCHEMA, apply_defaults
 from stylebatch_operator.decide import (
     ADMIT, ADOPT, ADVANCE, CREATE, FAIL, NOTHING, QUEUE, REJECT_SPEC_CHANGE, RETRY, SPEC_RESTORED, STALL, START,
-    SUCCEED, UNSTALL, WAIT, CLEAN_UP, EXPIRE, cleanup_due, decide,
+    SUCCEED, UNSTALL, WAIT, CLEAN_UP, EXPIRE, cleanup_due, decide, kind_not_served,
 )
 from stylebatch_operator.settings import Settings
 from stylebatch_operator.spec import resolve
@@ -507,13 +507,108 @@ def test_the_pods_starting_clear_the_stall():
     assert event_for(action)[:2] == ("Normal", "Unstalled")
 
 
-def test_an_mpijob_without_a_status_or_pods_is_reported_only_after_the_grace_period():
-    obj = stj("Stylizing", attempts={"stylize": 1})
+def silent_mpijob(age: float) -> dict[str, Any]:
+    """An MPIJob nobody wrote a status for, created `age` seconds before NOW."""
     silent = {**mpijob(STY1), "status": {}}
-    silent["metadata"] = {"name": STY1, "creationTimestamp": "2026-05-01T11:59:00Z"}  # a minute ago
-    assert decide(obj, {STY1: silent}, now=NOW, settings=SETTINGS).kind == WAIT
-    late = decide(obj, {STY1: silent}, now=NOW + timedelta(seconds=60), settings=SETTINGS)
-    assert (late.kind, late.reason) == (STALL, "NoMPIOperator")
+    created = (NOW - timedelta(seconds=age)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    silent["metadata"] = {"name": STY1, "creationTimestamp": created}
+    return silent
+
+
+def test_an_mpijob_nobody_picks_up_is_shown_after_half_a_minute_and_fails_one_grace_period_after_its_creation():
+    obj = stj("Stylizing", attempts={"stylize": 1})
+    assert decide(obj, {STY1: silent_mpijob(20)}, now=NOW, settings=SETTINGS).kind == WAIT  # the MPI Operator is quick
+    shown = decide(obj, {STY1: silent_mpijob(30)}, now=NOW, settings=SETTINGS)
+    assert (shown.kind, shown.reason) == (STALL, "NoMPIOperator")
+    assert "the job fails 120s after the MPIJob's creation unless this is fixed" in shown.message
+    obj["status"].update(status_patch(obj, shown, NOW))
+    later = NOW + timedelta(seconds=89)  # the MPIJob is 119 s old
+    assert decide(obj, {STY1: silent_mpijob(30)}, now=later, settings=SETTINGS).kind == WAIT
+    failed = decide(obj, {STY1: silent_mpijob(30)}, now=NOW + timedelta(seconds=90), settings=SETTINGS)
+    assert (failed.kind, failed.reason, failed.deletes) == (FAIL, "NoMPIOperator", (("MPIJob", STY1),))
+
+
+def test_an_mpijob_kind_the_api_server_does_not_serve_is_shown_then_fails_after_one_grace_period():
+    obj = stj("Preprocessing", attempts={"preprocess": 1})
+    advance = decide(obj, {PRE1: job(PRE1, COMPLETE)}, now=NOW, settings=SETTINGS)
+    assert advance.creates == ("stylize", 1)
+    shown = kind_not_served(obj, advance, NOW, SETTINGS)
+    assert (shown.kind, shown.reason) == (STALL, "NoMPIOperator")
+    assert "does not serve MPIJobs (kubeflow.org/v2beta1)" in shown.message
+    assert "the job fails in 120s unless this is fixed" in shown.message
+    obj["status"].update(status_patch(obj, shown, NOW))
+    assert kind_not_served(obj, advance, NOW + timedelta(seconds=119), SETTINGS).kind == WAIT
+    failed = kind_not_served(obj, advance, NOW + timedelta(seconds=120), SETTINGS)
+    assert (failed.kind, failed.reason, failed.stage) == (FAIL, "NoMPIOperator", "stylize")
+    assert status_patch(obj, failed, NOW)["phase"] == "Failed"
+
+
+# (FailedCreate message as the Job controller reports it, permanent, words of what it means)
+CREATE_FAILURES = [
+    ('Error creating: pods "orangutan-preprocess-1-x7k2p" is forbidden: exceeded quota: gpu-quota, requested: '
+     "requests.nvidia.com/gpu=1, used: requests.nvidia.com/gpu=8, limited: requests.nvidia.com/gpu=8",
+     False, "ResourceQuota is used up"),
+    ('Error creating: pods "orangutan-preprocess-1-x7k2p" is forbidden: status unknown for quota: compute, '
+     "resource: requests.cpu", False, "usage is not counted yet"),
+    ('Error creating: pods "orangutan-preprocess-1-x7k2p" is forbidden: failed quota: compute: must specify '
+     "limits.cpu for: preprocess; limits.memory for: preprocess", True, "requires requests or limits"),
+    ('Error creating: pods "orangutan-preprocess-1-" is forbidden: error looking up service account '
+     'media/stylebatch-job: serviceaccount "stylebatch-job" not found', True, "ServiceAccount does not exist"),
+    ('Error creating: pods "orangutan-preprocess-1-x7k2p" is forbidden: violates PodSecurity "restricted:latest": '
+     'allowPrivilegeEscalation != false (container "preprocess" must set securityContext.allowPrivilegeEscalation'
+     "=false)", True, "Pod Security level"),
+    ('Error creating: admission webhook "validation.gatekeeper.sh" denied the request: [allowed-repos] container '
+     "<preprocess> has an invalid image repo <docker.io/x>", True, "admission webhook refused"),
+    ('Error creating: pods "orangutan-preprocess-1-x7k2p" is forbidden: ValidatingAdmissionPolicy '
+     "'stylebatch-tenants' with binding 'stylebatch-tenants' denied request: image not allowed", True,
+     "ValidatingAdmissionPolicy refused"),
+    ('Error creating: pods "orangutan-preprocess-1-x7k2p" is forbidden: maximum cpu usage per Container is 2, '
+     "but limit is 4", True, "LimitRange"),
+    ('Error creating: pods "orangutan-preprocess-1-x7k2p" is forbidden: unable to create new content in namespace '
+     "media because it is being terminated", True, "namespace is being deleted"),
+    ('Error creating: Internal error occurred: failed calling webhook "mpod.kb.io": failed to call webhook: Post '
+     '"https://webhook.svc:443/mutate?timeout=10s": dial tcp 10.0.0.1:443: connect: connection refused', False,
+     "webhook did not answer"),
+    ("Error creating: Timeout: request did not complete within requested timeout - context deadline exceeded",
+     False, "API server did not answer"),
+    ("Error creating: the server is currently unable to handle the request (post pods)", False,
+     "API server did not answer"),
+    ('Error creating: pods "orangutan-preprocess-1-x7k2p" is forbidden: node selector not allowed by the '
+     "namespace's PodNodeSelector", True, "admission plugin refused"),
+    ("Error creating: something nobody has seen before", False, "not a known cause"),
+]
+
+
+@pytest.mark.parametrize("message, permanent, words", CREATE_FAILURES, ids=[m[2] for m in CREATE_FAILURES])
+def test_a_failed_create_is_permanent_only_when_the_same_pod_would_be_refused_again(message, permanent, words):
+    obj = stj("Preprocessing", attempts={"preprocess": 1})
+    shown = decide(obj, {PRE1: job(PRE1)}, now=NOW, events=[warning("FailedCreate", message)], settings=SETTINGS)
+    assert (shown.kind, shown.reason) == (STALL, "FailedCreate")
+    assert words in shown.message and message[:60] in shown.message
+    assert ("the job fails in 120s unless this is fixed" in shown.message) == permanent
+    assert ("the time counts against spec.activeDeadlineSeconds" in shown.message) == (not permanent)
+
+
+def at(event: dict[str, Any], when: str) -> dict[str, Any]:
+    return {**event, "lastTimestamp": when}
+
+
+def test_a_failed_create_counts_while_pods_exist_unless_a_pod_was_created_after_it():
+    obj = stj("Stylizing", attempts={"stylize": 1})
+    worker0 = {"metadata": {"name": STY1 + "-worker-0", "creationTimestamp": "2026-05-01T11:58:00Z"},
+               "status": {"phase": "Running"}}
+    quota = warning("FailedCreate", 'Error creating: pods "orangutan-stylize-1-worker-1" is forbidden: exceeded '
+                                    "quota: gpu-quota, requested: requests.nvidia.com/gpu=1")
+    # worker-1 cannot be created (after worker-0 was): shown
+    shown = decide(obj, {STY1: mpijob(STY1)}, now=NOW, pods=[worker0], events=[at(quota, "2026-05-01T11:59:00Z")],
+                   settings=SETTINGS)
+    assert (shown.kind, shown.reason) == (STALL, "FailedCreate")
+    # worker-1 was created after the last failure: the Event is history
+    worker1 = {"metadata": {"name": STY1 + "-worker-1", "creationTimestamp": "2026-05-01T11:59:30Z"},
+               "status": {"phase": "Running"}}
+    over = decide(obj, {STY1: mpijob(STY1)}, now=NOW, pods=[worker0, worker1],
+                  events=[at(quota, "2026-05-01T11:59:00Z")], settings=SETTINGS)
+    assert over.kind == WAIT
 
 
 def test_a_child_waiting_for_kueue_is_not_stalled():

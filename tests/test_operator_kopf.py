@@ -57,11 +57,16 @@ SAS = "sv=2024-05-04&sp=rwl&sig=S3CR3T"
 class ApiServer(kmock.KubernetesEmulator):
     """kmock's emulator, plus what a real API server does and kopf relies on: uid, generateName,
     resourceVersion on every write, generation bumped by spec changes, and 422 (not 500) when a
-    JSON patch's resourceVersion test fails."""
+    JSON patch's resourceVersion test fails; 404 for the resources (plurals) in `unserved`, as for a
+    CRD nobody installed."""
 
     _versions = itertools.count(1)
+    unserved: frozenset[str] = frozenset()
 
     async def _handle(self, request: kmock.Request) -> Any:
+        if request.resource is not None and request.resource.plural in self.unserved:
+            raise kmock.KubernetesError(status=404, reason="NotFound",
+                                        message="the server could not find the requested resource")
         if request.action == kmock.action.CREATE and isinstance(request.data, dict):
             meta = request.data.setdefault("metadata", {})
             if not meta.get("name") and meta.get("generateName"):
@@ -1024,7 +1029,8 @@ def test_a_child_that_can_never_start_is_shown_at_once_then_fails_the_job_and_is
             stalled = await eventually(lambda: condition(api, "Stalled")["status"] == "True"
                                        and condition(api, "Stalled"))
             assert stalled["reason"] == reason and words in stalled["message"]
-            assert f"the job fails in {GRACE:.0f}s unless this is fixed" in stalled["message"]
+            assert f"the job fails {'' if kind == 'MPIJob' and not words.startswith('the MPI') else 'in '}" \
+                   f"{GRACE:.0f}s" in stalled["message"] and "unless this is fixed" in stalled["message"]
             assert (status(api)["reason"], status(api)["message"]) == (reason, stalled["message"])  # kubectl get
             warning = await eventually(lambda: [e for e in events(api) if e[1] == reason])
             assert warning[0][0] == "Warning" and words in warning[0][2]
@@ -1039,6 +1045,89 @@ def test_a_child_that_can_never_start_is_shown_at_once_then_fails_the_job_and_is
             assert gone(api, kind, name)
             await asyncio.sleep(5 * INTERVAL)
             assert len(creates(api, collection)) == 1  # not retried: it would stall the same way
+    run(scenario)
+
+
+def lists(api: ApiServer, collection: str) -> int:
+    return sum(1 for r in api if r.method == "GET" and str(r.url.path) == collection and "watch" not in r.params)
+
+
+def reads(api: ApiServer) -> int:
+    """Reconciliations so far: each reads its job first."""
+    return sum(1 for r in api if r.method == "GET" and str(r.url.path) == f"{STJ}/orangutan")
+
+
+def test_a_replacement_pod_that_cannot_be_created_is_shown_and_the_events_are_read_only_every_progress_interval():
+    async def scenario() -> None:
+        settings = Settings(interval=INTERVAL, stall_grace_seconds=GRACE, progress_interval=1.0)
+        async with api_server() as api, operator(api, settings=settings):
+            await apply_job(api)
+            # the first pod failed (a storage outage, exit 75); the Job controller cannot create the
+            # next one: another tenant's pods took the namespace's GPU quota meanwhile
+            await add_pod(api, "Job", "orangutan-preprocess-1", "x7k2p", {"phase": "Failed", "containerStatuses": [
+                {"name": "preprocess", "state": {"terminated": {"exitCode": 75, "reason": "Error"}}}]})
+            await child_event(api, "Job", "orangutan-preprocess-1", "FailedCreate",
+                              'Error creating: pods "orangutan-preprocess-1-q8w4n" is forbidden: exceeded quota: '
+                              "gpu-quota, requested: requests.cpu=4, used: requests.cpu=32, limited: requests.cpu=32")
+            stalled = await eventually(lambda: condition(api, "Stalled")["status"] == "True"
+                                       and condition(api, "Stalled"))
+            assert stalled["reason"] == "FailedCreate" and "ResourceQuota is used up" in stalled["message"]
+            assert "the time counts against spec.activeDeadlineSeconds" in stalled["message"]
+            # while the pod is missing, the Events are read at most once a second (the progress
+            # interval), not at every reconciliation (every 0.1 s)
+            before, looks = lists(api, EVENTS), reads(api)
+            await asyncio.sleep(2.5)
+            read, looked = lists(api, EVENTS) - before, reads(api) - looks
+            assert 1 <= read <= 4 and looked >= 2 * read, (read, looked)
+            assert status(api)["phase"] == "Preprocessing"  # transient: it waits
+
+            await add_pod(api, "Job", "orangutan-preprocess-1", "q8w4n", {"phase": "Running"})  # quota freed
+            await eventually(lambda: condition(api, "Stalled")["status"] == "False")
+            before = lists(api, EVENTS)
+            await asyncio.sleep(1.5)
+            assert lists(api, EVENTS) == before  # every pod is there: no Events to read
+    run(scenario)
+
+
+def test_without_an_mpijob_crd_the_job_is_shown_stalled_then_fails_after_one_grace_period():
+    async def scenario() -> None:
+        settings = Settings(interval=INTERVAL, stall_grace_seconds=GRACE)
+        async with api_server() as api, operator(api, settings=settings):
+            api.unserved = frozenset({"mpijobs"})  # no MPI Operator, so no MPIJob CRD
+            await apply_job(api)
+            await eventually(lambda: child(api, "Job", "orangutan-preprocess-1"))
+            await finish(api, JOBS, "orangutan-preprocess-1")
+            stalled = await eventually(lambda: condition(api, "Stalled")["status"] == "True"
+                                       and condition(api, "Stalled"))
+            assert stalled["reason"] == "NoMPIOperator"
+            assert "does not serve MPIJobs (kubeflow.org/v2beta1): is the Kubeflow MPI Operator installed?" \
+                   in stalled["message"]
+            await eventually(lambda: status(api)["phase"] == "Failed", timeout=GRACE + 10)
+            failed = condition(api, "Failed")
+            assert failed["reason"] == "NoMPIOperator" and status(api)["failure"]["stage"] == "stylize"
+            assert since(failed) - since(stalled) <= GRACE + 1  # one grace period, not two
+    run(scenario)
+
+
+def since(condition: dict[str, Any]) -> float:
+    return datetime.fromisoformat(condition["lastTransitionTime"].replace("Z", "+00:00")).timestamp()
+
+
+def test_an_mpijob_nobody_picks_up_fails_one_grace_period_after_its_creation():
+    async def scenario() -> None:
+        grace = 4.0
+        settings = Settings(interval=INTERVAL, stall_grace_seconds=grace)
+        async with api_server() as api, operator(api, settings=settings):
+            await apply_job(api)
+            await no_mpi_operator(api)
+            created = since({"lastTransitionTime": child(api, "MPIJob", "orangutan-stylize-1")["metadata"][
+                "creationTimestamp"]})
+            stalled = await eventually(lambda: condition(api, "Stalled")["status"] == "True"
+                                       and condition(api, "Stalled"), timeout=grace + 5)
+            assert stalled["reason"] == "NoMPIOperator"
+            assert since(stalled) - created <= grace / 2 + 1  # shown after half the grace period
+            await eventually(lambda: status(api)["phase"] == "Failed", timeout=grace + 10)
+            assert since(condition(api, "Failed")) - created <= grace + 2  # (was two grace periods: 8 s)
     run(scenario)
 
 

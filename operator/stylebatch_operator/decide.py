@@ -15,9 +15,10 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from stylebatch_operator.crd import SPEC_SCHEMA, apply_defaults
-from stylebatch_operator.names import CHILD_KIND, POSTPROCESS, PREPROCESS, STAGES, STYLIZE, child_name
+from stylebatch_operator.names import CHILD_KIND, MPI_API_VERSION, POSTPROCESS, PREPROCESS, STAGES, STYLIZE, child_name
 from stylebatch_operator.observe import (
-    FAILED, RUNNING, SUCCEEDED, Stall, child_state, disruption, failed_pod_detail, is_suspended, stall, user_error,
+    FAILED, NO_MPI_OPERATOR, RUNNING, SUCCEEDED, Stall, child_state, disruption, failed_pod_detail, is_suspended, stall,
+    user_error,
 )
 from stylebatch_operator.settings import BUILT_IN, Settings
 from stylebatch_operator.spec import effective_spec, from_defaults, resolve, shown_spec, spec_problems
@@ -310,19 +311,10 @@ def _stuck(stj: dict[str, Any], stage: str, attempt: int, child: dict[str, Any],
     status = stj.get("status") or {}
     created = parse_time(child["metadata"].get("creationTimestamp")) or now
     found = stall(child, pods, events, (now - created).total_seconds(), settings.stall_grace_seconds)
-    reported = next((c for c in status.get("conditions") or [] if c.get("type") == STALLED_CONDITION), None)
-    reported_true = reported is not None and reported.get("status") == "True"
+    reported = _stalled_condition(stj)
     if found is not None:
-        since = parse_time(reported.get("lastTransitionTime")) if reported_true else None
-        if found.permanent and since is not None and (now - since).total_seconds() >= settings.stall_grace_seconds:
-            failure = Failure(stage, attempt, f"{CHILD_KIND[stage]}/{name}", found.reason, found.message)
-            return Action(FAIL, stage, attempt, found.reason, f"{kind_name} cannot start: {found.message}",
-                          failure=failure, deletes=live)
-        message = _stall_message(kind_name, found, settings)
-        if not (reported_true and (reported.get("reason"), reported.get("message")) == (found.reason, message)):
-            return Action(STALL, stage, attempt, found.reason, message)
-        return None
-    if reported_true:
+        return _stall_action(stj, stage, attempt, found, live, now, settings)
+    if reported is not None:
         return Action(UNSTALL, stage, attempt, "Unstalled", f"{kind_name} is running")
     if stage != STYLIZE:
         return None
@@ -338,8 +330,49 @@ def _stuck(stj: dict[str, Any], stage: str, attempt: int, child: dict[str, Any],
     return replace(action, deletes=live)
 
 
+def _stalled_condition(stj: dict[str, Any]) -> dict[str, Any] | None:
+    """The Stalled condition when it is True."""
+    reported = next((c for c in (stj.get("status") or {}).get("conditions") or []
+                     if c.get("type") == STALLED_CONDITION), None)
+    return reported if reported is not None and reported.get("status") == "True" else None
+
+
+def _stall_action(stj: dict[str, Any], stage: str, attempt: int, found: Stall, live: tuple[tuple[str, str], ...],
+                  now: datetime, settings: Settings) -> Action | None:
+    """STALL when the status does not show `found` yet; FAIL (deleting `live`) once a permanent
+    cause has lasted the grace period (since the Stalled condition was set, or since the child
+    shows it began); None while there is nothing new to say."""
+    name = child_name(stj["metadata"]["name"], stage, attempt)
+    kind_name = f"{CHILD_KIND[stage]} {name}"
+    reported = _stalled_condition(stj)
+    since = parse_time(reported.get("lastTransitionTime")) if reported is not None else None
+    if found.elapsed is not None:
+        began = now - timedelta(seconds=found.elapsed)
+        since = min(since, began) if since is not None else began
+    if found.permanent and since is not None and (now - since).total_seconds() >= settings.stall_grace_seconds:
+        failure = Failure(stage, attempt, f"{CHILD_KIND[stage]}/{name}", found.reason, found.message)
+        return Action(FAIL, stage, attempt, found.reason, f"{kind_name} cannot start: {found.message}",
+                      failure=failure, deletes=live)
+    message = _stall_message(kind_name, found, settings)
+    if reported is None or (reported.get("reason"), reported.get("message")) != (found.reason, message):
+        return Action(STALL, stage, attempt, found.reason, message)
+    return None
+
+
+def kind_not_served(stj: dict[str, Any], action: Action, now: datetime, settings: Settings = BUILT_IN) -> Action:
+    """What to do instead of `action` when the API server refused to create its child because it
+    does not serve the child's kind (404: no MPI Operator, hence no MPIJob CRD, installed): STALL
+    (NoMPIOperator, permanent), then FAIL once that has lasted the grace period; WAIT meanwhile."""
+    stage, attempt = action.creates  # type: ignore[misc]
+    found = Stall(NO_MPI_OPERATOR, f"the API server does not serve {CHILD_KIND[stage]}s ({MPI_API_VERSION}): is the "
+                                   "Kubeflow MPI Operator installed?", True)
+    return _stall_action(stj, stage, attempt, found, (), now, settings) or Action(WAIT, stage, attempt)
+
+
 def _stall_message(kind_name: str, found: Stall, settings: Settings) -> str:
-    then = (f"the job fails in {settings.stall_grace_seconds:.0f}s unless this is fixed" if found.permanent
+    grace = f"{settings.stall_grace_seconds:.0f}s"
+    when = f"{grace} after the {kind_name.split()[0]}'s creation" if found.elapsed is not None else f"in {grace}"
+    then = (f"the job fails {when} unless this is fixed" if found.permanent
             else "waiting; the time counts against spec.activeDeadlineSeconds")
     return f"{kind_name} cannot start: {found.message} ({then})"
 

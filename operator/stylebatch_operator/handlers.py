@@ -1,5 +1,5 @@
 """kopf glue: one timer per active StyleTransferJob (running, or finished with a clean-up to come)
-runs `reconcile`, which observes (the current child, its pods, its Events when it has no pods, the
+runs `reconcile`, which observes (the current child, its pods, its Events while it is short of pods, the
 launcher's log), calls the pure `decide`, and carries out the action (delete a child, create one,
 patch status, post an Event, delete the job); a watch
 handler keeps the metrics' view of every job. The memo holds the API client (`kube`), the
@@ -8,6 +8,7 @@ operator's settings (`settings`) and the metrics (`metrics`)."""
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
@@ -22,7 +23,7 @@ from stylebatch_operator.names import (
     CHILD_KIND, GROUP, KIND, LABEL_ATTEMPT, LABEL_JOB, LABEL_STAGE, MPI_LABEL_ROLE, PLURAL, STYLIZE, VERSION,
     is_controlled_by,
 )
-from stylebatch_operator.observe import RUNNING, SUCCEEDED, child_state, is_suspended
+from stylebatch_operator.observe import RUNNING, SUCCEEDED, child_state, is_suspended, live_pods, wanted_pods
 
 from stylebatch_operator.settings import BUILT_IN, Settings
 from stylebatch_operator.status import event_for, progress_patch, status_patch
@@ -73,8 +74,10 @@ def _active(body: kopf.Body, **_: Any) -> bool:
 async def _reconcile_timer(namespace: str, name: str, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
     if getattr(memo, "progress_reads", None) is None:
         memo.progress_reads = {}
+    if getattr(memo, "event_reads", None) is None:
+        memo.event_reads = {}
     await reconcile(memo.kube, namespace, name, logger, settings=memo.settings, metrics=memo.metrics,
-                    progress_reads=memo.progress_reads)
+                    progress_reads=memo.progress_reads, event_reads=memo.event_reads)
 
 
 async def _count(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
@@ -82,22 +85,26 @@ async def _count(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -
     if type == "DELETED":
         memo.metrics.forget_job(key)
         (getattr(memo, "progress_reads", None) or {}).pop(key, None)
+        (getattr(memo, "event_reads", None) or {}).pop(key, None)
     else:
         memo.metrics.observe_job(key, dict(body.get("status") or {}))
 
 
 async def reconcile(kube: Kube, namespace: str, name: str, logger: logging.Logger, now: datetime | None = None,
                     *, settings: Settings = BUILT_IN, metrics: Metrics | None = None,
-                    progress_reads: dict[tuple[str, str], datetime] | None = None) -> d.Action:
+                    progress_reads: dict[tuple[str, str], datetime] | None = None,
+                    event_reads: dict[tuple[str, str], EventRead] | None = None) -> d.Action:
     """progress_reads: when each job's launcher log was last read, so that it is read at most every
-    settings.progress_read_seconds() (None: at every reconciliation)."""
+    settings.progress_read_seconds() (None: at every reconciliation); event_reads: each job's
+    child's Events as last read, so that they are read as rarely while the child has pods (None:
+    at every reconciliation)."""
     # Read fresh rather than trust the watch's copy: a status patched a moment ago must count.
     stj = await kube.get(KIND, namespace, name)
     if stj is None or stj["metadata"].get("deletionTimestamp"):
         return d.Action(d.NOTHING)
     now = now or datetime.now(timezone.utc)
     status = stj.get("status") or {}
-    child, pods, events = await _observe(kube, stj)
+    child, pods, events = await _observe(kube, stj, now, settings.progress_read_seconds(), event_reads)
 
     patch: dict[str, Any] = {}
     if (child is not None and child["kind"] == CHILD_KIND[STYLIZE] and child_state(child).state == RUNNING
@@ -111,8 +118,8 @@ async def reconcile(kube: Kube, namespace: str, name: str, logger: logging.Logge
     for kind, child_name in action.deletes:  # before the status says so: a failed delete is tried again
         if await kube.delete(kind, namespace, child_name):
             logger.info("deleted %s %s", kind, child_name)
-    if action.creates is not None:
-        await _create_child(kube, stj, action, logger)
+    if action.creates is not None and not await _create_child(kube, stj, action, logger):
+        action = d.kind_not_served(stj, action, now, settings)
     if action.kind == d.EXPIRE:
         await kube.delete(KIND, namespace, name)  # Kubernetes deletes its children (owner references)
 
@@ -141,11 +148,22 @@ def _progress_due(reads: dict[tuple[str, str], datetime] | None, key: tuple[str,
     return True
 
 
-async def _observe(kube: Kube, stj: dict[str, Any]) -> tuple[dict[str, Any] | None, list[dict[str, Any]],
-                                                             list[dict[str, Any]]]:
+@dataclass(frozen=True)
+class EventRead:
+    """A child's Events as read at `time` (the child by uid)."""
+    time: datetime
+    uid: str
+    events: list[dict[str, Any]]
+
+
+async def _observe(kube: Kube, stj: dict[str, Any], now: datetime, every: float,
+                   event_reads: dict[tuple[str, str], EventRead] | None
+                   ) -> tuple[dict[str, Any] | None, list[dict[str, Any]], list[dict[str, Any]]]:
     """The child the job is at (None if there is none yet), its pods unless it succeeded, and its
-    own Events when it has no pods to show (a Job that cannot create them, an MPIJob the MPI
-    Operator refused or never saw)."""
+    own Events while it is running short of pods: at every reconciliation while it has none (a Job
+    that cannot create its pod, an MPIJob the MPI Operator refused or never saw), at most every
+    `every` seconds while it has some but fewer than it runs (a replacement pod or a second worker
+    that cannot be created); the last ones read in between. None once all its pods exist."""
     status = stj.get("status") or {}
     if not status.get("acceptedSpec") or status.get("phase") in d.TERMINAL_PHASES:
         return None, [], []
@@ -155,28 +173,37 @@ async def _observe(kube: Kube, stj: dict[str, Any]) -> tuple[dict[str, Any] | No
     if child is None or child_state(child).state == SUCCEEDED or is_suspended(child):
         return child, [], []
     pods = await kube.list("Pod", namespace, _pod_labels(child))
-    events: list[dict[str, Any]] = []
-    if not pods and child_state(child).state == RUNNING:
-        events = await kube.list("Event", namespace, {}, {"involvedObject.name": name,
-                                                          "involvedObject.uid": child["metadata"].get("uid", "")})
+    if child_state(child).state != RUNNING or live_pods(pods) >= wanted_pods(child):
+        return child, pods, []
+    key, uid = (namespace, stj["metadata"]["name"]), child["metadata"].get("uid", "")
+    last = (event_reads or {}).get(key)
+    if pods and last is not None and last.uid == uid and (now - last.time).total_seconds() < every:
+        return child, pods, last.events
+    events = await kube.list("Event", namespace, {}, {"involvedObject.name": name, "involvedObject.uid": uid})
+    if event_reads is not None:
+        event_reads[key] = EventRead(now, uid, events)
     return child, pods, events
 
 
-async def _create_child(kube: Kube, stj: dict[str, Any], action: d.Action, logger: logging.Logger) -> None:
+async def _create_child(kube: Kube, stj: dict[str, Any], action: d.Action, logger: logging.Logger) -> bool:
+    """Creates (or adopts) the action's child; False when the API server does not serve its kind."""
     stage, attempt = action.creates  # type: ignore[misc]
     manifest = build_child(stj, stage, attempt, action.deadline_seconds)
     kind, name = manifest["kind"], manifest["metadata"]["name"]
     try:
         await kube.create(manifest)
-        return
+        return True
     except ApiError as exc:
+        if exc.status == 404 and kind == CHILD_KIND[STYLIZE]:  # no MPIJob CRD (the namespace exists: the job is in it)
+            logger.warning("could not create %s %s: %s", kind, name, exc)
+            return False
         if exc.status != 409:
             raise kopf.TemporaryError(f"could not create {kind} {name}: {exc}", delay=30) from None
     # It exists: made by this operator before a restart (or by an earlier attempt at this step).
     existing = await kube.get(kind, manifest["metadata"]["namespace"], name)
     if existing is not None and is_controlled_by(existing, stj):
         logger.info("adopted the existing %s %s", kind, name)
-        return
+        return True
     raise kopf.TemporaryError(f"{kind} {name} exists but does not belong to this job; waiting for it to go", delay=30)
 
 

@@ -42,6 +42,20 @@ def is_suspended(child: dict[str, Any]) -> bool:
     return bool(holder.get("suspend"))
 
 
+def wanted_pods(child: dict[str, Any]) -> int:
+    """How many pods the child runs at once when all goes well: a Job's parallelism, an MPIJob's
+    workers and its launcher."""
+    spec = child.get("spec") or {}
+    if child.get("kind") == "MPIJob":
+        return int(((spec.get("mpiReplicaSpecs") or {}).get("Worker") or {}).get("replicas") or 1) + 1
+    return int(spec.get("parallelism") or 1)
+
+
+def live_pods(pods: list[dict[str, Any]]) -> int:
+    """Pods not yet finished (pending or running)."""
+    return sum(1 for p in pods if (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed"))
+
+
 def failed_pod_detail(pods: list[dict[str, Any]]) -> str:
     """The most telling line from the child's failed pods: an eviction, or the container's
     termination message (its last log lines, thanks to FallbackToLogsOnError), redacted."""
@@ -147,28 +161,66 @@ class Stall:
     reason: str  # CamelCase: the kubelet's, the scheduler's or the controller's own word
     message: str
     permanent: bool  # waiting cannot help: the job fails after the operator's grace period
+    # Seconds the cause has lasted, as the child itself shows it (an MPIJob's age with no status):
+    # the grace period runs from then, not from when the Stalled condition was first set.
+    elapsed: float | None = None
 
 
 # Container waiting reasons that never go away by themselves, and those that may.
 PERMANENT_WAITING = ("InvalidImageName", "CreateContainerConfigError", "ErrImageNeverPull")
 TRANSIENT_WAITING = ("ErrImagePull", "ImagePullBackOff", "CreateContainerError", "RunContainerError")
-# A FailedCreate that may clear up (quota freed, an admission webhook back): the rest are permanent.
-TRANSIENT_CREATE = ("exceeded quota", "failed calling webhook", "Internal error", "the server is currently unable")
+
+# What the API server told a controller that could not create a pod (a FailedCreate Event's
+# message), first match wins: (pattern, permanent, what it means). Permanent: an admission decision
+# about the pod as specified (ServiceAccount, Pod Security, a webhook's or policy's denial, a
+# LimitRange, a quota demanding limits), which the same pod meets again. Transient: the API server
+# or a webhook not answering, a quota other pods will release: the job waits, against its deadline.
+CREATE_FAILURES: tuple[tuple[re.Pattern[str], bool, str], ...] = tuple((re.compile(p), permanent, why) for p, permanent, why in (
+    (r"exceeded quota: ", False, "a ResourceQuota is used up (pods start as others release it)"),
+    (r"status unknown for quota: ", False, "the ResourceQuota's usage is not counted yet"),
+    (r"failed quota: .*must specify", True, "a ResourceQuota requires requests or limits the pods do not set"),
+    (r'serviceaccount "[^"]*" not found', True, "the ServiceAccount does not exist"),
+    (r"violates PodSecurity ", True, "the namespace's Pod Security level forbids the pods"),
+    (r'admission webhook "[^"]*" denied the request', True, "an admission webhook refused the pods"),
+    (r"ValidatingAdmissionPolicy .* denied request", True, "a ValidatingAdmissionPolicy refused the pods"),
+    (r"(maximum|minimum) \S+ usage per (Container|Pod) is|must be less than or equal to \S+ limit",
+     True, "a LimitRange refuses the pods' resources"),
+    (r"because it is being terminated", True, "the namespace is being deleted"),
+    (r"failed calling webhook|failed to call webhook", False, "an admission webhook did not answer"),
+    (r"Internal error occurred|the server is currently unable|Timeout: |etcdserver: |context deadline exceeded|"
+     r"[Tt]oo many requests|the object has been modified|connection refused", False, "the API server did not answer"),
+    (r" is forbidden: ", True, "an admission plugin refused the pods"),
+))
+UNKNOWN_CREATE_FAILURE = (False, "not a known cause")  # shown, and waited on against the deadline
 NO_MPI_OPERATOR = "NoMPIOperator"
 MPIJOB_REFUSED = "MPIJobRefused"
+# An MPIJob with no status and no pods this long after its creation is shown as not picked up (the
+# MPI Operator sets a status within seconds); it fails once the grace period has passed since its creation.
+MPI_PICKUP_SECONDS = 30.0
+
+
+def create_failure(message: str) -> tuple[bool, str]:
+    """(permanent, what it means) of a FailedCreate Event's message (CREATE_FAILURES)."""
+    return next(((permanent, why) for pattern, permanent, why in CREATE_FAILURES if pattern.search(message)),
+                UNKNOWN_CREATE_FAILURE)
 
 
 def stall(child: dict[str, Any], pods: list[dict[str, Any]], events: list[dict[str, Any]],
           age_seconds: float, grace_seconds: float) -> Stall | None:
     """What keeps a running child from running: a pod waiting on its image or its configuration, a
-    pod the scheduler cannot place, a Job that cannot create its pods, an MPIJob the MPI Operator
-    refused or never picked up (no status and no pods `grace_seconds` after its creation). None when nothing
-    is wrong. Permanent causes come first. `events`: the child's own Events."""
-    found = [s for s in (_pod_stall(p) for p in pods) if s] + [s for s in (_event_stall(e) for e in events) if s]
-    if not (found or pods) and child.get("kind") == "MPIJob" and not child.get("status") and age_seconds >= grace_seconds:
+    pod the scheduler cannot place, a controller that cannot create pods, an MPIJob the MPI
+    Operator refused or never picked up (no status and no pods MPI_PICKUP_SECONDS after its
+    creation, or half the grace period if shorter; failing `grace_seconds` after its creation).
+    None when nothing is wrong. Permanent causes come first. `events`: the child's own Events; a
+    FailedCreate older than the newest pod is over (that pod was created after it)."""
+    newest = max((p.get("metadata", {}).get("creationTimestamp") or "" for p in pods), default="")
+    found = [s for s in (_pod_stall(p) for p in pods) if s]
+    found += [s for s in (_event_stall(e, newest) for e in events) if s]
+    pickup = min(MPI_PICKUP_SECONDS, grace_seconds / 2)
+    if not (found or pods) and child.get("kind") == "MPIJob" and not child.get("status") and age_seconds >= pickup:
         found.append(Stall(NO_MPI_OPERATOR, f"no MPI Operator has picked up MPIJob {child['metadata']['name']} "
-                                            f"in {age_seconds:.0f}s: is the Kubeflow MPI Operator (kubeflow.org/v2beta1) "
-                                            "installed and running?", True))
+                                            f"in {pickup:g}s: is the Kubeflow MPI Operator (kubeflow.org/v2beta1) "
+                                            "installed and running?", True, age_seconds))
     found.sort(key=lambda s: not s.permanent)
     return found[0] if found else None
 
@@ -192,12 +244,26 @@ def _pod_stall(pod: dict[str, Any]) -> Stall | None:
     return found[0] if found else None
 
 
-def _event_stall(event: dict[str, Any]) -> Stall | None:
+def _event_stall(event: dict[str, Any], newest_pod: str) -> Stall | None:
     if event.get("type") != "Warning":
         return None
     message = redact(event.get("message") or "")[:1000]
     if event.get("reason") == "FailedCreate":
-        return Stall("FailedCreate", message, not any(t in message for t in TRANSIENT_CREATE))
+        if newest_pod and event_time(event) < newest_pod[:19]:
+            return None
+        permanent, why = create_failure(message)
+        return Stall("FailedCreate", f"{why}: {message}", permanent)
     if event.get("reason") == "ValidationError":  # the MPI Operator's word for an MPIJob it will not run
         return Stall(MPIJOB_REFUSED, f"the MPI Operator refused the MPIJob: {message}", True)
     return None
+
+
+def event_time(event: dict[str, Any]) -> str:
+    """When an Event last happened (RFC 3339, comparable as text): its series' last observation,
+    lastTimestamp, eventTime or creation."""
+    series = event.get("series") or {}
+    for value in (series.get("lastObservedTime"), event.get("lastTimestamp"), event.get("eventTime"),
+                  (event.get("metadata") or {}).get("creationTimestamp")):
+        if value:
+            return str(value)[:19]
+    return ""

@@ -1,19 +1,22 @@
-"""API requests and memory of the operator per StyleTransferJob, with many jobs running at once,
-against kmock (the same Kubernetes emulator the operator tests use); prints a markdown table.
+"""API requests, response bytes and memory of the operator per StyleTransferJob, with 10, 100 and
+500 jobs running at once (side by side); prints markdown tables.
 
-    .venv/bin/python benchmarks/bench_operator.py                       # 10 jobs, 60 s window
-    .venv/bin/python benchmarks/bench_operator.py --jobs 500 --settle-timeout 1800   # where kmock keeps up
-    .venv/bin/python benchmarks/bench_operator.py --progress-interval 10 30   # side by side
+    .venv/bin/python benchmarks/bench_operator.py                          # 10, 100 and 500 jobs
+    .venv/bin/python benchmarks/bench_operator.py --jobs 10 --window 60 --progress-interval 10 30
 
 The operator runs as `stylebatch operator --namespace media` in its own process, with the production
-reconcile interval (10 s), so its memory is its own (VmRSS, read from /proc). This script plays the
-Job controller and the MPI Operator: it completes every preprocess Job, starts a launcher pod for
-every MPIJob, and its ranks report progress every 20 s, so that all jobs end up Stylizing, the
-phase that costs the most API calls (the launcher log, and status patches as progress moves). Then
-it counts the operator's requests (kopf's and its own) over --window seconds, per job and minute, by
-kind. On a busy machine the reconciliations come less often than every 10 s, so the table also
-gives requests per reconciliation (each starts by reading its job) and what that makes at the
-nominal 6 reconciliations a minute. Memory per job is (VmRSS with N jobs - VmRSS with none) / N.
+reconcile interval (10 s), against benchmarks/apiserver.py (a recording API server that stays fast
+with thousands of objects; kmock, the operator tests' emulator, stops answering with a few dozen
+jobs). This script plays the Job controller, the MPI Operator and the kubelet: it completes every
+preprocess Job (leaving its Succeeded pod), gives every MPIJob a Running status, a launcher and a
+pod per worker (full pod specs and statuses from the templates, so the bytes are realistic), and
+the ranks report progress every 20 s, so that all jobs end up Stylizing, the phase that costs the
+most API calls (the launcher log, and status patches as progress moves). Then it counts the
+operator's requests (kopf's and its own) and the bytes the server sent it over --window seconds,
+per job and minute, by kind, and the operator's CPU time. On a busy machine reconciliations come less often than every 10 s, so
+the table also gives requests per reconciliation (each starts by reading its job) and what that
+makes at the nominal 6 reconciliations a minute. Memory per job is
+(VmRSS with N jobs - VmRSS with none) / N.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import copy
 import os
 import platform
 import socket
@@ -30,16 +34,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
+import yaml
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from apiserver import ApiServer, now  # noqa: E402
 from stylebatch.progress import RankProgress, format_line  # noqa: E402
-from stylebatch_operator.crd import crd  # noqa: E402
-from test_operator_kopf import (  # noqa: E402  (the tests' kmock server and helpers)
-    JOBS, MPIJOBS, NS, PODS, ApiServer, apply_job, api_server, kubeconfig_env,
-)
+from stylebatch_operator.crd import apply_defaults, crd, openapi_schema  # noqa: E402
+from stylebatch_operator.names import MPI_LABEL_ROLE  # noqa: E402
 
+NS = "media"
 PROGRESS_EVERY = 20.0  # seconds between two progress lines of the simulated ranks
+RANKS = 2
 
 
 def rss_mib(pid: int) -> float:
@@ -49,73 +55,129 @@ def rss_mib(pid: int) -> float:
     raise RuntimeError("no VmRSS")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of the process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def by_operator(request: Any) -> bool:
-    return not (request.headers.get("User-Agent") or "").startswith("kmock/")
-
-
-def kind_of(request: Any) -> str:
-    """GET styletransferjobs/x, LIST pods, WATCH ..., PATCH .../status: what a request costs."""
-    if not (request.resource and request.resource.plural):
-        return f"{request.method.value} (discovery)"
-    verb = request.method.value
-    if verb == "GET":
-        verb = "WATCH" if request.params.get("watch") == "true" else "GET" if request.name else "LIST"
-    what = request.resource.plural + (f"/{request.subresource}" if request.subresource else "")
-    return f"{verb} {what}"
+def pod(owner: dict[str, Any], template: dict[str, Any], name: str, phase: str,
+        role: str | None = None) -> dict[str, Any]:
+    """A pod as the controller and the kubelet leave it: the template's spec and labels, the
+    owner reference, a scheduled node and a full status."""
+    labels = dict(template["metadata"].get("labels") or {})
+    if role:
+        labels.update({"training.kubeflow.org/job-name": owner["metadata"]["name"], MPI_LABEL_ROLE: role})
+    spec = copy.deepcopy(template["spec"])
+    spec.update(nodeName="aks-gpu-12345678-vmss000001", schedulerName="default-scheduler",
+                serviceAccountName=spec.get("serviceAccountName", "default"), dnsPolicy="ClusterFirst",
+                tolerations=[*spec.get("tolerations", []),
+                             {"key": "node.kubernetes.io/not-ready", "operator": "Exists", "effect": "NoExecute",
+                              "tolerationSeconds": 300}])
+    t = now()
+    running = phase == "Running"
+    state = ({"running": {"startedAt": t}} if running else
+             {"terminated": {"exitCode": 0, "reason": "Completed", "startedAt": t, "finishedAt": t}})
+    return {
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": NS, "labels": labels,
+                     "annotations": dict(template["metadata"].get("annotations") or {}),
+                     "ownerReferences": [{"apiVersion": owner["apiVersion"], "kind": owner["kind"],
+                                          "name": owner["metadata"]["name"], "uid": owner["metadata"]["uid"],
+                                          "controller": True, "blockOwnerDeletion": True}]},
+        "spec": spec,
+        "status": {"phase": phase, "hostIP": "10.224.0.5", "podIP": "10.244.3.17", "startTime": t, "qosClass": "Burstable",
+                   "conditions": [{"type": c, "status": "True" if running or c == "PodScheduled" else "False",
+                                   "lastProbeTime": None, "lastTransitionTime": t}
+                                  for c in ("Initialized", "Ready", "ContainersReady", "PodScheduled")],
+                   "containerStatuses": [{"name": c["name"], "image": c.get("image", ""), "ready": running,
+                                          "restartCount": 0, "started": running, "state": state,
+                                          "imageID": "docker-pullable://" + c.get("image", "") + "@sha256:" + "0" * 64,
+                                          "containerID": "containerd://" + "1" * 64}
+                                         for c in spec.get("containers") or []]},
+    }
 
 
 async def play_controllers(api: ApiServer, stop: asyncio.Event) -> None:
-    """The Job controller and the MPI Operator, as far as the operator can tell."""
-    done: set[str] = set()
-    started: set[str] = set()
-    last_progress = time.monotonic()
-    step = 0
+    """The Job controller, the MPI Operator and the kubelet, as far as the operator can tell."""
+    seen: set[tuple[str, str]] = set()
+    last_progress, step = time.monotonic(), 0
     while not stop.is_set():
-        for (resource, _, name), obj in list(api.objects.items()):
-            if obj.deleted:
-                continue
-            if resource.plural == "jobs" and name.endswith("-preprocess-1") and name not in done:
-                resp = await api.patch(f"{JOBS}/{name}/status", json={"status": {"conditions": [
-                    {"type": "Complete", "status": "True"}]}}, headers={"Content-Type": "application/merge-patch+json"})
-                resp.release()
-                done.add(name)
-            elif resource.plural == "mpijobs" and name not in started:
-                labels = {**obj.raw["spec"]["mpiReplicaSpecs"]["Launcher"]["template"]["metadata"]["labels"],
-                          "training.kubeflow.org/job-name": name, "training.kubeflow.org/job-role": "launcher"}
-                resp = await api.post(PODS, json={"apiVersion": "v1", "kind": "Pod", "metadata": {
-                    "name": f"{name}-launcher-abcde", "namespace": NS, "labels": labels}, "status": {"phase": "Running"}})
-                resp.release()
-                started.add(name)
+        for plural in ("jobs", "mpijobs"):
+            for (_, name), obj in list(api.objects(plural).items()):
+                if (plural, name) in seen:
+                    continue
+                seen.add((plural, name))
+                obj = copy.deepcopy(obj)
+                if plural == "jobs":
+                    api.create("pods", pod(obj, obj["spec"]["template"], f"{name}-x7k2p", "Succeeded"))
+                    obj["status"] = {"conditions": [{"type": "Complete", "status": "True", "lastTransitionTime": now()}],
+                                     "succeeded": 1, "startTime": now(), "completionTime": now()}
+                    api.write(plural, obj)
+                    continue
+                specs = obj["spec"]["mpiReplicaSpecs"]
+                api.create("pods", pod(obj, specs["Launcher"]["template"], f"{name}-launcher-abcde", "Running",
+                                       "launcher"))
+                for i in range(int(specs["Worker"].get("replicas") or 1)):
+                    api.create("pods", pod(obj, specs["Worker"]["template"], f"{name}-worker-{i}", "Running", "worker"))
+                t = now()
+                obj["status"] = {"startTime": t, "conditions": [
+                    {"type": "Created", "status": "True", "reason": "MPIJobCreated", "lastTransitionTime": t},
+                    {"type": "Running", "status": "True", "reason": "MPIJobRunning", "lastTransitionTime": t}],
+                    "replicaStatuses": {"Launcher": {"active": 1}, "Worker": {"active": 2}}}
+                api.write(plural, obj)
         if time.monotonic() - last_progress >= PROGRESS_EVERY:  # every launcher's log moves on
             step += 1
-            api.launcher_log += "".join(format_line(RankProgress(r, 2, min(50, 5 * step + r), 50, 100)) + "\n"
-                                        for r in range(2))
+            api.pod_log += "".join(format_line(RankProgress(r, RANKS, min(50, 2 * step + r), 50, 100)) + "\n"
+                                   for r in range(RANKS))
             last_progress = time.monotonic()
         await asyncio.sleep(0.5)
 
 
+def apply_job(api: ApiServer, name: str) -> None:
+    """kubectl apply: the API server fills in the CRD's defaults."""
+    body = {"apiVersion": "stylebatch.io/v1alpha1", "kind": "StyleTransferJob",
+            "metadata": {"name": name, "namespace": NS},
+            "spec": {"input": f"az://videos/{name}.mp4", "output": f"az://videos/out/{name}.mp4", "workers": RANKS,
+                     "storage": {"secretName": "stylebatch-storage"}}}
+    api.create("styletransferjobs", apply_defaults(body, openapi_schema()))
+
+
 def stylizing(api: ApiServer) -> int:
-    return sum(1 for (resource, _, _), obj in list(api.objects.items())
-               if resource.plural == "styletransferjobs" and not obj.deleted
-               and ((obj.raw.get("status") or {}).get("progress") or {}).get("framesTotal"))
+    return sum(1 for obj in list(api.objects("styletransferjobs").values())
+               if ((obj.get("status") or {}).get("progress") or {}).get("framesTotal"))
 
 
-async def measure(jobs: int, window: float, progress_interval: float, settle_timeout: float) -> dict[str, Any]:
-    async with api_server(install_crd=crd()) as api:
-        api.launcher_log = "".join(format_line(RankProgress(r, 2, r, 50, 100)) + "\n" for r in range(2))
-        with tempfile.TemporaryDirectory() as tmp:
-            env = kubeconfig_env(api, Path(tmp))
+def kubeconfig(api: ApiServer, tmp: Path) -> dict[str, str]:
+    path = tmp / "kubeconfig"
+    path.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "bench",
+        "clusters": [{"name": "bench", "cluster": {"server": api.url}}],
+        "users": [{"name": "bench", "user": {"token": "t0k3n"}}],
+        "contexts": [{"name": "bench", "context": {"cluster": "bench", "user": "bench"}}]}))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KUBERNETES_")}
+    env["KUBECONFIG"] = str(path)
+    return env
+
+
+async def measure(jobs: int, window: float, progress_interval: float, settle_timeout: float,
+                  operator_log: str | None = None) -> dict[str, Any]:
+    async with ApiServer() as api:
+        api.create("customresourcedefinitions", crd())  # as `helm install` leaves it
+        api.pod_log = "".join(format_line(RankProgress(r, RANKS, r, 50, 100)) + "\n" for r in range(RANKS))
+        with tempfile.TemporaryDirectory() as tmp, open(operator_log or os.devnull, "ab") as log:
+            env = kubeconfig(api, Path(tmp))
             env.update(STYLEBATCH_OPERATOR_INTERVAL="10", STYLEBATCH_PROGRESS_INTERVAL=str(progress_interval),
                        STYLEBATCH_STORAGE_SECRET="stylebatch-storage")
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "stylebatch", "operator", "--namespace", NS, "--liveness-port", str(free_port()),
-                env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+                env=env, stdout=log, stderr=asyncio.subprocess.STDOUT)
             stop = asyncio.Event()
             controllers = asyncio.create_task(play_controllers(api, stop))
             try:
@@ -123,62 +185,78 @@ async def measure(jobs: int, window: float, progress_interval: float, settle_tim
                 idle_rss = rss_mib(proc.pid)
                 t0 = time.monotonic()
                 for i in range(jobs):
-                    try:
-                        await asyncio.wait_for(apply_job(api, name=f"video-{i:04d}"), 60)
-                    except asyncio.TimeoutError:
-                        raise SystemExit(f"kmock stopped answering after {i} jobs: try fewer --jobs") from None
+                    apply_job(api, f"video-{i:04d}")
                 while (count := stylizing(api)) < jobs:
-                    print(f"{time.monotonic() - t0:.0f}s: {count} of {jobs} jobs Stylizing", file=sys.stderr, flush=True)
+                    print(f"{jobs} jobs, {time.monotonic() - t0:.0f}s: {count} Stylizing", file=sys.stderr, flush=True)
                     if time.monotonic() - t0 > settle_timeout:
-                        raise SystemExit(f"only {stylizing(api)} of {jobs} jobs reached Stylizing in {settle_timeout:.0f}s")
+                        raise SystemExit(f"only {count} of {jobs} jobs reached Stylizing in {settle_timeout:.0f}s")
                     await asyncio.sleep(5)
                 settled = time.monotonic() - t0
-                await asyncio.sleep(10)  # one full reconcile interval in the steady state
-                first = len(list(api))
+                await asyncio.sleep(20)  # two full reconcile intervals in the steady state
+                first, cpu0 = len(api.requests), cpu_seconds(proc.pid)
+                # a watch opened before the window counts with the bytes it sent during the window
+                watches = {id(r): r.sent for r in api.requests[:first] if r.kind.startswith("WATCH")}
                 await asyncio.sleep(window)
-                requests = [r for r in list(api)[first:] if by_operator(r)]
-                busy_rss = rss_mib(proc.pid)
+                busy_rss, cpu = rss_mib(proc.pid), cpu_seconds(proc.pid) - cpu0
+                sent: collections.Counter[str] = collections.Counter()
+                for r in api.requests[:first]:
+                    if id(r) in watches:
+                        sent[r.kind] += r.sent - watches[id(r)]
+                requests = api.requests[first:]
+                for r in requests:
+                    sent[r.kind] += r.sent
             finally:
                 stop.set()
                 await controllers
                 proc.terminate()
                 await proc.wait()
     minutes = window / 60
-    kinds = collections.Counter(kind_of(r) for r in requests)
+    kinds = collections.Counter(r.kind for r in requests)
     looks = kinds["GET styletransferjobs"] / jobs / minutes  # every reconciliation reads the job first
+    total = len(requests) / jobs / minutes
     return {"jobs": jobs, "progress_interval": progress_interval, "settled_s": settled,
-            "per_job_minute": len(requests) / jobs / minutes, "looks": looks,
-            "per_look": len(requests) / jobs / minutes / looks if looks else 0.0,
-            "kinds": {k: n / jobs / minutes for k, n in kinds.most_common()},
+            "per_job_minute": total, "looks": looks, "per_look": total / looks if looks else 0.0,
+            "bytes_per_job_minute": sum(sent.values()) / jobs / minutes,
+            "kinds": {k: (kinds[k] / jobs / minutes, sent[k] / jobs / minutes) for k in sorted(set(kinds) | set(sent),
+                                                                                              key=lambda k: -sent[k])},
+            "cpu_percent": 100 * cpu / window, "cpu_ms_per_look": 1000 * cpu / (looks * jobs * minutes) if looks else 0.0,
             "idle_rss": idle_rss, "busy_rss": busy_rss, "rss_per_job_kib": (busy_rss - idle_rss) * 1024 / jobs}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    # 500 is the target; kmock stalls with a few dozen jobs on a 2-core machine (docs/benchmarks.md)
-    parser.add_argument("--jobs", type=int, default=10)
+    parser.add_argument("--jobs", type=int, nargs="+", default=[10, 100, 500])
     parser.add_argument("--window", type=float, default=60.0, help="seconds of steady state to count")
     parser.add_argument("--progress-interval", type=float, nargs="+", default=[30.0],
                         help="STYLEBATCH_PROGRESS_INTERVAL values to compare (10 = every reconciliation)")
-    parser.add_argument("--settle-timeout", type=float, default=600.0)
+    parser.add_argument("--settle-timeout", type=float, default=1200.0)
+    parser.add_argument("--operator-log", help="append the operator's output to this file")
     args = parser.parse_args()
-    results = [asyncio.run(measure(args.jobs, args.window, p, args.settle_timeout)) for p in args.progress_interval]
-    print(f"Machine: {platform.platform()}, {os.cpu_count()} CPUs, Python {platform.python_version()}; "
-          f"{args.jobs} jobs Stylizing, reconcile interval 10 s, {args.window:.0f} s counted\n")
-    print("| progress read every | requests / job / minute | reconciliations / job / minute | requests / "
-          "reconciliation | at 6 reconciliations / minute (10 s) | operator RSS idle | with the jobs | RSS / job | "
-          "all jobs Stylizing after |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    results = [asyncio.run(measure(n, args.window, p, args.settle_timeout, args.operator_log))
+               for p in args.progress_interval for n in args.jobs]
+    load = os.getloadavg()[0]
+    print(f"Machine: {platform.platform()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, load average "
+          f"{load:.1f} at the end; reconcile interval 10 s, {args.window:.0f} s counted\n")
+    print("| jobs Stylizing | progress read every | requests / job / minute | KiB / job / minute | "
+          "reconciliations / job / minute | requests / reconciliation | at 6 reconciliations / minute (10 s) | "
+          "operator CPU (one core = 100%) | CPU / reconciliation | "
+          "operator RSS idle | with the jobs | RSS / job | all jobs Stylizing after |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
-        print(f"| {r['progress_interval']:.0f} s | {r['per_job_minute']:.1f} | {r['looks']:.1f} | {r['per_look']:.2f} | "
-              f"{6 * r['per_look']:.1f} | {r['idle_rss']:.0f} MiB | {r['busy_rss']:.0f} MiB | "
+        print(f"| {r['jobs']} | {r['progress_interval']:.0f} s | {r['per_job_minute']:.1f} | "
+              f"{r['bytes_per_job_minute'] / 1024:.1f} | {r['looks']:.1f} | {r['per_look']:.2f} | "
+              f"{6 * r['per_look']:.1f} | {r['cpu_percent']:.0f}% | {r['cpu_ms_per_look']:.1f} ms | {r['idle_rss']:.0f} MiB | {r['busy_rss']:.0f} MiB | "
               f"{r['rss_per_job_kib']:.0f} KiB | {r['settled_s']:.0f} s |")
-    for r in results:
-        print(f"\nBy request, per job and minute (progress read every {r['progress_interval']:.0f} s):\n")
-        print("| request | per job / minute |")
-        print("|---|---|")
-        for kind, rate in r["kinds"].items():
-            print(f"| `{kind}` | {rate:.2f} |")
+    kinds = list(dict.fromkeys(k for r in results for k in r["kinds"]))
+    heads = [f"{r['jobs']} jobs" + (f", {r['progress_interval']:.0f} s" if len(args.progress_interval) > 1 else "")
+             for r in results]
+    print("\nBy request, per job and minute: requests (KiB sent)\n")
+    print("| request | " + " | ".join(heads) + " |")
+    print("|---|" + "---|" * len(results))
+    for kind in kinds:
+        cells = [f"{r['kinds'][kind][0]:.2f} ({r['kinds'][kind][1] / 1024:.1f})" if kind in r["kinds"] else "0"
+                 for r in results]
+        print(f"| `{kind}` | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ import yaml
 from stylebatch.errors import StylebatchError
 from stylebatch.progress import RankProgress, format_line
 from stylebatch_operator.crd import apply_defaults, crd, openapi_schema
-from stylebatch_operator.kube import Kube
+from stylebatch_operator.kube import Kube, skip_environment_lookups
 from stylebatch_operator.manifests import build_mpijob
 from stylebatch_operator import main
 from stylebatch_operator.main import serve
@@ -887,6 +887,28 @@ def free_port() -> int:
 
 def _launcher_args(mpijob: dict[str, Any]) -> list[str]:
     return mpijob["spec"]["mpiReplicaSpecs"]["Launcher"]["template"]["spec"]["containers"][0]["args"]
+
+
+@pytest.mark.parametrize("case, environ, netrc, looked_up", [
+    ("nothing to find", {}, False, False),
+    ("an HTTPS proxy", {"HTTPS_PROXY": "http://proxy.corp:3128"}, False, True),
+    ("a lowercase no_proxy", {"no_proxy": "kubernetes.default.svc"}, False, True),
+    ("a netrc file", {}, True, True),
+], ids=lambda v: v if isinstance(v, str) else "")
+def test_the_api_client_reads_proxies_and_netrc_per_request_only_when_the_environment_has_them(
+        case, environ, netrc, looked_up, tmp_path):
+    async def scenario() -> None:
+        if netrc:
+            (tmp_path / ".netrc").write_text("machine example.org login u password p\n")
+        kube = Kube.for_url("http://127.0.0.1:1")
+        try:
+            session = kube._api.rest_client.pool_manager
+            session._trust_env = True  # as kubernetes_asyncio makes it
+            skip_environment_lookups(kube._api, {"HOME": str(tmp_path), **environ})
+            assert session.trust_env == looked_up
+        finally:
+            await kube.close()
+    run(scenario)
 
 
 def test_the_documented_rbac_is_the_one_the_operator_uses():

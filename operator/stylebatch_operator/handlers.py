@@ -8,7 +8,7 @@ operator's settings (`settings`) and the metrics (`metrics`)."""
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
@@ -23,7 +23,9 @@ from stylebatch_operator.names import (
     CHILD_KIND, GROUP, KIND, LABEL_ATTEMPT, LABEL_JOB, LABEL_STAGE, MPI_LABEL_ROLE, PLURAL, STYLIZE, VERSION,
     is_controlled_by,
 )
-from stylebatch_operator.observe import RUNNING, SUCCEEDED, child_state, is_suspended, live_pods, wanted_pods
+from stylebatch_operator.observe import (
+    RUNNING, SUCCEEDED, all_running, child_state, is_suspended, live_pods, wanted_pods,
+)
 
 from stylebatch_operator.settings import BUILT_IN, Settings
 from stylebatch_operator.status import event_for, progress_patch, status_patch
@@ -72,44 +74,39 @@ def _active(body: kopf.Body, **_: Any) -> bool:
 
 
 async def _reconcile_timer(namespace: str, name: str, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
-    if getattr(memo, "progress_reads", None) is None:
-        memo.progress_reads = {}
-    if getattr(memo, "event_reads", None) is None:
-        memo.event_reads = {}
-    await reconcile(memo.kube, namespace, name, logger, settings=memo.settings, metrics=memo.metrics,
-                    progress_reads=memo.progress_reads, event_reads=memo.event_reads)
+    if getattr(memo, "reads", None) is None:
+        memo.reads = Reads()
+    await reconcile(memo.kube, namespace, name, logger, settings=memo.settings, metrics=memo.metrics, reads=memo.reads)
 
 
 async def _count(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     key = (body.metadata.namespace or "", body.metadata.name or "")
     if type == "DELETED":
         memo.metrics.forget_job(key)
-        (getattr(memo, "progress_reads", None) or {}).pop(key, None)
-        (getattr(memo, "event_reads", None) or {}).pop(key, None)
+        if getattr(memo, "reads", None) is not None:
+            memo.reads.forget(key)
     else:
         memo.metrics.observe_job(key, dict(body.get("status") or {}))
 
 
 async def reconcile(kube: Kube, namespace: str, name: str, logger: logging.Logger, now: datetime | None = None,
                     *, settings: Settings = BUILT_IN, metrics: Metrics | None = None,
-                    progress_reads: dict[tuple[str, str], datetime] | None = None,
-                    event_reads: dict[tuple[str, str], EventRead] | None = None) -> d.Action:
-    """progress_reads: when each job's launcher log was last read, so that it is read at most every
-    settings.progress_read_seconds() (None: at every reconciliation); event_reads: each job's
-    child's Events as last read, so that they are read as rarely while the child has pods (None:
-    at every reconciliation)."""
+                    reads: Reads | None = None) -> d.Action:
+    """reads: what earlier reconciliations read of each job's child, so that the launcher's log,
+    the pods of a child whose pods all run, and the Events of a child short of pods are read at
+    most every settings.progress_read_seconds() (None: all at every reconciliation)."""
     # Read fresh rather than trust the watch's copy: a status patched a moment ago must count.
     stj = await kube.get(KIND, namespace, name)
     if stj is None or stj["metadata"].get("deletionTimestamp"):
         return d.Action(d.NOTHING)
     now = now or datetime.now(timezone.utc)
     status = stj.get("status") or {}
-    child, pods, events = await _observe(kube, stj, now, settings.progress_read_seconds(), event_reads)
+    child, pods, events = await _observe(kube, stj, now, settings.progress_read_seconds(), reads)
 
     patch: dict[str, Any] = {}
     if (child is not None and child["kind"] == CHILD_KIND[STYLIZE] and child_state(child).state == RUNNING
             and not is_suspended(child)  # no launcher log while it waits for Kueue
-            and _progress_due(progress_reads, (namespace, name), now, settings.progress_read_seconds())):
+            and _progress_due(reads, (namespace, name), now, settings.progress_read_seconds())):
         latest = await _read_progress(kube, child, pods, logger)
         patch |= progress_patch(latest, status, d.current_child(stj)[1], now) or {}
         stj = {**stj, "status": {**status, **patch}}
@@ -137,33 +134,50 @@ async def reconcile(kube: Kube, namespace: str, name: str, logger: logging.Logge
     return action
 
 
-def _progress_due(reads: dict[tuple[str, str], datetime] | None, key: tuple[str, str], now: datetime,
-                  every: float) -> bool:
+def _progress_due(reads: Reads | None, key: tuple[str, str], now: datetime, every: float) -> bool:
     """Whether the job's progress is to be read now (and if so, notes that it is)."""
     if reads is not None:
-        last = reads.get(key)
+        last = reads.progress.get(key)
         if last is not None and (now - last).total_seconds() < every:
             return False
-        reads[key] = now
+        reads.progress[key] = now
     return True
 
 
 @dataclass(frozen=True)
-class EventRead:
-    """A child's Events as read at `time` (the child by uid)."""
+class Read:
+    """What was read of a child (by uid) at `time`."""
     time: datetime
     uid: str
-    events: list[dict[str, Any]]
+    items: list[dict[str, Any]]
+
+    def fresh(self, uid: str, now: datetime, every: float) -> bool:
+        return self.uid == uid and (now - self.time).total_seconds() < every
 
 
-async def _observe(kube: Kube, stj: dict[str, Any], now: datetime, every: float,
-                   event_reads: dict[tuple[str, str], EventRead] | None
+@dataclass
+class Reads:
+    """By job: when the launcher's log was last read, the child's pods as last read while all of
+    them ran, its Events as last read while it had some pods but not all."""
+    progress: dict[tuple[str, str], datetime] = field(default_factory=dict)
+    pods: dict[tuple[str, str], Read] = field(default_factory=dict)
+    events: dict[tuple[str, str], Read] = field(default_factory=dict)
+
+    def forget(self, key: tuple[str, str]) -> None:
+        for kept in (self.progress, self.pods, self.events):
+            kept.pop(key, None)
+
+
+async def _observe(kube: Kube, stj: dict[str, Any], now: datetime, every: float, reads: Reads | None
                    ) -> tuple[dict[str, Any] | None, list[dict[str, Any]], list[dict[str, Any]]]:
     """The child the job is at (None if there is none yet), its pods unless it succeeded, and its
-    own Events while it is running short of pods: at every reconciliation while it has none (a Job
-    that cannot create its pod, an MPIJob the MPI Operator refused or never saw), at most every
-    `every` seconds while it has some but fewer than it runs (a replacement pod or a second worker
-    that cannot be created); the last ones read in between. None once all its pods exist."""
+    own Events while it is running short of pods. The pods are read at every reconciliation, but
+    while all of them run, at most every `every` seconds (the last ones read in between: a child
+    that fails is read at once, as it says so itself). The Events are read at every reconciliation
+    while the child has no pods (a Job that cannot create its pod, an MPIJob the MPI Operator
+    refused or never saw), at most every `every` seconds while it has some but fewer than it runs
+    (a replacement pod or a second worker that cannot be created), not at all once all its pods
+    exist."""
     status = stj.get("status") or {}
     if not status.get("acceptedSpec") or status.get("phase") in d.TERMINAL_PHASES:
         return None, [], []
@@ -172,16 +186,25 @@ async def _observe(kube: Kube, stj: dict[str, Any], now: datetime, every: float,
     child = await kube.get(CHILD_KIND[stage], namespace, name)
     if child is None or child_state(child).state == SUCCEEDED or is_suspended(child):
         return child, [], []
-    pods = await kube.list("Pod", namespace, _pod_labels(child))
-    if child_state(child).state != RUNNING or live_pods(pods) >= wanted_pods(child):
-        return child, pods, []
     key, uid = (namespace, stj["metadata"]["name"]), child["metadata"].get("uid", "")
-    last = (event_reads or {}).get(key)
-    if pods and last is not None and last.uid == uid and (now - last.time).total_seconds() < every:
-        return child, pods, last.events
+    running = child_state(child).state == RUNNING
+    last = reads.pods.get(key) if reads is not None else None
+    if running and last is not None and last.fresh(uid, now, every):
+        return child, last.items, []
+    pods = await kube.list("Pod", namespace, _pod_labels(child))
+    if reads is not None:
+        if running and all_running(child, pods):
+            reads.pods[key] = Read(now, uid, pods)
+        else:
+            reads.pods.pop(key, None)
+    if not running or live_pods(pods) >= wanted_pods(child):
+        return child, pods, []
+    last = reads.events.get(key) if reads is not None else None
+    if pods and last is not None and last.fresh(uid, now, every):
+        return child, pods, last.items
     events = await kube.list("Event", namespace, {}, {"involvedObject.name": name, "involvedObject.uid": uid})
-    if event_reads is not None:
-        event_reads[key] = EventRead(now, uid, events)
+    if reads is not None:
+        reads.events[key] = Read(now, uid, events)
     return child, pods, events
 
 

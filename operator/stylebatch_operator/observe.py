@@ -56,6 +56,14 @@ def live_pods(pods: list[dict[str, Any]]) -> int:
     return sum(1 for p in pods if (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed"))
 
 
+def all_running(child: dict[str, Any], pods: list[dict[str, Any]]) -> bool:
+    """Every pod the child runs is there and running, none waiting on anything (nothing for the
+    Stalled condition to say until one of them changes)."""
+    live = [p for p in pods if (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed")]
+    return (len(live) >= wanted_pods(child) and all((p.get("status") or {}).get("phase") == "Running" for p in live)
+            and not any(_pod_stall(p) for p in live))
+
+
 def failed_pod_detail(pods: list[dict[str, Any]]) -> str:
     """The most telling line from the child's failed pods: an eviction, or the container's
     termination message (its last log lines, thanks to FallbackToLogsOnError), redacted."""

@@ -1,0 +1,85 @@
+"""The style model's GFLOP/s against a measured fp32 GEMM on this CPU, per core; prints a markdown table.
+
+    .venv/bin/python benchmarks/bench_efficiency.py                     # 640x360, 720x528, 1280x720
+    .venv/bin/python benchmarks/bench_efficiency.py --sizes 720x528 --seconds 10
+
+Everything runs on one torch thread and is timed in CPU seconds of this process (time.process_time),
+which a machine shared with other work disturbs far less than wall time. FLOPs are counted by
+torch.utils.flop_counter on the executed graph (2 per multiply-add, convolutions and matrix products);
+"network GFLOP" is the published TransformerNet's count, the work a frame needs, and GFLOP/s divides
+it by the time per frame, so a rewrite that skips work shows as a higher rate. Rows: the published
+pytorch/examples layers at batch 1 (the reference pipeline's model) and stylebatch's CPU path
+(`load_stylizer(.pth)`: fast_nets.FastTransformerNet, uint8 frames in and out, batch 1), and the
+built-in style. The GEMM is a 2048 x 2048 fp32 torch.mm.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from stylebatch.models import DEFAULT_STYLE, load_stylizer
+from stylebatch.transformer_net import TransformerNet
+
+
+def per_call(fn, seconds: float) -> float:
+    fn()
+    calls, start = 0, time.process_time()
+    while calls < 2 or time.process_time() - start < seconds:
+        fn()
+        calls += 1
+    return (time.process_time() - start) / calls
+
+
+def flops(fn) -> int:
+    counter = FlopCounterMode(display=False)
+    with counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--sizes", default="640x360,720x528,1280x720")
+    p.add_argument("--seconds", type=float, default=6.0, help="CPU seconds per row (default: 6)")
+    a = p.parse_args(argv)
+    torch.set_num_threads(1)
+    m = torch.randn(2048, 2048)
+    with torch.inference_mode():
+        gemm = 2 * 2048 ** 3 / per_call(lambda: torch.mm(m, m), a.seconds) / 1e9
+    print(f"1 torch thread, CPU time; fp32 GEMM (2048^3 torch.mm): {gemm:.1f} GFLOP/s per core; "
+          f"load average {os.getloadavg()[0]:.1f}\n")
+    print("| model | size | network GFLOP/frame | executed GFLOP/frame | frames/s per core | GFLOP/s (network) "
+          "| of GEMM |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    net = TransformerNet().eval()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "net.pth")
+        torch.save(net.state_dict(), path)
+        fast, builtin = load_stylizer(path, device="cpu", precision="fp32"), load_stylizer(DEFAULT_STYLE, device="cpu")
+    for size in a.sizes.split(","):
+        w, h = map(int, size.split("x"))
+        frame = np.random.default_rng(0).integers(0, 256, (1, h, w, 3), dtype=np.uint8)
+        x = torch.from_numpy(frame).permute(0, 3, 1, 2).float()
+        with torch.inference_mode():
+            published = flops(lambda: net(x))
+            rows = [("TransformerNet, published layers (reference)", lambda: net(x), published, published),
+                    ("TransformerNet, stylebatch (fast_nets)", lambda: fast(frame), published, flops(lambda: fast(frame))),
+                    (f"built-in {DEFAULT_STYLE}", lambda: builtin(frame), None, flops(lambda: builtin(frame)))]
+            for name, fn, network, executed in rows:
+                s = per_call(fn, a.seconds)
+                work = network or executed
+                print(f"| {name} | {size} | {work / 1e9:.1f} | {executed / 1e9:.1f} | {1 / s:.2f} | "
+                      f"{work / s / 1e9:.1f} | {work / s / 1e9 / gemm:.0%} |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

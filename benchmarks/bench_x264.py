@@ -1,0 +1,85 @@
+"""libx264 frames per second per core at 720p and 1080p for every preset stylebatch offers, with size and quality.
+
+    .venv/bin/python benchmarks/bench_x264.py                   # 720p and 1080p, 48 frames, crf 18
+    .venv/bin/python benchmarks/bench_x264.py --frames 24 --presets ultrafast,veryfast,medium
+
+What x264 is given is what a rank hands its encoder: stylized frames. Real footage (Megamind, from
+Debian's opencv-doc) is stylized with the default built-in style at 640x360 and scaled up to each
+size, written once as raw video; then `ffmpeg -threads 1 ... -c:v libx264 -threads 1 -preset P
+-crf 18` encodes it once per preset. Frames/s per core = frames / CPU seconds (user + system) of that
+ffmpeg, which a busy machine disturbs far less than wall time. Size is the output's bitrate at the
+clip's 24 fps; quality is PSNR (Y) of the encode against its raw input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import resource
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from stylebatch.contract import DEFAULT_PRESET, PRESETS, QUALITY
+
+FOOTAGE = "/usr/share/doc/opencv-doc/examples/data/Megamind.avi"
+SIZES = ("1280x720", "1920x1080")
+
+
+def stylized_source(frames: int) -> np.ndarray:
+    from stylebatch.models import DEFAULT_STYLE, load_stylizer
+
+    raw = subprocess.run(["ffmpeg", "-v", "error", "-i", FOOTAGE, "-frames:v", str(frames), "-vf", "scale=640:360",
+                          "-f", "rawvideo", "-pix_fmt", "rgb24", "-"], check=True, capture_output=True).stdout
+    video = np.frombuffer(raw, np.uint8).reshape(-1, 360, 640, 3)
+    stylizer = load_stylizer(DEFAULT_STYLE, device="cpu")
+    return np.concatenate([stylizer(video[i:i + 8]) for i in range(0, len(video), 8)])
+
+
+def encode(raw: Path, size: str, preset: str, crf: int, out: Path) -> tuple[float, float, float]:
+    """(CPU seconds, kbit/s at 24 fps, PSNR Y in dB)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-threads", "1", "-f", "rawvideo", "-pix_fmt", "yuv420p",
+                    "-s", size, "-r", "24", "-i", str(raw), "-c:v", "libx264", "-threads", "1", "-preset", preset,
+                    "-crf", str(crf), str(out)], check=True)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+    psnr = subprocess.run(["ffmpeg", "-i", str(out), "-f", "rawvideo", "-pix_fmt", "yuv420p", "-s", size, "-r", "24",
+                           "-i", str(raw), "-lavfi", "psnr", "-f", "null", "-"], capture_output=True, text=True).stderr
+    y = float(re.search(r"PSNR y:([\d.]+)", psnr).group(1))
+    frames = raw.stat().st_size / (1.5 * eval(size.replace("x", "*")))
+    return cpu, out.stat().st_size * 8 / 1000 / (frames / 24), y
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--frames", type=int, default=48)
+    p.add_argument("--sizes", default=",".join(SIZES))
+    offered = [x for x in PRESETS["libx264"] if x != "placebo"]
+    p.add_argument("--presets", default=",".join(offered), help="default: all offered but placebo")
+    p.add_argument("--crf", type=int, default=QUALITY["libx264"][0])
+    a = p.parse_args(argv)
+    source = stylized_source(a.frames)
+    print(f"libx264, 1 thread, crf {a.crf}, {len(source)} stylized frames of real footage per size; "
+          f"stylebatch's default preset: {DEFAULT_PRESET['libx264']}\n")
+    print("| size | preset | frames/s per core | kbit/s at 24 fps | PSNR Y (dB) |")
+    print("|---|---|---:|---:|---:|")
+    with tempfile.TemporaryDirectory(prefix="x264-") as tmp_name:
+        tmp = Path(tmp_name)
+        for size in a.sizes.split(","):
+            raw = tmp / f"{size}.yuv"
+            subprocess.run(["ffmpeg", "-v", "error", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", "640x360", "-i", "-",
+                            "-vf", f"scale={size.replace('x', ':')}:flags=bicubic", "-pix_fmt", "yuv420p", "-f",
+                            "rawvideo", str(raw)], input=source.tobytes(), check=True)
+            for preset in a.presets.split(","):
+                cpu, kbps, psnr = encode(raw, size, preset, a.crf, tmp / "out.mp4")
+                print(f"| {size} | {preset} | {len(source) / cpu:.1f} | {kbps:,.0f} | {psnr:.2f} |", flush=True)
+            raw.unlink()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,269 @@
+"""The reference architecture's pipeline, re-implemented from its description, against `stylebatch run`.
+
+    .venv/bin/python benchmarks/reference_pipeline.py --quick      # one row: 640x360, TransformerNet, 2 ranks
+    .venv/bin/python benchmarks/reference_pipeline.py              # the full table (about 20 min on 2 cores)
+    .venv/bin/python benchmarks/reference_pipeline.py --weights mosaic.pth --sizes 1280x720 --ranks 2
+
+The reference ("Batch scoring of deep learning models on Azure", /work/shared/mission/
+reference-architecture.md), each step its own process, on local files:
+
+  1. ffmpeg -i clip.mp4 -vn -acodec copy audio.aac
+  2. ffmpeg -i clip.mp4 frames/%05d.jpg
+  3. mpiexec -n RANKS python reference_pipeline.py _rank ...: each rank takes its share of the sorted
+     frame files (every frame is stylized; the published len // size split would drop the remainder)
+     and, one frame at a time, reads the JPEG with PIL, runs the model at batch 1 in fp32 (the
+     published fast_neural_style code: TransformerNet on 0..255, or the built-in network's plain
+     module), and saves the result with PIL (JPEG quality 75)
+  4. ffmpeg -framerate 30 -i out/%05d.jpg -c:v libx264 -profile:v high -crf 20 -pix_fmt yuv420p v.mp4
+  5. ffmpeg -i v.mp4 -i audio.aac -map 0:0 -map 1:0 -vcodec copy -acodec copy out.mp4
+
+Each rank gets cores / RANKS torch threads, as stylebatch's ranks do (the published code leaves
+torch's default, every core in every rank, which oversubscribes the machine and is slower).
+stylebatch runs as `stylebatch run clip.mp4 -o out.mp4 --workers RANKS --style STYLE --device cpu
+--chunk-frames N` with its defaults otherwise (full size, precision auto, x264 crf 18 at the default
+preset). N = frames / (2 x RANKS): the short clips here would be one or two chunks by the default
+rule (at least 24 frames a chunk), leaving a rank idle; a clip of a minute gets 16 chunks anyway.
+
+Both get the same generated clip (testsrc2 at 30 fps with an AAC tone: a constant rate, so the
+reference's hard-coded 30 fps is right and its timing bugs cost it nothing) and the same weights: a
+.pth of pytorch/examples' TransformerNet (--weights, or one made here with seeded random weights of
+the right shapes, which cost exactly what trained ones cost), and a built-in style. Runs alternate
+(reference, stylebatch, reference, stylebatch, ...) and each figure is the median of --repeats.
+
+Measured per run: wall time; peak memory of the process tree (the sum of the resident sizes of every
+process under the pipeline, sampled every 50 ms; pages shared between processes, such as torch's
+libraries in each rank, count once per process, for both pipelines alike); CPU time (user + system)
+and minor page faults of the pipeline's processes (getrusage of the reaped children); frames/s
+(input frames / wall time). The ratio column is stylebatch's wall time over the reference's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve()
+BIN = Path(sys.executable).parent
+BUILTIN = "lavender-gold"
+SIZES = {"640x360": 32, "720x528": 24, "1280x720": 12}  # frames per size: a full table in ~20 min on 2 cores
+
+
+def cores() -> int:
+    return len(os.sched_getaffinity(0))
+
+
+# --- the reference pipeline ---
+
+def rank_main(style: str, frames_dir: Path, out_dir: Path) -> None:
+    """Step 3 on one MPI rank: per frame, PIL in, the model at batch 1 in fp32, PIL JPEG out."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from stylebatch.ranks import detect
+
+    world = detect()
+    torch.set_num_threads(max(1, cores() // world.size))
+    if style.endswith(".pth"):  # pytorch/examples neural_style.py stylize(): the module, 0..255 in and out
+        from stylebatch.transformer_net import TransformerNet
+
+        net = TransformerNet()
+        net.load_state_dict(torch.load(style, map_location="cpu", weights_only=True))
+        model = lambda x: net(x * 255).clamp(0, 255) / 255  # noqa: E731
+    else:  # the built-in style's network as a plain module, the style as its weight vector
+        from stylebatch.models import load_stylizer
+
+        painter = load_stylizer(style, device="cpu", precision="fp32").painters[0]
+        model = lambda x: painter.net(x, painter.condition)  # noqa: E731
+    names = sorted(os.listdir(frames_dir))
+    share = -(-len(names) // world.size)
+    with torch.inference_mode():
+        for name in names[world.rank * share:(world.rank + 1) * share]:
+            image = torch.from_numpy(np.array(Image.open(frames_dir / name).convert("RGB")))
+            x = image.permute(2, 0, 1)[None].float() / 255
+            h, w = x.shape[-2:]
+            x = torch.nn.functional.pad(x, [0, -w % 4, 0, -h % 4], mode="reflect") if h % 4 or w % 4 else x
+            y = model(x)[0, :, :h, :w].clamp(0, 1).mul(255).round().to(torch.uint8)
+            Image.fromarray(y.permute(1, 2, 0).numpy()).save(out_dir / name)  # PIL's default quality, 75
+
+
+def run_reference(clip: Path, out: Path, style: str, ranks: int, tmp: Path) -> None:
+    from stylebatch.run import find_mpiexec
+
+    frames, stylized = tmp / "frames", tmp / "stylized"
+    frames.mkdir()
+    stylized.mkdir()
+    ff = ["ffmpeg", "-v", "error", "-y"]
+    sh([*ff, "-i", clip, "-vn", "-acodec", "copy", tmp / "audio.aac"])
+    sh([*ff, "-i", clip, frames / "%05d.jpg"])
+    sh([find_mpiexec(), "-n", str(ranks), sys.executable, HERE, "_rank", style, frames, stylized])
+    sh([*ff, "-framerate", "30", "-i", stylized / "%05d.jpg", "-c:v", "libx264", "-profile:v", "high",
+        "-crf", "20", "-pix_fmt", "yuv420p", tmp / "video.mp4"])
+    sh([*ff, "-i", tmp / "video.mp4", "-i", tmp / "audio.aac", "-map", "0:0", "-map", "1:0",
+        "-vcodec", "copy", "-acodec", "copy", out])
+
+
+def run_stylebatch(clip: Path, out: Path, style: str, ranks: int, tmp: Path) -> None:
+    chunk = -(-frame_count(clip) // (2 * ranks))  # two chunks per rank, as a longer clip gets by default
+    sh([BIN / "stylebatch", "run", clip, "-o", out, "--workers", str(ranks), "--style", style, "--device", "cpu",
+        "--chunk-frames", str(chunk)], env=dict(os.environ, TMPDIR=str(tmp)))
+
+
+def sh(cmd: list, **kw) -> None:
+    result = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, **kw)
+    if result.returncode:
+        raise SystemExit(f"{' '.join(map(str, cmd))} failed ({result.returncode}):\n{result.stderr[-2000:]}")
+
+
+# --- measuring ---
+
+class TreeMemory(threading.Thread):
+    """Peak of the summed RSS of this process's descendants, sampled every `every` seconds."""
+
+    def __init__(self, every: float = 0.05) -> None:
+        super().__init__(daemon=True)
+        self.every, self.peak, self._done = every, 0, threading.Event()
+        self.page = os.sysconf("SC_PAGE_SIZE")
+
+    def _tree_rss(self) -> int:
+        parent: dict[int, int] = {}
+        rss: dict[int, int] = {}
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+                parent[int(entry)] = int(stat[stat.rindex(")") + 2:].split()[1])
+                rss[int(entry)] = int(Path(f"/proc/{entry}/statm").read_text().split()[1]) * self.page
+            except (OSError, ValueError, IndexError):
+                continue
+        me, total = os.getpid(), 0
+        for pid in rss:
+            p, seen = parent.get(pid), 0
+            while p and p != me and seen < 64:
+                p, seen = parent.get(p), seen + 1
+            total += rss[pid] if p == me and pid != me else 0
+        return total
+
+    def run(self) -> None:
+        while not self._done.wait(self.every):
+            self.peak = max(self.peak, self._tree_rss())
+
+    def stop(self) -> int:
+        self._done.set()
+        self.join()
+        return self.peak
+
+
+def measure(fn, *args) -> dict:
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    mem = TreeMemory()
+    mem.start()
+    start = time.perf_counter()
+    fn(*args)
+    wall = time.perf_counter() - start
+    peak = mem.stop()
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return {"wall": wall, "peak": peak, "user": after.ru_utime - before.ru_utime,
+            "sys": after.ru_stime - before.ru_stime, "minflt": after.ru_minflt - before.ru_minflt}
+
+
+def frame_count(path: Path) -> int:
+    out = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v:0", "-count_packets", "-show_entries",
+                          "stream=nb_read_packets", "-of", "csv=p=0", str(path)], capture_output=True, text=True)
+    return int(out.stdout.strip() or 0)
+
+
+def make_clip(path: Path, size: str, frames: int) -> None:
+    sh(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", f"testsrc2=size={size}:rate=30", "-f", "lavfi",
+        "-i", "sine=frequency=440:sample_rate=48000", "-frames:v", str(frames), "-t", f"{frames / 30:.3f}",
+        "-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac", path])
+
+
+def make_weights(path: Path) -> None:
+    """pytorch/examples' TransformerNet with seeded random weights (output spread over 0..255)."""
+    import torch
+
+    from stylebatch.transformer_net import TransformerNet
+
+    torch.manual_seed(0)
+    net = TransformerNet()
+    with torch.no_grad():
+        net.deconv3.conv2d.weight.mul_(60)
+        net.deconv3.conv2d.bias.fill_(128)
+    torch.save(net.state_dict(), path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["_rank"]:
+        rank_main(argv[1], Path(argv[2]), Path(argv[3]))
+        return 0
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--sizes", default=",".join(SIZES), help="comma-separated WxH (default: %(default)s)")
+    p.add_argument("--frames", type=int, help="frames per clip (default: 32 / 24 / 12 by size)")
+    p.add_argument("--ranks", default="1,2", help="comma-separated rank counts (default: 1,2)")
+    p.add_argument("--styles", default=f"weights,{BUILTIN}",
+                   help="'weights' (the TransformerNet .pth) and/or built-in style names (default: %(default)s)")
+    p.add_argument("--weights", type=Path, help="a fast_neural_style .pth (default: random weights, made here)")
+    p.add_argument("--repeats", type=int, default=2, help="runs of each pipeline per row, alternating (default: 2)")
+    p.add_argument("--quick", action="store_true", help="one row: 640x360, the TransformerNet, 2 ranks, 1 run each")
+    a = p.parse_args(argv)
+    if a.quick:
+        a.sizes, a.ranks, a.styles, a.repeats = "640x360", "2", "weights", 1
+        a.frames = a.frames or 24
+    import torch
+
+    with tempfile.TemporaryDirectory(prefix="refbench-") as tmp_name:
+        tmp = Path(tmp_name)
+        weights = a.weights or tmp / "transformer_net.pth"
+        if a.weights is None:
+            make_weights(weights)
+        print(f"{platform.machine()}, {cores()} cores, torch {torch.__version__}; median of {a.repeats} "
+              f"alternating runs per pipeline; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
+              f"load average {os.getloadavg()[0]:.1f} at the start\n")
+        print("| style | clip | ranks | reference wall (s) | stylebatch wall (s) | ratio | reference fps | "
+              "stylebatch fps | peak memory, reference / stylebatch (MiB) | CPU user+sys, reference / stylebatch (s) "
+              "| minor faults, reference / stylebatch (M) | output frames |")
+        print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for size in a.sizes.split(","):
+            frames = a.frames or SIZES.get(size, 24)
+            clip = tmp / f"clip-{size}.mp4"
+            make_clip(clip, size, frames)
+            for style in a.styles.split(","):
+                style_arg = str(weights) if style == "weights" else style
+                label = "TransformerNet .pth" if style == "weights" else style
+                for ranks in (int(r) for r in a.ranks.split(",")):
+                    runs: dict[str, list[dict]] = {"ref": [], "sb": []}
+                    counts = {}
+                    for repeat in range(a.repeats):
+                        for name, fn in (("ref", run_reference), ("sb", run_stylebatch)):
+                            work = tmp / f"{name}-{repeat}"
+                            work.mkdir()
+                            out = work / "out.mp4"
+                            runs[name].append(measure(fn, clip, out, style_arg, ranks, work))
+                            counts[name] = frame_count(out)
+                            shutil.rmtree(work)
+                    med = {n: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for n, rs in runs.items()}
+                    r, s = med["ref"], med["sb"]
+                    print(f"| {label} | {size}, {frames} frames | {ranks} | {r['wall']:.1f} | {s['wall']:.1f} | "
+                          f"{s['wall'] / r['wall']:.2f}x | {frames / r['wall']:.2f} | {frames / s['wall']:.2f} | "
+                          f"{r['peak'] / 2**20:,.0f} / {s['peak'] / 2**20:,.0f} | "
+                          f"{r['user'] + r['sys']:.1f} / {s['user'] + s['sys']:.1f} | "
+                          f"{r['minflt'] / 1e6:.2f} / {s['minflt'] / 1e6:.2f} | {counts['ref']} / {counts['sb']} |",
+                          flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

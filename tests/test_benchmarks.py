@@ -1,0 +1,45 @@
+"""The side-by-side benchmarks run end to end on tiny clips, so their figures can be remade at any time
+(no timings are checked: only that every row is measured and both pipelines made every frame)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow
+
+
+def table_rows(stdout: str) -> list[list[str]]:
+    rows = [line.split("|")[1:-1] for line in stdout.splitlines() if line.startswith("| ") and "---" not in line]
+    return [[cell.strip() for cell in row] for row in rows[1:]]  # without the header
+
+
+def bench(script: str, *args: str) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), *args],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    return result
+
+
+def test_the_reference_pipeline_and_stylebatch_both_make_every_frame_for_each_style():
+    result = bench("reference_pipeline.py", "--sizes", "64x48", "--frames", "8", "--ranks", "2",
+                   "--repeats", "1")
+    rows = table_rows(result.stdout)
+    assert [(r[0], r[2]) for r in rows] == [("TransformerNet .pth", "2"), ("lavender-gold", "2")]
+    for row in rows:
+        assert row[-1] == "8 / 8", row  # output frames, reference / stylebatch
+        peaks = [float(v.replace(",", "")) for v in row[8].split("/")]
+        assert all(p > 50 for p in peaks), row  # MiB: the process tree was seen, torch and all
+
+
+def test_the_uneven_rank_benchmark_gives_the_slow_rank_fewer_frames():
+    result = bench("bench_uneven.py", "--size", "160x96", "--frames", "96", "--chunk-frames", "8",
+                   "--repeats", "1")
+    rows = {r[0]: r for r in table_rows(result.stdout)}
+    fast, slow = (int(v) for v in rows["one at half speed, chunks taken dynamically"][2].split("/"))
+    assert fast + slow == 96 and fast >= slow
+    assert "x of" in rows["one at half speed, chunks taken dynamically"][3]

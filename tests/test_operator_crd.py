@@ -13,7 +13,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from stylebatch_operator.crd import DEFAULT_STYLE, SPEC_SCHEMA, apply_defaults, crd, openapi_schema, to_yaml
+from stylebatch_operator.crd import (
+    DEFAULT_STYLE, SPEC_SCHEMA, TRAIN_STYLE_MESSAGE, apply_defaults, crd, openapi_schema, to_yaml,
+)
 from stylebatch_operator.decide import decide
 from stylebatch_operator.settings import Settings
 from stylebatch_operator.status import status_patch
@@ -227,3 +229,33 @@ def test_the_spec_rules_hold_for_the_example_and_refuse_a_change():
     changed["spec"]["workers"] = 8
     assert cel_rules_refuse(changed, old=job) == [
         "spec is immutable once the job is created; delete and re-create the job to change it"]
+
+
+@pytest.mark.parametrize("style, train, refused", [
+    ("az://styles/starry.jpg", {"steps": 100}, False),
+    ("https://acct.blob.core.windows.net/styles/Starry.JPEG", {}, False),
+    ("az://styles/monet.webp", {"content": ["az://videos/a.mp4"]}, False),
+    ("lavender-gold", {}, True),  # also the default style: spec.train needs the painting named
+    ("az://styles/starry.jpg:0.7,lavender-gold:0.3", {}, True),
+    ("az://styles/mine.pth", {}, True),
+    ("az://styles/starry.jpg", None, False),  # no training: any style, as before
+])
+def test_the_crd_refuses_a_training_without_one_painting_to_train_for(style, train, refused):
+    job = example()
+    job["spec"]["style"] = style
+    if train is not None:
+        job["spec"]["train"] = train
+    job = apply_defaults(job, openapi_schema())
+    assert validator().is_valid(job)
+    broken = cel_rules_refuse(job)
+    assert broken == ([TRAIN_STYLE_MESSAGE] if refused else [])
+
+
+def test_training_settings_default_to_the_workers_own_and_are_bounded():
+    job = example()
+    job["spec"].update(style="az://styles/starry.jpg", train={})
+    train = apply_defaults(job, openapi_schema())["spec"]["train"]
+    assert train == {"steps": 4000, "size": 256, "batchSize": 4}  # `stylebatch train-style`'s defaults
+    for bad in ({"steps": 0}, {"size": 16}, {"batchSize": 0}, {"content": ["az://v/a.mp4"] * 17}):
+        job["spec"]["train"] = bad
+        assert not validator().is_valid(job), bad

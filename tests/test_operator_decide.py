@@ -53,7 +53,7 @@ def mpijob(name: str, *conditions: tuple[str, str, str]) -> dict[str, Any]:
     return {**job(name, *conditions), "apiVersion": "kubeflow.org/v2beta1", "kind": "MPIJob"}
 
 
-PHASES = {"preprocess": "Preprocessing", "stylize": "Stylizing", "postprocess": "Postprocessing"}
+PHASES = {"train": "Training", "preprocess": "Preprocessing", "stylize": "Stylizing", "postprocess": "Postprocessing"}
 COMPLETE = ("Complete", "", "")
 MPI_SUCCEEDED = ("Succeeded", "MPIJobSucceeded", "MPIJob media/x successfully completed.")
 BACKOFF = ("Failed", "BackoffLimitExceeded", "Job has reached the specified backoff limit")
@@ -63,6 +63,8 @@ MPI_FAILED = ("Failed", "MPIJobFailed", "launcher failed")
 PRE1, PRE2 = "orangutan-preprocess-1", "orangutan-preprocess-2"
 STY1, STY2, STY4 = "orangutan-stylize-1", "orangutan-stylize-2", "orangutan-stylize-4"
 POST1 = "orangutan-postprocess-1"
+TRAIN1, TRAIN2 = "orangutan-train-1", "orangutan-train-2"
+TRAINED = {"style": "az://styles/starry.jpg", "train": {"steps": 2000}}
 
 # (case, job, observed children, expected (kind, stage, attempt, reason))
 CASES = [
@@ -111,6 +113,21 @@ CASES = [
      stj("Preprocessing", attempts={"preprocess": 1}), [job(PRE1, COMPLETE), mpijob(STY1)], (ADVANCE, "stylize", 1, "PreprocessSucceeded")),
     ("retried preprocess succeeds", stj("Preprocessing", attempts={"preprocess": 2}, used=1),
      [job(PRE1, BACKOFF), job(PRE2, COMPLETE)], (ADVANCE, "stylize", 1, "PreprocessSucceeded")),
+    ("accepted job that trains a style creates its training Job first", stj("Pending", **TRAINED), [],
+     (CREATE, "train", 1, "TrainStarted")),
+    ("training running: wait", stj("Training", attempts={"train": 1}, **TRAINED), [job(TRAIN1)],
+     (WAIT, "train", 1, "")),
+    ("training done: preprocess next", stj("Training", attempts={"train": 1}, **TRAINED), [job(TRAIN1, COMPLETE)],
+     (ADVANCE, "preprocess", 1, "TrainSucceeded")),
+    ("training failed with budget left: retried (it resumes from its checkpoint)",
+     stj("Training", attempts={"train": 1}, **TRAINED), [job(TRAIN1, BACKOFF)], (RETRY, "train", 2, "Retrying")),
+    ("training failed, budget spent: Failed", stj("Training", attempts={"train": 2}, used=1, retries=1, **TRAINED),
+     [job(TRAIN2, BACKOFF)], (FAIL, "train", 2, "RetriesExhausted")),
+    ("training child adopted after a crash", stj("Pending", **TRAINED), [job(TRAIN1)],
+     (ADOPT, "train", 1, "TrainStarted")),
+    ("trained job's preprocess done: stylize next, as without training",
+     stj("Preprocessing", attempts={"train": 1, "preprocess": 1}, **TRAINED), [job(PRE1, COMPLETE)],
+     (ADVANCE, "stylize", 1, "PreprocessSucceeded")),
     ("Succeeded job: nothing more", stj("Succeeded"), [], (NOTHING, None, 0, "")),
     ("Failed job: nothing more", stj("Failed"), [job(PRE1, BACKOFF)], (NOTHING, None, 0, "")),
 ]
@@ -175,6 +192,11 @@ USER_ERROR_LOG = "reading input\nstylebatch: error: --codec vp9 cannot go into .
 
 
 @pytest.mark.parametrize("case, stage, child, pod, expected", [
+    ("user error (exit 2) in training: Failed at once", "train", job(TRAIN1, BACKOFF),
+     failed_pod(TRAIN1 + "-x", 2, "stylebatch: error: painting starry.jpg is not a JPEG, PNG or WebP picture"),
+     (FAIL, "InvalidInput")),
+    ("training pod evicted: retried, not counted", "train", job(TRAIN1, BACKOFF),
+     failed_pod(TRAIN1 + "-x", 143, "", pod_reason="Evicted"), (RETRY, "Disrupted")),
     ("user error (exit 2) in preprocess: Failed at once", "preprocess", job(PRE1, BACKOFF),
      failed_pod(PRE1 + "-x", 2, USER_ERROR_LOG), (FAIL, "InvalidInput")),
     ("user error in the stylize launcher: Failed at once", "stylize", mpijob(STY1, ("Failed", "MPIJobFailed", "")),
@@ -190,6 +212,43 @@ def test_user_errors_are_not_retried(case, stage, child, pod, expected):
     obj = stj(PHASES[stage], attempts={stage: 1})
     action = decide(obj, {child["metadata"]["name"]: child}, now=NOW, pods=[pod])
     assert (action.kind, action.reason) == expected
+
+
+def test_a_failed_training_names_its_reason_and_its_retry_resumes_from_the_checkpoint():
+    pod = failed_pod(TRAIN1 + "-x", 1, "stylebatch: step 1200/2000 loss 3e+05\nRuntimeError: CUDA error: an illegal "
+                                       "memory access was encountered")
+    obj = stj("Training", attempts={"train": 1}, **TRAINED)
+    action = decide(obj, {TRAIN1: job(TRAIN1, BACKOFF)}, now=NOW, pods=[pod])
+    assert (action.kind, action.failure.stage, action.failure.child) == (RETRY, "train", f"Job/{TRAIN1}")
+    assert "CUDA error" in action.failure.message and "CUDA error" in action.message
+    assert f"created Job {TRAIN2}" in action.message and "resumes from its last checkpoint" in action.message
+    patch = status_patch(obj, action, NOW)
+    assert (patch["phase"], patch["attempts"], patch["retries"]) == ("Training", {"train": 2}, 1)
+    assert patch["failure"]["stage"] == "train" and patch["reason"] == "Retrying"
+
+
+def test_a_job_that_trains_is_accepted_saying_so_and_records_where_the_weights_go():
+    obj = stj(**TRAINED)
+    action = decide(obj, {}, now=NOW, settings=SETTINGS)
+    assert action.kind == START
+    assert "a style trained for az://styles/starry.jpg (2000 steps at 256 px, first, on one GPU)" in action.message
+    patch = status_patch(obj, action, NOW)
+    assert patch["trainedStyle"] == "az://videos/stylized/.stylebatch-work/media/orangutan-01234567.pth"
+    running = {c["type"]: c for c in patch["conditions"]}["Running"]
+    assert running["message"] == "about to create the train Job"
+
+
+@pytest.mark.parametrize("style, train, words", [
+    ("lavender-gold", {}, "spec.train trains a style for the painting spec.style names"),
+    ("az://styles/starry.jpg:0.7,lavender-gold:0.3", {}, "no blend"),
+    ("az://styles/mine.pth", {}, "no .pth"),
+    ("az://styles/starry.jpg", {"content": ["/home/me/clip.mp4"]}, "spec.train.content[0] '/home/me/clip.mp4' is not a blob URI"),
+    ("az://styles/starry.jpg", {"content": ["az://v/a.mp4?sv=1&sig=S3CR3T"]}, "spec.train.content[0] 'az://v/a.mp4' carries a query"),
+])
+def test_a_training_the_worker_could_not_run_fails_at_acceptance(style, train, words):
+    action = decide(stj(style=style, train=train), {}, now=NOW, settings=SETTINGS)
+    assert (action.kind, action.reason) == (FAIL, "InvalidSpec") and words in action.message
+    assert "S3CR3T" not in action.message
 
 
 def test_a_user_error_fails_with_the_workers_one_line_message():

@@ -1302,3 +1302,97 @@ def test_a_finished_job_is_deleted_after_its_ttl():
             assert not deletes(api, JOBS)  # a failed job's children went with it (owner references), not before
             assert_requests_allowed_by_rbac(api, stylized=False)
     run(scenario)
+
+
+# --- a style trained as part of the job (spec.train) -------------------------------------------
+
+PAINTING = "az://styles/starry.jpg"
+WEIGHTS = "az://videos/out/.stylebatch-work/media/orangutan-{uid8}.pth"
+
+
+def train_log(api: ApiServer, step: int, steps: int, rate: float, eta: str) -> None:
+    """What the training pod logs every 10 s (the worker's own line; the API serves it as the pod's log)."""
+    api.launcher_log += (f"stylebatch: step {step}/{steps} loss 1.2e+06 content 2e+05 style 1e+06 "
+                         f"{rate:.2f} steps/s ETA {eta}\n")
+
+
+def test_a_job_that_trains_a_style_trains_first_shows_its_steps_then_stylizes_with_the_trained_weights():
+    async def scenario() -> None:
+        async with api_server() as api, operator(api):
+            await apply_job(api, style=PAINTING, train={"steps": 100})
+            train = await eventually(lambda: child(api, "Job", "orangutan-train-1"))
+            weights = WEIGHTS.format(uid8=job(api)["metadata"]["uid"][:8])
+            await eventually(lambda: status(api)["phase"] == "Training")
+            assert status(api)["trainedStyle"] == weights
+            args = train["spec"]["template"]["spec"]["containers"][0]["args"]
+            assert args[:3] == ["stylebatch", "train-style", PAINTING] and args[args.index("-o") + 1] == weights
+            assert train["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
+            assert creates(api, JOBS) == ["orangutan-train-1"]  # nothing else before the training is done
+
+            pod = await add_pod(api, "Job", "orangutan-train-1", "x7k2p", {"phase": "Running"})
+            train_log(api, 40, 100, 2.5, "00:00:24")
+            await eventually(lambda: status(api)["training"]["step"] == 40)
+            s = status(api)
+            assert s["progress"]["summary"] == "training 40% (40/100 steps)"
+            assert s["training"]["summary"] == "40% (40/100 steps), 2.50 steps/s, ETA 00:00:24"
+            reads = [r for r in api if r.subresource == "log"]
+            assert {str(r.url.path) for r in reads} == {f"{PODS}/{pod}/log"}
+            assert reads[0].params == {"container": "train", "tailLines": "50"}
+            train_log(api, 90, 100, 2.5, "00:00:04")
+            await eventually(lambda: status(api)["training"]["step"] == 90)
+            await finish(api, JOBS, "orangutan-train-1")
+
+            await eventually(lambda: child(api, "Job", "orangutan-preprocess-1"))
+            await eventually(lambda: status(api)["phase"] == "Preprocessing")
+            s = status(api)
+            assert "progress" not in s and s["training"]["percent"] == 100  # the stages' progress starts afresh
+            await finish(api, JOBS, "orangutan-preprocess-1")
+            mpijob = await eventually(lambda: child(api, "MPIJob", "orangutan-stylize-1"))
+            launcher = _launcher_args(mpijob)
+            assert launcher[launcher.index("--style") + 1] == weights  # every rank paints with the trained net
+            await finish(api, MPIJOBS, "orangutan-stylize-1")
+            await eventually(lambda: child(api, "Job", "orangutan-postprocess-1"))
+            await finish(api, JOBS, "orangutan-postprocess-1")
+            await eventually(lambda: status(api)["phase"] == "Succeeded")
+            assert phases(api) == ["Pending", "Training", "Preprocessing", "Stylizing", "Postprocessing", "Succeeded"]
+            reasons = [reason for _, reason, _ in events(api)]
+            assert reasons[:4] == ["Accepted", "TrainStarted", "TrainSucceeded", "PreprocessSucceeded"]
+            assert creates(api, JOBS) == ["orangutan-train-1", "orangutan-preprocess-1", "orangutan-postprocess-1"]
+            assert status(api)["trainedStyle"] == weights
+    run(scenario)
+
+
+def test_a_failed_training_is_retried_and_resumes_then_a_bad_painting_fails_the_job_with_its_reason():
+    async def scenario() -> None:
+        async with api_server() as api, operator(api):
+            await apply_job(api, style=PAINTING, train={"steps": 100}, retries=2)
+            first = await eventually(lambda: child(api, "Job", "orangutan-train-1"))
+            await add_pod(api, "Job", "orangutan-train-1", "a", {"phase": "Failed", "containerStatuses": [{
+                "state": {"terminated": {"exitCode": 1, "reason": "Error", "message":
+                          "stylebatch: step 60/100 loss 1e+06\nRuntimeError: CUDA error: an illegal memory access"}}}]})
+            await finish(api, JOBS, "orangutan-train-1", ok=False, reason="BackoffLimitExceeded",
+                         message="Job has reached the specified backoff limit")
+            second = await eventually(lambda: child(api, "Job", "orangutan-train-2"))
+            s = await eventually(lambda: status(api)["attempts"]["train"] == 2 and status(api))
+            assert (s["phase"], s["attempts"]["train"], s["retries"], s["reason"]) == ("Training", 2, 1, "Retrying")
+            assert (s["failure"]["stage"], s["failure"]["child"]) == ("train", "Job/orangutan-train-1")
+            retry = await eventually(lambda: [e for e in events(api) if e[1] == "Retrying"])
+            assert "CUDA error" in retry[0][2] and "resumes from its last checkpoint" in retry[0][2]
+            # the same command: it continues from the checkpoint beside the weights
+            container = lambda j: j["spec"]["template"]["spec"]["containers"][0]  # noqa: E731
+            assert container(first)["args"] == container(second)["args"]
+
+            line = "stylebatch: error: painting starry.jpg is truncated or corrupt"
+            await add_pod(api, "Job", "orangutan-train-2", "b", {"phase": "Failed", "containerStatuses": [{
+                "state": {"terminated": {"exitCode": 2, "reason": "Error", "message": f"{line}\n"}}}]})
+            await finish(api, JOBS, "orangutan-train-2", ok=False, reason="PodFailurePolicy",
+                         message="Container train for pod media/orangutan-train-2-b failed with exit code 2")
+            await eventually(lambda: status(api)["phase"] == "Failed")
+            s = status(api)
+            failed = condition(api, "Failed")
+            assert (failed["status"], failed["reason"]) == ("True", "InvalidInput") and line in failed["message"]
+            assert (s["failure"]["stage"], s["failure"]["reason"], s["failure"]["message"]) == (
+                "train", "InvalidInput", line)
+            await asyncio.sleep(5 * INTERVAL)
+            assert creates(api, JOBS) == ["orangutan-train-1", "orangutan-train-2"] and creates(api, MPIJOBS) == []
+    run(scenario)

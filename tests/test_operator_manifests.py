@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import re
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -18,13 +19,14 @@ import yaml
 
 from stylebatch.cli import build_parser
 from stylebatch.requests import (
-    EncodingOptions, ModelOptions, PostprocessRequest, PreprocessRequest, StylizeRequest, parse_argv,
+    EncodingOptions, ModelOptions, PostprocessRequest, PreprocessRequest, StylizeRequest, TrainRequest, parse_argv,
 )
 from stylebatch_operator.crd import SPEC_SCHEMA, apply_defaults
 from stylebatch_operator.decide import ADVANCE, START, decide
 from stylebatch_operator.manifests import (
-    RUN_AS_USER, build_child, build_mpijob, build_postprocess_job, build_preprocess_job, work_dir,
+    RUN_AS_USER, build_child, build_mpijob, build_postprocess_job, build_preprocess_job, build_train_job, work_dir,
 )
+from stylebatch_operator.names import STAGES
 from stylebatch_operator.settings import Settings
 from stylebatch_operator.spec import effective_spec
 from stylebatch_operator.status import status_patch
@@ -104,14 +106,28 @@ VARIANTS = {
                                    "temporalStrength": 0.7, "precision": "bf16"},
                     "encoder": {"codec": "hevc", "bitrate": "8M", "preset": "slow"}, "strength": 0.6,
                     "style": "az://styles/starry.jpg:0.7,lavender-gold:0.3", "keepColors": True},
+    "trained style": {"style": "az://styles/starry.jpg", "train": {"steps": 2000, "content": [
+        "az://videos/more.mp4", "az://photos/beach.png"]}, "strength": 0.8, "keepColors": True},
+    "trained style, aks defaults, kueue": {"settings": AKS, "style": "az://styles/starry.jpg", "train": {},
+                                           "queueName": "gpu-spot"},
+    "trained style on CPUs": {"style": "https://acct.blob.core.windows.net/styles/Starry.JPG", "train": {"size": 128},
+                              "gpusPerWorker": 0, "scheduling": {"spot": True}},
 }
+TRAINED = VARIANTS["trained style"]
+
+
+def children(job: dict[str, Any], attempt: int = 1) -> list[dict[str, Any]]:
+    """Every child the job makes: the training Job first when it trains a style."""
+    return [build_child(job, stage, attempt) for stage in STAGES
+            if stage != "train" or effective_spec(job).get("train") is not None]
 
 
 @pytest.mark.parametrize("version", K8S_VERSIONS)
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_jobs_are_valid_kubernetes_jobs(variant, version):
-    for build in (build_preprocess_job, build_postprocess_job):
-        kubernetes_validate.validate(build(stj(**VARIANTS[variant])), version, strict=True)
+    for child in children(stj(**VARIANTS[variant])):
+        if child["kind"] == "Job":
+            kubernetes_validate.validate(child, version, strict=True)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -191,7 +207,17 @@ def test_every_pod_command_parses_back_to_the_request_the_job_asks_for(variant):
     post = build_postprocess_job(job)["spec"]["template"]["spec"]["containers"][0]["args"]
     launcher = build_mpijob(job)["spec"]["mpiReplicaSpecs"]["Launcher"]["template"]["spec"]["containers"][0]["args"]
     stylize = launcher[launcher.index("stylebatch"):]
-    for argv in (pre, stylize, post):
+    argvs = [pre, stylize, post]
+    if "train" in spec:  # the painting is spec.style; the job stylizes with the weights trained for it
+        train = spec["train"]
+        weights = work.rstrip("/") + ".pth"
+        expected["train-style"] = TrainRequest(
+            painting=spec["style"], output=weights, content=tuple(train.get("content") or [spec["input"]]),
+            steps=train["steps"], size=train["size"], batch_size=train["batchSize"],
+            device="cuda" if spec["gpusPerWorker"] else "cpu")
+        expected["stylize"] = StylizeRequest(work=work, model=replace(expected["stylize"].model, style=weights))
+        argvs.append(build_train_job(job)["spec"]["template"]["spec"]["containers"][0]["args"])
+    for argv in argvs:
         assert argv[0] == "stylebatch"
         assert parse_argv(argv[1:]) == expected[argv[1]]
         ns = parser.parse_args(argv[1:])
@@ -236,7 +262,7 @@ def test_postprocess_deletes_the_work_dir_unless_the_job_keeps_it():
 
 
 def test_storage_credentials_are_references_never_values():
-    for child in (build_preprocess_job(stj()), build_mpijob(stj()), build_postprocess_job(stj())):
+    for child in children(stj(**TRAINED)):
         env = [e for c in _containers(child) for e in c["env"]]
         secret_env = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in env if "valueFrom" in e}
         assert set(secret_env) == {"AZURE_STORAGE_CONNECTION_STRING", "AZURE_STORAGE_ACCOUNT", "AZURE_STORAGE_SAS_TOKEN"}
@@ -246,8 +272,8 @@ def test_storage_credentials_are_references_never_values():
 
 
 def test_workload_identity_labels_every_pod_and_uses_the_service_account():
-    spec = VARIANTS["workload identity"]
-    for child in (build_preprocess_job(stj(**spec)), build_mpijob(stj(**spec)), build_postprocess_job(stj(**spec))):
+    spec = {**VARIANTS["workload identity"], **TRAINED}
+    for child in children(stj(**spec)):
         for template in _templates(child):
             assert template["metadata"]["labels"]["azure.workload.identity/use"] == "true"
             assert template["spec"]["serviceAccountName"] == "stylebatch-storage"
@@ -257,8 +283,8 @@ def test_workload_identity_labels_every_pod_and_uses_the_service_account():
 
 
 def test_children_are_owned_labelled_and_named_by_job_stage_and_attempt():
-    job = stj()
-    for stage, kind in (("preprocess", "Job"), ("stylize", "MPIJob"), ("postprocess", "Job")):
+    job = stj(**TRAINED)
+    for stage, kind in (("train", "Job"), ("preprocess", "Job"), ("stylize", "MPIJob"), ("postprocess", "Job")):
         child = build_child(job, stage, 2)
         assert (child["kind"], child["metadata"]["name"]) == (kind, f"orangutan-{stage}-2")
         assert child["metadata"]["ownerReferences"] == [{
@@ -273,8 +299,9 @@ def test_children_are_owned_labelled_and_named_by_job_stage_and_attempt():
 
 
 def test_with_a_queue_every_child_carries_the_kueue_label_and_starts_suspended_until_admitted():
-    for job in (stj(queueName="gpu-spot"), stj(settings=Settings(**{**SETTINGS.__dict__, "queue_name": "gpu-spot"}))):
-        for stage in ("preprocess", "stylize", "postprocess"):
+    for job in (stj(queueName="gpu-spot", **TRAINED),
+                stj(settings=Settings(**{**SETTINGS.__dict__, "queue_name": "gpu-spot"}), **TRAINED)):
+        for stage in ("train", "preprocess", "stylize", "postprocess"):
             child = build_child(job, stage, 1)
             assert child["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu-spot"
             holder = child["spec"]["runPolicy"] if child["kind"] == "MPIJob" else child["spec"]
@@ -283,15 +310,15 @@ def test_with_a_queue_every_child_carries_the_kueue_label_and_starts_suspended_u
     assert build_mpijob(stj(settings=Settings(**{**SETTINGS.__dict__, "queue_name": "gpu-spot"}),
                             queueName="on-demand"))["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "on-demand"
     # without Kueue: no label, nothing suspended (a suspended child would never start)
-    for stage in ("preprocess", "stylize", "postprocess"):
-        child = build_child(stj(), stage, 1)
+    for stage in ("train", "preprocess", "stylize", "postprocess"):
+        child = build_child(stj(**TRAINED), stage, 1)
         assert "kueue.x-k8s.io/queue-name" not in child["metadata"]["labels"] and "suspend" not in str(child)
 
 
 def test_longest_allowed_name_keeps_every_generated_name_a_dns_label():
     name = "j" * 40
-    for stage in ("preprocess", "stylize", "postprocess"):
-        child = build_child(stj(name=name), stage, 11)
+    for stage in ("train", "preprocess", "stylize", "postprocess"):
+        child = build_child(stj(name=name, **TRAINED), stage, 11)
         assert len(child["metadata"]["name"]) <= 63 - 6  # Job pods add "-xxxxx"
     mpijob = build_child(stj(name=name), "stylize", 11)
     for suffix in ("-launcher", "-worker-63"):  # the MPI operator's pod and host names
@@ -391,7 +418,7 @@ def test_the_restricted_check_catches_what_baseline_would_let_through():
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_every_pod_is_hardened_to_the_restricted_standard_without_an_api_token(variant):
     job = stj(**VARIANTS[variant])
-    for child in (build_preprocess_job(job), build_mpijob(job), build_postprocess_job(job)):
+    for child in children(job):
         for template in _templates(child):
             pod = template["spec"]
             assert restricted_violations(pod) == []
@@ -493,8 +520,8 @@ def test_a_toleration_given_twice_appears_once():
 
 @pytest.mark.parametrize("settings", [SETTINGS, Settings(storage_secret="s")], ids=["chart defaults", "built-in defaults"])
 def test_every_pod_requests_and_caps_cpu_memory_and_local_disk_by_default(settings):
-    job = stj(settings=settings)
-    for stage in ("preprocess", "stylize", "postprocess"):
+    job = stj(settings=settings, **TRAINED)
+    for stage in ("train", "preprocess", "stylize", "postprocess"):
         for container in _containers(build_child(job, stage, 1)):
             resources = container["resources"]
             for kind in ("requests", "limits"):
@@ -516,9 +543,9 @@ def test_the_chart_sizes_each_kind_of_pod_and_a_job_sizes_its_workers():
     assert volumes == {"dshm": {"medium": "Memory", "sizeLimit": "16Gi"}, "scratch": {"sizeLimit": "100Gi"}}
 
 
-@pytest.mark.parametrize("stage", ["preprocess", "stylize", "postprocess"])
+@pytest.mark.parametrize("stage", ["train", "preprocess", "stylize", "postprocess"])
 def test_shm_is_a_capped_memory_volume_and_scratch_a_capped_emptydir_where_tmpdir_points(stage):
-    child = build_child(stj(), stage, 1)
+    child = build_child(stj(**TRAINED), stage, 1)
     for template in _templates(child):
         pod = template["spec"]
         volumes = {v["name"]: v for v in pod.get("volumes") or []}
@@ -536,8 +563,9 @@ def test_shm_is_a_capped_memory_volume_and_scratch_a_capped_emptydir_where_tmpdi
 def test_jobs_fail_at_once_on_bad_input_and_ignore_disruptions():
     """podFailurePolicy: the worker's bad-input exit code ends the Job (no second pod would do
     better); a pod lost to an eviction, preemption or a vanished node is replaced without failing it."""
-    for build, container in ((build_preprocess_job, "preprocess"), (build_postprocess_job, "postprocess")):
-        job = build(stj())
+    for build, container in ((build_train_job, "train"), (build_preprocess_job, "preprocess"),
+                             (build_postprocess_job, "postprocess")):
+        job = build(stj(**TRAINED))
         assert job["spec"]["backoffLimit"] == 0 and job["spec"]["template"]["spec"]["restartPolicy"] == "Never"
         assert job["spec"]["podFailurePolicy"] == {"rules": [
             {"action": "FailJob", "onExitCodes": {"containerName": container, "operator": "In", "values": [2]}},
@@ -550,17 +578,61 @@ def test_jobs_fail_at_once_on_bad_input_and_ignore_disruptions():
 def test_no_pod_of_a_job_is_evicted_by_the_cluster_autoscaler():
     mpijob = build_mpijob(stj())
     templates = [build_preprocess_job(stj())["spec"]["template"], build_postprocess_job(stj())["spec"]["template"],
+                 build_train_job(stj(**TRAINED))["spec"]["template"],
                  *(mpijob["spec"]["mpiReplicaSpecs"][role]["template"] for role in ("Launcher", "Worker"))]
     for template in templates:
         assert template["metadata"]["annotations"] == {"cluster-autoscaler.kubernetes.io/safe-to-evict": "false"}
 
 
-@pytest.mark.parametrize("stage", ["preprocess", "stylize", "postprocess"])
+@pytest.mark.parametrize("stage", ["train", "preprocess", "stylize", "postprocess"])
 def test_every_pod_names_its_job_so_the_blobs_it_writes_never_look_like_uploads(stage):
     from stylebatch.contract import JOB_ENV
 
-    job = stj()
+    job = stj(**TRAINED)
     for template in _templates(build_child(job, stage, 1)):
         for container in template["spec"]["containers"]:
             env = {e["name"]: e.get("value") for e in container["env"]}
             assert env[JOB_ENV] == job["metadata"]["name"], container["name"]
+
+
+# --- the training Job (spec.train) ---------------------------------------------------------------
+
+def test_the_training_job_takes_one_gpu_of_the_workers_pool_with_the_workers_cpu_and_memory():
+    job = stj(**VARIANTS["trained style, aks defaults, kueue"], gpusPerWorker=4)
+    train = build_train_job(job)
+    pod = train["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["resources"] == {"requests": {"cpu": "3", "memory": "12Gi"}, "limits": {"nvidia.com/gpu": 1}}
+    assert pod["nodeSelector"] == {"stylebatch.io/gpu": "true"}
+    assert {"key": "sku", "operator": "Equal", "value": "gpu", "effect": "NoSchedule"} in pod["tolerations"]
+    args = container["args"]
+    assert args[:3] == ["stylebatch", "train-style", "az://styles/starry.jpg"]
+    assert args[args.index("--device") + 1] == "cuda" and args[args.index("--steps") + 1] == "4000"
+    assert args[args.index("--content") + 1] == "az://videos/orangutan.mp4"  # the job's own video by default
+    assert train["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu-spot" and train["spec"]["suspend"]
+    assert (train["metadata"]["name"], train["spec"]["backoffLimit"]) == ("orangutan-train-1", 0)
+
+
+def test_a_training_on_cpus_asks_for_no_gpu_and_tolerates_only_what_the_job_asks():
+    pod = build_train_job(stj(**VARIANTS["trained style on CPUs"]))["spec"]["template"]["spec"]
+    assert "nvidia.com/gpu" not in str(pod)
+    assert pod["tolerations"] == [{"key": "kubernetes.azure.com/scalesetpriority", "operator": "Equal",
+                                   "value": "spot", "effect": "NoSchedule"}]  # resumable: spot is fine
+    args = pod["containers"][0]["args"]
+    assert args[args.index("--device") + 1] == "cpu" and args[args.index("--size") + 1] == "128"
+
+
+def test_the_weights_go_next_to_the_work_dir_and_every_stylize_rank_reads_them_from_there():
+    job = stj(**TRAINED)
+    work = work_dir(job)
+    assert work == "az://videos/stylized/.stylebatch-work/media/orangutan-01234567/"
+    weights = "az://videos/stylized/.stylebatch-work/media/orangutan-01234567.pth"
+    assert job["status"]["trainedStyle"] == weights
+    train_args = build_train_job(job)["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert train_args[train_args.index("-o") + 1] == weights
+    launcher = build_mpijob(job)["spec"]["mpiReplicaSpecs"]["Launcher"]["template"]["spec"]["containers"][0]["args"]
+    assert launcher[launcher.index("--style") + 1] == weights and "starry.jpg" not in str(launcher)
+    # postprocess cleans the work dir; the weights are not in it, so the user keeps them
+    post = build_postprocess_job(job)["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--delete-work" in post and not weights.startswith(work)
+    assert "trainedStyle" not in stj()["status"]

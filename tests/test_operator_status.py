@@ -11,14 +11,14 @@ from typing import Any
 import pytest
 import yaml
 
-from stylebatch.progress import RankProgress, format_line, latest_by_rank
+from stylebatch.progress import RankProgress, format_line, latest_by_rank, latest_train_progress
 from stylebatch_operator.crd import SPEC_SCHEMA, apply_defaults
 from stylebatch_operator.decide import (
     ADOPT, ADVANCE, CREATE, FAIL, REJECT_SPEC_CHANGE, RETRY, START, SUCCEED, WAIT, Action, Failure,
 )
 from stylebatch_operator.settings import Settings
 from stylebatch_operator.spec import resolve
-from stylebatch_operator.status import event_for, progress_patch, set_condition, status_patch
+from stylebatch_operator.status import event_for, progress_patch, set_condition, status_patch, training_patch
 from stylebatch_operator.uris import redact, strip_secrets, work_dir
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "manifests" / "examples" / "job.yaml"
@@ -223,3 +223,41 @@ def test_shown_uris_and_messages_lose_their_secrets():
                   "DefaultEndpointsProtocol=https;AccountName=acct;AccountKey=abc123==;EndpointSuffix=x")
     assert "S3CR3T" not in text and "abc123" not in text
     assert "https://acct.blob.core.windows.net/v/a.mp4?<redacted>" in text and "AccountName=acct" in text
+
+
+# --- training progress (spec.train) ---------------------------------------------------------------
+
+TRAIN_LOG = [
+    "stylebatch: resuming from az://videos/out/.stylebatch-work/media/orangutan-01234567.pth.ckpt at step 1000",
+    "stylebatch: step 1001/4000 loss 2.1e+06 content 1e+05 style 2e+06 0.00 steps/s ETA --:--:--",
+    '{"time": "2026-05-01T12:00:10Z", "level": "INFO", "message": "step 1680/4000 loss 9.9e+05 content 2e+05 '
+    'style 7.9e+05 3.10 steps/s ETA 00:12:28", "job": "orangutan"}',
+    "an unrelated line",
+]
+
+
+def test_training_progress_is_the_latest_step_line_in_words_and_figures():
+    latest = latest_train_progress(TRAIN_LOG)  # text and JSON log records alike
+    assert (latest.step, latest.steps, latest.rate, latest.eta, latest.percent) == (1680, 4000, 3.1, 748, 42)
+    patch = training_patch(latest, {}, 2, T0)
+    assert patch["training"] == {"step": 1680, "steps": 4000, "percent": 42, "stepsPerSecond": 3.1,
+                                 "etaSeconds": 748, "summary": "42% (1680/4000 steps), 3.10 steps/s, ETA 00:12:28",
+                                 "attempt": 2, "updateTime": "2026-05-01T12:00:00Z"}
+    assert patch["progress"] == {"summary": "training 42% (1680/4000 steps)"}  # the Progress column
+    assert training_patch(latest, apply(stj(), patch)["status"], 2, T0) is None  # nothing new: no write
+    assert training_patch(latest_train_progress(TRAIN_LOG[:2]), {}, 1, T0)["training"]["summary"] == \
+        "25% (1001/4000 steps), 0.00 steps/s"  # no ETA yet
+    assert training_patch(latest_train_progress(TRAIN_LOG[3:]), {}, 1, T0) is None
+
+
+def test_after_the_training_its_figures_say_done_and_stylize_progress_starts_from_nothing():
+    obj = stj(style="az://styles/starry.jpg", train={})
+    obj = apply(obj, status_patch(obj, accept(obj), T0))
+    obj = apply(obj, status_patch(obj, Action(CREATE, "train", 1, "TrainStarted", "created"), T0))
+    assert obj["status"]["phase"] == "Training"
+    obj = apply(obj, training_patch(latest_train_progress(TRAIN_LOG), obj["status"], 1, T0))
+    obj = apply(obj, status_patch(obj, Action(ADVANCE, "preprocess", 1, "TrainSucceeded", "done"), T0))
+    s = obj["status"]
+    assert s["phase"] == "Preprocessing" and s["progress"] is None  # a merge patch's null deletes it
+    assert (s["training"]["step"], s["training"]["percent"], s["training"]["summary"]) == (
+        4000, 100, "100% (4000/4000 steps)")

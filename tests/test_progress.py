@@ -1,6 +1,12 @@
-"""Progress lines: what `stylebatch run` and the operator read from the ranks' stdout."""
+"""Progress lines: what `stylebatch run` and the operator read from the ranks' stdout, and from
+train-style's."""
 
-from stylebatch.progress import RankProgress, aggregate, format_line, parse_line, parse_records
+import pytest
+
+from stylebatch.progress import (
+    RankProgress, TrainProgress, aggregate, format_line, format_train_line, latest_train_progress, parse_line,
+    parse_records,
+)
 
 
 def test_a_line_round_trips():
@@ -29,3 +35,10 @@ def test_aggregate_takes_the_latest_line_of_each_rank():
     assert (total.done, total.frames) == (80, 120)
     assert round(total.percent) == 67
     assert aggregate(["nothing here"]) is None
+
+
+@pytest.mark.parametrize("progress", [TrainProgress(1, 4000, 0.0, None), TrainProgress(1680, 4000, 3.1, 748.0),
+                                      TrainProgress(4000, 4000, 12.5, 0.0)])
+def test_a_training_line_reads_back_as_it_was_written(progress):
+    line = format_train_line(progress, {"loss": 1.5e6, "content": 2e5, "style": 1.3e6})
+    assert latest_train_progress(["other", f"stylebatch: {line}"]) == progress

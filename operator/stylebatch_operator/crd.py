@@ -19,13 +19,14 @@ from typing import Any
 
 import yaml
 
-from stylebatch.contract import DEFAULT_STYLE, PRECISIONS
+from stylebatch.contract import DEFAULT_STYLE, PRECISIONS, STYLE_IMAGE_SUFFIXES
+from stylebatch.requests import MIN_MAX_SIDE, TrainRequest
 from stylebatch.temporal_defaults import DEFAULT_MODE as TEMPORAL_DEFAULT
 from stylebatch.temporal_defaults import DEFAULT_STRENGTH as TEMPORAL_STRENGTH
 from stylebatch.temporal_defaults import MODES as TEMPORAL_MODES
 from stylebatch_operator.names import (
     DNS_LABEL_PATTERN, GROUP, KIND, MAX_NAME_LENGTH, NAME_PATTERN, NAME_RULE_MESSAGE, PLURAL, QUANTITY_PATTERN,
-    SHORT_NAMES, SINGULAR, VERSION,
+    SHORT_NAMES, SINGULAR, STAGES, VERSION,
 )
 
 CRD_NAME = f"{PLURAL}.{GROUP}"
@@ -34,7 +35,18 @@ CRD_NAME = f"{PLURAL}.{GROUP}"
 # jsonpath='{.metadata.annotations.stylebatch\.io/release}'`.
 RELEASE_ANNOTATION = f"{GROUP}/release"
 RELEASE = metadata.version("stylebatch")
-PHASES = ["Pending", "Preprocessing", "Stylizing", "Postprocessing", "Succeeded", "Failed"]
+PHASES = ["Pending", "Training", "Preprocessing", "Stylizing", "Postprocessing", "Succeeded", "Failed"]
+# spec.train trains on the painting spec.style names: one picture, no blend (the CEL rule, and
+# stylebatch_operator.spec for a CRD installed before it).
+PAINTING_PATTERN = f"(?i)[.]({'|'.join(s.lstrip('.') for s in STYLE_IMAGE_SUFFIXES)})$"
+TRAIN_STYLE_MESSAGE = ("spec.train trains a style for the painting spec.style names: give the blob URI of one "
+                       f"{'/'.join(s.lstrip('.') for s in STYLE_IMAGE_SUFFIXES)} picture as spec.style "
+                       "(no blend, no built-in name, no .pth)")
+
+
+def _train_default(name: str) -> Any:
+    """The worker's own default of a train-style setting (stylebatch.requests.TrainRequest)."""
+    return TrainRequest.__dataclass_fields__[name].default
 
 
 def _str(description: str, **extra: Any) -> dict[str, Any]:
@@ -81,6 +93,24 @@ SPEC_SCHEMA: dict[str, Any] = _obj(
         "keepColors": {"type": "boolean", "default": False,
                        "description": "Keep the video's own colours: only the style's brightness and strokes "
                                       "are transferred."},
+        "train": _obj(
+            "Train a style for the painting spec.style names (best quality) instead of painting zero-shot: "
+            "a training Job (`stylebatch train-style`, one GPU, or the CPU with gpusPerWorker 0) runs before "
+            "preprocess, writes the weights next to the work dir (status.trainedStyle) with its checkpoint "
+            "beside them (a retried training resumes), and the stages stylize with them.",
+            {
+                "steps": _int(f"Training steps (default {_train_default('steps')}).", minimum=1, maximum=200000,
+                              default=_train_default("steps")),
+                "size": _int(f"Training crop size in pixels (default {_train_default('size')}).",
+                             minimum=MIN_MAX_SIDE, maximum=1024, default=_train_default("size")),
+                "batchSize": _int(f"Crops per step (default {_train_default('batch_size')}).", minimum=1,
+                                  maximum=64, default=_train_default("batch_size")),
+                "content": {"type": "array", "maxItems": 16,
+                            "items": _str("A blob URI.", minLength=1, maxLength=2048),
+                            "description": "Videos and pictures (blob URIs) to learn on: frames are sampled "
+                                           "from videos. Default: spec.input."},
+            },
+        ),
         "strength": {"type": "number", "minimum": 0, "maximum": 1, "default": 1.0,
                      "description": "How much of the style to apply, 0 (none) to 1 (full)."},
         "workers": _int("Number of worker pods of the MPIJob. Default: the operator's (chart value "
@@ -200,6 +230,8 @@ SPEC_SCHEMA: dict[str, Any] = _obj(
     **{"x-kubernetes-validations": [
         {"rule": "self == oldSelf",
          "message": "spec is immutable once the job is created; delete and re-create the job to change it"},
+        {"rule": f"!has(self.train) || (!self.style.contains(',') && self.style.matches('{PAINTING_PATTERN}'))",
+         "message": TRAIN_STYLE_MESSAGE},
     ]},
 )
 
@@ -212,8 +244,8 @@ _CONDITION = _obj("Standard Kubernetes condition.", {
     "observedGeneration": _int("metadata.generation the condition was set from.", format="int64"),
 }, required=["type", "status"])
 
-_STAGE_COUNTS = {stage: _int(f"{stage} attempts.") for stage in ("preprocess", "stylize", "postprocess")}
-_STAGE_NAMES = {stage: _text(f"Latest {stage} child.") for stage in ("preprocess", "stylize", "postprocess")}
+_STAGE_COUNTS = {stage: _int(f"{stage} attempts.") for stage in STAGES}
+_STAGE_NAMES = {stage: _text(f"Latest {stage} child.") for stage in STAGES}
 
 STATUS_SCHEMA: dict[str, Any] = _obj("Observed state, written by the operator.", {
     "phase": _text("Where the job is.", enum=PHASES),
@@ -238,6 +270,18 @@ STATUS_SCHEMA: dict[str, Any] = _obj("Observed state, written by the operator.",
     "completionTime": _text("When the job succeeded or failed.", format="date-time"),
     "outputURI": _text("The output (any SAS token removed)."),
     "workDir": _text("The work dir (any SAS token removed)."),
+    "trainedStyle": _text("With spec.train: where the training Job writes the trained weights (next to the work "
+                          "dir; kept after the job, for --style or another job's spec.style)."),
+    "training": _obj("With spec.train: the training's steps, from the training pod's progress lines.", {
+        "step": _int("Steps done, resumed ones included."),
+        "steps": _int("Steps in all (spec.train.steps)."),
+        "percent": _int("step / steps, rounded down."),
+        "stepsPerSecond": {"type": "number", "description": "Training speed of the current pod."},
+        "etaSeconds": _int("Seconds left at that speed."),
+        "summary": _text("42% (1680/4000 steps), 3.1 steps/s, ETA 00:12:30."),
+        "attempt": _int("The training attempt the figures are from."),
+        "updateTime": _text("When it was read.", format="date-time"),
+    }),
     "attempts": _obj("Attempts started per stage.", _STAGE_COUNTS),
     "retries": _int("Retries used, out of spec.retries."),
     "childrenDeleted": {"type": "boolean", "description": "The finished job's children were deleted (spec.cleanup)."},
@@ -247,7 +291,8 @@ STATUS_SCHEMA: dict[str, Any] = _obj("Observed state, written by the operator.",
         "framesDone": _int("Frames stylized, resumed ones included."),
         "framesTotal": _int("Frames in the video."),
         "percent": _int("framesDone / framesTotal, rounded down."),
-        "summary": _text("For kubectl get: 42% (420/1000)."),
+        "summary": _text("For kubectl get: 42% (420/1000); while training, the training's: training 42% "
+                         "(1680/4000 steps)."),
         "updateTime": _text("When it was read.", format="date-time"),
         "attempt": _int("The stylize attempt the counts are from."),
         "ranks": {"type": "array", "items": {"type": "integer"},

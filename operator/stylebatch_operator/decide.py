@@ -15,7 +15,9 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from stylebatch_operator.crd import SPEC_SCHEMA, apply_defaults
-from stylebatch_operator.names import CHILD_KIND, MPI_API_VERSION, POSTPROCESS, PREPROCESS, STAGES, STYLIZE, child_name
+from stylebatch_operator.names import (
+    CHILD_KIND, MPI_API_VERSION, POSTPROCESS, PREPROCESS, STAGES, STYLIZE, TRAIN, child_name,
+)
 from stylebatch_operator.observe import (
     FAILED, NO_MPI_OPERATOR, RUNNING, SUCCEEDED, Stall, child_state, disruption, failed_pod_detail, is_suspended, stall,
     user_error,
@@ -25,8 +27,8 @@ from stylebatch_operator.spec import effective_spec, from_defaults, resolve, sho
 from stylebatch_operator.uris import strip_secrets
 
 PENDING, SUCCEEDED_PHASE, FAILED_PHASE = "Pending", "Succeeded", "Failed"
-PHASE_OF_STAGE = {PREPROCESS: "Preprocessing", STYLIZE: "Stylizing", POSTPROCESS: "Postprocessing"}
-STAGE_OF_PHASE = {phase: stage for stage, phase in PHASE_OF_STAGE.items()} | {PENDING: PREPROCESS}
+PHASE_OF_STAGE = {TRAIN: "Training", PREPROCESS: "Preprocessing", STYLIZE: "Stylizing", POSTPROCESS: "Postprocessing"}
+STAGE_OF_PHASE = {phase: stage for stage, phase in PHASE_OF_STAGE.items()}
 TERMINAL_PHASES = (SUCCEEDED_PHASE, FAILED_PHASE)
 
 # Action kinds
@@ -53,6 +55,11 @@ STALLED_CONDITION = "Stalled"
 PROGRESS_STALLED = "ProgressStalled"  # stylize went without a new frame for the progress timeout
 INVALID_INPUT = "InvalidInput"  # the worker exited with its user-error code: Failed at once, no retry
 DISRUPTED = "Disrupted"  # a pod was evicted or lost its node: retried without spending spec.retries
+
+
+# What a retried stage does not do again.
+RESUMES = {STYLIZE: " (only the missing parts are stylized again)",
+           TRAIN: " (the training resumes from its last checkpoint)"}
 
 
 @dataclass(frozen=True)
@@ -234,7 +241,7 @@ def _retry_or_fail(stj: dict[str, Any], failure: Failure, left: int) -> Action:
 def _retry(stj: dict[str, Any], failure: Failure, left: int, reason: str, which: str, *,
            counted: bool = True) -> Action:
     attempt = failure.attempt + 1
-    resume = " (only the missing parts are stylized again)" if failure.stage == STYLIZE else ""
+    resume = RESUMES.get(failure.stage, "")
     return Action(RETRY, failure.stage, attempt, reason,
                   f"{_failed_text(failure)}; {which}: created {CHILD_KIND[failure.stage]} "
                   f"{child_name(stj['metadata']['name'], failure.stage, attempt)}{resume}",
@@ -245,10 +252,15 @@ def _failed_text(failure: Failure) -> str:
     return f"{CHILD_KIND[failure.stage]} {failure.child.split('/', 1)[1]} failed: {_reason_text(failure)}"
 
 
+def first_stage(spec: dict[str, Any]) -> str:
+    """train when the (effective) spec asks for a trained style, else preprocess."""
+    return TRAIN if spec.get("train") is not None else PREPROCESS
+
+
 def current_child(stj: dict[str, Any]) -> tuple[str, int, str]:
     """(stage, attempt, name) of the child the job is at, as its status records it."""
     status = stj.get("status") or {}
-    stage = STAGE_OF_PHASE.get(status.get("phase") or PENDING, PREPROCESS)
+    stage = STAGE_OF_PHASE.get(status.get("phase") or PENDING) or first_stage(effective_spec(stj))
     attempt = (status.get("attempts") or {}).get(stage) or 1
     return stage, attempt, child_name(stj["metadata"]["name"], stage, attempt)
 
@@ -384,7 +396,10 @@ def _reason_text(failure: Failure) -> str:
 def _accepted_message(spec: dict[str, Any], defaulted: list[str]) -> str:
     gpus = spec["gpusPerWorker"]
     where = f"{gpus} GPU{'s' if gpus != 1 else ''} each" if gpus else "CPUs"
-    message = (f"stylizing {strip_secrets(spec['input'])} into {strip_secrets(spec['output'])} with style "
-               f"{strip_secrets(spec['style'])} on {spec['workers']} worker{'s' if spec['workers'] != 1 else ''} "
-               f"({where})")
+    train = spec.get("train")
+    style = (f"a style trained for {strip_secrets(spec['style'])} ({train['steps']} steps at {train['size']} px, "
+             f"first, on {'one GPU' if gpus else 'a CPU'})" if train is not None
+             else f"style {strip_secrets(spec['style'])}")
+    message = (f"stylizing {strip_secrets(spec['input'])} into {strip_secrets(spec['output'])} with {style} "
+               f"on {spec['workers']} worker{'s' if spec['workers'] != 1 else ''} ({where})")
     return f"{message}; from the operator's defaults: {', '.join(defaulted)}" if defaulted else message

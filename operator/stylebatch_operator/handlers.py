@@ -13,14 +13,14 @@ from datetime import datetime, timezone
 from typing import Any
 
 import kopf
-from stylebatch.progress import RankProgress, latest_by_rank
+from stylebatch.progress import RankProgress, TrainProgress, latest_by_rank, latest_train_progress
 
 from stylebatch_operator import decide as d, videowatch_handlers
 from stylebatch_operator.kube import ApiError, Kube
 from stylebatch_operator.manifests import build_child
 from stylebatch_operator.metrics import Metrics
 from stylebatch_operator.names import (
-    CHILD_KIND, GROUP, KIND, LABEL_ATTEMPT, LABEL_JOB, LABEL_STAGE, MPI_LABEL_ROLE, PLURAL, STYLIZE, VERSION,
+    CHILD_KIND, GROUP, KIND, LABEL_ATTEMPT, LABEL_JOB, LABEL_STAGE, MPI_LABEL_ROLE, PLURAL, STYLIZE, TRAIN, VERSION,
     is_controlled_by,
 )
 from stylebatch_operator.observe import (
@@ -28,11 +28,13 @@ from stylebatch_operator.observe import (
 )
 
 from stylebatch_operator.settings import BUILT_IN, Settings
-from stylebatch_operator.status import event_for, progress_patch, status_patch
+from stylebatch_operator.status import event_for, progress_patch, status_patch, training_patch
 
 # Enough of the launcher's log to hold every rank's latest progress line. (No limitBytes: the
 # server would cut the newest lines, not the oldest.)
 LOG_TAIL_MIN_LINES, LOG_TAIL_LINES_PER_RANK = 1000, 20
+# The training pod logs a progress line every 10 s, and little else.
+TRAIN_LOG_TAIL_LINES = 50
 
 
 def build_registry(*, interval: float) -> kopf.OperatorRegistry:
@@ -104,11 +106,14 @@ async def reconcile(kube: Kube, namespace: str, name: str, logger: logging.Logge
     child, pods, events = await _observe(kube, stj, now, settings.progress_read_seconds(), reads)
 
     patch: dict[str, Any] = {}
-    if (child is not None and child["kind"] == CHILD_KIND[STYLIZE] and child_state(child).state == RUNNING
-            and not is_suspended(child)  # no launcher log while it waits for Kueue
+    stage, attempt, _ = d.current_child(stj) if child is not None else (None, 0, None)
+    if (stage in (STYLIZE, TRAIN) and child_state(child).state == RUNNING
+            and not is_suspended(child)  # no log while it waits for Kueue
             and _progress_due(reads, (namespace, name), now, settings.progress_read_seconds())):
-        latest = await _read_progress(kube, child, pods, logger)
-        patch |= progress_patch(latest, status, d.current_child(stj)[1], now) or {}
+        if stage == STYLIZE:
+            patch |= progress_patch(await _read_progress(kube, child, pods, logger), status, attempt, now) or {}
+        else:
+            patch |= training_patch(await _read_training(kube, namespace, pods, logger), status, attempt, now) or {}
         stj = {**stj, "status": {**status, **patch}}
     action = d.decide(stj, {child["metadata"]["name"]: child} if child else {}, now=now, pods=pods, events=events,
                       settings=settings)
@@ -249,6 +254,21 @@ async def _read_progress(kube: Kube, mpijob: dict[str, Any], pods: list[dict[str
         logger.debug("no progress from the launcher yet: %s", exc)
         return {}
     return latest_by_rank(text.splitlines())
+
+
+async def _read_training(kube: Kube, namespace: str, pods: list[dict[str, Any]],
+                         logger: logging.Logger) -> TrainProgress | None:
+    """The latest progress line of the training Job's newest started pod; None before it has one."""
+    started = [p for p in pods if (p.get("status") or {}).get("phase") in ("Running", "Succeeded", "Failed")]
+    if not started:
+        return None
+    pod = max(started, key=lambda p: p["metadata"].get("creationTimestamp") or "")
+    try:
+        text = await kube.pod_log(namespace, pod["metadata"]["name"], TRAIN, TRAIN_LOG_TAIL_LINES)
+    except ApiError as exc:
+        logger.debug("no training progress yet: %s", exc)
+        return None
+    return latest_train_progress(text.splitlines())
 
 
 def _pod_labels(child: dict[str, Any]) -> dict[str, str]:

@@ -1,5 +1,5 @@
-"""The children of a StyleTransferJob as plain dicts: the preprocess Job, the stylize MPIJob and the
-postprocess Job. Pure functions of the job (and of the attempt and the time left), built from its
+"""The children of a StyleTransferJob as plain dicts: the training Job (with spec.train), the
+preprocess Job, the stylize MPIJob and the postprocess Job. Pure functions of the job (and of the attempt and the time left), built from its
 effective spec (status.effectiveSpec once it has started).
 
 Every pod is hardened the same way: non-root (the worker image's mpiuser), no privilege
@@ -15,10 +15,11 @@ from typing import Any
 
 from stylebatch.contract import EXIT_BAD_INPUT, JOB_ENV
 from stylebatch.requests import (
-    EncodingOptions, ModelOptions, PostprocessRequest, PreprocessRequest, StylizeRequest,
+    EncodingOptions, ModelOptions, PostprocessRequest, PreprocessRequest, StylizeRequest, TrainRequest,
 )
 from stylebatch_operator.names import (
-    KUEUE_QUEUE_LABEL, MPI_API_VERSION, POSTPROCESS, PREPROCESS, STYLIZE, child_labels, child_name, owner_reference,
+    KUEUE_QUEUE_LABEL, MPI_API_VERSION, POSTPROCESS, PREPROCESS, STYLIZE, TRAIN, child_labels, child_name,
+    owner_reference,
 )
 from stylebatch_operator.settings import BUILT_IN
 from stylebatch_operator.spec import POD_DEFAULTS, SERVICE_ACCOUNT, effective_spec
@@ -60,6 +61,25 @@ def work_dir(stj: dict[str, Any], spec: dict[str, Any] | None = None) -> str:
                          or derived_work_dir(spec["output"], meta["namespace"], meta["name"], meta["uid"]))
 
 
+def trained_style(stj: dict[str, Any], spec: dict[str, Any] | None = None) -> str | None:
+    """With spec.train: the weights the training Job writes, next to the work dir (<work dir>.pth; its
+    checkpoint <work dir>.pth.ckpt beside it). Outside the work dir, so postprocess's clean-up of
+    the work dir keeps them for the user. None without spec.train."""
+    spec = spec or effective_spec(stj)
+    return work_dir(stj, spec).rstrip("/") + ".pth" if spec.get("train") is not None else None
+
+
+def train_request(stj: dict[str, Any]) -> TrainRequest:
+    """The painting is spec.style; the content spec.train.content, else the job's own input. One
+    GPU when the job's workers have GPUs, else the CPU."""
+    spec = effective_spec(stj)
+    train = spec["train"]
+    return TrainRequest(painting=strip_secrets(spec["style"]), output=trained_style(stj, spec),
+                        content=tuple(strip_secrets(c) for c in train.get("content") or [spec["input"]]),
+                        steps=train["steps"], size=train["size"], batch_size=train["batchSize"],
+                        device="cuda" if spec["gpusPerWorker"] > 0 else "cpu")
+
+
 def preprocess_request(stj: dict[str, Any]) -> PreprocessRequest:
     spec = effective_spec(stj)
     # No SAS token in any pod argument (anyone who can list pods reads them): the pods take their
@@ -72,7 +92,7 @@ def stylize_request(stj: dict[str, Any]) -> StylizeRequest:
     spec = effective_spec(stj)
     processing = spec.get("processing") or {}
     return StylizeRequest(work=work_dir(stj), model=ModelOptions(
-        style=strip_secrets(spec["style"]), strength=spec["strength"], keep_colors=bool(spec.get("keepColors")),
+        style=trained_style(stj, spec) or strip_secrets(spec["style"]), strength=spec["strength"], keep_colors=bool(spec.get("keepColors")),
         max_side=processing.get("maxSide"), device="cuda" if spec["gpusPerWorker"] > 0 else "cpu",
         batch_size=processing.get("batchSize"), precision=processing.get("precision"),
         temporal=processing.get("temporal"),
@@ -90,6 +110,13 @@ def encoding_options(spec: dict[str, Any]) -> EncodingOptions:
     return EncodingOptions(codec=encoder.get("codec"), crf=encoder.get("crf"), bitrate=encoder.get("bitrate"),
                            preset=encoder.get("preset"),
                            chunk_frames=(spec.get("processing") or {}).get("chunkFrames"))
+
+
+def build_train_job(stj: dict[str, Any], attempt: int = 1, deadline_seconds: int | None = None) -> dict[str, Any]:
+    """One pod with one GPU (of the job's GPU pool, placed as its workers) and the workers' CPU and
+    memory; the CPU when the job's workers have no GPUs."""
+    return _job(stj, TRAIN, attempt, train_request(stj).to_argv(), deadline_seconds,
+                gpus=min(1, effective_spec(stj)["gpusPerWorker"]))
 
 
 def build_preprocess_job(stj: dict[str, Any], attempt: int = 1, deadline_seconds: int | None = None) -> dict[str, Any]:
@@ -135,7 +162,8 @@ def build_mpijob(stj: dict[str, Any], attempt: int = 1, deadline_seconds: int | 
     }
 
 
-BUILDERS = {PREPROCESS: build_preprocess_job, STYLIZE: build_mpijob, POSTPROCESS: build_postprocess_job}
+BUILDERS = {TRAIN: build_train_job, PREPROCESS: build_preprocess_job, STYLIZE: build_mpijob,
+            POSTPROCESS: build_postprocess_job}
 
 
 def build_child(stj: dict[str, Any], stage: str, attempt: int, deadline_seconds: int | None = None) -> dict[str, Any]:
@@ -147,14 +175,22 @@ def stylize_args(stj: dict[str, Any], ranks: int) -> list[str]:
     return ["mpiexec", "-n", str(ranks), "-f", HOSTFILE, "stylebatch", *stylize_request(stj).to_argv()]
 
 
-def _job(stj: dict[str, Any], stage: str, attempt: int, args: list[str], deadline_seconds: int | None) -> dict[str, Any]:
+def _job(stj: dict[str, Any], stage: str, attempt: int, args: list[str], deadline_seconds: int | None,
+         gpus: int | None = None) -> dict[str, Any]:
+    """A stage's batch Job. gpus: None for a light stage (the operator's stage resources, any node),
+    else the workers' resources with that many GPUs, placed on the workers' pool."""
     spec = effective_spec(stj)
     name = child_name(stj["metadata"]["name"], stage, attempt)
     labels = child_labels(stj["metadata"]["name"], stage, attempt)
     container = _container(stj, spec, stage, ["stylebatch", *args])
-    container["resources"] = copy.deepcopy(_pod_defaults(spec)["stageResources"])
+    if gpus is None:
+        container["resources"] = copy.deepcopy(_pod_defaults(spec)["stageResources"])
+    elif resources := _gpu_resources(spec, gpus):
+        container["resources"] = resources
     pod_spec = _pod_spec(spec, [container], restart_policy="Never")
     _add_scratch(spec, pod_spec)
+    if gpus is not None:
+        _place(spec, pod_spec, gpus)
     # The worker's bad-input exit code fails the Job at once (another pod would say the same); a pod
     # lost to a disruption (eviction, preemption, its node gone) is replaced without counting.
     failure_policy = {"rules": [
@@ -187,12 +223,7 @@ def _worker_template(stj: dict[str, Any], spec: dict[str, Any], labels: dict[str
     container["command"] = list(SSHD_COMMAND)
     container["readinessProbe"] = {"tcpSocket": {"port": SSHD_PORT}, "initialDelaySeconds": 2, "periodSeconds": 5}
     gpus = spec["gpusPerWorker"]
-    resources = {kind: dict(quantities) for kind, quantities in (spec.get("resources") or {}).items() if quantities}
-    if gpus > 0:
-        resources["limits"] = {**resources.get("limits", {}), "nvidia.com/gpu": gpus}
-    else:
-        resources.get("limits", {}).pop("nvidia.com/gpu", None)
-    if resources:
+    if resources := _gpu_resources(spec, gpus):
         container["resources"] = resources
     # torch shares tensors between processes through /dev/shm, which is 64 MiB by default; in
     # memory, so it counts against the memory limit, and capped.
@@ -200,6 +231,22 @@ def _worker_template(stj: dict[str, Any], spec: dict[str, Any], labels: dict[str
     pod_spec = _pod_spec(spec, [container])
     pod_spec["volumes"] = [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": _pod_defaults(spec)["shmSize"]}}]
     _add_scratch(spec, pod_spec)
+    _place(spec, pod_spec, gpus)
+    return {"metadata": _pod_metadata(spec, labels), "spec": pod_spec}
+
+
+def _gpu_resources(spec: dict[str, Any], gpus: int) -> dict[str, Any]:
+    """spec.resources (the workers' CPU and memory) with `gpus` NVIDIA GPUs."""
+    resources = {kind: dict(quantities) for kind, quantities in (spec.get("resources") or {}).items() if quantities}
+    if gpus > 0:
+        resources["limits"] = {**resources.get("limits", {}), "nvidia.com/gpu": gpus}
+    else:
+        resources.get("limits", {}).pop("nvidia.com/gpu", None)
+    return resources
+
+
+def _place(spec: dict[str, Any], pod_spec: dict[str, Any], gpus: int) -> None:
+    """On the workers' pool: the GPU pools' taints tolerated when it uses GPUs, spec.scheduling."""
     scheduling = spec.get("scheduling") or {}
     tolerations = [*(GPU_TOLERATIONS if gpus > 0 else []), *(scheduling.get("tolerations") or [])]
     if scheduling.get("spot"):
@@ -208,7 +255,6 @@ def _worker_template(stj: dict[str, Any], spec: dict[str, Any], labels: dict[str
         pod_spec["tolerations"] = _unique(tolerations)
     if scheduling.get("nodeSelector"):
         pod_spec["nodeSelector"] = dict(scheduling["nodeSelector"])
-    return {"metadata": _pod_metadata(spec, labels), "spec": pod_spec}
 
 
 def _container(stj: dict[str, Any], spec: dict[str, Any], name: str, args: list[str] | None) -> dict[str, Any]:

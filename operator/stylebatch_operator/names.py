@@ -42,9 +42,9 @@ DNS_SUBDOMAIN_PATTERN = r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?"  # most objects'
 # The MPI operator's label on the pods of an MPIJob that says launcher or worker.
 MPI_LABEL_ROLE = "training.kubeflow.org/job-role"
 
-PREPROCESS, STYLIZE, POSTPROCESS = "preprocess", "stylize", "postprocess"
-STAGES = (PREPROCESS, STYLIZE, POSTPROCESS)
-CHILD_KIND = {PREPROCESS: "Job", STYLIZE: "MPIJob", POSTPROCESS: "Job"}
+TRAIN, PREPROCESS, STYLIZE, POSTPROCESS = "train", "preprocess", "stylize", "postprocess"
+STAGES = (TRAIN, PREPROCESS, STYLIZE, POSTPROCESS)  # train only when spec.train asks for it
+CHILD_KIND = {TRAIN: "Job", PREPROCESS: "Job", STYLIZE: "MPIJob", POSTPROCESS: "Job"}
 
 # Children append "-postprocess-NN", and the MPI operator appends "-launcher" / "-worker-NNN" to
 # the MPIJob's name; pod names and hostnames must stay within 63 characters.

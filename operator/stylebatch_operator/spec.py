@@ -14,7 +14,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from stylebatch.contract import OUTPUT_EXTENSIONS, is_style_file, split_style_term
-from stylebatch_operator.crd import SPEC_SCHEMA, apply_defaults
+from stylebatch_operator.crd import PAINTING_PATTERN, SPEC_SCHEMA, TRAIN_STYLE_MESSAGE, apply_defaults
 from stylebatch_operator.names import MAX_NAME_LENGTH, NAME_PATTERN, NAME_RULE_MESSAGE
 from stylebatch_operator.settings import BUILT_IN, Settings
 from stylebatch_operator.uris import sas_problem, strip_secrets
@@ -126,6 +126,25 @@ def spec_problems(stj: dict[str, Any], settings: Settings) -> list[str]:
     encoder = spec.get("encoder") or {}
     if "crf" in encoder and "bitrate" in encoder:
         problems.append("spec.encoder: set crf or bitrate, not both")
+    return problems + train_problems(spec)
+
+
+def train_problems(spec: dict[str, Any]) -> list[str]:
+    """What the CRD's rule on spec.train says (for a CRD installed before it), and its content URIs."""
+    train = spec.get("train")
+    if train is None:
+        return []
+    style = spec.get("style")
+    problems = []
+    if not isinstance(style, str) or "," in style or not re.search(PAINTING_PATTERN, style):
+        problems.append(TRAIN_STYLE_MESSAGE)
+    for i, uri in enumerate(train.get("content") or []):
+        field = f"train.content[{i}]"
+        problem = sas_problem(field, uri) if isinstance(uri, str) else f"spec.{field} must be a string"
+        if problem is None and not _is_blob_uri(uri):
+            problem = f"spec.{field} {strip_secrets(uri)!r} is not a blob URI: write az://container/path"
+        if problem:
+            problems.append(problem)
     return problems
 
 

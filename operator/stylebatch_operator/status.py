@@ -6,15 +6,15 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from stylebatch.progress import RankProgress
+from stylebatch.progress import RankProgress, TrainProgress
 
 from stylebatch_operator.decide import (
     ADMIT, ADOPT, ADVANCE, CREATE, FAIL, QUEUE, PHASE_OF_STAGE, REJECT_SPEC_CHANGE, RETRY, SPEC_CHANGE_CONDITION,
     SPEC_RESTORED, STALL, STALLED_CONDITION, CLEAN_UP, EXPIRE, START, SUCCEED, UNSTALL, Action, PENDING, FAILED_PHASE, SUCCEEDED_PHASE,
-    parse_time,
+    first_stage, parse_time,
 )
-from stylebatch_operator.manifests import work_dir
-from stylebatch_operator.names import CHILD_KIND, STYLIZE, child_name
+from stylebatch_operator.manifests import trained_style, work_dir
+from stylebatch_operator.names import CHILD_KIND, STYLIZE, TRAIN, child_name
 from stylebatch_operator.spec import shown_spec
 from stylebatch_operator.uris import strip_secrets
 
@@ -45,7 +45,10 @@ def status_patch(stj: dict[str, Any], action: Action, now: datetime) -> dict[str
                      acceptedGeneration=generation, startTime=iso(now),
                      outputURI=strip_secrets(effective["output"]), workDir=strip_secrets(work_dir(stj, effective)),
                      attempts={}, retries=0, children={})
-        cond(RUNNING, "False", PENDING, "about to create the preprocess Job")
+        if effective.get("train") is not None:
+            patch["trainedStyle"] = trained_style(stj, effective)
+        first = first_stage(effective)
+        cond(RUNNING, "False", PENDING, f"about to create the {first} {CHILD_KIND[first]}")
         cond(SUCCEEDED, "False", PENDING)
         cond(FAILED, "False", PENDING)
     elif action.records is not None:
@@ -67,6 +70,12 @@ def status_patch(stj: dict[str, Any], action: Action, now: datetime) -> dict[str
             done = _finished_progress(status, now)
             if done:
                 patch["progress"] = done
+        if action.kind == ADVANCE and status.get("phase") == PHASE_OF_STAGE[TRAIN]:
+            patch["progress"] = None  # stylize's frames start from nothing
+            steps = (status.get("training") or {}).get("steps")
+            if steps:  # it succeeded: every step is done, whatever the last line said
+                patch["training"] = {"step": steps, "percent": 100, "etaSeconds": 0,
+                                     "summary": f"100% ({steps}/{steps} steps)", "updateTime": iso(now)}
     elif action.kind == CLEAN_UP:
         return {"childrenDeleted": True}
     elif action.kind == STALL:
@@ -147,6 +156,30 @@ def progress_patch(latest: dict[int, RankProgress] | None, status: dict[str, Any
     if all(previous.get(k) == v for k, v in progress.items()):
         return None
     return {"progress": {**progress, "updateTime": iso(now)}}
+
+
+def training_patch(latest: TrainProgress | None, status: dict[str, Any], attempt: int,
+                   now: datetime) -> dict[str, Any] | None:
+    """status.training from the training pod's latest progress line, and the same in words as
+    status.progress.summary (the Progress column); None when there is no line yet or nothing changed."""
+    if latest is None:
+        return None
+    eta = "" if latest.eta is None else f", ETA {_clock(latest.eta)}"
+    summary = f"{latest.percent}% ({latest.step}/{latest.steps} steps), {latest.rate:.2f} steps/s{eta}"
+    training = {"step": latest.step, "steps": latest.steps, "percent": latest.percent,
+                "stepsPerSecond": round(latest.rate, 3), "summary": summary, "attempt": attempt}
+    if latest.eta is not None:
+        training["etaSeconds"] = int(latest.eta)
+    previous = status.get("training") or {}
+    if all(previous.get(k) == v for k, v in training.items()):
+        return None
+    return {"training": {**training, "updateTime": iso(now)},
+            "progress": {"summary": f"training {latest.percent}% ({latest.step}/{latest.steps} steps)"}}
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600:02d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
 def _stalled(conditions: list[dict[str, Any]]) -> bool:

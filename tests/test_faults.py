@@ -67,7 +67,10 @@ def test_a_signal_stops_the_ranks_says_where_the_work_is_and_the_same_command_re
     env = dict(os.environ, XDG_CACHE_HOME=str(cache), TMPDIR=str(tmp))
     cmd = [sys.executable, "-m", "stylebatch", "run", str(src), "-o", str(out), "--workers", "2",
            "--chunk-frames", "6", *FAST_STYLE]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    # As from a terminal: SIGINT at its default even where the test runner was started in the
+    # background (a non-interactive shell's `cmd &` ignores SIGINT, and Python keeps it ignored).
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         _wait_for(lambda: any(cache.rglob("parts/*.mkv")), proc)
         scratch = [p for p in tmp.rglob("*") if p.is_dir()]

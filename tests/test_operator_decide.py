@@ -739,6 +739,36 @@ def test_a_stylize_without_a_new_frame_for_the_progress_timeout_is_ended(case, o
         assert "no frame stylized for" in action.failure.message and "80% (80/100)" in action.failure.message
 
 
+def training_since(advanced: str, pod: str = TRAIN1 + "-a", **spec: Any) -> dict[str, Any]:
+    obj = stj("Training", attempts={"train": 1}, **TRAINED, **spec)
+    obj["status"]["training"] = {"attempt": 1, "pod": pod, "step": 1200, "steps": 2000, "percent": 60,
+                                 "summary": "60% (1200/2000 steps), 2.00 steps/s", "advanceTime": advanced}
+    return obj
+
+
+RUNNING_POD = {"metadata": {"name": TRAIN1 + "-a", "creationTimestamp": "2026-05-01T11:00:00Z"},
+               "status": {"phase": "Running"}}
+REPLACEMENT_POD = {"metadata": {"name": TRAIN1 + "-b", "creationTimestamp": "2026-05-01T11:55:00Z"},
+                   "status": {"phase": "Running"}}
+
+
+@pytest.mark.parametrize("case, obj, pods, expected", [
+    ("a step 9 minutes ago: wait", training_since("2026-05-01T11:51:00Z"), [RUNNING_POD], (WAIT, "", ())),
+    ("no step for 10 minutes: the training Job is deleted and retried (it resumes from its checkpoint)",
+     training_since("2026-05-01T11:50:00Z"), [RUNNING_POD], (RETRY, "Retrying", (("Job", TRAIN1),))),
+    ("no step for 10 minutes, but a replacement pod is starting: wait for its own first line",
+     training_since("2026-05-01T11:50:00Z"), [RUNNING_POD, REPLACEMENT_POD], (WAIT, "", ())),
+    ("no retries left: Failed, and the Job deleted", training_since("2026-05-01T11:50:00Z", retries=0), [RUNNING_POD],
+     (FAIL, "RetriesExhausted", (("Job", TRAIN1),))),
+], ids=lambda v: v if isinstance(v, str) else "")
+def test_a_training_without_a_new_step_for_the_progress_timeout_is_ended(case, obj, pods, expected):
+    action = decide(obj, {TRAIN1: job(TRAIN1)}, now=NOW, pods=pods, settings=SETTINGS)
+    assert (action.kind, action.reason, action.deletes) == expected
+    if action.failure is not None:
+        assert action.failure.reason == "ProgressStalled"
+        assert "no training step for 600s (at 60% (1200/2000 steps)" in action.failure.message
+
+
 # The launcher's log when a rank dies (MPICH's Hydra, as `mpiexec` prints it), and when a rank
 # reported its own error first.
 MPICH_RANK_KILLED = """rank 0: 40/72 frames

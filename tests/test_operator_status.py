@@ -239,15 +239,27 @@ TRAIN_LOG = [
 def test_training_progress_is_the_latest_step_line_in_words_and_figures():
     latest = latest_train_progress(TRAIN_LOG)  # text and JSON log records alike
     assert (latest.step, latest.steps, latest.rate, latest.eta, latest.percent) == (1680, 4000, 3.1, 748, 42)
-    patch = training_patch(latest, {}, 2, T0)
+    patch = training_patch(latest, {}, 2, T0, "orangutan-train-2-x")
     assert patch["training"] == {"step": 1680, "steps": 4000, "percent": 42, "stepsPerSecond": 3.1,
                                  "etaSeconds": 748, "summary": "42% (1680/4000 steps), 3.10 steps/s, ETA 00:12:28",
-                                 "attempt": 2, "updateTime": "2026-05-01T12:00:00Z"}
+                                 "attempt": 2, "pod": "orangutan-train-2-x", "advanceTime": "2026-05-01T12:00:00Z",
+                                 "updateTime": "2026-05-01T12:00:00Z"}
     assert patch["progress"] == {"summary": "training 42% (1680/4000 steps)"}  # the Progress column
-    assert training_patch(latest, apply(stj(), patch)["status"], 2, T0) is None  # nothing new: no write
+    assert training_patch(latest, apply(stj(), patch)["status"], 2, T0 + timedelta(seconds=30),
+                          "orangutan-train-2-x") is None  # nothing new: no write
     assert training_patch(latest_train_progress(TRAIN_LOG[:2]), {}, 1, T0)["training"]["summary"] == \
         "25% (1001/4000 steps), 0.00 steps/s"  # no ETA yet
     assert training_patch(latest_train_progress(TRAIN_LOG[3:]), {}, 1, T0) is None
+
+
+def test_the_training_clock_runs_from_the_last_new_step_and_restarts_with_a_new_pod_or_attempt():
+    status = apply(stj(), training_patch(latest_train_progress(TRAIN_LOG), {}, 1, T0, "a"))["status"]
+    later = T0 + timedelta(minutes=5)
+    slower = latest_train_progress([TRAIN_LOG[2].replace("3.10 steps/s", "2.90 steps/s")])
+    assert training_patch(slower, status, 1, later, "a")["training"]["advanceTime"] == "2026-05-01T12:00:00Z"
+    for pod, attempt in (("b", 1), ("a", 2)):  # a replacement pod resumed from the checkpoint, or a retry
+        resumed = latest_train_progress(TRAIN_LOG[1:2])  # step 1001, below the 1680 shown
+        assert training_patch(resumed, status, attempt, later, pod)["training"]["advanceTime"] == "2026-05-01T12:05:00Z"
 
 
 def test_after_the_training_its_figures_say_done_and_stylize_progress_starts_from_nothing():

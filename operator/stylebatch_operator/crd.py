@@ -222,8 +222,9 @@ SPEC_SCHEMA: dict[str, Any] = _obj(
                                       default=21600, format="int64"),
         "retries": _int("How many failed stages may be retried, in total (a disruption such as an evicted "
                         "spot worker is retried without counting).", minimum=0, maximum=10, default=3),
-        "progressTimeoutSeconds": _int("End and retry a stylize attempt that adds no frame for this long (it "
-                                       "resumes from the parts already done). Default: the operator's (chart "
+        "progressTimeoutSeconds": _int("End and retry a stylize attempt that adds no frame (a training attempt "
+                                       "no step) for this long (it resumes from the parts already done, the "
+                                       "training from its checkpoint). Default: the operator's (chart "
                                        "value jobs.progressTimeoutSeconds, 600).", minimum=60, format="int64"),
     },
     required=["input", "output"],
@@ -280,7 +281,10 @@ STATUS_SCHEMA: dict[str, Any] = _obj("Observed state, written by the operator.",
         "etaSeconds": _int("Seconds left at that speed."),
         "summary": _text("42% (1680/4000 steps), 3.1 steps/s, ETA 00:12:30."),
         "attempt": _int("The training attempt the figures are from."),
+        "pod": _text("The pod whose log they are from."),
         "updateTime": _text("When it was read.", format="date-time"),
+        "advanceTime": _text("When the step last rose (or the attempt's first line was read): the progress "
+                             "timeout runs from here.", format="date-time"),
     }),
     "attempts": _obj("Attempts started per stage.", _STAGE_COUNTS),
     "retries": _int("Retries used, out of spec.retries."),

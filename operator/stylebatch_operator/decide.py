@@ -19,8 +19,8 @@ from stylebatch_operator.names import (
     CHILD_KIND, MPI_API_VERSION, POSTPROCESS, PREPROCESS, STAGES, STYLIZE, TRAIN, child_name,
 )
 from stylebatch_operator.observe import (
-    FAILED, NO_MPI_OPERATOR, RUNNING, SUCCEEDED, Stall, child_state, disruption, failed_pod_detail, is_suspended, stall,
-    user_error,
+    FAILED, NO_MPI_OPERATOR, RUNNING, SUCCEEDED, Stall, child_state, disruption, failed_pod_detail, is_suspended,
+    newest_started_pod, stall, user_error,
 )
 from stylebatch_operator.settings import BUILT_IN, Settings
 from stylebatch_operator.spec import effective_spec, from_defaults, resolve, shown_spec, spec_problems
@@ -52,7 +52,9 @@ NOTHING = "Nothing"  # the job is over
 
 SPEC_CHANGE_CONDITION = "SpecChangeRejected"
 STALLED_CONDITION = "Stalled"
-PROGRESS_STALLED = "ProgressStalled"  # stylize went without a new frame for the progress timeout
+PROGRESS_STALLED = "ProgressStalled"  # stylize (training) went without a new frame (step) for the progress timeout
+# The status field each timed stage's progress is in (its advanceTime runs the timeout), and its unit.
+PROGRESS_OF_STAGE = {STYLIZE: ("progress", "frame stylized"), TRAIN: ("training", "training step")}
 INVALID_INPUT = "InvalidInput"  # the worker exited with its user-error code: Failed at once, no retry
 DISRUPTED = "Disrupted"  # a pod was evicted or lost its node: retried without spending spec.retries
 
@@ -316,7 +318,8 @@ def _deadline_failure(stage: str, failure: Failure | None, deletes: tuple[tuple[
 def _stuck(stj: dict[str, Any], stage: str, attempt: int, child: dict[str, Any], pods: list[dict[str, Any]],
            events: list[dict[str, Any]], now: datetime, settings: Settings) -> Action | None:
     """A running child that does not get going: its pods cannot start (Stalled, and after the grace
-    period Failed when waiting cannot help), or stylize stopped advancing (the attempt is retried)."""
+    period Failed when waiting cannot help), or stylize (a training) stopped advancing (the attempt is
+    retried)."""
     name = child["metadata"]["name"]
     kind_name = f"{CHILD_KIND[stage]} {name}"
     live = ((CHILD_KIND[stage], name),)
@@ -328,16 +331,19 @@ def _stuck(stj: dict[str, Any], stage: str, attempt: int, child: dict[str, Any],
         return _stall_action(stj, stage, attempt, found, live, now, settings)
     if reported is not None:
         return Action(UNSTALL, stage, attempt, "Unstalled", f"{kind_name} is running")
-    if stage != STYLIZE:
+    if stage not in PROGRESS_OF_STAGE:
         return None
-    progress = status.get("progress") or {}
+    field, unit = PROGRESS_OF_STAGE[stage]
+    progress = status.get(field) or {}
     timeout = float(effective_spec(stj).get("progressTimeoutSeconds") or settings.progress_timeout_seconds)
     timeout = max(timeout, 3 * settings.progress_read_seconds())  # several reads, however rarely the log is read
     advanced = parse_time(progress.get("advanceTime"))
     if progress.get("attempt") != attempt or advanced is None or (now - advanced).total_seconds() < timeout:
         return None
+    if stage == TRAIN and newest_started_pod(pods) != progress.get("pod"):
+        return None  # a replacement pod starts (and resumes from the checkpoint): its own first line counts
     failure = Failure(stage, attempt, f"{CHILD_KIND[stage]}/{name}", PROGRESS_STALLED,
-                      f"no frame stylized for {timeout:.0f}s (at {progress.get('summary') or 'no progress yet'})")
+                      f"no {unit} for {timeout:.0f}s (at {progress.get('summary') or 'no progress yet'})")
     action = _retry_or_fail(stj, failure, seconds_left(stj, now))
     return replace(action, deletes=live)
 

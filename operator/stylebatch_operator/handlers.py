@@ -24,7 +24,7 @@ from stylebatch_operator.names import (
     is_controlled_by,
 )
 from stylebatch_operator.observe import (
-    RUNNING, SUCCEEDED, all_running, child_state, is_suspended, live_pods, wanted_pods,
+    RUNNING, SUCCEEDED, all_running, child_state, is_suspended, live_pods, newest_started_pod, wanted_pods,
 )
 
 from stylebatch_operator.settings import BUILT_IN, Settings
@@ -113,7 +113,8 @@ async def reconcile(kube: Kube, namespace: str, name: str, logger: logging.Logge
         if stage == STYLIZE:
             patch |= progress_patch(await _read_progress(kube, child, pods, logger), status, attempt, now) or {}
         else:
-            patch |= training_patch(await _read_training(kube, namespace, pods, logger), status, attempt, now) or {}
+            pod, latest = await _read_training(kube, namespace, pods, logger)
+            patch |= training_patch(latest, status, attempt, now, pod) or {}
         stj = {**stj, "status": {**status, **patch}}
     action = d.decide(stj, {child["metadata"]["name"]: child} if child else {}, now=now, pods=pods, events=events,
                       settings=settings)
@@ -257,18 +258,18 @@ async def _read_progress(kube: Kube, mpijob: dict[str, Any], pods: list[dict[str
 
 
 async def _read_training(kube: Kube, namespace: str, pods: list[dict[str, Any]],
-                         logger: logging.Logger) -> TrainProgress | None:
-    """The latest progress line of the training Job's newest started pod; None before it has one."""
-    started = [p for p in pods if (p.get("status") or {}).get("phase") in ("Running", "Succeeded", "Failed")]
-    if not started:
-        return None
-    pod = max(started, key=lambda p: p["metadata"].get("creationTimestamp") or "")
+                         logger: logging.Logger) -> tuple[str, TrainProgress | None]:
+    """The training Job's newest started pod, and the latest progress line of its log (None before
+    it has one)."""
+    pod = newest_started_pod(pods)
+    if pod is None:
+        return "", None
     try:
-        text = await kube.pod_log(namespace, pod["metadata"]["name"], TRAIN, TRAIN_LOG_TAIL_LINES)
+        text = await kube.pod_log(namespace, pod, TRAIN, TRAIN_LOG_TAIL_LINES)
     except ApiError as exc:
         logger.debug("no training progress yet: %s", exc)
-        return None
-    return latest_train_progress(text.splitlines())
+        return pod, None
+    return pod, latest_train_progress(text.splitlines())
 
 
 def _pod_labels(child: dict[str, Any]) -> dict[str, str]:

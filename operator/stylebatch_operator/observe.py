@@ -64,6 +64,15 @@ def all_running(child: dict[str, Any], pods: list[dict[str, Any]]) -> bool:
             and not any(_pod_stall(p) for p in live))
 
 
+def newest_started_pod(pods: list[dict[str, Any]]) -> str | None:
+    """The name of the newest pod that started (running or finished), or None: the one whose log
+    tells a one-pod Job's progress."""
+    started = [p for p in pods if (p.get("status") or {}).get("phase") in ("Running", "Succeeded", "Failed")]
+    if not started:
+        return None
+    return max(started, key=lambda p: p["metadata"].get("creationTimestamp") or "")["metadata"]["name"]
+
+
 def failed_pod_detail(pods: list[dict[str, Any]]) -> str:
     """The most telling line from the child's failed pods: an eviction, or the container's
     termination message (its last log lines, thanks to FallbackToLogsOnError), redacted."""

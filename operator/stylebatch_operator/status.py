@@ -158,19 +158,25 @@ def progress_patch(latest: dict[int, RankProgress] | None, status: dict[str, Any
     return {"progress": {**progress, "updateTime": iso(now)}}
 
 
-def training_patch(latest: TrainProgress | None, status: dict[str, Any], attempt: int,
-                   now: datetime) -> dict[str, Any] | None:
+def training_patch(latest: TrainProgress | None, status: dict[str, Any], attempt: int, now: datetime,
+                   pod: str = "") -> dict[str, Any] | None:
     """status.training from the training pod's latest progress line, and the same in words as
-    status.progress.summary (the Progress column); None when there is no line yet or nothing changed."""
+    status.progress.summary (the Progress column); None when there is no line yet or nothing changed.
+    training.advanceTime is when the step last rose (or the attempt's first line was read): the
+    progress timeout runs from it, as from stylize's. `pod`: the pod whose log it is (a replacement
+    pod resumes from the checkpoint, possibly below the step shown)."""
     if latest is None:
         return None
     eta = "" if latest.eta is None else f", ETA {_clock(latest.eta)}"
     summary = f"{latest.percent}% ({latest.step}/{latest.steps} steps), {latest.rate:.2f} steps/s{eta}"
     training = {"step": latest.step, "steps": latest.steps, "percent": latest.percent,
-                "stepsPerSecond": round(latest.rate, 3), "summary": summary, "attempt": attempt}
+                "stepsPerSecond": round(latest.rate, 3), "summary": summary, "attempt": attempt, "pod": pod}
     if latest.eta is not None:
         training["etaSeconds"] = int(latest.eta)
     previous = status.get("training") or {}
+    advanced = ((previous.get("attempt"), previous.get("pod")) != (attempt, pod)
+                or latest.step > int(previous.get("step") or 0))
+    training["advanceTime"] = iso(now) if advanced else previous.get("advanceTime")
     if all(previous.get(k) == v for k, v in training.items()):
         return None
     return {"training": {**training, "updateTime": iso(now)},

@@ -259,3 +259,14 @@ def test_training_settings_default_to_the_workers_own_and_are_bounded():
     for bad in ({"steps": 0}, {"size": 16}, {"batchSize": 0}, {"content": ["az://v/a.mp4"] * 17}):
         job["spec"]["train"] = bad
         assert not validator().is_valid(job), bad
+
+
+def test_the_training_example_passes_the_crd_and_is_accepted_to_train_first():
+    job = apply_defaults(yaml.safe_load((EXAMPLE.parent / "job-trained.yaml").read_text()), openapi_schema())
+    job["metadata"].update(namespace="stylebatch", uid="0123456789abcdef", generation=1)
+    validator().validate(job)
+    assert cel_rules_refuse(job) == []
+    now = datetime(2026, 5, 1, tzinfo=timezone.utc)
+    action = decide(job, {}, now=now, settings=Settings(storage_secret="stylebatch-storage"))
+    job["status"] = status_patch(job, action, now)
+    assert decide(job, {}, now=now).creates == ("train", 1)

@@ -225,6 +225,18 @@ def test_encoder_flags(clip, tmp_path: Path, ext: str, flags: list[str], codec: 
         assert frame_pts(out) == frame_pts(src)
 
 
+@pytest.mark.parametrize("flags, preset", [([], "veryfast"), (["--preset", "slow"], "slow")])
+def test_h264_is_encoded_at_the_measured_default_preset_unless_one_is_given(clip, tmp_path: Path, flags, preset):
+    """veryfast by default: 3x medium's frames/s per core at 720p and 1080p at about the same size
+    (docs/benchmarks.md, bench_x264.py), so a GPU node's CPUs keep up with its GPU. x264 writes its
+    settings into the stream; each preset has its own motion search and reference frame count."""
+    settings = {"veryfast": ("me=hex", "subme=2", "ref=1"), "slow": ("subme=8", "ref=5")}[preset]
+    src = clip("in.mp4", size=(96, 64), frames=12)
+    out = stylize(src, tmp_path / "out.mp4", *flags)
+    info = re.search(rb"x264 - core .*? options: ([^\x00]*)", out.read_bytes()).group(1).decode()
+    assert all(f" {s} " in f" {info} " for s in settings), info
+
+
 def test_subtitles_are_kept_where_the_container_takes_them(clip, tmp_path: Path) -> None:
     srt = tmp_path / "subs.srt"
     srt.write_text("1\n00:00:00,000 --> 00:00:00,300\nhello\n\n2\n00:00:00,300 --> 00:00:00,600\nworld\n")

@@ -58,8 +58,8 @@ PRESETS = {
     "h264_nvenc": tuple(f"p{i}" for i in range(1, 8)), "hevc_nvenc": tuple(f"p{i}" for i in range(1, 8)),
     "mjpeg": (),
 }
-DEFAULT_PRESET = {
-    "libx264": "medium", "libx265": "medium", "libvpx-vp9": "good", "h264_nvenc": "p5", "hevc_nvenc": "p5"}
+DEFAULT_PRESET = {  # libx264 veryfast: measured (benchmarks/bench_x264.py, docs/benchmarks.md)
+    "libx264": "veryfast", "libx265": "medium", "libvpx-vp9": "good", "h264_nvenc": "p5", "hevc_nvenc": "p5"}
 BITRATE_PATTERN = r"\s*(\d+(?:\.\d+)?)\s*([kKmMgG]?)\s*(?:bps|b)?\s*"  # 4M, 800k, 2500000
 
 # --- styles ---

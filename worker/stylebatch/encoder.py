@@ -13,7 +13,7 @@ from stylebatch.errors import StylebatchError
 from stylebatch.memory import codec_threads
 from stylebatch.manifest import EncoderSettings
 
-from stylebatch.contract import PART_EXT
+from stylebatch.contract import DEFAULT_PRESET, PART_EXT
 
 # Matroska counts in milliseconds; capping the rate the encoder is told keeps part timestamps distinct.
 _MAX_PART_RATE = Fraction(500)
@@ -79,16 +79,16 @@ def open_encoder_options(s: EncoderSettings) -> dict[str, str]:
     if c in ("libx264", "libx265"):
         if s.crf is not None:
             opts["crf"] = str(s.crf)
-        opts["preset"] = s.preset or "medium"
+        opts["preset"] = s.preset or DEFAULT_PRESET[c]
         if c == "libx265":
             opts["x265-params"] = "log-level=error"
     elif c == "libvpx-vp9":
-        opts.update({"deadline": s.preset or "good", "cpu-used": "8" if s.preset == "realtime" else "4",
+        opts.update({"deadline": s.preset or DEFAULT_PRESET[c], "cpu-used": "8" if s.preset == "realtime" else "4",
                      "row-mt": "1"})
         if s.crf is not None:
             opts.update({"crf": str(s.crf), "b": "0"})
     elif c.endswith("_nvenc"):
-        opts["preset"] = s.preset or "p5"
+        opts["preset"] = s.preset or DEFAULT_PRESET[c]
         if s.crf is not None:
             opts.update({"rc": "vbr", "cq": str(s.crf), "b": "0"})
     return opts

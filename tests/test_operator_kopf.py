@@ -1143,6 +1143,31 @@ def test_the_pods_of_a_child_whose_pods_all_run_are_read_only_every_progress_int
     run(scenario)
 
 
+def test_an_mpijob_whose_launcher_pod_cannot_be_created_is_shown_stalled():
+    async def scenario() -> None:
+        settings = Settings(interval=INTERVAL, stall_grace_seconds=GRACE, progress_interval=0.5)
+        async with api_server() as api, operator(api, settings=settings):
+            await apply_job(api)
+            await to_stylize(api)
+            for i in range(2):
+                await add_pod(api, "MPIJob", "orangutan-stylize-1", f"worker-{i}", {"phase": "Running"}, role="worker")
+            # the MPI Operator's launcher Job cannot create its pod: a policy refuses it
+            event = {"apiVersion": "v1", "kind": "Event", "metadata": {"name": "orangutan-stylize-1-launcher.1",
+                                                                        "namespace": NS},
+                     "involvedObject": {"kind": "Job", "name": "orangutan-stylize-1-launcher", "namespace": NS,
+                                        "uid": str(uuid.uuid4())},
+                     "type": "Warning", "reason": "FailedCreate",
+                     "message": 'Error creating: pods "orangutan-stylize-1-launcher-q8w4n" is forbidden: violates '
+                                'PodSecurity "restricted:latest": runAsNonRoot != true'}
+            assert (await api.post(EVENTS, json=event)).status == 200
+            stalled = await eventually(lambda: condition(api, "Stalled")["status"] == "True"
+                                       and condition(api, "Stalled"))
+            assert stalled["reason"] == "FailedCreate" and "Pod Security level forbids" in stalled["message"]
+            await eventually(lambda: status(api)["phase"] == "Failed", timeout=GRACE + 10)
+            assert deletes(api, MPIJOBS) == ["orangutan-stylize-1"]
+    run(scenario)
+
+
 def test_without_an_mpijob_crd_the_job_is_shown_stalled_then_fails_after_one_grace_period():
     async def scenario() -> None:
         settings = Settings(interval=INTERVAL, stall_grace_seconds=GRACE)

@@ -20,7 +20,8 @@ from stylebatch_operator.kube import ApiError, Kube
 from stylebatch_operator.manifests import build_child
 from stylebatch_operator.metrics import Metrics
 from stylebatch_operator.names import (
-    CHILD_KIND, GROUP, KIND, LABEL_ATTEMPT, LABEL_JOB, LABEL_STAGE, MPI_LABEL_ROLE, PLURAL, STYLIZE, TRAIN, VERSION,
+    CHILD_KIND, GROUP, KIND, LABEL_ATTEMPT, LABEL_JOB, LABEL_STAGE, MPI_LABEL_ROLE, MPI_LAUNCHER_SUFFIX, PLURAL, STYLIZE,
+    TRAIN, VERSION,
     is_controlled_by,
 )
 from stylebatch_operator.observe import (
@@ -183,7 +184,8 @@ async def _observe(kube: Kube, stj: dict[str, Any], now: datetime, every: float,
     while the child has no pods (a Job that cannot create its pod, an MPIJob the MPI Operator
     refused or never saw), at most every `every` seconds while it has some but fewer than it runs
     (a replacement pod or a second worker that cannot be created), not at all once all its pods
-    exist."""
+    exist. An MPIJob's Events come with those of its launcher Job (a launcher pod that cannot be
+    created)."""
     status = stj.get("status") or {}
     if not status.get("acceptedSpec") or status.get("phase") in d.TERMINAL_PHASES:
         return None, [], []
@@ -209,6 +211,9 @@ async def _observe(kube: Kube, stj: dict[str, Any], now: datetime, every: float,
     if pods and last is not None and last.fresh(uid, now, every):
         return child, pods, last.items
     events = await kube.list("Event", namespace, {}, {"involvedObject.name": name, "involvedObject.uid": uid})
+    if child["kind"] == CHILD_KIND[STYLIZE]:  # the MPI Operator runs the launcher as a Job of its own
+        events += await kube.list("Event", namespace, {}, {"involvedObject.kind": "Job",
+                                                           "involvedObject.name": f"{name}{MPI_LAUNCHER_SUFFIX}"})
     if reads is not None:
         reads.events[key] = Read(now, uid, events)
     return child, pods, events

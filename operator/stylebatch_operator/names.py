@@ -41,6 +41,9 @@ DNS_SUBDOMAIN_PATTERN = r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?"  # most objects'
 
 # The MPI operator's label on the pods of an MPIJob that says launcher or worker.
 MPI_LABEL_ROLE = "training.kubeflow.org/job-role"
+# ... which runs an MPIJob's launcher as a batch Job named <MPIJob>-launcher (so its pod is
+# <MPIJob>-launcher-xxxxx, and a launcher pod that cannot be created is that Job's FailedCreate).
+MPI_LAUNCHER_SUFFIX = "-launcher"
 
 TRAIN, PREPROCESS, STYLIZE, POSTPROCESS = "train", "preprocess", "stylize", "postprocess"
 STAGES = (TRAIN, PREPROCESS, STYLIZE, POSTPROCESS)  # train only when spec.train asks for it

@@ -585,6 +585,9 @@ def test_an_mpijob_nobody_picks_up_is_shown_after_half_a_minute_and_fails_one_gr
     assert decide(obj, {STY1: silent_mpijob(30)}, now=later, settings=SETTINGS).kind == WAIT
     failed = decide(obj, {STY1: silent_mpijob(30)}, now=NOW + timedelta(seconds=90), settings=SETTINGS)
     assert (failed.kind, failed.reason, failed.deletes) == (FAIL, "NoMPIOperator", (("MPIJob", STY1),))
+    # first seen after the grace period (an operator that was down): shown first all the same
+    fresh = stj("Stylizing", attempts={"stylize": 1})
+    assert decide(fresh, {STY1: silent_mpijob(300)}, now=NOW, settings=SETTINGS).kind == STALL
 
 
 def test_an_mpijob_kind_the_api_server_does_not_serve_is_shown_then_fails_after_one_grace_period():

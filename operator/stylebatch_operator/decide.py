@@ -358,15 +358,14 @@ def _stalled_condition(stj: dict[str, Any]) -> dict[str, Any] | None:
 def _stall_action(stj: dict[str, Any], stage: str, attempt: int, found: Stall, live: tuple[tuple[str, str], ...],
                   now: datetime, settings: Settings) -> Action | None:
     """STALL when the status does not show `found` yet; FAIL (deleting `live`) once a permanent
-    cause has lasted the grace period (since the Stalled condition was set, or since the child
-    shows it began); None while there is nothing new to say."""
+    cause the status shows has lasted the grace period (since the Stalled condition was set, or
+    since the child shows it began); None while there is nothing new to say."""
     name = child_name(stj["metadata"]["name"], stage, attempt)
     kind_name = f"{CHILD_KIND[stage]} {name}"
     reported = _stalled_condition(stj)
     since = parse_time(reported.get("lastTransitionTime")) if reported is not None else None
-    if found.elapsed is not None:
-        began = now - timedelta(seconds=found.elapsed)
-        since = min(since, began) if since is not None else began
+    if found.elapsed is not None and since is not None:  # shown first, however late it was first seen
+        since = min(since, now - timedelta(seconds=found.elapsed))
     if found.permanent and since is not None and (now - since).total_seconds() >= settings.stall_grace_seconds:
         failure = Failure(stage, attempt, f"{CHILD_KIND[stage]}/{name}", found.reason, found.message)
         return Action(FAIL, stage, attempt, found.reason, f"{kind_name} cannot start: {found.message}",

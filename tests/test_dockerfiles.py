@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from stylebatch.cli import build_parser
+from stylebatch.contract import no_topology_file
 from stylebatch_operator import manifests as mpi
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -267,6 +268,8 @@ def test_sshd_runs_unprivileged_with_the_job_key():
     assert sshd["PasswordAuthentication"] == "no" and sshd["PermitRootLogin"] == "no"
     assert sshd["AllowUsers"] == "mpiuser"
     assert sshd["SetEnv"].startswith("PATH=/opt/venv/bin:"), "ranks started over ssh need the venv"
+    # the hydra proxies the launcher starts over ssh write no topology file, as the launcher's own would not
+    assert f"HWLOC_XMLFILE={no_topology_file(mpi.SCRATCH_PATH)}" in sshd["SetEnv"].split()
     # The MPI Operator's default worker command is a bare `sshd -De`: it must read the same config.
     assert _copied("/etc/ssh/sshd_config.d/stylebatch.conf") == {"Include": f"{MPI_HOME}/.sshd_config"}
     assert "/etc/ssh/ssh_host_*" in runs(parse("Dockerfile.worker")), \

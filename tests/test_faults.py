@@ -145,6 +145,59 @@ def test_failed_mpi_runs_leave_no_hydra_topology_files_in_tmp(clip) -> None:
         shutil.rmtree(root, ignore_errors=True)
 
 
+def _run_with_a_private_tmp(args: list[str], env: dict, terminate_after: str | None = None) -> tuple[int, str, str]:
+    """`stylebatch ARGS` with /tmp a fresh tmpfs in a private mount namespace (TMPDIR unset, so
+    Python's temp folder is that /tmp): (exit code, what is left in /tmp, recursively, stderr).
+    terminate_after: send SIGTERM once this text is on stderr (the way Kubernetes stops a pod)."""
+    env = {k: v for k, v in env.items() if k != "TMPDIR"}
+    run = " ".join(map(shlex.quote, [sys.executable, "-m", "stylebatch", *args]))
+    script = (f"mount -t tmpfs none /tmp && cd / && {{ {run} & }} && echo pid=$! && wait $!; echo rc=$?; "
+              "find /tmp -mindepth 1")
+    proc = subprocess.Popen(["unshare", "-r", "-m", "sh", "-c", script], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, env=env)
+    pid = int(proc.stdout.readline().strip().removeprefix("pid="))
+    stderr = []
+    for line in proc.stderr:
+        stderr.append(line)
+        if terminate_after and terminate_after in line:
+            os.kill(pid, signal.SIGTERM)
+            terminate_after = None
+    out = proc.stdout.read()
+    proc.wait(timeout=60)
+    code, _, left = out.partition("\n")
+    return int(code.removeprefix("rc=")), left.strip(), "".join(stderr)
+
+
+@pytest.mark.azurite
+@pytest.mark.parametrize("case, expected", [
+    ("it succeeds", 0),
+    ("the input blob is corrupt", 2),  # found by preprocess, after the download
+    ("it is stopped during stylize", 143),
+])
+def test_a_blob_input_leaves_no_copy_in_tmp(case: str, expected: int, azure_env, clip, tmp_path: Path) -> None:
+    """Blob input, output and work dir: the input's bytes travel only into the work dir (a blob);
+    every local copy (preprocess's download, each rank's source, postprocess's parts) is gone
+    however the run ends."""
+    if subprocess.run(["unshare", "-r", "-m", "true"], capture_output=True).returncode != 0:
+        pytest.skip("no user/mount namespaces here (unshare -r -m)")
+    from stylebatch.storage import location
+
+    src = clip("in.mp4", size=(64, 48), frames=48 if "stopped" in case else 8)
+    blob = f"az://{azure_env.container}/private/in.mp4"
+    if "corrupt" in case:
+        broken = tmp_path / "broken.mp4"
+        broken.write_bytes(src.read_bytes()[:3000])
+        src = broken
+    location(blob).upload(src)
+    out, work = f"az://{azure_env.container}/out.mp4", f"az://{azure_env.container}/work"
+    code, left, stderr = _run_with_a_private_tmp(
+        ["run", blob, "-o", out, "--work", work, "--workers", "1", "--chunk-frames", "4", *FAST_STYLE],
+        azure_env.env, terminate_after="stylize: " if "stopped" in case else None)
+    assert code == expected, stderr
+    assert left == "", f"left in /tmp: {left}"
+    assert location(out).exists() == (expected == 0)
+
+
 # --- one-line errors where tracebacks were ---
 
 def _gap_clip(path: Path, gap_s: int) -> Path:

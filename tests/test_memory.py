@@ -4,15 +4,21 @@ little memory, a frame size that cannot fit is refused before any stylize, ranks
 from __future__ import annotations
 
 import subprocess
+import sys
+from fractions import Fraction
 from pathlib import Path
 
+import av
+import numpy as np
 import pytest
+import memory_cap
 from clips import count_frames, display_size, error_lines, stylebatch
 from test_models import peak_rss_mib
 
 from stylebatch import memory
 
 MiB = 1024 ** 2
+GiB = 1024 ** 3
 
 
 @pytest.fixture(scope="module")
@@ -34,6 +40,31 @@ def test_huge_frames_with_max_side_are_stylized_in_bounded_memory(huge_clip: Pat
     assert code == 0, stderr
     assert peak < 1536, f"peak RSS {peak:.0f} MiB"
     assert display_size(out) == (8000, 8000) and count_frames(out) == 2
+
+
+@pytest.fixture(scope="module")
+def giant_mjpeg(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two 16000x16000 frames (256 megapixels each) of MJPEG: 3 MB on disk, a few seconds to make."""
+    path = tmp_path_factory.mktemp("giant") / "giant.avi"
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", "color=c=teal:size=16000x16000:rate=2",
+                    "-frames:v", "2", "-c:v", "mjpeg", "-q:v", "8", "-pix_fmt", "yuvj420p", str(path)], check=True)
+    return path
+
+
+@pytest.mark.slow
+def test_a_16000x16000_mjpeg_at_max_side_256_runs_well_under_a_2_gib_memory_limit(giant_mjpeg, tmp_path) -> None:
+    """The whole run (launcher, mpiexec, rank) in one memory cgroup limited to 2 GiB, as a pod would
+    be: it finishes, and its peak (page cache included) stays under 1.5 GiB. It peaked at 2.7 GiB when
+    the decoder made full-size frames and one MJPEG encoder kept three full-size pictures."""
+    why = memory_cap.available()
+    if why:
+        pytest.skip(why)
+    out = tmp_path / "out.avi"
+    run = memory_cap.run_capped(2 * GiB, [sys.executable, "-m", "stylebatch", "run", str(giant_mjpeg), "-o", str(out),
+                                          "--max-side", "256", "--workers", "1"])
+    assert run.returncode == 0 and not run.oom_killed, run.stderr
+    assert run.peak < 1.5 * GiB, f"peak {run.peak / MiB:.0f} MiB"
+    assert display_size(out) == (16000, 16000) and count_frames(out) == 2
 
 
 @pytest.mark.slow
@@ -61,20 +92,23 @@ def test_ranks_are_capped_to_what_fits_in_the_machines_memory(clip, tmp_path: Pa
 
 @pytest.mark.parametrize("size, max_side, batch, machine_gib, ranks", [
     ((1920, 1080), None, 4, 24, 4),     # 1080p at full size: under 5 GiB a rank
-    ((1920, 1080), 720, 4, 24, 15),     # --max-side shrinks what the net holds
+    ((1920, 1080), 720, 4, 24, 18),     # --max-side shrinks what the net holds
     ((3840, 2160), None, 4, 24, 1),
     ((3840, 2160), None, 8, 24, None),  # 4K, full size, batches of 8: over 30 GiB, refused
     ((16000, 16000), 256, 4, 24, 5),    # what is left is the frames in the codecs
     ((16000, 16000), 256, 4, 4, None),
+    ((16000, 16000, "mjpeg"), 256, 4, 2, 1),  # decoded small, a fresh encoder per frame: fits a 2 GiB pod
+    ((16000, 16000, "mjpeg"), 256, 4, 1.5, None),
     ((16000, 16000), None, 1, 128, None),
 ])
 def test_how_many_ranks_fit(size, max_side, batch, machine_gib, ranks) -> None:
     from stylebatch.errors import StylebatchError
     from stylebatch.models import working_size
 
-    w, h = size
+    w, h, *mjpeg = size
     wh, ww = working_size(h, w, max_side)
-    per_rank = memory.rank_bytes(w, h, ww, wh, batch, gpu=False)
+    per_rank = memory.rank_bytes(w, h, ww, wh, batch, gpu=False, decoded_small=bool(mjpeg),
+                                 per_frame_encoder=bool(mjpeg))
     if ranks is None:
         with pytest.raises(StylebatchError, match="give a smaller --max-side"):
             memory.check_fits(per_rank, w, h, max_side, available=machine_gib * 1024 ** 3)
@@ -90,3 +124,86 @@ def test_how_many_ranks_fit(size, max_side, batch, machine_gib, ranks) -> None:
 ])
 def test_codec_threads_shrink_only_for_huge_frames(size, threads, expected) -> None:
     assert memory.codec_threads(*size, threads) == expected
+
+
+@pytest.mark.parametrize("codec, coded, wanted, shift", [
+    ("mjpeg", (16000, 16000), (256, 256), 3),  # 2000x2000 out of the decoder
+    ("mjpeg", (1920, 1080), (960, 540), 1),
+    ("mjpeg", (1921, 1081), (961, 541), 1),    # FFmpeg rounds a halved odd size up
+    ("mjpeg", (1920, 1080), (961, 540), 0),    # a half would be one pixel short
+    ("mjpeg", (1080, 1920), (540, 960), 1),
+    ("h264", (16000, 16000), (256, 256), 0),  # predicted frames: full size, scaled after
+    ("prores", (16000, 16000), (256, 256), 0),  # intra-only, but no lowres in FFmpeg's decoder
+])
+def test_an_intra_only_decoder_makes_frames_no_smaller_than_wanted(codec, coded, wanted, shift) -> None:
+    from stylebatch.video import lowres
+
+    assert lowres(av.Codec(codec, "r"), coded, wanted) == shift
+
+
+def test_frames_decoded_small_match_frames_decoded_full_size_and_scaled(clip, monkeypatch) -> None:
+    """MJPEG frames made at 1/4 size in the decoder look like full-size frames scaled down."""
+    from stylebatch import video
+
+    src = clip("in.avi", size=(640, 480), frames=3, codec="mjpeg", pix_fmt="yuvj420p")
+    info = video.probe(src, "in.avi")
+
+    class M:  # the manifest fields ChunkReader reads
+        input, video_stream, rotation, frames = "in.avi", info.video_stream, 0, 3
+        coded_width, coded_height, display_width, display_height = 640, 480, 640, 480
+        pts, keyframes, pts_reliable, color = info.pts, info.keyframes, info.pts_reliable, info.color
+
+    def frames() -> np.ndarray:
+        reader = video.ChunkReader(src, M, size=(160, 120))
+        try:
+            return np.concatenate(list(reader.read(0, 3, 3))).astype(float)
+        finally:
+            reader.close()
+
+    assert video.lowres(av.Codec("mjpeg", "r"), (640, 480), (160, 120)) == 2
+    small = frames()
+    monkeypatch.setattr(video, "MAX_LOWRES", 0)
+    full = frames()
+    assert small.shape == full.shape == (3, 120, 160, 3)
+    assert np.abs(small - full).mean() < 3, np.abs(small - full).mean()
+
+
+@pytest.mark.parametrize("codec, pix_fmt, bitrate, per_frame", [
+    ("mjpeg", "yuvj420p", None, True),
+    ("mjpeg", "yuvj420p", 2_000_000, False),  # rate control needs the frames before
+    ("libx264", "yuv420p", None, False),  # predicts from the frames before
+])
+def test_huge_intra_only_frames_get_a_fresh_encoder_each_and_the_same_bytes(codec, pix_fmt, bitrate, per_frame,
+                                                                        tmp_path, monkeypatch) -> None:
+    """Above ENCODER_PER_FRAME_PIXELS (lowered here to 0) MJPEG frames are coded by an encoder each,
+    which keeps no full-size pictures; every packet is byte for byte what one encoder makes."""
+    from stylebatch.encoder import PartWriter
+    from stylebatch.manifest import EncoderSettings
+
+    settings = EncoderSettings(codec=codec, pix_fmt=pix_fmt, container="avi", crf=3 if codec == "mjpeg" else 18,
+                               bitrate=bitrate)
+    frames = (np.random.default_rng(0).random((4, 24, 32, 3)) * 255).astype(np.uint8)
+    color = {"matrix": "itu601", "space": 5, "range": 2, "primaries": 2, "trc": 2}
+
+    def packets(name: str) -> list[bytes]:
+        writer = PartWriter(tmp_path / name, settings, 64, 48, Fraction(25), color, threads=1)
+        assert (writer._fresh is not None) == (name == "huge.mkv" and per_frame)
+        writer.write(frames)
+        writer.close()
+        with av.open(str(tmp_path / name)) as c:
+            return [bytes(p) for p in c.demux(video=0) if p.size]
+
+    one_encoder = packets("one.mkv")
+    monkeypatch.setattr(memory, "ENCODER_PER_FRAME_PIXELS", 0)
+    assert len(one_encoder) == 4 and packets("huge.mkv") == one_encoder
+
+
+def test_the_memory_limit_of_this_process_cgroup_is_what_the_machine_has(tmp_path) -> None:
+    """A rank in a cgroup limited below the machine (a pod, a capped run) plans for the limit."""
+    why = memory_cap.available()
+    if why:
+        pytest.skip(why)
+    run = memory_cap.run_capped(
+        700 * MiB, [sys.executable, "-c", "from stylebatch.memory import machine_bytes; print(machine_bytes())"])
+    assert run.returncode == 0, run.stderr
+    assert int(run.stdout) == 700 * MiB

@@ -181,14 +181,17 @@ def test_kubectl_get_never_shows_a_sas_token():
 
 
 def cel_rules_refuse(obj: dict[str, Any], old: dict[str, Any] | None = None) -> list[str]:
-    """The messages of the CRD's top-level and spec x-kubernetes-validations rules that `obj` breaks,
+    """The messages of the CRD's top-level, spec and spec fields' x-kubernetes-validations rules that `obj` breaks,
     evaluated with a CEL implementation (cel-python) as the API server evaluates them."""
     import celpy
     env = celpy.Environment()
     schema = openapi_schema()
     broken = []
-    for scope, node, value, old_value in [("", schema, obj, old),
-                                          ("spec", schema["properties"]["spec"], obj["spec"], (old or {}).get("spec"))]:
+    spec = schema["properties"]["spec"]
+    old_spec = (old or {}).get("spec") or {}
+    for scope, node, value, old_value in [("", schema, obj, old), ("spec", spec, obj["spec"], old and old_spec),
+                                          *[(f"spec.{name}", spec["properties"][name], value, old_spec.get(name))
+                                            for name, value in obj["spec"].items() if name in spec["properties"]]]:
         for rule in node.get("x-kubernetes-validations") or []:
             if "oldSelf" in rule["rule"] and old_value is None:
                 continue  # transition rules apply to updates only
@@ -270,3 +273,23 @@ def test_the_training_example_passes_the_crd_and_is_accepted_to_train_first():
     action = decide(job, {}, now=now, settings=Settings(storage_secret="stylebatch-storage"))
     job["status"] = status_patch(job, action, now)
     assert decide(job, {}, now=now).creates == ("train", 1)
+
+
+@pytest.mark.parametrize("field", ["input", "output", "style", "workDir"])
+@pytest.mark.parametrize("uri, refused", [
+    ("https://a.blob.core.windows.net/v/file.mp4?sv=2024-05-04&sp=r&sig=S3CR3T", True),
+    ("az://v/file.mp4?sig=S3CR3T", True),
+    ("https://a.blob.core.windows.net/v/file.mp4", False),
+    ("az://v/file.mp4", False),
+])
+def test_the_crd_refuses_a_sas_token_in_any_uri_saying_credentials_go_in_a_secret(field, uri, refused):
+    """The API server refuses the job, so the token is never stored in it; the operator's own check
+    (spec_problems) stays for jobs created before the rule."""
+    job = apply_defaults(example(), openapi_schema())
+    job["spec"][field] = uri
+    broken = cel_rules_refuse(job)
+    if not refused:
+        assert broken == []
+        return
+    assert len(broken) == 1 and "S3CR3T" not in broken[0]
+    assert "credentials go in the storage Secret" in broken[0] and "spec.storage.secretName" in broken[0]

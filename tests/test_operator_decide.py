@@ -293,7 +293,7 @@ def test_children_get_the_time_left_until_the_jobs_deadline():
     ({"style": "lavender-gold:0.3,starry.webp:0.7"}, "spec.style 'starry.webp' looks like a painting"),
     ({"output": "https://acct.blob.core.windows.net/videos/out/clip.mkv?sv=1&sig=S3CR3T"},
      "spec.output 'https://acct.blob.core.windows.net/videos/out/clip.mkv' carries a query string (a SAS token?): "
-     "give the URL without it and put the SAS token in the storage Secret (keys AZURE_STORAGE_ACCOUNT and "
+     "give the URL without it: credentials go in the storage Secret (keys AZURE_STORAGE_ACCOUNT and "
      "AZURE_STORAGE_SAS_TOKEN, named by spec.storage.secretName)"),
     ({"input": "https://acct.blob.core.windows.net/videos/in.mp4?sv=1&sig=S3CR3T"}, "spec.input"),
     ({"style": "az://styles/mine.pth?sig=S3CR3T"}, "spec.style 'az://styles/mine.pth' carries a query string"),

@@ -636,3 +636,41 @@ def test_the_weights_go_next_to_the_work_dir_and_every_stylize_rank_reads_them_f
     post = build_postprocess_job(job)["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--delete-work" in post and not weights.startswith(work)
     assert "trainedStyle" not in stj()["status"]
+
+
+ABORTING_RANK = "from mpi4py import MPI; import time; MPI.COMM_WORLD.Abort(3) if MPI.COMM_WORLD.rank else time.sleep(5)"
+
+
+def _sshd_session_env() -> dict[str, str]:
+    """What the worker image's sshd sets in every ssh session (its SetEnv line): a hydra proxy's environment."""
+    line = next(line for line in (REPO / "docker" / "worker" / "sshd_config").read_text().splitlines()
+                if line.startswith("SetEnv "))
+    return dict(pair.split("=", 1) for pair in line.split()[1:])
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("where", ["launcher", "worker"])
+def test_mpich_proxies_in_the_mpijobs_pods_leave_no_topology_files_in_tmp(where):
+    """MPICH's proxy writes /tmp/hydra_hwloc_xmlfile_* and leaves it when a rank aborts. A proxy on the
+    launcher runs with the launcher container's environment (the built manifest); one on a worker with
+    its ssh session's (the image's sshd). Each is tried with the real mpiexec and a rank that aborts,
+    /tmp a fresh tmpfs in a private mount namespace so that other processes' files cannot confuse it."""
+    import shlex
+    import subprocess
+    import sys
+
+    if subprocess.run(["unshare", "-r", "-m", "true"], capture_output=True).returncode != 0:
+        pytest.skip("no user/mount namespaces here (unshare -r -m)")
+    if where == "launcher":
+        launcher = build_mpijob(stj())["spec"]["mpiReplicaSpecs"]["Launcher"]["template"]["spec"]["containers"][0]
+        env = {e["name"]: e["value"] for e in launcher["env"] if "value" in e}
+    else:
+        env = _sshd_session_env()
+    env.pop("PATH", None)  # the image's; here the checkout's venv runs
+    mpiexec = Path(sys.executable).parent / "mpiexec"
+    run = " ".join(map(shlex.quote, ["env", *(f"{k}={v}" for k, v in env.items()), str(mpiexec), "-n", "2",
+                                     sys.executable, "-c", ABORTING_RANK]))
+    script = f"mount -t tmpfs none /tmp && cd / && {run} >/dev/null 2>&1; echo rc=$?; ls -A /tmp"
+    result = subprocess.run(["unshare", "-r", "-m", "sh", "-c", script], capture_output=True, text=True, timeout=120)
+    assert "rc=3" in result.stdout, result.stdout + result.stderr
+    assert result.stdout.strip().endswith("rc=3"), result.stdout  # nothing left in /tmp

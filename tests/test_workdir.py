@@ -192,6 +192,102 @@ def test_ranks_under_a_bare_mpiexec_refuse_a_work_dir_locked_by_another_stage(cl
     assert not (work / "parts").exists()
 
 
+# --- a dead holder's lock ---
+
+def _killed_once_stylizing(argv: list[str], env: dict) -> None:
+    """Start argv (a whole run or an MPI stylize) in a session of its own; SIGKILL every process of
+    it once a rank starts stylizing, as the kernel's OOM killer, a lost node or `kill -9` would."""
+    import signal
+
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            text=True, env=env, start_new_session=True)
+    seen = []
+    try:
+        for line in proc.stdout:
+            seen.append(line)
+            if "chunks left to stylize" in line:  # logged by rank 0 (and the others) once it holds the lock
+                break
+        else:
+            pytest.fail("it ended before stylizing: " + "".join(seen))
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def _lease_state(work: str) -> str:
+    from stylebatch.storage import location
+
+    return location(f"{work}/stylebatch.lock")._blob_client().get_blob_properties().lease.state
+
+
+@pytest.mark.slow
+def test_the_lock_file_of_a_killed_run_blocks_nothing(clip, tmp_path: Path) -> None:
+    src = clip("in.mp4", size=(64, 48), frames=24)
+    args = ["run", str(src), "-o", str(tmp_path / "out.mp4"), "--work", str(tmp_path / "work"), "--workers", "1",
+            "--chunk-frames", "4", *FAST_STYLE]
+    _killed_once_stylizing([sys.executable, "-m", "stylebatch", *args], dict(os.environ))
+    assert (tmp_path / "work" / "stylebatch.lock").exists()  # left behind, but no process holds it
+    started = time.monotonic()
+    result = stylebatch(*args)
+    assert result.returncode == 0, result.stderr
+    assert "waiting" not in result.stderr and time.monotonic() - started < 120
+    assert count_frames(tmp_path / "out.mp4") == 24
+
+
+@pytest.mark.slow
+@pytest.mark.azurite
+def test_a_killed_runs_blob_lease_holds_the_next_run_only_until_it_expires(azure_env, clip, tmp_path: Path) -> None:
+    """`kill -9` of a run on this machine: its lease stays until it expires (under a minute); the
+    next run, seeing that its holder is gone, waits that out and finishes, instead of failing with 75."""
+    src = clip("in.mp4", size=(64, 48), frames=24)
+    work = f"az://{azure_env.container}/work"
+    args = ["run", str(src), "-o", str(tmp_path / "out.mp4"), "--work", work, "--workers", "1", "--chunk-frames", "4",
+            *FAST_STYLE]
+    _killed_once_stylizing([sys.executable, "-m", "stylebatch", *args], azure_env.env)
+    assert _lease_state(work) == "leased"
+    result = stylebatch(*args, env=azure_env.env)
+    assert result.returncode == 0, result.stderr
+    assert "still locked by a stylebatch of this host that has ended" in result.stderr, result.stderr
+    assert count_frames(tmp_path / "out.mp4") == 24
+
+
+@pytest.mark.slow
+@pytest.mark.azurite
+@pytest.mark.mpi
+def test_the_attempt_after_a_killed_mpijob_waits_for_its_lease_instead_of_failing(azure_env, clip,
+                                                                                 tmp_path: Path) -> None:
+    """The operator's MPIJob runs `mpiexec -n N stylebatch stylize` in a launcher pod; rank 0 holds
+    the work dir's lease. When the attempt is killed (a rank OOM-killed, a node lost), the next
+    attempt of the same job (STYLEBATCH_JOB) waits for the dead one's lease to expire and resumes,
+    where it failed with 75 and cost the job one more retry. Another job's run is still refused at
+    once. The killed attempt runs under another host name (a UTS namespace), as in its own pod."""
+    if subprocess.run(["unshare", "-r", "-u", "true"], capture_output=True).returncode != 0:
+        pytest.skip("no user/UTS namespaces here (unshare -r -u)")
+    src = clip("in.mp4", size=(64, 48), frames=24)
+    work = f"az://{azure_env.container}/work"
+    assert stylebatch("preprocess", src, "--work", work, "-o", tmp_path / "o.mp4", "--chunk-frames", "4",
+                      env=azure_env.env).returncode == 0
+    bin_dir = Path(sys.executable).parent
+    stylize = [str(bin_dir / "mpiexec"), "-n", "2", str(bin_dir / "stylebatch"), "stylize", "--work", work, *FAST_STYLE]
+    attempt = dict(azure_env.env, STYLEBATCH_JOB="orangutan")
+    _killed_once_stylizing(["unshare", "-r", "-u", "sh", "-c", 'hostname orangutan-stylize-1-launcher && exec "$@"',
+                            "sh", *stylize], attempt)
+    assert _lease_state(work) == "leased"
+
+    other = subprocess.run(stylize, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+                           env=dict(azure_env.env, STYLEBATCH_JOB="gibbon"))
+    assert other.returncode == 75, other.stderr
+    [line] = error_lines(other)
+    assert "in use by another stylebatch (host orangutan-stylize-1-launcher" in line, line
+
+    retry = subprocess.run(stylize, capture_output=True, text=True, timeout=240, stdin=subprocess.DEVNULL,
+                           env=attempt)
+    assert retry.returncode == 0, retry.stderr
+    assert "still locked by an earlier attempt of job orangutan" in retry.stderr, retry.stderr
+    assert stylebatch("postprocess", "--work", work, env=azure_env.env).returncode == 0
+    assert count_frames(tmp_path / "o.mp4") == 24
+
+
 # --- a changed input is not resumed ---
 
 def _replace_keeping_size(path: Path, other: Path) -> None:

@@ -28,6 +28,7 @@ from stylebatch_operator.names import (
     DNS_LABEL_PATTERN, GROUP, KIND, MAX_NAME_LENGTH, NAME_PATTERN, NAME_RULE_MESSAGE, PLURAL, QUANTITY_PATTERN,
     SHORT_NAMES, SINGULAR, STAGES, VERSION,
 )
+from stylebatch_operator.uris import SAS_GOES_IN_THE_SECRET, URI_FIELDS
 
 CRD_NAME = f"{PLURAL}.{GROUP}"
 # The release that generated the CRD (the package's version, which tests/test_chart.py keeps equal
@@ -235,6 +236,11 @@ SPEC_SCHEMA: dict[str, Any] = _obj(
          "message": TRAIN_STYLE_MESSAGE},
     ]},
 )
+# A SAS token in a URI would be a secret in the job, readable by anyone who may read jobs.
+for _field in URI_FIELDS:
+    SPEC_SCHEMA["properties"][_field]["x-kubernetes-validations"] = [
+        {"rule": "!self.contains('?')",
+         "message": f"a query string (a SAS token?) is refused: {SAS_GOES_IN_THE_SECRET}"}]
 
 _CONDITION = _obj("Standard Kubernetes condition.", {
     "type": _text("Running, Succeeded, Failed, Stalled, Queued, Admitted or SpecChangeRejected."),

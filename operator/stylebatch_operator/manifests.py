@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from stylebatch.contract import EXIT_BAD_INPUT, JOB_ENV
+from stylebatch.contract import EXIT_BAD_INPUT, HWLOC_XMLFILE_ENV, JOB_ENV, no_topology_file
 from stylebatch.requests import (
     EncodingOptions, ModelOptions, PostprocessRequest, PreprocessRequest, StylizeRequest, TrainRequest,
 )
@@ -215,6 +215,8 @@ def _job(stj: dict[str, Any], stage: str, attempt: int, args: list[str], deadlin
 def _launcher_template(stj: dict[str, Any], spec: dict[str, Any], labels: dict[str, str], ranks: int) -> dict[str, Any]:
     container = _container(stj, spec, "launcher", stylize_args(stj, ranks))
     container["resources"] = copy.deepcopy(_pod_defaults(spec)["launcherResources"])
+    # as `stylebatch run` does: MPICH's proxies write no topology file (the workers' sshd sets the same)
+    container["env"].append({"name": HWLOC_XMLFILE_ENV, "value": no_topology_file(SCRATCH_PATH)})
     return {"metadata": _pod_metadata(spec, labels), "spec": _pod_spec(spec, [container])}
 
 

@@ -17,10 +17,7 @@ from stylebatch.contract import OUTPUT_EXTENSIONS, is_style_file, split_style_te
 from stylebatch_operator.crd import PAINTING_PATTERN, SPEC_SCHEMA, TRAIN_STYLE_MESSAGE, apply_defaults
 from stylebatch_operator.names import MAX_NAME_LENGTH, NAME_PATTERN, NAME_RULE_MESSAGE
 from stylebatch_operator.settings import BUILT_IN, Settings
-from stylebatch_operator.uris import sas_problem, strip_secrets
-
-# Fields holding URIs, whose query string may carry a SAS token.
-URI_FIELDS = ("input", "output", "style", "workDir")
+from stylebatch_operator.uris import URI_FIELDS, sas_problem, strip_secrets
 # Fields a job may leave to the operator's defaults (scheduling's nodeSelector and tolerations too).
 DEFAULTED_FIELDS = ("image", "imagePullPolicy", "imagePullSecrets", "workers", "gpusPerWorker", "resources",
                     "storage", "queueName")

@@ -34,14 +34,21 @@ def work_dir(output: str, namespace: str, name: str, uid: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, posixpath.join(folder if folder else "/", leaf), "", ""))
 
 
+# Fields of a StyleTransferJob's spec holding URIs, whose query string may carry a SAS token.
+URI_FIELDS = ("input", "output", "style", "workDir")
+SAS_GOES_IN_THE_SECRET = ("give the URL without it: credentials go in the storage Secret (keys AZURE_STORAGE_ACCOUNT "
+                          "and AZURE_STORAGE_SAS_TOKEN, named by spec.storage.secretName), which reaches the pods "
+                          "as environment variables")
+
+
 def sas_problem(field: str, uri: str) -> str | None:
     """Why a spec URI cannot be used: a query string (where Azure puts SAS tokens) would put a secret
-    in the job's spec and its pods' arguments, which anyone who may list them can read."""
+    in the job's spec and its pods' arguments, which anyone who may list them can read. The CRD
+    refuses the same (crd.SPEC_SCHEMA's rule on each of URI_FIELDS); this catches what the API server
+    did not check (a job created before the rule)."""
     if "?" not in uri:
         return None
-    return (f"spec.{field} {strip_secrets(uri)!r} carries a query string (a SAS token?): give the URL without it "
-            "and put the SAS token in the storage Secret (keys AZURE_STORAGE_ACCOUNT and AZURE_STORAGE_SAS_TOKEN, "
-            "named by spec.storage.secretName), which reaches the pods as environment variables")
+    return f"spec.{field} {strip_secrets(uri)!r} carries a query string (a SAS token?): {SAS_GOES_IN_THE_SECRET}"
 
 
 _URI_QUERY = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s?'\"]*)\?[^\s'\"]*")

@@ -22,6 +22,20 @@ EXIT_TERMINATED = 143  # SIGTERM (kill, timeout, docker stop, Kubernetes): 128 +
 
 RETRYABLE_EXIT_CODES = frozenset({EXIT_TRANSIENT})
 
+# --- MPI ---
+
+# MPICH's process manager proxy (hydra_pmi_proxy) exports the machine's topology to a hard-coded
+# /tmp/hydra_hwloc_xmlfile_* for its ranks and leaves it there when a rank aborts. With HWLOC_XMLFILE
+# in its environment it writes none (the ranks then read the topology themselves); the file it names
+# need not exist. `stylebatch run` sets it for its mpiexec, the operator in the MPIJob's launcher, and
+# the worker image's sshd (docker/worker/sshd_config: SetEnv) for the proxies started over ssh.
+HWLOC_XMLFILE_ENV = "HWLOC_XMLFILE"
+
+
+def no_topology_file(folder: str) -> str:
+    """HWLOC_XMLFILE's value for MPI runs whose scratch folder is `folder`."""
+    return f"{folder.rstrip('/')}/stylebatch-no-topology.xml"
+
 # --- output containers and video codecs ---
 
 CONTAINERS = {".mp4": "mp4", ".mov": "mov", ".m4v": "mp4", ".mkv": "matroska", ".webm": "webm", ".avi": "avi"}

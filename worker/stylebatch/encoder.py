@@ -10,7 +10,7 @@ import numpy as np
 from av.video.reformatter import VideoReformatter
 
 from stylebatch.errors import StylebatchError
-from stylebatch.memory import codec_threads
+from stylebatch.memory import codec_threads, encoder_per_frame
 from stylebatch.manifest import EncoderSettings
 
 from stylebatch.contract import DEFAULT_PRESET, PART_EXT
@@ -96,7 +96,11 @@ def open_encoder_options(s: EncoderSettings) -> dict[str, str]:
 
 class PartWriter:
     """Encodes upright RGB frames into one part file: a fresh encoder, so it starts on a keyframe
-    and every GOP is closed inside it."""
+    and every GOP is closed inside it.
+
+    Huge frames of an intra-only codec at constant quality (MJPEG) get a fresh encoder per frame
+    (`memory.encoder_per_frame`): FFmpeg's MJPEG encoder keeps copies of the pictures it encoded,
+    three full-size ones at any time, and each frame is coded on its own anyway (same bytes)."""
 
     def __init__(self, path: Path, s: EncoderSettings, width: int, height: int,
                  frame_rate: Fraction, color: dict, threads: int = 0, sar: tuple[int, int] | None = None) -> None:
@@ -111,33 +115,49 @@ class PartWriter:
         self.container = av.open(str(path), "w", format="matroska")
         rate = min(frame_rate, _MAX_PART_RATE)
         self.stream = self.container.add_stream(s.codec, rate=rate, options=open_encoder_options(s))
-        cc = self.stream.codec_context
-        cc.width, cc.height, cc.pix_fmt = width, height, s.pix_fmt
-        cc.time_base = 1 / rate
-        cc.thread_count = codec_threads(width, height, threads)
-        if sar:
-            cc.sample_aspect_ratio = Fraction(*sar)
-        if s.bitrate is not None:
-            cc.bit_rate = s.bitrate
-        if s.codec == "mjpeg":
-            cc.qscale = True
-            cc.global_quality = s.crf * 118  # FF_QP2LAMBDA: the same scale as ffmpeg's -q:v
         self.full_range = s.pix_fmt.startswith("yuvj") or s.codec == "mjpeg"
         self.matrix = color["matrix"]
-        cc.colorspace = color["space"]
-        cc.color_range = 2 if self.full_range else 1
-        if color.get("primaries") not in (None, 2):
-            cc.color_primaries = color["primaries"]
-        if color.get("trc") not in (None, 2):
-            cc.color_trc = color["trc"]
+
+        def configure(cc: av.VideoCodecContext) -> av.VideoCodecContext:
+            cc.width, cc.height, cc.pix_fmt = width, height, s.pix_fmt
+            cc.time_base = 1 / rate
+            cc.thread_count = codec_threads(width, height, threads)
+            if sar:
+                cc.sample_aspect_ratio = Fraction(*sar)
+            if s.bitrate is not None:
+                cc.bit_rate = s.bitrate
+            if s.codec == "mjpeg":
+                cc.qscale = True
+                cc.global_quality = s.crf * 118  # FF_QP2LAMBDA: the same scale as ffmpeg's -q:v
+            cc.colorspace = color["space"]
+            cc.color_range = 2 if self.full_range else 1
+            if color.get("primaries") not in (None, 2):
+                cc.color_primaries = color["primaries"]
+            if color.get("trc") not in (None, 2):
+                cc.color_trc = color["trc"]
+            return cc
+
+        def fresh() -> av.VideoCodecContext:
+            cc = av.CodecContext.create(s.codec, "w")
+            cc.options = open_encoder_options(s)
+            return configure(cc)
+
+        configure(self.stream.codec_context)
+        self._fresh = fresh if encoder_per_frame(s, width, height) else None
         self.count = 0
-        # One RGB frame and one converter for the whole part: a fresh 1080p frame per picture costs
-        # more in page faults than the colour conversion itself.
-        self._sws = VideoReformatter()
-        self._rgb = av.VideoFrame(width, height, "rgb24")
-        plane = self._rgb.planes[0]
-        self._rgb_view = np.frombuffer(plane, np.uint8).reshape(height, plane.line_size)[:, :width * 3] \
-            .reshape(height, width, 3)
+        self._sws = VideoReformatter()  # one converter for the whole part
+        self._rgb: av.VideoFrame | None = None  # made on the first full-size frame only
+
+    def _full_size_rgb(self) -> tuple[av.VideoFrame, np.ndarray]:
+        """One RGB frame for the whole part, for frames already at its size: a fresh 1080p frame per
+        picture costs more in page faults than the colour conversion itself."""
+        if self._rgb is None:
+            cc = self.stream.codec_context
+            self._rgb = av.VideoFrame(cc.width, cc.height, "rgb24")
+            plane = self._rgb.planes[0]
+            self._rgb_view = np.frombuffer(plane, np.uint8).reshape(cc.height, plane.line_size)[
+                :, :cc.width * 3].reshape(cc.height, cc.width, 3)
+        return self._rgb, self._rgb_view
 
     def write(self, frames: np.ndarray) -> None:
         try:
@@ -150,9 +170,10 @@ class PartWriter:
         here, in the colour conversion: the only place a full-size frame exists."""
         cc = self.stream.codec_context
         for rgb in frames:
-            if rgb.shape[:2] == self._rgb_view.shape[:2]:
-                np.copyto(self._rgb_view, rgb)
-                source, scale = self._rgb, {}
+            if rgb.shape[:2] == (cc.height, cc.width):
+                source, view = self._full_size_rgb()
+                np.copyto(view, rgb)
+                scale = {}
             else:
                 source = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
                 scale = {"width": cc.width, "height": cc.height, "interpolation": "BICUBIC"}
@@ -160,7 +181,15 @@ class PartWriter:
                                        dst_color_range="JPEG" if self.full_range else "MPEG", **scale)
             frame.pts = self.count
             self.count += 1
-            self.container.mux(self.stream.encode(frame))
+            if self._fresh is None:
+                self.container.mux(self.stream.encode(frame))
+                continue
+            encoder = self._fresh()
+            packets = encoder.encode(frame) + encoder.encode(None)
+            del frame, encoder  # the full-size picture and the encoder's copy of it go now
+            for packet in packets:
+                packet.stream = self.stream
+            self.container.mux(packets)
 
     def close(self) -> None:
         try:

@@ -54,6 +54,7 @@ class Manifest:
     stylebatch_version: str
     format_version: int = FORMAT_VERSION
     input_identity: dict[str, Any] = field(default_factory=dict)  # Location.identity() of the input
+    video_codec: str = ""  # the source video's decoder, e.g. mjpeg ("" in work dirs of older versions)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property

@@ -1,11 +1,16 @@
 """How much memory a stylize rank needs, what the machine has, and the caps that follow.
 
 A rank's memory is bounded by what it stylizes, not by the input's size: with --max-side frames are
-decoded straight at the stylized size (video.ChunkReader) and scaled up only in the encoder
-(encoder.PartWriter). What stays full size is the codecs' own buffers, which grow with each codec
-thread; `codec_threads` caps threads for very large frames. `rank_bytes` is a deliberately generous
-estimate (measured on CPU: the nets peak at about 430 bytes per stylized pixel per frame), used before
-any work to refuse a frame size that cannot fit (`check_fits`) and to start no more ranks than fit.
+decoded straight at the stylized size (video.ChunkReader: scaled in the colour conversion, and an
+intra-only decoder such as MJPEG's makes the small picture itself, FFmpeg's lowres) and scaled up
+only in the encoder (encoder.PartWriter). What stays full size is the encoder's input and its own
+buffers: FFmpeg's MJPEG encoder keeps copies of the pictures it coded, so huge frames get a fresh
+encoder per frame (`encoder_per_frame`). Codec threads each add buffers; `codec_threads` caps them.
+
+`rank_bytes` is a deliberately generous estimate from measurements on CPU (the nets peak at about
+430 bytes per stylized pixel per frame; a 16000x16000 MJPEG at --max-side 256 peaks at 1.2 GiB in
+its rank), used before any work to refuse a frame size that cannot fit (`check_fits`) and to start
+no more ranks than fit.
 """
 
 from __future__ import annotations
@@ -16,11 +21,14 @@ from pathlib import Path
 from stylebatch.errors import StylebatchError
 
 GiB = 1024 ** 3
-RANK_BASE_BYTES = 768 * 1024 ** 2  # torch, the model, the codecs' fixed costs, batches in flight
+RANK_BASE_BYTES = 512 * 1024 ** 2  # torch, the model, the codecs' fixed costs (measured: 280 MiB)
 NET_BYTES_PER_PIXEL = 512  # activations per stylized pixel and frame of a batch (float32, CPU)
-FULL_FRAME_BYTES_PER_PIXEL = 12  # decoded frame, encoder input and its working copies (measured: about 7)
+DECODE_BYTES_PER_PIXEL = 4  # a full-size decoded frame and the decoder's working copies (measured: 3)
+ENCODE_BYTES_PER_PIXEL = 8  # the encoder's full-size input and the pictures it keeps (mjpeg: 6, measured)
+ENCODE_PER_FRAME_BYTES_PER_PIXEL = 4  # the same with a fresh encoder per frame (measured: 3.6)
 CODEC_THREAD_BYTES_PER_PIXEL = 12  # what each extra codec thread adds per full-size pixel (mjpeg: measured)
 CODEC_THREADS_BUDGET = 1 * GiB
+ENCODER_PER_FRAME_PIXELS = 4096 * 4096
 USABLE_SHARE = 0.85  # of the machine's memory, for all ranks together
 
 
@@ -33,17 +41,32 @@ def codec_threads(width: int, height: int, threads: int) -> int:
     return min(threads, cap)
 
 
-def rank_bytes(width: int, height: int, work_width: int, work_height: int, batch: int, gpu: bool) -> int:
-    """Host memory of one rank stylizing width x height frames at work_width x work_height."""
-    full = width * height * FULL_FRAME_BYTES_PER_PIXEL
+def encoder_per_frame(settings, width: int, height: int) -> bool:
+    """Whether frames of width x height are encoded with a fresh encoder each (encoder.PartWriter):
+    an intra-only codec (MJPEG) at constant quality, for frames over ENCODER_PER_FRAME_PIXELS, where
+    the full-size pictures FFmpeg's MJPEG encoder keeps (three at any time) would dominate a rank's
+    memory. The bytes are the same: each frame is coded on its own anyway."""
+    import av
+
+    return (width * height > ENCODER_PER_FRAME_PIXELS and settings.bitrate is None
+            and av.Codec(settings.codec, "w").intra_only)
+
+
+def rank_bytes(width: int, height: int, work_width: int, work_height: int, batch: int, gpu: bool,
+               decoded_small: bool = False, per_frame_encoder: bool = False) -> int:
+    """Host memory of one rank stylizing width x height frames at work_width x work_height;
+    decoded_small: the decoder itself makes frames near the working size (no full-size decode)."""
+    encode = ENCODE_PER_FRAME_BYTES_PER_PIXEL if per_frame_encoder else ENCODE_BYTES_PER_PIXEL
+    full = width * height * (encode + (0 if decoded_small else DECODE_BYTES_PER_PIXEL))
     net = 0 if gpu else batch * work_width * work_height * NET_BYTES_PER_PIXEL
     return RANK_BASE_BYTES + full + net
 
 
 def machine_bytes() -> int:
-    """Memory this process may use: the machine's, or its cgroup's limit when lower."""
+    """Memory this process may use: the machine's, or its memory cgroup's limit when lower (v1 or
+    v2, read where /proc/self/cgroup places this process, as well as at the mount's root)."""
     total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    for limit_file in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+    for limit_file in _cgroup_limit_files():
         try:
             text = Path(limit_file).read_text().strip()
         except OSError:
@@ -51,6 +74,23 @@ def machine_bytes() -> int:
         if text.isdigit():
             total = min(total, int(text))
     return total
+
+
+def _cgroup_limit_files() -> list[str]:
+    files = ["/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"]
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return files
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if path in ("", "/"):
+            continue
+        if controllers == "":
+            files.append(f"/sys/fs/cgroup{path}/memory.max")
+        elif "memory" in controllers.split(","):
+            files.append(f"/sys/fs/cgroup/memory{path}/memory.limit_in_bytes")
+    return files
 
 
 def check_fits(per_rank: int, width: int, height: int, max_side: int | None, available: int | None = None) -> int:
@@ -85,10 +125,16 @@ def default_batch(gpu: bool) -> int:
 def ranks_that_fit(m, max_side: int | None, batch_size: int | None, gpu: bool, ranks_here: int = 1) -> int:
     """Pre-flight for a stylize of manifest m's frames: how many ranks fit in this machine's memory;
     a one-line StylebatchError naming --max-side when `ranks_here` ranks (or even one) cannot."""
+    import av
+
     from stylebatch.models import working_size
+    from stylebatch.video import lowres
 
     height, width = working_size(m.display_height, m.display_width, max_side)
-    per_rank = rank_bytes(m.display_width, m.display_height, width, height,
-                          batch_size or default_batch(gpu), gpu)
+    coded = (width, height) if m.rotation % 180 == 0 else (height, width)
+    small = bool(m.video_codec) and lowres(av.Codec(m.video_codec, "r"), (m.coded_width, m.coded_height), coded) > 0
+    per_rank = rank_bytes(m.display_width, m.display_height, width, height, batch_size or default_batch(gpu), gpu,
+                          decoded_small=small,
+                          per_frame_encoder=encoder_per_frame(m.encoder, m.display_width, m.display_height))
     fit = check_fits(per_rank * ranks_here, m.display_width, m.display_height, max_side)
     return fit * ranks_here

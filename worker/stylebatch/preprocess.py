@@ -103,7 +103,7 @@ def _preprocess(src, out, work, enc: EncodingOptions, settings: EncoderSettings)
             coded_width=info.coded_width, coded_height=info.coded_height, rotation=info.rotation,
             display_width=width, display_height=height, pix_fmt=info.pix_fmt, color=info.color,
             audio=info.audio, subtitles=info.subtitles, encoder=settings, chunk_frames=chunk_frames,
-            stylebatch_version=__version__, input_identity=identity,
+            stylebatch_version=__version__, input_identity=identity, video_codec=info.codec,
             extra={"sample_aspect_ratio": info.sample_aspect_ratio},
         )
         check_timeline(manifest, settings.container)  # before any work

@@ -17,7 +17,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Callable
 
-from stylebatch.contract import ERROR_PREFIX, EXIT_TRANSIENT
+from stylebatch.contract import ERROR_PREFIX, EXIT_TRANSIENT, HWLOC_XMLFILE_ENV, no_topology_file
 from stylebatch.errors import Interrupted, StylebatchError, TransientError
 from stylebatch.memory import on_gpu, ranks_that_fit
 from stylebatch.monitor import Monitor
@@ -228,7 +228,7 @@ def _stylize(req: StylizeRequest, workers: int, frames: int, token: str | None, 
     # The ranks' scratch goes into the run's private folder (removed however the run ends), and so
     # does the topology file MPICH's proxy would otherwise leave in /tmp when a rank aborts: with
     # HWLOC_XMLFILE set it writes none (the ranks then read the topology themselves).
-    env = dict(os.environ, PYTHONUNBUFFERED="1", TMPDIR=str(scratch), HWLOC_XMLFILE=str(scratch / "no-topology.xml"),
+    env = dict(os.environ, PYTHONUNBUFFERED="1", TMPDIR=str(scratch), **{HWLOC_XMLFILE_ENV: no_topology_file(str(scratch))},
                **logs.child_env(), **carried_sas_env(), **({LOCK_ENV: token} if token else {}))
     monitor = Monitor(frames, on_update=progress)
     errors: list[str] = []

@@ -29,6 +29,7 @@ class Probe:
     """What one full decode of the source tells: the manifest's facts about the video."""
 
     video_stream: int
+    codec: str  # its decoder's name
     time_base: Fraction
     pts: list[int]
     keyframes: list[int]
@@ -90,15 +91,17 @@ def probe(path: Path, label: str) -> Probe:
     with open_video(path, label) as container:
         vs = video_stream(container, label)
         vs.thread_type = "AUTO"
+        vs.codec_context.thread_count = codec_threads(vs.codec_context.width, vs.codec_context.height, 0)
         expected = vs.frames
         pts: list[int | None] = []
         keyframes: list[int] = []
-        first: av.VideoFrame | None = None
+        first: dict[str, Any] | None = None  # the first frame's facts (not the frame: it may be huge)
         last_duration = 0
         try:
             for frame in container.decode(vs):
                 if first is None:
-                    first = frame
+                    first = {"coded_width": frame.width, "coded_height": frame.height,
+                             "rotation": _rotation(frame), "pix_fmt": frame.format.name, "color": _color(frame)}
                 if frame.key_frame:
                     keyframes.append(len(pts))
                 pts.append(frame.pts)
@@ -124,9 +127,8 @@ def probe(path: Path, label: str) -> Probe:
             keyframes.insert(0, 0)
         sar = vs.sample_aspect_ratio
         return Probe(
-            video_stream=vs.index, time_base=tb, pts=exact, keyframes=keyframes, pts_reliable=reliable,
-            last_duration=last_duration, frame_rate=rate, coded_width=first.width, coded_height=first.height,
-            rotation=_rotation(first), pix_fmt=first.format.name, color=_color(first),
+            video_stream=vs.index, codec=vs.codec_context.codec.name, time_base=tb, pts=exact, keyframes=keyframes,
+            pts_reliable=reliable, last_duration=last_duration, frame_rate=rate, **first,
             sample_aspect_ratio=(sar.numerator, sar.denominator) if sar and sar != 1 else None,
             audio=[_audio_summary(a) for a in container.streams.audio],
             subtitles=[{"index": s.index, "codec": s.codec_context.codec.canonical_name,
@@ -147,6 +149,23 @@ def _audio_summary(a: av.AudioStream) -> dict[str, Any]:
     return {"index": a.index, "codec": cc.codec.canonical_name, "channels": cc.channels,
             "sample_rate": cc.sample_rate,
             "language": a.metadata.get("language")}
+
+
+MAX_LOWRES = 3  # FFmpeg's lowres: MJPEG's decoder can make frames of 1/2, 1/4 or 1/8 the size
+LOWRES_DECODERS = frozenset({"mjpeg"})  # intra-only, with lowres (tried: tests/test_memory.py)
+
+
+def lowres(codec: av.Codec, coded: tuple[int, int], wanted: tuple[int, int]) -> int:
+    """How many halvings the decoder may apply while decoding (FFmpeg's lowres: MJPEG's IDCT makes
+    the smaller picture, so a full-size frame never exists), keeping the frames at least `wanted`
+    (width, height). 0 for other decoders: most have no lowres, and where a decoder of predicted
+    frames has one (MPEG-4 Part 2, MPEG-2) its pictures drift from what the encoder meant."""
+    if codec.name not in LOWRES_DECODERS:
+        return 0
+    shift = 0
+    while shift < MAX_LOWRES and all(-(-c // 2 ** (shift + 1)) >= w for c, w in zip(coded, wanted)):
+        shift += 1
+    return shift
 
 
 class ChunkReader:
@@ -182,6 +201,10 @@ class ChunkReader:
         vs = self._container.streams[self.m.video_stream]
         vs.thread_type = "AUTO"
         vs.codec_context.thread_count = codec_threads(self.m.coded_width, self.m.coded_height, self.threads)
+        wanted = self.size if self.k % 2 == 0 else self.size[::-1]  # in the coded orientation
+        shift = lowres(vs.codec_context.codec, (self.m.coded_width, self.m.coded_height), wanted)
+        if shift:
+            vs.codec_context.options = {"lowres": str(shift)}
         return vs
 
     def _decode(self, vs: av.VideoStream) -> Iterator[av.VideoFrame]:

@@ -13,13 +13,17 @@ from __future__ import annotations
 import contextlib
 import datetime
 import json
+import logging
 import os
 import secrets
 import socket
+import time
 from typing import Iterator
 
-from stylebatch.contract import LOCK_NAME, MANIFEST_NAME, OWNER_NAME, PARTS_DIR, STYLIZE_NAME
+from stylebatch.contract import JOB_ENV, LOCK_NAME, MANIFEST_NAME, OWNER_NAME, PARTS_DIR, STYLIZE_NAME
 from stylebatch.errors import StylebatchError, TransientError
+
+log = logging.getLogger(__name__)
 
 _FRESH = "give an empty or new folder for --work"
 
@@ -199,7 +203,9 @@ def lock_token(work) -> str | None:
 def hold(work) -> Iterator[None]:
     """Hold the work dir's exclusive lock for a whole stage: one writer per work dir. Re-entrant in
     one process; a process given LOCK_ENV (an MPI rank of a run) works under its launcher's lock
-    instead. Another holder: a TransientError at once, naming it (retrying once it ends can work)."""
+    instead. Another holder: a TransientError at once, naming it (retrying once it ends can work);
+    a holder known to have stopped (`_stopped`) is waited for until its lock expires (a blob lease:
+    at most a minute), so the attempt after a killed one is not lost to the dead one's lock."""
     if work.display in _HELD:
         yield
         return
@@ -213,22 +219,62 @@ def hold(work) -> Iterator[None]:
         return
     require_owned(work)
     holder = {"host": socket.gethostname(), "pid": str(os.getpid()), "started": _now(),
-              "token": secrets.token_hex(16)}
-    from stylebatch.storage.base import LockBusy
-
-    try:
-        lock = loc.lock(holder)
-    except LockBusy as busy:
-        raise TransientError(f"work dir {work.display} is in use by another stylebatch "
-                             f"({_describe(busy.holder)}): wait for it to end, or use another --work") from None
-    held = _HELD[work.display] = _Held(lock)
+              "token": secrets.token_hex(16), **({"job": _job()} if _job() else {})}
+    held = _HELD[work.display] = _Held(_take(work, loc, holder))
     try:
         yield
     finally:
         del _HELD[work.display]
-        lock.release()
+        held.lock.release()
         if held.delete:
             _remove_if_empty(work)
+
+
+LOCK_POLL_S = 3.0
+
+
+def _take(work, loc, holder: dict[str, str]):
+    """loc.lock(holder), waiting out a stopped holder's lock (see hold)."""
+    from stylebatch.storage.base import LockBusy
+
+    deadline = None
+    while True:
+        try:
+            return loc.lock(holder)
+        except LockBusy as busy:
+            stopped = _stopped(busy.holder)
+            if stopped and loc.lock_outlives_holder_s() > 0:
+                if deadline is None:
+                    wait = loc.lock_outlives_holder_s() + 2 * LOCK_POLL_S
+                    deadline = time.monotonic() + wait
+                    log.warning("work dir %s is still locked by %s (%s): waiting up to %d s for its lock to expire",
+                                work.display, stopped, _describe(busy.holder), wait)
+                if time.monotonic() < deadline:
+                    time.sleep(LOCK_POLL_S)
+                    continue
+            raise TransientError(f"work dir {work.display} is in use by another stylebatch "
+                                 f"({_describe(busy.holder)}): wait for it to end, or use another --work") from None
+
+
+def _job() -> str:
+    return os.environ.get(JOB_ENV, "").strip()
+
+
+def _stopped(holder: dict) -> str | None:
+    """What tells that a lock's holder has stopped, or None if it may be running: an earlier attempt
+    of this same job (the operator runs one attempt of a stage at a time: it starts the next only
+    once the last has failed), or a process of this host that no longer exists."""
+    if _job() and holder.get("job") == _job():
+        return f"an earlier attempt of job {_job()}"
+    pid = str(holder.get("pid", ""))
+    if holder.get("host") == socket.gethostname() and pid.isdigit():
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return "a stylebatch of this host that has ended"
+        except OSError:
+            return None
+    return None
 
 
 def _now() -> str:

@@ -143,6 +143,11 @@ class Location(abc.ABC):
     def lock_held_by(self, token: str) -> bool:
         """True if the lock at this location is held now by the holder whose token this is."""
 
+    def lock_outlives_holder_s(self) -> float:
+        """How long a lock here can outlive a holder that died: 0 for a local lock file (the kernel
+        lets go when the process ends, however it ends)."""
+        return 0.0
+
     def is_local(self) -> bool:
         return False
 

@@ -255,6 +255,10 @@ class BlobLocation(Location):
                                       public.items()}, lease=lease)
         return _BlobLease(self, lease)
 
+    def lock_outlives_holder_s(self) -> float:
+        """A dead holder's lease expires at most LEASE_S after its last renewal."""
+        return float(LEASE_S)
+
     def lock_held_by(self, token: str) -> bool:
         from azure.core.exceptions import HttpResponseError
         from azure.storage.blob import BlobLeaseClient

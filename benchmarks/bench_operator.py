@@ -174,7 +174,7 @@ async def measure(jobs: int, window: float, progress_interval: float, settle_tim
         with tempfile.TemporaryDirectory() as tmp, open(operator_log or os.devnull, "ab") as log:
             env = kubeconfig(api, Path(tmp))
             env.update(STYLEBATCH_OPERATOR_INTERVAL="10", STYLEBATCH_PROGRESS_INTERVAL=str(progress_interval),
-                       STYLEBATCH_STORAGE_SECRET="stylebatch-storage")
+                       STYLEBATCH_JOB_DEFAULTS='{"storage": {"secretName": "stylebatch-storage"}}')
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "stylebatch", "operator", "--namespace", NS, "--liveness-port", str(free_port()),
                 env=env, stdout=log, stderr=asyncio.subprocess.STDOUT)

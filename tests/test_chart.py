@@ -54,6 +54,11 @@ def env(objects: list[dict]) -> dict[str, str]:
     return {e["name"]: e["value"] for e in operator_container(objects)["env"]}
 
 
+def job_defaults(objects: list[dict]) -> dict:
+    """The operator's job defaults, one document with the StyleTransferJob spec's shape."""
+    return yaml.safe_load(env(objects)["STYLEBATCH_JOB_DEFAULTS"])
+
+
 def test_variants_cover_aks_namespaced_and_kind():
     assert {"default", "aks", "namespaced", "kind"} <= VARIANTS.keys()
 
@@ -168,7 +173,7 @@ def test_namespaced_install_grants_rules_only_in_the_watched_namespaces():
     assert [a.split("=", 1)[1] for a in args if a.startswith("--namespace=")] == watched
     # Job pods in each watched namespace need their ServiceAccount there.
     job_accounts = {o["metadata"]["namespace"] for o in objects
-                    if o["kind"] == "ServiceAccount" and o["metadata"]["name"] == env(objects)["STYLEBATCH_JOB_SERVICE_ACCOUNT"]}
+                    if o["kind"] == "ServiceAccount" and o["metadata"]["name"] == job_defaults(objects)["serviceAccountName"]}
     assert job_accounts == {NAMESPACE, *watched}
 
 
@@ -182,29 +187,27 @@ def test_rbac_never_reaches_secrets_or_wildcards():
 
 def test_aks_values_reach_the_operator_as_job_defaults():
     values = VARIANTS["aks"]
-    defaults = env(render("aks"))
-    assert defaults["STYLEBATCH_WORKER_IMAGE"] == f"{values['imageRegistry']}/stylebatch-worker:{VERSION}"
-    assert json.loads(defaults["STYLEBATCH_DEFAULT_NODE_SELECTOR"]) == values["jobs"]["nodeSelector"]
-    assert json.loads(defaults["STYLEBATCH_DEFAULT_TOLERATIONS"]) == values["jobs"]["tolerations"]
-    assert json.loads(defaults["STYLEBATCH_WORKER_RESOURCES"]) == values["jobs"]["resources"]
-    assert int(defaults["STYLEBATCH_DEFAULT_WORKERS"]) == values["jobs"]["workers"]
-    assert int(defaults["STYLEBATCH_DEFAULT_GPUS_PER_WORKER"]) == values["jobs"]["gpusPerWorker"]
-    assert defaults["STYLEBATCH_WORKLOAD_IDENTITY"] == "true"
-    assert defaults["STYLEBATCH_STORAGE_ACCOUNT"] == values["storage"]["account"]
-    assert defaults["STYLEBATCH_STORAGE_SECRET"] == ""
+    defaults = job_defaults(render("aks"))
+    assert defaults["image"] == f"{values['imageRegistry']}/stylebatch-worker:{VERSION}"
+    assert defaults["scheduling"] == {"nodeSelector": values["jobs"]["nodeSelector"],
+                                      "tolerations": values["jobs"]["tolerations"]}
+    assert defaults["resources"] == values["jobs"]["resources"]
+    assert (defaults["workers"], defaults["gpusPerWorker"]) == (values["jobs"]["workers"], values["jobs"]["gpusPerWorker"])
+    assert defaults["storage"] == {"serviceAccountName": defaults["serviceAccountName"],
+                                   "accountName": values["storage"]["account"]}
     assert operator_container(render("aks"))["image"] == f"{values['imageRegistry']}/stylebatch-operator:{VERSION}"
 
 
 def test_kind_values_run_jobs_on_cpus():
-    defaults = env(render("kind"))
-    assert defaults["STYLEBATCH_DEFAULT_GPUS_PER_WORKER"] == "0"
-    assert defaults["STYLEBATCH_WORKER_IMAGE"] == f"stylebatch-worker:{VERSION}"  # loaded into kind, no registry
-    assert defaults["STYLEBATCH_STORAGE_SECRET"] == VARIANTS["kind"]["storage"]["existingSecret"]
+    defaults = job_defaults(render("kind"))
+    assert defaults["gpusPerWorker"] == 0
+    assert defaults["image"] == f"stylebatch-worker:{VERSION}"  # loaded into kind, no registry
+    assert defaults["storage"] == {"secretName": VARIANTS["kind"]["storage"]["existingSecret"]}
 
 
 def test_workload_identity_goes_on_the_job_service_account_without_api_token():
     objects = render("aks")
-    name = env(objects)["STYLEBATCH_JOB_SERVICE_ACCOUNT"]
+    name = job_defaults(objects)["serviceAccountName"]
     account = next(o for o in objects if o["kind"] == "ServiceAccount" and o["metadata"]["name"] == name)
     client_id = VARIANTS["aks"]["storage"]["workloadIdentity"]["clientId"]
     assert account["metadata"]["annotations"]["azure.workload.identity/client-id"] == client_id
@@ -278,9 +281,13 @@ def _dashboard(objects: list[dict]) -> dict:
     return json.loads(config_map["data"]["stylebatch.json"])
 
 
-def test_grafana_dashboard_is_off_by_default_and_queries_exactly_the_metrics_the_operator_exports():
-    from stylebatch_operator.metrics import series_names
+def series_names(metrics: Metrics) -> set[str]:
+    """Every series name /metrics exposes, samples or not yet: what a dashboard's queries may use."""
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
+    return {f.name + suffix for f in metrics.registry.collect() for suffix in suffixes[f.type]}
 
+
+def test_grafana_dashboard_is_off_by_default_and_queries_exactly_the_metrics_the_operator_exports():
     assert not [o for o in render() if o["kind"] == "ConfigMap" and o["metadata"]["name"].endswith("-dashboard")]
     dashboard = _dashboard(render("monitoring"))
     queries = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
@@ -304,13 +311,13 @@ def test_reconcile_interval_reaches_the_operator():
 def test_every_variant_starts_the_operator_with_valid_settings():
     for variant in VARIANTS:
         settings = from_environment(env(render(variant)))  # raises on anything the operator refuses
-        assert settings.default_storage(), variant  # every install gives jobs a way to storage
+        assert settings.job_defaults().get("storage"), variant  # every install gives jobs a way to storage
 
 
 def test_job_service_account_can_be_brought_along_or_left_to_the_namespace():
     def accounts(values: dict) -> tuple[str, list[str]]:
         objects = render_manifests.render_objects(values, namespace=NAMESPACE)
-        name = env(objects)["STYLEBATCH_JOB_SERVICE_ACCOUNT"]
+        name = job_defaults(objects).get("serviceAccountName", "")
         created = [o["metadata"]["name"] for o in objects
                    if o["kind"] == "ServiceAccount" and o["metadata"]["labels"]["app.kubernetes.io/component"] == "job"]
         return name, created
@@ -327,7 +334,7 @@ def test_chart_version_follows_the_package():
         meta = chart.metadata
     assert meta["version"] == meta["appVersion"] == VERSION
     images = yaml.safe_load(meta["annotations"]["artifacthub.io/images"])
-    rendered = [operator_container(render())["image"], env(render())["STYLEBATCH_WORKER_IMAGE"]]
+    rendered = [operator_container(render())["image"], job_defaults(render())["image"]]
     assert sorted(i["image"] for i in images) == sorted(rendered)
 
 

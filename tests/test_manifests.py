@@ -141,14 +141,14 @@ def test_kind_script_loads_the_images_the_chart_runs():
     objects = render_manifests.render_objects(values)
     deployment = next(o for o in objects if o["kind"] == "Deployment")
     container = deployment["spec"]["template"]["spec"]["containers"][0]
-    env = {e["name"]: e["value"] for e in container["env"]}
+    defaults = yaml.safe_load({e["name"]: e["value"] for e in container["env"]}["STYLEBATCH_JOB_DEFAULTS"])
     built = {line.split(":")[0]: line for line in (
         re.search(r"^OPERATOR_IMAGE=(\S+)", text, re.M).group(1).replace("$VERSION", version),
         re.search(r"^WORKER_IMAGE=(\S+)", text, re.M).group(1).replace("$VERSION", version))}
     assert container["image"] == built["stylebatch-operator"]
-    assert env["STYLEBATCH_WORKER_IMAGE"] == built["stylebatch-worker"]
+    assert defaults["image"] == built["stylebatch-worker"]
     assert container["imagePullPolicy"] == "Never", "kind-loaded images are not in any registry"
-    assert "--build-arg VARIANT=cpu" in text and env["STYLEBATCH_DEFAULT_GPUS_PER_WORKER"] == "0"
+    assert "--build-arg VARIANT=cpu" in text and defaults["gpusPerWorker"] == 0
 
 
 def test_kind_azurite_is_reachable_where_the_job_secret_points():

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from clips import FAST_STYLE, count_frames, error_lines, frame_pts, stylebatch
 
-from stylebatch.progress import parse_line
+from stylebatch.progress import latest_by_rank
 
 pytestmark = [pytest.mark.mpi, pytest.mark.slow]
 BIN = Path(sys.executable).parent
@@ -23,12 +23,7 @@ def mpi_stylize(n: int, work: Path, *flags: str, timeout: float = 240) -> subpro
 
 
 def last_progress(stdout: str) -> dict[int, object]:
-    latest = {}
-    for line in stdout.splitlines():
-        p = parse_line(line)
-        if p is not None:
-            latest[p.rank] = p
-    return latest
+    return latest_by_rank(stdout.splitlines())
 
 
 def parts(work: Path) -> dict[str, tuple[int, int]]:

@@ -18,7 +18,7 @@ from stylebatch_operator.crd import (
 )
 from stylebatch_operator.decide import decide
 from stylebatch_operator.settings import Settings
-from stylebatch_operator.status import status_patch
+from stylebatch_operator.status import transition
 
 REPO = Path(__file__).resolve().parent.parent
 CHART_CRD = REPO / "charts" / "stylebatch" / "crds" / "styletransferjobs.yaml"
@@ -169,7 +169,7 @@ def test_kubectl_get_never_shows_a_sas_token():
                                    "storage": {"secretName": "s"}, "queueName": "gpu"}, SPEC_SCHEMA)}
     now = datetime(2026, 5, 1, 12, tzinfo=timezone.utc)
     action = decide(job, {}, now=now, settings=Settings())
-    job["status"] = status_patch(job, action, now)
+    job["status"] = transition(job, action, now).patch
     shown = {}
     for column in crd()["spec"]["versions"][0]["additionalPrinterColumns"]:
         value: Any = job
@@ -270,8 +270,8 @@ def test_the_training_example_passes_the_crd_and_is_accepted_to_train_first():
     validator().validate(job)
     assert cel_rules_refuse(job) == []
     now = datetime(2026, 5, 1, tzinfo=timezone.utc)
-    action = decide(job, {}, now=now, settings=Settings(storage_secret="stylebatch-storage"))
-    job["status"] = status_patch(job, action, now)
+    action = decide(job, {}, now=now, settings=Settings(jobs={"storage": {"secretName": "stylebatch-storage"}}))
+    job["status"] = transition(job, action, now).patch
     assert decide(job, {}, now=now).creates == ("train", 1)
 
 
@@ -293,3 +293,22 @@ def test_the_crd_refuses_a_sas_token_in_any_uri_saying_credentials_go_in_a_secre
         return
     assert len(broken) == 1 and "S3CR3T" not in broken[0]
     assert "credentials go in the storage Secret" in broken[0] and "spec.storage.secretName" in broken[0]
+
+
+@pytest.mark.parametrize("storage", [
+    {"secretName": "s"},
+    {"serviceAccountName": "sa", "accountName": "data"},
+    {"serviceAccountName": "sa"},
+    {"secretName": "s", "serviceAccountName": "sa", "accountName": "data"},
+    {"accountName": "data"},
+])
+def test_the_operators_storage_check_says_what_the_crds_cel_rules_say(storage):
+    """The operator checks its job defaults' storage without CEL: the same verdict, the same words."""
+    import celpy
+    from stylebatch_operator.crd import SPEC_SCHEMA, storage_problem
+
+    env = celpy.Environment()
+    rules = SPEC_SCHEMA["properties"]["storage"]["x-kubernetes-validations"]
+    broken = [r["message"] for r in rules
+              if not env.program(env.compile(r["rule"])).evaluate({"self": celpy.json_to_cel(storage)})]
+    assert storage_problem(storage) == (broken[0] if broken else None)

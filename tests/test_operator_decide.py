@@ -12,19 +12,17 @@ import pytest
 import yaml
 
 from stylebatch_operator.crd import SPEC_SCHEMA, apply_defaults
-from stylebatch_operator.decide import (
-    ADMIT, ADOPT, ADVANCE, CREATE, FAIL, NOTHING, QUEUE, REJECT_SPEC_CHANGE, RETRY, SPEC_RESTORED, STALL, START,
-    SUCCEED, UNSTALL, WAIT, CLEAN_UP, EXPIRE, cleanup_due, decide, kind_not_served,
-)
+from stylebatch_operator.decide import cleanup_due, decide, kind_not_served
 from stylebatch_operator.settings import Settings
 from stylebatch_operator.spec import resolve
-from stylebatch_operator.status import event_for, status_patch
+from stylebatch_operator.states import ActionKind
+from stylebatch_operator.status import transition
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "manifests" / "examples" / "job.yaml"
 NOW = datetime(2026, 5, 1, 12, 0, tzinfo=timezone.utc)
 STARTED = "2026-05-01T11:00:00Z"  # an hour before NOW; the example's deadline is two hours
 # The operator as the chart's default values set it up.
-SETTINGS = Settings(workers=2, storage_secret="stylebatch-storage", job_service_account="stylebatch-job")
+SETTINGS = Settings(jobs={"workers": 2, "storage": {"secretName": "stylebatch-storage"}, "serviceAccountName": "stylebatch-job"})
 
 
 def stj(phase: str | None = None, *, attempts: dict[str, int] | None = None, used: int = 0,
@@ -68,68 +66,68 @@ TRAINED = {"style": "az://styles/starry.jpg", "train": {"steps": 2000}}
 
 # (case, job, observed children, expected (kind, stage, attempt, reason))
 CASES = [
-    ("new job is accepted", stj(), [], (START, None, 0, "Accepted")),
-    ("accepted job creates its preprocess Job", stj("Pending"), [], (CREATE, "preprocess", 1, "PreprocessStarted")),
+    ("new job is accepted", stj(), [], (ActionKind.START, None, 0, "Accepted")),
+    ("accepted job creates its preprocess Job", stj("Pending"), [], (ActionKind.CREATE, "preprocess", 1, "PreprocessStarted")),
     ("preprocess running: wait", stj("Preprocessing", attempts={"preprocess": 1}, children={"preprocess": PRE1}),
-     [job(PRE1)], (WAIT, "preprocess", 1, "")),
+     [job(PRE1)], (ActionKind.WAIT, "preprocess", 1, "")),
     ("preprocess done: MPIJob next",
-     stj("Preprocessing", attempts={"preprocess": 1}), [job(PRE1, COMPLETE)], (ADVANCE, "stylize", 1, "PreprocessSucceeded")),
+     stj("Preprocessing", attempts={"preprocess": 1}), [job(PRE1, COMPLETE)], (ActionKind.ADVANCE, "stylize", 1, "PreprocessSucceeded")),
     ("stylize running: wait", stj("Stylizing", attempts={"preprocess": 1, "stylize": 1}),
-     [mpijob(STY1, ("Running", "MPIJobRunning", ""))], (WAIT, "stylize", 1, "")),
+     [mpijob(STY1, ("Running", "MPIJobRunning", ""))], (ActionKind.WAIT, "stylize", 1, "")),
     ("stylize done: postprocess next", stj("Stylizing", attempts={"stylize": 1}),
-     [mpijob(STY1, MPI_SUCCEEDED)], (ADVANCE, "postprocess", 1, "StylizeSucceeded")),
+     [mpijob(STY1, MPI_SUCCEEDED)], (ActionKind.ADVANCE, "postprocess", 1, "StylizeSucceeded")),
     ("postprocess done: Succeeded", stj("Postprocessing", attempts={"postprocess": 1}),
-     [job(POST1, COMPLETE)], (SUCCEED, None, 0, "Succeeded")),
+     [job(POST1, COMPLETE)], (ActionKind.SUCCEED, None, 0, "Succeeded")),
     ("failed preprocess with budget left: retry", stj("Preprocessing", attempts={"preprocess": 1}),
-     [job(PRE1, BACKOFF)], (RETRY, "preprocess", 2, "Retrying")),
+     [job(PRE1, BACKOFF)], (ActionKind.RETRY, "preprocess", 2, "Retrying")),
     ("evicted spot worker: retry the MPIJob, not counted", stj("Stylizing", attempts={"stylize": 1}),
-     [mpijob(STY1, EVICTED)], (RETRY, "stylize", 2, "Disrupted")),
+     [mpijob(STY1, EVICTED)], (ActionKind.RETRY, "stylize", 2, "Disrupted")),
     ("budget spent: Failed", stj("Stylizing", attempts={"stylize": 4}, used=3),
-     [mpijob(STY4, MPI_FAILED)], (FAIL, "stylize", 4, "RetriesExhausted")),
+     [mpijob(STY4, MPI_FAILED)], (ActionKind.FAIL, "stylize", 4, "RetriesExhausted")),
     ("budget spent, then a worker is evicted: still retried", stj("Stylizing", attempts={"stylize": 4}, used=3),
-     [mpijob(STY4, EVICTED)], (RETRY, "stylize", 5, "Disrupted")),
+     [mpijob(STY4, EVICTED)], (ActionKind.RETRY, "stylize", 5, "Disrupted")),
     ("no retries at all: first failure is final", stj("Preprocessing", attempts={"preprocess": 1}, retries=0),
-     [job(PRE1, BACKOFF)], (FAIL, "preprocess", 1, "RetriesExhausted")),
+     [job(PRE1, BACKOFF)], (ActionKind.FAIL, "preprocess", 1, "RetriesExhausted")),
     ("child hit its deadline: no retry", stj("Preprocessing", attempts={"preprocess": 1}),
      [job(PRE1, ("Failed", "DeadlineExceeded", "Job was active longer than specified deadline"))],
-     (FAIL, "preprocess", 0, "DeadlineExceeded")),
+     (ActionKind.FAIL, "preprocess", 0, "DeadlineExceeded")),
     ("job deadline passed while running", stj("Stylizing", attempts={"stylize": 1}, activeDeadlineSeconds=1800),
-     [mpijob(STY1)], (FAIL, "stylize", 0, "DeadlineExceeded")),
+     [mpijob(STY1)], (ActionKind.FAIL, "stylize", 0, "DeadlineExceeded")),
     ("job deadline passed between stages", stj("Preprocessing", attempts={"preprocess": 1}, activeDeadlineSeconds=3600),
-     [job(PRE1, COMPLETE)], (FAIL, "preprocess", 0, "DeadlineExceeded")),
+     [job(PRE1, COMPLETE)], (ActionKind.FAIL, "preprocess", 0, "DeadlineExceeded")),
     ("Job still terminating pods (FailureTarget): wait", stj("Preprocessing", attempts={"preprocess": 1}),
-     [job(PRE1, ("FailureTarget", "BackoffLimitExceeded", ""))], (WAIT, "preprocess", 1, "")),
+     [job(PRE1, ("FailureTarget", "BackoffLimitExceeded", ""))], (ActionKind.WAIT, "preprocess", 1, "")),
     ("Job success criteria met, pods still finishing: wait", stj("Postprocessing", attempts={"postprocess": 1}),
-     [job(POST1, ("SuccessCriteriaMet", "CompletionsReached", ""))], (WAIT, "postprocess", 1, "")),
+     [job(POST1, ("SuccessCriteriaMet", "CompletionsReached", ""))], (ActionKind.WAIT, "postprocess", 1, "")),
     ("restart mid-retry: follows the recorded attempt, not attempt 1",
-     stj("Stylizing", attempts={"stylize": 2}, used=1), [mpijob(STY1, EVICTED), mpijob(STY2)], (WAIT, "stylize", 2, "")),
+     stj("Stylizing", attempts={"stylize": 2}, used=1), [mpijob(STY1, EVICTED), mpijob(STY2)], (ActionKind.WAIT, "stylize", 2, "")),
     ("recorded child gone (deleted by hand): create it again",
-     stj("Stylizing", attempts={"stylize": 2}, used=1), [mpijob(STY1, EVICTED)], (CREATE, "stylize", 2, "ChildMissing")),
+     stj("Stylizing", attempts={"stylize": 2}, used=1), [mpijob(STY1, EVICTED)], (ActionKind.CREATE, "stylize", 2, "ChildMissing")),
     ("child exists but the status never recorded it (crash after create): adopt it",
-     stj("Pending"), [job(PRE1)], (ADOPT, "preprocess", 1, "PreprocessStarted")),
+     stj("Pending"), [job(PRE1)], (ActionKind.ADOPT, "preprocess", 1, "PreprocessStarted")),
     ("child deleted behind the operator's back: make it again",
-     stj("Stylizing", attempts={"stylize": 1}, children={"stylize": STY1}), [], (CREATE, "stylize", 1, "ChildMissing")),
+     stj("Stylizing", attempts={"stylize": 1}, children={"stylize": STY1}), [], (ActionKind.CREATE, "stylize", 1, "ChildMissing")),
     ("restart before the status recorded the next stage: same step again",
-     stj("Preprocessing", attempts={"preprocess": 1}), [job(PRE1, COMPLETE), mpijob(STY1)], (ADVANCE, "stylize", 1, "PreprocessSucceeded")),
+     stj("Preprocessing", attempts={"preprocess": 1}), [job(PRE1, COMPLETE), mpijob(STY1)], (ActionKind.ADVANCE, "stylize", 1, "PreprocessSucceeded")),
     ("retried preprocess succeeds", stj("Preprocessing", attempts={"preprocess": 2}, used=1),
-     [job(PRE1, BACKOFF), job(PRE2, COMPLETE)], (ADVANCE, "stylize", 1, "PreprocessSucceeded")),
+     [job(PRE1, BACKOFF), job(PRE2, COMPLETE)], (ActionKind.ADVANCE, "stylize", 1, "PreprocessSucceeded")),
     ("accepted job that trains a style creates its training Job first", stj("Pending", **TRAINED), [],
-     (CREATE, "train", 1, "TrainStarted")),
+     (ActionKind.CREATE, "train", 1, "TrainStarted")),
     ("training running: wait", stj("Training", attempts={"train": 1}, **TRAINED), [job(TRAIN1)],
-     (WAIT, "train", 1, "")),
+     (ActionKind.WAIT, "train", 1, "")),
     ("training done: preprocess next", stj("Training", attempts={"train": 1}, **TRAINED), [job(TRAIN1, COMPLETE)],
-     (ADVANCE, "preprocess", 1, "TrainSucceeded")),
+     (ActionKind.ADVANCE, "preprocess", 1, "TrainSucceeded")),
     ("training failed with budget left: retried (it resumes from its checkpoint)",
-     stj("Training", attempts={"train": 1}, **TRAINED), [job(TRAIN1, BACKOFF)], (RETRY, "train", 2, "Retrying")),
+     stj("Training", attempts={"train": 1}, **TRAINED), [job(TRAIN1, BACKOFF)], (ActionKind.RETRY, "train", 2, "Retrying")),
     ("training failed, budget spent: Failed", stj("Training", attempts={"train": 2}, used=1, retries=1, **TRAINED),
-     [job(TRAIN2, BACKOFF)], (FAIL, "train", 2, "RetriesExhausted")),
+     [job(TRAIN2, BACKOFF)], (ActionKind.FAIL, "train", 2, "RetriesExhausted")),
     ("training child adopted after a crash", stj("Pending", **TRAINED), [job(TRAIN1)],
-     (ADOPT, "train", 1, "TrainStarted")),
+     (ActionKind.ADOPT, "train", 1, "TrainStarted")),
     ("trained job's preprocess done: stylize next, as without training",
      stj("Preprocessing", attempts={"train": 1, "preprocess": 1}, **TRAINED), [job(PRE1, COMPLETE)],
-     (ADVANCE, "stylize", 1, "PreprocessSucceeded")),
-    ("Succeeded job: nothing more", stj("Succeeded"), [], (NOTHING, None, 0, "")),
-    ("Failed job: nothing more", stj("Failed"), [job(PRE1, BACKOFF)], (NOTHING, None, 0, "")),
+     (ActionKind.ADVANCE, "stylize", 1, "PreprocessSucceeded")),
+    ("Succeeded job: nothing more", stj("Succeeded"), [], (ActionKind.NOTHING, None, 0, "")),
+    ("Failed job: nothing more", stj("Failed"), [job(PRE1, BACKOFF)], (ActionKind.NOTHING, None, 0, "")),
 ]
 
 
@@ -152,17 +150,17 @@ def test_retry_reports_the_childs_reason_and_the_budget():
 def test_an_eviction_is_retried_without_spending_the_budget_and_the_status_counts_it_apart():
     obj = stj("Stylizing", attempts={"stylize": 1}, used=1)
     action = decide(obj, {STY1: mpijob(STY1, EVICTED)}, now=NOW)
-    assert (action.kind, action.reason, action.counted) == (RETRY, "Disrupted", False)
+    assert (action.kind, action.reason, action.counted) == (ActionKind.RETRY, "Disrupted", False)
     assert "1/2 workers are evicted" in action.message and "not counted against spec.retries" in action.message
-    patch = status_patch(obj, action, NOW)
+    patch = transition(obj, action, NOW).patch
     assert "retries" not in patch and patch["disruptions"] == 1 and patch["attempts"] == {"stylize": 2}
-    assert event_for(action) == ("Warning", "Disrupted", action.message)
+    assert transition(obj, action, NOW).event == ("Warning", "Disrupted", action.message)
 
 
 def test_exhausted_budget_names_the_stage_child_and_reason():
     action = decide(stj("Preprocessing", attempts={"preprocess": 4}, used=3),
                     {"orangutan-preprocess-4": job("orangutan-preprocess-4", BACKOFF)}, now=NOW)
-    assert action.kind == FAIL
+    assert action.kind == ActionKind.FAIL
     assert action.failure.child == "Job/orangutan-preprocess-4"
     assert "BackoffLimitExceeded" in action.message and "no retries left" in action.message
 
@@ -194,19 +192,19 @@ USER_ERROR_LOG = "reading input\nstylebatch: error: --codec vp9 cannot go into .
 @pytest.mark.parametrize("case, stage, child, pod, expected", [
     ("user error (exit 2) in training: Failed at once", "train", job(TRAIN1, BACKOFF),
      failed_pod(TRAIN1 + "-x", 2, "stylebatch: error: painting starry.jpg is not a JPEG, PNG or WebP picture"),
-     (FAIL, "InvalidInput")),
+     (ActionKind.FAIL, "InvalidInput")),
     ("training pod evicted: retried, not counted", "train", job(TRAIN1, BACKOFF),
-     failed_pod(TRAIN1 + "-x", 143, "", pod_reason="Evicted"), (RETRY, "Disrupted")),
+     failed_pod(TRAIN1 + "-x", 143, "", pod_reason="Evicted"), (ActionKind.RETRY, "Disrupted")),
     ("user error (exit 2) in preprocess: Failed at once", "preprocess", job(PRE1, BACKOFF),
-     failed_pod(PRE1 + "-x", 2, USER_ERROR_LOG), (FAIL, "InvalidInput")),
+     failed_pod(PRE1 + "-x", 2, USER_ERROR_LOG), (ActionKind.FAIL, "InvalidInput")),
     ("user error in the stylize launcher: Failed at once", "stylize", mpijob(STY1, ("Failed", "MPIJobFailed", "")),
-     failed_pod(STY1 + "-launcher-x", 2, "stylebatch: error: unknown style 'starry'"), (FAIL, "InvalidInput")),
+     failed_pod(STY1 + "-launcher-x", 2, "stylebatch: error: unknown style 'starry'"), (ActionKind.FAIL, "InvalidInput")),
     ("crash (exit 1): retried", "preprocess", job(PRE1, BACKOFF),
-     failed_pod(PRE1 + "-x", 1, "Traceback ...\nRuntimeError: boom"), (RETRY, "Retrying")),
+     failed_pod(PRE1 + "-x", 1, "Traceback ...\nRuntimeError: boom"), (ActionKind.RETRY, "Retrying")),
     ("OOMKilled: retried", "preprocess", job(PRE1, BACKOFF),
-     failed_pod(PRE1 + "-x", 137, "", reason="OOMKilled"), (RETRY, "Retrying")),
+     failed_pod(PRE1 + "-x", 137, "", reason="OOMKilled"), (ActionKind.RETRY, "Retrying")),
     ("evicted pod: retried, not counted", "preprocess", job(PRE1, BACKOFF),
-     failed_pod(PRE1 + "-x", 2, "", pod_reason="Evicted"), (RETRY, "Disrupted")),
+     failed_pod(PRE1 + "-x", 2, "", pod_reason="Evicted"), (ActionKind.RETRY, "Disrupted")),
 ], ids=lambda v: v if isinstance(v, str) else "")
 def test_user_errors_are_not_retried(case, stage, child, pod, expected):
     obj = stj(PHASES[stage], attempts={stage: 1})
@@ -219,10 +217,10 @@ def test_a_failed_training_names_its_reason_and_its_retry_resumes_from_the_check
                                        "memory access was encountered")
     obj = stj("Training", attempts={"train": 1}, **TRAINED)
     action = decide(obj, {TRAIN1: job(TRAIN1, BACKOFF)}, now=NOW, pods=[pod])
-    assert (action.kind, action.failure.stage, action.failure.child) == (RETRY, "train", f"Job/{TRAIN1}")
+    assert (action.kind, action.failure.stage, action.failure.child) == (ActionKind.RETRY, "train", f"Job/{TRAIN1}")
     assert "CUDA error" in action.failure.message and "CUDA error" in action.message
     assert f"created Job {TRAIN2}" in action.message and "resumes from its last checkpoint" in action.message
-    patch = status_patch(obj, action, NOW)
+    patch = transition(obj, action, NOW).patch
     assert (patch["phase"], patch["attempts"], patch["retries"]) == ("Training", {"train": 2}, 1)
     assert patch["failure"]["stage"] == "train" and patch["reason"] == "Retrying"
 
@@ -230,9 +228,9 @@ def test_a_failed_training_names_its_reason_and_its_retry_resumes_from_the_check
 def test_a_job_that_trains_is_accepted_saying_so_and_records_where_the_weights_go():
     obj = stj(**TRAINED)
     action = decide(obj, {}, now=NOW, settings=SETTINGS)
-    assert action.kind == START
+    assert action.kind == ActionKind.START
     assert "a style trained for az://styles/starry.jpg (2000 steps at 256 px, first, on one GPU)" in action.message
-    patch = status_patch(obj, action, NOW)
+    patch = transition(obj, action, NOW).patch
     assert patch["trainedStyle"] == "az://videos/stylized/.stylebatch-work/media/orangutan-01234567.pth"
     running = {c["type"]: c for c in patch["conditions"]}["Running"]
     assert running["message"] == "about to create the train Job"
@@ -247,7 +245,7 @@ def test_a_job_that_trains_is_accepted_saying_so_and_records_where_the_weights_g
 ])
 def test_a_training_the_worker_could_not_run_fails_at_acceptance(style, train, words):
     action = decide(stj(style=style, train=train), {}, now=NOW, settings=SETTINGS)
-    assert (action.kind, action.reason) == (FAIL, "InvalidSpec") and words in action.message
+    assert (action.kind, action.reason) == (ActionKind.FAIL, "InvalidSpec") and words in action.message
     assert "S3CR3T" not in action.message
 
 
@@ -257,11 +255,11 @@ def test_a_user_error_fails_with_the_workers_one_line_message():
     line = "stylebatch: error: --codec vp9 cannot go into .mp4 (use .webm or .mkv)"
     assert action.failure.reason == "InvalidInput" and action.failure.message == line
     assert line in action.message and "not retried" in action.message
-    patch = status_patch(stj("Preprocessing", attempts={"preprocess": 1}), action, NOW)
+    patch = transition(stj("Preprocessing", attempts={"preprocess": 1}), action, NOW).patch
     assert patch["phase"] == "Failed" and patch["failure"]["message"] == line
     failed = next(c for c in patch["conditions"] if c["type"] == "Failed")
     assert failed["status"] == "True" and failed["reason"] == "InvalidInput" and line in failed["message"]
-    assert event_for(action) == ("Warning", "InvalidInput", action.message)
+    assert transition(stj("Preprocessing", attempts={"preprocess": 1}), action, NOW).event == ("Warning", "InvalidInput", action.message)
 
 
 def test_evicted_pod_is_named_in_the_failure():
@@ -303,7 +301,7 @@ def test_children_get_the_time_left_until_the_jobs_deadline():
 ])
 def test_a_spec_the_cluster_let_through_fails_instead_of_running(spec, problem):
     action = decide(stj(**spec), {}, now=NOW, settings=SETTINGS)
-    assert (action.kind, action.reason) == (FAIL, "InvalidSpec")
+    assert (action.kind, action.reason) == (ActionKind.FAIL, "InvalidSpec")
     assert problem in action.message and "S3CR3T" not in action.message
 
 
@@ -316,60 +314,20 @@ def test_a_spec_the_cluster_let_through_fails_instead_of_running(spec, problem):
     {"style": "https://ops.blob.core.windows.net/styles/starry.png:0.7,lavender-gold:0.3"},
 ])
 def test_blob_uris_and_supported_containers_are_accepted(spec):
-    assert decide(stj(**spec), {}, now=NOW, settings=SETTINGS).kind == START
+    assert decide(stj(**spec), {}, now=NOW, settings=SETTINGS).kind == ActionKind.START
 
 
 def test_a_name_too_long_for_child_names_fails():
     obj = stj()
     obj["metadata"]["name"] = "x" * 41
     action = decide(obj, {}, now=NOW, settings=SETTINGS)
-    assert action.kind == FAIL and "longer than 40" in action.message
-
-
-def test_a_field_the_crd_added_later_is_not_a_spec_change():
-    """A job accepted before keepWorkDir existed: the API server now defaults it in the live spec."""
-    obj = stj("Stylizing", attempts={"stylize": 1})
-    obj["status"]["acceptedSpec"].pop("keepWorkDir")
-    obj["spec"]["keepWorkDir"] = False
-    assert decide(obj, {STY1: mpijob(STY1)}, now=NOW).kind == WAIT
-
-
-class TestSpecChangeAfterStart:
-    def changed(self, reported_generation: int | None = None) -> dict[str, Any]:
-        obj = stj("Stylizing", attempts={"stylize": 1})
-        obj["spec"]["workers"] = 8
-        obj["metadata"]["generation"] = 2
-        if reported_generation is not None:
-            obj["status"]["conditions"] = [{"type": "SpecChangeRejected", "status": "True",
-                                            "observedGeneration": reported_generation}]
-        return obj
-
-    def test_is_reported_once_per_generation(self):
-        action = decide(self.changed(), {STY1: mpijob(STY1)}, now=NOW)
-        assert (action.kind, action.reason) == (REJECT_SPEC_CHANGE, "SpecChangeRejected")
-        assert "generation 2" in action.message and "not applied" in action.message
-
-    def test_then_the_job_goes_on_with_the_accepted_spec(self):
-        obj = self.changed(reported_generation=2)
-        action = decide(obj, {STY1: mpijob(STY1, MPI_SUCCEEDED)}, now=NOW)
-        assert (action.kind, action.stage) == (ADVANCE, "postprocess")
-
-    def test_a_further_change_is_reported_again(self):
-        obj = self.changed(reported_generation=2)
-        obj["metadata"]["generation"] = 3
-        assert decide(obj, {STY1: mpijob(STY1)}, now=NOW).kind == REJECT_SPEC_CHANGE
-
-    def test_reverting_it_clears_the_report(self):
-        obj = self.changed(reported_generation=2)
-        obj["spec"] = copy.deepcopy(obj["status"]["acceptedSpec"])
-        obj["metadata"]["generation"] = 3
-        assert decide(obj, {STY1: mpijob(STY1)}, now=NOW).kind == SPEC_RESTORED
+    assert action.kind == ActionKind.FAIL and "longer than 40" in action.message
 
 
 def test_deadline_is_counted_from_the_start():
     obj = stj("Stylizing", attempts={"stylize": 1})
     later = NOW + timedelta(seconds=3599)
-    assert decide(obj, {STY1: mpijob(STY1)}, now=later).kind == WAIT
+    assert decide(obj, {STY1: mpijob(STY1)}, now=later).kind == ActionKind.WAIT
     assert decide(obj, {STY1: mpijob(STY1)}, now=later + timedelta(seconds=1)).reason == "DeadlineExceeded"
 
 
@@ -377,17 +335,17 @@ def test_deadline_is_counted_from_the_start():
 
 def test_a_job_without_storage_takes_the_operators_default_and_says_so():
     action = decide(stj(), {}, now=NOW, settings=SETTINGS)
-    assert action.kind == START
+    assert action.kind == ActionKind.START
     assert action.spec["storage"] == {"secretName": "stylebatch-storage"}
     assert (action.spec["workers"], action.spec["gpusPerWorker"]) == (2, 1)
     assert "on 2 workers (1 GPU each)" in action.message
     assert action.message.endswith("from the operator's defaults: image, imagePullPolicy, workers, gpusPerWorker, "
-                                   "resources, storage")
+                                   "resources, storage, progressTimeoutSeconds")
 
 
 def test_a_job_without_storage_fails_at_once_when_the_operator_has_no_default_either():
     action = decide(stj(), {}, now=NOW, settings=Settings())
-    assert (action.kind, action.reason) == (FAIL, "InvalidSpec")
+    assert (action.kind, action.reason) == (ActionKind.FAIL, "InvalidSpec")
     assert action.message.startswith("no storage credentials: the job sets no spec.storage and the operator has "
                                      "no default")
     assert "chart with storage.existingSecret or storage.auth=workloadIdentity" in action.message
@@ -396,7 +354,7 @@ def test_a_job_without_storage_fails_at_once_when_the_operator_has_no_default_ei
 def test_a_job_with_its_own_storage_needs_no_default():
     own = {"serviceAccountName": "media-identity", "accountName": "mediastore"}
     action = decide(stj(storage=own, workers=4), {}, now=NOW, settings=Settings())
-    assert action.kind == START and action.spec["storage"] == own and action.spec["workers"] == 4
+    assert action.kind == ActionKind.START and action.spec["storage"] == own and action.spec["workers"] == 4
     assert "from the operator's defaults: image, imagePullPolicy, gpusPerWorker" in action.message
 
 
@@ -418,7 +376,7 @@ def suspended(child: dict[str, Any]) -> dict[str, Any]:
 
 def apply(obj: dict[str, Any], action, now: datetime) -> dict[str, Any]:
     """The job with the action's status patch merged in (a JSON merge patch: None deletes)."""
-    patch = status_patch(obj, action, now) or {}
+    patch = transition(obj, action, now).patch or {}
     merged = {**obj["status"], **patch}
     return {**obj, "status": {k: v for k, v in merged.items() if v is not None}}
 
@@ -426,36 +384,36 @@ def apply(obj: dict[str, Any], action, now: datetime) -> dict[str, Any]:
 def test_a_child_waiting_for_kueue_is_queued_then_admitted_and_the_wait_does_not_count_against_the_deadline():
     obj = stj("Stylizing", attempts={"stylize": 1}, queueName="gpu-spot")  # an hour left at NOW
     action = decide(obj, {STY1: suspended(mpijob(STY1))}, now=NOW)
-    assert (action.kind, action.reason) == (QUEUE, "Queued")
+    assert (action.kind, action.reason) == (ActionKind.QUEUE, "Queued")
     assert "MPIJob orangutan-stylize-1 waits for Kueue to admit it in LocalQueue gpu-spot" in action.message
-    assert event_for(action)[:2] == ("Normal", "Queued")
+    assert transition(obj, action, NOW).event[:2] == ("Normal", "Queued")
     obj = apply(obj, action, NOW)
     conditions = {c["type"]: (c["status"], c["reason"]) for c in obj["status"]["conditions"]}
     assert conditions == {"Queued": ("True", "WaitingForAdmission"), "Admitted": ("False", "WaitingForAdmission")}
 
     # five hours in the queue: far past the two-hour deadline counted from the start, yet no failure
     later = NOW + timedelta(hours=5)
-    assert decide(obj, {STY1: suspended(mpijob(STY1))}, now=later).kind == WAIT
+    assert decide(obj, {STY1: suspended(mpijob(STY1))}, now=later).kind == ActionKind.WAIT
     action = decide(obj, {STY1: mpijob(STY1)}, now=later)  # Kueue unsuspended it
-    assert (action.kind, action.reason) == (ADMIT, "Admitted") and "after 18000s" in action.message
+    assert (action.kind, action.reason) == (ActionKind.ADMIT, "Admitted") and "after 18000s" in action.message
     obj = apply(obj, action, later)
     assert obj["status"]["queuedSeconds"] == 5 * 3600 and "queuedSince" not in obj["status"]
     conditions = {c["type"]: (c["status"], c["reason"]) for c in obj["status"]["conditions"]}
     assert conditions == {"Queued": ("False", "Admitted"), "Admitted": ("True", "Admitted")}
 
     # the hour that was left is still there, and no more
-    assert decide(obj, {STY1: mpijob(STY1)}, now=later + timedelta(seconds=3599)).kind == WAIT
+    assert decide(obj, {STY1: mpijob(STY1)}, now=later + timedelta(seconds=3599)).kind == ActionKind.WAIT
     assert decide(obj, {STY1: mpijob(STY1)}, now=later + timedelta(seconds=3600)).reason == "DeadlineExceeded"
     # and the next child gets it
     done = decide(obj, {STY1: mpijob(STY1, MPI_SUCCEEDED)}, now=later + timedelta(seconds=600))
-    assert (done.kind, done.deadline_seconds) == (ADVANCE, 3000)
+    assert (done.kind, done.deadline_seconds) == (ActionKind.ADVANCE, 3000)
 
 
 def test_a_child_suspended_again_by_a_preemption_is_queued_again_and_the_waits_add_up():
     obj = stj("Preprocessing", attempts={"preprocess": 1})
     obj["status"]["queuedSeconds"] = 600
     action = decide(obj, {PRE1: suspended(job(PRE1))}, now=NOW)
-    assert action.kind == QUEUE
+    assert action.kind == ActionKind.QUEUE
     obj = apply(obj, action, NOW)
     obj = apply(obj, decide(obj, {PRE1: job(PRE1)}, now=NOW + timedelta(seconds=60)), NOW + timedelta(seconds=60))
     assert obj["status"]["queuedSeconds"] == 660
@@ -466,7 +424,7 @@ def test_a_name_the_mpi_operator_would_refuse_fails_before_any_child_is_made(nam
     obj = stj()
     obj["metadata"]["name"] = name
     action = decide(obj, {}, now=NOW, settings=SETTINGS)
-    assert (action.kind, action.reason) == (FAIL, "InvalidSpec")
+    assert (action.kind, action.reason) == (ActionKind.FAIL, "InvalidSpec")
     assert f"name {name!r} must start with a lowercase letter" in action.message
     assert "DNS-1035" in action.message and "<name>-stylize-1-worker-0" in action.message
 
@@ -479,13 +437,13 @@ def pod_gone_with_its_node(name: str) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("case, pod, expected", [
-    ("worker's node vanished", pod_gone_with_its_node(STY1 + "-worker-1"), (RETRY, "Disrupted", False)),
+    ("worker's node vanished", pod_gone_with_its_node(STY1 + "-worker-1"), (ActionKind.RETRY, "Disrupted", False)),
     ("preempted worker", {"metadata": {"name": STY1 + "-worker-0"}, "status": {
         "phase": "Failed", "conditions": [{"type": "DisruptionTarget", "status": "True",
-                                           "reason": "PreemptionByScheduler"}]}}, (RETRY, "Disrupted", False)),
-    ("launcher crashed", failed_pod(STY1 + "-launcher-x", 1, "RuntimeError: boom"), (RETRY, "Retrying", True)),
+                                           "reason": "PreemptionByScheduler"}]}}, (ActionKind.RETRY, "Disrupted", False)),
+    ("launcher crashed", failed_pod(STY1 + "-launcher-x", 1, "RuntimeError: boom"), (ActionKind.RETRY, "Retrying", True)),
     ("storage outage (exit 75)", failed_pod(STY1 + "-launcher-x", 75, "stylebatch: error: storage unreachable"),
-     (RETRY, "Retrying", True)),
+     (ActionKind.RETRY, "Retrying", True)),
 ], ids=lambda v: v if isinstance(v, str) else "")
 def test_a_disrupted_mpijob_is_retried_without_counting_its_own_failures_are(case, pod, expected):
     obj = stj("Stylizing", attempts={"stylize": 1})
@@ -497,7 +455,7 @@ def test_a_storage_outage_with_no_retries_left_fails_with_retries_exhausted_not_
     obj = stj("Preprocessing", attempts={"preprocess": 4}, used=3)
     pod = failed_pod("orangutan-preprocess-4-x", 75, "stylebatch: error: storage unreachable: 503")
     action = decide(obj, {"orangutan-preprocess-4": job("orangutan-preprocess-4", BACKOFF)}, now=NOW, pods=[pod])
-    assert (action.kind, action.reason) == (FAIL, "RetriesExhausted")
+    assert (action.kind, action.reason) == (ActionKind.FAIL, "RetriesExhausted")
     assert "storage unreachable" in action.message
 
 
@@ -538,32 +496,32 @@ STALLS = [
 def test_a_child_that_cannot_start_is_reported_stalled_at_the_first_look(case, pods, events, reason, permanent):
     obj = stj("Preprocessing", attempts={"preprocess": 1})
     action = decide(obj, {PRE1: job(PRE1)}, now=NOW, pods=pods, events=events, settings=SETTINGS)
-    assert (action.kind, action.reason) == (STALL, reason)
+    assert (action.kind, action.reason) == (ActionKind.STALL, reason)
     assert ("the job fails in 120s unless this is fixed" in action.message) == permanent
-    patch = status_patch(obj, action, NOW)
+    patch = transition(obj, action, NOW).patch
     stalled = next(c for c in patch["conditions"] if c["type"] == "Stalled")
     assert (stalled["status"], stalled["reason"], stalled["message"]) == ("True", reason, action.message)
     assert (patch["reason"], patch["message"]) == (reason, action.message)
-    assert event_for(action) == ("Warning", reason, action.message)
+    assert transition(obj, action, NOW).event == ("Warning", reason, action.message)
 
     # the same again: nothing new to say; after the grace period a permanent cause fails the job
     obj["status"].update(patch)
     later = NOW + timedelta(seconds=SETTINGS.stall_grace_seconds)
     again = decide(obj, {PRE1: job(PRE1)}, now=later, pods=pods, events=events, settings=SETTINGS)
     if permanent:
-        assert (again.kind, again.reason, again.deletes) == (FAIL, reason, (("Job", PRE1),))
+        assert (again.kind, again.reason, again.deletes) == (ActionKind.FAIL, reason, (("Job", PRE1),))
         assert again.failure.reason == reason
     else:
-        assert again.kind == WAIT
+        assert again.kind == ActionKind.WAIT
 
 
 def test_the_pods_starting_clear_the_stall():
     obj = stj("Preprocessing", attempts={"preprocess": 1})
-    obj["status"].update(status_patch(obj, decide(obj, {PRE1: job(PRE1)}, now=NOW, pods=[UNSCHEDULABLE]), NOW))
+    obj["status"].update(transition(obj, decide(obj, {PRE1: job(PRE1)}, now=NOW, pods=[UNSCHEDULABLE]), NOW).patch)
     running = {"metadata": {"name": PRE1 + "-x"}, "status": {"phase": "Running"}}
     action = decide(obj, {PRE1: job(PRE1)}, now=NOW, pods=[running])
-    assert (action.kind, action.reason) == (UNSTALL, "Unstalled")
-    assert event_for(action)[:2] == ("Normal", "Unstalled")
+    assert (action.kind, action.reason) == (ActionKind.UNSTALL, "Unstalled")
+    assert transition(obj, action, NOW).event[:2] == ("Normal", "Unstalled")
 
 
 def silent_mpijob(age: float) -> dict[str, Any]:
@@ -576,18 +534,18 @@ def silent_mpijob(age: float) -> dict[str, Any]:
 
 def test_an_mpijob_nobody_picks_up_is_shown_after_half_a_minute_and_fails_one_grace_period_after_its_creation():
     obj = stj("Stylizing", attempts={"stylize": 1})
-    assert decide(obj, {STY1: silent_mpijob(20)}, now=NOW, settings=SETTINGS).kind == WAIT  # the MPI Operator is quick
+    assert decide(obj, {STY1: silent_mpijob(20)}, now=NOW, settings=SETTINGS).kind == ActionKind.WAIT  # the MPI Operator is quick
     shown = decide(obj, {STY1: silent_mpijob(30)}, now=NOW, settings=SETTINGS)
-    assert (shown.kind, shown.reason) == (STALL, "NoMPIOperator")
+    assert (shown.kind, shown.reason) == (ActionKind.STALL, "NoMPIOperator")
     assert "the job fails 120s after the MPIJob's creation unless this is fixed" in shown.message
-    obj["status"].update(status_patch(obj, shown, NOW))
+    obj["status"].update(transition(obj, shown, NOW).patch)
     later = NOW + timedelta(seconds=89)  # the MPIJob is 119 s old
-    assert decide(obj, {STY1: silent_mpijob(30)}, now=later, settings=SETTINGS).kind == WAIT
+    assert decide(obj, {STY1: silent_mpijob(30)}, now=later, settings=SETTINGS).kind == ActionKind.WAIT
     failed = decide(obj, {STY1: silent_mpijob(30)}, now=NOW + timedelta(seconds=90), settings=SETTINGS)
-    assert (failed.kind, failed.reason, failed.deletes) == (FAIL, "NoMPIOperator", (("MPIJob", STY1),))
+    assert (failed.kind, failed.reason, failed.deletes) == (ActionKind.FAIL, "NoMPIOperator", (("MPIJob", STY1),))
     # first seen after the grace period (an operator that was down): shown first all the same
     fresh = stj("Stylizing", attempts={"stylize": 1})
-    assert decide(fresh, {STY1: silent_mpijob(300)}, now=NOW, settings=SETTINGS).kind == STALL
+    assert decide(fresh, {STY1: silent_mpijob(300)}, now=NOW, settings=SETTINGS).kind == ActionKind.STALL
 
 
 def test_an_mpijob_kind_the_api_server_does_not_serve_is_shown_then_fails_after_one_grace_period():
@@ -595,14 +553,14 @@ def test_an_mpijob_kind_the_api_server_does_not_serve_is_shown_then_fails_after_
     advance = decide(obj, {PRE1: job(PRE1, COMPLETE)}, now=NOW, settings=SETTINGS)
     assert advance.creates == ("stylize", 1)
     shown = kind_not_served(obj, advance, NOW, SETTINGS)
-    assert (shown.kind, shown.reason) == (STALL, "NoMPIOperator")
+    assert (shown.kind, shown.reason) == (ActionKind.STALL, "NoMPIOperator")
     assert "does not serve MPIJobs (kubeflow.org/v2beta1)" in shown.message
     assert "the job fails in 120s unless this is fixed" in shown.message
-    obj["status"].update(status_patch(obj, shown, NOW))
-    assert kind_not_served(obj, advance, NOW + timedelta(seconds=119), SETTINGS).kind == WAIT
+    obj["status"].update(transition(obj, shown, NOW).patch)
+    assert kind_not_served(obj, advance, NOW + timedelta(seconds=119), SETTINGS).kind == ActionKind.WAIT
     failed = kind_not_served(obj, advance, NOW + timedelta(seconds=120), SETTINGS)
-    assert (failed.kind, failed.reason, failed.stage) == (FAIL, "NoMPIOperator", "stylize")
-    assert status_patch(obj, failed, NOW)["phase"] == "Failed"
+    assert (failed.kind, failed.reason, failed.stage) == (ActionKind.FAIL, "NoMPIOperator", "stylize")
+    assert transition(obj, failed, NOW).patch["phase"] == "Failed"
 
 
 # (FailedCreate message as the Job controller reports it, permanent, words of what it means)
@@ -645,7 +603,7 @@ CREATE_FAILURES = [
 def test_a_failed_create_is_permanent_only_when_the_same_pod_would_be_refused_again(message, permanent, words):
     obj = stj("Preprocessing", attempts={"preprocess": 1})
     shown = decide(obj, {PRE1: job(PRE1)}, now=NOW, events=[warning("FailedCreate", message)], settings=SETTINGS)
-    assert (shown.kind, shown.reason) == (STALL, "FailedCreate")
+    assert (shown.kind, shown.reason) == (ActionKind.STALL, "FailedCreate")
     assert words in shown.message and message[:60] in shown.message
     assert ("the job fails in 120s unless this is fixed" in shown.message) == permanent
     assert ("the time counts against spec.activeDeadlineSeconds" in shown.message) == (not permanent)
@@ -664,20 +622,20 @@ def test_a_failed_create_counts_while_pods_exist_unless_a_pod_was_created_after_
     # worker-1 cannot be created (after worker-0 was): shown
     shown = decide(obj, {STY1: mpijob(STY1)}, now=NOW, pods=[worker0], events=[at(quota, "2026-05-01T11:59:00Z")],
                    settings=SETTINGS)
-    assert (shown.kind, shown.reason) == (STALL, "FailedCreate")
+    assert (shown.kind, shown.reason) == (ActionKind.STALL, "FailedCreate")
     # worker-1 was created after the last failure: the Event is history
     worker1 = {"metadata": {"name": STY1 + "-worker-1", "creationTimestamp": "2026-05-01T11:59:30Z"},
                "status": {"phase": "Running"}}
     over = decide(obj, {STY1: mpijob(STY1)}, now=NOW, pods=[worker0, worker1],
                   events=[at(quota, "2026-05-01T11:59:00Z")], settings=SETTINGS)
-    assert over.kind == WAIT
+    assert over.kind == ActionKind.WAIT
 
 
 def test_a_child_waiting_for_kueue_is_not_stalled():
     obj = stj("Stylizing", attempts={"stylize": 1}, queueName="gpu")
     silent = {**suspended(mpijob(STY1)), "status": {}}
     silent["metadata"] = {"name": STY1, "creationTimestamp": "2026-05-01T10:00:00Z"}
-    assert decide(obj, {STY1: silent}, now=NOW, settings=SETTINGS).kind == QUEUE
+    assert decide(obj, {STY1: silent}, now=NOW, settings=SETTINGS).kind == ActionKind.QUEUE
 
 
 # --- what a finished job leaves behind -----------------------------------------------------------
@@ -694,12 +652,12 @@ ALL_CHILDREN = (("Job", PRE1), ("MPIJob", STY1), ("MPIJob", STY2), ("Job", POST1
 
 
 @pytest.mark.parametrize("case, obj, expected", [
-    ("succeeded: every child goes at once", finished("Succeeded"), (CLEAN_UP, ALL_CHILDREN)),
-    ("succeeded, children kept an hour", finished("Succeeded", childrenAfterSucceededSeconds=3600), (NOTHING, ())),
-    ("failed: children kept for their logs", finished("Failed"), (NOTHING, ())),
+    ("succeeded: every child goes at once", finished("Succeeded"), (ActionKind.CLEAN_UP, ALL_CHILDREN)),
+    ("succeeded, children kept an hour", finished("Succeeded", childrenAfterSucceededSeconds=3600), (ActionKind.NOTHING, ())),
+    ("failed: children kept for their logs", finished("Failed"), (ActionKind.NOTHING, ())),
     ("failed, children go after 10 minutes", finished("Failed", childrenAfterFailedSeconds=600),
-     (CLEAN_UP, ALL_CHILDREN)),
-    ("the job itself expires after 20 minutes", finished("Failed", jobAfterFinishedSeconds=1200), (EXPIRE, ())),
+     (ActionKind.CLEAN_UP, ALL_CHILDREN)),
+    ("the job itself expires after 20 minutes", finished("Failed", jobAfterFinishedSeconds=1200), (ActionKind.EXPIRE, ())),
 ], ids=lambda v: v if isinstance(v, str) else "")
 def test_a_finished_job_cleans_up_as_spec_cleanup_says(case, obj, expected):
     action = decide(obj, {}, now=NOW)
@@ -709,11 +667,11 @@ def test_a_finished_job_cleans_up_as_spec_cleanup_says(case, obj, expected):
 def test_children_are_deleted_once_then_the_job_waits_for_its_own_ttl():
     obj = finished("Succeeded", jobAfterFinishedSeconds=7200)
     action = decide(obj, {}, now=NOW)
-    obj["status"].update(status_patch(obj, action, NOW))
+    obj["status"].update(transition(obj, action, NOW).patch)
     assert obj["status"]["childrenDeleted"] is True
-    assert decide(obj, {}, now=NOW).kind == NOTHING
-    assert cleanup_due(obj) == (EXPIRE, datetime(2026, 5, 1, 13, 30, tzinfo=timezone.utc))
-    assert decide(obj, {}, now=NOW + timedelta(hours=1, minutes=30)).kind == EXPIRE
+    assert decide(obj, {}, now=NOW).kind == ActionKind.NOTHING
+    assert cleanup_due(obj) == (ActionKind.EXPIRE, datetime(2026, 5, 1, 13, 30, tzinfo=timezone.utc))
+    assert decide(obj, {}, now=NOW + timedelta(hours=1, minutes=30)).kind == ActionKind.EXPIRE
 
 
 def stylizing_since(advanced: str, **spec: Any) -> dict[str, Any]:
@@ -724,15 +682,15 @@ def stylizing_since(advanced: str, **spec: Any) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("case, obj, settings, expected", [
-    ("a frame 9 minutes ago: wait", stylizing_since("2026-05-01T11:51:00Z"), SETTINGS, (WAIT, "", ())),
+    ("a frame 9 minutes ago: wait", stylizing_since("2026-05-01T11:51:00Z"), SETTINGS, (ActionKind.WAIT, "", ())),
     ("no frame for 10 minutes: the MPIJob is deleted and retried", stylizing_since("2026-05-01T11:50:00Z"), SETTINGS,
-     (RETRY, "Retrying", (("MPIJob", STY1),))),
+     (ActionKind.RETRY, "Retrying", (("MPIJob", STY1),))),
     ("the job's own timeout wins", stylizing_since("2026-05-01T11:58:00Z", progressTimeoutSeconds=120), SETTINGS,
-     (RETRY, "Retrying", (("MPIJob", STY1),))),
+     (ActionKind.RETRY, "Retrying", (("MPIJob", STY1),))),
     ("never shorter than three reads of the log", stylizing_since("2026-05-01T11:58:00Z", progressTimeoutSeconds=120),
-     Settings(progress_interval=60.0), (WAIT, "", ())),
+     Settings(progress_interval=60.0), (ActionKind.WAIT, "", ())),
     ("no retries left: Failed, and the MPIJob deleted", stylizing_since("2026-05-01T11:50:00Z", retries=0), SETTINGS,
-     (FAIL, "RetriesExhausted", (("MPIJob", STY1),))),
+     (ActionKind.FAIL, "RetriesExhausted", (("MPIJob", STY1),))),
 ], ids=lambda v: v if isinstance(v, str) else "")
 def test_a_stylize_without_a_new_frame_for_the_progress_timeout_is_ended(case, obj, settings, expected):
     action = decide(obj, {STY1: mpijob(STY1)}, now=NOW, settings=settings)
@@ -756,13 +714,13 @@ REPLACEMENT_POD = {"metadata": {"name": TRAIN1 + "-b", "creationTimestamp": "202
 
 
 @pytest.mark.parametrize("case, obj, pods, expected", [
-    ("a step 9 minutes ago: wait", training_since("2026-05-01T11:51:00Z"), [RUNNING_POD], (WAIT, "", ())),
+    ("a step 9 minutes ago: wait", training_since("2026-05-01T11:51:00Z"), [RUNNING_POD], (ActionKind.WAIT, "", ())),
     ("no step for 10 minutes: the training Job is deleted and retried (it resumes from its checkpoint)",
-     training_since("2026-05-01T11:50:00Z"), [RUNNING_POD], (RETRY, "Retrying", (("Job", TRAIN1),))),
+     training_since("2026-05-01T11:50:00Z"), [RUNNING_POD], (ActionKind.RETRY, "Retrying", (("Job", TRAIN1),))),
     ("no step for 10 minutes, but a replacement pod is starting: wait for its own first line",
-     training_since("2026-05-01T11:50:00Z"), [RUNNING_POD, REPLACEMENT_POD], (WAIT, "", ())),
+     training_since("2026-05-01T11:50:00Z"), [RUNNING_POD, REPLACEMENT_POD], (ActionKind.WAIT, "", ())),
     ("no retries left: Failed, and the Job deleted", training_since("2026-05-01T11:50:00Z", retries=0), [RUNNING_POD],
-     (FAIL, "RetriesExhausted", (("Job", TRAIN1),))),
+     (ActionKind.FAIL, "RetriesExhausted", (("Job", TRAIN1),))),
 ], ids=lambda v: v if isinstance(v, str) else "")
 def test_a_training_without_a_new_step_for_the_progress_timeout_is_ended(case, obj, pods, expected):
     action = decide(obj, {TRAIN1: job(TRAIN1)}, now=NOW, pods=pods, settings=SETTINGS)

@@ -22,14 +22,15 @@ from stylebatch.requests import (
     EncodingOptions, ModelOptions, PostprocessRequest, PreprocessRequest, StylizeRequest, TrainRequest, parse_argv,
 )
 from stylebatch_operator.crd import SPEC_SCHEMA, apply_defaults
-from stylebatch_operator.decide import ADVANCE, START, decide
+from stylebatch_operator.decide import decide
+from stylebatch_operator.states import ActionKind
 from stylebatch_operator.manifests import (
     RUN_AS_USER, build_child, build_mpijob, build_postprocess_job, build_preprocess_job, build_train_job, work_dir,
 )
 from stylebatch_operator.names import STAGES
 from stylebatch_operator.settings import Settings
 from stylebatch_operator.spec import effective_spec
-from stylebatch_operator.status import status_patch
+from stylebatch_operator.status import transition
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "manifests" / "examples" / "job.yaml"
@@ -40,13 +41,15 @@ K8S_VERSIONS = ["1.29", "1.33"]  # oldest AKS version with GA CEL validation rul
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 T0 = datetime(2026, 5, 1, tzinfo=timezone.utc)
 # The operator as the chart's default values set it up.
-SETTINGS = Settings(workers=2, storage_secret="stylebatch-storage", job_service_account="stylebatch-job")
+SETTINGS = Settings(jobs={"workers": 2, "storage": {"secretName": "stylebatch-storage"}, "serviceAccountName": "stylebatch-job"})
 # ... and as an AKS install sets it up (ci/aks-values.yaml, plus a pull secret).
-AKS = Settings(worker_image="stylebatchacr.azurecr.io/stylebatch-worker:0.1.0", image_pull_secrets=("acr",),
-               workers=4, worker_resources={"requests": {"cpu": "3", "memory": "12Gi"}},
-               node_selector={"stylebatch.io/gpu": "true"},
-               tolerations=({"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},),
-               job_service_account="stylebatch-job", storage_account="stylebatchdata", workload_identity=True)
+AKS = Settings(jobs={
+    "image": "stylebatchacr.azurecr.io/stylebatch-worker:0.1.0", "imagePullSecrets": [{"name": "acr"}],
+    "workers": 4, "resources": {"requests": {"cpu": "3", "memory": "12Gi"}},
+    "scheduling": {"nodeSelector": {"stylebatch.io/gpu": "true"},
+                   "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]},
+    "serviceAccountName": "stylebatch-job",
+    "storage": {"serviceAccountName": "stylebatch-job", "accountName": "stylebatchdata"}})
 
 
 def stj(name: str = "orangutan", settings: Settings = SETTINGS, **spec: Any) -> dict[str, Any]:
@@ -55,8 +58,8 @@ def stj(name: str = "orangutan", settings: Settings = SETTINGS, **spec: Any) -> 
     obj["metadata"].update(name=name, namespace="media", uid="0123456789abcdef-uid", generation=1)
     obj["spec"] = apply_defaults({**obj["spec"], **spec}, SPEC_SCHEMA)
     action = decide(obj, {}, now=T0, settings=settings)
-    assert action.kind == START, action.message
-    obj["status"] = status_patch(obj, action, T0)
+    assert action.kind == ActionKind.START, action.message
+    obj["status"] = transition(obj, action, T0).patch
     return obj
 
 
@@ -300,14 +303,14 @@ def test_children_are_owned_labelled_and_named_by_job_stage_and_attempt():
 
 def test_with_a_queue_every_child_carries_the_kueue_label_and_starts_suspended_until_admitted():
     for job in (stj(queueName="gpu-spot", **TRAINED),
-                stj(settings=Settings(**{**SETTINGS.__dict__, "queue_name": "gpu-spot"}), **TRAINED)):
+                stj(settings=Settings(jobs={**SETTINGS.jobs, "queueName": "gpu-spot"}), **TRAINED)):
         for stage in ("train", "preprocess", "stylize", "postprocess"):
             child = build_child(job, stage, 1)
             assert child["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu-spot"
             holder = child["spec"]["runPolicy"] if child["kind"] == "MPIJob" else child["spec"]
             assert holder["suspend"] is True, stage
     # the job's own queue wins over the operator's default
-    assert build_mpijob(stj(settings=Settings(**{**SETTINGS.__dict__, "queue_name": "gpu-spot"}),
+    assert build_mpijob(stj(settings=Settings(jobs={**SETTINGS.jobs, "queueName": "gpu-spot"}),
                             queueName="on-demand"))["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "on-demand"
     # without Kueue: no label, nothing suspended (a suspended child would never start)
     for stage in ("train", "preprocess", "stylize", "postprocess"):
@@ -442,7 +445,7 @@ def test_pods_run_as_the_job_service_account_or_the_federated_one():
     with_secret = build_preprocess_job(stj())["spec"]["template"]
     assert with_secret["spec"]["serviceAccountName"] == "stylebatch-job"  # created by the chart, no token
     assert "azure.workload.identity/use" not in with_secret["metadata"]["labels"]
-    no_account = build_preprocess_job(stj(settings=Settings(storage_secret="s")))["spec"]["template"]["spec"]
+    no_account = build_preprocess_job(stj(settings=Settings(jobs={"storage": {"secretName": "s"}})))["spec"]["template"]["spec"]
     assert "serviceAccountName" not in no_account and no_account["automountServiceAccountToken"] is False
     for template in _templates(build_mpijob(stj(settings=AKS))):  # the chart's workload identity default
         assert template["spec"]["serviceAccountName"] == "stylebatch-job"
@@ -464,7 +467,7 @@ def test_the_operators_defaults_reach_the_pods():
     for child in (build_preprocess_job(job), mpijob, build_postprocess_job(job)):
         for template in _templates(child):
             assert template["spec"]["imagePullSecrets"] == [{"name": "acr"}]
-            assert {c["image"] for c in template["spec"]["containers"]} == {AKS.worker_image}
+            assert {c["image"] for c in template["spec"]["containers"]} == {AKS.jobs["image"]}
     # the launcher and the Jobs run on the system pool: no GPU pool selector for them
     launcher = mpijob["spec"]["mpiReplicaSpecs"]["Launcher"]["template"]["spec"]
     assert "nodeSelector" not in launcher and "nodeSelector" not in build_preprocess_job(job)["spec"]["template"]["spec"]
@@ -477,7 +480,7 @@ def test_a_jobs_own_fields_override_the_operators_defaults():
     assert worker["replicas"] == 1 and pod["containers"][0]["image"] == "mine:1"
     assert pod["containers"][0]["resources"] == {"requests": {"cpu": "1"}, "limits": {"memory": "2Gi"}}
     assert "nodeSelector" not in pod  # {} in the job: no selector, not the default's
-    assert pod["tolerations"] == [dict(AKS.tolerations[0])]  # not set in the job: the default's
+    assert pod["tolerations"] == AKS.jobs["scheduling"]["tolerations"]  # not set in the job: the default's
     env = {e["name"]: e for e in pod["containers"][0]["env"]}
     assert env["AZURE_STORAGE_CONNECTION_STRING"]["valueFrom"]["secretKeyRef"]["name"] == "team-storage"
     assert pod["serviceAccountName"] == "stylebatch-job"  # not the federated one's label either:
@@ -487,15 +490,16 @@ def test_a_jobs_own_fields_override_the_operators_defaults():
 def test_operator_settings_changed_after_the_start_do_not_reach_new_children():
     job = stj(settings=AKS)
     # the operator restarts with other settings (a helm upgrade): the next stage's child keeps the old ones
-    other = Settings(worker_image="other:2", workers=8, storage_secret="other", node_selector={"pool": "b"})
+    other = Settings(jobs={"image": "other:2", "workers": 8, "storage": {"secretName": "other"},
+                      "scheduling": {"nodeSelector": {"pool": "b"}}})
     done = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "orangutan-preprocess-1"},
             "status": {"conditions": [{"type": "Complete", "status": "True"}]}}
     job["status"].update(phase="Preprocessing", attempts={"preprocess": 1}, children={"preprocess": "orangutan-preprocess-1"})
     action = decide(job, {"orangutan-preprocess-1": done}, now=T0, settings=other)
-    assert action.kind == ADVANCE
+    assert action.kind == ActionKind.ADVANCE
     mpijob = build_child(job, *action.creates, action.deadline_seconds)
     assert mpijob["spec"]["mpiReplicaSpecs"]["Worker"]["replicas"] == 4
-    assert "other" not in str(mpijob) and AKS.worker_image in str(mpijob)
+    assert "other" not in str(mpijob) and AKS.jobs["image"] in str(mpijob)
 
 
 def _templates(child: dict[str, Any]) -> list[dict[str, Any]]:
@@ -518,7 +522,7 @@ def test_a_toleration_given_twice_appears_once():
 
 # --- resources, /dev/shm and scratch -------------------------------------------------------------
 
-@pytest.mark.parametrize("settings", [SETTINGS, Settings(storage_secret="s")], ids=["chart defaults", "built-in defaults"])
+@pytest.mark.parametrize("settings", [SETTINGS, Settings(jobs={"storage": {"secretName": "s"}})], ids=["chart defaults", "built-in defaults"])
 def test_every_pod_requests_and_caps_cpu_memory_and_local_disk_by_default(settings):
     job = stj(settings=settings, **TRAINED)
     for stage in ("train", "preprocess", "stylize", "postprocess"):
@@ -529,9 +533,10 @@ def test_every_pod_requests_and_caps_cpu_memory_and_local_disk_by_default(settin
 
 
 def test_the_chart_sizes_each_kind_of_pod_and_a_job_sizes_its_workers():
-    settings = Settings(stage_resources={"requests": {"cpu": "2"}, "limits": {"memory": "8Gi"}},
-                        launcher_resources={"requests": {"cpu": "50m"}}, scratch_size="100Gi", shm_size="16Gi",
-                        storage_secret="s")
+    settings = Settings(jobs={"pods": {"stageResources": {"requests": {"cpu": "2"}, "limits": {"memory": "8Gi"}},
+                                       "launcherResources": {"requests": {"cpu": "50m"}}, "scratchSize": "100Gi",
+                                       "shmSize": "16Gi"},
+                              "storage": {"secretName": "s"}})
     job = stj(settings=settings, resources={"requests": {"cpu": "7", "memory": "30Gi"}})
     assert _containers(build_preprocess_job(job))[0]["resources"] == {"requests": {"cpu": "2"},
                                                                       "limits": {"memory": "8Gi"}}

@@ -10,14 +10,18 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
-from stylebatch_operator.decide import ADMIT, ADVANCE, CREATE, FAIL, RETRY, START, SUCCEED, Action
+from stylebatch_operator.decide import Action
 from stylebatch_operator.metrics import Metrics
 from stylebatch_operator.names import child_labels
-from stylebatch_operator.status import iso
+from stylebatch_operator.settings import Settings
+from stylebatch_operator.spec import resolve
+from stylebatch_operator.states import ActionKind
+from stylebatch_operator.status import iso, transition
 from stylebatch_operator.web import application
 
 A, B = ("media", "a"), ("media", "b")
 T0 = datetime(2026, 5, 1, tzinfo=timezone.utc)
+SPEC = resolve({"input": "az://videos/a.mp4", "output": "az://videos/out/a.mp4"}, Settings(jobs={"storage": {"secretName": "s"}}))
 
 
 def samples(metrics: Metrics) -> dict[str, float]:
@@ -31,7 +35,8 @@ def samples(metrics: Metrics) -> dict[str, float]:
 
 
 def job(created: datetime, **status) -> dict:
-    return {"metadata": {"namespace": "media", "name": "a", "creationTimestamp": iso(created)}, "status": status}
+    return {"metadata": {"namespace": "media", "name": "a", "uid": "u-a", "creationTimestamp": iso(created)},
+            "status": status}
 
 
 def child(stage: str, created: datetime) -> dict:
@@ -76,34 +81,46 @@ def test_frames_per_second_per_job_between_its_last_two_readings_and_only_while_
     assert fps not in samples(m)
 
 
+def through(m: Metrics, status: dict, action: Action, child: dict | None = None,
+            now: datetime = T0, created: datetime = T0) -> None:
+    """The operator carrying out `action` on job a (with `status`): the metrics see what it writes."""
+    obj = {**job(created, **status), "spec": SPEC}
+    m.observe_transition(obj, transition(obj, action, now).patch, child, now)
+
+
 def test_retries_and_failures_are_counted_by_reason():
     m = Metrics()
-    m.observe_action(Action(RETRY, "stylize", 2, reason="ChildFailed"))
-    m.observe_action(Action(RETRY, "stylize", 3, reason="ChildFailed"))
-    m.observe_action(Action(RETRY, "preprocess", 2, reason="Disrupted"))
-    m.observe_action(Action(CREATE, "preprocess", 1))
-    m.observe_action(Action(FAIL, "preprocess", 1, reason="InvalidInput"))
+    through(m, {"phase": "Stylizing"}, Action(ActionKind.RETRY, "stylize", 2, reason="ChildFailed"))
+    through(m, {"phase": "Stylizing", "retries": 1}, Action(ActionKind.RETRY, "stylize", 3, reason="ChildFailed"))
+    through(m, {"phase": "Preprocessing"}, Action(ActionKind.RETRY, "preprocess", 2, reason="Disrupted", counted=False))
+    through(m, {"phase": "Pending"}, Action(ActionKind.CREATE, "preprocess", 1))
+    through(m, {"phase": "Preprocessing"}, Action(ActionKind.FAIL, "preprocess", 1, reason="InvalidInput"))
     s = samples(m)
     assert s['stylebatch_child_retries_total{reason="ChildFailed",stage="stylize"}'] == 2
     assert s['stylebatch_child_retries_total{reason="Disrupted",stage="preprocess"}'] == 1
+    assert 'stylebatch_child_retries_total{reason="",stage="preprocess"}' not in s
     assert s['stylebatch_job_failures_total{reason="InvalidInput"}'] == 1
 
 
 def test_waits_and_stage_durations_are_histograms_of_the_transitions_this_operator_saw():
     m = Metrics()
     created = T0 - timedelta(seconds=40)
-    m.observe_action(Action(START), job(created), None, T0)
-    m.observe_action(Action(ADMIT), job(created), None, T0 + timedelta(seconds=80))
-    m.observe_action(Action(ADMIT), job(created, queuedSeconds=80), None, T0 + timedelta(seconds=900))  # a later child
-    m.observe_action(Action(ADVANCE, "stylize", 1), job(created), child("preprocess", T0), T0 + timedelta(seconds=20))
-    m.observe_action(Action(SUCCEED), job(created, startTime=iso(T0)), child("postprocess", T0 + timedelta(seconds=400)),
-                     T0 + timedelta(seconds=430))
+    through(m, {}, Action(ActionKind.START, reason="Accepted", spec=SPEC), created=created)
+    through(m, {"phase": "Stylizing", "queuedSince": iso(T0 + timedelta(seconds=20))}, Action(ActionKind.ADMIT),
+            now=T0 + timedelta(seconds=80), created=created)
+    through(m, {"phase": "Postprocessing", "queuedSince": iso(T0 + timedelta(seconds=890)), "queuedSeconds": 60},
+            Action(ActionKind.ADMIT), now=T0 + timedelta(seconds=900), created=created)  # a later child
+    through(m, {"phase": "Preprocessing"}, Action(ActionKind.ADVANCE, "stylize", 1), child("preprocess", T0),
+            now=T0 + timedelta(seconds=20), created=created)
+    through(m, {"phase": "Postprocessing", "startTime": iso(T0)}, Action(ActionKind.SUCCEED, reason="Succeeded"),
+            child("postprocess", T0 + timedelta(seconds=400)), now=T0 + timedelta(seconds=430), created=created)
     s = samples(m)
     assert (s["stylebatch_job_start_seconds_count"], s["stylebatch_job_start_seconds_sum"]) == (1, 40)
     assert s['stylebatch_job_start_seconds_bucket{le="30.0"}'] == 0 and s['stylebatch_job_start_seconds_bucket{le="60.0"}'] == 1
     assert (s["stylebatch_job_admission_seconds_count"], s["stylebatch_job_admission_seconds_sum"]) == (1, 120)
     assert s['stylebatch_stage_duration_seconds_sum{stage="preprocess"}'] == 20
     assert s['stylebatch_stage_duration_seconds_sum{stage="postprocess"}'] == 30
+    assert 'stylebatch_stage_duration_seconds_count{stage="stylize"}' not in s  # no stylize finished
     assert (s["stylebatch_job_duration_seconds_count"], s["stylebatch_job_duration_seconds_sum"]) == (1, 430)
 
 
@@ -123,7 +140,7 @@ def test_the_upload_trigger_counts_into_the_same_registry():
 @pytest.mark.parametrize("first", [Metrics, Metrics])
 def test_two_metrics_objects_never_share_counts(first):
     a, b = first(), Metrics()
-    a.observe_action(Action(FAIL, reason="X"))
+    through(a, {"phase": "Stylizing"}, Action(ActionKind.FAIL, reason="X"))
     assert 'stylebatch_job_failures_total{reason="X"}' not in samples(b)
 
 

@@ -13,12 +13,11 @@ import yaml
 
 from stylebatch.progress import RankProgress, format_line, latest_by_rank, latest_train_progress
 from stylebatch_operator.crd import SPEC_SCHEMA, apply_defaults
-from stylebatch_operator.decide import (
-    ADOPT, ADVANCE, CREATE, FAIL, REJECT_SPEC_CHANGE, RETRY, START, SUCCEED, WAIT, Action, Failure,
-)
+from stylebatch_operator.decide import Action, Failure
 from stylebatch_operator.settings import Settings
 from stylebatch_operator.spec import resolve
-from stylebatch_operator.status import event_for, progress_patch, set_condition, status_patch, training_patch
+from stylebatch_operator.states import ActionKind
+from stylebatch_operator.status import progress_patch, set_condition, training_patch, transition
 from stylebatch_operator.uris import redact, strip_secrets, work_dir
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "manifests" / "examples" / "job.yaml"
@@ -35,7 +34,7 @@ def stj(**spec: Any) -> dict[str, Any]:
 
 def accept(obj: dict[str, Any]) -> Action:
     """What decide() returns for a new job, with the chart's default storage."""
-    return Action(START, reason="Accepted", spec=resolve(obj["spec"], Settings(storage_secret="stylebatch-storage")))
+    return Action(ActionKind.START, reason="Accepted", spec=resolve(obj["spec"], Settings(jobs={"storage": {"secretName": "stylebatch-storage"}})))
 
 
 def apply(obj: dict[str, Any], patch: dict[str, Any] | None) -> dict[str, Any]:
@@ -56,7 +55,7 @@ def conditions(obj: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def test_accepting_records_the_spec_start_and_a_safe_output_uri():
     obj = stj(output=f"https://acct.blob.core.windows.net/videos/out/clip.mp4?{SAS}")
-    patch = status_patch(obj, accept(obj), T0)
+    patch = transition(obj, accept(obj), T0).patch
     assert patch["phase"] == "Pending"
     assert patch["acceptedSpec"] == {**obj["spec"], "output": "https://acct.blob.core.windows.net/videos/out/clip.mp4"}
     # what it runs with: the operator's defaults filled in, at this moment, once
@@ -73,30 +72,30 @@ def test_accepting_records_the_spec_start_and_a_safe_output_uri():
 
 def test_a_whole_run_moves_phase_conditions_and_counters():
     obj = stj()
-    obj = apply(obj, status_patch(obj, accept(obj), T0))
-    obj = apply(obj, status_patch(obj, Action(CREATE, "preprocess", 1, "PreprocessStarted"), T0))
+    obj = apply(obj, transition(obj, accept(obj), T0).patch)
+    obj = apply(obj, transition(obj, Action(ActionKind.CREATE, "preprocess", 1, "PreprocessStarted"), T0).patch)
     assert obj["status"]["phase"] == "Preprocessing"
     assert obj["status"]["children"] == {"preprocess": "orangutan-preprocess-1"}
     running_since = conditions(obj)["Running"]["lastTransitionTime"]
 
     t1 = T0 + timedelta(minutes=3)
-    obj = apply(obj, status_patch(obj, Action(ADVANCE, "stylize", 1, "PreprocessSucceeded"), t1))
+    obj = apply(obj, transition(obj, Action(ActionKind.ADVANCE, "stylize", 1, "PreprocessSucceeded"), t1).patch)
     assert obj["status"]["phase"] == "Stylizing"
     assert conditions(obj)["Running"]["lastTransitionTime"] == running_since  # still True: no transition
     assert conditions(obj)["Running"]["message"] == "MPIJob orangutan-stylize-1 (attempt 1)"
 
     failure = Failure("stylize", 1, "MPIJob/orangutan-stylize-1", "MPIJobEvicted", "1/2 workers are evicted")
-    obj = apply(obj, status_patch(obj, Action(RETRY, "stylize", 2, "Retrying", "...", failure=failure), t1))
+    obj = apply(obj, transition(obj, Action(ActionKind.RETRY, "stylize", 2, "Retrying", "...", failure=failure), t1).patch)
     assert obj["status"]["retries"] == 1
     assert obj["status"]["attempts"] == {"preprocess": 1, "stylize": 2}
     assert obj["status"]["failure"]["reason"] == "MPIJobEvicted"
 
     obj = apply(obj, progress_patch(latest_by_rank([format_line(RankProgress(0, 2, 30, 50, 100))]), obj["status"], 2, t1))
-    obj = apply(obj, status_patch(obj, Action(ADVANCE, "postprocess", 1, "StylizeSucceeded"), t1))
+    obj = apply(obj, transition(obj, Action(ActionKind.ADVANCE, "postprocess", 1, "StylizeSucceeded"), t1).patch)
     assert obj["status"]["progress"]["framesDone"] == 100 and obj["status"]["progress"]["percent"] == 100
 
     t2 = t1 + timedelta(minutes=1)
-    obj = apply(obj, status_patch(obj, Action(SUCCEED, reason="Succeeded", message="wrote az://videos/x.mp4"), t2))
+    obj = apply(obj, transition(obj, Action(ActionKind.SUCCEED, reason="Succeeded", message="wrote az://videos/x.mp4"), t2).patch)
     c = conditions(obj)
     assert obj["status"]["phase"] == "Succeeded" and obj["status"]["completionTime"] == "2026-05-01T12:04:00Z"
     assert (c["Succeeded"]["status"], c["Running"]["status"], c["Failed"]["status"]) == ("True", "False", "False")
@@ -107,18 +106,18 @@ def test_a_whole_run_moves_phase_conditions_and_counters():
 
 def test_adopting_records_the_child_like_creating_it():
     obj = stj()
-    obj = apply(obj, status_patch(obj, accept(obj), T0))
-    adopted = apply(obj, status_patch(obj, Action(ADOPT, "preprocess", 1, "PreprocessStarted"), T0))
-    created = apply(obj, status_patch(obj, Action(CREATE, "preprocess", 1, "PreprocessStarted"), T0))
+    obj = apply(obj, transition(obj, accept(obj), T0).patch)
+    adopted = apply(obj, transition(obj, Action(ActionKind.ADOPT, "preprocess", 1, "PreprocessStarted"), T0).patch)
+    created = apply(obj, transition(obj, Action(ActionKind.CREATE, "preprocess", 1, "PreprocessStarted"), T0).patch)
     assert adopted["status"] == created["status"]
     assert adopted["status"]["children"] == {"preprocess": "orangutan-preprocess-1"}
 
 
 def test_failure_sets_failed_condition_with_the_reason():
     obj = stj()
-    obj = apply(obj, status_patch(obj, accept(obj), T0))
+    obj = apply(obj, transition(obj, accept(obj), T0).patch)
     failure = Failure("preprocess", 4, "Job/orangutan-preprocess-4", "BackoffLimitExceeded", "stylebatch: error: x")
-    patch = status_patch(obj, Action(FAIL, "preprocess", 4, "RetriesExhausted", "Job ... failed", failure=failure), T0)
+    patch = transition(obj, Action(ActionKind.FAIL, "preprocess", 4, "RetriesExhausted", "Job ... failed", failure=failure), T0).patch
     obj = apply(obj, patch)
     assert obj["status"]["phase"] == "Failed"
     assert conditions(obj)["Failed"]["status"] == "True"
@@ -127,34 +126,23 @@ def test_failure_sets_failed_condition_with_the_reason():
                                         "reason": "BackoffLimitExceeded", "message": "stylebatch: error: x"}
 
 
-def test_rejected_spec_change_is_a_condition_with_the_new_generation():
-    obj = stj()
-    obj = apply(obj, status_patch(obj, accept(obj), T0))
-    obj["metadata"]["generation"] = 2
-    obj = apply(obj, status_patch(obj, Action(REJECT_SPEC_CHANGE, reason="SpecChangeRejected", message="m"), T0))
-    assert conditions(obj)["SpecChangeRejected"]["status"] == "True"
-    assert conditions(obj)["SpecChangeRejected"]["observedGeneration"] == 2
-    assert obj["status"]["acceptedGeneration"] == 1 and obj["status"]["observedGeneration"] == 2
-
-
 def test_waiting_writes_nothing_and_posts_no_event():
-    assert status_patch(stj(), Action(WAIT, "stylize", 1), T0) is None
-    assert event_for(Action(WAIT, "stylize", 1)) is None
+    change = transition(stj(), Action(ActionKind.WAIT, "stylize", 1), T0)
+    assert (change.patch, change.event) == (None, None)
 
 
 @pytest.mark.parametrize("action, type_", [
-    (Action(START, reason="Accepted"), "Normal"),
-    (Action(CREATE, "preprocess", 1, "PreprocessStarted"), "Normal"),
-    (Action(CREATE, "stylize", 1, "ChildMissing"), "Warning"),
-    (Action(ADOPT, "preprocess", 1, "PreprocessStarted"), "Normal"),
-    (Action(ADVANCE, "stylize", 1, "PreprocessSucceeded"), "Normal"),
-    (Action(RETRY, "stylize", 2, "Retrying"), "Warning"),
-    (Action(FAIL, "stylize", 4, "RetriesExhausted"), "Warning"),
-    (Action(REJECT_SPEC_CHANGE, reason="SpecChangeRejected"), "Warning"),
-    (Action(SUCCEED, reason="Succeeded"), "Normal"),
+    (accept(stj()), "Normal"),
+    (Action(ActionKind.CREATE, "preprocess", 1, "PreprocessStarted"), "Normal"),
+    (Action(ActionKind.CREATE, "stylize", 1, "ChildMissing"), "Warning"),
+    (Action(ActionKind.ADOPT, "preprocess", 1, "PreprocessStarted"), "Normal"),
+    (Action(ActionKind.ADVANCE, "stylize", 1, "PreprocessSucceeded"), "Normal"),
+    (Action(ActionKind.RETRY, "stylize", 2, "Retrying"), "Warning"),
+    (Action(ActionKind.FAIL, "stylize", 4, "RetriesExhausted"), "Warning"),
+    (Action(ActionKind.SUCCEED, reason="Succeeded"), "Normal"),
 ])
 def test_every_transition_posts_an_event(action, type_):
-    assert event_for(action)[:2] == (type_, action.reason)
+    assert transition(stj(), action, T0).event[:2] == (type_, action.reason)
 
 
 def test_condition_transition_time_moves_only_with_its_status():
@@ -264,12 +252,43 @@ def test_the_training_clock_runs_from_the_last_new_step_and_restarts_with_a_new_
 
 def test_after_the_training_its_figures_say_done_and_stylize_progress_starts_from_nothing():
     obj = stj(style="az://styles/starry.jpg", train={})
-    obj = apply(obj, status_patch(obj, accept(obj), T0))
-    obj = apply(obj, status_patch(obj, Action(CREATE, "train", 1, "TrainStarted", "created"), T0))
+    obj = apply(obj, transition(obj, accept(obj), T0).patch)
+    obj = apply(obj, transition(obj, Action(ActionKind.CREATE, "train", 1, "TrainStarted", "created"), T0).patch)
     assert obj["status"]["phase"] == "Training"
     obj = apply(obj, training_patch(latest_train_progress(TRAIN_LOG), obj["status"], 1, T0))
-    obj = apply(obj, status_patch(obj, Action(ADVANCE, "preprocess", 1, "TrainSucceeded", "done"), T0))
+    obj = apply(obj, transition(obj, Action(ActionKind.ADVANCE, "preprocess", 1, "TrainSucceeded", "done"), T0).patch)
     s = obj["status"]
     assert s["phase"] == "Preprocessing" and s["progress"] is None  # a merge patch's null deletes it
     assert (s["training"]["step"], s["training"]["percent"], s["training"]["summary"]) == (
         4000, 100, "100% (4000/4000 steps)")
+
+
+def every_action(obj: dict[str, Any]) -> list[Action]:
+    """One action of each kind, as decide() makes them for the sample job."""
+    failure = Failure("stylize", 1, "MPIJob/orangutan-stylize-1", "Evicted", "")
+    made = {ActionKind.START: accept(obj), ActionKind.RETRY: Action(ActionKind.RETRY, "stylize", 2, "Retrying", failure=failure),
+            ActionKind.FAIL: Action(ActionKind.FAIL, "stylize", 1, "RetriesExhausted", failure=failure)}
+    return [made.get(kind) or Action(kind, "stylize", 1, reason=f"{kind}Reason", message="m") for kind in ActionKind]
+
+
+def test_every_action_kind_has_its_transition_and_writes_only_the_crds_phases_and_declared_conditions():
+    from stylebatch_operator.crd import openapi_schema
+    from stylebatch_operator.states import ConditionType, Phase
+
+    status_schema = openapi_schema()["properties"]["status"]["properties"]
+    assert status_schema["phase"]["enum"] == [p.value for p in Phase]
+    condition_text = status_schema["conditions"]["items"]["properties"]["type"]["description"]
+    assert all(c.value in condition_text for c in ConditionType)
+    obj = stj()
+    obj = apply(obj, transition(obj, accept(obj), T0).patch)
+    written_conditions, written_phases = set(), set()
+    for action in every_action(obj):
+        change = transition(obj, action, T0)  # raises for a kind it does not know
+        patch = change.patch or {}
+        written_phases |= {patch["phase"]} if "phase" in patch else set()
+        written_conditions |= {c["type"] for c in patch.get("conditions") or []}
+        silent = action.kind in (ActionKind.WAIT, ActionKind.NOTHING)
+        assert (change.event is None) == silent, action.kind
+    assert written_phases <= set(Phase) and written_conditions <= set(ConditionType)
+    assert {Phase.PENDING, Phase.STYLIZING, Phase.SUCCEEDED, Phase.FAILED} <= written_phases
+    assert set(ConditionType) == written_conditions

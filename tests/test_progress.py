@@ -4,19 +4,19 @@ train-style's."""
 import pytest
 
 from stylebatch.progress import (
-    RankProgress, TrainProgress, aggregate, format_line, format_train_line, latest_train_progress, parse_line,
+    RankProgress, TrainProgress, format_line, format_train_line, latest_by_rank, latest_train_progress,
     parse_records,
 )
 
 
 def test_a_line_round_trips():
     p = RankProgress(rank=1, ranks=2, done=40, share=60, frames=120)
-    assert parse_line(format_line(p)) == p
+    assert parse_records(format_line(p)) == [p]
 
 
 def test_other_and_garbled_lines_are_ignored():
-    assert parse_line("INFO stylize: rank 0 starts") is None
-    assert parse_line(format_line(RankProgress(0, 1, 1, 2, 2))[:-5]) is None
+    assert parse_records("INFO stylize: rank 0 starts") == []
+    assert parse_records(format_line(RankProgress(0, 1, 1, 2, 2))[:-5]) == []
 
 
 def test_two_ranks_glued_on_one_line_are_both_read():
@@ -24,17 +24,15 @@ def test_two_ranks_glued_on_one_line_are_both_read():
     assert parse_records(format_line(a) + format_line(b)) == [a, b]
 
 
-def test_aggregate_takes_the_latest_line_of_each_rank():
+def test_the_latest_line_of_each_rank_counts():
     lines = [
         format_line(RankProgress(0, 2, 10, 60, 120)),
         "some log line",
         format_line(RankProgress(1, 2, 30, 60, 120)),
         format_line(RankProgress(0, 2, 50, 60, 120)),
     ]
-    total = aggregate(lines)
-    assert (total.done, total.frames) == (80, 120)
-    assert round(total.percent) == 67
-    assert aggregate(["nothing here"]) is None
+    assert latest_by_rank(lines) == {0: RankProgress(0, 2, 50, 60, 120), 1: RankProgress(1, 2, 30, 60, 120)}
+    assert latest_by_rank(["nothing here"]) == {}
 
 
 @pytest.mark.parametrize("progress", [TrainProgress(1, 4000, 0.0, None), TrainProgress(1680, 4000, 3.1, 748.0),

@@ -25,7 +25,7 @@ from test_operator_crd import walk
 REPO = Path(__file__).resolve().parent.parent
 CHART_CRD = REPO / "charts" / "stylebatch" / "crds" / "videowatches.yaml"
 EXAMPLE = REPO / "manifests" / "examples" / "videowatch.yaml"
-SETTINGS = Settings(storage_secret="stylebatch-storage")
+SETTINGS = Settings(jobs={"storage": {"secretName": "stylebatch-storage"}})
 
 
 def example() -> dict[str, Any]:

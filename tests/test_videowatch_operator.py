@@ -32,7 +32,7 @@ pytestmark = [pytest.mark.timeout(120), pytest.mark.azurite]
 
 NS = k.NS
 WATCHES = f"/apis/stylebatch.io/v1alpha1/namespaces/{NS}/videowatches"
-SETTINGS = Settings(interval=k.INTERVAL, storage_secret="stylebatch-storage")
+SETTINGS = Settings(interval=k.INTERVAL, jobs={"storage": {"secretName": "stylebatch-storage"}})
 TEMPLATE = {"style": "lavender-gold", "workers": 1, "gpusPerWorker": 0}
 
 

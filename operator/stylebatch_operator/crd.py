@@ -13,6 +13,7 @@ and a test fails when the two drift apart.
 from __future__ import annotations
 
 import copy
+import re
 import sys
 from importlib import metadata
 from typing import Any
@@ -28,6 +29,7 @@ from stylebatch_operator.names import (
     DNS_LABEL_PATTERN, GROUP, KIND, MAX_NAME_LENGTH, NAME_PATTERN, NAME_RULE_MESSAGE, PLURAL, QUANTITY_PATTERN,
     SHORT_NAMES, SINGULAR, STAGES, VERSION,
 )
+from stylebatch_operator.states import ConditionType, Phase
 from stylebatch_operator.uris import SAS_GOES_IN_THE_SECRET, URI_FIELDS
 
 CRD_NAME = f"{PLURAL}.{GROUP}"
@@ -36,7 +38,6 @@ CRD_NAME = f"{PLURAL}.{GROUP}"
 # jsonpath='{.metadata.annotations.stylebatch\.io/release}'`.
 RELEASE_ANNOTATION = f"{GROUP}/release"
 RELEASE = metadata.version("stylebatch")
-PHASES = ["Pending", "Training", "Preprocessing", "Stylizing", "Postprocessing", "Succeeded", "Failed"]
 # spec.train trains on the painting spec.style names: one picture, no blend (the CEL rule, and
 # stylebatch_operator.spec for a CRD installed before it).
 PAINTING_PATTERN = f"(?i)[.]({'|'.join(s.lstrip('.') for s in STYLE_IMAGE_SUFFIXES)})$"
@@ -81,6 +82,22 @@ _TOLERATION = _obj("A Kubernetes toleration.", {
 _QUANTITIES = {"type": "object", "maxProperties": 8,
                "description": "Resource name to quantity, as a string: cpu: \"4\", memory: 16Gi.",
                "additionalProperties": _str("A quantity.", maxLength=64, pattern=QUANTITY_PATTERN)}
+
+# spec.storage's two CEL rules, also checked in Python by storage_problem (the operator has no CEL).
+STORAGE_RULES = ("set exactly one of secretName and serviceAccountName",
+                 "accountName is required with serviceAccountName")
+
+
+def storage_problem(storage: dict[str, Any]) -> str | None:
+    """What spec.storage's CEL rules say about `storage`; None when it passes them."""
+    if bool(storage.get("secretName")) == bool(storage.get("serviceAccountName")):
+        return STORAGE_RULES[0]
+    if storage.get("serviceAccountName") and not storage.get("accountName"):
+        return STORAGE_RULES[1]
+    return None
+
+
+_RESOURCES = _obj("CPU, memory and ephemeral-storage requests and limits.", {"requests": _QUANTITIES, "limits": _QUANTITIES})
 
 SPEC_SCHEMA: dict[str, Any] = _obj(
     "What to stylize, where to write it, and the GPU pool to run on. Immutable once created.",
@@ -127,11 +144,8 @@ SPEC_SCHEMA: dict[str, Any] = _obj(
                              "maxItems": 8,
                              "items": _obj("A Secret name.", {"name": _str("Secret name.")},
                                            required=["name"])},
-        "resources": _obj(
-            "CPU and memory of each worker pod (its GPUs come from gpusPerWorker). Default: the "
-            "operator's (chart value jobs.resources).",
-            {"requests": _QUANTITIES, "limits": _QUANTITIES},
-        ),
+        "resources": {**_RESOURCES, "description": "CPU and memory of each worker pod (its GPUs come from "
+                      "gpusPerWorker). Default: the operator's (chart value jobs.resources)."},
         "storage": _obj(
             "Credentials for blob storage, by reference only: a Secret, or a service account "
             "federated with Azure workload identity. Default: the operator's (chart values storage.*); "
@@ -144,10 +158,8 @@ SPEC_SCHEMA: dict[str, Any] = _obj(
                 "accountName": _str("Storage account name; required with serviceAccountName.", minLength=1),
             },
             **{"x-kubernetes-validations": [
-                {"rule": "has(self.secretName) != has(self.serviceAccountName)",
-                 "message": "set exactly one of secretName and serviceAccountName"},
-                {"rule": "!has(self.serviceAccountName) || has(self.accountName)",
-                 "message": "accountName is required with serviceAccountName"},
+                {"rule": "has(self.secretName) != has(self.serviceAccountName)", "message": STORAGE_RULES[0]},
+                {"rule": "!has(self.serviceAccountName) || has(self.accountName)", "message": STORAGE_RULES[1]},
             ]},
         ),
         "workDir": _str("Where intermediate parts go; default: <output's folder>/.stylebatch-work/"
@@ -242,8 +254,68 @@ for _field in URI_FIELDS:
         {"rule": "!self.contains('?')",
          "message": f"a query string (a SAS token?) is refused: {SAS_GOES_IN_THE_SECRET}"}]
 
+# What status.effectiveSpec holds besides spec fields (the operator's job defaults set them; no
+# spec field does): the service account of the job's pods, and the pods spec.resources does not cover.
+EFFECTIVE_ONLY_SCHEMA: dict[str, Any] = {
+    "serviceAccountName": _str("Service account of every pod of the job (with workload identity: "
+                               "storage.serviceAccountName); none: the namespace's default.", minLength=1),
+    "pods": _obj("Pods no spec field sizes.", {
+        "stageResources": {**_RESOURCES, "description": "The preprocess and postprocess pods' resources."},
+        "launcherResources": {**_RESOURCES, "description": "The MPIJob launcher's resources."},
+        "scratchSize": _str("sizeLimit of /tmp (TMPDIR), an emptyDir, in every pod but the launcher.",
+                            maxLength=64, pattern=QUANTITY_PATTERN),
+        "shmSize": _str("sizeLimit of the workers' /dev/shm, a memory emptyDir.", maxLength=64,
+                        pattern=QUANTITY_PATTERN),
+    }),
+}
+
+
+def schema_problems(value: Any, schema: dict[str, Any], path: str = "") -> list[str]:
+    """What is wrong with `value` by an openAPI schema of this module: type, enum, bounds, lengths,
+    patterns, required fields and, unlike the API server (which drops them), unknown fields. Each
+    problem is "path: what" (path dotted; [i] for list items). CEL rules are not evaluated."""
+    where = path or "(the document)"
+    kind = schema.get("type")
+    checks = {"object": dict, "array": list, "string": str, "boolean": bool, "integer": int, "number": (int, float)}
+    if kind in checks and (not isinstance(value, checks[kind]) or (kind in ("integer", "number")
+                                                                  and isinstance(value, bool))):
+        return [f"{where}: must be {'an' if kind in ('object', 'array', 'integer') else 'a'} {kind}, got {value!r}"]
+    problems = []
+    if "enum" in schema and value not in schema["enum"]:
+        problems.append(f"{where}: must be one of {', '.join(map(str, schema['enum']))}, got {value!r}")
+    for bound, fails, text in (("minimum", lambda v, b: v < b, "at least {}"), ("maximum", lambda v, b: v > b, "at most {}"),
+                               ("minLength", lambda v, b: b == 1 and not v, "set (not empty)"),
+                               ("minLength", lambda v, b: 1 < b > len(v), "at least {} characters long"),
+                               ("maxLength", lambda v, b: len(v) > b, "at most {} characters long"),
+                               ("maxItems", lambda v, b: len(v) > b, "at most {} items"),
+                               ("maxProperties", lambda v, b: len(v) > b, "at most {} keys")):
+        if bound in schema and fails(value, schema[bound]):
+            problems.append(f"{where}: must be {text.format(schema[bound])}, got {value!r}")
+    if "pattern" in schema and not re.search(schema["pattern"], value):
+        problems.append(f"{where}: must match {schema['pattern']}, got {value!r}")
+    if kind == "object":
+        known = schema.get("properties")
+        for key in schema.get("required") or []:
+            if key not in value:
+                problems.append(f"{_join(path, key)}: is required")
+        for key, item in value.items():
+            sub = (known or {}).get(key, schema.get("additionalProperties"))
+            if isinstance(sub, dict):
+                problems += schema_problems(item, sub, _join(path, key))
+            elif known is not None:
+                problems.append(f"{_join(path, key)}: unknown field (known: {', '.join(known)})")
+    if kind == "array" and isinstance(schema.get("items"), dict):
+        for i, item in enumerate(value):
+            problems += schema_problems(item, schema["items"], f"{path}[{i}]")
+    return problems
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
 _CONDITION = _obj("Standard Kubernetes condition.", {
-    "type": _text("Running, Succeeded, Failed, Stalled, Queued, Admitted or SpecChangeRejected."),
+    "type": _text(f"{', '.join(ConditionType.values()[:-1])} or {ConditionType.values()[-1]}."),
     "status": _text("True, False or Unknown.", enum=["True", "False", "Unknown"]),
     "reason": _text("One-word CamelCase reason."),
     "message": _text("Human-readable detail."),
@@ -255,7 +327,7 @@ _STAGE_COUNTS = {stage: _int(f"{stage} attempts.") for stage in STAGES}
 _STAGE_NAMES = {stage: _text(f"Latest {stage} child.") for stage in STAGES}
 
 STATUS_SCHEMA: dict[str, Any] = _obj("Observed state, written by the operator.", {
-    "phase": _text("Where the job is.", enum=PHASES),
+    "phase": _text("Where the job is.", enum=Phase.values()),
     "reason": _text("What is wrong now, in one CamelCase word (Stalled's or Failed's reason), or what "
                     "the last retry was for; empty while all is well."),
     "message": _text("The same in words."),

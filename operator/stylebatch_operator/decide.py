@@ -14,44 +14,18 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from stylebatch_operator.crd import SPEC_SCHEMA, apply_defaults
 from stylebatch_operator.names import (
     CHILD_KIND, MPI_API_VERSION, POSTPROCESS, PREPROCESS, STAGES, STYLIZE, TRAIN, child_name,
 )
 from stylebatch_operator.observe import (
-    FAILED, NO_MPI_OPERATOR, RUNNING, SUCCEEDED, Stall, child_state, disruption, failed_pod_detail, is_suspended,
+    NO_MPI_OPERATOR, Stall, child_state, disruption, failed_pod_detail, is_suspended,
     newest_started_pod, stall, user_error,
 )
-from stylebatch_operator.settings import BUILT_IN, Settings
-from stylebatch_operator.spec import effective_spec, from_defaults, resolve, shown_spec, spec_problems
+from stylebatch_operator.settings import BUILT_IN, DEFAULT_PROGRESS_TIMEOUT, Settings
+from stylebatch_operator.states import ActionKind, ChildState, ConditionType, Phase
+from stylebatch_operator.spec import effective_spec, from_defaults, resolve, spec_problems
 from stylebatch_operator.uris import strip_secrets
 
-PENDING, SUCCEEDED_PHASE, FAILED_PHASE = "Pending", "Succeeded", "Failed"
-PHASE_OF_STAGE = {TRAIN: "Training", PREPROCESS: "Preprocessing", STYLIZE: "Stylizing", POSTPROCESS: "Postprocessing"}
-STAGE_OF_PHASE = {phase: stage for stage, phase in PHASE_OF_STAGE.items()}
-TERMINAL_PHASES = (SUCCEEDED_PHASE, FAILED_PHASE)
-
-# Action kinds
-START = "Start"  # accept the job: record its spec and start time
-CREATE = "Create"  # create the current stage's child (first time, or again when it went missing)
-ADOPT = "Adopt"  # the current stage's child exists but the status does not record it yet
-ADVANCE = "Advance"  # the current stage succeeded: create the next stage's child
-RETRY = "Retry"  # the current child failed and the budget allows: create the next attempt
-SUCCEED = "Succeed"
-FAIL = "Fail"
-REJECT_SPEC_CHANGE = "RejectSpecChange"  # the spec changed after the start: report it, apply nothing
-SPEC_RESTORED = "SpecRestored"  # the spec is back to the accepted one
-QUEUE = "Queue"  # the current child is suspended: it waits for Kueue to admit it
-ADMIT = "Admit"  # the current child, which waited, is admitted (unsuspended)
-STALL = "Stall"  # the current child's pods cannot start (yet): say why
-UNSTALL = "Unstall"  # they started after all
-WAIT = "Wait"  # the current child is running
-CLEAN_UP = "CleanUp"  # the job is over and spec.cleanup says its children go now
-EXPIRE = "Expire"  # the job is over and spec.cleanup says it goes now (its children with it)
-NOTHING = "Nothing"  # the job is over
-
-SPEC_CHANGE_CONDITION = "SpecChangeRejected"
-STALLED_CONDITION = "Stalled"
 PROGRESS_STALLED = "ProgressStalled"  # stylize (training) went without a new frame (step) for the progress timeout
 # The status field each timed stage's progress is in (its advanceTime runs the timeout), and its unit.
 PROGRESS_OF_STAGE = {STYLIZE: ("progress", "frame stylized"), TRAIN: ("training", "training step")}
@@ -76,28 +50,28 @@ class Failure:
 
 @dataclass(frozen=True)
 class Action:
-    kind: str
+    kind: ActionKind
     stage: str | None = None  # the stage of the child to create, or the one that failed
     attempt: int = 0
     reason: str = ""  # CamelCase, for the Event and the condition
     message: str = ""
     failure: Failure | None = None
     deadline_seconds: int | None = None  # time left for a child to create
-    spec: dict[str, Any] | None = None  # START: the effective spec the job is accepted with
-    counted: bool = True  # RETRY: spends one of spec.retries (a disruption does not)
+    spec: dict[str, Any] | None = None  # ActionKind.START: the effective spec the job is accepted with
+    counted: bool = True  # ActionKind.RETRY: spends one of spec.retries (a disruption does not)
     deletes: tuple[tuple[str, str], ...] = ()  # (kind, name) of children to delete first: no pod outlives it
 
     @property
     def creates(self) -> tuple[str, int] | None:
         """(stage, attempt) of the child this action creates, if any."""
-        if self.kind in (CREATE, ADVANCE, RETRY) and self.stage is not None:
+        if self.kind.creates_child and self.stage is not None:
             return self.stage, self.attempt
         return None
 
     @property
     def records(self) -> tuple[str, int] | None:
         """(stage, attempt) of the child the status is to show as current, if it changes."""
-        if self.kind == ADOPT and self.stage is not None:
+        if self.kind == ActionKind.ADOPT and self.stage is not None:
             return self.stage, self.attempt
         return self.creates
 
@@ -111,19 +85,15 @@ def decide(stj: dict[str, Any], children: dict[str, dict[str, Any]], *, now: dat
     Operator's ValidationError). settings: the operator's defaults (read when the job is accepted),
     the stall grace period and the progress timeout."""
     status = stj.get("status") or {}
-    if status.get("phase") in TERMINAL_PHASES:
+    if Phase.of(status).terminal:
         return _cleanup(stj, now)
     if not status.get("acceptedSpec"):
         problems = spec_problems(stj, settings)
         if problems:
-            return Action(FAIL, reason="InvalidSpec", message="; ".join(problems))
+            return Action(ActionKind.FAIL, reason="InvalidSpec", message="; ".join(problems))
         own = stj.get("spec") or {}
         spec = resolve(own, settings)
-        return Action(START, reason="Accepted", message=_accepted_message(spec, from_defaults(own, settings)), spec=spec)
-
-    spec_action = _spec_change(stj, status)
-    if spec_action is not None:
-        return spec_action
+        return Action(ActionKind.START, reason="Accepted", message=_accepted_message(spec, from_defaults(own, settings)), spec=spec)
 
     stage, attempt, name = current_child(stj)
     left = seconds_left(stj, now)
@@ -134,11 +104,11 @@ def decide(stj: dict[str, Any], children: dict[str, dict[str, Any]], *, now: dat
             return _deadline_failure(stage, None)
         return _create(stage, attempt, name, recorded, left)
     state = child_state(child)
-    if state.state == FAILED:
+    if state.state == ChildState.FAILED:
         invalid = user_error(list(pods))
         if invalid is not None:  # the worker said the input is wrong: another attempt would say so again
             failure = Failure(stage, attempt, f"{CHILD_KIND[stage]}/{name}", INVALID_INPUT, invalid)
-            return Action(FAIL, stage, attempt, INVALID_INPUT,
+            return Action(ActionKind.FAIL, stage, attempt, INVALID_INPUT,
                           f"{CHILD_KIND[stage]} {name} failed: {invalid} (not retried)", failure=failure)
         failure = Failure(stage, attempt, f"{CHILD_KIND[stage]}/{name}", state.reason,
                           "; ".join(m for m in (state.message, failed_pod_detail(list(pods))) if m))
@@ -149,69 +119,69 @@ def decide(stj: dict[str, Any], children: dict[str, dict[str, Any]], *, now: dat
             return _retry(stj, failure, left, DISRUPTED, f"disrupted ({disrupted}), not counted against spec.retries",
                           counted=False)
         return _retry_or_fail(stj, failure, left)
-    if state.state == SUCCEEDED and stage == POSTPROCESS:
-        return Action(SUCCEED, reason="Succeeded", message=f"wrote {strip_secrets(effective_spec(stj)['output'])}")
-    live = ((CHILD_KIND[stage], name),) if state.state == RUNNING else ()
+    if state.state == ChildState.SUCCEEDED and stage == POSTPROCESS:
+        return Action(ActionKind.SUCCEED, reason="Succeeded", message=f"wrote {strip_secrets(effective_spec(stj)['output'])}")
+    live = ((CHILD_KIND[stage], name),) if state.state == ChildState.RUNNING else ()
     if left <= 0:
         return _deadline_failure(stage, None, live)
-    if state.state == RUNNING and not is_suspended(child):  # a child waiting for Kueue is not stuck
+    if state.state == ChildState.RUNNING and not is_suspended(child):  # a child waiting for Kueue is not stuck
         stuck = _stuck(stj, stage, attempt, child, list(pods), list(events), now, settings)
         if stuck is not None:
             return stuck
-    if state.state == SUCCEEDED:
+    if state.state == ChildState.SUCCEEDED:
         following = STAGES[STAGES.index(stage) + 1]
-        return Action(ADVANCE, following, 1, f"{stage.capitalize()}Succeeded",
+        return Action(ActionKind.ADVANCE, following, 1, f"{stage.capitalize()}Succeeded",
                       f"{CHILD_KIND[stage]} {name} succeeded; created {CHILD_KIND[following]} "
                       f"{child_name(stj['metadata']['name'], following, 1)}", deadline_seconds=left)
     if not recorded:  # made just before a restart, before the status said so
-        return Action(ADOPT, stage, attempt, f"{stage.capitalize()}Started",
+        return Action(ActionKind.ADOPT, stage, attempt, f"{stage.capitalize()}Started",
                       f"adopted the existing {CHILD_KIND[stage]} {name}")
-    return _admission(stj, stage, attempt, child, now) or Action(WAIT, stage, attempt)
+    return _admission(stj, stage, attempt, child, now) or Action(ActionKind.WAIT, stage, attempt)
 
 
 def _admission(stj: dict[str, Any], stage: str, attempt: int, child: dict[str, Any], now: datetime) -> Action | None:
     """QUEUE when the running child is suspended (waiting for Kueue) and the status does not say so
-    yet; ADMIT when it was waiting and runs now."""
+    yet; ActionKind.ADMIT when it was waiting and runs now."""
     status = stj["status"]
     kind_name = f"{CHILD_KIND[stage]} {child['metadata']['name']}"
     queue = effective_spec(stj).get("queueName")
     where = f" in LocalQueue {queue}" if queue else ""
     since = parse_time(status.get("queuedSince"))
     if is_suspended(child) and since is None:
-        return Action(QUEUE, stage, attempt, "Queued", f"{kind_name} waits for Kueue to admit it{where}; the "
+        return Action(ActionKind.QUEUE, stage, attempt, "Queued", f"{kind_name} waits for Kueue to admit it{where}; the "
                       "deadline does not run meanwhile")
     if not is_suspended(child) and since is not None:
         waited = max(0, int((now - since).total_seconds()))
-        return Action(ADMIT, stage, attempt, "Admitted", f"Kueue admitted {kind_name}{where} after {waited}s")
+        return Action(ActionKind.ADMIT, stage, attempt, "Admitted", f"Kueue admitted {kind_name}{where} after {waited}s")
     return None
 
 
 def _cleanup(stj: dict[str, Any], now: datetime) -> Action:
     """A finished job's children, then the job itself, go when spec.cleanup says (measured from
-    status.completionTime); NOTHING until then, and after."""
+    status.completionTime); ActionKind.NOTHING until then, and after."""
     due = cleanup_due(stj)
     if due is None or now < due[1]:
-        return Action(NOTHING)
-    if due[0] == EXPIRE:
-        return Action(EXPIRE, reason="Expired", message="deleted after spec.cleanup.jobAfterFinishedSeconds")
+        return Action(ActionKind.NOTHING)
+    if due[0] == ActionKind.EXPIRE:
+        return Action(ActionKind.EXPIRE, reason="Expired", message="deleted after spec.cleanup.jobAfterFinishedSeconds")
     deletes = all_children(stj)
-    return Action(CLEAN_UP, reason="ChildrenDeleted", message="deleted the finished children "
+    return Action(ActionKind.CLEAN_UP, reason="ChildrenDeleted", message="deleted the finished children "
                   + ", ".join(f"{kind} {name}" for kind, name in deletes), deletes=deletes)
 
 
 def cleanup_due(stj: dict[str, Any]) -> tuple[str, datetime] | None:
-    """(CLEAN_UP or EXPIRE, when) of the next clean-up a finished job waits for; None when there
+    """(ActionKind.CLEAN_UP or ActionKind.EXPIRE, when) of the next clean-up a finished job waits for; None when there
     is nothing (more) to do. The operator keeps looking at the job until then."""
     status = stj.get("status") or {}
     finished = parse_time(status.get("completionTime"))
-    if status.get("phase") not in TERMINAL_PHASES or finished is None or not status.get("acceptedSpec"):
+    if not Phase.of(status).terminal or finished is None or not status.get("acceptedSpec"):
         return None
     cleanup = effective_spec(stj).get("cleanup") or {}
-    field = "childrenAfterSucceededSeconds" if status["phase"] == SUCCEEDED_PHASE else "childrenAfterFailedSeconds"
+    field = "childrenAfterSucceededSeconds" if status["phase"] == Phase.SUCCEEDED else "childrenAfterFailedSeconds"
     if cleanup.get(field) is not None and not status.get("childrenDeleted") and all_children(stj):
-        return CLEAN_UP, finished + timedelta(seconds=int(cleanup[field]))
+        return ActionKind.CLEAN_UP, finished + timedelta(seconds=int(cleanup[field]))
     if cleanup.get("jobAfterFinishedSeconds") is not None:
-        return EXPIRE, finished + timedelta(seconds=int(cleanup["jobAfterFinishedSeconds"]))
+        return ActionKind.EXPIRE, finished + timedelta(seconds=int(cleanup["jobAfterFinishedSeconds"]))
     return None
 
 
@@ -225,9 +195,9 @@ def all_children(stj: dict[str, Any]) -> tuple[tuple[str, str], ...]:
 def _create(stage: str, attempt: int, name: str, recorded: bool, left: int) -> Action:
     kind_name = f"{CHILD_KIND[stage]} {name}"
     if recorded:  # it was there: someone deleted it
-        return Action(CREATE, stage, attempt, "ChildMissing", f"{kind_name} is gone; creating it again",
+        return Action(ActionKind.CREATE, stage, attempt, "ChildMissing", f"{kind_name} is gone; creating it again",
                       deadline_seconds=left)
-    return Action(CREATE, stage, attempt, f"{stage.capitalize()}Started", f"created {kind_name}",
+    return Action(ActionKind.CREATE, stage, attempt, f"{stage.capitalize()}Started", f"created {kind_name}",
                   deadline_seconds=left)
 
 
@@ -235,7 +205,7 @@ def _retry_or_fail(stj: dict[str, Any], failure: Failure, left: int) -> Action:
     used = int((stj.get("status") or {}).get("retries") or 0)
     budget = int(effective_spec(stj)["retries"])
     if used >= budget:
-        return Action(FAIL, failure.stage, failure.attempt, "RetriesExhausted",
+        return Action(ActionKind.FAIL, failure.stage, failure.attempt, "RetriesExhausted",
                       f"{_failed_text(failure)}; no retries left (spec.retries: {budget})", failure=failure)
     return _retry(stj, failure, left, "Retrying", f"retry {used + 1} of {budget}")
 
@@ -244,7 +214,7 @@ def _retry(stj: dict[str, Any], failure: Failure, left: int, reason: str, which:
            counted: bool = True) -> Action:
     attempt = failure.attempt + 1
     resume = RESUMES.get(failure.stage, "")
-    return Action(RETRY, failure.stage, attempt, reason,
+    return Action(ActionKind.RETRY, failure.stage, attempt, reason,
                   f"{_failed_text(failure)}; {which}: created {CHILD_KIND[failure.stage]} "
                   f"{child_name(stj['metadata']['name'], failure.stage, attempt)}{resume}",
                   failure=failure, deadline_seconds=left, counted=counted)
@@ -262,7 +232,7 @@ def first_stage(spec: dict[str, Any]) -> str:
 def current_child(stj: dict[str, Any]) -> tuple[str, int, str]:
     """(stage, attempt, name) of the child the job is at, as its status records it."""
     status = stj.get("status") or {}
-    stage = STAGE_OF_PHASE.get(status.get("phase") or PENDING) or first_stage(effective_spec(stj))
+    stage = Phase.of(status).stage or first_stage(effective_spec(stj))
     attempt = (status.get("attempts") or {}).get(stage) or 1
     return stage, attempt, child_name(stj["metadata"]["name"], stage, attempt)
 
@@ -291,27 +261,9 @@ def parse_time(value: str | None) -> datetime | None:
     return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
-def _spec_change(stj: dict[str, Any], status: dict[str, Any]) -> Action | None:
-    # Both with the CRD's defaults: a field added to the CRD later (defaulted by the API server in
-    # the live spec, absent from an older acceptedSpec) is not a change.
-    changed = (apply_defaults(shown_spec(stj.get("spec") or {}), SPEC_SCHEMA)
-               != apply_defaults(status["acceptedSpec"], SPEC_SCHEMA))
-    generation = stj["metadata"].get("generation")
-    reported = next((c for c in status.get("conditions") or [] if c.get("type") == SPEC_CHANGE_CONDITION), None)
-    reported_true = reported is not None and reported.get("status") == "True"
-    if changed and not (reported_true and reported.get("observedGeneration") == generation):
-        return Action(REJECT_SPEC_CHANGE, reason=SPEC_CHANGE_CONDITION,
-                      message=f"spec changed (generation {generation}) after the job started with generation "
-                              f"{status.get('acceptedGeneration')}: the change is not applied; delete and "
-                              "re-create the job to run with a different spec")
-    if not changed and reported_true:
-        return Action(SPEC_RESTORED, reason="SpecRestored", message="spec is back to the one the job started with")
-    return None
-
-
 def _deadline_failure(stage: str, failure: Failure | None, deletes: tuple[tuple[str, str], ...] = ()) -> Action:
     detail = f" ({_reason_text(failure)})" if failure else ""
-    return Action(FAIL, stage, 0, "DeadlineExceeded",
+    return Action(ActionKind.FAIL, stage, 0, "DeadlineExceeded",
                   f"spec.activeDeadlineSeconds passed during {stage}{detail}", failure=failure, deletes=deletes)
 
 
@@ -330,12 +282,13 @@ def _stuck(stj: dict[str, Any], stage: str, attempt: int, child: dict[str, Any],
     if found is not None:
         return _stall_action(stj, stage, attempt, found, live, now, settings)
     if reported is not None:
-        return Action(UNSTALL, stage, attempt, "Unstalled", f"{kind_name} is running")
+        return Action(ActionKind.UNSTALL, stage, attempt, "Unstalled", f"{kind_name} is running")
     if stage not in PROGRESS_OF_STAGE:
         return None
     field, unit = PROGRESS_OF_STAGE[stage]
     progress = status.get(field) or {}
-    timeout = float(effective_spec(stj).get("progressTimeoutSeconds") or settings.progress_timeout_seconds)
+    # (a job accepted before its effective spec recorded the default: the built-in one)
+    timeout = float(effective_spec(stj).get("progressTimeoutSeconds") or DEFAULT_PROGRESS_TIMEOUT)
     timeout = max(timeout, 3 * settings.progress_read_seconds())  # several reads, however rarely the log is read
     advanced = parse_time(progress.get("advanceTime"))
     if progress.get("attempt") != attempt or advanced is None or (now - advanced).total_seconds() < timeout:
@@ -351,7 +304,7 @@ def _stuck(stj: dict[str, Any], stage: str, attempt: int, child: dict[str, Any],
 def _stalled_condition(stj: dict[str, Any]) -> dict[str, Any] | None:
     """The Stalled condition when it is True."""
     reported = next((c for c in (stj.get("status") or {}).get("conditions") or []
-                     if c.get("type") == STALLED_CONDITION), None)
+                     if c.get("type") == ConditionType.STALLED), None)
     return reported if reported is not None and reported.get("status") == "True" else None
 
 
@@ -368,22 +321,22 @@ def _stall_action(stj: dict[str, Any], stage: str, attempt: int, found: Stall, l
         since = min(since, now - timedelta(seconds=found.elapsed))
     if found.permanent and since is not None and (now - since).total_seconds() >= settings.stall_grace_seconds:
         failure = Failure(stage, attempt, f"{CHILD_KIND[stage]}/{name}", found.reason, found.message)
-        return Action(FAIL, stage, attempt, found.reason, f"{kind_name} cannot start: {found.message}",
+        return Action(ActionKind.FAIL, stage, attempt, found.reason, f"{kind_name} cannot start: {found.message}",
                       failure=failure, deletes=live)
     message = _stall_message(kind_name, found, settings)
     if reported is None or (reported.get("reason"), reported.get("message")) != (found.reason, message):
-        return Action(STALL, stage, attempt, found.reason, message)
+        return Action(ActionKind.STALL, stage, attempt, found.reason, message)
     return None
 
 
 def kind_not_served(stj: dict[str, Any], action: Action, now: datetime, settings: Settings = BUILT_IN) -> Action:
     """What to do instead of `action` when the API server refused to create its child because it
-    does not serve the child's kind (404: no MPI Operator, hence no MPIJob CRD, installed): STALL
-    (NoMPIOperator, permanent), then FAIL once that has lasted the grace period; WAIT meanwhile."""
+    does not serve the child's kind (404: no MPI Operator, hence no MPIJob CRD, installed): ActionKind.STALL
+    (NoMPIOperator, permanent), then ActionKind.FAIL once that has lasted the grace period; ActionKind.WAIT meanwhile."""
     stage, attempt = action.creates  # type: ignore[misc]
     found = Stall(NO_MPI_OPERATOR, f"the API server does not serve {CHILD_KIND[stage]}s ({MPI_API_VERSION}): is the "
                                    "Kubeflow MPI Operator installed?", True)
-    return _stall_action(stj, stage, attempt, found, (), now, settings) or Action(WAIT, stage, attempt)
+    return _stall_action(stj, stage, attempt, found, (), now, settings) or Action(ActionKind.WAIT, stage, attempt)
 
 
 def _stall_message(kind_name: str, found: Stall, settings: Settings) -> str:

@@ -25,11 +25,12 @@ from stylebatch_operator.names import (
     is_controlled_by,
 )
 from stylebatch_operator.observe import (
-    RUNNING, SUCCEEDED, all_running, child_state, is_suspended, live_pods, newest_started_pod, wanted_pods,
+    all_running, child_state, is_suspended, live_pods, newest_started_pod, wanted_pods,
 )
 
 from stylebatch_operator.settings import BUILT_IN, Settings
-from stylebatch_operator.status import event_for, progress_patch, status_patch, training_patch
+from stylebatch_operator.states import ActionKind, ChildState, Phase
+from stylebatch_operator.status import progress_patch, training_patch, transition
 
 # Enough of the launcher's log to hold every rank's latest progress line. (No limitBytes: the
 # server would cut the newest lines, not the oldest.)
@@ -73,7 +74,7 @@ async def _disconnect(memo: kopf.Memo, **_: Any) -> None:
 def _active(body: kopf.Body, **_: Any) -> bool:
     """Running, or finished with a clean-up still to come."""
     stj = {"metadata": dict(body.metadata), "spec": dict(body.spec), "status": dict(body.status)}
-    return (stj["status"].get("phase") not in d.TERMINAL_PHASES) or d.cleanup_due(stj) is not None
+    return not Phase.of(stj["status"]).terminal or d.cleanup_due(stj) is not None
 
 
 async def _reconcile_timer(namespace: str, name: str, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
@@ -101,14 +102,14 @@ async def reconcile(kube: Kube, namespace: str, name: str, logger: logging.Logge
     # Read fresh rather than trust the watch's copy: a status patched a moment ago must count.
     stj = await kube.get(KIND, namespace, name)
     if stj is None or stj["metadata"].get("deletionTimestamp"):
-        return d.Action(d.NOTHING)
+        return d.Action(ActionKind.NOTHING)
     now = now or datetime.now(timezone.utc)
     status = stj.get("status") or {}
     child, pods, events = await _observe(kube, stj, now, settings.progress_read_seconds(), reads)
 
     patch: dict[str, Any] = {}
     stage, attempt, _ = d.current_child(stj) if child is not None else (None, 0, None)
-    if (stage in (STYLIZE, TRAIN) and child_state(child).state == RUNNING
+    if (stage in (STYLIZE, TRAIN) and child_state(child).state == ChildState.RUNNING
             and not is_suspended(child)  # no log while it waits for Kueue
             and _progress_due(reads, (namespace, name), now, settings.progress_read_seconds())):
         if stage == STYLIZE:
@@ -124,18 +125,18 @@ async def reconcile(kube: Kube, namespace: str, name: str, logger: logging.Logge
             logger.info("deleted %s %s", kind, child_name)
     if action.creates is not None and not await _create_child(kube, stj, action, logger):
         action = d.kind_not_served(stj, action, now, settings)
-    if action.kind == d.EXPIRE:
+    if action.kind == ActionKind.EXPIRE:
         await kube.delete(KIND, namespace, name)  # Kubernetes deletes its children (owner references)
 
 
-    patch |= status_patch(stj, action, now) or {}
+    change = transition(stj, action, now)
+    patch |= change.patch or {}
     if patch:
         await kube.patch_status(KIND, namespace, name, patch)
     if metrics is not None:
-        metrics.observe_action(action, stj, child, now)
-    event = event_for(action)
-    if event is not None:
-        type_, reason, message = event
+        metrics.observe_transition(stj, change.patch, child, now)
+    if change.event is not None:
+        type_, reason, message = change.event
         kopf.event(stj, type=type_, reason=reason, message=message)
         logger.info("%s: %s", reason, message)
     return action
@@ -187,15 +188,15 @@ async def _observe(kube: Kube, stj: dict[str, Any], now: datetime, every: float,
     exist. An MPIJob's Events come with those of its launcher Job (a launcher pod that cannot be
     created)."""
     status = stj.get("status") or {}
-    if not status.get("acceptedSpec") or status.get("phase") in d.TERMINAL_PHASES:
+    if not status.get("acceptedSpec") or Phase.of(status).terminal:
         return None, [], []
     stage, attempt, name = d.current_child(stj)
     namespace = stj["metadata"]["namespace"]
     child = await kube.get(CHILD_KIND[stage], namespace, name)
-    if child is None or child_state(child).state == SUCCEEDED or is_suspended(child):
+    if child is None or child_state(child).state == ChildState.SUCCEEDED or is_suspended(child):
         return child, [], []
     key, uid = (namespace, stj["metadata"]["name"]), child["metadata"].get("uid", "")
-    running = child_state(child).state == RUNNING
+    running = child_state(child).state == ChildState.RUNNING
     last = reads.pods.get(key) if reads is not None else None
     if running and last is not None and last.fresh(uid, now, every):
         return child, last.items, []

@@ -53,11 +53,6 @@ class Kube:
         """The pod's service account in a cluster; the current kubeconfig context elsewhere."""
         return cls(client.ApiClient(await load_configuration()))
 
-    @classmethod
-    def for_url(cls, url: str) -> Kube:
-        """An unauthenticated client for a given server (a test's mock server)."""
-        return cls(client.ApiClient(client.Configuration(host=url.rstrip("/"))))
-
     async def close(self) -> None:
         await self._api.close()
 

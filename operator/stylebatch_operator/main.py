@@ -1,6 +1,7 @@
 """`stylebatch operator`: runs the kopf operator, namespaced or cluster-wide, with /healthz and
-/metrics on one port. Its settings (job defaults, reconcile interval) come from STYLEBATCH_*
-environment variables, read once here (stylebatch_operator.settings)."""
+/metrics on one port. Its settings (the job-defaults document STYLEBATCH_JOB_DEFAULTS, the reconcile
+interval, the Lease) come from STYLEBATCH_* environment variables, read and checked once here
+(stylebatch_operator.settings)."""
 
 from __future__ import annotations
 

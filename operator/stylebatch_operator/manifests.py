@@ -21,8 +21,8 @@ from stylebatch_operator.names import (
     KUEUE_QUEUE_LABEL, MPI_API_VERSION, POSTPROCESS, PREPROCESS, STYLIZE, TRAIN, child_labels, child_name,
     owner_reference,
 )
-from stylebatch_operator.settings import BUILT_IN
-from stylebatch_operator.spec import POD_DEFAULTS, SERVICE_ACCOUNT, effective_spec
+from stylebatch_operator.settings import BUILT_IN_JOB_DEFAULTS, POD_DEFAULTS, SERVICE_ACCOUNT
+from stylebatch_operator.spec import effective_spec
 from stylebatch_operator.uris import strip_secrets
 from stylebatch_operator.uris import work_dir as derived_work_dir
 
@@ -282,7 +282,7 @@ def _container(stj: dict[str, Any], spec: dict[str, Any], name: str, args: list[
 def _pod_defaults(spec: dict[str, Any]) -> dict[str, Any]:
     """The operator's pod defaults the job started with (built-in ones for a job accepted before
     they were recorded)."""
-    return {**BUILT_IN.pod_defaults(), **(spec.get(POD_DEFAULTS) or {})}
+    return {**BUILT_IN_JOB_DEFAULTS[POD_DEFAULTS], **(spec.get(POD_DEFAULTS) or {})}
 
 
 def _add_scratch(spec: dict[str, Any], pod_spec: dict[str, Any]) -> None:

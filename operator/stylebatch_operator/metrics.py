@@ -38,9 +38,8 @@ from prometheus_client import Counter as PromCounter
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from stylebatch_operator.crd import PHASES
-from stylebatch_operator.names import LABEL_STAGE
-from stylebatch_operator.decide import ADMIT, ADVANCE, FAIL, PENDING, RETRY, START, SUCCEED, Action, parse_time
+from stylebatch_operator.decide import parse_time
+from stylebatch_operator.states import Phase
 
 disable_created_metrics()  # no *_created series: they double what a scrape returns and no panel reads them
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -59,7 +58,6 @@ START_SECONDS = "stylebatch_job_start_seconds"
 ADMISSION_SECONDS = "stylebatch_job_admission_seconds"
 STAGE_SECONDS = "stylebatch_stage_duration_seconds"
 JOB_SECONDS = "stylebatch_job_duration_seconds"
-STYLIZING = "Stylizing"
 
 
 class Metrics:
@@ -89,8 +87,8 @@ class Metrics:
 
     def observe_job(self, key: Key, status: dict[str, Any]) -> None:
         """A job as the watch shows it: its phase, frames done beyond what was seen before, speed."""
-        phase = status.get("phase") or PENDING
-        self._phases[key] = phase if phase in PHASES else PENDING
+        phase = Phase.of(status)
+        self._phases[key] = phase
         progress = status.get("progress") or {}
         done = int(progress.get("framesDone") or 0)
         if key in self._frames_high:
@@ -99,9 +97,9 @@ class Metrics:
         self._frames_high[key] = done
         self._observe_speed(key, phase, progress)
 
-    def _observe_speed(self, key: Key, phase: str, progress: dict[str, Any]) -> None:
+    def _observe_speed(self, key: Key, phase: Phase, progress: dict[str, Any]) -> None:
         when = parse_time(progress.get("updateTime"))
-        if phase != STYLIZING or when is None:
+        if phase != Phase.STYLIZING or when is None:
             self._speed.pop(key, None)
             return
         done = int(progress.get("framesDone") or 0)
@@ -117,28 +115,33 @@ class Metrics:
         self._frames_high.pop(key, None)
         self._speed.pop(key, None)
 
-    def observe_action(self, action: Action, stj: dict[str, Any] | None = None,
-                       child: dict[str, Any] | None = None, now: datetime | None = None) -> None:
-        """An action the operator took on `stj` (as it was before), whose current child is `child`."""
-        if action.kind == RETRY and action.stage:
-            self.retries.labels(action.stage, action.reason or "Unknown").inc()
-        if action.kind == FAIL:
-            self.failures.labels(action.reason or "Unknown").inc()
-        if stj is None or now is None:
+    def observe_transition(self, stj: dict[str, Any], patch: dict[str, Any] | None,
+                           child: dict[str, Any] | None = None, now: datetime | None = None) -> None:
+        """A change the operator wrote into a job's status: `stj` as it was before, `patch` what was
+        written (stylebatch_operator.status.transition), `child` the job's current child then."""
+        if not patch:
             return
-        meta, status = stj.get("metadata") or {}, stj.get("status") or {}
-        created = parse_time(meta.get("creationTimestamp"))
-        if action.kind == START and created is not None:
+        before = stj.get("status") or {}
+        old = Phase.of(before)
+        new = Phase.of(patch) if "phase" in patch else old
+        if any(int(patch.get(n) or 0) > int(before.get(n) or 0) for n in ("retries", "disruptions")):
+            for stage in patch.get("attempts") or {}:  # a new attempt of a failed child
+                self.retries.labels(stage, patch.get("reason") or "Unknown").inc()
+        if new == Phase.FAILED and old != Phase.FAILED:
+            self.failures.labels(patch.get("reason") or "Unknown").inc()
+        if now is None:
+            return
+        created = parse_time((stj.get("metadata") or {}).get("creationTimestamp"))
+        if created is not None and patch.get("startTime") and not before.get("startTime"):
             self.start_seconds.observe(_seconds(created, now))
-        if action.kind == ADMIT and created is not None and "queuedSeconds" not in status:
+        if created is not None and "queuedSeconds" in patch and "queuedSeconds" not in before:
             self.admission_seconds.observe(_seconds(created, now))  # the first admission
-        if action.kind in (ADVANCE, SUCCEED) and child is not None:
+        if old.stage and new not in (old, Phase.FAILED) and child is not None:  # the stage succeeded
             born = parse_time(child["metadata"].get("creationTimestamp"))
-            stage = (child["metadata"].get("labels") or {}).get(LABEL_STAGE)
-            if born is not None and stage:
-                self.stage_seconds.labels(stage).observe(_seconds(born, now))
-        if action.kind == SUCCEED:
-            started = parse_time(status.get("startTime"))
+            if born is not None:
+                self.stage_seconds.labels(old.stage).observe(_seconds(born, now))
+        if new == Phase.SUCCEEDED and old != Phase.SUCCEEDED:
+            started = parse_time(before.get("startTime"))
             if started is not None:
                 self.job_seconds.observe(_seconds(started, now))
 
@@ -158,8 +161,8 @@ class _Snapshot:
     def collect(self):
         jobs = GaugeMetricFamily(JOBS, "StyleTransferJobs the operator watches, by phase.", labels=["phase"])
         by_phase = Counter(self.metrics._phases.values())
-        for phase in PHASES:
-            jobs.add_metric([phase], by_phase[phase])
+        for phase in Phase:
+            jobs.add_metric([phase.value], by_phase[phase])
         yield jobs
         fps = GaugeMetricFamily(FRAMES_PER_SECOND, "A stylizing job's frames per second between its last two "
                                 "progress readings.", labels=["namespace", "job"])
@@ -171,12 +174,6 @@ class _Snapshot:
 
 def _seconds(start: datetime, end: datetime) -> float:
     return max(0.0, (end - start).total_seconds())
-
-
-def series_names(metrics: Metrics) -> set[str]:
-    """Every series name /metrics exposes, samples or not yet: what a dashboard's queries may use."""
-    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
-    return {f.name + suffix for f in metrics.registry.collect() for suffix in suffixes[f.type]}
 
 
 LAG_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 900, 3600, 14400)

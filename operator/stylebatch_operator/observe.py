@@ -8,30 +8,30 @@ from typing import Any
 
 from stylebatch.contract import ERROR_PREFIX, EXIT_BAD_INPUT
 
+from stylebatch_operator.states import ChildState
 from stylebatch_operator.uris import redact
 
-RUNNING, SUCCEEDED, FAILED = "Running", "Succeeded", "Failed"
 
 
 @dataclass(frozen=True)
-class ChildState:
-    state: str  # RUNNING, SUCCEEDED or FAILED
+class ChildStatus:
+    state: ChildState
     reason: str = ""
     message: str = ""
 
 
-def child_state(child: dict[str, Any]) -> ChildState:
+def child_state(child: dict[str, Any]) -> ChildStatus:
     """From the terminal conditions only: a batch Job's Complete/Failed (not SuccessCriteriaMet or
     FailureTarget, which come while pods still terminate), an MPIJob's Succeeded/Failed (the MPI
     operator reports an evicted worker as Failed with reason MPIJobEvicted)."""
     success = "Succeeded" if child.get("kind") == "MPIJob" else "Complete"
     conditions = {c.get("type"): c for c in (child.get("status") or {}).get("conditions") or []}
     if _true(conditions.get(success)):
-        return ChildState(SUCCEEDED, conditions[success].get("reason", ""), "")
+        return ChildStatus(ChildState.SUCCEEDED, conditions[success].get("reason", ""), "")
     if _true(conditions.get("Failed")):
         c = conditions["Failed"]
-        return ChildState(FAILED, c.get("reason") or "Failed", redact(c.get("message") or ""))
-    return ChildState(RUNNING)
+        return ChildStatus(ChildState.FAILED, c.get("reason") or "Failed", redact(c.get("message") or ""))
+    return ChildStatus(ChildState.RUNNING)
 
 
 def is_suspended(child: dict[str, Any]) -> bool:

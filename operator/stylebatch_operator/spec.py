@@ -14,19 +14,13 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from stylebatch.contract import OUTPUT_EXTENSIONS, is_style_file, split_style_term
-from stylebatch_operator.crd import PAINTING_PATTERN, SPEC_SCHEMA, TRAIN_STYLE_MESSAGE, apply_defaults
+from stylebatch_operator.crd import PAINTING_PATTERN, SPEC_SCHEMA, TRAIN_STYLE_MESSAGE, apply_defaults, storage_problem
 from stylebatch_operator.names import MAX_NAME_LENGTH, NAME_PATTERN, NAME_RULE_MESSAGE
-from stylebatch_operator.settings import BUILT_IN, Settings
+from stylebatch_operator.settings import (
+    BUILT_IN, DEFAULTED_FIELDS, DEFAULTED_SCHEDULING_FIELDS, POD_DEFAULTS, SERVICE_ACCOUNT, Settings,
+)
 from stylebatch_operator.uris import URI_FIELDS, sas_problem, strip_secrets
-# Fields a job may leave to the operator's defaults (scheduling's nodeSelector and tolerations too).
-DEFAULTED_FIELDS = ("image", "imagePullPolicy", "imagePullSecrets", "workers", "gpusPerWorker", "resources",
-                    "storage", "queueName")
-DEFAULTED_SCHEDULING_FIELDS = ("nodeSelector", "tolerations")
-# Only in status.effectiveSpec: the service account every pod of the job runs as, and the
-# operator's pod defaults (Settings.pod_defaults: resources of the Jobs' pods and of the launcher,
-# scratch and /dev/shm sizes).
-SERVICE_ACCOUNT = "serviceAccountName"
-POD_DEFAULTS = "pods"
+
 # What a pod can reach: blob URIs (http:// for an emulator such as Azurite), never a local path.
 BLOB_SCHEMES = ("az://", "https://", "http://")
 
@@ -39,25 +33,26 @@ def shown_spec(spec: dict[str, Any]) -> dict[str, Any]:
 def resolve(spec: dict[str, Any], settings: Settings) -> dict[str, Any]:
     """The effective spec: each field the job sets wins as a whole (a job's nodeSelector or
     tolerations replace the default ones, they are not merged); each field it leaves out comes from
-    the operator's settings, then from the CRD's defaults. Fields with no value anywhere (storage,
-    when the operator has no default) stay out: spec_problems names them."""
+    the operator's job defaults, then from the CRD's defaults. Fields with no value anywhere
+    (storage, when the job defaults have none) stay out: spec_problems names them. Plus what no
+    spec field sets: the pods' service account (a job's workload identity one wins) and the pod
+    defaults."""
     out = copy.deepcopy(spec)
     defaults = settings.job_defaults()
-    scheduling_defaults = defaults.pop("scheduling", {})
-    for key, value in defaults.items():
-        out.setdefault(key, value)
+    for key in DEFAULTED_FIELDS:
+        if key in defaults:
+            out.setdefault(key, defaults[key])
+    scheduling_defaults = {k: v for k, v in (defaults.get("scheduling") or {}).items() if k in DEFAULTED_SCHEDULING_FIELDS}
     if scheduling_defaults:
         scheduling = dict(out.get("scheduling") or {})
         for key, value in scheduling_defaults.items():
             scheduling.setdefault(key, value)
         out["scheduling"] = scheduling
-    # Workload identity: the pods run as the federated service account. Otherwise the operator's
-    # job service account (no API token, no identity), or the namespace's default one.
-    account = (out.get("storage") or {}).get("serviceAccountName") or settings.job_service_account
+    account = (out.get("storage") or {}).get("serviceAccountName") or defaults.get(SERVICE_ACCOUNT)
     out.pop(SERVICE_ACCOUNT, None)
     if account:
         out[SERVICE_ACCOUNT] = account
-    out[POD_DEFAULTS] = settings.pod_defaults()
+    out[POD_DEFAULTS] = defaults[POD_DEFAULTS]
     return apply_defaults(out, SPEC_SCHEMA)
 
 
@@ -112,10 +107,8 @@ def spec_problems(stj: dict[str, Any], settings: Settings) -> list[str]:
         problems.append("no storage credentials: the job sets no spec.storage and the operator has no default; "
                         "set spec.storage.secretName (or serviceAccountName and accountName), or install the "
                         "chart with storage.existingSecret or storage.auth=workloadIdentity")
-    elif bool(storage.get("secretName")) == bool(storage.get("serviceAccountName")):
-        problems.append("spec.storage needs exactly one of secretName and serviceAccountName")
-    elif storage.get("serviceAccountName") and not storage.get("accountName"):
-        problems.append("spec.storage.accountName is required with serviceAccountName")
+    elif storage_problem(storage):
+        problems.append(f"spec.storage: {storage_problem(storage)}")
     if not isinstance(spec.get("workers"), int) or spec["workers"] < 1:
         problems.append("spec.workers must be at least 1")
     if not isinstance(spec.get("gpusPerWorker"), int) or spec["gpusPerWorker"] < 0:

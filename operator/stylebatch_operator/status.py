@@ -3,132 +3,134 @@ progress read from the ranks. No I/O."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from stylebatch.progress import RankProgress, TrainProgress
 
-from stylebatch_operator.decide import (
-    ADMIT, ADOPT, ADVANCE, CREATE, FAIL, QUEUE, PHASE_OF_STAGE, REJECT_SPEC_CHANGE, RETRY, SPEC_CHANGE_CONDITION,
-    SPEC_RESTORED, STALL, STALLED_CONDITION, CLEAN_UP, EXPIRE, START, SUCCEED, UNSTALL, Action, PENDING, FAILED_PHASE, SUCCEEDED_PHASE,
-    first_stage, parse_time,
-)
+from stylebatch_operator.decide import Action, first_stage, parse_time
 from stylebatch_operator.manifests import trained_style, work_dir
-from stylebatch_operator.names import CHILD_KIND, STYLIZE, TRAIN, child_name
+from stylebatch_operator.names import CHILD_KIND, child_name
 from stylebatch_operator.spec import shown_spec
+from stylebatch_operator.states import ActionKind, ConditionType, Phase
 from stylebatch_operator.uris import strip_secrets
 
-RUNNING, SUCCEEDED, FAILED = "Running", "Succeeded", "Failed"
-QUEUED, ADMITTED = "Queued", "Admitted"  # Kueue admission of the current child
+NORMAL, WARNING = "Normal", "Warning"  # Event types
 
 
 def iso(now: datetime) -> str:
     return now.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def status_patch(stj: dict[str, Any], action: Action, now: datetime) -> dict[str, Any] | None:
-    """The status fields the action changes; None when it changes nothing."""
+@dataclass(frozen=True)
+class Transition:
+    """What carrying out an action writes: a JSON merge patch of the job's status (None: nothing
+    changes) and an Event (type, reason, message; None: none)."""
+
+    patch: dict[str, Any] | None
+    event: tuple[str, str, str] | None
+
+
+def transition(stj: dict[str, Any], action: Action, now: datetime) -> Transition:
+    """The one place that tells action kinds apart: each kind's status fields, conditions and
+    Event. (The glue only creates and deletes what the action names, and deletes the job on EXPIRE.)"""
     status = stj.get("status") or {}
     generation = stj["metadata"].get("generation")
     conditions = list(status.get("conditions") or [])
 
-    def cond(type_: str, value: str, reason: str, message: str = "") -> None:
+    def cond(type_: ConditionType, value: str, reason: str, message: str = "") -> None:
         nonlocal conditions
         conditions = set_condition(conditions, type_, value, reason, message, generation, now)
 
-    patch: dict[str, Any] = {}
-    if action.kind == START:
-        if action.spec is None:
-            raise ValueError("a START action carries the effective spec")
-        spec, effective = stj.get("spec") or {}, action.spec
-        patch.update(phase=PENDING, acceptedSpec=shown_spec(spec), effectiveSpec=shown_spec(effective),
-                     acceptedGeneration=generation, startTime=iso(now),
-                     outputURI=strip_secrets(effective["output"]), workDir=strip_secrets(work_dir(stj, effective)),
-                     attempts={}, retries=0, children={})
-        if effective.get("train") is not None:
-            patch["trainedStyle"] = trained_style(stj, effective)
-        first = first_stage(effective)
-        cond(RUNNING, "False", PENDING, f"about to create the {first} {CHILD_KIND[first]}")
-        cond(SUCCEEDED, "False", PENDING)
-        cond(FAILED, "False", PENDING)
-    elif action.records is not None:
-        stage, attempt = action.records
-        name = child_name(stj["metadata"]["name"], stage, attempt)
-        phase = PHASE_OF_STAGE[stage]
-        patch.update(phase=phase, attempts={stage: attempt}, children={stage: name})
-        cond(RUNNING, "True", phase, f"{CHILD_KIND[stage]} {name} (attempt {attempt})")
-        cond(SUCCEEDED, "False", phase)
-        if _stalled(conditions):  # a new child starts with a clean slate
-            cond(STALLED_CONDITION, "False", "Started", f"created {CHILD_KIND[stage]} {name}")
-        patch.update(reason=action.reason if action.kind == RETRY else "",
-                     message=action.message if action.kind == RETRY else "")
-        if action.kind == RETRY and action.counted:
-            patch["retries"] = int(status.get("retries") or 0) + 1
-        elif action.kind == RETRY:
-            patch["disruptions"] = int(status.get("disruptions") or 0) + 1
-        if action.kind == ADVANCE and status.get("phase") == PHASE_OF_STAGE[STYLIZE]:
-            done = _finished_progress(status, now)
-            if done:
-                patch["progress"] = done
-        if action.kind == ADVANCE and status.get("phase") == PHASE_OF_STAGE[TRAIN]:
-            patch["progress"] = None  # stylize's frames start from nothing
-            steps = (status.get("training") or {}).get("steps")
-            if steps:  # it succeeded: every step is done, whatever the last line said
-                patch["training"] = {"step": steps, "percent": 100, "etaSeconds": 0,
-                                     "summary": f"100% ({steps}/{steps} steps)", "updateTime": iso(now)}
-    elif action.kind == CLEAN_UP:
-        return {"childrenDeleted": True}
-    elif action.kind == STALL:
-        cond(STALLED_CONDITION, "True", action.reason, action.message)
-        patch.update(reason=action.reason, message=action.message)
-    elif action.kind == UNSTALL:
-        cond(STALLED_CONDITION, "False", action.reason, action.message)
-        patch.update(reason="", message="")
-    elif action.kind == SUCCEED:
-        patch.update(phase=SUCCEEDED_PHASE, completionTime=iso(now), reason="", message="")
-        cond(RUNNING, "False", SUCCEEDED_PHASE, action.message)
-        cond(SUCCEEDED, "True", SUCCEEDED_PHASE, action.message)
-        cond(FAILED, "False", SUCCEEDED_PHASE)
-    elif action.kind == FAIL:
-        patch.update(phase=FAILED_PHASE, completionTime=iso(now), reason=action.reason, message=action.message)
-        if _stalled(conditions):
-            cond(STALLED_CONDITION, "False", action.reason, "the job failed")
-        cond(RUNNING, "False", action.reason, action.message)
-        cond(SUCCEEDED, "False", action.reason)
-        cond(FAILED, "True", action.reason, action.message)
-    elif action.kind == QUEUE:
-        patch["queuedSince"] = iso(now)
-        cond(QUEUED, "True", "WaitingForAdmission", action.message)
-        cond(ADMITTED, "False", "WaitingForAdmission", action.message)
-    elif action.kind == ADMIT:
-        since = parse_time(status.get("queuedSince")) or now
-        waited = max(0, int((now - since).total_seconds()))
-        patch.update(queuedSince=None, queuedSeconds=int(status.get("queuedSeconds") or 0) + waited)
-        cond(QUEUED, "False", ADMITTED, action.message)
-        cond(ADMITTED, "True", ADMITTED, action.message)
-    elif action.kind == REJECT_SPEC_CHANGE:
-        cond(SPEC_CHANGE_CONDITION, "True", "SpecImmutable", action.message)
-    elif action.kind == SPEC_RESTORED:
-        cond(SPEC_CHANGE_CONDITION, "False", action.reason, action.message)
-    else:
-        return None
+    kind, patch = action.kind, {}
+    event_type = WARNING if kind in (ActionKind.RETRY, ActionKind.FAIL, ActionKind.STALL) else NORMAL
+    match kind:
+        case ActionKind.WAIT | ActionKind.NOTHING:
+            return Transition(None, None)
+        case ActionKind.EXPIRE:  # the job itself goes: nothing to write
+            return Transition(None, (NORMAL, action.reason, action.message))
+        case ActionKind.CLEAN_UP:
+            return Transition({"childrenDeleted": True}, (NORMAL, action.reason, action.message))
+        case ActionKind.START:
+            if action.spec is None:
+                raise ValueError("a START action carries the effective spec")
+            spec, effective = stj.get("spec") or {}, action.spec
+            patch.update(phase=Phase.PENDING, acceptedSpec=shown_spec(spec), effectiveSpec=shown_spec(effective),
+                         acceptedGeneration=generation, startTime=iso(now),
+                         outputURI=strip_secrets(effective["output"]),
+                         workDir=strip_secrets(work_dir(stj, effective)), attempts={}, retries=0, children={})
+            if effective.get("train") is not None:
+                patch["trainedStyle"] = trained_style(stj, effective)
+            first = first_stage(effective)
+            cond(ConditionType.RUNNING, "False", Phase.PENDING, f"about to create the {first} {CHILD_KIND[first]}")
+            cond(ConditionType.SUCCEEDED, "False", Phase.PENDING)
+            cond(ConditionType.FAILED, "False", Phase.PENDING)
+        case ActionKind.CREATE | ActionKind.ADOPT | ActionKind.ADVANCE | ActionKind.RETRY:
+            if action.records is None:
+                return Transition(None, None)
+            stage, attempt = action.records
+            name = child_name(stj["metadata"]["name"], stage, attempt)
+            phase = Phase.of_stage(stage)
+            patch.update(phase=phase, attempts={stage: attempt}, children={stage: name})
+            cond(ConditionType.RUNNING, "True", phase, f"{CHILD_KIND[stage]} {name} (attempt {attempt})")
+            cond(ConditionType.SUCCEEDED, "False", phase)
+            if _stalled(conditions):  # a new child starts with a clean slate
+                cond(ConditionType.STALLED, "False", "Started", f"created {CHILD_KIND[stage]} {name}")
+            retry = kind == ActionKind.RETRY
+            patch.update(reason=action.reason if retry else "", message=action.message if retry else "")
+            if retry:
+                counter = "retries" if action.counted else "disruptions"
+                patch[counter] = int(status.get(counter) or 0) + 1
+            if kind == ActionKind.ADVANCE and Phase.of(status) == Phase.STYLIZING:
+                done = _finished_progress(status, now)
+                if done:
+                    patch["progress"] = done
+            if kind == ActionKind.ADVANCE and Phase.of(status) == Phase.TRAINING:
+                patch["progress"] = None  # stylize's frames start from nothing
+                steps = (status.get("training") or {}).get("steps")
+                if steps:  # it succeeded: every step is done, whatever the last line said
+                    patch["training"] = {"step": steps, "percent": 100, "etaSeconds": 0,
+                                         "summary": f"100% ({steps}/{steps} steps)", "updateTime": iso(now)}
+            if action.reason == "ChildMissing":
+                event_type = WARNING
+        case ActionKind.STALL:
+            cond(ConditionType.STALLED, "True", action.reason, action.message)
+            patch.update(reason=action.reason, message=action.message)
+        case ActionKind.UNSTALL:
+            cond(ConditionType.STALLED, "False", action.reason, action.message)
+            patch.update(reason="", message="")
+        case ActionKind.SUCCEED:
+            patch.update(phase=Phase.SUCCEEDED, completionTime=iso(now), reason="", message="")
+            cond(ConditionType.RUNNING, "False", Phase.SUCCEEDED, action.message)
+            cond(ConditionType.SUCCEEDED, "True", Phase.SUCCEEDED, action.message)
+            cond(ConditionType.FAILED, "False", Phase.SUCCEEDED)
+        case ActionKind.FAIL:
+            patch.update(phase=Phase.FAILED, completionTime=iso(now), reason=action.reason, message=action.message)
+            if _stalled(conditions):
+                cond(ConditionType.STALLED, "False", action.reason, "the job failed")
+            cond(ConditionType.RUNNING, "False", action.reason, action.message)
+            cond(ConditionType.SUCCEEDED, "False", action.reason)
+            cond(ConditionType.FAILED, "True", action.reason, action.message)
+        case ActionKind.QUEUE:
+            patch["queuedSince"] = iso(now)
+            cond(ConditionType.QUEUED, "True", "WaitingForAdmission", action.message)
+            cond(ConditionType.ADMITTED, "False", "WaitingForAdmission", action.message)
+        case ActionKind.ADMIT:
+            since = parse_time(status.get("queuedSince")) or now
+            waited = max(0, int((now - since).total_seconds()))
+            patch.update(queuedSince=None, queuedSeconds=int(status.get("queuedSeconds") or 0) + waited)
+            cond(ConditionType.QUEUED, "False", ConditionType.ADMITTED, action.message)
+            cond(ConditionType.ADMITTED, "True", ConditionType.ADMITTED, action.message)
+        case _:
+            raise ValueError(f"no transition for action kind {kind!r}")
     if action.failure is not None:
         f = action.failure
         patch["failure"] = {"stage": f.stage, "attempt": f.attempt, "child": f.child,
                             "reason": f.reason, "message": f.message}
     patch["conditions"] = conditions
     patch["observedGeneration"] = generation
-    return patch
-
-
-def event_for(action: Action) -> tuple[str, str, str] | None:
-    """(type, reason, message) of the Event the action posts; every transition posts one."""
-    if action.kind in (START, CREATE, ADOPT, ADVANCE, SUCCEED, SPEC_RESTORED, QUEUE, ADMIT, UNSTALL, CLEAN_UP, EXPIRE):
-        type_ = "Warning" if action.reason == "ChildMissing" else "Normal"
-        return type_, action.reason, action.message
-    if action.kind in (RETRY, FAIL, REJECT_SPEC_CHANGE, STALL):
-        return "Warning", action.reason, action.message
-    return None
+    return Transition(patch, (event_type, action.reason, action.message))
 
 
 def progress_patch(latest: dict[int, RankProgress] | None, status: dict[str, Any], attempt: int,
@@ -189,7 +191,7 @@ def _clock(seconds: float) -> str:
 
 
 def _stalled(conditions: list[dict[str, Any]]) -> bool:
-    return any(c.get("type") == STALLED_CONDITION and c.get("status") == "True" for c in conditions)
+    return any(c.get("type") == ConditionType.STALLED and c.get("status") == "True" for c in conditions)
 
 
 def set_condition(conditions: list[dict[str, Any]], type_: str, status: str, reason: str, message: str,

@@ -22,6 +22,7 @@ from stylebatch_operator.names import (
 )
 from stylebatch_operator.settings import Settings
 from stylebatch_operator.spec import spec_problems
+from stylebatch_operator.states import Phase
 from stylebatch_operator.videowatch_crd import POISON_SUFFIX, WATCH_SPEC_SCHEMA
 
 if TYPE_CHECKING:
@@ -30,7 +31,6 @@ if TYPE_CHECKING:
 ANNOTATION_SOURCE = f"{GROUP}/source"
 ANNOTATION_ETAG = f"{GROUP}/source-etag"
 ANNOTATION_UPLOADED = f"{GROUP}/uploaded"
-FINISHED = ("Succeeded", "Failed")
 
 # What happens to a queue message or a listed blob.
 CREATE, IGNORE, POISON = "create", "ignore", "poison"
@@ -207,9 +207,9 @@ def job_manifest(watch: Mapping[str, Any], spec: WatchSpec, blob: str, etag: str
 
 def job_counts(jobs: Iterable[Mapping[str, Any]]) -> dict[str, int]:
     """running / succeeded / failed among the watch's jobs, by their phase."""
-    phases = [((j.get("status") or {}).get("phase") or "Pending") for j in jobs]
-    return {"running": sum(p not in FINISHED for p in phases), "succeeded": phases.count("Succeeded"),
-            "failed": phases.count("Failed")}
+    phases = [Phase.of(j.get("status") or {}) for j in jobs]
+    return {"running": sum(not p.terminal for p in phases), "succeeded": phases.count(Phase.SUCCEEDED),
+            "failed": phases.count(Phase.FAILED)}
 
 
 def free_slots(spec: WatchSpec, running: int) -> int:

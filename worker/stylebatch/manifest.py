@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
-from fractions import Fraction
 from typing import Any
 
 from stylebatch.errors import StylebatchError
@@ -56,10 +55,6 @@ class Manifest:
     input_identity: dict[str, Any] = field(default_factory=dict)  # Location.identity() of the input
     video_codec: str = ""  # the source video's decoder, e.g. mjpeg ("" in work dirs of older versions)
     extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def time_base_fraction(self) -> Fraction:
-        return Fraction(*self.time_base)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))

@@ -340,12 +340,6 @@ def _user_net(path: Path, dev: torch.device, dtype: torch.dtype) -> nn.Module:
     return _Unit(net).to(dev, dtype).to(memory_format=torch.channels_last)
 
 
-def builtin_style_name(style: str) -> str | None:
-    """The resolved name of a built-in style or blend (e.g. "3" -> its name), None if it names a file."""
-    parts = parse_style(style)
-    return style_label(parts) if all(p.kind == BUILTIN_KIND for p in parts) else None
-
-
 def _builtin(token: str) -> Style | None:
     token = token.strip().lower()
     if token.isdigit() and int(token) < NUM_STYLES:

@@ -33,11 +33,6 @@ def format_line(p: RankProgress) -> str:
     )
 
 
-def parse_line(line: str) -> RankProgress | None:
-    """The first progress record in a log line, or None for any other line (or a garbled one)."""
-    return next(iter(parse_records(line)), None)
-
-
 def parse_records(line: str) -> list[RankProgress]:
     """Every progress record in a log line. mpiexec can glue two ranks' lines into one."""
     records = []
@@ -50,16 +45,6 @@ def parse_records(line: str) -> list[RankProgress]:
     return records
 
 
-@dataclass(frozen=True)
-class Total:
-    done: int
-    frames: int
-
-    @property
-    def percent(self) -> float:
-        return 100.0 * self.done / self.frames if self.frames else 0.0
-
-
 def latest_by_rank(lines: Iterable[str]) -> dict[int, RankProgress]:
     """The latest progress record of each rank that reported."""
     latest: dict[int, RankProgress] = {}
@@ -67,15 +52,6 @@ def latest_by_rank(lines: Iterable[str]) -> dict[int, RankProgress]:
         for p in parse_records(line):
             latest[p.rank] = p
     return latest
-
-
-def aggregate(lines: Iterable[str]) -> Total | None:
-    """Frames done over all ranks, from the latest line of each rank. None if no rank reported."""
-    latest = latest_by_rank(lines)
-    if not latest:
-        return None
-    frames = max(p.frames for p in latest.values())
-    return Total(done=min(frames, sum(p.done for p in latest.values())), frames=frames)
 
 
 # `stylebatch train-style` reports its steps in a line of its own (a progress bar on a terminal, a

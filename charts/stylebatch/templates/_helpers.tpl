@@ -69,3 +69,42 @@ app.kubernetes.io/component: operator
 {{- end -}}
 {{- toJson $secrets -}}
 {{- end -}}
+
+{{/* The operator's job defaults (STYLEBATCH_JOB_DEFAULTS), as YAML: what a StyleTransferJob gets for
+     each spec field it leaves out, plus the job pods' serviceAccountName and the pods no spec field
+     sizes. Empty values are left out (a job then has none, rather than an empty one). */}}
+{{- define "stylebatch.jobDefaults" -}}
+{{- $jobs := .Values.jobs -}}
+{{- $d := dict "image" (include "stylebatch.image" (list . $jobs.image)) "imagePullPolicy" .Values.imagePullPolicy
+     "workers" (int $jobs.workers) "gpusPerWorker" (int $jobs.gpusPerWorker)
+     "progressTimeoutSeconds" (int $jobs.progressTimeoutSeconds) -}}
+{{- with $jobs.resources }}{{ $_ := set $d "resources" (include "stylebatch.quantities" . | fromJson) }}{{ end -}}
+{{- with .Values.imagePullSecrets }}{{ $_ := set $d "imagePullSecrets" (include "stylebatch.imagePullSecrets" $ | fromJsonArray) }}{{ end -}}
+{{- with $jobs.queueName }}{{ $_ := set $d "queueName" . }}{{ end -}}
+{{- $scheduling := dict -}}
+{{- with $jobs.nodeSelector }}{{ $_ := set $scheduling "nodeSelector" . }}{{ end -}}
+{{- with $jobs.tolerations }}{{ $_ := set $scheduling "tolerations" . }}{{ end -}}
+{{- with $scheduling }}{{ $_ := set $d "scheduling" . }}{{ end -}}
+{{- $account := include "stylebatch.jobServiceAccount" . -}}
+{{- with $account }}{{ $_ := set $d "serviceAccountName" . }}{{ end -}}
+{{- if eq .Values.storage.auth "workloadIdentity" -}}
+{{- $_ := set $d "storage" (dict "serviceAccountName" $account "accountName" .Values.storage.account) -}}
+{{- else if .Values.storage.existingSecret -}}
+{{- $_ := set $d "storage" (dict "secretName" .Values.storage.existingSecret) -}}
+{{- end -}}
+{{- $_ := set $d "pods" (dict "stageResources" (include "stylebatch.quantities" $jobs.stageResources | fromJson)
+     "launcherResources" (include "stylebatch.quantities" $jobs.launcherResources | fromJson)
+     "scratchSize" (toString $jobs.scratchSize) "shmSize" (toString $jobs.shmSize)) -}}
+{{- toYaml $d -}}
+{{- end -}}
+
+{{/* {requests: {...}, limits: {...}} with every quantity a string (cpu: 4 -> "4"), as JSON. */}}
+{{- define "stylebatch.quantities" -}}
+{{- $out := dict -}}
+{{- range $kind, $quantities := . -}}
+{{- $strings := dict -}}
+{{- range $name, $q := $quantities }}{{ if not (kindIs "invalid" $q) }}{{ $_ := set $strings $name (toString $q) }}{{ end }}{{ end -}}
+{{- $_ := set $out $kind $strings -}}
+{{- end -}}
+{{- toJson $out -}}
+{{- end -}}

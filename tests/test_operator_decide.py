@@ -515,6 +515,21 @@ def test_a_child_that_cannot_start_is_reported_stalled_at_the_first_look(case, p
         assert again.kind == ActionKind.WAIT
 
 
+def test_a_permanent_cause_after_a_transient_one_gets_its_own_grace_period():
+    obj = stj("Preprocessing", attempts={"preprocess": 1})
+    waited = NOW - timedelta(minutes=5)  # the GPU pool scaled up for five minutes
+    obj["status"].update(status_patch(obj, decide(obj, {PRE1: job(PRE1)}, now=waited, pods=[UNSCHEDULABLE]), waited))
+    secret = [pending_pod("CreateContainerConfigError", 'secret "stylebatch-storage" not found')]
+    shown = decide(obj, {PRE1: job(PRE1)}, now=NOW, pods=secret, settings=SETTINGS)
+    assert (shown.kind, shown.reason) == (STALL, "CreateContainerConfigError")  # not failed at once
+    obj["status"].update(status_patch(obj, shown, NOW))
+    stalled = next(c for c in obj["status"]["conditions"] if c["type"] == "Stalled")
+    assert stalled["lastTransitionTime"] == "2026-05-01T12:00:00Z"
+    later = NOW + timedelta(seconds=SETTINGS.stall_grace_seconds)
+    assert decide(obj, {PRE1: job(PRE1)}, now=later - timedelta(seconds=1), pods=secret, settings=SETTINGS).kind == WAIT
+    assert decide(obj, {PRE1: job(PRE1)}, now=later, pods=secret, settings=SETTINGS).kind == FAIL
+
+
 def test_the_pods_starting_clear_the_stall():
     obj = stj("Preprocessing", attempts={"preprocess": 1})
     obj["status"].update(transition(obj, decide(obj, {PRE1: job(PRE1)}, now=NOW, pods=[UNSCHEDULABLE]), NOW).patch)

@@ -311,12 +311,13 @@ def _stalled_condition(stj: dict[str, Any]) -> dict[str, Any] | None:
 def _stall_action(stj: dict[str, Any], stage: str, attempt: int, found: Stall, live: tuple[tuple[str, str], ...],
                   now: datetime, settings: Settings) -> Action | None:
     """STALL when the status does not show `found` yet; FAIL (deleting `live`) once a permanent
-    cause the status shows has lasted the grace period (since the Stalled condition was set, or
-    since the child shows it began); None while there is nothing new to say."""
+    cause the status shows has lasted the grace period (since the Stalled condition was set with
+    this reason, or since the child shows it began); None while there is nothing new to say."""
     name = child_name(stj["metadata"]["name"], stage, attempt)
     kind_name = f"{CHILD_KIND[stage]} {name}"
     reported = _stalled_condition(stj)
-    since = parse_time(reported.get("lastTransitionTime")) if reported is not None else None
+    shown = reported is not None and reported.get("reason") == found.reason
+    since = parse_time(reported.get("lastTransitionTime")) if shown else None
     if found.elapsed is not None and since is not None:  # shown first, however late it was first seen
         since = min(since, now - timedelta(seconds=found.elapsed))
     if found.permanent and since is not None and (now - since).total_seconds() >= settings.stall_grace_seconds:

@@ -94,7 +94,9 @@ def transition(stj: dict[str, Any], action: Action, now: datetime) -> Transition
                                          "summary": f"100% ({steps}/{steps} steps)", "updateTime": iso(now)}
             if action.reason == "ChildMissing":
                 event_type = WARNING
-        case ActionKind.STALL:
+        case ActionKind.STALL:  # another cause is another stall: its grace period starts now
+            conditions = [c for c in conditions if not (c.get("type") == ConditionType.STALLED
+                                                        and c.get("reason") != action.reason)]
             cond(ConditionType.STALLED, "True", action.reason, action.message)
             patch.update(reason=action.reason, message=action.message)
         case ActionKind.UNSTALL:

@@ -518,16 +518,17 @@ def test_a_child_that_cannot_start_is_reported_stalled_at_the_first_look(case, p
 def test_a_permanent_cause_after_a_transient_one_gets_its_own_grace_period():
     obj = stj("Preprocessing", attempts={"preprocess": 1})
     waited = NOW - timedelta(minutes=5)  # the GPU pool scaled up for five minutes
-    obj["status"].update(status_patch(obj, decide(obj, {PRE1: job(PRE1)}, now=waited, pods=[UNSCHEDULABLE]), waited))
+    first = decide(obj, {PRE1: job(PRE1)}, now=waited, pods=[UNSCHEDULABLE])
+    obj["status"].update(transition(obj, first, waited).patch)
     secret = [pending_pod("CreateContainerConfigError", 'secret "stylebatch-storage" not found')]
     shown = decide(obj, {PRE1: job(PRE1)}, now=NOW, pods=secret, settings=SETTINGS)
-    assert (shown.kind, shown.reason) == (STALL, "CreateContainerConfigError")  # not failed at once
-    obj["status"].update(status_patch(obj, shown, NOW))
+    assert (shown.kind, shown.reason) == (ActionKind.STALL, "CreateContainerConfigError")  # not failed at once
+    obj["status"].update(transition(obj, shown, NOW).patch)
     stalled = next(c for c in obj["status"]["conditions"] if c["type"] == "Stalled")
     assert stalled["lastTransitionTime"] == "2026-05-01T12:00:00Z"
     later = NOW + timedelta(seconds=SETTINGS.stall_grace_seconds)
-    assert decide(obj, {PRE1: job(PRE1)}, now=later - timedelta(seconds=1), pods=secret, settings=SETTINGS).kind == WAIT
-    assert decide(obj, {PRE1: job(PRE1)}, now=later, pods=secret, settings=SETTINGS).kind == FAIL
+    assert decide(obj, {PRE1: job(PRE1)}, now=later - timedelta(seconds=1), pods=secret, settings=SETTINGS).kind == ActionKind.WAIT
+    assert decide(obj, {PRE1: job(PRE1)}, now=later, pods=secret, settings=SETTINGS).kind == ActionKind.FAIL
 
 
 def test_the_pods_starting_clear_the_stall():

@@ -272,11 +272,13 @@ def every_action(obj: dict[str, Any]) -> list[Action]:
 
 
 def test_every_action_kind_has_its_transition_and_writes_only_the_crds_phases_and_declared_conditions():
-    from stylebatch_operator.crd import openapi_schema
+    from stylebatch_operator.crd import crd, openapi_schema
     from stylebatch_operator.states import ConditionType, Phase
 
     status_schema = openapi_schema()["properties"]["status"]["properties"]
     assert status_schema["phase"]["enum"] == [p.value for p in Phase]
+    (column,) = [c for c in crd()["spec"]["versions"][0]["additionalPrinterColumns"] if c["name"] == "Phase"]
+    assert all(p.value in column["description"] for p in Phase)
     condition_text = status_schema["conditions"]["items"]["properties"]["type"]["description"]
     assert all(c.value in condition_text for c in ConditionType)
     obj = stj()

@@ -404,7 +404,8 @@ def crd() -> dict[str, Any]:
             {"rule": f"self.metadata.name.matches('{NAME_PATTERN}')", "message": f"name {NAME_RULE_MESSAGE}"},
         ],
         [
-            {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+            {"name": "Phase", "type": "string", "jsonPath": ".status.phase",
+             "description": f"Where the job is: {', '.join(Phase.values())}."},
             {"name": "Progress", "type": "string", "jsonPath": ".status.progress.summary"},
             # what the job runs with, from the status: a style given as a URI shows no SAS token
             {"name": "Style", "type": "string", "jsonPath": ".status.effectiveSpec.style"},

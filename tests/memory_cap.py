@@ -52,20 +52,33 @@ def available() -> str | None:
     return None
 
 
-def run_capped(limit: int, argv: list[str], timeout: float = 600, env: dict | None = None) -> Capped:
-    """argv in a fresh cgroup limited to `limit` bytes (no swap); the cgroup is removed afterwards."""
+def run_capped(limit: int, argv: list[str], timeout: float = 600, env: dict | None = None,
+               nested: bool = False, companion: list[str] | None = None) -> Capped:
+    """argv in a fresh cgroup limited to `limit` bytes (no swap); the cgroup is removed afterwards.
+    nested: argv runs in a group of its own below the limited one (the limit is its parent's).
+    companion: a command started first in the same group, which must print a line when ready
+    (for example a process holding memory), stopped when argv ends."""
     folder, limit_file, peak_file, events_file = _make()
+    inner = folder / "inner" if nested else folder
+    helper = None
     try:
         (folder / limit_file).write_text(str(limit))
         swap = folder / ("memory.swap.max" if limit_file == "memory.max" else "memory.memsw.limit_in_bytes")
         if swap.exists():
             swap.write_text("0" if limit_file == "memory.max" else str(limit))
-        procs = str(folder / "cgroup.procs")
+        if nested:
+            if limit_file == "memory.max":
+                (folder / "cgroup.subtree_control").write_text("+memory")
+            inner.mkdir()
+        procs = str(inner / "cgroup.procs")
 
         def enter() -> None:
             with open(procs, "w") as f:
                 f.write(str(os.getpid()))
 
+        if companion:
+            helper = subprocess.Popen(companion, stdout=subprocess.PIPE, text=True, preexec_fn=enter)
+            helper.stdout.readline()
         result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env,
                                 preexec_fn=enter)
         events = (folder / events_file).read_text()
@@ -73,9 +86,13 @@ def run_capped(limit: int, argv: list[str], timeout: float = 600, env: dict | No
         return Capped(result.returncode, result.stdout, result.stderr, int((folder / peak_file).read_text()),
                       killed)
     finally:
-        for _ in range(50):  # the last process may take a moment to leave
-            try:
-                folder.rmdir()
-                break
-            except OSError:
-                time.sleep(0.1)
+        if helper is not None:
+            helper.kill()
+            helper.wait()
+        for group in dict.fromkeys([inner, folder]):
+            for _ in range(50):  # the last process may take a moment to leave
+                try:
+                    group.rmdir()
+                    break
+                except OSError:
+                    time.sleep(0.1)

@@ -112,43 +112,30 @@ def test_storage_failures_exit_75_when_a_retry_can_help_and_2_when_not(case: str
     assert len(lines) == 1 and all(w in lines[0] for w in words), err
 
 
-def _memory_cgroup(limit: int) -> Path | None:
-    """A fresh cgroup v1 memory group with this limit, or None where this machine cannot make one."""
-    root = Path("/sys/fs/cgroup/memory")
-    group = root / f"stylebatch-test-{uuid.uuid4().hex[:8]}"
-    try:
-        group.mkdir()
-        (group / "memory.limit_in_bytes").write_text(str(limit))
-    except OSError:
-        return None
-    return group
+# Holds memory in the run's cgroup: what else runs in a pod.
+HOG = "import numpy as np, sys, time\nheld = np.ones(int(sys.argv[1]), np.uint8)\nprint('ready', flush=True)\ntime.sleep(600)"
 
 
 @pytest.mark.slow
 @pytest.mark.mpi
 def test_a_rank_the_kernel_kills_for_memory_is_named_with_what_to_try(tmp_path: Path) -> None:
-    """A real out-of-memory kill: the run goes into a memory cgroup too small for a rank stylizing
-    720p frames at full size, and the kernel's OOM killer ends the rank."""
-    group = _memory_cgroup(900 * 1024 * 1024)
-    if group is None:
-        pytest.skip("cannot make a memory cgroup here (needs root and cgroup v1 memory)")
-    src = make_clip(tmp_path / "big.mp4", size=(1280, 720), frames=4)
-    try:
-        result = subprocess.run(
-            [sys.executable, "-m", "stylebatch", "run", str(src), "-o", str(tmp_path / "o.mp4"), "--workers", "1",
-             "--batch-size", "4", "--style", "lavender-gold"],
-            capture_output=True, text=True, timeout=600,
-            preexec_fn=lambda: (group / "cgroup.procs").write_text(str(os.getpid())))
-    finally:
-        for _ in range(50):
-            try:
-                group.rmdir()
-                break
-            except OSError:
-                import time
+    """A real out-of-memory kill: the run goes into a 1.5 GiB memory cgroup, which the pre-flight
+    sees (a rank of 720p frames at full size, batches of one, fits it), but where another process
+    holds 1 GiB, so the kernel's OOM killer ends the rank (the run's processes are its first
+    choice, as a pod's container is, and the rank is the largest of them)."""
+    import memory_cap
 
-                time.sleep(0.1)
-    assert result.returncode == EXIT_BAD_INPUT and "Traceback" not in result.stderr, result.stderr
+    why = memory_cap.available()
+    if why:
+        pytest.skip(why)
+    src = make_clip(tmp_path / "big.mp4", size=(1280, 720), frames=4)
+    result = memory_cap.run_capped(
+        1536 * 1024 ** 2, ["sh", "-c", 'echo 1000 > /proc/self/oom_score_adj && exec "$@"', "sh",
+                           sys.executable, "-m", "stylebatch", "run", str(src), "-o", str(tmp_path / "o.mp4"),
+                           "--workers", "1", "--batch-size", "1", "--style", "lavender-gold"],
+        companion=[sys.executable, "-c", HOG, str(1024 ** 3)])
+    assert result.oom_killed and result.returncode == EXIT_BAD_INPUT and "Traceback" not in result.stderr, \
+        result.stderr
     assert error_lines(result) == ["stylebatch: error: a rank ran out of memory (the kernel killed it); "
                                    "try --max-side or --batch-size 1"], result.stderr
     assert "BAD TERMINATION" not in result.stderr + result.stdout and "EXIT CODE" not in result.stderr

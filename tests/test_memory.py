@@ -198,12 +198,15 @@ def test_huge_intra_only_frames_get_a_fresh_encoder_each_and_the_same_bytes(code
     assert len(one_encoder) == 4 and packets("huge.mkv") == one_encoder
 
 
-def test_the_memory_limit_of_this_process_cgroup_is_what_the_machine_has(tmp_path) -> None:
-    """A rank in a cgroup limited below the machine (a pod, a capped run) plans for the limit."""
+@pytest.mark.parametrize("nested", [False, True])
+def test_the_memory_limit_of_this_process_cgroup_is_what_the_machine_has(nested: bool) -> None:
+    """A rank in a cgroup limited below the machine (a pod, a capped run), or below a limited group
+    (a pod's limit above its container's), plans for the limit."""
     why = memory_cap.available()
     if why:
         pytest.skip(why)
     run = memory_cap.run_capped(
-        700 * MiB, [sys.executable, "-c", "from stylebatch.memory import machine_bytes; print(machine_bytes())"])
+        700 * MiB, [sys.executable, "-c", "from stylebatch.memory import machine_bytes; print(machine_bytes())"],
+        nested=nested)
     assert run.returncode == 0, run.stderr
     assert int(run.stdout) == 700 * MiB

@@ -63,34 +63,39 @@ def rank_bytes(width: int, height: int, work_width: int, work_height: int, batch
 
 
 def machine_bytes() -> int:
-    """Memory this process may use: the machine's, or its memory cgroup's limit when lower (v1 or
-    v2, read where /proc/self/cgroup places this process, as well as at the mount's root)."""
+    """Memory this process may use: the machine's, or the lowest memory cgroup limit above it when
+    lower (v1 or v2, where /proc/self/cgroup places this process and every group above it)."""
     total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    for limit_file in _cgroup_limit_files():
-        try:
-            text = Path(limit_file).read_text().strip()
-        except OSError:
-            continue
-        if text.isdigit():
-            total = min(total, int(text))
+    for limit in _cgroup_limits():
+        total = min(total, limit)
     return total
 
 
-def _cgroup_limit_files() -> list[str]:
-    files = ["/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"]
+def _cgroup_limits() -> list[int]:
+    texts = []
     try:
         lines = Path("/proc/self/cgroup").read_text().splitlines()
     except OSError:
-        return files
-    for line in lines:
+        lines = []
+    for line in ["0::/", "9:memory:/", *lines]:  # the mount roots too (a container's own cgroup)
         _, controllers, path = line.split(":", 2)
-        if path in ("", "/"):
-            continue
-        if controllers == "":
-            files.append(f"/sys/fs/cgroup{path}/memory.max")
-        elif "memory" in controllers.split(","):
-            files.append(f"/sys/fs/cgroup/memory{path}/memory.limit_in_bytes")
-    return files
+        parts = [p for p in path.split("/") if p]
+        if controllers == "":  # v2: memory.max of this group and each one above
+            folders = ["/".join(parts[:i]) for i in range(len(parts) + 1)]
+            texts += [_read(f"/sys/fs/cgroup/{folder}/memory.max".replace("//", "/")) for folder in folders]
+        elif "memory" in controllers.split(","):  # v1: the limit of this group or any above
+            stat = _read(f"/sys/fs/cgroup/memory/{'/'.join(parts)}/memory.stat".replace("//", "/"))
+            texts += [v for k, _, v in (row.partition(" ") for row in stat.splitlines())
+                      if k == "hierarchical_memory_limit"]
+            texts.append(_read(f"/sys/fs/cgroup/memory/{'/'.join(parts)}/memory.limit_in_bytes".replace("//", "/")))
+    return [int(t) for t in (t.strip() for t in texts) if t.isdigit()]
+
+
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text()
+    except OSError:
+        return ""
 
 
 def check_fits(per_rank: int, width: int, height: int, max_side: int | None, available: int | None = None) -> int:

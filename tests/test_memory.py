@@ -210,3 +210,37 @@ def test_the_memory_limit_of_this_process_cgroup_is_what_the_machine_has(nested:
         nested=nested)
     assert run.returncode == 0, run.stderr
     assert int(run.stdout) == 700 * MiB
+
+
+LAUNCHER = """
+import re, sys
+from stylebatch.cli import main
+code = main(sys.argv[1:])
+peak = re.search(r"VmHWM:\s+(\d+) kB", open("/proc/self/status").read()).group(1)  # since exec, unlike ru_maxrss
+print("LAUNCHER", code, "torch" in sys.modules, int(peak) // 1024)
+"""
+
+
+@pytest.mark.parametrize("style", ["lavender-gold", "weights"])
+def test_the_launcher_loads_no_torch_so_it_holds_no_model_memory_while_the_ranks_work(clip, tmp_path: Path,
+                                                                                       style) -> None:
+    """`stylebatch run` checks the style in a short-lived child process: the launcher itself, alive
+    for the whole job beside its ranks, never imports torch (about 300 MB resident)."""
+    import sys
+
+    import torch
+
+    from stylebatch.transformer_net import TransformerNet
+
+    if style == "weights":
+        style = str(tmp_path / "net.pth")
+        torch.save(TransformerNet().state_dict(), style)
+    src = clip("in.mp4", size=(64, 48), frames=8)
+    result = subprocess.run([sys.executable, "-c", LAUNCHER, "run", str(src), "-o", str(tmp_path / "out.mp4"),
+                             "--workers", "2", "--style", style, "--max-side", "32"],
+                            capture_output=True, text=True, timeout=300)
+    code, torch_loaded, peak_mib = result.stdout.split("LAUNCHER")[-1].split()
+    assert code == "0", result.stderr
+    assert torch_loaded == "False"
+    assert int(peak_mib) < 150, f"launcher peak RSS {peak_mib} MiB"
+    assert count_frames(tmp_path / "out.mp4") == 8

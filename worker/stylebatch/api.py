@@ -83,6 +83,6 @@ def postprocess(req: PostprocessRequest) -> str:
 
 def list_styles() -> list:
     """The built-in styles (name, index, description) in index order. Imports torch."""
-    from stylebatch.models import list_styles as styles
+    from stylebatch.styles import list_styles as styles
 
     return styles()

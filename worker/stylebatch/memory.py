@@ -132,7 +132,7 @@ def ranks_that_fit(m, max_side: int | None, batch_size: int | None, gpu: bool, r
     a one-line StylebatchError naming --max-side when `ranks_here` ranks (or even one) cannot."""
     import av
 
-    from stylebatch.models import working_size
+    from stylebatch.styles import working_size
     from stylebatch.video import lowres
 
     height, width = working_size(m.display_height, m.display_width, max_side)

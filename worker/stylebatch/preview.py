@@ -33,7 +33,7 @@ def parse_time(text: str) -> float:
 def chosen_styles(values: list[str] | None, everything: bool) -> list[str]:
     """Each --style value is a comma list of styles (one tile each), unless it has weights (a:0.7,b:0.3):
     then it is one blend. No --style, or --all: the 26 built-ins, then the styles given."""
-    from stylebatch.models import list_styles
+    from stylebatch.styles import list_styles
 
     given = []
     for value in values or []:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
 import os
 import shutil
@@ -19,7 +20,7 @@ from typing import Callable
 
 from stylebatch.contract import ERROR_PREFIX, EXIT_TRANSIENT, HWLOC_XMLFILE_ENV, no_topology_file
 from stylebatch.errors import Interrupted, StylebatchError, TransientError
-from stylebatch.memory import on_gpu, ranks_that_fit
+from stylebatch.memory import ranks_that_fit
 from stylebatch.monitor import Monitor
 from stylebatch.ranks import HYDRA_BANNER, cpu_count, killed_by_sigkill, oom_kills
 from stylebatch.requests import RunRequest, StylizeRequest
@@ -29,7 +30,7 @@ log = logging.getLogger(__name__)
 
 def list_styles(args: argparse.Namespace) -> int:
     from stylebatch.contract import DEFAULT_STYLE
-    from stylebatch.models import list_styles as styles
+    from stylebatch.styles import list_styles as styles
 
     for s in styles():
         mark = " (default)" if DEFAULT_STYLE in (s.name, str(s.index)) else ""
@@ -37,16 +38,13 @@ def list_styles(args: argparse.Namespace) -> int:
     return 0
 
 
-def default_workers(device: str) -> int:
-    """One rank per GPU. On CPU, one rank per core up to 4 (then more threads per rank): torch
-    scales poorly across threads, and on 2 cores 2 ranks x 1 thread ran 1.3x faster end to end than
-    1 rank x 2 threads (benchmarks/bench_pipeline.py). The cap bounds memory: each rank holds a model
-    and its own frame batches."""
-    if device != "cpu":
-        import torch
-
-        if torch.cuda.is_available():
-            return max(1, torch.cuda.device_count())
+def default_workers(device: str, gpus: int) -> int:
+    """One rank per GPU (`gpus`: how many this host's torch sees). On CPU, one rank per core up to 4
+    (then more threads per rank): torch scales poorly across threads, and on 2 cores 2 ranks x 1
+    thread ran 1.3x faster end to end than 1 rank x 2 threads (benchmarks/bench_pipeline.py). The cap
+    bounds memory: each rank holds a model and its own frame batches."""
+    if device != "cpu" and gpus:
+        return gpus
     return max(1, min(cpu_count(), 4))
 
 
@@ -154,12 +152,13 @@ def _run_stages(args: RunRequest, work, scratch: Path, progress: Progress | None
         log.info("%d chunk(s) of work: running %d rank(s), not %d", chunks, chunks, workers)
         workers = chunks
     model = args.model
-    fit = ranks_that_fit(m, model.max_side, model.batch_size, on_gpu(model.device))  # before any stylize
+    gpu = model.device != "cpu" and style_check.gpus > 0
+    fit = ranks_that_fit(m, model.max_side, model.batch_size, gpu)  # before any stylize
     if workers > fit:
         log.info("memory for %d rank(s) of %dx%d frames: running %d, not %d", fit, m.display_width,
                  m.display_height, fit, workers)
         workers = fit
-    from stylebatch.models import parse_style, style_label
+    from stylebatch.styles import parse_style, style_label
 
     log.info("stylizing %d frames on %d rank(s), style %s", frames, workers, style_label(parse_style(style)))
     _stylize(args.stylize_request(work.address, style), workers, frames, lock_token(work), scratch, progress)
@@ -170,32 +169,64 @@ def _run_stages(args: RunRequest, work, scratch: Path, progress: Progress | None
     return Result(output=shown, frames=m.frames, duration=float(duration), timings=timings)
 
 
+_CHECK_STYLE = "import json, sys; from stylebatch.run import check_style_child; check_style_child(json.loads(sys.argv[1]))"
+
+
+def _check_style(style: str, model) -> int:
+    """Load the style as the ranks will, in a child process: the launcher never imports torch, so it
+    holds none of torch's or the model's memory (about 300 MB) while the ranks work. Returns how
+    many GPUs torch sees here."""
+    options = {"style": style, "strength": model.strength, "max_side": model.max_side, "keep_colors": model.keep_colors}
+    result = subprocess.run([sys.executable, "-c", _CHECK_STYLE, json.dumps(options)], stdin=subprocess.DEVNULL,
+                            capture_output=True, text=True, errors="replace")
+    if result.returncode == 0:
+        return int(result.stdout.split()[-1])
+    reason = next((line[len(ERROR_PREFIX):].strip() for line in result.stderr.splitlines()
+                   if line.startswith(ERROR_PREFIX)), None)
+    if reason is None:
+        raise StylebatchError(f"checking style {style} failed (exit code {result.returncode}): "
+                              f"{' '.join(result.stderr.split())[-300:]}")
+    raise (TransientError if result.returncode == EXIT_TRANSIENT else StylebatchError)(reason)
+
+
+def check_style_child(options: dict) -> None:
+    """The child of `_check_style`: prints the GPUs torch sees, or one error line and the error's
+    exit code for a bad style."""
+    import torch
+
+    from stylebatch.models import load_stylizer
+
+    try:
+        load_stylizer(options["style"], device="cpu", strength=options["strength"], max_side=options["max_side"],
+                      keep_colors=options["keep_colors"])
+    except StylebatchError as exc:
+        sys.stderr.write(f"{ERROR_PREFIX}{' '.join(str(exc).split())}\n")
+        sys.exit(exc.exit_code)
+    print(torch.cuda.device_count() if torch.cuda.is_available() else 0)
+
+
 class _StyleCheck(threading.Thread):
-    """Loads the style once in the launcher, so a bad style fails before the ranks start."""
+    """Checks the style once before the ranks start (a bad style fails before any work), beside preprocess."""
 
     def __init__(self, args: RunRequest, style_dir: Path) -> None:
         super().__init__(daemon=True, name="stylebatch-style-check")
         self.model, self.style_dir = args.model, style_dir
         self.style: str | None = None
         self.workers = args.workers
+        self.gpus = 0
         self.error: BaseException | None = None
 
     def run(self) -> None:
         try:
             from stylebatch.contract import DEFAULT_STYLE
-            from stylebatch.models import load_stylizer
             from stylebatch.stylize import resolve_style
 
-            if self.model.device == "cuda":
-                import torch
-
-                if not torch.cuda.is_available():
-                    raise StylebatchError("--device cuda: no GPU is visible here (use --device cpu or auto)")
             self.style = resolve_style(self.model.style or DEFAULT_STYLE, self.style_dir)
-            load_stylizer(self.style, device="cpu", strength=self.model.strength, max_side=self.model.max_side,
-                          keep_colors=self.model.keep_colors)
+            self.gpus = _check_style(self.style, self.model)
+            if self.model.device == "cuda" and not self.gpus:
+                raise StylebatchError("--device cuda: no GPU is visible here (use --device cpu or auto)")
             if self.workers is None:
-                self.workers = default_workers(self.model.device)
+                self.workers = default_workers(self.model.device, self.gpus)
         except BaseException as exc:  # noqa: BLE001 - re-raised in the main thread
             self.error = exc
 

@@ -178,7 +178,7 @@ def decode_size(m: Manifest, max_side: int | None, strength: float, keep_colors:
     """(width, height) to decode frames at, or None for the display size. With --max-side, frames are
     scaled down in the decoder to the size they are stylized at and scaled up again only in the
     encoder, so no full-size frame is held anywhere else."""
-    from stylebatch.models import working_size
+    from stylebatch.styles import working_size
 
     height, width = working_size(m.display_height, m.display_width, max_side)
     if (width, height) == (m.display_width, m.display_height):
@@ -198,7 +198,7 @@ def _sar(m: Manifest) -> tuple[int, int] | None:
 def _own_frame(reader: ChunkReader, m: Manifest, style: str, strength: float):
     """The video's own look for --strength below 1 with a painting: its middle frame (the same on
     every rank, so every rank paints with the same style vector), or None when not needed."""
-    from stylebatch.models import IMAGE_KIND, parse_style
+    from stylebatch.styles import IMAGE_KIND, parse_style
 
     if strength >= 1.0 or all(p.kind != IMAGE_KIND for p in parse_style(style)):
         return None
@@ -232,7 +232,7 @@ def settings_record(style: str, strength: float, max_side: int | None, keep_colo
     """What decides how a part looks, normalized: built-in styles by their resolved names, files
     (paintings, .pth weights) by the sha256 of their bytes, so resuming with another painting that has
     the same file name is refused."""
-    from stylebatch.models import BUILTIN_KIND, parse_style
+    from stylebatch.styles import BUILTIN_KIND, parse_style
 
     keys, names = [], []
     parts = parse_style(style)
@@ -286,7 +286,7 @@ def check_settings(work, record: dict, has_parts: bool) -> None:
 def resolve_style(style: str, tmp: Path) -> str:
     """The style with every file in it (painting or .pth, local path or blob URI) made a local path:
     blobs are downloaded into `tmp` once, like weights files. Built-in styles stay as they are."""
-    from stylebatch.models import BUILTIN_KIND, parse_style
+    from stylebatch.styles import BUILTIN_KIND, parse_style
     from stylebatch.storage import location
 
     parts = parse_style(style)

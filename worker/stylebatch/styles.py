@@ -1,0 +1,145 @@
+"""The built-in styles' names and descriptions, parsing a --style term or blend, and the size frames
+are stylized at. No torch here: the launcher (`stylebatch run`) validates and labels styles with it
+without loading torch, so it holds no model memory while the ranks work.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from stylebatch.contract import STYLE_NAMES, is_style_file, split_style_term
+from stylebatch.errors import BadInput
+from stylebatch.paintings import is_image_name
+
+
+@dataclass(frozen=True)
+class Style:
+    name: str
+    index: int
+    description: str
+
+
+# The weights came without names. These describe what each style does to a photo
+# (rendered on test photos and a film frame), not which painting it was trained on.
+_DESCRIPTIONS = (  # in the order of contract.STYLE_NAMES
+    "flat pale sky blue and golden yellow with soft dark shadows",
+    "thick black brush outlines over flat lemon yellow and white",
+    "black ink lines over pale peach and grey washes, nearly monochrome",
+    "dense tangle of red, blue, orange and black ribbons; abstract, little of the photo survives",
+    "flat crimson, golden yellow and sky blue areas with crisp edges",
+    "orange, red and lilac brushstrokes with dark contours",
+    "dark navy texture pocked with round black cells",
+    "saturated yellow, red and royal blue on black, broad smooth shapes",
+    "white paper with pink, cyan and yellow pencil-like strokes",
+    "teal and white bead pattern with red patches; the photo becomes a pattern",
+    "earthy brown and burnt orange oil-paint look that keeps detail",
+    "brown ink hatching on cream paper with golden fills",
+    "soft lavender and golden yellow brushwork; calm and steady on video",
+    "lime green, teal and red panes with dark outlines",
+    "pale icy blue and peach, soft and low contrast",
+    "white and pastel tile fragments outlined in thin dark lines",
+    "blue field with diagonal olive and orange streaks",
+    "red, orange and blue rectangles; the photo turns into a block pattern",
+    "beige and brown wood-grain lines like a sepia woodcut",
+    "deep blue and gold swirling impasto strokes; busy texture",
+    "everything in reds with dark blue accents",
+    "flat cut-paper shapes in sky blue, black, cream, pink and yellow",
+    "cream cells with black crackle veins, lavender and red accents",
+    "dim green-black with pale glowing highlights, soft",
+    "indigo blue brush texture on cream, like blue-and-white ceramics",
+    "copper brown and slate blue mosaic texture",
+)
+_STYLES = [Style(name, index, description)
+           for index, (name, description) in enumerate(zip(STYLE_NAMES, _DESCRIPTIONS, strict=True))]
+_BY_NAME = {s.name: s for s in _STYLES}
+
+MIN_SIDE = 16  # below this the net's reflection pads run out of pixels
+
+
+def list_styles() -> list[Style]:
+    """The 26 built-in styles in index order."""
+    return list(_STYLES)
+
+
+IMAGE_KIND, WEIGHTS_KIND, BUILTIN_KIND = "painting", "weights", "builtin"
+
+
+@dataclass(frozen=True)
+class StylePart:
+    """One term of a --style blend: a built-in (by name), a painting or a .pth file (path or URI)."""
+
+    kind: str
+    ref: str
+    weight: float  # the parts of a blend sum to 1
+
+
+def parse_style(style: str) -> list[StylePart]:
+    """"lavender-gold", "3", "starry.jpg", "az://styles/candy.pth", or a blend of any of them:
+    "starry.jpg:0.7,lavender-gold:0.3" (weights are relative; a missing weight is 1)."""
+    if not isinstance(style, str) or not style.strip():
+        raise BadInput(f"no style given ({style!r}): run `stylebatch styles` to list the built-in styles")
+    parts = []
+    for token in style.split(","):
+        ref, text = _split_weight(token.strip())
+        builtin = _builtin(ref)
+        if builtin is not None:
+            kind, ref = BUILTIN_KIND, builtin.name
+        elif is_image_name(ref):
+            kind = IMAGE_KIND
+        elif is_style_file(ref) or (ref and Path(ref).expanduser().exists()):
+            kind = WEIGHTS_KIND
+        else:
+            where = f" in {style!r}" if "," in style else ""
+            raise BadInput(f"unknown style {ref!r}{where}: run `stylebatch styles` to list the built-in styles, "
+                           "or give a painting (.jpg, .png, .webp) or a fast_neural_style .pth file")
+        try:
+            weight = float(text) if text.strip() else 1.0
+        except ValueError:
+            raise BadInput(f"bad weight {text!r} for {ref} in {style!r}; write e.g. "
+                           f"{_STYLES[0].name}:0.5,{_STYLES[1].name}:0.5") from None
+        if not math.isfinite(weight) or weight < 0:
+            raise BadInput(f"style weights must be zero or positive, got {text!r} for {ref}")
+        parts.append(StylePart(kind, ref, weight))
+    total = sum(p.weight for p in parts)
+    if total <= 0:
+        raise BadInput(f"style weights in {style!r} are all zero")
+    return [StylePart(p.kind, p.ref, p.weight / total) for p in parts if p.weight > 0]
+
+
+def _split_weight(token: str) -> tuple[str, str]:
+    """"name:0.5" -> ("name", "0.5"), and "name:lots" too when name is a built-in (a bad weight)."""
+    head, sep, tail = token.rpartition(":")
+    if sep and _builtin(head) is not None:
+        return head.strip(), tail
+    return split_style_term(token)
+
+
+def style_label(parts: list[StylePart]) -> str:
+    """How a style is shown: "lavender-gold", "starry", "starry:0.7,lavender-gold:0.3"."""
+    def name(p: StylePart) -> str:
+        return p.ref if p.kind == BUILTIN_KIND else Path(p.ref.split("?")[0]).stem
+    return name(parts[0]) if len(parts) == 1 else ",".join(f"{name(p)}:{p.weight:.3g}" for p in parts)
+
+
+def working_size(height: int, width: int, max_side: int | None) -> tuple[int, int]:
+    """(height, width) frames are stylized at: their own, or scaled so the long side is max_side
+    rounded down to a multiple of 4 (each side a multiple of 4, at least MIN_SIDE)."""
+    if not max_side or max(height, width) <= max_side:
+        return height, width
+    scale = (max_side // 4 * 4) / max(height, width)
+    return max(MIN_SIDE, 4 * round(height * scale / 4)), max(MIN_SIDE, 4 * round(width * scale / 4))
+
+
+def _builtin(token: str) -> Style | None:
+    token = token.strip().lower()
+    if token.isdigit() and int(token) < len(_STYLES):
+        return _STYLES[int(token)]
+    return _BY_NAME.get(token)
+
+
+
+
+def style_by_name(name: str) -> Style:
+    return _BY_NAME[name]

@@ -32,8 +32,10 @@ log = logging.getLogger(__name__)
 MAX_CONTENT = 400  # content images kept in memory
 FRAMES_PER_VIDEO = 48
 # Loss weights for Caffe-preprocessed VGG19 features (0..255 inputs): the untrained net's Gram loss is
-# already ~20x its content loss, so style leads at equal weights (docs/painting-styles.md: how checked).
-CONTENT_WEIGHT, STYLE_WEIGHT, TV_WEIGHT = 1.0, 1.0, 1e-2
+# ~20x its content loss. At content weight 1 short runs lost the frame's shapes entirely; 5 kept them
+# and moved colours and Gram matrices toward the painting as far (benchmarks/train_check.py,
+# docs/painting-styles.md: what was and was not checked).
+CONTENT_WEIGHT, STYLE_WEIGHT, TV_WEIGHT = 5.0, 1.0, 1e-2
 
 
 def sample_video(path: Path, count: int, side: int) -> list[np.ndarray]:

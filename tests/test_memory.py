@@ -21,13 +21,17 @@ MiB = 1024 ** 2
 GiB = 1024 ** 3
 
 
+def _square_mjpeg(path: Path, side: int) -> Path:
+    """Two side x side frames of flat-colour MJPEG: tiny on disk, huge once decoded."""
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", f"color=c=teal:size={side}x{side}:rate=2",
+                    "-frames:v", "2", "-c:v", "mjpeg", "-q:v", "8", "-pix_fmt", "yuvj420p", str(path)], check=True)
+    return path
+
+
 @pytest.fixture(scope="module")
 def huge_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Two 8000x8000 frames (64 megapixels each) of MJPEG: under a MiB on disk, cheap to make."""
-    path = tmp_path_factory.mktemp("huge") / "huge.avi"
-    subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", "color=c=teal:size=8000x8000:rate=2",
-                    "-frames:v", "2", "-c:v", "mjpeg", "-q:v", "8", "-pix_fmt", "yuvj420p", str(path)], check=True)
-    return path
+    return _square_mjpeg(tmp_path_factory.mktemp("huge") / "huge.avi", 8000)
 
 
 @pytest.mark.slow
@@ -45,10 +49,7 @@ def test_huge_frames_with_max_side_are_stylized_in_bounded_memory(huge_clip: Pat
 @pytest.fixture(scope="module")
 def giant_mjpeg(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Two 16000x16000 frames (256 megapixels each) of MJPEG: 3 MB on disk, a few seconds to make."""
-    path = tmp_path_factory.mktemp("giant") / "giant.avi"
-    subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", "color=c=teal:size=16000x16000:rate=2",
-                    "-frames:v", "2", "-c:v", "mjpeg", "-q:v", "8", "-pix_fmt", "yuvj420p", str(path)], check=True)
-    return path
+    return _square_mjpeg(tmp_path_factory.mktemp("giant") / "giant.avi", 16000)
 
 
 @pytest.mark.slow

@@ -213,7 +213,7 @@ def test_the_memory_limit_of_this_process_cgroup_is_what_the_machine_has(nested:
     assert int(run.stdout) == 700 * MiB
 
 
-LAUNCHER = """
+LAUNCHER = r"""
 import re, sys
 from stylebatch.cli import main
 code = main(sys.argv[1:])

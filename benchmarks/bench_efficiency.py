@@ -10,7 +10,8 @@ torch.utils.flop_counter on the executed graph (2 per multiply-add, convolutions
 it by the time per frame, so a rewrite that skips work shows as a higher rate. Rows: the published
 pytorch/examples layers at batch 1 (the reference pipeline's model) and stylebatch's CPU path
 (`load_stylizer(.pth)`: fast_nets.FastTransformerNet, uint8 frames in and out, batch 1), and the
-built-in style. The GEMM is a 2048 x 2048 fp32 torch.mm.
+same two for the built-in style (the plain multistyle module, and `load_stylizer(style)`:
+fast_nets.FastMultiStyleNet). The GEMM is a 2048 x 2048 fp32 torch.mm.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from stylebatch.models import DEFAULT_STYLE, load_stylizer
+from stylebatch.multistyle import load_multistyle26
 from stylebatch.transformer_net import TransformerNet
 
 
@@ -64,15 +66,20 @@ def main(argv: list[str] | None = None) -> int:
         path = os.path.join(tmp, "net.pth")
         torch.save(net.state_dict(), path)
         fast, builtin = load_stylizer(path, device="cpu", precision="fp32"), load_stylizer(DEFAULT_STYLE, device="cpu")
+    plain, condition = load_multistyle26(), builtin.painters[0].condition  # the network as published
     for size in a.sizes.split(","):
         w, h = map(int, size.split("x"))
         frame = np.random.default_rng(0).integers(0, 256, (1, h, w, 3), dtype=np.uint8)
         x = torch.from_numpy(frame).permute(0, 3, 1, 2).float()
         with torch.inference_mode():
             published = flops(lambda: net(x))
+            plain_flops = flops(lambda: plain(x / 255, condition))
             rows = [("TransformerNet, published layers (reference)", lambda: net(x), published, published),
                     ("TransformerNet, stylebatch (fast_nets)", lambda: fast(frame), published, flops(lambda: fast(frame))),
-                    (f"built-in {DEFAULT_STYLE}", lambda: builtin(frame), None, flops(lambda: builtin(frame)))]
+                    (f"built-in {DEFAULT_STYLE}, published layers (reference)", lambda: plain(x / 255, condition),
+                     plain_flops, plain_flops),
+                    (f"built-in {DEFAULT_STYLE}, stylebatch (fast_nets)", lambda: builtin(frame), plain_flops,
+                     flops(lambda: builtin(frame)))]
             for name, fn, network, executed in rows:
                 s = per_call(fn, a.seconds)
                 work = network or executed

@@ -45,11 +45,12 @@ def _sizes(text: str) -> list[tuple[int, int]]:
 def _nets(device: torch.device):
     """(label, module, condition or None) for both network families, fp32 on `device`."""
     from stylebatch.models import load_stylizer
+    from stylebatch.multistyle import load_multistyle26
     from stylebatch.transformer_net import TransformerNet
 
     builtin = load_stylizer("lavender-gold", device="cpu", precision="fp32").painters[0]
-    torch.manual_seed(0)
-    yield "built-in (CIN)", builtin.net.to(device).eval(), builtin.condition.to(device)
+    torch.manual_seed(0)  # the plain module, as the GPU runs it (the CPU runs its fast_nets rewrite)
+    yield "built-in (CIN)", load_multistyle26().to(device).eval(), builtin.condition.to(device)
     yield "TransformerNet", TransformerNet().to(device).eval(), None
 
 

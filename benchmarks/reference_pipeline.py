@@ -82,9 +82,10 @@ def rank_main(style: str, frames_dir: Path, out_dir: Path) -> None:
         model = lambda x: net(x * 255).clamp(0, 255) / 255  # noqa: E731
     else:  # the built-in style's network as a plain module, the style as its weight vector
         from stylebatch.models import load_stylizer
+        from stylebatch.multistyle import load_multistyle26
 
-        painter = load_stylizer(style, device="cpu", precision="fp32").painters[0]
-        model = lambda x: painter.net(x, painter.condition)  # noqa: E731
+        painter, net = load_stylizer(style, device="cpu", precision="fp32").painters[0], load_multistyle26()
+        model = lambda x: net(x, painter.condition)  # noqa: E731
     names = sorted(os.listdir(frames_dir))
     share = -(-len(names) // world.size)
     with torch.inference_mode():

@@ -414,6 +414,26 @@ def test_the_fast_transformer_net_paints_real_frames_within_45_db_of_the_publish
     assert psnr(fast, published) >= 45, f"{psnr(fast, published):.1f} dB"
 
 
+@pytest.mark.parametrize("style", [DEFAULT_STYLE, "blue-gold-swirls", "ink-wash:0.4,tangled-ribbons:0.6"])
+def test_the_fast_builtin_net_paints_real_frames_within_45_db_of_the_published_layers(style):
+    """The CPU runs the built-in styles through fast_nets.FastMultiStyleNet (channels-last, sub-pixel
+    upsampling, in-place instance norms); it must paint what the published network paints."""
+    from stylebatch.fast_nets import FastMultiStyleNet
+    from stylebatch.multistyle import load_multistyle26
+
+    stylizer = load_stylizer(style, device="cpu", precision="fp32")
+    assert isinstance(stylizer.net, FastMultiStyleNet)  # what this test is about
+    frames = real_frames(2, 202, 114)  # not multiples of 4: the stylizer pads and crops
+    with torch.inference_mode():
+        x = torch.from_numpy(frames).permute(0, 3, 1, 2).float().div(255)
+        x = torch.nn.functional.pad(x, [0, 2, 0, 2], mode="reflect")
+        plain = load_multistyle26()(x, stylizer.painters[0].condition)[..., :114, :202]
+        published = plain.mul(255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    assert published.std() > 20  # a picture, not a flat field
+    fast = stylizer(frames)
+    assert psnr(fast, published) >= 45, f"{psnr(fast, published):.1f} dB"
+
+
 def test_auto_precision_is_fp32_on_a_cpu_without_native_bf16():
     from stylebatch.models import cpu_has_native_bf16
 

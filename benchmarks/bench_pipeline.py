@@ -1,7 +1,16 @@
-"""End-to-end frames per second of `stylebatch run` on CPU, by rank count; prints a markdown table.
+"""End-to-end frames per second of `stylebatch run` on CPU, by rank count, against the model alone;
+prints a markdown table.
 
     .venv/bin/python benchmarks/bench_pipeline.py                      # 640x360, 3 s, 1 and 2 ranks
     .venv/bin/python benchmarks/bench_pipeline.py --workers 1,2,4 --repeats 3 --size 1280x720
+    .venv/bin/python benchmarks/bench_pipeline.py --seconds 4 --style weights    # a fast_neural_style .pth
+
+The model alone: as many processes as ranks, each with the ranks' torch threads and precision,
+each running `load_stylizer(style)` (uint8 frames in and out, batch 1, what a rank calls) over its
+share of the clip's frames, decoded beforehand and not timed; they start together after a warm-up
+frame, and frames / the slowest one's time is the model-alone rate. "of model" divides the
+end-to-end rate (everything a user waits for) and the stylize stage's rate (from the run's own
+progress line) by it: what decoding, encoding, copying, start-up and the chunk hand-out cost.
 
 Each rank gets cores / ranks torch threads, so "1 rank" is 1 x all cores and "2 ranks" is 2 x half.
 The clip (testsrc2 + a sine soundtrack, made by the ffmpeg CLI) is cut into chunks small enough that
@@ -31,6 +40,59 @@ def make_clip(path: Path, size: str, seconds: float, fps: int) -> int:
     return round(seconds * fps)
 
 
+def model_child(style: str, threads: int, frames_file: str, share: str, ready: str, go: str) -> None:
+    """One model-alone process: load, warm up, say ready, wait for go, time its frames; prints seconds."""
+    import numpy as np
+    import torch
+
+    from stylebatch.models import load_stylizer
+
+    torch.set_num_threads(threads)
+    frames = np.load(frames_file, mmap_mode="r")
+    first, last = map(int, share.split(":"))
+    stylizer = load_stylizer(style, device="cpu")
+    stylizer(np.array(frames[first:first + 1]))
+    Path(ready).touch()
+    while not os.path.exists(go):
+        time.sleep(0.01)
+    start = time.perf_counter()
+    for i in range(first, last):
+        stylizer(np.array(frames[i:i + 1]))
+    print(time.perf_counter() - start)
+
+
+def model_alone(clip: Path, frames: int, workers: int, style: str, tmp: Path) -> float:
+    """Frames/s of `workers` concurrent model-only processes over the clip's frames."""
+    import numpy as np
+
+    npy = tmp / "frames.npy"
+    if not npy.exists():
+        w, h = (int(v) for v in subprocess.run(
+            ["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries", "stream=width,height", "-of",
+             "csv=p=0", str(clip)], capture_output=True, text=True, check=True).stdout.strip().split(","))
+        raw = subprocess.run(["ffmpeg", "-v", "error", "-i", str(clip), "-f", "rawvideo", "-pix_fmt", "rgb24", "-"],
+                             capture_output=True, check=True).stdout
+        np.save(npy, np.frombuffer(raw, np.uint8).reshape(-1, h, w, 3))
+    go = tmp / "go"
+    go.unlink(missing_ok=True)
+    cores = len(os.sched_getaffinity(0))
+    bounds = [frames * r // workers for r in range(workers + 1)]
+    children = []
+    for r in range(workers):
+        ready = tmp / f"ready-{r}"
+        ready.unlink(missing_ok=True)
+        children.append((ready, subprocess.Popen(
+            [sys.executable, __file__, "_model", style, str(max(1, cores // workers)), str(npy),
+             f"{bounds[r]}:{bounds[r + 1]}", str(ready), str(go)], stdout=subprocess.PIPE, text=True)))
+    while not all(ready.exists() for ready, _ in children):
+        if any(c.poll() not in (None, 0) for _, c in children):
+            sys.exit("a model-alone process failed")
+        time.sleep(0.01)
+    go.touch()
+    seconds = max(float(c.communicate()[0].split()[-1]) for _, c in children)
+    return frames / seconds
+
+
 def run_once(clip: Path, out: Path, workers: int, args: argparse.Namespace) -> tuple[float, float | None]:
     cmd = [str(BIN / "stylebatch"), "run", str(clip), "-o", str(out), "--workers", str(workers),
            "--device", "cpu", "--chunk-frames", str(args.chunk_frames)]
@@ -48,6 +110,8 @@ def run_once(clip: Path, out: Path, workers: int, args: argparse.Namespace) -> t
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["_model"]:
+        return model_child(*sys.argv[2:8])
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--size", default="640x360")
     p.add_argument("--seconds", type=float, default=3.0)
@@ -55,24 +119,38 @@ def main() -> None:
     p.add_argument("--workers", default="1,2", help="comma-separated rank counts (default: 1,2)")
     p.add_argument("--chunk-frames", type=int, default=15)
     p.add_argument("--repeats", type=int, default=1)
-    p.add_argument("--style", default=None)
+    p.add_argument("--style", default=None, help="a style as `stylebatch run --style` takes it, or `weights`: "
+                   "a pytorch/examples TransformerNet .pth with random weights (costs what a trained one costs)")
     p.add_argument("--max-side", type=int, default=None)
     args = p.parse_args()
     cores = len(os.sched_getaffinity(0))
     with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp:
         clip = Path(tmp) / "clip.mp4"
         frames = make_clip(clip, args.size, args.seconds, args.fps)
+        if args.style == "weights":
+            sys.path.insert(0, str(Path(__file__).parent))
+            from reference_pipeline import make_weights
+
+            args.style = str(Path(tmp) / "weights.pth")
+            make_weights(Path(args.style))
+        style = args.style or "lavender-gold"
         rows = []
         for workers in (int(w) for w in args.workers.split(",")):
-            runs = [run_once(clip, Path(tmp) / "out.mp4", workers, args) for _ in range(args.repeats)]
+            runs, alone = [], []
+            for _ in range(args.repeats):  # alternating, so both see the same load
+                runs.append(run_once(clip, Path(tmp) / "out.mp4", workers, args))
+                alone.append(model_alone(clip, frames, workers, style, Path(tmp)))
             wall, stylize_fps = min(runs, key=lambda r: r[0])
-            rows.append((workers, max(1, cores // workers), wall, frames / wall, stylize_fps))
-    print(f"`stylebatch run`, {args.size}, {frames} frames, CPU ({platform.processor() or platform.machine()}, "
-          f"{cores} cores), chunks of {args.chunk_frames}, best of {args.repeats}\n")
-    print("| ranks | torch threads/rank | wall (s) | end-to-end fps | stylize fps |")
-    print("|---:|---:|---:|---:|---:|")
-    for workers, threads, wall, fps, sfps in rows:
-        print(f"| {workers} | {threads} | {wall:.1f} | {fps:.2f} | {sfps if sfps is not None else '?'} |")
+            rows.append((workers, max(1, cores // workers), wall, frames / wall, stylize_fps, max(alone)))
+    print(f"`stylebatch run`, {args.size}, {frames} frames, style {Path(style).name}, CPU "
+          f"({platform.processor() or platform.machine()}, {cores} cores), chunks of {args.chunk_frames}, "
+          f"best of {args.repeats}, load average {os.getloadavg()[0]:.1f} at the end\n")
+    print("| ranks | torch threads/rank | wall (s) | end-to-end fps | stylize fps | model alone fps "
+          "| end-to-end of model | stylize of model |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for workers, threads, wall, fps, sfps, mfps in rows:
+        print(f"| {workers} | {threads} | {wall:.1f} | {fps:.2f} | {sfps if sfps is not None else '?'} | "
+              f"{mfps:.2f} | {fps / mfps:.2f} | {f'{sfps / mfps:.2f}' if sfps is not None else '?'} |")
 
 
 if __name__ == "__main__":

@@ -40,14 +40,14 @@ def make_clip(path: Path, size: str, seconds: float, fps: int) -> int:
     return round(seconds * fps)
 
 
-def model_child(style: str, threads: int, frames_file: str, share: str, ready: str, go: str) -> None:
+def model_child(style: str, threads: str, frames_file: str, share: str, ready: str, go: str) -> None:
     """One model-alone process: load, warm up, say ready, wait for go, time its frames; prints seconds."""
     import numpy as np
     import torch
 
     from stylebatch.models import load_stylizer
 
-    torch.set_num_threads(threads)
+    torch.set_num_threads(int(threads))
     frames = np.load(frames_file, mmap_mode="r")
     first, last = map(int, share.split(":"))
     stylizer = load_stylizer(style, device="cpu")

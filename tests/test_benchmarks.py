@@ -43,3 +43,14 @@ def test_the_uneven_rank_benchmark_gives_the_slow_rank_fewer_frames():
     fast, slow = (int(v) for v in rows["one at half speed, chunks taken dynamically"][2].split("/"))
     assert fast + slow == 96 and fast >= slow
     assert "x of" in rows["one at half speed, chunks taken dynamically"][3]
+
+
+@pytest.mark.parametrize("style", ["lavender-gold", "weights"])
+def test_the_pipeline_benchmark_measures_the_model_alone_beside_every_run(style):
+    result = bench("bench_pipeline.py", "--size", "64x48", "--seconds", "0.5", "--workers", "1,2",
+                   "--chunk-frames", "4", "--style", style)
+    rows = table_rows(result.stdout)
+    assert [r[0] for r in rows] == ["1", "2"]
+    for row in rows:
+        end_to_end, model_alone, share = float(row[3]), float(row[5]), float(row[6])
+        assert end_to_end > 0 and model_alone > 0 and share == pytest.approx(end_to_end / model_alone, abs=0.01)

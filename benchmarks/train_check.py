@@ -2,7 +2,7 @@
 distances to the painting, before and after, for a trained style and (as a yardstick) the zero-shot
 painting style; a before/after picture.
 
-    .venv/bin/python benchmarks/train_check.py [--steps 300] [--size 96] [--batch-size 2] \
+    .venv/bin/python benchmarks/train_check.py [--steps 300] [--size 96] [--batch-size 2] [--lr 0.005] \
         [--style-weight 1] [--content-weight 1] [--image docs/img/trained-before-after.jpg]
 
 Trains on the sample clip (samples/sample.mp4) with Starry Night (Debian's opencv-doc), on the CPU,
@@ -75,6 +75,13 @@ def measures(images: dict[str, np.ndarray], painting: np.ndarray) -> dict[str, d
     return out
 
 
+def _children_cpu() -> float:
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _coarse_luma(image: np.ndarray) -> np.ndarray:
     from PIL import Image
 
@@ -88,6 +95,7 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--size", type=int, default=96)
     parser.add_argument("--batch-size", type=int, default=2)
+    parser.add_argument("--lr", type=float)
     parser.add_argument("--style-weight", type=float)
     parser.add_argument("--content-weight", type=float)
     parser.add_argument("--max-side", type=int, default=256, help="size the frame is painted at")
@@ -106,16 +114,17 @@ def main() -> int:
         cmd = [str(REPO / ".venv/bin/stylebatch"), "train-style", str(STARRY), "-o", str(weights), "--content",
                str(SAMPLE), "--steps", str(args.steps), "--size", str(args.size), "--batch-size",
                str(args.batch_size), "--device", "cpu", "--checkpoint-every", "50"]
-        for flag, value in (("--style-weight", args.style_weight), ("--content-weight", args.content_weight)):
+        for flag, value in (("--lr", args.lr), ("--style-weight", args.style_weight),
+                            ("--content-weight", args.content_weight)):
             if value is not None:
                 cmd += [flag, str(value)]
         if trained:
             print("$", " ".join(cmd[1:]), file=sys.stderr)
-            started = time.monotonic()
+            started, cpu_before = time.monotonic(), _children_cpu()
             done = subprocess.run(cmd, capture_output=True, text=True)
             if done.returncode:
                 sys.exit(done.stderr)
-            seconds = time.monotonic() - started
+            seconds, cpu = time.monotonic() - started, _children_cpu() - cpu_before
             print(done.stdout.strip())
         frame = middle_frame(SAMPLE, args.max_side)
         images = {"frame": frame,
@@ -124,8 +133,9 @@ def main() -> int:
     painting = np.asarray(Image.open(STARRY).convert("RGB"))
     found = measures(images, painting)
     if trained:
-        print(f"train-style {args.steps} steps at {args.size} px, batch {args.batch_size}, style weight "
-              f"{args.style_weight or 'default'}, content weight {args.content_weight or 'default'}: {seconds:.0f} s")
+        print(f"train-style {args.steps} steps at {args.size} px, batch {args.batch_size}, lr {args.lr or 'default'}, "
+              f"style weight {args.style_weight or 'default'}, content weight {args.content_weight or 'default'}: "
+              f"{seconds:.0f} s, {cpu:.0f} s of CPU")
     else:
         print(f"measured the existing weights {weights} (no training)")
     print("| picture | colour to painting | gram to painting | structure kept |")

@@ -18,6 +18,8 @@ from clips import error_lines, make_clip, stylebatch
 from PIL import Image
 
 from stylebatch.models import load_stylizer
+from stylebatch.train import FLAT, crops, losses
+from stylebatch.vgg import CONTENT_LAYER, STYLE_LAYERS, gram, load_vgg19
 
 STARRY = "/usr/share/doc/opencv-doc/examples/data/starry_night.jpg"
 TINY = ["--size", "32", "--batch-size", "1", "--lr", "0.01", "--device", "cpu"]
@@ -45,6 +47,44 @@ def test_tiny_training_lowers_the_loss_and_writes_weights_that_load(tmp_path, co
     frame = np.asarray(Image.open("/usr/share/doc/opencv-doc/examples/data/fruits.jpg").convert("RGB"))[None, :64, :80]
     painted = load_stylizer(str(out), device="cpu")(np.ascontiguousarray(frame))
     assert painted.shape == frame.shape and np.abs(painted.astype(np.int16) - frame).mean() > 5
+
+
+def test_a_one_step_training_already_paints_in_the_paintings_colours_not_black(tmp_path, content):
+    """pytorch/examples' initialisation paints near-black, and short runs stayed dark; the net starts
+    from the painting's mean colour instead."""
+    out = tmp_path / "one.pth"
+    result = stylebatch("train-style", STARRY, "-o", out, "--steps", "1", *TINY, *content, timeout=900)
+    assert result.returncode == 0, result.stderr
+    painting = np.asarray(Image.open(STARRY).convert("RGB"), np.float64).reshape(-1, 3).mean(0)
+    frame = np.asarray(Image.open("/usr/share/doc/opencv-doc/examples/data/fruits.jpg").convert("RGB"))[None, :64, :80]
+    painted = load_stylizer(str(out), device="cpu")(np.ascontiguousarray(frame))
+    assert np.abs(painted.reshape(-1, 3).mean(0) - painting).max() < 20, (painted.reshape(-1, 3).mean(0), painting)
+
+
+@pytest.fixture(scope="module")
+def painting_features() -> dict[str, torch.Tensor]:
+    image = np.asarray(Image.open(STARRY).convert("RGB").resize((64, 52)))
+    with torch.no_grad():
+        return load_vgg19()(torch.from_numpy(image.copy()).permute(2, 0, 1)[None].float(), STYLE_LAYERS + (CONTENT_LAYER,))
+
+
+@pytest.mark.parametrize("layer", STYLE_LAYERS)
+def test_a_gram_matrix_ten_percent_off_costs_the_same_at_every_style_layer(painting_features, layer):
+    """Caffe VGG's relu4_1 Gram matrices are ~600x relu1_1's: with plain squared errors the colour
+    layer did not count at all. Each layer's loss is relative to its target's size."""
+    targets = [gram(painting_features[name]) for name in STYLE_LAYERS]
+    off = {name: f * (1.1 ** 0.5 if name == layer else 1.0) for name, f in painting_features.items()}
+    _, style = losses(off, painting_features, targets)
+    assert float(style) == pytest.approx(0.1 ** 2, rel=1e-3)
+
+
+def test_training_crops_skip_flat_patches_such_as_the_black_frames_of_a_fade():
+    """A flat crop teaches nothing and made steps' gradients NaN (a run of three ended the training
+    as 'diverged')."""
+    black = np.zeros((64, 64, 3), np.uint8)
+    detail = np.random.default_rng(1).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    batch = crops([black, black, detail], 40, 32, np.random.default_rng(0))
+    assert all(crop.std() >= FLAT for crop in batch)
 
 
 def test_interrupted_training_saves_a_checkpoint_and_the_same_command_resumes(tmp_path, content):

@@ -25,6 +25,7 @@ def test_the_training_check_trains_measures_and_writes_its_picture(tmp_path):
     assert rows.keys() == {"frame", "trained", "zero-shot"}
     assert rows["frame"][2] == 1.0  # the frame keeps all of its own structure
     assert rows["zero-shot"][0] < rows["frame"][0]  # the zero-shot painting style is the yardstick: nearer in colour
+    assert rows["trained"][0] < rows["frame"][0]  # even 2 steps paint in the painting's colours (they painted black)
     assert "2 steps" in result.stdout
     width, height = Image.open(image).size
     assert width == 3 * 64 and height < 64

@@ -186,7 +186,8 @@ class TrainRequest(Request):
     size: int = flag("--size", kind=int, default=256, check=at_least(MIN_MAX_SIDE),
                      help="training crop size in pixels (default 256)")
     batch_size: int = flag("--batch-size", kind=int, default=4, check=at_least(1), help="crops per step (default 4)")
-    lr: float = flag("--lr", kind=float, default=1e-3, check=_positive, help="Adam learning rate (default 0.001)")
+    lr: float = flag("--lr", kind=float, default=5e-3, check=_positive,
+                     help="Adam learning rate at the first step, falling linearly to 0 at the last (default 0.005)")
     style_weight: float | None = flag("--style-weight", kind=float, check=_positive,
                                       help="style loss weight (default tuned)")
     content_weight: float | None = flag("--content-weight", kind=float, check=_positive,

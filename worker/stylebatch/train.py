@@ -2,9 +2,11 @@
 painting, loadable by `--style style.pth`.
 
 Content images are the user's own: frames sampled from their videos and the photos in their folders,
-as random crops with random flips. Losses: VGG19 features (stylebatch.vgg) of the output against the
-content image's (relu2_2) and Gram matrices against the painting's (relu1_1..relu4_1), plus a little
-total variation. Mixed precision (bfloat16 autocast) on a GPU. A checkpoint next to the output
+as random crops with random flips (flat crops, such as black frames, are drawn again). Losses (see
+`losses`): VGG19 features (stylebatch.vgg) of the output against the content image's (relu2_2) and
+Gram matrices against the painting's (relu1_1..relu4_1), each relative to its target's size, plus a
+little total variation. The net starts out painting the painting's mean colour (`start_net`), Adam's
+learning rate falls linearly to zero over --steps. Mixed precision (bfloat16 autocast) on a GPU. A checkpoint next to the output
 (`<output>.ckpt`, a file or a blob like the output) is written every --checkpoint-every steps and on
 Ctrl-C/SIGTERM; the same command resumes from it (so does a retried pod on Kubernetes), and it is
 deleted once the weights are written.
@@ -31,11 +33,12 @@ from stylebatch.requests import TrainRequest
 log = logging.getLogger(__name__)
 MAX_CONTENT = 400  # content images kept in memory
 FRAMES_PER_VIDEO = 48
-# Loss weights for Caffe-preprocessed VGG19 features (0..255 inputs): the untrained net's Gram loss is
-# ~20x its content loss. At content weight 1 short runs lost the frame's shapes entirely; 5 kept them
-# and moved colours and Gram matrices toward the painting as far (benchmarks/train_check.py,
-# docs/painting-styles.md: what was and was not checked).
-CONTENT_WEIGHT, STYLE_WEIGHT, TV_WEIGHT = 5.0, 1.0, 1e-2
+# Loss weights of relative terms (see `losses`), measured with benchmarks/train_check.py on Starry Night
+# and the sample clip (docs/painting-styles.md: what was and was not checked).
+CONTENT_WEIGHT, STYLE_WEIGHT, TV_WEIGHT = 1.0, 2.0, 1e-2
+LOSS_VERSION = 2  # in the checkpoint key: a checkpoint of other losses is not resumed
+OUTPUT_GAIN = 30.0  # the untrained net's last conv weights x this: its pictures vary by ~12 levels, not 0.4
+FLAT = 2.0  # a crop whose pixels' standard deviation is below this (0..255) holds no content: drawn again
 
 
 def sample_video(path: Path, count: int, side: int) -> list[np.ndarray]:
@@ -108,20 +111,60 @@ def load_content(sources: list[str], size: int) -> list[np.ndarray]:
 
 
 def crops(images: list[np.ndarray], batch: int, size: int, rng: np.random.Generator) -> np.ndarray:
-    """A batch of random size x size crops, each flipped left-right half of the time."""
+    """A batch of random size x size crops, each flipped left-right half of the time. A flat crop (a
+    black frame of a fade, a letterbox bar) teaches nothing and can make a step's gradients NaN, so it is
+    drawn again (up to 20 times; then it is kept)."""
     out = np.empty((batch, size, size, 3), np.uint8)
     for b in range(batch):
-        image = images[rng.integers(len(images))]
-        top, left = rng.integers(image.shape[0] - size + 1), rng.integers(image.shape[1] - size + 1)
-        crop = image[top:top + size, left:left + size]
+        for _ in range(20):
+            image = images[rng.integers(len(images))]
+            top, left = rng.integers(image.shape[0] - size + 1), rng.integers(image.shape[1] - size + 1)
+            crop = image[top:top + size, left:left + size]
+            if crop.std() >= FLAT:
+                break
         out[b] = crop[:, ::-1] if rng.random() < 0.5 else crop
     return out
+
+
+def start_net(painting: np.ndarray):
+    """An untrained TransformerNet whose pictures have the painting's mean colour and visible shading.
+    pytorch/examples' initialisation paints near-black and nearly flat (its last conv has no output
+    activation, a bias near 0 and outputs varying by ~0.4 of 255 levels), and Adam moves each weight
+    ~lr per step: short runs never got out of the dark. Only initial values change: the state dict is
+    fast_neural_style's."""
+    import torch
+
+    from stylebatch.transformer_net import TransformerNet
+
+    net = TransformerNet()
+    with torch.no_grad():
+        net.deconv3.conv2d.bias.copy_(torch.from_numpy(painting.reshape(-1, 3).mean(0)))
+        net.deconv3.conv2d.weight.mul_(OUTPUT_GAIN)
+    return net
+
+
+def losses(fy: dict, fx: dict, targets: list) -> tuple:
+    """(content, style) losses, each relative to its target, so that neither the loss network's units
+    (Caffe VGG: relu4_1's Gram matrices are 300-600x relu1_1's) nor the crop size decide what counts:
+    content = |F(y) - F(x)|^2 / |F(x)|^2 at relu2_2; style = sum over relu1_1..relu4_1 of
+    |G(y) - G(painting)|^2 / |G(painting)|^2, so the colour layer relu1_1 counts as much as relu4_1."""
+    from stylebatch.vgg import CONTENT_LAYER, STYLE_LAYERS, gram
+
+    a, b = fy[CONTENT_LAYER].float(), fx[CONTENT_LAYER].float()
+    content = ((a - b) ** 2).mean() / (b ** 2).mean().clamp_min(1e-6)
+    style = sum(((gram(fy[name]) - t) ** 2).sum((1, 2)).mean() / (t ** 2).sum() for name, t in zip(STYLE_LAYERS, targets))
+    return content, style
+
+
+def learning_rate(peak: float, step: int, steps: int) -> float:
+    """Linear decay from `peak` at the first step to near 0 at the last."""
+    return peak * (1 - step / steps)
 
 
 def settings_key(painting: Path, req: TrainRequest, style_weight: float, content_weight: float) -> str:
     """What a checkpoint must match to be resumed: the painting's bytes and the training settings."""
     digest = hashlib.sha256(painting.read_bytes()).hexdigest()
-    return f"{digest}:{req.size}:{req.batch_size}:{style_weight}:{content_weight}:{req.lr}"
+    return f"{digest}:{req.size}:{req.batch_size}:{style_weight}:{content_weight}:{req.lr}:v{LOSS_VERSION}"
 
 
 class Checkpoint:
@@ -187,11 +230,9 @@ def train(req: TrainRequest, painting: Path, output: Path, ckpt: Checkpoint) -> 
     import signal
 
     import torch
-    import torch.nn.functional as F
 
     from stylebatch.models import _device
     from stylebatch.paintings import read_style_image
-    from stylebatch.transformer_net import TransformerNet
     from stylebatch.vgg import CONTENT_LAYER, STYLE_LAYERS, gram, load_vgg19
 
     size, batch = req.size, req.batch_size
@@ -201,7 +242,7 @@ def train(req: TrainRequest, painting: Path, output: Path, ckpt: Checkpoint) -> 
     images = load_content(list(req.content), size)
     dev = _device(req.device)
     torch.manual_seed(req.seed)
-    net = TransformerNet().to(dev).train()
+    net = start_net(style_image).to(dev).train()
     opt = torch.optim.Adam(net.parameters(), req.lr)
     vgg = load_vgg19().to(dev)
     with torch.no_grad():
@@ -235,8 +276,7 @@ def train(req: TrainRequest, painting: Path, output: Path, ckpt: Checkpoint) -> 
                 fy = vgg(y, STYLE_LAYERS + (CONTENT_LAYER,))
                 with torch.no_grad():
                     fx = vgg(x, (CONTENT_LAYER,))
-            content = F.mse_loss(fy[CONTENT_LAYER].float(), fx[CONTENT_LAYER].float())
-            style = sum(F.mse_loss(gram(fy[name]), t.expand(batch, -1, -1)) for name, t in zip(STYLE_LAYERS, targets))
+            content, style = losses(fy, fx, targets)
             tv = (y[..., 1:, :] - y[..., :-1, :]).abs().mean() + (y[..., 1:] - y[..., :-1]).abs().mean()
             loss = content_weight * content + style_weight * style + TV_WEIGHT * tv
             opt.zero_grad(set_to_none=True)
@@ -249,6 +289,8 @@ def train(req: TrainRequest, painting: Path, output: Path, ckpt: Checkpoint) -> 
                                           f"run again with a lower --lr than {req.lr:g}")
                 continue
             diverged = 0
+            for group in opt.param_groups:
+                group["lr"] = learning_rate(req.lr, step, req.steps)
             opt.step()
             step += 1
             history.append(float(loss.detach()))

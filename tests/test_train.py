@@ -65,7 +65,8 @@ def test_a_one_step_training_already_paints_in_the_paintings_colours_not_black(t
 def painting_features() -> dict[str, torch.Tensor]:
     image = np.asarray(Image.open(STARRY).convert("RGB").resize((64, 52)))
     with torch.no_grad():
-        return load_vgg19()(torch.from_numpy(image.copy()).permute(2, 0, 1)[None].float(), STYLE_LAYERS + (CONTENT_LAYER,))
+        rgb = torch.from_numpy(image.copy()).permute(2, 0, 1)[None].float()
+        return load_vgg19()(rgb, STYLE_LAYERS + (CONTENT_LAYER,))
 
 
 @pytest.mark.parametrize("layer", STYLE_LAYERS)

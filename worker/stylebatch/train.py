@@ -5,11 +5,11 @@ Content images are the user's own: frames sampled from their videos and the phot
 as random crops with random flips (flat crops, such as black frames, are drawn again). Losses (see
 `losses`): VGG19 features (stylebatch.vgg) of the output against the content image's (relu2_2) and
 Gram matrices against the painting's (relu1_1..relu4_1), each relative to its target's size, plus a
-little total variation. The net starts out painting the painting's mean colour (`start_net`), Adam's
-learning rate falls linearly to zero over --steps. Mixed precision (bfloat16 autocast) on a GPU. A checkpoint next to the output
-(`<output>.ckpt`, a file or a blob like the output) is written every --checkpoint-every steps and on
-Ctrl-C/SIGTERM; the same command resumes from it (so does a retried pod on Kubernetes), and it is
-deleted once the weights are written.
+little total variation. The net starts out painting the painting's mean colour (`start_net`); Adam's
+learning rate falls linearly to zero over --steps. Mixed precision (bfloat16 autocast) on a GPU. A
+checkpoint next to the output (`<output>.ckpt`, a file or a blob like the output) is written every
+--checkpoint-every steps and on Ctrl-C/SIGTERM; the same command resumes from it (so does a retried
+pod on Kubernetes), and it is deleted once the weights are written.
 """
 
 from __future__ import annotations
@@ -152,7 +152,8 @@ def losses(fy: dict, fx: dict, targets: list) -> tuple:
 
     a, b = fy[CONTENT_LAYER].float(), fx[CONTENT_LAYER].float()
     content = ((a - b) ** 2).mean() / (b ** 2).mean().clamp_min(1e-6)
-    style = sum(((gram(fy[name]) - t) ** 2).sum((1, 2)).mean() / (t ** 2).sum() for name, t in zip(STYLE_LAYERS, targets))
+    style = sum(((gram(fy[name]) - t) ** 2).sum((1, 2)).mean() / (t ** 2).sum()
+                for name, t in zip(STYLE_LAYERS, targets))
     return content, style
 
 

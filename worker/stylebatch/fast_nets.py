@@ -74,6 +74,15 @@ def instance_norm_(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, re
     return x.relu_() if relu else x
 
 
+def instance_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, relu: bool) -> torch.Tensor:
+    """Instance norm (and ReLU): in place on fp32 (`instance_norm_`), else F.instance_norm, whose
+    statistics stay in fp32 under autocast."""
+    if x.dtype == torch.float32 and not torch.is_autocast_enabled("cpu"):
+        return instance_norm_(x, weight, bias, relu)
+    y = F.instance_norm(x, weight=weight.to(x.dtype), bias=bias.to(x.dtype), eps=1e-5)
+    return y.relu_() if relu else y
+
+
 class FastTransformerNet(nn.Module):
     """A TransformerNet's function on 0..1 pictures: [B,3,H,W] in 0..1 -> [B,3,H,W] (H, W multiples of 4)."""
 
@@ -90,11 +99,7 @@ class FastTransformerNet(nn.Module):
         self.norms = nn.ParameterList([keep(t) for n in norms for t in (n.weight, n.bias)])
 
     def _norm(self, i: int, x: torch.Tensor, relu: bool = True) -> torch.Tensor:
-        weight, bias = self.norms[2 * i], self.norms[2 * i + 1]
-        if x.dtype == torch.float32 and not torch.is_autocast_enabled("cpu"):
-            return instance_norm_(x, weight, bias, relu)
-        y = F.instance_norm(x, weight=weight, bias=bias, eps=1e-5)  # statistics in fp32 under autocast
-        return y.relu_() if relu else y
+        return instance_norm(x, self.norms[2 * i], self.norms[2 * i + 1], relu)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.contiguous(memory_format=torch.channels_last)
@@ -123,11 +128,7 @@ class FastMultiStyleNet(nn.Module):
         self.beta = nn.ParameterList([keep(l.norm.beta) for l in layers])
 
     def _norm(self, i: int, x: torch.Tensor, style: torch.Tensor, relu: bool = True) -> torch.Tensor:
-        weight, bias = style @ self.gamma[i], style @ self.beta[i]
-        if x.dtype == torch.float32 and not torch.is_autocast_enabled("cpu"):
-            return instance_norm_(x, weight, bias, relu)
-        y = F.instance_norm(x, weight=weight.to(x.dtype), bias=bias.to(x.dtype), eps=1e-5)
-        return y.relu_() if relu else y
+        return instance_norm(x, style @ self.gamma[i], style @ self.beta[i], relu)
 
     def _conv(self, i: int, x: torch.Tensor, stride: int = 1) -> torch.Tensor:
         w = self.weights[i]

@@ -39,6 +39,75 @@ def subpixel_weight(weight: torch.Tensor) -> torch.Tensor:
     return torch.cat(phases)
 
 
+def _edge_rows(start: int, stop: int, size: int, mode: str) -> torch.Tensor:
+    """Indices [start, stop) of a dimension of `size`, those outside mapped back as `mode` pads them."""
+    i = torch.arange(start, stop)
+    if mode == "reflect":
+        i = i.abs()
+        return torch.where(i > size - 1, 2 * (size - 1) - i, i)
+    return i.clamp(0, size - 1)  # replicate
+
+
+def _row_strip(x: torch.Tensor, r0: int, r1: int, pad: int, mode: str) -> torch.Tensor:
+    """Rows [r0, r1) of x, rows outside it and `pad` columns each side filled as `mode` pads them:
+    F.pad(x, [pad] * 4, mode)[:, :, r0 + pad:r1 + pad], channels-last, made without that padded copy."""
+    b, c, h, w = x.shape
+    out = torch.empty((b, c, r1 - r0, w + 2 * pad), dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
+    lo, hi = max(r0, 0), min(r1, h)
+    out[:, :, lo - r0:hi - r0, pad:pad + w] = x[:, :, lo:hi]
+    for i in (*range(r0, lo), *range(hi, r1)):  # the few rows above or below the picture
+        out[:, :, i - r0, pad:pad + w] = x[:, :, int(_edge_rows(i, i + 1, h, mode))]
+    if pad:
+        out[:, :, :, :pad] = out.index_select(3, _edge_rows(-pad, 0, w, mode) + pad)
+        out[:, :, :, pad + w:] = out.index_select(3, _edge_rows(w, w + pad, w, mode) + pad)
+    return out
+
+
+def _conv_cl(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: int) -> torch.Tensor:
+    # index_select makes a contiguous strip; channels-last keeps the convolution in oneDNN
+    return F.conv2d(x.contiguous(memory_format=torch.channels_last), weight, bias, stride=stride)
+
+
+# Pictures of at most this many values per image (or of fewer than 8 channels) are padded by copying:
+# cheaper there than the border strips' extra convolution calls (measured on 2 cores, docs/benchmarks.md).
+PAD_COPY_VALUES = 1 << 20
+
+
+def padded_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, pad: int = 0,
+                mode: str = "reflect", stride: int = 1) -> torch.Tensor:
+    """conv2d(F.pad(x, [pad] * 4, mode), weight, bias, stride), without making the padded copy of a
+    large picture.
+
+    The convolution runs on x zero-padded inside oneDNN (no copy), and only the output rows and
+    columns whose window reaches into the padding are computed again from thin strips of x padded
+    `mode`-wise. F.pad on a channels-last picture copies it at a fraction of memory speed (38 ms
+    for one 32-channel 720x528 picture on one core, as long as the convolution after it), and the
+    copy, as large as the picture, raised the network's peak memory."""
+    if pad == 0:
+        return F.conv2d(x, weight, bias, stride=stride)
+    if x.shape[1] < 8 or x[0].numel() <= PAD_COPY_VALUES:  # a cheap copy beats the strips' small convolutions
+        return F.conv2d(F.pad(x, [pad] * 4, mode=mode), weight, bias, stride=stride)
+    y = F.conv2d(x, weight, bias, stride=stride, padding=pad)
+    (h, w), k, (oh, ow) = x.shape[-2:], weight.shape[-1], y.shape[-2:]
+    top, bottom = -(-pad // stride), -(-(h - k + 1 + pad) // stride)  # rows [0, top) and [bottom, oh) read padding
+    left, right = -(-pad // stride), -(-(w - k + 1 + pad) // stride)
+    all_rows = _edge_rows(-pad, h + pad, h, mode)
+    for r0, r1 in ((0, min(top, oh)), (max(bottom, top), oh)):
+        if r0 < r1:
+            strip = _row_strip(x, r0 * stride - pad, (r1 - 1) * stride - pad + k, pad, mode)
+            y[:, :, r0:r1] = F.conv2d(strip, weight, bias, stride=stride)
+    for c0, c1 in ((0, min(left, ow)), (max(right, left), ow)):
+        if c0 < c1:
+            strip = x.index_select(3, _edge_rows(c0 * stride - pad, (c1 - 1) * stride - pad + k, w, mode))
+            y[:, :, :, c0:c1] = _conv_cl(strip.index_select(2, all_rows), weight, bias, stride)
+    return y
+
+
+# Rows of the low-resolution input UpsampleConv2x convolves at a time: its 4x-channel output then
+# stays a few MiB instead of as large as the upsampled picture (46 MiB at 720x528 with 32 channels).
+UPSAMPLE_BAND_ROWS = 16
+
+
 class UpsampleConv2x(nn.Module):
     """forward(x) == conv2d(reflection_pad(interpolate(x, 2, "nearest"), 1), weight, bias), channels-last out."""
 
@@ -50,28 +119,83 @@ class UpsampleConv2x(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, _, h, w = x.shape
-        y = F.conv2d(F.pad(x, [1, 1, 1, 1], mode="replicate"), self.weight, self.bias)  # [B, 4C, h+1, w+1]
-        y = y.view(b, 4, self.out_channels, h + 1, w + 1)
         # interleaved into a channels-last picture (memory order b, row, a, column, c, channel)
-        out = y.new_empty(b, h, 2, w, 2, self.out_channels).permute(0, 5, 1, 2, 3, 4)
-        for a in (0, 1):
-            for c in (0, 1):
-                out[:, :, :, a, :, c] = y[:, 2 * a + c, :, a:a + h, c:c + w]
+        out = x.new_empty(b, h, 2, w, 2, self.out_channels).permute(0, 5, 1, 2, 3, 4)
+        for i0 in range(0, h, UPSAMPLE_BAND_ROWS):  # a band of rows at a time: no 4C-channel picture
+            n = min(h, i0 + UPSAMPLE_BAND_ROWS) - i0
+            strip = _row_strip(x, i0 - 1, i0 + n + 1, 1, "replicate")
+            y = F.conv2d(strip, self.weight, self.bias).view(b, 4, self.out_channels, n + 1, w + 1)
+            for a in (0, 1):
+                for c in (0, 1):
+                    out[:, :, i0:i0 + n, a, :, c] = y[:, 2 * a + c, :, a:a + n, c:c + w]
         return out.reshape(b, self.out_channels, 2 * h, 2 * w)
 
 
+# Output rows RowSplitConv makes at a time: its k * Cout-channel intermediate stays a few MiB.
+ROW_SPLIT_BAND_ROWS = 64
+
+
+class RowSplitConv(nn.Module):
+    """forward(x) == conv2d(F.pad(x, [k // 2] * 4, mode="reflect"), weight, bias), channels-last, for a
+    k x k kernel with few output channels (the TransformerNet's last layer: 32 -> 3 channels, 9 x 9).
+
+    oneDNN runs a convolution to 3 channels at a third of its usual rate. This one is a 1 x k
+    convolution to k * Cout channels (a group of Cout per kernel row) whose groups are then summed
+    k rows apart, a band of rows at a time: the same multiply-adds, about 1.8x faster at 640x360 to
+    1920x1080 on one core."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.out_channels, in_channels, self.k, _ = weight.shape
+        rows = weight.detach().permute(2, 0, 1, 3).reshape(self.k * self.out_channels, in_channels, 1, self.k)
+        self.weight = nn.Parameter(rows.contiguous(memory_format=torch.channels_last), requires_grad=False)
+        self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = x.shape
+        k, co, p = self.k, self.out_channels, self.k // 2
+        out = torch.empty((b, co, h, w), dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
+        for r0 in range(0, h, ROW_SPLIT_BAND_ROWS):
+            n = min(h, r0 + ROW_SPLIT_BAND_ROWS) - r0
+            z = F.conv2d(_row_strip(x, r0 - p, r0 + n + p, p, "reflect"), self.weight)  # [B, k*Cout, n+2p, W]
+            z = z.permute(0, 2, 3, 1).reshape(b, n + 2 * p, w, k, co)
+            band = out.permute(0, 2, 3, 1)[:, r0:r0 + n]  # [B, n, W, Cout], a view
+            band.copy_(z[:, 0:n, :, 0])
+            for dy in range(1, k):
+                band += z[:, dy:dy + n, :, dy]
+            if self.bias is not None:
+                band += self.bias.to(band.dtype)
+        return out
+
+
+# Pixels per step of instance_norm_'s passes: a step's values (and their squares) stay in the core's
+# cache, so no temporary as large as the picture is made and each value is loaded twice, not six times.
+NORM_STEP_VALUES = 1 << 18
+
+
 def instance_norm_(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, relu: bool) -> torch.Tensor:
-    """Instance norm (and ReLU) of a channels-last x, in place. The channel sums are two matrix
-    products: F.instance_norm copies a channels-last tensor to contiguous and back, and var_mean's
-    Welford loop runs at a fraction of the speed."""
+    """Instance norm (and ReLU) of a channels-last x, in place. F.instance_norm copies a channels-last
+    tensor to contiguous and back, and var_mean's Welford loop runs at a fraction of the speed; here
+    the channel sums are matrix products over cache-sized steps of pixels, and the scale, shift and
+    ReLU are applied step by step."""
     b, c, h, w = x.shape
-    pixels = x.permute(0, 2, 3, 1).reshape(b, h * w, c)  # a view: channels-last is [B, H*W, C]
-    ones = x.new_full((b, 1, h * w), 1.0 / (h * w))
-    mean = torch.bmm(ones, pixels)
-    var = torch.bmm(ones, pixels * pixels).sub_(mean * mean).clamp_(min=0)
-    scale = weight * (var + 1e-5).rsqrt_()  # [B, 1, C]
-    pixels.mul_(scale).add_(bias - mean * scale)
-    return x.relu_() if relu else x
+    n = h * w
+    pixels = x.permute(0, 2, 3, 1).reshape(b, n, c)  # a view: channels-last is [B, H*W, C]
+    step = max(1, NORM_STEP_VALUES // c)
+    ones = x.new_full((b, 1, min(step, n)), 1.0 / n)
+    mean, square = x.new_zeros(b, 1, c), x.new_zeros(b, 1, c)
+    for s in range(0, n, step):
+        part = pixels[:, s:s + step]
+        o = ones[..., :part.shape[1]]
+        mean.baddbmm_(o, part)
+        square.baddbmm_(o, part * part)
+    scale = weight * (square - mean * mean).clamp_(min=0).add_(1e-5).rsqrt_()  # [B, 1, C]
+    shift = bias - mean * scale
+    for s in range(0, n, step):
+        part = pixels[:, s:s + step].mul_(scale).add_(shift)
+        if relu:
+            part.relu_()
+    return x
 
 
 def instance_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, relu: bool) -> torch.Tensor:
@@ -94,7 +218,7 @@ class FastTransformerNet(nn.Module):
         self.down = nn.ParameterList([keep(net.conv2.conv2d.weight), keep(net.conv3.conv2d.weight)])
         self.res = nn.ParameterList([keep(c.conv2d.weight) for r in blocks for c in (r.conv1, r.conv2)])
         self.up = nn.ModuleList([UpsampleConv2x(net.deconv1.conv2d.weight), UpsampleConv2x(net.deconv2.conv2d.weight)])
-        self.out_w, self.out_b = keep(net.deconv3.conv2d.weight / 255), keep(net.deconv3.conv2d.bias / 255)
+        self.out = RowSplitConv(net.deconv3.conv2d.weight / 255, net.deconv3.conv2d.bias / 255)
         norms = [net.in1, net.in2, net.in3] + [n for r in blocks for n in (r.in1, r.in2)] + [net.in4, net.in5]
         self.norms = nn.ParameterList([keep(t) for n in norms for t in (n.weight, n.bias)])
 
@@ -103,15 +227,15 @@ class FastTransformerNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.contiguous(memory_format=torch.channels_last)
-        y = self._norm(0, F.conv2d(F.pad(x, [4] * 4, mode="reflect"), self.conv1))
+        y = self._norm(0, padded_conv(x, self.conv1, pad=4))
         for i, w in enumerate(self.down, start=1):
-            y = self._norm(i, F.conv2d(F.pad(y, [1] * 4, mode="reflect"), w, stride=2))
+            y = self._norm(i, padded_conv(y, w, pad=1, stride=2))
         for i in range(0, len(self.res), 2):
-            z = self._norm(3 + i, F.conv2d(F.pad(y, [1] * 4, mode="reflect"), self.res[i]))
-            y = self._norm(4 + i, F.conv2d(F.pad(z, [1] * 4, mode="reflect"), self.res[i + 1]), relu=False).add_(y)
+            z = self._norm(3 + i, padded_conv(y, self.res[i], pad=1))
+            y = self._norm(4 + i, padded_conv(z, self.res[i + 1], pad=1), relu=False).add_(y)
         for i, up in enumerate(self.up, start=13):
             y = self._norm(i, up(y))
-        return F.conv2d(F.pad(y, [4] * 4, mode="reflect"), self.out_w, self.out_b)
+        return self.out(y)
 
 
 class FastMultiStyleNet(nn.Module):
@@ -132,7 +256,7 @@ class FastMultiStyleNet(nn.Module):
 
     def _conv(self, i: int, x: torch.Tensor, stride: int = 1) -> torch.Tensor:
         w = self.weights[i]
-        return F.conv2d(F.pad(x, [w.shape[-1] // 2] * 4, mode="reflect"), w, stride=stride)
+        return padded_conv(x, w, pad=w.shape[-1] // 2, stride=stride)
 
     def forward(self, image: torch.Tensor, style_weights: torch.Tensor) -> torch.Tensor:
         s = style_weights.to(self.gamma[0].dtype)
@@ -148,8 +272,9 @@ class FastMultiStyleNet(nn.Module):
 
 
 def fast_multistyle_net(net: nn.Module) -> FastMultiStyleNet:
-    """The inference form of the built-in MultiStyleNet (eval mode, no gradients)."""
-    return FastMultiStyleNet(net).eval()
+    """The inference form of the built-in MultiStyleNet (eval mode, no gradients), channels-last: with
+    its 4->3-channel 9x9 output convolution's weights in the default layout, oneDNN took 4x as long."""
+    return FastMultiStyleNet(net).eval().to(memory_format=torch.channels_last)
 
 
 def fast_transformer_net(net: nn.Module) -> FastTransformerNet:

@@ -210,6 +210,8 @@ def instance_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, rel
 class FastTransformerNet(nn.Module):
     """A TransformerNet's function on 0..1 pictures: [B,3,H,W] in 0..1 -> [B,3,H,W] (H, W multiples of 4)."""
 
+    channels_last = True  # takes and gives channels-last pictures (models.Stylizer keeps frames so)
+
     def __init__(self, net: nn.Module) -> None:
         super().__init__()
         keep = lambda t: nn.Parameter(t.detach().clone(), requires_grad=False)  # noqa: E731
@@ -241,6 +243,8 @@ class FastTransformerNet(nn.Module):
 class FastMultiStyleNet(nn.Module):
     """A MultiStyleNet's function: (image [B,3,H,W] in 0..1, H and W multiples of 4; style_weights [26])
     -> [B,3,H,W] in 0..1, channels-last."""
+
+    channels_last = True  # takes and gives channels-last pictures (models.Stylizer keeps frames so)
 
     def __init__(self, net: nn.Module) -> None:
         super().__init__()

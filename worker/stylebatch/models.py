@@ -98,9 +98,10 @@ class Stylizer:
             host = torch.from_numpy(np.ascontiguousarray(frames) if frames.flags.writeable else frames.copy())
             if self.device.type == "cuda":
                 host = host.pin_memory()
-            # NHWC permuted to NCHW is exactly channels_last, which the GPU wants; the CPU wants plain NCHW
+            # NHWC permuted to NCHW is exactly channels_last, which the GPU and the CPU's fast_nets want;
+            # the CPU's other networks (the arbitrary-style pair) want plain NCHW
             x = host.to(self.device, non_blocking=True).permute(0, 3, 1, 2).to(self.dtype).div_(255)
-            if self.device.type == "cpu":
+            if self.device.type == "cpu" and not all(getattr(p.net, "channels_last", False) for p in self.painters):
                 x = x.contiguous()
             small = x
             size = working_size(h, w, self.max_side)
@@ -113,7 +114,10 @@ class Stylizer:
                     painted = F.interpolate(painted, size=(h, w), mode="bilinear", align_corners=False)
                 if self.strength < 1.0 and not p.vector_strength:
                     painted = torch.lerp(x, painted, self.strength)
-                y = painted.mul_(p.share) if y is None else y.add_(painted, alpha=p.share)
+                if y is None:
+                    y = painted if p.share == 1.0 else painted.mul_(p.share)
+                else:
+                    y = y.add_(painted, alpha=p.share)
             if self.keep_colors:
                 y = keep_colors(y, x)
             y = y.float()

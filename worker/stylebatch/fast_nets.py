@@ -1,6 +1,6 @@
-"""The style networks rewritten for inference: the same function, fewer operations.
+"""The style networks rewritten for inference: the same function, fewer operations, less memory.
 
-`fast_multistyle_net` does the same for the built-in 26-style network (multistyle.py): channels-last,
+`fast_multistyle_net` does so for the built-in 26-style network (multistyle.py): channels-last,
 its two upsampling layers as sub-pixel convolutions, and instance norms that compute the channel sums
 as matrix products and apply the style's scale and shift (and the ReLU) in place.
 
@@ -9,7 +9,14 @@ upsampling layers become sub-pixel convolutions (`UpsampleConv2x`), the biases o
 an instance norm follows are dropped (the norm subtracts the channel mean, so they cancel exactly),
 the 0..255 scaling of input and output is folded into the first and last convolution, and it works
 channels-last (oneDNN runs the wide, shallow full-resolution convolutions about 2x faster that way
-on CPU). Each rewrite is exact up to float rounding: tests/test_models.py checks the PSNR.
+on CPU), its last layer (32 -> 3 channels, 9x9) as a `RowSplitConv`. Each rewrite is exact up to
+float rounding: tests/test_models.py checks the PSNR.
+
+What both networks share, so that a frame's activations are about two full-size pictures at their
+peak (tests/test_models.py measures it) and no pass over memory is wasted:
+- `padded_conv`: reflection (or edge) padding without the padded copy of a large picture;
+- `UpsampleConv2x` works a band of rows at a time, so its 4x-channel output is never whole;
+- `instance_norm_` sums and scales in cache-sized steps, in place.
 
 Nearest 2x upsample, reflection pad 1 and a 3x3 convolution as a sub-pixel convolution: every
 output pixel of "upsample by 2, then 3x3 conv" sees only 2x2 distinct input pixels, so the 3x3
@@ -154,7 +161,9 @@ class RowSplitConv(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, _, h, w = x.shape
         k, co, p = self.k, self.out_channels, self.k // 2
-        out = torch.empty((b, co, h, w), dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
+        # the k partial sums are added in fp32 at least (under bf16 autocast too), as a convolution would
+        dtype = torch.promote_types(x.dtype, torch.float32)
+        out = torch.empty((b, co, h, w), dtype=dtype, device=x.device, memory_format=torch.channels_last)
         for r0 in range(0, h, ROW_SPLIT_BAND_ROWS):
             n = min(h, r0 + ROW_SPLIT_BAND_ROWS) - r0
             z = F.conv2d(_row_strip(x, r0 - p, r0 + n + p, p, "reflect"), self.weight)  # [B, k*Cout, n+2p, W]
@@ -164,7 +173,7 @@ class RowSplitConv(nn.Module):
             for dy in range(1, k):
                 band += z[:, dy:dy + n, :, dy]
             if self.bias is not None:
-                band += self.bias.to(band.dtype)
+                band += self.bias
         return out
 
 

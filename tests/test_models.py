@@ -397,12 +397,11 @@ def test_subpixel_upsample_conv_equals_upsample_then_reflection_pad_then_conv(in
     (8, 8, 9, 1, "reflect", 9, 9),         # a picture hardly larger than the kernel
     (16, 64, 2, 1, "replicate", 11, 17),   # the sub-pixel layer's 2x2 on edge padding
 ])
-@pytest.mark.parametrize("copy_below", [0, 1 << 30])  # border strips, and padding by copying
 def test_padded_conv_equals_padding_then_convolving(monkeypatch, in_channels, out_channels, kernel, stride, mode,
-                                                      height, width, copy_below):
+                                                      height, width):
     from stylebatch import fast_nets
 
-    monkeypatch.setattr(fast_nets, "PAD_COPY_VALUES", copy_below)
+    monkeypatch.setattr(fast_nets, "PAD_COPY_VALUES", 0)  # the border strips even on these small pictures
     gen = torch.Generator().manual_seed(in_channels * kernel + height)
     x = torch.randn(2, in_channels, height, width, generator=gen).contiguous(memory_format=torch.channels_last)
     weight = torch.randn(out_channels, in_channels, kernel, kernel, generator=gen).contiguous(
@@ -439,17 +438,41 @@ def test_row_split_conv_equals_reflection_padding_then_the_9x9_convolution(monke
 
 @pytest.mark.parametrize("relu", [True, False])
 @pytest.mark.parametrize("step", [1000, 1 << 18])  # many steps with a remainder, and one step
-def test_the_in_place_instance_norm_equals_torchs(monkeypatch, relu, step):
+@pytest.mark.parametrize("mean, spread", [(1.0, 3.0), (100.0, 0.01)])  # a picture, and a low-contrast one
+def test_the_in_place_instance_norm_equals_torchs(monkeypatch, relu, step, mean, spread):
+    """Against F.instance_norm in float64, at least as close as torch's own fp32 instance norm (or 100 dB).
+    The low-contrast case (mean 10^4 times the spread: a fade, fog) is where the mean square minus the
+    squared mean cancels away in fp32 (13 dB here; 15-24 dB pictures from the whole networks)."""
     from stylebatch import fast_nets
 
     monkeypatch.setattr(fast_nets, "NORM_STEP_VALUES", step)
     gen = torch.Generator().manual_seed(step)
-    x = (torch.randn(2, 32, 37, 53, generator=gen) * 3 + 1).contiguous(memory_format=torch.channels_last)
+    x = (torch.randn(2, 32, 37, 53, generator=gen) * spread + mean).contiguous(memory_format=torch.channels_last)
     weight, bias = torch.rand(32, generator=gen) + 0.5, torch.randn(32, generator=gen)
-    expected = torch.nn.functional.instance_norm(x.contiguous(), weight=weight, bias=bias, eps=1e-5)
-    expected = expected.relu() if relu else expected
+    expected = torch.nn.functional.instance_norm(x.double().contiguous(), weight=weight.double(),
+                                                 bias=bias.double(), eps=1e-5)
+    expected = (expected.relu() if relu else expected).float()
+    torch_fp32 = torch.nn.functional.instance_norm(x.contiguous(), weight=weight, bias=bias, eps=1e-5)
+    torch_fp32 = torch_fp32.relu() if relu else torch_fp32
+    peak = float(expected.abs().max())
     got = fast_nets.instance_norm_(x.clone(), weight, bias, relu)
-    assert psnr(got.numpy(), expected.numpy(), peak=float(expected.abs().max())) >= 100
+    assert psnr(got.numpy(), expected.numpy(), peak) >= min(100, psnr(torch_fp32.numpy(), expected.numpy(), peak) - 3)
+
+
+def test_the_in_place_instance_norm_normalises_a_slice_in_place():
+    from stylebatch import fast_nets
+
+    gen = torch.Generator().manual_seed(5)
+    whole = torch.randn(1, 8, 20, 30, generator=gen).contiguous(memory_format=torch.channels_last)
+    before = whole.clone()
+    part = whole[:, :, 2:17, 3:29]  # not one block of memory: normalised through a copy, then written back
+    weight, bias = torch.rand(8, generator=gen) + 0.5, torch.randn(8, generator=gen)
+    out = fast_nets.instance_norm_(part, weight, bias, relu=False)
+    expected = torch.nn.functional.instance_norm(before[:, :, 2:17, 3:29].contiguous(), weight=weight, bias=bias,
+                                                 eps=1e-5)
+    assert out.data_ptr() == part.data_ptr()
+    assert psnr(part.numpy(), expected.numpy(), peak=float(expected.abs().max())) >= 100
+    assert torch.equal(whole[:, :, :2], before[:, :, :2])  # nothing outside the slice changed
 
 
 PEAK_PROBE = r"""
@@ -491,9 +514,21 @@ def test_the_fast_networks_hold_few_full_size_pictures_at_once(net, most_picture
     assert int(out.stdout) <= most_pictures * picture, f"{int(out.stdout) / picture:.2f} pictures"
 
 
-def test_the_fast_transformer_net_paints_real_frames_within_45_db_of_the_published_layers(user_net):
+def faded(frames: np.ndarray, contrast: float) -> np.ndarray:
+    """A fade to grey: the frames at `contrast` of their spread around mid-grey (low-contrast pictures
+    are where fp32 statistics lose precision first)."""
+    return np.clip(np.round(128 + (frames.astype(np.float64) - 128) * contrast), 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("contrast", [1.0, 0.03])
+def test_the_fast_transformer_net_paints_real_frames_within_45_db_of_the_published_layers(user_net, monkeypatch,
+                                                                                          contrast):
     """The CPU runs a .pth through fast_nets.FastTransformerNet (sub-pixel upsampling, dropped biases,
-    folded scaling, channels-last, its own instance norm); it must match pytorch/examples' layers."""
+    folded scaling, channels-last, its own instance norm, border strips instead of padded copies);
+    it must match pytorch/examples' layers, on a real frame and on the same frame faded to grey."""
+    from stylebatch import fast_nets
+
+    monkeypatch.setattr(fast_nets, "PAD_COPY_VALUES", 0)  # the border strips, as on large frames
     net = TransformerNet().eval()
     net.load_state_dict(user_net.state_dict())
     gen = torch.Generator().manual_seed(1)
@@ -504,7 +539,7 @@ def test_the_fast_transformer_net_paints_real_frames_within_45_db_of_the_publish
                         else torch.randn(p.shape, generator=gen) * 0.3)
             elif name.endswith("conv2d.bias") and not name.startswith("deconv3"):
                 p.copy_(torch.randn(p.shape, generator=gen))
-    frames = real_frames(2, 202, 114)  # not multiples of 4: the stylizer pads and crops
+    frames = faded(real_frames(2, 202, 114), contrast)  # not multiples of 4: the stylizer pads and crops
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "net.pth")
         torch.save(net.state_dict(), path)
@@ -517,16 +552,20 @@ def test_the_fast_transformer_net_paints_real_frames_within_45_db_of_the_publish
     assert psnr(fast, published) >= 45, f"{psnr(fast, published):.1f} dB"
 
 
-@pytest.mark.parametrize("style", [DEFAULT_STYLE, "blue-gold-swirls", "ink-wash:0.4,tangled-ribbons:0.6"])
-def test_the_fast_builtin_net_paints_real_frames_within_45_db_of_the_published_layers(style):
+@pytest.mark.parametrize("style, contrast", [(DEFAULT_STYLE, 1.0), ("blue-gold-swirls", 1.0),
+                                             ("ink-wash:0.4,tangled-ribbons:0.6", 1.0), (DEFAULT_STYLE, 0.03)])
+def test_the_fast_builtin_net_paints_real_frames_within_45_db_of_the_published_layers(style, contrast, monkeypatch):
     """The CPU runs the built-in styles through fast_nets.FastMultiStyleNet (channels-last, sub-pixel
-    upsampling, in-place instance norms); it must paint what the published network paints."""
+    upsampling, in-place instance norms, border strips instead of padded copies); it must paint what
+    the published network paints, on real frames and on a frame faded to grey."""
+    from stylebatch import fast_nets
     from stylebatch.fast_nets import FastMultiStyleNet
     from stylebatch.multistyle import load_multistyle26
 
+    monkeypatch.setattr(fast_nets, "PAD_COPY_VALUES", 0)  # the border strips, as on large frames
     stylizer = load_stylizer(style, device="cpu", precision="fp32")
     assert isinstance(stylizer.net, FastMultiStyleNet)  # what this test is about
-    frames = real_frames(2, 202, 114)  # not multiples of 4: the stylizer pads and crops
+    frames = faded(real_frames(2, 202, 114), contrast)  # not multiples of 4: the stylizer pads and crops
     with torch.inference_mode():
         x = torch.from_numpy(frames).permute(0, 3, 1, 2).float().div(255)
         x = torch.nn.functional.pad(x, [0, 2, 0, 2], mode="reflect")

@@ -76,7 +76,9 @@ def _conv_cl(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, s
 
 
 # Pictures of at most this many values per image (or of fewer than 8 channels) are padded by copying:
-# cheaper there than the border strips' extra convolution calls (measured on 2 cores, docs/benchmarks.md).
+# cheaper there than the border strips' extra convolution calls (measured on one core, docs/benchmarks.md:
+# 32 channels at 90x160 3.98 vs 4.67 ms, a 3-channel 640x360 input to a 9x9 layer 38.7 vs 51.9 ms; but
+# 128 channels at 90x160 56.3 vs 48.7 ms).
 PAD_COPY_VALUES = 1 << 20
 
 
@@ -177,31 +179,42 @@ class RowSplitConv(nn.Module):
         return out
 
 
-# Pixels per step of instance_norm_'s passes: a step's values (and their squares) stay in the core's
-# cache, so no temporary as large as the picture is made and each value is loaded twice, not six times.
+# Values (pixels x channels) per step of instance_norm_'s passes: a step and its temporary stay in the
+# core's cache, so no temporary as large as the picture is made.
 NORM_STEP_VALUES = 1 << 18
 
 
 def instance_norm_(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, relu: bool) -> torch.Tensor:
-    """Instance norm (and ReLU) of a channels-last x, in place. F.instance_norm copies a channels-last
+    """Instance norm (and ReLU) of x, in place (x is returned). F.instance_norm copies a channels-last
     tensor to contiguous and back, and var_mean's Welford loop runs at a fraction of the speed; here
-    the channel sums are matrix products over cache-sized steps of pixels, and the scale, shift and
-    ReLU are applied step by step."""
+    the channel means, then the squared deviations from them, are summed as matrix products over
+    cache-sized steps of pixels, and the scale, shift and ReLU are applied step by step.
+
+    The variance is the mean squared deviation from the mean (with the mean's rounding error corrected
+    for, the "corrected two-pass" formula), not the mean square minus the squared mean: that difference
+    cancels catastrophically in fp32 on low-contrast pictures (a fade, fog, a flat title card), where
+    the mean is large against the spread."""
     b, c, h, w = x.shape
     n = h * w
+    if not x.is_contiguous(memory_format=torch.channels_last):  # pixels below would be a copy
+        return x.copy_(instance_norm_(x.contiguous(memory_format=torch.channels_last), weight, bias, relu))
     pixels = x.permute(0, 2, 3, 1).reshape(b, n, c)  # a view: channels-last is [B, H*W, C]
     step = max(1, NORM_STEP_VALUES // c)
     ones = x.new_full((b, 1, min(step, n)), 1.0 / n)
-    mean, square = x.new_zeros(b, 1, c), x.new_zeros(b, 1, c)
+    mean, residual, variance = x.new_zeros(b, 1, c), x.new_zeros(b, 1, c), x.new_zeros(b, 1, c)
     for s in range(0, n, step):
         part = pixels[:, s:s + step]
-        o = ones[..., :part.shape[1]]
-        mean.baddbmm_(o, part)
-        square.baddbmm_(o, part * part)
-    scale = weight * (square - mean * mean).clamp_(min=0).add_(1e-5).rsqrt_()  # [B, 1, C]
-    shift = bias - mean * scale
-    for s in range(0, n, step):
-        part = pixels[:, s:s + step].mul_(scale).add_(shift)
+        mean.baddbmm_(ones[..., :part.shape[1]], part)
+    for s in range(0, n, step):  # the mean's own rounding error (residual) is corrected for as well
+        part = pixels[:, s:s + step]
+        deviation = part - mean
+        residual.baddbmm_(ones[..., :part.shape[1]], deviation)
+        variance.baddbmm_(ones[..., :part.shape[1]], deviation.square_())
+    mean.add_(residual)
+    variance.sub_(residual.square_()).clamp_(min=0)
+    scale = weight * variance.add_(1e-5).rsqrt_()  # [B, 1, C]
+    for s in range(0, n, step):  # (x - mean) first: x * scale + (bias - mean * scale) cancels as above
+        part = pixels[:, s:s + step].sub_(mean).mul_(scale).add_(bias)
         if relu:
             part.relu_()
     return x

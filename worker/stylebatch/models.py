@@ -223,7 +223,7 @@ class _Unit(nn.Module):
 
 def _user_net(path: Path, dev: torch.device, dtype: torch.dtype) -> nn.Module:
     """A .pth TransformerNet on 0..1 pictures; on the CPU in its exact rewrite for inference
-    (fast_nets: 1.67-2.08x the frames per CPU-second of the published layers, docs/benchmarks.md)."""
+    (fast_nets: 1.3-2.1x the frames per CPU-second of the published layers, docs/benchmarks.md)."""
     net = load_transformer_net(path)
     if dev.type == "cpu":
         return fast_transformer_net(net).to(dtype=dtype)
@@ -232,7 +232,7 @@ def _user_net(path: Path, dev: torch.device, dtype: torch.dtype) -> nn.Module:
 
 def _fast_multistyle() -> nn.Module:
     """The 26-style network in its exact rewrite for CPU inference (fast_nets: channels-last, sub-pixel
-    upsampling, in-place instance norms: 2.09-2.19x the frames per CPU-second of the plain module)."""
+    upsampling, in-place instance norms: 1.3-2.2x the frames per CPU-second of the plain module)."""
     return fast_multistyle_net(_net(load_multistyle26, torch.device("cpu"), torch.float32))
 
 

@@ -190,8 +190,8 @@ def instance_norm_(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, re
     the channel means, then the squared deviations from them, are summed as matrix products over
     cache-sized steps of pixels, and the scale, shift and ReLU are applied step by step.
 
-    The variance is the mean squared deviation from the mean (with the mean's rounding error corrected
-    for, the "corrected two-pass" formula), not the mean square minus the squared mean: that difference
+    The variance is the mean squared deviation from a shift near the mean, corrected by the mean
+    deviation (the shifted-data formula), not the mean square minus the squared mean: that difference
     cancels catastrophically in fp32 on low-contrast pictures (a fade, fog, a flat title card), where
     the mean is large against the spread."""
     b, c, h, w = x.shape
@@ -201,16 +201,16 @@ def instance_norm_(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, re
     pixels = x.permute(0, 2, 3, 1).reshape(b, n, c)  # a view: channels-last is [B, H*W, C]
     step = max(1, NORM_STEP_VALUES // c)
     ones = x.new_full((b, 1, min(step, n)), 1.0 / n)
-    mean, residual, variance = x.new_zeros(b, 1, c), x.new_zeros(b, 1, c), x.new_zeros(b, 1, c)
+    # one pass over deviations from a shift near the mean (the mean of every 64th pixel): their sum
+    # corrects the shift to the mean, their squares give the variance with nothing left to cancel
+    shift = pixels[:, ::64].mean(dim=1, keepdim=True)
+    residual, variance = x.new_zeros(b, 1, c), x.new_zeros(b, 1, c)
     for s in range(0, n, step):
-        part = pixels[:, s:s + step]
-        mean.baddbmm_(ones[..., :part.shape[1]], part)
-    for s in range(0, n, step):  # the mean's own rounding error (residual) is corrected for as well
-        part = pixels[:, s:s + step]
-        deviation = part - mean
-        residual.baddbmm_(ones[..., :part.shape[1]], deviation)
-        variance.baddbmm_(ones[..., :part.shape[1]], deviation.square_())
-    mean.add_(residual)
+        deviation = pixels[:, s:s + step] - shift
+        o = ones[..., :deviation.shape[1]]
+        residual.baddbmm_(o, deviation)
+        variance.baddbmm_(o, deviation.square_())
+    mean = shift.add_(residual)
     variance.sub_(residual.square_()).clamp_(min=0)
     scale = weight * variance.add_(1e-5).rsqrt_()  # [B, 1, C]
     for s in range(0, n, step):  # (x - mean) first: x * scale + (bias - mean * scale) cancels as above

@@ -3,6 +3,7 @@ same frame count, identical timestamps, same display size, sound kept without re
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 from fractions import Fraction
@@ -211,6 +212,41 @@ def test_every_chunk_decodes_exactly_its_frames(clip, tmp_path: Path, name: str,
     assert np.array_equal(np.concatenate(got), np.stack(expected))
 
 
+@pytest.mark.parametrize("name, kwargs", [
+    ("one-gop.mp4", dict(extra=("-bf", "3"))),  # one keyframe: every chunk decodes on
+    ("one-gop-vfr.mkv", dict(vfr=True)),
+    ("gop5.mp4", dict(extra=("-g", "5", "-bf", "3"))),  # keyframes between some chunks: seeking is cheaper there
+])
+def test_a_ranks_next_chunk_in_the_same_gop_is_decoded_on_from_where_it_stands(clip, tmp_path: Path, monkeypatch,
+                                                                                 name: str, kwargs: dict):
+    """A rank of two takes every other chunk. With no keyframe between its chunks, it decodes on (the
+    frames between are decoded, not converted) instead of reopening the file and decoding from the
+    keyframe again, which for a long GOP decoded most of the clip once per chunk; the frames are the
+    same either way."""
+    from stylebatch import video
+    from stylebatch.manifest import Manifest
+
+    src = clip(name, size=(64, 48), frames=23, index_colors=True, **kwargs)
+    work = tmp_path / "work"
+    result = stylebatch("preprocess", src, "--work", work, "-o", tmp_path / "out.mp4", "--chunk-frames", "4")
+    assert result.returncode == 0, result.stderr
+    m = Manifest.from_json((work / "manifest.json").read_text())
+    reader = video.ChunkReader(work / m.source, m)
+    sequential = np.concatenate(list(reader.read(0, m.frames, batch=5)))
+    reader.close()
+    opened = []
+    real_open = video.open_video
+    monkeypatch.setattr(video, "open_video", lambda *a: opened.append(a) or real_open(*a))
+    reader = video.ChunkReader(work / m.source, m)
+    chunks = [(0, 4), (8, 12), (16, 20)]
+    got = np.concatenate([b for s, e in chunks for b in reader.read(s, e, batch=3)])
+    reader.close()
+    assert np.array_equal(got, np.concatenate([sequential[s:e] for s, e in chunks]))
+    seeks = sum(any(end < key <= start for key in m.keyframes) for (_, end), (start, _) in zip(chunks, chunks[1:]))
+    assert len(opened) == 1 + seeks
+    assert (seeks == 0) == (len(m.keyframes) == 1)  # gop5 seeks once: both paths are used
+
+
 @pytest.mark.parametrize("ext, flags, codec", [
     (".mp4", ["--codec", "hevc", "--bitrate", "300k", "--preset", "ultrafast"], "hevc"),
     (".mkv", ["--codec", "vp9", "--crf", "40", "--preset", "realtime"], "vp9"),
@@ -235,6 +271,17 @@ def test_h264_is_encoded_at_the_measured_default_preset_unless_one_is_given(clip
     out = stylize(src, tmp_path / "out.mp4", *flags)
     info = re.search(rb"x264 - core .*? options: ([^\x00]*)", out.read_bytes()).group(1).decode()
     assert all(f" {s} " in f" {info} " for s in settings), info
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 cores: with one, every thread count is 1")
+def test_on_the_cpu_the_encoder_takes_one_thread_beside_the_models(clip, tmp_path: Path) -> None:
+    """One rank on the CPU gives the model every core; an encoder (and decoder) with as many threads
+    only contends with it: a 640x360 run took 5% longer (docs/benchmarks.md). x264 writes its
+    thread count into the stream."""
+    src = clip("in.mp4", size=(320, 192), frames=8)
+    out = stylize(src, tmp_path / "out.mp4", "--device", "cpu")
+    info = re.search(rb"x264 - core .*? options: ([^\x00]*)", out.read_bytes()).group(1).decode()
+    assert " threads=1 " in f" {info} ", info
 
 
 def test_subtitles_are_kept_where_the_container_takes_them(clip, tmp_path: Path) -> None:

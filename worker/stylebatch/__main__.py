@@ -1,3 +1,3 @@
-from stylebatch.cli import main
+from stylebatch.cli import entry
 
-raise SystemExit(main())
+entry()

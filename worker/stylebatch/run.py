@@ -194,6 +194,7 @@ def check_style_child(options: dict) -> None:
     exit code for a bad style."""
     import torch
 
+    from stylebatch.cli import exit_now
     from stylebatch.models import load_stylizer
 
     try:
@@ -201,8 +202,9 @@ def check_style_child(options: dict) -> None:
                       keep_colors=options["keep_colors"])
     except StylebatchError as exc:
         sys.stderr.write(f"{ERROR_PREFIX}{' '.join(str(exc).split())}\n")
-        sys.exit(exc.exit_code)
+        exit_now(exc.exit_code)
     print(torch.cuda.device_count() if torch.cuda.is_available() else 0)
+    exit_now(0)  # beside preprocess, on the way to the ranks: torch's teardown would only delay them
 
 
 def _builtin_only(style: str) -> bool:

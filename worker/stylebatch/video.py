@@ -236,6 +236,30 @@ class ChunkReader:
             return self._position(start, seek=False)
         raise StylebatchError(f"{self.m.input}: frame {start} (pts {target}) is missing on decode")
 
+    def _decode_on_to(self, start: int) -> bool:
+        """Reach frame `start` by decoding on from where this reader stands, when no keyframe lies
+        between: a seek would decode from the keyframe before `start`, which is at or before here,
+        again (a rank whose next chunk is a few chunks on in a long GOP: the frames between are
+        decoded, never converted). Whether it did; False leaves the reader to seek."""
+        if self._frames is None or start < self._next:
+            return False
+        if self.m.pts_reliable:
+            if self.m.keyframes[bisect.bisect_right(self.m.keyframes, start) - 1] > self._next:
+                return False
+            target = self.m.pts[start]
+            for frame in self._frames:
+                if frame.pts is None or frame.pts > target:
+                    return False  # odd stream: seek as before
+                if frame.pts == target:
+                    self._pending, self._next = frame, start
+                    return True
+            return False
+        for _ in range(start - self._next):  # no usable pts: frames are counted, as from the start
+            if next(self._frames, None) is None:
+                return False
+        self._next = start
+        return True
+
     def read(self, start: int, end: int, batch: int) -> Iterator[np.ndarray]:
         """Batches (at most `batch` frames, uint8 [B,H,W,3]) of the frames [start, end), upright.
 
@@ -263,7 +287,7 @@ class ChunkReader:
             if start >= end:
                 return
         self._pending = None
-        if self._next != start or self._frames is None:
+        if (self._next != start or self._frames is None) and not self._decode_on_to(start):
             self._position(start, seek=True)
         for index in range(start, end):
             frame = self._pending or next(self._frames, None)

@@ -16,6 +16,7 @@ from clips import count_frames, display_size, error_lines, stylebatch
 from test_models import peak_rss_mib
 
 from stylebatch import memory
+from stylebatch.contract import ENCODERS, INTRA_ONLY_ENCODERS
 
 MiB = 1024 ** 2
 GiB = 1024 ** 3
@@ -137,9 +138,7 @@ def test_codec_threads_shrink_only_for_huge_frames(size, threads, expected) -> N
     ("prores", (16000, 16000), (256, 256), 0),  # intra-only, but no lowres in FFmpeg's decoder
 ])
 def test_an_intra_only_decoder_makes_frames_no_smaller_than_wanted(codec, coded, wanted, shift) -> None:
-    from stylebatch.video import lowres
-
-    assert lowres(av.Codec(codec, "r"), coded, wanted) == shift
+    assert memory.lowres(av.Codec(codec, "r").name, coded, wanted) == shift
 
 
 def test_frames_decoded_small_match_frames_decoded_full_size_and_scaled(clip, monkeypatch) -> None:
@@ -161,9 +160,9 @@ def test_frames_decoded_small_match_frames_decoded_full_size_and_scaled(clip, mo
         finally:
             reader.close()
 
-    assert video.lowres(av.Codec("mjpeg", "r"), (640, 480), (160, 120)) == 2
+    assert memory.lowres(av.Codec("mjpeg", "r").name, (640, 480), (160, 120)) == 2
     small = frames()
-    monkeypatch.setattr(video, "MAX_LOWRES", 0)
+    monkeypatch.setattr(memory, "MAX_LOWRES", 0)
     full = frames()
     assert small.shape == full.shape == (3, 120, 160, 3)
     assert np.abs(small - full).mean() < 3, np.abs(small - full).mean()
@@ -245,6 +244,43 @@ def test_the_launcher_loads_no_torch_so_it_holds_no_model_memory_while_the_ranks
     assert torch_loaded == "False"
     assert int(peak_mib) < 150, f"launcher peak RSS {peak_mib} MiB"
     assert count_frames(tmp_path / "out.mp4") == 8
+
+
+BESIDE_THE_RANKS = r"""
+import re, sys
+from stylebatch import run
+from stylebatch.cli import main
+stylize = run._stylize
+def looked(*args, **kwargs):  # the launcher as the ranks start: what it holds beside them
+    rss = re.search(r"VmRSS:\s+(\d+) kB", open("/proc/self/status").read()).group(1)
+    print("BESIDE", ",".join(m for m in ("av", "numpy", "torch") if m in sys.modules) or "-", int(rss) // 1024)
+    return stylize(*args, **kwargs)
+run._stylize = looked
+print("CODE", main(sys.argv[1:]))
+"""
+
+
+def test_beside_the_ranks_the_launcher_holds_no_pyav_or_numpy(clip, tmp_path: Path) -> None:
+    """Preprocess runs in a child process, as its pod does, and the ranks' memory fit is planned
+    without PyAV: the launcher, alive beside the ranks for the whole job, holds about 20 MiB, not 65
+    (at 640x360 that was 15% of the whole run's peak; docs/benchmarks.md)."""
+    src = clip("in.mp4", size=(64, 48), frames=8, audio=("aac",))
+    result = subprocess.run([sys.executable, "-c", BESIDE_THE_RANKS, "run", str(src), "-o", str(tmp_path / "out.mp4"),
+                             "--workers", "2", "--style", "lavender-gold", "--max-side", "32"],
+                            capture_output=True, text=True, timeout=300)
+    assert "CODE 0" in result.stdout, result.stderr
+    modules, rss_mib = result.stdout.split("BESIDE")[-1].split()[:2]
+    assert modules == "-"
+    assert int(rss_mib) < 40, f"launcher RSS {rss_mib} MiB beside the ranks"
+    assert result.stderr.count(f"preprocessed {src}: 8 frames") == 1  # the child's own line, passed on once
+    assert count_frames(tmp_path / "out.mp4") == 8
+
+
+@pytest.mark.parametrize("codec", sorted(ENCODERS))
+def test_the_intra_only_encoders_are_those_ffmpeg_says(codec: str) -> None:
+    """The launcher plans the ranks' memory without PyAV: contract.INTRA_ONLY_ENCODERS must say what
+    FFmpeg does (an intra-only encoder of huge frames gets a fresh encoder per frame)."""
+    assert (codec in INTRA_ONLY_ENCODERS) == av.Codec(codec, "w").intra_only
 
 
 FAULTS = r"""

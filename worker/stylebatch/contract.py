@@ -59,6 +59,9 @@ ALLOWED = {
     "webm": {"libvpx-vp9"},
     "avi": {"mjpeg"},  # AVI has no presentation timestamps: intra-only keeps every frame exact
 }
+HARDWARE_ENCODERS = frozenset({"h264_nvenc", "hevc_nvenc"})
+"""Encoders a machine may lack (NVENC needs an NVIDIA GPU and driver); PyAV's FFmpeg has the others."""
+INTRA_ONLY_ENCODERS = frozenset({"mjpeg"})  # every frame coded on its own (tests check it against FFmpeg)
 DEFAULT_CODEC = {"mp4": "libx264", "mov": "libx264", "matroska": "libx264", "webm": "libvpx-vp9", "avi": "mjpeg"}
 QUALITY = {  # crf/quality scale per encoder: (default, low, high)
     "libx264": (18, 0, 51), "libx265": (20, 0, 51), "libvpx-vp9": (30, 0, 63),
@@ -106,6 +109,11 @@ def is_style_file(ref: str) -> bool:
     """A painting or weights file (a path or URI), not a built-in name."""
     path = ref.strip().split("?", 1)[0].lower()
     return "/" in path or "\\" in path or path.endswith(STYLE_IMAGE_SUFFIXES + STYLE_WEIGHTS_SUFFIXES)
+
+
+def is_image_name(name: str) -> bool:
+    """A painting's file name or URI (by its suffix, before any query string)."""
+    return name.lower().rsplit("?", 1)[0].endswith(STYLE_IMAGE_SUFFIXES)
 
 
 DEVICES = ("auto", "cpu", "cuda")

@@ -46,10 +46,10 @@ def encoder_per_frame(settings, width: int, height: int) -> bool:
     an intra-only codec (MJPEG) at constant quality, for frames over ENCODER_PER_FRAME_PIXELS, where
     the full-size pictures FFmpeg's MJPEG encoder keeps (three at any time) would dominate a rank's
     memory. The bytes are the same: each frame is coded on its own anyway."""
-    import av
+    from stylebatch.contract import INTRA_ONLY_ENCODERS
 
     return (width * height > ENCODER_PER_FRAME_PIXELS and settings.bitrate is None
-            and av.Codec(settings.codec, "w").intra_only)
+            and settings.codec in INTRA_ONLY_ENCODERS)
 
 
 def rank_bytes(width: int, height: int, work_width: int, work_height: int, batch: int, gpu: bool,
@@ -143,6 +143,23 @@ def on_gpu(device: str) -> bool:
     return torch.cuda.is_available()
 
 
+MAX_LOWRES = 3  # FFmpeg's lowres: MJPEG's decoder can make frames of 1/2, 1/4 or 1/8 the size
+LOWRES_DECODERS = frozenset({"mjpeg"})  # intra-only, with lowres (tried: tests/test_memory.py)
+
+
+def lowres(decoder: str, coded: tuple[int, int], wanted: tuple[int, int]) -> int:
+    """How many halvings the decoder (FFmpeg's name for it) may apply while decoding (FFmpeg's lowres: MJPEG's IDCT makes
+    the smaller picture, so a full-size frame never exists), keeping the frames at least `wanted`
+    (width, height). 0 for other decoders: most have no lowres, and where a decoder of predicted
+    frames has one (MPEG-4 Part 2, MPEG-2) its pictures drift from what the encoder meant."""
+    if decoder not in LOWRES_DECODERS:
+        return 0
+    shift = 0
+    while shift < MAX_LOWRES and all(-(-c // 2 ** (shift + 1)) >= w for c, w in zip(coded, wanted)):
+        shift += 1
+    return shift
+
+
 def default_batch(gpu: bool) -> int:
     """Frames per model call when --batch-size is not given. On a CPU one frame at a time is fastest
     (a batch of 4 ran TransformerNet about 20% slower per frame at 640x360: its activations no longer
@@ -153,14 +170,11 @@ def default_batch(gpu: bool) -> int:
 def ranks_that_fit(m, max_side: int | None, batch_size: int | None, gpu: bool, ranks_here: int = 1) -> int:
     """Pre-flight for a stylize of manifest m's frames: how many ranks fit in this machine's memory;
     a one-line StylebatchError naming --max-side when `ranks_here` ranks (or even one) cannot."""
-    import av
-
     from stylebatch.styles import working_size
-    from stylebatch.video import lowres
 
     height, width = working_size(m.display_height, m.display_width, max_side)
     coded = (width, height) if m.rotation % 180 == 0 else (height, width)
-    small = bool(m.video_codec) and lowres(av.Codec(m.video_codec, "r"), (m.coded_width, m.coded_height), coded) > 0
+    small = bool(m.video_codec) and lowres(m.video_codec, (m.coded_width, m.coded_height), coded) > 0
     per_rank = rank_bytes(m.display_width, m.display_height, width, height, batch_size or default_batch(gpu), gpu,
                           decoded_small=small,
                           per_frame_encoder=encoder_per_frame(m.encoder, m.display_width, m.display_height))

@@ -138,7 +138,7 @@ def keep_colors(painted: torch.Tensor, original: torch.Tensor) -> torch.Tensor:
 def load_stylizer(style: str, *, device: str = "auto", strength: float = 1.0, max_side: int | None = None,
                   precision: str = "auto", keep_colors: bool = False,
                   own_frame: np.ndarray | None = None) -> Stylizer:
-    """style: see `parse_style`; files are local paths here (stylize.resolve_style fetches URIs).
+    """style: see `parse_style`; files are local paths here (styles.resolve_style fetches URIs).
 
     precision: auto (fp16 on a GPU; bf16 on a CPU with native bf16, else fp32), fp32, bf16, fp16.
     own_frame: a frame of the video whose style vector `strength` < 1 starts from with paintings."""

@@ -12,16 +12,12 @@ from pathlib import Path
 
 import numpy as np
 
-from stylebatch.contract import STYLE_IMAGE_SUFFIXES
+from stylebatch.contract import is_image_name  # noqa: F401 - this module's name for it too
 from stylebatch.errors import BadInput
 
 FORMATS = ("JPEG", "PNG", "WEBP")
 MIN_SIDE = 16  # a few pixels hold no style
 MAX_PIXELS = 64_000_000  # bigger than any painting scan worth using; beyond this is a decompression bomb
-
-
-def is_image_name(name: str) -> bool:
-    return name.lower().rsplit("?", 1)[0].endswith(STYLE_IMAGE_SUFFIXES)
 
 
 def read_style_image(path: str | Path, label: str | None = None) -> np.ndarray:

@@ -1,4 +1,7 @@
-"""Stage 1: copy the input into the work dir, probe it, decide the encoder, write manifest.json last."""
+"""Stage 1: copy the input into the work dir, probe it, decide the encoder, write manifest.json last.
+
+PyAV (and numpy) are imported only by the functions that decode or encode: the `stylebatch run`
+launcher uses this module's checks of places and names without them (it stays small beside its ranks)."""
 
 from __future__ import annotations
 
@@ -9,20 +12,19 @@ from pathlib import Path
 
 from stylebatch import __version__
 from stylebatch.contract import ALLOWED, SOURCE_STEM
-from stylebatch.encoder import check_encoder, choose_pix_fmt
 from stylebatch.errors import StylebatchError
 from stylebatch.manifest import MANIFEST_NAME, EncoderSettings, Manifest
 from stylebatch.workdir import check_work, claim_work, hold, inside
 from stylebatch.partition import default_chunk_frames
-from stylebatch.postprocess import check_timeline
 from stylebatch.requests import EncodingOptions, PreprocessRequest
-from stylebatch.video import probe
 
 log = logging.getLogger(__name__)
 
 
 def encoder_settings(encoding: EncodingOptions, output_name: str) -> EncoderSettings:
     """The validated settings, with the encoder opened once on this machine (NVENC needs a GPU)."""
+    from stylebatch.encoder import check_encoder
+
     settings = encoding.settings(output_name)
     check_encoder(settings.codec)
     return settings
@@ -73,6 +75,10 @@ def run(req: PreprocessRequest) -> Manifest:
 
 
 def _preprocess(src, out, work, enc: EncodingOptions, settings: EncoderSettings) -> Manifest:
+    from stylebatch.encoder import choose_pix_fmt
+    from stylebatch.postprocess import check_timeline
+    from stylebatch.video import probe
+
     if not src.exists():
         raise StylebatchError(f"input not found: {src.display}")
     if src.is_local() and Path(src.local_path()).is_dir():
@@ -120,6 +126,8 @@ def _reuse_existing(work, src, out, enc: EncodingOptions, settings: EncoderSetti
     """A work dir that preprocess already finished for the same job is reused (resume). Flags left
     out take the work dir's values; flags given must agree with them, since the parts depend on them;
     the input must be the same bytes (its identity() unchanged)."""
+    from stylebatch.postprocess import check_timeline
+
     if not work.child(MANIFEST_NAME).exists():
         return None
     from stylebatch.manifest import read_manifest

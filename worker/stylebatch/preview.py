@@ -140,7 +140,7 @@ def render(frame: np.ndarray, styles: list[str], tile: int, device: str, keep_co
 
 def run(args: argparse.Namespace) -> int:
     from stylebatch.storage import location
-    from stylebatch.stylize import resolve_style
+    from stylebatch.styles import resolve_style
 
     out = location(args.output)
     suffix = Path(out.name or "").suffix.lower()

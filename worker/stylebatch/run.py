@@ -219,9 +219,18 @@ def _builtin_only(style: str) -> bool:
     return all(part.kind == BUILTIN_KIND for part in parse_style(style))
 
 
+def nvidia_visible() -> bool:
+    """Whether this machine may have a usable NVIDIA GPU: its driver's device files or its /proc entry.
+    Without either, torch sees no GPU, so no torch start-up is needed to know it."""
+    return any(Path("/dev").glob("nvidia[0-9]*")) or Path("/proc/driver/nvidia/gpus").is_dir()
+
+
 class _StyleCheck(threading.Thread):
-    """Checks the style once before the ranks start (a bad style fails before any work), beside preprocess.
-    Built-in styles on the CPU need no child process (about 2 s of torch start-up saved per job)."""
+    """Resolves the style (blob files fetched) and, where a GPU may be in use, checks it in a child
+    process that also counts the GPUs, beside preprocess, so a bad style fails before the ranks start.
+    On the CPU (--device cpu, or auto with no NVIDIA GPU here) there is no child: the ranks load the
+    style first thing, and a bad one fails them with its own one line before any frame, while every
+    good job starts its ranks about 2 s sooner (the child's torch start-up, longer than preprocess)."""
 
     def __init__(self, args: RunRequest, style_dir: Path) -> None:
         super().__init__(daemon=True, name="stylebatch-style-check")
@@ -238,9 +247,9 @@ class _StyleCheck(threading.Thread):
             from stylebatch.styles import resolve_style
 
             self.style = resolve_style(self.model.style or DEFAULT_STYLE, self.style_dir)
-            if self.model.device == "cpu" and _builtin_only(self.style):
-                onnx_path()  # a name parse_style knows and the weights installed: nothing a child could add
-            else:
+            if _builtin_only(self.style):
+                onnx_path()  # a name parse_style knows and the weights installed: a child could add nothing
+            if self.model.device == "cuda" or (self.model.device == "auto" and nvidia_visible()):
                 self.gpus = _check_style(self.style, self.model)
             if self.model.device == "cuda" and not self.gpus:
                 raise StylebatchError("--device cuda: no GPU is visible here (use --device cpu or auto)")

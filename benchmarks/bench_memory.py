@@ -8,7 +8,7 @@ choices side by side; prints a markdown table.
 one process, in a fresh memory cgroup (tests/memory_cap.py; needs root) whose peak counts the page
 cache too, as a pod's memory limit does; the process's RSS, sampled every 20 ms, is shown beside
 it. (`stylebatch run` adds its launcher, about 0.2 GiB: tests/test_memory.py caps a whole run.) The variants switch off, one at a time, what keeps full-size frames out of a rank:
-decoding at the stylized size (an intra-only decoder's lowres, `stylebatch.video.MAX_LOWRES`) and a
+decoding at the stylized size (an intra-only decoder's lowres, `stylebatch.memory.MAX_LOWRES`) and a
 fresh encoder per frame (`stylebatch.memory.ENCODER_PER_FRAME_PIXELS`).
 """
 
@@ -28,9 +28,9 @@ import memory_cap  # noqa: E402
 
 VARIANTS = {
     "stylebatch (decoded small, an encoder per frame)": {},
-    "decoded at full size": {"video.MAX_LOWRES": 0},
+    "decoded at full size": {"memory.MAX_LOWRES": 0},
     "one encoder for all frames": {"memory.ENCODER_PER_FRAME_PIXELS": 1 << 62},
-    "both (as before)": {"video.MAX_LOWRES": 0, "memory.ENCODER_PER_FRAME_PIXELS": 1 << 62},
+    "both (as before)": {"memory.MAX_LOWRES": 0, "memory.ENCODER_PER_FRAME_PIXELS": 1 << 62},
 }
 MAIN = ("import sys\nfrom stylebatch import memory, video\n{sets}\nfrom stylebatch.cli import main\n"
         "clip, work, out, side = sys.argv[1:]\n"

@@ -84,7 +84,8 @@ def test_corrupt_style_file(good: Path, tmp_path: Path, place: dict, name: str, 
     with one line naming the file and exit code 2, leaving nothing behind."""
     style = tmp_path / name
     style.write_bytes(os.urandom(2048))
-    result = stylebatch("run", good, "-o", place["out"], "--style", style, "--workers", workers, env=place["env"])
+    result = stylebatch("run", good, "-o", place["out"], "--style", style, "--workers", workers, "--chunk-frames", "4",
+                        env=place["env"])  # 8 frames in 2 chunks: 2 ranks do run
     assert_failed_cleanly(result, place["out"], name)
     assert result.returncode == 2
     assert os.listdir(place["tmp"]) == []
@@ -103,14 +104,30 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
+@pytest.mark.parametrize("device_file", ["nvidia0", "dxg", "kfd"])
+def test_any_gpu_drivers_device_file_makes_auto_count_the_gpus(tmp_path: Path, monkeypatch, device_file: str):
+    """NVIDIA's /dev/nvidiaN, WSL2's (and Docker Desktop's) /dev/dxg, ROCm's /dev/kfd: where one exists
+    torch may see a GPU, so `--device auto` asks torch (the style check) how many."""
+    from stylebatch import run
+
+    if Path("/proc/driver/nvidia/gpus").is_dir():
+        pytest.skip("this machine has NVIDIA's driver")
+    fake_dev = tmp_path / "dev"
+    fake_dev.mkdir()
+    monkeypatch.setattr(run, "GPU_DEVICE_FILES", tuple(f"{fake_dev}/{p.rsplit('/', 1)[1]}" for p in run.GPU_DEVICE_FILES))
+    assert not run.gpu_may_be_visible()
+    (fake_dev / device_file).touch()
+    assert run.gpu_may_be_visible()
+
+
 @pytest.mark.parametrize("device", ["cpu", "auto"])
 def test_on_the_cpu_no_torch_process_runs_before_the_ranks(good: Path, tmp_path: Path, place: dict, device: str):
     """The style check's child (a torch start-up, about 2 s, longer than preprocess) only delayed the
     ranks on a machine without a GPU: there the ranks' own load is the check."""
-    from stylebatch.run import nvidia_visible
+    from stylebatch.run import gpu_may_be_visible
 
-    if device == "auto" and nvidia_visible():
-        pytest.skip("an NVIDIA GPU may be here: auto counts the GPUs in the style check")
+    if device == "auto" and gpu_may_be_visible():
+        pytest.skip("a GPU may be here: auto counts the GPUs in the style check")
     import torch
 
     from stylebatch.transformer_net import TransformerNet
@@ -118,7 +135,8 @@ def test_on_the_cpu_no_torch_process_runs_before_the_ranks(good: Path, tmp_path:
     weights = tmp_path / "net.pth"
     torch.save(TransformerNet().state_dict(), weights)
     result = subprocess.run([sys.executable, "-c", _COUNT_STYLE_CHECKS, "run", str(good), "-o", str(place["out"]),
-                             "--style", str(weights), "--max-side", "32", "--device", device, "--workers", "2"],
+                             "--style", str(weights), "--max-side", "32", "--device", device, "--workers", "2",
+                             "--chunk-frames", "4"],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "STYLE CHECK" not in result.stdout

@@ -293,14 +293,26 @@ def test_the_builtin_weights_are_read_as_the_onnx_package_reads_them():
     assert np.array_equal(onnx_initializers(helper.make_model(graph).SerializeToString())["w"], values.reshape(2, 3))
 
 
-@pytest.mark.parametrize("damage", ["truncated", "garbage", "missing"])
+_CRAFTED = {  # protobuf messages that put a number where ONNX puts bytes (or the reverse)
+    "graph as a number": bytes([7 << 3 | 0, 5]),
+    "initializer as a number": bytes([7 << 3 | 2, 2, 5 << 3 | 0, 1]),
+    "name as a huge number": bytes([7 << 3 | 2, 6, 5 << 3 | 2, 4, 8 << 3 | 0, 0x80, 0x80, 0x40]),
+    "float_data as a huge number": bytes([7 << 3 | 2, 8, 5 << 3 | 2, 6, 4 << 3 | 0, 0xFF, 0xFF, 0xFF, 0xFF, 0x7F]),
+    "truncated fixed64": bytes([7 << 3 | 1, 1, 2]),
+}
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "missing", *_CRAFTED])
 def test_damaged_builtin_weights_are_a_one_line_error(tmp_path, damage):
+    """Never a traceback, a hang or a huge allocation: one line naming the file."""
     path = tmp_path / "multistyle26.onnx"
     data = onnx_path().read_bytes()
     if damage == "truncated":
         path.write_bytes(data[:len(data) // 2])
     elif damage == "garbage":
         path.write_bytes(bytes(range(256)) * 64)
+    elif damage in _CRAFTED:
+        path.write_bytes(_CRAFTED[damage])
     with pytest.raises(StylebatchError, match="cannot read built-in style weights") as err:
         load_multistyle26(path)
     assert "\n" not in str(err.value)

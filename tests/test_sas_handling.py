@@ -148,6 +148,23 @@ def test_a_url_without_its_sas_finds_the_sas_given_for_it_earlier(granted: str, 
     assert carried_sas(storage.location(asked)) == expected
 
 
+def test_each_url_given_finds_its_own_sas_again_when_two_grant_the_same_container(monkeypatch) -> None:
+    """An input URL with a read-only container SAS and an output URL with a write-only one: the
+    preprocess child (given the URLs without their query) reads the input with the input's SAS and
+    writes the output with the output's; the work dir takes the last one given for the container."""
+    from stylebatch.storage.credentials import CARRIED_SAS_ENV, carried_sas, carried_sas_env
+
+    base = "https://acct.blob.core.windows.net/videos"
+    storage.location(f"{base}/in/a.mp4?sr=c&sp=rl&sig=READ")
+    storage.location(f"{base}/out/a.mp4?sr=c&sp=cw&sig=WRITE")
+    env = carried_sas_env()
+    storage.clear_client_cache()
+    monkeypatch.setenv(CARRIED_SAS_ENV, env[CARRIED_SAS_ENV])  # as the child sees them
+    assert carried_sas(storage.location(f"{base}/in/a.mp4")) == "sr=c&sp=rl&sig=READ"
+    assert carried_sas(storage.location(f"{base}/out/a.mp4")) == "sr=c&sp=cw&sig=WRITE"
+    assert carried_sas(storage.location(f"{base}/work/manifest.json")) == "sr=c&sp=cw&sig=WRITE"
+
+
 def test_a_carried_sas_never_overrides_the_urls_own(monkeypatch: pytest.MonkeyPatch) -> None:
     storage.location("https://acct.blob.core.windows.net/videos/in.mp4?sr=c&sp=rl&sig=OLD")
     loc = storage.location("https://acct.blob.core.windows.net/videos/out.mp4?sr=b&sp=w&sig=NEW")

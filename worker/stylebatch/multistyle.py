@@ -12,6 +12,7 @@ module whose parameters carry exactly the graph's initializer names, so loading 
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -105,31 +106,43 @@ def onnx_initializers(model: bytes) -> dict[str, np.ndarray]:
     """The float32 initializers (weights) of an ONNX model's graph, read straight from its protobuf
     encoding (ModelProto.graph = 7, GraphProto.initializer = 5; TensorProto dims = 1, data_type = 2,
     float_data = 4, name = 8, raw_data = 9): each rank loads the built-in network without the onnx
-    package (about 0.14 s and 6 MiB a rank). ValueError for anything else (a truncated or foreign file)."""
-    graph = [v for f, v in _fields(model) if f == 7]
-    if len(graph) != 1:
+    package (about 0.14 s and 6 MiB a rank). ValueError for anything else (a truncated, damaged or
+    foreign file), never another exception."""
+    graphs = [(w, v) for f, w, v in _fields(model) if f == 7]
+    if len(graphs) != 1:
         raise ValueError("no graph")
     tensors = {}
-    for field, tensor in _fields(graph[0]):
+    for field, wire, tensor in _fields(_is(*graphs[0], LEN)):
         if field != 5:
             continue
         dims, dtype, name, data = [], None, None, b""
-        for f, v in _fields(tensor):
+        for f, w, v in _fields(_is(wire, tensor, LEN)):
             if f == 1:
-                dims += [v] if isinstance(v, int) else _varints(v)
+                dims += [v] if w == VARINT else _varints(_is(w, v, LEN))
             elif f == 2:
-                dtype = v
+                dtype = _is(w, v, VARINT)
             elif f == 8:
-                name = bytes(v).decode()
-            elif f in (4, 9):
-                data += bytes(v) if not isinstance(v, int) else v.to_bytes(4, "little")
+                name = bytes(_is(w, v, LEN)).decode()
+            elif f == 4:
+                data += bytes(_is(w, v, LEN, FIXED32))
+            elif f == 9:
+                data += bytes(_is(w, v, LEN))
         if dtype != 1 or name is None:  # 1: FLOAT
             raise ValueError(f"initializer {name} is not float32")
-        array = np.frombuffer(data, "<f4")
-        if array.size != int(np.prod(dims)):
-            raise ValueError(f"initializer {name} holds {array.size} values for shape {dims}")
-        tensors[name] = array.reshape(dims).astype(np.float32)  # a writable copy in native order
+        if len(data) != 4 * math.prod(dims):
+            raise ValueError(f"initializer {name} holds {len(data)} bytes for shape {dims}")
+        tensors[name] = np.frombuffer(data, "<f4").reshape(dims).astype(np.float32)  # writable, native order
     return tensors
+
+
+VARINT, FIXED64, LEN, FIXED32 = 0, 1, 2, 5  # protobuf wire types
+
+
+def _is(wire: int, value, *kinds: int):
+    """value, if its wire type is one of kinds; else a ValueError (ONNX never encodes the field so)."""
+    if wire not in kinds:
+        raise ValueError(f"unexpected wire type {wire}")
+    return value
 
 
 def _varint(buf: memoryview, i: int) -> tuple[int, int]:
@@ -152,28 +165,24 @@ def _varints(buf) -> list[int]:
     return out
 
 
-def _fields(buf) -> list[tuple[int, object]]:
-    """(field number, value) of one protobuf message: ints for varints and fixed32 (4 raw bytes as
-    little-endian), memoryviews for length-delimited values; fixed64 skipped."""
+def _fields(buf) -> list[tuple[int, int, object]]:
+    """(field number, wire type, value) of one protobuf message: an int for a varint, the bytes (a
+    memoryview) of anything else."""
     buf, i, out = memoryview(buf), 0, []
     while i < len(buf):
         key, i = _varint(buf, i)
         field, wire = key >> 3, key & 7
-        if wire == 0:
+        if wire == VARINT:
             value, i = _varint(buf, i)
-        elif wire == 2:
-            size, i = _varint(buf, i)
+        else:
+            if wire == LEN:
+                size, i = _varint(buf, i)
+            elif wire in (FIXED64, FIXED32):
+                size = 8 if wire == FIXED64 else 4
+            else:
+                raise ValueError(f"unexpected wire type {wire}")
             if i + size > len(buf):
                 raise ValueError("truncated")
             value, i = buf[i:i + size], i + size
-        elif wire == 5:
-            if i + 4 > len(buf):
-                raise ValueError("truncated")
-            value, i = int.from_bytes(buf[i:i + 4], "little"), i + 4
-        elif wire == 1:
-            i += 8
-            continue
-        else:
-            raise ValueError(f"unexpected wire type {wire}")
-        out.append((field, value))
+        out.append((field, wire, value))
     return out

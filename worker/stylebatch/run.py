@@ -18,7 +18,8 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Callable
 
-from stylebatch.contract import ERROR_PREFIX, EXIT_TRANSIENT, HWLOC_XMLFILE_ENV, no_topology_file
+from stylebatch.contract import (ERROR_PREFIX, EXIT_INTERRUPTED, EXIT_TERMINATED, EXIT_TRANSIENT, HWLOC_XMLFILE_ENV,
+                                 no_topology_file)
 from stylebatch.errors import Interrupted, StylebatchError, TransientError
 from stylebatch.memory import ranks_that_fit
 from stylebatch.monitor import Monitor
@@ -219,16 +220,20 @@ def _builtin_only(style: str) -> bool:
     return all(part.kind == BUILTIN_KIND for part in parse_style(style))
 
 
-def nvidia_visible() -> bool:
-    """Whether this machine may have a usable NVIDIA GPU: its driver's device files or its /proc entry.
-    Without either, torch sees no GPU, so no torch start-up is needed to know it."""
-    return any(Path("/dev").glob("nvidia[0-9]*")) or Path("/proc/driver/nvidia/gpus").is_dir()
+GPU_DEVICE_FILES = ("/dev/nvidia[0-9]*", "/dev/dxg", "/dev/kfd")  # NVIDIA; WSL2 and Docker Desktop; AMD ROCm
+
+
+def gpu_may_be_visible() -> bool:
+    """Whether torch may see a GPU here: a GPU driver's device files (or NVIDIA's /proc entry) exist.
+    Without any, it sees none, so no torch start-up is needed to know it."""
+    return (any(next(Path("/").glob(pattern.lstrip("/")), None) for pattern in GPU_DEVICE_FILES)
+            or Path("/proc/driver/nvidia/gpus").is_dir())
 
 
 class _StyleCheck(threading.Thread):
     """Resolves the style (blob files fetched) and, where a GPU may be in use, checks it in a child
     process that also counts the GPUs, beside preprocess, so a bad style fails before the ranks start.
-    On the CPU (--device cpu, or auto with no NVIDIA GPU here) there is no child: the ranks load the
+    On the CPU (--device cpu, or auto with no GPU driver here) there is no child: the ranks load the
     style first thing, and a bad one fails them with its own one line before any frame, while every
     good job starts its ranks about 2 s sooner (the child's torch start-up, longer than preprocess)."""
 
@@ -249,7 +254,7 @@ class _StyleCheck(threading.Thread):
             self.style = resolve_style(self.model.style or DEFAULT_STYLE, self.style_dir)
             if _builtin_only(self.style):
                 onnx_path()  # a name parse_style knows and the weights installed: a child could add nothing
-            if self.model.device == "cuda" or (self.model.device == "auto" and nvidia_visible()):
+            if self.model.device == "cuda" or (self.model.device == "auto" and gpu_may_be_visible()):
                 self.gpus = _check_style(self.style, self.model)
             if self.model.device == "cuda" and not self.gpus:
                 raise StylebatchError("--device cuda: no GPU is visible here (use --device cpu or auto)")
@@ -313,7 +318,7 @@ def _stage_process(cmd: list[str], env: dict[str, str], out_line: Callable[[str]
 
 def _preprocess(req: PreprocessRequest, work, token: str | None, scratch: Path):
     """Stage 1 in a child process, as its pod runs it; its manifest. The launcher itself then never
-    imports PyAV or numpy: it holds about 20 MiB instead of 65 while the ranks work (docs/benchmarks.md)."""
+    imports PyAV or numpy: it holds about 24 MiB instead of 67 while the ranks work (docs/benchmarks.md)."""
     from stylebatch.manifest import read_manifest
 
     def passthrough(line: str) -> None:
@@ -323,11 +328,15 @@ def _preprocess(req: PreprocessRequest, work, token: str | None, scratch: Path):
 
     code, errors = _stage_process([sys.executable, "-m", "stylebatch", *req.to_argv()], _child_env(token, scratch),
                                   passthrough, passthrough)
-    if code != 0:
-        if errors:  # what preprocess said; its exit code says whether a retry can help
-            raise (TransientError if code == EXIT_TRANSIENT else StylebatchError)(errors[0])
-        raise StylebatchError(f"preprocess failed (exit code {code})")
-    return read_manifest(work)
+    if code == 0:
+        return read_manifest(work)
+    if code in (EXIT_INTERRUPTED, EXIT_TERMINATED):  # stopped by a signal of its own
+        raise Interrupted(f"preprocess {errors[0] if errors else 'was interrupted'}", code)
+    if errors:  # what preprocess said; its exit code says whether a retry can help
+        raise (TransientError if code == EXIT_TRANSIENT else StylebatchError)(errors[0])
+    if code < 0:
+        raise StylebatchError(f"preprocess was killed (signal {-code})")
+    raise StylebatchError(f"preprocess failed (exit code {code})")
 
 
 def _stylize(req: StylizeRequest, workers: int, frames: int, token: str | None, scratch: Path,

@@ -83,6 +83,8 @@ def remember_url_sas(loc: BlobAddress) -> None:
     prefix, exact = {"b": (loc.blob, True), "bs": (loc.blob, True), "bv": (loc.blob, True),
                      "d": (loc.blob, False)}.get(scope, ("", False))
     _carried[(_endpoint_key(loc.endpoint), loc.container, prefix, exact)] = loc.sas
+    if (prefix, exact) != (loc.blob, True):  # the URL's own blob finds its own SAS, whatever else is given
+        _carried[(_endpoint_key(loc.endpoint), loc.container, loc.blob, True)] = loc.sas
 
 
 def forget_url_sas() -> None:

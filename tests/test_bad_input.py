@@ -89,6 +89,8 @@ def test_corrupt_style_file(good: Path, tmp_path: Path, place: dict, name: str, 
     assert_failed_cleanly(result, place["out"], name)
     assert result.returncode == 2
     assert os.listdir(place["tmp"]) == []
+    # every line is stylebatch's own: not MPICH's "Abort(2) on node 0 ... application called MPI_Abort"
+    assert all(line.startswith("stylebatch: ") for line in result.stderr.splitlines() if line.strip()), result.stderr
 
 
 _COUNT_STYLE_CHECKS = r"""

@@ -72,10 +72,10 @@ def test_two_ranks_share_the_chunks_then_resume_redoes_only_the_missing_part(pre
     assert count_frames(out) == 30 and frame_pts(out) == frame_pts(src)
 
 
-# The installed `stylebatch` command with an exit hook standing in for the interpreter's teardown.
-_WITH_EXIT_HOOK = ("import atexit, sys; atexit.register(lambda: sys.stderr.write('interpreter teardown ran\\n')); "
-                   "from importlib.metadata import entry_points; sys.argv[0] = 'stylebatch'; "
-                   "entry_points(group='console_scripts')['stylebatch'].load()()")
+# The installed `stylebatch` command (its script, run as it is) with an exit hook standing in for the
+# interpreter's teardown.
+_WITH_EXIT_HOOK = ("import atexit, runpy, sys; atexit.register(lambda: sys.stderr.write('interpreter teardown ran\\n')); "
+                   f"sys.argv[0] = {str(BIN / 'stylebatch')!r}; runpy.run_path(sys.argv[0], run_name='__main__')")
 
 
 def test_ranks_end_without_the_interpreters_teardown_once_their_output_is_out(preprocessed) -> None:

@@ -71,9 +71,11 @@ def cpu_count() -> int:
     return max(1, n)
 
 
-# MPICH's mpiexec ends a failed job with a banner ("BAD TERMINATION ... EXIT CODE: 9 ...") that says
-# nothing a user can act on: the launcher keeps it out of sight and says what happened instead.
-HYDRA_BANNER = re.compile(r"^(=+\s*$|=   |YOUR APPLICATION TERMINATED|This typically refers|Please see the FAQ)")
+# MPICH's mpiexec ends a failed job with a banner ("BAD TERMINATION ... EXIT CODE: 9 ...") and a rank
+# that aborts with "Abort(2) on node 0 (rank 0 in comm 0): application called MPI_Abort(...)": neither
+# says anything a user can act on, so the launcher keeps them out of sight and says what happened instead.
+HYDRA_BANNER = re.compile(r"^(=+\s*$|=   |YOUR APPLICATION TERMINATED|This typically refers|Please see the FAQ"
+                          r"|Abort\(-?\d+\) on node |application called MPI_Abort)")
 _KILLED = re.compile(r"EXIT CODE: 9\b|KILLED BY SIGNAL: 9\b|\(signal 9\)")
 
 

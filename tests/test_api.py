@@ -3,6 +3,7 @@ video and reports its progress, and failures are error types a caller can tell a
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
@@ -86,6 +87,51 @@ def test_an_exception_in_the_progress_callback_stops_the_run_and_keeps_the_work_
                                       progress=lambda done, total: seen.append(done))
     assert result.frames == count_frames(out) == 12
     assert seen[0] >= 4  # resumed: the chunk finished before the stop was not stylized again
+
+
+_SIGNALLED = """
+import os, signal, sys
+import stylebatch
+
+def stop(done, total):
+    if done >= 4:
+        os.kill(os.getpid(), getattr(signal, sys.argv[4]))
+
+try:
+    stylebatch.stylize_video(sys.argv[1], sys.argv[2], style="ink-wash", max_side=48, workers=2, device="cpu",
+                             work=sys.argv[3], encoder=stylebatch.EncodingOptions(chunk_frames=4), progress=stop)
+except stylebatch.Interrupted as exc:
+    restored = all(signal.getsignal(s) == signal.SIG_DFL for s in (signal.SIGTERM, signal.SIGHUP))
+    print(exc.exit_code, "restored" if restored else "still ours", exc, flush=True)
+"""
+
+
+def _command_lines() -> list[str]:
+    lines = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            lines.append(Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace"))
+        except OSError:
+            pass  # ended meanwhile
+    return lines
+
+
+@pytest.mark.slow
+@pytest.mark.mpi
+@pytest.mark.parametrize("sig, exit_code", [("SIGTERM", 143), ("SIGHUP", 129)])
+def test_sigterm_or_sighup_during_a_call_stops_the_ranks_and_raises_interrupted(sig: str, exit_code: int,
+                                                                                tmp_path: Path) -> None:
+    """A program calling stylize_video is stopped by its pod or its terminal: the call raises
+    Interrupted with the signal's exit code (the program decides what follows), the ranks are gone,
+    nothing is published, the work dir resumes, and the program's own signal handling is as it was."""
+    src = make_clip(tmp_path / "in.mp4", frames=24, fps=30)
+    out, work = tmp_path / "out.mkv", tmp_path / "work"
+    result = subprocess.run([sys.executable, "-c", _SIGNALLED, str(src), str(out), str(work), sig],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and result.stdout.split()[:2] == [str(exit_code), "restored"], result
+    assert "to resume" in result.stdout and not out.exists()
+    assert not any(str(work) in args for args in _command_lines())  # mpiexec and the ranks are gone
+    assert any((work / "parts").iterdir())  # what was done is kept to resume
 
 
 @pytest.mark.parametrize("kwargs, error, words", [

@@ -141,3 +141,28 @@ def test_a_rank_the_kernel_kills_for_memory_is_named_with_what_to_try(tmp_path: 
                                    "try --max-side or --batch-size 1"], result.stderr
     assert "BAD TERMINATION" not in result.stderr + result.stdout and "EXIT CODE" not in result.stderr
     assert not (tmp_path / "o.mp4").exists()
+
+
+@pytest.mark.slow
+def test_preprocess_the_kernel_kills_for_memory_is_named_as_such(tmp_path: Path) -> None:
+    """A real out-of-memory kill of the run's preprocess child: 80 MiB above what another process
+    holds in the run's memory cgroup hold the launcher (about 25 MiB) but not preprocess decoding 4K
+    frames (it needs 50-110 MiB more, measured); the kernel ends the child, the largest of the run's
+    processes. The run says preprocess ran out of memory, with one line and exit code 2."""
+    import memory_cap
+
+    why = memory_cap.available()
+    if why:
+        pytest.skip(why)
+    src = make_clip(tmp_path / "big.mp4", size=(3840, 2160), frames=4)
+    held = 256 * 1024 ** 2
+    result = memory_cap.run_capped(
+        held + 80 * 1024 ** 2, ["sh", "-c", 'echo 1000 > /proc/self/oom_score_adj && exec "$@"', "sh",
+                                sys.executable, "-m", "stylebatch", "run", str(src), "-o", str(tmp_path / "o.mp4"),
+                                "--workers", "1", "--max-side", "32", "--style", "lavender-gold"],
+        companion=[sys.executable, "-c", HOG, str(held)])
+    assert result.oom_killed and result.returncode == EXIT_BAD_INPUT and "Traceback" not in result.stderr, \
+        result.stderr
+    assert error_lines(result) == ["stylebatch: error: preprocess ran out of memory (the kernel killed it)"], \
+        result.stderr
+    assert not (tmp_path / "o.mp4").exists()

@@ -57,10 +57,11 @@ def _processes_mentioning(text: str) -> list[str]:
 
 
 @pytest.mark.mpi
-@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130), (signal.SIGHUP, 129)])
 def test_a_signal_stops_the_ranks_says_where_the_work_is_and_the_same_command_resumes(sig: int, code: int, clip,
                                                                                         tmp_path: Path) -> None:
-    """A run without --work, stopped like `kill`/`timeout`/Kubernetes (SIGTERM) or Ctrl-C (SIGINT)."""
+    """A run without --work, stopped like `kill`/`timeout`/Kubernetes (SIGTERM), Ctrl-C (SIGINT) or a
+    closed terminal or ssh session (SIGHUP)."""
     src = clip("long.mp4", size=(64, 48), frames=120)
     cache, tmp, out = tmp_path / "cache", tmp_path / "tmp", tmp_path / "o.mp4"
     tmp.mkdir()
@@ -95,6 +96,121 @@ def test_a_signal_stops_the_ranks_says_where_the_work_is_and_the_same_command_re
     left = set(re.findall(r": (\d+) of 20 chunks left to stylize", result.stderr))  # every rank says the same
     assert left == {str(20 - len(done))}  # the parts made before were kept
     assert not work.exists()  # the default work dir goes after success
+
+
+def _child_of(parent: int, text: str) -> int | None:
+    """The pid of a child of `parent` whose command line holds `text`, if there is one now."""
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            ppid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == parent and text.encode() in cmdline:
+            return int(pid)
+    return None
+
+
+@pytest.mark.parametrize("sig, code, words", [
+    (signal.SIGTERM, 143, ["preprocess", "interrupted"]),
+    (signal.SIGKILL, 2, ["preprocess was killed (signal 9) from outside stylebatch"]),
+])
+def test_the_preprocess_process_stopped_alone_is_named_and_nothing_is_published(sig: int, code: int,
+                                                                                 words: list[str], clip,
+                                                                                 tmp_path: Path) -> None:
+    """`kill` aimed at the run's preprocess child only (an admin, a watchdog): the run says what
+    happened to which stage, with the exit code of an interruption (the same command can resume) or
+    of a kill from outside, publishes nothing and leaves no scratch. The child is frozen (SIGSTOP) as
+    soon as it exists, so the signal lands while it starts, before its own handlers are in place."""
+    src = clip("in.mp4", size=(64, 48), frames=30)
+    cache, tmp, out = tmp_path / "cache", tmp_path / "tmp", tmp_path / "o.mp4"
+    tmp.mkdir()
+    env = dict(os.environ, XDG_CACHE_HOME=str(cache), TMPDIR=str(tmp))
+    proc = subprocess.Popen([sys.executable, "-m", "stylebatch", "run", str(src), "-o", str(out), "--workers", "1",
+                             *FAST_STYLE], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        child = None
+
+        def found() -> bool:
+            nonlocal child
+            child = _child_of(proc.pid, "preprocess")
+            return child is not None
+
+        _wait_for(found, proc, timeout=60)
+        os.kill(child, signal.SIGSTOP)
+        os.kill(child, sig)
+        os.kill(child, signal.SIGCONT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == code and "Traceback" not in err, err
+    lines = error_lines(subprocess.CompletedProcess([], code, "", err))
+    assert len(lines) == 1 and all(w in lines[0] for w in words), err
+    assert not out.exists() and os.listdir(tmp) == []
+    assert _processes_mentioning(str(src)) == []  # the child is gone, reaped
+
+
+def _catches_sigint(pid: int) -> bool:
+    """Whether the process has a SIGINT handler yet (Python installs its own early in its start-up,
+    long before the imports of a stage are done)."""
+    try:
+        caught = next(line for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                      if line.startswith("SigCgt:"))
+    except (OSError, StopIteration):
+        return False
+    return bool(int(caught.split()[1], 16) & (1 << (signal.SIGINT - 1)))
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("stage", ["preprocess", "stylize"])
+def test_ctrl_c_in_a_terminal_as_a_stage_starts_ends_with_one_line_and_no_traceback(stage: str, clip,
+                                                                                    tmp_path: Path) -> None:
+    """Ctrl-C at a terminal signals the whole foreground process group. It lands while the stage's
+    Python processes (the preprocess child; mpiexec's ranks) are still importing: none may print a
+    traceback or die uncounted; the run stops them, ends with its one line and 130, and leaves
+    none of them running."""
+    src = clip("in.mp4", size=(64, 48), frames=60)
+    cache, tmp, out = tmp_path / "cache", tmp_path / "tmp", tmp_path / "o.mp4"
+    tmp.mkdir()
+    env = dict(os.environ, XDG_CACHE_HOME=str(cache), TMPDIR=str(tmp))
+    proc = subprocess.Popen([sys.executable, "-m", "stylebatch", "run", str(src), "-o", str(out), "--workers", "2",
+                             "--chunk-frames", "24", *FAST_STYLE], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True, env=env, start_new_session=True,  # a terminal's job: its own group
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        def starting() -> bool:
+            return any(_catches_sigint(pid) for pid in _python_processes_with(stage, str(src) if stage ==
+                                                                               "preprocess" else "--work"))
+
+        _wait_for(starting, proc, timeout=120)
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    assert proc.returncode == 130 and "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    lines = error_lines(subprocess.CompletedProcess([], 130, "", err))
+    assert len(lines) == 1 and "interrupted by Ctrl-C" in lines[0], err
+    assert not out.exists() and os.listdir(tmp) == []
+    assert _processes_mentioning(str(src)) == [] and _python_processes_with("stylize", "--work") == []
+
+
+def _python_processes_with(*words: str) -> list[int]:
+    """The pids of stylebatch's Python processes whose arguments include every one of `words` (not
+    mpiexec's: it is no Python), not counting this test's."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            args = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        if int(pid) != os.getpid() and args[0] == sys.executable and "stylebatch" in args and all(
+                w in args for w in words):
+            found.append(int(pid))
+    return found
 
 
 @pytest.mark.parametrize("plant", ["file", "symlink to a folder"])

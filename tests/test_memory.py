@@ -3,6 +3,7 @@ little memory, a frame size that cannot fit is refused before any stylize, ranks
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from fractions import Fraction
@@ -75,7 +76,7 @@ def test_a_frame_size_that_cannot_fit_is_refused_before_any_stylize(huge_clip: P
     assert result.returncode == 2, result.stderr
     [line] = error_lines(result)
     assert line.startswith("stylebatch: error: frames of 8000x8000 at full size need about ")
-    assert "give a smaller --max-side" in line and "Traceback" not in result.stderr
+    assert "give --max-side " in line and "Traceback" not in result.stderr
     assert "stylizing" not in result.stderr and not (tmp_path / "out.avi").exists()
 
 
@@ -92,30 +93,42 @@ def test_ranks_are_capped_to_what_fits_in_the_machines_memory(clip, tmp_path: Pa
     assert count_frames(tmp_path / "out.mp4") == 12
 
 
-@pytest.mark.parametrize("size, max_side, batch, machine_gib, ranks", [
+@pytest.mark.parametrize("size, max_side, batch, machine_gib, expected", [
     ((1920, 1080), None, 4, 24, 4),     # 1080p at full size: under 5 GiB a rank
     ((1920, 1080), 720, 4, 24, 18),     # --max-side shrinks what the net holds
     ((3840, 2160), None, 4, 24, 1),
-    ((3840, 2160), None, 8, 24, None),  # 4K, full size, batches of 8: over 30 GiB, refused
+    ((3840, 2160), None, 8, 24, "give --batch-size 1,"),  # 4K, full size, batches of 8: over 30 GiB
+    ((3840, 2160), None, 4, 4, "give --max-side 2560 or less and --batch-size 1,"),
+    ((3840, 2160), 3000, 1, 1.5, "give --max-side 1280 or less,"),
     ((16000, 16000), 256, 4, 24, 5),    # what is left is the frames in the codecs
-    ((16000, 16000), 256, 4, 4, None),
+    ((16000, 16000), 256, 4, 4, "give --batch-size 1,"),
+    ((16000, 16000), 256, 1, 3, "no --max-side makes it fit; run on a machine with more memory"),
     ((16000, 16000, "mjpeg"), 256, 4, 2, 1),  # decoded small, a fresh encoder per frame: fits a 2 GiB pod
-    ((16000, 16000, "mjpeg"), 256, 4, 1.5, None),
-    ((16000, 16000), None, 1, 128, None),
+    ((16000, 16000, "mjpeg"), 256, 4, 1.5, "no --max-side makes it fit"),
+    ((16000, 16000), None, 1, 128, "give --max-side 3840 or less,"),
+    ((1280, 720), 32, 1, 0.3, "no --max-side makes it fit"),  # never a larger --max-side than the one given
 ])
-def test_how_many_ranks_fit(size, max_side, batch, machine_gib, ranks) -> None:
+def test_how_many_ranks_fit_and_what_would_when_none_does(size, max_side, batch, machine_gib, expected) -> None:
     from stylebatch.errors import StylebatchError
     from stylebatch.models import working_size
 
     w, h, *mjpeg = size
-    wh, ww = working_size(h, w, max_side)
-    per_rank = memory.rank_bytes(w, h, ww, wh, batch, gpu=False, decoded_small=bool(mjpeg),
+
+    def need(side: int | None, frames: int) -> int:
+        wh, ww = working_size(h, w, side)
+        return memory.rank_bytes(w, h, ww, wh, frames, gpu=False, decoded_small=bool(mjpeg),
                                  per_frame_encoder=bool(mjpeg))
-    if ranks is None:
-        with pytest.raises(StylebatchError, match="give a smaller --max-side"):
-            memory.check_fits(per_rank, w, h, max_side, available=machine_gib * 1024 ** 3)
+
+    if isinstance(expected, str):
+        with pytest.raises(StylebatchError) as refused:
+            memory.check_fits(need, w, h, max_side, batch, available=int(machine_gib * 1024 ** 3))
+        assert expected in str(refused.value) and "more than this machine's" in str(refused.value)
+        suggested = re.search(r"--max-side (\d+) or less", str(refused.value))
+        if suggested:  # what it suggests does fit
+            assert need(int(suggested[1]), 1 if "--batch-size 1" in str(refused.value) else batch) <= int(
+                machine_gib * 1024 ** 3 * memory.USABLE_SHARE)
     else:
-        assert memory.check_fits(per_rank, w, h, max_side, available=machine_gib * 1024 ** 3) == ranks
+        assert memory.check_fits(need, w, h, max_side, batch, available=int(machine_gib * 1024 ** 3)) == expected
 
 
 @pytest.mark.parametrize("size, threads, expected", [

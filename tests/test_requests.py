@@ -134,6 +134,9 @@ def test_run_derives_each_stage_request_from_its_own() -> None:
     run = REQUESTS["run, everything"]
     assert run.preprocess_request("W") == PreprocessRequest(input="in.mp4", work="W", output="out.mp4",
                                                             encoding=run.encoding)
+    # the places as the launcher resolved them (SAS-free addresses for its child stage)
+    assert run.preprocess_request("W", "az://v/in.mp4", "az://v/out.mp4") == PreprocessRequest(
+        input="az://v/in.mp4", work="W", output="az://v/out.mp4", encoding=run.encoding)
     assert run.stylize_request("W", "/tmp/style.pth") == StylizeRequest(
         work="W", model=ModelOptions(style="/tmp/style.pth", strength=0.5, max_side=64, device="cpu"))
     assert run.postprocess_request("W") == PostprocessRequest(work="W", output="out.mp4")

@@ -47,8 +47,10 @@ def stylize_video(input: str, output: str, *, style: str | None = None, strength
         the start, after every chunk, every few seconds between, and at the end (done == total).
 
     Raises BadInput before any work when a setting is wrong, and leaves no partial output; Ctrl-C
-    (KeyboardInterrupt, also one raised by `progress`) stops the ranks and raises Interrupted.
+    (KeyboardInterrupt, also one raised by `progress`), SIGTERM and SIGHUP (where the program left
+    them at their defaults; called from the main thread) stop the ranks and raise Interrupted.
     """
+    from stylebatch import signals
     from stylebatch.run import run
 
     encoding = encoder if isinstance(encoder, EncodingOptions) else EncodingOptions(codec=encoder)
@@ -57,7 +59,8 @@ def stylize_video(input: str, output: str, *, style: str | None = None, strength
                      model=ModelOptions(style=style, strength=strength, max_side=max_side, device=device,
                                         batch_size=batch_size, keep_colors=keep_colors, precision=precision,
                                         temporal=temporal, temporal_strength=temporal_strength))
-    return run(req, progress)
+    with signals.handled():
+        return run(req, progress)
 
 
 def preprocess(req: PreprocessRequest) -> Manifest:

@@ -18,6 +18,7 @@ EXIT_BAD_INPUT = 2  # bad input or settings: retrying the same command cannot he
 EXIT_TRANSIENT = 75  # EX_TEMPFAIL: storage unreachable, 5xx after retries, timeouts, token failures: retry
 EXIT_INTERRUPTED = 130  # SIGINT (Ctrl-C): 128 + 2
 EXIT_TERMINATED = 143  # SIGTERM (kill, timeout, docker stop, Kubernetes): 128 + 15
+EXIT_HUNG_UP = 129  # SIGHUP (the terminal or ssh session closed): 128 + 1
 
 # Kubernetes fails a job at once on EXIT_BAD_INPUT (the Jobs' podFailurePolicy) and retries every other
 # failure within its backoff limit; only these codes are stylebatch's own.

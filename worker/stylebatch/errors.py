@@ -3,7 +3,7 @@ is a contract (stylebatch.contract): 2 means retrying cannot help, 75 means it c
 
 from __future__ import annotations
 
-from stylebatch.contract import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_TERMINATED, EXIT_TRANSIENT
+from stylebatch.contract import EXIT_BAD_INPUT, EXIT_HUNG_UP, EXIT_INTERRUPTED, EXIT_TERMINATED, EXIT_TRANSIENT
 
 
 class StylebatchError(Exception):
@@ -31,7 +31,7 @@ class TransientError(StylebatchError):
 
 
 class Interrupted(StylebatchError):
-    """Stopped by a signal (SIGINT: 130, SIGTERM: 143); the work dir can be resumed."""
+    """Stopped by a signal (SIGINT: 130, SIGTERM: 143, SIGHUP: 129); the work dir can be resumed."""
 
     exit_code = EXIT_INTERRUPTED
 
@@ -41,4 +41,4 @@ class Interrupted(StylebatchError):
 
 
 __all__ = ["StylebatchError", "BadInput", "TransientError", "Interrupted",
-           "EXIT_BAD_INPUT", "EXIT_TRANSIENT", "EXIT_INTERRUPTED", "EXIT_TERMINATED"]
+           "EXIT_BAD_INPUT", "EXIT_TRANSIENT", "EXIT_INTERRUPTED", "EXIT_TERMINATED", "EXIT_HUNG_UP"]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Callable
 
 from stylebatch.errors import StylebatchError
 
@@ -121,17 +122,34 @@ def _read(path: str) -> str:
         return ""
 
 
-def check_fits(per_rank: int, width: int, height: int, max_side: int | None, available: int | None = None) -> int:
-    """How many ranks fit in this machine's memory (at least 1); a one-line StylebatchError naming
-    --max-side when not even one does."""
+def check_fits(need: Callable[[int | None, int], int], width: int, height: int, max_side: int | None, batch: int,
+               available: int | None = None) -> int:
+    """How many ranks fit in this machine's memory (at least 1), where need(max_side, batch) is the
+    bytes they take; when not even one does, a one-line StylebatchError with what would fit: the
+    batch size or the largest --max-side (of common sizes) that does, else a machine with more memory."""
     usable = int((available or machine_bytes()) * USABLE_SHARE)
-    if per_rank > usable:
-        side = f"--max-side {max_side}" if max_side else "full size"
-        raise StylebatchError(
-            f"frames of {width}x{height} at {side} need about {per_rank / GiB:.1f} GiB per rank, more than "
-            f"this machine's {usable / GiB:.1f} GiB: give a smaller --max-side (e.g. --max-side 1920) "
-            f"or --batch-size 1, or run on a machine with more memory")
-    return max(1, usable // per_rank)
+    per_rank = need(max_side, batch)
+    if per_rank <= usable:
+        return max(1, usable // per_rank)
+    side = f"--max-side {max_side}" if max_side else "full size"
+    advice = _what_fits(need, max(width, height), max_side, batch, usable)
+    raise StylebatchError(f"frames of {width}x{height} at {side} need about {per_rank / GiB:.1f} GiB per rank, more "
+                          f"than this machine's {usable / GiB:.1f} GiB: {advice}")
+
+
+SUGGESTED_SIDES = (3840, 2560, 1920, 1280, 1024, 720, 512, 384, 256)
+
+
+def _what_fits(need: Callable[[int | None, int], int], long_side: int, max_side: int | None, batch: int,
+               usable: int) -> str:
+    if batch > 1 and need(max_side, 1) <= usable:
+        return "give --batch-size 1, or run on a machine with more memory"
+    smaller = [s for s in SUGGESTED_SIDES if s < min(long_side, max_side or long_side)]
+    fits = next((s for s in smaller if need(s, 1) <= usable), None)
+    if fits is None:  # what is left is torch and the full-size frames in the codecs
+        return "no --max-side makes it fit; run on a machine with more memory"
+    batch_1 = " and --batch-size 1" if batch > 1 and need(fits, batch) > usable else ""
+    return f"give --max-side {fits} or less{batch_1}, or run on a machine with more memory"
 
 
 def on_gpu(device: str) -> bool:
@@ -172,11 +190,14 @@ def ranks_that_fit(m, max_side: int | None, batch_size: int | None, gpu: bool, r
     a one-line StylebatchError naming --max-side when `ranks_here` ranks (or even one) cannot."""
     from stylebatch.styles import working_size
 
-    height, width = working_size(m.display_height, m.display_width, max_side)
-    coded = (width, height) if m.rotation % 180 == 0 else (height, width)
-    small = bool(m.video_codec) and lowres(m.video_codec, (m.coded_width, m.coded_height), coded) > 0
-    per_rank = rank_bytes(m.display_width, m.display_height, width, height, batch_size or default_batch(gpu), gpu,
-                          decoded_small=small,
-                          per_frame_encoder=encoder_per_frame(m.encoder, m.display_width, m.display_height))
-    fit = check_fits(per_rank * ranks_here, m.display_width, m.display_height, max_side)
+    per_frame_encoder = encoder_per_frame(m.encoder, m.display_width, m.display_height)
+
+    def need(side: int | None, batch: int) -> int:
+        height, width = working_size(m.display_height, m.display_width, side)
+        coded = (width, height) if m.rotation % 180 == 0 else (height, width)
+        small = bool(m.video_codec) and lowres(m.video_codec, (m.coded_width, m.coded_height), coded) > 0
+        return ranks_here * rank_bytes(m.display_width, m.display_height, width, height, batch, gpu,
+                                       decoded_small=small, per_frame_encoder=per_frame_encoder)
+
+    fit = check_fits(need, m.display_width, m.display_height, max_side, batch_size or default_batch(gpu))
     return fit * ranks_here

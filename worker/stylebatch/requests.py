@@ -148,8 +148,11 @@ class RunRequest(Request):
     def check(self) -> None:
         self.encoding.settings(_path(self.output))
 
-    def preprocess_request(self, work: str) -> PreprocessRequest:
-        return PreprocessRequest(input=self.input, work=work, output=self.output, encoding=self.encoding)
+    def preprocess_request(self, work: str, input: str | None = None, output: str | None = None) -> PreprocessRequest:
+        """`input`, `output`: the places as the launcher resolved them, if they differ (its child stage gets
+        SAS-free addresses; their tokens travel in its environment)."""
+        return PreprocessRequest(input=self.input if input is None else input, work=work,
+                                 output=self.output if output is None else output, encoding=self.encoding)
 
     def stylize_request(self, work: str, style: str | None = None) -> StylizeRequest:
         """`style`: the style as resolved by the launcher (a downloaded weights file), if it differs."""

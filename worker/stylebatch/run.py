@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -18,8 +19,8 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Callable
 
-from stylebatch.contract import (ERROR_PREFIX, EXIT_INTERRUPTED, EXIT_TERMINATED, EXIT_TRANSIENT, HWLOC_XMLFILE_ENV,
-                                 no_topology_file)
+from stylebatch.contract import (ERROR_PREFIX, EXIT_HUNG_UP, EXIT_INTERRUPTED, EXIT_TERMINATED, EXIT_TRANSIENT,
+                                 HWLOC_XMLFILE_ENV, no_topology_file)
 from stylebatch.errors import Interrupted, StylebatchError, TransientError
 from stylebatch.memory import ranks_that_fit
 from stylebatch.monitor import Monitor
@@ -147,8 +148,7 @@ def _run_stages(args: RunRequest, src, out, work, scratch: Path, progress: Progr
     style_check = _StyleCheck(args, scratch)
     style_check.start()  # loading the model (torch import, weights) overlaps preprocess
     timings, t0 = {}, time.monotonic()
-    m = _preprocess(PreprocessRequest(input=src.address, work=work.address, output=out.address,
-                                      encoding=args.encoding), work, lock_token(work), scratch)
+    m = _preprocess(args.preprocess_request(work.address, src.address, out.address), work, lock_token(work), scratch)
     timings["preprocess"], t0 = time.monotonic() - t0, time.monotonic()
     style, workers = style_check.result()
     frames, chunks = m.frames, len(chunk_bounds(m.frames, m.chunk_frames))
@@ -248,8 +248,7 @@ class _StyleCheck(threading.Thread):
     def run(self) -> None:
         try:
             from stylebatch.contract import DEFAULT_STYLE
-            from stylebatch.styles import onnx_path
-            from stylebatch.styles import resolve_style
+            from stylebatch.styles import onnx_path, resolve_style
 
             self.style = resolve_style(self.model.style or DEFAULT_STYLE, self.style_dir)
             if _builtin_only(self.style):
@@ -288,8 +287,11 @@ def _stage_process(cmd: list[str], env: dict[str, str], out_line: Callable[[str]
     goes to out_line, of its stderr to err_line, except the `stylebatch: error:` lines, returned
     (reasons only) with the exit code. Interrupted, the process is terminated (killed after 20 s) and reaped."""
     errors: list[str] = []
+    # stdin: a `while read` loop's list. A session of its own: a terminal's Ctrl-C or hang-up reaches
+    # the launcher alone, which stops the stage below (a signal straight to a Python process still
+    # importing would end it with a traceback, or kill it before its handlers are in place).
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env, errors="replace")  # stdin: a `while read` loop's list
+                            text=True, env=env, errors="replace", start_new_session=True)
 
     def forward_stderr() -> None:
         for line in proc.stderr:
@@ -326,17 +328,31 @@ def _preprocess(req: PreprocessRequest, work, token: str | None, scratch: Path):
             sys.stderr.write(line)
             sys.stderr.flush()
 
+    ooms = oom_kills()
     code, errors = _stage_process([sys.executable, "-m", "stylebatch", *req.to_argv()], _child_env(token, scratch),
                                   passthrough, passthrough)
     if code == 0:
         return read_manifest(work)
-    if code in (EXIT_INTERRUPTED, EXIT_TERMINATED):  # stopped by a signal of its own
+    if code in (-signal.SIGINT, -signal.SIGTERM, -signal.SIGHUP):  # stopped before its handlers were in place
+        code = 128 - code
+    if code in (EXIT_INTERRUPTED, EXIT_TERMINATED, EXIT_HUNG_UP):  # stopped by a signal of its own
         raise Interrupted(f"preprocess {errors[0] if errors else 'was interrupted'}", code)
     if errors:  # what preprocess said; its exit code says whether a retry can help
         raise (TransientError if code == EXIT_TRANSIENT else StylebatchError)(errors[0])
+    if code == -signal.SIGKILL:
+        raise _killed("preprocess", ooms, "")
     if code < 0:
         raise StylebatchError(f"preprocess was killed (signal {-code})")
     raise StylebatchError(f"preprocess failed (exit code {code})")
+
+
+def _killed(who: str, ooms_before: int | None, advice: str) -> StylebatchError:
+    """Why `who` died of SIGKILL: the kernel's out-of-memory killer when its count in this cgroup rose
+    meanwhile (or cannot be read: the likeliest cause), else someone outside stylebatch."""
+    after = oom_kills()
+    if ooms_before is None or after is None or after > ooms_before:
+        return StylebatchError(f"{who} ran out of memory (the kernel killed it){advice}")
+    return StylebatchError(f"{who} was killed (signal 9) from outside stylebatch")
 
 
 def _stylize(req: StylizeRequest, workers: int, frames: int, token: str | None, scratch: Path,
@@ -378,9 +394,5 @@ def _stylize(req: StylizeRequest, workers: int, frames: int, token: str | None, 
         if errors:  # what the failing rank said; its exit code says whether a retry can help
             raise (TransientError if code == EXIT_TRANSIENT else StylebatchError)(errors[0])
         if killed_by_sigkill(banner):
-            after = oom_kills()
-            if ooms is None or after is None or after > ooms:
-                raise StylebatchError("a rank ran out of memory (the kernel killed it); try --max-side or "
-                                      "--batch-size 1")
-            raise StylebatchError("a rank was killed (signal 9) from outside stylebatch")
+            raise _killed("a rank", ooms, "; try --max-side or --batch-size 1")
         raise StylebatchError(f"stylize failed on one of {workers} rank(s) (exit code {code})")

@@ -483,6 +483,26 @@ def test_row_split_conv_equals_reflection_padding_then_the_9x9_convolution(monke
     assert psnr(fast.numpy(), plain.numpy(), peak=float(plain.abs().max())) >= 100
 
 
+@pytest.mark.parametrize("batch, in_channels, out_channels, height, width", [
+    (1, 4, 3, 20, 28),   # the built-in net's last layer
+    (2, 4, 3, 9, 16),    # a batch: each picture its own
+    (1, 4, 3, 12, 15),   # an odd width: the plain convolution
+    (1, 8, 2, 17, 6),
+])
+def test_column_pair_conv_equals_reflection_padding_then_the_9x9_convolution(batch, in_channels, out_channels, height,
+                                                                             width):
+    from stylebatch import fast_nets
+
+    gen = torch.Generator().manual_seed(width)
+    x = torch.randn(batch, in_channels, height, width, generator=gen).contiguous(memory_format=torch.channels_last)
+    weight = torch.randn(out_channels, in_channels, 9, 9, generator=gen)
+    with torch.inference_mode():
+        plain = torch.nn.functional.conv2d(torch.nn.functional.pad(x, [4] * 4, mode="reflect"), weight)
+        fast = fast_nets.ColumnPairConv(weight)(x)
+    assert fast.shape == plain.shape and fast.is_contiguous(memory_format=torch.channels_last)
+    assert psnr(fast.numpy(), plain.numpy(), peak=float(plain.abs().max())) >= 100
+
+
 @pytest.mark.parametrize("relu", [True, False])
 @pytest.mark.parametrize("step", [1000, 1 << 18])  # many steps with a remainder, and one step
 @pytest.mark.parametrize("mean, spread", [(1.0, 3.0), (100.0, 0.01)])  # a picture, and a low-contrast one

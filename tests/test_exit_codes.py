@@ -166,3 +166,57 @@ def test_preprocess_the_kernel_kills_for_memory_is_named_as_such(tmp_path: Path)
     assert error_lines(result) == ["stylebatch: error: preprocess ran out of memory (the kernel killed it)"], \
         result.stderr
     assert not (tmp_path / "o.mp4").exists()
+
+
+# How the launcher reads a stage process's end. The process runner is replaced by one returning the
+# exit code (the real signals are sent in test_faults.py; a signal landing before a child's handlers
+# are in place cannot be timed there).
+@pytest.mark.parametrize("code, errors, ooms, error, exit_code, words", [
+    (-15, [], (0, 0), "Interrupted", 143, ["preprocess was interrupted"]),   # before its handlers
+    (143, ["interrupted by SIGTERM"], (0, 0), "Interrupted", 143, ["preprocess interrupted by SIGTERM"]),
+    (-2, [], (0, 0), "Interrupted", 130, ["preprocess was interrupted"]),
+    (-1, [], (0, 0), "Interrupted", 129, ["preprocess was interrupted"]),
+    (-9, [], (0, 1), "StylebatchError", 2, ["preprocess ran out of memory (the kernel killed it)"]),
+    (-9, [], (None, None), "StylebatchError", 2, ["preprocess ran out of memory"]),  # cannot tell: the likeliest
+    (-9, [], (3, 3), "TransientError", 75, ["preprocess was killed (signal 9) from outside stylebatch"]),
+    (75, ["storage unreachable"], (0, 0), "TransientError", 75, ["storage unreachable"]),
+    (2, ["not a video"], (0, 0), "StylebatchError", 2, ["not a video"]),
+    (-11, [], (0, 0), "StylebatchError", 2, ["preprocess was killed (signal 11)"]),
+    (1, [], (0, 0), "StylebatchError", 2, ["preprocess failed (exit code 1)"]),
+])
+def test_how_a_preprocess_process_ended_is_what_the_run_says(monkeypatch, tmp_path: Path, code, errors, ooms, error,
+                                                             exit_code, words) -> None:
+    from stylebatch import errors as errors_module, run
+    from stylebatch.requests import PreprocessRequest
+
+    counts = iter(ooms)
+    monkeypatch.setattr(run, "oom_kills", lambda: next(counts))
+    monkeypatch.setattr(run, "_stage_process", lambda *args: (code, list(errors)))
+    req = PreprocessRequest(input="in.mp4", work=str(tmp_path / "w"), output="out.mp4")
+    with pytest.raises(errors_module.StylebatchError) as ended:
+        run._preprocess(req, None, None, tmp_path)
+    assert isinstance(ended.value, getattr(errors_module, error)) and ended.value.exit_code == exit_code
+    assert all(w in str(ended.value) for w in words), str(ended.value)
+
+
+SIGNALS_PROBE = """
+import os, signal, sys
+from stylebatch import signals
+
+signal.signal(signal.SIGHUP, signal.SIG_IGN)  # as under nohup
+signals.install()
+print("hup ignored" if signal.getsignal(signal.SIGHUP) == signal.SIG_IGN else "hup taken over")
+try:
+    os.kill(os.getpid(), signal.SIGINT)
+    signal.pause() if False else [None for _ in range(10 ** 6)]
+except KeyboardInterrupt:
+    os.kill(os.getpid(), signal.SIGTERM)  # a second stop signal while stopping: no second raise
+    [None for _ in range(10 ** 6)]
+    print("stopped once", signals.exit_code(), signals.cause())
+"""
+
+
+def test_the_first_stop_signal_decides_and_a_later_one_does_not_interrupt_the_cleanup() -> None:
+    result = subprocess.run([sys.executable, "-c", SIGNALS_PROBE], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    assert result.stdout.splitlines() == ["hup ignored", "stopped once 130 Ctrl-C (SIGINT)"], result.stdout

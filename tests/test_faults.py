@@ -3,6 +3,7 @@ disks, odd timestamps, and the exit codes that tell a retry from a lost cause.""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -112,8 +113,8 @@ def _child_of(parent: int, text: str) -> int | None:
 
 
 @pytest.mark.parametrize("sig, code, words", [
-    (signal.SIGTERM, 143, ["preprocess", "interrupted"]),
-    (signal.SIGKILL, 2, ["preprocess was killed (signal 9) from outside stylebatch"]),
+    (signal.SIGTERM, 143, ["preprocess", "interrupted", "run the same command again to resume"]),
+    (signal.SIGKILL, 75, ["preprocess was killed (signal 9) from outside stylebatch"]),
 ])
 def test_the_preprocess_process_stopped_alone_is_named_and_nothing_is_published(sig: int, code: int,
                                                                                  words: list[str], clip,
@@ -121,7 +122,12 @@ def test_the_preprocess_process_stopped_alone_is_named_and_nothing_is_published(
     """`kill` aimed at the run's preprocess child only (an admin, a watchdog): the run says what
     happened to which stage, with the exit code of an interruption (the same command can resume) or
     of a kill from outside, publishes nothing and leaves no scratch. The child is frozen (SIGSTOP) as
-    soon as it exists, so the signal lands while it starts, before its own handlers are in place."""
+    soon as it exists, so the signal lands while it starts, before its own handlers are in place.
+    A kill from outside exits 75: the same command can work when tried again."""
+    from stylebatch.ranks import oom_kills
+
+    if sig == signal.SIGKILL and oom_kills() is None:
+        pytest.skip("no memory cgroup's OOM count here: a SIGKILL is then taken for the OOM killer's")
     src = clip("in.mp4", size=(64, 48), frames=30)
     cache, tmp, out = tmp_path / "cache", tmp_path / "tmp", tmp_path / "o.mp4"
     tmp.mkdir()
@@ -150,6 +156,76 @@ def test_the_preprocess_process_stopped_alone_is_named_and_nothing_is_published(
     assert len(lines) == 1 and all(w in lines[0] for w in words), err
     assert not out.exists() and os.listdir(tmp) == []
     assert _processes_mentioning(str(src)) == []  # the child is gone, reaped
+
+
+@pytest.mark.mpi
+def test_a_launcher_killed_outright_takes_its_ranks_with_it(clip, tmp_path: Path) -> None:
+    """`kill -9` of `stylebatch run` (or `timeout -s KILL`): it cannot stop its stages itself, and they
+    run in a session of their own; the kernel tells them (PR_SET_PDEATHSIG) and no rank stays behind."""
+    src = clip("long.mp4", size=(64, 48), frames=120)
+    cache = tmp_path / "cache"
+    proc = subprocess.Popen([sys.executable, "-m", "stylebatch", "run", str(src), "-o", str(tmp_path / "o.mp4"),
+                             "--workers", "2", "--chunk-frames", "6", *FAST_STYLE], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env=dict(os.environ, XDG_CACHE_HOME=str(cache)))
+    try:
+        _wait_for(lambda: any(cache.rglob("parts/*.mkv")), proc)
+        work = str(next(cache.rglob("stylebatch-work.json")).parent)
+        assert _processes_mentioning(work)  # mpiexec and the ranks, working
+        proc.kill()
+        proc.wait()
+        deadline = time.monotonic() + 60
+        while _processes_mentioning(work) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _processes_mentioning(work) == []
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def _own_terminal() -> None:
+    """preexec_fn: the pty on stdin becomes this new session's controlling terminal."""
+    import fcntl
+    import termios
+
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
+@pytest.mark.mpi
+def test_a_closed_terminal_stops_the_run_cleanly_with_129(clip, tmp_path: Path) -> None:
+    """An ssh session drops or a terminal window closes while `stylebatch run` works in it: the
+    kernel sends SIGHUP, writing to the gone terminal fails from then on. The run stops its ranks,
+    keeps its work to resume, exits 129 and leaves nothing running (the work dir kept tells it
+    finished its cleanup; before, SIGHUP's default ended it on the spot)."""
+    import pty
+    import select
+
+    src = clip("long.mp4", size=(64, 48), frames=120)
+    cache, out = tmp_path / "cache", tmp_path / "o.mp4"
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "stylebatch", "run", str(src), "-o", str(out), "--workers", "2",
+                             "--chunk-frames", "6", *FAST_STYLE], stdin=slave, stdout=slave, stderr=slave,
+                            env=dict(os.environ, XDG_CACHE_HOME=str(cache)), start_new_session=True,
+                            preexec_fn=_own_terminal)
+    os.close(slave)
+
+    def drained_and_working() -> bool:  # read what a terminal would show (in this thread: a read
+        while select.select([master], [], [], 0)[0]:  # blocked in another would keep it open)
+            with contextlib.suppress(OSError):
+                os.read(master, 4096)
+        return any(cache.rglob("parts/*.mkv"))
+
+    try:
+        _wait_for(drained_and_working, proc)
+        work = next(cache.rglob("stylebatch-work.json")).parent
+        os.close(master)  # the terminal goes away
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 129
+    assert _processes_mentioning(str(work)) == [] and any((work / "parts").iterdir()) and not out.exists()
 
 
 def _catches_sigint(pid: int) -> bool:

@@ -97,7 +97,7 @@ def test_ranks_are_capped_to_what_fits_in_the_machines_memory(clip, tmp_path: Pa
     ((1920, 1080), None, 4, 24, 4),     # 1080p at full size: under 5 GiB a rank
     ((1920, 1080), 720, 4, 24, 18),     # --max-side shrinks what the net holds
     ((3840, 2160), None, 4, 24, 1),
-    ((3840, 2160), None, 8, 24, "give --batch-size 1,"),  # 4K, full size, batches of 8: over 30 GiB
+    ((3840, 2160), None, 8, 24, "give --batch-size 5 or less,"),  # 4K, full size, batches of 8: over 30 GiB
     ((3840, 2160), None, 4, 4, "give --max-side 2560 or less and --batch-size 1,"),
     ((3840, 2160), 3000, 1, 1.5, "give --max-side 1280 or less,"),
     ((16000, 16000), 256, 4, 24, 5),    # what is left is the frames in the codecs
@@ -123,6 +123,11 @@ def test_how_many_ranks_fit_and_what_would_when_none_does(size, max_side, batch,
         with pytest.raises(StylebatchError) as refused:
             memory.check_fits(need, w, h, max_side, batch, available=int(machine_gib * 1024 ** 3))
         assert expected in str(refused.value) and "more than this machine's" in str(refused.value)
+        usable = int(machine_gib * 1024 ** 3 * memory.USABLE_SHARE)
+        batch_given = re.search(r"give --batch-size (\d+)", str(refused.value))
+        if batch_given:  # the largest batch that fits
+            b = int(batch_given[1])
+            assert need(max_side, b) <= usable < need(max_side, b + 1)
         suggested = re.search(r"--max-side (\d+) or less", str(refused.value))
         if suggested:  # what it suggests does fit
             assert need(int(suggested[1]), 1 if "--batch-size 1" in str(refused.value) else batch) <= int(

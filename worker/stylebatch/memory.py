@@ -142,8 +142,9 @@ SUGGESTED_SIDES = (3840, 2560, 1920, 1280, 1024, 720, 512, 384, 256)
 
 def _what_fits(need: Callable[[int | None, int], int], long_side: int, max_side: int | None, batch: int,
                usable: int) -> str:
-    if batch > 1 and need(max_side, 1) <= usable:
-        return "give --batch-size 1, or run on a machine with more memory"
+    fits = next((b for b in range(batch - 1, 0, -1) if need(max_side, b) <= usable), None)
+    if fits:
+        return f"give --batch-size {fits}{' or less' if fits > 1 else ''}, or run on a machine with more memory"
     smaller = [s for s in SUGGESTED_SIDES if s < min(long_side, max_side or long_side)]
     fits = next((s for s in smaller if need(s, 1) <= usable), None)
     if fits is None:  # what is left is torch and the full-size frames in the codecs

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import json
 import logging
 import os
@@ -101,6 +102,8 @@ def run(args: RunRequest, progress: Progress | None = None) -> Result:
     except KeyboardInterrupt:
         raise Interrupted(f"interrupted by {signals.cause()}: {_state(work)}: {resume}",
                           signals.exit_code()) from None
+    except Interrupted as exc:  # a stage's process was stopped on its own (a signal aimed at it)
+        raise Interrupted(f"{exc}: {_state(work)}: {resume}", exc.exit_code) from None
     except BaseException:
         if not args.work and not _has_parts(work):
             _forget(work)  # nothing stylized yet: nothing worth resuming
@@ -289,33 +292,64 @@ def _stage_process(cmd: list[str], env: dict[str, str], out_line: Callable[[str]
     errors: list[str] = []
     # stdin: a `while read` loop's list. A session of its own: a terminal's Ctrl-C or hang-up reaches
     # the launcher alone, which stops the stage below (a signal straight to a Python process still
-    # importing would end it with a traceback, or kill it before its handlers are in place).
+    # importing would end it with a traceback, or kill it before its handlers are in place); and
+    # should the launcher itself be killed outright, the kernel sends the stage SIGTERM.
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env, errors="replace", start_new_session=True)
-
-    def forward_stderr() -> None:
-        for line in proc.stderr:
-            if line.startswith(ERROR_PREFIX):
-                errors.append(line[len(ERROR_PREFIX):].strip())
-            else:
-                err_line(line)
-
-    reader = threading.Thread(target=forward_stderr, daemon=True)
-    reader.start()
+                            text=True, env=env, errors="replace", start_new_session=True,
+                            preexec_fn=_die_with_launcher())
     try:
+        def forward_stderr() -> None:
+            for line in proc.stderr:
+                if line.startswith(ERROR_PREFIX):
+                    errors.append(line[len(ERROR_PREFIX):].strip())
+                else:
+                    err_line(line)
+
+        reader = threading.Thread(target=forward_stderr, daemon=True)
+        reader.start()
         for line in proc.stdout:
             out_line(line)
         code = proc.wait()
     finally:
-        if proc.poll() is None:  # interrupted: take the stage down with us, and reap it
-            proc.terminate()
+        if proc.poll() is None:  # interrupted: take the stage (its whole process group) down with us, and reap it
+            _signal_group(proc, signal.SIGTERM)
             try:
                 proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
-                proc.kill()
+                _signal_group(proc, signal.SIGKILL)
                 proc.wait()
     reader.join()
     return code, errors
+
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _die_with_launcher() -> Callable[[], None] | None:
+    """A preexec_fn arming the kernel to send the stage process SIGTERM when the launcher dies
+    without stopping it (SIGKILL, `timeout -s KILL`): a stage in a session of its own is no longer
+    reached by a signal to the launcher's process group. None where prctl cannot be had (not Linux).
+    It only calls a function looked up beforehand: nothing in the forked child imports or locks."""
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    launcher, term = os.getpid(), int(signal.SIGTERM)
+
+    def arm() -> None:
+        prctl(PR_SET_PDEATHSIG, term)
+        if os.getppid() != launcher:  # it died before the line above
+            os.kill(os.getpid(), term)
+
+    return arm
+
+
+def _signal_group(proc: subprocess.Popen, signum: int) -> None:
+    """signum to a stage process and its process group (it leads its own: mpiexec's proxies and ranks)."""
+    try:
+        os.killpg(proc.pid, signum)
+    except (ProcessLookupError, PermissionError):
+        proc.send_signal(signum)
 
 
 def _preprocess(req: PreprocessRequest, work, token: str | None, scratch: Path):
@@ -333,10 +367,9 @@ def _preprocess(req: PreprocessRequest, work, token: str | None, scratch: Path):
                                   passthrough, passthrough)
     if code == 0:
         return read_manifest(work)
-    if code in (-signal.SIGINT, -signal.SIGTERM, -signal.SIGHUP):  # stopped before its handlers were in place
-        code = 128 - code
-    if code in (EXIT_INTERRUPTED, EXIT_TERMINATED, EXIT_HUNG_UP):  # stopped by a signal of its own
-        raise Interrupted(f"preprocess {errors[0] if errors else 'was interrupted'}", code)
+    stopped = _stopped("preprocess", code, errors)
+    if stopped:
+        raise stopped
     if errors:  # what preprocess said; its exit code says whether a retry can help
         raise (TransientError if code == EXIT_TRANSIENT else StylebatchError)(errors[0])
     if code == -signal.SIGKILL:
@@ -346,13 +379,24 @@ def _preprocess(req: PreprocessRequest, work, token: str | None, scratch: Path):
     raise StylebatchError(f"preprocess failed (exit code {code})")
 
 
+def _stopped(stage: str, code: int, errors: list[str]) -> Interrupted | None:
+    """A stage's process stopped by a stop signal aimed at it (its exit code for one, or the signal
+    itself where it came before its handlers were in place): Interrupted, the work dir resumable."""
+    if code in (-signal.SIGINT, -signal.SIGTERM, -signal.SIGHUP):
+        code = 128 - code
+    if code not in (EXIT_INTERRUPTED, EXIT_TERMINATED, EXIT_HUNG_UP):
+        return None
+    return Interrupted(f"{stage} {errors[0] if errors else 'was interrupted'}", code)
+
+
 def _killed(who: str, ooms_before: int | None, advice: str) -> StylebatchError:
     """Why `who` died of SIGKILL: the kernel's out-of-memory killer when its count in this cgroup rose
-    meanwhile (or cannot be read: the likeliest cause), else someone outside stylebatch."""
+    meanwhile (or cannot be read: the likeliest cause; exit code 2, the same run would fail again),
+    else someone outside stylebatch (a transient error: a retry can work)."""
     after = oom_kills()
     if ooms_before is None or after is None or after > ooms_before:
         return StylebatchError(f"{who} ran out of memory (the kernel killed it){advice}")
-    return StylebatchError(f"{who} was killed (signal 9) from outside stylebatch")
+    return TransientError(f"{who} was killed (signal 9) from outside stylebatch")  # another try can work
 
 
 def _stylize(req: StylizeRequest, workers: int, frames: int, token: str | None, scratch: Path,
@@ -391,6 +435,9 @@ def _stylize(req: StylizeRequest, workers: int, frames: int, token: str | None, 
     code, errors = _stage_process(cmd, env, out_line, err_line)
     monitor.show(final=True)
     if code != 0:
+        stopped = _stopped("stylize", code, errors)
+        if stopped:
+            raise stopped
         if errors:  # what the failing rank said; its exit code says whether a retry can help
             raise (TransientError if code == EXIT_TRANSIENT else StylebatchError)(errors[0])
         if killed_by_sigkill(banner):

@@ -1,47 +1,69 @@
-"""SIGTERM (what `kill`, `timeout`, docker and Kubernetes send) and SIGHUP (a closed terminal or ssh
-session) are handled exactly like Ctrl-C: they raise KeyboardInterrupt in the main thread, so every
-`finally` runs (stage processes stopped, scratch removed, locks let go). What stopped us decides the
-exit code: 143 for SIGTERM, 129 for SIGHUP, 130 for SIGINT. Only the first of them raises: a second
-one while the process is already stopping (mpiexec forwarding one, say) must not break its cleanup
-or its last line."""
+"""Stop signals: SIGINT (Ctrl-C), SIGTERM (what `kill`, `timeout`, docker and Kubernetes send) and
+SIGHUP (a closed terminal or ssh session) all raise KeyboardInterrupt in the main thread, so every
+`finally` runs (stage processes stopped, scratch removed, locks let go). What stopped us decides
+the exit code: 130 for SIGINT, 143 for SIGTERM, 129 for SIGHUP. Only the first of them raises: a
+second one while the process is already stopping (mpiexec forwarding one, a second Ctrl-C) must
+not break its cleanup or its last line; the launcher kills a stage that has not stopped within
+20 s. After a hang-up the terminal is gone: writing to it would fail, so this process's standard
+streams that were the terminal read and write /dev/null from then on."""
 
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
+import stat
 import threading
 
 from stylebatch.contract import EXIT_HUNG_UP, EXIT_INTERRUPTED, EXIT_TERMINATED
 
-_HANDLED = {signal.SIGTERM: (EXIT_TERMINATED, "SIGTERM"), signal.SIGHUP: (EXIT_HUNG_UP, "SIGHUP (hang-up)")}
+_HANDLED = {signal.SIGINT: (EXIT_INTERRUPTED, "Ctrl-C (SIGINT)"), signal.SIGTERM: (EXIT_TERMINATED, "SIGTERM"),
+            signal.SIGHUP: (EXIT_HUNG_UP, "SIGHUP (hang-up)")}
 _received: list[int] = []
 
 
 def _on_signal(signum: int, frame) -> None:
     _received.append(signum)
+    if signum == signal.SIGHUP:
+        _leave_the_terminal()
     if len(_received) == 1:
         raise KeyboardInterrupt
 
 
+def _leave_the_terminal() -> None:
+    """Standard streams on a character device (the terminal: a hung-up one no longer answers as a
+    tty, so isatty cannot tell) are pointed at /dev/null; files and pipes stay."""
+    with contextlib.suppress(OSError):
+        null = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            with contextlib.suppress(OSError):
+                if stat.S_ISCHR(os.fstat(fd).st_mode):
+                    os.dup2(null, fd)
+        os.close(null)
+
+
 def install() -> None:
-    """Turn SIGTERM and SIGHUP into KeyboardInterrupt in this process (only the main thread can)."""
+    """Handle the stop signals in this process as above (only the main thread can); one this process
+    was started ignoring (`nohup`, a background job of a script) stays ignored."""
     if threading.current_thread() is threading.main_thread():
+        _received.clear()
         for signum in _HANDLED:
-            signal.signal(signum, _on_signal)
+            if signal.getsignal(signum) != signal.SIG_IGN:
+                signal.signal(signum, _on_signal)
 
 
 @contextlib.contextmanager
 def handled():
     """For an API call: SIGTERM and SIGHUP handled as in the CLI while the call runs, where the
     program left them at their defaults (main thread only), and restored afterwards. Otherwise a
-    SIGTERM would end the program at once and leave its stage processes running."""
+    SIGTERM would end the program at once and leave its stage processes running. Ctrl-C stays the
+    program's own (Python's KeyboardInterrupt)."""
+    _received.clear()
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = {signum: signal.getsignal(signum) for signum in _HANDLED}
+    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGHUP)}
     mine = [signum for signum, handler in previous.items() if handler == signal.SIG_DFL]
-    if mine:
-        _received.clear()
     for signum in mine:
         signal.signal(signum, _on_signal)
     try:
@@ -49,6 +71,7 @@ def handled():
     finally:
         for signum in mine:
             signal.signal(signum, previous[signum])
+        _received.clear()
 
 
 def exit_code() -> int:

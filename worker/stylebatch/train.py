@@ -8,7 +8,7 @@ Gram matrices against the painting's (relu1_1..relu4_1), each relative to its ta
 little total variation. The net starts out painting the painting's mean colour (`start_net`); Adam's
 learning rate falls linearly to zero over --steps. Mixed precision (bfloat16 autocast) on a GPU. A
 checkpoint next to the output (`<output>.ckpt`, a file or a blob like the output) is written every
---checkpoint-every steps and on Ctrl-C/SIGTERM; the same command resumes from it (so does a retried
+--checkpoint-every steps and on Ctrl-C/SIGTERM/SIGHUP; the same command resumes from it (so does a retried
 pod on Kubernetes), and it is deleted once the weights are written.
 """
 
@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from stylebatch.contract import EXIT_HUNG_UP, EXIT_INTERRUPTED, EXIT_TERMINATED
 from stylebatch.errors import BadInput, Interrupted, StylebatchError
 from stylebatch.progress import TrainProgress, format_train_line
 from stylebatch.requests import TrainRequest
@@ -266,7 +267,7 @@ def train(req: TrainRequest, painting: Path, output: Path, ckpt: Checkpoint) -> 
 
     stop: list[int] = []
     handlers = {sig: signal.signal(sig, lambda signum, frame: stop.append(signum))
-                for sig in (signal.SIGINT, signal.SIGTERM)}
+                for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else contextlib.nullcontext()
     rng, bar, diverged = np.random.default_rng(req.seed + step), Bar(req.steps, step), 0
     try:
@@ -301,7 +302,7 @@ def train(req: TrainRequest, painting: Path, output: Path, ckpt: Checkpoint) -> 
                 save()
         if stop:
             save()
-            code = 143 if stop[0] == signal.SIGTERM else 130
+            code = {signal.SIGTERM: EXIT_TERMINATED, signal.SIGHUP: EXIT_HUNG_UP}.get(stop[0], EXIT_INTERRUPTED)
             raise Interrupted(f"training stopped at step {step} of {req.steps}; run the same command again "
                               f"to resume from {ckpt.name}", exit_code=code)
     finally:

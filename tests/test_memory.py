@@ -308,7 +308,7 @@ from stylebatch.memory import reuse_freed_memory
 if sys.argv[1] == "reuse":
     assert reuse_freed_memory()
 def frame():  # a frame's activations: several alive at once, written, then all freed
-    layers = [np.ones(20 << 20 >> 3) for _ in range(4)]
+    layers = [np.ones(int(sys.argv[2]) << 20 >> 3) for _ in range(4)]
 frame()  # the first frame maps its pages once
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 for _ in range(10):
@@ -317,11 +317,13 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
 
-def test_a_rank_reuses_freed_activation_memory_instead_of_faulting_in_fresh_pages_every_frame():
+@pytest.mark.parametrize("mib", [20, 48])  # 48: a 32-channel 720x528 picture, over glibc's largest mmap threshold
+def test_a_rank_reuses_freed_activation_memory_instead_of_faulting_in_fresh_pages_every_frame(mib: int):
     """glibc gives freed activations back to the kernel (it maps big blocks afresh, or trims the heap
     when much is free at its top), and the kernel zero-fills them again page by page on the next
-    frame (here about 20,000 minor page faults in 10 frames of 4 x 20 MiB). A rank keeps the pages."""
-    faults = {mode: int(subprocess.run([sys.executable, "-c", FAULTS, mode], capture_output=True, text=True,
-                                       check=True).stdout) for mode in ("default", "reuse")}
+    frame (here about 20,000 minor page faults in 10 frames of 4 x 20 MiB). A rank keeps the pages,
+    of pictures larger than any mmap threshold too."""
+    faults = {mode: int(subprocess.run([sys.executable, "-c", FAULTS, mode, str(mib)], capture_output=True,
+                                       text=True, check=True).stdout) for mode in ("default", "reuse")}
     assert faults["default"] >= 10_000, faults  # 40 MiB and more zero-filled again: the cost is real here
     assert faults["reuse"] < faults["default"] // 10, faults

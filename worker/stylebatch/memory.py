@@ -64,7 +64,7 @@ def rank_bytes(width: int, height: int, work_width: int, work_height: int, batch
 
 
 # glibc mallopt parameters (malloc.h)
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -1, -3, -4
 
 
 def reuse_freed_memory() -> bool:
@@ -73,7 +73,9 @@ def reuse_freed_memory() -> bool:
     A style network allocates and frees tens of MiB per layer per frame. glibc serves blocks above
     its mmap threshold with fresh mmaps, zero-filled page by page: 4x the minor page faults and about
     10% of a rank's time on the CPU (docs/benchmarks.md). Raising the threshold to its maximum
-    (32 MiB) and never trimming the heap keeps those pages mapped; peak memory is unchanged, since
+    (32 MiB) and never trimming the heap keeps those pages mapped; and since that maximum is below
+    one 32-channel picture of 720x528 (49 MiB) or more, glibc maps no block of its own at all: the
+    larger ones come from the heap too. Peak memory is unchanged (measured: a little lower), since
     the freed blocks are reused by the next frame. Returns whether glibc took the settings (False on
     other C libraries, where nothing changes)."""
     import ctypes
@@ -83,7 +85,8 @@ def reuse_freed_memory() -> bool:
         mallopt = libc.mallopt
     except (OSError, AttributeError):
         return False
-    return bool(mallopt(_M_MMAP_THRESHOLD, 32 * 1024 * 1024)) and bool(mallopt(_M_TRIM_THRESHOLD, 2 ** 31 - 1))
+    return all(bool(mallopt(option, value)) for option, value in (
+        (_M_MMAP_THRESHOLD, 32 * 1024 * 1024), (_M_TRIM_THRESHOLD, 2 ** 31 - 1), (_M_MMAP_MAX, 0)))
 
 
 def machine_bytes() -> int:

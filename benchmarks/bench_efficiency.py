@@ -11,7 +11,8 @@ it by the time per frame, so a rewrite that skips work shows as a higher rate. R
 pytorch/examples layers at batch 1 (the reference pipeline's model) and stylebatch's CPU path
 (`load_stylizer(.pth)`: fast_nets.FastTransformerNet, uint8 frames in and out, batch 1), and the
 same two for the built-in style (the plain multistyle module, and `load_stylizer(style)`:
-fast_nets.FastMultiStyleNet). The GEMM is a 2048 x 2048 fp32 torch.mm.
+fast_nets.FastMultiStyleNet). The GEMM is a 2048 x 2048 fp32 torch.mm. The process reuses freed
+memory as a rank does (`memory.reuse_freed_memory`), the reference's rows too.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from stylebatch.memory import reuse_freed_memory
 from stylebatch.models import DEFAULT_STYLE, load_stylizer
 from stylebatch.multistyle import load_multistyle26
 from stylebatch.transformer_net import TransformerNet
@@ -52,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sizes", default="640x360,720x528,1280x720")
     p.add_argument("--seconds", type=float, default=6.0, help="CPU seconds per row (default: 6)")
     a = p.parse_args(argv)
+    reuse_freed_memory()  # as a rank does; the reference rows get it too (it can only speed them up)
     torch.set_num_threads(1)
     m = torch.randn(2048, 2048)
 

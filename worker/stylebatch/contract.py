@@ -135,5 +135,3 @@ WORK_DIR_NAME = ".stylebatch-work"  # the operator's default work dirs live unde
 # blob the worker writes while JOB_ENV is set carries metadata OUTPUT_TAG=<job> (stylebatch.trigger).
 JOB_ENV = "STYLEBATCH_JOB"
 OUTPUT_TAG = "stylebatchjob"  # blob metadata keys are C# identifiers: letters, digits, underscores
-
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # --precision, spec.processing.precision

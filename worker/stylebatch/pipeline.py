@@ -75,8 +75,28 @@ class _Stopped(Exception):
     pass
 
 
+class Busy:
+    """Where the model thread's time went (run_pipeline's result): stylizing, waiting for decoded
+    frames (the decoder is the bottleneck), or waiting for the encoder to take stylized ones (the
+    encoder is). On a GPU the first share is what the GPU had to do; the other two say what to
+    give more cores or a faster preset."""
+
+    def __init__(self) -> None:
+        self.model = self.frames = self.encoder = 0.0
+        self.count = 0
+
+    def summary(self) -> str:
+        total = self.model + self.frames + self.encoder
+        if not total:
+            return "no frames stylized"
+        share = lambda part: f"{100 * part / total:.0f}%"  # noqa: E731
+        return (f"{self.count} frames in {total:.1f} s ({self.count / total:.1f} frames/s): model "
+                f"{share(self.model)}, waiting for decoded frames {share(self.frames)}, "
+                f"for the encoder {share(self.encoder)}")
+
+
 def run_pipeline(todo: Iterable[tuple[int, int]], read: Callable, stylizer, open_part: Callable,
-                 publish: Callable, progress: Progress, finish: Callable | None = None) -> None:
+                 publish: Callable, progress: Progress, finish: Callable | None = None) -> Busy:
     """decode thread -> model (this thread) -> encode thread; the first failure stops all three.
 
     read(chunk) yields the chunk's items (in the decode thread); stylizer(item) maps each (in this
@@ -84,7 +104,8 @@ def run_pipeline(todo: Iterable[tuple[int, int]], read: Callable, stylizer, open
     thread; default: the item is those frames). An item that finishes as no frames is not encoded.
 
     The next chunk is taken from `todo` only once the model has started on the previous one, so a
-    rank never holds more than the chunk in hand and the next (chunks are handed out on demand)."""
+    rank never holds more than the chunk in hand and the next (chunks are handed out on demand).
+    Returns where the model thread's time went (Busy)."""
     q_in: queue.Queue = queue.Queue(maxsize=3)
     ahead = threading.Semaphore(1)  # chunks taken whose first item the model has not yet started
     q_out: queue.Queue = queue.Queue(maxsize=3)
@@ -157,15 +178,28 @@ def run_pipeline(todo: Iterable[tuple[int, int]], read: Callable, stylizer, open
             if writer is not None:
                 writer.abort()
 
+    busy = Busy()
+
     def model() -> None:
         current = None
+        clock = time.perf_counter
+        t0 = clock()
         while (item := get(q_in)) is not _DONE:
+            t1 = clock()
+            busy.frames += t1 - t0  # the first batch's wait is the decoder's start-up: counted too
             chunk, frames = item
             if chunk != current:  # the model starts on a chunk: the decoder may take the next one
                 current = chunk
                 ahead.release()
-            put(q_out, (chunk, None if frames is None else stylizer(frames)))
+            out = None if frames is None else stylizer(frames)
+            t2 = clock()
+            busy.model += t2 - t1
+            put(q_out, (chunk, out))
             progress.deliver()  # in the caller's thread: what the encoder reported since
+            t0 = clock()
+            busy.encoder += t0 - t2
+            busy.count += 0 if frames is None else len(frames)
+        busy.frames += clock() - t0
         put(q_out, _DONE)
 
     workers = [threading.Thread(target=guarded(f), name=f"stylebatch-{f.__name__}", daemon=True)
@@ -173,7 +207,10 @@ def run_pipeline(todo: Iterable[tuple[int, int]], read: Callable, stylizer, open
     for t in workers:
         t.start()
     guarded(model)()
+    t_end = time.perf_counter()
     for t in workers:
         t.join()
+    busy.encoder += time.perf_counter() - t_end  # the encoder finishing the last frames
     if failures:
         raise failures[0]
+    return busy

@@ -161,11 +161,12 @@ def stylize(req: StylizeRequest, world: World, tmp: Path,
                 from stylebatch.temporal import TemporalChunks
 
                 steady = TemporalChunks(strength=temporal[1], warmup=warmup)
-                run_pipeline(todo, lambda c: steady.read(reader.read, *c, batch),
-                             lambda item: steady.stylize(stylizer, item), open_part, publish, progress,
-                             finish=steady.finish)
+                busy = run_pipeline(todo, lambda c: steady.read(reader.read, *c, batch),
+                                    lambda item: steady.stylize(stylizer, item), open_part, publish, progress,
+                                    finish=steady.finish)
             else:
-                run_pipeline(todo, lambda c: reader.read(*c, batch), stylizer, open_part, publish, progress)
+                busy = run_pipeline(todo, lambda c: reader.read(*c, batch), stylizer, open_part, publish, progress)
+            log.info("rank %d/%d: %s", world.rank, world.size, busy.summary())
             dispenser.close()  # collective, so only on success: a failing rank aborts the whole job
         finally:
             reader.close()

@@ -9,16 +9,17 @@ TransformerNet (what `--style weights.pth` loads):
             frames (samples/sample.mp4 when present, else a generated clip): PSNR in dB;
   model     frames/s of the network alone (device tensors in and out, synchronized), by precision
             (fp32, tf32, fp16, bf16), memory format (contiguous, channels-last) and batch size;
-  x264      frames/s of libx264 on ONE core at the presets offered (what a rank's encoder thread
-            costs), and NVENC where the GPU has it (A100, H100 and H200 have none), with the cores
-            each preset needs to keep up with the model at its default settings;
-  pipeline  end-to-end frames/s of `stylebatch run` (decode, model, encode in the ranks, mux) on a
-            clip made from the sample's frames, with x264 and with NVENC where available;
+  x264      frames/s of libx264 on ONE core at the presets offered, on stylized frames (what a
+            rank's encoder thread costs), and NVENC where the GPU has one (A100, H100 and H200 have
+            none), with the cores each preset needs to keep up with the model at its defaults;
+  pipeline  end-to-end frames/s of `stylebatch run` (decode, model, encode in the ranks, mux) on two
+            clips made from the sample's frames (48 and --frames): the start-up and the steady rate
+            apart, and each rank's account of its time; with x264 and with NVENC where available;
   compile   torch.compile and CUDA graphs (torch.compile's "reduce-overhead" mode) at the GPU's
             default precision and the largest batch: last, since compiling takes the longest.
 Rows that cannot run here (tf32 or CUDA graphs on a CPU, fp16 on a CPU, NVENC without one) are
 printed as "n/a" with the reason, and rows past --budget seconds as "n/a: over --budget", so the
-table always has the same shape and the script ends in time on a lent machine (8 minutes a call).
+table always has the same shape and the script ends in time on a lent machine (10 minutes a call).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ import torch
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE = REPO / "samples" / "sample.mp4"
-PRECISIONS = ("fp32", "tf32", "fp16", "bf16")
+BENCH_PRECISIONS = ("fp32", "tf32", "fp16", "bf16")  # tf32: fp32 tensors, TF32 convolutions (GPU only)
 X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "medium")
 NETS = ("built-in (CIN)", "TransformerNet")
 
@@ -53,6 +54,9 @@ class Budget:
 
     def over(self) -> bool:
         return time.monotonic() > self.end
+
+    def left(self) -> float:
+        return max(0.0, self.end - time.monotonic())
 
 
 def _sizes(text: str) -> list[tuple[int, int]]:
@@ -98,7 +102,7 @@ def _why_not(precision: str, layout: str, cuda: bool) -> str | None:
 
 
 def model_rows(device: torch.device, sizes, batches, seconds: float, budget: Budget, compiled: bool,
-               nets=NETS, precisions=PRECISIONS):
+               nets=NETS, precisions=BENCH_PRECISIONS):
     """Eager rows (every precision, layout and batch) or, with `compiled`, the torch.compile and CUDA
     graph rows at the device's default precision and the largest batch."""
     cuda = device.type == "cuda"
@@ -106,7 +110,7 @@ def model_rows(device: torch.device, sizes, batches, seconds: float, budget: Bud
     for label, net, condition in _nets(device, nets):
         for w, h in sizes:
             if compiled:
-                precision = "fp16" if cuda else "fp32"
+                precision = "fp16" if cuda else "fp32"  # what --precision auto runs on this device (no native bf16 assumed)
                 variants = [(precision, "compile", max(batches)), (precision, "CUDA graphs", max(batches))]
             else:
                 variants = [(p, layout, b) for p in precisions for b in batches
@@ -198,63 +202,86 @@ def quality_rows(device: torch.device, sizes, budget: Budget, nets=NETS):
                 if label not in nets:
                     continue
                 outputs = {}
-                for precision in PRECISIONS:
+                for precision in BENCH_PRECISIONS:
+                    setting = f"{label}, {precision} against fp32"
                     why = _why_not(precision, "", cuda) or ("over --budget" if budget.over() else None)
+                    if precision != "fp32" and "fp32" not in outputs:
+                        why = why or "fp32 did not run"
                     if why:
-                        yield ("quality", f"{w}x{h}", f"{label}, {precision} against fp32", None, why)
+                        if precision != "fp32":
+                            yield ("quality", f"{w}x{h}", setting, None, why)
                         continue
-                    if cuda:
-                        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = precision == "tf32"
-                    s = load_stylizer(style, device=str(device), precision="fp32" if precision == "tf32" else precision)
-                    outputs[precision] = s(frames)
+                    try:
+                        if cuda:  # the Stylizer keeps fp32 exact; tf32 is fp32 with cuDNN's TF32 allowed
+                            torch.backends.cudnn.allow_tf32 = precision == "tf32"
+                        s = load_stylizer(style, device=str(device), precision="fp32" if precision == "tf32" else precision)
+                        if precision == "tf32":
+                            s._exact = contextlib.nullcontext  # the Stylizer's fp32 turns TF32 off; let it be
+                        outputs[precision] = s(frames)
+                    except Exception as exc:  # noqa: BLE001 - a row that fails says why, the rest go on
+                        yield ("quality", f"{w}x{h}", setting, None, f"failed: {type(exc).__name__}: {exc}"[:100])
+                        continue
                     if precision != "fp32":
-                        yield ("quality", f"{w}x{h}", f"{label}, {precision} against fp32",
-                               _psnr(outputs["fp32"], outputs[precision]), "PSNR, dB")
+                        yield ("quality", f"{w}x{h}", setting, _psnr(outputs["fp32"], outputs[precision]), "PSNR, dB")
                 if cuda:
-                    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+                    torch.backends.cudnn.allow_tf32 = True  # PyTorch's default
 
 
-def _has_nvenc() -> bool:
+def _nvenc_missing() -> str | None:
+    """Why h264_nvenc cannot run here, or None when it opens."""
     import av
 
     if not torch.cuda.is_available():
-        return False
-    try:  # FFmpeg may be built with NVENC for a GPU that has none (an H200): only opening it tells
+        return "no NVENC here (no GPU)"
+    try:  # FFmpeg may be built with NVENC for a GPU that has no video encoder (an H200)
         ctx = av.CodecContext.create("h264_nvenc", "w")
+    except Exception:  # noqa: BLE001
+        return "no NVENC here (FFmpeg has no h264_nvenc)"
+    try:
         ctx.width, ctx.height, ctx.pix_fmt, ctx.time_base = 256, 256, "yuv420p", Fraction(1, 30)
         ctx.open()
     except Exception:  # noqa: BLE001
-        return False
-    return True
+        return "no NVENC here (h264_nvenc did not open: this GPU has no video encoder)"
+    return None
 
 
-def x264_rows(sizes, frames: int):
-    """libx264 on one thread: `frames` different real frames and the flush, timed together (x264
-    holds frames back for its look-ahead, so a short timing window measures the wrong frames)."""
+def x264_rows(device: torch.device, sizes, frames: int, budget: Budget):
+    """libx264 on one thread: `frames` stylized frames (what a rank encodes: a painting's texture
+    costs x264 more than the camera's picture) and the flush, timed together (x264 holds frames back
+    for its look-ahead, so a short timing window measures the wrong frames)."""
     import av
 
+    from stylebatch.models import load_stylizer
+
+    stylizer = load_stylizer("lavender-gold", device=str(device))
+    nvenc_missing = _nvenc_missing()
     for w, h in sizes:
+        real = real_frames(min(frames, 24), w, h)
         pictures = [av.VideoFrame.from_ndarray(p, format="rgb24").reformat(format="yuv420p")
-                    for p in real_frames(min(frames, 48), w, h)]
+                    for i in range(0, len(real), 4) for p in stylizer(real[i:i + 4])]
         for codec, presets in (("libx264", X264_PRESETS), ("h264_nvenc", ("p4",))):
             for preset in presets:
                 setting = f"{codec}, preset {preset}, 1 thread"
                 kind = "x264" if codec == "libx264" else "nvenc"
-                if codec == "h264_nvenc" and not _has_nvenc():
-                    yield (kind, f"{w}x{h}", setting, None, "no NVENC here")
+                why = nvenc_missing if codec == "h264_nvenc" else None
+                if why or budget.over():
+                    yield (kind, f"{w}x{h}", setting, None, why or "over --budget")
                     continue
-                ctx = av.CodecContext.create(codec, "w")
-                ctx.width, ctx.height, ctx.pix_fmt, ctx.time_base = w, h, "yuv420p", Fraction(1, 30)
-                ctx.options = {"preset": preset, "crf": "18"} if codec == "libx264" else {"preset": preset}
-                ctx.thread_count = 1
-                ctx.open()
-                t0 = time.perf_counter()
-                for i in range(frames):
-                    frame = pictures[i % len(pictures)]
-                    frame.pts = i
-                    ctx.encode(frame)
-                ctx.encode(None)
-                yield (kind, f"{w}x{h}", setting, frames / (time.perf_counter() - t0), f"{frames} frames")
+                try:
+                    ctx = av.CodecContext.create(codec, "w")
+                    ctx.width, ctx.height, ctx.pix_fmt, ctx.time_base = w, h, "yuv420p", Fraction(1, 30)
+                    ctx.options = {"preset": preset, "crf": "18"} if codec == "libx264" else {"preset": preset}
+                    ctx.thread_count = 1
+                    ctx.open()
+                    t0 = time.perf_counter()
+                    for i in range(frames):
+                        frame = pictures[i % len(pictures)]
+                        frame.pts = i
+                        ctx.encode(frame)
+                    ctx.encode(None)
+                    yield (kind, f"{w}x{h}", setting, frames / (time.perf_counter() - t0), f"{frames} stylized frames")
+                except Exception as exc:  # noqa: BLE001 - a row that fails says why, the rest go on
+                    yield (kind, f"{w}x{h}", setting, None, f"failed: {type(exc).__name__}: {exc}"[:100])
 
 
 def make_clip(path: Path, frames: int, width: int, height: int, rate: int = 30) -> None:
@@ -275,37 +302,43 @@ def make_clip(path: Path, frames: int, width: int, height: int, rate: int = 30) 
 def pipeline_rows(device: str, sizes, frames: int, budget: Budget, extra: list[str]):
     """`stylebatch run` on a short clip and on a long one of the same frames: frames/s of the long
     run, the fixed start-up (preprocess, ranks, CUDA, cuDNN's choice of kernels, postprocess) and the
-    steady frames/s from the difference, and the rank's own account of where its time went."""
+    steady frames/s from the difference, and each rank's own account of where its time went."""
     short = max(1, min(48, frames // 4))
+    nvenc_missing = _nvenc_missing()
     with tempfile.TemporaryDirectory(prefix="bench-gpu-") as tmp:
         for w, h in sizes:
             made = False
             for codec in ("h264", "h264_nvenc"):
                 setting = " ".join(["stylebatch run --device", device, "--codec", codec, *extra])
-                if codec == "h264_nvenc" and not _has_nvenc():
-                    yield ("pipeline", f"{w}x{h}", setting, None, "no NVENC here")
+                why = nvenc_missing if codec == "h264_nvenc" else None
+                if why or budget.over():
+                    yield ("pipeline", f"{w}x{h}", setting, None, why or "over --budget")
                     continue
-                if budget.over():
-                    yield ("pipeline", f"{w}x{h}", setting, None, "over --budget")
-                    continue
-                if not made:
+                try:
+                    if not made:
+                        for n in (short, frames):
+                            make_clip(Path(tmp) / f"clip-{w}x{h}-{n}.mp4", n, w, h)
+                        made = True
+                    times, notes = {}, ""
                     for n in (short, frames):
-                        make_clip(Path(tmp) / f"clip-{w}x{h}-{n}.mp4", n, w, h)
-                    made = True
-                times, notes = {}, ""
-                for n in (short, frames):
-                    out = Path(tmp) / f"out-{w}x{h}-{codec}.mp4"
-                    t0 = time.perf_counter()
-                    result = subprocess.run([sys.executable, "-m", "stylebatch", "run",
-                                             str(Path(tmp) / f"clip-{w}x{h}-{n}.mp4"), "-o", str(out),
-                                             "--device", device, "--codec", codec, *extra],
-                                            capture_output=True, text=True)
-                    times[n] = time.perf_counter() - t0
-                    if result.returncode != 0:
-                        notes = (result.stderr.strip() or f"exit {result.returncode}").splitlines()[-1][:100]
-                        break
-                    busy = [line.split(": ", 2)[-1] for line in result.stderr.splitlines() if "waiting for decoded" in line]
-                    notes = "; ".join(busy)
+                        t0 = time.perf_counter()
+                        result = subprocess.run([sys.executable, "-m", "stylebatch", "run",
+                                                 str(Path(tmp) / f"clip-{w}x{h}-{n}.mp4"), "-o",
+                                                 str(Path(tmp) / f"out-{w}x{h}-{codec}.mp4"),
+                                                 "--device", device, "--codec", codec, *extra],
+                                                capture_output=True, text=True, timeout=max(60.0, budget.left() + 60))
+                        times[n] = time.perf_counter() - t0
+                        if result.returncode != 0:
+                            notes = (result.stderr.strip() or f"exit {result.returncode}").splitlines()[-1][:100]
+                            break
+                        notes = "; ".join(line.removeprefix("stylebatch: ") for line in result.stderr.splitlines()
+                                          if "waiting for the decoder" in line)
+                except subprocess.TimeoutExpired as exc:
+                    yield ("pipeline", f"{w}x{h}", setting, None, f"did not end in {exc.timeout:.0f} s")
+                    continue
+                except Exception as exc:  # noqa: BLE001 - a row that fails says why, the rest go on
+                    yield ("pipeline", f"{w}x{h}", setting, None, f"failed: {type(exc).__name__}: {exc}"[:100])
+                    continue
                 if len(times) < 2 or result.returncode != 0:
                     yield ("pipeline", f"{w}x{h}", setting, None, notes)
                     continue
@@ -313,24 +346,33 @@ def pipeline_rows(device: str, sizes, frames: int, budget: Budget, extra: list[s
                 start = times[short] - short / steady
                 yield ("pipeline", f"{w}x{h}", setting, frames / times[frames],
                        f"{frames} frames in {times[frames]:.1f} s; start-up {start:.1f} s, then {steady:.1f} "
-                       f"frames/s; rank: {notes}")
+                       f"frames/s; {notes}")
 
 
-def keep_up_lines(rows, cores: int) -> list[str]:
-    """For each size: the model's frames/s at the product's defaults (fp16 channels-last batch 8 on
-    a GPU) and the cores each x264 preset needs to encode as fast."""
+def keep_up_lines(rows, cores: int, cuda: bool) -> list[str]:
+    """For each size: the model's frames/s at the product's defaults (on a GPU fp16, channels-last,
+    memory.default_batch) and the cores each x264 preset needs to encode as fast."""
+    from stylebatch.memory import default_batch
+
+    default = f"{'fp16' if cuda else 'fp32'}, channels-last, batch {default_batch(cuda)}"
     lines = []
     for size in dict.fromkeys(r[1] for r in rows if r[0] == "x264"):
-        model = [r for r in rows if r[0] == "model" and r[1] == size and r[3] and "channels-last" in r[2]]
-        if not model:
-            continue
-        fastest = max(model, key=lambda r: r[3])
-        for r in rows:
-            if r[0] == "x264" and r[1] == size and r[3]:
-                need = fastest[3] / r[3]
-                lines.append(f"- {size}: {r[2].split(',')[1].strip()} needs {need:.1f} cores to keep up with "
-                             f"{fastest[3]:.1f} frames/s ({fastest[2]}); this host has {cores}")
+        for model in (r for r in rows if r[0] == "model" and r[1] == size and r[3] and r[2].endswith(default)):
+            for r in (r for r in rows if r[0] == "x264" and r[1] == size and r[3]):
+                lines.append(f"- {size}: x264 {r[2].split(',')[1].strip()} needs {model[3] / r[3]:.1f} cores to keep "
+                             f"up with {model[3]:.1f} frames/s ({model[2]}, the defaults); this host has {cores}")
     return lines
+
+
+SECTIONS = ("pipeline", "quality", "x264", "model", "compile")  # the default order: what matters most first
+
+
+def _choices(text: str, allowed, what: str) -> list[str]:
+    chosen = [v.strip() for v in text.split(",") if v.strip()]
+    unknown = [v for v in chosen if v not in allowed]
+    if unknown or not chosen:
+        raise argparse.ArgumentTypeError(f"unknown {what} {', '.join(unknown) or '(none)'}; choose from {', '.join(allowed)}")
+    return chosen
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -338,38 +380,41 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--sizes", default="1280x720,1920x1080")
     p.add_argument("--batches", default="1,8,16")
-    p.add_argument("--seconds", type=float, default=1.0, help="time per row after warm-up (default 1)")
-    p.add_argument("--frames", type=int, default=600, help="frames of the end-to-end clip (default 600)")
-    p.add_argument("--budget", type=float, default=420.0,
-                   help="seconds after which the remaining rows are skipped (default 420)")
+    p.add_argument("--seconds", type=float, default=1.0, help="time per model row after warm-up (default 1)")
+    p.add_argument("--frames", type=int, default=600, help="frames of the long end-to-end clip (default 600)")
+    p.add_argument("--budget", type=float, default=300.0,
+                   help="seconds after which the rows not yet started are skipped (default 300)")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile and CUDA graph rows")
-    p.add_argument("--sections", default="quality,model,x264,pipeline,compile", help="which tables to run")
-    p.add_argument("--nets", default=",".join(NETS), help="networks for quality, model and compile rows")
-    p.add_argument("--precisions", default=",".join(PRECISIONS), help="precisions for the model rows")
-    p.add_argument("--run-args", default="", help="more `stylebatch run` options for the pipeline rows")
+    p.add_argument("--sections", default=",".join(SECTIONS), type=lambda t: _choices(t, SECTIONS, "section"),
+                   help=f"tables to run, in this order (default {','.join(SECTIONS)})")
+    p.add_argument("--nets", default=list(NETS), type=lambda t: _choices(t, NETS, "network"),
+                   help=f"networks for quality, model and compile rows (default: {', '.join(NETS)})")
+    p.add_argument("--precisions", default=list(BENCH_PRECISIONS),
+                   type=lambda t: _choices(t, BENCH_PRECISIONS, "precision"),
+                   help=f"precisions for the model rows (default {','.join(BENCH_PRECISIONS)})")
+    p.add_argument("--run-args", default="", help='more `stylebatch run` options for the pipeline rows, as one '
+                   'value: --run-args="--workers 4"')
     p.add_argument("--tiny", action="store_true", help="tiny sizes and times: check that every path runs (CI)")
     a = p.parse_args(argv)
     if a.tiny:
         a.sizes, a.batches, a.seconds, a.frames, a.no_compile = "64x48", "1,2", 0.05, 8, True
         torch.set_num_threads(1)  # tiny tensors: threads only add waiting
     device = torch.device(a.device)
+    cuda = device.type == "cuda"
     budget = Budget(a.budget)
     sizes, batches = _sizes(a.sizes), [int(b) for b in a.batches.split(",")]
     cores = os.cpu_count() or 1
-    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    where = torch.cuda.get_device_name(device) if cuda else f"CPU, {torch.get_num_threads()} threads"
     print(f"stylebatch bench_gpu: {where}, {cores} CPU cores, torch {torch.__version__}\n")
     print("| what | size | setting | frames/s (quality: PSNR dB) | note |")
     print("|---|---|---|---:|---|")
     rows = []
-    wanted = a.sections.split(",")
-    nets, precisions = a.nets.split(","), a.precisions.split(",")
-    sections = {"quality": lambda: quality_rows(device, sizes, budget, nets),
-                "model": lambda: model_rows(device, sizes, batches, a.seconds, budget, False, nets, precisions),
-                "x264": lambda: x264_rows(sizes, 8 if a.tiny else 150),
+    sections = {"quality": lambda: quality_rows(device, sizes, budget, a.nets),
+                "model": lambda: model_rows(device, sizes, batches, a.seconds, budget, False, a.nets, a.precisions),
+                "x264": lambda: x264_rows(device, sizes, 8 if a.tiny else 150, budget),
                 "pipeline": lambda: pipeline_rows(a.device, sizes, a.frames, budget, a.run_args.split()),
-                "compile": lambda: model_rows(device, sizes, batches, a.seconds, budget, True, nets)}
-    if a.no_compile:
-        wanted = [w for w in wanted if w != "compile"]
+                "compile": lambda: model_rows(device, sizes, batches, a.seconds, budget, True, a.nets)}
+    wanted = [w for w in a.sections if not (a.no_compile and w == "compile")]
     for row in itertools.chain(*(sections[w]() for w in wanted)):
         what, size, setting, value, note = row
         print(f"| {what} | {size} | {setting} | {'n/a' if value is None else f'{value:.2f}'} | {note} |", flush=True)
@@ -381,7 +426,7 @@ def main(argv: list[str] | None = None) -> int:
                        key=lambda r: r[3], default=None)
             if best:
                 print(f"fastest model setting, {size}: {best[2]}: {best[3]:.2f} frames/s")
-    print("\n".join(keep_up_lines(rows, cores)))
+    print("\n".join(keep_up_lines(rows, cores, cuda)))
     return 0
 
 

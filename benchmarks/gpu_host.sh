@@ -3,12 +3,13 @@
 # (the workplace's lent machine), put the worker's other packages in place from the wheels in .whl/
 # (docs/benchmarks.md, "GPU readiness", says how to download them), check
 # the product end to end on the GPU with the sample clip, then run bench_gpu.py. Everything it
-# prints is also written to $OUT (default ./gpu-out): env.txt, smoke.txt, bench_gpu.md.
-#   OUT=/some/dir BUDGET=330 benchmarks/gpu_host.sh
+# prints is also written to $OUT (default ./gpu-out): env.txt, smoke.txt, bench_gpu.md. Arguments
+# go to bench_gpu.py (its sections run the end-to-end rows first). About BUDGET + 90 s in all.
+#   OUT=/some/dir BUDGET=300 benchmarks/gpu_host.sh [--sections pipeline,model ...]
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu-out}
-BUDGET=${BUDGET:-330}
+BUDGET=${BUDGET:-300}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 prefix=/tmp/stylebatch-deps
@@ -39,4 +40,4 @@ with av.open('/tmp/smoke.mp4') as c:
     print('output:', v.codec_context.name, v.width, 'x', v.height, n, 'frames;', [s.type for s in c.streams])"
 } 2>&1 | tail -12 | tee "$OUT/smoke.txt"
 
-timeout $((BUDGET + 90)) python3 benchmarks/bench_gpu.py --budget "$BUDGET" 2>&1 | tee "$OUT/bench_gpu.md"
+timeout $((BUDGET + 90)) python3 benchmarks/bench_gpu.py --budget "$BUDGET" "$@" 2>&1 | tee "$OUT/bench_gpu.md"

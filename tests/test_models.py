@@ -649,3 +649,22 @@ def test_auto_precision_is_fp32_on_a_cpu_without_native_bf16():
     stylizer = load_stylizer("1", device="cpu")
     assert stylizer.dtype == torch.float32
     assert stylizer.autocast == (torch.bfloat16 if cpu_has_native_bf16() else None)
+
+
+@pytest.mark.parametrize("precision, exact", [("fp32", True), ("bf16", False)])
+def test_fp32_runs_its_convolutions_without_tf32(precision, exact):
+    """--precision fp32 on a GPU: cuDNN allows TF32 convolutions by PyTorch's default, so the
+    stylizer turns that off for its own calls (and back after); other precisions leave it alone."""
+    stylizer = load_stylizer("lavender-gold", device="cpu", precision=precision)
+    seen = []
+    net = stylizer.painters[0].net
+    hook = net.register_forward_pre_hook(lambda module, args: seen.append(torch.backends.cudnn.allow_tf32))
+    before = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = True
+    try:
+        stylizer(np.zeros((1, 64, 64, 3), np.uint8))
+        assert seen == [not exact]
+        assert torch.backends.cudnn.allow_tf32 is True  # restored
+    finally:
+        torch.backends.cudnn.allow_tf32 = before
+        hook.remove()

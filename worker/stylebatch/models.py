@@ -8,6 +8,7 @@ Frames go in and come out as uint8 [B, H, W, 3] RGB. Naming and parsing styles i
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import numbers
@@ -70,6 +71,20 @@ class Stylizer:
             return p.condition
         return torch.lerp(self.own_vector.to(p.condition), p.condition, self.strength)
 
+    @contextlib.contextmanager
+    def _exact(self):
+        """fp32 is fp32: cuDNN's convolutions may use TF32 by PyTorch's default (10-bit mantissas,
+        60-62 dB against fp32 here), which is not what `--precision fp32` asks for."""
+        if self.dtype != torch.float32 or self.autocast is not None:
+            yield
+            return
+        before = torch.backends.cudnn.allow_tf32
+        torch.backends.cudnn.allow_tf32 = False
+        try:
+            yield
+        finally:
+            torch.backends.cudnn.allow_tf32 = before
+
     def _paint(self, p: Painter, x: torch.Tensor) -> torch.Tensor:
         """One network's picture: 0..1 in, 0..1 out, any H and W."""
         h, w = x.shape[-2:]
@@ -94,7 +109,7 @@ class Stylizer:
 
             self.own_vector = style_vector(frames[0])
         with torch.inference_mode(), torch.autocast("cpu", dtype=self.autocast or torch.bfloat16,
-                                                    enabled=self.autocast is not None):
+                                                    enabled=self.autocast is not None), self._exact():
             host = torch.from_numpy(np.ascontiguousarray(frames) if frames.flags.writeable else frames.copy())
             if self.device.type == "cuda":
                 host = host.pin_memory()

@@ -76,10 +76,11 @@ class _Stopped(Exception):
 
 
 class Busy:
-    """Where the model thread's time went (run_pipeline's result): stylizing, waiting for decoded
-    frames (the decoder is the bottleneck), or waiting for the encoder to take stylized ones (the
-    encoder is). On a GPU the first share is what the GPU had to do; the other two say what to
-    give more cores or a faster preset."""
+    """Where the model thread's time went (run_pipeline's result), from its first wait for frames
+    to the encoder's last frame: stylizing, waiting for the decoder (it is the bottleneck), or
+    waiting for the encoder to take stylized frames (it is). On a GPU the first share is what the
+    GPU had to do; the other two say what needs more cores or a faster preset. `count`: frames
+    encoded (a temporal chunk's warm-up frames are stylized, not encoded)."""
 
     def __init__(self) -> None:
         self.model = self.frames = self.encoder = 0.0
@@ -87,12 +88,11 @@ class Busy:
 
     def summary(self) -> str:
         total = self.model + self.frames + self.encoder
-        if not total:
-            return "no frames stylized"
+        if not self.count or not total:
+            return "no frames to stylize"
         share = lambda part: f"{100 * part / total:.0f}%"  # noqa: E731
-        return (f"{self.count} frames in {total:.1f} s ({self.count / total:.1f} frames/s): model "
-                f"{share(self.model)}, waiting for decoded frames {share(self.frames)}, "
-                f"for the encoder {share(self.encoder)}")
+        return (f"{self.count} frames in {total:.1f} s ({self.count / total:.1f} fps): model {share(self.model)}, "
+                f"waiting for the decoder {share(self.frames)}, waiting for the encoder {share(self.encoder)}")
 
 
 def run_pipeline(todo: Iterable[tuple[int, int]], read: Callable, stylizer, open_part: Callable,
@@ -173,12 +173,14 @@ def run_pipeline(todo: Iterable[tuple[int, int]], read: Callable, stylizer, open
                 if writer is None:
                     writer, path = open_part(chunk)
                 writer.write(frames)
+                busy.count += len(frames)  # read by the caller only after this thread has ended
                 progress.add(len(frames))
         finally:
             if writer is not None:
                 writer.abort()
 
     busy = Busy()
+    ended = [0.0]  # when the model thread had stylized its last frames
 
     def model() -> None:
         current = None
@@ -198,8 +200,8 @@ def run_pipeline(todo: Iterable[tuple[int, int]], read: Callable, stylizer, open
             progress.deliver()  # in the caller's thread: what the encoder reported since
             t0 = clock()
             busy.encoder += t0 - t2
-            busy.count += 0 if frames is None else len(frames)
-        busy.frames += clock() - t0
+        ended[0] = clock()
+        busy.frames += ended[0] - t0
         put(q_out, _DONE)
 
     workers = [threading.Thread(target=guarded(f), name=f"stylebatch-{f.__name__}", daemon=True)
@@ -207,10 +209,9 @@ def run_pipeline(todo: Iterable[tuple[int, int]], read: Callable, stylizer, open
     for t in workers:
         t.start()
     guarded(model)()
-    t_end = time.perf_counter()
     for t in workers:
         t.join()
-    busy.encoder += time.perf_counter() - t_end  # the encoder finishing the last frames
+    busy.encoder += time.perf_counter() - ended[0]  # the encoder finishing the last frames
     if failures:
         raise failures[0]
     return busy

@@ -24,6 +24,16 @@ AUDIO_ENCODERS = {"aac": ("aac", []), "opus": ("libopus", []), "mp3": ("libmp3la
 FAST_STYLE = ["--style", "lavender-gold", "--max-side", "48"]
 
 
+def stop_signals_at_default() -> None:
+    """preexec_fn: SIGINT and SIGHUP at their defaults, as in a process started from a terminal, even
+    where the test runner itself ignores them (a shell's background job ignores SIGINT, `nohup`
+    SIGHUP, and a process keeps what it was started ignoring)."""
+    import signal
+
+    for sig in (signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)
+
+
 def make_clip(path: Path, *, size: tuple[int, int] = (64, 48), frames: int = 12, fps: int | str = 30,
               pix_fmt: str = "yuv420p", codec: str = "libx264", audio: tuple[str, ...] = (),
               vfr: bool = False, rotate: int = 0, index_colors: bool = False,

@@ -10,7 +10,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from clips import count_frames, make_clip
+from clips import count_frames, make_clip, stop_signals_at_default
 
 import stylebatch
 from stylebatch.api import postprocess, preprocess
@@ -129,6 +129,7 @@ def test_a_stop_signal_before_any_work_began_is_still_interrupted(sig: str, exit
     claim (replaced here for that alone): the caller gets Interrupted, not a bare KeyboardInterrupt."""
     src = make_clip(tmp_path / "in.mp4", frames=4, fps=30)
     result = subprocess.run([sys.executable, "-c", _SIGNALLED_EARLY, str(src), str(tmp_path / "out.mkv"), sig],
+                            preexec_fn=stop_signals_at_default,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
     assert result.stdout.split()[0] == str(exit_code) and "before any work began" in result.stdout, result.stdout
@@ -156,6 +157,7 @@ def test_sigterm_or_sighup_during_a_call_stops_the_ranks_and_raises_interrupted(
     src = make_clip(tmp_path / "in.mp4", frames=24, fps=30)
     out, work = tmp_path / "out.mkv", tmp_path / "work"
     result = subprocess.run([sys.executable, "-c", _SIGNALLED, str(src), str(out), str(work), sig],
+                            preexec_fn=stop_signals_at_default,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0 and result.stdout.split()[:2] == [str(exit_code), "restored"], result
     assert "to resume" in result.stdout and not out.exists()

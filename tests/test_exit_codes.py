@@ -15,7 +15,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from clips import error_lines, make_clip
+from clips import error_lines, make_clip, stop_signals_at_default
 
 from stylebatch import storage
 from stylebatch.storage import tuning
@@ -217,6 +217,7 @@ except KeyboardInterrupt:
 
 
 def test_the_first_stop_signal_decides_and_a_later_one_does_not_interrupt_the_cleanup() -> None:
-    result = subprocess.run([sys.executable, "-c", SIGNALS_PROBE], capture_output=True, text=True, timeout=60)
+    result = subprocess.run([sys.executable, "-c", SIGNALS_PROBE], capture_output=True, text=True, timeout=60,
+                            preexec_fn=stop_signals_at_default)
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
     assert result.stdout.splitlines() == ["hup ignored", "stopped once 130 Ctrl-C (SIGINT)"], result.stdout

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from clips import FAST_STYLE, count_frames, error_lines, stylebatch
+from clips import FAST_STYLE, count_frames, error_lines, stop_signals_at_default, stylebatch
 
 pytestmark = pytest.mark.slow
 
@@ -72,7 +72,7 @@ def test_a_signal_stops_the_ranks_says_where_the_work_is_and_the_same_command_re
     # As from a terminal: SIGINT at its default even where the test runner was started in the
     # background (a non-interactive shell's `cmd &` ignores SIGINT, and Python keeps it ignored).
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                            preexec_fn=stop_signals_at_default)
     try:
         _wait_for(lambda: any(cache.rglob("parts/*.mkv")), proc)
         scratch = [p for p in tmp.rglob("*") if p.is_dir()]
@@ -188,6 +188,7 @@ def _own_terminal() -> None:
     import fcntl
     import termios
 
+    stop_signals_at_default()
     fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
 
@@ -254,7 +255,7 @@ def test_ctrl_c_in_a_terminal_as_a_stage_starts_ends_with_one_line_and_no_traceb
     proc = subprocess.Popen([sys.executable, "-m", "stylebatch", "run", str(src), "-o", str(out), "--workers", "2",
                              "--chunk-frames", "24", *FAST_STYLE], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True, env=env, start_new_session=True,  # a terminal's job: its own group
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                            preexec_fn=stop_signals_at_default)
     try:
         def starting() -> bool:
             return any(_catches_sigint(pid) for pid in _python_processes_with(stage, str(src) if stage ==

@@ -668,3 +668,68 @@ def test_fp32_runs_its_convolutions_without_tf32(precision, exact):
     finally:
         torch.backends.cudnn.allow_tf32 = before
         hook.remove()
+
+
+def _gpu_memory_for(limit: int, stylizer):
+    """The stylizer's network raises CUDA's out-of-memory error for batches over `limit` frames
+    (nothing here has a GPU; the error is the one torch raises there). Returns the batch sizes seen."""
+    net = stylizer.painters[0].net
+    seen = []
+
+    def too_big(module, args):
+        seen.append(args[0].shape[0])
+        if args[0].shape[0] > limit:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    return net.register_forward_pre_hook(too_big), seen
+
+
+def test_a_batch_that_overflows_the_gpu_is_stylized_in_smaller_batches_from_then_on(caplog):
+    """A GPU with less memory than batch 8 of these frames needs: the same pictures, in halves,
+    and later batches go in the size that fit without failing first (one warning)."""
+    frames = np.random.default_rng(0).integers(0, 255, (8, 48, 64, 3), np.uint8)
+    expected = load_stylizer("lavender-gold", device="cpu", precision="fp32")(frames)
+    stylizer = load_stylizer("lavender-gold", device="cpu", precision="fp32")
+    hook, seen = _gpu_memory_for(2, stylizer)
+    try:
+        with caplog.at_level("WARNING"):
+            got = stylizer(frames)
+            assert np.array_equal(got, expected)
+            assert seen == [8, 4, 2, 2, 2, 2]
+            seen.clear()
+            assert np.array_equal(stylizer(frames), expected)
+            assert seen == [2, 2, 2, 2]  # no failing attempt any more
+    finally:
+        hook.remove()
+    assert [r.getMessage() for r in caplog.records if "out of memory" in r.getMessage()] == [
+        "the GPU ran out of memory stylizing 8 frames of 64x48 at a time: 4 at a time from now on",
+        "the GPU ran out of memory stylizing 4 frames of 64x48 at a time: 2 at a time from now on"]
+
+
+def test_one_frame_that_overflows_the_gpu_is_one_line_that_names_max_side():
+    stylizer = load_stylizer("lavender-gold", device="cpu", precision="fp32")
+    hook, _ = _gpu_memory_for(0, stylizer)
+    try:
+        with pytest.raises(StylebatchError) as error:
+            stylizer(np.zeros((2, 48, 64, 3), np.uint8))
+    finally:
+        hook.remove()
+    assert error.value.exit_code == 2
+    assert str(error.value) == ("the GPU ran out of memory stylizing one 64x48 frame (style lavender-gold): give a "
+                                "smaller --max-side, or run where the GPU has more memory free")
+    assert error.value.__cause__ is None and error.value.__context__ is None
+
+
+@pytest.mark.parametrize("supported, expected", [(True, torch.bfloat16), (False, None)])
+def test_bf16_on_a_gpu_without_it_is_refused_in_one_line(monkeypatch, supported, expected):
+    """A T4 or V100 has no bf16: emulated or failing in cuDNN on the first batch, so it is refused
+    up front (this machine has no GPU: the device's answer is stood in for)."""
+    from stylebatch.models import _precision
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: supported)
+    if expected is None:
+        with pytest.raises(StylebatchError, match="this GPU has no bf16"):
+            _precision("bf16", torch.device("cuda", 0))
+    else:
+        assert _precision("bf16", torch.device("cuda", 0)) == (expected, None)
+    assert _precision("fp16", torch.device("cuda", 0)) == (torch.float16, None)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
+import logging
 import numbers
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,7 @@ from stylebatch.styles import (  # noqa: F401 - part of this API
 from stylebatch.transformer_net import load_transformer_net
 
 assert len(list_styles()) == NUM_STYLES
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -61,6 +63,7 @@ class Stylizer:
         self.autocast = autocast
         self.strength, self.max_side, self.keep_colors = strength, max_side, keep_colors
         self.own_vector = own_vector
+        self.fits: int | None = None  # frames per network call that fit the GPU's memory, once one did not
 
     @property
     def net(self) -> nn.Module:
@@ -108,6 +111,26 @@ class Stylizer:
             from stylebatch.paintings import style_vector
 
             self.own_vector = style_vector(frames[0])
+        if self.fits is not None and b > self.fits:
+            step = self.fits  # (a part may lower self.fits again)
+            return np.concatenate([self(frames[i:i + step]) for i in range(0, b, step)])
+        try:
+            return self._stylize(frames)
+        except torch.OutOfMemoryError:
+            pass  # handled outside the except: its traceback holds the tensors that filled the GPU
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        if b == 1:
+            raise StylebatchError(
+                f"the GPU ran out of memory stylizing one {w}x{h} frame (style {self.name}): give a smaller "
+                f"--max-side, or run where the GPU has more memory free") from None
+        self.fits = b // 2
+        log.warning("the GPU ran out of memory stylizing %d frames of %dx%d at a time: %d at a time from now on",
+                    b, w, h, self.fits)
+        return self(frames)
+
+    def _stylize(self, frames: np.ndarray) -> np.ndarray:
+        b, h, w, _ = frames.shape
         with torch.inference_mode(), torch.autocast("cpu", dtype=self.autocast or torch.bfloat16,
                                                     enabled=self.autocast is not None), self._exact():
             host = torch.from_numpy(np.ascontiguousarray(frames) if frames.flags.writeable else frames.copy())
@@ -198,6 +221,8 @@ def _precision(precision: str, dev: torch.device) -> tuple[torch.dtype, torch.dt
         raise StylebatchError("fp16 needs a CUDA device; on a CPU use --precision fp32 or bf16")
     if precision == "bf16" and dev.type == "cpu":
         return torch.float32, torch.bfloat16  # fp32 weights, bf16 convolutions (instance norms stay fp32)
+    if precision == "bf16" and not torch.cuda.is_bf16_supported(including_emulation=False):
+        raise StylebatchError("this GPU has no bf16 (it came with Ampere): use --precision fp16 or auto")
     return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision], None
 
 

@@ -172,3 +172,19 @@ def test_a_slow_rank_takes_fewer_chunks_and_every_chunk_is_done_once(preprocesse
     assert len(parts(work)) == 10
     assert stylebatch("postprocess", "--work", work).returncode == 0
     assert count_frames(out) == 30 and frame_pts(out) == frame_pts(src)
+
+
+@pytest.mark.parametrize("workers, gpus, warned", [
+    (1, 1, False), (2, 2, False), (1, 4, False),  # one rank per GPU or fewer
+    (2, 1, True), (4, 1, True), (5, 4, True),  # ranks share GPUs
+    (4, 0, False),  # a CPU run: no GPU to share
+])
+def test_more_ranks_than_gpus_is_warned_about(workers, gpus, warned):
+    """On one H200, 2 and 4 ranks sharing it took 1.15x and 1.2x one rank's time."""
+    from stylebatch.run import default_workers, gpu_sharing
+
+    note = gpu_sharing(workers, gpus)
+    assert (note is not None) == warned
+    if warned:
+        assert note.startswith(f"{workers} ranks on {gpus} GPU(s): ranks will share GPUs")
+    assert gpu_sharing(default_workers("cuda", gpus), gpus) is None  # the default never shares

@@ -97,3 +97,4 @@ def test_a_rank_with_no_frames_says_so():
     busy, written = pipeline(0.0, 0.0, 0.0)
     busy.count = 0
     assert busy.summary() == "no frames to stylize"
+

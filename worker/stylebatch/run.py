@@ -51,6 +51,16 @@ def default_workers(device: str, gpus: int) -> int:
     return max(1, min(cpu_count(), 4))
 
 
+def gpu_sharing(workers: int, gpus: int) -> str | None:
+    """A warning when ranks outnumber the GPUs they run on (--workers above the GPU count): they
+    share GPUs, each with its own CUDA context, kernel trials and batches in the GPU's memory; on one
+    H200, 2 and 4 ranks took 1.15x and 1.2x one rank's time (docs/benchmarks.md)."""
+    if not gpus or workers <= gpus:
+        return None
+    return (f"{workers} ranks on {gpus} GPU(s): ranks will share GPUs, which was slower than one rank per "
+            f"GPU where measured; leave out --workers for one rank per GPU")
+
+
 def find_mpiexec() -> str | None:
     beside = Path(sys.executable).parent / "mpiexec"
     return str(beside) if beside.exists() else shutil.which("mpiexec")
@@ -160,6 +170,8 @@ def _run_stages(args: RunRequest, src, out, work, scratch: Path, progress: Progr
         workers = chunks
     model = args.model
     gpu = model.device != "cpu" and style_check.gpus > 0
+    if gpu and (note := gpu_sharing(workers, style_check.gpus)):
+        log.warning("%s", note)
     fit = ranks_that_fit(m, model.max_side, model.batch_size, gpu)  # before any stylize
     if workers > fit:
         log.info("memory for %d rank(s) of %dx%d frames: running %d, not %d", fit, m.display_width,

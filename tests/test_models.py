@@ -733,3 +733,21 @@ def test_bf16_on_a_gpu_without_it_is_refused_in_one_line(monkeypatch, supported,
     else:
         assert _precision("bf16", torch.device("cuda", 0)) == (expected, None)
     assert _precision("fp16", torch.device("cuda", 0)) == (torch.float16, None)
+
+
+@pytest.mark.parametrize("level", [0, 16, 128, 255])
+def test_a_flat_frame_is_painted_as_the_published_network_paints_it(ort_session, user_net, level, tmp_path):
+    """A black frame (a fade, a leader), limited-range black, a grey or white card: the published
+    layers keep every channel exactly constant, so their instance norms give the bias. The CPU's fast
+    layers round each upsampled phase a little differently (1e-14), and the norms scaled that up to a
+    full-contrast texture (built-in style: 127 levels off, std 43 against 13)."""
+    frames = np.full((1, 48, 64, 3), level, np.uint8)
+    got = load_stylizer(DEFAULT_STYLE, device="cpu", precision="fp32")(frames)[0]
+    assert max_diff(got, reference_uint8(ort_session, frames[0], {12: 1})) <= 1
+    path = tmp_path / "net.pth"
+    torch.save(user_net.state_dict(), path)
+    fast = load_stylizer(str(path), device="cpu", precision="fp32")(frames)
+    with torch.inference_mode():
+        published = user_net(torch.from_numpy(frames).permute(0, 3, 1, 2).float())
+    published = published.clamp(0, 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    assert max_diff(fast[0], published[0]) <= 1

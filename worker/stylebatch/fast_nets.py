@@ -215,6 +215,15 @@ class ColumnPairConv(nn.Module):
 NORM_STEP_VALUES = 1 << 18
 
 
+# A channel whose variance is at most this share of its squared mean (plus 1) is constant but for
+# rounding: a flat picture (a black frame, a title card) makes every channel constant, and the plain
+# network keeps them exactly so (its instance norms then give the bias). This network's upsampling
+# and output layers round each output phase differently (1e-14 of variance), which an instance norm
+# scaled up by 1/sqrt(eps) and the next layers again, to a full-contrast texture on a black frame.
+# Real pictures' channels vary by 1e-4 and more (measured on camera frames: 0.9 and up).
+FLAT_VARIANCE = 1e-10
+
+
 def instance_norm_(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, relu: bool) -> torch.Tensor:
     """Instance norm (and ReLU) of x, in place (x is returned). F.instance_norm copies a channels-last
     tensor to contiguous and back, and var_mean's Welford loop runs at a fraction of the speed; here
@@ -224,7 +233,8 @@ def instance_norm_(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, re
     The variance is the mean squared deviation from a shift near the mean, corrected by the mean
     deviation (the shifted-data formula), not the mean square minus the squared mean: that difference
     cancels catastrophically in fp32 on low-contrast pictures (a fade, fog, a flat title card), where
-    the mean is large against the spread."""
+    the mean is large against the spread. A channel constant but for rounding (FLAT_VARIANCE) is
+    its bias, as in the plain network."""
     b, c, h, w = x.shape
     n = h * w
     if not x.is_contiguous(memory_format=torch.channels_last):  # pixels below would be a copy
@@ -243,7 +253,8 @@ def instance_norm_(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, re
         variance.baddbmm_(o, deviation.square_())
     mean = shift.add_(residual)
     variance.sub_(residual.square_()).clamp_(min=0)
-    scale = weight * variance.add_(1e-5).rsqrt_()  # [B, 1, C]
+    flat = variance <= FLAT_VARIANCE * (mean.square() + 1)  # a constant channel, but for rounding
+    scale = (weight * variance.add_(1e-5).rsqrt_()).masked_fill_(flat, 0.0)  # [B, 1, C]
     for s in range(0, n, step):  # (x - mean) first: x * scale + (bias - mean * scale) cancels as above
         part = pixels[:, s:s + step].sub_(mean).mul_(scale).add_(bias)
         if relu:

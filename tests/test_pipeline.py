@@ -77,7 +77,7 @@ def test_the_summary_names_what_limits_the_run(read_s, model_s, write_s, limit):
     busy, written = pipeline(read_s, model_s, write_s)
     assert written == list(range(12))  # every frame, in order
     assert busy.count == 12
-    shares = {"model": busy.model, "waiting for the decoder": busy.frames, "waiting for the encoder": busy.encoder}
+    shares = {"model": busy.model, "waiting for the decoder": busy.decoder, "waiting for the encoder": busy.encoder}
     assert max(shares, key=shares.get) == limit, busy.summary()
     assert shares[limit] > 0.6 * sum(shares.values()), busy.summary()
     summary = busy.summary()

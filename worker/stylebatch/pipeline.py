@@ -83,16 +83,16 @@ class Busy:
     encoded (a temporal chunk's warm-up frames are stylized, not encoded)."""
 
     def __init__(self) -> None:
-        self.model = self.frames = self.encoder = 0.0
+        self.model = self.decoder = self.encoder = 0.0
         self.count = 0
 
     def summary(self) -> str:
-        total = self.model + self.frames + self.encoder
+        total = self.model + self.decoder + self.encoder
         if not self.count or not total:
             return "no frames to stylize"
         share = lambda part: f"{100 * part / total:.0f}%"  # noqa: E731
         return (f"{self.count} frames in {total:.1f} s ({self.count / total:.1f} fps): model {share(self.model)}, "
-                f"waiting for the decoder {share(self.frames)}, waiting for the encoder {share(self.encoder)}")
+                f"waiting for the decoder {share(self.decoder)}, waiting for the encoder {share(self.encoder)}")
 
 
 def run_pipeline(todo: Iterable[tuple[int, int]], read: Callable, stylizer, open_part: Callable,
@@ -188,7 +188,7 @@ def run_pipeline(todo: Iterable[tuple[int, int]], read: Callable, stylizer, open
         t0 = clock()
         while (item := get(q_in)) is not _DONE:
             t1 = clock()
-            busy.frames += t1 - t0  # the first batch's wait is the decoder's start-up: counted too
+            busy.decoder += t1 - t0  # the first batch's wait is the decoder's start-up: counted too
             chunk, frames = item
             if chunk != current:  # the model starts on a chunk: the decoder may take the next one
                 current = chunk
@@ -201,7 +201,7 @@ def run_pipeline(todo: Iterable[tuple[int, int]], read: Callable, stylizer, open
             t0 = clock()
             busy.encoder += t0 - t2
         ended[0] = clock()
-        busy.frames += ended[0] - t0
+        busy.decoder += ended[0] - t0
         put(q_out, _DONE)
 
     workers = [threading.Thread(target=guarded(f), name=f"stylebatch-{f.__name__}", daemon=True)

@@ -94,6 +94,8 @@ def run(args: RunRequest, progress: Progress | None = None) -> Result:
     if settings.codec in HARDWARE_ENCODERS:  # the machine may lack them; PyAV's FFmpeg has the others
         encoder_settings(args.encoding, out.name)
     check_places(src, out, location(args.work) if args.work else None)
+    if args.model.device == "cuda" and not gpu_may_be_visible():  # before any input is read or work dir made
+        raise StylebatchError(NO_GPU)
     if args.work:
         work = location(args.work)
         resume = f"run again with --work {work.display} to resume"
@@ -235,6 +237,7 @@ def _builtin_only(style: str) -> bool:
     return all(part.kind == BUILTIN_KIND for part in parse_style(style))
 
 
+NO_GPU = "--device cuda: no GPU is visible here (use --device cpu or auto)"
 GPU_DEVICE_FILES = ("/dev/nvidia[0-9]*", "/dev/dxg", "/dev/kfd")  # NVIDIA; WSL2 and Docker Desktop; AMD ROCm
 
 
@@ -271,7 +274,7 @@ class _StyleCheck(threading.Thread):
             if self.model.device == "cuda" or (self.model.device == "auto" and gpu_may_be_visible()):
                 self.gpus = _check_style(self.style, self.model)
             if self.model.device == "cuda" and not self.gpus:
-                raise StylebatchError("--device cuda: no GPU is visible here (use --device cpu or auto)")
+                raise StylebatchError(NO_GPU)
             if self.workers is None:
                 self.workers = default_workers(self.model.device, self.gpus)
         except BaseException as exc:  # noqa: BLE001 - re-raised in the main thread

@@ -662,7 +662,7 @@ def test_fp32_runs_its_convolutions_without_tf32(precision, exact):
     before = torch.backends.cudnn.allow_tf32
     torch.backends.cudnn.allow_tf32 = True
     try:
-        stylizer(np.zeros((1, 64, 64, 3), np.uint8))
+        stylizer(np.random.default_rng(0).integers(0, 256, (1, 64, 64, 3), dtype=np.uint8))  # not flat
         assert seen == [not exact]
         assert torch.backends.cudnn.allow_tf32 is True  # restored
     finally:
@@ -751,3 +751,77 @@ def test_a_flat_frame_is_painted_as_the_published_network_paints_it(ort_session,
         published = user_net(torch.from_numpy(frames).permute(0, 3, 1, 2).float())
     published = published.clamp(0, 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
     assert max_diff(fast[0], published[0]) <= 1
+
+
+PAINTING = "/usr/share/doc/opencv-doc/examples/data/starry_night.jpg"
+
+
+def _network_style(network: str, user_pth) -> str:
+    return {"built-in": DEFAULT_STYLE, "pth": str(user_pth[0]), "painting": PAINTING}[network]
+
+
+def _fp16_on_the_cpu(style: str) -> Stylizer:
+    """The GPU's default arithmetic (fp16 weights and activations, the plain layers) on this CPU:
+    no GPU here, and torch runs fp16 convolutions on the CPU with fp32 accumulation, as cuDNN does."""
+    exact = load_stylizer(style, device="cpu", precision="fp32")
+    painter = exact.painters[0]
+    return Stylizer([type(painter)(load_multistyle26().half(), painter.condition.half(), 1.0)], name=style,
+                    device=torch.device("cpu"), dtype=torch.float16)
+
+
+@pytest.mark.parametrize("network", ["built-in", "pth", "painting"])
+def test_a_flat_frame_in_reduced_precision_is_painted_as_fp32_paints_it(network, user_pth):
+    """A black frame, limited-range black, grey and white, alone and between real frames, in bf16 (what
+    auto picks on a CPU with native bf16): every network here paints a flat frame flat, but in bf16 its
+    channels are constant only up to rounding, which instance norms scaled to a full-contrast texture
+    (built-in style: 15 dB against fp32, 136 levels off)."""
+    style = _network_style(network, user_pth)
+    exact = load_stylizer(style, device="cpu", precision="fp32")
+    low = load_stylizer(style, device="cpu", precision="bf16")
+    real = real_frames(2, 96, 64)
+    for level in (0, 16, 128, 255):
+        flat = np.full((1, 64, 96, 3), level, np.uint8)
+        want = exact(flat)
+        assert max_diff(low(flat), want) <= 1, level
+        assert len(np.unique(low(flat).reshape(-1, 3), axis=0)) == 1  # one colour, no texture
+        mixed = low(np.concatenate([real[:1], flat, real[1:]]))  # a batch with a flat frame inside
+        assert max_diff(mixed[1], want[0]) <= 1
+        assert max_diff(mixed[[0, 2]], low(real)) <= 1  # the real frames painted as on their own
+
+
+def test_a_flat_frame_in_fp16_is_painted_as_fp32_paints_it():
+    low, exact = _fp16_on_the_cpu(DEFAULT_STYLE), load_stylizer(DEFAULT_STYLE, device="cpu", precision="fp32")
+    for level in (0, 128, 255):
+        flat = np.full((2, 48, 64, 3), level, np.uint8)
+        assert max_diff(low(flat), exact(flat)) <= 1
+
+
+@pytest.mark.parametrize("network, precision", [("built-in", "bf16"), ("pth", "bf16"), ("built-in", "fp16")])
+def test_reduced_precision_keeps_low_contrast_frames(network, precision, user_pth):
+    """Fog and a fade (real frames at 2% and 10% of their contrast) against fp32: at least 45 dB, as real
+    frames at full contrast. Rounded to bf16 near 0.5 such a frame lost most of its detail (28-33 dB
+    with the built-in style; fp16, the GPU's default, 45 dB): the networks whose first layer is a
+    convolution and an instance norm now see each frame's channels centred on 0."""
+    style = _network_style(network, user_pth)
+    exact = load_stylizer(style, device="cpu", precision="fp32")
+    low = load_stylizer(style, device="cpu", precision="bf16") if precision == "bf16" else _fp16_on_the_cpu(style)
+    real = real_frames(2, 360, 264).astype(np.float64)
+    for contrast in (0.02, 0.1):
+        for name, frames in (("fog", 128 + (real - 128) * contrast), ("fade", real * contrast)):
+            frames = frames.round().astype(np.uint8)
+            assert psnr(exact(frames), low(frames)) >= 45, f"{name} at {contrast}: {psnr(exact(frames), low(frames)):.1f} dB"
+
+
+@pytest.mark.parametrize("make, flat", [
+    (lambda f: f, [0, 2]),
+    (lambda f: f.__setitem__((0, 7, 9, 1), 1) or f, [2]),  # one pixel off the sparse grid differs
+    (lambda f: f.__setitem__((2, 16, 16, 0), 9) or f, [0]),  # one pixel on it
+    (lambda f: f[:, :1, :1].copy(), [0, 1, 2]),  # one pixel per frame is flat
+])
+def test_flat_frames_are_found_exactly(make, flat):
+    from stylebatch.models import flat_frames
+
+    frames = np.zeros((3, 40, 50, 3), np.uint8)
+    frames[1] = np.arange(50, dtype=np.uint8)[None, :, None]  # a gradient
+    frames[2] = (10, 20, 30)
+    assert flat_frames(make(frames)) == flat

@@ -275,6 +275,7 @@ class FastTransformerNet(nn.Module):
     """A TransformerNet's function on 0..1 pictures: [B,3,H,W] in 0..1 -> [B,3,H,W] (H, W multiples of 4)."""
 
     channels_last = True  # takes and gives channels-last pictures (models.Stylizer keeps frames so)
+    shift_invariant = True  # its first layer is a convolution and an instance norm (models.Stylizer)
 
     def __init__(self, net: nn.Module) -> None:
         super().__init__()
@@ -309,6 +310,7 @@ class FastMultiStyleNet(nn.Module):
     -> [B,3,H,W] in 0..1, channels-last."""
 
     channels_last = True  # takes and gives channels-last pictures (models.Stylizer keeps frames so)
+    shift_invariant = True  # its first layer is a convolution and an instance norm (models.Stylizer)
 
     def __init__(self, net: nn.Module) -> None:
         super().__init__()

@@ -64,6 +64,7 @@ class Stylizer:
         self.strength, self.max_side, self.keep_colors = strength, max_side, keep_colors
         self.own_vector = own_vector
         self.fits: int | None = None  # frames per network call that fit the GPU's memory, once one did not
+        self._flat: dict[bytes, np.ndarray] = {}  # a flat frame's colour -> its painted colour (_flat_colour)
 
     @property
     def net(self) -> nn.Module:
@@ -89,8 +90,17 @@ class Stylizer:
             torch.backends.cudnn.allow_tf32 = before
 
     def _paint(self, p: Painter, x: torch.Tensor) -> torch.Tensor:
-        """One network's picture: 0..1 in, 0..1 out, any H and W."""
+        """One network's picture: 0..1 in (fp32), 0..1 out, any H and W.
+
+        A network whose first layer is a convolution and an instance norm (`shift_invariant`) gives
+        the same picture when a constant is added to an input channel: that norm removes it (and
+        reflection padding keeps it constant). Each frame's channels are centred on 0 before any
+        rounding to the network's precision: in bf16 (8-bit mantissa) a low-contrast frame (fog, a
+        fade) lost most of its detail to rounding near 0.5 (28-45 dB against fp32, now 48-52)."""
         h, w = x.shape[-2:]
+        if getattr(p.net, "shift_invariant", False):
+            x = x - x.mean(dim=(2, 3), keepdim=True)
+        x = x.to(self.dtype)
         # the nets halve the size twice: reflect-pad to a multiple of 4, crop back after
         x = F.pad(x, [0, -w % 4, 0, -h % 4], mode="reflect") if h % 4 or w % 4 else x
         condition = self._condition(p)
@@ -111,9 +121,45 @@ class Stylizer:
             from stylebatch.paintings import style_vector
 
             self.own_vector = style_vector(frames[0])
+        flat = flat_frames(frames) if self.reduced else []
+        if not flat:
+            return self._in_batches(frames)
+        out = np.empty_like(frames)
+        for i in flat:
+            out[i] = self._flat_colour(frames[i, 0, 0])
+        rest = [i for i in range(b) if i not in set(flat)]
+        if rest:
+            out[rest] = self._in_batches(frames[rest])
+        return out
+
+    @property
+    def reduced(self) -> bool:
+        """Whether the networks compute in less than fp32 (fp16 or bf16, autocast or not)."""
+        return self.dtype != torch.float32 or self.autocast is not None
+
+    def _flat_colour(self, rgb: np.ndarray) -> np.ndarray:
+        """The painted colour of a frame that is `rgb` everywhere, in fp32.
+
+        Every network here pads by reflection (or edge) and sees no position, so a flat frame paints
+        flat; but in reduced precision its channels, constant but for rounding, reach instance norms
+        that scale that rounding by up to 1/sqrt(eps): a black frame came out as a full-contrast
+        texture (15 dB against fp32 in bf16). The fp32 networks, on the CPU, paint a small flat
+        frame of that colour instead (once per colour)."""
+        key = bytes(rgb)
+        if key not in self._flat:
+            exact = Stylizer([Painter(_fp32_cpu(p.net), None if p.condition is None else p.condition.float().cpu(),
+                                      p.share, p.vector_strength) for p in self.painters],
+                             name=self.name, device=torch.device("cpu"), dtype=torch.float32, strength=self.strength,
+                             keep_colors=self.keep_colors,
+                             own_vector=None if self.own_vector is None else self.own_vector.float().cpu())
+            self._flat[key] = exact._stylize(np.full((1, 4 * MIN_SIDE, 4 * MIN_SIDE, 3), rgb, np.uint8))[0, 0, 0]
+        return self._flat[key]
+
+    def _in_batches(self, frames: np.ndarray) -> np.ndarray:
+        b, h, w, _ = frames.shape
         if self.fits is not None and b > self.fits:
             step = self.fits  # (a part may lower self.fits again)
-            return np.concatenate([self(frames[i:i + step]) for i in range(0, b, step)])
+            return np.concatenate([self._in_batches(frames[i:i + step]) for i in range(0, b, step)])
         try:
             return self._stylize(frames)
         except torch.OutOfMemoryError:
@@ -127,7 +173,7 @@ class Stylizer:
         self.fits = b // 2
         log.warning("the GPU ran out of memory stylizing %d frames of %dx%d at a time: %d at a time from now on",
                     b, w, h, self.fits)
-        return self(frames)
+        return self._in_batches(frames)
 
     def _stylize(self, frames: np.ndarray) -> np.ndarray:
         b, h, w, _ = frames.shape
@@ -138,7 +184,7 @@ class Stylizer:
                 host = host.pin_memory()
             # NHWC permuted to NCHW is exactly channels_last, which the GPU and the CPU's fast_nets want;
             # the CPU's other networks (the arbitrary-style pair) want plain NCHW
-            x = host.to(self.device, non_blocking=True).permute(0, 3, 1, 2).to(self.dtype).div_(255)
+            x = host.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255)  # fp32 to the networks
             if self.device.type == "cpu" and not all(getattr(p.net, "channels_last", False) for p in self.painters):
                 x = x.contiguous()
             small = x
@@ -161,6 +207,22 @@ class Stylizer:
             y = y.float()
             out = y.mul_(255).round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
             return out.cpu().numpy()
+
+
+def flat_frames(frames: np.ndarray) -> list[int]:
+    """Indices of the frames [B, H, W, 3] that are one colour everywhere (a black frame, a title
+    card's ground); a sparse grid of pixels rules most others out without reading them all."""
+    corner = frames[:, :1, :1]
+    maybe = np.flatnonzero((frames[:, ::16, ::16] == corner).all(axis=(1, 2, 3)))
+    return [int(i) for i in maybe if (frames[i] == frames[i, 0, 0]).all()]
+
+
+def _fp32_cpu(net: nn.Module) -> nn.Module:
+    """net itself where it is fp32 on the CPU already, else an fp32 copy on the CPU."""
+    first = next(net.parameters())
+    if first.device.type == "cpu" and first.dtype == torch.float32:
+        return net
+    return copy.deepcopy(net).to("cpu", torch.float32)
 
 
 _LUMA = (0.299, 0.587, 0.114)  # BT.601, as JPEG's YCbCr
@@ -252,6 +314,8 @@ def _painters(parts: list[StylePart], dev: torch.device, dtype: torch.dtype) -> 
 
 class _Unit(nn.Module):
     """A TransformerNet (0..255 in and out) on 0..1 pictures."""
+
+    shift_invariant = True  # its first layer is a convolution and an instance norm (Stylizer)
 
     def __init__(self, net: nn.Module) -> None:
         super().__init__()

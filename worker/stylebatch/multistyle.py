@@ -68,6 +68,8 @@ class ResidualBlock(nn.ModuleList):
 class MultiStyleNet(nn.Module):
     """image: [B,3,H,W] in 0..1 (H, W multiples of 4); style_weights: [26] summing to 1 -> [B,3,H,W] in 0..1."""
 
+    shift_invariant = True  # its first layer is a convolution and an instance norm (models.Stylizer)
+
     def __init__(self) -> None:
         super().__init__()
         self.contract = nn.ModuleList([ConvLayer(3, 32, 9), ConvLayer(32, 32, 3, stride=2),

@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from stylebatch.contract import DEFAULT_STYLE, PRECISIONS, STYLE_IMAGE_SUFFIXES
+from stylebatch.contract import DEFAULT_STYLE, PRECISION_AUTO, PRECISIONS, STYLE_IMAGE_SUFFIXES
 from stylebatch.requests import MIN_MAX_SIDE, TrainRequest
 from stylebatch.temporal_defaults import DEFAULT_MODE as TEMPORAL_DEFAULT
 from stylebatch.temporal_defaults import DEFAULT_STRENGTH as TEMPORAL_STRENGTH
@@ -199,8 +199,8 @@ SPEC_SCHEMA: dict[str, Any] = _obj(
             "maxSide": _int("Stylize at most this many pixels on the long side (upscaled back).", minimum=32),
             "batchSize": _int("Frames per GPU batch.", minimum=1),
             "chunkFrames": _int("Frames per part: the unit of work and of resume.", minimum=1),
-            "precision": _str("Model arithmetic: auto (fp16 on GPUs, bf16 on CPUs with native bf16, else fp32), "
-                              "fp32, bf16 or fp16.", enum=list(PRECISIONS)),
+            "precision": _str(f"Model arithmetic: auto ({PRECISION_AUTO}), fp32, bf16 or fp16.",
+                              enum=list(PRECISIONS)),
             "temporal": _str("on: blend each frame with the previous one moved along the optical flow, so "
                              f"texture holds still (`stylebatch run --temporal`). Default {TEMPORAL_DEFAULT}.",
                              enum=list(TEMPORAL_MODES)),

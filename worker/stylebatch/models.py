@@ -240,11 +240,11 @@ def load_stylizer(style: str, *, device: str = "auto", strength: float = 1.0, ma
                   own_frame: np.ndarray | None = None) -> Stylizer:
     """style: see `parse_style`; files are local paths here (styles.resolve_style fetches URIs).
 
-    precision: auto (fp16 on a GPU; bf16 on a CPU with native bf16, else fp32), fp32, bf16, fp16.
+    precision: auto (contract.PRECISION_AUTO), fp32, bf16, fp16.
     own_frame: a frame of the video whose style vector `strength` < 1 starts from with paintings."""
     parts = parse_style(style)
     dev = _device(device)
-    dtype, autocast = _precision(precision, dev)
+    dtype, autocast = _precision(precision, dev, pth_only=all(p.kind == WEIGHTS_KIND for p in parts))
     if isinstance(strength, bool) or not isinstance(strength, numbers.Real) or not 0.0 <= strength <= 1.0:
         raise StylebatchError(f"strength must be between 0 and 1, got {strength!r}")
     if max_side is not None and (isinstance(max_side, bool) or not isinstance(max_side, numbers.Integral)
@@ -273,12 +273,17 @@ def cpu_has_native_bf16() -> bool:
     return any(f" {flag}" in flags for flag in ("avx512_bf16", "amx_bf16"))
 
 
-def _precision(precision: str, dev: torch.device) -> tuple[torch.dtype, torch.dtype | None]:
-    """(dtype of the weights and activations, dtype to autocast to on the CPU or None)."""
+def _precision(precision: str, dev: torch.device, pth_only: bool = False) -> tuple[torch.dtype, torch.dtype | None]:
+    """(dtype of the weights and activations, dtype to autocast to on the CPU or None).
+
+    auto: fp16 on a GPU (59-61 dB against fp32 with the built-in styles, 85 dB with a TransformerNet,
+    measured on an H200). On a CPU with native bf16 only where every network is a .pth TransformerNet
+    (51 dB on real frames, where bf16 ran about 1.7x as fast as fp32): the built-in styles measured
+    39-52 dB and half of them under 45, a painting 44.5, so they stay fp32 (docs/benchmarks.md)."""
     if precision not in PRECISIONS:
         raise StylebatchError(f"unknown precision {precision!r}; use {', '.join(PRECISIONS)}")
     if precision == "auto":
-        precision = "fp16" if dev.type == "cuda" else ("bf16" if cpu_has_native_bf16() else "fp32")
+        precision = "fp16" if dev.type == "cuda" else ("bf16" if pth_only and cpu_has_native_bf16() else "fp32")
     if precision == "fp16" and dev.type != "cuda":
         raise StylebatchError("fp16 needs a CUDA device; on a CPU use --precision fp32 or bf16")
     if precision == "bf16" and dev.type == "cpu":

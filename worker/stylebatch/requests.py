@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from pathlib import PurePath, PurePosixPath
 from urllib.parse import urlsplit
 
-from stylebatch.contract import DEVICES, OUTPUT_EXTENSIONS, PRECISIONS
+from stylebatch.contract import DEVICES, OUTPUT_EXTENSIONS, PRECISION_AUTO, PRECISIONS
 from stylebatch.errors import BadInput
 from stylebatch.temporal_defaults import DEFAULT_MODE as TEMPORAL_DEFAULT
 from stylebatch.temporal_defaults import DEFAULT_STRENGTH as TEMPORAL_STRENGTH
@@ -73,8 +73,7 @@ class ModelOptions(Request):
                                 help="stylize at most this many pixels on the long side (output keeps its size)")
     batch_size: int | None = flag("--batch-size", kind=int, check=at_least(1), help="frames per model call")
     precision: str | None = flag("--precision", choices=PRECISIONS,
-                                 help="model arithmetic: auto (default) is fp16 on a GPU, bf16 on a CPU with native "
-                                      "bf16 (AVX-512 BF16, AMX), else fp32")
+                                 help=f"model arithmetic: auto (default) is {PRECISION_AUTO}")
     temporal: str | None = flag("--temporal", choices=TEMPORAL_MODES,
                                 help="on: blend each frame with the previous one moved along the optical flow, so "
                                      f"texture holds still (default: {TEMPORAL_DEFAULT})")

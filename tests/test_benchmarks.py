@@ -54,3 +54,12 @@ def test_the_pipeline_benchmark_measures_the_model_alone_beside_every_run(style)
     for row in rows:
         end_to_end, model_alone, share = float(row[3]), float(row[5]), float(row[6])
         assert end_to_end > 0 and model_alone > 0 and share == pytest.approx(end_to_end / model_alone, abs=0.01)
+
+
+def test_the_precision_benchmark_measures_every_kind_of_frame_for_each_arithmetic():
+    result = bench("bench_precision.py", "--styles", "lavender-gold", "--frames", "1", "--size", "96x64", "--fp16")
+    rows = table_rows(result.stdout)
+    assert [(r[0], r[1], r[-1]) for r in rows] == [("lavender-gold", "bf16", "no: fp32"),
+                                                    ("lavender-gold", "fp16", "on a GPU")]
+    for row in rows:
+        assert all(float(v) >= 40 for v in row[2:-1]), row  # dB: measured, not a failure to paint

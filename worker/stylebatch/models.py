@@ -96,9 +96,10 @@ class Stylizer:
         the same picture when a constant is added to an input channel: that norm removes it (and
         reflection padding keeps it constant). Each frame's channels are centred on 0 before any
         rounding to the network's precision: in bf16 (8-bit mantissa) a low-contrast frame (fog, a
-        fade) lost most of its detail to rounding near 0.5 (28-45 dB against fp32, now 48-52)."""
+        fade) lost most of its detail to rounding near 0.5 (28-45 dB against fp32, now 48-52). In
+        fp32 nothing is rounded away: the frame goes in as it is (no copy)."""
         h, w = x.shape[-2:]
-        if getattr(p.net, "shift_invariant", False):
+        if self.reduced and getattr(p.net, "shift_invariant", False):
             x = x - x.mean(dim=(2, 3), keepdim=True)
         x = x.to(self.dtype)
         # the nets halve the size twice: reflect-pad to a multiple of 4, crop back after

@@ -84,8 +84,8 @@ def main() -> None:
         builtin = all(part.kind == BUILTIN_KIND for part in parse_style(style))
         if args.fp16 and builtin:
             painter = exact.painters[0]
-            arithmetics.append(("fp16", Stylizer([Painter(load_multistyle26().half(), painter.condition.half(), 1.0)],
-                                                 name=style, device=torch.device("cpu"), dtype=torch.float16)))
+            half = Painter(load_multistyle26().half(), painter.condition.half(), 1.0, exact=painter)  # as on a GPU
+            arithmetics.append(("fp16", Stylizer([half], name=style, device=torch.device("cpu"), dtype=torch.float16)))
         for name, stylizer in arithmetics:
             got = [psnr(stylizer(real), exact(real)), *(psnr(stylizer(f), exact(f)) for f in low.values()),
                    min(psnr(stylizer(f[None]), exact(f[None])) for f in flat)]

@@ -44,6 +44,7 @@ class Painter:
     condition: torch.Tensor | None
     share: float
     vector_strength: bool = False  # strength mixes style vectors (paintings), not pictures
+    exact: Painter | None = None  # the same in fp32 on the CPU, where this one is not (Stylizer._flat_colour)
 
 
 class Stylizer:
@@ -65,6 +66,7 @@ class Stylizer:
         self.own_vector = own_vector
         self.fits: int | None = None  # frames per network call that fit the GPU's memory, once one did not
         self._flat: dict[bytes, np.ndarray] = {}  # a flat frame's colour -> its painted colour (_flat_colour)
+        self._fp32: Stylizer | None = None  # the painters in fp32 on the CPU, made for the first flat frame
 
     @property
     def net(self) -> nn.Module:
@@ -148,12 +150,13 @@ class Stylizer:
         frame of that colour instead (once per colour)."""
         key = bytes(rgb)
         if key not in self._flat:
-            exact = Stylizer([Painter(_fp32_cpu(p.net), None if p.condition is None else p.condition.float().cpu(),
-                                      p.share, p.vector_strength) for p in self.painters],
-                             name=self.name, device=torch.device("cpu"), dtype=torch.float32, strength=self.strength,
-                             keep_colors=self.keep_colors,
-                             own_vector=None if self.own_vector is None else self.own_vector.float().cpu())
-            self._flat[key] = exact._stylize(np.full((1, 4 * MIN_SIDE, 4 * MIN_SIDE, 3), rgb, np.uint8))[0, 0, 0]
+            if self._fp32 is None:  # once: the painters' fp32 CPU networks (Painter.exact), or themselves
+                self._fp32 = Stylizer([_fp32_cpu(p) for p in self.painters], name=self.name,
+                                      device=torch.device("cpu"), dtype=torch.float32, strength=self.strength,
+                                      keep_colors=self.keep_colors)
+            own = self.own_vector
+            self._fp32.own_vector = None if own is None else own.to("cpu", torch.float32)
+            self._flat[key] = self._fp32._stylize(np.full((1, 4 * MIN_SIDE, 4 * MIN_SIDE, 3), rgb, np.uint8))[0, 0, 0]
         return self._flat[key]
 
     def _in_batches(self, frames: np.ndarray) -> np.ndarray:
@@ -218,12 +221,16 @@ def flat_frames(frames: np.ndarray) -> list[int]:
     return [int(i) for i in maybe if (frames[i] == frames[i, 0, 0]).all()]
 
 
-def _fp32_cpu(net: nn.Module) -> nn.Module:
-    """net itself where it is fp32 on the CPU already, else an fp32 copy on the CPU."""
-    first = next(net.parameters())
+def _fp32_cpu(p: Painter) -> Painter:
+    """p's network in fp32 on the CPU: its `exact` twin, p itself when it is so already, else a copy
+    (a Painter made by hand: its weights carry the rounding of their precision)."""
+    if p.exact is not None:
+        return p.exact
+    first = next(p.net.parameters())
     if first.device.type == "cpu" and first.dtype == torch.float32:
-        return net
-    return copy.deepcopy(net).to("cpu", torch.float32)
+        return p
+    return Painter(copy.deepcopy(p.net).to("cpu", torch.float32),
+                   None if p.condition is None else p.condition.to("cpu", torch.float32), p.share, p.vector_strength)
 
 
 _LUMA = (0.299, 0.587, 0.114)  # BT.601, as JPEG's YCbCr
@@ -280,7 +287,7 @@ def _precision(precision: str, dev: torch.device, pth_only: bool = False) -> tup
     auto: fp16 on a GPU (59-61 dB against fp32 with the built-in styles, 85 dB with a TransformerNet,
     measured on an H200). On a CPU with native bf16 only where every network is a .pth TransformerNet
     (51 dB on real frames, where bf16 ran about 1.7x as fast as fp32): the built-in styles measured
-    39-52 dB and half of them under 45, a painting 44.5, so they stay fp32 (docs/benchmarks.md)."""
+    38-53 dB, 7 of the 26 under 45, a painting 33 dB on fog, so they stay fp32 (bench_precision.py)."""
     if precision not in PRECISIONS:
         raise StylebatchError(f"unknown precision {precision!r}; use {', '.join(PRECISIONS)}")
     if precision == "auto":
@@ -295,15 +302,25 @@ def _precision(precision: str, dev: torch.device, pth_only: bool = False) -> tup
 
 
 def _painters(parts: list[StylePart], dev: torch.device, dtype: torch.dtype) -> list[Painter]:
-    """One painter per network: all built-ins share one, all paintings another, each .pth its own."""
+    """One painter per network: all built-ins share one, all paintings another, each .pth its own.
+    On a GPU each also keeps its network in fp32 on the CPU (Painter.exact: flat frames); on the CPU
+    the weights are fp32 already (bf16 is autocast)."""
     painters = []
+
+    def painter(net: nn.Module, exact: nn.Module, condition: torch.Tensor | None, share: float,
+                vector_strength: bool = False) -> Painter:
+        on_cpu = None if condition is None else condition.to(torch.float32)
+        twin = None if dev.type == "cpu" else Painter(exact, on_cpu, share, vector_strength)
+        return Painter(net, None if condition is None else condition.to(dev, dtype), share, vector_strength, twin)
+
     builtins = [p for p in parts if p.kind == BUILTIN_KIND]
     if builtins:
         weights = torch.zeros(NUM_STYLES, dtype=torch.float64)
         for p in builtins:
             weights[style_by_name(p.ref).index] += p.weight
         share = float(weights.sum())
-        painters.append(Painter(_builtin_net(dev, dtype), (weights / share).to(dev, dtype), share))
+        painters.append(painter(_builtin_net(dev, dtype), _net(load_multistyle26, torch.device("cpu"), torch.float32),
+                                weights / share, share))
     paintings = [p for p in parts if p.kind == IMAGE_KIND]
     if paintings:
         from stylebatch.arbitrary import load_transformer
@@ -311,10 +328,12 @@ def _painters(parts: list[StylePart], dev: torch.device, dtype: torch.dtype) -> 
 
         share = sum(p.weight for p in paintings)
         vector = sum(style_vector(read_style_image(p.ref)) * (p.weight / share) for p in paintings)
-        painters.append(Painter(_net(load_transformer, dev, dtype), vector.to(dev, dtype), share, True))
+        painters.append(painter(_net(load_transformer, dev, dtype), _net(load_transformer, torch.device("cpu"),
+                                                                         torch.float32), vector, share, True))
     for p in parts:
         if p.kind == WEIGHTS_KIND:
-            painters.append(Painter(_user_net(Path(p.ref).expanduser(), dev, dtype), None, p.weight))
+            net, exact = _user_net(Path(p.ref).expanduser(), dev, dtype)
+            painters.append(painter(net, exact, None, p.weight))
     return painters
 
 
@@ -331,13 +350,15 @@ class _Unit(nn.Module):
         return self.net(x * 255).div_(255)
 
 
-def _user_net(path: Path, dev: torch.device, dtype: torch.dtype) -> nn.Module:
-    """A .pth TransformerNet on 0..1 pictures; on the CPU in its exact rewrite for inference
-    (fast_nets: 1.3-2.1x the frames per CPU-second of the published layers, docs/benchmarks.md)."""
+def _user_net(path: Path, dev: torch.device, dtype: torch.dtype) -> tuple[nn.Module, nn.Module]:
+    """A .pth TransformerNet on 0..1 pictures, and the same in fp32 on the CPU. On the CPU it is its
+    exact rewrite for inference (fast_nets: 1.3-2.1x the frames per CPU-second of the published
+    layers, docs/benchmarks.md), fp32 (bf16 is autocast), so both are one network."""
     net = load_transformer_net(path)
     if dev.type == "cpu":
-        return fast_transformer_net(net).to(dtype=dtype)
-    return _Unit(net).to(dev, dtype).to(memory_format=torch.channels_last)
+        fast = fast_transformer_net(net).to(dtype=dtype)
+        return fast, fast
+    return _Unit(copy.deepcopy(net)).to(dev, dtype).to(memory_format=torch.channels_last), _Unit(net)
 
 
 def _fast_multistyle() -> nn.Module:

@@ -272,8 +272,8 @@ def load_stylizer(style: str, *, device: str = "auto", strength: float = 1.0, ma
 
 
 def cpu_has_native_bf16() -> bool:
-    """True when this CPU computes bf16 in hardware (AVX-512 BF16 or AMX), where it is about twice as
-    fast as fp32; elsewhere oneDNN emulates it, slower than fp32."""
+    """True when this CPU computes bf16 in hardware (AVX-512 BF16 or AMX), where issue 14 measured a
+    TransformerNet at about 1.7x fp32; elsewhere oneDNN emulates it, slower than fp32."""
     try:
         flags = open("/proc/cpuinfo").read()
     except OSError:
@@ -284,9 +284,10 @@ def cpu_has_native_bf16() -> bool:
 def _precision(precision: str, dev: torch.device, pth_only: bool = False) -> tuple[torch.dtype, torch.dtype | None]:
     """(dtype of the weights and activations, dtype to autocast to on the CPU or None).
 
-    auto: fp16 on a GPU (59-61 dB against fp32 with the built-in styles, 85 dB with a TransformerNet,
-    measured on an H200). On a CPU with native bf16 only where every network is a .pth TransformerNet
-    (51 dB on real frames, where bf16 ran about 1.7x as fast as fp32): the built-in styles measured
+    auto: fp16 on a GPU (on an H200: lavender-gold 59-60 dB against fp32, a TransformerNet 85 dB; with
+    torch's fp16 on the CPU the 26 built-in styles 54-62 dB, a painting 51-58). On a CPU with native
+    bf16 only where every network is a .pth TransformerNet (51 dB on real frames; issue 14 measured
+    bf16 at about 1.7x fp32 there): the built-in styles measured
     38-53 dB, 7 of the 26 under 45, a painting 33 dB on fog, so they stay fp32 (bench_precision.py)."""
     if precision not in PRECISIONS:
         raise StylebatchError(f"unknown precision {precision!r}; use {', '.join(PRECISIONS)}")

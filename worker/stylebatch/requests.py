@@ -139,7 +139,9 @@ class RunRequest(Request):
     output: str = flag("-o", "--output", required=True, help=_OUTPUT_HELP)
     workers: int | None = flag("--workers", kind=int, check=at_least(1),
                                help="MPI ranks to run locally (default: one per GPU, else one per CPU core, at most 4)")
-    work: str | None = flag("--work", help="work dir (folder or blob prefix); re-use one to resume (default: temp)")
+    work: str | None = flag("--work", help="work dir (folder or blob prefix); re-use one to resume (default: a folder under "
+                                           "$XDG_CACHE_HOME/stylebatch/work named for the input and output, so the "
+                                           "same command resumes)")
     keep_work: bool = flag("--keep-work", kind=bool, help="keep the work dir after success")
     model: ModelOptions = options(ModelOptions, "style")
     encoding: EncodingOptions = options(EncodingOptions, "encoding")

@@ -130,7 +130,7 @@ class Stylizer:
         out = np.empty_like(frames)
         for i in flat:
             out[i] = self._flat_colour(frames[i, 0, 0])
-        rest = [i for i in range(b) if i not in set(flat)]
+        rest = sorted(set(range(b)) - set(flat))
         if rest:
             out[rest] = self._in_batches(frames[rest])
         return out
@@ -287,8 +287,8 @@ def _precision(precision: str, dev: torch.device, pth_only: bool = False) -> tup
     auto: fp16 on a GPU (on an H200: lavender-gold 59-60 dB against fp32, a TransformerNet 85 dB; with
     torch's fp16 on the CPU the 26 built-in styles 54-62 dB, a painting 51-58). On a CPU with native
     bf16 only where every network is a .pth TransformerNet (51 dB on real frames; issue 14 measured
-    bf16 at about 1.7x fp32 there): the built-in styles measured
-    38-53 dB, 7 of the 26 under 45, a painting 33 dB on fog, so they stay fp32 (bench_precision.py)."""
+    bf16 at about 1.7x fp32 there): the built-in styles measured 38-53 dB, 7 of the 26 under 45, a
+    painting 33 dB on fog, so they stay fp32 (bench_precision.py)."""
     if precision not in PRECISIONS:
         raise StylebatchError(f"unknown precision {precision!r}; use {', '.join(PRECISIONS)}")
     if precision == "auto":

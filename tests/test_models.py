@@ -505,18 +505,22 @@ def test_column_pair_conv_equals_reflection_padding_then_the_9x9_convolution(bat
 
 
 @pytest.mark.parametrize("relu", [True, False])
-@pytest.mark.parametrize("step", [1000, 1 << 18])  # many steps with a remainder, and one step
+@pytest.mark.parametrize("whole, step", [(1 << 21, 1 << 18),  # small enough to be one step
+                                         (0, 1000),  # in steps: many, with a remainder
+                                         (0, 1 << 18)])  # in steps
+@pytest.mark.parametrize("channels", [32, 4, 3])  # 4 and 3 (the output layers): rows of many pixels, and a remainder
 @pytest.mark.parametrize("mean, spread", [(1.0, 3.0), (100.0, 0.01)])  # a picture, and a low-contrast one
-def test_the_in_place_instance_norm_equals_torchs(monkeypatch, relu, step, mean, spread):
+def test_the_in_place_instance_norm_equals_torchs(monkeypatch, relu, whole, step, channels, mean, spread):
     """Against F.instance_norm in float64, at least as close as torch's own fp32 instance norm (or 100 dB).
     The low-contrast case (mean 10^4 times the spread: a fade, fog) is where the mean square minus the
     squared mean cancels away in fp32 (13 dB here; 15-24 dB pictures from the whole networks)."""
     from stylebatch import fast_nets
 
+    monkeypatch.setattr(fast_nets, "NORM_WHOLE_VALUES", whole)
     monkeypatch.setattr(fast_nets, "NORM_STEP_VALUES", step)
-    gen = torch.Generator().manual_seed(step)
-    x = (torch.randn(2, 32, 37, 53, generator=gen) * spread + mean).contiguous(memory_format=torch.channels_last)
-    weight, bias = torch.rand(32, generator=gen) + 0.5, torch.randn(32, generator=gen)
+    gen = torch.Generator().manual_seed(step + channels)
+    x = (torch.randn(2, channels, 37, 53, generator=gen) * spread + mean).contiguous(memory_format=torch.channels_last)
+    weight, bias = torch.rand(channels, generator=gen) + 0.5, torch.randn(channels, generator=gen)
     expected = torch.nn.functional.instance_norm(x.double().contiguous(), weight=weight.double(),
                                                  bias=bias.double(), eps=1e-5)
     expected = (expected.relu() if relu else expected).float()
@@ -525,6 +529,41 @@ def test_the_in_place_instance_norm_equals_torchs(monkeypatch, relu, step, mean,
     peak = float(expected.abs().max())
     got = fast_nets.instance_norm_(x.clone(), weight, bias, relu)
     assert psnr(got.numpy(), expected.numpy(), peak) >= min(100, psnr(torch_fp32.numpy(), expected.numpy(), peak) - 3)
+
+
+@pytest.mark.parametrize("whole", [1 << 21, 0])
+def test_the_in_place_instance_norm_gives_a_constant_channel_its_bias(monkeypatch, whole):
+    """A flat picture (a black frame, a title card) stays flat: each constant channel becomes its bias."""
+    from stylebatch import fast_nets
+
+    monkeypatch.setattr(fast_nets, "NORM_WHOLE_VALUES", whole)
+    x = torch.full((1, 32, 20, 30), 0.37).contiguous(memory_format=torch.channels_last)
+    x[:, 1] += torch.linspace(0, 1, 30)  # one channel that varies
+    weight, bias = torch.rand(32) + 0.5, torch.randn(32)
+    out = fast_nets.instance_norm_(x, weight, bias, relu=False)
+    assert torch.equal(out[0, 0], torch.full((20, 30), float(bias[0])))
+    assert torch.equal(out[0, 5], torch.full((20, 30), float(bias[5])))
+    assert float(out[0, 1].std()) > 0.5
+
+
+@pytest.mark.parametrize("channels, height, width", [(32, 90, 160), (32, 360, 640), (4, 360, 640)])
+def test_the_in_place_instance_norm_gives_the_same_bits_with_any_number_of_threads(channels, height, width):
+    """A run with 2 ranks of 1 thread (or a resumed one) paints exactly what 1 rank of 2 threads does:
+    no sum may depend on how the threads split it (torch's batch-norm statistics do)."""
+    from stylebatch import fast_nets
+
+    gen = torch.Generator().manual_seed(channels)
+    x = (torch.randn(1, channels, height, width, generator=gen) * 2 + 1).contiguous(memory_format=torch.channels_last)
+    weight, bias = torch.rand(channels, generator=gen) + 0.5, torch.randn(channels, generator=gen)
+    threads = torch.get_num_threads()
+    try:
+        outs = []
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            outs.append(fast_nets.instance_norm_(x.clone(), weight, bias, relu=True))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])
 
 
 def test_the_in_place_instance_norm_normalises_a_slice_in_place():

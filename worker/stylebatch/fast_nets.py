@@ -1,8 +1,8 @@
 """The style networks rewritten for inference: the same function, fewer operations, less memory.
 
 `fast_multistyle_net` does so for the built-in 26-style network (multistyle.py): channels-last,
-its two upsampling layers as sub-pixel convolutions, and instance norms that compute the channel sums
-as matrix products and apply the style's scale and shift (and the ReLU) in place.
+its two upsampling layers as sub-pixel convolutions, and instance norms that compute the channel
+statistics of a shifted picture and apply the style's scale and shift (and the ReLU) in place.
 
 `fast_transformer_net` turns a fast_neural_style TransformerNet into `FastTransformerNet`: its
 upsampling layers become sub-pixel convolutions (`UpsampleConv2x`), the biases of convolutions that
@@ -16,7 +16,7 @@ What both networks share, so that a frame's activations are about two full-size 
 peak (tests/test_models.py measures it) and no pass over memory is wasted:
 - `padded_conv`: reflection (or edge) padding without the padded copy of a large picture;
 - `UpsampleConv2x` works a band of rows at a time, so its 4x-channel output is never whole;
-- `instance_norm_` sums and scales in cache-sized steps, in place.
+- `instance_norm_` works in place: small pictures whole, large ones in cache-sized steps.
 
 Nearest 2x upsample, reflection pad 1 and a 3x3 convolution as a sub-pixel convolution: every
 output pixel of "upsample by 2, then 3x3 conv" sees only 2x2 distinct input pixels, so the 3x3
@@ -210,9 +210,20 @@ class ColumnPairConv(nn.Module):
         return z.as_strided((b, co, h, w), (h * w * co, 1, w * co, co))
 
 
-# Values (pixels x channels) per step of instance_norm_'s passes: a step and its temporary stay in the
-# core's cache, so no temporary as large as the picture is made.
+# Values (pixels x channels) per step of instance_norm_'s passes over a large picture: a step and its
+# temporary stay in the core's cache, so no temporary as large as the picture is made.
 NORM_STEP_VALUES = 1 << 18
+
+# Pictures of at most this many values (per image) are normalised in one step: the networks'
+# quarter- and half-resolution layers, where many steps' small operations cost more than the
+# arithmetic (32 channels at 90x160: 0.52 -> 0.38 ms on one core); the step's squares are a temporary
+# of at most 8 MiB, smaller than the full-resolution pictures that set the network's peak.
+NORM_WHOLE_VALUES = 1 << 21
+
+# Elementwise passes over a channels-last picture see a row of `lanes * C` values with a per-channel
+# vector tiled `lanes` times: with only 3 or 4 channels a row of C values leaves the vector units
+# idle (a 4-channel 640x360 picture: 4.6 -> 0.9 ms a norm on one core).
+NORM_ROW_VALUES = 256
 
 
 # A channel whose variance is at most this share of its squared mean (plus 1) is constant but for
@@ -225,41 +236,65 @@ FLAT_VARIANCE = 1e-10
 
 
 def instance_norm_(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, relu: bool) -> torch.Tensor:
-    """Instance norm (and ReLU) of x, in place (x is returned). F.instance_norm copies a channels-last
-    tensor to contiguous and back, and var_mean's Welford loop runs at a fraction of the speed; here
-    the channel means, then the squared deviations from them, are summed as matrix products over
-    cache-sized steps of pixels, and the scale, shift and ReLU are applied step by step.
+    """Instance norm (and ReLU) of x, in place (x is returned); weight and bias: [C]. F.instance_norm
+    copies a channels-last tensor to contiguous and back, and var_mean's Welford loop runs at a
+    fraction of the speed.
 
-    The variance is the mean squared deviation from a shift near the mean, corrected by the mean
-    deviation (the shifted-data formula), not the mean square minus the squared mean: that difference
-    cancels catastrophically in fp32 on low-contrast pictures (a fade, fog, a flat title card), where
-    the mean is large against the spread. A channel constant but for rounding (FLAT_VARIANCE) is
-    its bias, as in the plain network."""
+    Each image's channels are first shifted by a value near their mean (the mean of a sparse grid of
+    pixels), in place: the statistics are then those of small deviations, and the variance (mean
+    square minus squared mean of the deviations) cannot cancel away in fp32 on low-contrast pictures
+    (a fade, fog, a flat title card), where the mean is large against the spread. The shifted pixels
+    are normalised as `x' * scale + (bias - residual * scale)`, residual being the deviations' mean,
+    as exact as `(x - mean) * scale + bias`. A channel constant but for rounding (FLAT_VARIANCE) is
+    its bias, as in the plain network. Small pictures are summed whole (NORM_WHOLE_VALUES), large
+    ones in cache-sized steps, each pass over a step at once (NORM_STEP_VALUES)."""
     b, c, h, w = x.shape
-    n = h * w
     if not x.is_contiguous(memory_format=torch.channels_last):  # pixels below would be a copy
         return x.copy_(instance_norm_(x.contiguous(memory_format=torch.channels_last), weight, bias, relu))
-    pixels = x.permute(0, 2, 3, 1).reshape(b, n, c)  # a view: channels-last is [B, H*W, C]
-    step = max(1, NORM_STEP_VALUES // c)
-    ones = x.new_full((b, 1, min(step, n)), 1.0 / n)
-    # one pass over deviations from a shift near the mean (the mean of every 64th pixel): their sum
-    # corrects the shift to the mean, their squares give the variance with nothing left to cancel
-    shift = pixels[:, ::64].mean(dim=1, keepdim=True)
-    residual, variance = x.new_zeros(b, 1, c), x.new_zeros(b, 1, c)
-    for s in range(0, n, step):
-        deviation = pixels[:, s:s + step] - shift
-        o = ones[..., :deviation.shape[1]]
-        residual.baddbmm_(o, deviation)
-        variance.baddbmm_(o, deviation.square_())
-    mean = shift.add_(residual)
-    variance.sub_(residual.square_()).clamp_(min=0)
-    flat = variance <= FLAT_VARIANCE * (mean.square() + 1)  # a constant channel, but for rounding
-    scale = (weight * variance.add_(1e-5).rsqrt_()).masked_fill_(flat, 0.0)  # [B, 1, C]
-    for s in range(0, n, step):  # (x - mean) first: x * scale + (bias - mean * scale) cancels as above
-        part = pixels[:, s:s + step].sub_(mean).mul_(scale).add_(bias)
+    for i in range(b):
+        _instance_norm_pixels_(x[i].permute(1, 2, 0).reshape(h * w, c), weight, bias, relu)  # a view
+    return x
+
+
+def _norm_affine(shift: torch.Tensor, residual: torch.Tensor, variance: torch.Tensor, weight: torch.Tensor,
+                 bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, beta) normalising pixels shifted by `shift`, whose deviations have mean `residual`."""
+    flat = variance <= FLAT_VARIANCE * ((shift + residual).square() + 1)  # a constant channel, but for rounding
+    scale = (weight * (variance + 1e-5).rsqrt()).masked_fill_(flat, 0.0)
+    return scale, bias - residual * scale
+
+
+def _instance_norm_pixels_(pixels: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, relu: bool) -> None:
+    """instance_norm_ of one image, pixels: its [H*W, C] view, in rows of `lanes` pixels, in steps.
+    Every sum is over the rows, column by column, so the result is the same with any number of
+    threads (torch's batch-norm statistics differ in the last bit: resumed runs would differ)."""
+    n, c = pixels.shape
+    shift = pixels[::64].mean(dim=0)
+    lanes = max(1, NORM_ROW_VALUES // c)
+    row = lanes * c
+    step = n if n * c <= NORM_WHOLE_VALUES else max(1, NORM_STEP_VALUES // row) * lanes  # pixels, a multiple of lanes
+    whole = n - n % lanes  # pixels in whole rows; the few left over are a part of their own
+    flat = pixels.view(-1)
+    parts = [flat[s * c:min(s + step, whole) * c].view(-1, row) for s in range(0, whole, step)]
+    if whole < n:
+        parts.append(pixels[whole:])  # rows of one pixel
+    squares = pixels.new_empty(min(step, n) * c)
+    # per lane of a row (summed over the lanes at the end): shift, sums, sums of squares
+    lanes_of = {w: (shift.repeat(w // c), pixels.new_zeros(w), pixels.new_zeros(w)) for w in {p.shape[1] for p in parts}}
+    for part in parts:
+        tiled, sums, sum_squares = lanes_of[part.shape[1]]
+        part.sub_(tiled)
+        sums += part.sum(dim=0)
+        sum_squares += torch.mul(part, part, out=squares[:part.numel()].view(part.shape)).sum(dim=0)
+    residual = sum(v[1].view(-1, c).sum(dim=0) for v in lanes_of.values()).div_(n)
+    variance = sum(v[2].view(-1, c).sum(dim=0) for v in lanes_of.values()).div_(n).sub_(residual.square()).clamp_(min=0)
+    scale, beta = _norm_affine(shift, residual, variance, weight, bias)
+    tiled = {w: (beta.repeat(w // c), scale.repeat(w // c)) for w in lanes_of}
+    for part in parts:
+        beta_row, scale_row = tiled[part.shape[1]]
+        torch.addcmul(beta_row, part, scale_row, out=part)
         if relu:
             part.relu_()
-    return x
 
 
 def instance_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, relu: bool) -> torch.Tensor:

@@ -24,10 +24,10 @@ def test_import_stylebatch_loads_neither_torch_nor_pyav_nor_the_azure_sdk() -> N
     assert result.stdout.strip() == "[]"
 
 
-# How stylize runs: on ranks under mpiexec (mpich's, beside this Python), or, where there is no
-# mpiexec (a machine without MPI: find_mpiexec is pointed at nothing, nothing else is replaced), as
-# one rank in the caller's own process.
-WAYS = {"with mpiexec": False, "in process, without mpiexec": True}
+# One rank needs no MPI: it is a plain child process whether or not mpiexec (mpich's, beside this
+# Python) is there; here it is hidden too (a machine without MPI: find_mpiexec is pointed at nothing,
+# nothing else is replaced).
+WAYS = {"mpiexec installed": False, "no mpiexec": True}
 
 
 @pytest.fixture(params=list(WAYS))

@@ -163,9 +163,8 @@ def test_sas_urls_are_never_printed(azure_env, clip, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_without_mpiexec_one_worker_runs_in_process_and_more_is_an_error(clip, tmp_path: Path, monkeypatch,
-                                                                          capsys) -> None:
-    """mpiexec is hidden by patching its lookup (it is installed here): the run stays in this process."""
+def test_without_mpiexec_one_worker_runs_and_more_is_an_error(clip, tmp_path: Path, monkeypatch, capsys) -> None:
+    """mpiexec is hidden by patching its lookup (it is installed here): one rank needs no MPI."""
     import stylebatch.run as run_module
     from stylebatch.cli import main
 

@@ -7,15 +7,8 @@ The stages, over typed requests, are in stylebatch.api (preprocess, stylize, pos
 stylebatch imports neither torch nor PyAV. See docs/api.md.
 """
 
-from importlib.metadata import PackageNotFoundError, version
-
-try:
-    __version__ = version("stylebatch")
-except PackageNotFoundError:  # running from a source tree that was never installed
-    __version__ = "0.0.0"
-
-from stylebatch.errors import BadInput, Interrupted, StylebatchError, TransientError  # noqa: E402
-from stylebatch.requests import (  # noqa: E402
+from stylebatch.errors import BadInput, Interrupted, StylebatchError, TransientError
+from stylebatch.requests import (
     EncodingOptions, ModelOptions, PostprocessRequest, PreprocessRequest, RunRequest, StylizeRequest,
 )
 
@@ -24,7 +17,15 @@ _LAZY = {"stylize_video": "stylebatch.api", "list_styles": "stylebatch.api", "Re
 
 def __getattr__(name: str):
     """stylize_video, list_styles and Result, imported when first used (the operator imports this
-    package for its request types and needs none of the rest)."""
+    package for its request types and needs none of the rest); __version__ read when first asked
+    for (importlib.metadata, 4.6 MiB, would stay in the `stylebatch run` launcher beside its ranks)."""
+    if name == "__version__":
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            return version("stylebatch")
+        except PackageNotFoundError:  # running from a source tree that was never installed
+            return "0.0.0"
     if name in _LAZY:
         import importlib
 

@@ -13,11 +13,20 @@ import os
 import sys
 import tempfile
 
-from stylebatch import __version__
 from stylebatch.contract import ERROR_PREFIX, EXIT_BAD_INPUT
 from stylebatch.errors import StylebatchError
 from stylebatch.fields import ArgParser
 from stylebatch.logs import FORMATS
+
+
+class _Version(argparse.Action):
+    """--version: the package's version, read only when asked for (stylebatch.__version__)."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        import stylebatch
+
+        print(f"stylebatch {stylebatch.__version__}")
+        parser.exit()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="stylebatch",
         description="Batch neural style transfer for videos: locally, or across GPU pods on Kubernetes.",
     )
-    parser.add_argument("--version", action="version", version=f"stylebatch {__version__}")
+    parser.add_argument("--version", action=_Version, nargs=0, default=argparse.SUPPRESS,
+                        help="show the program's version number and exit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_commands(sub)
 

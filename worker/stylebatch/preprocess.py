@@ -10,7 +10,6 @@ import re
 import tempfile
 from pathlib import Path
 
-from stylebatch import __version__
 from stylebatch.contract import ALLOWED, SOURCE_STEM
 from stylebatch.errors import StylebatchError
 from stylebatch.manifest import MANIFEST_NAME, EncoderSettings, Manifest
@@ -75,6 +74,7 @@ def run(req: PreprocessRequest) -> Manifest:
 
 
 def _preprocess(src, out, work, enc: EncodingOptions, settings: EncoderSettings) -> Manifest:
+    import stylebatch
     from stylebatch.encoder import choose_pix_fmt
     from stylebatch.postprocess import check_timeline
     from stylebatch.video import probe
@@ -109,7 +109,7 @@ def _preprocess(src, out, work, enc: EncodingOptions, settings: EncoderSettings)
             coded_width=info.coded_width, coded_height=info.coded_height, rotation=info.rotation,
             display_width=width, display_height=height, pix_fmt=info.pix_fmt, color=info.color,
             audio=info.audio, subtitles=info.subtitles, encoder=settings, chunk_frames=chunk_frames,
-            stylebatch_version=__version__, input_identity=identity, video_codec=info.codec,
+            stylebatch_version=stylebatch.__version__, input_identity=identity, video_codec=info.codec,
             extra={"sample_aspect_ratio": info.sample_aspect_ratio},
         )
         check_timeline(manifest, settings.container)  # before any work

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import dataclasses
 import logging
@@ -168,6 +167,8 @@ class BlobLocation(Location):
             except ResourceNotFoundError:
                 return
             log.debug("deleting %d blobs under %s", len(names), self.display)
+            import concurrent.futures  # only here: deleting blobs in parallel
+
             with concurrent.futures.ThreadPoolExecutor(max(1, tuning.settings.max_concurrency)) as pool:
                 for _ in pool.map(delete, names):
                     pass

@@ -191,6 +191,7 @@ def test_how_a_preprocess_process_ended_is_what_the_run_says(monkeypatch, tmp_pa
 
     counts = iter(ooms)
     monkeypatch.setattr(run, "oom_kills", lambda: next(counts))
+    monkeypatch.setattr(run, "_start_stage", lambda *args: None)
     monkeypatch.setattr(run, "_stage_process", lambda *args: (code, list(errors)))
     req = PreprocessRequest(input="in.mp4", work=str(tmp_path / "w"), output="out.mp4")
     with pytest.raises(errors_module.StylebatchError) as ended:

@@ -156,6 +156,81 @@ def test_the_preprocess_process_stopped_alone_is_named_and_nothing_is_published(
     assert len(lines) == 1 and all(w in lines[0] for w in words), err
     assert not out.exists() and os.listdir(tmp) == []
     assert _processes_mentioning(str(src)) == []  # the child is gone, reaped
+    assert _processes_mentioning(str(cache)) == []  # and the rank started beside it, waiting for it
+
+
+def _ranks_of(cache: Path) -> list[int]:
+    """Pids of the rank processes (`python -m stylebatch stylize --work <cache>/...`) now."""
+    pids = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv[:4] == [sys.executable.encode(), b"-m", b"stylebatch", b"stylize"] and str(cache).encode() in b" ".join(argv):
+            pids.append(int(pid))
+    return pids
+
+
+def _imported_torch(pid: int) -> bool:
+    try:
+        return "libtorch_cpu" in Path(f"/proc/{pid}/maps").read_text()
+    except OSError:
+        return False
+
+
+@pytest.mark.mpi
+def test_the_ranks_start_beside_preprocess_and_touch_nothing_before_it_is_done(clip, tmp_path: Path) -> None:
+    """On the CPU with a built-in style the ranks start with preprocess, so their torch import (most of
+    a rank's start) overlaps it, and then wait for it: with preprocess frozen they are there, torch
+    loaded, and the work dir holds nothing of theirs; thawed, the run finishes with those same ranks."""
+    src = clip("in.mp4", size=(64, 48), frames=24)
+    cache, out = tmp_path / "cache", tmp_path / "o.mp4"
+    proc = subprocess.Popen([sys.executable, "-m", "stylebatch", "run", str(src), "-o", str(out), "--workers", "2",
+                             "--chunk-frames", "6", *FAST_STYLE], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True, env=dict(os.environ, XDG_CACHE_HOME=str(cache)))
+    try:
+        child = None
+
+        def found() -> bool:
+            nonlocal child
+            child = _child_of(proc.pid, "preprocess")
+            return child is not None
+
+        _wait_for(found, proc, timeout=60)
+        os.kill(child, signal.SIGSTOP)
+        _wait_for(lambda: len(_ranks_of(cache)) == 2 and all(map(_imported_torch, _ranks_of(cache))), proc)
+        ranks = sorted(_ranks_of(cache))
+        time.sleep(0.5)  # beyond the gate they would read the work dir at once (and fail: no manifest yet)
+        work = next(cache.rglob("stylebatch-work.json")).parent
+        assert sorted(p.name for p in work.iterdir()) == ["stylebatch-work.json", "stylebatch.lock"]  # the run's
+        os.kill(child, signal.SIGCONT)
+        _wait_for(lambda: (work / "parts").exists(), proc)
+        assert sorted(_ranks_of(cache)) == ranks  # the same ranks went on: none was started again
+        _, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    assert count_frames(out) == 24
+
+
+@pytest.mark.mpi
+def test_ranks_started_beside_preprocess_give_way_when_the_clip_needs_fewer(clip, tmp_path: Path) -> None:
+    """A clip of one chunk with --workers 2: the two ranks started beside preprocess are stopped and one
+    rank does the work (with all the cores); nothing is left running."""
+    src = clip("short.mp4", size=(64, 48), frames=6)
+    cache, out = tmp_path / "cache", tmp_path / "o.mp4"
+    result = stylebatch("run", src, "-o", out, "--workers", "2", "--chunk-frames", "6", *FAST_STYLE,
+                        env=dict(os.environ, XDG_CACHE_HOME=str(cache)))
+    assert result.returncode == 0, result.stderr
+    assert "1 chunk(s) of work: running 1 rank(s), not 2" in result.stderr
+    from stylebatch.ranks import cpu_count
+
+    assert f"rank 0/1: 1 of 1 chunks left to stylize, taken one at a time ({cpu_count()} threads)" in result.stderr
+    assert count_frames(out) == 6
+    assert _ranks_of(cache) == []
 
 
 @pytest.mark.mpi

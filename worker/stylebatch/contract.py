@@ -37,6 +37,13 @@ def no_topology_file(folder: str) -> str:
     """HWLOC_XMLFILE's value for MPI runs whose scratch folder is `folder`."""
     return f"{folder.rstrip('/')}/stylebatch-no-topology.xml"
 
+
+# `stylebatch run` starts its ranks while preprocess still runs, where it can already tell how many
+# and with which style: each rank imports torch (the slow part of its start), then waits for the file
+# this variable names before it reads the work dir. The launcher creates the file once preprocess is
+# done and the rank count holds; otherwise it stops them and starts the right ones.
+START_GATE_ENV = "STYLEBATCH_START_GATE"
+
 # --- output containers and video codecs ---
 
 CONTAINERS = {".mp4": "mp4", ".mov": "mov", ".m4v": "mp4", ".mkv": "matroska", ".webm": "webm", ".avi": "avi"}

@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Callable
 
 from stylebatch.contract import (ERROR_PREFIX, EXIT_HUNG_UP, EXIT_INTERRUPTED, EXIT_TERMINATED, EXIT_TRANSIENT,
-                                 HWLOC_XMLFILE_ENV, no_topology_file)
+                                 HWLOC_XMLFILE_ENV, START_GATE_ENV, no_topology_file)
 from stylebatch.errors import Interrupted, StylebatchError, TransientError
-from stylebatch.memory import ranks_that_fit
+from stylebatch.memory import RANK_BASE_BYTES, USABLE_SHARE, GiB, machine_bytes, ranks_that_fit
 from stylebatch.monitor import Monitor
 from stylebatch.ranks import HYDRA_BANNER, cpu_count, killed_by_sigkill, oom_kills
 from stylebatch.requests import PreprocessRequest, RunRequest, StylizeRequest
@@ -163,26 +163,39 @@ def _run_stages(args: RunRequest, src, out, work, scratch: Path, progress: Progr
     style_check = _StyleCheck(args, scratch)
     style_check.start()  # loading the model (torch import, weights) overlaps preprocess
     timings, t0 = {}, time.monotonic()
-    m = _preprocess(args.preprocess_request(work.address, src.address, out.address), work, lock_token(work), scratch)
-    timings["preprocess"], t0 = time.monotonic() - t0, time.monotonic()
-    style, workers = style_check.result()
-    frames, chunks = m.frames, len(chunk_bounds(m.frames, m.chunk_frames))
-    if workers > chunks:
-        log.info("%d chunk(s) of work: running %d rank(s), not %d", chunks, chunks, workers)
-        workers = chunks
-    model = args.model
-    gpu = model.device != "cpu" and style_check.gpus > 0
-    if gpu and (note := gpu_sharing(workers, style_check.gpus)):
-        log.warning("%s", note)
-    fit = ranks_that_fit(m, model.max_side, model.batch_size, gpu)  # before any stylize
-    if workers > fit:
-        log.info("memory for %d rank(s) of %dx%d frames: running %d, not %d", fit, m.display_width,
-                 m.display_height, fit, workers)
-        workers = fit
-    from stylebatch.styles import parse_style, style_label
+    early = _early_ranks(args, work, lock_token(work), scratch)
+    try:
+        m = _preprocess(args.preprocess_request(work.address, src.address, out.address), work, lock_token(work),
+                        scratch)
+        timings["preprocess"], t0 = time.monotonic() - t0, time.monotonic()
+        style, workers = style_check.result()
+        frames, chunks = m.frames, len(chunk_bounds(m.frames, m.chunk_frames))
+        if workers > chunks:
+            log.info("%d chunk(s) of work: running %d rank(s), not %d", chunks, chunks, workers)
+            workers = chunks
+        model = args.model
+        gpu = model.device != "cpu" and style_check.gpus > 0
+        if gpu and (note := gpu_sharing(workers, style_check.gpus)):
+            log.warning("%s", note)
+        fit = ranks_that_fit(m, model.max_side, model.batch_size, gpu)  # before any stylize
+        if workers > fit:
+            log.info("memory for %d rank(s) of %dx%d frames: running %d, not %d", fit, m.display_width,
+                     m.display_height, fit, workers)
+            workers = fit
+        from stylebatch.styles import parse_style, style_label
 
-    log.info("stylizing %d frames on %d rank(s), style %s", frames, workers, style_label(parse_style(style)))
-    _stylize(args.stylize_request(work.address, style), workers, frames, lock_token(work), scratch, progress)
+        log.info("stylizing %d frames on %d rank(s), style %s", frames, workers, style_label(parse_style(style)))
+        if early is not None and (early.workers, early.style) == (workers, style):
+            ranks, early = early, None
+            ranks.gate.touch()  # go
+        else:
+            if early is not None:
+                _stop_stage(early.proc)
+            ranks = _start_ranks(args.stylize_request(work.address, style), workers, lock_token(work), scratch)
+        _stylize(ranks, frames, progress)
+    finally:
+        if early is not None:  # preprocess failed, or the run was interrupted: the waiting ranks go too
+            _stop_stage(early.proc)
     timings["stylize"], t0 = time.monotonic() - t0, time.monotonic()
     from stylebatch import postprocess  # PyAV: only once the ranks are done
 
@@ -299,19 +312,36 @@ def _child_env(token: str | None, scratch: Path) -> dict[str, str]:
                 **({LOCK_ENV: token} if token else {}))
 
 
-def _stage_process(cmd: list[str], env: dict[str, str], out_line: Callable[[str], None],
-                   err_line: Callable[[str], None]) -> tuple[int, list[str]]:
-    """Run a stage's process (preprocess; mpiexec and its ranks) to its end: each line of its stdout
-    goes to out_line, of its stderr to err_line, except the `stylebatch: error:` lines, returned
-    (reasons only) with the exit code. Interrupted, the process is terminated (killed after 20 s) and reaped."""
-    errors: list[str] = []
+def _start_stage(cmd: list[str], env: dict[str, str]) -> subprocess.Popen:
+    """Start a stage's process (preprocess; a lone rank; mpiexec and its ranks), its stdout and stderr
+    piped to the launcher (read by `_stage_process`)."""
     # stdin: a `while read` loop's list. A session of its own: a terminal's Ctrl-C or hang-up reaches
     # the launcher alone, which stops the stage below (a signal straight to a Python process still
     # importing would end it with a traceback, or kill it before its handlers are in place); and
     # should the launcher itself be killed outright, the kernel sends the stage SIGTERM.
-    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env=env, errors="replace", start_new_session=True,
                             preexec_fn=_die_with_launcher())
+
+
+def _stop_stage(proc: subprocess.Popen) -> None:
+    """Take a stage's process (its whole process group) down, if it still runs: SIGTERM, SIGKILL after
+    20 s; reaped."""
+    if proc.poll() is None:
+        _signal_group(proc, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            _signal_group(proc, signal.SIGKILL)
+            proc.wait()
+
+
+def _stage_process(proc: subprocess.Popen, out_line: Callable[[str], None],
+                   err_line: Callable[[str], None]) -> tuple[int, list[str]]:
+    """Follow a stage's process (`_start_stage`) to its end: each line of its stdout goes to out_line,
+    of its stderr to err_line, except the `stylebatch: error:` lines, returned (reasons only) with the
+    exit code. Interrupted, the process is stopped (`_stop_stage`)."""
+    errors: list[str] = []
     try:
         def forward_stderr() -> None:
             for line in proc.stderr:
@@ -326,13 +356,7 @@ def _stage_process(cmd: list[str], env: dict[str, str], out_line: Callable[[str]
             out_line(line)
         code = proc.wait()
     finally:
-        if proc.poll() is None:  # interrupted: take the stage (its whole process group) down with us, and reap it
-            _signal_group(proc, signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                _signal_group(proc, signal.SIGKILL)
-                proc.wait()
+        _stop_stage(proc)  # interrupted: take the stage down with us
     reader.join()
     return code, errors
 
@@ -378,8 +402,8 @@ def _preprocess(req: PreprocessRequest, work, token: str | None, scratch: Path):
             sys.stderr.flush()
 
     ooms = oom_kills()
-    code, errors = _stage_process([sys.executable, "-m", "stylebatch", *req.to_argv()], _child_env(token, scratch),
-                                  passthrough, passthrough)
+    code, errors = _stage_process(_start_stage([sys.executable, "-m", "stylebatch", *req.to_argv()],
+                                               _child_env(token, scratch)), passthrough, passthrough)
     if code == 0:
         return read_manifest(work)
     stopped = _stopped("preprocess", code, errors)
@@ -414,11 +438,23 @@ def _killed(who: str, ooms_before: int | None, advice: str) -> StylebatchError:
     return TransientError(f"{who} was killed (signal 9) from outside stylebatch")  # another try can work
 
 
-def _stylize(req: StylizeRequest, workers: int, frames: int, token: str | None, scratch: Path,
-             progress: Progress | None = None) -> None:
-    """Stage 2 in child processes: one rank alone is a plain process (no MPI needed: no mpiexec, proxy
-    or MPI library beside it, about 20 MiB less and a tenth of a second sooner); more are ranks under
-    mpiexec. Either way the launcher reads their progress lines and `stylebatch: error:` lines."""
+@dataclass
+class _Ranks:
+    """The stylize stage's processes (`_start_ranks`): `workers` ranks with `style`, waiting at `gate`
+    (a file the launcher creates) when started before preprocess was done."""
+
+    proc: subprocess.Popen
+    workers: int
+    style: str
+    gate: Path | None
+    ooms: int | None  # the memory cgroup's OOM kills when they started
+
+
+def _start_ranks(req: StylizeRequest, workers: int, token: str | None, scratch: Path,
+                 gate: Path | None = None) -> _Ranks:
+    """Stage 2's processes: one rank alone is a plain process (no MPI needed: no mpiexec, proxy or MPI
+    library beside it, about 20 MiB less and a tenth of a second sooner); more are ranks under
+    mpiexec. With `gate`, the ranks import torch, then wait for that file (START_GATE_ENV)."""
     rank = [sys.executable, "-m", "stylebatch", *req.to_argv()]
     if workers == 1:
         cmd = rank
@@ -431,9 +467,42 @@ def _stylize(req: StylizeRequest, workers: int, frames: int, token: str | None, 
     # does the topology file MPICH's proxy would otherwise leave in /tmp when a rank aborts: with
     # HWLOC_XMLFILE set it writes none (the ranks then read the topology themselves).
     env = dict(_child_env(token, scratch), **{HWLOC_XMLFILE_ENV: no_topology_file(str(scratch))})
+    if gate is not None:
+        env[START_GATE_ENV] = str(gate)
+    ooms = oom_kills()
+    return _Ranks(_start_stage(cmd, env), workers, req.model.style or "", gate, ooms)
+
+
+# Memory the early ranks leave free for preprocess beside them (it decodes a frame or two to probe).
+PREPROCESS_BYTES = GiB
+
+
+def _early_ranks(args: RunRequest, work, token: str | None, scratch: Path) -> _Ranks | None:
+    """The ranks started beside preprocess, where the launcher can already tell how many and with
+    which style without loading anything: on the CPU (no GPU driver here), built-in styles only, and
+    memory for them all beside preprocess. They import torch meanwhile (about 1.5 s of a rank's start,
+    longer than preprocess of a local clip) and wait at their gate. Else None (started afterwards)."""
+    from stylebatch.contract import DEFAULT_STYLE
+
+    model = args.model
+    if model.device == "cuda" or (model.device == "auto" and gpu_may_be_visible()):
+        return None
+    style = model.style or DEFAULT_STYLE
+    try:
+        if not _builtin_only(style):
+            return None
+    except StylebatchError:  # reported by the style check, after preprocess, as without early ranks
+        return None
+    workers = args.workers or default_workers(model.device, 0)
+    if workers * RANK_BASE_BYTES + PREPROCESS_BYTES > machine_bytes() * USABLE_SHARE:
+        return None
+    return _start_ranks(args.stylize_request(work.address, style), workers, token, scratch, scratch / "start-gate")
+
+
+def _stylize(ranks: _Ranks, frames: int, progress: Progress | None = None) -> None:
+    """Follow the ranks to their end, their progress lines shown (and handed to `progress`)."""
     monitor = Monitor(frames, on_update=progress)
     banner: list[str] = []
-    ooms = oom_kills()
 
     def out_line(line: str) -> None:
         if HYDRA_BANNER.match(line):
@@ -447,7 +516,7 @@ def _stylize(req: StylizeRequest, workers: int, frames: int, token: str | None, 
         elif line.strip():
             monitor.passthrough(line)
 
-    code, errors = _stage_process(cmd, env, out_line, err_line)
+    code, errors = _stage_process(ranks.proc, out_line, err_line)
     monitor.show(final=True)
     if code != 0:
         stopped = _stopped("stylize", code, errors)
@@ -456,7 +525,7 @@ def _stylize(req: StylizeRequest, workers: int, frames: int, token: str | None, 
         if errors:  # what the failing rank said; its exit code says whether a retry can help
             raise (TransientError if code == EXIT_TRANSIENT else StylebatchError)(errors[0])
         if killed_by_sigkill(banner) or code == -signal.SIGKILL:
-            raise _killed("a rank", ooms, "; try --max-side or --batch-size 1")
+            raise _killed("a rank", ranks.ooms, "; try --max-side or --batch-size 1")
         if code < 0:
             raise StylebatchError(f"stylize was killed (signal {-code})")
-        raise StylebatchError(f"stylize failed on one of {workers} rank(s) (exit code {code})")
+        raise StylebatchError(f"stylize failed on one of {ranks.workers} rank(s) (exit code {code})")

@@ -19,7 +19,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Callable, Iterator
 
-from stylebatch.contract import DEFAULT_STYLE, ERROR_PREFIX, PART_EXT
+from stylebatch.contract import DEFAULT_STYLE, ERROR_PREFIX, PART_EXT, START_GATE_ENV
 from stylebatch.encoder import PartWriter
 from stylebatch.errors import StylebatchError
 from stylebatch.memory import default_batch, on_gpu, ranks_that_fit
@@ -43,6 +43,9 @@ def run(req: StylizeRequest, sink: Callable[[RankProgress], None] | None = None)
     thread; default: progress lines on stdout, for mpiexec to gather."""
     req.validate()
     world = detect()
+    gate = os.environ.get(START_GATE_ENV)
+    if gate:
+        _wait_at_gate(gate)
     tmp = _rank_tmp(world.rank)
     try:
         with _work_lock(req.work, world):
@@ -61,6 +64,15 @@ def run(req: StylizeRequest, sink: Callable[[RankProgress], None] | None = None)
         raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _wait_at_gate(gate: str) -> None:
+    """Started before preprocess is done (`stylebatch run`, START_GATE_ENV): import torch meanwhile,
+    then wait for the launcher's go (the file `gate`). The launcher stops the ranks if it never comes."""
+    import torch  # noqa: F401 - most of a rank's start-up (about 1.5 s), done beside preprocess
+
+    while not os.path.exists(gate):
+        time.sleep(0.01)
 
 
 def _abort(world: World, tmp: Path, code: int) -> None:

@@ -331,12 +331,14 @@ class FastTransformerNet(nn.Module):
         x = x.contiguous(memory_format=torch.channels_last)
         y = self._norm(0, padded_conv(x, self.conv1, pad=4))
         for i, w in enumerate(self.down, start=1):
-            y = self._norm(i, padded_conv(y, w, pad=1, stride=2))
+            y = padded_conv(y, w, pad=1, stride=2)  # the larger picture goes before the norm, not after
+            y = self._norm(i, y)
         for i in range(0, len(self.res), 2):
             z = self._norm(3 + i, padded_conv(y, self.res[i], pad=1))
             y = self._norm(4 + i, padded_conv(z, self.res[i + 1], pad=1), relu=False).add_(y)
         for i, up in enumerate(self.up, start=13):
-            y = self._norm(i, up(y))
+            y = up(y)
+            y = self._norm(i, y)
         return self.out(y)
 
 
@@ -367,14 +369,17 @@ class FastMultiStyleNet(nn.Module):
     def forward(self, image: torch.Tensor, style_weights: torch.Tensor) -> torch.Tensor:
         s = style_weights.to(self.gamma[0].dtype)
         y = self._norm(0, self._conv(0, image.contiguous(memory_format=torch.channels_last)), s)
-        y = self._norm(1, self._conv(1, y, stride=2), s)
-        y = self._norm(2, self._conv(2, y, stride=2), s)
+        for i in (1, 2):
+            y = self._conv(i, y, stride=2)  # the larger picture goes before the norm, not after
+            y = self._norm(i, y, s)
         for i in range(3, 15, 2):
             z = self._norm(i, self._conv(i, y), s)
             y = self._norm(i + 1, self._conv(i + 1, z), s, relu=False).add_(y)
         for i, up in enumerate(self.up, start=15):
-            y = self._norm(i, up(y), s)
-        return torch.sigmoid_(self._norm(17, self.out(y), s, relu=False))
+            y = up(y)
+            y = self._norm(i, y, s)
+        y = self.out(y)
+        return torch.sigmoid_(self._norm(17, y, s, relu=False))
 
 
 def fast_multistyle_net(net: nn.Module) -> FastMultiStyleNet:

@@ -112,6 +112,19 @@ def _child_of(parent: int, text: str) -> int | None:
     return None
 
 
+def _preprocess_child(proc: subprocess.Popen) -> int:
+    """The pid of the run's preprocess child, as soon as it exists."""
+    child = None
+
+    def found() -> bool:
+        nonlocal child
+        child = _child_of(proc.pid, "preprocess")
+        return child is not None
+
+    _wait_for(found, proc, timeout=60)
+    return child
+
+
 @pytest.mark.parametrize("sig, code, words", [
     (signal.SIGTERM, 143, ["preprocess", "interrupted", "run the same command again to resume"]),
     (signal.SIGKILL, 75, ["preprocess was killed (signal 9) from outside stylebatch"]),
@@ -135,14 +148,7 @@ def test_the_preprocess_process_stopped_alone_is_named_and_nothing_is_published(
     proc = subprocess.Popen([sys.executable, "-m", "stylebatch", "run", str(src), "-o", str(out), "--workers", "1",
                              *FAST_STYLE], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
     try:
-        child = None
-
-        def found() -> bool:
-            nonlocal child
-            child = _child_of(proc.pid, "preprocess")
-            return child is not None
-
-        _wait_for(found, proc, timeout=60)
+        child = _preprocess_child(proc)
         os.kill(child, signal.SIGSTOP)
         os.kill(child, sig)
         os.kill(child, signal.SIGCONT)
@@ -190,14 +196,7 @@ def test_the_ranks_start_beside_preprocess_and_touch_nothing_before_it_is_done(c
                              "--chunk-frames", "6", *FAST_STYLE], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True, env=dict(os.environ, XDG_CACHE_HOME=str(cache)))
     try:
-        child = None
-
-        def found() -> bool:
-            nonlocal child
-            child = _child_of(proc.pid, "preprocess")
-            return child is not None
-
-        _wait_for(found, proc, timeout=60)
+        child = _preprocess_child(proc)
         os.kill(child, signal.SIGSTOP)
         _wait_for(lambda: len(_ranks_of(cache)) == 2 and all(map(_imported_torch, _ranks_of(cache))), proc)
         ranks = sorted(_ranks_of(cache))

@@ -216,8 +216,9 @@ NORM_STEP_VALUES = 1 << 18
 
 # Pictures of at most this many values (per image) are normalised in one step: the networks'
 # quarter- and half-resolution layers, where many steps' small operations cost more than the
-# arithmetic (32 channels at 90x160: 0.52 -> 0.38 ms on one core); the step's squares are a temporary
-# of at most 8 MiB, smaller than the full-resolution pictures that set the network's peak.
+# arithmetic; the step's squares are a temporary of at most 8 MiB, below the full-resolution pictures
+# that set the peak (for frames of at most 64 K pixels, where the full-resolution norms take one
+# step too, it adds up to one picture of at most 8 MiB to the peak).
 NORM_WHOLE_VALUES = 1 << 21
 
 # Elementwise passes over a channels-last picture see a row of `lanes * C` values with a per-channel
@@ -266,8 +267,11 @@ def _norm_affine(shift: torch.Tensor, residual: torch.Tensor, variance: torch.Te
 
 def _instance_norm_pixels_(pixels: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, relu: bool) -> None:
     """instance_norm_ of one image, pixels: its [H*W, C] view, in rows of `lanes` pixels, in steps.
-    Every sum is over the rows, column by column, so the result is the same with any number of
-    threads (torch's batch-norm statistics differ in the last bit: resumed runs would differ)."""
+    Every sum is over the rows, column by column, so the threads split the columns, not the sums: the
+    same bits with 1, 2 or 3 threads on this project's AVX2 machines (tests/test_models.py), which
+    resumed runs with another rank count rely on (torch's batch-norm statistics differ in the last
+    bit). On AVX-512, torch's column sums may take another path for columns where a thread's share
+    ends; not measured."""
     n, c = pixels.shape
     shift = pixels[::64].mean(dim=0)
     lanes = max(1, NORM_ROW_VALUES // c)

@@ -187,15 +187,20 @@ def _run_stages(args: RunRequest, src, out, work, scratch: Path, progress: Progr
         log.info("stylizing %d frames on %d rank(s), style %s", frames, workers, style_label(parse_style(style)))
         if early is not None and (early.workers, early.style) == (workers, style):
             ranks, early = early, None
-            ranks.gate.touch()  # go
         else:
             if early is not None:
-                _stop_stage(early.proc)
+                _discard_stage(early.proc)
+                early = None
             ranks = _start_ranks(args.stylize_request(work.address, style), workers, lock_token(work), scratch)
-        _stylize(ranks, frames, progress)
+        try:
+            if ranks.gate is not None:
+                ranks.gate.touch()  # go
+            _stylize(ranks, frames, progress)
+        finally:
+            _stop_stage(ranks.proc)  # a failure before _stylize follows them, too (a no-op after it)
     finally:
         if early is not None:  # preprocess failed, or the run was interrupted: the waiting ranks go too
-            _stop_stage(early.proc)
+            _discard_stage(early.proc)
     timings["stylize"], t0 = time.monotonic() - t0, time.monotonic()
     from stylebatch import postprocess  # PyAV: only once the ranks are done
 
@@ -334,6 +339,15 @@ def _stop_stage(proc: subprocess.Popen) -> None:
         except subprocess.TimeoutExpired:
             _signal_group(proc, signal.SIGKILL)
             proc.wait()
+
+
+def _discard_stage(proc: subprocess.Popen) -> None:
+    """Stop a stage's process whose output was never read (ranks started early, not needed) and close
+    its pipes."""
+    _stop_stage(proc)
+    for pipe in (proc.stdout, proc.stderr):
+        if pipe is not None:
+            pipe.close()
 
 
 def _stage_process(proc: subprocess.Popen, out_line: Callable[[str], None],
@@ -494,6 +508,8 @@ def _early_ranks(args: RunRequest, work, token: str | None, scratch: Path) -> _R
     except StylebatchError:  # reported by the style check, after preprocess, as without early ranks
         return None
     workers = args.workers or default_workers(model.device, 0)
+    if workers > 1 and find_mpiexec() is None:  # the run may yet need only one (a short clip): decided later
+        return None
     if workers * RANK_BASE_BYTES + PREPROCESS_BYTES > machine_bytes() * USABLE_SHARE:
         return None
     return _start_ranks(args.stylize_request(work.address, style), workers, token, scratch, scratch / "start-gate")

@@ -195,6 +195,7 @@ def test_the_ranks_start_beside_preprocess_and_touch_nothing_before_it_is_done(c
     proc = subprocess.Popen([sys.executable, "-m", "stylebatch", "run", str(src), "-o", str(out), "--workers", "2",
                              "--chunk-frames", "6", *FAST_STYLE], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True, env=dict(os.environ, XDG_CACHE_HOME=str(cache)))
+    child = None
     try:
         child = _preprocess_child(proc)
         os.kill(child, signal.SIGSTOP)
@@ -211,6 +212,9 @@ def test_the_ranks_start_beside_preprocess_and_touch_nothing_before_it_is_done(c
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
+        if child is not None:  # a frozen child would never act on its SIGTERM (the launcher gone)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGCONT)
     assert proc.returncode == 0, err
     assert count_frames(out) == 24
 

@@ -43,9 +43,11 @@ def list_styles(args: argparse.Namespace) -> int:
 
 def default_workers(device: str, gpus: int) -> int:
     """One rank per GPU (`gpus`: how many this host's torch sees). On CPU, one rank per core up to 4
-    (then more threads per rank): torch scales poorly across threads, and on 2 cores 2 ranks x 1
-    thread ran 1.3x faster end to end than 1 rank x 2 threads (benchmarks/bench_pipeline.py). The cap
-    bounds memory: each rank holds a model and its own frame batches."""
+    (then more threads per rank): torch scales poorly across threads; on 2 cores 2 ranks x 1 thread
+    ran 1.3x faster end to end than 1 rank x 2 threads with the built-in net in the fifth pass, 1.04x
+    after the sixth pass's norm (which helped 2 threads more), and about even with the TransformerNet
+    (benchmarks/bench_pipeline.py, docs/benchmarks.md). The cap bounds memory: each rank holds a model
+    and its own frame batches."""
     if device != "cpu" and gpus:
         return gpus
     return max(1, min(cpu_count(), 4))
@@ -186,6 +188,7 @@ def _run_stages(args: RunRequest, src, out, work, scratch: Path, progress: Progr
 
         log.info("stylizing %d frames on %d rank(s), style %s", frames, workers, style_label(parse_style(style)))
         if early is not None and (early.workers, early.style) == (workers, style):
+            log.debug("the %d rank(s) started beside preprocess go on", workers)
             ranks, early = early, None
         else:
             if early is not None:
@@ -466,9 +469,9 @@ class _Ranks:
 
 def _start_ranks(req: StylizeRequest, workers: int, token: str | None, scratch: Path,
                  gate: Path | None = None) -> _Ranks:
-    """Stage 2's processes: one rank alone is a plain process (no MPI needed: no mpiexec, proxy or MPI
-    library beside it, about 20 MiB less and a tenth of a second sooner); more are ranks under
-    mpiexec. With `gate`, the ranks import torch, then wait for that file (START_GATE_ENV)."""
+    """Stage 2's processes: one rank alone is a plain process (no MPI needed: no mpiexec or hydra proxy
+    beside it, about 5 MiB, and no MPI library or mpi4py in it); more are ranks under mpiexec. With
+    `gate`, the ranks import torch, then wait for that file (START_GATE_ENV)."""
     rank = [sys.executable, "-m", "stylebatch", *req.to_argv()]
     if workers == 1:
         cmd = rank

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,10 +17,22 @@ BIN = Path(sys.executable).parent
 MPIEXEC = BIN / "mpiexec"
 
 
+def mpiexec(*argv: str, work: Path, timeout: float = 240) -> subprocess.CompletedProcess:
+    """mpiexec ARGV as the operator's launcher runs it: with its environment's HWLOC_XMLFILE and a
+    TMPDIR of its own (a pod's emptyDir) beside the work dir, so ranks a test makes abort leave
+    neither MPICH's topology file nor their scratch in this machine's /tmp."""
+    from stylebatch.contract import HWLOC_XMLFILE_ENV, no_topology_file
+
+    scratch = work.parent / "tmp"
+    scratch.mkdir(exist_ok=True)
+    env = dict(os.environ, TMPDIR=str(scratch), **{HWLOC_XMLFILE_ENV: no_topology_file(str(scratch))})
+    return subprocess.run([str(MPIEXEC), *argv], capture_output=True, text=True, timeout=timeout, env=env)
+
+
 def mpi_stylize(n: int, work: Path, *flags: str, timeout: float = 240) -> subprocess.CompletedProcess:
     """Exactly the operator's pod command: mpiexec -n N stylebatch stylize --work W ..."""
-    return subprocess.run([str(MPIEXEC), "-n", str(n), str(BIN / "stylebatch"), "stylize", "--work", str(work),
-                           *FAST_STYLE, *flags], capture_output=True, text=True, timeout=timeout)
+    return mpiexec("-n", str(n), str(BIN / "stylebatch"), "stylize", "--work", str(work), *FAST_STYLE, *flags,
+                   work=work, timeout=timeout)
 
 
 def last_progress(stdout: str) -> dict[int, object]:
@@ -83,8 +96,8 @@ def test_ranks_end_without_the_interpreters_teardown_once_their_output_is_out(pr
     job (docs/benchmarks.md); the ranks skip it, after their last lines and MPI's finalize, and
     mpiexec still sees them succeed. A command that never imports torch ends the ordinary way."""
     src, work, out = preprocessed
-    result = subprocess.run([str(MPIEXEC), "-n", "2", sys.executable, "-c", _WITH_EXIT_HOOK, "stylize", "--work",
-                             str(work), *FAST_STYLE], capture_output=True, text=True, timeout=240)
+    result = mpiexec("-n", "2", sys.executable, "-c", _WITH_EXIT_HOOK, "stylize", "--work", str(work), *FAST_STYLE,
+                     work=work)
     assert result.returncode == 0, result.stderr
     assert "teardown ran" not in result.stderr
     progress = last_progress(result.stdout)  # every rank's last line arrived
@@ -122,8 +135,8 @@ def test_a_failing_rank_fails_the_job(preprocessed) -> None:
 
 def test_unknown_style_fails_every_rank_with_one_line(preprocessed) -> None:
     _, work, _ = preprocessed
-    result = subprocess.run([str(MPIEXEC), "-n", "2", str(BIN / "stylebatch"), "stylize", "--work", str(work),
-                             "--style", "no-such-style"], capture_output=True, text=True, timeout=120)
+    result = mpiexec("-n", "2", str(BIN / "stylebatch"), "stylize", "--work", str(work), "--style", "no-such-style",
+                     work=work, timeout=120)
     assert result.returncode != 0
     assert error_lines(result) and all("no-such-style" in line for line in error_lines(result))
     assert "Traceback" not in result.stderr
@@ -161,9 +174,8 @@ def test_a_slow_rank_takes_fewer_chunks_and_every_chunk_is_done_once(preprocesse
     wrapper = tmp_path / "slow_rank.py"
     wrapper.write_text(SLOW_RANK)
     args = ["stylize", "--work", str(work), *FAST_STYLE, "--batch-size", "3"]
-    result = subprocess.run([str(MPIEXEC), "-n", "1", str(BIN / "stylebatch"), *args, ":",
-                             "-n", "1", sys.executable, str(wrapper), *args],
-                            capture_output=True, text=True, timeout=240)
+    result = mpiexec("-n", "1", str(BIN / "stylebatch"), *args, ":", "-n", "1", sys.executable, str(wrapper), *args,
+                     work=work)
     assert result.returncode == 0, result.stderr
     progress = last_progress(result.stdout)
     # 10 chunks of 3 frames; the slow rank holds at most the chunk in hand and the next at any time

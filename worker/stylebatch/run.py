@@ -269,6 +269,12 @@ def gpu_may_be_visible() -> bool:
             or Path("/proc/driver/nvidia/gpus").is_dir())
 
 
+def may_use_gpu(device: str) -> bool:
+    """Whether a run with --device `device` may stylize on a GPU here: cuda, or auto where a GPU
+    driver's device files exist (otherwise torch sees none, and nothing needs torch to know it)."""
+    return device == "cuda" or (device == "auto" and gpu_may_be_visible())
+
+
 class _StyleCheck(threading.Thread):
     """Resolves the style (blob files fetched) and, where a GPU may be in use, checks it in a child
     process that also counts the GPUs, beside preprocess, so a bad style fails before the ranks start.
@@ -292,7 +298,7 @@ class _StyleCheck(threading.Thread):
             self.style = resolve_style(self.model.style or DEFAULT_STYLE, self.style_dir)
             if _builtin_only(self.style):
                 onnx_path()  # a name parse_style knows and the weights installed: a child could add nothing
-            if self.model.device == "cuda" or (self.model.device == "auto" and gpu_may_be_visible()):
+            if may_use_gpu(self.model.device):
                 self.gpus = _check_style(self.style, self.model)
             if self.model.device == "cuda" and not self.gpus:
                 raise StylebatchError(NO_GPU)
@@ -502,7 +508,7 @@ def _early_ranks(args: RunRequest, work, token: str | None, scratch: Path) -> _R
     from stylebatch.contract import DEFAULT_STYLE
 
     model = args.model
-    if model.device == "cuda" or (model.device == "auto" and gpu_may_be_visible()):
+    if may_use_gpu(model.device):
         return None
     style = model.style or DEFAULT_STYLE
     try:

@@ -546,14 +546,53 @@ def test_the_in_place_instance_norm_gives_a_constant_channel_its_bias(monkeypatc
     assert float(out[0, 1].std()) > 0.5
 
 
-@pytest.mark.parametrize("channels, height, width", [(32, 90, 160), (32, 360, 640), (4, 360, 640)])
-def test_the_in_place_instance_norm_gives_the_same_bits_with_any_number_of_threads(channels, height, width):
+@pytest.mark.parametrize("relu", [True, False])
+@pytest.mark.parametrize("block", [1 << 20,  # every channel in one block
+                                   3000,  # one channel a block (37 x 53 = 1961 pixels)
+                                   10000])  # five channels a block, the last block shorter
+@pytest.mark.parametrize("channels", [128, 3])
+@pytest.mark.parametrize("mean, spread", [(1.0, 3.0), (100.0, 0.01)])  # a picture, and a low-contrast one
+def test_the_in_place_instance_norm_of_an_nchw_picture_equals_torchs(monkeypatch, relu, block, channels, mean, spread):
+    """The TransformerNet's residual blocks work NCHW (winograd_conv3x3's layout): the norm works there
+    in place too, a block of channels at a time, as exact as on channels-last pictures."""
+    from stylebatch import fast_nets
+
+    monkeypatch.setattr(fast_nets, "NORM_CHANNEL_BLOCK_VALUES", block)
+    gen = torch.Generator().manual_seed(block + channels)
+    x = torch.randn(2, channels, 37, 53, generator=gen) * spread + mean
+    weight, bias = torch.rand(channels, generator=gen) + 0.5, torch.randn(channels, generator=gen)
+    expected = torch.nn.functional.instance_norm(x.double(), weight=weight.double(), bias=bias.double(), eps=1e-5)
+    expected = (expected.relu() if relu else expected).float()
+    torch_fp32 = torch.nn.functional.instance_norm(x, weight=weight, bias=bias, eps=1e-5)
+    torch_fp32 = torch_fp32.relu() if relu else torch_fp32
+    peak = float(expected.abs().max())
+    got = x.clone()
+    assert fast_nets.instance_norm_(got, weight, bias, relu).data_ptr() == got.data_ptr() and got.is_contiguous()
+    assert psnr(got.numpy(), expected.numpy(), peak) >= min(100, psnr(torch_fp32.numpy(), expected.numpy(), peak) - 3)
+
+
+def test_the_in_place_instance_norm_of_an_nchw_picture_gives_a_constant_channel_its_bias():
+    from stylebatch import fast_nets
+
+    x = torch.full((1, 128, 20, 30), 0.37)
+    x[:, 1] += torch.linspace(0, 1, 30)
+    weight, bias = torch.rand(128) + 0.5, torch.randn(128)
+    out = fast_nets.instance_norm_(x, weight, bias, relu=False)
+    assert torch.equal(out[0, 0], torch.full((20, 30), float(bias[0])))
+    assert float(out[0, 1].std()) > 0.5
+
+
+@pytest.mark.parametrize("layout, channels, height, width", [
+    ("channels_last", 32, 90, 160), ("channels_last", 32, 360, 640), ("channels_last", 4, 360, 640),
+    ("nchw", 128, 90, 160), ("nchw", 128, 180, 320)])
+def test_the_in_place_instance_norm_gives_the_same_bits_with_any_number_of_threads(layout, channels, height, width):
     """A run with 2 ranks of 1 thread (or a resumed one) paints exactly what 1 rank of 2 threads does:
     no sum may depend on how the threads split it (torch's batch-norm statistics do)."""
     from stylebatch import fast_nets
 
     gen = torch.Generator().manual_seed(channels)
-    x = (torch.randn(1, channels, height, width, generator=gen) * 2 + 1).contiguous(memory_format=torch.channels_last)
+    x = torch.randn(1, channels, height, width, generator=gen) * 2 + 1
+    x = x.contiguous(memory_format=torch.channels_last if layout == "channels_last" else torch.contiguous_format)
     weight, bias = torch.rand(channels, generator=gen) + 0.5, torch.randn(channels, generator=gen)
     threads = torch.get_num_threads()
     try:
@@ -580,6 +619,69 @@ def test_the_in_place_instance_norm_normalises_a_slice_in_place():
     assert out.data_ptr() == part.data_ptr()
     assert psnr(part.numpy(), expected.numpy(), peak=float(expected.abs().max())) >= 100
     assert torch.equal(whole[:, :, :2], before[:, :, :2])  # nothing outside the slice changed
+
+
+needs_nnpack = pytest.mark.skipif(not __import__("stylebatch.fast_nets").fast_nets.winograd_available(),
+                                  reason="torch has no NNPACK for this CPU (needs AVX2 and FMA, or NEON)")
+
+
+@needs_nnpack
+@pytest.mark.parametrize("batch, channels, height, width", [(1, 128, 90, 160), (2, 64, 23, 41), (1, 128, 7, 5)])
+def test_the_winograd_convolution_equals_the_reflection_padded_convolution(batch, channels, height, width):
+    """winograd_conv3x3 (NNPACK's Winograd F(6x6, 3x3)) computes conv2d(reflection_pad(x, 1), w): against
+    float64, within 110 dB of the output's peak (fp32's direct convolution: about 130), sizes that are
+    and are not multiples of its 6x6 tiles; and each image of a batch exactly as on its own."""
+    from stylebatch import fast_nets
+
+    gen = torch.Generator().manual_seed(channels + height)
+    x = torch.randn(batch, channels, height, width, generator=gen)
+    weight = torch.randn(channels, channels, 3, 3, generator=gen) / (9 * channels) ** 0.5
+    expected = torch.nn.functional.conv2d(torch.nn.functional.pad(x.double(), [1] * 4, mode="reflect"), weight.double())
+    got = fast_nets.winograd_conv3x3(x, weight)
+    assert got.shape == expected.shape and got.is_contiguous()
+    assert psnr(got.numpy(), expected.numpy(), peak=float(expected.abs().max())) >= 110
+    assert torch.equal(got[-1:], fast_nets.winograd_conv3x3(x[-1:], weight))
+
+
+@needs_nnpack
+def test_a_pth_network_on_the_cpu_runs_its_residual_blocks_as_winograd_convolutions(monkeypatch):
+    """Where torch has NNPACK, the ten 3x3 128-channel convolutions run as Winograd convolutions (2.2x
+    oneDNN's speed on one core, docs/benchmarks.md); under autocast (bf16) they stay oneDNN's."""
+    from stylebatch import fast_nets
+
+    calls = []
+    winograd = fast_nets.winograd_conv3x3
+    monkeypatch.setattr(fast_nets, "winograd_conv3x3", lambda x, w: calls.append(x.shape) or winograd(x, w))
+    net = fast_nets.fast_transformer_net(TransformerNet().eval())
+    x = torch.rand(1, 3, 64, 96)
+    with torch.inference_mode():
+        net(x)
+        assert calls == [(1, 128, 16, 24)] * 10
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            net(x)
+    assert len(calls) == 10
+
+
+WINOGRAD_THREADS_PROBE = r"""
+import hashlib, sys, torch
+from stylebatch import fast_nets
+from stylebatch.transformer_net import TransformerNet
+
+torch.set_num_threads(int(sys.argv[1]))  # before NNPACK's first convolution: its thread pool keeps that size
+torch.manual_seed(0)
+net = fast_nets.fast_transformer_net(TransformerNet().eval())
+with torch.inference_mode():
+    print(hashlib.sha256(net(torch.rand(1, 3, 96, 160)).numpy().tobytes()).hexdigest())
+"""
+
+
+@needs_nnpack
+def test_a_pth_network_paints_the_same_bits_with_any_number_of_threads():
+    """A resumed run with another rank count (threads per rank) must paint the same frames: NNPACK's
+    thread pool is sized once per process, so each count runs in a child of its own."""
+    outs = {subprocess.run([sys.executable, "-c", WINOGRAD_THREADS_PROBE, str(n)], capture_output=True, text=True,
+                           check=True).stdout for n in (1, 2, 3)}
+    assert len(outs) == 1
 
 
 PEAK_PROBE = r"""

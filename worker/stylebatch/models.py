@@ -353,7 +353,7 @@ class _Unit(nn.Module):
 
 def _user_net(path: Path, dev: torch.device, dtype: torch.dtype) -> tuple[nn.Module, nn.Module]:
     """A .pth TransformerNet on 0..1 pictures, and the same in fp32 on the CPU. On the CPU it is its
-    exact rewrite for inference (fast_nets: 1.3-2.1x the frames per CPU-second of the published
+    exact rewrite for inference (fast_nets: 2.2x the frames per CPU-second of the published
     layers, docs/benchmarks.md), fp32 (bf16 is autocast), so both are one network."""
     net = load_transformer_net(path)
     if dev.type == "cpu":

@@ -56,11 +56,11 @@ def flops(fn) -> int:
 
 def without_winograd(fn):
     def run():
-        fast_nets.USE_WINOGRAD = False
+        before, fast_nets.USE_WINOGRAD = fast_nets.USE_WINOGRAD, False
         try:
             return fn()
         finally:
-            fast_nets.USE_WINOGRAD = True
+            fast_nets.USE_WINOGRAD = before
     return run
 
 

@@ -20,8 +20,10 @@ peak (tests/test_models.py measures it) and no pass over memory is wasted:
 
 The TransformerNet's residual blocks (ten 3x3 convolutions of 128 channels at quarter resolution,
 two thirds of its arithmetic) run as NNPACK's Winograd convolutions (`winograd_conv3x3`, F(6x6, 3x3):
-about 5x fewer multiplications) where torch has NNPACK for this CPU: 2.2x faster than oneDNN's
-direct convolution on one core, the whole network about 1.5x (docs/benchmarks.md).
+about 5x fewer multiplications) where torch has NNPACK for this CPU: each convolution about 2.2x as
+fast as oneDNN's on one core, the whole network about 1.5x on one thread and 1.1-1.3x on two (NNPACK's
+threads scale less well), measured on an AVX2 AMD EPYC only (docs/benchmarks.md). NNPACK keeps a
+workspace per process, which the convolutions in bands of rows (`WINOGRAD_BAND_VALUES`) keep small.
 
 Nearest 2x upsample, reflection pad 1 and a 3x3 convolution as a sub-pixel convolution: every
 output pixel of "upsample by 2, then 3x3 conv" sees only 2x2 distinct input pixels, so the 3x3
@@ -36,6 +38,7 @@ pixel, which is edge (replicate) padding of the input.
 from __future__ import annotations
 
 import functools
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -224,28 +227,63 @@ def winograd_available() -> bool:
     return bool(getattr(torch, "_nnpack_available", lambda: False)())
 
 
-# Set False to run every convolution through oneDNN (benchmarks/bench_efficiency.py compares both).
+# Set False to run every convolution through oneDNN (benchmarks/bench_efficiency.py compares both);
+# winograd_conv3x3 sets it False itself if NNPACK ever refuses a convolution.
 USE_WINOGRAD = True
 
 
+def plain_fp32(x: torch.Tensor) -> bool:
+    """Whether x is computed in plain fp32: an fp32 tensor and no CPU autocast (bf16) around it."""
+    return x.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
+
+
 def winograd_ready(x: torch.Tensor) -> bool:
-    """Whether winograd_conv3x3 may take x: fp32 on a CPU with NNPACK, no autocast."""
-    return (USE_WINOGRAD and x.device.type == "cpu" and x.dtype == torch.float32
-            and not torch.is_autocast_enabled("cpu") and winograd_available())
+    """Whether winograd_conv3x3 may take x: plain fp32 on a CPU with NNPACK."""
+    return USE_WINOGRAD and x.device.type == "cpu" and plain_fp32(x) and winograd_available()
+
+
+# Input values (channels x rows x columns) per NNPACK call, in bands of whole 6-row output tiles:
+# NNPACK's workspace, which torch keeps for the life of the process and which grows to about 4x the
+# largest input it was given, then stays near 8 MiB instead of about one full-size 32-channel picture
+# (30 MiB at 640x360, 106 MiB at 1280x720).
+WINOGRAD_BAND_VALUES = 1 << 19
+
+
+def winograd_band_rows(channels: int, width: int) -> int:
+    """Output rows per NNPACK call for a picture of `channels` x `width`: a multiple of 6, at least 6."""
+    return 6 * max(1, WINOGRAD_BAND_VALUES // (channels * (width + 2) * 6))
 
 
 def winograd_conv3x3(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """conv2d(F.pad(x, [1] * 4, mode="reflect"), weight) for a contiguous (NCHW) fp32 x on the CPU, by
-    NNPACK's Winograd F(6x6, 3x3) convolution (its layout is NCHW; output NCHW), each image on its own:
-    NNPACK takes a batch by another, slower algorithm, and a frame must not depend on its batch. The
-    same bits with any number of threads (tests/test_models.py); against float64 within 110 dB of the
-    output's peak (121-123 dB measured; fp32's direct convolution 138-144)."""
+    """conv2d(F.pad(x, [1] * 4, mode="reflect"), weight) for fp32 x on the CPU, NCHW out, by NNPACK's
+    Winograd F(6x6, 3x3) convolution (its layout is NCHW), each image on its own (NNPACK takes a batch
+    by another, slower algorithm, and a frame must not depend on its batch), a band of rows at a time
+    (WINOGRAD_BAND_VALUES). The same bits with any number of threads (tests/test_models.py); NNPACK's
+    thread pool is sized once per process, from torch's thread count at its first convolution (a rank
+    sets its count before). Against float64 its PSNR is at least 110 dB of the output's peak (121-123
+    measured; fp32's direct convolution 138-144). If NNPACK refuses a call (its workspace, a shape),
+    this and every later convolution is oneDNN's (USE_WINOGRAD off), with one warning; the rest of
+    that frame NCHW (its last bits may differ from oneDNN's channels-last ones)."""
+    global USE_WINOGRAD
+    b, c, h, w = x.shape
     padded = F.pad(x, [1] * 4, mode="reflect")
+    out = x.new_empty(b, weight.shape[0], h, w)
+    band = winograd_band_rows(c, w)
+    if not USE_WINOGRAD:  # NNPACK refused earlier in this frame
+        return F.conv2d(padded, weight).contiguous()
     try:
-        images = [torch._nnpack_spatial_convolution(padded[i:i + 1], weight, None, [0, 0]) for i in range(x.shape[0])]
-    except RuntimeError:  # NNPACK refused (its workspace, a shape it does not take): the direct convolution
-        return F.conv2d(padded, weight)
-    return images[0] if len(images) == 1 else torch.cat(images)
+        for i in range(b):
+            for r0 in range(0, h, band):
+                r1 = min(h, r0 + band)
+                out[i:i + 1, :, r0:r1] = torch._nnpack_spatial_convolution(padded[i:i + 1, :, r0:r1 + 2], weight,
+                                                                           None, [0, 0])
+    except RuntimeError as exc:
+        if "NNPACK" not in str(exc):
+            raise
+        USE_WINOGRAD = False
+        warnings.warn(f"NNPACK refused a convolution ({exc}); using oneDNN's from now on", RuntimeWarning, stacklevel=2)
+        out.copy_(F.conv2d(padded, weight))
+    return out
 
 
 # Values (pixels x channels) per step of instance_norm_'s passes over a large picture: a step and its
@@ -267,6 +305,10 @@ NORM_WHOLE_VALUES = 1 << 21
 # vector tiled `lanes` times: with only 3 or 4 channels a row of C values leaves the vector units
 # idle (a 4-channel 640x360 picture: 4.6 -> 0.9 ms a norm on one core).
 NORM_ROW_VALUES = 256
+
+
+# instance norms shift each channel by the mean of every this-many-th pixel (a value near its mean)
+SHIFT_SAMPLE_STRIDE = 64
 
 
 # A channel whose variance is at most this share of its squared mean (plus 1) is constant but for
@@ -319,7 +361,7 @@ def _instance_norm_pixels_(pixels: torch.Tensor, weight: torch.Tensor, bias: tor
     bit). On AVX-512, torch's column sums may take another path for columns where a thread's share
     ends; not measured."""
     n, c = pixels.shape
-    shift = pixels[::64].mean(dim=0)
+    shift = pixels[::SHIFT_SAMPLE_STRIDE].mean(dim=0)
     lanes = max(1, NORM_ROW_VALUES // c)
     row = lanes * c
     step = n if n * c <= NORM_WHOLE_VALUES else max(1, NORM_STEP_VALUES // row) * lanes  # pixels, a multiple of lanes
@@ -351,18 +393,21 @@ def _instance_norm_channels_(rows: torch.Tensor, weight: torch.Tensor, bias: tor
     """instance_norm_ of one NCHW image, rows: its [C, H*W] view. As _instance_norm_pixels_ (a shift near
     each channel's mean, the deviations' sums, one addcmul), a block of channels at a time: a channel's
     statistics need no other channel, so each block is summed and normalised while it is in cache. Each
-    row is summed by one thread: the same bits with any number of threads (tests/test_models.py)."""
+    row is summed by one thread: the same bits with any number of threads (tests/test_models.py), as
+    long as a block holds at least 2 channels (torch splits a single long sum between its threads),
+    so blocks are near-equal and never of one channel, even where one channel exceeds the block size."""
     c, n = rows.shape
-    group = max(1, NORM_CHANNEL_BLOCK_VALUES // n)
-    squares = rows.new_empty(min(group, c) * n)
-    for c0 in range(0, c, group):
-        block, k = rows[c0:c0 + group], min(group, c - c0)
-        shift = block[:, ::64].mean(dim=1)
+    blocks = max(1, min(c // 2, -(-c * n // NORM_CHANNEL_BLOCK_VALUES)))
+    bounds = [c * i // blocks for i in range(blocks + 1)]
+    squares = rows.new_empty(max(hi - lo for lo, hi in zip(bounds, bounds[1:])) * n)
+    for c0, c1 in zip(bounds, bounds[1:]):
+        block, k = rows[c0:c1], c1 - c0
+        shift = block[:, ::SHIFT_SAMPLE_STRIDE].mean(dim=1)
         block.sub_(shift[:, None])
         residual = block.sum(dim=1).div_(n)
         square = torch.mul(block, block, out=squares[:k * n].view(k, n))
         variance = square.sum(dim=1).div_(n).sub_(residual.square()).clamp_(min=0)
-        scale, beta = _norm_affine(shift, residual, variance, weight[c0:c0 + k], bias[c0:c0 + k])
+        scale, beta = _norm_affine(shift, residual, variance, weight[c0:c1], bias[c0:c1])
         torch.addcmul(beta[:, None], block, scale[:, None], out=block)
         if relu:
             block.relu_()
@@ -371,7 +416,7 @@ def _instance_norm_channels_(rows: torch.Tensor, weight: torch.Tensor, bias: tor
 def instance_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, relu: bool) -> torch.Tensor:
     """Instance norm (and ReLU): in place on fp32 (`instance_norm_`), else F.instance_norm, whose
     statistics stay in fp32 under autocast."""
-    if x.dtype == torch.float32 and not torch.is_autocast_enabled("cpu"):
+    if plain_fp32(x):
         return instance_norm_(x, weight, bias, relu)
     y = F.instance_norm(x, weight=weight.to(x.dtype), bias=bias.to(x.dtype), eps=1e-5)
     return y.relu_() if relu else y
@@ -410,10 +455,9 @@ class FastTransformerNet(nn.Module):
             y = self._norm(i, y)
         return self.out(y)
 
-
     def _residual_blocks(self, y: torch.Tensor) -> torch.Tensor:
         """The five residual blocks, channels-last in and out; NCHW inside where they run as Winograd
-        convolutions (winograd_conv3x3: 2.2x oneDNN's speed at 128 channels on one core)."""
+        convolutions (winograd_conv3x3)."""
         winograd = winograd_ready(y)
         if winograd:
             y = y.contiguous()

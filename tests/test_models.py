@@ -689,7 +689,7 @@ def test_the_winograd_convolution_in_bands_of_rows_paints_the_same_bits_as_in_on
     x, weight = torch.randn(1, 128, 45, 80, generator=gen), torch.randn(128, 128, 3, 3, generator=gen) / 34
     whole = fast_nets.winograd_conv3x3(x, weight)
     monkeypatch.setattr(fast_nets, "WINOGRAD_BAND_VALUES", 1)
-    assert fast_nets.winograd_band_rows(128, 80) == 6
+    assert fast_nets.winograd_band_rows(128, 80) == 6  # 8 bands of 6 rows
     assert torch.equal(fast_nets.winograd_conv3x3(x, weight), whole)
 
 
@@ -785,7 +785,7 @@ def status(key):
 
 torch.set_num_threads(1)
 fast_nets.USE_WINOGRAD = sys.argv[1] == "winograd"
-x = torch.rand(1, 3, 528, 720)
+x = torch.rand(1, 3, 720, 1280)
 net = fast_nets.fast_transformer_net(TransformerNet().eval())
 with torch.inference_mode():
     base = status("VmRSS")
@@ -799,14 +799,14 @@ with torch.inference_mode():
 @pytest.mark.skipif(not os.access("/proc/self/clear_refs", os.W_OK), reason="needs Linux's /proc/self/clear_refs")
 def test_the_winograd_convolutions_keep_a_small_workspace():
     """NNPACK's workspace stays for the life of the process, as large as the largest input it was given
-    needs (about one full-size 32-channel picture at 720x528 if given whole pictures): given bands of
-    rows, a rank's first frame needs at most 0.4 full-size pictures more than without Winograd
-    (measured 0.21; whole pictures 0.98)."""
+    needs (about one full-size 32-channel picture if given whole pictures): given bands of rows, a
+    rank's first 1280x720 frame needs at most 0.5 full-size pictures more than without Winograd
+    (measured 0.27; whole pictures 0.94)."""
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", OMP_NUM_THREADS="1")
     peak = {mode: int(subprocess.run([sys.executable, "-c", FIRST_FRAME_PROBE, mode], capture_output=True, text=True,
                                      env=env, check=True).stdout) for mode in ("winograd", "onednn")}
-    picture = 32 * 528 * 720 * 4
-    assert peak["winograd"] - peak["onednn"] <= 0.4 * picture, f"{(peak['winograd'] - peak['onednn']) / picture:.2f}"
+    picture = 32 * 720 * 1280 * 4
+    assert peak["winograd"] - peak["onednn"] <= 0.5 * picture, f"{(peak['winograd'] - peak['onednn']) / picture:.2f}"
 
 
 def faded(frames: np.ndarray, contrast: float) -> np.ndarray:

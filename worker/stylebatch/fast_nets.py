@@ -242,16 +242,20 @@ def winograd_ready(x: torch.Tensor) -> bool:
     return USE_WINOGRAD and x.device.type == "cpu" and plain_fp32(x) and winograd_available()
 
 
-# Input values (channels x rows x columns) per NNPACK call, in bands of whole 6-row output tiles:
-# NNPACK's workspace, which torch keeps for the life of the process and which grows to about 4x the
-# largest input it was given, then stays near 8 MiB instead of about one full-size 32-channel picture
-# (30 MiB at 640x360, 106 MiB at 1280x720).
-WINOGRAD_BAND_VALUES = 1 << 19
+# Input values (channels x rows x columns) per NNPACK call and torch thread, in bands of whole 6-row
+# output tiles: NNPACK's workspace, which torch keeps for the life of the process and which grows to
+# about 4x the largest input it was given, then stays near 32 MiB a thread, where whole pictures
+# would keep about one full-size 32-channel picture (106 MiB at 1280x720, 1 GiB at 4K). The whole
+# network at 720x528 and 1280x720 ran within 4% of its time with whole pictures (1 and 2 threads);
+# bands of 256-512 K values cost one convolution 5-50% (more on two threads: NNPACK splits a small
+# band poorly).
+WINOGRAD_BAND_VALUES = 1 << 21
 
 
 def winograd_band_rows(channels: int, width: int) -> int:
     """Output rows per NNPACK call for a picture of `channels` x `width`: a multiple of 6, at least 6."""
-    return 6 * max(1, WINOGRAD_BAND_VALUES // (channels * (width + 2) * 6))
+    values = WINOGRAD_BAND_VALUES * torch.get_num_threads()
+    return 6 * max(1, values // (channels * (width + 2) * 6))
 
 
 def winograd_conv3x3(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

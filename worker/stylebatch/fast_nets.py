@@ -224,6 +224,8 @@ class ColumnPairConv(nn.Module):
 def winograd_available() -> bool:
     """Whether torch's NNPACK runs on this CPU (x86-64 with AVX2 and FMA, or ARM NEON); initialises it
     (its convolutions fail before)."""
+    if not hasattr(torch, "_nnpack_spatial_convolution"):  # a private op: a later torch may drop it
+        return False
     return bool(getattr(torch, "_nnpack_available", lambda: False)())
 
 
@@ -275,6 +277,7 @@ def winograd_conv3x3(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     band = winograd_band_rows(c, w)
     if not USE_WINOGRAD:  # NNPACK refused earlier in this frame
         return F.conv2d(padded, weight).contiguous()
+    weight = weight.contiguous()  # NNPACK's layout (the network keeps channels-last weights): once, not per band
     try:
         for i in range(b):
             for r0 in range(0, h, band):

@@ -548,8 +548,8 @@ def test_the_in_place_instance_norm_gives_a_constant_channel_its_bias(monkeypatc
 
 @pytest.mark.parametrize("relu", [True, False])
 @pytest.mark.parametrize("block", [1 << 20,  # every channel in one block
-                                   3000,  # one channel a block (37 x 53 = 1961 pixels)
-                                   10000])  # five channels a block, the last block shorter
+                                   3000,  # blocks of 2 channels (37 x 53 = 1961 pixels; never fewer than 2)
+                                   10000])  # near-equal blocks of 4 or 5 channels (3 channels: one block)
 @pytest.mark.parametrize("channels", [128, 3])
 @pytest.mark.parametrize("mean, spread", [(1.0, 3.0), (100.0, 0.01)])  # a picture, and a low-contrast one
 def test_the_in_place_instance_norm_of_an_nchw_picture_equals_torchs(monkeypatch, relu, block, channels, mean, spread):
@@ -637,12 +637,13 @@ needs_nnpack = pytest.mark.skipif(not __import__("stylebatch.fast_nets").fast_ne
 
 @needs_nnpack
 @pytest.mark.parametrize("batch, channels, height, width", [(1, 128, 90, 160), (2, 64, 23, 41), (1, 128, 7, 5)])
-def test_the_winograd_convolution_equals_the_reflection_padded_convolution(batch, channels, height, width):
+def test_the_winograd_convolution_equals_the_reflection_padded_convolution(monkeypatch, batch, channels, height, width):
     """winograd_conv3x3 (NNPACK's Winograd F(6x6, 3x3)) computes conv2d(reflection_pad(x, 1), w): against
     float64, within 110 dB of the output's peak (121-123 measured; fp32's direct convolution 138-144), sizes that are
     and are not multiples of its 6x6 tiles; and each image of a batch exactly as on its own."""
     from stylebatch import fast_nets
 
+    monkeypatch.setattr(fast_nets, "USE_WINOGRAD", True)
     gen = torch.Generator().manual_seed(channels + height)
     x = torch.randn(batch, channels, height, width, generator=gen)
     weight = torch.randn(channels, channels, 3, 3, generator=gen) / (9 * channels) ** 0.5
@@ -651,6 +652,7 @@ def test_the_winograd_convolution_equals_the_reflection_padded_convolution(batch
     assert got.shape == expected.shape and got.is_contiguous()
     assert psnr(got.numpy(), expected.numpy(), peak=float(expected.abs().max())) >= 110
     assert torch.equal(got[-1:], fast_nets.winograd_conv3x3(x[-1:], weight))
+    assert fast_nets.USE_WINOGRAD  # NNPACK took every call (no fallback to oneDNN compared with itself)
 
 
 def test_a_network_whose_winograd_convolution_nnpack_refuses_paints_with_onednn(monkeypatch):
@@ -669,7 +671,7 @@ def test_a_network_whose_winograd_convolution_nnpack_refuses_paints_with_onednn(
     with torch.inference_mode():
         expected = net(x)
         monkeypatch.setattr(fast_nets, "USE_WINOGRAD", True)
-        monkeypatch.setattr(torch, "_nnpack_spatial_convolution", refuse)
+        monkeypatch.setattr(torch, "_nnpack_spatial_convolution", refuse, raising=False)
         monkeypatch.setattr(fast_nets, "winograd_available", lambda: True)  # as where NNPACK runs
         with pytest.warns(RuntimeWarning, match="NNPACK refused") as warned:
             got = net(x)
@@ -685,12 +687,14 @@ def test_the_winograd_convolution_in_bands_of_rows_paints_the_same_bits_as_in_on
     the bits are those of one call over the whole picture."""
     from stylebatch import fast_nets
 
+    monkeypatch.setattr(fast_nets, "USE_WINOGRAD", True)
     gen = torch.Generator().manual_seed(4)
     x, weight = torch.randn(1, 128, 45, 80, generator=gen), torch.randn(128, 128, 3, 3, generator=gen) / 34
     whole = fast_nets.winograd_conv3x3(x, weight)
     monkeypatch.setattr(fast_nets, "WINOGRAD_BAND_VALUES", 1)
     assert fast_nets.winograd_band_rows(128, 80) == 6  # 8 bands of 6 rows
     assert torch.equal(fast_nets.winograd_conv3x3(x, weight), whole)
+    assert fast_nets.USE_WINOGRAD  # NNPACK took every call
 
 
 @needs_nnpack
@@ -718,6 +722,7 @@ from stylebatch import fast_nets
 from stylebatch.transformer_net import TransformerNet
 
 torch.set_num_threads(int(sys.argv[1]))  # before NNPACK's first convolution: its thread pool keeps that size
+fast_nets.WINOGRAD_BAND_VALUES = 128 * 42 * 6  # bands of 6, 12 and 18 rows with 1, 2 and 3 threads
 torch.manual_seed(0)
 net = fast_nets.fast_transformer_net(TransformerNet().eval())
 with torch.inference_mode():
@@ -800,13 +805,13 @@ with torch.inference_mode():
 def test_the_winograd_convolutions_keep_a_small_workspace():
     """NNPACK's workspace stays for the life of the process, as large as the largest input it was given
     needs (about one full-size 32-channel picture if given whole pictures): given bands of rows, a
-    rank's first 1280x720 frame needs at most 0.5 full-size pictures more than without Winograd
-    (measured 0.27; whole pictures 0.94)."""
+    rank's first 1280x720 frame on one thread (two bands) needs at most 0.65 full-size pictures more
+    than without Winograd (measured 0.51; whole pictures 0.94)."""
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", OMP_NUM_THREADS="1")
     peak = {mode: int(subprocess.run([sys.executable, "-c", FIRST_FRAME_PROBE, mode], capture_output=True, text=True,
                                      env=env, check=True).stdout) for mode in ("winograd", "onednn")}
     picture = 32 * 720 * 1280 * 4
-    assert peak["winograd"] - peak["onednn"] <= 0.5 * picture, f"{(peak['winograd'] - peak['onednn']) / picture:.2f}"
+    assert peak["winograd"] - peak["onednn"] <= 0.65 * picture, f"{(peak['winograd'] - peak['onednn']) / picture:.2f}"
 
 
 def faded(frames: np.ndarray, contrast: float) -> np.ndarray:

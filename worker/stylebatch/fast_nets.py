@@ -246,12 +246,11 @@ def winograd_ready(x: torch.Tensor) -> bool:
 
 # Input values (channels x rows x columns) per NNPACK call and torch thread, in bands of whole 6-row
 # output tiles: NNPACK's workspace, which torch keeps for the life of the process and which grows to
-# about 4x the largest input it was given, then stays near 32 MiB a thread, where whole pictures
-# would keep about one full-size 32-channel picture (106 MiB at 1280x720, 1 GiB at 4K). The whole
-# network at 720x528 and 1280x720 ran within 4% of its time with whole pictures (1 and 2 threads);
-# bands of 256-512 K values cost one convolution 5-50% (more on two threads: NNPACK splits a small
-# band poorly).
-WINOGRAD_BAND_VALUES = 1 << 21
+# about 4x the largest input it was given, then stays near 64 MiB a thread, where whole pictures keep
+# about one full-size 32-channel picture (106 MiB at 1280x720, about 1 GiB at 4K). Bands cost time:
+# with bands of 2 M values a whole `stylebatch run` took 2-3% longer at 720x528 (2 ranks) and 4-7% at
+# 1280x720 (1 rank of 2 threads), alternated; with 4 M both of those run whole pictures.
+WINOGRAD_BAND_VALUES = 1 << 22
 
 
 def winograd_band_rows(channels: int, width: int) -> int:
@@ -267,9 +266,10 @@ def winograd_conv3x3(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     (WINOGRAD_BAND_VALUES). The same bits with any number of threads (tests/test_models.py); NNPACK's
     thread pool is sized once per process, from torch's thread count at its first convolution (a rank
     sets its count before). Against float64 its PSNR is at least 110 dB of the output's peak (121-123
-    measured; fp32's direct convolution 138-144). If NNPACK refuses a call (its workspace, a shape),
-    this and every later convolution is oneDNN's (USE_WINOGRAD off), with one warning; the rest of
-    that frame NCHW (its last bits may differ from oneDNN's channels-last ones)."""
+    measured; fp32's direct convolution 138-144). If NNPACK refuses a call (its own error; running out
+    of memory is not a refusal), this and every later convolution is oneDNN's (USE_WINOGRAD off), with
+    one warning; the rest of that frame NCHW. That rank's frames then differ from Winograd's in the last
+    bits."""
     global USE_WINOGRAD
     b, c, h, w = x.shape
     padded = F.pad(x, [1] * 4, mode="reflect")
@@ -277,6 +277,7 @@ def winograd_conv3x3(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     band = winograd_band_rows(c, w)
     if not USE_WINOGRAD:  # NNPACK refused earlier in this frame
         return F.conv2d(padded, weight).contiguous()
+    winograd_available()  # NNPACK refuses every call before it is initialised (cached: once)
     weight = weight.contiguous()  # NNPACK's layout (the network keeps channels-last weights): once, not per band
     try:
         for i in range(b):

@@ -45,7 +45,7 @@ def default_workers(device: str, gpus: int) -> int:
     """One rank per GPU (`gpus`: how many this host's torch sees). On CPU, one rank per core up to 4
     (then more threads per rank): torch scales poorly across threads; on 2 cores 2 ranks x 1 thread
     ran 1.3x faster end to end than 1 rank x 2 threads with the built-in net in the fifth pass, 1.04x
-    after the sixth pass's norm (which helped 2 threads more), and 1.3-1.4x with the TransformerNet
+    after the sixth pass's norm (which helped 2 threads more), and 1.3-1.4x with the TransformerNet at 640x360 (1.1-1.3x at 720x528 and 1280x720)
     since its Winograd convolutions (NNPACK's threads scale less well) (benchmarks/bench_pipeline.py,
     benchmarks/reference_pipeline.py, docs/benchmarks.md). The cap bounds memory: each rank holds a model
     and its own frame batches."""

@@ -19,9 +19,9 @@ peak (tests/test_models.py measures it) and no pass over memory is wasted:
 - `instance_norm_` works in place: small pictures whole, large ones in cache-sized steps.
 
 The TransformerNet's residual blocks (ten 3x3 convolutions of 128 channels at quarter resolution,
-two thirds of its arithmetic) run as NNPACK's Winograd convolutions (`winograd_conv3x3`, F(6x6, 3x3):
+60% of its arithmetic) run as NNPACK's Winograd convolutions (`winograd_conv3x3`, F(6x6, 3x3):
 about 5x fewer multiplications) where torch has NNPACK for this CPU: each convolution about 2.2x as
-fast as oneDNN's on one core, the whole network about 1.5x on one thread and 1.1-1.3x on two (NNPACK's
+fast as oneDNN's on one core, the whole network 1.47x on one thread and 1.1-1.3x on two (NNPACK's
 threads scale less well), measured on an AVX2 AMD EPYC only (docs/benchmarks.md). NNPACK keeps a
 workspace per process, which the convolutions in bands of rows (`WINOGRAD_BAND_VALUES`) keep small.
 
@@ -245,9 +245,10 @@ def winograd_ready(x: torch.Tensor) -> bool:
 
 
 # Input values (channels x rows x columns) per NNPACK call and torch thread, in bands of whole 6-row
-# output tiles: NNPACK's workspace, which torch keeps for the life of the process and which grows to
-# about 4x the largest input it was given, then stays near 64 MiB a thread, where whole pictures keep
-# about one full-size 32-channel picture (106 MiB at 1280x720, about 1 GiB at 4K). Bands cost time:
+# output tiles. NNPACK's workspace, which torch keeps for the life of the process, grows to about 4x
+# the largest input it was given: with these bands it stays near 64 MiB per torch thread (a rank of
+# many threads is bounded less), where whole pictures keep about one full-size 32-channel picture
+# (106 MiB at 1280x720, about 1 GiB at 4K). Bands cost time:
 # with bands of 2 M values a whole `stylebatch run` took 2-3% longer at 720x528 (2 ranks) and 4-7% at
 # 1280x720 (1 rank of 2 threads), alternated; with 4 M both of those run whole pictures.
 WINOGRAD_BAND_VALUES = 1 << 22

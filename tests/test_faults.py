@@ -185,16 +185,29 @@ def _imported_torch(pid: int) -> bool:
         return False
 
 
+def _local_weights(tmp_path: Path) -> list[str]:
+    """A fast_neural_style .pth on this machine (untrained: its cost is a trained one's)."""
+    import torch
+
+    from stylebatch.transformer_net import TransformerNet
+
+    torch.manual_seed(0)
+    torch.save(TransformerNet().state_dict(), tmp_path / "net.pth")
+    return ["--style", str(tmp_path / "net.pth"), "--max-side", "48"]
+
+
 @pytest.mark.mpi
-def test_the_ranks_start_beside_preprocess_and_touch_nothing_before_it_is_done(clip, tmp_path: Path) -> None:
-    """On the CPU with a built-in style the ranks start with preprocess, so their torch import (most of
-    a rank's start) overlaps it, and then wait for it: with preprocess frozen they are there, torch
-    loaded, and the work dir holds nothing of theirs; thawed, the run finishes with those same ranks."""
+@pytest.mark.parametrize("style", [lambda tmp_path: FAST_STYLE, _local_weights], ids=["built-in", "local .pth"])
+def test_the_ranks_start_beside_preprocess_and_touch_nothing_before_it_is_done(clip, tmp_path: Path, style) -> None:
+    """On the CPU with a built-in style or a style file on this machine the ranks start with
+    preprocess, so their torch import (most of a rank's start) overlaps it, and then wait for it: with
+    preprocess frozen they are there, torch loaded, and the work dir holds nothing of theirs; thawed,
+    the run finishes with those same ranks."""
     src = clip("in.mp4", size=(64, 48), frames=24)
     cache, out = tmp_path / "cache", tmp_path / "o.mp4"
     proc = subprocess.Popen([sys.executable, "-m", "stylebatch", "run", str(src), "-o", str(out), "--workers", "2",
-                             "--chunk-frames", "6", *FAST_STYLE], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True, env=dict(os.environ, XDG_CACHE_HOME=str(cache)))
+                             "--chunk-frames", "6", *style(tmp_path)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, env=dict(os.environ, XDG_CACHE_HOME=str(cache)))
     child = None
     try:
         child = _preprocess_child(proc)

@@ -259,6 +259,14 @@ def _builtin_only(style: str) -> bool:
     return all(part.kind == BUILTIN_KIND for part in parse_style(style))
 
 
+def _local_only(style: str) -> bool:
+    """Whether every part of the style is built-in or a file on this machine (nothing to download)."""
+    from stylebatch.storage import location
+    from stylebatch.styles import BUILTIN_KIND, parse_style
+
+    return all(part.kind == BUILTIN_KIND or location(part.ref).is_local() for part in parse_style(style))
+
+
 NO_GPU = "--device cuda: no GPU is visible here (use --device cpu or auto)"
 GPU_DEVICE_FILES = ("/dev/nvidia[0-9]*", "/dev/dxg", "/dev/kfd")  # NVIDIA; WSL2 and Docker Desktop; AMD ROCm
 
@@ -503,18 +511,21 @@ PREPROCESS_BYTES = GiB
 
 def _early_ranks(args: RunRequest, work, token: str | None, scratch: Path) -> _Ranks | None:
     """The ranks started beside preprocess, where the launcher can already tell how many and with
-    which style without loading anything: on the CPU (no GPU driver here), built-in styles only, and
-    memory for them all beside preprocess. They import torch meanwhile (about 1.5 s of a rank's start,
-    longer than preprocess of a local clip) and wait at their gate. Else None (started afterwards)."""
+    which style without loading or fetching anything: on the CPU (no GPU driver here), built-in styles
+    and local style files (.pth, paintings; the ranks load and check them after their gate, as they
+    would if started later), not blobs (the style check downloads those first), and memory for them
+    all beside preprocess. They import torch meanwhile (about 1.5-2 s of a rank's start, longer than
+    preprocess of a local clip) and wait at their gate. Else None (started afterwards)."""
     from stylebatch.contract import DEFAULT_STYLE
+    from stylebatch.styles import resolve_style
 
     model = args.model
     if may_use_gpu(model.device):
         return None
-    style = model.style or DEFAULT_STYLE
     try:
-        if not _builtin_only(style):
+        if not _local_only(model.style or DEFAULT_STYLE):
             return None
+        style = resolve_style(model.style or DEFAULT_STYLE, scratch)  # as the style check will: nothing fetched
     except StylebatchError:  # reported by the style check, after preprocess, as without early ranks
         return None
     workers = args.workers or default_workers(model.device, 0)

@@ -244,7 +244,8 @@ def test_ranks_started_beside_preprocess_give_way_when_the_clip_needs_fewer(clip
     assert "1 chunk(s) of work: running 1 rank(s), not 2" in result.stderr
     from stylebatch.ranks import cpu_count
 
-    assert f"rank 0/1: 1 of 1 chunks left to stylize, taken one at a time ({cpu_count()} threads)" in result.stderr
+    threads = f"{cpu_count()} thread{'' if cpu_count() == 1 else 's'}"
+    assert f"rank 0/1: 1 of 1 chunks left to stylize, taken one at a time ({threads})" in result.stderr
     assert count_frames(out) == 6
     assert _ranks_of(cache) == []
 

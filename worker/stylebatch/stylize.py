@@ -147,8 +147,8 @@ def stylize(req: StylizeRequest, world: World, tmp: Path,
         # on the CPU the model's threads fill this rank's cores: a decoder and an encoder with as many
         # threads again would only contend with them (5% slower at 640x360); beside a GPU they get them
         codec = threads if on_gpu(model.device) else 1
-        log.info("rank %d/%d: %d of %d chunks left to stylize, taken one at a time (%d threads)",
-                 world.rank, world.size, len(missing), len(chunks), threads)
+        log.info("rank %d/%d: %d of %d chunks left to stylize, taken one at a time (%d thread%s)",
+                 world.rank, world.size, len(missing), len(chunks), threads, "" if threads == 1 else "s")
         from stylebatch.temporal_defaults import warmup_frames
 
         warmup = warmup_frames(m.chunk_frames) if temporal[0] == "on" else 0

@@ -251,6 +251,44 @@ def test_ranks_started_beside_preprocess_give_way_when_the_clip_needs_fewer(clip
 
 
 @pytest.mark.mpi
+def test_ranks_started_beside_preprocess_and_not_needed_go_at_once_even_one_deaf_to_sigterm(clip, tmp_path: Path) -> None:
+    """A clip of one chunk with --workers 2: the two ranks started beside preprocess are not needed,
+    and are killed at once with every process under mpiexec (before their gate they have touched
+    nothing), not asked with SIGTERM first: a rank that cannot act on it (stopped here; in the wild,
+    inside MPI_Init waiting on a peer SIGTERM had already ended, 1 run in 5) held the run for the
+    20 s before SIGKILL. The rank that does the work starts within seconds; nothing is left running."""
+    src = clip("short.mp4", size=(64, 48), frames=6)
+    cache, out = tmp_path / "cache", tmp_path / "o.mp4"
+    proc = subprocess.Popen([sys.executable, "-m", "stylebatch", "run", str(src), "-o", str(out), "--workers", "2",
+                             "--chunk-frames", "6", *FAST_STYLE], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True, env=dict(os.environ, XDG_CACHE_HOME=str(cache)))
+    child, early = None, []
+    try:
+        child = _preprocess_child(proc)
+        os.kill(child, signal.SIGSTOP)
+        _wait_for(lambda: len(_ranks_of(cache)) == 2 and all(map(_imported_torch, _ranks_of(cache))), proc)
+        early = _ranks_of(cache)
+        os.kill(early[0], signal.SIGSTOP)  # deaf to SIGTERM until it is continued
+        thawed = time.monotonic()
+        os.kill(child, signal.SIGCONT)
+        _wait_for(lambda: set(_ranks_of(cache)) - set(early), proc, timeout=60)
+        waited = time.monotonic() - thawed
+        _, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        for pid in [child, *early]:  # a frozen process would never act on its SIGTERM
+            with contextlib.suppress(ProcessLookupError, TypeError):
+                os.kill(pid, signal.SIGKILL)
+    assert waited < 10, f"the ranks not needed took {waited:.1f} s to go"
+    assert proc.returncode == 0, err
+    assert "1 chunk(s) of work: running 1 rank(s), not 2" in err
+    assert count_frames(out) == 6
+    assert _ranks_of(cache) == []
+
+
+@pytest.mark.mpi
 def test_a_launcher_killed_outright_takes_its_ranks_with_it(clip, tmp_path: Path) -> None:
     """`kill -9` of `stylebatch run` (or `timeout -s KILL`): it cannot stop its stages itself, and they
     run in a session of their own; the kernel tells them (PR_SET_PDEATHSIG) and no rank stays behind."""

@@ -20,6 +20,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Callable
 
+from stylebatch import signals
 from stylebatch.contract import (ERROR_PREFIX, EXIT_HUNG_UP, EXIT_INTERRUPTED, EXIT_TERMINATED, EXIT_TRANSIENT,
                                  HWLOC_XMLFILE_ENV, START_GATE_ENV, no_topology_file)
 from stylebatch.errors import Interrupted, StylebatchError, TransientError
@@ -85,7 +86,6 @@ Progress = Callable[[int, int], None]
 
 def run(args: RunRequest, progress: Progress | None = None) -> Result:
     """The three stages on this machine. `progress` is called now and then while stylize runs."""
-    from stylebatch import signals
     from stylebatch.contract import HARDWARE_ENCODERS
     from stylebatch.preprocess import check_places, encoder_settings, input_name, output_uri, source_name
     from stylebatch.storage import location
@@ -348,21 +348,26 @@ def _start_stage(cmd: list[str], env: dict[str, str]) -> subprocess.Popen:
 
 
 def _stop_stage(proc: subprocess.Popen) -> None:
-    """Take a stage's process (its whole process group) down, if it still runs: SIGTERM, SIGKILL after
-    20 s; reaped."""
+    """Take a stage's process (its whole process group) down, if it still runs: SIGTERM, and after
+    20 s SIGKILL to it and every process under it (`signals.kill_tree`); reaped."""
     if proc.poll() is None:
         _signal_group(proc, signal.SIGTERM)
         try:
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
-            _signal_group(proc, signal.SIGKILL)
+            signals.kill_tree(proc.pid)
             proc.wait()
 
 
 def _discard_stage(proc: subprocess.Popen) -> None:
-    """Stop a stage's process whose output was never read (ranks started early, not needed) and close
-    its pipes."""
-    _stop_stage(proc)
+    """Kill a stage's process whose output was never read (ranks started early, not needed, still at
+    their gate or short of it), and every process under it, at once, and close its pipes. Before the
+    gate a rank has touched nothing (no work dir, no scratch of its own), and SIGTERM could leave one
+    waiting for the 20 s of `_stop_stage`: a rank inside MPI_Init, its Python handler not yet run,
+    waits on a peer that SIGTERM already ended (1 run in 5 of a 1-chunk clip with --workers 2 here)."""
+    if proc.poll() is None:
+        signals.kill_tree(proc.pid)
+        proc.wait()
     for pipe in (proc.stdout, proc.stderr):
         if pipe is not None:
             pipe.close()

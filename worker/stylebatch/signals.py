@@ -14,6 +14,7 @@ import os
 import signal
 import stat
 import threading
+from pathlib import Path
 
 from stylebatch.contract import EXIT_HUNG_UP, EXIT_INTERRUPTED, EXIT_TERMINATED
 
@@ -80,3 +81,40 @@ def exit_code() -> int:
 
 def cause() -> str:
     return _HANDLED[_received[0]][1] if _received else "Ctrl-C (SIGINT)"
+
+
+def _parents(proc: Path = Path("/proc")) -> dict[int, int]:
+    """Every process's parent, from /proc."""
+    parents = {}
+    for entry in proc.glob("[0-9]*/stat"):
+        try:
+            fields = entry.read_text().rsplit(")", 1)[1].split()  # after "pid (comm)": state ppid ...
+        except (OSError, IndexError):
+            continue  # gone meanwhile
+        parents[int(entry.parent.name)] = int(fields[1])
+    return parents
+
+
+def children(pid: int, proc: Path = Path("/proc")) -> list[int]:
+    """The processes whose parent is `pid` (sshd forks one per ssh connection)."""
+    return [child for child, parent in _parents(proc).items() if parent == pid]
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL to process `pid`, its process group and every process under it, those that lead
+    sessions of their own included (MPICH's proxy and the ranks it starts do, so a signal to the
+    group misses them). Each is stopped first (SIGSTOP), scan after scan of /proc until none is new,
+    so that none starts another unseen; then all are killed. The caller reaps `pid`; init the rest."""
+    seen = {pid}
+    new = [pid]
+    while new:
+        for p in new:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(p, signal.SIGSTOP)
+        new = [child for child, parent in _parents().items() if parent in seen and child not in seen]
+        seen.update(new)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+    for p in seen:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(p, signal.SIGKILL)

@@ -14,25 +14,12 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
 from stylebatch.contract import EXIT_INTERRUPTED, EXIT_TERMINATED
+from stylebatch.signals import children
 
 SSHD = "/usr/sbin/sshd"
 EXIT_FOR_SIGNAL = {signal.SIGTERM: EXIT_TERMINATED, signal.SIGINT: EXIT_INTERRUPTED}
-
-
-def children(pid: int, proc: Path = Path("/proc")) -> list[int]:
-    """The processes whose parent is `pid`: sshd forks one per ssh connection."""
-    found = []
-    for stat in proc.glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()  # after "pid (comm)": state ppid ...
-        except (OSError, IndexError):
-            continue  # gone meanwhile
-        if int(fields[1]) == pid:
-            found.append(int(stat.parent.name))
-    return found
 
 
 def main(argv: list[str] | None = None, sshd: str = SSHD) -> int:

@@ -291,12 +291,14 @@ def test_ranks_started_beside_preprocess_and_not_needed_go_at_once_even_one_deaf
 @pytest.mark.mpi
 def test_a_launcher_killed_outright_takes_its_ranks_with_it(clip, tmp_path: Path) -> None:
     """`kill -9` of `stylebatch run` (or `timeout -s KILL`): it cannot stop its stages itself, and they
-    run in a session of their own; the kernel tells them (PR_SET_PDEATHSIG) and no rank stays behind."""
+    run in a session of their own; the kernel tells them (PR_SET_PDEATHSIG) and no rank stays behind.
+    (The run's private scratch folder stays in TMPDIR: nothing is left to remove it.)"""
     src = clip("long.mp4", size=(64, 48), frames=120)
-    cache = tmp_path / "cache"
+    cache, tmp = tmp_path / "cache", tmp_path / "tmp"
+    tmp.mkdir()
     proc = subprocess.Popen([sys.executable, "-m", "stylebatch", "run", str(src), "-o", str(tmp_path / "o.mp4"),
                              "--workers", "2", "--chunk-frames", "6", *FAST_STYLE], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env=dict(os.environ, XDG_CACHE_HOME=str(cache)))
+                            stderr=subprocess.DEVNULL, env=dict(os.environ, XDG_CACHE_HOME=str(cache), TMPDIR=str(tmp)))
     try:
         _wait_for(lambda: any(cache.rglob("parts/*.mkv")), proc)
         work = str(next(cache.rglob("stylebatch-work.json")).parent)

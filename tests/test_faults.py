@@ -250,6 +250,63 @@ def test_ranks_started_beside_preprocess_give_way_when_the_clip_needs_fewer(clip
     assert _ranks_of(cache) == []
 
 
+def test_kill_tree_takes_down_processes_in_sessions_of_their_own_that_ignore_sigterm(tmp_path: Path) -> None:
+    """signals.kill_tree: a stage process whose grandchildren lead sessions of their own (as MPICH's
+    proxy and ranks do) and ignore SIGTERM: it, they, and a child one of them starts while being
+    stopped are all gone, and nothing else is touched."""
+    from stylebatch.signals import children, kill_tree
+
+    # bounded, so that even a failure here leaves nothing for long: at most 100 sleeps, 60 s each
+    script = ("trap '' TERM; setsid sh -c \"trap '' TERM; sleep 60 & sleep 60\" & "
+              "setsid sh -c \"trap '' TERM; i=0; while [ \\$i -lt 100 ]; do sleep 60 & sleep 0.1; i=\\$((i+1)); done\" & "
+              "sleep 60")
+    bystander = subprocess.Popen(["sleep", "60"])
+    proc = subprocess.Popen(["sh", "-c", script], start_new_session=True)
+    sessions: set[int] = set()
+    try:
+        def tree(pid: int) -> list[int]:
+            return [pid, *(d for c in children(pid) for d in tree(c))]
+
+        def sessions_of_tree() -> set[int]:
+            found = set()
+            for p in tree(proc.pid):
+                with contextlib.suppress(ProcessLookupError):
+                    found.add(os.getsid(p))
+            return found
+
+        _wait_for(lambda: len(sessions_of_tree()) == 3 and len(tree(proc.pid)) >= 7, proc, timeout=30)
+        sessions = sessions_of_tree()  # two of them out of reach of a signal to the stage's process group
+        kill_tree(proc.pid)
+        assert proc.wait(timeout=10) == -signal.SIGKILL
+        deadline = time.monotonic() + 10
+        while _alive_in(sessions) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _alive_in(sessions) == []  # the children started meanwhile too
+        assert bystander.poll() is None
+    finally:
+        bystander.kill()
+        bystander.wait()
+        for pid in _alive_in(sessions | {proc.pid}):  # whatever a failure left
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+
+def _alive_in(sessions: set[int]) -> list[int]:
+    """Processes of these sessions that are not dead (zombies waiting for init count as dead)."""
+    alive = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()  # state ppid pgrp session
+        except (OSError, IndexError):
+            continue
+        if int(fields[3]) in sessions and fields[0] != "Z":
+            alive.append(int(pid))
+    return alive
+
+
 @pytest.mark.mpi
 def test_ranks_started_beside_preprocess_and_not_needed_go_at_once_even_one_deaf_to_sigterm(clip, tmp_path: Path) -> None:
     """A clip of one chunk with --workers 2: the two ranks started beside preprocess are not needed,

@@ -104,17 +104,22 @@ def kill_tree(pid: int) -> None:
     """SIGKILL to process `pid`, its process group and every process under it, those that lead
     sessions of their own included (MPICH's proxy and the ranks it starts do, so a signal to the
     group misses them). Each is stopped first (SIGSTOP), scan after scan of /proc until none is new,
-    so that none starts another unseen; then all are killed. The caller reaps `pid`; init the rest."""
-    seen = {pid}
+    so that none starts another unseen; then all are killed, children before their parents (a stopped
+    parent reaps no child meanwhile, so no pid signalled can have passed to another process). The
+    caller reaps `pid`; init the rest."""
+    found = [pid]
     new = [pid]
     while new:
         for p in new:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(p, signal.SIGSTOP)
-        new = [child for child, parent in _parents().items() if parent in seen and child not in seen]
-        seen.update(new)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGKILL)
-    for p in seen:
+        known = set(found)
+        new = [child for child, parent in _parents().items() if parent in known and child not in known]
+        found += new
+    for p in reversed(found[1:]):
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(p, signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, signal.SIGKILL)

@@ -185,6 +185,18 @@ def _imported_torch(pid: int) -> bool:
         return False
 
 
+def _loaded_mpi(pid: int) -> bool:
+    try:
+        return "libmpi" in Path(f"/proc/{pid}/maps").read_text()
+    except OSError:
+        return False
+
+
+def _shared_memory() -> set[str]:
+    """The files in /dev/shm (MPICH's and UCX's shared memory among them)."""
+    return set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
+
+
 def _local_weights(tmp_path: Path) -> list[str]:
     """A fast_neural_style .pth on this machine (untrained: its cost is a trained one's)."""
     import torch
@@ -217,6 +229,7 @@ def test_the_ranks_start_beside_preprocess_and_touch_nothing_before_it_is_done(c
         time.sleep(0.5)  # beyond the gate they would read the work dir at once (and fail: no manifest yet)
         work = next(cache.rglob("stylebatch-work.json")).parent
         assert sorted(p.name for p in work.iterdir()) == ["stylebatch-work.json", "stylebatch.lock"]  # the run's
+        assert not any(map(_loaded_mpi, ranks))  # nor MPI, whose start-up leaves files in /dev/shm if killed
         os.kill(child, signal.SIGCONT)
         _wait_for(lambda: (work / "parts").exists(), proc)
         assert sorted(_ranks_of(cache)) == ranks  # the same ranks went on: none was started again
@@ -235,9 +248,11 @@ def test_the_ranks_start_beside_preprocess_and_touch_nothing_before_it_is_done(c
 @pytest.mark.mpi
 def test_ranks_started_beside_preprocess_give_way_when_the_clip_needs_fewer(clip, tmp_path: Path) -> None:
     """A clip of one chunk with --workers 2: the two ranks started beside preprocess are stopped and one
-    rank does the work (with all the cores); nothing is left running."""
+    rank does the work (with all the cores); nothing is left running, nor in /dev/shm (a rank killed
+    inside MPI_Init left MPICH's 2 MiB start-up file there, 1 run in 3)."""
     src = clip("short.mp4", size=(64, 48), frames=6)
     cache, out = tmp_path / "cache", tmp_path / "o.mp4"
+    shared = _shared_memory()
     result = stylebatch("run", src, "-o", out, "--workers", "2", "--chunk-frames", "6", *FAST_STYLE,
                         env=dict(os.environ, XDG_CACHE_HOME=str(cache)))
     assert result.returncode == 0, result.stderr
@@ -248,6 +263,33 @@ def test_ranks_started_beside_preprocess_give_way_when_the_clip_needs_fewer(clip
     assert f"rank 0/1: 1 of 1 chunks left to stylize, taken one at a time ({threads})" in result.stderr
     assert count_frames(out) == 6
     assert _ranks_of(cache) == []
+    assert _shared_memory() - shared == set()
+
+
+def test_a_rank_waiting_at_its_gate_whose_parent_is_gone_stops_waiting(tmp_path: Path) -> None:
+    """A rank started beside preprocess waits for its gate file; should its parent (mpiexec's proxy,
+    or the launcher of a lone rank) vanish without killing it, no gate will ever come: it exits
+    rather than poll for ever."""
+    from stylebatch.contract import START_GATE_ENV
+
+    work = tmp_path / "work-never-made"
+    env = dict(os.environ, **{START_GATE_ENV: str(tmp_path / "gate-never-made")})
+    rank = f"{shlex.quote(sys.executable)} -m stylebatch stylize --work {shlex.quote(str(work))} --device cpu"
+    parent = subprocess.Popen(["sh", "-c", f"{rank} & sleep 1.5"], env=env, stdin=subprocess.DEVNULL,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        parent.wait(timeout=30)
+        assert _processes_mentioning(str(work))  # orphaned, still importing torch or at its gate
+        deadline = time.monotonic() + 60
+        while _processes_mentioning(str(work)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _processes_mentioning(str(work)) == []
+        assert not work.exists()
+    finally:
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            with contextlib.suppress(OSError):
+                if str(work).encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    os.kill(int(pid), signal.SIGKILL)
 
 
 def test_kill_tree_takes_down_processes_in_sessions_of_their_own_that_ignore_sigterm(tmp_path: Path) -> None:
@@ -274,8 +316,11 @@ def test_kill_tree_takes_down_processes_in_sessions_of_their_own_that_ignore_sig
                     found.add(os.getsid(p))
             return found
 
-        _wait_for(lambda: len(sessions_of_tree()) == 3 and len(tree(proc.pid)) >= 7, proc, timeout=30)
-        sessions = sessions_of_tree()  # two of them out of reach of a signal to the stage's process group
+        def ready() -> bool:
+            sessions.update(sessions_of_tree())  # two of them out of reach of a signal to the process group
+            return len(sessions) == 3 and len(tree(proc.pid)) >= 7
+
+        _wait_for(ready, proc, timeout=30)
         kill_tree(proc.pid)
         assert proc.wait(timeout=10) == -signal.SIGKILL
         deadline = time.monotonic() + 10
@@ -335,9 +380,11 @@ def test_ranks_started_beside_preprocess_and_not_needed_go_at_once_even_one_deaf
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
-        for pid in [child, *early]:  # a frozen process would never act on its SIGTERM
-            with contextlib.suppress(ProcessLookupError, TypeError):
-                os.kill(pid, signal.SIGKILL)
+        if child is not None:  # a frozen child would never act on its SIGTERM (the launcher gone)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGCONT)
+        for pid in set(early) & set(_ranks_of(cache)):  # a frozen rank left by a failure
+            os.kill(pid, signal.SIGKILL)
     assert waited < 10, f"the ranks not needed took {waited:.1f} s to go"
     assert proc.returncode == 0, err
     assert "1 chunk(s) of work: running 1 rank(s), not 2" in err

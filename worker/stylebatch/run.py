@@ -362,10 +362,13 @@ def _stop_stage(proc: subprocess.Popen) -> None:
 def _discard_stage(proc: subprocess.Popen) -> None:
     """Kill a stage's process whose output was never read (ranks started early, not needed, still at
     their gate or short of it), and every process under it, at once, and close its pipes. Before the
-    gate a rank has touched nothing (no work dir, no scratch of its own), and SIGTERM could leave one
-    waiting for the 20 s of `_stop_stage`: a rank inside MPI_Init, its Python handler not yet run,
-    waits on a peer that SIGTERM already ended (1 run in 5 of a 1-chunk clip with --workers 2 here)."""
-    if proc.poll() is None:
+    gate a rank has touched nothing (not MPI, whose start-up files in /dev/shm a kill inside MPI_Init
+    would leave, nor the work dir or scratch). SIGTERM, as before, left one waiting 1 run in 5 for
+    the 20 s of `_stop_stage`: inside MPI_Init, its Python handler not yet run, on a peer SIGTERM had
+    already ended (then MPI started before the gate)."""
+    if not Path("/proc/self/stat").exists():  # no /proc to find the proxies and ranks by: ask mpiexec
+        _stop_stage(proc)
+    elif proc.poll() is None:
         signals.kill_tree(proc.pid)
         proc.wait()
     for pipe in (proc.stdout, proc.stderr):

@@ -14,6 +14,7 @@ import os
 import signal
 import stat
 import threading
+import time
 from pathlib import Path
 
 from stylebatch.contract import EXIT_HUNG_UP, EXIT_INTERRUPTED, EXIT_TERMINATED
@@ -101,25 +102,44 @@ def children(pid: int, proc: Path = Path("/proc")) -> list[int]:
 
 
 def kill_tree(pid: int) -> None:
-    """SIGKILL to process `pid`, its process group and every process under it, those that lead
-    sessions of their own included (MPICH's proxy and the ranks it starts do, so a signal to the
-    group misses them). Each is stopped first (SIGSTOP), scan after scan of /proc until none is new,
-    so that none starts another unseen; then all are killed, children before their parents (a stopped
-    parent reaps no child meanwhile, so no pid signalled can have passed to another process). The
-    caller reaps `pid`; init the rest."""
+    """SIGKILL to process `pid` (a process group's leader), its group and every process under it,
+    those that lead sessions of their own included (MPICH's proxy and the ranks it starts do, so a
+    signal to the group misses them). Each is stopped first (SIGSTOP), and once every one found is
+    seen stopped, /proc is scanned again, until no new one shows: none can start another unseen. Then
+    all are killed, children before their parents (a stopped parent reaps none meanwhile), also if
+    an interrupt cuts the stopping short. The caller reaps `pid`; init the rest."""
     found = [pid]
-    new = [pid]
-    while new:
-        for p in new:
+    try:
+        new = [pid]
+        while new:
+            for p in new:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(p, signal.SIGSTOP)
+            _wait_stopped(new)
+            known = set(found)
+            new = [child for child, parent in _parents().items() if parent in known and child not in known]
+            found += new
+    finally:
+        for p in reversed(found[1:]):
             with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(p, signal.SIGSTOP)
-        known = set(found)
-        new = [child for child, parent in _parents().items() if parent in known and child not in known]
-        found += new
-    for p in reversed(found[1:]):
+                os.kill(p, signal.SIGKILL)
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(p, signal.SIGKILL)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGKILL)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.kill(pid, signal.SIGKILL)
+            os.killpg(pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _wait_stopped(pids: list[int], timeout: float = 1.0, proc: Path = Path("/proc")) -> None:
+    """Until each of `pids` is stopped, a zombie or gone (SIGSTOP takes effect after kill() returns:
+    a fork under way may yet finish), at most `timeout` seconds (one in a system call that cannot be
+    interrupted stops when it returns)."""
+    deadline = time.monotonic() + timeout
+    for p in pids:
+        while time.monotonic() < deadline:
+            try:
+                state = (proc / str(p) / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            except (OSError, IndexError):
+                break  # gone
+            if state in "TtZXx":
+                break
+            time.sleep(0.001)

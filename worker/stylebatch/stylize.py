@@ -42,10 +42,10 @@ def run(req: StylizeRequest, sink: Callable[[RankProgress], None] | None = None)
     sink: where this rank's progress records go (stylebatch.pipeline.Progress), called in this
     thread; default: progress lines on stdout, for mpiexec to gather."""
     req.validate()
-    world = detect()
     gate = os.environ.get(START_GATE_ENV)
     if gate:
         _wait_at_gate(gate)
+    world = detect()  # MPI only past the gate: ranks killed before it leave nothing in /dev/shm
     tmp = _rank_tmp(world.rank)
     try:
         with _work_lock(req.work, world):
@@ -68,10 +68,15 @@ def run(req: StylizeRequest, sink: Callable[[RankProgress], None] | None = None)
 
 def _wait_at_gate(gate: str) -> None:
     """Started before preprocess is done (`stylebatch run`, START_GATE_ENV): import torch meanwhile,
-    then wait for the launcher's go (the file `gate`). The launcher stops the ranks if it never comes."""
+    then wait for the launcher's go (the file `gate`). The launcher kills the ranks if it never comes;
+    a rank whose parent is gone (mpiexec's proxy, or the launcher of a lone rank) stops waiting.
+    Nothing before the gate touches MPI, the work dir or scratch, so a rank killed here leaves nothing."""
+    parent = os.getppid()
     import torch  # noqa: F401 - most of a rank's start-up (about 1.5 s), done beside preprocess
 
     while not os.path.exists(gate):
+        if os.getppid() != parent:
+            raise SystemExit(1)  # orphaned: no one will open the gate, or read this rank's output
         time.sleep(0.01)
 
 

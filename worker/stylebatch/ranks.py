@@ -26,8 +26,36 @@ class World:
         if self.comm is not None and self.size > 1:
             sys.stdout.flush()
             sys.stderr.flush()
+            unlink_mpi_shared_memory()
             time.sleep(0.5)  # let mpiexec forward this rank's last lines: Abort kills its I/O at once
             self.comm.Abort(code)
+
+
+# Files in /dev/shm that MPICH (its intranode segment) and UCX keep until MPI_Finalize.
+MPI_SHARED_MEMORY = ("/dev/shm/mpich_shm_", "/dev/shm/ucx_shm_")
+
+
+def unlink_mpi_shared_memory(maps: str = "/proc/self/maps") -> list[str]:
+    """Remove the names of the MPI shared-memory files this process has mapped (MPI_SHARED_MEMORY), for
+    a job that is ending without MPI_Finalize (MPI_Abort): in memory until the machine restarts
+    otherwise, 2 MiB per failed job (a pod's /dev/shm is 64 MiB by default). The ranks keep their
+    mappings; the job's MPI_Finalize (never reached here) would be the only one to use the names.
+    Returns the names removed."""
+    try:
+        lines = open(maps).read().splitlines()
+    except OSError:
+        return []
+    removed = []
+    for line in lines:
+        fields = line.split(maxsplit=5)
+        path = fields[5] if len(fields) == 6 else ""
+        if path.startswith(MPI_SHARED_MEMORY) and not path.endswith(" (deleted)") and path not in removed:
+            try:
+                os.unlink(path)
+            except OSError:
+                continue  # another rank of the job removed it first
+            removed.append(path)
+    return removed
 
 
 def _env_int(*names: str) -> int | None:

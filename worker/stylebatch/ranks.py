@@ -38,7 +38,8 @@ MPI_SHARED_MEMORY = ("/dev/shm/mpich_shm_", "/dev/shm/ucx_shm_")
 def unlink_mpi_shared_memory(maps: str = "/proc/self/maps") -> list[str]:
     """Remove the names of the MPI shared-memory files this process has mapped (MPI_SHARED_MEMORY), for
     a job that is ending without MPI_Finalize (MPI_Abort): in memory until the machine restarts
-    otherwise, 2 MiB per failed job (a pod's /dev/shm is 64 MiB by default). The ranks keep their
+    otherwise, 2 MiB per failed job (in the MPIJob's worker pods, counted against their memory limit
+    for as long as the pod lives: /dev/shm is a memory emptyDir there). The ranks keep their
     mappings; the job's MPI_Finalize (never reached here) would be the only one to use the names.
     Returns the names removed."""
     try:

@@ -178,6 +178,17 @@ def _ranks_of(cache: Path) -> list[int]:
     return pids
 
 
+def _end_frozen_run(proc: subprocess.Popen, child: int | None) -> None:
+    """After a test that froze a run's preprocess child: the run killed if it still goes, the child
+    thawed (a frozen child would never act on its SIGTERM, the launcher gone)."""
+    if proc.poll() is None:
+        proc.kill()
+        proc.communicate()
+    if child is not None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signal.SIGCONT)
+
+
 def _imported_torch(pid: int) -> bool:
     try:
         return "libtorch_cpu" in Path(f"/proc/{pid}/maps").read_text()
@@ -235,12 +246,7 @@ def test_the_ranks_start_beside_preprocess_and_touch_nothing_before_it_is_done(c
         assert sorted(_ranks_of(cache)) == ranks  # the same ranks went on: none was started again
         _, err = proc.communicate(timeout=300)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-        if child is not None:  # a frozen child would never act on its SIGTERM (the launcher gone)
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(child, signal.SIGCONT)
+        _end_frozen_run(proc, child)
     assert proc.returncode == 0, err
     assert count_frames(out) == 24
 
@@ -377,12 +383,7 @@ def test_ranks_started_beside_preprocess_and_not_needed_go_at_once_even_one_deaf
         waited = time.monotonic() - thawed
         _, err = proc.communicate(timeout=300)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-        if child is not None:  # a frozen child would never act on its SIGTERM (the launcher gone)
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(child, signal.SIGCONT)
+        _end_frozen_run(proc, child)
         for pid in set(early) & set(_ranks_of(cache)):  # a frozen rank left by a failure
             os.kill(pid, signal.SIGKILL)
     assert waited < 10, f"the ranks not needed took {waited:.1f} s to go"

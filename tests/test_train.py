@@ -164,3 +164,28 @@ def test_a_diverging_training_stops_with_one_line_and_writes_no_weights(tmp_path
     assert result.returncode == 2 and len(error_lines(result)) == 1, result.stderr
     assert "training diverged" in error_lines(result)[0] and "lower --lr" in error_lines(result)[0]
     assert not out.exists()
+
+
+def _foreign_pickle(path: Path) -> None:
+    torch.save([1, 2, 3], path)
+
+
+@pytest.mark.parametrize("write, words", [
+    (lambda p: p.write_text("not a checkpoint"), "not a PyTorch checkpoint, or corrupt or truncated"),
+    # the first bytes of a pickle of protocol 254: torch also warned on stderr
+    (lambda p: p.write_bytes(b"\x80\xfe" + bytes(range(256)) * 4), "not a PyTorch checkpoint, or corrupt or truncated"),
+    (_foreign_pickle, "is not a stylebatch training checkpoint"),
+], ids=["text", "pickle-like bytes", "another program's tensors"])
+def test_a_file_in_the_checkpoints_place_that_is_not_one_is_one_line_and_is_kept(tmp_path, content, write, words):
+    """Training resumes from `<output>.ckpt` when it exists; a foreign or damaged file there was a traceback
+    (exit 1) or torch's warning. Now one line naming it, exit 2, the file untouched, no weights written."""
+    out = tmp_path / "x.pth"
+    ckpt = Path(f"{out}.ckpt")
+    write(ckpt)
+    before = ckpt.read_bytes()
+    result = stylebatch("train-style", STARRY, "-o", out, "--steps", "2", *TINY, *content, timeout=900)
+    assert result.returncode == 2 and len(error_lines(result)) == 1, result.stderr
+    line = error_lines(result)[0]
+    assert words in line and str(ckpt) in line and "delete it" in line, line
+    assert result.stderr.strip().splitlines() == [line], result.stderr  # nothing else: no warning, no traceback
+    assert ckpt.read_bytes() == before and not out.exists()

@@ -236,6 +236,7 @@ def train(req: TrainRequest, painting: Path, output: Path, ckpt: Checkpoint) -> 
     from stylebatch.models import _device
     from stylebatch.paintings import read_style_image
     from stylebatch.vgg import CONTENT_LAYER, STYLE_LAYERS, gram, load_vgg19
+    from stylebatch.weights_file import load_state
 
     size, batch = req.size, req.batch_size
     style_weight = STYLE_WEIGHT if req.style_weight is None else req.style_weight
@@ -252,13 +253,21 @@ def train(req: TrainRequest, painting: Path, output: Path, ckpt: Checkpoint) -> 
         targets = [gram(f) for f in vgg(p, STYLE_LAYERS).values()]
     key, step, history = settings_key(painting, req, style_weight, content_weight), 0, []
     if ckpt.fetch():
-        state = torch.load(ckpt.path, map_location="cpu", weights_only=True)
-        if state.get("key") != key:
+        try:
+            state = load_state(ckpt.path, f"checkpoint {ckpt.name}")
+        except BadInput as exc:
+            raise BadInput(f"{exc}: delete it, or write to another -o") from None
+        if not isinstance(state, dict) or not {"key", "net", "optimizer", "step", "history"} <= state.keys():
+            raise BadInput(f"{ckpt.name} is not a stylebatch training checkpoint: delete it, or write to another -o")
+        if state["key"] != key:
             raise BadInput(f"{ckpt.name} is from training another painting or other settings: delete it, or "
                            "write to another -o")
-        net.load_state_dict(state["net"])
-        opt.load_state_dict(state["optimizer"])
-        step, history = int(state["step"]), list(state["history"])
+        try:
+            net.load_state_dict(state["net"])
+            opt.load_state_dict(state["optimizer"])
+            step, history = int(state["step"]), list(state["history"])
+        except (KeyError, TypeError, ValueError, RuntimeError):  # the right key, the wrong contents
+            raise BadInput(f"checkpoint {ckpt.name} is damaged: delete it, or write to another -o") from None
         log.info("resuming from %s at step %d", ckpt.name, step)
 
     def save() -> None:

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from stylebatch.errors import StylebatchError
-from stylebatch.weights_file import check_finite, check_unpacked_size
+from stylebatch.weights_file import check_finite, check_unpacked_size, load_state
 
 
 class TransformerNet(nn.Module):
@@ -123,12 +123,7 @@ def load_transformer_net(path: str | Path) -> TransformerNet:
     if not path.is_file():
         raise StylebatchError(f"style file {path} is not a file")
     check_unpacked_size(path)  # before torch unpacks anything: a zip bomb costs nothing
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch.load fails in many ways (pickle, zip, EOF, KeyError) with pages of text
-        why = ("it holds a pickled Python object, not a state dict (save model.state_dict())"
-               if "Unsupported global" in str(exc) else "not a PyTorch checkpoint, or corrupt or truncated")
-        raise StylebatchError(f"cannot load style file {path}: {why}") from None
+    state = load_state(path, f"style file {path}")
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise StylebatchError(f"style file {path} does not hold a state dict of tensors")
     state = {k: v for k, v in state.items() if not _DEPRECATED_KEY.search(str(k))}

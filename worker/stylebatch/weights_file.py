@@ -1,13 +1,14 @@
 """Checks on a user's weights file that run before and after torch unpacks it.
 
 A `.pth` is a zip archive: its records can be deflated, so a few megabytes can claim gigabytes.
-`check_unpacked_size` reads only the zip's directory and refuses a file whose records declare far
+`load_state` is the one place a user's file goes through `torch.load`; `check_unpacked_size` reads only the zip's directory and refuses a file whose records declare far
 more bytes than a TransformerNet holds, before torch allocates anything; `check_finite` refuses
 weights with NaN or infinity, which would paint every frame black or noise.
 """
 
 from __future__ import annotations
 
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Mapping
@@ -45,3 +46,17 @@ def check_finite(state: Mapping[str, torch.Tensor], path: Path) -> None:
             bad = int((~torch.isfinite(tensor)).sum())
             raise StylebatchError(f"style file {path} has {bad} weight(s) that are not finite (NaN or "
                                   f"infinity) in {key}: the training run diverged; use another checkpoint")
+
+
+def load_state(path: Path, what: str) -> object:
+    """`torch.load` of a user's file (weights only, onto the CPU): whatever torch raises or warns on a
+    foreign, corrupt or truncated file (pickle, zip, EOF errors; a "pickle protocol" warning when its
+    first bytes happen to look like a pickle) becomes one line naming `what` (e.g. "style file x.pth")."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's warnings about the file are part of the failure, or noise
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch.load fails in many ways, with pages of text
+        why = ("it holds a pickled Python object, not a state dict (save model.state_dict())"
+               if "Unsupported global" in str(exc) else "not a PyTorch checkpoint, or corrupt or truncated")
+        raise StylebatchError(f"cannot load {what}: {why}") from None

@@ -283,6 +283,22 @@ def test_manifest_records_absolute_paths_and_resume_compares_resolved_inputs(goo
     assert result.returncode == 2 and "another input" in error_lines(result)[0]
 
 
+@pytest.mark.parametrize("text", ["[]", "null", "42", "{not json", '{"format_version": 1}'])
+@pytest.mark.parametrize("command", ["stylize", "postprocess"])
+def test_a_damaged_manifest_is_one_line_and_the_work_dir_is_kept(command: str, text: str, good: Path,
+                                                                 tmp_path: Path) -> None:
+    """A later stage reads the manifest preprocess wrote; JSON that is not an object was a traceback."""
+    work = tmp_path / "work"
+    assert stylebatch("preprocess", good, "--work", work, "-o", tmp_path / "o.mp4").returncode == 0
+    (work / "manifest.json").write_text(text)
+    before = sorted(p.name for p in work.iterdir())
+    result = stylebatch(command, "--work", work, *(FAST_STYLE if command == "stylize" else ()))
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert len(error_lines(result)) == 1, result.stderr
+    assert "manifest" in error_lines(result)[0] and "work dir" in error_lines(result)[0], result.stderr
+    assert sorted(p.name for p in work.iterdir()) == before and not (tmp_path / "o.mp4").exists()
+
+
 @pytest.mark.parametrize("output, words", [
     ("nowhere/o.mp4", ["does not exist"]),
     ("in.mp4", ["is the input"]),

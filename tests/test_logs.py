@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -107,3 +109,33 @@ def test_the_cli_called_in_process_leaves_the_callers_environment_alone(tmp_path
                  *FAST_STYLE]) == 0
     assert dict(os.environ) == before
     assert logs.child_env() == {logs.FORMAT_ENV: "json", logs.LOG_JOB_ENV: str(tmp_path / "o.mp4")}
+
+
+_OTHER_LIBRARIES = """
+import logging, warnings
+from stylebatch import logs
+logs.setup({fmt!r})
+warnings.warn("Invalid APNG, will use default PNG image if possible")
+logging.getLogger("azure.core.pipeline.transport").warning("Incomplete download.\\nretrying")
+logging.getLogger("urllib3").info("below WARNING: not shown")
+logging.getLogger("stylebatch.x").info("stylebatch's own")
+"""
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_other_libraries_warnings_are_one_line_each_in_the_chosen_format(fmt: str) -> None:
+    """Pillow's remark on an odd PNG, azure-core's "Incomplete download." (retried): they were printed as
+    Python's two-line warning or bare text, lines a user or a log pipeline could not place."""
+    result = subprocess.run([sys.executable, "-c", _OTHER_LIBRARIES.format(fmt=fmt)], capture_output=True, text=True,
+                            timeout=60, env={k: v for k, v in os.environ.items() if k != "STYLEBATCH_LOG_FORMAT"})
+    assert result.returncode == 0, result.stderr
+    if fmt == "text":
+        assert result.stderr.splitlines() == [
+            "stylebatch: warning: UserWarning: Invalid APNG, will use default PNG image if possible",
+            "stylebatch: warning: azure.core.pipeline.transport: Incomplete download.",
+            "stylebatch: stylebatch's own"], result.stderr
+    else:
+        got = [(r["level"], r["logger"], r["message"].splitlines()[0]) for r in records(result.stderr)]
+        assert got[1:] == [("warning", "azure.core.pipeline.transport", "Incomplete download."),
+                           ("info", "stylebatch.x", "stylebatch's own")], result.stderr
+        assert got[0][:2] == ("warning", "py.warnings") and "Invalid APNG" in got[0][2], result.stderr

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import subprocess
 import sys
 import tempfile
+import warnings
 
 import numpy as np
 import pytest
@@ -184,6 +186,11 @@ def _bad_files(folder, user_net):
     diverged["res3.conv1.conv2d.weight"] = diverged["res3.conv1.conv2d.weight"].clone()
     diverged["res3.conv1.conv2d.weight"][0, 0, 0, 0] = float("nan")
     torch.save(diverged, folder / "nan_weights.pth")
+    for name, change in [("complex", lambda t: t.to(torch.complex64)), ("float8", lambda t: t.to(torch.float8_e4m3fn)),
+                         ("sparse", lambda t: t.to_sparse())]:
+        odd = dict(user_net.state_dict())
+        odd["res1.conv2.conv2d.weight"] = change(odd["res1.conv2.conv2d.weight"])
+        torch.save(odd, folder / f"{name}_weights.pth")
 
 
 @pytest.mark.parametrize("name, problem", [
@@ -196,13 +203,19 @@ def _bad_files(folder, user_net):
     ("a_list.pth", "does not hold a state dict"),
     ("missing.pth", "not found"),
     ("nan_weights.pth", "not finite (NaN or infinity) in res3.conv1.conv2d.weight"),
+    # the complex one loaded, its imaginary parts dropped with torch's warning; the others were tracebacks
+    ("complex_weights.pth", "holds res1.conv2.conv2d.weight as a torch.complex64 tensor"),
+    ("float8_weights.pth", "holds res1.conv2.conv2d.weight as a torch.float8_e4m3fn tensor"),
+    ("sparse_weights.pth", "holds res1.conv2.conv2d.weight as a torch.float32 tensor (torch.sparse_coo)"),
 ])
 def test_bad_pth_file_is_a_one_line_error_naming_file_and_problem(tmp_path, user_net, name, problem):
     _bad_files(tmp_path, user_net)
-    with pytest.raises(StylebatchError) as info:
+    with pytest.raises(StylebatchError) as info, warnings.catch_warnings(record=True) as warned:
+        warnings.simplefilter("always")
         load_stylizer(str(tmp_path / name), device="cpu")
     message = str(info.value)
     assert name in message and problem in message and "\n" not in message
+    assert [str(w.message) for w in warned] == []  # the one line says it all
 
 
 @pytest.mark.parametrize("style", ["starry-night-9000", "26", "ink-wash:0.5,mosaic:0.5", "ink-wash:lots", ""])
@@ -655,7 +668,7 @@ def test_the_winograd_convolution_equals_the_reflection_padded_convolution(monke
     assert fast_nets.USE_WINOGRAD  # NNPACK took every call (no fallback to oneDNN compared with itself)
 
 
-def test_a_network_whose_winograd_convolution_nnpack_refuses_paints_with_onednn(monkeypatch):
+def test_a_network_whose_winograd_convolution_nnpack_refuses_paints_with_onednn(monkeypatch, caplog):
     """NNPACK failing at run time (its workspace, a shape it does not take) must not fail a rank: that
     convolution and every later one are oneDNN's, with one warning: that frame as the network paints it
     without Winograd but for the last bits (oneDNN's NCHW arithmetic), the next ones exactly so.
@@ -673,9 +686,10 @@ def test_a_network_whose_winograd_convolution_nnpack_refuses_paints_with_onednn(
         monkeypatch.setattr(fast_nets, "USE_WINOGRAD", True)
         monkeypatch.setattr(torch, "_nnpack_spatial_convolution", refuse, raising=False)
         monkeypatch.setattr(fast_nets, "winograd_available", lambda: True)  # as where NNPACK runs
-        with pytest.warns(RuntimeWarning, match="NNPACK refused") as warned:
+        with caplog.at_level(logging.WARNING, logger="stylebatch"):
             got = net(x)
-        assert len(warned) == 1 and fast_nets.USE_WINOGRAD is False
+        warned = [r for r in caplog.records if "NNPACK refused" in r.getMessage()]
+        assert len(warned) == 1 and warned[0].name.startswith("stylebatch.") and fast_nets.USE_WINOGRAD is False
         after = net(x)
     assert psnr(got.numpy(), expected.numpy(), peak=1.0) >= 100
     assert torch.equal(after, expected)

@@ -67,3 +67,25 @@ def test_frame_at_a_time_and_bad_times(tmp_path):
     result = stylebatch("preview", video, "-o", tmp_path / "s.png", "--at", "soon")
     assert result.returncode == 2 and len(error_lines(result)) == 1 and "--at 'soon'" in result.stderr
     assert not (tmp_path / "s.png").exists()
+
+
+def _png_with_an_empty_animation_chunk(path) -> None:
+    """A PNG whose acTL chunk claims 0 frames: Pillow reads the still picture and warns ("Invalid APNG")."""
+    import struct
+    import zlib
+
+    Image.open("/usr/share/doc/opencv-doc/examples/data/fruits.jpg").convert("RGB").resize((96, 80)).save(path)
+    data = path.read_bytes()
+    body = struct.pack(">II", 0, 0)
+    chunk = struct.pack(">I", len(body)) + b"acTL" + body + struct.pack(">I", zlib.crc32(b"acTL" + body))
+    path.write_bytes(data[:33] + chunk + data[33:])  # after the signature and IHDR
+
+
+def test_a_picture_pillow_warns_about_is_used_without_its_warning(tmp_path):
+    """As the picture to preview and as the painting: Pillow's two-line UserWarning was on stderr."""
+    odd = tmp_path / "odd.png"
+    _png_with_an_empty_animation_chunk(odd)
+    result = stylebatch("preview", odd, "-o", tmp_path / "sheet.png", "--style", f"ink-wash,{odd}", "--tile", "48")
+    assert result.returncode == 0, result.stderr
+    assert all(line.startswith("stylebatch: ") for line in result.stderr.splitlines()), result.stderr
+    assert "APNG" not in result.stderr and Image.open(tmp_path / "sheet.png").size[0] > 48

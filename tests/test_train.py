@@ -170,12 +170,27 @@ def _foreign_pickle(path: Path) -> None:
     torch.save([1, 2, 3], path)
 
 
+def _complex_weights(path: Path) -> None:
+    """A checkpoint of these very settings (TINY, STARRY) whose net holds a complex tensor: torch's
+    load_state_dict warned that it drops the imaginary part, and training went on."""
+    from stylebatch.requests import TrainRequest
+    from stylebatch.train import CONTENT_WEIGHT, STYLE_WEIGHT, settings_key
+    from stylebatch.transformer_net import TransformerNet
+
+    req = TrainRequest(painting=STARRY, output=str(path)[:-5], size=32, batch_size=1, lr=0.01, device="cpu")
+    net = TransformerNet().state_dict()
+    net["conv1.conv2d.weight"] = net["conv1.conv2d.weight"].to(torch.complex64)
+    torch.save({"key": settings_key(Path(STARRY), req, STYLE_WEIGHT, CONTENT_WEIGHT), "step": 1, "history": [1.0],
+                "net": net, "optimizer": {}}, path)
+
+
 @pytest.mark.parametrize("write, words", [
     (lambda p: p.write_text("not a checkpoint"), "not a PyTorch checkpoint, or corrupt or truncated"),
     # the first bytes of a pickle of protocol 254: torch also warned on stderr
     (lambda p: p.write_bytes(b"\x80\xfe" + bytes(range(256)) * 4), "not a PyTorch checkpoint, or corrupt or truncated"),
     (_foreign_pickle, "is not a stylebatch training checkpoint"),
-], ids=["text", "pickle-like bytes", "another program's tensors"])
+    (_complex_weights, "is damaged"),
+], ids=["text", "pickle-like bytes", "another program's tensors", "complex weights"])
 def test_a_file_in_the_checkpoints_place_that_is_not_one_is_one_line_and_is_kept(tmp_path, content, write, words):
     """Training resumes from `<output>.ckpt` when it exists; a foreign or damaged file there was a traceback
     (exit 1) or torch's warning. Now one line naming it, exit 2, the file untouched, no weights written."""

@@ -169,6 +169,14 @@ def test_a_second_run_on_a_busy_work_dir_fails_at_once_naming_the_first(backend:
     assert location(work).list() == []  # the first run cleaned up after itself, its lock included
 
 
+def _own_tmp(env: dict | None, tmp_path: Path) -> dict:
+    """env with TMPDIR in the test's own folder: what a killed run or a bare mpiexec leaves there
+    (hydra's topology files, a run's scratch folder) goes with the test, not into /tmp."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir(exist_ok=True)
+    return dict(os.environ if env is None else env, TMPDIR=str(tmp))
+
+
 @pytest.mark.mpi
 def test_ranks_under_a_bare_mpiexec_refuse_a_work_dir_locked_by_another_stage(clip, tmp_path: Path) -> None:
     """The operator's MPIJob runs `mpiexec -n N stylebatch stylize`: rank 0 takes the lock for all."""
@@ -183,7 +191,7 @@ def test_ranks_under_a_bare_mpiexec_refuse_a_work_dir_locked_by_another_stage(cl
         bin_dir = Path(sys.executable).parent
         result = subprocess.run([str(bin_dir / "mpiexec"), "-n", "2", str(bin_dir / "stylebatch"), "stylize",
                                  "--work", str(work), *FAST_STYLE], capture_output=True, text=True, timeout=120,
-                                stdin=subprocess.DEVNULL)
+                                stdin=subprocess.DEVNULL, env=_own_tmp(None, tmp_path))
     finally:
         lock.release()
     assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
@@ -225,7 +233,7 @@ def test_the_lock_file_of_a_killed_run_blocks_nothing(clip, tmp_path: Path) -> N
     src = clip("in.mp4", size=(64, 48), frames=24)
     args = ["run", str(src), "-o", str(tmp_path / "out.mp4"), "--work", str(tmp_path / "work"), "--workers", "1",
             "--chunk-frames", "4", *FAST_STYLE]
-    _killed_once_stylizing([sys.executable, "-m", "stylebatch", *args], dict(os.environ))
+    _killed_once_stylizing([sys.executable, "-m", "stylebatch", *args], _own_tmp(None, tmp_path))
     assert (tmp_path / "work" / "stylebatch.lock").exists()  # left behind, but no process holds it
     started = time.monotonic()
     result = stylebatch(*args)
@@ -243,7 +251,7 @@ def test_a_killed_runs_blob_lease_holds_the_next_run_only_until_it_expires(azure
     work = f"az://{azure_env.container}/work"
     args = ["run", str(src), "-o", str(tmp_path / "out.mp4"), "--work", work, "--workers", "1", "--chunk-frames", "4",
             *FAST_STYLE]
-    _killed_once_stylizing([sys.executable, "-m", "stylebatch", *args], azure_env.env)
+    _killed_once_stylizing([sys.executable, "-m", "stylebatch", *args], _own_tmp(azure_env.env, tmp_path))
     assert _lease_state(work) == "leased"
     result = stylebatch(*args, env=azure_env.env)
     assert result.returncode == 0, result.stderr
@@ -269,13 +277,13 @@ def test_the_attempt_after_a_killed_mpijob_waits_for_its_lease_instead_of_failin
                       env=azure_env.env).returncode == 0
     bin_dir = Path(sys.executable).parent
     stylize = [str(bin_dir / "mpiexec"), "-n", "2", str(bin_dir / "stylebatch"), "stylize", "--work", work, *FAST_STYLE]
-    attempt = dict(azure_env.env, STYLEBATCH_JOB="orangutan")
+    attempt = dict(_own_tmp(azure_env.env, tmp_path), STYLEBATCH_JOB="orangutan")
     _killed_once_stylizing(["unshare", "-r", "-u", "sh", "-c", 'hostname orangutan-stylize-1-launcher && exec "$@"',
                             "sh", *stylize], attempt)
     assert _lease_state(work) == "leased"
 
     other = subprocess.run(stylize, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
-                           env=dict(azure_env.env, STYLEBATCH_JOB="gibbon"))
+                           env=dict(_own_tmp(azure_env.env, tmp_path), STYLEBATCH_JOB="gibbon"))
     assert other.returncode == 75, other.stderr
     [line] = error_lines(other)
     assert "in use by another stylebatch (host orangutan-stylize-1-launcher" in line, line

@@ -38,7 +38,7 @@ pixel, which is edge (replicate) padding of the input.
 from __future__ import annotations
 
 import functools
-import warnings
+import logging
 
 import torch
 import torch.nn.functional as F
@@ -290,7 +290,7 @@ def winograd_conv3x3(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         if "NNPACK" not in str(exc):
             raise
         USE_WINOGRAD = False
-        warnings.warn(f"NNPACK refused a convolution ({exc}); using oneDNN's from now on", RuntimeWarning, stacklevel=2)
+        logging.getLogger(__name__).warning("NNPACK refused a convolution (%s); using oneDNN's from now on", exc)
         out.copy_(F.conv2d(padded, weight))
     return out
 

@@ -31,6 +31,19 @@ class TextFormat(logging.Formatter):
         return f"stylebatch: {level}{record.getMessage()}"
 
 
+class OtherFormat(logging.Formatter):
+    """Another library's WARNING or worse as one line: `stylebatch: warning: <logger>: <first line>`,
+    a Python warning (logging.captureWarnings) as `stylebatch: warning: <Category>: <message>`."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        lines = record.getMessage().strip().splitlines() or [""]
+        text = f"{record.name}: {lines[0]}"
+        if record.name == "py.warnings":  # "path:line: Category: message\n  source line"
+            where, _, rest = lines[0].partition(": ")
+            text = rest if rest and where.rpartition(":")[2].isdigit() else lines[0]
+        return f"stylebatch: {record.levelname.lower()}: {text}"
+
+
 class JsonFormat(logging.Formatter):
     """One JSON object per record, on one line (a traceback goes into "exception", escaped)."""
 
@@ -88,7 +101,8 @@ def child_env() -> dict[str, str]:
 
 
 def setup(fmt: str, job: str | None = None, logger: str = "stylebatch") -> None:
-    """Send `logger`'s records (INFO and up) to stderr in `fmt`; child_env() carries the choice to children."""
+    """Send `logger`'s records (INFO and up) to stderr in `fmt`, and where logging is not configured yet
+    every other logger's WARNING and up and Python's warnings too; child_env() carries the choice to children."""
     _chosen.clear()
     _chosen[FORMAT_ENV] = fmt
     job = os.environ.get(LOG_JOB_ENV) or job
@@ -100,3 +114,12 @@ def setup(fmt: str, job: str | None = None, logger: str = "stylebatch") -> None:
     log.handlers[:] = [handler]
     log.setLevel(logging.INFO)
     log.propagate = False
+    root = logging.getLogger()
+    if not root.handlers:  # nobody configured logging (stylebatch's own process, not a program calling main())
+        # the other libraries' records (WARNING and up) and Python warnings (torch's, Pillow's, azure-core's)
+        # one line each in the same format: never Python's bare fallback handler or showwarning's two lines
+        other = logging.StreamHandler(sys.stderr)
+        other.setFormatter(formatter(fmt, job) if fmt == "json" else OtherFormat())
+        root.addHandler(other)
+        root.setLevel(logging.WARNING)
+        logging.captureWarnings(True)

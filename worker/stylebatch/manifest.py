@@ -63,6 +63,8 @@ class Manifest:
     def from_json(cls, text: str | bytes) -> Manifest:
         try:
             d = json.loads(text)
+            if not isinstance(d, dict):
+                raise ValueError(f"a JSON {type(d).__name__}, not an object")
             if d.get("format_version") != FORMAT_VERSION:
                 raise StylebatchError(
                     f"work dir was made by an incompatible stylebatch (manifest format "

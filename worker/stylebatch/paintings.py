@@ -30,6 +30,7 @@ def read_style_image(path: str | Path, label: str | None = None) -> np.ndarray:
         raise BadInput(f"{label} not found" if not path.exists() else f"{label} is not a file")
     try:
         with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pillow's remarks on odd files (TIFF tags, APNG chunks): noise
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path, formats=FORMATS) as img:
                 w, h = img.size

@@ -8,6 +8,7 @@ import re
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,7 @@ def unlink_mpi_shared_memory(maps: str = "/proc/self/maps") -> list[str]:
     mappings; the job's MPI_Finalize (never reached here) would be the only one to use the names.
     Returns the names removed."""
     try:
-        lines = open(maps).read().splitlines()
+        lines = Path(maps).read_text().splitlines()
     except OSError:
         return []
     removed = []
@@ -92,7 +93,7 @@ def cpu_count() -> int:
     """CPUs this process may use: the affinity mask and, in a container, the cgroup CPU quota."""
     n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     try:
-        quota, period = open("/sys/fs/cgroup/cpu.max").read().split()
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
         if quota != "max":
             n = min(n, max(1, int(int(quota) / int(period))))
     except (OSError, ValueError):
@@ -116,7 +117,7 @@ def oom_kills() -> int | None:
     """How many processes the kernel's out-of-memory killer ended in this process's memory cgroup
     (v2 memory.events or v1 memory.oom_control), or None where that cannot be read."""
     try:
-        lines = open("/proc/self/cgroup").read().splitlines()
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
     except OSError:
         return None
     candidates = []
@@ -130,7 +131,7 @@ def oom_kills() -> int | None:
                            "/sys/fs/cgroup/memory/memory.oom_control"]
     for candidate in candidates:
         try:
-            for entry in open(candidate).read().splitlines():
+            for entry in Path(candidate).read_text().splitlines():
                 key, _, value = entry.partition(" ")
                 if key == "oom_kill" and value.strip().isdigit():
                     return int(value)

@@ -236,7 +236,7 @@ def train(req: TrainRequest, painting: Path, output: Path, ckpt: Checkpoint) -> 
     from stylebatch.models import _device
     from stylebatch.paintings import read_style_image
     from stylebatch.vgg import CONTENT_LAYER, STYLE_LAYERS, gram, load_vgg19
-    from stylebatch.weights_file import load_state
+    from stylebatch.weights_file import load_state, plain_real
 
     size, batch = req.size, req.batch_size
     style_weight = STYLE_WEIGHT if req.style_weight is None else req.style_weight
@@ -262,6 +262,8 @@ def train(req: TrainRequest, painting: Path, output: Path, ckpt: Checkpoint) -> 
         if state["key"] != key:
             raise BadInput(f"{ckpt.name} is from training another painting or other settings: delete it, or "
                            "write to another -o")
+        if not isinstance(state["net"], dict) or not all(plain_real(v) for v in state["net"].values()):
+            raise BadInput(f"checkpoint {ckpt.name} is damaged: delete it, or write to another -o")
         try:
             net.load_state_dict(state["net"])
             opt.load_state_dict(state["optimizer"])

@@ -39,9 +39,19 @@ def check_unpacked_size(path: Path, limit: int = MAX_UNPACKED_BYTES) -> None:
             f"TransformerNet ({limit // 2**20} MiB at most): refusing to load it")
 
 
+def plain_real(tensor: object) -> bool:
+    """A dense tensor of real numbers at least 16 bits wide (or integers): what weights are. Complex,
+    sparse, quantized and 8-bit float tensors are not (torch would warn, fail or lose the imaginary part)."""
+    return (isinstance(tensor, torch.Tensor) and tensor.layout == torch.strided and not tensor.is_complex()
+            and not tensor.is_quantized and not (tensor.is_floating_point() and tensor.element_size() < 2))
+
+
 def check_finite(state: Mapping[str, torch.Tensor], path: Path) -> None:
-    """Refuse weights holding NaN or infinity."""
+    """Refuse weights that are not plain real tensors (plain_real) or hold NaN or infinity."""
     for key, tensor in state.items():
+        if not plain_real(tensor):
+            raise StylebatchError(f"style file {path} holds {key} as a {tensor.dtype} tensor ({tensor.layout}): "
+                                  "weights are dense tensors of real numbers")
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             bad = int((~torch.isfinite(tensor)).sum())
             raise StylebatchError(f"style file {path} has {bad} weight(s) that are not finite (NaN or "

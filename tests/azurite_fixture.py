@@ -95,10 +95,13 @@ def _azurite_binary(service: str = "blob") -> str:
     )
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def _free_ports(n: int) -> list[int]:
+    """n distinct free ports: every socket is held until all are picked, so no two are the same."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in socks]
 
 
 def _answers(endpoint: str) -> bool:
@@ -114,7 +117,8 @@ def _answers(endpoint: str) -> bool:
 @pytest.fixture(scope="session")
 def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Azurite]:
     workdir = tmp_path_factory.mktemp("azurite")
-    server = Azurite(port=_free_port(), queue_port=_free_port())
+    blob_port, queue_port = _free_ports(2)
+    server = Azurite(port=blob_port, queue_port=queue_port)
     with contextlib.ExitStack() as stack:
         for service, port, endpoint in (("blob", server.port, server.endpoint),
                                         ("queue", server.queue_port, server.queue_endpoint)):

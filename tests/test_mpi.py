@@ -158,11 +158,16 @@ def test_run_with_two_workers(clip, tmp_path: Path) -> None:
 
 
 SLOW_RANK = """
-import sys, time
+import pathlib, sys, time
 import stylebatch.models as models
 call = models.Stylizer.__call__
+parts = pathlib.Path(sys.argv[sys.argv.index("--work") + 1]) / "parts"
 def slow(self, frames):
-    time.sleep(2.0)  # this rank's device is far slower than the other's
+    # this rank's device is far slower than the other's: its first batch ends only once the other
+    # rank has written 7 parts, however fast or slow this machine is
+    deadline = time.monotonic() + 60
+    while len(list(parts.glob("*.mkv"))) < 7 and time.monotonic() < deadline:
+        time.sleep(0.05)
     return call(self, frames)
 models.Stylizer.__call__ = slow
 from stylebatch.cli import main

@@ -71,7 +71,9 @@ class ApiServer(kmock.KubernetesEmulator):
         if request.action == kmock.action.CREATE and isinstance(request.data, dict):
             meta = request.data.setdefault("metadata", {})
             if not meta.get("name") and meta.get("generateName"):
-                meta["name"] = meta["generateName"] + uuid.uuid4().hex[:5]
+                # (a real API server's 5 random characters, and a retry on a clash; here a longer
+                # suffix, so a test's hundreds of Events never clash)
+                meta["name"] = meta["generateName"] + uuid.uuid4().hex[:12]
             meta.update(uid=str(uuid.uuid4()), generation=1, resourceVersion=str(next(self._versions)),
                         creationTimestamp=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
         elif request.action == kmock.action.UPDATE:
@@ -1239,9 +1241,11 @@ def test_a_transient_stall_is_shown_but_does_not_fail_the_job_and_clears_when_th
 
 
 def test_a_stylize_that_stops_advancing_is_ended_and_retried_and_its_progress_never_falls(monkeypatch):
-    # A progress timeout of 1.5 s, far below the 60 s the CRD's schema allows in a job or in the job
+    # A progress timeout of 4 s, far below the 60 s the CRD's schema allows in a job or in the job
     # defaults: set in the built-in defaults, which no schema checks (a shortcut only a test takes).
-    monkeypatch.setitem(settings_module.BUILT_IN_JOB_DEFAULTS, "progressTimeoutSeconds", 1.5)
+    # advanceTime is stored in whole seconds (rounded down), so the timeout can fire up to 1 s early:
+    # 4 s leaves the test's two progress steps (a few 0.1 s reconciliations) far inside it.
+    monkeypatch.setitem(settings_module.BUILT_IN_JOB_DEFAULTS, "progressTimeoutSeconds", 4)
 
     async def scenario() -> None:
         settings = Settings(interval=INTERVAL)
@@ -1260,11 +1264,11 @@ def test_a_stylize_that_stops_advancing_is_ended_and_retried_and_its_progress_ne
                     if v and "framesDone" in ((v.get("status") or {}).get("progress") or {})]
             assert seen == sorted(seen)  # never backwards
             # then nothing moves (a network partition: mpiexec hangs)
-            second = await eventually(lambda: child(api, "MPIJob", "orangutan-stylize-2"), timeout=15)
+            second = await eventually(lambda: child(api, "MPIJob", "orangutan-stylize-2"), timeout=20)
             assert deletes(api, MPIJOBS) == ["orangutan-stylize-1"] and gone(api, "MPIJob", "orangutan-stylize-1")
             s = await eventually(lambda: status(api)["retries"] == 1 and status(api))
             assert s["failure"]["reason"] == "ProgressStalled"
-            assert "no frame stylized for 2s (at 80% (80/100))" in s["failure"]["message"]
+            assert "no frame stylized for 4s (at 80% (80/100))" in s["failure"]["message"]
             retry = await eventually(lambda: [e for e in events(api) if e[1] == "Retrying"])
             assert "ProgressStalled" in retry[0][2] and "only the missing parts are stylized again" in retry[0][2]
             assert _launcher_args(second)[-12:] == _launcher_args(first)[-12:]  # same work dir: resumes

@@ -69,9 +69,9 @@ class Item:
 
 
 @pytest.mark.parametrize("read_s, model_s, write_s, limit", [
-    (0.0, 0.04, 0.0, "model"),
-    (0.04, 0.0, 0.0, "waiting for the decoder"),
-    (0.0, 0.0, 0.04, "waiting for the encoder"),
+    (0.0, 0.12, 0.0, "model"),
+    (0.12, 0.0, 0.0, "waiting for the decoder"),
+    (0.0, 0.0, 0.12, "waiting for the encoder"),
 ])
 def test_the_summary_names_what_limits_the_run(read_s, model_s, write_s, limit):
     busy, written = pipeline(read_s, model_s, write_s)

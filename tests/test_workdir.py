@@ -4,6 +4,7 @@ and only the files the work dir's own records list are ever deleted."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -151,10 +152,15 @@ def test_a_second_run_on_a_busy_work_dir_fails_at_once_naming_the_first(backend:
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         _wait_for_lock_holder(holder, run_a)
-        started = time.monotonic()
-        result = stylebatch("run", second, "-o", tmp_path / "b.mp4", "--work", work, *FAST_STYLE, env=env)
-        assert time.monotonic() - started < 30  # at once, not after waiting for the first
-        assert run_a.poll() is None, "the first run ended before the second was tried: make its clip longer"
+        # the first run's launcher held still while the second is tried, so the first cannot end
+        # first however fast this machine is (its children go on; it resumes below)
+        os.kill(run_a.pid, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            result = stylebatch("run", second, "-o", tmp_path / "b.mp4", "--work", work, *FAST_STYLE, env=env)
+            assert time.monotonic() - started < 30  # at once, not after waiting for the first
+        finally:
+            os.kill(run_a.pid, signal.SIGCONT)
         assert result.returncode == 75 and "Traceback" not in result.stderr, result.stderr
         assert len(error_lines(result)) == 1, result.stderr
         line = error_lines(result)[0]

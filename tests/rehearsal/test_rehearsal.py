@@ -267,10 +267,8 @@ def test_a_missing_image_is_reported_on_the_job_within_a_minute(stack, tmp_path)
         upload(stack, "videos", "orangutan.mp4", SAMPLE)
         async with cluster(stack, tmp_path) as (api, executor):
             await apply(api, "typo", image="stylebatch-worker:no-such-tag")
-            started = time.monotonic()
             stalled = await until(executor, lambda: condition(api, "typo", "Stalled").get("status") == "True"
-                                  and condition(api, "typo", "Stalled"), timeout=60)
-            assert time.monotonic() - started < 60
+                                  and condition(api, "typo", "Stalled"), timeout=60)  # (fails past a minute)
             assert stalled["reason"] in ("ErrImagePull", "ImagePullBackOff"), stalled
             assert "stylebatch-worker:no-such-tag" in stalled["message"] and "typo-preprocess-1" in stalled["message"]
     run(scenario, timeout=300)

@@ -91,6 +91,13 @@ def _conv_cl(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, s
 # 128 channels at 90x160 56.3 vs 48.7 ms).
 PAD_COPY_VALUES = 1 << 20
 
+# The fewest output columns padded_conv computes a border strip with. oneDNN's bf16 convolution
+# (torch 2.13's, on a CPU with AVX-512 BF16 / AMX: Sapphire Rapids) of stride 2 and one output column
+# gives garbage (1e19, inf, NaN: memory it never wrote) most of the time; the 3x3 stride-2 layers'
+# one-column strips made whole bf16 frames black. Two columns were right in every shape tried, four
+# leave a margin; fp32 never went wrong (tests/test_models.py).
+EDGE_STRIP_COLUMNS = 4
+
 
 def padded_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, pad: int = 0,
                 mode: str = "reflect", stride: int = 1) -> torch.Tensor:
@@ -115,7 +122,9 @@ def padded_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
         if r0 < r1:
             strip = _row_strip(x, r0 * stride - pad, (r1 - 1) * stride - pad + k, pad, mode)
             y[:, :, r0:r1] = F.conv2d(strip, weight, bias, stride=stride)
-    for c0, c1 in ((0, min(left, ow)), (max(right, left), ow)):
+    # column strips EDGE_STRIP_COLUMNS wide at least: their inner columns come out the same again
+    left, right = max(left, EDGE_STRIP_COLUMNS), min(right, ow - EDGE_STRIP_COLUMNS)
+    for c0, c1 in ((0, min(left, ow)), (max(right, 0), ow)):
         if c0 < c1:
             strip = x.index_select(3, _edge_rows(c0 * stride - pad, (c1 - 1) * stride - pad + k, w, mode))
             y[:, :, :, c0:c1] = _conv_cl(strip.index_select(2, all_rows), weight, bias, stride)

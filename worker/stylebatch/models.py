@@ -67,6 +67,9 @@ class Stylizer:
         self.fits: int | None = None  # frames per network call that fit the GPU's memory, once one did not
         self._flat: dict[bytes, np.ndarray] = {}  # a flat frame's colour -> its painted colour (_flat_colour)
         self._fp32: Stylizer | None = None  # the painters in fp32 on the CPU, made for the first flat frame
+        # bf16 that `--precision auto` chose on the CPU: checked against fp32 on the first frame painted
+        # (`_checked`); set by load_stylizer
+        self.check_reduced = False
 
     @property
     def net(self) -> nn.Module:
@@ -126,14 +129,34 @@ class Stylizer:
             self.own_vector = style_vector(frames[0])
         flat = flat_frames(frames) if self.reduced else []
         if not flat:
-            return self._in_batches(frames)
+            return self._checked(frames, self._in_batches(frames))
         out = np.empty_like(frames)
         for i in flat:
             out[i] = self._flat_colour(frames[i, 0, 0])
         rest = sorted(set(range(b)) - set(flat))
         if rest:
-            out[rest] = self._in_batches(frames[rest])
+            out[rest] = self._checked(frames[rest], self._in_batches(frames[rest]))
         return out
+
+    def _checked(self, frames: np.ndarray, painted: np.ndarray) -> np.ndarray:
+        """painted, once the first frame a bf16 stylizer that `--precision auto` chose paints is within
+        AUTO_MIN_PSNR dB of fp32; else the frames again in fp32, and fp32 from then on, with a warning.
+        Once per stylizer (a rank): one frame's fp32 pass. (oneDNN's bf16 convolutions of some shapes
+        returned garbage on one CPU: whole frames came out black with exit code 0; fast_nets.)"""
+        if not self.check_reduced:
+            return painted
+        self.check_reduced = False
+        exact = Stylizer([_fp32_cpu(p) for p in self.painters], name=self.name, device=torch.device("cpu"),
+                         dtype=torch.float32, strength=self.strength, max_side=self.max_side,
+                         keep_colors=self.keep_colors,
+                         own_vector=None if self.own_vector is None else self.own_vector.to("cpu", torch.float32))
+        score = psnr(painted[:1], exact._in_batches(frames[:1]))
+        if score >= AUTO_MIN_PSNR:
+            return painted
+        log.warning("precision auto: bf16 painted this video's first frame %.1f dB from fp32 (at least %d "
+                    "needed): stylizing in fp32", score, AUTO_MIN_PSNR)
+        self.autocast = None
+        return self._in_batches(frames)
 
     @property
     def reduced(self) -> bool:
@@ -213,6 +236,16 @@ class Stylizer:
             return out.cpu().numpy()
 
 
+# The least PSNR (dB) against fp32 at which a reduced precision that `--precision auto` chose is kept.
+AUTO_MIN_PSNR = 45
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """PSNR (dB) of two uint8 pictures; NaN-free (equal pictures: 200)."""
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return 200.0 if mse == 0 else float(10 * np.log10(255.0 ** 2 / mse))
+
+
 def flat_frames(frames: np.ndarray) -> list[int]:
     """Indices of the frames [B, H, W, 3] that are one colour everywhere (a black frame, a title
     card's ground); a sparse grid of pixels rules most others out without reading them all."""
@@ -266,9 +299,11 @@ def load_stylizer(style: str, *, device: str = "auto", strength: float = 1.0, ma
         from stylebatch.paintings import style_vector
 
         own = style_vector(own_frame)
-    return Stylizer(painters, name=style_label(parts), device=dev, dtype=dtype, strength=float(strength),
-                    max_side=None if max_side is None else int(max_side), keep_colors=bool(keep_colors),
-                    own_vector=own, autocast=autocast)
+    stylizer = Stylizer(painters, name=style_label(parts), device=dev, dtype=dtype, strength=float(strength),
+                        max_side=None if max_side is None else int(max_side), keep_colors=bool(keep_colors),
+                        own_vector=own, autocast=autocast)
+    stylizer.check_reduced = precision == "auto" and autocast is not None
+    return stylizer
 
 
 def cpu_has_native_bf16() -> bool:

@@ -16,7 +16,9 @@ oneDNN (`fast_nets.USE_WINOGRAD` off): where torch has NNPACK its residual block
 convolutions, which the FLOP counter does not see (so "executed" leaves them out) and which need
 fewer multiplications than the network's count, so that row's share of the GEMM may pass 100%.
 The GEMM is a 2048 x 2048 fp32 torch.mm. The process reuses freed
-memory as a rank does (`memory.reuse_freed_memory`), the reference's rows too.
+memory as a rank does (`memory.reuse_freed_memory`), the reference's rows too. With --bf16, stylebatch's
+two networks again in bf16 (`--precision bf16`: CPU autocast, no Winograd), against a bf16 GEMM
+(worth it only on a CPU with native bf16, AVX-512 BF16 or AMX; elsewhere oneDNN emulates it).
 """
 
 from __future__ import annotations
@@ -68,14 +70,16 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", default="640x360,720x528,1280x720")
     p.add_argument("--seconds", type=float, default=6.0, help="CPU seconds per row (default: 6)")
+    p.add_argument("--bf16", action="store_true", help="also stylebatch's networks in bf16, against a bf16 GEMM")
     a = p.parse_args(argv)
     reuse_freed_memory()  # as a rank does; the reference rows get it too (it can only speed them up)
     torch.set_num_threads(1)
     m = torch.randn(2048, 2048)
 
-    def gemm_rate() -> float:  # measured again beside every row: a shared machine's speed drifts by 30%
-        with torch.inference_mode():
-            return 2 * 2048 ** 3 / per_call(lambda: torch.mm(m, m), max(1.0, a.seconds / 3)) / 1e9
+    def gemm_rate(dtype: torch.dtype = torch.float32) -> float:  # measured again beside every row: a shared
+        with torch.inference_mode():                               # machine's speed drifts by 30%
+            g = m.to(dtype)
+            return 2 * 2048 ** 3 / per_call(lambda: torch.mm(g, g), max(1.0, a.seconds / 3)) / 1e9
 
     rates = [gemm_rate()]
     print(f"1 torch thread, CPU time; fp32 GEMM (2048^3 torch.mm) measured before each row, {rates[0]:.1f} "
@@ -87,7 +91,10 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "net.pth")
         torch.save(net.state_dict(), path)
-        fast, builtin = load_stylizer(path, device="cpu", precision="fp32"), load_stylizer(DEFAULT_STYLE, device="cpu")
+        fast, builtin = load_stylizer(path, device="cpu", precision="fp32"), load_stylizer(DEFAULT_STYLE, device="cpu",
+                                                                                          precision="fp32")
+        fast16, builtin16 = (load_stylizer(path, device="cpu", precision="bf16"),
+                             load_stylizer(DEFAULT_STYLE, device="cpu", precision="bf16"))
     plain, condition = load_multistyle26(), builtin.painters[0].condition  # the network as published
     for size in a.sizes.split(","):
         w, h = map(int, size.split("x"))
@@ -104,9 +111,16 @@ def main(argv: list[str] | None = None) -> int:
                      plain_flops, plain_flops),
                     (f"built-in {DEFAULT_STYLE}, stylebatch (fast_nets)", lambda: builtin(frame), plain_flops,
                      flops(lambda: builtin(frame)))]
+            if a.bf16:
+                rows += [("TransformerNet, stylebatch (fast_nets), bf16", lambda: fast16(frame), published,
+                          flops(lambda: fast16(frame))),
+                         (f"built-in {DEFAULT_STYLE}, stylebatch (fast_nets), bf16", lambda: builtin16(frame),
+                          plain_flops, flops(lambda: builtin16(frame)))]
             for name, fn, network, executed in rows:
-                gemm = rates[-1] if len(rates) == 1 else gemm_rate()
-                rates.append(gemm)
+                bf16 = name.endswith("bf16")
+                gemm = rates[-1] if len(rates) == 1 and not bf16 else gemm_rate(torch.bfloat16 if bf16 else torch.float32)
+                if not bf16:
+                    rates.append(gemm)
                 s = per_call(fn, a.seconds)
                 work = network or executed
                 print(f"| {name} | {size} | {work / 1e9:.1f} | {executed / 1e9:.1f} | {1 / s:.2f} | "

@@ -128,7 +128,8 @@ DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # --precision, spec.processing.precision
 # what auto picks (models._precision), for --precision's help and the CRD
 PRECISION_AUTO = ("fp16 on a GPU; bf16 on a CPU with native bf16 (AVX-512 BF16, AMX) for .pth networks only "
-                  "(in bf16, 7 of the 26 built-in styles measured under 45 dB against fp32); else fp32")
+                  "(in bf16, 7 of the 26 built-in styles measured under 45 dB against fp32), checked against "
+                  "fp32 on each rank's first frame (under 45 dB: fp32); else fp32")
 
 # --- the work dir: the only interface between the stages ---
 

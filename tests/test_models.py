@@ -574,6 +574,28 @@ def test_the_in_place_instance_norm_equals_torchs(monkeypatch, relu, whole, step
     assert psnr(got.numpy(), expected.numpy(), peak) >= min(100, psnr(torch_fp32.numpy(), expected.numpy(), peak) - 3)
 
 
+@pytest.mark.parametrize("relu", [True, False])
+def test_a_bf16_picture_under_autocast_is_normed_in_fp32(relu):
+    """Under the CPU's bf16 autocast (`--precision bf16`, and auto with a .pth on a CPU with native bf16)
+    a convolution's bf16 picture is made fp32 and normed in place as fp32 pictures are: the same as
+    torch's instance norm of it in float64, fp32 and channels-last out (the next convolution rounds it
+    to bf16 again). It went through F.instance_norm before: a bf16 result, and copies to contiguous
+    and back that took half the time of a bf16 TransformerNet (1.7-1.9x as many frames/s since, on a
+    CPU with AMX; docs/benchmarks.md)."""
+    from stylebatch import fast_nets
+
+    gen = torch.Generator().manual_seed(7)
+    x = (torch.randn(2, 32, 37, 53, generator=gen) * 3 + 1).bfloat16().contiguous(memory_format=torch.channels_last)
+    weight, bias = torch.rand(32, generator=gen) + 0.5, torch.randn(32, generator=gen)
+    expected = torch.nn.functional.instance_norm(x.double().contiguous(), weight=weight.double(),
+                                                 bias=bias.double(), eps=1e-5)
+    expected = (expected.relu() if relu else expected).float()
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        got = fast_nets.instance_norm(x, weight, bias, relu)
+    assert got.dtype == torch.float32 and got.is_contiguous(memory_format=torch.channels_last)
+    assert psnr(got.numpy(), expected.numpy(), float(expected.abs().max())) >= 100
+
+
 @pytest.mark.parametrize("whole", [1 << 21, 0])
 def test_the_in_place_instance_norm_gives_a_constant_channel_its_bias(monkeypatch, whole):
     """A flat picture (a black frame, a title card) stays flat: each constant channel becomes its bias."""

@@ -63,3 +63,12 @@ def test_the_precision_benchmark_measures_every_kind_of_frame_for_each_arithmeti
                                                     ("lavender-gold", "fp16", "on a GPU")]
     for row in rows:
         assert all(float(v) >= 40 for v in row[2:-1]), row  # dB: measured, not a failure to paint
+
+
+def test_the_bf16_shape_check_tries_every_layer_and_reports_what_it_found():
+    """bench_bf16_shapes.py (run after a torch upgrade on a CPU with native bf16): a table of the
+    convolution shapes oneDNN gets wrong in bf16, or the line saying there are none."""
+    out = bench("bench_bf16_shapes.py", "--trials", "1", "--sides", "1,2").stdout
+    rows = table_rows(out)
+    assert "No shape over 5% of its output's peak." in out or rows, out
+    assert all(row[0].split(",")[2].strip().startswith("stride") and float(row[3]) > 0.05 for row in rows), rows

@@ -82,8 +82,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2 * 2048 ** 3 / per_call(lambda: torch.mm(g, g), max(1.0, a.seconds / 3)) / 1e9
 
     rates = [gemm_rate()]
-    print(f"1 torch thread, CPU time; fp32 GEMM (2048^3 torch.mm) measured before each row, {rates[0]:.1f} "
-          f"GFLOP/s per core at the start; load average {os.getloadavg()[0]:.1f}\n")
+    print(f"1 torch thread, CPU time; fp32 GEMM (2048^3 torch.mm) measured before each row (a bf16 GEMM before "
+          f"each bf16 row), {rates[0]:.1f} GFLOP/s per core at the start; load average {os.getloadavg()[0]:.1f}\n")
     print("| model | size | network GFLOP/frame | executed GFLOP/frame | frames/s per core | GFLOP/s (network) "
           "| GEMM beside it (GFLOP/s) | of GEMM |")
     print("|---|---|---:|---:|---:|---:|---:|---:|")

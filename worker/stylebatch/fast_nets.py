@@ -122,8 +122,10 @@ def padded_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
         if r0 < r1:
             strip = _row_strip(x, r0 * stride - pad, (r1 - 1) * stride - pad + k, pad, mode)
             y[:, :, r0:r1] = F.conv2d(strip, weight, bias, stride=stride)
-    # column strips EDGE_STRIP_COLUMNS wide at least: their inner columns come out the same again
-    left, right = max(left, EDGE_STRIP_COLUMNS), min(right, ow - EDGE_STRIP_COLUMNS)
+    # column strips EDGE_STRIP_COLUMNS wide at least (their inner columns come out the same again);
+    # no right strip where no output column reads the right padding (stride 2 on an even width)
+    left = max(left, EDGE_STRIP_COLUMNS)
+    right = min(right, ow - EDGE_STRIP_COLUMNS) if right < ow else right
     for c0, c1 in ((0, min(left, ow)), (max(right, 0), ow)):
         if c0 < c1:
             strip = x.index_select(3, _edge_rows(c0 * stride - pad, (c1 - 1) * stride - pad + k, w, mode))
@@ -507,7 +509,9 @@ class FastMultiStyleNet(nn.Module):
         self.beta = nn.ParameterList([keep(l.norm.beta) for l in layers])
 
     def _norm(self, i: int, x: torch.Tensor, style: torch.Tensor, relu: bool = True) -> torch.Tensor:
-        return instance_norm(x, style @ self.gamma[i], style @ self.beta[i], relu)
+        with torch.autocast("cpu", enabled=False):  # the norm's scale and shift in fp32 under bf16 autocast too
+            weight, bias = style @ self.gamma[i], style @ self.beta[i]
+        return instance_norm(x, weight, bias, relu)
 
     def _conv(self, i: int, x: torch.Tensor, stride: int = 1) -> torch.Tensor:
         w = self.weights[i]

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from stylebatch import fast_nets
 from stylebatch.contract import DEFAULT_STYLE, PRECISIONS  # noqa: F401 - DEFAULT_STYLE: part of this API
 from stylebatch.errors import StylebatchError
 from stylebatch.fast_nets import fast_multistyle_net, fast_transformer_net
@@ -150,7 +151,12 @@ class Stylizer:
                          dtype=torch.float32, strength=self.strength, max_side=self.max_side,
                          keep_colors=self.keep_colors,
                          own_vector=None if self.own_vector is None else self.own_vector.to("cpu", torch.float32))
-        score = psnr(painted[:1], exact._in_batches(frames[:1]))
+        # oneDNN's convolutions only: NNPACK's workspace, kept for the process's life, is not for one frame
+        winograd, fast_nets.USE_WINOGRAD = fast_nets.USE_WINOGRAD, False
+        try:
+            score = psnr(painted[:1], exact._in_batches(frames[:1]))
+        finally:
+            fast_nets.USE_WINOGRAD = winograd
         if score >= AUTO_MIN_PSNR:
             return painted
         log.warning("precision auto: bf16 painted this video's first frame %.1f dB from fp32 (at least %d "

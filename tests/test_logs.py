@@ -26,18 +26,19 @@ def records(stderr: str) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_run_logs_json_lines_from_the_launcher_and_every_rank(tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", [2, 1])  # 1: a lone rank, no mpiexec (its records said rank null)
+def test_run_logs_json_lines_from_the_launcher_and_every_rank(workers: int, tmp_path: Path) -> None:
     src = make_clip(tmp_path / "in.mp4", frames=12)
     out = tmp_path / "out.mkv"
     env = {k: v for k, v in os.environ.items() if k != "STYLEBATCH_LOG_FORMAT"}
-    result = stylebatch("run", src, "-o", out, "--workers", "2", "--chunk-frames", "4", *FAST_STYLE,
+    result = stylebatch("run", src, "-o", out, "--workers", str(workers), "--chunk-frames", "4", *FAST_STYLE,
                         "--log-format", "json", env=env)
     assert result.returncode == 0, result.stderr
     logged = records(result.stderr)  # every line parses: nothing else is written
     assert logged and all(set(r) == KEYS for r in logged)
     assert {r["job"] for r in logged} == {str(out)}
     ranks = {r["rank"] for r in logged if r["logger"] == "stylebatch.stylize"}
-    assert ranks == {0, 1}
+    assert ranks == set(range(workers))
     assert any(r["rank"] is None and "wrote" in r["message"] for r in logged)  # the launcher's own records
 
 

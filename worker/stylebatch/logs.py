@@ -100,6 +100,14 @@ def child_env() -> dict[str, str]:
     return dict(_chosen)
 
 
+def set_rank(rank: int, logger: str = "stylebatch") -> None:
+    """JSON records say `rank` from now on where no MPI variable named one: a stylize process that is
+    its run's only rank (no mpiexec: `stylebatch run --workers 1`, or `stylebatch stylize` by hand)."""
+    for handler in (*logging.getLogger(logger).handlers, *logging.getLogger().handlers):
+        if isinstance(handler.formatter, JsonFormat) and handler.formatter.rank is None:
+            handler.formatter.rank = rank
+
+
 def setup(fmt: str, job: str | None = None, logger: str = "stylebatch") -> None:
     """Send `logger`'s records (INFO and up) to stderr in `fmt`, and where logging is not configured yet
     every other logger's WARNING and up and Python's warnings too; child_env() carries the choice to children."""

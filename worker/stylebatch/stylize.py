@@ -22,6 +22,7 @@ from typing import Callable, Iterator
 from stylebatch.contract import DEFAULT_STYLE, ERROR_PREFIX, PART_EXT, START_GATE_ENV
 from stylebatch.encoder import PartWriter
 from stylebatch.errors import StylebatchError
+from stylebatch.logs import set_rank
 from stylebatch.memory import default_batch, on_gpu, ranks_that_fit
 from stylebatch.manifest import PARTS_DIR, STYLIZE_NAME, Manifest, read_manifest
 from stylebatch.dispatch import ChunkDispenser, dispense
@@ -46,6 +47,7 @@ def run(req: StylizeRequest, sink: Callable[[RankProgress], None] | None = None)
     if gate:
         _wait_at_gate(gate)
     world = detect()  # MPI only past the gate: ranks killed before it leave nothing in /dev/shm
+    set_rank(world.rank)  # a lone rank (no mpiexec) is rank 0 in JSON records too
     tmp = _rank_tmp(world.rank)
     try:
         with _work_lock(req.work, world):

@@ -956,6 +956,20 @@ def test_auto_precision_is_fp32_on_a_cpu_without_native_bf16(style, user_pth, mo
     assert (stylizer.dtype, stylizer.autocast) == (torch.float32, None)
 
 
+@pytest.mark.parametrize("precision, said", [("bf16", "bf16 (--precision bf16)"), ("fp32", None)])
+def test_a_run_says_when_its_networks_compute_in_less_than_fp32(precision, said, user_pth, tmp_path):
+    """Which arithmetic auto chose was nowhere to be seen (found by a newcomer): rank 0 says so once
+    when it is less than fp32; fp32 goes without saying."""
+    from clips import make_clip, stylebatch
+
+    src = make_clip(tmp_path / "in.mp4", frames=6)
+    result = stylebatch("run", src, "-o", tmp_path / "out.mp4", "--workers", "1", "--style", str(user_pth[0]),
+                        "--precision", precision)
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stderr.splitlines() if "the networks compute in" in line]
+    assert lines == ([] if said is None else [f"stylebatch: rank 0/1: the networks compute in {said}"]), result.stderr
+
+
 @pytest.mark.parametrize("case", ["bf16 goes wrong", "bf16 is right", "bf16 asked for"])
 def test_bf16_that_auto_chose_is_checked_against_fp32_on_the_first_frame(case, user_pth, monkeypatch, caplog):
     """--precision auto's bf16 (a .pth on a CPU with native bf16) paints the first real frame in fp32

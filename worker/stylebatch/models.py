@@ -165,6 +165,11 @@ class Stylizer:
         return self._in_batches(frames)
 
     @property
+    def arithmetic(self) -> str:
+        """What the networks compute in: fp32, bf16 or fp16 (autocast's type where there is one)."""
+        return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(self.autocast or self.dtype, "fp32")
+
+    @property
     def reduced(self) -> bool:
         """Whether the networks compute in less than fp32 (fp16 or bf16, autocast or not)."""
         return self.dtype != torch.float32 or self.autocast is not None

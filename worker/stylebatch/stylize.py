@@ -163,6 +163,9 @@ def stylize(req: StylizeRequest, world: World, tmp: Path,
                              size=decode_size(m, model.max_side, model.strength, keep_colors))
         try:
             stylizer = _load(model, world, threads, style, _own_frame(reader, m, style, model.strength))
+            if stylizer.reduced and world.rank == 0:  # fp32 goes without saying; less than it does not
+                log.info("rank 0/%d: the networks compute in %s (--precision %s)", world.size,
+                         stylizer.arithmetic, model.precision or "auto")
             batch = model.batch_size or default_batch(stylizer.device.type == "cuda")
 
             def publish(chunk: tuple[int, int], path: Path) -> None:

@@ -437,10 +437,8 @@ def instance_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, rel
     """Instance norm (and ReLU): in place on fp32 (`instance_norm_`); a bf16 picture of the CPU's
     autocast made fp32 first and normed so (fp32 out: the next convolution rounds it to bf16 again);
     else F.instance_norm, whose statistics stay in fp32 under autocast."""
-    if plain_fp32(x) or (x.dtype == torch.float32 and x.device.type == "cpu"):
-        return instance_norm_(x, weight, bias, relu)
-    if x.dtype == torch.bfloat16 and x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
-        return instance_norm_(x.float(), weight.float(), bias.float(), relu)
+    if plain_fp32(x) or (x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16)):
+        return instance_norm_(x.float(), weight.float(), bias.float(), relu)  # (fp32: x itself, in place)
     y = F.instance_norm(x, weight=weight.to(x.dtype), bias=bias.to(x.dtype), eps=1e-5)
     return y.relu_() if relu else y
 

@@ -67,7 +67,7 @@ class Stylizer:
         self.own_vector = own_vector
         self.fits: int | None = None  # frames per network call that fit the GPU's memory, once one did not
         self._flat: dict[bytes, np.ndarray] = {}  # a flat frame's colour -> its painted colour (_flat_colour)
-        self._fp32: Stylizer | None = None  # the painters in fp32 on the CPU, made for the first flat frame
+        self._fp32: Stylizer | None = None  # this stylizer in fp32 on the CPU (`_fp32_twin`), made when needed
         # bf16 that `--precision auto` chose on the CPU: checked against fp32 on the first frame painted
         # (`_checked`); set by load_stylizer
         self.check_reduced = False
@@ -147,10 +147,7 @@ class Stylizer:
         if not self.check_reduced:
             return painted
         self.check_reduced = False
-        exact = Stylizer([_fp32_cpu(p) for p in self.painters], name=self.name, device=torch.device("cpu"),
-                         dtype=torch.float32, strength=self.strength, max_side=self.max_side,
-                         keep_colors=self.keep_colors,
-                         own_vector=None if self.own_vector is None else self.own_vector.to("cpu", torch.float32))
+        exact = self._fp32_twin()
         # oneDNN's convolutions only: NNPACK's workspace, kept for the process's life, is not for one frame
         winograd, fast_nets.USE_WINOGRAD = fast_nets.USE_WINOGRAD, False
         try:
@@ -163,6 +160,17 @@ class Stylizer:
                     "needed): stylizing in fp32", score, AUTO_MIN_PSNR)
         self.autocast = None
         return self._in_batches(frames)
+
+    def _fp32_twin(self) -> Stylizer:
+        """This stylizer in fp32 on the CPU, made once: the painters' fp32 CPU networks (Painter.exact,
+        or themselves), the same settings and the style vector it has now (flat frames, `_checked`)."""
+        if self._fp32 is None:
+            self._fp32 = Stylizer([_fp32_cpu(p) for p in self.painters], name=self.name, device=torch.device("cpu"),
+                                  dtype=torch.float32, strength=self.strength, max_side=self.max_side,
+                                  keep_colors=self.keep_colors)
+        own = self.own_vector
+        self._fp32.own_vector = None if own is None else own.to("cpu", torch.float32)
+        return self._fp32
 
     @property
     def arithmetic(self) -> str:
@@ -184,13 +192,8 @@ class Stylizer:
         frame of that colour instead (once per colour)."""
         key = bytes(rgb)
         if key not in self._flat:
-            if self._fp32 is None:  # once: the painters' fp32 CPU networks (Painter.exact), or themselves
-                self._fp32 = Stylizer([_fp32_cpu(p) for p in self.painters], name=self.name,
-                                      device=torch.device("cpu"), dtype=torch.float32, strength=self.strength,
-                                      keep_colors=self.keep_colors)
-            own = self.own_vector
-            self._fp32.own_vector = None if own is None else own.to("cpu", torch.float32)
-            self._flat[key] = self._fp32._stylize(np.full((1, 4 * MIN_SIDE, 4 * MIN_SIDE, 3), rgb, np.uint8))[0, 0, 0]
+            frame = np.full((1, 4 * MIN_SIDE, 4 * MIN_SIDE, 3), rgb, np.uint8)
+            self._flat[key] = self._fp32_twin()._stylize(frame)[0, 0, 0]
         return self._flat[key]
 
     def _in_batches(self, frames: np.ndarray) -> np.ndarray:

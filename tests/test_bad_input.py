@@ -100,6 +100,60 @@ def test_corrupt_style_file(good: Path, tmp_path: Path, place: dict, name: str, 
     assert all(line.startswith("stylebatch: ") for line in result.stderr.splitlines() if line.strip()), result.stderr
 
 
+def _style_case(case: str, folder: Path) -> list[str]:
+    """The flags of a run whose style cannot work, its files made in `folder`."""
+    if case == "a .pth that is not there":
+        return ["--style", str(folder / "missing.pth")]
+    if case == "a painting in a blend that is not there":
+        return ["--style", f"lavender-gold:0.5,{folder / 'missing.jpg'}:0.5"]
+    if case == "an unknown style name":
+        return ["--style", "no-such-style"]
+    if case.startswith("fp16"):
+        return ["--precision", "fp16", "--style", "lavender-gold", *(["--device", "cpu"] if "cpu" in case else [])]
+    import torch
+    from stylebatch.transformer_net import TransformerNet
+
+    good = folder / "good.pth"
+    torch.save(TransformerNet().state_dict(), good)
+    data = good.read_bytes()
+    bad = folder / "bad.pth"
+    if case == "a .pth of random bytes":
+        bad.write_bytes(random.Random(case).randbytes(4096))
+    elif case == "a truncated .pth (a download cut short)":
+        bad.write_bytes(data[:len(data) // 2])
+    elif case == "a .pth with one bit flipped (torch.load reads it)":
+        bad.write_bytes(data[:len(data) // 2] + bytes([data[len(data) // 2] ^ 1]) + data[len(data) // 2 + 1:])
+    return ["--style", str(bad)]
+
+
+@pytest.mark.parametrize("case, words", [
+    ("a .pth that is not there", ["style file not found", "missing.pth"]),
+    ("a painting in a blend that is not there", ["style file not found", "missing.jpg"]),
+    ("an unknown style name", ["unknown style", "no-such-style"]),
+    ("a .pth of random bytes", ["bad.pth", "not a PyTorch checkpoint"]),
+    ("a truncated .pth (a download cut short)", ["bad.pth", "corrupt or truncated"]),
+    ("a .pth with one bit flipped (torch.load reads it)", ["bad.pth", "checksum"]),
+    ("fp16 with --device cpu", ["fp16 needs a CUDA device"]),
+    ("fp16 with --device auto on a machine without a GPU", ["fp16 needs a CUDA device"]),
+])
+def test_a_style_that_cannot_work_is_refused_before_the_input_is_read(good: Path, tmp_path: Path, place: dict,
+                                                                        case: str, words: list[str]) -> None:
+    """Each of these was found only after preprocess had copied and probed the whole input (a long
+    download for a film in blob storage), or, for the flipped bit, not at all: the one line comes first
+    and alone, with exit code 2, and no work dir is made."""
+    from stylebatch.run import gpu_may_be_visible
+
+    if case.endswith("without a GPU") and gpu_may_be_visible():
+        pytest.skip("a GPU driver is here")
+    cache = tmp_path / "cache"
+    result = stylebatch("run", good, "-o", place["out"], "--workers", "1", *_style_case(case, tmp_path),
+                        env=dict(place["env"], XDG_CACHE_HOME=str(cache)))
+    error = assert_failed_cleanly(result, place["out"], *words)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [error]  # no "preprocessed ...", no rank's line
+    assert not cache.exists() and os.listdir(place["tmp"]) == []
+
+
 _COUNT_STYLE_CHECKS = r"""
 import sys
 from stylebatch import run

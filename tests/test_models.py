@@ -177,6 +177,9 @@ def _bad_files(folder, user_net):
     (folder / "random.pth").write_bytes(np.random.default_rng(1).bytes(4096))
     (folder / "truncated.pth").write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     (folder / "empty.pth").write_bytes(b"")
+    damaged = bytearray(good.read_bytes())
+    damaged[len(damaged) // 2] ^= 0x40  # one bit of a weight: torch.load reads it without a word
+    (folder / "damaged.pth").write_bytes(damaged)
     torch.save(torch.nn.Linear(4, 2).state_dict(), folder / "linear.pth")
     wrong = dict(user_net.state_dict())
     wrong["conv1.conv2d.weight"] = torch.zeros(32, 3, 3, 3)
@@ -198,6 +201,7 @@ def _bad_files(folder, user_net):
     ("random.pth", "not a PyTorch checkpoint"),
     ("truncated.pth", "corrupt or truncated"),
     ("empty.pth", "corrupt or truncated"),
+    ("damaged.pth", "damaged (record good/data/"),  # loaded before, one weight changed
     ("linear.pth", "not a fast_neural_style TransformerNet state dict"),
     ("wrong_shape.pth", "conv1.conv2d.weight has shape (32, 3, 3, 3), expected (32, 3, 9, 9)"),
     ("whole_model.pth", "save model.state_dict()"),
@@ -217,6 +221,17 @@ def test_bad_pth_file_is_a_one_line_error_naming_file_and_problem(tmp_path, user
     message = str(info.value)
     assert name in message and problem in message and "\n" not in message
     assert [str(w.message) for w in warned] == []  # the one line says it all
+
+
+def test_a_pth_in_torchs_legacy_format_still_loads(tmp_path, user_net):
+    """torch.save's format before the zip (a pickle stream, as older fast_neural_style checkpoints are):
+    weights_file.check_archive lets it through to torch, and it paints as the zip does."""
+    torch.save(user_net.state_dict(), tmp_path / "zip.pth")
+    torch.save(user_net.state_dict(), tmp_path / "legacy.pth", _use_new_zipfile_serialization=False)
+    frames = make_frames(1, 32, 48)
+    painted = [load_stylizer(str(tmp_path / name), device="cpu", precision="fp32")(frames)
+               for name in ("zip.pth", "legacy.pth")]
+    assert np.array_equal(*painted)
 
 
 @pytest.mark.parametrize("style", ["starry-night-9000", "26", "ink-wash:0.5,mosaic:0.5", "ink-wash:lots", ""])

@@ -795,3 +795,20 @@ def test_a_failed_launcher_reports_which_rank_failed_and_how(case, log, kept, dr
         assert text in action.failure.message, action.failure.message
     for text in dropped:
         assert text not in action.failure.message
+
+
+@pytest.mark.parametrize("gpus, precision, fails", [
+    (0, "fp16", True),  # the CPU workers' ranks refused it after preprocess, the MPIJob failed InvalidInput
+    (1, "fp16", False),
+    (0, "bf16", False),
+    (0, None, False),
+])
+def test_fp16_on_cpu_workers_fails_at_acceptance_not_in_the_workers(gpus, precision, fails):
+    processing = {"precision": precision} if precision else {}
+    action = decide(stj(gpusPerWorker=gpus, processing=processing), {}, now=NOW, settings=SETTINGS)
+    if fails:
+        assert (action.kind, action.reason) == (ActionKind.FAIL, "InvalidSpec")
+        assert "spec.processing.precision: fp16 needs a CUDA device" in action.message
+        assert "gpusPerWorker is 0" in action.message
+    else:
+        assert action.kind == ActionKind.START, action.message

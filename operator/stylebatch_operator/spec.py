@@ -13,7 +13,7 @@ import re
 from typing import Any
 from urllib.parse import urlsplit
 
-from stylebatch.contract import OUTPUT_EXTENSIONS, is_style_file, split_style_term
+from stylebatch.contract import OUTPUT_EXTENSIONS, is_style_file, precision_problem, split_style_term
 from stylebatch_operator.crd import PAINTING_PATTERN, SPEC_SCHEMA, TRAIN_STYLE_MESSAGE, apply_defaults, storage_problem
 from stylebatch_operator.names import MAX_NAME_LENGTH, NAME_PATTERN, NAME_RULE_MESSAGE
 from stylebatch_operator.settings import (
@@ -116,6 +116,9 @@ def spec_problems(stj: dict[str, Any], settings: Settings) -> list[str]:
     encoder = spec.get("encoder") or {}
     if "crf" in encoder and "bitrate" in encoder:
         problems.append("spec.encoder: set crf or bitrate, not both")
+    precision = (spec.get("processing") or {}).get("precision")
+    if spec.get("gpusPerWorker") == 0 and (problem := precision_problem(precision, "cpu")):
+        problems.append(f"spec.processing.precision: {problem} (spec.gpusPerWorker is 0)")
     return problems + train_problems(spec)
 
 

@@ -131,6 +131,15 @@ PRECISION_AUTO = ("fp16 on a GPU; bf16 on a CPU with native bf16 (AVX-512 BF16, 
                   "(in bf16, 7 of the 26 built-in styles measured under 45 dB against fp32), checked against "
                   "fp32 on each rank's first frame (under 45 dB: fp32); else fp32")
 
+
+def precision_problem(precision: str | None, device: str) -> str | None:
+    """Why `precision` cannot run on `device` (cpu, cuda; auto: not known yet), or None. Checked before
+    any work starts: by the request (--device cpu), by `stylebatch run` once it knows no GPU is here, by
+    the operator (gpusPerWorker 0), and by the ranks (stylebatch.models)."""
+    if precision == "fp16" and device == "cpu":
+        return "fp16 needs a CUDA device; on a CPU use --precision fp32, bf16 or auto"
+    return None
+
 # --- the work dir: the only interface between the stages ---
 
 OWNER_NAME = "stylebatch-work.json"  # written first: stylebatch made this work dir, and what it wrote there

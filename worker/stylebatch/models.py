@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from stylebatch import fast_nets
-from stylebatch.contract import DEFAULT_STYLE, PRECISIONS  # noqa: F401 - DEFAULT_STYLE: part of this API
+from stylebatch.contract import DEFAULT_STYLE, PRECISIONS, precision_problem  # noqa: F401 - DEFAULT_STYLE: part of this API
 from stylebatch.errors import StylebatchError
 from stylebatch.fast_nets import fast_multistyle_net, fast_transformer_net
 from stylebatch.multistyle import NUM_STYLES, load_multistyle26
@@ -342,8 +342,8 @@ def _precision(precision: str, dev: torch.device, pth_only: bool = False) -> tup
         raise StylebatchError(f"unknown precision {precision!r}; use {', '.join(PRECISIONS)}")
     if precision == "auto":
         precision = "fp16" if dev.type == "cuda" else ("bf16" if pth_only and cpu_has_native_bf16() else "fp32")
-    if precision == "fp16" and dev.type != "cuda":
-        raise StylebatchError("fp16 needs a CUDA device; on a CPU use --precision fp32 or bf16")
+    if problem := precision_problem(precision, "cuda" if dev.type == "cuda" else "cpu"):
+        raise StylebatchError(problem)
     if precision == "bf16" and dev.type == "cpu":
         return torch.float32, torch.bfloat16  # fp32 weights, bf16 convolutions (instance norms stay fp32)
     if precision == "bf16" and not torch.cuda.is_bf16_supported(including_emulation=False):

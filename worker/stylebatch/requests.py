@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from pathlib import PurePath, PurePosixPath
 from urllib.parse import urlsplit
 
-from stylebatch.contract import DEVICES, OUTPUT_EXTENSIONS, PRECISION_AUTO, PRECISIONS
+from stylebatch.contract import DEVICES, OUTPUT_EXTENSIONS, PRECISION_AUTO, PRECISIONS, precision_problem
 from stylebatch.errors import BadInput
 from stylebatch.temporal_defaults import DEFAULT_MODE as TEMPORAL_DEFAULT
 from stylebatch.temporal_defaults import DEFAULT_STRENGTH as TEMPORAL_STRENGTH
@@ -80,6 +80,10 @@ class ModelOptions(Request):
     temporal_strength: float | None = flag("--temporal-strength", kind=float, check=_temporal_strength,
                                            help="0..0.95: how much of the previous frame is kept where the motion "
                                                 f"is trusted (default {TEMPORAL_STRENGTH:g})")
+
+    def check(self) -> None:
+        if problem := precision_problem(self.precision, self.device):
+            raise BadInput(problem)
 
 
 _INPUT_HELP = "video file or blob URI (az://container/path, https://...)"

@@ -23,7 +23,7 @@ from typing import Callable
 from stylebatch import signals
 from stylebatch.contract import (ERROR_PREFIX, EXIT_HUNG_UP, EXIT_INTERRUPTED, EXIT_TERMINATED, EXIT_TRANSIENT,
                                  HWLOC_XMLFILE_ENV, START_GATE_ENV, no_topology_file)
-from stylebatch.errors import Interrupted, StylebatchError, TransientError
+from stylebatch.errors import BadInput, Interrupted, StylebatchError, TransientError
 from stylebatch.memory import RANK_BASE_BYTES, USABLE_SHARE, GiB, machine_bytes, ranks_that_fit
 from stylebatch.monitor import Monitor
 from stylebatch.ranks import HYDRA_BANNER, cpu_count, killed_by_sigkill, oom_kills
@@ -86,9 +86,10 @@ Progress = Callable[[int, int], None]
 
 def run(args: RunRequest, progress: Progress | None = None) -> Result:
     """The three stages on this machine. `progress` is called now and then while stylize runs."""
-    from stylebatch.contract import HARDWARE_ENCODERS
+    from stylebatch.contract import DEFAULT_STYLE, HARDWARE_ENCODERS, precision_problem
     from stylebatch.preprocess import check_places, encoder_settings, input_name, output_uri, source_name
     from stylebatch.storage import location
+    from stylebatch.styles import check_style_files
     from stylebatch.workdir import claim_work, default_work_dir, delete_work, hold
 
     args.validate()
@@ -99,6 +100,9 @@ def run(args: RunRequest, progress: Progress | None = None) -> Result:
     check_places(src, out, location(args.work) if args.work else None)
     if args.model.device == "cuda" and not gpu_may_be_visible():  # before any input is read or work dir made
         raise StylebatchError(NO_GPU)
+    if problem := precision_problem(args.model.precision, "cuda" if may_use_gpu(args.model.device) else "cpu"):
+        raise BadInput(problem)  # --device auto on a machine without a GPU driver: the CPU
+    check_style_files(args.model.style or DEFAULT_STYLE)
     if args.work:
         work = location(args.work)
         resume = f"run again with --work {work.display} to resume"

@@ -158,6 +158,29 @@ def onnx_path(file: str = "multistyle26.onnx") -> Path:
     return path
 
 
+def check_style_files(style: str) -> None:
+    """Refuse, before any work starts, what would otherwise fail only once the input has been read (in
+    `stylebatch run`'s style check or its ranks): an unknown style or bad blend, a style file that is
+    not there (a blob: one request for its properties), a local .pth that is no PyTorch checkpoint or is
+    truncated or damaged (`weights_file.check_archive`: its structure and checksums, no torch). What
+    only the network or the picture can tell (a painting's pixels, a .pth's tensors) is still checked
+    where they are loaded."""
+    from stylebatch.storage import location
+    from stylebatch.weights_file import check_archive
+
+    for p in parse_style(style):
+        if p.kind == BUILTIN_KIND:
+            continue
+        loc = location(p.ref)
+        if not loc.exists():
+            raise StylebatchError(f"style file not found: {loc.display}")
+        path = loc.local_path()
+        if p.kind == WEIGHTS_KIND and path is not None:
+            if not path.is_file():
+                raise StylebatchError(f"style file {loc.display} is not a file")
+            check_archive(path, f"style file {loc.display}")
+
+
 def resolve_style(style: str, tmp: Path) -> str:
     """The style with every file in it (painting or .pth, local path or blob URI) made a local path:
     blobs are downloaded into `tmp` once, like weights files. Built-in styles stay as they are."""

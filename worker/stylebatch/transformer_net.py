@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from stylebatch.errors import StylebatchError
-from stylebatch.weights_file import check_finite, check_unpacked_size, load_state
+from stylebatch.weights_file import check_archive, check_finite, load_state
 
 
 class TransformerNet(nn.Module):
@@ -122,7 +122,7 @@ def load_transformer_net(path: str | Path) -> TransformerNet:
         raise StylebatchError(f"style file not found: {path}")
     if not path.is_file():
         raise StylebatchError(f"style file {path} is not a file")
-    check_unpacked_size(path)  # before torch unpacks anything: a zip bomb costs nothing
+    check_archive(path, f"style file {path}")  # before torch unpacks anything: a zip bomb costs nothing
     state = load_state(path, f"style file {path}")
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise StylebatchError(f"style file {path} does not hold a state dict of tensors")

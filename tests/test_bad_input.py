@@ -320,6 +320,31 @@ def test_a_container_with_other_blobs_as_work_dir_is_refused(azure_env, good: Pa
     assert location(f"{base}/videos/holiday.mp4").read_bytes() == b"precious"
 
 
+@pytest.mark.azurite
+def test_a_style_blob_that_is_not_there_is_refused_before_the_input_is_read_and_one_that_is_paints(
+        azure_env, good: Path, place: dict, tmp_path: Path) -> None:
+    """The launcher asks the blob service whether the style blob exists before preprocess (it learnt
+    so only when it downloaded the style, once the whole input had been read); a style blob that is
+    there still paints the video."""
+    import torch
+    from stylebatch.storage import location
+    from stylebatch.transformer_net import TransformerNet
+
+    base = f"az://{azure_env.container}"
+    env = {**azure_env.env, **place["env"], "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    result = stylebatch("run", good, "-o", place["out"], "--workers", "1", "--style", f"{base}/styles/gone.pth", env=env)
+    error = assert_failed_cleanly(result, place["out"], "style file not found", "styles/gone.pth")
+    assert result.returncode == 2 and result.stderr.strip().splitlines() == [error]
+    assert not (tmp_path / "cache").exists()
+
+    torch.save(TransformerNet().state_dict(), tmp_path / "net.pth")
+    location(f"{base}/styles/net.pth").write_bytes((tmp_path / "net.pth").read_bytes())
+    result = stylebatch("run", good, "-o", place["out"], "--workers", "1", "--style", f"{base}/styles/net.pth",
+                        "--max-side", "32", env=env)
+    assert result.returncode == 0, result.stderr
+    assert count_frames(place["out"]) == 8
+
+
 def test_manifest_records_absolute_paths_and_resume_compares_resolved_inputs(good: Path, tmp_path: Path) -> None:
     import json
 

@@ -30,9 +30,12 @@ reference's hard-coded 30 fps is right and its timing bugs cost it nothing) and 
 the right shapes, which cost exactly what trained ones cost), and a built-in style. Runs alternate
 (reference, stylebatch, reference, stylebatch, ...) and each figure is the median of --repeats.
 
-Measured per run: wall time; peak memory of the process tree (the sum of the resident sizes of every
-process under the pipeline, sampled every 50 ms; pages shared between processes, such as torch's
-libraries in each rank, count once per process, for both pipelines alike); CPU time (user + system)
+Measured per run: wall time; peak memory of the process tree, two ways: the sum of the resident sizes
+of every process under the pipeline (sampled every 50 ms; pages shared between processes, such as
+torch's libraries in each rank, count once per process, for both pipelines alike) and the sum of their
+proportional set sizes (PSS, /proc/<pid>/smaps_rollup, sampled every 250 ms: a page shared by n of
+them counts 1/n in each, so the sum is the physical memory the processes hold, what a pod's memory
+limit is charged for their pages); CPU time (user + system)
 and minor page faults of the pipeline's processes (getrusage of the reaped children); frames/s
 (input frames / wall time). The ratio column is stylebatch's wall time over the reference's.
 """
@@ -129,41 +132,61 @@ def sh(cmd: list, **kw) -> None:
 # --- measuring ---
 
 class TreeMemory(threading.Thread):
-    """Peak of the summed RSS of this process's descendants, sampled every `every` seconds."""
+    """Peaks of the summed RSS (every `every` seconds) and of the summed PSS (every `pss_every`: reading
+    smaps_rollup walks a process's page tables) of this process's descendants."""
 
-    def __init__(self, every: float = 0.05) -> None:
+    def __init__(self, every: float = 0.05, pss_every: int = 5) -> None:
         super().__init__(daemon=True)
-        self.every, self.peak, self._done = every, 0, threading.Event()
+        self.every, self.pss_every, self.peak, self.peak_pss = every, pss_every, 0, 0
+        self._done = threading.Event()
         self.page = os.sysconf("SC_PAGE_SIZE")
 
-    def _tree_rss(self) -> int:
+    def _tree(self) -> list[int]:
         parent: dict[int, int] = {}
-        rss: dict[int, int] = {}
         for entry in os.listdir("/proc"):
             if not entry.isdigit():
                 continue
             try:
                 stat = Path(f"/proc/{entry}/stat").read_text()
                 parent[int(entry)] = int(stat[stat.rindex(")") + 2:].split()[1])
-                rss[int(entry)] = int(Path(f"/proc/{entry}/statm").read_text().split()[1]) * self.page
             except (OSError, ValueError, IndexError):
                 continue
-        me, total = os.getpid(), 0
-        for pid in rss:
+        me, tree = os.getpid(), []
+        for pid in parent:
             p, seen = parent.get(pid), 0
             while p and p != me and seen < 64:
                 p, seen = parent.get(p), seen + 1
-            total += rss[pid] if p == me and pid != me else 0
+            if p == me and pid != me:
+                tree.append(pid)
+        return tree
+
+    def _sum(self, pids: list[int], pss: bool) -> int:
+        total = 0
+        for pid in pids:
+            try:
+                if pss:
+                    line = next(l for l in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()
+                                if l.startswith("Pss:"))
+                    total += int(line.split()[1]) * 1024
+                else:
+                    total += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * self.page
+            except (OSError, ValueError, IndexError, StopIteration):
+                continue  # gone meanwhile
         return total
 
     def run(self) -> None:
+        n = 0
         while not self._done.wait(self.every):
-            self.peak = max(self.peak, self._tree_rss())
+            tree = self._tree()
+            self.peak = max(self.peak, self._sum(tree, pss=False))
+            if n % self.pss_every == 0:
+                self.peak_pss = max(self.peak_pss, self._sum(tree, pss=True))
+            n += 1
 
-    def stop(self) -> int:
+    def stop(self) -> tuple[int, int]:
         self._done.set()
         self.join()
-        return self.peak
+        return self.peak, self.peak_pss
 
 
 def measure(fn, *args) -> dict:
@@ -173,9 +196,9 @@ def measure(fn, *args) -> dict:
     start = time.perf_counter()
     fn(*args)
     wall = time.perf_counter() - start
-    peak = mem.stop()
+    peak, pss = mem.stop()
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return {"wall": wall, "peak": peak, "user": after.ru_utime - before.ru_utime,
+    return {"wall": wall, "peak": peak, "pss": pss, "user": after.ru_utime - before.ru_utime,
             "sys": after.ru_stime - before.ru_stime, "minflt": after.ru_minflt - before.ru_minflt}
 
 
@@ -234,9 +257,10 @@ def main(argv: list[str] | None = None) -> int:
               f"alternating runs per pipeline; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
               f"load average {os.getloadavg()[0]:.1f} at the start\n")
         print("| style | clip | ranks | reference wall (s) | stylebatch wall (s) | ratio | reference fps | "
-              "stylebatch fps | peak memory, reference / stylebatch (MiB) | CPU user+sys, reference / stylebatch (s) "
+              "stylebatch fps | peak memory, reference / stylebatch (MiB) | peak PSS, reference / stylebatch (MiB) "
+              "| CPU user+sys, reference / stylebatch (s) "
               "| minor faults, reference / stylebatch (M) | output frames |")
-        print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for size in a.sizes.split(","):
             frames = a.frames or SIZES.get(size, 24)
             clip = tmp / f"clip-{size}.mp4"
@@ -260,6 +284,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"| {label} | {size}, {frames} frames | {ranks} | {r['wall']:.1f} | {s['wall']:.1f} | "
                           f"{s['wall'] / r['wall']:.2f}x | {frames / r['wall']:.2f} | {frames / s['wall']:.2f} | "
                           f"{r['peak'] / 2**20:,.0f} / {s['peak'] / 2**20:,.0f} | "
+                          f"{r['pss'] / 2**20:,.0f} / {s['pss'] / 2**20:,.0f} | "
                           f"{r['user'] + r['sys']:.1f} / {s['user'] + s['sys']:.1f} | "
                           f"{r['minflt'] / 1e6:.2f} / {s['minflt'] / 1e6:.2f} | {counts['ref']} / {counts['sb']} |",
                           flush=True)

@@ -34,6 +34,9 @@ def test_the_reference_pipeline_and_stylebatch_both_make_every_frame_for_each_st
         assert row[-1] == "8 / 8", row  # output frames, reference / stylebatch
         peaks = [float(v.replace(",", "")) for v in row[8].split("/")]
         assert all(p > 50 for p in peaks), row  # MiB: the process tree was seen, torch and all
+        pss = [float(v.replace(",", "")) for v in row[9].split("/")]
+        # the physical memory: torch's libraries once for both ranks, so below the summed RSS
+        assert all(50 < q < p for q, p in zip(pss, peaks)), row
 
 
 def test_the_uneven_rank_benchmark_gives_the_slow_rank_fewer_frames():
@@ -72,3 +75,14 @@ def test_the_bf16_shape_check_tries_every_layer_and_reports_what_it_found():
     rows = table_rows(out)
     assert "No shape over 5% of its output's peak." in out or rows, out
     assert all(row[0].split(",")[2].strip().startswith("stride") and float(row[3]) > 0.05 for row in rows), rows
+
+
+def test_the_efficiency_benchmark_rates_every_network_against_the_faster_gemm():
+    result = bench("bench_efficiency.py", "--sizes", "64x48", "--seconds", "0.2", "--bf16")
+    rows = table_rows(result.stdout)
+    assert len(rows) == 7 and all(r[1] == "64x48" for r in rows)
+    for row in rows:
+        rate, gemm, share = float(row[5]), float(row[6]), float(row[7].rstrip("%"))
+        assert rate > 0 and gemm > 0 and share == pytest.approx(100 * rate / gemm, abs=1)
+    head = result.stdout.split("|")[0]
+    assert "torch.mm (2048^3)" in head and "oneDNN's implicit GEMM" in head

@@ -345,6 +345,27 @@ def test_a_style_blob_that_is_not_there_is_refused_before_the_input_is_read_and_
     assert count_frames(place["out"]) == 8
 
 
+def test_an_existing_output_is_kept_by_a_failed_run_and_replaced_by_one_that_succeeds(good: Path, place: dict,
+                                                                                     tmp_path: Path) -> None:
+    """OUTPUT is replaced without asking, as `-o` says, but only by a finished video: a run that fails
+    after the input was read (here in its ranks: weights that are not finite) leaves the old file."""
+    import torch
+    from stylebatch.transformer_net import TransformerNet
+
+    out = place["out"]
+    out.write_bytes(b"last week's video")
+    state = TransformerNet().state_dict()
+    state["res1.conv1.conv2d.weight"][0, 0, 0, 0] = float("nan")
+    torch.save(state, tmp_path / "diverged.pth")
+    failed = stylebatch("run", good, "-o", out, "--workers", "1", "--style", tmp_path / "diverged.pth", env=place["env"])
+    assert_failed_cleanly(failed, out, "not finite")
+    assert "preprocessed" in failed.stderr  # it failed after the input was read
+    assert out.read_bytes() == b"last week's video"
+    done = stylebatch("run", good, "-o", out, "--workers", "1", *FAST_STYLE, env=place["env"])
+    assert done.returncode == 0, done.stderr
+    assert count_frames(out) == 8 and sorted(os.listdir(out.parent)) == [out.name]
+
+
 def test_manifest_records_absolute_paths_and_resume_compares_resolved_inputs(good: Path, tmp_path: Path) -> None:
     import json
 

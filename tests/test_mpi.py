@@ -210,3 +210,26 @@ def test_more_ranks_than_gpus_is_warned_about(workers, gpus, warned):
     if warned:
         assert note.startswith(f"{workers} ranks on {gpus} GPU(s): ranks will share GPUs")
     assert gpu_sharing(default_workers("cuda", gpus), gpus) is None  # the default never shares
+
+
+def test_the_tests_remove_mpi_segment_files_no_process_maps_and_keep_mapped_ones():
+    """The suite's own clean-up (conftest): tests that SIGKILL ranks leave MPICH's segment file behind;
+    at the end of a session those no process maps are removed, a live job's never."""
+    import mmap
+
+    from conftest import SHM, mpi_shm_files, remove_orphaned_mpi_shm
+
+    if not SHM.is_dir():
+        pytest.skip("no /dev/shm here")
+    before = mpi_shm_files()
+    orphan, live = SHM / f"mpich_shm_test_orphan_{os.getpid()}", SHM / f"mpich_shm_test_live_{os.getpid()}"
+    orphan.write_bytes(b"\0" * 4096)
+    live.write_bytes(b"\0" * 4096)
+    try:
+        with open(live, "r+b") as f, mmap.mmap(f.fileno(), 4096):
+            removed = remove_orphaned_mpi_shm(before)
+            assert orphan.name in removed and not orphan.exists()
+            assert live.name not in removed and live.exists()
+    finally:
+        orphan.unlink(missing_ok=True)
+        live.unlink(missing_ok=True)

@@ -1213,3 +1213,30 @@ def test_flat_frames_are_found_exactly(make, flat):
     frames[1] = np.arange(50, dtype=np.uint8)[None, :, None]  # a gradient
     frames[2] = (10, 20, 30)
     assert flat_frames(make(frames)) == flat
+
+
+@pytest.mark.parametrize("network, strength, warns", [
+    ("untrained .pth", 1.0, True),  # a seeded TransformerNet straight from its constructor: black frames, exit 0
+    ("untrained .pth", 0.5, False),  # half the video's own picture: not flat
+    ("a trained stand-in .pth", 1.0, False),
+    ("built-in", 1.0, False),
+])
+def test_a_network_that_paints_a_varied_frame_flat_says_so_once(tmp_path, user_net, caplog, network, strength, warns):
+    if network == "untrained .pth":
+        torch.manual_seed(1)
+        torch.save(TransformerNet().state_dict(), tmp_path / "untrained.pth")
+        style = str(tmp_path / "untrained.pth")
+    elif network == "built-in":
+        style = DEFAULT_STYLE
+    else:
+        torch.save(user_net.state_dict(), tmp_path / "net.pth")
+        style = str(tmp_path / "net.pth")
+    stylizer = load_stylizer(style, device="cpu", precision="fp32", strength=strength)
+    black, frames = np.zeros((1, 48, 64, 3), np.uint8), make_frames(3, 48, 64)
+    with caplog.at_level(logging.WARNING, logger="stylebatch"):
+        stylizer(black)  # a black opening frame paints flat and proves nothing
+        for i in range(3):
+            stylizer(frames[i:i + 1])
+    warned = [r.getMessage() for r in caplog.records if "one flat colour" in r.getMessage()]
+    assert warned == (["style untrained paints a varied frame as one flat colour (RGB 0, 0, 0): it paints no "
+                       "picture; is the network trained? (a .pth saved before training paints black)"] if warns else [])

@@ -71,6 +71,7 @@ class Stylizer:
         # bf16 that `--precision auto` chose on the CPU: checked against fp32 on the first frame painted
         # (`_checked`); set by load_stylizer
         self.check_reduced = False
+        self._seen_painting = False  # `_warn_if_flat` has looked at a painted frame of a varied one
 
     @property
     def net(self) -> nn.Module:
@@ -130,14 +131,33 @@ class Stylizer:
             self.own_vector = style_vector(frames[0])
         flat = flat_frames(frames) if self.reduced else []
         if not flat:
-            return self._checked(frames, self._in_batches(frames))
+            return self._warn_if_flat(frames, self._checked(frames, self._in_batches(frames)))
         out = np.empty_like(frames)
         for i in flat:
             out[i] = self._flat_colour(frames[i, 0, 0])
         rest = sorted(set(range(b)) - set(flat))
         if rest:
-            out[rest] = self._checked(frames[rest], self._in_batches(frames[rest]))
+            out[rest] = self._warn_if_flat(frames[rest], self._checked(frames[rest], self._in_batches(frames[rest])))
         return out
+
+    def _warn_if_flat(self, frames: np.ndarray, painted: np.ndarray) -> np.ndarray:
+        """painted, after a warning if the first varied frame (VARIED_FRAME_STD) came out one flat colour
+        (FLAT_PAINTING_STD): an untrained network (a .pth saved before any training step, or one whose
+        training collapsed) paints every frame black or grey, and the run would end with exit code 0
+        and a video of nothing. Once per stylizer (a rank), on a sparse grid of pixels."""
+        if self._seen_painting:
+            return painted
+        for frame, out in zip(frames, painted):
+            if frame[::4, ::4].std() > VARIED_FRAME_STD:
+                self._seen_painting = True
+                grid = out[::4, ::4]
+                if grid.std() < FLAT_PAINTING_STD:
+                    colour = grid.reshape(-1, 3).mean(axis=0).round().astype(int)
+                    log.warning("style %s paints a varied frame as one flat colour (RGB %d, %d, %d): it paints no "
+                                "picture; is the network trained? (a .pth saved before training paints black)",
+                                self.name, *colour)
+                break
+        return painted
 
     def _checked(self, frames: np.ndarray, painted: np.ndarray) -> np.ndarray:
         """painted, once the first frame a bf16 stylizer that `--precision auto` chose paints is within
@@ -252,6 +272,11 @@ class Stylizer:
 
 # The least PSNR (dB) against fp32 at which a reduced precision that `--precision auto` chose is kept.
 AUTO_MIN_PSNR = 45
+
+# A painted frame whose values (0..255) vary less than this, from a frame that varies more than
+# VARIED_FRAME_STD, is one flat colour: no style network paints a picture so (Stylizer._warn_if_flat).
+# A seeded untrained TransformerNet paints a photo at a standard deviation of 0.3 (black).
+FLAT_PAINTING_STD, VARIED_FRAME_STD = 1.0, 8.0
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:

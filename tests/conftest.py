@@ -3,7 +3,8 @@
 import os
 import shutil
 import tempfile
-from pathlib import Path
+
+from mpi_shm import mpi_shm_files, remove_orphaned_mpi_shm
 
 pytest_plugins = ["azurite_fixture", "clips"]
 
@@ -11,38 +12,7 @@ pytest_plugins = ["azurite_fixture", "clips"]
 # (and their subprocesses, which inherit this) use a folder of their own instead of ~/.cache.
 _CACHE = os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="stylebatch-test-cache-")
 
-# MPI's shared-memory segment files (MPICH keeps its 2 MiB one until MPI_Finalize, which a rank the
-# tests SIGKILL on purpose never reaches): those made during the session and mapped by no process
-# when it ends are removed, so the tests do not leave memory behind in /dev/shm run after run.
-SHM = Path("/dev/shm")
-MPI_SHM_PREFIXES = ("mpich_shm_", "ucx_shm_")
-
-
-def mpi_shm_files() -> set[str]:
-    return {p.name for p in SHM.iterdir() if p.name.startswith(MPI_SHM_PREFIXES)} if SHM.is_dir() else set()
-
-
-def mapped_shm_files() -> set[str]:
-    """The /dev/shm files some process on this machine has mapped (its /proc/<pid>/maps names them)."""
-    names = set()
-    for maps in Path("/proc").glob("[0-9]*/maps"):
-        try:
-            names.update(line.rsplit("/dev/shm/", 1)[1].split(" ")[0] for line in maps.read_text().splitlines()
-                         if "/dev/shm/" in line)
-        except (OSError, IndexError):
-            continue  # gone meanwhile, or not ours to read
-    return names
-
-
-_SHM_BEFORE = mpi_shm_files()
-
-
-def remove_orphaned_mpi_shm(before: set[str]) -> list[str]:
-    """Remove the MPI segment files made since `before` that no process maps (their job is gone)."""
-    orphans = sorted(mpi_shm_files() - before - mapped_shm_files())
-    for name in orphans:
-        (SHM / name).unlink(missing_ok=True)
-    return orphans
+_SHM_BEFORE = mpi_shm_files()  # MPI segment files no test made: never removed
 
 
 def pytest_unconfigure(config) -> None:

@@ -213,11 +213,11 @@ def test_more_ranks_than_gpus_is_warned_about(workers, gpus, warned):
 
 
 def test_the_tests_remove_mpi_segment_files_no_process_maps_and_keep_mapped_ones():
-    """The suite's own clean-up (conftest): tests that SIGKILL ranks leave MPICH's segment file behind;
+    """The suite's own clean-up (conftest.py, mpi_shm.py): tests that SIGKILL ranks leave MPICH's segment file behind;
     at the end of a session those no process maps are removed, a live job's never."""
     import mmap
 
-    from conftest import SHM, mpi_shm_files, remove_orphaned_mpi_shm
+    from mpi_shm import SHM, mpi_shm_files, remove_orphaned_mpi_shm
 
     if not SHM.is_dir():
         pytest.skip("no /dev/shm here")

@@ -18,7 +18,7 @@ fewer multiplications than the network's count, so that row's share of the GEMM 
 The GEMM is the faster of a 2048 x 2048 torch.mm and oneDNN's implicit GEMM (a 3x3 convolution of 128
 channels at 160x90, channels-last: 14400 x 1152 by 1152 x 128, the networks' own kernel and layout), each
 printed: torch.mm is BLAS (MKL), which on AMD CPUs may run a generic path far below the hardware (on
-a Zen 5 EPYC here: 98 GFLOP/s, while oneDNN's convolutions ran at 235). The process reuses freed
+a Zen 5 EPYC here: 98-110 GFLOP/s, while oneDNN's convolutions ran at 235-259). The process reuses freed
 memory as a rank does (`memory.reuse_freed_memory`), the reference's rows too. With --bf16, stylebatch's
 two networks again in bf16 (`--precision bf16`: CPU autocast, no Winograd), against a bf16 GEMM
 (worth it only on a CPU with native bf16, AVX-512 BF16 or AMX; elsewhere oneDNN emulates it).

@@ -108,6 +108,11 @@ def _style_case(case: str, folder: Path) -> list[str]:
         return ["--style", f"lavender-gold:0.5,{folder / 'missing.jpg'}:0.5"]
     if case == "an unknown style name":
         return ["--style", "no-such-style"]
+    if case.endswith("that is a folder"):
+        folder = folder / ("weights.pth" if ".pth" in case else "starry.jpg")
+        (folder / "inside").mkdir(parents=True)
+        (folder / "inside" / "file").write_text("x")
+        return ["--style", str(folder)]
     if case.startswith("fp16"):
         return ["--precision", "fp16", "--style", "lavender-gold", *(["--device", "cpu"] if "cpu" in case else [])]
     import torch
@@ -130,6 +135,8 @@ def _style_case(case: str, folder: Path) -> list[str]:
     ("a .pth that is not there", ["style file not found", "missing.pth"]),
     ("a painting in a blend that is not there", ["style file not found", "missing.jpg"]),
     ("an unknown style name", ["unknown style", "no-such-style"]),
+    ("a .pth that is a folder", ["style file", "weights.pth is a folder"]),
+    ("a painting that is a folder", ["style file", "starry.jpg is a folder"]),
     ("a .pth of random bytes", ["bad.pth", "not a PyTorch checkpoint"]),
     ("a truncated .pth (a download cut short)", ["bad.pth", "corrupt or truncated"]),
     ("a .pth with one bit flipped (torch.load reads it)", ["bad.pth", "checksum"]),
@@ -204,6 +211,33 @@ def test_on_the_cpu_no_torch_process_runs_before_the_ranks(good: Path, tmp_path:
     assert result.returncode == 0, result.stderr
     assert "STYLE CHECK" not in result.stdout
     assert count_frames(place["out"]) == 8
+
+
+_FAKE_GPU_DRIVER = r"""
+import sys
+from stylebatch import run
+from stylebatch.cli import main
+run.GPU_DEVICE_FILES = (sys.argv.pop(1) + "/nvidia[0-9]*",)  # a driver's device file, but torch sees no GPU
+start = run._start_ranks
+def counted(*args, **kwargs):
+    print("RANKS STARTED", flush=True)
+    return start(*args, **kwargs)
+run._start_ranks = counted
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_fp16_where_a_gpu_driver_is_but_torch_sees_no_gpu_is_refused_before_the_ranks(good: Path, place: dict,
+                                                                                      tmp_path: Path) -> None:
+    """--device auto with a GPU driver's device file here: the style check counts the GPUs torch sees;
+    with none, fp16 cannot run, and no rank is started to find that out (they refused it, one by one)."""
+    (tmp_path / "dev").mkdir()
+    (tmp_path / "dev" / "nvidia0").touch()
+    result = subprocess.run([sys.executable, "-c", _FAKE_GPU_DRIVER, str(tmp_path / "dev"), "run", str(good), "-o",
+                             str(place["out"]), "--precision", "fp16", "--workers", "1", *FAST_STYLE],
+                            capture_output=True, text=True, timeout=300, env=place["env"])
+    assert_failed_cleanly(result, place["out"], "--precision fp16 needs a CUDA device")
+    assert result.returncode == 2 and "RANKS STARTED" not in result.stdout
 
 
 @pytest.mark.parametrize("flags, words", [

@@ -180,6 +180,13 @@ def _bad_files(folder, user_net):
     damaged = bytearray(good.read_bytes())
     damaged[len(damaged) // 2] ^= 0x40  # one bit of a weight: torch.load reads it without a word
     (folder / "damaged.pth").write_bytes(damaged)
+    import zipfile
+    with zipfile.ZipFile(good) as src, zipfile.ZipFile(folder / "deflated.pth", "w", zipfile.ZIP_DEFLATED) as dst:
+        for info in src.infolist():
+            dst.writestr(info.filename, src.read(info))
+    deflated = bytearray((folder / "deflated.pth").read_bytes())
+    deflated[len(deflated) // 3] ^= 0xFF  # inside a deflated record: zlib fails before any checksum
+    (folder / "deflated_damaged.pth").write_bytes(deflated)
     torch.save(torch.nn.Linear(4, 2).state_dict(), folder / "linear.pth")
     wrong = dict(user_net.state_dict())
     wrong["conv1.conv2d.weight"] = torch.zeros(32, 3, 3, 3)
@@ -202,6 +209,7 @@ def _bad_files(folder, user_net):
     ("truncated.pth", "corrupt or truncated"),
     ("empty.pth", "corrupt or truncated"),
     ("damaged.pth", "damaged (record good/data/"),  # loaded before, one weight changed
+    ("deflated_damaged.pth", "damaged (record good/"),  # zlib's error, not a traceback
     ("linear.pth", "not a fast_neural_style TransformerNet state dict"),
     ("wrong_shape.pth", "conv1.conv2d.weight has shape (32, 3, 3, 3), expected (32, 3, 9, 9)"),
     ("whole_model.pth", "save model.state_dict()"),
@@ -221,6 +229,21 @@ def test_bad_pth_file_is_a_one_line_error_naming_file_and_problem(tmp_path, user
     message = str(info.value)
     assert name in message and problem in message and "\n" not in message
     assert [str(w.message) for w in warned] == []  # the one line says it all
+
+
+def test_a_pth_saved_without_checksums_still_loads(tmp_path, user_net):
+    """torch.save writes a CRC of 0 for every record after set_crc32_options(False), and torch.load
+    reads the file: weights_file.check_archive checks no record whose CRC is 0."""
+    torch.save(user_net.state_dict(), tmp_path / "crc.pth")
+    torch.serialization.set_crc32_options(False)
+    try:
+        torch.save(user_net.state_dict(), tmp_path / "no_crc.pth")
+    finally:
+        torch.serialization.set_crc32_options(True)
+    frames = make_frames(1, 32, 48)
+    painted = [load_stylizer(str(tmp_path / name), device="cpu", precision="fp32")(frames)
+               for name in ("crc.pth", "no_crc.pth")]
+    assert np.array_equal(*painted)
 
 
 def test_a_pth_in_torchs_legacy_format_still_loads(tmp_path, user_net):
@@ -1216,13 +1239,20 @@ def test_flat_frames_are_found_exactly(make, flat):
 
 
 @pytest.mark.parametrize("network, strength, warns", [
-    ("untrained .pth", 1.0, True),  # a seeded TransformerNet straight from its constructor: black frames, exit 0
-    ("untrained .pth", 0.5, False),  # half the video's own picture: not flat
-    ("a trained stand-in .pth", 1.0, False),
-    ("built-in", 1.0, False),
+    ("untrained .pth", 1.0, "RGB 0, 0, 0"),  # a seeded TransformerNet straight from its constructor: black, exit 0
+    ("untrained .pth", 0.5, None),  # half the video's own picture: not flat
+    ("a trained stand-in .pth", 1.0, None),
+    ("built-in", 1.0, None),
+    ("a network that paints flat red", 1.0, "RGB 200, 10, 10"),  # its channels differ, none varies
 ])
-def test_a_network_that_paints_a_varied_frame_flat_says_so_once(tmp_path, user_net, caplog, network, strength, warns):
-    if network == "untrained .pth":
+def test_a_network_that_paints_a_varied_frame_flat_says_so_once(tmp_path, user_net, caplog, monkeypatch, network,
+                                                                 strength, warns):
+    if network == "a network that paints flat red":
+        torch.save(user_net.state_dict(), tmp_path / "untrained.pth")
+        style = str(tmp_path / "untrained.pth")
+        monkeypatch.setattr(Stylizer, "_in_batches", lambda self, f: np.broadcast_to(
+            np.array([200, 10, 10], np.uint8), f.shape).copy())
+    elif network == "untrained .pth":
         torch.manual_seed(1)
         torch.save(TransformerNet().state_dict(), tmp_path / "untrained.pth")
         style = str(tmp_path / "untrained.pth")
@@ -1238,5 +1268,19 @@ def test_a_network_that_paints_a_varied_frame_flat_says_so_once(tmp_path, user_n
         for i in range(3):
             stylizer(frames[i:i + 1])
     warned = [r.getMessage() for r in caplog.records if "one flat colour" in r.getMessage()]
-    assert warned == (["style untrained paints a varied frame as one flat colour (RGB 0, 0, 0): it paints no "
+    assert warned == ([f"style untrained paints a varied frame as one flat colour ({warns}): it paints no "
                        "picture; is the network trained? (a .pth saved before training paints black)"] if warns else [])
+
+
+def test_a_flat_coloured_title_card_is_not_taken_for_a_varied_frame(tmp_path, caplog):
+    """A red card's channels differ (its values' spread over all channels is 90) but none varies: the
+    one look a rank takes waits for a frame that does, and a network that paints it flat is named."""
+    torch.manual_seed(1)
+    torch.save(TransformerNet().state_dict(), tmp_path / "untrained.pth")
+    stylizer = load_stylizer(str(tmp_path / "untrained.pth"), device="cpu", precision="fp32")
+    card = np.broadcast_to(np.array([200, 10, 10], np.uint8), (1, 48, 64, 3)).copy()
+    with caplog.at_level(logging.WARNING, logger="stylebatch"):
+        stylizer(card)
+        assert not stylizer._seen_painting
+        stylizer(make_frames(1, 48, 64))
+    assert stylizer._seen_painting and ["one flat colour" in r.getMessage() for r in caplog.records] == [True]

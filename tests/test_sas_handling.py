@@ -171,3 +171,16 @@ def test_a_carried_sas_never_overrides_the_urls_own(monkeypatch: pytest.MonkeyPa
     assert storage.resolve_credential(loc).secret == "sr=b&sp=w&sig=NEW"
     with pytest.raises(StylebatchError):
         storage.location("https://acct.blob.core.windows.net/videos/x.mp4?sp=r")  # not a SAS: refused as before
+
+
+@pytest.mark.parametrize("style, words", [
+    ("https://acct.blob.core.windows.net/styles/x.pth?sv=2024&sig=S3CR3T:-1", "must be zero or positive"),
+    ("https://acct.blob.core.windows.net/styles/x.pth?sv=2024&sig=S3CR3T:0", "are all zero"),
+    ("https://acct.blob.core.windows.net/styles/x.pth?sv=2024&sig=S3CR3T:-1,lavender-gold", "must be zero or positive"),
+])
+def test_a_malformed_style_blend_is_one_line_without_the_sas_of_its_blob(style: str, words: str, clip,
+                                                                         tmp_path: Path) -> None:
+    result = stylebatch("run", clip("in.mp4", size=(64, 48), frames=2), "-o", tmp_path / "out.mp4", "--style", style)
+    assert result.returncode == 2 and len(error_lines(result)) == 1, result.stderr
+    assert words in error_lines(result)[0] and "acct.blob.core.windows.net/styles/x.pth" in error_lines(result)[0]
+    assert "S3CR3T" not in result.stderr + result.stdout and "sig=" not in result.stderr

@@ -118,7 +118,8 @@ def spec_problems(stj: dict[str, Any], settings: Settings) -> list[str]:
         problems.append("spec.encoder: set crf or bitrate, not both")
     precision = (spec.get("processing") or {}).get("precision")
     if spec.get("gpusPerWorker") == 0 and (problem := precision_problem(precision, "cpu")):
-        problems.append(f"spec.processing.precision: {problem} (spec.gpusPerWorker is 0)")
+        whose = "" if "gpusPerWorker" in (stj.get("spec") or {}) else ", the operator's default"
+        problems.append(f"spec.processing.precision: {problem} (gpusPerWorker is 0{whose})")
     return problems + train_problems(spec)
 
 

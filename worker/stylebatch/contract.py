@@ -137,7 +137,7 @@ def precision_problem(precision: str | None, device: str) -> str | None:
     any work starts: by the request (--device cpu), by `stylebatch run` once it knows no GPU is here, by
     the operator (gpusPerWorker 0), and by the ranks (stylebatch.models)."""
     if precision == "fp16" and device == "cpu":
-        return "fp16 needs a CUDA device; on a CPU use --precision fp32, bf16 or auto"
+        return "fp16 needs a CUDA device; on a CPU use fp32, bf16 or auto"
     return None
 
 # --- the work dir: the only interface between the stages ---

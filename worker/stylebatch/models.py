@@ -148,11 +148,10 @@ class Stylizer:
         if self._seen_painting:
             return painted
         for frame, out in zip(frames, painted):
-            if frame[::4, ::4].std() > VARIED_FRAME_STD:
+            if _spread(frame) > VARIED_FRAME_STD:
                 self._seen_painting = True
-                grid = out[::4, ::4]
-                if grid.std() < FLAT_PAINTING_STD:
-                    colour = grid.reshape(-1, 3).mean(axis=0).round().astype(int)
+                if _spread(out) < FLAT_PAINTING_STD:
+                    colour = out[::4, ::4].reshape(-1, 3).mean(axis=0).round().astype(int)
                     log.warning("style %s paints a varied frame as one flat colour (RGB %d, %d, %d): it paints no "
                                 "picture; is the network trained? (a .pth saved before training paints black)",
                                 self.name, *colour)
@@ -273,10 +272,17 @@ class Stylizer:
 # The least PSNR (dB) against fp32 at which a reduced precision that `--precision auto` chose is kept.
 AUTO_MIN_PSNR = 45
 
-# A painted frame whose values (0..255) vary less than this, from a frame that varies more than
-# VARIED_FRAME_STD, is one flat colour: no style network paints a picture so (Stylizer._warn_if_flat).
-# A seeded untrained TransformerNet paints a photo at a standard deviation of 0.3 (black).
+# A painted frame whose channels (0..255) vary less than this, from a frame one of whose channels
+# varies more than VARIED_FRAME_STD, is one flat colour: no style network paints a picture so
+# (Stylizer._warn_if_flat). A seeded untrained TransformerNet paints a photo at a standard deviation
+# of 0.3 (black).
 FLAT_PAINTING_STD, VARIED_FRAME_STD = 1.0, 8.0
+
+
+def _spread(frame: np.ndarray) -> float:
+    """How much a frame [H, W, 3] varies: its most varied channel's standard deviation, on a sparse
+    grid of pixels (a flat red frame varies 0, not as much as its channels differ)."""
+    return float(frame[::4, ::4].reshape(-1, 3).std(axis=0).max())
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:

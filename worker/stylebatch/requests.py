@@ -83,7 +83,7 @@ class ModelOptions(Request):
 
     def check(self) -> None:
         if problem := precision_problem(self.precision, self.device):
-            raise BadInput(problem)
+            raise BadInput(f"--precision {problem}")
 
 
 _INPUT_HELP = "video file or blob URI (az://container/path, https://...)"

@@ -101,7 +101,7 @@ def run(args: RunRequest, progress: Progress | None = None) -> Result:
     if args.model.device == "cuda" and not gpu_may_be_visible():  # before any input is read or work dir made
         raise StylebatchError(NO_GPU)
     if problem := precision_problem(args.model.precision, "cuda" if may_use_gpu(args.model.device) else "cpu"):
-        raise BadInput(problem)  # --device auto on a machine without a GPU driver: the CPU
+        raise BadInput(f"--precision {problem}")  # --device auto on a machine without a GPU driver: the CPU
     check_style_files(args.model.style or DEFAULT_STYLE)
     if args.work:
         work = location(args.work)
@@ -164,6 +164,7 @@ def _forget(work) -> None:
 
 
 def _run_stages(args: RunRequest, src, out, work, scratch: Path, progress: Progress | None) -> Result:
+    from stylebatch.contract import precision_problem
     from stylebatch.partition import chunk_bounds
     from stylebatch.workdir import lock_token
 
@@ -176,6 +177,8 @@ def _run_stages(args: RunRequest, src, out, work, scratch: Path, progress: Progr
                         scratch)
         timings["preprocess"], t0 = time.monotonic() - t0, time.monotonic()
         style, workers = style_check.result()
+        if not style_check.gpus and (problem := precision_problem(args.model.precision, "cpu")):
+            raise BadInput(f"--precision {problem}")  # a GPU driver here, but torch sees no GPU: before the ranks
         frames, chunks = m.frames, len(chunk_bounds(m.frames, m.chunk_frames))
         if workers > chunks:
             log.info("%d chunk(s) of work: running %d rank(s), not %d", chunks, chunks, workers)
@@ -291,9 +294,11 @@ def may_use_gpu(device: str) -> bool:
 class _StyleCheck(threading.Thread):
     """Resolves the style (blob files fetched) and, where a GPU may be in use, checks it in a child
     process that also counts the GPUs, beside preprocess, so a bad style fails before the ranks start.
-    On the CPU (--device cpu, or auto with no GPU driver here) there is no child: the ranks load the
-    style first thing, and a bad one fails them with its own one line before any frame, while every
-    good job starts its ranks about 2 s sooner (the child's torch start-up, longer than preprocess)."""
+    On the CPU (--device cpu, or auto with no GPU driver here) there is no child: what `run` could check
+    without torch was checked before preprocess (styles.check_style_files); the ranks load the style
+    first thing, and what only loading tells (a .pth's tensors) fails them with its own one line before
+    any frame, while every good job starts its ranks about 2 s sooner (the child's torch start-up,
+    longer than preprocess)."""
 
     def __init__(self, args: RunRequest, style_dir: Path) -> None:
         super().__init__(daemon=True, name="stylebatch-style-check")

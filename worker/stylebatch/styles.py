@@ -92,21 +92,29 @@ def parse_style(style: str) -> list[StylePart]:
         elif is_style_file(ref) or (ref and Path(ref).expanduser().exists()):
             kind = WEIGHTS_KIND
         else:
-            where = f" in {style!r}" if "," in style else ""
-            raise BadInput(f"unknown style {ref!r}{where}: run `stylebatch styles` to list the built-in styles, "
+            where = f" in {_shown(style)!r}" if "," in style else ""
+            raise BadInput(f"unknown style {_shown(ref)!r}{where}: run `stylebatch styles` to list the built-in styles, "
                            "or give a painting (.jpg, .png, .webp) or a fast_neural_style .pth file")
         try:
             weight = float(text) if text.strip() else 1.0
         except ValueError:
-            raise BadInput(f"bad weight {text!r} for {ref} in {style!r}; write e.g. "
+            raise BadInput(f"bad weight {text!r} for {_shown(ref)} in {_shown(style)!r}; write e.g. "
                            f"{_STYLES[0].name}:0.5,{_STYLES[1].name}:0.5") from None
         if not math.isfinite(weight) or weight < 0:
-            raise BadInput(f"style weights must be zero or positive, got {text!r} for {ref}")
+            raise BadInput(f"style weights must be zero or positive, got {text!r} for {_shown(ref)}")
         parts.append(StylePart(kind, ref, weight))
     total = sum(p.weight for p in parts)
     if total <= 0:
-        raise BadInput(f"style weights in {style!r} are all zero")
+        raise BadInput(f"style weights in {_shown(style)!r} are all zero")
     return [StylePart(p.kind, p.ref, p.weight / total) for p in parts if p.weight > 0]
+
+
+def _shown(style: str) -> str:
+    """A style or blend as an error may show it: each term's URI without its query (a SAS token)."""
+    from stylebatch.storage.scrub import scrub_uri
+
+    return ",".join(scrub_uri(term) if "?" in term or "#" in term or "@" in term else term
+                    for term in style.split(","))
 
 
 def _split_weight(token: str) -> tuple[str, str]:
@@ -161,24 +169,37 @@ def onnx_path(file: str = "multistyle26.onnx") -> Path:
 def check_style_files(style: str) -> None:
     """Refuse, before any work starts, what would otherwise fail only once the input has been read (in
     `stylebatch run`'s style check or its ranks): an unknown style or bad blend, a style file that is
-    not there (a blob: one request for its properties), a local .pth that is no PyTorch checkpoint or is
-    truncated or damaged (`weights_file.check_archive`: its structure and checksums, no torch). What
-    only the network or the picture can tell (a painting's pixels, a .pth's tensors) is still checked
-    where they are loaded."""
-    from stylebatch.storage import location
+    not there or is a folder (a blob: one request for its properties), a local .pth that is no PyTorch
+    checkpoint, or a zip that is truncated or damaged (`weights_file.check_archive`: its structure and
+    checksums, no torch). What only the network or the picture can tell (a painting's pixels, a .pth's
+    tensors, a legacy pickle's contents) is still checked where they are loaded."""
     from stylebatch.weights_file import check_archive
 
     for p in parse_style(style):
-        if p.kind == BUILTIN_KIND:
-            continue
-        loc = location(p.ref)
-        if not loc.exists():
-            raise StylebatchError(f"style file not found: {loc.display}")
-        path = loc.local_path()
-        if p.kind == WEIGHTS_KIND and path is not None:
-            if not path.is_file():
-                raise StylebatchError(f"style file {loc.display} is not a file")
-            check_archive(path, f"style file {loc.display}")
+        if p.kind != BUILTIN_KIND:
+            loc = style_file(p.ref)
+            path = loc.local_path()
+            if p.kind == WEIGHTS_KIND and path is not None:
+                check_archive(path, f"style file {loc.display}")
+
+
+def style_file(ref: str):
+    """The Location of a style's file (`~` expanded, as parse_style does), once it is known to be a
+    file: "style file not found" or "... is a folder, not a file" otherwise."""
+    from stylebatch.storage import location
+
+    loc = location(ref)
+    if loc.is_local() and ref.startswith("~"):
+        loc = location(os.path.expanduser(ref))
+    if loc.is_local() and loc.local_path().is_dir():
+        raise BadInput(f"style file {loc.display} is a folder, not a file")
+    try:
+        loc.size()  # a file's size: for a blob its properties only (no listing, which a blob's SAS may not allow)
+    except StylebatchError as exc:
+        if str(exc).startswith("not found: "):
+            raise StylebatchError(f"style file not found: {loc.display}") from None
+        raise
+    return loc
 
 
 def resolve_style(style: str, tmp: Path) -> str:
@@ -195,10 +216,8 @@ def resolve_style(style: str, tmp: Path) -> str:
         if p.kind != BUILTIN_KIND:
             loc = location(ref)
             if loc.is_local():
-                if not loc.exists():
-                    raise StylebatchError(f"style file not found: {loc.display}")
-                ref = str(loc.local_path())
-            else:
+                ref = str(style_file(ref).local_path())
+            else:  # a missing blob fails its download: "not found: <blob>"
                 local = tmp / f"style-{i}-{os.path.basename(loc.name or 'style')}"
                 loc.download(local)
                 ref = str(local)

@@ -213,6 +213,22 @@ def test_on_the_cpu_no_torch_process_runs_before_the_ranks(good: Path, tmp_path:
     assert count_frames(place["out"]) == 8
 
 
+@pytest.mark.parametrize("style, words", [
+    # the weight was read as part of the file's name: "style file not found: .../x.pth:abc" for a file there
+    ("{folder}/x.pth:abc,ink-wash:0.3", ["bad weight 'abc'", "x.pth"]),
+    ("az://styles/x.pth:abc,ink-wash", ["bad weight 'abc'", "az://styles/x.pth"]),  # was: no storage account
+    ("lavender-gold:0.5,", ["an empty term in the style blend"]),  # was: unknown style ''
+    ("26", ["no built-in style number 26", "0 to 25"]),  # was: unknown style '26'
+    ("lavender-gold:inf", ["finite numbers, 0 or more", "'inf'"]),  # was: "must be zero or positive"
+])
+def test_a_malformed_style_says_what_is_wrong_with_it(style: str, words: list[str], good: Path, place: dict,
+                                                       tmp_path: Path) -> None:
+    (tmp_path / "x.pth").write_bytes(b"weights")
+    result = stylebatch("run", good, "-o", place["out"], "--style", style.format(folder=tmp_path), env=place["env"])
+    assert_failed_cleanly(result, place["out"], *words)
+    assert result.returncode == 2
+
+
 _FAKE_GPU_DRIVER = r"""
 import sys
 from stylebatch import run

@@ -187,6 +187,10 @@ def _bad_files(folder, user_net):
     deflated = bytearray((folder / "deflated.pth").read_bytes())
     deflated[len(deflated) // 3] ^= 0xFF  # inside a deflated record: zlib fails before any checksum
     (folder / "deflated_damaged.pth").write_bytes(deflated)
+    (folder / "zeros.pth").write_bytes(bytes(4096))  # tarfile.is_tarfile says yes
+    with zipfile.ZipFile(folder / "other_zip.pth", "w") as other:
+        other.writestr("notes.txt", "not weights")
+    (folder / "pickle_like.pth").write_bytes(b"\x80\x02" + np.random.default_rng(2).bytes(4096))
     torch.save(torch.nn.Linear(4, 2).state_dict(), folder / "linear.pth")
     wrong = dict(user_net.state_dict())
     wrong["conv1.conv2d.weight"] = torch.zeros(32, 3, 3, 3)
@@ -210,6 +214,10 @@ def _bad_files(folder, user_net):
     ("empty.pth", "corrupt or truncated"),
     ("damaged.pth", "damaged (record good/data/"),  # loaded before, one weight changed
     ("deflated_damaged.pth", "damaged (record good/"),  # zlib's error, not a traceback
+    # each passed the launcher's check (so was refused only after preprocess): refused by it now
+    ("zeros.pth", "not a PyTorch checkpoint"),
+    ("other_zip.pth", "a zip without torch's data.pkl"),
+    ("pickle_like.pth", "not a PyTorch checkpoint"),
     ("linear.pth", "not a fast_neural_style TransformerNet state dict"),
     ("wrong_shape.pth", "conv1.conv2d.weight has shape (32, 3, 3, 3), expected (32, 3, 9, 9)"),
     ("whole_model.pth", "save model.state_dict()"),
@@ -1284,3 +1292,19 @@ def test_a_flat_coloured_title_card_is_not_taken_for_a_varied_frame(tmp_path, ca
         assert not stylizer._seen_painting
         stylizer(make_frames(1, 48, 64))
     assert stylizer._seen_painting and ["one flat colour" in r.getMessage() for r in caplog.records] == [True]
+
+
+@pytest.mark.parametrize("name", ["zeros.pth", "other_zip.pth", "pickle_like.pth", "random.pth", "truncated.pth"])
+def test_the_launchers_check_refuses_what_torch_cannot_load_without_torch(tmp_path, user_net, name):
+    """weights_file.check_archive is what `stylebatch run` runs before the input is read (no torch there):
+    every file torch.load refuses is refused by it too, and the legacy and checksum-less formats pass."""
+    from stylebatch.weights_file import check_archive
+
+    _bad_files(tmp_path, user_net)
+    with pytest.raises(StylebatchError, match="cannot load style file"):
+        check_archive(tmp_path / name, f"style file {name}")
+    for protocol in (2, 4):
+        torch.save(user_net.state_dict(), tmp_path / f"legacy{protocol}.pth", _use_new_zipfile_serialization=False,
+                   pickle_protocol=protocol)
+        check_archive(tmp_path / f"legacy{protocol}.pth", "style file")
+    check_archive(tmp_path / "good.pth", "style file")

@@ -119,6 +119,11 @@ def is_style_file(ref: str) -> bool:
     return "/" in path or "\\" in path or path.endswith(STYLE_IMAGE_SUFFIXES + STYLE_WEIGHTS_SUFFIXES)
 
 
+def is_style_name(name: str) -> bool:
+    """A painting's or weights file's name, path or URI (by its suffix, before any query string)."""
+    return name.strip().lower().rsplit("?", 1)[0].endswith(STYLE_IMAGE_SUFFIXES + STYLE_WEIGHTS_SUFFIXES)
+
+
 def is_image_name(name: str) -> bool:
     """A painting's file name or URI (by its suffix, before any query string)."""
     return name.lower().rsplit("?", 1)[0].endswith(STYLE_IMAGE_SUFFIXES)

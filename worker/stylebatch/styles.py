@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from stylebatch.contract import STYLE_NAMES, is_image_name, is_style_file, split_style_term
+from stylebatch.contract import STYLE_NAMES, is_image_name, is_style_file, is_style_name, split_style_term
 from stylebatch.errors import BadInput, StylebatchError
 
 
@@ -87,6 +87,12 @@ def parse_style(style: str) -> list[StylePart]:
         builtin = _builtin(ref)
         if builtin is not None:
             kind, ref = BUILTIN_KIND, builtin.name
+        elif not ref:
+            raise BadInput(f"an empty term in the style blend {_shown(style)!r}: write e.g. "
+                           f"{_STYLES[0].name}:0.5,{_STYLES[1].name}:0.5")
+        elif ref.isdigit() and not Path(ref).exists():
+            raise BadInput(f"no built-in style number {ref}: they are numbered 0 to {len(_STYLES) - 1} "
+                           "(`stylebatch styles` lists them)")
         elif is_image_name(ref):
             kind = IMAGE_KIND
         elif is_style_file(ref) or (ref and Path(ref).expanduser().exists()):
@@ -101,7 +107,7 @@ def parse_style(style: str) -> list[StylePart]:
             raise BadInput(f"bad weight {text!r} for {_shown(ref)} in {_shown(style)!r}; write e.g. "
                            f"{_STYLES[0].name}:0.5,{_STYLES[1].name}:0.5") from None
         if not math.isfinite(weight) or weight < 0:
-            raise BadInput(f"style weights must be zero or positive, got {text!r} for {_shown(ref)}")
+            raise BadInput(f"style weights must be finite numbers, 0 or more: got {text!r} for {_shown(ref)}")
         parts.append(StylePart(kind, ref, weight))
     total = sum(p.weight for p in parts)
     if total <= 0:
@@ -118,9 +124,10 @@ def _shown(style: str) -> str:
 
 
 def _split_weight(token: str) -> tuple[str, str]:
-    """"name:0.5" -> ("name", "0.5"), and "name:lots" too when name is a built-in (a bad weight)."""
+    """"name:0.5" -> ("name", "0.5"), and "name:lots" too (a bad weight) when name is a built-in or a
+    style file's path or URI without a query (a query, a SAS, may hold colons of its own)."""
     head, sep, tail = token.rpartition(":")
-    if sep and _builtin(head) is not None:
+    if sep and (_builtin(head) is not None or ("?" not in head and "/" not in tail and is_style_name(head))):
         return head.strip(), tail
     return split_style_term(token)
 

@@ -11,6 +11,7 @@ would paint every frame black or noise.
 
 from __future__ import annotations
 
+import pickle
 import tarfile
 import warnings
 import zipfile
@@ -27,13 +28,18 @@ MAX_UNPACKED_BYTES = 64 * 1024 * 1024
 
 NOT_A_CHECKPOINT = "not a PyTorch checkpoint, or corrupt or truncated"
 
-# torch.save's legacy (pre-zip) format is a pickle stream: PROTO and a protocol of 2 or more
-_LEGACY_HEADS = tuple(bytes([0x80, protocol]) for protocol in range(2, 6))
+# torch.save's legacy (pre-zip) format is a pickle stream that opens with torch's magic number, pickled
+# with the protocol it was saved with (2 by default; any of 2-5); its older tar format holds a "pickle"
+# member; its zip format a "<name>/data.pkl" record.
+_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+_LEGACY_HEADS = tuple(pickle.dumps(_LEGACY_MAGIC, protocol=protocol)[:-1] for protocol in range(2, 6))  # less STOP
+_HEAD_BYTES = max(map(len, _LEGACY_HEADS))
 
 
 def check_archive(path: Path, what: str, limit: int = MAX_UNPACKED_BYTES) -> None:
     """Refuse what torch.load could not load or should not try, reading no more than the file: not a
-    zip (torch.save's format), nor a legacy pickle or tar checkpoint; a zip whose directory does not
+    zip with torch's data.pkl (torch.save's format), nor a legacy pickle stream that opens with torch's
+    magic number, nor a tar with torch's "pickle" member; a zip whose directory does not
     read (a truncated download) or whose records fail their CRC or do not inflate (damaged bytes); contents that would
     unpack to more than `limit` bytes (a zip's declared record sizes are summed before any is read; any
     other file counts as it is). `what` names the file in the error ("style file x.pth")."""
@@ -41,18 +47,29 @@ def check_archive(path: Path, what: str, limit: int = MAX_UNPACKED_BYTES) -> Non
         if zipfile.is_zipfile(path):
             with zipfile.ZipFile(path) as archive:
                 records = archive.infolist()
+                if not any(info.filename.rsplit("/", 1)[-1] == "data.pkl" for info in records):
+                    raise StylebatchError(f"cannot load {what}: {NOT_A_CHECKPOINT} (a zip without torch's data.pkl)")
                 _check_size(sum(max(0, info.file_size) for info in records), what, limit)
                 damaged = _damaged_record(archive, records)  # reads (and inflates) them: after the size check
             if damaged is not None:
                 raise StylebatchError(f"cannot load {what}: it is damaged (record {damaged} fails its checksum)")
             return
         with open(path, "rb") as f:
-            head = f.read(2)
-        if not (head in _LEGACY_HEADS or tarfile.is_tarfile(path)):
+            head = f.read(_HEAD_BYTES)
+        if not (head.startswith(_LEGACY_HEADS) or _torch_tar(path)):
             raise StylebatchError(f"cannot load {what}: {NOT_A_CHECKPOINT}")
         _check_size(path.stat().st_size, what, limit)
     except (OSError, EOFError, zipfile.BadZipFile, tarfile.TarError, ValueError, NotImplementedError) as exc:
         raise StylebatchError(f"cannot load {what}: {NOT_A_CHECKPOINT} ({type(exc).__name__})") from None
+
+
+def _torch_tar(path: Path) -> bool:
+    """Whether `path` is a tar archive with torch's "pickle" member (tarfile.is_tarfile alone takes a
+    file of zero bytes for one)."""
+    if not tarfile.is_tarfile(path):
+        return False
+    with tarfile.open(path) as archive:
+        return "pickle" in archive.getnames()
 
 
 def _damaged_record(archive: zipfile.ZipFile, records: list[zipfile.ZipInfo]) -> str | None:

@@ -174,9 +174,9 @@ def test_a_carried_sas_never_overrides_the_urls_own(monkeypatch: pytest.MonkeyPa
 
 
 @pytest.mark.parametrize("style, words", [
-    ("https://acct.blob.core.windows.net/styles/x.pth?sv=2024&sig=S3CR3T:-1", "must be zero or positive"),
+    ("https://acct.blob.core.windows.net/styles/x.pth?sv=2024&sig=S3CR3T:-1", "finite numbers, 0 or more"),
     ("https://acct.blob.core.windows.net/styles/x.pth?sv=2024&sig=S3CR3T:0", "are all zero"),
-    ("https://acct.blob.core.windows.net/styles/x.pth?sv=2024&sig=S3CR3T:-1,lavender-gold", "must be zero or positive"),
+    ("https://acct.blob.core.windows.net/styles/x.pth?sv=2024&sig=S3CR3T:-1,lavender-gold", "finite numbers, 0 or more"),
 ])
 def test_a_malformed_style_blend_is_one_line_without_the_sas_of_its_blob(style: str, words: str, clip,
                                                                          tmp_path: Path) -> None:

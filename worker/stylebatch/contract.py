@@ -115,8 +115,8 @@ def split_style_term(term: str) -> tuple[str, str]:
 
 def is_style_file(ref: str) -> bool:
     """A painting or weights file (a path or URI), not a built-in name."""
-    path = ref.strip().split("?", 1)[0].lower()
-    return "/" in path or "\\" in path or path.endswith(STYLE_IMAGE_SUFFIXES + STYLE_WEIGHTS_SUFFIXES)
+    path = ref.strip().split("?", 1)[0]
+    return "/" in path or "\\" in path or is_style_name(path)
 
 
 def is_style_name(name: str) -> bool:

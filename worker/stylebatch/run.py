@@ -22,7 +22,7 @@ from typing import Callable
 
 from stylebatch import signals
 from stylebatch.contract import (ERROR_PREFIX, EXIT_HUNG_UP, EXIT_INTERRUPTED, EXIT_TERMINATED, EXIT_TRANSIENT,
-                                 HWLOC_XMLFILE_ENV, START_GATE_ENV, no_topology_file)
+                                 HWLOC_XMLFILE_ENV, START_GATE_ENV, no_topology_file, precision_problem)
 from stylebatch.errors import BadInput, Interrupted, StylebatchError, TransientError
 from stylebatch.memory import RANK_BASE_BYTES, USABLE_SHARE, GiB, machine_bytes, ranks_that_fit
 from stylebatch.monitor import Monitor
@@ -86,7 +86,7 @@ Progress = Callable[[int, int], None]
 
 def run(args: RunRequest, progress: Progress | None = None) -> Result:
     """The three stages on this machine. `progress` is called now and then while stylize runs."""
-    from stylebatch.contract import DEFAULT_STYLE, HARDWARE_ENCODERS, precision_problem
+    from stylebatch.contract import DEFAULT_STYLE, HARDWARE_ENCODERS
     from stylebatch.preprocess import check_places, encoder_settings, input_name, output_uri, source_name
     from stylebatch.storage import location
     from stylebatch.styles import check_style_files
@@ -164,7 +164,6 @@ def _forget(work) -> None:
 
 
 def _run_stages(args: RunRequest, src, out, work, scratch: Path, progress: Progress | None) -> Result:
-    from stylebatch.contract import precision_problem
     from stylebatch.partition import chunk_bounds
     from stylebatch.workdir import lock_token
 

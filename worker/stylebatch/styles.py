@@ -119,8 +119,7 @@ def _shown(style: str) -> str:
     """A style or blend as an error may show it: each term's URI without its query (a SAS token)."""
     from stylebatch.storage.scrub import scrub_uri
 
-    return ",".join(scrub_uri(term) if "?" in term or "#" in term or "@" in term else term
-                    for term in style.split(","))
+    return ",".join(scrub_uri(term) for term in style.split(","))
 
 
 def _split_weight(token: str) -> tuple[str, str]:

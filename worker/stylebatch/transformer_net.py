@@ -117,11 +117,9 @@ _DEPRECATED_KEY = re.compile(r"in\d+\.running_(mean|var)$")
 
 def load_transformer_net(path: str | Path) -> TransformerNet:
     """Load a fast_neural_style state dict; any unreadable or foreign file is a one-line StylebatchError."""
-    path = Path(path)
-    if not path.exists():
-        raise StylebatchError(f"style file not found: {path}")
-    if not path.is_file():
-        raise StylebatchError(f"style file {path} is not a file")
+    from stylebatch.styles import style_file
+
+    path = style_file(str(path)).local_path()  # "style file not found", "... is a folder, not a file"
     check_archive(path, f"style file {path}")  # before torch unpacks anything: a zip bomb costs nothing
     state = load_state(path, f"style file {path}")
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):

@@ -39,10 +39,10 @@ _HEAD_BYTES = max(map(len, _LEGACY_HEADS))
 def check_archive(path: Path, what: str, limit: int = MAX_UNPACKED_BYTES) -> None:
     """Refuse what torch.load could not load or should not try, reading no more than the file: not a
     zip with torch's data.pkl (torch.save's format), nor a legacy pickle stream that opens with torch's
-    magic number, nor a tar with torch's "pickle" member; a zip whose directory does not
-    read (a truncated download) or whose records fail their CRC or do not inflate (damaged bytes); contents that would
-    unpack to more than `limit` bytes (a zip's declared record sizes are summed before any is read; any
-    other file counts as it is). `what` names the file in the error ("style file x.pth")."""
+    magic number, nor a tar with torch's "pickle" member; a zip whose directory does not read (a
+    truncated download) or whose records fail their CRC or do not inflate (damaged bytes); contents
+    that would unpack to more than `limit` bytes (a zip's declared record sizes are summed before any
+    is read; any other file counts as it is). `what` names the file in the error ("style file x.pth")."""
     try:
         if zipfile.is_zipfile(path):
             with zipfile.ZipFile(path) as archive:

@@ -11,11 +11,14 @@ it by the time per frame, so a rewrite that skips work shows as a higher rate. R
 pytorch/examples layers at batch 1 (the reference pipeline's model) and stylebatch's CPU path
 (`load_stylizer(.pth)`: fast_nets.FastTransformerNet, uint8 frames in and out, batch 1), and the
 same two for the built-in style (the plain multistyle module, and `load_stylizer(style)`:
-fast_nets.FastMultiStyleNet), and stylebatch's TransformerNet once more with every convolution in
-oneDNN (`fast_nets.USE_WINOGRAD` off): where torch has NNPACK its residual blocks are Winograd
-convolutions, which the FLOP counter does not see (so "executed" leaves them out) and which need
-fewer multiplications than the network's count, so that row's share of the GEMM may pass 100%.
-The GEMM is the faster of a 2048 x 2048 torch.mm and oneDNN's implicit GEMM (a 3x3 convolution of 128
+fast_nets.FastMultiStyleNet), and stylebatch's two networks once more with every convolution in
+oneDNN (`fast_nets.USE_WINOGRAD` off): where torch has NNPACK the TransformerNet's residual blocks
+are Winograd convolutions (and on AVX2 CPUs both networks' last layers FFT convolutions and the
+built-in net's blocks Winograd ones, `fast_nets.NNPACK_LAYERS`), which the FLOP counter does not see
+(so "executed" leaves them out) and which need fewer multiplications than the network's count, so
+those rows' share of the GEMM may pass 100%. Untrained TransformerNet weights paint flat frames,
+so the stylizer's warning about that is silenced here.
+The GEMM is the faster of a 2048 x 2048 torch.mm (`--gemm-size`) and oneDNN's implicit GEMM (a 3x3 convolution of 128
 channels at 160x90, channels-last: 14400 x 1152 by 1152 x 128, the networks' own kernel and layout), each
 printed: torch.mm is BLAS (MKL), which on AMD CPUs may run a generic path far below the hardware (on
 a Zen 5 EPYC here: 98-110 GFLOP/s, while oneDNN's convolutions ran at 235-259). The process reuses freed
@@ -27,6 +30,7 @@ two networks again in bf16 (`--precision bf16`: CPU autocast, no Winograd), agai
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import tempfile
@@ -75,10 +79,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sizes", default="640x360,720x528,1280x720")
     p.add_argument("--seconds", type=float, default=6.0, help="CPU seconds per row (default: 6)")
     p.add_argument("--bf16", action="store_true", help="also stylebatch's networks in bf16, against a bf16 GEMM")
+    p.add_argument("--gemm-size", type=int, default=2048,
+                   help="torch.mm's matrices (default: 2048; a bf16 one of 2048 takes about 16 s a call on a CPU "
+                        "without native bf16)")
     a = p.parse_args(argv)
+    logging.getLogger("stylebatch").setLevel(logging.ERROR)  # random weights paint flat frames: no warning
     reuse_freed_memory()  # as a rank does; the reference rows get it too (it can only speed them up)
     torch.set_num_threads(1)
-    m = torch.randn(2048, 2048)
+    n = a.gemm_size
+    m = torch.randn(n, n)
 
     picture = torch.randn(1, 128, 90, 160).contiguous(memory_format=torch.channels_last)
     kernel = torch.randn(128, 128, 3, 3).contiguous(memory_format=torch.channels_last)
@@ -88,14 +97,14 @@ def main(argv: list[str] | None = None) -> int:
         seconds = max(1.0, a.seconds / 6)
         with torch.inference_mode():
             g, x, k = m.to(dtype), picture.to(dtype), kernel.to(dtype)
-            mm = 2 * 2048 ** 3 / per_call(lambda: torch.mm(g, g), seconds) / 1e9
+            mm = 2 * n ** 3 / per_call(lambda: torch.mm(g, g), seconds) / 1e9
             conv = 2 * 128 * 128 * 9 * 90 * 160 / per_call(lambda: F.conv2d(x, k, padding=1), seconds) / 1e9
         return mm, conv
 
     first = gemm_rates()
     rates = [max(first)]
     print(f"1 torch thread, CPU time; GEMM measured before each row (a bf16 GEMM before each bf16 row), the faster "
-          f"of torch.mm (2048^3) and oneDNN's implicit GEMM (3x3 convolution, 128 channels, 160x90): "
+          f"of torch.mm ({n}^3) and oneDNN's implicit GEMM (3x3 convolution, 128 channels, 160x90): "
           f"{first[0]:.1f} and {first[1]:.1f} GFLOP/s per core at the start; load average "
           f"{os.getloadavg()[0]:.1f}\n")
     print("| model | size | network GFLOP/frame | executed GFLOP/frame | frames/s per core | GFLOP/s (network) "
@@ -123,6 +132,9 @@ def main(argv: list[str] | None = None) -> int:
                     ("TransformerNet, stylebatch (fast_nets)", lambda: fast(frame), published, flops(lambda: fast(frame))),
                     (f"built-in {DEFAULT_STYLE}, published layers (reference)", lambda: plain(x / 255, condition),
                      plain_flops, plain_flops),
+                    (f"built-in {DEFAULT_STYLE}, stylebatch (fast_nets), oneDNN only",
+                     without_winograd(lambda: builtin(frame)), plain_flops,
+                     flops(without_winograd(lambda: builtin(frame)))),
                     (f"built-in {DEFAULT_STYLE}, stylebatch (fast_nets)", lambda: builtin(frame), plain_flops,
                      flops(lambda: builtin(frame)))]
             if a.bf16:

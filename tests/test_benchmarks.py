@@ -78,11 +78,13 @@ def test_the_bf16_shape_check_tries_every_layer_and_reports_what_it_found():
 
 
 def test_the_efficiency_benchmark_rates_every_network_against_the_faster_gemm():
-    result = bench("bench_efficiency.py", "--sizes", "64x48", "--seconds", "0.2", "--bf16")
+    # a small torch.mm: a bf16 one of 2048 takes about 16 s a call where the CPU emulates bf16
+    result = bench("bench_efficiency.py", "--sizes", "64x48", "--seconds", "0.2", "--bf16", "--gemm-size", "256")
     rows = table_rows(result.stdout)
-    assert len(rows) == 7 and all(r[1] == "64x48" for r in rows)
+    assert len(rows) == 8 and all(r[1] == "64x48" for r in rows)
     for row in rows:
         rate, gemm, share = float(row[5]), float(row[6]), float(row[7].rstrip("%"))
-        assert rate > 0 and gemm > 0 and share == pytest.approx(100 * rate / gemm, abs=1)
+        assert rate > 0 and gemm > 0  # the share, from the unrounded rates: within the printed ones' rounding
+        assert 100 * (rate - 0.05) / (gemm + 0.05) - 0.5 <= share <= 100 * (rate + 0.05) / (gemm - 0.05) + 0.5
     head = result.stdout.split("|")[0]
-    assert "torch.mm (2048^3)" in head and "oneDNN's implicit GEMM" in head
+    assert "torch.mm (256^3)" in head and "oneDNN's implicit GEMM" in head

@@ -661,14 +661,18 @@ def test_the_in_place_instance_norm_gives_a_constant_channel_its_bias(monkeypatc
 @pytest.mark.parametrize("block", [1 << 20,  # every channel in one block
                                    3000,  # blocks of 2 channels (37 x 53 = 1961 pixels; never fewer than 2)
                                    10000])  # near-equal blocks of 4 or 5 channels (3 channels: one block)
+@pytest.mark.parametrize("step", [1 << 18,  # each block at once
+                                  1000])  # long rows in steps of columns, with a remainder
 @pytest.mark.parametrize("channels", [128, 3])
 @pytest.mark.parametrize("mean, spread", [(1.0, 3.0), (100.0, 0.01)])  # a picture, and a low-contrast one
-def test_the_in_place_instance_norm_of_an_nchw_picture_equals_torchs(monkeypatch, relu, block, channels, mean, spread):
-    """The TransformerNet's residual blocks work NCHW (winograd_conv3x3's layout): the norm works there
-    in place too, a block of channels at a time, as exact as on channels-last pictures."""
+def test_the_in_place_instance_norm_of_an_nchw_picture_equals_torchs(monkeypatch, relu, block, step, channels, mean,
+                                                                     spread):
+    """The residual blocks work NCHW (nnpack_conv's layout): the norm works there in place too, a block
+    of channels at a time (long rows in steps of columns), as exact as on channels-last pictures."""
     from stylebatch import fast_nets
 
     monkeypatch.setattr(fast_nets, "NORM_CHANNEL_BLOCK_VALUES", block)
+    monkeypatch.setattr(fast_nets, "NORM_STEP_VALUES", step)
     monkeypatch.setattr(fast_nets, "_instance_norm_pixels_", not_the_nchw_path)
     gen = torch.Generator().manual_seed(block + channels)
     x = torch.randn(2, channels, 37, 53, generator=gen) * spread + mean
@@ -701,7 +705,7 @@ def test_the_in_place_instance_norm_of_an_nchw_picture_gives_a_constant_channel_
 
 @pytest.mark.parametrize("layout, channels, height, width, block", [
     ("channels_last", 32, 90, 160, None), ("channels_last", 32, 360, 640, None), ("channels_last", 4, 360, 640, None),
-    ("nchw", 128, 90, 160, None), ("nchw", 128, 180, 320, None),
+    ("nchw", 128, 90, 160, None), ("nchw", 128, 180, 320, None), ("nchw", 32, 360, 640, None),  # in steps of columns
     ("nchw", 9, 192, 192, 1)])  # channels longer than a block (frames over 4K): torch splits a lone long sum
 def test_the_in_place_instance_norm_gives_the_same_bits_with_any_number_of_threads(monkeypatch, layout, channels,
                                                                                    height, width, block):
@@ -804,9 +808,69 @@ def test_the_winograd_convolution_in_bands_of_rows_paints_the_same_bits_as_in_on
     x, weight = torch.randn(1, 128, 45, 80, generator=gen), torch.randn(128, 128, 3, 3, generator=gen) / 34
     whole = fast_nets.winograd_conv3x3(x, weight)
     monkeypatch.setattr(fast_nets, "WINOGRAD_BAND_VALUES", 1)
-    assert fast_nets.winograd_band_rows(128, 80) == 6  # 8 bands of 6 rows
+    assert fast_nets.nnpack_band_rows(128, 80) == 6  # 8 bands of 6 rows
     assert torch.equal(fast_nets.winograd_conv3x3(x, weight), whole)
     assert fast_nets.USE_WINOGRAD  # NNPACK took every call
+
+
+@needs_nnpack
+@pytest.mark.parametrize("cin, cout, k, bias, layout, height, width", [
+    (32, 3, 9, True, "channels_last", 37, 50),  # the TransformerNet's last layer (its bias folded in)
+    (4, 3, 9, False, "channels_last", 20, 34),  # the built-in net's last layer
+    (32, 32, 3, False, "nchw", 23, 40)])  # the built-in net's residual blocks
+def test_nnpack_conv_equals_the_reflection_padded_convolution_in_bands_or_whole(monkeypatch, cin, cout, k, bias,
+                                                                                 layout, height, width):
+    """nnpack_conv (NNPACK's FFT for 9x9 kernels, its Winograd for 3x3) computes conv2d(reflection_pad(x,
+    k // 2), w, b) in either layout, within 110 dB of float64 of the output's peak; bands of rows (cut
+    along its tiles, each padded on its own) give the bits of one call over the whole picture."""
+    from stylebatch import fast_nets
+
+    monkeypatch.setattr(fast_nets, "USE_WINOGRAD", True)
+    gen = torch.Generator().manual_seed(cin + k)
+    x = torch.randn(2, cin, height, width, generator=gen)
+    weight = torch.randn(cout, cin, k, k, generator=gen) / (k * k * cin) ** 0.5
+    b = torch.randn(cout, generator=gen) if bias else None
+    padded = torch.nn.functional.pad(x.double(), [k // 2] * 4, mode="reflect")
+    expected = torch.nn.functional.conv2d(padded, weight.double(), None if b is None else b.double())
+    cl = layout == "channels_last"
+    x = x.contiguous(memory_format=torch.channels_last if cl else torch.contiguous_format)
+    whole = fast_nets.nnpack_conv(x, weight, b, values=1 << 30, channels_last=cl)
+    banded = fast_nets.nnpack_conv(x, weight, b, values=1, channels_last=cl)
+    assert fast_nets.nnpack_band_rows(max(cin, cout), width, k, values=1) == fast_nets.NNPACK_TILE_ROWS[k] < height
+    assert whole.is_contiguous(memory_format=torch.channels_last if cl else torch.contiguous_format)
+    assert psnr(whole.numpy(), expected.numpy(), peak=float(expected.abs().max())) >= 110
+    assert torch.equal(banded, whole)
+    assert fast_nets.USE_WINOGRAD  # NNPACK took every call
+
+
+@pytest.mark.parametrize("capability, expected", [("AVX2", True), ("AVX512", False), ("DEFAULT", False)])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_the_more_nnpack_layers_run_where_torchs_kernels_are_avx2(monkeypatch, capability, expected, threads):
+    """NNPACK_LAYERS unset: the last layers and the built-in net's blocks are NNPACK's where torch's own
+    kernels are AVX2 (measured faster there), oneDNN's on AVX-512 (not measured: left as they were),
+    whatever the thread count (a rank paints the same bits with any); set, it decides; never without
+    NNPACK or outside plain fp32."""
+    from stylebatch import fast_nets
+
+    monkeypatch.setattr(fast_nets, "winograd_available", lambda: True)  # as where NNPACK runs
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    fast_nets._avx2_kernels.cache_clear()
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        x = torch.rand(1, 3, 8, 8)
+        assert fast_nets.nnpack_layers_ready(x) is expected
+        monkeypatch.setattr(fast_nets, "NNPACK_LAYERS", not expected)
+        assert fast_nets.nnpack_layers_ready(x) is (not expected)
+        monkeypatch.setattr(fast_nets, "NNPACK_LAYERS", True)
+        assert not fast_nets.nnpack_layers_ready(x.bfloat16())
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert not fast_nets.nnpack_layers_ready(x)
+        monkeypatch.setattr(fast_nets, "winograd_available", lambda: False)
+        assert not fast_nets.nnpack_layers_ready(x)
+    finally:
+        torch.set_num_threads(before)
+        fast_nets._avx2_kernels.cache_clear()
 
 
 @needs_nnpack
@@ -831,23 +895,32 @@ def test_a_pth_network_on_the_cpu_runs_its_residual_blocks_as_winograd_convoluti
 WINOGRAD_THREADS_PROBE = r"""
 import hashlib, sys, torch
 from stylebatch import fast_nets
+from stylebatch.multistyle import load_multistyle26
 from stylebatch.transformer_net import TransformerNet
 
 torch.set_num_threads(int(sys.argv[1]))  # before NNPACK's first convolution: its thread pool keeps that size
 fast_nets.WINOGRAD_BAND_VALUES = 128 * 42 * 6  # bands of 6, 12 and 18 rows with 1, 2 and 3 threads
+fast_nets.NNPACK_LAYERS = sys.argv[3] == "nnpack-layers"
 torch.manual_seed(0)
-net = fast_nets.fast_transformer_net(TransformerNet().eval())
+if sys.argv[2] == "transformer":
+    net, x = fast_nets.fast_transformer_net(TransformerNet().eval()), torch.rand(1, 3, 96, 160)
+    run = lambda: net(x)
+else:  # at 360x640 its NCHW norms take steps of columns
+    net, x, style = fast_nets.fast_multistyle_net(load_multistyle26()), torch.rand(1, 3, 360, 640), torch.eye(26)[3]
+    run = lambda: net(x, style)
 with torch.inference_mode():
-    print(hashlib.sha256(net(torch.rand(1, 3, 96, 160)).numpy().tobytes()).hexdigest())
+    print(hashlib.sha256(run().numpy().tobytes()).hexdigest())
 """
 
 
 @needs_nnpack
-def test_a_pth_network_paints_the_same_bits_with_any_number_of_threads():
+@pytest.mark.parametrize("net, layers", [("transformer", "nnpack-layers"), ("transformer", "blocks-only"),
+                                         ("builtin", "nnpack-layers")])
+def test_the_networks_paint_the_same_bits_with_any_number_of_threads(net, layers):
     """A resumed run with another rank count (threads per rank) must paint the same frames: NNPACK's
     thread pool is sized once per process, so each count runs in a child of its own."""
-    outs = {subprocess.run([sys.executable, "-c", WINOGRAD_THREADS_PROBE, str(n)], capture_output=True, text=True,
-                           check=True).stdout for n in (1, 2, 3)}
+    outs = {subprocess.run([sys.executable, "-c", WINOGRAD_THREADS_PROBE, str(n), net, layers], capture_output=True,
+                           text=True, check=True).stdout for n in (1, 2, 3)}
     assert len(outs) == 1
 
 
@@ -861,6 +934,7 @@ def status(key):
     return next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith(key))
 
 torch.set_num_threads(1)
+fast_nets.NNPACK_LAYERS = sys.argv[2] == "nnpack-layers"
 x = torch.rand(1, 3, 264, 360)
 if sys.argv[1] == "transformer":
     net = fast_nets.fast_transformer_net(TransformerNet().eval())
@@ -879,7 +953,8 @@ with torch.inference_mode():
 
 @pytest.mark.skipif(not os.access("/proc/self/clear_refs", os.W_OK), reason="needs Linux's /proc/self/clear_refs")
 @pytest.mark.parametrize("net, most_pictures", [("transformer", 2.6), ("builtin", 1.4)])
-def test_the_fast_networks_hold_few_full_size_pictures_at_once(net, most_pictures):
+@pytest.mark.parametrize("layers", ["nnpack-layers", "onednn"])
+def test_the_fast_networks_hold_few_full_size_pictures_at_once(net, most_pictures, layers):
     """A rank's memory is mostly the network's activations: no padded copies of full-size pictures,
     no 4x-channel picture in the upsampling layers, no picture kept while the smaller one made from it
     is normalised. Measured in a child whose allocator hands every block over 64 KiB back at once (so
@@ -887,7 +962,10 @@ def test_the_fast_networks_hold_few_full_size_pictures_at_once(net, most_picture
     largest activation the networks need); 3.5 and 2.25 at first, then 2.15 and 1.49 (the built-in
     net's full-size picture was alive through the next layer's norm), now 2.14 and 1.25."""
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", OMP_NUM_THREADS="1")
-    out = subprocess.run([sys.executable, "-c", PEAK_PROBE, net], capture_output=True, text=True, env=env, check=True)
+    if layers == "nnpack-layers" and not __import__("stylebatch.fast_nets").fast_nets.winograd_available():
+        pytest.skip("torch has no NNPACK for this CPU")
+    out = subprocess.run([sys.executable, "-c", PEAK_PROBE, net, layers], capture_output=True, text=True, env=env,
+                         check=True)
     picture = 32 * 264 * 360 * 4
     assert int(out.stdout) <= most_pictures * picture, f"{int(out.stdout) / picture:.2f} pictures"
 
@@ -932,18 +1010,32 @@ def faded(frames: np.ndarray, contrast: float) -> np.ndarray:
     return np.clip(np.round(128 + (frames.astype(np.float64) - 128) * contrast), 0, 255).astype(np.uint8)
 
 
-@pytest.mark.parametrize("winograd", [True, False])  # NNPACK's residual blocks, and oneDNN's (CPUs without NNPACK)
+# What NNPACK runs: the last layers and the blocks (AVX2), the TransformerNet's blocks only (AVX-512), nothing
+NNPACK_MODES = {"nnpack-layers": (True, True), "blocks-only": (True, False), "onednn": (False, False)}
+
+
+def use_nnpack(monkeypatch, mode: str) -> None:
+    from stylebatch import fast_nets
+
+    winograd, layers = NNPACK_MODES[mode]
+    if winograd and not fast_nets.winograd_available():
+        pytest.skip("torch has no NNPACK for this CPU")
+    monkeypatch.setattr(fast_nets, "USE_WINOGRAD", winograd)
+    monkeypatch.setattr(fast_nets, "NNPACK_LAYERS", layers)
+
+
+@pytest.mark.parametrize("nnpack", NNPACK_MODES)
 @pytest.mark.parametrize("contrast", [1.0, 0.03])
 def test_the_fast_transformer_net_paints_real_frames_within_45_db_of_the_published_layers(user_net, monkeypatch,
-                                                                                          contrast, winograd):
+                                                                                          contrast, nnpack):
     """The CPU runs a .pth through fast_nets.FastTransformerNet (sub-pixel upsampling, dropped biases,
     folded scaling, channels-last, its own instance norm, border strips instead of padded copies,
-    Winograd residual blocks where NNPACK runs); it must match pytorch/examples' layers, on a real
-    frame and on the same frame faded to grey."""
+    Winograd residual blocks where NNPACK runs, its last layer by FFT where NNPACK_LAYERS holds); it
+    must match pytorch/examples' layers, on a real frame and on the same frame faded to grey."""
     from stylebatch import fast_nets
 
     monkeypatch.setattr(fast_nets, "PAD_COPY_VALUES", 0)  # the border strips, as on large frames
-    monkeypatch.setattr(fast_nets, "USE_WINOGRAD", winograd)
+    use_nnpack(monkeypatch, nnpack)
     net = TransformerNet().eval()
     net.load_state_dict(user_net.state_dict())
     gen = torch.Generator().manual_seed(1)
@@ -967,17 +1059,21 @@ def test_the_fast_transformer_net_paints_real_frames_within_45_db_of_the_publish
     assert psnr(fast, published) >= 45, f"{psnr(fast, published):.1f} dB"
 
 
+@pytest.mark.parametrize("nnpack", ["nnpack-layers", "onednn"])
 @pytest.mark.parametrize("style, contrast", [(DEFAULT_STYLE, 1.0), ("blue-gold-swirls", 1.0),
                                              ("ink-wash:0.4,tangled-ribbons:0.6", 1.0), (DEFAULT_STYLE, 0.03)])
-def test_the_fast_builtin_net_paints_real_frames_within_45_db_of_the_published_layers(style, contrast, monkeypatch):
+def test_the_fast_builtin_net_paints_real_frames_within_45_db_of_the_published_layers(style, contrast, nnpack,
+                                                                                      monkeypatch):
     """The CPU runs the built-in styles through fast_nets.FastMultiStyleNet (channels-last, sub-pixel
-    upsampling, in-place instance norms, border strips instead of padded copies); it must paint what
-    the published network paints, on real frames and on a frame faded to grey."""
+    upsampling, in-place instance norms, border strips instead of padded copies; the last layer and the
+    residual blocks NNPACK's where NNPACK_LAYERS holds); it must paint what the published network paints, on real
+    frames and on a frame faded to grey."""
     from stylebatch import fast_nets
     from stylebatch.fast_nets import FastMultiStyleNet
     from stylebatch.multistyle import load_multistyle26
 
     monkeypatch.setattr(fast_nets, "PAD_COPY_VALUES", 0)  # the border strips, as on large frames
+    use_nnpack(monkeypatch, nnpack)
     stylizer = load_stylizer(style, device="cpu", precision="fp32")
     assert isinstance(stylizer.net, FastMultiStyleNet)  # what this test is about
     frames = faded(real_frames(2, 202, 114), contrast)  # not multiples of 4: the stylizer pads and crops

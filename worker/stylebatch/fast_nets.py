@@ -22,8 +22,10 @@ The TransformerNet's residual blocks (ten 3x3 convolutions of 128 channels at qu
 60% of its arithmetic) run as NNPACK's Winograd convolutions (`winograd_conv3x3`, F(6x6, 3x3):
 about 5x fewer multiplications) where torch has NNPACK for this CPU: each convolution about 2.2x as
 fast as oneDNN's on one core, the whole network 1.47x on one thread and 1.1-1.3x on two (NNPACK's
-threads scale less well), measured on an AVX2 AMD EPYC only (docs/benchmarks.md). NNPACK keeps a
-workspace per process, which the convolutions in bands of rows (`WINOGRAD_BAND_VALUES`) keep small.
+threads scale less well), measured on an AVX2 AMD EPYC only (docs/benchmarks.md). On AVX2 CPUs
+NNPACK also runs both networks' last layers (9x9, by FFT) and the built-in net's residual blocks
+(`NNPACK_LAYERS`). NNPACK keeps a workspace per process, which the convolutions in
+bands of rows (`nnpack_conv`) keep small.
 
 Nearest 2x upsample, reflection pad 1 and a 3x3 convolution as a sub-pixel convolution: every
 output pixel of "upsample by 2, then 3x3 conv" sees only 2x2 distinct input pixels, so the 3x3
@@ -179,6 +181,7 @@ class RowSplitConv(nn.Module):
         self.out_channels, in_channels, self.k, _ = weight.shape
         rows = weight.detach().permute(2, 0, 1, 3).reshape(self.k * self.out_channels, in_channels, 1, self.k)
         self.weight = nn.Parameter(rows.contiguous(memory_format=torch.channels_last), requires_grad=False)
+        self.full = nn.Parameter(weight.detach().clone(), requires_grad=False)  # the k x k kernel (nnpack_conv)
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -255,55 +258,125 @@ def winograd_ready(x: torch.Tensor) -> bool:
     return USE_WINOGRAD and x.device.type == "cpu" and plain_fp32(x) and winograd_available()
 
 
-# Input values (channels x rows x columns) per NNPACK call and torch thread, in bands of whole 6-row
-# output tiles. NNPACK's workspace, which torch keeps for the life of the process, grows to about 4x
-# the largest input it was given: with these bands it stays near 64 MiB per torch thread (a rank of
+# Input values (channels x rows x columns) per NNPACK call and torch thread, in bands of whole output
+# tiles (NNPACK_TILE_ROWS). NNPACK's workspace, which torch keeps for the life of the process, grows to
+# about 4x the largest input it was given: with these bands it stays near 64 MiB per torch thread (a rank of
 # many threads is bounded less), where whole pictures keep about one full-size 32-channel picture
 # (106 MiB at 1280x720, about 1 GiB at 4K). Bands cost time:
 # with bands of 2 M values a whole `stylebatch run` took 2-3% longer at 720x528 (2 ranks) and 4-7% at
 # 1280x720 (1 rank of 2 threads), alternated; with 4 M both of those run whole pictures.
 WINOGRAD_BAND_VALUES = 1 << 22
 
+# The same for the layers NNPACK runs only where NNPACK_LAYERS holds: the built-in net's blocks and last
+# layer (the FFT's workspace is about 5x a band's output, so these bands are small: a few MiB of
+# workspace, as fast on one core as whole pictures), and the TransformerNet's last layer in larger
+# bands (NNPACK transforms its 96 kernels again each call: 149 ms a 640x360 frame in bands of 256 K
+# values, 128 in bands of 1 M, 126 whole, on one core).
+SMALL_BAND_VALUES = 1 << 18
+LAST_LAYER_BAND_VALUES = 1 << 20
 
-def winograd_band_rows(channels: int, width: int) -> int:
-    """Output rows per NNPACK call for a picture of `channels` x `width`: a multiple of 6, at least 6."""
-    values = WINOGRAD_BAND_VALUES * torch.get_num_threads()
-    return 6 * max(1, values // (channels * (width + 2) * 6))
+# Output rows of one tile of the algorithm NNPACK picks for a kernel size: Winograd F(6x6, 3x3), FFT 16x16.
+NNPACK_TILE_ROWS = {3: 6, 9: 8}
 
 
-def winograd_conv3x3(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """conv2d(F.pad(x, [1] * 4, mode="reflect"), weight) for fp32 x on the CPU, NCHW out, by NNPACK's
-    Winograd F(6x6, 3x3) convolution (its layout is NCHW), each image on its own (NNPACK takes a batch
-    by another, slower algorithm, and a frame must not depend on its batch), a band of rows at a time
-    (WINOGRAD_BAND_VALUES). The same bits with any number of threads (tests/test_models.py); NNPACK's
+def nnpack_band_rows(channels: int, width: int, kernel: int = 3, values: int | None = None) -> int:
+    """Output rows per NNPACK call for `channels` (the more of input and output) x `width` and a
+    kernel x kernel convolution: a multiple of its tile's rows (NNPACK_TILE_ROWS), at least one tile;
+    `values` per torch thread (WINOGRAD_BAND_VALUES by default)."""
+    tile = NNPACK_TILE_ROWS[kernel]
+    values = (WINOGRAD_BAND_VALUES if values is None else values) * torch.get_num_threads()
+    return tile * max(1, values // (channels * (width + kernel - 1) * tile))
+
+
+def nnpack_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, values: int | None = None,
+                channels_last: bool = False) -> torch.Tensor:
+    """conv2d(F.pad(x, [k // 2] * 4, mode="reflect"), weight, bias) for fp32 x on the CPU and a 3x3 or
+    9x9 kernel, by NNPACK (its layout is NCHW: out NCHW, or channels-last if asked): Winograd
+    F(6x6, 3x3) for 3x3, FFT 16x16 for 9x9. Each image on its own (NNPACK takes a batch by another,
+    slower algorithm, and a frame must not depend on its batch), a band of rows at a time (`values`,
+    nnpack_band_rows). The same bits with any number of threads (tests/test_models.py); NNPACK's
     thread pool is sized once per process, from torch's thread count at its first convolution (a rank
-    sets its count before). Against float64 its PSNR is at least 110 dB of the output's peak (121-123
-    measured; fp32's direct convolution 138-144). If NNPACK refuses a call (its own error; running out
-    of memory is not a refusal), this and every later convolution is oneDNN's (USE_WINOGRAD off), with
-    one warning; the rest of that frame NCHW. That rank's frames then differ from Winograd's in the last
-    bits."""
+    sets its count before). Against float64 Winograd's PSNR is at least 110 dB of the output's peak
+    (121-123 measured; fp32's direct convolution 138-144); the FFT's relative error is about 2e-7. If
+    NNPACK refuses a call (its own error; running out of memory is not a refusal), this and every later
+    convolution is oneDNN's (USE_WINOGRAD off), with one warning. That rank's frames then differ from
+    NNPACK's in the last bits."""
     global USE_WINOGRAD
     b, c, h, w = x.shape
-    padded = F.pad(x, [1] * 4, mode="reflect")
-    out = x.new_empty(b, weight.shape[0], h, w)
-    band = winograd_band_rows(c, w)
+    k, p = weight.shape[-1], weight.shape[-1] // 2
+    # an NCHW picture padded whole (a cheap copy); another's strips padded and made NCHW one band at a time
+    padded = F.pad(x, [p] * 4, mode="reflect") if x.is_contiguous() else None
+    layout = torch.channels_last if channels_last else torch.contiguous_format
     if not USE_WINOGRAD:  # NNPACK refused earlier in this frame
-        return F.conv2d(padded, weight).contiguous()
+        return F.conv2d(F.pad(x, [p] * 4, mode="reflect"), weight, bias).contiguous(memory_format=layout)
+    out = torch.empty(b, weight.shape[0], h, w, dtype=x.dtype, device=x.device, memory_format=layout)
+    band = nnpack_band_rows(max(c, weight.shape[0]), w, k, values)
     winograd_available()  # NNPACK refuses every call before it is initialised (cached: once)
-    weight = weight.contiguous()  # NNPACK's layout (the network keeps channels-last weights): once, not per band
+    weight = weight.contiguous()  # NNPACK's layout (the networks keep channels-last weights): once, not per band
     try:
         for i in range(b):
             for r0 in range(0, h, band):
                 r1 = min(h, r0 + band)
-                out[i:i + 1, :, r0:r1] = torch._nnpack_spatial_convolution(padded[i:i + 1, :, r0:r1 + 2], weight,
-                                                                           None, [0, 0])
+                strip = padded[i:i + 1, :, r0:r1 + 2 * p] if padded is not None else _transposed(
+                    _row_strip(x[i:i + 1], r0 - p, r1 + p, p, "reflect"), torch.contiguous_format)
+                y = torch._nnpack_spatial_convolution(strip, weight, bias, [0, 0])
+                if channels_last:
+                    _transposed(y, torch.channels_last, out=out[i:i + 1, :, r0:r1])
+                else:
+                    out[i:i + 1, :, r0:r1] = y
     except RuntimeError as exc:
         if "NNPACK" not in str(exc):
             raise
         USE_WINOGRAD = False
         logging.getLogger(__name__).warning("NNPACK refused a convolution (%s); using oneDNN's from now on", exc)
-        out.copy_(F.conv2d(padded, weight))
+        out.copy_(F.conv2d(F.pad(x, [p] * 4, mode="reflect"), weight, bias))
     return out
+
+
+def _transposed(x: torch.Tensor, layout: torch.memory_format, out: torch.Tensor | None = None) -> torch.Tensor:
+    """One image x ([1, C, H, W], channels-last or NCHW) in the other layout (into `out`, a
+    [1, C, H, W] view contiguous in `layout`, if given), copied as one 2-D transpose: about twice as
+    fast as torch's copy between the two 4-D layouts (a band of 32 channels x 8 rows x 640 columns:
+    0.25 against 0.53 ms on one core)."""
+    _, c, h, w = x.shape
+    if out is None:
+        out = torch.empty_like(x, memory_format=layout)
+    if layout == torch.channels_last:  # [C, H*W] -> [H*W, C]
+        out[0].permute(1, 2, 0).view(h * w, c).copy_(x[0].view(c, h * w).t())
+    else:  # [H*W, C] -> [C, H*W]
+        out[0].view(c, h * w).copy_(x[0].permute(1, 2, 0).reshape(h * w, c).t())
+    return out
+
+
+def winograd_conv3x3(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """conv2d(F.pad(x, [1] * 4, mode="reflect"), weight), NCHW out: the TransformerNet's residual
+    blocks' convolution (nnpack_conv, bands of WINOGRAD_BAND_VALUES)."""
+    return nnpack_conv(x, weight)
+
+
+# Where torch's own CPU kernels are AVX2 (no AVX-512), NNPACK runs more layers faster than oneDNN on
+# one thread (a rank per core, the CPU's default): both networks' last layers (4 -> 3 and 32 -> 3
+# channels, 9x9, by FFT) and the built-in net's 32-channel residual blocks (Winograd). Measured on one
+# core of an AVX2 AMD EPYC (Zen 1) at 640x360 (docs/benchmarks.md): 43.6 -> 20.6 ms, 177 -> 128 ms and
+# 8.3 -> 5.3 ms a block convolution; the built-in net 348 -> 304 and 378 -> 339 ms a frame, the
+# TransformerNet 1121 -> 1065 ms. On two threads (NNPACK's scale less well) about even, within that
+# machine's noise (the built-in net 361 -> 385 and 255 -> 248 ms); the choice does not follow the thread
+# count, so a rank paints the same bits with any number of threads (a resumed run with another rank
+# count). Not the first layer (3 -> 32 channels, 9x9): with its output made channels-last NNPACK's FFT
+# was hardly faster (91 against 98 ms). On AVX-512 CPUs oneDNN's vectors are twice as wide and
+# NNPACK's are not (not measured there): oneDNN's. None: by that rule; True or False: always or never
+# (tests, benchmarks). The TransformerNet's 128-channel blocks are NNPACK's wherever it runs (USE_WINOGRAD).
+NNPACK_LAYERS: bool | None = None
+
+
+@functools.cache
+def _avx2_kernels() -> bool:
+    return torch.backends.cpu.get_cpu_capability() == "AVX2"
+
+
+def nnpack_layers_ready(x: torch.Tensor) -> bool:
+    """Whether the layers NNPACK_LAYERS names run as nnpack_conv for x (fp32, on a CPU with NNPACK)."""
+    return winograd_ready(x) and (_avx2_kernels() if NNPACK_LAYERS is None else NNPACK_LAYERS)
 
 
 # Values (pixels x channels) per step of instance_norm_'s passes over a large picture: a step and its
@@ -419,18 +492,26 @@ def _instance_norm_channels_(rows: torch.Tensor, weight: torch.Tensor, bias: tor
     c, n = rows.shape
     blocks = max(1, min(c // 2, -(-c * n // NORM_CHANNEL_BLOCK_VALUES)))
     bounds = [c * i // blocks for i in range(blocks + 1)]
-    squares = rows.new_empty(max(hi - lo for lo, hi in zip(bounds, bounds[1:])) * n)
+    most = max(hi - lo for lo, hi in zip(bounds, bounds[1:]))
+    step = n if most * n <= NORM_STEP_VALUES else max(SHIFT_SAMPLE_STRIDE, NORM_STEP_VALUES // most)  # columns
+    squares = rows.new_empty(most * min(step, n))
     for c0, c1 in zip(bounds, bounds[1:]):
         block, k = rows[c0:c1], c1 - c0
         shift = block[:, ::SHIFT_SAMPLE_STRIDE].mean(dim=1)
-        block.sub_(shift[:, None])
-        residual = block.sum(dim=1).div_(n)
-        square = torch.mul(block, block, out=squares[:k * n].view(k, n))
-        variance = square.sum(dim=1).div_(n).sub_(residual.square()).clamp_(min=0)
+        sums, sum_squares = block.new_zeros(k), block.new_zeros(k)
+        parts = [block[:, j:j + step] for j in range(0, n, step)]
+        for part in parts:
+            part.sub_(shift[:, None])
+            sums += part.sum(dim=1)
+            m = part.shape[1]
+            sum_squares += torch.mul(part, part, out=squares[:k * m].view(k, m)).sum(dim=1)
+        residual = sums.div_(n)
+        variance = sum_squares.div_(n).sub_(residual.square()).clamp_(min=0)
         scale, beta = _norm_affine(shift, residual, variance, weight[c0:c1], bias[c0:c1])
-        torch.addcmul(beta[:, None], block, scale[:, None], out=block)
-        if relu:
-            block.relu_()
+        for part in parts:  # (an addcmul broadcasting along rows ran at a third of mul_'s and add_'s speed)
+            part.mul_(scale[:, None]).add_(beta[:, None])
+            if relu:
+                part.relu_()
 
 
 def instance_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, relu: bool) -> torch.Tensor:
@@ -465,8 +546,7 @@ class FastTransformerNet(nn.Module):
         return instance_norm(x, self.norms[2 * i], self.norms[2 * i + 1], relu)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.contiguous(memory_format=torch.channels_last)
-        y = self._norm(0, padded_conv(x, self.conv1, pad=4))
+        y = self._norm(0, padded_conv(x.contiguous(memory_format=torch.channels_last), self.conv1, pad=4))
         for i, w in enumerate(self.down, start=1):
             y = padded_conv(y, w, pad=1, stride=2)  # the larger picture goes before the norm, not after
             y = self._norm(i, y)
@@ -474,6 +554,8 @@ class FastTransformerNet(nn.Module):
         for i, up in enumerate(self.up, start=13):
             y = up(y)
             y = self._norm(i, y)
+        if nnpack_layers_ready(y):  # (NNPACK_LAYERS)
+            return nnpack_conv(y, self.out.full, self.out.bias, values=LAST_LAYER_BAND_VALUES, channels_last=True)
         return self.out(y)
 
     def _residual_blocks(self, y: torch.Tensor) -> torch.Tensor:
@@ -517,17 +599,23 @@ class FastMultiStyleNet(nn.Module):
 
     def forward(self, image: torch.Tensor, style_weights: torch.Tensor) -> torch.Tensor:
         s = style_weights.to(self.gamma[0].dtype)
+        nnpack = nnpack_layers_ready(image)  # the blocks (NCHW) and the last layer NNPACK's (NNPACK_LAYERS)
+        conv = functools.partial(nnpack_conv, values=SMALL_BAND_VALUES)
         y = self._norm(0, self._conv(0, image.contiguous(memory_format=torch.channels_last)), s)
         for i in (1, 2):
             y = self._conv(i, y, stride=2)  # the larger picture goes before the norm, not after
             y = self._norm(i, y, s)
+        if nnpack:
+            y = y.contiguous()
         for i in range(3, 15, 2):
-            z = self._norm(i, self._conv(i, y), s)
-            y = self._norm(i + 1, self._conv(i + 1, z), s, relu=False).add_(y)
+            z = self._norm(i, conv(y, self.weights[i]) if nnpack else self._conv(i, y), s)
+            y = self._norm(i + 1, conv(z, self.weights[i + 1]) if nnpack else self._conv(i + 1, z), s,
+                           relu=False).add_(y)
+        y = y.contiguous(memory_format=torch.channels_last)
         for i, up in enumerate(self.up, start=15):
             y = up(y)
             y = self._norm(i, y, s)
-        y = self.out(y)
+        y = conv(y, self.out.single, channels_last=True) if nnpack else self.out(y)
         return torch.sigmoid_(self._norm(17, y, s, relu=False))
 
 

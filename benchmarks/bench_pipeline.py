@@ -1,11 +1,16 @@
-"""End-to-end frames per second of `stylebatch run` on CPU, by rank count, against the model alone;
-prints a markdown table.
+"""End-to-end frames per second of `stylebatch run` on CPU, by how many networks run at once,
+against the model alone; prints a markdown table.
 
-    .venv/bin/python benchmarks/bench_pipeline.py                      # 640x360, 3 s, 1 and 2 ranks
+    .venv/bin/python benchmarks/bench_pipeline.py                      # 640x360, 3 s, 1 and 2 at once
     .venv/bin/python benchmarks/bench_pipeline.py --workers 1,2,4 --repeats 3 --size 1280x720
     .venv/bin/python benchmarks/bench_pipeline.py --seconds 4 --style weights    # a fast_neural_style .pth
+    .venv/bin/python benchmarks/bench_pipeline.py --layouts pipelines,ranks      # one rank's pipelines, MPI ranks
 
-The model alone: as many processes as ranks, each with the ranks' torch threads and precision,
+N networks at once (--workers) run as one rank of N pipelines (`--workers 1 --pipelines N`, the
+default layout on the CPU) or as N ranks (`--workers N --pipelines 1`), as --layouts says
+(reference_pipeline.LAYOUTS).
+
+The model alone: as many processes as networks at once, each with their torch threads and precision,
 each running `load_stylizer(style)` (uint8 frames in and out, batch 1, what a rank calls, with the
 rank's allocator settings, `memory.reuse_freed_memory`) over its
 share of the clip's frames, decoded beforehand and not timed; they start together after a warm-up
@@ -13,7 +18,7 @@ frame, and frames / the slowest one's time is the model-alone rate. "of model" d
 end-to-end rate (everything a user waits for) and the stylize stage's rate (from the run's own
 progress line) by it: what decoding, encoding, copying, start-up and the chunk hand-out cost.
 
-Each rank gets cores / ranks torch threads, so "1 rank" is 1 x all cores and "2 ranks" is 2 x half.
+Each network gets cores / N torch threads, so "1" is 1 x all cores and "2" is 2 x half.
 The clip (testsrc2 + a sine soundtrack, made by the ffmpeg CLI) is cut into chunks small enough that
 every rank gets work. The wall time covers everything a user waits for: the CLI starting, preprocess,
 stylize under mpiexec, postprocess. The best of --repeats runs is reported (the machine may be shared).
@@ -96,8 +101,10 @@ def model_alone(clip: Path, frames: int, workers: int, style: str, tmp: Path) ->
     return frames / seconds
 
 
-def run_once(clip: Path, out: Path, workers: int, args: argparse.Namespace) -> tuple[float, float | None]:
-    cmd = [str(BIN / "stylebatch"), "run", str(clip), "-o", str(out), "--workers", str(workers),
+def run_once(clip: Path, out: Path, workers: int, layout: str, args: argparse.Namespace) -> tuple[float, float | None]:
+    from reference_pipeline import LAYOUTS
+
+    cmd = [str(BIN / "stylebatch"), "run", str(clip), "-o", str(out), *LAYOUTS[layout](workers),
            "--device", "cpu", "--chunk-frames", str(args.chunk_frames)]
     if args.style:
         cmd += ["--style", args.style]
@@ -119,7 +126,8 @@ def main() -> None:
     p.add_argument("--size", default="640x360")
     p.add_argument("--seconds", type=float, default=3.0)
     p.add_argument("--fps", type=int, default=30)
-    p.add_argument("--workers", default="1,2", help="comma-separated rank counts (default: 1,2)")
+    p.add_argument("--workers", default="1,2", help="networks at once, comma-separated (default: 1,2)")
+    p.add_argument("--layouts", default="pipelines", help="pipelines (one rank) and/or ranks (default: %(default)s)")
     p.add_argument("--chunk-frames", type=int, default=15)
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--style", default=None, help="a style as `stylebatch run --style` takes it, or `weights`: "
@@ -127,32 +135,34 @@ def main() -> None:
     p.add_argument("--max-side", type=int, default=None)
     args = p.parse_args()
     cores = len(os.sched_getaffinity(0))
+    sys.path.insert(0, str(Path(__file__).parent))
+    from reference_pipeline import layout_label, layouts_to_run
     with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp:
         clip = Path(tmp) / "clip.mp4"
         frames = make_clip(clip, args.size, args.seconds, args.fps)
         if args.style == "weights":
-            sys.path.insert(0, str(Path(__file__).parent))
             from reference_pipeline import make_weights
 
             args.style = str(Path(tmp) / "weights.pth")
             make_weights(Path(args.style))
         style = args.style or "lavender-gold"
         rows = []
-        for workers in (int(w) for w in args.workers.split(",")):
+        for workers, layout in layouts_to_run(p, args.workers, args.layouts):
             runs, alone = [], []
             for _ in range(args.repeats):  # alternating, so both see the same load
-                runs.append(run_once(clip, Path(tmp) / "out.mp4", workers, args))
+                runs.append(run_once(clip, Path(tmp) / "out.mp4", workers, layout, args))
                 alone.append(model_alone(clip, frames, workers, style, Path(tmp)))
             wall, stylize_fps = min(runs, key=lambda r: r[0])
-            rows.append((workers, max(1, cores // workers), wall, frames / wall, stylize_fps, max(alone)))
+            rows.append((workers, layout_label(layout, workers), max(1, cores // workers), wall, frames / wall,
+                         stylize_fps, max(alone)))
     print(f"`stylebatch run`, {args.size}, {frames} frames, style {Path(style).name}, CPU "
           f"({platform.processor() or platform.machine()}, {cores} cores), chunks of {args.chunk_frames}, "
           f"best of {args.repeats}, load average {os.getloadavg()[0]:.1f} at the end\n")
-    print("| ranks | torch threads/rank | wall (s) | end-to-end fps | stylize fps | model alone fps "
-          "| end-to-end of model | stylize of model |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for workers, threads, wall, fps, sfps, mfps in rows:
-        print(f"| {workers} | {threads} | {wall:.1f} | {fps:.2f} | {sfps if sfps is not None else '?'} | "
+    print("| networks at once | stylebatch | torch threads each | wall (s) | end-to-end fps | stylize fps "
+          "| model alone fps | end-to-end of model | stylize of model |")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|")
+    for workers, label, threads, wall, fps, sfps, mfps in rows:
+        print(f"| {workers} | {label} | {threads} | {wall:.1f} | {fps:.2f} | {sfps if sfps is not None else '?'} | "
               f"{mfps:.2f} | {fps / mfps:.2f} | {f'{sfps / mfps:.2f}' if sfps is not None else '?'} |")
 
 

@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/reference_pipeline.py --quick      # one row: 640x360, TransformerNet, 2 ranks
     .venv/bin/python benchmarks/reference_pipeline.py              # the full table (about 20 min on 2 cores)
     .venv/bin/python benchmarks/reference_pipeline.py --weights mosaic.pth --sizes 1280x720 --ranks 2
+    .venv/bin/python benchmarks/reference_pipeline.py --ranks 1,2 --layouts pipelines,ranks   # both layouts
 
 The reference ("Batch scoring of deep learning models on Azure", /work/shared/mission/
 reference-architecture.md), each step its own process, on local files:
@@ -19,10 +20,15 @@ reference-architecture.md), each step its own process, on local files:
 
 Each rank gets cores / RANKS torch threads, as stylebatch's ranks do (the published code leaves
 torch's default, every core in every rank, which oversubscribes the machine and is slower).
-stylebatch runs as `stylebatch run clip.mp4 -o out.mp4 --workers RANKS --style STYLE --device cpu
---chunk-frames N` with its defaults otherwise (full size, precision auto, x264 crf 18 at the default
-preset). N = frames / (2 x RANKS): the short clips here would be one or two chunks by the default
-rule (at least 24 frames a chunk), leaving a rank idle; a clip of a minute gets 16 chunks anyway.
+stylebatch runs as many networks at once as the reference has ranks (RANKS), laid out as --layouts
+says: `pipelines` (its default on the CPU) as `stylebatch run clip.mp4 -o out.mp4 --workers 1
+--pipelines RANKS ...`, one process stylizing RANKS chunks at once with one copy of torch and the
+network; `ranks` as `--workers RANKS --pipelines 1`, RANKS MPI ranks as the reference's. Either way
+each network gets cores / RANKS torch threads, and the rest of the command is `--style STYLE
+--device cpu --chunk-frames N` with its defaults otherwise (full size, precision auto, x264 crf 18
+at the default preset). N = frames / (2 x RANKS): the short clips here would be one or two chunks by
+the default rule (at least 24 frames a chunk), leaving a network idle; a clip of a minute gets 16
+chunks anyway.
 
 Both get the same generated clip (testsrc2 at 30 fps with an AAC tone: a constant rate, so the
 reference's hard-coded 30 fps is right and its timing bugs cost it nothing) and the same weights: a
@@ -117,9 +123,35 @@ def run_reference(clip: Path, out: Path, style: str, ranks: int, tmp: Path) -> N
         "-vcodec", "copy", "-acodec", "copy", out])
 
 
-def run_stylebatch(clip: Path, out: Path, style: str, ranks: int, tmp: Path) -> None:
+LAYOUTS = {  # how stylebatch runs as many networks at once as the reference has ranks (`parallel`)
+    "pipelines": lambda parallel: ["--workers", "1", "--pipelines", str(parallel)],  # its default on the CPU
+    "ranks": lambda parallel: ["--workers", str(parallel), "--pipelines", "1"],  # MPI ranks, as the reference
+}
+
+
+def layout_label(layout: str, parallel: int) -> str:
+    """How the table names a layout of `parallel` networks."""
+    if layout == "ranks" or parallel == 1:
+        return f"{parallel} rank{'s' if parallel > 1 else ''}"
+    return f"1 rank x {parallel} pipelines"
+
+
+def layouts_to_run(parser: argparse.ArgumentParser, counts: str, layouts: str) -> list[tuple[int, str]]:
+    """(networks at once, layout) for each of the comma-separated counts and layouts, once each
+    (with one network at a time the layouts are the same run); a parser error for an unknown layout."""
+    runs, seen = [], set()
+    for count, layout in ((int(c), lay) for c in counts.split(",") for lay in layouts.split(",")):
+        if layout not in LAYOUTS:
+            parser.error(f"--layouts: {layout} is not one of {', '.join(LAYOUTS)}")
+        if tuple(LAYOUTS[layout](count)) not in seen:
+            seen.add(tuple(LAYOUTS[layout](count)))
+            runs.append((count, layout))
+    return runs
+
+
+def run_stylebatch(clip: Path, out: Path, style: str, ranks: int, tmp: Path, layout: str = "pipelines") -> None:
     chunk = -(-frame_count(clip) // (2 * ranks))  # two chunks per rank, as a longer clip gets by default
-    sh([BIN / "stylebatch", "run", clip, "-o", out, "--workers", str(ranks), "--style", style, "--device", "cpu",
+    sh([BIN / "stylebatch", "run", clip, "-o", out, *LAYOUTS[layout](ranks), "--style", style, "--device", "cpu",
         "--chunk-frames", str(chunk)], env=dict(os.environ, TMPDIR=str(tmp)))
 
 
@@ -241,6 +273,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="'weights' (the TransformerNet .pth) and/or built-in style names (default: %(default)s)")
     p.add_argument("--weights", type=Path, help="a fast_neural_style .pth (default: random weights, made here)")
     p.add_argument("--repeats", type=int, default=2, help="runs of each pipeline per row, alternating (default: 2)")
+    p.add_argument("--layouts", default="pipelines",
+                   help="how stylebatch runs as many networks at once as the reference has ranks, comma-separated: "
+                        "pipelines (one rank, its default on the CPU), ranks (MPI ranks) (default: %(default)s)")
     p.add_argument("--quick", action="store_true", help="one row: 640x360, the TransformerNet, 2 ranks, 1 run each")
     a = p.parse_args(argv)
     if a.quick:
@@ -256,11 +291,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{platform.machine()}, {cores()} cores, torch {torch.__version__}; median of {a.repeats} "
               f"alternating runs per pipeline; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
               f"load average {os.getloadavg()[0]:.1f} at the start\n")
-        print("| style | clip | ranks | reference wall (s) | stylebatch wall (s) | ratio | reference fps | "
+        print("| style | clip | ranks | stylebatch | reference wall (s) | stylebatch wall (s) | ratio | reference fps | "
               "stylebatch fps | peak memory, reference / stylebatch (MiB) | peak PSS, reference / stylebatch (MiB) "
               "| CPU user+sys, reference / stylebatch (s) "
               "| minor faults, reference / stylebatch (M) | output frames |")
-        print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        print("|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for size in a.sizes.split(","):
             frames = a.frames or SIZES.get(size, 24)
             clip = tmp / f"clip-{size}.mp4"
@@ -268,11 +303,12 @@ def main(argv: list[str] | None = None) -> int:
             for style in a.styles.split(","):
                 style_arg = str(weights) if style == "weights" else style
                 label = "TransformerNet .pth" if style == "weights" else style
-                for ranks in (int(r) for r in a.ranks.split(",")):
+                for ranks, layout in layouts_to_run(p, a.ranks, a.layouts):
                     runs: dict[str, list[dict]] = {"ref": [], "sb": []}
                     counts = {}
                     for repeat in range(a.repeats):
-                        for name, fn in (("ref", run_reference), ("sb", run_stylebatch)):
+                        for name, fn in (("ref", run_reference),
+                                         ("sb", lambda *args: run_stylebatch(*args, layout=layout))):
                             work = tmp / f"{name}-{repeat}"
                             work.mkdir()
                             out = work / "out.mp4"
@@ -281,7 +317,8 @@ def main(argv: list[str] | None = None) -> int:
                             shutil.rmtree(work)
                     med = {n: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for n, rs in runs.items()}
                     r, s = med["ref"], med["sb"]
-                    print(f"| {label} | {size}, {frames} frames | {ranks} | {r['wall']:.1f} | {s['wall']:.1f} | "
+                    print(f"| {label} | {size}, {frames} frames | {ranks} | {layout_label(layout, ranks)} | "
+                          f"{r['wall']:.1f} | {s['wall']:.1f} | "
                           f"{s['wall'] / r['wall']:.2f}x | {frames / r['wall']:.2f} | {frames / s['wall']:.2f} | "
                           f"{r['peak'] / 2**20:,.0f} / {s['peak'] / 2**20:,.0f} | "
                           f"{r['pss'] / 2**20:,.0f} / {s['pss'] / 2**20:,.0f} | "

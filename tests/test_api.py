@@ -46,7 +46,8 @@ def test_stylize_video_reports_progress_after_every_chunk_in_the_calling_thread_
     out = tmp_path / "out" / "styled.mkv"
     out.parent.mkdir()
     seen: list[tuple[int, int, bool]] = []
-    result = stylebatch.stylize_video(src, out, style="ink-wash", strength=0.7, max_side=48, workers=1,
+    # one pipeline: a chunk at a time, so each chunk's end is a round number of frames done
+    result = stylebatch.stylize_video(src, out, style="ink-wash", strength=0.7, max_side=48, workers=1, pipelines=1,
                                       device="cpu", encoder=EncodingOptions(chunk_frames=4),
                                       progress=lambda done, total: seen.append(
                                           (done, total, threading.current_thread() is threading.main_thread())))

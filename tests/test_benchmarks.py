@@ -27,14 +27,16 @@ def bench(script: str, *args: str) -> subprocess.CompletedProcess:
 
 def test_the_reference_pipeline_and_stylebatch_both_make_every_frame_for_each_style():
     result = bench("reference_pipeline.py", "--sizes", "64x48", "--frames", "8", "--ranks", "2",
-                   "--repeats", "1")
+                   "--layouts", "pipelines,ranks", "--repeats", "1")
     rows = table_rows(result.stdout)
-    assert [(r[0], r[2]) for r in rows] == [("TransformerNet .pth", "2"), ("lavender-gold", "2")]
+    assert [(r[0], r[2], r[3]) for r in rows] == [
+        ("TransformerNet .pth", "2", "1 rank x 2 pipelines"), ("TransformerNet .pth", "2", "2 ranks"),
+        ("lavender-gold", "2", "1 rank x 2 pipelines"), ("lavender-gold", "2", "2 ranks")]
     for row in rows:
         assert row[-1] == "8 / 8", row  # output frames, reference / stylebatch
-        peaks = [float(v.replace(",", "")) for v in row[8].split("/")]
+        peaks = [float(v.replace(",", "")) for v in row[9].split("/")]
         assert all(p > 50 for p in peaks), row  # MiB: the process tree was seen, torch and all
-        pss = [float(v.replace(",", "")) for v in row[9].split("/")]
+        pss = [float(v.replace(",", "")) for v in row[10].split("/")]
         # the physical memory: torch's libraries once for both ranks, so below the summed RSS
         assert all(50 < q < p for q, p in zip(pss, peaks)), row
 
@@ -51,11 +53,11 @@ def test_the_uneven_rank_benchmark_gives_the_slow_rank_fewer_frames():
 @pytest.mark.parametrize("style", ["lavender-gold", "weights"])
 def test_the_pipeline_benchmark_measures_the_model_alone_beside_every_run(style):
     result = bench("bench_pipeline.py", "--size", "64x48", "--seconds", "0.5", "--workers", "1,2",
-                   "--chunk-frames", "4", "--style", style)
+                   "--layouts", "pipelines,ranks", "--chunk-frames", "4", "--style", style)
     rows = table_rows(result.stdout)
-    assert [r[0] for r in rows] == ["1", "2"]
+    assert [r[:2] for r in rows] == [["1", "1 rank"], ["2", "1 rank x 2 pipelines"], ["2", "2 ranks"]]
     for row in rows:
-        end_to_end, model_alone, share = float(row[3]), float(row[5]), float(row[6])
+        end_to_end, model_alone, share = float(row[4]), float(row[6]), float(row[7])
         assert end_to_end > 0 and model_alone > 0 and share == pytest.approx(end_to_end / model_alone, abs=0.01)
 
 

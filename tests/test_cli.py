@@ -176,7 +176,7 @@ def test_without_mpiexec_one_worker_runs_and_more_is_an_error(clip, tmp_path: Pa
     assert main(["run", str(src), "-o", str(tmp_path / "p.mp4"), "--workers", "2", *FAST_STYLE]) == 2
     assert "stylebatch: error: --workers 2 needs mpiexec" in capsys.readouterr().err
     assert not (tmp_path / "p.mp4").exists()
-    # by default (a rank per core): a clip of one chunk needs one rank, and so no mpiexec
+    # by default (one rank on the CPU): no mpiexec needed
     assert main(["run", str(src), "-o", str(tmp_path / "q.mp4"), "--chunk-frames", "30", *FAST_STYLE]) == 0
     assert count_frames(tmp_path / "q.mp4") == 30
 

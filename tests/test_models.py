@@ -8,6 +8,8 @@ import re
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 import warnings
 
 import numpy as np
@@ -1144,6 +1146,43 @@ def test_bf16_that_auto_chose_is_checked_against_fp32_on_the_first_frame(case, u
     else:
         assert stylizer.autocast == torch.bfloat16 and warned == []
         assert (out[1:] == 0).all()  # what was asked for, black and all
+
+
+def test_pipelines_sharing_a_stylizer_paint_nothing_in_bf16_before_its_first_frames_are_checked(user_pth,
+                                                                                               monkeypatch):
+    """A rank's pipelines call one Stylizer from several threads. While the first frames auto's bf16
+    painted are checked against fp32, another pipeline's frames wait: painted in bf16 meanwhile they
+    would be published even when the check then falls back to fp32 (black frames, exit code 0). The
+    check is slowed down here so that the second call comes while it runs."""
+    from stylebatch import fast_nets, models
+
+    monkeypatch.setattr(models, "cpu_has_native_bf16", lambda: True)
+    forward = fast_nets.FastTransformerNet.forward
+    monkeypatch.setattr(fast_nets.FastTransformerNet, "forward", lambda self, x: forward(self, x).mul_(
+        0 if torch.is_autocast_enabled("cpu") else 1))  # bf16 goes wrong, as in the test above
+    psnr = models.psnr
+
+    def slow_psnr(a, b):
+        time.sleep(0.5)
+        return psnr(a, b)
+
+    monkeypatch.setattr(models, "psnr", slow_psnr)
+    frames = real_frames(4, 128, 96)
+    exact = load_stylizer(str(user_pth[0]), device="cpu", precision="fp32")(frames)
+    stylizer = load_stylizer(str(user_pth[0]), device="cpu")
+    assert stylizer.autocast == torch.bfloat16
+    out: dict[int, np.ndarray] = {}
+
+    def paint(i: int) -> None:
+        out[i] = stylizer(frames[2 * i:2 * i + 2])
+
+    first = threading.Thread(target=paint, args=(0,))
+    first.start()
+    time.sleep(0.2)  # the first call is checking
+    paint(1)
+    first.join()
+    np.testing.assert_array_equal(np.concatenate([out[0], out[1]]), exact)
+    assert stylizer.autocast is None
 
 
 @pytest.mark.parametrize("style, autocast", [

@@ -24,7 +24,8 @@ if TYPE_CHECKING:
 
 
 def stylize_video(input: str, output: str, *, style: str | None = None, strength: float = 1.0,
-                  max_side: int | None = None, workers: int | None = None, device: str = "auto",
+                  max_side: int | None = None, workers: int | None = None, pipelines: int | None = None,
+                  device: str = "auto",
                   encoder: str | EncodingOptions | None = None, work: str | None = None, keep_work: bool = False,
                   batch_size: int | None = None, keep_colors: bool = False, precision: str | None = None,
                   temporal: str | None = None, temporal_strength: float | None = None,
@@ -36,7 +37,9 @@ def stylize_video(input: str, output: str, *, style: str | None = None, strength
     style: a built-in name or index (`stylebatch.list_styles()`), a blend "a:0.5,b:0.5" or .pth
         weights; default lavender-gold. strength: 0 (none) to 1 (full). max_side: stylize at most
         this many pixels on the long side (the output keeps its size).
-    workers: MPI ranks on this machine (default: one per GPU, else one per core up to 4).
+    workers: MPI ranks on this machine (default: one per GPU, else one, with a pipeline per core).
+    pipelines: chunks each rank stylizes at once, sharing its torch and network (default: on the
+        CPU one per core of the rank's share, at most 4; on a GPU 1).
     device: "auto", "cpu" or "cuda". encoder: a codec name ("h264", "hevc", "vp9", ...) or
         EncodingOptions for crf/bitrate/preset/chunk size.
     work: the work dir; give the same one again to resume an interrupted run (default: a temp dir,
@@ -55,7 +58,8 @@ def stylize_video(input: str, output: str, *, style: str | None = None, strength
     from stylebatch.run import run
 
     encoding = encoder if isinstance(encoder, EncodingOptions) else EncodingOptions(codec=encoder)
-    req = RunRequest(input=str(input), output=str(output), workers=workers, work=None if work is None else str(work),
+    req = RunRequest(input=str(input), output=str(output), workers=workers, pipelines=pipelines,
+                     work=None if work is None else str(work),
                      keep_work=keep_work, encoding=encoding,
                      model=ModelOptions(style=style, strength=strength, max_side=max_side, device=device,
                                         batch_size=batch_size, keep_colors=keep_colors, precision=precision,

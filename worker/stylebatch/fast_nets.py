@@ -355,7 +355,7 @@ def winograd_conv3x3(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 
 
 # Where torch's own CPU kernels are AVX2 (no AVX-512), NNPACK runs more layers faster than oneDNN on
-# one thread (a rank per core, the CPU's default): both networks' last layers (4 -> 3 and 32 -> 3
+# one thread (a pipeline per core, the CPU's default): both networks' last layers (4 -> 3 and 32 -> 3
 # channels, 9x9, by FFT) and the built-in net's 32-channel residual blocks (Winograd). Measured on one
 # core of an AVX2 AMD EPYC (Zen 1) at 640x360 (docs/benchmarks.md): 43.6 -> 20.6 ms, 177 -> 128 ms and
 # 8.3 -> 5.3 ms a block convolution; the built-in net 348 -> 304 and 378 -> 339 ms a frame, the

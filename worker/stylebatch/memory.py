@@ -54,13 +54,15 @@ def encoder_per_frame(settings, width: int, height: int) -> bool:
 
 
 def rank_bytes(width: int, height: int, work_width: int, work_height: int, batch: int, gpu: bool,
-               decoded_small: bool = False, per_frame_encoder: bool = False) -> int:
-    """Host memory of one rank stylizing width x height frames at work_width x work_height;
-    decoded_small: the decoder itself makes frames near the working size (no full-size decode)."""
+               decoded_small: bool = False, per_frame_encoder: bool = False, pipelines: int = 1) -> int:
+    """Host memory of one rank stylizing width x height frames at work_width x work_height with
+    `pipelines` chunks at once (each its own decoder, encoder and activations; torch and the
+    network once); decoded_small: the decoder itself makes frames near the working size (no
+    full-size decode)."""
     encode = ENCODE_PER_FRAME_BYTES_PER_PIXEL if per_frame_encoder else ENCODE_BYTES_PER_PIXEL
     full = width * height * (encode + (0 if decoded_small else DECODE_BYTES_PER_PIXEL))
     net = 0 if gpu else batch * work_width * work_height * NET_BYTES_PER_PIXEL
-    return RANK_BASE_BYTES + full + net
+    return RANK_BASE_BYTES + pipelines * (full + net)
 
 
 # glibc mallopt parameters (malloc.h)
@@ -189,9 +191,11 @@ def default_batch(gpu: bool) -> int:
     return 8 if gpu else 1
 
 
-def ranks_that_fit(m, max_side: int | None, batch_size: int | None, gpu: bool, ranks_here: int = 1) -> int:
-    """Pre-flight for a stylize of manifest m's frames: how many ranks fit in this machine's memory;
-    a one-line StylebatchError naming --max-side when `ranks_here` ranks (or even one) cannot."""
+def ranks_that_fit(m, max_side: int | None, batch_size: int | None, gpu: bool, ranks_here: int = 1,
+                   pipelines: int = 1) -> int:
+    """Pre-flight for a stylize of manifest m's frames: how many ranks of `pipelines` pipelines fit in
+    this machine's memory; a one-line StylebatchError naming --max-side when `ranks_here` ranks (or
+    even one) cannot."""
     from stylebatch.styles import working_size
 
     per_frame_encoder = encoder_per_frame(m.encoder, m.display_width, m.display_height)
@@ -201,7 +205,37 @@ def ranks_that_fit(m, max_side: int | None, batch_size: int | None, gpu: bool, r
         coded = (width, height) if m.rotation % 180 == 0 else (height, width)
         small = bool(m.video_codec) and lowres(m.video_codec, (m.coded_width, m.coded_height), coded) > 0
         return ranks_here * rank_bytes(m.display_width, m.display_height, width, height, batch, gpu,
-                                       decoded_small=small, per_frame_encoder=per_frame_encoder)
+                                       decoded_small=small, per_frame_encoder=per_frame_encoder, pipelines=pipelines)
 
     fit = check_fits(need, m.display_width, m.display_height, max_side, batch_size or default_batch(gpu))
     return fit * ranks_here
+
+
+# At most this many pipelines a rank runs by default (`default_pipelines`): each holds its own frames,
+# activations and encoder.
+MAX_DEFAULT_PIPELINES = 4
+
+
+def default_pipelines(gpu: bool, rank_cpus: int) -> int:
+    """Chunks a rank stylizes at once when --pipelines is not given: 1 beside a GPU (it runs one
+    network call at a time anyway); on the CPU one per core of the rank's share, at most
+    MAX_DEFAULT_PIPELINES, each with rank_cpus // pipelines torch threads. Torch scales poorly across
+    threads (each layer waits for its slowest thread): on 2 cores two pipelines of 1 thread
+    stylized about 1.25x as many frames a second as one of 2 (the built-in net at 640x360,
+    docs/benchmarks.md), the speed of two ranks, with one copy of torch and the network instead of
+    two (about 270 MiB each)."""
+    return 1 if gpu else max(1, min(rank_cpus, MAX_DEFAULT_PIPELINES))
+
+
+def pipelines_that_fit(m, max_side: int | None, batch_size: int | None, gpu: bool, ranks_here: int,
+                       wanted: int) -> int:
+    """The most pipelines, at most `wanted`, with which this machine's `ranks_here` ranks fit in its
+    memory (ranks_that_fit); its one-line StylebatchError when not even one pipeline does."""
+    for pipelines in range(wanted, 1, -1):
+        try:
+            if ranks_that_fit(m, max_side, batch_size, gpu, ranks_here=ranks_here, pipelines=pipelines):
+                return pipelines
+        except StylebatchError:
+            continue
+    ranks_that_fit(m, max_side, batch_size, gpu, ranks_here=ranks_here)
+    return 1

@@ -13,6 +13,7 @@ import copy
 import functools
 import logging
 import numbers
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,6 +57,10 @@ class Stylizer:
     the network's own style space (one pass). `keep_colors` keeps each frame's own colours: only the
     luminance of the painted picture is used. With paintings, `strength` below 1 moves the style
     vector towards the video's own (from `own_frame`, or the first frame it is given).
+
+    Several threads may call one Stylizer at once (a rank's pipelines share it): they share its
+    networks, and the first frames a reduced precision paints are checked (`_checked`) before any
+    other thread's are painted.
     """
 
     def __init__(self, painters: list[Painter], *, name: str, device: torch.device, dtype: torch.dtype,
@@ -72,6 +77,7 @@ class Stylizer:
         # (`_checked`); set by load_stylizer
         self.check_reduced = False
         self._seen_painting = False  # `_warn_if_flat` has looked at a painted frame of a varied one
+        self._first = threading.Lock()  # held while the first frames are painted and checked (`_checked`)
 
     @property
     def net(self) -> nn.Module:
@@ -125,6 +131,15 @@ class Stylizer:
             raise StylebatchError(f"frames of {w}x{h} are too small to stylize; both sides need {MIN_SIDE}px")
         if b == 0:
             return frames.copy()
+        # pipelines share this stylizer: none paints while the first frames are painted and checked
+        # (`_checked` clears check_reduced as it starts, holding the lock until it is done)
+        if self.check_reduced or self._first.locked():
+            with self._first:
+                return self._paint_frames(frames)
+        return self._paint_frames(frames)
+
+    def _paint_frames(self, frames: np.ndarray) -> np.ndarray:
+        b = frames.shape[0]
         if self.own_vector is None and self.strength < 1.0 and any(p.vector_strength for p in self.painters):
             from stylebatch.paintings import style_vector
 

@@ -1,5 +1,6 @@
 """Decode, model and encode in three threads joined by small bounded queues, so the model (the GPU)
-never waits on the CPU work around it; and the progress lines a rank prints."""
+never waits on the CPU work around it (a pipeline); a rank's pipelines, several at once drawing
+chunks from one source; and the progress lines a rank prints."""
 
 from __future__ import annotations
 
@@ -85,18 +86,79 @@ class Busy:
     def __init__(self) -> None:
         self.model = self.decoder = self.encoder = 0.0
         self.count = 0
+        self.pipelines = 1
+        self.wall = None  # seconds, when not the sum of the three (several pipelines: the longest one's)
+
+    @staticmethod
+    def of(parts: list[Busy]) -> Busy:
+        """Several pipelines' Busy as one: frames and shares summed, the time the longest one's."""
+        if len(parts) == 1:
+            return parts[0]
+        total = Busy()
+        for b in parts:
+            total.model, total.decoder, total.encoder = (total.model + b.model, total.decoder + b.decoder,
+                                                         total.encoder + b.encoder)
+            total.count += b.count
+        total.pipelines = len(parts)
+        total.wall = max(b.model + b.decoder + b.encoder for b in parts)
+        return total
 
     def summary(self) -> str:
         total = self.model + self.decoder + self.encoder
         if not self.count or not total:
             return "no frames to stylize"
+        wall = total if self.wall is None else self.wall
         share = lambda part: f"{100 * part / total:.0f}%"  # noqa: E731
-        return (f"{self.count} frames in {total:.1f} s ({self.count / total:.1f} fps): model {share(self.model)}, "
+        on = "" if self.pipelines == 1 else f" on {self.pipelines} pipelines"
+        return (f"{self.count} frames in {wall:.1f} s ({self.count / wall:.1f} fps){on}: model {share(self.model)}, "
                 f"waiting for the decoder {share(self.decoder)}, waiting for the encoder {share(self.encoder)}")
 
 
+class SharedChunks:
+    """An iterator over `chunks` that several pipelines draw from at once: each chunk goes to
+    exactly one of them, the next one to whichever asks first."""
+
+    def __init__(self, chunks: Iterable[tuple[int, int]]) -> None:
+        self._chunks, self._lock = iter(chunks), threading.Lock()
+
+    def __iter__(self) -> SharedChunks:
+        return self
+
+    def __next__(self) -> tuple[int, int]:
+        with self._lock:
+            return next(self._chunks)
+
+
+def run_pipelines(count: int, pipeline: Callable[[int, threading.Event], Busy]) -> list[Busy]:
+    """pipeline(index, stop) for index 0..count-1 at once: the first in this thread (signals reach
+    it), the others in threads of their own. `stop` is shared: the first failure sets it, which ends
+    the others' pipelines, and is raised here once every one has ended. Returns each one's Busy."""
+    stop = threading.Event()
+    busy: list = [None] * count
+    failures: list[BaseException] = []
+
+    def body(index: int) -> None:
+        try:
+            busy[index] = pipeline(index, stop)
+        except BaseException as exc:  # noqa: BLE001 - raised below, in this thread
+            failures.append(exc)
+            stop.set()
+
+    others = [threading.Thread(target=body, args=(i,), name=f"stylebatch-pipeline-{i}", daemon=True)
+              for i in range(1, count)]
+    for t in others:
+        t.start()
+    body(0)
+    for t in others:
+        t.join()
+    if failures:
+        raise failures[0]
+    return busy
+
+
 def run_pipeline(todo: Iterable[tuple[int, int]], read: Callable, stylizer, open_part: Callable,
-                 publish: Callable, progress: Progress, finish: Callable | None = None) -> Busy:
+                 publish: Callable, progress: Progress, finish: Callable | None = None,
+                 stop: threading.Event | None = None) -> Busy:
     """decode thread -> model (this thread) -> encode thread; the first failure stops all three.
 
     read(chunk) yields the chunk's items (in the decode thread); stylizer(item) maps each (in this
@@ -105,11 +167,12 @@ def run_pipeline(todo: Iterable[tuple[int, int]], read: Callable, stylizer, open
 
     The next chunk is taken from `todo` only once the model has started on the previous one, so a
     rank never holds more than the chunk in hand and the next (chunks are handed out on demand).
-    Returns where the model thread's time went (Busy)."""
+    `stop`: an event other pipelines share (run_pipelines): once set, this one ends too (its part in
+    hand is discarded) and returns. Returns where the model thread's time went (Busy)."""
     q_in: queue.Queue = queue.Queue(maxsize=3)
     ahead = threading.Semaphore(1)  # chunks taken whose first item the model has not yet started
     q_out: queue.Queue = queue.Queue(maxsize=3)
-    stop = threading.Event()
+    stop = threading.Event() if stop is None else stop
     failures: list[BaseException] = []
 
     def put(q: queue.Queue, item) -> None:

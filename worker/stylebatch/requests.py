@@ -86,6 +86,10 @@ class ModelOptions(Request):
             raise BadInput(f"--precision {problem}")
 
 
+PIPELINES_HELP = ("chunks each rank stylizes at once, each with its own decoder and encoder, sharing one copy of "
+                  "torch and the network (default: on the CPU one per core of the rank's share, at most 4; "
+                  "on a GPU 1)")
+
 _INPUT_HELP = "video file or blob URI (az://container/path, https://...)"
 _OUTPUT_HELP = f"output file or blob URI; its extension picks the container ({' '.join(OUTPUT_EXTENSIONS)})"
 
@@ -112,6 +116,7 @@ class StylizeRequest(Request):
     command = "stylize"
     summary = "stage 2 (under mpiexec): stylize this rank's chunks into parts"
     work: str = flag("--work", required=True, help="work dir made by preprocess")
+    pipelines: int | None = flag("--pipelines", kind=int, check=at_least(1), help=PIPELINES_HELP)
     model: ModelOptions = options(ModelOptions, "style")
 
 
@@ -142,7 +147,9 @@ class RunRequest(Request):
     input: str = flag(help=_INPUT_HELP, metavar="input")
     output: str = flag("-o", "--output", required=True, help=_OUTPUT_HELP)
     workers: int | None = flag("--workers", kind=int, check=at_least(1),
-                               help="MPI ranks to run locally (default: one per GPU, else one per CPU core, at most 4)")
+                               help="MPI ranks to run locally (default: one per GPU, else one, with a pipeline "
+                                    "per core)")
+    pipelines: int | None = flag("--pipelines", kind=int, check=at_least(1), help=PIPELINES_HELP)
     work: str | None = flag("--work", help="work dir (folder or blob prefix); re-use one to resume (default: a folder under "
                                            "$XDG_CACHE_HOME/stylebatch/work named for the input and output, so the "
                                            "same command resumes)")
@@ -162,7 +169,7 @@ class RunRequest(Request):
     def stylize_request(self, work: str, style: str | None = None) -> StylizeRequest:
         """`style`: the style as resolved by the launcher (a downloaded weights file), if it differs."""
         model = self.model if style is None else replace(self.model, style=style)
-        return StylizeRequest(work=work, model=model)
+        return StylizeRequest(work=work, model=model, pipelines=self.pipelines)
 
     def postprocess_request(self, work: str) -> PostprocessRequest:
         return PostprocessRequest(work=work, output=self.output)
@@ -211,7 +218,7 @@ def _path(place: str) -> str:
     return PurePosixPath(urlsplit(place).path).name if "://" in place else PurePath(place).name
 
 
-RUN_FLAGS = frozenset({"workers", "model", "encoding"})  # what `watch` passes on to each run
+RUN_FLAGS = frozenset({"workers", "pipelines", "model", "encoding"})  # what `watch` passes on to each run
 
 
 STAGES = (RunRequest, PreprocessRequest, StylizeRequest, PostprocessRequest, TrainRequest)

@@ -43,16 +43,14 @@ def list_styles(args: argparse.Namespace) -> int:
 
 
 def default_workers(device: str, gpus: int) -> int:
-    """One rank per GPU (`gpus`: how many this host's torch sees). On CPU, one rank per core up to 4
-    (then more threads per rank): torch scales poorly across threads; on 2 cores 2 ranks x 1 thread
-    ran 1.3x faster end to end than 1 rank x 2 threads with the built-in net in the fifth pass, 1.04x
-    after the sixth pass's norm (which helped 2 threads more), and 1.3-1.4x with the TransformerNet at 640x360 (1.1-1.3x at 720x528 and 1280x720)
-    since its Winograd convolutions (NNPACK's threads scale less well) (benchmarks/bench_pipeline.py,
-    benchmarks/reference_pipeline.py, docs/benchmarks.md). The cap bounds memory: each rank holds a model
-    and its own frame batches."""
+    """One rank per GPU (`gpus`: how many this host's torch sees). On the CPU one rank, which
+    stylizes a chunk per core at once (memory.default_pipelines): as fast as a rank per core (2
+    ranks x 1 thread ran 1.04-1.4x faster than 1 rank x 2 threads, by style and size: torch scales
+    poorly across threads) with one copy of torch and the network instead of one per rank, and one
+    start of torch (benchmarks/reference_pipeline.py, docs/benchmarks.md)."""
     if device != "cpu" and gpus:
         return gpus
-    return max(1, min(cpu_count(), 4))
+    return 1
 
 
 def gpu_sharing(workers: int, gpus: int) -> str | None:

@@ -1,6 +1,8 @@
 """Stage 2, one MPI rank: stylize this rank's share of the chunks into encoded parts in the work dir.
 
-Parts already in the work dir are skipped (resume); a failing rank aborts the whole MPI job.
+A rank stylizes --pipelines chunks at once (pipeline.run_pipelines), each with its own decoder and
+encoder, all sharing one copy of torch and the network. Parts already in the work dir are skipped
+(resume); a failing pipeline ends the rank, and a failing rank aborts the whole MPI job.
 """
 
 from __future__ import annotations
@@ -23,11 +25,11 @@ from stylebatch.contract import DEFAULT_STYLE, ERROR_PREFIX, PART_EXT, START_GAT
 from stylebatch.encoder import PartWriter
 from stylebatch.errors import StylebatchError
 from stylebatch.logs import set_rank
-from stylebatch.memory import default_batch, on_gpu, ranks_that_fit
+from stylebatch.memory import default_batch, default_pipelines, on_gpu, pipelines_that_fit
 from stylebatch.manifest import PARTS_DIR, STYLIZE_NAME, Manifest, read_manifest
 from stylebatch.dispatch import ChunkDispenser, dispense
 from stylebatch.partition import chunk_bounds, part_name
-from stylebatch.pipeline import Progress, run_pipeline
+from stylebatch.pipeline import Busy, Progress, SharedChunks, run_pipeline, run_pipelines
 from stylebatch.progress import RankProgress
 from stylebatch.ranks import World, cpu_count, detect
 from stylebatch.styles import resolve_style
@@ -148,25 +150,35 @@ def stylize(req: StylizeRequest, world: World, tmp: Path,
     progress = Progress(world, resumed, resumed, m.frames, sink)
     progress.report(force=True)
     if missing:
-        # Pre-flight: this machine's ranks together must fit its memory (one line naming --max-side if not).
-        ranks_that_fit(m, model.max_side, model.batch_size, on_gpu(model.device), ranks_here=world.local_size)
-        threads = max(1, cpu_count() // world.local_size)
+        gpu = on_gpu(model.device)
+        rank_cpus = max(1, cpu_count() // world.local_size)
+        # Pre-flight: this machine's ranks together must fit its memory (one line naming --max-side if
+        # not); a rank runs fewer pipelines than asked where that is what fits
+        wanted = min(req.pipelines or default_pipelines(gpu, rank_cpus), len(missing))
+        pipelines = pipelines_that_fit(m, model.max_side, model.batch_size, gpu, world.local_size, wanted)
+        threads = max(1, rank_cpus // pipelines)
         # on the CPU the model's threads fill this rank's cores: a decoder and an encoder with as many
         # threads again would only contend with them (5% slower at 640x360); beside a GPU they get them
-        codec = threads if on_gpu(model.device) else 1
-        log.info("rank %d/%d: %d of %d chunks left to stylize, taken one at a time (%d thread%s)",
-                 world.rank, world.size, len(missing), len(chunks), threads, "" if threads == 1 else "s")
+        codec = threads if gpu else 1
+        at_once = "" if pipelines == 1 else f", {pipelines} at once"
+        log.info("rank %d/%d: %d of %d chunks left to stylize, taken one at a time%s (%d thread%s%s)",
+                 world.rank, world.size, len(missing), len(chunks), at_once, threads, "" if threads == 1 else "s",
+                 "" if pipelines == 1 else " each")
         from stylebatch.temporal_defaults import warmup_frames
 
         warmup = warmup_frames(m.chunk_frames) if temporal[0] == "on" else 0
-        reader = ChunkReader(_local_source(work, m, tmp), m, threads=codec, keep=warmup,
-                             size=decode_size(m, model.max_side, model.strength, keep_colors))
+        source = _local_source(work, m, tmp)
+        size = decode_size(m, model.max_side, model.strength, keep_colors)
+        readers: list[ChunkReader] = []
         try:
-            stylizer = _load(model, world, threads, style, _own_frame(reader, m, style, model.strength))
+            readers.append(ChunkReader(source, m, threads=codec, keep=warmup, size=size))
+            stylizer = _load(model, world, threads, style, _own_frame(readers[0], m, style, model.strength))
             if stylizer.reduced and world.rank == 0:  # fp32 goes without saying; less than it does not
                 log.info("rank 0/%d: the networks compute in %s (--precision %s)", world.size,
                          stylizer.arithmetic, model.precision or "auto")
             batch = model.batch_size or default_batch(stylizer.device.type == "cuda")
+            while len(readers) < pipelines:
+                readers.append(ChunkReader(source, m, threads=codec, keep=warmup, size=size))
 
             def publish(chunk: tuple[int, int], path: Path) -> None:
                 work.child(PARTS_DIR, part_name(*chunk, PART_EXT)).upload(path)
@@ -178,20 +190,26 @@ def stylize(req: StylizeRequest, world: World, tmp: Path,
                                   m.color, codec, _sar(m)), path
 
             dispenser = ChunkDispenser(world, len(chunks))
-            todo = dispense(dispenser, chunks, done, progress.take)
-            if temporal[0] == "on":
-                from stylebatch.temporal import TemporalChunks
+            todo = SharedChunks(dispense(dispenser, chunks, done, progress.take))
 
-                steady = TemporalChunks(strength=temporal[1], warmup=warmup)
-                busy = run_pipeline(todo, lambda c: steady.read(reader.read, *c, batch),
-                                    lambda item: steady.stylize(stylizer, item), open_part, publish, progress,
-                                    finish=steady.finish)
-            else:
-                busy = run_pipeline(todo, lambda c: reader.read(*c, batch), stylizer, open_part, publish, progress)
+            def pipeline(index: int, stop) -> Busy:
+                reader = readers[index]
+                if temporal[0] == "on":
+                    from stylebatch.temporal import TemporalChunks
+
+                    steady = TemporalChunks(strength=temporal[1], warmup=warmup)
+                    return run_pipeline(todo, lambda c: steady.read(reader.read, *c, batch),
+                                        lambda item: steady.stylize(stylizer, item), open_part, publish, progress,
+                                        finish=steady.finish, stop=stop)
+                return run_pipeline(todo, lambda c: reader.read(*c, batch), stylizer, open_part, publish, progress,
+                                    stop=stop)
+
+            busy = Busy.of(run_pipelines(pipelines, pipeline))
             log.info("rank %d/%d: %s", world.rank, world.size, busy.summary())
             dispenser.close()  # collective, so only on success: a failing rank aborts the whole job
         finally:
-            reader.close()
+            for reader in readers:
+                reader.close()
     progress.report(force=True)
 
 

@@ -65,7 +65,7 @@ def _runner(args: argparse.Namespace) -> Callable[[str, str], None]:
     from stylebatch.requests import EncodingOptions, ModelOptions, RunRequest
     from stylebatch.run import run as run_video
 
-    template = RunRequest(input="in.mp4", output="out.mp4", workers=args.workers,
+    template = RunRequest(input="in.mp4", output="out.mp4", workers=args.workers, pipelines=args.pipelines,
                           model=ModelOptions.from_namespace(args), encoding=EncodingOptions.from_namespace(args))
     template.validate()  # bad flags stop here, before any work
 

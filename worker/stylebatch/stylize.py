@@ -45,6 +45,9 @@ def run(req: StylizeRequest, sink: Callable[[RankProgress], None] | None = None)
     sink: where this rank's progress records go (stylebatch.pipeline.Progress), called in this
     thread; default: progress lines on stdout, for mpiexec to gather."""
     req.validate()
+    from stylebatch.memory import reuse_freed_memory
+
+    reuse_freed_memory()  # before torch and the pipelines' threads allocate (one heap for every thread)
     gate = os.environ.get(START_GATE_ENV)
     if gate:
         _wait_at_gate(gate)

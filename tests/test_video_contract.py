@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import sys
 from fractions import Fraction
 from pathlib import Path
 
@@ -300,3 +301,69 @@ def test_subtitles_are_kept_where_the_container_takes_them(clip, tmp_path: Path)
     assert result.returncode == 0, result.stderr
     assert "subtitle stream 2 (subrip) cannot go into mp4: left out" in result.stderr
     assert [s["codec_name"] for s in streams(tmp_path / "out.mp4")] == ["h264", "aac"]
+
+
+@pytest.mark.parametrize("flags, asm", [
+    ("fpu sse2 avx avx2 fma bmi1 bmi2 abm avx512f avx512cd avx512bw avx512dq avx512vl avx512_bf16", "AVX2,FMA3,BMI2,LZCNT"),
+    ("fpu sse2 avx avx2 avx512f avx512cd avx512bw avx512dq avx512vl", "AVX2"),
+    ("fpu sse2 avx avx2 fma bmi1 bmi2 abm", None),  # no AVX-512: x264 detects, as always
+    ("fpu sse2 avx avx2 avx512f avx512cd", None),  # not the AVX-512 x264 runs
+    ("fp asimd evtstrm aes pmull sha1 sha2 crc32", None),  # an ARM CPU
+])
+def test_x264_runs_without_its_avx512_code(flags, asm, tmp_path: Path) -> None:
+    from stylebatch.encoder import x264_asm
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nvendor_id\t: AnyCPU\nflags\t\t: {flags}\n\nprocessor\t: 1\nflags\t\t: {flags}\n")
+    assert x264_asm(str(cpuinfo)) == asm
+    assert x264_asm(str(tmp_path / "missing")) is None
+
+
+ENCODE_PART = r"""
+import hashlib, subprocess, sys
+from fractions import Fraction
+from pathlib import Path
+import numpy as np
+from stylebatch.encoder import PartWriter
+from stylebatch.manifest import read_manifest
+from stylebatch.storage import location
+from stylebatch.stylize import _sar
+m = read_manifest(location(sys.argv[1]))
+part = Path(sys.argv[3])
+writer = PartWriter(part, m.encoder, m.display_width, m.display_height, Fraction(*m.frame_rate), m.color, 1, _sar(m))
+writer.write(np.load(sys.argv[2]))
+writer.close()
+video = subprocess.run(["ffmpeg", "-v", "error", "-i", str(part), "-map", "0:v", "-c", "copy", "-f", "data", "-"],
+                       capture_output=True, check=True).stdout
+print(hashlib.md5(video).hexdigest())
+"""
+
+
+def test_a_part_encodes_to_the_same_bits_whatever_memory_it_is_given(clip, tmp_path: Path) -> None:
+    """x264's AVX-512 code reads memory it never wrote: the same frames came out as other bits from
+    one encoder to the next (4 bitstreams in 30 encodes of one chunk in one process on a Zen 5), so a
+    chunk painted again (resume, another rank or pipeline) changed the video. glibc fills each block
+    it hands out with a byte of our choosing here (MALLOC_PERTURB_), which made that read give a
+    different bitstream for each of these four bytes. On a CPU without AVX-512 this held before too."""
+    from stylebatch.manifest import read_manifest
+    from stylebatch.models import load_stylizer
+    from stylebatch.storage import location
+    from stylebatch.stylize import decode_size
+    from stylebatch.video import ChunkReader
+
+    src = clip("pipelines.mp4", size=(96, 64), frames=30, audio=("aac",), extra=("-g", "7"))
+    work = tmp_path / "work"
+    assert stylebatch("preprocess", src, "--work", work, "-o", tmp_path / "out.mp4", "--chunk-frames", "6"
+                      ).returncode == 0
+    m = read_manifest(location(str(work)))
+    reader = ChunkReader(work / "source.mp4", m, threads=1, size=decode_size(m, 48, 1.0, False))
+    try:  # the last chunk, painted as `stylebatch stylize --max-side 48` paints it
+        stylizer = load_stylizer("lavender-gold", device="cpu", max_side=48)
+        np.save(tmp_path / "frames.npy", np.concatenate([stylizer(batch) for batch in reader.read(24, 30, 1)]))
+    finally:
+        reader.close()
+    streams = {subprocess.run([sys.executable, "-c", ENCODE_PART, str(work), str(tmp_path / "frames.npy"),
+                               str(tmp_path / f"part{byte}.mkv")], capture_output=True, text=True, check=True,
+                              env=dict(os.environ, MALLOC_PERTURB_=str(byte))).stdout
+               for byte in (17, 90, 165, 255)}
+    assert len(streams) == 1

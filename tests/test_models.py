@@ -1203,6 +1203,25 @@ def test_auto_precision_on_a_cpu_with_native_bf16_is_bf16_for_pth_networks_only(
     assert (stylizer.dtype, stylizer.autocast) == (torch.float32, autocast)
 
 
+def test_pipelines_in_fp32_keep_tf32_off_until_the_last_one_is_done():
+    """Several pipelines share a Stylizer; cuDNN's TF32 switch is the process's. Each call saved and
+    restored it: a call that started while another had it off saved "off", and the first one to end
+    turned TF32 back on under the other (whose fp32 convolutions would then run in TF32)."""
+    stylizer = load_stylizer(DEFAULT_STYLE, device="cpu", precision="fp32")
+    before = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = True
+    try:
+        first, second = stylizer._exact(), stylizer._exact()
+        first.__enter__()
+        second.__enter__()  # another pipeline's call, while the first one's runs
+        first.__exit__(None, None, None)
+        assert torch.backends.cudnn.allow_tf32 is False  # the second is still painting in fp32
+        second.__exit__(None, None, None)
+        assert torch.backends.cudnn.allow_tf32 is True  # as it was before either
+    finally:
+        torch.backends.cudnn.allow_tf32 = before
+
+
 @pytest.mark.parametrize("precision, exact", [("fp32", True), ("bf16", False)])
 def test_fp32_runs_its_convolutions_without_tf32(precision, exact):
     """--precision fp32 on a GPU: cuDNN allows TF32 convolutions by PyTorch's default, so the

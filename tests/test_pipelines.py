@@ -205,3 +205,32 @@ def test_busy_of_several_pipelines_says_their_frames_and_the_longest_time() -> N
                                          "waiting for the decoder 17%, waiting for the encoder 17%")
     assert Busy.of([a]).summary() == ("20 frames in 2.0 s (10.0 fps): model 50%, waiting for the decoder 25%, "
                                       "waiting for the encoder 25%")
+
+
+def test_a_signal_while_the_last_chunks_finish_stops_every_pipeline() -> None:
+    """Pipeline 0 (this thread) has no chunk left and waits for the others; Ctrl-C or SIGTERM then
+    (an exception in this thread) must stop them too before it goes on, or they would go on
+    decoding and publishing after the rank let go of its readers, scratch and work-dir lock."""
+    import signal
+
+    from stylebatch.pipeline import Busy, run_pipelines
+
+    stopped = []
+
+    def pipeline(index: int, stop: threading.Event) -> Busy:
+        if index == 1:  # still on its last chunk
+            stopped.append(stop.wait(30))
+        return Busy()
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.3)
+        with pytest.raises(KeyboardInterrupt):
+            run_pipelines(2, pipeline)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert stopped == [True]  # told to stop, and ended before run_pipelines did

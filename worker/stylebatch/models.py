@@ -49,6 +49,11 @@ class Painter:
     exact: Painter | None = None  # the same in fp32 on the CPU, where this one is not (Stylizer._flat_colour)
 
 
+# Threads inside Stylizer._exact, and cuDNN's TF32 switch as it was when the first of them came in.
+_TF32_LOCK = threading.Lock()
+_TF32_STATE: dict = {"inside": 0, "before": None}
+
+
 class Stylizer:
     """Repaints batches of uint8 RGB frames [B, H, W, 3]; output has the same shape.
 
@@ -91,16 +96,24 @@ class Stylizer:
     @contextlib.contextmanager
     def _exact(self):
         """fp32 is fp32: cuDNN's convolutions may use TF32 by PyTorch's default (10-bit mantissas,
-        60-62 dB against fp32 here), which is not what `--precision fp32` asks for."""
+        60-62 dB against fp32 here), which is not what `--precision fp32` asks for. The switch is
+        the process's: it is off while any thread (a rank's pipelines) is inside, and goes back to
+        what it was when the last one leaves."""
         if self.dtype != torch.float32 or self.autocast is not None:
             yield
             return
-        before = torch.backends.cudnn.allow_tf32
-        torch.backends.cudnn.allow_tf32 = False
+        with _TF32_LOCK:
+            if not _TF32_STATE["inside"]:
+                _TF32_STATE["before"] = torch.backends.cudnn.allow_tf32
+                torch.backends.cudnn.allow_tf32 = False
+            _TF32_STATE["inside"] += 1
         try:
             yield
         finally:
-            torch.backends.cudnn.allow_tf32 = before
+            with _TF32_LOCK:
+                _TF32_STATE["inside"] -= 1
+                if not _TF32_STATE["inside"]:
+                    torch.backends.cudnn.allow_tf32 = _TF32_STATE["before"]
 
     def _paint(self, p: Painter, x: torch.Tensor) -> torch.Tensor:
         """One network's picture: 0..1 in (fp32), 0..1 out, any H and W.

@@ -132,10 +132,13 @@ class SharedChunks:
 def run_pipelines(count: int, pipeline: Callable[[int, threading.Event], Busy]) -> list[Busy]:
     """pipeline(index, stop) for index 0..count-1 at once: the first in this thread (signals reach
     it), the others in threads of their own. `stop` is shared: the first failure sets it, which ends
-    the others' pipelines, and is raised here once every one has ended. Returns each one's Busy."""
+    the others' pipelines, and is raised here once every one has ended; so does a signal's exception
+    (KeyboardInterrupt, SystemExit) while this thread waits for the others. Returns each one's Busy."""
     stop = threading.Event()
     busy: list = [None] * count
     failures: list[BaseException] = []
+
+    ended = [threading.Event() for _ in range(count)]
 
     def body(index: int) -> None:
         try:
@@ -143,14 +146,24 @@ def run_pipelines(count: int, pipeline: Callable[[int, threading.Event], Busy]) 
         except BaseException as exc:  # noqa: BLE001 - raised below, in this thread
             failures.append(exc)
             stop.set()
+        finally:
+            ended[index].set()
 
     others = [threading.Thread(target=body, args=(i,), name=f"stylebatch-pipeline-{i}", daemon=True)
               for i in range(1, count)]
     for t in others:
         t.start()
     body(0)
-    for t in others:
-        t.join()
+    # waited for by their events, not Thread.join: a join a signal interrupts marks its thread ended
+    # (Python 3.11), and a second join would not wait
+    try:
+        for done in ended:
+            done.wait()
+    except BaseException:  # a signal while the others finish their last chunks: they stop too
+        stop.set()
+        for done in ended:
+            done.wait()
+        raise
     if failures:
         raise failures[0]
     return busy

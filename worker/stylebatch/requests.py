@@ -148,7 +148,7 @@ class RunRequest(Request):
     output: str = flag("-o", "--output", required=True, help=_OUTPUT_HELP)
     workers: int | None = flag("--workers", kind=int, check=at_least(1),
                                help="MPI ranks to run locally (default: one per GPU, else one, with a pipeline "
-                                    "per core)")
+                                    "per core, at most 4)")
     pipelines: int | None = flag("--pipelines", kind=int, check=at_least(1), help=PIPELINES_HELP)
     work: str | None = flag("--work", help="work dir (folder or blob prefix); re-use one to resume (default: a folder under "
                                            "$XDG_CACHE_HOME/stylebatch/work named for the input and output, so the "

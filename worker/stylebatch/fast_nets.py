@@ -18,6 +18,13 @@ peak (tests/test_models.py measures it) and no pass over memory is wasted:
 - `UpsampleConv2x` works a band of rows at a time, so its 4x-channel output is never whole;
 - `instance_norm_` works in place: small pictures whole, large ones in cache-sized steps.
 
+In bf16 on the CPU (`--precision bf16`, or auto with a .pth where the CPU has native bf16: the CPU's
+bf16 autocast around the network) both networks run in bf16 themselves (`in_own_precision`): the
+pictures stay bf16 from layer to layer, at half fp32's memory, and each norm works on its bf16
+picture in place with fp32 statistics. Under autocast each convolution rounded an fp32 picture to a
+new bf16 one and each norm made an fp32 copy of its bf16 one: on a CPU with AMX those conversions
+took longer than the convolutions (docs/benchmarks.md, thirteenth pass).
+
 The TransformerNet's residual blocks (ten 3x3 convolutions of 128 channels at quarter resolution,
 60% of its arithmetic) run as NNPACK's Winograd convolutions (`winograd_conv3x3`, F(6x6, 3x3):
 about 5x fewer multiplications) where torch has NNPACK for this CPU: each convolution about 2.2x as
@@ -153,10 +160,11 @@ class UpsampleConv2x(nn.Module):
         b, _, h, w = x.shape
         # interleaved into a channels-last picture (memory order b, row, a, column, c, channel)
         out = x.new_empty(b, h, 2, w, 2, self.out_channels).permute(0, 5, 1, 2, 3, 4)
+        weight, bias = self.weight.to(x.dtype), None if self.bias is None else self.bias.to(x.dtype)
         for i0 in range(0, h, UPSAMPLE_BAND_ROWS):  # a band of rows at a time: no 4C-channel picture
             n = min(h, i0 + UPSAMPLE_BAND_ROWS) - i0
             strip = _row_strip(x, i0 - 1, i0 + n + 1, 1, "replicate")
-            y = F.conv2d(strip, self.weight, self.bias).view(b, 4, self.out_channels, n + 1, w + 1)
+            y = F.conv2d(strip, weight, bias).view(b, 4, self.out_channels, n + 1, w + 1)
             for a in (0, 1):
                 for c in (0, 1):
                     out[:, :, i0:i0 + n, a, :, c] = y[:, 2 * a + c, :, a:a + n, c:c + w]
@@ -187,12 +195,17 @@ class RowSplitConv(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, _, h, w = x.shape
         k, co, p = self.k, self.out_channels, self.k // 2
+        if x.dtype == torch.bfloat16 and x.device.type == "cpu" and onednn_bf16():
+            # oneDNN's own bf16 convolution (AMX, AVX-512) is faster than the split: the bias is added in fp32
+            y = padded_conv(x, self.full.to(x.dtype), pad=p).float()
+            return y if self.bias is None else y.add_(self.bias.view(1, -1, 1, 1))
         # the k partial sums are added in fp32 at least (under bf16 autocast too), as a convolution would
         dtype = torch.promote_types(x.dtype, torch.float32)
         out = torch.empty((b, co, h, w), dtype=dtype, device=x.device, memory_format=torch.channels_last)
+        weight = self.weight.to(x.dtype)
         for r0 in range(0, h, ROW_SPLIT_BAND_ROWS):
             n = min(h, r0 + ROW_SPLIT_BAND_ROWS) - r0
-            z = F.conv2d(_row_strip(x, r0 - p, r0 + n + p, p, "reflect"), self.weight)  # [B, k*Cout, n+2p, W]
+            z = F.conv2d(_row_strip(x, r0 - p, r0 + n + p, p, "reflect"), weight)  # [B, k*Cout, n+2p, W]
             z = z.permute(0, 2, 3, 1).reshape(b, n + 2 * p, w, k, co)
             band = out.permute(0, 2, 3, 1)[:, r0:r0 + n]  # [B, n, W, Cout], a view
             band.copy_(z[:, 0:n, :, 0])
@@ -228,8 +241,8 @@ class ColumnPairConv(nn.Module):
         b, _, h, w = x.shape
         p, co = self.k // 2, self.out_channels
         if w % 2:
-            return padded_conv(x, self.single, pad=p)
-        z = F.conv2d(F.pad(x, [p] * 4, mode="reflect"), self.weight, stride=(1, 2))  # [B, 2*Cout, H, W/2]
+            return padded_conv(x, self.single.to(x.dtype), pad=p)
+        z = F.conv2d(F.pad(x, [p] * 4, mode="reflect"), self.weight.to(x.dtype), stride=(1, 2))  # [B, 2*Cout, H, W/2]
         z = z.contiguous(memory_format=torch.channels_last)  # it is; a copy only if oneDNN chose otherwise
         return z.as_strided((b, co, h, w), (h * w * co, 1, w * co, co))
 
@@ -251,6 +264,33 @@ USE_WINOGRAD = True
 def plain_fp32(x: torch.Tensor) -> bool:
     """Whether x is computed in plain fp32: an fp32 tensor and no CPU autocast (bf16) around it."""
     return x.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
+
+
+def cpu_bf16(x: torch.Tensor) -> bool:
+    """Whether x is to be painted in bf16 on the CPU: the CPU's bf16 autocast is on around it (the
+    networks then run in bf16 themselves, autocast off: see FastTransformerNet.forward)."""
+    return (x.device.type == "cpu" and torch.is_autocast_enabled("cpu")
+            and torch.get_autocast_dtype("cpu") == torch.bfloat16)
+
+
+def in_own_precision(forward, x: torch.Tensor, *rest: torch.Tensor) -> torch.Tensor:
+    """forward(x, *rest), under the CPU's bf16 autocast (cpu_bf16) as forward(x in bf16, *rest) with
+    autocast off: the network's pictures stay bf16 from layer to layer (autocast would round each
+    convolution's input to bf16 again and give its norm an fp32 copy); each layer casts its fp32 weights
+    to x's type, and keeps in fp32 what autocast kept so (instance norms' statistics, the last layer's
+    sums and bias)."""
+    if cpu_bf16(x):
+        with torch.autocast("cpu", enabled=False):
+            return forward(x.to(torch.bfloat16), *rest)
+    return forward(x, *rest)
+
+
+@functools.cache
+def onednn_bf16() -> bool:
+    """Whether oneDNN convolves bf16 on this CPU (AVX-512 and up, AMX; `ONEDNN_MAX_CPU_ISA` may forbid
+    it). Elsewhere torch's fallback convolution unfolds its input: a 9x9 layer's is 81 copies of it."""
+    check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)  # a private op: a later torch may drop it
+    return bool(check and check())
 
 
 def winograd_ready(x: torch.Tensor) -> bool:
@@ -427,7 +467,10 @@ def instance_norm_(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, re
     its bias, as in the plain network. Small pictures are summed whole (NORM_WHOLE_VALUES), large
     ones in cache-sized steps, each pass over a step at once (NORM_STEP_VALUES)."""
     b, c, h, w = x.shape
-    if x.is_contiguous(memory_format=torch.channels_last):
+    if x.dtype == torch.bfloat16 and x.is_contiguous(memory_format=torch.channels_last):
+        for i in range(b):
+            _instance_norm_pixels_bf16_(x[i].permute(1, 2, 0).reshape(h * w, c), weight, bias, relu)
+    elif x.is_contiguous(memory_format=torch.channels_last):
         for i in range(b):
             _instance_norm_pixels_(x[i].permute(1, 2, 0).reshape(h * w, c), weight, bias, relu)  # a view
     elif x.is_contiguous():  # NCHW (winograd_conv3x3's layout): each channel a row of pixels
@@ -482,6 +525,41 @@ def _instance_norm_pixels_(pixels: torch.Tensor, weight: torch.Tensor, bias: tor
             part.relu_()
 
 
+def _instance_norm_pixels_bf16_(pixels: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, relu: bool) -> None:
+    """_instance_norm_pixels_ of a bf16 picture: every sum and the normalisation in fp32, a cache-sized
+    step at a time, the picture rounded to bf16 once, when it is written back."""
+    n, c = pixels.shape
+    shift = pixels[::SHIFT_SAMPLE_STRIDE].float().mean(dim=0)
+    lanes = max(1, NORM_ROW_VALUES // c)
+    row = lanes * c
+    step = max(1, NORM_STEP_VALUES // row) * lanes
+    whole = n - n % lanes
+    flat = pixels.view(-1)
+    parts = [flat[s * c:min(s + step, whole) * c].view(-1, row) for s in range(0, whole, step)]
+    if whole < n:
+        parts.append(pixels[whole:])
+    work = torch.empty(min(step, n) * c, dtype=torch.float32, device=pixels.device)
+    lanes_of = {w: (shift.repeat(w // c), work.new_zeros(w), work.new_zeros(w)) for w in {p.shape[1] for p in parts}}
+    for part in parts:
+        tiled, sums, sum_squares = lanes_of[part.shape[1]]
+        f = work[:part.numel()].view(part.shape)
+        f.copy_(part).sub_(tiled)
+        sums += f.sum(dim=0)
+        sum_squares += f.mul_(f).sum(dim=0)
+    residual = sum(v[1].view(-1, c).sum(dim=0) for v in lanes_of.values()).div_(n)
+    variance = sum(v[2].view(-1, c).sum(dim=0) for v in lanes_of.values()).div_(n).sub_(residual.square()).clamp_(min=0)
+    scale, beta = _norm_affine(shift, residual, variance, weight, bias)
+    beta = beta - shift * scale  # the picture is normalised unshifted
+    tiled = {w: (beta.repeat(w // c), scale.repeat(w // c)) for w in lanes_of}
+    for part in parts:
+        beta_row, scale_row = tiled[part.shape[1]]
+        f = work[:part.numel()].view(part.shape)
+        torch.addcmul(beta_row, f.copy_(part), scale_row, out=f)
+        if relu:
+            f.relu_()
+        part.copy_(f)
+
+
 def _instance_norm_channels_(rows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, relu: bool) -> None:
     """instance_norm_ of one NCHW image, rows: its [C, H*W] view. As _instance_norm_pixels_ (a shift near
     each channel's mean, the deviations' sums, one addcmul), a block of channels at a time: a channel's
@@ -515,11 +593,10 @@ def _instance_norm_channels_(rows: torch.Tensor, weight: torch.Tensor, bias: tor
 
 
 def instance_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, relu: bool) -> torch.Tensor:
-    """Instance norm (and ReLU): in place on fp32 (`instance_norm_`); a bf16 picture of the CPU's
-    autocast made fp32 first and normed so (fp32 out: the next convolution rounds it to bf16 again);
-    else F.instance_norm, whose statistics stay in fp32 under autocast."""
-    if plain_fp32(x) or (x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16)):
-        return instance_norm_(x.float(), weight.float(), bias.float(), relu)  # (fp32: x itself, in place)
+    """Instance norm (and ReLU): in place on the CPU (`instance_norm_`; a bf16 picture's statistics
+    and normalisation in fp32, rounded to bf16 once); else F.instance_norm."""
+    if x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16):
+        return instance_norm_(x, weight.float(), bias.float(), relu)
     y = F.instance_norm(x, weight=weight.to(x.dtype), bias=bias.to(x.dtype), eps=1e-5)
     return y.relu_() if relu else y
 
@@ -546,9 +623,13 @@ class FastTransformerNet(nn.Module):
         return instance_norm(x, self.norms[2 * i], self.norms[2 * i + 1], relu)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self._norm(0, padded_conv(x.contiguous(memory_format=torch.channels_last), self.conv1, pad=4))
+        return in_own_precision(self._forward, x)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        dt = x.dtype
+        y = self._norm(0, padded_conv(x.contiguous(memory_format=torch.channels_last), self.conv1.to(dt), pad=4))
         for i, w in enumerate(self.down, start=1):
-            y = padded_conv(y, w, pad=1, stride=2)  # the larger picture goes before the norm, not after
+            y = padded_conv(y, w.to(dt), pad=1, stride=2)  # the larger picture goes before the norm, not after
             y = self._norm(i, y)
         y = self._residual_blocks(y)
         for i, up in enumerate(self.up, start=13):
@@ -566,8 +647,8 @@ class FastTransformerNet(nn.Module):
             y = y.contiguous()
         conv = winograd_conv3x3 if winograd else functools.partial(padded_conv, pad=1)
         for i in range(0, len(self.res), 2):
-            z = self._norm(3 + i, conv(y, self.res[i]))
-            y = self._norm(4 + i, conv(z, self.res[i + 1]), relu=False).add_(y)
+            z = self._norm(3 + i, conv(y, self.res[i].to(y.dtype)))
+            y = self._norm(4 + i, conv(z, self.res[i + 1].to(y.dtype)), relu=False).add_(y)
         return y.contiguous(memory_format=torch.channels_last)
 
 
@@ -594,10 +675,13 @@ class FastMultiStyleNet(nn.Module):
         return instance_norm(x, weight, bias, relu)
 
     def _conv(self, i: int, x: torch.Tensor, stride: int = 1) -> torch.Tensor:
-        w = self.weights[i]
+        w = self.weights[i].to(x.dtype)
         return padded_conv(x, w, pad=w.shape[-1] // 2, stride=stride)
 
     def forward(self, image: torch.Tensor, style_weights: torch.Tensor) -> torch.Tensor:
+        return in_own_precision(self._forward, image, style_weights)
+
+    def _forward(self, image: torch.Tensor, style_weights: torch.Tensor) -> torch.Tensor:
         s = style_weights.to(self.gamma[0].dtype)
         nnpack = nnpack_layers_ready(image)  # the blocks (NCHW) and the last layer NNPACK's (NNPACK_LAYERS)
         conv = functools.partial(nnpack_conv, values=SMALL_BAND_VALUES)
@@ -615,7 +699,7 @@ class FastMultiStyleNet(nn.Module):
         for i, up in enumerate(self.up, start=15):
             y = up(y)
             y = self._norm(i, y, s)
-        y = conv(y, self.out.single, channels_last=True) if nnpack else self.out(y)
+        y = conv(y, self.out.single, channels_last=True) if nnpack else self.out(y).float()  # (bf16: 3 channels)
         return torch.sigmoid_(self._norm(17, y, s, relu=False))
 
 

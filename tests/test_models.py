@@ -595,6 +595,35 @@ def test_column_pair_conv_equals_reflection_padding_then_the_9x9_convolution(bat
     assert psnr(fast.numpy(), plain.numpy(), peak=float(plain.abs().max())) >= 100
 
 
+@pytest.mark.parametrize("in_channels, out_channels, height, width, columns, band", [
+    (32, 3, 20, 30, None, 64),  # the TransformerNet's last layer: 5 columns at once, a width they divide
+    (32, 3, 37, 23, None, 8),   # 3 columns left over; bands of 8 rows and a remainder of 5
+    (4, 3, 9, 16, None, 4),     # the built-in net's 4 -> 3 layer
+    (8, 2, 17, 6, 4, 64),       # 8 columns at once, 2 left over
+])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_column_group_conv_equals_reflection_padding_then_the_convolution(monkeypatch, in_channels, out_channels,
+                                                                         height, width, columns, band, dtype):
+    """The networks' last layers in bf16 (a convolution to 3 channels fills 3 of oneDNN's 16 lanes):
+    as exact as the plain convolution in x's precision, fp32 and channels-last out, at any width."""
+    from stylebatch import fast_nets
+
+    monkeypatch.setattr(fast_nets, "ROW_SPLIT_BAND_ROWS", band)
+    gen = torch.Generator().manual_seed(height + width)
+    x = torch.randn(1, in_channels, height, width, generator=gen).to(dtype).contiguous(memory_format=torch.channels_last)
+    weight, bias = torch.randn(out_channels, in_channels, 9, 9, generator=gen), torch.randn(out_channels, generator=gen)
+    padded = torch.nn.functional.pad(x, [4] * 4, mode="reflect")
+    with torch.inference_mode():
+        exact = torch.nn.functional.conv2d(padded.double(), weight.to(dtype).double(), bias.double())
+        plain = torch.nn.functional.conv2d(padded, weight.to(dtype), bias.to(dtype))
+        fast = fast_nets.column_group_conv(x, weight, bias, columns=columns)
+    assert fast.shape == exact.shape and fast.dtype == torch.float32
+    assert fast.is_contiguous(memory_format=torch.channels_last)
+    peak = float(exact.abs().max())
+    best = min(100, psnr(plain.double().numpy(), exact.numpy(), peak) - 3)
+    assert psnr(fast.double().numpy(), exact.numpy(), peak) >= best
+
+
 @pytest.mark.parametrize("relu", [True, False])
 @pytest.mark.parametrize("whole, step", [(1 << 21, 1 << 18),  # small enough to be one step
                                          (0, 1000),  # in steps: many, with a remainder

@@ -196,9 +196,7 @@ class RowSplitConv(nn.Module):
         b, _, h, w = x.shape
         k, co, p = self.k, self.out_channels, self.k // 2
         if x.dtype == torch.bfloat16 and x.device.type == "cpu" and onednn_bf16():
-            # oneDNN's own bf16 convolution (AMX, AVX-512) is faster than the split: the bias is added in fp32
-            y = padded_conv(x, self.full.to(x.dtype), pad=p).float()
-            return y if self.bias is None else y.add_(self.bias.view(1, -1, 1, 1))
+            return column_group_conv(x, self.full, self.bias)
         # the k partial sums are added in fp32 at least (under bf16 autocast too), as a convolution would
         dtype = torch.promote_types(x.dtype, torch.float32)
         out = torch.empty((b, co, h, w), dtype=dtype, device=x.device, memory_format=torch.channels_last)
@@ -240,11 +238,50 @@ class ColumnPairConv(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, _, h, w = x.shape
         p, co = self.k // 2, self.out_channels
+        if x.dtype == torch.bfloat16 and x.device.type == "cpu" and onednn_bf16():
+            return column_group_conv(x, self.single)
         if w % 2:
             return padded_conv(x, self.single.to(x.dtype), pad=p)
         z = F.conv2d(F.pad(x, [p] * 4, mode="reflect"), self.weight.to(x.dtype), stride=(1, 2))  # [B, 2*Cout, H, W/2]
         z = z.contiguous(memory_format=torch.channels_last)  # it is; a copy only if oneDNN chose otherwise
         return z.as_strided((b, co, h, w), (h * w * co, 1, w * co, co))
+
+
+# The output channels oneDNN's bf16 convolution fills at once on a CPU with AMX (a tile row: 16 fp32 sums).
+BF16_OUTPUT_LANES = 16
+
+
+def column_group_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+                      columns: int | None = None) -> torch.Tensor:
+    """conv2d(F.pad(x, [k // 2] * 4, mode="reflect"), weight, bias) in x's precision, fp32 and
+    channels-last out, for a k x k kernel with few output channels: the networks' last layers in bf16.
+
+    As ColumnPairConv, with `columns` neighbouring output columns at each position (by default as many
+    as fill BF16_OUTPUT_LANES: 5 for 3 channels): a stride-(1, columns) convolution with a
+    k x (k + columns - 1) kernel to columns x Cout channels, whose channels-last output is the picture.
+    Any width: a band's strip gets zero columns on the right up to a multiple of `columns`, and the
+    output columns they make are dropped. A band of ROW_SPLIT_BAND_ROWS rows at a time, so no padded
+    copy of the picture is made; the bias is added in fp32. A 32 -> 3 channel 9x9 layer in bf16 on one
+    core with AMX, 640x360 to 1280x720: 2.5-2.8x as fast as one convolution to 3 channels (5 columns;
+    2, 3, 4, 6 and 8 were slower, docs/benchmarks.md)."""
+    b, _, h, w = x.shape
+    co, _, k, _ = weight.shape
+    g = columns or max(1, BF16_OUTPUT_LANES // co)
+    p, extra = k // 2, -w % g
+    grouped = weight.new_zeros(g * co, weight.shape[1], k, k + g - 1)
+    for j in range(g):
+        grouped[j * co:(j + 1) * co, :, :, j:j + k] = weight
+    grouped = grouped.to(x.dtype).contiguous(memory_format=torch.channels_last)
+    out = torch.empty((b, co, h, w), dtype=torch.float32, device=x.device, memory_format=torch.channels_last)
+    for r0 in range(0, h, ROW_SPLIT_BAND_ROWS):
+        n = min(h, r0 + ROW_SPLIT_BAND_ROWS) - r0
+        strip = _row_strip(x, r0 - p, r0 + n + p, p, "reflect")
+        if extra:
+            strip = F.pad(strip, [0, extra]).contiguous(memory_format=torch.channels_last)
+        z = F.conv2d(strip, grouped, stride=(1, g)).contiguous(memory_format=torch.channels_last)
+        z = z.permute(0, 2, 3, 1).reshape(b, n, w + extra, co)  # (column group, column in it, channel): a column
+        out.permute(0, 2, 3, 1)[:, r0:r0 + n].copy_(z[:, :, :w])
+    return out if bias is None else out.add_(bias.float().view(1, -1, 1, 1))
 
 
 @functools.cache
@@ -699,7 +736,7 @@ class FastMultiStyleNet(nn.Module):
         for i, up in enumerate(self.up, start=15):
             y = up(y)
             y = self._norm(i, y, s)
-        y = conv(y, self.out.single, channels_last=True) if nnpack else self.out(y).float()  # (bf16: 3 channels)
+        y = conv(y, self.out.single, channels_last=True) if nnpack else self.out(y)  # (fp32 out in bf16 too)
         return torch.sigmoid_(self._norm(17, y, s, relu=False))
 
 

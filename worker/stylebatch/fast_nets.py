@@ -65,13 +65,21 @@ def subpixel_weight(weight: torch.Tensor) -> torch.Tensor:
     return torch.cat(phases)
 
 
-def _edge_rows(start: int, stop: int, size: int, mode: str) -> torch.Tensor:
-    """Indices [start, stop) of a dimension of `size`, those outside mapped back as `mode` pads them."""
-    i = torch.arange(start, stop)
+def _edge_index(i: int, size: int, mode: str) -> int:
+    """Index i of a dimension of `size`, mapped back into it as `mode` pads it if outside."""
     if mode == "reflect":
-        i = i.abs()
-        return torch.where(i > size - 1, 2 * (size - 1) - i, i)
-    return i.clamp(0, size - 1)  # replicate
+        i = abs(i)
+        return 2 * (size - 1) - i if i > size - 1 else i
+    return min(max(i, 0), size - 1)  # replicate
+
+
+@functools.lru_cache(maxsize=1024)
+def _edge_rows(start: int, stop: int, size: int, mode: str, offset: int = 0) -> torch.Tensor:
+    """Indices [start, stop) of a dimension of `size`, those outside mapped back as `mode` pads them,
+    plus `offset`. Cached (the same few index lists serve every band of every frame; a rank's pipelines
+    share the cache and never write to what it returns): a frame's strips made them thousands of times,
+    small torch calls that each took the interpreter lock from the rank's other pipelines."""
+    return torch.tensor([_edge_index(i, size, mode) + offset for i in range(start, stop)], dtype=torch.int64)
 
 
 def _row_strip(x: torch.Tensor, r0: int, r1: int, pad: int, mode: str) -> torch.Tensor:
@@ -82,10 +90,10 @@ def _row_strip(x: torch.Tensor, r0: int, r1: int, pad: int, mode: str) -> torch.
     lo, hi = max(r0, 0), min(r1, h)
     out[:, :, lo - r0:hi - r0, pad:pad + w] = x[:, :, lo:hi]
     for i in (*range(r0, lo), *range(hi, r1)):  # the few rows above or below the picture
-        out[:, :, i - r0, pad:pad + w] = x[:, :, int(_edge_rows(i, i + 1, h, mode))]
+        out[:, :, i - r0, pad:pad + w] = x[:, :, _edge_index(i, h, mode)]
     if pad:
-        out[:, :, :, :pad] = out.index_select(3, _edge_rows(-pad, 0, w, mode) + pad)
-        out[:, :, :, pad + w:] = out.index_select(3, _edge_rows(w, w + pad, w, mode) + pad)
+        out[:, :, :, :pad] = out.index_select(3, _edge_rows(-pad, 0, w, mode, pad))
+        out[:, :, :, pad + w:] = out.index_select(3, _edge_rows(w, w + pad, w, mode, pad))
     return out
 
 
@@ -576,18 +584,20 @@ def _instance_norm_pixels_bf16_(pixels: torch.Tensor, weight: torch.Tensor, bias
     if whole < n:
         parts.append(pixels[whole:])
     work = torch.empty(min(step, n) * c, dtype=torch.float32, device=pixels.device)
-    lanes_of = {w: (shift.repeat(w // c), work.new_zeros(w), work.new_zeros(w)) for w in {p.shape[1] for p in parts}}
-    for part in parts:
-        tiled, sums, sum_squares = lanes_of[part.shape[1]]
+    # each part's sums and sums of squares per lane, a row each (summed at the end: fewer calls a part)
+    sums = work.new_zeros(len(parts), 2, row)
+    tiled = {w: shift.repeat(w // c) for w in {p.shape[1] for p in parts}}
+    for part, out in zip(parts, sums):
+        w = part.shape[1]
         f = work[:part.numel()].view(part.shape)
-        f.copy_(part).sub_(tiled)
-        sums += f.sum(dim=0)
-        sum_squares += f.mul_(f).sum(dim=0)
-    residual = sum(v[1].view(-1, c).sum(dim=0) for v in lanes_of.values()).div_(n)
-    variance = sum(v[2].view(-1, c).sum(dim=0) for v in lanes_of.values()).div_(n).sub_(residual.square()).clamp_(min=0)
+        torch.sum(f.copy_(part).sub_(tiled[w]), dim=0, out=out[0, :w])
+        torch.sum(f.mul_(f), dim=0, out=out[1, :w])
+    totals = sums.sum(dim=0)  # [2, row]: lanes of whole rows; a part of single pixels filled the first c
+    residual, mean_square = (t.view(-1, c).sum(dim=0).div_(n) for t in totals)
+    variance = mean_square.sub_(residual.square()).clamp_(min=0)
     scale, beta = _norm_affine(shift, residual, variance, weight, bias)
     beta = beta - shift * scale  # the picture is normalised unshifted
-    tiled = {w: (beta.repeat(w // c), scale.repeat(w // c)) for w in lanes_of}
+    tiled = {w: (beta.repeat(w // c), scale.repeat(w // c)) for w in tiled}
     for part in parts:
         beta_row, scale_row = tiled[part.shape[1]]
         f = work[:part.numel()].view(part.shape)

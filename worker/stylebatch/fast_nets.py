@@ -642,7 +642,7 @@ def _instance_norm_channels_(rows: torch.Tensor, weight: torch.Tensor, bias: tor
 def instance_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, relu: bool) -> torch.Tensor:
     """Instance norm (and ReLU): in place on the CPU (`instance_norm_`; a bf16 picture's statistics
     and normalisation in fp32, rounded to bf16 once); else F.instance_norm."""
-    if x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16):
+    if x.dtype == torch.float32 or (x.device.type == "cpu" and x.dtype == torch.bfloat16):
         return instance_norm_(x, weight.float(), bias.float(), relu)
     y = F.instance_norm(x, weight=weight.to(x.dtype), bias=bias.to(x.dtype), eps=1e-5)
     return y.relu_() if relu else y
@@ -746,7 +746,7 @@ class FastMultiStyleNet(nn.Module):
         for i, up in enumerate(self.up, start=15):
             y = up(y)
             y = self._norm(i, y, s)
-        y = conv(y, self.out.single, channels_last=True) if nnpack else self.out(y)  # (fp32 out in bf16 too)
+        y = conv(y, self.out.single, channels_last=True) if nnpack else self.out(y).float()  # (bf16: 3 channels)
         return torch.sigmoid_(self._norm(17, y, s, relu=False))
 
 

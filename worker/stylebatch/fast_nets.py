@@ -713,13 +713,21 @@ class FastMultiStyleNet(nn.Module):
         self.weights = nn.ParameterList([keep(l.w) for l in layers[:-3]])
         self.up = nn.ModuleList([UpsampleConv2x(l.w) for l in layers[-3:-1]])
         self.out = ColumnPairConv(layers[-1].w)
-        self.gamma = nn.ParameterList([keep(l.norm.gamma) for l in layers])
-        self.beta = nn.ParameterList([keep(l.norm.beta) for l in layers])
+        # every norm's style matrices side by side ([26, sum of channels]): a frame's scales and shifts are
+        # two products, not two per norm (36 small calls a frame, each taking the interpreter lock from
+        # the rank's other pipelines)
+        self.gamma = keep(torch.cat([l.norm.gamma for l in layers], dim=1))
+        self.beta = keep(torch.cat([l.norm.beta for l in layers], dim=1))
+        self.norm_channels = [l.norm.gamma.shape[1] for l in layers]
 
-    def _norm(self, i: int, x: torch.Tensor, style: torch.Tensor, relu: bool = True) -> torch.Tensor:
-        with torch.autocast("cpu", enabled=False):  # the norm's scale and shift in fp32 under bf16 autocast too
-            weight, bias = style @ self.gamma[i], style @ self.beta[i]
-        return instance_norm(x, weight, bias, relu)
+    def _affines(self, style: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Each norm's (scale, shift) for `style` [26], in fp32 under bf16 autocast too."""
+        with torch.autocast("cpu", enabled=False):
+            s = style.to(self.gamma.dtype)
+            return list(zip((s @ self.gamma).split(self.norm_channels), (s @ self.beta).split(self.norm_channels)))
+
+    def _norm(self, i: int, x: torch.Tensor, affines: list, relu: bool = True) -> torch.Tensor:
+        return instance_norm(x, *affines[i], relu)
 
     def _conv(self, i: int, x: torch.Tensor, stride: int = 1) -> torch.Tensor:
         w = self.weights[i].to(x.dtype)
@@ -729,7 +737,7 @@ class FastMultiStyleNet(nn.Module):
         return in_own_precision(self._forward, image, style_weights)
 
     def _forward(self, image: torch.Tensor, style_weights: torch.Tensor) -> torch.Tensor:
-        s = style_weights.to(self.gamma[0].dtype)
+        s = self._affines(style_weights)
         nnpack = nnpack_layers_ready(image)  # the blocks (NCHW) and the last layer NNPACK's (NNPACK_LAYERS)
         conv = functools.partial(nnpack_conv, values=SMALL_BAND_VALUES)
         y = self._norm(0, self._conv(0, image.contiguous(memory_format=torch.channels_last)), s)

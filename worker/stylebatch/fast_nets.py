@@ -313,7 +313,7 @@ def plain_fp32(x: torch.Tensor) -> bool:
 
 def cpu_bf16(x: torch.Tensor) -> bool:
     """Whether x is to be painted in bf16 on the CPU: the CPU's bf16 autocast is on around it (the
-    networks then run in bf16 themselves, autocast off: see FastTransformerNet.forward)."""
+    networks then run in bf16 themselves, autocast off: in_own_precision)."""
     return (x.device.type == "cpu" and torch.is_autocast_enabled("cpu")
             and torch.get_autocast_dtype("cpu") == torch.bfloat16)
 
@@ -534,6 +534,23 @@ def _norm_affine(shift: torch.Tensor, residual: torch.Tensor, variance: torch.Te
     return scale, bias - residual * scale
 
 
+def _pixel_steps(pixels: torch.Tensor, whole_at: int = 0) -> tuple[int, list[torch.Tensor]]:
+    """(pixels a step, the steps) of an image's [H*W, C] view: each step's rows of `lanes` pixels
+    (NORM_ROW_VALUES values a row) as a [rows, lanes * C] view, NORM_STEP_VALUES values a step, or
+    one step where the picture has at most `whole_at` values; the few pixels left over from whole
+    rows are a step of their own, rows of one pixel."""
+    n, c = pixels.shape
+    lanes = max(1, NORM_ROW_VALUES // c)
+    row = lanes * c
+    step = n if n * c <= whole_at else max(1, NORM_STEP_VALUES // row) * lanes  # pixels, a multiple of lanes
+    whole = n - n % lanes
+    flat = pixels.view(-1)
+    parts = [flat[s * c:min(s + step, whole) * c].view(-1, row) for s in range(0, whole, step)]
+    if whole < n:
+        parts.append(pixels[whole:])
+    return step, parts
+
+
 def _instance_norm_pixels_(pixels: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, relu: bool) -> None:
     """instance_norm_ of one image, pixels: its [H*W, C] view, in rows of `lanes` pixels, in steps.
     Every sum is over the rows, column by column, so the threads split the columns, not the sums: the
@@ -543,14 +560,7 @@ def _instance_norm_pixels_(pixels: torch.Tensor, weight: torch.Tensor, bias: tor
     ends; not measured."""
     n, c = pixels.shape
     shift = pixels[::SHIFT_SAMPLE_STRIDE].mean(dim=0)
-    lanes = max(1, NORM_ROW_VALUES // c)
-    row = lanes * c
-    step = n if n * c <= NORM_WHOLE_VALUES else max(1, NORM_STEP_VALUES // row) * lanes  # pixels, a multiple of lanes
-    whole = n - n % lanes  # pixels in whole rows; the few left over are a part of their own
-    flat = pixels.view(-1)
-    parts = [flat[s * c:min(s + step, whole) * c].view(-1, row) for s in range(0, whole, step)]
-    if whole < n:
-        parts.append(pixels[whole:])  # rows of one pixel
+    step, parts = _pixel_steps(pixels, whole_at=NORM_WHOLE_VALUES)
     squares = pixels.new_empty(min(step, n) * c)
     # per lane of a row (summed over the lanes at the end): shift, sums, sums of squares
     lanes_of = {w: (shift.repeat(w // c), pixels.new_zeros(w), pixels.new_zeros(w)) for w in {p.shape[1] for p in parts}}
@@ -575,14 +585,8 @@ def _instance_norm_pixels_bf16_(pixels: torch.Tensor, weight: torch.Tensor, bias
     step at a time, the picture rounded to bf16 once, when it is written back."""
     n, c = pixels.shape
     shift = pixels[::SHIFT_SAMPLE_STRIDE].float().mean(dim=0)
-    lanes = max(1, NORM_ROW_VALUES // c)
-    row = lanes * c
-    step = max(1, NORM_STEP_VALUES // row) * lanes
-    whole = n - n % lanes
-    flat = pixels.view(-1)
-    parts = [flat[s * c:min(s + step, whole) * c].view(-1, row) for s in range(0, whole, step)]
-    if whole < n:
-        parts.append(pixels[whole:])
+    step, parts = _pixel_steps(pixels)
+    row = parts[0].shape[1]  # (lanes * C; a picture of fewer pixels than a row: C)
     work = torch.empty(min(step, n) * c, dtype=torch.float32, device=pixels.device)
     # each part's sums and sums of squares per lane, a row each (summed at the end: fewer calls a part)
     sums = work.new_zeros(len(parts), 2, row)

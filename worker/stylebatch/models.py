@@ -14,6 +14,7 @@ import functools
 import logging
 import numbers
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,6 +84,7 @@ class Stylizer:
         self.check_reduced = False
         self._seen_painting = False  # `_warn_if_flat` has looked at a painted frame of a varied one
         self._first = threading.Lock()  # held while the first frames are painted and checked (`_checked`)
+        self.bf16_speedup: float | None = None  # what `--precision auto` measured (cpu_bf16_speedup); set by load_stylizer
 
     @property
     def net(self) -> nn.Module:
@@ -224,6 +226,15 @@ class Stylizer:
         """What the networks compute in: fp32, bf16 or fp16 (autocast's type where there is one)."""
         return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(self.autocast or self.dtype, "fp32")
 
+    def arithmetic_note(self, precision: str) -> str | None:
+        """What to tell a user about the arithmetic, `precision` being what was asked for: nothing for
+        fp32 asked for by name or chosen without a measurement; else the arithmetic and why."""
+        measured = "" if self.bf16_speedup is None else \
+            f"; bf16 ran {self.bf16_speedup:.2f}x fp32's speed on one core here"
+        if not self.reduced and not measured:
+            return None
+        return f"{self.arithmetic} (--precision {precision}{measured})"
+
     @property
     def reduced(self) -> bool:
         """Whether the networks compute in less than fp32 (fp16 or bf16, autocast or not)."""
@@ -358,7 +369,8 @@ def load_stylizer(style: str, *, device: str = "auto", strength: float = 1.0, ma
     own_frame: a frame of the video whose style vector `strength` < 1 starts from with paintings."""
     parts = parse_style(style)
     dev = _device(device)
-    dtype, autocast = _precision(precision, dev, pth_only=all(p.kind == WEIGHTS_KIND for p in parts))
+    pth_only = all(p.kind == WEIGHTS_KIND for p in parts)
+    dtype, autocast = _precision(precision, dev, pth_only=pth_only)
     if isinstance(strength, bool) or not isinstance(strength, numbers.Real) or not 0.0 <= strength <= 1.0:
         raise StylebatchError(f"strength must be between 0 and 1, got {strength!r}")
     if max_side is not None and (isinstance(max_side, bool) or not isinstance(max_side, numbers.Integral)
@@ -376,12 +388,14 @@ def load_stylizer(style: str, *, device: str = "auto", strength: float = 1.0, ma
                         max_side=None if max_side is None else int(max_side), keep_colors=bool(keep_colors),
                         own_vector=own, autocast=autocast)
     stylizer.check_reduced = precision == "auto" and autocast is not None
+    if precision == "auto" and dev.type == "cpu" and pth_only:
+        stylizer.bf16_speedup = cpu_bf16_speedup()  # measured already by _precision (cached)
     return stylizer
 
 
 def cpu_has_native_bf16() -> bool:
-    """True when this CPU computes bf16 in hardware (AVX-512 BF16 or AMX), where issue 14 measured a
-    TransformerNet at about 1.7x fp32; elsewhere oneDNN emulates it, slower than fp32."""
+    """True when this CPU computes bf16 in hardware (AVX-512 BF16 or AMX); elsewhere oneDNN emulates
+    it, slower than fp32. Having it is not enough for `--precision auto` (cpu_bf16_pays)."""
     try:
         flags = Path("/proc/cpuinfo").read_text()  # closed at once: no ResourceWarning
     except OSError:
@@ -389,18 +403,70 @@ def cpu_has_native_bf16() -> bool:
     return any(f" {flag}" in flags for flag in ("avx512_bf16", "amx_bf16"))
 
 
+# `--precision auto` paints a .pth TransformerNet in bf16 on the CPU only where bf16 runs it at least
+# this many times as fast as fp32 (measured by cpu_bf16_speedup): bf16 costs some exactness (51 dB
+# against fp32) and a first frame painted twice (Stylizer._checked).
+BF16_MIN_SPEEDUP = 1.15
+# The picture (height, width) cpu_bf16_speedup times: big enough that the ratio is a video's (0.72-0.78
+# at 192x128 and up against 0.73 at 640x360 on a Xeon without AMX; at 64x64 fixed costs make it 1.76)
+BF16_TRIAL_SIZE = (192, 256)
+
+
+@functools.cache
+def cpu_bf16_speedup() -> float | None:
+    """fp32's time over bf16's for a TransformerNet (fast_nets, seeded weights) painting one
+    BF16_TRIAL_SIZE picture on one core of this CPU, the best of two alternated calls each after a
+    warm-up; None, without timing anything, where the CPU has no native bf16 or oneDNN does not convolve
+    it (fast_nets.onednn_bf16). Measured once per process (about a second on a Xeon without AMX, less
+    where bf16 is fast), on one torch thread: with two, small pictures parallelize worse in fp32 than in
+    bf16 (1.16-1.34x at 128x192-192x256 on that Xeon, 0.78 at 640x360). Native bf16 is not always
+    faster: 3.2x fp32 on a Xeon with AMX, 1.2-1.3x on a Zen 5 EPYC (AVX-512 BF16), 0.65-0.73x on a Xeon
+    with AVX-512 BF16 and no AMX, where choosing bf16 by the CPU's flags made the model 1.5x slower."""
+    if not (cpu_has_native_bf16() and fast_nets.onednn_bf16()):
+        return None
+    from stylebatch.transformer_net import TransformerNet
+
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        net = fast_transformer_net(TransformerNet().eval())
+    h, w = BF16_TRIAL_SIZE
+    x = torch.rand(1, h, w, 3, generator=torch.Generator().manual_seed(0)).permute(0, 3, 1, 2)  # as Stylizer's
+    best, warm = {False: float("inf"), True: float("inf")}, set()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.inference_mode():
+            for bf16 in (False, True, False, True, False, True):  # the first of each a warm-up
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                    start = time.perf_counter()
+                    net(x)
+                    seconds = time.perf_counter() - start
+                if bf16 in warm:
+                    best[bf16] = min(best[bf16], seconds)
+                warm.add(bf16)
+    finally:
+        torch.set_num_threads(threads)
+    return best[False] / best[True]
+
+
+def cpu_bf16_pays() -> bool:
+    """Whether `--precision auto` paints .pth networks in bf16 on this CPU (cpu_bf16_speedup)."""
+    speedup = cpu_bf16_speedup()
+    return speedup is not None and speedup >= BF16_MIN_SPEEDUP
+
+
 def _precision(precision: str, dev: torch.device, pth_only: bool = False) -> tuple[torch.dtype, torch.dtype | None]:
     """(dtype of the weights and activations, dtype to autocast to on the CPU or None).
 
     auto: fp16 on a GPU (on an H200: lavender-gold 59-60 dB against fp32, a TransformerNet 85 dB; with
-    torch's fp16 on the CPU the 26 built-in styles 54-62 dB, a painting 51-58). On a CPU with native
-    bf16 only where every network is a .pth TransformerNet (51 dB on real frames; issue 14 measured
-    bf16 at about 1.7x fp32 there): the built-in styles measured 38-53 dB, 7 of the 26 under 45, a
-    painting 33 dB on fog, so they stay fp32 (bench_precision.py)."""
+    torch's fp16 on the CPU the 26 built-in styles 54-62 dB, a painting 51-58). On the CPU bf16 only
+    where every network is a .pth TransformerNet (51 dB on real frames) and bf16 runs it measurably
+    faster than fp32 here (cpu_bf16_pays): the built-in styles measured 38-53 dB, 7 of the 26 under 45,
+    a painting 33 dB on fog, so they stay fp32 (bench_precision.py)."""
     if precision not in PRECISIONS:
         raise StylebatchError(f"unknown precision {precision!r}; use {', '.join(PRECISIONS)}")
     if precision == "auto":
-        precision = "fp16" if dev.type == "cuda" else ("bf16" if pth_only and cpu_has_native_bf16() else "fp32")
+        precision = "fp16" if dev.type == "cuda" else ("bf16" if pth_only and cpu_bf16_pays() else "fp32")
     if problem := precision_problem(precision, "cuda" if dev.type == "cuda" else "cpu"):
         raise StylebatchError(problem)
     if precision == "bf16" and dev.type == "cpu":

@@ -247,8 +247,9 @@ def check_style_child(options: dict) -> None:
     from stylebatch.models import load_stylizer
 
     try:
+        # fp32: the precision is the ranks' to choose (auto times bf16 against fp32: cpu_bf16_speedup)
         load_stylizer(options["style"], device="cpu", strength=options["strength"], max_side=options["max_side"],
-                      keep_colors=options["keep_colors"])
+                      keep_colors=options["keep_colors"], precision="fp32")
     except StylebatchError as exc:
         sys.stderr.write(f"{ERROR_PREFIX}{' '.join(str(exc).split())}\n")
         exit_now(exc.exit_code)

@@ -176,9 +176,9 @@ def stylize(req: StylizeRequest, world: World, tmp: Path,
         try:
             readers.append(ChunkReader(source, m, threads=codec, keep=warmup, size=size))
             stylizer = _load(model, world, threads, style, _own_frame(readers[0], m, style, model.strength))
-            if stylizer.reduced and world.rank == 0:  # fp32 goes without saying; less than it does not
-                log.info("rank 0/%d: the networks compute in %s (--precision %s)", world.size,
-                         stylizer.arithmetic, model.precision or "auto")
+            note = stylizer.arithmetic_note(model.precision or "auto")
+            if note and world.rank == 0:  # fp32 goes without saying, unless auto measured bf16 against it
+                log.info("rank 0/%d: the networks compute in %s", world.size, note)
             batch = model.batch_size or default_batch(stylizer.device.type == "cuda")
             while len(readers) < pipelines:
                 readers.append(ChunkReader(source, m, threads=codec, keep=warmup, size=size))

@@ -6,7 +6,7 @@ import tempfile
 
 from mpi_shm import mpi_shm_files, remove_orphaned_mpi_shm
 
-pytest_plugins = ["azurite_fixture", "clips"]
+pytest_plugins = ["azurite_fixture", "clips", "weights_fixtures"]
 
 # `stylebatch run` without --work keeps its work dir under the user's cache folder: the tests' runs
 # (and their subprocesses, which inherit this) use a folder of their own instead of ~/.cache.

@@ -40,38 +40,21 @@ def test_sheet_has_one_labelled_tile_per_style_in_order(tmp_path):
                                          (boxes[0][0], boxes[2][1])}  # 2 columns, 2 rows
 
 
-@pytest.fixture
-def pth(tmp_path):
-    """A seeded TransformerNet's weights (no trained .pth can be downloaded here), its output spread over 0..255."""
-    import torch
-
-    from stylebatch.transformer_net import TransformerNet
-
-    torch.manual_seed(0)
-    net = TransformerNet()
-    with torch.no_grad():
-        net.deconv3.conv2d.weight.mul_(60)
-        net.deconv3.conv2d.bias.fill_(128)
-    torch.save(net.state_dict(), tmp_path / "net.pth")
-    return tmp_path / "net.pth"
-
-
-def test_a_pth_tile_on_the_cpu_is_painted_once_in_fp32_without_timing_bf16(pth, monkeypatch):
+def test_a_pth_tile_on_the_cpu_is_painted_once_in_fp32_without_timing_bf16(user_pth, monkeypatch):
     """On a CPU where auto chooses bf16 for a .pth (stood in for here), a preview's one small tile was
     timed in both arithmetics first (about a second) and painted twice (bf16, then fp32 to check it):
     the preview paints it once, in fp32."""
     from stylebatch import models, preview
 
-    monkeypatch.setattr(models, "cpu_bf16_pays", lambda: True)
     monkeypatch.setattr(models, "cpu_bf16_speedup", lambda: pytest.fail("bf16 timed for a preview"))
     calls = []
     paint = models.Stylizer._in_batches
     monkeypatch.setattr(models.Stylizer, "_in_batches", lambda self, f: calls.append(self.arithmetic) or paint(self, f))
     frame = np.asarray(Image.open("/usr/share/doc/opencv-doc/examples/data/fruits.jpg").convert("RGB"))
-    sheet = np.asarray(preview.render(frame, [str(pth)], 64, "cpu"))
+    sheet = np.asarray(preview.render(frame, [str(user_pth[0])], 64, "cpu"))
     assert calls == ["fp32"]
     small = fit(frame, 64)
-    exact = load_stylizer(str(pth), device="cpu", precision="fp32")(small[None])[0]
+    exact = load_stylizer(str(user_pth[0]), device="cpu", precision="fp32")(small[None])[0]
     h, w = small.shape[:2]
     x, y = grid(2, w, h)[1][1]  # the second tile's corner
     np.testing.assert_array_equal(sheet[y:y + h, x:x + w], exact)

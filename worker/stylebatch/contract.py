@@ -131,11 +131,14 @@ def is_image_name(name: str) -> bool:
 
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # --precision, spec.processing.precision
+# `--precision auto` paints .pth networks in bf16 on a CPU only where each rank times bf16 at least this
+# many times as fast as fp32 (models.cpu_bf16_speedup): bf16 costs some exactness and a checked frame
+BF16_MIN_SPEEDUP = 1.15
 # what auto picks (models._precision), for --precision's help and the CRD
-PRECISION_AUTO = ("fp16 on a GPU; on a CPU with native bf16 (AVX-512 BF16, AMX) bf16 for .pth networks only "
-                  "(in bf16, 7 of the 26 built-in styles measured under 45 dB against fp32), where each rank "
-                  "times it faster than fp32 on one core, checked against fp32 on each rank's first frame "
-                  "(under 45 dB: fp32); else fp32")
+PRECISION_AUTO = (f"fp16 on a GPU; on a CPU with native bf16 (AVX-512 BF16, AMX) bf16 for .pth networks only "
+                  f"(in bf16, 7 of the 26 built-in styles measured under 45 dB against fp32), where each rank "
+                  f"times it at {BF16_MIN_SPEEDUP}x fp32's speed or more on one core, checked against fp32 on "
+                  f"each rank's first frame (under 45 dB: fp32); else fp32")
 
 
 def precision_problem(precision: str | None, device: str) -> str | None:

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from stylebatch import fast_nets
-from stylebatch.contract import DEFAULT_STYLE, PRECISIONS, precision_problem  # noqa: F401 - DEFAULT_STYLE: part of this API
+from stylebatch.contract import BF16_MIN_SPEEDUP, DEFAULT_STYLE, PRECISIONS, precision_problem  # noqa: F401 - DEFAULT_STYLE: part of this API
 from stylebatch.errors import StylebatchError
 from stylebatch.fast_nets import fast_multistyle_net, fast_transformer_net
 from stylebatch.multistyle import NUM_STYLES, load_multistyle26
@@ -230,7 +230,8 @@ class Stylizer:
         """What to tell a user about the arithmetic, `precision` being what was asked for: nothing for
         fp32 asked for by name or chosen without a measurement; else the arithmetic and why."""
         measured = "" if self.bf16_speedup is None else \
-            f"; bf16 ran {self.bf16_speedup:.2f}x fp32's speed on one core here"
+            f"; bf16 ran {self.bf16_speedup:.2f}x fp32's speed on one core here" + \
+            ("" if self.reduced else f", {BF16_MIN_SPEEDUP}x needed")
         if not self.reduced and not measured:
             return None
         return f"{self.arithmetic} (--precision {precision}{measured})"
@@ -403,10 +404,6 @@ def cpu_has_native_bf16() -> bool:
     return any(f" {flag}" in flags for flag in ("avx512_bf16", "amx_bf16"))
 
 
-# `--precision auto` paints a .pth TransformerNet in bf16 on the CPU only where bf16 runs it at least
-# this many times as fast as fp32 (measured by cpu_bf16_speedup): bf16 costs some exactness (51 dB
-# against fp32) and a first frame painted twice (Stylizer._checked).
-BF16_MIN_SPEEDUP = 1.15
 # The picture (height, width) cpu_bf16_speedup times: big enough that the ratio is a video's (0.72-0.78
 # at 192x128 and up against 0.73 at 640x360 on a Xeon without AMX; at 64x64 fixed costs make it 1.76)
 BF16_TRIAL_SIZE = (192, 256)
@@ -417,23 +414,29 @@ def cpu_bf16_speedup() -> float | None:
     """fp32's time over bf16's for a TransformerNet (fast_nets, seeded weights) painting one
     BF16_TRIAL_SIZE picture on one core of this CPU, the best of two alternated calls each after a
     warm-up; None, without timing anything, where the CPU has no native bf16 or oneDNN does not convolve
-    it (fast_nets.onednn_bf16). Measured once per process (about a second on a Xeon without AMX, less
-    where bf16 is fast), on one torch thread: with two, small pictures parallelize worse in fp32 than in
-    bf16 (1.16-1.34x at 128x192-192x256 on that Xeon, 0.78 at 640x360). Native bf16 is not always
-    faster: 3.2x fp32 on a Xeon with AMX, 1.2-1.3x on a Zen 5 EPYC (AVX-512 BF16), 0.65-0.73x on a Xeon
-    with AVX-512 BF16 and no AMX, where choosing bf16 by the CPU's flags made the model 1.5x slower."""
+    it (fast_nets.onednn_bf16); 0 where bf16 fails there (a warning: auto keeps fp32). Measured once per
+    process, before its threads paint (about a second on a Xeon without AMX, less where bf16 is fast).
+
+    Native bf16 is not always faster: 3.2x fp32 on a Xeon with AMX, 1.2-1.3x on a Zen 5 EPYC (AVX-512
+    BF16), 0.65-0.73x on a Xeon with AVX-512 BF16 and no AMX, where choosing bf16 by the CPU's flags made
+    the model 1.5x slower. On one torch thread: with two, small pictures parallelize worse in fp32 than in
+    bf16 (1.16-1.34x at 128x192-192x256 on that Xeon, 0.78 at 640x360). fp32 by oneDNN only, not NNPACK's
+    Winograd blocks: NNPACK keeps the thread count of its first call for the process's life (fast_nets.
+    nnpack_conv), which is the rank's to set. Where Winograd speeds fp32 up (1.31-1.35x on the Zen 5,
+    nothing on that Xeon) the ratio overstates bf16's lead by as much; bf16 still led there."""
     if not (cpu_has_native_bf16() and fast_nets.onednn_bf16()):
         return None
     from stylebatch.transformer_net import TransformerNet
 
-    with torch.random.fork_rng():
+    with torch.random.fork_rng(devices=[]):  # (devices=[]: no GPU's generator, which would start CUDA)
         torch.manual_seed(0)
         net = fast_transformer_net(TransformerNet().eval())
     h, w = BF16_TRIAL_SIZE
     x = torch.rand(1, h, w, 3, generator=torch.Generator().manual_seed(0)).permute(0, 3, 1, 2)  # as Stylizer's
     best, warm = {False: float("inf"), True: float("inf")}, set()
-    threads = torch.get_num_threads()
+    threads, winograd = torch.get_num_threads(), fast_nets.USE_WINOGRAD
     torch.set_num_threads(1)
+    fast_nets.USE_WINOGRAD = False
     try:
         with torch.inference_mode():
             for bf16 in (False, True, False, True, False, True):  # the first of each a warm-up
@@ -444,8 +447,13 @@ def cpu_bf16_speedup() -> float | None:
                 if bf16 in warm:
                     best[bf16] = min(best[bf16], seconds)
                 warm.add(bf16)
+    except RuntimeError as exc:  # oneDNN said it convolves bf16, and does not
+        log.warning("precision auto: a bf16 network failed on this CPU (%s): stylizing in fp32",
+                    " ".join(str(exc).split())[:200])
+        return 0.0
     finally:
         torch.set_num_threads(threads)
+        fast_nets.USE_WINOGRAD = winograd
     return best[False] / best[True]
 
 

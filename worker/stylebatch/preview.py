@@ -130,15 +130,14 @@ def render(frame: np.ndarray, styles: list[str], tile: int, device: str, keep_co
     """The sheet for a frame: the original first, then each style (file styles as local paths). On the
     CPU in fp32: for one small tile auto's bf16 (a .pth) would time bf16 against fp32 first (about a
     second) and paint the tile twice to check it (models.cpu_bf16_speedup, Stylizer._checked)."""
-    import torch
-
+    from stylebatch.memory import on_gpu
     from stylebatch.models import load_stylizer
 
     small = fit(frame, tile)
     tiles = [(ORIGINAL, small)]
-    on_gpu = device != "cpu" and torch.cuda.is_available()
+    precision = "auto" if on_gpu(device) else "fp32"
     for style in styles:
-        stylizer = load_stylizer(style, device=device, keep_colors=keep_colors, precision="auto" if on_gpu else "fp32")
+        stylizer = load_stylizer(style, device=device, keep_colors=keep_colors, precision=precision)
         tiles.append((stylizer.name, stylizer(small[None])[0]))
     return make_sheet(tiles, columns)
 

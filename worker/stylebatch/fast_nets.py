@@ -19,8 +19,8 @@ peak (tests/test_models.py measures it) and no pass over memory is wasted:
 - `instance_norm_` works in place: small pictures whole, large ones in cache-sized steps.
 
 In bf16 on the CPU (`--precision bf16`, or auto with a .pth where bf16 measured faster than fp32:
-models.cpu_bf16_speedup; the CPU's bf16 autocast around the network) both networks run in bf16 themselves (`in_own_precision`): the
-pictures stay bf16 from layer to layer, at half fp32's memory, and each norm works on its bf16
+models.cpu_bf16_speedup; the CPU's bf16 autocast around the network) both networks run in bf16
+themselves (`in_own_precision`): the pictures stay bf16 from layer to layer, at half fp32's memory, and each norm works on its bf16
 picture in place with fp32 statistics. Under autocast each convolution rounded an fp32 picture to a
 new bf16 one and each norm made an fp32 copy of its bf16 one: on a CPU with AMX those conversions
 took longer than the convolutions (docs/benchmarks.md, thirteenth pass).

@@ -389,9 +389,29 @@ def load_stylizer(style: str, *, device: str = "auto", strength: float = 1.0, ma
                         max_side=None if max_side is None else int(max_side), keep_colors=bool(keep_colors),
                         own_vector=own, autocast=autocast)
     stylizer.check_reduced = precision == "auto" and autocast is not None
-    if precision == "auto" and dev.type == "cpu" and pth_only:
+    if _times_bf16(precision, dev, pth_only):
         stylizer.bf16_speedup = cpu_bf16_speedup()  # measured already by _precision (cached)
     return stylizer
+
+
+def _times_bf16(precision: str, dev: torch.device, pth_only: bool) -> bool:
+    """Whether loading a style times bf16 against fp32 (cpu_bf16_speedup): auto, on the CPU, every
+    network a .pth TransformerNet (the built-in styles stay fp32 on the CPU, untimed)."""
+    return precision == "auto" and dev.type == "cpu" and pth_only
+
+
+def time_bf16_ahead(style: str, *, device: str = "auto", precision: str = "auto") -> None:
+    """Measure cpu_bf16_speedup now (it is kept for the process) where load_stylizer(style, device=device,
+    precision=precision) would: a rank started before preprocess is done does it while it waits at its
+    gate, off the run's critical path where preprocess takes longer than the rank's start (a clip
+    fetched from blob storage). A style or device that loading would refuse: nothing (loading says so)."""
+    try:
+        pth_only = all(p.kind == WEIGHTS_KIND for p in parse_style(style))
+        dev = _device(device)
+    except StylebatchError:
+        return
+    if _times_bf16(precision, dev, pth_only):
+        cpu_bf16_speedup()
 
 
 def cpu_has_native_bf16() -> bool:
@@ -405,8 +425,9 @@ def cpu_has_native_bf16() -> bool:
 
 
 # The picture (height, width) cpu_bf16_speedup times: big enough that the ratio is a video's (0.72-0.78
-# at 192x128 and up against 0.73 at 640x360 on a Xeon without AMX; at 64x64 fixed costs make it 1.76)
-BF16_TRIAL_SIZE = (192, 256)
+# at 192x128 and up against 0.73 at 640x360 on a Xeon without AMX; at 64x64 fixed costs make it 1.76),
+# small enough that the trial costs little (0.6 s there, against 1.1 s at 256x192 with the same ratios)
+BF16_TRIAL_SIZE = (128, 192)
 
 
 @functools.cache
@@ -415,7 +436,7 @@ def cpu_bf16_speedup() -> float | None:
     BF16_TRIAL_SIZE picture on one core of this CPU, the best of two alternated calls each after a
     warm-up; None, without timing anything, where the CPU has no native bf16 or oneDNN does not convolve
     it (fast_nets.onednn_bf16); 0 where bf16 fails there (a warning: auto keeps fp32). Measured once per
-    process, before its threads paint (about a second on a Xeon without AMX, less where bf16 is fast).
+    process, before its threads paint (about 0.6 s on a Xeon without AMX, less where bf16 is fast).
 
     Native bf16 is not always faster: 3.2x fp32 on a Xeon with AMX, 1.2-1.3x on a Zen 5 EPYC (AVX-512
     BF16), 0.65-0.73x on a Xeon with AVX-512 BF16 and no AMX, where choosing bf16 by the CPU's flags made
@@ -474,7 +495,8 @@ def _precision(precision: str, dev: torch.device, pth_only: bool = False) -> tup
     if precision not in PRECISIONS:
         raise StylebatchError(f"unknown precision {precision!r}; use {', '.join(PRECISIONS)}")
     if precision == "auto":
-        precision = "fp16" if dev.type == "cuda" else ("bf16" if pth_only and cpu_bf16_pays() else "fp32")
+        precision = "fp16" if dev.type == "cuda" else ("bf16" if _times_bf16("auto", dev, pth_only) and cpu_bf16_pays()
+                                                       else "fp32")
     if problem := precision_problem(precision, "cuda" if dev.type == "cuda" else "cpu"):
         raise StylebatchError(problem)
     if precision == "bf16" and dev.type == "cpu":

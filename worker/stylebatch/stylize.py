@@ -50,7 +50,7 @@ def run(req: StylizeRequest, sink: Callable[[RankProgress], None] | None = None)
     reuse_freed_memory()  # before torch and the pipelines' threads allocate (one heap for every thread)
     gate = os.environ.get(START_GATE_ENV)
     if gate:
-        _wait_at_gate(gate)
+        _wait_at_gate(gate, req.model)
     world = detect()  # MPI only past the gate: ranks killed before it leave nothing in /dev/shm
     set_rank(world.rank)  # a lone rank (no mpiexec) is rank 0 in JSON records too
     tmp = _rank_tmp(world.rank)
@@ -73,13 +73,18 @@ def run(req: StylizeRequest, sink: Callable[[RankProgress], None] | None = None)
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _wait_at_gate(gate: str) -> None:
+def _wait_at_gate(gate: str, model: ModelOptions) -> None:
     """Started before preprocess is done (`stylebatch run`, START_GATE_ENV): import torch meanwhile,
+    and time bf16 against fp32 where --precision auto will (a .pth on the CPU: models.time_bf16_ahead),
     then wait for the launcher's go (the file `gate`). The launcher kills the ranks if it never comes;
     a rank whose parent is gone (mpiexec's proxy, or the launcher of a lone rank) stops waiting.
     Nothing before the gate touches MPI, the work dir or scratch, so a rank killed here leaves nothing."""
     parent = os.getppid()
     import torch  # noqa: F401 - most of a rank's start-up (about 1.5 s), done beside preprocess
+
+    from stylebatch.models import time_bf16_ahead
+
+    time_bf16_ahead(model.style or DEFAULT_STYLE, device=model.device, precision=model.precision or "auto")
 
     while not os.path.exists(gate):
         if os.getppid() != parent:

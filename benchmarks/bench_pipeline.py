@@ -8,7 +8,8 @@ against the model alone; prints a markdown table.
 
 N networks at once (--workers) run as one rank of N pipelines (`--workers 1 --pipelines N`, the
 default layout on the CPU) or as N ranks (`--workers N --pipelines 1`), as --layouts says
-(reference_pipeline.LAYOUTS).
+(reference_pipeline.LAYOUTS); `default` runs N ranks with stylebatch's default pipelines (one per core of
+a rank's share), and the model alone as many networks as that.
 
 The model alone: as many processes as networks at once, each with their torch threads and precision,
 each running `load_stylizer(style)` (uint8 frames in and out, batch 1, what a rank calls, with the
@@ -127,7 +128,9 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=3.0)
     p.add_argument("--fps", type=int, default=30)
     p.add_argument("--workers", default="1,2", help="networks at once, comma-separated (default: 1,2)")
-    p.add_argument("--layouts", default="pipelines", help="pipelines (one rank) and/or ranks (default: %(default)s)")
+    p.add_argument("--layouts", default="pipelines",
+                   help="pipelines (one rank), ranks, and/or default (--workers N with its default pipelines: N x "
+                        "cores/N networks) (default: %(default)s)")
     p.add_argument("--chunk-frames", type=int, default=15)
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--style", default=None, help="a style as `stylebatch run --style` takes it, or `weights`: "
@@ -136,7 +139,7 @@ def main() -> None:
     args = p.parse_args()
     cores = len(os.sched_getaffinity(0))
     sys.path.insert(0, str(Path(__file__).parent))
-    from reference_pipeline import layout_label, layouts_to_run
+    from reference_pipeline import effective, layout_label, layouts_to_run
     with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp:
         clip = Path(tmp) / "clip.mp4"
         frames = make_clip(clip, args.size, args.seconds, args.fps)
@@ -148,12 +151,14 @@ def main() -> None:
         style = args.style or "lavender-gold"
         rows = []
         for workers, layout in layouts_to_run(p, args.workers, args.layouts):
+            ranks, pipelines = effective(layout, workers)
+            networks = ranks * pipelines  # `default` runs --workers ranks of its default pipelines
             runs, alone = [], []
             for _ in range(args.repeats):  # alternating, so both see the same load
                 runs.append(run_once(clip, Path(tmp) / "out.mp4", workers, layout, args))
-                alone.append(model_alone(clip, frames, workers, style, Path(tmp)))
+                alone.append(model_alone(clip, frames, networks, style, Path(tmp)))
             wall, stylize_fps = min(runs, key=lambda r: r[0])
-            rows.append((workers, layout_label(layout, workers), max(1, cores // workers), wall, frames / wall,
+            rows.append((networks, layout_label(layout, workers), max(1, cores // networks), wall, frames / wall,
                          stylize_fps, max(alone)))
     print(f"`stylebatch run`, {args.size}, {frames} frames, style {Path(style).name}, CPU "
           f"({platform.processor() or platform.machine()}, {cores} cores), chunks of {args.chunk_frames}, "

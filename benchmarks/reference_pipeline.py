@@ -4,6 +4,7 @@
     .venv/bin/python benchmarks/reference_pipeline.py              # the full table (about 20 min on 2 cores)
     .venv/bin/python benchmarks/reference_pipeline.py --weights mosaic.pth --sizes 1280x720 --ranks 2
     .venv/bin/python benchmarks/reference_pipeline.py --ranks 1,2 --layouts pipelines,ranks   # both layouts
+    .venv/bin/python benchmarks/reference_pipeline.py --ranks 1,2 --layouts default   # as many ranks, its defaults
 
 The reference ("Batch scoring of deep learning models on Azure", /work/shared/mission/
 reference-architecture.md), each step its own process, on local files:
@@ -24,7 +25,10 @@ stylebatch runs as many networks at once as the reference has ranks (RANKS), lai
 says: `pipelines` (its default on the CPU) as `stylebatch run clip.mp4 -o out.mp4 --workers 1
 --pipelines RANKS ...`, one process stylizing RANKS chunks at once with one copy of torch and the
 network; `ranks` as `--workers RANKS --pipelines 1`, RANKS MPI ranks as the reference's. Either way
-each network gets cores / RANKS torch threads, and the rest of the command is `--style STYLE
+each network gets cores / RANKS torch threads. `default` runs as many ranks as the reference instead,
+`--workers RANKS` with stylebatch's default pipelines (one per core of a rank's share: with one rank
+on 2 cores, 2 pipelines beside the reference's one rank of 2 threads), the rank count issue 14's
+target names. The rest of the command is `--style STYLE
 --device cpu --chunk-frames N` with its defaults otherwise (full size, precision auto, x264 crf 18
 at the default preset). N = frames / (2 x RANKS): the short clips here would be one or two chunks by
 the default rule (at least 24 frames a chunk), leaving a network idle; a clip of a minute gets 16
@@ -123,28 +127,43 @@ def run_reference(clip: Path, out: Path, style: str, ranks: int, tmp: Path) -> N
         "-vcodec", "copy", "-acodec", "copy", out])
 
 
-LAYOUTS = {  # how stylebatch runs as many networks at once as the reference has ranks (`parallel`)
-    "pipelines": lambda parallel: ["--workers", "1", "--pipelines", str(parallel)],  # its default on the CPU
-    "ranks": lambda parallel: ["--workers", str(parallel), "--pipelines", "1"],  # MPI ranks, as the reference
+LAYOUTS = {  # how stylebatch runs beside the reference's `parallel` ranks
+    # as many networks at once as the reference has ranks: one rank's pipelines (its default on the CPU)
+    "pipelines": lambda parallel: ["--workers", "1", "--pipelines", str(parallel)],
+    "ranks": lambda parallel: ["--workers", str(parallel), "--pipelines", "1"],  # ... or MPI ranks, as the reference
+    # as many ranks as the reference, each with stylebatch's default pipelines (a chunk per core of its share)
+    "default": lambda parallel: ["--workers", str(parallel)],
 }
 
 
+def effective(layout: str, parallel: int) -> tuple[int, int]:
+    """(ranks, pipelines per rank) a layout runs on this machine's CPU."""
+    from stylebatch.memory import default_pipelines
+
+    flags = LAYOUTS[layout](parallel)
+    ranks = int(flags[flags.index("--workers") + 1])
+    if "--pipelines" in flags:
+        return ranks, int(flags[flags.index("--pipelines") + 1])
+    return ranks, default_pipelines(False, max(1, cores() // ranks))
+
+
 def layout_label(layout: str, parallel: int) -> str:
-    """How the table names a layout of `parallel` networks."""
-    if layout == "ranks" or parallel == 1:
-        return f"{parallel} rank{'s' if parallel > 1 else ''}"
-    return f"1 rank x {parallel} pipelines"
+    """How the table names a layout beside `parallel` reference ranks: its ranks and pipelines."""
+    ranks, pipelines = effective(layout, parallel)
+    name = f"{ranks} rank{'s' if ranks > 1 else ''}" + ("" if pipelines == 1 else f" x {pipelines} pipelines")
+    return name + (" (defaults)" if layout == "default" else "")
 
 
 def layouts_to_run(parser: argparse.ArgumentParser, counts: str, layouts: str) -> list[tuple[int, str]]:
-    """(networks at once, layout) for each of the comma-separated counts and layouts, once each
-    (with one network at a time the layouts are the same run); a parser error for an unknown layout."""
+    """(reference ranks, layout) for each of the comma-separated counts and layouts, once each per
+    count where two layouts run stylebatch alike (with one network at a time `pipelines` and `ranks`
+    are the same run); a parser error for an unknown layout."""
     runs, seen = [], set()
     for count, layout in ((int(c), lay) for c in counts.split(",") for lay in layouts.split(",")):
         if layout not in LAYOUTS:
             parser.error(f"--layouts: {layout} is not one of {', '.join(LAYOUTS)}")
-        if tuple(LAYOUTS[layout](count)) not in seen:
-            seen.add(tuple(LAYOUTS[layout](count)))
+        if (count, effective(layout, count)) not in seen:
+            seen.add((count, effective(layout, count)))
             runs.append((count, layout))
     return runs
 
@@ -274,8 +293,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--weights", type=Path, help="a fast_neural_style .pth (default: random weights, made here)")
     p.add_argument("--repeats", type=int, default=2, help="runs of each pipeline per row, alternating (default: 2)")
     p.add_argument("--layouts", default="pipelines",
-                   help="how stylebatch runs as many networks at once as the reference has ranks, comma-separated: "
-                        "pipelines (one rank, its default on the CPU), ranks (MPI ranks) (default: %(default)s)")
+                   help="how stylebatch runs beside the reference's ranks, comma-separated: as many networks at "
+                        "once as the reference has ranks, as pipelines (one rank, its default on the CPU) or "
+                        "ranks (MPI ranks); or default (as many ranks as the reference, with stylebatch's "
+                        "default pipelines) (default: %(default)s)")
     p.add_argument("--quick", action="store_true", help="one row: 640x360, the TransformerNet, 2 ranks, 1 run each")
     a = p.parse_args(argv)
     if a.quick:

@@ -41,6 +41,26 @@ def test_the_reference_pipeline_and_stylebatch_both_make_every_frame_for_each_st
         assert all(50 < q < p for q, p in zip(pss, peaks)), row
 
 
+def test_the_side_by_side_runs_as_many_ranks_as_the_reference_with_stylebatchs_defaults(monkeypatch):
+    """Issue 14's target names the rank count: `--layouts default` runs `--workers RANKS` with
+    stylebatch's own pipelines (one per core of a rank's share) beside the reference's RANKS ranks, and
+    names what ran; a layout that runs stylebatch as another already does for the same rank count runs
+    once."""
+    import argparse
+
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import reference_pipeline as ref
+
+    monkeypatch.setattr(ref, "cores", lambda: 4)
+    parser = argparse.ArgumentParser()
+    assert ref.LAYOUTS["default"](1) == ["--workers", "1"]  # nothing but the rank count
+    runs = ref.layouts_to_run(parser, "1,2,4", "default,pipelines,ranks")
+    assert [(n, ref.layout_label(lay, n)) for n, lay in runs] == [
+        (1, "1 rank x 4 pipelines (defaults)"), (1, "1 rank"),
+        (2, "2 ranks x 2 pipelines (defaults)"), (2, "1 rank x 2 pipelines"), (2, "2 ranks"),
+        (4, "4 ranks (defaults)"), (4, "1 rank x 4 pipelines")]
+
+
 def test_the_uneven_rank_benchmark_gives_the_slow_rank_fewer_frames():
     result = bench("bench_uneven.py", "--size", "160x96", "--frames", "96", "--chunk-frames", "8",
                    "--repeats", "1")

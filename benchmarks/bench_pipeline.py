@@ -84,7 +84,9 @@ def model_alone(clip: Path, frames: int, workers: int, style: str, tmp: Path) ->
         np.save(npy, np.frombuffer(raw, np.uint8).reshape(-1, h, w, 3))
     go = tmp / "go"
     go.unlink(missing_ok=True)
-    cores = len(os.sched_getaffinity(0))
+    from reference_pipeline import cores as rank_cores
+
+    cores = rank_cores()
     bounds = [frames * r // workers for r in range(workers + 1)]
     children = []
     for r in range(workers):
@@ -137,9 +139,11 @@ def main() -> None:
                    "a pytorch/examples TransformerNet .pth with random weights (costs what a trained one costs)")
     p.add_argument("--max-side", type=int, default=None)
     args = p.parse_args()
-    cores = len(os.sched_getaffinity(0))
     sys.path.insert(0, str(Path(__file__).parent))
+    from reference_pipeline import cores as rank_cores
     from reference_pipeline import effective, layout_label, layouts_to_run
+
+    cores = rank_cores()
     with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp:
         clip = Path(tmp) / "clip.mp4"
         frames = make_clip(clip, args.size, args.seconds, args.fps)
@@ -150,15 +154,16 @@ def main() -> None:
             make_weights(Path(args.style))
         style = args.style or "lavender-gold"
         rows = []
-        for workers, layout in layouts_to_run(p, args.workers, args.layouts):
-            ranks, pipelines = effective(layout, workers)
+        chunks = -(-frames // args.chunk_frames)
+        for workers, layout in layouts_to_run(p, args.workers, args.layouts, chunks=lambda _: chunks):
+            ranks, pipelines = effective(layout, workers, chunks)
             networks = ranks * pipelines  # `default` runs --workers ranks of its default pipelines
             runs, alone = [], []
             for _ in range(args.repeats):  # alternating, so both see the same load
                 runs.append(run_once(clip, Path(tmp) / "out.mp4", workers, layout, args))
                 alone.append(model_alone(clip, frames, networks, style, Path(tmp)))
             wall, stylize_fps = min(runs, key=lambda r: r[0])
-            rows.append((networks, layout_label(layout, workers), max(1, cores // networks), wall, frames / wall,
+            rows.append((networks, layout_label(layout, workers, chunks), max(1, cores // networks), wall, frames / wall,
                          stylize_fps, max(alone)))
     print(f"`stylebatch run`, {args.size}, {frames} frames, style {Path(style).name}, CPU "
           f"({platform.processor() or platform.machine()}, {cores} cores), chunks of {args.chunk_frames}, "

@@ -72,7 +72,10 @@ SIZES = {"640x360": 32, "720x528": 24, "1280x720": 12}  # frames per size: a ful
 
 
 def cores() -> int:
-    return len(os.sched_getaffinity(0))
+    """The cores a rank counts as this machine's (its affinity, within a cgroup's CPU quota)."""
+    from stylebatch.ranks import cpu_count
+
+    return cpu_count()
 
 
 # --- the reference pipeline ---
@@ -136,40 +139,51 @@ LAYOUTS = {  # how stylebatch runs beside the reference's `parallel` ranks
 }
 
 
-def effective(layout: str, parallel: int) -> tuple[int, int]:
-    """(ranks, pipelines per rank) a layout runs on this machine's CPU."""
+def effective(layout: str, parallel: int, chunks: int) -> tuple[int, int]:
+    """(ranks, pipelines per rank) a layout runs on this machine's CPU with a clip of `chunks` chunks,
+    as `stylebatch run` decides them: no more ranks than chunks, and a rank's default pipelines (one
+    per core of its share) no more than the chunks (its memory may allow fewer still: not modelled)."""
     from stylebatch.memory import default_pipelines
 
     flags = LAYOUTS[layout](parallel)
-    ranks = int(flags[flags.index("--workers") + 1])
+    ranks = min(int(flags[flags.index("--workers") + 1]), chunks)
     if "--pipelines" in flags:
-        return ranks, int(flags[flags.index("--pipelines") + 1])
-    return ranks, default_pipelines(False, max(1, cores() // ranks))
+        pipelines = int(flags[flags.index("--pipelines") + 1])
+    else:
+        pipelines = default_pipelines(False, max(1, cores() // ranks))
+    return ranks, min(pipelines, chunks)
 
 
-def layout_label(layout: str, parallel: int) -> str:
+def side_by_side_chunks(parallel: int) -> int:
+    """The chunks run_stylebatch cuts a clip into beside `parallel` reference ranks (two per rank)."""
+    return 2 * parallel
+
+
+def layout_label(layout: str, parallel: int, chunks: int) -> str:
     """How the table names a layout beside `parallel` reference ranks: its ranks and pipelines."""
-    ranks, pipelines = effective(layout, parallel)
+    ranks, pipelines = effective(layout, parallel, chunks)
     name = f"{ranks} rank{'s' if ranks > 1 else ''}" + ("" if pipelines == 1 else f" x {pipelines} pipelines")
     return name + (" (defaults)" if layout == "default" else "")
 
 
-def layouts_to_run(parser: argparse.ArgumentParser, counts: str, layouts: str) -> list[tuple[int, str]]:
+def layouts_to_run(parser: argparse.ArgumentParser, counts: str, layouts: str,
+                   chunks=side_by_side_chunks) -> list[tuple[int, str]]:
     """(reference ranks, layout) for each of the comma-separated counts and layouts, once each per
     count where two layouts run stylebatch alike (with one network at a time `pipelines` and `ranks`
-    are the same run); a parser error for an unknown layout."""
+    are the same run); chunks(count): the clip's chunks. A parser error for an unknown layout."""
     runs, seen = [], set()
     for count, layout in ((int(c), lay) for c in counts.split(",") for lay in layouts.split(",")):
         if layout not in LAYOUTS:
             parser.error(f"--layouts: {layout} is not one of {', '.join(LAYOUTS)}")
-        if (count, effective(layout, count)) not in seen:
-            seen.add((count, effective(layout, count)))
+        if (count, effective(layout, count, chunks(count))) not in seen:
+            seen.add((count, effective(layout, count, chunks(count))))
             runs.append((count, layout))
     return runs
 
 
 def run_stylebatch(clip: Path, out: Path, style: str, ranks: int, tmp: Path, layout: str = "pipelines") -> None:
-    chunk = -(-frame_count(clip) // (2 * ranks))  # two chunks per rank, as a longer clip gets by default
+    # two chunks per rank, as a longer clip gets by default
+    chunk = -(-frame_count(clip) // side_by_side_chunks(ranks))
     sh([BIN / "stylebatch", "run", clip, "-o", out, *LAYOUTS[layout](ranks), "--style", style, "--device", "cpu",
         "--chunk-frames", str(chunk)], env=dict(os.environ, TMPDIR=str(tmp)))
 
@@ -338,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
                             shutil.rmtree(work)
                     med = {n: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for n, rs in runs.items()}
                     r, s = med["ref"], med["sb"]
-                    print(f"| {label} | {size}, {frames} frames | {ranks} | {layout_label(layout, ranks)} | "
+                    print(f"| {label} | {size}, {frames} frames | {ranks} | {layout_label(layout, ranks, side_by_side_chunks(ranks))} | "
                           f"{r['wall']:.1f} | {s['wall']:.1f} | "
                           f"{s['wall'] / r['wall']:.2f}x | {frames / r['wall']:.2f} | {frames / s['wall']:.2f} | "
                           f"{r['peak'] / 2**20:,.0f} / {s['peak'] / 2**20:,.0f} | "

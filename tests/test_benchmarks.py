@@ -43,22 +43,27 @@ def test_the_reference_pipeline_and_stylebatch_both_make_every_frame_for_each_st
 
 def test_the_side_by_side_runs_as_many_ranks_as_the_reference_with_stylebatchs_defaults(monkeypatch):
     """Issue 14's target names the rank count: `--layouts default` runs `--workers RANKS` with
-    stylebatch's own pipelines (one per core of a rank's share) beside the reference's RANKS ranks, and
-    names what ran; a layout that runs stylebatch as another already does for the same rank count runs
-    once."""
+    stylebatch's own pipelines (one per core of a rank's share, no more than the clip's chunks: two
+    per reference rank) beside the reference's RANKS ranks, and names what ran; a layout that runs
+    stylebatch as another already does for the same rank count runs once. The cores are the ranks'
+    own count (stylebatch.ranks.cpu_count: affinity within a CPU quota)."""
     import argparse
+
+    from stylebatch import ranks
 
     monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
     import reference_pipeline as ref
 
-    monkeypatch.setattr(ref, "cores", lambda: 4)
+    monkeypatch.setattr(ranks, "cpu_count", lambda: 8)
+    assert ref.cores() == 8
     parser = argparse.ArgumentParser()
     assert ref.LAYOUTS["default"](1) == ["--workers", "1"]  # nothing but the rank count
     runs = ref.layouts_to_run(parser, "1,2,4", "default,pipelines,ranks")
-    assert [(n, ref.layout_label(lay, n)) for n, lay in runs] == [
-        (1, "1 rank x 4 pipelines (defaults)"), (1, "1 rank"),
-        (2, "2 ranks x 2 pipelines (defaults)"), (2, "1 rank x 2 pipelines"), (2, "2 ranks"),
-        (4, "4 ranks (defaults)"), (4, "1 rank x 4 pipelines")]
+    assert [(n, ref.layout_label(lay, n, ref.side_by_side_chunks(n))) for n, lay in runs] == [
+        (1, "1 rank x 2 pipelines (defaults)"), (1, "1 rank"),  # 8 cores, but 2 chunks
+        (2, "2 ranks x 4 pipelines (defaults)"), (2, "1 rank x 2 pipelines"), (2, "2 ranks"),
+        (4, "4 ranks x 2 pipelines (defaults)"), (4, "1 rank x 4 pipelines"), (4, "4 ranks")]
+    assert ref.effective("default", 4, chunks=3) == (3, 2)  # no more ranks, nor pipelines, than chunks
 
 
 def test_the_uneven_rank_benchmark_gives_the_slow_rank_fewer_frames():

@@ -1194,34 +1194,44 @@ def test_auto_precision_on_a_cpu_with_native_bf16_times_bf16_against_fp32_first(
     assert load_stylizer(DEFAULT_STYLE, device="cpu").bf16_speedup is None  # built-in styles: fp32, not timed
 
 
-@pytest.mark.parametrize("case, style, precision, timed", [
-    ("a .pth, auto", "pth", None, True),
-    ("a .pth, --precision auto", "pth", "auto", True),
-    ("a .pth, --precision fp32", "pth", "fp32", False),
-    ("a built-in style", DEFAULT_STYLE, None, False),
-    ("a blend of a .pth and a built-in style", "pth+builtin", None, False),
-    ("a style loading will refuse", "no-such-style", None, False),
+@pytest.mark.parametrize("case, style, device, precision, gate_open, timed", [
+    ("a .pth, auto", "pth", "auto", None, False, True),
+    ("a .pth, --device cpu --precision auto", "pth", "cpu", "auto", False, True),
+    ("a .pth, --precision fp32", "pth", "cpu", "fp32", False, False),
+    ("a .pth on a machine with a GPU", "pth", "auto", None, False, False),
+    ("a .pth, the gate open already", "pth", "auto", None, True, False),
+    ("a built-in style", DEFAULT_STYLE, "auto", None, False, False),
+    ("a blend of a .pth and a built-in style", "pth+builtin", "cpu", None, False, False),
+    ("a style loading will refuse", "no-such-style", "cpu", None, False, False),
 ])
-def test_a_rank_started_before_preprocess_times_bf16_while_it_waits_at_its_gate(case, style, precision, timed,
-                                                                               user_pth, tmp_path, monkeypatch):
+def test_a_rank_started_before_preprocess_times_bf16_while_it_waits_at_its_gate(case, style, device, precision,
+                                                                               gate_open, timed, user_pth,
+                                                                               tmp_path, monkeypatch):
     """auto's bf16 trial (about 0.6-1.1 s on a Xeon without AMX) ran after the gate, on the run's
     critical path, though a rank started beside preprocess waits there with its cores idle (a clip
     fetched from blob storage: seconds). Now it runs before the gate where loading the style will run
-    it, and is kept for the process; nothing is timed where loading would not time it, and a bad style
-    is left for loading to report, after the gate."""
+    it, and is kept for the process; nothing is timed where loading would not time it (a GPU's rank is
+    not even asked which GPU: CUDA is its own to start), nor where the gate is open already (loading
+    times it if the rank has frames left), and a bad style is left for loading to report."""
     from stylebatch import models, stylize
     from stylebatch.requests import ModelOptions
 
     styles = {"pth": str(user_pth[0]), "pth+builtin": f"{user_pth[0]}:0.5,{DEFAULT_STYLE}:0.5"}
     gate, calls = tmp_path / "gate", []
+    if gate_open:
+        gate.touch()
     monkeypatch.setattr(models, "cpu_bf16_speedup", lambda: calls.append(gate.exists()) or 0.5)
+    gpu = case == "a .pth on a machine with a GPU"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpu)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: pytest.fail("CUDA asked before the gate"))
     waiting = threading.Thread(target=stylize._wait_at_gate, daemon=True,
-                               args=(str(gate), ModelOptions(style=styles.get(style, style), device="cpu",
+                               args=(str(gate), ModelOptions(style=styles.get(style, style), device=device,
                                                              precision=precision)))
     waiting.start()
-    waiting.join(timeout=3)
-    assert waiting.is_alive()  # at the gate
-    gate.touch()
+    if not gate_open:
+        waiting.join(timeout=3)
+        assert waiting.is_alive()  # at the gate
+        gate.touch()
     waiting.join(timeout=30)
     assert not waiting.is_alive()
     assert calls == ([False] if timed else [])  # timed once, before the gate opened

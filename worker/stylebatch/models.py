@@ -405,12 +405,15 @@ def time_bf16_ahead(style: str, *, device: str = "auto", precision: str = "auto"
     precision=precision) would: a rank started before preprocess is done does it while it waits at its
     gate, off the run's critical path where preprocess takes longer than the rank's start (a clip
     fetched from blob storage). A style or device that loading would refuse: nothing (loading says so)."""
+    from stylebatch.memory import on_gpu
+
+    if device != "cpu" and (device != "auto" or on_gpu(device)):
+        return  # a GPU's rank (or one loading will refuse): nothing to time, and CUDA left for it to start
     try:
         pth_only = all(p.kind == WEIGHTS_KIND for p in parse_style(style))
-        dev = _device(device)
     except StylebatchError:
         return
-    if _times_bf16(precision, dev, pth_only):
+    if _times_bf16(precision, torch.device("cpu"), pth_only):
         cpu_bf16_speedup()
 
 
@@ -424,9 +427,11 @@ def cpu_has_native_bf16() -> bool:
     return any(f" {flag}" in flags for flag in ("avx512_bf16", "amx_bf16"))
 
 
-# The picture (height, width) cpu_bf16_speedup times: big enough that the ratio is a video's (0.72-0.78
-# at 192x128 and up against 0.73 at 640x360 on a Xeon without AMX; at 64x64 fixed costs make it 1.76),
-# small enough that the trial costs little (0.6 s there, against 1.1 s at 256x192 with the same ratios)
+# The picture (height, width) cpu_bf16_speedup times: big enough that the ratio is a video's (on a Xeon
+# without AMX 0.72-0.78 at 192x128 and up against 0.73 at 640x360 in one session, 0.58-0.66 at 192x128
+# against 0.59-0.69 at 256x192 in another; at 64x64 fixed costs made it 1.76: smaller pictures lean
+# towards bf16), small enough that the trial costs little (0.6 s there, 1.1 s at 256x192). Checked on
+# that Xeon only.
 BF16_TRIAL_SIZE = (128, 192)
 
 

@@ -75,16 +75,18 @@ def run(req: StylizeRequest, sink: Callable[[RankProgress], None] | None = None)
 
 def _wait_at_gate(gate: str, model: ModelOptions) -> None:
     """Started before preprocess is done (`stylebatch run`, START_GATE_ENV): import torch meanwhile,
-    and time bf16 against fp32 where --precision auto will (a .pth on the CPU: models.time_bf16_ahead),
-    then wait for the launcher's go (the file `gate`). The launcher kills the ranks if it never comes;
-    a rank whose parent is gone (mpiexec's proxy, or the launcher of a lone rank) stops waiting.
+    and, if the gate is still shut, time bf16 against fp32 where --precision auto will (a .pth on the
+    CPU: models.time_bf16_ahead), then wait for the launcher's go (the file `gate`). The launcher
+    kills the ranks if it never comes; a rank whose parent is gone (mpiexec's proxy, or the launcher
+    of a lone rank) stops waiting.
     Nothing before the gate touches MPI, the work dir or scratch, so a rank killed here leaves nothing."""
     parent = os.getppid()
     import torch  # noqa: F401 - most of a rank's start-up (about 1.5 s), done beside preprocess
 
     from stylebatch.models import time_bf16_ahead
 
-    time_bf16_ahead(model.style or DEFAULT_STYLE, device=model.device, precision=model.precision or "auto")
+    if not os.path.exists(gate):  # (open already: loading times it, if the rank has frames left to paint)
+        time_bf16_ahead(model.style or DEFAULT_STYLE, device=model.device, precision=model.precision or "auto")
 
     while not os.path.exists(gate):
         if os.getppid() != parent:

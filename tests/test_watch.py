@@ -175,15 +175,45 @@ def test_without_once_new_videos_are_picked_up_while_it_keeps_watching(clip, tmp
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--ext", "gif"], "--ext .gif"),
-    (["--crf", "-1"], "--crf"),
-    (["--interval", "0"], "--interval"),
+    (["--ext", "gif", "--once"], "--ext .gif"),
+    (["--crf", "-1", "--once"], "--crf"),
+    (["--interval", "0", "--once"], "--interval"),
+    (["--style", "picasso", "--once"], "unknown style 'picasso'"),
+    (["--style", "picasso"], "unknown style 'picasso'"),  # watching for good: refused at the start too
+    (["--style", "missing.pth"], "not found"),
+    (["--style", "broken.pth"], "broken.pth"),
 ])
-def test_bad_watch_flags_are_one_line_errors(tmp_path, args, message):
-    (tmp_path / "in").mkdir()
-    result = stylebatch("watch", tmp_path / "in", "-o", tmp_path / "out", "--once", *args)
+def test_bad_watch_flags_are_one_line_errors_before_anything_is_made(tmp_path, args, message):
+    """A style every video would fail with was found only video by video: the watch ran on, skipping
+    each upload with a warning (and --once failed only after trying them all), and left DEST and an
+    empty subfolder per video. Like `run`, it is refused at the start, before DEST is made."""
+    (tmp_path / "in" / "sub").mkdir(parents=True)
+    (tmp_path / "in" / "sub" / "a.mp4").write_bytes(b"\x00" * 2000)  # never reached
+    (tmp_path / "broken.pth").write_bytes(b"PK\x03\x04" + b"\x00" * 100)
+    result = stylebatch("watch", tmp_path / "in", "-o", tmp_path / "out", *args, timeout=120, cwd=tmp_path)
     assert result.returncode == 2 and len(error_lines(result)) == 1 and message in error_lines(result)[0]
-    assert "Traceback" not in result.stderr
+    assert "Traceback" not in result.stderr and "started" not in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_failed_video_in_a_subfolder_leaves_no_empty_folder(tmp_path):
+    """A video that fails made its subfolder in DEST and left it there, empty; a folder another
+    video's output is in stays."""
+    src, dest = tmp_path / "in", tmp_path / "out"
+    (src / "deep" / "er").mkdir(parents=True)
+    (src / "deep" / "er" / "broken.mp4").write_bytes(b"x")
+    (src / "deep" / "ok.mp4").write_bytes(b"y")
+
+    def stylize(input_uri: str, output_uri: str) -> None:
+        if input_uri.endswith("broken.mp4"):
+            raise watch_mod.StylebatchError("not a video")
+        Path(output_uri).write_bytes(Path(input_uri).read_bytes())
+
+    watch = watch_mod.Watch(location(str(src)), location(str(dest)), None, Filters(), stylize)
+    with pytest.raises(watch_mod.StylebatchError, match="1 of 2 video"):
+        watch.once(0.01)
+    assert outputs(dest) == ["deep/ok.mp4"]
+    assert not (dest / "deep" / "er").exists() and (dest / "deep").is_dir()
 
 
 def test_watching_a_file_is_refused(tmp_path):

@@ -23,6 +23,7 @@ import posixpath
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
+from pathlib import Path
 
 from stylebatch import trigger
 from stylebatch.contract import EXIT_TRANSIENT, JOB_ENV
@@ -68,6 +69,12 @@ def _runner(args: argparse.Namespace) -> Callable[[str, str], None]:
     template = RunRequest(input="in.mp4", output="out.mp4", workers=args.workers, pipelines=args.pipelines,
                           model=ModelOptions.from_namespace(args), encoding=EncodingOptions.from_namespace(args))
     template.validate()  # bad flags stop here, before any work
+    from stylebatch.contract import DEFAULT_STYLE
+    from stylebatch.styles import check_style_files
+
+    # and a style every video would fail with (unknown, a missing file, a broken .pth), as `run` refuses
+    # it: before DEST is made, not as one skipped video after another
+    check_style_files(template.model.style or DEFAULT_STYLE)
 
     def stylize(input_uri: str, output_uri: str) -> None:
         run_video(template.with_places(input_uri, output_uri))
@@ -136,16 +143,19 @@ class Watch:
     def process(self, video: Video) -> None:
         log.info("started %s -> %s", video.input.display, video.output.display)
         began = time.monotonic()
+        out = video.output.local_path()
+        made = _folders_to_make(out.parent) if out is not None else []
         try:
-            out = video.output.local_path()
-            if out is not None:
-                out.parent.mkdir(parents=True, exist_ok=True)  # the video's own subfolder
+            for folder in made:  # the video's own subfolder
+                folder.mkdir(exist_ok=True)
             with _job_env(video.key):
                 self.stylize(video.input.uri, video.output.uri)
             self._record(video)
         except Interrupted:
+            _remove_empty(made)
             raise  # Ctrl-C or SIGTERM stops the watch, not just this video
         except StylebatchError as exc:
+            _remove_empty(made)  # no empty folder left for a video that made nothing
             self.failed[video.key] = exc
             log.warning("failed %s: %s (skipped; tried again on the next start)", video.input.display,
                         " ".join(str(exc).split()))
@@ -171,6 +181,24 @@ class Watch:
         record = {"input": video.input.display, "output": video.output.display, "size": video.info.size,
                   "etag": video.info.etag, "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")}
         self.dest.child(RECORD_DIR, f"{video.key}.json").write_bytes(json.dumps(record, indent=1).encode())
+
+
+def _folders_to_make(folder: Path) -> list[Path]:
+    """The folders, outermost first, that do not exist yet down to `folder`."""
+    missing = []
+    while not folder.exists() and folder.parent != folder:
+        missing.append(folder)
+        folder = folder.parent
+    return missing[::-1]
+
+
+def _remove_empty(made: list[Path]) -> None:
+    """Remove the folders of `made` (outermost first) that are still empty, innermost first."""
+    for folder in reversed(made):
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (another video's output), or gone
+            return
 
 
 @dataclasses.dataclass(frozen=True)

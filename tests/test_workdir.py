@@ -352,3 +352,33 @@ def test_a_replaced_input_blob_is_not_resumed(azure_env, clip, tmp_path: Path) -
     location(blob).upload(first)  # the same bytes again: a new ETag
     result = stylebatch(*args, env=azure_env.env)
     assert result.returncode == 2 and "its ETag" in error_lines(result)[0], result.stderr
+
+
+def test_a_run_refused_a_work_dir_another_run_holds_says_only_that(clip, tmp_path: Path) -> None:
+    """`run --work W` while another stylebatch holds W's lock exits 75 with one line naming the other
+    holder; it had also warned "work dir kept at W: run again with --work W to resume", about a work
+    dir it never held (the other run may finish and delete it). Nothing of W is touched."""
+    from stylebatch.manifest import PARTS_DIR
+
+    src, work = clip("in.mp4", size=(64, 48), frames=8), tmp_path / "work"
+    assert stylebatch("preprocess", src, "--work", work, "-o", tmp_path / "o.mp4").returncode == 0
+    (work / PARTS_DIR).mkdir(exist_ok=True)
+    (work / PARTS_DIR / "part-000000-000004.mkv").write_bytes(b"a part another run made")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom stylebatch.storage import location\n"
+         "from stylebatch.workdir import hold\nwith hold(location(sys.argv[1])):\n"
+         "    print('held', flush=True)\n    time.sleep(120)\n", str(work)],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        before = sorted(p.relative_to(work).as_posix() for p in work.rglob("*"))  # its lock included
+        result = stylebatch("run", src, "-o", tmp_path / "out.mp4", "--work", work, *FAST_STYLE, timeout=120)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert result.returncode == 75, result.stderr
+    [line] = error_lines(result)
+    assert "is in use by another stylebatch" in line
+    assert "warning" not in result.stderr and "Traceback" not in result.stderr, result.stderr
+    assert not (tmp_path / "out.mp4").exists()
+    assert sorted(p.relative_to(work).as_posix() for p in work.rglob("*")) == before

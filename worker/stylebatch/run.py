@@ -109,8 +109,10 @@ def run(args: RunRequest, progress: Progress | None = None) -> Result:
         resume = "run the same command again to resume"
     claim_work(work, source_name(src.name))
     scratch = Path(tempfile.mkdtemp(prefix="stylebatch-run-"))  # private (0700): style, rank scratch, MPI
+    held = False
     try:
         with hold(work):
+            held = True
             result = _run_stages(args, src, out, work, scratch, progress)
             if args.keep_work:
                 log.info("work dir kept at %s", work.display)
@@ -122,6 +124,8 @@ def run(args: RunRequest, progress: Progress | None = None) -> Result:
     except Interrupted as exc:  # a stage's process was stopped on its own (a signal aimed at it)
         raise Interrupted(f"{exc}: {_state(work)}: {resume}", exc.exit_code) from None
     except BaseException:
+        if not held:
+            raise  # another run holds the work dir: nothing of it is this run's to keep or forget
         if not args.work and not _has_parts(work):
             _forget(work)  # nothing stylized yet: nothing worth resuming
         elif _has_parts(work):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -502,3 +503,37 @@ def test_nvenc_without_an_nvidia_gpu_is_a_one_line_error(command: str, good: Pat
     result = stylebatch(command, good, "-o", place["out"], "--work", work, "--codec", "h264_nvenc", env=place["env"])
     assert_failed_cleanly(result, place["out"], "encoder h264_nvenc is not available on this machine")
     assert not work.exists()
+
+
+@pytest.mark.parametrize("case, warned", [
+    ("a whole Matroska file", False),
+    ("the first 55% of it (a download that stopped)", True),
+    ("a whole one whose timestamps start at 10 s", False),
+])
+def test_a_matroska_file_cut_short_is_stylized_with_a_warning(case: str, warned: bool, tmp_path: Path) -> None:
+    """A cut-short .mp4 is refused (its frame count is declared), but Matroska and WebM declare no
+    frame count, and a file cut short decodes cleanly up to its cut: a 6 s .mkv cut to its first part
+    made a 3.4 s video, exit 0, nothing said. Its video track still declares where it ends (its
+    DURATION tag): well short of that, a warning says so. A video whose timestamps start late is not
+    short."""
+    whole = tmp_path / "whole.mkv"
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=96x64:rate=25", "-f", "lavfi",
+                    "-i", "sine=frequency=440", "-t", "6", "-c:v", "libx264", "-g", "10", "-c:a", "aac",
+                    "-shortest", str(whole)], check=True)
+    src = tmp_path / "in.mkv"
+    if case.startswith("the first"):
+        src.write_bytes(whole.read_bytes()[:int(whole.stat().st_size * 0.55)])
+    elif "10 s" in case:
+        subprocess.run(["ffmpeg", "-v", "error", "-i", str(whole), "-c", "copy", "-output_ts_offset", "10", str(src)],
+                       check=True)
+    else:
+        src = whole
+    result = stylebatch("preprocess", src, "--work", tmp_path / "work", "-o", tmp_path / "out.mkv")
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if "may be truncated" in line]
+    assert len(warnings) == warned, result.stderr
+    if warned:
+        frames = int(re.search(r"preprocessed \S*in\.mkv: (\d+) frames", result.stderr).group(1))
+        assert 60 < frames < 150
+        assert re.fullmatch(r"stylebatch: warning: \S*in\.mkv declares 6\.0 s of video but its frames end at "
+                            rf"\d\.\d s: it may be truncated \(stylizing the {frames} frames it has\)", warnings[0])

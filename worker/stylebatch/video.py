@@ -69,6 +69,38 @@ def video_stream(container: av.container.InputContainer, label: str) -> av.Video
     raise StylebatchError(f"{label} has no video stream ({kinds})")
 
 
+# How much shorter than its declared length a video's frames may end before probe warns (seconds, and a
+# share of that length): timestamps and declared lengths disagree by a frame or two in ordinary files.
+CUT_SHORT_S, CUT_SHORT_SHARE = 1.0, 0.1
+
+
+def _declared_end(vs) -> float | None:
+    """Where the video stream declares it ends, in seconds of its timestamps: its start and duration,
+    or Matroska's per-track DURATION tag (HH:MM:SS.fraction, the track's end; such files declare no
+    frame count). Not the container's length, which covers every stream (a soundtrack may rightly
+    outlast the picture)."""
+    if vs.duration and vs.time_base:
+        return float(((vs.start_time or 0) + vs.duration) * vs.time_base)
+    tag = vs.metadata.get("DURATION") or vs.metadata.get("duration")
+    try:
+        h, m, sec = tag.split(":")
+        return int(h) * 3600 + int(m) * 60 + float(sec)
+    except (AttributeError, ValueError):
+        return None
+
+
+def _warn_if_cut_short(label: str, vs, end: float, frames: int, expected: int) -> None:
+    """A warning where the frames end (`end`, seconds) well before the video's declared end and no frame
+    count was declared to refuse it by (probe's "decoded N of M frames"): a Matroska or WebM file cut
+    short (a download or copy that stopped) decodes cleanly up to its cut. A warning, not an error: an
+    end written wrong by a muxer would otherwise refuse a good video."""
+    declared = _declared_end(vs)
+    if expected or not declared or declared - end <= max(CUT_SHORT_S, CUT_SHORT_SHARE * declared):
+        return
+    log.warning("%s declares %.1f s of video but its frames end at %.1f s: it may be truncated (stylizing "
+                "the %d frames it has)", label, declared, end, frames)
+
+
 def _reason(exc: BaseException) -> str:
     text = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
     return " ".join(str(text).split())
@@ -125,6 +157,8 @@ def probe(path: Path, label: str) -> Probe:
             last_duration = exact[-1] - exact[-2] if len(exact) > 1 else max(1, round(1 / (rate * tb)))
         if not keyframes or keyframes[0] != 0:
             keyframes.insert(0, 0)
+        if reliable:  # (made-up timestamps say nothing of where the video ends)
+            _warn_if_cut_short(label, vs, float((exact[-1] + last_duration) * tb), len(exact), expected)
         sar = vs.sample_aspect_ratio
         return Probe(
             video_stream=vs.index, codec=vs.codec_context.codec.name, time_base=tb, pts=exact, keyframes=keyframes,

@@ -90,6 +90,24 @@ def test_bad_style_image_stops_a_run_before_any_output(tmp_path, kind):
     assert list(out.parent.iterdir()) == [] and not (tmp_path / "w" / "parts").exists()
 
 
+@pytest.mark.parametrize("kind, problem", [(k, p) for k, p in BAD_IMAGES
+                                           if not k.startswith("truncated") and k != "gif"])  # (.gif: no painting)
+def test_a_style_image_bad_in_its_header_is_refused_before_the_input_is_read(tmp_path, kind, problem):
+    """A text file named .jpg (and every picture whose header says it cannot work: not a JPEG, PNG or
+    WebP, too small, too many pixels) was found only once preprocess had read the whole input and the
+    ranks had started, progress lines first; a bad .pth was refused before anything. Now both are: one
+    line, exit code 2, no work dir. (A picture cut short is found where it is decoded, as before.)"""
+    video = tmp_path / "in.mp4"
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=64x48:rate=10", "-frames:v", "3",
+                    "-pix_fmt", "yuv420p", str(video)], check=True)
+    style = make_bad(kind, tmp_path)
+    result = stylebatch("run", video, "-o", tmp_path / "out.mp4", "--style", style, "--work", tmp_path / "w")
+    assert result.returncode == 2, result.stderr
+    [line] = result.stderr.strip().splitlines()  # no "preprocessed ...", no rank's line
+    assert line.startswith("stylebatch: error: ") and style.name in line and problem in line, line
+    assert not (tmp_path / "w").exists() and not (tmp_path / "out.mp4").exists()
+
+
 @pytest.mark.parametrize("spec, kinds, weights", [
     ("starry.jpg", ["painting"], [1.0]),
     ("az://styles/Starry Night.WEBP", ["painting"], [1.0]),

@@ -7,7 +7,9 @@ pixel is decoded) is a one-line `BadInput`.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +24,29 @@ MAX_PIXELS = 64_000_000  # bigger than any painting scan worth using; beyond thi
 
 def read_style_image(path: str | Path, label: str | None = None) -> np.ndarray:
     """The whole picture, upright (EXIF), transparency over white, as uint8 RGB [H, W, 3]."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    from PIL import Image, ImageOps
+
+    with _opened(path, label) as img:
+        img.load()
+        img = ImageOps.exif_transpose(img)
+        if img.mode in ("RGBA", "LA", "P", "PA"):
+            img = img.convert("RGBA")
+            img = Image.alpha_composite(Image.new("RGBA", img.size, (255, 255, 255, 255)), img)
+        return np.asarray(img.convert("RGB"))
+
+
+def check_style_image(path: str | Path, label: str | None = None) -> None:
+    """What read_style_image refuses from the file's header alone, no pixel decoded (not there, not a
+    JPEG, PNG or WebP picture, too small or too many pixels): for a check before any work starts."""
+    with _opened(path, label):
+        pass
+
+
+@contextlib.contextmanager
+def _opened(path: str | Path, label: str | None) -> Iterator:
+    """The picture opened (its header read, its size checked), and a one-line BadInput for whatever is
+    wrong with it, found here or while the caller decodes it."""
+    from PIL import Image, UnidentifiedImageError
 
     path = Path(path)
     label = label or f"style image {path.name}"
@@ -39,12 +63,7 @@ def read_style_image(path: str | Path, label: str | None = None) -> np.ndarray:
                                    "megapixels a style image may have; scale it down")
                 if min(w, h) < MIN_SIDE:
                     raise BadInput(f"{label} is {w}x{h} pixels; both sides need at least {MIN_SIDE}")
-                img.load()
-                img = ImageOps.exif_transpose(img)
-                if img.mode in ("RGBA", "LA", "P", "PA"):
-                    img = img.convert("RGBA")
-                    img = Image.alpha_composite(Image.new("RGBA", img.size, (255, 255, 255, 255)), img)
-                return np.asarray(img.convert("RGB"))
+                yield img
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise BadInput(f"{label} has too many pixels (a decompression bomb?); at most "
                        f"{MAX_PIXELS // 1_000_000} megapixels") from None

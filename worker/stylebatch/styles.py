@@ -177,7 +177,8 @@ def check_style_files(style: str) -> None:
     `stylebatch run`'s style check or its ranks): an unknown style or bad blend, a style file that is
     not there or is a folder (a blob: one request for its properties), a local .pth that is no PyTorch
     checkpoint, or a zip that is truncated or damaged (`weights_file.check_archive`: its structure and
-    checksums, no torch). What only the network or the picture can tell (a painting's pixels, a .pth's
+    checksums, no torch), a local painting whose header is no JPEG, PNG or WebP picture of a size it
+    may have (`paintings.check_style_image`: no pixel decoded). What only the network or the picture can tell (a painting's pixels, a .pth's
     tensors, a legacy pickle's contents) is still checked where they are loaded."""
     from stylebatch.weights_file import check_archive
 
@@ -187,6 +188,10 @@ def check_style_files(style: str) -> None:
             path = loc.local_path()
             if p.kind == WEIGHTS_KIND and path is not None:
                 check_archive(path, f"style file {loc.display}")
+            elif p.kind == IMAGE_KIND and path is not None:
+                from stylebatch.paintings import check_style_image
+
+                check_style_image(path)  # its header: what loading would refuse without decoding it
 
 
 def style_file(ref: str):

@@ -178,8 +178,9 @@ def check_style_files(style: str) -> None:
     not there or is a folder (a blob: one request for its properties), a local .pth that is no PyTorch
     checkpoint, or a zip that is truncated or damaged (`weights_file.check_archive`: its structure and
     checksums, no torch), a local painting whose header is no JPEG, PNG or WebP picture of a size it
-    may have (`paintings.check_style_image`: no pixel decoded). What only the network or the picture can tell (a painting's pixels, a .pth's
-    tensors, a legacy pickle's contents) is still checked where they are loaded."""
+    may have (`paintings.check_style_image`: no pixel decoded). What only the network or the picture
+    can tell (a painting's pixels, a .pth's tensors, a legacy pickle's contents) is still checked where
+    they are loaded."""
     from stylebatch.weights_file import check_archive
 
     for p in parse_style(style):

@@ -116,6 +116,12 @@ def _style_case(case: str, folder: Path) -> list[str]:
         return ["--style", str(folder)]
     if case.startswith("fp16"):
         return ["--precision", "fp16", "--style", "lavender-gold", *(["--device", "cpu"] if "cpu" in case else [])]
+    if case.startswith("a painting saved as"):  # "a painting saved as GIF in x.gif"
+        from PIL import Image
+
+        fmt, name = case.split()[4], case.split()[-1]
+        Image.new("RGB", (64, 48), "teal").save(folder / name, format=fmt)
+        return ["--style", str(folder / name)]
     import torch
     from stylebatch.transformer_net import TransformerNet
 
@@ -141,6 +147,13 @@ def _style_case(case: str, folder: Path) -> list[str]:
     ("a .pth of random bytes", ["bad.pth", "not a PyTorch checkpoint"]),
     ("a truncated .pth (a download cut short)", ["bad.pth", "corrupt or truncated"]),
     ("a .pth with one bit flipped (torch.load reads it)", ["bad.pth", "checksum"]),
+    # a picture in a format paintings are not read from, or in one under a weights file's name: each was
+    # "not a PyTorch checkpoint, or corrupt or truncated" (anything not named .jpg/.png/.webp is weights)
+    ("a painting saved as GIF in starry.gif", ["starry.gif: it is a GIF picture", "JPEG, PNG or WebP", "convert it"]),
+    ("a painting saved as BMP in starry.bmp", ["starry.bmp: it is a BMP picture", "convert it"]),
+    ("a painting saved as TIFF in starry.tiff", ["starry.tiff: it is a TIFF picture", "convert it"]),
+    ("a painting saved as PNG in starry.pth", ["starry.pth: it is a PNG picture", "rename it to end in .png"]),
+    ("a painting saved as JPEG in starry", ["starry: it is a JPEG picture", "rename it to end in .jpg"]),
     ("fp16 with --device cpu", ["fp16 needs a CUDA device"]),
     ("fp16 with --device auto on a machine without a GPU", ["fp16 needs a CUDA device"]),
 ])

@@ -33,7 +33,35 @@ NOT_A_CHECKPOINT = "not a PyTorch checkpoint, or corrupt or truncated"
 # member; its zip format a "<name>/data.pkl" record.
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 _LEGACY_HEADS = tuple(pickle.dumps(_LEGACY_MAGIC, protocol=protocol)[:-1] for protocol in range(2, 6))  # less STOP
-_HEAD_BYTES = max(map(len, _LEGACY_HEADS))
+# Pictures by their first bytes: (format, its suffix, (offset, bytes) pairs it starts with); a painting
+# given under another name (a .gif, a PNG saved as .pth) is said to be one, not "not a PyTorch checkpoint"
+_PICTURES = (("JPEG", ".jpg", ((0, b"\xff\xd8\xff"),)), ("PNG", ".png", ((0, b"\x89PNG\r\n\x1a\n"),)),
+             ("WebP", ".webp", ((0, b"RIFF"), (8, b"WEBP"))), ("GIF", ".gif", ((0, b"GIF8"),)),
+             ("BMP", ".bmp", ((0, b"BM"), (6, b"\x00\x00\x00\x00"))), ("TIFF", ".tif", ((0, b"II*\x00"),)),
+             ("TIFF", ".tif", ((0, b"MM\x00*"),)), ("AVIF", ".avif", ((4, b"ftypavif"),)),
+             ("HEIF", ".heic", ((4, b"ftypheic"),)), ("HEIF", ".heic", ((4, b"ftypmif1"),)))
+_HEAD_BYTES = max(*map(len, _LEGACY_HEADS), *(at + len(magic) for *_, marks in _PICTURES for at, magic in marks))
+
+
+def picture_format(head: bytes) -> tuple[str, str] | None:
+    """The picture format a file's first bytes declare and its usual suffix (("GIF", ".gif")), or None."""
+    return next(((name, suffix) for name, suffix, marks in _PICTURES
+                 if all(head[at:at + len(magic)] == magic for at, magic in marks)), None)
+
+
+def not_a_checkpoint(head: bytes) -> str:
+    """Why a file whose first bytes are `head` cannot load as weights: NOT_A_CHECKPOINT, or that it is
+    a picture, and what to do (a painting is told from weights by its name: .jpg, .jpeg, .png, .webp)."""
+    from stylebatch.contract import STYLE_IMAGE_SUFFIXES
+
+    picture = picture_format(head)
+    if picture is None:
+        return NOT_A_CHECKPOINT
+    kind, suffix = picture
+    if suffix in STYLE_IMAGE_SUFFIXES:
+        return f"it is a {kind} picture, not a PyTorch checkpoint: to paint in its style, rename it to end in {suffix}"
+    return (f"it is a {kind} picture, not a PyTorch checkpoint: paintings are read from JPEG, PNG or WebP "
+            f"files ({', '.join(STYLE_IMAGE_SUFFIXES)}); convert it to one")
 
 
 def check_archive(path: Path, what: str, limit: int = MAX_UNPACKED_BYTES) -> None:
@@ -54,13 +82,20 @@ def check_archive(path: Path, what: str, limit: int = MAX_UNPACKED_BYTES) -> Non
             if damaged is not None:
                 raise StylebatchError(f"cannot load {what}: it is damaged (record {damaged} fails its checksum)")
             return
-        with open(path, "rb") as f:
-            head = f.read(_HEAD_BYTES)
+        head = _head(path)
         if not (head.startswith(_LEGACY_HEADS) or _torch_tar(path)):
-            raise StylebatchError(f"cannot load {what}: {NOT_A_CHECKPOINT}")
+            raise StylebatchError(f"cannot load {what}: {not_a_checkpoint(head)}")
         _check_size(path.stat().st_size, what, limit)
     except (OSError, EOFError, zipfile.BadZipFile, tarfile.TarError, ValueError, NotImplementedError) as exc:
         raise StylebatchError(f"cannot load {what}: {NOT_A_CHECKPOINT} ({type(exc).__name__})") from None
+
+
+def _head(path: Path) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read(_HEAD_BYTES)
+    except OSError:
+        return b""
 
 
 def _torch_tar(path: Path) -> bool:
@@ -130,5 +165,5 @@ def load_state(path: Path, what: str) -> object:
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch.load fails in many ways, with pages of text
         why = ("it holds a pickled Python object, not a state dict (save model.state_dict())"
-               if "Unsupported global" in str(exc) else NOT_A_CHECKPOINT)
+               if "Unsupported global" in str(exc) else not_a_checkpoint(_head(path)))
         raise StylebatchError(f"cannot load {what}: {why}") from None

@@ -370,8 +370,7 @@ def load_stylizer(style: str, *, device: str = "auto", strength: float = 1.0, ma
     own_frame: a frame of the video whose style vector `strength` < 1 starts from with paintings."""
     parts = parse_style(style)
     dev = _device(device)
-    pth_only = all(p.kind == WEIGHTS_KIND for p in parts)
-    dtype, autocast = _precision(precision, dev, pth_only=pth_only)
+    dtype, autocast = _precision(precision, dev, parts)
     if isinstance(strength, bool) or not isinstance(strength, numbers.Real) or not 0.0 <= strength <= 1.0:
         raise StylebatchError(f"strength must be between 0 and 1, got {strength!r}")
     if max_side is not None and (isinstance(max_side, bool) or not isinstance(max_side, numbers.Integral)
@@ -389,15 +388,15 @@ def load_stylizer(style: str, *, device: str = "auto", strength: float = 1.0, ma
                         max_side=None if max_side is None else int(max_side), keep_colors=bool(keep_colors),
                         own_vector=own, autocast=autocast)
     stylizer.check_reduced = precision == "auto" and autocast is not None
-    if _times_bf16(precision, dev, pth_only):
+    if _times_bf16(precision, dev, parts):
         stylizer.bf16_speedup = cpu_bf16_speedup()  # measured already by _precision (cached)
     return stylizer
 
 
-def _times_bf16(precision: str, dev: torch.device, pth_only: bool) -> bool:
-    """Whether loading a style times bf16 against fp32 (cpu_bf16_speedup): auto, on the CPU, every
-    network a .pth TransformerNet (the built-in styles stay fp32 on the CPU, untimed)."""
-    return precision == "auto" and dev.type == "cpu" and pth_only
+def _times_bf16(precision: str, dev: torch.device, parts: list[StylePart]) -> bool:
+    """Whether loading a style of `parts` times bf16 against fp32 (cpu_bf16_speedup): auto, on the CPU,
+    every network a .pth TransformerNet (the built-in styles and paintings stay fp32 on the CPU, untimed)."""
+    return precision == "auto" and dev.type == "cpu" and bool(parts) and all(p.kind == WEIGHTS_KIND for p in parts)
 
 
 def time_bf16_ahead(style: str, *, device: str = "auto", precision: str = "auto") -> None:
@@ -410,10 +409,10 @@ def time_bf16_ahead(style: str, *, device: str = "auto", precision: str = "auto"
     if device != "cpu" and (device != "auto" or on_gpu(device)):
         return  # a GPU's rank (or one loading will refuse): nothing to time, and CUDA left for it to start
     try:
-        pth_only = all(p.kind == WEIGHTS_KIND for p in parse_style(style))
+        parts = parse_style(style)
     except StylebatchError:
         return
-    if _times_bf16(precision, torch.device("cpu"), pth_only):
+    if _times_bf16(precision, torch.device("cpu"), parts):
         cpu_bf16_speedup()
 
 
@@ -489,7 +488,7 @@ def cpu_bf16_pays() -> bool:
     return speedup is not None and speedup >= BF16_MIN_SPEEDUP
 
 
-def _precision(precision: str, dev: torch.device, pth_only: bool = False) -> tuple[torch.dtype, torch.dtype | None]:
+def _precision(precision: str, dev: torch.device, parts: list[StylePart] = ()) -> tuple[torch.dtype, torch.dtype | None]:
     """(dtype of the weights and activations, dtype to autocast to on the CPU or None).
 
     auto: fp16 on a GPU (on an H200: lavender-gold 59-60 dB against fp32, a TransformerNet 85 dB; with
@@ -500,7 +499,7 @@ def _precision(precision: str, dev: torch.device, pth_only: bool = False) -> tup
     if precision not in PRECISIONS:
         raise StylebatchError(f"unknown precision {precision!r}; use {', '.join(PRECISIONS)}")
     if precision == "auto":
-        precision = "fp16" if dev.type == "cuda" else ("bf16" if _times_bf16("auto", dev, pth_only) and cpu_bf16_pays()
+        precision = "fp16" if dev.type == "cuda" else ("bf16" if _times_bf16("auto", dev, parts) and cpu_bf16_pays()
                                                        else "fp32")
     if problem := precision_problem(precision, "cuda" if dev.type == "cuda" else "cpu"):
         raise StylebatchError(problem)

@@ -6,7 +6,11 @@
 # prints is also written to $OUT (default ./gpu-out): env.txt, smoke.txt, bench_gpu.md. Arguments
 # go to bench_gpu.py (its sections run the end-to-end rows first). About BUDGET + 90 s in all.
 #   OUT=/some/dir BUDGET=300 benchmarks/gpu_host.sh [--sections pipeline,model ...]
+#   benchmarks/gpu_host.sh --help    # this text (bench_gpu.py --help lists its arguments)
 set -u
+case "${1-}" in
+  -h|--help) sed -n '2,/^set -u/{/^#/s/^# \{0,1\}//p}' "$0"; exit 0 ;;
+esac
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu-out}
 BUDGET=${BUDGET:-300}

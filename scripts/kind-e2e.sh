@@ -9,7 +9,17 @@
 #
 #   scripts/kind-e2e.sh                   # create or reuse the cluster, run, keep the cluster
 #   KEEP_CLUSTER=0 scripts/kind-e2e.sh    # delete the cluster afterwards
+#   scripts/kind-e2e.sh --help            # this text; it takes no other arguments
+#
+# Settings, from the environment: CLUSTER (stylebatch-e2e), MPI_OPERATOR_VERSION (v0.8.0),
+# TIMEOUT_S for the job (1800), LOCAL_PORT Azurite is forwarded to (10000), KEEP_CLUSTER (1).
 set -euo pipefail
+
+case "${1-}" in
+  -h|--help) sed -n '2,/^set -euo/{/^#/s/^# \{0,1\}//p}' "${BASH_SOURCE[0]}"; exit 0 ;;
+  "") ;;
+  *) echo "kind-e2e.sh: unknown argument $1 (it takes none; settings are environment variables: --help)" >&2; exit 2 ;;
+esac
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo"

@@ -4,6 +4,7 @@ drifting from it), the examples users copy, and what scripts/kind-e2e.sh and doc
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 import subprocess
 from pathlib import Path
@@ -122,6 +123,28 @@ def test_kind_script_is_valid_bash_and_says_where_it_can_run():
     head = KIND_SCRIPT.read_text()[:1200]
     assert "internet" in head and "CANNOT run on this" in head
     assert "set -euo pipefail" in KIND_SCRIPT.read_text()
+
+
+@pytest.mark.parametrize("script, words", [
+    ("scripts/kind-e2e.sh", ["kind cluster", "KEEP_CLUSTER=0", "TIMEOUT_S"]),
+    ("benchmarks/gpu_host.sh", ["bench_gpu.py", "BUDGET", "OUT="]),
+])
+def test_the_scripts_a_user_runs_by_hand_say_what_they_do_with_help_and_do_nothing_else(tmp_path, script, words):
+    """Each ran on `--help`: kind-e2e.sh ignored it and went on to create a cluster, gpu_host.sh ran its
+    GPU smoke run and then handed it to bench_gpu.py. Now they print their header, exit 0 and make nothing."""
+    for flag in ("--help", "-h"):
+        result = subprocess.run(["bash", str(ROOT / script), flag], capture_output=True, text=True, timeout=30,
+                                cwd=tmp_path, env={"PATH": "/usr/bin:/bin", "OUT": str(tmp_path / "out")})
+        assert result.returncode == 0 and result.stderr == "", result.stderr
+        assert all(w in result.stdout for w in words) and not result.stdout.startswith(("#", "!"))
+        assert os.listdir(tmp_path) == []
+
+
+def test_the_kind_script_refuses_an_argument_it_does_not_take(tmp_path):
+    result = subprocess.run(["bash", str(KIND_SCRIPT), "--keep"], capture_output=True, text=True, timeout=30,
+                            cwd=tmp_path, env={"PATH": "/usr/bin:/bin"})
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "--keep" in result.stderr
+    assert os.listdir(tmp_path) == []
 
 
 def test_kind_script_only_uses_files_that_exist():

@@ -467,10 +467,16 @@ def test_a_damaged_manifest_is_one_line_and_the_work_dir_is_kept(command: str, t
     ("nowhere/o.mp4", ["does not exist"]),
     ("in.mp4", ["is the input"]),
     ("folder.mp4", ["is a folder"]),
+    ("in.mp4/o.mp4", ["in.mp4 is a file, not a folder"]),  # said "the folder ... does not exist"
+    # a folder access() calls writable for root that is not (sysfs; a read-only mount alike): it was
+    # found only when the output was written, after all the work
+    ("/sys/kernel/o.mp4", ["the folder /sys/kernel is not writable"]),
 ])
 @pytest.mark.parametrize("command", ["run", "preprocess"])
 def test_output_that_cannot_be_written_is_refused_before_any_work(command: str, output: str, words: list[str],
                                                                   good: Path, tmp_path: Path) -> None:
+    if output.startswith("/sys/") and not Path("/sys/kernel").is_dir():
+        pytest.skip("no /sys/kernel here")
     (tmp_path / "in.mp4").write_bytes(good.read_bytes())
     (tmp_path / "folder.mp4").mkdir()
     result = stylebatch(command, "in.mp4", "-o", output, "--work", "w", cwd=tmp_path)

@@ -157,6 +157,18 @@ def test_bad_training_input_is_one_line(tmp_path, args, words):
     assert not list(tmp_path.glob("*.pth"))
 
 
+@pytest.mark.skipif(not Path("/sys/kernel").is_dir(), reason="no /sys/kernel here")
+def test_an_output_folder_that_cannot_be_written_is_refused_before_training(tmp_path):
+    """A folder access() calls writable that is not (root in /sys or on a read-only mount): training
+    ran every step, then torch.save failed with a 28-line traceback and exit code 1, the steps lost."""
+    result = stylebatch("train-style", STARRY, "-o", "/sys/kernel/x.pth", "--content", STARRY, "--steps", "2",
+                        "--size", "32", "--batch-size", "1", "--device", "cpu", timeout=300)
+    lines = error_lines(result)
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert "cannot write /sys/kernel/x.pth: the folder /sys/kernel is not writable" in lines[0]
+    assert "Traceback" not in result.stderr and "step" not in result.stdout + result.stderr
+
+
 def test_a_diverging_training_stops_with_one_line_and_writes_no_weights(tmp_path, content):
     out = tmp_path / "wild.pth"
     result = stylebatch("train-style", STARRY, "-o", out, "--steps", "20", "--size", "32", "--batch-size", "1",

@@ -5,6 +5,7 @@ Azurite; the stylizing itself is `stylebatch run` (tiny clips, --max-side 48, on
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import threading
 import time
@@ -194,6 +195,47 @@ def test_bad_watch_flags_are_one_line_errors_before_anything_is_made(tmp_path, a
     assert result.returncode == 2 and len(error_lines(result)) == 1 and message in error_lines(result)[0]
     assert "Traceback" not in result.stderr and "started" not in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("dest, message", [
+    ("a_file.mp4", "the output folder a_file.mp4 is a file: give a folder"),
+    ("a_file.mp4/out", "cannot make the output folder a_file.mp4/out"),
+    ("read_only/out", "permission denied: cannot make the output folder"),
+])
+@pytest.mark.parametrize("once", [True, False])
+def test_a_dest_that_cannot_be_made_is_a_one_line_error(tmp_path, dest, message, once):
+    """Each was a traceback (FileExistsError, NotADirectoryError, PermissionError from DEST's mkdir)
+    and exit code 1; a read-only DEST itself was one line already."""
+    (tmp_path / "in").mkdir()
+    (tmp_path / "a_file.mp4").write_bytes(b"not a folder")
+    (tmp_path / "read_only").mkdir(mode=0o500)
+    if dest.startswith("read_only") and os.geteuid() == 0:  # root writes anywhere but where the kernel says no
+        if not Path("/sys/kernel").is_dir():
+            pytest.skip("root can write anywhere, and there is no /sys/kernel here")
+        dest = "/sys/kernel/stylebatch-test/out"
+    result = stylebatch("watch", "in", "-o", dest, *(["--once"] if once else []), timeout=120, cwd=tmp_path)
+    assert "Traceback" not in result.stderr and result.returncode == 2, result.stderr
+    assert len(error_lines(result)) == 1 and message in error_lines(result)[0]
+    assert (tmp_path / "a_file.mp4").read_bytes() == b"not a folder"
+
+
+def test_a_file_where_a_videos_subfolder_goes_fails_that_video_only(tmp_path):
+    """A file in DEST named as a video's subfolder: its mkdir raised out of the watch (a traceback, the
+    other videos never done); now that video fails with one line and the others are stylized."""
+    src, dest = tmp_path / "in", tmp_path / "out"
+    (src / "sub" / "deeper").mkdir(parents=True)
+    (src / "sub" / "deeper" / "a.mp4").write_bytes(b"x")
+    (src / "b.mp4").write_bytes(b"y")
+    dest.mkdir()
+    (dest / "sub").write_bytes(b"someone's file")
+
+    def stylize(input_uri: str, output_uri: str) -> None:
+        Path(output_uri).write_bytes(Path(input_uri).read_bytes())
+
+    watch = watch_mod.Watch(location(str(src)), location(str(dest)), None, Filters(), stylize)
+    with pytest.raises(watch_mod.StylebatchError, match=r"1 of 2 video.*cannot make the folder .*sub/deeper"):
+        watch.once(0.01)
+    assert (dest / "b.mp4").read_bytes() == b"y" and (dest / "sub").read_bytes() == b"someone's file"
 
 
 def test_a_failed_video_in_a_subfolder_leaves_no_empty_folder(tmp_path):

@@ -337,8 +337,7 @@ def run(req: TrainRequest) -> int:
     if not req.content:
         raise BadInput("no content images: give --content with your videos or folders of photos "
                        "(repeatable)")
-    if not dest.is_local():
-        dest.check_writable()  # before any slow start-up
+    dest.check_writable()  # before any slow start-up: not after hours of training
     with tempfile.TemporaryDirectory(prefix="stylebatch-train-") as tmp:
         content = [_fetched(source, Path(tmp) / f"content-{i}") for i, source in enumerate(req.content)]
         for source in content:

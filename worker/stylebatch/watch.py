@@ -30,6 +30,8 @@ from stylebatch.contract import EXIT_TRANSIENT, JOB_ENV
 from stylebatch.errors import Interrupted, StylebatchError, TransientError
 from stylebatch.storage import BlobLocation, Location, location
 from stylebatch.storage.base import FileInfo
+from stylebatch.storage.errors import local_errors
+from stylebatch.storage.scrub import printable
 
 log = logging.getLogger(__name__)
 RECORD_DIR = ".stylebatch-watch"
@@ -100,7 +102,10 @@ class Watch:
             raise StylebatchError(f"{self.source.display} is not a folder: watch a folder or a blob prefix")
         out = self.dest.local_path()
         if out is not None:
-            out.mkdir(parents=True, exist_ok=True)
+            if out.exists() and not out.is_dir():
+                raise StylebatchError(f"the output folder {self.dest.display} is a file: give a folder")
+            with local_errors(self.dest.display, "make the output folder"):  # a file above it, no permission
+                out.mkdir(parents=True, exist_ok=True)
         self.dest.child("probe").check_writable()
 
     def once(self, settle: float) -> int:
@@ -146,8 +151,9 @@ class Watch:
         out = video.output.local_path()
         made = _folders_to_make(out.parent) if out is not None else []
         try:
-            for folder in made:  # the video's own subfolder
-                folder.mkdir(exist_ok=True)
+            for folder in made:  # the video's own subfolder (a file of its name there: this video fails)
+                with local_errors(printable(str(folder)), "make the folder"):
+                    folder.mkdir(exist_ok=True)
             with _job_env(video.key):
                 self.stylize(video.input.uri, video.output.uri)
             self._record(video)

@@ -8,6 +8,7 @@ import json
 import os
 import pathlib
 import shutil
+import tempfile
 from typing import Iterator
 
 from stylebatch.errors import StylebatchError
@@ -88,10 +89,20 @@ class LocalLocation(Location):
         if self.path.is_dir():
             raise StylebatchError(f"{self.display} is a folder, not a file")
         if not parent.is_dir():
+            above = next((p for p in (parent, *parent.parents) if p.exists()), None)
+            if above is not None and not above.is_dir():  # a file where a folder of the path goes
+                raise StylebatchError(f"cannot write {self.display}: {printable(str(above))} is a file, not a folder")
             raise StylebatchError(f"cannot write {self.display}: the folder {printable(str(parent))} does not exist")
         if not os.access(parent, os.W_OK | os.X_OK):
             raise StylebatchError(f"cannot write {self.display}: the folder {printable(str(parent))} "
                                   f"is not writable")
+        try:  # what access() cannot tell (root on a read-only mount or in /sys, an immutable folder): a real file
+            fd, probe = tempfile.mkstemp(prefix=".stylebatch-probe-", dir=parent)
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as exc:
+            raise StylebatchError(f"cannot write {self.display}: the folder {printable(str(parent))} "
+                                  f"is not writable ({exc.strerror or type(exc).__name__})") from None
 
     def identity(self) -> dict[str, str | int]:
         with local_errors(self.display, "read"):

@@ -156,14 +156,14 @@ def test_resume_refuses_another_painting_with_the_same_name(tmp_path):
     painting = tmp_path / "style.jpg"
     shutil.copy(STARRY, painting)
     first = settings_record(str(painting), 1.0, None)
-    check_settings(work, first, has_parts=False)
+    check_settings(work, first, [])
     assert json.loads((tmp_path / "work" / "stylize.json").read_bytes())["style"].startswith("sha256:")
-    check_settings(work, settings_record(str(painting), 1.0, None), has_parts=True)  # same bytes: resumes
+    check_settings(work, settings_record(str(painting), 1.0, None), ["000000000-000000010.mkv"])  # same bytes: resumes
     Image.open(DATA / "fruits.jpg").save(painting)
     with pytest.raises(StylebatchError, match="style.jpg"):
-        check_settings(work, settings_record(str(painting), 1.0, None), has_parts=True)
+        check_settings(work, settings_record(str(painting), 1.0, None), ["000000000-000000010.mkv"])
     with pytest.raises(StylebatchError, match="own colours"):
-        check_settings(work, settings_record(str(STARRY), 1.0, None, keep_colors=True), has_parts=True)
+        check_settings(work, settings_record(str(STARRY), 1.0, None, keep_colors=True), ["000000000-000000010.mkv"])
 
 
 def colour_histogram(frames: np.ndarray) -> np.ndarray:

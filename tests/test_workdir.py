@@ -10,8 +10,9 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
-from clips import FAST_STYLE, count_frames, error_lines, stylebatch
+from clips import FAST_STYLE, count_frames, decode_rgb, error_lines, stylebatch
 
 # A user's folder whose names look like a work dir's: none of it may be taken over or deleted.
 USER_FILES = {
@@ -382,3 +383,38 @@ def test_a_run_refused_a_work_dir_another_run_holds_says_only_that(clip, tmp_pat
     assert "warning" not in result.stderr and "Traceback" not in result.stderr, result.stderr
     assert not (tmp_path / "out.mp4").exists()
     assert sorted(p.relative_to(work).as_posix() for p in work.rglob("*")) == before
+
+
+# --- a run with other style settings ---
+
+def test_a_run_with_other_style_settings_restyles_the_parts_of_its_own_work_dir(clip, tmp_path: Path) -> None:
+    """Without --work the work dir is named for the input and output only: after an interrupted run, a
+    run with another style found its parts and failed ("has parts stylized with ...: use another
+    --work"), every time, and `stylebatch watch` (which has no --work) could never stylize that video
+    again. In the run's own work dir those parts are deleted and stylized again, with one line."""
+    src, out, fresh = clip("in.mp4", size=(64, 48), frames=12), tmp_path / "o.mp4", tmp_path / "fresh.mp4"
+    env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "cache"))
+    flags = ["--max-side", "48", "--chunk-frames", "4", "--workers", "1"]
+    first = stylebatch("run", src, "-o", out, "--style", "lavender-gold", *flags, "--keep-work", env=env)
+    assert first.returncode == 0, first.stderr  # its work dir kept with every part: as an interrupted run's
+    (work,) = (tmp_path / "cache" / "stylebatch" / "work").iterdir()
+    assert len(list((work / "parts").iterdir())) == 3
+    again = stylebatch("run", src, "-o", out, "--style", "ink-wash", *flags, env=env)
+    assert again.returncode == 0 and "Traceback" not in again.stderr, again.stderr
+    assert "the 3 part(s) in work dir" in again.stderr and "deleted, to stylize with ink-wash" in again.stderr
+    assert not work.exists()  # done: deleted as after any run
+    assert stylebatch("run", src, "-o", fresh, "--style", "ink-wash", *flags, "--work", tmp_path / "w").returncode == 0
+    assert np.abs(decode_rgb(out).astype(int) - decode_rgb(fresh).astype(int)).mean() < 1
+
+
+def test_a_users_work_dir_with_parts_of_other_style_settings_is_refused(clip, tmp_path: Path) -> None:
+    """A --work of the user's is theirs: its parts are not deleted for a run with another style."""
+    src, out, work = clip("in.mp4", size=(64, 48), frames=12), tmp_path / "o.mp4", tmp_path / "work"
+    flags = ["--max-side", "48", "--chunk-frames", "4", "--workers", "1", "--work", work]
+    assert stylebatch("run", src, "-o", out, "--style", "lavender-gold", *flags, "--keep-work").returncode == 0
+    parts = {p.name: p.read_bytes() for p in (work / "parts").iterdir()}
+    result = stylebatch("run", src, "-o", tmp_path / "o2.mp4", "--style", "ink-wash", *flags)
+    assert result.returncode == 2 and len(error_lines(result)) == 1, result.stderr
+    assert "has parts stylized with lavender-gold" in error_lines(result)[0] and "not ink-wash" in error_lines(result)[0]
+    assert {p.name: p.read_bytes() for p in (work / "parts").iterdir()} == parts
+    assert not (tmp_path / "o2.mp4").exists()

@@ -117,6 +117,9 @@ class StylizeRequest(Request):
     summary = "stage 2 (under mpiexec): stylize this rank's chunks into parts"
     work: str = flag("--work", required=True, help="work dir made by preprocess")
     pipelines: int | None = flag("--pipelines", kind=int, check=at_least(1), help=PIPELINES_HELP)
+    restyle: bool = flag("--restyle", kind=bool, help="delete the work dir's parts stylized with other settings "
+                         "(style, strength, size, colours, temporal) instead of refusing them (what `run` does "
+                         "with its own work dir)")
     model: ModelOptions = options(ModelOptions, "style")
 
 
@@ -167,9 +170,10 @@ class RunRequest(Request):
                                  output=self.output if output is None else output, encoding=self.encoding)
 
     def stylize_request(self, work: str, style: str | None = None) -> StylizeRequest:
-        """`style`: the style as resolved by the launcher (a downloaded weights file), if it differs."""
+        """`style`: the style as resolved by the launcher (a downloaded weights file), if it differs. In
+        the work dir of the launcher's own (no --work) parts of other settings are deleted (--restyle)."""
         model = self.model if style is None else replace(self.model, style=style)
-        return StylizeRequest(work=work, model=model, pipelines=self.pipelines)
+        return StylizeRequest(work=work, model=model, pipelines=self.pipelines, restyle=self.work is None)
 
     def postprocess_request(self, work: str) -> PostprocessRequest:
         return PostprocessRequest(work=work, output=self.output)

@@ -155,7 +155,9 @@ def stylize(req: StylizeRequest, world: World, tmp: Path,
     style = resolve_style(model.style or DEFAULT_STYLE, tmp)
     keep_colors = model.keep_colors
     temporal = temporal_settings(model)
-    check_settings(work, settings_record(style, model.strength, model.max_side, keep_colors, *temporal), bool(have))
+    record = settings_record(style, model.strength, model.max_side, keep_colors, *temporal)
+    if _settings_checked(work, record, sorted(part_name(*c, PART_EXT) for c in done), req.restyle, world):
+        done, missing = set(), list(chunks)  # the parts of other settings are gone: every chunk to do
     resumed = sum(e - s for s, e in done) if world.rank == 0 else 0  # rank 0 reports the resumed parts
     progress = Progress(world, resumed, resumed, m.frames, sink)
     progress.report(force=True)
@@ -319,9 +321,31 @@ def describe_settings(r: dict) -> str:
     return f"{r.get('style_name') or r.get('style')} (strength {r.get('strength'):g}{size}{colors}{steady})"
 
 
-def check_settings(work, record: dict, has_parts: bool) -> None:
-    """Refuse to add parts stylized differently from the parts already in the work dir; otherwise
-    record these settings (every rank writes the same bytes, so ranks need no coordination)."""
+def _settings_checked(work, record: dict, parts: list[str], restyle: bool, world: World) -> bool:
+    """check_settings on rank 0 alone (it may delete parts), every rank following its outcome: its
+    return value, or its error raised on every rank."""
+    if world.comm is None or world.size == 1:
+        return check_settings(work, record, parts, restyle)
+    outcome = None
+    if world.rank == 0:
+        try:
+            outcome = (check_settings(work, record, parts, restyle), None, 0)
+        except StylebatchError as exc:
+            outcome = (False, str(exc), exc.exit_code)
+    discarded, message, code = world.comm.bcast(outcome, root=0)
+    if message is not None:
+        error = StylebatchError(message)
+        error.exit_code = code
+        raise error
+    return discarded
+
+
+def check_settings(work, record: dict, parts: list[str], discard: bool = False) -> bool:
+    """Record these settings in the work dir, where they are the parts' (`parts`: the names of the
+    parts there) or there are no parts yet. Parts stylized otherwise are refused (a user's --work),
+    or with `discard` (`stylize --restyle`: the work dir of `stylebatch run` without --work, named for
+    the input and output only, so a run with a new style finds an interrupted one's parts) deleted,
+    and True is returned. Call it on one rank: it writes."""
     loc = work.child(STYLIZE_NAME)
     if loc.exists():
         try:
@@ -332,12 +356,21 @@ def check_settings(work, record: dict, has_parts: bool) -> None:
         same = isinstance(old, dict) and all(old.get(k, legacy.get(k)) == record[k] for k in (
             "style", "strength", "max_side", "keep_colors", "temporal", "temporal_strength"))
         if same:
-            return
-        if has_parts and isinstance(old, dict):
-            raise StylebatchError(f"work dir {work.display} has parts stylized with {describe_settings(old)}, "
-                                  f"not {describe_settings(record)}: use another --work, or delete its "
-                                  f"{PARTS_DIR}/")
+            return False
+        if parts and isinstance(old, dict):
+            if not discard:
+                raise StylebatchError(f"work dir {work.display} has parts stylized with {describe_settings(old)}, "
+                                      f"not {describe_settings(record)}: use another --work, or delete its "
+                                      f"{PARTS_DIR}/")
+            log.info("the %d part(s) in work dir %s were stylized with %s: deleted, to stylize with %s",
+                     len(parts), work.display, describe_settings(old), describe_settings(record))
+            loc.delete()  # first: a run stopped while the parts go leaves none that passes for these settings
+            for name in parts:
+                work.child(PARTS_DIR, name).delete()
+            loc.write_bytes(json.dumps(record, sort_keys=True).encode())
+            return True
     loc.write_bytes(json.dumps(record, sort_keys=True).encode())
+    return False
 
 
 def _local_source(work, m: Manifest, tmp: Path) -> Path:

@@ -109,3 +109,39 @@ def test_a_picture_pillow_warns_about_is_used_without_its_warning(tmp_path):
     assert result.returncode == 0, result.stderr
     assert all(line.startswith("stylebatch: ") for line in result.stderr.splitlines()), result.stderr
     assert "APNG" not in result.stderr and Image.open(tmp_path / "sheet.png").size[0] > 48
+
+
+def _photo(path):
+    Image.open("/usr/share/doc/opencv-doc/examples/data/fruits.jpg").convert("RGB").resize((96, 80)).save(path)
+    return path
+
+
+@pytest.mark.parametrize("case", ["png", "jpg", "symlink", "hard-link", "other-spelling", "style-of-a-video"])
+def test_a_sheet_that_would_replace_the_input_or_a_painting_is_refused_and_both_stay_as_they_were(tmp_path, case):
+    """`preview p.png -o p.png` wrote the sheet over the photo (exit 0), and `preview clip.mp4 -o sty.png
+    --style sty.png` over the painting: refused before anything is read, as `run` refuses its input as
+    its output (one line, exit 2), also through a symlink, a hard link or another spelling of the path."""
+    (tmp_path / "sub").mkdir()
+    photo = _photo(tmp_path / ("p.jpg" if case == "jpg" else "p.png"))
+    source, style, output, what = photo, "ink-wash", photo, "the input"
+    if case == "symlink":
+        output = tmp_path / "link.png"
+        output.symlink_to(photo)
+    elif case == "hard-link":
+        output = tmp_path / "link.png"
+        output.hardlink_to(photo)
+    elif case == "other-spelling":
+        output = tmp_path / "sub" / ".." / "p.png"
+    elif case == "style-of-a-video":
+        source, style, what = make_clip(tmp_path / "clip.mp4", frames=4, fps=10), str(photo), f"the style file {photo}"
+    kept = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file() and not p.is_symlink()}
+    result = stylebatch("preview", source, "-o", output, "--style", style, "--tile", "32")
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert error_lines(result) == [f"stylebatch: error: the output {output} is {what}: give another output"], \
+        result.stderr
+    assert result.stdout == ""
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file() and not p.is_symlink()} == kept
+    links = ["link.png"] if case == "symlink" else []
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*kept, "sub", *links])  # no sheet, no .part
+    assert case != "symlink" or output.resolve() == photo  # the link itself is not replaced either
+

@@ -6,6 +6,7 @@ launcher uses this module's checks of places and names without them (it stays sm
 from __future__ import annotations
 
 import logging
+import os
 import re
 import tempfile
 from pathlib import Path
@@ -53,11 +54,29 @@ def input_name(src) -> str:
 def check_places(src, out, work) -> None:
     """Everything about where the job reads and writes, checked before any work: the output can be
     written, it is not the input, and the work dir holds neither and no foreign files."""
-    if inside(src, out):
-        raise StylebatchError(f"the output {out.display} is the input: give another output")
+    check_not_overwritten(src, out)
     out.check_writable()
     if work is not None:
         check_work(work, src, out)
+
+
+def check_not_overwritten(src, out, what: str = "the input") -> None:
+    """Refuse an output that would be written over src, a file the command reads (`what` names it in
+    the message: "the input", "the style file sty.png"): the same path however it is spelled (resolved:
+    symlinks, `..`), the same file under another name (a hard link), or a folder holding it; for blobs
+    the same blob or a prefix above it. Reads and writes nothing."""
+    if inside(src, out) or _same_file(src, out):
+        raise StylebatchError(f"the output {out.display} is {what}: give another output")
+
+
+def _same_file(a, b) -> bool:
+    """True if local a and b are one file (os.path.samefile); False for blobs or a file not there."""
+    if not (a.is_local() and b.is_local()):
+        return False
+    try:
+        return os.path.samefile(a.local_path(), b.local_path())
+    except OSError:  # either is not there (yet)
+        return False
 
 
 def run(req: PreprocessRequest) -> Manifest:

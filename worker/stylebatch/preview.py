@@ -152,6 +152,8 @@ def run(args: argparse.Namespace) -> int:
         raise BadInput(f"-o {out.display}: the sheet is a picture; end its name in {', '.join(SHEET_SUFFIXES)}")
     at = parse_time(args.at) if args.at is not None else None
     src = location(args.input)
+    chosen = chosen_styles(args.style, args.all)
+    check_not_overwritten(src, out, chosen)
     with tempfile.TemporaryDirectory(prefix="stylebatch-preview-") as tmp:
         if src.is_local():
             if not src.exists():
@@ -161,13 +163,28 @@ def run(args: argparse.Namespace) -> int:
             local = Path(tmp) / (src.name or "input")
             src.download(local)
         frame = read_input(local, src.display, at)
-        styles = [resolve_style(s, Path(tmp)) for s in chosen_styles(args.style, args.all)]
+        styles = [resolve_style(s, Path(tmp)) for s in chosen]
         sheet = render(frame, styles, args.tile, args.device, args.keep_colors, args.columns)
         result = Path(tmp) / f"sheet{suffix}"
         sheet.save(result, SHEET_SUFFIXES[suffix], **({"quality": 85} if suffix != ".png" else {}))
         out.upload(result) if not out.is_local() else _publish(result, Path(out.local_path()))
     print(f"{out.display}: {len(styles)} style(s)")
     return 0
+
+
+def check_not_overwritten(src, out, styles: list[str]) -> None:
+    """Refuse, before anything is read, a sheet that would be written over the input or over a style's
+    file (a painting or a .pth), however its path is spelled: the check `stylebatch run` makes of its
+    input and output (preprocess.check_not_overwritten), for every file the preview reads."""
+    from stylebatch import preprocess
+    from stylebatch.styles import BUILTIN_KIND, parse_style, style_file
+
+    preprocess.check_not_overwritten(src, out)
+    for style in styles:
+        for part in parse_style(style):
+            if part.kind != BUILTIN_KIND:
+                loc = style_file(part.ref)
+                preprocess.check_not_overwritten(loc, out, f"the style file {loc.display}")
 
 
 def _publish(src: Path, dst: Path) -> None:

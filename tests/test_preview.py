@@ -145,3 +145,16 @@ def test_a_sheet_that_would_replace_the_input_or_a_painting_is_refused_and_both_
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*kept, "sub", *links])  # no sheet, no .part
     assert case != "symlink" or output.resolve() == photo  # the link itself is not replaced either
 
+
+def test_columns_beyond_the_number_of_tiles_are_capped_at_it(tmp_path):
+    """--columns 50 with 2 tiles made a 50-column sheet (13106x222 at --tile 256), almost all empty."""
+    size, boxes = grid(2, 256, 144, columns=50)
+    assert (size, boxes) == grid(2, 256, 144, columns=2)
+    photo = _photo(tmp_path / "photo.png")
+    result = stylebatch("preview", photo, "-o", tmp_path / "sheet.png", "--style", "ink-wash", "--tile", "48",
+                        "--columns", "50")
+    assert result.returncode == 0, result.stderr
+    tile_w, tile_h = fit(np.asarray(Image.open(photo)), 48).shape[1::-1]
+    assert Image.open(tmp_path / "sheet.png").size == grid(2, tile_w, tile_h, columns=2)[0]
+    assert "at most the number of tiles" in " ".join(stylebatch("preview", "--help").stdout.split())
+

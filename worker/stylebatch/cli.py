@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     prev.add_argument("--tile", type=side, default=256,
                       help="long side of each tile in pixels (default 256)")
     prev.add_argument("--columns", type=positive, default=None,
-                      help="tiles per row (default: about 16:9)")
+                      help="tiles per row, at most the number of tiles (default: about 16:9)")
     prev.add_argument("--keep-colors", action="store_true", help="keep the frame's own colours in every tile")
     prev.add_argument("--device", choices=DEVICES, default="auto")
     prev.set_defaults(handler="stylebatch.preview:run")

@@ -92,8 +92,9 @@ def fit(frame: np.ndarray, tile: int) -> np.ndarray:
 
 
 def grid(count: int, tile_w: int, tile_h: int, columns: int | None = None) -> tuple[tuple[int, int], list]:
-    """Sheet size and each tile's (x, y) for `count` labelled tiles, about 16:9 overall."""
-    columns = columns or max(1, min(count, round(math.sqrt(count * 16 / 9 * (tile_h + LABEL_HEIGHT) / tile_w))))
+    """Sheet size and each tile's (x, y) for `count` labelled tiles: `columns` a row, at most `count` of
+    them (more would only add empty space); by default about 16:9 overall."""
+    columns = max(1, min(count, columns or round(math.sqrt(count * 16 / 9 * (tile_h + LABEL_HEIGHT) / tile_w))))
     rows = -(-count // columns)
     cell_w, cell_h = tile_w + GAP, tile_h + LABEL_HEIGHT + GAP
     boxes = [(GAP + (i % columns) * cell_w, GAP + (i // columns) * cell_h) for i in range(count)]

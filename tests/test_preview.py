@@ -158,3 +158,13 @@ def test_columns_beyond_the_number_of_tiles_are_capped_at_it(tmp_path):
     assert Image.open(tmp_path / "sheet.png").size == grid(2, tile_w, tile_h, columns=2)[0]
     assert "at most the number of tiles" in " ".join(stylebatch("preview", "--help").stdout.split())
 
+
+def test_an_input_photo_with_too_many_pixels_is_named_as_the_input_not_a_style_image(tmp_path):
+    """An 8200x8200 photo to preview was said to have more megapixels than "a style image may have"."""
+    huge = tmp_path / "huge.jpg"
+    Image.new("L", (8200, 8200)).save(huge)
+    result = stylebatch("preview", huge, "-o", tmp_path / "sheet.png", "--style", "ink-wash")
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert error_lines(result) == [f"stylebatch: error: {huge} is 8200x8200 pixels, more than the 64 megapixels "
+                                   "an input picture may have; scale it down"], result.stderr
+    assert "style image" not in result.stderr and not (tmp_path / "sheet.png").exists()

@@ -17,8 +17,9 @@ import torch
 from clips import error_lines, make_clip, stylebatch
 from PIL import Image
 
+from stylebatch.errors import BadInput
 from stylebatch.models import load_stylizer
-from stylebatch.train import FLAT, crops, losses
+from stylebatch.train import FLAT, crops, load_content, losses
 from stylebatch.vgg import CONTENT_LAYER, STYLE_LAYERS, gram, load_vgg19
 
 STARRY = "/usr/share/doc/opencv-doc/examples/data/starry_night.jpg"
@@ -167,6 +168,17 @@ def test_an_output_folder_that_cannot_be_written_is_refused_before_training(tmp_
     assert result.returncode == 2 and len(lines) == 1, result.stderr
     assert "cannot write /sys/kernel/x.pth: the folder /sys/kernel is not writable" in lines[0]
     assert "Traceback" not in result.stderr and "step" not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("given", ["folder", "file"])
+def test_a_content_photo_with_too_many_pixels_is_named_as_a_content_image_not_a_style_image(tmp_path, given):
+    """The limit's message said "more than the 64 megapixels a style image may have" of a content photo."""
+    huge = tmp_path / "huge.jpg"
+    Image.new("L", (8200, 8200)).save(huge)
+    with pytest.raises(BadInput) as info:
+        load_content([str(tmp_path if given == "folder" else huge)], 64)
+    assert str(info.value) == ("content image huge.jpg is 8200x8200 pixels, more than the 64 megapixels "
+                               "a content image may have; scale it down")
 
 
 def test_a_diverging_training_stops_with_one_line_and_writes_no_weights(tmp_path, content):

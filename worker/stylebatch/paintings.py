@@ -22,11 +22,14 @@ MIN_SIDE = 16  # a few pixels hold no style
 MAX_PIXELS = 64_000_000  # bigger than any painting scan worth using; beyond this is a decompression bomb
 
 
-def read_style_image(path: str | Path, label: str | None = None) -> np.ndarray:
-    """The whole picture, upright (EXIF), transparency over white, as uint8 RGB [H, W, 3]."""
+def read_style_image(path: str | Path, label: str | None = None, what: str = "a style image") -> np.ndarray:
+    """The whole picture, upright (EXIF), transparency over white, as uint8 RGB [H, W, 3]. `label` names
+    the file in a refusal (default "style image NAME"), `what` the kind of picture that is being read
+    where the limit is said ("more than the 64 megapixels a style image may have"): for a picture that
+    is not a painting, "an input picture", "a content image"."""
     from PIL import Image, ImageOps
 
-    with _opened(path, label) as img:
+    with _opened(path, label, what) as img:
         img.load()
         img = ImageOps.exif_transpose(img)
         if img.mode in ("RGBA", "LA", "P", "PA"):
@@ -35,15 +38,16 @@ def read_style_image(path: str | Path, label: str | None = None) -> np.ndarray:
         return np.asarray(img.convert("RGB"))
 
 
-def check_style_image(path: str | Path, label: str | None = None) -> None:
+def check_style_image(path: str | Path, label: str | None = None, what: str = "a style image") -> None:
     """What read_style_image refuses from the file's header alone, no pixel decoded (not there, not a
-    JPEG, PNG or WebP picture, too small or too many pixels): for a check before any work starts."""
-    with _opened(path, label):
+    JPEG, PNG or WebP picture, too small or too many pixels): for a check before any work starts.
+    `label` and `what` as read_style_image's."""
+    with _opened(path, label, what):
         pass
 
 
 @contextlib.contextmanager
-def _opened(path: str | Path, label: str | None) -> Iterator:
+def _opened(path: str | Path, label: str | None, what: str) -> Iterator:
     """The picture opened (its header read, its size checked), and a one-line BadInput for whatever is
     wrong with it, found here or while the caller decodes it."""
     from PIL import Image, UnidentifiedImageError
@@ -60,7 +64,7 @@ def _opened(path: str | Path, label: str | None) -> Iterator:
                 w, h = img.size
                 if w * h > MAX_PIXELS:
                     raise BadInput(f"{label} is {w}x{h} pixels, more than the {MAX_PIXELS // 1_000_000} "
-                                   "megapixels a style image may have; scale it down")
+                                   f"megapixels {what} may have; scale it down")
                 if min(w, h) < MIN_SIDE:
                     raise BadInput(f"{label} is {w}x{h} pixels; both sides need at least {MIN_SIDE}")
                 yield img

@@ -74,10 +74,12 @@ def grab_frame(path: Path, label: str, at: float | None) -> np.ndarray:
 
 
 def read_input(path: Path, label: str, at: float | None) -> np.ndarray:
+    """The photo (read and checked as a painting is, and named in a refusal as the input picture it is),
+    or the video's frame at `at` (grab_frame)."""
     from stylebatch.paintings import is_image_name, read_style_image
 
     if is_image_name(path.name):
-        return read_style_image(path, label=label)
+        return read_style_image(path, label=label, what="an input picture")
     return grab_frame(path, label, at)
 
 

@@ -93,22 +93,29 @@ def content_files(source: str) -> tuple[Path, list[Path]]:
 
 def load_content(sources: list[str], size: int) -> list[np.ndarray]:
     """Frames from videos and pictures from folders (recursively), each with short side ~1.25 x size."""
-    from stylebatch.paintings import is_image_name, read_style_image
+    from stylebatch.paintings import is_image_name
 
     side, images = math.ceil(size * 1.25), []
     for source in sources:
         path, pictures = content_files(source)
         if path.is_dir():
-            images += [_short_side(read_style_image(p, label=f"content image {p.name}"), side)
-                       for p in pictures[:MAX_CONTENT]]
+            images += [_short_side(_content_image(p), side) for p in pictures[:MAX_CONTENT]]
         elif is_image_name(path.name):
-            images.append(_short_side(read_style_image(path, label=f"content image {path.name}"), side))
+            images.append(_short_side(_content_image(path), side))
         else:
             images += sample_video(path, FRAMES_PER_VIDEO, side)
     if not images:
         raise BadInput("no content images: give --content with your videos or folders of photos")
     rng = np.random.default_rng(0)
     return [images[i] for i in rng.permutation(len(images))[:MAX_CONTENT]]
+
+
+def _content_image(path: Path) -> np.ndarray:
+    """A content photo, read and checked as a painting is (paintings.read_style_image), and named in a
+    refusal as the content image it is."""
+    from stylebatch.paintings import read_style_image
+
+    return read_style_image(path, label=f"content image {path.name}", what="a content image")
 
 
 def crops(images: list[np.ndarray], batch: int, size: int, rng: np.random.Generator) -> np.ndarray:

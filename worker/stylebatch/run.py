@@ -108,7 +108,7 @@ def run(args: RunRequest, progress: Progress | None = None) -> Result:
         work = location(default_work_dir(input_name(src), src.identity(), output_uri(out)))
         resume = "run the same command again to resume"
     claim_work(work, source_name(src.name))
-    scratch = Path(tempfile.mkdtemp(prefix="stylebatch-run-"))  # private (0700): style, rank scratch, MPI
+    scratch, scratch_lock = _make_scratch()  # private (0700): style, rank scratch, MPI
     held = False
     try:
         with hold(work):
@@ -133,7 +133,58 @@ def run(args: RunRequest, progress: Progress | None = None) -> Result:
         raise
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+        os.close(scratch_lock)
     return result
+
+
+SCRATCH_PREFIX = "stylebatch-run-"  # a run's scratch folder in TMPDIR
+SCRATCH_LOCK = ".held"  # in it: flock(2)ed by the run for as long as it lives
+SCRATCH_SWEEP_AGE_S = 60  # a lock file younger than this is a run starting, never swept
+
+
+def _make_scratch() -> tuple[Path, int]:
+    """This run's private scratch folder in TMPDIR and the descriptor of its lock file, held (flock)
+    until this process closes it or dies. First the scratch of runs that died without removing theirs
+    (SIGKILL, the OOM killer, a power cut: a killed run's rank scratch held its last parts) is swept."""
+    import fcntl
+
+    _sweep_scratch(Path(tempfile.gettempdir()))
+    scratch = Path(tempfile.mkdtemp(prefix=SCRATCH_PREFIX))
+    fd = os.open(scratch / SCRATCH_LOCK, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return scratch, fd
+
+
+def _sweep_scratch(tmp: Path, now: float | None = None) -> list[Path]:
+    """Remove the scratch folders in `tmp` whose run is gone: this user's, with a lock file no process
+    holds that is older than SCRATCH_SWEEP_AGE_S (one just made, its run about to lock it, stays).
+    Folders without a lock file (not a run's, or an older version's) stay. Returns those removed."""
+    import fcntl
+    import stat
+
+    removed, now = [], time.time() if now is None else now
+    for folder in sorted(tmp.glob(SCRATCH_PREFIX + "*")):
+        try:
+            st = folder.lstat()
+            if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
+                continue
+            fd = os.open(folder / SCRATCH_LOCK, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            if now - os.fstat(fd).st_mtime < SCRATCH_SWEEP_AGE_S:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:  # held: its run lives
+                continue
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+        finally:
+            os.close(fd)
+    if removed:
+        log.debug("removed the scratch of %d run(s) that ended without removing it", len(removed))
+    return removed
 
 
 def _has_parts(work) -> bool:

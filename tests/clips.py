@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 
 AUDIO_ENCODERS = {"aac": ("aac", []), "opus": ("libopus", []), "mp3": ("libmp3lame", []),
-                  "flac": ("flac", []), "pcm": ("pcm_s16le", []), "vorbis": ("libvorbis", [])}
+                  "flac": ("flac", []), "pcm": ("pcm_s16le", []), "pcm_be": ("pcm_s16be", []),
+                  "vorbis": ("libvorbis", [])}
 # a cheap real style and a small working size keep the end-to-end tests fast
 FAST_STYLE = ["--style", "lavender-gold", "--max-side", "48"]
 
@@ -38,7 +39,7 @@ def make_clip(path: Path, *, size: tuple[int, int] = (64, 48), frames: int = 12,
               pix_fmt: str = "yuv420p", codec: str = "libx264", audio: tuple[str, ...] = (),
               vfr: bool = False, rotate: int = 0, index_colors: bool = False,
               extra: tuple[str, ...] = ()) -> Path:
-    """A clip of `frames` frames; audio: one track per codec name (aac, opus, mp3, flac, pcm).
+    """A clip of `frames` frames; audio: one track per codec name (aac, opus, mp3, flac, pcm, pcm_be).
 
     index_colors: every frame is one flat colour computed from its index (identifiable after coding).
     vfr: frame intervals alternate between 1/fps and 1/fps + 10 ms.

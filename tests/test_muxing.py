@@ -1,5 +1,6 @@
 """The pure rules of postprocess (stylebatch.muxing): timestamps restored exactly through B-frame
-reordering, AVI's frame clock, and which audio and subtitle streams each container keeps."""
+reordering, AVI's frame clock, which audio and subtitle streams each container keeps, and the channel
+layouts a re-encoding encoder is offered."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ from fractions import Fraction
 
 import pytest
 
-from stylebatch.muxing import audio_plan, keeps_subtitles, mux_options, packet_times, presentation_ranks, timeline
+from stylebatch.muxing import (STANDARD_LAYOUTS, audio_plan, keeps_subtitles, layout_candidates, mux_options,
+                               packet_times, presentation_ranks, timeline)
 
 NTSC = [0, 1001, 2002, 3003, 4004]  # 29.97 fps in 1/30000 s
 
@@ -53,6 +55,34 @@ def test_avi_counts_frames_so_vfr_is_rounded_to_the_frame_clock_never_two_on_one
 def test_audio_is_copied_where_the_container_takes_it_else_reencoded(codec, container, rate, plan) -> None:
     p = audio_plan(codec, container, rate)
     assert (p.copy, p.encoder, p.rate) == plan
+
+
+@pytest.mark.parametrize("channels, layout, first", [
+    (1, None, ["mono"]),  # no layout of its own (PCM in AVI or Matroska): FFmpeg's default, as the ffmpeg CLI gives it
+    (2, None, ["stereo", "binaural", "downmix"]),
+    (3, None, ["2.1", "3.0", "3.0(back)"]),  # libopus takes 3.0, not 2.1: the others of that count follow
+    (4, None, ["4.0", "quad", "quad(side)", "3.1"]),
+    (6, None, ["5.1", "5.1(side)", "6.0"]),
+    (8, None, ["7.1", "7.1(wide)"]),
+    (6, "5.1(side)", ["5.1(side)", "5.1", "6.0"]),  # a layout of its own comes first, and is not offered twice
+    (2, "FL+FR", ["FL+FR", "stereo"]),
+    (9, None, []),  # FFmpeg names no 9-channel layout: nothing to offer
+])
+def test_an_encoder_is_offered_the_audios_own_layout_then_ffmpegs_default_for_its_channel_count(
+        channels, layout, first) -> None:
+    got = layout_candidates(channels, layout)
+    assert got[:len(first)] == first
+    assert len(set(got)) == len(got)
+    assert all(n == channels for name, n in STANDARD_LAYOUTS if name in got)
+
+
+def test_the_standard_layouts_are_the_bundled_ffmpegs_and_the_first_of_each_count_is_its_default() -> None:
+    av = pytest.importorskip("av")
+    for name, channels in STANDARD_LAYOUTS:
+        assert av.AudioLayout(name).nb_channels == channels, name
+    for channels in {n for _, n in STANDARD_LAYOUTS}:
+        default = next(name for name, n in STANDARD_LAYOUTS if n == channels)
+        assert av.AudioLayout(f"{channels}c").name == default  # av_channel_layout_default
 
 
 @pytest.mark.parametrize("codec, container, kept", [

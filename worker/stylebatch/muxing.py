@@ -1,6 +1,6 @@
 """What postprocess decides before it touches a packet, as pure functions (no PyAV): which audio and
-subtitle streams each container takes as they are, which are re-encoded or left out, and every
-video packet's timestamps.
+subtitle streams each container takes as they are, which are re-encoded or left out (and the
+channel layouts to offer the encoder), and every video packet's timestamps.
 
 Timestamps. Frame p (in presentation order) keeps the source's pts[p]. A part's packets come in
 decode order; with B-frames a packet may show a frame later than frames decoded after it, so the
@@ -39,6 +39,17 @@ SUBTITLE_COPY = {
 """Subtitle codecs each container takes; other subtitle streams are left out (and said so)."""
 CONTAINER_META_SKIP = {"encoder", "major_brand", "minor_version", "compatible_brands"}  # the muxer writes its own
 OPUS_RATE = 48000  # libopus encodes at 48 kHz only
+STANDARD_LAYOUTS = (
+    ("mono", 1), ("stereo", 2), ("2.1", 3), ("3.0", 3), ("3.0(back)", 3), ("4.0", 4), ("quad", 4),
+    ("quad(side)", 4), ("3.1", 4), ("5.0", 5), ("5.0(side)", 5), ("4.1", 5), ("5.1", 6), ("5.1(side)", 6),
+    ("6.0", 6), ("6.0(front)", 6), ("3.1.2", 6), ("hexagonal", 6), ("6.1", 7), ("6.1(back)", 7), ("6.1(front)", 7),
+    ("7.0", 7), ("7.0(front)", 7), ("7.1", 8), ("7.1(wide)", 8), ("7.1(wide-side)", 8), ("5.1.2", 8),
+    ("5.1.2(back)", 8), ("octagonal", 8), ("cube", 8), ("5.1.4", 10), ("7.1.2", 10), ("7.1.4", 12), ("7.2.3", 12),
+    ("9.1.4", 14), ("9.1.6", 16), ("hexadecagonal", 16), ("binaural", 2), ("downmix", 2), ("22.2", 24),
+)
+"""FFmpeg's named channel layouts and their channel counts, in FFmpeg's order: the first of each count
+is FFmpeg's default for that many channels (av_channel_layout_default: mono, stereo, 2.1, 4.0, 5.0,
+5.1, 6.1, 7.1), which the ffmpeg CLI gives audio whose layout is unset."""
 
 
 @dataclass(frozen=True)
@@ -55,6 +66,17 @@ def audio_plan(codec: str, container: str, sample_rate: int | None) -> AudioPlan
         return AudioPlan(copy=True)
     encoder = AUDIO_TRANSCODE[container]
     return AudioPlan(copy=False, encoder=encoder, rate=OPUS_RATE if encoder == "libopus" else (sample_rate or OPUS_RATE))
+
+
+def layout_candidates(channels: int, layout: str | None) -> list[str]:
+    """The channel layouts to offer the encoder that re-encodes audio of `channels` channels, best
+    first; `layout` is the audio's own, None where it has none (FFmpeg's "unknown": PCM in AVI or
+    Matroska). Its own layout first; then, as the ffmpeg CLI does, FFmpeg's default for that many
+    channels; then FFmpeg's other layouts of that many channels, for an encoder that takes only some
+    (libopus takes 3.0 and quad, not 2.1 and 4.0). Empty where FFmpeg names no layout of that many
+    channels and the audio has none of its own (9 channels, say): no encoder can be given one."""
+    same = [name for name, n in STANDARD_LAYOUTS if n == channels]
+    return ([layout] if layout else []) + [name for name in same if name != layout]
 
 
 def keeps_subtitles(codec: str, container: str) -> bool:

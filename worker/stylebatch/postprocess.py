@@ -8,6 +8,7 @@ is written to a local temp file and published atomically, so OUTPUT is only ever
 from __future__ import annotations
 
 import errno
+import functools
 import heapq
 import logging
 import os
@@ -20,13 +21,14 @@ from typing import Iterator
 
 import av
 
-from stylebatch.contract import ALLOWED, PART_EXT
+from stylebatch.contract import ALLOWED, CONTAINERS, PART_EXT
 from stylebatch.encoding import container_for
-from stylebatch.errors import StylebatchError
+from stylebatch.errors import BadInput, StylebatchError
 from stylebatch.manifest import PARTS_DIR, Manifest, read_manifest
 from stylebatch.workdir import delete_work, hold
 from stylebatch.muxing import (
-    CONTAINER_META_SKIP, audio_plan, keeps_subtitles, mux_options, packet_times, presentation_ranks, timeline,
+    CONTAINER_META_SKIP, audio_plan, keeps_subtitles, layout_candidates, mux_options, packet_times,
+    presentation_ranks, timeline,
 )
 from stylebatch.partition import chunk_bounds, part_name
 from stylebatch.requests import PostprocessRequest
@@ -60,6 +62,7 @@ def _postprocess(work, req: PostprocessRequest) -> str:
         raise StylebatchError(f"work dir {work.display} lacks the stylized frames {_ranges(missing)} "
                               f"of {m.frames}: run stylize again")
     check_timeline(m, container)
+    check_audio(m, container)
     with tempfile.TemporaryDirectory(prefix="stylebatch-post-") as tmp_dir:
         tmp = Path(tmp_dir)
         parts = []
@@ -144,6 +147,80 @@ def check_timeline(m: Manifest, container: str) -> None:
                                   f"or .mov output")
 
 
+def check_audio(m: Manifest, container: str) -> None:
+    """Audio that the output container cannot take as it is gets re-encoded with the container's
+    encoder (muxing.audio_plan). Where that encoder takes no layout of the audio's channel count (AVI's
+    libmp3lame takes mono and stereo only), the job is refused (at preprocess, before any work) with
+    the output containers that can hold that audio: a BadInput, since running it again cannot help."""
+    for a in m.audio:
+        plan = audio_plan(a["codec"], container, a["sample_rate"])
+        if not plan.copy and a.get("channels") and encoder_layout(plan.encoder, a["channels"], None) is None:
+            raise BadInput(_no_layout(a, container, plan.encoder))
+
+
+def encoder_layout(encoder: str, channels: int, layout: str | None) -> str | None:
+    """The channel layout to give `encoder` for audio of `channels` channels whose own layout is
+    `layout` (None where it has none): the first of muxing.layout_candidates the encoder itself opens
+    with (its own; else FFmpeg's default for that many channels, as the ffmpeg CLI gives audio without
+    a layout; else another of that many channels). None where the encoder takes none of them."""
+    return next((name for name in layout_candidates(channels, layout) if _encoder_takes(encoder, name)), None)
+
+
+@functools.lru_cache(maxsize=None)
+def _encoder_takes(encoder: str, layout: str) -> bool:
+    """Whether `encoder` opens with `layout` (PyAV does not list the layouts an encoder takes), at a
+    sample rate and sample format it takes: only the layout is in question here."""
+    codec = av.Codec(encoder, "w")
+    ctx = av.CodecContext.create(codec)
+    rates = codec.audio_rates or ()
+    ctx.sample_rate = 48000 if not rates or 48000 in rates else rates[0]
+    if codec.audio_formats:
+        ctx.format = codec.audio_formats[0]
+    try:
+        ctx.layout = av.AudioLayout(layout)
+        ctx.open()
+    except (av.FFmpegError, ValueError):
+        return False
+    return True
+
+
+def layout_name(layout: av.AudioLayout) -> str | None:
+    """A stream's channel layout by FFmpeg's name, None where it is unset ("unknown" in ffprobe, "N
+    channels" in PyAV: its channels are counted but not named)."""
+    if not layout.nb_channels or all(c.name == "NONE" for c in layout.channels):
+        return None
+    return layout.name
+
+
+def _first_extensions() -> dict[str, str]:
+    first: dict[str, str] = {}
+    for ext, container in CONTAINERS.items():
+        first.setdefault(container, ext)
+    return first
+
+
+_EXTENSIONS = _first_extensions()  # each container by its first extension, in CONTAINERS' order
+
+
+def _no_layout(a: dict, container: str, encoder: str) -> str:
+    channels = a["channels"]
+    fits = [ext for c, ext in _EXTENSIONS.items() if c != container and _holds(a, c)]
+    choose = (f"choose a {', '.join(fits[:-1])} or {fits[-1]} output" if len(fits) > 1 else
+              f"choose a {fits[0]} output" if fits else "no output container stylebatch writes can hold it")
+    return (f"audio stream {a['index']} ({a['codec']}, {_channels(channels)}) cannot go into "
+            f"{_EXTENSIONS[container]} as it is, and {encoder}, which would re-encode it, takes no "
+            f"{channels}-channel audio: {choose}")
+
+
+def _holds(a: dict, container: str) -> bool:
+    plan = audio_plan(a["codec"], container, a["sample_rate"])
+    return plan.copy or encoder_layout(plan.encoder, a["channels"], None) is not None
+
+
+def _channels(n: int) -> str:
+    return f"{n} channel{'s' if n != 1 else ''}"
+
+
 def _ranges(chunks: list[tuple[int, int]]) -> str:
     merged: list[list[int]] = []
     for s, e in chunks:
@@ -204,8 +281,14 @@ def _copied_packets(source: av.container.InputContainer, streams: dict[int, av.s
         yield t, 1, packet
 
 
-def _transcoded_packets(path: Path, index: int, out_stream) -> Iterator[tuple[float, int, av.Packet]]:
+def _transcoded_packets(path: Path, index: int, out_stream,
+                        decode_as: str | None) -> Iterator[tuple[float, int, av.Packet]]:
+    """Stream `index` of `path` decoded and re-encoded by `out_stream`. decode_as: the layout the
+    decoder labels channels with where the stream has none, one for one (no remixing), as the ffmpeg
+    CLI does; the encoder is given that same layout."""
     with av.open(str(path)) as src:
+        if decode_as is not None:
+            src.streams[index].codec_context.layout = av.AudioLayout(decode_as)
         for frame in src.decode(src.streams[index]):
             for packet in out_stream.encode(frame):
                 yield float(packet.pts * packet.time_base), 2, packet
@@ -242,11 +325,20 @@ def _add_source_streams(m: Manifest, src, source: Path, out, container: str) -> 
         if plan.copy:
             copies[in_s.index] = out_s = out.add_stream_from_template(in_s)
         else:
-            log.info("audio stream %d: %s cannot go into %s: re-encoding it as %s",
-                     in_s.index, a["codec"], container, plan.encoder)
+            own, channels = layout_name(in_s.codec_context.layout), in_s.codec_context.channels
+            layout = encoder_layout(plan.encoder, channels, own) if channels else None
+            if channels and layout is None:
+                raise BadInput(_no_layout({**a, "channels": channels}, container, plan.encoder))
+            note = ""
+            if layout and not own:
+                note = f" ({_channels(channels)} with no layout: taken as {layout})"
+            elif layout and layout != own:
+                note = f" (remixed from {own} to {layout}, which {plan.encoder} takes)"
+            log.info("audio stream %d: %s cannot go into %s: re-encoding it as %s%s",
+                     in_s.index, a["codec"], container, plan.encoder, note)
             out_s = out.add_stream(plan.encoder, rate=plan.rate)
-            out_s.layout = in_s.codec_context.layout
-            transcodes.append(_transcoded_packets(source, in_s.index, out_s))
+            out_s.layout = av.AudioLayout(layout) if layout else in_s.codec_context.layout
+            transcodes.append(_transcoded_packets(source, in_s.index, out_s, None if own else layout))
         _copy_stream_meta(in_s, out_s)
     for s in m.subtitles:
         in_s = src.streams[s["index"]]

@@ -95,7 +95,7 @@ def run(req: PreprocessRequest) -> Manifest:
 def _preprocess(src, out, work, enc: EncodingOptions, settings: EncoderSettings) -> Manifest:
     import stylebatch
     from stylebatch.encoder import choose_pix_fmt
-    from stylebatch.postprocess import check_timeline
+    from stylebatch.postprocess import check_audio, check_timeline
     from stylebatch.video import probe
 
     if not src.exists():
@@ -132,6 +132,7 @@ def _preprocess(src, out, work, enc: EncodingOptions, settings: EncoderSettings)
             extra={"sample_aspect_ratio": info.sample_aspect_ratio},
         )
         check_timeline(manifest, settings.container)  # before any work
+        check_audio(manifest, settings.container)
         work.child(name).upload(local)
     work.child(MANIFEST_NAME).write_bytes(manifest.to_json().encode())
     log.info("preprocessed %s: %d frames, %dx%d, %s %s, %d audio stream(s), chunks of %d frames",
@@ -145,7 +146,7 @@ def _reuse_existing(work, src, out, enc: EncodingOptions, settings: EncoderSetti
     """A work dir that preprocess already finished for the same job is reused (resume). Flags left
     out take the work dir's values; flags given must agree with them, since the parts depend on them;
     the input must be the same bytes (its identity() unchanged)."""
-    from stylebatch.postprocess import check_timeline
+    from stylebatch.postprocess import check_audio, check_timeline
 
     if not work.child(MANIFEST_NAME).exists():
         return None
@@ -173,6 +174,7 @@ def _reuse_existing(work, src, out, enc: EncodingOptions, settings: EncoderSetti
         raise StylebatchError(f"work dir {work.display} holds {m.encoder.codec} parts, which cannot go into "
                               f"{Path(out.name).suffix}: use a fresh --work")
     check_timeline(m, settings.container)
+    check_audio(m, settings.container)
     if m.output != output_uri(out):
         m.output = output_uri(out)
         work.child(MANIFEST_NAME).write_bytes(m.to_json().encode())

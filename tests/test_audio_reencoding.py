@@ -98,3 +98,14 @@ def test_audio_the_encoder_cannot_take_is_refused_in_one_line_before_any_work(
     assert "stylizing" not in result.stderr and "resume" not in result.stderr  # refused before any work
     assert not out.exists()
     assert os.listdir(tmp_path / "cache" / "stylebatch" / "work") == []  # nothing kept to resume
+
+
+def test_audio_at_a_rate_the_encoder_cannot_take_is_reencoded_at_the_nearest_rate_it_takes(
+        clip, tmp_path: Path, cache: dict) -> None:
+    src = clip("96k.mkv", **TINY, audio=("flac",), extra=("-ar", "96000"))  # libmp3lame takes up to 48 kHz
+    out = tmp_path / "out.avi"
+    result = stylebatch("run", src, "-o", out, "--workers", "1", *FAST_STYLE, env=cache)
+    assert result.returncode == 0, result.stderr
+    got = audio_streams(out)
+    assert [(s["codec_name"], s["sample_rate"]) for s in got] == [("mp3", "48000")]
+    assert abs(audio_seconds(out, 0) - audio_seconds(src, 0)) < 0.1

@@ -8,7 +8,7 @@ from fractions import Fraction
 
 import pytest
 
-from stylebatch.muxing import (STANDARD_LAYOUTS, audio_plan, keeps_subtitles, layout_candidates, mux_options,
+from stylebatch.muxing import (ENCODER_RATES, STANDARD_LAYOUTS, audio_plan, keeps_subtitles, layout_candidates, mux_options,
                                packet_times, presentation_ranks, timeline)
 
 NTSC = [0, 1001, 2002, 3003, 4004]  # 29.97 fps in 1/30000 s
@@ -51,6 +51,10 @@ def test_avi_counts_frames_so_vfr_is_rounded_to_the_frame_clock_never_two_on_one
     ("aac", "webm", 44100, (False, "libopus", 48000)),  # opus only at 48 kHz
     ("flac", "avi", None, (False, "libmp3lame", 48000)),
     ("opus", "matroska", 48000, (True, None, None)),
+    ("flac", "avi", 96000, (False, "libmp3lame", 48000)),  # a rate the encoder cannot take: the nearest it can
+    ("pcm_s24le", "mp4", 192000, (False, "aac", 96000)),
+    ("pcm_s16be", "avi", 46050, (False, "libmp3lame", 48000)),  # as near as 44.1 kHz: the higher
+    ("pcm_s16le", "mp4", 7350, (False, "aac", 7350)),
 ])
 def test_audio_is_copied_where_the_container_takes_it_else_reencoded(codec, container, rate, plan) -> None:
     p = audio_plan(codec, container, rate)
@@ -83,6 +87,12 @@ def test_the_standard_layouts_are_the_bundled_ffmpegs_and_the_first_of_each_coun
     for channels in {n for _, n in STANDARD_LAYOUTS}:
         default = next(name for name, n in STANDARD_LAYOUTS if n == channels)
         assert av.AudioLayout(f"{channels}c").name == default  # av_channel_layout_default
+
+
+def test_the_encoder_rates_are_the_bundled_ffmpegs() -> None:
+    av = pytest.importorskip("av")
+    for encoder, rates in ENCODER_RATES.items():
+        assert set(rates) == set(av.Codec(encoder, "w").audio_rates), encoder
 
 
 @pytest.mark.parametrize("codec, container, kept", [

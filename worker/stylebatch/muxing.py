@@ -39,6 +39,11 @@ SUBTITLE_COPY = {
 """Subtitle codecs each container takes; other subtitle streams are left out (and said so)."""
 CONTAINER_META_SKIP = {"encoder", "major_brand", "minor_version", "compatible_brands"}  # the muxer writes its own
 OPUS_RATE = 48000  # libopus encodes at 48 kHz only
+ENCODER_RATES = {
+    "aac": (96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000, 7350),
+    "libmp3lame": (48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000),
+}
+"""The sample rates each re-encoding encoder takes (FFmpeg's lists; libopus: OPUS_RATE)."""
 STANDARD_LAYOUTS = (
     ("mono", 1), ("stereo", 2), ("2.1", 3), ("3.0", 3), ("3.0(back)", 3), ("4.0", 4), ("quad", 4),
     ("quad(side)", 4), ("3.1", 4), ("5.0", 5), ("5.0(side)", 5), ("4.1", 5), ("5.1", 6), ("5.1(side)", 6),
@@ -61,11 +66,15 @@ class AudioPlan:
 
 def audio_plan(codec: str, container: str, sample_rate: int | None) -> AudioPlan:
     """Copy the audio as it is where the container takes it; else re-encode it with the
-    container's encoder, keeping its sample rate where that encoder can."""
+    container's encoder, keeping its sample rate where that encoder can, else at the nearest rate it
+    takes (the higher of two as near: 96 kHz goes into AVI's libmp3lame at 48 kHz)."""
     if codec in AUDIO_COPY[container]:
         return AudioPlan(copy=True)
     encoder = AUDIO_TRANSCODE[container]
-    return AudioPlan(copy=False, encoder=encoder, rate=OPUS_RATE if encoder == "libopus" else (sample_rate or OPUS_RATE))
+    if encoder == "libopus" or not sample_rate:
+        return AudioPlan(copy=False, encoder=encoder, rate=OPUS_RATE)
+    rate = min(ENCODER_RATES[encoder], key=lambda r: (abs(r - sample_rate), -r))
+    return AudioPlan(copy=False, encoder=encoder, rate=rate)
 
 
 def layout_candidates(channels: int, layout: str | None) -> list[str]:

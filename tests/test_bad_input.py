@@ -409,6 +409,28 @@ def test_a_style_blob_that_is_not_there_is_refused_before_the_input_is_read_and_
     assert count_frames(place["out"]) == 8
 
 
+@pytest.mark.azurite
+def test_a_painting_blob_is_named_by_its_own_name(azure_env, good: Path, place: dict, tmp_path: Path) -> None:
+    """A painting fetched from blob storage was named by the file it was downloaded to: "style image
+    style-0-cut.jpg cannot be decoded", and its label "style-0-starry" in the lines a run prints."""
+    from PIL import Image
+    from stylebatch.storage import location
+
+    base = f"az://{azure_env.container}/styles"
+    Image.new("RGB", (64, 64), "teal").save(tmp_path / "starry.jpg")
+    whole = (tmp_path / "starry.jpg").read_bytes()
+    location(f"{base}/starry.jpg").write_bytes(whole)
+    location(f"{base}/cut.jpg").write_bytes(whole[:len(whole) // 2])
+    env = {**azure_env.env, **place["env"], "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    result = stylebatch("run", good, "-o", place["out"], "--workers", "1", "--style", f"{base}/cut.jpg",
+                        "--max-side", "32", env=env)
+    error = assert_failed_cleanly(result, place["out"], "style image cut.jpg")
+    assert "style-0" not in result.stderr, error
+    result = stylebatch("run", good, "-o", place["out"], "--workers", "1", "--style", f"{base}/starry.jpg",
+                        "--max-side", "32", env=env)
+    assert result.returncode == 0 and "style starry" in result.stderr and "style-0" not in result.stderr, result.stderr
+
+
 def test_an_existing_output_is_kept_by_a_failed_run_and_replaced_by_one_that_succeeds(good: Path, place: dict,
                                                                                      tmp_path: Path) -> None:
     """OUTPUT is replaced without asking, as `-o` says, but only by a finished video: a run that fails

@@ -230,7 +230,9 @@ def resolve_style(style: str, tmp: Path) -> str:
             if loc.is_local():
                 ref = str(style_file(ref).local_path())
             else:  # a missing blob fails its download: "not found: <blob>"
-                local = tmp / f"style-{i}-{os.path.basename(loc.name or 'style')}"
+                # under its own name (in a folder per term): errors and the style's label name the user's file
+                local = tmp / f"style-{i}" / (os.path.basename(loc.name or "") or "style")
+                local.parent.mkdir(exist_ok=True)
                 loc.download(local)
                 ref = str(local)
         resolved.append(ref if len(parts) == 1 else f"{ref}:{p.weight:.9g}")

@@ -369,6 +369,13 @@ def test_a_file_as_work_dir_is_refused(good: Path, place: dict, tmp_path: Path) 
     result = stylebatch("preprocess", good, "--work", work, "-o", place["out"])
     assert_failed_cleanly(result, place["out"], "is a file")
     assert work.read_text() == "x"
+    # the input itself given as --work: it said "work dir in.mp4 contains in.mp4"
+    source = tmp_path / "in.mp4"
+    source.write_bytes(good.read_bytes())
+    for command in ("run", "preprocess"):
+        result = stylebatch(command, source, "--work", source, "-o", place["out"])
+        assert_failed_cleanly(result, place["out"], f"work dir {source} is a file")
+        assert source.read_bytes() == good.read_bytes()
 
 
 @pytest.mark.azurite

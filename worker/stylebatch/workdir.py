@@ -74,6 +74,8 @@ def check_work(work, *others) -> None:
     owner record), or that holds the input or the output. Writes nothing."""
     for other in others:
         if other is not None and inside(other, work):
+            if work.is_local() and work.local_path().is_file():  # the input or output itself, not a folder
+                raise StylebatchError(f"work dir {work.display} is a file: {_FRESH}")
             raise StylebatchError(f"work dir {work.display} contains {other.display}: {_FRESH} "
                                   f"(stylebatch deletes its work dir's files when done)")
     names = _top_level_names(work)

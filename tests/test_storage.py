@@ -595,3 +595,20 @@ def test_reading_a_folder_is_an_error(tmp_path: pathlib.Path) -> None:
     loc = storage.location(str(tmp_path / "folder"))
     assert error_of(loc.read_bytes) == f"{tmp_path / 'folder'} is a folder, not a file"
     assert error_of(loc.size) == f"{tmp_path / 'folder'} is a folder, not a file"
+
+
+@pytest.mark.parametrize("need, free, words", [
+    (2_000_000, 200_000, "it needs about 2 MB, 0.2 MB is free"),  # said "2 MB, 1 MB is free"
+    (5_000_000_000, 1_200_000_000, "it needs about 5000 MB, 1200 MB is free"),
+    (900_000, 800, "it needs about 0.9 MB, 800 bytes is free"),
+])
+def test_the_space_check_before_muxing_says_sizes_under_a_megabyte_as_they_are(monkeypatch, tmp_path, need, free,
+                                                                                words):
+    import shutil
+
+    from stylebatch import postprocess
+
+    monkeypatch.setattr(shutil, "disk_usage", lambda folder: shutil._ntuple_diskusage(10 * need, 0, free))
+    with pytest.raises(StylebatchError) as info:
+        postprocess._check_space(tmp_path, need, "the temp folder")
+    assert str(info.value) == f"not enough space in the temp folder to build the output: {words}"

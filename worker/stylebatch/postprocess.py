@@ -110,7 +110,9 @@ def _postprocess(work, req: PostprocessRequest) -> str:
 
 
 def _mb(n: int) -> str:
-    return f"{max(1, round(n / 1e6))} MB"
+    """A size as people read it: "2 MB", "0.2 MB" (a near-full disk had read "needs about 2 MB, 1 MB is free"
+    for 2 MB against 200 KB)."""
+    return f"{round(n / 1e6)} MB" if n >= 9.5e5 else f"{n / 1e6:.2g} MB" if n >= 1000 else f"{n} bytes"
 
 
 def _check_space(folder: Path, need: int, where: str) -> None:

@@ -12,7 +12,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from clips import FAST_STYLE, audio_md5, count_frames, error_lines, frame_pts, stylebatch
+from clips import FAST_STYLE, audio_md5, count_frames, error_lines, frame_pts, make_clip, stylebatch
 
 from stylebatch.monitor import Monitor
 from stylebatch.progress import RankProgress, format_line
@@ -263,3 +263,18 @@ def test_more_workers_than_chunks_start_one_rank_per_chunk(clip, tmp_path: Path)
     assert result.returncode == 0, result.stderr
     assert "2 chunk(s) of work: running 2 rank(s), not 8" in result.stderr
     assert count_frames(tmp_path / "o.mp4") == 30
+
+
+@pytest.mark.parametrize("flags, warned", [
+    (["--temporal-strength", "0.5"], True),  # accepted silently: it changed nothing
+    (["--temporal", "off", "--temporal-strength", "0.5"], True),
+    (["--temporal", "on", "--temporal-strength", "0.5"], False),
+    ([], False),
+])
+def test_temporal_strength_without_temporal_on_is_said_to_change_nothing(tmp_path, flags, warned):
+    clip = make_clip(tmp_path / "in.mp4", frames=4)
+    result = stylebatch("run", clip, "-o", tmp_path / "o.mp4", "--max-side", "32", *flags,
+                        env=dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "cache")))
+    assert result.returncode == 0, result.stderr
+    line = "stylebatch: warning: --temporal-strength changes nothing without --temporal on"
+    assert (line in result.stderr) == warned and result.stderr.count(line) <= 1

@@ -18,6 +18,8 @@ from stylebatch.errors import StylebatchError
 from stylebatch.fields import ArgParser
 from stylebatch.logs import FORMATS
 
+log = logging.getLogger(__name__)
+
 
 class _Version(argparse.Action):
     """--version: the package's version, read only when asked for (stylebatch.__version__)."""
@@ -144,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         _setup_logging(args)
         if args.command != "operator":  # kopf handles its own signals
             signals.install()
+        _warn_of_ignored_flags(args)
         return _call(args)
     except StylebatchError as exc:
         print(f"{ERROR_PREFIX}{' '.join(str(exc).split())}", file=sys.stderr)
@@ -157,6 +160,16 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"{ERROR_PREFIX}{problem}", file=sys.stderr)
         return EXIT_BAD_INPUT
+
+
+def _warn_of_ignored_flags(args: argparse.Namespace) -> None:
+    """Say so, once, where a user's command gives a flag that changes nothing (the stages' commands, as
+    pods run them, say nothing: each rank would repeat it)."""
+    from stylebatch.temporal_defaults import DEFAULT_MODE
+
+    if args.command in ("run", "watch") and getattr(args, "temporal_strength", None) is not None \
+            and (getattr(args, "temporal", None) or DEFAULT_MODE) != "on":
+        log.warning("--temporal-strength changes nothing without --temporal on (temporal stability is off)")
 
 
 def entry() -> None:

@@ -278,3 +278,15 @@ def test_temporal_strength_without_temporal_on_is_said_to_change_nothing(tmp_pat
     assert result.returncode == 0, result.stderr
     line = "stylebatch: warning: --temporal-strength changes nothing without --temporal on"
     assert (line in result.stderr) == warned and result.stderr.count(line) <= 1
+
+
+def test_python_dash_m_stylebatch_operator_is_stylebatch_operator(tmp_path):
+    """`python -m stylebatch_operator` said "No module named stylebatch_operator.__main__"."""
+    helped = subprocess.run([sys.executable, "-m", "stylebatch_operator", "--help"], capture_output=True, text=True,
+                            timeout=60)
+    assert helped.returncode == 0 and "--namespace" in helped.stdout and "--liveness-port" in helped.stdout
+    result = subprocess.run([sys.executable, "-m", "stylebatch_operator"], capture_output=True, text=True, timeout=60,
+                            env=dict(os.environ, KUBECONFIG=str(tmp_path / "none"), KUBERNETES_SERVICE_HOST=""))
+    assert result.returncode == 2 and error_lines(result) == [
+        line for line in result.stderr.splitlines() if line.startswith("stylebatch: error:")]
+    assert len(error_lines(result)) == 1 and "no Kubernetes credentials" in error_lines(result)[0], result.stderr

@@ -222,3 +222,33 @@ def test_the_first_stop_signal_decides_and_a_later_one_does_not_interrupt_the_cl
                             preexec_fn=stop_signals_at_default)
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
     assert result.stdout.splitlines() == ["hup ignored", "stopped once 130 Ctrl-C (SIGINT)"], result.stdout
+
+
+@pytest.mark.parametrize("own_work", [True, False])
+def test_a_run_stopped_before_the_input_was_read_keeps_no_work_dir_of_its_own(monkeypatch, tmp_path: Path,
+                                                                               own_work: bool) -> None:
+    """Stopped during preprocess (a SIGTERM in its first second), `run` left its own work dir holding only
+    the owner record and said "kept (the input was not fully read yet): run the same command again to
+    resume", with nothing there to resume from. A --work of the user's is left as it was said to be."""
+    from clips import make_clip
+    from stylebatch import run
+    from stylebatch.errors import Interrupted
+    from stylebatch.requests import RunRequest
+
+    def stopped(*args):
+        raise KeyboardInterrupt  # what the stop signal's handler raises (signals.py)
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(run, "_early_ranks", lambda *args: None)
+    monkeypatch.setattr(run, "_preprocess", stopped)
+    clip = make_clip(tmp_path / "in.mp4", frames=4)
+    work = None if own_work else str(tmp_path / "work")
+    with pytest.raises(Interrupted) as ended:
+        run.run(RunRequest(input=str(clip), output=str(tmp_path / "o.mp4"), work=work))
+    if own_work:
+        assert str(ended.value).endswith("before the input was read: nothing kept"), str(ended.value)
+        assert list((tmp_path / "cache" / "stylebatch" / "work").iterdir()) == []
+    else:
+        assert f"work dir {work} kept (the input was not fully read yet): run again with --work" in str(ended.value)
+        assert (tmp_path / "work" / "stylebatch-work.json").exists()
+    assert not (tmp_path / "o.mp4").exists()

@@ -118,11 +118,13 @@ def run(args: RunRequest, progress: Progress | None = None) -> Result:
                 log.info("work dir kept at %s", work.display)
             else:
                 delete_work(work)  # only what the work dir's records list, never the user's own files
-    except KeyboardInterrupt:
-        raise Interrupted(f"interrupted by {signals.cause()}: {_state(work)}: {resume}",
-                          signals.exit_code()) from None
-    except Interrupted as exc:  # a stage's process was stopped on its own (a signal aimed at it)
-        raise Interrupted(f"{exc}: {_state(work)}: {resume}", exc.exit_code) from None
+    except (KeyboardInterrupt, Interrupted) as exc:  # Interrupted: a stage's process stopped on its own (a signal)
+        said, code = ((f"interrupted by {signals.cause()}", signals.exit_code()) if isinstance(exc, KeyboardInterrupt)
+                      else (str(exc), exc.exit_code))
+        if held and not args.work and not _preprocessed(work):  # nothing in it a run could resume from
+            _forget(work)
+            raise Interrupted(f"{said} before the input was read: nothing kept", code) from None
+        raise Interrupted(f"{said}: {_state(work)}: {resume}", code) from None
     except BaseException:
         if not held:
             raise  # another run holds the work dir: nothing of it is this run's to keep or forget
@@ -192,6 +194,16 @@ def _has_parts(work) -> bool:
 
     try:
         return bool(work.child(PARTS_DIR).list())
+    except StylebatchError:
+        return False
+
+
+def _preprocessed(work) -> bool:
+    """Whether preprocess finished in `work` (its manifest is there): the least a later run resumes from."""
+    from stylebatch.manifest import MANIFEST_NAME
+
+    try:
+        return work.child(MANIFEST_NAME).exists()
     except StylebatchError:
         return False
 

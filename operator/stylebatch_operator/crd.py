@@ -130,7 +130,9 @@ SPEC_SCHEMA: dict[str, Any] = _obj(
             },
         ),
         "strength": {"type": "number", "minimum": 0, "maximum": 1, "default": 1.0,
-                     "description": "How much of the style to apply, 0 (none) to 1 (full)."},
+                     "description": "How much of the style to apply, 1 full. Toward 0 a built-in or .pth style "
+                                    "is mixed with the picture (0 keeps it); a painting's style moves to the "
+                                    "video's own (0 still repaints, in the video's own style)."},
         "workers": _int("Number of worker pods of the MPIJob. Default: the operator's (chart value "
                         "jobs.workers).", minimum=1, maximum=64),
         "gpusPerWorker": _int("GPUs per worker pod (one MPI rank each); 0 runs on CPUs (kind, CI). Default: "

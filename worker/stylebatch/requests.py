@@ -64,8 +64,9 @@ class ModelOptions(Request):
                              "imitate (.jpg .png .webp), a .pth weights file (paths or blob URIs), or a blend "
                              "such as starry.jpg:0.7,lavender-gold:0.3; default lavender-gold")
     strength: float = flag("--strength", kind=float, default=1.0, check=between(0, 1),
-                           help="0 keeps the picture, 1 is full style (a painting: from the video's own style "
-                                "to the painting's)")
+                           help="1 is full style; toward 0 a built-in or .pth is mixed with the picture (0 keeps "
+                                "it), a painting's style moves to the video's own (0 still repaints, in the "
+                                "video's own style)")
     keep_colors: bool = flag("--keep-colors", kind=bool, help="keep the video's own colours: transfer only the "
                              "style's brightness and strokes")
     device: str = flag("--device", default="auto", choices=DEVICES, help="auto (a GPU if there is one), cpu, cuda")

@@ -115,3 +115,16 @@ def test_the_efficiency_benchmark_rates_every_network_against_the_faster_gemm():
         assert 100 * (rate - 0.05) / (gemm + 0.05) - 0.5 <= share <= 100 * (rate + 0.05) / (gemm - 0.05) + 0.5
     head = result.stdout.split("|")[0]
     assert "torch.mm (256^3)" in head and "oneDNN's implicit GEMM" in head
+
+
+def test_the_rank_memory_benchmark_splits_each_runs_peak_by_process_and_kind():
+    result = bench("bench_rank_memory.py", "--sizes", "64x48", "--frames", "8", "--styles", "lavender-gold",
+                   "--pipelines", "1,2")
+    rows = table_rows(result.stdout)
+    assert [(r[0], r[2]) for r in rows] == [("lavender-gold", "1"), ("lavender-gold", "2")]
+    for row in rows:
+        total = float(row[4].replace(",", ""))
+        rank, launcher, _ = (float(v.replace(",", "")) for v in row[5].split("/"))
+        anon, file = (float(v.replace(",", "")) for v in row[6].split("/"))
+        assert rank > 100 and launcher > 5 and rank + launcher <= total + 1, row  # torch in the rank; MiB
+        assert abs(anon + file - rank) < 0.25 * rank, row  # the rank's two kinds make up its RSS

@@ -387,24 +387,84 @@ def test_a_run_refused_a_work_dir_another_run_holds_says_only_that(clip, tmp_pat
 
 # --- a run with other style settings ---
 
-def test_a_run_with_other_style_settings_restyles_the_parts_of_its_own_work_dir(clip, tmp_path: Path) -> None:
-    """Without --work the work dir is named for the input and output only: after an interrupted run, a
-    run with another style found its parts and failed ("has parts stylized with ...: use another
-    --work"), every time, and `stylebatch watch` (which has no --work) could never stylize that video
-    again. In the run's own work dir those parts are deleted and stylized again, with one line."""
+def _own_work_dirs(cache: Path) -> list[Path]:
+    folder = cache / "stylebatch" / "work"
+    return sorted(folder.iterdir()) if folder.is_dir() else []
+
+
+@pytest.mark.parametrize("first, second", [
+    (["--style", "lavender-gold"], ["--style", "ink-wash"]),
+    (["--crf", "30"], ["--crf", "20"]),  # "holds a job with another --crf: use a fresh --work"
+    (["--max-side", "32"], ["--max-side", "48"]),
+])
+def test_a_run_with_other_settings_gets_a_work_dir_of_its_own_and_the_first_still_resumes(
+        clip, tmp_path: Path, first: list[str], second: list[str]) -> None:
+    """Without --work the work dir was named for the input and output only: after an interrupted run, a
+    run with another style or encoding found its parts and failed ("has parts stylized with ...: use
+    another --work"), every time, and `stylebatch watch` (which has no --work) could never stylize that
+    video again. Now the settings the parts depend on name the work dir too."""
+    src, out = clip("in.mp4", size=(64, 48), frames=12), tmp_path / "o.mp4"
+    cache = tmp_path / "cache"
+    env = dict(os.environ, XDG_CACHE_HOME=str(cache))
+    flags = ["--chunk-frames", "4", "--workers", "1"]
+    kept = stylebatch("run", src, "-o", out, *FAST_STYLE, *flags, *first, "--keep-work", env=env)
+    assert kept.returncode == 0, kept.stderr  # its work dir kept with every part: as an interrupted run's
+    (work,) = _own_work_dirs(cache)
+    parts = {p.name: p.read_bytes() for p in (work / "parts").iterdir()}
+    assert len(parts) == 3
+    other = stylebatch("run", src, "-o", out, *FAST_STYLE, *flags, *second, env=env)
+    assert other.returncode == 0 and "Traceback" not in other.stderr, other.stderr
+    assert _own_work_dirs(cache) == [work] and {p.name: p.read_bytes() for p in (work / "parts").iterdir()} == parts
+    again = stylebatch("run", src, "-o", out, *FAST_STYLE, *flags, *first, env=env)
+    assert again.returncode == 0 and "resuming" in again.stderr, again.stderr
+    assert _own_work_dirs(cache) == []
+
+
+def test_a_painting_changed_under_the_same_name_is_stylized_again_in_runs_own_work_dir(clip, tmp_path: Path) -> None:
+    """The one way settings change inside run's own work dir: the style file's bytes. Its parts are
+    deleted, with a warning, and stylized again; the output is the new painting's."""
+    from PIL import Image
+
     src, out, fresh = clip("in.mp4", size=(64, 48), frames=12), tmp_path / "o.mp4", tmp_path / "fresh.mp4"
+    painting = tmp_path / "painting.png"
+    Image.new("RGB", (64, 64), "teal").save(painting)
     env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "cache"))
-    flags = ["--max-side", "48", "--chunk-frames", "4", "--workers", "1"]
-    first = stylebatch("run", src, "-o", out, "--style", "lavender-gold", *flags, "--keep-work", env=env)
-    assert first.returncode == 0, first.stderr  # its work dir kept with every part: as an interrupted run's
-    (work,) = (tmp_path / "cache" / "stylebatch" / "work").iterdir()
-    assert len(list((work / "parts").iterdir())) == 3
-    again = stylebatch("run", src, "-o", out, "--style", "ink-wash", *flags, env=env)
+    flags = ["--style", painting, "--max-side", "48", "--chunk-frames", "4", "--workers", "1"]
+    assert stylebatch("run", src, "-o", out, *flags, "--keep-work", env=env).returncode == 0
+    pixels = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(painting)
+    again = stylebatch("run", src, "-o", out, *flags, env=env)
     assert again.returncode == 0 and "Traceback" not in again.stderr, again.stderr
-    assert "the 3 part(s) in work dir" in again.stderr and "deleted, to stylize with ink-wash" in again.stderr
-    assert not work.exists()  # done: deleted as after any run
-    assert stylebatch("run", src, "-o", fresh, "--style", "ink-wash", *flags, "--work", tmp_path / "w").returncode == 0
+    assert "stylebatch: warning: the 3 part(s) in work dir" in again.stderr and "deleting them" in again.stderr
+    assert _own_work_dirs(tmp_path / "cache") == []
+    assert stylebatch("run", src, "-o", fresh, *flags, "--work", tmp_path / "w").returncode == 0
     assert np.abs(decode_rgb(out).astype(int) - decode_rgb(fresh).astype(int)).mean() < 1
+
+
+def test_a_restyle_stopped_halfway_leaves_no_part_that_passes_for_the_new_settings(tmp_path: Path) -> None:
+    """The record went first, then the parts one by one: stopped between two (a signal, a delete that
+    fails), the parts left and no record passed for any settings the next run brought."""
+    from stylebatch.errors import StylebatchError
+    from stylebatch.storage import location
+    from stylebatch.stylize import check_settings, settings_record
+
+    work = location(str(tmp_path))
+    (tmp_path / "parts").mkdir()
+    (tmp_path / "parts" / "000000000-000000004.mkv").write_bytes(b"old style")
+    (tmp_path / "parts" / "000000004-000000008.mkv").mkdir()  # this one will not delete
+    parts = ["000000000-000000004.mkv", "000000004-000000008.mkv"]
+    old, new = settings_record("lavender-gold", 1.0, None), settings_record("ink-wash", 1.0, None)
+    assert check_settings(work, old, []) is False
+    with pytest.raises(StylebatchError):
+        check_settings(work, new, parts, discard=True)
+    left = [p.name for p in (tmp_path / "parts").iterdir()]
+    assert left == ["000000004-000000008.mkv"]
+    with pytest.raises(StylebatchError, match="has parts stylized with lavender-gold"):
+        check_settings(work, new, left)  # a user's --work: still the old parts, refused
+    (tmp_path / "parts" / left[0]).rmdir()
+    (tmp_path / "parts" / left[0]).write_bytes(b"old style")
+    assert check_settings(work, new, left, discard=True) is True and not any((tmp_path / "parts").iterdir())
+    assert check_settings(work, new, []) is False  # the new settings recorded
 
 
 def test_a_users_work_dir_with_parts_of_other_style_settings_is_refused(clip, tmp_path: Path) -> None:

@@ -105,7 +105,7 @@ def run(args: RunRequest, progress: Progress | None = None) -> Result:
         work = location(args.work)
         resume = f"run again with --work {work.display} to resume"
     else:
-        work = location(default_work_dir(input_name(src), src.identity(), output_uri(out)))
+        work = location(default_work_dir(input_name(src), src.identity(), output_uri(out), _parts_key(args, settings)))
         resume = "run the same command again to resume"
     claim_work(work, source_name(src.name))
     scratch, scratch_lock = _make_scratch()  # private (0700): style, rank scratch, MPI
@@ -187,6 +187,26 @@ def _sweep_scratch(tmp: Path, now: float | None = None) -> list[Path]:
     if removed:
         log.debug("removed the scratch of %d run(s) that ended without removing it", len(removed))
     return removed
+
+
+def _parts_key(args: RunRequest, settings) -> dict:
+    """What the parts depend on, for the name of run's own work dir (default_work_dir): the style
+    settings (files by their path or URI, without a SAS) and the encoding. A run with others gets a
+    work dir of its own, and running the first command again still resumes the first; in one work dir
+    parts of other settings are refused (a user's --work) or, where a style file's bytes changed
+    under the same name, stylized again (stylize --restyle)."""
+    import dataclasses
+
+    from stylebatch.contract import DEFAULT_STYLE
+    from stylebatch.styles import shown_style
+    from stylebatch.temporal_defaults import DEFAULT_MODE, DEFAULT_STRENGTH
+
+    m = args.model
+    temporal = m.temporal or DEFAULT_MODE
+    steady = (DEFAULT_STRENGTH if m.temporal_strength is None else m.temporal_strength) if temporal == "on" else 0.0
+    return {"style": shown_style(m.style or DEFAULT_STYLE), "strength": m.strength, "max_side": m.max_side,
+            "keep_colors": m.keep_colors, "temporal": temporal, "temporal_strength": steady,
+            "encoding": dataclasses.asdict(settings), "chunk_frames": args.encoding.chunk_frames}
 
 
 def _has_parts(work) -> bool:

@@ -88,7 +88,7 @@ def parse_style(style: str) -> list[StylePart]:
         if builtin is not None:
             kind, ref = BUILTIN_KIND, builtin.name
         elif not ref:
-            raise BadInput(f"an empty term in the style blend {_shown(style)!r}: write e.g. "
+            raise BadInput(f"an empty term in the style blend {shown_style(style)!r}: write e.g. "
                            f"{_STYLES[0].name}:0.5,{_STYLES[1].name}:0.5")
         elif ref.isdigit() and not Path(ref).exists():
             raise BadInput(f"no built-in style number {ref}: they are numbered 0 to {len(_STYLES) - 1} "
@@ -98,24 +98,24 @@ def parse_style(style: str) -> list[StylePart]:
         elif is_style_file(ref) or (ref and Path(ref).expanduser().exists()):
             kind = WEIGHTS_KIND
         else:
-            where = f" in {_shown(style)!r}" if "," in style else ""
-            raise BadInput(f"unknown style {_shown(ref)!r}{where}: run `stylebatch styles` to list the built-in styles, "
+            where = f" in {shown_style(style)!r}" if "," in style else ""
+            raise BadInput(f"unknown style {shown_style(ref)!r}{where}: run `stylebatch styles` to list the built-in styles, "
                            "or give a painting (.jpg, .png, .webp) or a fast_neural_style .pth file")
         try:
             weight = float(text) if text.strip() else 1.0
         except ValueError:
-            raise BadInput(f"bad weight {text!r} for {_shown(ref)} in {_shown(style)!r}; write e.g. "
+            raise BadInput(f"bad weight {text!r} for {shown_style(ref)} in {shown_style(style)!r}; write e.g. "
                            f"{_STYLES[0].name}:0.5,{_STYLES[1].name}:0.5") from None
         if not math.isfinite(weight) or weight < 0:
-            raise BadInput(f"style weights must be finite numbers, 0 or more: got {text!r} for {_shown(ref)}")
+            raise BadInput(f"style weights must be finite numbers, 0 or more: got {text!r} for {shown_style(ref)}")
         parts.append(StylePart(kind, ref, weight))
     total = sum(p.weight for p in parts)
     if total <= 0:
-        raise BadInput(f"style weights in {_shown(style)!r} are all zero")
+        raise BadInput(f"style weights in {shown_style(style)!r} are all zero")
     return [StylePart(p.kind, p.ref, p.weight / total) for p in parts if p.weight > 0]
 
 
-def _shown(style: str) -> str:
+def shown_style(style: str) -> str:
     """A style or blend as an error may show it: each term's URI without its query (a SAS token)."""
     from stylebatch.storage.scrub import scrub_uri
 

@@ -323,9 +323,12 @@ def describe_settings(r: dict) -> str:
 
 def _settings_checked(work, record: dict, parts: list[str], restyle: bool, world: World) -> bool:
     """check_settings on rank 0 alone (it may delete parts), every rank following its outcome: its
-    return value, or its error raised on every rank."""
-    if world.comm is None or world.size == 1:
+    return value, or its error raised on every rank. Ranks with no MPI to agree by (mpiexec without
+    mpi4py) only check: none deletes what another may be making."""
+    if world.size == 1:
         return check_settings(work, record, parts, restyle)
+    if world.comm is None:
+        return check_settings(work, record, parts, discard=False)
     outcome = None
     if world.rank == 0:
         try:
@@ -340,35 +343,39 @@ def _settings_checked(work, record: dict, parts: list[str], restyle: bool, world
     return discarded
 
 
+_SETTINGS_KEYS = ("style", "strength", "max_side", "keep_colors", "temporal", "temporal_strength")
+
+
 def check_settings(work, record: dict, parts: list[str], discard: bool = False) -> bool:
     """Record these settings in the work dir, where they are the parts' (`parts`: the names of the
-    parts there) or there are no parts yet. Parts stylized otherwise are refused (a user's --work),
-    or with `discard` (`stylize --restyle`: the work dir of `stylebatch run` without --work, named for
-    the input and output only, so a run with a new style finds an interrupted one's parts) deleted,
-    and True is returned. Call it on one rank: it writes."""
+    parts there) or there are no parts yet. Parts stylized otherwise, or under a record that does not
+    read, are refused (a user's --work); with `discard` (`stylize --restyle`: `stylebatch run`'s own
+    work dir, where this means a style file's bytes changed under the same name) they are deleted,
+    with a warning, and True is returned. The old record stays until the last of them is gone, so a
+    run stopped meanwhile leaves none that passes for these settings. Call it on one rank: it writes."""
     loc = work.child(STYLIZE_NAME)
+    old: dict | str | None = None  # the parts' settings; "unreadable"; None: no record (an old work dir's parts)
     if loc.exists():
         try:
             old = json.loads(loc.read_bytes())
         except ValueError:
-            old = None
+            old = "unreadable"
+        if not isinstance(old, dict):
+            old = "unreadable"
         legacy = {"keep_colors": False, "temporal": "off", "temporal_strength": 0.0}  # older records lack these
-        same = isinstance(old, dict) and all(old.get(k, legacy.get(k)) == record[k] for k in (
-            "style", "strength", "max_side", "keep_colors", "temporal", "temporal_strength"))
-        if same:
+        if isinstance(old, dict) and all(old.get(k, legacy.get(k)) == record[k] for k in _SETTINGS_KEYS):
             return False
-        if parts and isinstance(old, dict):
-            if not discard:
-                raise StylebatchError(f"work dir {work.display} has parts stylized with {describe_settings(old)}, "
-                                      f"not {describe_settings(record)}: use another --work, or delete its "
-                                      f"{PARTS_DIR}/")
-            log.info("the %d part(s) in work dir %s were stylized with %s: deleted, to stylize with %s",
-                     len(parts), work.display, describe_settings(old), describe_settings(record))
-            loc.delete()  # first: a run stopped while the parts go leaves none that passes for these settings
-            for name in parts:
-                work.child(PARTS_DIR, name).delete()
-            loc.write_bytes(json.dumps(record, sort_keys=True).encode())
-            return True
+    if parts and (old is not None or discard):
+        made = describe_settings(old) if isinstance(old, dict) else f"settings its {STYLIZE_NAME} does not say"
+        if not discard:
+            raise StylebatchError(f"work dir {work.display} has parts stylized with {made}, "
+                                  f"not {describe_settings(record)}: use another --work, or delete its {PARTS_DIR}/")
+        log.warning("the %d part(s) in work dir %s were stylized with %s: deleting them, to stylize with %s",
+                    len(parts), work.display, made, describe_settings(record))
+        for name in parts:
+            work.child(PARTS_DIR, name).delete()
+        loc.write_bytes(json.dumps(record, sort_keys=True).encode())
+        return True
     loc.write_bytes(json.dumps(record, sort_keys=True).encode())
     return False
 

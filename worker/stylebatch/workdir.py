@@ -167,8 +167,9 @@ def _remove_if_empty(work) -> None:
 
 def default_work_dir(*key: object) -> str:
     """The work dir of `stylebatch run` without --work: $XDG_CACHE_HOME/stylebatch/work/<hash of key>
-    (~/.cache when unset). The key is the input (name and identity) and the output, so running the
-    same command again finds the work of an interrupted run, and a changed input gets a fresh one."""
+    (~/.cache when unset). The key is the input (name and identity), the output and what the parts
+    depend on (run._parts_key: style and encoding settings), so running the same command again finds the
+    work of an interrupted run, and a changed input or other settings get a fresh one."""
     import hashlib
     import pathlib
 

@@ -438,6 +438,21 @@ def test_a_painting_blob_is_named_by_its_own_name(azure_env, good: Path, place: 
     assert result.returncode == 0 and "style starry" in result.stderr and "style-0" not in result.stderr, result.stderr
 
 
+@pytest.mark.azurite
+def test_two_style_blobs_of_one_name_resolve_to_two_files(azure_env, tmp_path: Path) -> None:
+    """`preview --style az://c/a/starry.jpg --style az://c/b/starry.jpg` resolves both into one tmp:
+    the second download replaced the first, and both tiles showed the second painting."""
+    from stylebatch.storage import location
+    from stylebatch.styles import resolve_style
+
+    base = f"az://{azure_env.container}"
+    location(f"{base}/a/starry.jpg").write_bytes(b"first")
+    location(f"{base}/b/starry.jpg").write_bytes(b"second")
+    first, second = (resolve_style(f"{base}/{d}/starry.jpg", tmp_path) for d in "ab")
+    assert Path(first).name == Path(second).name == "starry.jpg"
+    assert (Path(first).read_bytes(), Path(second).read_bytes()) == (b"first", b"second")
+
+
 def test_an_existing_output_is_kept_by_a_failed_run_and_replaced_by_one_that_succeeds(good: Path, place: dict,
                                                                                      tmp_path: Path) -> None:
     """OUTPUT is replaced without asking, as `-o` says, but only by a finished video: a run that fails

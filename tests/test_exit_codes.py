@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -252,3 +253,50 @@ def test_a_run_stopped_before_the_input_was_read_keeps_no_work_dir_of_its_own(mo
         assert f"work dir {work} kept (the input was not fully read yet): run again with --work" in str(ended.value)
         assert (tmp_path / "work" / "stylebatch-work.json").exists()
     assert not (tmp_path / "o.mp4").exists()
+
+
+def test_a_run_stopped_while_its_work_dir_goes_says_its_output_was_written(monkeypatch, tmp_path: Path) -> None:
+    """Ctrl-C while run removed its work dir after publishing the output: the manifest goes first, so it
+    said "interrupted by ... before the input was read: nothing kept" of a finished video."""
+    from clips import FAST_STYLE, count_frames, make_clip
+    from stylebatch import run, workdir
+    from stylebatch.errors import Interrupted
+    from stylebatch.requests import ModelOptions, RunRequest
+
+    delete = workdir.delete_work
+
+    def stopped_halfway(work):
+        (Path(work.local_path()) / "manifest.json").unlink()
+        raise KeyboardInterrupt
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(workdir, "delete_work", stopped_halfway)
+    clip, out = make_clip(tmp_path / "in.mp4", frames=4), tmp_path / "o.mp4"
+    with pytest.raises(Interrupted) as ended:
+        run.run(RunRequest(input=str(clip), output=str(out), workers=1,
+                           model=ModelOptions(style=FAST_STYLE[1], max_side=int(FAST_STYLE[3]))))
+    assert f"after {out} was written, while work dir" in str(ended.value) and "nothing kept" not in str(ended.value)
+    assert count_frames(out) == 4
+    monkeypatch.setattr(workdir, "delete_work", delete)
+
+
+def test_a_temp_folder_without_flock_still_runs(monkeypatch, tmp_path: Path) -> None:
+    """On a TMPDIR whose filesystem has no flock (some NFS, Lustre) the scratch lock raised OSError:
+    a traceback and exit code 1 before any work."""
+    import errno
+    import fcntl
+
+    from stylebatch import run
+
+    def no_flock(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr(fcntl, "flock", no_flock)
+    monkeypatch.setattr(run.tempfile, "tempdir", None)
+    scratch, fd = run._make_scratch()
+    os.close(fd)
+    assert scratch.parent == tmp_path and scratch.is_dir()
+    old = time.time() - 3600
+    os.utime(scratch / run.SCRATCH_LOCK, (old, old))
+    assert run._sweep_scratch(tmp_path) == [] and scratch.is_dir()  # whether it lives cannot be told: kept

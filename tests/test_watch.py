@@ -219,6 +219,16 @@ def test_a_dest_that_cannot_be_made_is_a_one_line_error(tmp_path, dest, message,
     assert (tmp_path / "a_file.mp4").read_bytes() == b"not a folder"
 
 
+def test_a_source_subfolder_named_probe_does_not_stop_the_watch_from_starting_again(tmp_path):
+    """The watch proved DEST writable with DEST/probe, and refused to start once a source subfolder
+    of that name had been mirrored there ("DEST/probe is a folder, not a file")."""
+    (tmp_path / "in").mkdir()
+    (tmp_path / "out" / "probe").mkdir(parents=True)
+    result = stylebatch("watch", "in", "-o", "out", "--once", timeout=120, cwd=tmp_path)
+    assert result.returncode == 0 and error_lines(result) == [], result.stderr
+    assert sorted(os.listdir(tmp_path / "out")) == ["probe"]
+
+
 def test_a_file_where_a_videos_subfolder_goes_fails_that_video_only(tmp_path):
     """A file in DEST named as a video's subfolder: its mkdir raised out of the watch (a traceback, the
     other videos never done); now that video fails with one line and the others are stylized."""

@@ -35,15 +35,17 @@ def stylize_video(input: str, output: str, *, style: str | None = None, strength
     wall seconds per stage.
 
     style: a built-in name or index (`stylebatch.list_styles()`), a blend "a:0.5,b:0.5" or .pth
-        weights; default lavender-gold. strength: 0 (none) to 1 (full). max_side: stylize at most
+        weights; default lavender-gold. strength: 1 full; toward 0 a built-in or .pth is mixed with the
+        picture (0 keeps it), a painting's style moves to the video's own. max_side: stylize at most
         this many pixels on the long side (the output keeps its size).
     workers: MPI ranks on this machine (default: one per GPU, else one, with a pipeline per core).
     pipelines: chunks each rank stylizes at once, sharing its torch and network (default: on the
         CPU one per core of the rank's share, at most 4; on a GPU 1).
     device: "auto", "cpu" or "cuda". encoder: a codec name ("h264", "hevc", "vp9", ...) or
         EncodingOptions for crf/bitrate/preset/chunk size.
-    work: the work dir; give the same one again to resume an interrupted run (default: a temp dir,
-        deleted after success). keep_work: keep it after success.
+    work: the work dir; give the same one again to resume an interrupted run (default: one under
+        $XDG_CACHE_HOME/stylebatch/work named for the input, output and settings, so the same call
+        resumes; deleted after success). keep_work: keep it after success.
     batch_size, keep_colors, precision, temporal, temporal_strength: as the flags of `stylebatch run`
         (stylebatch.ModelOptions).
     progress: called as progress(done, total) with the frames stylized so far, from this thread: at

@@ -109,7 +109,7 @@ def run(args: RunRequest, progress: Progress | None = None) -> Result:
         resume = "run the same command again to resume"
     claim_work(work, source_name(src.name))
     scratch, scratch_lock = _make_scratch()  # private (0700): style, rank scratch, MPI
-    held = False
+    held, result = False, None
     try:
         with hold(work):
             held = True
@@ -121,8 +121,10 @@ def run(args: RunRequest, progress: Progress | None = None) -> Result:
     except (KeyboardInterrupt, Interrupted) as exc:  # Interrupted: a stage's process stopped on its own (a signal)
         said, code = ((f"interrupted by {signals.cause()}", signals.exit_code()) if isinstance(exc, KeyboardInterrupt)
                       else (str(exc), exc.exit_code))
-        if held and not args.work and not _preprocessed(work):  # nothing in it a run could resume from
-            _forget(work)
+        if result is not None:  # stopped while its work dir was being removed: the output is there
+            raise Interrupted(f"{said} after {result.output} was written, while work dir {work.display} was being "
+                              "removed: delete what is left of it", code) from None
+        if held and not args.work and not _preprocessed(work) and _forget(work):  # nothing to resume from
             raise Interrupted(f"{said} before the input was read: nothing kept", code) from None
         raise Interrupted(f"{said}: {_state(work)}: {resume}", code) from None
     except BaseException:
@@ -153,7 +155,10 @@ def _make_scratch() -> tuple[Path, int]:
     _sweep_scratch(Path(tempfile.gettempdir()))
     scratch = Path(tempfile.mkdtemp(prefix=SCRATCH_PREFIX))
     fd = os.open(scratch / SCRATCH_LOCK, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    except OSError:  # a TMPDIR without flock (some NFS, Lustre): unlocked, a sweep there keeps it too
+        log.debug("no flock in %s: this run's scratch is not marked as live", scratch.parent)
     return scratch, fd
 
 
@@ -241,11 +246,16 @@ def _state(work) -> str:
     return f"work dir {work.display} kept with {done} of {len(chunk_bounds(m.frames, m.chunk_frames))} chunks stylized"
 
 
-def _forget(work) -> None:
+def _forget(work) -> bool:
+    """Delete the work dir's files (it holds nothing worth resuming); whether that was done."""
     from stylebatch.workdir import delete_work, hold
 
-    with contextlib.suppress(StylebatchError), hold(work):
-        delete_work(work)
+    try:
+        with hold(work):
+            delete_work(work)
+    except StylebatchError:
+        return False
+    return True
 
 
 def _run_stages(args: RunRequest, src, out, work, scratch: Path, progress: Progress | None) -> Result:

@@ -5,6 +5,7 @@ without loading torch, so it holds no model memory while the ranks work.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import math
 import os
@@ -230,8 +231,10 @@ def resolve_style(style: str, tmp: Path) -> str:
             if loc.is_local():
                 ref = str(style_file(ref).local_path())
             else:  # a missing blob fails its download: "not found: <blob>"
-                # under its own name (in a folder per term): errors and the style's label name the user's file
-                local = tmp / f"style-{i}" / (os.path.basename(loc.name or "") or "style")
+                # under its own name, in a folder named for the term and its URI: errors and the style's label
+                # name the user's file, and two blobs of one name (preview's styles share a tmp) stay apart
+                digest = hashlib.sha256(loc.display.encode()).hexdigest()[:16]
+                local = tmp / f"style-{i}-{digest}" / (os.path.basename(loc.name or "") or "style")
                 local.parent.mkdir(exist_ok=True)
                 loc.download(local)
                 ref = str(local)

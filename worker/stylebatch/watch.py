@@ -106,7 +106,7 @@ class Watch:
                 raise StylebatchError(f"the output folder {self.dest.display} is a file: give a folder")
             with local_errors(self.dest.display, "make the output folder"):  # a file above it, no permission
                 out.mkdir(parents=True, exist_ok=True)
-        self.dest.child("probe").check_writable()
+        self.dest.child(".stylebatch-write-check").check_writable()  # not "probe": a source subfolder of that name
 
     def once(self, settle: float) -> int:
         """Everything there now (and stable), then return: 0, or the exit code of a failure."""

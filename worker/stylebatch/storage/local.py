@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fcntl
 import json
@@ -98,11 +99,12 @@ class LocalLocation(Location):
                                   f"is not writable")
         try:  # what access() cannot tell (root on a read-only mount or in /sys, an immutable folder): a real file
             fd, probe = tempfile.mkstemp(prefix=".stylebatch-probe-", dir=parent)
-            os.close(fd)
-            os.unlink(probe)
         except OSError as exc:
             raise StylebatchError(f"cannot write {self.display}: the folder {printable(str(parent))} "
                                   f"is not writable ({exc.strerror or type(exc).__name__})") from None
+        os.close(fd)
+        with contextlib.suppress(OSError):  # written is what was asked (an append-only folder keeps it)
+            os.unlink(probe)
 
     def identity(self) -> dict[str, str | int]:
         with local_errors(self.display, "read"):

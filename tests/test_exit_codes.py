@@ -300,3 +300,27 @@ def test_a_temp_folder_without_flock_still_runs(monkeypatch, tmp_path: Path) -> 
     old = time.time() - 3600
     os.utime(scratch / run.SCRATCH_LOCK, (old, old))
     assert run._sweep_scratch(tmp_path) == [] and scratch.is_dir()  # whether it lives cannot be told: kept
+
+
+def test_a_runs_stage_processes_hold_its_scratch_lock_too(monkeypatch, tmp_path: Path) -> None:
+    """Only the launcher held the lock: killed, its stages (told to stop by the kernel, a moment later)
+    still wrote their scratch while a new run could sweep it."""
+    import fcntl
+
+    from stylebatch import run
+
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr(run.tempfile, "tempdir", None)
+    scratch, fd = run._make_scratch()
+    stage = run._start_stage([sys.executable, "-c", "import time; time.sleep(30)"], dict(os.environ))
+    try:
+        os.close(fd)  # as if the launcher were gone
+        run._SCRATCH_LOCKS.discard(fd)
+        with open(scratch / run.SCRATCH_LOCK) as other:
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)  # the stage holds it
+    finally:
+        stage.kill()
+        stage.wait()
+    with open(scratch / run.SCRATCH_LOCK) as other:
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)  # free once the stage is gone

@@ -137,6 +137,7 @@ def run(args: RunRequest, progress: Progress | None = None) -> Result:
         raise
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+        _SCRATCH_LOCKS.discard(scratch_lock)
         os.close(scratch_lock)
     return result
 
@@ -144,6 +145,7 @@ def run(args: RunRequest, progress: Progress | None = None) -> Result:
 SCRATCH_PREFIX = "stylebatch-run-"  # a run's scratch folder in TMPDIR
 SCRATCH_LOCK = ".held"  # in it: flock(2)ed by the run for as long as it lives
 SCRATCH_SWEEP_AGE_S = 60  # a lock file younger than this is a run starting, never swept
+_SCRATCH_LOCKS: set[int] = set()  # this process's runs' lock descriptors, handed to their stage processes
 
 
 def _make_scratch() -> tuple[Path, int]:
@@ -159,6 +161,7 @@ def _make_scratch() -> tuple[Path, int]:
         fcntl.flock(fd, fcntl.LOCK_EX)
     except OSError:  # a TMPDIR without flock (some NFS, Lustre): unlocked, a sweep there keeps it too
         log.debug("no flock in %s: this run's scratch is not marked as live", scratch.parent)
+    _SCRATCH_LOCKS.add(fd)
     return scratch, fd
 
 
@@ -446,9 +449,11 @@ def _start_stage(cmd: list[str], env: dict[str, str]) -> subprocess.Popen:
     # the launcher alone, which stops the stage below (a signal straight to a Python process still
     # importing would end it with a traceback, or kill it before its handlers are in place); and
     # should the launcher itself be killed outright, the kernel sends the stage SIGTERM.
+    # The run's scratch lock goes with it (_SCRATCH_LOCKS): held while any of the run's processes
+    # lives, so a new run sweeps no scratch a stage still writes after the launcher was killed.
     return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env=env, errors="replace", start_new_session=True,
-                            preexec_fn=_die_with_launcher())
+                            preexec_fn=_die_with_launcher(), pass_fds=tuple(_SCRATCH_LOCKS))
 
 
 def _stop_stage(proc: subprocess.Popen) -> None:

@@ -135,7 +135,8 @@ def _preprocess_child(proc: subprocess.Popen) -> int:
 
 
 @pytest.mark.parametrize("sig, code, words", [
-    (signal.SIGTERM, 143, ["preprocess", "interrupted", "run the same command again to resume"]),
+    # nothing to resume from before preprocess is done: run's own work dir goes ("nothing kept")
+    (signal.SIGTERM, 143, ["preprocess", "interrupted", "before the input was read: nothing kept"]),
     (signal.SIGKILL, 75, ["preprocess was killed (signal 9) from outside stylebatch"]),
 ])
 def test_the_preprocess_process_stopped_alone_is_named_and_nothing_is_published(sig: int, code: int,
@@ -170,6 +171,8 @@ def test_the_preprocess_process_stopped_alone_is_named_and_nothing_is_published(
     lines = error_lines(subprocess.CompletedProcess([], code, "", err))
     assert len(lines) == 1 and all(w in lines[0] for w in words), err
     assert not out.exists() and os.listdir(tmp) == []
+    if sig == signal.SIGTERM:
+        assert not any((cache / "stylebatch" / "work").iterdir())
     assert _processes_mentioning(str(src)) == []  # the child is gone, reaped
     assert _processes_mentioning(str(cache)) == []  # and the rank started beside it, waiting for it
 

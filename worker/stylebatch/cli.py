@@ -165,10 +165,11 @@ def main(argv: list[str] | None = None) -> int:
 def _warn_of_ignored_flags(args: argparse.Namespace) -> None:
     """Say so, once, where a user's command gives a flag that changes nothing (the stages' commands, as
     pods run them, say nothing: each rank would repeat it)."""
-    from stylebatch.temporal_defaults import DEFAULT_MODE
+    from stylebatch.temporal_defaults import with_defaults
 
-    if args.command in ("run", "watch") and getattr(args, "temporal_strength", None) is not None \
-            and (getattr(args, "temporal", None) or DEFAULT_MODE) != "on":
+    given = getattr(args, "temporal_strength", None)
+    if args.command in ("run", "watch") and given is not None \
+            and with_defaults(getattr(args, "temporal", None), given)[0] != "on":
         log.warning("--temporal-strength changes nothing without --temporal on (temporal stability is off)")
 
 

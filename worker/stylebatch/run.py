@@ -207,11 +207,11 @@ def _parts_key(args: RunRequest, settings) -> dict:
 
     from stylebatch.contract import DEFAULT_STYLE
     from stylebatch.styles import shown_style
-    from stylebatch.temporal_defaults import DEFAULT_MODE, DEFAULT_STRENGTH
+    from stylebatch.temporal_defaults import with_defaults
 
     m = args.model
-    temporal = m.temporal or DEFAULT_MODE
-    steady = (DEFAULT_STRENGTH if m.temporal_strength is None else m.temporal_strength) if temporal == "on" else 0.0
+    temporal, steady = with_defaults(m.temporal, m.temporal_strength)
+    steady = steady if temporal == "on" else 0.0  # as the parts' record has it (stylize.settings_record)
     return {"style": shown_style(m.style or DEFAULT_STYLE), "strength": m.strength, "max_side": m.max_side,
             "keep_colors": m.keep_colors, "temporal": temporal, "temporal_strength": steady,
             "encoding": dataclasses.asdict(settings), "chunk_frames": args.encoding.chunk_frames}

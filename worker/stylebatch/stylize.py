@@ -279,11 +279,9 @@ def _load(model: ModelOptions, world: World, threads: int, style: str, own_frame
 
 def temporal_settings(model: ModelOptions) -> tuple[str, float]:
     """(--temporal, --temporal-strength) with their defaults applied."""
-    from stylebatch.temporal_defaults import DEFAULT_MODE, DEFAULT_STRENGTH
+    from stylebatch.temporal_defaults import with_defaults
 
-    mode = model.temporal or DEFAULT_MODE
-    strength = model.temporal_strength
-    return mode, float(DEFAULT_STRENGTH if strength is None else strength)
+    return with_defaults(model.temporal, model.temporal_strength)
 
 
 def settings_record(style: str, strength: float, max_side: int | None, keep_colors: bool = False,

@@ -1,5 +1,7 @@
 """--temporal's defaults, importable without OpenCV or torch (the CLI and the operator read them)."""
 
+from __future__ import annotations
+
 MODES = ("on", "off")
 DEFAULT_MODE = "off"
 DEFAULT_STRENGTH = 0.6  # weight of the moved previous output where the flow is trusted
@@ -10,3 +12,8 @@ def warmup_frames(chunk_frames: int) -> int:
     """Warm-up frames per chunk: 6, fewer for short chunks so they cost at most ~1/8 more model time
     (a chunk of 24 frames gets 3: its first frame then misses 0.6 ** 3, ~22%, of the history)."""
     return max(2, min(MAX_WARMUP, chunk_frames // 8))
+
+
+def with_defaults(mode: str | None, strength: float | None) -> tuple[str, float]:
+    """(--temporal, --temporal-strength) as given (None: not given) with their defaults applied."""
+    return mode or DEFAULT_MODE, float(DEFAULT_STRENGTH if strength is None else strength)

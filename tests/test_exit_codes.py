@@ -263,8 +263,6 @@ def test_a_run_stopped_while_its_work_dir_goes_says_its_output_was_written(monke
     from stylebatch.errors import Interrupted
     from stylebatch.requests import ModelOptions, RunRequest
 
-    delete = workdir.delete_work
-
     def stopped_halfway(work):
         (Path(work.local_path()) / "manifest.json").unlink()
         raise KeyboardInterrupt
@@ -277,7 +275,6 @@ def test_a_run_stopped_while_its_work_dir_goes_says_its_output_was_written(monke
                            model=ModelOptions(style=FAST_STYLE[1], max_side=int(FAST_STYLE[3]))))
     assert f"after {out} was written, while work dir" in str(ended.value) and "nothing kept" not in str(ended.value)
     assert count_frames(out) == 4
-    monkeypatch.setattr(workdir, "delete_work", delete)
 
 
 def test_a_temp_folder_without_flock_still_runs(monkeypatch, tmp_path: Path) -> None:

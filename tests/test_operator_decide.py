@@ -29,7 +29,7 @@ def stj(phase: str | None = None, *, attempts: dict[str, int] | None = None, use
         children: dict[str, str] | None = None, **spec: Any) -> dict[str, Any]:
     """The sample job as the API server stores it, with a status as the operator would have left it."""
     obj = yaml.safe_load(EXAMPLE.read_text())
-    obj["metadata"].update(namespace="media", uid="0123456789abcdef", generation=1)
+    obj["metadata"].update(namespace="media", uid=UID, generation=1)
     obj["spec"] = apply_defaults({**obj["spec"], **spec}, SPEC_SCHEMA)
     if phase is not None:
         obj["status"] = {"phase": phase, "acceptedSpec": copy.deepcopy(obj["spec"]), "acceptedGeneration": 1,
@@ -41,14 +41,20 @@ def stj(phase: str | None = None, *, attempts: dict[str, int] | None = None, use
     return obj
 
 
-def job(name: str, *conditions: tuple[str, str, str]) -> dict[str, Any]:
-    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name},
+UID = "0123456789abcdef"  # the sample job's
+OWNED = [{"apiVersion": "stylebatch.io/v1alpha1", "kind": "StyleTransferJob", "name": "orangutan", "uid": UID,
+          "controller": True, "blockOwnerDeletion": True}]
+
+
+def job(name: str, *conditions: tuple[str, str, str], owners: list[dict[str, Any]] = OWNED) -> dict[str, Any]:
+    """A child as the operator makes it (controlled by the sample job), with these conditions."""
+    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name, "ownerReferences": owners},
             "status": {"conditions": [{"type": t, "status": "True", "reason": r, "message": m}
                                       for t, r, m in conditions]}}
 
 
-def mpijob(name: str, *conditions: tuple[str, str, str]) -> dict[str, Any]:
-    return {**job(name, *conditions), "apiVersion": "kubeflow.org/v2beta1", "kind": "MPIJob"}
+def mpijob(name: str, *conditions: tuple[str, str, str], owners: list[dict[str, Any]] = OWNED) -> dict[str, Any]:
+    return {**job(name, *conditions, owners=owners), "apiVersion": "kubeflow.org/v2beta1", "kind": "MPIJob"}
 
 
 PHASES = {"train": "Training", "preprocess": "Preprocessing", "stylize": "Stylizing", "postprocess": "Postprocessing"}
@@ -135,6 +141,35 @@ CASES = [
 def test_next_step(case, obj, children, expected):
     action = decide(obj, {c["metadata"]["name"]: c for c in children}, now=NOW, settings=SETTINGS)
     assert (action.kind, action.stage, action.attempt, action.reason) == expected
+
+
+EARLIER = [{**OWNED[0], "uid": "uid-of-an-earlier-orangutan"}]  # deleted with --cascade=orphan, or not yet collected
+# (case, job, the child by that name, which is not the job's)
+NOT_OURS = [
+    ("a succeeded preprocess Job of an earlier job", stj("Pending"), job(PRE1, COMPLETE, owners=EARLIER)),
+    ("a failed one", stj("Pending"), job(PRE1, BACKOFF, owners=EARLIER)),
+    ("a running one", stj("Pending"), job(PRE1, owners=EARLIER)),
+    ("a succeeded MPIJob of an earlier job, the job's preprocess done", stj("Stylizing", attempts={"stylize": 1}),
+     mpijob(STY1, MPI_SUCCEEDED, owners=EARLIER)),
+    ("a succeeded postprocess Job", stj("Postprocessing", attempts={"postprocess": 1}),
+     job(POST1, COMPLETE, owners=EARLIER)),
+    ("a Job nobody owns", stj("Pending"), job(PRE1, COMPLETE, owners=[])),
+]
+
+
+@pytest.mark.parametrize("case, obj, foreign", NOT_OURS, ids=[c[0] for c in NOT_OURS])
+def test_a_child_name_held_by_an_object_the_job_does_not_control_is_never_taken_for_its_own(case, obj, foreign):
+    name = foreign["metadata"]["name"]
+    shown = decide(obj, {name: foreign}, now=NOW, settings=SETTINGS)
+    assert (shown.kind, shown.reason, shown.deletes) == (ActionKind.STALL, "ChildNameTaken", ())
+    assert f"{foreign['kind']} {name} exists but is not this job's" in shown.message
+    assert "delete it, or give the job another name" in shown.message
+    obj["status"] = {**obj["status"], **transition(obj, shown, NOW).patch}
+    assert decide(obj, {name: foreign}, now=NOW + timedelta(seconds=60), settings=SETTINGS).kind == ActionKind.WAIT
+    failed = decide(obj, {name: foreign}, now=NOW + timedelta(seconds=120), settings=SETTINGS)
+    assert (failed.kind, failed.reason, failed.deletes) == (ActionKind.FAIL, "ChildNameTaken", ())  # not ours to delete
+    # once it is gone, the job makes its own
+    assert decide(obj, {}, now=NOW + timedelta(seconds=60), settings=SETTINGS).kind == ActionKind.CREATE
 
 
 def test_retry_reports_the_childs_reason_and_the_budget():
@@ -544,7 +579,7 @@ def silent_mpijob(age: float) -> dict[str, Any]:
     """An MPIJob nobody wrote a status for, created `age` seconds before NOW."""
     silent = {**mpijob(STY1), "status": {}}
     created = (NOW - timedelta(seconds=age)).strftime("%Y-%m-%dT%H:%M:%SZ")
-    silent["metadata"] = {"name": STY1, "creationTimestamp": created}
+    silent["metadata"] = {**silent["metadata"], "creationTimestamp": created}
     return silent
 
 
@@ -650,7 +685,7 @@ def test_a_failed_create_counts_while_pods_exist_unless_a_pod_was_created_after_
 def test_a_child_waiting_for_kueue_is_not_stalled():
     obj = stj("Stylizing", attempts={"stylize": 1}, queueName="gpu")
     silent = {**suspended(mpijob(STY1)), "status": {}}
-    silent["metadata"] = {"name": STY1, "creationTimestamp": "2026-05-01T10:00:00Z"}
+    silent["metadata"] = {**silent["metadata"], "creationTimestamp": "2026-05-01T10:00:00Z"}
     assert decide(obj, {STY1: silent}, now=NOW, settings=SETTINGS).kind == ActionKind.QUEUE
 
 

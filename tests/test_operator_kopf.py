@@ -598,6 +598,54 @@ def test_a_child_created_just_before_a_crash_is_adopted_not_duplicated():
     run(scenario)
 
 
+def test_children_left_by_an_earlier_job_of_the_same_name_are_not_taken_for_the_new_jobs():
+    """A job deleted with --cascade=orphan (or re-created before the garbage collector got to its
+    children) leaves finished children with the names the new job's children get. The new job must
+    not take their success for its own (it would say Succeeded having run nothing), nor read or
+    delete them: it says so, and runs once they are gone."""
+    async def scenario() -> None:
+        earlier = {"apiVersion": "stylebatch.io/v1alpha1", "kind": "StyleTransferJob", "name": "orangutan",
+                   "uid": "uid-of-the-earlier-orangutan", "controller": True, "blockOwnerDeletion": True}
+        async with api_server() as api:
+            for collection, kind, name in [(JOBS, "Job", "orangutan-preprocess-1"),
+                                           (MPIJOBS, "MPIJob", "orangutan-stylize-1"),
+                                           (JOBS, "Job", "orangutan-postprocess-1")]:
+                left = {"apiVersion": RESOURCES[kind].rsplit("/", 1)[0], "kind": kind,
+                        "metadata": {"name": name, "namespace": NS, "ownerReferences": [earlier],
+                                     "labels": {"stylebatch.io/job": "orangutan"}}, "spec": {}}
+                assert (await api.post(collection, json=left)).status == 200
+                await finish(api, collection, name)
+            async with operator(api):
+                await apply_job(api)
+                stalled = await eventually(lambda: condition(api, "Stalled")["status"] == "True"
+                                           and condition(api, "Stalled"))
+                assert stalled["reason"] == "ChildNameTaken"
+                assert "Job orangutan-preprocess-1 exists but is not this job's" in stalled["message"]
+                await asyncio.sleep(5 * INTERVAL)
+                assert status(api)["phase"] == "Pending"  # not Succeeded: it has run nothing
+                assert deletes(api, JOBS) == deletes(api, MPIJOBS) == []  # not the operator's to delete
+                assert not [r for r in api if r.subresource == "log"]
+
+                (await api.delete(f"{JOBS}/orangutan-preprocess-1")).release()  # the garbage collector
+                pre = await eventually(lambda: not gone(api, "Job", "orangutan-preprocess-1")
+                                       and child(api, "Job", "orangutan-preprocess-1"))
+                assert pre["metadata"]["ownerReferences"][0]["uid"] == job(api)["metadata"]["uid"]
+                await eventually(lambda: status(api)["phase"] == "Preprocessing")
+                assert condition(api, "Stalled")["status"] == "False"
+
+                # the next stage's name is taken too: the create's 409 is not an adoption
+                await finish(api, JOBS, "orangutan-preprocess-1")
+                await eventually(lambda: condition(api, "Stalled")["status"] == "True"
+                                 and "MPIJob orangutan-stylize-1 exists but is not this job's"
+                                 in condition(api, "Stalled")["message"])
+                assert status(api)["phase"] == "Preprocessing" and deletes(api, MPIJOBS) == []
+                (await api.delete(f"{MPIJOBS}/orangutan-stylize-1")).release()
+                await eventually(lambda: status(api)["phase"] == "Stylizing")
+                assert child(api, "MPIJob", "orangutan-stylize-1")["metadata"]["ownerReferences"][0]["uid"] == \
+                    job(api)["metadata"]["uid"]
+    run(scenario)
+
+
 def test_deleting_a_job_releases_it_and_leaves_its_children_to_the_garbage_collector():
     async def scenario() -> None:
         async with api_server() as api, operator(api):

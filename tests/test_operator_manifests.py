@@ -492,8 +492,7 @@ def test_operator_settings_changed_after_the_start_do_not_reach_new_children():
     # the operator restarts with other settings (a helm upgrade): the next stage's child keeps the old ones
     other = Settings(jobs={"image": "other:2", "workers": 8, "storage": {"secretName": "other"},
                       "scheduling": {"nodeSelector": {"pool": "b"}}})
-    done = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "orangutan-preprocess-1"},
-            "status": {"conditions": [{"type": "Complete", "status": "True"}]}}
+    done = {**build_child(job, "preprocess", 1), "status": {"conditions": [{"type": "Complete", "status": "True"}]}}
     job["status"].update(phase="Preprocessing", attempts={"preprocess": 1}, children={"preprocess": "orangutan-preprocess-1"})
     action = decide(job, {"orangutan-preprocess-1": done}, now=T0, settings=other)
     assert action.kind == ActionKind.ADVANCE

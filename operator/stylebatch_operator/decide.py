@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from stylebatch_operator.names import (
-    CHILD_KIND, MPI_API_VERSION, POSTPROCESS, PREPROCESS, STAGES, STYLIZE, TRAIN, child_name,
+    CHILD_KIND, MPI_API_VERSION, POSTPROCESS, PREPROCESS, STAGES, STYLIZE, TRAIN, child_name, is_controlled_by,
 )
 from stylebatch_operator.observe import (
     NO_MPI_OPERATOR, Stall, child_state, disruption, failed_pod_detail, is_suspended,
@@ -31,6 +31,9 @@ PROGRESS_STALLED = "ProgressStalled"  # stylize (training) went without a new fr
 PROGRESS_OF_STAGE = {STYLIZE: ("progress", "frame stylized"), TRAIN: ("training", "training step")}
 INVALID_INPUT = "InvalidInput"  # the worker exited with its user-error code: Failed at once, no retry
 DISRUPTED = "Disrupted"  # a pod was evicted or lost its node: retried without spending spec.retries
+# A child's name is held by an object this job does not control (the child of an earlier job of the
+# same name, orphaned or not yet garbage-collected): never read, adopted or deleted as the job's own.
+CHILD_NAME_TAKEN = "ChildNameTaken"
 
 
 # What a retried stage does not do again.
@@ -99,6 +102,11 @@ def decide(stj: dict[str, Any], children: dict[str, dict[str, Any]], *, now: dat
     left = seconds_left(stj, now)
     child = children.get(name)
     recorded = (status.get("children") or {}).get(stage) == name
+    if child is not None and not is_controlled_by(child, stj):
+        if left <= 0:
+            return _deadline_failure(stage, None)
+        found = name_taken(child)
+        return _stall_action(stj, stage, attempt, found, (), now, settings) or Action(ActionKind.WAIT, stage, attempt)
     if child is None:
         if left <= 0:
             return _deadline_failure(stage, None)
@@ -334,9 +342,33 @@ def kind_not_served(stj: dict[str, Any], action: Action, now: datetime, settings
     """What to do instead of `action` when the API server refused to create its child because it
     does not serve the child's kind (404: no MPI Operator, hence no MPIJob CRD, installed): ActionKind.STALL
     (NoMPIOperator, permanent), then ActionKind.FAIL once that has lasted the grace period; ActionKind.WAIT meanwhile."""
+    stage, _ = action.creates  # type: ignore[misc]
+    return not_created(stj, action, not_served(CHILD_KIND[stage]), now, settings)
+
+
+def not_served(kind: str) -> Stall:
+    """The stall of a job whose child's kind the API server does not serve."""
+    return Stall(NO_MPI_OPERATOR, f"the API server does not serve {kind}s ({MPI_API_VERSION}): is the "
+                                  "Kubeflow MPI Operator installed?", True)
+
+
+def name_taken(existing: dict[str, Any]) -> Stall:
+    """The stall of a job whose child's name is held by `existing`, an object the job does not
+    control: permanent (an orphaned child never goes by itself; one the garbage collector is about
+    to delete goes within the grace period)."""
+    meta = existing.get("metadata") or {}
+    owner = next((r for r in meta.get("ownerReferences") or [] if r.get("controller")), None)
+    whose = (f"{owner.get('kind')} {owner.get('name')} uid {owner.get('uid')}" if owner
+             else "it has no owner")
+    return Stall(CHILD_NAME_TAKEN, f"{existing.get('kind')} {meta.get('name')} exists but is not this job's ({whose}: "
+                                   "an earlier job of the same name?); delete it, or give the job another name", True)
+
+
+def not_created(stj: dict[str, Any], action: Action, found: Stall, now: datetime, settings: Settings = BUILT_IN) -> Action:
+    """What to do instead of `action` when its child could not be created for the permanent cause
+    `found` (kind_not_served; a name another object holds: name_taken): ActionKind.STALL, then
+    ActionKind.FAIL once that has lasted the grace period; ActionKind.WAIT meanwhile. Nothing is deleted."""
     stage, attempt = action.creates  # type: ignore[misc]
-    found = Stall(NO_MPI_OPERATOR, f"the API server does not serve {CHILD_KIND[stage]}s ({MPI_API_VERSION}): is the "
-                                   "Kubeflow MPI Operator installed?", True)
     return _stall_action(stj, stage, attempt, found, (), now, settings) or Action(ActionKind.WAIT, stage, attempt)
 
 

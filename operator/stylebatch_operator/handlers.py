@@ -25,7 +25,7 @@ from stylebatch_operator.names import (
     is_controlled_by,
 )
 from stylebatch_operator.observe import (
-    all_running, child_state, is_suspended, live_pods, newest_started_pod, wanted_pods,
+    Stall, all_running, child_state, is_suspended, live_pods, newest_started_pod, wanted_pods,
 )
 
 from stylebatch_operator.settings import BUILT_IN, Settings
@@ -123,8 +123,8 @@ async def reconcile(kube: Kube, namespace: str, name: str, logger: logging.Logge
     for kind, child_name in action.deletes:  # before the status says so: a failed delete is tried again
         if await kube.delete(kind, namespace, child_name):
             logger.info("deleted %s %s", kind, child_name)
-    if action.creates is not None and not await _create_child(kube, stj, action, logger):
-        action = d.kind_not_served(stj, action, now, settings)
+    if action.creates is not None and (refused := await _create_child(kube, stj, action, logger)) is not None:
+        action = d.not_created(stj, action, refused, now, settings)
     if action.kind == ActionKind.EXPIRE:
         await kube.delete(KIND, namespace, name)  # Kubernetes deletes its children (owner references)
 
@@ -193,7 +193,8 @@ async def _observe(kube: Kube, stj: dict[str, Any], now: datetime, every: float,
     stage, attempt, name = d.current_child(stj)
     namespace = stj["metadata"]["namespace"]
     child = await kube.get(CHILD_KIND[stage], namespace, name)
-    if child is None or child_state(child).state == ChildState.SUCCEEDED or is_suspended(child):
+    if (child is None or not is_controlled_by(child, stj)  # another's: none of its pods, Events or logs are the job's
+            or child_state(child).state == ChildState.SUCCEEDED or is_suspended(child)):
         return child, [], []
     key, uid = (namespace, stj["metadata"]["name"]), child["metadata"].get("uid", "")
     running = child_state(child).state == ChildState.RUNNING
@@ -220,26 +221,29 @@ async def _observe(kube: Kube, stj: dict[str, Any], now: datetime, every: float,
     return child, pods, events
 
 
-async def _create_child(kube: Kube, stj: dict[str, Any], action: d.Action, logger: logging.Logger) -> bool:
-    """Creates (or adopts) the action's child; False when the API server does not serve its kind."""
+async def _create_child(kube: Kube, stj: dict[str, Any], action: d.Action, logger: logging.Logger) -> Stall | None:
+    """Creates (or adopts) the action's child; None when it is there, else why it cannot be: the
+    API server does not serve its kind, or another object (not the job's) holds its name."""
     stage, attempt = action.creates  # type: ignore[misc]
     manifest = build_child(stj, stage, attempt, action.deadline_seconds)
     kind, name = manifest["kind"], manifest["metadata"]["name"]
     try:
         await kube.create(manifest)
-        return True
+        return None
     except ApiError as exc:
         if exc.status == 404 and kind == CHILD_KIND[STYLIZE]:  # no MPIJob CRD (the namespace exists: the job is in it)
             logger.warning("could not create %s %s: %s", kind, name, exc)
-            return False
+            return d.not_served(kind)
         if exc.status != 409:
             raise kopf.TemporaryError(f"could not create {kind} {name}: {exc}", delay=30) from None
     # It exists: made by this operator before a restart (or by an earlier attempt at this step).
     existing = await kube.get(kind, manifest["metadata"]["namespace"], name)
-    if existing is not None and is_controlled_by(existing, stj):
+    if existing is None:  # deleted in between: created at the next reconciliation
+        raise kopf.TemporaryError(f"{kind} {name} was there and is gone; creating it again", delay=1)
+    if is_controlled_by(existing, stj):
         logger.info("adopted the existing %s %s", kind, name)
-        return True
-    raise kopf.TemporaryError(f"{kind} {name} exists but does not belong to this job; waiting for it to go", delay=30)
+        return None
+    return d.name_taken(existing)
 
 
 async def _read_progress(kube: Kube, mpijob: dict[str, Any], pods: list[dict[str, Any]],

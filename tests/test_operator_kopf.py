@@ -63,11 +63,17 @@ class ApiServer(kmock.KubernetesEmulator):
 
     _versions = itertools.count(1)
     unserved: frozenset[str] = frozenset()
+    # What the API server's validation says of an object to create (None: valid), as for a pod
+    # template Kubernetes refuses: 422 Invalid with that message.
+    invalid: Callable[[dict[str, Any]], str | None] = staticmethod(lambda obj: None)
 
     async def _handle(self, request: kmock.Request) -> Any:
         if request.resource is not None and request.resource.plural in self.unserved:
             raise kmock.KubernetesError(status=404, reason="NotFound",
                                         message="the server could not find the requested resource")
+        if (request.action == kmock.action.CREATE and isinstance(request.data, dict)
+                and (complaint := self.invalid(request.data))):
+            raise kmock.KubernetesError(status=422, reason="Invalid", message=complaint)
         if request.action == kmock.action.CREATE and isinstance(request.data, dict):
             meta = request.data.setdefault("metadata", {})
             if not meta.get("name") and meta.get("generateName"):
@@ -1107,6 +1113,39 @@ def test_a_child_that_can_never_start_is_shown_at_once_then_fails_the_job_and_is
             assert gone(api, kind, name)
             await asyncio.sleep(5 * INTERVAL)
             assert len(creates(api, collection)) == 1  # not retried: it would stall the same way
+    run(scenario)
+
+
+def cpu_request_over_limit(obj: dict[str, Any]) -> str | None:
+    """The API server's word on a Job whose pod asks for more CPU than its limit."""
+    if obj.get("kind") != "Job":
+        return None
+    resources = obj["spec"]["template"]["spec"]["containers"][0].get("resources") or {}
+    if int((resources.get("requests") or {}).get("cpu", 0)) > int((resources.get("limits") or {}).get("cpu", 99)):
+        return (f'Job.batch "{obj["metadata"]["name"]}" is invalid: spec.template.spec.containers[0].resources.'
+                'requests: Invalid value: "8": must be less than or equal to cpu limit of 4')
+    return None
+
+
+def test_a_child_the_api_server_refuses_as_invalid_is_shown_then_fails_the_job_instead_of_hanging_silently():
+    """A spec the CRD lets through can still make a child Kubernetes refuses (here a training Job
+    whose workers' CPU request is over their limit). The job must not sit Pending, saying nothing,
+    until its deadline hours later."""
+    async def scenario() -> None:
+        settings = Settings(interval=INTERVAL, stall_grace_seconds=GRACE)
+        async with api_server() as api, operator(api, settings=settings):
+            api.invalid = cpu_request_over_limit
+            await apply_job(api, style="az://styles/starry.jpg", train={"steps": 10},
+                            resources={"requests": {"cpu": "8"}, "limits": {"cpu": "4"}})
+            stalled = await eventually(lambda: condition(api, "Stalled")["status"] == "True"
+                                       and condition(api, "Stalled"))
+            assert stalled["reason"] == "ChildInvalid"
+            assert ("the API server refused Job orangutan-train-1: Job.batch \"orangutan-train-1\" is invalid: "
+                    "spec.template.spec.containers[0].resources.requests: Invalid value: \"8\": must be less than "
+                    "or equal to cpu limit of 4") in stalled["message"]
+            await eventually(lambda: status(api)["phase"] == "Failed", timeout=GRACE + 10)
+            assert condition(api, "Failed")["reason"] == "ChildInvalid"
+            assert status(api)["failure"]["stage"] == "train"
     run(scenario)
 
 

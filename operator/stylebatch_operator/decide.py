@@ -34,6 +34,9 @@ DISRUPTED = "Disrupted"  # a pod was evicted or lost its node: retried without s
 # A child's name is held by an object this job does not control (the child of an earlier job of the
 # same name, orphaned or not yet garbage-collected): never read, adopted or deleted as the job's own.
 CHILD_NAME_TAKEN = "ChildNameTaken"
+# The API server refused to create a child as specified (422 Invalid): a spec the CRD let through
+# that Kubernetes will not run (resource requests over limits, a node selector value no label can hold).
+CHILD_INVALID = "ChildInvalid"
 
 
 # What a retried stage does not do again.
@@ -362,6 +365,14 @@ def name_taken(existing: dict[str, Any]) -> Stall:
              else "it has no owner")
     return Stall(CHILD_NAME_TAKEN, f"{existing.get('kind')} {meta.get('name')} exists but is not this job's ({whose}: "
                                    "an earlier job of the same name?); delete it, or give the job another name", True)
+
+
+def refused(kind: str, name: str, detail: str) -> Stall:
+    """The stall of a job whose child the API server refused as invalid: permanent (the same child
+    is refused again), with what the API server found wrong."""
+    return Stall(CHILD_INVALID, f"the API server refused {kind} {name}: {detail or 'invalid'} (a spec field the "
+                                "StyleTransferJob's schema allows but Kubernetes does not; re-create the job "
+                                "with it fixed)", True)
 
 
 def not_created(stj: dict[str, Any], action: Action, found: Stall, now: datetime, settings: Settings = BUILT_IN) -> Action:

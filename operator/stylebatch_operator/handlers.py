@@ -16,7 +16,7 @@ import kopf
 from stylebatch.progress import RankProgress, TrainProgress, latest_by_rank, latest_train_progress
 
 from stylebatch_operator import decide as d, videowatch_handlers
-from stylebatch_operator.kube import ApiError, Kube
+from stylebatch_operator.kube import INVALID, ApiError, Kube
 from stylebatch_operator.manifests import build_child
 from stylebatch_operator.metrics import Metrics
 from stylebatch_operator.names import (
@@ -234,6 +234,9 @@ async def _create_child(kube: Kube, stj: dict[str, Any], action: d.Action, logge
         if exc.status == 404 and kind == CHILD_KIND[STYLIZE]:  # no MPIJob CRD (the namespace exists: the job is in it)
             logger.warning("could not create %s %s: %s", kind, name, exc)
             return d.not_served(kind)
+        if exc.status == INVALID:  # the same child would be refused again
+            logger.warning("could not create %s %s: %s: %s", kind, name, exc, exc.detail)
+            return d.refused(kind, name, exc.detail)
         if exc.status != 409:
             raise kopf.TemporaryError(f"could not create {kind} {name}: {exc}", delay=30) from None
     # It exists: made by this operator before a restart (or by an earlier attempt at this step).

@@ -6,6 +6,7 @@ HTTP plumbing; objects stay plain JSON dicts, as the pure modules expect them.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -13,6 +14,8 @@ from typing import Any
 import kopf
 from kubernetes_asyncio import client, config
 from stylebatch.errors import StylebatchError
+
+from stylebatch_operator.uris import redact
 
 # kind -> (apiVersion, plural)
 RESOURCES = {
@@ -30,10 +33,14 @@ TIMEOUT = 10  # seconds per request: a stuck call must not hold a reconciliation
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, reason: str) -> None:
+    """status and reason; detail: for 422 (Invalid) only, what the API server found invalid (its
+    Status message, redacted), which says which field of a child to fix."""
+
+    def __init__(self, status: int, reason: str, detail: str = "") -> None:
         super().__init__(f"{status} {reason}")
         self.status = status
         self.reason = reason
+        self.detail = detail
 
 
 def path(kind: str, namespace: str, name: str | None = None, subresource: str | None = None) -> str:
@@ -145,8 +152,9 @@ class Kube:
                 response_types_map=_JSON, auth_settings=["BearerToken"], _return_http_data_only=True,
                 _request_timeout=TIMEOUT)
         except client.ApiException as exc:
-            # Only the status and reason: the response body can echo the request.
-            raise ApiError(exc.status, exc.reason or "") from None
+            # Only the status and reason: the response body can echo the request. An Invalid's
+            # message names the offending fields and values, which is what the user must fix.
+            raise ApiError(exc.status, exc.reason or "", _invalid_detail(exc.status, exc.body)) from None
 
 
 def skip_environment_lookups(api: client.ApiClient, environ: Mapping[str, str] = os.environ) -> bool:
@@ -163,6 +171,20 @@ def skip_environment_lookups(api: client.ApiClient, environ: Mapping[str, str] =
         return False
     session._trust_env = False  # aiohttp reads it per request (ClientSession(trust_env=...))
     return True
+
+
+INVALID = 422  # the API server's validation refused the object as specified
+
+
+def _invalid_detail(status: int, body: Any) -> str:
+    """The Status message of a 422 response, redacted and bounded; "" for anything else."""
+    if status != INVALID:
+        return ""
+    try:
+        message = json.loads(body).get("message") or ""
+    except (TypeError, ValueError, AttributeError):
+        return ""
+    return redact(" ".join(str(message).split()))[:1000]
 
 
 def _field(obj: dict[str, Any], dotted: str) -> Any:

@@ -377,7 +377,7 @@ def refused(kind: str, name: str, detail: str) -> Stall:
 
 def not_created(stj: dict[str, Any], action: Action, found: Stall, now: datetime, settings: Settings = BUILT_IN) -> Action:
     """What to do instead of `action` when its child could not be created for the permanent cause
-    `found` (kind_not_served; a name another object holds: name_taken): ActionKind.STALL, then
+    `found` (kind_not_served; a name another object holds: name_taken; a 422: refused): ActionKind.STALL, then
     ActionKind.FAIL once that has lasted the grace period; ActionKind.WAIT meanwhile. Nothing is deleted."""
     stage, attempt = action.creates  # type: ignore[misc]
     return _stall_action(stj, stage, attempt, found, (), now, settings) or Action(ActionKind.WAIT, stage, attempt)

@@ -44,14 +44,29 @@ def job(**spec: Any) -> dict[str, Any]:
             "metadata": {"name": "orangutan", "namespace": "media"}, "spec": apply_defaults(own, SPEC_SCHEMA)}
 
 
-def admit(policy: dict[str, Any], obj: dict[str, Any]) -> list[str]:
-    """What the API server answers a CREATE of obj: the failed validations' messages (none: allowed)."""
+TENANT = "alice@contoso.com"
+OPERATOR = "system:serviceaccount:stylebatch:stylebatch-operator"  # the chart's, in its namespace
+
+
+def admit(policy: dict[str, Any], obj: dict[str, Any], *, user: str = TENANT, old: dict[str, Any] | None = None
+          ) -> list[str]:
+    """What the API server answers `user`'s CREATE of obj, or with `old`, a write of obj's status
+    over old's (a PATCH of styletransferjobs/status): the failed validations' messages (none:
+    allowed). Only requests the policy matches reach it."""
+    operation, subresource = ("CREATE", "") if old is None else ("UPDATE", "status")
+    matched = any(operation in rule["operations"] and
+                  (f"styletransferjobs/{subresource}" if subresource else "styletransferjobs") in rule["resources"]
+                  for rule in policy["spec"]["matchConstraints"]["resourceRules"])
+    if not matched:
+        return []
     env = celpy.Environment()
 
     def evaluate(expression: str, activation: dict[str, Any]) -> Any:
         return env.program(env.compile(expression)).evaluate(activation)
 
-    activation: dict[str, Any] = {"object": celpy.json_to_cel(obj)}
+    request = {"operation": operation, "subResource": subresource, "userInfo": {"username": user}}
+    activation: dict[str, Any] = {"object": celpy.json_to_cel(obj), "request": celpy.json_to_cel(request),
+                                  "oldObject": celpy.json_to_cel(old)}
     variables = {v["name"]: evaluate(v["expression"], activation) for v in policy["spec"].get("variables", [])}
     activation["variables"] = celpy.celtypes.MapType(
         {celpy.celtypes.StringType(k): v for k, v in variables.items()})
@@ -76,10 +91,11 @@ def test_the_policy_and_its_binding_are_valid_kubernetes_objects(version):
     assert binding["spec"]["policyName"] == policy["metadata"]["name"]
     assert binding["spec"]["validationActions"] == ["Deny"]
     assert binding["spec"]["matchResources"]["namespaceSelector"] == {"matchLabels": {"stylebatch.io/tenant": "true"}}
-    (rule,) = policy["spec"]["matchConstraints"]["resourceRules"]
-    # only on create: the spec never changes afterwards, and the operator's own patches pass
-    assert (rule["apiGroups"], rule["resources"], rule["operations"]) == (["stylebatch.io"], ["styletransferjobs"],
-                                                                          ["CREATE"])
+    rules = [(r["apiGroups"], r["resources"], r["operations"]) for r in policy["spec"]["matchConstraints"]["resourceRules"]]
+    # the spec on create only (it never changes afterwards, and the operator's finalizer patches
+    # pass); the status on every write
+    assert rules == [(["stylebatch.io"], ["styletransferjobs"], ["CREATE"]),
+                     (["stylebatch.io"], ["styletransferjobs/status"], ["UPDATE"])]
 
 
 ACR = "stylebatchacr.azurecr.io/stylebatch-worker:0.2.0"
@@ -123,9 +139,48 @@ def test_jobs_outside_the_restrictions_are_refused_with_a_message_saying_why(cas
     assert len(messages) == 1 and messages[0].startswith(message), messages
 
 
+ACCEPTED = job(image=ACR)
+ACCEPTED["status"] = {"phase": "Pending", "acceptedSpec": ACCEPTED["spec"],
+                      "effectiveSpec": {**ACCEPTED["spec"], "serviceAccountName": "stylebatch-job"}}
+
+
+def status_write(**status: Any) -> dict[str, Any]:
+    """The accepted job with these status fields written (effectiveSpec: these fields in it)."""
+    effective = {**ACCEPTED["status"]["effectiveSpec"], **status.pop("effectiveSpec", {})}
+    return {**ACCEPTED, "status": {**ACCEPTED["status"], "effectiveSpec": effective, **status}}
+
+
+# (case, who writes the status, what the job is afterwards, refused)
+STATUS_WRITES = [
+    ("the operator records progress", OPERATOR, status_write(phase="Stylizing", progress={"framesDone": 10}), False),
+    ("a tenant swaps in another image", TENANT, status_write(effectiveSpec={"image": "docker.io/someone/miner:1"}), True),
+    ("a tenant swaps in another identity", TENANT, status_write(effectiveSpec={"serviceAccountName": "admin-identity"}),
+     True),
+    ("a tenant rewrites the phase", TENANT, status_write(phase="Succeeded"), True),
+]
+
+
+@pytest.mark.parametrize("case, user, after, refused", STATUS_WRITES, ids=[c[0] for c in STATUS_WRITES])
+def test_only_the_operator_may_write_a_jobs_status_from_which_its_pods_are_built(case, user, after, refused):
+    (policy, _) = policy_objects(RESTRICTED)
+    messages = admit(policy, after, user=user, old=ACCEPTED)
+    if refused:
+        assert messages == [f"only the stylebatch operator ({OPERATOR}) may write a StyleTransferJob status, not "
+                            f"{user}: the pods are built from status.effectiveSpec"]
+    else:
+        assert messages == []
+
+
+def test_the_status_guard_names_the_operators_own_service_account():
+    values = {**RESTRICTED, "serviceAccount": {"create": True, "name": "op"}}
+    (policy, _) = policy_objects(values)
+    assert admit(policy, ACCEPTED, user="system:serviceaccount:stylebatch:op", old=job(image=ACR)) == []
+    assert admit(policy, ACCEPTED, user=OPERATOR, old=job(image=ACR))  # not the chart's default name any more
+
+
 def test_only_the_restrictions_an_admin_sets_are_enforced():
     (policy, _) = policy_objects({"admissionPolicy": {"enabled": True, "maxGpusPerJob": 2}})
-    assert len(policy["spec"]["validations"]) == 1
+    assert len(policy["spec"]["validations"]) == 2  # the GPU limit, and the status guard that is always there
     assert admit(policy, job(image="docker.io/anything:1", storage={"secretName": "any"})) == []
     assert admit(policy, job(workers=3)) == ["the job asks for 3 GPUs (workers x gpusPerWorker); at most 2 per job "
                                              "in this cluster"]

@@ -454,6 +454,47 @@ def test_a_child_suspended_again_by_a_preemption_is_queued_again_and_the_waits_a
     assert obj["status"]["queuedSeconds"] == 660
 
 
+def forged(change: dict[str, Any], **spec: Any) -> dict[str, Any]:
+    """A stylizing job whose status.effectiveSpec someone other than the operator rewrote with `change`."""
+    obj = stj("Stylizing", attempts={"preprocess": 1, "stylize": 1}, **spec)
+    obj["status"]["effectiveSpec"].update(change)
+    return obj
+
+
+ACR = "stylebatchacr.azurecr.io/stylebatch-worker:0.2.0"
+# (case, the job, what the forged status says instead of its spec)
+FORGED = [
+    ("another image", forged({"image": "docker.io/someone/miner:1"}, image=ACR),
+     f"status.effectiveSpec.image 'docker.io/someone/miner:1' is not spec.image '{ACR}'"),
+    ("another storage Secret", forged({"storage": {"secretName": "finance-storage"}}, storage={"secretName": "team"}),
+     "status.effectiveSpec.storage {'secretName': 'finance-storage'} is not spec.storage {'secretName': 'team'}"),
+    ("another pods' identity", forged({"serviceAccountName": "admin-identity"},
+                                      storage={"serviceAccountName": "team-identity", "accountName": "data"}),
+     "status.effectiveSpec.serviceAccountName 'admin-identity' is not spec.storage.serviceAccountName 'team-identity'"),
+    ("more GPUs", forged({"workers": 16}, workers=2), "status.effectiveSpec.workers 16 is not spec.workers 2"),
+]
+
+
+@pytest.mark.parametrize("case, obj, words", FORGED, ids=[c[0] for c in FORGED])
+def test_a_status_that_contradicts_the_spec_in_a_guarded_field_fails_the_job_and_builds_nothing_from_it(
+        case, obj, words):
+    running = mpijob(STY1)
+    action = decide(obj, {STY1: running}, now=NOW, settings=SETTINGS)
+    assert (action.kind, action.reason) == (ActionKind.FAIL, "EffectiveSpecMismatch")
+    assert words in action.message and "the status was not written by the operator" in action.message
+    assert action.deletes == (("MPIJob", STY1),) and action.creates is None  # its running child goes
+    change = transition(obj, action, NOW)
+    assert (change.patch["phase"], change.event[:2]) == ("Failed", ("Warning", "EffectiveSpecMismatch"))
+    # the next stage is not made from it either
+    assert decide(obj, {STY1: mpijob(STY1, MPI_SUCCEEDED)}, now=NOW, settings=SETTINGS).kind == ActionKind.FAIL
+
+
+def test_an_effective_spec_that_fills_in_the_operators_defaults_is_the_jobs_own():
+    obj = stj("Stylizing", attempts={"preprocess": 1, "stylize": 1})  # no image, storage, workers of its own
+    obj["status"]["effectiveSpec"].update(image="registry.example/worker:9", workers=4)  # the defaults then
+    assert decide(obj, {STY1: mpijob(STY1)}, now=NOW, settings=SETTINGS).kind == ActionKind.WAIT
+
+
 @pytest.mark.parametrize("name", ["2024-promo", "trip.v2", "Orangutan"])
 def test_a_name_the_mpi_operator_would_refuse_fails_before_any_child_is_made(name):
     obj = stj()

@@ -23,7 +23,7 @@ from stylebatch_operator.observe import (
 )
 from stylebatch_operator.settings import BUILT_IN, DEFAULT_PROGRESS_TIMEOUT, Settings
 from stylebatch_operator.states import ActionKind, ChildState, ConditionType, Phase
-from stylebatch_operator.spec import effective_spec, from_defaults, resolve, spec_problems
+from stylebatch_operator.spec import effective_spec, effective_spec_mismatch, from_defaults, resolve, spec_problems
 from stylebatch_operator.uris import strip_secrets
 
 PROGRESS_STALLED = "ProgressStalled"  # stylize (training) went without a new frame (step) for the progress timeout
@@ -37,6 +37,9 @@ CHILD_NAME_TAKEN = "ChildNameTaken"
 # The API server refused to create a child as specified (422 Invalid): a spec the CRD let through
 # that Kubernetes will not run (resource requests over limits, a node selector value no label can hold).
 CHILD_INVALID = "ChildInvalid"
+# status.effectiveSpec, which the children are built from, contradicts the job's spec in a field the
+# admission policy guards (image, credentials, GPUs): someone other than the operator wrote it.
+EFFECTIVE_SPEC_MISMATCH = "EffectiveSpecMismatch"
 
 
 # What a retried stage does not do again.
@@ -105,6 +108,13 @@ def decide(stj: dict[str, Any], children: dict[str, dict[str, Any]], *, now: dat
     left = seconds_left(stj, now)
     child = children.get(name)
     recorded = (status.get("children") or {}).get(stage) == name
+    mismatch = effective_spec_mismatch(stj)
+    if mismatch:  # nothing more is built from it; a child built from it goes
+        live = (((CHILD_KIND[stage], name),) if child is not None and is_controlled_by(child, stj)
+                and child_state(child).state == ChildState.RUNNING else ())
+        return Action(ActionKind.FAIL, stage, attempt, EFFECTIVE_SPEC_MISMATCH,
+                      f"{'; '.join(mismatch)}: the status was not written by the operator; no child is made from it",
+                      deletes=live)
     if child is not None and not is_controlled_by(child, stj):
         if left <= 0:
             return _deadline_failure(stage, None)

@@ -89,6 +89,29 @@ def effective_spec(stj: dict[str, Any], settings: Settings | None = None) -> dic
     return resolve(spec, BUILT_IN)  # accepted before effectiveSpec existed: no operator defaults then
 
 
+# The spec fields the chart's admission policy guards (templates/admission-policy.yaml): the image,
+# the credentials and the GPUs the pods get. The pods are built from status.effectiveSpec, so where
+# the job sets one of them, its effective spec must say the same.
+GUARDED_FIELDS = ("image", "imagePullSecrets", "storage", "workers", "gpusPerWorker")
+
+
+def effective_spec_mismatch(stj: dict[str, Any]) -> list[str]:
+    """Where a started job's status.effectiveSpec contradicts its own spec in a guarded field (or
+    in the service account its storage names), in words: the status was written by someone other
+    than the operator, which records the spec's own values. Empty when they agree."""
+    live = stj.get("spec") or {}
+    recorded = (stj.get("status") or {}).get("effectiveSpec")
+    if not isinstance(recorded, dict):
+        return []
+    found = [(f"status.effectiveSpec.{key}", recorded.get(key), f"spec.{key}", live[key])
+             for key in GUARDED_FIELDS if key in live and recorded.get(key) != live[key]]
+    account = (live.get("storage") or {}).get("serviceAccountName")
+    if account and recorded.get(SERVICE_ACCOUNT) != account:
+        found.append((f"status.effectiveSpec.{SERVICE_ACCOUNT}", recorded.get(SERVICE_ACCOUNT),
+                      "spec.storage.serviceAccountName", account))
+    return [f"{field} {value!r} is not {own} {want!r}" for field, value, own, want in found]
+
+
 def spec_problems(stj: dict[str, Any], settings: Settings) -> list[str]:
     """Why this job cannot run, in words; empty when it can."""
     spec = resolve(stj.get("spec") or {}, settings)

@@ -186,6 +186,57 @@ def test_only_the_restrictions_an_admin_sets_are_enforced():
                                              "in this cluster"]
 
 
+# (case, allowedImages, image, admitted)
+IMAGE_PREFIXES = [
+    ("a registry host admits its images", ["myregistry.azurecr.io"], "myregistry.azurecr.io/stylebatch-worker:1", True),
+    ("a registry host is not a prefix of another host", ["myregistry.azurecr.io"],
+     "myregistry.azurecr.io.evil.com/stylebatch-worker:1", False),
+    ("a repository admits its tags", ["myacr.azurecr.io/stylebatch-worker"], "myacr.azurecr.io/stylebatch-worker:0.2.0",
+     True),
+    ("a repository admits its digests", ["myacr.azurecr.io/stylebatch-worker"],
+     "myacr.azurecr.io/stylebatch-worker@sha256:" + "0" * 64, True),
+    ("a repository is not a prefix of another repository", ["myacr.azurecr.io/stylebatch-worker"],
+     "myacr.azurecr.io/stylebatch-worker-evil:1", False),
+    ("a whole image reference admits that image", ["myacr.azurecr.io/stylebatch-worker:0.2.0"],
+     "myacr.azurecr.io/stylebatch-worker:0.2.0", True),
+    ("a whole image reference admits no longer tag", ["myacr.azurecr.io/stylebatch-worker:0.2.0"],
+     "myacr.azurecr.io/stylebatch-worker:0.2.0-evil", False),
+    ("a prefix ending in / admits what is below it", ["myacr.azurecr.io/team/"], "myacr.azurecr.io/team/worker:1",
+     True),
+]
+
+
+@pytest.mark.parametrize("case, allowed, image, admitted", IMAGE_PREFIXES, ids=[c[0] for c in IMAGE_PREFIXES])
+def test_an_allowed_image_prefix_ends_at_a_whole_name_component(case, allowed, image, admitted):
+    (policy, _) = policy_objects({"admissionPolicy": {"enabled": True, "allowedImages": allowed}})
+    messages = admit(policy, job(image=image))
+    assert messages == [] if admitted else messages == [
+        f"spec.image {image} is not allowed in this cluster: images must start with one of {allowed[0]}"]
+
+
+# (case, values, the job's storage, what is refused)
+CREDENTIALS = [
+    ("Secrets restricted: no workload identity either", {"allowedSecrets": ["stylebatch-storage"]},
+     {"serviceAccountName": "admin-identity", "accountName": "data"},
+     "spec.storage.serviceAccountName admin-identity is not allowed in this cluster: jobs may name no workload "
+     "identity here: leave spec.storage to the operator default"),
+    ("identities restricted: no Secret either", {"allowedServiceAccounts": ["stylebatch-job"]},
+     {"secretName": "finance-storage"},
+     "spec.storage.secretName finance-storage is not allowed in this cluster: jobs may name no Secret here: leave "
+     "spec.storage and spec.imagePullSecrets to the operator defaults"),
+    ("Secrets restricted: a listed Secret", {"allowedSecrets": ["stylebatch-storage"]},
+     {"secretName": "stylebatch-storage"}, None),
+    ("identities restricted: a listed identity", {"allowedServiceAccounts": ["stylebatch-job"]},
+     {"serviceAccountName": "stylebatch-job", "accountName": "data"}, None),
+]
+
+
+@pytest.mark.parametrize("case, values, storage, refused", CREDENTIALS, ids=[c[0] for c in CREDENTIALS])
+def test_restricting_either_kind_of_credential_restricts_both(case, values, storage, refused):
+    (policy, _) = policy_objects({"admissionPolicy": {"enabled": True, **values}})
+    assert admit(policy, job(storage=storage)) == ([refused] if refused else [])
+
+
 def test_the_gpu_limit_counts_unset_fields_with_the_charts_defaults():
     values = {**RESTRICTED, "jobs": {"workers": 4, "gpusPerWorker": 2}}
     (policy, _) = policy_objects(values)

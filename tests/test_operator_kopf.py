@@ -563,6 +563,39 @@ def test_a_user_error_fails_the_job_at_once_without_a_retry():
     run(scenario)
 
 
+def test_a_pod_of_an_earlier_job_of_the_same_name_is_not_taken_for_the_new_jobs():
+    """A job deleted and re-created with the same name: the earlier job's preprocess pod (same
+    name, stage and attempt labels, the worker's bad-input exit code) is still terminating when the
+    new job's own preprocess fails for a transient reason. The new job retries; it does not fail
+    with the earlier job's verdict."""
+    async def scenario() -> None:
+        async with api_server() as api, operator(api):
+            await apply_job(api, retries=3)
+            name = "orangutan-preprocess-1"
+            labels = await eventually(lambda: child(api, "Job", name)["spec"]["template"]["metadata"]["labels"])
+            assert labels["stylebatch.io/job-uid"] == job(api)["metadata"]["uid"]
+            earlier = {k: v for k, v in labels.items() if k != "stylebatch.io/job-uid"}  # an earlier operator's
+            for pod_name, pod_labels, code, line in [
+                    (f"{name}-old11", earlier, 2, "stylebatch: error: the earlier job's input is not a video"),
+                    (f"{name}-old22", {**labels, "stylebatch.io/job-uid": "uid-of-the-earlier-orangutan"}, 2,
+                     "stylebatch: error: the earlier job's input is not a video"),
+                    (f"{name}-x7k2p", labels, 75, "stylebatch: error: storage unreachable")]:
+                pod = {"apiVersion": "v1", "kind": "Pod",
+                       "metadata": {"name": pod_name, "namespace": NS, "labels": pod_labels},
+                       "status": {"phase": "Failed", "containerStatuses": [{"state": {"terminated": {
+                           "exitCode": code, "reason": "Error", "message": line}}}]}}
+                assert (await api.post(PODS, json=pod)).status == 200
+            await finish(api, JOBS, name, ok=False, reason="BackoffLimitExceeded",
+                         message="Job has reached the specified backoff limit")
+
+            await eventually(lambda: child(api, "Job", "orangutan-preprocess-2"))
+            s = status(api)
+            assert (s["phase"], s["reason"], s["retries"]) == ("Preprocessing", "Retrying", 1)
+            assert "storage unreachable" in s["failure"]["message"] and "earlier" not in s["failure"]["message"]
+            assert not [e for e in events(api) if e[1] == "InvalidInput"]
+    run(scenario)
+
+
 def test_a_restarted_operator_carries_on_without_duplicates_or_starting_over():
     async def scenario() -> None:
         async with api_server() as api:

@@ -285,7 +285,7 @@ def test_workload_identity_labels_every_pod_and_uses_the_service_account():
             assert "AZURE_STORAGE_CONNECTION_STRING" not in env
 
 
-def test_children_are_owned_labelled_and_named_by_job_stage_and_attempt():
+def test_children_are_owned_labelled_and_named_by_job_uid_stage_and_attempt():
     job = stj(**TRAINED)
     for stage, kind in (("train", "Job"), ("preprocess", "Job"), ("stylize", "MPIJob"), ("postprocess", "Job")):
         child = build_child(job, stage, 2)
@@ -294,7 +294,8 @@ def test_children_are_owned_labelled_and_named_by_job_stage_and_attempt():
             "apiVersion": "stylebatch.io/v1alpha1", "kind": "StyleTransferJob", "name": "orangutan",
             "uid": "0123456789abcdef-uid", "controller": True, "blockOwnerDeletion": True}]
         labels = {"app.kubernetes.io/managed-by": "stylebatch", "stylebatch.io/job": "orangutan",
-                  "stylebatch.io/stage": stage, "stylebatch.io/attempt": "2"}
+                  "stylebatch.io/stage": stage, "stylebatch.io/attempt": "2",
+                  "stylebatch.io/job-uid": "0123456789abcdef-uid"}  # a job of the same name re-created: another
         assert child["metadata"]["labels"] == labels
         for template in _templates(child):
             assert labels.items() <= template["metadata"]["labels"].items()

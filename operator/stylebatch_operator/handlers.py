@@ -20,9 +20,8 @@ from stylebatch_operator.kube import INVALID, ApiError, Kube
 from stylebatch_operator.manifests import build_child
 from stylebatch_operator.metrics import Metrics
 from stylebatch_operator.names import (
-    CHILD_KIND, GROUP, KIND, LABEL_ATTEMPT, LABEL_JOB, LABEL_STAGE, MPI_LABEL_ROLE, MPI_LAUNCHER_SUFFIX, PLURAL, STYLIZE,
-    TRAIN, VERSION,
-    is_controlled_by,
+    CHILD_KIND, GROUP, KIND, MPI_LABEL_ROLE, MPI_LAUNCHER_SUFFIX, PLURAL, STYLIZE, TRAIN, VERSION, is_controlled_by,
+    pod_selector,
 )
 from stylebatch_operator.observe import (
     Stall, all_running, child_state, is_suspended, live_pods, newest_started_pod, wanted_pods,
@@ -201,7 +200,7 @@ async def _observe(kube: Kube, stj: dict[str, Any], now: datetime, every: float,
     last = reads.pods.get(key) if reads is not None else None
     if running and last is not None and last.fresh(uid, now, every):
         return child, last.items, []
-    pods = await kube.list("Pod", namespace, _pod_labels(child))
+    pods = await kube.list("Pod", namespace, pod_selector(child))
     if reads is not None:
         if running and all_running(child, pods):
             reads.pods[key] = Read(now, uid, pods)
@@ -283,9 +282,3 @@ async def _read_training(kube: Kube, namespace: str, pods: list[dict[str, Any]],
         logger.debug("no training progress yet: %s", exc)
         return pod, None
     return pod, latest_train_progress(text.splitlines())
-
-
-def _pod_labels(child: dict[str, Any]) -> dict[str, str]:
-    """The labels the child's pod templates give its pods."""
-    labels = child["metadata"].get("labels") or {}
-    return {key: labels.get(key, "") for key in (LABEL_JOB, LABEL_STAGE, LABEL_ATTEMPT)}

@@ -130,7 +130,7 @@ def build_postprocess_job(stj: dict[str, Any], attempt: int = 1, deadline_second
 def build_mpijob(stj: dict[str, Any], attempt: int = 1, deadline_seconds: int | None = None) -> dict[str, Any]:
     spec = effective_spec(stj)
     name = child_name(stj["metadata"]["name"], STYLIZE, attempt)
-    labels = child_labels(stj["metadata"]["name"], STYLIZE, attempt)
+    labels = child_labels(stj["metadata"]["name"], STYLIZE, attempt, stj["metadata"]["uid"])
     gpus = spec["gpusPerWorker"]
     slots = max(gpus, 1)  # one rank per GPU; one rank per worker on CPUs
     return {
@@ -181,7 +181,7 @@ def _job(stj: dict[str, Any], stage: str, attempt: int, args: list[str], deadlin
     else the workers' resources with that many GPUs, placed on the workers' pool."""
     spec = effective_spec(stj)
     name = child_name(stj["metadata"]["name"], stage, attempt)
-    labels = child_labels(stj["metadata"]["name"], stage, attempt)
+    labels = child_labels(stj["metadata"]["name"], stage, attempt, stj["metadata"]["uid"])
     container = _container(stj, spec, stage, ["stylebatch", *args])
     if gpus is None:
         container["resources"] = copy.deepcopy(_pod_defaults(spec)["stageResources"])

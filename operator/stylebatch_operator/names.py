@@ -28,6 +28,10 @@ LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 LABEL_JOB = f"{GROUP}/job"
 LABEL_STAGE = f"{GROUP}/stage"
 LABEL_ATTEMPT = f"{GROUP}/attempt"
+# The uid of the StyleTransferJob a child (and its pods) belongs to: a job re-created with the same
+# name gets children and pods with the same names and the labels above, which must not be taken for
+# the earlier job's (its pods may still be terminating).
+LABEL_JOB_UID = f"{GROUP}/job-uid"
 LABEL_WATCH = f"{GROUP}/watch"  # on the StyleTransferJobs a VideoWatch made
 
 # A Kubernetes quantity (cpu: "4", memory: 16Gi, ephemeral-storage: 20Gi).
@@ -65,13 +69,24 @@ def child_name(job_name: str, stage: str, attempt: int) -> str:
     return f"{job_name}-{stage}-{attempt}"
 
 
-def child_labels(job_name: str, stage: str, attempt: int) -> dict[str, str]:
-    return {
+def child_labels(job_name: str, stage: str, attempt: int, job_uid: str = "") -> dict[str, str]:
+    labels = {
         LABEL_MANAGED_BY: MANAGED_BY,
         LABEL_JOB: job_name,
         LABEL_STAGE: stage,
         LABEL_ATTEMPT: str(attempt),
     }
+    if job_uid:
+        labels[LABEL_JOB_UID] = job_uid
+    return labels
+
+
+def pod_selector(child: dict[str, Any]) -> dict[str, str]:
+    """The labels that select a child's pods (its pod templates carry the child's labels): those of
+    its job, stage and attempt, and its job's uid (absent on a child made before that label)."""
+    labels = child["metadata"].get("labels") or {}
+    return {key: labels.get(key, "") for key in (LABEL_JOB, LABEL_STAGE, LABEL_ATTEMPT, LABEL_JOB_UID)
+            if key != LABEL_JOB_UID or key in labels}
 
 
 def owner_reference(stj: dict[str, Any], kind: str = KIND) -> dict[str, Any]:

@@ -599,12 +599,56 @@ def test_a_permanent_cause_after_a_transient_one_gets_its_own_grace_period():
     secret = [pending_pod("CreateContainerConfigError", 'secret "stylebatch-storage" not found')]
     shown = decide(obj, {PRE1: job(PRE1)}, now=NOW, pods=secret, settings=SETTINGS)
     assert (shown.kind, shown.reason) == (ActionKind.STALL, "CreateContainerConfigError")  # not failed at once
+    assert transition(obj, shown, NOW).event[:2] == ("Warning", "CreateContainerConfigError")  # the grace starts
     obj["status"].update(transition(obj, shown, NOW).patch)
     stalled = next(c for c in obj["status"]["conditions"] if c["type"] == "Stalled")
-    assert stalled["lastTransitionTime"] == "2026-05-01T12:00:00Z"
+    assert stalled["lastTransitionTime"] == "2026-05-01T11:55:00Z"  # stalled all along: since the first cause
+    assert obj["status"]["permanentStallSince"] == "2026-05-01T12:00:00Z"
     later = NOW + timedelta(seconds=SETTINGS.stall_grace_seconds)
     assert decide(obj, {PRE1: job(PRE1)}, now=later - timedelta(seconds=1), pods=secret, settings=SETTINGS).kind == ActionKind.WAIT
     assert decide(obj, {PRE1: job(PRE1)}, now=later, pods=secret, settings=SETTINGS).kind == ActionKind.FAIL
+
+
+def reconcile_times(obj: dict[str, Any], causes: list[list[dict[str, Any]]], every: float = 10):
+    """The job through reconciliations `every` seconds apart from NOW, its child's pods showing
+    each of `causes` in turn: (the actions, the Events posted, the job afterwards)."""
+    actions, posted = [], []
+    for i, pods in enumerate(causes):
+        now = NOW + timedelta(seconds=i * every)
+        action = decide(obj, {PRE1: job(PRE1)}, now=now, pods=pods, settings=SETTINGS)
+        change = transition(obj, action, now)
+        actions.append(action)
+        if change.event:
+            posted.append(change.event[:2])
+        obj = apply(obj, action, now) if change.patch else obj
+    return actions, posted, obj
+
+
+PULL = [pending_pod("ErrImagePull", "manifest unknown")]
+BACKOFF_PULL = [pending_pod("ImagePullBackOff", 'Back-off pulling image "acr/worker:9"')]
+BAD_NAME = [pending_pod("InvalidImageName", "couldn't parse image")]
+NO_SECRET = [pending_pod("CreateContainerConfigError", 'secret "stylebatch-storage" not found')]
+
+
+def test_a_stall_whose_cause_alternates_stays_one_stall_with_one_warning():
+    """The kubelet alternates ErrImagePull and ImagePullBackOff while it retries a pull."""
+    actions, posted, obj = reconcile_times(stj("Preprocessing", attempts={"preprocess": 1}),
+                                           [PULL, BACKOFF_PULL, PULL, BACKOFF_PULL, PULL])
+    assert [a.reason for a in actions] == ["ErrImagePull", "ImagePullBackOff"] * 2 + ["ErrImagePull"]
+    assert posted == [("Warning", "ErrImagePull")]  # once, when the child turned stalled
+    stalled = next(c for c in obj["status"]["conditions"] if c["type"] == "Stalled")
+    assert (stalled["status"], stalled["reason"]) == ("True", "ErrImagePull")  # the cause now
+    assert stalled["lastTransitionTime"] == "2026-05-01T12:00:00Z"  # since it first stalled
+    assert obj["status"]["reason"] == "ErrImagePull"
+
+
+def test_permanent_causes_that_alternate_fail_the_job_one_grace_period_after_the_first():
+    grace = int(SETTINGS.stall_grace_seconds)
+    causes = [BAD_NAME, NO_SECRET] * (grace // 20) + [BAD_NAME]  # every 10 s, for the grace period
+    actions, posted, obj = reconcile_times(stj("Preprocessing", attempts={"preprocess": 1}), causes)
+    assert all(a.kind == ActionKind.STALL for a in actions[:-1])
+    assert (actions[-1].kind, actions[-1].reason) == (ActionKind.FAIL, "InvalidImageName")
+    assert posted == [("Warning", "InvalidImageName"), ("Warning", "InvalidImageName")]  # stalled, then failed
 
 
 def test_the_pods_starting_clear_the_stall():

@@ -349,6 +349,9 @@ STATUS_SCHEMA: dict[str, Any] = _obj("Observed state, written by the operator.",
     "queuedSince": _text("When the current child began to wait for admission (suspended); unset once it "
                          "is admitted.", format="date-time"),
     "completionTime": _text("When the job succeeded or failed.", format="date-time"),
+    "permanentStallSince": _text("While the current child is stalled: when it was first shown stalled by a cause "
+                                 "waiting cannot help (the grace period runs from here, whatever causes follow); "
+                                 "unset when the stall ends.", format="date-time"),
     "outputURI": _text("The output (any SAS token removed)."),
     "workDir": _text("The work dir (any SAS token removed)."),
     "trainedStyle": _text("With spec.train: where the training Job writes the trained weights (next to the work "

@@ -68,6 +68,7 @@ class Action:
     deadline_seconds: int | None = None  # time left for a child to create
     spec: dict[str, Any] | None = None  # ActionKind.START: the effective spec the job is accepted with
     counted: bool = True  # ActionKind.RETRY: spends one of spec.retries (a disruption does not)
+    permanent: bool = False  # ActionKind.STALL: waiting cannot help (the grace period runs)
     deletes: tuple[tuple[str, str], ...] = ()  # (kind, name) of children to delete first: no pod outlives it
 
     @property
@@ -331,14 +332,18 @@ def _stalled_condition(stj: dict[str, Any]) -> dict[str, Any] | None:
 
 def _stall_action(stj: dict[str, Any], stage: str, attempt: int, found: Stall, live: tuple[tuple[str, str], ...],
                   now: datetime, settings: Settings) -> Action | None:
-    """STALL when the status does not show `found` yet; FAIL (deleting `live`) once a permanent
-    cause the status shows has lasted the grace period (since the Stalled condition was set with
-    this reason, or since the child shows it began); None while there is nothing new to say."""
+    """STALL when the status does not show `found` yet; FAIL (deleting `live`) once the child,
+    shown stalled, has been stalled by permanent causes for the grace period: since the status
+    first showed one (status.permanentStallSince; causes that alternate do not restart it), or
+    since the child shows it began; None while there is nothing new to say."""
     name = child_name(stj["metadata"]["name"], stage, attempt)
     kind_name = f"{CHILD_KIND[stage]} {name}"
     reported = _stalled_condition(stj)
-    shown = reported is not None and reported.get("reason") == found.reason
-    since = parse_time(reported.get("lastTransitionTime")) if shown else None
+    since = None
+    if reported is not None and found.permanent:
+        since = parse_time((stj.get("status") or {}).get("permanentStallSince"))
+        if since is None and reported.get("reason") == found.reason:  # shown before permanentStallSince existed
+            since = parse_time(reported.get("lastTransitionTime"))
     if found.elapsed is not None and since is not None:  # shown first, however late it was first seen
         since = min(since, now - timedelta(seconds=found.elapsed))
     if found.permanent and since is not None and (now - since).total_seconds() >= settings.stall_grace_seconds:
@@ -347,7 +352,7 @@ def _stall_action(stj: dict[str, Any], stage: str, attempt: int, found: Stall, l
                       failure=failure, deletes=live)
     message = _stall_message(kind_name, found, settings)
     if reported is None or (reported.get("reason"), reported.get("message")) != (found.reason, message):
-        return Action(ActionKind.STALL, stage, attempt, found.reason, message)
+        return Action(ActionKind.STALL, stage, attempt, found.reason, message, permanent=found.permanent)
     return None
 
 

@@ -77,6 +77,7 @@ def transition(stj: dict[str, Any], action: Action, now: datetime) -> Transition
             cond(ConditionType.SUCCEEDED, "False", phase)
             if _stalled(conditions):  # a new child starts with a clean slate
                 cond(ConditionType.STALLED, "False", "Started", f"created {CHILD_KIND[stage]} {name}")
+                patch["permanentStallSince"] = None
             retry = kind == ActionKind.RETRY
             patch.update(reason=action.reason if retry else "", message=action.message if retry else "")
             if retry:
@@ -94,14 +95,21 @@ def transition(stj: dict[str, Any], action: Action, now: datetime) -> Transition
                                          "summary": f"100% ({steps}/{steps} steps)", "updateTime": iso(now)}
             if action.reason == "ChildMissing":
                 event_type = WARNING
-        case ActionKind.STALL:  # another cause is another stall: its grace period starts now
-            conditions = [c for c in conditions if not (c.get("type") == ConditionType.STALLED
-                                                        and c.get("reason") != action.reason)]
+        case ActionKind.STALL:
+            # Another cause of the same stall: the condition says so but stays True (its
+            # lastTransitionTime with it), and the Warning Event comes only when the child turns
+            # stalled and when a cause waiting cannot help first shows (the grace period starts).
+            news = not _stalled(conditions)
             cond(ConditionType.STALLED, "True", action.reason, action.message)
             patch.update(reason=action.reason, message=action.message)
+            if action.permanent and not status.get("permanentStallSince"):
+                patch["permanentStallSince"] = iso(now)
+                news = True
+            if not news:
+                event_type = None
         case ActionKind.UNSTALL:
             cond(ConditionType.STALLED, "False", action.reason, action.message)
-            patch.update(reason="", message="")
+            patch.update(reason="", message="", permanentStallSince=None)
         case ActionKind.SUCCEED:
             patch.update(phase=Phase.SUCCEEDED, completionTime=iso(now), reason="", message="")
             cond(ConditionType.RUNNING, "False", Phase.SUCCEEDED, action.message)
@@ -111,6 +119,7 @@ def transition(stj: dict[str, Any], action: Action, now: datetime) -> Transition
             patch.update(phase=Phase.FAILED, completionTime=iso(now), reason=action.reason, message=action.message)
             if _stalled(conditions):
                 cond(ConditionType.STALLED, "False", action.reason, "the job failed")
+                patch["permanentStallSince"] = None
             cond(ConditionType.RUNNING, "False", action.reason, action.message)
             cond(ConditionType.SUCCEEDED, "False", action.reason)
             cond(ConditionType.FAILED, "True", action.reason, action.message)
@@ -132,7 +141,7 @@ def transition(stj: dict[str, Any], action: Action, now: datetime) -> Transition
                             "reason": f.reason, "message": f.message}
     patch["conditions"] = conditions
     patch["observedGeneration"] = generation
-    return Transition(patch, (event_type, action.reason, action.message))
+    return Transition(patch, (event_type, action.reason, action.message) if event_type else None)
 
 
 def progress_patch(latest: dict[int, RankProgress] | None, status: dict[str, Any], attempt: int,

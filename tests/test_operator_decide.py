@@ -422,9 +422,13 @@ def test_a_child_waiting_for_kueue_is_queued_then_admitted_and_the_wait_does_not
     assert (action.kind, action.reason) == (ActionKind.QUEUE, "Queued")
     assert "MPIJob orangutan-stylize-1 waits for Kueue to admit it in LocalQueue gpu-spot" in action.message
     assert transition(obj, action, NOW).event[:2] == ("Normal", "Queued")
+    obj["status"]["conditions"] = [{"type": "Running", "status": "True", "reason": "Stylizing",  # as created
+                                    "message": "MPIJob orangutan-stylize-1 (attempt 1)",
+                                    "lastTransitionTime": STARTED}]
     obj = apply(obj, action, NOW)
     conditions = {c["type"]: (c["status"], c["reason"]) for c in obj["status"]["conditions"]}
-    assert conditions == {"Queued": ("True", "WaitingForAdmission"), "Admitted": ("False", "WaitingForAdmission")}
+    assert conditions == {"Queued": ("True", "WaitingForAdmission"), "Admitted": ("False", "WaitingForAdmission"),
+                          "Running": ("False", "WaitingForAdmission")}  # nothing of it runs meanwhile
 
     # five hours in the queue: far past the two-hour deadline counted from the start, yet no failure
     later = NOW + timedelta(hours=5)
@@ -434,7 +438,8 @@ def test_a_child_waiting_for_kueue_is_queued_then_admitted_and_the_wait_does_not
     obj = apply(obj, action, later)
     assert obj["status"]["queuedSeconds"] == 5 * 3600 and "queuedSince" not in obj["status"]
     conditions = {c["type"]: (c["status"], c["reason"]) for c in obj["status"]["conditions"]}
-    assert conditions == {"Queued": ("False", "Admitted"), "Admitted": ("True", "Admitted")}
+    assert conditions == {"Queued": ("False", "Admitted"), "Admitted": ("True", "Admitted"),
+                          "Running": ("True", "Stylizing")}
 
     # the hour that was left is still there, and no more
     assert decide(obj, {STY1: mpijob(STY1)}, now=later + timedelta(seconds=3599)).kind == ActionKind.WAIT

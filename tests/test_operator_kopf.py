@@ -416,10 +416,12 @@ def test_with_kueue_every_child_waits_suspended_until_admitted_and_the_status_sa
             assert mpijob["spec"]["runPolicy"]["suspend"] is True  # launcher and workers admitted together
             await eventually(lambda: status(api).get("queuedSince"))
             conditions = {c["type"]: c["status"] for c in status(api)["conditions"]}
-            assert (conditions["Queued"], conditions["Admitted"], status(api)["phase"]) == ("True", "False", "Stylizing")
+            assert (conditions["Queued"], conditions["Admitted"], conditions["Running"], status(api)["phase"]) == (
+                "True", "False", "False", "Stylizing")  # nothing of it runs while it waits
             assert not [r for r in api if r.subresource == "log"]  # no launcher to read while queued
             await admit(api, MPIJOBS, "orangutan-stylize-1")
             await eventually(lambda: "queuedSince" not in status(api))
+            assert {c["type"]: c["status"] for c in status(api)["conditions"]}["Running"] == "True"
             assert status(api)["queuedSeconds"] >= 0
             await eventually(lambda: [reason for _, reason, _ in events(api)] == [
                 "Accepted", "PreprocessStarted", "Queued", "Admitted", "PreprocessSucceeded", "Queued", "Admitted"])

@@ -123,16 +123,21 @@ def transition(stj: dict[str, Any], action: Action, now: datetime) -> Transition
             cond(ConditionType.RUNNING, "False", action.reason, action.message)
             cond(ConditionType.SUCCEEDED, "False", action.reason)
             cond(ConditionType.FAILED, "True", action.reason, action.message)
-        case ActionKind.QUEUE:
+        case ActionKind.QUEUE:  # suspended: nothing of it runs until Kueue admits it
             patch["queuedSince"] = iso(now)
             cond(ConditionType.QUEUED, "True", "WaitingForAdmission", action.message)
             cond(ConditionType.ADMITTED, "False", "WaitingForAdmission", action.message)
+            cond(ConditionType.RUNNING, "False", "WaitingForAdmission", action.message)
         case ActionKind.ADMIT:
             since = parse_time(status.get("queuedSince")) or now
             waited = max(0, int((now - since).total_seconds()))
             patch.update(queuedSince=None, queuedSeconds=int(status.get("queuedSeconds") or 0) + waited)
             cond(ConditionType.QUEUED, "False", ConditionType.ADMITTED, action.message)
             cond(ConditionType.ADMITTED, "True", ConditionType.ADMITTED, action.message)
+            if action.stage is not None:
+                name = child_name(stj["metadata"]["name"], action.stage, action.attempt)
+                cond(ConditionType.RUNNING, "True", Phase.of_stage(action.stage),
+                     f"{CHILD_KIND[action.stage]} {name} (attempt {action.attempt})")
         case _:
             raise ValueError(f"no transition for action kind {kind!r}")
     if action.failure is not None:

@@ -1437,6 +1437,34 @@ def test_a_failed_job_is_resumed_by_a_new_job_naming_its_work_dir():
     run(scenario)
 
 
+def test_the_clean_up_deletes_only_the_jobs_own_children_not_others_of_the_same_name():
+    """A failed job's children go after spec.cleanup.childrenAfterFailedSeconds. Meanwhile its
+    preprocess Job was deleted by hand and someone made another Job of that name (another job's,
+    or nobody's): the clean-up leaves that one alone and deletes the job's own MPIJob."""
+    async def scenario() -> None:
+        async with api_server() as api, operator(api):
+            await apply_job(api, retries=0, cleanup={"childrenAfterFailedSeconds": 2})
+            await to_stylize(api)
+            await finish(api, MPIJOBS, "orangutan-stylize-1", ok=False, reason="MPIJobFailed")
+            await eventually(lambda: status(api)["phase"] == "Failed")
+            (await api.delete(f"{JOBS}/orangutan-preprocess-1")).release()
+            other = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {
+                "name": "orangutan-preprocess-1", "namespace": NS, "labels": {"stylebatch.io/job": "orangutan"},
+                "ownerReferences": [{"apiVersion": "stylebatch.io/v1alpha1", "kind": "StyleTransferJob",
+                                     "name": "orangutan", "uid": "uid-of-another-orangutan", "controller": True}]},
+                "spec": {}}
+            assert (await api.post(JOBS, json=other)).status == 200
+
+            await eventually(lambda: status(api).get("childrenDeleted"))
+            assert gone(api, "MPIJob", "orangutan-stylize-1")
+            (request,) = [r for r in api if r.method == "DELETE" and str(r.url.path).startswith(MPIJOBS + "/")]
+            assert request.data["preconditions"]["uid"]  # that very MPIJob, not one made since it was read
+            assert not gone(api, "Job", "orangutan-preprocess-1")  # not the job's: still there
+            assert child(api, "Job", "orangutan-preprocess-1")["metadata"]["ownerReferences"][0]["uid"] == \
+                "uid-of-another-orangutan"
+    run(scenario)
+
+
 def test_a_finished_job_is_deleted_after_its_ttl():
     async def scenario() -> None:
         async with api_server() as api, operator(api):

@@ -120,12 +120,12 @@ async def reconcile(kube: Kube, namespace: str, name: str, logger: logging.Logge
     action = d.decide(stj, {child["metadata"]["name"]: child} if child else {}, now=now, pods=pods, events=events,
                       settings=settings)
     for kind, child_name in action.deletes:  # before the status says so: a failed delete is tried again
-        if await kube.delete(kind, namespace, child_name):
+        if await _delete_own(kube, stj, kind, child_name, logger):
             logger.info("deleted %s %s", kind, child_name)
     if action.creates is not None and (refused := await _create_child(kube, stj, action, logger)) is not None:
         action = d.not_created(stj, action, refused, now, settings)
-    if action.kind == ActionKind.EXPIRE:
-        await kube.delete(KIND, namespace, name)  # Kubernetes deletes its children (owner references)
+    if action.kind == ActionKind.EXPIRE:  # this very job, not one re-created with its name since it was read
+        await kube.delete(KIND, namespace, name, uid=stj["metadata"]["uid"])  # its children go with it (owner refs)
 
 
     change = transition(stj, action, now)
@@ -218,6 +218,19 @@ async def _observe(kube: Kube, stj: dict[str, Any], now: datetime, every: float,
     if reads is not None:
         reads.events[key] = Read(now, uid, events)
     return child, pods, events
+
+
+async def _delete_own(kube: Kube, stj: dict[str, Any], kind: str, name: str, logger: logging.Logger) -> bool:
+    """Deletes the job's child `name` if the job controls it; an object of that name the job does
+    not control (an earlier job's child, orphaned; anyone's) is left alone. False if nothing of the
+    job's was deleted."""
+    found = await kube.get(kind, stj["metadata"]["namespace"], name)
+    if found is None:
+        return False
+    if not is_controlled_by(found, stj):
+        logger.warning("left %s %s alone: it is not this job's", kind, name)
+        return False
+    return await kube.delete(kind, stj["metadata"]["namespace"], name, uid=found["metadata"].get("uid"))
 
 
 async def _create_child(kube: Kube, stj: dict[str, Any], action: d.Action, logger: logging.Logger) -> Stall | None:

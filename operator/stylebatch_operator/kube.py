@@ -109,12 +109,17 @@ class Kube:
                 if all((item.get("metadata", {}).get("labels") or {}).get(k) == v for k, v in labels.items())
                 and all(_field(item, k) == v for k, v in (fields or {}).items())]
 
-    async def delete(self, kind: str, namespace: str, name: str) -> bool:
-        """Deletes the object and, in the background, what it owns (its pods); False if it was gone."""
+    async def delete(self, kind: str, namespace: str, name: str, uid: str | None = None) -> bool:
+        """Deletes the object and, in the background, what it owns (its pods); False if it was gone.
+        uid: only that very object (a precondition the API server checks: another object of the same
+        name, made since it was read, is left alone, and False is returned)."""
+        body = {"apiVersion": "v1", "kind": "DeleteOptions", "propagationPolicy": "Background",
+                **({"preconditions": {"uid": uid}} if uid else {})}
         try:
-            await self._call("DELETE", path(kind, namespace, name), query={"propagationPolicy": "Background"})
+            await self._call("DELETE", path(kind, namespace, name), query={"propagationPolicy": "Background"},
+                             body=body if uid else None)
         except ApiError as exc:
-            if exc.status == 404:
+            if exc.status == 404 or (uid and exc.status == 409):  # gone, or another object by now
                 return False
             raise
         return True

@@ -261,6 +261,38 @@ def test_poll_mode_lists_in_pages_waits_for_stable_blobs_and_keeps_to_max_concur
     k.run(scenario)
 
 
+def test_only_the_watchs_own_jobs_count_against_max_concurrent_jobs(azure_env):
+    """Jobs that carry the watch's label but are not its own (orphaned by a watch of the same name
+    deleted with --cascade=orphan, or labelled by hand) neither hold its slots back nor show in its
+    counts."""
+    store = Storage(azure_env, "unused")
+    store.upload("incoming/a.mp4")
+
+    async def scenario() -> None:
+        async with api_server() as api:
+            orphan = {"apiVersion": "stylebatch.io/v1alpha1", "kind": "StyleTransferJob",
+                      "metadata": {"name": "left-over", "namespace": NS, "labels": {"stylebatch.io/watch": "uploads"},
+                                   "ownerReferences": [{"apiVersion": "stylebatch.io/v1alpha1", "kind": "VideoWatch",
+                                                        "name": "uploads", "uid": "uid-of-an-earlier-watch",
+                                                        "controller": True}]},
+                      "spec": {"input": "az://videos/x.mp4", "output": "az://videos/x-out.mp4"}}
+            by_hand = {**orphan, "metadata": {"name": "by-hand", "namespace": NS,
+                                              "labels": {"stylebatch.io/watch": "uploads"}}}
+            for body in (orphan, by_hand):  # both running: their children never finish here
+                resp = await api.post(f"/apis/stylebatch.io/v1alpha1/namespaces/{NS}/styletransferjobs", json=body)
+                assert resp.status == 200, await resp.text()
+            async with k.operator(api, settings=SETTINGS):
+                await k.eventually(lambda: all(j.get("status", {}).get("phase") == "Preprocessing"
+                                               for j in jobs(api).values()))
+                await apply_watch(api, store.container, mode="poll", maxConcurrentJobs=1,
+                                  poll={"intervalSeconds": 1, "pageSize": 10, "maxSecondsPerPoll": 1})
+                await k.eventually(lambda: inputs(api) == ["a.mp4", "x.mp4", "x.mp4"], timeout=20)
+                await k.eventually(lambda: watch_status(api).get("jobs") == {
+                    "created": 1, "running": 1, "succeeded": 0, "failed": 0}, timeout=20)
+                assert watch_status(api).get("waiting", 0) == 0
+    k.run(scenario)
+
+
 def test_a_message_whose_job_cannot_be_created_is_retried_then_moved_to_the_poison_queue(azure_env, monkeypatch):
     store = Storage(azure_env, "refused")
     etag = store.upload("incoming/refused.mp4")

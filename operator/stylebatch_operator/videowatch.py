@@ -18,7 +18,7 @@ from stylebatch import trigger
 
 from stylebatch_operator.crd import DEFAULT_STYLE, SPEC_SCHEMA, apply_defaults
 from stylebatch_operator.names import (
-    API_VERSION, GROUP, KIND, LABEL_MANAGED_BY, LABEL_WATCH, MANAGED_BY, WATCH_KIND, owner_reference,
+    API_VERSION, GROUP, KIND, LABEL_MANAGED_BY, LABEL_WATCH, MANAGED_BY, WATCH_KIND, is_controlled_by, owner_reference,
 )
 from stylebatch_operator.settings import Settings
 from stylebatch_operator.spec import spec_problems
@@ -205,9 +205,12 @@ def job_manifest(watch: Mapping[str, Any], spec: WatchSpec, blob: str, etag: str
     }
 
 
-def job_counts(jobs: Iterable[Mapping[str, Any]]) -> dict[str, int]:
-    """running / succeeded / failed among the watch's jobs, by their phase."""
-    phases = [Phase.of(j.get("status") or {}) for j in jobs]
+def job_counts(watch: Mapping[str, Any], jobs: Iterable[Mapping[str, Any]]) -> dict[str, int]:
+    """running / succeeded / failed among the watch's jobs, by their phase: the jobs it controls
+    (its owner reference), not any job carrying its label (an orphaned one, from a watch of the
+    same name deleted with --cascade=orphan, or one labelled by hand), which count against no
+    watch's maxConcurrentJobs."""
+    phases = [Phase.of(j.get("status") or {}) for j in jobs if is_controlled_by(j, watch)]
     return {"running": sum(not p.terminal for p in phases), "succeeded": phases.count(Phase.SUCCEEDED),
             "failed": phases.count(Phase.FAILED)}
 

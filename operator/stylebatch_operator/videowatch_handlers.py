@@ -81,7 +81,7 @@ async def tick(kube: Kube, namespace: str, name: str, logger: logging.Logger, *,
     spec, problems = vw.read_spec(watch, settings)
     jobs = await kube.list(KIND, namespace, {LABEL_WATCH: name})
     state.known |= {j["metadata"]["name"] for j in jobs}
-    counts = vw.job_counts(jobs)
+    counts = vw.job_counts(watch, jobs)
     error = "; ".join(problems)
     if spec is not None:
         run = _Round(kube, watch, spec, state, metrics, logger, vw.free_slots(spec, counts["running"]))

@@ -478,6 +478,12 @@ FORGED = [
      "status.effectiveSpec.serviceAccountName 'admin-identity' is not spec.storage.serviceAccountName 'team-identity'"),
     ("more GPUs", forged({"workers": 16}, workers=2), "status.effectiveSpec.workers 16 is not spec.workers 2"),
 ]
+# with no effectiveSpec the operator falls back to acceptedSpec (a job accepted before it existed)
+LEGACY = stj("Stylizing", attempts={"preprocess": 1, "stylize": 1})
+del LEGACY["status"]["effectiveSpec"]
+LEGACY["status"]["acceptedSpec"]["image"] = "docker.io/someone/miner:1"
+FORGED.append(("an accepted spec with an image the spec has not", LEGACY,
+               "status.acceptedSpec.image 'docker.io/someone/miner:1' is not spec.image (unset)"))
 
 
 @pytest.mark.parametrize("case, obj, words", FORGED, ids=[c[0] for c in FORGED])

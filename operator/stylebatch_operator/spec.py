@@ -100,16 +100,24 @@ def effective_spec_mismatch(stj: dict[str, Any]) -> list[str]:
     in the service account its storage names), in words: the status was written by someone other
     than the operator, which records the spec's own values. Empty when they agree."""
     live = stj.get("spec") or {}
-    recorded = (stj.get("status") or {}).get("effectiveSpec")
-    if not isinstance(recorded, dict):
-        return []
-    found = [(f"status.effectiveSpec.{key}", recorded.get(key), f"spec.{key}", live[key])
-             for key in GUARDED_FIELDS if key in live and recorded.get(key) != live[key]]
-    account = (live.get("storage") or {}).get("serviceAccountName")
-    if account and recorded.get(SERVICE_ACCOUNT) != account:
-        found.append((f"status.effectiveSpec.{SERVICE_ACCOUNT}", recorded.get(SERVICE_ACCOUNT),
-                      "spec.storage.serviceAccountName", account))
-    return [f"{field} {value!r} is not {own} {want!r}" for field, value, own, want in found]
+    status = stj.get("status") or {}
+    found = []
+    accepted = status.get("acceptedSpec")
+    if isinstance(accepted, dict):  # the spec itself, as accepted (used when there is no effectiveSpec)
+        found += [(f"status.acceptedSpec.{key}", accepted.get(key), f"spec.{key}", live.get(key))
+                  for key in GUARDED_FIELDS if accepted.get(key) != live.get(key)]
+    recorded = status.get("effectiveSpec")
+    if isinstance(recorded, dict):
+        found += [(f"status.effectiveSpec.{key}", recorded.get(key), f"spec.{key}", live[key])
+                  for key in GUARDED_FIELDS if key in live and recorded.get(key) != live[key]]
+        account = (live.get("storage") or {}).get("serviceAccountName")
+        if account and recorded.get(SERVICE_ACCOUNT) != account:
+            found.append((f"status.effectiveSpec.{SERVICE_ACCOUNT}", recorded.get(SERVICE_ACCOUNT),
+                          "spec.storage.serviceAccountName", account))
+    def shown(value: Any) -> str:
+        return "(unset)" if value is None else repr(value)
+
+    return [f"{field} {shown(value)} is not {own} {shown(want)}" for field, value, own, want in found]
 
 
 def spec_problems(stj: dict[str, Any], settings: Settings) -> list[str]:

@@ -590,7 +590,7 @@ def test_a_pod_of_an_earlier_job_of_the_same_name_is_not_taken_for_the_new_jobs(
             await finish(api, JOBS, name, ok=False, reason="BackoffLimitExceeded",
                          message="Job has reached the specified backoff limit")
 
-            await eventually(lambda: child(api, "Job", "orangutan-preprocess-2"))
+            await eventually(lambda: child(api, "Job", "orangutan-preprocess-2") and status(api)["retries"])
             s = status(api)
             assert (s["phase"], s["reason"], s["retries"]) == ("Preprocessing", "Retrying", 1)
             assert "storage unreachable" in s["failure"]["message"] and "earlier" not in s["failure"]["message"]

@@ -265,7 +265,7 @@ def test_only_the_watchs_own_jobs_count_against_max_concurrent_jobs(azure_env):
     """Jobs that carry the watch's label but are not its own (orphaned by a watch of the same name
     deleted with --cascade=orphan, or labelled by hand) neither hold its slots back nor show in its
     counts."""
-    store = Storage(azure_env, "unused")
+    store = Storage(azure_env, "not-the-watchs")
     store.upload("incoming/a.mp4")
 
     async def scenario() -> None:

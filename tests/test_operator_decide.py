@@ -449,6 +449,28 @@ def test_a_child_waiting_for_kueue_is_queued_then_admitted_and_the_wait_does_not
     assert (done.kind, done.deadline_seconds) == (ActionKind.ADVANCE, 3000)
 
 
+def conditions_of(obj: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    return {c["type"]: (c["status"], c["reason"]) for c in obj["status"]["conditions"]}
+
+
+@pytest.mark.parametrize("seen_suspended", [True, False], ids=["seen waiting", "admitted before the next look"])
+def test_a_child_made_for_kueue_is_not_running_from_its_creation_until_it_is_admitted(seen_suspended):
+    obj = stj("Pending", queueName="gpu")
+    create = decide(obj, {}, now=NOW)
+    assert create.kind == ActionKind.CREATE
+    obj = apply(obj, create, NOW)
+    assert conditions_of(obj)["Running"] == ("False", "WaitingForAdmission")  # created suspended
+    if seen_suspended:
+        obj = apply(obj, decide(obj, {PRE1: suspended(job(PRE1))}, now=NOW), NOW)
+        assert conditions_of(obj)["Running"] == ("False", "WaitingForAdmission")
+    later = NOW + timedelta(seconds=10)
+    admitted = decide(obj, {PRE1: job(PRE1)}, now=later)
+    assert (admitted.kind, admitted.reason) == (ActionKind.ADMIT, "Admitted")
+    obj = apply(obj, admitted, later)
+    assert conditions_of(obj)["Running"] == ("True", "Preprocessing")
+    assert decide(obj, {PRE1: job(PRE1)}, now=later).kind == ActionKind.WAIT
+
+
 def test_a_child_suspended_again_by_a_preemption_is_queued_again_and_the_waits_add_up():
     obj = stj("Preprocessing", attempts={"preprocess": 1})
     obj["status"]["queuedSeconds"] = 600

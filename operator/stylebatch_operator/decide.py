@@ -40,6 +40,9 @@ CHILD_INVALID = "ChildInvalid"
 # status.effectiveSpec, which the children are built from, contradicts the job's spec in a field the
 # admission policy guards (image, credentials, GPUs): someone other than the operator wrote it.
 EFFECTIVE_SPEC_MISMATCH = "EffectiveSpecMismatch"
+# A child made suspended for Kueue (spec.queueName), or suspended again, waits for admission: the
+# reason of the Queued, Admitted and Running conditions meanwhile.
+WAITING_FOR_ADMISSION = "WaitingForAdmission"
 
 
 # What a retried stage does not do again.
@@ -172,8 +175,10 @@ def _admission(stj: dict[str, Any], stage: str, attempt: int, child: dict[str, A
     if is_suspended(child) and since is None:
         return Action(ActionKind.QUEUE, stage, attempt, "Queued", f"{kind_name} waits for Kueue to admit it{where}; the "
                       "deadline does not run meanwhile")
-    if not is_suspended(child) and since is not None:
-        waited = max(0, int((now - since).total_seconds()))
+    running = next((c for c in status.get("conditions") or [] if c.get("type") == ConditionType.RUNNING), {})
+    created_waiting = running.get("status") == "False" and running.get("reason") == WAITING_FOR_ADMISSION
+    if not is_suspended(child) and (since is not None or created_waiting):  # (admitted before it was seen queued)
+        waited = max(0, int((now - (since or now)).total_seconds()))
         return Action(ActionKind.ADMIT, stage, attempt, "Admitted", f"Kueue admitted {kind_name}{where} after {waited}s")
     return None
 

@@ -9,10 +9,10 @@ from typing import Any
 
 from stylebatch.progress import RankProgress, TrainProgress
 
-from stylebatch_operator.decide import Action, first_stage, parse_time
+from stylebatch_operator.decide import WAITING_FOR_ADMISSION, Action, first_stage, parse_time
 from stylebatch_operator.manifests import trained_style, work_dir
 from stylebatch_operator.names import CHILD_KIND, child_name
-from stylebatch_operator.spec import shown_spec
+from stylebatch_operator.spec import effective_spec, shown_spec
 from stylebatch_operator.states import ActionKind, ConditionType, Phase
 from stylebatch_operator.uris import strip_secrets
 
@@ -73,7 +73,11 @@ def transition(stj: dict[str, Any], action: Action, now: datetime) -> Transition
             name = child_name(stj["metadata"]["name"], stage, attempt)
             phase = Phase.of_stage(stage)
             patch.update(phase=phase, attempts={stage: attempt}, children={stage: name})
-            cond(ConditionType.RUNNING, "True", phase, f"{CHILD_KIND[stage]} {name} (attempt {attempt})")
+            if effective_spec(stj).get("queueName"):  # made suspended: it runs once Kueue admits it
+                cond(ConditionType.RUNNING, "False", WAITING_FOR_ADMISSION,
+                     f"{CHILD_KIND[stage]} {name} (attempt {attempt}) waits for Kueue to admit it")
+            else:
+                cond(ConditionType.RUNNING, "True", phase, f"{CHILD_KIND[stage]} {name} (attempt {attempt})")
             cond(ConditionType.SUCCEEDED, "False", phase)
             if _stalled(conditions):  # a new child starts with a clean slate
                 cond(ConditionType.STALLED, "False", "Started", f"created {CHILD_KIND[stage]} {name}")
@@ -125,9 +129,9 @@ def transition(stj: dict[str, Any], action: Action, now: datetime) -> Transition
             cond(ConditionType.FAILED, "True", action.reason, action.message)
         case ActionKind.QUEUE:  # suspended: nothing of it runs until Kueue admits it
             patch["queuedSince"] = iso(now)
-            cond(ConditionType.QUEUED, "True", "WaitingForAdmission", action.message)
-            cond(ConditionType.ADMITTED, "False", "WaitingForAdmission", action.message)
-            cond(ConditionType.RUNNING, "False", "WaitingForAdmission", action.message)
+            cond(ConditionType.QUEUED, "True", WAITING_FOR_ADMISSION, action.message)
+            cond(ConditionType.ADMITTED, "False", WAITING_FOR_ADMISSION, action.message)
+            cond(ConditionType.RUNNING, "False", WAITING_FOR_ADMISSION, action.message)
         case ActionKind.ADMIT:
             since = parse_time(status.get("queuedSince")) or now
             waited = max(0, int((now - since).total_seconds()))

@@ -237,6 +237,25 @@ def test_restricting_either_kind_of_credential_restricts_both(case, values, stor
     assert admit(policy, job(storage=storage)) == ([refused] if refused else [])
 
 
+# (case, scheduling, refused)
+SCHEDULING = [
+    ("the cluster's defaults", None, False),
+    ("a spot pool", {"spot": True}, False),
+    ("a toleration of its own", {"tolerations": [{"key": "CriticalAddonsOnly", "operator": "Exists"}]}, True),
+    ("a node selector of its own", {"nodeSelector": {"agentpool": "teamb"}}, True),
+]
+
+
+@pytest.mark.parametrize("case, scheduling, refused", SCHEDULING, ids=[c[0] for c in SCHEDULING])
+def test_with_fixed_scheduling_a_job_cannot_choose_its_nodes(case, scheduling, refused):
+    (policy, _) = policy_objects({"admissionPolicy": {"enabled": True, "fixedScheduling": True}})
+    messages = admit(policy, job(**({"scheduling": scheduling} if scheduling else {})))
+    assert messages == (["spec.scheduling.nodeSelector and spec.scheduling.tolerations are not allowed in this "
+                         "cluster: the workers go where the cluster defaults send them"] if refused else [])
+    (unrestricted, _) = policy_objects(RESTRICTED)  # off by default
+    assert admit(unrestricted, job(**({"scheduling": scheduling} if scheduling else {}))) == []
+
+
 def test_the_gpu_limit_counts_unset_fields_with_the_charts_defaults():
     values = {**RESTRICTED, "jobs": {"workers": 4, "gpusPerWorker": 2}}
     (policy, _) = policy_objects(values)

@@ -800,6 +800,19 @@ def test_a_failed_create_counts_while_pods_exist_unless_a_pod_was_created_after_
     assert over.kind == ActionKind.WAIT
 
 
+def test_an_event_from_before_the_child_was_made_is_not_its_own():
+    """The MPI Operator's launcher Job is found by name (<MPIJob>-launcher): an earlier MPIJob of
+    the same name, deleted, left its launcher Job's FailedCreate behind."""
+    obj = stj("Stylizing", attempts={"stylize": 1})
+    mpi = {**mpijob(STY1), "metadata": {**mpijob(STY1)["metadata"], "creationTimestamp": "2026-05-01T11:59:00Z"}}
+    workers: list[dict[str, Any]] = []  # none yet: the MPI Operator is making them
+    refused = warning("FailedCreate", 'Error creating: pods "x" is forbidden: violates PodSecurity "restricted:latest"')
+    earlier = {**refused, "lastTimestamp": "2026-05-01T11:58:30Z"}  # the earlier launcher's
+    assert decide(obj, {STY1: mpi}, now=NOW, pods=workers, events=[earlier], settings=SETTINGS).kind == ActionKind.WAIT
+    own = {**refused, "lastTimestamp": "2026-05-01T11:59:10Z"}
+    assert decide(obj, {STY1: mpi}, now=NOW, pods=workers, events=[own], settings=SETTINGS).reason == "FailedCreate"
+
+
 def test_a_child_waiting_for_kueue_is_not_stalled():
     obj = stj("Stylizing", attempts={"stylize": 1}, queueName="gpu")
     silent = {**suspended(mpijob(STY1)), "status": {}}

@@ -229,10 +229,15 @@ def stall(child: dict[str, Any], pods: list[dict[str, Any]], events: list[dict[s
     Operator refused or never picked up (no status and no pods MPI_PICKUP_SECONDS after its
     creation, or half the grace period if shorter; failing `grace_seconds` after its creation).
     None when nothing is wrong. Permanent causes come first. `events`: the child's own Events; a
-    FailedCreate older than the newest pod is over (that pod was created after it)."""
+    FailedCreate older than the newest pod is over (that pod was created after it), and an Event
+    older than the child is not its own."""
     newest = max((p.get("metadata", {}).get("creationTimestamp") or "" for p in pods), default="")
+    created = str(child.get("metadata", {}).get("creationTimestamp") or "")[:19]
     found = [s for s in (_pod_stall(p) for p in pods) if s]
-    found += [s for s in (_event_stall(e, newest) for e in events) if s]
+    # (an Event from before the child was made is another's: the launcher Job of an earlier MPIJob
+    # of the same name, whose Events are found by name)
+    found += [s for s in (_event_stall(e, newest) for e in events if not (created and "" < event_time(e) < created))
+              if s]
     pickup = min(MPI_PICKUP_SECONDS, grace_seconds / 2)
     if not (found or pods) and child.get("kind") == "MPIJob" and not child.get("status") and age_seconds >= pickup:
         found.append(Stall(NO_MPI_OPERATOR, f"no MPI Operator has picked up MPIJob {child['metadata']['name']} "

@@ -114,6 +114,7 @@ def effective_spec_mismatch(stj: dict[str, Any]) -> list[str]:
         if account and recorded.get(SERVICE_ACCOUNT) != account:
             found.append((f"status.effectiveSpec.{SERVICE_ACCOUNT}", recorded.get(SERVICE_ACCOUNT),
                           "spec.storage.serviceAccountName", account))
+
     def shown(value: Any) -> str:
         return "(unset)" if value is None else repr(value)
 

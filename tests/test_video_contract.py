@@ -125,6 +125,19 @@ def test_mkv_with_two_audio_tracks_keeps_both(clip, tmp_path: Path) -> None:
     assert_same_timing(src, out)
 
 
+def test_a_clip_trimmed_without_re_encoding_keeps_the_frames_its_edit_list_shows(clip, tmp_path: Path) -> None:
+    """`ffmpeg -ss 0.5 -i in.mp4 -c copy` (and phone editors) keep the GOP before the cut and an edit
+    list that hides it: the header counts those frames, the decoder never shows them. Such a file was
+    refused as "truncated or corrupt (decoded 9 of 30 frames)"."""
+    whole = clip("whole.mp4", frames=30, audio=("aac",), extra=("-g", "30"))
+    src = tmp_path / "trimmed.mp4"
+    subprocess.run(["ffmpeg", "-v", "error", "-ss", "0.7", "-i", whole, "-c", "copy", src], check=True)
+    assert count_frames(src) < int(video_stream(src)["nb_frames"])  # the edit list hides frames
+    out = stylize(src, tmp_path / "out.mp4", "--chunk-frames", "4")
+    assert_same_timing(src, out)
+    assert audio_md5(out, 0) == audio_md5(src, 0)
+
+
 def test_one_frame_video(clip, tmp_path: Path) -> None:
     src = clip("one.mp4", frames=1)
     out = stylize(src, tmp_path / "out.mp4")

@@ -129,8 +129,9 @@ def probe(path: Path, label: str) -> Probe:
         keyframes: list[int] = []
         first: dict[str, Any] | None = None  # the first frame's facts (not the frame: it may be huge)
         last_duration = 0
+        cut = [0]  # packets an edit list leaves out (a file trimmed without re-encoding): never shown
         try:
-            for frame in container.decode(vs):
+            for frame in _decode_counting_cut(container, vs, cut):
                 if first is None:
                     first = {"coded_width": frame.width, "coded_height": frame.height,
                              "rotation": _rotation(frame), "pix_fmt": frame.format.name, "color": _color(frame)}
@@ -142,6 +143,9 @@ def probe(path: Path, label: str) -> Probe:
             raise StylebatchError(f"{label} is truncated or corrupt ({_reason(exc)})") from None
         if first is None:
             raise StylebatchError(f"{label} has no decodable video frames (empty or corrupt)")
+        # The header counts every coded frame, those an edit list cuts off included (MP4/MOV trimmed
+        # with `ffmpeg -ss ... -c copy`, phone editors): the decoder never shows those.
+        expected = max(0, expected - cut[0]) if expected else 0
         if expected and len(pts) < expected:
             raise StylebatchError(f"{label} is truncated or corrupt (decoded {len(pts)} of {expected} frames)")
         tb = vs.time_base or Fraction(1, 90000)
@@ -168,6 +172,15 @@ def probe(path: Path, label: str) -> Probe:
             subtitles=[{"index": s.index, "codec": s.codec_context.codec.canonical_name,
                         "language": s.metadata.get("language")} for s in container.streams.subtitles],
         )
+
+
+def _decode_counting_cut(container, vs, cut: list[int]) -> Iterator[av.VideoFrame]:
+    """container.decode(vs), counting in cut[0] the packets the demuxer marks to be discarded (those
+    before an edit list's start: decoded, as later frames may need them, but never shown)."""
+    for packet in container.demux(vs):
+        if packet.is_discard:
+            cut[0] += 1
+        yield from packet.decode()  # the final empty packet flushes the decoder
 
 
 def _color(frame: av.VideoFrame) -> dict[str, Any]:

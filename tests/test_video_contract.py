@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from clips import (FAST_STYLE, audio_md5, count_frames, decode_rgb, display_size, format_name, frame_pts,
-                   streams, stylebatch, video_stream)
+from clips import (FAST_STYLE, audio_md5, count_frames, decode_rgb, display_size, ffprobe_json, format_name,
+                   frame_pts, streams, stylebatch, video_stream)
 
 pytestmark = pytest.mark.slow
 
@@ -136,6 +136,48 @@ def test_a_clip_trimmed_without_re_encoding_keeps_the_frames_its_edit_list_shows
     out = stylize(src, tmp_path / "out.mp4", "--chunk-frames", "4")
     assert_same_timing(src, out)
     assert audio_md5(out, 0) == audio_md5(src, 0)
+
+
+def _tagged(plain: Path, out: Path, chapters: bool = True) -> Path:
+    """`plain` with a title and a creation time, two chapters, and a video stream with a language and a
+    title (Matroska) or a timecode (MOV and MP4: a timecode track)."""
+    meta = out.with_suffix(".txt")
+    meta.write_text(";FFMETADATA1\ntitle=Holiday\n" + chapters * (
+        "[CHAPTER]\nTIMEBASE=1/1000\nSTART=0\nEND=200\ntitle=Intro\n"
+        "[CHAPTER]\nTIMEBASE=1/1000\nSTART=200\nEND=400\ntitle=Beach\n"))
+    stream = (["-metadata:s:v:0", "language=deu", "-metadata:s:v:0", "title=Cam A"] if out.suffix == ".mkv"
+              else ["-timecode", "01:00:00:00"])
+    subprocess.run(["ffmpeg", "-v", "error", "-i", plain, "-i", meta, "-map", "0", "-map_metadata", "1",
+                    "-map_chapters", "1", "-c", "copy", "-metadata", "creation_time=2020-01-02T03:04:05Z",
+                    *stream, out], check=True)
+    return out
+
+
+@pytest.mark.parametrize("name, audio, chapters, out_ext, video_tags", [
+    ("silent.mp4", (), False, ".mp4", {"timecode": "01:00:00:00"}),  # no sound: the source was never opened
+    ("silent.mov", (), True, ".mov", {"timecode": "01:00:00:00"}),
+    ("sound.mkv", ("aac",), True, ".mkv", {"language": "deu", "title": "Cam A"}),
+    ("sound.mkv", ("aac",), True, ".webm", {"language": "deu", "title": "Cam A"}),
+])
+def test_the_inputs_title_creation_time_chapters_and_video_tags_are_kept(clip, tmp_path: Path, name, audio, chapters,
+                                                                           out_ext, video_tags) -> None:
+    src = _tagged(clip("plain" + Path(name).suffix, frames=12, audio=audio), tmp_path / name, chapters)
+    out = stylize(src, tmp_path / f"out{out_ext}")
+    info = ffprobe_json(out, "-show_format", "-show_chapters")
+    tags = {k.lower(): v for k, v in info["format"].get("tags", {}).items()}
+    assert tags.get("title") == "Holiday", tags
+    assert tags["creation_time"].startswith("2020-01-02T03:04:05")
+    video = {k.lower(): v for k, v in video_stream(out).get("tags", {}).items()}
+    assert video_tags.items() <= video.items(), video
+    assert [(c["tags"]["title"], round(float(c["start_time"]), 2)) for c in info["chapters"]] == [
+        ("Intro", 0.0), ("Beach", 0.2)][:2 * chapters]
+
+
+def test_chapters_an_avi_cannot_hold_are_left_out_with_a_warning(clip, tmp_path: Path) -> None:
+    src = _tagged(clip("plain.mkv", frames=12), tmp_path / "chapters.mkv")
+    result = stylebatch("run", src, "-o", tmp_path / "out.avi", "--workers", "1", *FAST_STYLE)
+    assert result.returncode == 0, result.stderr
+    assert "the input's 2 chapters cannot go into avi: left out" in result.stderr
 
 
 def test_one_frame_video(clip, tmp_path: Path) -> None:

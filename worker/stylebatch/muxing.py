@@ -37,6 +37,11 @@ SUBTITLE_COPY = {
     "matroska": {"subrip", "ass", "ssa", "webvtt", "hdmv_pgs_subtitle", "dvd_subtitle"},
 }
 """Subtitle codecs each container takes; other subtitle streams are left out (and said so)."""
+CHAPTER_CONTAINERS = {"mp4", "mov", "matroska", "webm"}
+"""Containers that hold chapters (AVI has none: they are left out, and said so)."""
+STREAM_TAGS = ("language", "title", "handler_name", "timecode")
+"""The tags of a stream that the output keeps, by their lower-case names (Matroska writes TIMECODE,
+MOV timecode; MOV and MP4 keep a video stream's timecode as a timecode track)."""
 CONTAINER_META_SKIP = {"encoder", "major_brand", "minor_version", "compatible_brands"}  # the muxer writes its own
 OPUS_RATE = 48000  # libopus encodes at 48 kHz only
 ENCODER_RATES = {
@@ -86,6 +91,11 @@ def layout_candidates(channels: int, layout: str | None) -> list[str]:
     channels and the audio has none of its own (9 channels, say): no encoder can be given one."""
     same = [name for name, n in STANDARD_LAYOUTS if n == channels]
     return ([layout] if layout else []) + [name for name in same if name != layout]
+
+
+def stream_tags(metadata: dict[str, str]) -> dict[str, str]:
+    """A stream's STREAM_TAGS, by their lower-case names."""
+    return {key.lower(): value for key, value in metadata.items() if key.lower() in STREAM_TAGS}
 
 
 def keeps_subtitles(codec: str, container: str) -> bool:

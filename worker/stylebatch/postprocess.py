@@ -27,7 +27,7 @@ from stylebatch.errors import BadInput, StylebatchError
 from stylebatch.manifest import PARTS_DIR, Manifest, read_manifest
 from stylebatch.workdir import delete_work, hold
 from stylebatch.muxing import (
-    CONTAINER_META_SKIP, audio_plan, keeps_subtitles, layout_candidates, mux_options, packet_times,
+    CHAPTER_CONTAINERS, CONTAINER_META_SKIP, audio_plan, stream_tags, keeps_subtitles, layout_candidates, mux_options, packet_times,
     presentation_ranks, timeline,
 )
 from stylebatch.partition import chunk_bounds, part_name
@@ -303,9 +303,11 @@ def mux(m: Manifest, chunks, parts: list[Path], source: Path | None, result: Pat
     with av.open(str(parts[0])) as first, av.open(str(result), "w", format=container, options=options) as out:
         video = out.add_stream_from_template(first.streams.video[0])
         video.time_base = _timeline(m, container)[0]
+        video.metadata.update(m.extra.get("video_metadata", {}))
         streams: list[Iterator] = [_video_packets(m, chunks, parts, video, container)]
         src = av.open(str(source)) if source is not None else None
         try:
+            _add_container_facts(m, src, out, container)
             if src is not None:
                 streams += _add_source_streams(m, src, source, out, container)
             for _, _, packet in heapq.merge(*streams, key=lambda item: (item[0], item[1])):
@@ -315,10 +317,23 @@ def mux(m: Manifest, chunks, parts: list[Path], source: Path | None, result: Pat
                 src.close()
 
 
-def _add_source_streams(m: Manifest, src, source: Path, out, container: str) -> list[Iterator]:
-    for key, value in src.metadata.items():
+def _add_container_facts(m: Manifest, src, out, container: str) -> None:
+    """The input's container tags (title, creation_time...) and chapters, from the manifest, whatever
+    streams the input has (a silent video's title was lost: the source was opened only for its sound);
+    a work dir of an older stylebatch records neither: the tags come from the source where it is open."""
+    tags = m.extra.get("metadata", src.metadata if src is not None else {})
+    for key, value in tags.items():
         if key.lower() not in CONTAINER_META_SKIP:
             out.metadata[key] = value
+    chapters = m.extra.get("chapters", [])
+    if chapters and container not in CHAPTER_CONTAINERS:
+        log.warning("the input's %d chapters cannot go into %s: left out", len(chapters), container)
+    elif chapters:
+        out.set_chapters([{"id": i + 1, "start": c["start"], "end": c["end"], "time_base": Fraction(*c["time_base"]),
+                           "metadata": c["metadata"]} for i, c in enumerate(chapters)])
+
+
+def _add_source_streams(m: Manifest, src, source: Path, out, container: str) -> list[Iterator]:
     copies: dict[int, av.stream.Stream] = {}
     transcodes: list[Iterator] = []
     for a in m.audio:
@@ -353,7 +368,5 @@ def _add_source_streams(m: Manifest, src, source: Path, out, container: str) -> 
 
 
 def _copy_stream_meta(in_s, out_s) -> None:
-    for key in ("language", "title", "handler_name"):
-        if key in in_s.metadata:
-            out_s.metadata[key] = in_s.metadata[key]
+    out_s.metadata.update(stream_tags(in_s.metadata))
     out_s.disposition = in_s.disposition

@@ -129,7 +129,8 @@ def _preprocess(src, out, work, enc: EncodingOptions, settings: EncoderSettings)
             display_width=width, display_height=height, pix_fmt=info.pix_fmt, color=info.color,
             audio=info.audio, subtitles=info.subtitles, encoder=settings, chunk_frames=chunk_frames,
             stylebatch_version=stylebatch.__version__, input_identity=identity, video_codec=info.codec,
-            extra={"sample_aspect_ratio": info.sample_aspect_ratio},
+            extra={"sample_aspect_ratio": info.sample_aspect_ratio, "metadata": info.metadata,
+                   "chapters": info.chapters, "video_metadata": info.video_metadata},
         )
         check_timeline(manifest, settings.container)  # before any work
         check_audio(manifest, settings.container)

@@ -16,6 +16,7 @@ from av.video.reformatter import VideoReformatter
 
 from stylebatch.errors import StylebatchError
 from stylebatch.memory import codec_threads, lowres
+from stylebatch.muxing import stream_tags
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,9 @@ class Probe:
     sample_aspect_ratio: tuple[int, int] | None
     audio: list[dict[str, Any]] = field(default_factory=list)
     subtitles: list[dict[str, Any]] = field(default_factory=list)
+    metadata: dict[str, str] = field(default_factory=dict)  # the container's tags: title, creation_time...
+    chapters: list[dict[str, Any]] = field(default_factory=list)  # start, end, time_base, metadata each
+    video_metadata: dict[str, str] = field(default_factory=dict)  # the video stream's muxing.STREAM_TAGS
 
     @property
     def display_size(self) -> tuple[int, int]:
@@ -171,7 +175,17 @@ def probe(path: Path, label: str) -> Probe:
             audio=[_audio_summary(a) for a in container.streams.audio],
             subtitles=[{"index": s.index, "codec": s.codec_context.codec.canonical_name,
                         "language": s.metadata.get("language")} for s in container.streams.subtitles],
+            metadata=dict(container.metadata), chapters=_chapters(container), video_metadata=stream_tags(vs.metadata),
         )
+
+
+def _chapters(container) -> list[dict[str, Any]]:
+    try:
+        chapters = container.chapters()
+    except (av.FFmpegError, AttributeError, ValueError):
+        return []
+    return [{"start": c["start"], "end": c["end"], "time_base": [c["time_base"].numerator, c["time_base"].denominator],
+             "metadata": dict(c["metadata"])} for c in chapters if c.get("time_base")]
 
 
 def _decode_counting_cut(container, vs, cut: list[int]) -> Iterator[av.VideoFrame]:

@@ -45,6 +45,17 @@ def test_avi_counts_frames_so_vfr_is_rounded_to_the_frame_clock_never_two_on_one
     assert timeline((1, 1000), [0, 33, 40], 33, (30, 1), "mp4") == (Fraction(1, 1000), [0, 33, 40], 33)
 
 
+@pytest.mark.parametrize("frame_rate, base_rate, tick, pts", [
+    ((150, 131), (25, 1), Fraction(1, 25), [0, 1, 2, 128, 129]),  # a frame held 5 s: the frames' own clock
+    ((150, 131), None, Fraction(131, 150), [0, 1, 2, 6, 7]),  # a work dir of an older version: the average
+    ((150, 131), (90000, 1), Fraction(131, 150), [0, 1, 2, 6, 7]),  # a clock no AVI player runs: the average
+    ((30000, 1001), (30000, 1001), Fraction(1001, 30000), [0, 1, 2, 153, 155]),
+])
+def test_avi_frame_clock_is_the_sources_base_rate_where_it_is_finer_than_the_average(frame_rate, base_rate, tick,
+                                                                                     pts) -> None:
+    assert timeline((1, 1000), [0, 40, 80, 5120, 5160], 40, frame_rate, "avi", base_rate) == (tick, pts, 1)
+
+
 @pytest.mark.parametrize("codec, container, rate, plan", [
     ("aac", "mp4", 44100, (True, None, None)),
     ("pcm_s16le", "mp4", 44100, (False, "aac", 44100)),

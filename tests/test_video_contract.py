@@ -180,6 +180,18 @@ def test_chapters_an_avi_cannot_hold_are_left_out_with_a_warning(clip, tmp_path:
     assert "the input's 2 chapters cannot go into avi: left out" in result.stderr
 
 
+def test_an_avi_keeps_the_times_of_a_clip_that_holds_one_frame_for_seconds(tmp_path: Path) -> None:
+    """A 25 fps screen recording that holds a frame for 2 s averages 3 fps: AVI's frame clock was that
+    average, so every frame came out up to a third of a second off its time (and the sound with it)."""
+    src = tmp_path / "hold.mp4"
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=64x48:rate=25", "-vf",
+                    "settb=1/1000,setpts=N*40+gte(N\\,3)*2000", "-frames:v", "6", "-fps_mode", "passthrough",
+                    "-c:v", "libx264", src], check=True)
+    assert [round(float(t), 2) for t in frame_pts(src)] == [0, 0.04, 0.08, 2.12, 2.16, 2.2]
+    out = stylize(src, tmp_path / "out.avi")
+    assert np.allclose([float(t) for t in frame_pts(out)], [float(t) for t in frame_pts(src)], atol=0.001)
+
+
 def test_one_frame_video(clip, tmp_path: Path) -> None:
     src = clip("one.mp4", frames=1)
     out = stylize(src, tmp_path / "out.mp4")

@@ -125,15 +125,24 @@ def reorder_delay(ranks_per_part: Sequence[Sequence[int]]) -> int:
     return max((j - p for ranks in ranks_per_part for j, p in enumerate(ranks)), default=0)
 
 
+AVI_MAX_RATE = 240  # the finest frame clock an AVI output is given (fps)
+
+
 def timeline(time_base: tuple[int, int], pts: list[int], last_duration: int, frame_rate: tuple[int, int],
-             container: str) -> tuple[Fraction, list[int], int]:
+             container: str, base_rate: tuple[int, int] | None = None) -> tuple[Fraction, list[int], int]:
     """(time base, pts of every frame, last frame's duration) as the output will carry them: the
     source's own, except in AVI, which counts frames at a constant rate (VFR gets rounded to it,
-    never two frames on one tick)."""
+    never two frames on one tick). Its clock is the source's base rate (FFmpeg's r_frame_rate: the
+    rate its frames are on, 25 for a 25 fps screen recording that holds one frame for 5 s) where that
+    is finer than the average rate (1.1 fps there: every frame had been put up to 0.9 s off its time)
+    and at most AVI_MAX_RATE; else the average rate."""
     tb = Fraction(*time_base)
     if container != "avi":
         return tb, pts, last_duration
-    tick = 1 / Fraction(*frame_rate)
+    rate = Fraction(*frame_rate)
+    if base_rate and rate < Fraction(*base_rate) <= AVI_MAX_RATE:
+        rate = Fraction(*base_rate)
+    tick = 1 / rate
     out: list[int] = []
     for t in pts:
         out.append(max(round((t - pts[0]) * tb / tick), out[-1] + 1 if out else 0))

@@ -255,7 +255,7 @@ def _part_ranks(chunks: list[tuple[int, int]], parts: list[Path]) -> list[list[i
 
 
 def _timeline(m: Manifest, container: str) -> tuple[Fraction, list[int], int]:
-    return timeline(m.time_base, m.pts, m.last_duration, m.frame_rate, container)
+    return timeline(m.time_base, m.pts, m.last_duration, m.frame_rate, container, m.extra.get("base_rate"))
 
 
 def _video_packets(m: Manifest, chunks, parts, out_stream, container: str) -> Iterator[tuple[float, int, av.Packet]]:

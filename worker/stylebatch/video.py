@@ -37,6 +37,7 @@ class Probe:
     pts_reliable: bool
     last_duration: int
     frame_rate: Fraction
+    base_rate: Fraction | None  # FFmpeg's r_frame_rate: the rate the frames' times are on (None: unknown)
     coded_width: int
     coded_height: int
     rotation: int
@@ -170,7 +171,8 @@ def probe(path: Path, label: str) -> Probe:
         sar = vs.sample_aspect_ratio
         return Probe(
             video_stream=vs.index, codec=vs.codec_context.codec.name, time_base=tb, pts=exact, keyframes=keyframes,
-            pts_reliable=reliable, last_duration=last_duration, frame_rate=rate, **first,
+            pts_reliable=reliable, last_duration=last_duration, frame_rate=rate, base_rate=vs.base_rate or None,
+            **first,
             sample_aspect_ratio=(sar.numerator, sar.denominator) if sar and sar != 1 else None,
             audio=[_audio_summary(a) for a in container.streams.audio],
             subtitles=[{"index": s.index, "codec": s.codec_context.codec.canonical_name,

@@ -192,6 +192,35 @@ def test_an_avi_keeps_the_times_of_a_clip_that_holds_one_frame_for_seconds(tmp_p
     assert np.allclose([float(t) for t in frame_pts(out)], [float(t) for t in frame_pts(src)], atol=0.001)
 
 
+FONT = ["-attach", "{font}", "-metadata:s:t", "mimetype=application/x-truetype-font"]
+
+
+@pytest.mark.parametrize("src_ext, extra, out_ext, kept, warning", [
+    (".mkv", FONT, ".mkv", "font.ttf", None),
+    (".mkv", FONT, ".mp4", None, "attachment stream 2 (font.ttf) cannot go into mp4: left out (an .mkv output keeps it)"),
+    (".mp4", ["-map", "1:v", "-c:v:1", "mjpeg", "-disposition:v:1", "attached_pic"], ".mp4", None,
+     "cover art stream 2 (mjpeg) left out: the output holds the stylized video, the sound, subtitles and chapters"),
+])
+def test_attachments_go_into_matroska_and_every_stream_left_out_is_named(clip, tmp_path: Path, src_ext, extra,
+                                                                         out_ext, kept, warning) -> None:
+    """A Matroska file's fonts (for its ASS subtitles) and files, and cover art, had been dropped without
+    a word."""
+    font, cover = tmp_path / "font.ttf", tmp_path / "cover.png"
+    font.write_bytes(b"not really a font")
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "color=c=red:size=16x16", "-frames:v", "1", cover],
+                   check=True)
+    src = tmp_path / f"in{src_ext}"
+    subprocess.run(["ffmpeg", "-v", "error", "-i", clip("plain" + src_ext, frames=12, audio=("aac",)), "-i", cover,
+                    "-map", "0", "-c", "copy", *(x.format(font=font) for x in extra), src], check=True)
+    result = stylebatch("run", src, "-o", tmp_path / f"out{out_ext}", "--workers", "1", *FAST_STYLE)
+    assert result.returncode == 0, result.stderr
+    left_out = [line for line in result.stderr.splitlines() if "left out" in line]
+    assert left_out == ([f"stylebatch: warning: {warning}"] if warning else [])
+    out = streams(tmp_path / f"out{out_ext}")
+    assert [s.get("tags", {}).get("filename") for s in out if s["codec_type"] == "attachment"] == ([kept] if kept else [])
+    assert [s["codec_type"] for s in out if s["codec_type"] != "attachment"] == ["video", "audio"]
+
+
 def test_one_frame_video(clip, tmp_path: Path) -> None:
     src = clip("one.mp4", frames=1)
     out = stylize(src, tmp_path / "out.mp4")

@@ -39,6 +39,9 @@ SUBTITLE_COPY = {
 """Subtitle codecs each container takes; other subtitle streams are left out (and said so)."""
 CHAPTER_CONTAINERS = {"mp4", "mov", "matroska", "webm"}
 """Containers that hold chapters (AVI has none: they are left out, and said so)."""
+ATTACHMENT_CONTAINERS = {"matroska"}
+"""Containers that take the input's attachments (fonts for its subtitles, files); in the others they are
+left out, and said so, as is every data stream and any video besides the one stylized (cover art)."""
 STREAM_TAGS = ("language", "title", "handler_name", "timecode")
 """The tags of a stream that the output keeps, by their lower-case names (Matroska writes TIMECODE,
 MOV timecode; MOV and MP4 keep a video stream's timecode as a timecode track)."""

@@ -27,7 +27,7 @@ from stylebatch.errors import BadInput, StylebatchError
 from stylebatch.manifest import PARTS_DIR, Manifest, read_manifest
 from stylebatch.workdir import delete_work, hold
 from stylebatch.muxing import (
-    CHAPTER_CONTAINERS, CONTAINER_META_SKIP, audio_plan, stream_tags, keeps_subtitles, layout_candidates, mux_options, packet_times,
+    ATTACHMENT_CONTAINERS, CHAPTER_CONTAINERS, CONTAINER_META_SKIP, audio_plan, stream_tags, keeps_subtitles, layout_candidates, mux_options, packet_times,
     presentation_ranks, timeline,
 )
 from stylebatch.partition import chunk_bounds, part_name
@@ -74,7 +74,7 @@ def _postprocess(work, req: PostprocessRequest) -> str:
                 parts.append(tmp / loc.name)
                 loc.download(parts[-1])
         source = None
-        if m.audio or m.subtitles:
+        if m.audio or m.subtitles or _attachments(m, container):
             src = work.child(m.source)
             source = Path(src.local_path()) if src.is_local() else tmp / m.source
             if not src.is_local():
@@ -317,10 +317,16 @@ def mux(m: Manifest, chunks, parts: list[Path], source: Path | None, result: Pat
                 src.close()
 
 
+def _attachments(m: Manifest, container: str) -> list[dict]:
+    """The input's attachments that the output keeps."""
+    return [o for o in m.extra.get("others", []) if o["kind"] == "attachment" and container in ATTACHMENT_CONTAINERS]
+
+
 def _add_container_facts(m: Manifest, src, out, container: str) -> None:
     """The input's container tags (title, creation_time...) and chapters, from the manifest, whatever
     streams the input has (a silent video's title was lost: the source was opened only for its sound);
-    a work dir of an older stylebatch records neither: the tags come from the source where it is open."""
+    a work dir of an older stylebatch records neither: the tags come from the source where it is open.
+    The streams the output leaves out (muxing.ATTACHMENT_CONTAINERS) are named in a warning each."""
     tags = m.extra.get("metadata", src.metadata if src is not None else {})
     for key, value in tags.items():
         if key.lower() not in CONTAINER_META_SKIP:
@@ -331,6 +337,13 @@ def _add_container_facts(m: Manifest, src, out, container: str) -> None:
     elif chapters:
         out.set_chapters([{"id": i + 1, "start": c["start"], "end": c["end"], "time_base": Fraction(*c["time_base"]),
                            "metadata": c["metadata"]} for i, c in enumerate(chapters)])
+    kept = _attachments(m, container)
+    for o in m.extra.get("others", []):
+        if o not in kept:
+            name = f" ({o['name']})" if o["name"] else ""
+            why = ("cannot go into " + container + ": left out (an .mkv output keeps it)" if o["kind"] == "attachment"
+                   else "left out: the output holds the stylized video, the sound, subtitles and chapters")
+            log.warning("%s stream %d%s %s", o["kind"], o["index"], name, why)
 
 
 def _add_source_streams(m: Manifest, src, source: Path, out, container: str) -> list[Iterator]:
@@ -357,6 +370,8 @@ def _add_source_streams(m: Manifest, src, source: Path, out, container: str) -> 
             out_s.layout = av.AudioLayout(layout) if layout else in_s.codec_context.layout
             transcodes.append(_transcoded_packets(source, in_s.index, out_s, None if own else layout))
         _copy_stream_meta(in_s, out_s)
+    for a in _attachments(m, container):
+        out.add_attachment(a["name"], a["mimetype"], bytes(src.streams[a["index"]].data))
     for s in m.subtitles:
         in_s = src.streams[s["index"]]
         if keeps_subtitles(s["codec"], container):

@@ -130,7 +130,7 @@ def _preprocess(src, out, work, enc: EncodingOptions, settings: EncoderSettings)
             audio=info.audio, subtitles=info.subtitles, encoder=settings, chunk_frames=chunk_frames,
             stylebatch_version=stylebatch.__version__, input_identity=identity, video_codec=info.codec,
             extra={"sample_aspect_ratio": info.sample_aspect_ratio, "metadata": info.metadata,
-                   "chapters": info.chapters, "video_metadata": info.video_metadata,
+                   "chapters": info.chapters, "video_metadata": info.video_metadata, "others": info.others,
                    "base_rate": (info.base_rate.numerator, info.base_rate.denominator) if info.base_rate else None},
         )
         check_timeline(manifest, settings.container)  # before any work

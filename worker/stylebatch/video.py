@@ -49,6 +49,7 @@ class Probe:
     metadata: dict[str, str] = field(default_factory=dict)  # the container's tags: title, creation_time...
     chapters: list[dict[str, Any]] = field(default_factory=list)  # start, end, time_base, metadata each
     video_metadata: dict[str, str] = field(default_factory=dict)  # the video stream's muxing.STREAM_TAGS
+    others: list[dict[str, Any]] = field(default_factory=list)  # _other_streams
 
     @property
     def display_size(self) -> tuple[int, int]:
@@ -178,7 +179,28 @@ def probe(path: Path, label: str) -> Probe:
             subtitles=[{"index": s.index, "codec": s.codec_context.codec.canonical_name,
                         "language": s.metadata.get("language")} for s in container.streams.subtitles],
             metadata=dict(container.metadata), chapters=_chapters(container), video_metadata=stream_tags(vs.metadata),
+            others=_other_streams(container, vs),
         )
+
+
+def _other_streams(container, video) -> list[dict[str, Any]]:
+    """The streams besides the video, its audio and subtitles: attachments (Matroska's fonts and
+    files), data (telemetry, ...), other video (cover art, a second angle). Each as {index, kind,
+    name, mimetype}. A MOV/MP4's chapter track (which its demuxer discards) and timecode track are
+    not among them: the output writes the chapters and the video's timecode itself."""
+    others = []
+    for s in container.streams:
+        if s.type == "attachment":
+            others.append({"index": s.index, "kind": "attachment", "name": s.name or "", "mimetype": s.mimetype or ""})
+        elif s.type == "data":
+            if s.discard == av.stream.Discard.all or "timecode" in stream_tags(s.metadata):
+                continue
+            others.append({"index": s.index, "kind": "data", "name": s.name or s.metadata.get("handler_name") or ""})
+        elif s.type == "video" and s.index != video.index:
+            cover = s.disposition & av.stream.Disposition.attached_pic
+            others.append({"index": s.index, "kind": "cover art" if cover else "video",
+                           "name": s.codec_context.codec.name if s.codec_context else ""})
+    return others
 
 
 def _chapters(container) -> list[dict[str, Any]]:

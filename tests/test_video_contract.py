@@ -221,6 +221,22 @@ def test_attachments_go_into_matroska_and_every_stream_left_out_is_named(clip, t
     assert [s["codec_type"] for s in out if s["codec_type"] != "attachment"] == ["video", "audio"]
 
 
+@pytest.mark.parametrize("alpha, warned", [("if(lt(X,32),0,255)", True), ("255", False)])
+def test_a_transparent_input_is_named_in_a_warning_an_opaque_alpha_channel_is_not(tmp_path: Path, alpha: str,
+                                                                                   warned: bool) -> None:
+    """No output codec keeps an alpha channel: an overlay in ProRes 4444 or PNG came out opaque without a
+    word (what was stored under its transparent parts shows)."""
+    src = tmp_path / "overlay.mov"
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=64x48:rate=10,format=rgba", "-vf",
+                    f"geq=r='r(X,Y)':g='g(X,Y)':b='b(X,Y)':a='{alpha}'", "-frames:v", "3", "-c:v", "png", src],
+                   check=True)
+    result = stylebatch("run", src, "-o", tmp_path / "out.mp4", "--workers", "1", *FAST_STYLE)
+    assert result.returncode == 0, result.stderr
+    assert ("overlay.mov is transparent in places (an alpha channel, rgba): the output cannot keep it"
+            in result.stderr) == warned, result.stderr
+    assert count_frames(tmp_path / "out.mp4") == 3
+
+
 def test_one_frame_video(clip, tmp_path: Path) -> None:
     src = clip("one.mp4", frames=1)
     out = stylize(src, tmp_path / "out.mp4")

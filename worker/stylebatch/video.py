@@ -107,6 +107,22 @@ def _warn_if_cut_short(label: str, vs, end: float, frames: int, expected: int) -
                 "the %d frames it has)", label, declared, end, frames)
 
 
+def _warn_if_transparent(label: str, frame: av.VideoFrame) -> None:
+    """A warning where the first frame is transparent in places (ProRes 4444, PNG or QuickTime
+    Animation with an alpha channel, an overlay or a title): no output codec stylebatch writes keeps
+    an alpha channel, and the network paints opaque frames, so what is stored under the transparent
+    parts shows. Looked at through a small copy: an alpha channel that is opaque everywhere (most
+    GIFs, most RGBA screen captures) is no loss and says nothing."""
+    if not any(c.is_alpha for c in frame.format.components):
+        return
+    scale = min(1.0, 256 / max(frame.width, frame.height))
+    small = frame.reformat(width=max(1, round(frame.width * scale)), height=max(1, round(frame.height * scale)),
+                           format="rgba", interpolation="AREA")
+    if small.to_ndarray()[..., 3].min() < 255:
+        log.warning("%s is transparent in places (an alpha channel, %s): the output cannot keep it and is "
+                    "opaque, showing the colours stored under the transparent parts", label, frame.format.name)
+
+
 def _reason(exc: BaseException) -> str:
     text = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
     return " ".join(str(text).split())
@@ -141,6 +157,7 @@ def probe(path: Path, label: str) -> Probe:
                 if first is None:
                     first = {"coded_width": frame.width, "coded_height": frame.height,
                              "rotation": _rotation(frame), "pix_fmt": frame.format.name, "color": _color(frame)}
+                    _warn_if_transparent(label, frame)
                 if frame.key_frame:
                     keyframes.append(len(pts))
                 pts.append(frame.pts)

@@ -237,6 +237,17 @@ def test_a_transparent_input_is_named_in_a_warning_an_opaque_alpha_channel_is_no
     assert count_frames(tmp_path / "out.mp4") == 3
 
 
+@pytest.mark.parametrize("flags, warned", [(("-flags", "+ildct+ilme", "-x264opts", "tff=1"), True), ((), False)])
+def test_an_interlaced_input_is_named_in_a_warning(clip, tmp_path: Path, flags, warned: bool) -> None:
+    """Interlaced video (DV, broadcast, camcorders) was painted as whole frames and written progressive,
+    without a word: the two fields' combing on motion is painted into the picture."""
+    src = clip("fields.mp4", frames=6, extra=flags)
+    result = stylebatch("run", src, "-o", tmp_path / "out.mp4", "--workers", "1", *FAST_STYLE)
+    assert result.returncode == 0, result.stderr
+    assert ("fields.mp4 is interlaced: each frame's two fields are painted together" in result.stderr) == warned
+    assert video_stream(tmp_path / "out.mp4")["field_order"] == "progressive"
+
+
 def test_one_frame_video(clip, tmp_path: Path) -> None:
     src = clip("one.mp4", frames=1)
     out = stylize(src, tmp_path / "out.mp4")

@@ -158,6 +158,10 @@ def probe(path: Path, label: str) -> Probe:
                     first = {"coded_width": frame.width, "coded_height": frame.height,
                              "rotation": _rotation(frame), "pix_fmt": frame.format.name, "color": _color(frame)}
                     _warn_if_transparent(label, frame)
+                    if frame.interlaced_frame:
+                        log.warning("%s is interlaced: each frame's two fields are painted together and written "
+                                    "as one progressive frame, so moving edges keep their combing (deinterlace it "
+                                    "first for smooth motion, e.g. ffmpeg -vf bwdif)", label)
                 if frame.key_frame:
                     keyframes.append(len(pts))
                 pts.append(frame.pts)

@@ -82,6 +82,16 @@ def test_the_operator_style_argv_reads_as_the_user_would_write_it() -> None:
     (lambda: TrainRequest(painting="p.jpg", output="p.pth", content=("a.mp4", 3)), ["--content", "3"]),
     (lambda: TrainRequest(painting="p.jpg", output="p.pth", content="a.mp4"), ["--content", "tuple"]),
     (lambda: TrainRequest(painting="p.jpg"), ["--output", "required"]),
+    # accepted before, and then: an infinite rate or weight trained to NaN weights; a negative seed
+    # was a traceback from numpy once the painting and every content file had been read
+    (lambda: TrainRequest(painting="p.jpg", output="p.pth", lr=float("inf")), ["--lr", "finite"]),
+    (lambda: TrainRequest(painting="p.jpg", output="p.pth", style_weight=float("inf")), ["--style-weight"]),
+    (lambda: TrainRequest(painting="p.jpg", output="p.pth", seed=-1), ["--seed", "between 0 and"]),
+    (lambda: TrainRequest(painting="p.jpg", output="p.pth", seed=2**64), ["--seed", "between 0 and"]),
+    # an option group that is not one was an AttributeError from validate()
+    (lambda: RunRequest(input="a.mp4", output="b.mp4", model={"style": "ink-wash"}), ["model", "ModelOptions"]),
+    (lambda: PreprocessRequest(input="a.mp4", work="w", output="b.mp4", encoding=None),
+     ["encoding", "EncodingOptions"]),
 ])
 def test_validate_refuses_a_bad_request_naming_the_flag(make, words: list[str]) -> None:
     with pytest.raises(BadInput) as caught:
@@ -96,6 +106,33 @@ def test_an_output_with_a_sas_is_judged_by_its_extension_and_the_sas_never_shown
     with pytest.raises(BadInput) as caught:
         RunRequest(input="az://c/in.mp4", output=f"https://a.blob.core.windows.net/c/out.gif?{sas}").validate()
     assert "out.gif" in str(caught.value) and "S3CR3T" not in str(caught.value)
+
+
+@pytest.mark.parametrize("make", [
+    lambda url: PreprocessRequest(input=url, work=url, output=url),
+    lambda url: RunRequest(input=url, output=url, work=url, model=ModelOptions(style=url)),
+    lambda url: StylizeRequest(work=url, model=ModelOptions(style=url)),
+    lambda url: TrainRequest(painting=url, output=url, content=(url, "local.mp4")),
+])
+def test_a_requests_repr_shows_its_places_but_never_their_sas(make) -> None:
+    """repr() (a log line, a traceback, a scheduler's task view) printed every URL whole, SAS included."""
+    url = "https://acct.blob.core.windows.net/c/in.mp4?sv=2024&sp=rwl&sig=S3CR3T"
+    req = make(url)
+    assert "S3CR3T" not in repr(req) and "sp=rwl" not in repr(req)
+    assert "https://acct.blob.core.windows.net/c/in.mp4" in repr(req) and type(req).__name__ in repr(req)
+    assert url in req.to_argv()  # the command line a stage runs with still carries it
+
+
+def test_a_list_or_a_path_where_a_field_wants_a_tuple_or_a_str_is_the_same_frozen_hashable_request() -> None:
+    """content=[...] made a request that validate() refused ("must be a tuple") and hash() could not
+    take; a pathlib.Path for a place was refused as "must be a str"."""
+    from pathlib import Path
+
+    given = TrainRequest(painting=Path("p.jpg"), output=Path("out/p.pth"), content=["a.mp4", Path("photos")])
+    meant = TrainRequest(painting="p.jpg", output="out/p.pth", content=("a.mp4", "photos"))
+    assert given == meant and hash(given) == hash(meant) and given.validate() == meant
+    assert PreprocessRequest(input=Path("in.mp4"), work=Path("w"), output=Path("o.mp4")).validate().to_argv() == [
+        "preprocess", "in.mp4", "--work", "w", "-o", "o.mp4"]
 
 
 @pytest.mark.parametrize("argv, words", [

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 from dataclasses import dataclass, field, fields
 from typing import Any, Callable, ClassVar, NoReturn
 
@@ -72,17 +73,38 @@ class Request:
     summary: ClassVar[str] = ""  # one line of `stylebatch --help`
     module: ClassVar[str] = ""  # the handler's module (stylebatch.<module>), when not named as the command
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # in the class's own namespace before @dataclass runs, so that it keeps this repr: a SAS in a
+        # place never shows in a log line or traceback that prints a request
+        super().__init_subclass__(**kwargs)
+        cls.__repr__ = Request.__repr__  # type: ignore[method-assign]
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{f.name}={_shown(getattr(self, f.name))!r}" if "flag" in f.metadata
+                          else f"{f.name}={getattr(self, f.name)!r}" for f in fields(self))  # type: ignore[arg-type]
+        return f"{type(self).__qualname__}({shown})"
+
     def __post_init__(self) -> None:
-        for f in fields(self):  # type: ignore[arg-type]  # 1 where 1.0 is meant: the same request
+        for f in fields(self):  # type: ignore[arg-type]  # what the caller means, as the one request it means
             meta, value = f.metadata.get("flag"), getattr(self, f.name)
-            if meta is not None and meta.kind is float and isinstance(value, int) and not isinstance(value, bool):
+            if meta is None:
+                continue
+            if meta.kind is float and isinstance(value, int) and not isinstance(value, bool):  # 1 where 1.0 is meant
                 object.__setattr__(self, f.name, float(value))
+            elif meta.kind is str and isinstance(value, os.PathLike):  # a pathlib.Path for a place
+                object.__setattr__(self, f.name, os.fspath(value))
+            elif meta.many and isinstance(value, list):  # a list: frozen and hashable as a tuple
+                object.__setattr__(self, f.name, tuple(os.fspath(v) if isinstance(v, os.PathLike) else v
+                                                       for v in value))
 
     def validate(self):
         """Self, or BadInput naming the first bad field. Checks what needs no files, no network."""
         for f in fields(self):  # type: ignore[arg-type]
             value = getattr(self, f.name)
             if "group" in f.metadata:
+                if not isinstance(value, f.default_factory):  # type: ignore[arg-type]
+                    raise BadInput(f"{f.name} must be {f.default_factory.__name__}(...), not "  # type: ignore[union-attr]
+                                   f"{type(value).__name__}")
                 value.validate()
                 continue
             meta: Flag = f.metadata["flag"]
@@ -237,6 +259,15 @@ def _type_problem(meta: Flag, value: Any) -> str | None:
           float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
           bool: lambda v: isinstance(v, bool), str: lambda v: isinstance(v, str)}[meta.kind](value)
     return None if ok else f"must be {_KIND_WORDS.get(meta.kind, 'a ' + meta.kind.__name__)}"
+
+
+def _shown(value: Any) -> Any:
+    """A field's value as repr() shows it: a URI's query (a SAS) left out."""
+    if isinstance(value, tuple):
+        return tuple(_shown(v) for v in value)
+    if isinstance(value, str) and "://" in value and "?" in value:
+        return value.split("?", 1)[0] + "?<query hidden>"
+    return value
 
 
 def _text(value: Any) -> str:

@@ -13,6 +13,7 @@ Pure: no torch, no PyAV, no Azure SDK.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from pathlib import PurePath, PurePosixPath
 from urllib.parse import urlsplit
@@ -185,7 +186,14 @@ class RunRequest(Request):
 
 
 def _positive(value: float) -> str | None:
-    return None if value > 0 else "must be more than 0"
+    return None if 0 < value < math.inf else "must be more than 0 and finite"
+
+
+SEED_MAX = 2**64 - 1  # what torch.manual_seed takes; numpy's generators take no negative seed
+
+
+def _seed(value: int) -> str | None:
+    return None if 0 <= value <= SEED_MAX else f"must be between 0 and {SEED_MAX}"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -214,7 +222,7 @@ class TrainRequest(Request):
                                         help="content loss weight (default tuned)")
     checkpoint_every: int = flag("--checkpoint-every", kind=int, default=200, check=at_least(1),
                                  help="steps between checkpoints (default 200)")
-    seed: int = flag("--seed", kind=int, default=0, help="random seed of the crops and the initial weights")
+    seed: int = flag("--seed", kind=int, default=0, check=_seed, help="random seed of the crops and the initial weights")
     device: str = flag("--device", default="auto", choices=DEVICES, help="auto (a GPU if there is one), cpu, cuda")
 
 

@@ -13,7 +13,7 @@ import pytest
 from clips import count_frames, make_clip, stop_signals_at_default
 
 import stylebatch
-from stylebatch.api import postprocess, preprocess
+from stylebatch.api import postprocess, preprocess, stylize
 from stylebatch.requests import EncodingOptions, PostprocessRequest, PreprocessRequest
 
 
@@ -173,6 +173,9 @@ def test_sigterm_or_sighup_during_a_call_stops_the_ranks_and_raises_interrupted(
     ({"precision": "fp8"}, stylebatch.BadInput, ["--precision", "fp8"]),
     ({"temporal": "sideways"}, stylebatch.BadInput, ["--temporal", "sideways"]),
     ({"input": "missing.mp4"}, stylebatch.BadInput, ["not found", "missing.mp4"]),
+    # were "not found: None", and a TypeError once preprocess had run
+    ({"input": None}, stylebatch.BadInput, ["input is required"]),
+    ({"progress": 5}, stylebatch.BadInput, ["progress", "function"]),
 ])
 def test_bad_settings_raise_bad_input_before_any_work(kwargs: dict, error: type, words: list[str],
                                                       tmp_path: Path) -> None:
@@ -197,3 +200,17 @@ def test_the_stages_are_functions_over_requests(tmp_path: Path) -> None:
     assert preprocess(req) == m  # the same request again: the work dir is reused
     with pytest.raises(stylebatch.BadInput, match="lacks the stylized frames 0-9"):
         postprocess(PostprocessRequest(work=req.work))
+
+
+@pytest.mark.parametrize("call, given", [
+    (lambda req: preprocess(req), PostprocessRequest(work="w")),
+    (lambda req: postprocess(req), PreprocessRequest(input="in.mp4", work="w", output="out.mp4")),
+    (lambda req: stylize(req), {"work": "w"}),
+])
+def test_a_stage_given_something_other_than_its_request_raises_bad_input_naming_the_type(
+        call, given, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each was an AttributeError from inside the stage."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(stylebatch.BadInput, match="Request expected, not "):
+        call(given)
+    assert list(tmp_path.iterdir()) == []

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from stylebatch.errors import BadInput
 from stylebatch.requests import (
     EncodingOptions, ModelOptions, PostprocessRequest, PreprocessRequest, RunRequest, StylizeRequest,
 )
@@ -59,9 +60,10 @@ def stylize_video(input: str, output: str, *, style: str | None = None, strength
     from stylebatch.errors import Interrupted
     from stylebatch.run import run
 
+    if progress is not None and not callable(progress):  # else a TypeError after preprocess had run
+        raise BadInput(f"progress must be a function progress(done, total), not {type(progress).__name__}")
     encoding = encoder if isinstance(encoder, EncodingOptions) else EncodingOptions(codec=encoder)
-    req = RunRequest(input=str(input), output=str(output), workers=workers, pipelines=pipelines,
-                     work=None if work is None else str(work),
+    req = RunRequest(input=input, output=output, workers=workers, pipelines=pipelines, work=work,
                      keep_work=keep_work, encoding=encoding,
                      model=ModelOptions(style=style, strength=strength, max_side=max_side, device=device,
                                         batch_size=batch_size, keep_colors=keep_colors, precision=precision,
@@ -78,21 +80,29 @@ def preprocess(req: PreprocessRequest) -> Manifest:
     """Stage 1: copy and probe the input into the work dir; the work dir's manifest (resumed if there)."""
     from stylebatch.preprocess import run
 
-    return run(req)
+    return run(_expect(req, PreprocessRequest))
 
 
 def stylize(req: StylizeRequest) -> None:
     """Stage 2 in this process (one rank; under mpiexec each rank calls it with the same request)."""
     from stylebatch.stylize import run
 
-    run(req)
+    run(_expect(req, StylizeRequest))
 
 
 def postprocess(req: PostprocessRequest) -> str:
     """Stage 3: mux the parts and the sound into the output; the output as shown to people."""
     from stylebatch.postprocess import run
 
-    return run(req)
+    return run(_expect(req, PostprocessRequest))
+
+
+def _expect(req, cls):
+    """`req` if it is a `cls`; else BadInput (not an AttributeError from deep inside the stage)."""
+    if not isinstance(req, cls):
+        raise BadInput(f"{cls.__name__} expected, not {type(req).__name__}: build one with "
+                       f"stylebatch.requests.{cls.__name__}(...)")
+    return req
 
 
 def list_styles() -> list:

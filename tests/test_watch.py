@@ -272,3 +272,51 @@ def test_watching_a_file_is_refused(tmp_path):
     (tmp_path / "a.mp4").write_bytes(b"x")
     result = stylebatch("watch", tmp_path / "a.mp4", "-o", tmp_path / "out", "--once")
     assert result.returncode == 2 and "is not a folder" in error_lines(result)[0]
+
+
+def test_links_that_lead_nowhere_or_round_in_a_loop_are_skipped_and_the_rest_stylized(tmp_path):
+    """A symbolic link loop named like a video stopped the watch with a traceback (OSError: Too many
+    levels of symbolic links) and exit code 1, before any video was done."""
+    src, dest, made = tmp_path / "in", tmp_path / "out", []
+    (src / "sub").mkdir(parents=True)
+    (src / "loop a.mp4").symlink_to("loop b.mp4")
+    (src / "loop b.mp4").symlink_to("loop a.mp4")
+    (src / "dangling.mp4").symlink_to("nowhere.mp4")
+    (src / "sub" / "up").symlink_to("..")  # a folder loop: not walked into
+    (src / "clip é.mp4").write_bytes(b"video")
+    assert make_watch(src, dest, made).once(0) == 0
+    assert made == ["clip é.mp4"] and outputs(dest) == ["clip é.mp4"]
+
+
+@pytest.mark.parametrize("change", ["rewritten", "deleted"])
+def test_a_file_that_changes_after_the_listings_agreed_is_not_stylized_or_recorded_under_its_old_version(
+        tmp_path, change):
+    """A copy that paused longer than the interval looked finished; when it went on before the video's
+    turn came, the watch stylized the whole file, recorded it as the half it had listed, and stylized
+    it again on the next listing. A file deleted in between failed (--once: exit code 2)."""
+    src, dest, made = tmp_path / "in", tmp_path / "out", []
+    src.mkdir()
+    video = src / "a.mp4"
+    video.write_bytes(b"half")
+
+    def stylize(input_uri: str, output_uri: str) -> None:
+        if not Path(input_uri).exists():
+            raise watch_mod.StylebatchError(f"input not found: {input_uri}")
+        made.append(Path(input_uri).read_bytes())
+        Path(output_uri).write_bytes(Path(input_uri).read_bytes())
+
+    w = watch_mod.Watch(location(str(src)), location(str(dest)), None, Filters(), stylize)
+    w.poll()
+    (ready,) = w.poll()  # two listings agree on "half"
+    if change == "deleted":
+        video.unlink()
+    else:
+        video.write_bytes(b"half and the rest")
+    w.process(ready)
+    assert made == [] and not w.failed and not list((dest / ".stylebatch-watch").glob("*"))
+    if change == "rewritten":
+        w.poll()
+        for again in w.poll():
+            w.process(again)
+        assert made == [b"half and the rest"] and len(list((dest / ".stylebatch-watch").glob("*.json"))) == 1
+        assert w.poll() == []

@@ -146,6 +146,13 @@ class Watch:
         return [v for v in videos if v.key not in done and v.key not in self.failed]
 
     def process(self, video: Video) -> None:
+        now = video.input.info()
+        if now is None or (now.size, now.etag) != (video.info.size, video.info.etag):
+            # changed (or gone) since the listing that found it stable: stylizing it now would record the
+            # new bytes under the old version's name, and do them again once the listings caught up
+            log.info("%s changed since it was listed: %s", video.input.display,
+                     "it is gone" if now is None else "waiting until it stays the same")
+            return
         log.info("started %s -> %s", video.input.display, video.output.display)
         began = time.monotonic()
         out = video.output.local_path()

@@ -100,6 +100,10 @@ class Location(abc.ABC):
         """Like list(), with each file's size, ETag, modification time and metadata."""
 
     @abc.abstractmethod
+    def info(self) -> FileInfo | None:
+        """This file's size, ETag, modification time and metadata as they are now; None if there is none."""
+
+    @abc.abstractmethod
     def read_bytes(self) -> bytes:
         """The whole file: for small files such as manifests."""
 

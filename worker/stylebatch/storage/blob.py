@@ -114,7 +114,8 @@ class BlobLocation(Location):
                 props = self._blob_client().get_blob_properties()
             except ResourceNotFoundError:
                 return None
-        return FileInfo(self.blob, int(props.size), str(props.etag), props.last_modified.timestamp(),
+        # the ETag as a listing gives it (unquoted; properties quote it), so the two compare equal
+        return FileInfo(self.blob, int(props.size), str(props.etag).strip('"'), props.last_modified.timestamp(),
                         dict(props.metadata or {}))
 
     def _info(self, props: Any) -> FileInfo:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import fcntl
 import json
 import os
@@ -48,14 +49,12 @@ class LocalLocation(Location):
         return sorted(self._files())
 
     def list_info(self) -> list[FileInfo]:
-        infos = []
-        for name in self.list():
-            try:
-                st = (self.path / name).stat()
-            except FileNotFoundError:  # deleted since the walk
-                continue
-            infos.append(FileInfo(name, st.st_size, f"{st.st_size}-{st.st_mtime_ns}", st.st_mtime))
-        return infos
+        return [info for info in (_file_info(self.path / name, name) for name in self.list()) if info is not None]
+
+    def info(self) -> FileInfo | None:
+        """This file's size and "ETag" (size and modification time) as they are now; None when there is no
+        such file."""
+        return _file_info(self.path, self.path.name)
 
     def read_bytes(self) -> bytes:
         with local_errors(self.display, "read"):
@@ -167,6 +166,20 @@ class LocalLocation(Location):
     def _raise_walk_error(self, exc: OSError) -> None:
         if not isinstance(exc, (FileNotFoundError, NotADirectoryError)):
             raise os_error(exc, self.display, "list")
+
+
+def _file_info(path: pathlib.Path, name: str) -> FileInfo | None:
+    """What a listing shows of one file, or None where there is none: deleted since the walk, a
+    symbolic link to nothing or one going round in a loop (ELOOP: no file at the end of it)."""
+    try:
+        st = path.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return None
+        raise os_error(exc, printable(str(path)), "list") from None
+    return FileInfo(name, st.st_size, f"{st.st_size}-{st.st_mtime_ns}", st.st_mtime)
 
 
 def _read_holder(fd: int) -> dict:

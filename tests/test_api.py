@@ -214,3 +214,13 @@ def test_a_stage_given_something_other_than_its_request_raises_bad_input_naming_
     with pytest.raises(stylebatch.BadInput, match="Request expected, not "):
         call(given)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("missing", ["missing.mp4", "a folder"])
+def test_preprocess_of_an_input_that_is_not_there_makes_no_work_dir(missing: str, tmp_path: Path) -> None:
+    """A mistyped input made the work dir (empty) before it said "input not found"."""
+    (tmp_path / "a folder").mkdir()
+    req = PreprocessRequest(input=str(tmp_path / missing), work=str(tmp_path / "work"), output=str(tmp_path / "o.mp4"))
+    with pytest.raises(stylebatch.BadInput, match="input not found|input is a folder"):
+        preprocess(req)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a folder"]

@@ -202,6 +202,20 @@ def test_the_stages_are_functions_over_requests(tmp_path: Path) -> None:
         postprocess(PostprocessRequest(work=req.work))
 
 
+@pytest.mark.parametrize("extra", [
+    (),
+    ("-aspect", "16:9"),  # anamorphic: its sample aspect ratio came back from the work dir as a list, not a tuple
+    ("-metadata", "title=Ferien", "-metadata:s:v", "language=deu"),
+])
+def test_preprocess_returns_the_manifest_the_later_stages_read_from_its_work_dir(extra, tmp_path: Path) -> None:
+    from stylebatch.manifest import read_manifest
+    from stylebatch.storage.uri import location
+
+    src = make_clip(tmp_path / "in.mp4", frames=3, extra=extra)
+    req = PreprocessRequest(input=str(src), work=str(tmp_path / "work"), output=str(tmp_path / "out.mp4"))
+    assert preprocess(req) == read_manifest(location(req.work))
+
+
 @pytest.mark.parametrize("call, given", [
     (lambda req: preprocess(req), PostprocessRequest(work="w")),
     (lambda req: postprocess(req), PreprocessRequest(input="in.mp4", work="w", output="out.mp4")),

@@ -54,7 +54,11 @@ class Manifest:
     format_version: int = FORMAT_VERSION
     input_identity: dict[str, Any] = field(default_factory=dict)  # Location.identity() of the input
     video_codec: str = ""  # the source video's decoder, e.g. mjpeg ("" in work dirs of older versions)
-    extra: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)  # JSON values only: held as they read back
+
+    def __post_init__(self) -> None:
+        # what preprocess returns equals what later stages read (a tuple would come back a list)
+        self.extra = json.loads(json.dumps(self.extra))
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))

@@ -329,6 +329,35 @@ def test_a_rank_reuses_freed_activation_memory_instead_of_faulting_in_fresh_page
     assert faults["reuse"] < faults["default"] // 10, faults
 
 
+KEPT = r"""
+import ctypes, sys
+from stylebatch.memory import reuse_freed_memory
+assert reuse_freed_memory(int(sys.argv[1]))
+libc = ctypes.CDLL(None)
+libc.malloc.restype = ctypes.c_void_p
+def rss():
+    return int(open("/proc/self/statm").read().split()[1]) * 4096 >> 20
+before = rss()
+block = libc.malloc(384 << 20)  # a 16000x16000 picture in yuv420p
+ctypes.memset(block, 1, 384 << 20)
+libc.free(ctypes.c_void_p(block))
+print(rss() - before)
+"""
+
+
+@pytest.mark.parametrize("width, height, kept", [
+    (1920, 1080, True),  # a rank's activations: their pages stay for the next frame
+    (4096, 4096, True),
+    (16000, 16000, False),  # were kept too: their holes in the heap made a rank's peak 1.4-1.8 GiB at random
+])
+def test_a_rank_keeps_freed_memory_except_for_frames_so_huge_their_pictures_fragment_its_heap(width, height, kept):
+    """A freed 384 MiB block (a full-size picture) stays in the process only where frames are at
+    most 4096x4096; above, it goes back to the kernel at once, and the rank's peak is the same every run."""
+    grown = int(subprocess.run([sys.executable, "-c", KEPT, str(width * height)], capture_output=True, text=True,
+                               check=True).stdout)
+    assert (grown > 300) == kept, f"{grown} MiB still held after the free"
+
+
 ARENAS = r"""
 import ctypes, re, sys, threading
 from stylebatch.memory import reuse_freed_memory

@@ -69,8 +69,16 @@ def rank_bytes(width: int, height: int, work_width: int, work_height: int, batch
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -3, -4, -8
 
 
-def reuse_freed_memory() -> bool:
-    """Let this process reuse the memory of freed activations instead of returning it to the kernel.
+def one_heap() -> bool:
+    """Every thread of this process allocates from the one heap (glibc's M_ARENA_MAX 1): see
+    reuse_freed_memory. Call it before the threads that allocate start (before torch). Returns
+    whether glibc took it (False on other C libraries, where nothing changes)."""
+    return _mallopt([(_M_ARENA_MAX, 1)])
+
+
+def reuse_freed_memory(frame_pixels: int = 0) -> bool:
+    """Let this process reuse the memory of freed activations instead of returning it to the kernel,
+    for a rank whose full-size frames have frame_pixels pixels (0: frames of no special size).
 
     A style network allocates and frees tens of MiB per layer per frame. glibc serves blocks above
     its mmap threshold with fresh mmaps, zero-filled page by page: 4x the minor page faults and about
@@ -79,22 +87,32 @@ def reuse_freed_memory() -> bool:
     one 32-channel picture of 720x528 (49 MiB) or more, glibc maps no block of its own at all: the
     larger ones come from the heap too. Peak memory is unchanged (measured: a little lower), since
     the freed blocks are reused by the next frame. And every thread allocates from that one heap
-    (one arena): glibc gives a thread of its own an arena of its own, of heaps it hands back to the
+    (one_heap): glibc gives a thread of its own an arena of its own, of heaps it hands back to the
     kernel as they empty whatever the trim threshold, so a rank's second pipeline (a thread) faulted
     its activations in afresh every frame: 20,900 minor faults a frame with a TransformerNet at
     640x360 in bf16 (a 240-frame run of 2 pipelines: 1.68 M faults and 3.5 s of system time, 0.13 M
-    and 0.7 s in one arena, 8% sooner). Call it before the threads that allocate start. Returns
-    whether glibc took the settings (False on other C libraries, where nothing changes)."""
+    and 0.7 s in one arena, 8% sooner).
+
+    Frames over ENCODER_PER_FRAME_PIXELS get the one heap only: their full-size pictures (384 MiB
+    each at 16000x16000: the colour converter's and the encoder's) left holes in a heap that kept
+    them, which the next frame's did not always fit, and a rank's peak went from 1.4 to 1.8 GiB at
+    random. Mapped and unmapped by themselves, as glibc does by default, their page faults are
+    nothing beside their conversion. Returns whether glibc took the settings (False on other C
+    libraries, where nothing changes)."""
+    if frame_pixels > ENCODER_PER_FRAME_PIXELS:
+        return one_heap()
+    return _mallopt([(_M_MMAP_THRESHOLD, 32 * 1024 * 1024), (_M_TRIM_THRESHOLD, 2 ** 31 - 1), (_M_MMAP_MAX, 0),
+                     (_M_ARENA_MAX, 1)])
+
+
+def _mallopt(settings: list[tuple[int, int]]) -> bool:
     import ctypes
 
     try:
-        libc = ctypes.CDLL(None)
-        mallopt = libc.mallopt
+        mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):
         return False
-    return all(bool(mallopt(option, value)) for option, value in (
-        (_M_MMAP_THRESHOLD, 32 * 1024 * 1024), (_M_TRIM_THRESHOLD, 2 ** 31 - 1), (_M_MMAP_MAX, 0),
-        (_M_ARENA_MAX, 1)))
+    return all(bool(mallopt(option, value)) for option, value in settings)
 
 
 def machine_bytes() -> int:

@@ -25,7 +25,7 @@ from stylebatch.contract import DEFAULT_STYLE, ERROR_PREFIX, PART_EXT, START_GAT
 from stylebatch.encoder import PartWriter
 from stylebatch.errors import StylebatchError
 from stylebatch.logs import set_rank
-from stylebatch.memory import default_batch, default_pipelines, on_gpu, pipelines_that_fit
+from stylebatch.memory import default_batch, default_pipelines, on_gpu, one_heap, pipelines_that_fit, reuse_freed_memory
 from stylebatch.manifest import PARTS_DIR, STYLIZE_NAME, Manifest, read_manifest
 from stylebatch.dispatch import ChunkDispenser, dispense
 from stylebatch.partition import chunk_bounds, part_name
@@ -45,9 +45,7 @@ def run(req: StylizeRequest, sink: Callable[[RankProgress], None] | None = None)
     sink: where this rank's progress records go (stylebatch.pipeline.Progress), called in this
     thread; default: progress lines on stdout, for mpiexec to gather."""
     req.validate()
-    from stylebatch.memory import reuse_freed_memory
-
-    reuse_freed_memory()  # before torch and the pipelines' threads allocate (one heap for every thread)
+    one_heap()  # for every thread: set before torch and the pipelines' threads allocate
     gate = os.environ.get(START_GATE_ENV)
     if gate:
         _wait_at_gate(gate, req.model)
@@ -148,6 +146,7 @@ def stylize(req: StylizeRequest, world: World, tmp: Path,
     model = req.model
     work = location(req.work)
     m = read_manifest(work)
+    reuse_freed_memory(m.display_width * m.display_height)  # freed activations kept, unless frames are huge
     chunks = chunk_bounds(m.frames, m.chunk_frames)
     have = set(work.child(PARTS_DIR).list()) if work.child(PARTS_DIR).exists() else set()
     done = {c for c in chunks if part_name(*c, PART_EXT) in have}
@@ -266,10 +265,8 @@ def _own_frame(reader: ChunkReader, m: Manifest, style: str, strength: float):
 def _load(model: ModelOptions, world: World, threads: int, style: str, own_frame=None):
     import torch
 
-    from stylebatch.memory import reuse_freed_memory
     from stylebatch.models import load_stylizer
 
-    reuse_freed_memory()
     torch.set_num_threads(threads)
     if model.device != "cpu" and torch.cuda.is_available() and torch.cuda.device_count() > 1:
         torch.cuda.set_device(world.local_rank % torch.cuda.device_count())

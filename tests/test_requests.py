@@ -52,6 +52,16 @@ def test_a_request_and_its_command_line_say_the_same(name: str) -> None:
     assert ns.request.from_namespace(ns) == req
 
 
+@pytest.mark.parametrize("argv", [["stylize", "--help"], ["run", "in.mp4", "-o", "out.mp4", "-h"],
+                                  ["postprocess", "--work", "w", "--help"]])
+def test_a_command_line_asking_for_help_is_bad_input_to_the_api_not_an_exit(argv: list[str], capsys) -> None:
+    """parse_argv printed the usage and raised SystemExit(0): a program (or the operator) reading a
+    user's command line would have ended there, as if it had succeeded."""
+    with pytest.raises(BadInput, match=f"(-h|--help).*stylebatch {argv[0]} --help"):
+        parse_argv(argv)
+    assert capsys.readouterr().out == ""
+
+
 def test_the_operator_style_argv_reads_as_the_user_would_write_it() -> None:
     req = StylizeRequest(work="az://v/w/", model=ModelOptions(style="ink-wash", strength=0.5, max_side=720))
     assert req.to_argv() == ["stylize", "--work", "az://v/w/", "--style", "ink-wash", "--strength", "0.5",

@@ -182,10 +182,12 @@ class Request:
     @classmethod
     def from_argv(cls, argv: list[str]):
         """The validated request `argv` (as to_argv() makes it, command first) stands for."""
-        parser = ArgParser(prog=f"stylebatch {cls.command}")
+        parser = ArgParser(prog=f"stylebatch {cls.command}", add_help=False)  # help is the CLI's, never an exit here
         cls.add_arguments(parser)
         if not argv or argv[0] != cls.command:
             raise BadInput(f"not a `stylebatch {cls.command}` command line: {' '.join(argv[:1])}")
+        if asked := sorted({"-h", "--help"} & set(argv[1:])):
+            raise BadInput(f"{asked[0]} asks for the usage, which makes no request: run `{parser.prog} --help`")
         return cls.from_namespace(parser.parse_args(argv[1:])).validate()
 
 

@@ -92,6 +92,10 @@ def test_the_operator_style_argv_reads_as_the_user_would_write_it() -> None:
     (lambda: TrainRequest(painting="p.jpg", output="p.pth", content=("a.mp4", 3)), ["--content", "3"]),
     (lambda: TrainRequest(painting="p.jpg", output="p.pth", content="a.mp4"), ["--content", "tuple"]),
     (lambda: TrainRequest(painting="p.jpg"), ["--output", "required"]),
+    # refused by `stylebatch train-style` only: the API's request took them
+    (lambda: TrainRequest(painting="p.jpg", output="p.jpg"), ["--output", "'p.jpg'", ".pth"]),
+    (lambda: TrainRequest(painting="p.jpg", output="az://a/c/holiday.mp4?sig=x"), ["'holiday.mp4'", ".pth"]),
+    (lambda: TrainRequest(painting="p.jpg", output="weights"), ["'weights'", ".pth, .pt, .model"]),
     # accepted before, and then: an infinite rate or weight trained to NaN weights; a negative seed
     # was a traceback from numpy once the painting and every content file had been read
     (lambda: TrainRequest(painting="p.jpg", output="p.pth", lr=float("inf")), ["--lr", "finite"]),

@@ -145,7 +145,7 @@ def test_a_training_into_blob_storage_keeps_its_checkpoint_there_and_a_new_pod_r
 
 @pytest.mark.parametrize("args, words", [
     (["-o", "{tmp}/x.pth"], ["--content"]),
-    (["-o", "{tmp}/x.png", "--content", "{tmp}"], ["must end in .pth"]),
+    (["-o", "{tmp}/x.png", "--content", "{tmp}"], ["'x.png' is no weights file", ".pth, .pt, .model"]),
     (["-o", "{tmp}/nowhere/x.pth", "--content", "{tmp}"], ["does not exist"]),
     (["-o", "{tmp}/x.pth", "--content", "az://videos/photos/"], ["blob URI of a video or a picture"]),
     (["-o", "{tmp}/x.pth", "--content", "{tmp}/missing.mp4"], ["content not found"]),

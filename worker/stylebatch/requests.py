@@ -18,7 +18,8 @@ from dataclasses import dataclass, replace
 from pathlib import PurePath, PurePosixPath
 from urllib.parse import urlsplit
 
-from stylebatch.contract import DEVICES, OUTPUT_EXTENSIONS, PRECISION_AUTO, PRECISIONS, precision_problem
+from stylebatch.contract import (DEVICES, OUTPUT_EXTENSIONS, PRECISION_AUTO, PRECISIONS, STYLE_WEIGHTS_SUFFIXES,
+                                 precision_problem)
 from stylebatch.errors import BadInput
 from stylebatch.temporal_defaults import DEFAULT_MODE as TEMPORAL_DEFAULT
 from stylebatch.temporal_defaults import DEFAULT_STRENGTH as TEMPORAL_STRENGTH
@@ -206,7 +207,7 @@ class TrainRequest(Request):
     summary = "train a fast_neural_style network for a painting (best quality)"
     painting: str = flag(help="the painting (.jpg .png .webp), file or blob URI", metavar="painting")
     output: str = flag("-o", "--output", required=True,
-                       help="the weights file to write (.pth), file or blob URI, for --style")
+                       help="the weights file to write (.pth, .pt or .model), file or blob URI, for --style")
     content: tuple[str, ...] = flag("--content", many=True,
                                     help="a video, picture or folder of pictures to learn on (file or blob URI; "
                                          "repeatable); frames are sampled")
@@ -224,6 +225,12 @@ class TrainRequest(Request):
                                  help="steps between checkpoints (default 200)")
     seed: int = flag("--seed", kind=int, default=0, check=_seed, help="random seed of the crops and the initial weights")
     device: str = flag("--device", default="auto", choices=DEVICES, help="auto (a GPU if there is one), cpu, cuda")
+
+    def check(self) -> None:
+        # before hours of training: what --style reads as weights, never a picture or video overwritten
+        if not _path(self.output).lower().endswith(STYLE_WEIGHTS_SUFFIXES):
+            raise BadInput(f"--output {_path(self.output)!r} is no weights file: give a name ending in "
+                           f"{', '.join(STYLE_WEIGHTS_SUFFIXES)} (what --style reads as a network)")
 
 
 def _path(place: str) -> str:

@@ -333,12 +333,9 @@ def train(req: TrainRequest, painting: Path, output: Path, ckpt: Checkpoint) -> 
 
 
 def run(req: TrainRequest) -> int:
-    from stylebatch.contract import STYLE_WEIGHTS_SUFFIXES
     from stylebatch.storage import location
 
-    dest = location(req.output)
-    if not dest.name.lower().endswith(STYLE_WEIGHTS_SUFFIXES):
-        raise BadInput(f"-o {dest.display}: the weights file must end in .pth (or .pt, .model)")
+    dest = location(req.output)  # a weights file's name: TrainRequest.check
     if dest.is_local() and not Path(dest.local_path()).parent.is_dir():
         raise BadInput(f"-o {dest.display}: folder {Path(dest.local_path()).parent} does not exist")
     if not req.content:

@@ -25,11 +25,36 @@ def test_part_names_sort_in_frame_order() -> None:
 
 
 def test_default_chunks_keep_16_ranks_busy_within_sane_chunk_sizes() -> None:
-    assert default_chunk_frames(1) == 24  # a one-frame video is one chunk
-    assert len(chunk_bounds(144, default_chunk_frames(144))) == 6  # a 6 s clip: 2 ranks get 3 chunks each
+    assert default_chunk_frames(1) == 1  # a one-frame video is one chunk
     assert len(chunk_bounds(600, default_chunk_frames(600))) == 16
     assert default_chunk_frames(100_000) == 120
     for n in range(1, 5000, 7):
         k = default_chunk_frames(n)
-        assert 24 <= k <= 120
-        assert len(chunk_bounds(n, k)) >= min(16, -(-n // 24))
+        assert min(n, 16) <= k <= 120
+        assert 2 * len(chunk_bounds(n, k)) > min(16, n // 16)  # a power of two of chunks: more than half as many
+
+
+def _finish(chunks: list[tuple[int, int]], workers: int) -> int:
+    """Frames the busiest of `workers` does when each takes the next chunk as it becomes free."""
+    loads = [0] * workers
+    for start, end in chunks:
+        loads[loads.index(min(loads))] += end - start
+    return max(loads)
+
+
+@pytest.mark.parametrize("frames, workers", [
+    (32, 2),    # a one-second clip on a 2-core machine's two pipelines: 24 + 8 frames before
+    (60, 2),    # 24 + 24 + 12: one pipeline did 36 frames of 60
+    (64, 4),    # 24 + 24 + 16 on four: one idle
+    (100, 4),   # 24 x 4 + 4
+    (144, 4),   # 6 chunks of 24: two ranks of four did 48 frames, two 24
+    (200, 8),
+    (300, 16),
+])
+def test_default_chunks_of_a_short_clip_keep_a_power_of_two_of_workers_equally_busy(frames: int, workers: int) -> None:
+    """Short clips are cut into a power of two of equal chunks (of at least 16 frames), so 2, 4, 8 or 16
+    ranks or pipelines finish together: a fixed 24 frames a chunk left the last one short and one
+    worker with up to half again the others' frames."""
+    chunks = chunk_bounds(frames, default_chunk_frames(frames))
+    assert _finish(chunks, workers) <= frames / workers * 1.1 + 1  # within 10% of an even share
+    assert default_chunk_frames(frames) >= 16

@@ -47,7 +47,7 @@ class EncodingOptions(Request):
     preset: str | None = flag("--preset", help="encoder speed preset, e.g. medium (x264/x265), good (vp9), p5 (nvenc)")
     chunk_frames: int | None = flag("--chunk-frames", kind=int, check=at_least(1),
                                     help="frames per chunk, the unit of work and of resume "
-                                         "(default: 24 to 120, aiming at 16 chunks)")
+                                         "(default: 16 to 120, aiming at 16 chunks; a short clip in 8, 4 or 2 equal ones)")
 
     def settings(self, output_name: str):
         """The manifest's EncoderSettings for an output of this name (pix_fmt left to preprocess),

@@ -13,7 +13,7 @@ pytorch/examples layers at batch 1 (the reference pipeline's model) and stylebat
 same two for the built-in style (the plain multistyle module, and `load_stylizer(style)`:
 fast_nets.FastMultiStyleNet), and stylebatch's two networks once more with every convolution in
 oneDNN (`fast_nets.USE_WINOGRAD` off): where torch has NNPACK the TransformerNet's residual blocks
-are Winograd convolutions (and on AVX2 CPUs both networks' last layers FFT convolutions and the
+are Winograd convolutions (and on an AVX2 AMD Zen 1 both networks' last layers FFT convolutions and the
 built-in net's blocks Winograd ones, `fast_nets.NNPACK_LAYERS`), which the FLOP counter does not see
 (so "executed" leaves them out) and which need fewer multiplications than the network's count, so
 those rows' share of the GEMM may pass 100%. Untrained TransformerNet weights paint flat frames,

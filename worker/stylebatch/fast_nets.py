@@ -29,9 +29,9 @@ The TransformerNet's residual blocks (ten 3x3 convolutions of 128 channels at qu
 60% of its arithmetic) run as NNPACK's Winograd convolutions (`winograd_conv3x3`, F(6x6, 3x3):
 about 5x fewer multiplications) where torch has NNPACK for this CPU: each convolution about 2.2x as
 fast as oneDNN's on one core, the whole network 1.47x on one thread and 1.1-1.3x on two (NNPACK's
-threads scale less well), measured on an AVX2 AMD EPYC only (docs/benchmarks.md). On AVX2 CPUs
-NNPACK also runs both networks' last layers (9x9, by FFT) and the built-in net's residual blocks
-(`NNPACK_LAYERS`). NNPACK keeps a workspace per process, which the convolutions in
+threads scale less well), measured on an AVX2 AMD EPYC only (docs/benchmarks.md). On the one CPU
+where that was measured faster (an AVX2 AMD Zen 1) NNPACK also runs both networks' last layers (9x9,
+by FFT) and the built-in net's residual blocks (`NNPACK_LAYERS`). NNPACK keeps a workspace per process, which the convolutions in
 bands of rows (`nnpack_conv`) keep small.
 
 Nearest 2x upsample, reflection pad 1 and a 3x3 convolution as a sub-pixel convolution: every
@@ -439,29 +439,54 @@ def winograd_conv3x3(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return nnpack_conv(x, weight)
 
 
-# Where torch's own CPU kernels are AVX2 (no AVX-512), NNPACK runs more layers faster than oneDNN on
-# one thread (a pipeline per core, the CPU's default): both networks' last layers (4 -> 3 and 32 -> 3
-# channels, 9x9, by FFT) and the built-in net's 32-channel residual blocks (Winograd). Measured on one
-# core of an AVX2 AMD EPYC (Zen 1) at 640x360 (docs/benchmarks.md): 43.6 -> 20.6 ms, 177 -> 128 ms and
-# 8.3 -> 5.3 ms a block convolution; the built-in net 348 -> 304 and 378 -> 339 ms a frame, the
-# TransformerNet 1121 -> 1065 ms. On two threads (NNPACK's scale less well) about even, within that
-# machine's noise (the built-in net 361 -> 385 and 255 -> 248 ms); the choice does not follow the thread
+# On the CPU where it was measured faster, NNPACK runs more layers than the TransformerNet's blocks:
+# both networks' last layers (4 -> 3 and 32 -> 3 channels, 9x9, by FFT) and the built-in net's
+# 32-channel residual blocks (Winograd). That CPU is an AVX2 AMD EPYC of the first Zen generation
+# (family 23, models below 0x30: Naples, and Zen+), where at 640x360 on one core (docs/benchmarks.md,
+# eleventh pass) they took 43.6 -> 20.6 ms, 177 -> 128 ms and 8.3 -> 5.3 ms a block convolution, the
+# built-in net 348 -> 304 and 378 -> 339 ms a frame, the TransformerNet 1121 -> 1065 ms; on two threads
+# about even. On a Zen 3 EPYC (family 25, AVX2 only; seventeenth pass) NNPACK's were no faster on one
+# thread alone (the built-in net 137 against 138 ms at 640x360, 228 against 223 at 720x528) and slower
+# in every layout a rank runs: in a rank's two pipelines of one thread each (the CPU's default) the
+# built-in net's frame pair 166-171 against 156-166 ms at 640x360 and 645 against 621 at 1280x720, on
+# two threads 104-112 against 85 ms; the TransformerNet about even (1% slower in two pipelines, 2-5% on
+# two threads). So elsewhere (every other AVX2 CPU, not measured; AVX-512, where oneDNN's vectors are
+# twice as wide) these layers are oneDNN's, torch's own choice. The choice does not follow the thread
 # count, so a rank paints the same bits with any number of threads (a resumed run with another rank
 # count). Not the first layer (3 -> 32 channels, 9x9): with its output made channels-last NNPACK's FFT
-# was hardly faster (91 against 98 ms). On AVX-512 CPUs oneDNN's vectors are twice as wide and
-# NNPACK's are not (not measured there): oneDNN's. None: by that rule; True or False: always or never
+# was hardly faster (91 against 98 ms, Zen 1). None: by that rule; True or False: always or never
 # (tests, benchmarks). The TransformerNet's 128-channel blocks are NNPACK's wherever it runs (USE_WINOGRAD).
 NNPACK_LAYERS: bool | None = None
 
 
+def _cpuinfo() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            return f.read(8192)  # the first processor's lines
+    except OSError:
+        return ""
+
+
 @functools.cache
-def _avx2_kernels() -> bool:
-    return torch.backends.cpu.get_cpu_capability() == "AVX2"
+def _nnpack_layers_faster() -> bool:
+    """Whether this is a CPU NNPACK_LAYERS' layers were measured faster on: torch's kernels AVX2 on an
+    AMD Zen 1 (family 23, model below 0x30)."""
+    if torch.backends.cpu.get_cpu_capability() != "AVX2":
+        return False
+    fields = {}
+    for line in _cpuinfo().splitlines():
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    try:
+        family, model = int(fields.get("cpu family", "")), int(fields.get("model", ""))
+    except ValueError:
+        return False
+    return fields.get("vendor_id") == "AuthenticAMD" and family == 23 and model < 0x30
 
 
 def nnpack_layers_ready(x: torch.Tensor) -> bool:
     """Whether the layers NNPACK_LAYERS names run as nnpack_conv for x (fp32, on a CPU with NNPACK)."""
-    return winograd_ready(x) and (_avx2_kernels() if NNPACK_LAYERS is None else NNPACK_LAYERS)
+    return winograd_ready(x) and (_nnpack_layers_faster() if NNPACK_LAYERS is None else NNPACK_LAYERS)
 
 
 # Values (pixels x channels) per step of instance_norm_'s passes over a large picture: a step and its

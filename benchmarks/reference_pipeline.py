@@ -31,8 +31,8 @@ on 2 cores, 2 pipelines beside the reference's one rank of 2 threads), the rank 
 target names. The rest of the command is `--style STYLE
 --device cpu --chunk-frames N` with its defaults otherwise (full size, precision auto, x264 crf 18
 at the default preset). N = frames / (2 x RANKS): the short clips here would be one or two chunks by
-the default rule (at least 24 frames a chunk), leaving a network idle; a clip of a minute gets 16
-chunks anyway.
+the default rule (at least 16 frames a chunk: a 24-frame clip is one, leaving a network idle); a clip
+of a minute gets 16 chunks anyway.
 
 Both get the same generated clip (testsrc2 at 30 fps with an AAC tone: a constant rate, so the
 reference's hard-coded 30 fps is right and its timing bugs cost it nothing) and the same weights: a

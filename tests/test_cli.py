@@ -173,7 +173,8 @@ def test_without_mpiexec_one_worker_runs_and_more_is_an_error(clip, tmp_path: Pa
     assert main(["run", str(src), "-o", str(tmp_path / "o.mp4"), "--workers", "1", *FAST_STYLE]) == 0
     assert count_frames(tmp_path / "o.mp4") == 30 and frame_pts(tmp_path / "o.mp4") == frame_pts(src)
     capsys.readouterr()
-    assert main(["run", str(src), "-o", str(tmp_path / "p.mp4"), "--workers", "2", *FAST_STYLE]) == 2
+    # two chunks, so two ranks have work (one chunk runs one rank: no mpiexec needed, as below)
+    assert main(["run", str(src), "-o", str(tmp_path / "p.mp4"), "--workers", "2", "--chunk-frames", "15", *FAST_STYLE]) == 2
     assert "stylebatch: error: --workers 2 needs mpiexec" in capsys.readouterr().err
     assert not (tmp_path / "p.mp4").exists()
     # by default (one rank on the CPU): no mpiexec needed

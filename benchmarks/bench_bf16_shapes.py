@@ -20,6 +20,8 @@ import sys
 import torch
 import torch.nn.functional as F
 
+from stylebatch.cpuinfo import this_cpu
+
 # (in channels, out channels, kernel height, kernel width, (row stride, column stride)): the convolutions
 # fast_nets runs (FastTransformerNet, FastMultiStyleNet), as it runs them
 LAYERS = [
@@ -65,8 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(a.threads)
     gen = torch.Generator().manual_seed(0)
     sides = [int(s) for s in a.sides.split(",")]
-    flags = open("/proc/cpuinfo").read() if sys.platform == "linux" else ""
-    native = [f for f in ("avx512_bf16", "amx_bf16") if f in flags]
+    native = [f for f in ("avx512_bf16", "amx_bf16") if f in this_cpu().flags]
     print(f"torch {torch.__version__}, {a.threads} thread(s), {a.trials} trials a shape; "
           f"native bf16: {', '.join(native) or 'none (oneDNN emulates it)'}\n")
     bad = []

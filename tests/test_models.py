@@ -896,10 +896,11 @@ def test_the_more_nnpack_layers_run_only_on_the_cpus_they_were_measured_faster_o
     torch's kernels are AVX2". Whatever the thread count (a rank paints the same bits with any); set, it
     decides; never without NNPACK or outside plain fp32."""
     from stylebatch import fast_nets
+    from stylebatch.cpuinfo import parse_cpuinfo
 
     monkeypatch.setattr(fast_nets, "winograd_available", lambda: True)  # as where NNPACK runs
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
-    monkeypatch.setattr(fast_nets, "_cpuinfo", lambda: _CPUINFO[cpuinfo])
+    monkeypatch.setattr(fast_nets, "this_cpu", lambda: parse_cpuinfo(_CPUINFO[cpuinfo]))
     fast_nets._nnpack_layers_faster.cache_clear()
     before = torch.get_num_threads()
     try:

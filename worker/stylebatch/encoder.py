@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from fractions import Fraction
 from pathlib import Path
 
@@ -10,6 +9,7 @@ import av
 import numpy as np
 from av.video.reformatter import VideoReformatter
 
+from stylebatch.cpuinfo import CpuInfo, this_cpu
 from stylebatch.errors import StylebatchError
 from stylebatch.memory import codec_threads, encoder_per_frame
 from stylebatch.manifest import EncoderSettings
@@ -74,28 +74,23 @@ def _av_reason(exc: Exception) -> str:
     return " ".join(str(getattr(exc, "strerror", None) or exc).split()) or type(exc).__name__
 
 
-# The CPU flags (/proc/cpuinfo) with which x264 runs its AVX-512 code, and the x264 feature names of
+# The CPU flags (cpuinfo.this_cpu) with which x264 runs its AVX-512 code, and the x264 feature names of
 # the rest it would use (`x264_asm`).
 _X264_AVX512 = frozenset({"avx512f", "avx512cd", "avx512bw", "avx512dq", "avx512vl"})
 _X264_BELOW_AVX512 = (("fma", "FMA3"), ("bmi2", "BMI2"), ("abm", "LZCNT"))
 
 
-@functools.cache
-def x264_asm(cpuinfo: str = "/proc/cpuinfo") -> str | None:
-    """x264's `asm` option for this CPU: where x264 would run its AVX-512 code, everything up to
-    AVX2 instead (with FMA3, BMI2 and LZCNT where the CPU has them); elsewhere None (x264 detects).
+def x264_asm(cpu: CpuInfo | None = None) -> str | None:
+    """x264's `asm` option for this CPU (or cpu): where x264 would run its AVX-512 code, everything up
+    to AVX2 instead (with FMA3, BMI2 and LZCNT where the CPU has them); elsewhere None (x264 detects).
 
     x264's AVX-512 code (core 165, in PyAV's wheel) encodes the same frames differently from one
     encoder to the next in one process (4 bitstreams in 30 encodes of six 96x64 frames on a Zen 5):
     a chunk stylized again on resume, or by another rank, came out as other bits, and a video was not
     the same from run to run. Up to AVX2 it is the same every time (the bitstream x264's AVX-512 code
     made most often), 0.2 ms a 640x360 frame slower (2.0 against 1.8-2.0 ms at `veryfast`)."""
-    try:
-        flags = next((line.split(":", 1)[1].split() for line in Path(cpuinfo).read_text().splitlines()
-                      if line.startswith("flags")), [])
-    except OSError:
-        return None
-    if not _X264_AVX512 <= set(flags):
+    flags = (cpu or this_cpu()).flags
+    if not _X264_AVX512 <= flags:
         return None
     return ",".join(["AVX2", *(name for flag, name in _X264_BELOW_AVX512 if flag in flags)])
 

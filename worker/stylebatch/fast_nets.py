@@ -53,6 +53,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from stylebatch.cpuinfo import this_cpu
+
 # Which of the 3 kernel rows (or columns) fall on each of the 2 input rows a phase reads.
 _COMBINE = torch.tensor([[[1., 0., 0.], [0., 1., 1.]],   # even output rows: input rows i-1, i
                          [[1., 1., 0.], [0., 0., 1.]]])  # odd output rows: input rows i, i+1
@@ -459,29 +461,11 @@ def winograd_conv3x3(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 NNPACK_LAYERS: bool | None = None
 
 
-def _cpuinfo() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            return f.read(8192)  # the first processor's lines
-    except OSError:
-        return ""
-
-
 @functools.cache
 def _nnpack_layers_faster() -> bool:
     """Whether this is a CPU NNPACK_LAYERS' layers were measured faster on: torch's kernels AVX2 on an
     AMD Zen 1 (family 23, model below 0x30)."""
-    if torch.backends.cpu.get_cpu_capability() != "AVX2":
-        return False
-    fields = {}
-    for line in _cpuinfo().splitlines():
-        key, _, value = line.partition(":")
-        fields.setdefault(key.strip(), value.strip())
-    try:
-        family, model = int(fields.get("cpu family", "")), int(fields.get("model", ""))
-    except ValueError:
-        return False
-    return fields.get("vendor_id") == "AuthenticAMD" and family == 23 and model < 0x30
+    return torch.backends.cpu.get_cpu_capability() == "AVX2" and this_cpu().is_amd(family=23, below_model=0x30)
 
 
 def nnpack_layers_ready(x: torch.Tensor) -> bool:

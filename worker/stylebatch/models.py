@@ -25,6 +25,7 @@ from torch import nn
 
 from stylebatch import fast_nets
 from stylebatch.contract import BF16_MIN_SPEEDUP, DEFAULT_STYLE, PRECISIONS, precision_problem  # noqa: F401 - DEFAULT_STYLE: part of this API
+from stylebatch.cpuinfo import this_cpu
 from stylebatch.errors import StylebatchError
 from stylebatch.fast_nets import fast_multistyle_net, fast_transformer_net
 from stylebatch.multistyle import NUM_STYLES, load_multistyle26
@@ -419,11 +420,7 @@ def time_bf16_ahead(style: str, *, device: str = "auto", precision: str = "auto"
 def cpu_has_native_bf16() -> bool:
     """True when this CPU computes bf16 in hardware (AVX-512 BF16 or AMX); elsewhere oneDNN emulates
     it, slower than fp32. Having it is not enough for `--precision auto` (cpu_bf16_pays)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()  # closed at once: no ResourceWarning
-    except OSError:
-        return False
-    return any(f" {flag}" in flags for flag in ("avx512_bf16", "amx_bf16"))
+    return not this_cpu().flags.isdisjoint({"avx512_bf16", "amx_bf16"})
 
 
 # The picture (height, width) cpu_bf16_speedup times: big enough that the ratio is a video's (on a Xeon

@@ -15,9 +15,13 @@ The model alone: as many processes as networks at once, each with their torch th
 each running `load_stylizer(style)` (uint8 frames in and out, batch 1, what a rank calls, with the
 rank's allocator settings, `memory.reuse_freed_memory`) over its
 share of the clip's frames, decoded beforehand and not timed; they start together after a warm-up
-frame, and frames / the slowest one's time is the model-alone rate. "of model" divides the
-end-to-end rate (everything a user waits for) and the stylize stage's rate (from the run's own
-progress line) by it: what decoding, encoding, copying, start-up and the chunk hand-out cost.
+frame, and frames / the slowest one's time is the model-alone rate. "of model" divides three rates
+by it: end to end (everything a user waits for), the stylize stage's (the run's own progress line:
+from the ranks' go, so with the rest of their start-up) and the painting rate (the ranks' own summary
+lines: frames over the slowest rank's time from its first frame to its last, the model's warm-up
+frame included; its start-up not). End to end against painting is what start-up, preprocess and
+postprocess cost; painting against the model alone what decoding, encoding, copying and the chunk
+hand-out cost on the same cores.
 
 Each network gets cores / N torch threads, so "1" is 1 x all cores and "2" is 2 x half.
 The clip (testsrc2 + a sine soundtrack, made by the ffmpeg CLI) is cut into chunks small enough that
@@ -104,7 +108,17 @@ def model_alone(clip: Path, frames: int, workers: int, style: str, tmp: Path) ->
     return frames / seconds
 
 
-def run_once(clip: Path, out: Path, workers: int, layout: str, args: argparse.Namespace) -> tuple[float, float | None]:
+RANK_SUMMARY = re.compile(r"rank \d+/\d+: (\d+) frames in ([\d.]+) s")
+
+
+def painting_fps(stderr: str) -> float | None:
+    """Frames over the slowest rank's painting time, from the ranks' summary lines (stylize.py)."""
+    done = [(int(n), float(s)) for n, s in RANK_SUMMARY.findall(stderr)]
+    return sum(n for n, _ in done) / max(s for _, s in done) if done and max(s for _, s in done) > 0 else None
+
+
+def run_once(clip: Path, out: Path, workers: int, layout: str,
+             args: argparse.Namespace) -> tuple[float, float | None, float | None]:
     from reference_pipeline import LAYOUTS
 
     cmd = [str(BIN / "stylebatch"), "run", str(clip), "-o", str(out), *LAYOUTS[layout](workers),
@@ -119,7 +133,7 @@ def run_once(clip: Path, out: Path, workers: int, layout: str, args: argparse.Na
     if result.returncode != 0:
         sys.exit(f"stylebatch run failed:\n{result.stderr}")
     found = re.findall(r"stylize: \d+/\d+ frames \(100%\), ([\d.]+) fps", result.stderr)
-    return wall, float(found[-1]) if found else None
+    return wall, float(found[-1]) if found else None, painting_fps(result.stderr)
 
 
 def main() -> None:
@@ -162,18 +176,20 @@ def main() -> None:
             for _ in range(args.repeats):  # alternating, so both see the same load
                 runs.append(run_once(clip, Path(tmp) / "out.mp4", workers, layout, args))
                 alone.append(model_alone(clip, frames, networks, style, Path(tmp)))
-            wall, stylize_fps = min(runs, key=lambda r: r[0])
+            wall, stylize_fps, paint_fps = min(runs, key=lambda r: r[0])
             rows.append((networks, layout_label(layout, workers, chunks), max(1, cores // networks), wall, frames / wall,
-                         stylize_fps, max(alone)))
+                         stylize_fps, paint_fps, max(alone)))
     print(f"`stylebatch run`, {args.size}, {frames} frames, style {Path(style).name}, CPU "
           f"({platform.processor() or platform.machine()}, {cores} cores), chunks of {args.chunk_frames}, "
           f"best of {args.repeats}, load average {os.getloadavg()[0]:.1f} at the end\n")
     print("| networks at once | stylebatch | torch threads each | wall (s) | end-to-end fps | stylize fps "
-          "| model alone fps | end-to-end of model | stylize of model |")
-    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|")
-    for workers, label, threads, wall, fps, sfps, mfps in rows:
+          "| painting fps | model alone fps | end-to-end of model | stylize of model | painting of model |")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    of = lambda rate, mfps: f"{rate / mfps:.2f}" if rate is not None else "?"  # noqa: E731
+    for workers, label, threads, wall, fps, sfps, pfps, mfps in rows:
         print(f"| {workers} | {label} | {threads} | {wall:.1f} | {fps:.2f} | {sfps if sfps is not None else '?'} | "
-              f"{mfps:.2f} | {fps / mfps:.2f} | {f'{sfps / mfps:.2f}' if sfps is not None else '?'} |")
+              f"{f'{pfps:.2f}' if pfps is not None else '?'} | {mfps:.2f} | {fps / mfps:.2f} | {of(sfps, mfps)} | "
+              f"{of(pfps, mfps)} |")
 
 
 if __name__ == "__main__":

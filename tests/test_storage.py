@@ -473,6 +473,8 @@ def test_no_credentials_says_which_variables_to_set(no_storage_env) -> None:
     for var in ("AZURE_STORAGE_CONNECTION_STRING", "AZURE_STORAGE_ACCOUNT", "AZURE_STORAGE_SAS_TOKEN",
                 "AZURE_STORAGE_KEY", "AZURE_FEDERATED_TOKEN_FILE"):
         assert var in message
+    # and that the account alone is enough where the machine has an identity (a managed identity, az login)
+    assert "AZURE_STORAGE_ACCOUNT alone" in message and "managed identity" in message
 
 
 def test_account_alone_uses_the_workload_identity(

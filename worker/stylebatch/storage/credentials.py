@@ -13,9 +13,10 @@ from stylebatch.storage.base import BlobAddress, is_path_style
 
 
 CREDENTIAL_HELP = (
-    "set AZURE_STORAGE_CONNECTION_STRING, or AZURE_STORAGE_ACCOUNT with AZURE_STORAGE_SAS_TOKEN, "
-    "AZURE_STORAGE_KEY or a workload identity (AZURE_CLIENT_ID, AZURE_TENANT_ID, "
-    "AZURE_FEDERATED_TOKEN_FILE), or use a blob URL with a SAS token"
+    "set AZURE_STORAGE_CONNECTION_STRING, or AZURE_STORAGE_ACCOUNT with AZURE_STORAGE_SAS_TOKEN or "
+    "AZURE_STORAGE_KEY, or AZURE_STORAGE_ACCOUNT alone to sign in as an Azure identity "
+    "(DefaultAzureCredential: a workload identity's AZURE_CLIENT_ID, AZURE_TENANT_ID and "
+    "AZURE_FEDERATED_TOKEN_FILE, a managed identity, or `az login`), or use a blob URL with a SAS token"
 )
 _AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 

@@ -66,8 +66,15 @@ class ApiServer(kmock.KubernetesEmulator):
     # What the API server's validation says of an object to create (None: valid), as for a pod
     # template Kubernetes refuses: 422 Invalid with that message.
     invalid: Callable[[dict[str, Any]], str | None] = staticmethod(lambda obj: None)
+    # Awaited with each DELETE of a named object before it is served: a test's way to change the
+    # object between the operator's read and its write, as another client may.
+    before_delete: Callable[[kmock.Request], Awaitable[None]] | None = None
 
     async def _handle(self, request: kmock.Request) -> Any:
+        if request.action == kmock.action.DELETE and request.name is not None:
+            if self.before_delete is not None:
+                await self.before_delete(request)
+            self._check_preconditions(request)
         if request.resource is not None and request.resource.plural in self.unserved:
             raise kmock.KubernetesError(status=404, reason="NotFound",
                                         message="the server could not find the requested resource")
@@ -96,6 +103,23 @@ class ApiServer(kmock.KubernetesEmulator):
             return await super()._handle(request)
         except jsonpatch.JsonPatchTestFailed as exc:
             raise kmock.KubernetesError(status=422, reason="Invalid", message=str(exc)) from None
+
+
+    def _check_preconditions(self, request: kmock.Request) -> None:
+        """A DELETE's preconditions.uid, as the API server checks it: 409 Conflict when the object of
+        that name is another one (re-created since the client read it)."""
+        wanted = ((request.data.get("preconditions") or {}).get("uid")
+                  if isinstance(request.data, dict) else None)
+        if not wanted:
+            return
+        try:
+            current = self.objects[request.resource, request.namespace, request.name]
+        except KeyError:
+            return  # not there: kmock's own 404
+        actual = None if current.deleted else current.raw["metadata"].get("uid")
+        if actual is not None and actual != wanted:
+            raise kmock.KubernetesError(status=409, reason="Conflict", message=(
+                f"Precondition failed: UID in precondition: {wanted}, UID in object meta: {actual}"))
 
 
 def kube_for(url: str) -> Kube:
@@ -1476,6 +1500,38 @@ def test_a_finished_job_is_deleted_after_its_ttl():
                              timeout=10)
             assert not deletes(api, JOBS)  # a failed job's children went with it (owner references), not before
             assert_requests_allowed_by_rbac(api, stylized=False)
+    run(scenario)
+
+
+def test_the_ttl_leaves_alone_a_job_re_created_under_the_same_name_since_it_was_read():
+    """The TTL's DELETE names the job it read by uid. Someone deleted it and applied a new job of the
+    same name between that read and the DELETE: the API server answers 409, the new job is not
+    deleted, nothing is logged as an error, and the new job runs as a job of its own."""
+    async def scenario() -> None:
+        async with api_server() as api, operator(api):
+            await apply_job(api, retries=0, cleanup={"childrenAfterSucceededSeconds": 0, "jobAfterFinishedSeconds": 1})
+            await eventually(lambda: child(api, "Job", "orangutan-preprocess-1"))
+            old_uid = job(api)["metadata"]["uid"]
+            await finish(api, JOBS, "orangutan-preprocess-1", ok=False, reason="BackoffLimitExceeded")
+            await eventually(lambda: status(api)["phase"] == "Failed")
+            swapped: list[bool] = []
+
+            async def re_create(request: kmock.Request) -> None:
+                if request.resource.plural == "styletransferjobs" and not swapped:
+                    swapped.append(True)  # the old job gone with its children (owner references), a new one
+                    api.objects[RESOURCES["Job"], NS, "orangutan-preprocess-1"].delete()
+                    api.objects["stylebatch.io/v1alpha1/styletransferjobs", NS, "orangutan"].patch(
+                        {"metadata": {"uid": "uid-of-the-new-orangutan"}, "status": None})
+            api.before_delete = re_create
+            await eventually(lambda: swapped, timeout=10)
+
+            pre = await eventually(lambda: not gone(api, "Job", "orangutan-preprocess-1")
+                                   and child(api, "Job", "orangutan-preprocess-1"))
+            assert pre["metadata"]["ownerReferences"][0]["uid"] == "uid-of-the-new-orangutan"
+            assert status(api)["phase"] in ("Pending", "Preprocessing")  # the new job's own, not the old's Failed
+            assert not api.objects["stylebatch.io/v1alpha1/styletransferjobs", NS, "orangutan"].deleted
+            (stj_delete,) = [r for r in api if r.method == "DELETE" and str(r.url.path) == f"{STJ}/orangutan"]
+            assert stj_delete.data["preconditions"]["uid"] == old_uid
     run(scenario)
 
 

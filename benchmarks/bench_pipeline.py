@@ -108,13 +108,15 @@ def model_alone(clip: Path, frames: int, workers: int, style: str, tmp: Path) ->
     return frames / seconds
 
 
-RANK_SUMMARY = re.compile(r"rank \d+/\d+: (\d+) frames in ([\d.]+) s")
+RANK_SUMMARY = re.compile(r"rank \d+/\d+: (\d+) frames in [\d.]+ s \(([\d.]+) fps\)")
 
 
 def painting_fps(stderr: str) -> float | None:
-    """Frames over the slowest rank's painting time, from the ranks' summary lines (stylize.py)."""
-    done = [(int(n), float(s)) for n, s in RANK_SUMMARY.findall(stderr)]
-    return sum(n for n, _ in done) / max(s for _, s in done) if done and max(s for _, s in done) > 0 else None
+    """Frames over the slowest rank's painting time, from the ranks' summary lines (stylize.py). Each
+    rank's time is its frames over its own rate: the seconds it prints are rounded to 0.1 s, which on a
+    tiny clip is most of them (0.0 s, or 0.2 s for 0.151 s)."""
+    done = [(int(n), int(n) / float(fps)) for n, fps in RANK_SUMMARY.findall(stderr) if float(fps) > 0]
+    return sum(n for n, _ in done) / max(s for _, s in done) if done else None
 
 
 def run_once(clip: Path, out: Path, workers: int, layout: str,

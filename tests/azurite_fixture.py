@@ -18,6 +18,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from datetime import datetime, timedelta, timezone
 from typing import Iterator
 
 import pytest
@@ -79,6 +80,20 @@ class AzureEnv:
     azurite: Azurite
     container: str
     env: dict[str, str]
+
+
+def sas(azurite, container: str, *, permissions: str = "racwdl", hours: float = 1, blob: str | None = None,
+        key: str | None = None) -> str:
+    """A container SAS (or a blob SAS when blob is given) with the given permission letters."""
+    from azure.storage.blob import (BlobSasPermissions, ContainerSasPermissions, generate_blob_sas,
+                                    generate_container_sas)
+
+    expiry = datetime.now(timezone.utc) + timedelta(hours=hours)
+    if blob is not None:
+        return generate_blob_sas(azurite.account, container, blob, account_key=key or azurite.key,
+                                 permission=BlobSasPermissions.from_string(permissions), expiry=expiry)
+    return generate_container_sas(azurite.account, container, account_key=key or azurite.key,
+                                  permission=ContainerSasPermissions.from_string(permissions), expiry=expiry)
 
 
 def _azurite_binary(service: str = "blob") -> str:

@@ -551,6 +551,51 @@ def test_missing_output_container_is_refused_before_any_work(azure_env, good: Pa
     assert not (tmp_path / "w").exists()
 
 
+@pytest.mark.azurite
+@pytest.mark.parametrize("spelling", ["the account's URL", "localhost with a SAS", "the default port written out",
+                                      "az:// for an input given by URL", "work dir by URL above an az:// input"])
+@pytest.mark.parametrize("command", ["run", "preview"])
+def test_one_blob_spelled_two_ways_is_never_written_over(command: str, spelling: str, azure_env, good: Path,
+                                                         tmp_path: Path) -> None:
+    """`run az://c/in/clip.mp4 -o http://127.0.0.1:10000/devstoreaccount1/c/in/clip.mp4` (or
+    localhost's URL with a SAS) replaced the input and exited 0: az:// and the account's own URL were
+    compared as written, not as the blob they name. Refused before any work, one line, exit 2."""
+    from azurite_fixture import sas
+
+    azurite, container = azure_env.azurite, azure_env.container
+    name = "in/clip.mp4" if command == "run" else "in/p.png"
+    data = good.read_bytes() if command == "run" else _picture(tmp_path / "p.png").read_bytes()
+    blobs = azurite.service_client().get_container_client(container)
+    blobs.upload_blob(name, data)
+    by_url = f"{azurite.endpoint}/{container}/{name}"
+    src, out, extra, what = f"az://{container}/{name}", by_url, [], "is the input"
+    env = dict(azure_env.env)
+    if spelling == "localhost with a SAS":
+        out = f"http://LocalHost:{azurite.port}/{azurite.account}/{container}/{name}?{sas(azurite, container)}"
+    elif spelling == "the default port written out":  # nothing listens there: refused before it is asked
+        env["AZURE_STORAGE_BLOB_ENDPOINT"] = f"http://127.0.0.1:80/{azurite.account}"
+        src, out = f"az://{container}/{name}", f"http://127.0.0.1/{azurite.account}/{container}/{name}"
+    elif spelling == "az:// for an input given by URL":
+        src, out = by_url, f"az://{container}/{name}"
+    elif spelling == "work dir by URL above an az:// input":
+        if command == "preview":
+            pytest.skip("preview has no work dir")
+        out, extra, what = str(tmp_path / "o.mp4"), ["--work", f"{azurite.endpoint}/{container}/in"], "contains"
+    args = ["--style", "ink-wash", "--tile", "32"] if command == "preview" else [*FAST_STYLE, *extra]
+    result = stylebatch(command, src, "-o", out, *args, env=env)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert len(error_lines(result)) == 1 and what in error_lines(result)[0], result.stderr
+    assert [b.name for b in blobs.list_blobs()] == [name]
+    assert blobs.download_blob(name).readall() == data and not (tmp_path / "o.mp4").exists()
+
+
+def _picture(path: Path) -> Path:
+    from PIL import Image
+
+    Image.new("RGB", (64, 48), (200, 120, 40)).save(path)
+    return path
+
+
 @pytest.mark.parametrize("command", ["run", "preprocess"])
 def test_nvenc_without_an_nvidia_gpu_is_a_one_line_error(command: str, good: Path, place: dict) -> None:
     import av

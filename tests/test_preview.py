@@ -146,6 +146,23 @@ def test_a_sheet_that_would_replace_the_input_or_a_painting_is_refused_and_both_
     assert case != "symlink" or output.resolve() == photo  # the link itself is not replaced either
 
 
+@pytest.mark.parametrize("output, message", [
+    ("folder.jpg", "folder.jpg is a folder, not a file"),  # was a traceback (IsADirectoryError), exit 1, a .part left
+    ("nowhere/s.png", "the folder {tmp}/nowhere does not exist"),
+    ("p.png/s.png", "{tmp}/p.png is a file, not a folder"),
+])
+def test_a_sheet_that_cannot_be_written_is_refused_in_one_line_and_leaves_nothing(tmp_path, output, message):
+    """`preview p.png -o existing_folder.jpg` painted the sheet, then failed renaming its part file onto
+    the folder: now the output is checked as `run` checks its own, before anything is read or painted."""
+    photo = _photo(tmp_path / "p.png")
+    (tmp_path / "folder.jpg").mkdir()
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    result = stylebatch("preview", photo, "-o", tmp_path / output, "--style", "ink-wash", "--tile", "32")
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert len(error_lines(result)) == 1 and message.format(tmp=tmp_path) in error_lines(result)[0], result.stderr
+    assert result.stdout == "" and sorted(p.name for p in tmp_path.rglob("*")) == before  # no sheet, no .part
+
+
 def test_columns_beyond_the_number_of_tiles_are_capped_at_it(tmp_path):
     """--columns 50 with 2 tiles made a 50-column sheet (13106x222 at --tile 256), almost all empty."""
     size, boxes = grid(2, 256, 144, columns=50)

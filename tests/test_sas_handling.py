@@ -4,28 +4,15 @@ that cannot write the output is found before any work."""
 from __future__ import annotations
 
 import urllib.parse
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
+from azurite_fixture import sas
 from clips import FAST_STYLE, count_frames, error_lines, stylebatch
 
 from stylebatch import storage
 from stylebatch.errors import StylebatchError
-
-
-def sas(azurite, container: str, *, permissions: str = "racwdl", hours: float = 1, blob: str | None = None,
-        key: str | None = None) -> str:
-    """A container SAS (or a blob SAS when blob is given) with the given permission letters."""
-    from azure.storage.blob import (BlobSasPermissions, ContainerSasPermissions, generate_blob_sas,
-                                    generate_container_sas)
-
-    expiry = datetime.now(timezone.utc) + timedelta(hours=hours)
-    if blob is not None:
-        return generate_blob_sas(azurite.account, container, blob, account_key=key or azurite.key,
-                                 permission=BlobSasPermissions.from_string(permissions), expiry=expiry)
-    return generate_container_sas(azurite.account, container, account_key=key or azurite.key,
-                                  permission=ContainerSasPermissions.from_string(permissions), expiry=expiry)
 
 
 def only_the_sas(azure_env) -> dict[str, str]:

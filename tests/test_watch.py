@@ -85,6 +85,27 @@ def test_watch_once_on_azurite_stylizes_each_blob_once_and_never_its_outputs(cli
     assert sorted(outs) == ["in/stylized/a.mp4", "in/stylized/b.mp4", "in/stylized/c.mp4"]
 
 
+def test_an_output_prefix_given_by_the_accounts_url_is_known_as_the_same_place_as_its_az_source(clip, azure_env):
+    """`watch az://c/in -o http://127.0.0.1:10000/devstoreaccount1/c/in/stylized`: the outputs were not
+    known to lie inside the watched prefix (the URIs were compared as written), so the next pass took
+    them for uploads and stylized them again; DEST given as SOURCE's own URL was not refused."""
+    blobs = azure_env.azurite.service_client().get_container_client(azure_env.container)
+    blobs.upload_blob("in/a.mp4", clip("a.mp4", frames=4).read_bytes())
+    source = f"az://{azure_env.container}/in"
+    by_url = f"{azure_env.azurite.endpoint}/{azure_env.container}/in"
+
+    same = stylebatch("watch", source, "-o", by_url, *FLAGS, env=azure_env.env)
+    assert same.returncode == 2 and len(error_lines(same)) == 1 and "is the watched" in error_lines(same)[0]
+    assert [b.name for b in blobs.list_blobs()] == ["in/a.mp4"]
+
+    first = stylebatch("watch", source, "-o", by_url + "/stylized", *FLAGS, env=azure_env.env)
+    assert first.returncode == 0 and len(started(first)) == 1, first.stderr
+    second = stylebatch("watch", source, "-o", by_url + "/stylized", *FLAGS, env=azure_env.env)
+    assert second.returncode == 0 and started(second) == [], second.stderr
+    assert sorted(b.name for b in blobs.list_blobs() if ".stylebatch-watch" not in b.name) == \
+        ["in/a.mp4", "in/stylized/a.mp4"]
+
+
 def test_a_failed_video_is_reported_skipped_and_retried_on_the_next_start(clip, tmp_path):
     src, dest = tmp_path / "in", tmp_path / "out"
     src.mkdir()

@@ -157,6 +157,7 @@ def run(args: argparse.Namespace) -> int:
     src = location(args.input)
     chosen = chosen_styles(args.style, args.all)
     check_not_overwritten(src, out, chosen)
+    out.check_writable()  # a folder, a missing folder or container: said before any frame is read or painted
     with tempfile.TemporaryDirectory(prefix="stylebatch-preview-") as tmp:
         if src.is_local():
             if not src.exists():
@@ -170,7 +171,7 @@ def run(args: argparse.Namespace) -> int:
         sheet = render(frame, styles, args.tile, args.device, args.keep_colors, args.columns)
         result = Path(tmp) / f"sheet{suffix}"
         sheet.save(result, SHEET_SUFFIXES[suffix], **({"quality": 85} if suffix != ".png" else {}))
-        out.upload(result) if not out.is_local() else _publish(result, Path(out.local_path()))
+        out.upload(result)  # atomic: a half-written sheet never appears under its name
     print(f"{out.display}: {len(styles)} style(s)")
     return 0
 
@@ -188,13 +189,3 @@ def check_not_overwritten(src, out, styles: list[str]) -> None:
             if part.kind != BUILTIN_KIND:
                 loc = style_file(part.ref)
                 preprocess.check_not_overwritten(loc, out, f"the style file {loc.display}")
-
-
-def _publish(src: Path, dst: Path) -> None:
-    import shutil
-
-    if not dst.parent.is_dir():
-        raise BadInput(f"cannot write {dst}: folder {dst.parent} does not exist")
-    part = dst.with_name(f".{dst.name}.part")
-    shutil.copyfile(src, part)
-    part.replace(dst)  # atomic: a half-written sheet never appears under its name

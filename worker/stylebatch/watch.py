@@ -255,7 +255,13 @@ def _inside(dest: Location, source: Location) -> str | None:
         if d == s:
             return ""
         return d.relative_to(s).as_posix() if d.is_relative_to(s) else None
-    d_uri, s_uri = dest.display.rstrip("/"), source.display.rstrip("/")
-    if d_uri == s_uri:
+    from stylebatch.storage import blob_place
+
+    if blob_place(dest) != blob_place(source):  # type: ignore[arg-type]  # az:// and the account's URL alike
+        return None
+    d, s = dest.blob, source.blob  # type: ignore[attr-defined]
+    if d == s:
         return ""
-    return d_uri[len(s_uri) + 1:] if d_uri.startswith(s_uri + "/") else None
+    if not s:
+        return d
+    return d[len(s) + 1:] if d.startswith(s + "/") else None

@@ -43,13 +43,16 @@ def _top_level_names(work) -> list[str]:
 
 
 def inside(loc, folder) -> bool:
-    """True if loc is folder itself or lies below it (same backend, resolved paths)."""
+    """True if loc is folder itself or lies below it (same backend; resolved paths, or blobs in one
+    account's container however the URIs spell it: `storage.blob_place`)."""
     if loc.is_local() != folder.is_local():
         return False
     if loc.is_local():
         a, b = loc.local_path().resolve(), folder.local_path().resolve()
         return a == b or b in a.parents
-    if (loc.container, loc.account, loc.endpoint) != (folder.container, folder.account, folder.endpoint):
+    from stylebatch.storage import blob_place
+
+    if blob_place(loc) != blob_place(folder):  # az:// and the account's URL, http and https: one place
         return False
     return not folder.blob or loc.blob == folder.blob or loc.blob.startswith(folder.blob + "/")
 

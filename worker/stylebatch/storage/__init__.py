@@ -17,12 +17,12 @@ from __future__ import annotations
 from stylebatch.storage.base import Location
 from stylebatch.storage.blob import BlobLocation
 from stylebatch.storage.clients import clear_client_cache, service_client
-from stylebatch.storage.credentials import BlobCredential, resolve_credential
+from stylebatch.storage.credentials import BlobCredential, blob_place, resolve_credential
 from stylebatch.storage.local import LocalLocation
 from stylebatch.storage.tuning import TransferSettings
 from stylebatch.storage.uri import location
 
 __all__ = [
     "BlobCredential", "BlobLocation", "LocalLocation", "Location", "TransferSettings",
-    "clear_client_cache", "location", "resolve_credential", "service_client",
+    "blob_place", "clear_client_cache", "location", "resolve_credential", "service_client",
 ]

@@ -163,6 +163,30 @@ def azure_endpoint(account: str) -> str:
     return f"https://{account}.blob.core.windows.net"
 
 
+def blob_place(loc: BlobAddress) -> tuple[str, str]:
+    """Where loc's blobs are stored, however its URI spells it: (the endpoint's host, port and path,
+    container). An az:// location takes the endpoint its credential goes to; the scheme, its default
+    port, the host's letter case and trailing dot, and localhost against 127.0.0.1 or ::1 make no
+    difference. An az:// location with no account configured keeps "az://" (it names nothing yet)."""
+    endpoint = loc.endpoint
+    if endpoint is None:
+        try:
+            endpoint = resolve_credential(loc).endpoint
+        except StylebatchError:
+            return "az://", loc.container
+    try:
+        parts = urllib.parse.urlsplit(endpoint.strip())
+        host = (parts.hostname or "").lower().rstrip(".")
+        port = parts.port
+    except ValueError:
+        return endpoint, loc.container
+    if host in ("localhost", "::1"):
+        host = "127.0.0.1"
+    if port == {"https": 443, "http": 80}.get(parts.scheme.lower()):
+        port = None
+    return f"{host}:{port or ''}{parts.path.rstrip('/')}", loc.container
+
+
 def same_endpoint(a: str, b: str) -> bool:
     """True if two endpoint URLs name the same service: scheme, host, port (default ones filled in)
     and path compared, letter case of scheme and host ignored."""

@@ -89,6 +89,24 @@ def test_frame_at_a_time_and_bad_times(tmp_path):
     assert not (tmp_path / "s.png").exists()
 
 
+@pytest.mark.parametrize("case, args, words", [
+    # a folder was "input not found" (an empty one) or "not a readable video"
+    ("a folder", ["folder"], ["input is a folder, not a video or a picture", "folder"]),
+    ("an empty folder", ["empty"], ["input is a folder, not a video or a picture", "empty"]),
+    ("--style with no name in it", ["p.png", "--style", ","], ["--style ',' names no style"]),  # was all 26
+    ("--at on a picture", ["p.png", "--at", "3"], ["--at picks a video's frame", "is a picture"]),  # was ignored
+])
+def test_a_preview_that_cannot_mean_anything_is_refused_in_one_line(tmp_path, case, args, words):
+    _photo(tmp_path / "p.png")
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "folder" / "clip.mp4").write_bytes(b"x")
+    (tmp_path / "empty").mkdir()
+    result = stylebatch("preview", *args, "-o", "s.png", "--tile", "32", cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert len(error_lines(result)) == 1 and all(w in error_lines(result)[0] for w in words), result.stderr
+    assert not (tmp_path / "s.png").exists()
+
+
 def _png_with_an_empty_animation_chunk(path) -> None:
     """A PNG whose acTL chunk claims 0 frames: Pillow reads the still picture and warns ("Invalid APNG")."""
     import struct

@@ -105,3 +105,14 @@ def test_quality_refuses_videos_of_different_lengths_in_one_line(tmp_path):
     assert result.returncode == 2
     assert len(error_lines(result)) == 1 and "fewer frames" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("which", ["input", "output"])
+def test_quality_names_a_folder_given_for_a_video_as_a_folder(tmp_path, which):
+    """An empty folder was "not found", a full one "not a readable video": now which one, and what it is."""
+    clip = make_clip(tmp_path / "a.mp4", frames=4)
+    (tmp_path / "folder").mkdir()
+    args = [tmp_path / "folder", clip] if which == "input" else [clip, tmp_path / "folder"]
+    result = stylebatch("quality", *args)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert error_lines(result) == [f"stylebatch: error: {which} is a folder, not a video: {tmp_path / 'folder'}"]

@@ -87,17 +87,19 @@ def run(req: PreprocessRequest) -> Manifest:
     src, out, work = location(req.input), location(req.output), location(req.work)
     settings = encoder_settings(req.encoding, out.name)
     check_places(src, out, work)
-    _check_input(src)  # before the work dir is made: a mistyped input leaves nothing behind
+    check_input(src)  # before the work dir is made: a mistyped input leaves nothing behind
     claim_work(work, source_name(src.name))
     with hold(work):
         return _preprocess(src, out, work, req.encoding, settings)
 
 
-def _check_input(src) -> None:
-    if not src.exists():
-        raise StylebatchError(f"input not found: {src.display}")
+def check_input(src, role: str = "input", kind: str = "a video") -> None:
+    """Refuse, in one line, a file to read that is a folder (empty or not) or is not there; `role`
+    and `kind` name it in the message ("input", "a video or a picture"). Reads nothing else."""
     if src.is_local() and Path(src.local_path()).is_dir():
-        raise StylebatchError(f"input is a folder, not a video: {src.display}")
+        raise StylebatchError(f"{role} is a folder, not {kind}: {src.display}")
+    if not src.exists():
+        raise StylebatchError(f"{role} not found: {src.display}")
 
 
 def _preprocess(src, out, work, enc: EncodingOptions, settings: EncoderSettings) -> Manifest:
@@ -106,7 +108,7 @@ def _preprocess(src, out, work, enc: EncodingOptions, settings: EncoderSettings)
     from stylebatch.postprocess import check_audio, check_timeline
     from stylebatch.video import probe
 
-    _check_input(src)  # again under the lock: it may have gone meanwhile
+    check_input(src)  # again under the lock: it may have gone meanwhile
     identity = src.identity()
     reused = _reuse_existing(work, src, out, enc, settings, identity)
     if reused is not None:

@@ -37,7 +37,11 @@ def chosen_styles(values: list[str] | None, everything: bool) -> list[str]:
 
     given = []
     for value in values or []:
-        given += [value] if re.search(r":\s*[0-9.]+\s*(,|$)", value) else [v for v in value.split(",") if v.strip()]
+        named = [value] if re.search(r":\s*[0-9.]+\s*(,|$)", value) else [v for v in value.split(",") if v.strip()]
+        if not named:  # `--style ,` or `--style ""` was taken for no --style: all 26
+            raise BadInput(f"--style {value!r} names no style: give a built-in's name (stylebatch styles), "
+                           "a painting or a .pth")
+        given += named
     builtins = [s.name for s in list_styles()] if everything or not given else []
     return builtins + given
 
@@ -74,11 +78,13 @@ def grab_frame(path: Path, label: str, at: float | None) -> np.ndarray:
 
 
 def read_input(path: Path, label: str, at: float | None) -> np.ndarray:
-    """The photo (read and checked as a painting is, and named in a refusal as the input picture it is),
-    or the video's frame at `at` (grab_frame)."""
+    """The photo (read and checked as a painting is, and named in a refusal as the input picture it is;
+    `at` refused), or the video's frame at `at` (grab_frame)."""
     from stylebatch.paintings import is_image_name, read_style_image
 
     if is_image_name(path.name):
+        if at is not None:  # was ignored: the sheet showed the photo as if --at had been met
+            raise BadInput(f"--at picks a video's frame, and {label} is a picture: leave --at out")
         return read_style_image(path, label=label, what="an input picture")
     return grab_frame(path, label, at)
 
@@ -146,6 +152,7 @@ def render(frame: np.ndarray, styles: list[str], tile: int, device: str, keep_co
 
 
 def run(args: argparse.Namespace) -> int:
+    from stylebatch import preprocess
     from stylebatch.storage import location
     from stylebatch.styles import resolve_style
 
@@ -160,8 +167,7 @@ def run(args: argparse.Namespace) -> int:
     out.check_writable()  # a folder, a missing folder or container: said before any frame is read or painted
     with tempfile.TemporaryDirectory(prefix="stylebatch-preview-") as tmp:
         if src.is_local():
-            if not src.exists():
-                raise BadInput(f"input not found: {src.display}")
+            preprocess.check_input(src, kind="a video or a picture")
             local = Path(src.local_path())
         else:
             local = Path(tmp) / (src.name or "input")

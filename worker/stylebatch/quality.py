@@ -172,6 +172,7 @@ def run(input: str, output: str, *, as_json: bool = False) -> int:
     """The CLI: print the report for two local videos or blob URIs."""
     import tempfile
 
+    from stylebatch.preprocess import check_input
     from stylebatch.storage import location
 
     with tempfile.TemporaryDirectory(prefix="stylebatch-quality-") as tmp:
@@ -179,8 +180,7 @@ def run(input: str, output: str, *, as_json: bool = False) -> int:
         for i, uri in enumerate((input, output)):
             loc = location(uri)
             if loc.is_local():
-                if not loc.exists():
-                    raise StylebatchError(f"not found: {loc.display}")
+                check_input(loc, role=("input", "output")[i])
                 paths.append((Path(loc.local_path()), loc.display))
             else:
                 local = Path(tmp) / f"{i}-{Path(loc.name).name or 'video'}"

@@ -176,6 +176,9 @@ def test_sigterm_or_sighup_during_a_call_stops_the_ranks_and_raises_interrupted(
     # were "not found: None", and a TypeError once preprocess had run
     ({"input": None}, stylebatch.BadInput, ["input is required"]),
     ({"progress": 5}, stylebatch.BadInput, ["progress", "function"]),
+    # was a TypeError from the first chunk's report, after preprocess and a chunk had run
+    ({"progress": lambda done: None}, stylebatch.BadInput, ["progress must take two arguments"]),
+    ({"progress": lambda done, total, extra: None}, stylebatch.BadInput, ["progress must take two arguments"]),
 ])
 def test_bad_settings_raise_bad_input_before_any_work(kwargs: dict, error: type, words: list[str],
                                                       tmp_path: Path) -> None:

@@ -60,8 +60,7 @@ def stylize_video(input: str, output: str, *, style: str | None = None, strength
     from stylebatch.errors import Interrupted
     from stylebatch.run import run
 
-    if progress is not None and not callable(progress):  # else a TypeError after preprocess had run
-        raise BadInput(f"progress must be a function progress(done, total), not {type(progress).__name__}")
+    _check_progress(progress)
     encoding = encoder if isinstance(encoder, EncodingOptions) else EncodingOptions(codec=encoder)
     req = RunRequest(input=input, output=output, workers=workers, pipelines=pipelines, work=work,
                      keep_work=keep_work, encoding=encoding,
@@ -74,6 +73,24 @@ def stylize_video(input: str, output: str, *, style: str | None = None, strength
         except KeyboardInterrupt:  # stopped before the run had begun any work (checking the places, the claim)
             raise Interrupted(f"interrupted by {signals.cause()} before any work began",
                               signals.exit_code()) from None
+
+
+def _check_progress(progress) -> None:
+    """BadInput for a progress that is not a function of (done, total): else a TypeError once
+    preprocess had run (not callable) or at the first chunk (another number of arguments)."""
+    import inspect
+
+    if progress is None:
+        return
+    if not callable(progress):
+        raise BadInput(f"progress must be a function progress(done, total), not {type(progress).__name__}")
+    try:
+        inspect.signature(progress).bind(0, 0)
+    except TypeError:
+        raise BadInput(f"progress must take two arguments, progress(done, total): {progress!r} "
+                       "cannot be called that way") from None
+    except ValueError:  # a builtin without a signature to read: called as it is
+        pass
 
 
 def preprocess(req: PreprocessRequest) -> Manifest:

@@ -116,3 +116,15 @@ def test_quality_names_a_folder_given_for_a_video_as_a_folder(tmp_path, which):
     result = stylebatch("quality", *args)
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     assert error_lines(result) == [f"stylebatch: error: {which} is a folder, not a video: {tmp_path / 'folder'}"]
+
+
+@pytest.mark.parametrize("case", ["turned", "cropped"])
+def test_quality_refuses_an_output_whose_picture_is_not_the_inputs_shape(tmp_path, case):
+    """A turned or cropped video was scored against the input, squeezed into its shape, with no word."""
+    src = make_clip(tmp_path / "in.mp4", size=(96, 64), frames=6)
+    other = make_clip(tmp_path / "other.mp4", size=(96, 64), frames=6,
+                      extra=("-vf", "transpose=1" if case == "turned" else "crop=64:64"))
+    result = stylebatch("quality", src, other)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert len(error_lines(result)) == 1 and "not the same shape" in error_lines(result)[0], result.stderr
+    assert result.stdout == ""

@@ -102,7 +102,9 @@ def measure(inputs: Iterable[np.ndarray], outputs: Iterable[np.ndarray], *, widt
     """Warping errors of `outputs` (and of `inputs`, the floor), flow taken from `inputs`.
 
     Both are sequences of upright RGB uint8 frames of the same video; they may differ in size
-    (each is scaled to `width`). Raises StylebatchError when their frame counts differ."""
+    (each is scaled to `width`), not in shape. Raises StylebatchError when their frame counts or
+    their pictures' aspect ratios differ (another video, or one turned or cropped: no figure could
+    mean anything)."""
     estimate = FlowEstimator()
     acc = {k: _Accumulator() for k in ("so", "si", "lo", "li")}
     prev_in = prev_out = anchor_in = anchor_out = None
@@ -112,6 +114,8 @@ def measure(inputs: Iterable[np.ndarray], outputs: Iterable[np.ndarray], *, widt
         frame_out = next(out_iter, None)
         if frame_out is None:
             raise StylebatchError(f"the output has fewer frames than the input ({frames})")
+        if frames == 0:
+            _check_same_picture(frame_in, frame_out)
         cur_in = resize_to_width(frame_in, width)
         cur_out = _match(resize_to_width(frame_out, width), cur_in)
         if prev_in is not None:
@@ -127,6 +131,13 @@ def measure(inputs: Iterable[np.ndarray], outputs: Iterable[np.ndarray], *, widt
     if frames < 2:
         raise StylebatchError("a warping error needs at least two frames")
     return Report(frames, acc["so"].figure(), acc["si"].figure(), acc["lo"].figure(), acc["li"].figure())
+
+
+def _check_same_picture(frame_in: np.ndarray, frame_out: np.ndarray) -> None:
+    (hi, wi), (ho, wo) = frame_in.shape[:2], frame_out.shape[:2]
+    if abs((wo / ho) / (wi / hi) - 1) > 0.02:  # was scored, squeezed to the input's shape, with no word
+        raise StylebatchError(f"the output's picture is {wo}x{ho} as decoded and the input's {wi}x{hi}: "
+                              "not the same shape, so not the input's frames stylized (turned or cropped?)")
 
 
 def _match(frame: np.ndarray, like: np.ndarray) -> np.ndarray:

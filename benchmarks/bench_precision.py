@@ -75,7 +75,7 @@ def main() -> None:
         styles = [s.name for s in list_styles()] + [str(PAINTING), str(pth)]
     torch.set_num_threads(max(1, len(__import__("os").sched_getaffinity(0))))
     speedup = models.cpu_bf16_speedup
-    models.cpu_bf16_speedup = lambda: 2.0  # what auto would pick on a CPU where bf16 is twice fp32
+    models.cpu_bf16_speedup = lambda network=None: 2.0  # what auto would pick on a CPU where bf16 is twice fp32
     kinds = ["real", *low, "flat"]
     rows = []
     for style in styles:

@@ -91,10 +91,15 @@ def test_the_pipeline_benchmark_measures_the_model_alone_beside_every_run(style)
 
 
 def test_the_precision_benchmark_measures_every_kind_of_frame_for_each_arithmetic():
-    result = bench("bench_precision.py", "--styles", "lavender-gold", "--frames", "1", "--size", "96x64", "--fp16")
+    """Its last column says what --precision auto would pick: bf16 for a built-in style painted near
+    fp32 in it (contract.BF16_BUILTIN_STYLES), fp32 for one that is not."""
+    result = bench("bench_precision.py", "--styles", "lavender-gold,tangled-ribbons", "--frames", "1",
+                   "--size", "96x64", "--fp16")
     rows = table_rows(result.stdout)
-    assert [(r[0], r[1], r[-1]) for r in rows] == [("lavender-gold", "bf16", "no: fp32"),
-                                                    ("lavender-gold", "fp16", "on a GPU")]
+    assert [(r[0], r[1], r[-1]) for r in rows] == [("lavender-gold", "bf16", "on a CPU where bf16 is faster"),
+                                                    ("lavender-gold", "fp16", "on a GPU"),
+                                                    ("tangled-ribbons", "bf16", "no: fp32"),
+                                                    ("tangled-ribbons", "fp16", "on a GPU")]
     for row in rows:
         assert all(float(v) >= 40 for v in row[2:-1]), row  # dB: measured, not a failure to paint
 

@@ -131,14 +131,23 @@ def is_image_name(name: str) -> bool:
 
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # --precision, spec.processing.precision
-# `--precision auto` paints .pth networks in bf16 on a CPU only where each rank times bf16 at least this
-# many times as fast as fp32 (models.cpu_bf16_speedup): bf16 costs some exactness and a checked frame
+# `--precision auto` paints in bf16 on a CPU only where each rank times bf16 at least this many times as
+# fast as fp32 for the network it runs (models.cpu_bf16_speedup): bf16 costs some exactness and a checked frame
 BF16_MIN_SPEEDUP = 1.15
+# The built-in styles auto may paint in bf16 on such a CPU: each at least 46 dB from fp32 on real frames,
+# fog, fades and flat frames, on two CPUs (benchmarks/bench_precision.py: an Intel Xeon, 2026-11-30, and
+# an AMD EPYC Zen 4, 2026-12-05; docs/benchmarks.md). The other nine measured 38-46 dB and stay fp32.
+BF16_BUILTIN_STYLES = frozenset({
+    "blue-streaks", "cream-crackle", "crimson-and-gold", "green-nocturne", "ice-wash", "indigo-on-cream",
+    "ink-on-parchment", "ink-wash", "lavender-gold", "lime-stained-glass", "navy-honeycomb", "pastel-gold",
+    "primary-colors", "red-ember", "sepia-woodcut", "terracotta", "warm-brushwork",
+})
 # what auto picks (models._precision), for --precision's help and the CRD
-PRECISION_AUTO = (f"fp16 on a GPU; on a CPU with native bf16 (AVX-512 BF16, AMX) bf16 for .pth networks only "
-                  f"(in bf16, 7 of the 26 built-in styles measured under 45 dB against fp32), where each rank "
-                  f"times it at {BF16_MIN_SPEEDUP}x fp32's speed or more on one core, checked against fp32 on "
-                  f"each rank's first frame (under 45 dB: fp32); else fp32")
+PRECISION_AUTO = (f"fp16 on a GPU; on a CPU with native bf16 (AVX-512 BF16, AMX) bf16 for .pth networks and "
+                  f"{len(BF16_BUILTIN_STYLES)} of the 26 built-in styles (lavender-gold among them; the "
+                  f"others and paintings measured under 46 dB against fp32), where each rank times it at "
+                  f"{BF16_MIN_SPEEDUP}x fp32's speed or more on one core, checked against fp32 on each rank's "
+                  f"first frame (under 45 dB: fp32); else fp32")
 
 
 def precision_problem(precision: str | None, device: str) -> str | None:

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from stylebatch import fast_nets
-from stylebatch.contract import BF16_MIN_SPEEDUP, DEFAULT_STYLE, PRECISIONS, precision_problem  # noqa: F401 - DEFAULT_STYLE: part of this API
+from stylebatch.contract import BF16_BUILTIN_STYLES, BF16_MIN_SPEEDUP, DEFAULT_STYLE, PRECISIONS, precision_problem  # noqa: F401 - DEFAULT_STYLE: part of this API
 from stylebatch.cpuinfo import this_cpu
 from stylebatch.errors import StylebatchError
 from stylebatch.fast_nets import fast_multistyle_net, fast_transformer_net
@@ -389,15 +389,27 @@ def load_stylizer(style: str, *, device: str = "auto", strength: float = 1.0, ma
                         max_side=None if max_side is None else int(max_side), keep_colors=bool(keep_colors),
                         own_vector=own, autocast=autocast)
     stylizer.check_reduced = precision == "auto" and autocast is not None
-    if _times_bf16(precision, dev, parts):
-        stylizer.bf16_speedup = cpu_bf16_speedup()  # measured already by _precision (cached)
+    if networks := _bf16_networks(precision, dev, parts):
+        stylizer.bf16_speedup = _slowest_bf16(networks)  # measured already by _precision (cached)
     return stylizer
 
 
-def _times_bf16(precision: str, dev: torch.device, parts: list[StylePart]) -> bool:
-    """Whether loading a style of `parts` times bf16 against fp32 (cpu_bf16_speedup): auto, on the CPU,
-    every network a .pth TransformerNet (the built-in styles and paintings stay fp32 on the CPU, untimed)."""
-    return precision == "auto" and dev.type == "cpu" and bool(parts) and all(p.kind == WEIGHTS_KIND for p in parts)
+def _bf16_networks(precision: str, dev: torch.device, parts: list[StylePart]) -> tuple[str, ...]:
+    """The kinds of network (WEIGHTS_KIND, BUILTIN_KIND) whose bf16 loading a style of `parts` times
+    against fp32 (cpu_bf16_speedup): auto, on the CPU, every part a .pth TransformerNet or one of the
+    built-in styles bf16 paints within 46 dB of fp32 (contract.BF16_BUILTIN_STYLES); else () and
+    nothing is timed (paintings and the other built-ins stay fp32 on the CPU)."""
+    if not (precision == "auto" and dev.type == "cpu" and parts):
+        return ()
+    if not all(p.kind == WEIGHTS_KIND or (p.kind == BUILTIN_KIND and p.ref in BF16_BUILTIN_STYLES) for p in parts):
+        return ()
+    return tuple(sorted({p.kind for p in parts}))
+
+
+def _slowest_bf16(networks: tuple[str, ...]) -> float | None:
+    """The least of cpu_bf16_speedup over `networks` (None where nothing could be timed)."""
+    found = [cpu_bf16_speedup(n) for n in networks]
+    return None if any(f is None for f in found) else min(found)  # type: ignore[type-var]
 
 
 def time_bf16_ahead(style: str, *, device: str = "auto", precision: str = "auto") -> None:
@@ -413,8 +425,8 @@ def time_bf16_ahead(style: str, *, device: str = "auto", precision: str = "auto"
         parts = parse_style(style)
     except StylebatchError:
         return
-    if _times_bf16(precision, torch.device("cpu"), parts):
-        cpu_bf16_speedup()
+    for network in _bf16_networks(precision, torch.device("cpu"), parts):
+        cpu_bf16_speedup(network)
 
 
 def cpu_has_native_bf16() -> bool:
@@ -432,11 +444,13 @@ BF16_TRIAL_SIZE = (128, 192)
 
 
 @functools.cache
-def cpu_bf16_speedup() -> float | None:
-    """fp32's time over bf16's for a TransformerNet (fast_nets, seeded weights) painting one
-    BF16_TRIAL_SIZE picture on one core of this CPU, the best of two alternated calls each after a
-    warm-up; None, without timing anything, where the CPU has no native bf16 or oneDNN does not convolve
-    it (fast_nets.onednn_bf16); 0 where bf16 fails there (a warning: auto keeps fp32). Measured once per
+def cpu_bf16_speedup(network: str = WEIGHTS_KIND) -> float | None:
+    """fp32's time over bf16's for a network of the kind given painting one picture on one core of this
+    CPU, the best of two alternated calls each after a warm-up: a TransformerNet (WEIGHTS_KIND; fast_nets,
+    seeded weights) on BF16_TRIAL_SIZE, or the built-in network (BUILTIN_KIND, lavender-gold: an eighth
+    of the TransformerNet's work a pixel, so on twice the size each way; bf16 ran it 1.45x fp32 on a Zen
+    4 EPYC where the TransformerNet ran 1.70x, docs/benchmarks.md); None, without timing anything, where
+    the CPU has no native bf16 or oneDNN does not convolve it (fast_nets.onednn_bf16); 0 where bf16 fails there (a warning: auto keeps fp32). Measured once per
     process, before its threads paint (about 0.6 s on a Xeon without AMX, less where bf16 is fast).
 
     Native bf16 is not always faster: 3.2x fp32 on a Xeon with AMX, 1.2-1.3x on a Zen 5 EPYC (AVX-512
@@ -450,10 +464,16 @@ def cpu_bf16_speedup() -> float | None:
         return None
     from stylebatch.transformer_net import TransformerNet
 
-    with torch.random.fork_rng(devices=[]):  # (devices=[]: no GPU's generator, which would start CUDA)
-        torch.manual_seed(0)
-        net = fast_transformer_net(TransformerNet().eval())
     h, w = BF16_TRIAL_SIZE
+    if network == BUILTIN_KIND:
+        built_in, h, w = _builtin_net(torch.device("cpu"), torch.float32), 2 * h, 2 * w
+        condition = torch.zeros(NUM_STYLES)
+        condition[style_by_name(DEFAULT_STYLE).index] = 1.0
+        net = functools.partial(built_in, style_weights=condition)
+    else:
+        with torch.random.fork_rng(devices=[]):  # (devices=[]: no GPU's generator, which would start CUDA)
+            torch.manual_seed(0)
+            net = fast_transformer_net(TransformerNet().eval())
     x = torch.rand(1, h, w, 3, generator=torch.Generator().manual_seed(0)).permute(0, 3, 1, 2)  # as Stylizer's
     best, warm = {False: float("inf"), True: float("inf")}, set()
     threads, winograd = torch.get_num_threads(), fast_nets.USE_WINOGRAD
@@ -479,9 +499,10 @@ def cpu_bf16_speedup() -> float | None:
     return best[False] / best[True]
 
 
-def cpu_bf16_pays() -> bool:
-    """Whether `--precision auto` paints .pth networks in bf16 on this CPU (cpu_bf16_speedup)."""
-    speedup = cpu_bf16_speedup()
+def cpu_bf16_pays(networks: tuple[str, ...] = (WEIGHTS_KIND,)) -> bool:
+    """Whether `--precision auto` paints networks of these kinds in bf16 on this CPU: each of them
+    timed at BF16_MIN_SPEEDUP or more (cpu_bf16_speedup)."""
+    speedup = _slowest_bf16(networks)
     return speedup is not None and speedup >= BF16_MIN_SPEEDUP
 
 
@@ -490,14 +511,15 @@ def _precision(precision: str, dev: torch.device, parts: list[StylePart] = ()) -
 
     auto: fp16 on a GPU (on an H200: lavender-gold 59-60 dB against fp32, a TransformerNet 85 dB; with
     torch's fp16 on the CPU the 26 built-in styles 54-62 dB, a painting 51-58). On the CPU bf16 only
-    where every network is a .pth TransformerNet (51 dB on real frames) and bf16 runs it measurably
-    faster than fp32 here (cpu_bf16_pays): the built-in styles measured 38-53 dB, 7 of the 26 under 45,
-    a painting 33 dB on fog, so they stay fp32 (bench_precision.py)."""
+    where every network is a .pth TransformerNet (51 dB on real frames) or one of the 17 built-in styles
+    measured at 46 dB or more on every kind of frame (contract.BF16_BUILTIN_STYLES), and bf16 runs
+    each of those networks measurably faster than fp32 here (cpu_bf16_pays); the other built-ins
+    measured 38-46 dB, a painting 33 dB on fog, so they stay fp32 (bench_precision.py)."""
     if precision not in PRECISIONS:
         raise StylebatchError(f"unknown precision {precision!r}; use {', '.join(PRECISIONS)}")
     if precision == "auto":
-        precision = "fp16" if dev.type == "cuda" else ("bf16" if _times_bf16("auto", dev, parts) and cpu_bf16_pays()
-                                                       else "fp32")
+        networks = _bf16_networks("auto", dev, parts)
+        precision = "fp16" if dev.type == "cuda" else ("bf16" if networks and cpu_bf16_pays(networks) else "fp32")
     if problem := precision_problem(precision, "cuda" if dev.type == "cuda" else "cpu"):
         raise StylebatchError(problem)
     if precision == "bf16" and dev.type == "cpu":

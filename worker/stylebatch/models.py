@@ -450,8 +450,10 @@ def cpu_bf16_speedup(network: str = WEIGHTS_KIND) -> float | None:
     seeded weights) on BF16_TRIAL_SIZE, or the built-in network (BUILTIN_KIND, lavender-gold: an eighth
     of the TransformerNet's work a pixel, so on twice the size each way; bf16 ran it 1.45x fp32 on a Zen
     4 EPYC where the TransformerNet ran 1.70x, docs/benchmarks.md); None, without timing anything, where
-    the CPU has no native bf16 or oneDNN does not convolve it (fast_nets.onednn_bf16); 0 where bf16 fails there (a warning: auto keeps fp32). Measured once per
-    process, before its threads paint (about 0.6 s on a Xeon without AMX, less where bf16 is fast).
+    the CPU has no native bf16 or oneDNN does not convolve it (fast_nets.onednn_bf16); 0 where bf16
+    fails there (a warning: auto keeps fp32). Measured once per process and kind, before its threads
+    paint (a TransformerNet about 0.6 s on a Xeon without AMX, less where bf16 is fast; the built-in
+    0.3 s on the Zen 4).
 
     Native bf16 is not always faster: 3.2x fp32 on a Xeon with AMX, 1.2-1.3x on a Zen 5 EPYC (AVX-512
     BF16), 0.65-0.73x on a Xeon with AVX-512 BF16 and no AMX, where choosing bf16 by the CPU's flags made

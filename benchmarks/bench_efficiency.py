@@ -30,6 +30,7 @@ two networks again in bf16 (`--precision bf16`: CPU autocast, no Winograd), agai
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import sys
@@ -64,6 +65,20 @@ def flops(fn) -> int:
     return counter.get_total_flops()
 
 
+def measure_gemm(dtype: torch.dtype = torch.float32, n: int = 2048, seconds: float = 1.0) -> tuple[float, float]:
+    """(torch.mm's, oneDNN's implicit GEMM's) GFLOP/s on this thread in `dtype`: an n x n torch.mm, and a
+    3x3 convolution of 128 channels at 160x90, channels-last. Measured again beside every row: a shared
+    machine's speed drifts."""
+    gen = torch.Generator().manual_seed(0)
+    m = torch.randn(n, n, generator=gen).to(dtype)
+    x = torch.randn(1, 128, 90, 160, generator=gen).to(dtype).contiguous(memory_format=torch.channels_last)
+    k = torch.randn(128, 128, 3, 3, generator=gen).to(dtype).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        mm = 2 * n ** 3 / per_call(lambda: torch.mm(m, m), seconds) / 1e9
+        conv = 2 * 128 * 128 * 9 * 90 * 160 / per_call(lambda: F.conv2d(x, k, padding=1), seconds) / 1e9
+    return mm, conv
+
+
 def without_winograd(fn):
     def run():
         before, fast_nets.USE_WINOGRAD = fast_nets.USE_WINOGRAD, False
@@ -87,20 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     reuse_freed_memory()  # as a rank does; the reference rows get it too (it can only speed them up)
     torch.set_num_threads(1)
     n = a.gemm_size
-    m = torch.randn(n, n)
-
-    picture = torch.randn(1, 128, 90, 160).contiguous(memory_format=torch.channels_last)
-    kernel = torch.randn(128, 128, 3, 3).contiguous(memory_format=torch.channels_last)
-
-    def gemm_rates(dtype: torch.dtype = torch.float32) -> tuple[float, float]:
-        """(torch.mm's, oneDNN's) GFLOP/s: measured again beside every row (a shared machine's speed drifts)."""
-        seconds = max(1.0, a.seconds / 6)
-        with torch.inference_mode():
-            g, x, k = m.to(dtype), picture.to(dtype), kernel.to(dtype)
-            mm = 2 * n ** 3 / per_call(lambda: torch.mm(g, g), seconds) / 1e9
-            conv = 2 * 128 * 128 * 9 * 90 * 160 / per_call(lambda: F.conv2d(x, k, padding=1), seconds) / 1e9
-        return mm, conv
-
+    gemm_rates = functools.partial(measure_gemm, n=n, seconds=max(1.0, a.seconds / 6))
     first = gemm_rates()
     rates = [max(first)]
     print(f"1 torch thread, CPU time; GEMM measured before each row (a bf16 GEMM before each bf16 row), the faster "

@@ -137,3 +137,24 @@ def test_the_rank_memory_benchmark_splits_each_runs_peak_by_process_and_kind():
         anon, file = (float(v.replace(",", "")) for v in row[6].split("/"))
         assert rank > 100 and launcher > 5 and rank + launcher <= total + 1, row  # torch in the rank; MiB
         assert abs(anon + file - rank) < 0.25 * rank, row  # the rank's two kinds make up its RSS
+
+
+def test_the_layer_benchmark_splits_a_frame_into_its_layers_for_each_precision():
+    """Each precision's rows: the network's layers (the 12 residual convolutions of the built-in net one
+    row), "other", and the frame, whose time the rows add up to and whose arithmetic (counted over the
+    whole frame) the layers' rows cover: no layer of the network goes unseen."""
+    result = bench("bench_layers.py", "--size", "64x48", "--seconds", "0.2", "--gemm-size", "256")
+    rows = table_rows(result.stdout)
+    for precision in ("fp32", "bf16"):
+        mine = [r for r in rows if r[0] == precision]
+        frame, other, layers = mine[-1], mine[-2], mine[:-2]
+        assert frame[1] == "**frame**" and other[1] == "other" and len(layers) >= 8, mine
+        assert {r[1] for r in layers} >= {"convolution", "instance norm (and ReLU)", "upsample x2 + convolution",
+                                          "last convolution"}
+        assert ["convolution", "32x12x16 float32" if precision == "fp32" else "32x12x16 bfloat16", "12"] in \
+            [r[1:4] for r in layers]
+        ms = [float(r[4]) for r in layers]
+        assert all(m > 0 for m in ms) and sum(ms) + float(other[4]) == pytest.approx(float(frame[4].strip("*")),
+                                                                                    abs=0.01 * len(mine))
+        assert float(frame[6]) > 0
+        assert sum(float(r[6]) for r in layers) == pytest.approx(float(frame[6]), rel=0.02, abs=0.001 * len(layers))

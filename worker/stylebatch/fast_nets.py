@@ -234,7 +234,11 @@ class ColumnPairConv(nn.Module):
     channels-last output already is the picture, channels-last (columns 2j and 2j + 1 adjacent, the
     channels innermost): half the positions, twice the useful lanes. Exact; 21 -> 11 ms at 640x360
     on one core (docs/benchmarks.md). Where Cin is large the extra taps cost more than the lanes
-    gain (RowSplitConv is faster there)."""
+    gain (RowSplitConv is faster there).
+
+    Where oneDNN convolves in AVX-512 (onednn_bf16: 16 fp32 lanes a vector) five columns fill them
+    (column_group_conv, as in bf16): on a Zen 4 EPYC 12.8 -> 8.2 ms at 640x360 and 52 -> 28 ms at
+    1280x720 on one core; in AVX2 (8 lanes) two stay faster (docs/benchmarks.md, twentieth pass)."""
 
     def __init__(self, weight: torch.Tensor) -> None:
         super().__init__()
@@ -248,8 +252,8 @@ class ColumnPairConv(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, _, h, w = x.shape
         p, co = self.k // 2, self.out_channels
-        if x.dtype == torch.bfloat16 and x.device.type == "cpu" and onednn_bf16():
-            return column_group_conv(x, self.single)
+        if x.dtype in (torch.bfloat16, torch.float32) and x.device.type == "cpu" and onednn_bf16():
+            return column_group_conv(x, self.single)  # AVX-512's 16 lanes: 5 columns of 3 channels
         if w % 2:
             return padded_conv(x, self.single.to(x.dtype), pad=p)
         z = F.conv2d(F.pad(x, [p] * 4, mode="reflect"), self.weight.to(x.dtype), stride=(1, 2))  # [B, 2*Cout, H, W/2]

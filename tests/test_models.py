@@ -454,10 +454,15 @@ def psnr(a: np.ndarray, b: np.ndarray, peak: float = 255.0) -> float:
 
 @pytest.mark.parametrize("in_channels, out_channels, height, width, bias", [
     (128, 64, 23, 41, False), (64, 32, 10, 7, True), (32, 8, 5, 16, False), (8, 4, 4, 4, True)])
-def test_subpixel_upsample_conv_equals_upsample_then_reflection_pad_then_conv(in_channels, out_channels, height,
-                                                                              width, bias):
+@pytest.mark.parametrize("band_rows", [None, 4, 10])  # None: the defaults (one band here); 10: rows set by values
+def test_subpixel_upsample_conv_equals_upsample_then_reflection_pad_then_conv(monkeypatch, in_channels, out_channels,
+                                                                              height, width, bias, band_rows):
+    from stylebatch import fast_nets
     from stylebatch.fast_nets import UpsampleConv2x
 
+    if band_rows is not None:  # rows of at least 4, or as many as a band of values holds (10)
+        monkeypatch.setattr(fast_nets, "UPSAMPLE_BAND_ROWS", 4)
+        monkeypatch.setattr(fast_nets, "UPSAMPLE_BAND_VALUES", band_rows * 4 * out_channels * (width + 1))
     gen = torch.Generator().manual_seed(in_channels + height)
     weight = torch.randn(out_channels, in_channels, 3, 3, generator=gen) / (3 * in_channels ** 0.5)
     b = torch.randn(out_channels, generator=gen) if bias else None

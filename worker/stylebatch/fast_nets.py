@@ -155,6 +155,8 @@ def padded_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
 # Rows of the low-resolution input UpsampleConv2x convolves at a time: its 4x-channel output then
 # stays a few MiB instead of as large as the upsampled picture (46 MiB at 720x528 with 32 channels).
 UPSAMPLE_BAND_ROWS = 16
+# ... or more rows, up to this many values of that output a band, where the layer is thin.
+UPSAMPLE_BAND_VALUES = 1 << 19
 
 
 class UpsampleConv2x(nn.Module):
@@ -171,8 +173,9 @@ class UpsampleConv2x(nn.Module):
         # interleaved into a channels-last picture (memory order b, row, a, column, c, channel)
         out = x.new_empty(b, h, 2, w, 2, self.out_channels).permute(0, 5, 1, 2, 3, 4)
         weight, bias = self.weight.to(x.dtype), None if self.bias is None else self.bias.to(x.dtype)
-        for i0 in range(0, h, UPSAMPLE_BAND_ROWS):  # a band of rows at a time: no 4C-channel picture
-            n = min(h, i0 + UPSAMPLE_BAND_ROWS) - i0
+        rows = max(UPSAMPLE_BAND_ROWS, UPSAMPLE_BAND_VALUES // (4 * self.out_channels * (w + 1)))
+        for i0 in range(0, h, rows):  # a band of rows at a time: no 4C-channel picture
+            n = min(h, i0 + rows) - i0
             strip = _row_strip(x, i0 - 1, i0 + n + 1, 1, "replicate")
             y = F.conv2d(strip, weight, bias).view(b, 4, self.out_channels, n + 1, w + 1)
             for a in (0, 1):

@@ -12,7 +12,8 @@ from stylebatch.requests import (
     EncodingOptions, ModelOptions, PostprocessRequest, PreprocessRequest, RunRequest, StylizeRequest,
 )
 
-_LAZY = {"stylize_video": "stylebatch.api", "list_styles": "stylebatch.api", "Result": "stylebatch.run"}
+_LAZY = {"stylize_video": "stylebatch.api", "list_styles": "stylebatch.api", "Result": "stylebatch.run",
+         "__version__": None}  # None: no module to import it from (__getattr__ reads the package's metadata)
 
 
 def __getattr__(name: str):
@@ -31,6 +32,13 @@ def __getattr__(name: str):
 
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'stylebatch' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    """What the module holds and what __getattr__ gives: tab completion (a notebook's) shows
+    stylize_video and list_styles before they are first used, and imports nothing to do so."""
+    return sorted({*globals(), *_LAZY})
+
 
 __all__ = ["stylize_video", "Result", "list_styles", "StylebatchError", "BadInput", "TransientError", "Interrupted",
            "EncodingOptions", "ModelOptions", "PreprocessRequest", "StylizeRequest", "PostprocessRequest",

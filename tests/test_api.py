@@ -58,6 +58,7 @@ def test_stylize_video_reports_progress_after_every_chunk_in_the_calling_thread_
     done = [d for d, _, _ in seen]
     assert {total for _, total, _ in seen} == {12} and done == sorted(done) and done[-1] == 12
     assert {4, 8, 12} <= set(done)  # each chunk of 4 frames, as it is finished
+    assert len(done) == len(set(done)) and done.count(12) == 1  # once per count: the end was said 2-3 times
     assert all(main for _, _, main in seen)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.mp4", "out"]  # no work dir left behind
 
@@ -90,6 +91,45 @@ def test_an_exception_in_the_progress_callback_stops_the_run_and_keeps_the_work_
     assert seen[0] >= 4  # resumed: the chunk finished before the stop was not stylized again
 
 
+_STOPPED_BY_PROGRESS = """
+import sys
+import stylebatch
+
+def stop(done, total):
+    if done >= 4:
+        raise {"ValueError": ValueError, "KeyboardInterrupt": KeyboardInterrupt}[sys.argv[4]]("stop")
+
+try:
+    stylebatch.stylize_video(sys.argv[1], sys.argv[2], work=sys.argv[3] or None, max_side=32, workers=1,
+                             device="cpu", encoder=stylebatch.EncodingOptions(chunk_frames=4), progress=stop)
+except stylebatch.Interrupted as exc:
+    print("INTERRUPTED", exc)
+except ValueError:
+    print("VALUE ERROR")
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("raised", ["ValueError", "KeyboardInterrupt"])
+@pytest.mark.parametrize("work", ["wk5", ""])
+def test_how_to_resume_is_said_in_the_apis_terms_not_the_clis(raised: str, work: str, tmp_path: Path) -> None:
+    """A progress callback that raised left `work dir kept at wk5: run again with --work wk5 to resume`
+    on stderr, without `stylebatch:`, naming a flag an API caller has no use for."""
+    src = make_clip(tmp_path / "in.mp4", frames=12, fps=30)
+    result = subprocess.run([sys.executable, "-c", _STOPPED_BY_PROGRESS, str(src), "out.mkv", work, raised],
+                            capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    advice = f"call stylize_video again with work={work!r} to resume" if work else \
+        "call stylize_video again with the same arguments to resume"
+    if raised == "ValueError":  # the caller's own exception, as it is: the advice is a warning beside it
+        assert "VALUE ERROR" in result.stdout
+        assert f"stylebatch: warning: work dir kept at {work}: {advice}" in result.stderr.splitlines() or not work
+    else:
+        assert "INTERRUPTED" in result.stdout and result.stdout.strip().endswith(advice)
+    assert advice in result.stdout + result.stderr and "--work" not in result.stdout + result.stderr
+    assert not (tmp_path / "out.mkv").exists()
+
+
 _SIGNALLED = """
 import os, signal, sys
 import stylebatch
@@ -112,7 +152,7 @@ import os, signal, sys
 import stylebatch
 from stylebatch import workdir
 
-def claim(*args):  # the signal lands while the run checks its places and claims its work dir
+def claim(*args, **kwargs):  # the signal lands while the run checks its places and claims its work dir
     os.kill(os.getpid(), getattr(signal, sys.argv[3]))
     [None for _ in range(10 ** 6)]  # Python runs the handler between bytecodes
 
@@ -172,6 +212,11 @@ def test_sigterm_or_sighup_during_a_call_stops_the_ranks_and_raises_interrupted(
     ({"device": "tpu"}, stylebatch.BadInput, ["--device"]),
     ({"precision": "fp8"}, stylebatch.BadInput, ["--precision", "fp8"]),
     ({"temporal": "sideways"}, stylebatch.BadInput, ["--temporal", "sideways"]),
+    ({"temporal": True}, stylebatch.BadInput, ["--temporal True", "one of on, off"]),  # was "must be a str"
+    ({"temporal_strength": 1}, stylebatch.BadInput, ["--temporal-strength", "between 0 and 0.95"]),
+    # painted the default style and returned: only style=None means the default
+    ({"style": ""}, stylebatch.BadInput, ["--style ''", "names no style"]),
+    ({"style": " "}, stylebatch.BadInput, ["--style ' '", "names no style"]),
     ({"input": "missing.mp4"}, stylebatch.BadInput, ["not found", "missing.mp4"]),
     # were "not found: None", and a TypeError once preprocess had run
     ({"input": None}, stylebatch.BadInput, ["input is required"]),

@@ -243,6 +243,25 @@ def test_a_malformed_style_says_what_is_wrong_with_it(style: str, words: list[st
     assert result.returncode == 2
 
 
+@pytest.mark.parametrize("command", [
+    ["run", "{good}", "-o", "{out}"],
+    ["stylize", "--work", "{tmp}/w"],
+    ["watch", "{tmp}/in", "-o", "{tmp}/dest", "--once"],
+    ["preview", "{good}", "-o", "{tmp}/sheet.png"],
+])
+@pytest.mark.parametrize("style", ["", " ", ","])
+def test_an_empty_style_is_refused_by_every_command_not_painted_as_the_default(command: list[str], style: str,
+                                                                              good: Path, place: dict) -> None:
+    """`run --style ""` painted lavender-gold and exited 0 (an unset shell variable, $STYLE, gives it)."""
+    (place["tmp"] / "in").mkdir()
+    argv = [a.format(good=good, out=place["out"], tmp=place["tmp"]) for a in command]
+    result = stylebatch(*argv, "--style", style, env=place["env"])
+    line = assert_failed_cleanly(result, place["out"], f"--style: {style!r} names no style"
+                                 if command[0] != "preview" else f"--style {style!r} names no style")
+    assert result.returncode == 2 and "lavender-gold" in line  # what leaving --style out would paint
+    assert sorted(os.listdir(place["tmp"])) == ["in"] and os.listdir(place["tmp"] / "in") == []
+
+
 _FAKE_GPU_DRIVER = r"""
 import sys
 from stylebatch import run
@@ -528,6 +547,39 @@ def test_output_that_cannot_be_written_is_refused_before_any_work(command: str, 
     assert len(error_lines(result)) == 1 and all(w in error_lines(result)[0] for w in words), result.stderr
     assert sorted(os.listdir(tmp_path)) == ["folder.mp4", "in.mp4"]  # no work dir, no output
     assert (tmp_path / "in.mp4").read_bytes() == good.read_bytes()
+
+
+def test_an_output_in_a_folder_that_takes_no_files_says_so_not_no_such_file(tmp_path: Path, good: Path) -> None:
+    """-o /proc/out.mp4 said "the folder /proc is not writable (No such file or directory)" (root: procfs
+    refuses a new file with ENOENT), as if something were missing."""
+    if not Path("/proc/self").is_dir():
+        pytest.skip("no /proc here")
+    result = stylebatch("run", good, "-o", "/proc/out.mp4", "--work", tmp_path / "w")
+    line = assert_failed_cleanly(result, tmp_path / "none.mp4", "cannot write /proc/out.mp4",
+                                 "the folder /proc is not writable")
+    assert result.returncode == 2 and "No such file" not in line and not (tmp_path / "w").exists()
+    if os.geteuid() == 0:
+        assert "a virtual file system, which takes no new files" in line
+
+
+@pytest.mark.parametrize("output, words", [
+    ("adir", ["--output 'adir' is a folder", "e.g. adir/out.mp4"]),  # said "needs one of the extensions"
+    (".", ["--output '.' is a folder", "e.g. ./out.mp4"]),
+    ("adir/", ["--output 'adir/' ends in /", "names a folder", "e.g. adir/out.mp4"]),
+    ("az://videos/", ["--output 'az://videos/' ends in /", "e.g. az://videos/out.mp4"]),  # said "output ''"
+    ("https://acct.blob.core.windows.net/videos/?sig=S3CR3T",  # said "output 'videos'": the container
+     ["--output 'https://acct.blob.core.windows.net/videos/' ends in /"]),
+])
+@pytest.mark.parametrize("command", [["run", "in.mp4"], ["preprocess", "in.mp4", "--work", "w"],
+                                     ["postprocess", "--work", "w"]])
+def test_an_output_that_names_a_folder_asks_for_a_file_name(command: list[str], output: str, words: list[str],
+                                                            good: Path, tmp_path: Path) -> None:
+    (tmp_path / "in.mp4").write_bytes(good.read_bytes())
+    (tmp_path / "adir").mkdir()
+    result = stylebatch(*command, "-o", output, cwd=tmp_path)
+    line = assert_failed_cleanly(result, tmp_path / "adir" / "out.mp4", *words)
+    assert result.returncode == 2 and "extensions" not in line and "S3CR3T" not in result.stderr
+    assert sorted(os.listdir(tmp_path)) == ["adir", "in.mp4"] and os.listdir(tmp_path / "adir") == []
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")

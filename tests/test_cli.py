@@ -52,6 +52,55 @@ def test_monitor_sums_ranks_and_counts_speed_only_for_new_frames() -> None:
     assert out.getvalue().endswith("\n") and "[###############" in out.getvalue()
 
 
+def test_the_progress_callback_is_called_once_per_count_and_the_final_one_once() -> None:
+    """Two ranks at 0, each chunk's record and a timed one at the same count, and each rank's closing
+    record: the API's progress got (48, 48) three times."""
+    seen: list[tuple[int, int]] = []
+    m = Monitor(frames=48, stream=io.StringIO(), tty=False, on_update=lambda done, total: seen.append((done, total)))
+    for rank, done in [(0, 0), (1, 0), (0, 12), (0, 12), (1, 12), (0, 24), (1, 24), (0, 24), (1, 24)]:
+        m.line(format_line(RankProgress(rank, 2, done, 24, 48)))
+    assert seen == [(0, 48), (12, 48), (24, 48), (36, 48), (48, 48)]
+
+
+@pytest.mark.parametrize("command", ["styles", "quality", "operator", "preview", "watch"])
+def test_every_subcommands_help_says_what_it_does_in_a_line(command: str) -> None:
+    """`stylebatch styles --help` (and quality's, operator's, preview's, watch's) was a usage line and
+    the flags, nothing saying what the command does; its line in `stylebatch --help` now heads it."""
+    result = stylebatch(command, "--help")
+    summary = next(line.split(None, 1)[1] for line in stylebatch("--help").stdout.splitlines()
+                   if line.split()[:1] == [command])
+    description = " ".join(result.stdout.split("\n\n")[1].split())
+    assert result.returncode == 0 and description.lower().startswith(summary.lower()), result.stdout
+
+
+@pytest.mark.parametrize("argv, help_of", [
+    (["run", "in.mp4", "-o", "o.mp4", "--stlye", "ink-wash"], "stylebatch run"),  # said `stylebatch --help`
+    (["watch", "in", "-o", "out", "--stlye", "ink-wash"], "stylebatch watch"),
+    (["preview", "in.mp4", "-o", "p.png", "--tiles", "64"], "stylebatch preview"),
+    (["run", "in.mp4", "-o", "o.mp4", "stray"], "stylebatch run"),
+    (["--stlye", "ink-wash"], "stylebatch"),
+    (["run", "in.mp4", "--stlye", "ink-wash"], "stylebatch run"),  # -o missing: no file-name hint for a flag
+])
+def test_a_mistyped_flag_points_at_the_help_of_the_command_it_was_given_to(argv: list[str], help_of: str) -> None:
+    result = stylebatch(*argv)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    (line,) = error_lines(result)
+    assert line.endswith(f"(see `{help_of} --help`)") and "read as a flag" not in line, line
+
+
+@pytest.mark.parametrize("argv, dashed", [
+    (["run", "-take2.mov", "-o", "x.mp4"], "-take2.mov"),  # said "the following arguments are required: input"
+    (["run", "-o", "x.mp4", "-take2.mov"], "-take2.mov"),
+    (["quality", "-a.mp4", "b.mp4"], "-a.mp4"),
+])
+def test_an_input_named_like_a_flag_is_told_how_to_give_it(argv: list[str], dashed: str, tmp_path: Path) -> None:
+    result = stylebatch(*argv, cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    (line,) = error_lines(result)
+    assert f"{dashed} was read as a flag" in line and f"./{dashed}" in line and "after --" in line
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_monitor_reads_records_of_two_ranks_glued_on_one_line() -> None:
     m = Monitor(frames=40, stream=io.StringIO(), tty=False)
     assert m.line(format_line(RankProgress(0, 2, 5, 20, 40)) + format_line(RankProgress(1, 2, 7, 20, 40)) + "\n")

@@ -191,3 +191,83 @@ def test_run_derives_each_stage_request_from_its_own() -> None:
     assert run.stylize_request("W", "/tmp/style.pth") == StylizeRequest(
         work="W", model=ModelOptions(style="/tmp/style.pth", strength=0.5, max_side=64, device="cpu"))
     assert run.postprocess_request("W") == PostprocessRequest(work="W", output="out.mp4")
+
+
+@pytest.mark.parametrize("make", [
+    lambda style: ModelOptions(style=style),
+    lambda style: StylizeRequest(work="w", model=ModelOptions(style=style)),
+    lambda style: RunRequest(input="a.mp4", output="b.mp4", model=ModelOptions(style=style)),
+])
+@pytest.mark.parametrize("style", ["", " ", ",", " , "])
+def test_an_empty_style_is_refused_by_every_request_and_only_an_absent_one_means_the_default(make, style: str) -> None:
+    """style="" was painted as the default, lavender-gold, without a word (`model.style or DEFAULT_STYLE`)."""
+    from stylebatch.contract import DEFAULT_STYLE
+
+    with pytest.raises(BadInput) as caught:
+        make(style).validate()
+    assert f"--style {style!r}" in str(caught.value) and "names no style" in str(caught.value)
+    assert ModelOptions().validate().chosen_style == DEFAULT_STYLE
+    assert ModelOptions(style="ink-wash").validate().chosen_style == "ink-wash"
+
+
+@pytest.mark.parametrize("value, words", [
+    (2, ["between 0 and 0.95"]),  # said "between 0 and 1", and 1 was refused too
+    (1, ["between 0 and 0.95", "1 would freeze the picture"]),
+    (0.96, ["between 0 and 0.95"]),
+    (-0.1, ["between 0 and 0.95"]),
+])
+def test_the_temporal_strength_range_is_stated_as_it_is_on_the_command_line_and_in_a_request(value: float,
+                                                                                             words: list[str]) -> None:
+    from stylebatch.temporal_defaults import MAX_STRENGTH
+
+    assert f"between 0 and {MAX_STRENGTH:g}" == words[0]  # the one constant the message comes from
+    with pytest.raises(BadInput) as caught:
+        ModelOptions(temporal_strength=value).validate()
+    result = stylebatch("run", "in.mp4", "-o", "out.mp4", "--temporal-strength", str(value))
+    (line,) = error_lines(result)
+    for said in (str(caught.value), line):
+        assert "--temporal-strength" in said and all(word in said for word in words), said
+    assert "between 0 and 1 " not in line and result.returncode == 2
+    assert ModelOptions(temporal_strength=MAX_STRENGTH).validate().temporal_strength == MAX_STRENGTH
+
+
+@pytest.mark.parametrize("given", [True, 1, "ON"])
+def test_a_bad_value_for_a_flag_with_choices_names_the_choices_whatever_its_type(given) -> None:
+    """temporal=True said "must be a str": nothing about what it may be."""
+    with pytest.raises(BadInput) as caught:
+        ModelOptions(temporal=given).validate()
+    assert f"bad --temporal {given!r}: must be one of on, off" == str(caught.value)
+
+
+@pytest.mark.parametrize("argv", [
+    ["run", "in.mp4", "-o", "out.mp4", "--max", "64"],  # was read as --max-side 64
+    ["run", "in.mp4", "-o", "out.mp4", "--temporal-s", "0.5"],
+    ["stylize", "--work", "w", "--sty", "ink-wash"],
+])
+def test_a_flag_is_only_its_whole_name_never_an_abbreviation(argv: list[str]) -> None:
+    """An abbreviation accepted today would change meaning (or become ambiguous) when a flag is added."""
+    with pytest.raises(BadInput, match=f"unrecognized arguments: {argv[-2]}"):
+        parse_argv(argv)
+    (line,) = error_lines(stylebatch(*argv))
+    assert f"unrecognized arguments: {argv[-2]}" in line and f"`stylebatch {argv[0]} --help`" in line
+
+
+@pytest.mark.parametrize("make", [
+    lambda out: RunRequest(input="a.mp4", output=out),
+    lambda out: PreprocessRequest(input="a.mp4", work="w", output=out),
+    lambda out: PostprocessRequest(work="w", output=out),
+])
+@pytest.mark.parametrize("output, shown", [
+    ("az://videos/", "az://videos/"),  # said "output '' needs one of the extensions"
+    ("az://videos/out/", "az://videos/out/"),
+    ("https://acct.blob.core.windows.net/videos/?sv=2024&sig=S3CR3T", "https://acct.blob.core.windows.net/videos/"),
+    ("out/", "out/"),
+])
+def test_an_output_ending_in_a_slash_is_a_folder_and_the_message_asks_for_a_file_name(make, output: str,
+                                                                                     shown: str) -> None:
+    """A blob prefix was judged by its last folder's name: the container, for https://acct/videos/."""
+    with pytest.raises(BadInput) as caught:
+        make(output).validate()
+    said = str(caught.value)
+    assert f"--output {shown!r}" in said and "names a folder" in said and f"e.g. {shown}out.mp4" in said
+    assert "S3CR3T" not in said and "extensions" not in said

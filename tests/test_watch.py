@@ -341,3 +341,93 @@ def test_a_file_that_changes_after_the_listings_agreed_is_not_stylized_or_record
             w.process(again)
         assert made == [b"half and the rest"] and len(list((dest / ".stylebatch-watch").glob("*.json"))) == 1
         assert w.poll() == []
+
+
+# --- a file in DEST the watch did not write ---
+
+def test_a_users_file_at_a_videos_output_name_is_never_replaced_and_that_video_is_skipped_with_one_warning(
+        clip, tmp_path):
+    """A file of the user's in DEST at a video's output name was replaced without a word (exit code 0):
+    the watch runs unattended over a whole folder. Now that video is skipped with one warning naming
+    the file and what to do, the others are stylized, --once exits 2 with one error line, and once the
+    file is moved away the next start stylizes it."""
+    src, dest = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    dest.mkdir()
+    shutil.copy(clip("a.mp4", frames=3), src / "a.mp4")
+    shutil.copy(clip("b.mp4", frames=3), src / "b.mp4")
+    (dest / "a.mp4").write_bytes(b"my own film")
+
+    first = stylebatch("watch", src, "-o", dest, *FLAGS)
+    assert first.returncode == 2 and "Traceback" not in first.stderr, first.stderr
+    warnings = [line for line in first.stderr.splitlines() if line.startswith("stylebatch: warning:")]
+    assert warnings == [f"stylebatch: warning: skipped {src / 'a.mp4'}: {dest / 'a.mp4'} is already there and "
+                        "stylebatch watch did not write it (or it was changed since): it is left as it is; "
+                        "move it away, or watch into another DEST"], first.stderr
+    [error] = error_lines(first)
+    assert "1 of 2 video(s) skipped" in error and str(dest / "a.mp4") in error
+    assert (dest / "a.mp4").read_bytes() == b"my own film" and count_frames(dest / "b.mp4") == 3
+    assert outputs(dest) == ["a.mp4", "b.mp4"]
+
+    (dest / "a.mp4").rename(tmp_path / "mine.mp4")
+    second = stylebatch("watch", src, "-o", dest, *FLAGS)
+    assert second.returncode == 0 and "warning" not in second.stderr, second.stderr
+    assert [line.split(" -> ")[0] for line in started(second)] == [f"stylebatch: started {src / 'a.mp4'}"]
+    assert count_frames(dest / "a.mp4") == 3 and (tmp_path / "mine.mp4").read_bytes() == b"my own film"
+
+
+def test_the_watchs_own_output_is_replaced_when_its_input_changes_but_not_once_someone_changed_it(tmp_path):
+    """What the watch wrote (its record names the output, unchanged since) is replaced by the new
+    version of its input, as before; the same file changed by someone after the watch wrote it is not.
+    A record from before the output's ETag was kept counts while the file is no newer than it."""
+    src, dest, made = tmp_path / "in", tmp_path / "out", []
+    src.mkdir()
+    video = src / "a.mp4"
+    video.write_bytes(b"one")
+    assert make_watch(src, dest, made).once(0) == 0 and (dest / "a.mp4").read_bytes() == b"one"
+
+    video.write_bytes(b"two, longer")  # a new version of the input
+    assert make_watch(src, dest, made).once(0) == 0 and (dest / "a.mp4").read_bytes() == b"two, longer"
+
+    (dest / "a.mp4").write_bytes(b"edited by hand")
+    video.write_bytes(b"three, longer still")
+    with pytest.raises(watch_mod.StylebatchError, match=r"1 of 1 video\(s\) skipped .*out/a.mp4 is already there"):
+        make_watch(src, dest, made).once(0)
+    assert (dest / "a.mp4").read_bytes() == b"edited by hand" and made == ["a.mp4", "a.mp4"]
+
+    # an older watch's records: no output ETag, only when the video was finished
+    for record_file in (dest / ".stylebatch-watch").glob("*.json"):
+        record = json.loads(record_file.read_text())
+        for field in ("name", "output_size", "output_etag"):
+            record.pop(field)
+        record["finished"] = "2001-01-01T00:00:00+00:00"  # before the hand edit: not the watch's file
+        record_file.write_text(json.dumps(record))
+    with pytest.raises(watch_mod.StylebatchError, match="skipped"):
+        make_watch(src, dest, made).once(0)
+    past = time.time() - 3600
+    os.utime(dest / "a.mp4", (past, past))  # no newer than the record: the watch's file
+    for record_file in (dest / ".stylebatch-watch").glob("*.json"):
+        record = json.loads(record_file.read_text())
+        record["finished"] = "2030-01-01T00:00:00+00:00"
+        record_file.write_text(json.dumps(record))
+    assert make_watch(src, dest, made).once(0) == 0 and (dest / "a.mp4").read_bytes() == b"three, longer still"
+
+
+def test_a_file_that_appears_at_the_output_name_while_the_video_is_stylized_is_kept(tmp_path):
+    """The check before stylizing leaves a window as long as the video takes: a file copied into DEST
+    under the output's name meanwhile was replaced when the output was published. Now the video is
+    stylized beside DEST's records and put in place only where no file is (a hard link): the file
+    stays, the video is skipped with the same warning and nothing is recorded or left behind."""
+    src, dest = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    (src / "a.mp4").write_bytes(b"video")
+
+    def stylize(input_uri: str, output_uri: str) -> None:
+        (dest / "a.mp4").write_bytes(b"copied in meanwhile")
+        Path(output_uri).write_bytes(b"stylized")
+
+    w = watch_mod.Watch(location(str(src)), location(str(dest)), None, Filters(), stylize)
+    with pytest.raises(watch_mod.StylebatchError, match="appeared while it was stylized"):
+        w.once(0)
+    assert (dest / "a.mp4").read_bytes() == b"copied in meanwhile"
+    assert sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*")) == [".stylebatch-watch", "a.mp4"]

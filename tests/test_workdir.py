@@ -478,3 +478,83 @@ def test_a_users_work_dir_with_parts_of_other_style_settings_is_refused(clip, tm
     assert "has parts stylized with lavender-gold" in error_lines(result)[0] and "not ink-wash" in error_lines(result)[0]
     assert {p.name: p.read_bytes() for p in (work / "parts").iterdir()} == parts
     assert not (tmp_path / "o2.mp4").exists()
+
+
+# --- run's own work dirs that no run can resume ---
+
+def test_a_changed_input_removes_the_earlier_runs_work_dir_for_that_input_and_output_only(
+        clip, tmp_path: Path) -> None:
+    """A changed input (touched, rewritten) gets a new work dir; the old one, made from the old bytes
+    and never resumable again, stayed in the cache for ever with its copy of the input (gigabytes for
+    a real video), and nothing said so. Now the next run for that input and output removes it, in
+    one line; a work dir of another output, one another run holds, and one an older stylebatch made
+    (no record of what it was for) are left alone."""
+    import json
+    import shutil
+
+    from stylebatch.storage import location
+    from stylebatch.workdir import hold
+
+    src, out = clip("in.mp4", size=(64, 48), frames=12), tmp_path / "o.mp4"
+    cache = tmp_path / "cache"
+    env = dict(os.environ, XDG_CACHE_HOME=str(cache))
+    flags = [*FAST_STYLE, "--chunk-frames", "4", "--workers", "1", "--keep-work"]
+    assert stylebatch("run", src, "-o", out, *flags, env=env).returncode == 0  # kept: as an interrupted run's
+    (old,) = _own_work_dirs(cache)
+    assert stylebatch("run", src, "-o", tmp_path / "other.mp4", *flags, env=env).returncode == 0
+    (other,) = set(_own_work_dirs(cache)) - {old}
+    held, legacy = old.with_name("f" * 24), old.with_name("e" * 24)
+    shutil.copytree(old, held)
+    shutil.copytree(old, legacy)
+    record = json.loads((legacy / "stylebatch-work.json").read_text())
+    del record["made_for"]
+    (legacy / "stylebatch-work.json").write_text(json.dumps(record))
+    os.utime(src, ns=(time.time_ns(), time.time_ns() + 10**9))  # touched: another version of the input
+
+    with hold(location(str(held))):  # a run on it now
+        result = stylebatch("run", src, "-o", out, *flags[:-1], env=env)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    [line] = [x for x in result.stderr.splitlines() if "removed" in x and "work dir" in x]
+    assert line.startswith("stylebatch: removed an earlier run's work dir for this input and output (")
+    assert "MB): the input changed since" in line
+    assert sorted(_own_work_dirs(cache)) == sorted([other, held, legacy])
+    assert len(list((held / "parts").iterdir())) == 3 and (legacy / "source.mp4").exists()
+
+    again = stylebatch("run", src, "-o", out, *flags[:-1], env=env)  # no longer held: nothing can resume it
+    assert again.returncode == 0 and "removed an earlier run's work dir" in again.stderr, again.stderr
+    assert sorted(_own_work_dirs(cache)) == sorted([other, legacy])
+
+
+@pytest.mark.parametrize("own_work", [True, False])
+def test_an_interrupt_after_preprocess_before_any_chunk_was_stylized_keeps_no_work_dir_of_runs_own(
+        monkeypatch, tmp_path: Path, own_work: bool) -> None:
+    """Ctrl-C once preprocess was done but before any chunk was stylized kept run's own work dir
+    ("kept with 0 of 3 chunks stylized") holding a whole copy of the input: resuming it saves only
+    preprocess, yet it stayed in the cache (for ever, if the command was not run again). Now it goes,
+    as it goes for a run that fails before anything was stylized; a --work of the user's is kept."""
+    from clips import make_clip
+    from stylebatch import run
+    from stylebatch.errors import Interrupted
+    from stylebatch.requests import EncodingOptions, RunRequest
+
+    preprocess = run._preprocess
+
+    def preprocessed_then_stopped(*args):
+        preprocess(*args)
+        raise KeyboardInterrupt  # what the stop signal's handler raises (signals.py)
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(run, "_early_ranks", lambda *args: None)
+    monkeypatch.setattr(run, "_preprocess", preprocessed_then_stopped)
+    clip = make_clip(tmp_path / "in.mp4", frames=12)
+    work = None if own_work else str(tmp_path / "work")
+    with pytest.raises(Interrupted) as ended:
+        run.run(RunRequest(input=str(clip), output=str(tmp_path / "o.mp4"), work=work, workers=1,
+                           encoding=EncodingOptions(chunk_frames=4)))
+    if own_work:
+        assert str(ended.value).endswith("before any chunk was stylized: nothing kept"), str(ended.value)
+        assert list((tmp_path / "cache" / "stylebatch" / "work").iterdir()) == []
+    else:
+        assert f"work dir {work} kept with 0 of 3 chunks stylized: run again with --work" in str(ended.value)
+        assert (tmp_path / "work" / "source.mp4").exists()
+    assert not (tmp_path / "o.mp4").exists()

@@ -24,6 +24,7 @@ from stylebatch.contract import DEFAULT_STYLE, PRECISION_AUTO, PRECISIONS, STYLE
 from stylebatch.requests import MIN_MAX_SIDE, TrainRequest
 from stylebatch.temporal_defaults import DEFAULT_MODE as TEMPORAL_DEFAULT
 from stylebatch.temporal_defaults import DEFAULT_STRENGTH as TEMPORAL_STRENGTH
+from stylebatch.temporal_defaults import MAX_STRENGTH as TEMPORAL_MAX_STRENGTH
 from stylebatch.temporal_defaults import MODES as TEMPORAL_MODES
 from stylebatch_operator.names import (
     DNS_LABEL_PATTERN, GROUP, KIND, MAX_NAME_LENGTH, NAME_PATTERN, NAME_RULE_MESSAGE, PLURAL, QUANTITY_PATTERN,
@@ -206,7 +207,7 @@ SPEC_SCHEMA: dict[str, Any] = _obj(
             "temporal": _str("on: blend each frame with the previous one moved along the optical flow, so "
                              f"texture holds still (`stylebatch run --temporal`). Default {TEMPORAL_DEFAULT}.",
                              enum=list(TEMPORAL_MODES)),
-            "temporalStrength": {"type": "number", "minimum": 0, "maximum": 0.95,
+            "temporalStrength": {"type": "number", "minimum": 0, "maximum": TEMPORAL_MAX_STRENGTH,
                                  "description": "With temporal on: how much of the previous frame is kept "
                                                 f"where the motion is trusted (default {TEMPORAL_STRENGTH})."},
         }),

@@ -11,7 +11,8 @@ Every failure is a stylebatch.StylebatchError: BadInput (retrying cannot help), 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import contextlib
+from typing import TYPE_CHECKING, Iterator
 
 from stylebatch.errors import BadInput
 from stylebatch.requests import (
@@ -49,8 +50,9 @@ def stylize_video(input: str, output: str, *, style: str | None = None, strength
         resumes; deleted after success). keep_work: keep it after success.
     batch_size, keep_colors, precision, temporal, temporal_strength: as the flags of `stylebatch run`
         (stylebatch.ModelOptions).
-    progress: called as progress(done, total) with the frames stylized so far, from this thread: at
-        the start, after every chunk, every few seconds between, and at the end (done == total).
+    progress: called as progress(done, total) with the frames stylized so far, from this thread, once
+        for each new count: at the start, after every chunk, every few seconds between, and at the end
+        (done == total, the last call, made once).
 
     Raises BadInput before any work when a setting is wrong, and leaves no partial output; Ctrl-C
     (KeyboardInterrupt, also one raised by `progress`), SIGTERM and SIGHUP (where the program left
@@ -67,12 +69,36 @@ def stylize_video(input: str, output: str, *, style: str | None = None, strength
                      model=ModelOptions(style=style, strength=strength, max_side=max_side, device=device,
                                         batch_size=batch_size, keep_colors=keep_colors, precision=precision,
                                         temporal=temporal, temporal_strength=temporal_strength))
-    with signals.handled():
+    with signals.handled(), _warnings_shown():
         try:
-            return run(req, progress)
+            return run(req, progress, api=True)
         except KeyboardInterrupt:  # stopped before the run had begun any work (checking the places, the claim)
             raise Interrupted(f"interrupted by {signals.cause()} before any work began",
                               signals.exit_code()) from None
+
+
+@contextlib.contextmanager
+def _warnings_shown() -> Iterator[None]:
+    """For the call: where the caller set up no logging (Python would print a warning's bare text,
+    not saying whose it is), stylebatch's warnings go to stderr as the CLI shows them, `stylebatch:
+    warning: ...`; where it did, through the caller's handlers, untouched."""
+    import logging
+    import sys
+
+    from stylebatch.logs import TextFormat
+
+    logger = logging.getLogger("stylebatch")
+    if logger.hasHandlers():
+        yield
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setLevel(logging.WARNING)  # as Python's own last resort: no info lines
+    handler.setFormatter(TextFormat())
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
 
 
 def _check_progress(progress) -> None:
@@ -123,7 +149,7 @@ def _expect(req, cls):
 
 
 def list_styles() -> list:
-    """The built-in styles (name, index, description) in index order. Imports torch."""
+    """The built-in styles (name, index, description) in index order; torch is not imported."""
     from stylebatch.styles import list_styles as styles
 
     return styles()

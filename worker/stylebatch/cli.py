@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_commands(sub)
 
-    prev = sub.add_parser("preview", help="one frame (or a photo) in many styles, labelled, on one sheet")
+    prev = _command(sub, "preview", "one frame (or a photo) in many styles, labelled, on one sheet")
     prev.add_argument("input", help="video or image (.jpg .png .webp), file or blob URI")
     prev.add_argument("-o", "--output", required=True, help="the sheet: .png, .jpg or .webp (file or blob URI)")
     prev.add_argument("--at", help="time of the frame, seconds or [hh:]mm:ss (default: the middle of the video)")
@@ -64,8 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     prev.add_argument("--device", choices=DEVICES, default="auto")
     prev.set_defaults(handler="stylebatch.preview:run")
 
-    watch = sub.add_parser("watch", help="stylize every video in a folder or blob prefix, and every new one, "
-                                         "exactly once")
+    watch = _command(sub, "watch", "stylize every video in a folder or blob prefix, and every new one, exactly once")
     watch.add_argument("source", help="folder or blob prefix to watch (az://container/prefix, https://...)")
     watch.add_argument("-o", "--output", required=True,
                        help="folder or blob prefix for the outputs: same relative path and name as the video")
@@ -78,17 +77,17 @@ def build_parser() -> argparse.ArgumentParser:
     RunRequest.add_arguments(watch, only=RUN_FLAGS)  # the flags of `run` that watch passes on to it
     watch.set_defaults(handler="stylebatch.watch:run")
 
-    qual = sub.add_parser("quality", help="how much a stylized video flickers: its warping error against "
-                                          "the input's (Lai et al. 2018)")
+    qual = _command(sub, "quality", "how much a stylized video flickers: its warping error against the input's "
+                                    "(Lai et al. 2018)")
     qual.add_argument("input", help="the original video (file or blob URI): its motion is the reference")
     qual.add_argument("output", help="the stylized video (same frames)")
     qual.add_argument("--json", action="store_true", help="one JSON object instead of text")
     qual.set_defaults(handler="stylebatch.quality:cli")
 
-    styles = sub.add_parser("styles", help="list the built-in styles")
+    styles = _command(sub, "styles", "list the built-in styles")
     styles.set_defaults(handler="stylebatch.run:list_styles")
 
-    op = sub.add_parser("operator", help="run the StyleTransferJob Kubernetes operator (kopf)")
+    op = _command(sub, "operator", "run the StyleTransferJob Kubernetes operator (kopf)")
     op.add_argument("--namespace", action="append", default=[],
                     help="namespace to watch (repeatable); default: all namespaces")
     op.add_argument("--liveness-port", type=int, default=8080,
@@ -100,6 +99,11 @@ def build_parser() -> argparse.ArgumentParser:
     for command in sub.choices.values():  # also after the command: `stylebatch run --log-format json ...`
         command.add_argument("--log-format", choices=FORMATS, default=argparse.SUPPRESS, help=log_help)
     return parser
+
+
+def _command(sub, name: str, summary: str) -> argparse.ArgumentParser:
+    """A subcommand whose one-line summary is its line in `stylebatch --help` and heads its own --help."""
+    return sub.add_parser(name, help=summary, description=f"{summary[0].upper()}{summary[1:]}.")
 
 
 def _setup_logging(args: argparse.Namespace) -> None:

@@ -99,6 +99,17 @@ STYLE_NAMES = (
 """The built-in styles in index order (`--style 12` is STYLE_NAMES[12]); stylebatch.models holds
 their weights and descriptions."""
 DEFAULT_STYLE = "lavender-gold"
+NO_STYLE = ("names no style: give a built-in's name or index (`stylebatch styles`), a painting, a .pth file "
+            f"or a blend; leave --style out for the default, {DEFAULT_STYLE}")
+
+
+def style_problem(style: str) -> str | None:
+    """Why a given --style value names no style ("", blanks, commas alone), or None. Only an absent
+    style (None: no --style) means DEFAULT_STYLE; an empty one (an unset shell variable) is refused,
+    never painted as the default. The one check of every --style: the requests (run, stylize, watch,
+    the API), preview, and parsing a style (styles.parse_style)."""
+    return None if style.replace(",", " ").strip() else NO_STYLE
+
 
 # --style: a built-in name, a painting to imitate or fast_neural_style weights (files by these
 # suffixes, or any path/URI), or a blend of them: "starry.jpg:0.7,lavender-gold:0.3".

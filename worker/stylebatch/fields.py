@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import sys
 from dataclasses import dataclass, field, fields
 from typing import Any, Callable, ClassVar, NoReturn
 
@@ -115,9 +116,10 @@ class Request:
             if meta.many and not isinstance(value, tuple):
                 raise BadInput(f"bad {meta.name} {value!r}: must be a tuple of values")
             for item in value if meta.many else (value,):
-                problem = _type_problem(meta, item) or (meta.check(item) if meta.check else None)
-                if problem is None and meta.choices and item not in meta.choices:
+                if meta.choices and item not in meta.choices:  # of any type (temporal=True): name the choices
                     problem = f"must be one of {', '.join(meta.choices)}"
+                else:
+                    problem = _type_problem(meta, item) or (meta.check(item) if meta.check else None)
                 if problem:
                     raise BadInput(f"bad {meta.name} {item!r}: {problem}")
         given: dict[str, str] = {}
@@ -192,10 +194,53 @@ class Request:
 
 
 class ArgParser(argparse.ArgumentParser):
-    """Bad flags end like every other error: BadInput (one `stylebatch: error:` line, exit 2)."""
+    """Bad flags end like every other error: BadInput (one `stylebatch: error:` line, exit 2), pointing
+    at the help of the (sub)command that was given. A flag is only ever its whole name: no abbreviations
+    (`--max` for `--max-side`), so that a flag added later never changes what an existing script means."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+        self._given: list[str] = []
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        self._given = [str(a) for a in (sys.argv[1:] if args is None else args)]  # for error()'s hints
+        return super().parse_known_args(args, namespace)
+
+    def parse_args(self, args: Any = None, namespace: Any = None) -> Any:
+        """As argparse's, but arguments nothing took are blamed on the subcommand given (its --help
+        lists what it takes), not on the whole program."""
+        ns, extras = self.parse_known_args(args, namespace)
+        if extras:
+            _innermost(self, ns).error(f"unrecognized arguments: {' '.join(extras)}")
+        return ns
 
     def error(self, message: str) -> NoReturn:
-        raise BadInput(f"{' '.join(message.split())} (see `{self.prog} --help`)")
+        raise BadInput(f"{' '.join(message.split())}{self._dash_hint(message)} (see `{self.prog} --help`)")
+
+    def _dash_hint(self, message: str) -> str:
+        """A positional argument missing where a word given starts with "-" (a file `-take2.mov`, read
+        as a flag): how to give it."""
+        head = "the following arguments are required: "
+        positionals = [a for a in self._actions if not a.option_strings and not isinstance(a, argparse._SubParsersAction)]
+        if not message.startswith(head) or not positionals or all(
+                name.startswith("-") for name in message[len(head):].split(", ")):
+            return ""  # no positional missing (only a flag such as -o), or the command itself (`stylebatch -x`)
+        dashed = [w for w in self._given if w.startswith("-") and w != "--" and w.split("=", 1)[0]
+                  not in self._option_string_actions and not self._negative_number_matcher.match(w)]
+        if not dashed:
+            return ""
+        return f"; {dashed[0]} was read as a flag: for a file of that name write ./{dashed[0]}, or put it after --"
+
+
+def _innermost(parser: argparse.ArgumentParser, ns: argparse.Namespace) -> argparse.ArgumentParser:
+    """The (sub)parser of the subcommand `ns` was parsed with (`stylebatch run`), or `parser` itself."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            chosen = action.choices.get(getattr(ns, action.dest, None))
+            if chosen is not None:
+                return _innermost(chosen, ns)
+    return parser
 
 
 @dataclass

@@ -22,7 +22,9 @@ class Monitor:
 
     def __init__(self, frames: int, stream: TextIO = sys.stderr, tty: bool | None = None,
                  log_every_s: float = 10.0, on_update: Callable[[int, int], None] | None = None) -> None:
-        """`on_update(done, frames)` is called with the frames done over all ranks at each report."""
+        """`on_update(done, frames)` is called with the frames done over all ranks when a report
+        changes that count, and at the first report: once per state, the final (frames, frames) once,
+        however many ranks repeat it (a rank's closing record, the last chunk's, a timed one)."""
         self.frames = frames
         self.on_update = on_update
         self.stream = stream
@@ -33,6 +35,7 @@ class Monitor:
         self.resumed: int | None = None
         self._last_log = 0.0
         self._drawn = False
+        self._updated: int | None = None  # the done last handed to on_update
 
     @property
     def done(self) -> int:
@@ -52,7 +55,8 @@ class Monitor:
             self.resumed = (self.resumed or 0) + p.done
         self.latest[p.rank] = p
         self.show()
-        if self.on_update is not None:
+        if self.on_update is not None and self.done != self._updated:
+            self._updated = self.done
             self.on_update(self.done, self.frames)
 
     def status(self) -> str:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from stylebatch.contract import style_problem
 from stylebatch.errors import BadInput
 
 ORIGINAL = "original"
@@ -37,10 +38,9 @@ def chosen_styles(values: list[str] | None, everything: bool) -> list[str]:
 
     given = []
     for value in values or []:
+        if problem := style_problem(value):  # `--style ,` or `--style ""` was taken for no --style: all 26
+            raise BadInput(f"--style {value!r} {problem}")
         named = [value] if re.search(r":\s*[0-9.]+\s*(,|$)", value) else [v for v in value.split(",") if v.strip()]
-        if not named:  # `--style ,` or `--style ""` was taken for no --style: all 26
-            raise BadInput(f"--style {value!r} names no style: give a built-in's name (stylebatch styles), "
-                           "a painting or a .pth")
         given += named
     builtins = [s.name for s in list_styles()] if everything or not given else []
     return builtins + given

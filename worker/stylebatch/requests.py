@@ -14,15 +14,17 @@ Pure: no torch, no PyAV, no Azure SDK.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, replace
 from pathlib import PurePath, PurePosixPath
 from urllib.parse import urlsplit
 
-from stylebatch.contract import (DEVICES, OUTPUT_EXTENSIONS, PRECISION_AUTO, PRECISIONS, STYLE_WEIGHTS_SUFFIXES,
-                                 precision_problem)
+from stylebatch.contract import (DEFAULT_STYLE, DEVICES, OUTPUT_EXTENSIONS, PRECISION_AUTO, PRECISIONS,
+                                 STYLE_WEIGHTS_SUFFIXES, precision_problem, style_problem)
 from stylebatch.errors import BadInput
 from stylebatch.temporal_defaults import DEFAULT_MODE as TEMPORAL_DEFAULT
 from stylebatch.temporal_defaults import DEFAULT_STRENGTH as TEMPORAL_STRENGTH
+from stylebatch.temporal_defaults import MAX_STRENGTH as TEMPORAL_MAX_STRENGTH
 from stylebatch.temporal_defaults import MODES as TEMPORAL_MODES
 from stylebatch.fields import ArgParser, Request, at_least, between, flag, options
 
@@ -30,9 +32,11 @@ MIN_MAX_SIDE = 32
 
 
 def _temporal_strength(value: float) -> str | None:
-    if not 0 <= value <= 1:
-        return "must be between 0 and 1"
-    return "must be at most 0.95 (1 would freeze the picture)" if value > 0.95 else None
+    """--temporal-strength's range, 0 to TEMPORAL_MAX_STRENGTH, in one message for every value outside it."""
+    if 0 <= value <= TEMPORAL_MAX_STRENGTH:
+        return None
+    frozen = " (1 would freeze the picture)" if TEMPORAL_MAX_STRENGTH < value <= 1 else ""
+    return f"must be between 0 and {TEMPORAL_MAX_STRENGTH:g}{frozen}"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -62,9 +66,10 @@ class EncodingOptions(Request):
 class ModelOptions(Request):
     """Which style, how strongly, at what size and on which device."""
 
-    style: str | None = flag("--style", help="built-in style name or index (see `stylebatch styles`), a painting to "
+    style: str | None = flag("--style", check=style_problem,
+                             help="built-in style name or index (see `stylebatch styles`), a painting to "
                              "imitate (.jpg .png .webp), a .pth weights file (paths or blob URIs), or a blend "
-                             "such as starry.jpg:0.7,lavender-gold:0.3; default lavender-gold")
+                             f"such as starry.jpg:0.7,lavender-gold:0.3; default {DEFAULT_STYLE}")
     strength: float = flag("--strength", kind=float, default=1.0, check=between(0, 1),
                            help="1 is full style; toward 0 a built-in or .pth is mixed with the picture (0 keeps "
                                 "it), a painting's style moves to the video's own (0 still repaints, in the "
@@ -81,12 +86,18 @@ class ModelOptions(Request):
                                 help="on: blend each frame with the previous one moved along the optical flow, so "
                                      f"texture holds still (default: {TEMPORAL_DEFAULT})")
     temporal_strength: float | None = flag("--temporal-strength", kind=float, check=_temporal_strength,
-                                           help="0..0.95: how much of the previous frame is kept where the motion "
-                                                f"is trusted (default {TEMPORAL_STRENGTH:g})")
+                                           help=f"0..{TEMPORAL_MAX_STRENGTH:g}: how much of the previous frame is "
+                                                f"kept where the motion is trusted (default {TEMPORAL_STRENGTH:g})")
 
     def check(self) -> None:
         if problem := precision_problem(self.precision, self.device):
             raise BadInput(f"--precision {problem}")
+
+    @property
+    def chosen_style(self) -> str:
+        """The style to paint with: `style`, or DEFAULT_STYLE where none was given (None) only. A
+        given style is never replaced: an empty one is refused by validate() (contract.style_problem)."""
+        return DEFAULT_STYLE if self.style is None else self.style
 
 
 PIPELINES_HELP = ("chunks each rank stylizes at once, each with its own decoder and encoder, sharing one copy of "
@@ -109,7 +120,7 @@ class PreprocessRequest(Request):
     encoding: EncodingOptions = options(EncodingOptions, "encoding")
 
     def check(self) -> None:
-        self.encoding.settings(_path(self.output))
+        self.encoding.settings(_output_name(self.output))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -141,7 +152,7 @@ class PostprocessRequest(Request):
         if self.output is not None:
             from stylebatch.encoding import container_for
 
-            container_for(_path(self.output))
+            container_for(_output_name(self.output))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -164,7 +175,7 @@ class RunRequest(Request):
     encoding: EncodingOptions = options(EncodingOptions, "encoding")
 
     def check(self) -> None:
-        self.encoding.settings(_path(self.output))
+        self.encoding.settings(_output_name(self.output))
 
     def preprocess_request(self, work: str, input: str | None = None, output: str | None = None) -> PreprocessRequest:
         """`input`, `output`: the places as the launcher resolved them, if they differ (its child stage gets
@@ -236,6 +247,21 @@ class TrainRequest(Request):
 def _path(place: str) -> str:
     """The file name of a path or URI: what its extension is read from (never a SAS query)."""
     return PurePosixPath(urlsplit(place).path).name if "://" in place else PurePath(place).name
+
+
+def _output_name(place: str) -> str:
+    """The file name of an output place (`_path`), or BadInput where the place names a folder, not a
+    file: one ending in / (a folder or blob prefix), or a local folder. The disk is looked at only for
+    a name without an extension, refused either way: a folder only changes what the message says."""
+    shown = place.split("?", 1)[0]  # never a SAS
+    if shown.endswith("/"):
+        raise BadInput(f"--output {shown!r} ends in /, so it names a folder, not a file: give the output file's "
+                       f"name too, e.g. {shown}out.mp4")
+    name = _path(place)
+    if "://" not in place and not PurePath(name).suffix and os.path.isdir(place):
+        raise BadInput(f"--output {shown!r} is a folder: give the output file's name in it, e.g. "
+                       f"{os.path.join(shown, 'out.mp4')}")
+    return name
 
 
 RUN_FLAGS = frozenset({"workers", "pipelines", "model", "encoding"})  # what `watch` passes on to each run

@@ -82,13 +82,14 @@ Progress = Callable[[int, int], None]
 """progress(done, frames): frames stylized so far over all ranks (resumed ones included), of the total."""
 
 
-def run(args: RunRequest, progress: Progress | None = None) -> Result:
-    """The three stages on this machine. `progress` is called now and then while stylize runs."""
-    from stylebatch.contract import DEFAULT_STYLE, HARDWARE_ENCODERS
+def run(args: RunRequest, progress: Progress | None = None, *, api: bool = False) -> Result:
+    """The three stages on this machine. `progress` is called now and then while stylize runs. api:
+    the caller is stylebatch.stylize_video, whose users are told how to resume in its terms (work=...)."""
+    from stylebatch.contract import HARDWARE_ENCODERS
     from stylebatch.preprocess import check_places, encoder_settings, input_name, output_uri, source_name
     from stylebatch.storage import location
     from stylebatch.styles import check_style_files
-    from stylebatch.workdir import claim_work, default_work_dir, delete_work, hold
+    from stylebatch.workdir import claim_work, default_work_dir, delete_work, hold, made_for
 
     args.validate()
     src, out = location(args.input), location(args.output)
@@ -100,19 +101,23 @@ def run(args: RunRequest, progress: Progress | None = None) -> Result:
         raise StylebatchError(NO_GPU)
     if problem := precision_problem(args.model.precision, "cuda" if may_use_gpu(args.model.device) else "cpu"):
         raise BadInput(f"--precision {problem}")  # --device auto on a machine without a GPU driver: the CPU
-    check_style_files(args.model.style or DEFAULT_STYLE)
+    check_style_files(args.model.chosen_style)
     if args.work:
-        work = location(args.work)
-        resume = f"run again with --work {work.display} to resume"
+        work, made = location(args.work), None
+        resume = how_to_resume(work.display, given=True, api=api)
     else:
-        work = location(default_work_dir(input_name(src), src.identity(), output_uri(out), _parts_key(args, settings)))
-        resume = "run the same command again to resume"
-    claim_work(work, source_name(src.name))
+        identity = src.identity()
+        work = location(default_work_dir(input_name(src), identity, output_uri(out), _parts_key(args, settings)))
+        made = made_for(input_name(src), identity, output_uri(out))
+        resume = how_to_resume(work.display, given=False, api=api)
+    claim_work(work, source_name(src.name), made_for=made)
     scratch, scratch_lock = _make_scratch()  # private (0700): style, rank scratch, MPI
     held, result = False, None
     try:
         with hold(work):
             held = True
+            if not args.work:
+                _remove_outdated(work)
             result = _run_stages(args, src, out, work, scratch, progress)
             if args.keep_work:
                 log.info("work dir kept at %s", work.display)
@@ -124,8 +129,13 @@ def run(args: RunRequest, progress: Progress | None = None) -> Result:
         if result is not None:  # stopped while its work dir was being removed: the output is there
             raise Interrupted(f"{said} after {result.output} was written, while work dir {work.display} was being "
                               "removed: delete what is left of it", code) from None
-        if held and not args.work and not _preprocessed(work) and _forget(work):  # nothing to resume from
-            raise Interrupted(f"{said} before the input was read: nothing kept", code) from None
+        # nothing to resume from, or only preprocess's copy of the input (a small share of the run's time
+        # that would keep the input's size on disk): run's own work dir goes
+        if held and not args.work and not _has_parts(work):
+            read = _preprocessed(work)
+            if _forget(work):
+                raise Interrupted(f"{said} before {'any chunk was stylized' if read else 'the input was read'}: "
+                                  "nothing kept", code) from None
         raise Interrupted(f"{said}: {_state(work)}: {resume}", code) from None
     except BaseException:
         if not held:
@@ -140,6 +150,15 @@ def run(args: RunRequest, progress: Progress | None = None) -> Result:
         _SCRATCH_LOCKS.discard(scratch_lock)
         os.close(scratch_lock)
     return result
+
+
+def how_to_resume(work: str, given: bool, api: bool) -> str:
+    """How to resume a run whose work dir (`work`, as shown; `given`: by the user, not run's own) was
+    kept, in the caller's terms: the CLI's (--work) or, for `api`, stylize_video's (work=...)."""
+    if api:
+        return (f"call stylize_video again with work={work!r} to resume" if given
+                else "call stylize_video again with the same arguments to resume")
+    return f"run again with --work {work} to resume" if given else "run the same command again to resume"
 
 
 SCRATCH_PREFIX = "stylebatch-run-"  # a run's scratch folder in TMPDIR
@@ -205,16 +224,29 @@ def _parts_key(args: RunRequest, settings) -> dict:
     under the same name, stylized again (stylize --restyle)."""
     import dataclasses
 
-    from stylebatch.contract import DEFAULT_STYLE
     from stylebatch.styles import shown_style
     from stylebatch.temporal_defaults import with_defaults
 
     m = args.model
     temporal, steady = with_defaults(m.temporal, m.temporal_strength)
     steady = steady if temporal == "on" else 0.0  # as the parts' record has it (stylize.settings_record)
-    return {"style": shown_style(m.style or DEFAULT_STYLE), "strength": m.strength, "max_side": m.max_side,
+    return {"style": shown_style(m.chosen_style), "strength": m.strength, "max_side": m.max_side,
             "keep_colors": m.keep_colors, "temporal": temporal, "temporal_strength": steady,
             "encoding": dataclasses.asdict(settings), "chunk_frames": args.encoding.chunk_frames}
+
+
+def _remove_outdated(work) -> None:
+    """Remove run's own work dirs for this input and output that were made from another version of
+    the input (workdir.remove_outdated), in one line."""
+    from stylebatch.workdir import remove_outdated
+
+    removed = remove_outdated(work)
+    if removed:
+        freed = sum(n for _, n in removed)
+        mb = f"{freed / 1e6:.0f} MB" if freed >= 1e6 else f"{freed / 1e6:.2g} MB"
+        what = "an earlier run's work dir" if len(removed) == 1 else f"{len(removed)} earlier runs' work dirs"
+        log.info("removed %s for this input and output (%s): the input changed since, so no run could resume %s",
+                 what, mb, "it" if len(removed) == 1 else "them")
 
 
 def _has_parts(work) -> bool:
@@ -408,10 +440,9 @@ class _StyleCheck(threading.Thread):
 
     def run(self) -> None:
         try:
-            from stylebatch.contract import DEFAULT_STYLE
             from stylebatch.styles import onnx_path, resolve_style
 
-            self.style = resolve_style(self.model.style or DEFAULT_STYLE, self.style_dir)
+            self.style = resolve_style(self.model.chosen_style, self.style_dir)
             if _builtin_only(self.style):
                 onnx_path()  # a name parse_style knows and the weights installed: a child could add nothing
             if may_use_gpu(self.model.device):
@@ -633,16 +664,15 @@ def _early_ranks(args: RunRequest, work, token: str | None, scratch: Path) -> _R
     would if started later), not blobs (the style check downloads those first), and memory for them
     all beside preprocess. They import torch meanwhile (about 1.5-2 s of a rank's start, longer than
     preprocess of a local clip) and wait at their gate. Else None (started afterwards)."""
-    from stylebatch.contract import DEFAULT_STYLE
     from stylebatch.styles import resolve_style
 
     model = args.model
     if may_use_gpu(model.device):
         return None
     try:
-        if not _local_only(model.style or DEFAULT_STYLE):
+        if not _local_only(model.chosen_style):
             return None
-        style = resolve_style(model.style or DEFAULT_STYLE, scratch)  # as the style check will: nothing fetched
+        style = resolve_style(model.chosen_style, scratch)  # as the style check will: nothing fetched
     except StylebatchError:  # reported by the style check, after preprocess, as without early ranks
         return None
     workers = args.workers or default_workers(model.device, 0)

@@ -12,7 +12,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from stylebatch.contract import STYLE_NAMES, is_image_name, is_style_file, is_style_name, split_style_term
+from stylebatch.contract import (STYLE_NAMES, is_image_name, is_style_file, is_style_name, split_style_term,
+                                 style_problem)
 from stylebatch.errors import BadInput, StylebatchError
 
 
@@ -80,8 +81,9 @@ class StylePart:
 def parse_style(style: str) -> list[StylePart]:
     """"lavender-gold", "3", "starry.jpg", "az://styles/candy.pth", or a blend of any of them:
     "starry.jpg:0.7,lavender-gold:0.3" (weights are relative; a missing weight is 1)."""
-    if not isinstance(style, str) or not style.strip():
-        raise BadInput(f"no style given ({style!r}): run `stylebatch styles` to list the built-in styles")
+    problem = style_problem(style) if isinstance(style, str) else f"must be a str, not {type(style).__name__}"
+    if problem:
+        raise BadInput(f"--style {style!r} {problem}")
     parts = []
     for token in style.split(","):
         ref, text = _split_weight(token.strip())

@@ -21,7 +21,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Callable, Iterator
 
-from stylebatch.contract import DEFAULT_STYLE, ERROR_PREFIX, PART_EXT, START_GATE_ENV
+from stylebatch.contract import ERROR_PREFIX, PART_EXT, START_GATE_ENV
 from stylebatch.encoder import PartWriter
 from stylebatch.errors import StylebatchError
 from stylebatch.logs import set_rank
@@ -84,7 +84,7 @@ def _wait_at_gate(gate: str, model: ModelOptions) -> None:
     from stylebatch.models import time_bf16_ahead
 
     if not os.path.exists(gate):  # (open already: loading times it, if the rank has frames left to paint)
-        time_bf16_ahead(model.style or DEFAULT_STYLE, device=model.device, precision=model.precision or "auto")
+        time_bf16_ahead(model.chosen_style, device=model.device, precision=model.precision or "auto")
 
     while not os.path.exists(gate):
         if os.getppid() != parent:
@@ -151,7 +151,7 @@ def stylize(req: StylizeRequest, world: World, tmp: Path,
     have = set(work.child(PARTS_DIR).list()) if work.child(PARTS_DIR).exists() else set()
     done = {c for c in chunks if part_name(*c, PART_EXT) in have}
     missing = [c for c in chunks if c not in done]
-    style = resolve_style(model.style or DEFAULT_STYLE, tmp)
+    style = resolve_style(model.chosen_style, tmp)
     keep_colors = model.keep_colors
     temporal = temporal_settings(model)
     record = settings_record(style, model.strength, model.max_side, keep_colors, *temporal)

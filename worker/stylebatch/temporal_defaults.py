@@ -5,6 +5,7 @@ from __future__ import annotations
 MODES = ("on", "off")
 DEFAULT_MODE = "off"
 DEFAULT_STRENGTH = 0.6  # weight of the moved previous output where the flow is trusted
+MAX_STRENGTH = 0.95  # the most --temporal-strength may be: at 1 the first frame would be kept for ever
 MAX_WARMUP = 6  # frames stylized before a chunk's first frame: 0.6 ** 6, ~5% of the history, is left out
 
 

@@ -9,6 +9,15 @@ ones there now and every new one, into DEST at the same relative path, each exac
 - Files still being written wait: a video counts once two listings in a row show the same size and
   ETag (trigger.Stability), so even `--once` lists twice, a moment apart.
 - A failed video is reported and skipped; nothing is recorded, so the next start tries it again.
+- Never a file of someone else's in DEST: a video whose output name holds a file this watch did not
+  write is skipped with one warning (`--once`: exit code 2), the file left as it is, and looked at
+  again on each listing. A file counts as the watch's own when one of its records names it as the
+  output and it is unchanged since (the record's "output_etag": size and modification time, or a
+  blob's ETag; a record from before that field: not modified after it was "finished"): it is
+  replaced when its input changed. In a local DEST a video is stylized into RECORD_DIR/PARTIAL_DIR
+  and put in place only then, by a hard link (or, replacing the watch's own file, a rename once it is
+  seen unchanged), so a file that appears at that name meanwhile is kept too (the stylized video is
+  dropped, with the same warning); in a blob DEST the check is made when the video starts.
 """
 
 from __future__ import annotations
@@ -20,6 +29,8 @@ import json
 import logging
 import os
 import posixpath
+import secrets
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
@@ -37,6 +48,8 @@ log = logging.getLogger(__name__)
 RECORD_DIR = ".stylebatch-watch"
 ONCE_SETTLE_S = 5.0  # the most --once waits between its two listings
 DEFAULT_EXT = ".mp4"
+PARTIAL_DIR = "partial"  # in RECORD_DIR: a local DEST's videos while they are stylized, named as in DEST
+NOT_OURS = "move it away, or watch into another DEST"
 
 
 def run(args: argparse.Namespace, stylize: Callable[[str, str], None] | None = None) -> int:
@@ -71,12 +84,11 @@ def _runner(args: argparse.Namespace) -> Callable[[str, str], None]:
     template = RunRequest(input="in.mp4", output="out.mp4", workers=args.workers, pipelines=args.pipelines,
                           model=ModelOptions.from_namespace(args), encoding=EncodingOptions.from_namespace(args))
     template.validate()  # bad flags stop here, before any work
-    from stylebatch.contract import DEFAULT_STYLE
     from stylebatch.styles import check_style_files
 
     # and a style every video would fail with (unknown, a missing file, a broken .pth), as `run` refuses
     # it: before DEST is made, not as one skipped video after another
-    check_style_files(template.model.style or DEFAULT_STYLE)
+    check_style_files(template.model.chosen_style)
 
     def stylize(input_uri: str, output_uri: str) -> None:
         run_video(template.with_places(input_uri, output_uri))
@@ -90,6 +102,8 @@ class Watch:
         self.source, self.dest, self.ext, self.filters, self.stylize = source, dest, ext, filters, stylize
         self.stability = trigger.Stability()
         self.failed: dict[str, StylebatchError] = {}
+        self.blocked: dict[str, str] = {}  # key -> why: its output name holds a file this watch did not write
+        self._records: dict[str, dict] = {}  # the records read so far (never rewritten), by file name
         self.excluded = _inside(dest, source)  # DEST within SOURCE: its files are outputs, never inputs
         if self.excluded == "":
             raise StylebatchError(f"the output prefix {dest.display} is the watched {source.display}: "
@@ -115,11 +129,16 @@ class Watch:
         ready = self.poll()
         for video in ready:
             self.process(video)
-        if self.failed:
+        if self.failed or self.blocked:
             code = EXIT_TRANSIENT if any(e.exit_code == EXIT_TRANSIENT for e in self.failed.values()) else 2
-            first = next(iter(self.failed))
-            error = StylebatchError(f"{len(self.failed)} of {len(ready)} video(s) failed ({first}: "
-                                    f"{self.failed[first]}); they are tried again on the next start")
+            said = []
+            if self.failed:
+                first = next(iter(self.failed))
+                said.append(f"{len(self.failed)} of {len(ready)} video(s) failed ({first}: {self.failed[first]})")
+            if self.blocked:
+                said.append(f"{len(self.blocked)} of {len(ready)} video(s) skipped "
+                            f"({next(iter(self.blocked.values()))})")
+            error = StylebatchError(f"{'; '.join(said)}; they are tried again on the next start")
             error.exit_code = code
             raise error
         if not ready:
@@ -153,6 +172,11 @@ class Watch:
             log.info("%s changed since it was listed: %s", video.input.display,
                      "it is gone" if now is None else "waiting until it stays the same")
             return
+        there = video.output.info()
+        if there is not None and not self._wrote(video, there):
+            self._block(video, "is already there and stylebatch watch did not write it (or it was changed since)")
+            return
+        self.blocked.pop(video.key, None)
         log.info("started %s -> %s", video.input.display, video.output.display)
         began = time.monotonic()
         out = video.output.local_path()
@@ -162,7 +186,12 @@ class Watch:
                 with local_errors(printable(str(folder)), "make the folder"):
                     folder.mkdir(exist_ok=True)
             with _job_env(video.key):
-                self.stylize(video.input.uri, video.output.uri)
+                if out is None:  # a blob: written in place (checked above)
+                    self.stylize(video.input.uri, video.output.uri)
+                elif not self._stylize_then_publish(video, there):
+                    _remove_empty(made)
+                    self._block(video, "appeared while it was stylized (the stylized video was not kept)")
+                    return
             self._record(video)
         except Interrupted:
             _remove_empty(made)
@@ -175,6 +204,69 @@ class Watch:
             return
         log.info("finished %s -> %s (%.1fs)", video.input.display, video.output.display, time.monotonic() - began)
 
+    def _block(self, video: Video, what: str) -> None:
+        """Skip a video whose output name holds a file this watch did not write: one warning per video."""
+        why = f"{video.output.display} {what}: it is left as it is; {NOT_OURS}"
+        if video.key not in self.blocked:
+            log.warning("skipped %s: %s", video.input.display, why)
+        self.blocked[video.key] = why
+
+    def _wrote(self, video: Video, there: FileInfo) -> bool:
+        """Whether the file at the video's output name is one this watch wrote and nobody changed since:
+        a record names it (by its name in DEST, or, an older record, by the output as shown) with its
+        "output_etag", or, an older record without one, it was not modified after the record's
+        "finished" (2 s to spare: that time is in whole seconds, a blob's from the storage's clock)."""
+        for record in self._read_records():
+            if record.get("name") != video.name and record.get("output") != video.output.display:
+                continue
+            if "output_etag" in record:
+                if record["output_etag"] == there.etag:
+                    return True
+                continue
+            try:
+                finished = datetime.fromisoformat(record["finished"]).timestamp()
+            except (KeyError, TypeError, ValueError):
+                continue
+            if there.modified <= finished + 2:
+                return True
+        return False
+
+    def _read_records(self) -> list[dict]:
+        folder = self.dest.child(RECORD_DIR)
+        for name in folder.list():
+            if name.endswith(".json") and "/" not in name and name not in self._records:
+                try:
+                    record = json.loads(folder.child(name).read_bytes())
+                except (ValueError, StylebatchError):  # damaged, or gone meanwhile: proves nothing
+                    continue
+                if isinstance(record, dict):
+                    self._records[name] = record
+        return list(self._records.values())
+
+    def _stylize_then_publish(self, video: Video, own: FileInfo | None) -> bool:
+        """Stylize a video of a local DEST into RECORD_DIR/PARTIAL_DIR, then put it at its output name
+        without replacing a file this watch did not write (`_publish`); whether it was put there."""
+        # named as in DEST, not by key: `run`'s work dir for a new version of the input then knows the
+        # old version's by their common input and output, and removes it (workdir.remove_outdated)
+        temp = self.dest.child(RECORD_DIR, PARTIAL_DIR, *video.name.split("/"))
+        path, top = temp.local_path(), self.dest.child(RECORD_DIR, PARTIAL_DIR).local_path()
+        assert path is not None and top is not None
+        with local_errors(printable(str(path.parent)), "make the folder"):
+            path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.stylize(video.input.uri, temp.uri)
+            with local_errors(video.output.display, "write"):
+                return _publish(path, video.output, own)
+        finally:
+            path.unlink(missing_ok=True)
+            folder = path.parent
+            while folder != top.parent:  # the folders left empty, PARTIAL_DIR too
+                try:
+                    folder.rmdir()
+                except OSError:
+                    break
+                folder = folder.parent
+
     def _video(self, info: FileInfo) -> Video:
         account, container, prefix = _identity(self.source)
         key = trigger.job_name(account, container, posixpath.join(prefix, info.name), info.etag)
@@ -182,7 +274,7 @@ class Watch:
         from stylebatch.contract import CONTAINERS
 
         out_ext = self.ext or (ext.lower() if ext.lower() in CONTAINERS else DEFAULT_EXT)
-        return Video(key, info, self.source.child(info.name), self.dest.child(stem + out_ext))
+        return Video(key, info, self.source.child(info.name), self.dest.child(stem + out_ext), stem + out_ext)
 
     def _excluded(self, name: str) -> bool:
         return self.excluded is not None and (name + "/").startswith(self.excluded + "/")
@@ -191,9 +283,45 @@ class Watch:
         return {posixpath.splitext(n)[0] for n in self.dest.child(RECORD_DIR).list() if n.endswith(".json")}
 
     def _record(self, video: Video) -> None:
-        record = {"input": video.input.display, "output": video.output.display, "size": video.info.size,
-                  "etag": video.info.etag, "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        written = video.output.info()  # what `_wrote` knows the watch's own output by
+        record = {"input": video.input.display, "output": video.output.display, "name": video.name,
+                  "size": video.info.size, "etag": video.info.etag,
+                  "output_size": written.size if written else None, "output_etag": written.etag if written else None,
+                  "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")}
         self.dest.child(RECORD_DIR, f"{video.key}.json").write_bytes(json.dumps(record, indent=1).encode())
+
+
+def _publish(temp: Path, output: Location, own: FileInfo | None) -> bool:
+    """Put the finished `temp` at `output` unless a file this watch did not write is there: a new name by
+    a hard link, which fails if a file appeared there meanwhile; the watch's own earlier file
+    (`own`, as `Watch._wrote` found it) by a rename once it is seen unchanged. Whether it was put there.
+    Where hard links cannot be made (some network file systems) a rename after a last look; a
+    subfolder of DEST on another file system gets a copy beside the output first."""
+    out = output.local_path()
+    assert out is not None
+    if os.stat(temp).st_dev != os.stat(out.parent).st_dev:
+        beside = out.with_name(f".{out.name[:200]}.{secrets.token_hex(4)}.partial")
+        try:
+            shutil.copyfile(temp, beside)
+            return _publish(beside, output, own)
+        finally:
+            beside.unlink(missing_ok=True)
+    if own is not None:
+        now = output.info()
+        if now is not None and now.etag != own.etag:
+            return False
+        if now is not None:
+            os.replace(temp, out)
+            return True
+    try:
+        os.link(temp, out)
+    except FileExistsError:
+        return False
+    except OSError:
+        if os.path.lexists(out):
+            return False
+        os.replace(temp, out)
+    return True
 
 
 def _folders_to_make(folder: Path) -> list[Path]:
@@ -220,6 +348,7 @@ class Video:
     info: FileInfo
     input: Location
     output: Location
+    name: str = ""  # the output's name in DEST ('/'-separated): what the records know it by
 
 
 @contextlib.contextmanager

@@ -91,14 +91,16 @@ def check_work(work, *others) -> None:
         raise StylebatchError(f"work dir {work.display} holds other files ({first}...){made}: {_FRESH}")
 
 
-def claim_work(work, *files: str) -> dict:
+def claim_work(work, *files: str, made_for: dict | None = None) -> dict:
     """Make work a stylebatch work dir if it is not one yet (the owner record is written first, so
-    nothing stylebatch writes is ever unlisted), and list `files` (top-level names) in the record."""
+    nothing stylebatch writes is ever unlisted), and list `files` (top-level names) in the record.
+    `made_for` (run's own work dir only: see the function made_for) goes into a new record as
+    MADE_FOR; an existing record keeps what it has (one without it is never given it)."""
     record = read_owner(work)
     if record is None:
         check_work(work)
         record = {"owner": "stylebatch", "id": secrets.token_hex(16), "host": socket.gethostname(),
-                  "created": _now(), "files": []}
+                  "created": _now(), "files": [], **({MADE_FOR: made_for} if made_for else {})}
     missing = [f for f in files if f not in record["files"]]
     if missing or not work.child(OWNER_NAME).exists():
         record["files"] = record["files"] + missing
@@ -184,6 +186,68 @@ def default_work_dir(*key: object) -> str:
         raise StylebatchError(f"cannot make a work dir in {cache}: {exc.strerror or exc}: give one with --work") from None
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
     return str(cache / "work" / digest[:24])
+
+
+MADE_FOR = "made_for"  # in the owner record of run's own work dir: what it was made for (`made_for`)
+
+
+def made_for(input_name: str, identity: object, output: str) -> dict[str, str]:
+    """What run's own work dir is made for, as its owner record keeps it: "target", a hash of the input's
+    path or URI and the output's (the same command's target, whatever the settings), and "input", a
+    hash of the input's identity (its bytes as default_work_dir's key has them)."""
+    import hashlib
+
+    def digest(value: object) -> str:
+        return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+    return {"target": digest([input_name, output]), "input": digest(identity)}
+
+
+def remove_outdated(work) -> list[tuple[str, int]]:
+    """Run's own work dirs beside `work` (default_work_dir, whose owner record says MADE_FOR) made for
+    the same input and output from another version of the input: no run can resume them (resuming
+    from other bytes is refused), so each is deleted as delete_work deletes (its records' files only)
+    unless another run holds its lock (then it is left alone). Left alone too: work dirs of the same
+    input with other settings (the command that made them still resumes them), and those without
+    MADE_FOR (an older stylebatch's; a --work is never under the cache). Never raises; returns the
+    (display, bytes freed) of each removed."""
+    from stylebatch.storage import location
+
+    record, here = read_owner(work), work.local_path()
+    mine = (record or {}).get(MADE_FOR)
+    if not isinstance(mine, dict) or here is None:
+        return []
+    removed = []
+    try:
+        others = sorted(p for p in here.parent.iterdir() if p != here and not p.is_symlink() and p.is_dir())
+    except OSError:
+        return []
+    for path in others:
+        try:
+            theirs = json.loads((path / OWNER_NAME).read_bytes()).get(MADE_FOR)
+        except (OSError, ValueError, AttributeError):
+            continue
+        if not isinstance(theirs, dict) or theirs.get("target") != mine.get("target") \
+                or theirs.get("input") == mine.get("input"):
+            continue
+        old, before = location(str(path)), _bytes_under(path)
+        try:
+            with hold(old):  # another run holds it: TransientError, left alone
+                delete_work(old)
+        except (StylebatchError, OSError) as exc:
+            log.debug("left work dir %s: %s", old.display, exc)
+            continue
+        removed.append((old.display, before - _bytes_under(path)))
+    return removed
+
+
+def _bytes_under(path) -> int:
+    total = 0
+    for folder, _, names in os.walk(path):
+        for name in names:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(folder, name)).st_size
+    return total
 
 
 # --- one writer per work dir ---

@@ -20,6 +20,13 @@ from stylebatch.storage.files import PARTIAL, atomic_file, copy_file
 from stylebatch.storage.scrub import printable
 
 
+# why no file can be made in a folder that is there, where strerror would say something else
+_CANNOT_CREATE = {
+    errno.ENOENT: "a virtual file system, which takes no new files",  # /proc; strerror: "No such file or directory"
+    errno.EROFS: "it is on a read-only file system",
+}
+
+
 @dataclasses.dataclass(frozen=True, repr=False)
 class LocalLocation(Location):
     uri: str = dataclasses.field(compare=False)  # "out/" and "out" are the same place
@@ -99,8 +106,9 @@ class LocalLocation(Location):
         try:  # what access() cannot tell (root on a read-only mount or in /sys, an immutable folder): a real file
             fd, probe = tempfile.mkstemp(prefix=".stylebatch-probe-", dir=parent)
         except OSError as exc:
+            why = _CANNOT_CREATE.get(exc.errno) or exc.strerror or type(exc).__name__
             raise StylebatchError(f"cannot write {self.display}: the folder {printable(str(parent))} "
-                                  f"is not writable ({exc.strerror or type(exc).__name__})") from None
+                                  f"is not writable ({why})") from None
         os.close(fd)
         with contextlib.suppress(OSError):  # written is what was asked (an append-only folder keeps it)
             os.unlink(probe)

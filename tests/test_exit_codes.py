@@ -225,33 +225,45 @@ def test_the_first_stop_signal_decides_and_a_later_one_does_not_interrupt_the_cl
     assert result.stdout.splitlines() == ["hup ignored", "stopped once 130 Ctrl-C (SIGINT)"], result.stdout
 
 
+@pytest.mark.parametrize("stopped_when, frames, said, kept", [
+    # stopped during preprocess (a SIGTERM in its first second): run left its own work dir holding only the
+    # owner record and said "kept (the input was not fully read yet): run the same command again to resume"
+    ("during preprocess", 4, "before the input was read", "kept (the input was not fully read yet)"),
+    # stopped after preprocess, before any chunk was stylized: run's own work dir stayed in the cache (for
+    # ever, if the command was not run again) holding a whole copy of the input, to save only preprocess
+    ("after preprocess", 12, "before any chunk was stylized", "kept with 0 of 3 chunks stylized"),
+])
 @pytest.mark.parametrize("own_work", [True, False])
-def test_a_run_stopped_before_the_input_was_read_keeps_no_work_dir_of_its_own(monkeypatch, tmp_path: Path,
-                                                                               own_work: bool) -> None:
-    """Stopped during preprocess (a SIGTERM in its first second), `run` left its own work dir holding only
-    the owner record and said "kept (the input was not fully read yet): run the same command again to
-    resume", with nothing there to resume from. A --work of the user's is left as it was said to be."""
-    from clips import make_clip
+def test_a_run_stopped_before_any_chunk_was_stylized_keeps_no_work_dir_of_its_own(
+        monkeypatch, tmp_path: Path, stopped_when: str, frames: int, said: str, kept: str, own_work: bool) -> None:
+    """Nothing, or only preprocess, to resume from: run's own work dir goes, in one line saying so. A --work
+    of the user's is kept, as it is said to be."""
     from stylebatch import run
     from stylebatch.errors import Interrupted
-    from stylebatch.requests import RunRequest
+    from stylebatch.requests import EncodingOptions, RunRequest
+
+    preprocess = run._preprocess
 
     def stopped(*args):
+        if stopped_when == "after preprocess":
+            preprocess(*args)
         raise KeyboardInterrupt  # what the stop signal's handler raises (signals.py)
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.setattr(run, "_early_ranks", lambda *args: None)
     monkeypatch.setattr(run, "_preprocess", stopped)
-    clip = make_clip(tmp_path / "in.mp4", frames=4)
+    clip = make_clip(tmp_path / "in.mp4", frames=frames)
     work = None if own_work else str(tmp_path / "work")
     with pytest.raises(Interrupted) as ended:
-        run.run(RunRequest(input=str(clip), output=str(tmp_path / "o.mp4"), work=work))
+        run.run(RunRequest(input=str(clip), output=str(tmp_path / "o.mp4"), work=work, workers=1,
+                           encoding=EncodingOptions(chunk_frames=4)))
     if own_work:
-        assert str(ended.value).endswith("before the input was read: nothing kept"), str(ended.value)
+        assert str(ended.value).endswith(f"{said}: nothing kept"), str(ended.value)
         assert list((tmp_path / "cache" / "stylebatch" / "work").iterdir()) == []
     else:
-        assert f"work dir {work} kept (the input was not fully read yet): run again with --work" in str(ended.value)
-        assert (tmp_path / "work" / "stylebatch-work.json").exists()
+        assert f"work dir {work} {kept}: run again with --work" in str(ended.value)
+        assert (tmp_path / "work" / ("source.mp4" if stopped_when == "after preprocess" else
+                                     "stylebatch-work.json")).exists()
     assert not (tmp_path / "o.mp4").exists()
 
 

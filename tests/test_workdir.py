@@ -523,38 +523,3 @@ def test_a_changed_input_removes_the_earlier_runs_work_dir_for_that_input_and_ou
     again = stylebatch("run", src, "-o", out, *flags[:-1], env=env)  # no longer held: nothing can resume it
     assert again.returncode == 0 and "removed an earlier run's work dir" in again.stderr, again.stderr
     assert sorted(_own_work_dirs(cache)) == sorted([other, legacy])
-
-
-@pytest.mark.parametrize("own_work", [True, False])
-def test_an_interrupt_after_preprocess_before_any_chunk_was_stylized_keeps_no_work_dir_of_runs_own(
-        monkeypatch, tmp_path: Path, own_work: bool) -> None:
-    """Ctrl-C once preprocess was done but before any chunk was stylized kept run's own work dir
-    ("kept with 0 of 3 chunks stylized") holding a whole copy of the input: resuming it saves only
-    preprocess, yet it stayed in the cache (for ever, if the command was not run again). Now it goes,
-    as it goes for a run that fails before anything was stylized; a --work of the user's is kept."""
-    from clips import make_clip
-    from stylebatch import run
-    from stylebatch.errors import Interrupted
-    from stylebatch.requests import EncodingOptions, RunRequest
-
-    preprocess = run._preprocess
-
-    def preprocessed_then_stopped(*args):
-        preprocess(*args)
-        raise KeyboardInterrupt  # what the stop signal's handler raises (signals.py)
-
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    monkeypatch.setattr(run, "_early_ranks", lambda *args: None)
-    monkeypatch.setattr(run, "_preprocess", preprocessed_then_stopped)
-    clip = make_clip(tmp_path / "in.mp4", frames=12)
-    work = None if own_work else str(tmp_path / "work")
-    with pytest.raises(Interrupted) as ended:
-        run.run(RunRequest(input=str(clip), output=str(tmp_path / "o.mp4"), work=work, workers=1,
-                           encoding=EncodingOptions(chunk_frames=4)))
-    if own_work:
-        assert str(ended.value).endswith("before any chunk was stylized: nothing kept"), str(ended.value)
-        assert list((tmp_path / "cache" / "stylebatch" / "work").iterdir()) == []
-    else:
-        assert f"work dir {work} kept with 0 of 3 chunks stylized: run again with --work" in str(ended.value)
-        assert (tmp_path / "work" / "source.mp4").exists()
-    assert not (tmp_path / "o.mp4").exists()

@@ -27,6 +27,8 @@ need=()
 command -v ffmpeg >/dev/null && command -v ffprobe >/dev/null || need+=(ffmpeg)
 [ -f /usr/share/doc/opencv-doc/examples/data/Megamind.avi ] || need+=(opencv-doc)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
+# a C compiler: pip builds the CPU's instance norms in C (worker/stylebatch/_instance_norm.c)
+command -v cc >/dev/null && [ -f /usr/include/stdint.h ] || need+=(gcc libc6-dev)
 if [ "$with_tests" = 1 ]; then
   command -v node >/dev/null || need+=(nodejs)
   command -v npm >/dev/null || need+=(npm)
@@ -47,7 +49,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 extras="worker,operator"
 [ "$with_tests" = 1 ] && extras="$extras,test"
-stamp=".venv/.stylebatch-$(cat pyproject.toml constraints.txt | sha256sum | cut -c1-16)-$extras"
+stamp=".venv/.stylebatch-$(cat pyproject.toml constraints.txt worker/stylebatch/*.c | sha256sum | cut -c1-16)-$extras"
 if [ ! -f "$stamp" ]; then
   say "installing Python packages (.[${extras}], torch pinned in constraints.txt)"
   .venv/bin/python -m pip install -q --upgrade pip

@@ -303,3 +303,42 @@ def test_worker_image_needs_nothing_the_hardened_job_pods_take_away():
     # ssh as the same user: no capability, no root.
     sshd = _copied(f"{MPI_HOME}/.sshd_config")
     assert int(sshd["Port"]) >= 1024 and sshd["PidFile"] == "none"
+
+
+def test_the_worker_image_builds_the_c_instance_norm_in_its_build_stage_only():
+    """The worker image's CPU norms are the C kernel's (2-4x torch's operations): the build stage has a
+    compiler and the build fails if the kernel was not built; the final stage gets the library only."""
+    instructions = parse("Dockerfile.worker")
+    final = final_stage(instructions)
+    build = instructions[:len(instructions) - len(final)]
+    installed = " ".join(re.findall(r"apt-get install ([^&;]+)", runs(build)))
+    assert {"gcc", "libc6-dev"} <= set(installed.split())
+    assert "native_norm.available()" in runs(build), "a build whose compiler failed would paint at torch's speed"
+
+
+@pytest.mark.parametrize("compiler, built", [("cc", True), ("/bin/false", False)])
+def test_the_package_installs_with_or_without_a_c_compiler(tmp_path, compiler, built):
+    """pip builds the C instance norm where there is a compiler; where there is none (or it fails) the
+    package still installs, and its norms are torch's operations (fast_nets, native_norm)."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
+
+    source = tmp_path / "source"  # the sources only: no library or build folder left by an earlier build
+    keep_out = shutil.ignore_patterns("*.so", "__pycache__", "build", "*.egg-info")
+    for part in ("worker", "operator"):
+        shutil.copytree(ROOT / part, source / part, ignore=keep_out)
+    for part in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / part, source / part)
+    env = {**os.environ, "CC": compiler}
+    done = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+                           "-w", str(tmp_path / "wheels"), str(source)], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (wheel,) = (tmp_path / "wheels").glob("stylebatch-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    libraries = [n for n in names if n.startswith("stylebatch/_instance_norm") and n.endswith(".so")]
+    assert bool(libraries) == built
+    assert "stylebatch/native_norm.py" in names and "stylebatch/fast_nets.py" in names

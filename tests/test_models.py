@@ -610,13 +610,26 @@ def test_column_group_conv_equals_reflection_padding_then_the_convolution(monkey
     assert psnr(fast.double().numpy(), exact.numpy(), peak) >= best
 
 
+@pytest.fixture(params=["C", "torch"])
+def norm_path(request, monkeypatch):
+    """Each instance-norm test runs twice: through the C kernel (native_norm, what pip builds) and
+    through torch's operations (what runs where it was not built). Both keep one contract."""
+    from stylebatch import native_norm
+
+    if request.param == "torch":
+        monkeypatch.setattr(native_norm, "_kernel", lambda: None)
+    elif not native_norm.available():
+        pytest.fail("the C instance norm was not built: rerun scripts/setup.sh (pip builds it with a C compiler)")
+    return request.param
+
+
 @pytest.mark.parametrize("relu", [True, False])
 @pytest.mark.parametrize("whole, step", [(1 << 21, 1 << 18),  # small enough to be one step
                                          (0, 1000),  # in steps: many, with a remainder
                                          (0, 1 << 18)])  # in steps
 @pytest.mark.parametrize("channels", [32, 4, 3])  # 4 and 3 (the output layers): rows of many pixels, and a remainder
 @pytest.mark.parametrize("mean, spread", [(1.0, 3.0), (100.0, 0.01)])  # a picture, and a low-contrast one
-def test_the_in_place_instance_norm_equals_torchs(monkeypatch, relu, whole, step, channels, mean, spread):
+def test_the_in_place_instance_norm_equals_torchs(norm_path, monkeypatch, relu, whole, step, channels, mean, spread):
     """Against F.instance_norm in float64, at least as close as torch's own fp32 instance norm (or 100 dB).
     The low-contrast case (mean 10^4 times the spread: a fade, fog) is where the mean square minus the
     squared mean cancels away in fp32 (13 dB here; 15-24 dB pictures from the whole networks)."""
@@ -661,7 +674,7 @@ def test_the_networks_in_bf16_give_fp32_pictures_whatever_convolves_bf16(monkeyp
 @pytest.mark.parametrize("relu", [True, False])
 @pytest.mark.parametrize("step", [1 << 18, 1000])  # one step; many, with a remainder
 @pytest.mark.parametrize("channels", [32, 3])  # 3: rows of many pixels, and a remainder
-def test_a_bf16_picture_is_normed_in_place_with_fp32_statistics(monkeypatch, relu, step, channels):
+def test_a_bf16_picture_is_normed_in_place_with_fp32_statistics(norm_path, monkeypatch, relu, step, channels):
     """Where the networks paint in bf16 on the CPU (`--precision bf16`, and auto with a .pth on a CPU
     with native bf16) a convolution's bf16 picture is normed where it lies, its statistics and
     normalisation in fp32 and rounded to bf16 once: as close to torch's instance norm in float64 as
@@ -688,7 +701,7 @@ def test_a_bf16_picture_is_normed_in_place_with_fp32_statistics(monkeypatch, rel
 
 
 @pytest.mark.parametrize("whole", [1 << 21, 0])
-def test_the_in_place_instance_norm_gives_a_constant_channel_its_bias(monkeypatch, whole):
+def test_the_in_place_instance_norm_gives_a_constant_channel_its_bias(norm_path, monkeypatch, whole):
     """A flat picture (a black frame, a title card) stays flat: each constant channel becomes its bias."""
     from stylebatch import fast_nets
 
@@ -710,8 +723,8 @@ def test_the_in_place_instance_norm_gives_a_constant_channel_its_bias(monkeypatc
                                   1000])  # long rows in steps of columns, with a remainder
 @pytest.mark.parametrize("channels", [128, 3])
 @pytest.mark.parametrize("mean, spread", [(1.0, 3.0), (100.0, 0.01)])  # a picture, and a low-contrast one
-def test_the_in_place_instance_norm_of_an_nchw_picture_equals_torchs(monkeypatch, relu, block, step, channels, mean,
-                                                                     spread):
+def test_the_in_place_instance_norm_of_an_nchw_picture_equals_torchs(norm_path, monkeypatch, relu, block, step,
+                                                                     channels, mean, spread):
     """The residual blocks work NCHW (nnpack_conv's layout): the norm works there in place too, a block
     of channels at a time (long rows in steps of columns), as exact as on channels-last pictures."""
     from stylebatch import fast_nets
@@ -736,7 +749,7 @@ def not_the_nchw_path(*args):
     raise AssertionError("an NCHW picture went through the channels-last path (a copy each way)")
 
 
-def test_the_in_place_instance_norm_of_an_nchw_picture_gives_a_constant_channel_its_bias(monkeypatch):
+def test_the_in_place_instance_norm_of_an_nchw_picture_gives_a_constant_channel_its_bias(norm_path, monkeypatch):
     from stylebatch import fast_nets
 
     monkeypatch.setattr(fast_nets, "_instance_norm_pixels_", not_the_nchw_path)
@@ -752,8 +765,8 @@ def test_the_in_place_instance_norm_of_an_nchw_picture_gives_a_constant_channel_
     ("channels_last", 32, 90, 160, None), ("channels_last", 32, 360, 640, None), ("channels_last", 4, 360, 640, None),
     ("nchw", 128, 90, 160, None), ("nchw", 128, 180, 320, None), ("nchw", 32, 360, 640, None),  # in steps of columns
     ("nchw", 9, 192, 192, 1)])  # channels longer than a block (frames over 4K): torch splits a lone long sum
-def test_the_in_place_instance_norm_gives_the_same_bits_with_any_number_of_threads(monkeypatch, layout, channels,
-                                                                                   height, width, block):
+def test_the_in_place_instance_norm_gives_the_same_bits_with_any_number_of_threads(norm_path, monkeypatch, layout,
+                                                                                   channels, height, width, block):
     """A run with 2 ranks of 1 thread (or a resumed one) paints exactly what 1 rank of 2 threads does:
     no sum may depend on how the threads split it (torch's batch-norm statistics do)."""
     from stylebatch import fast_nets
@@ -775,7 +788,7 @@ def test_the_in_place_instance_norm_gives_the_same_bits_with_any_number_of_threa
     assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])
 
 
-def test_the_in_place_instance_norm_normalises_a_slice_in_place():
+def test_the_in_place_instance_norm_normalises_a_slice_in_place(norm_path):
     from stylebatch import fast_nets
 
     gen = torch.Generator().manual_seed(5)
@@ -789,6 +802,58 @@ def test_the_in_place_instance_norm_normalises_a_slice_in_place():
     assert out.data_ptr() == part.data_ptr()
     assert psnr(part.numpy(), expected.numpy(), peak=float(expected.abs().max())) >= 100
     assert torch.equal(whole[:, :, :2], before[:, :, :2])  # nothing outside the slice changed
+
+
+@pytest.mark.parametrize("layout, dtype, residual_layout", [
+    ("channels_last", torch.float32, "same"), ("channels_last", torch.bfloat16, "same"),
+    ("nchw", torch.float32, "same"),
+    ("channels_last", torch.float32, "other")])  # a residual of another layout: added after the norm
+def test_a_residual_block_adds_its_input_in_the_norms_pass(norm_path, layout, dtype, residual_layout):
+    """The residual blocks end in `norm(conv) + input`: with the C kernel the sum is made in the norm's
+    own pass over the picture, rounded once (bf16: at least as close as norm-then-add, which rounds
+    twice); the input is left as it was."""
+    from stylebatch import fast_nets
+
+    gen = torch.Generator().manual_seed(11)
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    x = (torch.randn(2, 32, 23, 41, generator=gen) * 2 + 1).to(dtype).contiguous(memory_format=fmt)
+    residual = torch.randn(2, 32, 23, 41, generator=gen).to(dtype)
+    residual = residual.contiguous(memory_format=fmt if residual_layout == "same" else torch.contiguous_format
+                                   if layout == "channels_last" else torch.channels_last)
+    kept = residual.clone()
+    weight, bias = torch.rand(32, generator=gen) + 0.5, torch.randn(32, generator=gen)
+    expected = torch.nn.functional.instance_norm(x.double().contiguous(), weight=weight.double(), bias=bias.double(),
+                                                 eps=1e-5) + residual.double()
+    twice = torch.nn.functional.instance_norm(x.float().contiguous(), weight=weight, bias=bias, eps=1e-5).to(dtype)
+    twice = (twice.float() + residual.float()).to(dtype)  # norm, round, add, round: the plain network's way
+    peak = float(expected.abs().max())
+    with torch.inference_mode():
+        got = fast_nets.instance_norm(x, weight, bias, relu=False, residual=residual)
+    assert got.data_ptr() == x.data_ptr() and got.dtype == dtype and torch.equal(residual, kept)
+    assert psnr(got.double().numpy(), expected.numpy(), peak) >= min(100, psnr(twice.double().numpy(), expected.numpy(),
+                                                                               peak) - 1)
+
+
+@pytest.mark.parametrize("picture", ["float16", "a slice", "2000 channels", "on the meta device"])
+def test_the_c_instance_norm_leaves_what_it_does_not_take_untouched(picture):
+    """native_norm takes CPU fp32/bf16 pictures in one block of memory, in one of two layouts, of at
+    most 1024 channels; anything else it leaves as it was and says so (fast_nets then uses torch)."""
+    from stylebatch import native_norm
+
+    if not native_norm.available():
+        pytest.fail("the C instance norm was not built: rerun scripts/setup.sh (pip builds it with a C compiler)")
+    channels = 2000 if picture == "2000 channels" else 8
+    x = torch.randn(1, channels, 6, 10)
+    if picture == "float16":
+        x = x.half()
+    elif picture == "a slice":
+        x = x[:, :, 1:5, 2:9]
+    elif picture == "on the meta device":
+        x = x.to("meta")
+    before = x.clone()
+    weight, bias = torch.ones(channels), torch.zeros(channels)
+    assert native_norm.instance_norm_(x, weight, bias, True, None, 64, 1e-10) is False
+    assert picture == "on the meta device" or torch.equal(x, before)
 
 
 needs_nnpack = pytest.mark.skipif(not __import__("stylebatch.fast_nets").fast_nets.winograd_available(),

@@ -137,23 +137,22 @@ static void affine(long c, long n, const double *shift, const double *sums, cons
                 shift[k] += LOAD(x, p * c + k);                                                            \
         for (long k = 0; k < c; k++)                                                                       \
             shift[k] = (float)(shift[k] / samples);                                                        \
-        for (long j = 0; j < width; j++) {                                                                 \
+        for (long j = 0; j < width; j++)                                                                   \
             row_shift[j] = (float)shift[j % c];                                                            \
-            s[j] = q[j] = 0;                                                                               \
-        }                                                                                                  \
-        for (long r = 0; r < rows; r++) {                                                                  \
-            long at = r * width;                                                                           \
-            for (long j = 0; j < width; j++) {                                                             \
-                float d = LOAD(x, at + j) - row_shift[j];                                                  \
-                s[j] += d;                                                                                 \
-                q[j] += d * d;                                                                             \
-            }                                                                                              \
-            if (r % flush == flush - 1 || r == rows - 1)                                                   \
+        for (long block = 0; block < rows; block += flush) {                                               \
+            long end = block + flush < rows ? block + flush : rows;                                        \
+            for (long j = 0; j < width; j++)                                                               \
+                s[j] = q[j] = 0;                                                                           \
+            for (long r = block; r < end; r++)                                                             \
                 for (long j = 0; j < width; j++) {                                                         \
-                    sums[j % c] += s[j];                                                                   \
-                    squares[j % c] += q[j];                                                                \
-                    s[j] = q[j] = 0;                                                                       \
+                    float d = LOAD(x, r * width + j) - row_shift[j];                                       \
+                    s[j] += d;                                                                             \
+                    q[j] += d * d;                                                                         \
                 }                                                                                          \
+            for (long j = 0; j < width; j++) {                                                             \
+                sums[j % c] += s[j];                                                                       \
+                squares[j % c] += q[j];                                                                    \
+            }                                                                                              \
         }                                                                                                  \
         for (long i = rows * width; i < n * c; i++) { /* the pixels left over from whole rows */          \
             double d = LOAD(x, i) - row_shift[i % c];                                                      \
@@ -186,25 +185,27 @@ static void affine(long c, long n, const double *shift, const double *sums, cons
                             const void *residual, long sample_stride, double flat, double eps)           \
     {                                                                                                      \
         for (long k = 0; k < c; k++) {                                                                     \
-            long at = k * n, samples = 0, whole = n - n % 16;                                              \
+            long at = k * n, samples = 0, whole = n - n % ROW_VALUES;                                      \
             double shift = 0, sums = 0, squares = 0;                                                       \
-            float s[16] = {0}, q[16] = {0}, scale, beta;                                                   \
+            float s[ROW_VALUES], q[ROW_VALUES], scale, beta;                                               \
             for (long p = 0; p < n; p += sample_stride, samples++)                                         \
                 shift += LOAD(x, at + p);                                                                  \
             float sh = (float)(shift / samples);                                                           \
             shift = sh;                                                                                    \
-            for (long p = 0; p < whole; p += 16) {                                                         \
-                for (long j = 0; j < 16; j++) {                                                            \
-                    float d = LOAD(x, at + p + j) - sh;                                                    \
-                    s[j] += d;                                                                             \
-                    q[j] += d * d;                                                                         \
-                }                                                                                          \
-                if ((p + 16) % FLUSH_VALUES == 0 || p + 16 == whole)                                       \
-                    for (long j = 0; j < 16; j++) {                                                        \
-                        sums += s[j];                                                                      \
-                        squares += q[j];                                                                   \
-                        s[j] = q[j] = 0;                                                                   \
+            for (long block = 0; block < whole; block += FLUSH_VALUES) { /* ROW_VALUES lanes: 4 vectors */ \
+                long end = block + FLUSH_VALUES < whole ? block + FLUSH_VALUES : whole;                    \
+                for (long j = 0; j < ROW_VALUES; j++)                                                      \
+                    s[j] = q[j] = 0;                                                                       \
+                for (long p = block; p < end; p += ROW_VALUES)                                             \
+                    for (long j = 0; j < ROW_VALUES; j++) {                                                \
+                        float d = LOAD(x, at + p + j) - sh;                                                \
+                        s[j] += d;                                                                         \
+                        q[j] += d * d;                                                                     \
                     }                                                                                      \
+                for (long j = 0; j < ROW_VALUES; j++) {                                                    \
+                    sums += s[j];                                                                          \
+                    squares += q[j];                                                                       \
+                }                                                                                          \
             }                                                                                              \
             for (long p = whole; p < n; p++) {                                                             \
                 double d = LOAD(x, at + p) - sh;                                                           \

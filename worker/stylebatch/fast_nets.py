@@ -16,7 +16,10 @@ What both networks share, so that a frame's activations are about two full-size 
 peak (tests/test_models.py measures it) and no pass over memory is wasted:
 - `padded_conv`: reflection (or edge) padding without the padded copy of a large picture;
 - `UpsampleConv2x` works a band of rows at a time, so its 4x-channel output is never whole;
-- `instance_norm_` works in place: small pictures whole, large ones in cache-sized steps.
+- `instance_norm_` works in place: in C where pip built `_instance_norm.c` (native_norm: one call a
+  picture, one vectorised pass for the statistics and one for the normalisation, the residual
+  blocks' sum in the same pass), else in torch's operations, small pictures whole, large ones in
+  cache-sized steps.
 
 In bf16 on the CPU (`--precision bf16`, or auto with a .pth where bf16 measured faster than fp32:
 models.cpu_bf16_speedup; the CPU's bf16 autocast around the network) both networks run in bf16

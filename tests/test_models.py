@@ -763,6 +763,7 @@ def test_the_in_place_instance_norm_of_an_nchw_picture_gives_a_constant_channel_
 
 @pytest.mark.parametrize("layout, channels, height, width, block", [
     ("channels_last", 32, 90, 160, None), ("channels_last", 32, 360, 640, None), ("channels_last", 4, 360, 640, None),
+    ("channels_last", 3, 1081, 1921, None),  # the C kernel's parts and threads, with pixels left over from its rows
     ("nchw", 128, 90, 160, None), ("nchw", 128, 180, 320, None), ("nchw", 32, 360, 640, None),  # in steps of columns
     ("nchw", 9, 192, 192, 1)])  # channels longer than a block (frames over 4K): torch splits a lone long sum
 def test_the_in_place_instance_norm_gives_the_same_bits_with_any_number_of_threads(norm_path, monkeypatch, layout,

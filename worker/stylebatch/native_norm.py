@@ -8,8 +8,8 @@ fast_nets uses torch's operations: the same statistics, slower.
 
 Contract (the C file's top comment): in place, fp32 or bf16, channels-last or NCHW pictures, the
 statistics of deviations from a shift near each channel's mean, a channel constant but for
-rounding becomes its bias, then the ReLU and/or a residual added, rounded once; one thread, so the
-same bits with any number of torch threads.
+rounding becomes its bias, then the ReLU and/or a residual added, rounded once; as many threads as
+torch has for large pictures, with the same bits for any number of them.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def _kernel():
             fn.restype = ctypes.c_int
             fn.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long,
                            ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_long,
-                           ctypes.c_double, ctypes.c_double]
+                           ctypes.c_double, ctypes.c_double, ctypes.c_int]
             return fn
     return None
 
@@ -75,9 +75,10 @@ def instance_norm_(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, re
         return False
     weight, bias = weight.detach().float().contiguous(), bias.detach().float().contiguous()
     b, c, h, w = x.shape
+    threads = torch.get_num_threads()
     for i in range(b):
         done = fn(x[i].data_ptr(), _DTYPES[x.dtype], layout, h * w, c, weight.data_ptr(), bias.data_ptr(), int(relu),
-                  None if residual is None else residual[i].data_ptr(), sample_stride, flat, eps)
-        if done != 0:  # it takes every picture that passed the checks above
-            raise RuntimeError(f"the C instance norm refused a {tuple(x.shape)} {x.dtype} picture")
+                  None if residual is None else residual[i].data_ptr(), sample_stride, flat, eps, threads)
+        if done != 0:  # it takes every picture that passed the checks above, given a few KiB of memory
+            raise MemoryError(f"no memory for the instance norm of a {tuple(x.shape)} picture")
     return True

@@ -112,10 +112,12 @@ def test_everything_copied_from_the_context_exists_and_is_sent(dockerfile):
 
 def test_dockerignore_keeps_local_state_out_of_the_build_context():
     for path in [".venv/bin/python", ".git/config", "samples/sample.mp4", ".cache/azurite", "tests/conftest.py",
-                 "worker/stylebatch/__pycache__/cli.cpython-311.pyc"]:
+                 "worker/stylebatch/__pycache__/cli.cpython-311.pyc",
+                 "worker/stylebatch/_instance_norm.cpython-311-x86_64-linux-gnu.so"]:  # built here, for this machine
         assert dockerignored(path), path
     # setuptools needs the readme named in pyproject.toml to build the package.
     assert not dockerignored(PYPROJECT["project"]["readme"])
+    assert not dockerignored("setup.py")  # the worker's C instance norm
 
 
 @pytest.mark.parametrize("dockerfile", IMAGES)
@@ -330,7 +332,7 @@ def test_the_package_installs_with_or_without_a_c_compiler(tmp_path, compiler, b
     keep_out = shutil.ignore_patterns("*.so", "__pycache__", "build", "*.egg-info")
     for part in ("worker", "operator"):
         shutil.copytree(ROOT / part, source / part, ignore=keep_out)
-    for part in ("pyproject.toml", "README.md"):
+    for part in ("pyproject.toml", "setup.py", "README.md"):
         shutil.copy(ROOT / part, source / part)
     env = {**os.environ, "CC": compiler}
     done = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",

@@ -835,7 +835,7 @@ def test_a_residual_block_adds_its_input_in_the_norms_pass(norm_path, layout, dt
                                                                                peak) - 1)
 
 
-@pytest.mark.parametrize("picture", ["float16", "a slice", "2000 channels", "on the meta device"])
+@pytest.mark.parametrize("picture", ["float16", "a slice", "2000 channels", "on the meta device", "with gradients"])
 def test_the_c_instance_norm_leaves_what_it_does_not_take_untouched(picture):
     """native_norm takes CPU fp32/bf16 pictures in one block of memory, in one of two layouts, of at
     most 1024 channels; anything else it leaves as it was and says so (fast_nets then uses torch)."""
@@ -851,10 +851,12 @@ def test_the_c_instance_norm_leaves_what_it_does_not_take_untouched(picture):
         x = x[:, :, 1:5, 2:9]
     elif picture == "on the meta device":
         x = x.to("meta")
-    before = x.clone()
+    elif picture == "with gradients":  # training: autograd would not see a change made in C
+        x.requires_grad_(True)
+    before = x.detach().clone()
     weight, bias = torch.ones(channels), torch.zeros(channels)
     assert native_norm.instance_norm_(x, weight, bias, True, None, 64, 1e-10) is False
-    assert picture == "on the meta device" or torch.equal(x, before)
+    assert picture == "on the meta device" or torch.equal(x.detach(), before)
 
 
 needs_nnpack = pytest.mark.skipif(not __import__("stylebatch.fast_nets").fast_nets.winograd_available(),

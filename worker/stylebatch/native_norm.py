@@ -69,6 +69,8 @@ def instance_norm_(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, re
     fn = _kernel()
     if fn is None or x.device.type != "cpu" or x.dtype not in _DTYPES or x.numel() == 0 or x.shape[1] > MAX_CHANNELS:
         return False
+    if x.requires_grad or (residual is not None and residual.requires_grad):  # autograd would not see a write in C
+        return False
     layout = _layout(x)
     if layout is None or (residual is not None and (residual.dtype != x.dtype or residual.shape != x.shape
                                                     or residual.device != x.device or residual.stride() != x.stride())):

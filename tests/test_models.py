@@ -835,10 +835,14 @@ def test_a_residual_block_adds_its_input_in_the_norms_pass(norm_path, layout, dt
                                                                                peak) - 1)
 
 
-@pytest.mark.parametrize("picture", ["float16", "a slice", "2000 channels", "on the meta device", "with gradients"])
+@pytest.mark.parametrize("picture", ["float16", "a slice", "2000 channels", "on the meta device", "with gradients",
+                                     "weights of another length", "a residual in its own memory", "a negated view"])
 def test_the_c_instance_norm_leaves_what_it_does_not_take_untouched(picture):
     """native_norm takes CPU fp32/bf16 pictures in one block of memory, in one of two layouts, of at
-    most 1024 channels; anything else it leaves as it was and says so (fast_nets then uses torch)."""
+    most 1024 channels, with C weights and a residual of its own; anything else it leaves as it was and
+    says so (fast_nets then uses torch, which paints it or says what is wrong). Found in review: weights
+    of another length were read past their end, a residual sharing x's memory was read while written
+    (other bits with other thread counts), a negated view normalised its memory's values."""
     from stylebatch import native_norm
 
     if not native_norm.available():
@@ -853,10 +857,29 @@ def test_the_c_instance_norm_leaves_what_it_does_not_take_untouched(picture):
         x = x.to("meta")
     elif picture == "with gradients":  # training: autograd would not see a change made in C
         x.requires_grad_(True)
+    elif picture == "a negated view":
+        x = torch._neg_view(x)
     before = x.detach().clone()
     weight, bias = torch.ones(channels), torch.zeros(channels)
-    assert native_norm.instance_norm_(x, weight, bias, True, None, 64, 1e-10) is False
+    if picture == "weights of another length":
+        weight, bias = torch.ones(channels - 1), torch.zeros(channels - 1)
+    residual = x[:, :, :, :].view(x.shape) if picture == "a residual in its own memory" else None
+    assert native_norm.instance_norm_(x, weight, bias, True, residual, 64, 1e-10) is False
     assert picture == "on the meta device" or torch.equal(x.detach(), before)
+
+
+def test_autograd_sees_the_norms_write(norm_path):
+    """A picture an earlier operation saved for its gradient is stale once normed in place: backward
+    says so, as for any in-place torch operation, instead of computing with the normed values (the C
+    kernel's write was invisible to autograd, found in review: a wrong gradient, no error)."""
+    from stylebatch import fast_nets
+
+    x = torch.randn(1, 8, 6, 10).contiguous(memory_format=torch.channels_last)
+    a = torch.ones(1, requires_grad=True)
+    z = (a * x).sum()  # saves x for a's gradient
+    fast_nets.instance_norm_(x, torch.ones(8), torch.zeros(8), relu=False)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        z.backward()
 
 
 needs_nnpack = pytest.mark.skipif(not __import__("stylebatch.fast_nets").fast_nets.winograd_available(),

@@ -113,7 +113,7 @@ def test_everything_copied_from_the_context_exists_and_is_sent(dockerfile):
 def test_dockerignore_keeps_local_state_out_of_the_build_context():
     for path in [".venv/bin/python", ".git/config", "samples/sample.mp4", ".cache/azurite", "tests/conftest.py",
                  "worker/stylebatch/__pycache__/cli.cpython-311.pyc",
-                 "worker/stylebatch/_instance_norm.cpython-311-x86_64-linux-gnu.so"]:  # built here, for this machine
+                 "worker/stylebatch/_native.cpython-311-x86_64-linux-gnu.so"]:  # built here, for this machine
         assert dockerignored(path), path
     # setuptools needs the readme named in pyproject.toml to build the package.
     assert not dockerignored(PYPROJECT["project"]["readme"])
@@ -315,13 +315,13 @@ def test_the_worker_image_builds_the_c_instance_norm_in_its_build_stage_only():
     build = instructions[:len(instructions) - len(final)]
     installed = " ".join(re.findall(r"apt-get install ([^&;]+)", runs(build)))
     assert {"gcc", "libc6-dev"} <= set(installed.split())
-    assert "native_norm.available()" in runs(build), "a build whose compiler failed would paint at torch's speed"
+    assert "native.available()" in runs(build), "a build whose compiler failed would paint at torch's speed"
 
 
 @pytest.mark.parametrize("compiler, built", [("cc", True), ("/bin/false", False)])
 def test_the_package_installs_with_or_without_a_c_compiler(tmp_path, compiler, built):
     """pip builds the C instance norm where there is a compiler; where there is none (or it fails) the
-    package still installs, and its norms are torch's operations (fast_nets, native_norm)."""
+    package still installs, and its norms are torch's operations (fast_nets, native)."""
     import os
     import shutil
     import subprocess
@@ -341,6 +341,6 @@ def test_the_package_installs_with_or_without_a_c_compiler(tmp_path, compiler, b
     assert done.returncode == 0, done.stderr[-2000:]
     (wheel,) = (tmp_path / "wheels").glob("stylebatch-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    libraries = [n for n in names if n.startswith("stylebatch/_instance_norm") and n.endswith(".so")]
+    libraries = [n for n in names if n.startswith("stylebatch/_native") and n.endswith(".so")]
     assert bool(libraries) == built
-    assert "stylebatch/native_norm.py" in names and "stylebatch/fast_nets.py" in names
+    assert "stylebatch/native.py" in names and "stylebatch/fast_nets.py" in names

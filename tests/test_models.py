@@ -612,13 +612,13 @@ def test_column_group_conv_equals_reflection_padding_then_the_convolution(monkey
 
 @pytest.fixture(params=["C", "torch"])
 def norm_path(request, monkeypatch):
-    """Each instance-norm test runs twice: through the C kernel (native_norm, what pip builds) and
+    """Each instance-norm test runs twice: through the C kernel (native, what pip builds) and
     through torch's operations (what runs where it was not built). Both keep one contract."""
-    from stylebatch import native_norm
+    from stylebatch import native
 
     if request.param == "torch":
-        monkeypatch.setattr(native_norm, "_kernel", lambda: None)
-    elif not native_norm.available():
+        monkeypatch.setattr(native, "_kernel", lambda: None)
+    elif not native.available():
         pytest.fail("the C instance norm was not built: rerun scripts/setup.sh (pip builds it with a C compiler)")
     return request.param
 
@@ -838,14 +838,14 @@ def test_a_residual_block_adds_its_input_in_the_norms_pass(norm_path, layout, dt
 @pytest.mark.parametrize("picture", ["float16", "a slice", "2000 channels", "on the meta device", "with gradients",
                                      "weights of another length", "a residual in its own memory", "a negated view"])
 def test_the_c_instance_norm_leaves_what_it_does_not_take_untouched(picture):
-    """native_norm takes CPU fp32/bf16 pictures in one block of memory, in one of two layouts, of at
+    """native.instance_norm_ takes CPU fp32/bf16 pictures in one block of memory, in one of two layouts, of at
     most 1024 channels, with C weights and a residual of its own; anything else it leaves as it was and
     says so (fast_nets then uses torch, which paints it or says what is wrong). Found in review: weights
     of another length were read past their end, a residual sharing x's memory was read while written
     (other bits with other thread counts), a negated view normalised its memory's values."""
-    from stylebatch import native_norm
+    from stylebatch import native
 
-    if not native_norm.available():
+    if not native.available():
         pytest.fail("the C instance norm was not built: rerun scripts/setup.sh (pip builds it with a C compiler)")
     channels = 2000 if picture == "2000 channels" else 8
     x = torch.randn(1, channels, 6, 10)
@@ -864,8 +864,81 @@ def test_the_c_instance_norm_leaves_what_it_does_not_take_untouched(picture):
     if picture == "weights of another length":
         weight, bias = torch.ones(channels - 1), torch.zeros(channels - 1)
     residual = x[:, :, :, :].view(x.shape) if picture == "a residual in its own memory" else None
-    assert native_norm.instance_norm_(x, weight, bias, True, residual, 64, 1e-10) is False
+    assert native.instance_norm_(x, weight, bias, True, residual, 64, 1e-10) is False
     assert picture == "on the meta device" or torch.equal(x.detach(), before)
+
+
+def _needs_native():
+    from stylebatch import native
+
+    if not native.available():
+        pytest.fail("the C kernels were not built: rerun scripts/setup.sh (pip builds them with a C compiler)")
+
+
+@pytest.mark.parametrize("channels", [3, 2, 5])  # 3: RGB, the kernel's own loop; others the general one
+@pytest.mark.parametrize("height, width", [(20, 28), (11, 10), (37, 53)])
+def test_column_pairs_are_the_padded_picture_beside_itself_shifted(channels, height, width):
+    """native.column_pairs: the first layer's input, made in C in one pass, equals what torch's
+    reflection padding and a shifted copy give, bit for bit, the columns past the padding 0."""
+    from stylebatch import native
+
+    _needs_native()
+    gen = torch.Generator().manual_seed(height * width + channels)
+    x = torch.randn(2, channels, height, width, generator=gen).bfloat16().contiguous(memory_format=torch.channels_last)
+    pad, shift = 4, 5
+    got = native.column_pairs(x, pad, shift)
+    padded = torch.nn.functional.pad(x.float(), [pad] * 4, mode="reflect").bfloat16()
+    ow = width + shift - 1
+    shifted = torch.zeros_like(padded[..., :ow])
+    shifted[..., :padded.shape[-1] - shift] = padded[..., shift:shift + ow]
+    expected = torch.cat([padded[..., :ow], shifted], dim=1)
+    assert got.is_contiguous(memory_format=torch.channels_last) and got.shape == expected.shape
+    assert torch.equal(got, expected)
+
+
+@pytest.mark.parametrize("kernel", [9, 5])
+@pytest.mark.parametrize("height, width", [(20, 28), (37, 53), (90, 160)])
+def test_the_first_layer_in_column_pairs_is_the_reflection_padded_convolution(kernel, height, width):
+    """The networks' first layer in bf16 (3 channels, which oneDNN pads to 4) as a K x (K+1)/2
+    convolution of the picture beside itself shifted: the same sums in another order, as exact as the
+    plain bf16 convolution against float64, channels-last out, with or without a bias."""
+    from stylebatch import fast_nets
+
+    _needs_native()
+    gen = torch.Generator().manual_seed(kernel + height)
+    x = torch.rand(1, 3, height, width, generator=gen).bfloat16().contiguous(memory_format=torch.channels_last)
+    weight = (torch.randn(32, 3, kernel, kernel, generator=gen) * 0.1).bfloat16()
+    bias = torch.randn(32, generator=gen).bfloat16()
+    padded = torch.nn.functional.pad(x.double(), [kernel // 2] * 4, mode="reflect")
+    with torch.inference_mode():
+        for b in (None, bias):
+            exact = torch.nn.functional.conv2d(padded, weight.double(), None if b is None else b.double())
+            plain = torch.nn.functional.conv2d(torch.nn.functional.pad(x, [kernel // 2] * 4, mode="reflect"), weight, b)
+            got = fast_nets.column_pair_conv(x, weight, b)
+            assert got.shape == exact.shape and got.dtype == torch.bfloat16
+            assert got.is_contiguous(memory_format=torch.channels_last)
+            peak = float(exact.abs().max())
+            assert psnr(got.double().numpy(), exact.numpy(), peak) >= psnr(plain.double().numpy(), exact.numpy(),
+                                                                          peak) - 1
+
+
+@pytest.mark.parametrize("dtype, channels, onednn, paired", [
+    (torch.bfloat16, 3, True, True),  # the first layer in bf16 where oneDNN convolves bf16
+    (torch.float32, 3, True, False),  # fp32 pads nothing: its own kernel stays
+    (torch.bfloat16, 3, False, False),  # torch's fallback convolution: no padding to save
+    (torch.bfloat16, 32, True, False)])  # wide pictures: nothing padded
+def test_padded_conv_takes_column_pairs_for_the_bf16_first_layer_only(monkeypatch, dtype, channels, onednn, paired):
+    from stylebatch import fast_nets
+
+    _needs_native()
+    monkeypatch.setattr(fast_nets, "onednn_bf16", lambda: onednn)
+    taken = []
+    real = fast_nets.column_pair_conv
+    monkeypatch.setattr(fast_nets, "column_pair_conv", lambda *a: taken.append(1) or real(*a))
+    x = torch.rand(1, channels, 24, 30).to(dtype).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        fast_nets.padded_conv(x, torch.randn(32, channels, 9, 9).to(dtype), pad=4)
+    assert bool(taken) == paired
 
 
 def test_autograd_sees_the_norms_write(norm_path):

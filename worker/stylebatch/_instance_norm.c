@@ -1,7 +1,7 @@
 /* Instance norm of one picture in place, in one call: the CPU kernel behind fast_nets.instance_norm_.
  *
- * A plain C library (no Python API), loaded with ctypes by stylebatch/native_norm.py; built by pip
- * as an optional extension (setup.py), so that an install without a C compiler still works,
+ * Plain C (no Python API), part of the _native library loaded with ctypes by stylebatch/native.py;
+ * built by pip as an optional extension (setup.py), so that an install without a C compiler still works,
  * with torch's operations instead (the same statistics, several times slower: docs/benchmarks.md).
  *
  * What it computes is fast_nets.instance_norm_'s contract, in one pass for the statistics and one

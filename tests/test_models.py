@@ -941,6 +941,17 @@ def test_padded_conv_takes_column_pairs_for_the_bf16_first_layer_only(monkeypatc
     assert bool(taken) == paired
 
 
+def test_the_first_layer_in_column_pairs_keeps_its_gradient():
+    """A picture autograd tracks is not paired in C (autograd cannot see through it): the plain
+    padded convolution, whose gradient reaches the picture."""
+    from stylebatch import fast_nets
+
+    _needs_native()
+    x = torch.rand(1, 3, 24, 30).bfloat16().contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    fast_nets.column_pair_conv(x, torch.randn(32, 3, 9, 9).bfloat16()).float().sum().backward()
+    assert x.grad is not None and bool(x.grad.abs().sum() > 0)
+
+
 def test_autograd_sees_the_norms_write(norm_path):
     """A picture an earlier operation saved for its gradient is stale once normed in place: backward
     says so, as for any in-place torch operation, instead of computing with the normed values (the C

@@ -118,8 +118,8 @@ def column_pairs(x: torch.Tensor, pad: int, shift: int) -> torch.Tensor | None:
     lib = _library()
     b, c, h, w = x.shape
     if (lib is None or x.dtype != torch.bfloat16 or x.device.type != "cpu" or not x.is_contiguous(
-            memory_format=torch.channels_last) or x.is_neg() or x.is_conj() or x.numel() == 0
-            or not 0 <= pad < min(h, w) or not 0 < shift <= w):
+            memory_format=torch.channels_last) or x.is_neg() or x.is_conj() or x.numel() == 0 or x.requires_grad
+            or not 0 <= pad < min(h, w) or not 0 < shift <= w):  # (autograd cannot see through C)
         return None
     ow = w + shift - 1
     out = torch.empty((b, 2 * c, h + 2 * pad, ow), dtype=x.dtype, memory_format=torch.channels_last)

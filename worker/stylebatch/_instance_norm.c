@@ -118,68 +118,59 @@ typedef struct {
             STATS_LOOP(LOAD, width)                                                                        \
     }
 
-/* values [v0, v1) of a picture whose lanes repeat every `width` values: (x - shift) * scale + beta, the
- * ReLU where RELU, + residual where RES (constants: one vectorised loop each; whole rows of ROW_VALUES
- * values apart, as the compiler unrolls them) */
-#define NORMALISE_LOOP(LOAD, STORE, RELU, RES)                                                             \
+/* value i: (x - SHIFT) * SCALE + BETA, the ReLU where RELU, + residual where RES */
+#define NORMALISE_VALUE(LOAD, STORE, RELU, RES, i, SHIFT, SCALE, BETA)                                      \
+    {                                                                                                      \
+        float y = (LOAD(x, i) - (SHIFT)) * (SCALE) + (BETA);                                               \
+        if (RELU)                                                                                          \
+            y = y < 0 ? 0 : y;                                                                             \
+        if (RES)                                                                                           \
+            y += LOAD(residual, i);                                                                        \
+        STORE(x, i, y);                                                                                    \
+    }
+
+/* LOOP(LOAD, STORE, RELU, RES) with RELU and RES as constants: one vectorised loop each */
+#define BY_FLAGS(LOOP, LOAD, STORE)                                                                        \
+    if (relu && residual)                                                                                  \
+        LOOP(LOAD, STORE, 1, 1)                                                                            \
+    else if (relu)                                                                                         \
+        LOOP(LOAD, STORE, 1, 0)                                                                            \
+    else if (residual)                                                                                     \
+        LOOP(LOAD, STORE, 0, 1)                                                                            \
+    else                                                                                                   \
+        LOOP(LOAD, STORE, 0, 0)
+
+/* values [v0, v1) of a picture whose lanes repeat every `width` values (whole rows of ROW_VALUES values
+ * apart, as the compiler unrolls them) */
+#define PIXELS_LOOP(LOAD, STORE, RELU, RES)                                                                \
     {                                                                                                      \
         long v = v0;                                                                                       \
         if (width == ROW_VALUES)                                                                           \
             for (; v + ROW_VALUES <= v1; v += ROW_VALUES)                                                  \
                 for (long j = 0; j < ROW_VALUES; j++)                                                      \
-                    NORMALISE_VALUE(LOAD, STORE, RELU, RES, v + j, j)                                      \
+                    NORMALISE_VALUE(LOAD, STORE, RELU, RES, v + j, row_shift[j], scale[j], beta[j])        \
         for (; v < v1; v += width)                                                                         \
             for (long j = 0, e = v1 - v < width ? v1 - v : width; j < e; j++)                              \
-                NORMALISE_VALUE(LOAD, STORE, RELU, RES, v + j, j)                                          \
+                NORMALISE_VALUE(LOAD, STORE, RELU, RES, v + j, row_shift[j], scale[j], beta[j])            \
     }
 
-#define NORMALISE_VALUE(LOAD, STORE, RELU, RES, i, j)                                                      \
-    {                                                                                                      \
-        float y = (LOAD(x, i) - row_shift[j]) * scale[j] + beta[j];                                        \
-        if (RELU)                                                                                          \
-            y = y < 0 ? 0 : y;                                                                             \
-        if (RES)                                                                                           \
-            y += LOAD(residual, i);                                                                        \
-        STORE(x, i, y);                                                                                    \
-    }
+/* one NCHW channel's n values (scalars: fewer loads) */
+#define CHANNEL_LOOP(LOAD, STORE, RELU, RES)                                                               \
+    for (long i = 0; i < n; i++)                                                                           \
+        NORMALISE_VALUE(LOAD, STORE, RELU, RES, i, shift, scale, beta)
 
 #define NORMALISE(NAME, LOAD, STORE)                                                                       \
     CLONES static void NAME(void *x, const void *residual, long v0, long v1, long width,                  \
                             const float *row_shift, const float *scale, const float *beta, int relu)      \
     {                                                                                                      \
-        if (relu && residual)                                                                              \
-            NORMALISE_LOOP(LOAD, STORE, 1, 1)                                                              \
-        else if (relu)                                                                                     \
-            NORMALISE_LOOP(LOAD, STORE, 1, 0)                                                              \
-        else if (residual)                                                                                 \
-            NORMALISE_LOOP(LOAD, STORE, 0, 1)                                                              \
-        else                                                                                               \
-            NORMALISE_LOOP(LOAD, STORE, 0, 0)                                                              \
-    }
-
-/* one NCHW channel's n values: (x - shift) * scale + beta, the ReLU, + residual (scalars: fewer loads) */
-#define CHANNEL_LOOP(LOAD, STORE, RELU, RES)                                                               \
-    for (long i = 0; i < n; i++) {                                                                         \
-        float y = (LOAD(x, i) - shift) * scale + beta;                                                     \
-        if (RELU)                                                                                          \
-            y = y < 0 ? 0 : y;                                                                             \
-        if (RES)                                                                                           \
-            y += LOAD(residual, i);                                                                        \
-        STORE(x, i, y);                                                                                    \
+        BY_FLAGS(PIXELS_LOOP, LOAD, STORE)                                                                 \
     }
 
 #define NORMALISE_CHANNEL(NAME, LOAD, STORE)                                                               \
     CLONES static void NAME(void *x, const void *residual, long n, float shift, float scale, float beta,  \
                             int relu)                                                                      \
     {                                                                                                      \
-        if (relu && residual)                                                                              \
-            CHANNEL_LOOP(LOAD, STORE, 1, 1)                                                                \
-        else if (relu)                                                                                     \
-            CHANNEL_LOOP(LOAD, STORE, 1, 0)                                                                \
-        else if (residual)                                                                                 \
-            CHANNEL_LOOP(LOAD, STORE, 0, 1)                                                                \
-        else                                                                                               \
-            CHANNEL_LOOP(LOAD, STORE, 0, 0)                                                                \
+        BY_FLAGS(CHANNEL_LOOP, LOAD, STORE)                                                                \
     }
 
 STATS_ROWS(stats_f32, LOAD_F32)

@@ -1,6 +1,7 @@
 """The one build step pyproject.toml cannot state without an experimental table: stylebatch's CPU
 kernels in C, one library (`stylebatch._native`, loaded with ctypes by worker/stylebatch/native.py):
-the instance norms (_instance_norm.c) and the first layer's input in column pairs (_column_pairs.c).
+the instance norms (_instance_norm.c), padded copies of pictures (_padding.c) and the frames'
+conversions to and from the networks (_frames.c).
 Plain C, no Python API. Optional: where there is no C compiler pip installs everything else and
 fast_nets uses torch's operations instead (the same results, slower)."""
 
@@ -10,6 +11,7 @@ from setuptools import Extension, setup
 # clones (target_clones) give the same bits: a run resumed on another node paints what it would have.
 
 setup(ext_modules=[Extension("stylebatch._native",
-                             sources=["worker/stylebatch/_instance_norm.c", "worker/stylebatch/_column_pairs.c"],
+                             sources=[f"worker/stylebatch/{name}.c" for name in ("_instance_norm", "_padding", "_frames")],
+                             depends=["worker/stylebatch/_native.h"],
                              extra_compile_args=["-O3", "-std=c11", "-pthread"], extra_link_args=["-pthread"],
                              optional=True)])

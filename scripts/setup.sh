@@ -49,7 +49,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 extras="worker,operator"
 [ "$with_tests" = 1 ] && extras="$extras,test"
-stamp=".venv/.stylebatch-$(cat pyproject.toml setup.py constraints.txt worker/stylebatch/*.c | sha256sum | cut -c1-16)-$extras"
+stamp=".venv/.stylebatch-$(cat pyproject.toml setup.py constraints.txt worker/stylebatch/*.[ch] | sha256sum | cut -c1-16)-$extras"
 if [ ! -f "$stamp" ]; then
   say "installing Python packages (.[${extras}], torch pinned in constraints.txt)"
   .venv/bin/python -m pip install -q --upgrade pip

@@ -452,11 +452,27 @@ def psnr(a: np.ndarray, b: np.ndarray, peak: float = 255.0) -> float:
     return float(10 * np.log10(peak ** 2 / max(mse, 1e-12)))
 
 
+@pytest.fixture(params=["C", "torch"])
+def copy_path(request, monkeypatch):
+    """Each padded-layer test runs twice: with the padded strips and the upsampling's interleave made
+    in C (native.row_strip, native.interleave: what pip builds) and by torch's indexing (what runs
+    where the library was not built). Both give the same pictures."""
+    from stylebatch import native
+
+    if request.param == "torch":
+        monkeypatch.setattr(native, "row_strip", lambda *a, **k: None)
+        monkeypatch.setattr(native, "interleave", lambda *a, **k: False)
+    elif not native.available():
+        pytest.fail("the C kernels were not built: rerun scripts/setup.sh (pip builds them with a C compiler)")
+    return request.param
+
+
 @pytest.mark.parametrize("in_channels, out_channels, height, width, bias", [
     (128, 64, 23, 41, False), (64, 32, 10, 7, True), (32, 8, 5, 16, False), (8, 4, 4, 4, True)])
 @pytest.mark.parametrize("band_rows", [None, 4, 10])  # None: the defaults (one band here); 10: rows set by values
-def test_subpixel_upsample_conv_equals_upsample_then_reflection_pad_then_conv(monkeypatch, in_channels, out_channels,
-                                                                              height, width, bias, band_rows):
+def test_subpixel_upsample_conv_equals_upsample_then_reflection_pad_then_conv(monkeypatch, copy_path, in_channels,
+                                                                              out_channels, height, width, bias,
+                                                                              band_rows):
     from stylebatch import fast_nets
     from stylebatch.fast_nets import UpsampleConv2x
 
@@ -483,8 +499,8 @@ def test_subpixel_upsample_conv_equals_upsample_then_reflection_pad_then_conv(mo
     (8, 8, 9, 1, "reflect", 9, 9),         # a picture hardly larger than the kernel
     (16, 64, 2, 1, "replicate", 11, 17),   # the sub-pixel layer's 2x2 on edge padding
 ])
-def test_padded_conv_equals_padding_then_convolving(monkeypatch, in_channels, out_channels, kernel, stride, mode,
-                                                      height, width):
+def test_padded_conv_equals_padding_then_convolving(monkeypatch, copy_path, in_channels, out_channels, kernel,
+                                                    stride, mode, height, width):
     from stylebatch import fast_nets
 
     monkeypatch.setattr(fast_nets, "PAD_COPY_VALUES", 0)  # the border strips even on these small pictures
@@ -536,8 +552,8 @@ def test_padded_conv_in_bf16_gives_finite_right_borders(monkeypatch, in_channels
     (32, 3, 37, 23, 8),    # bands of 8 rows and a remainder of 5
     (4, 3, 9, 16, 4),      # the built-in net's 4 -> 3 layer
 ])
-def test_row_split_conv_equals_reflection_padding_then_the_9x9_convolution(monkeypatch, in_channels, out_channels,
-                                                                          height, width, band):
+def test_row_split_conv_equals_reflection_padding_then_the_9x9_convolution(monkeypatch, copy_path, in_channels,
+                                                                           out_channels, height, width, band):
     from stylebatch import fast_nets
 
     monkeypatch.setattr(fast_nets, "ROW_SPLIT_BAND_ROWS", band)
@@ -558,8 +574,9 @@ def test_row_split_conv_equals_reflection_padding_then_the_9x9_convolution(monke
     (1, 8, 2, 17, 6),
 ])
 @pytest.mark.parametrize("avx512", [True, False])
-def test_column_pair_conv_equals_reflection_padding_then_the_9x9_convolution(monkeypatch, batch, in_channels,
-                                                                             out_channels, height, width, avx512):
+def test_column_pair_conv_equals_reflection_padding_then_the_9x9_convolution(monkeypatch, copy_path, batch,
+                                                                             in_channels, out_channels, height,
+                                                                             width, avx512):
     """The built-in net's last layer, in fp32: two columns at each position in AVX2, as many as fill
     AVX-512's 16 lanes where oneDNN convolves in it (column_group_conv: 1.6-1.9x on a Zen 4, where two
     columns left 10 of the 16 lanes idle); exact either way, at any width."""
@@ -588,8 +605,9 @@ def test_column_pair_conv_equals_reflection_padding_then_the_9x9_convolution(mon
     (8, 2, 17, 6, 4, 64),       # 8 columns at once, 2 left over
 ])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_column_group_conv_equals_reflection_padding_then_the_convolution(monkeypatch, in_channels, out_channels,
-                                                                         height, width, columns, band, dtype):
+def test_column_group_conv_equals_reflection_padding_then_the_convolution(monkeypatch, copy_path, in_channels,
+                                                                          out_channels, height, width, columns, band,
+                                                                          dtype):
     """The networks' last layers in bf16 (a convolution to 3 channels fills 3 of oneDNN's 16 lanes):
     as exact as the plain convolution in x's precision, fp32 and channels-last out, at any width."""
     from stylebatch import fast_nets
@@ -939,6 +957,120 @@ def test_padded_conv_takes_column_pairs_for_the_bf16_first_layer_only(monkeypatc
     with torch.inference_mode():
         fast_nets.padded_conv(x, torch.randn(32, channels, 9, 9).to(dtype), pad=4)
     assert bool(taken) == paired
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("mode", ["reflect", "replicate"])
+@pytest.mark.parametrize("r0, r1, pad, extra", [
+    (-4, 24, 4, 0),    # F.pad(x, [4] * 4): every row, 4 columns each side
+    (-1, 9, 1, 0),     # a band at the top
+    (15, 21, 1, 0),    # a band at the bottom
+    (-3, 5, 4, 3),     # the last layer's band with zero columns on the right
+    (7, 8, 0, 0),      # one row, no padding
+])
+@pytest.mark.parametrize("channels", [3, 32])
+def test_row_strip_is_those_rows_of_the_padded_picture(dtype, mode, r0, r1, pad, extra, channels):
+    """native.row_strip, the padded strips fast_nets convolves made in C in one pass: bit for bit the
+    rows of torch's padded picture (then zero columns), channels-last, for each picture of a batch."""
+    from stylebatch import native
+
+    _needs_native()
+    gen = torch.Generator().manual_seed(r0 * 31 + channels)
+    x = torch.randn(2, channels, 20, 13, generator=gen).to(dtype).contiguous(memory_format=torch.channels_last)
+    whole = torch.nn.functional.pad(x.float(), [pad, pad, 8, 8], mode=mode).to(dtype)  # 8 rows: any band here
+    expected = torch.nn.functional.pad(whole[:, :, r0 + 8:r1 + 8], [0, extra])
+    got = native.row_strip(x, r0, r1, pad, mode, extra)
+    assert got.is_contiguous(memory_format=torch.channels_last) and got.shape == expected.shape
+    assert torch.equal(got, expected)
+
+
+@pytest.mark.parametrize("why, make, r0, r1, pad", [
+    ("rows reflected past the far edge", lambda x: x, -20, 5, 1),
+    ("columns reflected past the far edge", lambda x: x, 0, 5, 13),
+    ("NCHW memory", lambda x: x.contiguous(), 0, 5, 1),
+    ("a type it does not copy", lambda x: x.double(), 0, 5, 1),
+    ("autograd tracking it", lambda x: x.detach().requires_grad_(True), 0, 5, 1),
+])
+def test_row_strip_leaves_to_torch_what_it_does_not_take(why, make, r0, r1, pad):
+    """What row_strip does not take it returns None for (fast_nets then pads with torch's operations,
+    which raise where the padding is impossible): it never reads past the picture."""
+    from stylebatch import native
+
+    _needs_native()
+    x = make(torch.rand(1, 8, 12, 13).contiguous(memory_format=torch.channels_last))
+    assert native.row_strip(x, r0, r1, pad, "reflect") is None, why
+
+
+def test_the_upsampling_interleave_refuses_a_band_of_another_shape():
+    """native.interleave takes only a band its output was shaped for, and leaves out untouched else."""
+    from stylebatch import native
+
+    _needs_native()
+    y = torch.rand(1, 32, 5, 9).contiguous(memory_format=torch.channels_last)  # 4 phases of 8 channels
+    out = torch.zeros(1, 4, 2, 8, 2, 8)
+    assert native.interleave(y, out)  # n + 1 = 5 rows, W + 1 = 9 columns
+    assert not native.interleave(y, torch.zeros(1, 4, 2, 9, 2, 8))
+    untouched = torch.zeros(1, 5, 2, 8, 2, 8)
+    assert not native.interleave(y, untouched) and not bool(untouched.any())
+    assert not native.interleave(y.contiguous(), out)
+
+
+def test_frames_go_into_and_out_of_the_networks_as_torch_converts_them():
+    """native.frames_to_unit and frames_from_unit, a frame's conversions around the networks in one
+    pass each: the same bits as torch's operations, ties to even, out-of-range values clamped and NaN
+    0 (torch leaves NaN's uint8 to the CPU)."""
+    from stylebatch import native
+
+    _needs_native()
+    frames = torch.randint(0, 256, (2, 37, 53, 3), dtype=torch.uint8)
+    unit = native.frames_to_unit(frames)
+    assert unit.shape == (2, 3, 37, 53) and unit.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(unit, frames.permute(0, 3, 1, 2).float().div_(255))
+    y = torch.linspace(-0.2, 1.2, 2 * 3 * 37 * 53).reshape(2, 37, 53, 3).permute(0, 3, 1, 2)
+    y[0, :, 0, 0] = torch.tensor([float("inf"), -float("inf"), 254.5 / 255])
+    out = native.frames_from_unit(y)
+    expected = y.clone().mul_(255).round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
+    assert out.shape == (2, 37, 53, 3) and torch.equal(out, expected)
+    y[1, 1, 2, 3] = float("nan")
+    assert int(native.frames_from_unit(y)[1, 2, 3, 1]) == 0
+    assert native.frames_from_unit(y.contiguous()) is None  # NCHW memory: torch's operations
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_frames_are_centred_from_their_exact_means_and_rounded_once(dtype):
+    """native.centred: each picture's channels less their means (summed exactly, in doubles), rounded
+    once to the network's type: torch's `(x - x.mean()).to(dtype)` but for its fp32 mean's last bit."""
+    from stylebatch import native
+
+    _needs_native()
+    x = torch.randint(0, 256, (2, 37, 53, 3), dtype=torch.uint8).permute(0, 3, 1, 2).float().div_(255)
+    x[1] = x[1] * 0.02 + 0.49  # fog: a narrow range far from 0
+    got = native.centred(x, dtype)
+    means = x.double().mean(dim=(2, 3), keepdim=True).float()
+    assert got.dtype == dtype and got.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(got, (x - means).to(dtype))
+    torch_way = (x - x.mean(dim=(2, 3), keepdim=True)).to(dtype)
+    assert float((got.float() - torch_way.float()).abs().max()) <= 2 * float(torch.finfo(dtype).eps) * float(x.abs().max())
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_a_stylizer_paints_the_same_frames_with_the_c_conversions_as_without(monkeypatch, precision):
+    """The whole frame, as a rank paints it: the C copies and conversions (strips, interleave, frames
+    in and out, centring) change where the time goes, not the picture (the centring's exact means may
+    move a value by bf16's last bit: a uint8 level at most, rarely)."""
+    from stylebatch import native
+    from stylebatch.models import load_stylizer
+
+    _needs_native()
+    frames = real_frames(2, 96, 64)
+    stylizer = load_stylizer("lavender-gold", device="cpu", precision=precision)
+    with_c = stylizer(frames).astype(np.int16)
+    for name in ("row_strip", "frames_to_unit", "centred", "frames_from_unit"):
+        monkeypatch.setattr(native, name, lambda *a, **k: None)
+    monkeypatch.setattr(native, "interleave", lambda *a, **k: False)
+    without = stylizer(frames).astype(np.int16)
+    assert np.abs(with_c - without).max() <= (1 if precision == "bf16" else 0)
+    assert np.mean(with_c != without) < 0.01
 
 
 def test_the_first_layer_in_column_pairs_keeps_its_gradient():

@@ -33,37 +33,14 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "_native.h"
+
 #define MAX_CHANNELS 1024
 #define MAX_THREADS 64
 #define ROW_VALUES 64            /* a pixel row's width in values: whole pixels, a multiple of 16 where it can */
 #define FLUSH_VALUES 8192        /* values summed in fp32 before their sum goes into a double */
 #define PART_VALUES (1L << 18)   /* values a part of the statistics (channels-last): fixed by size, not threads */
 #define PARALLEL_VALUES (1L << 20) /* smaller pictures take one thread: starting threads would cost more */
-
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11
-/* one build for every x86-64 node: AVX-512, AVX2 or SSE2 chosen at load time */
-#define CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define CLONES
-#endif
-
-static inline float bf16_to_f32(uint16_t v)
-{
-    uint32_t u = (uint32_t)v << 16;
-    float f;
-    memcpy(&f, &u, sizeof f);
-    return f;
-}
-
-static inline uint16_t f32_to_bf16(float f)
-{
-    uint32_t u;
-    memcpy(&u, &f, sizeof u);
-    if ((u & 0x7fffffffu) > 0x7f800000u)
-        return 0x7fc0; /* NaN */
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return (uint16_t)(u >> 16);
-}
 
 #define LOAD_F32(p, i) (((const float *)(p))[i])
 #define STORE_F32(p, i, f) (((float *)(p))[i] = (f))

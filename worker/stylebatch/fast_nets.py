@@ -88,9 +88,16 @@ def _edge_rows(start: int, stop: int, size: int, mode: str, offset: int = 0) -> 
     return torch.tensor([_edge_index(i, size, mode) + offset for i in range(start, stop)], dtype=torch.int64)
 
 
-def _row_strip(x: torch.Tensor, r0: int, r1: int, pad: int, mode: str) -> torch.Tensor:
-    """Rows [r0, r1) of x, rows outside it and `pad` columns each side filled as `mode` pads them:
-    F.pad(x, [pad] * 4, mode)[:, :, r0 + pad:r1 + pad], channels-last, made without that padded copy."""
+def _row_strip(x: torch.Tensor, r0: int, r1: int, pad: int, mode: str, extra: int = 0) -> torch.Tensor:
+    """Rows [r0, r1) of x, rows outside it and `pad` columns each side filled as `mode` pads them, then
+    `extra` zero columns on the right: F.pad(x, [pad] * 4, mode)[:, :, r0 + pad:r1 + pad] (and those
+    columns), channels-last, made without that padded copy: in C in one pass where it takes x
+    (native.row_strip), else by torch's indexing (several calls, each a copy)."""
+    made = native.row_strip(x, r0, r1, pad, mode, extra)
+    if made is not None:
+        return made
+    if extra:
+        return F.pad(_row_strip(x, r0, r1, pad, mode), [0, extra]).contiguous(memory_format=torch.channels_last)
     b, c, h, w = x.shape
     out = torch.empty((b, c, r1 - r0, w + 2 * pad), dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
     lo, hi = max(r0, 0), min(r1, h)
@@ -101,6 +108,13 @@ def _row_strip(x: torch.Tensor, r0: int, r1: int, pad: int, mode: str) -> torch.
         out[:, :, :, :pad] = out.index_select(3, _edge_rows(-pad, 0, w, mode, pad))
         out[:, :, :, pad + w:] = out.index_select(3, _edge_rows(w, w + pad, w, mode, pad))
     return out
+
+
+def _padded(x: torch.Tensor, pad: int, mode: str) -> torch.Tensor:
+    """F.pad(x, [pad] * 4, mode): in C for a channels-last picture (native.row_strip; torch's reflection
+    pad of one runs at a fraction of memory speed: 12 of them were ~4% of a bf16 frame with AMX)."""
+    made = native.row_strip(x, -pad, x.shape[-2] + pad, pad, mode)
+    return F.pad(x, [pad] * 4, mode=mode) if made is None else made
 
 
 def _conv_cl(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: int) -> torch.Tensor:
@@ -137,7 +151,7 @@ def padded_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     if column_pairs_pay(x, weight, pad, mode, stride):
         return column_pair_conv(x, weight, bias)
     if x.shape[1] < 8 or x[0].numel() <= PAD_COPY_VALUES:  # a cheap copy beats the strips' small convolutions
-        return F.conv2d(F.pad(x, [pad] * 4, mode=mode), weight, bias, stride=stride)
+        return F.conv2d(_padded(x, pad, mode), weight, bias, stride=stride)
     y = F.conv2d(x, weight, bias, stride=stride, padding=pad)
     (h, w), k, (oh, ow) = x.shape[-2:], weight.shape[-1], y.shape[-2:]
     top, bottom = -(-pad // stride), -(-(h - k + 1 + pad) // stride)  # rows [0, top) and [bottom, oh) read padding
@@ -211,7 +225,10 @@ class UpsampleConv2x(nn.Module):
         for i0 in range(0, h, rows):  # a band of rows at a time: no 4C-channel picture
             n = min(h, i0 + rows) - i0
             strip = _row_strip(x, i0 - 1, i0 + n + 1, 1, "replicate")
-            y = F.conv2d(strip, weight, bias).view(b, 4, self.out_channels, n + 1, w + 1)
+            y = F.conv2d(strip, weight, bias)
+            if native.interleave(y, out.permute(0, 2, 3, 4, 5, 1)[:, i0:i0 + n]):  # (in C, one pass)
+                continue
+            y = y.view(b, 4, self.out_channels, n + 1, w + 1)
             for a in (0, 1):
                 for c in (0, 1):
                     out[:, :, i0:i0 + n, a, :, c] = y[:, 2 * a + c, :, a:a + n, c:c + w]
@@ -293,7 +310,7 @@ class ColumnPairConv(nn.Module):
             return column_group_conv(x, self.single)  # AVX-512's 16 lanes: 5 columns of 3 channels
         if w % 2:
             return padded_conv(x, self.single.to(x.dtype), pad=p)
-        z = F.conv2d(F.pad(x, [p] * 4, mode="reflect"), self.weight.to(x.dtype), stride=(1, 2))  # [B, 2*Cout, H, W/2]
+        z = F.conv2d(_padded(x, p, "reflect"), self.weight.to(x.dtype), stride=(1, 2))  # [B, 2*Cout, H, W/2]
         z = z.contiguous(memory_format=torch.channels_last)  # it is; a copy only if oneDNN chose otherwise
         return z.as_strided((b, co, h, w), (h * w * co, 1, w * co, co))
 
@@ -326,9 +343,7 @@ def column_group_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
     out = torch.empty((b, co, h, w), dtype=torch.float32, device=x.device, memory_format=torch.channels_last)
     for r0 in range(0, h, ROW_SPLIT_BAND_ROWS):
         n = min(h, r0 + ROW_SPLIT_BAND_ROWS) - r0
-        strip = _row_strip(x, r0 - p, r0 + n + p, p, "reflect")
-        if extra:
-            strip = F.pad(strip, [0, extra]).contiguous(memory_format=torch.channels_last)
+        strip = _row_strip(x, r0 - p, r0 + n + p, p, "reflect", extra)
         z = F.conv2d(strip, grouped, stride=(1, g)).contiguous(memory_format=torch.channels_last)
         z = z.permute(0, 2, 3, 1).reshape(b, n, w + extra, co)  # (column group, column in it, channel): a column
         out.permute(0, 2, 3, 1)[:, r0:r0 + n].copy_(z[:, :, :w])

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stylebatch import fast_nets
+from stylebatch import fast_nets, native
 from stylebatch.contract import BF16_BUILTIN_STYLES, BF16_MIN_SPEEDUP, DEFAULT_STYLE, PRECISIONS, precision_problem  # noqa: F401 - DEFAULT_STYLE: part of this API
 from stylebatch.cpuinfo import this_cpu
 from stylebatch.errors import StylebatchError
@@ -129,7 +129,8 @@ class Stylizer:
         fp32 nothing is rounded away: the frame goes in as it is (no copy)."""
         h, w = x.shape[-2:]
         if self.reduced and getattr(p.net, "shift_invariant", False):
-            x = x - x.mean(dim=(2, 3), keepdim=True)
+            made = native.centred(x, self.dtype)  # the same in one pass where it takes x (CPU, channels-last)
+            x = (x - x.mean(dim=(2, 3), keepdim=True)).to(self.dtype) if made is None else made
         x = x.to(self.dtype)
         # the nets halve the size twice: reflect-pad to a multiple of 4, crop back after
         x = F.pad(x, [0, -w % 4, 0, -h % 4], mode="reflect") if h % 4 or w % 4 else x
@@ -285,7 +286,9 @@ class Stylizer:
                 host = host.pin_memory()
             # NHWC permuted to NCHW is exactly channels_last, which the GPU and the CPU's fast_nets want;
             # the CPU's other networks (the arbitrary-style pair) want plain NCHW
-            x = host.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255)  # fp32 to the networks
+            x = native.frames_to_unit(host) if self.device.type == "cpu" else None  # (the same in one pass)
+            if x is None:
+                x = host.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255)  # fp32 to the networks
             if self.device.type == "cpu" and not all(getattr(p.net, "channels_last", False) for p in self.painters):
                 x = x.contiguous()
             small = x
@@ -306,7 +309,9 @@ class Stylizer:
             if self.keep_colors:
                 y = keep_colors(y, x)
             y = y.float()
-            out = y.mul_(255).round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+            out = native.frames_from_unit(y)  # the same in one pass where it takes y (CPU, channels-last)
+            if out is None:
+                out = y.mul_(255).round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
             return out.cpu().numpy()
 
 

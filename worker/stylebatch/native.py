@@ -1,6 +1,7 @@
 """stylebatch's CPU kernels in C (the `_native` library, setup.py): the instance norms
-(`_instance_norm.c`: one call a picture, 2-4x torch's operations) and the first layer's input in
-column pairs (`_column_pairs.c`, for fast_nets.column_pair_conv).
+(`_instance_norm.c`: one call a picture, 2-4x torch's operations), padded copies of channels-last
+pictures (`_padding.c`: fast_nets' reflection-padded strips, the first layer's input in column pairs)
+and a frame's conversions into and out of the networks (`_frames.c`, for models.Stylizer).
 
 Plain C (no Python API), built by pip as an optional extension and loaded here with ctypes: nothing
 to build against, and each call releases the interpreter lock, so a rank's pipelines run them at
@@ -27,7 +28,19 @@ import torch
 _DTYPES = {torch.float32: 0, torch.bfloat16: 1}
 _PIXELS, _ROWS = 0, 1  # channels-last [H*W][C], NCHW [C][H*W]
 MAX_CHANNELS = 1024  # _instance_norm.c's MAX_CHANNELS
-_LONG, _PTR = ctypes.c_long, ctypes.c_void_p
+_LONG, _PTR, _INT = ctypes.c_long, ctypes.c_void_p, ctypes.c_int
+_REFLECT, _REPLICATE = 0, 1  # _padding.c's modes
+FRAME_CHANNELS = 16  # _frames.c's MAX_CHANNELS
+_SIGNATURES = {  # the library's entry points: (restype, argtypes)
+    "stylebatch_instance_norm": (_INT, [_PTR, _INT, _INT, _LONG, _LONG, _PTR, _PTR, _INT, _PTR, _LONG,
+                                        ctypes.c_double, ctypes.c_double, _INT]),
+    "stylebatch_column_pairs": (None, [_PTR, _LONG, _LONG, _LONG, _LONG, _LONG, _PTR, _LONG]),
+    "stylebatch_row_strip": (None, [_PTR, _LONG, _LONG, _LONG, _LONG, _LONG, _LONG, _LONG, _INT, _LONG, _PTR]),
+    "stylebatch_interleave": (None, [_PTR, _LONG, _LONG, _LONG, _LONG, _PTR]),
+    "stylebatch_frames_to_unit": (None, [_PTR, _LONG, _PTR]),
+    "stylebatch_centred": (_INT, [_PTR, _LONG, _LONG, _INT, _PTR]),
+    "stylebatch_frames_from_unit": (None, [_PTR, _LONG, _PTR]),
+}
 
 
 @functools.lru_cache(maxsize=1)
@@ -41,14 +54,11 @@ def _library() -> ctypes.CDLL | None:
         if path.is_file():
             try:
                 lib = ctypes.CDLL(str(path))
-                norm, pairs = lib.stylebatch_instance_norm, lib.stylebatch_column_pairs
+                for name, (restype, argtypes) in _SIGNATURES.items():
+                    fn = getattr(lib, name)
+                    fn.restype, fn.argtypes = restype, argtypes
             except (OSError, AttributeError):  # another platform's build, a damaged or older file
                 return None
-            norm.restype = ctypes.c_int
-            norm.argtypes = [_PTR, ctypes.c_int, ctypes.c_int, _LONG, _LONG, _PTR, _PTR, ctypes.c_int, _PTR, _LONG,
-                             ctypes.c_double, ctypes.c_double, ctypes.c_int]
-            pairs.restype = None
-            pairs.argtypes = [_PTR, _LONG, _LONG, _LONG, _LONG, _LONG, _PTR, _LONG]
             return lib
     return None
 
@@ -125,4 +135,86 @@ def column_pairs(x: torch.Tensor, pad: int, shift: int) -> torch.Tensor | None:
     out = torch.empty((b, 2 * c, h + 2 * pad, ow), dtype=x.dtype, memory_format=torch.channels_last)
     for i in range(b):
         lib.stylebatch_column_pairs(x[i].data_ptr(), h, w, c, pad, shift, out[i].data_ptr(), ow)
+    return out
+
+
+def row_strip(x: torch.Tensor, r0: int, r1: int, pad: int, mode: str, extra: int = 0) -> torch.Tensor | None:
+    """Rows [r0, r1) of x [B,C,H,W] (fp32 or bf16, channels-last) padded by `pad` columns each side,
+    rows and columns outside x as `mode` ("reflect" or "replicate") pads them, then `extra` zero
+    columns on the right: [B, C, r1 - r0, W + 2 pad + extra] channels-last, made in C in one pass
+    (_padding.c; F.pad(x, [pad] * 4, mode) is the strip of rows [-pad, H + pad)). None where the
+    library is not there or does not take x: another type or layout, autograd tracking it, or a
+    reflection reaching past the far edge (torch's F.pad refuses those too)."""
+    lib = _library()
+    b, c, h, w = x.shape
+    if (lib is None or mode not in ("reflect", "replicate") or not _takes(x) or x.requires_grad
+            or not x.is_contiguous(memory_format=torch.channels_last) or r0 >= r1 or pad < 0 or extra < 0):
+        return None
+    if mode == "reflect" and not (-(h - 1) <= r0 and r1 <= 2 * h - 1 and pad < w):
+        return None
+    ow = w + 2 * pad + extra
+    out = torch.empty((b, c, r1 - r0, ow), dtype=x.dtype, memory_format=torch.channels_last)
+    for i in range(b):
+        lib.stylebatch_row_strip(x[i].data_ptr(), h, w, c, x.element_size(), r0, r1, pad,
+                                 _REFLECT if mode == "reflect" else _REPLICATE, extra, out[i].data_ptr())
+    return out
+
+
+def interleave(y: torch.Tensor, out: torch.Tensor) -> bool:
+    """The four phases of fast_nets.UpsampleConv2x's band, y [B, 4 Co, n + 1, W + 1] (channels-last,
+    phase-major channels: phase 2a + b), into out [B, n, 2, W, 2, Co] (each image's contiguous):
+    out[:, i, a, j, b] = y[:, (2a + b) Co:(2a + b + 1) Co, i + a, j + b], in C in one pass
+    (_padding.c); False, with out untouched, where the library is not there or does not take them."""
+    lib = _library()
+    b, n, _, w, _, co = out.shape
+    if (lib is None or not _takes(y) or y.requires_grad or y.dtype != out.dtype or out.device.type != "cpu"
+            or tuple(y.shape) != (b, 4 * co, n + 1, w + 1) or not y.is_contiguous(memory_format=torch.channels_last)
+            or not out[0].is_contiguous() or out.requires_grad):  # (a band of a batch: each image's is contiguous)
+        return False
+    for i in range(b):
+        lib.stylebatch_interleave(y[i].data_ptr(), n, w, co, y.element_size(), out[i].data_ptr())
+    torch.autograd.graph.increment_version(out)
+    return True
+
+
+def frames_to_unit(frames: torch.Tensor) -> torch.Tensor | None:
+    """uint8 RGB frames [B,H,W,3] (contiguous) as the networks' input: [B,3,H,W] fp32 0..1,
+    channels-last (`frames.permute(0, 3, 1, 2).float().div_(255)`, the same bits, one pass); None where
+    the library is not there or does not take them."""
+    lib = _library()
+    if (lib is None or frames.dtype != torch.uint8 or frames.device.type != "cpu" or frames.dim() != 4
+            or not frames.is_contiguous() or frames.requires_grad):
+        return None
+    out = torch.empty(frames.shape, dtype=torch.float32)
+    lib.stylebatch_frames_to_unit(frames.data_ptr(), frames.numel(), out.data_ptr())
+    return out.permute(0, 3, 1, 2)
+
+
+def centred(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor | None:
+    """x [B,C,H,W] (fp32, channels-last, C <= FRAME_CHANNELS) less each picture's channel means, in
+    `dtype` (fp32 or bf16), rounded once: `(x - x.mean(dim=(2, 3), keepdim=True)).to(dtype)` in one
+    pass after the sums (the means summed in doubles, _frames.c); None where the library is not there
+    or does not take x."""
+    lib = _library()
+    b, c, h, w = x.shape
+    if (lib is None or dtype not in _DTYPES or x.dtype != torch.float32 or not _takes(x) or x.requires_grad
+            or not x.is_contiguous(memory_format=torch.channels_last) or c > FRAME_CHANNELS):
+        return None
+    out = torch.empty(x.shape, dtype=dtype, memory_format=torch.channels_last)
+    for i in range(b):
+        lib.stylebatch_centred(x[i].data_ptr(), h * w, c, _DTYPES[dtype], out[i].data_ptr())
+    return out
+
+
+def frames_from_unit(y: torch.Tensor) -> torch.Tensor | None:
+    """A network's 0..1 pictures [B,3,H,W] (fp32, channels-last) as uint8 frames [B,H,W,3]: times 255,
+    rounded to nearest even, clamped (NaN: 0), one pass (`y.mul(255).round_().clamp_(0, 255)
+    .to(torch.uint8).permute(0, 2, 3, 1)`, the same bits); None where the library is not there or
+    does not take y."""
+    lib = _library()
+    if (lib is None or y.dtype != torch.float32 or not _takes(y) or y.dim() != 4 or y.requires_grad
+            or not y.is_contiguous(memory_format=torch.channels_last)):
+        return None
+    out = torch.empty((y.shape[0], y.shape[2], y.shape[3], y.shape[1]), dtype=torch.uint8)
+    lib.stylebatch_frames_from_unit(y.data_ptr(), y.numel(), out.data_ptr())
     return out

@@ -940,16 +940,19 @@ def test_the_first_layer_in_column_pairs_is_the_reflection_padded_convolution(ke
                                                                           peak) - 1
 
 
-@pytest.mark.parametrize("dtype, channels, onednn, paired", [
-    (torch.bfloat16, 3, True, True),  # the first layer in bf16 where oneDNN convolves bf16
-    (torch.float32, 3, True, False),  # fp32 pads nothing: its own kernel stays
-    (torch.bfloat16, 3, False, False),  # torch's fallback convolution: no padding to save
-    (torch.bfloat16, 32, True, False)])  # wide pictures: nothing padded
-def test_padded_conv_takes_column_pairs_for_the_bf16_first_layer_only(monkeypatch, dtype, channels, onednn, paired):
+@pytest.mark.parametrize("dtype, channels, onednn, amx, paired", [
+    (torch.bfloat16, 3, True, False, True),  # the first layer in bf16 where oneDNN convolves bf16 in AVX-512
+    (torch.bfloat16, 3, True, True, False),  # ... but not on AMX, where the plain convolution is faster
+    (torch.float32, 3, True, False, False),  # fp32 pads nothing: its own kernel stays
+    (torch.bfloat16, 3, False, False, False),  # torch's fallback convolution: no padding to save
+    (torch.bfloat16, 32, True, False, False)])  # wide pictures: nothing padded
+def test_padded_conv_takes_column_pairs_for_the_bf16_first_layer_only(monkeypatch, dtype, channels, onednn, amx,
+                                                                      paired):
     from stylebatch import fast_nets
 
     _needs_native()
     monkeypatch.setattr(fast_nets, "onednn_bf16", lambda: onednn)
+    monkeypatch.setattr(fast_nets, "onednn_amx", lambda: amx)
     taken = []
     real = fast_nets.column_pair_conv
     monkeypatch.setattr(fast_nets, "column_pair_conv", lambda *a: taken.append(1) or real(*a))

@@ -174,11 +174,13 @@ def padded_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
 
 def column_pairs_pay(x: torch.Tensor, weight: torch.Tensor, pad: int, mode: str, stride: int) -> bool:
     """Whether padded_conv convolves x as column_pair_conv: the networks' first layer (3 channels, 9x9,
-    reflection-padded, stride 1) in bf16 where oneDNN convolves bf16 and the C library is there."""
+    reflection-padded, stride 1) in bf16 where oneDNN convolves bf16 in AVX-512 (not on AMX: there the
+    plain padded convolution was faster, the built-in net's frame 3-7% at 640x360 to 1280x720,
+    benchmarks/bench_native.py) and the C library is there."""
     k = weight.shape[-1]
     return (x.dtype == torch.bfloat16 and x.device.type == "cpu" and x.shape[1] == 3 and weight.shape[-2] == k
             and k >= 5 and pad == k // 2 and mode == "reflect" and stride == 1 and min(x.shape[-2:]) > k
-            and onednn_bf16() and native.available())
+            and onednn_bf16() and not onednn_amx() and native.available())
 
 
 def column_pair_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -394,6 +396,13 @@ def onednn_bf16() -> bool:
     it). Elsewhere torch's fallback convolution unfolds its input: a 9x9 layer's is 81 copies of it."""
     check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)  # a private op: a later torch may drop it
     return bool(check and check())
+
+
+@functools.cache
+def onednn_amx() -> bool:
+    """Whether oneDNN's bf16 convolutions run on AMX here: onednn_bf16 on a CPU whose flags say
+    amx_bf16 (Sapphire Rapids and later)."""
+    return onednn_bf16() and "amx_bf16" in this_cpu().flags
 
 
 def winograd_ready(x: torch.Tensor) -> bool:

@@ -14,8 +14,10 @@ float rounding: tests/test_models.py checks the PSNR.
 
 What both networks share, so that a frame's activations are about two full-size pictures at their
 peak (tests/test_models.py measures it) and no pass over memory is wasted:
-- `padded_conv`: reflection (or edge) padding without the padded copy of a large picture;
-- `UpsampleConv2x` works a band of rows at a time, so its 4x-channel output is never whole;
+- `padded_conv`: reflection (or edge) padding without the padded copy of a large picture; the
+  copies and strips it does make, in C where pip built `_padding.c` (native.row_strip: one pass);
+- `UpsampleConv2x` works a band of rows at a time, so its 4x-channel output is never whole (its
+  four phases interleaved in C where it was built: native.interleave);
 - `instance_norm_` works in place: in C where pip built `_instance_norm.c` (native: one call a
   picture, one vectorised pass for the statistics and one for the normalisation, the residual
   blocks' sum in the same pass), else in torch's operations, small pictures whole, large ones in

@@ -130,7 +130,9 @@ class Stylizer:
         h, w = x.shape[-2:]
         if self.reduced and getattr(p.net, "shift_invariant", False):
             made = native.centred(x, self.dtype)  # the same in one pass where it takes x (CPU, channels-last)
-            x = (x - x.mean(dim=(2, 3), keepdim=True)).to(self.dtype) if made is None else made
+            if made is None:  # the means summed in doubles, as the C kernel does (fp32 sums drift with the order)
+                made = (x - x.double().mean(dim=(2, 3), keepdim=True).float()).to(self.dtype)
+            x = made
         x = x.to(self.dtype)
         # the nets halve the size twice: reflect-pad to a multiple of 4, crop back after
         x = F.pad(x, [0, -w % 4, 0, -h % 4], mode="reflect") if h % 4 or w % 4 else x

@@ -126,8 +126,10 @@ def column_pairs(x: torch.Tensor, pad: int, shift: int) -> torch.Tensor | None:
     convolution needs for W outputs), the second C channels 0 past the padded width (_column_pairs.c);
     None where the library is not there or does not take x."""
     lib = _library()
+    if lib is None or x.dim() != 4:
+        return None
     b, c, h, w = x.shape
-    if (lib is None or x.dtype != torch.bfloat16 or x.device.type != "cpu" or not x.is_contiguous(
+    if (x.dtype != torch.bfloat16 or x.device.type != "cpu" or not x.is_contiguous(
             memory_format=torch.channels_last) or x.is_neg() or x.is_conj() or x.numel() == 0 or x.requires_grad
             or not 0 <= pad < min(h, w) or not 0 < shift <= w):  # (autograd cannot see through C)
         return None
@@ -146,9 +148,12 @@ def row_strip(x: torch.Tensor, r0: int, r1: int, pad: int, mode: str, extra: int
     library is not there or does not take x: another type or layout, autograd tracking it, or a
     reflection reaching past the far edge (torch's F.pad refuses those too)."""
     lib = _library()
+    if lib is None or x.dim() != 4:
+        return None
     b, c, h, w = x.shape
-    if (lib is None or mode not in ("reflect", "replicate") or not _takes(x) or x.requires_grad
-            or not x.is_contiguous(memory_format=torch.channels_last) or r0 >= r1 or pad < 0 or extra < 0):
+    if (mode not in ("reflect", "replicate") or not _takes(x) or x.requires_grad
+            or not x.is_contiguous(memory_format=torch.channels_last) or not -2**62 < r0 < r1 < 2**62
+            or not 0 <= pad < 2**62 or not 0 <= extra < 2**62):  # (the C code's longs)
         return None
     if mode == "reflect" and not (-(h - 1) <= r0 and r1 <= 2 * h - 1 and pad < w):
         return None
@@ -166,10 +171,14 @@ def interleave(y: torch.Tensor, out: torch.Tensor) -> bool:
     out[:, i, a, j, b] = y[:, (2a + b) Co:(2a + b + 1) Co, i + a, j + b], in C in one pass
     (_padding.c); False, with out untouched, where the library is not there or does not take them."""
     lib = _library()
-    b, n, _, w, _, co = out.shape
-    if (lib is None or not _takes(y) or y.requires_grad or y.dtype != out.dtype or out.device.type != "cpu"
-            or tuple(y.shape) != (b, 4 * co, n + 1, w + 1) or not y.is_contiguous(memory_format=torch.channels_last)
-            or not out[0].is_contiguous() or out.requires_grad):  # (a band of a batch: each image's is contiguous)
+    if lib is None or y.dim() != 4 or out.dim() != 6:
+        return False
+    b, n, two, w, two_, co = out.shape
+    if (not _takes(y) or y.requires_grad or y.dtype != out.dtype or not _takes(out) or out.requires_grad
+            or (two, two_) != (2, 2) or tuple(y.shape) != (b, 4 * co, n + 1, w + 1)
+            or not y.is_contiguous(memory_format=torch.channels_last)
+            or not out[0].is_contiguous()  # (a band of a batch: each image's is contiguous...)
+            or (b > 1 and abs(out.stride(0)) < out[0].numel())):  # (...and apart from the others)
         return False
     for i in range(b):
         lib.stylebatch_interleave(y[i].data_ptr(), n, w, co, y.element_size(), out[i].data_ptr())
@@ -183,7 +192,7 @@ def frames_to_unit(frames: torch.Tensor) -> torch.Tensor | None:
     the library is not there or does not take them."""
     lib = _library()
     if (lib is None or frames.dtype != torch.uint8 or frames.device.type != "cpu" or frames.dim() != 4
-            or not frames.is_contiguous() or frames.requires_grad):
+            or not frames.is_contiguous() or frames.requires_grad or frames.is_neg()):
         return None
     out = torch.empty(frames.shape, dtype=torch.float32)
     lib.stylebatch_frames_to_unit(frames.data_ptr(), frames.numel(), out.data_ptr())
@@ -192,12 +201,15 @@ def frames_to_unit(frames: torch.Tensor) -> torch.Tensor | None:
 
 def centred(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor | None:
     """x [B,C,H,W] (fp32, channels-last, C <= FRAME_CHANNELS) less each picture's channel means, in
-    `dtype` (fp32 or bf16), rounded once: `(x - x.mean(dim=(2, 3), keepdim=True)).to(dtype)` in one
-    pass after the sums (the means summed in doubles, _frames.c); None where the library is not there
-    or does not take x."""
+    `dtype` (fp32 or bf16), rounded once, in one pass after the sums (_frames.c): the same bits as
+    `(x - x.double().mean(dim=(2, 3), keepdim=True).float()).to(dtype)` (the means summed in doubles:
+    an fp32 sum's last bit depends on its order, and moved thousands of a frame's values). None where
+    the library is not there or does not take x."""
     lib = _library()
+    if lib is None or x.dim() != 4:
+        return None
     b, c, h, w = x.shape
-    if (lib is None or dtype not in _DTYPES or x.dtype != torch.float32 or not _takes(x) or x.requires_grad
+    if (dtype not in _DTYPES or x.dtype != torch.float32 or not _takes(x) or x.requires_grad
             or not x.is_contiguous(memory_format=torch.channels_last) or c > FRAME_CHANNELS):
         return None
     out = torch.empty(x.shape, dtype=dtype, memory_format=torch.channels_last)

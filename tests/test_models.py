@@ -987,6 +987,21 @@ def test_row_strip_is_those_rows_of_the_padded_picture(dtype, mode, r0, r1, pad,
     assert torch.equal(got, expected)
 
 
+@pytest.mark.parametrize("mode, r0, r1", [
+    ("reflect", -8, -3), ("reflect", 21, 27),  # rows wholly above, wholly below a 20-row picture
+    ("replicate", -9, -2), ("replicate", 22, 30), ("reflect", -4, 24),  # and one taller than it
+])
+def test_a_strip_outside_the_picture_is_those_rows_of_its_padding(copy_path, mode, r0, r1):
+    """fast_nets._row_strip through C and through torch's indexing: a strip that lies wholly in the
+    padding is that padding (torch's path wrote the picture's last row into it, found in review)."""
+    from stylebatch import fast_nets
+
+    x = torch.randn(1, 8, 20, 13).contiguous(memory_format=torch.channels_last)
+    whole = torch.nn.functional.pad(x, [2, 2, 10, 10], mode=mode)
+    got = fast_nets._row_strip(x, r0, r1, 2, mode)
+    assert torch.equal(got, whole[:, :, r0 + 10:r1 + 10])
+
+
 @pytest.mark.parametrize("why, make, r0, r1, pad", [
     ("rows reflected past the far edge", lambda x: x, -20, 5, 1),
     ("columns reflected past the far edge", lambda x: x, 0, 5, 13),

@@ -102,7 +102,8 @@ def _row_strip(x: torch.Tensor, r0: int, r1: int, pad: int, mode: str, extra: in
         return F.pad(_row_strip(x, r0, r1, pad, mode), [0, extra]).contiguous(memory_format=torch.channels_last)
     b, c, h, w = x.shape
     out = torch.empty((b, c, r1 - r0, w + 2 * pad), dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
-    lo, hi = max(r0, 0), min(r1, h)
+    lo = min(max(r0, 0), r1)  # the picture's rows in the strip: [lo, hi), empty for a strip wholly outside
+    hi = max(min(r1, h), lo)
     out[:, :, lo - r0:hi - r0, pad:pad + w] = x[:, :, lo:hi]
     for i in (*range(r0, lo), *range(hi, r1)):  # the few rows above or below the picture
         out[:, :, i - r0, pad:pad + w] = x[:, :, _edge_index(i, h, mode)]

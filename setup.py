@@ -3,7 +3,7 @@ kernels in C, one library (`stylebatch._native`, loaded with ctypes by worker/st
 the instance norms (_instance_norm.c), padded copies of pictures (_padding.c) and the frames'
 conversions to and from the networks (_frames.c).
 Plain C, no Python API. Optional: where there is no C compiler pip installs everything else and
-fast_nets uses torch's operations instead (the same results, slower)."""
+fast_nets uses torch's operations instead (slower; the same pictures to within rounding)."""
 
 from setuptools import Extension, setup
 

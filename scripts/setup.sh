@@ -27,7 +27,7 @@ need=()
 command -v ffmpeg >/dev/null && command -v ffprobe >/dev/null || need+=(ffmpeg)
 [ -f /usr/share/doc/opencv-doc/examples/data/Megamind.avi ] || need+=(opencv-doc)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
-# a C compiler: pip builds the CPU's kernels in C (setup.py: the instance norms, the first layer's input)
+# a C compiler: pip builds the CPU's kernels in C (setup.py: the instance norms, padded copies, frame conversions)
 command -v cc >/dev/null && [ -f /usr/include/stdint.h ] || need+=(gcc libc6-dev)
 if [ "$with_tests" = 1 ]; then
   command -v node >/dev/null || need+=(nodejs)

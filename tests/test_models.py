@@ -18,7 +18,7 @@ import torch
 
 from stylebatch.contract import BF16_BUILTIN_STYLES
 from stylebatch.errors import StylebatchError
-from stylebatch.models import DEFAULT_STYLE, Stylizer, list_styles, load_stylizer
+from stylebatch.models import DEFAULT_STYLE, Stylizer, centred_means, list_styles, load_stylizer
 from stylebatch.styles import BUILTIN_KIND, WEIGHTS_KIND
 from stylebatch.multistyle import load_multistyle26, onnx_path
 from stylebatch.transformer_net import TransformerNet
@@ -1010,15 +1010,34 @@ def test_a_strip_outside_the_picture_is_those_rows_of_its_padding(copy_path, mod
     ("autograd tracking it", lambda x: x.detach().requires_grad_(True), 0, 5, 1),
     ("one picture, not a batch", lambda x: x[0], 0, 5, 1),
     ("a negated view (its memory holds the opposite values)", lambda x: x._neg_view(), 0, 5, 1),
+    ("autograd's zero tensor (no memory: a null pointer)", lambda x: torch._efficientzerotensor(x.shape), 0, 5, 1),
 ])
 def test_row_strip_leaves_to_torch_what_it_does_not_take(why, make, r0, r1, pad):
     """What row_strip does not take it returns None for (fast_nets then pads with torch's operations,
-    which raise where the padding is impossible): it never reads past the picture."""
-    from stylebatch import native
+    which raise where the padding is impossible, as F.pad does): it never reads past the picture."""
+    from stylebatch import fast_nets, native
 
     _needs_native()
     x = make(torch.rand(1, 8, 12, 13).contiguous(memory_format=torch.channels_last))
     assert native.row_strip(x, r0, r1, pad, "reflect") is None, why
+    if "past the far edge" in why:  # torch's path refuses it too (it reflected a second time, found in review)
+        with pytest.raises(ValueError, match="reflect"):
+            fast_nets._row_strip(x, r0, r1, pad, "reflect")
+
+
+def test_the_c_kernels_refuse_autograds_zero_tensors():
+    """A zero tensor has no memory (its data pointer is 0): every C kernel leaves it to torch's
+    operations (each segfaulted on one, found in review)."""
+    from stylebatch import native
+
+    _needs_native()
+    z = torch._efficientzerotensor((1, 3, 8, 8))
+    assert native.frames_from_unit(z) is None and native.centred(z, torch.bfloat16) is None
+    assert native.row_strip(z, 0, 4, 1, "reflect") is None and native.column_pairs(z.bfloat16(), 4, 5) is None
+    assert native.frames_to_unit(torch._efficientzerotensor((1, 8, 8, 3), dtype=torch.uint8)) is None
+    assert not native.instance_norm_(z, torch.ones(3), torch.zeros(3), False, None, 1, 0.0)
+    y = torch._efficientzerotensor((1, 32, 5, 9))
+    assert not native.interleave(y, torch.zeros(1, 4, 2, 8, 2, 8))
 
 
 def test_the_upsampling_interleave_refuses_a_band_of_another_shape():
@@ -1068,15 +1087,17 @@ def test_frames_go_into_and_out_of_the_networks_as_torch_converts_them():
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 def test_frames_are_centred_from_their_exact_means_and_rounded_once(dtype):
-    """native.centred: each picture's channels less their means (summed exactly, in doubles), rounded
-    once to the network's type: torch's `(x - x.mean()).to(dtype)` but for its fp32 mean's last bit."""
+    """native.centred: each picture's channels less their means (summed in doubles), rounded once to
+    the network's type: the same bits as torch with models.centred_means, for frames as decoded (and
+    torch's fp32 mean differs in its last bit)."""
     from stylebatch import native
 
     _needs_native()
     x = torch.randint(0, 256, (2, 37, 53, 3), dtype=torch.uint8).permute(0, 3, 1, 2).float().div_(255)
     x[1] = x[1] * 0.02 + 0.49  # fog: a narrow range far from 0
     got = native.centred(x, dtype)
-    means = x.double().mean(dim=(2, 3), keepdim=True).float()
+    means = centred_means(x)
+    assert torch.equal(means, x.double().mean(dim=(2, 3), keepdim=True).float())  # a picture at a time: the same
     assert got.dtype == dtype and got.is_contiguous(memory_format=torch.channels_last)
     assert torch.equal(got, (x - means).to(dtype))
     torch_way = (x - x.mean(dim=(2, 3), keepdim=True)).to(dtype)

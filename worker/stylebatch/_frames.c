@@ -7,8 +7,9 @@
  * centred(x, pixels, c, dtype, out): x [pixels][c] fp32 (channels last, c <= MAX_CHANNELS); out (same
  *     shape, fp32 if dtype is 0, bf16 if 1) = x less its channel's mean, rounded once: the input of a
  *     shift-invariant network in reduced precision, centred before rounding (models.Stylizer._paint).
- *     The means are summed in doubles (torch sums in fp32: its results may differ in the last bit of
- *     a value's mean; the same to within bf16's rounding).
+ *     The means are summed in doubles, 16 pixels' lanes in turn; models.centred_means (torch, another
+ *     order) gets the same means wherever the sums are exact, as for frames as decoded (k/255 values)
+ *     up to 4 M pixels; elsewhere a mean may differ in its last bit.
  * frames_from_unit(y, n, out): out[i] = y[i] * 255 clamped to 0..255, rounded to nearest even (NaN:
  *     0), as uint8: `y.mul_(255).round_().clamp_(0, 255).to(torch.uint8)`, the same bits.
  */

@@ -129,10 +129,8 @@ class Stylizer:
         fp32 nothing is rounded away: the frame goes in as it is (no copy)."""
         h, w = x.shape[-2:]
         if self.reduced and getattr(p.net, "shift_invariant", False):
-            made = native.centred(x, self.dtype)  # the same in one pass where it takes x (CPU, channels-last)
-            if made is None:  # the means summed in doubles, as the C kernel does (fp32 sums drift with the order)
-                made = (x - x.double().mean(dim=(2, 3), keepdim=True).float()).to(self.dtype)
-            x = made
+            made = native.centred(x, self.dtype)  # in one pass where it takes x (CPU, channels-last)
+            x = (x - centred_means(x)).to(self.dtype) if made is None else made
         x = x.to(self.dtype)
         # the nets halve the size twice: reflect-pad to a multiple of 4, crop back after
         x = F.pad(x, [0, -w % 4, 0, -h % 4], mode="reflect") if h % 4 or w % 4 else x
@@ -367,6 +365,15 @@ def keep_colors(painted: torch.Tensor, original: torch.Tensor) -> torch.Tensor:
     luma = torch.tensor(_LUMA, device=painted.device, dtype=painted.dtype).view(1, 3, 1, 1)
     shift = (painted * luma).sum(1, keepdim=True) - (original * luma).sum(1, keepdim=True)
     return (original + shift).clamp_(0, 1)
+
+
+def centred_means(x: torch.Tensor) -> torch.Tensor:
+    """Each picture's channel means of x [B,C,H,W] (fp32), [B,C,1,1]: summed in doubles, as
+    native.centred (_frames.c) sums them, so both give the same means wherever the sums are exact
+    (frames as decoded, k/255 values, up to 4 M pixels); fp32 sums' last bit depends on their order.
+    A picture at a time: torch makes a double copy of what it sums (50 MiB for a 1080p frame, not
+    the whole batch's)."""
+    return torch.stack([p.double().mean(dim=(1, 2), keepdim=True) for p in x]).float()
 
 
 def load_stylizer(style: str, *, device: str = "auto", strength: float = 1.0, max_side: int | None = None,

@@ -7,7 +7,9 @@ Plain C (no Python API), built by pip as an optional extension and loaded here w
 to build against, and each call releases the interpreter lock, so a rank's pipelines run them at
 once. Where the library was not built (pip found no C compiler) or `STYLEBATCH_NATIVE=0` is set
 (benchmarks, side by side), `available()` is False, the functions here return False and fast_nets
-uses torch's operations: the same results, slower.
+uses torch's operations: slower, the same pictures to within rounding (the copies and
+conversions bit for bit; the norms sum in another order: 48 dB against the C path in bf16, 1 level at
+most in fp32).
 
 instance_norm_'s contract (the C file's top comment): in place, fp32 or bf16, channels-last or NCHW
 pictures, the statistics of deviations from a shift near each channel's mean, a channel constant but
@@ -116,21 +118,26 @@ def instance_norm_(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, re
 
 def _takes(t: torch.Tensor) -> bool:
     """A CPU fp32/bf16 tensor whose values are its memory's, with some values."""
-    return (t.device.type == "cpu" and t.dtype in _DTYPES and t.numel() > 0 and not t.is_neg()
-            and not t.is_conj())
+    return t.device.type == "cpu" and t.dtype in _DTYPES and t.numel() > 0 and _in_memory(t)
+
+
+def _in_memory(t: torch.Tensor) -> bool:
+    """Whether t's values are what its memory holds: not a negated or conjugated view, nor one of
+    autograd's zero tensors (no memory at all: its data pointer is 0)."""
+    return not (t.is_neg() or t.is_conj() or t._is_zerotensor())
 
 
 def column_pairs(x: torch.Tensor, pad: int, shift: int) -> torch.Tensor | None:
     """x [B,C,H,W] (bf16, channels-last) reflection-padded by `pad`, beside itself shifted `shift`
     columns: [B, 2C, H + 2 pad, W + shift - 1] channels-last (the columns a (2 pad + 1) x shift
-    convolution needs for W outputs), the second C channels 0 past the padded width (_column_pairs.c);
+    convolution needs for W outputs), the second C channels 0 past the padded width (_padding.c);
     None where the library is not there or does not take x."""
     lib = _library()
     if lib is None or x.dim() != 4:
         return None
     b, c, h, w = x.shape
     if (x.dtype != torch.bfloat16 or x.device.type != "cpu" or not x.is_contiguous(
-            memory_format=torch.channels_last) or x.is_neg() or x.is_conj() or x.numel() == 0 or x.requires_grad
+            memory_format=torch.channels_last) or not _in_memory(x) or x.numel() == 0 or x.requires_grad
             or not 0 <= pad < min(h, w) or not 0 < shift <= w):  # (autograd cannot see through C)
         return None
     ow = w + shift - 1
@@ -192,7 +199,7 @@ def frames_to_unit(frames: torch.Tensor) -> torch.Tensor | None:
     the library is not there or does not take them."""
     lib = _library()
     if (lib is None or frames.dtype != torch.uint8 or frames.device.type != "cpu" or frames.dim() != 4
-            or not frames.is_contiguous() or frames.requires_grad or frames.is_neg()):
+            or not frames.is_contiguous() or frames.requires_grad or not _in_memory(frames)):
         return None
     out = torch.empty(frames.shape, dtype=torch.float32)
     lib.stylebatch_frames_to_unit(frames.data_ptr(), frames.numel(), out.data_ptr())
@@ -201,10 +208,11 @@ def frames_to_unit(frames: torch.Tensor) -> torch.Tensor | None:
 
 def centred(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor | None:
     """x [B,C,H,W] (fp32, channels-last, C <= FRAME_CHANNELS) less each picture's channel means, in
-    `dtype` (fp32 or bf16), rounded once, in one pass after the sums (_frames.c): the same bits as
-    `(x - x.double().mean(dim=(2, 3), keepdim=True).float()).to(dtype)` (the means summed in doubles:
-    an fp32 sum's last bit depends on its order, and moved thousands of a frame's values). None where
-    the library is not there or does not take x."""
+    `dtype` (fp32 or bf16), rounded once, in one pass after the sums (_frames.c), the means summed in
+    doubles as models.centred_means sums them in torch: the same bits wherever those sums are exact,
+    as they are for frames as decoded (k/255 values) up to 4 M pixels; elsewhere a mean may differ in
+    its last bit (an fp32 sum's last bit depends on its order, and moved thousands of a frame's
+    values). None where the library is not there or does not take x."""
     lib = _library()
     if lib is None or x.dim() != 4:
         return None

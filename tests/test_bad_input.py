@@ -47,6 +47,9 @@ def _make(kind: str, folder: Path, good: Path) -> Path:
     elif kind == "truncated":
         data = good.read_bytes()
         path.write_bytes(data[: len(data) // 2])
+    elif kind == "tiny":  # 8x8: below what the networks can paint (styles.MIN_SIDE)
+        subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc=size=8x8:rate=30", "-frames:v", "3",
+                        "-pix_fmt", "yuv420p", str(path)], check=True)
     elif kind == "audio-only":
         subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "sine=duration=0.5", "-c:a", "aac",
                         str(path)], check=True)
@@ -59,6 +62,7 @@ def _make(kind: str, folder: Path, good: Path) -> Path:
     ("truncated", ["truncated.mp4"]),
     ("audio-only", ["no video stream"]),
     ("missing", ["not found", "missing.mp4"]),
+    ("tiny", ["8x8", "16"]),
 ])
 def test_bad_input_file(kind: str, words: list[str], tmp_path: Path, place: dict, good: Path) -> None:
     src = _make(kind, tmp_path, good)
@@ -67,10 +71,18 @@ def test_bad_input_file(kind: str, words: list[str], tmp_path: Path, place: dict
     assert os.listdir(place["tmp"]) == []  # nothing worth resuming: no work dir left behind
 
 
-def test_preprocess_alone_reports_bad_input(tmp_path: Path, place: dict, good: Path) -> None:
-    src = _make("text", tmp_path, good)
+@pytest.mark.parametrize("kind, words", [
+    ("text", ["not a readable video"]),
+    # refused from its header, before a rank starts (a pod of its own in a cluster): it used to be
+    # preprocessed and copied into the work dir, then refused by the stylizer
+    ("tiny", ["8x8", "16"]),
+])
+def test_preprocess_alone_reports_bad_input(kind: str, words: list[str], tmp_path: Path, place: dict,
+                                            good: Path) -> None:
+    src = _make(kind, tmp_path, good)
     result = stylebatch("preprocess", src, "--work", tmp_path / "w", "-o", place["out"])
-    assert_failed_cleanly(result, place["out"], "not a readable video")
+    assert_failed_cleanly(result, place["out"], *words)
+    assert result.returncode == 2  # retrying cannot help
     assert not (tmp_path / "w" / "manifest.json").exists()
 
 

@@ -101,7 +101,7 @@ def _row_strip(x: torch.Tensor, r0: int, r1: int, pad: int, mode: str, extra: in
     if extra:
         return F.pad(_row_strip(x, r0, r1, pad, mode), [0, extra]).contiguous(memory_format=torch.channels_last)
     b, c, h, w = x.shape
-    if mode == "reflect" and not (-(h - 1) <= r0 and r1 <= 2 * h - 1 and pad < w):  # as F.pad refuses it
+    if mode == "reflect" and not native.reflects_once(h, w, r0, r1, pad):  # as F.pad refuses it
         raise ValueError(f"rows [{r0}, {r1}) with {pad} columns each side reach past one reflection of a {h}x{w} picture")
     out = torch.empty((b, c, r1 - r0, w + 2 * pad), dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
     lo = min(max(r0, 0), r1)  # the picture's rows in the strip: [lo, hi), empty for a strip wholly outside

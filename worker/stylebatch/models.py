@@ -31,7 +31,7 @@ from stylebatch.fast_nets import fast_multistyle_net, fast_transformer_net
 from stylebatch.multistyle import NUM_STYLES, load_multistyle26
 from stylebatch.styles import (  # noqa: F401 - part of this API
     BUILTIN_KIND, IMAGE_KIND, MIN_SIDE, WEIGHTS_KIND, Style, StylePart, list_styles, parse_style,
-    style_label, style_by_name, working_size,
+    style_label, style_by_name, too_small, working_size,
 )
 from stylebatch.transformer_net import load_transformer_net
 
@@ -144,8 +144,8 @@ class Stylizer:
             got = f"{frames.dtype} {frames.shape}" if isinstance(frames, np.ndarray) else type(frames).__name__
             raise StylebatchError(f"frames must be a uint8 array [batch, height, width, 3], got {got}")
         b, h, w, _ = frames.shape
-        if min(h, w) < MIN_SIDE:
-            raise StylebatchError(f"frames of {w}x{h} are too small to stylize; both sides need {MIN_SIDE}px")
+        if problem := too_small(w, h):
+            raise StylebatchError(problem)
         if b == 0:
             return frames.copy()
         # pipelines share this stylizer: none paints while the first frames are painted and checked

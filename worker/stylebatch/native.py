@@ -136,8 +136,8 @@ def column_pairs(x: torch.Tensor, pad: int, shift: int) -> torch.Tensor | None:
     if lib is None or x.dim() != 4:
         return None
     b, c, h, w = x.shape
-    if (x.dtype != torch.bfloat16 or x.device.type != "cpu" or not x.is_contiguous(
-            memory_format=torch.channels_last) or not _in_memory(x) or x.numel() == 0 or x.requires_grad
+    if (x.dtype != torch.bfloat16 or not _takes(x) or not x.is_contiguous(memory_format=torch.channels_last)
+            or x.requires_grad
             or not 0 <= pad < min(h, w) or not 0 < shift <= w):  # (autograd cannot see through C)
         return None
     ow = w + shift - 1
@@ -162,7 +162,7 @@ def row_strip(x: torch.Tensor, r0: int, r1: int, pad: int, mode: str, extra: int
             or not x.is_contiguous(memory_format=torch.channels_last) or not -2**62 < r0 < r1 < 2**62
             or not 0 <= pad < 2**62 or not 0 <= extra < 2**62):  # (the C code's longs)
         return None
-    if mode == "reflect" and not (-(h - 1) <= r0 and r1 <= 2 * h - 1 and pad < w):
+    if mode == "reflect" and not reflects_once(h, w, r0, r1, pad):
         return None
     ow = w + 2 * pad + extra
     out = torch.empty((b, c, r1 - r0, ow), dtype=x.dtype, memory_format=torch.channels_last)
@@ -170,6 +170,12 @@ def row_strip(x: torch.Tensor, r0: int, r1: int, pad: int, mode: str, extra: int
         lib.stylebatch_row_strip(x[i].data_ptr(), h, w, c, x.element_size(), r0, r1, pad,
                                  _REFLECT if mode == "reflect" else _REPLICATE, extra, out[i].data_ptr())
     return out
+
+
+def reflects_once(h: int, w: int, r0: int, r1: int, pad: int) -> bool:
+    """Whether rows [r0, r1) of an h x w picture padded by `pad` columns each side lie within one
+    reflection of it (what F.pad's reflect takes; row_strip in C and in torch refuse the rest)."""
+    return -(h - 1) <= r0 and r1 <= 2 * h - 1 and pad < w
 
 
 def interleave(y: torch.Tensor, out: torch.Tensor) -> bool:

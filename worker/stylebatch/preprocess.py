@@ -17,7 +17,7 @@ from stylebatch.manifest import MANIFEST_NAME, EncoderSettings, Manifest
 from stylebatch.workdir import check_work, claim_work, hold, inside
 from stylebatch.partition import default_chunk_frames
 from stylebatch.requests import EncodingOptions, PreprocessRequest
-from stylebatch.styles import MIN_SIDE
+from stylebatch.styles import too_small
 
 log = logging.getLogger(__name__)
 
@@ -126,9 +126,8 @@ def _preprocess(src, out, work, enc: EncodingOptions, settings: EncoderSettings)
         info = probe(local, src.display)
         chunk_frames = enc.chunk_frames or default_chunk_frames(len(info.pts))
         width, height = info.display_size
-        if min(width, height) < MIN_SIDE:  # the stylizer would refuse it: say so before any stage starts
-            raise StylebatchError(f"the input's frames are {width}x{height}, too small to stylize: both sides "
-                                  f"need {MIN_SIDE} px ({src.display})")
+        if problem := too_small(width, height):  # the stylizer would refuse it: said before any stage starts
+            raise StylebatchError(f"{problem}: {src.display}")
         settings.pix_fmt = choose_pix_fmt(settings.codec, info.pix_fmt, width, height)
         name = source_name(src.name)
         manifest = Manifest(

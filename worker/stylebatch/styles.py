@@ -61,6 +61,14 @@ _BY_NAME = {s.name: s for s in _STYLES}
 MIN_SIDE = 16  # below this the net's reflection pads run out of pixels
 
 
+def too_small(width: int, height: int) -> str | None:
+    """Why frames of width x height cannot be stylized (a side under MIN_SIDE), or None: the one rule
+    preprocess checks from the input's header and the stylizer on the frames it is given."""
+    if min(width, height) < MIN_SIDE:
+        return f"frames of {width}x{height} are too small to stylize; both sides need {MIN_SIDE} px"
+    return None
+
+
 def list_styles() -> list[Style]:
     """The 26 built-in styles in index order."""
     return list(_STYLES)

@@ -108,7 +108,7 @@ def model_alone(clip: Path, frames: int, workers: int, style: str, tmp: Path) ->
     return frames / seconds
 
 
-RANK_SUMMARY = re.compile(r"rank \d+/\d+: (\d+) frames in [\d.]+ s \(([\d.]+) fps\)")
+RANK_SUMMARY = re.compile(r"rank \d+/\d+: (\d+) frames? in [\d.]+ s \(([\d.]+) fps\)")
 
 
 def painting_fps(stderr: str) -> float | None:

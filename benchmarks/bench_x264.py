@@ -9,11 +9,18 @@ size, written once as raw video; then `ffmpeg -threads 1 ... -c:v libx264 -threa
 -crf 18` encodes it once per preset. Frames/s per core = frames / CPU seconds (user + system) of that
 ffmpeg, which a busy machine disturbs far less than wall time. Size is the output's bitrate at the
 clip's 24 fps; quality is PSNR (Y) of the encode against its raw input.
+
+`--match` adds what a preset costs at equal quality: each preset is encoded again at the CRFs
+around the default (`--crfs`), and its bit rate at the PSNR the default preset reaches at the default
+CRF is read off that curve (log bit rate linear in PSNR between the two encodes that bracket it), so
+a faster preset's price is the bytes it needs for the same picture, not its bytes at the same CRF
+(a faster preset at the same CRF gives another quality too).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import re
 import resource
 import subprocess
@@ -54,6 +61,16 @@ def encode(raw: Path, size: str, preset: str, crf: int, out: Path) -> tuple[floa
     return cpu, out.stat().st_size * 8 / 1000 / (frames / 24), y
 
 
+def rate_at(points: list[tuple[float, float]], psnr: float) -> float | None:
+    """kbit/s at `psnr` on a preset's (kbit/s, PSNR) points: log rate linear in PSNR between the two
+    points that bracket it; None when none do (the curve does not reach that quality)."""
+    points = sorted(points, key=lambda p: p[1])
+    for (r0, q0), (r1, q1) in zip(points, points[1:]):
+        if q0 <= psnr <= q1 and q1 > q0:
+            return math.exp(math.log(r0) + (psnr - q0) / (q1 - q0) * (math.log(r1) - math.log(r0)))
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--frames", type=int, default=48)
@@ -61,12 +78,24 @@ def main(argv: list[str] | None = None) -> int:
     offered = [x for x in PRESETS["libx264"] if x != "placebo"]
     p.add_argument("--presets", default=",".join(offered), help="default: all offered but placebo")
     p.add_argument("--crf", type=int, default=QUALITY["libx264"][0])
+    p.add_argument("--match", action="store_true",
+                   help="also each preset's bit rate at the default preset's quality (encodes at --crfs)")
+    p.add_argument("--crfs", default=None, help="CRFs for --match (default: the CRF -2, +2, +4)")
     a = p.parse_args(argv)
+    crfs = [int(c) for c in a.crfs.split(",")] if a.crfs else [a.crf - 2, a.crf + 2, a.crf + 4]
     source = stylized_source(a.frames)
     print(f"libx264, 1 thread, crf {a.crf}, {len(source)} stylized frames of real footage per size; "
           f"stylebatch's default preset: {DEFAULT_PRESET['libx264']}\n")
-    print("| size | preset | frames/s per core | kbit/s at 24 fps | PSNR Y (dB) |")
-    print("|---|---|---:|---:|---:|")
+    default = DEFAULT_PRESET["libx264"]
+    if a.match:
+        print(f"At equal quality: each preset's kbit/s at the PSNR {default} reaches at crf {a.crf}, from encodes at "
+              f"crf {', '.join(map(str, sorted({a.crf, *crfs})))}\n")
+        print("| size | preset | frames/s per core | kbit/s at 24 fps | PSNR Y (dB) | kbit/s at the default's PSNR | "
+              "bytes against the default at equal PSNR |")
+        print("|---|---|---:|---:|---:|---:|---:|")
+    else:
+        print("| size | preset | frames/s per core | kbit/s at 24 fps | PSNR Y (dB) |")
+        print("|---|---|---:|---:|---:|")
     with tempfile.TemporaryDirectory(prefix="x264-") as tmp_name:
         tmp = Path(tmp_name)
         for size in a.sizes.split(","):
@@ -74,9 +103,20 @@ def main(argv: list[str] | None = None) -> int:
             subprocess.run(["ffmpeg", "-v", "error", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", "640x360", "-i", "-",
                             "-vf", f"scale={size.replace('x', ':')}:flags=bicubic", "-pix_fmt", "yuv420p", "-f",
                             "rawvideo", str(raw)], input=source.tobytes(), check=True)
-            for preset in a.presets.split(","):
+            presets = a.presets.split(",")
+            if a.match and default not in presets:
+                presets.insert(0, default)  # its PSNR is the quality the others are read at
+            for preset in sorted(presets, key=lambda x: x != default) if a.match else presets:
                 cpu, kbps, psnr = encode(raw, size, preset, a.crf, tmp / "out.mp4")
-                print(f"| {size} | {preset} | {len(source) / cpu:.1f} | {kbps:,.0f} | {psnr:.2f} |", flush=True)
+                row = f"| {size} | {preset} | {len(source) / cpu:.1f} | {kbps:,.0f} | {psnr:.2f} |"
+                if a.match and preset == default:  # the first: the quality the others are read at
+                    target, base = psnr, kbps
+                    row += f" {kbps:,.0f} | (the default) |"
+                elif a.match:
+                    at = rate_at([(kbps, psnr)] + [encode(raw, size, preset, c, tmp / "out.mp4")[1:]
+                                                   for c in crfs if c != a.crf], target)
+                    row += f" {at:,.0f} | {at / base - 1:+.0%} |" if at is not None else " - | out of range |"
+                print(row, flush=True)
             raw.unlink()
     return 0
 

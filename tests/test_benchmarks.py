@@ -158,3 +158,29 @@ def test_the_layer_benchmark_splits_a_frame_into_its_layers_for_each_precision()
                                                                                     abs=0.01 * len(mine))
         assert float(frame[6]) > 0
         assert sum(float(r[6]) for r in layers) == pytest.approx(float(frame[6]), rel=0.02, abs=0.001 * len(layers))
+
+
+def test_the_x264_benchmark_prices_each_preset_in_bytes_at_the_default_presets_quality():
+    """`--match`: the default preset's row first (its PSNR is the quality the others are read at), each
+    other preset's bit rate at that PSNR and its difference from the default's, from encodes at 4 CRFs."""
+    result = bench("bench_x264.py", "--frames", "4", "--sizes", "128x72", "--presets", "superfast,medium",
+                   "--match", "--crfs", "10,14,22,30")
+    rows = table_rows(result.stdout)
+    assert [r[1] for r in rows] == ["veryfast", "superfast", "medium"]
+    assert rows[0][5:] == [rows[0][3], "(the default)"]
+    base = float(rows[0][3].replace(",", ""))
+    for row in rows[1:]:  # crf 10..30 spans any preset's PSNR at crf 18
+        at, against = float(row[5].replace(",", "")), float(row[6].rstrip("%"))
+        assert against == pytest.approx(100 * (at / base - 1), abs=0.6 + 100 * 0.5 / base), row
+
+
+def test_a_presets_rate_at_a_quality_is_read_off_its_curve_log_linearly():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        from bench_x264 import rate_at
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    curve = [(4000.0, 42.0), (1000.0, 38.0), (2000.0, 40.0)]  # (kbit/s, dB), in no order
+    assert rate_at(curve, 40.0) == pytest.approx(2000)
+    assert rate_at(curve, 39.0) == pytest.approx(2000 / 2 ** 0.5)  # halfway in dB: the geometric mean
+    assert rate_at(curve, 43.0) is None and rate_at(curve, 37.9) is None  # beyond what it reaches

@@ -16,6 +16,7 @@ from PIL import Image
 
 from stylebatch.errors import BadInput, StylebatchError
 from stylebatch.models import load_stylizer, parse_style
+from stylebatch.styles import style_label
 from stylebatch.paintings import read_style_image
 
 DATA = Path("/usr/share/doc/opencv-doc/examples/data")
@@ -108,19 +109,25 @@ def test_a_style_image_bad_in_its_header_is_refused_before_the_input_is_read(tmp
     assert not (tmp_path / "w").exists() and not (tmp_path / "out.mp4").exists()
 
 
-@pytest.mark.parametrize("spec, kinds, weights", [
-    ("starry.jpg", ["painting"], [1.0]),
-    ("az://styles/Starry Night.WEBP", ["painting"], [1.0]),
+@pytest.mark.parametrize("spec, kinds, weights, label", [
+    ("starry.jpg", ["painting"], [1.0], "starry.jpg"),
+    ("az://styles/Starry Night.WEBP", ["painting"], [1.0], "Starry Night.WEBP"),
     ("https://acct.blob.core.windows.net/styles/s.png?sv=1&sig=x:3,lavender-gold:1", ["painting", "builtin"],
-     [0.75, 0.25]),
-    ("starry.jpg:0.7,lavender-gold:0.3", ["painting", "builtin"], [0.7, 0.3]),
-    ("a.jpg:1,b.png:1,3", ["painting", "painting", "builtin"], [1 / 3] * 3),
-    ("candy.pth:2,12:2", ["weights", "builtin"], [0.5, 0.5]),
+     [0.75, 0.25], "s.png:0.75,lavender-gold:0.25"),
+    ("starry.jpg:0.7,lavender-gold:0.3", ["painting", "builtin"], [0.7, 0.3], "starry.jpg:0.7,lavender-gold:0.3"),
+    ("a.jpg:1,b.png:1,3", ["painting", "painting", "builtin"], [1 / 3] * 3, "a.jpg:0.333,b.png:0.333,tangled-ribbons:0.333"),
+    ("candy.pth:2,12:2", ["weights", "builtin"], [0.5, 0.5], "candy.pth:0.5,lavender-gold:0.5"),
+    # a painting or weights file named like a built-in style is not shown as that style
+    ("/styles/lavender-gold.jpg", ["painting"], [1.0], "lavender-gold.jpg"),
+    ("ink-wash.pth", ["weights"], [1.0], "ink-wash.pth"),
 ])
-def test_style_specs_name_paintings_weights_and_builtins(spec, kinds, weights):
+def test_style_specs_name_paintings_weights_and_builtins(spec, kinds, weights, label):
+    """Each part's kind and weight, and the style as logs show it (a file by its name, extension
+    included; a URI's query, which may hold a SAS, never)."""
     parts = parse_style(spec)
     assert [p.kind for p in parts] == kinds
     np.testing.assert_allclose([p.weight for p in parts], weights)
+    assert style_label(parts) == label
 
 
 @pytest.fixture(scope="module")

@@ -30,7 +30,7 @@ def test_sheet_has_one_labelled_tile_per_style_in_order(tmp_path):
     assert sheet.shape == (size[1], size[0], 3) and len(boxes) == 3
     expected = [("original", small)] + [(s.name, s(small[None])[0]) for s in
                                         (load_stylizer("ink-wash", device="cpu", precision="fp32"), load_stylizer(STARRY, device="cpu"))]
-    assert [name for name, _ in expected] == ["original", "ink-wash", "starry_night"]
+    assert [name for name, _ in expected] == ["original", "ink-wash", "starry_night.jpg"]
     for (name, tile), (x, y) in zip(expected, boxes):
         assert np.abs(sheet[y:y + h, x:x + w] - tile).max() <= 1, name
         label = sheet[y + h:y + h + LABEL_HEIGHT, x:x + w]

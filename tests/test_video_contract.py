@@ -250,8 +250,14 @@ def test_an_interlaced_input_is_named_in_a_warning(clip, tmp_path: Path, flags, 
 
 def test_one_frame_video(clip, tmp_path: Path) -> None:
     src = clip("one.mp4", frames=1)
-    out = stylize(src, tmp_path / "out.mp4")
-    assert_same_timing(src, out)
+    result = stylebatch("run", src, "-o", tmp_path / "out.mp4", "--workers", "1", *FAST_STYLE)
+    assert result.returncode == 0, result.stderr
+    assert_same_timing(src, tmp_path / "out.mp4")
+    # its log lines count it in English: "1 frame", never "1 frames"
+    for line in ("one.mp4: 1 frame, ", "chunks of 1 frame\n", "stylizing 1 frame on 1 rank(s)",
+                 "rank 0/1: 1 frame in ", "out.mp4 (1 frame)"):
+        assert line in result.stderr, result.stderr
+    assert not re.search(r"(?<![/\d])1 frames", result.stderr)  # ("stylize: 1/1 frames" is a fraction)
 
 
 def test_60_fps(clip, tmp_path: Path) -> None:

@@ -25,6 +25,11 @@ LOG_JOB_ENV = "STYLEBATCH_LOG_JOB"  # the job the first stylebatch process named
 RANK_ENVS = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK")
 
 
+def counted(n: int, noun: str) -> str:
+    """"1 frame", "2 frames": a count in a log line, in English."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 class TextFormat(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         level = "" if record.levelno < logging.WARNING else record.levelname.lower() + ": "

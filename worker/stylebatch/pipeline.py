@@ -10,6 +10,7 @@ import threading
 import time
 from typing import Callable, Iterable, Iterator
 
+from stylebatch.logs import counted
 from stylebatch.progress import RankProgress, format_line
 from stylebatch.ranks import World
 
@@ -110,7 +111,7 @@ class Busy:
         wall = total if self.wall is None else self.wall
         share = lambda part: f"{100 * part / total:.0f}%"  # noqa: E731
         on = "" if self.pipelines == 1 else f" on {self.pipelines} pipelines"
-        return (f"{self.count} frames in {wall:.1f} s ({self.count / wall:.1f} fps){on}: model {share(self.model)}, "
+        return (f"{counted(self.count, 'frame')} in {wall:.1f} s ({self.count / wall:.1f} fps){on}: model {share(self.model)}, "
                 f"waiting for the decoder {share(self.decoder)}, waiting for the encoder {share(self.encoder)}")
 
 

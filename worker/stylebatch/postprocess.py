@@ -24,6 +24,7 @@ import av
 from stylebatch.contract import ALLOWED, CONTAINERS, PART_EXT
 from stylebatch.encoding import container_for
 from stylebatch.errors import BadInput, StylebatchError
+from stylebatch.logs import counted
 from stylebatch.manifest import PARTS_DIR, Manifest, read_manifest
 from stylebatch.workdir import delete_work, hold
 from stylebatch.muxing import (
@@ -102,7 +103,7 @@ def _postprocess(work, req: PostprocessRequest) -> str:
             raise StylebatchError(f"cannot write {out.display}: {exc}") from None
         finally:
             result.unlink(missing_ok=True)
-    log.info("wrote %s (%d frames)", out.display, m.frames)
+    log.info("wrote %s (%s)", out.display, counted(m.frames, "frame"))
     if req.delete_work:
         delete_work(work)
         log.info("deleted stylebatch's files in work dir %s", work.display)

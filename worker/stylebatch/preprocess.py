@@ -13,6 +13,7 @@ from pathlib import Path
 
 from stylebatch.contract import ALLOWED, SOURCE_STEM
 from stylebatch.errors import StylebatchError
+from stylebatch.logs import counted
 from stylebatch.manifest import MANIFEST_NAME, EncoderSettings, Manifest
 from stylebatch.workdir import check_work, claim_work, hold, inside
 from stylebatch.partition import default_chunk_frames
@@ -147,9 +148,9 @@ def _preprocess(src, out, work, enc: EncodingOptions, settings: EncoderSettings)
         check_audio(manifest, settings.container)
         work.child(name).upload(local)
     work.child(MANIFEST_NAME).write_bytes(manifest.to_json().encode())
-    log.info("preprocessed %s: %d frames, %dx%d, %s %s, %d audio stream(s), chunks of %d frames",
-             src.display, manifest.frames, width, height, settings.codec, settings.pix_fmt,
-             len(info.audio), chunk_frames)
+    log.info("preprocessed %s: %s, %dx%d, %s %s, %d audio stream(s), chunks of %s",
+             src.display, counted(manifest.frames, "frame"), width, height, settings.codec, settings.pix_fmt,
+             len(info.audio), counted(chunk_frames, "frame"))
     return manifest
 
 

@@ -24,6 +24,7 @@ from stylebatch import signals
 from stylebatch.contract import (ERROR_PREFIX, EXIT_HUNG_UP, EXIT_INTERRUPTED, EXIT_TERMINATED, EXIT_TRANSIENT,
                                  HWLOC_XMLFILE_ENV, START_GATE_ENV, no_topology_file, precision_problem)
 from stylebatch.errors import BadInput, Interrupted, StylebatchError, TransientError
+from stylebatch.logs import counted
 from stylebatch.memory import RANK_BASE_BYTES, USABLE_SHARE, GiB, machine_bytes, ranks_that_fit
 from stylebatch.monitor import Monitor
 from stylebatch.ranks import HYDRA_BANNER, cpu_count, killed_by_sigkill, oom_kills
@@ -323,7 +324,8 @@ def _run_stages(args: RunRequest, src, out, work, scratch: Path, progress: Progr
             workers = fit
         from stylebatch.styles import parse_style, style_label
 
-        log.info("stylizing %d frames on %d rank(s), style %s", frames, workers, style_label(parse_style(style)))
+        log.info("stylizing %s on %d rank(s), style %s", counted(frames, "frame"), workers,
+                 style_label(parse_style(style)))
         if early is not None and (early.workers, early.style) == (workers, style):
             log.debug("the %d rank(s) started beside preprocess go on", workers)
             ranks, early = early, None

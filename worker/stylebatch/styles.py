@@ -143,9 +143,11 @@ def _split_weight(token: str) -> tuple[str, str]:
 
 
 def style_label(parts: list[StylePart]) -> str:
-    """How a style is shown: "lavender-gold", "starry", "starry:0.7,lavender-gold:0.3"."""
+    """How a style is shown in logs and messages: "lavender-gold", "starry.jpg",
+    "starry.jpg:0.7,lavender-gold:0.3". A file by its name with its extension (a painting called
+    lavender-gold.jpg is not the built-in lavender-gold); a URI's query (a SAS) never."""
     def name(p: StylePart) -> str:
-        return p.ref if p.kind == BUILTIN_KIND else Path(p.ref.split("?")[0]).stem
+        return p.ref if p.kind == BUILTIN_KIND else Path(p.ref.split("?")[0]).name
     return name(parts[0]) if len(parts) == 1 else ",".join(f"{name(p)}:{p.weight:.3g}" for p in parts)
 
 

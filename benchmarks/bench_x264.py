@@ -83,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--crfs", default=None, help="CRFs for --match (default: the CRF -2, +2, +4)")
     a = p.parse_args(argv)
     crfs = [int(c) for c in a.crfs.split(",")] if a.crfs else [a.crf - 2, a.crf + 2, a.crf + 4]
+    if a.match and not set(crfs) - {a.crf}:
+        p.error(f"--match needs --crfs other than --crf {a.crf}: a preset's curve is read between two encodes")
     source = stylized_source(a.frames)
     print(f"libx264, 1 thread, crf {a.crf}, {len(source)} stylized frames of real footage per size; "
           f"stylebatch's default preset: {DEFAULT_PRESET['libx264']}\n")
@@ -115,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
                 elif a.match:
                     at = rate_at([(kbps, psnr)] + [encode(raw, size, preset, c, tmp / "out.mp4")[1:]
                                                    for c in crfs if c != a.crf], target)
-                    row += f" {at:,.0f} | {at / base - 1:+.0%} |" if at is not None else " - | out of range |"
+                    row += (f" {at:,.0f} | {round(100 * (at / base - 1)):+d}% |" if at is not None
+                            else " - | out of its range |")
                 print(row, flush=True)
             raw.unlink()
     return 0

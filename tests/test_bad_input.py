@@ -677,6 +677,21 @@ def test_nvenc_without_an_nvidia_gpu_is_a_one_line_error(command: str, good: Pat
     assert not work.exists()
 
 
+def test_a_file_cut_short_to_one_frame_is_warned_of_in_english(caplog) -> None:
+    """The warning counts what is left: "the 1 frame it has", not "the 1 frames"."""
+    import logging
+    from fractions import Fraction
+    from types import SimpleNamespace
+
+    from stylebatch.video import _warn_if_cut_short
+
+    declares_6_s = SimpleNamespace(duration=6000, time_base=Fraction(1, 1000), start_time=0, metadata={})
+    with caplog.at_level(logging.WARNING, logger="stylebatch"):
+        _warn_if_cut_short("cut.mkv", declares_6_s, end=0.04, frames=1, expected=0)
+    assert [r.getMessage() for r in caplog.records] == [
+        "cut.mkv declares 6.0 s of video but its frames end at 0.0 s: it may be truncated (stylizing the 1 frame it has)"]
+
+
 @pytest.mark.parametrize("case, warned", [
     ("a whole Matroska file", False),
     ("the first 55% of it (a download that stopped)", True),

@@ -281,7 +281,7 @@ def test_ranks_started_beside_preprocess_give_way_when_the_clip_needs_fewer(clip
     from stylebatch.ranks import cpu_count
 
     threads = f"{cpu_count()} thread{'' if cpu_count() == 1 else 's'}"
-    assert f"rank 0/1: 1 of 1 chunks left to stylize, taken one at a time ({threads})" in result.stderr
+    assert f"rank 0/1: 1 of 1 chunk left to stylize, taken one at a time ({threads})" in result.stderr
     assert count_frames(out) == 6
     assert _ranks_of(cache) == []
     assert _shared_memory() - shared == set()

@@ -124,7 +124,7 @@ def test_pth_in_old_format_gives_the_same_picture(user_pth, user_net):
         x = torch.from_numpy(frames).permute(0, 3, 1, 2).float()
         direct = user_net(x).clamp(0, 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
     assert max_diff(out_plain, direct) <= 1
-    assert load_stylizer(str(plain), device="cpu").name == "plain"
+    assert load_stylizer(str(plain), device="cpu").name == "plain.pth"
 
 
 def test_batch_equals_single_frames_for_both_models(user_pth):
@@ -1992,7 +1992,7 @@ def test_a_network_that_paints_a_varied_frame_flat_says_so_once(tmp_path, user_n
         for i in range(3):
             stylizer(frames[i:i + 1])
     warned = [r.getMessage() for r in caplog.records if "one flat colour" in r.getMessage()]
-    assert warned == ([f"style untrained paints a varied frame as one flat colour ({warns}): it paints no "
+    assert warned == ([f"style untrained.pth paints a varied frame as one flat colour ({warns}): it paints no "
                        "picture; is the network trained? (a .pth saved before training paints black)"] if warns else [])
 
 

@@ -9,7 +9,7 @@ from PIL import Image
 
 from stylebatch.errors import BadInput
 from stylebatch.models import list_styles, load_stylizer
-from stylebatch.preview import LABEL_HEIGHT, chosen_styles, draw_label, fit, grab_frame, grid, parse_time
+from stylebatch.preview import LABEL_HEIGHT, chosen_styles, draw_label, fit, fitted_label, grab_frame, grid, parse_time
 
 STARRY = "/usr/share/doc/opencv-doc/examples/data/starry_night.jpg"
 BUILTINS = [s.name for s in list_styles()]
@@ -203,3 +203,20 @@ def test_an_input_photo_with_too_many_pixels_is_named_as_the_input_not_a_style_i
     assert error_lines(result) == [f"stylebatch: error: {huge} is 8200x8200 pixels, more than the 64 megapixels "
                                    "an input picture may have; scale it down"], result.stderr
     assert "style image" not in result.stderr and not (tmp_path / "sheet.png").exists()
+
+
+@pytest.mark.parametrize("label, room, shown", [
+    ("lavender-gold", 20, "lavender-gold"),  # fits: as it is
+    ("lavender-gold", 10, "lavender-…"),
+    ("lavender-gold.jpg", 12, "lavende….jpg"),  # a file keeps its extension
+    ("Starry Night.webp", 10, "Star….webp"),
+    ("candy.pth:0.5,lavender-gold:0.5", 12, "candy.pth:0…"),  # a blend loses its end
+    ("starry.jpg:0.7", 10, "starry.jp…"),  # a weight is no extension
+])
+def test_a_label_too_long_for_its_tile_loses_the_end_of_its_name_not_its_extension(label, room, shown):
+    assert fitted_label(label, lambda text: len(text) <= room) == shown
+
+
+def test_a_painting_named_like_a_built_in_style_is_labelled_apart_from_it_on_a_small_tile():
+    painting, built_in = (np.asarray(draw_label(name, 64)) for name in ("lavender-gold.jpg", "lavender-gold"))
+    assert (painting != built_in).any()

@@ -220,7 +220,7 @@ def _killed_once_stylizing(argv: list[str], env: dict) -> None:
     try:
         for line in proc.stdout:
             seen.append(line)
-            if "chunks left to stylize" in line:  # logged by rank 0 (and the others) once it holds the lock
+            if "left to stylize" in line:  # logged by rank 0 (and the others) once it holds the lock
                 break
         else:
             pytest.fail("it ended before stylizing: " + "".join(seen))

@@ -241,7 +241,7 @@ def _part_packets(path: Path) -> tuple[av.container.InputContainer, list[av.Pack
 
 def _presentation_ranks(packets: list[av.Packet], expected: int, path: Path) -> list[int]:
     if len(packets) != expected or any(p.pts is None for p in packets):
-        raise StylebatchError(f"part {path.name} is damaged ({len(packets)} frames, expected {expected}): "
+        raise StylebatchError(f"part {path.name} is damaged ({counted(len(packets), 'frame')}, expected {expected}): "
                               f"delete it and run stylize again")
     return presentation_ranks([p.pts for p in packets])
 

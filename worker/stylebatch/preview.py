@@ -10,6 +10,7 @@ import math
 import re
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -109,14 +110,26 @@ def grid(count: int, tile_w: int, tile_h: int, columns: int | None = None) -> tu
     return (GAP + columns * cell_w, GAP + rows * cell_h), boxes
 
 
+def fitted_label(text: str, fits: Callable[[str], bool]) -> str:
+    """`text`, shortened with "…" until fits(text): a file's name loses the end of its stem, not its
+    extension (lavender-gold.jpg is a painting, lavender-gold the built-in: "lavender…jpg" is not
+    "lavender-g…"); any other label (a built-in, a blend) loses its end."""
+    stem, dot, ext = text.rpartition(".")
+    keep = dot + ext if stem and 0 < len(ext) <= 4 and ext.isalnum() and ext[0].isalpha() else ""
+    head = text[:len(text) - len(keep)]
+    while len(head) > 1 and not fits(head + keep):
+        head = head[:-2] + "…"
+    return head + keep
+
+
 def draw_label(text: str, width: int):
-    """The label strip under a tile: the style's name in black on white (Pillow's built-in font)."""
+    """The label strip under a tile: the style's name in black on white (Pillow's built-in font),
+    shortened to fit (fitted_label)."""
     from PIL import Image, ImageDraw, ImageFont
 
     strip = Image.new("RGB", (width, LABEL_HEIGHT), "white")
     font = ImageFont.load_default()
-    while len(text) > 1 and ImageDraw.Draw(strip).textlength(text, font=font) > width - 4:
-        text = text[:-2] + "…"
+    text = fitted_label(text, lambda t: ImageDraw.Draw(strip).textlength(t, font=font) <= width - 4)
     ImageDraw.Draw(strip).text((2, 3), text, fill="black", font=font)
     return strip
 

@@ -24,7 +24,7 @@ from typing import Callable, Iterator
 from stylebatch.contract import ERROR_PREFIX, PART_EXT, START_GATE_ENV
 from stylebatch.encoder import PartWriter
 from stylebatch.errors import StylebatchError
-from stylebatch.logs import set_rank
+from stylebatch.logs import counted, set_rank
 from stylebatch.memory import default_batch, default_pipelines, on_gpu, one_heap, pipelines_that_fit, reuse_freed_memory
 from stylebatch.manifest import PARTS_DIR, STYLIZE_NAME, Manifest, read_manifest
 from stylebatch.dispatch import ChunkDispenser, dispense
@@ -172,8 +172,8 @@ def stylize(req: StylizeRequest, world: World, tmp: Path,
         # threads again would only contend with them (5% slower at 640x360); beside a GPU they get them
         codec = threads if gpu else 1
         at_once = "" if pipelines == 1 else f", {pipelines} at once"
-        log.info("rank %d/%d: %d of %d chunks left to stylize, taken one at a time%s (%d thread%s%s)",
-                 world.rank, world.size, len(missing), len(chunks), at_once, threads, "" if threads == 1 else "s",
+        log.info("rank %d/%d: %d of %s left to stylize, taken one at a time%s (%s%s)", world.rank, world.size,
+                 len(missing), counted(len(chunks), "chunk"), at_once, counted(threads, "thread"),
                  "" if pipelines == 1 else " each")
         from stylebatch.temporal_defaults import warmup_frames
 

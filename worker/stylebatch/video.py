@@ -15,6 +15,7 @@ import numpy as np
 from av.video.reformatter import VideoReformatter
 
 from stylebatch.errors import StylebatchError
+from stylebatch.logs import counted
 from stylebatch.memory import codec_threads, lowres
 from stylebatch.muxing import stream_tags
 
@@ -104,7 +105,7 @@ def _warn_if_cut_short(label: str, vs, end: float, frames: int, expected: int) -
     if expected or not declared or declared - end <= max(CUT_SHORT_S, CUT_SHORT_SHARE * declared):
         return
     log.warning("%s declares %.1f s of video but its frames end at %.1f s: it may be truncated (stylizing "
-                "the %d frames it has)", label, declared, end, frames)
+                "the %s it has)", label, declared, end, counted(frames, "frame"))
 
 
 def _warn_if_transparent(label: str, frame: av.VideoFrame) -> None:

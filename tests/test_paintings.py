@@ -112,6 +112,10 @@ def test_a_style_image_bad_in_its_header_is_refused_before_the_input_is_read(tmp
 @pytest.mark.parametrize("spec, kinds, weights, label", [
     ("starry.jpg", ["painting"], [1.0], "starry.jpg"),
     ("az://styles/Starry Night.WEBP", ["painting"], [1.0], "Starry Night.WEBP"),
+    ("https://acct.blob.core.windows.net/styles/Starry%20Night.jpg?sv=1&sig=x#top", ["painting"], [1.0],
+     "Starry Night.jpg"),  # a URI's name decoded, as the ranks name the file they fetch
+    ("/styles/evil\nstylebatch: error: forged.jpg", ["painting"], [1.0], "evil\\nstylebatch: error: forged.jpg"),
+    ("https://h/s/a%0Ab.jpg", ["painting"], [1.0], "a\\nb.jpg"),  # a newline is escaped, never a log line of its own
     ("https://acct.blob.core.windows.net/styles/s.png?sv=1&sig=x:3,lavender-gold:1", ["painting", "builtin"],
      [0.75, 0.25], "s.png:0.75,lavender-gold:0.25"),
     ("starry.jpg:0.7,lavender-gold:0.3", ["painting", "builtin"], [0.7, 0.3], "starry.jpg:0.7,lavender-gold:0.3"),
@@ -197,3 +201,19 @@ def test_painting_on_a_real_clip_moves_its_colours_toward_the_painting_and_keeps
     before = np.abs(colour_histogram(decode_rgb(video)) - painting).sum()
     after = np.abs(colour_histogram(decode_rgb(out)) - painting).sum()
     assert after < 0.6 * before, (before, after)
+
+
+def test_a_painting_whose_file_name_holds_a_newline_forges_no_log_line(tmp_path):
+    """The error line is a contract callers parse: a style file named "evil\\nstylebatch: error: forged.jpg"
+    made `run` print a line "stylebatch: error: forged.jpg" in a run that succeeded (exit 0)."""
+    src = tmp_path / "in.mp4"
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=96x64:rate=30", "-frames:v", "4",
+                    "-pix_fmt", "yuv420p", str(src)], check=True)
+    painting = tmp_path / "evil\nstylebatch: error: forged.jpg"
+    shutil.copy(STARRY, painting)
+    result = stylebatch("run", src, "-o", tmp_path / "out.mp4", "--style", painting, "--max-side", "32")
+    assert result.returncode == 0, result.stderr
+    assert all(line.startswith("stylebatch: ") for line in result.stderr.splitlines()), result.stderr
+    assert not [line for line in result.stderr.splitlines() if line.startswith("stylebatch: error:")], result.stderr
+    assert "style evil\\nstylebatch: error: forged.jpg" in result.stderr  # named, escaped, on its own line
+    assert count_frames(tmp_path / "out.mp4") == 4

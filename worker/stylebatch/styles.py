@@ -145,9 +145,20 @@ def _split_weight(token: str) -> tuple[str, str]:
 def style_label(parts: list[StylePart]) -> str:
     """How a style is shown in logs and messages: "lavender-gold", "starry.jpg",
     "starry.jpg:0.7,lavender-gold:0.3". A file by its name with its extension (a painting called
-    lavender-gold.jpg is not the built-in lavender-gold); a URI's query (a SAS) never."""
+    lavender-gold.jpg is not the built-in lavender-gold); a URI's by its name decoded ("Starry
+    Night.jpg" for .../Starry%20Night.jpg, as the ranks name the file they fetched), its query (a SAS)
+    and fragment never; control characters escaped (a newline in a file's name made a log line of its
+    own, which could read "stylebatch: error: ...")."""
+    from urllib.parse import unquote
+
+    from stylebatch.storage.scrub import printable
+
     def name(p: StylePart) -> str:
-        return p.ref if p.kind == BUILTIN_KIND else Path(p.ref.split("?")[0]).name
+        if p.kind == BUILTIN_KIND:
+            return p.ref
+        if "://" in p.ref:
+            return printable(unquote(p.ref.split("?")[0].split("#")[0].rstrip("/").rsplit("/", 1)[-1]))
+        return printable(Path(p.ref).name)
     return name(parts[0]) if len(parts) == 1 else ",".join(f"{name(p)}:{p.weight:.3g}" for p in parts)
 
 

@@ -112,8 +112,8 @@ def grid(count: int, tile_w: int, tile_h: int, columns: int | None = None) -> tu
 
 def fitted_label(text: str, fits: Callable[[str], bool]) -> str:
     """`text`, shortened with "…" until fits(text): a file's name loses the end of its stem, not its
-    extension (lavender-gold.jpg is a painting, lavender-gold the built-in: "lavender…jpg" is not
-    "lavender-g…"); any other label (a built-in, a blend) loses its end."""
+    extension (lavender-gold.jpg is a painting, lavender-gold the built-in: "lavende….jpg" is not
+    "lavender-…"); any other label (a built-in, a blend) loses its end."""
     stem, dot, ext = text.rpartition(".")
     keep = dot + ext if stem and 0 < len(ext) <= 4 and ext.isalnum() and ext[0].isalpha() else ""
     head = text[:len(text) - len(keep)]

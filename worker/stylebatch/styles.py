@@ -151,13 +151,13 @@ def style_label(parts: list[StylePart]) -> str:
     own, which could read "stylebatch: error: ...")."""
     from urllib.parse import unquote
 
-    from stylebatch.storage.scrub import printable
+    from stylebatch.storage.scrub import printable, scrub_uri
 
     def name(p: StylePart) -> str:
         if p.kind == BUILTIN_KIND:
             return p.ref
-        if "://" in p.ref:
-            return printable(unquote(p.ref.split("?")[0].split("#")[0].rstrip("/").rsplit("/", 1)[-1]))
+        if "://" in p.ref:  # (scrub_uri: no query, fragment or user info)
+            return printable(unquote(scrub_uri(p.ref).rstrip("/").rsplit("/", 1)[-1]))
         return printable(Path(p.ref).name)
     return name(parts[0]) if len(parts) == 1 else ",".join(f"{name(p)}:{p.weight:.3g}" for p in parts)
 

@@ -6,7 +6,9 @@
 What x264 is given is what a rank hands its encoder: stylized frames. Real footage (Megamind, from
 Debian's opencv-doc) is stylized with the default built-in style at 640x360 and scaled up to each
 size, written once as raw video; then `ffmpeg -threads 1 ... -c:v libx264 -threads 1 -preset P
--crf 18` encodes it once per preset. Frames/s per core = frames / CPU seconds (user + system) of that
+-crf 18 -x264-params ...` encodes it once per preset, with the settings stylebatch sets over that
+preset (`contract.X264_TUNING`, as a rank's encoder has them; a preset stylebatch tunes also gets a
+row "P, x264's own" without them). Frames/s per core = frames / CPU seconds (user + system) of that
 ffmpeg, which a busy machine disturbs far less than wall time. Size is the output's bitrate at the
 clip's 24 fps; quality is PSNR (Y) of the encode against its raw input.
 
@@ -30,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stylebatch.contract import DEFAULT_PRESET, PRESETS, QUALITY
+from stylebatch.contract import DEFAULT_PRESET, PRESETS, QUALITY, X264_TUNING
 
 FOOTAGE = "/usr/share/doc/opencv-doc/examples/data/Megamind.avi"
 SIZES = ("1280x720", "1920x1080")
@@ -46,12 +48,13 @@ def stylized_source(frames: int) -> np.ndarray:
     return np.concatenate([stylizer(video[i:i + 8]) for i in range(0, len(video), 8)])
 
 
-def encode(raw: Path, size: str, preset: str, crf: int, out: Path) -> tuple[float, float, float]:
-    """(CPU seconds, kbit/s at 24 fps, PSNR Y in dB)."""
+def encode(raw: Path, size: str, preset: str, crf: int, out: Path, own: bool = False) -> tuple[float, float, float]:
+    """(CPU seconds, kbit/s at 24 fps, PSNR Y in dB); with stylebatch's settings over the preset unless own."""
+    params = [] if own or preset not in X264_TUNING else ["-x264-params", X264_TUNING[preset]]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     subprocess.run(["ffmpeg", "-v", "error", "-y", "-threads", "1", "-f", "rawvideo", "-pix_fmt", "yuv420p",
                     "-s", size, "-r", "24", "-i", str(raw), "-c:v", "libx264", "-threads", "1", "-preset", preset,
-                    "-crf", str(crf), str(out)], check=True)
+                    "-crf", str(crf), *params, str(out)], check=True)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
     psnr = subprocess.run(["ffmpeg", "-i", str(out), "-f", "rawvideo", "-pix_fmt", "yuv420p", "-s", size, "-r", "24",
@@ -108,14 +111,17 @@ def main(argv: list[str] | None = None) -> int:
             presets = a.presets.split(",")
             if a.match and default not in presets:
                 presets.insert(0, default)  # its PSNR is the quality the others are read at
-            for preset in sorted(presets, key=lambda x: x != default) if a.match else presets:
-                cpu, kbps, psnr = encode(raw, size, preset, a.crf, tmp / "out.mp4")
-                row = f"| {size} | {preset} | {len(source) / cpu:.1f} | {kbps:,.0f} | {psnr:.2f} |"
-                if a.match and preset == default:  # the first: the quality the others are read at
+            rows = [(preset, own) for preset in (sorted(presets, key=lambda x: x != default) if a.match else presets)
+                    for own in ((False, True) if preset in X264_TUNING else (False,))]
+            for preset, own in rows:
+                cpu, kbps, psnr = encode(raw, size, preset, a.crf, tmp / "out.mp4", own)
+                label = f"{preset}, x264's own" if own else preset
+                row = f"| {size} | {label} | {len(source) / cpu:.1f} | {kbps:,.0f} | {psnr:.2f} |"
+                if a.match and preset == default and not own:  # the first: the quality the others are read at
                     target, base = psnr, kbps
                     row += f" {kbps:,.0f} | (the default) |"
                 elif a.match:
-                    at = rate_at([(kbps, psnr)] + [encode(raw, size, preset, c, tmp / "out.mp4")[1:]
+                    at = rate_at([(kbps, psnr)] + [encode(raw, size, preset, c, tmp / "out.mp4", own)[1:]
                                                    for c in crfs if c != a.crf], target)
                     row += (f" {at:,.0f} | {round(100 * (at / base - 1)):+d}% |" if at is not None
                             else " - | out of its range |")

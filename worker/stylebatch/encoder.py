@@ -14,7 +14,7 @@ from stylebatch.errors import StylebatchError
 from stylebatch.memory import codec_threads, encoder_per_frame
 from stylebatch.manifest import EncoderSettings
 
-from stylebatch.contract import DEFAULT_PRESET, PART_EXT
+from stylebatch.contract import DEFAULT_PRESET, PART_EXT, X264_TUNING
 
 # Matroska counts in milliseconds; capping the rate the encoder is told keeps part timestamps distinct.
 _MAX_PART_RATE = Fraction(500)
@@ -104,8 +104,11 @@ def open_encoder_options(s: EncoderSettings) -> dict[str, str]:
         opts["preset"] = s.preset or DEFAULT_PRESET[c]
         if c == "libx265":
             opts["x265-params"] = "log-level=error"
-        elif asm := x264_asm():
-            opts["x264-params"] = f"asm={asm}"
+        else:
+            asm = x264_asm()
+            params = [X264_TUNING.get(opts["preset"]), asm and f"asm={asm}"]
+            if any(params):
+                opts["x264-params"] = ":".join(filter(None, params))
     elif c == "libvpx-vp9":
         opts.update({"deadline": s.preset or DEFAULT_PRESET[c], "cpu-used": "8" if s.preset == "realtime" else "4",
                      "row-mt": "1"})

@@ -246,11 +246,14 @@ def _nvenc_missing() -> str | None:
 
 
 def x264_rows(device: torch.device, sizes, frames: int, budget: Budget):
-    """libx264 on one thread: `frames` stylized frames (what a rank encodes: a painting's texture
-    costs x264 more than the camera's picture) and the flush, timed together (x264 holds frames back
-    for its look-ahead, so a short timing window measures the wrong frames)."""
+    """libx264 on one thread, with a rank's settings at each preset (its default CRF, `X264_TUNING`):
+    `frames` stylized frames (what a rank encodes: a painting's texture costs x264 more than the
+    camera's picture) and the flush, timed together (x264 holds frames back for its look-ahead, so a
+    short timing window measures the wrong frames)."""
     import av
 
+    from stylebatch.encoder import open_encoder_options
+    from stylebatch.encoding import choose_settings
     from stylebatch.models import load_stylizer
 
     stylizer = load_stylizer("lavender-gold", device=str(device))
@@ -270,7 +273,7 @@ def x264_rows(device: torch.device, sizes, frames: int, budget: Budget):
                 try:
                     ctx = av.CodecContext.create(codec, "w")
                     ctx.width, ctx.height, ctx.pix_fmt, ctx.time_base = w, h, "yuv420p", Fraction(1, 30)
-                    ctx.options = {"preset": preset, "crf": "18"} if codec == "libx264" else {"preset": preset}
+                    ctx.options = open_encoder_options(choose_settings("part.mp4", codec=codec, preset=preset))  # a rank's
                     ctx.thread_count = 1
                     ctx.open()
                     t0 = time.perf_counter()

@@ -17,6 +17,10 @@ around the default (`--crfs`), and its bit rate at the PSNR the default preset r
 CRF is read off that curve (log bit rate linear in PSNR between the two encodes that bracket it), so
 a faster preset's price is the bytes it needs for the same picture, not its bytes at the same CRF
 (a faster preset at the same CRF gives another quality too).
+
+`--params 'me=dia;partitions=i8x8,i4x4'` adds a row per try: the default preset, x264's own, with
+those x264-params over it (how `contract.X264_TUNING` was chosen); `--footage` and `--style` paint
+other frames (Debian's opencv-doc has vtest.avi and tree.avi beside Megamind.avi).
 """
 
 from __future__ import annotations
@@ -38,19 +42,19 @@ FOOTAGE = "/usr/share/doc/opencv-doc/examples/data/Megamind.avi"
 SIZES = ("1280x720", "1920x1080")
 
 
-def stylized_source(frames: int) -> np.ndarray:
+def stylized_source(frames: int, footage: str = FOOTAGE, style: str | None = None) -> np.ndarray:
     from stylebatch.models import DEFAULT_STYLE, load_stylizer
 
-    raw = subprocess.run(["ffmpeg", "-v", "error", "-i", FOOTAGE, "-frames:v", str(frames), "-vf", "scale=640:360",
+    raw = subprocess.run(["ffmpeg", "-v", "error", "-i", footage, "-frames:v", str(frames), "-vf", "scale=640:360",
                           "-f", "rawvideo", "-pix_fmt", "rgb24", "-"], check=True, capture_output=True).stdout
     video = np.frombuffer(raw, np.uint8).reshape(-1, 360, 640, 3)
-    stylizer = load_stylizer(DEFAULT_STYLE, device="cpu")
+    stylizer = load_stylizer(style or DEFAULT_STYLE, device="cpu")
     return np.concatenate([stylizer(video[i:i + 8]) for i in range(0, len(video), 8)])
 
 
-def encode(raw: Path, size: str, preset: str, crf: int, out: Path, own: bool = False) -> tuple[float, float, float]:
-    """(CPU seconds, kbit/s at 24 fps, PSNR Y in dB); with stylebatch's settings over the preset unless own."""
-    params = [] if own or preset not in X264_TUNING else ["-x264-params", X264_TUNING[preset]]
+def encode(raw: Path, size: str, preset: str, crf: int, out: Path, params: str | None = None) -> tuple[float, float, float]:
+    """(CPU seconds, kbit/s at 24 fps, PSNR Y in dB) of an encode at the preset with `params` over it."""
+    params = ["-x264-params", params] if params else []
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     subprocess.run(["ffmpeg", "-v", "error", "-y", "-threads", "1", "-f", "rawvideo", "-pix_fmt", "yuv420p",
                     "-s", size, "-r", "24", "-i", str(raw), "-c:v", "libx264", "-threads", "1", "-preset", preset,
@@ -84,14 +88,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--match", action="store_true",
                    help="also each preset's bit rate at the default preset's quality (encodes at --crfs)")
     p.add_argument("--crfs", default=None, help="CRFs for --match (default: the CRF -2, +2, +4)")
+    p.add_argument("--params", type=lambda text: [x for x in text.split(";") if x], default=[],
+                   help="x264-params to try over x264's own default preset, ';' between tries "
+                        "(e.g. 'me=dia;partitions=i8x8,i4x4'): a row each")
+    p.add_argument("--footage", default=FOOTAGE, help="the video whose frames are stylized (first --frames)")
+    p.add_argument("--style", default=None, help="the built-in style that paints them (default: the default style)")
     a = p.parse_args(argv)
     crfs = [int(c) for c in a.crfs.split(",")] if a.crfs else [a.crf - 2, a.crf + 2, a.crf + 4]
     if a.match and not set(crfs) - {a.crf}:
         p.error(f"--match needs --crfs other than --crf {a.crf}: a preset's curve is read between two encodes")
-    source = stylized_source(a.frames)
-    print(f"libx264, 1 thread, crf {a.crf}, {len(source)} stylized frames of real footage per size; "
-          f"stylebatch's default preset: {DEFAULT_PRESET['libx264']}\n")
+    source = stylized_source(a.frames, a.footage, a.style)
     default = DEFAULT_PRESET["libx264"]
+    tuning = f" ({X264_TUNING[default]})" if default in X264_TUNING else ""
+    print(f"libx264, 1 thread, crf {a.crf}, {len(source)} frames of {Path(a.footage).name} painted in "
+          f"{a.style or 'the default style'} per size; stylebatch's default preset: {default}{tuning}\n")
     if a.match:
         print(f"At equal quality: each preset's kbit/s at the PSNR {default} reaches at crf {a.crf}, from encodes at "
               f"crf {', '.join(map(str, sorted({a.crf, *crfs})))}\n")
@@ -111,17 +121,20 @@ def main(argv: list[str] | None = None) -> int:
             presets = a.presets.split(",")
             if a.match and default not in presets:
                 presets.insert(0, default)  # its PSNR is the quality the others are read at
-            rows = [(preset, own) for preset in (sorted(presets, key=lambda x: x != default) if a.match else presets)
-                    for own in ((False, True) if preset in X264_TUNING else (False,))]
-            for preset, own in rows:
-                cpu, kbps, psnr = encode(raw, size, preset, a.crf, tmp / "out.mp4", own)
-                label = f"{preset}, x264's own" if own else preset
+            rows = []  # (label, preset, x264-params): each preset as a rank sets it, then x264's own where they differ
+            for preset in sorted(presets, key=lambda x: x != default) if a.match else presets:
+                rows.append((preset, preset, X264_TUNING.get(preset)))
+                if preset in X264_TUNING:
+                    rows.append((f"{preset}, x264's own", preset, None))
+            rows += [(f"{default}, x264's own + {extra}", default, extra) for extra in a.params]
+            for n, (label, preset, params) in enumerate(rows):
+                cpu, kbps, psnr = encode(raw, size, preset, a.crf, tmp / "out.mp4", params)
                 row = f"| {size} | {label} | {len(source) / cpu:.1f} | {kbps:,.0f} | {psnr:.2f} |"
-                if a.match and preset == default and not own:  # the first: the quality the others are read at
+                if a.match and n == 0:  # the default as a rank sets it: the quality the others are read at
                     target, base = psnr, kbps
                     row += f" {kbps:,.0f} | (the default) |"
                 elif a.match:
-                    at = rate_at([(kbps, psnr)] + [encode(raw, size, preset, c, tmp / "out.mp4", own)[1:]
+                    at = rate_at([(kbps, psnr)] + [encode(raw, size, preset, c, tmp / "out.mp4", params)[1:]
                                                    for c in crfs if c != a.crf], target)
                     row += (f" {at:,.0f} | {round(100 * (at / base - 1)):+d}% |" if at is not None
                             else " - | out of its range |")

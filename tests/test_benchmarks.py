@@ -163,11 +163,12 @@ def test_the_layer_benchmark_splits_a_frame_into_its_layers_for_each_precision()
 def test_the_x264_benchmark_prices_each_preset_in_bytes_at_the_default_presets_quality():
     """`--match`: the default preset's row first (its PSNR is the quality the others are read at), each
     other preset's bit rate at that PSNR and its difference from the default's, from encodes at 4 CRFs;
-    the default as stylebatch sets it and as x264 has it."""
+    the default as stylebatch sets it and as x264 has it, and each --params try over x264's own."""
     result = bench("bench_x264.py", "--frames", "4", "--sizes", "128x72", "--presets", "superfast,medium",
-                   "--match", "--crfs", "10,14,22,30")
+                   "--match", "--crfs", "10,14,22,30", "--params", "me=dia;subme=1")
     rows = table_rows(result.stdout)
-    assert [r[1] for r in rows] == ["veryfast", "veryfast, x264's own", "superfast", "medium"]
+    assert [r[1] for r in rows] == ["veryfast", "veryfast, x264's own", "superfast", "medium",
+                                    "veryfast, x264's own + me=dia", "veryfast, x264's own + subme=1"]
     assert rows[0][5:] == [rows[0][3], "(the default)"]
     base = float(rows[0][3].replace(",", ""))
     for row in rows[1:]:  # crf 10..30 spans any preset's PSNR at crf 18

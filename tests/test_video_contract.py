@@ -453,20 +453,20 @@ def x264_options(video: Path) -> set[str]:
     return set(re.findall(rb"options: ([^\x00]+)", video.read_bytes()))
 
 
-@pytest.mark.parametrize("flags, analyse, subme", [
-    ((), b"analyse=0x3:0x3", b"subme=2"),  # the default: veryfast, without the sub-macroblock inter search
-    (("--preset", "veryfast"), b"analyse=0x3:0x3", b"subme=2"),  # the default named: the same settings
-    (("--preset", "faster"), b"analyse=0x3:0x113", b"subme=4"),  # any other preset: x264's own
+@pytest.mark.parametrize("flags, expected", [
+    ((), {b"analyse=0x3:0x3", b"me=dia", b"subme=2"}),  # the default: veryfast without the searches
+    (("--preset", "veryfast"), {b"analyse=0x3:0x3", b"me=dia", b"subme=2"}),  # the default by name: the same
+    (("--preset", "faster"), {b"analyse=0x3:0x113", b"me=hex", b"subme=4"}),  # any other preset: x264's own
 ])
-def test_the_default_x264_preset_skips_the_inter_partition_search_other_presets_are_x264s(
-        clip, tmp_path: Path, flags, analyse, subme) -> None:
-    """At veryfast x264 searches p8x8 and b8x8 partitions (analyse=0x3:0x113); on painted frames that
-    took a quarter to two fifths of the encoder's time for no bytes saved at equal quality (bench_x264),
-    so stylebatch's veryfast leaves it out. Every part of the video carries the same settings."""
+def test_the_default_x264_preset_skips_searches_that_buy_nothing_on_painted_frames(
+        clip, tmp_path: Path, flags, expected) -> None:
+    """x264's veryfast searches p8x8 and b8x8 partitions (analyse=0x3:0x113) and moves its motion search
+    in hexagons; on painted frames that made x264 1.3-1.5x slower for no bytes saved at equal quality
+    (bench_x264), so stylebatch's veryfast leaves them out. Every part of the video has the same settings."""
     src = clip("in.mp4", size=(96, 64), frames=12)
     out = stylize(src, tmp_path / "out.mp4", "--chunk-frames", "4", *flags)
     (options,) = x264_options(out)  # three parts, one set of settings
-    assert analyse in options.split() and subme in options.split()
+    assert expected <= set(options.split())
     assert_same_timing(src, out)
 
 

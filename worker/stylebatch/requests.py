@@ -48,7 +48,8 @@ class EncodingOptions(Request):
     crf: int | None = flag("--crf", kind=int, check=at_least(0), exclusive="rate",
                            help="constant quality (lower is better; default 18 for h264)")
     bitrate: str | None = flag("--bitrate", exclusive="rate", help="target bitrate instead of --crf, e.g. 4M or 800k")
-    preset: str | None = flag("--preset", help="encoder speed preset, e.g. medium (x264/x265), good (vp9), p5 (nvenc)")
+    preset: str | None = flag("--preset", help="encoder speed preset, e.g. medium (x264/x265), good (vp9), p5 (nvenc); "
+                                               "x264's default veryfast is tuned for painted frames (README)")
     chunk_frames: int | None = flag("--chunk-frames", kind=int, check=at_least(1),
                                     help="frames per chunk, the unit of work and of resume "
                                          "(default: 16 to 120, aiming at 16 chunks; a short clip in 8, 4 or 2 equal ones)")

@@ -6,9 +6,10 @@
 What x264 is given is what a rank hands its encoder: stylized frames. Real footage (Megamind, from
 Debian's opencv-doc) is stylized with the default built-in style at 640x360 and scaled up to each
 size, written once as raw video; then `ffmpeg -threads 1 ... -c:v libx264 -threads 1 -preset P
--crf 18 -x264-params ...` encodes it once per preset, with the settings stylebatch sets over that
-preset (`contract.X264_TUNING`, as a rank's encoder has them; a preset stylebatch tunes also gets a
-row "P, x264's own" without them). Frames/s per core = frames / CPU seconds (user + system) of that
+-crf 18 -x264-params ...` encodes it once per preset, with the x264-params a rank's encoder has at
+that preset on this CPU (stylebatch's tuning, `contract.X264_TUNING`, and on an AVX-512 CPU the cap
+at x264's AVX2 code, `encoder.x264_asm`; a preset stylebatch tunes also gets a row "P, x264's own"
+with the cap alone). Frames/s per core = frames / CPU seconds (user + system) of that
 ffmpeg, which a busy machine disturbs far less than wall time. Size is the output's bitrate at the
 clip's 24 fps; quality is PSNR (Y) of the encode against its raw input.
 
@@ -37,6 +38,8 @@ from pathlib import Path
 import numpy as np
 
 from stylebatch.contract import DEFAULT_PRESET, PRESETS, QUALITY, X264_TUNING
+from stylebatch.encoder import open_encoder_options, x264_asm
+from stylebatch.encoding import choose_settings
 
 FOOTAGE = "/usr/share/doc/opencv-doc/examples/data/Megamind.avi"
 SIZES = ("1280x720", "1920x1080")
@@ -52,7 +55,14 @@ def stylized_source(frames: int, footage: str = FOOTAGE, style: str | None = Non
     return np.concatenate([stylizer(video[i:i + 8]) for i in range(0, len(video), 8)])
 
 
-def encode(raw: Path, size: str, preset: str, crf: int, out: Path, params: str | None = None) -> tuple[float, float, float]:
+def rank_params(preset: str) -> str | None:
+    """The x264-params a rank's encoder has at `preset` on this CPU: stylebatch's tuning of it
+    (`contract.X264_TUNING`) and the cap on x264's AVX-512 code (`encoder.x264_asm`)."""
+    return open_encoder_options(choose_settings("part.mp4", codec="h264", preset=preset)).get("x264-params")
+
+
+def encode(raw: Path, size: str, preset: str, crf: int, out: Path,
+           params: str | None = None) -> tuple[float, float, float]:
     """(CPU seconds, kbit/s at 24 fps, PSNR Y in dB) of an encode at the preset with `params` over it."""
     params = ["-x264-params", params] if params else []
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -111,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print("| size | preset | frames/s per core | kbit/s at 24 fps | PSNR Y (dB) |")
         print("|---|---|---:|---:|---:|")
+    cap = f"asm={x264_asm()}" if x264_asm() else None  # what a rank's encoder has at any preset on this CPU
     with tempfile.TemporaryDirectory(prefix="x264-") as tmp_name:
         tmp = Path(tmp_name)
         for size in a.sizes.split(","):
@@ -123,10 +134,11 @@ def main(argv: list[str] | None = None) -> int:
                 presets.insert(0, default)  # its PSNR is the quality the others are read at
             rows = []  # (label, preset, x264-params): each preset as a rank sets it, then x264's own where they differ
             for preset in sorted(presets, key=lambda x: x != default) if a.match else presets:
-                rows.append((preset, preset, X264_TUNING.get(preset)))
+                rows.append((preset, preset, rank_params(preset)))
                 if preset in X264_TUNING:
-                    rows.append((f"{preset}, x264's own", preset, None))
-            rows += [(f"{default}, x264's own + {extra}", default, extra) for extra in a.params]
+                    rows.append((f"{preset}, x264's own", preset, cap))
+            rows += [(f"{default}, x264's own + {extra}", default, ":".join(filter(None, [extra, cap])))
+                     for extra in a.params]
             for n, (label, preset, params) in enumerate(rows):
                 cpu, kbps, psnr = encode(raw, size, preset, a.crf, tmp / "out.mp4", params)
                 row = f"| {size} | {label} | {len(source) / cpu:.1f} | {kbps:,.0f} | {psnr:.2f} |"

@@ -169,6 +169,8 @@ def test_the_x264_benchmark_prices_each_preset_in_bytes_at_the_default_presets_q
     rows = table_rows(result.stdout)
     assert [r[1] for r in rows] == ["veryfast", "veryfast, x264's own", "superfast", "medium",
                                     "veryfast, x264's own + me=dia", "veryfast, x264's own + subme=1"]
+    own, subme1 = rows[1], rows[5]
+    assert subme1[3:5] != own[3:5]  # the try's settings reached x264: other bytes or another picture
     assert rows[0][5:] == [rows[0][3], "(the default)"]
     base = float(rows[0][3].replace(",", ""))
     for row in rows[1:]:  # crf 10..30 spans any preset's PSNR at crf 18

@@ -451,7 +451,7 @@ def test_h264_is_encoded_at_the_measured_default_preset_unless_one_is_given(
         clip, tmp_path: Path, flags, expected) -> None:
     """veryfast by default: 3x medium's frames/s per core at 720p and 1080p at about the same size, so a
     GPU node's CPUs keep up with its GPU; and without two of its searches, p8x8 and b8x8 partitions
-    (analyse=0x3:0x113) and a motion search in hexagons: on painted frames they made x264 1.15-1.54x
+    (analyse=0x3:0x113) and a motion search in hexagons: on painted frames they made x264 1.15-1.58x
     slower for bytes within 3% at equal quality (docs/benchmarks.md, bench_x264.py). x264 writes its
     settings into the stream; every part of the video has the same ones."""
     src = clip("in.mp4", size=(96, 64), frames=12)

@@ -89,7 +89,7 @@ X264_TUNING = {"veryfast": "partitions=i8x8,i4x4:me=dia"}
 """x264 settings stylebatch sets over a preset's own (`x264-params`). At `veryfast`, the default, x264
 neither searches inter partitions smaller than a macroblock (p8x8, b8x8) nor moves its motion search
 in hexagons, only diamonds (superfast's choices for both): on painted frames this made x264
-1.15-1.54x as fast, its bytes at equal quality within 3% of x264's own veryfast either way, by
+1.15-1.58x as fast, its bytes at equal quality within 3% of x264's own veryfast either way, by
 footage, painting and size (`benchmarks/bench_x264.py --match --params`, docs/benchmarks.md,
 twenty-fourth pass). Other presets are x264's own."""
 BITRATE_PATTERN = r"\s*(\d+(?:\.\d+)?)\s*([kKmMgG]?)\s*(?:bps|b)?\s*"  # 4M, 800k, 2500000

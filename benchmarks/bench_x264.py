@@ -7,11 +7,11 @@ What x264 is given is what a rank hands its encoder: stylized frames. Real foota
 Debian's opencv-doc) is stylized with the default built-in style at 640x360 and scaled up to each
 size, written once as raw video; then `ffmpeg -threads 1 ... -c:v libx264 -threads 1 -preset P
 -crf 18 -x264-params ...` encodes it once per preset, with the x264-params a rank's encoder has at
-that preset on this CPU (stylebatch's tuning, `contract.X264_TUNING`, and on an AVX-512 CPU the cap
-at x264's AVX2 code, `encoder.x264_asm`; a preset stylebatch tunes also gets a row "P, x264's own"
-with the cap alone). Frames/s per core = frames / CPU seconds (user + system) of that
-ffmpeg, which a busy machine disturbs far less than wall time. Size is the output's bitrate at the
-clip's 24 fps; quality is PSNR (Y) of the encode against its raw input.
+that preset on this CPU (`encoder.x264_params`, as `open_encoder_options` sets them: stylebatch's
+tuning, `contract.X264_TUNING`, and on an AVX-512 CPU the cap at x264's AVX2 code; a preset
+stylebatch tunes also gets a row "P, x264's own" with the cap alone). Frames/s per core = frames /
+CPU seconds (user + system) of that ffmpeg, which a busy machine disturbs far less than wall time.
+Size is the output's bitrate at the clip's 24 fps; quality is PSNR (Y) of the encode against its raw input.
 
 `--match` adds what a preset costs at equal quality: each preset is encoded again at the CRFs
 around the default (`--crfs`), and its bit rate at the PSNR the default preset reaches at the default
@@ -38,8 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from stylebatch.contract import DEFAULT_PRESET, PRESETS, QUALITY, X264_TUNING
-from stylebatch.encoder import open_encoder_options, x264_asm
-from stylebatch.encoding import choose_settings
+from stylebatch.encoder import x264_params
 
 FOOTAGE = "/usr/share/doc/opencv-doc/examples/data/Megamind.avi"
 SIZES = ("1280x720", "1920x1080")
@@ -53,12 +52,6 @@ def stylized_source(frames: int, footage: str = FOOTAGE, style: str | None = Non
     video = np.frombuffer(raw, np.uint8).reshape(-1, 360, 640, 3)
     stylizer = load_stylizer(style or DEFAULT_STYLE, device="cpu")
     return np.concatenate([stylizer(video[i:i + 8]) for i in range(0, len(video), 8)])
-
-
-def rank_params(preset: str) -> str | None:
-    """The x264-params a rank's encoder has at `preset` on this CPU: stylebatch's tuning of it
-    (`contract.X264_TUNING`) and the cap on x264's AVX-512 code (`encoder.x264_asm`)."""
-    return open_encoder_options(choose_settings("part.mp4", codec="h264", preset=preset)).get("x264-params")
 
 
 def encode(raw: Path, size: str, preset: str, crf: int, out: Path,
@@ -121,7 +114,6 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print("| size | preset | frames/s per core | kbit/s at 24 fps | PSNR Y (dB) |")
         print("|---|---|---:|---:|---:|")
-    cap = f"asm={x264_asm()}" if x264_asm() else None  # what a rank's encoder has at any preset on this CPU
     with tempfile.TemporaryDirectory(prefix="x264-") as tmp_name:
         tmp = Path(tmp_name)
         for size in a.sizes.split(","):
@@ -134,11 +126,10 @@ def main(argv: list[str] | None = None) -> int:
                 presets.insert(0, default)  # its PSNR is the quality the others are read at
             rows = []  # (label, preset, x264-params): each preset as a rank sets it, then x264's own where they differ
             for preset in sorted(presets, key=lambda x: x != default) if a.match else presets:
-                rows.append((preset, preset, rank_params(preset)))
+                rows.append((preset, preset, x264_params(X264_TUNING.get(preset))))  # as a rank's encoder has it
                 if preset in X264_TUNING:
-                    rows.append((f"{preset}, x264's own", preset, cap))
-            rows += [(f"{default}, x264's own + {extra}", default, ":".join(filter(None, [extra, cap])))
-                     for extra in a.params]
+                    rows.append((f"{preset}, x264's own", preset, x264_params(None)))
+            rows += [(f"{default}, x264's own + {extra}", default, x264_params(extra)) for extra in a.params]
             for n, (label, preset, params) in enumerate(rows):
                 cpu, kbps, psnr = encode(raw, size, preset, a.crf, tmp / "out.mp4", params)
                 row = f"| {size} | {label} | {len(source) / cpu:.1f} | {kbps:,.0f} | {psnr:.2f} |"

@@ -95,6 +95,13 @@ def x264_asm(cpu: CpuInfo | None = None) -> str | None:
     return ",".join(["AVX2", *(name for flag, name in _X264_BELOW_AVX512 if flag in flags)])
 
 
+def x264_params(tuning: str | None) -> str | None:
+    """x264-params for an encoder on this CPU: `tuning` (stylebatch's for the preset, contract.X264_TUNING,
+    or a benchmark's try) and the cap at x264's AVX2 code where this CPU needs it; None for neither."""
+    asm = x264_asm()
+    return ":".join(filter(None, [tuning, asm and f"asm={asm}"])) or None
+
+
 def open_encoder_options(s: EncoderSettings) -> dict[str, str]:
     opts: dict[str, str] = {}
     c = s.codec
@@ -104,11 +111,8 @@ def open_encoder_options(s: EncoderSettings) -> dict[str, str]:
         opts["preset"] = s.preset or DEFAULT_PRESET[c]
         if c == "libx265":
             opts["x265-params"] = "log-level=error"
-        else:
-            asm = x264_asm()
-            params = [X264_TUNING.get(opts["preset"]), asm and f"asm={asm}"]
-            if any(params):
-                opts["x264-params"] = ":".join(filter(None, params))
+        elif params := x264_params(X264_TUNING.get(opts["preset"])):
+            opts["x264-params"] = params
     elif c == "libvpx-vp9":
         opts.update({"deadline": s.preset or DEFAULT_PRESET[c], "cpu-used": "8" if s.preset == "realtime" else "4",
                      "row-mt": "1"})

@@ -311,7 +311,7 @@ def test_more_workers_than_chunks_start_one_rank_per_chunk(clip, tmp_path: Path)
     src = clip("in.mp4", size=(96, 64), frames=30)
     result = stylebatch("run", src, "-o", tmp_path / "o.mp4", "--workers", "8", "--chunk-frames", "15", *FAST_STYLE)
     assert result.returncode == 0, result.stderr
-    assert "2 chunk(s) of work: running 2 rank(s), not 8" in result.stderr
+    assert "2 chunks of work: running 2 ranks, not 8" in result.stderr
     assert count_frames(tmp_path / "o.mp4") == 30
 
 

@@ -277,7 +277,7 @@ def test_ranks_started_beside_preprocess_give_way_when_the_clip_needs_fewer(clip
     result = stylebatch("run", src, "-o", out, "--workers", "2", "--chunk-frames", "6", *FAST_STYLE,
                         env=dict(os.environ, XDG_CACHE_HOME=str(cache)))
     assert result.returncode == 0, result.stderr
-    assert "1 chunk(s) of work: running 1 rank(s), not 2" in result.stderr
+    assert "1 chunk of work: running 1 rank, not 2" in result.stderr
     from stylebatch.ranks import cpu_count
 
     threads = f"{cpu_count()} thread{'' if cpu_count() == 1 else 's'}"
@@ -411,7 +411,7 @@ def test_ranks_started_beside_preprocess_and_not_needed_go_at_once_even_one_deaf
     # (under the 20 s a SIGTERM-first end took, with room for a slow machine to start the rank)
     assert waited < 18, f"the ranks not needed took {waited:.1f} s to go"
     assert proc.returncode == 0, err
-    assert "1 chunk(s) of work: running 1 rank(s), not 2" in err
+    assert "1 chunk of work: running 1 rank, not 2" in err
     assert count_frames(out) == 6
     assert _ranks_of(cache) == []
 

@@ -89,7 +89,7 @@ def test_ranks_are_capped_to_what_fits_in_the_machines_memory(clip, tmp_path: Pa
                  "--style", "lavender-gold", "--max-side", "48"])
     err = capsys.readouterr().err
     assert code == 0, err
-    assert "memory for 1 rank(s) of 64x48 frames: running 1, not 3" in err
+    assert "memory for 1 rank of 64x48 frames: running 1, not 3" in err
     assert count_frames(tmp_path / "out.mp4") == 12
 
 

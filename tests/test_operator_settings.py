@@ -174,7 +174,7 @@ def test_a_bad_job_default_stops_stylebatch_operator_before_it_connects(monkeypa
 
 def test_the_startup_summary_names_the_defaults_without_credentials():
     line = from_environment(chart_env()).summary()
-    assert line == ("job defaults: image ghcr.io/stylebatch/stylebatch-worker:0.1.0, 2 worker(s), 1 GPU(s) each, "
+    assert line == ("job defaults: image ghcr.io/stylebatch/stylebatch-worker:0.1.0, 2 workers, 1 GPU each, "
                     "storage Secret stylebatch-storage")
     assert "\n" not in line
 

@@ -254,7 +254,7 @@ def test_one_frame_video(clip, tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert_same_timing(src, tmp_path / "out.mp4")
     # its log lines count it in English: "1 frame", never "1 frames"
-    for line in ("one.mp4: 1 frame, ", "chunks of 1 frame\n", "stylizing 1 frame on 1 rank(s)",
+    for line in ("one.mp4: 1 frame, ", "chunks of 1 frame\n", "stylizing 1 frame on 1 rank,",
                  "rank 0/1: 1 frame in ", "out.mp4 (1 frame)"):
         assert line in result.stderr, result.stderr
     assert not re.search(r"(?<![/\d])1 frames", result.stderr)  # ("stylize: 1/1 frames" is a fraction)
@@ -381,6 +381,7 @@ def test_a_ranks_next_chunk_in_the_same_gop_is_decoded_on_from_where_it_stands(c
     (".mp4", ["--codec", "hevc", "--bitrate", "300k", "--preset", "ultrafast"], "hevc"),
     (".mkv", ["--codec", "vp9", "--crf", "40", "--preset", "realtime"], "vp9"),
     (".mov", ["--codec", "mjpeg", "--crf", "5"], "mjpeg"),
+    (".avi", ["--bitrate", "200k"], "mjpeg"),  # MJPEG at a bit rate ended in a traceback
 ])
 def test_encoder_flags(clip, tmp_path: Path, ext: str, flags: list[str], codec: str) -> None:
     src = clip("in.mp4", size=(96, 64), frames=30, audio=("aac",))
@@ -389,6 +390,50 @@ def test_encoder_flags(clip, tmp_path: Path, ext: str, flags: list[str], codec: 
     assert count_frames(out) == 30
     if ext != ".mkv":
         assert frame_pts(out) == frame_pts(src)
+
+
+def jpeg_quantizer(packet: bytes) -> bytes:
+    """The first quantization table (DQT) of a JPEG picture."""
+    start = packet.index(b"\xff\xdb") + 5
+    return packet[start:start + 64]
+
+
+def test_mjpegs_crf_is_the_quantizer_ffmpegs_q_v_gives_and_its_bitrate_is_aimed_at(tmp_path: Path) -> None:
+    """--crf for MJPEG is FFmpeg's -q:v (2 finest to 31 coarsest): every frame is coded with the
+    quantization tables `ffmpeg -q:v` writes, so a higher value makes a smaller file. It used to set
+    only the context's global quality, and every --crf gave the same bytes, at the finest quantizer."""
+    import av
+
+    from stylebatch.encoder import PartWriter
+    from stylebatch.manifest import EncoderSettings
+
+    raw = tmp_path / "frames.rgb"
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=96x64:rate=24", "-frames:v", "6",
+                    "-pix_fmt", "rgb24", "-f", "rawvideo", raw], check=True)
+    frames = np.fromfile(raw, np.uint8).reshape(6, 64, 96, 3)
+    color = {"matrix": "itu601", "space": 5, "range": 2, "primaries": 2, "trc": 2}
+
+    def encode(name: str, **quality) -> list[bytes]:
+        writer = PartWriter(tmp_path / name, EncoderSettings("mjpeg", "yuvj420p", "avi", **quality),
+                            96, 64, Fraction(24), color, threads=1)
+        writer.write(frames)
+        writer.close()
+        with av.open(str(tmp_path / name)) as c:
+            return [bytes(p) for p in c.demux(video=0) if p.size]
+
+    sizes = {}
+    for q in (2, 10, 31):
+        ours = encode(f"q{q}.mkv", crf=q)
+        theirs = tmp_path / f"ffmpeg-q{q}.mkv"
+        subprocess.run(["ffmpeg", "-v", "error", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", "96x64", "-r", "24",
+                        "-i", raw, "-c:v", "mjpeg", "-pix_fmt", "yuvj420p", "-q:v", str(q), theirs], check=True)
+        with av.open(str(theirs)) as c:
+            want = {jpeg_quantizer(bytes(p)) for p in c.demux(video=0) if p.size}
+        assert {jpeg_quantizer(p) for p in ours} == want and len(want) == 1, q
+        sizes[q] = sum(map(len, ours))
+    assert sizes[2] > sizes[10] > sizes[31], sizes
+    low, high = encode("100k.mkv", bitrate=100_000), encode("2M.mkv", bitrate=2_000_000)
+    assert len(low) == len(high) == 6 and sum(map(len, low)) < sum(map(len, high))
 
 
 def x264_options(video: Path) -> set[bytes]:

@@ -114,7 +114,7 @@ def test_a_failed_video_is_reported_skipped_and_retried_on_the_next_start(clip, 
 
     first = stylebatch("watch", src, "-o", dest, *FLAGS)
     assert first.returncode == 2
-    assert "1 of 1 video(s) failed" in error_lines(first)[0] and "broken.mp4" in error_lines(first)[0]
+    assert "1 of 1 video failed" in error_lines(first)[0] and "broken.mp4" in error_lines(first)[0]
     assert len(error_lines(first)) == 1 and "Traceback" not in first.stderr
     assert "stylebatch: warning: failed " in first.stderr and outputs(dest) == []
 
@@ -365,7 +365,7 @@ def test_a_users_file_at_a_videos_output_name_is_never_replaced_and_that_video_i
                         "stylebatch watch did not write it (or it was changed since): it is left as it is; "
                         "move it away, or watch into another DEST"], first.stderr
     [error] = error_lines(first)
-    assert "1 of 2 video(s) skipped" in error and str(dest / "a.mp4") in error
+    assert "1 of 2 videos skipped" in error and str(dest / "a.mp4") in error
     assert (dest / "a.mp4").read_bytes() == b"my own film" and count_frames(dest / "b.mp4") == 3
     assert outputs(dest) == ["a.mp4", "b.mp4"]
 
@@ -391,7 +391,7 @@ def test_the_watchs_own_output_is_replaced_when_its_input_changes_but_not_once_s
 
     (dest / "a.mp4").write_bytes(b"edited by hand")
     video.write_bytes(b"three, longer still")
-    with pytest.raises(watch_mod.StylebatchError, match=r"1 of 1 video\(s\) skipped .*out/a.mp4 is already there"):
+    with pytest.raises(watch_mod.StylebatchError, match=r"1 of 1 video skipped .*out/a.mp4 is already there"):
         make_watch(src, dest, made).once(0)
     assert (dest / "a.mp4").read_bytes() == b"edited by hand" and made == ["a.mp4", "a.mp4"]
 

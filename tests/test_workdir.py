@@ -435,7 +435,7 @@ def test_a_painting_changed_under_the_same_name_is_stylized_again_in_runs_own_wo
     Image.fromarray(pixels).save(painting)
     again = stylebatch("run", src, "-o", out, *flags, env=env)
     assert again.returncode == 0 and "Traceback" not in again.stderr, again.stderr
-    assert "stylebatch: warning: the 3 part(s) in work dir" in again.stderr and "deleting them" in again.stderr
+    assert "stylebatch: warning: the 3 parts in work dir" in again.stderr and "deleting them" in again.stderr
     assert _own_work_dirs(tmp_path / "cache") == []
     assert stylebatch("run", src, "-o", fresh, *flags, "--work", tmp_path / "w").returncode == 0
     assert np.abs(decode_rgb(out).astype(int) - decode_rgb(fresh).astype(int)).mean() < 1

@@ -28,6 +28,7 @@ from typing import Any
 import yaml
 
 from stylebatch.errors import StylebatchError
+from stylebatch.logs import counted
 
 from stylebatch_operator.crd import EFFECTIVE_ONLY_SCHEMA, SPEC_SCHEMA, schema_problems, storage_problem
 from stylebatch_operator.names import DNS_LABEL_PATTERN, DNS_SUBDOMAIN_PATTERN
@@ -174,8 +175,8 @@ class Settings:
         way = (f"workload identity (service account {storage['serviceAccountName']}, account "
                f"{storage.get('accountName')})" if storage.get("serviceAccountName")
                else f"Secret {storage['secretName']}" if storage.get("secretName") else "none (each job names its own)")
-        gpus = f"{d['gpusPerWorker']} GPU(s) each" if d["gpusPerWorker"] else "CPUs only"
-        return f"job defaults: image {d['image']}, {d['workers']} worker(s), {gpus}, storage {way}"
+        gpus = f"{counted(d['gpusPerWorker'], 'GPU')} each" if d["gpusPerWorker"] else "CPUs only"
+        return f"job defaults: image {d['image']}, {counted(d['workers'], 'worker')}, {gpus}, storage {way}"
 
 
 BUILT_IN = Settings()  # an operator started with no STYLEBATCH_* variables

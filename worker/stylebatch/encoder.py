@@ -122,6 +122,13 @@ def open_encoder_options(s: EncoderSettings) -> dict[str, str]:
         opts["preset"] = s.preset or DEFAULT_PRESET[c]
         if s.crf is not None:
             opts.update({"rc": "vbr", "cq": str(s.crf), "b": "0"})
+    elif c == "mjpeg" and s.crf is not None:
+        # FFmpeg's MJPEG encoder takes a fixed quantizer only from each frame's own quality, which
+        # ffmpeg's -q:v sets and PyAV cannot (a context's global_quality alone left every frame at
+        # the finest quantizer, whatever --crf said); its rate control held at one quantizer gives
+        # every frame that one: -q:v's quantization tables. With --bitrate the rate control aims
+        # at the bit rate, between FFmpeg's own bounds.
+        opts.update({"qmin": str(s.crf), "qmax": str(s.crf)})
     return opts
 
 
@@ -157,9 +164,6 @@ class PartWriter:
                 cc.sample_aspect_ratio = Fraction(*sar)
             if s.bitrate is not None:
                 cc.bit_rate = s.bitrate
-            if s.codec == "mjpeg":
-                cc.qscale = True
-                cc.global_quality = s.crf * 118  # FF_QP2LAMBDA: the same scale as ffmpeg's -q:v
             cc.colorspace = color["space"]
             cc.color_range = 2 if self.full_range else 1
             if color.get("primaries") not in (None, 2):

@@ -27,6 +27,7 @@ from stylebatch import fast_nets, native
 from stylebatch.contract import BF16_BUILTIN_STYLES, BF16_MIN_SPEEDUP, DEFAULT_STYLE, PRECISIONS, precision_problem  # noqa: F401 - DEFAULT_STYLE: part of this API
 from stylebatch.cpuinfo import this_cpu
 from stylebatch.errors import StylebatchError
+from stylebatch.logs import counted
 from stylebatch.fast_nets import fast_multistyle_net, fast_transformer_net
 from stylebatch.multistyle import NUM_STYLES, load_multistyle26
 from stylebatch.styles import (  # noqa: F401 - part of this API
@@ -640,5 +641,5 @@ def _device(device: str) -> torch.device:
         raise StylebatchError(f"device {device!r} is not available: {why}; use the cpu device instead")
     index = torch.cuda.current_device() if dev.index is None else dev.index
     if index >= torch.cuda.device_count():
-        raise StylebatchError(f"device {device!r} does not exist: {torch.cuda.device_count()} GPU(s) visible")
+        raise StylebatchError(f"device {device!r} does not exist: {counted(torch.cuda.device_count(), 'GPU')} visible")
     return torch.device("cuda", index)

@@ -148,9 +148,9 @@ def _preprocess(src, out, work, enc: EncodingOptions, settings: EncoderSettings)
         check_audio(manifest, settings.container)
         work.child(name).upload(local)
     work.child(MANIFEST_NAME).write_bytes(manifest.to_json().encode())
-    log.info("preprocessed %s: %s, %dx%d, %s %s, %d audio stream(s), chunks of %s",
+    log.info("preprocessed %s: %s, %dx%d, %s %s, %s, chunks of %s",
              src.display, counted(manifest.frames, "frame"), width, height, settings.codec, settings.pix_fmt,
-             len(info.audio), counted(chunk_frames, "frame"))
+             counted(len(info.audio), "audio stream"), counted(chunk_frames, "frame"))
     return manifest
 
 

@@ -16,6 +16,7 @@ import numpy as np
 
 from stylebatch.contract import style_problem
 from stylebatch.errors import BadInput
+from stylebatch.logs import counted
 
 ORIGINAL = "original"
 LABEL_HEIGHT, GAP = 18, 6
@@ -191,7 +192,7 @@ def run(args: argparse.Namespace) -> int:
         result = Path(tmp) / f"sheet{suffix}"
         sheet.save(result, SHEET_SUFFIXES[suffix], **({"quality": 85} if suffix != ".png" else {}))
         out.upload(result)  # atomic: a half-written sheet never appears under its name
-    print(f"{out.display}: {len(styles)} style(s)")
+    print(f"{out.display}: {counted(len(styles), 'style')}")
     return 0
 
 

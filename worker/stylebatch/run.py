@@ -60,7 +60,7 @@ def gpu_sharing(workers: int, gpus: int) -> str | None:
     H200, 2 and 4 ranks took 1.15x and 1.2x one rank's time (docs/benchmarks.md)."""
     if not gpus or workers <= gpus:
         return None
-    return (f"{workers} ranks on {gpus} GPU(s): ranks will share GPUs, which was slower than one rank per "
+    return (f"{workers} ranks on {counted(gpus, 'GPU')}: ranks will share GPUs, which was slower than one rank per "
             f"GPU where measured; leave out --workers for one rank per GPU")
 
 
@@ -213,7 +213,7 @@ def _sweep_scratch(tmp: Path, now: float | None = None) -> list[Path]:
         finally:
             os.close(fd)
     if removed:
-        log.debug("removed the scratch of %d run(s) that ended without removing it", len(removed))
+        log.debug("removed the scratch of %s that ended without removing it", counted(len(removed), "run"))
     return removed
 
 
@@ -311,7 +311,7 @@ def _run_stages(args: RunRequest, src, out, work, scratch: Path, progress: Progr
             raise BadInput(f"--precision {problem}")  # a GPU driver here, but torch sees no GPU: before the ranks
         frames, chunks = m.frames, len(chunk_bounds(m.frames, m.chunk_frames))
         if workers > chunks:
-            log.info("%d chunk(s) of work: running %d rank(s), not %d", chunks, chunks, workers)
+            log.info("%s of work: running %s, not %d", counted(chunks, "chunk"), counted(chunks, "rank"), workers)
             workers = chunks
         model = args.model
         gpu = model.device != "cpu" and style_check.gpus > 0
@@ -319,15 +319,15 @@ def _run_stages(args: RunRequest, src, out, work, scratch: Path, progress: Progr
             log.warning("%s", note)
         fit = ranks_that_fit(m, model.max_side, model.batch_size, gpu)  # before any stylize
         if workers > fit:
-            log.info("memory for %d rank(s) of %dx%d frames: running %d, not %d", fit, m.display_width,
+            log.info("memory for %s of %dx%d frames: running %d, not %d", counted(fit, "rank"), m.display_width,
                      m.display_height, fit, workers)
             workers = fit
         from stylebatch.styles import parse_style, style_label
 
-        log.info("stylizing %s on %d rank(s), style %s", counted(frames, "frame"), workers,
+        log.info("stylizing %s on %s, style %s", counted(frames, "frame"), counted(workers, "rank"),
                  style_label(parse_style(style)))
         if early is not None and (early.workers, early.style) == (workers, style):
-            log.debug("the %d rank(s) started beside preprocess go on", workers)
+            log.debug("the %s started beside preprocess go on", counted(workers, "rank"))
             ranks, early = early, None
         else:
             if early is not None:
@@ -714,4 +714,4 @@ def _stylize(ranks: _Ranks, frames: int, progress: Progress | None = None) -> No
             raise _killed("a rank", ranks.ooms, "; try --max-side or --batch-size 1")
         if code < 0:
             raise StylebatchError(f"stylize was killed (signal {-code})")
-        raise StylebatchError(f"stylize failed on one of {ranks.workers} rank(s) (exit code {code})")
+        raise StylebatchError(f"stylize failed on one of {counted(ranks.workers, 'rank')} (exit code {code})")

@@ -365,8 +365,8 @@ def check_settings(work, record: dict, parts: list[str], discard: bool = False) 
         if not discard:
             raise StylebatchError(f"work dir {work.display} has parts stylized with {made}, "
                                   f"not {describe_settings(record)}: use another --work, or delete its {PARTS_DIR}/")
-        log.warning("the %d part(s) in work dir %s were stylized with %s: deleting them, to stylize with %s",
-                    len(parts), work.display, made, describe_settings(record))
+        log.warning("the %s in work dir %s were stylized with %s: deleting them, to stylize with %s",
+                    counted(len(parts), "part"), work.display, made, describe_settings(record))
         for name in parts:
             work.child(PARTS_DIR, name).delete()
         loc.write_bytes(json.dumps(record, sort_keys=True).encode())

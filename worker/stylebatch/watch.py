@@ -39,6 +39,7 @@ from pathlib import Path
 from stylebatch import trigger
 from stylebatch.contract import EXIT_TRANSIENT, JOB_ENV
 from stylebatch.errors import Interrupted, StylebatchError, TransientError
+from stylebatch.logs import counted
 from stylebatch.storage import BlobLocation, Location, location
 from stylebatch.storage.base import FileInfo
 from stylebatch.storage.errors import local_errors
@@ -134,9 +135,9 @@ class Watch:
             said = []
             if self.failed:
                 first = next(iter(self.failed))
-                said.append(f"{len(self.failed)} of {len(ready)} video(s) failed ({first}: {self.failed[first]})")
+                said.append(f"{len(self.failed)} of {counted(len(ready), 'video')} failed ({first}: {self.failed[first]})")
             if self.blocked:
-                said.append(f"{len(self.blocked)} of {len(ready)} video(s) skipped "
+                said.append(f"{len(self.blocked)} of {counted(len(ready), 'video')} skipped "
                             f"({next(iter(self.blocked.values()))})")
             error = StylebatchError(f"{'; '.join(said)}; they are tried again on the next start")
             error.exit_code = code

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Mapping
 
 from stylebatch.errors import StylebatchError
+from stylebatch.logs import counted
 
 if TYPE_CHECKING:
     import torch
@@ -149,7 +150,7 @@ def check_finite(state: Mapping[str, torch.Tensor], path: Path) -> None:
                                   "weights are dense tensors of real numbers")
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             bad = int((~torch.isfinite(tensor)).sum())
-            raise StylebatchError(f"style file {path} has {bad} weight(s) that are not finite (NaN or "
+            raise StylebatchError(f"style file {path} has {counted(bad, 'weight')} that are not finite (NaN or "
                                   f"infinity) in {key}: the training run diverged; use another checkpoint")
 
 

@@ -95,6 +95,9 @@ def test_a_signal_stops_the_ranks_says_where_the_work_is_and_the_same_command_re
     assert proc.returncode == code and "Traceback" not in err, err
     lines = [line for line in err.splitlines() if line.startswith("stylebatch: error:")]
     assert len(lines) == 1, err
+    # nothing but stylebatch's own lines: MPICH once said "Attempting to use an MPI routine
+    # (internal_Iprobe) ... after finalizing MPICH" (the chunk counter's progress thread)
+    assert [line for line in err.splitlines() if not line.startswith("stylebatch: ")] == [], err
     work = next(cache.rglob("stylebatch-work.json")).parent
     assert "interrupted" in lines[0] and str(work) in lines[0] and "run the same command again" in lines[0], lines
     assert os.listdir(tmp) == []  # no scratch and no copy of the input left behind

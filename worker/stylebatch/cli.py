@@ -200,5 +200,7 @@ def exit_now(code: int) -> None:
             pass
     mpi = sys.modules.get("mpi4py.MPI")
     if mpi is not None and mpi.Is_initialized() and not mpi.Is_finalized():
+        if (dispatch := sys.modules.get("stylebatch.dispatch")) is not None:
+            dispatch.end_mpi_calls()  # its threads (the chunk counter's progress) call MPI no more
         mpi.Finalize()  # what mpi4py's exit hook would do: mpiexec counts a rank without it as failed
     os._exit(code)

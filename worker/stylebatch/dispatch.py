@@ -17,6 +17,21 @@ from typing import Callable, Iterator, Sequence
 
 from stylebatch.ranks import World
 
+_calls = threading.Lock()  # held around every MPI call this module makes, from any thread
+_ended = False  # end_mpi_calls() was called: no more
+
+
+def end_mpi_calls(timeout: float = 2.0) -> None:
+    """Before MPI_Finalize (cli.exit_now): once this returns, no thread calls MPI from here again.
+    An interrupted rank finalized while its progress thread went on probing, and MPICH printed
+    "Attempting to use an MPI routine (internal_Iprobe) ... after finalizing MPICH" among the run's
+    last lines. A call stuck in MPI (a rank gone) is waited for `timeout` seconds at most."""
+    global _ended
+    held = _calls.acquire(timeout=timeout)
+    _ended = True
+    if held:
+        _calls.release()
+
 
 class ChunkDispenser:
     """Hands out indices 0..n-1, each exactly once over all ranks. Collective: every rank of the
@@ -46,9 +61,12 @@ class ChunkDispenser:
             import numpy as np
 
             one, old = np.ones(1, np.int64), np.zeros(1, np.int64)
-            self._win.Lock(0, self._mpi.LOCK_SHARED)
-            self._win.Fetch_and_op(one, old, 0, 0, self._mpi.SUM)
-            self._win.Unlock(0)
+            with _calls:
+                if _ended:
+                    return None
+                self._win.Lock(0, self._mpi.LOCK_SHARED)
+                self._win.Fetch_and_op(one, old, 0, 0, self._mpi.SUM)
+                self._win.Unlock(0)
             index = int(old[0])
         return index if index < self.n else None
 
@@ -75,7 +93,10 @@ class _Progress(threading.Thread):
 
     def run(self) -> None:
         while not self._done.wait(0.005):
-            self.comm.Iprobe()
+            with _calls:
+                if _ended:
+                    return
+                self.comm.Iprobe()
 
     def stop(self) -> None:
         self._done.set()

@@ -420,6 +420,23 @@ def test_a_run_with_other_settings_gets_a_work_dir_of_its_own_and_the_first_stil
     assert _own_work_dirs(cache) == []
 
 
+@pytest.mark.parametrize("second", [["--style", "ink-wash"], ["--crf", "30"]])
+def test_a_given_work_dir_of_other_settings_is_refused_without_advice_to_resume_it(clip, tmp_path: Path,
+                                                                                   second: list[str]) -> None:
+    """A --work holding another style's parts, or another --crf's job: the error says to use another
+    --work. Before it, a warning said "work dir kept at W: run again with --work W to resume", which
+    fails the same way every time; exit 2 means the same command cannot help, so no such advice."""
+    src, work = clip("in.mp4", size=(64, 48), frames=12), tmp_path / "w"
+    flags = [*FAST_STYLE, "--chunk-frames", "4", "--workers", "1", "--work", work]
+    assert stylebatch("run", src, "-o", tmp_path / "a.mp4", *flags, "--keep-work").returncode == 0
+    other = stylebatch("run", src, "-o", tmp_path / "b.mp4", *flags, *second)
+    lines = other.stderr.splitlines()
+    errors = [line for line in lines if line.startswith("stylebatch: error:")]
+    assert other.returncode == 2 and len(errors) == 1 and "--work" in errors[0], other.stderr
+    assert "run again" not in other.stderr and f"stylebatch: warning: work dir kept at {work}" in lines, other.stderr
+    assert not (tmp_path / "b.mp4").exists() and len(list((work / "parts").iterdir())) == 3
+
+
 def test_a_painting_changed_under_the_same_name_is_stylized_again_in_runs_own_work_dir(clip, tmp_path: Path) -> None:
     """The one way settings change inside run's own work dir: the style file's bytes. Its parts are
     deleted, with a warning, and stylized again; the output is the new painting's."""

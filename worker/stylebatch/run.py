@@ -144,7 +144,11 @@ def run(args: RunRequest, progress: Progress | None = None, *, api: bool = False
         if not args.work and not _has_parts(work):
             _forget(work)  # nothing stylized yet: nothing worth resuming
         elif _has_parts(work):
-            log.warning("work dir kept at %s: %s", work.display, resume)
+            # bad input (exit 2): the same command again cannot help, and the error says what to change
+            # (another --work, where the work dir holds other settings' parts); advice to resume with it
+            # contradicted that
+            exc = sys.exc_info()[1]
+            log.warning("work dir kept at %s%s", work.display, "" if isinstance(exc, BadInput) else f": {resume}")
         raise
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

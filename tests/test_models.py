@@ -1649,6 +1649,20 @@ def test_a_rank_started_before_preprocess_times_bf16_while_it_waits_at_its_gate(
     assert calls == ([False] * kinds if timed else [])  # timed once, before the gate opened
 
 
+def test_a_bf16_frame_just_under_the_bar_is_not_said_to_be_at_it(user_pth, monkeypatch, caplog) -> None:
+    """44.96 dB was said as "45.0 dB from fp32 (at least 45 needed)": the figure is rounded down."""
+    from stylebatch import models
+
+    monkeypatch.setattr(models, "cpu_bf16_speedup", lambda network: 2.0)
+    monkeypatch.setattr(models, "psnr", lambda a, b: models.AUTO_MIN_PSNR - 0.04)
+    stylizer = load_stylizer(str(user_pth[0]), device="cpu", precision="auto")
+    assert stylizer.autocast == torch.bfloat16
+    with caplog.at_level(logging.WARNING, logger="stylebatch"):
+        stylizer(real_frames(1, 64, 48))
+    (warned,) = [r.getMessage() for r in caplog.records if "precision auto" in r.getMessage()]
+    assert f"first frame {models.AUTO_MIN_PSNR - 0.1:.1f} dB from fp32" in warned and stylizer.autocast is None
+
+
 @pytest.mark.parametrize("case", ["bf16 goes wrong", "bf16 is right", "bf16 asked for"])
 def test_bf16_that_auto_chose_is_checked_against_fp32_on_the_first_frame(case, user_pth, monkeypatch, caplog):
     """--precision auto's bf16 (a .pth on a CPU with native bf16) paints the first real frame in fp32

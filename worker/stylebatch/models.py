@@ -12,6 +12,7 @@ import contextlib
 import copy
 import functools
 import logging
+import math
 import numbers
 import threading
 import time
@@ -208,8 +209,9 @@ class Stylizer:
             fast_nets.USE_WINOGRAD = winograd
         if score >= AUTO_MIN_PSNR:
             return painted
+        # rounded down: 44.96 shown as "45.0 ... (at least 45 needed)" read as passing
         log.warning("precision auto: bf16 painted this video's first frame %.1f dB from fp32 (at least %d "
-                    "needed): stylizing in fp32", score, AUTO_MIN_PSNR)
+                    "needed): stylizing in fp32", math.floor(score * 10) / 10, AUTO_MIN_PSNR)
         self.autocast = None
         return self._in_batches(frames)
 

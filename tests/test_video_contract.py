@@ -173,6 +173,23 @@ def test_the_inputs_title_creation_time_chapters_and_video_tags_are_kept(clip, t
         ("Intro", 0.0), ("Beach", 0.2)][:2 * chapters]
 
 
+@pytest.mark.parametrize("out_ext", [".mp4", ".mov", ".mkv"])
+def test_a_tracks_title_is_kept_as_the_name_mp4_and_mov_give_a_track(clip, tmp_path: Path, out_ext: str) -> None:
+    """A Matroska audio track titled "French" (language fra) lost its title in an MP4 or MOV output:
+    those name a track by its handler name only. Now the title becomes that name there, and stays a
+    title in Matroska; the language is kept either way."""
+    plain = clip("plain.mkv", frames=12, audio=("aac", "aac"))
+    src = tmp_path / "titled.mkv"
+    subprocess.run(["ffmpeg", "-v", "error", "-i", plain, "-map", "0", "-c", "copy", "-metadata:s:a:1", "language=fra",
+                    "-metadata:s:a:1", "title=French", "-metadata:s:v:0", "title=Cam A", src], check=True)
+    out = stylize(src, tmp_path / f"out{out_ext}")
+    name = "title" if out_ext == ".mkv" else "handler_name"
+    tags = [{k.lower(): v for k, v in s.get("tags", {}).items()} for s in streams(out)]
+    assert [s["codec_type"] for s in streams(out)] == ["video", "audio", "audio"]
+    assert tags[2].get("language") == "fra" and tags[2].get(name) == "French", tags
+    assert tags[0].get(name) == "Cam A", tags
+
+
 def test_chapters_an_avi_cannot_hold_are_left_out_with_a_warning(clip, tmp_path: Path) -> None:
     src = _tagged(clip("plain.mkv", frames=12), tmp_path / "chapters.mkv")
     result = stylebatch("run", src, "-o", tmp_path / "out.avi", "--workers", "1", *FAST_STYLE)

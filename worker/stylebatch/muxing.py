@@ -101,6 +101,15 @@ def stream_tags(metadata: dict[str, str]) -> dict[str, str]:
     return {key.lower(): value for key, value in metadata.items() if key.lower() in STREAM_TAGS}
 
 
+def output_stream_tags(tags: dict[str, str], container: str) -> dict[str, str]:
+    """An output stream's tags in `container`, from its input's STREAM_TAGS. MP4 and MOV name a track
+    only by its handler name (FFmpeg's muxer writes no title there): a title (Matroska's track name,
+    "French") becomes the handler name where the stream has none, instead of being dropped."""
+    if container in ("mp4", "mov") and "title" in tags and "handler_name" not in tags:
+        return {**tags, "handler_name": tags["title"]}
+    return tags
+
+
 def keeps_subtitles(codec: str, container: str) -> bool:
     return codec in SUBTITLE_COPY[container]
 

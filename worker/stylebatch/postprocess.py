@@ -28,7 +28,7 @@ from stylebatch.logs import counted
 from stylebatch.manifest import PARTS_DIR, Manifest, read_manifest
 from stylebatch.workdir import delete_work, hold
 from stylebatch.muxing import (
-    ATTACHMENT_CONTAINERS, CHAPTER_CONTAINERS, CONTAINER_META_SKIP, audio_plan, stream_tags, keeps_subtitles, layout_candidates, mux_options, packet_times,
+    ATTACHMENT_CONTAINERS, CHAPTER_CONTAINERS, CONTAINER_META_SKIP, audio_plan, stream_tags, output_stream_tags, keeps_subtitles, layout_candidates, mux_options, packet_times,
     presentation_ranks, timeline,
 )
 from stylebatch.partition import chunk_bounds, part_name
@@ -304,7 +304,7 @@ def mux(m: Manifest, chunks, parts: list[Path], source: Path | None, result: Pat
     with av.open(str(parts[0])) as first, av.open(str(result), "w", format=container, options=options) as out:
         video = out.add_stream_from_template(first.streams.video[0])
         video.time_base = _timeline(m, container)[0]
-        video.metadata.update(m.extra.get("video_metadata", {}))
+        video.metadata.update(output_stream_tags(m.extra.get("video_metadata", {}), container))
         streams: list[Iterator] = [_video_packets(m, chunks, parts, video, container)]
         src = av.open(str(source)) if source is not None else None
         try:
@@ -370,19 +370,19 @@ def _add_source_streams(m: Manifest, src, source: Path, out, container: str) -> 
             out_s = out.add_stream(plan.encoder, rate=plan.rate)
             out_s.layout = av.AudioLayout(layout) if layout else in_s.codec_context.layout
             transcodes.append(_transcoded_packets(source, in_s.index, out_s, None if own else layout))
-        _copy_stream_meta(in_s, out_s)
+        _copy_stream_meta(in_s, out_s, container)
     for a in _attachments(m, container):
         out.add_attachment(a["name"], a["mimetype"], bytes(src.streams[a["index"]].data))
     for s in m.subtitles:
         in_s = src.streams[s["index"]]
         if keeps_subtitles(s["codec"], container):
             copies[in_s.index] = out_s = out.add_stream_from_template(in_s)
-            _copy_stream_meta(in_s, out_s)
+            _copy_stream_meta(in_s, out_s, container)
         else:
             log.warning("subtitle stream %d (%s) cannot go into %s: left out", in_s.index, s["codec"], container)
     return [_copied_packets(src, copies)] + transcodes
 
 
-def _copy_stream_meta(in_s, out_s) -> None:
-    out_s.metadata.update(stream_tags(in_s.metadata))
+def _copy_stream_meta(in_s, out_s, container: str) -> None:
+    out_s.metadata.update(output_stream_tags(stream_tags(in_s.metadata), container))
     out_s.disposition = in_s.disposition

@@ -111,6 +111,46 @@ def test_a_signal_stops_the_ranks_says_where_the_work_is_and_the_same_command_re
     assert not work.exists()  # the default work dir goes after success
 
 
+@pytest.mark.mpi
+@pytest.mark.parametrize("sig, code, which", [(signal.SIGTERM, 143, 0), (signal.SIGINT, 130, 1)])
+def test_a_signal_to_one_rank_alone_ends_the_run_and_it_resumes(sig: int, code: int, which: int, clip,
+                                                                  tmp_path: Path) -> None:
+    """A stop signal aimed at one rank of two (`kill` of one process, an evicted worker pod): that rank
+    finalized MPI, which waits for the other, and the other drew chunks from a counter whose rank was
+    finalizing: the run hung until someone killed it, and MPICH's shared memory stayed in /dev/shm.
+    Now the signalled rank aborts the job: the run ends interrupted, nothing is left, it resumes."""
+    src = clip("long.mp4", size=(64, 48), frames=120)
+    cache, tmp, out = tmp_path / "cache", tmp_path / "tmp", tmp_path / "o.mp4"
+    tmp.mkdir()
+    env = dict(os.environ, XDG_CACHE_HOME=str(cache), TMPDIR=str(tmp))
+    cmd = [sys.executable, "-m", "stylebatch", "run", str(src), "-o", str(out), "--workers", "2",
+           "--chunk-frames", "6", *FAST_STYLE]
+    shm_before = set(Path("/dev/shm").glob("mpich_shm_*"))
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=stop_signals_at_default)
+    try:
+        _wait_for(lambda: any(cache.rglob("parts/*.mkv")), proc)
+        ranks = sorted(pid for pid, cmdline in _mentioning(" -m stylebatch stylize ")
+                       if cmdline.startswith(sys.executable) and str(cache) in cmdline)  # not mpiexec's
+        assert len(ranks) == 2, ranks
+        os.kill(ranks[which], sig)
+        _, err = proc.communicate(timeout=60)  # it hung here, forever
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == code and "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.startswith("stylebatch: error:")]
+    assert len(lines) == 1 and "interrupted" in lines[0] and "run the same command again" in lines[0], err
+    assert [line for line in err.splitlines() if not line.startswith("stylebatch: ")] == [], err
+    work = next(cache.rglob("stylebatch-work.json")).parent
+    assert _processes_mentioning(str(work)) == [] and os.listdir(tmp) == []
+    assert set(Path("/dev/shm").glob("mpich_shm_*")) <= shm_before
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0 and "resuming" in result.stderr, result.stderr
+    assert count_frames(out) == 120
+
+
 def _child_of(parent: int, text: str) -> int | None:
     """The pid of a child of `parent` whose command line holds `text`, if there is one now."""
     for pid in filter(str.isdigit, os.listdir("/proc")):

@@ -60,7 +60,18 @@ def run(req: StylizeRequest, sink: Callable[[RankProgress], None] | None = None)
             sys.stderr.write(f"{ERROR_PREFIX}{' '.join(str(exc).split())}\n")  # one write: one line
             _abort(world, tmp, exc.exit_code)
         raise
-    except (SystemExit, KeyboardInterrupt):  # a signal (the launcher's, or Ctrl-C): no traceback
+    except KeyboardInterrupt:  # a stop signal (the launcher's, Ctrl-C, or one aimed at this rank): no traceback
+        if world.size > 1:
+            # MPI_Finalize waits for every rank, and a signal aimed at this rank alone (`kill` of one
+            # rank, an evicted worker pod) stops no other: the run hung, the others drawing chunks from
+            # a counter whose rank was finalizing. MPI_Abort ends them all; the launcher says the run
+            # was interrupted and keeps the work dir to resume.
+            from stylebatch import signals
+
+            sys.stderr.write(f"{ERROR_PREFIX}interrupted by {signals.cause()}\n")
+            _abort(world, tmp, signals.exit_code())
+        raise
+    except SystemExit:  # left the gate orphaned: before MPI
         raise
     except BaseException:
         if world.size > 1:

@@ -72,6 +72,28 @@ def test_bad_input_file(kind: str, words: list[str], tmp_path: Path, place: dict
 
 
 @pytest.mark.parametrize("kind, words", [
+    ("fifo", ["input is a FIFO (named pipe), not a video", "fifo.mp4"]),
+    ("/dev/null", ["input is a device, not a video", "/dev/null"]),
+    ("missing", ["input not found", "missing.mp4"]),
+])
+@pytest.mark.parametrize("work", [False, True])
+def test_an_input_that_is_no_file_is_refused_at_once_and_leaves_nothing(kind: str, words: list[str], work: bool,
+                                                                        tmp_path: Path, place: dict) -> None:
+    """A FIFO as input blocked the run forever before it said anything; /dev/null was "not found"; and
+    a --work given with a missing input was left behind, made for nothing."""
+    src = Path(kind) if kind.startswith("/") else tmp_path / f"{kind}.mp4"
+    if kind == "fifo":
+        os.mkfifo(src)
+    flags = ["--work", tmp_path / "w"] if work else []
+    result = subprocess.run([sys.executable, "-m", "stylebatch", "run", str(src), "-o", str(place["out"]),
+                             *FAST_STYLE, *map(str, flags)], capture_output=True, text=True, env=place["env"],
+                            timeout=60)  # the FIFO: forever
+    assert result.returncode == 2
+    assert_failed_cleanly(result, place["out"], *words)
+    assert os.listdir(place["tmp"]) == [] and not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize("kind, words", [
     ("text", ["not a readable video"]),
     # refused from its header, before a rank starts (a pod of its own in a cluster): it used to be
     # preprocessed and copied into the work dir, then refused by the stylizer

@@ -19,6 +19,7 @@ from stylebatch.workdir import check_work, claim_work, hold, inside
 from stylebatch.partition import default_chunk_frames
 from stylebatch.requests import EncodingOptions, PreprocessRequest
 from stylebatch.styles import too_small
+from stylebatch.storage.local import special_file
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +101,8 @@ def check_input(src, role: str = "input", kind: str = "a video") -> None:
     and `kind` name it in the message ("input", "a video or a picture"). Reads nothing else."""
     if src.is_local() and Path(src.local_path()).is_dir():
         raise StylebatchError(f"{role} is a folder, not {kind}: {src.display}")
+    if src.is_local() and (special := special_file(Path(src.local_path()))):
+        raise StylebatchError(f"{role} is {special}, not {kind}: {src.display}")
     if not src.exists():
         raise StylebatchError(f"{role} not found: {src.display}")
 

@@ -87,7 +87,7 @@ def run(args: RunRequest, progress: Progress | None = None, *, api: bool = False
     """The three stages on this machine. `progress` is called now and then while stylize runs. api:
     the caller is stylebatch.stylize_video, whose users are told how to resume in its terms (work=...)."""
     from stylebatch.contract import HARDWARE_ENCODERS
-    from stylebatch.preprocess import check_places, encoder_settings, input_name, output_uri, source_name
+    from stylebatch.preprocess import check_input, check_places, encoder_settings, input_name, output_uri, source_name
     from stylebatch.storage import location
     from stylebatch.styles import check_style_files
     from stylebatch.workdir import claim_work, default_work_dir, delete_work, hold, made_for
@@ -98,6 +98,7 @@ def run(args: RunRequest, progress: Progress | None = None, *, api: bool = False
     if settings.codec in HARDWARE_ENCODERS:  # the machine may lack them; PyAV's FFmpeg has the others
         encoder_settings(args.encoding, out.name)
     check_places(src, out, location(args.work) if args.work else None)
+    check_input(src)  # not there, a folder, a FIFO or a device: before a work dir is made or the input read
     if args.model.device == "cuda" and not gpu_may_be_visible():  # before any input is read or work dir made
         raise StylebatchError(NO_GPU)
     if problem := precision_problem(args.model.precision, "cuda" if may_use_gpu(args.model.device) else "cpu"):

@@ -27,6 +27,25 @@ _CANNOT_CREATE = {
 }
 
 
+def special_file(path: pathlib.Path) -> str | None:
+    """What `path` is where it is there but not a regular file or a folder ("a FIFO (named pipe)", "a
+    device"), else None. Such an input was read as if it were a file: a FIFO blocked the run forever
+    before it said anything, /dev/null was "not found"; a video is read twice and sought in."""
+    import stat
+
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return None
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return None
+
+
 @dataclasses.dataclass(frozen=True, repr=False)
 class LocalLocation(Location):
     uri: str = dataclasses.field(compare=False)  # "out/" and "out" are the same place
@@ -164,6 +183,8 @@ class LocalLocation(Location):
     def _require_file(self) -> None:
         if self.path.is_dir():
             raise StylebatchError(f"{self.display} is a folder, not a file")
+        if kind := special_file(self.path):
+            raise StylebatchError(f"{self.display} is {kind}, not a file")
 
     def _files(self) -> Iterator[str]:
         """Relative names of the files under this folder, minus in-progress atomic writes."""

@@ -31,9 +31,19 @@ def png_header(width: int, height: int) -> bytes:
             + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
 
 
+def png_cut_short(width: int, height: int, rows: int) -> bytes:
+    """A PNG whose pixel data ends after `rows` rows and has no end marker (IEND): a crafted or cut file
+    that Pillow decoded without a word, the missing rows black."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    pixels = b"".join(b"\0" + bytes([40 * r % 256]) * (width * 3) for r in range(rows))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(pixels)))
+
+
 def make_bad(kind: str, folder: Path) -> Path:
     path = folder / {"gif": "anim.gif", "text": "notes.jpg", "bomb": "bomb.png", "big": "huge.png",
-                     "truncated-png": "cut.png", "tiny": "tiny.png", "empty": "empty.webp"}.get(kind, f"{kind}.jpg")
+                     "truncated-png": "cut.png", "cut-rows": "rows.png", "tiny": "tiny.png", "empty": "empty.webp"}.get(kind, f"{kind}.jpg")
     if kind == "text":
         path.write_text("not a picture\n" * 20)
     elif kind == "truncated":
@@ -42,6 +52,8 @@ def make_bad(kind: str, folder: Path) -> Path:
         Image.open(STARRY).save(folder / "whole.png")
         data = (folder / "whole.png").read_bytes()
         path.write_bytes(data[:len(data) // 2])
+    elif kind == "cut-rows":
+        path.write_bytes(png_cut_short(400, 400, 10))
     elif kind == "tiny":
         Image.new("RGB", (1, 1), "red").save(path)
     elif kind == "bomb":
@@ -61,6 +73,7 @@ BAD_IMAGES = [
     ("empty", "not a JPEG, PNG or WebP image"),
     ("truncated", "truncated"),
     ("truncated-png", "cannot be decoded"),
+    ("cut-rows", "cannot be decoded (truncated)"),
     ("tiny", "1x1 pixels"),
     ("bomb", "decompression bomb"),
     ("big", "9000x9000 pixels, more than the 64 megapixels"),

@@ -67,6 +67,9 @@ def _opened(path: str | Path, label: str | None, what: str) -> Iterator:
                                    f"megapixels {what} may have; scale it down")
                 if min(w, h) < MIN_SIDE:
                     raise BadInput(f"{label} is {w}x{h} pixels; both sides need at least {MIN_SIDE}")
+                if img.format == "PNG":  # its chunks and checksums, to the end marker (no pixels decoded):
+                    with Image.open(path, formats=("PNG",)) as whole:  # Pillow decodes a PNG cut short
+                        whole.verify()  # after its pixel data without a word, the rows it lacks black
                 yield img
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise BadInput(f"{label} has too many pixels (a decompression bomb?); at most "

@@ -101,6 +101,27 @@ def test_an_input_named_like_a_flag_is_told_how_to_give_it(argv: list[str], dash
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("argv, flag, dashed", [
+    (["run", "in.mp4", "-o", "-take3.mp4"], "-o", "-take3.mp4"),  # said only "expected one argument"
+    (["run", "in.mp4", "-o", "o.mp4", "--style", "-odd.jpg"], "--style", "-odd.jpg"),
+])
+def test_a_flags_value_named_like_a_flag_is_told_how_to_give_it(argv: list[str], flag: str, dashed: str,
+                                                                 tmp_path: Path) -> None:
+    result = stylebatch(*argv, cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    (line,) = error_lines(result)
+    assert f"{dashed} was read as a flag: write {flag}={dashed}, or {flag} ./{dashed}" in line, line
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_preset_for_a_codec_without_presets_says_so() -> None:
+    """--preset slow for MJPEG said "bad --preset 'slow' for mjpeg: choices are none"."""
+    result = stylebatch("run", "in.mp4", "-o", "o.avi", "--preset", "slow")
+    assert result.returncode == 2
+    (line,) = error_lines(result)
+    assert "mjpeg takes no --preset" in line and "none" not in line, line
+
+
 def test_monitor_reads_records_of_two_ranks_glued_on_one_line() -> None:
     m = Monitor(frames=40, stream=io.StringIO(), tty=False)
     assert m.line(format_line(RankProgress(0, 2, 5, 20, 40)) + format_line(RankProgress(1, 2, 7, 20, 40)) + "\n")

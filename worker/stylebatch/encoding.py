@@ -51,8 +51,9 @@ def choose_settings(output_name: str, *, codec: str | None = None, crf: int | No
         raise BadInput(f"bad --crf {crf}: {enc} takes {low} to {high}")
     rate = parse_bitrate(bitrate) if bitrate is not None else None
     if preset is not None and preset not in PRESETS[enc]:
-        choices = ", ".join(PRESETS[enc]) or "none"
-        raise BadInput(f"bad --preset {preset!r} for {enc}: choices are {choices}")
+        if not PRESETS[enc]:
+            raise BadInput(f"{enc} takes no --preset (it has no speed settings): leave it out")
+        raise BadInput(f"bad --preset {preset!r} for {enc}: choices are {', '.join(PRESETS[enc])}")
     return EncoderSettings(codec=enc, pix_fmt="", container=container,
                            crf=None if rate is not None else (crf if crf is not None else default_q),
                            bitrate=rate, preset=preset or DEFAULT_PRESET.get(enc))

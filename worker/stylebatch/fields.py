@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import re
 import sys
 from dataclasses import dataclass, field, fields
 from typing import Any, Callable, ClassVar, NoReturn
@@ -222,6 +223,12 @@ class ArgParser(argparse.ArgumentParser):
         """A positional argument missing where a word given starts with "-" (a file `-take2.mov`, read
         as a flag): how to give it."""
         head = "the following arguments are required: "
+        if m := re.fullmatch(r"argument (\S+): expected one argument", message):  # -o -take3.mp4
+            flags = m.group(1).split("/")
+            for flag, word in zip(self._given, self._given[1:]):
+                if flag in flags and word.startswith("-") and word not in self._option_string_actions:
+                    return f"; {word} was read as a flag: write {flag}={word}, or {flag} ./{word}"
+            return ""
         positionals = [a for a in self._actions if not a.option_strings and not isinstance(a, argparse._SubParsersAction)]
         if not message.startswith(head) or not positionals or all(
                 name.startswith("-") for name in message[len(head):].split(", ")):

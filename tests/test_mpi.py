@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -59,6 +60,37 @@ def preprocessed(clip, tmp_path: Path) -> tuple[Path, Path, Path]:
     result = stylebatch("preprocess", src, "--work", work, "-o", out, "--chunk-frames", "6")
     assert succeeded(result)
     return src, work, out
+
+
+@pytest.mark.parametrize("terminal", [True, False])
+def test_stylize_by_hand_on_a_terminal_says_its_progress_in_words(preprocessed, terminal: bool) -> None:
+    """`stylebatch stylize --work W` typed at a terminal printed STYLEBATCH_PROGRESS {"rank":0,...}
+    records, meant for a launcher or the operator; there it says "stylize: 6/30 frames (20%), ..." as
+    `stylebatch run` does. Piped (a launcher, a pod's log) it keeps the records."""
+    import pty
+
+    _, work, _ = preprocessed
+    primary, secondary = pty.openpty() if terminal else os.pipe()
+    proc = subprocess.Popen([sys.executable, "-m", "stylebatch", "stylize", "--work", str(work), *FAST_STYLE],
+                            stdout=secondary, stderr=subprocess.PIPE, text=True)
+    os.close(secondary)
+    chunks = []
+    while True:
+        try:
+            data = os.read(primary, 65536)
+        except OSError:  # the terminal's other end closed
+            break
+        if not data:
+            break
+        chunks.append(data)
+    _, err = proc.communicate(timeout=300)
+    os.close(primary)
+    out = b"".join(chunks).decode()
+    assert proc.returncode == 0, err
+    if terminal:
+        assert "STYLEBATCH_PROGRESS" not in out + err and re.search(r"stylize: \d+/30 frames", err), (out, err)
+    else:
+        assert "STYLEBATCH_PROGRESS" in out and last_progress(out)[0].done == 30
 
 
 def test_two_ranks_share_the_chunks_then_resume_redoes_only_the_missing_part(preprocessed) -> None:

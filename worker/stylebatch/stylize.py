@@ -51,6 +51,8 @@ def run(req: StylizeRequest, sink: Callable[[RankProgress], None] | None = None)
         _wait_at_gate(gate, req.model)
     world = detect()  # MPI only past the gate: ranks killed before it leave nothing in /dev/shm
     set_rank(world.rank)  # a lone rank (no mpiexec) is rank 0 in JSON records too
+    if sink is None and world.size == 1 and sys.stdout.isatty():
+        sink = _progress_log()
     tmp = _rank_tmp(world.rank)
     try:
         with _work_lock(req.work, world):
@@ -80,6 +82,22 @@ def run(req: StylizeRequest, sink: Callable[[RankProgress], None] | None = None)
         raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _progress_log() -> Callable[[RankProgress], None]:
+    """Progress for `stylebatch stylize` run by hand on a terminal (a lone rank, stdout a terminal):
+    "stylize: 120/480 frames (25%), ..." log lines, as `stylebatch run` says it, instead of the
+    STYLEBATCH_PROGRESS records a launcher or the operator reads from a pipe or a pod's log."""
+    from stylebatch.monitor import Monitor
+
+    monitor: Monitor | None = None
+
+    def sink(p: RankProgress) -> None:
+        nonlocal monitor
+        monitor = monitor or Monitor(p.frames, tty=False)
+        monitor.record(p)
+
+    return sink
 
 
 def _wait_at_gate(gate: str, model: ModelOptions) -> None:

@@ -800,6 +800,30 @@ def test_a_failed_create_counts_while_pods_exist_unless_a_pod_was_created_after_
     assert over.kind == ActionKind.WAIT
 
 
+@pytest.mark.parametrize("message, permanent", [
+    ('worker pod created failed: pods "orangutan-stylize-1-worker-1" is forbidden: exceeded quota: gpu-quota, '
+     "requested: requests.nvidia.com/gpu=1", False),
+    ('worker pod created failed: admission webhook "validation.gatekeeper.sh" denied the request: '
+     "[no-privileged] not allowed", True),
+    ('launcher pod created failed: jobs.batch "orangutan-stylize-1-launcher" is forbidden: exceeded quota: '
+     "jobs, requested: count/jobs.batch=1", False),
+])
+def test_the_mpi_operators_own_word_for_a_pod_it_cannot_create_is_a_stall(message: str, permanent: bool):
+    """The MPI Operator reports a worker pod (or launcher Job) the API server refused as a Warning
+    of reason MPIJobFailed, not FailedCreate: the job waited, Running, for its 6 h deadline."""
+    obj = stj("Stylizing", attempts={"stylize": 1})
+    worker0 = {"metadata": {"name": STY1 + "-worker-0", "creationTimestamp": "2026-05-01T11:58:00Z"},
+               "status": {"phase": "Running"}}
+    event = at(warning("MPIJobFailed", message), "2026-05-01T11:59:00Z")
+    shown = decide(obj, {STY1: mpijob(STY1)}, now=NOW, pods=[worker0], events=[event], settings=SETTINGS)
+    assert (shown.kind, shown.reason) == (ActionKind.STALL, "FailedCreate"), shown
+    assert message.split(": ", 1)[1][:40] in shown.message
+    assert ("the job fails in 120s unless this is fixed" in shown.message) == permanent
+    other = at(warning("MPIJobFailed", "some other failure"), "2026-05-01T11:59:00Z")
+    assert decide(obj, {STY1: mpijob(STY1)}, now=NOW, pods=[worker0], events=[other], settings=SETTINGS).kind \
+        == ActionKind.WAIT
+
+
 def test_an_event_from_before_the_child_was_made_is_not_its_own():
     """The MPI Operator's launcher Job is found by name (<MPIJob>-launcher): an earlier MPIJob of
     the same name, deleted, left its launcher Job's FailedCreate behind."""

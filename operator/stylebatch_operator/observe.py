@@ -266,11 +266,19 @@ def _pod_stall(pod: dict[str, Any]) -> Stall | None:
     return found[0] if found else None
 
 
+# The MPI Operator's Warning when the API server refuses a pod (a worker) or the launcher Job it
+# creates (a quota, a policy or admission webhook, a missing ServiceAccount): reason MPIJobFailed,
+# not FailedCreate, with the API server's error after this (kubeflow/mpi-operator, the controller's
+# getOrCreateWorker and its launcher creation).
+MPI_CREATE_FAILED = ("worker pod created failed: ", "launcher pod created failed: ")
+
+
 def _event_stall(event: dict[str, Any], newest_pod: str) -> Stall | None:
     if event.get("type") != "Warning":
         return None
     message = redact(event.get("message") or "")[:1000]
-    if event.get("reason") == "FailedCreate":
+    if event.get("reason") == "FailedCreate" or (event.get("reason") == "MPIJobFailed"
+                                                 and message.startswith(MPI_CREATE_FAILED)):
         if newest_pod and event_time(event) < newest_pod[:19]:
             return None
         permanent, why = create_failure(message)

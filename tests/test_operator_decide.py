@@ -906,6 +906,52 @@ def test_a_stylize_without_a_new_frame_for_the_progress_timeout_is_ended(case, o
         assert "no frame stylized for" in action.failure.message and "80% (80/100)" in action.failure.message
 
 
+def test_a_stylize_preempted_by_kueue_and_admitted_again_gets_the_whole_timeout_again():
+    """Kueue preempted a running stylize attempt (the MPIJob suspended) and admitted it again 20 minutes
+    later: the first look after that counted the queue time as "no frame for 600s", deleted the freshly
+    admitted MPIJob and spent a retry. Now it is admitted, and the clock runs from the admission."""
+    obj = stylizing_since("2026-05-01T11:39:00Z", queueName="gpu-spot")  # its last frame, before the preemption
+    preempted = decide(obj, {STY1: suspended(mpijob(STY1))}, now=NOW - timedelta(minutes=20))
+    assert preempted.kind == ActionKind.QUEUE
+    obj = apply(obj, preempted, NOW - timedelta(minutes=20))
+    admitted = decide(obj, {STY1: mpijob(STY1)}, now=NOW)
+    assert (admitted.kind, admitted.reason) == (ActionKind.ADMIT, "Admitted"), admitted
+    obj = apply(obj, admitted, NOW)
+    assert decide(obj, {STY1: mpijob(STY1)}, now=NOW + timedelta(minutes=9)).kind == ActionKind.WAIT
+    stalled = decide(obj, {STY1: mpijob(STY1)}, now=NOW + timedelta(minutes=10))
+    assert (stalled.kind, stalled.failure.reason) == (ActionKind.RETRY, "ProgressStalled")
+
+
+def mpi_pod(name: str, role: str, phase: str, reason: str | None = None, message: str | None = None) -> dict[str, Any]:
+    status = {"phase": phase, **({"reason": reason} if reason else {}), **({"message": message} if message else {})}
+    return {"metadata": {"name": name, "creationTimestamp": "2026-05-01T11:58:00Z",
+                         "labels": {"training.kubeflow.org/job-role": role}}, "status": status}
+
+
+@pytest.mark.parametrize("case, pods, expected", [
+    ("a worker refused by its kubelet (a device plugin restarting): retried, not counted",
+     [mpi_pod(STY1 + "-worker-0", "worker", "Failed", "UnexpectedAdmissionError", "Allocate failed"),
+      mpi_pod(STY1 + "-worker-1", "worker", "Running")], (ActionKind.RETRY, "Disrupted", False)),
+    ("a worker out of GPUs at admission: retried, not counted",
+     [mpi_pod(STY1 + "-worker-0", "worker", "Failed", "OutOfnvidia.com/gpu")], (ActionKind.RETRY, "Disrupted", False)),
+    ("a worker that exited (its sshd failed): retried, counted",
+     [mpi_pod(STY1 + "-worker-0", "worker", "Failed"), mpi_pod(STY1 + "-worker-1", "worker", "Running")],
+     (ActionKind.RETRY, "Retrying", True)),
+    ("a failed worker once the launcher runs: the MPIJob's own failure decides, not this",
+     [mpi_pod(STY1 + "-worker-0", "worker", "Failed"), mpi_pod(STY1 + "-launcher-x", "launcher", "Running")],
+     (ActionKind.WAIT, "", None)),
+], ids=lambda v: v if isinstance(v, str) else "")
+def test_a_worker_that_ended_before_the_launcher_was_made_ends_the_attempt(case, pods, expected):
+    """The launcher is made once every worker is Ready, and the MPI Operator replaces only a worker
+    pod that is gone: a failed worker before the launcher left the job Running until its 6 h deadline."""
+    obj = stj("Stylizing", attempts={"stylize": 1})
+    action = decide(obj, {STY1: mpijob(STY1)}, now=NOW, pods=pods, settings=SETTINGS)
+    assert (action.kind, action.reason, action.counted if action.kind == ActionKind.RETRY else None) == expected
+    if action.kind == ActionKind.RETRY:
+        assert action.deletes == (("MPIJob", STY1),) and action.failure.reason == "WorkerLost"
+        assert "worker-0 ended before the launcher started" in action.failure.message
+
+
 def training_since(advanced: str, pod: str = TRAIN1 + "-a", **spec: Any) -> dict[str, Any]:
     obj = stj("Training", attempts={"train": 1}, **TRAINED, **spec)
     obj["status"]["training"] = {"attempt": 1, "pod": pod, "step": 1200, "steps": 2000, "percent": 60,

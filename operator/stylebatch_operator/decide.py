@@ -19,7 +19,7 @@ from stylebatch_operator.names import (
 )
 from stylebatch_operator.observe import (
     NO_MPI_OPERATOR, Stall, child_state, disruption, failed_pod_detail, is_suspended,
-    newest_started_pod, stall, user_error,
+    newest_started_pod, stall, user_error, worker_lost_before_launch,
 )
 from stylebatch_operator.settings import BUILT_IN, DEFAULT_PROGRESS_TIMEOUT, Settings
 from stylebatch_operator.states import ActionKind, ChildState, ConditionType, Phase
@@ -31,6 +31,8 @@ PROGRESS_STALLED = "ProgressStalled"  # stylize (training) went without a new fr
 PROGRESS_OF_STAGE = {STYLIZE: ("progress", "frame stylized"), TRAIN: ("training", "training step")}
 INVALID_INPUT = "InvalidInput"  # the worker exited with its user-error code: Failed at once, no retry
 DISRUPTED = "Disrupted"  # a pod was evicted or lost its node: retried without spending spec.retries
+# A worker pod of the stylize MPIJob ended before its launcher was made: that attempt can never start
+WORKER_LOST = "WorkerLost"
 # A child's name is held by an object this job does not control (the child of an earlier job of the
 # same name, orphaned or not yet garbage-collected): never read, adopted or deleted as the job's own.
 CHILD_NAME_TAKEN = "ChildNameTaken"
@@ -310,7 +312,14 @@ def _stuck(stj: dict[str, Any], stage: str, attempt: int, child: dict[str, Any],
         return _stall_action(stj, stage, attempt, found, live, now, settings)
     if reported is not None:
         return Action(ActionKind.UNSTALL, stage, attempt, "Unstalled", f"{kind_name} is running")
-    if stage not in PROGRESS_OF_STAGE:
+    if stage == STYLIZE and (lost := worker_lost_before_launch(pods)) is not None:
+        failure = Failure(stage, attempt, f"{CHILD_KIND[stage]}/{name}", WORKER_LOST, lost)
+        disrupted = disruption(child, pods)
+        action = (_retry(stj, failure, seconds_left(stj, now), DISRUPTED,
+                         f"disrupted ({disrupted}), not counted against spec.retries", counted=False)
+                  if disrupted is not None else _retry_or_fail(stj, failure, seconds_left(stj, now)))
+        return replace(action, deletes=live)
+    if stage not in PROGRESS_OF_STAGE or status.get("queuedSince"):  # (admitted again: said first, the clock restarts)
         return None
     field, unit = PROGRESS_OF_STAGE[stage]
     progress = status.get(field) or {}
@@ -318,6 +327,9 @@ def _stuck(stj: dict[str, Any], stage: str, attempt: int, child: dict[str, Any],
     timeout = float(effective_spec(stj).get("progressTimeoutSeconds") or DEFAULT_PROGRESS_TIMEOUT)
     timeout = max(timeout, 3 * settings.progress_read_seconds())  # several reads, however rarely the log is read
     advanced = parse_time(progress.get("advanceTime"))
+    admitted = _admitted_since(stj)  # Kueue took the attempt's pods away meanwhile: no frames while it was queued
+    if admitted is not None and advanced is not None:
+        advanced = max(advanced, admitted)
     if progress.get("attempt") != attempt or advanced is None or (now - advanced).total_seconds() < timeout:
         return None
     if stage == TRAIN and newest_started_pod(pods) != progress.get("pod"):
@@ -326,6 +338,13 @@ def _stuck(stj: dict[str, Any], stage: str, attempt: int, child: dict[str, Any],
                       f"no {unit} for {timeout:.0f}s (at {progress.get('summary') or 'no progress yet'})")
     action = _retry_or_fail(stj, failure, seconds_left(stj, now))
     return replace(action, deletes=live)
+
+
+def _admitted_since(stj: dict[str, Any]) -> datetime | None:
+    """When Kueue last admitted the job's current child (its Admitted condition turned True), if it did."""
+    admitted = next((c for c in (stj.get("status") or {}).get("conditions") or []
+                     if c.get("type") == ConditionType.ADMITTED and c.get("status") == "True"), None)
+    return parse_time(admitted.get("lastTransitionTime")) if admitted else None
 
 
 def _stalled_condition(stj: dict[str, Any]) -> dict[str, Any] | None:

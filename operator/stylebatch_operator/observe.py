@@ -8,6 +8,7 @@ from typing import Any
 
 from stylebatch.contract import ERROR_PREFIX, EXIT_BAD_INPUT
 
+from stylebatch_operator.names import MPI_LABEL_ROLE
 from stylebatch_operator.states import ChildState
 from stylebatch_operator.uris import redact
 
@@ -115,8 +116,29 @@ def user_error(pods: list[dict[str, Any]]) -> str | None:
     return None
 
 
-# A pod's status.reason, or its DisruptionTarget condition, when something outside the job ended it.
-DISRUPTION_REASONS = ("Evicted", "Preempting", "NodeLost", "Shutdown", "Terminated", "NodeShutdown")
+# A pod's status.reason, or its DisruptionTarget condition, when something outside the job ended it;
+# and the kubelet's refusals of a pod at admission that are the node's state, not the pod's (a device
+# plugin restarting: "UnexpectedAdmissionError", "OutOfnvidia.com/gpu").
+DISRUPTION_REASONS = ("Evicted", "Preempting", "NodeLost", "Shutdown", "Terminated", "NodeShutdown",
+                      "UnexpectedAdmissionError")
+DISRUPTION_REASON_PREFIXES = ("OutOf",)
+
+
+def worker_lost_before_launch(pods: list[dict[str, Any]]) -> str | None:
+    """A worker pod of an MPIJob that ended (Failed or Succeeded) while no launcher pod exists, in a
+    few words; else None. The MPIJob's launcher is created once every worker is Ready
+    (launcherCreationPolicy WaitForWorkersReady), and the MPI Operator replaces a worker pod only when it
+    is gone, not when it failed: such an attempt never starts, and the launcher Job's deadline, which
+    would end it, never runs. (Seen: a kubelet refusing a GPU pod while its device plugin restarts.)"""
+    roles = [((p.get("metadata", {}).get("labels") or {}).get(MPI_LABEL_ROLE), p) for p in pods]
+    if any(role == "launcher" for role, _ in roles):
+        return None
+    for role, pod in roles:
+        status = pod.get("status") or {}
+        if role == "worker" and status.get("phase") in ("Failed", "Succeeded"):
+            why = ": ".join(filter(None, (status.get("reason"), status.get("message")))) or status["phase"]
+            return redact(f"worker pod {pod['metadata'].get('name')} ended before the launcher started ({why})")[:1000]
+    return None
 
 
 def disruption(child: dict[str, Any], pods: list[dict[str, Any]]) -> str | None:
@@ -135,7 +157,8 @@ def disruption(child: dict[str, Any], pods: list[dict[str, Any]]) -> str | None:
         if target is not None:
             return redact(f"pod {name}: {target.get('reason') or 'DisruptionTarget'}: {target.get('message') or ''}"
                           .rstrip(": "))
-        if status.get("reason") in DISRUPTION_REASONS:
+        if status.get("reason") in DISRUPTION_REASONS or str(status.get("reason") or "").startswith(
+                DISRUPTION_REASON_PREFIXES):
             return redact(f"pod {name}: {status['reason']}: {status.get('message') or ''}".rstrip(": "))
     return None
 

@@ -227,6 +227,10 @@ def test_chart_never_renders_secret_material():
 @pytest.mark.parametrize("values,complaint", [
     ({"jobs": {"workers": 0}}, "/jobs/workers"),
     ({"jobs": {"gpusPerWorker": -1}}, "/jobs/gpusPerWorker"),
+    # over the CRD's bounds: helm installed, then the operator failed at its start with them
+    ({"jobs": {"workers": 65}}, "/jobs/workers"),
+    ({"jobs": {"gpusPerWorker": 9}}, "/jobs/gpusPerWorker"),
+    ({"jobs": {"progressTimeoutSeconds": 30}}, "/jobs/progressTimeoutSeconds"),
     ({"operator": {"watchNamespaces": ["Media_A"]}}, "/operator/watchNamespaces/0"),
     ({"storage": {"auth": "workloadIdentity"}}, "/storage"),  # needs account and clientId
     ({"storage": {"auth": "accountKey"}}, "/storage/auth"),
@@ -239,6 +243,20 @@ def test_chart_never_renders_secret_material():
 def test_values_schema_rejects_mistakes(values, complaint):
     with helm.Chart.load(CHART) as chart, pytest.raises(helm.HelmValuesError, match=re.escape(complaint)):
         chart.render(values, name="stylebatch", namespace=NAMESPACE)
+
+
+@pytest.mark.parametrize("key", ["workers", "gpusPerWorker", "progressTimeoutSeconds"])
+def test_the_charts_job_defaults_have_the_bounds_the_crd_gives_a_jobs_spec(key: str) -> None:
+    """jobs.* are the defaults of a StyleTransferJob's spec: the chart took values the CRD (and the
+    operator reading them at its start) refuses."""
+    import json
+
+    from stylebatch_operator.crd import SPEC_SCHEMA
+
+    chart = json.loads((CHART / "values.schema.json").read_text())["properties"]["jobs"]["properties"][key]
+    crd = SPEC_SCHEMA["properties"][key]
+    assert chart["type"] == crd["type"] and chart.get("minimum") == crd.get("minimum")
+    assert "maximum" not in crd or chart.get("maximum") == crd["maximum"]
 
 
 def test_pod_monitor_is_off_by_default_and_scrapes_what_the_operator_serves_when_on():

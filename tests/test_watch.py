@@ -376,6 +376,49 @@ def test_a_users_file_at_a_videos_output_name_is_never_replaced_and_that_video_i
     assert count_frames(dest / "a.mp4") == 3 and (tmp_path / "mine.mp4").read_bytes() == b"my own film"
 
 
+def test_two_videos_of_the_same_output_name_never_replace_each_others_output(tmp_path):
+    """clip.flv and clip.mp4 both make clip.mp4: the second replaced the first's stylized video and
+    both were recorded as done, the first's lost for good. Now the second is skipped, said, and left to
+    the next start (where it is skipped again until one of them is renamed)."""
+    src, dest, made = tmp_path / "in", tmp_path / "out", []
+    src.mkdir()
+    (src / "clip.flv").write_bytes(b"the flv")  # .flv is no output container: made as .mp4
+    (src / "clip.mp4").write_bytes(b"the mp4")
+    with pytest.raises(watch_mod.StylebatchError, match=r"1 of 2 videos skipped .*clip.mp4 is the stylized "
+                                                        r".*clip\.(flv|mp4), another video of the same name"):
+        make_watch(src, dest, made).once(0)
+    assert len(made) == 1 and (dest / "clip.mp4").read_bytes() == (src / made[0]).read_bytes()
+    assert len(list((dest / ".stylebatch-watch").glob("*.json"))) == 1
+    with pytest.raises(watch_mod.StylebatchError, match="1 of 1 video skipped"):  # not done: said again
+        make_watch(src, dest, made).once(0)
+    assert len(made) == 1
+
+
+def test_a_watched_folder_inside_dest_never_takes_its_outputs_for_videos(tmp_path):
+    """SOURCE out/in inside DEST out: in/x.mp4 of SOURCE is stylized to out/in/x.mp4, inside SOURCE,
+    and the next look stylized that output again as a new video (and so on, one folder up each time)."""
+    dest, made = tmp_path / "out", []
+    src = dest / "in"
+    (src / "in").mkdir(parents=True)
+    (src / "in" / "x.mp4").write_bytes(b"video")
+    assert make_watch(src, dest, made).once(0) == 0 and (src / "x.mp4").exists()
+    assert make_watch(src, dest, made).once(0) == 0 and made == ["x.mp4"]
+
+
+def test_a_video_another_watch_finished_meanwhile_is_not_stylized_again(tmp_path):
+    """Two watches of the same folders: each listed the video, and both stylized it."""
+    src, dest, made = tmp_path / "in", tmp_path / "out", []
+    src.mkdir()
+    (src / "a.mp4").write_bytes(b"video")
+    first, second = make_watch(src, dest, made), make_watch(src, dest, made)
+    first.poll(), second.poll()
+    (listed,) = second.poll()
+    for video in first.poll():
+        first.process(video)
+    second.process(listed)
+    assert made == ["a.mp4"]
+
+
 def test_the_watchs_own_output_is_replaced_when_its_input_changes_but_not_once_someone_changed_it(tmp_path):
     """What the watch wrote (its record names the output, unchanged since) is replaced by the new
     version of its input, as before; the same file changed by someone after the watch wrote it is not.

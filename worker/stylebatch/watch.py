@@ -106,6 +106,9 @@ class Watch:
         self.blocked: dict[str, str] = {}  # key -> why: its output name holds a file this watch did not write
         self._records: dict[str, dict] = {}  # the records read so far (never rewritten), by file name
         self.excluded = _inside(dest, source)  # DEST within SOURCE: its files are outputs, never inputs
+        # SOURCE within DEST: an output of a video in a subfolder can land in SOURCE (DEST/in/x.mp4 for
+        # SOURCE DEST/in's in/x.mp4), and was stylized again as a new video
+        self.within_dest = _inside(source, dest)
         if self.excluded == "":
             raise StylebatchError(f"the output prefix {dest.display} is the watched {source.display}: "
                                   "give a separate folder or prefix")
@@ -157,7 +160,8 @@ class Watch:
 
     def poll(self) -> list[Video]:
         """The videos that are stable, not done, and not failed in this run."""
-        infos = {i.name: i for i in self.source.list_info() if not self._excluded(i.name)}
+        outputs = self._own_outputs()
+        infos = {i.name: i for i in self.source.list_info() if not self._excluded(i.name) and i.name not in outputs}
         candidates = {name: i for name, i in infos.items()
                       if trigger.skip_reason(name, i.size, i.metadata, self.filters) is None}
         ready = self.stability.observe({n: (i.size, i.etag) for n, i in candidates.items()})
@@ -166,6 +170,8 @@ class Watch:
         return [v for v in videos if v.key not in done and v.key not in self.failed]
 
     def process(self, video: Video) -> None:
+        if video.key in self._done():  # done meanwhile (another watch of the same folders)
+            return
         now = video.input.info()
         if now is None or (now.size, now.etag) != (video.info.size, video.info.etag):
             # changed (or gone) since the listing that found it stable: stylizing it now would record the
@@ -174,6 +180,9 @@ class Watch:
                      "it is gone" if now is None else "waiting until it stays the same")
             return
         there = video.output.info()
+        if there is not None and (other := self._output_of_another(video)) is not None:
+            self._block(video, f"is the stylized {other}, another video of the same name", "rename one of them")
+            return
         if there is not None and not self._wrote(video, there):
             self._block(video, "is already there and stylebatch watch did not write it (or it was changed since)")
             return
@@ -205,9 +214,9 @@ class Watch:
             return
         log.info("finished %s -> %s (%.1fs)", video.input.display, video.output.display, time.monotonic() - began)
 
-    def _block(self, video: Video, what: str) -> None:
-        """Skip a video whose output name holds a file this watch did not write: one warning per video."""
-        why = f"{video.output.display} {what}: it is left as it is; {NOT_OURS}"
+    def _block(self, video: Video, what: str, advice: str = NOT_OURS) -> None:
+        """Skip a video whose output name holds a file this watch did not write for it: one warning per video."""
+        why = f"{video.output.display} {what}: it is left as it is; {advice}"
         if video.key not in self.blocked:
             log.warning("skipped %s: %s", video.input.display, why)
         self.blocked[video.key] = why
@@ -231,6 +240,23 @@ class Watch:
             if there.modified <= finished + 2:
                 return True
         return False
+
+    def _output_of_another(self, video: Video) -> str | None:
+        """The input (as shown) whose stylized video this watch wrote at `video`'s output name, when it is
+        another file than `video`'s input (clip.mov and clip.mp4 both make clip.mp4), else None: the
+        second replaced the first's output, and both counted as done."""
+        for record in reversed(self._read_records()):
+            if record.get("name") == video.name and record.get("input") not in (None, video.input.display):
+                return record["input"]
+        return None
+
+    def _own_outputs(self) -> set[str]:
+        """Names in SOURCE that are this watch's outputs (SOURCE within DEST), never new videos."""
+        if not self.within_dest:
+            return set()
+        prefix = self.within_dest + "/"
+        return {r["name"][len(prefix):] for r in self._read_records()
+                if isinstance(r.get("name"), str) and r["name"].startswith(prefix)}
 
     def _read_records(self) -> list[dict]:
         folder = self.dest.child(RECORD_DIR)

@@ -111,6 +111,42 @@ def test_interrupted_training_saves_a_checkpoint_and_the_same_command_resumes(tm
     assert f"{saved['step'] + 2} steps" in result.stdout and out.exists() and not ckpt.exists()
 
 
+def _checkpoint_at_step_3(path: Path, content: list[str], **settings) -> None:
+    """A sound checkpoint of TINY's settings (and `settings`) at step 3."""
+    from stylebatch.requests import TrainRequest
+    from stylebatch.train import CONTENT_WEIGHT, STYLE_WEIGHT, settings_key
+    from stylebatch.transformer_net import TransformerNet
+
+    req = TrainRequest(painting=STARRY, output=str(path)[:-5], size=32, batch_size=1, lr=0.01, device="cpu",
+                       content=tuple(content[1::2]), **settings)
+    net = TransformerNet()
+    opt = torch.optim.Adam(net.parameters(), 0.01)
+    torch.save({"key": settings_key(Path(STARRY), req, STYLE_WEIGHT, CONTENT_WEIGHT), "step": 3,
+                "history": [3.0, 2.0, 1.0], "net": net.state_dict(), "optimizer": opt.state_dict()}, path)
+
+
+@pytest.mark.parametrize("case, given, written, words", [
+    ("another seed", ["--steps", "5", "--seed", "7"], {}, "from training another painting or other settings"),
+    ("other content", ["--steps", "5"], {"content": ("elsewhere.mp4",)}, "from training another painting or other"),
+    ("fewer steps than it has done", ["--steps", "2"], {}, "is at step 3, past --steps 2: give --steps 3 or more"),
+])
+def test_a_checkpoint_the_command_cannot_go_on_from_is_one_line_and_kept(tmp_path, content, case, given, written,
+                                                                         words):
+    """--seed and --content were not part of what a checkpoint must match: other content resumed without
+    a word; and one past --steps wrote its own step's weights, said to be --steps'."""
+    out = tmp_path / "x.pth"
+    ckpt = Path(f"{out}.ckpt")
+    if "content" in written:
+        _checkpoint_at_step_3(ckpt, ["--content", *written["content"]])
+    else:
+        _checkpoint_at_step_3(ckpt, content)
+    before = ckpt.read_bytes()
+    result = stylebatch("train-style", STARRY, "-o", out, *TINY, *content, *given, timeout=900)
+    assert result.returncode == 2 and len(error_lines(result)) == 1, result.stderr
+    assert words in error_lines(result)[0] and "Traceback" not in result.stderr, result.stderr
+    assert ckpt.read_bytes() == before and not out.exists()
+
+
 def test_a_training_into_blob_storage_keeps_its_checkpoint_there_and_a_new_pod_resumes_it(tmp_path, azure_env):
     """As the training Job does on Kubernetes: painting, content and weights are blobs, the checkpoint
     is a blob beside the weights, a pod stopped by SIGTERM saves it, and the next pod continues."""
@@ -190,18 +226,19 @@ def test_a_diverging_training_stops_with_one_line_and_writes_no_weights(tmp_path
     assert not out.exists()
 
 
-def _foreign_pickle(path: Path) -> None:
+def _foreign_pickle(path: Path, content: list[str]) -> None:
     torch.save([1, 2, 3], path)
 
 
-def _complex_weights(path: Path) -> None:
+def _complex_weights(path: Path, content: list[str]) -> None:
     """A checkpoint of these very settings (TINY, STARRY) whose net holds a complex tensor: torch's
     load_state_dict warned that it drops the imaginary part, and training went on."""
     from stylebatch.requests import TrainRequest
     from stylebatch.train import CONTENT_WEIGHT, STYLE_WEIGHT, settings_key
     from stylebatch.transformer_net import TransformerNet
 
-    req = TrainRequest(painting=STARRY, output=str(path)[:-5], size=32, batch_size=1, lr=0.01, device="cpu")
+    req = TrainRequest(painting=STARRY, output=str(path)[:-5], size=32, batch_size=1, lr=0.01, device="cpu",
+                       content=tuple(content[1::2]))
     net = TransformerNet().state_dict()
     net["conv1.conv2d.weight"] = net["conv1.conv2d.weight"].to(torch.complex64)
     torch.save({"key": settings_key(Path(STARRY), req, STYLE_WEIGHT, CONTENT_WEIGHT), "step": 1, "history": [1.0],
@@ -209,9 +246,10 @@ def _complex_weights(path: Path) -> None:
 
 
 @pytest.mark.parametrize("write, words", [
-    (lambda p: p.write_text("not a checkpoint"), "not a PyTorch checkpoint, or corrupt or truncated"),
+    (lambda p, content: p.write_text("not a checkpoint"), "not a PyTorch checkpoint, or corrupt or truncated"),
     # the first bytes of a pickle of protocol 254: torch also warned on stderr
-    (lambda p: p.write_bytes(b"\x80\xfe" + bytes(range(256)) * 4), "not a PyTorch checkpoint, or corrupt or truncated"),
+    (lambda p, content: p.write_bytes(b"\x80\xfe" + bytes(range(256)) * 4),
+     "not a PyTorch checkpoint, or corrupt or truncated"),
     (_foreign_pickle, "is not a stylebatch training checkpoint"),
     (_complex_weights, "is damaged"),
 ], ids=["text", "pickle-like bytes", "another program's tensors", "complex weights"])
@@ -220,7 +258,7 @@ def test_a_file_in_the_checkpoints_place_that_is_not_one_is_one_line_and_is_kept
     (exit 1) or torch's warning. Now one line naming it, exit 2, the file untouched, no weights written."""
     out = tmp_path / "x.pth"
     ckpt = Path(f"{out}.ckpt")
-    write(ckpt)
+    write(ckpt, content)
     before = ckpt.read_bytes()
     result = stylebatch("train-style", STARRY, "-o", out, "--steps", "2", *TINY, *content, timeout=900)
     assert result.returncode == 2 and len(error_lines(result)) == 1, result.stderr

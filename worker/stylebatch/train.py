@@ -171,9 +171,12 @@ def learning_rate(peak: float, step: int, steps: int) -> float:
 
 
 def settings_key(painting: Path, req: TrainRequest, style_weight: float, content_weight: float) -> str:
-    """What a checkpoint must match to be resumed: the painting's bytes and the training settings."""
+    """What a checkpoint must match to be resumed: the painting's bytes, the training settings, the
+    content as given and the seed (other content or another seed resumed without a word)."""
     digest = hashlib.sha256(painting.read_bytes()).hexdigest()
-    return f"{digest}:{req.size}:{req.batch_size}:{style_weight}:{content_weight}:{req.lr}:v{LOSS_VERSION}"
+    content = hashlib.sha256("\n".join(req.content).encode()).hexdigest()[:16]
+    return (f"{digest}:{req.size}:{req.batch_size}:{style_weight}:{content_weight}:{req.lr}:{req.seed}:{content}"
+            f":v{LOSS_VERSION}")
 
 
 class Checkpoint:
@@ -277,6 +280,9 @@ def train(req: TrainRequest, painting: Path, output: Path, ckpt: Checkpoint) -> 
             step, history = int(state["step"]), list(state["history"])
         except (KeyError, TypeError, ValueError, RuntimeError):  # the right key, the wrong contents
             raise BadInput(f"checkpoint {ckpt.name} is damaged: delete it, or write to another -o") from None
+        if step > req.steps:  # the weights it would write are step's, not --steps'
+            raise BadInput(f"{ckpt.name} is at step {step}, past --steps {req.steps}: give --steps {step} or "
+                           "more to go on from it, or delete it")
         log.info("resuming from %s at step %d", ckpt.name, step)
 
     def save() -> None:

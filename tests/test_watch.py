@@ -5,6 +5,7 @@ Azurite; the stylizing itself is `stylebatch run` (tiny clips, --max-side 48, on
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import threading
@@ -163,6 +164,29 @@ def test_a_file_still_being_written_waits_until_two_listings_agree(tmp_path):
     assert [v.input.name for v in ready] == ["big.mp4"]
     w.process(ready[0])
     assert made == ["big.mp4"] and w.poll() == []
+
+
+def test_once_says_which_file_it_left_because_it_was_still_being_written(tmp_path, caplog):
+    """--once left a file that grew between its two listings without a word, and said nothing new."""
+    src, dest, made = tmp_path / "in", tmp_path / "out", []
+    src.mkdir()
+    (src / "done.mp4").write_bytes(b"video")
+    growing = src / "growing.mp4"
+    growing.write_bytes(b"part")
+    w = make_watch(src, dest, made)
+    listed = w.poll
+
+    def poll():  # the copy goes on between the two listings
+        videos = listed()
+        growing.write_bytes(growing.read_bytes() + b" more")
+        return videos
+
+    w.poll = poll
+    with caplog.at_level(logging.WARNING, logger="stylebatch"):
+        assert w.once(0) == 0
+    assert made == ["done.mp4"]
+    assert [r.getMessage() for r in caplog.records if "still being written" in r.getMessage()] == [
+        "1 file still being written (growing.mp4): left to the next start"]
 
 
 def test_outputs_inside_the_watched_folder_never_trigger_and_the_same_folder_is_refused(tmp_path):

@@ -104,6 +104,7 @@ class Watch:
         self.stability = trigger.Stability()
         self.failed: dict[str, StylebatchError] = {}
         self.blocked: dict[str, str] = {}  # key -> why: its output name holds a file this watch did not write
+        self.unsettled: list[str] = []  # names the last listing found changed since the one before
         self._records: dict[str, dict] = {}  # the records read so far (never rewritten), by file name
         self.excluded = _inside(dest, source)  # DEST within SOURCE: its files are outputs, never inputs
         # SOURCE within DEST: an output of a video in a subfolder can land in SOURCE (DEST/in/x.mp4 for
@@ -145,7 +146,11 @@ class Watch:
             error = StylebatchError(f"{'; '.join(said)}; they are tried again on the next start")
             error.exit_code = code
             raise error
-        if not ready:
+        unsettled = self.unsettled  # (changed between the two listings: a new version, never done)
+        if unsettled:  # (left out without a word: --once said nothing of a file still being copied in)
+            log.warning("%s still being written (%s%s): left to the next start", counted(len(unsettled), "file"),
+                        unsettled[0], ", ..." if len(unsettled) > 1 else "")
+        elif not ready:
             log.info("nothing new in %s", self.source.display)
         return 0
 
@@ -166,6 +171,7 @@ class Watch:
                       if trigger.skip_reason(name, i.size, i.metadata, self.filters) is None}
         ready = self.stability.observe({n: (i.size, i.etag) for n, i in candidates.items()})
         done = self._done()
+        self.unsettled = sorted(set(candidates) - set(ready))  # changed since the previous listing
         videos = [self._video(candidates[name]) for name in ready]
         return [v for v in videos if v.key not in done and v.key not in self.failed]
 

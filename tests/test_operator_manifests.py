@@ -264,14 +264,14 @@ def test_postprocess_deletes_the_work_dir_unless_the_job_keeps_it():
     assert "--delete-work" not in args(keepWorkDir=True)
 
 
-def test_storage_credentials_are_references_never_values():
+def test_storage_credentials_are_references_never_values_and_the_secret_is_required():
+    """Every key of the Secret, whichever form it holds, by one required reference: each key was an
+    optional reference, so a missing Secret started the pods without credentials (the job failed on
+    "no storage account configured") instead of stalling on 'secret "stylebatch-storage" not found'."""
     for child in children(stj(**TRAINED)):
-        env = [e for c in _containers(child) for e in c["env"]]
-        secret_env = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in env if "valueFrom" in e}
-        assert set(secret_env) == {"AZURE_STORAGE_CONNECTION_STRING", "AZURE_STORAGE_ACCOUNT", "AZURE_STORAGE_SAS_TOKEN"}
-        assert {ref["name"] for ref in secret_env.values()} == {"stylebatch-storage"}
-        assert all(ref["optional"] for ref in secret_env.values())  # whichever form the Secret holds
-        assert not [e for e in env if e["name"].startswith("AZURE") and "value" in e]
+        for container in _containers(child):
+            assert container["envFrom"] == [{"secretRef": {"name": "stylebatch-storage"}}]  # not optional
+            assert not [e for e in container["env"] if e["name"].startswith("AZURE")]
 
 
 def test_workload_identity_labels_every_pod_and_uses_the_service_account():
@@ -362,8 +362,8 @@ def test_no_pod_argument_ever_carries_a_sas_token():
     assert args[1:7] == ["preprocess", "https://acct.blob.core.windows.net/videos/in.mp4", "--work",
                          "https://acct.blob.core.windows.net/videos/.stylebatch-work/media/orangutan-01234567/",
                          "-o", "https://acct.blob.core.windows.net/videos/out.mp4"]
-    env = {e["name"] for e in children[0]["spec"]["template"]["spec"]["containers"][0]["env"]}
-    assert {"AZURE_STORAGE_ACCOUNT", "AZURE_STORAGE_SAS_TOKEN"} <= env
+    container = children[0]["spec"]["template"]["spec"]["containers"][0]
+    assert container["envFrom"] == [{"secretRef": {"name": "stylebatch-storage"}}]  # the SAS from the Secret
 
 
 def pod_containers(child: dict[str, Any]) -> list[dict[str, Any]]:
@@ -482,8 +482,7 @@ def test_a_jobs_own_fields_override_the_operators_defaults():
     assert pod["containers"][0]["resources"] == {"requests": {"cpu": "1"}, "limits": {"memory": "2Gi"}}
     assert "nodeSelector" not in pod  # {} in the job: no selector, not the default's
     assert pod["tolerations"] == AKS.jobs["scheduling"]["tolerations"]  # not set in the job: the default's
-    env = {e["name"]: e for e in pod["containers"][0]["env"]}
-    assert env["AZURE_STORAGE_CONNECTION_STRING"]["valueFrom"]["secretKeyRef"]["name"] == "team-storage"
+    assert pod["containers"][0]["envFrom"] == [{"secretRef": {"name": "team-storage"}}]
     assert pod["serviceAccountName"] == "stylebatch-job"  # not the federated one's label either:
     assert "azure.workload.identity/use" not in worker["template"]["metadata"]["labels"]
 

@@ -274,6 +274,8 @@ def _container(stj: dict[str, Any], spec: dict[str, Any], name: str, args: list[
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "securityContext": copy.deepcopy(CONTAINER_SECURITY_CONTEXT),
     }
+    if env_from := _storage_env_from(spec):
+        container["envFrom"] = env_from  # (the variables above win over a key of the same name)
     if args is not None:
         container["args"] = args
     return container
@@ -294,14 +296,22 @@ def _add_scratch(spec: dict[str, Any], pod_spec: dict[str, Any]) -> None:
 
 
 def _storage_env(spec: dict[str, Any]) -> list[dict[str, Any]]:
-    """Credentials by reference only: the values never pass through the operator."""
+    """The account of a job with workload identity (a name, no credential)."""
     storage = spec["storage"]
     if storage.get("serviceAccountName"):
         return [{"name": "AZURE_STORAGE_ACCOUNT", "value": storage["accountName"]}]
-    secret = storage["secretName"]
-    # Whichever the Secret holds: a connection string, or an account name and a SAS token.
-    return [{"name": key, "valueFrom": {"secretKeyRef": {"name": secret, "key": key, "optional": True}}}
-            for key in ("AZURE_STORAGE_CONNECTION_STRING", "AZURE_STORAGE_ACCOUNT", "AZURE_STORAGE_SAS_TOKEN")]
+    return []
+
+
+def _storage_env_from(spec: dict[str, Any]) -> list[dict[str, Any]]:
+    """Credentials by reference only (the values never pass through the operator): every key of the
+    storage Secret as a variable of its name, whichever it holds (a connection string, or an account
+    name and a SAS token). The Secret is required: a pod whose Secret is missing waits with
+    CreateContainerConfigError ('secret "..." not found'), which the job shows as a stall. (Each key
+    was an optional reference: a missing Secret started the pods without credentials, and the job
+    failed, or retried, on "no storage account configured".)"""
+    secret = spec["storage"].get("secretName")
+    return [{"secretRef": {"name": secret}}] if secret and not spec["storage"].get("serviceAccountName") else []
 
 
 def _pod_spec(spec: dict[str, Any], containers: list[dict[str, Any]], restart_policy: str | None = None) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 the Job controller and the Kubeflow MPI Operator (v2beta1, MPICH) against kmock.
 
 It watches the Jobs and MPIJobs in kmock and runs each pod as a container of the local docker
-engine, as Kubernetes would: the pod's command and args, env (secretKeyRef read from the Secret in
+engine, as Kubernetes would: the pod's command and args, env (secretKeyRef and envFrom read from the Secret in
 kmock), securityContext (user, group, no capabilities, no_new_privs, read-only root), volumes
 (emptyDir, Secret, ConfigMap) and memory/cpu limits. For an MPIJob it does what the MPI Operator
 does: the ssh key Secret (ECDSA P-521) mounted at sshAuthMountPath, the hostfile ConfigMap at
@@ -436,6 +436,18 @@ class Cluster:
             args.append("--read-only")
 
         env: dict[str, str] = {}
+        for source in container.get("envFrom") or []:  # first: `env` below wins over a key of the same name
+            ref = source.get("secretRef")
+            if ref is None:
+                continue
+            secret = self.get("v1/secrets", ref["name"])
+            if secret is None:
+                if ref.get("optional"):
+                    continue
+                raise RuntimeError(f"pod {name}: secret {ref['name']} not found (CreateContainerConfigError)")
+            for key, data in (secret.get("data") or {}).items():
+                env[source.get("prefix", "") + key] = base64.b64decode(data).decode()
+                args += ["-e", source.get("prefix", "") + key]
         for var in container.get("env") or []:
             value = var.get("value")
             ref = (var.get("valueFrom") or {}).get("secretKeyRef")

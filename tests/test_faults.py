@@ -66,18 +66,36 @@ def _mentioning(text: str) -> list[tuple[int, str]]:
     return found
 
 
-@pytest.mark.mpi
-@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130), (signal.SIGHUP, 129)])
-def test_a_signal_stops_the_ranks_says_where_the_work_is_and_the_same_command_resumes(sig: int, code: int, clip,
-                                                                                        tmp_path: Path) -> None:
-    """A run without --work, stopped like `kill`/`timeout`/Kubernetes (SIGTERM), Ctrl-C (SIGINT) or a
-    closed terminal or ssh session (SIGHUP)."""
+def _two_rank_run(clip, tmp_path: Path) -> tuple[list[str], dict[str, str], Path, Path, Path]:
+    """`stylebatch run` of a 120-frame clip on 2 ranks in chunks of 6, without --work, its cache and
+    TMPDIR in tmp_path: (command, environment, cache, tmp, output)."""
     src = clip("long.mp4", size=(64, 48), frames=120)
     cache, tmp, out = tmp_path / "cache", tmp_path / "tmp", tmp_path / "o.mp4"
     tmp.mkdir()
     env = dict(os.environ, XDG_CACHE_HOME=str(cache), TMPDIR=str(tmp))
     cmd = [sys.executable, "-m", "stylebatch", "run", str(src), "-o", str(out), "--workers", "2",
            "--chunk-frames", "6", *FAST_STYLE]
+    return cmd, env, cache, tmp, out
+
+
+def _said_interrupted(returncode: int, err: str, code: int, cache: Path) -> tuple[str, Path]:
+    """An interrupted run's end: exit `code`, one error line that says so and how to resume, nothing but
+    stylebatch's own lines (MPICH once said "Attempting to use an MPI routine (internal_Iprobe) ...
+    after finalizing MPICH": the chunk counter's progress thread); (that line, the work dir kept)."""
+    assert returncode == code and "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.startswith("stylebatch: error:")]
+    assert len(lines) == 1 and "interrupted" in lines[0] and "run the same command again" in lines[0], err
+    assert [line for line in err.splitlines() if not line.startswith("stylebatch: ")] == [], err
+    return lines[0], next(cache.rglob("stylebatch-work.json")).parent
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130), (signal.SIGHUP, 129)])
+def test_a_signal_stops_the_ranks_says_where_the_work_is_and_the_same_command_resumes(sig: int, code: int, clip,
+                                                                                        tmp_path: Path) -> None:
+    """A run without --work, stopped like `kill`/`timeout`/Kubernetes (SIGTERM), Ctrl-C (SIGINT) or a
+    closed terminal or ssh session (SIGHUP)."""
+    cmd, env, cache, tmp, out = _two_rank_run(clip, tmp_path)
     # As from a terminal: SIGINT at its default even where the test runner was started in the
     # background (a non-interactive shell's `cmd &` ignores SIGINT, and Python keeps it ignored).
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
@@ -92,14 +110,8 @@ def test_a_signal_stops_the_ranks_says_where_the_work_is_and_the_same_command_re
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
-    assert proc.returncode == code and "Traceback" not in err, err
-    lines = [line for line in err.splitlines() if line.startswith("stylebatch: error:")]
-    assert len(lines) == 1, err
-    # nothing but stylebatch's own lines: MPICH once said "Attempting to use an MPI routine
-    # (internal_Iprobe) ... after finalizing MPICH" (the chunk counter's progress thread)
-    assert [line for line in err.splitlines() if not line.startswith("stylebatch: ")] == [], err
-    work = next(cache.rglob("stylebatch-work.json")).parent
-    assert "interrupted" in lines[0] and str(work) in lines[0] and "run the same command again" in lines[0], lines
+    line, work = _said_interrupted(proc.returncode, err, code, cache)
+    assert str(work) in line
     assert os.listdir(tmp) == []  # no scratch and no copy of the input left behind
     assert _processes_mentioning(str(work)) == []  # mpiexec and every rank are gone
     done = sorted(p.name for p in (work / "parts").iterdir())
@@ -119,12 +131,7 @@ def test_a_signal_to_one_rank_alone_ends_the_run_and_it_resumes(sig: int, code: 
     finalized MPI, which waits for the other, and the other drew chunks from a counter whose rank was
     finalizing: the run hung until someone killed it, and MPICH's shared memory stayed in /dev/shm.
     Now the signalled rank aborts the job: the run ends interrupted, nothing is left, it resumes."""
-    src = clip("long.mp4", size=(64, 48), frames=120)
-    cache, tmp, out = tmp_path / "cache", tmp_path / "tmp", tmp_path / "o.mp4"
-    tmp.mkdir()
-    env = dict(os.environ, XDG_CACHE_HOME=str(cache), TMPDIR=str(tmp))
-    cmd = [sys.executable, "-m", "stylebatch", "run", str(src), "-o", str(out), "--workers", "2",
-           "--chunk-frames", "6", *FAST_STYLE]
+    cmd, env, cache, tmp, out = _two_rank_run(clip, tmp_path)
     shm_before = set(Path("/dev/shm").glob("mpich_shm_*"))
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
                             preexec_fn=stop_signals_at_default)
@@ -139,11 +146,7 @@ def test_a_signal_to_one_rank_alone_ends_the_run_and_it_resumes(sig: int, code: 
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
-    assert proc.returncode == code and "Traceback" not in err, err
-    lines = [line for line in err.splitlines() if line.startswith("stylebatch: error:")]
-    assert len(lines) == 1 and "interrupted" in lines[0] and "run the same command again" in lines[0], err
-    assert [line for line in err.splitlines() if not line.startswith("stylebatch: ")] == [], err
-    work = next(cache.rglob("stylebatch-work.json")).parent
+    _, work = _said_interrupted(proc.returncode, err, code, cache)
     assert _processes_mentioning(str(work)) == [] and os.listdir(tmp) == []
     assert set(Path("/dev/shm").glob("mpich_shm_*")) <= shm_before
     result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)

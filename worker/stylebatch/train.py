@@ -235,9 +235,11 @@ class Bar:
             log.info("%s", line)
 
 
-def train(req: TrainRequest, painting: Path, output: Path, ckpt: Checkpoint) -> list[float]:
+def train(req: TrainRequest, painting: Path, output: Path, ckpt: Checkpoint,
+          given: tuple[str, ...] | None = None) -> list[float]:
     """Train and write the weights to the local file `output`; returns the loss of every step
-    (resumed steps included)."""
+    (resumed steps included). `given`: the content as the user gave it, where req.content holds the
+    local copies of blobs (fresh temporary names each run: what a checkpoint is matched on)."""
     import contextlib
     import signal
 
@@ -261,7 +263,9 @@ def train(req: TrainRequest, painting: Path, output: Path, ckpt: Checkpoint) -> 
     with torch.no_grad():
         p = torch.from_numpy(style_image).permute(2, 0, 1)[None].float().to(dev)
         targets = [gram(f) for f in vgg(p, STYLE_LAYERS).values()]
-    key, step, history = settings_key(painting, req, style_weight, content_weight), 0, []
+    key = settings_key(painting, replace(req, content=given) if given is not None else req, style_weight,
+                       content_weight)
+    step, history = 0, []
     if ckpt.fetch():
         try:
             state = load_state(ckpt.path, f"checkpoint {ckpt.name}")
@@ -360,7 +364,7 @@ def run(req: TrainRequest) -> int:
             src.download(painting)
         output = Path(dest.local_path()) if dest.is_local() else Path(tmp) / "style.pth"
         ckpt = Checkpoint(req.output, Path(tmp) / "style.pth.ckpt")
-        history = train(replace(req, content=tuple(content)), painting, output, ckpt)
+        history = train(replace(req, content=tuple(content)), painting, output, ckpt, given=tuple(req.content))
         if not dest.is_local():
             dest.upload(output)
         ckpt.delete()

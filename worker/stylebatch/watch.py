@@ -249,7 +249,7 @@ class Watch:
 
     def _output_of_another(self, video: Video) -> str | None:
         """The input (as shown) whose stylized video this watch wrote at `video`'s output name, when it is
-        another file than `video`'s input (clip.mov and clip.mp4 both make clip.mp4), else None: the
+        another file than `video`'s input (clip.flv and clip.mp4 both make clip.mp4), else None: the
         second replaced the first's output, and both counted as done."""
         for record in reversed(self._read_records()):
             if record.get("name") == video.name and record.get("input") not in (None, video.input.display):

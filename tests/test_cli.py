@@ -32,6 +32,22 @@ def test_styles_lists_every_builtin_style_and_marks_the_default() -> None:
     assert len(marked) == 1 and DEFAULT_STYLE in marked[0]
 
 
+def test_a_full_stdout_is_said_to_be_stdout_not_the_temp_folder() -> None:
+    with open("/dev/full", "w") as full:
+        result = subprocess.run([sys.executable, "-m", "stylebatch", "styles"], stdout=full, stderr=subprocess.PIPE,
+                                text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == ["stylebatch: error: cannot write to standard output (No space left on device)"]
+
+
+def test_a_reader_that_stops_early_ends_the_list_quietly() -> None:
+    listing = subprocess.Popen([sys.executable, "-m", "stylebatch", "styles"], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    listing.stdout.close()  # `stylebatch styles | head -0`
+    assert listing.wait(timeout=120) == 0
+    assert listing.stderr.read() == ""
+
+
 @pytest.mark.parametrize("command", [[], ["run"], ["preprocess"], ["stylize"], ["postprocess"]])
 def test_help(command: list[str]) -> None:
     result = stylebatch(*command, "--help")

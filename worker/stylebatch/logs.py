@@ -25,6 +25,21 @@ LOG_JOB_ENV = "STYLEBATCH_LOG_JOB"  # the job the first stylebatch process named
 RANK_ENVS = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK")
 
 
+def say(text: str) -> None:
+    """Write a command's own output (its result, not a log record) to stdout, now. A reader that
+    went away (`stylebatch styles | head -1`) ends the output quietly; a stdout that takes nothing
+    more (`> /dev/full`, a full disk) is BadInput, said as such, not as a full temp folder."""
+    from stylebatch.errors import BadInput
+
+    try:
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing more to say, nor at exit
+    except OSError as exc:
+        raise BadInput(f"cannot write to standard output ({exc.strerror or exc})") from None
+
+
 def counted(n: int, noun: str) -> str:
     """"1 frame", "2 frames": a count in a log line, in English."""
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"

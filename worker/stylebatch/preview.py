@@ -16,7 +16,7 @@ import numpy as np
 
 from stylebatch.contract import style_problem
 from stylebatch.errors import BadInput
-from stylebatch.logs import counted
+from stylebatch.logs import counted, say
 
 ORIGINAL = "original"
 LABEL_HEIGHT, GAP = 18, 6
@@ -192,7 +192,7 @@ def run(args: argparse.Namespace) -> int:
         result = Path(tmp) / f"sheet{suffix}"
         sheet.save(result, SHEET_SUFFIXES[suffix], **({"quality": 85} if suffix != ".png" else {}))
         out.upload(result)  # atomic: a half-written sheet never appears under its name
-    print(f"{out.display}: {counted(len(styles), 'style')}")
+    say(f"{out.display}: {counted(len(styles), 'style')}")
     return 0
 
 

@@ -23,6 +23,7 @@ import numpy as np
 
 from stylebatch.errors import StylebatchError
 from stylebatch.flow import FlowEstimator, resize_to_width, visible, warp
+from stylebatch.logs import say
 
 WORK_WIDTH = 320  # pixels: the working width of every figure
 LONG_WINDOW = 10  # frames per long-term window
@@ -198,7 +199,7 @@ def run(input: str, output: str, *, as_json: bool = False) -> int:
                 loc.download(local)
                 paths.append((local, loc.display))
         report = measure(read_frames(*paths[0]), read_frames(*paths[1]))
-    print(report.to_json() if as_json else "\n".join(report.lines()))
+    say(report.to_json() if as_json else "\n".join(report.lines()))
     return 0
 
 

@@ -24,7 +24,7 @@ from stylebatch import signals
 from stylebatch.contract import (ERROR_PREFIX, EXIT_HUNG_UP, EXIT_INTERRUPTED, EXIT_TERMINATED, EXIT_TRANSIENT,
                                  HWLOC_XMLFILE_ENV, START_GATE_ENV, no_topology_file, precision_problem)
 from stylebatch.errors import BadInput, Interrupted, StylebatchError, TransientError
-from stylebatch.logs import counted
+from stylebatch.logs import counted, say
 from stylebatch.memory import RANK_BASE_BYTES, USABLE_SHARE, GiB, machine_bytes, ranks_that_fit
 from stylebatch.monitor import Monitor
 from stylebatch.ranks import HYDRA_BANNER, cpu_count, killed_by_sigkill, oom_kills
@@ -39,7 +39,7 @@ def list_styles(args: argparse.Namespace) -> int:
 
     for s in styles():
         mark = " (default)" if DEFAULT_STYLE in (s.name, str(s.index)) else ""
-        print(f"{s.index:>3}  {s.name:<20} {s.description}{mark}")
+        say(f"{s.index:>3}  {s.name:<20} {s.description}{mark}")
     return 0
 
 

@@ -29,6 +29,7 @@ import numpy as np
 from stylebatch.contract import EXIT_HUNG_UP, EXIT_INTERRUPTED, EXIT_TERMINATED
 from stylebatch.errors import BadInput, Interrupted, StylebatchError
 from stylebatch.progress import TrainProgress, format_train_line
+from stylebatch.logs import say
 from stylebatch.requests import TrainRequest
 
 log = logging.getLogger(__name__)
@@ -369,7 +370,7 @@ def run(req: TrainRequest) -> int:
             dest.upload(output)
         ckpt.delete()
     tail = history[-max(1, len(history) // 4):]
-    print(f"{dest.display}: {len(history)} steps, loss {history[0]:.4g} at step 1, {sum(tail) / len(tail):.4g} "
+    say(f"{dest.display}: {len(history)} steps, loss {history[0]:.4g} at step 1, {sum(tail) / len(tail):.4g} "
           f"over the last {len(tail)}; use it with --style {dest.display}")
     return 0
 

@@ -8,6 +8,9 @@ import json
 import logging
 import os
 import shutil
+import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -16,7 +19,7 @@ import pytest
 
 from clips import FAST_STYLE, count_frames, error_lines, stylebatch
 from stylebatch import watch as watch_mod
-from stylebatch.contract import OUTPUT_TAG
+from stylebatch.contract import EXIT_TRANSIENT, OUTPUT_TAG
 from stylebatch.errors import Interrupted
 from stylebatch.storage import location
 from stylebatch.trigger import Filters
@@ -271,7 +274,7 @@ def test_a_source_subfolder_named_probe_does_not_stop_the_watch_from_starting_ag
     (tmp_path / "out" / "probe").mkdir(parents=True)
     result = stylebatch("watch", "in", "-o", "out", "--once", timeout=120, cwd=tmp_path)
     assert result.returncode == 0 and error_lines(result) == [], result.stderr
-    assert sorted(os.listdir(tmp_path / "out")) == ["probe"]
+    assert sorted(os.listdir(tmp_path / "out")) == [".stylebatch-watch", "probe"]  # (its lock file)
 
 
 def test_a_file_where_a_videos_subfolder_goes_fails_that_video_only(tmp_path):
@@ -441,6 +444,29 @@ def test_a_video_another_watch_finished_meanwhile_is_not_stylized_again(tmp_path
         first.process(video)
     second.process(listed)
     assert made == ["a.mp4"]
+
+
+def test_a_second_watch_into_the_same_folder_is_refused_as_transient_while_the_first_runs(clip, tmp_path):
+    """Two at once removed the shared partial/ folder under each other's running videos."""
+    src, dest = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    first = subprocess.Popen([sys.executable, "-m", "stylebatch", "watch", src, "-o", dest, *FAST_STYLE,
+                              "--interval", "0.2"], stderr=subprocess.PIPE, text=True)
+    try:
+        assert "watching" in first.stderr.readline()
+        shutil.copy(clip("a.mp4", frames=3), src / "a.mp4")
+        second = stylebatch("watch", src, "-o", dest, *FLAGS)
+        assert second.returncode == EXIT_TRANSIENT, second.stderr
+        assert error_lines(second) == [f"stylebatch: error: another stylebatch watch (pid {first.pid} on "
+                                       f"{socket.gethostname()}) is writing into {dest}: one watch at a time "
+                                       "into a folder; start this one when that one has stopped"]
+        assert not started(second)
+    finally:
+        first.terminate()
+        first.wait(timeout=60)
+    third = stylebatch("watch", src, "-o", dest, *FLAGS)  # the first has stopped: its lock went with it
+    assert third.returncode == 0, third.stderr
+    assert outputs(dest) == ["a.mp4"]
 
 
 def test_the_watchs_own_output_is_replaced_when_its_input_changes_but_not_once_someone_changed_it(tmp_path):

@@ -18,6 +18,7 @@ ones there now and every new one, into DEST at the same relative path, each exac
   and put in place only then, by a hard link (or, replacing the watch's own file, a rename once it is
   seen unchanged), so a file that appears at that name meanwhile is kept too (the stylized video is
   dropped, with the same warning); in a blob DEST the check is made when the video starts.
+- One watch at a time into a local DEST (an flock held while it runs, `_only_watch`).
 """
 
 from __future__ import annotations
@@ -25,12 +26,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import fcntl
 import json
 import logging
 import os
 import posixpath
 import secrets
 import shutil
+import socket
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
@@ -49,6 +52,7 @@ log = logging.getLogger(__name__)
 RECORD_DIR = ".stylebatch-watch"
 ONCE_SETTLE_S = 5.0  # the most --once waits between its two listings
 DEFAULT_EXT = ".mp4"
+LOCK_FILE = "watch.lock"  # in RECORD_DIR: held by the one watch writing into a local DEST (_only_watch)
 PARTIAL_DIR = "partial"  # in RECORD_DIR: a local DEST's videos while they are stylized, named as in DEST
 NOT_OURS = "move it away, or watch into another DEST"
 
@@ -58,12 +62,43 @@ def run(args: argparse.Namespace, stylize: Callable[[str, str], None] | None = N
     watch's run flags)."""
     watch = Watch(location(args.source), location(args.output), _extension(args.ext),
                   trigger.Filters.of(min_size=args.min_size), stylize or _runner(args))
-    if args.once:
-        return watch.once(min(args.interval, ONCE_SETTLE_S))
-    log.info("watching %s every %gs; outputs in %s (Ctrl-C to stop)", watch.source.display, args.interval,
-             watch.dest.display)
-    watch.forever(args.interval)
+    with _only_watch(watch.dest):
+        if args.once:
+            return watch.once(min(args.interval, ONCE_SETTLE_S))
+        log.info("watching %s every %gs; outputs in %s (Ctrl-C to stop)", watch.source.display, args.interval,
+                 watch.dest.display)
+        watch.forever(args.interval)
     return 0
+
+
+@contextlib.contextmanager
+def _only_watch(dest: Location) -> Iterator[None]:
+    """One watch at a time into a local DEST, for as long as it runs: a second one (another terminal,
+    a cron `--once` while the last is still at work) is TransientError (try again once the first has
+    stopped). Two at once removed the shared PARTIAL_DIR under each other's running videos. An flock
+    on RECORD_DIR/LOCK_FILE, let go by the kernel however the holder ends; the file names its holder.
+    A blob DEST takes no lock (videos are written in place, and one finished meanwhile is not redone)."""
+    folder = dest.local_path()
+    if folder is None:
+        yield
+        return
+    path = folder / RECORD_DIR / LOCK_FILE
+    with local_errors(printable(str(path)), "open the watch's lock file"):
+        path.parent.mkdir(exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip()
+            raise TransientError(f"another stylebatch watch{f' ({holder})' if holder else ''} is writing into "
+                                 f"{dest.display}: one watch at a time into a folder; "
+                                 "start this one when that one has stopped") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
 
 
 def _extension(ext: str | None) -> str | None:

@@ -446,6 +446,17 @@ def test_a_video_another_watch_finished_meanwhile_is_not_stylized_again(tmp_path
     assert made == ["a.mp4"]
 
 
+def test_the_lines_a_watch_prints_name_the_videos_places_never_its_partial_folder(clip, tmp_path):
+    """run's own "wrote DEST/.stylebatch-watch/partial/a.mp4" named a file gone a moment later."""
+    src, dest = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    shutil.copy(clip("a.mp4", frames=3), src / "a.mp4")
+    result = stylebatch("watch", src, "-o", dest, *FLAGS)
+    assert result.returncode == 0, result.stderr
+    assert "partial" not in result.stderr
+    assert f"stylebatch: finished {src / 'a.mp4'} -> {dest / 'a.mp4'} (" in result.stderr
+
+
 def test_a_second_watch_into_the_same_folder_is_refused_as_transient_while_the_first_runs(clip, tmp_path):
     """Two at once removed the shared partial/ folder under each other's running videos."""
     src, dest = tmp_path / "in", tmp_path / "out"

@@ -322,7 +322,8 @@ class Watch:
         with local_errors(printable(str(path.parent)), "make the folder"):
             path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self.stylize(video.input.uri, temp.uri)
+            with _unsaid_wrote(temp.display):
+                self.stylize(video.input.uri, temp.uri)
             with local_errors(video.output.display, "write"):
                 return _publish(path, video.output, own)
         finally:
@@ -357,6 +358,23 @@ class Watch:
                   "output_size": written.size if written else None, "output_etag": written.etag if written else None,
                   "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")}
         self.dest.child(RECORD_DIR, f"{video.key}.json").write_bytes(json.dumps(record, indent=1).encode())
+
+
+@contextlib.contextmanager
+def _unsaid_wrote(temp: str) -> Iterator[None]:
+    """Without postprocess's "wrote TEMP" line while a video is stylized into PARTIAL_DIR: it named
+    a file that is gone a moment later (the watch's "finished" line names where the video went)."""
+    from stylebatch import postprocess
+
+    def keep(record: logging.LogRecord) -> bool:
+        return not (isinstance(record.args, tuple) and record.args[:1] == (temp,)
+                    and str(record.msg).startswith("wrote "))
+
+    postprocess.log.addFilter(keep)
+    try:
+        yield
+    finally:
+        postprocess.log.removeFilter(keep)
 
 
 def _publish(temp: Path, output: Location, own: FileInfo | None) -> bool:

@@ -98,6 +98,22 @@ def test_10bit_and_444_are_kept(clip, tmp_path: Path, pix_fmt: str) -> None:
     assert_same_timing(src, out)
 
 
+@pytest.mark.parametrize("output, codec, warned", [
+    ("out.webm", "libvpx-vp9", True),  # this build's vp9 writes 8 bits only
+    ("out.avi", "mjpeg", True),
+    ("out.mkv", "libx264", False),  # kept: nothing to say
+])
+def test_a_10bit_input_written_in_8_bits_is_said_in_a_warning(clip, tmp_path: Path, output, codec, warned) -> None:
+    src = clip("deep.mkv", frames=4, pix_fmt="yuv420p10le")
+    result = stylebatch("run", src, "-o", tmp_path / output, "--workers", "1", *FAST_STYLE)
+    assert result.returncode == 0, result.stderr
+    said = [line for line in result.stderr.splitlines() if "10-bit" in line]
+    assert said == ([f"stylebatch: warning: {src} is 10-bit (yuv420p10le); {codec} writes 8 bits here, so the output "
+                     "is 8-bit (banding may show in smooth gradients): an .mp4, .mov or .mkv output in h264 or hevc "
+                     "keeps 10 bits"]
+                    if warned else [])
+
+
 def test_mjpeg_avi_with_pcm(clip, tmp_path: Path) -> None:
     src = clip("in.avi", frames=12, codec="mjpeg", pix_fmt="yuvj420p", audio=("pcm",))
     out = stylize(src, tmp_path / "out.avi")

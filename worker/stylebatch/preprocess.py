@@ -133,6 +133,7 @@ def _preprocess(src, out, work, enc: EncodingOptions, settings: EncoderSettings)
         if problem := too_small(width, height):  # the stylizer would refuse it: said before any stage starts
             raise StylebatchError(f"{problem}: {src.display}")
         settings.pix_fmt = choose_pix_fmt(settings.codec, info.pix_fmt, width, height)
+        _warn_if_shallower(src.display, info.pix_fmt, settings)
         name = source_name(src.name)
         manifest = Manifest(
             input=input_name(src), output=output_uri(out), source=name, frames=len(info.pts),
@@ -155,6 +156,19 @@ def _preprocess(src, out, work, enc: EncodingOptions, settings: EncoderSettings)
              src.display, counted(manifest.frames, "frame"), width, height, settings.codec, settings.pix_fmt,
              counted(len(info.audio), "audio stream"), counted(chunk_frames, "frame"))
     return manifest
+
+
+def _warn_if_shallower(label: str, source_pix_fmt: str, settings: EncoderSettings) -> None:
+    """A warning where a deeper-than-8-bit input comes out in 8 bits because the chosen encoder writes
+    no more here (vp9 in this build, MJPEG): the README promises the depth "where the codec allows"."""
+    from stylebatch.encoder import source_layout
+
+    _, given = source_layout(source_pix_fmt)
+    _, written = source_layout(settings.pix_fmt)
+    if given > 8 and written <= 8:
+        log.warning("%s is %d-bit (%s); %s writes 8 bits here, so the output is 8-bit (banding may show in "
+                    "smooth gradients): an .mp4, .mov or .mkv output in h264 or hevc keeps 10 bits", label, given, source_pix_fmt,
+                    settings.codec)
 
 
 def _reuse_existing(work, src, out, enc: EncodingOptions, settings: EncoderSettings,

@@ -167,8 +167,8 @@ def _warn_if_shallower(label: str, source_pix_fmt: str, settings: EncoderSetting
     _, written = source_layout(settings.pix_fmt)
     if given > 8 and written <= 8:
         log.warning("%s is %d-bit (%s); %s writes 8 bits here, so the output is 8-bit (banding may show in "
-                    "smooth gradients): an .mp4, .mov or .mkv output in h264 or hevc keeps 10 bits", label, given, source_pix_fmt,
-                    settings.codec)
+                    "smooth gradients): an .mp4, .mov or .mkv output in h264 or hevc keeps 10 bits",
+                    label, given, source_pix_fmt, settings.codec)
 
 
 def _reuse_existing(work, src, out, enc: EncodingOptions, settings: EncoderSettings,

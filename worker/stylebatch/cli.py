@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
                            "a:0.7,b:0.3, is one blend); repeatable. Default: the 26 built-ins")
     prev.add_argument("--all", action="store_true", help="the 26 built-ins as well as the --style ones")
     prev.add_argument("--tile", type=side, default=256,
-                      help="long side of each tile in pixels (default 256)")
+                      help="long side of each tile in pixels (default 256; a smaller frame is not scaled up)")
     prev.add_argument("--columns", type=positive, default=None,
                       help="tiles per row, at most the number of tiles (default: about 16:9)")
     prev.add_argument("--keep-colors", action="store_true", help="keep the frame's own colours in every tile")

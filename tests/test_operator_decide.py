@@ -928,28 +928,46 @@ def mpi_pod(name: str, role: str, phase: str, reason: str | None = None, message
                          "labels": {"training.kubeflow.org/job-role": role}}, "status": status}
 
 
-@pytest.mark.parametrize("case, pods, expected", [
+def deleted(pod: dict[str, Any]) -> dict[str, Any]:
+    pod["metadata"]["deletionTimestamp"] = "2026-05-01T11:59:30Z"
+    return pod
+
+
+@pytest.mark.parametrize("case, pods, ranks_started, expected", [
     ("a worker refused by its kubelet (a device plugin restarting): retried, not counted",
      [mpi_pod(STY1 + "-worker-0", "worker", "Failed", "UnexpectedAdmissionError", "Allocate failed"),
-      mpi_pod(STY1 + "-worker-1", "worker", "Running")], (ActionKind.RETRY, "Disrupted", False)),
+      mpi_pod(STY1 + "-worker-1", "worker", "Running")], False, (ActionKind.RETRY, "Disrupted", False)),
     ("a worker out of GPUs at admission: retried, not counted",
-     [mpi_pod(STY1 + "-worker-0", "worker", "Failed", "OutOfnvidia.com/gpu")], (ActionKind.RETRY, "Disrupted", False)),
+     [mpi_pod(STY1 + "-worker-0", "worker", "Failed", "OutOfnvidia.com/gpu")], False,
+     (ActionKind.RETRY, "Disrupted", False)),
     ("a worker that exited (its sshd failed): retried, counted",
-     [mpi_pod(STY1 + "-worker-0", "worker", "Failed"), mpi_pod(STY1 + "-worker-1", "worker", "Running")],
+     [mpi_pod(STY1 + "-worker-0", "worker", "Failed"), mpi_pod(STY1 + "-worker-1", "worker", "Running")], False,
      (ActionKind.RETRY, "Retrying", True)),
-    ("a failed worker once the launcher runs: the MPIJob's own failure decides, not this",
-     [mpi_pod(STY1 + "-worker-0", "worker", "Failed"), mpi_pod(STY1 + "-launcher-x", "launcher", "Running")],
+    ("a failed worker while the launcher waits for it (started early, Kueue): retried, counted",
+     [mpi_pod(STY1 + "-worker-0", "worker", "Failed"), mpi_pod(STY1 + "-launcher-x", "launcher", "Running")], False,
+     (ActionKind.RETRY, "Retrying", True)),
+    ("a failed worker once the ranks report frames: the MPIJob's own failure decides, not this",
+     [mpi_pod(STY1 + "-worker-0", "worker", "Failed"), mpi_pod(STY1 + "-launcher-x", "launcher", "Running")], True,
      (ActionKind.WAIT, "", None)),
+    ("a failed worker once the launcher has ended: the MPIJob's own failure decides, not this",
+     [mpi_pod(STY1 + "-worker-0", "worker", "Failed"), mpi_pod(STY1 + "-launcher-x", "launcher", "Succeeded")],
+     False, (ActionKind.WAIT, "", None)),
+    ("a worker ended while it is deleted (the MPI Operator makes it again, or cleans up after the job)",
+     [deleted(mpi_pod(STY1 + "-worker-0", "worker", "Succeeded")), mpi_pod(STY1 + "-launcher-x", "launcher", "Running")],
+     False, (ActionKind.WAIT, "", None)),
 ], ids=lambda v: v if isinstance(v, str) else "")
-def test_a_worker_that_ended_before_the_launcher_was_made_ends_the_attempt(case, pods, expected):
-    """The launcher is made once every worker is Ready, and the MPI Operator replaces only a worker
-    pod that is gone: a failed worker before the launcher left the job Running until its 6 h deadline."""
+def test_a_worker_that_ended_before_the_ranks_started_ends_the_attempt(case, pods, ranks_started, expected):
+    """The launcher is made once every worker is Ready (or, started early by Kueue's resume, waits for
+    them), and the MPI Operator replaces only a worker pod that is gone: a worker that failed before
+    the ranks started left the job Running until its 6 h deadline."""
     obj = stj("Stylizing", attempts={"stylize": 1})
+    if ranks_started:
+        obj["status"]["progress"] = {"attempt": 1, "summary": "0% (0/100)", "advanceTime": "2026-05-01T11:59:00Z"}
     action = decide(obj, {STY1: mpijob(STY1)}, now=NOW, pods=pods, settings=SETTINGS)
     assert (action.kind, action.reason, action.counted if action.kind == ActionKind.RETRY else None) == expected
     if action.kind == ActionKind.RETRY:
         assert action.deletes == (("MPIJob", STY1),) and action.failure.reason == "WorkerLost"
-        assert "worker-0 ended before the launcher started" in action.failure.message
+        assert "worker-0 ended before the ranks started" in action.failure.message
 
 
 def training_since(advanced: str, pod: str = TRAIN1 + "-a", **spec: Any) -> dict[str, Any]:

@@ -176,7 +176,7 @@ def test_mpijob_runs_stylize_under_mpich_across_every_gpu():
     worker_spec = spec["mpiReplicaSpecs"]["Worker"]
     assert worker_spec["replicas"] == 3
     assert launcher["containers"][0]["args"] == [
-        "mpiexec", "-n", "12", "-f", "/etc/mpi/hostfile", "stylebatch", "stylize",
+        "stylebatch-mpiexec", "-n", "12", "-f", "/etc/mpi/hostfile", "stylebatch", "stylize",
         "--work", "az://videos/stylized/.stylebatch-work/media/orangutan-01234567/",
         "--style", "lavender-gold", "--strength", "0.5", "--device", "cuda", "--max-side", "720", "--batch-size", "8"]
     assert "nvidia.com/gpu" not in str(launcher)  # the launcher needs no GPU
@@ -231,7 +231,7 @@ def test_cpu_fallback_asks_for_no_gpu_and_tolerates_no_gpu_taint():
     mpijob = build_mpijob(stj(gpusPerWorker=0, workers=2))
     worker = mpijob["spec"]["mpiReplicaSpecs"]["Worker"]["template"]["spec"]
     args = mpijob["spec"]["mpiReplicaSpecs"]["Launcher"]["template"]["spec"]["containers"][0]["args"]
-    assert args[:3] == ["mpiexec", "-n", "2"] and args[args.index("--device") + 1] == "cpu"
+    assert args[:3] == ["stylebatch-mpiexec", "-n", "2"] and args[args.index("--device") + 1] == "cpu"
     assert mpijob["spec"]["slotsPerWorker"] == 1
     assert "nvidia.com/gpu" not in str(worker) and "tolerations" not in worker
 

@@ -31,7 +31,7 @@ PROGRESS_STALLED = "ProgressStalled"  # stylize (training) went without a new fr
 PROGRESS_OF_STAGE = {STYLIZE: ("progress", "frame stylized"), TRAIN: ("training", "training step")}
 INVALID_INPUT = "InvalidInput"  # the worker exited with its user-error code: Failed at once, no retry
 DISRUPTED = "Disrupted"  # a pod was evicted or lost its node: retried without spending spec.retries
-# A worker pod of the stylize MPIJob ended before its launcher was made: that attempt can never start
+# A worker pod of the stylize MPIJob ended before the ranks started: that attempt can never start
 WORKER_LOST = "WorkerLost"
 # A child's name is held by an object this job does not control (the child of an earlier job of the
 # same name, orphaned or not yet garbage-collected): never read, adopted or deleted as the job's own.
@@ -312,7 +312,8 @@ def _stuck(stj: dict[str, Any], stage: str, attempt: int, child: dict[str, Any],
         return _stall_action(stj, stage, attempt, found, live, now, settings)
     if reported is not None:
         return Action(ActionKind.UNSTALL, stage, attempt, "Unstalled", f"{kind_name} is running")
-    if stage == STYLIZE and (lost := worker_lost_before_launch(pods)) is not None:
+    ranks_started = (status.get(PROGRESS_OF_STAGE[STYLIZE][0]) or {}).get("attempt") == attempt
+    if stage == STYLIZE and (lost := worker_lost_before_launch(pods, ranks_started)) is not None:
         failure = Failure(stage, attempt, f"{CHILD_KIND[stage]}/{name}", WORKER_LOST, lost)
         disrupted = disruption(child, pods)
         action = (_retry(stj, failure, seconds_left(stj, now), DISRUPTED,

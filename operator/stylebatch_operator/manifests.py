@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from stylebatch.contract import EXIT_BAD_INPUT, HWLOC_XMLFILE_ENV, JOB_ENV, no_topology_file
+from stylebatch.contract import EXIT_BAD_INPUT, HWLOC_XMLFILE_ENV, JOB_ENV, SSHD_PORT, no_topology_file
 from stylebatch.requests import (
     EncodingOptions, ModelOptions, PostprocessRequest, PreprocessRequest, StylizeRequest, TrainRequest,
 )
@@ -36,8 +36,8 @@ CONTAINER_SECURITY_CONTEXT = {"allowPrivilegeEscalation": False, "capabilities":
 SSH_AUTH_MOUNT_PATH = "/home/mpiuser/.ssh"
 # stylebatch-sshd: sshd, but a worker stopped while its ranks run exits non-zero (pod Failed, not Succeeded).
 SSHD_COMMAND = ["/opt/venv/bin/stylebatch-sshd", "-De", "-f", "/home/mpiuser/.sshd_config"]
-SSHD_PORT = 2222
 HOSTFILE = "/etc/mpi/hostfile"  # written by the MPI operator
+LAUNCHER_COMMAND = "stylebatch-mpiexec"
 
 # Taints of AKS GPU node pools: the one AKS docs recommend (sku=gpu) and the NVIDIA device plugin's.
 GPU_TOLERATIONS = [
@@ -171,8 +171,10 @@ def build_child(stj: dict[str, Any], stage: str, attempt: int, deadline_seconds:
 
 
 def stylize_args(stj: dict[str, Any], ranks: int) -> list[str]:
-    """The launcher's command: every rank runs the same stylize request."""
-    return ["mpiexec", "-n", str(ranks), "-f", HOSTFILE, "stylebatch", *stylize_request(stj).to_argv()]
+    """The launcher's command: every rank runs the same stylize request. `stylebatch-mpiexec` is
+    mpiexec started once every worker in the hostfile takes ssh connections (stylebatch.launcher: with
+    Kueue the MPI Operator can start the launcher before its workers)."""
+    return [LAUNCHER_COMMAND, "-n", str(ranks), "-f", HOSTFILE, "stylebatch", *stylize_request(stj).to_argv()]
 
 
 def _job(stj: dict[str, Any], stage: str, attempt: int, args: list[str], deadline_seconds: int | None,

@@ -124,20 +124,26 @@ DISRUPTION_REASONS = ("Evicted", "Preempting", "NodeLost", "Shutdown", "Terminat
 DISRUPTION_REASON_PREFIXES = ("OutOf",)
 
 
-def worker_lost_before_launch(pods: list[dict[str, Any]]) -> str | None:
-    """A worker pod of an MPIJob that ended (Failed or Succeeded) while no launcher pod exists, in a
-    few words; else None. The MPIJob's launcher is created once every worker is Ready
-    (launcherCreationPolicy WaitForWorkersReady), and the MPI Operator replaces a worker pod only when it
-    is gone, not when it failed: such an attempt never starts, and the launcher Job's deadline, which
-    would end it, never runs. (Seen: a kubelet refusing a GPU pod while its device plugin restarts.)"""
+def worker_lost_before_launch(pods: list[dict[str, Any]], ranks_started: bool) -> str | None:
+    """A worker pod of an MPIJob that ended (Failed or Succeeded) of its own, with no deletion under way,
+    before the ranks started, in a few words; else None. The MPI Operator replaces a worker pod only
+    when it is gone, not when it failed, so such an attempt never starts: its launcher is made once
+    every worker is Ready (launcherCreationPolicy WaitForWorkersReady), or, started early (Kueue,
+    kubeflow/mpi-operator#615), waits in stylebatch-mpiexec for every worker to take connections; the
+    launcher Job's deadline, which would end it, is hours away. (Seen: a kubelet refusing a GPU pod while
+    its device plugin restarts.) Not said once the launcher has finished or the ranks report frames
+    (ranks_started): the MPIJob's own failure then says what happened; nor for a pod being deleted (the
+    MPI Operator makes it again, or is removing the workers after the job)."""
     roles = [((p.get("metadata", {}).get("labels") or {}).get(MPI_LABEL_ROLE), p) for p in pods]
-    if any(role == "launcher" for role, _ in roles):
+    launchers = [(p.get("status") or {}).get("phase") for role, p in roles if role == "launcher"]
+    if any(phase in ("Failed", "Succeeded") for phase in launchers) or (launchers and ranks_started):
         return None
     for role, pod in roles:
         status = pod.get("status") or {}
-        if role == "worker" and status.get("phase") in ("Failed", "Succeeded"):
+        if role == "worker" and status.get("phase") in ("Failed", "Succeeded") \
+                and not pod.get("metadata", {}).get("deletionTimestamp"):
             why = ": ".join(filter(None, (status.get("reason"), status.get("message")))) or status["phase"]
-            return redact(f"worker pod {pod['metadata'].get('name')} ended before the launcher started ({why})")[:1000]
+            return redact(f"worker pod {pod['metadata'].get('name')} ended before the ranks started ({why})")[:1000]
     return None
 
 

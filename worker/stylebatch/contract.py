@@ -33,6 +33,11 @@ EXIT_HUNG_UP = 129  # SIGHUP (the terminal or ssh session closed): 128 + 1
 HWLOC_XMLFILE_ENV = "HWLOC_XMLFILE"
 
 
+# The worker image's sshd for the MPIJob's ranks (docker/worker/sshd_config and the ssh client's
+# config there): the workers' readiness probe, and the launcher's wait for them (stylebatch.launcher).
+SSHD_PORT = 2222
+
+
 def no_topology_file(folder: str) -> str:
     """HWLOC_XMLFILE's value for MPI runs whose scratch folder is `folder`."""
     return f"{folder.rstrip('/')}/stylebatch-no-topology.xml"

@@ -764,6 +764,8 @@ CREATE_FAILURES = [
      "API server did not answer"),
     ('Error creating: pods "orangutan-preprocess-1-x7k2p" is forbidden: node selector not allowed by the '
      "namespace's PodNodeSelector", True, "admission plugin refused"),
+    ('jobs.batch is forbidden: User "system:serviceaccount:stylebatch:stylebatch-operator" cannot create resource '
+     '"jobs" in API group "batch" in the namespace "media"', True, "RBAC"),
     ("Error creating: something nobody has seen before", False, "not a known cause"),
 ]
 

@@ -66,6 +66,9 @@ class ApiServer(kmock.KubernetesEmulator):
     # What the API server's validation says of an object to create (None: valid), as for a pod
     # template Kubernetes refuses: 422 Invalid with that message.
     invalid: Callable[[dict[str, Any]], str | None] = staticmethod(lambda obj: None)
+    # What a quota, an admission webhook or RBAC says of an object to create (None: allowed): 403
+    # Forbidden with that message.
+    forbidden: Callable[[dict[str, Any]], str | None] = staticmethod(lambda obj: None)
     # Awaited with each DELETE of a named object before it is served: a test's way to change the
     # object between the operator's read and its write, as another client may.
     before_delete: Callable[[kmock.Request], Awaitable[None]] | None = None
@@ -81,6 +84,9 @@ class ApiServer(kmock.KubernetesEmulator):
         if (request.action == kmock.action.CREATE and isinstance(request.data, dict)
                 and (complaint := self.invalid(request.data))):
             raise kmock.KubernetesError(status=422, reason="Invalid", message=complaint)
+        if (request.action == kmock.action.CREATE and isinstance(request.data, dict)
+                and (complaint := self.forbidden(request.data))):
+            raise kmock.KubernetesError(status=403, reason="Forbidden", message=complaint)
         if request.action == kmock.action.CREATE and isinstance(request.data, dict):
             meta = request.data.setdefault("metadata", {})
             if not meta.get("name") and meta.get("generateName"):
@@ -268,6 +274,13 @@ RESOURCES = {"Job": "batch/v1/jobs", "MPIJob": "kubeflow.org/v2beta1/mpijobs"}
 
 def child(api: ApiServer, kind: str, name: str) -> dict[str, Any]:
     return api.objects[RESOURCES[kind], NS, name].raw
+
+
+def made(api: ApiServer, kind: str, name: str) -> bool:
+    try:
+        return not api.objects[RESOURCES[kind], NS, name].deleted
+    except KeyError:
+        return False
 
 
 def gone(api: ApiServer, kind: str, name: str) -> bool:
@@ -1205,6 +1218,44 @@ def test_a_child_the_api_server_refuses_as_invalid_is_shown_then_fails_the_job_i
             await eventually(lambda: status(api)["phase"] == "Failed", timeout=GRACE + 10)
             assert condition(api, "Failed")["reason"] == "ChildInvalid"
             assert status(api)["failure"]["stage"] == "train"
+    run(scenario)
+
+
+QUOTA = ('jobs.batch "orangutan-preprocess-1" is forbidden: exceeded quota: jobs, requested: count/jobs.batch=1, '
+         'used: count/jobs.batch=10, limited: count/jobs.batch=10')
+DENIED = ('admission webhook "validation.gatekeeper.sh" denied the request: [no-latest] container <stylebatch> '
+          'has no resource limits')
+
+
+@pytest.mark.parametrize("case, refusal, fails", [
+    ("a quota on Jobs that is used up: shown, waited on, the Job made once it is released", QUOTA, False),
+    ("a policy webhook's denial: shown, then the job fails (the same Job is denied again)", DENIED, True),
+])
+def test_a_child_the_api_server_will_not_create_is_shown_instead_of_a_silent_pending_job(case, refusal, fails):
+    """A 403 to the operator's own create of a child (a ResourceQuota on count/jobs.batch, Gatekeeper,
+    Kyverno, a namespace being deleted) was retried every 30 s, said nowhere but the operator's log:
+    the job sat Pending with no reason until its deadline, hours later."""
+    async def scenario() -> None:
+        settings = Settings(interval=INTERVAL, stall_grace_seconds=GRACE)
+        async with api_server() as api, operator(api, settings=settings):
+            refusing = [True]
+            api.forbidden = lambda obj: refusal if obj.get("kind") == "Job" and refusing[0] else None
+            await apply_job(api)
+            stalled = await eventually(lambda: condition(api, "Stalled")["status"] == "True"
+                                       and condition(api, "Stalled"))
+            assert stalled["reason"] == "ChildRefused"
+            assert "the API server would not create Job orangutan-preprocess-1: " in stalled["message"]
+            assert refusal in stalled["message"]
+            await eventually(lambda: any(refusal in e[2] for e in events(api)))
+            if fails:
+                await eventually(lambda: status(api)["phase"] == "Failed", timeout=GRACE + 10)
+                assert condition(api, "Failed")["reason"] == "ChildRefused"
+                return
+            await asyncio.sleep(GRACE + 1)
+            assert status(api)["phase"] == "Pending"  # a quota is waited on, against the deadline
+            refusing[0] = False  # another job finished: the quota has room
+            await eventually(lambda: made(api, "Job", "orangutan-preprocess-1"))
+            await eventually(lambda: condition(api, "Stalled")["status"] == "False")
     run(scenario)
 
 

@@ -18,7 +18,7 @@ from stylebatch_operator.names import (
     CHILD_KIND, MPI_API_VERSION, POSTPROCESS, PREPROCESS, STAGES, STYLIZE, TRAIN, child_name, is_controlled_by,
 )
 from stylebatch_operator.observe import (
-    NO_MPI_OPERATOR, Stall, child_state, disruption, failed_pod_detail, is_suspended,
+    NO_MPI_OPERATOR, Stall, child_state, create_failure, disruption, failed_pod_detail, is_suspended,
     newest_started_pod, stall, user_error, worker_lost_before_launch,
 )
 from stylebatch_operator.settings import BUILT_IN, DEFAULT_PROGRESS_TIMEOUT, Settings
@@ -39,6 +39,8 @@ CHILD_NAME_TAKEN = "ChildNameTaken"
 # The API server refused to create a child as specified (422 Invalid): a spec the CRD let through
 # that Kubernetes will not run (resource requests over limits, a node selector value no label can hold).
 CHILD_INVALID = "ChildInvalid"
+# The API server would not create a child (400, 403): a quota (waited on), a policy, a webhook, RBAC
+CREATE_REFUSED = "ChildRefused"
 # status.effectiveSpec, which the children are built from, contradicts the job's spec in a field the
 # admission policy guards (image, credentials, GPUs): someone other than the operator wrote it.
 EFFECTIVE_SPEC_MISMATCH = "EffectiveSpecMismatch"
@@ -413,6 +415,14 @@ def refused(kind: str, name: str, detail: str) -> Stall:
     return Stall(CHILD_INVALID, f"the API server refused {kind} {name}: {detail or 'invalid'} (a spec field the "
                                 "StyleTransferJob's schema allows but Kubernetes does not; re-create the job "
                                 "with it fixed)", True)
+
+
+def create_refused(kind: str, name: str, detail: str) -> Stall:
+    """The stall of a job whose child the API server would not create (400 or 403): a quota used up
+    (transient: created as soon as it is released), an admission webhook's or policy's denial, a
+    namespace being deleted, RBAC (permanent), as the same words in a FailedCreate Event mean."""
+    permanent, why = create_failure(detail)
+    return Stall(CREATE_REFUSED, f"the API server would not create {kind} {name}: {why}: {detail}", permanent)
 
 
 def not_created(stj: dict[str, Any], action: Action, found: Stall, now: datetime, settings: Settings = BUILT_IN) -> Action:

@@ -16,7 +16,7 @@ import kopf
 from stylebatch.progress import RankProgress, TrainProgress, latest_by_rank, latest_train_progress
 
 from stylebatch_operator import decide as d, videowatch_handlers
-from stylebatch_operator.kube import INVALID, ApiError, Kube
+from stylebatch_operator.kube import BAD_REQUEST, FORBIDDEN, INVALID, ApiError, Kube
 from stylebatch_operator.manifests import build_child
 from stylebatch_operator.metrics import Metrics
 from stylebatch_operator.names import (
@@ -249,6 +249,9 @@ async def _create_child(kube: Kube, stj: dict[str, Any], action: d.Action, logge
         if exc.status == INVALID:  # the same child would be refused again
             logger.warning("could not create %s %s: %s: %s", kind, name, exc, exc.detail)
             return d.refused(kind, name, exc.detail)
+        if exc.status in (BAD_REQUEST, FORBIDDEN):  # a quota (waited on), a policy or webhook (fails the job)
+            logger.warning("could not create %s %s: %s: %s", kind, name, exc, exc.detail)
+            return d.create_refused(kind, name, exc.detail or str(exc))
         if exc.status != 409:
             raise kopf.TemporaryError(f"could not create {kind} {name}: {exc}", delay=30) from None
     # It exists: made by this operator before a restart (or by an earlier attempt at this step).

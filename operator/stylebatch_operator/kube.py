@@ -33,8 +33,8 @@ TIMEOUT = 10  # seconds per request: a stuck call must not hold a reconciliation
 
 
 class ApiError(Exception):
-    """status and reason; detail: for 422 (Invalid) only, what the API server found invalid (its
-    Status message, redacted), which says which field of a child to fix."""
+    """status and reason; detail: for a refusal (400, 403, 422) only, what the API server said (its
+    Status message, redacted): which field of a child to fix, which quota or policy refused it."""
 
     def __init__(self, status: int, reason: str, detail: str = "") -> None:
         super().__init__(f"{status} {reason}")
@@ -157,9 +157,10 @@ class Kube:
                 response_types_map=_JSON, auth_settings=["BearerToken"], _return_http_data_only=True,
                 _request_timeout=TIMEOUT)
         except client.ApiException as exc:
-            # Only the status and reason: the response body can echo the request. An Invalid's
-            # message names the offending fields and values, which is what the user must fix.
-            raise ApiError(exc.status, exc.reason or "", _invalid_detail(exc.status, exc.body)) from None
+            # Only the status and reason, but for a refusal of what was sent (the message of an
+            # Invalid names the offending fields and values; of a Forbidden, the quota, policy or
+            # webhook that said no), which is what the user must fix; redacted: it can echo the request.
+            raise ApiError(exc.status, exc.reason or "", _refusal_detail(exc.status, exc.body)) from None
 
 
 def skip_environment_lookups(api: client.ApiClient, environ: Mapping[str, str] = os.environ) -> bool:
@@ -179,11 +180,13 @@ def skip_environment_lookups(api: client.ApiClient, environ: Mapping[str, str] =
 
 
 INVALID = 422  # the API server's validation refused the object as specified
+BAD_REQUEST, FORBIDDEN = 400, 403  # refused otherwise: a quota, an admission webhook or policy, RBAC
+REFUSALS = (BAD_REQUEST, FORBIDDEN, INVALID)
 
 
-def _invalid_detail(status: int, body: Any) -> str:
-    """The Status message of a 422 response, redacted and bounded; "" for anything else."""
-    if status != INVALID:
+def _refusal_detail(status: int, body: Any) -> str:
+    """The Status message of a 400, 403 or 422 response, redacted and bounded; "" for anything else."""
+    if status not in REFUSALS:
         return ""
     try:
         message = json.loads(body).get("message") or ""

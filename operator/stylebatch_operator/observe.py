@@ -235,6 +235,8 @@ CREATE_FAILURES: tuple[tuple[re.Pattern[str], bool, str], ...] = tuple((re.compi
     (r"failed calling webhook|failed to call webhook", False, "an admission webhook did not answer"),
     (r"Internal error occurred|the server is currently unable|Timeout: |etcdserver: |context deadline exceeded|"
      r"[Tt]oo many requests|the object has been modified|connection refused", False, "the API server did not answer"),
+    (r'cannot create resource "[^"]*"', True, "RBAC: the ServiceAccount that creates it may not (for the "
+     "operator's: is the namespace in the chart's operator.watchNamespaces?)"),
     (r" is forbidden: ", True, "an admission plugin refused the pods"),
 ))
 UNKNOWN_CREATE_FAILURE = (False, "not a known cause")  # shown, and waited on against the deadline

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import posixpath
 import re
 
 import pytest
@@ -72,10 +73,24 @@ def test_a_cloudevents_message_is_read_too():
 @pytest.mark.parametrize("message", [
     "hello", base64.b64encode(b"not json").decode(), json.dumps({"eventType": "x"}), json.dumps([1, 2]),
     json.dumps({**grid_event(), "subject": "/queueServices/default/queues/q"}),
+    "[" * 100_000 + "]" * 100_000,  # nested past Python's recursion limit: was a RecursionError
 ])
 def test_a_message_that_is_not_a_blob_event_is_bad_for_good(message):
     with pytest.raises(trigger.BadEvent):
         trigger.parse_event(message)
+
+
+@pytest.mark.parametrize("data, size, account", [
+    ({"contentLength": float("inf")}, 0, "mediaacct"),  # 1e400 in the JSON: was an OverflowError
+    ({"url": "http://[broken"}, 1234, ""),  # no topic, a URL that is none: was a ValueError
+])
+def test_an_event_with_odd_fields_is_read_as_far_as_it_goes(data, size, account):
+    e = grid_event()
+    e["data"] = {**e["data"], **data}
+    if "url" in data:
+        del e["topic"]
+    event = trigger.parse_event(json.dumps(e).replace("Infinity", "1e400"))
+    assert (event.size, event.account, event.blob) == (size, account, "incoming/cat.mp4")
 
 
 @pytest.mark.parametrize("api, event_type, counts", [
@@ -147,10 +162,24 @@ def test_job_names_change_with_each_part_of_the_identity_and_nothing_else():
     ("az://{container}-out/{name}.webm", "a/b/cat.mp4", "", "az://videos-out/cat.webm"),
     ("az://stylized/{path}-{style}.mp4", "cat.mp4", "az://styles/mosaic.pth", "az://stylized/cat-mosaic.mp4"),
     ("az://stylized/{path}-{style}.mp4", "cat.mp4", "candy:0.5,mosaic:0.5", "az://stylized/cat-candy-0.5-mosaic-0.5.mp4"),
+    # {ext} of a container stylebatch does not write: mp4 (a job for cat.flv.flv failed at once)
+    ("az://stylized/{dir}{name}.{ext}", "2026/cat.flv", "", "az://stylized/2026/cat.mp4"),
+    ("az://stylized/{dir}{name}.{ext}", "cat.MOV", "", "az://stylized/cat.mov"),
+    # in an https:// pattern the name is a URL's path: a name that looks like a SAS token stays a name
+    ("https://acct.blob.core.windows.net/stylized/{path}.mp4", "x?sv=2024&sr=c&sig=AAAA", "",
+     "https://acct.blob.core.windows.net/stylized/x%3Fsv%3D2024%26sr%3Dc%26sig%3DAAAA.mp4"),
+    ("https://acct.blob.core.windows.net/stylized/{dir}{name}.mp4", "a b/c%20d#1.mp4", "",
+     "https://acct.blob.core.windows.net/stylized/a%20b/c%2520d%231.mp4"),
 ])
 def test_output_names_follow_the_pattern(pattern, rel, style, expected):
+    from stylebatch.storage import location
+
     assert trigger.pattern_problems(pattern) == []
-    assert trigger.output_name(pattern, rel, style, container="videos") == expected
+    output = trigger.output_name(pattern, rel, style, container="videos")
+    assert output == expected
+    if output.startswith("https://"):  # the blob it names has the video's own name; no SAS taken from it
+        loc = location(output)
+        assert (loc.sas, loc.blob) == (None, posixpath.splitext(rel)[0] + ".mp4")
 
 
 @pytest.mark.parametrize("pattern, problem", [

@@ -157,12 +157,14 @@ def message_decision(text: str, dequeue_count: int, spec: WatchSpec, account: st
 
 
 def blob_decision(info: FileInfo | None, decision: Decision, spec: WatchSpec) -> Decision:
-    """The blob as it is now, for an event: it must exist with the event's ETag (else a newer
-    upload has its own event), be big enough, and not be an output."""
+    """The blob as it is now, for an event: it must exist, be big enough, and not be an output. Its
+    job is for the blob's ETag now: one changed since the event (its metadata or tier set, which
+    sends no BlobCreated; or a newer upload, whose own event then finds the job made) was the video
+    dropped as "superseded", though no event would come for it."""
     if info is None:
         return dataclasses.replace(decision, action=IGNORE, reason="the blob is gone (or was never committed)")
-    if decision.etag and info.etag.strip('"') != decision.etag.strip('"'):
-        return dataclasses.replace(decision, action=IGNORE, reason="superseded by a newer upload")
+    if info.etag.strip('"') != decision.etag.strip('"'):
+        decision = dataclasses.replace(decision, etag=info.etag)
     why = trigger.skip_reason(trigger.relative(decision.blob, spec.prefix) or "", info.size, info.metadata, spec.filters)
     if why is not None:
         return dataclasses.replace(decision, action=IGNORE, reason=why)

@@ -154,11 +154,15 @@ class _Round:
             self.metrics.received[(self.key, "queue")] += 1
             try:
                 await self.handle(queue, message)
-            except (StylebatchError, ApiError, AzureError) as exc:
+            except Exception as exc:  # noqa: BLE001 - one message's failure is that message's alone
                 # Left in the queue: it comes back after the visibility timeout, and goes to the
-                # poison queue once it has been delivered too often.
-                self.error = f"queue message {message.id}: {_one_line(exc)}"
-                self.logger.warning("%s", self.error)
+                # poison queue once it has been delivered too often. Whatever it was (the storage's
+                # or the API server's error, a timeout, a fault of this code's), the messages received
+                # with it are handled: raised, it ended the round, and they came back without being
+                # tried, one delivery nearer the poison queue each time.
+                expected = isinstance(exc, (StylebatchError, ApiError, AzureError, TimeoutError))
+                self.error = f"queue message {message.id}: {_one_line(exc) if expected else type(exc).__name__}"
+                self.logger.warning("%s", self.error, exc_info=not expected)
             self.state.last_message = _now()
 
     async def handle(self, queue: Any, message: Any) -> None:

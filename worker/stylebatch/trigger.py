@@ -27,7 +27,7 @@ import re
 import string
 from collections.abc import Iterable, Mapping
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 from stylebatch.contract import OUTPUT_TAG
 
@@ -42,6 +42,7 @@ VIDEO_EXTENSIONS = (".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi", ".mpg", ".m
 JOB_NAME_LENGTH = 40
 HASH_LENGTH = 10
 PLACEHOLDERS = ("path", "name", "dir", "ext", "style", "container")
+DEFAULT_EXTENSION = ".mp4"  # {ext} of an upload whose container stylebatch does not write
 _DNS_UNSAFE = re.compile(r"[^a-z0-9]+")
 
 
@@ -110,7 +111,7 @@ def parse_event(text: str | bytes) -> BlobEvent:
         try:
             body = json.loads(candidate)
             break
-        except (UnicodeDecodeError, json.JSONDecodeError):
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):  # (nested past Python's limit)
             continue
     if isinstance(body, list) and len(body) == 1:
         body = body[0]
@@ -127,7 +128,7 @@ def parse_event(text: str | bytes) -> BlobEvent:
     account = _account(body, data)
     try:
         size = int(data.get("contentLength") or 0)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # (1e400 is JSON's infinity)
         size = 0
     return BlobEvent(account=account, container=match.group(1), blob=match.group(2), api=str(data.get("api") or ""),
                      etag=str(data.get("eTag") or data.get("etag") or ""), size=size, event_type=event_type,
@@ -146,8 +147,11 @@ def _account(body: dict[str, Any], data: dict[str, Any]) -> str:
     found = re.search(r"/storageAccounts/([^/]+)", topic)
     if found:
         return found.group(1)
-    url = urlsplit(str(data.get("url") or ""))
-    return (url.hostname or "").split(".", 1)[0]
+    try:
+        url = urlsplit(str(data.get("url") or ""))
+        return (url.hostname or "").split(".", 1)[0]
+    except ValueError:  # "http://[x" and the like: no account named
+        return ""
 
 
 def event_skip_reason(event: BlobEvent) -> str | None:
@@ -224,11 +228,24 @@ def pattern_problems(pattern: str) -> list[str]:
 def output_name(pattern: str, relative_name: str, style: str = "", container: str = "") -> str:
     """The output of the video at relative_name (below the watched prefix): {path} is its relative
     path without the extension, {name} its file name without it, {dir} its folder ('' or 'a/b/'),
-    {ext} its extension without the dot, {style} the style's name, {container} the source container."""
+    {ext} its extension without the dot where stylebatch writes that container, else mp4 (a .flv or
+    .ts upload would make a job that fails at once), {style} the style's name, {container} the
+    source container. In an https:// pattern the name's parts are percent-encoded, as a URL's path
+    is: a blob named `x?sv=...&sig=...` made a query string (taken for a SAS token) of its name, and
+    `a%20b` and `a b` made one output."""
+    from stylebatch.contract import CONTAINERS
+
     folder, base = posixpath.split(relative_name)
     stem, ext = posixpath.splitext(base)
-    return pattern.format(path=posixpath.join(folder, stem), name=stem, dir=f"{folder}/" if folder else "",
-                          ext=ext.lstrip("."), style=style_label(style), container=container)
+    ext = ext.lower() if ext.lower() in CONTAINERS else DEFAULT_EXTENSION
+    in_url = urlsplit(pattern).scheme.lower() in ("http", "https")
+
+    def part(text: str) -> str:
+        return quote(text, safe="/") if in_url else text
+
+    return pattern.format(path=part(posixpath.join(folder, stem)), name=part(stem),
+                          dir=part(f"{folder}/" if folder else ""), ext=ext.lstrip("."), style=part(style_label(style)),
+                          container=container)
 
 
 def style_label(style: str) -> str:

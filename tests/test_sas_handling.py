@@ -57,6 +57,26 @@ def test_a_sas_given_in_urls_works_in_every_stage_and_is_never_written_to_the_wo
     assert f'"output":"{base}/out.mp4"' in manifest
 
 
+@pytest.mark.slow
+@pytest.mark.azurite
+def test_a_published_video_whose_work_dir_cannot_be_deleted_is_a_success_with_a_warning(azure_env, clip) -> None:
+    """A SAS without delete permission (or an immutable container) for --work: the video was published,
+    then the run ended in 'access denied' with exit 2, and the same again on every run."""
+    az, container = azure_env.azurite, azure_env.container
+    token = sas(az, container, permissions="racwl")
+    base = f"{az.endpoint}/{container}"
+    az.service_client().get_container_client(container).upload_blob(
+        "in.mp4", clip("in.mp4", size=(64, 48), frames=8).read_bytes())
+    result = stylebatch("run", f"{base}/in.mp4?{token}", "-o", f"{base}/out/x.mp4?{token}", "--work",
+                        f"{base}/wnd?{token}", *FAST_STYLE, env=only_the_sas(azure_env), timeout=180)
+    assert result.returncode == 0, result.stderr
+    assert error_lines(result) == []
+    assert f"stylebatch: warning: {base}/out/x.mp4 is written, but the work dir {base}/wnd was not deleted (" \
+        in result.stderr and "delete it yourself" in result.stderr
+    names = [b.name for b in az.service_client().get_container_client(container).list_blobs()]
+    assert "out/x.mp4" in names and not any("write-check" in n for n in names)
+
+
 @pytest.mark.azurite
 @pytest.mark.parametrize("case, token_of, problem", [
     ("read-only container SAS", lambda az, c: sas(az, c, permissions="rl"),
@@ -84,13 +104,28 @@ def test_an_output_sas_that_cannot_write_is_found_in_the_preflight_checks(
 
 @pytest.mark.azurite
 def test_the_write_check_passes_for_writable_credentials_and_leaves_nothing_behind(azure_env) -> None:
+    """A SAS without delete permission left its marker blob in the user's output folder, one a run."""
     az, container = azure_env.azurite, azure_env.container
     for uri in (f"az://{container}/done/out.mp4",  # the connection string's key
                 f"{az.endpoint}/{container}/done/out.mp4?{sas(az, container, permissions='cw')}",  # no delete
+                f"{az.endpoint}/{container}/done/out.mp4?{sas(az, container, permissions='racwl')}",
                 f"{az.endpoint}/{container}/out.mp4?{sas(az, container, permissions='cw', blob='out.mp4')}"):
         storage.location(uri).check_writable()
-    listed = [b.name for b in az.service_client().get_container_client(container).list_blobs()]
-    assert all(".stylebatch-write-check" in name for name in listed)  # only where delete is not granted
+    assert [b.name for b in az.service_client().get_container_client(container).list_blobs()] == []
+
+
+@pytest.mark.azurite
+@pytest.mark.parametrize("case, token", [
+    ("a blob SAS signed for another blob", lambda az, c: sas(az, c, permissions="rcw", blob="other.mp4")),
+    ("a container SAS signed with another key (rotated since)",
+     lambda az, c: sas(az, c, permissions="racwl", key="QUJD" * 22)),
+])
+def test_a_sas_the_storage_does_not_accept_for_the_output_is_refused_before_any_work(azure_env, case, token):
+    """It was written with nothing checked, and failed with 'access denied' after the whole stylize."""
+    az, container = azure_env.azurite, azure_env.container
+    url = f"{az.endpoint}/{container}/out.mp4"
+    with pytest.raises(StylebatchError, match="is not valid for it"):
+        storage.location(f"{url}?{token(az, container)}").check_writable()
 
 
 def test_a_sas_is_judged_by_its_own_fields_without_quoting_its_signature() -> None:

@@ -26,7 +26,7 @@ from stylebatch.encoding import container_for
 from stylebatch.errors import BadInput, StylebatchError
 from stylebatch.logs import counted
 from stylebatch.manifest import PARTS_DIR, Manifest, read_manifest
-from stylebatch.workdir import delete_work, hold
+from stylebatch.workdir import delete_work_after, hold
 from stylebatch.muxing import (
     ATTACHMENT_CONTAINERS, CHAPTER_CONTAINERS, CONTAINER_META_SKIP, audio_plan, stream_tags, output_stream_tags, keeps_subtitles, layout_candidates, mux_options, packet_times,
     presentation_ranks, timeline,
@@ -104,8 +104,7 @@ def _postprocess(work, req: PostprocessRequest) -> str:
         finally:
             result.unlink(missing_ok=True)
     log.info("wrote %s (%s)", out.display, counted(m.frames, "frame"))
-    if req.delete_work:
-        delete_work(work)
+    if req.delete_work and delete_work_after(work, out.display):
         log.info("deleted stylebatch's files in work dir %s", work.display)
     return out.display
 

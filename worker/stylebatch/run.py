@@ -90,7 +90,7 @@ def run(args: RunRequest, progress: Progress | None = None, *, api: bool = False
     from stylebatch.preprocess import check_input, check_places, encoder_settings, input_name, output_uri, source_name
     from stylebatch.storage import location
     from stylebatch.styles import check_style_files
-    from stylebatch.workdir import claim_work, default_work_dir, delete_work, hold, made_for
+    from stylebatch.workdir import claim_work, default_work_dir, delete_work_after, hold, made_for
 
     args.validate()
     src, out = location(args.input), location(args.output)
@@ -124,7 +124,7 @@ def run(args: RunRequest, progress: Progress | None = None, *, api: bool = False
             if args.keep_work:
                 log.info("work dir kept at %s", work.display)
             else:
-                delete_work(work)  # only what the work dir's records list, never the user's own files
+                delete_work_after(work, result.output)  # only what its records list, never the user's own files
     except (KeyboardInterrupt, Interrupted) as exc:  # Interrupted: a stage's process stopped on its own (a signal)
         said, code = ((f"interrupted by {signals.cause()}", signals.exit_code()) if isinstance(exc, KeyboardInterrupt)
                       else (str(exc), exc.exit_code))

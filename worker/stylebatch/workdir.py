@@ -162,6 +162,24 @@ def delete_work(work) -> None:
         _remove_if_empty(work)
 
 
+def delete_work_after(work, output: str) -> bool:
+    """delete_work once `output` is published; whether it was done. A work dir that cannot be deleted
+    then (a SAS without delete permission, an immutable container, storage gone away) is said in a
+    warning: the command did what it was for, and an error's exit code (2: the same command cannot
+    succeed) told the caller, and the operator, that the published video had failed."""
+    from stylebatch.errors import Interrupted, StylebatchError
+
+    try:
+        delete_work(work)
+    except Interrupted:
+        raise
+    except StylebatchError as exc:
+        log.warning("%s is written, but the work dir %s was not deleted (%s): delete it yourself", output,
+                    work.display, " ".join(str(exc).split()))
+        return False
+    return True
+
+
 def _remove_if_empty(work) -> None:
     if work.is_local():
         path = work.local_path()

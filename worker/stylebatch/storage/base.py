@@ -130,8 +130,9 @@ class Location(abc.ABC):
     @abc.abstractmethod
     def check_writable(self) -> None:
         """A cheap check that a file can be written here (local: the parent folder exists and is
-        writable; blob: the container exists and the credential may write this blob, proven by
-        staging a block nobody can see); a one-line StylebatchError if not."""
+        writable; blob: the container exists and the credential may write this blob, proven by a
+        marker blob written and deleted next to it, or, where that would stay, by its SAS token's
+        fields and signature); a one-line StylebatchError if not."""
 
     @abc.abstractmethod
     def identity(self) -> dict[str, str | int]:

@@ -18,7 +18,7 @@ from stylebatch.contract import JOB_ENV, OUTPUT_TAG
 from stylebatch.storage import tuning
 from stylebatch.storage.base import IDENTITY_SPAN, FileInfo, HeldLock, Location, LockBusy, identity_record
 from stylebatch.storage.clients import service_client
-from stylebatch.storage.credentials import resolve_credential, sas_scope, sas_write_problem
+from stylebatch.storage.credentials import resolve_credential, sas_permissions, sas_scope, sas_write_problem
 from stylebatch.storage.errors import blob_errors, local_errors
 from stylebatch.storage.files import atomic_file, open_source
 from stylebatch.storage.scrub import printable
@@ -185,8 +185,11 @@ class BlobLocation(Location):
 
     def _probe_write(self) -> None:
         """Prove the credential may write here before any work: a SAS token must grant write and not
-        have expired; then a small marker blob is created next to the blob and deleted again (skipped
-        for a SAS that grants this one blob only, where the token's own fields are all there is)."""
+        have expired; then a small marker blob is created next to the blob and deleted again. A SAS
+        that grants this one blob only, or no delete (a marker it wrote would stay in the user's
+        folder, one a run), writes nothing: its signature is proven by reading the blob's properties
+        where it grants reading (signed for another blob or container, or with a rotated key, it failed
+        only after the whole stylize); else the token's own fields are all there is."""
         from azure.core.exceptions import ClientAuthenticationError, HttpResponseError, ResourceExistsError
 
         cred = resolve_credential(self)
@@ -194,7 +197,9 @@ class BlobLocation(Location):
             problem = sas_write_problem(cred.secret or "")
             if problem:
                 raise StylebatchError(f"cannot write {self.display}: the SAS token ({cred.source}) {problem}")
-            if sas_scope(cred.secret or "") in ("b", "bs", "bv"):
+            granted = sas_permissions(cred.secret or "")
+            if sas_scope(cred.secret or "") in ("b", "bs", "bv") or (granted is not None and "d" not in granted):
+                self._check_signature(cred.source)
                 return
         folder = self.blob.rpartition("/")[0]
         marker = dataclasses.replace(self, blob=f"{folder}/{WRITE_CHECK}" if folder else WRITE_CHECK)
@@ -215,6 +220,27 @@ class BlobLocation(Location):
             except HttpResponseError as exc:
                 log.warning("could not delete the write check %s (%s): delete it yourself",
                             marker.display, exc.status_code)
+
+    def _check_signature(self, source: str) -> None:
+        """A SAS token that the storage does not accept here at all (AuthenticationFailed, or Azurite's
+        AuthorizationFailure) is refused, proven by reading this blob's properties (a 404 proves it
+        too); one that may not read says nothing either way."""
+        from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
+
+        with blob_errors(self, "check"):
+            try:
+                self._blob_client().get_blob_properties()
+            except ResourceNotFoundError:
+                return
+            except HttpResponseError as exc:
+                code = str(getattr(exc, "error_code", "") or "")
+                if exc.status_code == 403 and code.rsplit(".", 1)[-1].replace("_", "").lower() in (
+                        "authenticationfailed", "authorizationfailure"):
+                    raise StylebatchError(
+                        f"cannot write {self.display}: the SAS token ({source}) is not valid for it (signed for "
+                        "another blob or container, or with a key since rotated); give one for this place") from None
+                if exc.status_code != 403:
+                    raise
 
     def identity(self) -> dict[str, str | int]:
         from azure.core import MatchConditions

@@ -138,6 +138,11 @@ def sas_scope(sas: str) -> str:
     return urllib.parse.parse_qs(sas.lstrip("?")).get("sr", [""])[0]
 
 
+def sas_permissions(sas: str) -> str | None:
+    """A SAS token's sp field (its permission letters), or None where it has none (a stored access policy)."""
+    return urllib.parse.parse_qs(sas.lstrip("?")).get("sp", [None])[0]
+
+
 def sas_write_problem(sas: str, now: datetime.datetime | None = None) -> str | None:
     """Why a SAS token cannot write, read from its own fields (sp permissions, se expiry); None if
     nothing tells. The signature is never looked at or quoted."""

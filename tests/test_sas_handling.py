@@ -170,6 +170,31 @@ def test_a_url_without_its_sas_finds_the_sas_given_for_it_earlier(granted: str, 
     assert carried_sas(storage.location(asked)) == expected
 
 
+@pytest.mark.parametrize("environment, used", [
+    ({"AZURE_STORAGE_CONNECTION_STRING": "DefaultEndpointsProtocol=https;AccountName=acct;AccountKey=S0VZ;"
+                                         "EndpointSuffix=core.windows.net"}, "AZURE_STORAGE_CONNECTION_STRING"),
+    ({"AZURE_STORAGE_ACCOUNT": "acct", "AZURE_STORAGE_KEY": "S0VZ"}, "AZURE_STORAGE_KEY"),
+    ({}, "the URL"),  # nothing else: the container SAS given with the input
+])
+def test_a_url_given_without_a_sas_uses_the_environments_credential_before_another_urls_sas(
+        environment, used, monkeypatch) -> None:
+    """`run IN?<read-only container SAS> -o OUT` (no SAS) with a connection string that could write:
+    the output was refused as 'the SAS token (the URL) does not allow writing'."""
+    from stylebatch.storage.credentials import resolve_credential
+
+    for key in ("AZURE_STORAGE_CONNECTION_STRING", "AZURE_STORAGE_ACCOUNT", "AZURE_STORAGE_KEY",
+                "AZURE_STORAGE_SAS_TOKEN", "AZURE_STORAGE_BLOB_ENDPOINT"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in environment.items():
+        monkeypatch.setenv(key, value)
+    storage.location("https://acct.blob.core.windows.net/videos/in.mp4?sr=c&sp=rl&sig=C")
+    assert resolve_credential(storage.location("https://acct.blob.core.windows.net/videos/out/x.mp4")).source == used
+    # what is under a URL given with a container SAS keeps that SAS, whatever the environment has
+    storage.location("https://acct.blob.core.windows.net/videos/work?sr=c&sp=racwdl&sig=W")
+    work_file = resolve_credential(storage.location("https://acct.blob.core.windows.net/videos/work/manifest.json"))
+    assert (work_file.source, work_file.secret) == ("the URL", "sr=c&sp=racwdl&sig=W")
+
+
 def test_each_url_given_finds_its_own_sas_again_when_two_grant_the_same_container(monkeypatch) -> None:
     """An input URL with a read-only container SAS and an output URL with a write-only one: the
     preprocess child (given the URLs without their query) reads the input with the input's SAS and

@@ -43,8 +43,8 @@ def resolve_credential(loc: BlobAddress) -> BlobCredential:
     override = env.get("AZURE_STORAGE_BLOB_ENDPOINT", "").strip().rstrip("/") or None
     if loc.sas and loc.endpoint and loc.account:
         return BlobCredential(loc.endpoint, loc.account, "sas", "the URL", loc.sas)
-    carried = carried_sas(loc)
-    if carried and loc.endpoint and loc.account:
+    carried, wide = _carried_match(loc)
+    if carried and not wide and loc.endpoint and loc.account:  # given for this blob, or a folder above it
         return BlobCredential(loc.endpoint, loc.account, "sas", "the URL", carried)
     if env.get("AZURE_STORAGE_CONNECTION_STRING", "").strip():
         account, endpoint, kind, secret = _parse_connection_string(env["AZURE_STORAGE_CONNECTION_STRING"])
@@ -61,6 +61,11 @@ def resolve_credential(loc: BlobAddress) -> BlobCredential:
             kind, source, secret = "key", "AZURE_STORAGE_KEY", env["AZURE_STORAGE_KEY"].strip()
         endpoint = _own_endpoint(loc, account, source, override or azure_endpoint(account))
         return BlobCredential(endpoint, account, kind, source, secret)
+    if carried and loc.endpoint and loc.account:
+        # A container SAS given with another URL of the container (the input's, for its work dir
+        # there): after the environment's credentials, which a URL given without a SAS means (a
+        # read-only input SAS was taken for the output, over a connection string that could write).
+        return BlobCredential(loc.endpoint, loc.account, "sas", "the URL", carried)
     if loc.account and loc.endpoint:
         # A URL names its account; a workload or managed identity may still have access to it.
         endpoint = _own_endpoint(loc, loc.account, "DefaultAzureCredential", override or azure_endpoint(loc.account))
@@ -86,6 +91,8 @@ def remember_url_sas(loc: BlobAddress) -> None:
     _carried[(_endpoint_key(loc.endpoint), loc.container, prefix, exact)] = loc.sas
     if (prefix, exact) != (loc.blob, True):  # the URL's own blob finds its own SAS, whatever else is given
         _carried[(_endpoint_key(loc.endpoint), loc.container, loc.blob, True)] = loc.sas
+    if not prefix and loc.blob:  # and what is below it (a work dir given with a container SAS)
+        _carried[(_endpoint_key(loc.endpoint), loc.container, loc.blob, False)] = loc.sas
 
 
 def forget_url_sas() -> None:
@@ -96,16 +103,22 @@ def forget_url_sas() -> None:
 def carried_sas(loc: BlobAddress) -> str | None:
     """The SAS of a URL given earlier (this process, or the stage that started it) that grants loc;
     the most specific one when several do."""
+    return _carried_match(loc)[0]
+
+
+def _carried_match(loc: BlobAddress) -> tuple[str | None, bool]:
+    """carried_sas, and whether it grants loc only as a container SAS given with another URL of the
+    container (not for loc itself nor a folder above it)."""
     if not loc.endpoint:
-        return None
-    found: tuple[int, str] | None = None
+        return None, False
+    found: tuple[int, str, bool] | None = None
     for (endpoint, container, prefix, exact), sas in _all_carried().items():
         if endpoint != _endpoint_key(loc.endpoint) or container != loc.container:
             continue
         if loc.blob == prefix or (not exact and (not prefix or loc.blob.startswith(prefix + "/"))):
             if found is None or len(prefix) > found[0]:
-                found = (len(prefix), sas)
-    return found[1] if found else None
+                found = (len(prefix), sas, not prefix and not exact)
+    return (found[1], found[2]) if found else (None, False)
 
 
 def carried_sas_env() -> dict[str, str]:

@@ -32,6 +32,23 @@ def test_styles_lists_every_builtin_style_and_marks_the_default() -> None:
     assert len(marked) == 1 and DEFAULT_STYLE in marked[0]
 
 
+SIG = "FitZHDUHGRsL20hlUGWfnHI7YvaPFT9x3ZtL2mIzrpo%3D"
+
+
+@pytest.mark.parametrize("argv", [
+    ["run", "samples/none.mp4", "-o", f"out.mp4&se=2026-12-08&sp=racwdl&sv=2024-05-04&sr=c&sig={SIG}"],
+    ["run", f"az://videos/in.mp4&sp=r&sig={SIG}", "-o", "out.mp4"],
+    ["run", f"az://videos/in.mp4%26sp%3Dr%26sig%3D{SIG}", "-o", "out.mp4"],
+])
+def test_a_sas_pasted_where_no_query_string_goes_is_never_printed(argv, tmp_path) -> None:
+    """'&' typed for '?' (or the token percent-encoded) made the SAS part of a name, printed whole."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AZURE_STORAGE")}
+    result = stylebatch(*argv, env=env, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert len(error_lines(result)) == 1 and "REDACTED" in error_lines(result)[0]
+    assert SIG not in result.stderr and SIG.split("%")[0] not in result.stderr
+
+
 def test_a_full_stdout_is_said_to_be_stdout_not_the_temp_folder() -> None:
     with open("/dev/full", "w") as full:
         result = subprocess.run([sys.executable, "-m", "stylebatch", "styles"], stdout=full, stderr=subprocess.PIPE,

@@ -15,6 +15,7 @@ import tempfile
 
 from stylebatch.contract import ERROR_PREFIX, EXIT_BAD_INPUT
 from stylebatch.errors import StylebatchError
+from stylebatch.storage.scrub import hide_signatures
 from stylebatch.fields import ArgParser
 from stylebatch.logs import FORMATS
 
@@ -153,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         _warn_of_ignored_flags(args)
         return _call(args)
     except StylebatchError as exc:
-        print(f"{ERROR_PREFIX}{' '.join(str(exc).split())}", file=sys.stderr)
+        print(f"{ERROR_PREFIX}{hide_signatures(' '.join(str(exc).split()))}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print(f"{ERROR_PREFIX}interrupted by {signals.cause()}", file=sys.stderr)

@@ -18,6 +18,7 @@ import sys
 from datetime import datetime, timezone
 
 from stylebatch.contract import JOB_ENV
+from stylebatch.storage.scrub import hide_signatures
 
 FORMATS = ("text", "json")
 FORMAT_ENV = "STYLEBATCH_LOG_FORMAT"  # the format when no --log-format is given (inherited by child processes)
@@ -48,7 +49,7 @@ def counted(n: int, noun: str) -> str:
 class TextFormat(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         level = "" if record.levelno < logging.WARNING else record.levelname.lower() + ": "
-        return f"stylebatch: {level}{record.getMessage()}"
+        return f"stylebatch: {level}{hide_signatures(record.getMessage())}"
 
 
 class OtherFormat(logging.Formatter):
@@ -57,7 +58,7 @@ class OtherFormat(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         lines = record.getMessage().strip().splitlines() or [""]
-        text = f"{record.name}: {lines[0]}"
+        text = f"{record.name}: {hide_signatures(lines[0])}"
         if record.name == "py.warnings":  # "path:line: Category: message\n  source line"
             where, _, rest = lines[0].partition(": ")
             text = rest if rest and where.rpartition(":")[2].isdigit() else lines[0]
@@ -78,7 +79,7 @@ class JsonFormat(logging.Formatter):
             "time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds"),
             "level": record.levelname.lower(),
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": hide_signatures(record.getMessage()),
             "job": job or self.job,
             "rank": self.rank,
         }

@@ -882,6 +882,17 @@ def test_children_are_deleted_once_then_the_job_waits_for_its_own_ttl():
     assert decide(obj, {}, now=NOW + timedelta(hours=1, minutes=30)).kind == ActionKind.EXPIRE
 
 
+@pytest.mark.parametrize("cleanup, expected", [
+    ({"jobAfterFinishedSeconds": 1200}, ActionKind.EXPIRE),  # was kept for good: piles of them under a VideoWatch
+    ({"jobAfterFinishedSeconds": 7200}, ActionKind.NOTHING),  # not yet
+    ({}, ActionKind.NOTHING),
+])
+def test_a_job_failed_when_accepted_keeps_to_its_own_ttl(cleanup, expected):
+    obj = stj("Failed", cleanup=cleanup)
+    obj["status"] = {"phase": "Failed", "reason": "InvalidSpec", "completionTime": "2026-05-01T11:30:00Z"}
+    assert decide(obj, {}, now=NOW).kind == expected
+
+
 def stylizing_since(advanced: str, **spec: Any) -> dict[str, Any]:
     obj = stj("Stylizing", attempts={"stylize": 1}, **spec)
     obj["status"]["progress"] = {"attempt": 1, "ranks": [40, 40], "framesDone": 80, "framesTotal": 100,

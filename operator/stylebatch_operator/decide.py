@@ -205,8 +205,13 @@ def cleanup_due(stj: dict[str, Any]) -> tuple[str, datetime] | None:
     is nothing (more) to do. The operator keeps looking at the job until then."""
     status = stj.get("status") or {}
     finished = parse_time(status.get("completionTime"))
-    if not Phase.of(status).terminal or finished is None or not status.get("acceptedSpec"):
+    if not Phase.of(status).terminal or finished is None:
         return None
+    if not status.get("acceptedSpec"):  # failed when accepted (InvalidSpec): no children, its own TTL only
+        keep = ((stj.get("spec") or {}).get("cleanup") or {}).get("jobAfterFinishedSeconds")
+        if not isinstance(keep, int) or isinstance(keep, bool) or keep < 0:
+            return None
+        return ActionKind.EXPIRE, finished + timedelta(seconds=keep)
     cleanup = effective_spec(stj).get("cleanup") or {}
     field = "childrenAfterSucceededSeconds" if status["phase"] == Phase.SUCCEEDED else "childrenAfterFailedSeconds"
     if cleanup.get(field) is not None and not status.get("childrenDeleted") and all_children(stj):

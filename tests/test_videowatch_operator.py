@@ -368,6 +368,33 @@ def test_a_video_whose_metadata_was_set_after_its_upload_still_gets_its_job(azur
     k.run(scenario)
 
 
+def test_a_second_watch_on_the_same_queue_is_refused_instead_of_eating_the_first_ones_videos(azure_env):
+    """Two VideoWatches on one queue (two styles of the same uploads, or two prefixes under one Event
+    Grid subscription): each deleted the messages it did not take, the other's among them, and each
+    got some of the videos, with no error anywhere."""
+    store = Storage(azure_env, "shared")
+    for name in ("a.mp4", "b.mp4", "c.mp4", "d.mp4"):
+        store.publish(f"incoming/{name}", store.upload(f"incoming/{name}"), 36)
+
+    async def scenario() -> None:
+        async with api_server() as api, k.operator(api, settings=SETTINGS):
+            queue = {"name": "shared", "maxDeliveries": 5, "visibilityTimeoutSeconds": 10}
+            await apply_watch(api, store.container, name="candy", mode="queue", sweepIntervalSeconds=0, queue=queue,
+                              template={**TEMPLATE, "style": "candy"})
+            await asyncio.sleep(1.1)  # (creation times are whole seconds)
+            await apply_watch(api, store.container, name="mosaic", mode="queue", sweepIntervalSeconds=0, queue=queue,
+                              template={**TEMPLATE, "style": "mosaic"})
+            error = await k.eventually(lambda: watch_status(api, "mosaic").get("lastError"), timeout=20)
+            assert error.startswith("queue shared of storage account devstoreaccount1 is VideoWatch candy's (it was "
+                                    "there first)") and "give each VideoWatch its own queue" in error
+            await k.eventually(lambda: sorted(j["spec"]["style"] for j in jobs(api).values()) == ["candy"] * 4,
+                               timeout=20)
+            assert any(e[1] == "WatchError" and "give each VideoWatch its own queue" in e[2]
+                       for e in k.events(api, "mosaic"))
+            assert watch_status(api, "candy").get("lastError") == ""
+    k.run(scenario)
+
+
 def test_the_sweep_finds_a_video_whose_event_never_came_and_suspend_holds_new_jobs_back(azure_env):
     store = Storage(azure_env, "sweep")
     store.upload("incoming/lost.mp4")  # Event Grid never delivered its event

@@ -70,7 +70,10 @@ async def serve(*, namespaces: Collection[str] = (), liveness_port: int | None =
     own_kube = kube is None and lease is not None
     if own_kube:
         kube = await Kube.from_environment()
-    memo = kopf.Memo(kube=kube, settings=settings, metrics=Metrics(), started=False, standby=lease is not None)
+    # (kopf hands each object's handlers a shallow copy of this memo: what they share is made here,
+    # such as the VideoWatches' states, by which two watches on one queue see each other)
+    memo = kopf.Memo(kube=kube, settings=settings, metrics=Metrics(), started=False, standby=lease is not None,
+                     watch_states={})
     # /healthz is fine while standing by: a standby is healthy, it just does not act
     runner = (await web.start(liveness_port, memo.metrics, lambda: memo.started or memo.standby)
               if liveness_port else None)

@@ -217,6 +217,18 @@ def job_counts(watch: Mapping[str, Any], jobs: Iterable[Mapping[str, Any]]) -> d
             "failed": phases.count(Phase.FAILED)}
 
 
+def queue_owner(me: tuple[str, str], watches: Mapping[tuple[str, str], tuple[Any, str]]) -> tuple[str, str] | None:
+    """The (namespace, name) of the watch that keeps the queue `me` receives from, when that is
+    another one; else None. watches: (queue, creationTimestamp) of each watch the operator runs, the
+    queue None for a watch that uses none. Of several on one queue (the same account's queue
+    name), the first created keeps it (then the first by namespace and name)."""
+    queue = watches.get(me, (None, ""))[0]
+    if queue is None:
+        return None
+    first = min((created, key) for key, (their, created) in watches.items() if their == queue)[1]
+    return None if first == me else first
+
+
 def free_slots(spec: WatchSpec, running: int) -> int:
     """How many more jobs may start now."""
     return 0 if spec.suspend else max(0, spec.max_jobs - running)

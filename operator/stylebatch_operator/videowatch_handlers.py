@@ -53,6 +53,8 @@ class WatchState:
     last_poll: str | None = None
     last_message: str | None = None
     clients: dict[str, Any] = dataclasses.field(default_factory=dict)
+    queue: tuple[str, str] | None = None  # (storage account, queue name) it receives from, in queue mode
+    created: str = ""  # its creationTimestamp: the first of two watches on one queue keeps it
 
 
 def register(registry: kopf.OperatorRegistry, *, interval: float) -> None:
@@ -61,13 +63,13 @@ def register(registry: kopf.OperatorRegistry, *, interval: float) -> None:
 
 
 async def _tick_timer(namespace: str, name: str, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
-    states = memo.setdefault("watch_states", {})
+    states = memo.watch_states  # the operator's, shared by every watch (main.serve)
     await tick(memo.kube, namespace, name, logger, settings=memo.settings, metrics=memo.metrics, states=states)
 
 
 async def _forget(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     if type == "DELETED":
-        memo.setdefault("watch_states", {}).pop((body.metadata.namespace, body.metadata.name), None)
+        memo.watch_states.pop((body.metadata.namespace, body.metadata.name), None)
 
 
 async def tick(kube: Kube, namespace: str, name: str, logger: logging.Logger, *, settings: Settings,
@@ -83,7 +85,18 @@ async def tick(kube: Kube, namespace: str, name: str, logger: logging.Logger, *,
     state.known |= {j["metadata"]["name"] for j in jobs}
     counts = vw.job_counts(watch, jobs)
     error = "; ".join(problems)
+    owner = None
     if spec is not None:
+        state.queue = _queue_of(spec)
+        state.created = str(watch["metadata"].get("creationTimestamp") or "")
+        owner = vw.queue_owner(key, {k: (st.queue, st.created) for k, st in states.items()})
+    if owner is not None:  # another watch's queue: its messages are not this one's to take
+        account, queue = state.queue  # type: ignore[misc]
+        other = f"VideoWatch {owner[1]}" if owner[0] == namespace else "a VideoWatch in another namespace"
+        error = (f"queue {queue} of storage account {account} is {other}'s (it was there first): a watch deletes "
+                 "the messages it does not take, so two on one queue lose each other's videos; give each "
+                 "VideoWatch its own queue (an Event Grid subscription each)")
+    elif spec is not None:
         run = _Round(kube, watch, spec, state, metrics, logger, vw.free_slots(spec, counts["running"]))
         from azure.core.exceptions import AzureError
 
@@ -289,6 +302,19 @@ class _Round:
         except StylebatchError:
             return False  # cannot tell (no access to the output's account): the job name still dedupes
         return info is not None and trigger.output_of(info.metadata) == name
+
+
+def _queue_of(spec: vw.WatchSpec) -> tuple[str, str] | None:
+    """(storage account, queue name) a queue-mode watch receives from; None in poll mode, or where its
+    account cannot be told (no credentials: its round says so)."""
+    if spec.mode != "queue" or not spec.queue:
+        return None
+    from stylebatch.storage import location, resolve_credential
+
+    try:
+        return resolve_credential(location(spec.source)).account, spec.queue
+    except StylebatchError:
+        return None
 
 
 def _one_line(exc: BaseException) -> str:

@@ -15,7 +15,6 @@ import tempfile
 
 from stylebatch.contract import ERROR_PREFIX, EXIT_BAD_INPUT
 from stylebatch.errors import StylebatchError
-from stylebatch.storage.scrub import hide_signatures
 from stylebatch.fields import ArgParser
 from stylebatch.logs import FORMATS
 
@@ -154,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
         _warn_of_ignored_flags(args)
         return _call(args)
     except StylebatchError as exc:
+        from stylebatch.logs import hide_signatures
+
         print(f"{ERROR_PREFIX}{hide_signatures(' '.join(str(exc).split()))}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:

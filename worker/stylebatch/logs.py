@@ -14,16 +14,26 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sys
 from datetime import datetime, timezone
 
 from stylebatch.contract import JOB_ENV
-from stylebatch.storage.scrub import hide_signatures
 
 FORMATS = ("text", "json")
 FORMAT_ENV = "STYLEBATCH_LOG_FORMAT"  # the format when no --log-format is given (inherited by child processes)
 LOG_JOB_ENV = "STYLEBATCH_LOG_JOB"  # the job the first stylebatch process named: its ranks log the same one
 RANK_ENVS = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK")
+
+
+# A signature anywhere in text, also where it is no query string: a SAS pasted after '&' or a path
+# (`-o out.mp4&sv=...&sig=...`), or percent-encoded (`%26sig%3D...`).
+_ANY_SAS_SIGNATURE = re.compile(r"((?:^|[?&\s/'\"(]|%26)sig(?:=|%3D))(?:(?!%26)[A-Za-z0-9%+/=_.-])+", re.IGNORECASE)
+
+
+def hide_signatures(text: str) -> str:
+    """text with the value of every SAS signature in it replaced by REDACTED."""
+    return _ANY_SAS_SIGNATURE.sub(r"\1REDACTED", text) if "sig" in text.lower() else text
 
 
 def say(text: str) -> None:

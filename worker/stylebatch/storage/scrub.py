@@ -5,17 +5,9 @@ from __future__ import annotations
 import logging
 import re
 
+from stylebatch.logs import hide_signatures
+
 _SAS_SIGNATURE = re.compile(r"((?:^|[?&\s])sig=)[^&\s\"']+")
-# A signature anywhere in text, also where it is no query string: a SAS pasted after '&' or a path
-# (`-o out.mp4&sv=...&sig=...`), or percent-encoded (`%26sig%3D...`).
-_ANY_SAS_SIGNATURE = re.compile(r"((?:^|[?&\s/'\"(]|%26)sig(?:=|%3D))(?:(?!%26)[A-Za-z0-9%+/=_.-])+", re.IGNORECASE)
-
-
-def hide_signatures(text: str) -> str:
-    """text with the value of every SAS signature in it replaced by REDACTED."""
-    return _ANY_SAS_SIGNATURE.sub(r"\1REDACTED", text) if "sig" in text.lower() else text
-
-
 def printable(text: str) -> str:
     """Escape control characters (and undecodable bytes) so a path always prints on one line; a SAS
     signature in it (a token pasted where no query string goes) is hidden."""

@@ -29,7 +29,7 @@ NS=stylebatch
 MPI_OPERATOR_VERSION=${MPI_OPERATOR_VERSION:-v0.8.0}
 TIMEOUT_S=${TIMEOUT_S:-1800}
 PY=.venv/bin/python
-VERSION=$($PY -c 'import tomllib; print(tomllib.load(open("pyproject.toml", "rb"))["project"]["version"])')
+VERSION=$(sed -n 's/^version = "\(.*\)"$/\1/p' pyproject.toml)  # no tomllib: Python 3.10 is supported
 OPERATOR_IMAGE=stylebatch-operator:$VERSION
 WORKER_IMAGE=stylebatch-worker:$VERSION-cpu
 LOCAL_PORT=${LOCAL_PORT:-10000}  # where Azurite is port-forwarded to, for the upload and download

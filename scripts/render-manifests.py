@@ -7,7 +7,8 @@
 The chart is the only source: the manifests are its templates rendered with default values (release
 and namespace "stylebatch"), its CRD, and its examples/. The operator's RBAC rules come from
 stylebatch_operator.rbac. tests/test_manifests.py fails when the committed files drift.
-Helm runs as a library (helm-python-sdk): no helm binary, no cluster.
+Helm runs as a library (helm-python-sdk, installed by `bash scripts/setup.sh --test`; without it the
+script exits 2 saying so): no helm binary, no cluster.
 """
 
 from __future__ import annotations
@@ -16,8 +17,16 @@ import argparse
 import sys
 from pathlib import Path
 
-import helm_python as helm
 import yaml
+
+try:
+    import helm_python as helm
+except ImportError as exc:  # helm-python-sdk is a test extra: plain `setup.sh` does not install it
+    if __name__ != "__main__":
+        raise
+    print(f"render-manifests: {exc.name or exc} is not installed: run `bash scripts/setup.sh --test`",
+          file=sys.stderr)
+    sys.exit(2)
 
 ROOT = Path(__file__).resolve().parent.parent
 CHART = ROOT / "charts" / "stylebatch"
@@ -139,7 +148,10 @@ def main(argv: list[str] | None = None) -> int:
         stale = outdated()
         for path in stale:
             print(f"out of date: {path.relative_to(ROOT)}", file=sys.stderr)
-        return 1 if stale else 0
+        if stale:
+            return 1
+        print(f"{MANIFESTS.relative_to(ROOT)}/ is up to date")
+        return 0
     for path in write():
         print(f"wrote {path.relative_to(ROOT)}")
     return 0

@@ -65,6 +65,16 @@ def test_render_script_check_mode_agrees():
     result = subprocess.run([str(ROOT / ".venv" / "bin" / "python"), "scripts/render-manifests.py", "--check"],
                             cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
+    assert result.stdout == "manifests/ is up to date\n"
+
+
+def test_render_script_without_helm_python_says_what_to_run():
+    code = ("import runpy, sys; sys.modules['helm_python'] = None; sys.argv = ['render-manifests.py', '--check']; "
+            "runpy.run_path('scripts/render-manifests.py', run_name='__main__')")
+    result = subprocess.run([str(ROOT / ".venv" / "bin" / "python"), "-c", code],
+                            cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr == "render-manifests: helm_python is not installed: run `bash scripts/setup.sh --test`\n"
 
 
 def test_example_job_is_the_charts():

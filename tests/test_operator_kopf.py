@@ -890,7 +890,7 @@ def test_an_operator_refuses_to_start_in_one_line_when_the_installed_crd_is_olde
             assert lines[0] == (
                 "stylebatch: error: the installed CustomResourceDefinition styletransferjobs.stylebatch.io (stylebatch "
                 "0.0.9) is older than this operator (stylebatch 0.1.0): it lacks spec.queueName, status.queuedSeconds, "
-                "status.queuedSince; Helm does not upgrade CRDs: kubectl apply --server-side -f "
+                "status.queuedSince; Helm does not upgrade CRDs: kubectl apply --server-side --force-conflicts -f "
                 "charts/stylebatch/crds/ (from this release's chart)")
             # it never started watching or acting
             assert not [r for r in api if r.params.get("watch") == "true" or r.method == "POST"
@@ -900,7 +900,7 @@ def test_an_operator_refuses_to_start_in_one_line_when_the_installed_crd_is_olde
 
 @pytest.mark.parametrize("installed, complaint", [
     (None, "the CustomResourceDefinition styletransferjobs.stylebatch.io is not installed: kubectl apply "
-           "--server-side -f charts/stylebatch/crds/"),
+           "--server-side --force-conflicts -f charts/stylebatch/crds/"),
     ("older", "lacks spec.queueName, status.queuedSeconds, status.queuedSince"),
 ])
 def test_the_startup_check_names_what_the_installed_crd_lacks(installed, complaint):

@@ -27,7 +27,7 @@ from stylebatch_operator.settings import BUILT_IN, LeaseConfig, Settings, from_e
 
 # kopf's API timeouts, in seconds: below the 4-minute idle timeout of Azure load balancers.
 WATCH_SERVER_TIMEOUT, WATCH_CLIENT_TIMEOUT, CONNECT_TIMEOUT, REQUEST_TIMEOUT = 180, 210, 30, 60
-UPGRADE_CRD = "kubectl apply --server-side -f charts/stylebatch/crds/ (from this release's chart)"
+UPGRADE_CRD = "kubectl apply --server-side --force-conflicts -f charts/stylebatch/crds/ (from this release's chart)"
 
 
 def run(args: argparse.Namespace) -> int:

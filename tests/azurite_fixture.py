@@ -149,7 +149,8 @@ def _service(service: str, port: int, endpoint: str, workdir: pathlib.Path) -> I
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
             [binary, f"--{service}Host", "127.0.0.1", f"--{service}Port", str(port),
-             "--location", str(workdir / f"data-{service}"), "--skipApiVersionCheck", "--loose", "--silent"],
+             "--location", str(workdir / f"data-{service}"), "--skipApiVersionCheck", "--loose", "--silent",
+             "--disableTelemetry"],  # no usage reports to Microsoft from a test run
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         )
     try:

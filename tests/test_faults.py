@@ -749,3 +749,48 @@ def test_postprocess_without_space_for_the_output_says_where_and_how_much(full: 
     lines = error_lines(result)
     assert len(lines) == 1 and "space" in lines[0] and str(small) in lines[0] and "MB" in lines[0], result.stderr
     assert sorted(os.listdir(work / "parts"))  # the work is all still there to try again
+
+
+# --- the operator's stages, retried ---
+
+@pytest.mark.azurite
+def test_a_postprocess_retried_after_it_published_succeeds_and_never_takes_another_jobs_video(
+        azure_env, clip) -> None:
+    """The operator's postprocess pod lost (its node gone) after it published, while it deleted the
+    work dir: the Job's replacement pod found no manifest or no parts and failed with exit 2, and the
+    job whose video was there ended Failed. Now a retry knows its own video by the job's name and uid."""
+    from stylebatch.contract import JOB_ENV, JOB_UID_ENV
+    from stylebatch.storage import location
+
+    base = f"az://{azure_env.container}"
+    location(f"{base}/in.mp4").upload(clip("in.mp4", size=(64, 48), frames=8))
+    pod = {**azure_env.env, JOB_ENV: "orangutan", JOB_UID_ENV: "0b1e5c4e-1111"}  # what the operator sets
+    out = f"{base}/out/orangutan.mp4"
+
+    def stages(work: str, *post: str) -> None:
+        for argv in (("preprocess", f"{base}/in.mp4", "--work", work, "-o", out),
+                     ("stylize", "--work", work, *FAST_STYLE), ("postprocess", "--work", work, "-o", out, *post)):
+            done = stylebatch(*argv, env=pod)
+            assert done.returncode == 0, done.stderr
+
+    def retried(work: str, **env: str):
+        return stylebatch("postprocess", "--work", work, "-o", out, "--delete-work", env={**pod, **env})
+
+    stages(f"{base}/work-a", "--delete-work")  # published, and the work dir deleted whole
+    published = location(out).info()
+    again = retried(f"{base}/work-a")
+    assert again.returncode == 0, again.stderr
+    assert f"stylebatch: {out} was published by this job already (an earlier attempt)" in again.stderr
+    assert location(out).info().etag == published.etag  # not written again
+
+    stages(f"{base}/work-b")  # published; the pod then deleted the parts and was lost
+    location(f"{base}/work-b/parts").delete_tree()
+    again = retried(f"{base}/work-b")
+    assert again.returncode == 0, again.stderr
+    assert location(f"{base}/work-b").list() == []  # the rest of the work dir deleted now
+
+    # a job of the same name made again (another uid): the video there is not its own
+    stages(f"{base}/work-c")
+    location(f"{base}/work-c/parts").delete_tree()
+    other = retried(f"{base}/work-c", **{JOB_UID_ENV: "77aa0000-2222"})
+    assert other.returncode == 2 and "lacks the stylized frames" in error_lines(other)[0]

@@ -204,7 +204,7 @@ def test_every_pod_command_parses_back_to_the_request_the_job_asks_for(variant):
             keep_colors=spec.get("keepColors", False), temporal=processing.get("temporal"),
             precision=processing.get("precision"),
             temporal_strength=processing.get("temporalStrength"))),
-        "postprocess": PostprocessRequest(work=work, delete_work=not spec.get("keepWorkDir")),
+        "postprocess": PostprocessRequest(work=work, output=spec["output"], delete_work=not spec.get("keepWorkDir")),
     }
     pre = build_preprocess_job(job)["spec"]["template"]["spec"]["containers"][0]["args"]
     post = build_postprocess_job(job)["spec"]["template"]["spec"]["containers"][0]["args"]
@@ -252,7 +252,8 @@ def test_preprocess_and_postprocess_run_the_worker_stages():
         "-o", "az://videos/stylized/orangutan-lavender-gold.mp4",
         "--codec", "hevc", "--bitrate", "8M", "--preset", "slow", "--chunk-frames", "240"]
     assert post["spec"]["template"]["spec"]["containers"][0]["args"] == [
-        "stylebatch", "postprocess", "--work", "az://scratch/work/", "--delete-work"]
+        "stylebatch", "postprocess", "--work", "az://scratch/work/", "-o",
+        "az://videos/stylized/orangutan-lavender-gold.mp4", "--delete-work"]
     for job in (pre, post):
         assert job["spec"]["backoffLimit"] == 0 and job["spec"]["template"]["spec"]["restartPolicy"] == "Never"
         assert job["spec"]["template"]["spec"]["imagePullSecrets"] == [{"name": "acr"}]

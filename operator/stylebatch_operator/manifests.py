@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from stylebatch.contract import EXIT_BAD_INPUT, HWLOC_XMLFILE_ENV, JOB_ENV, SSHD_PORT, no_topology_file
+from stylebatch.contract import EXIT_BAD_INPUT, HWLOC_XMLFILE_ENV, JOB_ENV, JOB_UID_ENV, SSHD_PORT, no_topology_file
 from stylebatch.requests import (
     EncodingOptions, ModelOptions, PostprocessRequest, PreprocessRequest, StylizeRequest, TrainRequest,
 )
@@ -100,8 +100,12 @@ def stylize_request(stj: dict[str, Any]) -> StylizeRequest:
 
 
 def postprocess_request(stj: dict[str, Any]) -> PostprocessRequest:
-    # --delete-work: only stylebatch's own files, after the video is published
-    return PostprocessRequest(work=work_dir(stj), delete_work=not effective_spec(stj).get("keepWorkDir"))
+    # --delete-work: only stylebatch's own files, after the video is published. -o: the output the
+    # manifest records too, given so that a pod retried after it published (a node lost while it
+    # deleted the work dir) finds its own video there and succeeds, with no manifest left to read.
+    spec = effective_spec(stj)
+    return PostprocessRequest(work=work_dir(stj), output=strip_secrets(spec["output"]),
+                              delete_work=not spec.get("keepWorkDir"))
 
 
 def encoding_options(spec: dict[str, Any]) -> EncodingOptions:
@@ -271,7 +275,8 @@ def _container(stj: dict[str, Any], spec: dict[str, Any], name: str, args: list[
         # that no VideoWatch takes them for uploads.
         "env": _storage_env(spec) + [{"name": "PYTHONUNBUFFERED", "value": "1"},
                                      {"name": "TMPDIR", "value": SCRATCH_PATH},
-                                     {"name": JOB_ENV, "value": stj["metadata"]["name"]}],
+                                     {"name": JOB_ENV, "value": stj["metadata"]["name"]},
+                                     {"name": JOB_UID_ENV, "value": stj["metadata"]["uid"]}],
         # A failed stage's last log lines (`stylebatch: error: ...`) become the failure's message.
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "securityContext": copy.deepcopy(CONTAINER_SECURITY_CONTEXT),

@@ -196,3 +196,7 @@ WORK_DIR_NAME = ".stylebatch-work"  # the operator's default work dirs live unde
 # blob the worker writes while JOB_ENV is set carries metadata OUTPUT_TAG=<job> (stylebatch.trigger).
 JOB_ENV = "STYLEBATCH_JOB"
 OUTPUT_TAG = "stylebatchjob"  # blob metadata keys are C# identifiers: letters, digits, underscores
+# ...and, where JOB_UID_ENV is set (the operator's pods: the StyleTransferJob's uid), OUTPUT_UID_TAG=<uid>:
+# which job of that name wrote it, so that a postprocess retried after it published knows its own video.
+JOB_UID_ENV = "STYLEBATCH_JOB_UID"
+OUTPUT_UID_TAG = "stylebatchjobuid"

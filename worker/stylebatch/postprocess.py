@@ -26,7 +26,7 @@ from stylebatch.encoding import container_for
 from stylebatch.errors import BadInput, StylebatchError
 from stylebatch.logs import counted
 from stylebatch.manifest import PARTS_DIR, Manifest, read_manifest
-from stylebatch.workdir import delete_work_after, hold
+from stylebatch.workdir import delete_work_after, hold, read_owner
 from stylebatch.muxing import (
     ATTACHMENT_CONTAINERS, CHAPTER_CONTAINERS, CONTAINER_META_SKIP, audio_plan, stream_tags, output_stream_tags, keeps_subtitles, layout_candidates, mux_options, packet_times,
     presentation_ranks, timeline,
@@ -43,8 +43,30 @@ def run(req: PostprocessRequest) -> str:
 
     req.validate()
     work = location(req.work)
+    if req.output is not None and _published_by_this_job(out := location(req.output)):
+        # a pod of this job published it and was lost before it said so (its node gone while it
+        # deleted the work dir): done, whatever is left of the work dir; another attempt would
+        # find no manifest or no parts, and fail the job whose video is there
+        log.info("%s was published by this job already (an earlier attempt)", out.display)
+        if req.delete_work and read_owner(work) is not None:
+            with hold(work):
+                delete_work_after(work, out.display)
+        return out.display
     with hold(work):
         return _postprocess(work, req)
+
+
+def _published_by_this_job(out) -> bool:
+    """Whether `out` is a blob this very job (the operator's STYLEBATCH_JOB and STYLEBATCH_JOB_UID)
+    wrote; False for a local file, and outside such a job (nothing is read then)."""
+    from stylebatch.contract import OUTPUT_UID_TAG
+    from stylebatch.storage import BlobLocation
+    from stylebatch.storage.blob import job_tag, written_by_this_job
+
+    if not isinstance(out, BlobLocation) or OUTPUT_UID_TAG not in (job_tag() or {}):
+        return False
+    info = out.info()
+    return info is not None and written_by_this_job(info.metadata)
 
 
 def _postprocess(work, req: PostprocessRequest) -> str:

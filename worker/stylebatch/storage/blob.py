@@ -14,7 +14,7 @@ import uuid
 from typing import IO, Any, Iterator
 
 from stylebatch.errors import StylebatchError
-from stylebatch.contract import JOB_ENV, OUTPUT_TAG
+from stylebatch.contract import JOB_ENV, JOB_UID_ENV, OUTPUT_TAG, OUTPUT_UID_TAG
 from stylebatch.storage import tuning
 from stylebatch.storage.base import IDENTITY_SPAN, FileInfo, HeldLock, Location, LockBusy, identity_record
 from stylebatch.storage.clients import service_client
@@ -370,9 +370,21 @@ class BlobLocation(Location):
 
 def job_tag() -> dict[str, str] | None:
     """The metadata that marks a blob as written by a job (stylebatch.contract.OUTPUT_TAG), so that
-    a watch never takes it for an upload; None outside a job."""
+    a watch never takes it for an upload, and by which instance of it (OUTPUT_UID_TAG, where the
+    operator says); None outside a job."""
     job = os.environ.get(JOB_ENV, "").strip()
-    return {OUTPUT_TAG: job} if job else None
+    uid = os.environ.get(JOB_UID_ENV, "").strip()
+    return ({OUTPUT_TAG: job, **({OUTPUT_UID_TAG: uid} if uid else {})}) if job else None
+
+
+def written_by_this_job(metadata: dict[str, str] | None) -> bool:
+    """Whether a blob's metadata says this very job (JOB_ENV and JOB_UID_ENV both set, both matching)
+    wrote it; False outside such a job."""
+    tag = job_tag() or {}
+    if OUTPUT_UID_TAG not in tag:
+        return False
+    found = {key.lower(): value for key, value in (metadata or {}).items()}
+    return all(found.get(key) == value for key, value in tag.items())
 
 
 LEASE_S = 60  # the longest finite blob lease; renewed every LEASE_S / 4 seconds

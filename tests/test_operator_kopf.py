@@ -150,6 +150,7 @@ async def api_server(install_crd: dict[str, Any] | None = None) -> AsyncIterator
             ("v1/namespaces", "Namespace", False, set()),
             ("coordination.k8s.io/v1/leases", "Lease", True, set()),
             ("apiextensions.k8s.io/v1/customresourcedefinitions", "CustomResourceDefinition", False, set()),
+            ("kueue.x-k8s.io/v1beta1/localqueues", "LocalQueue", True, set()),  # (Kueue serves v1beta1 here)
         ]:
             api.resources[key] = kmock.ResourceInfo(kind=kind, namespaced=namespaced, verbs=verbs,
                                                     subresources=subresources)
@@ -436,9 +437,21 @@ def test_an_evicted_spot_worker_is_retried_and_only_the_mpijob_runs_again():
     run(scenario)
 
 
+async def make_local_queue(api: ApiServer, name: str, active: bool = True) -> None:
+    """What a cluster admin's Kueue set-up has: a LocalQueue in the job's namespace."""
+    conditions = [{"type": "Active", "status": "True" if active else "False",
+                   "reason": "Ready" if active else "ClusterQueueIsInactive",
+                   "message": "" if active else "Can't submit new workloads to clusterQueue"}]
+    resp = await api.post(f"/apis/kueue.x-k8s.io/v1beta1/namespaces/{NS}/localqueues", json={
+        "apiVersion": "kueue.x-k8s.io/v1beta1", "kind": "LocalQueue", "metadata": {"name": name, "namespace": NS},
+        "spec": {"clusterQueue": "gpus"}, "status": {"conditions": conditions}})
+    assert resp.status == 200, await resp.text()
+
+
 def test_with_kueue_every_child_waits_suspended_until_admitted_and_the_status_says_queued_then_admitted():
     async def scenario() -> None:
         async with api_server() as api, operator(api):
+            await make_local_queue(api, "gpu-spot")
             await apply_job(api, queueName="gpu-spot")
             pre = await eventually(lambda: child(api, "Job", "orangutan-preprocess-1"))
             assert pre["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu-spot" and pre["spec"]["suspend"]
@@ -462,6 +475,40 @@ def test_with_kueue_every_child_waits_suspended_until_admitted_and_the_status_sa
             assert status(api)["queuedSeconds"] >= 0
             await eventually(lambda: [reason for _, reason, _ in events(api)] == [
                 "Accepted", "PreprocessStarted", "Queued", "Admitted", "PreprocessSucceeded", "Queued", "Admitted"])
+    run(scenario)
+
+
+@pytest.mark.parametrize("case, made, reason, fails", [
+    ("no LocalQueue of that name (a typo): shown, then the job fails", None, "NoLocalQueue", True),
+    ("its ClusterQueue stopped: shown, waited on", False, "LocalQueueInactive", False),
+    ("the LocalQueue made meanwhile: the stall is over, the child waits its turn", True, "NoLocalQueue", False),
+])
+def test_a_job_waiting_in_a_local_queue_that_cannot_admit_it_says_so_instead_of_waiting_for_ever(
+        case, made, reason, fails):
+    """A queueName nobody serves (a typo, a deleted LocalQueue, no Kueue) left the job Queued, its
+    deadline not running, for ever: 'waits for Kueue to admit it' looked normal."""
+    async def scenario() -> None:
+        settings = Settings(interval=INTERVAL, stall_grace_seconds=GRACE if fails else 60)
+        async with api_server() as api, operator(api, settings=settings):
+            if made is False:
+                await make_local_queue(api, "gpu-spto", active=False)
+            await apply_job(api, queueName="gpu-spto")
+            stalled = await eventually(lambda: condition(api, "Stalled")["status"] == "True"
+                                       and condition(api, "Stalled"))
+            assert stalled["reason"] == reason and "LocalQueue gpu-spto" in stalled["message"]
+            assert child(api, "Job", "orangutan-preprocess-1")["spec"]["suspend"] is True
+            if fails:
+                await eventually(lambda: status(api)["phase"] == "Failed", timeout=GRACE + 10)
+                assert condition(api, "Failed")["reason"] == "NoLocalQueue"
+                assert gone(api, "Job", "orangutan-preprocess-1")  # nothing of it left waiting
+            elif made:
+                await make_local_queue(api, "gpu-spto")
+                await eventually(lambda: condition(api, "Stalled")["status"] == "False")
+                await eventually(lambda: condition(api, "Queued")["status"] == "True")
+                assert status(api)["phase"] == "Preprocessing"
+            else:
+                await asyncio.sleep(GRACE + 1)
+                assert status(api)["phase"] == "Preprocessing"  # an inactive queue may be resumed: waited on
     run(scenario)
 
 

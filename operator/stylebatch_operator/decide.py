@@ -18,7 +18,7 @@ from stylebatch_operator.names import (
     CHILD_KIND, MPI_API_VERSION, POSTPROCESS, PREPROCESS, STAGES, STYLIZE, TRAIN, child_name, is_controlled_by,
 )
 from stylebatch_operator.observe import (
-    NO_MPI_OPERATOR, Stall, child_state, create_failure, disruption, failed_pod_detail, is_suspended,
+    NO_MPI_OPERATOR, QUEUE_STALLS, Stall, child_state, create_failure, disruption, failed_pod_detail, is_suspended,
     newest_started_pod, stall, user_error, worker_lost_before_launch,
 )
 from stylebatch_operator.settings import BUILT_IN, DEFAULT_PROGRESS_TIMEOUT, Settings
@@ -95,12 +95,13 @@ class Action:
 
 def decide(stj: dict[str, Any], children: dict[str, dict[str, Any]], *, now: datetime,
            pods: list[dict[str, Any]] = (), events: list[dict[str, Any]] = (),
-           settings: Settings = BUILT_IN) -> Action:
+           settings: Settings = BUILT_IN, queue: Stall | None = None) -> Action:
     """children: observed child objects by name; only the current stage's current attempt matters.
     pods: the current child's pods, which say more about a failure (or a start that does not
     happen) than the child does; events: the current child's own Events (FailedCreate, the MPI
     Operator's ValidationError). settings: the operator's defaults (read when the job is accepted),
-    the stall grace period and the progress timeout."""
+    the stall grace period and the progress timeout. queue: why Kueue cannot admit the current
+    child while it waits in spec.queueName (observe.queue_stall), None when it can."""
     status = stj.get("status") or {}
     if Phase.of(status).terminal:
         return _cleanup(stj, now)
@@ -165,7 +166,24 @@ def decide(stj: dict[str, Any], children: dict[str, dict[str, Any]], *, now: dat
     if not recorded:  # made just before a restart, before the status said so
         return Action(ActionKind.ADOPT, stage, attempt, f"{stage.capitalize()}Started",
                       f"adopted the existing {CHILD_KIND[stage]} {name}")
+    if state.state == ChildState.RUNNING and is_suspended(child):
+        waiting = _queue_action(stj, stage, attempt, queue, live, now, settings)
+        if waiting is not None:
+            return waiting
     return _admission(stj, stage, attempt, child, now) or Action(ActionKind.WAIT, stage, attempt)
+
+
+def _queue_action(stj: dict[str, Any], stage: str, attempt: int, found: Stall | None,
+                  live: tuple[tuple[str, str], ...], now: datetime, settings: Settings) -> Action | None:
+    """A child waiting for Kueue in a LocalQueue that cannot admit it: Stalled (failing after the
+    grace period when the queue does not exist); UNSTALL once it can (the queue made meanwhile)."""
+    if found is not None:
+        return _stall_action(stj, stage, attempt, found, live, now, settings)
+    reported = _stalled_condition(stj)
+    if reported is not None and reported.get("reason") in QUEUE_STALLS:
+        return Action(ActionKind.UNSTALL, stage, attempt, "Unstalled",
+                      f"{CHILD_KIND[stage]} {child_name(stj['metadata']['name'], stage, attempt)} can be admitted")
+    return None
 
 
 def _admission(stj: dict[str, Any], stage: str, attempt: int, child: dict[str, Any], now: datetime) -> Action | None:

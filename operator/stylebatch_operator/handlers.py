@@ -24,10 +24,11 @@ from stylebatch_operator.names import (
     pod_selector,
 )
 from stylebatch_operator.observe import (
-    Stall, all_running, child_state, is_suspended, live_pods, newest_started_pod, wanted_pods,
+    Stall, all_running, child_state, is_suspended, live_pods, newest_started_pod, queue_stall, wanted_pods,
 )
 
 from stylebatch_operator.settings import BUILT_IN, Settings
+from stylebatch_operator.spec import effective_spec
 from stylebatch_operator.states import ActionKind, ChildState, Phase
 from stylebatch_operator.status import progress_patch, training_patch, transition
 
@@ -105,6 +106,7 @@ async def reconcile(kube: Kube, namespace: str, name: str, logger: logging.Logge
     now = now or datetime.now(timezone.utc)
     status = stj.get("status") or {}
     child, pods, events = await _observe(kube, stj, now, settings.progress_read_seconds(), reads)
+    queue = await _queue_stall(kube, stj, child, logger)
 
     patch: dict[str, Any] = {}
     stage, attempt, _ = d.current_child(stj) if child is not None else (None, 0, None)
@@ -118,7 +120,7 @@ async def reconcile(kube: Kube, namespace: str, name: str, logger: logging.Logge
             patch |= training_patch(latest, status, attempt, now, pod) or {}
         stj = {**stj, "status": {**status, **patch}}
     action = d.decide(stj, {child["metadata"]["name"]: child} if child else {}, now=now, pods=pods, events=events,
-                      settings=settings)
+                      settings=settings, queue=queue)
     for kind, child_name in action.deletes:  # before the status says so: a failed delete is tried again
         if await _delete_own(kube, stj, kind, child_name, logger):
             logger.info("deleted %s %s", kind, child_name)
@@ -173,6 +175,23 @@ class Reads:
     def forget(self, key: tuple[str, str]) -> None:
         for kept in (self.progress, self.pods, self.events):
             kept.pop(key, None)
+
+
+async def _queue_stall(kube: Kube, stj: dict[str, Any], child: dict[str, Any] | None,
+                       logger: logging.Logger) -> Stall | None:
+    """Why Kueue cannot admit the job's child while it waits suspended in spec.queueName (its LocalQueue
+    read: missing, or inactive); None when it can, when nothing waits, or when the LocalQueue cannot be
+    read (the operator's RBAC from an older chart: then it is not judged)."""
+    queue = effective_spec(stj).get("queueName")
+    if child is None or not queue or not is_suspended(child) or not is_controlled_by(child, stj):
+        return None
+    namespace = stj["metadata"]["namespace"]
+    try:
+        local_queue = await kube.get_local_queue(namespace, queue)
+    except ApiError as exc:
+        logger.debug("could not read LocalQueue %s: %s", queue, exc)
+        return None
+    return queue_stall(queue, namespace, local_queue)
 
 
 async def _observe(kube: Kube, stj: dict[str, Any], now: datetime, every: float, reads: Reads | None

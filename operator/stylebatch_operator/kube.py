@@ -27,6 +27,7 @@ RESOURCES = {
     "Event": ("v1", "events"),
     "Lease": ("coordination.k8s.io/v1", "leases"),
 }
+KUEUE_VERSIONS = ("kueue.x-k8s.io/v1beta2", "kueue.x-k8s.io/v1beta1")  # LocalQueues: the newest served first
 CLUSTER_RESOURCES = {"CustomResourceDefinition": ("apiextensions.k8s.io/v1", "customresourcedefinitions")}
 _JSON = {200: "object", 201: "object"}
 TIMEOUT = 10  # seconds per request: a stuck call must not hold a reconciliation forever
@@ -82,6 +83,16 @@ class Kube:
             if exc.status == 404:
                 return None
             raise
+
+    async def get_local_queue(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """A Kueue LocalQueue in any API version Kueue serves, or None when none has it (or no Kueue)."""
+        for api_version in KUEUE_VERSIONS:
+            try:
+                return await self._call("GET", f"/apis/{api_version}/namespaces/{namespace}/localqueues/{name}")
+            except ApiError as exc:
+                if exc.status != 404:
+                    raise
+        return None
 
     async def get_cluster_scoped(self, kind: str, name: str) -> dict[str, Any] | None:
         """A cluster-scoped object (a CRD), or None when there is none."""

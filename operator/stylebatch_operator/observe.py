@@ -253,6 +253,28 @@ def create_failure(message: str) -> tuple[bool, str]:
                 UNKNOWN_CREATE_FAILURE)
 
 
+NO_LOCAL_QUEUE = "NoLocalQueue"
+LOCAL_QUEUE_INACTIVE = "LocalQueueInactive"
+QUEUE_STALLS = (NO_LOCAL_QUEUE, LOCAL_QUEUE_INACTIVE)
+
+
+def queue_stall(queue: str, namespace: str, local_queue: dict[str, Any] | None) -> Stall | None:
+    """Why Kueue cannot admit a child waiting in LocalQueue `queue` (local_queue: that object as read,
+    None when the API server has none: no such LocalQueue, or no Kueue at all): a child nobody can
+    admit waited for ever, its deadline not running while it is queued. None while the queue is there
+    and active (it waits its turn)."""
+    if local_queue is None:
+        return Stall(NO_LOCAL_QUEUE, f"LocalQueue {queue} does not exist in namespace {namespace} (or Kueue is not "
+                                     "installed): nothing can admit the job; create the LocalQueue, or re-create "
+                                     "the job with spec.queueName fixed", True)
+    active = next((c for c in (local_queue.get("status") or {}).get("conditions") or [] if c.get("type") == "Active"),
+                  None)
+    if active is not None and active.get("status") == "False":
+        why = " ".join(filter(None, (active.get("reason"), active.get("message")))) or "inactive"
+        return Stall(LOCAL_QUEUE_INACTIVE, redact(f"LocalQueue {queue} is not active: {why}")[:1000], False)
+    return None
+
+
 def stall(child: dict[str, Any], pods: list[dict[str, Any]], events: list[dict[str, Any]],
           age_seconds: float, grace_seconds: float) -> Stall | None:
     """What keeps a running child from running: a pod waiting on its image or its configuration, a

@@ -32,6 +32,8 @@ RULES: list[dict[str, list[str]]] = [
     {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},
     # list: a child's own Events (a Job's FailedCreate, the MPI Operator's ValidationError)
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "list"]},
+    # get: the LocalQueue a job waits in (spec.queueName), which Kueue can admit it from only if it exists
+    {"apiGroups": ["kueue.x-k8s.io"], "resources": ["localqueues"], "verbs": ["get"]},
 ]
 
 CLUSTER_RULES: list[dict[str, list[str]]] = [

@@ -44,7 +44,7 @@ def test_tiny_training_lowers_the_loss_and_writes_weights_that_load(tmp_path, co
     first, last = map(float, re.search(r"loss (\S+) at step 1, (\S+) over the last", result.stdout).groups())
     assert last < 0.9 * first, result.stdout
     assert "steps/s" in result.stderr and "ETA" in result.stderr  # the progress line
-    assert not Path(f"{out}.ckpt").exists()  # the checkpoint goes once the weights are written
+    assert Path(f"{out}.ckpt").exists()  # kept: a larger --steps goes on from it
     frame = np.asarray(Image.open("/usr/share/doc/opencv-doc/examples/data/fruits.jpg").convert("RGB"))[None, :64, :80]
     painted = load_stylizer(str(out), device="cpu")(np.ascontiguousarray(frame))
     assert painted.shape == frame.shape and np.abs(painted.astype(np.int16) - frame).mean() > 5
@@ -108,7 +108,29 @@ def test_interrupted_training_saves_a_checkpoint_and_the_same_command_resumes(tm
     result = subprocess.run([*cmd, "--steps", str(saved["step"] + 2)], capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr
     assert f"resuming from {ckpt} at step {saved['step']}" in result.stderr
-    assert f"{saved['step'] + 2} steps" in result.stdout and out.exists() and not ckpt.exists()
+    assert f"{saved['step'] + 2} steps" in result.stdout and out.exists()
+    assert torch.load(ckpt, weights_only=True)["step"] == saved["step"] + 2  # kept, at the last step
+
+
+def test_a_finished_training_goes_on_with_a_larger_steps_and_is_never_trained_again_from_step_1(tmp_path, content):
+    """The checkpoint was deleted at the end, so the same command with a larger --steps trained again
+    from step 1 and replaced the finished weights without a word. Now it goes on from the last step;
+    and weights with no checkpoint beside them are refused, not trained over."""
+    out = tmp_path / "starry.pth"
+    ckpt = Path(f"{out}.ckpt")
+    first = stylebatch("train-style", STARRY, "-o", out, "--steps", "2", *TINY, *content, timeout=900)
+    assert first.returncode == 0, first.stderr
+    more = stylebatch("train-style", STARRY, "-o", out, "--steps", "3", *TINY, *content, timeout=900)
+    assert more.returncode == 0, more.stderr
+    assert f"resuming from {ckpt} at step 2" in more.stderr and "3 steps" in more.stdout, more.stderr
+    assert torch.load(ckpt, weights_only=True)["step"] == 3
+    ckpt.unlink()
+    weights = out.read_bytes()
+    again = stylebatch("train-style", STARRY, "-o", out, "--steps", "4", *TINY, *content, timeout=900)
+    assert again.returncode == 2 and len(error_lines(again)) == 1, again.stderr
+    line = error_lines(again)[0]
+    assert f"-o {out} is already there" in line and "step 1" in line and "delete it" in line, line
+    assert "Traceback" not in again.stderr and out.read_bytes() == weights
 
 
 def _checkpoint_at_step_3(path: Path, content: list[str], **settings) -> None:
@@ -172,7 +194,7 @@ def test_a_training_into_blob_storage_keeps_its_checkpoint_there_and_a_new_pod_r
                             env=azure_env.env)
     assert result.returncode == 0, result.stderr
     assert f"at step {saved['step']}" in result.stderr and f"{saved['step'] + 2} steps" in result.stdout
-    assert not blobs.get_blob_client("work/job-1234abcd.pth.ckpt").exists()
+    assert blobs.get_blob_client("work/job-1234abcd.pth.ckpt").exists()  # kept: a larger --steps goes on
     weights = tmp_path / "w.pth"
     weights.write_bytes(blobs.download_blob("work/job-1234abcd.pth").readall())
     frame = np.zeros((1, 32, 48, 3), np.uint8)

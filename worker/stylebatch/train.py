@@ -8,8 +8,10 @@ Gram matrices against the painting's (relu1_1..relu4_1), each relative to its ta
 little total variation. The net starts out painting the painting's mean colour (`start_net`); Adam's
 learning rate falls linearly to zero over --steps. Mixed precision (bfloat16 autocast) on a GPU. A
 checkpoint next to the output (`<output>.ckpt`, a file or a blob like the output) is written every
---checkpoint-every steps and on Ctrl-C/SIGTERM/SIGHUP; the same command resumes from it (so does a retried
-pod on Kubernetes), and it is deleted once the weights are written.
+--checkpoint-every steps, on Ctrl-C/SIGTERM/SIGHUP and at the end; the same command resumes from it (so
+does a retried pod on Kubernetes), and, with a larger --steps, extends a finished training. It is kept
+once the weights are written (that is what lets a finished training go on); an existing output with no
+checkpoint beside it is refused, never trained again from step 1 over.
 """
 
 from __future__ import annotations
@@ -192,6 +194,7 @@ class Checkpoint:
         self.remote = None if loc.is_local() else loc
         self.path = Path(loc.local_path()) if loc.is_local() else local
         self.name = loc.display
+        self.weights: str | None = None  # the output as displayed, where it is already there
 
     def fetch(self) -> bool:
         """Whether there is a checkpoint to resume from (a blob one is downloaded first)."""
@@ -208,10 +211,14 @@ class Checkpoint:
         if self.remote is not None:
             self.remote.upload(self.path)
 
-    def delete(self) -> None:
-        self.path.unlink(missing_ok=True)
-        if self.remote is not None and self.remote.exists():
-            self.remote.delete()
+    def exists(self) -> bool:
+        """Whether there is a checkpoint (a blob one is only looked at, not downloaded)."""
+        return self.path.exists() if self.remote is None else self.remote.exists()
+
+    def anew(self) -> str:
+        """How to start the training again from step 1: delete the checkpoint, and the weights it
+        made where they are there (else the next run refuses to train over them from step 1)."""
+        return f"delete it and {self.weights}" if self.weights else "delete it"
 
 
 class Bar:
@@ -238,9 +245,10 @@ class Bar:
 
 def train(req: TrainRequest, painting: Path, output: Path, ckpt: Checkpoint,
           given: tuple[str, ...] | None = None) -> list[float]:
-    """Train and write the weights to the local file `output`; returns the loss of every step
-    (resumed steps included). `given`: the content as the user gave it, where req.content holds the
-    local copies of blobs (fresh temporary names each run: what a checkpoint is matched on)."""
+    """Train and write the weights to the local file `output`, after saving `ckpt` at the last step
+    (kept: a larger --steps goes on from it); returns the loss of every step (resumed steps included).
+    `given`: the content as the user gave it, where req.content holds the local copies of blobs (fresh
+    temporary names each run: what a checkpoint is matched on)."""
     import contextlib
     import signal
 
@@ -271,23 +279,24 @@ def train(req: TrainRequest, painting: Path, output: Path, ckpt: Checkpoint,
         try:
             state = load_state(ckpt.path, f"checkpoint {ckpt.name}")
         except BadInput as exc:
-            raise BadInput(f"{exc}: delete it, or write to another -o") from None
+            raise BadInput(f"{exc}: {ckpt.anew()}, or write to another -o") from None
         if not isinstance(state, dict) or not {"key", "net", "optimizer", "step", "history"} <= state.keys():
-            raise BadInput(f"{ckpt.name} is not a stylebatch training checkpoint: delete it, or write to another -o")
+            raise BadInput(f"{ckpt.name} is not a stylebatch training checkpoint: {ckpt.anew()}, or write to "
+                           "another -o")
         if state["key"] != key:
-            raise BadInput(f"{ckpt.name} is from training another painting or other settings: delete it, or "
-                           "write to another -o")
+            raise BadInput(f"{ckpt.name} is from training another painting or other settings: {ckpt.anew()}, "
+                           "or write to another -o")
         if not isinstance(state["net"], dict) or not all(plain_real(v) for v in state["net"].values()):
-            raise BadInput(f"checkpoint {ckpt.name} is damaged: delete it, or write to another -o")
+            raise BadInput(f"checkpoint {ckpt.name} is damaged: {ckpt.anew()}, or write to another -o")
         try:
             net.load_state_dict(state["net"])
             opt.load_state_dict(state["optimizer"])
             step, history = int(state["step"]), list(state["history"])
         except (KeyError, TypeError, ValueError, RuntimeError):  # the right key, the wrong contents
-            raise BadInput(f"checkpoint {ckpt.name} is damaged: delete it, or write to another -o") from None
+            raise BadInput(f"checkpoint {ckpt.name} is damaged: {ckpt.anew()}, or write to another -o") from None
         if step > req.steps:  # the weights it would write are step's, not --steps'
             raise BadInput(f"{ckpt.name} is at step {step}, past --steps {req.steps}: give --steps {step} or "
-                           "more to go on from it, or delete it")
+                           f"more to go on from it, or {ckpt.anew()}")
         log.info("resuming from %s at step %d", ckpt.name, step)
 
     def save() -> None:
@@ -298,7 +307,7 @@ def train(req: TrainRequest, painting: Path, output: Path, ckpt: Checkpoint,
     handlers = {sig: signal.signal(sig, lambda signum, frame: stop.append(signum))
                 for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else contextlib.nullcontext()
-    rng, bar, diverged = np.random.default_rng(req.seed + step), Bar(req.steps, step), 0
+    rng, bar, diverged, first = np.random.default_rng(req.seed + step), Bar(req.steps, step), 0, step
     try:
         while step < req.steps and not stop:
             x = torch.from_numpy(crops(images, batch, size, rng)).to(dev).permute(0, 3, 1, 2).float()
@@ -329,8 +338,9 @@ def train(req: TrainRequest, painting: Path, output: Path, ckpt: Checkpoint,
                             "style": style_weight * float(style.detach())}, final=step == req.steps)
             if step % req.checkpoint_every == 0 and step < req.steps:
                 save()
-        if stop:
+        if stop or step > first:  # at the end too: what a larger --steps goes on from
             save()
+        if stop:
             code = {signal.SIGTERM: EXIT_TERMINATED, signal.SIGHUP: EXIT_HUNG_UP}.get(stop[0], EXIT_INTERRUPTED)
             raise Interrupted(f"training stopped at step {step} of {req.steps}; run the same command again "
                               f"to resume from {ckpt.name}", exit_code=code)
@@ -354,6 +364,13 @@ def run(req: TrainRequest) -> int:
                        "(repeatable)")
     dest.check_writable()  # before any slow start-up: not after hours of training
     with tempfile.TemporaryDirectory(prefix="stylebatch-train-") as tmp:
+        ckpt = Checkpoint(req.output, Path(tmp) / "style.pth.ckpt")
+        if dest.exists():
+            if not ckpt.exists():  # a finished training's weights: never trained again from step 1 over
+                raise BadInput(f"-o {dest.display} is already there, with no checkpoint {ckpt.name} beside it to go "
+                               "on from: training would start again at step 1 and replace it; delete it to train "
+                               "it anew, or write to another -o")
+            ckpt.weights = dest.display
         content = [_fetched(source, Path(tmp) / f"content-{i}") for i, source in enumerate(req.content)]
         for source in content:
             content_files(source)
@@ -364,11 +381,9 @@ def run(req: TrainRequest) -> int:
             painting = Path(tmp) / f"painting-{os.path.basename(src.name or 'style.jpg')}"
             src.download(painting)
         output = Path(dest.local_path()) if dest.is_local() else Path(tmp) / "style.pth"
-        ckpt = Checkpoint(req.output, Path(tmp) / "style.pth.ckpt")
         history = train(replace(req, content=tuple(content)), painting, output, ckpt, given=tuple(req.content))
         if not dest.is_local():
             dest.upload(output)
-        ckpt.delete()
     tail = history[-max(1, len(history) // 4):]
     say(f"{dest.display}: {len(history)} steps, loss {history[0]:.4g} at step 1, {sum(tail) / len(tail):.4g} "
           f"over the last {len(tail)}; use it with --style {dest.display}")

@@ -271,3 +271,39 @@ def test_an_output_ending_in_a_slash_is_a_folder_and_the_message_asks_for_a_file
     said = str(caught.value)
     assert f"--output {shown!r}" in said and "names a folder" in said and f"e.g. {shown}out.mp4" in said
     assert "S3CR3T" not in said and "extensions" not in said
+
+
+AZURITE = "http://127.0.0.1:10000/devstoreaccount1/videos"
+
+
+@pytest.mark.parametrize("make", [
+    lambda out: RunRequest(input="a.mp4", output=out.replace("EXT", "mp4")),
+    lambda out: PreprocessRequest(input="a.mp4", work="w", output=out.replace("EXT", "mkv")),
+    lambda out: PostprocessRequest(work="w", output=out.replace("EXT", "webm")),
+    lambda out: TrainRequest(painting="p.jpg", output=out.replace("EXT", "pth")),
+])
+@pytest.mark.parametrize("output", [
+    "az://videos/out/ü #1 100%.EXT",  # '#' and '%' are part of an az:// name: was refused as 'ü '
+    "az://videos/out/take#2.EXT",
+    f"{AZURITE}/in%2EEXT",  # the blob 'in.<ext>': was refused, the extension read before percent-decoding
+    f"{AZURITE}/a%20b%23c.EXT",  # the blob 'a b#c.<ext>'
+])
+def test_an_output_is_judged_by_the_name_that_will_be_written(make, output: str) -> None:
+    """The extension was read from urlsplit's path: in az:// a '#' starts no fragment, and a blob URL's
+    name is percent-decoded before it is a name. Accepted: validate() gets past the extension check
+    (no storage is touched)."""
+    make(output).validate()
+
+
+@pytest.mark.parametrize("output, name", [
+    ("az://videos/out/ü #1 100%.gif", "ü #1 100%.gif"),
+    (f"{AZURITE}/in%2Egif", "in.gif"),
+    (f"{AZURITE}/clip.mp4%3F.gif", "clip.mp4?.gif"),
+])
+def test_an_output_without_a_video_extension_is_refused_naming_it_as_it_would_be_written(output: str,
+                                                                                         name: str) -> None:
+    """No storage is touched: the CLI refuses it in one line, naming the whole name (was 'ü ', or 'in%2Egif')."""
+    result = stylebatch("run", "in.mp4", "-o", output)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    (line,) = error_lines(result)
+    assert f"output {name!r} needs one of the extensions" in line, line

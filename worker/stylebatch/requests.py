@@ -17,11 +17,11 @@ import math
 import os
 from dataclasses import dataclass, replace
 from pathlib import PurePath, PurePosixPath
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from stylebatch.contract import (DEFAULT_STYLE, DEVICES, OUTPUT_EXTENSIONS, PRECISION_AUTO, PRECISIONS,
                                  STYLE_WEIGHTS_SUFFIXES, precision_problem, style_problem)
-from stylebatch.errors import BadInput
+from stylebatch.errors import BadInput, StylebatchError
 from stylebatch.temporal_defaults import DEFAULT_MODE as TEMPORAL_DEFAULT
 from stylebatch.temporal_defaults import DEFAULT_STRENGTH as TEMPORAL_STRENGTH
 from stylebatch.temporal_defaults import MAX_STRENGTH as TEMPORAL_MAX_STRENGTH
@@ -246,8 +246,20 @@ class TrainRequest(Request):
 
 
 def _path(place: str) -> str:
-    """The file name of a path or URI: what its extension is read from (never a SAS query)."""
-    return PurePosixPath(urlsplit(place).path).name if "://" in place else PurePath(place).name
+    """The file name of a path or URI as it will be written: what its extension is read from. A URI's
+    is the name storage.location parses (never a SAS query; percent-decoded in a blob URL, where
+    `in%2Emp4` is the blob `in.mp4`; as given in az://, where '#' and '%' are part of the name). A URI
+    location() cannot parse (refused with its own message when the place is opened) is read as a URL
+    path here, not refused: validate() adds no refusal of its own for it."""
+    if "://" not in place:
+        return PurePath(place).name
+    from stylebatch.storage import location
+
+    try:
+        return location(place).name
+    except StylebatchError:  # the same reading: an az:// name whole, a URL's path percent-decoded
+        az = place[:5].lower() == "az://"
+        return PurePosixPath(place.split("?", 1)[0] if az else unquote(urlsplit(place).path)).name
 
 
 def _output_name(place: str) -> str:

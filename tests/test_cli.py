@@ -237,6 +237,35 @@ def test_blob_round_trip(azure_env, clip, tmp_path: Path) -> None:
     assert location(f"{base}/work/job1").list() == []  # the work dir is removed after success
 
 
+@pytest.mark.azurite
+@pytest.mark.parametrize("command", ["run", "preview"])
+def test_a_blob_style_that_is_not_one_is_named_by_its_uri_not_by_a_deleted_temporary_copy(azure_env, clip,
+                                                                                          tmp_path: Path, command):
+    """A video given as --style by its URL with a SAS: the one line named the local copy it was loaded
+    from (/tmp/stylebatch-run-.../style-0-.../in.mp4, gone when the command ended); now the blob, as
+    the user gave it, without its SAS."""
+    from azure.storage.blob import ContainerSasPermissions, generate_container_sas
+
+    from stylebatch.storage import location
+
+    az = azure_env.azurite
+    sas = generate_container_sas(az.account, azure_env.container, account_key=az.key,
+                                 permission=ContainerSasPermissions(read=True, list=True),
+                                 expiry=datetime.now(timezone.utc) + timedelta(hours=1))
+    base = f"{az.endpoint}/{azure_env.container}"
+    src = clip("in.mp4", size=(96, 64), frames=6)
+    location(f"{base}/in.mp4").upload(src)
+    env = {k: v for k, v in azure_env.env.items() if k != "AZURE_STORAGE_CONNECTION_STRING"}  # the SAS only
+    out = tmp_path / ("out.mp4" if command == "run" else "sheet.png")
+    result = stylebatch(command, src, "-o", out, "--style", f"{base}/in.mp4?{sas}", env=env)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    (line,) = error_lines(result)
+    assert f"style file {base}/in.mp4: not a PyTorch checkpoint" in line, line
+    signature = [p for p in sas.split("&") if p.startswith("sig=")][0]
+    assert "stylebatch-" not in line and signature not in result.stderr + result.stdout, line
+    assert not out.exists()
+
+
 @pytest.mark.slow
 @pytest.mark.azurite
 def test_sas_urls_are_never_printed(azure_env, clip, tmp_path: Path) -> None:

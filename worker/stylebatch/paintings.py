@@ -24,7 +24,7 @@ MAX_PIXELS = 64_000_000  # bigger than any painting scan worth using; beyond thi
 
 def read_style_image(path: str | Path, label: str | None = None, what: str = "a style image") -> np.ndarray:
     """The whole picture, upright (EXIF), transparency over white, as uint8 RGB [H, W, 3]. `label` names
-    the file in a refusal (default "style image NAME"), `what` the kind of picture that is being read
+    the file in a refusal (default "style image NAME", a blob's local copy by the blob's URI), `what` the kind of picture that is being read
     where the limit is said ("more than the 64 megapixels a style image may have"): for a picture that
     is not a painting, "an input picture", "a content image"."""
     from PIL import Image, ImageOps
@@ -52,8 +52,11 @@ def _opened(path: str | Path, label: str | None, what: str) -> Iterator:
     wrong with it, found here or while the caller decodes it."""
     from PIL import Image, UnidentifiedImageError
 
+    from stylebatch.styles import shown_style_file
+
     path = Path(path)
-    label = label or f"style image {path.name}"
+    shown = shown_style_file(path)  # a blob's local copy: the blob's URI as displayed
+    label = label or f"style image {path.name if shown == str(path) else shown}"
     if not path.is_file():
         raise BadInput(f"{label} not found" if not path.exists() else f"{label} is not a file")
     try:

@@ -238,9 +238,27 @@ def style_file(ref: str):
     return loc
 
 
+SOURCE_NOTE = ".stylebatch-style-source"  # beside a blob style's local copy: the blob as displayed
+
+
+def shown_style_file(path: str | Path) -> str:
+    """A style file as the user gave it, for messages: a blob's local copy (resolve_style) by the blob's
+    URI as displayed (no SAS), read from the note beside it, so that a rank started with the copy's
+    path says it too; a temporary path, gone when the command ends, is never what a user is told.
+    Any other file: its path."""
+    path = Path(path)
+    if path.parent.name.startswith("style-"):
+        try:
+            return (path.parent / SOURCE_NOTE).read_text(encoding="utf-8").strip() or str(path)
+        except (OSError, UnicodeError):
+            pass
+    return str(path)
+
+
 def resolve_style(style: str, tmp: Path) -> str:
     """The style with every file in it (painting or .pth, local path or blob URI) made a local path:
-    blobs are downloaded into `tmp` once, like weights files. Built-in styles stay as they are."""
+    blobs are downloaded into `tmp` once, like weights files, each with a note of its URI as displayed
+    (`shown_style_file`: what errors about it name). Built-in styles stay as they are."""
     from stylebatch.storage import location
 
     parts = parse_style(style)
@@ -259,6 +277,7 @@ def resolve_style(style: str, tmp: Path) -> str:
                 digest = hashlib.sha256(loc.display.encode()).hexdigest()[:16]
                 local = tmp / f"style-{i}-{digest}" / (os.path.basename(loc.name or "") or "style")
                 local.parent.mkdir(exist_ok=True)
+                (local.parent / SOURCE_NOTE).write_text(loc.display, encoding="utf-8")
                 loc.download(local)
                 ref = str(local)
         resolved.append(ref if len(parts) == 1 else f"{ref}:{p.weight:.9g}")

@@ -116,14 +116,16 @@ _DEPRECATED_KEY = re.compile(r"in\d+\.running_(mean|var)$")
 
 
 def load_transformer_net(path: str | Path) -> TransformerNet:
-    """Load a fast_neural_style state dict; any unreadable or foreign file is a one-line StylebatchError."""
-    from stylebatch.styles import style_file
+    """Load a fast_neural_style state dict; any unreadable or foreign file is a one-line StylebatchError
+    naming it as the user gave it (a blob's local copy by the blob: styles.shown_style_file)."""
+    from stylebatch.styles import shown_style_file, style_file
 
     path = style_file(str(path)).local_path()  # "style file not found", "... is a folder, not a file"
-    check_archive(path, f"style file {path}")  # before torch unpacks anything: a zip bomb costs nothing
-    state = load_state(path, f"style file {path}")
+    shown = shown_style_file(path)  # a blob's local copy is named as the blob
+    check_archive(path, f"style file {shown}")  # before torch unpacks anything: a zip bomb costs nothing
+    state = load_state(path, f"style file {shown}")
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise StylebatchError(f"style file {path} does not hold a state dict of tensors")
+        raise StylebatchError(f"style file {shown} does not hold a state dict of tensors")
     state = {k: v for k, v in state.items() if not _DEPRECATED_KEY.search(str(k))}
     net = TransformerNet()
     want = {k: v.shape for k, v in net.state_dict().items()}
@@ -134,8 +136,8 @@ def load_transformer_net(path: str | Path) -> TransformerNet:
         first = (f"missing {missing[0]}" if missing else f"unexpected {unexpected[0]}" if unexpected
                  else f"{wrong[0]} has shape {tuple(state[wrong[0]].shape)}, expected {tuple(want[wrong[0]])}")
         raise StylebatchError(
-            f"style file {path} is not a fast_neural_style TransformerNet state dict "
+            f"style file {shown} is not a fast_neural_style TransformerNet state dict "
             f"({len(missing)} missing, {len(unexpected)} unexpected, {len(wrong)} mis-shaped keys; {first})")
-    check_finite(state, path)
+    check_finite(state, shown)
     net.load_state_dict({k: v.float() for k, v in state.items()})
     return net.eval().requires_grad_(False)

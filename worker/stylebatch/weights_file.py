@@ -140,8 +140,9 @@ def plain_real(tensor: object) -> bool:
             and not tensor.is_quantized and not (tensor.is_floating_point() and tensor.element_size() < 2))
 
 
-def check_finite(state: Mapping[str, torch.Tensor], path: Path) -> None:
-    """Refuse weights that are not plain real tensors (plain_real) or hold NaN or infinity."""
+def check_finite(state: Mapping[str, torch.Tensor], path: Path | str) -> None:
+    """Refuse weights that are not plain real tensors (plain_real) or hold NaN or infinity; `path`:
+    the style file as its messages name it."""
     import torch
 
     for key, tensor in state.items():

@@ -129,6 +129,21 @@ def test_a_failed_video_is_reported_skipped_and_retried_on_the_next_start(clip, 
     assert outputs(dest) == ["broken.mp4"]
 
 
+def test_once_names_a_failed_video_by_its_input_not_by_its_record_key(clip, tmp_path):
+    """The summary named the video's record key: "1 of 2 videos failed (bad-501c48680d: ...)"."""
+    src, dest = tmp_path / "in", tmp_path / "out"
+    (src / "inc2").mkdir(parents=True)
+    (src / "inc2" / "bad.mp4").write_bytes(b"\x00" * 2000)  # not a video at all
+    shutil.copy(clip("a.mp4", frames=3), src / "a.mp4")
+
+    result = stylebatch("watch", src, "-o", dest, *FLAGS)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    [error] = error_lines(result)
+    assert f"1 of 2 videos failed ({src / 'inc2' / 'bad.mp4'}: " in error, error
+    assert "bad-" not in error and error.endswith("; tried again on the next start"), error
+    assert outputs(dest) == ["a.mp4"]
+
+
 # --- the loop itself, with a stand-in for `stylebatch run` (which the tests above run for real) ---
 
 def make_watch(src: Path, dest: Path, made: list[str]) -> watch_mod.Watch:
@@ -406,15 +421,19 @@ def test_a_users_file_at_a_videos_output_name_is_never_replaced_and_that_video_i
 def test_two_videos_of_the_same_output_name_never_replace_each_others_output(tmp_path):
     """clip.flv and clip.mp4 both make clip.mp4: the second replaced the first's stylized video and
     both were recorded as done, the first's lost for good. Now the second is skipped, said, and left to
-    the next start (where it is skipped again until one of them is renamed)."""
+    the next start (where it is skipped again until one of them is renamed), and --once says so."""
     src, dest, made = tmp_path / "in", tmp_path / "out", []
     src.mkdir()
     (src / "clip.flv").write_bytes(b"the flv")  # .flv is no output container: made as .mp4
     (src / "clip.mp4").write_bytes(b"the mp4")
     with pytest.raises(watch_mod.StylebatchError, match=r"1 of 2 videos skipped .*clip.mp4 is the stylized "
-                                                        r".*clip\.(flv|mp4), another video of the same name"):
+                                                        r".*clip\.(flv|mp4), another video of the same name") as said:
         make_watch(src, dest, made).once(0)
     assert len(made) == 1 and (dest / "clip.mp4").read_bytes() == (src / made[0]).read_bytes()
+    # named by its input, and what the next start does said as it is: not "tried again", as a failure is
+    skipped = next(n for n in ("clip.flv", "clip.mp4") if n != made[0])
+    assert f"skipped ({src / skipped}: " in str(said.value) and "rename one of them" in str(said.value)
+    assert "tried again" not in str(said.value) and "skipped again on every start until then" in str(said.value)
     assert len(list((dest / ".stylebatch-watch").glob("*.json"))) == 1
     with pytest.raises(watch_mod.StylebatchError, match="1 of 1 video skipped"):  # not done: said again
         make_watch(src, dest, made).once(0)

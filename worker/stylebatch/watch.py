@@ -139,6 +139,7 @@ class Watch:
         self.stability = trigger.Stability()
         self.failed: dict[str, StylebatchError] = {}
         self.blocked: dict[str, str] = {}  # key -> why: its output name holds a file this watch did not write
+        self.shown: dict[str, str] = {}  # key -> the input as shown, of the videos failed or blocked
         self.unsettled: list[str] = []  # names the last listing found changed since the one before
         self._records: dict[str, dict] = {}  # the records read so far (never rewritten), by file name
         self.excluded = _inside(dest, source)  # DEST within SOURCE: its files are outputs, never inputs
@@ -170,15 +171,20 @@ class Watch:
         for video in ready:
             self.process(video)
         if self.failed or self.blocked:
+            # each video named by its input as shown (never its record key); and what the next start does
+            # with it said as it is: a failed one is tried again, a skipped one is skipped again while the
+            # file at its output name is there (the advice in its reason says what frees it)
             code = EXIT_TRANSIENT if any(e.exit_code == EXIT_TRANSIENT for e in self.failed.values()) else 2
             said = []
             if self.failed:
                 first = next(iter(self.failed))
-                said.append(f"{len(self.failed)} of {counted(len(ready), 'video')} failed ({first}: {self.failed[first]})")
+                said.append(f"{len(self.failed)} of {counted(len(ready), 'video')} failed ({self.shown[first]}: "
+                            f"{self.failed[first]}); tried again on the next start")
             if self.blocked:
-                said.append(f"{len(self.blocked)} of {counted(len(ready), 'video')} skipped "
-                            f"({next(iter(self.blocked.values()))})")
-            error = StylebatchError(f"{'; '.join(said)}; they are tried again on the next start")
+                first = next(iter(self.blocked))
+                said.append(f"{len(self.blocked)} of {counted(len(ready), 'video')} skipped ({self.shown[first]}: "
+                            f"{self.blocked[first]}); skipped again on every start until then")
+            error = StylebatchError("; ".join(said))
             error.exit_code = code
             raise error
         unsettled = self.unsettled  # (changed between the two listings: a new version, never done)
@@ -249,7 +255,7 @@ class Watch:
             raise  # Ctrl-C or SIGTERM stops the watch, not just this video
         except StylebatchError as exc:
             _remove_empty(made)  # no empty folder left for a video that made nothing
-            self.failed[video.key] = exc
+            self.failed[video.key], self.shown[video.key] = exc, video.input.display
             log.warning("failed %s: %s (skipped; tried again on the next start)", video.input.display,
                         " ".join(str(exc).split()))
             return
@@ -260,7 +266,7 @@ class Watch:
         why = f"{video.output.display} {what}: it is left as it is; {advice}"
         if video.key not in self.blocked:
             log.warning("skipped %s: %s", video.input.display, why)
-        self.blocked[video.key] = why
+        self.blocked[video.key], self.shown[video.key] = why, video.input.display
 
     def _wrote(self, video: Video, there: FileInfo) -> bool:
         """Whether the file at the video's output name is one this watch wrote and nobody changed since:

@@ -493,8 +493,29 @@ def test_a_users_work_dir_with_parts_of_other_style_settings_is_refused(clip, tm
     result = stylebatch("run", src, "-o", tmp_path / "o2.mp4", "--style", "ink-wash", *flags)
     assert result.returncode == 2 and len(error_lines(result)) == 1, result.stderr
     assert "has parts stylized with lavender-gold" in error_lines(result)[0] and "not ink-wash" in error_lines(result)[0]
+    assert "--restyle" not in error_lines(result)[0]  # a flag of `stylize`, which `run` has not
     assert {p.name: p.read_bytes() for p in (work / "parts").iterdir()} == parts
     assert not (tmp_path / "o2.mp4").exists()
+
+
+def test_stylize_refusing_parts_of_another_style_names_its_restyle_flag_which_then_restyles(clip,
+                                                                                           tmp_path: Path) -> None:
+    """`stylebatch stylize --work W --style ink-wash` on parts made with another style said "use another
+    --work, or delete its parts/", not the --restyle flag made for exactly this."""
+    src, work = clip("in.mp4", size=(64, 48), frames=8), tmp_path / "work"
+    assert stylebatch("preprocess", src, "--work", work, "-o", tmp_path / "o.mp4", "--chunk-frames", "4").returncode == 0
+    flags = ["--work", work, "--max-side", "48"]
+    assert stylebatch("stylize", *flags, "--style", "lavender-gold").returncode == 0
+    parts = {p.name: p.read_bytes() for p in (work / "parts").iterdir()}
+    result = stylebatch("stylize", *flags, "--style", "ink-wash")
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    (line,) = error_lines(result)
+    assert "has parts stylized with lavender-gold" in line and "give --restyle to delete them" in line, line
+    assert {p.name: p.read_bytes() for p in (work / "parts").iterdir()} == parts  # refused: nothing deleted
+    again = stylebatch("stylize", *flags, "--style", "ink-wash", "--restyle")
+    assert again.returncode == 0, again.stderr
+    assert sorted(p.name for p in (work / "parts").iterdir()) == sorted(parts)
+    assert all((work / "parts" / name).read_bytes() != old for name, old in parts.items())  # stylized again
 
 
 # --- run's own work dirs that no run can resume ---

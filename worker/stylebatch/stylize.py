@@ -348,15 +348,20 @@ def describe_settings(r: dict) -> str:
 def _settings_checked(work, record: dict, parts: list[str], restyle: bool, world: World) -> bool:
     """check_settings on rank 0 alone (it may delete parts), every rank following its outcome: its
     return value, or its error raised on every rank. Ranks with no MPI to agree by (mpiexec without
-    mpi4py) only check: none deletes what another may be making."""
+    mpi4py) only check: none deletes what another may be making. A refusal names --restyle where the
+    command has it: `stylebatch stylize` (a user's, the operator's), not the ranks of `stylebatch run`
+    (their launcher holds the work dir's lock for them: LOCK_ENV), for run has no such flag."""
+    from stylebatch.workdir import LOCK_ENV
+
+    flag = not os.environ.get(LOCK_ENV)
     if world.size == 1:
-        return check_settings(work, record, parts, restyle)
+        return check_settings(work, record, parts, restyle, restyle_flag=flag)
     if world.comm is None:
         return check_settings(work, record, parts, discard=False)
     outcome = None
     if world.rank == 0:
         try:
-            outcome = (check_settings(work, record, parts, restyle), None, 0)
+            outcome = (check_settings(work, record, parts, restyle, restyle_flag=flag), None, 0)
         except StylebatchError as exc:
             outcome = (False, str(exc), exc.exit_code)
     discarded, message, code = world.comm.bcast(outcome, root=0)
@@ -370,10 +375,11 @@ def _settings_checked(work, record: dict, parts: list[str], restyle: bool, world
 _SETTINGS_KEYS = ("style", "strength", "max_side", "keep_colors", "temporal", "temporal_strength")
 
 
-def check_settings(work, record: dict, parts: list[str], discard: bool = False) -> bool:
+def check_settings(work, record: dict, parts: list[str], discard: bool = False, restyle_flag: bool = False) -> bool:
     """Record these settings in the work dir, where they are the parts' (`parts`: the names of the
     parts there) or there are no parts yet. Parts stylized otherwise, or under a record that does not
-    read, are refused (a user's --work); with `discard` (`stylize --restyle`: `stylebatch run`'s own
+    read, are refused (a user's --work), the refusal naming `stylize --restyle` where `restyle_flag`
+    (the command has it); with `discard` (`stylize --restyle`: `stylebatch run`'s own
     work dir, where this means a style file's bytes changed under the same name) they are deleted,
     with a warning, and True is returned. The old record stays until the last of them is gone, so a
     run stopped meanwhile leaves none that passes for these settings. Call it on one rank: it writes."""
@@ -392,8 +398,10 @@ def check_settings(work, record: dict, parts: list[str], discard: bool = False) 
     if parts and (old is not None or discard):
         made = describe_settings(old) if isinstance(old, dict) else f"settings its {STYLIZE_NAME} does not say"
         if not discard:
+            restyle = "give --restyle to delete them and stylize again, " if restyle_flag else ""
             raise StylebatchError(f"work dir {work.display} has parts stylized with {made}, "
-                                  f"not {describe_settings(record)}: use another --work, or delete its {PARTS_DIR}/")
+                                  f"not {describe_settings(record)}: {restyle}use another --work, or delete its "
+                                  f"{PARTS_DIR}/")
         log.warning("the %s in work dir %s were stylized with %s: deleting them, to stylize with %s",
                     counted(len(parts), "part"), work.display, made, describe_settings(record))
         for name in parts:

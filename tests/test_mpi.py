@@ -273,3 +273,17 @@ def test_the_tests_remove_mpi_segment_files_no_process_maps_and_keep_mapped_ones
     finally:
         orphan.unlink(missing_ok=True)
         live.unlink(missing_ok=True)
+
+
+def test_ranks_that_read_other_bytes_of_the_style_stop_before_painting_anything(preprocessed, user_pth) -> None:
+    """Each rank reads the style itself (a blob: its own download), and only rank 0's record was checked:
+    a style replaced while the ranks started painted the video's chunks with two styles, and the job
+    succeeded. Played here by giving the two ranks two files (mpiexec's MPMD form: one command each)."""
+    _, work, _ = preprocessed
+    plain, other = user_pth  # the same weights, other bytes
+    rank = [str(BIN / "stylebatch"), "stylize", "--work", str(work), "--max-side", "48", "--style"]
+    result = mpiexec("-n", "1", *rank, str(plain), ":", "-n", "1", *rank, str(other), work=work)
+    assert result.returncode == 75, result.stderr  # run again: the style reads the same then
+    assert "stylebatch: error: the style changed while the ranks read it (rank 1 read other bytes than rank 0): " \
+        "run again" in result.stderr
+    assert not (work / "parts").exists() or not list((work / "parts").iterdir())

@@ -23,7 +23,7 @@ from typing import Callable, Iterator
 
 from stylebatch.contract import ERROR_PREFIX, PART_EXT, START_GATE_ENV
 from stylebatch.encoder import PartWriter
-from stylebatch.errors import StylebatchError
+from stylebatch.errors import StylebatchError, TransientError
 from stylebatch.logs import counted, set_rank
 from stylebatch.memory import default_batch, default_pipelines, on_gpu, one_heap, pipelines_that_fit, reuse_freed_memory
 from stylebatch.manifest import PARTS_DIR, STYLIZE_NAME, Manifest, read_manifest
@@ -358,6 +358,14 @@ def _settings_checked(work, record: dict, parts: list[str], restyle: bool, world
         return check_settings(work, record, parts, restyle, restyle_flag=flag)
     if world.comm is None:
         return check_settings(work, record, parts, discard=False)
+    # Each rank read the style itself (a blob: its own download): rank 0's record stands for all only
+    # if every rank's is the same. A style blob replaced while the ranks started painted the video's
+    # chunks with two styles, and the job succeeded.
+    records = world.comm.allgather(record)
+    if any(r != records[0] for r in records):
+        other = next(i for i, r in enumerate(records) if r != records[0])
+        raise TransientError(f"the style changed while the ranks read it (rank {other} read other bytes than rank 0): "
+                             "run again")
     outcome = None
     if world.rank == 0:
         try:

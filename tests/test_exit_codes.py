@@ -113,6 +113,28 @@ def test_storage_failures_exit_75_when_a_retry_can_help_and_2_when_not(case: str
     assert len(lines) == 1 and all(w in lines[0] for w in words), err
 
 
+def test_storage_that_does_not_answer_says_each_retry_instead_of_minutes_of_silence(quick_storage, tmp_path: Path,
+                                                                                   capsys) -> None:
+    """An endpoint that takes connections and never answers: nothing was printed for the read timeout
+    times the retries (minutes) before the transient error."""
+    from stylebatch.cli import main
+
+    quick_storage.setattr(tuning, "settings", dataclasses.replace(tuning.settings, retry_total=2, retry_backoff_s=0))
+    server = _server("hang")
+    port = server.server_address[1]
+    quick_storage.setenv("AZURE_STORAGE_CONNECTION_STRING", f"AccountName=devstoreaccount1;AccountKey={KEY};"
+                                                            f"BlobEndpoint=http://127.0.0.1:{port}/devstoreaccount1")
+    try:
+        result = main(["preprocess", "az://videos/in.mp4", "--work", str(tmp_path / "w"), "-o", str(tmp_path / "o.mp4")])
+    finally:
+        server.shutdown()
+    err = capsys.readouterr().err
+    assert result == EXIT_TRANSIENT, err
+    said = [line for line in err.splitlines() if "did not answer" in line]
+    assert said[:2] == [f"stylebatch: warning: storage at 127.0.0.1:{port} did not answer (timed out): "
+                        f"trying again (retry {n} of 2)" for n in (1, 2)], err
+
+
 # Holds memory in the run's cgroup: what else runs in a pod.
 HOG = "import numpy as np, sys, time\nheld = np.ones(int(sys.argv[1]), np.uint8)\nprint('ready', flush=True)\ntime.sleep(600)"
 

@@ -14,6 +14,8 @@ from stylebatch.storage.base import BlobAddress
 from stylebatch.storage.tuning import TransferSettings
 
 
+log = logging.getLogger(__name__)
+
 # Handed to azure-core as its HTTP logger, which would log every request's URL and headers at INFO.
 # Built directly rather than with getLogger, so no logging configuration can ever switch it on.
 _AZURE_HTTP_LOG = logging.Logger("stylebatch.storage.azure_http", level=logging.CRITICAL + 1)
@@ -55,7 +57,7 @@ def _service_client(endpoint: str, account: str, kind: str, secret: str | None, 
         credential=credential,
         logging_enable=False,  # the storage policy's own request logging can leak a SAS signature
         logger=_AZURE_HTTP_LOG,
-        retry_policy=ExponentialRetry(
+        retry_policy=_said_retry(ExponentialRetry)(
             initial_backoff=tuning.retry_backoff_s, increment_base=2,
             retry_total=tuning.retry_total, random_jitter_range=1,
         ),
@@ -66,6 +68,30 @@ def _service_client(endpoint: str, account: str, kind: str, secret: str | None, 
         max_single_get_size=tuning.max_single_get_size,
         max_chunk_get_size=tuning.max_chunk_get_size,
     )
+
+
+@functools.lru_cache(maxsize=1)
+def _said_retry(base: type) -> type:
+    """The SDK's retry policy, saying each retry in a warning (the host and why, never the URL's
+    query): a storage endpoint that takes connections and never answers was minutes of silence
+    (read timeout times retries) before the transient error."""
+
+    class SaidRetry(base):  # type: ignore[misc, valid-type]
+        def increment(self, settings: dict, request: Any, response: Any = None, error: Any = None) -> bool:
+            again = super().increment(settings, request, response=response, error=error)
+            if again:
+                from urllib.parse import urlsplit
+
+                why = (f"HTTP {response.status_code}" if getattr(response, "status_code", None)
+                       else "timed out" if "Timeout" in type(error).__name__
+                       else "could not connect" if type(error).__name__ == "ServiceRequestError"
+                       else "the connection broke" if error is not None else "no answer")
+                log.warning("storage at %s did not answer (%s): trying again (retry %d of %d)",
+                            urlsplit(request.url).netloc, why, settings.get("count", 0),
+                            settings.get("count", 0) + settings.get("total", 0))
+            return again
+
+    return SaidRetry
 
 
 @functools.lru_cache(maxsize=1)

@@ -400,6 +400,9 @@ def test_a_path_with_a_newline_still_prints_on_one_line(tmp_path: pathlib.Path) 
     ("https://myacct.blob.core.windows.net:notaport/videos/in.mp4?sig=SeCrEt", "bad host or port"),
     ("http://127.0.0.1:10000/Not_An_Account/videos/in.mp4", "not a storage account"),
     ("file://otherhost/srv/in.mp4", "file:///"),
+    # the empty segment was dropped, and the URI named another blob (holiday/cat.mp4)
+    ("az://videos/holiday//cat.mp4", "empty folder name ('//')"),
+    ("https://myacct.blob.core.windows.net/videos/holiday//cat.mp4?sv=1&sig=SeCrEt", "empty folder name ('//')"),
 ])
 def test_malformed_uris_are_one_line_errors_without_secrets(uri: str, reason: str) -> None:
     message = error_of(lambda: storage.location(uri))

@@ -45,6 +45,9 @@ def grid_event(blob: str = "incoming/cat.mp4", api: str = "PutBlockList", etag: 
     ("cat-lavender-gold.mp4", 10, {OUTPUT_TAG: "cat-0123456789"}, Filters(), False),
     ("cat-lavender-gold.mp4", 10, {"StyleBatchJob": "cat-0123456789"}, Filters(), False),  # keys are case-insensitive
     ("cat.mp4", 10, {"owner": "media-team"}, Filters(), True),
+    # its URI would name another blob (holiday/cat.mp4): a job for that one, writing its output, was made
+    ("holiday//cat.mp4", 10, None, Filters(), False),
+    ("/cat.mp4", 10, None, Filters(), False),  # (incoming//cat.mp4 below the prefix incoming)
 ])
 def test_a_blob_counts_only_when_it_is_a_whole_video_that_is_not_an_output(name, size, metadata, filters, counts):
     assert (trigger.skip_reason(name, size, metadata, filters) is None) == counts

@@ -64,6 +64,8 @@ def skip_reason(relative_name: str, size: int, metadata: Mapping[str, str] | Non
     below the watched prefix."""
     if any(segment.startswith(".") for segment in relative_name.split("/")):
         return "hidden (a temporary or stylebatch's own file)"
+    if "" in relative_name.split("/"):  # a blob `incoming//x.mp4`: its URI would name incoming/x.mp4, another blob
+        return "an empty folder name ('//') in its name, which stylebatch cannot address: rename it"
     if posixpath.splitext(relative_name)[1].lower() not in filters.extensions:
         return "not a video extension"
     job = output_of(metadata)

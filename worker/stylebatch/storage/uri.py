@@ -111,6 +111,9 @@ def _check_container(container: str, safe: str) -> None:
 
 
 def _blob_name(path: str, safe: str) -> str:
+    if "//" in path.strip("/"):  # split_path would drop the empty segment and name another blob
+        raise StylebatchError(f"malformed storage URI {safe}: an empty folder name ('//') in a blob path is not "
+                              "supported: rename the blob")
     error = f"malformed storage URI {safe}: '.' and '..' are not allowed in blob paths"
     name = "/".join(split_path([path], error))
     if len(name) > 1024:

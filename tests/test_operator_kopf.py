@@ -20,6 +20,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from datetime import datetime, timezone
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -1725,3 +1726,30 @@ def test_a_failed_training_is_retried_and_resumes_then_a_bad_painting_fails_the_
             await asyncio.sleep(5 * INTERVAL)
             assert creates(api, JOBS) == ["orangutan-train-1", "orangutan-train-2"] and creates(api, MPIJOBS) == []
     run(scenario)
+
+
+def test_a_leader_whose_renewals_hang_stops_acting_before_a_standby_may_take_the_lease():
+    """A renewal stuck in the API server's timeouts (10 s for the read, 10 s for the write) kept the
+    leader acting until it came back, up to 20 s after a standby took the Lease at lease_seconds: two
+    operators at once. The API server here never answers the renewal (a stand-in Kube: no server can
+    hang on demand in kmock)."""
+    from stylebatch_operator.leader import Elector
+
+    class Hanging:
+        async def get(self, *_: Any) -> None:
+            await asyncio.sleep(3600)
+
+    config = LeaseConfig(name="stylebatch-operator", namespace=NS, identity="a", lease_seconds=1.5,
+                         renew_seconds=0.1)
+
+    async def scenario() -> float:
+        elector = Elector(Hanging(), config)  # type: ignore[arg-type]
+        elector.held_since = time.monotonic()  # renewed just now
+        lost = asyncio.Event()
+        began = time.monotonic()
+        await asyncio.wait_for(elector.hold(lost), timeout=10)
+        assert lost.is_set()
+        return time.monotonic() - began
+
+    took = asyncio.run(scenario())
+    assert config.renew_deadline <= took < config.lease_seconds  # stopped before a standby may take over

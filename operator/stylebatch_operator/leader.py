@@ -51,16 +51,22 @@ class Elector:
         return False
 
     async def hold(self, lost: asyncio.Event) -> None:
-        """Renews the Lease until cancelled; sets `lost` when it has not been renewed for
-        lease_seconds (another operator may hold it by now)."""
+        """Renews the Lease until cancelled; sets `lost` when it has not been renewed for the renew
+        deadline (config.renew_deadline, short of lease_seconds, after which a standby may take it).
+        Each renewal is cut off at that deadline: one stuck in the API server's request timeouts (a
+        read and a write, 10 s each) kept this process acting for up to 20 s past the point where a
+        standby took over, two operators at once."""
+        deadline = self.config.renew_deadline
         while True:
             await asyncio.sleep(self.config.renew_seconds)
+            left = deadline - (self.clock() - (self.held_since or 0.0))
             try:
-                renewed = await self.try_acquire()
+                renewed = await asyncio.wait_for(self.try_acquire(), timeout=max(left, 0.01))
             except (ApiError, OSError, asyncio.TimeoutError) as exc:
-                log.warning("could not renew Lease %s/%s: %s", self.config.namespace, self.config.name, exc)
+                log.warning("could not renew Lease %s/%s: %s", self.config.namespace, self.config.name,
+                            exc or "no answer within the renew deadline")
                 renewed = False
-            if not renewed and self.clock() - (self.held_since or 0.0) >= self.config.lease_seconds:
+            if not renewed and self.clock() - (self.held_since or 0.0) >= deadline:
                 lost.set()
                 return
 

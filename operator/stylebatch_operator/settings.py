@@ -119,6 +119,13 @@ class LeaseConfig:
     renew_seconds: float = RENEW_SECONDS
     retry_seconds: float = RETRY_SECONDS
 
+    @property
+    def renew_deadline(self) -> float:
+        """How long after its last renewal the holder stops acting when it cannot renew: short of
+        lease_seconds (2/3 of it, client-go's 10 s of 15), so that it has stopped before a standby,
+        which waits lease_seconds from the last change it saw, takes over."""
+        return self.lease_seconds * 2 / 3
+
 
 def job_defaults_problem(document: Any) -> str | None:
     """The first thing wrong with a job-defaults document, as "field: what", or None."""

@@ -49,7 +49,10 @@ if [ ! -x .venv/bin/python ]; then
 fi
 extras="worker,operator"
 [ "$with_tests" = 1 ] && extras="$extras,test"
-stamp=".venv/.stylebatch-$(cat pyproject.toml setup.py constraints.txt worker/stylebatch/*.[ch] | sha256sum | cut -c1-16)-$extras"
+sources="$(cat pyproject.toml setup.py constraints.txt worker/stylebatch/*.[ch] | sha256sum | cut -c1-16)"
+stamp=".venv/.stylebatch-$sources-$extras"
+# the test extras include the plain ones: a plain set-up after `--test` installs nothing again
+[ "$with_tests" = 0 ] && [ -f ".venv/.stylebatch-$sources-$extras,test" ] && stamp=".venv/.stylebatch-$sources-$extras,test"
 if [ ! -f "$stamp" ]; then
   say "installing Python packages (.[${extras}], torch pinned in constraints.txt)"
   .venv/bin/python -m pip install -q --upgrade pip

@@ -79,8 +79,10 @@ class ModelOptions(Request):
                              "style's brightness and strokes")
     device: str = flag("--device", default="auto", choices=DEVICES, help="auto (a GPU if there is one), cpu, cuda")
     max_side: int | None = flag("--max-side", kind=int, check=at_least(MIN_MAX_SIDE),
-                                help="stylize at most this many pixels on the long side (output keeps its size)")
-    batch_size: int | None = flag("--batch-size", kind=int, check=at_least(1), help="frames per model call")
+                                help=f"stylize at most this many pixels on the long side, at least {MIN_MAX_SIDE} "
+                                     "(output keeps its size)")
+    batch_size: int | None = flag("--batch-size", kind=int, check=at_least(1),
+                                  help="frames per model call (default: 1 on a CPU, 8 on a GPU)")
     precision: str | None = flag("--precision", choices=PRECISIONS,
                                  help=f"model arithmetic: auto (default) is {PRECISION_AUTO}")
     temporal: str | None = flag("--temporal", choices=TEMPORAL_MODES,

@@ -848,7 +848,7 @@ def test_the_operators_defaults_apply_to_a_job_that_leaves_them_out():
             effective = status(api)["effectiveSpec"]
             assert (effective["workers"], effective["gpusPerWorker"], effective["storage"]) == \
                 (3, 0, {"secretName": "team-storage"})
-            accepted = [m for _, reason, m in events(api) if reason == "Accepted"]
+            accepted = await eventually(lambda: [m for _, reason, m in events(api) if reason == "Accepted"])
             assert accepted[0].endswith("on 3 workers (CPUs); from the operator's defaults: image, imagePullPolicy, "
                                         "workers, gpusPerWorker, resources, storage, progressTimeoutSeconds, "
                                         "scheduling.nodeSelector")

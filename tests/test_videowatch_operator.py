@@ -370,6 +370,38 @@ def test_a_video_whose_metadata_was_set_after_its_upload_still_gets_its_job(azur
     k.run(scenario)
 
 
+@pytest.mark.parametrize("mode", ["queue", "poll"])
+def test_an_upload_no_uri_can_name_is_said_once_in_an_event_not_skipped_in_silence(azure_env, mode):
+    """A blob `incoming//cat.mp4` (a script's path join): skipped, as it must be (its URI would name
+    incoming/cat.mp4), but said only at debug level: the uploader waited for a video that never came."""
+    store = Storage(azure_env, f"slashes-{mode}")
+    etag = store.upload("incoming//cat.mp4")
+    store.upload("incoming/dog.mp4")
+    if mode == "queue":
+        store.publish("incoming//cat.mp4", etag, 36)
+        store.publish("incoming//cat.mp4", etag, 36)  # (Event Grid delivers at least once)
+    spec: dict[str, Any] = (
+        {"mode": "queue", "sweepIntervalSeconds": 0,
+         "queue": {"name": "slashes-queue", "maxDeliveries": 2, "visibilityTimeoutSeconds": 10}} if mode == "queue" else
+        {"mode": "poll", "poll": {"intervalSeconds": 1}})
+
+    async def scenario() -> None:
+        async with api_server() as api, k.operator(api, settings=SETTINGS):
+            await apply_watch(api, store.container, **spec)
+            if mode == "queue":
+                store.publish("incoming/dog.mp4", store.upload("incoming/dog.mp4"), 36)
+            await k.eventually(lambda: inputs(api) == ["dog.mp4"], timeout=20)
+
+            def skipped() -> list[str]:
+                return [m for _, reason, m in k.events(api, "uploads") if reason == "VideoSkipped"]
+            said = await k.eventually(skipped, timeout=20)
+            assert said[0] == (f"skipped az://{store.container}/incoming//cat.mp4: an empty folder name ('//') in "
+                               "its name, which stylebatch cannot address: rename it")
+            await asyncio.sleep(2.5)  # more deliveries or listings of it: said once
+            assert len(skipped()) == 1 and inputs(api) == ["dog.mp4"]
+    k.run(scenario)
+
+
 def test_a_second_watch_on_the_same_queue_is_refused_instead_of_eating_the_first_ones_videos(azure_env):
     """Two VideoWatches on one queue (two styles of the same uploads, or two prefixes under one Event
     Grid subscription): each deleted the messages it did not take, the other's among them, and each

@@ -67,6 +67,7 @@ def test_watch_once_on_azurite_stylizes_each_blob_once_and_never_its_outputs(cli
     for name, path in [("in/a.mp4", clip("a.mp4", frames=4)), ("in/b.mp4", clip("a.mp4", frames=4))]:
         blobs.upload_blob(name, path.read_bytes())
     blobs.upload_blob("in/readme.txt", b"not a video")
+    blobs.upload_blob("in//odd.mp4", b"a video no URI can name: its URI would be in/odd.mp4")
     # the outputs go inside the watched prefix: they must still never be taken for uploads
     source, dest = f"az://{azure_env.container}/in", f"az://{azure_env.container}/in/stylized"
 
@@ -77,6 +78,10 @@ def test_watch_once_on_azurite_stylizes_each_blob_once_and_never_its_outputs(cli
     assert names == ["in/stylized/a.mp4", "in/stylized/b.mp4"]
     tag = blobs.get_blob_client("in/stylized/a.mp4").get_blob_properties().metadata[OUTPUT_TAG]
     assert tag.startswith("a-") and len(started(first)) == 2
+    # skipped, and said (it was skipped in silence): once, though both listings found it
+    skipped = [line for line in first.stderr.splitlines() if "odd.mp4" in line]
+    assert skipped == [f"stylebatch: warning: skipped az://{azure_env.container}/in//odd.mp4: an empty folder name "
+                       "('//') in its name, which stylebatch cannot address: rename it"], first.stderr
 
     second = stylebatch("watch", source, "-o", dest, *FLAGS, env=azure_env.env)
     assert second.returncode == 0 and started(second) == [], second.stderr

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import kopf
 from stylebatch import trigger
 from stylebatch.errors import StylebatchError
+from stylebatch.storage.scrub import printable
 
 from stylebatch_operator import videowatch as vw
 from stylebatch_operator.kube import ApiError, Kube
@@ -47,6 +48,7 @@ class WatchState:
     listed: set[str] = dataclasses.field(default_factory=set)
     next_listing: float = 0.0  # time.monotonic()
     known: set[str] = dataclasses.field(default_factory=set)  # job names that exist or are done
+    told: set[tuple[str, str]] = dataclasses.field(default_factory=set)  # (blob, ETag) skipped as UNADDRESSABLE
     new_seen: int = 0
     new_created: int = 0
     waiting: int = 0
@@ -192,6 +194,8 @@ class _Round:
             return
         if decision.action == vw.CREATE:
             await self.create(decision.blob, decision.etag, decision.uploaded, from_queue=True)
+        elif decision.reason == trigger.UNADDRESSABLE:
+            self.skipped(decision.blob, decision.etag)
         else:
             self.logger.debug("ignored %s: %s", decision.blob or message.id, decision.reason)
         await asyncio.to_thread(queue.delete_message, message)
@@ -229,10 +233,14 @@ class _Round:
             infos, state.token = await asyncio.to_thread(self.source.list_page, state.token, spec.page_size)
             state.listed |= {i.name for i in infos}
             candidates = vw.listed_candidates(infos, spec)
+            for info in infos:
+                if trigger.skip_reason(info.name, info.size, info.metadata, spec.filters) == trigger.UNADDRESSABLE:
+                    self.skipped(f"{spec.prefix}/{info.name}" if spec.prefix else info.name, info.etag)
             for rel in state.stability.observe({n: (i.size, i.etag) for n, i in candidates.items()}, complete=False):
                 await self.found(candidates[rel])
             if state.token is None:
                 state.stability.keep_only(state.listed)
+                state.told = {(b, e) for b, e in state.told if trigger.relative(b, spec.prefix) in state.listed}
                 state.listing, state.listed = False, set()
                 state.next_listing = time.monotonic() + interval
                 state.last_poll = _now()
@@ -249,6 +257,16 @@ class _Round:
         await self.create(blob, info.etag, uploaded, from_queue=False)
 
     # --- both ---
+
+    def skipped(self, blob: str, etag: str) -> None:
+        """A video that never runs until its uploader renames it: said once per version (a Warning
+        event on the watch and the log), where the filters' skips are said only at debug."""
+        if (blob, etag) in self.state.told:
+            return
+        self.state.told.add((blob, etag))
+        text = f"skipped az://{self.spec.container}/{printable(blob)}: {trigger.UNADDRESSABLE}"
+        kopf.event(self.watch, type="Warning", reason="VideoSkipped", message=text)
+        self.logger.warning("%s", text)
 
     def source_blob(self, blob: str) -> Any:
         return self.source.child(trigger.relative(blob, self.spec.prefix) or blob)

@@ -42,6 +42,9 @@ VIDEO_EXTENSIONS = (".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi", ".mpg", ".m
 JOB_NAME_LENGTH = 40
 HASH_LENGTH = 10
 PLACEHOLDERS = ("path", "name", "dir", "ext", "style", "container")
+# The one skip whose video never runs until its uploader acts: said to them (a warning, an event),
+# where the others (not a video, an output, too small, hidden) are what the filters are for.
+UNADDRESSABLE = "an empty folder name ('//') in its name, which stylebatch cannot address: rename it"
 DEFAULT_EXTENSION = ".mp4"  # {ext} of an upload whose container stylebatch does not write
 _DNS_UNSAFE = re.compile(r"[^a-z0-9]+")
 
@@ -65,7 +68,7 @@ def skip_reason(relative_name: str, size: int, metadata: Mapping[str, str] | Non
     if any(segment.startswith(".") for segment in relative_name.split("/")):
         return "hidden (a temporary or stylebatch's own file)"
     if "" in relative_name.split("/"):  # a blob `incoming//x.mp4`: its URI would name incoming/x.mp4, another blob
-        return "an empty folder name ('//') in its name, which stylebatch cannot address: rename it"
+        return UNADDRESSABLE
     if posixpath.splitext(relative_name)[1].lower() not in filters.extensions:
         return "not a video extension"
     job = output_of(metadata)

@@ -13,6 +13,7 @@ import yaml
 
 from stylebatch_operator.crd import SPEC_SCHEMA, apply_defaults
 from stylebatch_operator.decide import cleanup_due, decide, kind_not_served
+from stylebatch_operator.observe import Stall
 from stylebatch_operator.settings import Settings
 from stylebatch_operator.spec import resolve
 from stylebatch_operator.states import ActionKind
@@ -469,6 +470,29 @@ def test_a_child_made_for_kueue_is_not_running_from_its_creation_until_it_is_adm
     obj = apply(obj, admitted, later)
     assert conditions_of(obj)["Running"] == ("True", "Preprocessing")
     assert decide(obj, {PRE1: job(PRE1)}, now=later).kind == ActionKind.WAIT
+
+
+def test_a_child_whose_cluster_queue_is_stopped_is_queued_first_and_its_wait_never_runs_the_deadline_out():
+    """A stopped ClusterQueue (LocalQueueInactive) was shown as a stall before the child was ever
+    recorded as queued: no status.queuedSince, and the job failed DeadlineExceeded while Kueue held it."""
+    inactive = Stall("LocalQueueInactive", "LocalQueue gpu-spot is inactive (its ClusterQueue is stopped)", False)
+    obj = stj("Stylizing", attempts={"stylize": 1}, queueName="gpu-spot")  # an hour left at NOW
+    action = decide(obj, {STY1: suspended(mpijob(STY1))}, now=NOW, queue=inactive)
+    assert (action.kind, action.reason) == (ActionKind.QUEUE, "Queued")
+    obj = apply(obj, action, NOW)
+    stall = decide(obj, {STY1: suspended(mpijob(STY1))}, now=NOW, queue=inactive)
+    assert (stall.kind, stall.reason) == (ActionKind.STALL, "LocalQueueInactive")
+    obj = apply(obj, stall, NOW)
+    assert conditions_of(obj)["Queued"] == ("True", "WaitingForAdmission") and obj["status"]["queuedSince"]
+    later = NOW + timedelta(hours=5)  # far past the deadline counted from the start
+    assert decide(obj, {STY1: suspended(mpijob(STY1))}, now=later, queue=inactive).kind == ActionKind.WAIT  # (said)
+    unstalled = decide(obj, {STY1: mpijob(STY1)}, now=later)  # the ClusterQueue resumed, Kueue admitted it
+    assert unstalled.kind == ActionKind.UNSTALL
+    obj = apply(obj, unstalled, later)
+    admitted = decide(obj, {STY1: mpijob(STY1)}, now=later)
+    assert (admitted.kind, admitted.reason) == (ActionKind.ADMIT, "Admitted") and "after 18000s" in admitted.message
+    obj = apply(obj, admitted, later)
+    assert decide(obj, {STY1: mpijob(STY1)}, now=later + timedelta(seconds=3599)).kind == ActionKind.WAIT  # its hour
 
 
 def test_a_child_suspended_again_by_a_preemption_is_queued_again_and_the_waits_add_up():

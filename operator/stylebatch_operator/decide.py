@@ -166,11 +166,14 @@ def decide(stj: dict[str, Any], children: dict[str, dict[str, Any]], *, now: dat
     if not recorded:  # made just before a restart, before the status said so
         return Action(ActionKind.ADOPT, stage, attempt, f"{stage.capitalize()}Started",
                       f"adopted the existing {CHILD_KIND[stage]} {name}")
-    if state.state == ChildState.RUNNING and is_suspended(child):
+    admission = _admission(stj, stage, attempt, child, now)
+    if state.state == ChildState.RUNNING and is_suspended(child) and admission is None:
+        # (queued first: the wait is recorded, and the deadline stops, however long the queue
+        # cannot admit it; a stopped ClusterQueue's wait ran the deadline out behind its stall)
         waiting = _queue_action(stj, stage, attempt, queue, live, now, settings)
         if waiting is not None:
             return waiting
-    return _admission(stj, stage, attempt, child, now) or Action(ActionKind.WAIT, stage, attempt)
+    return admission or Action(ActionKind.WAIT, stage, attempt)
 
 
 def _queue_action(stj: dict[str, Any], stage: str, attempt: int, found: Stall | None,

@@ -1728,7 +1728,7 @@ def test_a_failed_training_is_retried_and_resumes_then_a_bad_painting_fails_the_
     run(scenario)
 
 
-def test_a_leader_whose_renewals_hang_stops_acting_before_a_standby_may_take_the_lease():
+def test_a_leader_whose_renewals_hang_stops_acting_before_a_standby_may_take_the_lease(caplog):
     """A renewal stuck in the API server's timeouts (10 s for the read, 10 s for the write) kept the
     leader acting until it came back, up to 20 s after a standby took the Lease at lease_seconds: two
     operators at once. The API server here never answers the renewal (a stand-in Kube: no server can
@@ -1753,3 +1753,40 @@ def test_a_leader_whose_renewals_hang_stops_acting_before_a_standby_may_take_the
 
     took = asyncio.run(scenario())
     assert config.renew_deadline <= took < config.lease_seconds  # stopped before a standby may take over
+    said = [r.getMessage() for r in caplog.records if "could not renew" in r.getMessage()]
+    assert said and all(m.endswith(": no answer within the renew deadline") for m in said), said  # (it ended ': ')
+
+
+def test_one_failed_renewal_is_tried_again_before_the_deadline_and_the_leader_keeps_the_lease():
+    """One renewal refused (an API server's 500 during an upgrade) and the next one came only a whole
+    renew period later, at the deadline, given 10 ms: one blip stopped the operator. Client-go's ratio
+    (15 s lease, renewals every 5 s, retries every 2 s, a 10 s deadline), at a tenth of it."""
+    from stylebatch_operator.kube import ApiError
+    from stylebatch_operator.leader import Elector
+
+    config = LeaseConfig(name="stylebatch-operator", namespace=NS, identity="a", lease_seconds=1.5,
+                         renew_seconds=0.5, retry_seconds=0.2)
+    calls: list[float] = []
+
+    class Blip:
+        async def get(self, *_: Any) -> dict[str, Any]:
+            calls.append(time.monotonic())
+            if len(calls) == 1:
+                raise ApiError(500, "Internal Server Error")
+            await asyncio.sleep(0.05)  # a normal round trip
+            return {"metadata": {"namespace": NS, "name": "stylebatch-operator", "resourceVersion": str(len(calls))},
+                    "spec": {"holderIdentity": "a", "leaseDurationSeconds": 1}}
+
+        async def patch_json(self, *_: Any) -> None:
+            await asyncio.sleep(0.05)
+
+    async def scenario() -> bool:
+        elector = Elector(Blip(), config)  # type: ignore[arg-type]
+        elector.held_since = time.monotonic()
+        lost = asyncio.Event()
+        task = asyncio.create_task(elector.hold(lost))
+        await asyncio.sleep(2.5)
+        task.cancel()
+        return lost.is_set()
+
+    assert not asyncio.run(scenario()) and len(calls) >= 3  # (renewed again, and on)

@@ -57,18 +57,23 @@ class Elector:
         read and a write, 10 s each) kept this process acting for up to 20 s past the point where a
         standby took over, two operators at once."""
         deadline = self.config.renew_deadline
+        pause = self.config.renew_seconds
         while True:
-            await asyncio.sleep(self.config.renew_seconds)
+            left = deadline - (self.clock() - (self.held_since or 0.0))
+            # (after a failed renewal, tried again every retry_seconds until the deadline, as
+            # client-go does: waiting the whole renew period left one 500 to lose the Lease)
+            await asyncio.sleep(min(pause, max(left - self.config.retry_seconds / 2, self.config.retry_seconds / 4)))
             left = deadline - (self.clock() - (self.held_since or 0.0))
             try:
                 renewed = await asyncio.wait_for(self.try_acquire(), timeout=max(left, 0.01))
             except (ApiError, OSError, asyncio.TimeoutError) as exc:
                 log.warning("could not renew Lease %s/%s: %s", self.config.namespace, self.config.name,
-                            exc or "no answer within the renew deadline")
+                            str(exc) or "no answer within the renew deadline")
                 renewed = False
             if not renewed and self.clock() - (self.held_since or 0.0) >= deadline:
                 lost.set()
                 return
+            pause = self.config.renew_seconds if renewed else self.config.retry_seconds
 
     async def try_acquire(self) -> bool:
         """One attempt to take (or renew) the Lease; True when this process holds it now."""

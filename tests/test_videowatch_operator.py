@@ -426,7 +426,68 @@ def test_a_second_watch_on_the_same_queue_is_refused_instead_of_eating_the_first
             await k.eventually(lambda: any(e[1] == "WatchError" and "give each VideoWatch its own queue" in e[2]
                                            for e in k.events(api, "mosaic")))  # (kopf posts events from a queue)
             assert watch_status(api, "candy").get("lastError") == ""
+
+            # candy edited into a spec that cannot work receives nothing: the queue is mosaic's now
+            # (candy kept it, and nobody received its messages until the operator restarted)
+            resp = await api.patch(f"{WATCHES}/candy", json={"spec": {"output": "az://stylized/{path}-{nosuch}.mp4"}},
+                                   headers={"Content-Type": "application/merge-patch+json"})
+            assert resp.status == 200, await resp.text()
+            await k.eventually(lambda: "nosuch" in watch_status(api, "candy").get("lastError", ""), timeout=20)
+            store.publish("incoming/e.mp4", store.upload("incoming/e.mp4"), 36)
+            await k.eventually(lambda: sorted(j["spec"]["style"] for j in jobs(api).values()) == ["candy"] * 4
+                               + ["mosaic"], timeout=20)
+            await k.eventually(lambda: watch_status(api, "mosaic").get("lastError") == "", timeout=20)
     k.run(scenario)
+
+
+def test_after_a_restart_the_newer_watch_of_a_shared_queue_takes_nothing_before_the_older_one_is_known(monkeypatch):
+    """A restarted operator knows no watch: the newer of two on one queue, ticking first, received
+    (and deleted) a round of the older one's messages before the older one said it was there. A stand-in
+    Kube and storage (the order of two watches' first ticks cannot be set through kopf)."""
+    import logging
+
+    from stylebatch_operator import videowatch_handlers as handlers
+    from stylebatch_operator.metrics import Metrics
+
+    monkeypatch.setenv("AZURE_STORAGE_ACCOUNT", "media")
+    monkeypatch.setenv("AZURE_STORAGE_KEY", base64.b64encode(b"k" * 32).decode())
+    monkeypatch.setattr(handlers.kopf, "event", lambda *a, **kw: None)
+    rounds: list[str] = []
+
+    async def go(self: Any) -> None:  # what would receive from the queue
+        rounds.append(self.watch["metadata"]["name"])
+    monkeypatch.setattr(handlers._Round, "go", go)
+
+    def watch(name: str, created: str) -> dict[str, Any]:
+        body = {"apiVersion": "stylebatch.io/v1alpha1", "kind": "VideoWatch",
+                "metadata": {"name": name, "namespace": NS, "uid": name, "creationTimestamp": created},
+                "spec": {"source": "az://uploads/incoming", "output": "az://stylized/{path}-{style}.mp4",
+                         "mode": "queue", "queue": {"name": "shared"}, "template": TEMPLATE}}
+        return apply_defaults(body, openapi_schema())
+    watches = {"older": watch("older", "2026-01-01T00:00:00Z"), "newer": watch("newer", "2026-02-01T00:00:00Z")}
+    statuses: dict[str, dict[str, Any]] = {}
+
+    class Kube:
+        async def get(self, kind: str, namespace: str, name: str) -> dict[str, Any]:
+            return watches[name]
+
+        async def list(self, *_: Any, **__: Any) -> list[Any]:
+            return []
+
+        async def patch_status(self, kind: str, namespace: str, name: str, patch: dict[str, Any]) -> None:
+            statuses.setdefault(name, {}).update(patch)
+
+    async def scenario() -> None:
+        states: dict[Any, Any] = {}  # the restarted process's
+
+        async def tick(name: str) -> None:
+            await handlers.tick(Kube(), NS, name, logging.getLogger("test"), settings=SETTINGS,  # type: ignore[arg-type]
+                                metrics=Metrics(), states=states)
+        for name in ("newer", "older", "newer", "older"):
+            await tick(name)
+        assert rounds == ["older"]
+        assert "is VideoWatch older's" in statuses["newer"]["lastError"]
+    asyncio.run(scenario())
 
 
 def test_the_sweep_finds_a_video_whose_event_never_came_and_suspend_holds_new_jobs_back(azure_env):

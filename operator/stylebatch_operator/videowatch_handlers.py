@@ -57,6 +57,7 @@ class WatchState:
     clients: dict[str, Any] = dataclasses.field(default_factory=dict)
     queue: tuple[str, str] | None = None  # (storage account, queue name) it receives from, in queue mode
     created: str = ""  # its creationTimestamp: the first of two watches on one queue keeps it
+    ticks: int = 0  # in this process
 
 
 def register(registry: kopf.OperatorRegistry, *, interval: float) -> None:
@@ -88,8 +89,10 @@ async def tick(kube: Kube, namespace: str, name: str, logger: logging.Logger, *,
     counts = vw.job_counts(watch, jobs)
     error = "; ".join(problems)
     owner = None
+    state.queue = _queue_of(spec) if spec is not None else None  # (a spec made invalid receives nothing)
+    first = state.ticks == 0
+    state.ticks += 1
     if spec is not None:
-        state.queue = _queue_of(spec)
         state.created = str(watch["metadata"].get("creationTimestamp") or "")
         owner = vw.queue_owner(key, {k: (st.queue, st.created) for k, st in states.items()})
     if owner is not None:  # another watch's queue: its messages are not this one's to take
@@ -98,6 +101,11 @@ async def tick(kube: Kube, namespace: str, name: str, logger: logging.Logger, *,
         error = (f"queue {queue} of storage account {account} is {other}'s (it was there first): a watch deletes "
                  "the messages it does not take, so two on one queue lose each other's videos; give each "
                  "VideoWatch its own queue (an Event Grid subscription each)")
+    elif spec is not None and first and state.queue is not None:
+        # A watch's first tick in this process only says which queue it receives from: after an
+        # operator's restart, a newer watch of a shared queue that ticked first took (and deleted)
+        # a round of the older one's messages before the older one was known.
+        pass
     elif spec is not None:
         run = _Round(kube, watch, spec, state, metrics, logger, vw.free_slots(spec, counts["running"]))
         from azure.core.exceptions import AzureError

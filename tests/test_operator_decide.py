@@ -13,7 +13,7 @@ import yaml
 
 from stylebatch_operator.crd import SPEC_SCHEMA, apply_defaults
 from stylebatch_operator.decide import cleanup_due, decide, kind_not_served
-from stylebatch_operator.observe import Stall
+from stylebatch_operator.observe import QUEUE_UNREAD, Stall, queue_stall
 from stylebatch_operator.settings import Settings
 from stylebatch_operator.spec import resolve
 from stylebatch_operator.states import ActionKind
@@ -493,6 +493,21 @@ def test_a_child_whose_cluster_queue_is_stopped_is_queued_first_and_its_wait_nev
     assert (admitted.kind, admitted.reason) == (ActionKind.ADMIT, "Admitted") and "after 18000s" in admitted.message
     obj = apply(obj, admitted, later)
     assert decide(obj, {STY1: mpijob(STY1)}, now=later + timedelta(seconds=3599)).kind == ActionKind.WAIT  # its hour
+
+
+def test_a_local_queue_that_cannot_be_read_leaves_its_stall_and_grace_period_as_they_are():
+    """One failed read of the LocalQueue (a 500, a 429) was taken as "it can admit": the NoLocalQueue
+    stall was cleared (an Unstalled event) and set again with a new grace period at the next look, so
+    flapping reads postponed the job's failure for as long as they flapped."""
+    missing = queue_stall("gpu-spto", "media", None)
+    obj = stj("Stylizing", attempts={"stylize": 1}, queueName="gpu-spto")
+    obj = apply(obj, decide(obj, {STY1: suspended(mpijob(STY1))}, now=NOW, queue=missing), NOW)  # queued
+    obj = apply(obj, decide(obj, {STY1: suspended(mpijob(STY1))}, now=NOW, queue=missing), NOW)  # stalled
+    since = obj["status"]["permanentStallSince"]
+    later = NOW + timedelta(seconds=30)
+    assert decide(obj, {STY1: suspended(mpijob(STY1))}, now=later, queue=QUEUE_UNREAD).kind == ActionKind.WAIT
+    assert decide(obj, {STY1: suspended(mpijob(STY1))}, now=later, queue=None).kind == ActionKind.UNSTALL  # (made)
+    assert obj["status"]["permanentStallSince"] == since
 
 
 def test_a_child_suspended_again_by_a_preemption_is_queued_again_and_the_waits_add_up():

@@ -18,8 +18,8 @@ from stylebatch_operator.names import (
     CHILD_KIND, MPI_API_VERSION, POSTPROCESS, PREPROCESS, STAGES, STYLIZE, TRAIN, child_name, is_controlled_by,
 )
 from stylebatch_operator.observe import (
-    NO_MPI_OPERATOR, QUEUE_STALLS, Stall, child_state, create_failure, disruption, failed_pod_detail, is_suspended,
-    newest_started_pod, stall, user_error, worker_lost_before_launch,
+    NO_MPI_OPERATOR, QUEUE_STALLS, QUEUE_UNREAD, Stall, child_state, create_failure, disruption, failed_pod_detail,
+    is_suspended, newest_started_pod, stall, user_error, worker_lost_before_launch,
 )
 from stylebatch_operator.settings import BUILT_IN, DEFAULT_PROGRESS_TIMEOUT, Settings
 from stylebatch_operator.states import ActionKind, ChildState, ConditionType, Phase
@@ -179,7 +179,10 @@ def decide(stj: dict[str, Any], children: dict[str, dict[str, Any]], *, now: dat
 def _queue_action(stj: dict[str, Any], stage: str, attempt: int, found: Stall | None,
                   live: tuple[tuple[str, str], ...], now: datetime, settings: Settings) -> Action | None:
     """A child waiting for Kueue in a LocalQueue that cannot admit it: Stalled (failing after the
-    grace period when the queue does not exist); UNSTALL once it can (the queue made meanwhile)."""
+    grace period when the queue does not exist); UNSTALL once it can (the queue made meanwhile);
+    None (as it is) while the queue cannot be read (QUEUE_UNREAD)."""
+    if found is QUEUE_UNREAD:
+        return None
     if found is not None:
         return _stall_action(stj, stage, attempt, found, live, now, settings)
     reported = _stalled_condition(stj)

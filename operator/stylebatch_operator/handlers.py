@@ -24,7 +24,8 @@ from stylebatch_operator.names import (
     pod_selector,
 )
 from stylebatch_operator.observe import (
-    Stall, all_running, child_state, is_suspended, live_pods, newest_started_pod, queue_stall, wanted_pods,
+    QUEUE_UNREAD, Stall, all_running, child_state, is_suspended, live_pods, newest_started_pod, queue_stall,
+    wanted_pods,
 )
 
 from stylebatch_operator.settings import BUILT_IN, Settings
@@ -180,8 +181,8 @@ class Reads:
 async def _queue_stall(kube: Kube, stj: dict[str, Any], child: dict[str, Any] | None,
                        logger: logging.Logger) -> Stall | None:
     """Why Kueue cannot admit the job's child while it waits suspended in spec.queueName (its LocalQueue
-    read: missing, or inactive); None when it can, when nothing waits, or when the LocalQueue cannot be
-    read (the operator's RBAC from an older chart: then it is not judged)."""
+    read: missing, or inactive); None when it can, or when nothing waits; QUEUE_UNREAD when the
+    LocalQueue cannot be read (an API server's error; the operator's RBAC from an older chart): not judged."""
     queue = effective_spec(stj).get("queueName")
     if child is None or not queue or not is_suspended(child) or not is_controlled_by(child, stj):
         return None
@@ -190,7 +191,7 @@ async def _queue_stall(kube: Kube, stj: dict[str, Any], child: dict[str, Any] | 
         local_queue = await kube.get_local_queue(namespace, queue)
     except ApiError as exc:
         logger.debug("could not read LocalQueue %s: %s", queue, exc)
-        return None
+        return QUEUE_UNREAD
     return queue_stall(queue, namespace, local_queue)
 
 

@@ -256,6 +256,10 @@ def create_failure(message: str) -> tuple[bool, str]:
 NO_LOCAL_QUEUE = "NoLocalQueue"
 LOCAL_QUEUE_INACTIVE = "LocalQueueInactive"
 QUEUE_STALLS = (NO_LOCAL_QUEUE, LOCAL_QUEUE_INACTIVE)
+# The LocalQueue could not be read (the API server's 500, 429, a timeout; RBAC of an older chart):
+# not judged, so the Stalled condition stays as it is. (Taken as "it can admit", one failed read
+# cleared a NoLocalQueue stall and restarted its grace period: flapping reads postponed the failure.)
+QUEUE_UNREAD = Stall("LocalQueueUnread", "the LocalQueue could not be read", False)
 
 
 def queue_stall(queue: str, namespace: str, local_queue: dict[str, Any] | None) -> Stall | None:

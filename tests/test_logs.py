@@ -140,3 +140,26 @@ def test_other_libraries_warnings_are_one_line_each_in_the_chosen_format(fmt: st
         assert got[1:] == [("warning", "azure.core.pipeline.transport", "Incomplete download."),
                            ("info", "stylebatch.x", "stylebatch's own")], result.stderr
         assert got[0][:2] == ("warning", "py.warnings") and "Invalid APNG" in got[0][2], result.stderr
+
+
+@pytest.mark.parametrize("text", [
+    "https://acct.blob.core.windows.net/v/in.mp4?sv=2024-05-04&sig=S3cr3tSig%2Bx%3D",
+    "out.mp4&sp=racwdl&sig=S3cr3tSig%2Bx%3D",
+    "az://videos/in.mp4%26sp%3Dr%26sig%3DS3cr3tSig%2Bx%3D",
+    "<a href=\"https://acct.blob.core.windows.net/v/in.mp4?sv=1&amp;sig=S3cr3tSig%2Bx%3D\">",  # HTML-escaped
+    "BlobEndpoint=https://acct.blob.core.windows.net/;SharedAccessSignature=sv=1&sig=S3cr3tSig%2Bx%3D",
+    "token;sig=S3cr3tSig%2Bx%3D", "#sig=S3cr3tSig%2Bx%3D", "[sig=S3cr3tSig%2Bx%3D]", "a,sig=S3cr3tSig%2Bx%3D",
+    "SIG=S3cr3tSig%2Bx%3D",
+])
+def test_a_sas_signature_is_hidden_whatever_mark_comes_before_it(text: str) -> None:
+    """';sig=', '&amp;sig=' (a URL in HTML or XML), '#sig=', ',sig=' and '[sig=' kept the signature."""
+    from stylebatch.logs import hide_signatures
+
+    hidden = hide_signatures(text)
+    assert "S3cr3tSig" not in hidden and "REDACTED" in hidden
+
+
+def test_words_that_end_in_sig_keep_their_text() -> None:
+    from stylebatch.logs import hide_signatures
+
+    assert hide_signatures("config=fast; xsig=1") == "config=fast; xsig=1"

@@ -211,6 +211,9 @@ def test_shown_uris_and_messages_lose_their_secrets():
                   "DefaultEndpointsProtocol=https;AccountName=acct;AccountKey=abc123==;EndpointSuffix=x")
     assert "S3CR3T" not in text and "abc123" not in text
     assert "https://acct.blob.core.windows.net/v/a.mp4?<redacted>" in text and "AccountName=acct" in text
+    # a SAS pasted after '&' and percent-encoded (a name, not a query string) in a pod's last line
+    text = redact("stylebatch: error: az://videos/in.mp4%26sp%3Dr%26sig%3DS3CR3Tsig%2Bx%3D not found")
+    assert "S3CR3T" not in text and "REDACTED" in text
 
 
 # --- training progress (spec.train) ---------------------------------------------------------------

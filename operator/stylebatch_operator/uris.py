@@ -58,5 +58,7 @@ _SECRET_PAIR = re.compile(r"\b(AccountKey|SharedAccessSignature|SharedAccessKey|
 
 def redact(text: str) -> str:
     """A message from a child (a Job condition, a pod's last log lines) made safe for status and events."""
-    text = _URI_QUERY.sub(r"\1?<redacted>", text)
+    from stylebatch.logs import hide_signatures
+
+    text = hide_signatures(_URI_QUERY.sub(r"\1?<redacted>", text))  # (also a signature percent-encoded)
     return _SECRET_PAIR.sub(r"\1=<redacted>", text)

@@ -27,8 +27,9 @@ RANK_ENVS = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK")
 
 
 # A signature anywhere in text, also where it is no query string: a SAS pasted after '&' or a path
-# (`-o out.mp4&sv=...&sig=...`), or percent-encoded (`%26sig%3D...`).
-_ANY_SAS_SIGNATURE = re.compile(r"((?:^|[?&\s/'\"(]|%26)sig(?:=|%3D))(?:(?!%26)[A-Za-z0-9%+/=_.-])+", re.IGNORECASE)
+# (`-o out.mp4&sv=...&sig=...`), percent-encoded (`%26sig%3D...`), HTML-escaped (`&amp;sig=`), or
+# after any other mark (`;` `#` `,` `[`): whatever is no letter, digit or '_' before it.
+_ANY_SAS_SIGNATURE = re.compile(r"((?:^|[^A-Za-z0-9_]|%26)sig(?:=|%3D))(?:(?!%26)[A-Za-z0-9%+/=_.-])+", re.IGNORECASE)
 
 
 def hide_signatures(text: str) -> str:

@@ -121,10 +121,26 @@ def test_operator_replicas_share_one_lease_in_the_release_namespace_which_they_m
     lease = from_environment(env(objects)).lease()
     assert (lease.namespace, lease.name) == (NAMESPACE, "stylebatch-operator")
     roles = [o for o in objects if o["kind"] == "Role" and o["metadata"]["name"].endswith("-leader")]
-    assert [(r["metadata"]["namespace"], r["rules"]) for r in roles] == [(NAMESPACE, rbac.LEASE_RULES)]
+    assert [(r["metadata"]["namespace"], r["rules"]) for r in roles] == [(NAMESPACE, rbac.lease_rules(lease.name))]
     (binding,) = [o for o in objects if o["kind"] == "RoleBinding" and o["metadata"]["name"].endswith("-leader")]
     assert binding["roleRef"]["name"] == roles[0]["metadata"]["name"]
     assert binding["subjects"][0]["name"] == one(objects, "Deployment")["spec"]["template"]["spec"]["serviceAccountName"]
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_the_operators_lease_rights_reach_only_its_own_lease_but_create(variant):
+    """get and patch on any Lease in the release namespace let the operator take over other
+    controllers' Leases there; only create, which cannot be restricted by name, is left unnamed."""
+    objects = render(variant)
+    lease = from_environment(env(objects)).lease()
+    (role,) = [o for o in objects if o["kind"] == "Role" and o["metadata"]["name"].endswith("-leader")]
+    for rule in role["rules"]:
+        if set(rule["verbs"]) - {"create"}:
+            assert rule.get("resourceNames") == [lease.name], rule
+        else:
+            assert "resourceNames" not in rule, rule  # a name would keep create from working at all
+    granted = {verb for rule in role["rules"] for verb in rule["verbs"]}
+    assert granted == {verb for rule in rbac.LEASE_RULES for verb in rule["verbs"]} == {"get", "create", "patch"}
 
 
 def test_operator_runs_as_the_image_user():

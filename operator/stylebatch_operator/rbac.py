@@ -41,7 +41,15 @@ CLUSTER_RULES: list[dict[str, list[str]]] = [
      "verbs": ["get"]},
 ]
 
-# In the operator's own namespace: the Lease that makes one operator act at a time (leader.py).
+# In the operator's own namespace: the Lease that makes one operator act at a time (leader.py). get
+# and patch reach only the operator's own Lease (its name, <release>-operator in the chart, goes in
+# resourceNames: lease_rules); create cannot be restricted by name, so it is a rule of its own.
 LEASE_RULES: list[dict[str, list[str]]] = [
-    {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "patch"]},
+    {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+    {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "patch"]},
 ]
+
+
+def lease_rules(name: str) -> list[dict[str, list[str]]]:
+    """LEASE_RULES for the Lease `name`: every rule but create's limited to it by resourceNames."""
+    return [rule if "create" in rule["verbs"] else {**rule, "resourceNames": [name]} for rule in LEASE_RULES]

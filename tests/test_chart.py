@@ -309,6 +309,22 @@ def test_service_monitor_is_off_by_default_and_its_service_reaches_the_operators
     assert endpoint["path"] in served
 
 
+def test_the_metrics_services_name_is_a_dns_label_for_the_longest_release_names():
+    """fullname keeps 50 characters and "-operator-metrics" adds 17: a 48-character release name
+    gave a Service name of 65, which the API server refuses."""
+    release = "video-team-production-eastus-stylebatch-release1"
+    assert len(release) == 48
+    objects = render_manifests.render_objects({"serviceMonitor": {"enabled": True}}, namespace=NAMESPACE,
+                                              release=release)
+    service, monitor = one(objects, "Service"), one(objects, "ServiceMonitor")
+    name = service["metadata"]["name"]
+    assert re.fullmatch(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?", name), (name, len(name))
+    for version in KUBE_VERSIONS:
+        kubernetes_validate.validate(service, version, strict=True)
+    # the ServiceMonitor finds it by labels, not by name
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+
+
 def _dashboard(objects: list[dict]) -> dict:
     config_map = one([o for o in objects if o["metadata"]["name"].endswith("-dashboard")], "ConfigMap")
     assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"

@@ -255,6 +255,9 @@ def test_chart_never_renders_secret_material():
     ({"workers": 4}, "workers"),  # a misplaced key, not silently ignored
     ({"operator": {"reconcileIntervalSeconds": 0}}, "/operator/reconcileIntervalSeconds"),
     ({"operator": {"reconcileIntervalSeconds": 31}}, "/operator/reconcileIntervalSeconds"),
+    # a pod label over a selector label: the Deployment's selector matched none of its pods
+    ({"operator": {"podLabels": {"app.kubernetes.io/component": "x"}}}, "/operator/podLabels"),
+    ({"operator": {"podLabels": {"app.kubernetes.io/instance": "other"}}}, "/operator/podLabels"),
 ])
 def test_values_schema_rejects_mistakes(values, complaint):
     with helm.Chart.load(CHART) as chart, pytest.raises(helm.HelmValuesError, match=re.escape(complaint)):
@@ -307,6 +310,14 @@ def test_service_monitor_is_off_by_default_and_its_service_reaches_the_operators
     assert "http" in {p["name"] for p in pod["spec"]["containers"][0]["ports"]}
     served = {r.resource.canonical for r in application(Metrics(), lambda: True).router.routes()}
     assert endpoint["path"] in served
+
+
+def test_pod_labels_are_added_to_the_operator_pod_and_its_selector_still_selects_it():
+    objects = render_manifests.render_objects({"operator": {"podLabels": {"team": "media"}}}, namespace=NAMESPACE)
+    deployment = one(objects, "Deployment")
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert labels["team"] == "media"
+    assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()
 
 
 def test_the_metrics_services_name_is_a_dns_label_for_the_longest_release_names():

@@ -24,8 +24,9 @@ from stylebatch.requests import (
 from stylebatch_operator.crd import SPEC_SCHEMA, apply_defaults
 from stylebatch_operator.decide import decide
 from stylebatch_operator.states import ActionKind
+from stylebatch.contract import SSHD_PORT
 from stylebatch_operator.manifests import (
-    RUN_AS_USER, build_child, build_mpijob, build_postprocess_job, build_preprocess_job, build_train_job, work_dir,
+    RUN_AS_USER, SSHD_COMMAND, build_child, build_mpijob, build_postprocess_job, build_preprocess_job, build_train_job, work_dir,
 )
 from stylebatch_operator.names import STAGES
 from stylebatch_operator.settings import Settings
@@ -441,6 +442,18 @@ def test_every_pod_is_hardened_to_the_restricted_standard_without_an_api_token(v
                 tmp = [m for m in container.get("volumeMounts") or [] if m["mountPath"] == "/tmp"]
                 if container["name"] != "launcher":
                     assert len(tmp) == 1 and "emptyDir" in volumes[tmp[0]["name"]]
+
+
+def test_the_docs_name_the_sshd_command_and_port_the_worker_pods_run():
+    """docs/operator.md told custom worker images that the workers start /usr/sbin/sshd; they run
+    stylebatch-sshd, which an image without stylebatch in /opt/venv lacks."""
+    (worker,) = build_mpijob(stj())["spec"]["mpiReplicaSpecs"]["Worker"]["template"]["spec"]["containers"]
+    assert worker["command"] == SSHD_COMMAND
+    doc = (REPO / "docs" / "operator.md").read_text()
+    section = doc.split("### Job pods", 1)[1].split("\n### ", 1)[0]
+    assert f"`{' '.join(SSHD_COMMAND)}`" in " ".join(section.split())
+    assert f"port {SSHD_PORT}" in " ".join(section.split())
+    assert "starts `/usr/sbin/sshd" not in doc and "started as `/usr/sbin/sshd" not in doc
 
 
 def test_pods_run_as_the_job_service_account_or_the_federated_one():

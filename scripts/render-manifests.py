@@ -47,8 +47,8 @@ metadata:
   name: {NAMESPACE}
   labels:
     app.kubernetes.io/part-of: stylebatch
-    # Job pods run sshd (as non-root) for MPI: baseline is enforced, restricted only reported.
-    pod-security.kubernetes.io/enforce: baseline
+    # Every pod here (the operator's, and each job's, sshd included) meets restricted: enforced.
+    pod-security.kubernetes.io/enforce: restricted
     pod-security.kubernetes.io/warn: restricted
     pod-security.kubernetes.io/audit: restricted
 """

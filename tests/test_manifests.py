@@ -99,6 +99,28 @@ def test_plain_install_lands_in_its_own_namespace():
     assert "managed-by: Helm" not in text and "helm.sh/chart" not in text
 
 
+def test_the_namespaces_enforce_the_restricted_pod_security_standard_which_every_pod_meets():
+    """The plain install's namespace and the guide's enforced only baseline, though every pod there
+    (the operator's; each job's preprocess, training, MPIJob launcher and sshd workers, and
+    postprocess) meets restricted."""
+    from test_operator_manifests import VARIANTS, _templates, children, restricted_violations, stj
+
+    (namespace,) = load(MANIFESTS / "00-namespace.yaml")
+    assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+    label = re.search(r"^kubectl label namespace \$NS (.*)$", GUIDE.read_text(), re.M).group(1).split()
+    assert "pod-security.kubernetes.io/enforce=restricted" in label
+    chart_variants = [{}, *(yaml.safe_load(p.read_text()) for p in sorted((CHART / "ci").glob("*.yaml")))]
+    for values in chart_variants:
+        objects = render_manifests.render_objects(values)
+        (deployment,) = [o for o in objects if o["kind"] == "Deployment"]
+        assert restricted_violations(deployment["spec"]["template"]["spec"]) == []
+    (deployment,) = [o for o in load(MANIFESTS / "30-operator.yaml") if o["kind"] == "Deployment"]
+    assert restricted_violations(deployment["spec"]["template"]["spec"]) == []
+    for variant in VARIANTS.values():  # GPUs, CPUs, spot, workload identity, Kueue, training, AKS defaults
+        pods = [t["spec"] for child in children(stj(**variant)) for t in _templates(child)]
+        assert len(pods) >= 3 and all(restricted_violations(pod) == [] for pod in pods)
+
+
 @pytest.mark.parametrize("path", sorted(str(p.relative_to(MANIFESTS)) for p in MANIFESTS.rglob("*.yaml")))
 def test_every_manifest_is_valid(path):
     objects = load(MANIFESTS / path)

@@ -258,6 +258,8 @@ def test_chart_never_renders_secret_material():
     # a pod label over a selector label: the Deployment's selector matched none of its pods
     ({"operator": {"podLabels": {"app.kubernetes.io/component": "x"}}}, "/operator/podLabels"),
     ({"operator": {"podLabels": {"app.kubernetes.io/instance": "other"}}}, "/operator/podLabels"),
+    # the metrics policy without a namespace selector would let no one (or, {}, everyone) scrape
+    ({"networkPolicy": {"metrics": {"enabled": True}}}, "/networkPolicy/metrics"),
 ])
 def test_values_schema_rejects_mistakes(values, complaint):
     with helm.Chart.load(CHART) as chart, pytest.raises(helm.HelmValuesError, match=re.escape(complaint)):
@@ -334,6 +336,90 @@ def test_the_metrics_services_name_is_a_dns_label_for_the_longest_release_names(
         kubernetes_validate.validate(service, version, strict=True)
     # the ServiceMonitor finds it by labels, not by name
     assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+
+
+def selects(selector: dict, labels: dict[str, str]) -> bool:
+    """Whether a Kubernetes label selector (matchLabels, matchExpressions) selects `labels`."""
+    if any(labels.get(k) != v for k, v in (selector.get("matchLabels") or {}).items()):
+        return False
+    tests = {"In": lambda e: labels.get(e["key"]) in e["values"], "NotIn": lambda e: labels.get(e["key"]) not in e["values"],
+             "Exists": lambda e: e["key"] in labels, "DoesNotExist": lambda e: e["key"] not in labels}
+    return all(tests[e["operator"]](e) for e in selector.get("matchExpressions") or [])
+
+
+def network_policies(objects: list[dict]) -> list[dict]:
+    return [o for o in objects if o["kind"] == "NetworkPolicy"]
+
+
+def test_network_policies_are_off_by_default_and_on_cover_the_release_and_every_watched_namespace():
+    assert not network_policies(render()) and not network_policies(render("aks"))
+    policies = network_policies(render("namespaced"))
+    job_policies = [p for p in policies if p["metadata"]["labels"]["app.kubernetes.io/component"] == "job"]
+    namespaces = {NAMESPACE, *VARIANTS["namespaced"]["operator"]["watchNamespaces"]}
+    assert sorted(p["metadata"]["namespace"] for p in job_policies) == sorted([*namespaces, *namespaces])
+    for policy in policies:
+        assert policy["spec"]["policyTypes"] == ["Ingress"]  # egress is not restricted: Blob Storage, Entra ID
+        for version in KUBE_VERSIONS:
+            kubernetes_validate.validate(policy, version, strict=True)
+    cluster_wide = network_policies(render_manifests.render_objects({"networkPolicy": {"enabled": True}},
+                                                                    namespace=NAMESPACE))
+    assert {p["metadata"]["namespace"] for p in cluster_wide} == {NAMESPACE}  # the others: the example, by hand
+
+
+def test_network_policies_let_only_the_stylize_steps_pods_reach_each_other_and_nothing_reach_other_job_pods():
+    """Selected by the labels the operator's builders really put on each child's pods: every stage,
+    the MPIJob's launcher and its sshd workers, with and without Kueue, training and workload identity."""
+    from test_operator_manifests import VARIANTS as JOBS
+    from test_operator_manifests import _templates, children, stj
+
+    from stylebatch.contract import SSHD_PORT
+
+    policies = network_policies(render("namespaced"))
+    policies = [p for p in policies if p["metadata"]["namespace"] == NAMESPACE
+                and p["metadata"]["labels"]["app.kubernetes.io/component"] == "job"]
+    operator_pod = one(render("namespaced"), "Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert not [p for p in policies if selects(p["spec"]["podSelector"], operator_pod)]
+    for variant in JOBS.values():
+        pods = [(child["metadata"]["labels"]["stylebatch.io/stage"], template) for child in children(stj(**variant))
+                for template in _templates(child)]
+        stages = {stage for stage, _ in pods}
+        assert {"preprocess", "stylize", "postprocess"} <= stages
+        for stage, template in pods:
+            labels = template["metadata"]["labels"]
+            governing = [p for p in policies if selects(p["spec"]["podSelector"], labels)]
+            assert governing, (stage, labels)  # every job pod is isolated for ingress
+            sources = [peer for p in governing for rule in p["spec"]["ingress"] for peer in rule["from"]]
+            assert all(set(peer) == {"podSelector"} for peer in sources)  # from this namespace only
+            admitted = {s for s, other in pods if any(selects(peer["podSelector"], other["metadata"]["labels"])
+                                                      for peer in sources)}
+            assert admitted == ({"stylize"} if stage == "stylize" else set()), (stage, admitted)
+            for container in template["spec"]["containers"]:  # the workers' sshd, which the launcher reaches
+                assert stage == "stylize" or "readinessProbe" not in container
+                if container["name"] == "worker":
+                    assert container["readinessProbe"]["tcpSocket"]["port"] == SSHD_PORT
+    # no port list: MPICH's proxies and ranks connect on ports it picks, besides the sshd's
+    assert all("ports" not in rule for p in policies for rule in p["spec"]["ingress"])
+
+
+def test_the_metrics_policy_opens_only_the_operators_port_and_only_to_the_chosen_namespaces():
+    objects = render("namespaced")
+    (policy,) = [p for p in network_policies(objects) if p["metadata"]["labels"]["app.kubernetes.io/component"] == "operator"]
+    pod = one(objects, "Deployment")["spec"]["template"]
+    assert policy["metadata"]["namespace"] == NAMESPACE and selects(policy["spec"]["podSelector"], pod["metadata"]["labels"])
+    (rule,) = policy["spec"]["ingress"]
+    assert rule["from"] == [{"namespaceSelector": VARIANTS["namespaced"]["networkPolicy"]["metrics"]["namespaceSelector"]}]
+    ports = {p["name"]: p["containerPort"] for p in pod["spec"]["containers"][0]["ports"]}
+    assert rule["ports"] == [{"port": ports["http"], "protocol": "TCP"}]
+    assert not [p for p in network_policies(render_manifests.render_objects(
+        {"networkPolicy": {"enabled": True}}, namespace=NAMESPACE)) if "operator" in p["metadata"]["name"]]
+
+
+def test_the_network_policy_example_for_other_namespaces_is_the_charts():
+    example = [d for d in yaml.safe_load_all((CHART / "examples" / "job-networkpolicy.yaml").read_text()) if d]
+    rendered = network_policies(render_manifests.render_objects({"networkPolicy": {"enabled": True}},
+                                                                namespace=NAMESPACE))
+    assert [(p["metadata"]["name"], p["spec"]) for p in example] == [(p["metadata"]["name"], p["spec"]) for p in rendered]
+    assert all("namespace" not in p["metadata"] for p in example)  # applied with kubectl -n
 
 
 def _dashboard(objects: list[dict]) -> dict:

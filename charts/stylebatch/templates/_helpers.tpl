@@ -108,3 +108,19 @@ app.kubernetes.io/component: operator
 {{- end -}}
 {{- toJson $out -}}
 {{- end -}}
+
+{{/* The pods of every StyleTransferJob's children: the labels the operator puts on them
+     (stylebatch_operator.names.child_labels). */}}
+{{- define "stylebatch.jobPodSelector" -}}
+matchLabels:
+  app.kubernetes.io/managed-by: stylebatch
+matchExpressions:
+  - {key: stylebatch.io/job, operator: Exists}
+{{- end -}}
+
+{{/* The pods of the stylize step's MPIJobs: its launcher and its workers. */}}
+{{- define "stylebatch.mpiPodSelector" -}}
+matchLabels:
+  app.kubernetes.io/managed-by: stylebatch
+  stylebatch.io/stage: stylize
+{{- end -}}

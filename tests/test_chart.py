@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import re
 import tomllib
 from pathlib import Path
@@ -233,6 +234,38 @@ def test_workload_identity_goes_on_the_job_service_account_without_api_token():
     assert "azure.workload.identity/client-id" not in default_account["metadata"].get("annotations", {})
 
 
+def test_the_example_videowatchs_az_source_resolves_with_the_operator_storage_the_chart_gives_it(monkeypatch):
+    """manifests/examples/videowatch.yaml names az://videos/..., which the operator resolves from its
+    own AZURE_STORAGE_* environment; no chart value set one, so it could not read it."""
+    from stylebatch.errors import StylebatchError
+    from stylebatch.storage import location, resolve_credential
+
+    (watch,) = [d for d in yaml.safe_load_all((ROOT / "manifests" / "examples" / "videowatch.yaml").read_text()) if d]
+    source = location(watch["spec"]["source"])
+
+    def credential(variant: str, secret: dict[str, str] | None = None):
+        container = operator_container(render(variant))
+        for key in [k for k in os.environ if k.startswith("AZURE_")]:
+            monkeypatch.delenv(key)
+        for name, value in {**(secret or {}), **env(render(variant))}.items():  # env wins over envFrom
+            monkeypatch.setenv(name, value)
+        return container, resolve_credential(source)
+
+    with pytest.raises(StylebatchError, match="no storage account configured"):
+        credential("default")  # nothing set: the example needs operator.storage
+    container, found = credential("aks")  # the account, signed in as the operator's workload identity
+    assert (found.account, found.kind) == (VARIANTS["aks"]["operator"]["storage"]["account"], "identity")
+    assert "envFrom" not in container
+    # A Secret of the storage-secret example's shape, passed whole; its values never in the chart.
+    (example,) = [d for d in yaml.safe_load_all((ROOT / "manifests" / "examples" / "storage-secret.yaml").read_text()) if d]
+    filled = {key: {"AZURE_STORAGE_ACCOUNT": "mediastore", "AZURE_STORAGE_SAS_TOKEN": "sv=2024&sig=x"}[key]
+              for key in example["stringData"]}
+    container, found = credential("monitoring", filled)
+    assert container["envFrom"] == [{"secretRef": {"name": VARIANTS["monitoring"]["operator"]["storage"]["existingSecret"]}}]
+    assert (found.account, found.kind) == ("mediastore", "sas")
+    assert not [e for e in container["env"] if e["name"].startswith("AZURE_STORAGE_") and e["name"] != "AZURE_STORAGE_ACCOUNT"]
+
+
 def test_chart_never_renders_secret_material():
     for variant in VARIANTS:
         assert not [o for o in render(variant) if o["kind"] == "Secret"]
@@ -253,6 +286,8 @@ def test_chart_never_renders_secret_material():
     ({"storage": {"connectionString": "DefaultEndpointsProtocol=https"}}, "connectionString"),
     ({"jobs": {"nodeSelector": {"stylebatch.io/gpu": True}}}, "/jobs/nodeSelector"),
     ({"workers": 4}, "workers"),  # a misplaced key, not silently ignored
+    ({"operator": {"storage": {"connectionString": "DefaultEndpointsProtocol=https"}}}, "connectionString"),
+    ({"operator": {"storage": {"account": "Media_Store"}}}, "/operator/storage/account"),
     ({"operator": {"reconcileIntervalSeconds": 0}}, "/operator/reconcileIntervalSeconds"),
     ({"operator": {"reconcileIntervalSeconds": 31}}, "/operator/reconcileIntervalSeconds"),
     # a pod label over a selector label: the Deployment's selector matched none of its pods

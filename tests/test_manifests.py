@@ -303,3 +303,18 @@ def test_guide_job_runs_as_the_federated_service_account_from_the_charts_default
     assert spec["image"] == f"{GUIDE_VARS['ACR']}.azurecr.io/stylebatch-worker:{GUIDE_VARS['VERSION']}"
     assert (spec["workers"], spec["gpusPerWorker"]) == (2, 1)
     assert spec["scheduling"]["nodeSelector"] == {"stylebatch.io/gpu": "true"} and spec["scheduling"]["spot"]
+
+
+def test_the_guide_recommends_confining_the_operator_to_watched_namespaces_for_production():
+    """A cluster-wide install lets the operator create Jobs (pods) in every namespace, kube-system
+    included; the guide presented it as the default without saying so."""
+    step5 = GUIDE.read_text().split("## 5. Install stylebatch", 1)[1].split("\n## 6.", 1)[0]
+    paragraph = next(p for p in step5.split("\n\n") if "operator.watchNamespaces" in p)
+    text = " ".join(paragraph.split())
+    assert "For production" in text and "kube-system" in text
+    assert re.search(r"operator\.watchNamespaces: \[[-a-z0-9, ]+\]", text)
+    values = yaml.safe_load(guide_file("stylebatch-values.yaml"))
+    confined = {**values, "operator": {"watchNamespaces": ["team-a", "team-b"]}}
+    kinds = {o["kind"] for o in render_manifests.render_objects(confined)}
+    assert "Role" in kinds and not [o for o in render_manifests.render_objects(confined)
+                                    if o["kind"] == "ClusterRole" and any("jobs" in r["resources"] for r in o["rules"])]

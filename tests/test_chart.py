@@ -215,6 +215,22 @@ def test_aks_values_reach_the_operator_as_job_defaults():
     assert operator_container(render("aks"))["image"] == f"{values['imageRegistry']}/stylebatch-operator:{VERSION}"
 
 
+def test_both_images_can_be_pinned_by_digest():
+    """Only tags could be given: a re-pushed tag changed what the operator and new jobs ran."""
+    operator_digest, worker_digest = "sha256:" + "0" * 63 + "1", "sha256:" + "f" * 64
+    values = {**VARIANTS["aks"], "operator": {**VARIANTS["aks"]["operator"], "image": {"digest": operator_digest}},
+              "jobs": {**VARIANTS["aks"]["jobs"], "image": {"tag": "ignored", "digest": worker_digest}}}
+    objects = render_manifests.render_objects(values, namespace=NAMESPACE)
+    registry = VARIANTS["aks"]["imageRegistry"]
+    assert operator_container(objects)["image"] == f"{registry}/stylebatch-operator@{operator_digest}"
+    assert job_defaults(objects)["image"] == f"{registry}/stylebatch-worker@{worker_digest}"
+    from_environment(env(objects))  # the operator takes the pinned default (the CRD's spec.image)
+    for version in KUBE_VERSIONS:
+        kubernetes_validate.validate(one(objects, "Deployment"), version, strict=True)
+    # unpinned, the tag
+    assert operator_container(render("aks"))["image"] == f"{registry}/stylebatch-operator:{VERSION}"
+
+
 def test_kind_values_run_jobs_on_cpus():
     defaults = job_defaults(render("kind"))
     assert defaults["gpusPerWorker"] == 0
@@ -288,6 +304,8 @@ def test_chart_never_renders_secret_material():
     ({"workers": 4}, "workers"),  # a misplaced key, not silently ignored
     ({"operator": {"storage": {"connectionString": "DefaultEndpointsProtocol=https"}}}, "connectionString"),
     ({"operator": {"storage": {"account": "Media_Store"}}}, "/operator/storage/account"),
+    ({"operator": {"image": {"digest": "sha256:abc"}}}, "/operator/image/digest"),
+    ({"jobs": {"image": {"digest": "a" * 64}}}, "/jobs/image/digest"),
     ({"operator": {"reconcileIntervalSeconds": 0}}, "/operator/reconcileIntervalSeconds"),
     ({"operator": {"reconcileIntervalSeconds": 31}}, "/operator/reconcileIntervalSeconds"),
     # a pod label over a selector label: the Deployment's selector matched none of its pods

@@ -44,11 +44,15 @@ app.kubernetes.io/component: operator
 {{- end -}}
 {{- end -}}
 
-{{/* registry/repository:tag, the tag defaulting to the chart's appVersion. Call with (list $ .Values.x.image suffix). */}}
+{{/* registry/repository:tag, the tag defaulting to the chart's appVersion; registry/repository@digest
+     when the image names a digest (pinned: the tag is then ignored). Call with (list $ .Values.x.image). */}}
 {{- define "stylebatch.image" -}}
 {{- $root := index . 0 -}}
 {{- $image := index . 1 -}}
 {{- $ref := printf "%s:%s" $image.repository (default $root.Chart.AppVersion $image.tag) -}}
+{{- if $image.digest -}}
+{{- $ref = printf "%s@%s" $image.repository $image.digest -}}
+{{- end -}}
 {{- if $root.Values.imageRegistry -}}
 {{- printf "%s/%s" (trimSuffix "/" $root.Values.imageRegistry) $ref -}}
 {{- else -}}

@@ -144,6 +144,31 @@ def test_the_operators_lease_rights_reach_only_its_own_lease_but_create(variant)
     assert granted == {verb for rule in rbac.LEASE_RULES for verb in rule["verbs"]} == {"get", "create", "patch"}
 
 
+def test_a_standby_operator_is_spread_to_another_node_and_a_drain_never_evicts_both():
+    """operator.replicas: 2 could put both pods on one node (its failure took both) and a drain
+    could evict both at once: no HA."""
+    single = render()
+    assert "topologySpreadConstraints" not in one(single, "Deployment")["spec"]["template"]["spec"]
+    assert not [o for o in single if o["kind"] == "PodDisruptionBudget"]
+    objects = render_manifests.render_objects({"operator": {"replicas": 2}}, namespace=NAMESPACE)
+    pod = one(objects, "Deployment")["spec"]["template"]
+    (spread,) = pod["spec"]["topologySpreadConstraints"]
+    assert (spread["topologyKey"], spread["whenUnsatisfiable"], spread["maxSkew"]) == (
+        "kubernetes.io/hostname", "ScheduleAnyway", 1)  # a one-node cluster still runs both
+    assert spread["labelSelector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+    budget = one(objects, "PodDisruptionBudget")
+    assert budget["spec"]["maxUnavailable"] == 1 and budget["metadata"]["namespace"] == NAMESPACE
+    assert budget["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+    for obj in (one(objects, "Deployment"), budget):
+        for version in KUBE_VERSIONS:
+            kubernetes_validate.validate(obj, version, strict=True)
+    zones = [{"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone", "whenUnsatisfiable": "DoNotSchedule",
+              "labelSelector": {"matchLabels": {"app.kubernetes.io/component": "operator"}}}]
+    objects = render_manifests.render_objects({"operator": {"replicas": 2, "topologySpreadConstraints": zones}},
+                                              namespace=NAMESPACE)
+    assert one(objects, "Deployment")["spec"]["template"]["spec"]["topologySpreadConstraints"] == zones
+
+
 def test_operator_runs_as_the_image_user():
     user = re.findall(r"^USER (\d+):(\d+)$", (ROOT / "Dockerfile.operator").read_text(), re.M)[-1]
     context = one(render(), "Deployment")["spec"]["template"]["spec"]["securityContext"]

@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any
 import kopf
 from stylebatch import trigger
 from stylebatch.errors import StylebatchError
-from stylebatch.storage.scrub import printable
 
 from stylebatch_operator import videowatch as vw
 from stylebatch_operator.kube import ApiError, Kube
@@ -269,6 +268,8 @@ class _Round:
     def skipped(self, blob: str, etag: str) -> None:
         """A video that never runs until its uploader renames it: said once per version (a Warning
         event on the watch and the log), where the filters' skips are said only at debug."""
+        from stylebatch.storage.scrub import printable
+
         if (blob, etag) in self.state.told:
             return
         self.state.told.add((blob, etag))

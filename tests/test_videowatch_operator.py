@@ -57,6 +57,16 @@ def watch_status(api: k.ApiServer, name: str = "uploads") -> dict[str, Any]:
     return api.objects["stylebatch.io/v1alpha1/videowatches", NS, name].raw.get("status") or {}
 
 
+async def polls(api: k.ApiServer, n: int, name: str = "uploads") -> None:
+    """Until the watch has ended `n` more listings (polls, or the queue mode's sweeps): each sets
+    status.lastPollTime, in whole seconds, and they are a second or more apart. An assertion that a
+    listing made nothing new proves it only once the listings were made, which a sleep alone does not
+    make sure of on a slow, loaded machine."""
+    for _ in range(n):
+        before = watch_status(api, name).get("lastPollTime")
+        await k.eventually(lambda: watch_status(api, name).get("lastPollTime") != before, timeout=20)
+
+
 def jobs(api: k.ApiServer) -> dict[str, dict[str, Any]]:
     return {key[2]: obj.raw for key, obj in api.objects.items()
             if key[0].plural == "styletransferjobs" and not obj.deleted}
@@ -234,7 +244,7 @@ def test_poll_mode_lists_in_pages_waits_for_stable_blobs_and_keeps_to_max_concur
                                   poll={"intervalSeconds": 1, "pageSize": 2, "maxSecondsPerPoll": 1})
                 await k.eventually(lambda: len(jobs(api)) == 2, timeout=20)
                 await k.eventually(lambda: watch_status(api).get("waiting") == 1, timeout=20)
-                await asyncio.sleep(2.5)  # two more polls: still two, the third waits for a free slot
+                await polls(api, 2)  # two more polls: still two, the third waits for a free slot
                 assert len(jobs(api)) == 2
                 first = sorted(jobs(api))
                 await set_phase(api, first[0], "Succeeded")
@@ -247,7 +257,7 @@ def test_poll_mode_lists_in_pages_waits_for_stable_blobs_and_keeps_to_max_concur
                     "created": 4, "running": 2, "succeeded": 1, "failed": 1}, timeout=20)
                 s = watch_status(api)
                 assert s["videosSeen"] == 4 and s["lastPollTime"] and s["lastError"] == ""
-                await asyncio.sleep(2.5)  # more polls find the same blobs: nothing new
+                await polls(api, 2)  # more polls find the same blobs: nothing new
                 assert len(job_posts(api)) == 4
 
             # a finished job deleted (by hand, or by a TTL) leaves its tagged output behind: a restarted
@@ -260,7 +270,7 @@ def test_poll_mode_lists_in_pages_waits_for_stable_blobs_and_keeps_to_max_concur
             assert resp.status == 200, await resp.text()
             async with k.operator(api, settings=SETTINGS):
                 await k.eventually(lambda: watch_status(api).get("jobs", {}).get("running") == 2)
-                await asyncio.sleep(3.5)  # three polls: every blob stable again
+                await polls(api, 3)  # three polls: every blob stable again
             assert len(job_posts(api)) == 4 and done not in jobs(api) and len(jobs(api)) == 3
     k.run(scenario)
 
@@ -397,8 +407,12 @@ def test_an_upload_no_uri_can_name_is_said_once_in_an_event_not_skipped_in_silen
             said = await k.eventually(skipped, timeout=20)
             assert said[0] == (f"skipped az://{store.container}/incoming//cat.mp4: an empty folder name ('//') in "
                                "its name, which stylebatch cannot address: rename it")
-            await asyncio.sleep(2.5)  # more deliveries or listings of it: said once
-            assert len(skipped()) == 1 and inputs(api) == ["dog.mp4"]
+            if mode == "queue":  # both deliveries handled before dog's, whose Event kopf posts after theirs
+                await k.eventually(lambda: store.unfinished(store.queue) == 0, timeout=20)
+                await k.eventually(lambda: [e for e in k.events(api, "uploads") if e[1] == "JobCreated"], timeout=20)
+            else:
+                await polls(api, 2)  # more listings of it
+            assert len(skipped()) == 1 and inputs(api) == ["dog.mp4"]  # said once
     k.run(scenario)
 
 
@@ -502,7 +516,7 @@ def test_the_sweep_finds_a_video_whose_event_never_came_and_suspend_holds_new_jo
             await k.eventually(lambda: watch_status(api).get("waiting") == 1, timeout=20)
             etag = store.upload("incoming/new.mp4")
             store.publish("incoming/new.mp4", etag, 36)
-            await asyncio.sleep(2.5)
+            await polls(api, 2)  # two sweeps since, with the message there
             assert jobs(api) == {} and len(store.messages_left(store.queue)) == 1  # held back, not lost
             resp = await api.patch(path, json={"spec": {"suspend": False}},
                                    headers={"Content-Type": "application/merge-patch+json"})

@@ -48,7 +48,20 @@ def test_the_next_run_sweeps_the_scratch_a_killed_run_left(tmp_path):
     killed.send_signal(signal.SIGKILL)
     killed.wait()
     (left,) = tmp.glob("stylebatch-run-*")
-    time.sleep(2)  # its ranks, told by the kernel (PR_SET_PDEATHSIG), stop
+    # its ranks, told by the kernel (PR_SET_PDEATHSIG), stop, and with them goes the lock they
+    # inherited (waited for: a rank busy in torch on a loaded machine may take more than a moment)
+    import fcntl
+
+    deadline = time.monotonic() + 60
+    with open(left / ".held") as lock:
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                assert time.monotonic() < deadline, "the killed run's ranks did not stop"
+                time.sleep(0.1)
+        fcntl.flock(lock, fcntl.LOCK_UN)
     old = time.time() - 120
     os.utime(left / ".held", (old, old))  # as if it died two minutes ago
     starting = tmp / "stylebatch-run-starting"  # a run that has just made its folder

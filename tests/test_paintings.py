@@ -230,3 +230,19 @@ def test_a_painting_whose_file_name_holds_a_newline_forges_no_log_line(tmp_path)
     assert not [line for line in result.stderr.splitlines() if line.startswith("stylebatch: error:")], result.stderr
     assert "style evil\\nstylebatch: error: forged.jpg" in result.stderr  # named, escaped, on its own line
     assert count_frames(tmp_path / "out.mp4") == 4
+
+
+def test_a_16_bit_grayscale_painting_is_read_at_its_own_brightness_not_white(tmp_path):
+    """A 16-bit grayscale PNG (a scan, an export from a raw editor) opens as Pillow mode I;16, whose
+    convert("RGB") clips every value over 255 to white: a dark-to-light ramp was read as a white picture
+    (mean 254 of 255) and the video painted with the style of a blank page, without a word."""
+    ramp = np.linspace(0, 65535, 64 * 48).reshape(48, 64).astype(np.uint16)
+    path = tmp_path / "scan.png"
+    Image.fromarray(ramp).save(path)  # a 16-bit grayscale PNG
+    with Image.open(path) as img:
+        assert img.mode.startswith("I"), img.mode
+    picture = read_style_image(path)
+    assert picture.shape == (48, 64, 3) and picture.dtype == np.uint8
+    expected = np.rint(ramp / 257).astype(np.uint8)
+    assert np.abs(picture[..., 0].astype(int) - expected).max() <= 1
+    assert (picture[..., 0] == picture[..., 1]).all() and (picture[..., 1] == picture[..., 2]).all()

@@ -40,3 +40,16 @@ def test_the_latest_line_of_each_rank_counts():
 def test_a_training_line_reads_back_as_it_was_written(progress):
     line = format_train_line(progress, {"loss": 1.5e6, "content": 2e5, "style": 1.3e6})
     assert latest_train_progress(["other", f"stylebatch: {line}"]) == progress
+
+
+@pytest.mark.parametrize("eta, shown", [(30 * 3600 + 61, "30:01:01"), (1e30, None)])
+def test_a_training_eta_past_a_day_is_shown_in_hours_and_never_fails(eta, shown):
+    """The ETA was time.strftime("%H:%M:%S", gmtime(eta)): 30 hours left (a long run on a CPU) read
+    "06:00:00", and the operator's status took it for 6 hours; an ETA past what time_t holds (a huge
+    --steps) ended train-style with an OverflowError traceback at its first step."""
+    progress = TrainProgress(1, 10**30, 1.0, eta)
+    line = format_train_line(progress, {"loss": 1.0})
+    if shown is not None:
+        assert line.endswith(f"ETA {shown}") and latest_train_progress([line]) == progress
+    else:
+        assert latest_train_progress([line]).eta >= 1e29

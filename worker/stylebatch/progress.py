@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -57,7 +56,7 @@ def latest_by_rank(lines: Iterable[str]) -> dict[int, RankProgress]:
 # `stylebatch train-style` reports its steps in a line of its own (a progress bar on a terminal, a
 # log line every 10 s otherwise): `step 120/4000 loss 1.2e+06 ... 3.10 steps/s ETA 00:20:51`. The
 # operator reads the training pod's log for the latest one.
-_TRAIN_LINE = re.compile(r"\bstep (\d+)/(\d+)\b.*?\b(\d+(?:\.\d+)?) steps/s ETA (\d\d:\d\d:\d\d|--:--:--)")
+_TRAIN_LINE = re.compile(r"\bstep (\d+)/(\d+)\b.*?\b(\d+(?:\.\d+)?) steps/s ETA (\d{2,}:\d\d:\d\d|--:--:--)")
 
 
 @dataclass(frozen=True)
@@ -74,7 +73,10 @@ class TrainProgress:
 
 def format_train_line(p: TrainProgress, losses: dict[str, float]) -> str:
     parts = " ".join(f"{k} {v:.4g}" for k, v in losses.items())
-    eta = time.strftime("%H:%M:%S", time.gmtime(p.eta)) if p.eta is not None else "--:--:--"
+    eta = "--:--:--"
+    if p.eta is not None:  # hours past 24 as hours (not strftime's %H, which wrapped; nor gmtime, which overflowed)
+        left = int(p.eta)
+        eta = f"{left // 3600:02d}:{left // 60 % 60:02d}:{left % 60:02d}"
     return f"step {p.step}/{p.steps} {parts} {p.rate:.2f} steps/s ETA {eta}"
 
 

@@ -89,6 +89,22 @@ def test_training_crops_skip_flat_patches_such_as_the_black_frames_of_a_fade():
     assert all(crop.std() >= FLAT for crop in batch)
 
 
+@pytest.mark.parametrize("colour", [(0, 0, 0), (128, 128, 128)])
+def test_content_that_is_all_one_colour_is_refused_as_such_not_as_a_diverged_training(tmp_path, colour):
+    """Content whose every picture is flat (a black clip, a grey card): each crop was drawn again 20
+    times and then kept, its gradients were not finite, and the run ended "training diverged ...: run
+    again with a lower --lr", which no --lr cures. Now one line, before training, naming the content."""
+    Image.new("RGB", (200, 120), colour).save(tmp_path / "card.png")
+    out = tmp_path / "flat.pth"
+    result = stylebatch("train-style", STARRY, "-o", out, "--content", tmp_path / "card.png", "--steps", "3",
+                        *TINY, timeout=900)
+    assert result.returncode == 2 and len(error_lines(result)) == 1, result.stderr
+    line = error_lines(result)[0]
+    assert "--lr" not in line and "one colour" in line and "--content" in line, line
+    assert "step" not in result.stdout + result.stderr.replace(line, "")  # refused before training
+    assert not out.exists() and not Path(f"{out}.ckpt").exists()
+
+
 def test_interrupted_training_saves_a_checkpoint_and_the_same_command_resumes(tmp_path, content):
     out = tmp_path / "resumed.pth"
     ckpt = Path(f"{out}.ckpt")

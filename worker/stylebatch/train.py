@@ -109,6 +109,9 @@ def load_content(sources: list[str], size: int) -> list[np.ndarray]:
             images += sample_video(path, FRAMES_PER_VIDEO, side)
     if not images:
         raise BadInput("no content images: give --content with your videos or folders of photos")
+    if all(image.std() < FLAT for image in images):  # every crop flat: not finite gradients, "diverged"
+        raise BadInput("the --content is all one colour (every frame and picture is flat): it has nothing to "
+                       "learn from; give videos or photos with detail")
     rng = np.random.default_rng(0)
     return [images[i] for i in rng.permutation(len(images))[:MAX_CONTENT]]
 

@@ -246,3 +246,22 @@ def test_a_16_bit_grayscale_painting_is_read_at_its_own_brightness_not_white(tmp
     expected = np.rint(ramp / 257).astype(np.uint8)
     assert np.abs(picture[..., 0].astype(int) - expected).max() <= 1
     assert (picture[..., 0] == picture[..., 1]).all() and (picture[..., 1] == picture[..., 2]).all()
+
+
+@pytest.mark.parametrize("spec", ["12:30.jpg", "./12:30.jpg", "shots/3:2.png", "12:30.jpg:0.5,ink-wash:0.5"])
+def test_a_painting_whose_name_has_a_colon_after_a_built_in_number_or_name_is_that_painting(tmp_path, spec,
+                                                                                           monkeypatch):
+    """A painting named like a clock time, "12:30.jpg", was read as the built-in style 12 (lavender-gold)
+    with the weight "30.jpg": "bad weight '30.jpg' for lavender-gold"; so was "./12:30.jpg", whose "./"
+    the path of the style file drops. What follows a colon is a weight only where it is not a file name."""
+    from stylebatch.styles import resolve_style
+
+    monkeypatch.chdir(tmp_path)
+    for part in parse_style(spec):
+        if part.kind == "painting":
+            Path(part.ref).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(STARRY, part.ref)
+    parts = parse_style(spec)
+    assert [p.ref for p in parts if p.kind == "painting"] == [spec.split(",")[0].split(":0.5")[0]]
+    resolved = parse_style(resolve_style(spec, tmp_path))  # a path as the ranks are given it
+    assert [(p.kind, p.weight) for p in resolved] == [(p.kind, p.weight) for p in parts]

@@ -135,8 +135,11 @@ def shown_style(style: str) -> str:
 
 def _split_weight(token: str) -> tuple[str, str]:
     """"name:0.5" -> ("name", "0.5"), and "name:lots" too (a bad weight) when name is a built-in or a
-    style file's path or URI without a query (a query, a SAS, may hold colons of its own)."""
+    style file's path or URI without a query (a query, a SAS, may hold colons of its own); never where
+    what follows the colon is a file's name ("12:30.jpg" is a painting, not style 12 weighing "30.jpg")."""
     head, sep, tail = token.rpartition(":")
+    if sep and is_style_name(tail.split("?", 1)[0]):
+        return token.strip(), ""  # "12:30.jpg": a file's name with a colon in it, not style 12 weighing "30.jpg"
     if sep and (_builtin(head) is not None or ("?" not in head and "/" not in tail and is_style_name(head))):
         return head.strip(), tail
     return split_style_term(token)

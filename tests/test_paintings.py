@@ -265,3 +265,19 @@ def test_a_painting_whose_name_has_a_colon_after_a_built_in_number_or_name_is_th
     assert [p.ref for p in parts if p.kind == "painting"] == [spec.split(",")[0].split(":0.5")[0]]
     resolved = parse_style(resolve_style(spec, tmp_path))  # a path as the ranks are given it
     assert [(p.kind, p.weight) for p in resolved] == [(p.kind, p.weight) for p in parts]
+
+
+def test_a_painting_with_a_malformed_exif_block_is_read_upright_not_a_traceback(tmp_path):
+    """A JPEG whose EXIF has an orientation and a tag of the wrong type (a camera's or an editor's odd
+    block; here ColorMap written as text): Pillow's exif_transpose turned it and then failed re-packing
+    the EXIF ("struct.error: required argument is not an integer"), a traceback with exit code 1 from
+    preview, and from run a rank's traceback and "stylize failed". The picture is fine: it is read,
+    turned as its orientation says."""
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: turn 90 degrees clockwise
+    exif[0x010F] = "Canon"
+    block = exif.tobytes().replace(b"\x01\x0f\x00\x02", b"\x01\x40\x00\x02")  # the make's tag, now ColorMap's
+    path = tmp_path / "odd exif.jpg"
+    Image.open(STARRY).convert("RGB").resize((64, 48)).save(path, exif=block)
+    picture = read_style_image(path)
+    assert picture.shape == (64, 48, 3) and picture.dtype == np.uint8

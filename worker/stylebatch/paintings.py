@@ -27,11 +27,11 @@ def read_style_image(path: str | Path, label: str | None = None, what: str = "a 
     the file in a refusal (default "style image NAME", a blob's local copy by the blob's URI), `what` the kind of picture that is being read
     where the limit is said ("more than the 64 megapixels a style image may have"): for a picture that
     is not a painting, "an input picture", "a content image"."""
-    from PIL import Image, ImageOps
+    from PIL import Image
 
     with _opened(path, label, what) as img:
         img.load()
-        img = ImageOps.exif_transpose(img)
+        img = _upright(img)
         if img.mode == "I" or img.mode.startswith("I;16"):  # a 16-bit grayscale PNG: convert() clips it to
             gray = np.rint(np.asarray(img, dtype=np.float64) / 257)  # 0..255, nearly all white; scale it
             return np.repeat(np.clip(gray, 0, 255).astype(np.uint8)[..., None], 3, axis=2)
@@ -39,6 +39,22 @@ def read_style_image(path: str | Path, label: str | None = None, what: str = "a 
             img = img.convert("RGBA")
             img = Image.alpha_composite(Image.new("RGBA", img.size, (255, 255, 255, 255)), img)
         return np.asarray(img.convert("RGB"))
+
+
+def _upright(img):
+    """The picture turned as its EXIF orientation says. Only the pixels are turned: ImageOps.exif_transpose
+    also rewrites the EXIF, and a block with a tag of the wrong type (ColorMap as text) failed there with
+    struct.error, a traceback for a picture that decodes; an orientation that cannot be read is none."""
+    from PIL import Image
+
+    try:
+        orientation = int(img.getexif().get(0x0112, 1))
+    except Exception:  # noqa: BLE001 - metadata Pillow cannot parse, of any kind: the picture as stored
+        orientation = 1
+    method = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+              5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+              8: Image.Transpose.ROTATE_90}.get(orientation)
+    return img.transpose(method) if method is not None else img
 
 
 def check_style_image(path: str | Path, label: str | None = None, what: str = "a style image") -> None:

@@ -105,6 +105,25 @@ def test_content_that_is_all_one_colour_is_refused_as_such_not_as_a_diverged_tra
     assert not out.exists() and not Path(f"{out}.ckpt").exists()
 
 
+@pytest.mark.parametrize("special", ["fifo", "device"])
+def test_content_that_is_a_named_pipe_or_a_device_is_refused_not_waited_on(tmp_path, special):
+    """--content given a FIFO (a named pipe, nothing writing to it) was opened as a video and the
+    training waited on it forever before saying anything; run and preview refuse such an input."""
+    import os
+
+    source = tmp_path / "clip.mp4"
+    if special == "fifo":
+        os.mkfifo(source)
+    else:
+        source = Path("/dev/zero")
+    out = tmp_path / "x.pth"
+    result = stylebatch("train-style", STARRY, "-o", out, "--content", source, "--steps", "1", *TINY, timeout=60)
+    assert result.returncode == 2 and len(error_lines(result)) == 1, result.stderr
+    line = error_lines(result)[0]
+    assert ("a FIFO (named pipe), not" if special == "fifo" else "a device, not") in line and str(source) in line
+    assert not out.exists()
+
+
 def test_interrupted_training_saves_a_checkpoint_and_the_same_command_resumes(tmp_path, content):
     out = tmp_path / "resumed.pth"
     ckpt = Path(f"{out}.ckpt")

@@ -87,6 +87,10 @@ def content_files(source: str) -> tuple[Path, list[Path]]:
     if not path.exists():
         raise BadInput(f"content not found: {source}")
     if not path.is_dir():
+        from stylebatch.storage.local import special_file
+
+        if special := special_file(path):  # a FIFO was opened as a video: the training waited on it forever
+            raise BadInput(f"content {source} is {special}, not a video or a picture")
         return path, []
     pictures = sorted(p for p in path.rglob("*") if p.is_file() and is_image_name(p.name))
     if not pictures:

@@ -110,7 +110,7 @@ def test_a_style_image_bad_in_its_header_is_refused_before_the_input_is_read(tmp
     """A text file named .jpg (and every picture whose header says it cannot work: not a JPEG, PNG or
     WebP, too small, too many pixels) was found only once preprocess had read the whole input and the
     ranks had started, progress lines first; a bad .pth was refused before anything. Now both are: one
-    line, exit code 2, no work dir. (A picture cut short is found where it is decoded, as before.)"""
+    line, exit code 2, no work dir. (A JPEG cut short: the test of that below.)"""
     video = tmp_path / "in.mp4"
     subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=64x48:rate=10", "-frames:v", "3",
                     "-pix_fmt", "yuv420p", str(video)], check=True)
@@ -281,3 +281,19 @@ def test_a_painting_with_a_malformed_exif_block_is_read_upright_not_a_traceback(
     Image.open(STARRY).convert("RGB").resize((64, 48)).save(path, exif=block)
     picture = read_style_image(path)
     assert picture.shape == (64, 48, 3) and picture.dtype == np.uint8
+
+
+def test_a_jpeg_painting_cut_short_is_refused_before_the_input_is_read(tmp_path):
+    """docs/painting-styles.md: bad pictures, truncated ones among them, "are refused before anything
+    runs". A JPEG cut short passed the header check and was found only once preprocess had read the
+    whole input and the ranks had started (progress lines first; in `watch`, once per video). Its data
+    is now decoded at 1/8 scale before any work: all of it read, 1/64 of the pixels made."""
+    video = tmp_path / "in.mp4"
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=64x48:rate=10", "-frames:v", "3",
+                    "-pix_fmt", "yuv420p", str(video)], check=True)
+    style = make_bad("truncated", tmp_path)
+    result = stylebatch("run", video, "-o", tmp_path / "out.mp4", "--style", style, "--work", tmp_path / "w")
+    assert result.returncode == 2, result.stderr
+    [line] = result.stderr.strip().splitlines()  # no "preprocessed ...", no rank's line
+    assert line.startswith("stylebatch: error: ") and style.name in line and "truncated" in line, line
+    assert not (tmp_path / "w").exists() and not (tmp_path / "out.mp4").exists()

@@ -58,11 +58,14 @@ def _upright(img):
 
 
 def check_style_image(path: str | Path, label: str | None = None, what: str = "a style image") -> None:
-    """What read_style_image refuses from the file's header alone, no pixel decoded (not there, not a
-    JPEG, PNG or WebP picture, too small or too many pixels): for a check before any work starts.
+    """What read_style_image refuses from the file's header alone (not there, not a JPEG, PNG or WebP
+    picture, too small or too many pixels), and a JPEG cut short (decoded at 1/8 scale; a PNG's chunks
+    are verified to its end): for a check before any work starts.
     `label` and `what` as read_style_image's."""
-    with _opened(path, label, what):
-        pass
+    with _opened(path, label, what) as img:
+        if img.format in ("JPEG", "MPO"):  # a JPEG cut short: refused here, not once the ranks have started;
+            img.draft("RGB", (max(1, img.size[0] // 8), max(1, img.size[1] // 8)))  # all its data read, 1/64
+            img.load()  # of its pixels made
 
 
 @contextlib.contextmanager

@@ -124,6 +124,21 @@ def test_content_that_is_a_named_pipe_or_a_device_is_refused_not_waited_on(tmp_p
     assert not out.exists()
 
 
+def test_a_checkpoint_is_resumed_with_a_fresh_sas_on_the_content_blobs_but_not_with_other_content():
+    """The checkpoint's key hashed the content as given, a blob's SAS query included: the same command
+    with a new SAS (the old one expired, a retried job's) refused to resume, "k.pth.ckpt is from
+    training another painting or other settings". A blob is the same content under any SAS."""
+    from stylebatch.requests import TrainRequest
+    from stylebatch.train import settings_key
+
+    blob = "https://acct.blob.core.windows.net/videos/clip.mp4"
+    key = lambda *content: settings_key(Path(STARRY), TrainRequest(painting=STARRY, output="k.pth", content=content),  # noqa: E731
+                                        2.0, 1.0)
+    assert key(f"{blob}?sv=2024-01-01&se=2030-01-01&sp=r&sig=AAAA", "photos") == key(
+        f"{blob}?sv=2024-01-01&se=2031-06-30&sp=rl&sig=BBBB", "photos") == key(blob, "photos")
+    assert key(blob, "photos") != key(blob.replace("clip", "other"), "photos") != key(blob, "photos2")
+
+
 def test_interrupted_training_saves_a_checkpoint_and_the_same_command_resumes(tmp_path, content):
     out = tmp_path / "resumed.pth"
     ckpt = Path(f"{out}.ckpt")

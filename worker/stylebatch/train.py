@@ -182,9 +182,14 @@ def learning_rate(peak: float, step: int, steps: int) -> float:
 
 def settings_key(painting: Path, req: TrainRequest, style_weight: float, content_weight: float) -> str:
     """What a checkpoint must match to be resumed: the painting's bytes, the training settings, the
-    content as given and the seed (other content or another seed resumed without a word)."""
+    content as given (a blob's SAS left out) and the seed (other content or another seed resumed without a
+    word)."""
+    from stylebatch.storage.scrub import scrub_uri
+
     digest = hashlib.sha256(painting.read_bytes()).hexdigest()
-    content = hashlib.sha256("\n".join(req.content).encode()).hexdigest()[:16]
+    # a blob by its URI without its query: the same content under a fresh SAS (the old one expired)
+    given = [scrub_uri(c) if "://" in c else c for c in req.content]
+    content = hashlib.sha256("\n".join(given).encode()).hexdigest()[:16]
     return (f"{digest}:{req.size}:{req.batch_size}:{style_weight}:{content_weight}:{req.lr}:{req.seed}:{content}"
             f":v{LOSS_VERSION}")
 

@@ -139,6 +139,22 @@ def test_a_checkpoint_is_resumed_with_a_fresh_sas_on_the_content_blobs_but_not_w
     assert key(blob, "photos") != key(blob.replace("clip", "other"), "photos") != key(blob, "photos2")
 
 
+def test_a_painting_given_under_the_home_folder_as_a_tilde_path_is_found_as_content_is(tmp_path, content):
+    """`--content ~/clip.mp4` and `run --style ~/starry.jpg` expand the `~` (a path from a config file or
+    a quoted argument); train-style's painting did not: "style image starry.jpg not found", of a file
+    that is there."""
+    import os
+    import shutil
+
+    home = tmp_path / "home"
+    home.mkdir()
+    shutil.copy(STARRY, home / "starry.jpg")
+    result = stylebatch("train-style", "~/starry.jpg", "-o", tmp_path / "s.pth", "--steps", "1", *TINY, *content,
+                        env={**os.environ, "HOME": str(home)}, timeout=900)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "s.pth").exists()
+
+
 def test_interrupted_training_saves_a_checkpoint_and_the_same_command_resumes(tmp_path, content):
     out = tmp_path / "resumed.pth"
     ckpt = Path(f"{out}.ckpt")

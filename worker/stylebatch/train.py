@@ -388,7 +388,7 @@ def run(req: TrainRequest) -> int:
             content_files(source)
         src = location(req.painting)
         if src.is_local():
-            painting = Path(src.local_path())
+            painting = Path(src.local_path()).expanduser()  # `~/starry.jpg`: as --content and run's --style
         else:
             painting = Path(tmp) / f"painting-{os.path.basename(src.name or 'style.jpg')}"
             src.download(painting)

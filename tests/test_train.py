@@ -178,6 +178,31 @@ def test_interrupted_training_saves_a_checkpoint_and_the_same_command_resumes(tm
     assert torch.load(ckpt, weights_only=True)["step"] == saved["step"] + 2  # kept, at the last step
 
 
+def test_training_stopped_while_its_weights_are_written_leaves_no_partial_file_beside_them(tmp_path, content,
+                                                                                          monkeypatch):
+    """The weights are written to `.NAME.part` and renamed; a Ctrl-C (or any failure) while torch.save
+    wrote them left that hidden partial file in the output's folder, after the signal handlers of the
+    training loop were gone. Now it is removed, the checkpoint kept for the same command to finish."""
+    from stylebatch import train as training
+    from stylebatch.requests import TrainRequest
+
+    out = tmp_path / "w.pth"
+    real_save = torch.save
+
+    def save(obj, path, *args, **kwargs):
+        if Path(path).name == f".{out.name}.part":
+            Path(path).write_bytes(b"half of it")
+            raise KeyboardInterrupt
+        return real_save(obj, path, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save)
+    req = TrainRequest(painting=STARRY, output=str(out), content=tuple(content[1::2]), steps=1, size=32, batch_size=1,
+                       device="cpu")
+    with pytest.raises(KeyboardInterrupt):
+        training.train(req, Path(STARRY), out, training.Checkpoint(str(out), tmp_path / "unused"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["w.pth.ckpt"]
+
+
 def test_a_finished_training_goes_on_with_a_larger_steps_and_is_never_trained_again_from_step_1(tmp_path, content):
     """The checkpoint was deleted at the end, so the same command with a larger --steps trained again
     from step 1 and replaced the finished weights without a word. Now it goes on from the last step;

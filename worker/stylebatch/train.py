@@ -360,8 +360,12 @@ def train(req: TrainRequest, painting: Path, output: Path, ckpt: Checkpoint,
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
     part = output.with_name(f".{output.name}.part")
-    torch.save({k: v.detach().cpu().float() for k, v in net.state_dict().items()}, part)
-    part.replace(output)  # atomic: never a half-written .pth under its name
+    try:
+        torch.save({k: v.detach().cpu().float() for k, v in net.state_dict().items()}, part)
+        part.replace(output)  # atomic: never a half-written .pth under its name
+    except BaseException:  # Ctrl-C, a full disk: no hidden partial file left beside the output
+        part.unlink(missing_ok=True)
+        raise
     return history
 
 

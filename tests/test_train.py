@@ -132,8 +132,9 @@ def test_a_checkpoint_is_resumed_with_a_fresh_sas_on_the_content_blobs_but_not_w
     from stylebatch.train import settings_key
 
     blob = "https://acct.blob.core.windows.net/videos/clip.mp4"
-    key = lambda *content: settings_key(Path(STARRY), TrainRequest(painting=STARRY, output="k.pth", content=content),  # noqa: E731
-                                        2.0, 1.0)
+    def key(*content: str) -> str:
+        return settings_key(Path(STARRY), TrainRequest(painting=STARRY, output="k.pth", content=content), 2.0, 1.0)
+
     assert key(f"{blob}?sv=2024-01-01&se=2030-01-01&sp=r&sig=AAAA", "photos") == key(
         f"{blob}?sv=2024-01-01&se=2031-06-30&sp=rl&sig=BBBB", "photos") == key(blob, "photos")
     assert key(blob, "photos") != key(blob.replace("clip", "other"), "photos") != key(blob, "photos2")
@@ -201,6 +202,31 @@ def test_training_stopped_while_its_weights_are_written_leaves_no_partial_file_b
     with pytest.raises(KeyboardInterrupt):
         training.train(req, Path(STARRY), out, training.Checkpoint(str(out), tmp_path / "unused"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["w.pth.ckpt"]
+
+
+@pytest.mark.parametrize("size, kept", [("4m", []), ("24m", ["x.pth.ckpt"])], ids=["checkpoint", "weights"])
+def test_a_full_disk_while_the_checkpoint_or_the_weights_are_written_is_one_line_and_fills_nothing(
+        tmp_path, content, size, kept):
+    """A full output folder: torch.save failed with "RuntimeError: ... unexpected pos ...", a traceback and
+    exit code 1, and its partial file was left, filling the disk. Now one line naming the folder, exit
+    code 2; a checkpoint that was written is kept, for the same command to finish once there is room."""
+    import os
+    import shlex
+
+    if subprocess.run(["unshare", "-r", "-m", "true"], capture_output=True).returncode != 0:
+        pytest.skip("no user/mount namespaces here (unshare -r -m)")
+    small = tmp_path / "small"
+    small.mkdir()
+    command = [sys.executable, "-m", "stylebatch", "train-style", STARRY, "-o", str(small / "x.pth"), "--steps", "2",
+               *TINY, *content]
+    script = (f"mount -t tmpfs -o size={size} none {shlex.quote(str(small))} && {shlex.join(command)}; "
+              f"echo rc=$?; ls -A {small}")
+    result = subprocess.run(["unshare", "-r", "-m", "sh", "-c", script], capture_output=True, text=True,
+                            env=dict(os.environ), timeout=900)
+    lines = error_lines(result)
+    assert "rc=2" in result.stdout and "Traceback" not in result.stderr and len(lines) == 1, result.stderr
+    assert "no space left in " + str(small) in lines[0], lines[0]
+    assert result.stdout.split("rc=2", 1)[1].split() == kept, result.stdout
 
 
 def test_a_finished_training_goes_on_with_a_larger_steps_and_is_never_trained_again_from_step_1(tmp_path, content):

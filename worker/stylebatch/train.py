@@ -194,6 +194,32 @@ def settings_key(painting: Path, req: TrainRequest, style_weight: float, content
             f":v{LOSS_VERSION}")
 
 
+def write(state: dict, part: Path, shown: str) -> None:
+    """torch.save to the partial file `part` of `shown`. However it fails (Ctrl-C, a full disk) the
+    partial file is removed; a full disk or a folder that cannot be written is one line (torch says
+    "unexpected pos ..." of a full disk, with a traceback, and left the partial file filling it)."""
+    import errno
+    import shutil
+
+    import torch
+
+    try:
+        torch.save(state, part)
+    except BaseException as exc:
+        part.unlink(missing_ok=True)
+        if not isinstance(exc, (OSError, RuntimeError)):
+            raise
+        try:
+            full = shutil.disk_usage(part.parent).free < 64 << 20  # (torch's error says no errno)
+        except OSError:
+            full = False
+        if getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or full:
+            why = f"no space left in {part.parent}; free some, then run the same command again"
+        else:
+            why = getattr(exc, "strerror", None) or " ".join(str(exc).split())[:160]
+        raise BadInput(f"cannot write {shown}: {why}") from None
+
+
 class Checkpoint:
     """`<output>.ckpt` beside the weights: a local file, or a blob with a local copy that torch reads
     and writes (downloaded at the start when it exists, uploaded at each save)."""
@@ -218,7 +244,7 @@ class Checkpoint:
         import torch
 
         part = self.path.with_name(self.path.name + ".part")
-        torch.save(state, part)
+        write(state, part, self.name)
         part.replace(self.path)
         if self.remote is not None:
             self.remote.upload(self.path)
@@ -360,12 +386,8 @@ def train(req: TrainRequest, painting: Path, output: Path, ckpt: Checkpoint,
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
     part = output.with_name(f".{output.name}.part")
-    try:
-        torch.save({k: v.detach().cpu().float() for k, v in net.state_dict().items()}, part)
-        part.replace(output)  # atomic: never a half-written .pth under its name
-    except BaseException:  # Ctrl-C, a full disk: no hidden partial file left beside the output
-        part.unlink(missing_ok=True)
-        raise
+    write({k: v.detach().cpu().float() for k, v in net.state_dict().items()}, part, str(output))
+    part.replace(output)  # atomic: never a half-written .pth under its name
     return history
 
 

@@ -70,6 +70,14 @@ def painting_features() -> dict[str, torch.Tensor]:
         return load_vgg19()(rgb, STYLE_LAYERS + (CONTENT_LAYER,))
 
 
+def test_a_one_step_training_says_1_step_and_over_the_last_1_step(tmp_path, content):
+    """The summary read "1 steps, ... over the last 1", where every other line counts in English
+    (logs.counted: "1 frame")."""
+    result = stylebatch("train-style", STARRY, "-o", tmp_path / "one.pth", "--steps", "1", *TINY, *content, timeout=900)
+    assert result.returncode == 0, result.stderr
+    assert ": 1 step, loss " in result.stdout and "over the last step;" in result.stdout, result.stdout
+
+
 @pytest.mark.parametrize("layer", STYLE_LAYERS)
 def test_a_gram_matrix_ten_percent_off_costs_the_same_at_every_style_layer(painting_features, layer):
     """Caffe VGG's relu4_1 Gram matrices are ~600x relu1_1's: with plain squared errors the colour

@@ -31,7 +31,7 @@ import numpy as np
 from stylebatch.contract import EXIT_HUNG_UP, EXIT_INTERRUPTED, EXIT_TERMINATED
 from stylebatch.errors import BadInput, Interrupted, StylebatchError
 from stylebatch.progress import TrainProgress, format_train_line
-from stylebatch.logs import say
+from stylebatch.logs import counted, say
 from stylebatch.requests import TrainRequest
 
 log = logging.getLogger(__name__)
@@ -423,8 +423,9 @@ def run(req: TrainRequest) -> int:
         if not dest.is_local():
             dest.upload(output)
     tail = history[-max(1, len(history) // 4):]
-    say(f"{dest.display}: {len(history)} steps, loss {history[0]:.4g} at step 1, {sum(tail) / len(tail):.4g} "
-          f"over the last {len(tail)}; use it with --style {dest.display}")
+    last = "step" if len(tail) == 1 else f"{len(tail)} steps"
+    say(f"{dest.display}: {counted(len(history), 'step')}, loss {history[0]:.4g} at step 1, "
+        f"{sum(tail) / len(tail):.4g} over the last {last}; use it with --style {dest.display}")
     return 0
 
 

@@ -297,3 +297,24 @@ def test_a_jpeg_painting_cut_short_is_refused_before_the_input_is_read(tmp_path)
     [line] = result.stderr.strip().splitlines()  # no "preprocessed ...", no rank's line
     assert line.startswith("stylebatch: error: ") and style.name in line and "truncated" in line, line
     assert not (tmp_path / "w").exists() and not (tmp_path / "out.mp4").exists()
+
+
+def test_a_painting_that_cannot_be_read_for_its_permissions_is_said_so_not_called_corrupt(tmp_path, monkeypatch):
+    """A painting the user may not read (chmod 000, another user's file) was "style image x.jpg cannot
+    be decoded (corrupt): [Errno 13] Permission denied": nothing is wrong with the picture. (open() is
+    made to refuse it: the tests may run as root, whom permissions do not stop.)"""
+    import builtins
+
+    painting = tmp_path / "locked.jpg"
+    shutil.copy(STARRY, painting)
+    real_open = builtins.open
+
+    def refusing_open(file, *args, **kwargs):
+        if str(file) == str(painting):
+            raise PermissionError(13, "Permission denied", str(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", refusing_open)
+    with pytest.raises(BadInput) as info:
+        read_style_image(painting)
+    assert str(info.value) == "style image locked.jpg cannot be read: permission denied", str(info.value)

@@ -101,6 +101,8 @@ def _opened(path: str | Path, label: str | None, what: str) -> Iterator:
                        f"{MAX_PIXELS // 1_000_000} megapixels") from None
     except UnidentifiedImageError:
         raise BadInput(f"{label} is not a JPEG, PNG or WebP image") from None
+    except PermissionError:  # not the picture's fault: it was called corrupt
+        raise BadInput(f"{label} cannot be read: permission denied") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         why = "truncated" if "truncated" in str(exc) or isinstance(exc, EOFError) else "corrupt"
         raise BadInput(f"{label} cannot be decoded ({why}): {' '.join(str(exc).split())[:120]}") from None

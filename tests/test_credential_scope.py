@@ -81,6 +81,31 @@ def foreign_urls(port: int) -> dict[str, tuple[str, dict[str, str]]]:
     }
 
 
+def refused(message: str) -> bool:
+    """The refusal to send a credential: to another account's endpoint, or to a host that is no Blob
+    Storage endpoint at all (said as such: a web address)."""
+    return "not that account's endpoint" in message or "is no Azure Blob Storage endpoint (no credentials" in message
+
+
+@pytest.mark.parametrize("uri, said", [
+    ("https://upload.wikimedia.org/wikipedia/commons/e/ea/Starry_Night.jpg",
+     "https://upload.wikimedia.org is no Azure Blob Storage endpoint (no credentials are sent to it): stylebatch "
+     "reads local files, az:// URIs and blob URLs (https://<account>.blob.core.windows.net/...); download the file "
+     "first"),
+    ("http://example.com/starry.jpg", "container names are 3-63 lowercase letters, digits and single hyphens "
+     "(example.com is no Azure Blob Storage endpoint: stylebatch reads local files, az:// URIs and blob URLs"),
+])
+@pytest.mark.parametrize("flag", ["--style", "input"])
+def test_a_web_address_for_a_painting_or_a_video_says_to_download_it_first(uri, said, flag, tmp_path, clip) -> None:
+    """A web address was 'refusing to send the credentials of storage account 'upload' (DefaultAzureCredential)'
+    with no credentials configured, or 'container names are 3-63 lowercase letters': true, and no help."""
+    out = tmp_path / "out.mp4"
+    argv = ["run", uri, "-o", out] if flag == "input" else ["run", clip("in.mp4"), "-o", out, "--style", uri]
+    result = stylebatch(*argv, env=clean_env(), timeout=120)
+    assert result.returncode == 2 and len(error_lines(result)) == 1 and said in error_lines(result)[0], result.stderr
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("shape", ["path-style on another host", "account-named subdomain of another host"])
 @pytest.mark.parametrize("credential", list(ENV_CREDENTIALS))
 def test_an_environment_credential_never_reaches_a_foreign_host_named_as_the_output(
@@ -94,7 +119,7 @@ def test_an_environment_credential_never_reaches_a_foreign_host_named_as_the_out
         assert secret not in received
     assert result.returncode == 2, result.stderr
     assert len(error_lines(result)) == 1 and "Traceback" not in result.stderr
-    assert "not that account's endpoint" in error_lines(result)[0]
+    assert refused(error_lines(result)[0])
     assert not (tmp_path / "work").exists()
 
 
@@ -164,5 +189,5 @@ def test_no_credential_for_a_host_that_only_mentions_the_account(env: dict, uri:
     with pytest.raises(StylebatchError) as info:
         storage.resolve_credential(loc)
     message = str(info.value)
-    assert "not that account's endpoint" in message and "\n" not in message
+    assert refused(message) and "\n" not in message
     assert KEY not in message and "SiGnAtUrE" not in message

@@ -182,6 +182,18 @@ def is_path_style(host: str) -> bool:
     return True
 
 
+def not_blob_storage(host: str) -> str:
+    """For an error about a URL whose host is no Blob Storage endpoint's (not <account>.blob.<cloud's
+    suffix>, nor an emulator's), what stylebatch reads instead, to end the error with; "" otherwise.
+    (A web address given for a painting or a video was 'refusing to send the credentials of storage
+    account 'upload'' or 'container names are 3-63 lowercase letters': true, and no help.)"""
+    labels = host.lower().split(".")
+    if is_path_style(host) or (len(labels) > 2 and labels[1] in ("blob", "dfs")):
+        return ""
+    return (f" ({host} is no Azure Blob Storage endpoint: stylebatch reads local files, az:// URIs and blob "
+            "URLs, https://<account>.blob.core.windows.net/...; download the file first)")
+
+
 IDENTITY_SPAN = 1024 * 1024  # identity() hashes this many bytes at each end of the file
 
 

@@ -9,7 +9,7 @@ import os
 import urllib.parse
 
 from stylebatch.errors import StylebatchError
-from stylebatch.storage.base import BlobAddress, is_path_style
+from stylebatch.storage.base import BlobAddress, is_path_style, not_blob_storage
 
 
 CREDENTIAL_HELP = (
@@ -222,6 +222,11 @@ def _own_endpoint(loc: BlobAddress, account: str, source: str, default: str, *mo
     own = [default, *more, azure_endpoint(account)]
     if any(same_endpoint(loc.endpoint, e) for e in own if e):
         return loc.endpoint
+    if not_blob_storage(urllib.parse.urlsplit(loc.endpoint).hostname or ""):  # a web address
+        raise StylebatchError(
+            f"{loc.endpoint} is no Azure Blob Storage endpoint (no credentials are sent to it): stylebatch "
+            "reads local files, az:// URIs and blob URLs (https://<account>.blob.core.windows.net/...); "
+            "download the file first, or, for a blob behind a custom domain, put a SAS token in the URL")
     raise StylebatchError(
         f"refusing to send the credentials of storage account {account!r} ({source}) to {loc.endpoint}, "
         f"which is not that account's endpoint ({default}): use the account's own URL, put a SAS token "

@@ -8,7 +8,7 @@ import re
 import urllib.parse
 
 from stylebatch.errors import StylebatchError
-from stylebatch.storage.base import Location, is_path_style, split_path
+from stylebatch.storage.base import Location, is_path_style, not_blob_storage, split_path
 from stylebatch.storage.blob import BlobLocation
 from stylebatch.storage.credentials import remember_url_sas
 from stylebatch.storage.local import LocalLocation
@@ -81,11 +81,14 @@ def _parse_blob_url(uri: str) -> BlobLocation:
     else:
         account = host.split(".", 1)[0]
         endpoint = f"{parts.scheme.lower()}://{netloc}"
-    if not _ACCOUNT_NAME.match(account):
-        raise StylebatchError(f"malformed blob URL {safe}: '{printable(account)}' is not a storage account name")
-    container = urllib.parse.unquote(segments.pop(0)) if segments else ""
-    _check_container(container, safe)
-    blob = _blob_name(urllib.parse.unquote("/".join(segments)), safe)
+    try:
+        if not _ACCOUNT_NAME.match(account):
+            raise StylebatchError(f"malformed blob URL {safe}: '{printable(account)}' is not a storage account name")
+        container = urllib.parse.unquote(segments.pop(0)) if segments else ""
+        _check_container(container, safe)
+        blob = _blob_name(urllib.parse.unquote("/".join(segments)), safe)
+    except StylebatchError as exc:
+        raise StylebatchError(f"{exc}{not_blob_storage(host)}") from None
     loc = BlobLocation(uri=uri, container=container, blob=blob, account=account,
                        endpoint=endpoint, sas=_sas_from_query(parts.query, safe))
     remember_url_sas(loc)  # later stages find it by the URI without its query: never stored on disk

@@ -2038,3 +2038,20 @@ def test_the_launchers_check_refuses_what_torch_cannot_load_without_torch(tmp_pa
                    pickle_protocol=protocol)
         check_archive(tmp_path / f"legacy{protocol}.pth", "style file")
     check_archive(tmp_path / "good.pth", "style file")
+
+
+def test_a_weights_blob_cut_short_is_refused_by_the_check_before_the_input_is_read(tmp_path, user_net, azure_env):
+    """`stylebatch run` checks a style's files before preprocess reads the input; a blob's .pth was not
+    checked (it has no local path) and failed only in the ranks, after the whole input was read."""
+    from stylebatch.styles import check_style_files
+
+    _bad_files(tmp_path, user_net)
+    blobs = azure_env.azurite.service_client().get_container_client(azure_env.container)
+    blobs.upload_blob("styles/truncated.pth", (tmp_path / "truncated.pth").read_bytes())
+    blobs.upload_blob("styles/good.pth", (tmp_path / "good.pth").read_bytes())
+    uri = f"az://{azure_env.container}/styles"
+    check_style_files(f"{uri}/good.pth")
+    with pytest.raises(StylebatchError) as info:
+        check_style_files(f"{uri}/good.pth:0.5,{uri}/truncated.pth:0.5")
+    assert str(info.value).startswith(f"cannot load style file {uri}/truncated.pth: ") and \
+        "corrupt or truncated" in str(info.value), str(info.value)

@@ -283,19 +283,27 @@ def test_a_painting_with_a_malformed_exif_block_is_read_upright_not_a_traceback(
     assert picture.shape == (64, 48, 3) and picture.dtype == np.uint8
 
 
-def test_a_jpeg_painting_cut_short_is_refused_before_the_input_is_read(tmp_path):
+@pytest.mark.parametrize("where", ["local", "blob"])
+def test_a_jpeg_painting_cut_short_is_refused_before_the_input_is_read(where, tmp_path, request):
     """docs/painting-styles.md: bad pictures, truncated ones among them, "are refused before anything
     runs". A JPEG cut short passed the header check and was found only once preprocess had read the
     whole input and the ranks had started (progress lines first; in `watch`, once per video). Its data
-    is now decoded at 1/8 scale before any work: all of it read, 1/64 of the pixels made."""
+    is now decoded at 1/8 scale before any work: all of it read, 1/64 of the pixels made; a blob's
+    painting is fetched to be checked (it was checked by the ranks only)."""
     video = tmp_path / "in.mp4"
     subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=64x48:rate=10", "-frames:v", "3",
                     "-pix_fmt", "yuv420p", str(video)], check=True)
-    style = make_bad("truncated", tmp_path)
-    result = stylebatch("run", video, "-o", tmp_path / "out.mp4", "--style", style, "--work", tmp_path / "w")
+    style, env = str(make_bad("truncated", tmp_path)), None
+    if where == "blob":
+        azure_env = request.getfixturevalue("azure_env")
+        blobs = azure_env.azurite.service_client().get_container_client(azure_env.container)
+        blobs.upload_blob("styles/truncated.jpg", Path(style).read_bytes())
+        style, env = f"az://{azure_env.container}/styles/truncated.jpg", azure_env.env
+    result = stylebatch("run", video, "-o", tmp_path / "out.mp4", "--style", style, "--work", tmp_path / "w", env=env)
     assert result.returncode == 2, result.stderr
     [line] = result.stderr.strip().splitlines()  # no "preprocessed ...", no rank's line
-    assert line.startswith("stylebatch: error: ") and style.name in line and "truncated" in line, line
+    shown = style if where == "blob" else "truncated.jpg"  # (the blob by its URI, never its local copy)
+    assert line.startswith("stylebatch: error: ") and shown in line and "(truncated)" in line, line
     assert not (tmp_path / "w").exists() and not (tmp_path / "out.mp4").exists()
 
 

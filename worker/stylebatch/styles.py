@@ -207,19 +207,25 @@ def check_style_files(style: str) -> None:
     checksums, no torch), a local painting whose header is no JPEG, PNG or WebP picture of a size it
     may have (`paintings.check_style_image`: no pixel decoded). What only the network or the picture
     can tell (a painting's pixels, a .pth's tensors, a legacy pickle's contents) is still checked where
-    they are loaded."""
+    they are loaded. A blob's painting or weights file is fetched once here to be checked the same way
+    (it was found cut short or damaged only by the ranks, once preprocess had read the whole input)."""
+    import tempfile
+
+    from stylebatch.paintings import check_style_image
     from stylebatch.weights_file import check_archive
 
-    for p in parse_style(style):
-        if p.kind != BUILTIN_KIND:
+    with tempfile.TemporaryDirectory(prefix="stylebatch-style-check-") as tmp:
+        for p in parse_style(style):
+            if p.kind == BUILTIN_KIND:
+                continue
             loc = style_file(p.ref)
             path = loc.local_path()
-            if p.kind == WEIGHTS_KIND and path is not None:
+            if path is None:  # a blob: its copy, which errors name by the blob's URI (shown_style_file)
+                path = Path(resolve_style(p.ref, Path(tmp)))
+            if p.kind == WEIGHTS_KIND:
                 check_archive(path, f"style file {loc.display}")
-            elif p.kind == IMAGE_KIND and path is not None:
-                from stylebatch.paintings import check_style_image
-
-                check_style_image(path)  # its header: what loading would refuse without decoding it
+            elif p.kind == IMAGE_KIND:
+                check_style_image(path)  # its header, and a JPEG's data to its end: what loading would refuse
 
 
 def style_file(ref: str):

@@ -563,6 +563,15 @@ def test_chart_version_follows_the_package():
     assert sorted(i["image"] for i in images) == sorted(rendered)
 
 
+def test_the_charts_listing_names_every_crd_it_installs():
+    """Artifact Hub's CRD list named StyleTransferJob only; the chart installs VideoWatch too."""
+    with helm.Chart.load(CHART) as chart:
+        listed = yaml.safe_load(chart.metadata["annotations"]["artifacthub.io/crds"])
+    installed = [yaml.safe_load(p.read_text()) for p in sorted((CHART / "crds").glob("*.yaml"))]
+    assert sorted(c["name"] for c in listed) == sorted(c["metadata"]["name"] for c in installed)
+    assert all(c["version"] in [v["name"] for i in installed for v in i["spec"]["versions"]] for c in listed)
+
+
 def test_notes_say_how_to_finish_the_install():
     notes = render_manifests.render()["NOTES.txt"]
     # Rendered without a cluster there is no MPIJob API: the notes must say what to install.

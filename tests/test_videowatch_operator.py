@@ -557,3 +557,42 @@ def test_errors_reach_status_events_and_logs_on_one_line_without_secrets(error, 
     from stylebatch_operator.videowatch_handlers import _one_line
 
     assert _one_line(ValueError(error)) == shown
+
+
+def test_a_full_watch_whose_identity_may_not_read_the_queues_length_is_no_error(monkeypatch):
+    """At maxConcurrentJobs a watch counts the messages waiting (Get Queue Properties, status.waiting),
+    which the Storage Queue Data Message Processor role alone does not allow: the 403 was the watch's
+    lastError (and a Warning Event each time it changed) while it worked as it should. A stand-in queue
+    (Azurite has no roles)."""
+    import logging
+
+    from azure.core.exceptions import HttpResponseError
+
+    from stylebatch_operator import videowatch_handlers as handlers
+    from stylebatch_operator.metrics import Metrics
+    from stylebatch_operator.videowatch import read_spec
+
+    monkeypatch.setenv("AZURE_STORAGE_ACCOUNT", "media")
+    monkeypatch.setenv("AZURE_STORAGE_KEY", base64.b64encode(b"k" * 32).decode())
+
+    class Forbidden:
+        def get_queue_properties(self) -> None:
+            error = HttpResponseError(message="This request is not authorized to perform this operation using this "
+                                              "permission.")
+            error.status_code = 403
+            raise error
+
+        def receive_messages(self, **_: Any) -> list[Any]:
+            raise AssertionError("a full watch receives nothing")
+
+    body = apply_defaults({"apiVersion": "stylebatch.io/v1alpha1", "kind": "VideoWatch",
+                           "metadata": {"name": "uploads", "namespace": NS, "uid": "u"},
+                           "spec": {"source": "az://uploads/incoming", "output": "az://stylized/{path}-{style}.mp4",
+                                    "mode": "queue", "queue": {"name": "uploads"}, "template": TEMPLATE}},
+                          openapi_schema())
+    spec, problems = read_spec(body, SETTINGS)
+    assert spec is not None, problems
+    state = handlers.WatchState(waiting=3, clients={"uploads": Forbidden()})
+    run = handlers._Round(None, body, spec, state, Metrics(), logging.getLogger("test"), free=0)  # type: ignore[arg-type]
+    asyncio.run(run.drain_queue())
+    assert run.error == "" and state.waiting == 3  # (not known now: as last seen)

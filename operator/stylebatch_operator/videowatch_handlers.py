@@ -161,11 +161,19 @@ class _Round:
     # --- queue mode ---
 
     async def drain_queue(self) -> None:
-        from azure.core.exceptions import AzureError
+        from azure.core.exceptions import AzureError, HttpResponseError
 
         queue = self._queue(self.spec.queue)
         if self.free <= 0:
-            props = await asyncio.to_thread(queue.get_queue_properties)
+            try:
+                props = await asyncio.to_thread(queue.get_queue_properties)
+            except HttpResponseError as exc:
+                if exc.status_code != 403:
+                    raise
+                # (Storage Queue Data Message Processor alone may not read the queue's properties:
+                # status.waiting is then not known, which is no error of the watch's)
+                self.logger.debug("could not count the messages waiting in queue %s: %s", self.spec.queue, exc)
+                return
             self.state.waiting = int(props.approximate_message_count or 0)
             return
         self.state.waiting = 0

@@ -211,9 +211,10 @@ def check_style_files(style: str) -> None:
     (it was found cut short or damaged only by the ranks, once preprocess had read the whole input)."""
     import tempfile
 
-    from stylebatch.paintings import check_style_image
     from stylebatch.weights_file import check_archive
 
+    if all(p.kind == BUILTIN_KIND for p in parse_style(style)):
+        return  # (nothing to fetch; and the launcher imports no numpy for a painting check)
     with tempfile.TemporaryDirectory(prefix="stylebatch-style-check-") as tmp:
         for p in parse_style(style):
             if p.kind == BUILTIN_KIND:
@@ -225,6 +226,8 @@ def check_style_files(style: str) -> None:
             if p.kind == WEIGHTS_KIND:
                 check_archive(path, f"style file {loc.display}")
             elif p.kind == IMAGE_KIND:
+                from stylebatch.paintings import check_style_image  # (numpy, Pillow: only for a painting)
+
                 check_style_image(path)  # its header, and a JPEG's data to its end: what loading would refuse
 
 

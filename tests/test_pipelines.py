@@ -54,6 +54,24 @@ def test_three_pipelines_paint_the_same_video_as_one_and_each_chunk_once(preproc
     np.testing.assert_array_equal(videos[3], videos[1])  # the same bits: one network, one thread each
 
 
+def test_two_pipelines_decode_a_clip_with_keyframes_far_apart_about_once(clip, tmp_path: Path) -> None:
+    """A chunk went to whichever pipeline asked first, so two pipelines took every other chunk, and
+    with keyframes further apart than two chunks each decoded the other's frames on the way to its
+    own: every frame decoded twice (a third of a run's codec time on 2 cores). Each pipeline now goes
+    on from its own start; the rank's summary line says how many frames its decoders made."""
+    src = clip("far-keyframes.mp4", size=(64, 48), frames=256, extra=("-g", "64", "-sc_threshold", "0"))
+    work, out = tmp_path / "work", tmp_path / "out.mp4"
+    assert stylebatch("preprocess", src, "--work", work, "-o", out, "--chunk-frames", "4").returncode == 0
+    result = stylebatch("stylize", "--work", work, "--pipelines", "2", *FAST_STYLE)
+    assert result.returncode == 0, result.stderr
+    summary = [line for line in result.stderr.splitlines() if " frames decoded" in line]
+    assert len(summary) == 1 and "256 frames in " in summary[0], result.stderr
+    decoded = int(summary[0].rsplit("; ", 1)[1].split()[0])
+    assert 256 <= decoded <= 256 + 64, summary  # each frame once; the second pipeline starts on a keyframe
+    assert stylebatch("postprocess", "--work", work).returncode == 0
+    assert count_frames(out) == 256 and frame_pts(out) == frame_pts(src)
+
+
 def test_resume_with_pipelines_redoes_only_the_missing_part(preprocessed) -> None:
     _, make = preprocessed
     work, out = make("resume")
@@ -176,33 +194,15 @@ def test_the_first_failure_of_any_pipeline_stops_the_others_and_is_raised() -> N
     assert sorted(ended) == [0, 1]
 
 
-def test_pipelines_share_the_chunks_each_drawn_once() -> None:
-    from stylebatch.pipeline import SharedChunks
-
-    chunks = [(i, i + 1) for i in range(2000)]
-    shared = SharedChunks(iter(chunks))
-    taken: list[list] = [[] for _ in range(4)]
-
-    def draw(mine: list) -> None:
-        for chunk in shared:
-            mine.append(chunk)
-
-    threads = [threading.Thread(target=draw, args=(t,)) for t in taken]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert sorted(c for mine in taken for c in mine) == chunks
-
-
 def test_busy_of_several_pipelines_says_their_frames_and_the_longest_time() -> None:
     from stylebatch.pipeline import Busy
 
     a, b = Busy(), Busy()
-    a.model, a.decoder, a.encoder, a.count = 1.0, 0.5, 0.5, 20
-    b.model, b.decoder, b.encoder, b.count = 3.0, 0.5, 0.5, 40
+    a.model, a.decoder, a.encoder, a.count, a.decoded = 1.0, 0.5, 0.5, 20, 20
+    b.model, b.decoder, b.encoder, b.count, b.decoded = 3.0, 0.5, 0.5, 40, 52
     assert Busy.of([a, b]).summary() == ("60 frames in 4.0 s (15.0 fps) on 2 pipelines: model 67%, "
-                                         "waiting for the decoder 17%, waiting for the encoder 17%")
+                                         "waiting for the decoder 17%, waiting for the encoder 17%; 72 frames decoded")
+    a.decoded = 0  # not known
     assert Busy.of([a]).summary() == ("20 frames in 2.0 s (10.0 fps): model 50%, waiting for the decoder 25%, "
                                       "waiting for the encoder 25%")
 

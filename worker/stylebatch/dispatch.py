@@ -1,13 +1,24 @@
-"""Which rank stylizes which chunk: handed out one at a time, to whichever rank asks first.
+"""Which rank, and which of its pipelines, stylizes which chunk: each takes the chunk after its last one
+while nobody else has, and work left elsewhere when its own run of chunks is done.
 
 A fixed contiguous share makes the job as slow as its slowest rank (a throttled GPU, a busy node, a
-rank that resumed fewer parts). Instead the ranks share one counter, an MPI one-sided window on rank
-0 that each rank advances with an atomic fetch-and-add (MPI_Fetch_and_op, passive target: rank 0
-need not take part), so a rank twice as slow simply takes about half as many chunks. The chunk grid,
-the part names and resume are unchanged: a chunk whose part already exists is skipped by whoever
-draws it.
+rank that resumed fewer parts). Handing out chunk after chunk to whichever asks first (one shared
+counter) fixed that, but every pipeline then took every S-th chunk of S pipelines at once, and a
+decoder can only start at a keyframe: in a clip whose keyframes lie further apart than S chunks (an
+encoder's default of 250 frames, screen recordings), each pipeline decoded the frames of all the
+others' chunks too, to reach its own: every frame S times over.
 
-One rank (no MPI) draws the chunks in order.
+So each pipeline of the job (a consumer) starts at its own point of the chunks still to do (spread
+evenly) and goes on chunk by chunk, decoding straight on, as long as nobody has taken the next chunk.
+When somebody has (the next consumer's start, or a thief), it takes the middle of the longest run of
+chunks nobody has taken yet, and goes on from there (starts and middles move, within bounds, to a
+chunk that begins at or just after a keyframe, where a seek decodes least): a consumer twice as slow simply loses half its
+run to the others, and each move costs one seek. Taking is atomic over all ranks: one flag per chunk
+in an MPI one-sided window on rank 0, set by compare-and-swap (passive target: rank 0 need not take
+part). The chunk grid, the part names and resume are unchanged: chunks whose part already exists are
+marked taken before anyone starts.
+
+One rank (no MPI) keeps the flags in memory for its pipelines.
 """
 
 from __future__ import annotations
@@ -33,42 +44,138 @@ def end_mpi_calls(timeout: float = 2.0) -> None:
         _calls.release()
 
 
-class ChunkDispenser:
-    """Hands out indices 0..n-1, each exactly once over all ranks. Collective: every rank of the
-    world creates one and closes it (close() waits for the other ranks to be done drawing)."""
+def longest_untaken(taken: Sequence[int]) -> tuple[int, int] | None:
+    """(start, length) of the longest run of untaken (0) flags, the first of equal ones; None if none."""
+    best, start = None, None
+    for i, flag in enumerate([*taken, 1]):
+        if not flag and start is None:
+            start = i
+        elif flag and start is not None:
+            if best is None or i - start > best[1]:
+                best = (start, i - start)
+            start = None
+    return best
 
-    def __init__(self, world: World, n: int) -> None:
-        self.n, self._next, self._win, self._progress = n, 0, None, None
+
+def nearest_cheapest(candidates: range, centre: int, cost: Sequence[int] | None) -> int:
+    """Of `candidates`, the one whose seek costs least (cost[i]: frames decoded only to reach chunk i
+    from its keyframe), the nearest to `centre` of equal ones."""
+    return min(candidates, key=lambda i: (cost[i] if cost else 0, abs(i - centre)))
+
+
+def starts(todo: Sequence[int], consumers: int, cost: Sequence[int] | None = None) -> list[int]:
+    """Where each of `consumers` begins: spread evenly over the indices still to do (sorted), each
+    moved by up to a quarter of its share to the chunk that is cheapest to seek to (one that starts at
+    or just after a keyframe)."""
+    if not todo:
+        return [0] * consumers
+    n, reach = len(todo), len(todo) // (4 * consumers)
+    first = []
+    for c in range(consumers):
+        k = c * n // consumers
+        j = nearest_cheapest(range(max(0, k - reach), min(n, k + reach + 1)), k,
+                             None if cost is None else [cost[i] for i in todo])
+        first.append(todo[j])
+    return first
+
+
+class ChunkDispenser:
+    """Hands out indices 0..n-1, each exactly once over all ranks and pipelines. Collective: every
+    rank of the world creates one (with the same `done`, and its own count of pipelines) and closes
+    it (close() waits for the other ranks to be done drawing)."""
+
+    def __init__(self, world: World, n: int, pipelines: int = 1, done: Sequence[int] = (),
+                 cost: Sequence[int] | None = None) -> None:
+        """cost[i]: frames decoded only to reach chunk i after a seek (None: all alike), so that
+        pipelines start and move to chunks near a keyframe where they can."""
+        self.n, self._win, self._progress, self._cost = n, None, None, cost
+        self._lock = threading.Lock()
+        self._done = done = set(done)
+        counts = [pipelines]
         if world.comm is not None and world.size > 1:
             from mpi4py import MPI
 
             self._mpi = MPI
-            itemsize = MPI.INT64_T.Get_size()
-            self._win = MPI.Win.Allocate(itemsize if world.rank == 0 else 0, itemsize, comm=world.comm)
+            counts = world.comm.allgather(pipelines)
+            self._flags = None
+            self._win = MPI.Win.Allocate(n * 4 if world.rank == 0 else 0, 4, comm=world.comm)
             if world.rank == 0:
+                import numpy as np
+
                 self._win.Lock(0, MPI.LOCK_EXCLUSIVE)
-                self._win.tomemory()[:itemsize] = bytes(itemsize)  # the counter starts at 0
+                flags = np.frombuffer(self._win.tomemory(), np.int32, n)
+                flags[:] = 0
+                flags[sorted(done)] = 1
                 self._win.Unlock(0)
-            world.comm.Barrier()  # nobody draws before the counter is set
+            world.comm.Barrier()  # nobody takes a chunk before the flags are set
             if world.rank == 0:
                 self._progress = _Progress(world.comm)
-
-    def draw(self) -> int | None:
-        """The next index nobody has drawn yet, or None when all are taken."""
-        if self._win is None:
-            index, self._next = self._next, self._next + 1
         else:
-            import numpy as np
+            self._flags = bytearray(n)
+            for i in done:
+                self._flags[i] = 1
+        first = sum(counts[:world.rank])
+        everyone = starts([i for i in range(n) if i not in done], sum(counts), cost)
+        self._starts = everyone[first:first + pipelines]
 
-            one, old = np.ones(1, np.int64), np.zeros(1, np.int64)
-            with _calls:
-                if _ended:
-                    return None
-                self._win.Lock(0, self._mpi.LOCK_SHARED)
-                self._win.Fetch_and_op(one, old, 0, 0, self._mpi.SUM)
-                self._win.Unlock(0)
-            index = int(old[0])
-        return index if index < self.n else None
+    def draws(self, pipeline: int = 0) -> Iterator[int]:
+        """The indices this rank's `pipeline` takes, one at a time as it asks: on from its start while
+        the next is free (past those done before), then from the middle of the longest free run, until
+        none is left."""
+        index = self._starts[pipeline] if pipeline < len(self._starts) else self.n
+        while True:
+            if index >= self.n or not self._take(index):
+                index = self._steal()
+                if index is None:
+                    return
+            yield index
+            index += 1
+            while index in self._done:
+                index += 1
+
+    def _steal(self) -> int | None:
+        while (run := longest_untaken(self._taken())) is not None:
+            start, length = run  # the thief takes the second half, from a chunk near a keyframe
+            index = nearest_cheapest(range(start + length // 4, start + length - length // 4), start + length // 2,
+                                     self._cost)
+            if self._take(index):
+                return index
+        return None
+
+    def _take(self, index: int) -> bool:
+        """Atomically: whether chunk `index` was free, and now is this caller's."""
+        if self._win is None:
+            with self._lock:
+                free = not self._flags[index]
+                self._flags[index] = 1
+                return free
+        import numpy as np
+
+        one, zero, old = np.ones(1, np.int32), np.zeros(1, np.int32), np.zeros(1, np.int32)
+        with _calls:
+            if _ended:
+                return False
+            self._win.Lock(0, self._mpi.LOCK_SHARED)
+            self._win.Compare_and_swap(one, zero, old, 0, index)
+            self._win.Unlock(0)
+        return old[0] == 0
+
+    def _taken(self) -> Sequence[int]:
+        """Every chunk's flag (1: taken), read atomically flag by flag."""
+        if self._win is None:
+            with self._lock:
+                return bytes(self._flags)
+        import numpy as np
+
+        flags = np.zeros(self.n, np.int32)
+        with _calls:
+            if _ended:
+                return [1] * self.n
+            self._win.Lock(0, self._mpi.LOCK_SHARED)
+            self._win.Get_accumulate(np.zeros(self.n, np.int32), flags, 0, (0, self.n, self._mpi.INT32_T),
+                                     op=self._mpi.NO_OP)
+            self._win.Unlock(0)
+        return flags.tolist()
 
     def close(self) -> None:
         if self._win is not None:
@@ -103,11 +210,11 @@ class _Progress(threading.Thread):
         self.join()
 
 
-def dispense(dispenser: ChunkDispenser, chunks: Sequence[tuple[int, int]], done: set[tuple[int, int]],
-             on_take: Callable[[tuple[int, int]], None]) -> Iterator[tuple[int, int]]:
-    """This rank's chunks, drawn one at a time as it asks for the next one; chunks already done are
-    skipped; on_take(chunk) is told of each one drawn (progress)."""
-    while (index := dispenser.draw()) is not None:
+def dispense(dispenser: ChunkDispenser, pipeline: int, chunks: Sequence[tuple[int, int]],
+             done: set[tuple[int, int]], on_take: Callable[[tuple[int, int]], None]) -> Iterator[tuple[int, int]]:
+    """The chunks this rank's `pipeline` takes, one at a time as it asks for the next one; chunks
+    already done are skipped; on_take(chunk) is told of each one taken (progress)."""
+    for index in dispenser.draws(pipeline):
         chunk = chunks[index]
         if chunk in done:
             continue

@@ -1,6 +1,6 @@
 """Decode, model and encode in three threads joined by small bounded queues, so the model (the GPU)
-never waits on the CPU work around it (a pipeline); a rank's pipelines, several at once drawing
-chunks from one source; and the progress lines a rank prints."""
+never waits on the CPU work around it (a pipeline); a rank's pipelines, several at once, each taking
+its own chunks (stylebatch.dispatch); and the progress lines a rank prints."""
 
 from __future__ import annotations
 
@@ -82,11 +82,13 @@ class Busy:
     to the encoder's last frame: stylizing, waiting for the decoder (it is the bottleneck), or
     waiting for the encoder to take stylized frames (it is). On a GPU the first share is what the
     GPU had to do; the other two say what needs more cores or a faster preset. `count`: frames
-    encoded (a temporal chunk's warm-up frames are stylized, not encoded)."""
+    encoded (a temporal chunk's warm-up frames are stylized, not encoded). `decoded`: frames out of
+    the decoder, where known (more than `count` when reaching a chunk meant decoding from an earlier
+    keyframe, or for a temporal chunk's warm-up)."""
 
     def __init__(self) -> None:
         self.model = self.decoder = self.encoder = 0.0
-        self.count = 0
+        self.count = self.decoded = 0
         self.pipelines = 1
         self.wall = None  # seconds, when not the sum of the three (several pipelines: the longest one's)
 
@@ -100,6 +102,7 @@ class Busy:
             total.model, total.decoder, total.encoder = (total.model + b.model, total.decoder + b.decoder,
                                                          total.encoder + b.encoder)
             total.count += b.count
+            total.decoded += b.decoded
         total.pipelines = len(parts)
         total.wall = max(b.model + b.decoder + b.encoder for b in parts)
         return total
@@ -112,22 +115,8 @@ class Busy:
         share = lambda part: f"{100 * part / total:.0f}%"  # noqa: E731
         on = "" if self.pipelines == 1 else f" on {self.pipelines} pipelines"
         return (f"{counted(self.count, 'frame')} in {wall:.1f} s ({self.count / wall:.1f} fps){on}: model {share(self.model)}, "
-                f"waiting for the decoder {share(self.decoder)}, waiting for the encoder {share(self.encoder)}")
-
-
-class SharedChunks:
-    """An iterator over `chunks` that several pipelines draw from at once: each chunk goes to
-    exactly one of them, the next one to whichever asks first."""
-
-    def __init__(self, chunks: Iterable[tuple[int, int]]) -> None:
-        self._chunks, self._lock = iter(chunks), threading.Lock()
-
-    def __iter__(self) -> SharedChunks:
-        return self
-
-    def __next__(self) -> tuple[int, int]:
-        with self._lock:
-            return next(self._chunks)
+                f"waiting for the decoder {share(self.decoder)}, waiting for the encoder {share(self.encoder)}"
+                + (f"; {counted(self.decoded, 'frame')} decoded" if self.decoded else ""))
 
 
 def run_pipelines(count: int, pipeline: Callable[[int, threading.Event], Busy]) -> list[Busy]:

@@ -29,12 +29,12 @@ from stylebatch.memory import default_batch, default_pipelines, on_gpu, one_heap
 from stylebatch.manifest import PARTS_DIR, STYLIZE_NAME, Manifest, read_manifest
 from stylebatch.dispatch import ChunkDispenser, dispense
 from stylebatch.partition import chunk_bounds, part_name
-from stylebatch.pipeline import Busy, Progress, SharedChunks, run_pipeline, run_pipelines
+from stylebatch.pipeline import Busy, Progress, run_pipeline, run_pipelines
 from stylebatch.progress import RankProgress
 from stylebatch.ranks import World, cpu_count, detect
 from stylebatch.styles import resolve_style
 from stylebatch.requests import ModelOptions, StylizeRequest
-from stylebatch.video import ChunkReader
+from stylebatch.video import ChunkReader, keyframe_before
 
 log = logging.getLogger(__name__)
 
@@ -229,20 +229,23 @@ def stylize(req: StylizeRequest, world: World, tmp: Path,
                 return PartWriter(path, m.encoder, m.display_width, m.display_height, Fraction(*m.frame_rate),
                                   m.color, codec, _sar(m)), path
 
-            dispenser = ChunkDispenser(world, len(chunks))
-            todo = SharedChunks(dispense(dispenser, chunks, done, progress.take))
+            dispenser = ChunkDispenser(world, len(chunks), pipelines, [i for i, c in enumerate(chunks) if c in done],
+                                       [s - keyframe_before(m, s) for s, _ in chunks])
 
             def pipeline(index: int, stop) -> Busy:
-                reader = readers[index]
+                reader, todo = readers[index], dispense(dispenser, index, chunks, done, progress.take)
                 if temporal[0] == "on":
                     from stylebatch.temporal import TemporalChunks
 
                     steady = TemporalChunks(strength=temporal[1], warmup=warmup)
-                    return run_pipeline(todo, lambda c: steady.read(reader.read, *c, batch),
+                    busy = run_pipeline(todo, lambda c: steady.read(reader.read, *c, batch),
                                         lambda item: steady.stylize(stylizer, item), open_part, publish, progress,
                                         finish=steady.finish, stop=stop)
-                return run_pipeline(todo, lambda c: reader.read(*c, batch), stylizer, open_part, publish, progress,
-                                    stop=stop)
+                else:
+                    busy = run_pipeline(todo, lambda c: reader.read(*c, batch), stylizer, open_part, publish,
+                                        progress, stop=stop)
+                busy.decoded = reader.decoded
+                return busy
 
             busy = Busy.of(run_pipelines(pipelines, pipeline))
             log.info("rank %d/%d: %s", world.rank, world.size, busy.summary())

@@ -260,6 +260,15 @@ def _audio_summary(a: av.AudioStream) -> dict[str, Any]:
 
 
 
+def keyframe_before(m, start: int) -> int:
+    """The frame a decoder must start from to reach frame `start`: the last keyframe at or before it
+    (the first frame where the timestamps cannot be trusted to seek by). start - keyframe_before(m,
+    start) frames are decoded only to reach it."""
+    if not m.pts_reliable or not m.keyframes or start < m.keyframes[0]:
+        return 0
+    return m.keyframes[bisect.bisect_right(m.keyframes, start) - 1]
+
+
 class ChunkReader:
     """Upright RGB frames of any presentation range, by seeking to a keyframe and matching pts.
 
@@ -281,6 +290,7 @@ class ChunkReader:
         self._pending: av.VideoFrame | None = None  # a frame read ahead while seeking
         self._sws = VideoReformatter()  # one converter for all frames, not one per frame
         self._recent: collections.deque[tuple[int, np.ndarray]] = collections.deque(maxlen=keep)
+        self.decoded = 0  # frames out of the decoder so far, those decoded only to reach a chunk included
 
     def close(self) -> None:
         if self._container is not None:
@@ -301,15 +311,16 @@ class ChunkReader:
 
     def _decode(self, vs: av.VideoStream) -> Iterator[av.VideoFrame]:
         try:
-            yield from self._container.decode(vs)
+            for frame in self._container.decode(vs):
+                self.decoded += 1
+                yield frame
         except (av.FFmpegError, OSError, ValueError) as exc:
             raise StylebatchError(f"cannot decode {self.m.input} ({_reason(exc)})") from None
 
     def _position(self, start: int, seek: bool) -> None:
         vs = self._open()
         if seek and self.m.pts_reliable and start > 0:
-            key = self.m.keyframes[bisect.bisect_right(self.m.keyframes, start) - 1]
-            self._container.seek(self.m.pts[key], stream=vs, backward=True)
+            self._container.seek(self.m.pts[keyframe_before(self.m, start)], stream=vs, backward=True)
         self._frames = self._decode(vs)
         if not self.m.pts_reliable:  # find frames by counting from the start
             for _ in range(start):
@@ -336,7 +347,7 @@ class ChunkReader:
         if self._frames is None or start < self._next:
             return False
         if self.m.pts_reliable:
-            if self.m.keyframes[bisect.bisect_right(self.m.keyframes, start) - 1] > self._next:
+            if keyframe_before(self.m, start) > self._next:
                 return False
             target = self.m.pts[start]
             for frame in self._frames:

@@ -151,7 +151,7 @@ class ChunkDispenser:
                 return free
         import numpy as np
 
-        one, zero, old = np.ones(1, np.int32), np.zeros(1, np.int32), np.zeros(1, np.int32)
+        one, zero, old = np.ones(1, np.int32), np.zeros(1, np.int32), np.zeros(1, np.int32)  # MPI.INT, as the reads
         with _calls:
             if _ended:
                 return False
@@ -172,7 +172,7 @@ class ChunkDispenser:
             if _ended:
                 return [1] * self.n
             self._win.Lock(0, self._mpi.LOCK_SHARED)
-            self._win.Get_accumulate(np.zeros(self.n, np.int32), flags, 0, (0, self.n, self._mpi.INT32_T),
+            self._win.Get_accumulate(np.zeros(self.n, np.int32), flags, 0, (0, self.n, self._mpi.INT),
                                      op=self._mpi.NO_OP)
             self._win.Unlock(0)
         return flags.tolist()

@@ -230,10 +230,12 @@ def stylize(req: StylizeRequest, world: World, tmp: Path,
                                   m.color, codec, _sar(m)), path
 
             dispenser = ChunkDispenser(world, len(chunks), pipelines, [i for i, c in enumerate(chunks) if c in done],
-                                       [s - keyframe_before(m, s) for s, _ in chunks])
+                                       # without trusted timestamps every seek decodes from the start alike
+                                       [s - keyframe_before(m, s) for s, _ in chunks] if m.pts_reliable else None)
 
             def pipeline(index: int, stop) -> Busy:
                 reader, todo = readers[index], dispense(dispenser, index, chunks, done, progress.take)
+                before = reader.decoded  # not the frame read for the style's own look (_own_frame)
                 if temporal[0] == "on":
                     from stylebatch.temporal import TemporalChunks
 
@@ -244,7 +246,7 @@ def stylize(req: StylizeRequest, world: World, tmp: Path,
                 else:
                     busy = run_pipeline(todo, lambda c: reader.read(*c, batch), stylizer, open_part, publish,
                                         progress, stop=stop)
-                busy.decoded = reader.decoded
+                busy.decoded = reader.decoded - before
                 return busy
 
             busy = Busy.of(run_pipelines(pipelines, pipeline))

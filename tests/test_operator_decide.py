@@ -1019,7 +1019,7 @@ def test_a_worker_that_ended_before_the_ranks_started_ends_the_attempt(case, pod
     assert (action.kind, action.reason, action.counted if action.kind == ActionKind.RETRY else None) == expected
     if action.kind == ActionKind.RETRY:
         assert action.deletes == (("MPIJob", STY1),) and action.failure.reason == "WorkerLost"
-        assert "worker-0 ended before the ranks started" in action.failure.message
+        assert "worker-0 ended before the ranks reported any frames" in action.failure.message
 
 
 def training_since(advanced: str, pod: str = TRAIN1 + "-a", **spec: Any) -> dict[str, Any]:

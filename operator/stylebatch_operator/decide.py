@@ -31,7 +31,7 @@ PROGRESS_STALLED = "ProgressStalled"  # stylize (training) went without a new fr
 PROGRESS_OF_STAGE = {STYLIZE: ("progress", "frame stylized"), TRAIN: ("training", "training step")}
 INVALID_INPUT = "InvalidInput"  # the worker exited with its user-error code: Failed at once, no retry
 DISRUPTED = "Disrupted"  # a pod was evicted or lost its node: retried without spending spec.retries
-# A worker pod of the stylize MPIJob ended before the ranks started: that attempt can never start
+# A worker pod of the stylize MPIJob ended before the ranks reported frames: that attempt can never finish
 WORKER_LOST = "WorkerLost"
 # A child's name is held by an object this job does not control (the child of an earlier job of the
 # same name, orphaned or not yet garbage-collected): never read, adopted or deleted as the job's own.

@@ -126,7 +126,7 @@ DISRUPTION_REASON_PREFIXES = ("OutOf",)
 
 def worker_lost_before_launch(pods: list[dict[str, Any]], ranks_started: bool) -> str | None:
     """A worker pod of an MPIJob that ended (Failed or Succeeded) of its own, with no deletion under way,
-    before the ranks started, in a few words; else None. The MPI Operator replaces a worker pod only
+    before the ranks reported any frames, in a few words; else None. The MPI Operator replaces a worker pod only
     when it is gone, not when it failed, so such an attempt never starts: its launcher is made once
     every worker is Ready (launcherCreationPolicy WaitForWorkersReady), or, started early (Kueue,
     kubeflow/mpi-operator#615), waits in stylebatch-mpiexec for every worker to take connections; the
@@ -143,7 +143,7 @@ def worker_lost_before_launch(pods: list[dict[str, Any]], ranks_started: bool) -
         if role == "worker" and status.get("phase") in ("Failed", "Succeeded") \
                 and not pod.get("metadata", {}).get("deletionTimestamp"):
             why = ": ".join(filter(None, (status.get("reason"), status.get("message")))) or status["phase"]
-            return redact(f"worker pod {pod['metadata'].get('name')} ended before the ranks started ({why})")[:1000]
+            return redact(f"worker pod {pod['metadata'].get('name')} ended before the ranks reported any frames ({why})")[:1000]
     return None
 
 

@@ -341,6 +341,41 @@ def test_bad_training_input_is_one_line(tmp_path, args, words):
     assert not list(tmp_path.glob("*.pth"))
 
 
+GIB = 1024 ** 3
+
+
+@pytest.mark.parametrize("batch, size, available_gib, advice", [
+    (4, 256, 8, None),  # the defaults: about 2 GiB
+    (4, 512, 8, None),  # about 6.5 GiB, in 6.8 usable
+    (8, 512, 8, "give --batch-size 4 or less"),
+    (2, 512, 4, "give --batch-size 1"),
+    (1, 1024, 4, "give --size 704 or less"),
+    (4, 1024, 4, "give --size 704 or less and --batch-size 1"),
+    (1, 256, 0.5, "train on a machine with more memory"),
+])
+def test_a_training_step_that_would_not_fit_the_memory_says_what_would(batch, size, available_gib, advice):
+    from stylebatch.memory import check_training_fits
+
+    if advice is None:
+        check_training_fits(batch, size, available=int(available_gib * GIB))
+        return
+    with pytest.raises(BadInput) as caught:
+        check_training_fits(batch, size, available=int(available_gib * GIB))
+    assert str(caught.value).endswith(": " + advice)
+
+
+def test_a_batch_too_large_for_the_machine_is_refused_at_once_in_one_line_not_killed_later(tmp_path, content):
+    """train-style --batch-size 64 --size 1024 went on into the downloads and the first step, and the
+    kernel killed it: no error line, exit code 137, nothing to say which flag to lower."""
+    result = stylebatch("train-style", STARRY, "-o", tmp_path / "w.pth", *content, "--steps", "1",
+                        "--batch-size", "64", "--size", "1024", "--device", "cpu", timeout=120)
+    lines = error_lines(result)
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert re.search(r"training 64 crops of 1024x1024 a step needs about \d+\.\d GiB, more than this machine's "
+                     r"\d+\.\d GiB: give --batch-size \d+( or less)?$", lines[0]), lines[0]
+    assert "Traceback" not in result.stderr and not list(tmp_path.iterdir())
+
+
 @pytest.mark.skipif(not Path("/sys/kernel").is_dir(), reason="no /sys/kernel here")
 def test_an_output_folder_that_cannot_be_written_is_refused_before_training(tmp_path):
     """A folder access() calls writable that is not (root in /sys or on a read-only mount): training

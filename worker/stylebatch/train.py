@@ -400,6 +400,7 @@ def run(req: TrainRequest) -> int:
     if not req.content:
         raise BadInput("no content images: give --content with your videos or folders of photos "
                        "(repeatable)")
+    _check_memory(req)
     dest.check_writable()  # before any slow start-up: not after hours of training
     with tempfile.TemporaryDirectory(prefix="stylebatch-train-") as tmp:
         ckpt = Checkpoint(req.output, Path(tmp) / "style.pth.ckpt")
@@ -427,6 +428,15 @@ def run(req: TrainRequest) -> int:
     say(f"{dest.display}: {counted(len(history), 'step')}, loss {history[0]:.4g} at step 1, "
         f"{sum(tail) / len(tail):.4g} over the last {last}; use it with --style {dest.display}")
     return 0
+
+
+def _check_memory(req: TrainRequest) -> None:
+    """On the CPU, a step that would not fit the machine's memory is refused before anything starts
+    (the kernel would kill it without a word, after the downloads). A GPU's memory is not checked."""
+    from stylebatch.memory import check_training_fits, on_gpu
+
+    if not on_gpu(req.device):
+        check_training_fits(req.batch_size, req.size)
 
 
 def _fetched(source: str, folder: Path) -> str:

@@ -171,9 +171,18 @@ def blob_decision(info: FileInfo | None, decision: Decision, spec: WatchSpec) ->
     return decision
 
 
-def listed_candidates(infos: Iterable[FileInfo], spec: WatchSpec) -> dict[str, FileInfo]:
-    """The listed blobs (names relative to the prefix) that count."""
-    return {i.name: i for i in infos if trigger.skip_reason(i.name, i.size, i.metadata, spec.filters) is None}
+def listed_candidates(infos: Iterable[FileInfo], spec: WatchSpec) -> tuple[dict[str, FileInfo], list[FileInfo]]:
+    """The listed blobs (names relative to the prefix) that count, by name; and those skipped because
+    stylebatch cannot address them (trigger.UNADDRESSABLE), which the user is told of."""
+    counted: dict[str, FileInfo] = {}
+    unaddressable: list[FileInfo] = []
+    for info in infos:
+        why = trigger.skip_reason(info.name, info.size, info.metadata, spec.filters)
+        if why is None:
+            counted[info.name] = info
+        elif why == trigger.UNADDRESSABLE:
+            unaddressable.append(info)
+    return counted, unaddressable
 
 
 def job_name(watch: Mapping[str, Any], account: str, spec: WatchSpec, blob: str, etag: str) -> str:

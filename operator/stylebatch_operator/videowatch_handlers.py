@@ -247,10 +247,9 @@ class _Round:
         while True:
             infos, state.token = await asyncio.to_thread(self.source.list_page, state.token, spec.page_size)
             state.listed |= {i.name for i in infos}
-            candidates = vw.listed_candidates(infos, spec)
-            for info in infos:
-                if trigger.skip_reason(info.name, info.size, info.metadata, spec.filters) == trigger.UNADDRESSABLE:
-                    self.skipped(f"{spec.prefix}/{info.name}" if spec.prefix else info.name, info.etag)
+            candidates, unaddressable = vw.listed_candidates(infos, spec)
+            for info in unaddressable:
+                self.skipped(f"{spec.prefix}/{info.name}" if spec.prefix else info.name, info.etag)
             for rel in state.stability.observe({n: (i.size, i.etag) for n, i in candidates.items()}, complete=False):
                 await self.found(candidates[rel])
             if state.token is None:

@@ -583,6 +583,34 @@ def test_output_that_cannot_be_written_is_refused_before_any_work(command: str, 
     assert (tmp_path / "in.mp4").read_bytes() == good.read_bytes()
 
 
+@pytest.mark.parametrize("output, words", [
+    ("in.mp4", ["the output in.mp4 is the input"]),
+    ("../t/in.mp4", ["is the input"]),  # the same file, spelled otherwise
+    ("link.mp4", ["is the input"]),  # a hard link to it
+    ("w/source.mp4", ["is inside the work dir"]),
+    ("w/parts/000000000-000000008.mkv", ["is inside the work dir"]),  # the one part
+])
+def test_postprocess_refuses_an_output_over_the_input_or_in_the_work_dir(output: str, words: list[str], good: Path,
+                                                                          tmp_path: Path) -> None:
+    """postprocess -o in.mp4 wrote the stylized video over the user's original with exit code 0, and an
+    output over a part broke the work dir; preprocess and run refused both."""
+    folder = tmp_path / "t"
+    folder.mkdir()
+    (folder / "in.mp4").write_bytes(good.read_bytes())
+    os.link(folder / "in.mp4", folder / "link.mp4")
+    assert stylebatch("preprocess", "in.mp4", "-o", "out.mp4", "--work", "w", "--chunk-frames", "12",
+                      cwd=folder).returncode == 0
+    assert stylebatch("stylize", "--work", "w", *FAST_STYLE, cwd=folder).returncode == 0
+    work_files = {p: p.read_bytes() for p in (folder / "w").rglob("*") if p.is_file()}
+    result = stylebatch("postprocess", "--work", "w", "-o", output, cwd=folder)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert len(error_lines(result)) == 1 and all(w in error_lines(result)[0] for w in words), result.stderr
+    assert (folder / "in.mp4").read_bytes() == good.read_bytes()
+    assert {p: p.read_bytes() for p in (folder / "w").rglob("*") if p.is_file()} == work_files
+    assert stylebatch("postprocess", "--work", "w", cwd=folder).returncode == 0  # the work dir still makes the video
+    assert (folder / "out.mp4").exists()
+
+
 def test_an_output_in_a_folder_that_takes_no_files_says_so_not_no_such_file(tmp_path: Path, good: Path) -> None:
     """-o /proc/out.mp4 said "the folder /proc is not writable (No such file or directory)" (root: procfs
     refuses a new file with ENOENT), as if something were missing."""

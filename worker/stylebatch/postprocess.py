@@ -56,6 +56,23 @@ def run(req: PostprocessRequest) -> str:
         return _postprocess(work, req)
 
 
+def check_output_place(m: Manifest, work, out) -> None:
+    """Refuse an output that would be written over the input the manifest records (however its path is
+    spelled, or a hard link to it) or into the work dir (its source copy, a part: the stylized frames
+    the output is made of), as preprocess and run refuse them. Reads and writes nothing."""
+    from stylebatch.preprocess import check_not_overwritten
+    from stylebatch.storage import location
+    from stylebatch.workdir import inside
+
+    if inside(out, work):
+        raise StylebatchError(f"the output {out.display} is inside the work dir {work.display}: give another output")
+    try:
+        src = location(m.input)  # as the manifest shows it: a resolved path, a blob's address
+    except (StylebatchError, ValueError):  # a name shown escaped: nothing it could be written over
+        return
+    check_not_overwritten(src, out)
+
+
 def _published_by_this_job(out) -> bool:
     """Whether `out` is a blob this very job (the operator's STYLEBATCH_JOB and STYLEBATCH_JOB_UID)
     wrote; False for a local file, and outside such a job (nothing is read then)."""
@@ -74,6 +91,7 @@ def _postprocess(work, req: PostprocessRequest) -> str:
 
     m = read_manifest(work)
     out = location(req.output or m.output)
+    check_output_place(m, work, out)
     container = container_for(out.name)
     if m.encoder.codec not in ALLOWED[container]:
         raise StylebatchError(f"the parts are {m.encoder.codec}, which cannot go into {Path(out.name).suffix}")

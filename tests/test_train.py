@@ -333,6 +333,9 @@ def test_a_training_into_blob_storage_keeps_its_checkpoint_there_and_a_new_pod_r
     (["-o", "{tmp}/x.pth", "--content", "az://videos/photos/"], ["blob URI of a video or a picture"]),
     (["-o", "{tmp}/x.pth", "--content", "{tmp}/missing.mp4"], ["content not found"]),
     (["-o", "{tmp}/x.pth", "--content", "{tmp}"], ["holds no .jpg, .png or .webp pictures"]),
+    # the crops are halved twice: 250 ended in a tensor-size traceback with exit code 1
+    (["-o", "{tmp}/x.pth", "--content", "{tmp}", "--size", "250"], ["--size", "multiple of 4", "give 248 or 252"]),
+    (["-o", "{tmp}/x.pth", "--content", "{tmp}", "--size", "33"], ["give 32 or 36"]),
 ])
 def test_bad_training_input_is_one_line(tmp_path, args, words):
     result = stylebatch("train-style", STARRY, *[a.format(tmp=tmp_path) for a in args], "--steps", "1")

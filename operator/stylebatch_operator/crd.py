@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 
 from stylebatch.contract import DEFAULT_STYLE, PRECISION_AUTO, PRECISIONS, STYLE_IMAGE_SUFFIXES
-from stylebatch.requests import MIN_MAX_SIDE, TrainRequest
+from stylebatch.requests import CROP_MULTIPLE, MIN_MAX_SIDE, TrainRequest
 from stylebatch.temporal_defaults import DEFAULT_MODE as TEMPORAL_DEFAULT
 from stylebatch.temporal_defaults import DEFAULT_STRENGTH as TEMPORAL_STRENGTH
 from stylebatch.temporal_defaults import MAX_STRENGTH as TEMPORAL_MAX_STRENGTH
@@ -120,8 +120,9 @@ SPEC_SCHEMA: dict[str, Any] = _obj(
             {
                 "steps": _int(f"Training steps (default {_train_default('steps')}).", minimum=1, maximum=200000,
                               default=_train_default("steps")),
-                "size": _int(f"Training crop size in pixels (default {_train_default('size')}).",
-                             minimum=MIN_MAX_SIDE, maximum=1024, default=_train_default("size")),
+                "size": _int(f"Training crop size in pixels, a multiple of {CROP_MULTIPLE} (default "
+                             f"{_train_default('size')}).", minimum=MIN_MAX_SIDE, maximum=1024,
+                             multipleOf=CROP_MULTIPLE, default=_train_default("size")),
                 "batchSize": _int(f"Crops per step (default {_train_default('batch_size')}).", minimum=1,
                                   maximum=64, default=_train_default("batch_size")),
                 "content": {"type": "array", "maxItems": 16,

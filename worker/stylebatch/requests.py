@@ -29,6 +29,17 @@ from stylebatch.temporal_defaults import MODES as TEMPORAL_MODES
 from stylebatch.fields import ArgParser, Request, at_least, between, flag, options
 
 MIN_MAX_SIDE = 32
+CROP_MULTIPLE = 4  # train-style's crops: the network halves them twice and doubles them back
+
+
+def _crop_size(value: int) -> str | None:
+    if value < MIN_MAX_SIDE:
+        return f"must be at least {MIN_MAX_SIDE}"
+    if value % CROP_MULTIPLE:
+        low = value - value % CROP_MULTIPLE
+        return (f"must be a multiple of {CROP_MULTIPLE} (the network halves the crops twice): give "
+                f"{max(low, MIN_MAX_SIDE)} or {low + CROP_MULTIPLE}")
+    return None
 
 
 def _temporal_strength(value: float) -> str | None:
@@ -226,8 +237,8 @@ class TrainRequest(Request):
                                     help="a video, picture or folder of pictures to learn on (file or blob URI; "
                                          "repeatable); frames are sampled")
     steps: int = flag("--steps", kind=int, default=4000, check=at_least(1), help="training steps (default 4000)")
-    size: int = flag("--size", kind=int, default=256, check=at_least(MIN_MAX_SIDE),
-                     help="training crop size in pixels (default 256)")
+    size: int = flag("--size", kind=int, default=256, check=_crop_size,
+                     help=f"training crop size in pixels, a multiple of {CROP_MULTIPLE} (default 256)")
     batch_size: int = flag("--batch-size", kind=int, default=4, check=at_least(1), help="crops per step (default 4)")
     lr: float = flag("--lr", kind=float, default=5e-3, check=_positive,
                      help="Adam learning rate at the first step, falling linearly to 0 at the last (default 0.005)")

@@ -192,7 +192,8 @@ def check_training_fits(batch: int, size: int, available: int | None = None) -> 
     else:
         advice = "train on a machine with more memory"
     raise StylebatchError(f"training {batch} {'crop' if batch == 1 else 'crops'} of {size}x{size} a step needs "
-                          f"about {need / GiB:.1f} GiB, more than this machine's {usable / GiB:.1f} GiB: {advice}")
+                          f"about {need / GiB:.1f} GiB, more than the {usable / GiB:.1f} GiB it may use here "
+                          f"({USABLE_SHARE:.0%} of {(available or machine_bytes()) / GiB:.1f} GiB): {advice}")
 
 
 SUGGESTED_SIDES = (3840, 2560, 1920, 1280, 1024, 720, 512, 384, 256)

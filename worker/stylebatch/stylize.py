@@ -235,7 +235,6 @@ def stylize(req: StylizeRequest, world: World, tmp: Path,
 
             def pipeline(index: int, stop) -> Busy:
                 reader, todo = readers[index], dispense(dispenser, index, chunks, done, progress.take)
-                before = reader.decoded  # not the frame read for the style's own look (_own_frame)
                 if temporal[0] == "on":
                     from stylebatch.temporal import TemporalChunks
 
@@ -246,7 +245,7 @@ def stylize(req: StylizeRequest, world: World, tmp: Path,
                 else:
                     busy = run_pipeline(todo, lambda c: reader.read(*c, batch), stylizer, open_part, publish,
                                         progress, stop=stop)
-                busy.decoded = reader.decoded - before
+                busy.decoded = reader.decoded  # with the frames read for a painting's own look (_own_frame)
                 return busy
 
             busy = Busy.of(run_pipelines(pipelines, pipeline))

@@ -91,6 +91,22 @@ def test_delete_work_removes_only_the_files_its_records_list(backend: str, clip,
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("given", [True, False])
+def test_a_users_own_empty_folder_given_as_work_dir_is_kept_one_stylebatch_made_is_removed(given: bool, clip,
+                                                                                            tmp_path: Path) -> None:
+    """`mkdir mine; stylebatch run ... --work mine` removed the folder `mine` itself when done: only
+    stylebatch's own files are its to delete."""
+    src = clip("in.mp4", size=(64, 48), frames=8)
+    work, out = tmp_path / "mine", tmp_path / "o.mp4"
+    if given:
+        work.mkdir()
+    result = stylebatch("run", src, "-o", out, "--work", work, "--chunk-frames", "4", *FAST_STYLE)
+    assert result.returncode == 0, result.stderr
+    assert count_frames(out) == 8
+    assert work.is_dir() == given and (not given or os.listdir(work) == [])
+
+
+@pytest.mark.slow
 def test_a_run_resumed_in_a_work_dir_keeps_the_users_files(clip, tmp_path: Path) -> None:
     src = clip("in.mp4", size=(64, 48), frames=8)
     work, out = tmp_path / "work", tmp_path / "o.mp4"

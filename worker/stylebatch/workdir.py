@@ -99,8 +99,10 @@ def claim_work(work, *files: str, made_for: dict | None = None) -> dict:
     record = read_owner(work)
     if record is None:
         check_work(work)
+        given = work.is_local() and work.local_path().is_dir()  # the user's own (empty) folder: kept
         record = {"owner": "stylebatch", "id": secrets.token_hex(16), "host": socket.gethostname(),
-                  "created": _now(), "files": [], **({MADE_FOR: made_for} if made_for else {})}
+                  "created": _now(), "files": [], **({MADE_FOR: made_for} if made_for else {}),
+                  **({FOLDER_GIVEN: True} if given else {})}
     missing = [f for f in files if f not in record["files"]]
     if missing or not work.child(OWNER_NAME).exists():
         record["files"] = record["files"] + missing
@@ -143,7 +145,7 @@ def own_files(work) -> list[str]:
 def delete_work(work) -> None:
     """Delete the files the work dir's records list and nothing else; refuse a work dir stylebatch
     did not make. The lock file goes when the lock is let go; a local work dir left empty then too."""
-    require_owned(work)
+    folder = not require_owned(work).get(FOLDER_GIVEN)
     held = _HELD.get(work.display)
     names = own_files(work)
     local = work.is_local()
@@ -157,9 +159,9 @@ def delete_work(work) -> None:
                     temp.unlink()
         loc.delete()
     if held is not None:
-        held.delete = True
+        held.delete, held.folder = True, folder
     else:
-        _remove_if_empty(work)
+        _remove_if_empty(work, folder)
 
 
 def delete_work_after(work, output: str) -> bool:
@@ -180,12 +182,13 @@ def delete_work_after(work, output: str) -> bool:
     return True
 
 
-def _remove_if_empty(work) -> None:
+def _remove_if_empty(work, folder: bool = True) -> None:
+    """Remove a local work dir's parts folder, and the work dir itself unless the user made it, if empty."""
     if work.is_local():
         path = work.local_path()
-        for folder in (path / PARTS_DIR, path):
+        for empty in (path / PARTS_DIR, path) if folder else (path / PARTS_DIR,):
             with contextlib.suppress(OSError):
-                os.rmdir(folder)  # only if empty
+                os.rmdir(empty)  # only if empty
 
 
 def default_work_dir(*key: object) -> str:
@@ -207,6 +210,7 @@ def default_work_dir(*key: object) -> str:
 
 
 MADE_FOR = "made_for"  # in the owner record of run's own work dir: what it was made for (`made_for`)
+FOLDER_GIVEN = "folder_given"  # in the owner record: the folder was there (the user's, empty): never removed
 
 
 def made_for(input_name: str, identity: object, output: str) -> dict[str, str]:
@@ -275,7 +279,7 @@ LOCK_ENV = "STYLEBATCH_WORK_LOCK"  # the holder's token, handed to the MPI ranks
 
 class _Held:
     def __init__(self, lock) -> None:
-        self.lock, self.delete = lock, False
+        self.lock, self.delete, self.folder = lock, False, True
 
 
 _HELD: dict[str, _Held] = {}  # work dir display -> the lock this process holds on it
@@ -315,7 +319,7 @@ def hold(work) -> Iterator[None]:
         del _HELD[work.display]
         held.lock.release()
         if held.delete:
-            _remove_if_empty(work)
+            _remove_if_empty(work, held.folder)
 
 
 LOCK_POLL_S = 3.0

@@ -423,3 +423,24 @@ def test_python_dash_m_stylebatch_operator_is_stylebatch_operator(tmp_path):
     assert result.returncode == 2 and error_lines(result) == [
         line for line in result.stderr.splitlines() if line.startswith("stylebatch: error:")]
     assert len(error_lines(result)) == 1 and "no Kubernetes credentials" in error_lines(result)[0], result.stderr
+
+
+WAIT_POLICY = """
+import os, sys
+import stylebatch.cli
+print(os.environ["OMP_WAIT_POLICY"], "torch" in sys.modules)  # set before torch reads it
+"""
+
+
+@pytest.mark.parametrize("given, seen", [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
+def test_torch_threads_wait_asleep_unless_the_user_says_otherwise(given, seen) -> None:
+    """torch's OpenMP threads spun while they waited: beside one other busy process a pipeline of 2
+    torch threads painted at a third of its speed (docs/benchmarks.md, twenty-sixth pass). The CLI
+    (every stage and rank) sets the policy before torch is imported; a user's own setting stays."""
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if given:
+        env["OMP_WAIT_POLICY"] = given
+    result = subprocess.run([sys.executable, "-c", WAIT_POLICY], capture_output=True, text=True, env=env,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [seen, "False"]

@@ -20,6 +20,13 @@ from stylebatch.logs import FORMATS
 
 log = logging.getLogger(__name__)
 
+# torch's OpenMP threads wait for the next parallel layer asleep, not spinning (set before torch is
+# imported; a user's own setting wins): a spinning thread on a core that another process wants made
+# every layer wait out a time slice. A pipeline of 2 torch threads beside one busy process painted a
+# 640x360 frame in 141 ms spinning, 63 asleep; on an idle machine 40-43 and 38-41 ms
+# (docs/benchmarks.md, twenty-sixth pass). The ranks, train-style and every stage are this CLI.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 
 class _Version(argparse.Action):
     """--version: the package's version, read only when asked for (stylebatch.__version__)."""

@@ -121,7 +121,7 @@ def test_chunks_already_done_are_skipped_and_not_counted() -> None:
     done = {chunks[1], chunks[6]}
     dispenser = ChunkDispenser(World(), len(chunks), 1, [i for i, c in enumerate(chunks) if c in done])
     took: list = []
-    assert list(dispense(dispenser, 0, chunks, done, took.append)) == [c for c in chunks if c not in done] == took
+    assert list(dispense(dispenser, 0, chunks, took.append)) == [c for c in chunks if c not in done] == took
 
 
 DRAW_IN_RANKS = """

@@ -12,8 +12,8 @@ So each pipeline of the job (a consumer) starts at its own point of the chunks s
 evenly) and goes on chunk by chunk, decoding straight on, as long as nobody has taken the next chunk.
 When somebody has (the next consumer's start, or a thief), it takes the middle of the longest run of
 chunks nobody has taken yet, and goes on from there (starts and middles move, within bounds, to a
-chunk that begins at or just after a keyframe, where a seek decodes least): a consumer twice as slow simply loses half its
-run to the others, and each move costs one seek. Taking is atomic over all ranks: one flag per chunk
+chunk that begins at or just after a keyframe, where a seek decodes least): a consumer twice as slow
+simply loses half its run to the others, and each move costs one seek. Taking is atomic over all ranks: one flag per chunk
 in an MPI one-sided window on rank 0, set by compare-and-swap (passive target: rank 0 need not take
 part). The chunk grid, the part names and resume are unchanged: chunks whose part already exists are
 marked taken before anyone starts.
@@ -70,12 +70,11 @@ def starts(todo: Sequence[int], consumers: int, cost: Sequence[int] | None = Non
     if not todo:
         return [0] * consumers
     n, reach = len(todo), len(todo) // (4 * consumers)
+    todo_cost = None if cost is None else [cost[i] for i in todo]
     first = []
     for c in range(consumers):
         k = c * n // consumers
-        j = nearest_cheapest(range(max(0, k - reach), min(n, k + reach + 1)), k,
-                             None if cost is None else [cost[i] for i in todo])
-        first.append(todo[j])
+        first.append(todo[nearest_cheapest(range(max(0, k - reach), min(n, k + reach + 1)), k, todo_cost)])
     return first
 
 
@@ -211,12 +210,10 @@ class _Progress(threading.Thread):
 
 
 def dispense(dispenser: ChunkDispenser, pipeline: int, chunks: Sequence[tuple[int, int]],
-             done: set[tuple[int, int]], on_take: Callable[[tuple[int, int]], None]) -> Iterator[tuple[int, int]]:
-    """The chunks this rank's `pipeline` takes, one at a time as it asks for the next one; chunks
-    already done are skipped; on_take(chunk) is told of each one taken (progress)."""
+             on_take: Callable[[tuple[int, int]], None]) -> Iterator[tuple[int, int]]:
+    """The chunks this rank's `pipeline` takes, one at a time as it asks for the next one (never one
+    the dispenser was told is done); on_take(chunk) is told of each one taken (progress)."""
     for index in dispenser.draws(pipeline):
         chunk = chunks[index]
-        if chunk in done:
-            continue
         on_take(chunk)
         yield chunk

@@ -178,22 +178,25 @@ def check_training_fits(batch: int, size: int, available: int | None = None) -> 
     """A one-line StylebatchError when a training step of `batch` crops of size x size would not fit in
     this machine's memory (it would be killed without a word): with the --batch-size, else the --size,
     that fits."""
-    usable = int((available or machine_bytes()) * USABLE_SHARE)
+    from stylebatch.requests import MIN_MAX_SIDE
+
+    total = available or machine_bytes()
+    usable = int(total * USABLE_SHARE)
     per_crop = TRAIN_BYTES_PER_PIXEL * size * size
     need = TRAIN_BASE_BYTES + per_crop * batch
     if need <= usable:
         return
     fits = max(0, usable - TRAIN_BASE_BYTES) // per_crop
-    side = math.isqrt(max(0, usable - TRAIN_BASE_BYTES) // TRAIN_BYTES_PER_PIXEL) // 16 * 16
+    side = math.isqrt(max(0, usable - TRAIN_BASE_BYTES) // TRAIN_BYTES_PER_PIXEL) // 16 * 16  # CROP_MULTIPLE divides 16
     if fits:
         advice = f"give --batch-size {fits}{' or less' if fits > 1 else ''}"
-    elif side >= 32:
+    elif side >= MIN_MAX_SIDE:
         advice = f"give --size {side} or less{' and --batch-size 1' if batch > 1 else ''}"
     else:
         advice = "train on a machine with more memory"
     raise StylebatchError(f"training {batch} {'crop' if batch == 1 else 'crops'} of {size}x{size} a step needs "
                           f"about {need / GiB:.1f} GiB, more than the {usable / GiB:.1f} GiB it may use here "
-                          f"({USABLE_SHARE:.0%} of {(available or machine_bytes()) / GiB:.1f} GiB): {advice}")
+                          f"({USABLE_SHARE:.0%} of {total / GiB:.1f} GiB): {advice}")
 
 
 SUGGESTED_SIDES = (3840, 2560, 1920, 1280, 1024, 720, 512, 384, 256)

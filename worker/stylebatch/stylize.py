@@ -234,7 +234,7 @@ def stylize(req: StylizeRequest, world: World, tmp: Path,
                                        [s - keyframe_before(m, s) for s, _ in chunks] if m.pts_reliable else None)
 
             def pipeline(index: int, stop) -> Busy:
-                reader, todo = readers[index], dispense(dispenser, index, chunks, done, progress.take)
+                reader, todo = readers[index], dispense(dispenser, index, chunks, progress.take)
                 if temporal[0] == "on":
                     from stylebatch.temporal import TemporalChunks
 

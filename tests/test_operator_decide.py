@@ -599,6 +599,48 @@ def test_a_disrupted_mpijob_is_retried_without_counting_its_own_failures_are(cas
     assert (action.kind, action.reason, action.counted) == expected
 
 
+# The MPIJob's Failed condition once its launcher Job failed on its backoff limit: the MPI Operator adds
+# the last failed launcher pod's status.reason ("" for a launcher that exited non-zero of its own).
+LAUNCHER_EXITED = ("Failed", "BackoffLimitExceeded/", "Job has reached the specified backoff limit: ")
+LAUNCHER_EVICTED = ("Failed", "BackoffLimitExceeded/Evicted",
+                    "Job has reached the specified backoff limit: The node was low on resource: memory.")
+LAUNCHER_LOG = "rank 1: 40/72 frames\nssh: connect to host 10.244.1.7 port 2222: No route to host"
+
+
+def seen_on(child: str, uid: str) -> dict[str, Any]:
+    """status.disruption as the operator wrote it while that MPIJob ran."""
+    return {"child": f"MPIJob/{child}", "uid": uid, "seenTime": "2026-05-01T11:58:00Z",
+            "message": f"pod {child}-worker-1: DeletionByPodGC: PodGC: node no longer exists"}
+
+
+@pytest.mark.parametrize("case, condition, seen, expected", [
+    ("a worker's node vanished and its pod with it, seen while the MPIJob ran: not counted",
+     LAUNCHER_EXITED, seen_on(STY1, "uid-1"), (ActionKind.RETRY, "Disrupted", False)),
+    ("an evicted launcher whose pod is gone: the MPIJob's own reason says so, not counted",
+     LAUNCHER_EVICTED, None, (ActionKind.RETRY, "Disrupted", False)),
+    ("a launcher that failed of its own, nothing seen: counted", LAUNCHER_EXITED, None, (ActionKind.RETRY, "Retrying", True)),
+    ("a disruption seen on an earlier MPIJob of the same name (deleted, made again): counted",
+     LAUNCHER_EXITED, seen_on(STY1, "uid-0"), (ActionKind.RETRY, "Retrying", True)),
+    ("a disruption seen on the attempt before: counted", LAUNCHER_EXITED, seen_on("orangutan-stylize-0", "uid-1"),
+     (ActionKind.RETRY, "Retrying", True)),
+], ids=lambda v: v if isinstance(v, str) else "")
+def test_a_disruption_whose_pod_is_gone_is_still_not_counted(case, condition, seen, expected):
+    """A spot VM reclaimed: the pod GC deletes its worker pod at once, the launcher fails on the lost
+    connection, and by the time the MPIJob is seen Failed no pod of it shows a DisruptionTarget (the MPI
+    Operator made the worker anew, then deleted the workers). That failure was counted against spec.retries."""
+    obj = stj("Stylizing", attempts={"stylize": 1})
+    if seen is not None:
+        obj["status"]["disruption"] = seen
+    child = mpijob(STY1, condition)
+    child["metadata"]["uid"] = "uid-1"
+    launcher = failed_pod(STY1 + "-launcher-x", 7, LAUNCHER_LOG)
+    action = decide(obj, {STY1: child}, now=NOW, pods=[launcher])
+    assert (action.kind, action.reason, action.counted) == expected
+    if action.reason == "Disrupted":
+        assert "not counted against spec.retries" in action.message
+        assert ("DeletionByPodGC" if seen else "launcher pod: Evicted: ") in action.message
+
+
 def test_a_storage_outage_with_no_retries_left_fails_with_retries_exhausted_not_invalid_input():
     obj = stj("Preprocessing", attempts={"preprocess": 4}, used=3)
     pod = failed_pod("orangutan-preprocess-4-x", 75, "stylebatch: error: storage unreachable: 503")

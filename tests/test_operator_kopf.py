@@ -452,6 +452,37 @@ def test_an_evicted_spot_worker_is_retried_and_only_the_mpijob_runs_again():
     run(scenario)
 
 
+def test_a_worker_lost_with_its_node_is_retried_uncounted_though_its_pod_is_gone_when_the_mpijob_fails():
+    """A spot VM reclaimed: the pod GC marks the worker's pod (DisruptionTarget) and deletes it, the
+    launcher fails on the lost connection, and the MPIJob's own status says nothing of a disruption.
+    The operator saw the pod while the MPIJob ran; that is what keeps the retry off spec.retries."""
+    async def scenario() -> None:
+        async with api_server() as api, operator(api):
+            await apply_job(api, retries=1)
+            await eventually(lambda: child(api, "Job", "orangutan-preprocess-1"))
+            await finish(api, JOBS, "orangutan-preprocess-1")
+            mpijob = await eventually(lambda: child(api, "MPIJob", "orangutan-stylize-1"))
+            await start_launcher(api, "orangutan-stylize-1", 1)
+            worker = await add_pod(api, "MPIJob", "orangutan-stylize-1", "worker-1", {
+                "phase": "Failed", "conditions": [{"type": "DisruptionTarget", "status": "True",
+                                                   "reason": "DeletionByPodGC",
+                                                   "message": "PodGC: node no longer exists"}]}, role="worker")
+            seen = await eventually(lambda: status(api).get("disruption"))
+            assert (seen["child"], seen["uid"]) == ("MPIJob/orangutan-stylize-1", mpijob["metadata"]["uid"])
+            resp = await api.delete(f"{PODS}/{worker}")  # the pod GC's force delete
+            assert resp.status == 200, await resp.text()
+            await finish(api, MPIJOBS, "orangutan-stylize-1", ok=False, reason="BackoffLimitExceeded/",
+                         message="Job has reached the specified backoff limit: ")
+
+            await eventually(lambda: child(api, "MPIJob", "orangutan-stylize-2"))
+            s = await eventually(lambda: status(api).get("disruptions") == 1 and status(api))
+            assert s["retries"] == 0 and "disruption" not in s  # the new MPIJob's pods are watched afresh
+            retry = await eventually(lambda: [e for e in events(api) if e[1] == "Disrupted"])
+            assert "DeletionByPodGC" in retry[0][2] and "not counted against spec.retries" in retry[0][2]
+            assert "seen while it ran" in retry[0][2]  # from the status: no pod listed showed it any more
+    run(scenario)
+
+
 async def make_local_queue(api: ApiServer, name: str, active: bool = True) -> None:
     """What a cluster admin's Kueue set-up has: a LocalQueue in the job's namespace."""
     conditions = [{"type": "Active", "status": "True" if active else "False",

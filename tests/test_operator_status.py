@@ -17,7 +17,7 @@ from stylebatch_operator.decide import Action, Failure
 from stylebatch_operator.settings import Settings
 from stylebatch_operator.spec import resolve
 from stylebatch_operator.states import ActionKind
-from stylebatch_operator.status import progress_patch, set_condition, training_patch, transition
+from stylebatch_operator.status import disruption_patch, progress_patch, set_condition, training_patch, transition
 from stylebatch_operator.uris import redact, strip_secrets, work_dir
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "manifests" / "examples" / "job.yaml"
@@ -297,3 +297,47 @@ def test_every_action_kind_has_its_transition_and_writes_only_the_crds_phases_an
     assert written_phases <= set(Phase) and written_conditions <= set(ConditionType)
     assert {Phase.PENDING, Phase.STYLIZING, Phase.SUCCEEDED, Phase.FAILED} <= written_phases
     assert set(ConditionType) == written_conditions
+
+
+def running(kind: str, name: str, uid: str = "uid-1") -> dict[str, Any]:
+    return {"kind": kind, "metadata": {"name": name, "uid": uid},
+            "status": {"conditions": [{"type": "Running", "status": "True"}]}}
+
+
+PREEMPTED = {"metadata": {"name": "orangutan-stylize-1-worker-1"}, "status": {"phase": "Running", "conditions": [
+    {"type": "DisruptionTarget", "status": "True", "reason": "PreemptionByScheduler", "message": "preempted"}]}}
+
+
+@pytest.mark.parametrize("case, child, pods, recorded, expected", [
+    ("a worker of the running MPIJob preempted: recorded", running("MPIJob", "orangutan-stylize-1"), [PREEMPTED], None,
+     {"child": "MPIJob/orangutan-stylize-1", "uid": "uid-1", "seenTime": "2026-05-01T12:00:00Z",
+      "message": "pod orangutan-stylize-1-worker-1: PreemptionByScheduler: preempted"}),
+    ("recorded already: the first one stays", running("MPIJob", "orangutan-stylize-1"), [PREEMPTED],
+     {"child": "MPIJob/orangutan-stylize-1", "uid": "uid-1"}, None),
+    ("recorded for the MPIJob of that name before: this one's recorded", running("MPIJob", "orangutan-stylize-1"),
+     [PREEMPTED], {"child": "MPIJob/orangutan-stylize-1", "uid": "uid-0"}, "new"),
+    ("nothing wrong", running("MPIJob", "orangutan-stylize-1"), [{"status": {"phase": "Running"}}], None, None),
+    ("a batch Job's pod: its podFailurePolicy replaces it, a later failure is the Job's own",
+     running("Job", "orangutan-preprocess-1"), [PREEMPTED], None, None),
+    ("an MPIJob already failed: decide reads its pods itself",
+     {**running("MPIJob", "orangutan-stylize-1"), "status": {"conditions": [{"type": "Failed", "status": "True"}]}},
+     [PREEMPTED], None, None),
+], ids=lambda v: v if isinstance(v, str) else "")
+def test_a_disruption_of_a_running_mpijobs_pod_is_recorded_once_before_its_pod_is_gone(case, child, pods, recorded,
+                                                                                         expected):
+    patch = disruption_patch(child, pods, {"disruption": recorded} if recorded else {}, T0)
+    if expected == "new":
+        assert patch["disruption"]["uid"] == "uid-1"
+    else:
+        assert (patch or {}).get("disruption") == expected
+
+
+def test_the_next_child_starts_with_no_disruption_recorded():
+    obj = {**stj(), "status": {"phase": "Stylizing", "attempts": {"stylize": 1}, "children": {"stylize": "orangutan-stylize-1"},
+                               "disruption": {"child": "MPIJob/orangutan-stylize-1", "uid": "uid-1"}, "conditions": []}}
+    obj["status"]["effectiveSpec"] = resolve(obj["spec"], Settings(jobs={"storage": {"secretName": "s"}}))
+    failure = Failure("stylize", 1, "MPIJob/orangutan-stylize-1", "BackoffLimitExceeded/", "")
+    retry = Action(ActionKind.RETRY, "stylize", 2, "Disrupted", "…", failure=failure, counted=False)
+    assert transition(obj, retry, T0).patch["disruption"] is None
+    adopt = Action(ActionKind.ADOPT, "stylize", 1, "StylizeStarted", "…")
+    assert "disruption" not in transition(obj, adopt, T0).patch

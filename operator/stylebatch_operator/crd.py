@@ -376,6 +376,14 @@ STATUS_SCHEMA: dict[str, Any] = _obj("Observed state, written by the operator.",
     "childrenDeleted": {"type": "boolean", "description": "The finished job's children were deleted (spec.cleanup)."},
     "disruptions": _int("Retries after a disruption (an evicted pod, a vanished node): not counted in retries."),
     "children": _obj("The latest child of each stage.", _STAGE_NAMES),
+    "disruption": _obj("A disruption of a pod of the current MPIJob, seen while it ran: if the MPIJob then "
+                       "fails, that is retried as a disruption (not counted in retries) even once the pod is "
+                       "gone. Unset when the next child is made.", {
+        "child": _text("Kind/name of the child."),
+        "uid": _text("Its uid."),
+        "message": _text("The pod and what ended it (its DisruptionTarget condition or its reason)."),
+        "seenTime": _text("When the operator first saw it.", format="date-time"),
+    }),
     "progress": _obj("Frames stylized, from the ranks' progress lines.", {
         "framesDone": _int("Frames stylized, resumed ones included."),
         "framesTotal": _int("Frames in the video."),

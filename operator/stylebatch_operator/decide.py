@@ -144,7 +144,7 @@ def decide(stj: dict[str, Any], children: dict[str, dict[str, Any]], *, now: dat
                           "; ".join(m for m in (state.message, failed_pod_detail(list(pods))) if m))
         if state.reason == "DeadlineExceeded" or left <= 0:
             return _deadline_failure(stage, failure)
-        disrupted = disruption(child, list(pods))
+        disrupted = disruption(child, list(pods)) or seen_disruption(stj, child)
         if disrupted is not None:  # not the job's fault: the input would have been fine
             return _retry(stj, failure, left, DISRUPTED, f"disrupted ({disrupted}), not counted against spec.retries",
                           counted=False)
@@ -174,6 +174,19 @@ def decide(stj: dict[str, Any], children: dict[str, dict[str, Any]], *, now: dat
         if waiting is not None:
             return waiting
     return admission or Action(ActionKind.WAIT, stage, attempt)
+
+
+def seen_disruption(stj: dict[str, Any], child: dict[str, Any]) -> str | None:
+    """The disruption status.disruption records of this very child (its kind, name and uid: not an
+    earlier one of the same name), seen on one of its pods while it ran (observe.disruption_seen), or
+    None. What tells a failed MPIJob's disruption once the pod is gone and the MPIJob does not say it;
+    a pod deleted between two looks (the operator reads the pods every 10 s or so, or every progress
+    read while all of them run) was never seen, and its MPIJob's failure is counted."""
+    seen = (stj.get("status") or {}).get("disruption") or {}
+    meta = child.get("metadata") or {}
+    if seen.get("child") != f"{child.get('kind')}/{meta.get('name')}" or seen.get("uid") != meta.get("uid"):
+        return None
+    return f"{seen.get('message') or 'a pod was disrupted'}, seen while it ran"
 
 
 def _queue_action(stj: dict[str, Any], stage: str, attempt: int, found: Stall | None,

@@ -31,7 +31,7 @@ from stylebatch_operator.observe import (
 from stylebatch_operator.settings import BUILT_IN, Settings
 from stylebatch_operator.spec import effective_spec
 from stylebatch_operator.states import ActionKind, ChildState, Phase
-from stylebatch_operator.status import progress_patch, training_patch, transition
+from stylebatch_operator.status import disruption_patch, progress_patch, training_patch, transition
 
 # Enough of the launcher's log to hold every rank's latest progress line. (No limitBytes: the
 # server would cut the newest lines, not the oldest.)
@@ -120,6 +120,9 @@ async def reconcile(kube: Kube, namespace: str, name: str, logger: logging.Logge
             pod, latest = await _read_training(kube, namespace, pods, logger)
             patch |= training_patch(latest, status, attempt, now, pod) or {}
         stj = {**stj, "status": {**status, **patch}}
+    if child is not None and (seen := disruption_patch(child, pods, stj.get("status") or {}, now)):
+        patch |= seen  # before the pod that shows it is gone: the MPIJob's failure then says nothing of it
+        stj = {**stj, "status": {**(stj.get("status") or {}), **seen}}
     action = d.decide(stj, {child["metadata"]["name"]: child} if child else {}, now=now, pods=pods, events=events,
                       settings=settings, queue=queue)
     for kind, child_name in action.deletes:  # before the status says so: a failed delete is tried again

@@ -149,13 +149,42 @@ def worker_lost_before_launch(pods: list[dict[str, Any]], ranks_started: bool) -
 
 def disruption(child: dict[str, Any], pods: list[dict[str, Any]]) -> str | None:
     """Why a failed child's pods were taken away from it (an eviction, a spot VM reclaimed, a node
-    deleted outright, preemption), or None when the child failed of its own accord. The MPI
-    Operator says MPIJobEvicted; otherwise a pod says so with its reason or its DisruptionTarget
-    condition (set by the eviction API, the scheduler's preemption, the pod GC of a vanished node)."""
+    deleted outright, preemption), or None when nothing still there says so. The MPIJob itself says
+    so, however long its pods have been gone: the MPI Operator's MPIJobEvicted, or its
+    BackoffLimitExceeded/<reason> (MPI_LAUNCHER_FAILED), where it copied the failed launcher pod's
+    status.reason when it saw the launcher Job fail. Otherwise a pod still listed says so (pod_disruption).
+    A worker pod deleted outright (its node gone: the pod GC removes it at once) leaves no trace in the
+    MPIJob: decide also reads what the operator saw of it while the MPIJob ran (status.disruption,
+    disruption_seen). A batch Job's condition never tells (BackoffLimitExceeded, PodFailurePolicy): its
+    podFailurePolicy replaces a pod with a DisruptionTarget condition without failing, so only a pod
+    the policy did not match (one a kubelet refused, evicted on a cluster without DisruptionTarget) can
+    fail it, and that pod stays listed (Failed, not deleted) until the Job goes."""
     failed = next((c for c in (child.get("status") or {}).get("conditions") or []
                    if c.get("type") == "Failed" and c.get("status") == "True"), {})
-    if failed.get("reason") == "MPIJobEvicted":
+    reason = str(failed.get("reason") or "")
+    if reason == "MPIJobEvicted":
         return redact(failed.get("message") or "a worker was evicted")
+    if child.get("kind") == "MPIJob" and reason.startswith(MPI_LAUNCHER_FAILED):
+        pod_reason = reason[len(MPI_LAUNCHER_FAILED):]
+        if is_disruption_reason(pod_reason):
+            return redact(f"launcher pod: {pod_reason}: {failed.get('message') or ''}".rstrip(": "))
+    return pod_disruption(pods)
+
+
+# The MPI Operator's Failed reason for an MPIJob whose launcher Job failed on its backoff limit: this,
+# then the last failed launcher pod's status.reason (kubeflow/mpi-operator, updateMPIJobFailedStatus).
+MPI_LAUNCHER_FAILED = "BackoffLimitExceeded/"
+
+
+def is_disruption_reason(reason: str) -> bool:
+    """A pod's status.reason that says something outside the job ended it (DISRUPTION_REASONS)."""
+    return reason in DISRUPTION_REASONS or reason.startswith(DISRUPTION_REASON_PREFIXES)
+
+
+def pod_disruption(pods: list[dict[str, Any]]) -> str | None:
+    """The first of `pods` that something outside the job ended, in a few words: its DisruptionTarget
+    condition (set by the eviction API, the scheduler's preemption, the taint manager, the pod GC of a
+    vanished node), or its status.reason (DISRUPTION_REASONS); else None."""
     for pod in pods:
         name, status = pod.get("metadata", {}).get("name"), pod.get("status") or {}
         target = next((c for c in status.get("conditions") or []
@@ -163,10 +192,21 @@ def disruption(child: dict[str, Any], pods: list[dict[str, Any]]) -> str | None:
         if target is not None:
             return redact(f"pod {name}: {target.get('reason') or 'DisruptionTarget'}: {target.get('message') or ''}"
                           .rstrip(": "))
-        if status.get("reason") in DISRUPTION_REASONS or str(status.get("reason") or "").startswith(
-                DISRUPTION_REASON_PREFIXES):
+        if is_disruption_reason(str(status.get("reason") or "")):
             return redact(f"pod {name}: {status['reason']}: {status.get('message') or ''}".rstrip(": "))
     return None
+
+
+def disruption_seen(child: dict[str, Any], pods: list[dict[str, Any]]) -> str | None:
+    """A disruption of a pod of a running MPIJob, in a few words, or None: worth remembering (the
+    operator writes it into status.disruption), for the pod may be gone by the time the MPIJob fails
+    (the pod GC deletes a pod of a vanished node outright; the MPI Operator makes the worker anew, then
+    deletes the workers once the MPIJob has failed), and the MPIJob's own status then does not say why.
+    Every rank is needed to the end, so an MPIJob that lost a pod fails for it. Never for a batch Job:
+    its podFailurePolicy replaces a disrupted pod, so a later failure of the Job is the new pod's own."""
+    if child.get("kind") != "MPIJob" or child_state(child).state != ChildState.RUNNING:
+        return None
+    return pod_disruption(pods)
 
 
 # MPICH's report when a rank fails ends with the same lines for every failure; the lines above them

@@ -12,6 +12,7 @@ from stylebatch.progress import RankProgress, TrainProgress
 from stylebatch_operator.decide import WAITING_FOR_ADMISSION, Action, first_stage, parse_time
 from stylebatch_operator.manifests import trained_style, work_dir
 from stylebatch_operator.names import CHILD_KIND, child_name
+from stylebatch_operator.observe import disruption_seen
 from stylebatch_operator.spec import effective_spec, shown_spec
 from stylebatch_operator.states import ActionKind, ConditionType, Phase
 from stylebatch_operator.uris import strip_secrets
@@ -82,6 +83,8 @@ def transition(stj: dict[str, Any], action: Action, now: datetime) -> Transition
             if _stalled(conditions):  # a new child starts with a clean slate
                 cond(ConditionType.STALLED, "False", "Started", f"created {CHILD_KIND[stage]} {name}")
                 patch["permanentStallSince"] = None
+            if kind != ActionKind.ADOPT and status.get("disruption"):  # the new child's own pods are watched
+                patch["disruption"] = None
             retry = kind == ActionKind.RETRY
             patch.update(reason=action.reason if retry else "", message=action.message if retry else "")
             if retry:
@@ -151,6 +154,23 @@ def transition(stj: dict[str, Any], action: Action, now: datetime) -> Transition
     patch["conditions"] = conditions
     patch["observedGeneration"] = generation
     return Transition(patch, (event_type, action.reason, action.message) if event_type else None)
+
+
+def disruption_patch(child: dict[str, Any], pods: list[dict[str, Any]], status: dict[str, Any],
+                     now: datetime) -> dict[str, Any] | None:
+    """status.disruption: a disruption of a pod of the running MPIJob `child` (observe.disruption_seen),
+    with the child's kind, name and uid and when it was first seen, so that decide still tells the
+    MPIJob's failure a disruption once that pod is gone (decide.seen_disruption). None when there is
+    none, or the status records one of this child already (the first seen stays)."""
+    seen = disruption_seen(child, pods)
+    if seen is None:
+        return None
+    meta = child.get("metadata") or {}
+    ref, uid = f"{child.get('kind')}/{meta.get('name')}", meta.get("uid")
+    recorded = status.get("disruption") or {}
+    if (recorded.get("child"), recorded.get("uid")) == (ref, uid):
+        return None
+    return {"disruption": {"child": ref, "uid": uid, "message": seen[:1000], "seenTime": iso(now)}}
 
 
 def progress_patch(latest: dict[int, RankProgress] | None, status: dict[str, Any], attempt: int,

@@ -604,13 +604,16 @@ def test_no_pod_of_a_job_is_evicted_by_the_cluster_autoscaler():
 
 @pytest.mark.parametrize("stage", ["train", "preprocess", "stylize", "postprocess"])
 def test_every_pod_names_its_job_so_the_blobs_it_writes_never_look_like_uploads(stage):
-    from stylebatch.contract import JOB_ENV
+    from stylebatch.contract import JOB_ENV, JOB_UID_ENV, run_by_operator
 
     job = stj(**TRAINED)
     for template in _templates(build_child(job, stage, 1)):
         for container in template["spec"]["containers"]:
             env = {e["name"]: e.get("value") for e in container["env"]}
             assert env[JOB_ENV] == job["metadata"]["name"], container["name"]
+            # ...and its uid, by which the worker also knows the operator runs it: what it tells the user
+            # to do is then said in spec terms, not flags (stylize's refusal of parts of other settings)
+            assert run_by_operator(env) and env[JOB_UID_ENV] == job["metadata"]["uid"], container["name"]
 
 
 # --- the training Job (spec.train) ---------------------------------------------------------------

@@ -534,6 +534,31 @@ def test_stylize_refusing_parts_of_another_style_names_its_restyle_flag_which_th
     assert all((work / "parts" / name).read_bytes() != old for name, old in parts.items())  # stylized again
 
 
+def test_a_stylize_the_operator_runs_refuses_parts_of_another_style_in_spec_terms_not_flags(clip,
+                                                                                           tmp_path: Path) -> None:
+    """The MPIJob's ranks run `stylebatch stylize`, so its refusal told a Kubernetes user to "give
+    --restyle" or "use another --work": flags of a command they never type. They write a spec."""
+    from stylebatch.contract import JOB_UID_ENV
+    from stylebatch.requests import ModelOptions, StylizeRequest
+
+    src, work = clip("in.mp4", size=(64, 48), frames=8), tmp_path / "work"
+    assert stylebatch("preprocess", src, "--work", work, "-o", tmp_path / "o.mp4", "--chunk-frames", "4").returncode == 0
+    pods = {**os.environ, JOB_UID_ENV: "0123456789abcdef"}  # what the operator sets in every container
+
+    def argv(style: str) -> list[str]:  # as the operator's launcher gives it (manifests.stylize_request)
+        return StylizeRequest(work=str(work), model=ModelOptions(style=style, max_side=48)).to_argv()
+
+    assert stylebatch(*argv("lavender-gold"), env=pods).returncode == 0
+    parts = {p.name: p.read_bytes() for p in (work / "parts").iterdir()}
+    result = stylebatch(*argv("ink-wash"), env=pods)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    (line,) = error_lines(result)
+    assert "has parts stylized with lavender-gold" in line and "not ink-wash" in line, line
+    assert "spec.workDir" in line and "delete the work dir's parts/" in line, line
+    assert "--restyle" not in line and "--work" not in line, line
+    assert {p.name: p.read_bytes() for p in (work / "parts").iterdir()} == parts  # refused: nothing deleted
+
+
 # --- run's own work dirs that no run can resume ---
 
 def test_a_changed_input_removes_the_earlier_runs_work_dir_for_that_input_and_output_only(

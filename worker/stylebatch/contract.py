@@ -200,3 +200,10 @@ OUTPUT_TAG = "stylebatchjob"  # blob metadata keys are C# identifiers: letters, 
 # which job of that name wrote it, so that a postprocess retried after it published knows its own video.
 JOB_UID_ENV = "STYLEBATCH_JOB_UID"
 OUTPUT_UID_TAG = "stylebatchjobuid"
+
+
+def run_by_operator(environ) -> bool:
+    """Whether this process runs in a pod of a StyleTransferJob (the operator sets JOB_UID_ENV in every
+    container it makes, and the MPIJob's launcher hands it to the ranks; nothing else sets it): its user
+    writes a spec, not the command's flags, so what the worker tells them to do is said in spec terms."""
+    return bool(environ.get(JOB_UID_ENV, "").strip())

@@ -21,7 +21,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Callable, Iterator
 
-from stylebatch.contract import ERROR_PREFIX, PART_EXT, START_GATE_ENV
+from stylebatch.contract import ERROR_PREFIX, PART_EXT, START_GATE_ENV, run_by_operator
 from stylebatch.encoder import PartWriter
 from stylebatch.errors import StylebatchError, TransientError
 from stylebatch.logs import counted, set_rank
@@ -352,16 +352,13 @@ def describe_settings(r: dict) -> str:
 def _settings_checked(work, record: dict, parts: list[str], restyle: bool, world: World) -> bool:
     """check_settings on rank 0 alone (it may delete parts), every rank following its outcome: its
     return value, or its error raised on every rank. Ranks with no MPI to agree by (mpiexec without
-    mpi4py) only check: none deletes what another may be making. A refusal names --restyle where the
-    command has it: `stylebatch stylize` (a user's, the operator's), not the ranks of `stylebatch run`
-    (their launcher holds the work dir's lock for them: LOCK_ENV), for run has no such flag."""
-    from stylebatch.workdir import LOCK_ENV
-
-    flag = not os.environ.get(LOCK_ENV)
+    mpi4py) only check: none deletes what another may be making. A refusal says what to do in the
+    terms of what runs stylize (settings_caller)."""
+    caller = settings_caller()
     if world.size == 1:
-        return check_settings(work, record, parts, restyle, restyle_flag=flag)
+        return check_settings(work, record, parts, restyle, caller=caller)
     if world.comm is None:
-        return check_settings(work, record, parts, discard=False)
+        return check_settings(work, record, parts, discard=False, caller=caller)
     # Each rank read the style itself (a blob: its own download): rank 0's record stands for all only
     # if every rank's is the same. A style blob replaced while the ranks started painted the video's
     # chunks with two styles, and the job succeeded.
@@ -373,7 +370,7 @@ def _settings_checked(work, record: dict, parts: list[str], restyle: bool, world
     outcome = None
     if world.rank == 0:
         try:
-            outcome = (check_settings(work, record, parts, restyle, restyle_flag=flag), None, 0)
+            outcome = (check_settings(work, record, parts, restyle, caller=caller), None, 0)
         except StylebatchError as exc:
             outcome = (False, str(exc), exc.exit_code)
     discarded, message, code = world.comm.bcast(outcome, root=0)
@@ -384,14 +381,38 @@ def _settings_checked(work, record: dict, parts: list[str], restyle: bool, world
     return discarded
 
 
+# What to do about a work dir whose parts were stylized with other settings, in the terms of what ran
+# stylize (check_settings' refusal: the one place for these words). A user's `stylebatch stylize` has
+# --restyle; the ranks of `stylebatch run` (their launcher holds the work dir's lock for them: LOCK_ENV)
+# only --work; a StyleTransferJob's MPIJob (contract.run_by_operator) has neither: its user writes the
+# spec, where spec.workDir (or, left out, the job's own name and uid) decides the work dir.
+STYLIZE, RUN, OPERATOR = "stylize", "run", "operator"
+OTHER_SETTINGS_REMEDY = {
+    STYLIZE: f"give --restyle to delete them and stylize again, use another --work, or delete its {PARTS_DIR}/",
+    RUN: f"use another --work, or delete its {PARTS_DIR}/",
+    OPERATOR: ("create the StyleTransferJob again with another spec.workDir, or with none (a new job gets a "
+               f"work dir of its own), or delete the work dir's {PARTS_DIR}/ first"),
+}
+
+
+def settings_caller() -> str:
+    """Who runs this stylize, as OTHER_SETTINGS_REMEDY knows them: the operator's pods, `stylebatch
+    run`'s ranks, or a user's `stylebatch stylize`."""
+    from stylebatch.workdir import LOCK_ENV
+
+    if run_by_operator(os.environ):
+        return OPERATOR
+    return RUN if os.environ.get(LOCK_ENV) else STYLIZE
+
+
 _SETTINGS_KEYS = ("style", "strength", "max_side", "keep_colors", "temporal", "temporal_strength")
 
 
-def check_settings(work, record: dict, parts: list[str], discard: bool = False, restyle_flag: bool = False) -> bool:
+def check_settings(work, record: dict, parts: list[str], discard: bool = False, caller: str = RUN) -> bool:
     """Record these settings in the work dir, where they are the parts' (`parts`: the names of the
     parts there) or there are no parts yet. Parts stylized otherwise, or under a record that does not
-    read, are refused (a user's --work), the refusal naming `stylize --restyle` where `restyle_flag`
-    (the command has it); with `discard` (`stylize --restyle`: `stylebatch run`'s own
+    read, are refused (a user's --work, a job's spec.workDir), the refusal saying what to do in the
+    terms of `caller` (OTHER_SETTINGS_REMEDY); with `discard` (`stylize --restyle`: `stylebatch run`'s own
     work dir, where this means a style file's bytes changed under the same name) they are deleted,
     with a warning, and True is returned. The old record stays until the last of them is gone, so a
     run stopped meanwhile leaves none that passes for these settings. Call it on one rank: it writes."""
@@ -410,10 +431,8 @@ def check_settings(work, record: dict, parts: list[str], discard: bool = False, 
     if parts and (old is not None or discard):
         made = describe_settings(old) if isinstance(old, dict) else f"settings its {STYLIZE_NAME} does not say"
         if not discard:
-            restyle = "give --restyle to delete them and stylize again, " if restyle_flag else ""
             raise StylebatchError(f"work dir {work.display} has parts stylized with {made}, "
-                                  f"not {describe_settings(record)}: {restyle}use another --work, or delete its "
-                                  f"{PARTS_DIR}/")
+                                  f"not {describe_settings(record)}: {OTHER_SETTINGS_REMEDY[caller]}")
         log.warning("the %s in work dir %s were stylized with %s: deleting them, to stylize with %s",
                     counted(len(parts), "part"), work.display, made, describe_settings(record))
         for name in parts:

@@ -220,6 +220,8 @@ def test_every_pod_command_parses_back_to_the_request_the_job_asks_for(variant):
             steps=train["steps"], size=train["size"], batch_size=train["batchSize"],
             device="cuda" if spec["gpusPerWorker"] else "cpu")
         expected["stylize"] = StylizeRequest(work=work, model=replace(expected["stylize"].model, style=weights))
+        if not spec.get("keepWorkDir"):  # the training's checkpoint goes with the work dir
+            expected["postprocess"] = replace(expected["postprocess"], delete_checkpoint=weights + ".ckpt")
         argvs.append(build_train_job(job)["spec"]["template"]["spec"]["containers"][0]["args"])
     for argv in argvs:
         assert argv[0] == "stylebatch"
@@ -657,6 +659,19 @@ def test_the_weights_go_next_to_the_work_dir_and_every_stylize_rank_reads_them_f
     post = build_postprocess_job(job)["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--delete-work" in post and not weights.startswith(work)
     assert "trainedStyle" not in stj()["status"]
+
+
+def test_a_trained_jobs_checkpoint_goes_with_its_work_dir_once_the_video_is_published_and_the_weights_stay():
+    """The training left <work dir>.pth.ckpt (net and optimizer state, several times the weights) in the
+    user's storage for good: postprocess deleted the work dir, not the checkpoint beside it."""
+    post = lambda **spec: build_postprocess_job(stj(**spec))["spec"]["template"]["spec"]["containers"][0]["args"]
+    weights = stj(**TRAINED)["status"]["trainedStyle"]
+    args = post(**TRAINED)
+    assert args[args.index("--delete-checkpoint") + 1] == weights + ".ckpt"
+    assert "--delete-checkpoint" not in post(**TRAINED, keepWorkDir=True)  # kept with the work dir
+    assert "--delete-checkpoint" not in post()  # nothing trained
+    train_args = build_train_job(stj(**TRAINED))["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert train_args[train_args.index("-o") + 1] == weights  # the training's own checkpoint: weights + .ckpt
 
 
 ABORTING_RANK = "from mpi4py import MPI; import time; MPI.COMM_WORLD.Abort(3) if MPI.COMM_WORLD.rank else time.sleep(5)"

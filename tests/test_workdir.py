@@ -91,6 +91,27 @@ def test_delete_work_removes_only_the_files_its_records_list(backend: str, clip,
 
 
 @pytest.mark.slow
+def test_postprocess_deletes_a_training_checkpoint_only_once_the_video_is_published(clip, tmp_path: Path) -> None:
+    """A StyleTransferJob's postprocess (`--delete-checkpoint <trained style>.ckpt`): the weights stay for
+    the user; the checkpoint is kept while the job may still need it (a failed postprocess, or a failed
+    job resumed with its work dir, finishes its training from it)."""
+    src, work, out = clip("in.mp4", size=(64, 48), frames=8), tmp_path / "work", tmp_path / "o.mp4"
+    weights, ckpt = tmp_path / "work.pth", tmp_path / "work.pth.ckpt"
+    weights.write_bytes(b"trained"), ckpt.write_bytes(b"net and optimizer")
+    assert stylebatch("preprocess", src, "--work", work, "-o", out, "--chunk-frames", "4").returncode == 0
+    flags = ["--work", work, "--delete-work", "--delete-checkpoint", ckpt]
+    early = stylebatch("postprocess", *flags)  # no parts yet: nothing published
+    assert early.returncode != 0 and ckpt.exists() and not out.exists()
+    assert stylebatch("stylize", "--work", work, *FAST_STYLE).returncode == 0
+    result = stylebatch("postprocess", *flags)
+    assert result.returncode == 0 and count_frames(out) == 8, result.stderr
+    assert not ckpt.exists() and weights.read_bytes() == b"trained" and not work.exists()
+    wrong = stylebatch("postprocess", "--work", work, "--delete-checkpoint", weights)
+    assert wrong.returncode == 2 and "is no training checkpoint" in error_lines(wrong)[0], wrong.stderr
+    assert weights.exists()
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("given", [True, False])
 def test_a_users_own_empty_folder_given_as_work_dir_is_kept_one_stylebatch_made_is_removed(given: bool, clip,
                                                                                             tmp_path: Path) -> None:

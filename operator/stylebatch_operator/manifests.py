@@ -13,7 +13,9 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from stylebatch.contract import EXIT_BAD_INPUT, HWLOC_XMLFILE_ENV, JOB_ENV, JOB_UID_ENV, SSHD_PORT, no_topology_file
+from stylebatch.contract import (
+    EXIT_BAD_INPUT, HWLOC_XMLFILE_ENV, JOB_ENV, JOB_UID_ENV, SSHD_PORT, checkpoint_of, no_topology_file,
+)
 from stylebatch.requests import (
     EncodingOptions, ModelOptions, PostprocessRequest, PreprocessRequest, StylizeRequest, TrainRequest,
 )
@@ -63,8 +65,9 @@ def work_dir(stj: dict[str, Any], spec: dict[str, Any] | None = None) -> str:
 
 def trained_style(stj: dict[str, Any], spec: dict[str, Any] | None = None) -> str | None:
     """With spec.train: the weights the training Job writes, next to the work dir (<work dir>.pth; its
-    checkpoint <work dir>.pth.ckpt beside it). Outside the work dir, so postprocess's clean-up of
-    the work dir keeps them for the user. None without spec.train."""
+    checkpoint <work dir>.pth.ckpt beside it, contract.checkpoint_of). Outside the work dir, so
+    postprocess's clean-up of the work dir keeps them for the user; the checkpoint it deletes with the
+    work dir (postprocess_request). None without spec.train."""
     spec = spec or effective_spec(stj)
     return work_dir(stj, spec).rstrip("/") + ".pth" if spec.get("train") is not None else None
 
@@ -103,9 +106,13 @@ def postprocess_request(stj: dict[str, Any]) -> PostprocessRequest:
     # --delete-work: only stylebatch's own files, after the video is published. -o: the output the
     # manifest records too, given so that a pod retried after it published (a node lost while it
     # deleted the work dir) finds its own video there and succeeds, with no manifest left to read.
+    # --delete-checkpoint: with the work dir, the training's checkpoint beside the trained style (the
+    # weights stay, for the user); kept with it by keepWorkDir.
     spec = effective_spec(stj)
-    return PostprocessRequest(work=work_dir(stj), output=strip_secrets(spec["output"]),
-                              delete_work=not spec.get("keepWorkDir"))
+    trained = trained_style(stj, spec)
+    delete = not spec.get("keepWorkDir")
+    return PostprocessRequest(work=work_dir(stj), output=strip_secrets(spec["output"]), delete_work=delete,
+                              delete_checkpoint=checkpoint_of(trained) if trained and delete else None)
 
 
 def encoding_options(spec: dict[str, Any]) -> EncodingOptions:

@@ -181,6 +181,18 @@ def precision_problem(precision: str | None, device: str) -> str | None:
         return "fp16 needs a CUDA device; on a CPU use fp32, bf16 or auto"
     return None
 
+# --- training ---
+
+CHECKPOINT_SUFFIX = ".ckpt"
+
+
+def checkpoint_of(weights: str) -> str:
+    """Where `stylebatch train-style -o WEIGHTS` keeps its resumable checkpoint: beside the weights,
+    WEIGHTS.ckpt (a file, or a blob like them; a URI's query string stays at the end). The one rule
+    for its name: the training, and the operator's postprocess that deletes a job's once it succeeded."""
+    base, query = weights.split("?", 1) if "://" in weights and "?" in weights else (weights, "")
+    return base + CHECKPOINT_SUFFIX + (f"?{query}" if query else "")
+
 # --- the work dir: the only interface between the stages ---
 
 OWNER_NAME = "stylebatch-work.json"  # written first: stylebatch made this work dir, and what it wrote there

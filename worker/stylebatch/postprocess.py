@@ -51,9 +51,34 @@ def run(req: PostprocessRequest) -> str:
         if req.delete_work and read_owner(work) is not None:
             with hold(work):
                 delete_work_after(work, out.display)
+        _delete_checkpoint_after(req, out.display)
         return out.display
     with hold(work):
-        return _postprocess(work, req)
+        published = _postprocess(work, req)
+    _delete_checkpoint_after(req, published)
+    return published
+
+
+def _delete_checkpoint_after(req: PostprocessRequest, output: str) -> None:
+    """--delete-checkpoint, once `output` is published: the training checkpoint a StyleTransferJob
+    left beside its trained style (kept until now: a training pod lost after it wrote the weights, or
+    the job resumed with its work dir, finishes from it). Gone already (an earlier attempt deleted it)
+    is no matter; one that cannot be deleted is a warning, as a work dir is (delete_work_after)."""
+    from stylebatch.errors import Interrupted
+    from stylebatch.storage import location
+
+    if req.delete_checkpoint is None:
+        return
+    ckpt = location(req.delete_checkpoint)
+    try:
+        ckpt.delete()
+    except Interrupted:
+        raise
+    except StylebatchError as exc:
+        log.warning("%s is written, but the training checkpoint %s was not deleted (%s): delete it yourself",
+                    output, ckpt.display, " ".join(str(exc).split()))
+        return
+    log.info("deleted the training checkpoint %s", ckpt.display)
 
 
 def check_output_place(m: Manifest, work, out) -> None:

@@ -19,8 +19,8 @@ from dataclasses import dataclass, replace
 from pathlib import PurePath, PurePosixPath
 from urllib.parse import unquote, urlsplit
 
-from stylebatch.contract import (DEFAULT_STYLE, DEVICES, OUTPUT_EXTENSIONS, PRECISION_AUTO, PRECISIONS,
-                                 STYLE_WEIGHTS_SUFFIXES, precision_problem, style_problem)
+from stylebatch.contract import (CHECKPOINT_SUFFIX, DEFAULT_STYLE, DEVICES, OUTPUT_EXTENSIONS, PRECISION_AUTO,
+                                 PRECISIONS, STYLE_WEIGHTS_SUFFIXES, precision_problem, style_problem)
 from stylebatch.errors import BadInput, StylebatchError
 from stylebatch.temporal_defaults import DEFAULT_MODE as TEMPORAL_DEFAULT
 from stylebatch.temporal_defaults import DEFAULT_STRENGTH as TEMPORAL_STRENGTH
@@ -161,8 +161,15 @@ class PostprocessRequest(Request):
     output: str | None = flag("-o", "--output", help="override the output recorded by preprocess")
     delete_work: bool = flag("--delete-work", kind=bool, help="after the output is published, delete the files "
                              "stylebatch wrote into the work dir")
+    delete_checkpoint: str | None = flag("--delete-checkpoint",
+                                         help=f"after the output is published, delete this training checkpoint "
+                                              f"(a name ending in {CHECKPOINT_SUFFIX}: what train-style leaves "
+                                              "beside its weights, which stay)")
 
     def check(self) -> None:
+        if self.delete_checkpoint is not None and not _path(self.delete_checkpoint).endswith(CHECKPOINT_SUFFIX):
+            raise BadInput(f"--delete-checkpoint {_path(self.delete_checkpoint)!r} is no training checkpoint: give "
+                           f"the name train-style wrote, ending in {CHECKPOINT_SUFFIX}")
         if self.output is not None:
             from stylebatch.encoding import container_for
 

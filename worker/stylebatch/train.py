@@ -11,7 +11,10 @@ checkpoint next to the output (`<output>.ckpt`, a file or a blob like the output
 --checkpoint-every steps, on Ctrl-C/SIGTERM/SIGHUP and at the end; the same command resumes from it (so
 does a retried pod on Kubernetes), and, with a larger --steps, extends a finished training. It is kept
 once the weights are written (that is what lets a finished training go on); an existing output with no
-checkpoint beside it is refused, never trained again from step 1 over.
+checkpoint beside it is refused, never trained again from step 1 over. (A StyleTransferJob's training
+leaves it too, beside the trained style next to the job's work dir: a training pod lost after it wrote
+the weights, or a job resumed with that work dir, finishes from it. The job's postprocess deletes it
+with the work dir once the video is published: `postprocess --delete-checkpoint`.)
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stylebatch.contract import EXIT_HUNG_UP, EXIT_INTERRUPTED, EXIT_TERMINATED
+from stylebatch.contract import EXIT_HUNG_UP, EXIT_INTERRUPTED, EXIT_TERMINATED, checkpoint_of
 from stylebatch.errors import BadInput, Interrupted, StylebatchError
 from stylebatch.progress import TrainProgress, format_train_line
 from stylebatch.logs import counted, say
@@ -227,8 +230,7 @@ class Checkpoint:
     def __init__(self, output: str, local: Path) -> None:
         from stylebatch.storage import location
 
-        base, query = output.split("?", 1) if "://" in output and "?" in output else (output, "")
-        loc = location(base + ".ckpt" + (f"?{query}" if query else ""))
+        loc = location(checkpoint_of(output))
         self.remote = None if loc.is_local() else loc
         self.path = Path(loc.local_path()) if loc.is_local() else local
         self.name = loc.display

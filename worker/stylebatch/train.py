@@ -11,7 +11,8 @@ checkpoint next to the output (`<output>.ckpt`, a file or a blob like the output
 --checkpoint-every steps, on Ctrl-C/SIGTERM/SIGHUP and at the end; the same command resumes from it (so
 does a retried pod on Kubernetes), and, with a larger --steps, extends a finished training. It is kept
 once the weights are written (that is what lets a finished training go on); an existing output with no
-checkpoint beside it is refused, never trained again from step 1 over.
+checkpoint beside it is refused, never trained again from step 1 over. One training at a time into an
+output: a second one into the same -o (while `<output>.lock` is held) fails at once with exit code 75.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ FRAMES_PER_VIDEO = 48
 CONTENT_WEIGHT, STYLE_WEIGHT, TV_WEIGHT = 1.0, 2.0, 1e-2
 LOSS_VERSION = 2  # in the checkpoint key: a checkpoint of other losses is not resumed
 OUTPUT_GAIN = 30.0  # the untrained net's last conv weights x this: its pictures vary by ~12 levels, not 0.4
+LOCK_SUFFIX = ".lock"  # `<output>.lock`: held by the one training writing the output and its checkpoint
 FLAT = 2.0  # a crop whose pixels' standard deviation is below this (0..255) holds no content: drawn again
 
 
@@ -220,15 +222,21 @@ def write(state: dict, part: Path, shown: str) -> None:
         raise BadInput(f"cannot write {shown}: {why}") from None
 
 
+def beside(output: str, suffix: str):
+    """The Location of `<output><suffix>`: a file beside a local output, a blob beside a blob one (a
+    blob URL's SAS query kept, after the new name)."""
+    from stylebatch.storage import location
+
+    base, query = output.split("?", 1) if "://" in output and "?" in output else (output, "")
+    return location(base + suffix + (f"?{query}" if query else ""))
+
+
 class Checkpoint:
     """`<output>.ckpt` beside the weights: a local file, or a blob with a local copy that torch reads
     and writes (downloaded at the start when it exists, uploaded at each save)."""
 
     def __init__(self, output: str, local: Path) -> None:
-        from stylebatch.storage import location
-
-        base, query = output.split("?", 1) if "://" in output and "?" in output else (output, "")
-        loc = location(base + ".ckpt" + (f"?{query}" if query else ""))
+        loc = beside(output, ".ckpt")
         self.remote = None if loc.is_local() else loc
         self.path = Path(loc.local_path()) if loc.is_local() else local
         self.name = loc.display
@@ -402,7 +410,7 @@ def run(req: TrainRequest) -> int:
                        "(repeatable)")
     _check_memory(req)
     dest.check_writable()  # before any slow start-up: not after hours of training
-    with tempfile.TemporaryDirectory(prefix="stylebatch-train-") as tmp:
+    with _only_training(req.output, dest.display), tempfile.TemporaryDirectory(prefix="stylebatch-train-") as tmp:
         ckpt = Checkpoint(req.output, Path(tmp) / "style.pth.ckpt")
         if dest.exists():
             if not ckpt.exists():  # a finished training's weights: never trained again from step 1 over
@@ -428,6 +436,24 @@ def run(req: TrainRequest) -> int:
     say(f"{dest.display}: {counted(len(history), 'step')}, loss {history[0]:.4g} at step 1, "
         f"{sum(tail) / len(tail):.4g} over the last {last}; use it with --style {dest.display}")
     return 0
+
+
+def _only_training(output: str, shown: str):
+    """One training at a time into an output, for the whole run: its lock `<output>.lock` (LOCK_SUFFIX;
+    a local flock, or a blob lease beside a blob output: workdir.take), taken before the output or its
+    checkpoint is looked at and let go (its file removed) once the weights are written. Two trainings
+    into one -o wrote one checkpoint by turns (a resume went on from whichever saved last), and one
+    started later went on from the first's checkpoint and published weights while the first still
+    trained, to be replaced by the first's. A second training is a TransientError (exit code 75) at once, naming the first:
+    once that one has ended, the same command goes on from its checkpoint. A killed training's lock
+    holds nothing: the kernel lets go of a flock; a blob lease whose holder is known to have stopped
+    (a process of this host that has ended, an earlier attempt of the same STYLEBATCH_JOB) is waited
+    out, at most a minute."""
+    from stylebatch.workdir import exclusive
+
+    return exclusive(beside(output, LOCK_SUFFIX), shown,
+                     "one training at a time into an output: wait for it to end (the same command then goes on "
+                     "from its checkpoint), or write to another -o")
 
 
 def _check_memory(req: TrainRequest) -> None:

@@ -136,20 +136,42 @@ def split_style_term(term: str) -> tuple[str, str]:
     return (head.strip(), tail) if sep and _WEIGHT.fullmatch(tail) else (term.strip(), "")
 
 
+_URI_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def is_uri(ref: str) -> bool:
+    """A URI (`az://`, `https://`, `file://` ...), not a local path."""
+    return bool(_URI_SCHEME.match(ref.strip()))
+
+
+def file_part(ref: str) -> str:
+    """What names the file of a style term, path or URI: a local path whole ('#' and '?' are characters
+    of a file's name: `mosaic#2.pth`, `what?.jpg`); a URI without its query string (a SAS) and, but in
+    az:// (where '#' is part of the blob's name, as storage.location reads it), its fragment."""
+    ref = ref.strip()
+    if not is_uri(ref):
+        return ref
+    if ref[:5].lower() == "az://":
+        return ref.split("?", 1)[0]
+    return re.split(r"[?#]", ref, maxsplit=1)[0]
+
+
 def is_style_file(ref: str) -> bool:
     """A painting or weights file (a path or URI), not a built-in name."""
-    path = ref.strip().split("?", 1)[0]
+    path = file_part(ref)
     return "/" in path or "\\" in path or is_style_name(path)
 
 
 def is_style_name(name: str) -> bool:
-    """A painting's or weights file's name, path or URI (by its suffix, before any query string)."""
-    return name.strip().lower().rsplit("?", 1)[0].endswith(STYLE_IMAGE_SUFFIXES + STYLE_WEIGHTS_SUFFIXES)
+    """A painting's or weights file's name, path or URI, by its suffix (`file_part`: a URI's before its
+    query string; a local name's whole)."""
+    return file_part(name).lower().endswith(STYLE_IMAGE_SUFFIXES + STYLE_WEIGHTS_SUFFIXES)
 
 
 def is_image_name(name: str) -> bool:
-    """A painting's file name or URI (by its suffix, before any query string)."""
-    return name.lower().rsplit("?", 1)[0].endswith(STYLE_IMAGE_SUFFIXES)
+    """A painting's file name or URI, by its suffix (`file_part`: a URI's before its query string; a
+    local name's whole)."""
+    return file_part(name).lower().endswith(STYLE_IMAGE_SUFFIXES)
 
 
 DEVICES = ("auto", "cpu", "cuda")

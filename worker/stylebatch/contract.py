@@ -208,7 +208,14 @@ def precision_problem(precision: str | None, device: str) -> str | None:
 OWNER_NAME = "stylebatch-work.json"  # written first: stylebatch made this work dir, and what it wrote there
 LOCK_NAME = "stylebatch.lock"  # one writer at a time
 MANIFEST_NAME = "manifest.json"  # written last by preprocess: its existence means preprocess finished
-STYLIZE_NAME = "stylize.json"  # the style settings the parts were made with
+STYLIZE_NAME = "stylize.json"  # the style settings the parts were made with, and their encoding
+# stylize.json's "encoding" (encoder.part_encoding) holds this: raise it whenever parts of the same
+# encoder settings come out encoded otherwise in a way the encoder's recorded options do not show (a
+# colour conversion, a range, an encoder's own defaults), so that a work dir resumed across that
+# upgrade never concatenates parts of both. A record without "encoding" (from before this) is taken
+# for an unknown encoding: its parts are stylized again (`stylize --restyle`, run's own work dir) or
+# refused (a user's --work), never resumed beside new ones.
+PART_ENCODING_VERSION = 1
 PARTS_DIR = "parts"  # one encoded part per chunk of frames
 PART_EXT = ".mkv"  # parts are Matroska whatever the final container: it holds every codec above
 SOURCE_STEM = "source"  # the input's byte copy: source.<input's extension>

@@ -326,3 +326,69 @@ def test_a_painting_that_cannot_be_read_for_its_permissions_is_said_so_not_calle
     with pytest.raises(BadInput) as info:
         read_style_image(painting)
     assert str(info.value) == "style image locked.jpg cannot be read: permission denied", str(info.value)
+
+
+# --- '#' and '?' in a local style file's name ---
+
+def _style_files(folder: Path, spec: str, pth: Path) -> None:
+    """The local files a --style spec names, made in `folder`: paintings (.jpg) a copy of Starry
+    Night, any other file a copy of a .pth."""
+    for term in spec.split(","):
+        ref = term.rsplit(":", 1)[0] if term.rsplit(":", 1)[-1].replace(".", "").isdigit() else term
+        if ref == "lavender-gold":
+            continue
+        (folder / ref).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(STARRY if ref.endswith(".jpg") else pth, folder / ref)
+
+
+@pytest.mark.parametrize("spec, kinds, shown", [
+    ("mosaic#2.pth", ["weights"], "mosaic#2.pth"),
+    ("x#y", ["weights"], "x#y"),  # no extension: a file there is read as weights, its name whole
+    ("star?1.jpg", ["painting"], "star?1.jpg"),  # was weights (its suffix looked for before the '?'): refused
+    ("art/what?.jpg", ["painting"], "what?.jpg"),
+    ("12:what?.jpg", ["painting"], "12:what?.jpg"),  # not built-in 12 weighing "what?.jpg"
+    ("a#b.pth:0.5,lavender-gold:0.5", ["weights", "builtin"], "a#b.pth:0.5,lavender-gold:0.5"),
+    ("star?1.jpg:0.7,x#y:0.3", ["painting", "weights"], "star?1.jpg:0.7,x#y:0.3"),
+])
+def test_a_local_style_file_with_a_hash_or_a_question_mark_in_its_name_is_that_file(tmp_path, monkeypatch, user_pth,
+                                                                                   spec, kinds, shown):
+    """A local path is a file's name whole: '#' and '?' are characters of it, not a URL's fragment or
+    query. "star?1.jpg" was read as weights (its suffix was looked for before the '?'): "it is a JPEG
+    picture, not a PyTorch checkpoint: ... rename it to end in .jpg"; "x#y" was shown as "x" in errors
+    and in the run's summary. Only a URI (az://, https://, file://) has a query (a SAS)."""
+    from stylebatch.styles import check_style_files, resolve_style, shown_style
+
+    monkeypatch.chdir(tmp_path)
+    _style_files(tmp_path, spec, user_pth[0])
+    parts = parse_style(spec)
+    assert [p.kind for p in parts] == kinds
+    assert shown_style(spec) == spec and style_label(parts) == shown
+    check_style_files(spec)  # each file read as the kind it is
+    resolved = parse_style(resolve_style(spec, tmp_path / "tmp"))  # as the ranks are given it
+    assert [(p.kind, p.weight) for p in resolved] == [(p.kind, p.weight) for p in parts]
+    assert [Path(p.ref).name for p in resolved] == [Path(p.ref).name for p in parts]
+
+
+@pytest.mark.parametrize("spec, words", [
+    ("gone#2.pth", "style file not found: gone#2.pth"),
+    ("nothing#here", "unknown style 'nothing#here'"),
+    ("ink-wash:0.5,gone?.jpg:0.5", "style file not found: gone?.jpg"),
+])
+def test_a_missing_local_style_file_with_a_hash_or_a_question_mark_is_named_whole(tmp_path, clip, spec, words):
+    result = stylebatch("run", clip("in.mp4", size=(64, 48), frames=4), "-o", tmp_path / "out.mp4", "--style", spec)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    [line] = error_lines(result)
+    assert words in line, line
+
+
+def test_a_run_with_a_local_style_file_named_with_a_hash_paints_with_that_file_and_names_it_whole(tmp_path, clip,
+                                                                                                  user_pth):
+    src = clip("in.mp4", size=(64, 48), frames=4)
+    shutil.copy(user_pth[0], tmp_path / "x#y")
+    shutil.copy(STARRY, tmp_path / "star?1.jpg")
+    style = f"{tmp_path / 'x#y'}:0.5,{tmp_path / 'star?1.jpg'}:0.5"
+    result = stylebatch("run", src, "-o", tmp_path / "out.mp4", "--style", style, "--max-side", "32",
+                        "--workers", "1")
+    assert result.returncode == 0, result.stderr
+    assert "x#y:0.5,star?1.jpg:0.5" in result.stderr, result.stderr
+    assert count_frames(tmp_path / "out.mp4") == 4

@@ -4,6 +4,7 @@ an interrupted run that resumes from its checkpoint, and bad input as one line."
 from __future__ import annotations
 
 import io
+import os
 import re
 import signal
 import subprocess
@@ -324,6 +325,109 @@ def test_a_training_into_blob_storage_keeps_its_checkpoint_there_and_a_new_pod_r
     weights.write_bytes(blobs.download_blob("work/job-1234abcd.pth").readall())
     frame = np.zeros((1, 32, 48, 3), np.uint8)
     assert load_stylizer(str(weights), device="cpu")(frame).shape == frame.shape
+
+
+class _Output:
+    """A training's -o, local or a blob, as a test looks at it: its checkpoint's step, whether the
+    weights and the lock are there."""
+
+    def __init__(self, backend: str, tmp_path: Path, request) -> None:
+        self.env = dict(os.environ)
+        if backend == "local":
+            self.out, self.blobs = str(tmp_path / "x.pth"), None
+        else:
+            azure_env = request.getfixturevalue("azure_env")
+            self.env, self.out = azure_env.env, f"az://{azure_env.container}/styles/x.pth"
+            self.blobs = azure_env.azurite.service_client().get_container_client(azure_env.container)
+
+    def _bytes(self, suffix: str) -> bytes | None:
+        if self.blobs is None:
+            path = Path(self.out + suffix)
+            return path.read_bytes() if path.exists() else None
+        blob = self.blobs.get_blob_client("styles/x.pth" + suffix)
+        return blob.download_blob().readall() if blob.exists() else None
+
+    def exists(self, suffix: str = "") -> bool:
+        if self.blobs is None:
+            return Path(self.out + suffix).exists()
+        return self.blobs.get_blob_client("styles/x.pth" + suffix).exists()
+
+    def step(self) -> int:
+        return torch.load(io.BytesIO(self._bytes(".ckpt")), weights_only=True)["step"]
+
+
+@pytest.mark.parametrize("backend", ["local", pytest.param("blob", marks=pytest.mark.azurite)])
+def test_a_second_training_into_the_same_output_fails_at_once_and_leaves_the_first_alone(tmp_path, content, backend,
+                                                                                        request):
+    """Two `train-style` runs into one -o had no lock: the second went on from the first's checkpoint and
+    published its weights while the first still trained (both saving the one checkpoint by turns). Now
+    the second fails at once, exit code 75 (the same command works once the first has ended), in one
+    line naming the first; the first goes on, and nothing of the second's is left."""
+    import socket
+
+    where = _Output(backend, tmp_path, request)
+    cmd = [sys.executable, "-m", "stylebatch", "train-style", STARRY, "-o", where.out, *TINY, *content,
+           "--checkpoint-every", "2"]
+    first = subprocess.Popen([*cmd, "--steps", "500"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env=where.env)
+    try:
+        deadline = time.monotonic() + 600
+        while not where.exists(".ckpt") and first.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        os.kill(first.pid, signal.SIGSTOP)  # held still: it cannot end (or save again) while the second is tried
+        try:
+            step = where.step()
+            started = time.monotonic()
+            second = subprocess.run([*cmd, "--steps", str(step + 1)], capture_output=True, text=True, timeout=900,
+                                    env=where.env)
+            took = time.monotonic() - started
+        finally:
+            os.kill(first.pid, signal.SIGCONT)
+        assert second.returncode == 75 and "Traceback" not in second.stderr, second.stderr
+        [line] = error_lines(second)
+        assert "in use by another stylebatch" in line and f"pid {first.pid}" in line, line
+        assert socket.gethostname() in line and "write to another -o" in line, line
+        assert took < 60 and not where.exists()  # at once, and no weights published
+        first.send_signal(signal.SIGINT)
+        _, stderr = first.communicate(timeout=600)
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.communicate()
+    assert first.returncode == 130 and "run the same command again to resume" in stderr, stderr
+    assert where.step() >= step and not where.exists() and not where.exists(".lock")  # the first's, its lock gone
+
+
+def _dead_pid() -> str:
+    ended = subprocess.Popen(["true"])
+    ended.wait()
+    return str(ended.pid)
+
+
+@pytest.mark.parametrize("backend", ["local", pytest.param("blob", marks=pytest.mark.azurite)])
+def test_the_lock_of_a_killed_training_blocks_the_next_one_at_most_until_it_expires(tmp_path, content, backend,
+                                                                                   request):
+    """A training killed outright (`kill -9`, the OOM killer) leaves its lock: a local lock file no
+    process holds, which blocks nothing; a blob lease that lasts until it expires, which the next
+    training of this host, seeing its holder is gone, waits out instead of failing."""
+    import json
+    import socket
+
+    where = _Output(backend, tmp_path, request)
+    holder = {"host": socket.gethostname(), "pid": _dead_pid(), "started": "earlier"}
+    if where.blobs is None:
+        Path(where.out + ".lock").write_text(json.dumps({**holder, "token": "gone"}))
+    else:
+        lock = where.blobs.get_blob_client("styles/x.pth.lock")
+        lock.upload_blob(b"")
+        lease = lock.acquire_lease(lease_duration=15)  # as a killed holder's: never renewed again
+        lock.set_blob_metadata(holder, lease=lease)
+    result = stylebatch("train-style", STARRY, "-o", where.out, "--steps", "1", *TINY, *content, env=where.env,
+                        timeout=900)
+    assert result.returncode == 0, result.stderr
+    waited = "still locked by a stylebatch of this host that has ended" in result.stderr
+    assert waited == (backend == "blob"), result.stderr
+    assert where.exists() and not where.exists(".lock")
 
 
 @pytest.mark.parametrize("args, words", [

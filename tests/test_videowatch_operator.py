@@ -380,6 +380,36 @@ def test_a_video_whose_metadata_was_set_after_its_upload_still_gets_its_job(azur
     k.run(scenario)
 
 
+def test_an_event_without_an_etag_gets_the_one_job_a_listing_names_for_that_blob_version(azure_env):
+    """A BlobCreated message with no data.eTag (a publisher or a schema that leaves it out) is no
+    crash and no job of its own name: the job is named for the blob's ETag now, the name a listing
+    of that blob gives, so its duplicate events and the sweep's listings find that job there."""
+    from stylebatch import trigger
+
+    store = Storage(azure_env, "noetag")
+    etag = store.upload("incoming/cat.mp4")
+    event = json.loads(base64.b64decode(blob_created(store.container, "incoming/cat.mp4", etag, 36)))
+    del event["data"]["eTag"]
+    assert trigger.parse_event(json.dumps(event)).etag == ""
+    for _ in range(2):  # (Event Grid delivers at least once)
+        store.queue.send_message(base64.b64encode(json.dumps(event).encode()).decode())
+
+    async def scenario() -> None:
+        async with api_server() as api, k.operator(api, settings=SETTINGS):
+            await apply_watch(api, store.container, mode="queue", sweepIntervalSeconds=1,
+                              queue={"name": "noetag", "maxDeliveries": 2, "visibilityTimeoutSeconds": 10},
+                              poll={"pageSize": 10, "maxSecondsPerPoll": 1})
+            await k.eventually(lambda: inputs(api) == ["cat.mp4"], timeout=20)
+            await k.eventually(lambda: store.unfinished(store.queue) == 0, timeout=20)
+            await polls(api, 2)  # two sweeps (listings) since
+            [(name, job)] = jobs(api).items()
+            assert name == trigger.job_name("devstoreaccount1", store.container, "incoming/cat.mp4", etag,
+                                            salt=f"{NS}/uploads")  # the name the listing gives this version
+            assert job["metadata"]["annotations"]["stylebatch.io/source-etag"].strip('"') == etag.strip('"')
+            assert job_posts(api) == [name] and store.messages_left(store.poison) == []
+    k.run(scenario)
+
+
 @pytest.mark.parametrize("mode", ["queue", "poll"])
 def test_an_upload_no_uri_can_name_is_said_once_in_an_event_not_skipped_in_silence(azure_env, mode):
     """A blob `incoming//cat.mp4` (a script's path join): skipped, as it must be (its URI would name

@@ -580,6 +580,76 @@ def test_a_stylize_the_operator_runs_refuses_parts_of_another_style_in_spec_term
     assert {p.name: p.read_bytes() for p in (work / "parts").iterdir()} == parts  # refused: nothing deleted
 
 
+def test_parts_an_older_stylebatch_encoded_are_not_resumed_beside_parts_encoded_now(clip, tmp_path: Path) -> None:
+    """MJPEG's --crf reached the encoder only from de8a017 on: parts made before were at the finest
+    quantizer whatever --crf said, and stylize.json did not say how the parts were encoded, so a work
+    dir resumed across that upgrade concatenated parts of two quantizers. The record now keeps the
+    parts' encoding; one without it (an older stylebatch's) is taken for another encoding: a user's
+    --work is refused, `stylize --restyle` stylizes every part again, at one quantizer."""
+    import json
+
+    import av
+
+    from test_video_contract import jpeg_quantizer
+
+    src, work = clip("in.mp4", size=(64, 48), frames=12), tmp_path / "work"
+    assert stylebatch("preprocess", src, "--work", work, "-o", tmp_path / "o.avi", "--crf", "10",
+                      "--chunk-frames", "4").returncode == 0
+    flags = ["--work", work, *FAST_STYLE]
+    assert stylebatch("stylize", *flags).returncode == 0
+    record = json.loads((work / "stylize.json").read_text())
+    record.pop("encoding", None)  # as an older stylebatch wrote it
+    (work / "stylize.json").write_text(json.dumps(record))
+    *made, last = sorted((work / "parts").iterdir())
+    last.unlink()  # that run stopped before its last chunk
+    parts = {p.name: p.read_bytes() for p in made}
+
+    again = stylebatch("stylize", *flags)
+    assert again.returncode == 2 and "Traceback" not in again.stderr, again.stderr
+    [line] = error_lines(again)
+    assert "encoded by an older stylebatch" in line and "give --restyle" in line, line
+    assert {p.name: p.read_bytes() for p in (work / "parts").iterdir()} == parts  # refused: nothing touched
+
+    restyled = stylebatch("stylize", *flags, "--restyle")
+    assert restyled.returncode == 0 and "deleting them" in restyled.stderr, restyled.stderr
+    assert len(list((work / "parts").iterdir())) == 3
+    quantizers = set()
+    for part in (work / "parts").iterdir():
+        with av.open(str(part)) as c:
+            quantizers |= {jpeg_quantizer(bytes(p)) for p in c.demux(video=0) if p.size}
+    assert len(quantizers) == 1
+    encoding = json.loads((work / "stylize.json").read_text())["encoding"]
+    assert encoding["codec"] == "mjpeg" and encoding["options"] == {"qmin": "10", "qmax": "10"}, encoding
+
+
+@pytest.mark.parametrize("change, same", [
+    ("nothing", True),
+    ("the CPU (x264's asm cap)", True),  # ranks on two kinds of CPU make parts of one encoding
+    ("--crf", False),
+    ("the pixel format", False),
+    ("the encoder's options for the same settings (an upgrade)", False),
+    ("PART_ENCODING_VERSION (an upgrade)", False),
+])
+def test_the_parts_encoding_record_changes_with_what_changes_the_parts_and_nothing_else(monkeypatch, change, same):
+    from stylebatch import contract, encoder
+    from stylebatch.manifest import EncoderSettings
+
+    settings = EncoderSettings("libx264", "yuv420p", "mp4", crf=18, preset="veryfast")
+    before = encoder.part_encoding(settings)
+    if change == "the CPU (x264's asm cap)":
+        monkeypatch.setattr(encoder, "x264_asm", lambda cpu=None: "AVX2,FMA3,BMI2")
+    elif change == "--crf":
+        settings = EncoderSettings("libx264", "yuv420p", "mp4", crf=20, preset="veryfast")
+    elif change == "the pixel format":
+        settings = EncoderSettings("libx264", "yuv420p10le", "mp4", crf=18, preset="veryfast")
+    elif change.startswith("the encoder's options"):
+        real = encoder.open_encoder_options
+        monkeypatch.setattr(encoder, "open_encoder_options", lambda s: {**real(s), "aq-mode": "2"})
+    elif change.startswith("PART_ENCODING_VERSION"):
+        monkeypatch.setattr(contract, "PART_ENCODING_VERSION", contract.PART_ENCODING_VERSION + 1)
+    assert (encoder.part_encoding(settings) == before) == same
+
+
 # --- run's own work dirs that no run can resume ---
 
 def test_a_changed_input_removes_the_earlier_runs_work_dir_for_that_input_and_output_only(

@@ -136,20 +136,42 @@ def split_style_term(term: str) -> tuple[str, str]:
     return (head.strip(), tail) if sep and _WEIGHT.fullmatch(tail) else (term.strip(), "")
 
 
+_URI_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def is_uri(ref: str) -> bool:
+    """A URI (`az://`, `https://`, `file://` ...), not a local path."""
+    return bool(_URI_SCHEME.match(ref.strip()))
+
+
+def file_part(ref: str) -> str:
+    """What names the file of a style term, path or URI: a local path whole ('#' and '?' are characters
+    of a file's name: `mosaic#2.pth`, `what?.jpg`); a URI without its query string (a SAS) and, but in
+    az:// (where '#' is part of the blob's name, as storage.location reads it), its fragment."""
+    ref = ref.strip()
+    if not is_uri(ref):
+        return ref
+    if ref[:5].lower() == "az://":
+        return ref.split("?", 1)[0]
+    return re.split(r"[?#]", ref, maxsplit=1)[0]
+
+
 def is_style_file(ref: str) -> bool:
     """A painting or weights file (a path or URI), not a built-in name."""
-    path = ref.strip().split("?", 1)[0]
+    path = file_part(ref)
     return "/" in path or "\\" in path or is_style_name(path)
 
 
 def is_style_name(name: str) -> bool:
-    """A painting's or weights file's name, path or URI (by its suffix, before any query string)."""
-    return name.strip().lower().rsplit("?", 1)[0].endswith(STYLE_IMAGE_SUFFIXES + STYLE_WEIGHTS_SUFFIXES)
+    """A painting's or weights file's name, path or URI, by its suffix (`file_part`: a URI's before its
+    query string; a local name's whole)."""
+    return file_part(name).lower().endswith(STYLE_IMAGE_SUFFIXES + STYLE_WEIGHTS_SUFFIXES)
 
 
 def is_image_name(name: str) -> bool:
-    """A painting's file name or URI (by its suffix, before any query string)."""
-    return name.lower().rsplit("?", 1)[0].endswith(STYLE_IMAGE_SUFFIXES)
+    """A painting's file name or URI, by its suffix (`file_part`: a URI's before its query string; a
+    local name's whole)."""
+    return file_part(name).lower().endswith(STYLE_IMAGE_SUFFIXES)
 
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -186,19 +208,32 @@ def precision_problem(precision: str | None, device: str) -> str | None:
 CHECKPOINT_SUFFIX = ".ckpt"
 
 
+def beside_name(output: str, suffix: str) -> str:
+    """`<output><suffix>`: a file beside a local output, a blob beside a blob one (a URI's query
+    string, a SAS, stays at the end, after the new name)."""
+    base, query = output.split("?", 1) if "://" in output and "?" in output else (output, "")
+    return base + suffix + (f"?{query}" if query else "")
+
+
 def checkpoint_of(weights: str) -> str:
     """Where `stylebatch train-style -o WEIGHTS` keeps its resumable checkpoint: beside the weights,
-    WEIGHTS.ckpt (a file, or a blob like them; a URI's query string stays at the end). The one rule
-    for its name: the training, and the operator's postprocess that deletes a job's once it succeeded."""
-    base, query = weights.split("?", 1) if "://" in weights and "?" in weights else (weights, "")
-    return base + CHECKPOINT_SUFFIX + (f"?{query}" if query else "")
+    WEIGHTS.ckpt (a file, or a blob like them). The one rule for its name: the training, and the
+    operator's postprocess that deletes a job's once it succeeded."""
+    return beside_name(weights, CHECKPOINT_SUFFIX)
 
 # --- the work dir: the only interface between the stages ---
 
 OWNER_NAME = "stylebatch-work.json"  # written first: stylebatch made this work dir, and what it wrote there
 LOCK_NAME = "stylebatch.lock"  # one writer at a time
 MANIFEST_NAME = "manifest.json"  # written last by preprocess: its existence means preprocess finished
-STYLIZE_NAME = "stylize.json"  # the style settings the parts were made with
+STYLIZE_NAME = "stylize.json"  # the style settings the parts were made with, and their encoding
+# stylize.json's "encoding" (encoder.part_encoding) holds this: raise it whenever parts of the same
+# encoder settings come out encoded otherwise in a way the encoder's recorded options do not show (a
+# colour conversion, a range, an encoder's own defaults), so that a work dir resumed across that
+# upgrade never concatenates parts of both. A record without "encoding" (from before this) is taken
+# for an unknown encoding: its parts are stylized again (`stylize --restyle`, run's own work dir) or
+# refused (a user's --work), never resumed beside new ones.
+PART_ENCODING_VERSION = 1
 PARTS_DIR = "parts"  # one encoded part per chunk of frames
 PART_EXT = ".mkv"  # parts are Matroska whatever the final container: it holds every codec above
 SOURCE_STEM = "source"  # the input's byte copy: source.<input's extension>

@@ -132,6 +132,25 @@ def open_encoder_options(s: EncoderSettings) -> dict[str, str]:
     return opts
 
 
+def part_encoding(s: EncoderSettings) -> dict:
+    """What decides how a part is encoded, as the parts' settings record keeps it (stylize.json's
+    "encoding": stylize.settings_record): the encoder, the pixel format it is given, its bit rate, the
+    options it is opened with, and contract.PART_ENCODING_VERSION. Parts whose record says otherwise
+    were encoded otherwise (MJPEG before its --crf reached the encoder: every part at the finest
+    quantizer, whatever --crf said) and are never resumed beside parts encoded now. x264's `asm` cap is
+    left out: it follows the CPU of the rank, not the settings, and changes the bits, not the encoding
+    (parts of ranks on two kinds of CPU are alike). FFmpeg's own version is not recorded either."""
+    from stylebatch import contract
+
+    options = dict(open_encoder_options(s))
+    if "x264-params" in options:
+        options["x264-params"] = ":".join(p for p in options["x264-params"].split(":") if not p.startswith("asm="))
+        if not options["x264-params"]:
+            del options["x264-params"]
+    return {"codec": s.codec, "pix_fmt": s.pix_fmt, "bitrate": s.bitrate, "options": options,
+            "version": contract.PART_ENCODING_VERSION}
+
+
 class PartWriter:
     """Encodes upright RGB frames into one part file: a fresh encoder, so it starts on a keyframe
     and every GOP is closed inside it.

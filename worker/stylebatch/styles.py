@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from stylebatch.contract import (STYLE_NAMES, is_image_name, is_style_file, is_style_name, split_style_term,
+from stylebatch.contract import (STYLE_NAMES, is_image_name, is_style_file, is_style_name, is_uri, split_style_term,
                                  style_problem)
 from stylebatch.errors import BadInput, StylebatchError
 
@@ -88,7 +88,9 @@ class StylePart:
 
 def parse_style(style: str) -> list[StylePart]:
     """"lavender-gold", "3", "starry.jpg", "az://styles/candy.pth", or a blend of any of them:
-    "starry.jpg:0.7,lavender-gold:0.3" (weights are relative; a missing weight is 1)."""
+    "starry.jpg:0.7,lavender-gold:0.3" (weights are relative; a missing weight is 1). A local path is a
+    file's name whole, '#' and '?' included ("mosaic#2.pth", "what?.jpg"); only a URI has a query
+    string (a blob URL's SAS) or a fragment (contract.file_part)."""
     problem = style_problem(style) if isinstance(style, str) else f"must be a str, not {type(style).__name__}"
     if problem:
         raise BadInput(f"--style {style!r} {problem}")
@@ -127,20 +129,23 @@ def parse_style(style: str) -> list[StylePart]:
 
 
 def shown_style(style: str) -> str:
-    """A style or blend as an error may show it: each term's URI without its query (a SAS token)."""
-    from stylebatch.storage.scrub import scrub_uri
+    """A style or blend as an error may show it: each term's URI without its query (a SAS token); a
+    local path whole, '#' and '?' included (they are part of a file's name, not a query or fragment)."""
+    from stylebatch.storage.scrub import printable, scrub_uri
 
-    return ",".join(scrub_uri(term) for term in style.split(","))
+    return ",".join(scrub_uri(term) if is_uri(term) else printable(term) for term in style.split(","))
 
 
 def _split_weight(token: str) -> tuple[str, str]:
     """"name:0.5" -> ("name", "0.5"), and "name:lots" too (a bad weight) when name is a built-in or a
-    style file's path or URI without a query (a query, a SAS, may hold colons of its own); never where
-    what follows the colon is a file's name ("12:30.jpg" is a painting, not style 12 weighing "30.jpg")."""
+    style file's path, or URI without a query (a query, a SAS, may hold colons of its own; a local
+    path's '?' is part of its name); never where what follows the colon is a file's name ("12:30.jpg" is a
+    painting, not style 12 weighing "30.jpg")."""
     head, sep, tail = token.rpartition(":")
-    if sep and is_style_name(tail.split("?", 1)[0]):
+    if sep and is_style_name(tail.split("?", 1)[0] if is_uri(token) else tail):
         return token.strip(), ""  # "12:30.jpg": a file's name with a colon in it, not style 12 weighing "30.jpg"
-    if sep and (_builtin(head) is not None or ("?" not in head and "/" not in tail and is_style_name(head))):
+    no_query = "?" not in head or not is_uri(head)
+    if sep and (_builtin(head) is not None or (no_query and "/" not in tail and is_style_name(head))):
         return head.strip(), tail
     return split_style_term(token)
 

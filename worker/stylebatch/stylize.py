@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from stylebatch.contract import ERROR_PREFIX, PART_EXT, START_GATE_ENV, run_by_operator
-from stylebatch.encoder import PartWriter
+from stylebatch.encoder import PartWriter, part_encoding
 from stylebatch.errors import StylebatchError, TransientError
 from stylebatch.logs import counted, set_rank
 from stylebatch.memory import default_batch, default_pipelines, on_gpu, one_heap, pipelines_that_fit, reuse_freed_memory
@@ -183,7 +183,8 @@ def stylize(req: StylizeRequest, world: World, tmp: Path,
     style = resolve_style(model.chosen_style, tmp)
     keep_colors = model.keep_colors
     temporal = temporal_settings(model)
-    record = settings_record(style, model.strength, model.max_side, keep_colors, *temporal)
+    record = settings_record(style, model.strength, model.max_side, keep_colors, *temporal,
+                             encoding=part_encoding(m.encoder))
     if _settings_checked(work, record, sorted(part_name(*c, PART_EXT) for c in done), req.restyle, world):
         done, missing = set(), list(chunks)  # the parts of other settings are gone: every chunk to do
     resumed = sum(e - s for s, e in done) if world.rank == 0 else 0  # rank 0 reports the resumed parts
@@ -315,10 +316,12 @@ def temporal_settings(model: ModelOptions) -> tuple[str, float]:
 
 
 def settings_record(style: str, strength: float, max_side: int | None, keep_colors: bool = False,
-                    temporal: str = "off", temporal_strength: float = 0.0) -> dict:
+                    temporal: str = "off", temporal_strength: float = 0.0, encoding: dict | None = None) -> dict:
     """What decides how a part looks, normalized: built-in styles by their resolved names, files
     (paintings, .pth weights) by the sha256 of their bytes, so resuming with another painting that has
-    the same file name is refused."""
+    the same file name is refused; and how it is encoded (`encoding`: encoder.part_encoding of the
+    manifest's settings), so that parts an older stylebatch encoded otherwise are never concatenated
+    with parts encoded now."""
     from stylebatch.styles import BUILTIN_KIND, parse_style
 
     keys, names = [], []
@@ -338,15 +341,30 @@ def settings_record(style: str, strength: float, max_side: int | None, keep_colo
         names.append(name + weight)
     return {"style": ",".join(keys), "style_name": ",".join(names), "strength": float(strength),
             "max_side": max_side, "keep_colors": bool(keep_colors), "temporal": temporal,
-            "temporal_strength": float(temporal_strength) if temporal == "on" else 0.0}
+            "temporal_strength": float(temporal_strength) if temporal == "on" else 0.0, "encoding": encoding}
 
 
-def describe_settings(r: dict) -> str:
+def describe_settings(r: dict, encoding: bool = False) -> str:
+    """A record as a message says it; with `encoding`, how its parts were encoded too (said where
+    that is what differs)."""
     size = f", max side {r['max_side']}" if r.get("max_side") else ", full size"
     colors = ", own colours" if r.get("keep_colors") else ""
     steady = (f", temporal on at {r['temporal_strength']:g}" if r.get("temporal") == "on"
               else ", temporal off")
-    return f"{r.get('style_name') or r.get('style')} (strength {r.get('strength'):g}{size}{colors}{steady})"
+    return (f"{r.get('style_name') or r.get('style')} (strength {r.get('strength'):g}{size}{colors}{steady}"
+            f"{_describe_encoding(r) if encoding else ''})")
+
+
+def _describe_encoding(r: dict) -> str:
+    """How a record's parts were encoded, for describe_settings: an older stylebatch's record does not say."""
+    if "encoding" not in r:
+        return ", encoded by an older stylebatch that did not record how"
+    e = r["encoding"]
+    if not isinstance(e, dict):
+        return ""
+    options = " ".join(f"{k}={v}" for k, v in sorted((e.get("options") or {}).items()))
+    rate = f" {e['bitrate']} b/s" if e.get("bitrate") else ""
+    return f", {e.get('codec')} {e.get('pix_fmt')}{rate}{' ' + options if options else ''} (encoding v{e.get('version')})"
 
 
 def _settings_checked(work, record: dict, parts: list[str], restyle: bool, world: World) -> bool:
@@ -405,7 +423,8 @@ def settings_caller() -> str:
     return RUN if os.environ.get(LOCK_ENV) else STYLIZE
 
 
-_SETTINGS_KEYS = ("style", "strength", "max_side", "keep_colors", "temporal", "temporal_strength")
+_SETTINGS_KEYS = ("style", "strength", "max_side", "keep_colors", "temporal", "temporal_strength", "encoding")
+_UNRECORDED = object()  # an older record's "encoding": equal to no encoding, so its parts never pass for these
 
 
 def check_settings(work, record: dict, parts: list[str], discard: bool = False, caller: str = RUN) -> bool:
@@ -425,16 +444,20 @@ def check_settings(work, record: dict, parts: list[str], discard: bool = False, 
             old = "unreadable"
         if not isinstance(old, dict):
             old = "unreadable"
-        legacy = {"keep_colors": False, "temporal": "off", "temporal_strength": 0.0}  # older records lack these
+        # older records lack these; one without "encoding" is from before it was recorded: parts an older
+        # stylebatch may have encoded otherwise (PART_ENCODING_VERSION), taken for another encoding
+        legacy = {"keep_colors": False, "temporal": "off", "temporal_strength": 0.0, "encoding": _UNRECORDED}
         if isinstance(old, dict) and all(old.get(k, legacy.get(k)) == record[k] for k in _SETTINGS_KEYS):
             return False
     if parts and (old is not None or discard):
-        made = describe_settings(old) if isinstance(old, dict) else f"settings its {STYLIZE_NAME} does not say"
+        coded = isinstance(old, dict) and old.get("encoding", _UNRECORDED) != record["encoding"]
+        made = describe_settings(old, coded) if isinstance(old, dict) else f"settings its {STYLIZE_NAME} does not say"
+        now = describe_settings(record, coded)
         if not discard:
             raise StylebatchError(f"work dir {work.display} has parts stylized with {made}, "
-                                  f"not {describe_settings(record)}: {OTHER_SETTINGS_REMEDY[caller]}")
+                                  f"not {now}: {OTHER_SETTINGS_REMEDY[caller]}")
         log.warning("the %s in work dir %s were stylized with %s: deleting them, to stylize with %s",
-                    counted(len(parts), "part"), work.display, made, describe_settings(record))
+                    counted(len(parts), "part"), work.display, made, now)
         for name in parts:
             work.child(PARTS_DIR, name).delete()
         loc.write_bytes(json.dumps(record, sort_keys=True).encode())

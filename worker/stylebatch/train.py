@@ -14,7 +14,9 @@ once the weights are written (that is what lets a finished training go on); an e
 checkpoint beside it is refused, never trained again from step 1 over. (A StyleTransferJob's training
 leaves it too, beside the trained style next to the job's work dir: a training pod lost after it wrote
 the weights, or a job resumed with that work dir, finishes from it. The job's postprocess deletes it
-with the work dir once the video is published: `postprocess --delete-checkpoint`.)
+with the work dir once the video is published: `postprocess --delete-checkpoint`.) One training at a
+time into an output: a second one into the same -o (while `<output>.lock` is held) fails at once with
+exit code 75.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stylebatch.contract import EXIT_HUNG_UP, EXIT_INTERRUPTED, EXIT_TERMINATED, checkpoint_of
+from stylebatch.contract import EXIT_HUNG_UP, EXIT_INTERRUPTED, EXIT_TERMINATED, beside_name, checkpoint_of
 from stylebatch.errors import BadInput, Interrupted, StylebatchError
 from stylebatch.progress import TrainProgress, format_train_line
 from stylebatch.logs import counted, say
@@ -45,6 +47,7 @@ FRAMES_PER_VIDEO = 48
 CONTENT_WEIGHT, STYLE_WEIGHT, TV_WEIGHT = 1.0, 2.0, 1e-2
 LOSS_VERSION = 2  # in the checkpoint key: a checkpoint of other losses is not resumed
 OUTPUT_GAIN = 30.0  # the untrained net's last conv weights x this: its pictures vary by ~12 levels, not 0.4
+LOCK_SUFFIX = ".lock"  # `<output>.lock`: held by the one training writing the output and its checkpoint
 FLAT = 2.0  # a crop whose pixels' standard deviation is below this (0..255) holds no content: drawn again
 
 
@@ -221,6 +224,14 @@ def write(state: dict, part: Path, shown: str) -> None:
         else:
             why = getattr(exc, "strerror", None) or " ".join(str(exc).split())[:160]
         raise BadInput(f"cannot write {shown}: {why}") from None
+
+
+def beside(output: str, suffix: str):
+    """The Location of `<output><suffix>`: a file beside a local output, a blob beside a blob one (a
+    blob URL's SAS query kept, after the new name)."""
+    from stylebatch.storage import location
+
+    return location(beside_name(output, suffix))
 
 
 class Checkpoint:
@@ -404,7 +415,7 @@ def run(req: TrainRequest) -> int:
                        "(repeatable)")
     _check_memory(req)
     dest.check_writable()  # before any slow start-up: not after hours of training
-    with tempfile.TemporaryDirectory(prefix="stylebatch-train-") as tmp:
+    with _only_training(req.output, dest.display), tempfile.TemporaryDirectory(prefix="stylebatch-train-") as tmp:
         ckpt = Checkpoint(req.output, Path(tmp) / "style.pth.ckpt")
         if dest.exists():
             if not ckpt.exists():  # a finished training's weights: never trained again from step 1 over
@@ -430,6 +441,24 @@ def run(req: TrainRequest) -> int:
     say(f"{dest.display}: {counted(len(history), 'step')}, loss {history[0]:.4g} at step 1, "
         f"{sum(tail) / len(tail):.4g} over the last {last}; use it with --style {dest.display}")
     return 0
+
+
+def _only_training(output: str, shown: str):
+    """One training at a time into an output, for the whole run: its lock `<output>.lock` (LOCK_SUFFIX;
+    a local flock, or a blob lease beside a blob output: workdir.take), taken before the output or its
+    checkpoint is looked at and let go (its file removed) once the weights are written. Two trainings
+    into one -o wrote one checkpoint by turns (a resume went on from whichever saved last), and one
+    started later went on from the first's checkpoint and published weights while the first still
+    trained, to be replaced by the first's. A second training is a TransientError (exit code 75) at once, naming the first:
+    once that one has ended, the same command goes on from its checkpoint. A killed training's lock
+    holds nothing: the kernel lets go of a flock; a blob lease whose holder is known to have stopped
+    (a process of this host that has ended, an earlier attempt of the same STYLEBATCH_JOB) is waited
+    out, at most a minute."""
+    from stylebatch.workdir import exclusive
+
+    return exclusive(beside(output, LOCK_SUFFIX), shown,
+                     "one training at a time into an output: wait for it to end (the same command then goes on "
+                     "from its checkpoint), or write to another -o")
 
 
 def _check_memory(req: TrainRequest) -> None:

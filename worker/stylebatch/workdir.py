@@ -310,9 +310,7 @@ def hold(work) -> Iterator[None]:
         yield
         return
     require_owned(work)
-    holder = {"host": socket.gethostname(), "pid": str(os.getpid()), "started": _now(),
-              "token": secrets.token_hex(16), **({"job": _job()} if _job() else {})}
-    held = _HELD[work.display] = _Held(_take(work, loc, holder))
+    held = _HELD[work.display] = _Held(take(loc, f"work dir {work.display}", "wait for it to end, or use another --work"))
     try:
         yield
     finally:
@@ -325,10 +323,17 @@ def hold(work) -> Iterator[None]:
 LOCK_POLL_S = 3.0
 
 
-def _take(work, loc, holder: dict[str, str]):
-    """loc.lock(holder), waiting out a stopped holder's lock (see hold)."""
+def take(loc, what: str, advice: str):
+    """The exclusive lock whose file is `loc` (Location.lock), recording this process as its holder;
+    `what` is what the lock guards and `advice` what to do while another has it, both for the one
+    line a busy lock is: a TransientError at once, naming the holder (retrying once it ends can work).
+    A holder known to have stopped (`_stopped`) is waited for until its lock expires (a blob lease:
+    at most a minute; a local flock goes with its process), so the attempt after a killed one is not
+    lost to the dead one's lock."""
     from stylebatch.storage.base import LockBusy
 
+    holder = {"host": socket.gethostname(), "pid": str(os.getpid()), "started": _now(),
+              "token": secrets.token_hex(16), **({"job": _job()} if _job() else {})}
     deadline = None
     while True:
         try:
@@ -339,13 +344,24 @@ def _take(work, loc, holder: dict[str, str]):
                 if deadline is None:
                     wait = loc.lock_outlives_holder_s() + 2 * LOCK_POLL_S
                     deadline = time.monotonic() + wait
-                    log.warning("work dir %s is still locked by %s (%s): waiting up to %d s for its lock to expire",
-                                work.display, stopped, _describe(busy.holder), wait)
+                    log.warning("%s is still locked by %s (%s): waiting up to %d s for its lock to expire",
+                                what, stopped, _describe(busy.holder), wait)
                 if time.monotonic() < deadline:
                     time.sleep(LOCK_POLL_S)
                     continue
-            raise TransientError(f"work dir {work.display} is in use by another stylebatch "
-                                 f"({_describe(busy.holder)}): wait for it to end, or use another --work") from None
+            raise TransientError(f"{what} is in use by another stylebatch ({_describe(busy.holder)}): "
+                                 f"{advice}") from None
+
+
+@contextlib.contextmanager
+def exclusive(loc, what: str, advice: str) -> Iterator[None]:
+    """Hold the lock whose file is `loc` for the block (`take`), then let it go and remove its file:
+    one writer of a place that is no work dir (`stylebatch train-style`'s output and checkpoint)."""
+    lock = take(loc, what, advice)
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _job() -> str:

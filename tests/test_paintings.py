@@ -134,6 +134,10 @@ def test_a_style_image_bad_in_its_header_is_refused_before_the_input_is_read(tmp
     ("starry.jpg:0.7,lavender-gold:0.3", ["painting", "builtin"], [0.7, 0.3], "starry.jpg:0.7,lavender-gold:0.3"),
     ("a.jpg:1,b.png:1,3", ["painting", "painting", "builtin"], [1 / 3] * 3, "a.jpg:0.333,b.png:0.333,tangled-ribbons:0.333"),
     ("candy.pth:2,12:2", ["weights", "builtin"], [0.5, 0.5], "candy.pth:0.5,lavender-gold:0.5"),
+    # weights are relative at any scale: a sum of huge ones overflowed to inf, every share to 0 (black frames)
+    ("ink-wash:1e308,lavender-gold:1e308", ["builtin", "builtin"], [0.5, 0.5], "ink-wash:0.5,lavender-gold:0.5"),
+    ("starry.jpg:1.7e308,ink-wash:0.85e308", ["painting", "builtin"], [2 / 3, 1 / 3], "starry.jpg:0.667,ink-wash:0.333"),
+    ("ink-wash:3e-320,lavender-gold:1e-320", ["builtin", "builtin"], [0.75, 0.25], "ink-wash:0.75,lavender-gold:0.25"),
     # a painting or weights file named like a built-in style is not shown as that style
     ("/styles/lavender-gold.jpg", ["painting"], [1.0], "lavender-gold.jpg"),
     ("ink-wash.pth", ["weights"], [1.0], "ink-wash.pth"),
@@ -392,3 +396,18 @@ def test_a_run_with_a_local_style_file_named_with_a_hash_paints_with_that_file_a
     assert result.returncode == 0, result.stderr
     assert "x#y:0.5,star?1.jpg:0.5" in result.stderr, result.stderr
     assert count_frames(tmp_path / "out.mp4") == 4
+
+
+def test_a_blend_of_huge_weights_paints_the_video_as_the_same_blend_of_small_ones(tmp_path, clip):
+    """'a:1e308,b:1e308' is a:1,b:1. The weights' sum overflowed to inf, so every style's share was 0:
+    a black video, exit code 0, and a warning naming the style 'ink-wash:0,lavender-gold:0'."""
+    src = clip("in.mp4", size=(64, 48), frames=4)
+    outputs = {}
+    for name, style in (("huge", "ink-wash:1e308,lavender-gold:1e308"), ("small", "ink-wash:1,lavender-gold:1")):
+        result = stylebatch("run", src, "-o", tmp_path / f"{name}.mp4", "--style", style, "--workers", "1",
+                            "--precision", "fp32", "--work", tmp_path / f"w-{name}")  # (auto's trial may differ)
+        assert result.returncode == 0, result.stderr
+        assert "flat colour" not in result.stderr and "ink-wash:0.5,lavender-gold:0.5" in result.stderr, result.stderr
+        outputs[name] = decode_rgb(tmp_path / f"{name}.mp4")
+    assert outputs["huge"].std() > 20  # a painted picture, not black
+    np.testing.assert_array_equal(outputs["huge"], outputs["small"])

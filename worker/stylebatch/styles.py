@@ -122,10 +122,13 @@ def parse_style(style: str) -> list[StylePart]:
         if not math.isfinite(weight) or weight < 0:
             raise BadInput(f"style weights must be finite numbers, 0 or more: got {text!r} for {shown_style(ref)}")
         parts.append(StylePart(kind, ref, weight))
-    total = sum(p.weight for p in parts)
-    if total <= 0:
+    top = max(p.weight for p in parts)
+    if top <= 0:
         raise BadInput(f"style weights in {shown_style(style)!r} are all zero")
-    return [StylePart(p.kind, p.ref, p.weight / total) for p in parts if p.weight > 0]
+    # relative to the largest first: a sum of huge weights ("a:1e308,b:1e308") would overflow to inf
+    # and every share to 0 (a black video)
+    total = sum(p.weight / top for p in parts)
+    return [StylePart(p.kind, p.ref, p.weight / top / total) for p in parts if p.weight > 0]
 
 
 def shown_style(style: str) -> str:

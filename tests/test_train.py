@@ -515,6 +515,18 @@ def test_a_diverging_training_stops_with_one_line_and_writes_no_weights(tmp_path
     assert not out.exists()
 
 
+def test_loss_weights_so_large_that_the_loss_overflows_are_named_not_the_learning_rate(tmp_path, content):
+    """--style-weight 1e308 made every step's loss inf, and the line said to lower --lr, which no
+    --lr cures (newcomer pass)."""
+    out = tmp_path / "heavy.pth"
+    result = stylebatch("train-style", STARRY, "-o", out, "--steps", "20", "--size", "32", "--batch-size", "1",
+                        "--style-weight", "1e308", "--device", "cpu", *content, timeout=900)
+    assert result.returncode == 2 and len(error_lines(result)) == 1, result.stderr
+    line = error_lines(result)[0]
+    assert "--style-weight 1e+308" in line and "smaller weights" in line and "--lr" not in line, line
+    assert not out.exists()
+
+
 def _foreign_pickle(path: Path, content: list[str]) -> None:
     torch.save([1, 2, 3], path)
 

@@ -376,6 +376,10 @@ def train(req: TrainRequest, painting: Path, output: Path, ckpt: Checkpoint,
             if not (torch.isfinite(loss) and torch.isfinite(norm)):  # skip a bad step; a run of them: lr too high
                 diverged += 1
                 if diverged >= 3:
+                    if bool(torch.isfinite(content) and torch.isfinite(style)):  # the weights overflow them
+                        raise BadInput(f"the loss is not finite at step {step + 1}: its parts are, but weighted "
+                                       f"(--style-weight {style_weight:g}, --content-weight {content_weight:g}) "
+                                       "they overflow: give smaller weights")
                     raise StylebatchError(f"training diverged at step {step + 1} (the loss is not finite): "
                                           f"run again with a lower --lr than {req.lr:g}")
                 continue

@@ -580,6 +580,27 @@ def test_a_stylize_the_operator_runs_refuses_parts_of_another_style_in_spec_term
     assert {p.name: p.read_bytes() for p in (work / "parts").iterdir()} == parts  # refused: nothing deleted
 
 
+@pytest.mark.parametrize("case", ["another job's work dir", "a folder of the user's"])
+def test_the_operators_preprocess_refuses_a_work_dir_in_spec_terms_not_flags(clip, tmp_path: Path, case: str) -> None:
+    """A StyleTransferJob's spec.workDir holding another job (or files of the user's) was refused with
+    "use a fresh --work" (or "give an empty or new folder for --work"): a flag its user never types."""
+    from stylebatch.contract import JOB_UID_ENV
+
+    src, work = clip("in.mp4", size=(64, 48), frames=4), tmp_path / "work"
+    if case == "another job's work dir":
+        assert stylebatch("preprocess", src, "--work", work, "-o", tmp_path / "o.mp4", "--crf", "30").returncode == 0
+    else:
+        work.mkdir()
+        (work / "holiday.mp4").write_bytes(b"the user's")
+    pods = {**os.environ, JOB_UID_ENV: "0123456789abcdef"}  # what the operator sets in every container
+    result = stylebatch("preprocess", src, "--work", work, "-o", tmp_path / "o.mp4", "--crf", "20", env=pods)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    (line,) = error_lines(result)
+    assert "spec.workDir" in line and "--work" not in line, line
+    if case == "a folder of the user's":
+        assert (work / "holiday.mp4").read_bytes() == b"the user's"
+
+
 def test_parts_an_older_stylebatch_encoded_are_not_resumed_beside_parts_encoded_now(clip, tmp_path: Path) -> None:
     """MJPEG's --crf reached the encoder only from de8a017 on: parts made before were at the finest
     quantizer whatever --crf said, and stylize.json did not say how the parts were encoded, so a work

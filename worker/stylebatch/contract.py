@@ -249,6 +249,16 @@ JOB_UID_ENV = "STYLEBATCH_JOB_UID"
 OUTPUT_UID_TAG = "stylebatchjobuid"
 
 
+def fresh_work() -> str:
+    """How a refusal names another work dir to the one reading it: "a fresh --work" on the command
+    line; in a StyleTransferJob's pod (run_by_operator) in the spec's words, for its user writes no flags."""
+    import os
+
+    if run_by_operator(os.environ):
+        return "another spec.workDir, or none (a new job gets a work dir of its own)"
+    return "a fresh --work"
+
+
 def run_by_operator(environ) -> bool:
     """Whether this process runs in a pod of a StyleTransferJob (the operator sets JOB_UID_ENV in every
     container it makes, and the MPIJob's launcher hands it to the ranks; nothing else sets it): its user

@@ -9,6 +9,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from stylebatch.contract import fresh_work
 from stylebatch.errors import StylebatchError
 from stylebatch.workdir import MANIFEST_NAME, PARTS_DIR, STYLIZE_NAME, require_owned
 
@@ -72,7 +73,7 @@ class Manifest:
             if d.get("format_version") != FORMAT_VERSION:
                 raise StylebatchError(
                     f"work dir was made by an incompatible stylebatch (manifest format "
-                    f"{d.get('format_version')}, expected {FORMAT_VERSION}); start with a fresh --work")
+                    f"{d.get('format_version')}, expected {FORMAT_VERSION}); start with {fresh_work()}")
             d["encoder"] = EncoderSettings(**d["encoder"])
             d["time_base"] = tuple(d["time_base"])
             d["frame_rate"] = tuple(d["frame_rate"])

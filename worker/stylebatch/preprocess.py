@@ -11,7 +11,7 @@ import re
 import tempfile
 from pathlib import Path
 
-from stylebatch.contract import ALLOWED, SOURCE_STEM
+from stylebatch.contract import ALLOWED, SOURCE_STEM, fresh_work
 from stylebatch.errors import StylebatchError
 from stylebatch.logs import counted
 from stylebatch.manifest import MANIFEST_NAME, EncoderSettings, Manifest
@@ -192,17 +192,17 @@ def _reuse_existing(work, src, out, enc: EncodingOptions, settings: EncoderSetti
     differ = [name for name, (new, old) in given.items() if new is not None and new != old]
     if differ:
         raise StylebatchError(f"work dir {work.display} holds a job with another {', '.join(differ)} "
-                              f"(input {m.input}): use a fresh --work, or the same settings to resume")
+                              f"(input {m.input}): use {fresh_work()}, or the same settings to resume")
     changed = [k for k in ("size", "stamp", "ends_sha256") if m.input_identity.get(k) != identity[k]]
     if changed:
         what = {"size": "its size", "stamp": "its modification time" if src.is_local() else "its ETag",
                 "ends_sha256": "its bytes"}
         raise StylebatchError(f"the input {src.display} changed since work dir {work.display} was made from it "
-                              f"({', '.join(what[k] for k in changed)}): use a fresh --work to stylize the "
+                              f"({', '.join(what[k] for k in changed)}): use {fresh_work()} to stylize the "
                               f"new video")
     if m.encoder.codec not in ALLOWED[settings.container]:
         raise StylebatchError(f"work dir {work.display} holds {m.encoder.codec} parts, which cannot go into "
-                              f"{Path(out.name).suffix}: use a fresh --work")
+                              f"{Path(out.name).suffix}: use {fresh_work()}")
     check_timeline(m, settings.container)
     check_audio(m, settings.container)
     if m.output != output_uri(out):

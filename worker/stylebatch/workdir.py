@@ -20,12 +20,14 @@ import socket
 import time
 from typing import Iterator
 
-from stylebatch.contract import JOB_ENV, LOCK_NAME, MANIFEST_NAME, OWNER_NAME, PARTS_DIR, STYLIZE_NAME
+from stylebatch.contract import JOB_ENV, LOCK_NAME, MANIFEST_NAME, OWNER_NAME, PARTS_DIR, STYLIZE_NAME, fresh_work, run_by_operator
 from stylebatch.errors import StylebatchError, TransientError
 
 log = logging.getLogger(__name__)
 
-_FRESH = "give an empty or new folder for --work"
+def _fresh() -> str:
+    """What a refusal of a work dir that is not stylebatch's asks for (contract.fresh_work)."""
+    return f"give {fresh_work()}" if run_by_operator(os.environ) else "give an empty or new folder for --work"
 
 
 def _top_level_names(work) -> list[str]:
@@ -68,7 +70,7 @@ def read_owner(work) -> dict | None:
         record = None
     if not (isinstance(record, dict) and record.get("owner") == "stylebatch" and isinstance(record.get("id"), str)
             and isinstance(record.get("files"), list)):
-        raise StylebatchError(f"work dir {work.display} has a damaged {OWNER_NAME}: {_FRESH}")
+        raise StylebatchError(f"work dir {work.display} has a damaged {OWNER_NAME}: {_fresh()}")
     return record
 
 
@@ -78,8 +80,8 @@ def check_work(work, *others) -> None:
     for other in others:
         if other is not None and inside(other, work):
             if work.is_local() and work.local_path().is_file():  # the input or output itself, not a folder
-                raise StylebatchError(f"work dir {work.display} is a file: {_FRESH}")
-            raise StylebatchError(f"work dir {work.display} contains {other.display}: {_FRESH} "
+                raise StylebatchError(f"work dir {work.display} is a file: {_fresh()}")
+            raise StylebatchError(f"work dir {work.display} contains {other.display}: {_fresh()} "
                                   f"(stylebatch deletes its work dir's files when done)")
     names = _top_level_names(work)
     if OWNER_NAME in names:
@@ -88,7 +90,7 @@ def check_work(work, *others) -> None:
     if names:
         first = names[0].partition("/")[0]
         made = " (made by an older stylebatch or by hand: no owner record)" if MANIFEST_NAME in names else ""
-        raise StylebatchError(f"work dir {work.display} holds other files ({first}...){made}: {_FRESH}")
+        raise StylebatchError(f"work dir {work.display} holds other files ({first}...){made}: {_fresh()}")
 
 
 def claim_work(work, *files: str, made_for: dict | None = None) -> dict:
@@ -310,7 +312,7 @@ def hold(work) -> Iterator[None]:
         yield
         return
     require_owned(work)
-    held = _HELD[work.display] = _Held(take(loc, f"work dir {work.display}", "wait for it to end, or use another --work"))
+    held = _HELD[work.display] = _Held(take(loc, f"work dir {work.display}", f"wait for it to end, or use {fresh_work()}"))
     try:
         yield
     finally:

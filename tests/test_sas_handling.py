@@ -77,6 +77,58 @@ def test_a_published_video_whose_work_dir_cannot_be_deleted_is_a_success_with_a_
     assert "out/x.mp4" in names and not any("write-check" in n for n in names)
 
 
+@pytest.mark.slow
+@pytest.mark.azurite
+def test_a_read_only_style_sas_in_the_outputs_container_leaves_the_output_its_own_write_sas(
+        azure_env, clip, tmp_path: Path) -> None:
+    """`run IN?RW -o OUT?RW --style STYLE?RO`, all three in one container, no connection string: the
+    style, parsed last, took the container's carried SAS, and the output's write check (a marker
+    beside it, written in the preprocess child that has the URLs without their query) was refused
+    with the style's read-only token: exit 2 'cannot write ...out/x2.mp4'."""
+    az, container = azure_env.azurite, azure_env.container
+    rw, ro = sas(az, container), sas(az, container, permissions="rl")
+    base = f"{az.endpoint}/{container}"
+    blobs = az.service_client().get_container_client(container)
+    blobs.upload_blob("in.mp4", clip("in.mp4", size=(64, 48), frames=4).read_bytes())
+    blobs.upload_blob("styles/p.jpg", Path("/usr/share/doc/opencv-doc/examples/data/starry_night.jpg").read_bytes())
+    result = stylebatch("run", f"{base}/in.mp4?{rw}", "-o", f"{base}/out/x2.mp4?{rw}", "--style",
+                        f"{base}/styles/p.jpg?{ro}", "--max-side", "48", "--work", tmp_path / "work",
+                        env=only_the_sas(azure_env), timeout=240)
+    assert result.returncode == 0, result.stderr
+    names = [b.name for b in blobs.list_blobs()]
+    assert "out/x2.mp4" in names and not any("write-check" in n for n in names)
+    for token in (rw, ro):
+        assert urllib.parse.parse_qs(token)["sig"][0] not in result.stderr + result.stdout
+
+
+@pytest.mark.parametrize("given", [
+    ["in/a.mp4?sr=c&sp=racwdl&sig=RW", "out/x.mp4?sr=c&sp=racwdl&sig=RW", "styles/p.jpg?sr=c&sp=rl&sig=RO"],
+    ["in/a.mp4?sr=c&sp=rl&sig=RO", "out/x.mp4?sr=c&sp=racwdl&sig=RW"],
+    ["out/p.jpg?sr=c&sp=rl&sig=RO", "out/x.mp4?sr=c&sp=racwdl&sig=RW", "out/q.jpg?sr=c&sp=rl&sig=RO2"],
+])
+def test_blobs_made_beside_the_output_take_its_sas_not_a_read_only_one_given_later(given, monkeypatch) -> None:
+    """What stylebatch makes where no URL gave a SAS (the write check's marker and a lock beside the
+    output, a --work without a SAS) falls back on a container SAS given with another URL: never on a
+    read-only one given after the output's (a --style), in this process and in the child stages."""
+    from stylebatch.storage.credentials import CARRIED_SAS_ENV, carried_sas, carried_sas_env, resolve_credential
+
+    base = "https://acct.blob.core.windows.net/videos"
+    for key in ("AZURE_STORAGE_CONNECTION_STRING", "AZURE_STORAGE_ACCOUNT", "AZURE_STORAGE_SAS_TOKEN"):
+        monkeypatch.delenv(key, raising=False)
+    for url in given:
+        storage.location(f"{base}/{url}")
+    for child in (False, True):
+        if child:
+            env = carried_sas_env()
+            storage.clear_client_cache()
+            monkeypatch.setenv(CARRIED_SAS_ENV, env[CARRIED_SAS_ENV])  # as the child sees them
+        for name in ("out/.stylebatch-write-check-0123", "out/x.mp4.lock", "work/job/manifest.json"):
+            assert carried_sas(storage.location(f"{base}/{name}")) == "sr=c&sp=racwdl&sig=RW", (child, name)
+        for url in given:  # each URL's own blob keeps its own SAS
+            assert resolve_credential(storage.location(f"{base}/{url.partition('?')[0]}")).secret == \
+                url.partition("?")[2]
+
+
 @pytest.mark.azurite
 @pytest.mark.parametrize("case, token_of, problem", [
     ("read-only container SAS", lambda az, c: sas(az, c, permissions="rl"),

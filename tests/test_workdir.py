@@ -422,6 +422,30 @@ def test_a_run_refused_a_work_dir_another_run_holds_says_only_that(clip, tmp_pat
     assert sorted(p.relative_to(work).as_posix() for p in work.rglob("*")) == before
 
 
+@pytest.mark.parametrize("age_s, code", [(0, 75), (3600, 2)])
+def test_a_new_work_dir_another_run_is_claiming_is_in_use_not_foreign(age_s: float, code: int, clip,
+                                                                      tmp_path: Path) -> None:
+    """Two runs given the same new --work at once: the loser saw the winner's owner record still being
+    written (its atomic temp file) and refused the folder as holding other files (exit 2: 'give an
+    empty or new folder'), instead of in use by another stylebatch (75: retrying can work). Here the
+    other claimant's temp file is made as it would be, mid-write. One left by a killed writer an
+    hour ago is a file like any other: refused, exit 2."""
+    from stylebatch.contract import OWNER_NAME
+
+    work = tmp_path / "wrace"
+    work.mkdir()
+    partial = work / f".{OWNER_NAME}.238821a8.partial"
+    partial.write_bytes(b'{"owner": "stylebatch", "id": "')
+    os.utime(partial, (time.time() - age_s, time.time() - age_s))
+    result = stylebatch("run", clip("in.mp4", size=(64, 48), frames=4), "-o", tmp_path / "out.mp4", "--work",
+                        work, *FAST_STYLE, timeout=120)
+    assert result.returncode == code, result.stderr
+    [line] = error_lines(result)
+    assert ("is in use by another stylebatch" if code == 75 else "holds other files") in line, line
+    assert "Traceback" not in result.stderr and "resume" not in result.stderr, result.stderr
+    assert sorted(p.name for p in work.iterdir()) == [partial.name] and not (tmp_path / "out.mp4").exists()
+
+
 # --- a run with other style settings ---
 
 def _own_work_dirs(cache: Path) -> list[Path]:

@@ -87,10 +87,32 @@ def check_work(work, *others) -> None:
     if OWNER_NAME in names:
         read_owner(work)
         return
+    if names and work.is_local() and all(_claim_in_flight(work, name) for name in names):
+        # another stylebatch claiming this new work dir right now: its owner record is being written
+        raise TransientError(f"work dir {work.display} is in use by another stylebatch (it is making it its work "
+                             f"dir now): wait for it to end, or use another --work")
     if names:
         first = names[0].partition("/")[0]
         made = " (made by an older stylebatch or by hand: no owner record)" if MANIFEST_NAME in names else ""
         raise StylebatchError(f"work dir {work.display} holds other files ({first}...){made}: {_fresh()}")
+
+
+OWNER_PARTIAL_AGE_S = 60  # a temp file of the owner record younger than this is a claim in flight
+
+
+def _claim_in_flight(work, name: str) -> bool:
+    """True if `name`, in local work dir `work`, is the temp file of another stylebatch's owner record
+    being written (storage.files.atomic_file), made less than OWNER_PARTIAL_AGE_S ago (or just renamed
+    into the record). An older one is left over by a killed writer: a file like any other."""
+    from stylebatch.storage.files import partials_of
+
+    path = work.local_path() / name
+    if path not in partials_of(work.local_path() / OWNER_NAME):
+        return False
+    try:
+        return time.time() - path.stat().st_mtime < OWNER_PARTIAL_AGE_S
+    except FileNotFoundError:
+        return True  # renamed into the owner record since it was listed
 
 
 def claim_work(work, *files: str, made_for: dict | None = None) -> dict:

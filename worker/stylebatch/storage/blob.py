@@ -204,6 +204,8 @@ class BlobLocation(Location):
         folder = self.blob.rpartition("/")[0]
         marker = dataclasses.replace(self, blob=f"{folder}/{WRITE_CHECK}" if folder else WRITE_CHECK)
         marker = dataclasses.replace(marker, blob=f"{marker.blob}-{uuid.uuid4().hex[:12]}")
+        if cred.kind == "sas" and cred.source == "the URL":  # the output's own SAS, not another URL's
+            marker = dataclasses.replace(marker, sas=cred.secret)
         with blob_errors(self, "write"):
             try:
                 marker._blob_client().upload_blob(b"", overwrite=False)

@@ -76,23 +76,40 @@ def resolve_credential(loc: BlobAddress) -> BlobCredential:
 # --- SAS tokens given in URLs, carried to later stages in memory and in the environment, never on disk ---
 
 CARRIED_SAS_ENV = "STYLEBATCH_URL_SAS"
-_carried: dict[tuple[str, str, str, bool], str] = {}
+_carried: dict[tuple[str, str, str, bool, bool], str] = {}
 
 
 def remember_url_sas(loc: BlobAddress) -> None:
     """Remember the SAS of a URL the user gave, for the blobs it grants: one blob (sr=b), a folder
     (sr=d), or the URL's container (a container or account SAS). Work-dir records store URIs
-    without their query; a URI read back from them finds its SAS here (or in CARRIED_SAS_ENV)."""
+    without their query; a URI read back from them finds its SAS here (or in CARRIED_SAS_ENV).
+
+    A container or account SAS is also kept as a fallback ("wide") for the blobs stylebatch makes
+    where no URL gave a SAS: beside the URL's blob (a lock, a checkpoint, the write check's marker),
+    and anywhere in its container (a --work given without a SAS). Where several URLs give one for the
+    same place, one that may write is never replaced by one that may not: a read-only --style in the
+    output's container broke the output's write check, every later writer there too."""
     if not (loc.sas and loc.endpoint):
         return
-    scope = sas_scope(loc.sas)
+    endpoint, scope = _endpoint_key(loc.endpoint), sas_scope(loc.sas)
     prefix, exact = {"b": (loc.blob, True), "bs": (loc.blob, True), "bv": (loc.blob, True),
                      "d": (loc.blob, False)}.get(scope, ("", False))
-    _carried[(_endpoint_key(loc.endpoint), loc.container, prefix, exact)] = loc.sas
-    if (prefix, exact) != (loc.blob, True):  # the URL's own blob finds its own SAS, whatever else is given
-        _carried[(_endpoint_key(loc.endpoint), loc.container, loc.blob, True)] = loc.sas
-    if not prefix and loc.blob:  # and what is below it (a work dir given with a container SAS)
-        _carried[(_endpoint_key(loc.endpoint), loc.container, loc.blob, False)] = loc.sas
+    _carried[(endpoint, loc.container, loc.blob, True, False)] = loc.sas  # the URL's own blob: its own SAS
+    if prefix or exact:
+        _carried[(endpoint, loc.container, prefix, exact, False)] = loc.sas
+        return
+    if loc.blob:  # and what is below it (a work dir given with a container SAS)
+        _carried[(endpoint, loc.container, loc.blob, False, False)] = loc.sas
+    for place in {"", loc.blob.rpartition("/")[0]}:  # the container, and the folder the blob is in
+        key = (endpoint, loc.container, place, False, True)
+        if key not in _carried or _may_write(loc.sas) or not _may_write(_carried[key]):
+            _carried[key] = loc.sas
+
+
+def _may_write(sas: str) -> bool:
+    """False where a SAS token's own permissions (sp) show that it cannot write."""
+    permissions = sas_permissions(sas)
+    return permissions is None or "w" in permissions
 
 
 def forget_url_sas() -> None:
@@ -108,16 +125,18 @@ def carried_sas(loc: BlobAddress) -> str | None:
 
 def _carried_match(loc: BlobAddress) -> tuple[str | None, bool]:
     """carried_sas, and whether it grants loc only as a container SAS given with another URL of the
-    container (not for loc itself nor a folder above it)."""
+    container (not for loc itself nor a folder above it). One given for loc or a folder above it comes
+    first, the most specific; else a wide one: one that may write first, then the most specific."""
     if not loc.endpoint:
         return None, False
-    found: tuple[int, str, bool] | None = None
-    for (endpoint, container, prefix, exact), sas in _all_carried().items():
+    found: tuple[tuple[bool, bool, int], str, bool] | None = None
+    for (endpoint, container, prefix, exact, wide), sas in _all_carried().items():
         if endpoint != _endpoint_key(loc.endpoint) or container != loc.container:
             continue
         if loc.blob == prefix or (not exact and (not prefix or loc.blob.startswith(prefix + "/"))):
-            if found is None or len(prefix) > found[0]:
-                found = (len(prefix), sas, not prefix and not exact)
+            rank = (not wide, wide and _may_write(sas), len(prefix))
+            if found is None or rank > found[0]:
+                found = (rank, sas, wide)
     return (found[1], found[2]) if found else (None, False)
 
 
@@ -129,11 +148,11 @@ def carried_sas_env() -> dict[str, str]:
     return {CARRIED_SAS_ENV: json.dumps([[*key, sas] for key, sas in entries.items()])}
 
 
-def _all_carried() -> dict[tuple[str, str, str, bool], str]:
-    entries: dict[tuple[str, str, str, bool], str] = {}
+def _all_carried() -> dict[tuple[str, str, str, bool, bool], str]:
+    entries: dict[tuple[str, str, str, bool, bool], str] = {}
     try:
-        for endpoint, container, prefix, exact, sas in json.loads(os.environ.get(CARRIED_SAS_ENV) or "[]"):
-            entries[(str(endpoint), str(container), str(prefix), bool(exact))] = str(sas)
+        for endpoint, container, prefix, exact, wide, sas in json.loads(os.environ.get(CARRIED_SAS_ENV) or "[]"):
+            entries[(str(endpoint), str(container), str(prefix), bool(exact), bool(wide))] = str(sas)
     except (ValueError, TypeError):
         raise StylebatchError(f"{CARRIED_SAS_ENV} is malformed (it is set by stylebatch run for its ranks)") from None
     return {**entries, **_carried}

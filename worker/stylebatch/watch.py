@@ -229,9 +229,9 @@ class Watch:
         infos = {i.name: i for i in self.source.list_info() if not self._excluded(i.name) and i.name not in outputs}
         skipped = {name: trigger.skip_reason(name, i.size, i.metadata, self.filters) for name, i in infos.items()}
         candidates = {name: i for name, i in infos.items() if skipped[name] is None}
-        for name in sorted(n for n, why in skipped.items() if why == trigger.UNADDRESSABLE and n not in self.told):
+        for name in sorted(n for n, why in skipped.items() if why in trigger.UNADDRESSABLE and n not in self.told):
             log.warning("skipped %s: %s", printable(f"{self.source.display.rstrip('/')}/{name}"),
-                        trigger.UNADDRESSABLE)  # once a watch: no location can name it
+                        skipped[name])  # once a watch: no location can name it
             self.told.add(name)
         ready = self.stability.observe({n: (i.size, i.etag) for n, i in candidates.items()})
         done = self._done()

@@ -64,6 +64,11 @@ def test_a_pth_tile_on_the_cpu_is_painted_once_in_fp32_without_timing_bf16(user_
     (None, False, BUILTINS),
     (["ink-wash,starry.jpg"], False, ["ink-wash", "starry.jpg"]),
     (["starry.jpg:0.7,lavender-gold:0.3"], False, ["starry.jpg:0.7,lavender-gold:0.3"]),
+    # weights in any form run's parser takes (contract._WEIGHT) make one blend, as `run` paints it
+    (["ink-wash:1e3,lavender-gold:1e3"], False, ["ink-wash:1e3,lavender-gold:1e3"]),
+    (["ink-wash:+1,lavender-gold:2E-1"], False, ["ink-wash:+1,lavender-gold:2E-1"]),
+    (["ink-wash:1, lavender-gold"], False, ["ink-wash:1, lavender-gold"]),
+    (["12:30.jpg,ink-wash"], False, ["12:30.jpg", "ink-wash"]),  # a file's name with a colon, no weight
     (["a.jpg", "b.pth"], True, BUILTINS + ["a.jpg", "b.pth"]),
 ])
 def test_chosen_styles(values, everything, expected):

@@ -53,6 +53,18 @@ def test_a_blob_counts_only_when_it_is_a_whole_video_that_is_not_an_output(name,
     assert (trigger.skip_reason(name, size, metadata, filters) is None) == counts
 
 
+@pytest.mark.parametrize("name, why", [
+    ("holiday//cat.mp4", trigger.EMPTY_FOLDER),
+    ("q?x=1.mp4", trigger.QUESTION_MARK),  # its az:// URI's query: refused as a SAS, a job failing every time
+    ("holiday?/cat.mp4", trigger.QUESTION_MARK),
+    ("what?.txt", "not a video extension"),  # not a video: nothing to tell its uploader
+    ("cat#1.mp4", None),  # '#' is a character of an az:// blob's name
+])
+def test_a_name_no_az_uri_can_carry_is_skipped_as_unaddressable(name, why):
+    assert trigger.skip_reason(name, 10, None, Filters()) == why
+    assert (why in trigger.UNADDRESSABLE) == ("?" in name and name.endswith(".mp4") or "//" in name)
+
+
 @pytest.mark.parametrize("encode", [
     lambda e: base64.b64encode(json.dumps(e).encode()).decode(),  # how Event Grid writes to a storage queue
     lambda e: json.dumps(e),

@@ -68,6 +68,7 @@ def test_watch_once_on_azurite_stylizes_each_blob_once_and_never_its_outputs(cli
         blobs.upload_blob(name, path.read_bytes())
     blobs.upload_blob("in/readme.txt", b"not a video")
     blobs.upload_blob("in//odd.mp4", b"a video no URI can name: its URI would be in/odd.mp4")
+    blobs.upload_blob("in/q?x=1.mp4", b"a video no az:// URI can name: its '?' starts the query")
     # the outputs go inside the watched prefix: they must still never be taken for uploads
     source, dest = f"az://{azure_env.container}/in", f"az://{azure_env.container}/in/stylized"
 
@@ -82,6 +83,10 @@ def test_watch_once_on_azurite_stylizes_each_blob_once_and_never_its_outputs(cli
     skipped = [line for line in first.stderr.splitlines() if "odd.mp4" in line]
     assert skipped == [f"stylebatch: warning: skipped az://{azure_env.container}/in//odd.mp4: an empty folder name "
                        "('//') in its name, which stylebatch cannot address: rename it"], first.stderr
+    # (it failed on every pass: "output 'q' needs one of the extensions", and --once exited 2)
+    assert [line for line in first.stderr.splitlines() if "q?x=1.mp4" in line] == [
+        f"stylebatch: warning: skipped az://{azure_env.container}/in/q?x=1.mp4: a '?' in its name, which "
+        "stylebatch cannot address (a URI's query starts there): rename it"], first.stderr
 
     second = stylebatch("watch", source, "-o", dest, *FLAGS, env=azure_env.env)
     assert second.returncode == 0 and started(second) == [], second.stderr
@@ -251,6 +256,10 @@ def test_without_once_new_videos_are_picked_up_while_it_keeps_watching(clip, tmp
     (["--style", "picasso"], "unknown style 'picasso'"),  # watching for good: refused at the start too
     (["--style", "missing.pth"], "not found"),
     (["--style", "broken.pth"], "broken.pth"),
+    # checked against --ext's container, as `run -o x.webm` checks them (not a hard-coded out.mp4)
+    (["--ext", "webm", "--codec", "h264", "--once"], "--codec h264 cannot go into .webm"),
+    (["--ext", "avi", "--preset", "veryfast", "--once"], "takes no --preset"),
+    (["--crf", "99", "--once"], "bad --crf 99"),  # no --ext: fits no container a video could keep
 ])
 def test_bad_watch_flags_are_one_line_errors_before_anything_is_made(tmp_path, args, message):
     """A style every video would fail with was found only video by video: the watch ran on, skipping
@@ -263,6 +272,22 @@ def test_bad_watch_flags_are_one_line_errors_before_anything_is_made(tmp_path, a
     assert result.returncode == 2 and len(error_lines(result)) == 1 and message in error_lines(result)[0]
     assert "Traceback" not in result.stderr and "started" not in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("upload, args, output", [
+    ("a.mp4", ["--ext", "webm", "--crf", "60"], "a.webm"),
+    ("a.mkv", ["--codec", "mjpeg"], "a.mkv"),
+])
+def test_watch_flags_are_checked_against_the_outputs_container(clip, tmp_path, upload, args, output):
+    """The run flags were checked against a hard-coded out.mp4: `--ext webm --crf 60` (libvpx-vp9 takes 0
+    to 63) was refused as libx264's, though `run clip.mp4 -o x.webm --crf 60` works; and without --ext an
+    .mkv upload keeps its container, where --codec mjpeg goes (refused before: not into .mp4)."""
+    src = tmp_path / "in"
+    src.mkdir()
+    shutil.copy(clip(upload, frames=3), src / upload)
+    result = stylebatch("watch", src, "-o", tmp_path / "out", *FLAGS, *args, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert outputs(tmp_path / "out") == [output]
 
 
 @pytest.mark.parametrize("dest, message", [

@@ -171,17 +171,18 @@ def blob_decision(info: FileInfo | None, decision: Decision, spec: WatchSpec) ->
     return decision
 
 
-def listed_candidates(infos: Iterable[FileInfo], spec: WatchSpec) -> tuple[dict[str, FileInfo], list[FileInfo]]:
+def listed_candidates(infos: Iterable[FileInfo], spec: WatchSpec
+                      ) -> tuple[dict[str, FileInfo], list[tuple[FileInfo, str]]]:
     """The listed blobs (names relative to the prefix) that count, by name; and those skipped because
-    stylebatch cannot address them (trigger.UNADDRESSABLE), which the user is told of."""
+    stylebatch cannot address them (trigger.UNADDRESSABLE), with why, which the user is told of."""
     counted: dict[str, FileInfo] = {}
-    unaddressable: list[FileInfo] = []
+    unaddressable: list[tuple[FileInfo, str]] = []
     for info in infos:
         why = trigger.skip_reason(info.name, info.size, info.metadata, spec.filters)
         if why is None:
             counted[info.name] = info
-        elif why == trigger.UNADDRESSABLE:
-            unaddressable.append(info)
+        elif why in trigger.UNADDRESSABLE:
+            unaddressable.append((info, why))
     return counted, unaddressable
 
 

@@ -47,7 +47,7 @@ class WatchState:
     listed: set[str] = dataclasses.field(default_factory=set)
     next_listing: float = 0.0  # time.monotonic()
     known: set[str] = dataclasses.field(default_factory=set)  # job names that exist or are done
-    told: set[tuple[str, str]] = dataclasses.field(default_factory=set)  # (blob, ETag) skipped as UNADDRESSABLE
+    told: set[tuple[str, str]] = dataclasses.field(default_factory=set)  # (blob, ETag) skipped as unaddressable
     new_seen: int = 0
     new_created: int = 0
     waiting: int = 0
@@ -209,8 +209,8 @@ class _Round:
             return
         if decision.action == vw.CREATE:
             await self.create(decision.blob, decision.etag, decision.uploaded, from_queue=True)
-        elif decision.reason == trigger.UNADDRESSABLE:
-            self.skipped(decision.blob, decision.etag)
+        elif decision.reason in trigger.UNADDRESSABLE:
+            self.skipped(decision.blob, decision.etag, decision.reason)
         else:
             self.logger.debug("ignored %s: %s", decision.blob or message.id, decision.reason)
         await asyncio.to_thread(queue.delete_message, message)
@@ -248,8 +248,8 @@ class _Round:
             infos, state.token = await asyncio.to_thread(self.source.list_page, state.token, spec.page_size)
             state.listed |= {i.name for i in infos}
             candidates, unaddressable = vw.listed_candidates(infos, spec)
-            for info in unaddressable:
-                self.skipped(f"{spec.prefix}/{info.name}" if spec.prefix else info.name, info.etag)
+            for info, why in unaddressable:
+                self.skipped(f"{spec.prefix}/{info.name}" if spec.prefix else info.name, info.etag, why)
             for rel in state.stability.observe({n: (i.size, i.etag) for n, i in candidates.items()}, complete=False):
                 await self.found(candidates[rel])
             if state.token is None:
@@ -272,7 +272,7 @@ class _Round:
 
     # --- both ---
 
-    def skipped(self, blob: str, etag: str) -> None:
+    def skipped(self, blob: str, etag: str, why: str) -> None:
         """A video that never runs until its uploader renames it: said once per version (a Warning
         event on the watch and the log), where the filters' skips are said only at debug."""
         from stylebatch.storage.scrub import printable
@@ -280,7 +280,7 @@ class _Round:
         if (blob, etag) in self.state.told:
             return
         self.state.told.add((blob, etag))
-        text = f"skipped az://{self.spec.container}/{printable(blob)}: {trigger.UNADDRESSABLE}"
+        text = f"skipped az://{self.spec.container}/{printable(blob)}: {why}"
         kopf.event(self.watch, type="Warning", reason="VideoSkipped", message=text)
         self.logger.warning("%s", text)
 

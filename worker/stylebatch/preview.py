@@ -36,13 +36,13 @@ def parse_time(text: str) -> float:
 def chosen_styles(values: list[str] | None, everything: bool) -> list[str]:
     """Each --style value is a comma list of styles (one tile each), unless it has weights (a:0.7,b:0.3):
     then it is one blend. No --style, or --all: the 26 built-ins, then the styles given."""
-    from stylebatch.styles import list_styles
+    from stylebatch.styles import is_weighted, list_styles
 
     given = []
     for value in values or []:
         if problem := style_problem(value):  # `--style ,` or `--style ""` was taken for no --style: all 26
             raise BadInput(f"--style {value!r} {problem}")
-        named = [value] if re.search(r":\s*[0-9.]+\s*(,|$)", value) else [v for v in value.split(",") if v.strip()]
+        named = [value] if is_weighted(value) else [v for v in value.split(",") if v.strip()]
         given += named
     builtins = [s.name for s in list_styles()] if everything or not given else []
     return builtins + given

@@ -139,6 +139,12 @@ def shown_style(style: str) -> str:
     return ",".join(scrub_uri(term) if is_uri(term) else printable(term) for term in style.split(","))
 
 
+def is_weighted(style: str) -> bool:
+    """Whether any term of a comma list carries a weight as parse_style reads one (contract._WEIGHT:
+    "0.7", "1e3", "+2", ...): then the list is one blend, not styles side by side (preview's tiles)."""
+    return any(_split_weight(token.strip())[1].strip() for token in style.split(","))
+
+
 def _split_weight(token: str) -> tuple[str, str]:
     """"name:0.5" -> ("name", "0.5"), and "name:lots" too (a bad weight) when name is a built-in or a
     style file's path, or URI without a query (a query, a SAS, may hold colons of its own; a local

@@ -4,7 +4,7 @@ No torch, no Azure SDK, no I/O.
 
 - `skip_reason`: a blob counts when its extension is a video one, it has at least `min_size` bytes,
   no path segment is hidden (".name": temp files of uploaders, stylebatch's own work dirs and
-  records), and it is not an output (stylebatch tags what it writes with OUTPUT_TAG in the blob's
+  records), an az:// URI can name it (`unaddressable`: no '//', no '?'), and it is not an output (stylebatch tags what it writes with OUTPUT_TAG in the blob's
   metadata, naming the job that wrote it).
 - `parse_event` / `event_skip_reason`: an Event Grid BlobCreated event (Event Grid or CloudEvents
   schema, base64 as Event Grid puts it on a storage queue) counts when its api committed the blob.
@@ -44,7 +44,11 @@ HASH_LENGTH = 10
 PLACEHOLDERS = ("path", "name", "dir", "ext", "style", "container")
 # The one skip whose video never runs until its uploader acts: said to them (a warning, an event),
 # where the others (not a video, an output, too small, hidden) are what the filters are for.
-UNADDRESSABLE = "an empty folder name ('//') in its name, which stylebatch cannot address: rename it"
+# Both are names no az:// URI of stylebatch's can carry (an empty folder name collapses into another
+# blob's; a '?' starts the URI's query string), so the skip reasons `unaddressable` gives.
+EMPTY_FOLDER = "an empty folder name ('//') in its name, which stylebatch cannot address: rename it"
+QUESTION_MARK = "a '?' in its name, which stylebatch cannot address (a URI's query starts there): rename it"
+UNADDRESSABLE = (EMPTY_FOLDER, QUESTION_MARK)
 DEFAULT_EXTENSION = ".mp4"  # {ext} of an upload whose container stylebatch does not write
 _DNS_UNSAFE = re.compile(r"[^a-z0-9]+")
 
@@ -67,15 +71,27 @@ def skip_reason(relative_name: str, size: int, metadata: Mapping[str, str] | Non
     below the watched prefix."""
     if any(segment.startswith(".") for segment in relative_name.split("/")):
         return "hidden (a temporary or stylebatch's own file)"
-    if "" in relative_name.split("/"):  # a blob `incoming//x.mp4`: its URI would name incoming/x.mp4, another blob
-        return UNADDRESSABLE
     if posixpath.splitext(relative_name)[1].lower() not in filters.extensions:
         return "not a video extension"
+    if why := unaddressable(relative_name):
+        return why
     job = output_of(metadata)
     if job:
         return f"an output of job {job}"
     if size < filters.min_size:
         return f"{size} bytes, less than {filters.min_size}"
+    return None
+
+
+def unaddressable(name: str) -> str | None:
+    """Why no az:// URI stylebatch makes can name this blob (one of UNADDRESSABLE), or None: an empty
+    folder name (`incoming//x.mp4`: its URI would name incoming/x.mp4, another blob) or a '?'
+    (`q?x=1.mp4`: its URI's query, refused as one, storage.location). The video never runs until it is
+    renamed, so its uploader is told (once), where the filters' skips are not."""
+    if "" in name.split("/"):
+        return EMPTY_FOLDER
+    if "?" in name:
+        return QUESTION_MARK
     return None
 
 

@@ -117,9 +117,27 @@ def _runner(args: argparse.Namespace) -> Callable[[str, str], None]:
     from stylebatch.requests import EncodingOptions, ModelOptions, RunRequest
     from stylebatch.run import run as run_video
 
+    from stylebatch.contract import CONTAINERS
+    from stylebatch.errors import BadInput
+
     template = RunRequest(input="in.mp4", output="out.mp4", workers=args.workers, pipelines=args.pipelines,
                           model=ModelOptions.from_namespace(args), encoding=EncodingOptions.from_namespace(args))
-    template.validate()  # bad flags stop here, before any work
+    # bad flags stop here, before any work and before DEST is made, checked against the outputs' real
+    # container as `run` checks them: --ext's (a hard-coded out.mp4 refused `--ext webm --crf 60` and let
+    # `--ext webm --codec h264` fail every video); without --ext each output keeps its video's container,
+    # so flags that fit none of them are refused (the default's reason said)
+    ext = _extension(args.ext)
+    candidates = [ext] if ext else [DEFAULT_EXT, *(e for e in CONTAINERS if e != DEFAULT_EXT)]
+    first: BadInput | None = None
+    for candidate in candidates:
+        try:
+            template.with_places("in.mp4", f"out{candidate}").validate()
+            break
+        except BadInput as exc:
+            first = first or exc
+    else:
+        assert first is not None
+        raise first
     from stylebatch.styles import check_style_files
 
     # and a style every video would fail with (unknown, a missing file, a broken .pth), as `run` refuses
@@ -211,9 +229,9 @@ class Watch:
         infos = {i.name: i for i in self.source.list_info() if not self._excluded(i.name) and i.name not in outputs}
         skipped = {name: trigger.skip_reason(name, i.size, i.metadata, self.filters) for name, i in infos.items()}
         candidates = {name: i for name, i in infos.items() if skipped[name] is None}
-        for name in sorted(n for n, why in skipped.items() if why == trigger.UNADDRESSABLE and n not in self.told):
+        for name in sorted(n for n, why in skipped.items() if why in trigger.UNADDRESSABLE and n not in self.told):
             log.warning("skipped %s: %s", printable(f"{self.source.display.rstrip('/')}/{name}"),
-                        trigger.UNADDRESSABLE)  # once a watch: no location can name it
+                        skipped[name])  # once a watch: no location can name it
             self.told.add(name)
         ready = self.stability.observe({n: (i.size, i.etag) for n, i in candidates.items()})
         done = self._done()

@@ -90,7 +90,7 @@ def check_work(work, *others) -> None:
     if names and work.is_local() and all(_claim_in_flight(work, name) for name in names):
         # another stylebatch claiming this new work dir right now: its owner record is being written
         raise TransientError(f"work dir {work.display} is in use by another stylebatch (it is making it its work "
-                             f"dir now): wait for it to end, or use another --work")
+                             f"dir now): wait for it to end, or use {fresh_work()}")
     if names:
         first = names[0].partition("/")[0]
         made = " (made by an older stylebatch or by hand: no owner record)" if MANIFEST_NAME in names else ""

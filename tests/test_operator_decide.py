@@ -641,6 +641,78 @@ def test_a_disruption_whose_pod_is_gone_is_still_not_counted(case, condition, se
         assert ("DeletionByPodGC" if seen else "launcher pod: Evicted: ") in action.message
 
 
+def evicted_pod(name: str, message: str, target: str | None = None) -> dict[str, Any]:
+    """A pod the kubelet evicted with this message; `target`: the reason of the DisruptionTarget condition
+    the kubelet adds under node pressure (none for a pod over its own limit)."""
+    status: dict[str, Any] = {"phase": "Failed", "reason": "Evicted", "message": message}
+    if target:
+        status["conditions"] = [{"type": "DisruptionTarget", "status": "True", "reason": target, "message": message}]
+    return {"metadata": {"name": name, "creationTimestamp": "2026-05-01T11:01:00Z"}, "status": status}
+
+
+SCRATCH_FULL = 'Usage of EmptyDir volume "scratch" exceeds the limit "50Gi". '
+POD_DISK_FULL = "Pod ephemeral local storage usage exceeds the total limit of containers 60Gi. "
+CONTAINER_DISK_FULL = 'Container preprocess exceeded its local ephemeral storage limit "60Gi". '
+NODE_LOW = "The node was low on resource: memory. "
+LAUNCHER_OVER_ITS_DISK = ("Failed", "BackoffLimitExceeded/Evicted", "Job has reached the specified backoff limit: "
+                          'Container launcher exceeded its local ephemeral storage limit "1Gi". ')
+
+
+# (case, stage, child, pods, expected (kind, reason, counted), words the failure message holds)
+OWN_LIMIT_CASES = [
+    ("preprocess pod over its scratch sizeLimit: counted", "preprocess", job(PRE1, BACKOFF),
+     [evicted_pod(PRE1 + "-x", SCRATCH_FULL)], (ActionKind.RETRY, "Retrying", True), 'volume "scratch" exceeds the limit "50Gi"'),
+    ("pod over its ephemeral-storage limit: counted", "preprocess", job(PRE1, BACKOFF),
+     [evicted_pod(PRE1 + "-x", POD_DISK_FULL)], (ActionKind.RETRY, "Retrying", True), "total limit of containers 60Gi"),
+    ("container over its ephemeral-storage limit: counted", "train", job(TRAIN1, BACKOFF),
+     [evicted_pod(TRAIN1 + "-x", CONTAINER_DISK_FULL)], (ActionKind.RETRY, "Retrying", True), 'storage limit "60Gi"'),
+    ("MPIJobEvicted, the evicted worker over its scratch: counted", "stylize", mpijob(STY1, EVICTED),
+     [evicted_pod(STY1 + "-worker-1", SCRATCH_FULL)], (ActionKind.RETRY, "Retrying", True), f"{STY1}-worker-1 was evicted"),
+    ("launcher over its disk, its pod gone (the MPI Operator copied its message): counted", "stylize",
+     mpijob(STY1, LAUNCHER_OVER_ITS_DISK), [], (ActionKind.RETRY, "Retrying", True), 'launcher pod was evicted'),
+    ("node low on memory (DisruptionTarget): not counted", "preprocess", job(PRE1, BACKOFF),
+     [evicted_pod(PRE1 + "-x", NODE_LOW, "TerminationByKubelet")], (ActionKind.RETRY, "Disrupted", False), "low on resource"),
+    ("node low on memory, a kubelet without DisruptionTarget: not counted", "preprocess", job(PRE1, BACKOFF),
+     [evicted_pod(PRE1 + "-x", NODE_LOW)], (ActionKind.RETRY, "Disrupted", False), "low on resource"),
+    ("MPIJobEvicted, the worker evicted for node pressure: not counted", "stylize", mpijob(STY1, EVICTED),
+     [evicted_pod(STY1 + "-worker-1", NODE_LOW, "TerminationByKubelet")], (ActionKind.RETRY, "Disrupted", False), "evicted"),
+    ("MPIJobEvicted, one worker over its scratch, another preempted: counted", "stylize", mpijob(STY1, EVICTED),
+     [pod_gone_with_its_node(STY1 + "-worker-0"), evicted_pod(STY1 + "-worker-1", SCRATCH_FULL)],
+     (ActionKind.RETRY, "Retrying", True), 'volume "scratch"'),
+]
+
+
+@pytest.mark.parametrize("case, stage, child, pods, expected, words", OWN_LIMIT_CASES, ids=[c[0] for c in OWN_LIMIT_CASES])
+def test_a_pod_evicted_for_outgrowing_its_own_limit_is_counted_a_node_pressure_eviction_is_not(case, stage, child, pods,
+                                                                                                expected, words):
+    obj = stj(PHASES[stage], attempts={stage: 1}, **(TRAINED if stage == "train" else {}))
+    action = decide(obj, {child["metadata"]["name"]: child}, now=NOW, pods=pods)
+    assert (action.kind, action.reason, action.counted) == expected
+    assert words in action.failure.message and words in action.message
+    if expected[1] == "Retrying":  # the user learns which limit to raise
+        assert "outgrowing its own limit" in action.failure.message and "(raise " in action.failure.message
+
+
+def test_a_pod_that_outgrows_its_own_scratch_fails_the_job_once_the_retries_are_spent():
+    """docs/operator.md: such a pod's child fails and is retried within spec.retries (it was retried as a
+    disruption, free, until activeDeadlineSeconds)."""
+    name = "orangutan-preprocess-4"
+    obj = stj("Preprocessing", attempts={"preprocess": 4}, used=3)
+    action = decide(obj, {name: job(name, BACKOFF)}, now=NOW, pods=[evicted_pod(name + "-x", SCRATCH_FULL)])
+    assert (action.kind, action.reason) == (ActionKind.FAIL, "RetriesExhausted")
+    assert 'Usage of EmptyDir volume "scratch" exceeds the limit "50Gi"' in action.message
+    assert "jobs.scratchSize" in action.message
+
+
+def test_an_own_limit_eviction_is_counted_even_after_a_disruption_was_seen_on_the_mpijob():
+    obj = stj("Stylizing", attempts={"stylize": 1})
+    obj["status"]["disruption"] = seen_on(STY1, "uid-1")
+    child = mpijob(STY1, EVICTED)
+    child["metadata"]["uid"] = "uid-1"
+    action = decide(obj, {STY1: child}, now=NOW, pods=[evicted_pod(STY1 + "-worker-1", SCRATCH_FULL)])
+    assert (action.kind, action.reason, action.counted) == (ActionKind.RETRY, "Retrying", True)
+
+
 def test_a_storage_outage_with_no_retries_left_fails_with_retries_exhausted_not_invalid_input():
     obj = stj("Preprocessing", attempts={"preprocess": 4}, used=3)
     pod = failed_pod("orangutan-preprocess-4-x", 75, "stylebatch: error: storage unreachable: 503")

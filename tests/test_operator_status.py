@@ -317,6 +317,15 @@ PREEMPTED = {"metadata": {"name": "orangutan-stylize-1-worker-1"}, "status": {"p
     ("recorded for the MPIJob of that name before: this one's recorded", running("MPIJob", "orangutan-stylize-1"),
      [PREEMPTED], {"child": "MPIJob/orangutan-stylize-1", "uid": "uid-0"}, "new"),
     ("nothing wrong", running("MPIJob", "orangutan-stylize-1"), [{"status": {"phase": "Running"}}], None, None),
+    ("a worker evicted for outgrowing its own scratch: its own doing, not recorded",
+     running("MPIJob", "orangutan-stylize-1"), [{"metadata": {"name": "orangutan-stylize-1-worker-1"}, "status": {
+         "phase": "Failed", "reason": "Evicted",
+         "message": 'Usage of EmptyDir volume "scratch" exceeds the limit "50Gi". '}}], None, None),
+    ("a worker evicted for node pressure: recorded", running("MPIJob", "orangutan-stylize-1"),
+     [{"metadata": {"name": "orangutan-stylize-1-worker-1"}, "status": {
+         "phase": "Failed", "reason": "Evicted", "message": "The node was low on resource: memory. "}}], None,
+     {"child": "MPIJob/orangutan-stylize-1", "uid": "uid-1", "seenTime": "2026-05-01T12:00:00Z",
+      "message": "pod orangutan-stylize-1-worker-1: Evicted: The node was low on resource: memory."}),
     ("a batch Job's pod: its podFailurePolicy replaces it, a later failure is the Job's own",
      running("Job", "orangutan-preprocess-1"), [PREEMPTED], None, None),
     ("an MPIJob already failed: decide reads its pods itself",

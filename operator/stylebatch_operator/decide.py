@@ -19,7 +19,7 @@ from stylebatch_operator.names import (
 )
 from stylebatch_operator.observe import (
     NO_MPI_OPERATOR, QUEUE_STALLS, QUEUE_UNREAD, Stall, child_state, create_failure, disruption, failed_pod_detail,
-    is_suspended, newest_started_pod, stall, user_error, worker_lost_before_launch,
+    is_suspended, newest_started_pod, own_limit_eviction, stall, user_error, worker_lost_before_launch,
 )
 from stylebatch_operator.settings import BUILT_IN, DEFAULT_PROGRESS_TIMEOUT, Settings
 from stylebatch_operator.states import ActionKind, ChildState, ConditionType, Phase
@@ -140,11 +140,13 @@ def decide(stj: dict[str, Any], children: dict[str, dict[str, Any]], *, now: dat
             failure = Failure(stage, attempt, f"{CHILD_KIND[stage]}/{name}", INVALID_INPUT, invalid)
             return Action(ActionKind.FAIL, stage, attempt, INVALID_INPUT,
                           f"{CHILD_KIND[stage]} {name} failed: {invalid} (not retried)", failure=failure)
+        # a pod that outgrew its own scratch or disk limit: counted, whatever else happened, and said
+        own_limit = own_limit_eviction(child, list(pods))
         failure = Failure(stage, attempt, f"{CHILD_KIND[stage]}/{name}", state.reason,
-                          "; ".join(m for m in (state.message, failed_pod_detail(list(pods))) if m))
+                          "; ".join(m for m in (state.message, own_limit or failed_pod_detail(list(pods))) if m))
         if state.reason == "DeadlineExceeded" or left <= 0:
             return _deadline_failure(stage, failure)
-        disrupted = disruption(child, list(pods)) or seen_disruption(stj, child)
+        disrupted = None if own_limit else disruption(child, list(pods)) or seen_disruption(stj, child)
         if disrupted is not None:  # not the job's fault: the input would have been fine
             return _retry(stj, failure, left, DISRUPTED, f"disrupted ({disrupted}), not counted against spec.retries",
                           counted=False)

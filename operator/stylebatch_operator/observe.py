@@ -147,9 +147,57 @@ def worker_lost_before_launch(pods: list[dict[str, Any]], ranks_started: bool) -
     return None
 
 
+# The kubelet's words when it evicts a pod for outgrowing a limit of its own (pkg/kubelet/eviction:
+# emptyDirMessageFmt, podEphemeralStorageMessageFmt, containerEphemeralStorageMessageFmt), with the
+# setting that raises it. Such an eviction (status.reason Evicted, no DisruptionTarget condition: the
+# kubelet sets one only for node pressure) is the pod's own doing, not its node's: the same pod on any
+# node writes as much again, so it is an ordinary failure, counted against spec.retries.
+OWN_LIMIT_EVICTIONS = (
+    (re.compile(r'Usage of EmptyDir volume "[^"]*" exceeds the limit "[^"]*"'),
+     "its emptyDir's sizeLimit (scratch: the chart's jobs.scratchSize; dshm: jobs.shmSize)"),
+    (re.compile(r"Pod ephemeral local storage usage exceeds the total limit of containers \S+"),
+     "its ephemeral-storage limit (spec.resources, or the chart's jobs.resources, stageResources, launcherResources)"),
+    (re.compile(r'Container \S+ exceeded its local ephemeral storage limit "[^"]*"'),
+     "its ephemeral-storage limit (spec.resources, or the chart's jobs.resources, stageResources, launcherResources)"),
+)
+
+
+def own_limit_eviction(child: dict[str, Any], pods: list[dict[str, Any]]) -> str | None:
+    """A pod of the child that the kubelet evicted for outgrowing its own emptyDir sizeLimit or
+    ephemeral-storage limit (OWN_LIMIT_EVICTIONS), in a few words naming the limit and what raises it;
+    else None. Read from a listed pod's status.message (one with a DisruptionTarget condition is not
+    one), or, its pod gone, from a failed MPIJob's BackoffLimitExceeded/Evicted condition, whose message
+    the MPI Operator copies from the launcher pod's. (An MPIJobEvicted condition says only how many
+    workers were evicted, "1/2 workers are evicted": its evicted workers, which stay listed, tell.)"""
+    for pod in pods:
+        status = pod.get("status") or {}
+        if status.get("reason") != "Evicted" or _disruption_target(pod) is not None:
+            continue
+        words = _own_limit_words(status.get("message") or "")
+        if words:
+            return redact(f"pod {pod.get('metadata', {}).get('name')} {words}")
+    failed = next((c for c in (child.get("status") or {}).get("conditions") or []
+                   if c.get("type") == "Failed" and c.get("status") == "True"), {})
+    if child.get("kind") == "MPIJob" and failed.get("reason") == MPI_LAUNCHER_FAILED + "Evicted":
+        words = _own_limit_words(failed.get("message") or "")
+        if words:
+            return redact(f"launcher pod {words}")
+    return None
+
+
+def _own_limit_words(message: str) -> str:
+    """'was evicted for outgrowing <the limit>: <the kubelet's message> (raise <what>)', or ''."""
+    for pattern, raise_ in OWN_LIMIT_EVICTIONS:
+        match = pattern.search(message)
+        if match:
+            return f"was evicted for outgrowing its own limit: {match.group(0).rstrip('. ')} (raise {raise_})"
+    return ""
+
+
 def disruption(child: dict[str, Any], pods: list[dict[str, Any]]) -> str | None:
     """Why a failed child's pods were taken away from it (an eviction, a spot VM reclaimed, a node
-    deleted outright, preemption), or None when nothing still there says so. The MPIJob itself says
+    deleted outright, preemption), or None when nothing still there says so, or when a pod of it
+    outgrew its own limit (own_limit_eviction: counted, whatever else happened). The MPIJob itself says
     so, however long its pods have been gone: the MPI Operator's MPIJobEvicted, or its
     BackoffLimitExceeded/<reason> (MPI_LAUNCHER_FAILED), where it copied the failed launcher pod's
     status.reason when it saw the launcher Job fail. Otherwise a pod still listed says so (pod_disruption).
@@ -162,6 +210,8 @@ def disruption(child: dict[str, Any], pods: list[dict[str, Any]]) -> str | None:
     failed = next((c for c in (child.get("status") or {}).get("conditions") or []
                    if c.get("type") == "Failed" and c.get("status") == "True"), {})
     reason = str(failed.get("reason") or "")
+    if own_limit_eviction(child, pods) is not None:
+        return None
     if reason == "MPIJobEvicted":
         return redact(failed.get("message") or "a worker was evicted")
     if child.get("kind") == "MPIJob" and reason.startswith(MPI_LAUNCHER_FAILED):
@@ -184,17 +234,24 @@ def is_disruption_reason(reason: str) -> bool:
 def pod_disruption(pods: list[dict[str, Any]]) -> str | None:
     """The first of `pods` that something outside the job ended, in a few words: its DisruptionTarget
     condition (set by the eviction API, the scheduler's preemption, the taint manager, the pod GC of a
-    vanished node), or its status.reason (DISRUPTION_REASONS); else None."""
+    vanished node, the kubelet under node pressure), or its status.reason (DISRUPTION_REASONS); else
+    None. A pod the kubelet evicted for outgrowing its own limit (Evicted, with a message
+    OWN_LIMIT_EVICTIONS knows, and no DisruptionTarget) is not one."""
     for pod in pods:
         name, status = pod.get("metadata", {}).get("name"), pod.get("status") or {}
-        target = next((c for c in status.get("conditions") or []
-                       if c.get("type") == "DisruptionTarget" and c.get("status") == "True"), None)
+        target = _disruption_target(pod)
         if target is not None:
             return redact(f"pod {name}: {target.get('reason') or 'DisruptionTarget'}: {target.get('message') or ''}"
                           .rstrip(": "))
-        if is_disruption_reason(str(status.get("reason") or "")):
+        reason = str(status.get("reason") or "")
+        if is_disruption_reason(reason) and not (reason == "Evicted" and _own_limit_words(status.get("message") or "")):
             return redact(f"pod {name}: {status['reason']}: {status.get('message') or ''}".rstrip(": "))
     return None
+
+
+def _disruption_target(pod: dict[str, Any]) -> dict[str, Any] | None:
+    return next((c for c in (pod.get("status") or {}).get("conditions") or []
+                 if c.get("type") == "DisruptionTarget" and c.get("status") == "True"), None)
 
 
 def disruption_seen(child: dict[str, Any], pods: list[dict[str, Any]]) -> str | None:

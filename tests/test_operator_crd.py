@@ -181,17 +181,14 @@ def test_kubectl_get_never_shows_a_sas_token():
 
 
 def cel_rules_refuse(obj: dict[str, Any], old: dict[str, Any] | None = None) -> list[str]:
-    """The messages of the CRD's top-level, spec and spec fields' x-kubernetes-validations rules that `obj` breaks,
-    evaluated with a CEL implementation (cel-python) as the API server evaluates them."""
+    """The messages of the CRD's x-kubernetes-validations rules, at every level (the spec's fields, theirs,
+    the items of arrays), that `obj` breaks, evaluated with a CEL implementation (cel-python) as the API
+    server evaluates them. (Transition rules, on oldSelf, only where `old` has the value: on updates.)"""
     import celpy
     env = celpy.Environment()
-    schema = openapi_schema()
-    broken = []
-    spec = schema["properties"]["spec"]
-    old_spec = (old or {}).get("spec") or {}
-    for scope, node, value, old_value in [("", schema, obj, old), ("spec", spec, obj["spec"], old and old_spec),
-                                          *[(f"spec.{name}", spec["properties"][name], value, old_spec.get(name))
-                                            for name, value in obj["spec"].items() if name in spec["properties"]]]:
+    broken: list[str] = []
+
+    def walk(node: dict[str, Any], value: Any, old_value: Any) -> None:
         for rule in node.get("x-kubernetes-validations") or []:
             if "oldSelf" in rule["rule"] and old_value is None:
                 continue  # transition rules apply to updates only
@@ -200,6 +197,16 @@ def cel_rules_refuse(obj: dict[str, Any], old: dict[str, Any] | None = None) -> 
                 activation["oldSelf"] = celpy.json_to_cel(old_value)
             if not env.program(env.compile(rule["rule"])).evaluate(activation):
                 broken.append(rule["message"])
+        if isinstance(value, dict):
+            for name, sub in value.items():
+                if name in (node.get("properties") or {}):
+                    walk(node["properties"][name], sub, (old_value or {}).get(name) if isinstance(old_value, dict)
+                         else None)
+        elif isinstance(value, list) and isinstance(node.get("items"), dict):
+            for item in value:
+                walk(node["items"], item, None)  # (list items have no oldSelf unless the list is a map)
+
+    walk(openapi_schema(), obj, old)
     return broken
 
 
@@ -276,7 +283,7 @@ def test_the_training_example_passes_the_crd_and_is_accepted_to_train_first():
     assert decide(job, {}, now=now).creates == ("train", 1)
 
 
-@pytest.mark.parametrize("field", ["input", "output", "style", "workDir"])
+@pytest.mark.parametrize("field", ["input", "output", "style", "workDir", "train.content[1]"])
 @pytest.mark.parametrize("uri, refused", [
     ("https://a.blob.core.windows.net/v/file.mp4?sv=2024-05-04&sp=r&sig=S3CR3T", True),
     ("az://v/file.mp4?sig=S3CR3T", True),
@@ -287,7 +294,10 @@ def test_the_crd_refuses_a_sas_token_in_any_uri_saying_credentials_go_in_a_secre
     """The API server refuses the job, so the token is never stored in it; the operator's own check
     (spec_problems) stays for jobs created before the rule."""
     job = apply_defaults(example(), openapi_schema())
-    job["spec"][field] = uri
+    if field == "train.content[1]":  # a training's videos, each a URI too (a painting to train on)
+        job["spec"].update(style="az://styles/starry.jpg", train={"content": ["az://v/other.mp4", uri]})
+    else:
+        job["spec"][field] = uri
     broken = cel_rules_refuse(job)
     if not refused:
         assert broken == []

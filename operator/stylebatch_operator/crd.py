@@ -252,9 +252,11 @@ SPEC_SCHEMA: dict[str, Any] = _obj(
          "message": TRAIN_STYLE_MESSAGE},
     ]},
 )
-# A SAS token in a URI would be a secret in the job, readable by anyone who may read jobs.
-for _field in URI_FIELDS:
-    SPEC_SCHEMA["properties"][_field]["x-kubernetes-validations"] = [
+# A SAS token in a URI would be a secret in the job, readable by anyone who may read jobs: refused in
+# every URI-valued field, URI_FIELDS and each of spec.train.content[].
+for _node in [*(SPEC_SCHEMA["properties"][f] for f in URI_FIELDS),
+              SPEC_SCHEMA["properties"]["train"]["properties"]["content"]["items"]]:
+    _node["x-kubernetes-validations"] = [
         {"rule": "!self.contains('?')",
          "message": f"a query string (a SAS token?) is refused: {SAS_GOES_IN_THE_SECRET}"}]
 

@@ -44,8 +44,8 @@ SAS_GOES_IN_THE_SECRET = ("give the URL without it: credentials go in the storag
 def sas_problem(field: str, uri: str) -> str | None:
     """Why a spec URI cannot be used: a query string (where Azure puts SAS tokens) would put a secret
     in the job's spec and its pods' arguments, which anyone who may list them can read. The CRD
-    refuses the same (crd.SPEC_SCHEMA's rule on each of URI_FIELDS); this catches what the API server
-    did not check (a job created before the rule)."""
+    refuses the same (crd.SPEC_SCHEMA's rule on each of URI_FIELDS and on spec.train.content[]); this
+    catches what the API server did not check (a job created before the rule)."""
     if "?" not in uri:
         return None
     return f"spec.{field} {strip_secrets(uri)!r} carries a query string (a SAS token?): {SAS_GOES_IN_THE_SECRET}"

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from stylebatch_operator.crd import SPEC_SCHEMA, apply_defaults
-from stylebatch_operator.decide import cleanup_due, decide, kind_not_served
+from stylebatch_operator.decide import all_children, cleanup_due, decide, kind_not_served
 from stylebatch_operator.observe import QUEUE_UNREAD, Stall, queue_stall
 from stylebatch_operator.settings import Settings
 from stylebatch_operator.spec import resolve
@@ -415,6 +415,37 @@ def apply(obj: dict[str, Any], action, now: datetime) -> dict[str, Any]:
     patch = transition(obj, action, now).patch or {}
     merged = {**obj["status"], **patch}
     return {**obj, "status": {k: v for k, v in merged.items() if v is not None}}
+
+
+def merge_patch(status: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    """status with a JSON merge patch applied as the API server applies it (objects merged, None deletes)."""
+    merged = dict(status)
+    for key, value in patch.items():
+        if value is None:
+            merged.pop(key, None)
+        elif isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge_patch(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+@pytest.mark.parametrize("case, spec, first, following", [
+    ("preprocess first", {}, ("Job", PRE1), ("stylize", STY1)),
+    ("training first", TRAINED, ("Job", TRAIN1), ("preprocess", PRE1)),
+], ids=lambda v: v if isinstance(v, str) else "")
+def test_a_first_child_that_finished_before_the_status_recorded_it_is_recorded_and_cleaned_up(case, spec, first,
+                                                                                            following):
+    """The operator made the first stage's child, restarted before writing the status, and the child
+    finished before the next look: decide advances (nothing to adopt), and the status must still
+    record the finished child, or spec.cleanup never deletes it."""
+    obj = stj("Pending", **spec)
+    action = decide(obj, {first[1]: job(first[1], COMPLETE)}, now=NOW)
+    assert (action.kind, action.stage) == (ActionKind.ADVANCE, following[0])
+    status = merge_patch(obj["status"], transition(obj, action, NOW).patch)
+    assert status["children"] == {first[1].split("-")[1]: first[1], following[0]: following[1]}
+    done = {**obj, "status": {**status, "phase": "Succeeded", "completionTime": "2026-05-01T12:30:00Z"}}
+    assert first in all_children(done)
 
 
 def test_a_child_waiting_for_kueue_is_queued_then_admitted_and_the_wait_does_not_count_against_the_deadline():

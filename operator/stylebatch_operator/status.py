@@ -9,7 +9,7 @@ from typing import Any
 
 from stylebatch.progress import RankProgress, TrainProgress
 
-from stylebatch_operator.decide import WAITING_FOR_ADMISSION, Action, first_stage, parse_time
+from stylebatch_operator.decide import WAITING_FOR_ADMISSION, Action, current_child, first_stage, parse_time
 from stylebatch_operator.manifests import trained_style, work_dir
 from stylebatch_operator.names import CHILD_KIND, child_name
 from stylebatch_operator.observe import disruption_seen
@@ -74,6 +74,12 @@ def transition(stj: dict[str, Any], action: Action, now: datetime) -> Transition
             name = child_name(stj["metadata"]["name"], stage, attempt)
             phase = Phase.of_stage(stage)
             patch.update(phase=phase, attempts={stage: attempt}, children={stage: name})
+            if kind == ActionKind.ADVANCE:  # the finished child too: made just before a restart, the
+                # status may never have recorded it (it finished before the next look), and clean-up
+                # deletes only the children status.attempts records (decide.all_children)
+                done, done_attempt, done_name = current_child(stj)
+                patch["attempts"][done] = done_attempt
+                patch["children"][done] = done_name
             if effective_spec(stj).get("queueName"):  # made suspended: it runs once Kueue admits it
                 cond(ConditionType.RUNNING, "False", WAITING_FOR_ADMISSION,
                      f"{CHILD_KIND[stage]} {name} (attempt {attempt}) waits for Kueue to admit it")

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from stylebatch_operator.crd import SPEC_SCHEMA, apply_defaults
-from stylebatch_operator.decide import all_children, cleanup_due, decide, kind_not_served
+from stylebatch_operator.decide import Action, all_children, cleanup_due, decide, kind_not_served
 from stylebatch_operator.observe import QUEUE_UNREAD, Stall, queue_stall
 from stylebatch_operator.settings import Settings
 from stylebatch_operator.spec import resolve
@@ -446,6 +446,46 @@ def test_a_first_child_that_finished_before_the_status_recorded_it_is_recorded_a
     assert status["children"] == {first[1].split("-")[1]: first[1], following[0]: following[1]}
     done = {**obj, "status": {**status, "phase": "Succeeded", "completionTime": "2026-05-01T12:30:00Z"}}
     assert first in all_children(done)
+
+
+EARLIER = "2026-05-01T11:50:00Z"  # ten minutes before NOW
+
+
+def condition(type_: str, status: str, reason: str) -> dict[str, Any]:
+    return {"type": type_, "status": status, "reason": reason, "message": "", "lastTransitionTime": EARLIER}
+
+
+FINISH = {"succeeds": Action(ActionKind.SUCCEED, reason="Succeeded", message="wrote az://videos/out.mp4"),
+          "fails": Action(ActionKind.FAIL, "stylize", 1, "NoLocalQueue", "LocalQueue gpu-spot does not exist")}
+STALLED_ON = {"conditions": [condition("Stalled", "True", "ImagePullBackOff")], "permanentStallSince": EARLIER}
+QUEUED_ON = {"conditions": [condition("Queued", "True", "WaitingForAdmission"),
+                            condition("Admitted", "False", "WaitingForAdmission")], "queuedSince": EARLIER}
+ADMITTED_ON = {"conditions": [condition("Queued", "False", "Admitted"), condition("Admitted", "True", "Admitted")]}
+
+
+# (case, the status before, how the job ends, conditions after: type -> (status, reason, lastTransitionTime moved),
+#  status fields after)
+SETTLED = [
+    ("a job that succeeds while stalled is no longer stalled", STALLED_ON, "succeeds",
+     {"Stalled": ("False", "Finished", True)}, {"permanentStallSince": None}),
+    ("a job that fails while stalled is no longer stalled", STALLED_ON, "fails",
+     {"Stalled": ("False", "Finished", True)}, {"permanentStallSince": None}),
+    ("a job that fails waiting for Kueue is no longer queued, and the wait is counted", QUEUED_ON, "fails",
+     {"Queued": ("False", "Finished", True), "Admitted": ("False", "Finished", False)},
+     {"queuedSince": None, "queuedSeconds": 600}),
+    ("a job that succeeds after admission stays admitted", ADMITTED_ON, "succeeds",
+     {"Queued": ("False", "Admitted", False), "Admitted": ("True", "Admitted", False)}, {"queuedSince": None}),
+]
+
+
+@pytest.mark.parametrize("case, before, ends, conditions, fields", SETTLED, ids=[c[0] for c in SETTLED])
+def test_a_finished_job_keeps_no_stale_stalled_or_queued_condition(case, before, ends, conditions, fields):
+    obj = stj("Stylizing", attempts={"stylize": 1}, queueName="gpu-spot")
+    obj["status"].update(copy.deepcopy(before))
+    status = merge_patch(obj["status"], transition(obj, FINISH[ends], NOW).patch)
+    shown = {c["type"]: (c["status"], c["reason"], c["lastTransitionTime"] != EARLIER) for c in status["conditions"]}
+    assert {t: shown[t] for t in conditions} == conditions
+    assert {k: status.get(k) for k in fields} == fields
 
 
 def test_a_child_waiting_for_kueue_is_queued_then_admitted_and_the_wait_does_not_count_against_the_deadline():

@@ -18,6 +18,7 @@ from stylebatch_operator.states import ActionKind, ConditionType, Phase
 from stylebatch_operator.uris import strip_secrets
 
 NORMAL, WARNING = "Normal", "Warning"  # Event types
+FINISHED = "Finished"  # the reason of the Stalled, Queued and Admitted conditions once the job has finished
 
 
 def iso(now: datetime) -> str:
@@ -45,6 +46,24 @@ def transition(stj: dict[str, Any], action: Action, now: datetime) -> Transition
         conditions = set_condition(conditions, type_, value, reason, message, generation, now)
 
     kind, patch = action.kind, {}
+
+    def settle(outcome: str) -> None:
+        """A finished job waits for nothing: a True Stalled or Queued condition turns False (FINISHED),
+        an Admitted one still False for the wait says FINISHED, and status.permanentStallSince and
+        queuedSince go (the wait so far added to queuedSeconds, as ADMIT does)."""
+        said = f"the job {outcome}"
+        if _stalled(conditions):
+            cond(ConditionType.STALLED, "False", FINISHED, said)
+        if status.get("permanentStallSince"):
+            patch["permanentStallSince"] = None
+        if _condition(conditions, ConditionType.QUEUED).get("status") == "True":
+            cond(ConditionType.QUEUED, "False", FINISHED, said)
+        if _condition(conditions, ConditionType.ADMITTED).get("reason") == WAITING_FOR_ADMISSION:
+            cond(ConditionType.ADMITTED, "False", FINISHED, said)
+        since = parse_time(status.get("queuedSince"))
+        if since is not None:
+            waited = max(0, int((now - since).total_seconds()))
+            patch.update(queuedSince=None, queuedSeconds=int(status.get("queuedSeconds") or 0) + waited)
     event_type = WARNING if kind in (ActionKind.RETRY, ActionKind.FAIL, ActionKind.STALL) else NORMAL
     match kind:
         case ActionKind.WAIT | ActionKind.NOTHING:
@@ -125,14 +144,13 @@ def transition(stj: dict[str, Any], action: Action, now: datetime) -> Transition
             patch.update(reason="", message="", permanentStallSince=None)
         case ActionKind.SUCCEED:
             patch.update(phase=Phase.SUCCEEDED, completionTime=iso(now), reason="", message="")
+            settle("succeeded")
             cond(ConditionType.RUNNING, "False", Phase.SUCCEEDED, action.message)
             cond(ConditionType.SUCCEEDED, "True", Phase.SUCCEEDED, action.message)
             cond(ConditionType.FAILED, "False", Phase.SUCCEEDED)
         case ActionKind.FAIL:
             patch.update(phase=Phase.FAILED, completionTime=iso(now), reason=action.reason, message=action.message)
-            if _stalled(conditions):
-                cond(ConditionType.STALLED, "False", action.reason, "the job failed")
-                patch["permanentStallSince"] = None
+            settle("failed")
             cond(ConditionType.RUNNING, "False", action.reason, action.message)
             cond(ConditionType.SUCCEEDED, "False", action.reason)
             cond(ConditionType.FAILED, "True", action.reason, action.message)
@@ -234,6 +252,10 @@ def training_patch(latest: TrainProgress | None, status: dict[str, Any], attempt
 def _clock(seconds: float) -> str:
     seconds = int(seconds)
     return f"{seconds // 3600:02d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def _condition(conditions: list[dict[str, Any]], type_: ConditionType) -> dict[str, Any]:
+    return next((c for c in conditions if c.get("type") == type_), {})
 
 
 def _stalled(conditions: list[dict[str, Any]]) -> bool:

@@ -287,3 +287,16 @@ def test_ranks_that_read_other_bytes_of_the_style_stop_before_painting_anything(
     assert "stylebatch: error: the style changed while the ranks read it (rank 1 read other bytes than rank 0): " \
         "run again" in result.stderr
     assert not (work / "parts").exists() or not list((work / "parts").iterdir())
+
+
+def test_a_bare_mpiexec_in_the_tests_writes_no_topology_file_into_tmp() -> None:
+    """Tests run `mpiexec` as the operator's launcher does, some without the launcher's environment
+    (test_workdir, test_launcher); MPICH's proxy then exported the topology to a file of its own in
+    /tmp (hydra hard-codes it; TMPDIR does not move it) and left it there whenever a rank aborted. The
+    tests' environment names one that is not written (conftest: HWLOC_XMLFILE), so its ranks see it."""
+    result = subprocess.run([str(MPIEXEC), "-n", "1", sys.executable, "-c",
+                             "import os; print(os.environ.get('HWLOC_XMLFILE', ''))"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    seen = result.stdout.strip()
+    assert seen and not seen.startswith("/tmp/hydra_hwloc_xmlfile"), seen

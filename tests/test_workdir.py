@@ -214,8 +214,9 @@ def test_a_second_run_on_a_busy_work_dir_fails_at_once_naming_the_first(backend:
 
 
 def _own_tmp(env: dict | None, tmp_path: Path) -> dict:
-    """env with TMPDIR in the test's own folder: what a killed run or a bare mpiexec leaves there
-    (hydra's topology files, a run's scratch folder) goes with the test, not into /tmp."""
+    """env with TMPDIR in the test's own folder: what a killed run or a bare mpiexec leaves there (a run's
+    scratch folder) goes with the test, not into /tmp (hydra's topology file, which TMPDIR does not
+    move, none is written: conftest sets HWLOC_XMLFILE for every test)."""
     tmp = tmp_path / "tmp"
     tmp.mkdir(exist_ok=True)
     return dict(os.environ if env is None else env, TMPDIR=str(tmp))

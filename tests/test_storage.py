@@ -410,6 +410,19 @@ def test_malformed_uris_are_one_line_errors_without_secrets(uri: str, reason: st
     assert "SeCrEt" not in message
 
 
+@pytest.mark.parametrize("uri, shown", [
+    # '#' is a character of an az:// blob's name: the error named az://c/a, another blob
+    ("az://c/a#b.mp4", "az://c/a#b.mp4"),
+    ("az://Bad_Container/take#2.mp4", "az://Bad_Container/take#2.mp4"),
+    # in a URL it starts a fragment, and the query is a SAS: neither is shown
+    ("https://myacct.blob.core.windows.net/Bad_Container/in.mp4?sv=1&sig=SeCrEt", "blob.core.windows.net/Bad_Container/in.mp4:"),
+    ("https://myacct.blob.core.windows.net/Bad_Container/in.mp4#frag", "blob.core.windows.net/Bad_Container/in.mp4:"),
+])
+def test_a_malformed_uri_is_named_as_given_but_for_its_query(uri: str, shown: str) -> None:
+    message = error_of(lambda: storage.location(uri))
+    assert shown in message and "SeCrEt" not in message and "frag" not in message, message
+
+
 # --------------------------------------------------------------------------- credential selection
 
 

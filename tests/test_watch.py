@@ -260,6 +260,11 @@ def test_without_once_new_videos_are_picked_up_while_it_keeps_watching(clip, tmp
     (["--ext", "webm", "--codec", "h264", "--once"], "--codec h264 cannot go into .webm"),
     (["--ext", "avi", "--preset", "veryfast", "--once"], "takes no --preset"),
     (["--crf", "99", "--once"], "bad --crf 99"),  # no --ext: fits no container a video could keep
+    # no --ext: fits some containers an upload may keep, and each upload of the others failed in turn
+    (["--crf", "60"], "do not fit .mp4, .mov, .m4v, .mkv, .avi: give --ext webm"),
+    (["--codec", "mjpeg", "--once"], "--codec mjpeg cannot go into .mp4 (use h264, h264_nvenc, hevc, hevc_nvenc, vp9); "
+                                     "without --ext each output keeps its video's container"),
+    (["--preset", "slow", "--once"], "do not fit .webm, .avi: give --ext mp4 (they fit .mp4, .mov, .m4v, .mkv)"),
 ])
 def test_bad_watch_flags_are_one_line_errors_before_anything_is_made(tmp_path, args, message):
     """A style every video would fail with was found only video by video: the watch ran on, skipping
@@ -276,12 +281,13 @@ def test_bad_watch_flags_are_one_line_errors_before_anything_is_made(tmp_path, a
 
 @pytest.mark.parametrize("upload, args, output", [
     ("a.mp4", ["--ext", "webm", "--crf", "60"], "a.webm"),
-    ("a.mkv", ["--codec", "mjpeg"], "a.mkv"),
+    ("a.mkv", ["--ext", "mkv", "--codec", "mjpeg"], "a.mkv"),
+    ("a.mkv", [], "a.mkv"),  # without --ext an upload keeps its container
 ])
 def test_watch_flags_are_checked_against_the_outputs_container(clip, tmp_path, upload, args, output):
     """The run flags were checked against a hard-coded out.mp4: `--ext webm --crf 60` (libvpx-vp9 takes 0
-    to 63) was refused as libx264's, though `run clip.mp4 -o x.webm --crf 60` works; and without --ext an
-    .mkv upload keeps its container, where --codec mjpeg goes (refused before: not into .mp4)."""
+    to 63) was refused as libx264's, though `run clip.mp4 -o x.webm --crf 60` works; --codec mjpeg goes
+    into --ext mkv; and without --ext an .mkv upload keeps its container."""
     src = tmp_path / "in"
     src.mkdir()
     shutil.copy(clip(upload, frames=3), src / upload)

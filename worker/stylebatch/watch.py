@@ -124,20 +124,24 @@ def _runner(args: argparse.Namespace) -> Callable[[str, str], None]:
                           model=ModelOptions.from_namespace(args), encoding=EncodingOptions.from_namespace(args))
     # bad flags stop here, before any work and before DEST is made, checked against the outputs' real
     # container as `run` checks them: --ext's (a hard-coded out.mp4 refused `--ext webm --crf 60` and let
-    # `--ext webm --codec h264` fail every video); without --ext each output keeps its video's container,
-    # so flags that fit none of them are refused (the default's reason said)
+    # `--ext webm --codec h264` fail every video). Without --ext each output keeps its video's container,
+    # any of them: flags that fit only some were accepted, then failed each upload of the others one by
+    # one (`--crf 60` fits .webm, so every .mp4 failed); they are refused, naming an --ext that fits
     ext = _extension(args.ext)
     candidates = [ext] if ext else [DEFAULT_EXT, *(e for e in CONTAINERS if e != DEFAULT_EXT)]
-    first: BadInput | None = None
+    refused: dict[str, BadInput] = {}
     for candidate in candidates:
         try:
             template.with_places("in.mp4", f"out{candidate}").validate()
-            break
         except BadInput as exc:
-            first = first or exc
-    else:
-        assert first is not None
-        raise first
+            refused[candidate] = exc
+    if len(refused) == len(candidates):
+        raise refused[candidates[0]]
+    if refused:
+        fits = [e for e in candidates if e not in refused]
+        first = next(iter(refused))
+        raise BadInput(f"{refused[first]}; without --ext each output keeps its video's container, and these flags "
+                       f"do not fit {', '.join(refused)}: give --ext {fits[0][1:]} (they fit {', '.join(fits)})")
     from stylebatch.styles import check_style_files
 
     # and a style every video would fail with (unknown, a missing file, a broken .pth), as `run` refuses

@@ -81,8 +81,14 @@ k -n "$NS" create secret generic stylebatch-storage --from-env-file="$work/stora
   | k apply -f -
 
 step "6/10 the chart (CPU defaults from ci/kind-values.yaml)"
+# On a reused cluster: Helm installs crds/ on the first install only (the operator refuses an older
+# CRD), and the rebuilt operator image keeps its tag, so the pod template names its image id to be
+# replaced (else the old operator kept running).
+k apply --server-side --force-conflicts -f charts/stylebatch/crds/
+operator_id=$(docker image inspect -f '{{.Id}}' "$OPERATOR_IMAGE")
 helm upgrade --install stylebatch charts/stylebatch --kube-context "$CTX" --namespace "$NS" \
-  -f charts/stylebatch/ci/kind-values.yaml --set jobs.image.tag="$VERSION-cpu" --wait --timeout 5m
+  -f charts/stylebatch/ci/kind-values.yaml --set jobs.image.tag="$VERSION-cpu" \
+  --set-string "operator.podAnnotations.stylebatch\.io/image-id=$operator_id" --wait --timeout 5m
 
 step "7/10 the sample job as it is: the chart's kind values make it run here (CPU image, no GPUs, the Azurite Secret)"
 $PY - > "$work/job.yaml" <<'EOF'

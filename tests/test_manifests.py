@@ -206,6 +206,29 @@ def test_kind_script_loads_the_images_the_chart_runs():
     assert "--build-arg VARIANT=cpu" in text and defaults["gpusPerWorker"] == 0
 
 
+def test_a_rerun_on_the_kept_kind_cluster_runs_the_rebuilt_operator_against_this_releases_crds():
+    """The script keeps its cluster by default and reruns `helm upgrade --install` there, which never
+    updates crds/ (the new operator then refused the older CRD and the run failed at --wait), and,
+    the rebuilt operator image keeping its tag, left the operator's pod template as it was: the old
+    operator kept running. The CRDs are applied first, and the pod template names the image id."""
+    text = KIND_SCRIPT.read_text()
+    helm_at = text.index("helm upgrade --install")
+    crds = re.search(r"^k apply --server-side --force-conflicts -f (charts/stylebatch/crds/)$", text, re.M)
+    assert crds and crds.start() < helm_at and (ROOT / crds.group(1)).is_dir()
+    command = text[helm_at:text.index("\n\n", helm_at)]
+    key, variable = re.search(r'--set-string "operator\.podAnnotations\.(\S+)=\$(\w+)"', command).groups()
+    assert f"{variable}=$(docker image inspect -f '{{{{.Id}}}}' \"$OPERATOR_IMAGE\")" in text[:helm_at]
+    values = yaml.safe_load((CHART / "ci" / "kind-values.yaml").read_text())
+
+    def pod_template(image_id: str) -> dict:
+        annotations = {key.replace("\\.", "."): image_id}
+        objects = render_manifests.render_objects({**values, "operator": {"podAnnotations": annotations}})
+        return next(o for o in objects if o["kind"] == "Deployment")["spec"]["template"]
+
+    rebuilt, before = pod_template("sha256:" + "1" * 64), pod_template("sha256:" + "2" * 64)
+    assert rebuilt != before and rebuilt["spec"] == before["spec"]  # a rollout, by the annotation alone
+
+
 def test_kind_azurite_is_reachable_where_the_job_secret_points():
     text = KIND_SCRIPT.read_text()
     objects = load(MANIFESTS / "kind" / "azurite.yaml")

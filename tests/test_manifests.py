@@ -296,7 +296,7 @@ def test_device_plugin_runs_on_every_gpu_pool_the_guide_creates():
 
 
 GUIDE_VARS = {"ACR": "stylebatchacr", "DATA_ACCOUNT": "stylebatchdata", "NS": "stylebatch", "VERSION": "0.1.0",
-              "CLIENT_ID": "00000000-0000-0000-0000-000000000000"}
+              "CLIENT_ID": "00000000-0000-0000-0000-000000000000", "OP_CLIENT_ID": "11111111-1111-1111-1111-111111111111"}
 
 
 def guide_file(name: str) -> str:
@@ -341,3 +341,35 @@ def test_the_guide_recommends_confining_the_operator_to_watched_namespaces_for_p
     kinds = {o["kind"] for o in render_manifests.render_objects(confined)}
     assert "Role" in kinds and not [o for o in render_manifests.render_objects(confined)
                                     if o["kind"] == "ClusterRole" and any("jobs" in r["resources"] for r in o["rules"])]
+
+
+def test_every_upgrade_the_guides_give_keeps_the_values_set_before_and_takes_the_new_charts_defaults():
+    """Step 7 gave the operator its workload identity with `helm upgrade --reuse-values --set ...`,
+    and step 5 said to upgrade later with the same `helm upgrade --install -f stylebatch-values.yaml`,
+    which dropped those --set values: the VideoWatches lost the operator's identity. And the operator
+    guide upgraded to a new release with --reuse-values, which renders the new chart with the old
+    chart's defaults, so the values the new release adds are missing. The guide's values all live in
+    the files it writes, every upgrade names them, and no command block reuses values."""
+    written = re.findall(r"^cat > (\S+-values\.yaml) <<EOF$", GUIDE.read_text(), re.M)
+    commands = [" ".join(c.split()) for block in guide_blocks("bash")
+                for c in re.findall(r"^helm upgrade .*?(?<!\\)$", block, re.M | re.S)]
+    assert len(commands) >= 2 and len(written) >= 2
+    for command in commands:
+        assert "--reuse-values" not in command and "--set" not in command, command
+        assert re.findall(r"-f (\S+)", command) == written[:len(re.findall(r"-f (\S+)", command))], command
+    upgrade_later = " ".join(GUIDE.read_text().split("To upgrade later", 1)[1].split("\n\n", 1)[0].split())
+    assert all(name in upgrade_later for name in written) and "Not `--reuse-values`" in upgrade_later
+    values: dict = {}
+    for name in written:  # as Helm merges -f files, the later over the earlier
+        for key, value in yaml.safe_load(guide_file(name)).items():
+            values[key] = {**values[key], **value} if isinstance(value, dict) and key in values else value
+    objects = render_manifests.render_objects(values, namespace=GUIDE_VARS["NS"])
+    (deployment,) = [o for o in objects if o["kind"] == "Deployment"]
+    pod = deployment["spec"]["template"]
+    assert pod["metadata"]["labels"]["azure.workload.identity/use"] == "true"
+    (account,) = [o for o in objects if o["kind"] == "ServiceAccount" and o["metadata"]["name"] == pod["spec"]["serviceAccountName"]]
+    assert account["metadata"]["annotations"]["azure.workload.identity/client-id"] == GUIDE_VARS["OP_CLIENT_ID"]
+    assert f"--subject system:serviceaccount:$NS:{account['metadata']['name']}" in GUIDE.read_text()
+    for doc in (GUIDE, ROOT / "docs" / "operator.md", CHART / "README.md", ROOT / "README.md"):
+        for block in re.findall(r"```\w*\n(.*?)```", doc.read_text(), re.S):
+            assert "--reuse-values" not in block, doc.name

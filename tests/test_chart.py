@@ -582,3 +582,22 @@ def test_notes_say_how_to_finish_the_install():
     assert "create secret generic stylebatch-storage" in notes
     aks = render_manifests.render(VARIANTS["aks"])["NOTES.txt"]
     assert "workload identity" in aks and "create secret" not in aks
+
+
+@pytest.mark.parametrize("watched, where", [
+    ([], NAMESPACE),  # all namespaces: the release's, where the chart creates the job ServiceAccount
+    (["team-a", "team-b"], "team-a"),  # the release namespace is not watched: a job there never runs
+    (["team-a", NAMESPACE], NAMESPACE),
+])
+def test_the_notes_submit_the_example_job_in_a_namespace_the_operator_watches(watched, where):
+    """With operator.watchNamespaces not naming the release namespace, the notes still said to apply
+    the job and create its storage Secret there, where no operator looks at it: it stayed without a
+    status for ever."""
+    values = {"operator": {"watchNamespaces": watched}}
+    notes = render_manifests.render(values, namespace=NAMESPACE)["NOTES.txt"]
+    args = operator_container(render_manifests.render_objects(values, namespace=NAMESPACE))["args"]
+    handled = [a.split("=", 1)[1] for a in args if a.startswith("--namespace=")]
+    assert not handled or where in handled
+    for command in ("apply -f job.yaml", "get stj --watch", "describe stj", "create secret generic stylebatch-storage"):
+        assert re.findall(rf"kubectl -n (\S+) {re.escape(command)}", notes) == [where], command
+    assert f"kubectl -n {NAMESPACE} rollout status deployment/" in notes  # the operator stays in the release's

@@ -447,6 +447,55 @@ def test_a_new_work_dir_another_run_is_claiming_is_in_use_not_foreign(age_s: flo
     assert sorted(p.name for p in work.iterdir()) == [partial.name] and not (tmp_path / "out.mp4").exists()
 
 
+@pytest.mark.parametrize("backend, held, code", [
+    ("local", True, 75),
+    ("local", False, 0),
+    pytest.param("blob", True, 75, marks=pytest.mark.azurite),
+    pytest.param("blob", False, 0, marks=pytest.mark.azurite),
+])
+def test_a_work_dir_another_run_is_deleting_is_in_use_and_its_lone_lock_file_is_taken_over(
+        backend: str, held: bool, code: int, clip, tmp_path: Path, request) -> None:
+    """delete_work removes the owner record last, and the lock file goes only when its holder lets go:
+    a run given that work dir in between saw nothing but the lock (and, locally, the empty parts folder)
+    and refused it as holding other files (exit 2: 'give an empty or new folder'), though it is in use
+    (75: retrying can work). And a deleter killed in between left only its lock file, which refused
+    every later run of the same command, its own default work dir included, for good."""
+    from stylebatch.contract import LOCK_NAME
+    from stylebatch.manifest import PARTS_DIR
+    from stylebatch.storage import location
+
+    env = None
+    if backend == "local":
+        work_uri = str(tmp_path / "work")
+        (tmp_path / "work" / PARTS_DIR).mkdir(parents=True)
+    else:
+        azure_env = request.getfixturevalue("azure_env")
+        env, work_uri = azure_env.env, f"az://{azure_env.container}/work"
+    lock = location(work_uri).child(LOCK_NAME).lock({"host": "pod-7", "pid": "4242", "started": "then", "token": "t"})
+    try:
+        if not held:  # let go, as by a deleter killed before it removed the file
+            if backend == "local":
+                lock.fd, fd = -1, lock.fd
+                os.close(fd)
+            else:
+                lock._stop.set()
+                lock._thread.join()
+                lock.lease.release()
+        result = stylebatch("run", clip("in.mp4", size=(64, 48), frames=4), "-o", tmp_path / "out.mp4", "--work",
+                            work_uri, *FAST_STYLE, timeout=120, env=env)
+    finally:
+        if held:
+            lock.release()
+    assert result.returncode == code, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    if code:
+        [line] = error_lines(result)
+        assert "is in use by another stylebatch (host pod-7, pid 4242" in line and "deleting it" in line, line
+        assert not (tmp_path / "out.mp4").exists()
+    else:
+        assert count_frames(tmp_path / "out.mp4") == 4
+
+
 # --- a run with other style settings ---
 
 def _own_work_dirs(cache: Path) -> list[Path]:

@@ -91,10 +91,29 @@ def check_work(work, *others) -> None:
         # another stylebatch claiming this new work dir right now: its owner record is being written
         raise TransientError(f"work dir {work.display} is in use by another stylebatch (it is making it its work "
                              f"dir now): wait for it to end, or use {fresh_work()}")
+    if LOCK_NAME in names and all(n == LOCK_NAME or _empty_parts_folder(work, n) for n in names):
+        # what a work dir being deleted keeps until its deleter lets go of the lock (delete_work removes the
+        # owner record last): in use while that lock is held; once let go (its deleter killed then), only
+        # stylebatch's own lock file is left, which the next holder takes over
+        holder = work.child(LOCK_NAME).lock_holder()
+        if holder is not None:
+            raise TransientError(f"work dir {work.display} is in use by another stylebatch ({_describe(holder)}: "
+                                 f"it is deleting it now): wait for it to end, or use {fresh_work()}")
+        return
     if names:
         first = names[0].partition("/")[0]
         made = " (made by an older stylebatch or by hand: no owner record)" if MANIFEST_NAME in names else ""
         raise StylebatchError(f"work dir {work.display} holds other files ({first}...){made}: {_fresh()}")
+
+
+def _empty_parts_folder(work, name: str) -> bool:
+    """True if `name` (as _top_level_names lists it) is a local work dir's parts folder, empty."""
+    if name != f"{PARTS_DIR}/x" or not work.is_local():
+        return False
+    try:
+        return not any((work.local_path() / PARTS_DIR).iterdir())
+    except OSError:
+        return False
 
 
 OWNER_PARTIAL_AGE_S = 60  # a temp file of the owner record younger than this is a claim in flight

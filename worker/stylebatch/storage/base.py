@@ -148,6 +148,11 @@ class Location(abc.ABC):
     def lock_held_by(self, token: str) -> bool:
         """True if the lock at this location is held now by the holder whose token this is."""
 
+    @abc.abstractmethod
+    def lock_holder(self) -> dict | None:
+        """What the holder of the lock at this location recorded (as LockBusy.holder), or None when
+        nobody holds it now (no lock file, or one a holder let go or died with). Takes nothing."""
+
     def lock_outlives_holder_s(self) -> float:
         """How long a lock here can outlive a holder that died: 0 for a local lock file (the kernel
         lets go when the process ends, however it ends)."""

@@ -302,6 +302,17 @@ class BlobLocation(Location):
                 raise
         return True
 
+    def lock_holder(self) -> dict | None:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        client = self._blob_client()
+        with blob_errors(self, "check the lock"):
+            try:
+                props = client.get_blob_properties()
+            except ResourceNotFoundError:
+                return None
+        return dict(props.metadata or {}) if props.lease.state == "leased" else None
+
     def _lock_holder(self, client: Any) -> dict:
         from azure.core.exceptions import AzureError
 

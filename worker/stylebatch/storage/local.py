@@ -162,15 +162,19 @@ class LocalLocation(Location):
         return _FileLock(fd, self.path, holder["token"])
 
     def lock_held_by(self, token: str) -> bool:
+        holder = self.lock_holder()
+        return holder is not None and holder.get("token") == token
+
+    def lock_holder(self) -> dict | None:
         try:
             fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except OSError:
-            return False
+            return None
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            return False  # nobody holds it
+            return None  # nobody holds it
         except BlockingIOError:
-            return _read_holder(fd).get("token") == token
+            return _read_holder(fd)
         finally:
             os.close(fd)
 

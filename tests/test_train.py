@@ -20,7 +20,7 @@ from PIL import Image
 
 from stylebatch.errors import BadInput
 from stylebatch.models import load_stylizer
-from stylebatch.train import FLAT, crops, load_content, losses
+from stylebatch.train import FLAT, crops, load_content, losses, sample_video
 from stylebatch.vgg import CONTENT_LAYER, STYLE_LAYERS, gram, load_vgg19
 
 STARRY = "/usr/share/doc/opencv-doc/examples/data/starry_night.jpg"
@@ -96,6 +96,23 @@ def test_training_crops_skip_flat_patches_such_as_the_black_frames_of_a_fade():
     detail = np.random.default_rng(1).integers(0, 256, (64, 64, 3), dtype=np.uint8)
     batch = crops([black, black, detail], 40, 32, np.random.default_rng(0))
     assert all(crop.std() >= FLAT for crop in batch)
+
+
+def _frame_index(rgb: np.ndarray, frames: int) -> int:
+    """Which frame of a make_clip(index_colors=True) clip a sampled picture is (its nearest colour)."""
+    colours = np.array([[(n * 67 + 20) % 200 + 20, (n * 29 + 90) % 200 + 20, (n * 113 + 160) % 200 + 20]
+                        for n in range(frames)])
+    return int(np.abs(colours - rgb.reshape(-1, 3).mean(0)).sum(1).argmin())
+
+
+@pytest.mark.parametrize("name, codec", [("clip.mp4", "libx264"), ("clip.mkv", "libx264"),
+                                         ("clip.webm", "libvpx-vp9")])
+def test_content_frames_are_sampled_over_the_whole_video_whatever_its_container(tmp_path, name, codec):
+    """A Matroska or WebM header counts no frames: the first 48 were taken, a long video's first
+    seconds (a black fade-in was refused as content "all one colour"). 4 of 40 frames: one every 10."""
+    path = make_clip(tmp_path / name, size=(32, 32), frames=40, fps=10, codec=codec, index_colors=True)
+    picked = [_frame_index(frame, 40) for frame in sample_video(path, 4, 32)]
+    assert len(picked) == 4 and picked[-1] >= 30, picked
 
 
 @pytest.mark.parametrize("colour", [(0, 0, 0), (128, 128, 128)])

@@ -60,7 +60,7 @@ def sample_video(path: Path, count: int, side: int) -> list[np.ndarray]:
     frames = []
     with open_video(path, path.name) as container:
         vs = video_stream(container, path.name)
-        total = vs.frames or 0
+        total = vs.frames or _frames_in(container, vs)
         step = max(1, total // count) if total else 1
         try:
             for i, frame in enumerate(container.decode(vs)):
@@ -74,6 +74,18 @@ def sample_video(path: Path, count: int, side: int) -> list[np.ndarray]:
             if not frames:
                 raise BadInput(f"content video {path.name} does not decode") from None
     return frames
+
+
+def _frames_in(container, vs) -> int:
+    """About how many frames a video holds whose header does not count them (Matroska, WebM): its
+    duration times its frame rate; 0 where neither is known. Without it the first `count` frames were
+    taken, a 10-minute WebM's first 2 seconds (a black fade-in: "the --content is all one colour")."""
+    import av
+
+    seconds = (float(vs.duration * vs.time_base) if vs.duration and vs.time_base else
+               container.duration / av.time_base if container.duration else 0.0)
+    rate = vs.average_rate or vs.guessed_rate
+    return round(seconds * float(rate)) if seconds > 0 and rate else 0
 
 
 def _short_side(image: np.ndarray, side: int) -> np.ndarray:

@@ -128,3 +128,14 @@ def test_quality_refuses_an_output_whose_picture_is_not_the_inputs_shape(tmp_pat
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     assert len(error_lines(result)) == 1 and "not the same shape" in error_lines(result)[0], result.stderr
     assert result.stdout == ""
+
+
+@pytest.mark.parametrize("width, height", [(640, 16), (640, 24), (640, 30)])
+def test_a_wide_strip_of_video_is_measured_not_a_traceback(width, height):
+    """At the working width of 320 a 640x24 strip was 320x12, and DIS failed an OpenCV assertion on it
+    (a traceback from `stylebatch quality`); at 320x8 and under it returned NaN flows."""
+    scene = _texture(height, width + 40)
+    frames = [np.ascontiguousarray(scene[:, i * 2:i * 2 + width]) for i in range(6)]
+    report = measure(frames, _flicker(frames))
+    assert report.short_output.pairs == 5 and np.isfinite(report.short_output.error)
+    assert report.short_output.error > 2 * report.short_input.error  # the flicker is told from the input

@@ -85,6 +85,27 @@ def test_warm_up_gives_a_chunk_the_output_it_has_inside_a_longer_run():
     assert seam < 0.6 * cold  # warmed up, the seam is steadier than a cold start
 
 
+@pytest.mark.parametrize("width, height", [(512, 16), (1024, 40)])
+def test_a_wide_strip_of_video_is_followed_by_the_flow_not_taken_for_scene_cuts(width, height):
+    """At the flow's working width of 256 a 512x16 strip was 256x8 (1024x40: 256x10), where DIS returned
+    NaN flows: every frame a scene cut, and --temporal on changed nothing. (256x12 to 256x15 crashed the
+    process: the next test, through the CLI.)"""
+    from stylebatch.temporal import Motion
+
+    scene = _texture(height, width + 20)
+    frames = np.stack([scene[:, i * 2:i * 2 + width] for i in range(4)])
+    motions = Motion().estimate(frames)
+    assert all(m.flow is not None and np.isfinite(m.flow).all() for m in motions[1:])
+
+
+def test_a_temporal_run_of_a_wide_strip_of_video_is_written(tmp_path):
+    """A 320x16 strip (a news ticker, an LED banner) with --temporal on: the rank was killed by SIGSEGV."""
+    src = make_clip(tmp_path / "strip.mp4", size=(320, 16), frames=6)
+    result = stylebatch("run", src, "-o", tmp_path / "out.mp4", "--style", "lavender-gold", "--temporal", "on")
+    assert result.returncode == 0, result.stderr
+    assert count_frames(tmp_path / "out.mp4") == 6
+
+
 def test_warm_up_is_shorter_for_short_chunks():
     assert [warmup_frames(n) for n in (8, 24, 48, 120)] == [2, 3, 6, 6]
 

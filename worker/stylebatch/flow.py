@@ -16,10 +16,15 @@ import numpy as np
 # 2016): a pixel is visible in both frames when following the flow there and back returns close to
 # where it started.
 _OCC_REL, _OCC_ABS = 0.01, 0.5
+# DIS needs this many pixels on each side of a frame: below it, it returned NaN flows (a 256x8
+# strip), failed an OpenCV assertion (320x12: a traceback from `stylebatch quality`) or crashed the
+# process (256x13: a rank with --temporal on killed by SIGSEGV)
+MIN_FLOW_SIDE = 16
 
 
 class FlowEstimator:
-    """DIS optical flow on grayscale frames. One instance per thread (OpenCV objects are not shared)."""
+    """DIS optical flow on grayscale frames, both sides at least MIN_FLOW_SIDE (resize_to_width). One
+    instance per thread (OpenCV objects are not shared)."""
 
     def __init__(self, preset: int = cv2.DISOPTICAL_FLOW_PRESET_MEDIUM) -> None:
         self._dis = cv2.DISOpticalFlow_create(preset)
@@ -64,11 +69,12 @@ def visible(flow_ab: np.ndarray, flow_ba: np.ndarray) -> np.ndarray:
 
 
 def resize_to_width(frame: np.ndarray, width: int) -> np.ndarray:
-    """frame scaled to `width` pixels (height by the aspect ratio, at least 8), area-averaged."""
+    """frame scaled to `width` pixels (height by the aspect ratio, at least MIN_FLOW_SIDE: a wide strip
+    is stretched to it), area-averaged."""
     h, w = frame.shape[:2]
-    if w == width:
+    height = max(MIN_FLOW_SIDE, round(h * width / w))
+    if (w, h) == (width, height):
         return frame
-    height = max(8, round(h * width / w))
     return cv2.resize(frame, (width, height), interpolation=cv2.INTER_AREA if width < w else cv2.INTER_LINEAR)
 
 

@@ -94,6 +94,19 @@ def test_frame_at_a_time_and_bad_times(tmp_path):
     assert not (tmp_path / "s.png").exists()
 
 
+@pytest.mark.parametrize("size, sar, rotate, shown", [
+    ((72, 48), "32/27", 0, (85, 48)),  # a DVD's 720x480 at 16:9, shrunk
+    ((72, 48), "8/9", 0, (64, 48)),  # 4:3 from 3:2 storage
+    ((72, 48), "1/1", 0, (72, 48)),
+    ((72, 48), "32/27", 90, (48, 85)),  # the pixels' shape is the stored frame's: turned with it
+])
+def test_a_frame_of_non_square_pixels_is_shown_at_its_display_shape(tmp_path, size, sar, rotate, shown):
+    """A DVD frame (720x480 stored, 16:9 on screen) was shown as its stored 3:2, squeezed."""
+    video = make_clip(tmp_path / "v.mp4", size=size, frames=3, rotate=rotate, extra=("-vf", f"setsar={sar}"))
+    got = grab_frame(video, "v.mp4", None)
+    assert (got.shape[1], got.shape[0]) == shown
+
+
 @pytest.mark.parametrize("case, args, words", [
     # a folder was "input not found" (an empty one) or "not a readable video"
     ("a folder", ["folder"], ["input is a folder, not a video or a picture", "folder"]),

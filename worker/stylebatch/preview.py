@@ -49,7 +49,9 @@ def chosen_styles(values: list[str] | None, everything: bool) -> list[str]:
 
 
 def grab_frame(path: Path, label: str, at: float | None) -> np.ndarray:
-    """The upright RGB frame shown at `at` seconds (default: the middle of the video)."""
+    """The upright RGB frame shown at `at` seconds (default: the middle of the video), at its display
+    shape: a frame of non-square pixels (a DVD's 720x480 at 32:27, 16:9 on screen) is scaled in width
+    by its sample aspect ratio (it was shown 3:2, squeezed)."""
     import av
 
     from stylebatch.video import _rotation, open_video, video_stream
@@ -74,7 +76,9 @@ def grab_frame(path: Path, label: str, at: float | None) -> np.ndarray:
             raise BadInput(f"{label} has no decodable video frames")
         if at is not None and picked.time is not None and at > picked.time + 1.0:
             raise BadInput(f"--at {at:g}s is past the end of {label} (its last frame is at {picked.time:.2f}s)")
-        rgb = picked.to_ndarray(format="rgb24")
+        sar = vs.sample_aspect_ratio
+        width = max(2, round(picked.width * sar)) if sar and sar > 0 else picked.width
+        rgb = picked.to_ndarray(format="rgb24", width=width, height=picked.height)
         k = _rotation(picked) // 90
         return np.ascontiguousarray(np.rot90(rgb, k)) if k else rgb
 

@@ -98,6 +98,24 @@ def test_quality_on_real_videos_prints_both_figures_and_their_ratio(tmp_path):
     assert report["frames"] == 10 and report["short_ratio"] > 3
 
 
+def _no_constants(name: str):
+    raise ValueError(f"{name} is not JSON")
+
+
+@pytest.mark.parametrize("output_filter, ratio", [("noise=alls=60:allf=t", None), ("null", 1.0)],
+                         ids=["flickering", "still"])
+def test_quality_json_of_a_still_input_is_strict_json(tmp_path, output_filter, ratio):
+    """A still input's figure is 0: the ratio was written `Infinity`, which no JSON parser but Python's
+    reads (JavaScript's JSON.parse, Go's encoding/json); now null, and 1.0 where both figures are 0."""
+    src = make_clip(tmp_path / "in.mp4", frames=6, extra=("-vf", "hue=s=0,geq=lum=128:cb=128:cr=128"))
+    out = make_clip(tmp_path / "out.mp4", frames=6, extra=("-vf", f"hue=s=0,geq=lum=128:cb=128:cr=128,{output_filter}"))
+    result = stylebatch("quality", src, out, "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout, parse_constant=_no_constants)
+    assert report["short_input"]["error"] == 0 and report["short_ratio"] == ratio
+    assert report["long_ratio"] == ratio
+
+
 def test_quality_refuses_videos_of_different_lengths_in_one_line(tmp_path):
     a = make_clip(tmp_path / "a.mp4", frames=6)
     b = make_clip(tmp_path / "b.mp4", frames=4)

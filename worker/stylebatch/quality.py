@@ -67,12 +67,18 @@ class Report:
                     self.long_ratio)]
 
     def to_json(self) -> str:
+        """The report as strict JSON (RFC 8259): a ratio with no finite value (the input's figure is 0, a
+        still picture) is null; it was written `Infinity`, which JSON parsers other than Python's refuse."""
         d = asdict(self)
         for key in ("short_output", "short_input", "long_output", "long_input"):
             d[key].pop("per_pair")
-        d |= {"short_ratio": self.short_ratio, "long_ratio": self.long_ratio,
-                            "work_width": WORK_WIDTH, "long_window": LONG_WINDOW}
-        return json.dumps(d, sort_keys=True)
+        d |= {"short_ratio": _finite(self.short_ratio), "long_ratio": _finite(self.long_ratio),
+              "work_width": WORK_WIDTH, "long_window": LONG_WINDOW}
+        return json.dumps(d, sort_keys=True, allow_nan=False)
+
+
+def _finite(x: float) -> float | None:
+    return x if math.isfinite(x) else None
 
 
 def _ratio(out: Figure, inp: Figure) -> float:

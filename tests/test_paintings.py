@@ -252,6 +252,28 @@ def test_a_16_bit_grayscale_painting_is_read_at_its_own_brightness_not_white(tmp
     assert (picture[..., 0] == picture[..., 1]).all() and (picture[..., 1] == picture[..., 2]).all()
 
 
+@pytest.mark.parametrize("mode, save", [
+    ("RGB", {"transparency": (0, 0, 0)}),  # an RGB PNG's colour key (tRNS): its black read as black
+    ("L", {"transparency": 0}),  # a grayscale one's
+    ("P", {"transparency": 0}),
+    ("RGBA", {}),
+])
+def test_transparent_pixels_of_a_painting_are_read_as_white_whatever_its_mode(tmp_path, mode, save):
+    """Transparency is read over white (read_style_image); a PNG whose transparency is a colour key
+    (RGB or grayscale with a tRNS chunk) had its transparent pixels read as the key colour, black."""
+    opaque = Image.new("RGB", (32, 32), (200, 40, 40))
+    picture = Image.new("RGBA", (32, 32), (0, 0, 0, 0))
+    picture.paste(opaque.crop((0, 0, 32, 16)), (0, 0))
+    image = picture.convert("RGB").convert(mode) if mode in ("RGB", "L") else picture
+    if mode == "P":
+        image = picture.convert("RGB").quantize(4)
+        save = {"transparency": image.getpixel((0, 31))}
+    image.save(tmp_path / "logo.png", **save)
+    got = read_style_image(tmp_path / "logo.png")
+    assert (got[20:] == 255).all(), got[20:].reshape(-1, 3)[0]  # the transparent half
+    assert (got[:16] != 255).any()  # the opaque half is not
+
+
 @pytest.mark.parametrize("spec", ["12:30.jpg", "./12:30.jpg", "shots/3:2.png", "12:30.jpg:0.5,ink-wash:0.5"])
 def test_a_painting_whose_name_has_a_colon_after_a_built_in_number_or_name_is_that_painting(tmp_path, spec,
                                                                                            monkeypatch):

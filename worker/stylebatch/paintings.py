@@ -35,7 +35,7 @@ def read_style_image(path: str | Path, label: str | None = None, what: str = "a 
         if img.mode == "I" or img.mode.startswith("I;16"):  # a 16-bit grayscale PNG: convert() clips it to
             gray = np.rint(np.asarray(img, dtype=np.float64) / 257)  # 0..255, nearly all white; scale it
             return np.repeat(np.clip(gray, 0, 255).astype(np.uint8)[..., None], 3, axis=2)
-        if img.mode in ("RGBA", "LA", "P", "PA"):
+        if img.mode in ("RGBA", "LA", "P", "PA") or "transparency" in img.info:  # (an RGB or L PNG's colour key)
             img = img.convert("RGBA")
             img = Image.alpha_composite(Image.new("RGBA", img.size, (255, 255, 255, 255)), img)
         return np.asarray(img.convert("RGB"))

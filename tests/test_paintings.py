@@ -43,7 +43,7 @@ def png_cut_short(width: int, height: int, rows: int) -> bytes:
 
 def make_bad(kind: str, folder: Path) -> Path:
     path = folder / {"gif": "anim.gif", "text": "notes.jpg", "bomb": "bomb.png", "big": "huge.png",
-                     "truncated-png": "cut.png", "cut-rows": "rows.png", "tiny": "tiny.png", "empty": "empty.webp"}.get(kind, f"{kind}.jpg")
+                     "truncated-png": "cut.png", "scan": "scan.png", "cut-rows": "rows.png", "tiny": "tiny.png", "empty": "empty.webp"}.get(kind, f"{kind}.jpg")
     if kind == "text":
         path.write_text("not a picture\n" * 20)
     elif kind == "truncated":
@@ -60,6 +60,8 @@ def make_bad(kind: str, folder: Path) -> Path:
         path.write_bytes(png_header(30000, 30000))
     elif kind == "big":
         path.write_bytes(png_header(9000, 9000))  # under Pillow's own bomb limit, over ours
+    elif kind == "scan":
+        path.write_bytes(png_header(12000, 8000))  # over Pillow's bomb warning (89 MP), under its error
     elif kind == "gif":
         Image.new("RGB", (64, 64), "blue").save(path)
     elif kind == "empty":
@@ -77,6 +79,7 @@ BAD_IMAGES = [
     ("tiny", "1x1 pixels"),
     ("bomb", "decompression bomb"),
     ("big", "9000x9000 pixels, more than the 64 megapixels"),
+    ("scan", "12000x8000 pixels, more than the 64 megapixels"),  # was "a decompression bomb?", no size
     ("missing", "not found"),
 ]
 

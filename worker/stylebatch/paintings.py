@@ -83,8 +83,10 @@ def _opened(path: str | Path, label: str | None, what: str) -> Iterator:
         raise BadInput(f"{label} not found" if not path.exists() else f"{label} is not a file")
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # Pillow's remarks on odd files (TIFF tags, APNG chunks): noise
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # Pillow's remarks on odd files (TIFF tags, APNG chunks): noise; and its bomb warning (over 89
+            # megapixels), which said "a decompression bomb?" of a 12000x8000 scan: MAX_PIXELS, lower, says
+            # its size below. Its DecompressionBombError (over 179) is still raised before the header is read
+            warnings.simplefilter("ignore")
             with Image.open(path, formats=FORMATS) as img:
                 w, h = img.size
                 if w * h > MAX_PIXELS:

@@ -3,10 +3,13 @@ video and reports its progress, and failures are error types a caller can tell a
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 import threading
+import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -89,6 +92,43 @@ def test_an_exception_in_the_progress_callback_stops_the_run_and_keeps_the_work_
                                       progress=lambda done, total: seen.append(done))
     assert result.frames == count_frames(out) == 12
     assert seen[0] >= 4  # resumed: the chunk finished before the stop was not stylized again
+
+
+def _open_pipes() -> set[str]:
+    """This process's descriptors that are pipes (a stage process's stdout and stderr), by inode."""
+    pipes = set()
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):  # the listing's own descriptor, closed meanwhile
+            if (target := os.readlink(f"/proc/self/fd/{fd}")).startswith("pipe:"):
+                pipes.add(target)
+    return pipes
+
+
+def _stop_at_a_chunk(done: int, total: int) -> None:
+    if done:
+        raise ValueError("the callback's own bug")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("progress, raised", [(None, None), (_stop_at_a_chunk, ValueError)])
+def test_a_call_closes_the_pipes_of_its_stage_processes_whether_it_succeeds_or_fails(
+        progress, raised: type | None, tmp_path: Path) -> None:
+    """A service calls stylize_video again and again: each call left its stage processes' pipes to the
+    garbage collector ("ResourceWarning: unclosed file" on success), and a failed one's traceback kept
+    them open for as long as the caller held the exception."""
+    src = make_clip(tmp_path / "in.mp4", frames=8, fps=30)
+    before = _open_pipes()
+    with warnings.catch_warnings(record=True) as warned, contextlib.ExitStack() as stack:
+        warnings.simplefilter("always", ResourceWarning)
+        if raised is not None:
+            stack.enter_context(pytest.raises(raised))
+        stylebatch.stylize_video(src, tmp_path / "out.mkv", max_side=32, workers=1, device="cpu",
+                                 work=tmp_path / "work", encoder=EncodingOptions(chunk_frames=4), progress=progress)
+    deadline = time.monotonic() + 10  # a stage's stderr is closed by its reader thread once the stage is gone
+    while _open_pipes() - before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _open_pipes() - before == set()
+    assert [str(w.message) for w in warned if issubclass(w.category, ResourceWarning)] == []
 
 
 _STOPPED_BY_PROGRESS = """

@@ -527,15 +527,18 @@ def _stage_process(proc: subprocess.Popen, out_line: Callable[[str], None],
                    err_line: Callable[[str], None]) -> tuple[int, list[str]]:
     """Follow a stage's process (`_start_stage`) to its end: each line of its stdout goes to out_line,
     of its stderr to err_line, except the `stylebatch: error:` lines, returned (reasons only) with the
-    exit code. Interrupted, the process is stopped (`_stop_stage`)."""
+    exit code. Interrupted, the process is stopped (`_stop_stage`). Both pipes are closed however it
+    ends (each by its reader), not left to the garbage collector: an API caller's process calls
+    this again and again, and a failure's traceback would hold them open."""
     errors: list[str] = []
     try:
         def forward_stderr() -> None:
-            for line in proc.stderr:
-                if line.startswith(ERROR_PREFIX):
-                    errors.append(line[len(ERROR_PREFIX):].strip())
-                else:
-                    err_line(line)
+            with proc.stderr:  # closed by this thread once the stage is gone: never joined when interrupted
+                for line in proc.stderr:
+                    if line.startswith(ERROR_PREFIX):
+                        errors.append(line[len(ERROR_PREFIX):].strip())
+                    else:
+                        err_line(line)
 
         reader = threading.Thread(target=forward_stderr, daemon=True)
         reader.start()
@@ -544,6 +547,7 @@ def _stage_process(proc: subprocess.Popen, out_line: Callable[[str], None],
         code = proc.wait()
     finally:
         _stop_stage(proc)  # interrupted: take the stage down with us
+        proc.stdout.close()
     reader.join()
     return code, errors
 

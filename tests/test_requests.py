@@ -307,3 +307,21 @@ def test_an_output_without_a_video_extension_is_refused_naming_it_as_it_would_be
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     (line,) = error_lines(result)
     assert f"output {name!r} needs one of the extensions" in line, line
+
+
+_SAS_URL = "https://acct.blob.core.windows.net/c/in.mp4?sv=2024&sp=rwl&sig=S3CR3T"
+
+
+@pytest.mark.parametrize("make", [
+    lambda: parse_argv(["run", _SAS_URL, "-o", "out.mp4", _SAS_URL]),  # two inputs: "unrecognized arguments"
+    lambda: parse_argv(["postprocess", "--work", "w", _SAS_URL]),  # -o left out
+    lambda: parse_argv(["run", "in.mp4", "-o", "out.mp4", "--max-side", _SAS_URL]),
+    lambda: ModelOptions(device=_SAS_URL).validate(),
+    lambda: EncodingOptions(preset=_SAS_URL).settings("out.mp4"),
+])
+def test_a_bad_input_message_never_holds_the_sas_of_a_url_given_where_none_goes(make) -> None:
+    """The API's BadInput quoted the URL whole, SAS included (the CLI's error line hid it; a caller
+    logging the exception did not)."""
+    with pytest.raises(BadInput) as caught:
+        make()
+    assert "S3CR3T" not in str(caught.value) and "sig=REDACTED" in str(caught.value)

@@ -10,12 +10,21 @@ class StylebatchError(Exception):
     """Bad input or a failed step, explained in one line. The CLI prints it without a traceback.
 
     Raised as is, it means bad input (exit code 2), and it is one: `StylebatchError("...")` makes a
-    BadInput, so a caller's `except BadInput` catches every bad-input error, wherever it was raised."""
+    BadInput, so a caller's `except BadInput` catches every bad-input error, wherever it was raised.
+
+    Its message never holds a SAS signature (logs.hide_signatures: `sig=REDACTED`), even where a
+    blob URL with its SAS was given where no place goes (an extra argument, `--device https://...`):
+    a caller may log or show it as it is."""
 
     exit_code = EXIT_BAD_INPUT
 
     def __new__(cls, *args, **kwargs):
         return super().__new__(BadInput if cls is StylebatchError else cls, *args, **kwargs)
+
+    def __init__(self, *args) -> None:
+        from stylebatch.logs import hide_signatures
+
+        super().__init__(*(hide_signatures(a) if isinstance(a, str) else a for a in args))
 
 
 class BadInput(StylebatchError):

@@ -290,6 +290,28 @@ def test_the_stages_are_functions_over_requests(tmp_path: Path) -> None:
         postprocess(PostprocessRequest(work=req.work))
 
 
+def test_the_stylize_stage_leaves_the_callers_torch_thread_count_as_it_was(tmp_path: Path) -> None:
+    """stylize() in this process set torch's threads for its pipelines (1 each of 2 on 2 cores) and
+    left them so: a notebook's own torch work ran on one core from then on."""
+    import torch
+
+    from stylebatch.requests import ModelOptions, StylizeRequest
+
+    src = make_clip(tmp_path / "in.mp4", frames=8)
+    work = str(tmp_path / "work")
+    preprocess(PreprocessRequest(input=str(src), work=work, output=str(tmp_path / "out.mkv"),
+                                 encoding=EncodingOptions(chunk_frames=4)))
+    callers = os.cpu_count() + 1  # more than any rank takes: never its own choice by chance
+    before = torch.get_num_threads()
+    torch.set_num_threads(callers)
+    try:
+        stylize(StylizeRequest(work=work, pipelines=2, model=ModelOptions(max_side=32, device="cpu")))
+        assert torch.get_num_threads() == callers
+    finally:
+        torch.set_num_threads(before)
+    assert postprocess(PostprocessRequest(work=work)) == str(tmp_path / "out.mkv")
+
+
 @pytest.mark.parametrize("extra", [
     (),
     ("-aspect", "16:9"),  # anamorphic: its sample aspect ratio came back from the work dir as a list, not a tuple

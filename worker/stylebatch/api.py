@@ -127,10 +127,18 @@ def preprocess(req: PreprocessRequest) -> Manifest:
 
 
 def stylize(req: StylizeRequest) -> None:
-    """Stage 2 in this process (one rank; under mpiexec each rank calls it with the same request)."""
+    """Stage 2 in this process (one rank; under mpiexec each rank calls it with the same request).
+    torch's thread count, which the rank sets for its pipelines, is the caller's again afterwards."""
     from stylebatch.stylize import run
 
-    run(_expect(req, StylizeRequest))
+    req = _expect(req, StylizeRequest)
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        run(req)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def postprocess(req: PostprocessRequest) -> str:

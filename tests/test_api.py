@@ -131,6 +131,30 @@ def test_a_call_closes_the_pipes_of_its_stage_processes_whether_it_succeeds_or_f
     assert [str(w.message) for w in warned if issubclass(w.category, ResourceWarning)] == []
 
 
+@pytest.mark.azurite
+def test_a_sas_given_to_one_call_never_signs_a_later_calls_urls(azure_env, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A service calls stylize_video for one caller with a container SAS in its URLs, then for another
+    with URLs of the same container and no SAS: the second was signed with the first caller's token
+    (remembered for the process) and succeeded, where it has no credential of its own."""
+    from azurite_fixture import sas
+
+    from stylebatch import storage
+
+    az, container = azure_env.azurite, azure_env.container
+    src = make_clip(tmp_path / "in.mp4", frames=4)
+    az.service_client().get_blob_client(container, "in.mp4").upload_blob(src.read_bytes())
+    monkeypatch.delenv("AZURE_STORAGE_CONNECTION_STRING")  # no credential but the SAS given
+    storage.clear_client_cache()
+    base, token = f"{az.endpoint}/{container}", sas(az, container)
+    result = stylebatch.stylize_video(f"{base}/in.mp4?{token}", f"{base}/first.mp4?{token}", max_side=32,
+                                      workers=1, device="cpu")
+    assert result.frames == 4
+    with pytest.raises(stylebatch.BadInput, match="SAS token"):  # no credential: how to give one
+        stylebatch.stylize_video(f"{base}/in.mp4", f"{base}/second.mp4", max_side=32, workers=1, device="cpu")
+    assert not az.service_client().get_blob_client(container, "second.mp4").exists()
+
+
 _STOPPED_BY_PROGRESS = """
 import sys
 import stylebatch

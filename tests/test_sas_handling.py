@@ -272,6 +272,26 @@ def test_a_carried_sas_never_overrides_the_urls_own(monkeypatch: pytest.MonkeyPa
         storage.location("https://acct.blob.core.windows.net/videos/x.mp4?sp=r")  # not a SAS: refused as before
 
 
+def test_calls_that_overlap_keep_each_others_sas_until_the_last_ends_and_then_forget_them() -> None:
+    """Two stylize_video calls in threads of one service: the first to end must not take the second's
+    token away while it still runs (its work dir's URIs are read back without one), and once both
+    ended neither token signs a later call's URLs; one given before them is kept."""
+    from stylebatch.storage.credentials import carried_sas, url_sas_of_this_call
+
+    base = "https://acct.blob.core.windows.net"
+    storage.location(f"{base}/kept/in.mp4?sr=c&sp=rl&sig=BEFORE")
+    first, second = url_sas_of_this_call(), url_sas_of_this_call()
+    first.__enter__()
+    storage.location(f"{base}/first/in.mp4?sr=c&sp=rl&sig=A")
+    second.__enter__()
+    storage.location(f"{base}/second/in.mp4?sr=c&sp=rl&sig=B")
+    first.__exit__(None, None, None)
+    assert carried_sas(storage.location(f"{base}/second/work/manifest.json")) == "sr=c&sp=rl&sig=B"
+    second.__exit__(None, None, None)
+    after = [carried_sas(storage.location(f"{base}/{c}/work/manifest.json")) for c in ("first", "second", "kept")]
+    assert after == [None, None, "sr=c&sp=rl&sig=BEFORE"]
+
+
 @pytest.mark.parametrize("style, words", [
     ("https://acct.blob.core.windows.net/styles/x.pth?sv=2024&sig=S3CR3T:-1", "finite numbers, 0 or more"),
     ("https://acct.blob.core.windows.net/styles/x.pth?sv=2024&sig=S3CR3T:0", "are all zero"),

@@ -54,6 +54,8 @@ def stylize_video(input: str, output: str, *, style: str | None = None, strength
         for each new count: at the start, after every chunk, every few seconds between, and at the end
         (done == total, the last call, made once).
 
+    A SAS in a URL signs this call's requests only: a later call's URLs without one never use it.
+
     Raises BadInput before any work when a setting is wrong, and leaves no partial output; Ctrl-C
     (KeyboardInterrupt, also one raised by `progress`), SIGTERM and SIGHUP (where the program left
     them at their defaults; called from the main thread) stop the ranks and raise Interrupted.
@@ -61,6 +63,7 @@ def stylize_video(input: str, output: str, *, style: str | None = None, strength
     from stylebatch import signals
     from stylebatch.errors import Interrupted
     from stylebatch.run import run
+    from stylebatch.storage.credentials import url_sas_of_this_call
 
     _check_progress(progress)
     encoding = encoder if isinstance(encoder, EncodingOptions) else EncodingOptions(codec=encoder)
@@ -69,7 +72,7 @@ def stylize_video(input: str, output: str, *, style: str | None = None, strength
                      model=ModelOptions(style=style, strength=strength, max_side=max_side, device=device,
                                         batch_size=batch_size, keep_colors=keep_colors, precision=precision,
                                         temporal=temporal, temporal_strength=temporal_strength))
-    with signals.handled(), _warnings_shown():
+    with signals.handled(), _warnings_shown(), url_sas_of_this_call():
         try:
             return run(req, progress, api=True)
         except KeyboardInterrupt:  # stopped before the run had begun any work (checking the places, the claim)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import json
 import os
+import threading
 import urllib.parse
+from typing import Iterator
 
 from stylebatch.errors import StylebatchError
 from stylebatch.storage.base import BlobAddress, is_path_style, not_blob_storage
@@ -115,6 +118,28 @@ def _may_write(sas: str) -> bool:
 def forget_url_sas() -> None:
     """Forget the SAS tokens of URLs given so far in this process."""
     _carried.clear()
+
+
+_calls = threading.Lock()
+_in_calls: list[dict] = []  # while calls run (threads of one service): the tokens from before the first
+
+
+@contextlib.contextmanager
+def url_sas_of_this_call() -> Iterator[None]:
+    """The SAS tokens of URLs given within the block are forgotten when it ends, however it ends; those
+    given before it are kept. For an API call (stylize_video): a later call of the same process, whose
+    URLs came without a SAS, must not be signed with an earlier caller's token. Calls that overlap (in
+    threads) keep each other's until the last of them ends: none loses a token while it runs."""
+    with _calls:
+        _in_calls.append(dict(_carried) if not _in_calls else _in_calls[0])
+    try:
+        yield
+    finally:
+        with _calls:
+            before = _in_calls.pop()
+            if not _in_calls:
+                _carried.clear()
+                _carried.update(before)
 
 
 def carried_sas(loc: BlobAddress) -> str | None:

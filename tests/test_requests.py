@@ -149,6 +149,26 @@ def test_a_list_or_a_path_where_a_field_wants_a_tuple_or_a_str_is_the_same_froze
         "preprocess", "in.mp4", "--work", "w", "-o", "o.mp4"]
 
 
+@pytest.mark.parametrize("given, meant", [
+    (lambda np: ModelOptions(max_side=np.int64(720), batch_size=np.int32(2)),
+     ModelOptions(max_side=720, batch_size=2)),
+    (lambda np: ModelOptions(strength=np.float32(0.5), temporal_strength=np.float64(0.25)),
+     ModelOptions(strength=0.5, temporal_strength=0.25)),
+    (lambda np: RunRequest(input="in.mp4", output="o.mp4", workers=np.int64(2), pipelines=np.uint8(1),
+                           encoding=EncodingOptions(crf=np.int16(20), chunk_frames=np.int64(48))),
+     RunRequest(input="in.mp4", output="o.mp4", workers=2, pipelines=1,
+                encoding=EncodingOptions(crf=20, chunk_frames=48))),
+])
+def test_a_numpy_number_for_a_number_field_is_the_same_request_as_the_plain_number(given, meant) -> None:
+    """max_side=np.int64(720) (a size computed with numpy) was refused as "bad --max-side np.int64(720):
+    must be a whole number", and np.float32(0.5) as "must be a number"."""
+    import numpy as np
+
+    request = given(np)
+    assert request == meant and request.validate().to_argv() == meant.to_argv()
+    assert [type(value) for value in vars(request).values()] == [type(value) for value in vars(meant).values()]
+
+
 @pytest.mark.parametrize("argv, words", [
     (["run", "in.mp4", "-o", "out.mp4", "--strength", "2"], ["--strength", "between 0 and 1"]),
     (["run", "in.mp4", "-o", "out.mp4", "--workers", "two"], ["--workers", "not a whole number"]),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import numbers
 import os
 import re
 import sys
@@ -91,8 +92,12 @@ class Request:
             meta, value = f.metadata.get("flag"), getattr(self, f.name)
             if meta is None:
                 continue
-            if meta.kind is float and isinstance(value, int) and not isinstance(value, bool):  # 1 where 1.0 is meant
+            if isinstance(value, bool) or type(value) is meta.kind:
+                continue
+            if meta.kind is float and isinstance(value, numbers.Real):  # 1 where 1.0 is meant; numpy's numbers
                 object.__setattr__(self, f.name, float(value))
+            elif meta.kind is int and isinstance(value, numbers.Integral):  # numpy's int64 (max_side=np.max(...))
+                object.__setattr__(self, f.name, int(value))
             elif meta.kind is str and isinstance(value, os.PathLike):  # a pathlib.Path for a place
                 object.__setattr__(self, f.name, os.fspath(value))
             elif meta.many and isinstance(value, list):  # a list: frozen and hashable as a tuple

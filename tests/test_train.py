@@ -205,6 +205,51 @@ def test_interrupted_training_saves_a_checkpoint_and_the_same_command_resumes(tm
     assert torch.load(ckpt, weights_only=True)["step"] == saved["step"] + 2  # kept, at the last step
 
 
+def test_a_training_started_under_nohup_trains_on_through_a_hang_up(tmp_path, content):
+    """`nohup stylebatch train-style ...` over ssh: the training replaced the ignored SIGHUP with its own
+    stop, so closing the terminal stopped hours of training (exit 129) though nohup was there to keep
+    it going. A signal the process was started ignoring stays ignored, as `stylebatch run` leaves it."""
+    out = tmp_path / "nohup.pth"
+    ckpt = Path(f"{out}.ckpt")
+    proc = subprocess.Popen([sys.executable, "-m", "stylebatch", "train-style", STARRY, "-o", str(out), *TINY, *content,
+                             "--checkpoint-every", "2", "--steps", "12"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))
+    deadline = time.monotonic() + 600
+    while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGHUP)
+    _, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 0, stderr
+    assert torch.load(ckpt, weights_only=True)["step"] == 12 and out.exists()
+
+
+def test_a_training_called_from_a_thread_of_a_service_trains(tmp_path, content):
+    """stylebatch.train.run(TrainRequest(...).validate()) from a worker thread (docs/api.md) failed after
+    loading everything: 'signal only works in main thread'. Stop signals are the main thread's there."""
+    import threading
+
+    from stylebatch.requests import TrainRequest
+    from stylebatch.train import run
+
+    content_args = content[1::2]
+    req = TrainRequest(painting=STARRY, output=str(tmp_path / "thread.pth"), content=content_args, steps=2, size=32,
+                       batch_size=1, lr=0.01, device="cpu").validate()
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    outcome: list = []
+    worker = threading.Thread(target=lambda: outcome.append(_outcome(run, req)))
+    worker.start()
+    worker.join(600)
+    assert outcome == [0] and (tmp_path / "thread.pth").exists(), outcome
+    assert {s: signal.getsignal(s) for s in handlers} == handlers
+
+
+def _outcome(fn, *args):
+    try:
+        return fn(*args)
+    except Exception as exc:  # noqa: BLE001 - what the thread saw, for the assertion
+        return repr(exc)
+
+
 def test_training_stopped_while_its_weights_are_written_leaves_no_partial_file_beside_them(tmp_path, content,
                                                                                           monkeypatch):
     """The weights are written to `.NAME.part` and renamed; a Ctrl-C (or any failure) while torch.save

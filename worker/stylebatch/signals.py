@@ -55,6 +55,29 @@ def install() -> None:
 
 
 @contextlib.contextmanager
+def noted(stop: list[int]):
+    """For a loop that stops itself at a safe point (train-style between steps, to save its checkpoint):
+    while the block runs, each stop signal is appended to `stop` instead of raising, where its handler
+    is the default or stylebatch's own (`install`). Main thread only (elsewhere none can be set: an API
+    caller's thread trains on, and Ctrl-C stays its program's); a signal the process was started
+    ignoring (`nohup`'s SIGHUP) stays ignored, and an API caller's own handler stays the caller's.
+    Restored afterwards."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    ours = (signal.SIG_DFL, signal.default_int_handler, _on_signal)
+    previous = {signum: signal.getsignal(signum) for signum in _HANDLED}
+    mine = [signum for signum, handler in previous.items() if handler in ours]
+    for signum in mine:
+        signal.signal(signum, lambda signum, frame: stop.append(signum))
+    try:
+        yield
+    finally:
+        for signum in mine:
+            signal.signal(signum, previous[signum])
+
+
+@contextlib.contextmanager
 def handled():
     """For an API call: SIGTERM and SIGHUP handled as in the CLI while the call runs, where the
     program left them at their defaults (main thread only), and restored afterwards. Otherwise a

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from stylebatch import signals
 from stylebatch.contract import EXIT_HUNG_UP, EXIT_INTERRUPTED, EXIT_TERMINATED, beside_name, checkpoint_of
 from stylebatch.errors import BadInput, Interrupted, StylebatchError
 from stylebatch.progress import TrainProgress, format_train_line
@@ -366,12 +367,10 @@ def train(req: TrainRequest, painting: Path, output: Path, ckpt: Checkpoint,
         ckpt.save({"key": key, "step": step, "history": history, "net": net.state_dict(),
                    "optimizer": opt.state_dict()})
 
-    stop: list[int] = []
-    handlers = {sig: signal.signal(sig, lambda signum, frame: stop.append(signum))
-                for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    stop: list[int] = []  # the stop signals received: the loop ends after its step and saves
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else contextlib.nullcontext()
     rng, bar, diverged, first = np.random.default_rng(req.seed + step), Bar(req.steps, step), 0, step
-    try:
+    with signals.noted(stop):
         while step < req.steps and not stop:
             x = torch.from_numpy(crops(images, batch, size, rng)).to(dev).permute(0, 3, 1, 2).float()
             with amp:
@@ -411,9 +410,6 @@ def train(req: TrainRequest, painting: Path, output: Path, ckpt: Checkpoint,
             code = {signal.SIGTERM: EXIT_TERMINATED, signal.SIGHUP: EXIT_HUNG_UP}.get(stop[0], EXIT_INTERRUPTED)
             raise Interrupted(f"training stopped at step {step} of {req.steps}; run the same command again "
                               f"to resume from {ckpt.name}", exit_code=code)
-    finally:
-        for sig, handler in handlers.items():
-            signal.signal(sig, handler)
     part = output.with_name(f".{output.name}.part")
     write({k: v.detach().cpu().float() for k, v in net.state_dict().items()}, part, str(output))
     part.replace(output)  # atomic: never a half-written .pth under its name

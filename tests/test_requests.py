@@ -23,6 +23,9 @@ REQUESTS = {
         input="in.mov", work="/tmp/w", output="out.mov",
         encoding=EncodingOptions(codec="hevc", bitrate="8M", preset="slow", chunk_frames=240)),
     "preprocess, names that look like flags": PreprocessRequest(input="-in.mp4", work="-w", output="-o.webm"),
+    # a file named like the help flag: to_argv puts it after "--", and from_argv took it for -h
+    "preprocess, a file named -h": PreprocessRequest(input="-h", work="--help", output="o.mp4"),
+    "run, a file named --help": RunRequest(input="--help", output="out.mp4"),
     "stylize, defaults": StylizeRequest(work="az://v/work/"),
     "stylize, every model flag": StylizeRequest(work="w", model=ModelOptions(
         style="ink-wash:0.3,terracotta:0.7", strength=0.123456789, max_side=720, device="cuda", batch_size=8)),

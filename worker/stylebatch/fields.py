@@ -194,7 +194,8 @@ class Request:
         cls.add_arguments(parser)
         if not argv or argv[0] != cls.command:
             raise BadInput(f"not a `stylebatch {cls.command}` command line: {' '.join(argv[:1])}")
-        if asked := sorted({"-h", "--help"} & set(argv[1:])):
+        flags = argv[1:argv.index("--")] if "--" in argv else argv[1:]  # after "--", `-h` is a file's name
+        if asked := sorted({"-h", "--help"} & set(flags)):
             raise BadInput(f"{asked[0]} asks for the usage, which makes no request: run `{parser.prog} --help`")
         return cls.from_namespace(parser.parse_args(argv[1:])).validate()
 

@@ -116,6 +116,18 @@ def test_quality_json_of_a_still_input_is_strict_json(tmp_path, output_filter, r
     assert report["long_ratio"] == ratio
 
 
+@pytest.mark.parametrize("output_filter, said", [("noise=alls=60:allf=t", "no ratio (the input does not change)"),
+                                                  ("null", "ratio 1.00x")], ids=["flickering", "still"])
+def test_quality_text_of_a_still_input_says_there_is_no_ratio(tmp_path, output_filter, said):
+    """The text report read `ratio infx` where the input's figure is 0."""
+    src = make_clip(tmp_path / "in.mp4", frames=6, extra=("-vf", "hue=s=0,geq=lum=128:cb=128:cr=128"))
+    out = make_clip(tmp_path / "out.mp4", frames=6, extra=("-vf", f"hue=s=0,geq=lum=128:cb=128:cr=128,{output_filter}"))
+    result = stylebatch("quality", src, out)
+    assert result.returncode == 0, result.stderr
+    ratios = [line for line in result.stdout.splitlines() if "term" in line]
+    assert len(ratios) == 2 and all(said in line for line in ratios) and "inf" not in result.stdout, result.stdout
+
+
 def test_quality_refuses_videos_of_different_lengths_in_one_line(tmp_path):
     a = make_clip(tmp_path / "a.mp4", frames=6)
     b = make_clip(tmp_path / "b.mp4", frames=4)

@@ -57,8 +57,10 @@ class Report:
 
     def lines(self) -> list[str]:
         def one(label: str, out: Figure, inp: Figure, ratio: float) -> str:
+            # a still input's figure is 0: no ratio to it ("ratio infx" said nothing)
+            said = f"ratio {ratio:.2f}x" if math.isfinite(ratio) else "no ratio (the input does not change)"
             return (f"{label}: output {out.error * 1000:.3f}  input {inp.error * 1000:.3f}  "
-                    f"ratio {ratio:.2f}x  ({out.pairs} frame pairs)")
+                    f"{said}  ({out.pairs} frame pairs)")
 
         return [f"warping error x 1000 (Lai et al. 2018; lower is steadier; {self.frames} frames at width "
                 f"{WORK_WIDTH})",

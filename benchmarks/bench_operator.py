@@ -41,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from apiserver import ApiServer, now  # noqa: E402
 from stylebatch.progress import RankProgress, format_line  # noqa: E402
 from stylebatch_operator.crd import apply_defaults, crd, openapi_schema  # noqa: E402
+from stylebatch_operator.videowatch_crd import crd as videowatch_crd  # noqa: E402
 from stylebatch_operator.names import MPI_LABEL_ROLE  # noqa: E402
 
 NS = "media"
@@ -169,7 +170,8 @@ def kubeconfig(api: ApiServer, tmp: Path) -> dict[str, str]:
 async def measure(jobs: int, window: float, progress_interval: float, settle_timeout: float,
                   operator_log: str | None = None) -> dict[str, Any]:
     async with ApiServer() as api:
-        api.create("customresourcedefinitions", crd())  # as `helm install` leaves it
+        for each in (crd(), videowatch_crd()):  # as `helm install` leaves them
+            api.create("customresourcedefinitions", each)
         api.pod_log = "".join(format_line(RankProgress(r, RANKS, r, 50, 100)) + "\n" for r in range(RANKS))
         with tempfile.TemporaryDirectory() as tmp, open(operator_log or os.devnull, "ab") as log:
             env = kubeconfig(api, Path(tmp))

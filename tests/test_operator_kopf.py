@@ -23,7 +23,7 @@ import threading
 import time
 import uuid
 from datetime import datetime, timezone
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,7 @@ from stylebatch_operator.main import serve
 from stylebatch_operator.rbac import CLUSTER_RULES, LEASE_RULES, RULES
 from stylebatch_operator import settings as settings_module
 from stylebatch_operator.settings import LeaseConfig, Settings
+from stylebatch_operator import videowatch_crd
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -137,9 +138,9 @@ def kube_for(url: str) -> Kube:
 
 
 @contextlib.asynccontextmanager
-async def api_server(install_crd: dict[str, Any] | None = None) -> AsyncIterator[ApiServer]:
-    """kmock with the resources the operator uses; install_crd: a StyleTransferJob CRD to serve
-    (the operator command checks it at startup)."""
+async def api_server(install_crds: Sequence[dict[str, Any]] = ()) -> AsyncIterator[ApiServer]:
+    """kmock with the resources the operator uses; install_crds: the CRDs to serve (the operator
+    command checks the StyleTransferJob's and the VideoWatch's at startup)."""
     async with ApiServer() as api, kmock.Server(api):
         verbs = {"get", "list", "watch", "create", "patch", "update", "delete"}
         for key, kind, namespaced, subresources in [
@@ -156,8 +157,8 @@ async def api_server(install_crd: dict[str, Any] | None = None) -> AsyncIterator
             api.resources[key] = kmock.ResourceInfo(kind=kind, namespaced=namespaced, verbs=verbs,
                                                     subresources=subresources)
         api.launcher_log = ""
-        if install_crd:  # as `helm install` (or kubectl apply) leaves it
-            resp = await api.post("/apis/apiextensions.k8s.io/v1/customresourcedefinitions", json=install_crd)
+        for installed in install_crds:  # as `helm install` (or kubectl apply) leaves them
+            resp = await api.post("/apis/apiextensions.k8s.io/v1/customresourcedefinitions", json=installed)
             assert resp.status == 200, await resp.text()
         api[kmock.resource("v1/pods"), kmock.subresource("log")] << (lambda: api.launcher_log.encode())
         yield api
@@ -957,10 +958,19 @@ def older_crd() -> dict[str, Any]:
     return old
 
 
+def older_watch_crd() -> dict[str, Any]:
+    """The VideoWatch CRD of an earlier release: no status.waiting, no status.lastError/lastErrorTime."""
+    old = videowatch_crd.crd()
+    old["metadata"]["annotations"]["stylebatch.io/release"] = "0.0.9"
+    status = old["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"]
+    del status["waiting"], status["lastError"], status["lastErrorTime"]
+    return old
+
+
 def test_stylebatch_operator_command_runs_with_the_kubeconfig_and_stops_cleanly_on_sigterm(tmp_path):
     async def scenario() -> None:
         port = free_port()
-        async with api_server(install_crd=crd()) as api:
+        async with api_server(install_crds=[crd(), videowatch_crd.crd()]) as api:
             env = kubeconfig_env(api, tmp_path)
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "stylebatch", "operator", "--namespace", NS, "--liveness-port", str(port),
@@ -987,7 +997,7 @@ def test_stylebatch_operator_command_runs_with_the_kubeconfig_and_stops_cleanly_
 
 def test_an_operator_refuses_to_start_in_one_line_when_the_installed_crd_is_older(tmp_path):
     async def scenario() -> None:
-        async with api_server(install_crd=older_crd()) as api:
+        async with api_server(install_crds=[older_crd(), videowatch_crd.crd()]) as api:
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "stylebatch", "operator", "--namespace", NS, env=kubeconfig_env(api, tmp_path),
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
@@ -1006,34 +1016,51 @@ def test_an_operator_refuses_to_start_in_one_line_when_the_installed_crd_is_olde
     run(scenario)
 
 
+INSTALLED = {"this": lambda: [crd(), videowatch_crd.crd()], "older job": lambda: [older_crd(), videowatch_crd.crd()],
+             "older watch": lambda: [crd(), older_watch_crd()], "both older": lambda: [older_crd(), older_watch_crd()],
+             "none": lambda: [], "no watch": lambda: [crd()]}
+
+
 @pytest.mark.parametrize("installed, complaint", [
-    (None, "the CustomResourceDefinition styletransferjobs.stylebatch.io is not installed: kubectl apply "
-           "--server-side --force-conflicts -f charts/stylebatch/crds/"),
-    ("older", "lacks spec.queueName, status.queuedSeconds, status.queuedSince"),
+    ("none", "the CustomResourceDefinition styletransferjobs.stylebatch.io is not installed: kubectl apply "
+             "--server-side --force-conflicts -f charts/stylebatch/crds/"),
+    ("older job", "the installed CustomResourceDefinition styletransferjobs.stylebatch.io (stylebatch 0.0.9) is "
+                  "older than this operator (stylebatch 0.1.0): it lacks spec.queueName, status.queuedSeconds, "
+                  "status.queuedSince;"),
+    ("no watch", "the CustomResourceDefinition videowatches.stylebatch.io is not installed: kubectl apply "
+                 "--server-side --force-conflicts -f charts/stylebatch/crds/"),
+    ("older watch", "the installed CustomResourceDefinition videowatches.stylebatch.io (stylebatch 0.0.9) is "
+                    "older than this operator (stylebatch 0.1.0): it lacks status.lastError, status.lastErrorTime, "
+                    "status.waiting;"),
+    ("both older", "styletransferjobs.stylebatch.io (stylebatch 0.0.9) is older"),  # the first, in one line
 ])
 def test_the_startup_check_names_what_the_installed_crd_lacks(installed, complaint):
     async def scenario() -> None:
-        async with api_server(install_crd=older_crd() if installed else None) as api:
+        async with api_server(install_crds=INSTALLED[installed]()) as api:
             kube = kube_for(str(api.url))
             try:
                 with pytest.raises(StylebatchError, match=re.escape(complaint)) as err:
-                    await main.check_installed_crd(kube)
-                assert err.value.exit_code == 2
+                    await main.check_installed_crds(kube)
+                assert err.value.exit_code == 2 and "\n" not in str(err.value)
             finally:
                 await kube.close()
     run(scenario)
 
 
-def test_the_startup_check_passes_this_releases_crd_and_a_newer_one():
+def test_the_startup_check_passes_this_releases_crds_and_newer_ones():
     async def scenario() -> None:
-        newer = crd()
-        newer["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["future"] = {
-            "type": "string"}
-        for installed in (crd(), newer):
-            async with api_server(install_crd=installed) as api:
+        newer = [crd(), videowatch_crd.crd()]
+        for each in newer:
+            each["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["future"] = {
+                "type": "string"}
+        for installed in (INSTALLED["this"](), newer):
+            async with api_server(install_crds=installed) as api:
                 kube = kube_for(str(api.url))
                 try:
-                    await main.check_installed_crd(kube)
+                    await main.check_installed_crds(kube)
+                    # it read exactly the CRDs its ClusterRole may read, by name
+                    read = [r.name for r in api if not (r.headers.get("User-Agent") or "").startswith("kmock/")]
+                    assert read == CLUSTER_RULES[0]["resourceNames"] == [c["metadata"]["name"] for c in installed]
                 finally:
                     await kube.close()
     run(scenario)

@@ -490,13 +490,18 @@ def field_paths(schema: dict[str, Any], prefix: str = "") -> set[str]:
     return paths
 
 
-def missing_fields(installed: dict[str, Any]) -> list[str]:
+def missing_fields(installed: dict[str, Any], ours: dict[str, Any]) -> list[str]:
     """The fields this operator reads or writes that an installed CRD (from the API server) does
-    not declare: for a missing spec field users cannot set it, a missing status field is pruned
-    from every status the operator writes. Empty when the installed CRD is this one or newer."""
-    versions = [v for v in (installed.get("spec") or {}).get("versions") or [] if v.get("name") == VERSION]
-    schema = versions[0].get("schema", {}).get("openAPIV3Schema", {}) if versions else {}
-    return sorted(field_paths(openapi_schema()) - field_paths(schema))
+    not declare, against `ours`, the same CRD as this release generates it (crd(), or
+    videowatch_crd.crd()): for a missing spec field users cannot set it, a missing status field is
+    pruned from every status the operator writes. Empty when the installed CRD is ours or newer."""
+    return sorted(field_paths(_schema(ours)) - field_paths(_schema(installed)))
+
+
+def _schema(crd_object: dict[str, Any]) -> dict[str, Any]:
+    """A CRD's openAPIV3Schema for VERSION; empty when it has no such version."""
+    versions = [v for v in (crd_object.get("spec") or {}).get("versions") or [] if v.get("name") == VERSION]
+    return versions[0].get("schema", {}).get("openAPIV3Schema", {}) if versions else {}
 
 
 def installed_release(installed: dict[str, Any]) -> str:

@@ -17,12 +17,13 @@ import kopf
 from stylebatch.errors import BadInput, TransientError
 
 from stylebatch_operator import web
-from stylebatch_operator.crd import CRD_NAME, RELEASE, installed_release, missing_fields
+from stylebatch_operator.crd import RELEASE, installed_release, missing_fields
 from stylebatch_operator.handlers import build_registry
 from stylebatch_operator.kube import ApiError, Kube
 from stylebatch_operator.leader import Elector
 from stylebatch_operator.metrics import Metrics
 from stylebatch_operator.settings import BUILT_IN, LeaseConfig, Settings, from_environment
+from stylebatch_operator.videowatch_crd import CRDS
 
 
 # kopf's API timeouts, in seconds: below the 4-minute idle timeout of Azure load balancers.
@@ -33,7 +34,7 @@ UPGRADE_CRD = "kubectl apply --server-side --force-conflicts -f charts/stylebatc
 def run(args: argparse.Namespace) -> int:
     namespaces = list(args.namespace or [])
     settings = from_environment(os.environ)  # a malformed variable stops here, in one line
-    asyncio.run(check_installed_crd())  # so do missing credentials and an older CRD, before kopf starts
+    asyncio.run(check_installed_crds())  # so do missing credentials and an older CRD, before kopf starts
     kopf.configure(verbose=False)
     if getattr(args, "log_format", "text") == "json":
         json_logs()
@@ -126,31 +127,45 @@ async def _relay(outer_stop: Any, lost: asyncio.Event, stop: asyncio.Event) -> N
     stop.set()
 
 
-async def check_installed_crd(kube: Kube | None = None) -> None:
-    """Refuses to start, in one line, when the installed StyleTransferJob CRD lacks fields this
-    operator uses (Helm installs crds/ once and never upgrades them); also when there is none, or
-    no Kubernetes credentials. kube: the client (default: from the environment)."""
+async def check_installed_crds(kube: Kube | None = None) -> None:
+    """Refuses to start, in one line, when an installed CRD the operator uses (videowatch_crd.CRDS:
+    StyleTransferJob's, then VideoWatch's) lacks fields this operator reads or writes (Helm installs
+    crds/ once and never upgrades them); also when one is not installed, or no Kubernetes
+    credentials. The first CRD found wanting is named: one command applies them all. kube: the
+    client (default: from the environment)."""
     own = kube is None
     kube = kube or await Kube.from_environment()
     try:
-        installed = await kube.get_cluster_scoped("CustomResourceDefinition", CRD_NAME)
-    except ApiError as exc:
-        if exc.status in (401, 403):
-            raise BadInput(f"cannot read the CustomResourceDefinition {CRD_NAME} ({exc}): the operator's "
-                           "ClusterRole needs get on it (the chart grants it)") from None
-        raise TransientError(f"cannot read the CustomResourceDefinition {CRD_NAME} ({exc}); retrying "
-                             "helps once the API server answers") from None
-    except (OSError, asyncio.TimeoutError) as exc:
-        raise TransientError(f"cannot reach the Kubernetes API server ({type(exc).__name__}: {exc})") from None
+        for name, ours in CRDS.items():
+            _check_crd(name, ours(), await _read_crd(kube, name))
     finally:
         if own:
             await kube.close()
+
+
+async def _read_crd(kube: Kube, name: str) -> dict[str, Any] | None:
+    """The installed CustomResourceDefinition `name`, or None when there is none."""
+    try:
+        return await kube.get_cluster_scoped("CustomResourceDefinition", name)
+    except ApiError as exc:
+        if exc.status in (401, 403):
+            raise BadInput(f"cannot read the CustomResourceDefinition {name} ({exc}): the operator's "
+                           "ClusterRole needs get on it (the chart grants it)") from None
+        raise TransientError(f"cannot read the CustomResourceDefinition {name} ({exc}); retrying "
+                             "helps once the API server answers") from None
+    except (OSError, asyncio.TimeoutError) as exc:
+        raise TransientError(f"cannot reach the Kubernetes API server ({type(exc).__name__}: {exc})") from None
+
+
+def _check_crd(name: str, ours: dict[str, Any], installed: dict[str, Any] | None) -> None:
+    """Raises BadInput when `installed` (the API server's CRD `name`, None: not installed) lacks a
+    field of `ours` (this release's)."""
     if installed is None:
-        raise BadInput(f"the CustomResourceDefinition {CRD_NAME} is not installed: {UPGRADE_CRD}")
-    missing = missing_fields(installed)
+        raise BadInput(f"the CustomResourceDefinition {name} is not installed: {UPGRADE_CRD}")
+    missing = missing_fields(installed, ours)
     if missing:
         shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-        raise BadInput(f"the installed CustomResourceDefinition {CRD_NAME} (stylebatch "
+        raise BadInput(f"the installed CustomResourceDefinition {name} (stylebatch "
                        f"{installed_release(installed)}) is older than this operator (stylebatch {RELEASE}): it "
                        f"lacks {shown}; Helm does not upgrade CRDs: {UPGRADE_CRD}")
 

@@ -1,16 +1,17 @@
 """Exactly the permissions the operator uses, for the chart's Role/ClusterRole (a chart test compares).
 
 RULES go in a Role in each watched namespace, or in a ClusterRole when the operator watches all
-namespaces. CLUSTER_RULES, always in a ClusterRole: reading the StyleTransferJob CRD (that one only)
-at startup, to refuse to run against an older one. Nothing else cluster-scoped: kopf's scanning is
-off (main.operator_settings), so kopf reads API discovery once at startup (allowed to every
-authenticated user) and watches neither CRDs nor namespaces. No Secrets: credentials reach the pods
+namespaces. CLUSTER_RULES, always in a ClusterRole: reading the operator's two CRDs (StyleTransferJob's
+and VideoWatch's, those only: videowatch_crd.CRDS) at startup, to refuse to run against an older
+one. Nothing else cluster-scoped: kopf's scanning is off (main.operator_settings), so kopf reads API
+discovery once at startup (allowed to every authenticated user) and watches neither CRDs nor
+namespaces. No Secrets: credentials reach the pods
 by reference, never through the operator.
 """
 
 from __future__ import annotations
 
-from stylebatch_operator.crd import CRD_NAME
+from stylebatch_operator.videowatch_crd import CRDS
 
 RULES: list[dict[str, list[str]]] = [
     # kopf watches jobs, patches its annotations and finalizer; the operator reads them fresh
@@ -37,7 +38,7 @@ RULES: list[dict[str, list[str]]] = [
 ]
 
 CLUSTER_RULES: list[dict[str, list[str]]] = [
-    {"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"], "resourceNames": [CRD_NAME],
+    {"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"], "resourceNames": list(CRDS),
      "verbs": ["get"]},
 ]
 

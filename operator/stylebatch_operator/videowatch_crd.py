@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import copy
 import sys
+from collections.abc import Callable
 from typing import Any
 
+from stylebatch_operator import crd as job_crd
 from stylebatch_operator.crd import SPEC_SCHEMA, _int, _obj, _str, _text, definition
 from stylebatch_operator.crd import to_yaml as crd_yaml
-from stylebatch_operator.names import WATCH_KIND, WATCH_PLURAL, WATCH_SHORT_NAMES, WATCH_SINGULAR
+from stylebatch_operator.names import GROUP, WATCH_KIND, WATCH_PLURAL, WATCH_SHORT_NAMES, WATCH_SINGULAR
 from stylebatch.trigger import PLACEHOLDERS, VIDEO_EXTENSIONS
 
+WATCH_CRD_NAME = f"{WATCH_PLURAL}.{GROUP}"
 MODES = ["poll", "queue"]
 POISON_SUFFIX = "-poison"
 # Azure queue names: 3-63 lower-case letters, digits and single hyphens; room left for POISON_SUFFIX.
@@ -120,6 +123,12 @@ def crd() -> dict[str, Any]:
             {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
         ],
     )
+
+
+# Every CRD the operator uses, by name -> this release's CRD: main.check_installed_crds reads each
+# installed one at startup (and refuses to start when it lacks a field of ours), and
+# rbac.CLUSTER_RULES lets the operator get exactly these. Here, as this module sees both.
+CRDS: dict[str, Callable[[], dict[str, Any]]] = {job_crd.CRD_NAME: job_crd.crd, WATCH_CRD_NAME: crd}
 
 
 def openapi_schema() -> dict[str, Any]:

@@ -46,15 +46,11 @@ async def cluster(stack: Stack, tmp_path: Path) -> AsyncIterator[tuple[Any, Clus
     the executor playing the nodes and controllers; all stopped at the end, and the operator's log
     checked for tracebacks."""
     crds = [yaml.safe_load(path.read_text()) for path in sorted((REPO / "charts" / "stylebatch" / "crds").glob("*.yaml"))]
-    main = next(c for c in crds if c["spec"]["names"]["kind"] == "StyleTransferJob")
-    async with api_server(install_crd=main) as api:  # the chart's CRDs, as `helm install` leaves them
+    async with api_server(install_crds=crds) as api:  # the chart's CRDs, as `helm install` leaves them
         verbs = {"get", "list", "watch", "create", "patch", "update", "delete"}
         for key, kind in [("v1/secrets", "Secret"), ("v1/configmaps", "ConfigMap")]:
             api.resources[key] = kmock.ResourceInfo(kind=kind, namespaced=True, verbs=verbs, subresources=set())
         for crd in crds:
-            if crd is not main:
-                resp = await api.post("/apis/apiextensions.k8s.io/v1/customresourcedefinitions", json=crd)
-                assert resp.status == 200, await resp.text()
             spec = crd["spec"]
             version = next(v["name"] for v in spec["versions"] if v.get("served"))
             api.resources[f"{spec['group']}/{version}/{spec['names']['plural']}"] = kmock.ResourceInfo(

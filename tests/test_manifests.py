@@ -296,7 +296,7 @@ def test_device_plugin_runs_on_every_gpu_pool_the_guide_creates():
 
 
 GUIDE_VARS = {"ACR": "stylebatchacr", "DATA_ACCOUNT": "stylebatchdata", "NS": "stylebatch", "VERSION": "0.1.0",
-              "CLIENT_ID": "00000000-0000-0000-0000-000000000000", "OP_CLIENT_ID": "11111111-1111-1111-1111-111111111111"}
+              "CLIENT_ID": "00000000-0000-0000-0000-000000000000", "OP_CLIENT_ID": "11111111-1111-1111-1111-111111111111", "QUEUE": "stylebatch-uploads"}
 
 
 def guide_file(name: str) -> str:
@@ -335,12 +335,37 @@ def test_the_guide_recommends_confining_the_operator_to_watched_namespaces_for_p
     paragraph = next(p for p in step5.split("\n\n") if "operator.watchNamespaces" in p)
     text = " ".join(paragraph.split())
     assert "For production" in text and "kube-system" in text
-    assert re.search(r"operator\.watchNamespaces: \[[-a-z0-9, ]+\]", text)
+    assert re.search(r"operator\.watchNamespaces: \[[-a-z0-9, $A-Z]+\]", text)
     values = yaml.safe_load(guide_file("stylebatch-values.yaml"))
     confined = {**values, "operator": {"watchNamespaces": ["team-a", "team-b"]}}
     kinds = {o["kind"] for o in render_manifests.render_objects(confined)}
     assert "Role" in kinds and not [o for o in render_manifests.render_objects(confined)
                                     if o["kind"] == "ClusterRole" and any("jobs" in r["resources"] for r in o["rules"])]
+
+
+def test_the_guides_job_and_videowatch_land_in_a_namespace_its_production_advice_watches():
+    """Step 5 advised `operator.watchNamespaces: [team-a, team-b]` for production, and steps 6 and 7
+    then created the job and the VideoWatch in $NS, which that operator does not watch: they never
+    got a status. Every namespace the guide creates them in or looks at them in is one the advised
+    operator watches, with its Role and the jobs' service account there."""
+    step5 = GUIDE.read_text().split("## 5. Install stylebatch", 1)[1].split("\n## 6.", 1)[0]
+    advised = re.search(r"operator\.watchNamespaces: \[([^\]]+)\]", " ".join(step5.split())).group(1)
+    watched = [re.sub(r"\$(\w+)", lambda m: GUIDE_VARS[m.group(1)], n.strip()) for n in advised.split(",")]
+    created = [yaml.safe_load(guide_file(name))["metadata"]["namespace"] for name in ("orangutan.yaml", "uploads.yaml")]
+    looked_at = [re.sub(r"\$(\w+)", lambda m: GUIDE_VARS[m.group(1)], ns)
+                 for block in guide_blocks("bash") for ns in re.findall(r"kubectl -n (\S+) \S+ (?:stj|vw)\b", block)]
+    assert created and looked_at
+    values = {**yaml.safe_load(guide_file("stylebatch-values.yaml")), "operator": {"watchNamespaces": watched}}
+    objects = render_manifests.render_objects(values, namespace=GUIDE_VARS["NS"])
+    (deployment,) = [o for o in objects if o["kind"] == "Deployment"]
+    args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    by_operator = {a.split("=", 1)[1] for a in args if a.startswith("--namespace=")}
+    roles = {o["metadata"]["namespace"] for o in objects if o["kind"] == "Role" and
+             any("styletransferjobs" in r["resources"] for r in o["rules"])}
+    job_accounts = {o["metadata"]["namespace"] for o in objects
+                    if o["kind"] == "ServiceAccount" and o["metadata"]["name"] == "stylebatch-job"}
+    for namespace in created + looked_at:
+        assert namespace in by_operator and namespace in roles and namespace in job_accounts, (namespace, watched)
 
 
 def test_every_upgrade_the_guides_give_keeps_the_values_set_before_and_takes_the_new_charts_defaults():

@@ -392,6 +392,23 @@ def test_service_monitor_is_off_by_default_and_its_service_reaches_the_operators
     assert endpoint["path"] in served
 
 
+@pytest.mark.parametrize("node_selector, selected", [
+    (None, {"kubernetes.io/os": "linux"}),
+    ({}, {"kubernetes.io/os": "linux"}),
+    ({"agentpool": "system"}, {"kubernetes.io/os": "linux", "agentpool": "system"}),
+    ({"kubernetes.io/os": "windows", "agentpool": "w"}, {"kubernetes.io/os": "windows", "agentpool": "w"}),
+])
+def test_the_operator_pod_runs_on_linux_nodes_unless_its_node_selector_names_the_os(node_selector, selected):
+    """An AKS cluster may have Windows node pools; the operator's image is Linux-only. The chart's
+    operator.nodeSelector is merged over kubernetes.io/os: linux, a key of its own winning."""
+    values = {} if node_selector is None else {"operator": {"nodeSelector": node_selector}}
+    pod = one(render_manifests.render_objects(values, namespace=NAMESPACE), "Deployment")["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == selected
+    for variant in VARIANTS:  # and in every shipped variant
+        pod = one(render(variant), "Deployment")["spec"]["template"]["spec"]
+        assert pod["nodeSelector"].get("kubernetes.io/os") == "linux", variant
+
+
 def test_pod_labels_are_added_to_the_operator_pod_and_its_selector_still_selects_it():
     objects = render_manifests.render_objects({"operator": {"podLabels": {"team": "media"}}}, namespace=NAMESPACE)
     deployment = one(objects, "Deployment")

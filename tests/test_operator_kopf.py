@@ -913,7 +913,7 @@ def test_the_operators_defaults_apply_to_a_job_that_leaves_them_out():
             await finish(api, JOBS, "orangutan-preprocess-1")
             mpijob = await eventually(lambda: child(api, "MPIJob", "orangutan-stylize-1"))
             worker = mpijob["spec"]["mpiReplicaSpecs"]["Worker"]
-            assert worker["replicas"] == 3 and worker["template"]["spec"]["nodeSelector"] == {"pool": "cpu"}
+            assert worker["replicas"] == 3 and worker["template"]["spec"]["nodeSelector"] == {"kubernetes.io/os": "linux", "pool": "cpu"}
             assert worker["template"]["spec"]["containers"][0]["image"] == "registry.local/worker:9"
             assert worker["template"]["spec"]["serviceAccountName"] == "stylebatch-job"
             assert "team-storage" in str(worker)

@@ -244,7 +244,7 @@ def test_spot_pool_tolerates_the_aks_spot_taint_and_selects_the_pool():
     assert {"key": "kubernetes.azure.com/scalesetpriority", "operator": "Equal", "value": "spot",
             "effect": "NoSchedule"} in worker["tolerations"]
     assert {"key": "team", "operator": "Equal", "value": "media", "effect": "NoSchedule"} in worker["tolerations"]
-    assert worker["nodeSelector"] == {"agentpool": "gpuspot"}
+    assert worker["nodeSelector"] == {"kubernetes.io/os": "linux", "agentpool": "gpuspot"}
 
 
 def test_preprocess_and_postprocess_run_the_worker_stages():
@@ -471,6 +471,35 @@ def test_pods_run_as_the_job_service_account_or_the_federated_one():
         assert env["AZURE_STORAGE_ACCOUNT"] == {"name": "AZURE_STORAGE_ACCOUNT", "value": "stylebatchdata"}
 
 
+@pytest.mark.parametrize("variant, on_the_pool", [
+    ("example", {"kubernetes.io/os": "linux"}),
+    ("cpu fallback", {"kubernetes.io/os": "linux"}),
+    ("spot pool", {"kubernetes.io/os": "linux", "agentpool": "gpuspot"}),
+    ("aks defaults", {"kubernetes.io/os": "linux", "stylebatch.io/gpu": "true"}),
+    ("aks defaults, job overrides", {"kubernetes.io/os": "linux"}),  # nodeSelector: {}: no pool, still Linux
+    ("trained style, aks defaults, kueue", {"kubernetes.io/os": "linux", "stylebatch.io/gpu": "true"}),
+    ("the job names the os", {"kubernetes.io/os": "windows", "pool": "w"}),
+    ("the operator names the os", {"kubernetes.io/os": "windows", "stylebatch.io/gpu": "true"}),
+])
+def test_every_pod_of_a_job_runs_on_linux_nodes_unless_the_jobs_node_selector_names_the_os(variant, on_the_pool):
+    """An AKS cluster may have Windows node pools, where the Linux worker image cannot run. Every
+    pod selects kubernetes.io/os: linux; the pods placed on the workers' pool (the workers, the
+    training Job) get the job's nodeSelector merged over it, a kubernetes.io/os of its own winning."""
+    spec = {"the job names the os": {"scheduling": {"nodeSelector": {"kubernetes.io/os": "windows", "pool": "w"}}},
+            "the operator names the os": {"settings": Settings(jobs={**AKS.jobs, "scheduling": {"nodeSelector": {
+                "kubernetes.io/os": "windows", "stylebatch.io/gpu": "true"}}})}}.get(variant) or VARIANTS[variant]
+    job = stj(**spec)
+    seen = set()
+    for child in children(job):
+        for template in _templates(child):
+            (container,) = template["spec"]["containers"]
+            seen.add(container["name"])
+            placed = container["name"] in ("train", "worker")
+            assert template["spec"]["nodeSelector"] == (on_the_pool if placed else {"kubernetes.io/os": "linux"}), (
+                container["name"])
+    assert {"preprocess", "launcher", "worker", "postprocess"} <= seen
+
+
 def test_the_operators_defaults_reach_the_pods():
     job = stj(settings=AKS)
     mpijob = build_mpijob(job)
@@ -479,7 +508,7 @@ def test_the_operators_defaults_reach_the_pods():
     assert worker["replicas"] == 4
     assert pod["containers"][0]["resources"] == {"requests": {"cpu": "3", "memory": "12Gi"},
                                                  "limits": {"nvidia.com/gpu": 1}}
-    assert pod["nodeSelector"] == {"stylebatch.io/gpu": "true"}
+    assert pod["nodeSelector"] == {"kubernetes.io/os": "linux", "stylebatch.io/gpu": "true"}
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
     for child in (build_preprocess_job(job), mpijob, build_postprocess_job(job)):
         for template in _templates(child):
@@ -487,7 +516,8 @@ def test_the_operators_defaults_reach_the_pods():
             assert {c["image"] for c in template["spec"]["containers"]} == {AKS.jobs["image"]}
     # the launcher and the Jobs run on the system pool: no GPU pool selector for them
     launcher = mpijob["spec"]["mpiReplicaSpecs"]["Launcher"]["template"]["spec"]
-    assert "nodeSelector" not in launcher and "nodeSelector" not in build_preprocess_job(job)["spec"]["template"]["spec"]
+    assert launcher["nodeSelector"] == build_preprocess_job(job)["spec"]["template"]["spec"]["nodeSelector"] == {
+        "kubernetes.io/os": "linux"}
 
 
 def test_a_jobs_own_fields_override_the_operators_defaults():
@@ -496,7 +526,7 @@ def test_a_jobs_own_fields_override_the_operators_defaults():
     pod = worker["template"]["spec"]
     assert worker["replicas"] == 1 and pod["containers"][0]["image"] == "mine:1"
     assert pod["containers"][0]["resources"] == {"requests": {"cpu": "1"}, "limits": {"memory": "2Gi"}}
-    assert "nodeSelector" not in pod  # {} in the job: no selector, not the default's
+    assert pod["nodeSelector"] == {"kubernetes.io/os": "linux"}  # {} in the job: no pool selector, not the default's
     assert pod["tolerations"] == AKS.jobs["scheduling"]["tolerations"]  # not set in the job: the default's
     assert pod["containers"][0]["envFrom"] == [{"secretRef": {"name": "team-storage"}}]
     assert pod["serviceAccountName"] == "stylebatch-job"  # not the federated one's label either:
@@ -626,7 +656,7 @@ def test_the_training_job_takes_one_gpu_of_the_workers_pool_with_the_workers_cpu
     pod = train["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     assert container["resources"] == {"requests": {"cpu": "3", "memory": "12Gi"}, "limits": {"nvidia.com/gpu": 1}}
-    assert pod["nodeSelector"] == {"stylebatch.io/gpu": "true"}
+    assert pod["nodeSelector"] == {"kubernetes.io/os": "linux", "stylebatch.io/gpu": "true"}
     assert {"key": "sku", "operator": "Equal", "value": "gpu", "effect": "NoSchedule"} in pod["tolerations"]
     args = container["args"]
     assert args[:3] == ["stylebatch", "train-style", "az://styles/starry.jpg"]

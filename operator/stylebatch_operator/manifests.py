@@ -49,6 +49,9 @@ GPU_TOLERATIONS = [
 SPOT_TOLERATION = {"key": "kubernetes.azure.com/scalesetpriority", "operator": "Equal", "value": "spot",
                    "effect": "NoSchedule"}
 WORKLOAD_IDENTITY_LABEL = "azure.workload.identity/use"
+# Every pod runs on Linux nodes: the worker image is Linux-only, and an AKS cluster may also have
+# Windows node pools. Merged under the job's own nodeSelector, which wins for this key too.
+LINUX_NODE_SELECTOR = {"kubernetes.io/os": "linux"}
 # Local scratch of preprocess, postprocess and the workers (the input, parts, the output before
 # upload): an emptyDir on /tmp, which TMPDIR points at, capped by the scratch size.
 SCRATCH_PATH = "/tmp"
@@ -261,15 +264,16 @@ def _gpu_resources(spec: dict[str, Any], gpus: int) -> dict[str, Any]:
 
 
 def _place(spec: dict[str, Any], pod_spec: dict[str, Any], gpus: int) -> None:
-    """On the workers' pool: the GPU pools' taints tolerated when it uses GPUs, spec.scheduling."""
+    """On the workers' pool: the GPU pools' taints tolerated when it uses GPUs, spec.scheduling
+    (its nodeSelector merged over the Linux one of _pod_spec)."""
     scheduling = spec.get("scheduling") or {}
     tolerations = [*(GPU_TOLERATIONS if gpus > 0 else []), *(scheduling.get("tolerations") or [])]
     if scheduling.get("spot"):
         tolerations.append(SPOT_TOLERATION)
     if tolerations:
         pod_spec["tolerations"] = _unique(tolerations)
-    if scheduling.get("nodeSelector"):
-        pod_spec["nodeSelector"] = dict(scheduling["nodeSelector"])
+    if scheduling.get("nodeSelector"):  # over LINUX_NODE_SELECTOR: a kubernetes.io/os of the job's wins
+        pod_spec["nodeSelector"] = {**pod_spec["nodeSelector"], **scheduling["nodeSelector"]}
 
 
 def _container(stj: dict[str, Any], spec: dict[str, Any], name: str, args: list[str] | None) -> dict[str, Any]:
@@ -329,8 +333,11 @@ def _storage_env_from(spec: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _pod_spec(spec: dict[str, Any], containers: list[dict[str, Any]], restart_policy: str | None = None) -> dict[str, Any]:
+    """Every child's pod: hardened, without an API token, on Linux nodes (LINUX_NODE_SELECTOR; _place
+    adds the workers' pool)."""
     pod: dict[str, Any] = {
         "containers": containers,
+        "nodeSelector": dict(LINUX_NODE_SELECTOR),
         "securityContext": copy.deepcopy(POD_SECURITY_CONTEXT),
         # No pod of a job talks to the Kubernetes API (the MPI operator's launcher reaches the workers
         # over ssh). Workload identity still works: its webhook mounts its own projected token.

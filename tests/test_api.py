@@ -194,6 +194,35 @@ def test_how_to_resume_is_said_in_the_apis_terms_not_the_clis(raised: str, work:
     assert not (tmp_path / "out.mkv").exists()
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("case, advice", [
+    ("a work dir of another style", "call stylize_video with another work=, or delete its parts/"),
+    ("the input for work", "give another work= folder, empty or new"),
+    ("a folder of the caller's files", "give another work= folder, empty or new"),
+])
+def test_a_refused_work_dir_is_said_in_the_apis_terms_not_the_clis(case: str, advice: str, tmp_path: Path) -> None:
+    """stylize_video(work=...) refusals told the caller to 'use another --work' or 'give an empty or
+    new folder for --work' (their ranks' words, or the CLI's): a flag the caller has no use for."""
+    from stylebatch.errors import BadInput
+
+    src, work = make_clip(tmp_path / "in.mp4", frames=4), tmp_path / "wk"
+    call = dict(style="ink-wash", max_side=32, workers=1, device="cpu", work=str(work))
+    if case == "a work dir of another style":
+        stylebatch.stylize_video(src, tmp_path / "a.mp4", **{**call, "style": "lavender-gold"}, keep_work=True)
+    elif case == "the input for work":
+        call["work"] = str(src)
+    else:
+        work.mkdir()
+        (work / "notes.txt").write_text("the caller's")
+    with pytest.raises(BadInput) as raised:
+        stylebatch.stylize_video(src, tmp_path / "b.mp4", **call)
+    assert str(raised.value).endswith(advice) and "--work" not in str(raised.value), raised.value
+    assert not (tmp_path / "b.mp4").exists()
+    from stylebatch.contract import fresh_work
+
+    assert fresh_work() == "a fresh --work"  # the CLI's words again once the call is over
+
+
 _SIGNALLED = """
 import os, signal, sys
 import stylebatch

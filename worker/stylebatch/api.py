@@ -63,6 +63,7 @@ def stylize_video(input: str, output: str, *, style: str | None = None, strength
     from stylebatch import signals
     from stylebatch.errors import Interrupted
     from stylebatch.run import run
+    from stylebatch.contract import api_call
     from stylebatch.storage.credentials import url_sas_of_this_call
 
     _check_progress(progress)
@@ -72,7 +73,7 @@ def stylize_video(input: str, output: str, *, style: str | None = None, strength
                      model=ModelOptions(style=style, strength=strength, max_side=max_side, device=device,
                                         batch_size=batch_size, keep_colors=keep_colors, precision=precision,
                                         temporal=temporal, temporal_strength=temporal_strength))
-    with signals.handled(), _warnings_shown(), url_sas_of_this_call():
+    with signals.handled(), _warnings_shown(), url_sas_of_this_call(), api_call():
         try:
             return run(req, progress, api=True)
         except KeyboardInterrupt:  # stopped before the run had begun any work (checking the places, the claim)

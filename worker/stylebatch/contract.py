@@ -8,7 +8,10 @@ encoder, the operator's checks and the CRD read them from here.
 
 from __future__ import annotations
 
+import contextlib
 import re
+from contextvars import ContextVar
+from typing import Iterator
 
 # --- exit codes and the error line ---
 
@@ -249,13 +252,41 @@ JOB_UID_ENV = "STYLEBATCH_JOB_UID"
 OUTPUT_UID_TAG = "stylebatchjobuid"
 
 
+# A stylebatch.stylize_video call's work, in its own process (`api_call`) and in the stage processes it
+# starts (this variable, "api"): its caller gives `work=`, not --work, and is told so.
+CALLER_ENV = "STYLEBATCH_CALLER"
+API_CALLER = "api"
+_API_CALL: ContextVar[bool] = ContextVar("stylebatch_api_call", default=False)
+
+
+@contextlib.contextmanager
+def api_call() -> Iterator[None]:
+    """Within the block, this thread's work is a stylize_video call's (called_by_api)."""
+    token = _API_CALL.set(True)
+    try:
+        yield
+    finally:
+        _API_CALL.reset(token)
+
+
+def called_by_api(environ=None) -> bool:
+    """Whether the work at hand is a stylebatch.stylize_video call's: in its own thread (api_call), or
+    in a stage process it started (CALLER_ENV)."""
+    import os
+
+    return _API_CALL.get() or (os.environ if environ is None else environ).get(CALLER_ENV) == API_CALLER
+
+
 def fresh_work() -> str:
     """How a refusal names another work dir to the one reading it: "a fresh --work" on the command
-    line; in a StyleTransferJob's pod (run_by_operator) in the spec's words, for its user writes no flags."""
+    line; in a StyleTransferJob's pod (run_by_operator) in the spec's words, for its user writes no
+    flags; to a stylize_video caller (called_by_api) as its argument."""
     import os
 
     if run_by_operator(os.environ):
         return "another spec.workDir, or none (a new job gets a work dir of its own)"
+    if called_by_api():
+        return "another work= folder, empty or new"
     return "a fresh --work"
 
 

@@ -473,11 +473,14 @@ def _child_env(token: str | None, scratch: Path) -> dict[str, str]:
     """A stage process's environment: the run's log format, lock token and private temp folder, and
     the SAS of any URL given (in the environment, never in the world-readable arguments)."""
     from stylebatch import logs
+    from stylebatch.contract import API_CALLER, CALLER_ENV, called_by_api
     from stylebatch.storage.credentials import carried_sas_env
     from stylebatch.workdir import LOCK_ENV
 
-    return dict(os.environ, PYTHONUNBUFFERED="1", TMPDIR=str(scratch), **logs.child_env(), **carried_sas_env(),
-                **({LOCK_ENV: token} if token else {}))
+    env = dict(os.environ, PYTHONUNBUFFERED="1", TMPDIR=str(scratch), **logs.child_env(), **carried_sas_env(),
+               **({LOCK_ENV: token} if token else {}))
+    env.pop(CALLER_ENV, None)
+    return dict(env, **{CALLER_ENV: API_CALLER}) if called_by_api() else env
 
 
 def _start_stage(cmd: list[str], env: dict[str, str]) -> subprocess.Popen:

@@ -21,7 +21,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Callable, Iterator
 
-from stylebatch.contract import ERROR_PREFIX, PART_EXT, START_GATE_ENV, run_by_operator
+from stylebatch.contract import ERROR_PREFIX, PART_EXT, START_GATE_ENV, called_by_api, run_by_operator
 from stylebatch.encoder import PartWriter, part_encoding
 from stylebatch.errors import StylebatchError, TransientError
 from stylebatch.logs import counted, set_rank
@@ -404,23 +404,27 @@ def _settings_checked(work, record: dict, parts: list[str], restyle: bool, world
 # --restyle; the ranks of `stylebatch run` (their launcher holds the work dir's lock for them: LOCK_ENV)
 # only --work; a StyleTransferJob's MPIJob (contract.run_by_operator) has neither: its user writes the
 # spec, where spec.workDir (or, left out, the job's own name and uid) decides the work dir.
-STYLIZE, RUN, OPERATOR = "stylize", "run", "operator"
+# A stylize_video call's ranks (contract.called_by_api) have its `work=`.
+STYLIZE, RUN, API, OPERATOR = "stylize", "run", "api", "operator"
 OTHER_SETTINGS_REMEDY = {
     STYLIZE: f"give --restyle to delete them and stylize again, use another --work, or delete its {PARTS_DIR}/",
     RUN: f"use another --work, or delete its {PARTS_DIR}/",
+    API: f"call stylize_video with another work=, or delete its {PARTS_DIR}/",
     OPERATOR: ("create the StyleTransferJob again with another spec.workDir, or with none (a new job gets a "
                f"work dir of its own), or delete the work dir's {PARTS_DIR}/ first"),
 }
 
 
 def settings_caller() -> str:
-    """Who runs this stylize, as OTHER_SETTINGS_REMEDY knows them: the operator's pods, `stylebatch
-    run`'s ranks, or a user's `stylebatch stylize`."""
+    """Who runs this stylize, as OTHER_SETTINGS_REMEDY knows them: the operator's pods, the ranks of
+    `stylebatch run` or of a stylize_video call, or a user's `stylebatch stylize`."""
     from stylebatch.workdir import LOCK_ENV
 
     if run_by_operator(os.environ):
         return OPERATOR
-    return RUN if os.environ.get(LOCK_ENV) else STYLIZE
+    if os.environ.get(LOCK_ENV):
+        return API if called_by_api() else RUN
+    return STYLIZE
 
 
 _SETTINGS_KEYS = ("style", "strength", "max_side", "keep_colors", "temporal", "temporal_strength", "encoding")

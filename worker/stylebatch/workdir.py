@@ -20,14 +20,16 @@ import socket
 import time
 from typing import Iterator
 
-from stylebatch.contract import JOB_ENV, LOCK_NAME, MANIFEST_NAME, OWNER_NAME, PARTS_DIR, STYLIZE_NAME, fresh_work, run_by_operator
+from stylebatch.contract import JOB_ENV, LOCK_NAME, MANIFEST_NAME, OWNER_NAME, PARTS_DIR, STYLIZE_NAME, called_by_api, fresh_work, run_by_operator
 from stylebatch.errors import StylebatchError, TransientError
 
 log = logging.getLogger(__name__)
 
 def _fresh() -> str:
     """What a refusal of a work dir that is not stylebatch's asks for (contract.fresh_work)."""
-    return f"give {fresh_work()}" if run_by_operator(os.environ) else "give an empty or new folder for --work"
+    if run_by_operator(os.environ) or called_by_api():
+        return f"give {fresh_work()}"
+    return "give an empty or new folder for --work"
 
 
 def _top_level_names(work) -> list[str]:
@@ -247,7 +249,7 @@ def default_work_dir(*key: object) -> str:
         cache.mkdir(mode=0o700, parents=True, exist_ok=True)
         (cache / "work").mkdir(mode=0o700, exist_ok=True)
     except OSError as exc:
-        raise StylebatchError(f"cannot make a work dir in {cache}: {exc.strerror or exc}: give one with --work") from None
+        raise StylebatchError(f"cannot make a work dir in {cache}: {exc.strerror or exc}: give one with {'work=' if called_by_api() else '--work'}") from None
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
     return str(cache / "work" / digest[:24])
 

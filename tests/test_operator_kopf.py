@@ -45,6 +45,7 @@ from stylebatch_operator.rbac import CLUSTER_RULES, LEASE_RULES, RULES
 from stylebatch_operator import settings as settings_module
 from stylebatch_operator.settings import LeaseConfig, Settings
 from stylebatch_operator import videowatch_crd
+from stylebatch_operator.uris import redact
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -71,6 +72,10 @@ class ApiServer(kmock.KubernetesEmulator):
     # What a quota, an admission webhook or RBAC says of an object to create (None: allowed): 403
     # Forbidden with that message.
     forbidden: Callable[[dict[str, Any]], str | None] = staticmethod(lambda obj: None)
+    # What the API server answers instead of serving a create (None: it serves it), as when an
+    # admission webhook does not answer (500) or API Priority and Fairness throttles (429):
+    # (status, reason, message).
+    unanswered: Callable[[dict[str, Any]], tuple[int, str, str] | None] = staticmethod(lambda obj: None)
     # Awaited with each DELETE of a named object before it is served: a test's way to change the
     # object between the operator's read and its write, as another client may.
     before_delete: Callable[[kmock.Request], Awaitable[None]] | None = None
@@ -89,6 +94,9 @@ class ApiServer(kmock.KubernetesEmulator):
         if (request.action == kmock.action.CREATE and isinstance(request.data, dict)
                 and (complaint := self.forbidden(request.data))):
             raise kmock.KubernetesError(status=403, reason="Forbidden", message=complaint)
+        if (request.action == kmock.action.CREATE and isinstance(request.data, dict)
+                and (answer := self.unanswered(request.data))):
+            raise kmock.KubernetesError(status=answer[0], reason=answer[1], message=answer[2])
         if request.action == kmock.action.CREATE and isinstance(request.data, dict):
             meta = request.data.setdefault("metadata", {})
             if not meta.get("name") and meta.get("generateName"):
@@ -1392,6 +1400,48 @@ def test_a_child_the_api_server_will_not_create_is_shown_instead_of_a_silent_pen
             refusing[0] = False  # another job finished: the quota has room
             await eventually(lambda: made(api, "Job", "orangutan-preprocess-1"))
             await eventually(lambda: condition(api, "Stalled")["status"] == "False")
+    run(scenario)
+
+
+WEBHOOK_DOWN = (500, "InternalError", 'Internal error occurred: failed calling webhook "mmpijob.kb.io": failed to '
+                'call webhook: Post "https://kueue-webhook-service.kueue-system.svc:443/mutate-kubeflow-org-v2beta1-'
+                'mpijob?timeout=10s": dial tcp 10.0.12.7:443: connect: connection refused')
+THROTTLED = (429, "TooManyRequests", "Too many requests, please try again later.")
+
+
+@pytest.mark.parametrize("case, answer, words", [
+    ("Kueue's webhook down while it restarts (500)", WEBHOOK_DOWN, "an admission webhook did not answer"),
+    ("API Priority and Fairness throttling (429)", THROTTLED, "the API server did not answer"),
+])
+def test_a_child_the_api_server_cannot_create_for_now_is_shown_stalled_with_one_event_and_made_once_it_answers(
+        case, answer, words):
+    """A 500 or 429 to the operator's create of the next child raised kopf's TemporaryError: the job
+    said Preprocessing with Running=True for a Job that had finished, no Stalled condition, no reason,
+    and the operator's log only got a kopf error every 30 s until the webhook came back (or the
+    deadline, hours later, failed the job as DeadlineExceeded 'during preprocess')."""
+    async def scenario() -> None:
+        settings = Settings(interval=INTERVAL, stall_grace_seconds=GRACE)
+        async with api_server() as api, operator(api, settings=settings):
+            down = [True]
+            api.unanswered = lambda obj: answer if obj.get("kind") == "MPIJob" and down[0] else None
+            await apply_job(api)
+            await eventually(lambda: child(api, "Job", "orangutan-preprocess-1"))
+            await finish(api, JOBS, "orangutan-preprocess-1")
+            stalled = await eventually(lambda: condition(api, "Stalled")["status"] == "True"
+                                       and condition(api, "Stalled"))
+            assert stalled["reason"] == "ChildRefused"
+            assert f"the API server would not create MPIJob orangutan-stylize-1: {words}: {redact(answer[2])}" \
+                in stalled["message"] and "waiting" in stalled["message"]
+            assert (status(api)["reason"], status(api)["message"]) == ("ChildRefused", stalled["message"])
+            await asyncio.sleep(GRACE + 1)
+            await looked_again(api)  # past the grace period: it is waited on, against the deadline
+            assert status(api)["phase"] == "Preprocessing" and condition(api, "Stalled")["status"] == "True"
+            assert len([e for e in events(api) if e[1] == "ChildRefused"]) == 1  # said once, not per look
+            down[0] = False
+            await eventually(lambda: made(api, "MPIJob", "orangutan-stylize-1"))
+            await eventually(lambda: status(api)["phase"] == "Stylizing"
+                             and condition(api, "Stalled")["status"] == "False")
+            assert creates(api, MPIJOBS).count("orangutan-stylize-1") > 1  # tried at each look meanwhile
     run(scenario)
 
 

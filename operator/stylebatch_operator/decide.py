@@ -18,8 +18,8 @@ from stylebatch_operator.names import (
     CHILD_KIND, MPI_API_VERSION, POSTPROCESS, PREPROCESS, STAGES, STYLIZE, TRAIN, child_name, is_controlled_by,
 )
 from stylebatch_operator.observe import (
-    NO_MPI_OPERATOR, QUEUE_STALLS, QUEUE_UNREAD, Stall, child_state, create_failure, disruption, failed_pod_detail,
-    is_suspended, newest_started_pod, own_limit_eviction, stall, user_error, worker_lost_before_launch,
+    NO_MPI_OPERATOR, QUEUE_STALLS, QUEUE_UNREAD, UNKNOWN_CREATE_FAILURE, Stall, child_state, create_failure,
+    disruption, failed_pod_detail, is_suspended, newest_started_pod, own_limit_eviction, stall, user_error, worker_lost_before_launch,
 )
 from stylebatch_operator.settings import BUILT_IN, DEFAULT_PROGRESS_TIMEOUT, Settings
 from stylebatch_operator.states import ActionKind, ChildState, ConditionType, Phase
@@ -39,8 +39,10 @@ CHILD_NAME_TAKEN = "ChildNameTaken"
 # The API server refused to create a child as specified (422 Invalid): a spec the CRD let through
 # that Kubernetes will not run (resource requests over limits, a node selector value no label can hold).
 CHILD_INVALID = "ChildInvalid"
-# The API server would not create a child (400, 403): a quota (waited on), a policy, a webhook, RBAC
+# The API server would not create a child (400, 403): a quota (waited on), a policy, a webhook, RBAC;
+# or could not (429, 5xx: a webhook that did not answer, throttling): waited on
 CREATE_REFUSED = "ChildRefused"
+UNANSWERED_CREATE = "the API server could not serve the request now"
 # status.effectiveSpec, which the children are built from, contradicts the job's spec in a field the
 # admission policy guards (image, credentials, GPUs): someone other than the operator wrote it.
 EFFECTIVE_SPEC_MISMATCH = "EffectiveSpecMismatch"
@@ -469,9 +471,20 @@ def create_refused(kind: str, name: str, detail: str) -> Stall:
     return Stall(CREATE_REFUSED, f"the API server would not create {kind} {name}: {why}: {detail}", permanent)
 
 
+def create_unanswered(kind: str, name: str, detail: str) -> Stall:
+    """The stall of a job whose child the API server could not create now (429, 5xx: an admission
+    webhook that did not answer, such as Kueue's or a policy engine's while it restarts; throttling;
+    etcd): transient whatever the message says (the same create may succeed at the next look), and
+    the job's deadline bounds the wait."""
+    permanent, why = create_failure(detail)
+    why = UNANSWERED_CREATE if permanent or (permanent, why) == UNKNOWN_CREATE_FAILURE else why
+    return Stall(CREATE_REFUSED, f"the API server would not create {kind} {name}: {why}: {detail}", False)
+
+
 def not_created(stj: dict[str, Any], action: Action, found: Stall, now: datetime, settings: Settings = BUILT_IN) -> Action:
-    """What to do instead of `action` when its child could not be created for the permanent cause
-    `found` (kind_not_served; a name another object holds: name_taken; a 422: refused): ActionKind.STALL, then
+    """What to do instead of `action` when its child could not be created for the cause `found`
+    (kind_not_served; a name another object holds: name_taken; a 422: refused; a 400 or 403:
+    create_refused; a 429 or 5xx: create_unanswered): ActionKind.STALL, then, for a permanent cause,
     ActionKind.FAIL once that has lasted the grace period; ActionKind.WAIT meanwhile. Nothing is deleted."""
     stage, attempt = action.creates  # type: ignore[misc]
     return _stall_action(stj, stage, attempt, found, (), now, settings) or Action(ActionKind.WAIT, stage, attempt)

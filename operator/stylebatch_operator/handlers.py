@@ -16,7 +16,7 @@ import kopf
 from stylebatch.progress import RankProgress, TrainProgress, latest_by_rank, latest_train_progress
 
 from stylebatch_operator import decide as d, videowatch_handlers
-from stylebatch_operator.kube import BAD_REQUEST, FORBIDDEN, INVALID, ApiError, Kube
+from stylebatch_operator.kube import BAD_REQUEST, FORBIDDEN, INVALID, ApiError, Kube, unanswered
 from stylebatch_operator.manifests import build_child
 from stylebatch_operator.metrics import Metrics
 from stylebatch_operator.names import (
@@ -258,7 +258,9 @@ async def _delete_own(kube: Kube, stj: dict[str, Any], kind: str, name: str, log
 
 async def _create_child(kube: Kube, stj: dict[str, Any], action: d.Action, logger: logging.Logger) -> Stall | None:
     """Creates (or adopts) the action's child; None when it is there, else why it cannot be: the
-    API server does not serve its kind, or another object (not the job's) holds its name."""
+    API server does not serve its kind, refuses it (422, 400, 403) or cannot serve the create now
+    (429, 5xx: an admission webhook that does not answer), or another object (not the job's) holds
+    its name."""
     stage, attempt = action.creates  # type: ignore[misc]
     manifest = build_child(stj, stage, attempt, action.deadline_seconds)
     kind, name = manifest["kind"], manifest["metadata"]["name"]
@@ -275,6 +277,9 @@ async def _create_child(kube: Kube, stj: dict[str, Any], action: d.Action, logge
         if exc.status in (BAD_REQUEST, FORBIDDEN):  # a quota (waited on), a policy or webhook (fails the job)
             logger.warning("could not create %s %s: %s: %s", kind, name, exc, exc.detail)
             return d.create_refused(kind, name, exc.detail or str(exc))
+        if unanswered(exc.status):  # a webhook down, throttling: shown, and created once it answers
+            logger.warning("could not create %s %s: %s: %s", kind, name, exc, exc.detail)
+            return d.create_unanswered(kind, name, exc.detail or str(exc))
         if exc.status != 409:
             raise kopf.TemporaryError(f"could not create {kind} {name}: {exc}", delay=30) from None
     # It exists: made by this operator before a restart (or by an earlier attempt at this step).

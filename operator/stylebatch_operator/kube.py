@@ -34,8 +34,9 @@ TIMEOUT = 10  # seconds per request: a stuck call must not hold a reconciliation
 
 
 class ApiError(Exception):
-    """status and reason; detail: for a refusal (400, 403, 422) only, what the API server said (its
-    Status message, redacted): which field of a child to fix, which quota or policy refused it."""
+    """status and reason; detail: for a refusal (400, 403, 422) or an answer that it could not serve
+    the request (429, 5xx), what the API server said (its Status message, redacted): which field of a
+    child to fix, which quota or policy refused it, which webhook did not answer."""
 
     def __init__(self, status: int, reason: str, detail: str = "") -> None:
         super().__init__(f"{status} {reason}")
@@ -193,11 +194,19 @@ def skip_environment_lookups(api: client.ApiClient, environ: Mapping[str, str] =
 INVALID = 422  # the API server's validation refused the object as specified
 BAD_REQUEST, FORBIDDEN = 400, 403  # refused otherwise: a quota, an admission webhook or policy, RBAC
 REFUSALS = (BAD_REQUEST, FORBIDDEN, INVALID)
+TOO_MANY_REQUESTS = 429  # API Priority and Fairness, or a webhook's own throttling
+
+
+def unanswered(status: int) -> bool:
+    """The API server could not serve the request now (429, or a 5xx: an admission webhook that did
+    not answer, etcd, a timeout): the same request may succeed later."""
+    return status == TOO_MANY_REQUESTS or status >= 500
 
 
 def _refusal_detail(status: int, body: Any) -> str:
-    """The Status message of a 400, 403 or 422 response, redacted and bounded; "" for anything else."""
-    if status not in REFUSALS:
+    """The Status message of a 400, 403, 422, 429 or 5xx response, redacted and bounded; "" for
+    anything else."""
+    if status not in REFUSALS and not unanswered(status):
         return ""
     try:
         message = json.loads(body).get("message") or ""

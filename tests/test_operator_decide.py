@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from stylebatch_operator.crd import SPEC_SCHEMA, apply_defaults
-from stylebatch_operator.decide import Action, all_children, cleanup_due, decide, kind_not_served
+from stylebatch_operator.decide import Action, all_children, cleanup_due, decide, kind_not_served, not_created
 from stylebatch_operator.observe import QUEUE_UNREAD, Stall, queue_stall
 from stylebatch_operator.settings import Settings
 from stylebatch_operator.spec import resolve
@@ -1303,3 +1303,51 @@ def test_fp16_on_cpu_workers_fails_at_acceptance_not_in_the_workers(gpus, precis
         assert "(gpusPerWorker is 0)" in action.message and "--precision" not in action.message
     else:
         assert action.kind == ActionKind.START, action.message
+
+
+QUOTA_FULL = Stall("ChildRefused", "the API server would not create MPIJob orangutan-stylize-2: a ResourceQuota is "
+                   "used up: exceeded quota: mpijobs, used: count/mpijobs.kubeflow.org=1", False)
+POLICY = Stall("ChildRefused", "the API server would not create MPIJob orangutan-stylize-2: an admission webhook "
+               "refused the pods: admission webhook \"kyverno\" denied the request", True)
+
+
+@pytest.mark.parametrize("case, obj, pods, refused, counter", [
+    ("ended for its progress, a quota on MPIJobs not yet released", stylizing_since("2026-05-01T11:50:00Z"), [],
+     QUOTA_FULL, "retries"),
+    ("ended for its progress, a policy refusing the new MPIJob", stylizing_since("2026-05-01T11:50:00Z"), [],
+     POLICY, "retries"),
+    ("a worker lost to its node before the ranks started, the quota not yet released",
+     stj("Stylizing", attempts={"stylize": 1}),
+     [mpi_pod(STY1 + "-worker-0", "worker", "Failed", "UnexpectedAdmissionError", "Allocate failed")],
+     QUOTA_FULL, "disruptions"),
+], ids=lambda v: v if isinstance(v, str) else "")
+def test_an_attempt_ended_for_a_retry_whose_next_attempt_cannot_be_created_yet_is_not_made_again(
+        case, obj, pods, refused, counter):
+    """The operator deletes a stylize attempt that stopped advancing (or lost a worker) before it
+    creates the next one. When that create was refused (the quota counts the deleted MPIJob a moment
+    longer), nothing recorded the retry: the next look found attempt 1 gone and made it again as
+    'ChildMissing', whose stale progress ended it again at once: a loop that never spent a retry and
+    posted a Warning Event each time, until the deadline."""
+    retry = decide(obj, {STY1: mpijob(STY1)}, now=NOW, pods=pods, settings=SETTINGS)
+    assert (retry.kind, retry.attempt, retry.deletes) == (ActionKind.RETRY, 2, (("MPIJob", STY1),))
+    waits = not_created(obj, retry, refused, NOW, SETTINGS)  # the MPIJob deleted, its successor refused
+    change = transition(obj, waits, NOW)
+    after = {**obj, "status": merge_patch(obj["status"], change.patch)}
+    status = after["status"]
+    assert status["attempts"]["stylize"] == 2 and status[counter] == int(obj["status"].get(counter) or 0) + 1
+    assert status["failure"]["attempt"] == 1 and status["failure"]["reason"] == retry.failure.reason
+    stalled = next(c for c in status["conditions"] if c["type"] == "Stalled")
+    assert (stalled["status"], stalled["reason"]) == ("True", "ChildRefused") and refused.message in stalled["message"]
+    assert (status["reason"], status["message"]) == ("ChildRefused", stalled["message"])
+    assert change.event[0] == "Warning" and retry.failure.reason in change.event[2] and refused.message in change.event[2]
+    assert ("permanentStallSince" in status) == refused.permanent
+
+    again = decide(after, {}, now=NOW + timedelta(seconds=10), settings=SETTINGS)  # attempt 1 is gone
+    assert (again.kind, again.stage, again.attempt, again.reason) == (ActionKind.CREATE, "stylize", 2, "StylizeStarted")
+    assert (waits.kind, waits.reason, waits.permanent) == (ActionKind.RETRY_WAITS, "ChildRefused", refused.permanent)
+    still = not_created(after, again, refused, NOW + timedelta(seconds=10), SETTINGS)  # refused again
+    assert still.kind == ActionKind.WAIT  # said already: no second Event, no status write
+    created = apply(after, again, NOW + timedelta(seconds=20))  # the quota has room now
+    assert created["status"]["children"]["stylize"] == STY2
+    assert next(c for c in created["status"]["conditions"] if c["type"] == "Stalled")["status"] == "False"
+    assert created["status"][counter] == status[counter]  # one retry, spent once

@@ -270,7 +270,8 @@ def every_action(obj: dict[str, Any]) -> list[Action]:
     """One action of each kind, as decide() makes them for the sample job."""
     failure = Failure("stylize", 1, "MPIJob/orangutan-stylize-1", "Evicted", "")
     made = {ActionKind.START: accept(obj), ActionKind.RETRY: Action(ActionKind.RETRY, "stylize", 2, "Retrying", failure=failure),
-            ActionKind.FAIL: Action(ActionKind.FAIL, "stylize", 1, "RetriesExhausted", failure=failure)}
+            ActionKind.FAIL: Action(ActionKind.FAIL, "stylize", 1, "RetriesExhausted", failure=failure),
+            ActionKind.RETRY_WAITS: Action(ActionKind.RETRY_WAITS, "stylize", 2, "ChildRefused", "m", failure=failure)}
     return [made.get(kind) or Action(kind, "stylize", 1, reason=f"{kind}Reason", message="m") for kind in ActionKind]
 
 

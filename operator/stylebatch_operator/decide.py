@@ -283,7 +283,7 @@ def _retry_or_fail(stj: dict[str, Any], failure: Failure, left: int) -> Action:
     budget = int(effective_spec(stj)["retries"])
     if used >= budget:
         return Action(ActionKind.FAIL, failure.stage, failure.attempt, "RetriesExhausted",
-                      f"{_failed_text(failure)}; no retries left (spec.retries: {budget})", failure=failure)
+                      f"{failed_text(failure)}; no retries left (spec.retries: {budget})", failure=failure)
     return _retry(stj, failure, left, "Retrying", f"retry {used + 1} of {budget}")
 
 
@@ -292,12 +292,13 @@ def _retry(stj: dict[str, Any], failure: Failure, left: int, reason: str, which:
     attempt = failure.attempt + 1
     resume = RESUMES.get(failure.stage, "")
     return Action(ActionKind.RETRY, failure.stage, attempt, reason,
-                  f"{_failed_text(failure)}; {which}: created {CHILD_KIND[failure.stage]} "
+                  f"{failed_text(failure)}; {which}: created {CHILD_KIND[failure.stage]} "
                   f"{child_name(stj['metadata']['name'], failure.stage, attempt)}{resume}",
                   failure=failure, deadline_seconds=left, counted=counted)
 
 
-def _failed_text(failure: Failure) -> str:
+def failed_text(failure: Failure) -> str:
+    """'<Kind> <name> failed: <reason>: <message>', as a retry's or a failure's message begins."""
     return f"{CHILD_KIND[failure.stage]} {failure.child.split('/', 1)[1]} failed: {_reason_text(failure)}"
 
 
@@ -485,8 +486,17 @@ def not_created(stj: dict[str, Any], action: Action, found: Stall, now: datetime
     """What to do instead of `action` when its child could not be created for the cause `found`
     (kind_not_served; a name another object holds: name_taken; a 422: refused; a 400 or 403:
     create_refused; a 429 or 5xx: create_unanswered): ActionKind.STALL, then, for a permanent cause,
-    ActionKind.FAIL once that has lasted the grace period; ActionKind.WAIT meanwhile. Nothing is deleted."""
+    ActionKind.FAIL once that has lasted the grace period; ActionKind.WAIT meanwhile. Nothing is deleted.
+    A RETRY whose deletes were carried out (the ended attempt is gone) becomes ActionKind.RETRY_WAITS:
+    the retry recorded with the stall, so the next look creates the new attempt."""
     stage, attempt = action.creates  # type: ignore[misc]
+    if action.kind == ActionKind.RETRY and action.deletes:
+        # The ended attempt is deleted already: unless the retry is recorded now, the next look finds
+        # the recorded attempt gone and makes it again (ChildMissing), its retry never spent, its
+        # failure never said; a stylize attempt ended for its progress was then ended again at once.
+        kind_name = f"{CHILD_KIND[stage]} {child_name(stj['metadata']['name'], stage, attempt)}"
+        return replace(action, kind=ActionKind.RETRY_WAITS, reason=found.reason,
+                       message=_stall_message(kind_name, found, settings), permanent=found.permanent)
     return _stall_action(stj, stage, attempt, found, (), now, settings) or Action(ActionKind.WAIT, stage, attempt)
 
 

@@ -88,6 +88,9 @@ class ActionKind(Word):
     ADOPT = "Adopt"  # the current stage's child exists but the status does not record it yet
     ADVANCE = "Advance"  # the current stage succeeded: create the next stage's child
     RETRY = "Retry"  # the current child failed and the budget allows: create the next attempt
+    # A RETRY that ended (deleted) the current child, whose next attempt the API server would not
+    # create yet: the retry is recorded (attempt, budget, failure), and why the new attempt waits
+    RETRY_WAITS = "RetryWaits"
     SUCCEED = "Succeed"
     FAIL = "Fail"
     QUEUE = "Queue"  # the current child is suspended: it waits for Kueue to admit it

@@ -9,7 +9,9 @@ from typing import Any
 
 from stylebatch.progress import RankProgress, TrainProgress
 
-from stylebatch_operator.decide import WAITING_FOR_ADMISSION, Action, current_child, first_stage, parse_time
+from stylebatch_operator.decide import (
+    WAITING_FOR_ADMISSION, Action, current_child, failed_text, first_stage, parse_time,
+)
 from stylebatch_operator.manifests import trained_style, work_dir
 from stylebatch_operator.names import CHILD_KIND, child_name
 from stylebatch_operator.observe import disruption_seen
@@ -64,7 +66,9 @@ def transition(stj: dict[str, Any], action: Action, now: datetime) -> Transition
         if since is not None:
             waited = max(0, int((now - since).total_seconds()))
             patch.update(queuedSince=None, queuedSeconds=int(status.get("queuedSeconds") or 0) + waited)
-    event_type = WARNING if kind in (ActionKind.RETRY, ActionKind.FAIL, ActionKind.STALL) else NORMAL
+    event_type = WARNING if kind in (ActionKind.RETRY, ActionKind.RETRY_WAITS, ActionKind.FAIL, ActionKind.STALL) \
+        else NORMAL
+    said = action.message  # the Event's message
     match kind:
         case ActionKind.WAIT | ActionKind.NOTHING:
             return Transition(None, None)
@@ -127,6 +131,21 @@ def transition(stj: dict[str, Any], action: Action, now: datetime) -> Transition
                                          "summary": f"100% ({steps}/{steps} steps)", "updateTime": iso(now)}
             if action.reason == "ChildMissing":
                 event_type = WARNING
+        case ActionKind.RETRY_WAITS:  # the retry is spent and recorded; its child is not made yet
+            if action.stage is None or action.failure is None:
+                raise ValueError("a RETRY_WAITS action carries its stage and failure")
+            name = child_name(stj["metadata"]["name"], action.stage, action.attempt)
+            counter = "retries" if action.counted else "disruptions"
+            # (status.children keeps the ended attempt: the next look creates the new one as new)
+            patch.update({"attempts": {action.stage: action.attempt}, counter: int(status.get(counter) or 0) + 1,
+                          "reason": action.reason, "message": action.message,
+                          "permanentStallSince": iso(now) if action.permanent else None})
+            if status.get("disruption"):
+                patch["disruption"] = None
+            cond(ConditionType.RUNNING, "False", action.reason,
+                 f"{CHILD_KIND[action.stage]} {name} (attempt {action.attempt}) is not created yet")
+            cond(ConditionType.STALLED, "True", action.reason, action.message)
+            said = f"{failed_text(action.failure)}; {action.message}"
         case ActionKind.STALL:
             # Another cause of the same stall: the condition says so but stays True (its
             # lastTransitionTime with it), and the Warning Event comes only when the child turns
@@ -177,7 +196,7 @@ def transition(stj: dict[str, Any], action: Action, now: datetime) -> Transition
                             "reason": f.reason, "message": f.message}
     patch["conditions"] = conditions
     patch["observedGeneration"] = generation
-    return Transition(patch, (event_type, action.reason, action.message) if event_type else None)
+    return Transition(patch, (event_type, action.reason, said) if event_type else None)
 
 
 def disruption_patch(child: dict[str, Any], pods: list[dict[str, Any]], status: dict[str, Any],

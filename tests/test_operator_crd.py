@@ -323,3 +323,20 @@ def test_the_operators_storage_check_says_what_the_crds_cel_rules_say(storage):
     broken = [r["message"] for r in rules
               if not env.program(env.compile(r["rule"])).evaluate({"self": celpy.json_to_cel(storage)})]
     assert storage_problem(storage) == (broken[0] if broken else None)
+
+
+def test_the_docs_say_how_to_free_every_kind_the_operators_finalizer_holds_once_it_is_gone():
+    """Every job and VideoWatch carries the operator's finalizer (kopf's timers need it); with the
+    operator uninstalled or down for good, deleting them, or their namespace, hung, and the docs said
+    only to uninstall in the right order. They give the `kubectl patch` that frees each kind, by a name
+    kubectl resolves for it."""
+    import re
+
+    from stylebatch_operator.videowatch_crd import CRDS
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "operator.md").read_text()
+    freed = set(re.findall(r"kubectl -n <ns> patch (\S+) <name> --type=json -p='\[\{\"op\": \"remove\", "
+                           r"\"path\": \"/metadata/finalizers\"\}\]'", doc))
+    for make in CRDS.values():
+        names = make()["spec"]["names"]
+        assert freed & {names["plural"], names["singular"], *names.get("shortNames", [])}, names["kind"]

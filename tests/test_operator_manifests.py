@@ -370,6 +370,24 @@ def test_no_pod_argument_ever_carries_a_sas_token():
     assert container["envFrom"] == [{"secretRef": {"name": "stylebatch-storage"}}]  # the SAS from the Secret
 
 
+@pytest.mark.parametrize("input_uri, output, work", [
+    ("az://videos/a#b.mp4", "az://stylized/out.mp4", "az://stylized/.stylebatch-work/"),
+    ("az://videos/incoming/a#b.mp4", "az://stylized/a#b-candy.mp4", "az://stylized/.stylebatch-work/"),
+    ("az://videos/in.mp4", "az://stylized/x#y/clip.mp4", "az://stylized/x#y/.stylebatch-work/"),
+    ("az://videos/#.mp4", "az://stylized/#/#.mp4", "az://stylized/#/.stylebatch-work/"),
+])
+def test_a_hash_in_an_az_blob_name_reaches_the_pods_whole(input_uri, output, work):
+    """In az:// a '#' is part of the blob's name (the worker's storage.location reads it so): an upload
+    `incoming/a#b.mp4` made pods that read az://videos/incoming/a, another blob than the one its job
+    names, and an output with a '#' was refused as having no extension."""
+    job = stj(input=input_uri, output=output)
+    pre = build_preprocess_job(job)["spec"]["template"]["spec"]["containers"][0]["args"]
+    post = build_postprocess_job(job)["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert pre[2] == input_uri and pre[pre.index("-o") + 1] == output and post[post.index("-o") + 1] == output
+    assert pre[pre.index("--work") + 1].startswith(work) and post[post.index("--work") + 1].startswith(work)
+    assert job["status"]["outputURI"] == output
+
+
 def pod_containers(child: dict[str, Any]) -> list[dict[str, Any]]:
     if child["kind"] == "Job":
         return child["spec"]["template"]["spec"]["containers"]

@@ -11,9 +11,8 @@ import copy
 import posixpath
 import re
 from typing import Any
-from urllib.parse import urlsplit
 
-from stylebatch.contract import OUTPUT_EXTENSIONS, is_style_file, precision_problem, split_style_term
+from stylebatch.contract import OUTPUT_EXTENSIONS, file_part, is_style_file, precision_problem, split_style_term
 from stylebatch_operator.crd import PAINTING_PATTERN, SPEC_SCHEMA, TRAIN_STYLE_MESSAGE, apply_defaults, storage_problem
 from stylebatch_operator.names import MAX_NAME_LENGTH, NAME_PATTERN, NAME_RULE_MESSAGE
 from stylebatch_operator.settings import (
@@ -190,8 +189,7 @@ def uri_problems(spec: dict[str, Any]) -> list[str]:
                             "az://container/path or https://account.blob.core.windows.net/container/path")
     output = spec.get("output")
     if isinstance(output, str) and output.strip() and _is_blob_uri(output):
-        path = urlsplit(strip_secrets(output.strip())).path
-        ext = posixpath.splitext(path)[1].lower()
+        ext = posixpath.splitext(file_part(output))[1].lower()  # (an az:// blob's '#' is in its name)
         if ext not in OUTPUT_EXTENSIONS:
             problems.append(f"spec.output {strip_secrets(output)!r} must end in one of {' '.join(OUTPUT_EXTENSIONS)} "
                             f"(got {ext or 'no extension'})")

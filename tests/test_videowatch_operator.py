@@ -12,6 +12,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import logging
 import time
 from collections.abc import AsyncIterator
 from datetime import datetime, timezone
@@ -452,6 +453,33 @@ def test_an_upload_no_uri_can_name_is_said_once_in_an_event_not_skipped_in_silen
                 await polls(api, 2)  # more listings of it
             assert len(skipped()) == 1 and inputs(api) == ["dog.mp4"]  # said once
     k.run(scenario)
+
+
+def test_an_uploads_name_with_control_characters_cannot_forge_lines_in_the_watchs_events_or_log(azure_env, caplog):
+    """A blob's name (and an Event Grid subject) may hold control characters: the JobCreated event and
+    log line carried them raw (a carriage return or a terminal escape rewrote what `kubectl describe`
+    and the operator's log showed), where a skipped upload's were escaped. The job still names the blob."""
+    names = ["incoming/a\rstylebatch_operator: error: forged.mp4", "incoming/b\x1b[2Kc.mp4", "incoming/d\u2028e.mp4"]
+    store = Storage(azure_env, "controls")
+    for blob in names:
+        store.publish(blob, store.upload(blob), 36)
+
+    async def scenario() -> None:
+        async with api_server() as api, k.operator(api, settings=SETTINGS):
+            await apply_watch(api, store.container, mode="queue", sweepIntervalSeconds=0,
+                              queue={"name": "controls", "maxDeliveries": 2, "visibilityTimeoutSeconds": 10})
+            await k.eventually(lambda: len(jobs(api)) == 3, timeout=20)
+            created = await k.eventually(lambda: [m for _, reason, m in k.events(api, "uploads")
+                                                  if reason == "JobCreated"][2:], timeout=20)
+            said = [m for _, reason, m in k.events(api, "uploads") if reason == "JobCreated"]
+            assert len(said) == 3 and created
+            assert all(m.isprintable() for m in said), said
+            logged = [r.getMessage() for r in caplog.records if "created StyleTransferJob" in r.getMessage()]
+            assert len(logged) == 3 and all(m.isprintable() for m in logged), logged
+            assert sorted(j["spec"]["input"] for j in jobs(api).values()) == sorted(
+                f"az://{store.container}/{blob}" for blob in names)
+    with caplog.at_level(logging.INFO):
+        k.run(scenario)
 
 
 def test_a_second_watch_on_the_same_queue_is_refused_instead_of_eating_the_first_ones_videos(azure_env):

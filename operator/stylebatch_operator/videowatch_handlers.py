@@ -212,7 +212,7 @@ class _Round:
         elif decision.reason in trigger.UNADDRESSABLE:
             self.skipped(decision.blob, decision.etag, decision.reason)
         else:
-            self.logger.debug("ignored %s: %s", decision.blob or message.id, decision.reason)
+            self.logger.debug("ignored %s: %s", _printable(decision.blob or message.id), _printable(decision.reason))
         await asyncio.to_thread(queue.delete_message, message)
 
     def _poison(self, queue: Any, message: Any) -> None:
@@ -275,12 +275,10 @@ class _Round:
     def skipped(self, blob: str, etag: str, why: str) -> None:
         """A video that never runs until its uploader renames it: said once per version (a Warning
         event on the watch and the log), where the filters' skips are said only at debug."""
-        from stylebatch.storage.scrub import printable
-
         if (blob, etag) in self.state.told:
             return
         self.state.told.add((blob, etag))
-        text = f"skipped az://{self.spec.container}/{printable(blob)}: {why}"
+        text = f"skipped az://{self.spec.container}/{_printable(blob)}: {why}"
         kopf.event(self.watch, type="Warning", reason="VideoSkipped", message=text)
         self.logger.warning("%s", text)
 
@@ -318,7 +316,7 @@ class _Round:
         self.metrics.created[self.key] += 1
         if uploaded:
             self.metrics.observe_lag(self.key, _age(uploaded))
-        text = f"created StyleTransferJob {name} for az://{self.spec.container}/{blob}"
+        text = f"created StyleTransferJob {name} for az://{self.spec.container}/{_printable(blob)}"
         kopf.event(self.watch, type="Normal", reason="JobCreated", message=text)
         self.logger.info("%s", text)
 
@@ -349,6 +347,14 @@ def _queue_of(spec: vw.WatchSpec) -> tuple[str, str] | None:
         return resolve_credential(location(spec.source)).account, spec.queue
     except StylebatchError:
         return None
+
+
+def _printable(name: str) -> str:
+    """An upload's name (or a queue message's words) on one line, control characters escaped
+    (storage.scrub.printable, imported here only: the operator loads no storage module at start)."""
+    from stylebatch.storage.scrub import printable
+
+    return printable(name)
 
 
 def _one_line(exc: BaseException) -> str:

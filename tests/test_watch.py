@@ -347,6 +347,33 @@ def test_a_file_where_a_videos_subfolder_goes_fails_that_video_only(tmp_path):
     assert (dest / "b.mp4").read_bytes() == b"y" and (dest / "sub").read_bytes() == b"someone's file"
 
 
+@pytest.mark.parametrize("name, ext", [
+    ("a" * 252 + ".ts", None),  # its output a...a.mp4: one character more than a file name may have
+    ("a" * 251 + ".mp4", ".webm"),
+    ("a" * 251 + ".mp4", None),  # (a name that fits: stylized like the others)
+])
+def test_an_upload_whose_output_name_dest_cannot_hold_fails_that_video_only(tmp_path, name, ext):
+    """A video whose output name is too long for DEST's file system (an upload may name it so): the
+    look at its output raised out of the watch, which stopped (`--once` before the other videos,
+    the endless watch for good) until the upload was renamed."""
+    src, dest = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    (src / name).write_bytes(b"x")
+    (src / "b.mp4").write_bytes(b"y")
+
+    def stylize(input_uri: str, output_uri: str) -> None:
+        Path(output_uri).write_bytes(Path(input_uri).read_bytes())
+
+    watch = watch_mod.Watch(location(str(src)), location(str(dest)), ext, Filters(), stylize)
+    out_name = name.rsplit(".", 1)[0] + (ext or ".mp4")
+    if len(out_name) > 255:
+        with pytest.raises(watch_mod.StylebatchError, match=r"^1 of 2 videos failed .*File name too long"):
+            watch.once(0.01)
+    else:
+        assert watch.once(0.01) == 0 and (dest / out_name).read_bytes() == b"x"
+    assert (dest / f"b{ext or '.mp4'}").read_bytes() == b"y"
+
+
 def test_a_failed_video_in_a_subfolder_leaves_no_empty_folder(tmp_path):
     """A video that fails made its subfolder in DEST and left it there, empty; a folder another
     video's output is in stays."""

@@ -246,14 +246,19 @@ class Watch:
     def process(self, video: Video) -> None:
         if video.key in self._done():  # done meanwhile (another watch of the same folders)
             return
-        now = video.input.info()
+        try:  # this video's names (an upload's name too long for DEST's file system): it fails, alone
+            now, there = video.input.info(), video.output.info()
+        except TransientError:
+            raise  # storage away for a while: the watch's, not the video's
+        except StylebatchError as exc:
+            self._fail(video, exc)
+            return
         if now is None or (now.size, now.etag) != (video.info.size, video.info.etag):
             # changed (or gone) since the listing that found it stable: stylizing it now would record the
             # new bytes under the old version's name, and do them again once the listings caught up
             log.info("%s changed since it was listed: %s", video.input.display,
                      "it is gone" if now is None else "waiting until it stays the same")
             return
-        there = video.output.info()
         if there is not None and (other := self._output_of_another(video)) is not None:
             self._block(video, f"is the stylized {other}, another video of the same name", "rename one of them")
             return
@@ -282,11 +287,15 @@ class Watch:
             raise  # Ctrl-C or SIGTERM stops the watch, not just this video
         except StylebatchError as exc:
             _remove_empty(made)  # no empty folder left for a video that made nothing
-            self.failed[video.key], self.shown[video.key] = exc, video.input.display
-            log.warning("failed %s: %s (skipped; tried again on the next start)", video.input.display,
-                        " ".join(str(exc).split()))
+            self._fail(video, exc)
             return
         log.info("finished %s -> %s (%.1fs)", video.input.display, video.output.display, time.monotonic() - began)
+
+    def _fail(self, video: Video, exc: StylebatchError) -> None:
+        """A video that failed: said, skipped, and tried again on the next start."""
+        self.failed[video.key], self.shown[video.key] = exc, video.input.display
+        log.warning("failed %s: %s (skipped; tried again on the next start)", video.input.display,
+                    " ".join(str(exc).split()))
 
     def _block(self, video: Video, what: str, advice: str = NOT_OURS) -> None:
         """Skip a video whose output name holds a file this watch did not write for it: one warning per video."""

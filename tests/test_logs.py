@@ -159,6 +159,25 @@ def test_a_sas_signature_is_hidden_whatever_mark_comes_before_it(text: str) -> N
     assert "S3cr3tSig" not in hidden and "REDACTED" in hidden
 
 
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_a_sas_pasted_into_the_output_path_is_hidden_in_every_field_of_every_record(fmt: str, tmp_path: Path) -> None:
+    """`-o 'out&sig=...'`: the text lines hid the signature, but every JSON record's "job" (the output)
+    showed it, and so did a traceback's "exception"."""
+    src = make_clip(tmp_path / "in.mp4", frames=4)
+    out = tmp_path / "a&sp=racwdl&sig=S3cr3tSig%2Bx%3D" / "out.mp4"
+    out.parent.mkdir()
+    result = stylebatch("run", src, "-o", out, "--workers", "1", *FAST_STYLE, "--log-format", fmt)
+    assert result.returncode == 0, result.stderr
+    assert "wrote" in result.stderr and "S3cr3tSig" not in result.stderr
+    if fmt == "json":
+        assert all(r["job"].startswith(f"{tmp_path}/a&sp=racwdl&sig=REDACTED") for r in records(result.stderr))
+    try:
+        raise ValueError(f"cannot read {out}?sv=1&sig=S3cr3tSig%2Bx%3D")
+    except ValueError:
+        failed = logging.LogRecord("kopf.objects", logging.ERROR, __file__, 1, "failed", (), sys.exc_info())
+    assert "S3cr3tSig" not in JsonFormat(str(out)).format(failed)
+
+
 def test_words_that_end_in_sig_keep_their_text() -> None:
     from stylebatch.logs import hide_signatures
 

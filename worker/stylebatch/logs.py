@@ -77,7 +77,8 @@ class OtherFormat(logging.Formatter):
 
 
 class JsonFormat(logging.Formatter):
-    """One JSON object per record, on one line (a traceback goes into "exception", escaped)."""
+    """One JSON object per record, on one line (a traceback goes into "exception", escaped). No field
+    shows a SAS signature (hide_signatures), as no text line does."""
 
     def __init__(self, job: str | None = None, rank: int | None = None) -> None:
         super().__init__()
@@ -91,11 +92,11 @@ class JsonFormat(logging.Formatter):
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": hide_signatures(record.getMessage()),
-            "job": job or self.job,
+            "job": hide_signatures(job or self.job) if job or self.job else None,  # (`-o out&sig=...`)
             "rank": self.rank,
         }
         if record.exc_info:
-            out["exception"] = self.formatException(record.exc_info)
+            out["exception"] = hide_signatures(self.formatException(record.exc_info))
         return json.dumps(out, ensure_ascii=False, default=str)
 
 

@@ -599,6 +599,21 @@ def test_malformed_account_key_is_named_without_quoting_it(no_storage_env) -> No
         "cannot sign requests for az://videos/in.mp4: the account key in AZURE_STORAGE_CONNECTION_STRING is malformed")
 
 
+@pytest.mark.parametrize("connection, field", [
+    ("AccountName=devstoreaccount1;AccountKey=a2V5;BlobEndpoint=htp:/127.0.0.1:10000/devstoreaccount1", "BlobEndpoint"),
+    ("AccountName=devstoreaccount1;AccountKey=a2V5;BlobEndpoint=127.0.0.1:10000", "BlobEndpoint"),
+    ("AccountName=acct;AccountKey=a2V5;DefaultEndpointsProtocol=ftp", "DefaultEndpointsProtocol or EndpointSuffix"),
+    ("BlobEndpoint=https://;SharedAccessSignature=sv=1&sig=SeCrEt", "BlobEndpoint"),
+])
+def test_a_malformed_endpoint_in_the_connection_string_is_named_not_the_account_key(no_storage_env, connection,
+                                                                                    field) -> None:
+    """BlobEndpoint=htp:/bad was reported as 'the account key ... is malformed': the wrong field."""
+    no_storage_env.setenv("AZURE_STORAGE_CONNECTION_STRING", connection)
+    message = error_of(storage.location("az://videos/in.mp4").read_bytes)
+    assert message == f"AZURE_STORAGE_CONNECTION_STRING is malformed: its {field} makes no http(s) URL of a host"
+    assert "SeCrEt" not in message and "a2V5" not in message
+
+
 def test_azurite_missing_fails_with_the_setup_command(monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path) -> None:
     import azurite_fixture
 

@@ -296,6 +296,12 @@ def _parse_connection_string(text: str) -> tuple[str, str, str, str]:
     if not endpoint and account:
         protocol = fields.get("defaultendpointsprotocol", "https")
         endpoint = f"{protocol}://{account}.blob.{fields.get('endpointsuffix', 'core.windows.net')}"
+    if endpoint:  # a wrong field named as such: a malformed endpoint had been blamed on the account key
+        parts = urllib.parse.urlsplit(endpoint)
+        if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+            field = "BlobEndpoint" if fields.get("blobendpoint") else "DefaultEndpointsProtocol or EndpointSuffix"
+            raise StylebatchError(f"AZURE_STORAGE_CONNECTION_STRING is malformed: its {field} makes no "
+                                  "http(s) URL of a host")
     if endpoint and not account:
         account = _account_from_endpoint(endpoint)
     if fields.get("sharedaccesssignature") and endpoint:

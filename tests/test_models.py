@@ -2055,3 +2055,38 @@ def test_a_weights_blob_cut_short_is_refused_by_the_check_before_the_input_is_re
         check_style_files(f"{uri}/good.pth:0.5,{uri}/truncated.pth:0.5")
     assert str(info.value).startswith(f"cannot load style file {uri}/truncated.pth: ") and \
         "corrupt or truncated" in str(info.value), str(info.value)
+
+
+def test_auto_precisions_trial_is_not_moved_by_time_the_core_went_to_other_processes(monkeypatch):
+    """--precision auto chooses bf16 by a timed trial. It was timed by the wall clock: on a core other
+    processes share (another rank's start, a codec, a neighbour pod) whatever a call lost to them counted
+    as its own, and one precision's calls losing more moved the choice. Here each fp32 call also waits,
+    computing nothing, as a thread does while its core runs another process: the ratio stays the one
+    measured without."""
+    import time as clock
+
+    from stylebatch import models
+
+    if not (models.cpu_has_native_bf16() and models.fast_nets.onednn_bf16()):
+        pytest.skip("this CPU has no native bf16: auto never times it")
+    real = models.fast_transformer_net
+
+    def descheduled_in_fp32(net):
+        fast = real(net)
+
+        def call(x):
+            out = fast(x)
+            if not torch.is_autocast_enabled("cpu"):
+                clock.sleep(0.2)  # the core went to another process meanwhile
+            return out
+        return call
+
+    models.cpu_bf16_speedup.cache_clear()
+    alone = models.cpu_bf16_speedup(models.WEIGHTS_KIND)
+    monkeypatch.setattr(models, "fast_transformer_net", descheduled_in_fp32)
+    models.cpu_bf16_speedup.cache_clear()
+    try:
+        shared = models.cpu_bf16_speedup(models.WEIGHTS_KIND)
+    finally:
+        models.cpu_bf16_speedup.cache_clear()
+    assert alone and shared and abs(shared / alone - 1) < 0.35, (alone, shared)

@@ -470,7 +470,10 @@ def cpu_bf16_speedup(network: str = WEIGHTS_KIND) -> float | None:
     the CPU has no native bf16 or oneDNN does not convolve it (fast_nets.onednn_bf16); 0 where bf16
     fails there (a warning: auto keeps fp32). Measured once per process and kind, before its threads
     paint (a TransformerNet about 0.6 s on a Xeon without AMX, less where bf16 is fast; the built-in
-    0.3 s on the Zen 4).
+    0.3 s on the Zen 4). Timed in this thread's CPU time, where the one torch thread computes: a
+    core shared with other processes (another rank's start, a codec, another pod) stretches wall time
+    by whatever it lost, one call more than another (on a loaded 2-core Zen 4 the wall-time ratio read
+    1.3x to 3.5x where the CPU time read 1.7-1.8x), and auto chose by that.
 
     Native bf16 is not always faster: 3.2x fp32 on a Xeon with AMX, 1.2-1.3x on a Zen 5 EPYC (AVX-512
     BF16), 0.65-0.73x on a Xeon with AVX-512 BF16 and no AMX, where choosing bf16 by the CPU's flags made
@@ -502,9 +505,9 @@ def cpu_bf16_speedup(network: str = WEIGHTS_KIND) -> float | None:
         with torch.inference_mode():
             for bf16 in (False, True, False, True, False, True):  # the first of each a warm-up
                 with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                    start = time.perf_counter()
+                    start = time.thread_time()
                     net(x)
-                    seconds = time.perf_counter() - start
+                    seconds = time.thread_time() - start
                 if bf16 in warm:
                     best[bf16] = min(best[bf16], seconds)
                 warm.add(bf16)

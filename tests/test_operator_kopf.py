@@ -1003,6 +1003,60 @@ def test_stylebatch_operator_command_runs_with_the_kubeconfig_and_stops_cleanly_
     run(scenario)
 
 
+def _pid_1_of(proc: asyncio.subprocess.Process) -> int:
+    """The pid (as seen here) of `unshare --fork`'s child: PID 1 of its own PID namespace."""
+    children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+    assert len(children) == 1, children
+    return int(children[0])
+
+
+@pytest.mark.parametrize("as_pid_1", [False, True], ids=["plain process", "PID 1 of its namespace"])
+def test_a_standby_operator_stops_at_once_on_sigterm_even_as_a_containers_pid_1(tmp_path, as_pid_1):
+    """The chart runs `stylebatch operator` as the container's command: the Python process is PID 1,
+    which the kernel spares every signal it has no handler for. kopf installs its SIGTERM handler
+    only once it runs, so a standby (waiting for the Lease held by another replica) ignored the
+    kubelet's SIGTERM and was killed terminationGracePeriodSeconds later (as a plain process SIGTERM
+    killed it outright, exit -15): every rollout of a 2-replica install waited for it."""
+    if as_pid_1 and subprocess.run(["unshare", "-r", "-p", "-f", "true"], capture_output=True).returncode != 0:
+        pytest.skip("no user/PID namespaces here (unshare -r -p -f)")
+
+    async def scenario() -> None:
+        async with api_server(install_crds=[crd(), videowatch_crd.crd()]) as api:
+            now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+            held = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                    "metadata": {"name": "stylebatch-operator", "namespace": NS},
+                    "spec": {"holderIdentity": "operator-a", "leaseDurationSeconds": 3600, "acquireTime": now,
+                             "renewTime": now, "leaseTransitions": 0}}
+            assert (await api.post(LEASES, json=held)).status == 200
+            env = kubeconfig_env(api, tmp_path)
+            env.update(STYLEBATCH_LEASE_NAMESPACE=NS, STYLEBATCH_LEASE_NAME="stylebatch-operator")
+            command = [sys.executable, "-m", "stylebatch", "operator", "--namespace", NS,
+                       "--liveness-port", str(free_port())]
+            proc = await asyncio.create_subprocess_exec(
+                *(["unshare", "-r", "-p", "-f"] if as_pid_1 else []), *command,
+                env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+            lines: list[str] = []
+            target = proc.pid
+            try:
+                while not any("standing by" in line for line in lines):
+                    line = await asyncio.wait_for(proc.stdout.readline(), 20)
+                    assert line, "".join(lines)
+                    lines.append(line.decode())
+                target = _pid_1_of(proc) if as_pid_1 else proc.pid
+                os.kill(target, signal.SIGTERM)
+                with contextlib.suppress(asyncio.TimeoutError):  # (a grace period's wait, cut short)
+                    lines.append((await asyncio.wait_for(proc.communicate(), 10))[0].decode())
+            finally:
+                if proc.returncode is None:
+                    os.kill(target, signal.SIGKILL)
+                    await proc.wait()
+            output = "".join(lines)
+            assert proc.returncode == 0, f"exit {proc.returncode} (not 0: SIGTERM killed it, or was ignored)\n{output}"
+            assert "Traceback" not in output, output
+            assert lease(api)["spec"]["holderIdentity"] == "operator-a"  # never taken
+    run(scenario)
+
+
 def test_an_operator_refuses_to_start_in_one_line_when_the_installed_crd_is_older(tmp_path):
     async def scenario() -> None:
         async with api_server(install_crds=[older_crd(), videowatch_crd.crd()]) as api:

@@ -9,6 +9,8 @@ import argparse
 import asyncio
 import logging
 import os
+import signal
+import threading
 from collections.abc import Collection
 from typing import Any
 
@@ -34,6 +36,11 @@ UPGRADE_CRD = "kubectl apply --server-side --force-conflicts -f charts/stylebatc
 def run(args: argparse.Namespace) -> int:
     namespaces = list(args.namespace or [])
     settings = from_environment(os.environ)  # a malformed variable stops here, in one line
+    # SIGTERM (the kubelet's stop) stops it from here on, standing by included: in the chart's pod the
+    # process is the container's PID 1, which the kernel spares every signal it has no handler for,
+    # and kopf has its own only once it runs (a standby ignored it until the grace period's SIGKILL).
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: stop.set())
     asyncio.run(check_installed_crds())  # so do missing credentials and an older CRD, before kopf starts
     kopf.configure(verbose=False)
     if getattr(args, "log_format", "text") == "json":
@@ -43,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     where = f"namespaces {', '.join(namespaces)}" if namespaces else "all namespaces"
     log.info("watching StyleTransferJobs in %s; /healthz and /metrics on :%d", where, args.liveness_port)
     log.info("%s", settings.summary())
-    asyncio.run(serve(namespaces=namespaces, liveness_port=args.liveness_port, settings=settings))
+    asyncio.run(serve(namespaces=namespaces, liveness_port=args.liveness_port, settings=settings, stop_flag=stop))
     return 0
 
 

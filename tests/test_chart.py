@@ -52,7 +52,7 @@ def operator_container(objects: list[dict]) -> dict:
 
 
 def env(objects: list[dict]) -> dict[str, str]:
-    return {e["name"]: e["value"] for e in operator_container(objects)["env"]}
+    return {e["name"]: e["value"] for e in operator_container(objects)["env"] if "value" in e}
 
 
 def job_defaults(objects: list[dict]) -> dict:

@@ -40,7 +40,7 @@ def operator_settings(objects: list[dict]) -> Settings:
     """The settings the operator Deployment among `objects` starts with."""
     (deployment,) = [o for o in objects if o["kind"] == "Deployment"]
     container = deployment["spec"]["template"]["spec"]["containers"][0]
-    return from_environment({e["name"]: e["value"] for e in container["env"]})
+    return from_environment({e["name"]: e["value"] for e in container["env"] if "value" in e})
 
 
 def validate(obj: dict) -> None:
@@ -196,7 +196,7 @@ def test_kind_script_loads_the_images_the_chart_runs():
     objects = render_manifests.render_objects(values)
     deployment = next(o for o in objects if o["kind"] == "Deployment")
     container = deployment["spec"]["template"]["spec"]["containers"][0]
-    defaults = yaml.safe_load({e["name"]: e["value"] for e in container["env"]}["STYLEBATCH_JOB_DEFAULTS"])
+    defaults = yaml.safe_load({e["name"]: e["value"] for e in container["env"] if "value" in e}["STYLEBATCH_JOB_DEFAULTS"])
     built = {line.split(":")[0]: line for line in (
         re.search(r"^OPERATOR_IMAGE=(\S+)", text, re.M).group(1).replace("$VERSION", version),
         re.search(r"^WORKER_IMAGE=(\S+)", text, re.M).group(1).replace("$VERSION", version))}

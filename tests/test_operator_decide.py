@@ -394,6 +394,27 @@ def test_a_job_with_its_own_storage_needs_no_default():
     assert "from the operator's defaults: image, imagePullPolicy, gpusPerWorker" in action.message
 
 
+@pytest.mark.parametrize("operator, account, refused", [
+    (("media", "stylebatch-operator"), "stylebatch-operator", True),  # the operator's own, in its namespace
+    (("stylebatch", "stylebatch-operator"), "stylebatch-operator", False),  # a namespace's own of that name
+    (("media", "stylebatch-operator"), "media-identity", False),
+    (None, "stylebatch-operator", False),  # an operator run outside a pod knows no account of its own
+])
+def test_a_job_may_not_run_its_pods_as_the_operators_own_service_account(operator, account, refused):
+    """spec.storage.serviceAccountName took any service account of the job's namespace: in the
+    operator's, its own, whose Azure workload identity reads the VideoWatches' queues and sources and
+    whose Kubernetes rights make pods, went to pods running the image the job names."""
+    own = {"serviceAccountName": account, "accountName": "mediastore"}
+    action = decide(stj(storage=own), {}, now=NOW, settings=Settings(operator_account=operator))
+    if refused:
+        assert (action.kind, action.reason) == (ActionKind.FAIL, "InvalidSpec")
+        assert action.message == ("spec.storage.serviceAccountName 'stylebatch-operator' is the operator's own service "
+                                  "account: a job's pods may not run as the operator (its rights and Azure identity); "
+                                  "give the job a service account of its own")
+    else:
+        assert action.kind == ActionKind.START and action.spec["serviceAccountName"] == account
+
+
 def test_deadline_and_budget_come_from_the_recorded_effective_spec():
     obj = stj("Stylizing", attempts={"stylize": 1}, used=1)  # the spec says 3 retries and 7200 s
     obj["status"]["effectiveSpec"].update(retries=1, activeDeadlineSeconds=3600)

@@ -29,11 +29,17 @@ _spec.loader.exec_module(render_manifests)
 JOB = {"input": "az://videos/in.mp4", "output": "az://videos/out/in.mp4"}
 
 
-def chart_env(values: dict | None = None) -> dict[str, str]:
-    """The operator container's environment, as the chart renders it."""
+def chart_env_entries(values: dict | None = None) -> list[dict]:
+    """The operator container's env entries, as the chart renders them."""
     objects = render_manifests.render_objects(values)
     (deployment,) = [o for o in objects if o["kind"] == "Deployment"]
-    return {e["name"]: e["value"] for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    return deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+
+
+def chart_env(values: dict | None = None) -> dict[str, str]:
+    """The operator container's environment as the chart renders it: the variables of a value (those
+    from the pod itself, the downward API's, come at run time)."""
+    return {e["name"]: e["value"] for e in chart_env_entries(values) if "value" in e}
 
 
 def chart_defaults(values: dict | None = None) -> dict:
@@ -44,7 +50,16 @@ def chart_defaults(values: dict | None = None) -> dict:
 # --- from the chart to the settings ----------------------------------------------------------------
 
 def test_the_chart_sets_every_variable_the_operator_reads_and_no_other():
-    assert set(chart_env()) == set(s.ENV_VARS)
+    assert {e["name"] for e in chart_env_entries()} == set(s.ENV_VARS)
+
+
+def test_the_chart_tells_the_operator_its_own_namespace_and_service_account():
+    """What a job may not name as its pods' account (spec.operator_account_problem): from the pod
+    itself (the downward API), so a renamed release or service account cannot leave it stale."""
+    refs = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in chart_env_entries() if "valueFrom" in e}
+    assert refs == {s.OPERATOR_NAMESPACE: "metadata.namespace", s.OPERATOR_SERVICE_ACCOUNT: "spec.serviceAccountName"}
+    assert from_environment({s.OPERATOR_NAMESPACE: "stylebatch", s.OPERATOR_SERVICE_ACCOUNT: "sb-operator"}
+                            ).operator_account == ("stylebatch", "sb-operator")
 
 
 def test_the_chart_writes_the_job_defaults_as_one_document_with_the_specs_fields():

@@ -95,7 +95,12 @@ PROGRESS_INTERVAL = "STYLEBATCH_PROGRESS_INTERVAL"
 STALL_GRACE = "STYLEBATCH_STALL_GRACE_SECONDS"
 LEASE_NAMESPACE = "STYLEBATCH_LEASE_NAMESPACE"
 LEASE_NAME = "STYLEBATCH_LEASE_NAME"
-ENV_VARS = (JOB_DEFAULTS, INTERVAL, PROGRESS_INTERVAL, STALL_GRACE, LEASE_NAMESPACE, LEASE_NAME)
+# The operator's own pod's namespace and service account (the downward API): a job there may not run
+# its pods as that account (spec.operator_account_problem)
+OPERATOR_NAMESPACE = "STYLEBATCH_OPERATOR_NAMESPACE"
+OPERATOR_SERVICE_ACCOUNT = "STYLEBATCH_OPERATOR_SERVICE_ACCOUNT"
+ENV_VARS = (JOB_DEFAULTS, INTERVAL, PROGRESS_INTERVAL, STALL_GRACE, LEASE_NAMESPACE, LEASE_NAME, OPERATOR_NAMESPACE,
+            OPERATOR_SERVICE_ACCOUNT)
 
 
 # The Lease (stylebatch_operator.leader): timings as Kubernetes' own controllers use them.
@@ -157,6 +162,8 @@ class Settings:
     # acts on its own (a developer's, or a single replica that never overlaps another)
     lease_namespace: str = ""
     lease_name: str = DEFAULT_LEASE_NAME
+    # (namespace, name) of the service account the operator runs as; None: unknown (run outside a pod)
+    operator_account: tuple[str, str] | None = None
 
     def __post_init__(self) -> None:
         problem = job_defaults_problem(dict(self.jobs))
@@ -215,6 +222,11 @@ def from_environment(env: Mapping[str, str]) -> Settings:
             if not re.fullmatch(DNS_LABEL_PATTERN if name == LEASE_NAMESPACE else DNS_SUBDOMAIN_PATTERN, text(name)):
                 raise _bad(name, f"must be a Kubernetes name, got {text(name)!r}")
             kwargs[key] = text(name)
+    for name, pattern in ((OPERATOR_NAMESPACE, DNS_LABEL_PATTERN), (OPERATOR_SERVICE_ACCOUNT, DNS_SUBDOMAIN_PATTERN)):
+        if text(name) and not re.fullmatch(pattern, text(name)):
+            raise _bad(name, f"must be a Kubernetes name, got {text(name)!r}")
+    if text(OPERATOR_NAMESPACE) and text(OPERATOR_SERVICE_ACCOUNT):
+        kwargs["operator_account"] = (text(OPERATOR_NAMESPACE), text(OPERATOR_SERVICE_ACCOUNT))
     if text(INTERVAL):
         seconds = _seconds(INTERVAL, text(INTERVAL), MAX_INTERVAL)
         kwargs["interval"] = seconds

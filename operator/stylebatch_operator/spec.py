@@ -140,6 +140,8 @@ def spec_problems(stj: dict[str, Any], settings: Settings) -> list[str]:
                         "chart with storage.existingSecret or storage.auth=workloadIdentity")
     elif storage_problem(storage):
         problems.append(f"spec.storage: {storage_problem(storage)}")
+    if problem := operator_account_problem(stj, settings):
+        problems.append(problem)
     if not isinstance(spec.get("workers"), int) or spec["workers"] < 1:
         problems.append("spec.workers must be at least 1")
     if not isinstance(spec.get("gpusPerWorker"), int) or spec["gpusPerWorker"] < 0:
@@ -152,6 +154,19 @@ def spec_problems(stj: dict[str, Any], settings: Settings) -> list[str]:
         whose = "" if "gpusPerWorker" in (stj.get("spec") or {}) else ", the operator's default"
         problems.append(f"spec.processing.precision: {problem} (gpusPerWorker is 0{whose})")
     return problems + train_problems(spec)
+
+
+def operator_account_problem(stj: dict[str, Any], settings: Settings) -> str | None:
+    """A job in the operator's own namespace whose spec.storage.serviceAccountName is the operator's
+    service account: its pods would run as the operator, with its Kubernetes rights and its Azure
+    workload identity (the VideoWatches' queues and sources), and, the image being the job's to name,
+    with whatever code the job's author chose. Anyone who may create a job there could borrow them."""
+    account = ((stj.get("spec") or {}).get("storage") or {}).get("serviceAccountName")
+    namespace = (stj.get("metadata") or {}).get("namespace")
+    if settings.operator_account is None or (namespace, account) != settings.operator_account:
+        return None
+    return (f"spec.storage.serviceAccountName {account!r} is the operator's own service account: a job's pods may "
+            "not run as the operator (its rights and Azure identity); give the job a service account of its own")
 
 
 def train_problems(spec: dict[str, Any]) -> list[str]:

@@ -113,6 +113,10 @@ def test_an_event_with_odd_fields_is_read_as_far_as_it_goes(data, size, account)
     ("PutBlockList", "Microsoft.Storage.BlobCreated", True),
     ("CopyBlob", "Microsoft.Storage.BlobCreated", True),
     ("FlushWithClose", "Microsoft.Storage.BlobCreated", True),
+    # an SFTP upload (hierarchical namespace): the empty blob its open makes, then its commit at close
+    ("SftpCreate", "Microsoft.Storage.BlobCreated", False),
+    ("SftpCommit", "Microsoft.Storage.BlobCreated", True),
+    ("SftpWrite", "Microsoft.Storage.BlobCreated", False),  # a resumable upload's part
     ("PutBlock", "Microsoft.Storage.BlobCreated", False),
     ("FlushFile", "Microsoft.Storage.BlobCreated", False),
     ("AppendBlock", "Microsoft.Storage.BlobCreated", False),

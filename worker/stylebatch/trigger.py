@@ -32,9 +32,11 @@ from urllib.parse import quote, unquote, urlsplit
 from stylebatch.contract import OUTPUT_TAG
 
 BLOB_CREATED = "Microsoft.Storage.BlobCreated"
-# The Blob service APIs after which a blob is committed and readable as a whole (Event Grid's
-# data.api). PutBlock, an append or a Flush without close leave nothing whole to read yet.
-COMMITTED_APIS = frozenset({"PutBlob", "PutBlockList", "CopyBlob", "FlushWithClose"})
+# The APIs after which a blob is committed and readable as a whole (Event Grid's data.api): the Blob
+# service's, Data Lake's flush with close, and SFTP's commit (an SFTP put sends SftpCreate for the
+# empty blob it opens, then SftpCommit once its bytes are written). PutBlock, an append, a Flush
+# without close, SftpCreate or an SftpWrite of a resumable upload leave nothing whole to read yet.
+COMMITTED_APIS = frozenset({"PutBlob", "PutBlockList", "CopyBlob", "FlushWithClose", "SftpCommit"})
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".mts",
                     ".m2ts", ".mxf", ".wmv", ".flv", ".3gp")
 # Child names add "-postprocess-NN" and the MPI operator "-worker-NNN" (the operator's

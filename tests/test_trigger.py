@@ -122,6 +122,11 @@ def test_an_event_with_odd_fields_is_read_as_far_as_it_goes(data, size, account)
     ("AppendBlock", "Microsoft.Storage.BlobCreated", False),
     ("DeleteBlob", "Microsoft.Storage.BlobDeleted", False),
     ("PutBlob", "Microsoft.Storage.BlobTierChanged", False),
+    # an upload renamed into place from a temporary name (Data Lake, SFTP): no BlobCreated for its name
+    ("RenameFile", "Microsoft.Storage.BlobRenamed", True),
+    ("SftpRename", "Microsoft.Storage.BlobRenamed", True),
+    ("RenameDirectory", "Microsoft.Storage.DirectoryRenamed", False),
+    ("PutBlob", "Microsoft.Storage.BlobRenamed", False),
 ])
 def test_only_events_that_commit_a_blob_count(api, event_type, counts):
     event = trigger.parse_event(json.dumps(grid_event(api=api, event_type=event_type)))

@@ -381,6 +381,50 @@ def test_a_video_whose_metadata_was_set_after_its_upload_still_gets_its_job(azur
     k.run(scenario)
 
 
+def blob_renamed(container: str, blob: str, source: str, api: str = "SftpRename",
+                 account: str = "devstoreaccount1") -> str:
+    """A BlobRenamed event (hierarchical-namespace accounts), CloudEvents schema: the new name in the
+    subject, the old and new URLs in data, no ETag and no size."""
+    url = f"https://{account}.blob.core.windows.net/{container}"
+    event = {
+        "source": f"/subscriptions/0000/resourceGroups/media/providers/Microsoft.Storage/storageAccounts/{account}",
+        "subject": f"/blobServices/default/containers/{container}/blobs/{blob}",
+        "type": "Microsoft.Storage.BlobRenamed", "time": datetime.now(timezone.utc).isoformat(), "id": f"ren-{blob}",
+        "specversion": "1.0",
+        "data": {"api": api, "requestId": "r", "sourceUrl": f"{url}/{source}", "destinationUrl": f"{url}/{blob}",
+                 "sequencer": "00000000000004420000000000028964", "identity": "media"},
+    }
+    return base64.b64encode(json.dumps(event).encode()).decode()
+
+
+@pytest.mark.parametrize("api", ["SftpRename", "RenameFile"])
+def test_an_sftp_upload_and_an_upload_renamed_into_place_each_get_their_job_from_the_queue(azure_env, api):
+    """An SFTP put sends SftpCreate (the empty blob it opens) then SftpCommit; an uploader that writes
+    to a temporary name (WinSCP's .filepart, a Data Lake tool's hidden file) and renames it when done
+    sends a BlobCreated only for the temporary name, then a BlobRenamed. Both were ignored, so the
+    videos waited for a sweep (forever without one)."""
+    queue = f"sftp-{api.lower()}"
+    store = Storage(azure_env, queue)
+    dog = store.upload("incoming/dog.mp4")
+    store.publish("incoming/dog.mp4", dog, 0, api="SftpCreate")
+    store.publish("incoming/dog.mp4", dog, 36, api="SftpCommit")
+    cat = store.upload("incoming/cat.mp4")  # (Azurite cannot rename: the blob as the rename left it)
+    store.publish("incoming/cat.mp4.filepart", cat, 36, api="SftpCommit")
+    store.queue.send_message(blob_renamed(store.container, "incoming/cat.mp4", "incoming/cat.mp4.filepart", api))
+
+    async def scenario() -> None:
+        async with api_server() as api, k.operator(api, settings=SETTINGS):
+            await apply_watch(api, store.container, mode="queue", sweepIntervalSeconds=0,
+                              queue={"name": queue, "maxDeliveries": 2, "visibilityTimeoutSeconds": 10})
+            await k.eventually(lambda: inputs(api) == ["cat.mp4", "dog.mp4"], timeout=20)
+            await k.eventually(lambda: store.unfinished(store.queue) == 0, timeout=20)
+            by_input = {j["spec"]["input"].rsplit("/", 1)[-1]: j for j in jobs(api).values()}
+            assert by_input["cat.mp4"]["metadata"]["annotations"]["stylebatch.io/source-etag"].strip('"') \
+                == cat.strip('"')  # the blob's ETag, which the rename's event does not carry
+            assert len(job_posts(api)) == 2 and store.messages_left(store.poison) == []
+    k.run(scenario)
+
+
 def test_an_event_without_an_etag_gets_the_one_job_a_listing_names_for_that_blob_version(azure_env):
     """A BlobCreated message with no data.eTag (a publisher or a schema that leaves it out) is no
     crash and no job of its own name: the job is named for the blob's ETag now, the name a listing

@@ -7,7 +7,8 @@ No torch, no Azure SDK, no I/O.
   records), an az:// URI can name it (`unaddressable`: no '//', no '?'), and it is not an output (stylebatch tags what it writes with OUTPUT_TAG in the blob's
   metadata, naming the job that wrote it).
 - `parse_event` / `event_skip_reason`: an Event Grid BlobCreated event (Event Grid or CloudEvents
-  schema, base64 as Event Grid puts it on a storage queue) counts when its api committed the blob.
+  schema, base64 as Event Grid puts it on a storage queue) counts when its api committed the blob,
+  as does a BlobRenamed of a file (an upload renamed into place).
 - `Stability`: a listed blob is ready once its size and ETag were the same on two polls in a row.
 - `job_name`: the same blob version (account, container, name, ETag) always gives the same name,
   a DNS-1035 label of at most JOB_NAME_LENGTH characters, so duplicates find the job already there.
@@ -37,6 +38,12 @@ BLOB_CREATED = "Microsoft.Storage.BlobCreated"
 # empty blob it opens, then SftpCommit once its bytes are written). PutBlock, an append, a Flush
 # without close, SftpCreate or an SftpWrite of a resumable upload leave nothing whole to read yet.
 COMMITTED_APIS = frozenset({"PutBlob", "PutBlockList", "CopyBlob", "FlushWithClose", "SftpCommit"})
+BLOB_RENAMED = "Microsoft.Storage.BlobRenamed"
+# The renames of a file (Data Lake's RenameFile, SFTP's SftpRename; hierarchical-namespace accounts)
+# that put a whole blob under its name and send no BlobCreated for it: an uploader that writes to a
+# temporary name (WinSCP's cat.mp4.filepart, a hidden .cat.mp4) renames it when it is done. The event
+# names the new blob (subject) but no ETag nor size: the blob, read when it is handled, gives them.
+RENAME_APIS = frozenset({"RenameFile", "SftpRename"})
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".mts",
                     ".m2ts", ".mxf", ".wmv", ".flv", ".3gp")
 # Child names add "-postprocess-NN" and the MPI operator "-worker-NNN" (the operator's
@@ -178,11 +185,13 @@ def _account(body: dict[str, Any], data: dict[str, Any]) -> str:
 
 
 def event_skip_reason(event: BlobEvent) -> str | None:
-    """Why this event starts nothing (not a BlobCreated, or the blob is not committed yet), or None."""
-    if event.event_type != BLOB_CREATED:
+    """Why this event starts nothing (not a BlobCreated or a file's BlobRenamed, or the blob is not
+    committed yet), or None."""
+    apis = {BLOB_CREATED: COMMITTED_APIS, BLOB_RENAMED: RENAME_APIS}.get(event.event_type)
+    if apis is None:
         return f"event type {event.event_type}"
-    if event.api not in COMMITTED_APIS:
-        return f"api {event.api or '(none)'} does not commit a blob"
+    if event.api not in apis:
+        return f"api {event.api or '(none)'} does not {'commit' if apis is COMMITTED_APIS else 'rename'} a blob"
     return None
 
 

@@ -53,6 +53,16 @@ def test_a_blob_counts_only_when_it_is_a_whole_video_that_is_not_an_output(name,
     assert (trigger.skip_reason(name, size, metadata, filters) is None) == counts
 
 
+@pytest.mark.parametrize("tier, why", [
+    ("Archive", trigger.ARCHIVED),  # unreadable until rehydrated: its job failed at once
+    ("archive", trigger.ARCHIVED),
+    ("Hot", None), ("Cool", None), ("Cold", None), ("", None),
+])
+def test_a_video_in_the_archive_tier_is_skipped_and_its_uploader_told(tier, why):
+    assert trigger.skip_reason("cat.mp4", 10, None, Filters(), tier) == why
+    assert why is None or why in trigger.TOLD
+
+
 @pytest.mark.parametrize("name, why", [
     ("holiday//cat.mp4", trigger.EMPTY_FOLDER),
     ("q?x=1.mp4", trigger.QUESTION_MARK),  # its az:// URI's query: refused as a SAS, a job failing every time

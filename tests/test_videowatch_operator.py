@@ -526,6 +526,51 @@ def test_an_uploads_name_with_control_characters_cannot_forge_lines_in_the_watch
         k.run(scenario)
 
 
+@pytest.mark.parametrize("mode", ["queue", "poll"])
+def test_a_video_in_the_archive_tier_is_said_and_waits_for_its_rehydration_instead_of_a_job_that_fails(
+        azure_env, mode):
+    """A blob in the archive tier cannot be read: its job failed at once, and the rehydrated blob (the
+    same ETag: a tier change makes no new version) found that failed job already there, so the video
+    was never stylized. Now it is skipped with a VideoSkipped Warning, once, and its job is made by the
+    first listings after the rehydration (a poll, or the queue mode's sweep)."""
+    from stylebatch import trigger
+
+    queue = f"archived-{mode}"
+    store = Storage(azure_env, queue)
+    etag = store.upload("incoming/cat.mp4")
+    cat = store.blobs.get_blob_client("incoming/cat.mp4")
+    cat.set_standard_blob_tier("Archive")
+    store.upload("incoming/dog.mp4")
+    if mode == "queue":
+        store.publish("incoming/cat.mp4", etag, 36)
+    spec: dict[str, Any] = (
+        {"mode": "queue", "sweepIntervalSeconds": 1, "poll": {"maxSecondsPerPoll": 1},
+         "queue": {"name": queue, "maxDeliveries": 2, "visibilityTimeoutSeconds": 10}}
+        if mode == "queue" else
+        {"mode": "poll", "poll": {"intervalSeconds": 1}})
+
+    async def scenario() -> None:
+        async with api_server() as api, k.operator(api, settings=SETTINGS):
+            await apply_watch(api, store.container, **spec)
+
+            def skipped() -> list[str]:
+                return [m for _, reason, m in k.events(api, "uploads") if reason == "VideoSkipped"]
+            said = await k.eventually(skipped, timeout=20)
+            assert said == [f"skipped az://{store.container}/incoming/cat.mp4: {trigger.ARCHIVED}"]
+            await k.eventually(lambda: inputs(api) == ["dog.mp4"], timeout=20)
+            if mode == "queue":
+                await k.eventually(lambda: store.unfinished(store.queue) == 0, timeout=20)
+            await polls(api, 2)  # more listings of it, archived: no job, nothing said again
+            assert inputs(api) == ["dog.mp4"] and len(skipped()) == 1
+
+            cat.set_standard_blob_tier("Hot")  # rehydrated (Azurite at once; Azure in hours)
+            await k.eventually(lambda: inputs(api) == ["cat.mp4", "dog.mp4"], timeout=20)
+            [job] = [j for j in jobs(api).values() if j["spec"]["input"].endswith("/cat.mp4")]
+            assert job["metadata"]["annotations"]["stylebatch.io/source-etag"].strip('"') == etag.strip('"')
+            assert store.messages_left(store.poison) == []
+    k.run(scenario)
+
+
 def test_a_second_watch_on_the_same_queue_is_refused_instead_of_eating_the_first_ones_videos(azure_env):
     """Two VideoWatches on one queue (two styles of the same uploads, or two prefixes under one Event
     Grid subscription): each deleted the messages it did not take, the other's among them, and each

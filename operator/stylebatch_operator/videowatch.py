@@ -165,7 +165,8 @@ def blob_decision(info: FileInfo | None, decision: Decision, spec: WatchSpec) ->
         return dataclasses.replace(decision, action=IGNORE, reason="the blob is gone (or was never committed)")
     if info.etag.strip('"') != decision.etag.strip('"'):
         decision = dataclasses.replace(decision, etag=info.etag)
-    why = trigger.skip_reason(trigger.relative(decision.blob, spec.prefix) or "", info.size, info.metadata, spec.filters)
+    why = trigger.skip_reason(trigger.relative(decision.blob, spec.prefix) or "", info.size, info.metadata, spec.filters,
+                              info.tier)
     if why is not None:
         return dataclasses.replace(decision, action=IGNORE, reason=why)
     return decision
@@ -173,17 +174,18 @@ def blob_decision(info: FileInfo | None, decision: Decision, spec: WatchSpec) ->
 
 def listed_candidates(infos: Iterable[FileInfo], spec: WatchSpec
                       ) -> tuple[dict[str, FileInfo], list[tuple[FileInfo, str]]]:
-    """The listed blobs (names relative to the prefix) that count, by name; and those skipped because
-    stylebatch cannot address them (trigger.UNADDRESSABLE), with why, which the user is told of."""
+    """The listed blobs (names relative to the prefix) that count, by name; and those skipped until
+    their uploader acts (trigger.TOLD: a name stylebatch cannot address, the archive tier), with
+    why, which the user is told of."""
     counted: dict[str, FileInfo] = {}
-    unaddressable: list[tuple[FileInfo, str]] = []
+    told: list[tuple[FileInfo, str]] = []
     for info in infos:
-        why = trigger.skip_reason(info.name, info.size, info.metadata, spec.filters)
+        why = trigger.skip_reason(info.name, info.size, info.metadata, spec.filters, info.tier)
         if why is None:
             counted[info.name] = info
-        elif why in trigger.UNADDRESSABLE:
-            unaddressable.append((info, why))
-    return counted, unaddressable
+        elif why in trigger.TOLD:
+            told.append((info, why))
+    return counted, told
 
 
 def job_name(watch: Mapping[str, Any], account: str, spec: WatchSpec, blob: str, etag: str) -> str:

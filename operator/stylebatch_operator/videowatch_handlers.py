@@ -209,7 +209,7 @@ class _Round:
             return
         if decision.action == vw.CREATE:
             await self.create(decision.blob, decision.etag, decision.uploaded, from_queue=True)
-        elif decision.reason in trigger.UNADDRESSABLE:
+        elif decision.reason in trigger.TOLD:
             self.skipped(decision.blob, decision.etag, decision.reason)
         else:
             self.logger.debug("ignored %s: %s", _printable(decision.blob or message.id), _printable(decision.reason))
@@ -247,8 +247,8 @@ class _Round:
         while True:
             infos, state.token = await asyncio.to_thread(self.source.list_page, state.token, spec.page_size)
             state.listed |= {i.name for i in infos}
-            candidates, unaddressable = vw.listed_candidates(infos, spec)
-            for info, why in unaddressable:
+            candidates, told = vw.listed_candidates(infos, spec)
+            for info, why in told:
                 self.skipped(f"{spec.prefix}/{info.name}" if spec.prefix else info.name, info.etag, why)
             for rel in state.stability.observe({n: (i.size, i.etag) for n, i in candidates.items()}, complete=False):
                 await self.found(candidates[rel])
@@ -273,11 +273,13 @@ class _Round:
     # --- both ---
 
     def skipped(self, blob: str, etag: str, why: str) -> None:
-        """A video that never runs until its uploader renames it: said once per version (a Warning
-        event on the watch and the log), where the filters' skips are said only at debug."""
-        if (blob, etag) in self.state.told:
+        """A video that never runs until its uploader acts (renames it, rehydrates it: trigger.TOLD):
+        said once per version (a Warning event on the watch and the log), where the filters' skips
+        are said only at debug."""
+        version = (blob, etag.strip('"'))  # (an event's ETag is quoted, a listing's not: one version)
+        if version in self.state.told:
             return
-        self.state.told.add((blob, etag))
+        self.state.told.add(version)
         text = f"skipped az://{self.spec.container}/{_printable(blob)}: {why}"
         kopf.event(self.watch, type="Warning", reason="VideoSkipped", message=text)
         self.logger.warning("%s", text)

@@ -4,8 +4,9 @@ No torch, no Azure SDK, no I/O.
 
 - `skip_reason`: a blob counts when its extension is a video one, it has at least `min_size` bytes,
   no path segment is hidden (".name": temp files of uploaders, stylebatch's own work dirs and
-  records), an az:// URI can name it (`unaddressable`: no '//', no '?'), and it is not an output (stylebatch tags what it writes with OUTPUT_TAG in the blob's
-  metadata, naming the job that wrote it).
+  records), an az:// URI can name it (`unaddressable`: no '//', no '?'), it is not in the archive
+  tier, and it is not an output (stylebatch tags what it writes with OUTPUT_TAG in the blob's
+  metadata, naming the job that wrote it). The skips in TOLD are said to the uploader.
 - `parse_event` / `event_skip_reason`: an Event Grid BlobCreated event (Event Grid or CloudEvents
   schema, base64 as Event Grid puts it on a storage queue) counts when its api committed the blob,
   as does a BlobRenamed of a file (an upload renamed into place).
@@ -58,6 +59,13 @@ PLACEHOLDERS = ("path", "name", "dir", "ext", "style", "container")
 EMPTY_FOLDER = "an empty folder name ('//') in its name, which stylebatch cannot address: rename it"
 QUESTION_MARK = "a '?' in its name, which stylebatch cannot address (a URI's query starts there): rename it"
 UNADDRESSABLE = (EMPTY_FOLDER, QUESTION_MARK)
+# A blob in the archive tier cannot be read until it is rehydrated (Set Blob Tier to Hot or Cool,
+# hours): its job failed at once, and, the ETag the same after the rehydration, that failed job was
+# the video's for good. Said to its uploader too; a listing after the rehydration finds it again.
+ARCHIVE_TIER = "Archive"
+ARCHIVED = "in the archive tier, which cannot be read: rehydrate it (set its tier to Hot or Cool)"
+# The skips said to the uploader (a Warning Event, a log line), once per blob version.
+TOLD = (*UNADDRESSABLE, ARCHIVED)
 DEFAULT_EXTENSION = ".mp4"  # {ext} of an upload whose container stylebatch does not write
 _DNS_UNSAFE = re.compile(r"[^a-z0-9]+")
 
@@ -75,9 +83,10 @@ class Filters:
         return cls(exts, max(1, min_size if min_size is not None else 1))
 
 
-def skip_reason(relative_name: str, size: int, metadata: Mapping[str, str] | None, filters: Filters) -> str | None:
+def skip_reason(relative_name: str, size: int, metadata: Mapping[str, str] | None, filters: Filters,
+                tier: str = "") -> str | None:
     """Why this blob (or file) does not start a job, or None when it does. relative_name: its name
-    below the watched prefix."""
+    below the watched prefix; tier: its access tier (ARCHIVED when it is Archive)."""
     if any(segment.startswith(".") for segment in relative_name.split("/")):
         return "hidden (a temporary or stylebatch's own file)"
     if posixpath.splitext(relative_name)[1].lower() not in filters.extensions:
@@ -87,6 +96,8 @@ def skip_reason(relative_name: str, size: int, metadata: Mapping[str, str] | Non
     job = output_of(metadata)
     if job:
         return f"an output of job {job}"
+    if tier.lower() == ARCHIVE_TIER.lower():
+        return ARCHIVED
     if size < filters.min_size:
         return f"{size} bytes, less than {filters.min_size}"
     return None

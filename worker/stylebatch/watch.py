@@ -161,7 +161,7 @@ class Watch:
         self.stability = trigger.Stability()
         self.failed: dict[str, StylebatchError] = {}
         self.blocked: dict[str, str] = {}  # key -> why: its output name holds a file this watch did not write
-        self.told: set[str] = set()  # names of blobs skipped as UNADDRESSABLE, said once
+        self.told: set[str] = set()  # names of blobs skipped as trigger.TOLD, said once
         self.shown: dict[str, str] = {}  # key -> the input as shown, of the videos failed or blocked
         self.unsettled: list[str] = []  # names the last listing found changed since the one before
         self._records: dict[str, dict] = {}  # the records read so far (never rewritten), by file name
@@ -231,9 +231,9 @@ class Watch:
         """The videos that are stable, not done, and not failed in this run."""
         outputs = self._own_outputs()
         infos = {i.name: i for i in self.source.list_info() if not self._excluded(i.name) and i.name not in outputs}
-        skipped = {name: trigger.skip_reason(name, i.size, i.metadata, self.filters) for name, i in infos.items()}
+        skipped = {name: trigger.skip_reason(name, i.size, i.metadata, self.filters, i.tier) for name, i in infos.items()}
         candidates = {name: i for name, i in infos.items() if skipped[name] is None}
-        for name in sorted(n for n, why in skipped.items() if why in trigger.UNADDRESSABLE and n not in self.told):
+        for name in sorted(n for n, why in skipped.items() if why in trigger.TOLD and n not in self.told):
             log.warning("skipped %s: %s", printable(f"{self.source.display.rstrip('/')}/{name}"),
                         skipped[name])  # once a watch: no location can name it
             self.told.add(name)

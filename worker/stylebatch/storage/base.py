@@ -16,13 +16,15 @@ from stylebatch.errors import StylebatchError
 @dataclasses.dataclass(frozen=True)
 class FileInfo:
     """A file as a listing shows it. etag: changes whenever the content may have (a blob's ETag; a
-    local file's size and modification time); modified: seconds since the epoch."""
+    local file's size and modification time); modified: seconds since the epoch; tier: a blob's
+    access tier ("Hot", "Cool", "Cold", "Archive"; "" when not known or not a blob)."""
 
     name: str  # relative to the listed prefix, '/'-separated
     size: int
     etag: str
     modified: float
     metadata: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    tier: str = ""
 
 
 class LockBusy(Exception):

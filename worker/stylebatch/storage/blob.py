@@ -116,11 +116,11 @@ class BlobLocation(Location):
                 return None
         # the ETag as a listing gives it (unquoted; properties quote it), so the two compare equal
         return FileInfo(self.blob, int(props.size), str(props.etag).strip('"'), props.last_modified.timestamp(),
-                        dict(props.metadata or {}))
+                        dict(props.metadata or {}), _tier(props))
 
     def _info(self, props: Any) -> FileInfo:
         return FileInfo(props.name[len(self._prefix()):], int(props.size), str(props.etag),
-                        props.last_modified.timestamp(), dict(props.metadata or {}))
+                        props.last_modified.timestamp(), dict(props.metadata or {}), _tier(props))
 
     def read_bytes(self) -> bytes:
         with blob_errors(self, "read"):
@@ -432,3 +432,9 @@ class _BlobLease(HeldLock):
         except AzureError as exc:
             log.warning("could not release the lease on %s (%s): it expires within %d s",
                         self.loc.display, type(exc).__name__, LEASE_S)
+
+
+def _tier(props: Any) -> str:
+    """A blob's access tier as its name ("Archive"), whether the SDK gives it as text or as an enum."""
+    tier = getattr(props, "blob_tier", None)
+    return str(getattr(tier, "value", tier) or "")

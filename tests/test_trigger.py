@@ -63,6 +63,14 @@ def test_a_video_in_the_archive_tier_is_skipped_and_its_uploader_told(tier, why)
     assert why is None or why in trigger.TOLD
 
 
+@pytest.mark.parametrize("copy_status, why", [
+    ("pending", trigger.COPY_PENDING), ("success", None), ("failed", None), ("aborted", None), ("", None),
+])
+def test_a_video_still_being_copied_in_is_not_ready_yet(copy_status, why):
+    assert trigger.skip_reason("cat.mp4", 10, None, Filters(), copy_status=copy_status) == why
+    assert why not in trigger.TOLD  # nothing its uploader must do: it counts once the copy ends
+
+
 @pytest.mark.parametrize("name, why", [
     ("holiday//cat.mp4", trigger.EMPTY_FOLDER),
     ("q?x=1.mp4", trigger.QUESTION_MARK),  # its az:// URI's query: refused as a SAS, a job failing every time

@@ -32,8 +32,9 @@ ANNOTATION_SOURCE = f"{GROUP}/source"
 ANNOTATION_ETAG = f"{GROUP}/source-etag"
 ANNOTATION_UPLOADED = f"{GROUP}/uploaded"
 
-# What happens to a queue message or a listed blob.
-CREATE, IGNORE, POISON = "create", "ignore", "poison"
+# What happens to a queue message or a listed blob. WAIT: not yet (a copy into the blob still
+# pending): the message goes back on the queue, to be read again after the visibility timeout.
+CREATE, IGNORE, POISON, WAIT = "create", "ignore", "poison", "wait"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,7 +158,9 @@ def message_decision(text: str, dequeue_count: int, spec: WatchSpec, account: st
 
 
 def blob_decision(info: FileInfo | None, decision: Decision, spec: WatchSpec) -> Decision:
-    """The blob as it is now, for an event: it must exist, be big enough, and not be an output. Its
+    """The blob as it is now, for an event: it must exist, be big enough, and not be an output; WAIT
+    while a copy into it is pending (a hierarchical-namespace account's CopyBlob event comes when the
+    copy starts). Its
     job is for the blob's ETag now: one changed since the event (its metadata or tier set, which
     sends no BlobCreated; or a newer upload, whose own event then finds the job made) was the video
     dropped as "superseded", though no event would come for it."""
@@ -166,7 +169,9 @@ def blob_decision(info: FileInfo | None, decision: Decision, spec: WatchSpec) ->
     if info.etag.strip('"') != decision.etag.strip('"'):
         decision = dataclasses.replace(decision, etag=info.etag)
     why = trigger.skip_reason(trigger.relative(decision.blob, spec.prefix) or "", info.size, info.metadata, spec.filters,
-                              info.tier)
+                              info.tier, info.copy_status)
+    if why == trigger.COPY_PENDING:
+        return dataclasses.replace(decision, action=WAIT, reason=why)
     if why is not None:
         return dataclasses.replace(decision, action=IGNORE, reason=why)
     return decision
@@ -180,7 +185,7 @@ def listed_candidates(infos: Iterable[FileInfo], spec: WatchSpec
     counted: dict[str, FileInfo] = {}
     told: list[tuple[FileInfo, str]] = []
     for info in infos:
-        why = trigger.skip_reason(info.name, info.size, info.metadata, spec.filters, info.tier)
+        why = trigger.skip_reason(info.name, info.size, info.metadata, spec.filters, info.tier, info.copy_status)
         if why is None:
             counted[info.name] = info
         elif why in trigger.TOLD:

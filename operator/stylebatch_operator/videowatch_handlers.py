@@ -6,6 +6,7 @@ Every decision is stylebatch_operator.videowatch's; storage calls run in a threa
 A message is deleted only after its job was created or found already there (409); one that fails
 stays in the queue and comes back after its visibility timeout, and after spec.queue.maxDeliveries
 deliveries (or at once if it is no event at all) it moves to <queue>-poison with a Warning Event.
+One whose blob a copy still writes goes back on the queue as a new message (vw.WAIT).
 """
 
 from __future__ import annotations
@@ -207,6 +208,11 @@ class _Round:
             kopf.event(self.watch, type="Warning", reason="PoisonMessage", message=text)
             self.logger.warning("%s", text)
             return
+        if decision.action == vw.WAIT:
+            await asyncio.to_thread(self._later, queue, message)
+            self.logger.info("queue message %s: %s: %s; read again in %ss", message.id, decision.blob, decision.reason,
+                             self.spec.visibility_timeout)
+            return
         if decision.action == vw.CREATE:
             await self.create(decision.blob, decision.etag, decision.uploaded, from_queue=True)
         elif decision.reason in trigger.TOLD:
@@ -214,6 +220,12 @@ class _Round:
         else:
             self.logger.debug("ignored %s: %s", _printable(decision.blob or message.id), _printable(decision.reason))
         await asyncio.to_thread(queue.delete_message, message)
+
+    def _later(self, queue: Any, message: Any) -> None:
+        """Put the message back, hidden for the visibility timeout, as a new one (then delete it): a
+        copy that takes longer than maxDeliveries visibility timeouts is no failure to poison."""
+        queue.send_message(message.content, visibility_timeout=self.spec.visibility_timeout)
+        queue.delete_message(message)
 
     def _poison(self, queue: Any, message: Any) -> None:
         """Copy to <queue>-poison (created on first use where the identity may create queues), then delete."""

@@ -5,7 +5,7 @@ No torch, no Azure SDK, no I/O.
 - `skip_reason`: a blob counts when its extension is a video one, it has at least `min_size` bytes,
   no path segment is hidden (".name": temp files of uploaders, stylebatch's own work dirs and
   records), an az:// URI can name it (`unaddressable`: no '//', no '?'), it is not in the archive
-  tier, and it is not an output (stylebatch tags what it writes with OUTPUT_TAG in the blob's
+  tier nor still being copied into, and it is not an output (stylebatch tags what it writes with OUTPUT_TAG in the blob's
   metadata, naming the job that wrote it). The skips in TOLD are said to the uploader.
 - `parse_event` / `event_skip_reason`: an Event Grid BlobCreated event (Event Grid or CloudEvents
   schema, base64 as Event Grid puts it on a storage queue) counts when its api committed the blob,
@@ -64,6 +64,10 @@ UNADDRESSABLE = (EMPTY_FOLDER, QUESTION_MARK)
 # the video's for good. Said to its uploader too; a listing after the rehydration finds it again.
 ARCHIVE_TIER = "Archive"
 ARCHIVED = "in the archive tier, which cannot be read: rehydrate it (set its tier to Hot or Cool)"
+# A blob a Copy Blob still writes: on a hierarchical-namespace account its BlobCreated comes when
+# the copy starts, and a copy from another account runs on for minutes, the ETag the same all along
+# (so two listings find it "unchanged"). Its job read a partial blob. It counts once the copy is done.
+COPY_PENDING = "a copy into it is still pending"
 # The skips said to the uploader (a Warning Event, a log line), once per blob version.
 TOLD = (*UNADDRESSABLE, ARCHIVED)
 DEFAULT_EXTENSION = ".mp4"  # {ext} of an upload whose container stylebatch does not write
@@ -84,9 +88,10 @@ class Filters:
 
 
 def skip_reason(relative_name: str, size: int, metadata: Mapping[str, str] | None, filters: Filters,
-                tier: str = "") -> str | None:
+                tier: str = "", copy_status: str = "") -> str | None:
     """Why this blob (or file) does not start a job, or None when it does. relative_name: its name
-    below the watched prefix; tier: its access tier (ARCHIVED when it is Archive)."""
+    below the watched prefix; tier: its access tier (ARCHIVED when it is Archive); copy_status: its
+    Copy Blob's (COPY_PENDING while it is "pending": not yet, where the other skips are for good)."""
     if any(segment.startswith(".") for segment in relative_name.split("/")):
         return "hidden (a temporary or stylebatch's own file)"
     if posixpath.splitext(relative_name)[1].lower() not in filters.extensions:
@@ -98,6 +103,8 @@ def skip_reason(relative_name: str, size: int, metadata: Mapping[str, str] | Non
         return f"an output of job {job}"
     if tier.lower() == ARCHIVE_TIER.lower():
         return ARCHIVED
+    if copy_status.lower() == "pending":
+        return COPY_PENDING
     if size < filters.min_size:
         return f"{size} bytes, less than {filters.min_size}"
     return None

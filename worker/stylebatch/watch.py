@@ -231,7 +231,7 @@ class Watch:
         """The videos that are stable, not done, and not failed in this run."""
         outputs = self._own_outputs()
         infos = {i.name: i for i in self.source.list_info() if not self._excluded(i.name) and i.name not in outputs}
-        skipped = {name: trigger.skip_reason(name, i.size, i.metadata, self.filters, i.tier) for name, i in infos.items()}
+        skipped = {name: trigger.skip_reason(name, i.size, i.metadata, self.filters, i.tier, i.copy_status) for name, i in infos.items()}
         candidates = {name: i for name, i in infos.items() if skipped[name] is None}
         for name in sorted(n for n, why in skipped.items() if why in trigger.TOLD and n not in self.told):
             log.warning("skipped %s: %s", printable(f"{self.source.display.rstrip('/')}/{name}"),

@@ -17,7 +17,8 @@ from stylebatch.errors import StylebatchError
 class FileInfo:
     """A file as a listing shows it. etag: changes whenever the content may have (a blob's ETag; a
     local file's size and modification time); modified: seconds since the epoch; tier: a blob's
-    access tier ("Hot", "Cool", "Cold", "Archive"; "" when not known or not a blob)."""
+    access tier ("Hot", "Cool", "Cold", "Archive"; "" when not known or not a blob); copy_status: its
+    last Copy Blob's ("pending" while the copy still writes it; "" when none or not a blob)."""
 
     name: str  # relative to the listed prefix, '/'-separated
     size: int
@@ -25,6 +26,7 @@ class FileInfo:
     modified: float
     metadata: Mapping[str, str] = dataclasses.field(default_factory=dict)
     tier: str = ""
+    copy_status: str = ""
 
 
 class LockBusy(Exception):

@@ -97,7 +97,7 @@ class BlobLocation(Location):
         with blob_errors(self, "list"):
             try:
                 pages = self._container_client().list_blobs(
-                    name_starts_with=self._prefix(), include=["metadata"], results_per_page=page_size,
+                    name_starts_with=self._prefix(), include=["metadata", "copy"], results_per_page=page_size,
                 ).by_page(continuation_token=token)
                 page = next(pages, [])
                 infos = [self._info(p) for p in page if (p.metadata or {}).get("hdi_isfolder") != "true"]
@@ -116,11 +116,11 @@ class BlobLocation(Location):
                 return None
         # the ETag as a listing gives it (unquoted; properties quote it), so the two compare equal
         return FileInfo(self.blob, int(props.size), str(props.etag).strip('"'), props.last_modified.timestamp(),
-                        dict(props.metadata or {}), _tier(props))
+                        dict(props.metadata or {}), _tier(props), _copy_status(props))
 
     def _info(self, props: Any) -> FileInfo:
         return FileInfo(props.name[len(self._prefix()):], int(props.size), str(props.etag),
-                        props.last_modified.timestamp(), dict(props.metadata or {}), _tier(props))
+                        props.last_modified.timestamp(), dict(props.metadata or {}), _tier(props), _copy_status(props))
 
     def read_bytes(self) -> bytes:
         with blob_errors(self, "read"):
@@ -353,7 +353,7 @@ class BlobLocation(Location):
     def _walk(self, **kwargs: Any) -> Iterator[Any]:
         """Committed blobs under the prefix, minus the directory markers of ADLS Gen2 accounts."""
         for props in self._container_client().list_blobs(
-            name_starts_with=self._prefix(), include=["metadata"], **kwargs
+            name_starts_with=self._prefix(), include=["metadata", "copy"], **kwargs
         ):
             if (props.metadata or {}).get("hdi_isfolder") != "true":
                 yield props
@@ -438,3 +438,9 @@ def _tier(props: Any) -> str:
     """A blob's access tier as its name ("Archive"), whether the SDK gives it as text or as an enum."""
     tier = getattr(props, "blob_tier", None)
     return str(getattr(tier, "value", tier) or "")
+
+
+def _copy_status(props: Any) -> str:
+    """The status of the blob's last Copy Blob ("pending", "success", "aborted", "failed"), or ""."""
+    status = getattr(getattr(props, "copy", None), "status", None)
+    return str(getattr(status, "value", status) or "")

@@ -1561,7 +1561,7 @@ def test_auto_precision_on_a_cpu_with_native_bf16_times_bf16_against_fp32_first(
     oneDNN's convolutions only (NNPACK keeps the thread count of its first call for good), gives the
     rank back its threads, and says what it found; a bf16 that fails there leaves fp32, with a warning,
     not a crashed rank. The CPU has native bf16 whatever this one has; the networks run for real, on a
-    clock that each call moves on by what the case says (so that this runs the same on any CPU)."""
+    CPU-time clock that each call moves on by what the case says (so that this runs the same on any CPU)."""
     from stylebatch import fast_nets, models
 
     seconds = {"bf16 slower than fp32": {False: 1.0, True: 2.0}, "bf16 faster than fp32": {False: 1.0, True: 0.5},
@@ -1578,7 +1578,7 @@ def test_auto_precision_on_a_cpu_with_native_bf16_times_bf16_against_fp32_first(
         return forward(self, x)
 
     monkeypatch.setattr(fast_nets.FastTransformerNet, "forward", timed)
-    monkeypatch.setattr(models, "time", type("Clock", (), {"perf_counter": staticmethod(lambda: clock[0])}))
+    monkeypatch.setattr(models, "time", type("Clock", (), {"thread_time": staticmethod(lambda: clock[0])}))
     monkeypatch.setattr(models, "cpu_has_native_bf16", lambda: True)
     monkeypatch.setattr(fast_nets, "onednn_bf16", lambda: True)
     monkeypatch.setattr(models, "BF16_TRIAL_SIZE", (32, 48))

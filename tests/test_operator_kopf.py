@@ -548,8 +548,7 @@ def test_a_job_waiting_in_a_local_queue_that_cannot_admit_it_says_so_instead_of_
             if made is False:
                 await make_local_queue(api, "gpu-spto", active=False)
             await apply_job(api, queueName="gpu-spto")
-            stalled = await eventually(lambda: condition(api, "Stalled")["status"] == "True"
-                                       and condition(api, "Stalled"))
+            stalled = await once_stalled(api)
             assert stalled["reason"] == reason and "LocalQueue gpu-spto" in stalled["message"]
             assert child(api, "Job", "orangutan-preprocess-1")["spec"]["suspend"] is True
             if fails:
@@ -807,8 +806,7 @@ def test_children_left_by_an_earlier_job_of_the_same_name_are_not_taken_for_the_
                 await finish(api, collection, name)
             async with operator(api):
                 await apply_job(api)
-                stalled = await eventually(lambda: condition(api, "Stalled")["status"] == "True"
-                                           and condition(api, "Stalled"))
+                stalled = await once_stalled(api)
                 assert stalled["reason"] == "ChildNameTaken"
                 assert "Job orangutan-preprocess-1 exists but is not this job's" in stalled["message"]
                 await looked_again(api, 5)
@@ -1304,6 +1302,11 @@ def condition(api: ApiServer, type_: str) -> dict[str, Any]:
     return {c["type"]: c for c in status(api).get("conditions") or []}[type_]
 
 
+async def once_stalled(api: ApiServer) -> dict[str, Any]:
+    """The job's Stalled condition, once it is True."""
+    return await eventually(lambda: condition(api, "Stalled")["status"] == "True" and condition(api, "Stalled"))
+
+
 def deletes(api: ApiServer, collection: str) -> list[str]:
     return [str(r.url.path).rsplit("/", 1)[1] for r in api
             if r.method == "DELETE" and str(r.url.path).startswith(collection + "/")]
@@ -1363,8 +1366,7 @@ def test_a_child_that_can_never_start_is_shown_at_once_then_fails_the_job_and_is
         async with api_server() as api, operator(api, settings=settings):
             await apply_job(api)
             await happen(api)
-            stalled = await eventually(lambda: condition(api, "Stalled")["status"] == "True"
-                                       and condition(api, "Stalled"))
+            stalled = await once_stalled(api)
             assert stalled["reason"] == reason and words in stalled["message"]
             assert f"the job fails {'' if kind == 'MPIJob' and not words.startswith('the MPI') else 'in '}" \
                    f"{GRACE:.0f}s" in stalled["message"] and "unless this is fixed" in stalled["message"]
@@ -1406,8 +1408,7 @@ def test_a_child_the_api_server_refuses_as_invalid_is_shown_then_fails_the_job_i
             api.invalid = cpu_request_over_limit
             await apply_job(api, style="az://styles/starry.jpg", train={"steps": 10},
                             resources={"requests": {"cpu": "8"}, "limits": {"cpu": "4"}})
-            stalled = await eventually(lambda: condition(api, "Stalled")["status"] == "True"
-                                       and condition(api, "Stalled"))
+            stalled = await once_stalled(api)
             assert stalled["reason"] == "ChildInvalid"
             assert ("the API server refused Job orangutan-train-1: Job.batch \"orangutan-train-1\" is invalid: "
                     "spec.template.spec.containers[0].resources.requests: Invalid value: \"8\": must be less than "
@@ -1438,8 +1439,7 @@ def test_a_child_the_api_server_will_not_create_is_shown_instead_of_a_silent_pen
             refusing = [True]
             api.forbidden = lambda obj: refusal if obj.get("kind") == "Job" and refusing[0] else None
             await apply_job(api)
-            stalled = await eventually(lambda: condition(api, "Stalled")["status"] == "True"
-                                       and condition(api, "Stalled"))
+            stalled = await once_stalled(api)
             assert stalled["reason"] == "ChildRefused"
             assert "the API server would not create Job orangutan-preprocess-1: " in stalled["message"]
             assert refusal in stalled["message"]
@@ -1481,8 +1481,7 @@ def test_a_child_the_api_server_cannot_create_for_now_is_shown_stalled_with_one_
             await apply_job(api)
             await eventually(lambda: child(api, "Job", "orangutan-preprocess-1"))
             await finish(api, JOBS, "orangutan-preprocess-1")
-            stalled = await eventually(lambda: condition(api, "Stalled")["status"] == "True"
-                                       and condition(api, "Stalled"))
+            stalled = await once_stalled(api)
             assert stalled["reason"] == "ChildRefused"
             assert f"the API server would not create MPIJob orangutan-stylize-1: {words}: {redact(answer[2])}" \
                 in stalled["message"] and "waiting" in stalled["message"]
@@ -1532,8 +1531,7 @@ def test_a_replacement_pod_that_cannot_be_created_is_shown_and_the_events_are_re
             await child_event(api, "Job", "orangutan-preprocess-1", "FailedCreate",
                               'Error creating: pods "orangutan-preprocess-1-q8w4n" is forbidden: exceeded quota: '
                               "gpu-quota, requested: requests.cpu=4, used: requests.cpu=32, limited: requests.cpu=32")
-            stalled = await eventually(lambda: condition(api, "Stalled")["status"] == "True"
-                                       and condition(api, "Stalled"))
+            stalled = await once_stalled(api)
             assert stalled["reason"] == "FailedCreate" and "ResourceQuota is used up" in stalled["message"]
             assert "the time counts against spec.activeDeadlineSeconds" in stalled["message"]
             # while the pod is missing, the Events are read at most once a second (the progress
@@ -1596,8 +1594,7 @@ def test_an_mpijob_whose_launcher_pod_cannot_be_created_is_shown_stalled():
                      "message": 'Error creating: pods "orangutan-stylize-1-launcher-q8w4n" is forbidden: violates '
                                 'PodSecurity "restricted:latest": runAsNonRoot != true'}
             assert (await api.post(EVENTS, json=event)).status == 200
-            stalled = await eventually(lambda: condition(api, "Stalled")["status"] == "True"
-                                       and condition(api, "Stalled"))
+            stalled = await once_stalled(api)
             assert stalled["reason"] == "FailedCreate" and "Pod Security level forbids" in stalled["message"]
             await eventually(lambda: status(api)["phase"] == "Failed", timeout=GRACE + 10)
             assert deletes(api, MPIJOBS) == ["orangutan-stylize-1"]
@@ -1616,8 +1613,7 @@ def test_without_an_mpijob_crd_the_job_is_shown_stalled_then_fails_after_one_gra
             await apply_job(api)
             await eventually(lambda: child(api, "Job", "orangutan-preprocess-1"))
             await finish(api, JOBS, "orangutan-preprocess-1")
-            stalled = await eventually(lambda: condition(api, "Stalled")["status"] == "True"
-                                       and condition(api, "Stalled"))
+            stalled = await once_stalled(api)
             assert stalled["reason"] == "NoMPIOperator"
             assert "does not serve MPIJobs (kubeflow.org/v2beta1): is the Kubeflow MPI Operator installed?" \
                    in stalled["message"]
@@ -1663,8 +1659,7 @@ def test_a_transient_stall_is_shown_but_does_not_fail_the_job_and_clears_when_th
             await to_stylize(api)
             # the GPU pool scales from zero: the workers wait for a node, then for their image
             worker = await add_pod(api, "MPIJob", "orangutan-stylize-1", "worker-0", UNSCHEDULABLE, role="worker")
-            stalled = await eventually(lambda: condition(api, "Stalled")["status"] == "True"
-                                       and condition(api, "Stalled"))
+            stalled = await once_stalled(api)
             assert stalled["reason"] == "Unschedulable" and "0/3 nodes are available" in stalled["message"]
             assert "waiting; the time counts against spec.activeDeadlineSeconds" in stalled["message"]
             await eventually(lambda: [e for e in events(api) if e[1] == "Unschedulable" and e[0] == "Warning"])

@@ -182,17 +182,22 @@ def test_a_painting_given_under_the_home_folder_as_a_tilde_path_is_found_as_cont
     assert (tmp_path / "s.pth").exists()
 
 
+def _signalled_once_checkpointed(proc: subprocess.Popen, ckpt: Path, sig: int) -> str:
+    """Send a training `sig` once its first checkpoint is there (or it ended); its stderr once it ends."""
+    deadline = time.monotonic() + 600
+    while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(sig)
+    return proc.communicate(timeout=600)[1]
+
+
 def test_interrupted_training_saves_a_checkpoint_and_the_same_command_resumes(tmp_path, content):
     out = tmp_path / "resumed.pth"
     ckpt = Path(f"{out}.ckpt")
     cmd = [sys.executable, "-m", "stylebatch", "train-style", STARRY, "-o", str(out), *TINY, *content,
            "--checkpoint-every", "2"]
     proc = subprocess.Popen([*cmd, "--steps", "500"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 600
-    while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
-    _, stderr = proc.communicate(timeout=600)
+    stderr = _signalled_once_checkpointed(proc, ckpt, signal.SIGINT)
     assert proc.returncode == 130, stderr
     assert len([line for line in stderr.splitlines() if line.startswith("stylebatch: error:")]) == 1
     assert "run the same command again to resume" in stderr and "Traceback" not in stderr
@@ -214,11 +219,7 @@ def test_a_training_started_under_nohup_trains_on_through_a_hang_up(tmp_path, co
     proc = subprocess.Popen([sys.executable, "-m", "stylebatch", "train-style", STARRY, "-o", str(out), *TINY, *content,
                              "--checkpoint-every", "2", "--steps", "12"], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))
-    deadline = time.monotonic() + 600
-    while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGHUP)
-    _, stderr = proc.communicate(timeout=600)
+    stderr = _signalled_once_checkpointed(proc, ckpt, signal.SIGHUP)
     assert proc.returncode == 0, stderr
     assert torch.load(ckpt, weights_only=True)["step"] == 12 and out.exists()
 

@@ -77,6 +77,20 @@ def inputs(api: k.ApiServer) -> list[str]:
     return sorted(j["spec"]["input"].rsplit("/", 1)[-1] for j in jobs(api).values())
 
 
+def mode_spec(mode: str, queue: str, *, deliveries: int = 2, sweep: int = 0) -> dict[str, Any]:
+    """A watch's spec fields for `mode`: "queue" (on `queue`, a sweep every `sweep` seconds, 0: none,
+    whose listings stop after a second) or "poll" (every second)."""
+    if mode == "poll":
+        return {"mode": "poll", "poll": {"intervalSeconds": 1}}
+    return {"mode": "queue", "sweepIntervalSeconds": sweep, **({"poll": {"maxSecondsPerPoll": 1}} if sweep else {}),
+            "queue": {"name": queue, "maxDeliveries": deliveries, "visibilityTimeoutSeconds": 10}}
+
+
+def skipped_said(api: k.ApiServer, name: str = "uploads") -> list[str]:
+    """The watch's VideoSkipped events, their messages."""
+    return [m for _, reason, m in k.events(api, name) if reason == "VideoSkipped"]
+
+
 def job_posts(api: k.ApiServer) -> list[str]:
     return k.creates(api, f"/apis/stylebatch.io/v1alpha1/namespaces/{NS}/styletransferjobs")
 
@@ -473,11 +487,7 @@ def test_an_upload_no_uri_can_name_is_said_once_in_an_event_not_skipped_in_silen
     if mode == "queue":
         store.publish(blob, etag, 36)
         store.publish(blob, etag, 36)  # (Event Grid delivers at least once)
-    spec: dict[str, Any] = (
-        {"mode": "queue", "sweepIntervalSeconds": 0,
-         "queue": {"name": queue, "maxDeliveries": 2, "visibilityTimeoutSeconds": 10}}
-        if mode == "queue" else
-        {"mode": "poll", "poll": {"intervalSeconds": 1}})
+    spec = mode_spec(mode, queue)
 
     async def scenario() -> None:
         async with api_server() as api, k.operator(api, settings=SETTINGS):
@@ -486,16 +496,14 @@ def test_an_upload_no_uri_can_name_is_said_once_in_an_event_not_skipped_in_silen
                 store.publish("incoming/dog.mp4", store.upload("incoming/dog.mp4"), 36)
             await k.eventually(lambda: inputs(api) == ["dog.mp4"], timeout=20)
 
-            def skipped() -> list[str]:
-                return [m for _, reason, m in k.events(api, "uploads") if reason == "VideoSkipped"]
-            said = await k.eventually(skipped, timeout=20)
+            said = await k.eventually(lambda: skipped_said(api), timeout=20)
             assert said[0] == f"skipped az://{store.container}/{blob}: {why}"
             if mode == "queue":  # both deliveries handled before dog's, whose Event kopf posts after theirs
                 await k.eventually(lambda: store.unfinished(store.queue) == 0, timeout=20)
                 await k.eventually(lambda: [e for e in k.events(api, "uploads") if e[1] == "JobCreated"], timeout=20)
             else:
                 await polls(api, 2)  # more listings of it
-            assert len(skipped()) == 1 and inputs(api) == ["dog.mp4"]  # said once
+            assert len(skipped_said(api)) == 1 and inputs(api) == ["dog.mp4"]  # said once
     k.run(scenario)
 
 
@@ -543,25 +551,19 @@ def test_a_video_in_the_archive_tier_is_said_and_waits_for_its_rehydration_inste
     store.upload("incoming/dog.mp4")
     if mode == "queue":
         store.publish("incoming/cat.mp4", etag, 36)
-    spec: dict[str, Any] = (
-        {"mode": "queue", "sweepIntervalSeconds": 1, "poll": {"maxSecondsPerPoll": 1},
-         "queue": {"name": queue, "maxDeliveries": 2, "visibilityTimeoutSeconds": 10}}
-        if mode == "queue" else
-        {"mode": "poll", "poll": {"intervalSeconds": 1}})
+    spec = mode_spec(mode, queue, sweep=1)
 
     async def scenario() -> None:
         async with api_server() as api, k.operator(api, settings=SETTINGS):
             await apply_watch(api, store.container, **spec)
 
-            def skipped() -> list[str]:
-                return [m for _, reason, m in k.events(api, "uploads") if reason == "VideoSkipped"]
-            said = await k.eventually(skipped, timeout=20)
+            said = await k.eventually(lambda: skipped_said(api), timeout=20)
             assert said == [f"skipped az://{store.container}/incoming/cat.mp4: {trigger.ARCHIVED}"]
             await k.eventually(lambda: inputs(api) == ["dog.mp4"], timeout=20)
             if mode == "queue":
                 await k.eventually(lambda: store.unfinished(store.queue) == 0, timeout=20)
             await polls(api, 2)  # more listings of it, archived: no job, nothing said again
-            assert inputs(api) == ["dog.mp4"] and len(skipped()) == 1
+            assert inputs(api) == ["dog.mp4"] and len(skipped_said(api)) == 1
 
             cat.set_standard_blob_tier("Hot")  # rehydrated (Azurite at once; Azure in hours)
             await k.eventually(lambda: inputs(api) == ["cat.mp4", "dog.mp4"], timeout=20)
@@ -591,11 +593,7 @@ def test_a_video_still_being_copied_in_waits_for_its_copy_instead_of_a_job_on_pa
     store.upload("incoming/dog.mp4")
     if mode == "queue":
         store.publish("incoming/cat.mp4", etag, 36, api="CopyBlob")
-    spec: dict[str, Any] = (
-        {"mode": "queue", "sweepIntervalSeconds": 0,
-         "queue": {"name": queue, "maxDeliveries": 1, "visibilityTimeoutSeconds": 10}}
-        if mode == "queue" else
-        {"mode": "poll", "poll": {"intervalSeconds": 1}})
+    spec = mode_spec(mode, queue, deliveries=1)
 
     async def scenario() -> None:
         async with api_server() as api, k.operator(api, settings=SETTINGS):

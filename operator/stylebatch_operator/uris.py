@@ -7,14 +7,14 @@ import posixpath
 import re
 from urllib.parse import urlsplit, urlunsplit
 
-from stylebatch.contract import WORK_DIR_NAME
+from stylebatch.contract import WORK_DIR_NAME, is_az
 
 
 def strip_secrets(uri: str) -> str:
     """The URI without its query string (where Azure puts SAS tokens) and without user:password@. In
     az:// a '#' is a character of the blob's name (as the worker's storage.location reads it), not a
     fragment: the name is kept whole (an upload `a#b.mp4` made pods read and write `a`)."""
-    if "://" not in uri or uri[:5].lower() == "az://":
+    if "://" not in uri or is_az(uri):
         return uri.split("?", 1)[0]
     parts = urlsplit(uri)
     netloc = parts.netloc.rsplit("@", 1)[-1]
@@ -29,7 +29,7 @@ def work_dir(output: str, namespace: str, name: str, uid: str) -> str:
     """
     leaf = f"{WORK_DIR_NAME}/{namespace}/{name}-{uid[:8]}/"
     base = strip_secrets(output)
-    if "://" not in base or base[:5].lower() == "az://":  # (az://: a '#' is part of a folder's name)
+    if "://" not in base or is_az(base):  # (az://: a '#' is part of a folder's name)
         return posixpath.join(posixpath.dirname(base), leaf)
     parts = urlsplit(base)
     folder = posixpath.dirname(parts.path)

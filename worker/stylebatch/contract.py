@@ -147,6 +147,12 @@ def is_uri(ref: str) -> bool:
     return bool(_URI_SCHEME.match(ref.strip()))
 
 
+def is_az(ref: str) -> bool:
+    """An az:// URI: there a '#' is a character of the blob's name (as storage.location reads it), not
+    the start of a fragment; only '?' ends the name."""
+    return ref.strip()[:5].lower() == "az://"
+
+
 def file_part(ref: str) -> str:
     """What names the file of a style term, path or URI: a local path whole ('#' and '?' are characters
     of a file's name: `mosaic#2.pth`, `what?.jpg`); a URI without its query string (a SAS) and, but in
@@ -154,7 +160,7 @@ def file_part(ref: str) -> str:
     ref = ref.strip()
     if not is_uri(ref):
         return ref
-    if ref[:5].lower() == "az://":
+    if is_az(ref):
         return ref.split("?", 1)[0]
     return re.split(r"[?#]", ref, maxsplit=1)[0]
 

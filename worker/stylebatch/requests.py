@@ -20,7 +20,7 @@ from pathlib import PurePath, PurePosixPath
 from urllib.parse import unquote, urlsplit
 
 from stylebatch.contract import (CHECKPOINT_SUFFIX, DEFAULT_STYLE, DEVICES, OUTPUT_EXTENSIONS, PRECISION_AUTO,
-                                 PRECISIONS, STYLE_WEIGHTS_SUFFIXES, precision_problem, style_problem)
+                                 PRECISIONS, STYLE_WEIGHTS_SUFFIXES, is_az, precision_problem, style_problem)
 from stylebatch.errors import BadInput, StylebatchError
 from stylebatch.temporal_defaults import DEFAULT_MODE as TEMPORAL_DEFAULT
 from stylebatch.temporal_defaults import DEFAULT_STRENGTH as TEMPORAL_STRENGTH
@@ -278,7 +278,7 @@ def _path(place: str) -> str:
     try:
         return location(place).name
     except StylebatchError:  # the same reading: an az:// name whole, a URL's path percent-decoded
-        az = place[:5].lower() == "az://"
+        az = is_az(place)
         return PurePosixPath(place.split("?", 1)[0] if az else unquote(urlsplit(place).path)).name
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import re
 
-from stylebatch.contract import file_part
+from stylebatch.contract import file_part, is_az
 from stylebatch.logs import hide_signatures
 
 _SAS_SIGNATURE = re.compile(r"((?:^|[?&\s])sig=)[^&\s\"']+")
@@ -26,7 +26,7 @@ def scrub_uri(uri: str) -> str:
     """The URI without its query, fragment or user info: safe to print even when it is malformed. In
     az:// a '#' is a character of the blob's name (as storage.location reads it), not a fragment: the
     name is shown whole (contract.file_part)."""
-    head = file_part(uri) if uri[:5].lower() == "az://" else re.split(r"[?#]", uri, maxsplit=1)[0]
+    head = file_part(uri) if is_az(uri) else re.split(r"[?#]", uri, maxsplit=1)[0]
     head = re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/@]*@", r"\1", head)
     return printable(head)
 
